@@ -1,0 +1,74 @@
+"""sagakit: saga orchestration for asyncio.
+
+Declare steps with :func:`step`, pair them with compensations through
+``@<step>.compensate``, describe a saga with :func:`saga`, and run it with a
+:class:`SagaOrchestrator`.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._orchestrator import Listener, SagaOrchestrator
+from ._retry import Retry
+from ._runs import StepContext, current_step
+from ._sagas import RecoveryPolicy, SagaDefinition, SagaFunction, saga
+from ._steps import DEFAULT_TIMEOUT, Step, StepCall, step
+from .exceptions import (
+    CompensationAlreadySetError,
+    CompensationFailed,
+    NonDeterminismError,
+    SagaAlreadyExecuting,
+    SagaAlreadyFailed,
+    SagaDefinitionError,
+    SagaError,
+    SagaRunError,
+    SerializationError,
+    StepFailed,
+    StepTimeout,
+    StoreError,
+)
+from .records import SagaMetadata, StepRecord
+from .status import SagaStatus, StepStatus
+from .stores import MemoryStore, SagaStore
+from .transitions import Transition, TransitionKind
+
+try:
+    __version__ = version("sagakit")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "CompensationAlreadySetError",
+    "CompensationFailed",
+    "Listener",
+    "MemoryStore",
+    "NonDeterminismError",
+    "RecoveryPolicy",
+    "Retry",
+    "SagaAlreadyExecuting",
+    "SagaAlreadyFailed",
+    "SagaDefinition",
+    "SagaDefinitionError",
+    "SagaError",
+    "SagaFunction",
+    "SagaMetadata",
+    "SagaOrchestrator",
+    "SagaRunError",
+    "SagaStatus",
+    "SagaStore",
+    "SerializationError",
+    "Step",
+    "StepCall",
+    "StepContext",
+    "StepFailed",
+    "StepRecord",
+    "StepStatus",
+    "StepTimeout",
+    "StoreError",
+    "Transition",
+    "TransitionKind",
+    "__version__",
+    "current_step",
+    "saga",
+    "step",
+]

@@ -1,0 +1,642 @@
+"""The orchestrator: runs a saga's steps, times them out, compensates and records."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from ._hooks import SIMULATED_TIMEOUT, FaultPlan, active_faults
+from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
+from ._runs import SagaRun, StepRun, _Cursor, current_cursor
+from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id
+from ._steps import StepCall
+from ._timer import StepTimer
+from .exceptions import (
+    CompensationFailed,
+    NonDeterminismError,
+    SagaDefinitionError,
+    SagaRunError,
+    StepFailed,
+    StepTimeout,
+)
+from .records import SagaMetadata
+from .status import SagaStatus, StepStatus
+from .stores import MemoryStore, SagaStore
+from .stores.memory import DEFAULT_HISTORY_LIMIT
+from .transitions import Transition, TransitionKind
+
+logger = logging.getLogger("sagakit")
+logger.addHandler(logging.NullHandler())
+
+Listener = Callable[[Transition], Awaitable[None] | None]
+"""A callable told of every state change; it may be sync or async."""
+
+_Done = tuple[StepRun, StepCall[Any], Any]
+
+_LEVELS = {
+    TransitionKind.SAGA_STARTED: logging.INFO,
+    TransitionKind.SAGA_FINISHED: logging.INFO,
+    TransitionKind.STEP_FAILED: logging.WARNING,
+    TransitionKind.STEP_TIMED_OUT: logging.WARNING,
+    TransitionKind.STEP_RETRYING: logging.INFO,
+    TransitionKind.COMPENSATION_RETRYING: logging.WARNING,
+    TransitionKind.COMPENSATION_FAILED: logging.ERROR,
+}
+
+
+def _new_id_prefix() -> str:
+    return os.urandom(6).hex()
+
+
+class _Ids:
+    """Fresh saga ids: a random per-process prefix and a counter (cheaper than uuid4)."""
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = _new_id_prefix()
+        self.counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self.prefix}-{next(self.counter)}"
+
+
+_ids = _Ids()
+
+
+def _events_of(result: Any) -> tuple[Any, ...] | list[Any]:
+    """A step's events: its result when a list or tuple, none for ``None``, else the value."""
+    if result is None:
+        return ()
+    cls = result.__class__
+    if cls is list or cls is tuple or isinstance(result, list | tuple):
+        return result  # type: ignore[no-any-return]
+    return (result,)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+class SagaOrchestrator:
+    """Runs sagas: each step under its timeout, compensating in reverse on failure.
+
+    ``store`` keeps the running sagas and their history (in memory unless given);
+    ``compensation_retry`` is the retry policy of compensations whose step sets none;
+    with ``continue_on_compensation_failure`` a failed compensation does not stop the
+    remaining ones and every error is reported; ``listeners`` are told of every state
+    change; ``sleep`` waits between retries (replace it to test backoff without waiting).
+    """
+
+    def __init__(
+        self,
+        store: SagaStore | None = None,
+        *,
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
+        compensation_retry: Retry = DEFAULT_COMPENSATION_RETRY,
+        continue_on_compensation_failure: bool = False,
+        listeners: Iterable[Listener] = (),
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        if store is None:
+            store = MemoryStore(history_limit=history_limit)
+        elif not isinstance(store, SagaStore):
+            raise SagaDefinitionError(
+                f"store must implement sagakit.stores.SagaStore (e.g. MemoryStore()), got {store!r}"
+            )
+        if not isinstance(compensation_retry, Retry):
+            raise SagaDefinitionError(
+                f"compensation_retry must be a sagakit.Retry, got {compensation_retry!r}"
+            )
+        self._store = store
+        self._durable = bool(store.durable)
+        self._compensation_retry = compensation_retry
+        self._continue = bool(continue_on_compensation_failure)
+        self._listeners: list[Listener] = []
+        for listener in listeners:
+            self.add_listener(listener)
+        self._sleep = sleep
+
+    @property
+    def store(self) -> SagaStore:
+        """The store this orchestrator records into."""
+        return self._store
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(transition)`` on every state change; errors it raises are logged."""
+        if not callable(listener):
+            raise SagaDefinitionError(f"a listener must be callable, got {listener!r}")
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop calling ``listener``."""
+        self._listeners.remove(listener)
+
+    # ------------------------------------------------------------------ running
+
+    async def execute(self, definition: SagaDefinition, *, saga_id: str | None = None) -> list[Any]:
+        """Run ``definition`` and return the events of its steps, in order.
+
+        On failure the completed steps are compensated in reverse order, then
+        :class:`StepFailed`, :class:`StepTimeout` or :class:`CompensationFailed` is
+        raised. With an explicit ``saga_id`` (here or on the definition) execution is
+        idempotent: a completed id returns its recorded events without running again.
+        """
+        if not isinstance(definition, SagaDefinition):
+            raise SagaDefinitionError(
+                f"execute() takes a SagaDefinition (call your @saga function first: "
+                f"transfer('A', 'B', 10)), got {definition!r}"
+            )
+        if saga_id is not None:
+            _check_id(saga_id)
+        else:
+            saga_id = definition.saga_id
+        explicit = saga_id is not None
+        loop = asyncio.get_running_loop()
+        run = SagaRun(saga_id if saga_id is not None else _ids.next(), definition, explicit, loop.time())
+        earlier = await self._store.begin(run)
+        if earlier is not None:
+            return list(earlier.events)
+        return await self._drive(run, definition._driver())
+
+    async def _drive(self, run: SagaRun, driver: StepDriver, replay: int = 0) -> list[Any]:
+        """Run the steps ``driver`` yields; the first ``replay`` come from ``run.steps``."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - asyncio always runs coroutines in tasks
+            raise RuntimeError("sagakit needs to run inside an asyncio task")
+        now = loop.time
+        timer = StepTimer(loop, task)
+        listeners = self._listeners
+        observe = self._durable or bool(listeners) or logger.isEnabledFor(logging.DEBUG)
+        faults = active_faults.get()
+        cursor = _Cursor(run)
+        token = current_cursor.set(cursor)
+        steps = run.steps
+        events = run.events
+        done: list[_Done] = []
+        in_flight: _Done | None = None
+        index = 0
+        value: Any = None
+        try:
+            if observe or logger.isEnabledFor(logging.INFO):
+                await self._emit(run, TransitionKind.SAGA_STARTED)
+            while True:
+                try:
+                    call = driver.send(value)
+                except StopIteration:
+                    break
+                if call.__class__ is not StepCall:
+                    _check_call(call, run.name, index)
+                step = call.step
+                if index < replay:
+                    record = steps[index]
+                    if record.name != step._self_name:
+                        raise NonDeterminismError(
+                            f"saga {run.name!r} ({run.id}) yielded step {step._self_name!r} at "
+                            f"index {index}, but its log records {record.name!r}: the saga's code "
+                            "changed since this run started; finish or resolve it with the old code"
+                        )
+                    value = record.result
+                    done.append((record, call, value))
+                    index += 1
+                    continue
+                record = StepRun(index, step._self_name)
+                steps.append(record)
+                cursor.step = record
+                timeout = step._self_timeout
+                attempt = 0
+                while True:
+                    attempt += 1
+                    record.attempts = cursor.attempt = attempt
+                    if observe:
+                        await self._emit(run, TransitionKind.STEP_STARTED, record, attempt)
+                    failure: StepFailed | None = None
+                    error: BaseException | None = None
+                    started = now()
+                    deadline = started + timeout
+                    fault = None
+                    if faults is not None:
+                        fault = faults.fault_for(step, attempt, compensation=False)
+                    if fault is SIMULATED_TIMEOUT:
+                        failure = StepTimeout(index, step._self_name, timeout, timeout)
+                    elif fault is not None:
+                        error = fault  # type: ignore[assignment]
+                    else:
+                        in_flight = (record, call, None)
+                        timer.arm(deadline)
+                        try:
+                            value = await call.fn(*call.args, **call.kwargs)
+                        except asyncio.CancelledError:
+                            timer.deadline = None
+                            if not timer.claim_cancellation():
+                                raise
+                            failure = StepTimeout(index, step._self_name, now() - started, timeout)
+                        except Exception as raised:
+                            timer.deadline = None
+                            error = raised
+                        else:
+                            timer.deadline = None
+                            finished = now()
+                            if timer.fired:  # it swallowed the cancellation and returned late
+                                timer.claim_cancellation()
+                                failure = StepTimeout(index, step._self_name, finished - started, timeout)
+                            elif finished >= deadline:  # it blocked past its deadline
+                                failure = StepTimeout(index, step._self_name, finished - started, timeout)
+                            else:
+                                record.duration = finished - started
+                                break
+                        in_flight = None
+                    if failure is None:
+                        assert error is not None
+                        failure = StepFailed(index, step._self_name, error)
+                        failure.__cause__ = error
+                    policy = step._self_retry
+                    if attempt < policy.attempts and policy.retries(error or failure):
+                        if observe or logger.isEnabledFor(logging.INFO):
+                            await self._emit(
+                                run, TransitionKind.STEP_RETRYING, record, attempt, error=failure
+                            )
+                        await self._sleep(policy.delay(attempt))
+                        continue
+                    timed_out = isinstance(failure, StepTimeout)
+                    record.status = StepStatus.TIMED_OUT if timed_out else StepStatus.FAILED
+                    record.duration = now() - started
+                    record.error = _describe(error or failure)
+                    if (step._self_compensate_on_timeout if timed_out else step._self_compensate_on_failure):
+                        done.append((record, call, None))
+                    await self._emit(
+                        run,
+                        TransitionKind.STEP_TIMED_OUT if timed_out else TransitionKind.STEP_FAILED,
+                        record,
+                        attempt,
+                        error=error or failure,
+                        duration=record.duration,
+                    )
+                    raise failure
+                in_flight = None
+                record.result = value
+                record.events = step_events = _events_of(value)
+                record.status = StepStatus.COMPLETED
+                events.extend(step_events)
+                run.steps_executed += 1
+                run.updated_mono = finished
+                if observe:
+                    try:
+                        await self._emit(
+                            run,
+                            TransitionKind.STEP_COMPLETED,
+                            record,
+                            attempt,
+                            result=value,
+                            events=tuple(step_events),
+                            duration=record.duration,
+                        )
+                    except Exception as unrecorded:
+                        # The step acted but its completion could not be recorded: undo it too.
+                        del events[len(events) - len(step_events) :]
+                        run.steps_executed -= 1
+                        record.status = StepStatus.FAILED
+                        record.error = _describe(unrecorded)
+                        done.append((record, call, value))
+                        failure = StepFailed(index, step._self_name, unrecorded)
+                        raise failure from unrecorded
+                done.append((record, call, value))
+                index += 1
+            if index == 0:
+                raise SagaDefinitionError(
+                    f"saga {run.name!r} yielded no steps; a saga needs at least one step"
+                )
+        except asyncio.CancelledError:
+            if in_flight is not None:
+                record, call, _ = in_flight
+                record.status = StepStatus.FAILED
+                record.error = "CancelledError: the saga was cancelled"
+                if call.step._self_compensate_on_timeout:
+                    done.append(in_flight)
+            driver.close()
+            timer.close()
+            run.error = "CancelledError: the saga was cancelled"
+            await self._shielded(self._compensate(run, done, None, faults, observe))
+            await self._finish(run)
+            raise
+        except BaseException as failure:
+            driver.close()
+            timer.close()
+            if run.error is None:
+                run.error = _describe(failure)
+            try:
+                compensation_failure = await self._compensate(run, done, failure, faults, observe)
+            except asyncio.CancelledError:
+                await self._finish(run)
+                raise
+            except BaseException:
+                run.status = SagaStatus.FAILED
+                await self._finish(run)
+                raise
+            await self._finish(run)
+            if isinstance(failure, SagaRunError):
+                failure.saga_id = run.id
+                failure.events = list(run.events)
+                failure.compensation_events = list(run.compensation_events)
+            if compensation_failure is not None:
+                raise compensation_failure from failure
+            raise
+        finally:
+            timer.close()
+            current_cursor.reset(token)
+        run.status = SagaStatus.COMPLETED
+        run.total_steps = index
+        await self._finish(run)
+        return events.copy()
+
+    async def _finish(self, run: SagaRun) -> None:
+        """Record the end of a run and move it to history."""
+        loop = asyncio.get_running_loop()
+        run.finished_mono = run.updated_mono = loop.time()
+        if run.status is SagaStatus.EXECUTING or run.status is SagaStatus.COMPENSATING:
+            run.status = SagaStatus.FAILED
+        try:
+            if self._durable or self._listeners or logger.isEnabledFor(logging.INFO):
+                await self._emit(run, TransitionKind.SAGA_FINISHED)
+        finally:
+            await self._store.finish(run)
+
+    async def _shielded(self, work: Awaitable[Any]) -> Any:
+        """Run ``work`` to its end in its own task, whatever cancels the caller meanwhile."""
+        task = asyncio.ensure_future(work)
+        while True:
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if task.done():
+                    raise
+                continue
+
+    async def _compensate(
+        self,
+        run: SagaRun,
+        done: list[_Done],
+        trigger: BaseException | None,
+        faults: FaultPlan | None,
+        observe: bool,
+    ) -> CompensationFailed | None:
+        """Compensate ``done`` in reverse order; finish in a shielded task if cancelled."""
+        try:
+            return await self._undo(run, done, trigger, faults, observe)
+        except asyncio.CancelledError:
+            await self._shielded(self._undo(run, done, trigger, faults, observe))
+            raise
+
+    async def _undo(
+        self,
+        run: SagaRun,
+        done: list[_Done],
+        trigger: BaseException | None,
+        faults: FaultPlan | None,
+        observe: bool,
+    ) -> CompensationFailed | None:
+        """Pop and compensate ``done`` from its end; return the failure to raise, if any."""
+        run.status = SagaStatus.COMPENSATING
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        now = loop.time
+        timer = StepTimer(loop, task)
+        cursor = current_cursor.get()
+        errors: list[tuple[int, str, BaseException]] = []
+        uncompensated: list[str] = []
+        try:
+            while done:
+                step_record, call, result = done[-1]
+                step = call.step
+                if step._self_compensation is None:
+                    done.pop()
+                    continue
+                record = StepRun(step_record.index, step_record.name, compensation=True)
+                run.compensations.append(record)
+                if cursor is not None:
+                    cursor.step = record
+                    cursor.compensating = True
+                policy = step._self_compensation_retry or self._compensation_retry
+                timeout = step.compensation_timeout
+                attempt = 0
+                while True:
+                    attempt += 1
+                    record.attempts = attempt
+                    if cursor is not None:
+                        cursor.attempt = attempt
+                    if observe:
+                        await self._emit(run, TransitionKind.COMPENSATION_STARTED, record, attempt)
+                    error: BaseException | None = None
+                    started = now()
+                    deadline = started + timeout
+                    fault = None
+                    if faults is not None:
+                        fault = faults.fault_for(step, attempt, compensation=True)
+                    if fault is SIMULATED_TIMEOUT:
+                        error = StepTimeout(record.index, record.name, timeout, timeout)
+                    elif fault is not None:
+                        error = fault  # type: ignore[assignment]
+                    else:
+                        timer.arm(deadline)
+                        try:
+                            value = await call.compensation_call(result)  # type: ignore[misc]
+                        except asyncio.CancelledError:
+                            timer.deadline = None
+                            if not timer.claim_cancellation():
+                                record.status = StepStatus.FAILED
+                                record.error = "CancelledError: interrupted; compensation retried"
+                                raise
+                            error = StepTimeout(record.index, record.name, now() - started, timeout)
+                        except Exception as raised:
+                            timer.deadline = None
+                            error = raised
+                        else:
+                            timer.deadline = None
+                            finished = now()
+                            if timer.fired or finished >= deadline:
+                                timer.claim_cancellation()
+                                error = StepTimeout(
+                                    record.index, record.name, finished - started, timeout
+                                )
+                            else:
+                                record.duration = finished - started
+                                break
+                    if attempt < policy.attempts and policy.retries(error):
+                        await self._emit(
+                            run, TransitionKind.COMPENSATION_RETRYING, record, attempt, error=error
+                        )
+                        await self._sleep(policy.delay(attempt))
+                        continue
+                    break
+                if error is None:
+                    record.status = StepStatus.COMPLETED
+                    record.result = value
+                    record.events = comp_events = _events_of(value)
+                    run.compensation_events.extend(comp_events)
+                    run.updated_mono = finished
+                    if observe:
+                        await self._emit(
+                            run,
+                            TransitionKind.COMPENSATION_COMPLETED,
+                            record,
+                            attempt,
+                            result=value,
+                            events=tuple(comp_events),
+                            duration=record.duration,
+                        )
+                    done.pop()
+                    continue
+                record.status = (
+                    StepStatus.TIMED_OUT if isinstance(error, StepTimeout) else StepStatus.FAILED
+                )
+                record.duration = now() - started
+                record.error = _describe(error)
+                errors.append((record.index, record.name, error))
+                uncompensated.append(record.name)
+                done.pop()
+                await self._emit(
+                    run, TransitionKind.COMPENSATION_FAILED, record, attempt, error=error,
+                    duration=record.duration,
+                )
+                if not self._continue:
+                    uncompensated.extend(
+                        r.name for r, c, _ in reversed(done) if c.step._self_compensation is not None
+                    )
+                    done.clear()
+                    break
+        finally:
+            timer.close()
+            if cursor is not None:
+                cursor.step = None
+                cursor.compensating = False
+        if not errors:
+            run.status = SagaStatus.COMPENSATED
+            return None
+        run.status = SagaStatus.FAILED
+        index, name, first = errors[0]
+        failure = CompensationFailed(index, name, first, trigger, uncompensated, errors)
+        failure.saga_id = run.id
+        failure.events = list(run.events)
+        failure.compensation_events = list(run.compensation_events)
+        run.error = str(failure)
+        return failure
+
+    async def _emit(
+        self,
+        run: SagaRun,
+        kind: TransitionKind,
+        record: StepRun | None = None,
+        attempt: int = 0,
+        *,
+        result: Any = None,
+        events: tuple[Any, ...] = (),
+        error: BaseException | None = None,
+        duration: float | None = None,
+    ) -> None:
+        """Record a transition durably (if the store is), log it, then tell listeners."""
+        transition = Transition(
+            kind=kind,
+            saga_id=run.id,
+            saga_name=run.name,
+            status=run.status,
+            step_index=None if record is None else record.index,
+            step_name=None if record is None else record.name,
+            attempt=attempt,
+            result=result,
+            events=events,
+            error=error,
+            duration=duration,
+        )
+        if self._durable:
+            await self._store.record(run, transition)
+        level = _LEVELS.get(kind, logging.DEBUG)
+        if kind is TransitionKind.SAGA_FINISHED and run.status is not SagaStatus.COMPLETED:
+            level = logging.ERROR if run.status is SagaStatus.FAILED else logging.WARNING
+        if logger.isEnabledFor(level):
+            _log(level, transition)
+        for listener in self._listeners:
+            try:
+                outcome = listener(transition)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                logger.exception(
+                    "sagakit listener %r raised on %s; the saga goes on",
+                    listener,
+                    kind,
+                    extra={"saga_id": run.id, "saga_name": run.name, "transition": str(kind)},
+                )
+
+    # --------------------------------------------------------------- monitoring
+
+    async def running_count(self) -> int:
+        """How many sagas are executing or compensating now."""
+        return await self._store.running_count()
+
+    async def history_count(self) -> int:
+        """How many finished sagas are kept in the history."""
+        return await self._store.history_count()
+
+    async def get_running_sagas(self) -> list[SagaMetadata]:
+        """Metadata of the sagas executing or compensating now."""
+        return await self._store.running()
+
+    async def get_saga(self, saga_id: str) -> SagaMetadata | None:
+        """Metadata of one saga, running or finished, or ``None`` if unknown."""
+        return await self._store.get(saga_id)
+
+    async def get_history(self, limit: int | None = None) -> list[SagaMetadata]:
+        """Metadata of finished sagas, oldest first (only the newest ``limit`` if given)."""
+        return await self._store.history(limit)
+
+    async def close(self) -> None:
+        """Close the store."""
+        await self._store.close()
+
+    async def __aenter__(self) -> SagaOrchestrator:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<SagaOrchestrator store={self._store!r}>"
+
+
+def _log(level: int, transition: Transition) -> None:
+    step = ""
+    if transition.step_name is not None:
+        step = f" step {transition.step_index} {transition.step_name!r}"
+        if transition.attempt > 1:
+            step += f" attempt {transition.attempt}"
+    error = f": {_describe(transition.error)}" if transition.error is not None else ""
+    logger.log(
+        level,
+        "saga %s (%s) %s%s%s",
+        transition.saga_name,
+        transition.saga_id,
+        transition.kind,
+        step,
+        error,
+        extra={
+            "saga_id": transition.saga_id,
+            "saga_name": transition.saga_name,
+            "saga_status": str(transition.status),
+            "step_name": transition.step_name,
+            "step_index": transition.step_index,
+            "attempt": transition.attempt,
+            "transition": str(transition.kind),
+        },
+    )
+
+
+__all__ = ["Listener", "SagaOrchestrator"]

@@ -1,0 +1,86 @@
+"""Retry policies: how many attempts a step gets and how long to wait between them."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+from .exceptions import SagaDefinitionError
+
+
+def check_seconds(value: object, what: str, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as a finite positive float, or raise a clear definition error."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SagaDefinitionError(f"{what} must be a number of seconds, got {value!r}")
+    seconds = float(value)
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise SagaDefinitionError(f"{what} must be a finite number of seconds, got {value!r}")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        bound = "zero or more" if allow_zero else "greater than zero"
+        raise SagaDefinitionError(f"{what} must be {bound} seconds, got {value!r}")
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A retry policy: up to ``attempts`` tries with exponential backoff and jitter.
+
+    The delay before attempt ``n + 1`` is ``backoff * multiplier ** (n - 1)``, capped
+    at ``max_backoff``, then spread by up to ``jitter`` (a fraction) either way.
+    Only exceptions that are instances of ``on`` are retried; a timeout counts as a
+    ``TimeoutError``. Every attempt gets a fresh timeout.
+
+    >>> Retry(attempts=3, backoff=0.5, on=(ConnectionError, TimeoutError))
+    Retry(attempts=3, backoff=0.5, multiplier=2.0, max_backoff=30.0, jitter=0.1, on=(...))
+    """
+
+    attempts: int = 3
+    backoff: float = 0.1
+    multiplier: float = 2.0
+    max_backoff: float = 30.0
+    jitter: float = 0.1
+    on: tuple[type[BaseException], ...] = field(default=(Exception,))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
+            raise SagaDefinitionError(f"Retry(attempts=...) must be an int, got {self.attempts!r}")
+        if self.attempts < 1:
+            raise SagaDefinitionError(
+                f"Retry(attempts=...) must be at least 1 (1 means no retry), got {self.attempts}"
+            )
+        check_seconds(self.backoff, "Retry(backoff=...)", allow_zero=True)
+        check_seconds(self.max_backoff, "Retry(max_backoff=...)", allow_zero=True)
+        if not (isinstance(self.multiplier, int | float) and self.multiplier >= 1):
+            raise SagaDefinitionError(
+                f"Retry(multiplier=...) must be a number >= 1, got {self.multiplier!r}"
+            )
+        if not (isinstance(self.jitter, int | float) and 0 <= self.jitter <= 1):
+            raise SagaDefinitionError(
+                f"Retry(jitter=...) must be a fraction between 0 and 1, got {self.jitter!r}"
+            )
+        on = self.on
+        if isinstance(on, type):
+            on = (on,)
+            object.__setattr__(self, "on", on)
+        if not on or not all(isinstance(t, type) and issubclass(t, BaseException) for t in on):
+            raise SagaDefinitionError(
+                f"Retry(on=...) must be an exception class or a tuple of them, got {self.on!r}"
+            )
+
+    def retries(self, error: BaseException) -> bool:
+        """Whether ``error`` is one this policy retries."""
+        return isinstance(error, self.on)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        base = min(self.backoff * self.multiplier ** (attempt - 1), self.max_backoff)
+        if self.jitter and base:
+            base *= 1 + random.uniform(-self.jitter, self.jitter)  # noqa: S311
+        return max(base, 0.0)
+
+
+NO_RETRY = Retry(attempts=1)
+DEFAULT_COMPENSATION_RETRY = Retry(attempts=3, backoff=0.1, max_backoff=5.0)
+
+__all__ = ["DEFAULT_COMPENSATION_RETRY", "NO_RETRY", "Retry", "check_seconds"]

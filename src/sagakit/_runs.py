@@ -1,0 +1,176 @@
+"""Per-run mutable state, owned by one execution and snapshotted into records."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from .records import SagaMetadata, StepRecord
+from .status import SagaStatus, StepStatus
+
+if TYPE_CHECKING:
+    from ._sagas import SagaDefinition
+
+
+class StepRun:
+    """Mutable state of one step or compensation within one run."""
+
+    __slots__ = (
+        "attempts",
+        "compensation",
+        "duration",
+        "error",
+        "events",
+        "index",
+        "name",
+        "result",
+        "status",
+    )
+
+    def __init__(self, index: int, name: str, compensation: bool = False) -> None:
+        self.index = index
+        self.name = name
+        self.status = StepStatus.RUNNING
+        self.attempts = 0
+        self.duration: float | None = None
+        self.error: str | None = None
+        self.events: tuple[Any, ...] = ()
+        self.result: Any = None
+        self.compensation = compensation
+
+    def record(self) -> StepRecord:
+        return StepRecord(
+            index=self.index,
+            name=self.name,
+            status=self.status,
+            attempts=self.attempts,
+            duration=self.duration,
+            error=self.error,
+            events=self.events,
+            compensation=self.compensation,
+        )
+
+
+class SagaRun:
+    """Mutable state of one saga execution; :meth:`snapshot` gives its metadata."""
+
+    __slots__ = (
+        "compensation_events",
+        "compensations",
+        "definition",
+        "error",
+        "events",
+        "explicit_id",
+        "finished_mono",
+        "id",
+        "name",
+        "started_at",
+        "started_mono",
+        "status",
+        "steps",
+        "steps_executed",
+        "total_steps",
+        "updated_mono",
+    )
+
+    def __init__(
+        self, saga_id: str, definition: SagaDefinition, explicit_id: bool, mono: float
+    ) -> None:
+        self.id = saga_id
+        self.name = definition.name
+        self.definition = definition
+        self.explicit_id = explicit_id
+        self.status = SagaStatus.EXECUTING
+        self.total_steps = definition.total_steps
+        self.steps: list[StepRun] = []
+        self.compensations: list[StepRun] = []
+        self.events: list[Any] = []
+        self.compensation_events: list[Any] = []
+        self.steps_executed = 0
+        self.error: str | None = None
+        self.started_at = datetime.now(UTC)
+        self.started_mono = mono
+        self.updated_mono = mono
+        self.finished_mono: float | None = None
+
+    def _wall(self, mono: float | None) -> datetime | None:
+        if mono is None:
+            return None
+        return self.started_at + timedelta(seconds=mono - self.started_mono)
+
+    def snapshot(self) -> SagaMetadata:
+        return SagaMetadata(
+            id=self.id,
+            name=self.name,
+            status=self.status,
+            steps_executed=self.steps_executed,
+            total_steps=self.total_steps,
+            started_at=self.started_at,
+            updated_at=self._wall(self.updated_mono),
+            finished_at=self._wall(self.finished_mono),
+            error=self.error,
+            steps=tuple(s.record() for s in self.steps),
+            compensations=tuple(c.record() for c in self.compensations),
+            events=tuple(self.events),
+            compensation_events=tuple(self.compensation_events),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    """What a running step can know about itself (see :func:`current_step`)."""
+
+    saga_id: str
+    saga_name: str
+    step_index: int
+    step_name: str
+    attempt: int
+    compensating: bool
+
+    @property
+    def idempotency_key(self) -> str:
+        """``"<saga id>:<step index>"``: stable across retries and crash recovery.
+
+        Pass it to external services so a step re-run after a crash does not act twice.
+        """
+        return f"{self.saga_id}:{self.step_index}"
+
+
+class _Cursor:
+    """Where a run is now; one per run, updated in place by the orchestrator."""
+
+    __slots__ = ("attempt", "compensating", "run", "step")
+
+    def __init__(self, run: SagaRun) -> None:
+        self.run = run
+        self.step: StepRun | None = None
+        self.attempt = 0
+        self.compensating = False
+
+
+current_cursor: ContextVar[_Cursor | None] = ContextVar("sagakit_current_step", default=None)
+
+
+def current_step() -> StepContext | None:
+    """The saga step running in this task, or ``None`` outside a saga step.
+
+    >>> ctx = current_step()
+    >>> await payments.charge(amount, idempotency_key=ctx.idempotency_key)
+    """
+    cursor = current_cursor.get()
+    if cursor is None or cursor.step is None:
+        return None
+    step = cursor.step
+    return StepContext(
+        saga_id=cursor.run.id,
+        saga_name=cursor.run.name,
+        step_index=step.index,
+        step_name=step.name,
+        attempt=cursor.attempt,
+        compensating=cursor.compensating,
+    )
+
+
+__all__ = ["SagaRun", "StepContext", "StepRun", "current_step"]

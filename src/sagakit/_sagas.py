@@ -1,0 +1,323 @@
+"""Saga definitions: ``@saga`` on a generator or list function, and the builder."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from typing import Any, Generic, Literal, TypeAlias, overload
+
+from typing_extensions import ParamSpec
+
+from ._steps import StepCall
+from .exceptions import SagaDefinitionError
+from .records import SagaMetadata
+from .status import SagaStatus
+
+P = ParamSpec("P")
+
+RecoveryPolicy: TypeAlias = Literal["resume", "compensate"]
+SagaBody: TypeAlias = Generator[StepCall[Any], Any, Any] | Sequence[StepCall[Any]]
+StepDriver: TypeAlias = Generator[StepCall[Any], Any, Any]
+
+_registry: dict[str, SagaFunction[...]] = {}
+
+
+class SagaDefinition:
+    """An immutable description of one saga: what to run, not a run.
+
+    Build one by calling a ``@saga`` function or with the builder
+    ``SagaDefinition("transfer-1").add_step(debit("A", 10)).add_step(...)``.
+    Every execution creates fresh per-run state; a definition can be executed many times.
+    """
+
+    __slots__ = ("_args", "_calls", "_factory", "_kwargs", "_name", "_recovery", "_saga_id")
+
+    _saga_id: str | None
+    _name: str
+    _calls: tuple[StepCall[Any], ...] | None
+    _factory: SagaFunction[...] | None
+    _args: tuple[Any, ...]
+    _kwargs: dict[str, Any]
+    _recovery: RecoveryPolicy
+
+    def __init__(
+        self,
+        saga_id: str | None = None,
+        *,
+        name: str | None = None,
+        steps: Iterable[StepCall[Any]] = (),
+        recovery: RecoveryPolicy = "resume",
+    ) -> None:
+        if saga_id is not None:
+            _check_id(saga_id)
+        calls = tuple(steps)
+        for index, call in enumerate(calls):
+            _check_call(call, name or saga_id or "saga", index)
+        _init(self, saga_id, name or saga_id or "saga", calls, None, (), {}, recovery)
+
+    @classmethod
+    def _from_factory(
+        cls,
+        factory: SagaFunction[...],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        calls: tuple[StepCall[Any], ...] | None,
+    ) -> SagaDefinition:
+        definition = object.__new__(cls)
+        _init(definition, None, factory.name, calls, factory, args, kwargs, factory.recovery)
+        return definition
+
+    def add_step(self, call: StepCall[Any]) -> SagaDefinition:
+        """Return a new definition with ``call`` appended (builder form)."""
+        if self._calls is None:
+            raise SagaDefinitionError(
+                f"saga {self._name!r} is a generator saga; its steps come from the generator, "
+                "so add_step() cannot extend it — yield the step from the generator instead"
+            )
+        _check_call(call, self._name, len(self._calls))
+        new = self._copy()
+        object.__setattr__(new, "_calls", (*self._calls, call))
+        return new
+
+    def with_id(self, saga_id: str) -> SagaDefinition:
+        """Return a copy with ``saga_id`` set; the id makes executions idempotent."""
+        _check_id(saga_id)
+        new = self._copy()
+        object.__setattr__(new, "_saga_id", saga_id)
+        return new
+
+    def _copy(self) -> SagaDefinition:
+        new = object.__new__(type(self))
+        for slot in SagaDefinition.__slots__:
+            object.__setattr__(new, slot, getattr(self, slot))
+        return new
+
+    @property
+    def name(self) -> str:
+        """The saga's name (the decorated function's name, or the builder's id)."""
+        return self._name
+
+    @property
+    def saga_id(self) -> str | None:
+        """The explicit saga id, or ``None`` for a fresh id per execution."""
+        return self._saga_id
+
+    @property
+    def steps(self) -> tuple[StepCall[Any], ...] | None:
+        """The ordered step calls, or ``None`` for a generator saga (known only by running)."""
+        return self._calls
+
+    @property
+    def total_steps(self) -> int | None:
+        """How many steps the saga has, when known before running."""
+        return None if self._calls is None else len(self._calls)
+
+    @property
+    def factory(self) -> SagaFunction[...] | None:
+        """The ``@saga`` function this definition came from, if any."""
+        return self._factory
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """Positional arguments the ``@saga`` function was called with."""
+        return self._args
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments the ``@saga`` function was called with."""
+        return dict(self._kwargs)
+
+    @property
+    def recovery(self) -> RecoveryPolicy:
+        """What recovery does with a run interrupted going forward: resume or compensate."""
+        return self._recovery
+
+    def metadata(self) -> SagaMetadata:
+        """Metadata of this definition before any run: status ``NOT_STARTED``."""
+        return SagaMetadata(
+            id=self._saga_id,
+            name=self._name,
+            status=SagaStatus.NOT_STARTED,
+            steps_executed=0,
+            total_steps=self.total_steps,
+        )
+
+    def _driver(self) -> StepDriver:
+        """A fresh generator of the saga's step calls, fed each step's result."""
+        if self._calls is not None:
+            return _iterate(self._calls)
+        assert self._factory is not None
+        return self._factory.__wrapped__(*self._args, **self._kwargs)  # type: ignore[no-any-return]
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"SagaDefinition is immutable; use with_id()/add_step() ({name})")
+
+    def __repr__(self) -> str:
+        steps = "?" if self._calls is None else len(self._calls)
+        ident = f" id={self._saga_id!r}" if self._saga_id else ""
+        return f"<SagaDefinition {self._name}{ident} steps={steps}>"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SagaDefinition):
+            return NotImplemented
+        return all(getattr(self, s) == getattr(other, s) for s in SagaDefinition.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _init(
+    definition: SagaDefinition,
+    saga_id: str | None,
+    name: str,
+    calls: tuple[StepCall[Any], ...] | None,
+    factory: SagaFunction[...] | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    recovery: RecoveryPolicy,
+) -> None:
+    if recovery not in ("resume", "compensate"):
+        raise SagaDefinitionError(
+            f"recovery must be 'resume' or 'compensate', got {recovery!r}"
+        )
+    for slot, value in (
+        ("_saga_id", saga_id),
+        ("_name", name),
+        ("_calls", calls),
+        ("_factory", factory),
+        ("_args", args),
+        ("_kwargs", kwargs),
+        ("_recovery", recovery),
+    ):
+        object.__setattr__(definition, slot, value)
+
+
+def _iterate(calls: tuple[StepCall[Any], ...]) -> StepDriver:
+    for call in calls:
+        yield call
+
+
+def _check_id(saga_id: object) -> None:
+    if not isinstance(saga_id, str) or not saga_id:
+        raise SagaDefinitionError(f"a saga id must be a non-empty string, got {saga_id!r}")
+
+
+def _check_call(call: object, saga_name: str, index: int) -> None:
+    if not isinstance(call, StepCall):
+        hint = ""
+        if inspect.iscoroutine(call):
+            call.close()
+            hint = " (a coroutine: decorate the async function with @step)"
+        elif callable(call):
+            hint = " (call the step with its arguments: debit('A', 10), not debit)"
+        raise SagaDefinitionError(
+            f"saga {saga_name!r} step {index} must be a step call such as debit('A', 10), "
+            f"got {call!r}{hint}"
+        )
+
+
+class SagaFunction(Generic[P]):
+    """A function declared with ``@saga``: calling it returns a :class:`SagaDefinition`."""
+
+    def __init__(
+        self, fn: Callable[P, SagaBody], *, name: str | None = None, recovery: RecoveryPolicy = "resume"
+    ) -> None:
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            raise SagaDefinitionError(
+                f"@saga needs a plain generator function (yield each step call) or a function "
+                f"returning a list of step calls; {fn.__qualname__} is async — drop 'async'"
+            )
+        if not callable(fn):
+            raise SagaDefinitionError(f"@saga takes a function, got {fn!r}")
+        name = name if name is not None else fn.__name__
+        if not isinstance(name, str) or not name:
+            raise SagaDefinitionError(f"@saga(name=...) must be a non-empty string, got {name!r}")
+        if recovery not in ("resume", "compensate"):
+            raise SagaDefinitionError(
+                f"@saga(recovery=...) must be 'resume' or 'compensate', got {recovery!r}"
+            )
+        self.__wrapped__ = fn
+        self.name = name
+        self.recovery: RecoveryPolicy = recovery
+        self.is_generator = inspect.isgeneratorfunction(fn)
+        self.__name__ = fn.__name__
+        self.__qualname__ = fn.__qualname__
+        self.__doc__ = fn.__doc__
+        self.__module__ = fn.__module__
+        _registry[name] = self
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(self.__wrapped__)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> SagaDefinition:
+        calls: tuple[StepCall[Any], ...] | None = None
+        if not self.is_generator:
+            body = self.__wrapped__(*args, **kwargs)
+            if not isinstance(body, list | tuple):
+                raise SagaDefinitionError(
+                    f"saga {self.name!r} must return a list or tuple of step calls "
+                    f"(or be a generator that yields them), got {type(body).__name__}"
+                )
+            for index, call in enumerate(body):
+                _check_call(call, self.name, index)
+            if not body:
+                raise SagaDefinitionError(
+                    f"saga {self.name!r} returned no steps; a saga needs at least one step"
+                )
+            calls = tuple(body)
+        return SagaDefinition._from_factory(self, args, kwargs, calls)
+
+    def __repr__(self) -> str:
+        return f"<saga {self.name}>"
+
+
+@overload
+def saga(fn: Callable[P, SagaBody], /) -> SagaFunction[P]: ...
+@overload
+def saga(
+    fn: None = None, /, *, name: str | None = None, recovery: RecoveryPolicy = "resume"
+) -> Callable[[Callable[P, SagaBody]], SagaFunction[P]]: ...
+def saga(
+    fn: Callable[P, SagaBody] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    recovery: RecoveryPolicy = "resume",
+) -> SagaFunction[P] | Callable[[Callable[P, SagaBody]], SagaFunction[P]]:
+    """Declare a saga from a generator function (yielding step calls) or a list function.
+
+    ``recovery`` says what crash recovery does with a run interrupted going forward:
+    ``"resume"`` (default) continues with the first unfinished step, ``"compensate"``
+    undoes the completed ones.
+    """
+    if fn is None:
+
+        def decorate(fn: Callable[P, SagaBody]) -> SagaFunction[P]:
+            return SagaFunction(fn, name=name, recovery=recovery)
+
+        return decorate
+    if name is not None or recovery != "resume":
+        raise SagaDefinitionError(
+            "pass either a function or options to saga(), not both: write @saga(name=...)"
+        )
+    return SagaFunction(fn)
+
+
+def registered_saga(name: str) -> SagaFunction[...] | None:
+    """The ``@saga`` function registered under ``name`` (used by crash recovery)."""
+    return _registry.get(name)
+
+
+def registered_sagas() -> Iterator[SagaFunction[...]]:
+    """Every ``@saga`` function registered so far."""
+    return iter(list(_registry.values()))
+
+
+__all__ = [
+    "RecoveryPolicy",
+    "SagaDefinition",
+    "SagaFunction",
+    "registered_saga",
+    "registered_sagas",
+    "saga",
+]

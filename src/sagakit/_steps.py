@@ -1,0 +1,367 @@
+"""Steps: ``@step`` turns an ``async def`` into a :class:`Step`; ``@<step>.compensate`` pairs it."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, Generic, TypeVar, overload
+
+import wrapt
+from typing_extensions import Concatenate, ParamSpec
+
+from ._retry import NO_RETRY, Retry, check_seconds
+from .exceptions import CompensationAlreadySetError, SagaDefinitionError, StepTimeout
+
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+C = TypeVar("C", bound=Callable[..., Awaitable[Any]])
+
+DEFAULT_TIMEOUT = 30.0
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+_RESULT = object()
+
+
+class StepCall(Generic[R_co]):
+    """A step together with the arguments it was called with; nothing has run yet.
+
+    Yield it from a saga (or list it) to run it as part of the saga, or ``await`` it to
+    run the step on its own, under its timeout and retry policy.
+    """
+
+    __slots__ = ("args", "fn", "instance", "kwargs", "step")
+
+    def __init__(
+        self,
+        step: Step[Any, Any],
+        fn: Callable[..., Awaitable[Any]],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.step = step
+        self.fn = fn
+        self.instance = instance
+        self.args = args
+        self.kwargs = kwargs
+
+    @property
+    def name(self) -> str:
+        """The step's name."""
+        return self.step.name
+
+    def compensation_call(self, result: Any) -> Awaitable[Any] | None:
+        """Start the compensation of this call (``None`` when the step has none)."""
+        step = self.step
+        compensation = step._self_compensation
+        if compensation is None:
+            return None
+        args, kwargs = self.args, self.kwargs
+        if kwargs:
+            bound = step._self_signature.bind(*args, **kwargs)
+            args, kwargs = bound.args, bound.kwargs
+        if self.instance is not None and step._self_is_method:
+            args = (self.instance, *args)
+        if step._self_compensation_takes_result:
+            if args and step._self_is_method:
+                return compensation(args[0], result, *args[1:], **kwargs)  # type: ignore[no-any-return]
+            return compensation(result, *args, **kwargs)  # type: ignore[no-any-return]
+        return compensation(*args, **kwargs)  # type: ignore[no-any-return]
+
+    def __await__(self) -> Generator[Any, None, R_co]:
+        return self._run_alone().__await__()
+
+    async def _run_alone(self) -> R_co:
+        step = self.step
+        policy = step.retry
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(step.timeout) as deadline:
+                    result = await self.fn(*self.args, **self.kwargs)
+                if deadline.expired():  # the step swallowed its cancellation
+                    raise StepTimeout(-1, step.name, time.monotonic() - started, step.timeout)
+                return result  # type: ignore[no-any-return]
+            except TimeoutError as error:
+                failure: BaseException = error
+                if not isinstance(error, StepTimeout):
+                    failure = StepTimeout(-1, step.name, time.monotonic() - started, step.timeout)
+                    failure.__cause__ = error
+                if attempt >= policy.attempts or not policy.retries(failure):
+                    raise failure from error
+            except Exception as error:
+                if attempt >= policy.attempts or not policy.retries(error):
+                    raise
+            await asyncio.sleep(policy.delay(attempt))
+
+    def __repr__(self) -> str:
+        parts = [repr(a) for a in self.args]
+        parts += [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        return f"<StepCall {self.step.name}({', '.join(parts)})>"
+
+
+class Step(wrapt.FunctionWrapper[P, Any], Generic[P, R]):
+    """An ``async def`` declared with ``@step``: calling it gives a :class:`StepCall`.
+
+    The signature, name, docstring and ``inspect`` introspection of the function are
+    kept. Options live on the step; per-run state never does.
+    """
+
+    _self_name: str
+    _self_timeout: float
+    _self_retry: Retry
+    _self_compensation: Callable[..., Awaitable[Any]] | None
+    _self_compensation_takes_result: bool
+    _self_compensation_retry: Retry | None
+    _self_compensation_timeout: float | None
+    _self_compensate_on_timeout: bool
+    _self_compensate_on_failure: bool
+    _self_signature: inspect.Signature
+    _self_is_method: bool
+
+    def __init__(
+        self,
+        fn: Callable[P, Coroutine[Any, Any, R]],
+        *,
+        name: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: Retry | int | None = None,
+        compensation_retry: Retry | int | None = None,
+        compensation_timeout: float | None = None,
+        compensate_on_timeout: bool = True,
+        compensate_on_failure: bool = False,
+    ) -> None:
+        if not inspect.iscoroutinefunction(fn):
+            what = getattr(fn, "__qualname__", repr(fn))
+            raise SagaDefinitionError(
+                f"@step needs an 'async def' function, but {what} is not a coroutine function; "
+                "declare it with 'async def'"
+            )
+        step_self = self
+
+        def make_call(
+            wrapped: Callable[..., Awaitable[Any]],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> StepCall[Any]:
+            return StepCall(step_self, wrapped, instance, args, kwargs)
+
+        super(Step, self).__init__(fn, make_call)
+        if name is None:
+            name = fn.__name__
+        if not isinstance(name, str) or not name:
+            raise SagaDefinitionError(f"@step(name=...) must be a non-empty string, got {name!r}")
+        self._self_name = name
+        self._self_timeout = check_seconds(timeout, f"@step(timeout=...) of {name!r}")
+        self._self_retry = _as_retry(retry, f"@step(retry=...) of {name!r}") or NO_RETRY
+        self._self_compensation_retry = _as_retry(
+            compensation_retry, f"@step(compensation_retry=...) of {name!r}"
+        )
+        self._self_compensation_timeout = (
+            None
+            if compensation_timeout is None
+            else check_seconds(compensation_timeout, f"@step(compensation_timeout=...) of {name!r}")
+        )
+        self._self_compensate_on_timeout = bool(compensate_on_timeout)
+        self._self_compensate_on_failure = bool(compensate_on_failure)
+        self._self_compensation = None
+        self._self_compensation_takes_result = False
+        self._self_signature = inspect.signature(fn)
+        first = next(iter(self._self_signature.parameters), None)
+        self._self_is_method = first in ("self", "cls")
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> StepCall[R]:
+        return super(Step, self).__call__(*args, **kwargs)  # type: ignore[no-any-return]
+
+    @property
+    def name(self) -> str:
+        """The name the step is recorded under (the function name unless given)."""
+        return self._self_name
+
+    @property
+    def timeout(self) -> float:
+        """Seconds each attempt may take."""
+        return self._self_timeout
+
+    @property
+    def retry(self) -> Retry:
+        """The retry policy of the step (one attempt unless given)."""
+        return self._self_retry
+
+    @property
+    def compensation(self) -> Callable[..., Awaitable[Any]] | None:
+        """The compensation registered with ``@<step>.compensate``, if any."""
+        return self._self_compensation
+
+    @property
+    def compensation_takes_result(self) -> bool:
+        """Whether the compensation receives the step's result before its arguments."""
+        return self._self_compensation_takes_result
+
+    @property
+    def compensation_retry(self) -> Retry | None:
+        """The step's own compensation retry policy (``None``: the orchestrator's)."""
+        return self._self_compensation_retry
+
+    @property
+    def compensation_timeout(self) -> float:
+        """Seconds each compensation attempt may take (the step's timeout unless given)."""
+        return self._self_compensation_timeout or self._self_timeout
+
+    @property
+    def compensate_on_timeout(self) -> bool:
+        """Whether a timed-out step is compensated itself (its effect is unknown)."""
+        return self._self_compensate_on_timeout
+
+    @property
+    def compensate_on_failure(self) -> bool:
+        """Whether a step that raised is compensated itself."""
+        return self._self_compensate_on_failure
+
+    @overload
+    def compensate(
+        self, fn: Callable[Concatenate[R, P], Awaitable[Any]]
+    ) -> Callable[Concatenate[R, P], Awaitable[Any]]: ...
+    @overload
+    def compensate(self, fn: Callable[P, Awaitable[Any]]) -> Callable[P, Awaitable[Any]]: ...
+    def compensate(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        """Register ``fn`` as this step's compensation and return it unchanged.
+
+        ``fn`` takes the step's arguments, or the step's result followed by them.
+        """
+        if self._self_compensation is not None:
+            raise CompensationAlreadySetError(
+                f"step {self.name!r} already has the compensation "
+                f"{self._self_compensation.__qualname__!r}; a step has at most one — "
+                f"remove one of the @{self.name}.compensate declarations"
+            )
+        if not inspect.iscoroutinefunction(fn):
+            what = getattr(fn, "__qualname__", repr(fn))
+            raise SagaDefinitionError(
+                f"the compensation of step {self.name!r} must be an 'async def', "
+                f"but {what} is not a coroutine function"
+            )
+        self._self_compensation_takes_result = _takes_result(self, fn)
+        self._self_compensation = fn
+        return fn
+
+    def __repr__(self) -> str:
+        return f"<Step {self.name} timeout={self.timeout:g}s>"
+
+
+def _as_retry(value: Retry | int | None, what: str) -> Retry | None:
+    if value is None or isinstance(value, Retry):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Retry(attempts=value)
+    raise SagaDefinitionError(f"{what} must be a sagakit.Retry or a number of attempts, got {value!r}")
+
+
+def _takes_result(step: Step[Any, Any], fn: Callable[..., Any]) -> bool:
+    """Decide which form ``fn`` has, or raise when it cannot take the step's arguments."""
+    params = list(step._self_signature.parameters.values())
+    positional = [p.name for p in params if p.kind in _POSITIONAL]
+    keywords = {p.name: p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    if step._self_is_method and positional:
+        with_result = [positional[0], _RESULT, *positional[1:]]
+    else:
+        with_result = [_RESULT, *positional]
+    signature = inspect.signature(fn)
+    if _binds(signature, positional, keywords):
+        return False
+    if _binds(signature, with_result, keywords):
+        return True
+    step_params = ", ".join(str(p) for p in params)
+    raise SagaDefinitionError(
+        f"compensation {fn.__qualname__}{signature} cannot take the arguments of step "
+        f"{step.name!r} ({step_params}); give it the step's parameters "
+        f"({step_params}) or the step's result first, then those parameters"
+    )
+
+
+def _binds(signature: inspect.Signature, args: list[Any], kwargs: dict[str, Any]) -> bool:
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError:
+        return False
+    return True
+
+
+_DEFAULT_OPTIONS: dict[str, Any] = {
+    "name": None,
+    "timeout": DEFAULT_TIMEOUT,
+    "retry": None,
+    "compensation_retry": None,
+    "compensation_timeout": None,
+    "compensate_on_timeout": True,
+    "compensate_on_failure": False,
+}
+
+
+@overload
+def step(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Step[P, R]: ...
+@overload
+def step(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    retry: Retry | int | None = None,
+    compensation_retry: Retry | int | None = None,
+    compensation_timeout: float | None = None,
+    compensate_on_timeout: bool = True,
+    compensate_on_failure: bool = False,
+) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Step[P, R]]: ...
+def step(
+    fn: Callable[P, Coroutine[Any, Any, R]] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    retry: Retry | int | None = None,
+    compensation_retry: Retry | int | None = None,
+    compensation_timeout: float | None = None,
+    compensate_on_timeout: bool = True,
+    compensate_on_failure: bool = False,
+) -> Step[P, R] | Callable[[Callable[P, Coroutine[Any, Any, R]]], Step[P, R]]:
+    """Declare an ``async def`` as a saga step.
+
+    Use it bare (``@step``, timeout 30 s) or with keyword options
+    (``@step(timeout=10, retry=Retry(attempts=3))``).
+    """
+    options: dict[str, Any] = {
+        "name": name,
+        "timeout": timeout,
+        "retry": retry,
+        "compensation_retry": compensation_retry,
+        "compensation_timeout": compensation_timeout,
+        "compensate_on_timeout": compensate_on_timeout,
+        "compensate_on_failure": compensate_on_failure,
+    }
+    if fn is not None and options != _DEFAULT_OPTIONS:
+        raise SagaDefinitionError(
+            "pass either a function or options to step(), not both: "
+            "write @step(timeout=...) above the function"
+        )
+    if fn is None:
+
+        def decorate(fn: Callable[P, Coroutine[Any, Any, R]]) -> Step[P, R]:
+            return Step(fn, **options)
+
+        return decorate
+    if not callable(fn):
+        raise SagaDefinitionError(
+            f"@step takes an async function, got {fn!r}; options are keyword-only: "
+            "@step(timeout=10)"
+        )
+    return Step(fn, **options)
+
+
+__all__ = ["DEFAULT_TIMEOUT", "Step", "StepCall", "step"]

@@ -1,0 +1,160 @@
+"""The sagakit error hierarchy.
+
+Every error raised by sagakit derives from :class:`SagaError`. Misuse found while a
+step or saga is being declared raises :class:`SagaDefinitionError` (also a
+``TypeError``) before anything runs; failures while a saga runs raise the other
+classes, which carry the saga id, the step involved and the events recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+class SagaError(Exception):
+    """Base class of every sagakit error."""
+
+
+class SagaDefinitionError(SagaError, TypeError):
+    """A step or saga was declared or built wrongly; the message says how to fix it."""
+
+
+class CompensationAlreadySetError(SagaDefinitionError):
+    """``@<step>.compensate`` was used twice for the same step."""
+
+
+class SagaRunError(SagaError):
+    """A saga run ended without completing.
+
+    ``events`` holds the events of the steps that completed before the failure,
+    ``compensation_events`` the events returned by the compensations that ran.
+    """
+
+    saga_id: str | None = None
+    events: list[Any]
+    compensation_events: list[Any]
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.events = []
+        self.compensation_events = []
+
+
+class StepFailed(SagaRunError):
+    """A step raised; ``error`` is the original exception (also ``__cause__``)."""
+
+    def __init__(self, step_index: int, step_name: str, error: BaseException) -> None:
+        super().__init__(
+            f"step {step_index} ({step_name!r}) failed: {type(error).__name__}: {error}"
+        )
+        self.step_index = step_index
+        self.step_name = step_name
+        self.error = error
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.step_index, self.step_name, self.error))
+
+
+class StepTimeout(StepFailed, TimeoutError):
+    """A step did not finish within its timeout; ``duration`` is how long it ran."""
+
+    def __init__(self, step_index: int, step_name: str, duration: float, timeout: float) -> None:
+        error = TimeoutError(f"step exceeded its {timeout:g} s timeout")
+        SagaRunError.__init__(
+            self,
+            f"step {step_index} ({step_name!r}) timed out after {duration:.3f} s "
+            f"(timeout {timeout:g} s)",
+        )
+        self.step_index = step_index
+        self.step_name = step_name
+        self.error = error
+        self.duration = duration
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.step_index, self.step_name, self.duration, self.timeout))
+
+
+class CompensationFailed(SagaRunError):
+    """A compensation still failed after its retries; the saga ended ``FAILED``.
+
+    ``step_index``/``step_name``/``error`` name the first compensation that failed,
+    ``trigger`` is the failure that started compensating, ``uncompensated`` the names
+    of the completed steps whose compensation did not succeed, and ``errors`` every
+    ``(step_index, step_name, error)`` when the orchestrator continues past failures.
+    """
+
+    def __init__(
+        self,
+        step_index: int,
+        step_name: str,
+        error: BaseException,
+        trigger: BaseException | None,
+        uncompensated: Sequence[str] = (),
+        errors: Sequence[tuple[int, str, BaseException]] = (),
+    ) -> None:
+        left = ", ".join(uncompensated) or "none"
+        super().__init__(
+            f"compensation of step {step_index} ({step_name!r}) failed: "
+            f"{type(error).__name__}: {error}; left uncompensated: {left}"
+        )
+        self.step_index = step_index
+        self.step_name = step_name
+        self.error = error
+        self.trigger = trigger
+        self.uncompensated = tuple(uncompensated)
+        self.errors = tuple(errors) or ((step_index, step_name, error),)
+
+
+class SagaAlreadyExecuting(SagaError):
+    """A saga with this id is already running (here or in another process)."""
+
+    def __init__(self, saga_id: str) -> None:
+        super().__init__(
+            f"saga {saga_id!r} is already executing; wait for it to finish or use another id"
+        )
+        self.saga_id = saga_id
+
+
+class SagaAlreadyFailed(SagaError):
+    """A saga with this id failed earlier with steps left uncompensated.
+
+    Running it again could apply its steps twice; resolve the earlier run first
+    (for example with ``sagakit resolve``) or use another id.
+    """
+
+    def __init__(self, saga_id: str) -> None:
+        super().__init__(
+            f"saga {saga_id!r} already ran and FAILED with uncompensated steps; "
+            "resolve it before executing the same id again, or use another id"
+        )
+        self.saga_id = saga_id
+
+
+class NonDeterminismError(SagaError):
+    """Replaying a saga yielded a step that does not match its recorded log."""
+
+
+class SerializationError(SagaError, TypeError):
+    """A value could not be stored in or read from a durable saga log."""
+
+
+class StoreError(SagaError):
+    """A saga store could not be opened, read or written."""
+
+
+__all__ = [
+    "CompensationAlreadySetError",
+    "CompensationFailed",
+    "NonDeterminismError",
+    "SagaAlreadyExecuting",
+    "SagaAlreadyFailed",
+    "SagaDefinitionError",
+    "SagaError",
+    "SagaRunError",
+    "SerializationError",
+    "StepFailed",
+    "StepTimeout",
+    "StoreError",
+]

@@ -1,0 +1,82 @@
+"""Read-only records of saga runs: :class:`SagaMetadata` and :class:`StepRecord`.
+
+Records are snapshots: plain frozen data taken when asked for, so a record never
+changes under the code that holds it and concurrent runs never share one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .status import SagaStatus, StepStatus
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class StepRecord:
+    """What happened to one step, or to one compensation, of a saga run."""
+
+    index: int
+    name: str
+    status: StepStatus
+    attempts: int = 0
+    duration: float | None = None
+    error: str | None = None
+    events: tuple[Any, ...] = ()
+    compensation: bool = False
+
+    def __repr__(self) -> str:
+        kind = "compensation" if self.compensation else "step"
+        text = f"<{kind} {self.index} {self.name}: {self.status}"
+        if self.attempts > 1:
+            text += f" after {self.attempts} attempts"
+        if self.duration is not None:
+            text += f" in {self.duration * 1000:.1f} ms"
+        if self.error:
+            text += f" ({self.error})"
+        return text + ">"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SagaMetadata:
+    """A snapshot of one saga run (or of a definition not yet run).
+
+    ``steps`` holds a record per forward step in order; ``compensations`` a record per
+    compensation in the order they ran; ``events`` the forward steps' events and
+    ``compensation_events`` the compensations' events.
+    """
+
+    id: str | None
+    name: str
+    status: SagaStatus
+    steps_executed: int = 0
+    total_steps: int | None = None
+    started_at: datetime | None = None
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    steps: tuple[StepRecord, ...] = ()
+    compensations: tuple[StepRecord, ...] = ()
+    events: tuple[Any, ...] = ()
+    compensation_events: tuple[Any, ...] = ()
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to finish (or to the last update while running)."""
+        end = self.finished_at or self.updated_at
+        if self.started_at is None or end is None:
+            return None
+        return (end - self.started_at).total_seconds()
+
+    def __repr__(self) -> str:
+        total = "?" if self.total_steps is None else self.total_steps
+        text = f"<SagaMetadata {self.name} id={self.id!r} {self.status} {self.steps_executed}/{total} steps"
+        if self.duration is not None:
+            text += f" in {self.duration * 1000:.1f} ms"
+        if self.error:
+            text += f" ({self.error})"
+        return text + ">"
+
+
+__all__ = ["SagaMetadata", "StepRecord"]

@@ -1,0 +1,94 @@
+"""The default store: keeps running sagas and a bounded history in memory."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from ..exceptions import SagaAlreadyExecuting, SagaAlreadyFailed, SagaDefinitionError
+from ..status import SagaStatus
+
+if TYPE_CHECKING:
+    from .._runs import SagaRun
+    from ..records import SagaMetadata
+    from ..transitions import Transition
+
+DEFAULT_HISTORY_LIMIT = 10_000
+
+
+class MemoryStore:
+    """Sagas in process memory: fast, and gone when the process ends.
+
+    ``history_limit`` bounds how many finished runs are kept (oldest dropped first),
+    so a long-running service does not grow without limit. An explicit saga id stays
+    idempotent while its run is in the history.
+    """
+
+    durable = False
+
+    def __init__(self, *, history_limit: int = DEFAULT_HISTORY_LIMIT) -> None:
+        if isinstance(history_limit, bool) or not isinstance(history_limit, int) or history_limit < 0:
+            raise SagaDefinitionError(
+                f"history_limit must be a whole number >= 0, got {history_limit!r}"
+            )
+        self.history_limit = history_limit
+        self._running: dict[str, SagaRun] = {}
+        self._history: OrderedDict[str, SagaRun] = OrderedDict()
+
+    async def begin(self, run: SagaRun) -> SagaMetadata | None:
+        saga_id = run.id
+        if saga_id in self._running:
+            raise SagaAlreadyExecuting(saga_id)
+        if run.explicit_id:
+            earlier = self._history.get(saga_id)
+            if earlier is not None:
+                if earlier.status is SagaStatus.COMPLETED:
+                    return earlier.snapshot()
+                if earlier.status is SagaStatus.FAILED:
+                    raise SagaAlreadyFailed(saga_id)
+        self._running[saga_id] = run
+        return None
+
+    async def record(self, run: SagaRun, transition: Transition) -> None:
+        """Nothing to do: the live run is the record."""
+
+    async def finish(self, run: SagaRun) -> None:
+        self._running.pop(run.id, None)
+        history = self._history
+        if self.history_limit == 0:
+            return
+        history.pop(run.id, None)
+        history[run.id] = run
+        if len(history) > self.history_limit:
+            history.popitem(last=False)
+
+    async def get(self, saga_id: str) -> SagaMetadata | None:
+        run = self._running.get(saga_id) or self._history.get(saga_id)
+        return None if run is None else run.snapshot()
+
+    async def running(self) -> list[SagaMetadata]:
+        return [run.snapshot() for run in list(self._running.values())]
+
+    async def history(self, limit: int | None = None) -> list[SagaMetadata]:
+        runs = list(self._history.values())
+        if limit is not None:
+            runs = runs[-limit:] if limit > 0 else []
+        return [run.snapshot() for run in runs]
+
+    async def running_count(self) -> int:
+        return len(self._running)
+
+    async def history_count(self) -> int:
+        return len(self._history)
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def __repr__(self) -> str:
+        return (
+            f"<MemoryStore running={len(self._running)} history={len(self._history)}"
+            f"/{self.history_limit}>"
+        )
+
+
+__all__ = ["DEFAULT_HISTORY_LIMIT", "MemoryStore"]

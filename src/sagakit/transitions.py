@@ -1,0 +1,57 @@
+"""State changes of a saga run, as given to listeners and durable stores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from .status import SagaStatus
+
+
+class TransitionKind(StrEnum):
+    """Which state change a :class:`Transition` records."""
+
+    SAGA_STARTED = "saga_started"
+    STEP_STARTED = "step_started"
+    STEP_COMPLETED = "step_completed"
+    STEP_RETRYING = "step_retrying"
+    STEP_FAILED = "step_failed"
+    STEP_TIMED_OUT = "step_timed_out"
+    COMPENSATION_STARTED = "compensation_started"
+    COMPENSATION_COMPLETED = "compensation_completed"
+    COMPENSATION_RETRYING = "compensation_retrying"
+    COMPENSATION_FAILED = "compensation_failed"
+    SAGA_FINISHED = "saga_finished"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One state change of one saga run.
+
+    ``step_index``/``step_name``/``attempt`` are set for step and compensation
+    changes; ``result`` and ``events`` for completions; ``error`` for failures;
+    ``status`` is the saga's status after the change.
+    """
+
+    kind: TransitionKind
+    saga_id: str
+    saga_name: str
+    status: SagaStatus
+    step_index: int | None = None
+    step_name: str | None = None
+    attempt: int = 0
+    result: Any = None
+    events: tuple[Any, ...] = ()
+    error: BaseException | None = None
+    duration: float | None = None
+
+    @property
+    def idempotency_key(self) -> str | None:
+        """``"<saga id>:<step index>"`` for step changes, else ``None``."""
+        if self.step_index is None:
+            return None
+        return f"{self.saga_id}:{self.step_index}"
+
+
+__all__ = ["Transition", "TransitionKind"]
