@@ -7,6 +7,7 @@ import inspect
 import itertools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -15,7 +16,7 @@ from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import SagaRun, StepRun, _Cursor, current_cursor
 from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id
 from ._steps import StepCall
-from ._timer import StepTimer
+from ._timer import AttemptTimedOut, StepTimer, run_attempt
 from .exceptions import (
     CompensationFailed,
     NonDeterminismError,
@@ -79,6 +80,13 @@ def _events_of(result: Any) -> tuple[Any, ...] | list[Any]:
     if cls is list or cls is tuple or isinstance(result, list | tuple):
         return result  # type: ignore[no-any-return]
     return (result,)
+
+
+def _clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """The loop's clock; ``time.monotonic`` itself when that is what the loop uses."""
+    if type(loop).time is asyncio.BaseEventLoop.time:
+        return time.monotonic
+    return loop.time
 
 
 def _describe(error: BaseException) -> str:
@@ -172,7 +180,7 @@ class SagaOrchestrator:
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - asyncio always runs coroutines in tasks
             raise RuntimeError("sagakit needs to run inside an asyncio task")
-        now = loop.time
+        now = _clock(loop)
         timer = StepTimer(loop, task)
         listeners = self._listeners
         observe = self._durable or bool(listeners) or logger.isEnabledFor(logging.DEBUG)
@@ -231,28 +239,18 @@ class SagaOrchestrator:
                         error = fault  # type: ignore[assignment]
                     else:
                         in_flight = (record, call, None)
-                        timer.arm(deadline)
                         try:
-                            value = await call.fn(*call.args, **call.kwargs)
-                        except asyncio.CancelledError:
-                            timer.deadline = None
-                            if not timer.claim_cancellation():
-                                raise
+                            value = await run_attempt(
+                                call.fn(*call.args, **call.kwargs), timer, now, deadline
+                            )
+                        except AttemptTimedOut:
                             failure = StepTimeout(index, step._self_name, now() - started, timeout)
                         except Exception as raised:
-                            timer.deadline = None
                             error = raised
                         else:
-                            timer.deadline = None
                             finished = now()
-                            if timer.fired:  # it swallowed the cancellation and returned late
-                                timer.claim_cancellation()
-                                failure = StepTimeout(index, step._self_name, finished - started, timeout)
-                            elif finished >= deadline:  # it blocked past its deadline
-                                failure = StepTimeout(index, step._self_name, finished - started, timeout)
-                            else:
-                                record.duration = finished - started
-                                break
+                            record.duration = finished - started
+                            break
                         in_flight = None
                     if failure is None:
                         assert error is not None
@@ -408,7 +406,7 @@ class SagaOrchestrator:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
-        now = loop.time
+        now = _clock(loop)
         timer = StepTimer(loop, task)
         cursor = current_cursor.get()
         errors: list[tuple[int, str, BaseException]] = []
@@ -446,30 +444,22 @@ class SagaOrchestrator:
                     elif fault is not None:
                         error = fault  # type: ignore[assignment]
                     else:
-                        timer.arm(deadline)
                         try:
-                            value = await call.compensation_call(result)  # type: ignore[misc]
-                        except asyncio.CancelledError:
-                            timer.deadline = None
-                            if not timer.claim_cancellation():
-                                record.status = StepStatus.FAILED
-                                record.error = "CancelledError: interrupted; compensation retried"
-                                raise
+                            value = await run_attempt(
+                                call.compensation_call(result), timer, now, deadline  # type: ignore[arg-type]
+                            )
+                        except AttemptTimedOut:
                             error = StepTimeout(record.index, record.name, now() - started, timeout)
+                        except asyncio.CancelledError:
+                            record.status = StepStatus.FAILED
+                            record.error = "CancelledError: interrupted; compensation retried"
+                            raise
                         except Exception as raised:
-                            timer.deadline = None
                             error = raised
                         else:
-                            timer.deadline = None
                             finished = now()
-                            if timer.fired or finished >= deadline:
-                                timer.claim_cancellation()
-                                error = StepTimeout(
-                                    record.index, record.name, finished - started, timeout
-                                )
-                            else:
-                                record.duration = finished - started
-                                break
+                            record.duration = finished - started
+                            break
                     if attempt < policy.attempts and policy.retries(error):
                         await self._emit(
                             run, TransitionKind.COMPENSATION_RETRYING, record, attempt, error=error

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .records import SagaMetadata, StepRecord
@@ -66,8 +67,8 @@ class SagaRun:
         "finished_mono",
         "id",
         "name",
-        "started_at",
         "started_mono",
+        "started_wall",
         "status",
         "steps",
         "steps_executed",
@@ -90,15 +91,19 @@ class SagaRun:
         self.compensation_events: list[Any] = []
         self.steps_executed = 0
         self.error: str | None = None
-        self.started_at = datetime.now(UTC)
+        self.started_wall = time.time()
         self.started_mono = mono
         self.updated_mono = mono
         self.finished_mono: float | None = None
 
+    @property
+    def started_at(self) -> datetime:
+        return datetime.fromtimestamp(self.started_wall, UTC)
+
     def _wall(self, mono: float | None) -> datetime | None:
         if mono is None:
             return None
-        return self.started_at + timedelta(seconds=mono - self.started_mono)
+        return datetime.fromtimestamp(self.started_wall + (mono - self.started_mono), UTC)
 
     def snapshot(self) -> SagaMetadata:
         return SagaMetadata(

@@ -177,7 +177,9 @@ class Step(wrapt.FunctionWrapper[P, Any], Generic[P, R]):
         self._self_is_method = first in ("self", "cls")
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> StepCall[R]:
-        return super(Step, self).__call__(*args, **kwargs)  # type: ignore[no-any-return]
+        # Unbound calls build the StepCall directly (twice as fast as going through
+        # the wrapper); bound method calls go through wrapt, which calls ``make_call``.
+        return StepCall(self, self.__wrapped__, None, args, kwargs)
 
     @property
     def name(self) -> str:

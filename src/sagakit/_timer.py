@@ -9,6 +9,9 @@ in force. A saga of fast steps arms one handle in all.
 from __future__ import annotations
 
 import asyncio
+import types
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any
 
 
 class StepTimer:
@@ -62,4 +65,60 @@ class StepTimer:
         self.task.cancel()
 
 
-__all__ = ["StepTimer"]
+
+
+class AttemptTimedOut(Exception):
+    """Internal: an attempt ran past its deadline."""
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
+    """Go on awaiting ``coro`` after its first suspension yielded ``yielded``."""
+    while True:
+        try:
+            sent = yield yielded
+        except BaseException as thrown:  # a cancellation thrown in by the task
+            try:
+                yielded = coro.throw(thrown)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def run_attempt(
+    coro: Coroutine[Any, Any, Any], timer: StepTimer, now: Callable[[], float], deadline: float
+) -> Any:
+    """Await ``coro`` with ``deadline``; raise :class:`AttemptTimedOut` past it.
+
+    A coroutine that finishes without suspending needs no timer at all (nothing could
+    interrupt it); one that suspends arms the saga's timer. A step that swallows the
+    cancellation, or blocks past the deadline, still counts as timed out.
+    """
+    try:
+        yielded = coro.send(None)
+    except StopIteration as stop:
+        value = stop.value
+    else:
+        timer.arm(deadline)
+        try:
+            value = await _resume(coro, yielded)
+        except asyncio.CancelledError:
+            timer.deadline = None
+            if timer.claim_cancellation():
+                raise AttemptTimedOut from None
+            raise
+        finally:
+            timer.deadline = None
+        if timer.fired:  # it swallowed the cancellation and returned late
+            timer.claim_cancellation()
+            raise AttemptTimedOut
+    if now() >= deadline:  # it blocked past its deadline
+        raise AttemptTimedOut
+    return value
+
+
+__all__ = ["AttemptTimedOut", "StepTimer", "run_attempt"]
