@@ -1,6 +1,21 @@
 """Saga stores: where an orchestrator keeps running sagas, their log and history."""
 
-from ._protocol import SagaStore
+from ._protocol import (
+    DeadLetter,
+    LoggedStep,
+    OrphanedSaga,
+    RecoverableStore,
+    SagaStore,
+    StoredEvent,
+)
 from .memory import MemoryStore
 
-__all__ = ["MemoryStore", "SagaStore"]
+__all__ = [
+    "DeadLetter",
+    "LoggedStep",
+    "MemoryStore",
+    "OrphanedSaga",
+    "RecoverableStore",
+    "SagaStore",
+    "StoredEvent",
+]

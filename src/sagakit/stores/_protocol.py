@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from .._sagas import RecoveryPolicy
+from ..status import SagaStatus, StepStatus
 
 if TYPE_CHECKING:
     from .._runs import SagaRun
@@ -65,4 +71,198 @@ class SagaStore(Protocol):
         ...
 
 
-__all__ = ["SagaStore"]
+# ------------------------------------------------------------------ recovery
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class LoggedStep:
+    """One forward step or compensation as a durable log recorded it.
+
+    ``status`` is ``COMPLETED``, ``FAILED`` or ``TIMED_OUT`` once the attempt
+    ended, and ``RUNNING`` when the log only has its start (the process died
+    inside it, so its effect is unknown). ``result`` and ``events`` are the
+    deserialized values recorded with a completion.
+    """
+
+    index: int
+    name: str
+    status: StepStatus
+    attempts: int = 0
+    result: Any = None
+    events: tuple[Any, ...] = ()
+    error: str | None = None
+    duration: float | None = None
+    compensation: bool = False
+
+    def __repr__(self) -> str:
+        kind = "compensation" if self.compensation else "step"
+        return f"<Logged{kind} {self.index} {self.name}: {self.status}>"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class OrphanedSaga:
+    """A saga left ``EXECUTING`` or ``COMPENSATING`` by a dead owner, now claimed.
+
+    ``steps`` holds the forward steps in index order (completed ones first, then
+    at most one that failed or was interrupted); ``compensations`` the
+    compensations in the order they ran. ``recovery_attempts`` counts claims,
+    this one included. ``policy`` is the saga's recovery policy when it started.
+    """
+
+    saga_id: str
+    name: str
+    status: SagaStatus
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    policy: RecoveryPolicy
+    steps: tuple[LoggedStep, ...]
+    compensations: tuple[LoggedStep, ...]
+    recovery_attempts: int
+    explicit_id: bool = True
+    fingerprint: str | None = None
+    error: str | None = None
+    started_at: datetime | None = None
+
+    @property
+    def completed_steps(self) -> tuple[LoggedStep, ...]:
+        """The leading forward steps recorded as completed (never run again)."""
+        done: list[LoggedStep] = []
+        for logged in self.steps:
+            if logged.status is not StepStatus.COMPLETED:
+                break
+            done.append(logged)
+        return tuple(done)
+
+    def __repr__(self) -> str:
+        return (
+            f"<OrphanedSaga {self.name} id={self.saga_id!r} {self.status} "
+            f"{len(self.completed_steps)} steps done, attempt {self.recovery_attempts}>"
+        )
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class DeadLetter:
+    """A saga parked after failing recovery; resume or resolve it (``sagakit`` CLI)."""
+
+    saga_id: str
+    name: str
+    status: SagaStatus
+    recovery_attempts: int
+    reason: str
+    parked_at: datetime | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<DeadLetter {self.name} id={self.saga_id!r} {self.status} after "
+            f"{self.recovery_attempts} attempts: {self.reason}>"
+        )
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class StoredEvent:
+    """One event from the log's ordered stream (see :meth:`RecoverableStore.read_events`).
+
+    ``position`` is unique and increases in commit order across all sagas; a
+    consumer stores the last position it handled and asks for events ``after`` it.
+    """
+
+    position: int
+    saga_id: str
+    saga_name: str
+    step_index: int
+    step_name: str
+    compensation: bool
+    event: Any
+    recorded_at: datetime | None = None
+
+    def __repr__(self) -> str:
+        kind = "compensation" if self.compensation else "step"
+        return (
+            f"<StoredEvent #{self.position} {self.saga_name} {self.saga_id!r} "
+            f"{kind} {self.step_index} {self.step_name}: {self.event!r}>"
+        )
+
+
+@runtime_checkable
+class RecoverableStore(SagaStore, Protocol):
+    """A durable store whose sagas survive their process (SQLite, PostgreSQL).
+
+    Ownership: every running saga has an owner. :meth:`begin` makes the calling
+    store its owner; :meth:`claim_orphans` takes over sagas whose owner is known to
+    be dead and keeps the new owner token (a fencing token, for stores that lease)
+    internally per saga id, so later :meth:`record`/:meth:`finish` calls for that
+    saga are checked against it. A store that finds it no longer owns a saga
+    raises :class:`~sagakit.StoreError` from :meth:`record` instead of writing.
+    How death is known is the store's business (SQLite: the owner process is gone;
+    a leasing store: the lease expired by the database clock); a store never hands
+    out a saga whose owner may still be alive.
+
+    A claimed saga is driven again by the orchestrator: :meth:`record` then gets
+    ``SAGA_STARTED`` once more (update, not insert) and the transitions of the
+    steps and compensations that run after the recorded ones.
+    """
+
+    async def claim_orphans(
+        self,
+        *,
+        names: Collection[str] | None = None,
+        limit: int = 100,
+        max_attempts: int = 3,
+    ) -> list[OrphanedSaga]:
+        """Claim up to ``limit`` sagas left running by dead owners, oldest first.
+
+        Only sagas whose name is in ``names`` are considered (all when ``None``), so
+        a process never claims sagas it cannot run. Each claim increments the
+        saga's recovery attempts atomically with taking ownership; a saga whose
+        attempts would exceed ``max_attempts`` (it crashed its process every time)
+        is moved to the dead letters instead of being returned. A saga whose log
+        cannot be read back (for example an argument that no longer deserializes)
+        is dead-lettered with the reason. Dead-lettered sagas are never claimed.
+        """
+        ...
+
+    async def dead_letter(self, saga_id: str, reason: str) -> None:
+        """Park a claimed saga that recovery cannot finish, with the reason."""
+        ...
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        """The parked sagas, oldest first."""
+        ...
+
+    async def resume_dead_letter(self, saga_id: str) -> None:
+        """Un-park a saga with its recovery attempts reset, so the next
+        :meth:`claim_orphans` takes it again; :class:`~sagakit.StoreError` if it
+        is not dead-lettered.
+        """
+        ...
+
+    async def resolve(self, saga_id: str, note: str) -> None:
+        """Mark a dead-lettered or ``FAILED`` saga as settled by an operator.
+
+        The saga ends ``FAILED`` with ``note`` kept in its error; its id can be
+        executed again afterwards. :class:`~sagakit.StoreError` if it is unknown or
+        still running under a live owner.
+        """
+        ...
+
+    async def read_events(
+        self, *, after: int = 0, limit: int = 1000, saga_id: str | None = None
+    ) -> list[StoredEvent]:
+        """Events committed with their step or compensation, by increasing position.
+
+        ``after`` is the last position already consumed (0 for the start); with
+        ``saga_id`` only that saga's events. Events of one transaction appear
+        together, never partially, so a consumer that persists the last position
+        it handled sees every event exactly once, in order.
+        """
+        ...
+
+
+__all__ = [
+    "DeadLetter",
+    "LoggedStep",
+    "OrphanedSaga",
+    "RecoverableStore",
+    "SagaStore",
+    "StoredEvent",
+]
