@@ -13,10 +13,10 @@ from typing import Any
 
 from ._hooks import SIMULATED_TIMEOUT, FaultPlan, active_faults
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
-from ._runs import SagaRun, StepRun, _Cursor, current_cursor
+from ._runs import SagaRun, StepRun, current_run
 from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id
 from ._steps import StepCall
-from ._timer import AttemptTimedOut, StepTimer, run_attempt
+from ._timer import AttemptTimedOut, StepTimer, finish_attempt, run_attempt
 from .exceptions import (
     CompensationFailed,
     NonDeterminismError,
@@ -82,13 +82,6 @@ def _events_of(result: Any) -> tuple[Any, ...] | list[Any]:
     return (result,)
 
 
-def _clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
-    """The loop's clock; ``time.monotonic`` itself when that is what the loop uses."""
-    if type(loop).time is asyncio.BaseEventLoop.time:
-        return time.monotonic
-    return loop.time
-
-
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
@@ -131,6 +124,19 @@ class SagaOrchestrator:
         for listener in listeners:
             self.add_listener(listener)
         self._sleep = sleep
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._now: Callable[[], float] = time.monotonic
+
+    def _use_loop(self, loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+        """Remember ``loop`` and its clock (``time.monotonic`` itself for asyncio's loops)."""
+        self._loop = loop
+        self._now = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+        return self._now
+
+    @property
+    def _observed(self) -> bool:
+        """Whether every transition must be built: a durable store or listeners need it."""
+        return self._durable or bool(self._listeners)
 
     @property
     def store(self) -> SagaStore:
@@ -168,7 +174,8 @@ class SagaOrchestrator:
             saga_id = definition.saga_id
         explicit = saga_id is not None
         loop = asyncio.get_running_loop()
-        run = SagaRun(saga_id if saga_id is not None else _ids.next(), definition, explicit, loop.time())
+        now = self._now if loop is self._loop else self._use_loop(loop)
+        run = SagaRun(saga_id if saga_id is not None else _ids.next(), definition, explicit, now())
         earlier = await self._store.begin(run)
         if earlier is not None:
             return list(earlier.events)
@@ -177,24 +184,20 @@ class SagaOrchestrator:
     async def _drive(self, run: SagaRun, driver: StepDriver, replay: int = 0) -> list[Any]:
         """Run the steps ``driver`` yields; the first ``replay`` come from ``run.steps``."""
         loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        if task is None:  # pragma: no cover - asyncio always runs coroutines in tasks
-            raise RuntimeError("sagakit needs to run inside an asyncio task")
-        now = _clock(loop)
-        timer = StepTimer(loop, task)
-        listeners = self._listeners
-        observe = self._durable or bool(listeners) or logger.isEnabledFor(logging.DEBUG)
+        now = self._now if loop is self._loop else self._use_loop(loop)
+        timer: StepTimer | None = None  # made when a step first suspends
+        observe = self._observed or logger.isEnabledFor(logging.DEBUG)
+        announce = observe or logger.isEnabledFor(logging.INFO)
         faults = active_faults.get()
-        cursor = _Cursor(run)
-        token = current_cursor.set(cursor)
+        token = current_run.set(run)
         steps = run.steps
         events = run.events
         done: list[_Done] = []
-        in_flight: _Done | None = None
+        in_flight = False  # a step attempt is running: `record` and `call` name it
         index = 0
         value: Any = None
         try:
-            if observe or logger.isEnabledFor(logging.INFO):
+            if announce:
                 await self._emit(run, TransitionKind.SAGA_STARTED)
             while True:
                 try:
@@ -205,25 +208,17 @@ class SagaOrchestrator:
                     _check_call(call, run.name, index)
                 step = call.step
                 if index < replay:
-                    record = steps[index]
-                    if record.name != step._self_name:
-                        raise NonDeterminismError(
-                            f"saga {run.name!r} ({run.id}) yielded step {step._self_name!r} at "
-                            f"index {index}, but its log records {record.name!r}: the saga's code "
-                            "changed since this run started; finish or resolve it with the old code"
-                        )
-                    value = record.result
-                    done.append((record, call, value))
+                    value = self._replayed(run, index, call, done)
                     index += 1
                     continue
                 record = StepRun(index, step._self_name)
                 steps.append(record)
-                cursor.step = record
+                run.step = record
                 timeout = step._self_timeout
                 attempt = 0
                 while True:
                     attempt += 1
-                    record.attempts = cursor.attempt = attempt
+                    record.attempts = run.attempt = attempt
                     if observe:
                         await self._emit(run, TransitionKind.STEP_STARTED, record, attempt)
                     failure: StepFailed | None = None
@@ -231,81 +226,65 @@ class SagaOrchestrator:
                     started = now()
                     deadline = started + timeout
                     fault = None
-                    if faults is not None:
-                        fault = faults.fault_for(step, attempt, compensation=False)
-                    if fault is SIMULATED_TIMEOUT:
-                        failure = StepTimeout(index, step._self_name, timeout, timeout)
-                    elif fault is not None:
-                        error = fault  # type: ignore[assignment]
-                    else:
-                        in_flight = (record, call, None)
+                    if faults is None or (
+                        (fault := faults.fault_for(step, attempt, compensation=False)) is None
+                    ):
+                        # run_attempt() inlined: most steps finish without a timer.
+                        in_flight = True
                         try:
-                            value = await run_attempt(
-                                call.fn(*call.args, **call.kwargs), timer, now, deadline
+                            coro = (
+                                call.fn(*call.args, **call.kwargs)
+                                if call.kwargs
+                                else call.fn(*call.args)
                             )
+                            try:
+                                yielded = coro.send(None)
+                            except StopIteration as stop:
+                                value = stop.value
+                            else:
+                                if timer is None:
+                                    timer = StepTimer(loop)
+                                value = await finish_attempt(coro, yielded, timer, deadline)
+                            finished = now()
+                            if finished >= deadline:
+                                raise AttemptTimedOut
                         except AttemptTimedOut:
                             failure = StepTimeout(index, step._self_name, now() - started, timeout)
                         except Exception as raised:
                             error = raised
                         else:
-                            finished = now()
                             record.duration = finished - started
                             break
-                        in_flight = None
+                        in_flight = False
+                    elif fault is SIMULATED_TIMEOUT:
+                        failure = StepTimeout(index, step._self_name, timeout, timeout)
+                    else:
+                        error = fault  # type: ignore[assignment]
                     if failure is None:
                         assert error is not None
                         failure = StepFailed(index, step._self_name, error)
                         failure.__cause__ = error
                     policy = step._self_retry
                     if attempt < policy.attempts and policy.retries(error or failure):
-                        if observe or logger.isEnabledFor(logging.INFO):
+                        if announce:
                             await self._emit(
                                 run, TransitionKind.STEP_RETRYING, record, attempt, error=failure
                             )
                         await self._sleep(policy.delay(attempt))
                         continue
-                    timed_out = isinstance(failure, StepTimeout)
-                    record.status = StepStatus.TIMED_OUT if timed_out else StepStatus.FAILED
-                    record.duration = now() - started
-                    record.error = _describe(error or failure)
-                    if (step._self_compensate_on_timeout if timed_out else step._self_compensate_on_failure):
-                        done.append((record, call, None))
-                    await self._emit(
-                        run,
-                        TransitionKind.STEP_TIMED_OUT if timed_out else TransitionKind.STEP_FAILED,
-                        record,
-                        attempt,
-                        error=error or failure,
-                        duration=record.duration,
-                    )
+                    await self._step_failed(run, record, call, failure, error, started, now, done)
                     raise failure
-                in_flight = None
+                in_flight = False
                 record.result = value
-                record.events = step_events = _events_of(value)
+                cls = value.__class__
+                step_events = value if cls is list or cls is tuple else _events_of(value)
+                record.events = step_events
                 record.status = StepStatus.COMPLETED
                 events.extend(step_events)
                 run.steps_executed += 1
                 run.updated_mono = finished
                 if observe:
-                    try:
-                        await self._emit(
-                            run,
-                            TransitionKind.STEP_COMPLETED,
-                            record,
-                            attempt,
-                            result=value,
-                            events=tuple(step_events),
-                            duration=record.duration,
-                        )
-                    except Exception as unrecorded:
-                        # The step acted but its completion could not be recorded: undo it too.
-                        del events[len(events) - len(step_events) :]
-                        run.steps_executed -= 1
-                        record.status = StepStatus.FAILED
-                        record.error = _describe(unrecorded)
-                        done.append((record, call, value))
-                        failure = StepFailed(index, step._self_name, unrecorded)
-                        raise failure from unrecorded
+                    await self._step_completed(run, record, call, done)
                 done.append((record, call, value))
                 index += 1
             if index == 0:
@@ -313,28 +292,24 @@ class SagaOrchestrator:
                     f"saga {run.name!r} yielded no steps; a saga needs at least one step"
                 )
         except asyncio.CancelledError:
-            if in_flight is not None:
-                record, call, _ = in_flight
+            if in_flight:
                 record.status = StepStatus.FAILED
                 record.error = "CancelledError: the saga was cancelled"
                 if call.step._self_compensate_on_timeout:
-                    done.append(in_flight)
+                    done.append((record, call, None))
             driver.close()
-            timer.close()
             run.error = "CancelledError: the saga was cancelled"
-            await self._shielded(self._compensate(run, done, None, faults, observe))
-            await self._finish(run)
+            try:
+                await self._shielded(self._compensate(run, done, None, faults, observe))
+            finally:
+                await self._finish(run)
             raise
-        except BaseException as failure:
+        except Exception as failure:
             driver.close()
-            timer.close()
             if run.error is None:
                 run.error = _describe(failure)
             try:
                 compensation_failure = await self._compensate(run, done, failure, faults, observe)
-            except asyncio.CancelledError:
-                await self._finish(run)
-                raise
             except BaseException:
                 run.status = SagaStatus.FAILED
                 await self._finish(run)
@@ -347,23 +322,98 @@ class SagaOrchestrator:
             if compensation_failure is not None:
                 raise compensation_failure from failure
             raise
+        except BaseException as failure:  # KeyboardInterrupt, SystemExit: no time to undo
+            driver.close()
+            run.status = SagaStatus.FAILED
+            run.error = f"{_describe(failure)} (not compensated)"
+            await self._finish(run)
+            raise
         finally:
-            timer.close()
-            current_cursor.reset(token)
+            if timer is not None:
+                timer.close()
+            current_run.reset(token)
         run.status = SagaStatus.COMPLETED
         run.total_steps = index
-        await self._finish(run)
+        run.finished_mono = run.updated_mono = now()
+        if announce:
+            await self._emit(run, TransitionKind.SAGA_FINISHED)
+        await self._store.finish(run)
         return events.copy()
 
+    def _replayed(self, run: SagaRun, index: int, call: StepCall[Any], done: list[_Done]) -> Any:
+        """Match a replayed step against the log and return its recorded result."""
+        record = run.steps[index]
+        if record.name != call.step._self_name:
+            raise NonDeterminismError(
+                f"saga {run.name!r} ({run.id}) yielded step {call.step._self_name!r} at index "
+                f"{index}, but its log records {record.name!r}: the saga's code changed since "
+                "this run started; finish or resolve it with the code it started with"
+            )
+        done.append((record, call, record.result))
+        return record.result
+
+    async def _step_failed(
+        self,
+        run: SagaRun,
+        record: StepRun,
+        call: StepCall[Any],
+        failure: StepFailed,
+        error: BaseException | None,
+        started: float,
+        now: Callable[[], float],
+        done: list[_Done],
+    ) -> None:
+        """Record a step's final failure; queue it for compensation if its options say so."""
+        step = call.step
+        timed_out = isinstance(failure, StepTimeout)
+        record.status = StepStatus.TIMED_OUT if timed_out else StepStatus.FAILED
+        record.duration = now() - started
+        record.error = _describe(error or failure)
+        undo_self = (
+            step._self_compensate_on_timeout if timed_out else step._self_compensate_on_failure
+        )
+        if undo_self:
+            done.append((record, call, None))
+        await self._emit(
+            run,
+            TransitionKind.STEP_TIMED_OUT if timed_out else TransitionKind.STEP_FAILED,
+            record,
+            record.attempts,
+            error=error or failure,
+            duration=record.duration,
+        )
+
+    async def _step_completed(
+        self, run: SagaRun, record: StepRun, call: StepCall[Any], done: list[_Done]
+    ) -> None:
+        """Emit STEP_COMPLETED; if it cannot be recorded, fail the step and undo it too."""
+        try:
+            await self._emit(
+                run,
+                TransitionKind.STEP_COMPLETED,
+                record,
+                record.attempts,
+                result=record.result,
+                events=tuple(record.events),
+                duration=record.duration,
+            )
+        except Exception as unrecorded:
+            # The step acted but its completion could not be recorded: undo it too.
+            if record.events:
+                del run.events[-len(record.events) :]
+            run.steps_executed -= 1
+            record.status = StepStatus.FAILED
+            record.error = _describe(unrecorded)
+            done.append((record, call, record.result))
+            raise StepFailed(record.index, record.name, unrecorded) from unrecorded
+
     async def _finish(self, run: SagaRun) -> None:
-        """Record the end of a run and move it to history."""
-        loop = asyncio.get_running_loop()
-        run.finished_mono = run.updated_mono = loop.time()
+        """Record the end of a run that did not complete and move it to history."""
+        run.finished_mono = run.updated_mono = self._now()
         if run.status is SagaStatus.EXECUTING or run.status is SagaStatus.COMPENSATING:
             run.status = SagaStatus.FAILED
         try:
-            if self._durable or self._listeners or logger.isEnabledFor(logging.INFO):
-                await self._emit(run, TransitionKind.SAGA_FINISHED)
+            await self._emit(run, TransitionKind.SAGA_FINISHED)
         finally:
             await self._store.finish(run)
 
@@ -404,11 +454,8 @@ class SagaOrchestrator:
         """Pop and compensate ``done`` from its end; return the failure to raise, if any."""
         run.status = SagaStatus.COMPENSATING
         loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        now = _clock(loop)
-        timer = StepTimer(loop, task)
-        cursor = current_cursor.get()
+        now = self._now if loop is self._loop else self._use_loop(loop)
+        timer = StepTimer(loop)
         errors: list[tuple[int, str, BaseException]] = []
         uncompensated: list[str] = []
         try:
@@ -420,17 +467,15 @@ class SagaOrchestrator:
                     continue
                 record = StepRun(step_record.index, step_record.name, compensation=True)
                 run.compensations.append(record)
-                if cursor is not None:
-                    cursor.step = record
-                    cursor.compensating = True
+                run.step = record
+                run.compensating = True
                 policy = step._self_compensation_retry or self._compensation_retry
                 timeout = step.compensation_timeout
                 attempt = 0
                 while True:
                     attempt += 1
                     record.attempts = attempt
-                    if cursor is not None:
-                        cursor.attempt = attempt
+                    run.attempt = attempt
                     if observe:
                         await self._emit(run, TransitionKind.COMPENSATION_STARTED, record, attempt)
                     error: BaseException | None = None
@@ -445,9 +490,9 @@ class SagaOrchestrator:
                         error = fault  # type: ignore[assignment]
                     else:
                         try:
-                            value = await run_attempt(
-                                call.compensation_call(result), timer, now, deadline  # type: ignore[arg-type]
-                            )
+                            coro = call.compensation_call(result)
+                            assert coro is not None
+                            value = await run_attempt(coro, timer, now, deadline)
                         except AttemptTimedOut:
                             error = StepTimeout(record.index, record.name, now() - started, timeout)
                         except asyncio.CancelledError:
@@ -460,6 +505,7 @@ class SagaOrchestrator:
                             finished = now()
                             record.duration = finished - started
                             break
+                    assert error is not None
                     if attempt < policy.attempts and policy.retries(error):
                         await self._emit(
                             run, TransitionKind.COMPENSATION_RETRYING, record, attempt, error=error
@@ -494,20 +540,25 @@ class SagaOrchestrator:
                 uncompensated.append(record.name)
                 done.pop()
                 await self._emit(
-                    run, TransitionKind.COMPENSATION_FAILED, record, attempt, error=error,
+                    run,
+                    TransitionKind.COMPENSATION_FAILED,
+                    record,
+                    attempt,
+                    error=error,
                     duration=record.duration,
                 )
                 if not self._continue:
                     uncompensated.extend(
-                        r.name for r, c, _ in reversed(done) if c.step._self_compensation is not None
+                        r.name
+                        for r, c, _ in reversed(done)
+                        if c.step._self_compensation is not None
                     )
                     done.clear()
                     break
         finally:
             timer.close()
-            if cursor is not None:
-                cursor.step = None
-                cursor.compensating = False
+            run.step = None
+            run.compensating = False
         if not errors:
             run.status = SagaStatus.COMPENSATED
             return None

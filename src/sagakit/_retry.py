@@ -76,7 +76,7 @@ class Retry:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         base = min(self.backoff * self.multiplier ** (attempt - 1), self.max_backoff)
         if self.jitter and base:
-            base *= 1 + random.uniform(-self.jitter, self.jitter)  # noqa: S311
+            base *= 1 + random.uniform(-self.jitter, self.jitter)
         return max(base, 0.0)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,30 +17,24 @@ if TYPE_CHECKING:
 
 
 class StepRun:
-    """Mutable state of one step or compensation within one run."""
+    """Mutable state of one step or compensation within one run.
 
-    __slots__ = (
-        "attempts",
-        "compensation",
-        "duration",
-        "error",
-        "events",
-        "index",
-        "name",
-        "result",
-        "status",
-    )
+    Rarely-set fields are class-level defaults, so making one per step stays cheap.
+    """
+
+    status: StepStatus = StepStatus.RUNNING
+    attempts: int = 0
+    duration: float | None = None
+    error: str | None = None
+    events: Sequence[Any] = ()
+    result: Any = None
+    compensation: bool = False
 
     def __init__(self, index: int, name: str, compensation: bool = False) -> None:
         self.index = index
         self.name = name
-        self.status = StepStatus.RUNNING
-        self.attempts = 0
-        self.duration: float | None = None
-        self.error: str | None = None
-        self.events: tuple[Any, ...] = ()
-        self.result: Any = None
-        self.compensation = compensation
+        if compensation:
+            self.compensation = True
 
     def record(self) -> StepRecord:
         return StepRecord(
@@ -49,7 +44,7 @@ class StepRun:
             attempts=self.attempts,
             duration=self.duration,
             error=self.error,
-            events=self.events,
+            events=tuple(self.events),
             compensation=self.compensation,
         )
 
@@ -58,6 +53,8 @@ class SagaRun:
     """Mutable state of one saga execution; :meth:`snapshot` gives its metadata."""
 
     __slots__ = (
+        "attempt",
+        "compensating",
         "compensation_events",
         "compensations",
         "definition",
@@ -70,6 +67,7 @@ class SagaRun:
         "started_mono",
         "started_wall",
         "status",
+        "step",
         "steps",
         "steps_executed",
         "total_steps",
@@ -95,6 +93,9 @@ class SagaRun:
         self.started_mono = mono
         self.updated_mono = mono
         self.finished_mono: float | None = None
+        self.step: StepRun | None = None  # the step or compensation running now
+        self.attempt = 0
+        self.compensating = False
 
     @property
     def started_at(self) -> datetime:
@@ -143,19 +144,7 @@ class StepContext:
         return f"{self.saga_id}:{self.step_index}"
 
 
-class _Cursor:
-    """Where a run is now; one per run, updated in place by the orchestrator."""
-
-    __slots__ = ("attempt", "compensating", "run", "step")
-
-    def __init__(self, run: SagaRun) -> None:
-        self.run = run
-        self.step: StepRun | None = None
-        self.attempt = 0
-        self.compensating = False
-
-
-current_cursor: ContextVar[_Cursor | None] = ContextVar("sagakit_current_step", default=None)
+current_run: ContextVar[SagaRun | None] = ContextVar("sagakit_current_run", default=None)
 
 
 def current_step() -> StepContext | None:
@@ -164,17 +153,17 @@ def current_step() -> StepContext | None:
     >>> ctx = current_step()
     >>> await payments.charge(amount, idempotency_key=ctx.idempotency_key)
     """
-    cursor = current_cursor.get()
-    if cursor is None or cursor.step is None:
+    run = current_run.get()
+    if run is None or run.step is None:
         return None
-    step = cursor.step
+    step = run.step
     return StepContext(
-        saga_id=cursor.run.id,
-        saga_name=cursor.run.name,
+        saga_id=run.id,
+        saga_name=run.name,
         step_index=step.index,
         step_name=step.name,
-        attempt=cursor.attempt,
-        compensating=cursor.compensating,
+        attempt=run.attempt,
+        compensating=run.compensating,
     )
 
 

@@ -147,7 +147,7 @@ class SagaDefinition:
         if self._calls is not None:
             return _iterate(self._calls)
         assert self._factory is not None
-        return self._factory.__wrapped__(*self._args, **self._kwargs)  # type: ignore[no-any-return]
+        return self._factory.__wrapped__(*self._args, **self._kwargs)  # type: ignore[return-value]
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"SagaDefinition is immutable; use with_id()/add_step() ({name})")
@@ -176,9 +176,7 @@ def _init(
     recovery: RecoveryPolicy,
 ) -> None:
     if recovery not in ("resume", "compensate"):
-        raise SagaDefinitionError(
-            f"recovery must be 'resume' or 'compensate', got {recovery!r}"
-        )
+        raise SagaDefinitionError(f"recovery must be 'resume' or 'compensate', got {recovery!r}")
     for slot, value in (
         ("_saga_id", saga_id),
         ("_name", name),
@@ -192,7 +190,8 @@ def _init(
 
 
 def _iterate(calls: tuple[StepCall[Any], ...]) -> StepDriver:
-    for call in calls:
+    # Not ``yield from``: the orchestrator send()s results, which a tuple iterator refuses.
+    for call in calls:  # noqa: UP028
         yield call
 
 
@@ -219,7 +218,11 @@ class SagaFunction(Generic[P]):
     """A function declared with ``@saga``: calling it returns a :class:`SagaDefinition`."""
 
     def __init__(
-        self, fn: Callable[P, SagaBody], *, name: str | None = None, recovery: RecoveryPolicy = "resume"
+        self,
+        fn: Callable[P, SagaBody],
+        *,
+        name: str | None = None,
+        recovery: RecoveryPolicy = "resume",
     ) -> None:
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             raise SagaDefinitionError(

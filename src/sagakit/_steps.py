@@ -6,10 +6,10 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Concatenate, Generic, TypeVar, overload
 
 import wrapt
-from typing_extensions import Concatenate, ParamSpec
+from typing_extensions import ParamSpec
 
 from ._retry import NO_RETRY, Retry, check_seconds
 from .exceptions import CompensationAlreadySetError, SagaDefinitionError, StepTimeout
@@ -37,7 +37,7 @@ class StepCall(Generic[R_co]):
     def __init__(
         self,
         step: Step[Any, Any],
-        fn: Callable[..., Awaitable[Any]],
+        fn: Callable[..., Coroutine[Any, Any, Any]],
         instance: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -53,7 +53,7 @@ class StepCall(Generic[R_co]):
         """The step's name."""
         return self.step.name
 
-    def compensation_call(self, result: Any) -> Awaitable[Any] | None:
+    def compensation_call(self, result: Any) -> Coroutine[Any, Any, Any] | None:
         """Start the compensation of this call (``None`` when the step has none)."""
         step = self.step
         compensation = step._self_compensation
@@ -67,9 +67,9 @@ class StepCall(Generic[R_co]):
             args = (self.instance, *args)
         if step._self_compensation_takes_result:
             if args and step._self_is_method:
-                return compensation(args[0], result, *args[1:], **kwargs)  # type: ignore[no-any-return]
-            return compensation(result, *args, **kwargs)  # type: ignore[no-any-return]
-        return compensation(*args, **kwargs)  # type: ignore[no-any-return]
+                return compensation(args[0], result, *args[1:], **kwargs)
+            return compensation(result, *args, **kwargs)
+        return compensation(*args, **kwargs)
 
     def __await__(self) -> Generator[Any, None, R_co]:
         return self._run_alone().__await__()
@@ -115,7 +115,7 @@ class Step(wrapt.FunctionWrapper[P, Any], Generic[P, R]):
     _self_name: str
     _self_timeout: float
     _self_retry: Retry
-    _self_compensation: Callable[..., Awaitable[Any]] | None
+    _self_compensation: Callable[..., Coroutine[Any, Any, Any]] | None
     _self_compensation_takes_result: bool
     _self_compensation_retry: Retry | None
     _self_compensation_timeout: float | None
@@ -145,14 +145,14 @@ class Step(wrapt.FunctionWrapper[P, Any], Generic[P, R]):
         step_self = self
 
         def make_call(
-            wrapped: Callable[..., Awaitable[Any]],
+            wrapped: Callable[..., Coroutine[Any, Any, Any]],
             instance: Any,
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> StepCall[Any]:
             return StepCall(step_self, wrapped, instance, args, kwargs)
 
-        super(Step, self).__init__(fn, make_call)
+        super(Step, self).__init__(fn, make_call)  # noqa: UP008 - the proxy fakes __class__
         if name is None:
             name = fn.__name__
         if not isinstance(name, str) or not name:
@@ -262,7 +262,9 @@ def _as_retry(value: Retry | int | None, what: str) -> Retry | None:
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return Retry(attempts=value)
-    raise SagaDefinitionError(f"{what} must be a sagakit.Retry or a number of attempts, got {value!r}")
+    raise SagaDefinitionError(
+        f"{what} must be a sagakit.Retry or a number of attempts, got {value!r}"
+    )
 
 
 def _takes_result(step: Step[Any, Any], fn: Callable[..., Any]) -> bool:

@@ -19,10 +19,10 @@ class StepTimer:
 
     __slots__ = ("_handle", "_loop", "_resolution", "base", "deadline", "fired", "task")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[object]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self.task = task
-        self.base = task.cancelling()
+        self.task: asyncio.Task[Any] | None = None
+        self.base = 0
         self.deadline: float | None = None
         self.fired = False
         self._handle: asyncio.TimerHandle | None = None
@@ -31,6 +31,10 @@ class StepTimer:
     def arm(self, deadline: float) -> None:
         """Cancel the task at ``deadline`` (loop time) unless disarmed before."""
         self.deadline = deadline
+        if self.task is None:
+            self.task = asyncio.current_task(self._loop)
+            assert self.task is not None, "sagakit runs inside an asyncio task"
+            self.base = self.task.cancelling()
         handle = self._handle
         if handle is None or handle.when() > deadline:
             if handle is not None:
@@ -42,7 +46,7 @@ class StepTimer:
 
     def claim_cancellation(self) -> bool:
         """After a ``CancelledError``: True when it was this timer's and is now undone."""
-        if not self.fired:
+        if not self.fired or self.task is None:
             return False
         self.fired = False
         return self.task.uncancel() <= self.base
@@ -62,9 +66,8 @@ class StepTimer:
             self._handle = loop.call_at(deadline, self._fire)
             return
         self.fired = True
-        self.task.cancel()
-
-
+        if self.task is not None:
+            self.task.cancel()
 
 
 class AttemptTimedOut(Exception):
@@ -89,36 +92,48 @@ def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any,
                 return stop.value
 
 
+async def finish_attempt(
+    coro: Coroutine[Any, Any, Any], yielded: Any, timer: StepTimer, deadline: float
+) -> Any:
+    """Go on with an attempt that suspended: arm the saga's timer and await the rest.
+
+    Raises :class:`AttemptTimedOut` when the timer cancelled it, or when it swallowed
+    that cancellation and returned late.
+    """
+    timer.arm(deadline)
+    try:
+        value = await _resume(coro, yielded)
+    except asyncio.CancelledError:
+        timer.deadline = None
+        if timer.claim_cancellation():
+            raise AttemptTimedOut from None
+        raise
+    finally:
+        timer.deadline = None
+    if timer.fired:
+        timer.claim_cancellation()
+        raise AttemptTimedOut
+    return value
+
+
 async def run_attempt(
     coro: Coroutine[Any, Any, Any], timer: StepTimer, now: Callable[[], float], deadline: float
 ) -> Any:
     """Await ``coro`` with ``deadline``; raise :class:`AttemptTimedOut` past it.
 
     A coroutine that finishes without suspending needs no timer at all (nothing could
-    interrupt it); one that suspends arms the saga's timer. A step that swallows the
-    cancellation, or blocks past the deadline, still counts as timed out.
+    interrupt it); one that suspends arms the saga's timer. One that blocks past its
+    deadline still counts as timed out. (``SagaOrchestrator._drive`` inlines this.)
     """
     try:
         yielded = coro.send(None)
     except StopIteration as stop:
         value = stop.value
     else:
-        timer.arm(deadline)
-        try:
-            value = await _resume(coro, yielded)
-        except asyncio.CancelledError:
-            timer.deadline = None
-            if timer.claim_cancellation():
-                raise AttemptTimedOut from None
-            raise
-        finally:
-            timer.deadline = None
-        if timer.fired:  # it swallowed the cancellation and returned late
-            timer.claim_cancellation()
-            raise AttemptTimedOut
-    if now() >= deadline:  # it blocked past its deadline
+        value = await finish_attempt(coro, yielded, timer, deadline)
+    if now() >= deadline:
         raise AttemptTimedOut
     return value
 
 
-__all__ = ["AttemptTimedOut", "StepTimer", "run_attempt"]
+__all__ = ["AttemptTimedOut", "StepTimer", "finish_attempt", "run_attempt"]

@@ -71,7 +71,8 @@ class SagaMetadata:
 
     def __repr__(self) -> str:
         total = "?" if self.total_steps is None else self.total_steps
-        text = f"<SagaMetadata {self.name} id={self.id!r} {self.status} {self.steps_executed}/{total} steps"
+        text = f"<SagaMetadata {self.name} id={self.id!r} {self.status}"
+        text += f" {self.steps_executed}/{total} steps"
         if self.duration is not None:
             text += f" in {self.duration * 1000:.1f} ms"
         if self.error:

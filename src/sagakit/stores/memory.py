@@ -27,7 +27,11 @@ class MemoryStore:
     durable = False
 
     def __init__(self, *, history_limit: int = DEFAULT_HISTORY_LIMIT) -> None:
-        if isinstance(history_limit, bool) or not isinstance(history_limit, int) or history_limit < 0:
+        if (
+            isinstance(history_limit, bool)
+            or not isinstance(history_limit, int)
+            or history_limit < 0
+        ):
             raise SagaDefinitionError(
                 f"history_limit must be a whole number >= 0, got {history_limit!r}"
             )
