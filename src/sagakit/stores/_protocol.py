@@ -107,6 +107,9 @@ class OrphanedSaga:
     at most one that failed or was interrupted); ``compensations`` the
     compensations in the order they ran. ``recovery_attempts`` counts claims,
     this one included. ``policy`` is the saga's recovery policy when it started.
+    ``factory`` is ``False`` for builder-form definitions
+    (``SagaDefinition("id").add_step(...)``), which recovery cannot rebuild: stores
+    return those whatever ``names`` says, so recovery can dead-letter them.
     """
 
     saga_id: str
@@ -119,6 +122,7 @@ class OrphanedSaga:
     compensations: tuple[LoggedStep, ...]
     recovery_attempts: int
     explicit_id: bool = True
+    factory: bool = True
     fingerprint: str | None = None
     error: str | None = None
     started_at: datetime | None = None
@@ -212,7 +216,8 @@ class RecoverableStore(SagaStore, Protocol):
         """Claim up to ``limit`` sagas left running by dead owners, oldest first.
 
         Only sagas whose name is in ``names`` are considered (all when ``None``), so
-        a process never claims sagas it cannot run. Each claim increments the
+        a process never claims sagas it cannot run; orphans of builder-form
+        definitions (``factory=False``) are claimed regardless. Each claim increments the
         saga's recovery attempts atomically with taking ownership; a saga whose
         attempts would exceed ``max_attempts`` (it crashed its process every time)
         is moved to the dead letters instead of being returned. A saga whose log
