@@ -193,7 +193,6 @@ class SagaOrchestrator:
         steps = run.steps
         events = run.events
         done: list[_Done] = []
-        in_flight = False  # a step attempt is running: `record` and `call` name it
         index = 0
         value: Any = None
         try:
@@ -218,7 +217,8 @@ class SagaOrchestrator:
                 attempt = 0
                 while True:
                     attempt += 1
-                    record.attempts = run.attempt = attempt
+                    if attempt > 1:
+                        record.attempts = attempt
                     if observe:
                         await self._emit(run, TransitionKind.STEP_STARTED, record, attempt)
                     failure: StepFailed | None = None
@@ -230,7 +230,6 @@ class SagaOrchestrator:
                         (fault := faults.fault_for(step, attempt, compensation=False)) is None
                     ):
                         # run_attempt() inlined: most steps finish without a timer.
-                        in_flight = True
                         try:
                             coro = (
                                 call.fn(*call.args, **call.kwargs)
@@ -255,7 +254,6 @@ class SagaOrchestrator:
                         else:
                             record.duration = finished - started
                             break
-                        in_flight = False
                     elif fault is SIMULATED_TIMEOUT:
                         failure = StepTimeout(index, step._self_name, timeout, timeout)
                     else:
@@ -274,14 +272,12 @@ class SagaOrchestrator:
                         continue
                     await self._step_failed(run, record, call, failure, error, started, now, done)
                     raise failure
-                in_flight = False
                 record.result = value
                 cls = value.__class__
                 step_events = value if cls is list or cls is tuple else _events_of(value)
                 record.events = step_events
                 record.status = StepStatus.COMPLETED
                 events.extend(step_events)
-                run.steps_executed += 1
                 run.updated_mono = finished
                 if observe:
                     await self._step_completed(run, record, call, done)
@@ -292,7 +288,10 @@ class SagaOrchestrator:
                     f"saga {run.name!r} yielded no steps; a saga needs at least one step"
                 )
         except asyncio.CancelledError:
-            if in_flight:
+            if steps and steps[-1].status is StepStatus.RUNNING:
+                # Interrupted mid-step (``call`` is that step's): its effect is unknown,
+                # so it is undone like a timed-out step.
+                record = steps[-1]
                 record.status = StepStatus.FAILED
                 record.error = "CancelledError: the saga was cancelled"
                 if call.step._self_compensate_on_timeout:
@@ -401,7 +400,6 @@ class SagaOrchestrator:
             # The step acted but its completion could not be recorded: undo it too.
             if record.events:
                 del run.events[-len(record.events) :]
-            run.steps_executed -= 1
             record.status = StepStatus.FAILED
             record.error = _describe(unrecorded)
             done.append((record, call, record.result))
@@ -475,7 +473,6 @@ class SagaOrchestrator:
                 while True:
                     attempt += 1
                     record.attempts = attempt
-                    run.attempt = attempt
                     if observe:
                         await self._emit(run, TransitionKind.COMPENSATION_STARTED, record, attempt)
                     error: BaseException | None = None

@@ -23,7 +23,7 @@ class StepRun:
     """
 
     status: StepStatus = StepStatus.RUNNING
-    attempts: int = 0
+    attempts: int = 1
     duration: float | None = None
     error: str | None = None
     events: Sequence[Any] = ()
@@ -53,7 +53,6 @@ class SagaRun:
     """Mutable state of one saga execution; :meth:`snapshot` gives its metadata."""
 
     __slots__ = (
-        "attempt",
         "compensating",
         "compensation_events",
         "compensations",
@@ -69,7 +68,6 @@ class SagaRun:
         "status",
         "step",
         "steps",
-        "steps_executed",
         "total_steps",
         "updated_mono",
     )
@@ -87,15 +85,19 @@ class SagaRun:
         self.compensations: list[StepRun] = []
         self.events: list[Any] = []
         self.compensation_events: list[Any] = []
-        self.steps_executed = 0
         self.error: str | None = None
         self.started_wall = time.time()
         self.started_mono = mono
         self.updated_mono = mono
         self.finished_mono: float | None = None
         self.step: StepRun | None = None  # the step or compensation running now
-        self.attempt = 0
         self.compensating = False
+
+    @property
+    def steps_executed(self) -> int:
+        """How many forward steps completed."""
+        completed = StepStatus.COMPLETED
+        return sum(1 for step in self.steps if step.status is completed)
 
     @property
     def started_at(self) -> datetime:
@@ -162,7 +164,7 @@ def current_step() -> StepContext | None:
         saga_name=run.name,
         step_index=step.index,
         step_name=step.name,
-        attempt=run.attempt,
+        attempt=step.attempts,
         compensating=run.compensating,
     )
 
