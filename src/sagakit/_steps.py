@@ -60,11 +60,11 @@ class StepCall(Generic[R_co]):
         if compensation is None:
             return None
         args, kwargs = self.args, self.kwargs
-        if kwargs:
-            bound = step._self_signature.bind(*args, **kwargs)
-            args, kwargs = bound.args, bound.kwargs
         if self.instance is not None and step._self_is_method:
             args = (self.instance, *args)
+        if kwargs:  # normalise: the compensation may name its parameters differently
+            bound = step._self_signature.bind(*args, **kwargs)
+            args, kwargs = bound.args, bound.kwargs
         if step._self_compensation_takes_result:
             if args and step._self_is_method:
                 return compensation(args[0], result, *args[1:], **kwargs)
@@ -77,6 +77,7 @@ class StepCall(Generic[R_co]):
     async def _run_alone(self) -> R_co:
         step = self.step
         policy = step.retry
+        loop = asyncio.get_running_loop()
         attempt = 0
         while True:
             attempt += 1
@@ -84,7 +85,9 @@ class StepCall(Generic[R_co]):
             try:
                 async with asyncio.timeout(step.timeout) as deadline:
                     result = await self.fn(*self.args, **self.kwargs)
-                if deadline.expired():  # the step swallowed its cancellation
+                # It swallowed its cancellation, or blocked past the deadline without awaiting.
+                when = deadline.when()
+                if deadline.expired() or (when is not None and loop.time() >= when):
                     raise StepTimeout(-1, step.name, time.monotonic() - started, step.timeout)
                 return result  # type: ignore[no-any-return]
             except TimeoutError as error:
@@ -93,7 +96,7 @@ class StepCall(Generic[R_co]):
                     failure = StepTimeout(-1, step.name, time.monotonic() - started, step.timeout)
                     failure.__cause__ = error
                 if attempt >= policy.attempts or not policy.retries(failure):
-                    raise failure from error
+                    raise failure from failure.__cause__
             except Exception as error:
                 if attempt >= policy.attempts or not policy.retries(error):
                     raise
@@ -123,6 +126,7 @@ class Step(wrapt.FunctionWrapper[P, Any], Generic[P, R]):
     _self_compensate_on_failure: bool
     _self_signature: inspect.Signature
     _self_is_method: bool
+    _self_plain_compensation: bool  # called with the step's positional arguments only
 
     def __init__(
         self,
@@ -172,6 +176,7 @@ class Step(wrapt.FunctionWrapper[P, Any], Generic[P, R]):
         self._self_compensate_on_failure = bool(compensate_on_failure)
         self._self_compensation = None
         self._self_compensation_takes_result = False
+        self._self_plain_compensation = False
         self._self_signature = inspect.signature(fn)
         first = next(iter(self._self_signature.parameters), None)
         self._self_is_method = first in ("self", "cls")
@@ -250,6 +255,9 @@ class Step(wrapt.FunctionWrapper[P, Any], Generic[P, R]):
                 f"but {what} is not a coroutine function"
             )
         self._self_compensation_takes_result = _takes_result(self, fn)
+        self._self_plain_compensation = not (
+            self._self_compensation_takes_result or self._self_is_method
+        )
         self._self_compensation = fn
         return fn
 
