@@ -1,0 +1,120 @@
+"""Static type checks for the public API, read by mypy (never collected by pytest)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, assert_type
+
+from sagakit import (
+    Retry,
+    SagaDefinition,
+    SagaFunction,
+    SagaMetadata,
+    SagaOrchestrator,
+    SagaStatus,
+    Step,
+    StepCall,
+    saga,
+    step,
+)
+
+
+@dataclass(frozen=True)
+class Debited:
+    account: str
+    amount: float
+
+
+@dataclass(frozen=True)
+class Credited:
+    account: str
+    amount: float
+
+
+@step(timeout=5, retry=Retry(attempts=2))
+async def debit(account: str, amount: float) -> list[Debited]:
+    return [Debited(account, amount)]
+
+
+@debit.compensate
+async def undo_debit(account: str, amount: float) -> list[Credited]:
+    return [Credited(account, amount)]
+
+
+@step
+async def charge(order_id: str, amount: float) -> str:
+    return f"payment-{order_id}"
+
+
+@charge.compensate
+async def refund(payment_id: str, order_id: str, amount: float) -> None:
+    return None
+
+
+@step
+async def credit(account: str, amount: float) -> list[Credited]:
+    return [Credited(account, amount)]
+
+
+@saga
+def transfer(src: str, dst: str, amount: float):  # type: ignore[no-untyped-def]
+    yield debit(src, amount)
+    yield credit(dst, amount)
+
+
+@saga
+def transfer_list(src: str, dst: str, amount: float) -> list[StepCall[Any]]:
+    return [debit(src, amount), credit(dst, amount)]
+
+
+# Steps keep their parameters and result type: assignable to the exact Step type,
+# and not to one with other parameters or another result (so it is not Any).
+debit_step: Step[[str, float], list[Debited]] = debit
+credit_step: Step[[str, float], list[Credited]] = credit
+wrong_params: Step[[int], list[Debited]] = debit  # type: ignore[assignment]
+wrong_result: Step[[str, float], list[Credited]] = debit  # type: ignore[assignment]
+assert_type(debit("A", 1.0), StepCall[list[Debited]])
+assert_type(charge("o-1", 9.5), StepCall[str])
+assert_type(debit.name, str)
+assert_type(debit.timeout, float)
+
+# .compensate returns the function, callable with the step's arguments (args form)
+# or with the step's result first (result-first form).
+undo_callable: Callable[[str, float], Awaitable[Any]] = undo_debit
+refund_callable: Callable[[str, str, float], Awaitable[Any]] = refund
+undo_wrong: Callable[[int], Awaitable[Any]] = undo_debit  # type: ignore[assignment]
+
+# Saga functions keep their parameters and return definitions.
+transfer_fn: SagaFunction[[str, str, float]] = transfer_list
+transfer_wrong: SagaFunction[[int]] = transfer_list  # type: ignore[assignment]
+assert_type(transfer_list("A", "B", 1.0), SagaDefinition)
+assert_type(transfer("A", "B", 1.0), SagaDefinition)
+assert_type(SagaDefinition("t-1").add_step(debit("A", 1.0)), SagaDefinition)
+assert_type(SagaDefinition("t-1").with_id("t-2"), SagaDefinition)
+assert_type(SagaDefinition("t-1").metadata(), SagaMetadata)
+assert_type(SagaDefinition("t-1").metadata().status, SagaStatus)
+assert_type(SagaDefinition("t-1").total_steps, int | None)
+
+
+async def awaited() -> None:
+    # Awaiting a step call runs the step alone and gives its result type.
+    assert_type(await debit("A", 1.0), list[Debited])
+    assert_type(await charge("o-1", 2.0), str)
+    orchestrator = SagaOrchestrator()
+    assert_type(await orchestrator.execute(transfer_list("A", "B", 1.0)), list[Any])
+    assert_type(await orchestrator.get_saga("x"), SagaMetadata | None)
+    assert_type(await orchestrator.running_count(), int)
+
+
+# Wrong arguments are flagged (warn_unused_ignores under strict makes these real checks).
+debit("A", "not a float")  # type: ignore[arg-type]
+debit(1, 2.0)  # type: ignore[arg-type]
+debit("A")  # type: ignore[call-arg]
+transfer_list("A", "B", "C")  # type: ignore[arg-type]
+
+
+# A compensation whose parameters cannot take the step's arguments is flagged.
+@credit.compensate  # type: ignore[arg-type]
+async def wrong_undo(account: int) -> None:
+    return None
