@@ -1,0 +1,526 @@
+"""Issue 2, points 1, 2 and 5: declaring steps and compensations, and their misuse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import math
+import time
+from typing import Any
+
+import pytest
+
+from sagakit import (
+    DEFAULT_TIMEOUT,
+    CompensationAlreadySetError,
+    Retry,
+    SagaDefinitionError,
+    SagaError,
+    SagaOrchestrator,
+    Step,
+    StepCall,
+    StepFailed,
+    StepTimeout,
+    saga,
+    step,
+)
+
+# ------------------------------------------------------------------ declaring
+
+
+def test_bare_decorator_keeps_the_function_and_default_timeout() -> None:
+    async def debit(account: str, amount: float) -> list[str]:
+        """Take money from an account."""
+        return [account]
+
+    decorated = step(debit)
+
+    assert isinstance(decorated, Step)
+    assert decorated.__name__ == "debit"
+    assert decorated.__qualname__ == debit.__qualname__
+    assert decorated.__doc__ == "Take money from an account."
+    assert decorated.__wrapped__ is debit
+    assert inspect.signature(decorated) == inspect.signature(debit)
+    assert inspect.iscoroutinefunction(decorated)
+    assert decorated.name == "debit"
+    assert decorated.timeout == DEFAULT_TIMEOUT == 30.0
+    assert decorated.retry.attempts == 1
+    assert decorated.compensation is None
+
+
+def test_decorator_with_options() -> None:
+    policy = Retry(attempts=4, backoff=0.5)
+
+    @step(timeout=2.5, retry=policy, name="take-money")
+    async def debit(account: str) -> None:
+        """Docstring kept."""
+
+    assert debit.name == "take-money"
+    assert debit.__name__ == "debit"
+    assert debit.__doc__ == "Docstring kept."
+    assert debit.timeout == 2.5
+    assert debit.retry is policy
+    assert list(inspect.signature(debit).parameters) == ["account"]
+    assert repr(debit) == "<Step take-money timeout=2.5s>"
+
+
+def test_integer_retry_means_that_many_attempts() -> None:
+    @step(retry=5)
+    async def flaky() -> None: ...
+
+    assert flaky.retry.attempts == 5
+
+
+def test_calling_a_step_runs_nothing_and_returns_a_step_call() -> None:
+    ran: list[str] = []
+
+    @step
+    async def debit(account: str, amount: float) -> str:
+        ran.append(account)
+        return account
+
+    call = debit("A", amount=10.0)
+
+    assert isinstance(call, StepCall)
+    assert call.step is debit
+    assert call.name == "debit"
+    assert call.args == ("A",)
+    assert call.kwargs == {"amount": 10.0}
+    assert repr(call) == "<StepCall debit('A', amount=10.0)>"
+    assert ran == []
+
+
+@pytest.mark.asyncio
+async def test_awaiting_a_step_call_runs_the_step_alone() -> None:
+    @step
+    async def debit(account: str, amount: float) -> list[tuple[str, float]]:
+        await asyncio.sleep(0)
+        return [(account, amount)]
+
+    assert await debit("A", 2.0) == [("A", 2.0)]
+    assert await debit(account="B", amount=3.0) == [("B", 3.0)]
+
+
+@pytest.mark.asyncio
+async def test_awaiting_a_step_call_applies_its_timeout() -> None:
+    @step(timeout=0.01)
+    async def slow() -> str:
+        await asyncio.sleep(10)
+        return "never"
+
+    with pytest.raises(StepTimeout) as info:
+        await slow()
+    assert info.value.step_name == "slow"
+    assert info.value.timeout == 0.01
+    assert info.value.duration >= 0.01
+    assert isinstance(info.value, TimeoutError)
+
+
+@pytest.mark.asyncio
+async def test_awaited_step_that_swallows_cancellation_still_times_out() -> None:
+    @step(timeout=0.01)
+    async def stubborn() -> str:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(10)
+        return "late"
+
+    with pytest.raises(StepTimeout) as info:
+        await stubborn()
+    # Regression: the error used to be its own __cause__.
+    assert info.value.__cause__ is not info.value
+
+
+@pytest.mark.asyncio
+async def test_awaited_step_that_blocks_past_its_deadline_times_out() -> None:
+    # Regression: a step that never awaited escaped asyncio.timeout and "succeeded".
+    @step(timeout=0.01)
+    async def blocking() -> str:
+        time.sleep(0.03)  # noqa: ASYNC251 - blocking the loop is the point
+        return "late"
+
+    with pytest.raises(StepTimeout):
+        await blocking()
+
+
+@pytest.mark.asyncio
+async def test_awaiting_a_step_call_retries_with_its_policy() -> None:
+    attempts: list[int] = []
+
+    @step(retry=Retry(attempts=3, backoff=0, on=ConnectionError))
+    async def flaky() -> str:
+        attempts.append(len(attempts) + 1)
+        if len(attempts) < 3:
+            raise ConnectionError("try again")
+        return "ok"
+
+    assert await flaky() == "ok"
+    assert attempts == [1, 2, 3]
+
+
+@pytest.mark.asyncio
+async def test_awaited_step_gives_up_after_its_attempts_and_raises_the_original() -> None:
+    calls = 0
+
+    @step(retry=Retry(attempts=2, backoff=0))
+    async def broken() -> None:
+        nonlocal calls
+        calls += 1
+        raise ValueError(f"bad {calls}")
+
+    with pytest.raises(ValueError, match="bad 2"):
+        await broken()
+    assert calls == 2
+
+
+@pytest.mark.asyncio
+async def test_awaited_step_does_not_retry_exceptions_outside_on() -> None:
+    calls = 0
+
+    @step(retry=Retry(attempts=5, backoff=0, on=ConnectionError))
+    async def broken() -> None:
+        nonlocal calls
+        calls += 1
+        raise KeyError("not retried")
+
+    with pytest.raises(KeyError):
+        await broken()
+    assert calls == 1
+
+
+@pytest.mark.asyncio
+async def test_awaited_step_gets_a_fresh_timeout_per_attempt() -> None:
+    calls = 0
+
+    @step(timeout=0.02, retry=Retry(attempts=2, backoff=0, on=TimeoutError))
+    async def slow_then_fast() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(10)
+        return "second"
+
+    assert await slow_then_fast() == "second"
+    assert calls == 2
+
+
+# ------------------------------------------------------------------ methods
+
+
+class Bank:
+    def __init__(self) -> None:
+        self.log: list[tuple[Any, ...]] = []
+
+    @step(timeout=3)
+    async def debit(self, account: str, amount: float) -> str:
+        self.log.append(("debit", account, amount))
+        return f"tx-{account}"
+
+    @debit.compensate
+    async def undo_debit(self, tx: str, account: str, amount: float) -> str:
+        self.log.append(("undo_debit", tx, account, amount))
+        return f"undone-{tx}"
+
+    @step
+    async def credit(self, account: str, amount: float) -> None:
+        self.log.append(("credit", account, amount))
+
+    @credit.compensate
+    async def undo_credit(self, account: str, amount: float) -> None:
+        self.log.append(("undo_credit", account, amount))
+
+
+@step
+async def explode() -> None:
+    raise RuntimeError("explode")
+
+
+def test_a_method_step_binds_to_its_instance() -> None:
+    bank = Bank()
+    call = bank.debit("A", 1.0)
+
+    assert isinstance(call, StepCall)
+    assert call.instance is bank
+    assert call.args == ("A", 1.0)
+    assert list(inspect.signature(bank.debit).parameters) == ["account", "amount"]
+    assert list(inspect.signature(Bank.debit).parameters) == ["self", "account", "amount"]
+    assert inspect.iscoroutinefunction(Bank.debit)
+
+
+@pytest.mark.asyncio
+async def test_awaiting_a_method_step_runs_it_on_its_instance() -> None:
+    bank = Bank()
+    assert await bank.debit("A", 1.0) == "tx-A"
+    assert bank.log == [("debit", "A", 1.0)]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "make_calls",
+    [
+        pytest.param(lambda b: [b.debit("A", 5.0), b.credit("B", 5.0)], id="positional"),
+        # Regression: keyword arguments to a method step broke its compensation.
+        pytest.param(
+            lambda b: [b.debit("A", amount=5.0), b.credit(account="B", amount=5.0)],
+            id="keywords",
+        ),
+    ],
+)
+async def test_method_step_compensations_get_the_instance_and_arguments(make_calls: Any) -> None:
+    bank = Bank()
+
+    @saga
+    def transfer() -> list[StepCall[Any]]:
+        return [*make_calls(bank), explode()]
+
+    with pytest.raises(StepFailed) as info:
+        await SagaOrchestrator().execute(transfer())
+
+    assert bank.log == [
+        ("debit", "A", 5.0),
+        ("credit", "B", 5.0),
+        ("undo_credit", "B", 5.0),
+        ("undo_debit", "tx-A", "A", 5.0),
+    ]
+    assert info.value.compensation_events == ["undone-tx-A"]
+
+
+# ------------------------------------------------------------------ compensations
+
+
+def test_compensate_returns_the_function_unchanged_in_both_forms() -> None:
+    @step
+    async def charge(order: str, amount: float) -> str:
+        return "pay-1"
+
+    async def refund(payment_id: str, order: str, amount: float) -> None: ...
+
+    assert charge.compensate(refund) is refund
+    assert charge.compensation is refund
+    assert charge.compensation_takes_result is True
+
+    @step
+    async def reserve(sku: str) -> None: ...
+
+    async def release(sku: str) -> None: ...
+
+    assert reserve.compensate(release) is release
+    assert reserve.compensation_takes_result is False
+
+
+@pytest.mark.asyncio
+async def test_both_compensation_forms_are_called_correctly_at_run_time() -> None:
+    log: list[tuple[Any, ...]] = []
+
+    @step
+    async def charge(order: str, amount: float) -> str:
+        return f"pay-{order}"
+
+    @charge.compensate
+    async def refund(payment_id: str, order: str, amount: float) -> str:
+        log.append(("refund", payment_id, order, amount))
+        return "refunded"
+
+    @step
+    async def reserve(sku: str, *, count: int = 1) -> list[str]:
+        return [sku] * count
+
+    @reserve.compensate
+    async def release(sku: str, *, count: int = 1) -> None:
+        log.append(("release", sku, count))
+
+    @saga
+    def order() -> list[StepCall[Any]]:
+        return [reserve("sku-1", count=2), charge("o-1", 9.5), explode()]
+
+    with pytest.raises(StepFailed) as info:
+        await SagaOrchestrator().execute(order())
+
+    assert log == [("refund", "pay-o-1", "o-1", 9.5), ("release", "sku-1", 2)]
+    assert info.value.events == ["sku-1", "sku-1", "pay-o-1"]
+    assert info.value.compensation_events == ["refunded"]
+
+
+@pytest.mark.asyncio
+async def test_keyword_call_arguments_are_normalised_for_the_compensation() -> None:
+    seen: list[tuple[Any, ...]] = []
+
+    @step
+    async def debit(account: str, amount: float) -> str:
+        return "tx"
+
+    @debit.compensate
+    async def undo(tx: str, acct: str, amt: float) -> None:  # other parameter names
+        seen.append((tx, acct, amt))
+
+    @saga
+    def transfer() -> list[StepCall[Any]]:
+        return [debit(amount=3.0, account="A"), explode()]
+
+    with pytest.raises(StepFailed):
+        await SagaOrchestrator().execute(transfer())
+    assert seen == [("tx", "A", 3.0)]
+
+
+@pytest.mark.asyncio
+async def test_a_step_without_compensation_is_allowed() -> None:
+    ran: list[str] = []
+
+    @step
+    async def notify(who: str) -> str:
+        ran.append(who)
+        return who
+
+    @saga
+    def flow() -> list[StepCall[Any]]:
+        return [notify("x"), explode()]
+
+    with pytest.raises(StepFailed) as info:
+        await SagaOrchestrator().execute(flow())
+    assert ran == ["x"]
+    assert info.value.compensation_events == []
+
+
+def test_second_compensation_is_refused() -> None:
+    @step
+    async def debit(account: str) -> None: ...
+
+    @debit.compensate
+    async def undo(account: str) -> None: ...
+
+    async def undo_again(account: str) -> None: ...
+
+    with pytest.raises(CompensationAlreadySetError, match="already has the compensation") as info:
+        debit.compensate(undo_again)
+    assert isinstance(info.value, SagaDefinitionError)
+    assert debit.compensation is undo
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "async def undo(a, b, c, d): ...",  # too many parameters
+        "async def undo(): ...",  # none at all
+        "async def undo(*, other): ...",  # a keyword the step does not give
+        "async def undo(account, *, other): ...",
+    ],
+)
+def test_incompatible_compensation_signature_is_refused_with_a_hint(source: str) -> None:
+    @step
+    async def debit(account: str, amount: float) -> None: ...
+
+    namespace: dict[str, Any] = {}
+    exec(source, namespace)
+
+    with pytest.raises(SagaDefinitionError) as info:
+        debit.compensate(namespace["undo"])
+    message = str(info.value)
+    assert "cannot take the arguments of step 'debit'" in message
+    assert "give it the step's parameters (account" in message
+    assert "amount" in message
+    assert "result first" in message
+    assert debit.compensation is None
+
+
+def test_sync_compensation_is_refused() -> None:
+    @step
+    async def debit(account: str) -> None: ...
+
+    def undo(account: str) -> None: ...
+
+    with pytest.raises(SagaDefinitionError, match="must be an 'async def'"):
+        debit.compensate(undo)  # type: ignore[arg-type]
+    assert debit.compensation is None
+
+
+# ------------------------------------------------------------------ misuse
+
+
+def test_sync_function_is_refused() -> None:
+    def debit(account: str) -> None: ...
+
+    with pytest.raises(SagaDefinitionError, match="async def") as info:
+        step(debit)  # type: ignore[arg-type]
+    assert isinstance(info.value, SagaError)
+    assert isinstance(info.value, TypeError)
+    with pytest.raises(SagaDefinitionError, match="async def"):
+        step(timeout=3)(debit)  # type: ignore[arg-type]
+
+
+def test_function_and_options_together_are_refused() -> None:
+    async def debit() -> None: ...
+
+    with pytest.raises(SagaDefinitionError, match="not both"):
+        step(debit, timeout=1)  # type: ignore[call-overload]
+
+
+def test_non_callable_is_refused() -> None:
+    with pytest.raises(SagaDefinitionError):
+        step(42)  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize(
+    ("timeout", "complaint"),
+    [
+        (0, "greater than zero"),
+        (-1, "greater than zero"),
+        (-0.5, "greater than zero"),
+        (math.nan, "finite"),
+        (math.inf, "finite"),
+        (-math.inf, "finite"),
+        ("x", "number of seconds"),
+        (None, "number of seconds"),
+        (True, "number of seconds"),
+    ],
+)
+def test_bad_timeouts_are_refused(timeout: Any, complaint: str) -> None:
+    async def debit() -> None: ...
+
+    with pytest.raises(SagaDefinitionError, match=complaint) as info:
+        step(timeout=timeout)(debit)
+    assert "'debit'" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["", 3])
+def test_bad_names_are_refused(name: Any) -> None:
+    async def debit() -> None: ...
+
+    with pytest.raises(SagaDefinitionError, match="non-empty string"):
+        step(name=name)(debit)
+
+
+@pytest.mark.parametrize("retry", ["3", 2.5, True, object()])
+def test_bad_retry_options_are_refused(retry: Any) -> None:
+    async def debit() -> None: ...
+
+    with pytest.raises(SagaDefinitionError, match="Retry"):
+        step(retry=retry)(debit)
+
+
+def test_bad_compensation_timeout_is_refused() -> None:
+    async def debit() -> None: ...
+
+    with pytest.raises(SagaDefinitionError, match="compensation_timeout"):
+        step(compensation_timeout=0)(debit)
+
+
+def test_compensation_timeout_defaults_to_the_step_timeout() -> None:
+    @step(timeout=4)
+    async def a() -> None: ...
+
+    @step(timeout=4, compensation_timeout=9)
+    async def b() -> None: ...
+
+    assert a.compensation_timeout == 4.0
+    assert b.compensation_timeout == 9.0
+
+
+def test_step_options_do_not_leak_between_steps() -> None:
+    @step(timeout=1, compensate_on_timeout=False, compensate_on_failure=True)
+    async def a() -> None: ...
+
+    @step
+    async def b() -> None: ...
+
+    assert (a.compensate_on_timeout, a.compensate_on_failure) == (False, True)
+    assert (b.compensate_on_timeout, b.compensate_on_failure) == (True, False)
