@@ -11,12 +11,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout
 from ._hooks import SIMULATED_TIMEOUT, FaultPlan, active_faults
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import SagaRun, StepRun, current_run
 from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id
 from ._steps import StepCall
-from ._timer import AttemptTimedOut, StepTimer, finish_attempt, run_attempt
 from .exceptions import (
     CompensationFailed,
     NonDeterminismError,
@@ -82,6 +82,10 @@ def _events_of(result: Any) -> tuple[Any, ...] | list[Any]:
     return (result,)
 
 
+class _Late(Exception):
+    """Internal: an attempt finished, but after its deadline."""
+
+
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
@@ -126,11 +130,13 @@ class SagaOrchestrator:
         self._sleep = sleep
         self._loop: asyncio.AbstractEventLoop | None = None
         self._now: Callable[[], float] = time.monotonic
+        self._watchdog: Watchdog | None = None
 
     def _use_loop(self, loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
         """Remember ``loop`` and its clock (``time.monotonic`` itself for asyncio's loops)."""
         self._loop = loop
         self._now = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+        self._watchdog = Watchdog(loop)
         return self._now
 
     @property
@@ -185,7 +191,12 @@ class SagaOrchestrator:
         """Run the steps ``driver`` yields; the first ``replay`` come from ``run.steps``."""
         loop = asyncio.get_running_loop()
         now = self._now if loop is self._loop else self._use_loop(loop)
-        timer: StepTimer | None = None  # made when a step first suspends
+        watchdog = self._watchdog
+        assert watchdog is not None
+        run.task = task = asyncio.current_task()
+        assert task is not None, "sagakit runs inside an asyncio task"
+        run.cancel_base = task.cancelling()
+        watchdog.runs.add(run)
         observe = self._observed or logger.isEnabledFor(logging.DEBUG)
         announce = observe or logger.isEnabledFor(logging.INFO)
         faults = active_faults.get()
@@ -229,27 +240,31 @@ class SagaOrchestrator:
                     if faults is None or (
                         (fault := faults.fault_for(step, attempt, compensation=False)) is None
                     ):
-                        # run_attempt() inlined: most steps finish without a timer.
+                        run.deadline = deadline
+                        if deadline < watchdog.when:
+                            watchdog.wake_at(deadline)
                         try:
-                            coro = (
+                            value = await (
                                 call.fn(*call.args, **call.kwargs)
                                 if call.kwargs
                                 else call.fn(*call.args)
                             )
-                            try:
-                                yielded = coro.send(None)
-                            except StopIteration as stop:
-                                value = stop.value
-                            else:
-                                if timer is None:
-                                    timer = StepTimer(loop)
-                                value = await finish_attempt(coro, yielded, timer, deadline)
+                            run.deadline = NO_DEADLINE
                             finished = now()
-                            if finished >= deadline:
-                                raise AttemptTimedOut
-                        except AttemptTimedOut:
+                            if run.timed_out:  # it swallowed the cancellation, returned late
+                                claim_timeout(run)
+                                raise _Late
+                            if finished >= deadline:  # it blocked past its deadline
+                                raise _Late
+                        except asyncio.CancelledError:
+                            run.deadline = NO_DEADLINE
+                            if not claim_timeout(run):
+                                raise
+                            failure = StepTimeout(index, step._self_name, now() - started, timeout)
+                        except _Late:
                             failure = StepTimeout(index, step._self_name, now() - started, timeout)
                         except Exception as raised:
+                            run.deadline = NO_DEADLINE
                             error = raised
                         else:
                             record.duration = finished - started
@@ -328,8 +343,7 @@ class SagaOrchestrator:
             await self._finish(run)
             raise
         finally:
-            if timer is not None:
-                timer.close()
+            watchdog.runs.discard(run)
             current_run.reset(token)
         run.status = SagaStatus.COMPLETED
         run.total_steps = index
@@ -453,107 +467,120 @@ class SagaOrchestrator:
         run.status = SagaStatus.COMPENSATING
         loop = asyncio.get_running_loop()
         now = self._now if loop is self._loop else self._use_loop(loop)
-        timer = StepTimer(loop)
+        watchdog = self._watchdog
+        assert watchdog is not None
+        task = asyncio.current_task()
+        assert task is not None, "sagakit runs inside an asyncio task"
+        if run.task is not task:  # recovering, or finishing in a shielded task
+            run.task = task
+            run.cancel_base = task.cancelling()
+        watched = run in watchdog.runs
+        watchdog.runs.add(run)
         errors: list[tuple[int, str, BaseException]] = []
         uncompensated: list[str] = []
+        run.compensating = True
         try:
             while done:
                 step_record, call, result = done[-1]
                 step = call.step
-                if step._self_compensation is None:
+                compensation = step._self_compensation
+                if compensation is None:
                     done.pop()
                     continue
                 record = StepRun(step_record.index, step_record.name, compensation=True)
                 run.compensations.append(record)
                 run.step = record
-                run.compensating = True
-                policy = step._self_compensation_retry or self._compensation_retry
-                timeout = step.compensation_timeout
+                timeout = step._self_compensation_timeout or step._self_timeout
                 attempt = 0
                 while True:
                     attempt += 1
-                    record.attempts = attempt
+                    if attempt > 1:
+                        record.attempts = attempt
                     if observe:
                         await self._emit(run, TransitionKind.COMPENSATION_STARTED, record, attempt)
-                    error: BaseException | None = None
                     started = now()
                     deadline = started + timeout
                     fault = None
-                    if faults is not None:
-                        fault = faults.fault_for(step, attempt, compensation=True)
-                    if fault is SIMULATED_TIMEOUT:
-                        error = StepTimeout(record.index, record.name, timeout, timeout)
-                    elif fault is not None:
-                        error = fault  # type: ignore[assignment]
-                    else:
+                    if faults is None or (
+                        (fault := faults.fault_for(step, attempt, compensation=True)) is None
+                    ):
+                        run.deadline = deadline
+                        if deadline < watchdog.when:
+                            watchdog.wake_at(deadline)
                         try:
-                            coro = call.compensation_call(result)
-                            assert coro is not None
-                            value = await run_attempt(coro, timer, now, deadline)
-                        except AttemptTimedOut:
-                            error = StepTimeout(record.index, record.name, now() - started, timeout)
+                            if step._self_plain_compensation and not call.kwargs:
+                                value = await compensation(*call.args)
+                            else:
+                                value = await call.compensation_call(result)  # type: ignore[misc]
+                            run.deadline = NO_DEADLINE
+                            finished = now()
+                            if run.timed_out:
+                                claim_timeout(run)
+                                raise _Late
+                            if finished >= deadline:
+                                raise _Late
+                        except _Late:
+                            error: BaseException = StepTimeout(
+                                record.index, record.name, now() - started, timeout
+                            )
                         except asyncio.CancelledError:
-                            record.status = StepStatus.FAILED
-                            record.error = "CancelledError: interrupted; compensation retried"
-                            raise
+                            run.deadline = NO_DEADLINE
+                            if not claim_timeout(run):
+                                record.status = StepStatus.FAILED
+                                record.error = "CancelledError: interrupted; compensation retried"
+                                raise
+                            error = StepTimeout(record.index, record.name, now() - started, timeout)
                         except Exception as raised:
+                            run.deadline = NO_DEADLINE
                             error = raised
                         else:
-                            finished = now()
                             record.duration = finished - started
                             break
-                    assert error is not None
+                    elif fault is SIMULATED_TIMEOUT:
+                        error = StepTimeout(record.index, record.name, timeout, timeout)
+                    else:
+                        error = fault  # type: ignore[assignment]
+                    policy = step._self_compensation_retry or self._compensation_retry
                     if attempt < policy.attempts and policy.retries(error):
                         await self._emit(
                             run, TransitionKind.COMPENSATION_RETRYING, record, attempt, error=error
                         )
                         await self._sleep(policy.delay(attempt))
                         continue
+                    await self._compensation_failed(run, record, error, now() - started)
                     break
-                if error is None:
-                    record.status = StepStatus.COMPLETED
-                    record.result = value
-                    record.events = comp_events = _events_of(value)
-                    run.compensation_events.extend(comp_events)
-                    run.updated_mono = finished
-                    if observe:
-                        await self._emit(
-                            run,
-                            TransitionKind.COMPENSATION_COMPLETED,
-                            record,
-                            attempt,
-                            result=value,
-                            events=tuple(comp_events),
-                            duration=record.duration,
-                        )
-                    done.pop()
-                    continue
-                record.status = (
-                    StepStatus.TIMED_OUT if isinstance(error, StepTimeout) else StepStatus.FAILED
-                )
-                record.duration = now() - started
-                record.error = _describe(error)
-                errors.append((record.index, record.name, error))
-                uncompensated.append(record.name)
                 done.pop()
-                await self._emit(
-                    run,
-                    TransitionKind.COMPENSATION_FAILED,
-                    record,
-                    attempt,
-                    error=error,
-                    duration=record.duration,
-                )
-                if not self._continue:
-                    uncompensated.extend(
-                        r.name
-                        for r, c, _ in reversed(done)
-                        if c.step._self_compensation is not None
+                if record.status is not StepStatus.RUNNING:  # it failed for good
+                    errors.append((record.index, record.name, error))
+                    uncompensated.append(record.name)
+                    if not self._continue:
+                        uncompensated.extend(
+                            r.name
+                            for r, c, _ in reversed(done)
+                            if c.step._self_compensation is not None
+                        )
+                        done.clear()
+                    continue
+                record.status = StepStatus.COMPLETED
+                record.result = value
+                cls = value.__class__
+                comp_events = value if cls is list or cls is tuple else _events_of(value)
+                record.events = comp_events
+                run.compensation_events.extend(comp_events)
+                run.updated_mono = finished
+                if observe:
+                    await self._emit(
+                        run,
+                        TransitionKind.COMPENSATION_COMPLETED,
+                        record,
+                        attempt,
+                        result=value,
+                        events=tuple(comp_events),
+                        duration=record.duration,
                     )
-                    done.clear()
-                    break
         finally:
-            timer.close()
+            if not watched:
+                watchdog.runs.discard(run)
             run.step = None
             run.compensating = False
         if not errors:
@@ -568,6 +595,24 @@ class SagaOrchestrator:
         run.error = str(failure)
         return failure
 
+    async def _compensation_failed(
+        self, run: SagaRun, record: StepRun, error: BaseException, duration: float
+    ) -> None:
+        """Record a compensation's final failure."""
+        record.status = (
+            StepStatus.TIMED_OUT if isinstance(error, StepTimeout) else StepStatus.FAILED
+        )
+        record.duration = duration
+        record.error = _describe(error)
+        await self._emit(
+            run,
+            TransitionKind.COMPENSATION_FAILED,
+            record,
+            record.attempts,
+            error=error,
+            duration=duration,
+        )
+
     async def _emit(
         self,
         run: SagaRun,
@@ -581,6 +626,12 @@ class SagaOrchestrator:
         duration: float | None = None,
     ) -> None:
         """Record a transition durably (if the store is), log it, then tell listeners."""
+        level = _LEVELS.get(kind, logging.DEBUG)
+        if kind is TransitionKind.SAGA_FINISHED and run.status is not SagaStatus.COMPLETED:
+            level = logging.ERROR if run.status is SagaStatus.FAILED else logging.WARNING
+        logged = logger.isEnabledFor(level)
+        if not (logged or self._durable or self._listeners):
+            return
         transition = Transition(
             kind=kind,
             saga_id=run.id,
@@ -596,10 +647,7 @@ class SagaOrchestrator:
         )
         if self._durable:
             await self._store.record(run, transition)
-        level = _LEVELS.get(kind, logging.DEBUG)
-        if kind is TransitionKind.SAGA_FINISHED and run.status is not SagaStatus.COMPLETED:
-            level = logging.ERROR if run.status is SagaStatus.FAILED else logging.WARNING
-        if logger.isEnabledFor(level):
+        if logged:
             _log(level, transition)
         for listener in self._listeners:
             try:

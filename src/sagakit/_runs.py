@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from collections.abc import Sequence
 from contextvars import ContextVar
@@ -53,9 +55,11 @@ class SagaRun:
     """Mutable state of one saga execution; :meth:`snapshot` gives its metadata."""
 
     __slots__ = (
+        "cancel_base",
         "compensating",
         "compensation_events",
         "compensations",
+        "deadline",
         "definition",
         "error",
         "events",
@@ -68,6 +72,8 @@ class SagaRun:
         "status",
         "step",
         "steps",
+        "task",
+        "timed_out",
         "total_steps",
         "updated_mono",
     )
@@ -92,6 +98,10 @@ class SagaRun:
         self.finished_mono: float | None = None
         self.step: StepRun | None = None  # the step or compensation running now
         self.compensating = False
+        self.deadline = math.inf  # loop time the running step must finish by
+        self.timed_out = False  # the watchdog cancelled ``task`` for ``deadline``
+        self.task: asyncio.Task[Any] | None = None
+        self.cancel_base = 0  # task.cancelling() when the run started
 
     @property
     def steps_executed(self) -> int:

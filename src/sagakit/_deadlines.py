@@ -1,0 +1,69 @@
+"""Step deadlines: one timer per orchestrator and event loop, for all running sagas.
+
+``asyncio.timeout`` schedules and cancels a timer handle for every step it guards.
+Here each running saga only writes its current step's deadline onto its run record,
+and one watchdog timer, scheduled for the soonest deadline it knows of, cancels the
+tasks whose deadline has passed when it fires. A step that never suspends costs two
+attribute writes; the timer is rescheduled only when a deadline sooner than the one it
+waits for appears (steps with shorter timeouts than the rest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._runs import SagaRun
+
+NO_DEADLINE = math.inf
+
+
+class Watchdog:
+    """Cancels the task of every watched run whose ``deadline`` (loop time) has passed."""
+
+    __slots__ = ("_handle", "_loop", "_resolution", "runs", "when")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.runs: set[SagaRun] = set()
+        self.when = NO_DEADLINE
+        self._handle: asyncio.TimerHandle | None = None
+        self._resolution: float = getattr(loop, "_clock_resolution", 0.0)
+
+    def wake_at(self, deadline: float) -> None:
+        """Fire at ``deadline`` (sooner than the time the watchdog waits for now)."""
+        if self._handle is not None:
+            self._handle.cancel()
+        self.when = deadline
+        self._handle = self._loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self.when = NO_DEADLINE
+        limit = self._loop.time() + self._resolution
+        soonest = NO_DEADLINE
+        for run in self.runs:
+            deadline = run.deadline
+            if deadline <= limit:
+                run.deadline = NO_DEADLINE
+                run.timed_out = True
+                if run.task is not None:
+                    run.task.cancel()
+            elif deadline < soonest:
+                soonest = deadline
+        if soonest != NO_DEADLINE:
+            self.wake_at(soonest)
+
+
+def claim_timeout(run: SagaRun) -> bool:
+    """After a ``CancelledError``: True when the watchdog caused it (it is then undone)."""
+    if not run.timed_out:
+        return False
+    run.timed_out = False
+    assert run.task is not None
+    return run.task.uncancel() <= run.cancel_base
+
+
+__all__ = ["NO_DEADLINE", "Watchdog", "claim_timeout"]
