@@ -1,0 +1,515 @@
+"""Issue 2, points 3 and 5: saga definitions (generator, list, builder), ids and misuse."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+from sagakit import (
+    CompensationFailed,
+    Retry,
+    SagaAlreadyExecuting,
+    SagaAlreadyFailed,
+    SagaDefinition,
+    SagaDefinitionError,
+    SagaFunction,
+    SagaOrchestrator,
+    SagaStatus,
+    StepCall,
+    StepFailed,
+    saga,
+    step,
+)
+
+calls: list[tuple[str, Any]] = []
+
+
+@pytest.fixture(autouse=True)
+def _clear_calls() -> None:
+    calls.clear()
+
+
+@step
+async def debit(account: str, amount: float) -> list[tuple[str, str, float]]:
+    calls.append(("debit", account))
+    return [("debited", account, amount)]
+
+
+@debit.compensate
+async def undo_debit(account: str, amount: float) -> tuple[str, str, float]:
+    calls.append(("undo_debit", account))
+    return ("refunded", account, amount)
+
+
+@step
+async def credit(account: str, amount: float) -> list[tuple[str, str, float]]:
+    calls.append(("credit", account))
+    return [("credited", account, amount)]
+
+
+@step
+async def fail(reason: str) -> None:
+    calls.append(("fail", reason))
+    raise RuntimeError(reason)
+
+
+@saga
+def transfer(src: str, dst: str, amount: float) -> Generator[StepCall[Any], Any, None]:
+    """Move money."""
+    yield debit(src, amount)
+    yield credit(dst, amount)
+
+
+@saga
+def transfer_list(src: str, dst: str, amount: float) -> list[StepCall[Any]]:
+    return [debit(src, amount), credit(dst, amount)]
+
+
+# ------------------------------------------------------------------ the three forms
+
+
+@pytest.mark.asyncio
+async def test_generator_form_feeds_each_result_to_the_next_step() -> None:
+    @step
+    async def open_order(customer: str) -> str:
+        return f"order-of-{customer}"
+
+    @step
+    async def bill(order_id: str) -> dict[str, str]:
+        return {"billed": order_id}
+
+    @saga
+    def checkout(customer: str) -> Generator[StepCall[Any], Any, None]:
+        order_id = yield open_order(customer)
+        bill_result = yield bill(order_id)
+        calls.append(("saw", bill_result))
+
+    events = await SagaOrchestrator().execute(checkout("ann"))
+
+    assert events == ["order-of-ann", {"billed": "order-of-ann"}]
+    assert calls == [("saw", {"billed": "order-of-ann"})]
+
+
+@pytest.mark.asyncio
+async def test_the_three_forms_give_the_same_events() -> None:
+    orchestrator = SagaOrchestrator()
+    expected = [("debited", "A", 5.0), ("credited", "B", 5.0)]
+    builder = SagaDefinition().add_step(debit("A", 5.0)).add_step(credit("B", 5.0))
+
+    assert await orchestrator.execute(transfer("A", "B", 5.0)) == expected
+    assert await orchestrator.execute(transfer_list("A", "B", 5.0)) == expected
+    assert await orchestrator.execute(builder) == expected
+    assert calls == [("debit", "A"), ("credit", "B")] * 3
+
+
+def test_calling_a_saga_runs_nothing() -> None:
+    definition = transfer("A", "B", 1.0)
+    listed = transfer_list("A", "B", 1.0)
+
+    assert isinstance(definition, SagaDefinition)
+    assert isinstance(listed, SagaDefinition)
+    assert calls == []
+
+
+def test_saga_function_keeps_name_doc_and_signature() -> None:
+    assert isinstance(transfer, SagaFunction)
+    assert transfer.__name__ == "transfer"
+    assert transfer.__doc__ == "Move money."
+    assert list(inspect.signature(transfer).parameters) == ["src", "dst", "amount"]
+    assert repr(transfer) == "<saga transfer>"
+
+
+def test_saga_options_name_the_definition() -> None:
+    @saga(name="money-move")
+    def move() -> list[StepCall[Any]]:
+        return [debit("A", 1.0)]
+
+    assert move().name == "money-move"
+    with pytest.raises(SagaDefinitionError, match="not both"):
+        saga(move.__wrapped__, name="x")  # type: ignore[call-overload]
+
+
+# ------------------------------------------------------------------ definitions
+
+
+def test_definition_metadata_before_running() -> None:
+    listed = transfer_list("A", "B", 1.0).metadata()
+    generated = transfer("A", "B", 1.0).metadata()
+    built = SagaDefinition("t-1").add_step(debit("A", 1.0)).metadata()
+
+    assert listed.status is SagaStatus.NOT_STARTED
+    assert (listed.name, listed.id, listed.total_steps, listed.steps_executed) == (
+        "transfer_list",
+        None,
+        2,
+        0,
+    )
+    assert generated.total_steps is None
+    assert generated.name == "transfer"
+    assert (built.id, built.name, built.total_steps) == ("t-1", "t-1", 1)
+    assert listed.started_at is None
+    assert listed.finished_at is None
+
+
+def test_total_steps_and_steps() -> None:
+    listed = transfer_list("A", "B", 1.0)
+    assert listed.total_steps == 2
+    assert listed.steps is not None
+    assert [c.name for c in listed.steps] == ["debit", "credit"]
+    assert transfer("A", "B", 1.0).total_steps is None
+    assert transfer("A", "B", 1.0).steps is None
+
+
+def test_definitions_are_immutable() -> None:
+    definition = SagaDefinition("t-1").add_step(debit("A", 1.0))
+
+    with pytest.raises(AttributeError, match="immutable"):
+        definition.foo = 1  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError, match="immutable"):
+        definition._saga_id = "other"
+    with pytest.raises(AttributeError):
+        definition.saga_id = "other"  # type: ignore[misc]
+
+
+def test_builder_and_with_id_return_new_definitions() -> None:
+    empty = SagaDefinition("t-1")
+    one = empty.add_step(debit("A", 1.0))
+    two = one.add_step(credit("B", 1.0))
+    renamed = two.with_id("t-2")
+
+    assert empty.total_steps == 0
+    assert one.total_steps == 1
+    assert two.total_steps == 2
+    assert (two.saga_id, renamed.saga_id) == ("t-1", "t-2")
+    assert renamed.total_steps == 2
+    assert "t-2" in repr(renamed)
+
+    generated = transfer("A", "B", 1.0)
+    with_id = generated.with_id("g-1")
+    assert (generated.saga_id, with_id.saga_id) == (None, "g-1")
+
+
+def test_builder_rejects_non_step_calls() -> None:
+    with pytest.raises(SagaDefinitionError, match="step call"):
+        SagaDefinition("t-1").add_step(debit)  # type: ignore[arg-type]
+    with pytest.raises(SagaDefinitionError, match="step call"):
+        SagaDefinition("t-1", steps=[debit("A", 1.0), "x"])  # type: ignore[list-item]
+
+
+def test_generator_definitions_cannot_be_extended() -> None:
+    with pytest.raises(SagaDefinitionError, match="generator saga"):
+        transfer("A", "B", 1.0).add_step(debit("C", 1.0))
+
+
+@pytest.mark.parametrize("bad_id", ["", 5, None])
+def test_bad_saga_ids_are_refused(bad_id: Any) -> None:
+    with pytest.raises(SagaDefinitionError, match="non-empty string"):
+        transfer("A", "B", 1.0).with_id(bad_id)
+
+
+@pytest.mark.asyncio
+async def test_empty_builder_saga_is_refused_when_executed() -> None:
+    with pytest.raises(SagaDefinitionError, match="at least one step"):
+        await SagaOrchestrator().execute(SagaDefinition("nothing"))
+
+
+# ------------------------------------------------------------------ misuse found before running
+
+
+def test_list_saga_with_a_non_step_is_refused_when_called() -> None:
+    @saga
+    def bad() -> list[Any]:
+        return [debit("A", 1.0), "not a step"]
+
+    with pytest.raises(SagaDefinitionError, match=r"step 1 must be a step call.*'not a step'"):
+        bad()
+
+
+def test_list_saga_with_an_uncalled_step_is_refused_with_a_hint() -> None:
+    @saga
+    def bad() -> list[Any]:
+        return [debit]
+
+    with pytest.raises(SagaDefinitionError, match=r"call the step with its arguments"):
+        bad()
+
+
+def test_list_saga_with_a_coroutine_is_refused_and_the_coroutine_closed() -> None:
+    async def plain(account: str) -> None:
+        calls.append(("plain", account))
+
+    @saga
+    def bad() -> list[Any]:
+        return [plain("A")]
+
+    with pytest.raises(SagaDefinitionError, match="decorate the async function with @step"):
+        bad()
+    gc.collect()  # an unclosed coroutine would warn "never awaited" (an error here)
+    assert calls == []
+
+
+def test_empty_list_saga_is_refused() -> None:
+    @saga
+    def nothing() -> list[StepCall[Any]]:
+        return []
+
+    with pytest.raises(SagaDefinitionError, match="at least one step"):
+        nothing()
+
+
+def test_saga_returning_something_else_is_refused() -> None:
+    @saga
+    def odd() -> Any:
+        return debit("A", 1.0)
+
+    with pytest.raises(SagaDefinitionError, match="must return a list or tuple"):
+        odd()
+
+
+def test_async_saga_function_is_refused() -> None:
+    async def flow() -> list[StepCall[Any]]:
+        return [debit("A", 1.0)]
+
+    with pytest.raises(SagaDefinitionError, match="drop 'async'"):
+        saga(flow)  # type: ignore[arg-type]
+
+    async def agen() -> Any:
+        yield debit("A", 1.0)
+
+    with pytest.raises(SagaDefinitionError, match="drop 'async'"):
+        saga(agen)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("first", "hint"),
+    [
+        pytest.param(lambda: "not a step", "got 'not a step'", id="string"),
+        pytest.param(lambda: debit, "call the step with its arguments", id="uncalled-step"),
+        pytest.param(lambda: None, "got None", id="none"),
+    ],
+)
+async def test_generator_yielding_a_non_step_first_runs_nothing(first: Any, hint: str) -> None:
+    @saga
+    def bad() -> Generator[Any, Any, None]:
+        yield first()
+        yield debit("A", 1.0)
+
+    orchestrator = SagaOrchestrator()
+    with pytest.raises(SagaDefinitionError, match=hint):
+        await orchestrator.execute(bad())
+    assert calls == []
+    assert await orchestrator.running_count() == 0
+
+
+@pytest.mark.asyncio
+async def test_generator_yielding_a_coroutine_is_refused_and_it_never_runs() -> None:
+    async def plain() -> None:
+        calls.append(("plain", None))
+
+    @saga
+    def bad() -> Generator[Any, Any, None]:
+        yield plain()
+
+    with pytest.raises(SagaDefinitionError, match="decorate the async function with @step"):
+        await SagaOrchestrator().execute(bad())
+    gc.collect()
+    assert calls == []
+
+
+@pytest.mark.asyncio
+async def test_generator_yielding_a_non_step_later_compensates_what_ran() -> None:
+    @saga
+    def bad() -> Generator[Any, Any, None]:
+        yield debit("A", 1.0)
+        yield 42
+
+    orchestrator = SagaOrchestrator()
+    with pytest.raises(SagaDefinitionError, match="step 1 must be a step call"):
+        await orchestrator.execute(bad())
+    assert calls == [("debit", "A"), ("undo_debit", "A")]
+    (meta,) = await orchestrator.get_history()
+    assert meta.status is SagaStatus.COMPENSATED
+
+
+@pytest.mark.asyncio
+async def test_empty_generator_saga_is_refused_when_run() -> None:
+    @saga
+    def nothing() -> Generator[StepCall[Any], Any, None]:
+        return
+        yield
+
+    orchestrator = SagaOrchestrator()
+    with pytest.raises(SagaDefinitionError, match="yielded no steps"):
+        await orchestrator.execute(nothing())
+    assert await orchestrator.running_count() == 0
+
+
+@pytest.mark.asyncio
+async def test_execute_refuses_things_that_are_not_definitions() -> None:
+    with pytest.raises(SagaDefinitionError, match="call your @saga function first"):
+        await SagaOrchestrator().execute(transfer)  # type: ignore[arg-type]
+    with pytest.raises(SagaDefinitionError, match="non-empty string"):
+        await SagaOrchestrator().execute(transfer("A", "B", 1.0), saga_id="")
+
+
+# ------------------------------------------------------------------ ids and idempotency
+
+
+@pytest.mark.asyncio
+async def test_every_execution_of_an_id_less_definition_runs_again() -> None:
+    orchestrator = SagaOrchestrator()
+    definition = transfer("A", "B", 1.0)
+
+    first = await orchestrator.execute(definition)
+    second = await orchestrator.execute(definition)
+
+    assert first == second
+    assert calls == [("debit", "A"), ("credit", "B")] * 2
+    history = await orchestrator.get_history()
+    assert len(history) == 2
+    assert history[0].id != history[1].id
+    assert definition.saga_id is None  # the run's id never lands on the definition
+
+
+def _with_builder_id(saga_id: str) -> tuple[SagaDefinition, dict[str, str]]:
+    return SagaDefinition(saga_id).add_step(debit("A", 2.0)).add_step(credit("B", 2.0)), {}
+
+
+def _with_with_id(saga_id: str) -> tuple[SagaDefinition, dict[str, str]]:
+    return transfer("A", "B", 2.0).with_id(saga_id), {}
+
+
+def _with_execute_id(saga_id: str) -> tuple[SagaDefinition, dict[str, str]]:
+    return transfer("A", "B", 2.0), {"saga_id": saga_id}
+
+
+ID_FORMS = [
+    pytest.param(_with_builder_id, id="builder"),
+    pytest.param(_with_with_id, id="with_id"),
+    pytest.param(_with_execute_id, id="execute-saga_id"),
+]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("make", ID_FORMS)
+async def test_completed_explicit_id_returns_recorded_events_without_running(make: Any) -> None:
+    orchestrator = SagaOrchestrator()
+    definition, options = make("transfer-7")
+
+    first = await orchestrator.execute(definition, **options)
+    assert calls == [("debit", "A"), ("credit", "B")]
+    calls.clear()
+
+    again = await orchestrator.execute(definition, **options)
+
+    assert again == first == [("debited", "A", 2.0), ("credited", "B", 2.0)]
+    assert again is not first
+    assert calls == []
+    assert await orchestrator.history_count() == 1
+    meta = await orchestrator.get_saga("transfer-7")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPLETED
+
+
+@pytest.mark.asyncio
+async def test_execute_saga_id_overrides_the_definition_id() -> None:
+    orchestrator = SagaOrchestrator()
+    definition = transfer("A", "B", 1.0).with_id("one")
+    await orchestrator.execute(definition, saga_id="two")
+
+    assert await orchestrator.get_saga("one") is None
+    assert await orchestrator.get_saga("two") is not None
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("make", ID_FORMS)
+async def test_running_explicit_id_raises_saga_already_executing(make: Any) -> None:
+    release = asyncio.Event()
+
+    @step
+    async def wait_here() -> str:
+        await release.wait()
+        return "done"
+
+    orchestrator = SagaOrchestrator()
+    definition, options = make("busy")
+    blocked = SagaDefinition("busy").add_step(wait_here())
+    first = asyncio.create_task(orchestrator.execute(blocked))
+    await asyncio.sleep(0)
+    assert await orchestrator.running_count() == 1
+
+    with pytest.raises(SagaAlreadyExecuting) as info:
+        await orchestrator.execute(definition, **options)
+    assert info.value.saga_id == "busy"
+    assert "already executing" in str(info.value)
+    assert calls == []
+
+    release.set()
+    assert await first == ["done"]  # the running saga is not disturbed
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("make", ID_FORMS)
+async def test_failed_uncompensated_id_raises_saga_already_failed(make: Any) -> None:
+    @step
+    async def charge() -> str:
+        calls.append(("charge", None))
+        return "pay-1"
+
+    @charge.compensate
+    async def refund() -> None:
+        raise ConnectionError("refund service down")
+
+    orchestrator = SagaOrchestrator(compensation_retry=Retry(attempts=1))
+    broken = SagaDefinition("pay-1").add_step(charge()).add_step(fail("declined"))
+    with pytest.raises(CompensationFailed):
+        await orchestrator.execute(broken)
+    calls.clear()
+
+    definition, options = make("pay-1")
+    with pytest.raises(SagaAlreadyFailed) as info:
+        await orchestrator.execute(definition, **options)
+    assert info.value.saga_id == "pay-1"
+    assert calls == []
+
+
+@pytest.mark.asyncio
+async def test_compensated_explicit_id_may_run_again() -> None:
+    orchestrator = SagaOrchestrator()
+    definition = SagaDefinition("retry-me").add_step(debit("A", 1.0)).add_step(fail("no"))
+    with pytest.raises(StepFailed):
+        await orchestrator.execute(definition)
+    assert (await orchestrator.get_saga("retry-me")).status is SagaStatus.COMPENSATED  # type: ignore[union-attr]
+
+    calls.clear()
+    assert await orchestrator.execute(transfer("A", "B", 1.0), saga_id="retry-me")
+    assert calls == [("debit", "A"), ("credit", "B")]
+    assert await orchestrator.history_count() == 1
+
+
+@pytest.mark.asyncio
+async def test_a_definition_runs_a_fresh_generator_every_time() -> None:
+    seen: list[Any] = []
+
+    @step
+    async def number(n: int) -> int:
+        return n
+
+    @saga
+    def counting() -> Generator[StepCall[Any], Any, None]:
+        got = yield number(1)
+        seen.append(got)
+        got = yield number(2)
+        seen.append(got)
+
+    definition = counting()
+    orchestrator = SagaOrchestrator()
+    assert await orchestrator.execute(definition) == [1, 2]
+    assert await orchestrator.execute(definition) == [1, 2]
+    assert seen == [1, 2, 1, 2]
