@@ -1,0 +1,398 @@
+"""Issue 2, points 4, 5 and 6: running steps in order, events, compensation, errors, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from sagakit import (
+    CompensationFailed,
+    Retry,
+    SagaDefinition,
+    SagaError,
+    SagaOrchestrator,
+    SagaRunError,
+    SagaStatus,
+    StepCall,
+    StepFailed,
+    StepStatus,
+    StepTimeout,
+    saga,
+    step,
+)
+
+log: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _clear_log() -> None:
+    log.clear()
+
+
+@dataclass(frozen=True)
+class Done:
+    name: str
+
+
+def tracked(name: str, result: Any = "unset", *, compensation_result: Any = None) -> Any:
+    """A step named ``name`` that logs itself, with a logging compensation."""
+
+    async def run() -> Any:
+        log.append(name)
+        return [Done(name)] if result == "unset" else result
+
+    run.__name__ = run.__qualname__ = name
+    the_step = step(run)
+
+    @the_step.compensate
+    async def undo() -> Any:
+        log.append(f"undo {name}")
+        return compensation_result
+
+    return the_step
+
+
+@step
+async def boom() -> None:
+    log.append("boom")
+    raise ValueError("boom")
+
+
+# ------------------------------------------------------------------ order and events
+
+
+@pytest.mark.asyncio
+async def test_steps_run_in_order_and_events_are_returned_in_order() -> None:
+    a, b, c = tracked("a"), tracked("b"), tracked("c")
+    definition = SagaDefinition("o-1").add_step(a()).add_step(b()).add_step(c())
+
+    events = await SagaOrchestrator().execute(definition)
+
+    assert log == ["a", "b", "c"]
+    assert events == [Done("a"), Done("b"), Done("c")]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("result", "events"),
+    [
+        pytest.param([1, 2], [1, 2], id="list-extends"),
+        pytest.param((1, 2), [1, 2], id="tuple-extends"),
+        pytest.param([], [], id="empty-list"),
+        pytest.param(None, [], id="none-adds-nothing"),
+        pytest.param({"k": 1}, [{"k": 1}], id="dict-is-one-event"),
+        pytest.param("text", ["text"], id="string-is-one-event"),
+        pytest.param(Done("x"), [Done("x")], id="object-is-one-event"),
+        pytest.param(0, [0], id="falsy-value-is-one-event"),
+    ],
+)
+async def test_a_steps_events_follow_its_result(result: Any, events: list[Any]) -> None:
+    first = tracked("first", result)
+    last = tracked("last", "end")
+    definition = SagaDefinition("e").add_step(first()).add_step(last())
+
+    assert await SagaOrchestrator().execute(definition) == [*events, "end"]
+
+
+@pytest.mark.asyncio
+async def test_returned_events_are_a_copy() -> None:
+    orchestrator = SagaOrchestrator()
+    definition = SagaDefinition("copy").add_step(tracked("a")())
+    events = await orchestrator.execute(definition)
+    events.append("mutated")
+
+    meta = await orchestrator.get_saga("copy")
+    assert meta is not None
+    assert meta.events == (Done("a"),)
+    assert await orchestrator.execute(definition) == [Done("a")]
+
+
+@pytest.mark.asyncio
+async def test_the_generator_gets_the_full_result_not_the_events() -> None:
+    seen: list[Any] = []
+
+    @saga
+    def flow() -> Generator[StepCall[Any], Any, None]:
+        seen.append((yield tracked("a", (1, 2))()))
+        seen.append((yield tracked("b", None)()))
+
+    assert await SagaOrchestrator().execute(flow()) == [1, 2]
+    assert seen == [(1, 2), None]
+
+
+# ------------------------------------------------------------------ compensation
+
+
+@pytest.mark.asyncio
+async def test_failure_compensates_completed_steps_in_reverse_order() -> None:
+    a, b, c = (tracked(n, compensation_result=[f"undid {n}"]) for n in "abc")
+    definition = SagaDefinition("rev").add_step(a()).add_step(b()).add_step(c()).add_step(boom())
+    orchestrator = SagaOrchestrator()
+
+    with pytest.raises(StepFailed) as info:
+        await orchestrator.execute(definition)
+
+    assert log == ["a", "b", "c", "boom", "undo c", "undo b", "undo a"]
+    error = info.value
+    assert error.events == [Done("a"), Done("b"), Done("c")]
+    assert error.compensation_events == ["undid c", "undid b", "undid a"]
+    assert error.saga_id == "rev"
+
+    meta = await orchestrator.get_saga("rev")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert meta.compensation_events == ("undid c", "undid b", "undid a")
+    assert [c.name for c in meta.compensations] == ["c", "b", "a"]
+    assert all(c.status is StepStatus.COMPLETED for c in meta.compensations)
+    assert [c.events for c in meta.compensations] == [("undid c",), ("undid b",), ("undid a",)]
+    assert "ValueError: boom" in (meta.error or "")
+
+
+@pytest.mark.asyncio
+async def test_steps_after_the_failure_never_run() -> None:
+    definition = SagaDefinition("stop").add_step(boom()).add_step(tracked("later")())
+    with pytest.raises(StepFailed):
+        await SagaOrchestrator().execute(definition)
+    assert log == ["boom"]
+
+
+@pytest.mark.asyncio
+async def test_step_failed_fields_and_cause() -> None:
+    definition = SagaDefinition("f").add_step(tracked("a")()).add_step(boom())
+
+    with pytest.raises(StepFailed) as info:
+        await SagaOrchestrator().execute(definition)
+
+    error = info.value
+    assert isinstance(error, SagaRunError)
+    assert isinstance(error, SagaError)
+    assert not isinstance(error, StepTimeout)
+    assert (error.step_index, error.step_name) == (1, "boom")
+    assert isinstance(error.error, ValueError)
+    assert str(error.error) == "boom"
+    assert error.__cause__ is error.error
+    assert "step 1 ('boom') failed: ValueError: boom" in str(error)
+
+
+@pytest.mark.asyncio
+async def test_a_raising_step_is_not_compensated_itself_by_default() -> None:
+    @step
+    async def charge() -> None:
+        log.append("charge")
+        raise ConnectionError("gateway")
+
+    @charge.compensate
+    async def refund() -> None:
+        log.append("refund")
+
+    with pytest.raises(StepFailed):
+        await SagaOrchestrator().execute(SagaDefinition("x").add_step(charge()))
+    assert log == ["charge"]
+
+
+@pytest.mark.asyncio
+async def test_compensate_on_failure_compensates_the_raising_step_with_no_result() -> None:
+    seen: list[Any] = []
+
+    @step(compensate_on_failure=True)
+    async def charge(order: str) -> str:
+        log.append("charge")
+        raise ConnectionError("gateway")
+
+    @charge.compensate
+    async def refund(payment: str | None, order: str) -> None:
+        seen.append((payment, order))
+
+    first = tracked("first")
+    definition = SagaDefinition("x").add_step(first()).add_step(charge("o-1"))
+    with pytest.raises(StepFailed):
+        await SagaOrchestrator().execute(definition)
+    assert seen == [(None, "o-1")]
+    assert log == ["first", "charge", "undo first"]
+
+
+# ------------------------------------------------------------------ timeouts
+
+
+@pytest.mark.asyncio
+async def test_step_timeout_fields() -> None:
+    @step(timeout=0.02)
+    async def slow() -> None:
+        await asyncio.sleep(10)
+
+    orchestrator = SagaOrchestrator()
+    definition = SagaDefinition("t").add_step(tracked("a")()).add_step(slow())
+
+    with pytest.raises(StepTimeout) as info:
+        await orchestrator.execute(definition)
+
+    error = info.value
+    assert isinstance(error, StepFailed)
+    assert isinstance(error, TimeoutError)
+    assert (error.step_index, error.step_name, error.timeout) == (1, "slow", 0.02)
+    assert error.duration >= 0.02
+    assert isinstance(error.error, TimeoutError)
+    assert "timed out" in str(error)
+    assert log == ["a", "undo a"]
+
+    meta = await orchestrator.get_saga("t")
+    assert meta is not None
+    assert meta.steps[1].status is StepStatus.TIMED_OUT
+    assert meta.steps[1].duration is not None
+    assert meta.steps[1].duration >= 0.02
+
+
+@pytest.mark.asyncio
+async def test_a_step_that_swallows_cancellation_and_returns_late_is_a_timeout() -> None:
+    finished: list[str] = []
+
+    @step(timeout=0.02)
+    async def stubborn() -> str:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(10)
+        await asyncio.sleep(0.01)  # and keeps going after swallowing it
+        finished.append("returned")
+        return "late result"
+
+    orchestrator = SagaOrchestrator()
+    definition = SagaDefinition("s").add_step(tracked("a")()).add_step(stubborn())
+    with pytest.raises(StepTimeout) as info:
+        await orchestrator.execute(definition)
+
+    assert finished == ["returned"]
+    assert info.value.step_name == "stubborn"
+    assert info.value.events == [Done("a")]  # the late result is not an event
+    assert log == ["a", "undo a"]
+    # The orchestrator's own cancellation was taken back: this task is not cancelling.
+    current = asyncio.current_task()
+    assert current is not None
+    assert current.cancelling() == 0
+
+
+@pytest.mark.asyncio
+async def test_a_step_that_blocks_past_its_deadline_is_a_timeout() -> None:
+    @step(timeout=0.01)
+    async def blocking() -> str:
+        time.sleep(0.03)  # noqa: ASYNC251 - never gives the loop a chance to cancel it
+        return "late"
+
+    with pytest.raises(StepTimeout) as info:
+        await SagaOrchestrator().execute(SagaDefinition("b").add_step(blocking()))
+    assert info.value.duration >= 0.01
+
+
+@pytest.mark.asyncio
+async def test_a_step_that_suspends_then_blocks_past_its_deadline_is_a_timeout() -> None:
+    @step(timeout=0.01)
+    async def blocking() -> str:
+        await asyncio.sleep(0)
+        time.sleep(0.03)  # noqa: ASYNC251
+        return "late"
+
+    with pytest.raises(StepTimeout):
+        await SagaOrchestrator().execute(SagaDefinition("b").add_step(blocking()))
+
+
+@pytest.mark.asyncio
+async def test_a_timed_out_steps_own_compensation_runs_by_default() -> None:
+    seen: list[Any] = []
+
+    @step(timeout=0.01)
+    async def charge(order: str) -> str:
+        await asyncio.sleep(10)
+        return "pay"
+
+    @charge.compensate
+    async def refund(payment: str | None, order: str) -> str:
+        seen.append((payment, order))
+        return "refunded"
+
+    definition = SagaDefinition("t").add_step(tracked("a")()).add_step(charge("o-9"))
+    with pytest.raises(StepTimeout) as info:
+        await SagaOrchestrator().execute(definition)
+
+    assert seen == [(None, "o-9")]  # its effect is unknown: the result is None
+    assert log == ["a", "undo a"]  # and it ran before undoing earlier steps
+    assert info.value.compensation_events == ["refunded"]
+
+
+@pytest.mark.asyncio
+async def test_compensate_on_timeout_false_skips_the_timed_out_steps_compensation() -> None:
+    @step(timeout=0.01, compensate_on_timeout=False)
+    async def charge() -> None:
+        await asyncio.sleep(10)
+
+    @charge.compensate
+    async def refund() -> None:
+        log.append("refund")
+
+    definition = SagaDefinition("t").add_step(tracked("a")()).add_step(charge())
+    with pytest.raises(StepTimeout):
+        await SagaOrchestrator().execute(definition)
+    assert log == ["a", "undo a"]
+
+
+@pytest.mark.asyncio
+async def test_each_step_has_its_own_timeout() -> None:
+    @step(timeout=5)
+    async def patient() -> str:
+        await asyncio.sleep(0.03)
+        return "patient"
+
+    @step(timeout=0.01)
+    async def hasty() -> str:
+        await asyncio.sleep(0.03)
+        return "hasty"
+
+    orchestrator = SagaOrchestrator()
+    assert await orchestrator.execute(SagaDefinition("p").add_step(patient())) == ["patient"]
+    with pytest.raises(StepTimeout) as info:
+        await orchestrator.execute(SagaDefinition("h").add_step(patient()).add_step(hasty()))
+    assert info.value.step_name == "hasty"
+
+
+@pytest.mark.asyncio
+async def test_a_slow_compensation_times_out_under_its_timeout() -> None:
+    @step(timeout=5, compensation_timeout=0.01)
+    async def charge() -> str:
+        return "pay"
+
+    @charge.compensate
+    async def refund() -> None:
+        await asyncio.sleep(10)
+
+    orchestrator = SagaOrchestrator(compensation_retry=Retry(attempts=1))
+    with pytest.raises(CompensationFailed) as info:
+        await orchestrator.execute(SagaDefinition("ct").add_step(charge()).add_step(boom()))
+    assert isinstance(info.value.error, StepTimeout)
+    meta = await orchestrator.get_saga("ct")
+    assert meta is not None
+    assert meta.compensations[0].status is StepStatus.TIMED_OUT
+
+
+@pytest.mark.asyncio
+async def test_a_step_raising_timeout_error_itself_is_a_failure_not_a_timeout() -> None:
+    @step(timeout=5)
+    async def remote() -> None:
+        raise TimeoutError("remote side timed out")
+
+    with pytest.raises(StepFailed) as info:
+        await SagaOrchestrator().execute(SagaDefinition("r").add_step(remote()))
+    assert not isinstance(info.value, StepTimeout)
+    assert isinstance(info.value.error, TimeoutError)
+
+
+@pytest.mark.asyncio
+async def test_an_orchestrator_is_reusable_after_failures() -> None:
+    orchestrator = SagaOrchestrator()
+    with pytest.raises(StepFailed):
+        await orchestrator.execute(SagaDefinition("1").add_step(boom()))
+    assert await orchestrator.execute(SagaDefinition("2").add_step(tracked("ok")())) == [Done("ok")]
+    assert await orchestrator.running_count() == 0
+    assert await orchestrator.history_count() == 2
