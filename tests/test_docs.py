@@ -63,7 +63,8 @@ def test_readme_quick_start_is_two_commands_matching_ci() -> None:
     commands = [block.strip() for block in _blocks(section, "bash")]
     assert len(commands) == 2, commands
     install_and_run, test_command = commands
-    assert "\n" not in install_and_run and "\n" not in test_command
+    assert "\n" not in install_and_run
+    assert "\n" not in test_command
     script = re.search(r"\.venv/bin/python (\S+\.py)$", install_and_run)
     assert script is not None, install_and_run
     assert (ROOT / script.group(1)).is_file(), f"{script.group(1)} does not exist"
