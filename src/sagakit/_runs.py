@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from ._sagas import SagaDefinition
 
 
+def describe_error(error: BaseException) -> str:
+    """One line naming an exception: ``"ValueError: boom"``."""
+    return f"{type(error).__name__}: {error}"
+
+
 class StepRun:
     """Mutable state of one step or compensation within one run.
 

@@ -40,17 +40,24 @@ class SagaRunError(SagaError):
         self.events = []
         self.compensation_events = []
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
 
 class StepFailed(SagaRunError):
     """A step raised; ``error`` is the original exception (also ``__cause__``)."""
 
     def __init__(self, step_index: int, step_name: str, error: BaseException) -> None:
-        super().__init__(
-            f"step {step_index} ({step_name!r}) failed: {type(error).__name__}: {error}"
-        )
+        super().__init__()  # the message is made when read: failures are a hot path
         self.step_index = step_index
         self.step_name = step_name
         self.error = error
+
+    def __str__(self) -> str:
+        error = self.error
+        return (
+            f"step {self.step_index} ({self.step_name!r}) failed: {type(error).__name__}: {error}"
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.step_index, self.step_name, self.error))
@@ -60,17 +67,18 @@ class StepTimeout(StepFailed, TimeoutError):
     """A step did not finish within its timeout; ``duration`` is how long it ran."""
 
     def __init__(self, step_index: int, step_name: str, duration: float, timeout: float) -> None:
-        error = TimeoutError(f"step exceeded its {timeout:g} s timeout")
-        SagaRunError.__init__(
-            self,
-            f"step {step_index} ({step_name!r}) timed out after {duration:.3f} s "
-            f"(timeout {timeout:g} s)",
-        )
+        SagaRunError.__init__(self)
         self.step_index = step_index
         self.step_name = step_name
-        self.error = error
+        self.error = TimeoutError(f"step exceeded its {timeout:g} s timeout")
         self.duration = duration
         self.timeout = timeout
+
+    def __str__(self) -> str:
+        return (
+            f"step {self.step_index} ({self.step_name!r}) timed out after {self.duration:.3f} s "
+            f"(timeout {self.timeout:g} s)"
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.step_index, self.step_name, self.duration, self.timeout))
