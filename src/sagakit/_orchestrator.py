@@ -13,6 +13,7 @@ from typing import Any
 
 from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout
 from ._hooks import SIMULATED_TIMEOUT, FaultPlan, active_faults
+from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import SagaRun, StepRun, current_run
 from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id
@@ -98,6 +99,8 @@ class SagaOrchestrator:
     with ``continue_on_compensation_failure`` a failed compensation does not stop the
     remaining ones and every error is reported; ``listeners`` are told of every state
     change; ``sleep`` waits between retries (replace it to test backoff without waiting).
+    With a durable store, ``recover_on_start`` runs :meth:`recover` in ``async with``,
+    and ``max_recovery_attempts`` is how often recovery retries a saga before parking it.
     """
 
     def __init__(
@@ -109,6 +112,8 @@ class SagaOrchestrator:
         continue_on_compensation_failure: bool = False,
         listeners: Iterable[Listener] = (),
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        recover_on_start: bool = False,
+        max_recovery_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         if store is None:
             store = MemoryStore(history_limit=history_limit)
@@ -128,6 +133,13 @@ class SagaOrchestrator:
         for listener in listeners:
             self.add_listener(listener)
         self._sleep = sleep
+        attempts = max_recovery_attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise SagaDefinitionError(
+                f"max_recovery_attempts must be a whole number >= 1, got {max_recovery_attempts!r}"
+            )
+        self._recover_on_start = bool(recover_on_start)
+        self._max_recovery_attempts = max_recovery_attempts
         self._loop: asyncio.AbstractEventLoop | None = None
         self._now: Callable[[], float] = time.monotonic
         self._watchdog: Watchdog | None = None
@@ -684,11 +696,25 @@ class SagaOrchestrator:
         """Metadata of finished sagas, oldest first (only the newest ``limit`` if given)."""
         return await self._store.history(limit)
 
+    async def recover(
+        self, *, max_attempts: int | None = None, limit: int | None = None
+    ) -> list[RecoveryOutcome]:
+        """Finish the sagas a dead process left ``EXECUTING`` or ``COMPENSATING``.
+
+        Each is resumed or compensated (see ``docs/durability.md``); one that cannot
+        be (unknown name, changed code, ``max_attempts`` crashes) is dead-lettered.
+        Returns what was done with each. Needs a :class:`~sagakit.stores.RecoverableStore`.
+        """
+        attempts = self._max_recovery_attempts if max_attempts is None else max_attempts
+        return await recover(self, max_attempts=attempts, limit=limit)
+
     async def close(self) -> None:
         """Close the store."""
         await self._store.close()
 
     async def __aenter__(self) -> SagaOrchestrator:
+        if self._recover_on_start:
+            await self.recover()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -1,0 +1,245 @@
+"""Crash recovery: finish the sagas a dead process left running.
+
+For each orphan claimed from a :class:`~sagakit.stores.RecoverableStore`, the saga is
+rebuilt from the ``@saga`` registry with its logged arguments, and its generator is
+replayed against the log (fed the recorded results; a mismatch is a
+:class:`~sagakit.NonDeterminismError` and dead-letters the saga before anything
+runs). Then, by the saga's state and policy, it either resumes at the first step
+not recorded as completed, or compensates the completed steps not yet compensated,
+in reverse order. Completed steps never run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from ._hooks import active_faults
+from ._runs import SagaRun, StepRun, current_run
+from ._sagas import SagaDefinition, registered_saga, registered_sagas
+from ._steps import StepCall
+from .exceptions import NonDeterminismError, SagaError, StoreError
+from .status import SagaStatus, StepStatus
+from .stores._protocol import LoggedStep, OrphanedSaga, RecoverableStore
+
+if TYPE_CHECKING:
+    from ._orchestrator import SagaOrchestrator
+
+logger = logging.getLogger("sagakit")
+
+DEFAULT_MAX_ATTEMPTS = 3
+
+Action = Literal["resumed", "compensated", "dead_lettered"]
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryOutcome:
+    """What recovery did with one orphaned saga, and how it ended."""
+
+    saga_id: str
+    name: str
+    action: Action
+    status: SagaStatus
+    error: str | None = None
+
+    def __repr__(self) -> str:
+        text = f"<RecoveryOutcome {self.name} id={self.saga_id!r} {self.action} -> {self.status}"
+        return text + (f" ({self.error})" if self.error else "") + ">"
+
+
+def _recoverable(store: object) -> RecoverableStore:
+    if not isinstance(store, RecoverableStore):
+        raise StoreError(
+            f"{store!r} cannot recover sagas; use a durable store such as "
+            "SQLiteStore('sagas.db') to survive crashes"
+        )
+    return store
+
+
+async def recover(
+    orchestrator: SagaOrchestrator,
+    *,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    limit: int | None = None,
+) -> list[RecoveryOutcome]:
+    """Claim and finish orphaned sagas until none are left (or ``limit`` are done)."""
+    store = orchestrator.store
+    if not store.durable:
+        return []  # an in-memory store's sagas died with their process
+    recoverable = _recoverable(store)
+    outcomes: list[RecoveryOutcome] = []
+    while limit is None or len(outcomes) < limit:
+        batch = 100 if limit is None else min(100, limit - len(outcomes))
+        names = {function.name for function in registered_sagas()}
+        orphans = await recoverable.claim_orphans(
+            names=names, limit=batch, max_attempts=max_attempts
+        )
+        if not orphans:
+            break
+        for orphan in orphans:
+            outcomes.append(await _recover_one(orchestrator, recoverable, orphan))
+    return outcomes
+
+
+async def _park(
+    store: RecoverableStore, orphan: OrphanedSaga, reason: str
+) -> RecoveryOutcome:
+    logger.error("sagakit recovery parked saga %s (%s): %s", orphan.name, orphan.saga_id, reason)
+    await store.dead_letter(orphan.saga_id, reason)
+    return RecoveryOutcome(orphan.saga_id, orphan.name, "dead_lettered", orphan.status, reason)
+
+
+def _definition(orphan: OrphanedSaga) -> SagaDefinition | str:
+    """The saga rebuilt from the registry, or why it cannot be."""
+    if not orphan.factory:
+        return (
+            "it was built with SagaDefinition(...).add_step(...), which recovery cannot "
+            "rebuild; declare it with @saga so recovery can find it by name"
+        )
+    function = registered_saga(orphan.name)
+    if function is None:
+        return f"no @saga named {orphan.name!r} is registered; import the module defining it"
+    try:
+        return function(*orphan.args, **orphan.kwargs)
+    except Exception as error:
+        return f"calling {orphan.name}(...) with its logged arguments raised {error!r}"
+
+
+def _replay(
+    definition: SagaDefinition, orphan: OrphanedSaga, done: tuple[LoggedStep, ...]
+) -> list[StepCall[Any]]:
+    """Re-run the saga body against the log; the step calls of ``done`` and the next one."""
+    driver = definition._driver()
+    calls: list[StepCall[Any]] = []
+    value: Any = None
+    try:
+        wanted = list(done)
+        if len(orphan.steps) > len(done):
+            wanted.append(orphan.steps[len(done)])
+        for logged in wanted:
+            try:
+                call = driver.send(value)
+            except StopIteration:
+                raise NonDeterminismError(
+                    f"saga {orphan.name!r} ({orphan.saga_id}) ended after {len(calls)} steps on "
+                    f"replay, but its log records step {logged.index} {logged.name!r}: the "
+                    "saga's code changed since this run started"
+                ) from None
+            name = call.step._self_name if isinstance(call, StepCall) else repr(call)
+            if name != logged.name:
+                raise NonDeterminismError(
+                    f"saga {orphan.name!r} ({orphan.saga_id}) yielded step {name!r} at index "
+                    f"{logged.index} on replay, but its log records {logged.name!r}: the "
+                    "saga's code changed since this run started; finish or resolve it with "
+                    "the old code"
+                )
+            calls.append(call)
+            value = logged.result
+    finally:
+        driver.close()
+    return calls
+
+
+def _rebuild(
+    definition: SagaDefinition, orphan: OrphanedSaga, done: tuple[LoggedStep, ...]
+) -> SagaRun:
+    loop = asyncio.get_running_loop()
+    run = SagaRun(orphan.saga_id, definition, orphan.explicit_id, loop.time())
+    if orphan.started_at is not None:
+        run.started_wall = orphan.started_at.timestamp()
+        run.started_mono = loop.time() - (time.time() - run.started_wall)
+    run.status = orphan.status
+    run.error = orphan.error
+    for logged in done:
+        record = StepRun(logged.index, logged.name)
+        record.status = StepStatus.COMPLETED
+        record.attempts = logged.attempts
+        record.duration = logged.duration
+        record.result = logged.result
+        record.events = logged.events
+        run.steps.append(record)
+        run.events.extend(logged.events)
+    for logged in orphan.compensations:
+        record = StepRun(logged.index, logged.name, compensation=True)
+        record.status = logged.status
+        record.attempts = logged.attempts
+        record.duration = logged.duration
+        record.error = logged.error
+        record.result = logged.result
+        record.events = logged.events
+        run.compensations.append(record)
+        if logged.status is StepStatus.COMPLETED:
+            run.compensation_events.extend(logged.events)
+    return run
+
+
+async def _recover_one(
+    orchestrator: SagaOrchestrator, store: RecoverableStore, orphan: OrphanedSaga
+) -> RecoveryOutcome:
+    definition = _definition(orphan)
+    if isinstance(definition, str):
+        return await _park(store, orphan, definition)
+    done = orphan.completed_steps
+    try:
+        calls = _replay(definition, orphan, done)
+    except NonDeterminismError as error:
+        return await _park(store, orphan, f"NonDeterminismError: {error}")
+    except Exception as error:
+        return await _park(store, orphan, f"replaying its saga body raised {error!r}")
+    stopped = orphan.steps[len(done)] if len(orphan.steps) > len(done) else None
+    failed = stopped is not None and stopped.status in (StepStatus.FAILED, StepStatus.TIMED_OUT)
+    compensate = orphan.status is SagaStatus.COMPENSATING or failed or orphan.policy == "compensate"
+    run = _rebuild(definition, orphan, done)
+    logger.warning(
+        "sagakit recovery %s saga %s (%s) after %d completed steps (attempt %d)",
+        "compensates" if compensate else "resumes",
+        orphan.name,
+        orphan.saga_id,
+        len(done),
+        orphan.recovery_attempts,
+    )
+    if not compensate:
+        try:
+            await orchestrator._drive(run, definition._driver(), replay=len(done))
+        except SagaError as error:
+            return RecoveryOutcome(orphan.saga_id, orphan.name, "resumed", run.status, str(error))
+        return RecoveryOutcome(orphan.saga_id, orphan.name, "resumed", run.status)
+    undo: list[tuple[StepRun, StepCall[Any], Any]] = [
+        (record, call, record.result) for record, call in zip(run.steps, calls, strict=False)
+    ]
+    if stopped is not None and len(calls) > len(done):
+        # The step that failed, timed out or was interrupted: compensate it when its
+        # options say so (an interrupted step's effect is unknown, like a timeout).
+        step = calls[len(done)].step
+        if stopped.status is StepStatus.FAILED:
+            wanted = step._self_compensate_on_failure
+        else:
+            wanted = step._self_compensate_on_timeout
+        record = StepRun(stopped.index, stopped.name)
+        interrupted = stopped.status is StepStatus.RUNNING
+        record.status = StepStatus.FAILED if interrupted else stopped.status
+        record.attempts = stopped.attempts
+        record.error = stopped.error or "interrupted by a crash of its process"
+        run.steps.append(record)
+        if wanted:
+            undo.append((record, calls[len(done)], None))
+    compensated = {
+        logged.index for logged in orphan.compensations if logged.status is StepStatus.COMPLETED
+    }
+    undo = [entry for entry in undo if entry[0].index not in compensated]
+    if run.error is None:
+        run.error = "its process died; compensated by recovery"
+    token = current_run.set(run)
+    try:
+        failure = await orchestrator._compensate(run, undo, None, active_faults.get(), True)
+    finally:
+        current_run.reset(token)
+    await orchestrator._finish(run)
+    problem = None if failure is None else str(failure)
+    return RecoveryOutcome(orphan.saga_id, orphan.name, "compensated", run.status, problem)
+
+
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "RecoveryOutcome", "recover"]

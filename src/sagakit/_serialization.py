@@ -1,0 +1,290 @@
+"""How durable stores turn step results, events and saga arguments into text.
+
+JSON by default, with tagged objects for the types JSON lacks (dataclasses, enums,
+datetimes, decimals, UUIDs, tuples, sets, bytes, dicts with non-string keys), so a
+value read back has the class it was stored with. Other types need a codec
+(:func:`register_codec`). Pickle is never used unless a serializer is built with
+``allow_pickle=True``: unpickling data read from a database runs code.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import importlib
+import json
+import pickle
+import threading
+from collections.abc import Callable, Iterable
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+from uuid import UUID
+
+from .exceptions import SerializationError
+
+DEFAULT_MAX_SIZE = 1 << 20
+"""Largest stored value, in bytes of encoded text (1 MiB)."""
+
+_TAG = "__sk__"
+_PRIMITIVES = (str, int, float, bool, type(None))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Codec:
+    """How to store values of one type: ``encode`` to JSON-able data, ``decode`` back."""
+
+    type: type
+    name: str
+    encode: Callable[[Any], Any]
+    decode: Callable[[Any], Any]
+
+
+_codecs_lock = threading.Lock()
+_global_codecs: dict[str, Codec] = {}
+
+
+def _type_name(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def register_codec(
+    cls: type,
+    *,
+    encode: Callable[[Any], Any],
+    decode: Callable[[Any], Any],
+    name: str | None = None,
+) -> Codec:
+    """Teach every serializer to store ``cls``: ``encode(obj)`` gives JSON-able data.
+
+    ``name`` (default ``"module:QualName"``) is what the log records; keep it stable
+    across renames so old logs still decode.
+    """
+    if not isinstance(cls, type):
+        raise SerializationError(f"register_codec() takes a class, got {cls!r}")
+    if not callable(encode) or not callable(decode):
+        raise SerializationError("register_codec() needs callable encode= and decode=")
+    codec = Codec(cls, name or _type_name(cls), encode, decode)
+    with _codecs_lock:
+        _global_codecs[codec.name] = codec
+    return codec
+
+
+def _resolve(name: str) -> Any:
+    module_name, _, qualname = name.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise SerializationError(
+            f"stored value has type {name!r}, which cannot be imported ({error}); "
+            "import the module defining it, or register a codec under that name"
+        ) from error
+    return target
+
+
+class JsonSerializer:
+    """JSON with type tags; the default serializer of durable stores.
+
+    ``codecs`` add types on top of the global :func:`register_codec` ones;
+    ``max_size`` bounds each stored value (a larger one raises
+    :class:`~sagakit.SerializationError`); ``allow_pickle`` stores otherwise
+    unsupported objects with pickle and reads them back — enable it only for a
+    database no one else can write.
+    """
+
+    __slots__ = ("_codecs", "_decoders", "allow_pickle", "max_size")
+
+    def __init__(
+        self,
+        *,
+        codecs: Iterable[Codec] = (),
+        max_size: int = DEFAULT_MAX_SIZE,
+        allow_pickle: bool = False,
+    ) -> None:
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size <= 0:
+            raise SerializationError(
+                f"max_size must be a positive number of bytes, got {max_size!r}"
+            )
+        self.max_size = max_size
+        self.allow_pickle = bool(allow_pickle)
+        self._codecs = tuple(codecs)
+        for codec in self._codecs:
+            if not isinstance(codec, Codec):
+                raise SerializationError(f"codecs must be sagakit Codec objects, got {codec!r}")
+        self._decoders = {codec.name: codec for codec in self._codecs}
+
+    # ------------------------------------------------------------- encoding
+
+    def dumps(self, value: Any, *, what: str = "value") -> str:
+        """Encode ``value`` as text; :class:`SerializationError` names what failed."""
+        cls = value.__class__
+        if cls is str or cls is int or cls is bool or value is None:
+            text = json.dumps(value)
+        else:
+            try:
+                text = json.dumps(self._encode(value), separators=(",", ":"), allow_nan=True)
+            except SerializationError as error:
+                raise SerializationError(f"cannot store {what}: {error}") from error.__cause__
+            except (TypeError, ValueError, RecursionError) as error:
+                raise SerializationError(f"cannot store {what}: {error}") from error
+        if len(text) > self.max_size and len(text.encode()) > self.max_size:
+            raise SerializationError(
+                f"cannot store {what}: it takes {len(text.encode())} bytes, more than the "
+                f"limit of {self.max_size}; return a smaller result (an id, not the whole "
+                "object) or raise the store's max_size"
+            )
+        return text
+
+    def _encode(self, value: Any) -> Any:
+        cls = value.__class__
+        if cls in _PRIMITIVES:
+            return value
+        if cls is list:
+            return [self._encode(item) for item in value]
+        if cls is dict:
+            if all(key.__class__ is str for key in value) and _TAG not in value:
+                return {key: self._encode(item) for key, item in value.items()}
+            return {
+                _TAG: "dict",
+                "v": [[self._encode(k), self._encode(v)] for k, v in value.items()],
+            }
+        if cls is tuple:
+            return {_TAG: "tuple", "v": [self._encode(item) for item in value]}
+        codec = self._codec_for(cls)
+        if codec is not None:
+            return {_TAG: "codec", "t": codec.name, "v": self._encode(codec.encode(value))}
+        if isinstance(value, Enum):
+            return {_TAG: "enum", "t": _type_name(cls), "v": self._encode(value.value)}
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            fields = {
+                field.name: self._encode(getattr(value, field.name))
+                for field in dataclasses.fields(value)
+            }
+            return {_TAG: "dataclass", "t": _type_name(cls), "v": fields}
+        if cls is datetime:
+            return {_TAG: "datetime", "v": value.isoformat()}
+        if cls is date:
+            return {_TAG: "date", "v": value.isoformat()}
+        if cls is time:
+            return {_TAG: "time", "v": value.isoformat()}
+        if cls is timedelta:
+            return {_TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
+        if cls is Decimal:
+            return {_TAG: "decimal", "v": str(value)}
+        if cls is UUID:
+            return {_TAG: "uuid", "v": str(value)}
+        if cls is bytes:
+            return {_TAG: "bytes", "v": base64.b64encode(value).decode("ascii")}
+        if cls is set or cls is frozenset:
+            items = [self._encode(item) for item in value]
+            return {_TAG: cls.__name__, "v": items}
+        if self.allow_pickle:
+            return {_TAG: "pickle", "v": base64.b64encode(pickle.dumps(value)).decode("ascii")}
+        raise SerializationError(
+            f"{cls.__module__}.{cls.__qualname__} objects cannot be stored as JSON; "
+            "make it a dataclass, register a codec with sagakit.register_codec(), "
+            "or return plain data"
+        )
+
+    def _codec_for(self, cls: type) -> Codec | None:
+        for codec in self._codecs:
+            if codec.type is cls:
+                return codec
+        for codec in _global_codecs.values():
+            if codec.type is cls:
+                return codec
+        return None
+
+    # ------------------------------------------------------------- decoding
+
+    def loads(self, text: str | bytes) -> Any:
+        """Decode text written by :meth:`dumps`."""
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise SerializationError(f"stored value is not valid JSON: {error}") from error
+        return self._decode(data)
+
+    def _decode(self, data: Any) -> Any:
+        cls = data.__class__
+        if cls is list:
+            return [self._decode(item) for item in data]
+        if cls is not dict:
+            return data
+        tag = data.get(_TAG)
+        if tag is None:
+            return {key: self._decode(item) for key, item in data.items()}
+        value = data.get("v")
+        try:
+            return self._decode_tagged(tag, data, value)
+        except SerializationError:
+            raise
+        except Exception as error:
+            raise SerializationError(f"cannot read stored {tag} value: {error}") from error
+
+    def _decode_tagged(self, tag: str, data: dict[str, Any], value: Any) -> Any:
+        if tag == "tuple":
+            return tuple(self._decode(item) for item in value)
+        if tag == "dict":
+            return {self._decode(k): self._decode(v) for k, v in value}
+        if tag == "codec":
+            name = data["t"]
+            codec = self._decoders.get(name) or _global_codecs.get(name)
+            if codec is None:
+                raise SerializationError(
+                    f"stored value uses codec {name!r}, which is not registered here; "
+                    "register it with sagakit.register_codec(..., name=...) before reading"
+                )
+            return codec.decode(self._decode(value))
+        if tag == "enum":
+            enum_cls = _resolve(data["t"])
+            if not (isinstance(enum_cls, type) and issubclass(enum_cls, Enum)):
+                raise SerializationError(f"stored enum type {data['t']!r} is not an Enum")
+            return enum_cls(self._decode(value))
+        if tag == "dataclass":
+            dc_cls = _resolve(data["t"])
+            if not (isinstance(dc_cls, type) and dataclasses.is_dataclass(dc_cls)):
+                raise SerializationError(f"stored dataclass type {data['t']!r} is not a dataclass")
+            fields = {name: self._decode(item) for name, item in value.items()}
+            init = {f.name for f in dataclasses.fields(dc_cls) if f.init}
+            obj = dc_cls(**{name: item for name, item in fields.items() if name in init})
+            for name, item in fields.items():
+                if name not in init:
+                    object.__setattr__(obj, name, item)
+            return obj
+        if tag == "datetime":
+            return datetime.fromisoformat(value)
+        if tag == "date":
+            return date.fromisoformat(value)
+        if tag == "time":
+            return time.fromisoformat(value)
+        if tag == "timedelta":
+            return timedelta(days=value[0], seconds=value[1], microseconds=value[2])
+        if tag == "decimal":
+            return Decimal(value)
+        if tag == "uuid":
+            return UUID(value)
+        if tag == "bytes":
+            return base64.b64decode(value)
+        if tag == "set":
+            return {self._decode(item) for item in value}
+        if tag == "frozenset":
+            return frozenset(self._decode(item) for item in value)
+        if tag == "pickle":
+            if not self.allow_pickle:
+                raise SerializationError(
+                    "stored value is pickled; refusing to unpickle data read from a database. "
+                    "Pass allow_pickle=True to the serializer only if you trust every writer"
+                )
+            return pickle.loads(base64.b64decode(value))  # explicit opt-in
+        raise SerializationError(f"stored value has unknown type tag {tag!r}")
+
+    def __repr__(self) -> str:
+        pickle_note = " allow_pickle" if self.allow_pickle else ""
+        return f"<JsonSerializer max_size={self.max_size}{pickle_note}>"
+
+
+__all__ = ["DEFAULT_MAX_SIZE", "Codec", "JsonSerializer", "register_codec"]

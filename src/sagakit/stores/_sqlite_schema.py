@@ -1,0 +1,174 @@
+"""Opening a SQLite saga log: file checks, pragmas, schema creation and version."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Literal
+
+from ..exceptions import StoreError
+
+SCHEMA_VERSION = 1
+_HEADER = b"SQLite format 3\x00"
+
+Synchronous = Literal["NORMAL", "FULL"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sagakit_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sagakit_sagas (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    explicit INTEGER NOT NULL,
+    factory INTEGER NOT NULL,
+    policy TEXT NOT NULL,
+    fingerprint TEXT,
+    arguments TEXT NOT NULL,
+    owner TEXT,
+    recovery_attempts INTEGER NOT NULL DEFAULT 0,
+    dead_letter TEXT,
+    parked_at REAL,
+    resolved INTEGER NOT NULL DEFAULT 0,
+    total_steps INTEGER,
+    steps_executed INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    started_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS sagakit_sagas_active ON sagakit_sagas (started_at)
+    WHERE finished_at IS NULL;
+CREATE INDEX IF NOT EXISTS sagakit_sagas_finished ON sagakit_sagas (finished_at)
+    WHERE finished_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS sagakit_steps (
+    saga_id TEXT NOT NULL,
+    compensation INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    duration REAL,
+    error TEXT,
+    result TEXT,
+    PRIMARY KEY (saga_id, compensation, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sagakit_events (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    saga_id TEXT NOT NULL,
+    saga_name TEXT NOT NULL,
+    step_index INTEGER NOT NULL,
+    step_name TEXT NOT NULL,
+    compensation INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    recorded_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sagakit_events_by_saga ON sagakit_events (saga_id, position);
+"""
+
+
+def check_file(path: str) -> None:
+    """Refuse a file that is not a whole SQLite database before SQLite opens it."""
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise StoreError(f"cannot open saga log {path!r}: {error}") from error
+    if size == 0:
+        raise StoreError(
+            f"saga log {path!r} is an empty file (truncated?); restore it from a backup, "
+            "or delete it to start a new, empty log"
+        )
+    try:
+        with open(path, "rb") as file:
+            header = file.read(100)
+    except OSError as error:
+        raise StoreError(f"cannot read saga log {path!r}: {error}") from error
+    if not header.startswith(_HEADER):
+        raise StoreError(
+            f"{path!r} is not a SQLite database (wrong header); point SQLiteStore at a "
+            "sagakit log, or at a path that does not exist yet to create one"
+        )
+    if len(header) < 100:
+        raise StoreError(f"saga log {path!r} is truncated ({size} bytes); restore it from a backup")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    valid_for = int.from_bytes(header[92:96], "big")
+    changes = int.from_bytes(header[24:28], "big")
+    if pages and valid_for == changes and size < pages * page_size:
+        raise StoreError(
+            f"saga log {path!r} is truncated: {size} bytes, but its header says "
+            f"{pages * page_size}; restore it from a backup"
+        )
+
+
+def connect(path: str, *, synchronous: Synchronous, busy_timeout: float) -> sqlite3.Connection:
+    """A connection with the log's pragmas, in autocommit mode (we BEGIN ourselves)."""
+    try:
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA foreign_keys=OFF")
+    except sqlite3.Error as error:
+        raise StoreError(f"cannot open saga log {path!r}: {error}") from error
+    return conn
+
+
+def prepare(conn: sqlite3.Connection, path: str) -> None:
+    """Switch to WAL, create or check the schema; :class:`StoreError` on a bad file."""
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal" and path != ":memory:":
+            raise StoreError(f"saga log {path!r} cannot use WAL journaling (got {mode!r})")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            tables = {
+                row[0]
+                for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            if "sagakit_meta" in tables:
+                row = conn.execute(
+                    "SELECT value FROM sagakit_meta WHERE key = 'schema_version'"
+                ).fetchone()
+                version = int(row[0]) if row else 0
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"saga log {path!r} has schema version {version}, newer than this "
+                        f"sagakit understands ({SCHEMA_VERSION}); upgrade sagakit"
+                    )
+                if version < 1:
+                    raise StoreError(f"saga log {path!r} has no valid schema version")
+            else:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO sagakit_meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        # Fail now, not at the first read, if pages past the header are damaged.
+        conn.execute("SELECT count(*) FROM sagakit_sagas").fetchone()
+        conn.execute("SELECT max(position) FROM sagakit_events").fetchone()
+    except StoreError:
+        conn.close()
+        raise
+    except sqlite3.DatabaseError as error:
+        conn.close()
+        raise StoreError(
+            f"saga log {path!r} is corrupt or not a sagakit log ({error}); restore it from "
+            "a backup or point SQLiteStore at another path"
+        ) from error
+
+
+__all__ = ["SCHEMA_VERSION", "Synchronous", "check_file", "connect", "prepare"]

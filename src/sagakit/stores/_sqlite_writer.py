@@ -1,0 +1,251 @@
+"""Group commit for the SQLite store: many sagas' log writes in one transaction.
+
+Writes are jobs (functions of a connection). A job submitted while other sagas are
+in flight waits for the end of the current event-loop iteration, so every job
+submitted meanwhile commits in the same ``BEGIN IMMEDIATE`` transaction. With a
+single saga in flight the job commits at once. Commits run on the event loop only
+while they cannot block (``synchronous=NORMAL``, which never fsyncs on commit in
+WAL mode, with a zero busy timeout); when the database is locked by another
+process, or with ``synchronous=FULL``, they run on a dedicated writer thread that
+waits up to the busy timeout. WAL checkpoints (which fsync) run on that thread too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+from ..exceptions import StoreError
+
+T = TypeVar("T")
+Job = Callable[[sqlite3.Connection], Any]
+
+CHECKPOINT_EVERY = 256
+"""Commits between two passive WAL checkpoints on the writer thread."""
+
+
+class _Busy(Exception):
+    """The database is locked by another connection; retry with waiting allowed."""
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    text = str(error)
+    return "locked" in text or "busy" in text
+
+
+class GroupWriter:
+    """Commits jobs in submission order, batching those submitted together."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        path: str,
+        busy_timeout: float,
+        inline: bool,
+        open_reader: Callable[[], sqlite3.Connection],
+    ) -> None:
+        self._conn = conn
+        self._path = path
+        self._wait_ms = max(0, int(busy_timeout * 1000))
+        self._timeout_ms = -1
+        self._inline = inline
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sagakit-sqlite")
+        self._pending: list[Job] = []
+        self._futures: list[asyncio.Future[Any]] = []
+        self._scheduled = False
+        self._thread_busy = False
+        self._since_checkpoint = 0
+        self._checkpointing = False
+        self._open_reader = open_reader
+        self._reader: sqlite3.Connection | None = None
+        self._closed = False
+        self.commits = 0
+        self.jobs = 0
+        conn.execute("PRAGMA wal_autocheckpoint=0" if inline else "PRAGMA wal_autocheckpoint=1000")
+
+    # ------------------------------------------------------------------ writes
+
+    def _set_timeout(self, ms: int) -> None:
+        if self._timeout_ms != ms:
+            self._conn.execute(f"PRAGMA busy_timeout={ms}")
+            self._timeout_ms = ms
+
+    def _commit(self, jobs: list[Job], wait: bool) -> list[Any]:
+        conn = self._conn
+        self._set_timeout(self._wait_ms if wait else 0)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            if not wait and _is_busy(error):
+                raise _Busy from error
+            raise
+        try:
+            results = [job(conn) for job in jobs]
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if not wait and _is_busy(error):
+                raise _Busy from error
+            raise
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self.commits += 1
+        self.jobs += len(jobs)
+        self._since_checkpoint += 1
+        return results
+
+    def _failure(self, error: BaseException) -> StoreError:
+        if isinstance(error, StoreError):
+            return error
+        failure = StoreError(
+            f"cannot write saga log {self._path!r}: {type(error).__name__}: {error}"
+        )
+        failure.__cause__ = error
+        return failure
+
+    async def submit(self, job: Job, *, alone: bool) -> Any:
+        """Commit ``job`` and return its result once durable.
+
+        ``alone`` says no other saga of this store is in flight: the job then
+        commits at once instead of waiting for companions.
+        """
+        if self._closed:
+            raise StoreError(f"saga log {self._path!r} is closed")
+        if alone and self._inline and not self._pending and not self._thread_busy:
+            try:
+                result = self._commit([job], wait=False)[0]
+            except _Busy:
+                pass
+            except Exception as error:
+                raise self._failure(error) from error
+            else:
+                self._maybe_checkpoint()
+                return result
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append(job)
+        self._futures.append(future)
+        if not self._scheduled and not self._thread_busy:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        jobs, futures = self._pending, self._futures
+        if not jobs:
+            return
+        self._pending, self._futures = [], []
+        if self._inline:
+            try:
+                results = self._commit(jobs, wait=False)
+            except _Busy:
+                pass
+            except Exception as error:
+                _settle(futures, None, self._failure(error))
+                return
+            else:
+                _settle(futures, results, None)
+                self._maybe_checkpoint()
+                return
+        self._thread_busy = True
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(self._executor, self._commit, jobs, True)
+        done.add_done_callback(partial(self._thread_done, futures))
+
+    def _thread_done(self, futures: list[asyncio.Future[Any]], done: asyncio.Future[Any]) -> None:
+        self._thread_busy = False
+        if done.cancelled():
+            _settle(futures, None, StoreError(f"write to saga log {self._path!r} was cancelled"))
+        elif done.exception() is not None:
+            _settle(futures, None, self._failure(done.exception()))  # type: ignore[arg-type]
+        else:
+            _settle(futures, done.result(), None)
+        self._maybe_checkpoint()
+        if self._pending and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    # ------------------------------------------------------------- checkpoints
+
+    def _maybe_checkpoint(self) -> None:
+        if not self._inline or self._checkpointing or self._since_checkpoint < CHECKPOINT_EVERY:
+            return
+        self._since_checkpoint = 0
+        self._checkpointing = True
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(self._executor, self._checkpoint)
+        done.add_done_callback(self._checkpoint_done)
+
+    def _checkpoint(self) -> None:
+        reader = self._reader_conn()
+        reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _checkpoint_done(self, done: asyncio.Future[Any]) -> None:
+        self._checkpointing = False
+        if not done.cancelled():
+            done.exception()  # a failed passive checkpoint is retried next time
+
+    # ------------------------------------------------------------------- reads
+
+    def _reader_conn(self) -> sqlite3.Connection:
+        if self._reader is None:
+            self._reader = self._open_reader()
+        return self._reader
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the reader connection, off the event loop."""
+        if self._closed:
+            raise StoreError(f"saga log {self._path!r} is closed")
+        loop = asyncio.get_running_loop()
+
+        def run() -> T:
+            return fn(self._reader_conn())
+
+        try:
+            return await loop.run_in_executor(self._executor, run)
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot read saga log {self._path!r}: {error}") from error
+
+    async def close(self) -> None:
+        """Commit what is pending, then close the connections and the thread."""
+        if self._closed:
+            return
+        while self._pending or self._thread_busy or self._scheduled:
+            if self._pending and not self._thread_busy and not self._scheduled:
+                self._flush()
+            await asyncio.sleep(0)
+        self._closed = True
+        loop = asyncio.get_running_loop()
+
+        def shut() -> None:
+            if self._reader is not None:
+                self._reader.close()
+            self._conn.close()
+
+        await loop.run_in_executor(self._executor, shut)
+        self._executor.shutdown(wait=True)
+
+
+def _settle(
+    futures: list[asyncio.Future[Any]], results: list[Any] | None, error: BaseException | None
+) -> None:
+    for index, future in enumerate(futures):
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            assert results is not None
+            future.set_result(results[index])
+
+
+__all__ = ["CHECKPOINT_EVERY", "GroupWriter", "Job"]

@@ -1,0 +1,693 @@
+"""An embedded durable saga log on SQLite (standard library ``sqlite3``).
+
+``SQLiteStore("sagas.db")`` keeps every saga's log in one file in WAL mode: saga
+starts with their arguments, every step and compensation transition, results and
+events. Concurrent sagas' writes are group-committed (see ``_sqlite_writer``).
+A process that dies leaves its sagas behind with its owner token; another process
+on the same host claims them once that process is gone (``_sqlite_owner``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Collection
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from .._serialization import JsonSerializer
+from ..exceptions import (
+    SagaAlreadyExecuting,
+    SagaAlreadyFailed,
+    SagaDefinitionError,
+    SerializationError,
+    StoreError,
+)
+from ..records import SagaMetadata, StepRecord
+from ..status import SagaStatus, StepStatus
+from ..transitions import TransitionKind
+from ._protocol import DeadLetter, LoggedStep, OrphanedSaga, StoredEvent
+from ._sqlite_owner import current_owner, owner_alive
+from ._sqlite_schema import Synchronous, check_file, connect, prepare
+from ._sqlite_writer import GroupWriter, Job
+
+if TYPE_CHECKING:
+    from .._runs import SagaRun
+    from .._sagas import SagaDefinition
+    from ..transitions import Transition
+
+DEFAULT_BUSY_TIMEOUT = 5.0
+
+_SAGA_COLUMNS = (
+    "id, name, status, steps_executed, total_steps, started_at, updated_at, finished_at, error"
+)
+_STEP_COLUMNS = "idx, name, status, attempts, duration, error, result, compensation"
+
+_UPSERT_STEP = (
+    "INSERT INTO sagakit_steps (saga_id, compensation, idx, name, status, attempts, started_at) "
+    "VALUES (?, ?, ?, ?, 'running', ?, ?) ON CONFLICT (saga_id, compensation, idx) DO UPDATE "
+    "SET status = 'running', attempts = excluded.attempts, error = NULL, "
+    "started_at = excluded.started_at"
+)
+_END_STEP = (
+    "UPDATE sagakit_steps SET status = ?, attempts = ?, duration = ?, error = ?, result = ? "
+    "WHERE saga_id = ? AND compensation = ? AND idx = ?"
+)
+_RETRY_STEP = (
+    "UPDATE sagakit_steps SET attempts = ?, error = ? "
+    "WHERE saga_id = ? AND compensation = ? AND idx = ?"
+)
+_INSERT_EVENT = (
+    "INSERT INTO sagakit_events (saga_id, saga_name, step_index, step_name, compensation, "
+    "data, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_SAGA = (
+    "INSERT INTO sagakit_sagas (id, name, status, explicit, factory, policy, fingerprint, "
+    "arguments, owner, total_steps, started_at, updated_at) "
+    "VALUES (?, ?, 'executing', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def definition_fingerprint(definition: SagaDefinition) -> str:
+    """A short hash of what a definition runs: its step names, or its generator's code."""
+    digest = hashlib.sha256(definition.name.encode())
+    steps = definition.steps
+    if steps is not None:
+        for call in steps:
+            digest.update(b"\0" + call.step._self_name.encode())
+    elif definition.factory is not None:
+        code = definition.factory.__wrapped__.__code__
+        digest.update(code.co_code)
+        digest.update(repr(code.co_names).encode())
+    return digest.hexdigest()[:16]
+
+
+def _describe(error: BaseException | None) -> str | None:
+    return None if error is None else f"{type(error).__name__}: {error}"
+
+
+def _when(stamp: float | None) -> datetime | None:
+    return None if stamp is None else datetime.fromtimestamp(stamp, UTC)
+
+
+def _events_of(result: Any) -> tuple[Any, ...]:
+    if result is None:
+        return ()
+    if isinstance(result, list | tuple):
+        return tuple(result)
+    return (result,)
+
+
+class SQLiteStore:
+    """A durable saga log in one SQLite file; sagas survive the process.
+
+    ``synchronous="NORMAL"`` (default) makes every commit survive a crash of the
+    process; ``"FULL"`` also survives power loss, at the price of an fsync per
+    group commit. ``busy_timeout`` is how long a write waits for another process
+    holding the file's write lock (on the writer thread, never on the event loop).
+    ``serializer`` turns results, events and arguments into text (JSON with type
+    tags unless given; its ``max_size`` bounds each stored value). The file is
+    checked at open: a file that is not a sagakit log, or is truncated or corrupt,
+    raises :class:`~sagakit.StoreError` there. ``verify=True`` also runs SQLite's
+    ``quick_check`` over the whole file.
+    """
+
+    durable = True
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Synchronous = "NORMAL",
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        serializer: JsonSerializer | None = None,
+        verify: bool = False,
+    ) -> None:
+        if synchronous not in ("NORMAL", "FULL"):
+            raise SagaDefinitionError(
+                f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}"
+            )
+        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, int | float) or (
+            busy_timeout < 0
+        ):
+            raise SagaDefinitionError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
+        path = os.fspath(path)
+        if path == ":memory:" or path.startswith("file:"):
+            raise SagaDefinitionError(
+                "SQLiteStore needs a file path (other processes must find the log); "
+                "use MemoryStore() for an in-memory store"
+            )
+        self.path = path
+        self.synchronous = synchronous
+        self.busy_timeout = float(busy_timeout)
+        self.serializer = serializer if serializer is not None else JsonSerializer()
+        check_file(path)
+        conn = connect(path, synchronous=synchronous, busy_timeout=self.busy_timeout)
+        prepare(conn, path)
+        if verify:
+            problem = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if problem != "ok":
+                conn.close()
+                raise StoreError(
+                    f"saga log {path!r} is corrupt: {problem}; restore it from a backup"
+                )
+        self._writer = GroupWriter(
+            conn,
+            path=path,
+            busy_timeout=self.busy_timeout,
+            inline=synchronous == "NORMAL",
+            open_reader=self._open_reader,
+        )
+        self._owner = current_owner()
+        self._live: set[str] = set()
+        self._claimed: set[str] = set()
+
+    def _open_reader(self) -> sqlite3.Connection:
+        return connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
+
+    @property
+    def owner(self) -> str:
+        """This process's owner token, recorded on the sagas it runs."""
+        return self._owner
+
+    @property
+    def commits(self) -> int:
+        """How many write transactions this store committed (for benchmarks)."""
+        return self._writer.commits
+
+    async def _write(self, job: Job) -> Any:
+        return await self._writer.submit(job, alone=len(self._live) <= 1)
+
+    # ----------------------------------------------------------------- running
+
+    async def begin(self, run: SagaRun) -> SagaMetadata | None:
+        definition = run.definition
+        arguments = self.serializer.dumps(
+            [list(definition.args), definition.kwargs],
+            what=f"the arguments of saga {run.name!r}",
+        )
+        now = run.started_wall
+        values = (
+            run.id,
+            run.name,
+            int(run.explicit_id),
+            int(definition.factory is not None),
+            definition.recovery,
+            definition_fingerprint(definition),
+            arguments,
+            self._owner,
+            run.total_steps,
+            now,
+            now,
+        )
+        saga_id = run.id
+
+        def job(conn: sqlite3.Connection) -> tuple[str, Any]:
+            if run.explicit_id:
+                row = conn.execute(
+                    "SELECT status, resolved FROM sagakit_sagas WHERE id = ?", (saga_id,)
+                ).fetchone()
+                if row is not None:
+                    status, resolved = row
+                    if status in ("executing", "compensating"):
+                        return ("running", None)
+                    if status == "completed":
+                        return ("completed", _load_metadata(conn, saga_id, self.serializer))
+                    if status == "failed" and not resolved:
+                        return ("failed", None)
+                    conn.execute("DELETE FROM sagakit_steps WHERE saga_id = ?", (saga_id,))
+                    conn.execute("DELETE FROM sagakit_sagas WHERE id = ?", (saga_id,))
+            conn.execute(_INSERT_SAGA, values)
+            return ("new", None)
+
+        self._live.add(saga_id)
+        try:
+            outcome, earlier = await self._write(job)
+        except BaseException:
+            self._live.discard(saga_id)
+            raise
+        if outcome == "new":
+            return None
+        self._live.discard(saga_id)
+        if outcome == "running":
+            raise SagaAlreadyExecuting(saga_id)
+        if outcome == "failed":
+            raise SagaAlreadyFailed(saga_id)
+        return earlier  # type: ignore[no-any-return]
+
+    async def record(self, run: SagaRun, transition: Transition) -> None:
+        job = self._job_for(run, transition)
+        if job is not None:
+            await self._write(job)
+
+    def _job_for(self, run: SagaRun, t: Transition) -> Job | None:
+        kind = t.kind
+        saga_id = run.id
+        now = time.time()
+        if kind is TransitionKind.STEP_STARTED or kind is TransitionKind.COMPENSATION_STARTED:
+            comp = int(kind is TransitionKind.COMPENSATION_STARTED)
+            step = (saga_id, comp, t.step_index, t.step_name, t.attempt, now)
+            if not comp:
+                return lambda conn: conn.execute(_UPSERT_STEP, step)
+
+            def start_compensation(conn: sqlite3.Connection) -> None:
+                conn.execute(_UPSERT_STEP, step)
+                conn.execute(
+                    "UPDATE sagakit_sagas SET status = 'compensating', updated_at = ? "
+                    "WHERE id = ?",
+                    (now, saga_id),
+                )
+
+            return start_compensation
+        if kind is TransitionKind.STEP_COMPLETED or kind is TransitionKind.COMPENSATION_COMPLETED:
+            comp = int(kind is TransitionKind.COMPENSATION_COMPLETED)
+            what = "compensation" if comp else "step"
+            result = self.serializer.dumps(
+                t.result, what=f"the result of {what} {t.step_index} ({t.step_name!r})"
+            )
+            events = t.events
+            if len(events) == 1 and events[0] is t.result:
+                texts = [result]
+            else:
+                texts = [
+                    self.serializer.dumps(event, what=f"an event of {what} {t.step_name!r}")
+                    for event in events
+                ]
+            end: tuple[Any, ...] = (
+                "completed", t.attempt, t.duration, None, result, saga_id, comp, t.step_index
+            )
+            rows = [
+                (saga_id, run.name, t.step_index, t.step_name, comp, text, now) for text in texts
+            ]
+            executed = run.steps_executed
+
+            def complete(conn: sqlite3.Connection) -> None:
+                conn.execute(_END_STEP, end)
+                if rows:
+                    conn.executemany(_INSERT_EVENT, rows)
+                if not comp:
+                    conn.execute(
+                        "UPDATE sagakit_sagas SET steps_executed = ?, updated_at = ? WHERE id = ?",
+                        (executed, now, saga_id),
+                    )
+
+            return complete
+        if kind is TransitionKind.STEP_RETRYING or kind is TransitionKind.COMPENSATION_RETRYING:
+            comp = int(kind is TransitionKind.COMPENSATION_RETRYING)
+            retry = (t.attempt, _describe(t.error), saga_id, comp, t.step_index)
+            return lambda conn: conn.execute(_RETRY_STEP, retry)
+        if kind in (
+            TransitionKind.STEP_FAILED,
+            TransitionKind.STEP_TIMED_OUT,
+            TransitionKind.COMPENSATION_FAILED,
+        ):
+            comp = int(kind is TransitionKind.COMPENSATION_FAILED)
+            timed_out = kind is TransitionKind.STEP_TIMED_OUT or (
+                comp and t.error is not None and isinstance(t.error, TimeoutError)
+            )
+            status = "timed_out" if timed_out else "failed"
+            error = _describe(t.error)
+            failed: tuple[Any, ...] = (
+                status, t.attempt, t.duration, error, None, saga_id, comp, t.step_index
+            )
+
+            def fail(conn: sqlite3.Connection) -> None:
+                conn.execute(_END_STEP, failed)
+                conn.execute(
+                    "UPDATE sagakit_sagas SET error = coalesce(error, ?), updated_at = ? "
+                    "WHERE id = ?",
+                    (error, now, saga_id),
+                )
+
+            return fail
+        if kind is TransitionKind.SAGA_STARTED:
+            if saga_id not in self._claimed:
+                return None  # begin() wrote the row in its own transaction
+            return lambda conn: conn.execute(
+                "UPDATE sagakit_sagas SET status = 'executing', updated_at = ? WHERE id = ?",
+                (now, saga_id),
+            )
+        if kind is TransitionKind.SAGA_FINISHED:
+            final = (
+                str(run.status),
+                run.error,
+                run.steps_executed,
+                run.total_steps,
+                now,
+                now,
+                saga_id,
+            )
+            return lambda conn: conn.execute(
+                "UPDATE sagakit_sagas SET status = ?, error = ?, steps_executed = ?, "
+                "total_steps = coalesce(?, total_steps), finished_at = ?, updated_at = ?, "
+                "owner = NULL WHERE id = ?",
+                final,
+            )
+        return None  # pragma: no cover - every kind is handled above
+
+    async def finish(self, run: SagaRun) -> None:
+        self._live.discard(run.id)
+        self._claimed.discard(run.id)
+
+    # ---------------------------------------------------------------- monitoring
+
+    async def get(self, saga_id: str) -> SagaMetadata | None:
+        serializer = self.serializer
+        return await self._writer.read(lambda conn: _load_metadata(conn, saga_id, serializer))
+
+    async def running(self) -> list[SagaMetadata]:
+        return await self._list(
+            "WHERE finished_at IS NULL AND dead_letter IS NULL ORDER BY started_at", ()
+        )
+
+    async def history(self, limit: int | None = None) -> list[SagaMetadata]:
+        if limit is None:
+            return await self._list("WHERE finished_at IS NOT NULL ORDER BY finished_at", ())
+        if limit <= 0:
+            return []
+        found = await self._list(
+            "WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?", (limit,)
+        )
+        return found[::-1]
+
+    async def list_sagas(
+        self, *, status: SagaStatus | str | None = None, limit: int = 100
+    ) -> list[SagaMetadata]:
+        """Sagas newest first, optionally only those with ``status`` (for the CLI)."""
+        if status is None:
+            return await self._list("ORDER BY started_at DESC LIMIT ?", (limit,))
+        return await self._list(
+            "WHERE status = ? ORDER BY started_at DESC LIMIT ?", (str(SagaStatus(status)), limit)
+        )
+
+    async def _list(self, where: str, params: tuple[Any, ...]) -> list[SagaMetadata]:
+        serializer = self.serializer
+
+        def read(conn: sqlite3.Connection) -> list[SagaMetadata]:
+            ids = [row[0] for row in conn.execute(f"SELECT id FROM sagakit_sagas {where}", params)]
+            found = (_load_metadata(conn, saga_id, serializer) for saga_id in ids)
+            return [meta for meta in found if meta is not None]
+
+        return await self._writer.read(read)
+
+    async def running_count(self) -> int:
+        return await self._count("finished_at IS NULL AND dead_letter IS NULL")
+
+    async def history_count(self) -> int:
+        return await self._count("finished_at IS NOT NULL")
+
+    async def _count(self, where: str) -> int:
+        return await self._writer.read(
+            lambda conn: int(conn.execute(f"SELECT count(*) FROM sagakit_sagas WHERE {where}")
+                             .fetchone()[0])
+        )
+
+    async def close(self) -> None:
+        await self._writer.close()
+
+    # ------------------------------------------------------------------ recovery
+
+    async def claim_orphans(
+        self,
+        *,
+        names: Collection[str] | None = None,
+        limit: int = 100,
+        max_attempts: int = 3,
+    ) -> list[OrphanedSaga]:
+        allowed = None if names is None else frozenset(names)
+        owner = self._owner
+        now = time.time()
+
+        def job(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            rows = conn.execute(
+                "SELECT id, name, owner, factory, recovery_attempts FROM sagakit_sagas "
+                "WHERE finished_at IS NULL AND dead_letter IS NULL ORDER BY started_at"
+            ).fetchall()
+            claimed: list[tuple[Any, ...]] = []
+            for saga_id, name, holder, factory, attempts in rows:
+                if len(claimed) >= limit:
+                    break
+                if factory and allowed is not None and name not in allowed:
+                    continue
+                if owner_alive(holder):
+                    continue
+                if attempts + 1 > max_attempts:
+                    conn.execute(
+                        "UPDATE sagakit_sagas SET dead_letter = ?, parked_at = ?, owner = NULL "
+                        "WHERE id = ?",
+                        (
+                            f"its process died during each of {attempts} recovery attempts "
+                            f"(max_attempts={max_attempts})",
+                            now,
+                            saga_id,
+                        ),
+                    )
+                    continue
+                conn.execute(
+                    "UPDATE sagakit_sagas SET owner = ?, recovery_attempts = ? WHERE id = ?",
+                    (owner, attempts + 1, saga_id),
+                )
+                claimed.append(_load_orphan_rows(conn, saga_id))
+            return claimed
+
+        raw = await self._writer.submit(job, alone=False)
+        orphans: list[OrphanedSaga] = []
+        for rows in raw:
+            try:
+                orphan = self._decode_orphan(rows)
+            except SerializationError as error:
+                await self.dead_letter(rows[0][0], f"its log cannot be read back: {error}")
+                continue
+            self._claimed.add(orphan.saga_id)
+            self._live.add(orphan.saga_id)
+            orphans.append(orphan)
+        return orphans
+
+    def _decode_orphan(self, rows: tuple[Any, ...]) -> OrphanedSaga:
+        saga, steps = rows
+        (saga_id, name, status, explicit, factory, policy, fingerprint, arguments,
+         attempts, error, started_at) = saga
+        args, kwargs = self.serializer.loads(arguments)
+        forward: list[LoggedStep] = []
+        compensations: list[LoggedStep] = []
+        for idx, step_name, step_status, tries, duration, step_error, result, comp in steps:
+            value = None if result is None else self.serializer.loads(result)
+            logged = LoggedStep(
+                index=idx,
+                name=step_name,
+                status=StepStatus(step_status),
+                attempts=tries,
+                result=value,
+                events=_events_of(value) if step_status == "completed" else (),
+                error=step_error,
+                duration=duration,
+                compensation=bool(comp),
+            )
+            (compensations if comp else forward).append(logged)
+        forward.sort(key=lambda logged: logged.index)
+        return OrphanedSaga(
+            saga_id=saga_id,
+            name=name,
+            status=SagaStatus(status),
+            args=tuple(args),
+            kwargs=dict(kwargs),
+            policy=policy,
+            steps=tuple(forward),
+            compensations=tuple(compensations),
+            recovery_attempts=attempts,
+            explicit_id=bool(explicit),
+            factory=bool(factory),
+            fingerprint=fingerprint,
+            error=error,
+            started_at=_when(started_at),
+        )
+
+    async def dead_letter(self, saga_id: str, reason: str) -> None:
+        now = time.time()
+        await self._writer.submit(
+            lambda conn: conn.execute(
+                "UPDATE sagakit_sagas SET dead_letter = ?, parked_at = ?, owner = NULL "
+                "WHERE id = ? AND finished_at IS NULL",
+                (reason, now, saga_id),
+            ),
+            alone=False,
+        )
+        self._live.discard(saga_id)
+        self._claimed.discard(saga_id)
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        def read(conn: sqlite3.Connection) -> list[DeadLetter]:
+            rows = conn.execute(
+                "SELECT id, name, status, recovery_attempts, dead_letter, parked_at "
+                "FROM sagakit_sagas WHERE dead_letter IS NOT NULL AND finished_at IS NULL "
+                "ORDER BY parked_at"
+            ).fetchall()
+            return [
+                DeadLetter(row[0], row[1], SagaStatus(row[2]), row[3], row[4], _when(row[5]))
+                for row in rows
+            ]
+
+        return await self._writer.read(read)
+
+    async def resume_dead_letter(self, saga_id: str) -> None:
+        def job(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE sagakit_sagas SET dead_letter = NULL, parked_at = NULL, "
+                "recovery_attempts = 0, owner = NULL "
+                "WHERE id = ? AND dead_letter IS NOT NULL AND finished_at IS NULL",
+                (saga_id,),
+            ).rowcount
+
+        if not await self._writer.submit(job, alone=False):
+            raise StoreError(
+                f"saga {saga_id!r} is not dead-lettered in {self.path!r}; "
+                "list them with `sagakit dead-letters`"
+            )
+
+    async def resolve(self, saga_id: str, note: str) -> None:
+        now = time.time()
+
+        def job(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT status, owner, dead_letter, finished_at FROM sagakit_sagas WHERE id = ?",
+                (saga_id,),
+            ).fetchone()
+            if row is None:
+                return f"saga {saga_id!r} is not in {self.path!r}"
+            status, holder, parked, finished = row
+            if finished is None and parked is None and owner_alive(holder):
+                return (
+                    f"saga {saga_id!r} is still {status} under a live process ({holder}); "
+                    "let it finish, or run recover() once its process is gone"
+                )
+            if status in ("completed", "compensated"):
+                return f"saga {saga_id!r} ended {status}; there is nothing to resolve"
+            conn.execute(
+                "UPDATE sagakit_sagas SET status = 'failed', resolved = 1, dead_letter = NULL, "
+                "owner = NULL, finished_at = coalesce(finished_at, ?), updated_at = ?, "
+                "error = ? || coalesce(' (was: ' || error || ')', '') WHERE id = ?",
+                (now, now, f"resolved by an operator: {note}", saga_id),
+            )
+            return None
+
+        problem = await self._writer.submit(job, alone=False)
+        if problem is not None:
+            raise StoreError(problem)
+
+    async def read_events(
+        self, *, after: int = 0, limit: int = 1000, saga_id: str | None = None
+    ) -> list[StoredEvent]:
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise SagaDefinitionError(f"after must be a position >= 0, got {after!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+            raise SagaDefinitionError(f"limit must be a whole number > 0, got {limit!r}")
+        sql = (
+            "SELECT position, saga_id, saga_name, step_index, step_name, compensation, data, "
+            "recorded_at FROM sagakit_events WHERE position > ?"
+        )
+        params: tuple[Any, ...] = (after,)
+        if saga_id is not None:
+            sql += " AND saga_id = ?"
+            params += (saga_id,)
+        sql += " ORDER BY position LIMIT ?"
+        params += (limit,)
+        rows = await self._writer.read(lambda conn: conn.execute(sql, params).fetchall())
+        events: list[StoredEvent] = []
+        for position, sid, name, index, step_name, comp, data, recorded in rows:
+            try:
+                event = self.serializer.loads(data)
+            except SerializationError as error:
+                raise SerializationError(f"event #{position} of saga {sid!r}: {error}") from error
+            events.append(
+                StoredEvent(
+                    position, sid, name, index, step_name, bool(comp), event, _when(recorded)
+                )
+            )
+        return events
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {self.path!r} synchronous={self.synchronous}>"
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def _lenient(serializer: JsonSerializer, text: str | None) -> Any:
+    """Decode for display: a value whose class cannot be loaded shows as raw JSON."""
+    if text is None:
+        return None
+    try:
+        return serializer.loads(text)
+    except SerializationError:
+        return json.loads(text)
+
+
+def _load_metadata(
+    conn: sqlite3.Connection, saga_id: str, serializer: JsonSerializer
+) -> SagaMetadata | None:
+    row = conn.execute(
+        f"SELECT {_SAGA_COLUMNS} FROM sagakit_sagas WHERE id = ?", (saga_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    sid, name, status, executed, total, started, updated, finished, error = row
+    steps: list[StepRecord] = []
+    compensations: list[StepRecord] = []
+    events: list[Any] = []
+    compensation_events: list[Any] = []
+    for idx, step_name, step_status, attempts, duration, step_error, result, comp in conn.execute(
+        f"SELECT {_STEP_COLUMNS} FROM sagakit_steps WHERE saga_id = ? "
+        "ORDER BY compensation, started_at, idx",
+        (saga_id,),
+    ):
+        step_events: tuple[Any, ...] = ()
+        if step_status == "completed":
+            step_events = _events_of(_lenient(serializer, result))
+            (compensation_events if comp else events).extend(step_events)
+        record = StepRecord(
+            index=idx,
+            name=step_name,
+            status=StepStatus(step_status),
+            attempts=attempts,
+            duration=duration,
+            error=step_error,
+            events=step_events,
+            compensation=bool(comp),
+        )
+        (compensations if comp else steps).append(record)
+    steps.sort(key=lambda record: record.index)
+    return SagaMetadata(
+        id=sid,
+        name=name,
+        status=SagaStatus(status),
+        steps_executed=executed,
+        total_steps=total,
+        started_at=_when(started),
+        updated_at=_when(updated),
+        finished_at=_when(finished),
+        error=error,
+        steps=tuple(steps),
+        compensations=tuple(compensations),
+        events=tuple(events),
+        compensation_events=tuple(compensation_events),
+    )
+
+
+def _load_orphan_rows(conn: sqlite3.Connection, saga_id: str) -> tuple[Any, ...]:
+    saga = conn.execute(
+        "SELECT id, name, status, explicit, factory, policy, fingerprint, arguments, "
+        "recovery_attempts, error, started_at FROM sagakit_sagas WHERE id = ?",
+        (saga_id,),
+    ).fetchone()
+    steps = conn.execute(
+        f"SELECT {_STEP_COLUMNS} FROM sagakit_steps WHERE saga_id = ? "
+        "ORDER BY compensation, started_at, idx",
+        (saga_id,),
+    ).fetchall()
+    return (saga, steps)
+
+
+__all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLiteStore", "definition_fingerprint"]
