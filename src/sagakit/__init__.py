@@ -8,9 +8,11 @@ Declare steps with :func:`step`, pair them with compensations through
 from importlib.metadata import PackageNotFoundError, version
 
 from ._orchestrator import Listener, SagaOrchestrator
+from ._recovery import RecoveryOutcome
 from ._retry import Retry
 from ._runs import StepContext, current_step
 from ._sagas import RecoveryPolicy, SagaDefinition, SagaFunction, saga
+from ._serialization import Codec, JsonSerializer, register_codec
 from ._steps import DEFAULT_TIMEOUT, Step, StepCall, step
 from .exceptions import (
     CompensationAlreadySetError,
@@ -28,7 +30,15 @@ from .exceptions import (
 )
 from .records import SagaMetadata, StepRecord
 from .status import SagaStatus, StepStatus
-from .stores import MemoryStore, SagaStore
+from .stores import (
+    DeadLetter,
+    MemoryStore,
+    OrphanedSaga,
+    RecoverableStore,
+    SagaStore,
+    SQLiteStore,
+    StoredEvent,
+)
 from .transitions import Transition, TransitionKind
 
 try:
@@ -38,13 +48,20 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "Codec",
     "CompensationAlreadySetError",
     "CompensationFailed",
+    "DeadLetter",
+    "JsonSerializer",
     "Listener",
     "MemoryStore",
     "NonDeterminismError",
+    "OrphanedSaga",
+    "RecoverableStore",
+    "RecoveryOutcome",
     "RecoveryPolicy",
     "Retry",
+    "SQLiteStore",
     "SagaAlreadyExecuting",
     "SagaAlreadyFailed",
     "SagaDefinition",
@@ -65,10 +82,12 @@ __all__ = [
     "StepStatus",
     "StepTimeout",
     "StoreError",
+    "StoredEvent",
     "Transition",
     "TransitionKind",
     "__version__",
     "current_step",
+    "register_codec",
     "saga",
     "step",
 ]

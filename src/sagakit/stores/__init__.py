@@ -9,6 +9,7 @@ from ._protocol import (
     StoredEvent,
 )
 from .memory import MemoryStore
+from .sqlite import SQLiteStore
 
 __all__ = [
     "DeadLetter",
@@ -16,6 +17,7 @@ __all__ = [
     "MemoryStore",
     "OrphanedSaga",
     "RecoverableStore",
+    "SQLiteStore",
     "SagaStore",
     "StoredEvent",
 ]
