@@ -336,6 +336,11 @@ class SagaOrchestrator:
                 run.error = _describe(failure)
             try:
                 compensation_failure = await self._compensate(run, done, failure, faults, observe)
+            except asyncio.CancelledError:
+                # Cancelled while compensating: _compensate finished the work shielded and
+                # set the status (COMPENSATED unless a compensation failed).
+                await self._finish(run)
+                raise
             except BaseException:
                 run.status = SagaStatus.FAILED
                 await self._finish(run)
