@@ -1,0 +1,371 @@
+"""Issue 2, point 9: statuses, metadata, step records and the monitoring calls."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Generator
+from datetime import UTC, timedelta
+from typing import Any
+
+import pytest
+
+from sagakit import (
+    MemoryStore,
+    Retry,
+    SagaDefinition,
+    SagaDefinitionError,
+    SagaMetadata,
+    SagaOrchestrator,
+    SagaStatus,
+    StepCall,
+    StepFailed,
+    StepStatus,
+    current_step,
+    saga,
+    step,
+)
+
+# ------------------------------------------------------------------ statuses
+
+
+def test_saga_status_is_a_str_enum_with_the_original_names() -> None:
+    assert [s.name for s in SagaStatus] == [
+        "NOT_STARTED",
+        "EXECUTING",
+        "COMPENSATING",
+        "COMPLETED",
+        "COMPENSATED",
+        "FAILED",
+    ]
+    assert str(SagaStatus.COMPLETED) == "completed"
+    assert f"{SagaStatus.EXECUTING}" == "executing"
+    assert SagaStatus("failed") is SagaStatus.FAILED
+    assert [s for s in SagaStatus if s.is_finished] == [
+        SagaStatus.COMPLETED,
+        SagaStatus.COMPENSATED,
+        SagaStatus.FAILED,
+    ]
+
+
+@pytest.mark.asyncio
+async def test_statuses_seen_from_inside_the_steps_and_compensations() -> None:
+    orchestrator = SagaOrchestrator()
+    seen: list[tuple[str, SagaStatus, int, int]] = []
+
+    async def observe(label: str) -> None:
+        ctx = current_step()
+        assert ctx is not None
+        running = await orchestrator.get_running_sagas()
+        assert [m.id for m in running] == [ctx.saga_id]
+        meta = await orchestrator.get_saga(ctx.saga_id)
+        assert meta is not None
+        seen.append((label, meta.status, meta.steps_executed, await orchestrator.running_count()))
+
+    @step
+    async def first() -> str:
+        await observe("first")
+        return "1"
+
+    @first.compensate
+    async def undo_first() -> None:
+        await observe("undo first")
+
+    @step
+    async def second() -> str:
+        await observe("second")
+        return "2"
+
+    @step
+    async def third() -> None:
+        await observe("third")
+        raise ValueError("third fails")
+
+    definition = SagaDefinition("m-1").add_step(first()).add_step(second())
+    assert definition.metadata().status is SagaStatus.NOT_STARTED
+    await orchestrator.execute(definition)
+    with pytest.raises(StepFailed):
+        await orchestrator.execute(definition.add_step(third()).with_id("m-2"))
+
+    assert seen == [
+        ("first", SagaStatus.EXECUTING, 0, 1),
+        ("second", SagaStatus.EXECUTING, 1, 1),
+        ("first", SagaStatus.EXECUTING, 0, 1),
+        ("second", SagaStatus.EXECUTING, 1, 1),
+        ("third", SagaStatus.EXECUTING, 2, 1),
+        ("undo first", SagaStatus.COMPENSATING, 2, 1),
+    ]
+    done = await orchestrator.get_saga("m-1")
+    failed = await orchestrator.get_saga("m-2")
+    assert done is not None
+    assert failed is not None
+    assert (done.status, done.steps_executed, done.total_steps) == (SagaStatus.COMPLETED, 2, 2)
+    assert (failed.status, failed.steps_executed, failed.total_steps) == (
+        SagaStatus.COMPENSATED,
+        2,
+        3,
+    )
+    assert await orchestrator.get_running_sagas() == []
+    assert await orchestrator.running_count() == 0
+
+
+@pytest.mark.asyncio
+async def test_current_step_describes_the_running_step() -> None:
+    contexts: list[Any] = []
+
+    @step(retry=Retry(attempts=2, backoff=0))
+    async def flaky() -> str:
+        contexts.append(current_step())
+        if len(contexts) == 1:
+            raise ConnectionError("once")
+        return "ok"
+
+    @flaky.compensate
+    async def undo_flaky() -> None:
+        contexts.append(current_step())
+
+    @step
+    async def boom() -> None:
+        raise ValueError("x")
+
+    assert current_step() is None
+    with pytest.raises(StepFailed):
+        await SagaOrchestrator().execute(SagaDefinition("ctx").add_step(flaky()).add_step(boom()))
+    assert current_step() is None
+
+    first, second, undo = contexts
+    assert (first.saga_id, first.saga_name, first.step_index, first.step_name) == (
+        "ctx",
+        "ctx",
+        0,
+        "flaky",
+    )
+    assert (first.attempt, second.attempt) == (1, 2)
+    assert (first.compensating, undo.compensating) == (False, True)
+    assert first.idempotency_key == second.idempotency_key == "ctx:0"
+
+
+@pytest.mark.asyncio
+async def test_generator_total_steps_is_known_once_finished() -> None:
+    @step
+    async def one() -> int:
+        return 1
+
+    @saga
+    def counted() -> Generator[StepCall[Any], Any, None]:
+        yield one()
+        yield one()
+        yield one()
+
+    orchestrator = SagaOrchestrator()
+    definition = counted().with_id("g")
+    assert definition.metadata().total_steps is None
+    await orchestrator.execute(definition)
+    meta = await orchestrator.get_saga("g")
+    assert meta is not None
+    assert (meta.steps_executed, meta.total_steps) == (3, 3)
+
+
+# ------------------------------------------------------------------ records
+
+
+@pytest.mark.asyncio
+async def test_timestamps_are_utc_aware_and_ordered() -> None:
+    snapshots: list[SagaMetadata] = []
+    orchestrator = SagaOrchestrator()
+
+    @step
+    async def peek() -> None:
+        ctx = current_step()
+        assert ctx is not None
+        meta = await orchestrator.get_saga(ctx.saga_id)
+        assert meta is not None
+        snapshots.append(meta)
+        await asyncio.sleep(0.002)
+
+    await orchestrator.execute(SagaDefinition("ts").add_step(peek()).add_step(peek()))
+    final = await orchestrator.get_saga("ts")
+    assert final is not None
+
+    for meta in (*snapshots, final):
+        assert meta.started_at is not None
+        assert meta.started_at.tzinfo is not None
+        assert meta.started_at.utcoffset() == timedelta(0)
+        assert meta.updated_at is not None
+        assert meta.updated_at.tzinfo is not None
+        assert meta.started_at <= meta.updated_at
+    assert snapshots[0].finished_at is None
+    assert final.finished_at is not None
+    assert final.finished_at.tzinfo == UTC
+    assert snapshots[0].updated_at <= snapshots[1].updated_at <= final.updated_at  # type: ignore[operator]
+    assert final.updated_at <= final.finished_at  # type: ignore[operator]
+    assert final.started_at == snapshots[0].started_at
+    assert final.duration is not None
+    assert final.duration >= 0.004
+
+
+@pytest.mark.asyncio
+async def test_step_records_hold_attempts_duration_status_and_error() -> None:
+    @step(retry=Retry(attempts=3, backoff=0, on=ConnectionError))
+    async def flaky() -> list[str]:
+        flaky_calls.append(1)
+        if len(flaky_calls) < 3:
+            raise ConnectionError("flap")
+        await asyncio.sleep(0.002)
+        return ["e1", "e2"]
+
+    flaky_calls: list[int] = []
+
+    @step
+    async def broken() -> None:
+        raise KeyError("missing")
+
+    orchestrator = SagaOrchestrator()
+    with pytest.raises(StepFailed):
+        await orchestrator.execute(SagaDefinition("rec").add_step(flaky()).add_step(broken()))
+    meta = await orchestrator.get_saga("rec")
+    assert meta is not None
+
+    ok, bad = meta.steps
+    assert (ok.index, ok.name, ok.status, ok.attempts) == (0, "flaky", StepStatus.COMPLETED, 3)
+    assert ok.error is None
+    assert ok.events == ("e1", "e2")
+    assert ok.duration is not None
+    assert ok.duration >= 0.002
+    assert ok.compensation is False
+    assert (bad.index, bad.name, bad.status, bad.attempts) == (1, "broken", StepStatus.FAILED, 1)
+    assert bad.error == "KeyError: 'missing'"
+    assert bad.duration is not None
+    assert meta.error == "StepFailed: step 1 ('broken') failed: KeyError: 'missing'"
+    assert meta.events == ("e1", "e2")
+    assert repr(ok) == f"<step 0 flaky: completed after 3 attempts in {ok.duration * 1000:.1f} ms>"
+    assert "\n" not in repr(meta)
+    assert repr(meta).startswith("<SagaMetadata rec id='rec' compensated 1/2 steps")
+
+
+@pytest.mark.asyncio
+async def test_records_are_frozen_snapshots() -> None:
+    release = asyncio.Event()
+
+    @step
+    async def wait() -> str:
+        await release.wait()
+        return "done"
+
+    orchestrator = SagaOrchestrator()
+    task = asyncio.create_task(orchestrator.execute(SagaDefinition("snap").add_step(wait())))
+    await asyncio.sleep(0)
+    during = await orchestrator.get_saga("snap")
+    release.set()
+    await task
+    after = await orchestrator.get_saga("snap")
+
+    assert during is not None
+    assert after is not None
+    assert during.status is SagaStatus.EXECUTING  # unchanged by what happened since
+    assert during.steps[0].status is StepStatus.RUNNING
+    assert after.status is SagaStatus.COMPLETED
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        after.status = SagaStatus.FAILED  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        after.steps[0].attempts = 9  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------ history
+
+
+@step
+async def noop(n: int) -> int:
+    return n
+
+
+@pytest.mark.asyncio
+async def test_history_counts_and_limits() -> None:
+    orchestrator = SagaOrchestrator()
+    assert await orchestrator.history_count() == 0
+    assert await orchestrator.get_history() == []
+    for n in range(5):
+        await orchestrator.execute(SagaDefinition(f"h-{n}").add_step(noop(n)))
+
+    assert await orchestrator.history_count() == 5
+    assert [m.id for m in await orchestrator.get_history()] == [f"h-{n}" for n in range(5)]
+    assert [m.id for m in await orchestrator.get_history(limit=2)] == ["h-3", "h-4"]
+    assert await orchestrator.get_history(limit=0) == []
+    assert [m.events for m in await orchestrator.get_history(limit=1)] == [(4,)]
+    assert await orchestrator.get_saga("unknown") is None
+
+
+@pytest.mark.asyncio
+async def test_history_is_bounded_by_history_limit() -> None:
+    orchestrator = SagaOrchestrator(history_limit=3)
+    for n in range(10):
+        await orchestrator.execute(SagaDefinition(f"b-{n}").add_step(noop(n)))
+
+    assert await orchestrator.history_count() == 3
+    assert [m.id for m in await orchestrator.get_history()] == ["b-7", "b-8", "b-9"]
+    assert await orchestrator.get_saga("b-0") is None
+    assert await orchestrator.get_saga("b-9") is not None
+
+
+@pytest.mark.asyncio
+async def test_history_limit_zero_keeps_no_history() -> None:
+    orchestrator = SagaOrchestrator(history_limit=0)
+    await orchestrator.execute(SagaDefinition("z").add_step(noop(1)))
+    assert await orchestrator.history_count() == 0
+    assert await orchestrator.running_count() == 0
+
+
+def test_default_history_limit_is_ten_thousand() -> None:
+    assert MemoryStore().history_limit == 10_000
+    assert SagaOrchestrator().store.history_limit == 10_000  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("limit", [-1, 2.5, "10", True])
+def test_bad_history_limits_are_refused(limit: Any) -> None:
+    with pytest.raises(SagaDefinitionError, match="history_limit"):
+        SagaOrchestrator(history_limit=limit)
+
+
+def test_a_store_that_is_not_a_store_is_refused() -> None:
+    with pytest.raises(SagaDefinitionError, match="SagaStore"):
+        SagaOrchestrator(store=object())  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_concurrent_runs_never_mix_their_records() -> None:
+    turn = asyncio.Event()
+
+    @step
+    async def tagged(tag: str, n: int) -> list[str]:
+        await turn.wait()
+        ctx = current_step()
+        assert ctx is not None
+        return [f"{ctx.saga_id}/{tag}:{n}"]  # each task sees its own run
+
+    @saga
+    def flow(tag: str) -> list[StepCall[Any]]:
+        return [tagged(tag, 1), tagged(tag, 2), tagged(tag, 3)]
+
+    orchestrator = SagaOrchestrator()
+    shared = flow("shared")  # one definition, run under several ids at once
+    runs = {"x": flow("x"), "y": flow("y"), "s0": shared, "s1": shared}
+    tasks = [
+        asyncio.create_task(orchestrator.execute(definition, saga_id=saga_id))
+        for saga_id, definition in runs.items()
+    ]
+    await asyncio.sleep(0)
+    assert await orchestrator.running_count() == 4
+    assert {m.id for m in await orchestrator.get_running_sagas()} == set(runs)
+    turn.set()
+    results = await asyncio.gather(*tasks)
+
+    for (saga_id, definition), events in zip(runs.items(), results, strict=True):
+        tag = definition.args[0]
+        expected = [f"{saga_id}/{tag}:{n}" for n in (1, 2, 3)]
+        assert events == expected
+        meta = await orchestrator.get_saga(saga_id)
+        assert meta is not None
+        assert meta.events == tuple(expected)
+        assert [s.events for s in meta.steps] == [(e,) for e in expected]
+        assert meta.steps_executed == 3
+    assert shared.saga_id is None
