@@ -1,0 +1,233 @@
+"""The ``sagakit`` command: inspect and repair a durable saga log.
+
+    sagakit --db sagas.db list [--status failed] [--limit 50] [--json]
+    sagakit --db sagas.db show SAGA_ID [--json]
+    sagakit --db sagas.db recover --import myapp.sagas [--max-attempts 3]
+    sagakit --db sagas.db dead-letters
+    sagakit --db sagas.db resume SAGA_ID       # un-park; the next recover runs it
+    sagakit --db sagas.db resolve SAGA_ID --note "refunded by hand"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, TextIO
+
+from ._orchestrator import SagaOrchestrator
+from .exceptions import SagaError, StoreError
+from .records import SagaMetadata, StepRecord
+from .status import SagaStatus
+from .stores.sqlite import SQLiteStore
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=argparse.SUPPRESS, help="path of the SQLite saga log")
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
+    )
+    parser = argparse.ArgumentParser(
+        prog="sagakit", description="Inspect and repair a saga log.", parents=[common]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="list sagas, newest first", parents=[common])
+    statuses = [str(s) for s in SagaStatus if s is not SagaStatus.NOT_STARTED]
+    listing.add_argument("--status", choices=statuses)
+    listing.add_argument("--limit", type=int, default=50)
+    show = commands.add_parser("show", help="one saga with its step trail", parents=[common])
+    show.add_argument("saga_id")
+    recover = commands.add_parser(
+        "recover", help="finish sagas left running by dead processes", parents=[common]
+    )
+    recover.add_argument(
+        "--import", dest="modules", action="append", default=[], metavar="MODULE",
+        help="module defining the @saga functions (repeatable)",
+    )
+    recover.add_argument("--max-attempts", type=int, default=3)
+    commands.add_parser(
+        "dead-letters", help="sagas parked after failing recovery", parents=[common]
+    )
+    resume = commands.add_parser(
+        "resume", help="un-park a dead-lettered saga for recover", parents=[common]
+    )
+    resume.add_argument("saga_id")
+    resolve = commands.add_parser(
+        "resolve", help="mark a dead-lettered or failed saga settled", parents=[common]
+    )
+    resolve.add_argument("saga_id")
+    resolve.add_argument("--note", required=True, help="what an operator did about it")
+    return parser
+
+
+def _when(value: datetime | None) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _table(rows: list[list[str]], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        out.write(line.rstrip() + "\n")
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-able form of any stored value, for ``--json``."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+def _saga_json(meta: SagaMetadata, steps: bool) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": meta.id,
+        "name": meta.name,
+        "status": str(meta.status),
+        "steps_executed": meta.steps_executed,
+        "total_steps": meta.total_steps,
+        "started_at": None if meta.started_at is None else meta.started_at.isoformat(),
+        "finished_at": None if meta.finished_at is None else meta.finished_at.isoformat(),
+        "error": meta.error,
+    }
+    if steps:
+        data["steps"] = [_step_json(record) for record in meta.steps]
+        data["compensations"] = [_step_json(record) for record in meta.compensations]
+        data["events"] = [_plain(event) for event in meta.events]
+    return data
+
+
+def _step_json(record: StepRecord) -> dict[str, Any]:
+    return {
+        "index": record.index,
+        "name": record.name,
+        "status": str(record.status),
+        "attempts": record.attempts,
+        "duration": record.duration,
+        "error": record.error,
+        "events": [_plain(event) for event in record.events],
+    }
+
+
+async def _run(args: argparse.Namespace, out: TextIO) -> int:
+    store = SQLiteStore(args.db)
+    try:
+        if args.command == "list":
+            sagas = await store.list_sagas(status=args.status, limit=args.limit)
+            if args.json:
+                json.dump([_saga_json(meta, False) for meta in sagas], out, indent=2)
+                out.write("\n")
+            elif not sagas:
+                out.write("no sagas\n")
+            else:
+                rows = [["ID", "NAME", "STATUS", "STEPS", "STARTED", "ERROR"]]
+                for meta in sagas:
+                    total = "?" if meta.total_steps is None else str(meta.total_steps)
+                    rows.append([
+                        str(meta.id), meta.name, str(meta.status),
+                        f"{meta.steps_executed}/{total}", _when(meta.started_at),
+                        (meta.error or "")[:60],
+                    ])
+                _table(rows, out)
+            return 0
+        if args.command == "show":
+            found = await store.get(args.saga_id)
+            if found is None:
+                sys.stderr.write(f"sagakit: no saga {args.saga_id!r} in {args.db}\n")
+                return 1
+            meta = found
+            if args.json:
+                json.dump(_saga_json(meta, True), out, indent=2)
+                out.write("\n")
+                return 0
+            out.write(f"saga {meta.id} ({meta.name}): {meta.status}\n")
+            out.write(f"started {_when(meta.started_at)}  finished {_when(meta.finished_at)}\n")
+            if meta.error:
+                out.write(f"error: {meta.error}\n")
+            rows = [["", "#", "STEP", "STATUS", "ATTEMPTS", "EVENTS / ERROR"]]
+            for record in (*meta.steps, *meta.compensations):
+                detail = record.error or ", ".join(repr(e) for e in record.events)
+                rows.append([
+                    "undo" if record.compensation else "step", str(record.index), record.name,
+                    str(record.status), str(record.attempts), detail[:70],
+                ])
+            _table(rows, out)
+            return 0
+        if args.command == "recover":
+            for module in args.modules:
+                importlib.import_module(module)
+            orchestrator = SagaOrchestrator(store)
+            outcomes = await orchestrator.recover(max_attempts=args.max_attempts)
+            if args.json:
+                json.dump([
+                    {"id": o.saga_id, "name": o.name, "action": o.action,
+                     "status": str(o.status), "error": o.error}
+                    for o in outcomes
+                ], out, indent=2)
+                out.write("\n")
+            elif not outcomes:
+                out.write("nothing to recover\n")
+            else:
+                rows = [["ID", "NAME", "ACTION", "STATUS", "ERROR"]]
+                rows += [
+                    [o.saga_id, o.name, o.action, str(o.status), (o.error or "")[:60]]
+                    for o in outcomes
+                ]
+                _table(rows, out)
+            return 0
+        if args.command == "dead-letters":
+            letters = await store.dead_letters()
+            if args.json:
+                json.dump([
+                    {"id": d.saga_id, "name": d.name, "status": str(d.status),
+                     "recovery_attempts": d.recovery_attempts, "reason": d.reason,
+                     "parked_at": None if d.parked_at is None else d.parked_at.isoformat()}
+                    for d in letters
+                ], out, indent=2)
+                out.write("\n")
+            elif not letters:
+                out.write("no dead letters\n")
+            else:
+                rows = [["ID", "NAME", "STATUS", "ATTEMPTS", "PARKED", "REASON"]]
+                rows += [
+                    [d.saga_id, d.name, str(d.status), str(d.recovery_attempts),
+                     _when(d.parked_at), d.reason[:70]]
+                    for d in letters
+                ]
+                _table(rows, out)
+            return 0
+        if args.command == "resume":
+            await store.resume_dead_letter(args.saga_id)
+            out.write(f"saga {args.saga_id} will be recovered by the next `sagakit recover`\n")
+            return 0
+        await store.resolve(args.saga_id, args.note)
+        out.write(f"saga {args.saga_id} marked resolved\n")
+        return 0
+    finally:
+        await store.close()
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run the CLI; returns the exit status (1 with a message for sagakit errors)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "db"):
+        parser.error("the saga log is required: --db sagas.db")
+    args.json = getattr(args, "json", False)
+    try:
+        if not os.path.exists(args.db):
+            raise StoreError(f"no saga log at {args.db!r}; pass the path your application uses")
+        return asyncio.run(_run(args, out or sys.stdout))
+    except (SagaError, ImportError) as error:
+        sys.stderr.write(f"sagakit: {error}\n")
+        return 1
+
+
+__all__ = ["main"]
