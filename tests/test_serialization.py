@@ -1,0 +1,164 @@
+"""The JSON serializer of durable stores: round trips, codecs, limits, no pickle."""
+
+from __future__ import annotations
+
+import enum
+import pickle
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from uuid import UUID
+
+import pytest
+
+from sagakit import Codec, JsonSerializer, SerializationError, register_codec
+
+
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+
+
+@dataclass(frozen=True)
+class Money:
+    amount: Decimal
+    currency: str
+
+
+@dataclass
+class Transferred:
+    source: str
+    money: Money
+    tags: tuple[str, ...] = ()
+    at: datetime | None = None
+    computed: int = field(default=0, init=False)
+
+
+class Point:
+    def __init__(self, x: int, y: int) -> None:
+        self.x, self.y = x, y
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Point) and (self.x, self.y) == (other.x, other.y)
+
+
+class Opaque:
+    pass
+
+
+VALUES = [
+    None,
+    True,
+    3,
+    2.5,
+    "text",
+    [1, "a", None],
+    {"a": 1, "b": [2]},
+    (1, (2, 3)),
+    {1: "one", (2, 3): "pair"},
+    {"__sk__": "not a tag"},
+    Color.BLUE,
+    Level.LOW,
+    datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+    datetime(2026, 1, 2, 3, 4, 5),
+    date(2026, 1, 2),
+    time(3, 4, 5),
+    timedelta(days=1, seconds=2, microseconds=3),
+    Decimal("10.05"),
+    UUID("12345678-1234-5678-1234-567812345678"),
+    b"\x00\xffbytes",
+    {1, 2},
+    frozenset({"x"}),
+    Money(Decimal("1.10"), "EUR"),
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=repr)
+def test_round_trip_keeps_value_and_class(value: object) -> None:
+    serializer = JsonSerializer()
+    back = serializer.loads(serializer.dumps(value))
+    assert back == value
+    assert type(back) is type(value)
+
+
+def test_nested_dataclass_round_trips_with_non_init_fields() -> None:
+    serializer = JsonSerializer()
+    event = Transferred("A", Money(Decimal("5"), "USD"), ("x", "y"), datetime(2026, 1, 1, tzinfo=UTC))
+    event.computed = 7
+    back = serializer.loads(serializer.dumps(event))
+    assert back == event
+    assert isinstance(back.money, Money)
+    assert back.tags == ("x", "y")
+    assert back.computed == 7
+
+
+def test_unsupported_type_names_the_fix() -> None:
+    with pytest.raises(SerializationError, match=r"Opaque objects cannot be stored.*register_codec"):
+        JsonSerializer().dumps({"x": Opaque()}, what="the result of step 0")
+
+
+def test_registered_codec_round_trips_under_its_name() -> None:
+    register_codec(Point, encode=lambda p: [p.x, p.y], decode=lambda v: Point(*v), name="point")
+    serializer = JsonSerializer()
+    text = serializer.dumps([Point(1, 2)])
+    assert '"point"' in text
+    assert serializer.loads(text) == [Point(1, 2)]
+
+
+def test_per_serializer_codec_unknown_elsewhere() -> None:
+    local = Codec(Opaque, "opaque", lambda o: None, lambda v: Opaque())
+    text = JsonSerializer(codecs=[local]).dumps(Opaque())
+    assert isinstance(JsonSerializer(codecs=[local]).loads(text), Opaque)
+    with pytest.raises(SerializationError, match="codec 'opaque'.*not registered"):
+        JsonSerializer().loads(text)
+
+
+def test_size_limit_gives_a_clear_error() -> None:
+    serializer = JsonSerializer(max_size=100)
+    serializer.dumps("x" * 50)
+    with pytest.raises(SerializationError, match=r"more than the limit of 100"):
+        serializer.dumps("x" * 200, what="the result of step 1 ('fetch')")
+
+
+def test_pickle_only_with_explicit_opt_in() -> None:
+    with pytest.raises(SerializationError):
+        JsonSerializer().dumps(Opaque())
+    trusting = JsonSerializer(allow_pickle=True)
+    text = trusting.dumps(Opaque())
+    assert isinstance(trusting.loads(text), Opaque)
+    with pytest.raises(SerializationError, match="refusing to unpickle"):
+        JsonSerializer().loads(text)
+
+
+def test_forged_pickle_is_never_loaded_by_default() -> None:
+    import base64
+    import json
+
+    forged = json.dumps({"__sk__": "pickle", "v": base64.b64encode(pickle.dumps(1)).decode()})
+    with pytest.raises(SerializationError, match="refusing to unpickle"):
+        JsonSerializer().loads(forged)
+
+
+def test_stored_type_that_is_not_a_dataclass_is_refused() -> None:
+    text = '{"__sk__":"dataclass","t":"os:system","v":{}}'
+    with pytest.raises(SerializationError, match="not a dataclass"):
+        JsonSerializer().loads(text)
+
+
+def test_unimportable_type_names_the_module() -> None:
+    text = '{"__sk__":"enum","t":"no_such_module_xyz:Color","v":"red"}'
+    with pytest.raises(SerializationError, match="no_such_module_xyz"):
+        JsonSerializer().loads(text)
+
+
+def test_bad_options_and_bad_text() -> None:
+    with pytest.raises(SerializationError, match="max_size"):
+        JsonSerializer(max_size=0)
+    with pytest.raises(SerializationError, match="not valid JSON"):
+        JsonSerializer().loads("{")
+    with pytest.raises(SerializationError, match="takes a class"):
+        register_codec("nope", encode=str, decode=str)  # type: ignore[arg-type]
