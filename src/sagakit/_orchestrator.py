@@ -18,8 +18,10 @@ from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import SagaRun, StepRun, current_run
 from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id
 from ._steps import StepCall
+from ._worker import run_worker
 from .exceptions import (
     CompensationFailed,
+    LeaseLost,
     NonDeterminismError,
     SagaDefinitionError,
     SagaRunError,
@@ -314,6 +316,12 @@ class SagaOrchestrator:
                 raise SagaDefinitionError(
                     f"saga {run.name!r} yielded no steps; a saga needs at least one step"
                 )
+        except LeaseLost:
+            # Fenced out: another worker owns this saga now and finishes it. Run
+            # nothing more here (no step, no compensation) and record nothing.
+            driver.close()
+            await self._store.finish(run)
+            raise
         except asyncio.CancelledError:
             if steps and steps[-1].status is StepStatus.RUNNING:
                 # Interrupted mid-step (``call`` is that step's): its effect is unknown,
@@ -427,6 +435,8 @@ class SagaOrchestrator:
                 events=tuple(record.events),
                 duration=record.duration,
             )
+        except LeaseLost:
+            raise  # another worker owns the saga: it must not be undone from here
         except Exception as unrecorded:
             # The step acted but its completion could not be recorded: undo it too.
             if record.events:
@@ -712,6 +722,30 @@ class SagaOrchestrator:
         """
         attempts = self._max_recovery_attempts if max_attempts is None else max_attempts
         return await recover(self, max_attempts=attempts, limit=limit)
+
+    async def run_worker(
+        self,
+        *,
+        poll_interval: float = 1.0,
+        concurrency: int = 100,
+        max_attempts: int | None = None,
+        handle_signals: bool = True,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        """Keep claiming and finishing orphaned sagas until cancelled, SIGTERM or ``stop``.
+
+        On the way out the worker releases the leases it holds, so other workers take
+        its sagas over at once. See :func:`sagakit.run_worker` (``docs/postgres.md``).
+        """
+        attempts = self._max_recovery_attempts if max_attempts is None else max_attempts
+        await run_worker(
+            self,
+            poll_interval=poll_interval,
+            concurrency=concurrency,
+            max_attempts=attempts,
+            handle_signals=handle_signals,
+            stop=stop,
+        )
 
     async def close(self) -> None:
         """Close the store."""

@@ -152,9 +152,30 @@ class StoreError(SagaError):
     """A saga store could not be opened, read or written."""
 
 
+class LeaseLost(StoreError):
+    """This worker no longer owns the saga: its lease expired and another worker
+    claimed it (or this worker released it), so its writes are fenced out.
+
+    The orchestrator stops the saga here, running no further step and no
+    compensation; the saga's new owner finishes it.
+    """
+
+    def __init__(self, saga_id: str) -> None:
+        super().__init__(
+            f"lost the lease of saga {saga_id!r}: another worker owns it now (this worker "
+            "was paused or cut off past its lease), so nothing more is recorded or run for "
+            "it here; renew leases more often (heartbeat) or lengthen the lease"
+        )
+        self.saga_id = saga_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.saga_id,))
+
+
 __all__ = [
     "CompensationAlreadySetError",
     "CompensationFailed",
+    "LeaseLost",
     "NonDeterminismError",
     "SagaAlreadyExecuting",
     "SagaAlreadyFailed",

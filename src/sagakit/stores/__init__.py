@@ -9,6 +9,7 @@ from ._protocol import (
     StoredEvent,
 )
 from .memory import MemoryStore
+from .postgres import PostgresStore
 from .sqlite import SQLiteStore
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "LoggedStep",
     "MemoryStore",
     "OrphanedSaga",
+    "PostgresStore",
     "RecoverableStore",
     "SQLiteStore",
     "SagaStore",

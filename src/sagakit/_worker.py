@@ -1,0 +1,159 @@
+"""The worker loop: keep claiming orphaned sagas and finishing them, until told to stop.
+
+Many workers can share one :class:`~sagakit.stores.RecoverableStore` (PostgreSQL):
+each claim takes sagas no other worker owns, so a saga is finished by exactly one.
+On cancellation, SIGTERM or ``stop``, the worker releases its leases *before*
+cancelling its sagas: their next write is fenced out (:class:`~sagakit.LeaseLost`),
+so they stop without running a step or a compensation, and another worker claims
+them at once instead of waiting for the leases to expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._recovery import _recover_one, _recoverable
+from ._sagas import registered_sagas
+from .exceptions import LeaseLost, SagaDefinitionError
+
+if TYPE_CHECKING:
+    from ._orchestrator import SagaOrchestrator
+    from .stores._protocol import OrphanedSaga, RecoverableStore
+
+logger = logging.getLogger("sagakit")
+
+
+def _check(poll_interval: object, concurrency: object, max_attempts: object) -> None:
+    if (
+        isinstance(poll_interval, bool)
+        or not isinstance(poll_interval, int | float)
+        or not poll_interval > 0
+    ):
+        raise SagaDefinitionError(
+            f"poll_interval must be a positive number of seconds, got {poll_interval!r}"
+        )
+    for name, value in (("concurrency", concurrency), ("max_attempts", max_attempts)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SagaDefinitionError(f"{name} must be a whole number >= 1, got {value!r}")
+
+
+@contextlib.contextmanager
+def _on_sigterm(stop: asyncio.Event, enabled: bool) -> Any:
+    """Set ``stop`` on SIGTERM while inside (main thread only); restore the old handler."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    except (NotImplementedError, RuntimeError):  # pragma: no cover - e.g. Windows loops
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, previous)
+
+
+async def _finish_one(
+    orchestrator: SagaOrchestrator, store: RecoverableStore, orphan: OrphanedSaga
+) -> None:
+    try:
+        outcome = await _recover_one(orchestrator, store, orphan)
+    except LeaseLost as lost:
+        logger.warning("sagakit worker stopped saga %s: %s", orphan.saga_id, lost)
+    except Exception:
+        logger.exception("sagakit worker could not finish saga %s", orphan.saga_id)
+    else:
+        logger.info("sagakit worker finished %r", outcome)
+
+
+async def _wait(events: tuple[asyncio.Event, ...], seconds: float) -> None:
+    """Until one of ``events`` is set or ``seconds`` pass."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def _shutdown(store: RecoverableStore, tasks: set[asyncio.Task[None]]) -> None:
+    """Release leases, then stop the sagas in flight (they are fenced out)."""
+    release: Callable[[], Any] | None = getattr(store, "release", None)
+    if release is None:
+        # No leases to hand over: let the sagas in flight finish here.
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return
+    try:
+        released = await release()
+        logger.info("sagakit worker released %d saga leases", released)
+    finally:
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def run_worker(
+    orchestrator: SagaOrchestrator,
+    *,
+    poll_interval: float = 1.0,
+    concurrency: int = 100,
+    max_attempts: int = 3,
+    handle_signals: bool = True,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Claim orphaned sagas and finish them, ``concurrency`` at a time, until stopped.
+
+    Polls every ``poll_interval`` seconds (at once while orphans keep coming and
+    capacity is free). Only sagas registered with ``@saga`` in this process are
+    claimed. Stops when cancelled, when ``stop`` is set, or on SIGTERM (with
+    ``handle_signals``, in the main thread); a stopped worker releases its leases.
+    """
+    _check(poll_interval, concurrency, max_attempts)
+    store = _recoverable(orchestrator.store)
+    stop = stop if stop is not None else asyncio.Event()
+    freed = asyncio.Event()
+    tasks: set[asyncio.Task[None]] = set()
+
+    def done(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        freed.set()
+
+    with _on_sigterm(stop, handle_signals):
+        try:
+            while not stop.is_set():
+                free = concurrency - len(tasks)
+                claimed = 0
+                if free > 0:
+                    names = {function.name for function in registered_sagas()}
+                    orphans = await store.claim_orphans(
+                        names=names, limit=free, max_attempts=max_attempts
+                    )
+                    claimed = len(orphans)
+                    for orphan in orphans:
+                        task = asyncio.create_task(
+                            _finish_one(orchestrator, store, orphan),
+                            name=f"sagakit-recover-{orphan.saga_id}",
+                        )
+                        tasks.add(task)
+                        task.add_done_callback(done)
+                if claimed and claimed == free:
+                    continue  # more may be waiting: claim again while capacity lasts
+                freed.clear()
+                await _wait((stop, freed) if len(tasks) >= concurrency else (stop,), poll_interval)
+        finally:
+            await _shutdown(store, tasks)
+
+
+__all__ = ["run_worker"]

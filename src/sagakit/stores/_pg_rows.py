@@ -1,0 +1,155 @@
+"""Turning PostgreSQL saga-log rows back into sagakit records."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from .._serialization import JsonSerializer
+from ..exceptions import SerializationError
+from ..records import SagaMetadata, StepRecord
+from ..status import SagaStatus, StepStatus
+from ._protocol import DeadLetter, LoggedStep, OrphanedSaga, StoredEvent
+
+Row = Sequence[Any]
+
+
+def utc(stamp: datetime | None) -> datetime | None:
+    """``stamp`` in UTC (the database hands back its session time zone)."""
+    return None if stamp is None else stamp.astimezone(UTC)
+
+
+def lenient(serializer: JsonSerializer, text: str | None) -> Any:
+    """Decode for display: a value whose class cannot be loaded shows as raw JSON."""
+    if text is None:
+        return None
+    try:
+        return serializer.loads(text)
+    except SerializationError:
+        return json.loads(text)
+
+
+def steps_by_saga(rows: Iterable[Row]) -> dict[str, list[Row]]:
+    """Step rows (``steps_of`` order) grouped by saga id."""
+    grouped: dict[str, list[Row]] = {}
+    for row in rows:
+        grouped.setdefault(row[0], []).append(row)
+    return grouped
+
+
+def metadata(saga: Row, steps: Sequence[Row], serializer: JsonSerializer) -> SagaMetadata:
+    """A :class:`SagaMetadata` from a ``sagas`` row and its step rows."""
+    (saga_id, name, status, _explicit, _factory, _policy, _fp, _args, _kwargs, total, error,
+     started, updated, finished, _attempts, dead_reason, _parked) = saga  # fmt: skip
+    forward: list[StepRecord] = []
+    compensations: list[StepRecord] = []
+    events: list[Any] = []
+    compensation_events: list[Any] = []
+    for _, comp, index, step_name, step_status, attempts, duration, step_error, _r, ev in steps:
+        step_events: tuple[Any, ...] = ()
+        if step_status == StepStatus.COMPLETED and ev is not None:
+            step_events = tuple(lenient(serializer, ev))
+            (compensation_events if comp else events).extend(step_events)
+        record = StepRecord(
+            index=index,
+            name=step_name,
+            status=StepStatus(step_status),
+            attempts=attempts,
+            duration=duration,
+            error=step_error,
+            events=step_events,
+            compensation=comp,
+        )
+        (compensations if comp else forward).append(record)
+    if dead_reason is not None:
+        error = f"dead-lettered: {dead_reason}"
+    return SagaMetadata(
+        id=saga_id,
+        name=name,
+        status=SagaStatus(status),
+        steps_executed=sum(1 for r in forward if r.status is StepStatus.COMPLETED),
+        total_steps=total,
+        started_at=utc(started),
+        updated_at=utc(updated),
+        finished_at=utc(finished),
+        error=error,
+        steps=tuple(forward),
+        compensations=tuple(compensations),
+        events=tuple(events),
+        compensation_events=tuple(compensation_events),
+    )
+
+
+def logged_step(row: Row, serializer: JsonSerializer) -> LoggedStep:
+    """A :class:`LoggedStep` from a step row; raises :class:`SerializationError`."""
+    _, comp, index, name, status, attempts, duration, error, result, events = row
+    completed = status == StepStatus.COMPLETED
+    return LoggedStep(
+        index=index,
+        name=name,
+        status=StepStatus(status),
+        attempts=attempts,
+        result=serializer.loads(result) if completed and result is not None else None,
+        events=tuple(serializer.loads(events)) if completed and events is not None else (),
+        error=error,
+        duration=duration,
+        compensation=comp,
+    )
+
+
+def orphan(claimed: Row, steps: Sequence[Row], serializer: JsonSerializer) -> OrphanedSaga:
+    """An :class:`OrphanedSaga` from a claimed row; raises :class:`SerializationError`."""
+    (saga_id, name, status, args, kwargs, policy, attempts, explicit, factory, fingerprint,
+     error, started, _fence, _dead) = claimed  # fmt: skip
+    logged = [logged_step(row, serializer) for row in steps]
+    return OrphanedSaga(
+        saga_id=saga_id,
+        name=name,
+        status=SagaStatus(status),
+        args=tuple(serializer.loads(args)),
+        kwargs=dict(serializer.loads(kwargs)),
+        policy=policy,
+        steps=tuple(step for step in logged if not step.compensation),
+        compensations=tuple(step for step in logged if step.compensation),
+        recovery_attempts=attempts,
+        explicit_id=explicit,
+        factory=factory,
+        fingerprint=fingerprint,
+        error=error,
+        started_at=utc(started),
+    )
+
+
+def dead_letter(row: Row) -> DeadLetter:
+    """A :class:`DeadLetter` from a ``dead_letters`` row."""
+    saga_id, name, status, attempts, reason, parked = row
+    return DeadLetter(saga_id, name, SagaStatus(status), attempts, reason, utc(parked))
+
+
+def stored_event(row: Row, serializer: JsonSerializer) -> StoredEvent:
+    """A :class:`StoredEvent` from an ``events`` row."""
+    position, saga_id, saga_name, index, step_name, comp, data, recorded = row
+    return StoredEvent(
+        position=position,
+        saga_id=saga_id,
+        saga_name=saga_name,
+        step_index=index,
+        step_name=step_name,
+        compensation=comp,
+        event=lenient(serializer, data),
+        recorded_at=utc(recorded),
+    )
+
+
+__all__ = [
+    "dead_letter",
+    "lenient",
+    "logged_step",
+    "metadata",
+    "orphan",
+    "steps_by_saga",
+    "stored_event",
+    "utc",
+]

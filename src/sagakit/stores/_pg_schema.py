@@ -1,0 +1,204 @@
+"""The PostgreSQL saga log's tables, in a configurable schema, created by versioned migrations.
+
+Each migration runs once, in order, inside one transaction that holds an advisory
+lock, so several workers starting together migrate the schema exactly once. The
+applied versions are kept in ``<schema>.schema_migrations``; a database migrated by
+a newer sagakit is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import TYPE_CHECKING
+
+from ..exceptions import StoreError
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def check_schema_name(schema: object) -> str:
+    """``schema`` if it is a plain SQL identifier, else :class:`StoreError`."""
+    if not isinstance(schema, str) or not _NAME.fullmatch(schema):
+        raise StoreError(
+            f"schema must be a plain identifier (letters, digits, underscores; at most 63 "
+            f"characters; not starting with a digit), got {schema!r}"
+        )
+    return schema
+
+
+def lock_key(schema: str, purpose: str) -> int:
+    """A stable signed 64-bit advisory-lock key for ``purpose`` in ``schema``."""
+    digest = hashlib.sha256(f"sagakit:{schema}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _v1(s: str, events_lock: int) -> str:
+    return f"""
+CREATE TABLE {s}.sagas (
+    saga_id text PRIMARY KEY,
+    name text NOT NULL,
+    status text NOT NULL,
+    explicit_id boolean NOT NULL,
+    factory boolean NOT NULL,
+    policy text NOT NULL,
+    fingerprint text,
+    args text NOT NULL,
+    kwargs text NOT NULL,
+    total_steps integer,
+    error text,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    owner text,
+    fence bigint NOT NULL DEFAULT 1,
+    lease_until timestamptz,
+    released boolean NOT NULL DEFAULT false,
+    recovery_attempts integer NOT NULL DEFAULT 0,
+    dead_reason text,
+    parked_at timestamptz,
+    resolved boolean NOT NULL DEFAULT false
+);
+CREATE INDEX sagas_leases ON {s}.sagas (lease_until)
+    WHERE finished_at IS NULL AND dead_reason IS NULL;
+CREATE INDEX sagas_owner ON {s}.sagas (owner) WHERE owner IS NOT NULL;
+CREATE INDEX sagas_finished ON {s}.sagas (finished_at) WHERE finished_at IS NOT NULL;
+
+CREATE TABLE {s}.steps (
+    saga_id text NOT NULL,
+    compensation boolean NOT NULL,
+    step_index integer NOT NULL,
+    seq bigint GENERATED ALWAYS AS IDENTITY,
+    name text NOT NULL,
+    status text NOT NULL,
+    attempts integer NOT NULL,
+    duration double precision,
+    error text,
+    result text,
+    events text,
+    fence bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (saga_id, compensation, step_index)
+);
+
+CREATE TABLE {s}.events (
+    position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    saga_id text NOT NULL,
+    saga_name text NOT NULL,
+    step_index integer NOT NULL,
+    step_name text NOT NULL,
+    compensation boolean NOT NULL,
+    data text NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX events_by_saga ON {s}.events (saga_id, position);
+
+-- One call applies the log writes of many sagas (one per saga) in one statement.
+-- A saga's writes are applied only if its fencing token still matches: the
+-- UPDATE locks the saga row, so a concurrent claim either waits for this batch or
+-- makes it skip that saga. Returns the ids of the sagas fenced out.
+CREATE FUNCTION {s}.apply_batch(
+    p_ids text[], p_fences bigint[], p_status text[], p_final boolean[],
+    p_error text[], p_total integer[],
+    p_index integer[], p_comp boolean[], p_name text[], p_step_status text[],
+    p_attempts integer[], p_duration double precision[], p_step_error text[],
+    p_result text[], p_events text[],
+    e_saga text[], e_saga_name text[], e_index integer[], e_step text[],
+    e_comp boolean[], e_data text[]
+) RETURNS SETOF text LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_ok text[];
+BEGIN
+    WITH b AS (
+        SELECT * FROM unnest(p_ids, p_fences, p_status, p_final, p_error, p_total)
+            AS t(saga_id, fence, status, final, error, total)
+    ), u AS (
+        UPDATE {s}.sagas s SET
+            status = b.status,
+            updated_at = now(),
+            error = coalesce(b.error, s.error),
+            total_steps = coalesce(b.total, s.total_steps),
+            finished_at = CASE WHEN b.final THEN now() ELSE s.finished_at END,
+            owner = CASE WHEN b.final THEN NULL ELSE s.owner END,
+            lease_until = CASE WHEN b.final THEN NULL ELSE s.lease_until END
+        FROM b
+        WHERE s.saga_id = b.saga_id AND s.fence = b.fence AND s.finished_at IS NULL
+        RETURNING s.saga_id
+    )
+    SELECT coalesce(array_agg(u.saga_id), '{{}}') INTO v_ok FROM u;
+
+    IF cardinality(v_ok) > 0 THEN
+        INSERT INTO {s}.steps AS st (saga_id, compensation, step_index, name, status,
+                                      attempts, duration, error, result, events, fence)
+        SELECT t.saga_id, t.comp, t.idx, t.name, t.sstatus, t.attempts, t.duration,
+               t.err, t.result, t.events, t.fence
+        FROM unnest(p_ids, p_fences, p_index, p_comp, p_name, p_step_status, p_attempts,
+                    p_duration, p_step_error, p_result, p_events)
+            AS t(saga_id, fence, idx, comp, name, sstatus, attempts, duration, err,
+                 result, events)
+        WHERE t.idx IS NOT NULL AND t.saga_id = ANY(v_ok)
+        ON CONFLICT (saga_id, compensation, step_index) DO UPDATE SET
+            name = excluded.name, status = excluded.status, attempts = excluded.attempts,
+            duration = excluded.duration, error = excluded.error, result = excluded.result,
+            events = excluded.events, fence = excluded.fence, updated_at = now();
+
+        IF cardinality(e_saga) > 0 THEN
+            -- Held until commit: event positions are handed out in commit order, so
+            -- a reader that saw position p has seen every committed position below it.
+            PERFORM pg_advisory_xact_lock({events_lock});
+            INSERT INTO {s}.events (saga_id, saga_name, step_index, step_name,
+                                    compensation, data)
+            SELECT e.saga_id, e.sname, e.idx, e.step, e.comp, e.data
+            FROM unnest(e_saga, e_saga_name, e_index, e_step, e_comp, e_data)
+                WITH ORDINALITY AS e(saga_id, sname, idx, step, comp, data, ord)
+            WHERE e.saga_id = ANY(v_ok)
+            ORDER BY e.ord;
+        END IF;
+    END IF;
+
+    RETURN QUERY SELECT x FROM unnest(p_ids) AS x WHERE NOT (x = ANY(v_ok));
+END
+$fn$;
+"""
+
+
+def migrations(schema: str) -> list[str]:
+    """The migration scripts for ``schema``, version ``n`` at index ``n - 1``."""
+    s = f'"{check_schema_name(schema)}"'
+    return [_v1(s, lock_key(schema, "events"))]
+
+
+SCHEMA_VERSION = len(migrations("sagakit"))
+
+
+async def migrate(conn: AsyncConnection[object], schema: str) -> int:
+    """Bring ``schema`` to :data:`SCHEMA_VERSION`; returns how many migrations ran."""
+    s = f'"{check_schema_name(schema)}"'
+    scripts = migrations(schema)
+    async with conn.transaction():
+        await conn.execute(f"SELECT pg_advisory_xact_lock({lock_key(schema, 'migrate')})")
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {s}.schema_migrations ("
+            "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        cursor = await conn.execute(f"SELECT coalesce(max(version), 0) FROM {s}.schema_migrations")
+        row = await cursor.fetchone()
+        current = int(row[0]) if row else 0  # type: ignore[index]
+        if current > len(scripts):
+            raise StoreError(
+                f"PostgreSQL schema {schema!r} is at saga-log version {current}, newer than "
+                f"this sagakit understands ({len(scripts)}); upgrade sagakit"
+            )
+        for version in range(current + 1, len(scripts) + 1):
+            await conn.execute(scripts[version - 1])
+            await conn.execute(
+                f"INSERT INTO {s}.schema_migrations (version) VALUES (%s)", (version,)
+            )
+    return len(scripts) - current
+
+
+__all__ = ["SCHEMA_VERSION", "check_schema_name", "lock_key", "migrate", "migrations"]

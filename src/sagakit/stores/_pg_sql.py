@@ -1,0 +1,171 @@
+"""The SQL the PostgreSQL store sends, built once per schema.
+
+Lease times are always the database's ``now()``; durations travel as seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._pg_schema import check_schema_name
+
+_SAGA_COLUMNS = (
+    "saga_id, name, status, explicit_id, factory, policy, fingerprint, args, kwargs, "
+    "total_steps, error, started_at, updated_at, finished_at, recovery_attempts, "
+    "dead_reason, parked_at"
+)
+_STEP_COLUMNS = (
+    "saga_id, compensation, step_index, name, status, attempts, duration, error, result, events"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Statements:
+    """Every statement of the store, with the schema name quoted in."""
+
+    begin: str
+    conflict: str
+    restart: str
+    delete_steps: str
+    apply: str
+    heartbeat: str
+    release: str
+    claim: str
+    steps_of: str
+    get: str
+    running: str
+    history: str
+    history_newest: str
+    running_count: str
+    history_count: str
+    dead_letter: str
+    dead_letters: str
+    resume: str
+    resolve: str
+    events: str
+    events_of: str
+
+
+def statements(schema: str) -> Statements:
+    """The statements of a store using ``schema``."""
+    s = f'"{check_schema_name(schema)}"'
+    lease = "now() + make_interval(secs => %(lease)s)"
+    active = "finished_at IS NULL AND dead_reason IS NULL"
+    return Statements(
+        begin=(
+            f"INSERT INTO {s}.sagas (saga_id, name, status, explicit_id, factory, policy, "
+            "fingerprint, args, kwargs, total_steps, owner, lease_until) VALUES "
+            "(%(id)s, %(name)s, 'executing', %(explicit)s, %(factory)s, %(policy)s, "
+            f"%(fingerprint)s, %(args)s, %(kwargs)s, %(total)s, %(owner)s, {lease}) "
+            "ON CONFLICT (saga_id) DO NOTHING RETURNING fence"
+        ),
+        conflict=(
+            f"SELECT status, finished_at IS NULL, resolved FROM {s}.sagas "
+            "WHERE saga_id = %s FOR UPDATE"
+        ),
+        restart=(
+            f"UPDATE {s}.sagas SET name = %(name)s, status = 'executing', "
+            "explicit_id = %(explicit)s, factory = %(factory)s, policy = %(policy)s, "
+            "fingerprint = %(fingerprint)s, args = %(args)s, kwargs = %(kwargs)s, "
+            "total_steps = %(total)s, error = NULL, started_at = now(), updated_at = now(), "
+            f"finished_at = NULL, owner = %(owner)s, fence = fence + 1, lease_until = {lease}, "
+            "released = false, recovery_attempts = 0, dead_reason = NULL, parked_at = NULL, "
+            "resolved = false WHERE saga_id = %(id)s RETURNING fence"
+        ),
+        delete_steps=f"DELETE FROM {s}.steps WHERE saga_id = %s",
+        apply=(
+            f"SELECT * FROM {s}.apply_batch(%s::text[], %s::bigint[], %s::text[], "
+            "%s::boolean[], %s::text[], %s::integer[], %s::integer[], %s::boolean[], "
+            "%s::text[], %s::text[], %s::integer[], %s::double precision[], %s::text[], "
+            "%s::text[], %s::text[], %s::text[], %s::text[], %s::integer[], %s::text[], "
+            "%s::boolean[], %s::text[])"
+        ),
+        heartbeat=(
+            f"UPDATE {s}.sagas SET lease_until = {lease} "
+            "WHERE owner = %(owner)s AND saga_id = ANY(%(ids)s::text[]) "
+            f"AND {active} RETURNING saga_id"
+        ),
+        release=(
+            f"UPDATE {s}.sagas SET owner = NULL, lease_until = now(), fence = fence + 1, "
+            f"released = true WHERE owner = %(owner)s AND {active} RETURNING saga_id"
+        ),
+        claim=(
+            f"WITH c AS (SELECT saga_id, "
+            "recovery_attempts + CASE WHEN released THEN 0 ELSE 1 END AS attempts "
+            f"FROM {s}.sagas WHERE {active} AND lease_until <= now() "
+            "AND (%(all)s OR name = ANY(%(names)s::text[]) OR NOT factory) "
+            "ORDER BY started_at, saga_id LIMIT %(limit)s FOR UPDATE SKIP LOCKED), "
+            "d AS (SELECT saga_id, attempts, attempts > %(max)s AS dead FROM c) "
+            f"UPDATE {s}.sagas s SET "
+            "owner = CASE WHEN d.dead THEN NULL ELSE %(owner)s END, "
+            "fence = s.fence + 1, released = false, recovery_attempts = d.attempts, "
+            f"lease_until = CASE WHEN d.dead THEN NULL ELSE {lease} END, "
+            "dead_reason = CASE WHEN d.dead THEN 'recovery attempted ' || d.attempts || "
+            "' times (more than max_attempts=' || %(max)s || '); the saga may crash its "
+            "worker every time' END, "
+            "parked_at = CASE WHEN d.dead THEN now() END "
+            "FROM d WHERE s.saga_id = d.saga_id "
+            "RETURNING s.saga_id, s.name, s.status, s.args, s.kwargs, s.policy, "
+            "s.recovery_attempts, s.explicit_id, s.factory, s.fingerprint, s.error, "
+            "s.started_at, s.fence, d.dead"
+        ),
+        steps_of=(
+            f"SELECT {_STEP_COLUMNS} FROM {s}.steps WHERE saga_id = ANY(%s) "
+            "ORDER BY saga_id, compensation, CASE WHEN compensation THEN seq ELSE step_index END"
+        ),
+        get=f"SELECT {_SAGA_COLUMNS} FROM {s}.sagas WHERE saga_id = %s",
+        running=(
+            f"SELECT {_SAGA_COLUMNS} FROM {s}.sagas WHERE {active} ORDER BY started_at, saga_id"
+        ),
+        history=(
+            f"SELECT {_SAGA_COLUMNS} FROM {s}.sagas WHERE finished_at IS NOT NULL "
+            "ORDER BY finished_at, saga_id"
+        ),
+        history_newest=(
+            f"SELECT * FROM (SELECT {_SAGA_COLUMNS} FROM {s}.sagas "
+            "WHERE finished_at IS NOT NULL ORDER BY finished_at DESC, saga_id DESC "
+            "LIMIT %s) AS newest ORDER BY finished_at, saga_id"
+        ),
+        running_count=f"SELECT count(*) FROM {s}.sagas WHERE {active}",
+        history_count=f"SELECT count(*) FROM {s}.sagas WHERE finished_at IS NOT NULL",
+        dead_letter=(
+            f"UPDATE {s}.sagas SET dead_reason = %(reason)s, parked_at = now(), owner = NULL, "
+            "lease_until = NULL, fence = fence + 1 "
+            f"WHERE saga_id = %(id)s AND fence = %(fence)s AND {active} RETURNING saga_id"
+        ),
+        dead_letters=(
+            "SELECT saga_id, name, status, recovery_attempts, dead_reason, parked_at "
+            f"FROM {s}.sagas WHERE dead_reason IS NOT NULL AND finished_at IS NULL "
+            "ORDER BY parked_at, saga_id"
+        ),
+        resume=(
+            f"UPDATE {s}.sagas SET dead_reason = NULL, parked_at = NULL, recovery_attempts = 0, "
+            "released = false, lease_until = now(), updated_at = now() "
+            "WHERE saga_id = %s AND dead_reason IS NOT NULL AND finished_at IS NULL "
+            "RETURNING saga_id"
+        ),
+        resolve=(
+            f"UPDATE {s}.sagas SET status = 'failed', resolved = true, "
+            "error = 'resolved by an operator: ' || %(note)s || "
+            "coalesce(' (was: ' || coalesce(dead_reason, error) || ')', ''), "
+            "finished_at = coalesce(finished_at, now()), updated_at = now(), owner = NULL, "
+            "lease_until = NULL, fence = fence + 1, dead_reason = NULL, parked_at = NULL "
+            "WHERE saga_id = %(id)s AND ("
+            "dead_reason IS NOT NULL "
+            "OR (finished_at IS NOT NULL AND status = 'failed') "
+            "OR (finished_at IS NULL AND lease_until <= now())) "
+            "RETURNING saga_id"
+        ),
+        events=(
+            "SELECT position, saga_id, saga_name, step_index, step_name, compensation, data, "
+            f"recorded_at FROM {s}.events WHERE position > %s ORDER BY position LIMIT %s"
+        ),
+        events_of=(
+            "SELECT position, saga_id, saga_name, step_index, step_name, compensation, data, "
+            f"recorded_at FROM {s}.events WHERE saga_id = %s AND position > %s "
+            "ORDER BY position LIMIT %s"
+        ),
+    )
+
+
+__all__ = ["Statements", "statements"]

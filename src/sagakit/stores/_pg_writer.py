@@ -1,0 +1,212 @@
+"""Group commit for the PostgreSQL store: the log writes of concurrent sagas, batched.
+
+Each saga awaits its own write before moving on, so a batch holds at most one
+write per saga. While one batch is in flight the next one fills up; it is sent as
+one statement (``apply_batch``: one round trip, one transaction) as soon as the
+previous one returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..exceptions import LeaseLost, StoreError
+from ..status import SagaStatus, StepStatus
+from ..transitions import Transition, TransitionKind
+
+MAX_BATCH = 500
+
+_STEP_STATUS = {
+    TransitionKind.STEP_STARTED: StepStatus.RUNNING,
+    TransitionKind.STEP_COMPLETED: StepStatus.COMPLETED,
+    TransitionKind.STEP_FAILED: StepStatus.FAILED,
+    TransitionKind.STEP_TIMED_OUT: StepStatus.TIMED_OUT,
+    TransitionKind.COMPENSATION_STARTED: StepStatus.RUNNING,
+    TransitionKind.COMPENSATION_COMPLETED: StepStatus.COMPLETED,
+    TransitionKind.COMPENSATION_FAILED: StepStatus.FAILED,
+}
+_COMPENSATION = frozenset(
+    {
+        TransitionKind.COMPENSATION_STARTED,
+        TransitionKind.COMPENSATION_COMPLETED,
+        TransitionKind.COMPENSATION_FAILED,
+    }
+)
+WRITTEN = frozenset({*_STEP_STATUS, TransitionKind.SAGA_STARTED, TransitionKind.SAGA_FINISHED})
+"""The transitions the log keeps; retries are implied by the next start's attempt."""
+
+
+@dataclass(slots=True)
+class Write:
+    """One saga's log write: its status, plus a step row and events if any."""
+
+    saga_id: str
+    saga_name: str
+    fence: int
+    status: str
+    final: bool = False
+    error: str | None = None
+    total: int | None = None
+    index: int | None = None
+    compensation: bool = False
+    step_name: str | None = None
+    step_status: str | None = None
+    attempts: int | None = None
+    duration: float | None = None
+    step_error: str | None = None
+    result: str | None = None
+    events: Sequence[str] = ()
+
+
+def describe(error: BaseException | None) -> str | None:
+    return None if error is None else f"{type(error).__name__}: {error}"
+
+
+def write_for(
+    transition: Transition,
+    fence: int,
+    dumps: Callable[..., str],
+    *,
+    run_error: str | None,
+    total: int | None,
+) -> Write:
+    """The :class:`Write` recording ``transition``; serializing may raise."""
+    t = transition
+    kind = t.kind
+    status = str(t.status)
+    if kind is TransitionKind.SAGA_FINISHED:
+        final = t.status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED)
+        return Write(t.saga_id, t.saga_name, fence, status, final, run_error, total)
+    if kind is TransitionKind.SAGA_STARTED:
+        return Write(t.saga_id, t.saga_name, fence, status)
+    step_status = _STEP_STATUS[kind]
+    compensation = kind in _COMPENSATION
+    write = Write(
+        t.saga_id,
+        t.saga_name,
+        fence,
+        status,
+        index=t.step_index,
+        compensation=compensation,
+        step_name=t.step_name,
+        step_status=str(step_status),
+        attempts=max(t.attempt, 1),
+        duration=t.duration,
+        step_error=describe(t.error),
+    )
+    if step_status is StepStatus.COMPLETED:
+        what = f"the result of {'compensation' if compensation else 'step'} {t.step_name!r}"
+        write.result = dumps(t.result, what=what)
+        write.events = [dumps(event, what=f"an event of {t.step_name!r}") for event in t.events]
+    return write
+
+
+def batch_params(writes: Sequence[Write]) -> tuple[list[Any], ...]:
+    """The 21 array parameters of ``apply_batch`` for ``writes``."""
+    e_saga: list[str] = []
+    e_name: list[str] = []
+    e_index: list[int | None] = []
+    e_step: list[str | None] = []
+    e_comp: list[bool] = []
+    e_data: list[str] = []
+    step_events: list[str | None] = []
+    for w in writes:
+        if w.step_status == StepStatus.COMPLETED:
+            step_events.append("[" + ",".join(w.events) + "]")
+            for data in w.events:
+                e_saga.append(w.saga_id)
+                e_name.append(w.saga_name)
+                e_index.append(w.index)
+                e_step.append(w.step_name)
+                e_comp.append(w.compensation)
+                e_data.append(data)
+        else:
+            step_events.append(None)
+    return (
+        [w.saga_id for w in writes],
+        [w.fence for w in writes],
+        [w.status for w in writes],
+        [w.final for w in writes],
+        [w.error for w in writes],
+        [w.total for w in writes],
+        [w.index for w in writes],
+        [w.compensation for w in writes],
+        [w.step_name for w in writes],
+        [w.step_status for w in writes],
+        [w.attempts for w in writes],
+        [w.duration for w in writes],
+        [w.step_error for w in writes],
+        [w.result for w in writes],
+        step_events,
+        e_saga,
+        e_name,
+        e_index,
+        e_step,
+        e_comp,
+        e_data,
+    )
+
+
+class GroupWriter:
+    """Queues :class:`Write`\\ s and sends them in batches through ``send``.
+
+    ``send(writes)`` applies a batch and returns the ids of the sagas fenced out;
+    their writers get :class:`~sagakit.LeaseLost`, the others return.
+    """
+
+    def __init__(
+        self, send: Callable[[list[Write]], Awaitable[set[str]]], max_batch: int = MAX_BATCH
+    ) -> None:
+        self._send = send
+        self._max_batch = max_batch
+        self._pending: list[tuple[Write, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, write: Write) -> None:
+        """Queue ``write`` and wait until it is committed (or refused)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((write, future))
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain(), name="sagakit-pg-writer")
+        await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                try:
+                    lost = await self._send([write for write, _ in batch])
+                except BaseException as error:
+                    for _, future in batch:
+                        if not future.done():
+                            failure = StoreError(
+                                f"cannot write the saga log to PostgreSQL: "
+                                f"{type(error).__name__}: {error}"
+                            )
+                            failure.__cause__ = error
+                            future.set_exception(failure)
+                    if isinstance(error, asyncio.CancelledError):
+                        raise
+                    continue
+                for write, future in batch:
+                    if future.done():
+                        continue
+                    if write.saga_id in lost:
+                        future.set_exception(LeaseLost(write.saga_id))
+                    else:
+                        future.set_result(None)
+        finally:
+            self._task = None
+
+    async def close(self) -> None:
+        """Wait for queued writes to be sent."""
+        task = self._task
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+
+
+__all__ = ["MAX_BATCH", "WRITTEN", "GroupWriter", "Write", "batch_params", "write_for"]

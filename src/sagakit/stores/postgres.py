@@ -1,0 +1,504 @@
+"""A saga log in PostgreSQL shared by many workers: leases, fencing, shared recovery.
+
+Every running saga is owned by one store (one worker) through a lease that the
+store's heartbeat renews; lease times are the database's ``now()``. A saga whose
+lease expired is an orphan that any worker may claim (``FOR UPDATE SKIP LOCKED``);
+each claim increments the saga's fencing token, and every write of the saga checks
+it, so a worker paused past its lease cannot record anything for a saga another
+worker now owns (its writes raise :class:`~sagakit.LeaseLost`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .._serialization import JsonSerializer
+from ..exceptions import (
+    LeaseLost,
+    SagaAlreadyExecuting,
+    SagaAlreadyFailed,
+    SerializationError,
+    StoreError,
+)
+from ..status import SagaStatus
+from ..transitions import TransitionKind
+from . import _pg_rows as rows
+from ._pg_schema import check_schema_name, migrate
+from ._pg_sql import statements
+from ._pg_writer import WRITTEN, GroupWriter, Write, batch_params, write_for
+from ._protocol import DeadLetter, OrphanedSaga, StoredEvent
+from .sqlite import definition_fingerprint
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+    from psycopg_pool import AsyncConnectionPool
+
+    from .._runs import SagaRun
+    from ..records import SagaMetadata
+    from ..transitions import Transition
+
+logger = logging.getLogger("sagakit")
+
+DEFAULT_LEASE = 30.0
+"""Seconds a saga stays owned by its worker without a heartbeat."""
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresStats:
+    """What a :class:`PostgresStore` sent: statements, round trips, batched writes."""
+
+    statements: int
+    round_trips: int
+    batches: int
+    writes: int
+
+    def __repr__(self) -> str:
+        return (
+            f"<PostgresStats {self.statements} statements, {self.round_trips} round trips, "
+            f"{self.writes} writes in {self.batches} batches>"
+        )
+
+
+def _positive(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise StoreError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _import_driver() -> tuple[Any, Any]:
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError as error:  # pragma: no cover - exercised without the extra only
+        raise StoreError(
+            "PostgresStore needs psycopg 3 and psycopg-pool: pip install 'sagakit[postgres]'"
+        ) from error
+    return psycopg, psycopg_pool
+
+
+class PostgresStore:
+    """A durable saga log in PostgreSQL that several worker processes share.
+
+    ``dsn`` is a libpq connection string or ``postgresql://`` URL. Tables live in
+    ``schema`` (created and migrated on first use). ``lease`` is how long a saga
+    stays owned without a heartbeat; the heartbeat renews every lease this store
+    holds in one statement every ``heartbeat`` seconds (default ``lease / 3``).
+    ``min_size``/``max_size`` bound the connection pool; ``serializer`` turns
+    results, events and arguments into text (JSON with type tags unless given).
+    """
+
+    durable = True
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "sagakit",
+        lease: float = DEFAULT_LEASE,
+        heartbeat: float | None = None,
+        min_size: int = 1,
+        max_size: int = 8,
+        connect_timeout: float = 10.0,
+        serializer: JsonSerializer | None = None,
+    ) -> None:
+        if not isinstance(dsn, str) or not dsn:
+            raise StoreError(f"PostgresStore needs a connection string or URL, got {dsn!r}")
+        self.dsn = dsn
+        self.schema = check_schema_name(schema)
+        self.lease = _positive("lease", lease)
+        self.heartbeat = _positive("heartbeat", heartbeat if heartbeat is not None else lease / 3)
+        if self.heartbeat >= self.lease:
+            raise StoreError(
+                f"heartbeat ({self.heartbeat:g} s) must be shorter than the lease "
+                f"({self.lease:g} s), or leases expire between renewals"
+            )
+        for name, size in (("min_size", min_size), ("max_size", max_size)):
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise StoreError(f"{name} must be a whole number >= 1, got {size!r}")
+        if max_size < min_size:
+            raise StoreError(f"max_size ({max_size}) must be >= min_size ({min_size})")
+        self.min_size = min_size
+        self.max_size = max_size
+        self.connect_timeout = _positive("connect_timeout", connect_timeout)
+        self.serializer = serializer if serializer is not None else JsonSerializer()
+        self.owner = f"{socket.gethostname()}/{os.getpid()}/{os.urandom(4).hex()}"
+        self._sql = statements(self.schema)
+        self._pool: AsyncConnectionPool[Any] | None = None
+        self._opening = asyncio.Lock()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._writer = GroupWriter(self._apply)
+        self._fences: dict[str, int] = {}  # sagas this store owns -> fencing token
+        self._claimed: set[str] = set()  # of those, taken over from another owner
+        self._lost: set[str] = set()  # fenced out: refuse further writes locally
+        self._statements = 0
+        self._round_trips = 0
+        self._batches = 0
+        self._writes = 0
+
+    # ------------------------------------------------------------ connections
+
+    async def open(self) -> None:
+        """Connect, migrate the schema and start the heartbeat (done on first use)."""
+        if self._pool is not None:
+            return
+        async with self._opening:
+            if self._pool is not None:
+                return
+            psycopg, psycopg_pool = _import_driver()
+            pool = psycopg_pool.AsyncConnectionPool(
+                self.dsn,
+                min_size=self.min_size,
+                max_size=self.max_size,
+                kwargs={"autocommit": True},
+                open=False,
+                name=f"sagakit-{self.schema}",
+            )
+            try:
+                await pool.open(wait=True, timeout=self.connect_timeout)
+                async with pool.connection() as conn:
+                    await migrate(conn, self.schema)
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
+                await pool.close()
+                raise StoreError(
+                    f"cannot open the PostgreSQL saga log (schema {self.schema!r}): "
+                    f"{type(error).__name__}: {error}; check the DSN and that the server is up"
+                ) from error
+            except BaseException:
+                await pool.close()
+                raise
+            self._pool = pool
+            self._heartbeat = asyncio.create_task(self._beat(), name="sagakit-pg-heartbeat")
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[AsyncConnection[Any]]:
+        if self._pool is None:
+            await self.open()
+        assert self._pool is not None
+        psycopg, _ = _import_driver()
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except psycopg.Error as error:
+            raise StoreError(
+                f"PostgreSQL saga log (schema {self.schema!r}): {type(error).__name__}: {error}"
+            ) from error
+
+    async def _run(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """One statement in its own transaction: one round trip."""
+        async with self._conn() as conn:
+            cursor = await conn.execute(sql, params)
+            self._statements += 1
+            self._round_trips += 1
+            return await cursor.fetchall() if cursor.description is not None else []
+
+    @property
+    def stats(self) -> PostgresStats:
+        """Counters of what this store sent, for benchmarks and monitoring."""
+        return PostgresStats(self._statements, self._round_trips, self._batches, self._writes)
+
+    # ------------------------------------------------------------ leases
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                await self.renew()
+            except StoreError as error:
+                logger.warning("sagakit heartbeat could not renew leases: %s", error)
+
+    async def renew(self) -> int:
+        """Extend the lease of every saga this store owns (one statement); returns how many."""
+        ids = list(self._fences)
+        if not ids:
+            return 0
+        found = await self._run(
+            self._sql.heartbeat, {"owner": self.owner, "ids": ids, "lease": self.lease}
+        )
+        return len(found)
+
+    async def release(self) -> int:
+        """Give up every saga this store owns, so other workers claim them at once.
+
+        Their fencing tokens move on: any write still in flight here is refused
+        with :class:`~sagakit.LeaseLost`. Returns how many sagas were released.
+        """
+        self._lost.update(self._fences)
+        self._fences.clear()
+        self._claimed.clear()
+        if self._pool is None:
+            return 0
+        found = await self._run(self._sql.release, {"owner": self.owner})
+        return len(found)
+
+    def owns(self, saga_id: str) -> bool:
+        """Whether this store holds the lease of ``saga_id`` (as far as it knows)."""
+        return saga_id in self._fences
+
+    # ------------------------------------------------------------ the protocol
+
+    async def begin(self, run: SagaRun) -> SagaMetadata | None:
+        definition = run.definition
+        params = {
+            "id": run.id,
+            "name": run.name,
+            "explicit": run.explicit_id,
+            "factory": definition.factory is not None,
+            "policy": definition.recovery,
+            "fingerprint": definition_fingerprint(definition),
+            "args": self.serializer.dumps(definition.args, what=f"the arguments of {run.name}"),
+            "kwargs": self.serializer.dumps(
+                definition.kwargs, what=f"the keyword arguments of {run.name}"
+            ),
+            "total": run.total_steps,
+            "owner": self.owner,
+            "lease": self.lease,
+        }
+        found = await self._run(self._sql.begin, params)
+        if not found:
+            fence = await self._begin_again(run.id, params)
+            if fence is None:
+                return await self.get(run.id)
+        else:
+            fence = found[0][0]
+        self._fences[run.id] = fence
+        self._lost.discard(run.id)
+        return None
+
+    async def _begin_again(self, saga_id: str, params: dict[str, Any]) -> int | None:
+        """The id exists: refuse it, report it completed (``None``), or restart it."""
+        sql = self._sql
+        async with self._conn() as conn, conn.transaction():
+            self._round_trips += 2  # BEGIN and COMMIT
+            cursor = await conn.execute(sql.conflict, (saga_id,))
+            self._statements += 1
+            self._round_trips += 1
+            row = await cursor.fetchone()
+            if row is None:  # deleted meanwhile: take the id
+                cursor = await conn.execute(sql.begin, params)
+            else:
+                status, running, resolved = row
+                if running:
+                    raise SagaAlreadyExecuting(saga_id)
+                if status == SagaStatus.COMPLETED:
+                    return None
+                if status == SagaStatus.FAILED and not resolved:
+                    raise SagaAlreadyFailed(saga_id)
+                await conn.execute(sql.delete_steps, (saga_id,))
+                self._statements += 1
+                self._round_trips += 1
+                cursor = await conn.execute(sql.restart, params)
+                self._statements += 1
+                self._round_trips += 1
+            self._statements += 1
+            self._round_trips += 1
+            again = await cursor.fetchone()
+            if again is None:
+                raise SagaAlreadyExecuting(saga_id)
+            return int(again[0])
+
+    async def record(self, run: SagaRun, transition: Transition) -> None:
+        kind = transition.kind
+        if kind not in WRITTEN:
+            return
+        saga_id = run.id
+        fence = self._fences.get(saga_id)
+        if fence is None:
+            if saga_id in self._lost:
+                raise LeaseLost(saga_id)
+            raise StoreError(
+                f"saga {saga_id!r} was neither begun nor claimed by this store; "
+                "a store records only the sagas it owns"
+            )
+        if kind is TransitionKind.SAGA_STARTED and saga_id not in self._claimed:
+            return  # begin() already recorded the start
+        write = write_for(
+            transition, fence, self.serializer.dumps, run_error=run.error, total=run.total_steps
+        )
+        try:
+            await self._writer.submit(write)
+        except LeaseLost:
+            if self._fences.get(saga_id) == fence:
+                del self._fences[saga_id]
+            self._claimed.discard(saga_id)
+            self._lost.add(saga_id)
+            raise
+        if write.final:
+            self._fences.pop(saga_id, None)
+            self._claimed.discard(saga_id)
+
+    async def _apply(self, writes: list[Write]) -> set[str]:
+        params = batch_params(writes)
+        found = await self._run(self._sql.apply, params)
+        self._batches += 1
+        self._writes += len(writes)
+        return {row[0] for row in found}
+
+    async def finish(self, run: SagaRun) -> None:
+        """Forget a finished (or fenced-out) run; its final state is already written."""
+        self._fences.pop(run.id, None)
+        self._claimed.discard(run.id)
+        self._lost.discard(run.id)
+
+    # ------------------------------------------------------------ monitoring
+
+    async def _with_steps(self, sagas: Sequence[Sequence[Any]]) -> list[SagaMetadata]:
+        if not sagas:
+            return []
+        steps = rows.steps_by_saga(await self._run(self._sql.steps_of, ([s[0] for s in sagas],)))
+        return [rows.metadata(saga, steps.get(saga[0], ()), self.serializer) for saga in sagas]
+
+    async def get(self, saga_id: str) -> SagaMetadata | None:
+        found = await self._with_steps(await self._run(self._sql.get, (saga_id,)))
+        return found[0] if found else None
+
+    async def running(self) -> list[SagaMetadata]:
+        return await self._with_steps(await self._run(self._sql.running))
+
+    async def history(self, limit: int | None = None) -> list[SagaMetadata]:
+        if limit is None:
+            return await self._with_steps(await self._run(self._sql.history))
+        if limit <= 0:
+            return []
+        return await self._with_steps(await self._run(self._sql.history_newest, (limit,)))
+
+    async def list_sagas(
+        self, *, status: SagaStatus | str | None = None, limit: int = 100
+    ) -> list[SagaMetadata]:
+        """Sagas newest first, optionally only those with ``status`` (for the CLI)."""
+        s = f'"{self.schema}"'
+        columns = self._sql.get.split(" FROM ")[0]
+        if status is None:
+            sql = f"{columns} FROM {s}.sagas ORDER BY started_at DESC, saga_id DESC LIMIT %s"
+            params: tuple[Any, ...] = (limit,)
+        else:
+            sql = (
+                f"{columns} FROM {s}.sagas WHERE status = %s "
+                "ORDER BY started_at DESC, saga_id DESC LIMIT %s"
+            )
+            params = (str(SagaStatus(status)), limit)
+        return await self._with_steps(await self._run(sql, params))
+
+    async def running_count(self) -> int:
+        return int((await self._run(self._sql.running_count))[0][0])
+
+    async def history_count(self) -> int:
+        return int((await self._run(self._sql.history_count))[0][0])
+
+    # ------------------------------------------------------------ recovery
+
+    async def claim_orphans(
+        self,
+        *,
+        names: Collection[str] | None = None,
+        limit: int = 100,
+        max_attempts: int = 3,
+    ) -> list[OrphanedSaga]:
+        claimed = await self._run(
+            self._sql.claim,
+            {
+                "all": names is None,
+                "names": sorted(names) if names is not None else [],
+                "limit": limit,
+                "max": max_attempts,
+                "owner": self.owner,
+                "lease": self.lease,
+            },
+        )
+        alive = sorted((row for row in claimed if not row[13]), key=lambda row: row[11])
+        for row in claimed:
+            if row[13]:
+                logger.error("sagakit parked saga %s (%s): too many recovery attempts", *row[1::-1])
+        if not alive:
+            return []
+        for row in alive:
+            self._fences[row[0]] = row[12]
+            self._claimed.add(row[0])
+            self._lost.discard(row[0])
+        steps = rows.steps_by_saga(await self._run(self._sql.steps_of, ([r[0] for r in alive],)))
+        orphans: list[OrphanedSaga] = []
+        for row in alive:
+            try:
+                orphans.append(rows.orphan(row, steps.get(row[0], ()), self.serializer))
+            except (SerializationError, ValueError, TypeError) as error:
+                await self.dead_letter(row[0], f"its log cannot be read back: {error}")
+        return orphans
+
+    async def dead_letter(self, saga_id: str, reason: str) -> None:
+        fence = self._fences.get(saga_id)
+        if fence is None:
+            raise StoreError(
+                f"saga {saga_id!r} is not owned by this store; claim it before dead-lettering it"
+            )
+        found = await self._run(
+            self._sql.dead_letter, {"id": saga_id, "reason": reason, "fence": fence}
+        )
+        self._fences.pop(saga_id, None)
+        self._claimed.discard(saga_id)
+        if not found:
+            raise LeaseLost(saga_id)
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        return [rows.dead_letter(row) for row in await self._run(self._sql.dead_letters)]
+
+    async def resume_dead_letter(self, saga_id: str) -> None:
+        if not await self._run(self._sql.resume, (saga_id,)):
+            raise StoreError(
+                f"saga {saga_id!r} is not dead-lettered; `sagakit dead-letters` lists those"
+            )
+
+    async def resolve(self, saga_id: str, note: str) -> None:
+        if await self._run(self._sql.resolve, {"id": saga_id, "note": note}):
+            return
+        known = await self.get(saga_id)
+        if known is None:
+            raise StoreError(f"no saga with id {saga_id!r} in schema {self.schema!r}")
+        raise StoreError(
+            f"saga {saga_id!r} is {known.status} and not dead-lettered; only dead-lettered "
+            "or FAILED sagas, or running ones whose owner's lease expired, can be resolved"
+        )
+
+    async def read_events(
+        self, *, after: int = 0, limit: int = 1000, saga_id: str | None = None
+    ) -> list[StoredEvent]:
+        if saga_id is None:
+            found = await self._run(self._sql.events, (after, limit))
+        else:
+            found = await self._run(self._sql.events_of, (saga_id, after, limit))
+        return [rows.stored_event(row, self.serializer) for row in found]
+
+    # ------------------------------------------------------------ closing
+
+    async def close(self) -> None:
+        """Stop the heartbeat, release the leases still held and close the pool."""
+        heartbeat, self._heartbeat = self._heartbeat, None
+        if heartbeat is not None:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        await self._writer.close()
+        pool = self._pool
+        if pool is None:
+            return
+        try:
+            if self._fences:
+                await self.release()
+        finally:
+            self._pool = None
+            await pool.close()
+
+    def __repr__(self) -> str:
+        state = "open" if self._pool is not None else "closed"
+        return (
+            f"<PostgresStore schema={self.schema!r} lease={self.lease:g}s "
+            f"owns={len(self._fences)} {state}>"
+        )
+
+
+__all__ = ["DEFAULT_LEASE", "PostgresStats", "PostgresStore"]
