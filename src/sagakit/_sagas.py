@@ -149,6 +149,17 @@ class SagaDefinition:
         assert self._factory is not None
         return self._factory.__wrapped__(*self._args, **self._kwargs)  # type: ignore[return-value]
 
+    def to_mermaid(self) -> str:
+        """A Mermaid flowchart of the forward steps and their compensations."""
+        from ._mermaid import definition_mermaid
+
+        return definition_mermaid(self)
+
+    def _repr_html_(self) -> str:
+        from ._display import definition_html
+
+        return definition_html(self)
+
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"SagaDefinition is immutable; use with_id()/add_step() ({name})")
 

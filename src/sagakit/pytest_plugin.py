@@ -1,1 +1,137 @@
-"""The sagakit pytest plugin (registered through the ``pytest11`` entry point)."""
+"""The sagakit pytest plugin (registered through the ``pytest11`` entry point).
+
+A thin layer over :mod:`sagakit.testing`. Fixtures: ``saga_orchestrator`` (a fresh
+in-memory orchestrator wired to ``saga_recorder`` and ``saga_sleep``), ``saga_recorder``,
+``saga_faults`` (a fault injector active for the test), ``saga_sleep`` and
+``saga_fault_matrix``. Marker: ``@pytest.mark.saga_fault_matrix(failures=..., timeouts=...)``.
+Options: ``--saga-matrix-timeouts`` / ``saga_matrix_timeouts`` and ``--saga-instant-sleep`` /
+``saga_instant_sleep``; a marker keyword beats the command line, which beats the ini file.
+The plugin never creates or manages an event loop; async tests need pytest-asyncio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from sagakit import SagaDefinition, SagaOrchestrator
+    from sagakit.testing import FaultInjector, FaultMatrixReport, InstantSleep, SagaRecorder
+
+_MARKER = "saga_fault_matrix"
+_SETTINGS = {
+    "matrix_timeouts": ("saga_matrix_timeouts", "also time out each step in the fault matrix"),
+    "instant_sleep": ("saga_instant_sleep", "saga_orchestrator skips retry backoff waits"),
+}
+_MATRIX_KWARGS = ("failures", "timeouts", "error")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("sagakit", "sagakit saga testing")
+    for ini, help_text in _SETTINGS.values():
+        group.addoption(
+            f"--{ini.replace('_', '-')}",
+            dest=ini,
+            choices=("yes", "no"),
+            default=None,
+            help=f"{help_text} (yes/no; default from the {ini} ini key, else yes)",
+        )
+        parser.addini(ini, help=f"{help_text} (default true)", type="bool", default=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{_MARKER}(failures=True, timeouts=True, error=InjectedFault): options of the "
+        "saga_fault_matrix fixture, which runs a saga once per step failing and timing out",
+    )
+
+
+def _setting(config: pytest.Config, ini: str) -> bool:
+    option = config.getoption(ini)
+    if option is not None:
+        return bool(option == "yes")
+    return bool(config.getini(ini))
+
+
+@pytest.fixture
+def saga_recorder() -> SagaRecorder:
+    """A :class:`~sagakit.testing.SagaRecorder` (``saga_orchestrator`` reports to it)."""
+    from sagakit.testing import SagaRecorder
+
+    return SagaRecorder()
+
+
+@pytest.fixture
+def saga_sleep() -> InstantSleep:
+    """An :class:`~sagakit.testing.InstantSleep`: records retry delays, waits for none."""
+    from sagakit.testing import InstantSleep
+
+    return InstantSleep()
+
+
+@pytest.fixture
+def saga_orchestrator(
+    request: pytest.FixtureRequest, saga_recorder: SagaRecorder, saga_sleep: InstantSleep
+) -> SagaOrchestrator:
+    """A fresh in-memory orchestrator, recorded by ``saga_recorder``, sleeping ``saga_sleep``."""
+    import asyncio
+
+    from sagakit import SagaOrchestrator
+
+    instant = _setting(request.config, "saga_instant_sleep")
+    return SagaOrchestrator(
+        listeners=[saga_recorder], sleep=saga_sleep if instant else asyncio.sleep
+    )
+
+
+@pytest.fixture
+def saga_faults() -> Iterator[FaultInjector]:
+    """A :class:`~sagakit.testing.FaultInjector` active for this test only."""
+    from sagakit.testing import FaultInjector
+
+    with FaultInjector().activate() as injector:
+        yield injector
+
+
+class FaultMatrix:
+    """``await saga_fault_matrix(definition)``: :func:`~sagakit.testing.run_fault_matrix`.
+
+    Defaults come from the test's ``saga_fault_matrix`` marker, then the command line,
+    then the ini file; keywords given in the call beat them all.
+    """
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+
+    async def __call__(self, definition: SagaDefinition, **options: Any) -> FaultMatrixReport:
+        from sagakit.testing import run_fault_matrix
+
+        return await run_fault_matrix(definition, **{**self.options, **options})
+
+    def __repr__(self) -> str:
+        return f"<FaultMatrix {self.options}>"
+
+
+@pytest.fixture
+def saga_fault_matrix(request: pytest.FixtureRequest) -> FaultMatrix:
+    """An async callable running the fault matrix over a saga definition."""
+    options: dict[str, Any] = {"timeouts": _setting(request.config, "saga_matrix_timeouts")}
+    marker = request.node.get_closest_marker(_MARKER)
+    if marker is not None:
+        if marker.args:
+            raise pytest.UsageError(
+                f"@pytest.mark.{_MARKER} takes keyword options only "
+                f"({', '.join(_MATRIX_KWARGS)}); pass the saga to the fixture: "
+                "await saga_fault_matrix(transfer('A', 'B', 10))"
+            )
+        unknown = sorted(set(marker.kwargs) - set(_MATRIX_KWARGS))
+        if unknown:
+            raise pytest.UsageError(
+                f"@pytest.mark.{_MARKER} got unknown options {unknown}; "
+                f"it takes {', '.join(_MATRIX_KWARGS)}"
+            )
+        options.update(marker.kwargs)
+    return FaultMatrix(options)

@@ -37,6 +37,11 @@ class StepRecord:
             text += f" ({self.error})"
         return text + ">"
 
+    def _repr_html_(self) -> str:
+        from ._display import step_record_html
+
+        return step_record_html(self)
+
 
 @dataclass(frozen=True, slots=True, repr=False)
 class SagaMetadata:
@@ -78,6 +83,17 @@ class SagaMetadata:
         if self.error:
             text += f" ({self.error})"
         return text + ">"
+
+    def _repr_html_(self) -> str:
+        from ._display import metadata_html
+
+        return metadata_html(self)
+
+    def to_mermaid(self) -> str:
+        """A Mermaid flowchart of this run: steps by status, then the compensation path."""
+        from ._mermaid import metadata_mermaid
+
+        return metadata_mermaid(self)
 
 
 __all__ = ["SagaMetadata", "StepRecord"]

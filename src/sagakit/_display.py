@@ -1,0 +1,144 @@
+"""HTML for notebooks: the ``_repr_html_`` of runs, step records and definitions.
+
+Plain strings, every value escaped; nothing from IPython is imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from html import escape
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._sagas import SagaDefinition
+    from .records import SagaMetadata, StepRecord
+
+_COLOURS = {
+    "completed": "#1a7f37",
+    "compensated": "#0969da",
+    "failed": "#cf222e",
+    "timed_out": "#bc4c00",
+    "executing": "#8250df",
+    "compensating": "#8250df",
+    "running": "#8250df",
+    "pending": "#6e7781",
+    "not_started": "#6e7781",
+}
+_TABLE = 'style="border-collapse:collapse;font-size:0.9em;text-align:left"'
+_CELL = 'style="padding:2px 8px;border-bottom:1px solid #d0d7de"'
+
+
+def _badge(status: str) -> str:
+    colour = _COLOURS.get(status, "#6e7781")
+    return f'<span style="color:{colour};font-weight:bold">{escape(status)}</span>'
+
+
+def _ms(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def _bar(seconds: float | None, longest: float) -> str:
+    if seconds is None or longest <= 0:
+        return ""
+    width = max(1, round(120 * seconds / longest))
+    return f'<div style="background:#8c959f;height:0.7em;width:{width}px"></div>'
+
+
+def _row(cells: Iterable[str], header: bool = False) -> str:
+    tag = "th" if header else "td"
+    return "<tr>" + "".join(f"<{tag} {_CELL}>{cell}</{tag}>" for cell in cells) + "</tr>"
+
+
+def _record_cells(record: StepRecord, label: str, longest: float) -> list[str]:
+    return [
+        escape(label),
+        escape(record.name),
+        _badge(str(record.status)),
+        str(record.attempts),
+        _ms(record.duration),
+        _bar(record.duration, longest),
+        escape(record.error or ""),
+    ]
+
+
+_HEAD = ("#", "step", "status", "attempts", "duration", "timeline", "error")
+
+
+def metadata_html(metadata: SagaMetadata) -> str:
+    """A run as a heading line and a table: its steps, then its compensations in run order."""
+    total = "?" if metadata.total_steps is None else str(metadata.total_steps)
+    head = (
+        f"<strong>saga {escape(metadata.name)}</strong> "
+        f"<code>{escape(str(metadata.id))}</code> {_badge(str(metadata.status))} "
+        f"{metadata.steps_executed}/{escape(total)} steps"
+    )
+    if metadata.duration is not None:
+        head += f" in {_ms(metadata.duration)}"
+    if metadata.error:
+        head += f'<br><span style="color:#cf222e">{escape(metadata.error)}</span>'
+    records = (*metadata.steps, *metadata.compensations)
+    if not records:
+        return f'<div class="sagakit-saga">{head}<br><em>no step has run</em></div>'
+    longest = max((r.duration or 0.0 for r in records), default=0.0)
+    rows = [_row(_HEAD, header=True)]
+    rows += [_row(_record_cells(r, str(r.index), longest)) for r in metadata.steps]
+    if metadata.compensations:
+        rows.append(
+            f'<tr><td colspan="{len(_HEAD)}" {_CELL}><em>compensations, '
+            "in the order they ran</em></td></tr>"
+        )
+        rows += [
+            _row(_record_cells(r, f"↩{order}", longest))
+            for order, r in enumerate(metadata.compensations, 1)
+        ]
+    table = f"<table {_TABLE}>{''.join(rows)}</table>"
+    return f'<div class="sagakit-saga">{head}{table}</div>'
+
+
+def step_record_html(record: StepRecord) -> str:
+    """One step or compensation record as a single table row."""
+    kind = "compensation" if record.compensation else "step"
+    cells = _record_cells(record, f"{kind} {record.index}", record.duration or 0.0)
+    return f"<table {_TABLE}>{_row(_HEAD, header=True)}{_row(cells)}</table>"
+
+
+def _describe_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    return ", ".join(parts)
+
+
+def definition_html(definition: SagaDefinition) -> str:
+    """A definition: its steps with timeout, retries and compensation, before any run."""
+    head = f"<strong>saga {escape(definition.name)}</strong>"
+    if definition.factory is not None:
+        args = _describe_args(definition.args, definition.kwargs)
+        head = f"<strong>saga {escape(definition.name)}({escape(args)})</strong>"
+    if definition.saga_id is not None:
+        head += f" <code>{escape(definition.saga_id)}</code>"
+    calls = definition.steps
+    if calls is None:
+        return (
+            f'<div class="sagakit-definition">{head}<br><em>a generator saga: its steps '
+            "are known only when it runs</em></div>"
+        )
+    rows = [_row(("#", "step", "arguments", "timeout", "attempts", "compensation"), True)]
+    for index, call in enumerate(calls):
+        step = call.step
+        compensation = step.compensation
+        rows.append(
+            _row(
+                (
+                    str(index),
+                    escape(step.name),
+                    escape(_describe_args(call.args, call.kwargs)),
+                    f"{step.timeout:g} s",
+                    str(step.retry.attempts),
+                    escape(getattr(compensation, "__name__", "—") if compensation else "—"),
+                )
+            )
+        )
+    table = f"<table {_TABLE}>{''.join(rows)}</table>"
+    return f'<div class="sagakit-definition">{head}{table}</div>'
+
+
+__all__ = ["definition_html", "metadata_html", "step_record_html"]

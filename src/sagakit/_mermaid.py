@@ -1,0 +1,86 @@
+"""Mermaid flowcharts of a saga definition and of a finished (or running) run."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._sagas import SagaDefinition
+    from .records import SagaMetadata
+
+_CLASSES = (
+    "    classDef completed fill:#dafbe1,stroke:#1a7f37",
+    "    classDef failed fill:#ffebe9,stroke:#cf222e,stroke-width:3px",
+    "    classDef timed_out fill:#fff1e5,stroke:#bc4c00,stroke-width:3px",
+    "    classDef running fill:#fbefff,stroke:#8250df",
+    "    classDef compensated fill:#ddf4ff,stroke:#0969da",
+    "    classDef pending fill:#f6f8fa,stroke:#8c959f,stroke-dasharray:4",
+)
+
+
+def _escape(value: str) -> str:
+    for char, code in (("#", "#35;"), ('"', "#quot;"), ("<", "#lt;"), (">", "#gt;")):
+        value = value.replace(char, code)
+    return value.replace("\n", " ")
+
+
+def _text(*lines: str) -> str:
+    """A quoted Mermaid label of ``lines``, with characters Mermaid would parse escaped."""
+    return '"' + "<br/>".join(_escape(line) for line in lines if line) + '"'
+
+
+def definition_mermaid(definition: SagaDefinition) -> str:
+    """The forward steps left to right, each compensation below its step (dotted)."""
+    lines = ["flowchart LR", f"    start([{_text(definition.name)}])"]
+    calls = definition.steps
+    if calls is None:
+        lines.append('    start --> steps[["steps known only when the generator saga runs"]]')
+        return "\n".join(lines)
+    previous = "start"
+    for index, call in enumerate(calls):
+        lines.append(f"    {previous} --> s{index}[{_text(call.step.name)}]")
+        previous = f"s{index}"
+        compensation = call.step.compensation
+        if compensation is not None:
+            name = getattr(compensation, "__name__", "compensation")
+            lines.append(f"    s{index} -. on failure .-> c{index}[/{_text(name)}/]")
+    lines.append(f"    {previous} --> done([completed])")
+    return "\n".join(lines)
+
+
+def metadata_mermaid(metadata: SagaMetadata) -> str:
+    """A run: steps coloured by status, the failed step marked, and the compensation path."""
+    lines = ["flowchart LR", f"    start([{_text(metadata.name, metadata.id or '')}])"]
+    previous = "start"
+    for record in metadata.steps:
+        node = f"s{record.index}"
+        label = record.name
+        if record.attempts > 1:
+            label += f" x{record.attempts}"
+        text = _text(label, record.error or "")
+        lines.append(f"    {previous} --> {node}[{text}]:::{record.status}")
+        previous = node
+    ran = len(metadata.steps)
+    if metadata.total_steps is not None and metadata.total_steps > ran:
+        lines.append(
+            f"    {previous} -.-> rest[{_text(f'{metadata.total_steps - ran} more not run')}]"
+            ":::pending"
+        )
+    if metadata.compensations:
+        # The path starts at the step that failed (the last one run) and follows the
+        # compensations in the order they ran.
+        previous = f"s{metadata.steps[-1].index}" if metadata.steps else "start"
+        for order, record in enumerate(metadata.compensations, 1):
+            node = f"c{order}"
+            state = "compensated" if record.status == "completed" else str(record.status)
+            text = _text(f"undo {record.name}", record.error or "")
+            lines.append(f"    {previous} ==>|{order}| {node}[/{text}/]:::{state}")
+            previous = node
+    end = str(metadata.status)
+    if metadata.status.is_finished:
+        lines.append(f"    {previous} --> finish([{_text(end)}])")
+    lines.extend(_CLASSES)
+    return "\n".join(lines)
+
+
+__all__ = ["definition_mermaid", "metadata_mermaid"]
