@@ -15,7 +15,7 @@ from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout
 from ._hooks import SIMULATED_TIMEOUT, FaultPlan, active_faults
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
-from ._runs import SagaRun, StepRun, current_run
+from ._runs import SagaRun, StepRun, current_run, describe_error
 from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id
 from ._steps import StepCall
 from ._worker import run_worker
@@ -87,10 +87,6 @@ def _events_of(result: Any) -> tuple[Any, ...] | list[Any]:
 
 class _Late(Exception):
     """Internal: an attempt finished, but after its deadline."""
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
 
 
 class SagaOrchestrator:
@@ -299,7 +295,17 @@ class SagaOrchestrator:
                             )
                         await self._sleep(policy.delay(attempt))
                         continue
-                    await self._step_failed(run, record, call, failure, error, started, now, done)
+                    self._step_failed(run, record, call, failure, error, started, now, done)
+                    await self._emit(
+                        run,
+                        TransitionKind.STEP_TIMED_OUT
+                        if record.status is StepStatus.TIMED_OUT
+                        else TransitionKind.STEP_FAILED,
+                        record,
+                        attempt,
+                        error=error or failure,
+                        duration=record.duration,
+                    )
                     raise failure
                 record.result = value
                 cls = value.__class__
@@ -341,7 +347,7 @@ class SagaOrchestrator:
         except Exception as failure:
             driver.close()
             if run.error is None:
-                run.error = _describe(failure)
+                run.error = describe_error(failure)
             try:
                 compensation_failure = await self._compensate(run, done, failure, faults, observe)
             except asyncio.CancelledError:
@@ -364,7 +370,7 @@ class SagaOrchestrator:
         except BaseException as failure:  # KeyboardInterrupt, SystemExit: no time to undo
             driver.close()
             run.status = SagaStatus.FAILED
-            run.error = f"{_describe(failure)} (not compensated)"
+            run.error = f"{describe_error(failure)} (not compensated)"
             await self._finish(run)
             raise
         finally:
@@ -390,7 +396,7 @@ class SagaOrchestrator:
         done.append((record, call, record.result))
         return record.result
 
-    async def _step_failed(
+    def _step_failed(
         self,
         run: SagaRun,
         record: StepRun,
@@ -401,25 +407,17 @@ class SagaOrchestrator:
         now: Callable[[], float],
         done: list[_Done],
     ) -> None:
-        """Record a step's final failure; queue it for compensation if its options say so."""
+        """Mark a step failed for good; queue it for compensation if its options say so."""
         step = call.step
         timed_out = isinstance(failure, StepTimeout)
         record.status = StepStatus.TIMED_OUT if timed_out else StepStatus.FAILED
         record.duration = now() - started
-        record.error = _describe(error or failure)
+        record.error = describe_error(error or failure)
         undo_self = (
             step._self_compensate_on_timeout if timed_out else step._self_compensate_on_failure
         )
         if undo_self:
             done.append((record, call, None))
-        await self._emit(
-            run,
-            TransitionKind.STEP_TIMED_OUT if timed_out else TransitionKind.STEP_FAILED,
-            record,
-            record.attempts,
-            error=error or failure,
-            duration=record.duration,
-        )
 
     async def _step_completed(
         self, run: SagaRun, record: StepRun, call: StepCall[Any], done: list[_Done]
@@ -442,7 +440,7 @@ class SagaOrchestrator:
             if record.events:
                 del run.events[-len(record.events) :]
             record.status = StepStatus.FAILED
-            record.error = _describe(unrecorded)
+            record.error = describe_error(unrecorded)
             done.append((record, call, record.result))
             raise StepFailed(record.index, record.name, unrecorded) from unrecorded
 
@@ -630,7 +628,7 @@ class SagaOrchestrator:
             StepStatus.TIMED_OUT if isinstance(error, StepTimeout) else StepStatus.FAILED
         )
         record.duration = duration
-        record.error = _describe(error)
+        record.error = describe_error(error)
         await self._emit(
             run,
             TransitionKind.COMPENSATION_FAILED,
@@ -769,7 +767,7 @@ def _log(level: int, transition: Transition) -> None:
         step = f" step {transition.step_index} {transition.step_name!r}"
         if transition.attempt > 1:
             step += f" attempt {transition.attempt}"
-    error = f": {_describe(transition.error)}" if transition.error is not None else ""
+    error = f": {describe_error(transition.error)}" if transition.error is not None else ""
     logger.log(
         level,
         "saga %s (%s) %s%s%s",
