@@ -1,0 +1,196 @@
+"""OpenTelemetry tracing for sagas (the optional ``sagakit[otel]`` extra).
+
+A span per saga run, with a child span per step and per compensation; failures set
+the span status to ERROR and record the exception, retries are span events. The step
+span is the current span while the step runs, so spans a step starts nest under it.
+
+>>> from sagakit.otel import instrument
+>>> instrument(orchestrator)            # or SagaOrchestrator(listeners=[SagaTracer()])
+
+``import sagakit`` never imports OpenTelemetry; only importing this module does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextvars import Token
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from .status import SagaStatus
+from .transitions import Transition, TransitionKind
+
+if TYPE_CHECKING:
+    from ._orchestrator import SagaOrchestrator
+
+_K = TransitionKind
+_STARTS = {_K.STEP_STARTED: "step", _K.COMPENSATION_STARTED: "compensation"}
+_ENDS = {
+    _K.STEP_COMPLETED: "step",
+    _K.STEP_FAILED: "step",
+    _K.STEP_TIMED_OUT: "step",
+    _K.COMPENSATION_COMPLETED: "compensation",
+    _K.COMPENSATION_FAILED: "compensation",
+}
+_RETRIES = {_K.STEP_RETRYING: "step", _K.COMPENSATION_RETRYING: "compensation"}
+
+
+@dataclass(slots=True)
+class _Open:
+    """A span that is open, and the token making it current in the task that started it."""
+
+    span: Span
+    token: Token[Context] | None = None
+    task: asyncio.Task[Any] | None = None
+
+    def detach(self) -> None:
+        if self.token is not None and _task() is self.task:
+            context.detach(self.token)
+        self.token = None
+
+
+@dataclass(slots=True)
+class _Saga:
+    span: _Open
+    children: dict[tuple[str, int], _Open] = field(default_factory=dict)
+
+
+def _task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
+class SagaTracer:
+    """A listener creating OpenTelemetry spans for saga runs, steps and compensations.
+
+    ``tracer_provider`` defaults to the global one. Register it with
+    ``SagaOrchestrator(listeners=[SagaTracer()])`` or :func:`instrument`.
+    """
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        from . import __version__
+
+        self._tracer = trace.get_tracer("sagakit", __version__, tracer_provider=tracer_provider)
+        self._sagas: dict[str, _Saga] = {}
+
+    def __call__(self, transition: Transition) -> None:
+        kind = transition.kind
+        saga = self._sagas.get(transition.saga_id)
+        if saga is None:
+            if kind is _K.SAGA_FINISHED:
+                return
+            saga = self._start_saga(transition)
+        if kind in _STARTS:
+            self._start_child(saga, _STARTS[kind], transition)
+        elif kind in _ENDS:
+            self._end_child(saga, _ENDS[kind], transition)
+        elif kind in _RETRIES:
+            self._retry(saga, _RETRIES[kind], transition)
+        elif kind is _K.SAGA_FINISHED:
+            self._finish_saga(saga, transition)
+
+    def _attributes(self, transition: Transition) -> dict[str, str | int]:
+        attributes: dict[str, str | int] = {
+            "sagakit.saga.id": transition.saga_id,
+            "sagakit.saga.name": transition.saga_name,
+        }
+        if transition.step_name is not None and transition.step_index is not None:
+            attributes["sagakit.step.name"] = transition.step_name
+            attributes["sagakit.step.index"] = transition.step_index
+        return attributes
+
+    def _start(self, name: str, transition: Transition, parent: Span | None) -> _Open:
+        ctx = None if parent is None else trace.set_span_in_context(parent)
+        span = self._tracer.start_span(
+            name, context=ctx, kind=SpanKind.INTERNAL, attributes=self._attributes(transition)
+        )
+        return _Open(span, context.attach(trace.set_span_in_context(span)), _task())
+
+    def _start_saga(self, transition: Transition) -> _Saga:
+        opened = self._start(f"saga {transition.saga_name}", transition, None)
+        saga = self._sagas[transition.saga_id] = _Saga(opened)
+        return saga
+
+    def _start_child(self, saga: _Saga, role: str, transition: Transition) -> None:
+        key = (role, _index(transition))
+        opened = saga.children.get(key)
+        if opened is not None:  # a further attempt of the same step: one span for all
+            opened.span.set_attribute("sagakit.step.attempts", transition.attempt)
+            return
+        name = f"{'compensate' if role == 'compensation' else 'step'} {transition.step_name}"
+        opened = self._start(name, transition, saga.span.span)
+        opened.span.set_attribute("sagakit.step.attempts", max(transition.attempt, 1))
+        opened.span.set_attribute("sagakit.compensation", role == "compensation")
+        saga.children[key] = opened
+
+    def _end_child(self, saga: _Saga, role: str, transition: Transition) -> None:
+        opened = saga.children.pop((role, _index(transition)), None)
+        if opened is None:
+            return
+        span = opened.span
+        span.set_attribute("sagakit.step.attempts", max(transition.attempt, 1))
+        if transition.error is None:
+            span.set_status(Status(StatusCode.OK))
+        else:
+            span.record_exception(transition.error)
+            span.set_status(Status(StatusCode.ERROR, _describe(transition.error)))
+            if transition.kind is _K.STEP_TIMED_OUT:
+                span.set_attribute("sagakit.step.timed_out", True)
+        opened.detach()
+        span.end()
+
+    def _retry(self, saga: _Saga, role: str, transition: Transition) -> None:
+        opened = saga.children.get((role, _index(transition)))
+        if opened is None or transition.error is None:
+            return
+        opened.span.record_exception(
+            transition.error, attributes={"sagakit.step.attempt": transition.attempt}
+        )
+        opened.span.add_event(
+            "sagakit.retry",
+            {"sagakit.step.attempt": transition.attempt, "error": _describe(transition.error)},
+        )
+
+    def _finish_saga(self, saga: _Saga, transition: Transition) -> None:
+        del self._sagas[transition.saga_id]
+        for opened in reversed(saga.children.values()):  # interrupted (cancelled) ones
+            opened.span.set_status(Status(StatusCode.ERROR, "interrupted"))
+            opened.token = None  # resetting the saga's token below restores the context
+            opened.span.end()
+        span = saga.span.span
+        span.set_attribute("sagakit.saga.status", str(transition.status))
+        if transition.status is SagaStatus.COMPLETED:
+            span.set_status(Status(StatusCode.OK))
+        else:
+            span.set_status(Status(StatusCode.ERROR, f"saga ended {transition.status}"))
+        saga.span.detach()
+        span.end()
+
+    def __repr__(self) -> str:
+        return f"<SagaTracer {len(self._sagas)} open sagas>"
+
+
+def _index(transition: Transition) -> int:
+    return -1 if transition.step_index is None else transition.step_index
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def instrument(
+    orchestrator: SagaOrchestrator, tracer_provider: trace.TracerProvider | None = None
+) -> SagaTracer:
+    """Add a :class:`SagaTracer` to ``orchestrator`` and return it."""
+    tracer = SagaTracer(tracer_provider)
+    orchestrator.add_listener(tracer)
+    return tracer
+
+
+__all__ = ["SagaTracer", "instrument"]
