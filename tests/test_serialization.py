@@ -87,7 +87,8 @@ def test_round_trip_keeps_value_and_class(value: object) -> None:
 
 def test_nested_dataclass_round_trips_with_non_init_fields() -> None:
     serializer = JsonSerializer()
-    event = Transferred("A", Money(Decimal("5"), "USD"), ("x", "y"), datetime(2026, 1, 1, tzinfo=UTC))
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    event = Transferred("A", Money(Decimal("5"), "USD"), ("x", "y"), at)
     event.computed = 7
     back = serializer.loads(serializer.dumps(event))
     assert back == event
@@ -97,7 +98,7 @@ def test_nested_dataclass_round_trips_with_non_init_fields() -> None:
 
 
 def test_unsupported_type_names_the_fix() -> None:
-    with pytest.raises(SerializationError, match=r"Opaque objects cannot be stored.*register_codec"):
+    with pytest.raises(SerializationError, match=r"Opaque objects cannot be stored.*codec"):
         JsonSerializer().dumps({"x": Opaque()}, what="the result of step 0")
 
 
@@ -113,7 +114,7 @@ def test_per_serializer_codec_unknown_elsewhere() -> None:
     local = Codec(Opaque, "opaque", lambda o: None, lambda v: Opaque())
     text = JsonSerializer(codecs=[local]).dumps(Opaque())
     assert isinstance(JsonSerializer(codecs=[local]).loads(text), Opaque)
-    with pytest.raises(SerializationError, match="codec 'opaque'.*not registered"):
+    with pytest.raises(SerializationError, match=r"codec .opaque.*not registered"):
         JsonSerializer().loads(text)
 
 

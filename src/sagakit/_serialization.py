@@ -85,6 +85,27 @@ def _resolve(name: str) -> Any:
     return target
 
 
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether plain ``json.dumps`` round-trips ``value`` exactly (the fast path)."""
+    cls = value.__class__
+    if cls is str or cls is int or cls is bool or value is None:
+        return True
+    if cls is float:
+        return value == value and value not in (float("inf"), float("-inf"))
+    if depth > 8:
+        return False
+    if cls is dict:
+        if _TAG in value:
+            return False
+        for key, item in value.items():
+            if key.__class__ is not str or not _plain(item, depth + 1):
+                return False
+        return True
+    if cls is list:
+        return all(_plain(item, depth + 1) for item in value)
+    return False
+
+
 class JsonSerializer:
     """JSON with type tags; the default serializer of durable stores.
 
@@ -121,8 +142,8 @@ class JsonSerializer:
     def dumps(self, value: Any, *, what: str = "value") -> str:
         """Encode ``value`` as text; :class:`SerializationError` names what failed."""
         cls = value.__class__
-        if cls is str or cls is int or cls is bool or value is None:
-            text = json.dumps(value)
+        if cls is str or cls is int or cls is bool or value is None or _plain(value):
+            text = json.dumps(value, separators=(",", ":"))
         else:
             try:
                 text = json.dumps(self._encode(value), separators=(",", ":"), allow_nan=True)

@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS sagakit_steps (
     PRIMARY KEY (saga_id, compensation, idx)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sagakit_events (
-    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    position INTEGER PRIMARY KEY,
     saga_id TEXT NOT NULL,
     saga_name TEXT NOT NULL,
     step_index INTEGER NOT NULL,

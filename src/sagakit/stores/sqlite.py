@@ -282,17 +282,19 @@ class SQLiteStore:
             rows = [
                 (saga_id, run.name, t.step_index, t.step_name, comp, text, now) for text in texts
             ]
-            executed = run.steps_executed
+            if len(rows) == 1:
+                row = rows[0]
+
+                def complete_one(conn: sqlite3.Connection) -> None:
+                    conn.execute(_END_STEP, end)
+                    conn.execute(_INSERT_EVENT, row)
+
+                return complete_one
 
             def complete(conn: sqlite3.Connection) -> None:
                 conn.execute(_END_STEP, end)
                 if rows:
                     conn.executemany(_INSERT_EVENT, rows)
-                if not comp:
-                    conn.execute(
-                        "UPDATE sagakit_sagas SET steps_executed = ?, updated_at = ? WHERE id = ?",
-                        (executed, now, saga_id),
-                    )
 
             return complete
         if kind is TransitionKind.STEP_RETRYING or kind is TransitionKind.COMPENSATION_RETRYING:
@@ -633,18 +635,23 @@ def _load_metadata(
     ).fetchone()
     if row is None:
         return None
-    sid, name, status, executed, total, started, updated, finished, error = row
+    sid, name, status, _, total, started, updated, finished, error = row
+    executed = 0
     steps: list[StepRecord] = []
     compensations: list[StepRecord] = []
     events: list[Any] = []
     compensation_events: list[Any] = []
-    for idx, step_name, step_status, attempts, duration, step_error, result, comp in conn.execute(
-        f"SELECT {_STEP_COLUMNS} FROM sagakit_steps WHERE saga_id = ? "
+    for (
+        idx, step_name, step_status, attempts, duration, step_error, result, comp, step_started
+    ) in conn.execute(
+        f"SELECT {_STEP_COLUMNS}, started_at FROM sagakit_steps WHERE saga_id = ? "
         "ORDER BY compensation, started_at, idx",
         (saga_id,),
     ):
         step_events: tuple[Any, ...] = ()
+        updated = max(updated, step_started)
         if step_status == "completed":
+            executed += not comp
             step_events = _events_of(_lenient(serializer, result))
             (compensation_events if comp else events).extend(step_events)
         record = StepRecord(
