@@ -1,0 +1,107 @@
+"""Every script under examples/ runs and prints what it promises.
+
+Files named ``test_*.py`` under examples/ are pytest examples, not scripts; they are
+left to their own tests.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SCRIPTS = sorted(p for p in EXAMPLES.glob("*.py") if not p.name.startswith(("test_", "_")))
+
+# Lines each example must print (in this order), beyond running cleanly.
+EXPECTED: dict[str, list[str]] = {
+    "bank_transfer.py": [
+        "1. alice sends 100 to bob (completes)",
+        "  event: Debited(account='alice', amount=100.0)",
+        "  event: Credited(account='bob', amount=100.0)",
+        "  balances: alice=400.00, bob=200.00, carol=0.00, dave=0.00",
+        "  returned the recorded events: True",
+        "  balances: alice=400.00, bob=200.00, carol=0.00, dave=0.00",
+        "  failed at step 1 (credit): account carol is closed",
+        "  compensation events: [DebitReversed(account='bob', amount=50.0)]",
+        "  step 'credit' timed out after 0.2 s",
+        "  compensation events: [DebitReversed(account='alice', amount=25.0)]",
+        "  failed: InsufficientFundsError: bob has 200.00, needs 1000.00",
+        "  compensation events: []",
+        "  inside 'transfer-5' step 'audit': 1 saga(s) running",
+        "    transfer-5: executing, 1/3 steps",
+        "  running now: 0",
+        "  finished sagas in history: 5",
+        "    transfer-1: completed (debit=completed, credit=completed)",
+        "    transfer-2: compensated (debit=completed, credit=failed)",
+        "    transfer-3: compensated (debit=completed, credit=timed_out)",
+        "    transfer-4: compensated (debit=failed)",
+        "  balances: alice=390.00, bob=210.00, carol=0.00, dave=0.00",
+        "money in the bank: 600.00 (no money lost or created)",
+    ],
+    "order_saga.py": [
+        "  event: InventoryReserved(order_id='order-1', sku='book', quantity=2)",
+        "  event: PaymentCaptured(order_id='order-1', payment_id='pay-order-1', amount=30.0)",
+        "  event: OrderShipped(order_id='order-1', tracking='track-order-1')",
+        "  FAILED at 'ship': CourierUnavailableError: no courier for Oslo",
+        "  compensated: PaymentRefunded(order_id='order-2', payment_id='pay-order-2', amount=15.0)",
+        "  compensated: InventoryReleased(order_id='order-2', sku='book', quantity=1)",
+        "  stock: {'book': 3, 'lamp': 1}, payments held: ['pay-order-1']",
+        "  TIMED OUT: step 'ship' exceeded 0.2 s",
+        "  compensated: ShipmentCancelled(order_id='order-3')",
+        "  compensated: PaymentRefunded(order_id='order-3', payment_id='pay-order-3', amount=45.0)",
+        "  compensated: InventoryReleased(order_id='order-3', sku='lamp', quantity=1)",
+        "    payment gateway dropped the connection for order-4; retrying",
+        "  event: OrderShipped(order_id='order-4', tracking='track-order-4')",
+        "  FAILED at 'reserve_inventory': OutOfStockError: only 0 lamp(s) left, 1 wanted",
+        "  running: 0",
+        "  history: 5 finished orders",
+        "    order-4: completed, 3 step(s) done, "
+        "{'reserve_inventory': 1, 'process_payment': 2, 'ship': 1}",
+        "  newest two: ['order-4', 'order-5']",
+        "  order-3 compensations: ship=completed, process_payment=completed, "
+        "reserve_inventory=completed",
+    ],
+}
+
+
+def run_script(path: Path) -> subprocess.CompletedProcess[str]:
+    # A coroutine never awaited (a RuntimeWarning) fails the example.
+    env = {**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"}
+    return subprocess.run(
+        [sys.executable, str(path)],
+        cwd=EXAMPLES.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_the_main_examples_exist() -> None:
+    names = {p.name for p in SCRIPTS}
+    assert set(EXPECTED) <= names
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=[p.name for p in SCRIPTS])
+def test_example_script_runs(path: Path) -> None:
+    result = run_script(path)
+
+    assert result.returncode == 0, f"{path.name} failed:\n{result.stdout}\n{result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.strip(), f"{path.name} printed nothing"
+
+    expected = EXPECTED.get(path.name)
+    if expected is None:
+        return
+    lines = result.stdout.splitlines()
+    position = 0
+    for line in expected:
+        assert line in lines[position:], (
+            f"{path.name}: missing (in order) {line!r}\n{result.stdout}"
+        )
+        position = lines.index(line, position) + 1
