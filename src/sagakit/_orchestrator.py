@@ -345,6 +345,9 @@ class SagaOrchestrator:
                 await self._finish(run)
             raise
         except Exception as failure:
+            # This frame is in the failure's traceback: keep no exception in its locals,
+            # or each failed run leaves a reference cycle for the garbage collector.
+            error = None
             driver.close()
             if run.error is None:
                 run.error = describe_error(failure)
@@ -365,7 +368,10 @@ class SagaOrchestrator:
                 failure.events = list(run.events)
                 failure.compensation_events = list(run.compensation_events)
             if compensation_failure is not None:
-                raise compensation_failure from failure
+                try:
+                    raise compensation_failure from failure
+                finally:
+                    compensation_failure = None
             raise
         except BaseException as failure:  # KeyboardInterrupt, SystemExit: no time to undo
             driver.close()
@@ -503,6 +509,7 @@ class SagaOrchestrator:
         watchdog.runs.add(run)
         errors: list[tuple[int, str, BaseException]] = []
         uncompensated: list[str] = []
+        error: BaseException | None = None
         run.compensating = True
         try:
             while done:
@@ -545,9 +552,7 @@ class SagaOrchestrator:
                             if finished >= deadline:
                                 raise _Late
                         except _Late:
-                            error: BaseException = StepTimeout(
-                                record.index, record.name, now() - started, timeout
-                            )
+                            error = StepTimeout(record.index, record.name, now() - started, timeout)
                         except asyncio.CancelledError:
                             run.deadline = NO_DEADLINE
                             if not claim_timeout(run):
@@ -566,6 +571,7 @@ class SagaOrchestrator:
                     else:
                         error = fault  # type: ignore[assignment]
                     policy = step._self_compensation_retry or self._compensation_retry
+                    assert error is not None
                     if attempt < policy.attempts and policy.retries(error):
                         await self._emit(
                             run, TransitionKind.COMPENSATION_RETRYING, record, attempt, error=error
@@ -576,6 +582,7 @@ class SagaOrchestrator:
                     break
                 done.pop()
                 if record.status is not StepStatus.RUNNING:  # it failed for good
+                    assert error is not None
                     errors.append((record.index, record.name, error))
                     uncompensated.append(record.name)
                     if not self._continue:
@@ -612,12 +619,14 @@ class SagaOrchestrator:
             run.status = SagaStatus.COMPENSATED
             return None
         run.status = SagaStatus.FAILED
-        index, name, first = errors[0]
-        failure = CompensationFailed(index, name, first, trigger, uncompensated, errors)
+        failure = CompensationFailed(*errors[0], trigger, uncompensated, errors)
         failure.saga_id = run.id
         failure.events = list(run.events)
         failure.compensation_events = list(run.compensation_events)
         run.error = str(failure)
+        # The errors' tracebacks hold this frame: drop them from its locals (no cycles).
+        error = None
+        errors.clear()
         return failure
 
     async def _compensation_failed(
