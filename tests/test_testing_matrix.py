@@ -1,0 +1,186 @@
+"""sagakit.testing: the fault matrix over list, builder and generator sagas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sagakit import (
+    Retry,
+    SagaDefinition,
+    SagaDefinitionError,
+    SagaOrchestrator,
+    SagaStatus,
+    saga,
+    step,
+)
+from sagakit.testing import FaultInjector, InstantSleep, SagaRecorder, run_fault_matrix
+
+ran: list[str] = []
+
+
+@step
+async def reserve(item: str) -> str:
+    ran.append("reserve")
+    return f"reserved {item}"
+
+
+@reserve.compensate
+async def release(item: str) -> None:
+    ran.append("release")
+
+
+@step(compensate_on_failure=True, retry=Retry(attempts=2, backoff=0.5))
+async def charge(item: str) -> str:
+    ran.append("charge")
+    return "card"
+
+
+@charge.compensate
+async def refund(item: str) -> None:
+    ran.append("refund")
+
+
+@step(compensate_on_timeout=False)
+async def label(item: str) -> str:
+    return "label"
+
+
+@label.compensate
+async def void_label(item: str) -> None:
+    ran.append("void_label")
+
+
+@step
+async def notify(item: str) -> None:
+    return None
+
+
+@saga
+def order(item: str) -> list[Any]:
+    return [reserve(item), charge(item), label(item), notify(item)]
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    ran.clear()
+
+
+@pytest.mark.asyncio
+async def test_every_step_fails_and_times_out_once() -> None:
+    report = await run_fault_matrix(order("book"))
+    assert report.ok
+    assert report.steps == ("reserve", "charge", "label", "notify")
+    got = {(c.index, c.mode): c.compensations for c in report.cases}
+    assert got == {
+        (0, "fail"): (),
+        (0, "timeout"): ("reserve",),  # a timed-out step is undone (compensate_on_timeout)
+        (1, "fail"): ("charge", "reserve"),  # compensate_on_failure=True
+        (1, "timeout"): ("charge", "reserve"),
+        (2, "fail"): ("charge", "reserve"),
+        (2, "timeout"): ("charge", "reserve"),  # label: compensate_on_timeout=False
+        (3, "fail"): ("label", "charge", "reserve"),
+        (3, "timeout"): ("label", "charge", "reserve"),
+    }
+    assert all(c.status is SagaStatus.COMPENSATED for c in report.cases)
+    assert all(c.expected_compensations == c.compensations for c in report.cases)
+    assert "8 cases" in str(report)
+    assert "ok   step 2 'label' times out: ended compensated, undid charge, reserve" in str(report)
+
+
+@pytest.mark.asyncio
+async def test_generator_saga_steps_are_discovered_by_running_it() -> None:
+    @saga
+    def branching(item: str) -> Any:
+        reservation = yield reserve(item)
+        if reservation.startswith("reserved"):
+            yield charge(item)
+        yield notify(item)
+
+    definition = branching("pen")
+    assert definition.total_steps is None
+    report = await run_fault_matrix(definition, timeouts=False)
+    assert report.steps == ("reserve", "charge", "notify")
+    assert [(c.index, c.mode) for c in report.cases] == [(0, "fail"), (1, "fail"), (2, "fail")]
+    assert report.cases[2].compensations == ("charge", "reserve")
+
+
+@pytest.mark.asyncio
+async def test_builder_saga_with_an_explicit_id_and_a_step_used_twice() -> None:
+    definition = SagaDefinition("fixed-id").add_step(reserve("a")).add_step(reserve("b"))
+    report = await run_fault_matrix(definition, failures=False)
+    assert [c.mode for c in report.cases] == ["timeout", "timeout"]
+    assert report.cases[1].compensations == ("reserve", "reserve")
+
+
+@pytest.mark.asyncio
+async def test_a_compensation_that_fails_for_real_fails_the_matrix() -> None:
+    @step
+    async def book(item: str) -> None:
+        return None
+
+    @book.compensate
+    async def cancel_booking(item: str) -> None:
+        raise RuntimeError("cannot cancel")
+
+    @saga
+    def trip(item: str) -> list[Any]:
+        return [book(item), notify(item)]
+
+    with pytest.raises(AssertionError) as caught:
+        await run_fault_matrix(trip("x"), orchestrator=SagaOrchestrator(sleep=InstantSleep()))
+    message = str(caught.value)
+    assert "FAIL step 1 'notify' fails: a compensation failed" in message
+    assert "cannot cancel" in message
+    assert "status failed, expected compensated" in message
+    assert "ok   step 0 'book' fails" in message
+
+    report = await run_fault_matrix(trip("x"), check=False, timeouts=False)
+    assert not report.ok
+    assert [(c.index, c.ok) for c in report.cases] == [(0, True), (1, False)]
+    assert report.failures == (report.cases[1],)
+    assert report.failures[0].status is SagaStatus.FAILED
+
+
+@pytest.mark.asyncio
+async def test_a_saga_that_fails_without_faults_cannot_be_discovered() -> None:
+    @step
+    async def broken(item: str) -> None:
+        raise ValueError("always")
+
+    @saga
+    def doomed(item: str) -> list[Any]:
+        return [reserve(item), broken(item)]
+
+    with pytest.raises(AssertionError, match="once without faults to discover its steps"):
+        await run_fault_matrix(doomed("x"))
+
+
+@pytest.mark.asyncio
+async def test_a_given_orchestrator_is_used_and_its_listeners_left_as_they_were() -> None:
+    recorder = SagaRecorder()
+    sleep = InstantSleep()
+    orchestrator = SagaOrchestrator(listeners=[recorder], sleep=sleep)
+    await run_fault_matrix(order("x"), orchestrator=orchestrator, timeouts=False)
+    assert len(recorder.runs) == 5  # the discovery run and four faulty runs
+    assert [r.status for r in recorder.runs[1:]] == [SagaStatus.COMPENSATED] * 4
+    assert sleep.delays  # charge retried under the injected fault, without waiting
+    assert orchestrator._listeners == [recorder]
+
+
+@pytest.mark.asyncio
+async def test_outer_faults_still_apply() -> None:
+    # charge retries, so failing its first attempt everywhere still lets every run go on
+    with FaultInjector().fail("charge", times=1) as flaky:
+        report = await run_fault_matrix(order("x"), timeouts=False)
+    assert report.ok
+    assert flaky.fired
+
+
+@pytest.mark.asyncio
+async def test_bad_arguments() -> None:
+    with pytest.raises(SagaDefinitionError, match="takes a SagaDefinition"):
+        await run_fault_matrix(order)  # type: ignore[arg-type]
+    with pytest.raises(SagaDefinitionError, match="exception instance or class"):
+        await run_fault_matrix(order("x"), error="boom")  # type: ignore[arg-type]

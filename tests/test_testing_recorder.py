@@ -1,0 +1,154 @@
+"""sagakit.testing: the recorder and its assertion helpers."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import pytest
+
+from sagakit import Retry, SagaOrchestrator, SagaStatus, StepFailed, saga, step
+from sagakit.testing import FaultInjector, InstantSleep, SagaRecorder
+
+
+@step
+async def debit(account: str) -> str:
+    return f"debited {account}"
+
+
+@debit.compensate
+async def undo_debit(account: str) -> None:
+    return None
+
+
+@step(retry=Retry(attempts=2, backoff=0))
+async def credit(account: str) -> str:
+    return f"credited {account}"
+
+
+@credit.compensate
+async def undo_credit(account: str) -> None:
+    return None
+
+
+@step
+async def notify(account: str) -> None:
+    return None
+
+
+@saga
+def transfer(source: str, target: str) -> Any:
+    yield debit(source)
+    yield credit(target)
+    yield notify(target)
+
+
+async def _run(recorder: SagaRecorder, faults: FaultInjector, saga_id: str) -> None:
+    orchestrator = SagaOrchestrator(listeners=[recorder], sleep=InstantSleep())
+    with faults, contextlib.suppress(StepFailed):
+        await orchestrator.execute(transfer("A", "B"), saga_id=saga_id)
+
+
+@pytest.mark.asyncio
+async def test_trail_of_a_run_with_a_retry_and_compensations() -> None:
+    recorder = SagaRecorder()
+    await _run(recorder, FaultInjector().fail("credit", times=1).fail("notify"), "t-1")
+    run = recorder.run("t-1")
+    assert run.trail() == [
+        "saga_started",
+        "step_started debit",
+        "step_completed debit",
+        "step_started credit",
+        "step_retrying credit",
+        "step_started credit",
+        "step_completed credit",
+        "step_started notify",
+        "step_failed notify",
+        "compensation_started credit",
+        "compensation_completed credit",
+        "compensation_started debit",
+        "compensation_completed debit",
+        "saga_finished compensated",
+    ]
+    assert run.completed == ["debit", "credit"]
+    assert run.compensated == ["credit", "debit"]
+    assert run.status is SagaStatus.COMPENSATED
+    assert run.finished
+    assert "step_failed notify (step 2, attempt 1): InjectedFault: injected" in run.describe()
+    run.assert_trail(*run.trail())
+    run.assert_completed("debit", "credit")
+    recorder.assert_compensated("credit", "debit", saga_id="t-1")
+    recorder.assert_status("compensated")
+
+
+@pytest.mark.asyncio
+async def test_wrong_compensation_order_gives_a_diff() -> None:
+    recorder = SagaRecorder()
+    await _run(recorder, FaultInjector().fail("notify"), "t-2")
+    with pytest.raises(AssertionError) as caught:
+        recorder.assert_compensated("debit", "credit")
+    message = str(caught.value)
+    assert "saga 'transfer' (id t-2): compensations differ (- expected, + actual)" in message
+    assert "\n  + credit\n    debit\n  - credit\n" in message
+    assert "trail:\n  saga_started" in message
+
+
+@pytest.mark.asyncio
+async def test_wrong_status_and_missing_steps_are_reported() -> None:
+    recorder = SagaRecorder()
+    await _run(recorder, FaultInjector().fail("debit"), "t-3")
+    with pytest.raises(AssertionError, match="ended compensated, expected completed"):
+        recorder.assert_status(SagaStatus.COMPLETED)
+    with pytest.raises(AssertionError, match=r"- debit"):
+        recorder.assert_completed("debit")
+    with pytest.raises(AssertionError, match=r"\+ saga_finished compensated"):
+        recorder.assert_trail("saga_started")
+    recorder.assert_compensated()  # nothing completed, nothing compensated
+
+
+@pytest.mark.asyncio
+async def test_runs_are_kept_apart_and_the_last_is_the_default() -> None:
+    recorder = SagaRecorder()
+    await _run(recorder, FaultInjector(), "ok-run")
+    await _run(recorder, FaultInjector().fail("notify"), "bad-run")
+    assert [run.saga_id for run in recorder.runs] == ["ok-run", "bad-run"]
+    recorder.assert_status("completed", saga_id="ok-run")
+    recorder.assert_status("compensated")
+    assert recorder.last.saga_id == "bad-run"
+    assert len(recorder.transitions) == sum(len(r.transitions) for r in recorder.runs)
+    with pytest.raises(AssertionError, match=r"no run of saga id 'nope' .*ok-run, bad-run"):
+        recorder.run("nope")
+    assert repr(recorder).startswith("<SagaRecorder 2 runs,")
+    recorder.clear()
+    with pytest.raises(AssertionError, match="no saga run was recorded"):
+        recorder.assert_status("completed")
+
+
+@pytest.mark.asyncio
+async def test_an_unfinished_run_is_not_a_status_match() -> None:
+    recorder = SagaRecorder()
+    seen: list[str] = []
+
+    @step
+    async def look(name: str) -> None:
+        seen.append(str(recorder.last.status))
+        with pytest.raises(AssertionError, match="has not finished"):
+            recorder.assert_status("executing")
+
+    @saga
+    def peek() -> Any:
+        yield look("x")
+
+    await SagaOrchestrator(listeners=[recorder]).execute(peek())
+    assert seen == ["executing"]
+    recorder.assert_status("completed")
+
+
+@pytest.mark.asyncio
+async def test_a_reused_id_starts_a_fresh_recorded_run() -> None:
+    recorder = SagaRecorder()
+    orchestrator = SagaOrchestrator(listeners=[recorder], history_limit=0)
+    await orchestrator.execute(transfer("A", "B"), saga_id="same")
+    await orchestrator.execute(transfer("A", "B"), saga_id="same")
+    assert len(recorder.runs) == 1
+    assert recorder.last.trail().count("saga_started") == 1
