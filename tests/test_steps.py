@@ -524,3 +524,74 @@ def test_step_options_do_not_leak_between_steps() -> None:
 
     assert (a.compensate_on_timeout, a.compensate_on_failure) == (False, True)
     assert (b.compensate_on_timeout, b.compensate_on_failure) == (True, False)
+
+
+@pytest.mark.asyncio
+async def test_a_compensation_gets_the_steps_defaults_for_omitted_arguments() -> None:
+    # Regression: release(sku, count) was called as release("sku-1") and failed.
+    seen: list[tuple[Any, ...]] = []
+
+    @step
+    async def reserve(sku: str, count: int = 1, *, hold: str = "default") -> None: ...
+
+    @reserve.compensate
+    async def release(sku: str, count: int, *, hold: str) -> None:
+        seen.append((sku, count, hold))
+
+    @saga
+    def flow() -> list[StepCall[Any]]:
+        return [reserve("sku-1"), reserve("sku-2", 3), explode()]
+
+    with pytest.raises(StepFailed):
+        await SagaOrchestrator().execute(flow())
+    assert seen == [("sku-2", 3, "default"), ("sku-1", 1, "default")]
+
+
+def test_a_compensation_fitting_both_forms_is_read_by_its_parameter_names() -> None:
+    # Regression: refund(payment_id, order, amount=None) fitted the arguments form
+    # (payment_id=order, order=amount) and was called with the wrong values.
+    @step
+    async def charge(order: str, amount: float) -> str:
+        return "pay-1"
+
+    @charge.compensate
+    async def refund(payment_id: str, order: str, amount: float | None = None) -> None: ...
+
+    assert charge.compensation_takes_result is True
+
+    @step
+    async def debit(account: str, amount: float) -> None: ...
+
+    @debit.compensate
+    async def undo(account: str, amount: float, note: str = "") -> None: ...
+
+    assert debit.compensation_takes_result is False
+
+    @step
+    async def notify(who: str) -> None: ...
+
+    @notify.compensate
+    async def unnotify(*args: Any) -> None: ...  # a tie: the arguments form
+
+    assert notify.compensation_takes_result is False
+
+
+@pytest.mark.asyncio
+async def test_a_compensation_fitting_both_forms_gets_the_result_at_run_time() -> None:
+    seen: list[tuple[Any, ...]] = []
+
+    @step
+    async def charge(order: str, amount: float) -> str:
+        return f"pay-{order}"
+
+    @charge.compensate
+    async def refund(payment_id: str, order: str, amount: float | None = None) -> None:
+        seen.append((payment_id, order, amount))
+
+    @saga
+    def flow() -> list[StepCall[Any]]:
+        return [charge("o-1", 5.0), explode()]
+
+    with pytest.raises(StepFailed):
+        await SagaOrchestrator().execute(flow())
+    assert seen == [("pay-o-1", "o-1", 5.0)]

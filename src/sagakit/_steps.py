@@ -62,8 +62,11 @@ class StepCall(Generic[R_co]):
         args, kwargs = self.args, self.kwargs
         if self.instance is not None and step._self_is_method:
             args = (self.instance, *args)
-        if kwargs:  # normalise: the compensation may name its parameters differently
+        if kwargs or step._self_has_defaults:
+            # Normalise: the compensation may name its parameters differently, and gets
+            # the step's defaults for the arguments the call left out.
             bound = step._self_signature.bind(*args, **kwargs)
+            bound.apply_defaults()
             args, kwargs = bound.args, bound.kwargs
         if step._self_compensation_takes_result:
             if args and step._self_is_method:
@@ -127,6 +130,7 @@ class Step(wrapt.FunctionWrapper[P, Any], Generic[P, R]):
     _self_signature: inspect.Signature
     _self_is_method: bool
     _self_plain_compensation: bool  # called with the step's positional arguments only
+    _self_has_defaults: bool
 
     def __init__(
         self,
@@ -180,6 +184,9 @@ class Step(wrapt.FunctionWrapper[P, Any], Generic[P, R]):
         self._self_signature = inspect.signature(fn)
         first = next(iter(self._self_signature.parameters), None)
         self._self_is_method = first in ("self", "cls")
+        self._self_has_defaults = any(
+            p.default is not p.empty for p in self._self_signature.parameters.values()
+        )
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> StepCall[R]:
         # Unbound calls build the StepCall directly (twice as fast as going through
@@ -256,7 +263,9 @@ class Step(wrapt.FunctionWrapper[P, Any], Generic[P, R]):
             )
         self._self_compensation_takes_result = _takes_result(self, fn)
         self._self_plain_compensation = not (
-            self._self_compensation_takes_result or self._self_is_method
+            self._self_compensation_takes_result
+            or self._self_is_method
+            or self._self_has_defaults
         )
         self._self_compensation = fn
         return fn
@@ -285,16 +294,26 @@ def _takes_result(step: Step[Any, Any], fn: Callable[..., Any]) -> bool:
     else:
         with_result = [_RESULT, *positional]
     signature = inspect.signature(fn)
-    if _binds(signature, positional, keywords):
-        return False
-    if _binds(signature, with_result, keywords):
-        return True
+    args_form = _binds(signature, positional, keywords)
+    result_form = _binds(signature, with_result, keywords)
+    if args_form and result_form:
+        # Both fit (defaults or *args): take the form whose parameter names line up,
+        # the arguments form when that is a tie.
+        return _same_names(signature, with_result) > _same_names(signature, positional)
+    if args_form or result_form:
+        return result_form
     step_params = ", ".join(str(p) for p in params)
     raise SagaDefinitionError(
         f"compensation {fn.__qualname__}{signature} cannot take the arguments of step "
         f"{step.name!r} ({step_params}); give it the step's parameters "
         f"({step_params}) or the step's result first, then those parameters"
     )
+
+
+def _same_names(signature: inspect.Signature, args: list[Any]) -> int:
+    """How many of ``args`` (step parameter names) land on a parameter of that name."""
+    names = [p.name for p in signature.parameters.values() if p.kind in _POSITIONAL]
+    return sum(1 for name, arg in zip(names, args, strict=False) if name == arg)
 
 
 def _binds(signature: inspect.Signature, args: list[Any], kwargs: dict[str, Any]) -> bool:
