@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from ..transitions import Transition
 
 DEFAULT_BUSY_TIMEOUT = 5.0
+
+logger = logging.getLogger("sagakit")
 
 _SAGA_COLUMNS = (
     "id, name, status, steps_executed, total_steps, started_at, updated_at, finished_at, error"
@@ -112,7 +115,9 @@ class SQLiteStore:
     tags unless given; its ``max_size`` bounds each stored value). The file is
     checked at open: a file that is not a sagakit log, or is truncated or corrupt,
     raises :class:`~sagakit.StoreError` there. ``verify=True`` also runs SQLite's
-    ``quick_check`` over the whole file.
+    ``quick_check`` over the whole file. ``owner`` replaces the token recorded on
+    the sagas this store runs (``"<host>/<pid>/<process start>"`` of this process by
+    default; tools and tests only).
     """
 
     durable = True
@@ -125,6 +130,7 @@ class SQLiteStore:
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         serializer: JsonSerializer | None = None,
         verify: bool = False,
+        owner: str | None = None,
     ) -> None:
         if synchronous not in ("NORMAL", "FULL"):
             raise SagaDefinitionError(
@@ -161,7 +167,7 @@ class SQLiteStore:
             inline=synchronous == "NORMAL",
             open_reader=self._open_reader,
         )
-        self._owner = current_owner()
+        self._owner = current_owner() if owner is None else owner
         self._live: set[str] = set()
         self._claimed: set[str] = set()
 
@@ -265,19 +271,27 @@ class SQLiteStore:
         if kind is TransitionKind.STEP_COMPLETED or kind is TransitionKind.COMPENSATION_COMPLETED:
             comp = int(kind is TransitionKind.COMPENSATION_COMPLETED)
             what = "compensation" if comp else "step"
-            result = self.serializer.dumps(
-                t.result, what=f"the result of {what} {t.step_index} ({t.step_name!r})"
-            )
-            events = t.events
-            if len(events) == 1 and events[0] is t.result:
-                texts = [result]
-            else:
-                texts = [
-                    self.serializer.dumps(event, what=f"an event of {what} {t.step_name!r}")
-                    for event in events
-                ]
+            note = None
+            try:
+                result: str | None = self.serializer.dumps(
+                    t.result, what=f"the result of {what} {t.step_index} ({t.step_name!r})"
+                )
+                events = t.events
+                if len(events) == 1 and events[0] is t.result:
+                    texts = [result]
+                else:
+                    texts = [
+                        self.serializer.dumps(event, what=f"an event of {what} {t.step_name!r}")
+                        for event in events
+                    ]
+            except SerializationError as unstored:
+                if not comp:
+                    raise  # the step fails and is compensated: never "completed" unstored
+                # The compensation ran: record that, even though its result cannot be kept.
+                result, texts, note = None, [], f"result not stored: {unstored}"
+                logger.error("sagakit: saga %s (%s): %s", run.name, saga_id, note)
             end: tuple[Any, ...] = (
-                "completed", t.attempt, t.duration, None, result, saga_id, comp, t.step_index
+                "completed", t.attempt, t.duration, note, result, saga_id, comp, t.step_index
             )
             rows = [
                 (saga_id, run.name, t.step_index, t.step_name, comp, text, now) for text in texts
@@ -311,9 +325,9 @@ class SQLiteStore:
                 comp and t.error is not None and isinstance(t.error, TimeoutError)
             )
             status = "timed_out" if timed_out else "failed"
-            error = _describe(t.error)
+            described = _describe(t.error)
             failed: tuple[Any, ...] = (
-                status, t.attempt, t.duration, error, None, saga_id, comp, t.step_index
+                status, t.attempt, t.duration, described, None, saga_id, comp, t.step_index
             )
 
             def fail(conn: sqlite3.Connection) -> None:
@@ -321,7 +335,7 @@ class SQLiteStore:
                 conn.execute(
                     "UPDATE sagakit_sagas SET error = coalesce(error, ?), updated_at = ? "
                     "WHERE id = ?",
-                    (error, now, saga_id),
+                    (described, now, saga_id),
                 )
 
             return fail

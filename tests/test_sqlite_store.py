@@ -1,0 +1,408 @@
+"""SQLiteStore: durable log, idempotent ids, events stream, group commit, bad files."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sagakit import (
+    CompensationFailed,
+    JsonSerializer,
+    SagaAlreadyExecuting,
+    SagaAlreadyFailed,
+    SagaDefinitionError,
+    SagaOrchestrator,
+    SagaStatus,
+    SerializationError,
+    SQLiteStore,
+    StepFailed,
+    StepStatus,
+    StoreError,
+    saga,
+    step,
+)
+
+
+@dataclass(frozen=True)
+class Moved:
+    account: str
+    amount: int
+
+
+calls: list[str] = []
+
+
+@step
+async def take(account: str, amount: int) -> Moved:
+    calls.append(f"take {account}")
+    return Moved(account, -amount)
+
+
+@take.compensate
+async def give_back(account: str, amount: int) -> Moved:
+    calls.append(f"undo take {account}")
+    return Moved(account, amount)
+
+
+@step
+async def put(account: str, amount: int) -> list[Moved]:
+    calls.append(f"put {account}")
+    if account == "closed":
+        raise ValueError("account closed")
+    return [Moved(account, amount), Moved("fees", 1)]
+
+
+class Opaque:
+    pass
+
+
+@step
+async def opaque(account: str) -> Opaque:
+    calls.append("opaque")
+    return Opaque()
+
+
+@step
+async def wait_for(gate: str) -> str:
+    await GATES[gate].wait()
+    return gate
+
+
+GATES: dict[str, asyncio.Event] = {}
+
+
+@saga
+def sqlite_move(source: str, target: str, amount: int):  # type: ignore[no-untyped-def]
+    yield take(source, amount)
+    yield put(target, amount)
+
+
+@step
+async def fragile() -> str:
+    calls.append("fragile")
+    return "fragile"
+
+
+@fragile.compensate
+async def break_down() -> None:
+    raise RuntimeError("cannot undo")
+
+
+@saga
+def sqlite_fragile(target: str):  # type: ignore[no-untyped-def]
+    yield fragile()
+    yield put(target, 1)
+
+
+@saga
+def sqlite_opaque(source: str):  # type: ignore[no-untyped-def]
+    yield take(source, 1)
+    yield opaque(source)
+
+
+@saga
+def sqlite_gated(gate: str):  # type: ignore[no-untyped-def]
+    yield take("A", 1)
+    yield wait_for(gate)
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    calls.clear()
+    GATES.clear()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return str(tmp_path / "sagas.db")
+
+
+@pytest.mark.asyncio
+async def test_log_survives_reopening_with_typed_events(db: str) -> None:
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        events = await orchestrator.execute(sqlite_move("A", "B", 5), saga_id="m1")
+    assert events == [Moved("A", -5), Moved("B", 5), Moved("fees", 1)]
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        meta = await orchestrator.get_saga("m1")
+        assert meta is not None
+        assert meta.status is SagaStatus.COMPLETED
+        assert meta.steps_executed == 2
+        assert [s.name for s in meta.steps] == ["take", "put"]
+        assert meta.events == (Moved("A", -5), Moved("B", 5), Moved("fees", 1))
+        assert await orchestrator.history_count() == 1
+        assert await orchestrator.running_count() == 0
+
+
+@pytest.mark.asyncio
+async def test_completed_id_returns_recorded_events_without_running(db: str) -> None:
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        first = await orchestrator.execute(sqlite_move("A", "B", 5), saga_id="same")
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        again = await orchestrator.execute(sqlite_move("A", "B", 5), saga_id="same")
+    assert again == first
+    assert calls == ["take A", "put B"]
+
+
+@pytest.mark.asyncio
+async def test_running_id_in_another_store_on_the_same_file(db: str) -> None:
+    GATES["g"] = asyncio.Event()
+    async with (
+        SagaOrchestrator(SQLiteStore(db)) as first,
+        SagaOrchestrator(SQLiteStore(db)) as second,
+    ):
+        task = asyncio.create_task(first.execute(sqlite_gated("g"), saga_id="busy"))
+        for _ in range(100):  # until the first step ran
+            if calls:
+                break
+            await asyncio.sleep(0)
+        assert calls == ["take A"]
+        with pytest.raises(SagaAlreadyExecuting):
+            await second.execute(sqlite_gated("g"), saga_id="busy")
+        running = await second.get_running_sagas()
+        assert [meta.id for meta in running] == ["busy"]
+        GATES["g"].set()
+        assert await task == [Moved("A", -1), "g"]
+
+
+@pytest.mark.asyncio
+async def test_failed_id_is_refused_until_resolved(db: str) -> None:
+    store = SQLiteStore(db)
+    async with SagaOrchestrator(store) as orchestrator:
+        with pytest.raises(StepFailed):
+            await orchestrator.execute(sqlite_move("A", "closed", 5), saga_id="f1")
+        meta = await orchestrator.get_saga("f1")
+        assert meta is not None
+        assert meta.status is SagaStatus.COMPENSATED
+        assert [c.name for c in meta.compensations] == ["take"]
+        assert meta.compensation_events == (Moved("A", 5),)
+        # A compensated id may run again.
+        with pytest.raises(StepFailed):
+            await orchestrator.execute(sqlite_move("A", "closed", 5), saga_id="f1")
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        with pytest.raises(CompensationFailed):
+            await orchestrator.execute(sqlite_fragile("closed"), saga_id="f2")
+    store = SQLiteStore(db)
+    async with SagaOrchestrator(store) as orchestrator:
+        with pytest.raises(SagaAlreadyFailed):
+            await orchestrator.execute(sqlite_fragile("B"), saga_id="f2")
+        with pytest.raises(StoreError, match="nothing to resolve"):
+            await store.resolve("f1", "no")
+        with pytest.raises(StoreError, match="not in"):
+            await store.resolve("nope", "no")
+        await store.resolve("f2", "refunded by hand")
+        meta = await orchestrator.get_saga("f2")
+        assert meta is not None
+        assert meta.status is SagaStatus.FAILED
+        assert meta.error is not None
+        assert meta.error.startswith("resolved by an operator: refunded by hand")
+        calls.clear()
+        assert await orchestrator.execute(sqlite_fragile("B"), saga_id="f2") == [
+            "fragile",
+            Moved("B", 1),
+            Moved("fees", 1),
+        ]
+    assert calls == ["fragile", "put B"]
+
+
+@pytest.mark.asyncio
+async def test_unserializable_result_fails_the_step_and_compensates(db: str) -> None:
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        with pytest.raises(StepFailed) as caught:
+            await orchestrator.execute(sqlite_opaque("A"), saga_id="o1")
+        assert isinstance(caught.value.__cause__, SerializationError)
+        assert "Opaque objects cannot be stored" in str(caught.value)
+        meta = await orchestrator.get_saga("o1")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert [s.status for s in meta.steps] == [StepStatus.COMPLETED, StepStatus.RUNNING]
+    assert calls == ["take A", "opaque", "undo take A"]
+
+
+@pytest.mark.asyncio
+async def test_result_over_the_size_limit_fails_with_a_clear_error(db: str) -> None:
+    store = SQLiteStore(db, serializer=JsonSerializer(max_size=100))
+    async with SagaOrchestrator(store) as orchestrator:
+        with pytest.raises(StepFailed, match=r"step 1 \('put'\).*more than the limit of 100"):
+            await orchestrator.execute(sqlite_move("A", "B", 5), saga_id="big")
+        meta = await orchestrator.get_saga("big")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert calls == ["take A", "put B", "undo take A"]
+
+
+@pytest.mark.asyncio
+async def test_an_unstorable_compensation_result_still_records_the_compensation(
+    db: str,
+) -> None:
+    store = SQLiteStore(db, serializer=JsonSerializer(max_size=60))
+    async with SagaOrchestrator(store) as orchestrator:
+        with pytest.raises(StepFailed):
+            await orchestrator.execute(sqlite_move("A", "closed", 1), saga_id="c1")
+        meta = await orchestrator.get_saga("c1")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    (undo,) = meta.compensations
+    assert undo.status is StepStatus.COMPLETED
+    assert undo.error is not None
+    assert "result not stored" in undo.error
+
+
+@pytest.mark.asyncio
+async def test_unserializable_arguments_are_refused_before_any_step(db: str) -> None:
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        with pytest.raises(SerializationError, match="arguments of saga 'sqlite_opaque'"):
+            await orchestrator.execute(sqlite_opaque(Opaque()))  # type: ignore[arg-type]
+        assert await orchestrator.running_count() == 0
+    assert calls == []
+
+
+@pytest.mark.asyncio
+async def test_read_events_is_one_ordered_stream_read_in_pages(db: str) -> None:
+    store = SQLiteStore(db)
+    async with SagaOrchestrator(store) as orchestrator:
+        await orchestrator.execute(sqlite_move("A", "B", 1), saga_id="s1")
+        with pytest.raises(StepFailed):
+            await orchestrator.execute(sqlite_move("C", "closed", 2), saga_id="s2")
+        await orchestrator.execute(sqlite_move("D", "E", 3), saga_id="s3")
+        everything = await store.read_events()
+        positions = [e.position for e in everything]
+        assert positions == sorted(positions)
+        assert len(set(positions)) == len(positions)
+        assert [(e.saga_id, e.step_name, e.compensation, e.event) for e in everything] == [
+            ("s1", "take", False, Moved("A", -1)),
+            ("s1", "put", False, Moved("B", 1)),
+            ("s1", "put", False, Moved("fees", 1)),
+            ("s2", "take", False, Moved("C", -2)),
+            ("s2", "take", True, Moved("C", 2)),
+            ("s3", "take", False, Moved("D", -3)),
+            ("s3", "put", False, Moved("E", 3)),
+            ("s3", "put", False, Moved("fees", 1)),
+        ]
+        paged = []
+        after = 0
+        while batch := await store.read_events(after=after, limit=3):
+            paged.extend(batch)
+            after = batch[-1].position
+        assert paged == everything
+        only = await store.read_events(saga_id="s2")
+        assert [e.event for e in only] == [Moved("C", -2), Moved("C", 2)]
+        with pytest.raises(SagaDefinitionError, match="after"):
+            await store.read_events(after=-1)
+
+
+@pytest.mark.asyncio
+async def test_concurrent_sagas_share_commits(db: str) -> None:
+    store = SQLiteStore(db)
+
+    @step
+    async def hop(n: int) -> int:
+        await asyncio.sleep(0)
+        return n
+
+    @saga
+    def sqlite_hops(n: int):  # type: ignore[no-untyped-def]
+        yield hop(n)
+        yield hop(n + 1)
+
+    async with SagaOrchestrator(store) as orchestrator:
+        results = await asyncio.gather(*(orchestrator.execute(sqlite_hops(n)) for n in range(40)))
+        assert results == [[n, n + 1] for n in range(40)]
+        # 40 sagas x 6 log writes (begin, 2 x start + completion, finish) = 240 records.
+        assert store.commits < 240 / 4
+        assert await orchestrator.history_count() == 40
+
+
+@pytest.mark.asyncio
+async def test_a_locked_database_does_not_block_the_event_loop(db: str) -> None:
+    store = SQLiteStore(db, busy_timeout=30)
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        async with SagaOrchestrator(store) as orchestrator:
+            blocker.execute("BEGIN IMMEDIATE")
+            task = asyncio.create_task(orchestrator.execute(sqlite_move("A", "B", 1)))
+            for _ in range(50):
+                await asyncio.sleep(0)  # the loop keeps running while the write waits
+            assert not task.done()
+            assert calls == []
+            blocker.execute("COMMIT")
+            assert len(await task) == 3
+    finally:
+        blocker.close()
+
+
+@pytest.mark.asyncio
+async def test_synchronous_full_commits_on_the_writer_thread(db: str) -> None:
+    store = SQLiteStore(db, synchronous="FULL")
+    async with SagaOrchestrator(store) as orchestrator:
+        await asyncio.gather(*(orchestrator.execute(sqlite_move("A", "B", n)) for n in range(5)))
+        assert await orchestrator.history_count() == 5
+
+
+def test_bad_options() -> None:
+    with pytest.raises(SagaDefinitionError, match="synchronous"):
+        SQLiteStore("x.db", synchronous="OFF")  # type: ignore[arg-type]
+    with pytest.raises(SagaDefinitionError, match="busy_timeout"):
+        SQLiteStore("x.db", busy_timeout=-1)
+    with pytest.raises(SagaDefinitionError, match="file path"):
+        SQLiteStore(":memory:")
+
+
+def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_text("these are not the sagas you are looking for" * 10)
+    with pytest.raises(StoreError, match="not a SQLite database"):
+        SQLiteStore(path)
+
+
+def test_an_empty_file_is_refused_not_silently_reset(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    path.write_bytes(b"")
+    with pytest.raises(StoreError, match="empty file"):
+        SQLiteStore(path)
+    assert path.read_bytes() == b""
+
+
+@pytest.mark.asyncio
+async def test_a_truncated_log_is_refused(db: str) -> None:
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        for n in range(30):
+            await orchestrator.execute(sqlite_move("A" * 500, "B", n))
+    checkpoint = sqlite3.connect(db)
+    checkpoint.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    checkpoint.close()
+    _truncate(db)
+    with pytest.raises(StoreError, match="truncated"):
+        SQLiteStore(db)
+
+
+def _truncate(db: str) -> None:
+    data = Path(db).read_bytes()
+    assert len(data) > 8192
+    Path(db).write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.asyncio
+async def test_a_corrupt_log_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.db"
+    await SQLiteStore(path).close()  # create the schema, checkpointed into the file
+    data = bytearray(path.read_bytes())
+    data[100:] = b"\xff" * (len(data) - 100)  # keep the header, wreck the pages
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="corrupt"):
+        SQLiteStore(path)
+
+
+@pytest.mark.asyncio
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "newer.db"
+    await SQLiteStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE sagakit_meta SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="schema version 99"):
+        SQLiteStore(path)
