@@ -122,16 +122,18 @@ def saga_fault_matrix(request: pytest.FixtureRequest) -> FaultMatrix:
     marker = request.node.get_closest_marker(_MARKER)
     if marker is not None:
         if marker.args:
-            raise pytest.UsageError(
+            pytest.fail(
                 f"@pytest.mark.{_MARKER} takes keyword options only "
                 f"({', '.join(_MATRIX_KWARGS)}); pass the saga to the fixture: "
-                "await saga_fault_matrix(transfer('A', 'B', 10))"
+                "await saga_fault_matrix(transfer('A', 'B', 10))",
+                pytrace=False,
             )
         unknown = sorted(set(marker.kwargs) - set(_MATRIX_KWARGS))
         if unknown:
-            raise pytest.UsageError(
+            pytest.fail(
                 f"@pytest.mark.{_MARKER} got unknown options {unknown}; "
-                f"it takes {', '.join(_MATRIX_KWARGS)}"
+                f"it takes {', '.join(_MATRIX_KWARGS)}",
+                pytrace=False,
             )
         options.update(marker.kwargs)
     return FaultMatrix(options)

@@ -1,0 +1,141 @@
+"""Testing a saga with the sagakit pytest plugin (installed with sagakit; nothing to register).
+
+Run it with ``pytest examples/test_plugin_example.py`` (pytest-asyncio in strict mode:
+async tests carry ``@pytest.mark.asyncio``).
+
+Fixtures used here:
+  saga_orchestrator  a fresh in-memory orchestrator per test, reporting to saga_recorder
+                     and sleeping with saga_sleep (retry backoff without waiting)
+  saga_recorder      the ordered trail of every run, with assert_* helpers
+  saga_faults        a fault injector active for this test only
+  saga_sleep         the instant sleep: .delays lists the backoff that was skipped
+  saga_fault_matrix  await it with a saga: every step fails, then times out, once each
+
+Options (marker keyword > command line > ini file):
+  @pytest.mark.saga_fault_matrix(timeouts=False)   this test only
+  --saga-matrix-timeouts=no / saga_matrix_timeouts = false
+  --saga-instant-sleep=no / saga_instant_sleep = false   (really wait between retries)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from sagakit import Retry, SagaStatus, StepFailed, StepTimeout, saga, step
+
+
+@dataclass(frozen=True)
+class Debited:
+    account: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class Credited:
+    account: str
+    amount: int
+
+
+class InsufficientFundsError(Exception):
+    pass
+
+
+balances = {"alice": 100, "bob": 0}
+
+
+@step
+async def debit(account: str, amount: int) -> Debited:
+    if balances[account] < amount:
+        raise InsufficientFundsError(account)
+    balances[account] -= amount
+    return Debited(account, amount)
+
+
+@debit.compensate
+async def refund(account: str, amount: int) -> None:
+    balances[account] += amount
+
+
+@step(retry=Retry(attempts=3, backoff=2.0, jitter=0, on=ConnectionError))
+async def credit(account: str, amount: int) -> Credited:
+    balances[account] += amount
+    return Credited(account, amount)
+
+
+@credit.compensate
+async def take_back(account: str, amount: int) -> None:
+    balances[account] -= amount
+
+
+@step
+async def send_receipt(account: str, amount: int) -> None:
+    return None
+
+
+@saga
+def transfer(source: str, target: str, amount: int) -> Any:
+    yield debit(source, amount)
+    yield credit(target, amount)
+    yield send_receipt(source, amount)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_balances() -> None:
+    balances.update(alice=100, bob=0)
+
+
+@pytest.mark.asyncio
+async def test_transfer_completes(saga_orchestrator: Any, saga_recorder: Any) -> None:
+    events = await saga_orchestrator.execute(transfer("alice", "bob", 30))
+    assert events == [Debited("alice", 30), Credited("bob", 30)]
+    saga_recorder.assert_status(SagaStatus.COMPLETED)
+    saga_recorder.assert_completed("debit", "credit", "send_receipt")
+
+
+@pytest.mark.asyncio
+async def test_a_failing_receipt_undoes_the_transfer(
+    saga_orchestrator: Any, saga_recorder: Any, saga_faults: Any
+) -> None:
+    saga_faults.fail(send_receipt, ConnectionRefusedError("smtp down"))
+    with pytest.raises(StepFailed):
+        await saga_orchestrator.execute(transfer("alice", "bob", 30))
+    saga_recorder.assert_compensated("credit", "debit")
+    saga_recorder.assert_status(SagaStatus.COMPENSATED)
+    assert balances == {"alice": 100, "bob": 0}
+
+
+@pytest.mark.asyncio
+async def test_credit_retries_without_waiting(
+    saga_orchestrator: Any, saga_faults: Any, saga_sleep: Any
+) -> None:
+    saga_faults.fail("credit", ConnectionError("bank busy"), times=2)
+    await saga_orchestrator.execute(transfer("alice", "bob", 30))
+    assert saga_sleep.delays == [2.0, 4.0]  # six seconds of backoff, skipped
+    assert balances == {"alice": 70, "bob": 30}
+
+
+@pytest.mark.asyncio
+async def test_a_timeout_without_waiting(
+    saga_orchestrator: Any, saga_recorder: Any, saga_faults: Any
+) -> None:
+    saga_faults.timeout(send_receipt)  # times out at once, whatever its timeout is
+    with pytest.raises(StepTimeout):
+        await saga_orchestrator.execute(transfer("alice", "bob", 30))
+    saga_recorder.assert_compensated("credit", "debit")
+    assert balances == {"alice": 100, "bob": 0}
+
+
+@pytest.mark.asyncio
+async def test_every_failure_of_transfer_is_compensated(saga_fault_matrix: Any) -> None:
+    report = await saga_fault_matrix(transfer("alice", "bob", 30))
+    assert len(report.cases) == 6  # three steps, each failing and timing out
+
+
+@pytest.mark.saga_fault_matrix(timeouts=False)
+@pytest.mark.asyncio
+async def test_failures_only(saga_fault_matrix: Any) -> None:
+    report = await saga_fault_matrix(transfer("alice", "bob", 30))
+    assert {case.mode for case in report.cases} == {"fail"}

@@ -1,0 +1,282 @@
+"""The pytest plugin, run through pytester: fixtures, marker, options, asyncio modes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "test_plugin_example.py"
+
+SAGA = """
+import asyncio
+import pytest
+from sagakit import Retry, StepFailed, saga, step
+
+@step
+async def reserve(item):
+    return f"reserved {item}"
+
+@reserve.compensate
+async def release(item):
+    return None
+
+@step(retry=Retry(attempts=2, backoff=0.01, jitter=0))
+async def ship(item):
+    return f"shipped {item}"
+
+@saga
+def order(item):
+    yield reserve(item)
+    yield ship(item)
+"""
+
+
+def _ini(pytester: pytest.Pytester, mode: str = "strict", extra: str = "") -> None:
+    pytester.makeini(
+        f"""
+        [pytest]
+        asyncio_mode = {mode}
+        asyncio_default_fixture_loop_scope = function
+        filterwarnings = error
+        {extra}
+        """
+    )
+
+
+def test_the_example_file_passes_in_strict_mode(pytester: pytest.Pytester) -> None:
+    _ini(pytester)
+    pytester.makepyfile(test_example=EXAMPLE.read_text())
+    result = pytester.runpytest("-p", "no:cacheprovider", "--strict-markers")
+    result.assert_outcomes(passed=6)
+
+
+def test_auto_mode_needs_no_asyncio_marks(pytester: pytest.Pytester) -> None:
+    _ini(pytester, mode="auto")
+    pytester.makepyfile(
+        SAGA
+        + """
+async def test_fault(saga_orchestrator, saga_faults, saga_recorder):
+    saga_faults.fail("ship")
+    with pytest.raises(StepFailed):
+        await saga_orchestrator.execute(order("x"))
+    saga_recorder.assert_compensated("reserve")
+
+async def test_matrix(saga_fault_matrix):
+    report = await saga_fault_matrix(order("x"))
+    assert len(report.cases) == 4
+"""
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+def test_strict_mode_without_the_asyncio_mark_is_not_run_by_the_plugin(
+    pytester: pytest.Pytester,
+) -> None:
+    # The plugin never runs a loop itself: an unmarked async test is pytest-asyncio's call.
+    _ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+async def test_unmarked(saga_orchestrator):
+    await saga_orchestrator.execute(order("x"))
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-W", "default")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) == 0
+
+
+def test_faults_apply_only_to_the_test_that_set_them(pytester: pytest.Pytester) -> None:
+    _ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+@pytest.mark.asyncio
+async def test_1_sets_a_fault(saga_orchestrator, saga_faults):
+    saga_faults.fail("reserve")
+    with pytest.raises(StepFailed):
+        await saga_orchestrator.execute(order("x"))
+
+@pytest.mark.asyncio
+async def test_2_runs_clean(saga_orchestrator, saga_recorder):
+    assert await saga_orchestrator.execute(order("y")) == ["reserved y", "shipped y"]
+    assert len(saga_recorder.runs) == 1  # a fresh recorder, too
+
+@pytest.mark.asyncio
+async def test_3_without_the_fixture_runs_clean():
+    from sagakit import SagaOrchestrator
+    assert await SagaOrchestrator().execute(order("z")) == ["reserved z", "shipped z"]
+"""
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)
+
+
+MATRIX_CASES = (
+    SAGA
+    + """
+@pytest.mark.asyncio
+async def test_cases(saga_fault_matrix, request):
+    report = await saga_fault_matrix(order("x"))
+    print("MODES", sorted({c.mode for c in report.cases}))
+
+@pytest.mark.saga_fault_matrix(timeouts=False)
+@pytest.mark.asyncio
+async def test_marked_off(saga_fault_matrix):
+    report = await saga_fault_matrix(order("x"))
+    print("MARKED", sorted({c.mode for c in report.cases}))
+
+@pytest.mark.saga_fault_matrix(timeouts=True)
+@pytest.mark.asyncio
+async def test_marked_on(saga_fault_matrix):
+    report = await saga_fault_matrix(order("x"))
+    print("MARKED_ON", sorted({c.mode for c in report.cases}))
+"""
+)
+
+
+@pytest.mark.parametrize(
+    ("ini", "args", "plain"),
+    [
+        ("", [], "['fail', 'timeout']"),
+        ("saga_matrix_timeouts = false", [], "['fail']"),
+        ("saga_matrix_timeouts = false", ["--saga-matrix-timeouts=yes"], "['fail', 'timeout']"),
+        ("saga_matrix_timeouts = true", ["--saga-matrix-timeouts=no"], "['fail']"),
+    ],
+)
+def test_marker_beats_option_beats_ini(
+    pytester: pytest.Pytester, ini: str, args: list[str], plain: str
+) -> None:
+    _ini(pytester, extra=ini)
+    pytester.makepyfile(MATRIX_CASES)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-s", *args)
+    result.assert_outcomes(passed=3)
+    output = result.stdout.str()
+    assert f"MODES {plain}" in output
+    # the marker keyword beats the command line and the ini file, either way
+    assert "MARKED ['fail']" in output
+    assert "MARKED_ON ['fail', 'timeout']" in output
+
+
+@pytest.mark.parametrize(("option", "waits"), [([], False), (["--saga-instant-sleep=no"], True)])
+def test_instant_sleep_option(pytester: pytest.Pytester, option: list[str], waits: bool) -> None:
+    _ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + f"""
+@pytest.mark.asyncio
+async def test_backoff(saga_orchestrator, saga_faults, saga_sleep):
+    saga_faults.fail("ship", times=1)
+    await saga_orchestrator.execute(order("x"))
+    assert (saga_sleep.delays == []) is {waits}
+"""
+    )
+    pytester.runpytest("-p", "no:cacheprovider", *option).assert_outcomes(passed=1)
+
+
+def test_ini_key_for_instant_sleep(pytester: pytest.Pytester) -> None:
+    _ini(pytester, extra="saga_instant_sleep = false")
+    pytester.makepyfile(
+        SAGA
+        + """
+@pytest.mark.asyncio
+async def test_backoff(saga_orchestrator, saga_faults, saga_sleep):
+    saga_faults.fail("ship", times=1)
+    await saga_orchestrator.execute(order("x"))
+    assert saga_sleep.delays == []
+"""
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_a_failing_matrix_reads_well_in_the_report(pytester: pytest.Pytester) -> None:
+    _ini(pytester)
+    pytester.makepyfile(
+        """
+import pytest
+from sagakit import saga, step
+
+@step
+async def book(item):
+    return None
+
+@book.compensate
+async def cancel(item):
+    raise RuntimeError("cannot cancel")
+
+@step
+async def pay(item):
+    return None
+
+@saga
+def trip(item):
+    return [book(item), pay(item)]
+
+@pytest.mark.saga_fault_matrix(timeouts=False)
+@pytest.mark.asyncio
+async def test_trip(saga_fault_matrix):
+    await saga_fault_matrix(trip("x"))
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*fault matrix of saga 'trip': 2 cases*",
+            "*ok   step 0 'book' fails: ended compensated, undid nothing*",
+            "*FAIL step 1 'pay' fails: a compensation failed*cannot cancel*",
+        ]
+    )
+
+
+def test_bad_marker_use_is_a_clear_error(pytester: pytest.Pytester) -> None:
+    _ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+@pytest.mark.saga_fault_matrix(order("x"))
+@pytest.mark.asyncio
+async def test_positional(saga_fault_matrix):
+    pass
+
+@pytest.mark.saga_fault_matrix(timeout=False)
+@pytest.mark.asyncio
+async def test_typo(saga_fault_matrix):
+    pass
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=2)
+    output = result.stdout.str()
+    assert "saga_fault_matrix takes keyword options only" in output
+    assert "saga_fault_matrix got unknown options ['timeout']; it takes failures" in output
+
+
+def test_marker_and_options_are_documented(pytester: pytest.Pytester) -> None:
+    _ini(pytester)
+    result = pytester.runpytest("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.saga_fault_matrix(failures=True, timeouts=True*"])
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(
+        [
+            "sagakit saga testing:",
+            "*--saga-matrix-timeouts*",
+            "*--saga-instant-sleep*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*saga_matrix_timeouts (bool)*", "*saga_instant_sleep (bool)*"])
+
+
+def test_importing_the_plugin_stays_light() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sagakit.pytest_plugin;"
+        "heavy = [m for m in ('sagakit.testing', 'opentelemetry') if m in sys.modules];"
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
