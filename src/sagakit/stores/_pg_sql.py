@@ -80,14 +80,18 @@ def statements(schema: str) -> Statements:
             "%s::text[], %s::text[], %s::text[], %s::text[], %s::integer[], %s::text[], "
             "%s::boolean[], %s::text[])"
         ),
+        # Rows are locked in saga id order, like apply_batch does, so they never deadlock.
         heartbeat=(
-            f"UPDATE {s}.sagas SET lease_until = {lease} "
-            "WHERE owner = %(owner)s AND saga_id = ANY(%(ids)s::text[]) "
-            f"AND {active} RETURNING saga_id"
+            f"WITH l AS (SELECT saga_id FROM {s}.sagas WHERE owner = %(owner)s "
+            f"AND saga_id = ANY(%(ids)s::text[]) AND {active} ORDER BY saga_id FOR UPDATE) "
+            f"UPDATE {s}.sagas s SET lease_until = {lease} FROM l "
+            "WHERE s.saga_id = l.saga_id RETURNING s.saga_id"
         ),
         release=(
-            f"UPDATE {s}.sagas SET owner = NULL, lease_until = now(), fence = fence + 1, "
-            f"released = true WHERE owner = %(owner)s AND {active} RETURNING saga_id"
+            f"WITH l AS (SELECT saga_id FROM {s}.sagas WHERE owner = %(owner)s AND {active} "
+            f"ORDER BY saga_id FOR UPDATE) UPDATE {s}.sagas s SET owner = NULL, "
+            "lease_until = now(), fence = s.fence + 1, released = true FROM l "
+            "WHERE s.saga_id = l.saga_id RETURNING s.saga_id"
         ),
         claim=(
             f"WITH c AS (SELECT saga_id, "
