@@ -396,3 +396,60 @@ async def test_an_orchestrator_is_reusable_after_failures() -> None:
     assert await orchestrator.execute(SagaDefinition("2").add_step(tracked("ok")())) == [Done("ok")]
     assert await orchestrator.running_count() == 0
     assert await orchestrator.history_count() == 2
+
+
+@pytest.mark.asyncio
+async def test_a_step_that_turns_its_timeout_into_another_error_is_a_timeout() -> None:
+    # Regression: it was a StepFailed and left the task with a pending cancel request.
+    @step(timeout=0.01)
+    async def converts() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise ConnectionError("cleanup failed") from None
+
+    orchestrator = SagaOrchestrator()
+    with pytest.raises(StepTimeout) as info:
+        await orchestrator.execute(
+            SagaDefinition("c").add_step(tracked("a")()).add_step(converts())
+        )
+
+    assert isinstance(info.value.__cause__, ConnectionError)
+    assert log == ["a", "undo a"]
+    current = asyncio.current_task()
+    assert current is not None
+    assert current.cancelling() == 0
+    meta = await orchestrator.get_saga("c")
+    assert meta is not None
+    assert meta.steps[1].status is StepStatus.TIMED_OUT
+    # The task can still be timed out normally afterwards.
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(10)
+
+
+@pytest.mark.asyncio
+async def test_a_compensation_that_turns_its_timeout_into_another_error_is_a_timeout() -> None:
+    @step(compensation_timeout=0.01)
+    async def charge() -> str:
+        return "pay"
+
+    @charge.compensate
+    async def refund() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise ConnectionError("cleanup failed") from None
+
+    orchestrator = SagaOrchestrator(compensation_retry=Retry(attempts=1))
+    with pytest.raises(CompensationFailed) as info:
+        await orchestrator.execute(SagaDefinition("ct").add_step(charge()).add_step(boom()))
+
+    assert isinstance(info.value.error, StepTimeout)
+    assert isinstance(info.value.error.__cause__, ConnectionError)
+    current = asyncio.current_task()
+    assert current is not None
+    assert current.cancelling() == 0
+    meta = await orchestrator.get_saga("ct")
+    assert meta is not None
+    assert meta.compensations[0].status is StepStatus.TIMED_OUT

@@ -595,3 +595,28 @@ async def test_a_compensation_fitting_both_forms_gets_the_result_at_run_time() -
     with pytest.raises(StepFailed):
         await SagaOrchestrator().execute(flow())
     assert seen == [("pay-o-1", "o-1", 5.0)]
+
+
+@pytest.mark.asyncio
+async def test_awaited_step_that_turns_its_timeout_into_an_error_is_a_timeout() -> None:
+    @step(timeout=0.01)
+    async def converts() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise ConnectionError("cleanup failed") from None
+
+    with pytest.raises(StepTimeout) as info:
+        await converts()
+    assert isinstance(info.value.__cause__, ConnectionError)
+
+
+@pytest.mark.asyncio
+async def test_awaited_step_raising_its_own_timeout_error_is_not_a_step_timeout() -> None:
+    @step(timeout=5)
+    async def remote() -> None:
+        raise TimeoutError("the remote side timed out")
+
+    with pytest.raises(TimeoutError, match="remote side") as info:
+        await remote()
+    assert not isinstance(info.value, StepTimeout)

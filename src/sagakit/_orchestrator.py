@@ -275,7 +275,13 @@ class SagaOrchestrator:
                             failure = StepTimeout(index, step._self_name, now() - started, timeout)
                         except Exception as raised:
                             run.deadline = NO_DEADLINE
-                            error = raised
+                            if claim_timeout(run):  # it turned its timeout into another error
+                                failure = StepTimeout(
+                                    index, step._self_name, now() - started, timeout
+                                )
+                                failure.__cause__ = raised
+                            else:
+                                error = raised
                         else:
                             record.duration = finished - started
                             break
@@ -563,6 +569,11 @@ class SagaOrchestrator:
                         except Exception as raised:
                             run.deadline = NO_DEADLINE
                             error = raised
+                            if claim_timeout(run):  # it turned its timeout into another error
+                                error = StepTimeout(
+                                    record.index, record.name, now() - started, timeout
+                                )
+                                error.__cause__ = raised
                         else:
                             record.duration = finished - started
                             break

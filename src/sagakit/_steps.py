@@ -85,24 +85,25 @@ class StepCall(Generic[R_co]):
         while True:
             attempt += 1
             started = time.monotonic()
+            deadline = asyncio.timeout(step.timeout)
             try:
-                async with asyncio.timeout(step.timeout) as deadline:
+                async with deadline:
                     result = await self.fn(*self.args, **self.kwargs)
                 # It swallowed its cancellation, or blocked past the deadline without awaiting.
                 when = deadline.when()
                 if deadline.expired() or (when is not None and loop.time() >= when):
                     raise StepTimeout(-1, step.name, time.monotonic() - started, step.timeout)
                 return result  # type: ignore[no-any-return]
-            except TimeoutError as error:
-                failure: BaseException = error
-                if not isinstance(error, StepTimeout):
-                    failure = StepTimeout(-1, step.name, time.monotonic() - started, step.timeout)
-                    failure.__cause__ = error
-                if attempt >= policy.attempts or not policy.retries(failure):
-                    raise failure from failure.__cause__
             except Exception as error:
-                if attempt >= policy.attempts or not policy.retries(error):
-                    raise
+                failure: Exception = error
+                if deadline.expired() and not isinstance(error, StepTimeout):
+                    # Timed out, whether the step let the cancellation through or turned
+                    # it into another error.
+                    failure = StepTimeout(-1, step.name, time.monotonic() - started, step.timeout)
+                if attempt >= policy.attempts or not policy.retries(failure):
+                    if failure is error:
+                        raise
+                    raise failure from error
             await asyncio.sleep(policy.delay(attempt))
 
     def __repr__(self) -> str:
