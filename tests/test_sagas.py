@@ -513,3 +513,21 @@ async def test_a_definition_runs_a_fresh_generator_every_time() -> None:
     assert await orchestrator.execute(definition) == [1, 2]
     assert await orchestrator.execute(definition) == [1, 2]
     assert seen == [1, 2, 1, 2]
+
+
+@pytest.mark.asyncio
+async def test_a_generator_that_raises_compensates_and_reraises_its_own_error() -> None:
+    @saga
+    def flow() -> Generator[StepCall[Any], Any, None]:
+        yield debit("A", 1.0)
+        raise LookupError("no route to B")
+
+    orchestrator = SagaOrchestrator()
+    with pytest.raises(LookupError, match="no route to B"):
+        await orchestrator.execute(flow(), saga_id="route")
+    assert calls == [("debit", "A"), ("undo_debit", "A")]
+    meta = await orchestrator.get_saga("route")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert meta.compensation_events == (("refunded", "A", 1.0),)
+    assert meta.error == "LookupError: no route to B"
