@@ -1,0 +1,242 @@
+"""Recovery in one process: a store that 'dies' at a transition leaves a log behind,
+and a second store (another owner) recovers it."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sagakit import (
+    MemoryStore,
+    SagaDefinition,
+    SagaDefinitionError,
+    SagaOrchestrator,
+    SagaStatus,
+    SQLiteStore,
+    Transition,
+    TransitionKind,
+    current_step,
+    saga,
+    step,
+)
+from sagakit._runs import SagaRun
+
+effects: list[str] = []
+
+
+class Crash(BaseException):
+    """The process 'dies': nothing after it reaches the log."""
+
+
+def dead_owner() -> str:
+    probe = subprocess.Popen([sys.executable, "-c", "pass"])
+    probe.wait()
+    return f"{socket.gethostname()}/{probe.pid}/0"
+
+
+class CrashingStore(SQLiteStore):
+    """Records normally until ``crash_at(transition)``; then records nothing, ever."""
+
+    def __init__(self, path: str, crash_at: Callable[[Transition], bool]) -> None:
+        super().__init__(path, owner=dead_owner())
+        self.crash_at = crash_at
+        self.crashed = False
+
+    async def record(self, run: SagaRun, transition: Transition) -> None:
+        if self.crashed or self.crash_at(transition):
+            self.crashed = True
+            raise Crash
+        await super().record(run, transition)
+
+
+def at(kind: TransitionKind, step_name: str | None = None) -> Callable[[Transition], bool]:
+    return lambda t: t.kind is kind and (step_name is None or t.step_name == step_name)
+
+
+@step
+async def book(item: str) -> str:
+    context = current_step()
+    assert context is not None
+    effects.append(f"book {item} {context.idempotency_key}")
+    return f"booking-{item}"
+
+
+@book.compensate
+async def cancel(booking: str, item: str) -> None:
+    effects.append(f"cancel {booking}")
+
+
+@step
+async def pay(item: str) -> str:
+    effects.append(f"pay {item}")
+    if item == "declined":
+        raise ValueError("card declined")
+    return f"paid-{item}"
+
+
+@pay.compensate
+async def refund(item: str) -> None:
+    effects.append(f"refund {item}")
+    if item == "stuck":
+        raise RuntimeError("refund service down")
+
+
+@saga
+def rec_order(item: str):  # type: ignore[no-untyped-def]
+    booking = yield book(item)
+    assert booking == f"booking-{item}"  # replay feeds the recorded result
+    yield pay(item)
+
+
+@saga(recovery="compensate")
+def rec_careful_order(item: str):  # type: ignore[no-untyped-def]
+    yield book(item)
+    yield pay(item)
+
+
+@saga
+def rec_changing(item: str):  # type: ignore[no-untyped-def]
+    yield book(item)
+    yield pay(item)
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    effects.clear()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return str(tmp_path / "sagas.db")
+
+
+async def crash(db: str, definition: SagaDefinition, saga_id: str, when: Any) -> None:
+    store = CrashingStore(db, when)
+    orchestrator = SagaOrchestrator(store)
+    with pytest.raises(Crash):
+        await orchestrator.execute(definition, saga_id=saga_id)
+    await orchestrator.close()
+
+
+@pytest.mark.asyncio
+async def test_resume_runs_only_the_steps_not_recorded(db: str) -> None:
+    await crash(db, rec_order("bike"), "o1", at(TransitionKind.STEP_COMPLETED, "pay"))
+    assert effects == ["book bike o1:0", "pay bike"]
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        outcomes = await orchestrator.recover()
+        assert [(o.saga_id, o.action, o.status) for o in outcomes] == [
+            ("o1", "resumed", SagaStatus.COMPLETED)
+        ]
+        meta = await orchestrator.get_saga("o1")
+        assert meta is not None
+        assert meta.events == ("booking-bike", "paid-bike")
+        assert await orchestrator.recover() == []
+    # pay ran but its completion never reached the log: it runs again; book does not.
+    assert effects == ["book bike o1:0", "pay bike", "pay bike"]
+
+
+@pytest.mark.asyncio
+async def test_compensate_policy_undoes_completed_steps(db: str) -> None:
+    await crash(db, rec_careful_order("car"), "o2", at(TransitionKind.STEP_STARTED, "pay"))
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        (outcome,) = await orchestrator.recover()
+        assert (outcome.action, outcome.status) == ("compensated", SagaStatus.COMPENSATED)
+    assert effects == ["book car o2:0", "cancel booking-car"]
+
+
+@pytest.mark.asyncio
+async def test_a_failed_step_is_compensated_whatever_the_policy(db: str) -> None:
+    # Crash right after the failure was recorded, before compensating started.
+    await crash(db, rec_order("declined"), "o3", at(TransitionKind.COMPENSATION_STARTED))
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        (outcome,) = await orchestrator.recover()
+    assert (outcome.action, outcome.status) == ("compensated", SagaStatus.COMPENSATED)
+    assert effects == ["book declined o3:0", "pay declined", "cancel booking-declined"]
+
+
+@pytest.mark.asyncio
+async def test_a_failing_compensation_ends_the_recovered_saga_failed(db: str) -> None:
+    @step
+    async def ship(item: str) -> None:
+        raise ValueError("no truck")
+
+    @saga(name="rec_stuck")
+    def stuck(item: str):  # type: ignore[no-untyped-def]
+        yield pay(item)
+        yield ship(item)
+
+    await crash(db, stuck("stuck"), "o4", at(TransitionKind.COMPENSATION_STARTED))
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        (outcome,) = await orchestrator.recover()
+        assert (outcome.action, outcome.status) == ("compensated", SagaStatus.FAILED)
+        assert outcome.error is not None
+        assert "refund service down" in outcome.error
+        assert await orchestrator.running_count() == 0
+
+
+@pytest.mark.asyncio
+async def test_changed_code_is_dead_lettered_without_running_anything(db: str) -> None:
+    await crash(db, rec_changing("tv"), "o5", at(TransitionKind.STEP_STARTED, "pay"))
+
+    @saga(name="rec_changing")
+    def changed(item: str):  # type: ignore[no-untyped-def]
+        yield pay(item)  # was book(item)
+        yield book(item)
+
+    store = SQLiteStore(db)
+    async with SagaOrchestrator(store) as orchestrator:
+        (outcome,) = await orchestrator.recover()
+        assert outcome.action == "dead_lettered"
+        assert outcome.error is not None
+        assert "NonDeterminismError" in outcome.error
+        assert "yielded step 'pay' at index 0" in outcome.error
+        (letter,) = await store.dead_letters()
+        assert letter.saga_id == "o5"
+        assert await orchestrator.running_count() == 0
+        assert await orchestrator.recover() == []  # parked sagas are not retried
+        await store.resolve("o5", "cancelled the booking by hand")
+        assert await store.dead_letters() == []
+        meta = await orchestrator.get_saga("o5")
+        assert meta is not None
+        assert meta.status is SagaStatus.FAILED
+    assert effects == ["book tv o5:0"]
+
+
+@pytest.mark.asyncio
+async def test_builder_sagas_are_dead_lettered_with_the_reason(db: str) -> None:
+    definition = SagaDefinition("builder-1").add_step(book("lamp")).add_step(pay("lamp"))
+    await crash(db, definition, "builder-1", at(TransitionKind.STEP_STARTED, "pay"))
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        (outcome,) = await orchestrator.recover()
+    assert outcome.action == "dead_lettered"
+    assert outcome.error is not None
+    assert "declare it with @saga" in outcome.error
+
+
+@pytest.mark.asyncio
+async def test_recover_on_start_and_names_filter(db: str) -> None:
+    await crash(db, rec_order("desk"), "o6", at(TransitionKind.STEP_STARTED, "pay"))
+    store = SQLiteStore(db)
+    assert await store.claim_orphans(names={"someone_else"}) == []
+    async with SagaOrchestrator(store, recover_on_start=True) as orchestrator:
+        meta = await orchestrator.get_saga("o6")
+        assert meta is not None
+        assert meta.status is SagaStatus.COMPLETED
+    assert effects == ["book desk o6:0", "pay desk"]
+
+
+@pytest.mark.asyncio
+async def test_memory_store_has_nothing_to_recover() -> None:
+    async with SagaOrchestrator(MemoryStore()) as orchestrator:
+        assert await orchestrator.recover() == []
+
+
+def test_max_recovery_attempts_is_checked() -> None:
+    with pytest.raises(SagaDefinitionError, match="max_recovery_attempts"):
+        SagaOrchestrator(max_recovery_attempts=0)
