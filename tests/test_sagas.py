@@ -529,5 +529,5 @@ async def test_a_generator_that_raises_compensates_and_reraises_its_own_error() 
     meta = await orchestrator.get_saga("route")
     assert meta is not None
     assert meta.status is SagaStatus.COMPENSATED
-    assert meta.compensation_events == (("refunded", "A", 1.0),)
+    assert meta.compensation_events == ("refunded", "A", 1.0)  # a tuple result: its items
     assert meta.error == "LookupError: no route to B"
