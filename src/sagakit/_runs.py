@@ -24,24 +24,30 @@ def describe_error(error: BaseException) -> str:
 
 
 class StepRun:
-    """Mutable state of one step or compensation within one run.
+    """Mutable state of one step or compensation within one run."""
 
-    Rarely-set fields are class-level defaults, so making one per step stays cheap.
-    """
-
-    status: StepStatus = StepStatus.RUNNING
-    attempts: int = 1
-    duration: float | None = None
-    error: str | None = None
-    events: Sequence[Any] = ()
-    result: Any = None
-    compensation: bool = False
+    __slots__ = (
+        "attempts",
+        "compensation",
+        "duration",
+        "error",
+        "events",
+        "index",
+        "name",
+        "result",
+        "status",
+    )
 
     def __init__(self, index: int, name: str, compensation: bool = False) -> None:
         self.index = index
         self.name = name
-        if compensation:
-            self.compensation = True
+        self.compensation = compensation
+        self.status = StepStatus.RUNNING
+        self.attempts = 1
+        self.duration: float | None = None
+        self.error: str | None = None
+        self.events: Sequence[Any] = ()
+        self.result: Any = None
 
     def record(self) -> StepRecord:
         return StepRecord(
