@@ -72,11 +72,10 @@ async def recover(
     recoverable = _recoverable(store)
     outcomes: list[RecoveryOutcome] = []
     while limit is None or len(outcomes) < limit:
-        batch = 100 if limit is None else min(100, limit - len(outcomes))
+        # One claim at a time: a claim counts as a recovery attempt, so claiming a
+        # batch would spend the attempts of sagas a crash then leaves untried.
         names = {function.name for function in registered_sagas()}
-        orphans = await recoverable.claim_orphans(
-            names=names, limit=batch, max_attempts=max_attempts
-        )
+        orphans = await recoverable.claim_orphans(names=names, limit=1, max_attempts=max_attempts)
         if not orphans:
             break
         for orphan in orphans:

@@ -1,0 +1,146 @@
+"""The sagakit CLI over a SQLite log: tables, --json, recover, dead letters."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sagakit.cli import main
+
+HELPER = Path(__file__).parent / "crash_helpers" / "bank.py"
+HELPERS = str(HELPER.parent)
+
+
+def child(db: str, log: Path, *args: str, crash: str = "") -> int:
+    env = {**os.environ, "SAGAKIT_CRASH_LOG": str(log), "SAGAKIT_CRASH": crash}
+    return subprocess.run(
+        [sys.executable, str(HELPER), *args], env=env, capture_output=True, check=False,
+        timeout=60,
+    ).returncode
+
+
+def cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(list(argv), out)
+    return code, out.getvalue()
+
+
+@pytest.fixture
+def log_db(tmp_path: Path) -> tuple[str, Path]:
+    db = str(tmp_path / "sagas.db")
+    log = tmp_path / "effects.log"
+    assert child(db, log, "run", db, "transfer", "ok-1", "B") == 0
+    assert child(db, log, "run", db, "transfer", "refused-1", "REFUSE") == 2
+    return db, log
+
+
+def test_list_shows_a_table_and_filters_by_status(log_db: tuple[str, Path]) -> None:
+    db, _ = log_db
+    code, out = cli("--db", db, "list")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["ID", "NAME", "STATUS", "STEPS", "STARTED", "ERROR"]
+    assert lines[1].split()[:4] == ["refused-1", "transfer", "compensated", "2/?"]
+    assert lines[2].split()[:4] == ["ok-1", "transfer", "completed", "3/3"]
+    code, out = cli("--db", db, "list", "--status", "completed", "--json")
+    assert code == 0
+    assert [saga["id"] for saga in json.loads(out)] == ["ok-1"]
+
+
+def test_show_gives_the_step_trail(log_db: tuple[str, Path]) -> None:
+    db, _ = log_db
+    code, out = cli("--db", db, "show", "refused-1")
+    assert code == 0
+    assert "saga refused-1 (transfer): compensated" in out
+    rows = [line.split()[:4] for line in out.splitlines()[4:]]
+    assert rows == [
+        ["step", "0", "debit", "completed"],
+        ["step", "1", "reserve", "completed"],
+        ["step", "2", "credit", "failed"],
+        ["undo", "1", "reserve", "completed"],
+        ["undo", "0", "debit", "completed"],
+    ]
+    code, out = cli("show", "ok-1", "--db", db, "--json")
+    data = json.loads(out)
+    assert data["status"] == "completed"
+    assert data["events"][0] == {"account": "A", "amount": -10}
+    assert [s["name"] for s in data["steps"]] == ["debit", "reserve", "credit"]
+
+
+def test_unknown_saga_and_missing_log_are_clear_errors(
+    log_db: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, _ = log_db
+    assert cli("--db", db, "show", "nope")[0] == 1
+    assert "no saga 'nope'" in capsys.readouterr().err
+    missing = str(tmp_path / "missing.db")
+    assert cli("--db", missing, "list")[0] == 1
+    assert "no saga log at" in capsys.readouterr().err
+    assert not os.path.exists(missing)
+    with pytest.raises(SystemExit):
+        main(["list"])
+    assert "--db" in capsys.readouterr().err
+
+
+def test_recover_dead_letters_resume_and_resolve(tmp_path: Path) -> None:
+    db = str(tmp_path / "sagas.db")
+    log = tmp_path / "effects.log"
+    assert child(db, log, "run", db, "transfer", "t1", "B", crash="in_step:credit") == (
+        -signal.SIGKILL
+    )
+    assert child(db, log, "run", db, "transfer", "t2", "B", crash="in_step:credit") == (
+        -signal.SIGKILL
+    )
+    # Recovery crashes its process on t1 and t2 each time (max 1 attempt): parked.
+    assert child(db, log, "recover", db, "1", crash="in_step:credit") == -signal.SIGKILL
+    assert child(db, log, "recover", db, "1", crash="in_step:credit") == -signal.SIGKILL
+    assert child(db, log, "recover", db, "1", crash="in_step:credit") == 0
+    code, out = cli("--db", db, "dead-letters", "--json")
+    letters = json.loads(out)
+    assert sorted(letter["id"] for letter in letters) == ["t1", "t2"]
+    assert all(letter["recovery_attempts"] == 1 for letter in letters)
+    code, out = cli("--db", db, "dead-letters")
+    assert out.splitlines()[0].split()[:3] == ["ID", "NAME", "STATUS"]
+    assert cli("--db", db, "resume", "t1")[0] == 0
+    assert cli("--db", db, "resolve", "t2", "--note", "credited by hand")[0] == 0
+    sys.path.insert(0, HELPERS)
+    os.environ["SAGAKIT_CRASH_LOG"] = str(log)
+    try:
+        code, out = cli("--db", db, "recover", "--import", "bank", "--json")
+    finally:
+        sys.path.remove(HELPERS)
+        del os.environ["SAGAKIT_CRASH_LOG"]
+    assert code == 0
+    assert json.loads(out) == [
+        {"id": "t1", "name": "transfer", "action": "resumed", "status": "completed",
+         "error": None}
+    ]
+    assert cli("--db", db, "dead-letters")[1] == "no dead letters\n"
+    code, out = cli("--db", db, "show", "t2", "--json")
+    assert json.loads(out)["error"].startswith("resolved by an operator: credited by hand")
+    assert cli("--db", db, "resume", "t2")[0] == 1
+
+
+def test_recover_reports_a_module_that_does_not_import(
+    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, _ = log_db
+    assert cli("--db", db, "recover", "--import", "no_such_module_xyz")[0] == 1
+    assert "no_such_module_xyz" in capsys.readouterr().err
+
+
+def test_python_dash_m_sagakit(log_db: tuple[str, Path]) -> None:
+    db, _ = log_db
+    done = subprocess.run(
+        [sys.executable, "-m", "sagakit", "--db", db, "list", "--json"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert {saga["id"] for saga in json.loads(done.stdout)} == {"ok-1", "refused-1"}
