@@ -34,7 +34,11 @@ def _badge(status: str) -> str:
 
 
 def _ms(seconds: float | None) -> str:
-    return "" if seconds is None else f"{seconds * 1000:.1f} ms"
+    if seconds is None:
+        return ""
+    if seconds < 0.0001:
+        return f"{seconds * 1_000_000:.0f} µs"
+    return f"{seconds * 1000:.1f} ms"
 
 
 def _bar(seconds: float | None, longest: float) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ def definition_mermaid(definition: SagaDefinition) -> str:
         lines.append('    start --> steps[["steps known only when the generator saga runs"]]')
         return "\n".join(lines)
     previous = "start"
+    undo: list[str] = []
     for index, call in enumerate(calls):
         lines.append(f"    {previous} --> s{index}[{_text(call.step.name)}]")
         previous = f"s{index}"
@@ -44,7 +46,10 @@ def definition_mermaid(definition: SagaDefinition) -> str:
         if compensation is not None:
             name = getattr(compensation, "__name__", "compensation")
             lines.append(f"    s{index} -. on failure .-> c{index}[/{_text(name)}/]")
+            undo.append(f"c{index}")
     lines.append(f"    {previous} --> done([completed])")
+    # Compensations run in reverse order: each one leads to the one before it.
+    lines += [f"    {later} -.-> {earlier}" for earlier, later in itertools.pairwise(undo)]
     return "\n".join(lines)
 
 

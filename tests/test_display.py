@@ -1,0 +1,188 @@
+"""Notebook display: the escaped ``_repr_html_`` of runs, step records and definitions."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from typing import Any
+
+import pytest
+
+from sagakit import (
+    Retry,
+    SagaDefinition,
+    SagaMetadata,
+    SagaOrchestrator,
+    SagaStatus,
+    StepFailed,
+    StepRecord,
+    StepStatus,
+    saga,
+    step,
+)
+from sagakit.testing import FaultInjector, InstantSleep
+
+
+@step
+async def reserve(item: str) -> str:
+    return f"reserved {item}"
+
+
+@reserve.compensate
+async def release(item: str) -> None:
+    return None
+
+
+@step(retry=Retry(attempts=3, backoff=0), timeout=5)
+async def charge(item: str) -> str:
+    return "card"
+
+
+@charge.compensate
+async def refund(item: str) -> None:
+    return None
+
+
+@step
+async def ship(item: str) -> None:
+    return None
+
+
+@saga
+def order(item: str) -> list[Any]:
+    return [reserve(item), charge(item), ship(item)]
+
+
+@saga
+def order_gen(item: str) -> Any:
+    yield reserve(item)
+
+
+class _Cells(HTMLParser):
+    """The text of every table row, as lists of cell texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.tags: list[str] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _rows(html: str) -> list[list[str]]:
+    parser = _Cells()
+    parser.feed(html)
+    assert "script" not in parser.tags
+    return parser.rows
+
+
+async def _failed_run() -> SagaMetadata:
+    orchestrator = SagaOrchestrator(sleep=InstantSleep())
+    faults = FaultInjector().fail("charge", times=1).fail("ship", ValueError("<script>x</script>"))
+    with faults, pytest.raises(StepFailed):
+        await orchestrator.execute(order("<b>book</b>"), saga_id="o&1")
+    metadata = await orchestrator.get_saga("o&1")
+    assert metadata is not None
+    return metadata
+
+
+@pytest.mark.asyncio
+async def test_a_run_shows_steps_then_compensations_in_the_order_they_ran() -> None:
+    metadata = await _failed_run()
+    html = metadata._repr_html_()
+    rows = _rows(html)
+    assert rows[0] == ["#", "step", "status", "attempts", "duration", "timeline", "error"]
+    body = [(r[0], r[1], r[2], r[3], r[6]) for r in rows[1:] if len(r) > 1]
+    assert body == [
+        ("0", "reserve", "completed", "1", ""),
+        ("1", "charge", "completed", "2", ""),
+        ("2", "ship", "failed", "1", "ValueError: <script>x</script>"),
+        ("↩1", "charge", "completed", "1", ""),
+        ("↩2", "reserve", "completed", "1", ""),
+    ]
+    assert ["compensations, in the order they ran"] in rows
+    assert all(re.fullmatch(r"\d+(\.\d)? (ms|µs)", r[4]) for r in rows[1:] if len(r) > 1)
+    # escaped: the error and the id appear as text, never as markup
+    assert "<script>" not in html
+    assert "&lt;script&gt;" in html
+    assert "<code>o&amp;1</code>" in html
+    assert "compensated</span> 2/3 steps" in html
+
+
+def test_metadata_of_a_definition_not_run() -> None:
+    html = order("x").metadata()._repr_html_()
+    assert "not_started" in html
+    assert "no step has run" in html
+    assert "0/3 steps" in html
+
+
+def test_a_step_record_is_one_row() -> None:
+    record = StepRecord(
+        index=4,
+        name="pay<&>",
+        status=StepStatus.TIMED_OUT,
+        attempts=2,
+        duration=1.5,
+        error="StepTimeout: >",
+        compensation=True,
+    )
+    rows = _rows(record._repr_html_())
+    assert rows[1][:5] == ["compensation 4", "pay<&>", "timed_out", "2", "1500.0 ms"]
+    assert rows[1][6] == "StepTimeout: >"
+    assert "pay&lt;&amp;&gt;" in record._repr_html_()
+
+
+def test_a_definition_lists_its_steps_and_compensations() -> None:
+    html = order("<i>").with_id("id<1>")._repr_html_()
+    assert "saga order(&#x27;&lt;i&gt;&#x27;)" in html
+    assert "<code>id&lt;1&gt;</code>" in html
+    rows = _rows(html)
+    assert rows[0] == ["#", "step", "arguments", "timeout", "attempts", "compensation"]
+    assert rows[1:] == [
+        ["0", "reserve", "'<i>'", "30 s", "1", "release"],
+        ["1", "charge", "'<i>'", "5 s", "3", "refund"],
+        ["2", "ship", "'<i>'", "30 s", "1", "—"],
+    ]
+    builder = SagaDefinition("b-1").add_step(ship(item="z"))
+    assert _rows(builder._repr_html_())[1][2] == "item='z'"
+
+
+def test_a_generator_definition_says_its_steps_are_known_when_run() -> None:
+    html = order_gen("x")._repr_html_()
+    assert "known only when it runs" in html
+    assert "<table" not in html
+
+
+def test_rendering_imports_nothing_from_ipython() -> None:
+    code = (
+        "import sys, sagakit;"
+        "from sagakit import SagaStatus, SagaMetadata;"
+        "SagaMetadata(id='x', name='n', status=SagaStatus.COMPLETED)._repr_html_();"
+        "print([m for m in sys.modules if m.split('.')[0] in ('IPython', 'ipykernel')])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_status_colours_differ_by_outcome() -> None:
+    done = SagaMetadata(id="a", name="n", status=SagaStatus.COMPLETED)._repr_html_()
+    failed = SagaMetadata(id="a", name="n", status=SagaStatus.FAILED)._repr_html_()
+    assert re.search(r"color:(#[0-9a-f]+);font-weight:bold\">completed", done)
+    assert re.search(r"color:#cf222e;font-weight:bold\">failed", failed)

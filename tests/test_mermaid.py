@@ -1,0 +1,118 @@
+"""Mermaid flowcharts of definitions and runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sagakit import (
+    CompensationFailed,
+    SagaOrchestrator,
+    SagaStatus,
+    StepFailed,
+    StepTimeout,
+    saga,
+    step,
+)
+from sagakit.testing import FaultInjector, InstantSleep
+
+
+@step
+async def reserve(item: str) -> str:
+    return f"reserved {item}"
+
+
+@reserve.compensate
+async def release(item: str) -> None:
+    return None
+
+
+@step
+async def charge(item: str) -> str:
+    return "card"
+
+
+@charge.compensate
+async def refund(item: str) -> None:
+    return None
+
+
+@step(name='ship "fast" #1')
+async def ship(item: str) -> None:
+    return None
+
+
+@saga
+def order(item: str) -> list[Any]:
+    return [reserve(item), charge(item), ship(item)]
+
+
+@saga
+def order_gen(item: str) -> Any:
+    yield reserve(item)
+
+
+def test_definition_draws_forward_steps_and_compensations() -> None:
+    assert order("x").to_mermaid().splitlines() == [
+        "flowchart LR",
+        '    start(["order"])',
+        '    start --> s0["reserve"]',
+        '    s0 -. on failure .-> c0[/"release"/]',
+        '    s0 --> s1["charge"]',
+        '    s1 -. on failure .-> c1[/"refund"/]',
+        '    s1 --> s2["ship #quot;fast#quot; #35;1"]',
+        "    s2 --> done([completed])",
+        "    c1 -.-> c0",
+    ]
+
+
+def test_generator_definition_says_steps_come_when_run() -> None:
+    text = order_gen("x").to_mermaid()
+    assert "steps known only when the generator saga runs" in text
+
+
+async def _run(faults: FaultInjector) -> Any:
+    orchestrator = SagaOrchestrator(sleep=InstantSleep())
+    with faults, pytest.raises(StepFailed):
+        await orchestrator.execute(order("x"), saga_id="o-1")
+    return await orchestrator.get_saga("o-1")
+
+
+@pytest.mark.asyncio
+async def test_a_run_marks_the_failed_step_and_the_compensation_path() -> None:
+    metadata = await _run(FaultInjector().fail("charge", ValueError("card <declined>")))
+    lines = metadata.to_mermaid().splitlines()
+    assert lines[:6] == [
+        "flowchart LR",
+        '    start(["order<br/>o-1"])',
+        '    start --> s0["reserve"]:::completed',
+        '    s0 --> s1["charge<br/>ValueError: card #lt;declined#gt;"]:::failed',
+        '    s1 -.-> rest["1 more not run"]:::pending',
+        '    s1 ==>|1| c1[/"undo reserve"/]:::compensated',
+    ]
+    assert '    c1 --> finish(["compensated"])' in lines
+    assert "    classDef failed fill:#ffebe9,stroke:#cf222e,stroke-width:3px" in lines
+
+
+@pytest.mark.asyncio
+async def test_a_timed_out_step_and_a_failed_compensation() -> None:
+    faults = FaultInjector().timeout(ship).fail_compensation("charge", OSError("ledger"))
+    orchestrator = SagaOrchestrator(sleep=InstantSleep(), continue_on_compensation_failure=True)
+    with faults, pytest.raises(CompensationFailed) as caught:
+        await orchestrator.execute(order("x"), saga_id="o-2")
+    assert isinstance(caught.value.__cause__, StepTimeout)
+    metadata = await orchestrator.get_saga("o-2")
+    assert metadata is not None
+    assert metadata.status is SagaStatus.FAILED
+    text = metadata.to_mermaid()
+    assert ":::timed_out" in text
+    assert '    s2 ==>|1| c1[/"undo charge<br/>OSError: ledger"/]:::failed' in text
+    assert '    c1 ==>|2| c2[/"undo reserve"/]:::compensated' in text
+    assert '    c2 --> finish(["failed"])' in text
+
+
+def test_a_run_not_started_has_no_finish() -> None:
+    text = order("x").metadata().to_mermaid()
+    assert "finish" not in text
+    assert '    start -.-> rest["3 more not run"]:::pending' in text

@@ -1,0 +1,206 @@
+"""Logging on the "sagakit" logger and listener hooks: one record per state change."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+
+from sagakit import (
+    CompensationFailed,
+    Retry,
+    SagaOrchestrator,
+    StepFailed,
+    Transition,
+    TransitionKind,
+    saga,
+    step,
+)
+from sagakit.testing import FaultInjector, InstantSleep, SagaRecorder
+
+K = TransitionKind
+
+
+@step
+async def reserve(item: str) -> str:
+    return f"reserved {item}"
+
+
+@reserve.compensate
+async def release(item: str) -> None:
+    return None
+
+
+@step(retry=Retry(attempts=2, backoff=0))
+async def ship(item: str) -> None:
+    return None
+
+
+@saga
+def order(item: str) -> Any:
+    yield reserve(item)
+    yield ship(item)
+
+
+def _records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "sagakit"]
+
+
+@pytest.mark.asyncio
+async def test_one_structured_record_per_transition_at_fitting_levels(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="sagakit")
+    recorder = SagaRecorder()
+    orchestrator = SagaOrchestrator(listeners=[recorder], sleep=InstantSleep())
+    with FaultInjector().fail("ship", RuntimeError("down")), pytest.raises(StepFailed):
+        await orchestrator.execute(order("book"), saga_id="o-1")
+    records = _records(caplog)
+    kinds = [r.transition for r in records]  # type: ignore[attr-defined]
+    assert kinds == [str(t.kind) for t in recorder.transitions]  # one record per transition
+    levels = {r.transition: r.levelno for r in records}  # type: ignore[attr-defined]
+    assert levels == {
+        "saga_started": logging.INFO,
+        "step_started": logging.DEBUG,
+        "step_completed": logging.DEBUG,
+        "step_retrying": logging.INFO,
+        "step_failed": logging.WARNING,
+        "compensation_started": logging.DEBUG,
+        "compensation_completed": logging.DEBUG,
+        "saga_finished": logging.WARNING,  # compensated
+    }
+    failed = next(r for r in records if r.transition == "step_failed")  # type: ignore[attr-defined]
+    assert failed.saga_id == "o-1"  # type: ignore[attr-defined]
+    assert failed.saga_name == "order"  # type: ignore[attr-defined]
+    assert failed.step_name == "ship"  # type: ignore[attr-defined]
+    assert failed.step_index == 1  # type: ignore[attr-defined]
+    assert failed.attempt == 2  # type: ignore[attr-defined]
+    assert failed.saga_status == "executing"  # type: ignore[attr-defined]
+    assert failed.getMessage() == (
+        "saga order (o-1) step_failed step 1 'ship' attempt 2: RuntimeError: down"
+    )
+    finished = records[-1]
+    assert finished.saga_status == "compensated"  # type: ignore[attr-defined]
+    assert finished.step_name is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_compensation_failure_is_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sagakit")
+    faults = FaultInjector().fail("ship").fail_compensation("reserve", OSError("ledger"))
+    with faults, pytest.raises(CompensationFailed):
+        await SagaOrchestrator(sleep=InstantSleep()).execute(order("x"), saga_id="o-2")
+    by_kind = {(r.transition, r.levelno) for r in _records(caplog)}  # type: ignore[attr-defined]
+    assert ("compensation_retrying", logging.WARNING) in by_kind
+    assert ("compensation_failed", logging.ERROR) in by_kind
+    assert ("saga_finished", logging.ERROR) in by_kind  # FAILED
+    # DEBUG transitions are neither built nor logged at INFO
+    assert not any(r.levelno == logging.DEBUG for r in _records(caplog))
+
+
+@pytest.mark.asyncio
+async def test_a_completed_saga_logs_start_and_finish_at_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="sagakit")
+    await SagaOrchestrator().execute(order("x"), saga_id="o-3")
+    assert [(r.levelname, r.getMessage()) for r in _records(caplog)] == [
+        ("INFO", "saga order (o-3) saga_started"),
+        ("INFO", "saga order (o-3) saga_finished"),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_listeners_sync_and_async_see_every_transition_in_order() -> None:
+    seen_sync: list[TransitionKind] = []
+    seen_async: list[TransitionKind] = []
+
+    def sync_listener(transition: Transition) -> None:
+        seen_sync.append(transition.kind)
+
+    async def async_listener(transition: Transition) -> None:
+        seen_async.append(transition.kind)
+
+    orchestrator = SagaOrchestrator(listeners=[sync_listener])
+    orchestrator.add_listener(async_listener)
+    await orchestrator.execute(order("x"))
+    expected = [
+        K.SAGA_STARTED,
+        K.STEP_STARTED,
+        K.STEP_COMPLETED,
+        K.STEP_STARTED,
+        K.STEP_COMPLETED,
+        K.SAGA_FINISHED,
+    ]
+    assert seen_sync == expected
+    assert seen_async == expected
+    orchestrator.remove_listener(sync_listener)
+    await orchestrator.execute(order("y"))
+    assert len(seen_sync) == 6
+    assert len(seen_async) == 12
+
+
+@pytest.mark.asyncio
+async def test_a_raising_listener_never_breaks_the_saga_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="sagakit")
+    recorder = SagaRecorder()
+
+    def broken(transition: Transition) -> None:
+        raise ValueError(f"listener broke on {transition.kind}")
+
+    async def broken_async(transition: Transition) -> None:
+        raise KeyError("async listener broke")
+
+    orchestrator = SagaOrchestrator(listeners=[broken, broken_async, recorder])
+    assert await orchestrator.execute(order("x"), saga_id="o-4") == ["reserved x"]
+    recorder.assert_status("completed")  # later listeners still called
+    errors = [r for r in _records(caplog) if "raised on" in r.getMessage()]
+    assert len(errors) == 12  # two listeners x six transitions
+    assert errors[0].exc_info is not None
+    assert isinstance(errors[0].exc_info[1], ValueError)
+    assert errors[0].saga_id == "o-4"  # type: ignore[attr-defined]
+    assert "the saga goes on" in errors[0].getMessage()
+    assert any(isinstance(r.exc_info[1], KeyError) for r in errors if r.exc_info)
+
+
+def test_nothing_is_printed_without_logging_configured() -> None:
+    code = textwrap.dedent(
+        """
+        import asyncio
+        from sagakit import SagaOrchestrator, StepFailed, saga, step
+
+        @step
+        async def reserve(item):
+            return None
+
+        @reserve.compensate
+        async def release(item):
+            raise RuntimeError("cannot release")
+
+        @step
+        async def ship(item):
+            raise RuntimeError("down")
+
+        @saga
+        def order(item):
+            return [reserve(item), ship(item)]
+
+        async def main():
+            try:
+                await SagaOrchestrator(listeners=[lambda t: 1 / 0]).execute(order("x"))
+            except Exception:
+                pass
+
+        asyncio.run(main())
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert result.stderr == ""
