@@ -453,3 +453,50 @@ async def test_a_compensation_that_turns_its_timeout_into_another_error_is_a_tim
     meta = await orchestrator.get_saga("ct")
     assert meta is not None
     assert meta.compensations[0].status is StepStatus.TIMED_OUT
+
+
+@pytest.mark.asyncio
+async def test_a_compensation_that_swallows_its_timeout_is_timed_out_and_retried() -> None:
+    attempts: list[int] = []
+
+    @step(compensation_timeout=0.01, compensation_retry=Retry(attempts=2, backoff=0))
+    async def charge() -> str:
+        return "pay"
+
+    @charge.compensate
+    async def refund() -> str:
+        attempts.append(len(attempts) + 1)
+        if len(attempts) == 1:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(10)
+            return "late refund"
+        return "refunded"
+
+    orchestrator = SagaOrchestrator()
+    with pytest.raises(StepFailed) as info:
+        await orchestrator.execute(SagaDefinition("cs").add_step(charge()).add_step(boom()))
+
+    assert attempts == [1, 2]
+    assert info.value.compensation_events == ["refunded"]  # not the late result
+    meta = await orchestrator.get_saga("cs")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert meta.compensations[0].attempts == 2
+
+
+@pytest.mark.asyncio
+async def test_a_compensation_that_blocks_past_its_deadline_is_timed_out() -> None:
+    @step(compensation_timeout=0.01)
+    async def charge() -> str:
+        return "pay"
+
+    @charge.compensate
+    async def refund() -> str:
+        time.sleep(0.03)  # noqa: ASYNC251
+        return "refunded"
+
+    orchestrator = SagaOrchestrator(compensation_retry=Retry(attempts=1))
+    with pytest.raises(CompensationFailed) as info:
+        await orchestrator.execute(SagaDefinition("cb").add_step(charge()).add_step(boom()))
+    assert isinstance(info.value.error, StepTimeout)
+    assert info.value.uncompensated == ("charge",)
