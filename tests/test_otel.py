@@ -1,0 +1,227 @@
+"""OpenTelemetry tracing (sagakit.otel), checked with the SDK's in-memory exporter."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk", reason="the OpenTelemetry SDK is in the dev extra")
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
+)
+from opentelemetry.trace import StatusCode
+
+from sagakit import Retry, SagaOrchestrator, StepFailed, StepTimeout, saga, step
+from sagakit.otel import SagaTracer, instrument
+from sagakit.testing import FaultInjector, InstantSleep
+
+provider = TracerProvider()
+exporter = InMemorySpanExporter()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+user_tracer = provider.get_tracer("app")
+
+
+@step
+async def reserve(item: str) -> str:
+    with user_tracer.start_as_current_span("warehouse call"):
+        await asyncio.sleep(0)
+    return f"reserved {item}"
+
+
+@reserve.compensate
+async def release(item: str) -> None:
+    return None
+
+
+@step(retry=Retry(attempts=3, backoff=0))
+async def charge(item: str) -> str:
+    return "card"
+
+
+@charge.compensate
+async def refund(item: str) -> None:
+    return None
+
+
+@step
+async def ship(item: str) -> None:
+    return None
+
+
+@saga
+def order(item: str) -> Any:
+    yield reserve(item)
+    yield charge(item)
+    yield ship(item)
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    exporter.clear()
+
+
+def _orchestrator() -> SagaOrchestrator:
+    orchestrator = SagaOrchestrator(sleep=InstantSleep())
+    instrument(orchestrator, tracer_provider=provider)
+    return orchestrator
+
+
+def _by_name(spans: tuple[ReadableSpan, ...]) -> dict[str, ReadableSpan]:
+    return {span.name: span for span in spans}
+
+
+def _parent(span: ReadableSpan) -> int | None:
+    return None if span.parent is None else span.parent.span_id
+
+
+@pytest.mark.asyncio
+async def test_a_span_per_saga_and_a_child_per_step() -> None:
+    await _orchestrator().execute(order("book"), saga_id="o-1")
+    spans = _by_name(exporter.get_finished_spans())
+    assert set(spans) == {
+        "saga order",
+        "step reserve",
+        "step charge",
+        "step ship",
+        "warehouse call",
+    }
+    root = spans["saga order"]
+    assert root.parent is None
+    assert root.status.status_code is StatusCode.OK
+    assert root.attributes is not None
+    assert root.attributes["sagakit.saga.id"] == "o-1"
+    assert root.attributes["sagakit.saga.status"] == "completed"
+    for name in ("step reserve", "step charge", "step ship"):
+        assert _parent(spans[name]) == root.context.span_id
+        assert spans[name].context.trace_id == root.context.trace_id
+        assert spans[name].status.status_code is StatusCode.OK
+    reserve_span = spans["step reserve"]
+    assert reserve_span.attributes is not None
+    assert reserve_span.attributes["sagakit.step.index"] == 0
+    assert reserve_span.attributes["sagakit.step.name"] == "reserve"
+    assert reserve_span.attributes["sagakit.compensation"] is False
+    # a span started inside the step nests under the step's span
+    assert _parent(spans["warehouse call"]) == reserve_span.context.span_id
+
+
+@pytest.mark.asyncio
+async def test_failure_records_the_exception_and_compensation_spans() -> None:
+    faults = FaultInjector().fail("charge", ConnectionError("busy"), times=1)
+    faults.fail("ship", RuntimeError("carrier down"))
+    with faults, pytest.raises(StepFailed):
+        await _orchestrator().execute(order("book"))
+    spans = _by_name(exporter.get_finished_spans())
+    root = spans["saga order"]
+    assert root.status.status_code is StatusCode.ERROR
+    assert root.status.description == "saga ended compensated"
+    ship_span = spans["step ship"]
+    assert ship_span.status.status_code is StatusCode.ERROR
+    assert ship_span.status.description == "RuntimeError: carrier down"
+    [event] = [e for e in ship_span.events if e.name == "exception"]
+    assert event.attributes is not None
+    assert event.attributes["exception.type"] == "RuntimeError"
+    charge_span = spans["step charge"]
+    assert charge_span.status.status_code is StatusCode.OK
+    assert charge_span.attributes is not None
+    assert charge_span.attributes["sagakit.step.attempts"] == 2
+    assert [e.name for e in charge_span.events] == ["exception", "sagakit.retry"]
+    finished = exporter.get_finished_spans()
+    compensations = [s.name for s in finished if s.name.startswith("compensate")]
+    assert compensations == ["compensate charge", "compensate reserve"]  # in the order they ran
+    for name in compensations:
+        assert _parent(spans[name]) == root.context.span_id
+        assert spans[name].status.status_code is StatusCode.OK
+        assert spans[name].attributes["sagakit.compensation"] is True  # type: ignore[index]
+
+
+@pytest.mark.asyncio
+async def test_timeouts_and_failed_compensations() -> None:
+    faults = FaultInjector().timeout("ship").fail_compensation("charge", OSError("ledger"))
+    with faults, pytest.raises(Exception, match="compensation of step 1"):
+        await _orchestrator().execute(order("book"))
+    spans = _by_name(exporter.get_finished_spans())
+    assert spans["step ship"].attributes["sagakit.step.timed_out"] is True  # type: ignore[index]
+    assert spans["step ship"].status.status_code is StatusCode.ERROR
+    comp = spans["compensate charge"]
+    assert comp.status.status_code is StatusCode.ERROR
+    assert comp.attributes["sagakit.step.attempts"] == 3  # type: ignore[index]
+    assert spans["saga order"].status.description == "saga ended failed"
+
+
+@pytest.mark.asyncio
+async def test_the_saga_span_nests_under_the_callers_span_and_the_context_is_restored() -> None:
+    with user_tracer.start_as_current_span("request") as request:
+        await _orchestrator().execute(order("book"))
+        assert trace.get_current_span() is request
+    spans = _by_name(exporter.get_finished_spans())
+    assert _parent(spans["saga order"]) == spans["request"].context.span_id
+
+
+@pytest.mark.asyncio
+async def test_concurrent_sagas_keep_their_spans_apart() -> None:
+    orchestrator = _orchestrator()
+    await asyncio.gather(*(orchestrator.execute(order(str(i))) for i in range(5)))
+    spans = exporter.get_finished_spans()
+    roots = {s.context.span_id: s for s in spans if s.name == "saga order"}
+    assert len(roots) == 5
+    for span in spans:
+        if span.name.startswith("step"):
+            root = roots[_parent(span)]  # type: ignore[index]
+            assert root.attributes["sagakit.saga.id"] == span.attributes["sagakit.saga.id"]  # type: ignore[index]
+    assert repr(orchestrator._listeners[0]) == "<SagaTracer 0 open sagas>"
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_step_span_is_ended_as_interrupted() -> None:
+    started = asyncio.Event()
+
+    @step
+    async def wait_forever(item: str) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    @saga
+    def stuck(item: str) -> Any:
+        yield reserve(item)
+        yield wait_forever(item)
+
+    orchestrator = SagaOrchestrator(listeners=[SagaTracer(provider)])
+    task = asyncio.create_task(orchestrator.execute(stuck("x")))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    spans = _by_name(exporter.get_finished_spans())
+    assert spans["step wait_forever"].status.description == "interrupted"
+    assert spans["compensate reserve"].status.status_code is StatusCode.OK
+    assert spans["saga stuck"].status.description == "saga ended compensated"
+
+
+@pytest.mark.asyncio
+async def test_timeout_spans_without_the_fault_injector() -> None:
+    @step(timeout=0.01)
+    async def slow(item: str) -> None:
+        await asyncio.sleep(1)
+
+    @saga
+    def slow_saga(item: str) -> Any:
+        yield slow(item)
+
+    with pytest.raises(StepTimeout):
+        await _orchestrator().execute(slow_saga("x"))
+    spans = _by_name(exporter.get_finished_spans())
+    assert spans["step slow"].attributes["sagakit.step.timed_out"] is True  # type: ignore[index]
+
+
+def test_importing_sagakit_does_not_import_opentelemetry() -> None:
+    code = "import sys, sagakit, sagakit.testing; print('opentelemetry' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
