@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+
 from pg_helpers.db import Worker, dsn_or_skip, fresh_schema, query, wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -151,7 +152,9 @@ def test_same_saga_ids_submitted_concurrently_run_once(
         assert [o[index]["id"] for o in outcomes] == [saga_id, saga_id]
     ran = effects(dsn, schema)
     assert sorted(ran.values()) == [1] * (len(ids) * 5)  # every step ran exactly once
-    runners = query(dsn, f'SELECT saga_id, count(DISTINCT worker) FROM "{schema}".effects GROUP BY 1')
+    runners = query(
+        dsn, f'SELECT saga_id, count(DISTINCT worker) FROM "{schema}".effects GROUP BY 1'
+    )
     assert all(count == 1 for _, count in runners)
     assert all_completed(dsn, schema, ids)
 

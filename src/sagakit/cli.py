@@ -6,6 +6,9 @@
     sagakit --db sagas.db dead-letters
     sagakit --db sagas.db resume SAGA_ID       # un-park; the next recover runs it
     sagakit --db sagas.db resolve SAGA_ID --note "refunded by hand"
+
+``--db`` also takes a PostgreSQL URL (``postgresql://user@host/db``, with
+``--schema`` if the log is not in schema ``sagakit``).
 """
 
 from __future__ import annotations
@@ -24,12 +27,33 @@ from ._orchestrator import SagaOrchestrator
 from .exceptions import SagaError, StoreError
 from .records import SagaMetadata, StepRecord
 from .status import SagaStatus
+from .stores.postgres import PostgresStore
 from .stores.sqlite import SQLiteStore
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _is_postgres(db: str) -> bool:
+    return db.startswith(_POSTGRES_SCHEMES)
+
+
+def _store_for(args: argparse.Namespace) -> SQLiteStore | PostgresStore:
+    """The store named by ``--db``: a PostgreSQL URL or a SQLite file path."""
+    if _is_postgres(args.db):
+        return PostgresStore(args.db, schema=getattr(args, "schema", "sagakit"))
+    return SQLiteStore(args.db)
 
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", default=argparse.SUPPRESS, help="path of the SQLite saga log")
+    common.add_argument(
+        "--db",
+        default=argparse.SUPPRESS,
+        help="path of the SQLite saga log, or a postgresql:// URL",
+    )
+    common.add_argument(
+        "--schema", default=argparse.SUPPRESS, help="PostgreSQL schema of the log (sagakit)"
+    )
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
     )
@@ -117,7 +141,7 @@ def _step_json(record: StepRecord) -> dict[str, Any]:
 
 
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
-    store = SQLiteStore(args.db)
+    store = _store_for(args)
     try:
         if args.command == "list":
             sagas = await store.list_sagas(status=args.status, limit=args.limit)
@@ -222,7 +246,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         parser.error("the saga log is required: --db sagas.db")
     args.json = getattr(args, "json", False)
     try:
-        if not os.path.exists(args.db):
+        if not _is_postgres(args.db) and not os.path.exists(args.db):
             raise StoreError(f"no saga log at {args.db!r}; pass the path your application uses")
         return asyncio.run(_run(args, out or sys.stdout))
     except (SagaError, ImportError) as error:

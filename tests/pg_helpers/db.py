@@ -49,7 +49,8 @@ def query(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute(sql, params).fetchall()
+        cursor = conn.execute(sql, params)
+        return cursor.fetchall() if cursor.description is not None else []
 
 
 def wait_until(check: Callable[[], Any], what: str, timeout: float = GIVE_UP) -> Any:

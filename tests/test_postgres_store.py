@@ -1,0 +1,587 @@
+"""PostgresStore in one process: schema migrations, the log, idempotent ids, leases,
+fencing, claims, dead letters, the event stream and the CLI, against a real server.
+
+Several stores in one process stand for several workers: each has its own owner
+id, pool and leases. Leases are expired with SQL rather than by waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from pg_helpers.db import dsn_or_skip, fresh_schema, query
+from sagakit import (
+    LeaseLost,
+    PostgresStore,
+    SagaAlreadyExecuting,
+    SagaAlreadyFailed,
+    SagaOrchestrator,
+    SagaStatus,
+    SerializationError,
+    StoreError,
+    current_step,
+    saga,
+    step,
+)
+from sagakit._recovery import _recover_one
+from sagakit.cli import main as cli_main
+from sagakit.stores import RecoverableStore
+from sagakit.stores._pg_schema import SCHEMA_VERSION
+
+RAN: Counter[tuple[str, int, str]] = Counter()
+GATES: dict[str, asyncio.Event] = {}
+ENTERED: dict[str, asyncio.Event] = {}
+
+
+def _ran(kind: str) -> None:
+    ctx = current_step()
+    assert ctx is not None
+    RAN[(ctx.saga_id, ctx.step_index, kind)] += 1
+
+
+@step
+async def act(n: int) -> list[str]:
+    _ran("do")
+    ctx = current_step()
+    assert ctx is not None
+    key = f"{ctx.saga_id}:{ctx.step_index}"
+    gate = GATES.get(key)
+    if gate is not None:
+        ENTERED[key].set()
+        await gate.wait()
+    return [f"{ctx.saga_id}:{n}"]
+
+
+@act.compensate
+async def unact(result: list[str], n: int) -> list[str]:
+    _ran("undo")
+    return [f"undo {n}"]
+
+
+@step
+async def explode(n: int) -> None:
+    _ran("do")
+    raise ValueError(f"boom {n}")
+
+
+@step
+async def explode_undo(n: int) -> None:
+    _ran("do")
+
+
+@explode_undo.compensate
+async def explode_undo_back(result: None, n: int) -> None:
+    raise RuntimeError("cannot undo")
+
+
+@saga
+def pg_five(steps: int = 5):  # type: ignore[no-untyped-def]
+    for n in range(steps):
+        yield act(n)
+
+
+@saga
+def pg_fails():  # type: ignore[no-untyped-def]
+    yield act(0)
+    yield explode(1)
+
+
+@saga
+def pg_fails_badly():  # type: ignore[no-untyped-def]
+    yield explode_undo(0)
+    yield explode(1)
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> Iterator[None]:
+    RAN.clear()
+    GATES.clear()
+    ENTERED.clear()
+    yield
+    for gate in GATES.values():
+        gate.set()
+
+
+@pytest.fixture
+def dsn() -> str:
+    return dsn_or_skip()
+
+
+@pytest.fixture
+def schema(dsn: str) -> Iterator[str]:
+    yield from fresh_schema(dsn)
+
+
+@asynccontextmanager
+async def opened(dsn: str, schema: str, **options: Any) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(dsn, schema=schema, **options)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def expire(dsn: str, schema: str, saga_id: str) -> None:
+    """Make a lease run out now (as if its worker stopped heartbeating long ago)."""
+    query(
+        dsn,
+        f"UPDATE \"{schema}\".sagas SET lease_until = now() - interval '1 second' "
+        "WHERE saga_id = %s RETURNING 1",
+        (saga_id,),
+    )
+
+
+async def hang_at(orchestrator: SagaOrchestrator, saga_id: str, index: int) -> asyncio.Task[Any]:
+    """Start ``pg_five`` as ``saga_id`` and wait until it is inside step ``index``."""
+    key = f"{saga_id}:{index}"
+    GATES[key] = asyncio.Event()
+    ENTERED[key] = asyncio.Event()
+    task = asyncio.create_task(orchestrator.execute(pg_five(), saga_id=saga_id))
+    await ENTERED[key].wait()
+    return task
+
+
+# ---------------------------------------------------------------- no server needed
+
+
+def test_importing_sagakit_does_not_import_psycopg() -> None:
+    code = "import sys, sagakit; print('psycopg' in sys.modules, 'psycopg_pool' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"schema": "bad-name"}, "plain identifier"),
+        ({"schema": '"; DROP TABLE x; --'}, "plain identifier"),
+        ({"lease": 0}, "lease must be a positive"),
+        ({"lease": 2, "heartbeat": 2}, "heartbeat (2 s) must be shorter"),
+        ({"min_size": 0}, "min_size must be"),
+        ({"min_size": 4, "max_size": 2}, "max_size (2) must be >= min_size (4)"),
+    ],
+)
+def test_bad_options_raise_clear_errors(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(StoreError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        PostgresStore("postgresql://localhost/x", **options)
+
+
+def test_store_implements_the_recoverable_protocol() -> None:
+    assert isinstance(PostgresStore("postgresql://localhost/x"), RecoverableStore)
+
+
+@pytest.mark.asyncio
+async def test_unreachable_server_gives_a_store_error() -> None:
+    store = PostgresStore("postgresql://nobody@127.0.0.1:1/none", connect_timeout=0.5)
+    with pytest.raises(StoreError, match="cannot open the PostgreSQL saga log"):
+        await store.open()
+    await store.close()
+
+
+# ---------------------------------------------------------------- schema
+
+
+@pytest.mark.asyncio
+async def test_concurrent_openers_migrate_the_schema_once(dsn: str, schema: str) -> None:
+    stores = [PostgresStore(dsn, schema=schema) for _ in range(4)]
+    try:
+        await asyncio.gather(*(store.open() for store in stores))
+    finally:
+        for store in stores:
+            await store.close()
+    assert query(dsn, f'SELECT version FROM "{schema}".schema_migrations') == [(SCHEMA_VERSION,)]
+
+
+@pytest.mark.asyncio
+async def test_a_schema_from_a_newer_sagakit_is_refused(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema):
+        pass
+    query(dsn, f'INSERT INTO "{schema}".schema_migrations (version) VALUES (99) RETURNING 1')
+    store = PostgresStore(dsn, schema=schema)
+    with pytest.raises(StoreError, match="version 99, newer than this sagakit"):
+        await store.open()
+
+
+# ---------------------------------------------------------------- the log
+
+
+@pytest.mark.asyncio
+async def test_a_saga_is_logged_with_one_round_trip_per_state_change(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        before = store.stats
+        events = await orchestrator.execute(pg_five(), saga_id="logged")
+        after = store.stats
+        # begin, 5 x (started, completed), finished: 12 state changes, 12 round trips.
+        assert after.round_trips - before.round_trips == 12
+        assert after.statements - before.statements == 12
+        assert events == [f"logged:{n}" for n in range(5)]
+
+        meta = await orchestrator.get_saga("logged")
+        assert meta is not None
+        assert meta.status is SagaStatus.COMPLETED
+        assert meta.steps_executed == 5
+        assert meta.total_steps == 5
+        assert list(meta.events) == events
+        assert [s.name for s in meta.steps] == ["act"] * 5
+        assert meta.finished_at is not None
+        assert meta.started_at is not None
+        assert meta.finished_at >= meta.started_at
+        assert await orchestrator.history_count() == 1
+        assert await orchestrator.running_count() == 0
+        assert [m.id for m in await orchestrator.get_history()] == ["logged"]
+
+
+@pytest.mark.asyncio
+async def test_a_failed_saga_logs_its_compensations(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        with pytest.raises(Exception, match="boom 1"):
+            await orchestrator.execute(pg_fails(), saga_id="undone")
+        meta = await store.get("undone")
+        assert meta is not None
+        assert meta.status is SagaStatus.COMPENSATED
+        assert [(s.name, str(s.status)) for s in meta.steps] == [
+            ("act", "completed"),
+            ("explode", "failed"),
+        ]
+        assert meta.steps[1].error == "ValueError: boom 1"
+        assert [(c.name, str(c.status)) for c in meta.compensations] == [("act", "completed")]
+        assert meta.compensation_events == ("undo 0",)
+        stream = await store.read_events()
+        assert [(e.step_name, e.compensation, e.event) for e in stream] == [
+            ("act", False, "undone:0"),
+            ("act", True, "undo 0"),
+        ]
+
+
+@pytest.mark.asyncio
+async def test_concurrent_sagas_share_batched_writes(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        ids = [f"batch-{n}" for n in range(50)]
+        await asyncio.gather(*(orchestrator.execute(pg_five(), saga_id=i) for i in ids))
+        stats = store.stats
+        assert stats.writes == 50 * 11  # every write of every saga, none skipped
+        assert stats.batches < stats.writes  # but sent together
+        statuses = dict(query(dsn, f'SELECT saga_id, status FROM "{schema}".sagas'))
+        assert statuses == dict.fromkeys(ids, "completed")
+        assert sorted(RAN.values()) == [1] * 250
+
+
+@pytest.mark.asyncio
+async def test_unserializable_arguments_fail_before_anything_runs(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        with pytest.raises(SerializationError, match="arguments of pg_five"):
+            await orchestrator.execute(pg_five(object()))  # type: ignore[arg-type]
+        assert not RAN
+        assert await store.running_count() == 0
+
+
+@pytest.mark.asyncio
+async def test_recording_a_saga_the_store_does_not_own_is_refused(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema) as a, opened(dsn, schema) as b:
+        task = await hang_at(SagaOrchestrator(a), "owned-by-a", 1)
+        from sagakit._runs import SagaRun
+        from sagakit.transitions import Transition, TransitionKind
+
+        run = SagaRun("owned-by-a", pg_five(), True, 0.0)
+        transition = Transition(
+            TransitionKind.STEP_STARTED, "owned-by-a", "pg_five", SagaStatus.EXECUTING, 1, "act"
+        )
+        with pytest.raises(StoreError, match="neither begun nor claimed by this store"):
+            await b.record(run, transition)
+        GATES["owned-by-a:1"].set()
+        await task
+
+
+# ---------------------------------------------------------------- idempotent ids
+
+
+@pytest.mark.asyncio
+async def test_same_id_on_two_workers_is_decided_by_the_database(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema) as a, opened(dsn, schema) as b:
+        task = await hang_at(SagaOrchestrator(a), "once", 2)
+        with pytest.raises(SagaAlreadyExecuting):
+            await SagaOrchestrator(b).execute(pg_five(), saga_id="once")
+        GATES["once:2"].set()
+        first = await task
+        again = await SagaOrchestrator(b).execute(pg_five(), saga_id="once")
+        assert again == first  # the recorded result, nothing run again
+        assert sorted(RAN.values()) == [1] * 5
+
+
+@pytest.mark.asyncio
+async def test_failed_ids_are_refused_until_resolved(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        with pytest.raises(Exception, match="cannot undo"):
+            await orchestrator.execute(pg_fails_badly(), saga_id="bad")
+        with pytest.raises(SagaAlreadyFailed):
+            await orchestrator.execute(pg_fails_badly(), saga_id="bad")
+        await store.resolve("bad", "refunded by hand")
+        meta = await store.get("bad")
+        assert meta is not None
+        assert meta.error is not None
+        assert meta.error.startswith("resolved by an operator: refunded by hand")
+        # Resolved: the id may run again, as a fresh run with a fresh log.
+        assert await orchestrator.execute(pg_five(1), saga_id="bad") == ["bad:0"]
+        meta = await store.get("bad")
+        assert meta is not None
+        assert (meta.status, [s.name for s in meta.steps]) == (SagaStatus.COMPLETED, ["act"])
+
+
+@pytest.mark.asyncio
+async def test_a_compensated_id_can_run_again(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        with pytest.raises(Exception, match="boom"):
+            await orchestrator.execute(pg_fails(), saga_id="retry-me")
+        assert await orchestrator.execute(pg_five(2), saga_id="retry-me") == [
+            "retry-me:0",
+            "retry-me:1",
+        ]
+        meta = await store.get("retry-me")
+        assert meta is not None
+        assert meta.compensations == ()
+
+
+# ---------------------------------------------------------------- leases and fencing
+
+
+async def _lease_left(dsn: str, schema: str, saga_id: str) -> float:
+    ((left,),) = query(
+        dsn,
+        f'SELECT extract(epoch FROM lease_until - now()) FROM "{schema}".sagas WHERE saga_id = %s',
+        (saga_id,),
+    )
+    return float(left)
+
+
+@pytest.mark.asyncio
+async def test_heartbeat_renews_every_lease_in_one_statement(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema, lease=30.0, heartbeat=10.0) as store:
+        orchestrator = SagaOrchestrator(store)
+        tasks = [await hang_at(orchestrator, f"beat-{n}", 0) for n in range(3)]
+        query(dsn, f"UPDATE \"{schema}\".sagas SET lease_until = now() + interval '1 second'")
+        before = store.stats.statements
+        assert await store.renew() == 3
+        assert store.stats.statements == before + 1
+        for n in range(3):
+            assert await _lease_left(dsn, schema, f"beat-{n}") > 20
+        for n in range(3):
+            GATES[f"beat-{n}:0"].set()
+        await asyncio.gather(*tasks)
+        assert await store.renew() == 0  # finished sagas hold no lease
+
+
+@pytest.mark.asyncio
+async def test_claims_take_only_expired_leases_and_never_the_same_saga(
+    dsn: str, schema: str
+) -> None:
+    async with opened(dsn, schema) as owner:
+        orchestrator = SagaOrchestrator(owner)
+        tasks = [await hang_at(orchestrator, f"orphan-{n}", 1) for n in range(10)]
+        for n in range(8):
+            expire(dsn, schema, f"orphan-{n}")
+        rivals = [PostgresStore(dsn, schema=schema) for _ in range(4)]
+        try:
+            claims = await asyncio.gather(
+                *(rival.claim_orphans(limit=3, names={"pg_five"}) for rival in rivals)
+            )
+            taken = [orphan.saga_id for claim in claims for orphan in claim]
+            assert sorted(taken) == [f"orphan-{n}" for n in range(8)]  # each exactly once
+            assert all(len(claim) <= 3 for claim in claims)
+            orphan = next(o for claim in claims for o in claim)
+            assert [s.status for s in orphan.completed_steps] == ["completed"]
+            assert orphan.steps[1].status == "running"  # interrupted inside step 1
+            assert orphan.recovery_attempts == 1
+            assert orphan.args == (5,) or orphan.args == ()
+            assert not await rivals[0].claim_orphans(names={"another_saga"})
+        finally:
+            for rival in rivals:
+                await rival.close()
+        for n in range(10):
+            GATES[f"orphan-{n}:1"].set()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        lost = [o for o in outcomes if isinstance(o, LeaseLost)]
+        assert len(lost) == 8  # the claimed ones are fenced out of their old owner
+        assert sum(isinstance(o, list) for o in outcomes) == 2
+
+
+@pytest.mark.asyncio
+async def test_a_fenced_out_worker_stops_the_saga_without_compensating(
+    dsn: str, schema: str
+) -> None:
+    async with opened(dsn, schema) as a, opened(dsn, schema) as b:
+        task = await hang_at(SagaOrchestrator(a), "fenced", 2)
+        expire(dsn, schema, "fenced")
+        (orphan,) = await b.claim_orphans()
+        assert orphan.saga_id == "fenced"
+        GATES["fenced:2"].set()  # the old owner wakes up and tries to record step 2
+        with pytest.raises(LeaseLost, match="fenced"):
+            await task
+        assert not a.owns("fenced")
+        assert RAN[("fenced", 3, "do")] == 0  # no further step
+        assert not [key for key in RAN if key[2] == "undo"]  # and no compensation
+        (fence,) = query(dsn, f'SELECT DISTINCT fence FROM "{schema}".steps WHERE step_index = 2')
+        assert fence == (1,)  # only the old owner's STEP_STARTED, written before the claim
+        # The new owner finishes it from the log it claimed (step 2 was interrupted).
+        outcome = await _recover_one(SagaOrchestrator(b), b, orphan)
+        assert (outcome.action, outcome.status) == ("resumed", SagaStatus.COMPLETED)
+        assert [RAN[("fenced", n, "do")] for n in range(5)] == [1, 1, 2, 1, 1]
+
+
+@pytest.mark.asyncio
+async def test_release_hands_sagas_over_without_counting_a_crash(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema, lease=60.0, heartbeat=20.0) as a, opened(dsn, schema) as b:
+        task = await hang_at(SagaOrchestrator(a), "handed", 1)
+        assert await b.claim_orphans() == []  # a live lease is never claimed
+        assert await a.release() == 1
+        (orphan,) = await b.claim_orphans()
+        assert orphan.recovery_attempts == 0
+        GATES["handed:1"].set()
+        with pytest.raises(LeaseLost):
+            await task
+        await b.dead_letter("handed", "test over")
+
+
+# ---------------------------------------------------------------- dead letters
+
+
+@pytest.mark.asyncio
+async def test_dead_letters_resume_and_resolve(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema) as a, opened(dsn, schema) as b:
+        task = await hang_at(SagaOrchestrator(a), "crashy", 1)
+        expire(dsn, schema, "crashy")
+        assert len(await b.claim_orphans(max_attempts=1)) == 1
+        expire(dsn, schema, "crashy")
+        assert await b.claim_orphans(max_attempts=1) == []  # attempt 2 > 1: parked
+        (letter,) = await a.dead_letters()
+        assert (letter.saga_id, letter.recovery_attempts) == ("crashy", 2)
+        assert "max_attempts=1" in letter.reason
+        assert await b.claim_orphans() == []  # parked sagas are never claimed
+        assert await b.running_count() == 0
+        meta = await b.get("crashy")
+        assert meta is not None
+        assert meta.error is not None
+        assert meta.error.startswith("dead-lettered")
+
+        await b.resume_dead_letter("crashy")
+        (again,) = await b.claim_orphans(max_attempts=1)
+        assert again.recovery_attempts == 1
+        await b.dead_letter("crashy", "operator wants it parked")
+        assert [d.reason for d in await b.dead_letters()] == ["operator wants it parked"]
+        with pytest.raises(StoreError, match="not dead-lettered"):
+            await b.resume_dead_letter("nope")
+        with pytest.raises(StoreError, match="no saga with id 'nope'"):
+            await b.resolve("nope", "?")
+        await b.resolve("crashy", "fixed by hand")
+        assert await b.dead_letters() == []
+        meta = await b.get("crashy")
+        assert meta is not None
+        assert meta.status is SagaStatus.FAILED
+        GATES["crashy:1"].set()
+        with pytest.raises(LeaseLost):
+            await task
+
+
+@pytest.mark.asyncio
+async def test_a_running_saga_with_a_live_owner_cannot_be_resolved(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema) as store:
+        task = await hang_at(SagaOrchestrator(store), "busy", 0)
+        with pytest.raises(StoreError, match="is executing and not dead-lettered"):
+            await store.resolve("busy", "no")
+        GATES["busy:0"].set()
+        await task
+
+
+@pytest.mark.asyncio
+async def test_an_unreadable_log_is_dead_lettered_with_the_reason(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema) as a, opened(dsn, schema) as b:
+        task = await hang_at(SagaOrchestrator(a), "garbled", 1)
+        expire(dsn, schema, "garbled")
+        query(
+            dsn,
+            f'UPDATE "{schema}".sagas SET args = \'{{"__sk__": "nope"}}\' RETURNING 1',
+        )
+        assert await b.claim_orphans() == []
+        (letter,) = await b.dead_letters()
+        assert "cannot be read back" in letter.reason
+        GATES["garbled:1"].set()
+        with pytest.raises(LeaseLost):
+            await task
+
+
+# ---------------------------------------------------------------- the event stream
+
+
+@pytest.mark.asyncio
+async def test_event_stream_pages_every_event_once_in_order(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema) as a, opened(dsn, schema) as b:
+        runs = [
+            SagaOrchestrator(store).execute(pg_five(3), saga_id=f"ev-{n}")
+            for n, store in enumerate([a, b] * 10)
+        ]
+        await asyncio.gather(*runs)
+        seen: list[Any] = []
+        position = 0
+        while page := await a.read_events(after=position, limit=7):
+            assert len(page) <= 7
+            seen.extend(page)
+            position = page[-1].position
+        positions = [event.position for event in seen]
+        assert positions == sorted(set(positions))
+        assert sorted(event.event for event in seen) == sorted(
+            f"ev-{n}:{i}" for n in range(20) for i in range(3)
+        )
+        one = await b.read_events(saga_id="ev-4")
+        assert [event.event for event in one] == ["ev-4:0", "ev-4:1", "ev-4:2"]
+        assert all(event.saga_name == "pg_five" for event in one)
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+@pytest.mark.asyncio
+async def test_cli_reads_and_repairs_a_postgres_log(
+    dsn: str, schema: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        await orchestrator.execute(pg_five(2), saga_id="cli-ok")
+        with pytest.raises(Exception, match="cannot undo"):
+            await orchestrator.execute(pg_fails_badly(), saga_id="cli-bad")
+
+    def cli(*argv: str) -> tuple[int, str]:
+        code = cli_main(["--db", dsn, "--schema", schema, *argv])
+        return code, capsys.readouterr().out
+
+    # The CLI runs its own event loop: call it from a thread.
+    code, out = await asyncio.to_thread(cli, "list", "--json")
+    assert code == 0
+    assert {row["id"]: row["status"] for row in json.loads(out)} == {
+        "cli-ok": "completed",
+        "cli-bad": "failed",
+    }
+    code, out = await asyncio.to_thread(cli, "show", "cli-ok")
+    assert code == 0
+    assert "saga cli-ok (pg_five): completed" in out
+    code, out = await asyncio.to_thread(cli, "list", "--status", "failed")
+    assert "cli-bad" in out
+    assert "cli-ok" not in out
+    code, out = await asyncio.to_thread(cli, "resolve", "cli-bad", "--note", "refunded")
+    assert (code, out) == (0, "saga cli-bad marked resolved\n")
+    code, out = await asyncio.to_thread(cli, "recover")
+    assert (code, out) == (0, "nothing to recover\n")
