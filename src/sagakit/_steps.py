@@ -112,7 +112,7 @@ class StepCall(Generic[R_co]):
         return f"<StepCall {self.step.name}({', '.join(parts)})>"
 
 
-class Step(wrapt.FunctionWrapper[P, Any], Generic[P, R]):
+class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
     """An ``async def`` declared with ``@step``: calling it gives a :class:`StepCall`.
 
     The signature, name, docstring and ``inspect`` introspection of the function are
@@ -161,7 +161,8 @@ class Step(wrapt.FunctionWrapper[P, Any], Generic[P, R]):
         ) -> StepCall[Any]:
             return StepCall(step_self, wrapped, instance, args, kwargs)
 
-        super(Step, self).__init__(fn, make_call)  # noqa: UP008 - the proxy fakes __class__
+        # The wrapper's result type is the StepCall (so bound method steps are typed).
+        super(Step, self).__init__(fn, make_call)  # type: ignore[arg-type]  # noqa: UP008 - the proxy fakes __class__
         if name is None:
             name = fn.__name__
         if not isinstance(name, str) or not name:
@@ -192,7 +193,7 @@ class Step(wrapt.FunctionWrapper[P, Any], Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> StepCall[R]:
         # Unbound calls build the StepCall directly (twice as fast as going through
         # the wrapper); bound method calls go through wrapt, which calls ``make_call``.
-        return StepCall(self, self.__wrapped__, None, args, kwargs)
+        return StepCall(self, self.__wrapped__, None, args, kwargs)  # type: ignore[arg-type]
 
     @property
     def name(self) -> str:

@@ -118,3 +118,21 @@ transfer_list("A", "B", "C")  # type: ignore[arg-type]
 @credit.compensate  # type: ignore[arg-type]
 async def wrong_undo(account: int) -> None:
     return None
+
+
+class Bank:
+    @step
+    async def withdraw(self, account: str, amount: float) -> list[Debited]:
+        return [Debited(account, amount)]
+
+    @withdraw.compensate
+    async def undo_withdraw(self, account: str, amount: float) -> None:
+        return None
+
+
+async def method_steps() -> None:
+    # A step declared on a method is typed once bound to an instance.
+    bank = Bank()
+    assert_type(bank.withdraw("A", 1.0), StepCall[list[Debited]])
+    assert_type(await bank.withdraw("A", 1.0), list[Debited])
+    bank.withdraw("A", "x")  # type: ignore[arg-type]
