@@ -68,12 +68,12 @@ EXPECTED: dict[str, list[str]] = {
 }
 
 
-def run_script(path: Path) -> subprocess.CompletedProcess[str]:
+def run_script(path: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     # A coroutine never awaited (a RuntimeWarning) fails the example.
     env = {**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"}
     return subprocess.run(
         [sys.executable, str(path)],
-        cwd=EXAMPLES.parent,
+        cwd=cwd,  # a temporary directory: nothing an example writes lands in the repo
         env=env,
         capture_output=True,
         text=True,
@@ -88,8 +88,8 @@ def test_the_main_examples_exist() -> None:
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=[p.name for p in SCRIPTS])
-def test_example_script_runs(path: Path) -> None:
-    result = run_script(path)
+def test_example_script_runs(path: Path, tmp_path: Path) -> None:
+    result = run_script(path, tmp_path)
 
     assert result.returncode == 0, f"{path.name} failed:\n{result.stdout}\n{result.stderr}"
     assert "Traceback" not in result.stderr, result.stderr
