@@ -500,3 +500,52 @@ async def test_a_compensation_that_blocks_past_its_deadline_is_timed_out() -> No
         await orchestrator.execute(SagaDefinition("cb").add_step(charge()).add_step(boom()))
     assert isinstance(info.value.error, StepTimeout)
     assert info.value.uncompensated == ("charge",)
+
+
+@pytest.mark.asyncio
+async def test_a_saga_run_inside_a_step_keeps_both_deadlines_apart() -> None:
+    orchestrator = SagaOrchestrator()
+
+    @step(timeout=5)
+    async def inner_slow() -> str:
+        await asyncio.sleep(10)
+        return "never"
+
+    @inner_slow.compensate
+    async def undo_inner() -> None:
+        log.append("undo inner")
+
+    @step(timeout=0.01)
+    async def inner_hasty() -> None:
+        await asyncio.sleep(10)
+
+    @step(timeout=0.05)
+    async def outer_times_out() -> list[Any]:
+        return await orchestrator.execute(SagaDefinition("inner-1").add_step(inner_slow()))
+
+    @step(timeout=5)
+    async def outer_catches() -> str:
+        with contextlib.suppress(StepTimeout):
+            await orchestrator.execute(SagaDefinition("inner-2").add_step(inner_hasty()))
+        return "outer went on"
+
+    # The inner step's own timeout is the inner saga's failure, not the outer step's.
+    assert await orchestrator.execute(SagaDefinition("outer-2").add_step(outer_catches())) == [
+        "outer went on"
+    ]
+    # The outer step's deadline interrupts the inner saga, which compensates.
+    with pytest.raises(StepTimeout) as info:
+        await orchestrator.execute(SagaDefinition("outer-1").add_step(outer_times_out()))
+    assert info.value.step_name == "outer_times_out"
+    assert log == ["undo inner"]
+
+    statuses = {m.id: m.status for m in await orchestrator.get_history()}
+    assert statuses == {
+        "inner-2": SagaStatus.COMPENSATED,
+        "outer-2": SagaStatus.COMPLETED,
+        "inner-1": SagaStatus.COMPENSATED,
+        "outer-1": SagaStatus.COMPENSATED,
+    }
+    current = asyncio.current_task()
+    assert current is not None
+    assert current.cancelling() == 0
