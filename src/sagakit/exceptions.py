@@ -60,7 +60,7 @@ class StepFailed(SagaRunError):
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.step_index, self.step_name, self.error))
+        return (type(self), (self.step_index, self.step_name, self.error), self.__dict__)
 
 
 class StepTimeout(StepFailed, TimeoutError):
@@ -81,7 +81,8 @@ class StepTimeout(StepFailed, TimeoutError):
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.step_index, self.step_name, self.duration, self.timeout))
+        args = (self.step_index, self.step_name, self.duration, self.timeout)
+        return (type(self), args, self.__dict__)
 
 
 class CompensationFailed(SagaRunError):
@@ -114,6 +115,10 @@ class CompensationFailed(SagaRunError):
         self.uncompensated = tuple(uncompensated)
         self.errors = tuple(errors) or ((step_index, step_name, error),)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        args = (self.step_index, self.step_name, self.error, self.trigger, self.uncompensated)
+        return (type(self), (*args, self.errors), self.__dict__)
+
 
 class SagaAlreadyExecuting(SagaError):
     """A saga with this id is already running (here or in another process)."""
@@ -123,6 +128,9 @@ class SagaAlreadyExecuting(SagaError):
             f"saga {saga_id!r} is already executing; wait for it to finish or use another id"
         )
         self.saga_id = saga_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.saga_id,))
 
 
 class SagaAlreadyFailed(SagaError):
@@ -138,6 +146,9 @@ class SagaAlreadyFailed(SagaError):
             "resolve it before executing the same id again, or use another id"
         )
         self.saga_id = saga_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.saga_id,))
 
 
 class NonDeterminismError(SagaError):

@@ -1,0 +1,138 @@
+"""Issue 2, point 5: the error hierarchy, what run errors carry, and that they survive pickling."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import pytest
+
+import sagakit
+from sagakit import (
+    CompensationAlreadySetError,
+    CompensationFailed,
+    Retry,
+    SagaAlreadyExecuting,
+    SagaAlreadyFailed,
+    SagaDefinition,
+    SagaDefinitionError,
+    SagaError,
+    SagaOrchestrator,
+    SagaRunError,
+    StepFailed,
+    StepTimeout,
+    step,
+)
+
+
+def test_every_error_is_exported_and_derives_from_saga_error() -> None:
+    errors = [
+        getattr(sagakit, name)
+        for name in sagakit.__all__
+        if isinstance(getattr(sagakit, name), type)
+        and issubclass(getattr(sagakit, name), BaseException)
+    ]
+    assert {e.__name__ for e in errors} >= {
+        "SagaError",
+        "SagaDefinitionError",
+        "CompensationAlreadySetError",
+        "StepFailed",
+        "StepTimeout",
+        "CompensationFailed",
+        "SagaAlreadyExecuting",
+        "SagaAlreadyFailed",
+    }
+    assert all(issubclass(e, SagaError) for e in errors)
+    assert sagakit.__all__ == sorted(sagakit.__all__, key=lambda n: (not n.isupper(), n))
+
+
+def test_definition_errors_are_type_errors_and_run_errors_are_not() -> None:
+    assert issubclass(SagaDefinitionError, TypeError)
+    assert issubclass(CompensationAlreadySetError, SagaDefinitionError)
+    for run_error in (StepFailed, StepTimeout, CompensationFailed):
+        assert issubclass(run_error, SagaRunError)
+        assert not issubclass(run_error, SagaDefinitionError)
+    assert issubclass(StepTimeout, StepFailed)
+    assert issubclass(StepTimeout, TimeoutError)
+
+
+@step
+async def charge(order: str) -> str:
+    return f"pay-{order}"
+
+
+@charge.compensate
+async def refund(payment: str, order: str) -> str:
+    raise ConnectionError(f"cannot refund {payment}")
+
+
+@step
+async def decline(order: str) -> None:
+    raise ValueError(f"{order} declined")
+
+
+async def real_errors() -> list[BaseException]:
+    """A StepFailed and a CompensationFailed raised by real runs."""
+    orchestrator = SagaOrchestrator(compensation_retry=Retry(attempts=1))
+    raised: list[BaseException] = []
+    with pytest.raises(StepFailed) as failed:
+        await orchestrator.execute(SagaDefinition("e-1").add_step(decline("o-1")))
+    raised.append(failed.value)
+    definition = SagaDefinition("e-2").add_step(charge("o-2")).add_step(decline("o-2"))
+    with pytest.raises(CompensationFailed) as compensation:
+        await orchestrator.execute(definition)
+    raised.append(compensation.value)
+    with pytest.raises(SagaAlreadyFailed) as already:
+        await orchestrator.execute(definition)
+    raised.append(already.value)
+    return raised
+
+
+def same(a: Any, b: Any) -> bool:
+    """Exceptions compare by identity: compare type and message instead."""
+    if isinstance(a, BaseException):
+        return type(a) is type(b) and str(a) == str(b)
+    if isinstance(a, tuple | list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+@pytest.mark.asyncio
+async def test_errors_raised_by_runs_survive_pickling_with_their_fields() -> None:
+    # Regression: CompensationFailed could not be unpickled, SagaAlreadyFailed and
+    # SagaAlreadyExecuting came back with a garbled message, and run errors lost
+    # their saga id and events.
+    raised = await real_errors()
+    made = [
+        StepTimeout(3, "ship", 1.25, 1.0),
+        SagaAlreadyExecuting("busy-1"),
+    ]
+    for error in [*raised, *made]:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        for field in (
+            "saga_id",
+            "step_index",
+            "step_name",
+            "duration",
+            "timeout",
+            "events",
+            "compensation_events",
+            "uncompensated",
+            "error",
+            "trigger",
+            "errors",
+        ):
+            if hasattr(error, field):
+                assert same(getattr(copy, field), getattr(error, field)), (error, field)
+
+    failed, compensation, already = raised
+    assert isinstance(compensation, CompensationFailed)
+    assert compensation.saga_id == "e-2"
+    assert compensation.events == ["pay-o-2"]
+    assert compensation.uncompensated == ("charge",)
+    assert isinstance(already, SagaAlreadyFailed)
+    assert already.saga_id == "e-2"
+    assert isinstance(failed, StepFailed)
+    assert failed.saga_id == "e-1"
