@@ -28,6 +28,8 @@ DEFAULT_MAX_SIZE = 1 << 20
 """Largest stored value, in bytes of encoded text (1 MiB)."""
 
 _TAG = "__sk__"
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=True)
+_DECODER = json.JSONDecoder()
 _PRIMITIVES = (str, int, float, bool, type(None))
 
 
@@ -143,10 +145,10 @@ class JsonSerializer:
         """Encode ``value`` as text; :class:`SerializationError` names what failed."""
         cls = value.__class__
         if cls is str or cls is int or cls is bool or value is None or _plain(value):
-            text = json.dumps(value, separators=(",", ":"))
+            text = _ENCODER.encode(value)
         else:
             try:
-                text = json.dumps(self._encode(value), separators=(",", ":"), allow_nan=True)
+                text = _ENCODER.encode(self._encode(value))
             except SerializationError as error:
                 raise SerializationError(f"cannot store {what}: {error}") from error.__cause__
             except (TypeError, ValueError, RecursionError) as error:
@@ -224,7 +226,7 @@ class JsonSerializer:
     def loads(self, text: str | bytes) -> Any:
         """Decode text written by :meth:`dumps`."""
         try:
-            data = json.loads(text)
+            data = _DECODER.decode(text if isinstance(text, str) else text.decode())
         except ValueError as error:
             raise SerializationError(f"stored value is not valid JSON: {error}") from error
         return self._decode(data)

@@ -22,7 +22,9 @@ from typing import Any, TypeVar
 from ..exceptions import StoreError
 
 T = TypeVar("T")
-Job = Callable[[sqlite3.Connection], Any]
+Statements = list[tuple[str, tuple[Any, ...]]]
+Job = Callable[[sqlite3.Connection], Any] | Statements
+"""A write: a function of the connection (its result is returned), or statements."""
 
 CHECKPOINT_EVERY = 256
 """Commits between two passive WAL checkpoints on the writer thread."""
@@ -85,7 +87,7 @@ class GroupWriter:
                 raise _Busy from error
             raise
         try:
-            results = [job(conn) for job in jobs]
+            results = _run_jobs(conn, jobs)
             conn.execute("COMMIT")
         except sqlite3.OperationalError as error:
             if conn.in_transaction:
@@ -235,6 +237,47 @@ class GroupWriter:
         self._executor.shutdown(wait=True)
 
 
+def _run_jobs(conn: sqlite3.Connection, jobs: list[Job]) -> list[Any]:
+    """Run ``jobs`` in one transaction; each job's statements in order.
+
+    Statement jobs submitted together belong to different sagas (a saga waits for
+    each write before the next), so their statements are grouped by SQL text and
+    run with one ``executemany`` each; a function job first runs what is grouped.
+    """
+    if len(jobs) == 1:
+        job = jobs[0]
+        if callable(job):
+            return [job(conn)]
+        for sql, params in job:
+            conn.execute(sql, params)
+        return [None]
+    results: list[Any] = []
+    grouped: dict[str, list[tuple[Any, ...]]] = {}
+    for job in jobs:
+        if callable(job):
+            _flush_grouped(conn, grouped)
+            results.append(job(conn))
+            continue
+        for sql, params in job:
+            rows = grouped.get(sql)
+            if rows is None:
+                grouped[sql] = [params]
+            else:
+                rows.append(params)
+        results.append(None)
+    _flush_grouped(conn, grouped)
+    return results
+
+
+def _flush_grouped(conn: sqlite3.Connection, grouped: dict[str, list[tuple[Any, ...]]]) -> None:
+    for sql, rows in grouped.items():
+        if len(rows) == 1:
+            conn.execute(sql, rows[0])
+        else:
+            conn.executemany(sql, rows)
+    grouped.clear()
+
+
 def _settle(
     futures: list[asyncio.Future[Any]], results: list[Any] | None, error: BaseException | None
 ) -> None:
@@ -248,4 +291,4 @@ def _settle(
             future.set_result(results[index])
 
 
-__all__ = ["CHECKPOINT_EVERY", "GroupWriter", "Job"]
+__all__ = ["CHECKPOINT_EVERY", "GroupWriter", "Job", "Statements"]

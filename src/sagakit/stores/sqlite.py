@@ -67,6 +67,18 @@ _INSERT_EVENT = (
     "INSERT INTO sagakit_events (saga_id, saga_name, step_index, step_name, compensation, "
     "data, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+_COMPENSATING = (
+    "UPDATE sagakit_sagas SET status = 'compensating', updated_at = ? WHERE id = ?"
+)
+_EXECUTING = "UPDATE sagakit_sagas SET status = 'executing', updated_at = ? WHERE id = ?"
+_SAGA_ERROR = (
+    "UPDATE sagakit_sagas SET error = coalesce(error, ?), updated_at = ? WHERE id = ?"
+)
+_FINISHED = (
+    "UPDATE sagakit_sagas SET status = ?, error = ?, steps_executed = ?, "
+    "total_steps = coalesce(?, total_steps), finished_at = ?, updated_at = ?, "
+    "owner = NULL WHERE id = ?"
+)
 _INSERT_SAGA = (
     "INSERT INTO sagakit_sagas (id, name, status, explicit, factory, policy, fingerprint, "
     "arguments, owner, total_steps, started_at, updated_at) "
@@ -212,26 +224,29 @@ class SQLiteStore:
         saga_id = run.id
 
         def job(conn: sqlite3.Connection) -> tuple[str, Any]:
-            if run.explicit_id:
-                row = conn.execute(
-                    "SELECT status, resolved FROM sagakit_sagas WHERE id = ?", (saga_id,)
-                ).fetchone()
-                if row is not None:
-                    status, resolved = row
-                    if status in ("executing", "compensating"):
-                        return ("running", None)
-                    if status == "completed":
-                        return ("completed", _load_metadata(conn, saga_id, self.serializer))
-                    if status == "failed" and not resolved:
-                        return ("failed", None)
-                    conn.execute("DELETE FROM sagakit_steps WHERE saga_id = ?", (saga_id,))
-                    conn.execute("DELETE FROM sagakit_sagas WHERE id = ?", (saga_id,))
+            row = conn.execute(
+                "SELECT status, resolved FROM sagakit_sagas WHERE id = ?", (saga_id,)
+            ).fetchone()
+            if row is not None:
+                status, resolved = row
+                if status in ("executing", "compensating"):
+                    return ("running", None)
+                if status == "completed":
+                    return ("completed", _load_metadata(conn, saga_id, self.serializer))
+                if status == "failed" and not resolved:
+                    return ("failed", None)
+                conn.execute("DELETE FROM sagakit_steps WHERE saga_id = ?", (saga_id,))
+                conn.execute("DELETE FROM sagakit_sagas WHERE id = ?", (saga_id,))
             conn.execute(_INSERT_SAGA, values)
             return ("new", None)
 
         self._live.add(saga_id)
         try:
-            outcome, earlier = await self._write(job)
+            if run.explicit_id:
+                outcome, earlier = await self._write(job)
+            else:  # a fresh id: nothing to check, just the row
+                await self._write([(_INSERT_SAGA, values)])
+                return None
         except BaseException:
             self._live.discard(saga_id)
             raise
@@ -250,71 +265,22 @@ class SQLiteStore:
             await self._write(job)
 
     def _job_for(self, run: SagaRun, t: Transition) -> Job | None:
+        """The statements recording ``t`` (``None``: nothing to write)."""
         kind = t.kind
         saga_id = run.id
         now = time.time()
-        if kind is TransitionKind.STEP_STARTED or kind is TransitionKind.COMPENSATION_STARTED:
-            comp = int(kind is TransitionKind.COMPENSATION_STARTED)
-            step = (saga_id, comp, t.step_index, t.step_name, t.attempt, now)
-            if not comp:
-                return lambda conn: conn.execute(_UPSERT_STEP, step)
-
-            def start_compensation(conn: sqlite3.Connection) -> None:
-                conn.execute(_UPSERT_STEP, step)
-                conn.execute(
-                    "UPDATE sagakit_sagas SET status = 'compensating', updated_at = ? "
-                    "WHERE id = ?",
-                    (now, saga_id),
-                )
-
-            return start_compensation
+        if kind is TransitionKind.STEP_STARTED:
+            return [(_UPSERT_STEP, (saga_id, 0, t.step_index, t.step_name, t.attempt, now))]
         if kind is TransitionKind.STEP_COMPLETED or kind is TransitionKind.COMPENSATION_COMPLETED:
-            comp = int(kind is TransitionKind.COMPENSATION_COMPLETED)
-            what = "compensation" if comp else "step"
-            note = None
-            try:
-                result: str | None = self.serializer.dumps(
-                    t.result, what=f"the result of {what} {t.step_index} ({t.step_name!r})"
-                )
-                events = t.events
-                if len(events) == 1 and events[0] is t.result:
-                    texts = [result]
-                else:
-                    texts = [
-                        self.serializer.dumps(event, what=f"an event of {what} {t.step_name!r}")
-                        for event in events
-                    ]
-            except SerializationError as unstored:
-                if not comp:
-                    raise  # the step fails and is compensated: never "completed" unstored
-                # The compensation ran: record that, even though its result cannot be kept.
-                result, texts, note = None, [], f"result not stored: {unstored}"
-                logger.error("sagakit: saga %s (%s): %s", run.name, saga_id, note)
-            end: tuple[Any, ...] = (
-                "completed", t.attempt, t.duration, note, result, saga_id, comp, t.step_index
-            )
-            rows = [
-                (saga_id, run.name, t.step_index, t.step_name, comp, text, now) for text in texts
+            return self._completion(run, t, now)
+        if kind is TransitionKind.COMPENSATION_STARTED:
+            return [
+                (_UPSERT_STEP, (saga_id, 1, t.step_index, t.step_name, t.attempt, now)),
+                (_COMPENSATING, (now, saga_id)),
             ]
-            if len(rows) == 1:
-                row = rows[0]
-
-                def complete_one(conn: sqlite3.Connection) -> None:
-                    conn.execute(_END_STEP, end)
-                    conn.execute(_INSERT_EVENT, row)
-
-                return complete_one
-
-            def complete(conn: sqlite3.Connection) -> None:
-                conn.execute(_END_STEP, end)
-                if rows:
-                    conn.executemany(_INSERT_EVENT, rows)
-
-            return complete
         if kind is TransitionKind.STEP_RETRYING or kind is TransitionKind.COMPENSATION_RETRYING:
             comp = int(kind is TransitionKind.COMPENSATION_RETRYING)
-            retry = (t.attempt, _describe(t.error), saga_id, comp, t.step_index)
-            return lambda conn: conn.execute(_RETRY_STEP, retry)
+            return [(_RETRY_STEP, (t.attempt, _describe(t.error), saga_id, comp, t.step_index))]
         if kind in (
             TransitionKind.STEP_FAILED,
             TransitionKind.STEP_TIMED_OUT,
@@ -322,30 +288,21 @@ class SQLiteStore:
         ):
             comp = int(kind is TransitionKind.COMPENSATION_FAILED)
             timed_out = kind is TransitionKind.STEP_TIMED_OUT or (
-                comp and t.error is not None and isinstance(t.error, TimeoutError)
+                comp and isinstance(t.error, TimeoutError)
             )
             status = "timed_out" if timed_out else "failed"
             described = _describe(t.error)
-            failed: tuple[Any, ...] = (
-                status, t.attempt, t.duration, described, None, saga_id, comp, t.step_index
-            )
-
-            def fail(conn: sqlite3.Connection) -> None:
-                conn.execute(_END_STEP, failed)
-                conn.execute(
-                    "UPDATE sagakit_sagas SET error = coalesce(error, ?), updated_at = ? "
-                    "WHERE id = ?",
-                    (described, now, saga_id),
-                )
-
-            return fail
+            return [
+                (
+                    _END_STEP,
+                    (status, t.attempt, t.duration, described, None, saga_id, comp, t.step_index),
+                ),
+                (_SAGA_ERROR, (described, now, saga_id)),
+            ]
         if kind is TransitionKind.SAGA_STARTED:
             if saga_id not in self._claimed:
                 return None  # begin() wrote the row in its own transaction
-            return lambda conn: conn.execute(
-                "UPDATE sagakit_sagas SET status = 'executing', updated_at = ? WHERE id = ?",
-                (now, saga_id),
-            )
+            return [(_EXECUTING, (now, saga_id))]
         if kind is TransitionKind.SAGA_FINISHED:
             final = (
                 str(run.status),
@@ -356,13 +313,43 @@ class SQLiteStore:
                 now,
                 saga_id,
             )
-            return lambda conn: conn.execute(
-                "UPDATE sagakit_sagas SET status = ?, error = ?, steps_executed = ?, "
-                "total_steps = coalesce(?, total_steps), finished_at = ?, updated_at = ?, "
-                "owner = NULL WHERE id = ?",
-                final,
-            )
+            return [(_FINISHED, final)]
         return None  # pragma: no cover - every kind is handled above
+
+    def _completion(self, run: SagaRun, t: Transition, now: float) -> Job:
+        """A step's (or compensation's) completion with its result and its events."""
+        comp = int(t.kind is TransitionKind.COMPENSATION_COMPLETED)
+        what = "compensation" if comp else "step"
+        note = None
+        try:
+            result: str | None = self.serializer.dumps(
+                t.result, what=f"the result of {what} {t.step_index} ({t.step_name!r})"
+            )
+            events = t.events
+            if len(events) == 1 and events[0] is t.result:
+                texts = [result]
+            else:
+                texts = [
+                    self.serializer.dumps(event, what=f"an event of {what} {t.step_name!r}")
+                    for event in events
+                ]
+        except SerializationError as unstored:
+            if not comp:
+                raise  # the step fails and is compensated: never "completed" unstored
+            # The compensation ran: record that, even though its result cannot be kept.
+            result, texts, note = None, [], f"result not stored: {unstored}"
+            logger.error("sagakit: saga %s (%s): %s", run.name, run.id, note)
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            (
+                _END_STEP,
+                ("completed", t.attempt, t.duration, note, result, run.id, comp, t.step_index),
+            )
+        ]
+        for text in texts:
+            statements.append(
+                (_INSERT_EVENT, (run.id, run.name, t.step_index, t.step_name, comp, text, now))
+            )
+        return statements
 
     async def finish(self, run: SagaRun) -> None:
         self._live.discard(run.id)
