@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import subprocess
 import sys
@@ -165,6 +166,12 @@ async def test_a_raising_listener_never_breaks_the_saga_and_is_logged(
     assert errors[0].exc_info is not None
     assert isinstance(errors[0].exc_info[1], ValueError)
     assert errors[0].saga_id == "o-4"  # type: ignore[attr-defined]
+    # the same structured fields as every other sagakit record, so one formatter fits all
+    step_error = next(r for r in errors if r.transition == "step_started")  # type: ignore[attr-defined]
+    assert step_error.step_name == "reserve"  # type: ignore[attr-defined]
+    assert step_error.step_index == 0  # type: ignore[attr-defined]
+    assert step_error.attempt == 1  # type: ignore[attr-defined]
+    assert step_error.saga_status == "executing"  # type: ignore[attr-defined]
     assert "the saga goes on" in errors[0].getMessage()
     assert any(isinstance(r.exc_info[1], KeyError) for r in errors if r.exc_info)
 
@@ -204,3 +211,26 @@ def test_nothing_is_printed_without_logging_configured() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert result.stderr == ""
+
+
+@pytest.mark.asyncio
+async def test_one_formatter_can_use_the_structured_fields_of_every_record() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        logging.Formatter("%(levelname)s %(transition)s saga_id=%(saga_id)s step=%(step_name)s")
+    )
+    log = logging.getLogger("sagakit")
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.DEBUG)
+    try:
+        faults = FaultInjector().fail("ship")
+        with faults, pytest.raises(StepFailed):
+            await SagaOrchestrator(listeners=[lambda t: 1 / 0]).execute(order("x"), saga_id="f-1")
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    lines = stream.getvalue().splitlines()
+    assert "WARNING step_failed saga_id=f-1 step=ship" in lines
+    assert "ERROR step_failed saga_id=f-1 step=ship" in lines  # the listener's error

@@ -704,7 +704,7 @@ class SagaOrchestrator:
                     "sagakit listener %r raised on %s; the saga goes on",
                     listener,
                     kind,
-                    extra={"saga_id": run.id, "saga_name": run.name, "transition": str(kind)},
+                    extra=_extra(transition),
                 )
 
     # --------------------------------------------------------------- monitoring
@@ -796,16 +796,21 @@ def _log(level: int, transition: Transition) -> None:
         transition.kind,
         step,
         error,
-        extra={
-            "saga_id": transition.saga_id,
-            "saga_name": transition.saga_name,
-            "saga_status": str(transition.status),
-            "step_name": transition.step_name,
-            "step_index": transition.step_index,
-            "attempt": transition.attempt,
-            "transition": str(transition.kind),
-        },
+        extra=_extra(transition),
     )
+
+
+def _extra(transition: Transition) -> dict[str, Any]:
+    """The structured fields every sagakit log record carries."""
+    return {
+        "saga_id": transition.saga_id,
+        "saga_name": transition.saga_name,
+        "saga_status": str(transition.status),
+        "step_name": transition.step_name,
+        "step_index": transition.step_index,
+        "attempt": transition.attempt,
+        "transition": str(transition.kind),
+    }
 
 
 __all__ = ["Listener", "SagaOrchestrator"]
