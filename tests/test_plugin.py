@@ -280,3 +280,32 @@ def test_importing_the_plugin_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_faults_work_with_module_and_session_scoped_loops(pytester: pytest.Pytester) -> None:
+    _ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+@pytest.mark.asyncio(loop_scope="module")
+async def test_1(saga_orchestrator, saga_faults):
+    saga_faults.fail("reserve")
+    with pytest.raises(StepFailed):
+        await saga_orchestrator.execute(order("x"))
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_2(saga_orchestrator):
+    await saga_orchestrator.execute(order("x"))
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_3(saga_orchestrator, saga_faults):
+    saga_faults.timeout("ship")
+    with pytest.raises(StepFailed):
+        await saga_orchestrator.execute(order("x"))
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_4(saga_orchestrator):
+    await saga_orchestrator.execute(order("x"))
+"""
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=4)

@@ -273,3 +273,37 @@ async def test_instant_sleep_scale_and_validation() -> None:
     assert repr(sleep) == "<InstantSleep 1 sleeps, 1 s skipped>"
     with pytest.raises(SagaDefinitionError, match="scale"):
         InstantSleep(scale=-1)
+
+
+class Bank:
+    def __init__(self) -> None:
+        self.moves: list[str] = []
+
+    @step
+    async def debit(self, account: str) -> str:
+        self.moves.append(f"debit {account}")
+        return account
+
+    @debit.compensate
+    async def undo_debit(self, account: str) -> None:
+        self.moves.append(f"undo {account}")
+
+    @step
+    async def credit(self, account: str) -> None:
+        self.moves.append(f"credit {account}")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("target", ["class", "instance"])
+async def test_method_steps_are_targeted_through_the_class_or_an_instance(target: str) -> None:
+    bank = Bank()
+
+    @saga
+    def move() -> Any:
+        yield bank.debit("A")
+        yield bank.credit("B")
+
+    step_object = Bank.credit if target == "class" else bank.credit
+    with FaultInjector().fail(step_object), pytest.raises(StepFailed):
+        await SagaOrchestrator().execute(move())
+    assert bank.moves == ["debit A", "undo A"]
