@@ -184,3 +184,47 @@ async def test_bad_arguments() -> None:
         await run_fault_matrix(order)  # type: ignore[arg-type]
     with pytest.raises(SagaDefinitionError, match="exception instance or class"):
         await run_fault_matrix(order("x"), error="boom")  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_a_saga_that_runs_differently_after_discovery_is_reported() -> None:
+    runs: list[int] = []
+
+    @step
+    async def flaky(item: str) -> None:
+        raise ValueError("only fails after the first run")
+
+    @saga
+    def shifting(item: str) -> Any:
+        runs.append(1)
+        yield reserve(item)
+        if len(runs) == 1:
+            yield charge(item)
+        else:
+            yield flaky(item)
+
+    report = await run_fault_matrix(shifting("x"), check=False, timeouts=False)
+    assert report.steps == ("reserve", "charge")
+    first, second = report.cases
+    assert first.ok  # reserve fails before anything differs
+    assert not second.ok
+    assert any(
+        "compensated ['0:reserve'], expected exactly ['1:charge', '0:reserve']" in p
+        for p in second.problems
+    )
+
+    runs.clear()
+
+    @saga
+    def shrinking(item: str) -> Any:
+        runs.append(1)
+        yield reserve(item)
+        if len(runs) == 1:
+            yield notify(item)
+
+    report = await run_fault_matrix(shrinking("x"), check=False, failures=False)
+    assert report.cases[0].ok
+    assert report.cases[1].problems[0] == (
+        "the saga completed, but the fault should have stopped it"
+    )
+    assert "forward steps started: [0], expected steps 0 to 1" in report.cases[1].problems
