@@ -17,7 +17,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "postgres_worker
     reason="PostgreSQL tests need SAGAKIT_TEST_POSTGRES_DSN "
     "(e.g. postgresql://postgres@127.0.0.1:5432/test)",
 )
-def test_postgres_workers_example_finishes_a_killed_processs_sagas(tmp_path: Path) -> None:
+def test_postgres_workers_example_finishes_a_killed_process_sagas(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(EXAMPLE)],
         cwd=tmp_path,

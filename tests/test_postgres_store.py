@@ -24,6 +24,7 @@ from sagakit import (
     PostgresStore,
     SagaAlreadyExecuting,
     SagaAlreadyFailed,
+    SagaDefinitionError,
     SagaOrchestrator,
     SagaStatus,
     SerializationError,
@@ -585,3 +586,87 @@ async def test_cli_reads_and_repairs_a_postgres_log(
     assert (code, out) == (0, "saga cli-bad marked resolved\n")
     code, out = await asyncio.to_thread(cli, "recover")
     assert (code, out) == (0, "nothing to recover\n")
+
+
+# ---------------------------------------------------------------- the worker loop
+
+
+@pytest.mark.asyncio
+async def test_run_worker_finishes_orphans_and_releases_leases_when_cancelled(
+    dsn: str, schema: str
+) -> None:
+    async with opened(dsn, schema) as dead, opened(dsn, schema, lease=60.0, heartbeat=20) as live:
+        stuck = await hang_at(SagaOrchestrator(dead), "orphaned", 1)
+        dead_gate = GATES.pop("orphaned:1")  # the re-run of step 1 does not hang
+        expire(dsn, schema, "orphaned")
+        finished = asyncio.Event()
+        orchestrator = SagaOrchestrator(
+            live,
+            listeners=[
+                lambda t: (
+                    finished.set()
+                    if t.kind == "saga_finished" and t.saga_id == "orphaned"
+                    else None
+                )
+            ],
+        )
+        hanging = await hang_at(orchestrator, "live-one", 3)  # a saga the worker runs itself
+        worker = asyncio.create_task(orchestrator.run_worker(poll_interval=0.05))
+        await finished.wait()
+        meta = await live.get("orphaned")
+        assert meta is not None
+        assert meta.status is SagaStatus.COMPLETED
+        assert [RAN[("orphaned", n, "do")] for n in range(5)] == [1, 2, 1, 1, 1]
+
+        worker.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await worker
+        # Cancelled: the worker handed over what it held, at once.
+        (row,) = query(
+            dsn,
+            f'SELECT owner, released, lease_until <= now() FROM "{schema}".sagas '
+            "WHERE saga_id = 'live-one'",
+        )
+        assert row == (None, True, True)
+        GATES["live-one:3"].set()
+        with pytest.raises(LeaseLost):
+            await hanging  # fenced out: it neither continues nor compensates
+        assert RAN[("live-one", 4, "do")] == 0
+        assert not [key for key in RAN if key[2] == "undo"]
+        dead_gate.set()
+        with pytest.raises(LeaseLost):
+            await stuck
+
+
+@pytest.mark.asyncio
+async def test_run_worker_stops_when_told(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema) as store:
+        stop = asyncio.Event()
+        worker = asyncio.create_task(
+            SagaOrchestrator(store).run_worker(poll_interval=0.05, stop=stop)
+        )
+        await asyncio.sleep(0.1)
+        stop.set()
+        await worker  # returns cleanly
+        assert worker.done()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"poll_interval": 0}, "poll_interval must be a positive number"),
+        ({"concurrency": 0}, "concurrency must be a whole number >= 1"),
+        ({"max_attempts": 0}, "max_attempts must be a whole number >= 1"),
+    ],
+)
+async def test_run_worker_rejects_bad_options(options: dict[str, Any], message: str) -> None:
+    orchestrator = SagaOrchestrator(PostgresStore("postgresql://localhost/x"))
+    with pytest.raises(SagaDefinitionError, match=message):
+        await orchestrator.run_worker(**options)
+
+
+@pytest.mark.asyncio
+async def test_run_worker_needs_a_recoverable_store() -> None:
+    with pytest.raises(StoreError, match="cannot recover sagas"):
+        await SagaOrchestrator().run_worker()
