@@ -406,3 +406,21 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StoreError, match="schema version 99"):
         SQLiteStore(path)
+
+
+@pytest.mark.asyncio
+async def test_close_commits_pending_writes_then_refuses_more(db: str) -> None:
+    store = SQLiteStore(db)
+    orchestrator = SagaOrchestrator(store)
+    await asyncio.gather(*(orchestrator.execute(sqlite_move("A", "B", n)) for n in range(3)))
+    await orchestrator.close()
+    await orchestrator.close()  # closing twice is fine
+    with pytest.raises(StoreError, match="closed"):
+        await store.get("anything")
+    with pytest.raises(StoreError, match="closed"):
+        await orchestrator.execute(sqlite_move("A", "B", 1))
+    reopened = SQLiteStore(db)
+    try:
+        assert await reopened.history_count() == 3
+    finally:
+        await reopened.close()

@@ -61,6 +61,7 @@ class GroupWriter:
         self._futures: list[asyncio.Future[Any]] = []
         self._scheduled = False
         self._thread_busy = False
+        self._thread_job: asyncio.Future[Any] | None = None
         self._since_checkpoint = 0
         self._checkpointing = False
         self._open_reader = open_reader
@@ -162,6 +163,7 @@ class GroupWriter:
         loop = asyncio.get_running_loop()
         done = loop.run_in_executor(self._executor, self._commit, jobs, True)
         done.add_done_callback(partial(self._thread_done, futures))
+        self._thread_job = done
 
     def _thread_done(self, futures: list[asyncio.Future[Any]], done: asyncio.Future[Any]) -> None:
         self._thread_busy = False
@@ -222,7 +224,9 @@ class GroupWriter:
         if self._closed:
             return
         while self._pending or self._thread_busy or self._scheduled:
-            if self._pending and not self._thread_busy and not self._scheduled:
+            if self._thread_busy and self._thread_job is not None:
+                await asyncio.wait([self._thread_job])
+            elif self._pending and not self._scheduled:
                 self._flush()
             await asyncio.sleep(0)
         self._closed = True
