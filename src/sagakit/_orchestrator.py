@@ -105,7 +105,7 @@ class SagaOrchestrator:
         self,
         store: SagaStore | None = None,
         *,
-        history_limit: int = DEFAULT_HISTORY_LIMIT,
+        history_limit: int | None = None,
         compensation_retry: Retry = DEFAULT_COMPENSATION_RETRY,
         continue_on_compensation_failure: bool = False,
         listeners: Iterable[Listener] = (),
@@ -114,7 +114,14 @@ class SagaOrchestrator:
         max_recovery_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         if store is None:
-            store = MemoryStore(history_limit=history_limit)
+            store = MemoryStore(
+                history_limit=DEFAULT_HISTORY_LIMIT if history_limit is None else history_limit
+            )
+        elif history_limit is not None:
+            raise SagaDefinitionError(
+                "history_limit sets the default in-memory store's history; with store=... "
+                "give the limit to that store instead, e.g. MemoryStore(history_limit=100)"
+            )
         elif not isinstance(store, SagaStore):
             raise SagaDefinitionError(
                 f"store must implement sagakit.stores.SagaStore (e.g. MemoryStore()), got {store!r}"
@@ -727,6 +734,12 @@ class SagaOrchestrator:
 
     async def get_history(self, limit: int | None = None) -> list[SagaMetadata]:
         """Metadata of finished sagas, oldest first (only the newest ``limit`` if given)."""
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
+            raise SagaDefinitionError(
+                f"get_history(limit=...) must be a whole number >= 0 or None, got {limit!r}"
+            )
         return await self._store.history(limit)
 
     async def recover(

@@ -265,9 +265,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
             )
         self._self_compensation_takes_result = _takes_result(self, fn)
         self._self_plain_compensation = not (
-            self._self_compensation_takes_result
-            or self._self_is_method
-            or self._self_has_defaults
+            self._self_compensation_takes_result or self._self_is_method or self._self_has_defaults
         )
         self._self_compensation = fn
         return fn
@@ -353,32 +351,20 @@ def step(
     compensate_on_failure: bool = False,
 ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Step[P, R]]: ...
 def step(
-    fn: Callable[P, Coroutine[Any, Any, R]] | None = None,
-    /,
-    *,
-    name: str | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-    retry: Retry | int | None = None,
-    compensation_retry: Retry | int | None = None,
-    compensation_timeout: float | None = None,
-    compensate_on_timeout: bool = True,
-    compensate_on_failure: bool = False,
+    fn: Callable[P, Coroutine[Any, Any, R]] | None = None, /, **options: Any
 ) -> Step[P, R] | Callable[[Callable[P, Coroutine[Any, Any, R]]], Step[P, R]]:
     """Declare an ``async def`` as a saga step.
 
     Use it bare (``@step``, timeout 30 s) or with keyword options
     (``@step(timeout=10, retry=Retry(attempts=3))``).
     """
-    options: dict[str, Any] = {
-        "name": name,
-        "timeout": timeout,
-        "retry": retry,
-        "compensation_retry": compensation_retry,
-        "compensation_timeout": compensation_timeout,
-        "compensate_on_timeout": compensate_on_timeout,
-        "compensate_on_failure": compensate_on_failure,
-    }
-    if fn is not None and options != _DEFAULT_OPTIONS:
+    unknown = sorted(set(options) - set(_DEFAULT_OPTIONS))
+    if unknown:
+        raise SagaDefinitionError(
+            f"@step got unknown option(s) {', '.join(unknown)}; "
+            f"the options are {', '.join(_DEFAULT_OPTIONS)}"
+        )
+    if fn is not None and options:
         raise SagaDefinitionError(
             "pass either a function or options to step(), not both: "
             "write @step(timeout=...) above the function"
@@ -394,7 +380,7 @@ def step(
             f"@step takes an async function, got {fn!r}; options are keyword-only: "
             "@step(timeout=10)"
         )
-    return Step(fn, **options)
+    return Step(fn)
 
 
 __all__ = ["DEFAULT_TIMEOUT", "Step", "StepCall", "step"]

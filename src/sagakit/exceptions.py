@@ -45,7 +45,10 @@ class SagaRunError(SagaError):
 
 
 class StepFailed(SagaRunError):
-    """A step raised; ``error`` is the original exception (also ``__cause__``)."""
+    """A step raised; ``error`` is the original exception (also ``__cause__``).
+
+    ``step_index`` is -1 for a step awaited on its own, outside any saga.
+    """
 
     def __init__(self, step_index: int, step_name: str, error: BaseException) -> None:
         super().__init__()  # the message is made when read: failures are a hot path
@@ -53,11 +56,14 @@ class StepFailed(SagaRunError):
         self.step_name = step_name
         self.error = error
 
+    def _which(self) -> str:
+        if self.step_index < 0:  # awaited on its own, outside any saga
+            return f"step {self.step_name!r}"
+        return f"step {self.step_index} ({self.step_name!r})"
+
     def __str__(self) -> str:
         error = self.error
-        return (
-            f"step {self.step_index} ({self.step_name!r}) failed: {type(error).__name__}: {error}"
-        )
+        return f"{self._which()} failed: {type(error).__name__}: {error}"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.step_index, self.step_name, self.error), self.__dict__)
@@ -75,10 +81,7 @@ class StepTimeout(StepFailed, TimeoutError):
         self.timeout = timeout
 
     def __str__(self) -> str:
-        return (
-            f"step {self.step_index} ({self.step_name!r}) timed out after {self.duration:.3f} s "
-            f"(timeout {self.timeout:g} s)"
-        )
+        return f"{self._which()} timed out after {self.duration:.3f} s (timeout {self.timeout:g} s)"
 
     def __reduce__(self) -> tuple[Any, ...]:
         args = (self.step_index, self.step_name, self.duration, self.timeout)

@@ -1,0 +1,47 @@
+"""Bad input found before anything runs: clear, typed errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sagakit import MemoryStore, SagaDefinitionError, SagaOrchestrator, StepTimeout, step
+
+
+async def _noop(x: int) -> int:
+    return x
+
+
+def test_function_and_options_together_is_refused_even_with_default_values() -> None:
+    with pytest.raises(SagaDefinitionError, match="either a function or options"):
+        step(_noop, timeout=30)  # type: ignore[call-overload]
+
+
+def test_unknown_step_option_names_the_known_ones() -> None:
+    with pytest.raises(SagaDefinitionError, match=r"unknown option.*timout.*timeout"):
+        step(timout=5)  # type: ignore[call-overload]
+
+
+def test_history_limit_with_an_explicit_store_is_refused() -> None:
+    with pytest.raises(SagaDefinitionError, match=r"MemoryStore\(history_limit=100\)"):
+        SagaOrchestrator(MemoryStore(), history_limit=5)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("limit", [-1, 1.5, True])
+async def test_get_history_with_a_bad_limit_is_refused(limit: object) -> None:
+    with pytest.raises(SagaDefinitionError, match="limit"):
+        await SagaOrchestrator().get_history(limit)  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_a_step_awaited_alone_reports_its_name_without_an_index() -> None:
+    @step(timeout=0.01)
+    async def slow() -> None:
+        await asyncio.sleep(1)
+
+    with pytest.raises(StepTimeout) as caught:
+        await slow()
+    assert caught.value.step_index == -1
+    assert str(caught.value).startswith("step 'slow' timed out after")
