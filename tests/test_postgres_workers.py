@@ -10,6 +10,7 @@ import os
 import signal
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -94,40 +95,63 @@ def test_sigkilled_worker_sagas_are_finished_by_another(
 
 
 def test_sigstopped_worker_writes_nothing_after_another_took_over(
-    dsn: str, schema: str, workers: list[Worker]
+    dsn: str, schema: str, workers: list[Worker], tmp_path: Path
 ) -> None:
     victim = Worker(dsn, schema, "victim", ids=["paused"], hang_at=2, hang=2.0, lease=1.0)
     workers.append(victim)
     victim.wait_for("HANG")
     victim.proc.send_signal(signal.SIGSTOP)  # paused inside step 2, past its lease
 
-    rescuer = Worker(dsn, schema, "rescuer", worker=True, lease=1.0)
+    # The rescuer claims the saga, re-runs step 2 and holds it open inside step 3,
+    # so the old owner wakes up while the saga is still running under a new owner.
+    go_on = tmp_path / "go-on"
+    rescuer = Worker(
+        dsn, schema, "rescuer", worker=True, lease=1.0, hang_at=3, hang_file=str(go_on)
+    )
     workers.append(rescuer)
-    wait_until(lambda: all_completed(dsn, schema, ["paused"]), "the rescuer to finish the saga")
+    rescuer.wait_for("HANG")
 
     def snapshot() -> tuple[object, ...]:
         return (
-            query(dsn, f'SELECT * FROM "{schema}".sagas'),
+            # Everything but the lease, which the rescuer's heartbeat keeps renewing.
+            query(
+                dsn,
+                f"SELECT saga_id, status, error, updated_at, finished_at, owner, fence "
+                f'FROM "{schema}".sagas',
+            ),
             query(dsn, f'SELECT * FROM "{schema}".steps ORDER BY compensation, step_index'),
             query(dsn, f'SELECT * FROM "{schema}".events ORDER BY position'),
         )
 
     before = snapshot()
+    assert before[0][0][1:] == ("executing", None, before[0][0][3], None, rescuer_owner(before), 2)
     victim.proc.send_signal(signal.SIGCONT)
     (outcome,) = victim.outcomes()
     assert victim.exit_code() == 0
     assert outcome == {"id": "paused", "outcome": "lease_lost"}
     assert snapshot() == before  # the woken worker recorded nothing
-
     ran = effects(dsn, schema)
     assert not [key for key in ran if key[2] == "undo"]  # and compensated nothing
     victim_steps = query(
         dsn, f"SELECT step_index FROM \"{schema}\".effects WHERE worker = 'victim'"
     )
     assert sorted(index for (index,) in victim_steps) == [0, 1, 2]  # and ran nothing more
+
+    go_on.touch()
+    wait_until(lambda: all_completed(dsn, schema, ["paused"]), "the rescuer to finish the saga")
+    ran = effects(dsn, schema)
     assert [ran[("paused", n, "do")] for n in range(5)] == [1, 1, 2, 1, 1]
     rescuer.proc.send_signal(signal.SIGTERM)
     assert rescuer.exit_code() == 0
+
+
+def rescuer_owner(snapshot: tuple[object, ...]) -> object:
+    """The owner column of the only saga (asserted separately: not None)."""
+    rows = snapshot[0]
+    assert isinstance(rows, list)
+    owner = rows[0][5]
+    assert owner is not None
+    return owner
 
 
 def test_same_saga_ids_submitted_concurrently_run_once(

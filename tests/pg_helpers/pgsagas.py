@@ -7,6 +7,8 @@ the saga log, so a test can count how often each step really ran.
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,7 @@ class Settings:
     worker: str = ""
     hang_at: int = -1  # step index at which this process hangs inside the step
     hang: float = 0.0
+    hang_file: str = ""  # or hang until this file exists
 
 
 SETTINGS = Settings()
@@ -38,14 +41,21 @@ async def record_effect(kind: str) -> None:
         )
 
 
+def _wait_for_file(path: str) -> None:
+    while not os.path.exists(path):
+        time.sleep(0.02)
+
+
 @step(timeout=120)
 async def work(n: int) -> list[str]:
     await record_effect("do")
     ctx = current_step()
     assert ctx is not None
-    if ctx.step_index == SETTINGS.hang_at and SETTINGS.hang > 0:
+    if ctx.step_index == SETTINGS.hang_at:
         print(f"HANG {ctx.saga_id}", flush=True)
         await asyncio.sleep(SETTINGS.hang)
+        if SETTINGS.hang_file:
+            await asyncio.to_thread(_wait_for_file, SETTINGS.hang_file)
     return [f"{ctx.saga_id}:{n}"]
 
 

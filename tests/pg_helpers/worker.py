@@ -3,7 +3,8 @@
 Config keys: ``dsn``, ``schema``, ``name`` (for the effects table), ``lease``,
 ``heartbeat``, ``ids`` (saga ids to execute, 5 steps each), ``concurrency``,
 ``worker`` (also run ``run_worker`` until SIGTERM), ``barrier`` (wait for a line
-on stdin before starting), ``hang_at``/``hang`` (hang inside that step).
+on stdin before starting), ``hang_at`` with ``hang`` (seconds) and/or ``hang_file``
+(until that file exists): hang inside that step.
 Prints ``READY`` once connected, then one JSON line per executed id and
 ``STOPPED`` at the end.
 """
@@ -41,6 +42,7 @@ async def main(config: dict[str, Any]) -> None:
     SETTINGS.worker = config["name"]
     SETTINGS.hang_at = config.get("hang_at", -1)
     SETTINGS.hang = config.get("hang", 0.0)
+    SETTINGS.hang_file = config.get("hang_file", "")
     SETTINGS.pool = AsyncConnectionPool(
         config["dsn"], min_size=1, max_size=4, kwargs={"autocommit": True}, open=False
     )
