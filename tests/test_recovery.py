@@ -181,7 +181,9 @@ async def test_a_failing_compensation_ends_the_recovered_saga_failed(db: str) ->
 
 
 @pytest.mark.asyncio
-async def test_changed_code_is_dead_lettered_without_running_anything(db: str) -> None:
+async def test_changed_code_is_dead_lettered_without_running_anything(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
     await crash(db, rec_changing("tv"), "o5", at(TransitionKind.STEP_STARTED, "pay"))
 
     @saga(name="rec_changing")
@@ -196,6 +198,7 @@ async def test_changed_code_is_dead_lettered_without_running_anything(db: str) -
         assert outcome.error is not None
         assert "NonDeterminismError" in outcome.error
         assert "yielded step 'pay' at index 0" in outcome.error
+        assert "the code of saga rec_changing (o5) changed" in caplog.text
         (letter,) = await store.dead_letters()
         assert letter.saga_id == "o5"
         assert await orchestrator.running_count() == 0

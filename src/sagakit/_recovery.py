@@ -24,6 +24,7 @@ from ._steps import StepCall
 from .exceptions import NonDeterminismError, SagaError, StoreError
 from .status import SagaStatus, StepStatus
 from .stores._protocol import LoggedStep, OrphanedSaga, RecoverableStore
+from .stores.sqlite import definition_fingerprint
 
 if TYPE_CHECKING:
     from ._orchestrator import SagaOrchestrator
@@ -182,6 +183,13 @@ async def _recover_one(
     if isinstance(definition, str):
         return await _park(store, orphan, definition)
     done = orphan.completed_steps
+    if orphan.fingerprint is not None and orphan.fingerprint != definition_fingerprint(definition):
+        logger.warning(
+            "sagakit recovery: the code of saga %s (%s) changed since it started; its replay "
+            "is checked against the log step by step",
+            orphan.name,
+            orphan.saga_id,
+        )
     try:
         calls = _replay(definition, orphan, done)
     except NonDeterminismError as error:
