@@ -67,9 +67,7 @@ class HandWritten:
         self.conn = sqlite3.connect(path, timeout=5.0)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute(
-            "CREATE TABLE log (saga_id TEXT, step INTEGER, result TEXT, at REAL)"
-        )
+        self.conn.execute("CREATE TABLE log (saga_id TEXT, step INTEGER, result TEXT, at REAL)")
         self.conn.commit()
 
     async def run(self, order: int) -> list[Any]:

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +145,23 @@ def test_python_dash_m_sagakit(log_db: tuple[str, Path]) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert {saga["id"] for saga in json.loads(done.stdout)} == {"ok-1", "refused-1"}
+
+
+def test_release_lets_recovery_take_a_saga_of_another_host(tmp_path: Path) -> None:
+    db = str(tmp_path / "sagas.db")
+    log = tmp_path / "effects.log"
+    assert child(db, log, "run", db, "transfer", "far", "B", crash="in_step:credit") == (
+        -signal.SIGKILL
+    )
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE sagakit_sagas SET owner = 'elsewhere/1/1' WHERE id = 'far'")
+    conn.close()
+    assert child(db, log, "recover", db) == 0
+    assert cli("--db", db, "list", "--status", "executing", "--json")[1].count('"far"') == 1
+    assert cli("--db", db, "release", "far")[0] == 0
+    assert child(db, log, "recover", db) == 0
+    code, out = cli("--db", db, "show", "far", "--json")
+    assert code == 0
+    assert json.loads(out)["status"] == "completed"
+    assert cli("--db", db, "release", "far")[0] == 1  # no longer running

@@ -5,6 +5,7 @@
     sagakit --db sagas.db recover --import myapp.sagas [--max-attempts 3]
     sagakit --db sagas.db dead-letters
     sagakit --db sagas.db resume SAGA_ID       # un-park; the next recover runs it
+    sagakit --db sagas.db release SAGA_ID      # its owner is gone (another host/container)
     sagakit --db sagas.db resolve SAGA_ID --note "refunded by hand"
 
 ``--db`` also takes a PostgreSQL URL (``postgresql://user@host/db``, with
@@ -82,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
         "resume", help="un-park a dead-lettered saga for recover", parents=[common]
     )
     resume.add_argument("saga_id")
+    release = commands.add_parser(
+        "release",
+        help="forget the owner of a running saga whose process is known dead (SQLite)",
+        parents=[common],
+    )
+    release.add_argument("saga_id")
     resolve = commands.add_parser(
         "resolve", help="mark a dead-lettered or failed saga settled", parents=[common]
     )
@@ -226,6 +233,14 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                     for d in letters
                 ]
                 _table(rows, out)
+            return 0
+        if args.command == "release":
+            if not isinstance(store, SQLiteStore):
+                raise StoreError(
+                    "release is for SQLite logs; PostgreSQL leases expire by themselves"
+                )
+            await store.release(args.saga_id)
+            out.write(f"saga {args.saga_id} will be recovered by the next `sagakit recover`\n")
             return 0
         if args.command == "resume":
             await store.resume_dead_letter(args.saga_id)

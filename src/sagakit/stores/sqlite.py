@@ -550,6 +550,23 @@ class SQLiteStore:
                 "list them with `sagakit dead-letters`"
             )
 
+    async def release(self, saga_id: str) -> None:
+        """Forget the owner of a running saga, so the next recovery claims it.
+
+        For an owner this store cannot see die: a process of another host or
+        container sharing the file. Only call it when that process is gone;
+        :class:`~sagakit.StoreError` if the saga is not running.
+        """
+
+        def job(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE sagakit_sagas SET owner = NULL WHERE id = ? AND finished_at IS NULL",
+                (saga_id,),
+            ).rowcount
+
+        if not await self._writer.submit(job, alone=False):
+            raise StoreError(f"saga {saga_id!r} is not running in {self.path!r}")
+
     async def resolve(self, saga_id: str, note: str) -> None:
         now = time.time()
 
