@@ -424,3 +424,43 @@ async def test_close_commits_pending_writes_then_refuses_more(db: str) -> None:
         assert await reopened.history_count() == 3
     finally:
         await reopened.close()
+
+
+@pytest.mark.asyncio
+async def test_retries_and_timeouts_are_in_the_log(db: str) -> None:
+    from sagakit import Retry, StepTimeout
+
+    tries: list[int] = []
+
+    @step(retry=Retry(attempts=3, backoff=0, jitter=0))
+    async def flaky() -> str:
+        tries.append(1)
+        if len(tries) < 3:
+            raise ConnectionError("try again")
+        return "ok"
+
+    @step(timeout=0.05)
+    async def slow() -> None:
+        await asyncio.Event().wait()
+
+    @slow.compensate
+    async def unslow() -> str:
+        return "undone"
+
+    @saga
+    def sqlite_flaky_slow():  # type: ignore[no-untyped-def]
+        yield flaky()
+        yield slow()
+
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        with pytest.raises(StepTimeout):
+            await orchestrator.execute(sqlite_flaky_slow(), saga_id="r1")
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        meta = await orchestrator.get_saga("r1")
+    assert meta is not None
+    first, second = meta.steps
+    assert (first.status, first.attempts) == (StepStatus.COMPLETED, 3)
+    assert second.status is StepStatus.TIMED_OUT
+    assert meta.compensations[0].name == "slow"
+    assert meta.compensation_events == ("undone",)
+    assert meta.status is SagaStatus.COMPENSATED
