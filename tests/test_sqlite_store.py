@@ -464,3 +464,23 @@ async def test_retries_and_timeouts_are_in_the_log(db: str) -> None:
     assert meta.compensations[0].name == "slow"
     assert meta.compensation_events == ("undone",)
     assert meta.status is SagaStatus.COMPENSATED
+
+
+@pytest.mark.asyncio
+async def test_verify_runs_a_full_check(tmp_path: Path) -> None:
+    path = tmp_path / "checked.db"
+    store = SQLiteStore(path, verify=True)
+    async with SagaOrchestrator(store) as orchestrator:
+        for n in range(40):
+            await orchestrator.execute(sqlite_move("A" * 300, "B", n))
+    _wreck_middle_page(path)
+    with pytest.raises(StoreError, match="corrupt"):
+        SQLiteStore(path, verify=True)
+
+
+def _wreck_middle_page(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    assert len(data) >= 4 * 4096
+    page = len(data) // 4096 // 2
+    data[page * 4096 : (page + 1) * 4096] = b"\xff" * 4096
+    path.write_bytes(bytes(data))

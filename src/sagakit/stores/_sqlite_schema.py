@@ -158,7 +158,7 @@ def prepare(conn: sqlite3.Connection, path: str) -> None:
                 conn.execute("ROLLBACK")
             raise
         # Fail now, not at the first read, if pages past the header are damaged.
-        conn.execute("SELECT count(*) FROM sagakit_sagas").fetchone()
+        conn.execute("SELECT id FROM sagakit_sagas ORDER BY id DESC LIMIT 1").fetchone()
         conn.execute("SELECT max(position) FROM sagakit_events").fetchone()
     except StoreError:
         conn.close()

@@ -166,7 +166,10 @@ class SQLiteStore:
         conn = connect(path, synchronous=synchronous, busy_timeout=self.busy_timeout)
         prepare(conn, path)
         if verify:
-            problem = conn.execute("PRAGMA quick_check").fetchone()[0]
+            try:
+                problem = conn.execute("PRAGMA quick_check").fetchone()[0]
+            except sqlite3.DatabaseError as error:
+                problem = str(error)
             if problem != "ok":
                 conn.close()
                 raise StoreError(
