@@ -449,7 +449,7 @@ async def test_release_hands_sagas_over_without_counting_a_crash(dsn: str, schem
     async with opened(dsn, schema, lease=60.0, heartbeat=20.0) as a, opened(dsn, schema) as b:
         task = await hang_at(SagaOrchestrator(a), "handed", 1)
         assert await b.claim_orphans() == []  # a live lease is never claimed
-        assert await a.release() == 1
+        assert await a.release_leases() == 1
         (orphan,) = await b.claim_orphans()
         assert orphan.recovery_attempts == 0
         GATES["handed:1"].set()
@@ -670,3 +670,13 @@ async def test_run_worker_rejects_bad_options(options: dict[str, Any], message: 
 async def test_run_worker_needs_a_recoverable_store() -> None:
     with pytest.raises(StoreError, match="cannot recover sagas"):
         await SagaOrchestrator().run_worker()
+
+
+@pytest.mark.asyncio
+async def test_run_worker_on_a_store_without_leases_stops_cleanly(tmp_path: Any) -> None:
+    from sagakit import SQLiteStore
+
+    stop = asyncio.Event()
+    stop.set()
+    async with SagaOrchestrator(SQLiteStore(str(tmp_path / "log.db"))) as orchestrator:
+        await orchestrator.run_worker(stop=stop, handle_signals=False)

@@ -88,7 +88,7 @@ async def _wait(events: tuple[asyncio.Event, ...], seconds: float) -> None:
 
 async def _shutdown(store: RecoverableStore, tasks: set[asyncio.Task[None]]) -> None:
     """Release leases, then stop the sagas in flight (they are fenced out)."""
-    release: Callable[[], Any] | None = getattr(store, "release", None)
+    release: Callable[[], Any] | None = getattr(store, "release_leases", None)
     if release is None:
         # No leases to hand over: let the sagas in flight finish here.
         if tasks:

@@ -223,7 +223,7 @@ class PostgresStore:
         )
         return len(found)
 
-    async def release(self) -> int:
+    async def release_leases(self) -> int:
         """Give up every saga this store owns, so other workers claim them at once.
 
         Their fencing tokens move on: any write still in flight here is refused
@@ -488,7 +488,7 @@ class PostgresStore:
             return
         try:
             if self._fences:
-                await self.release()
+                await self.release_leases()
         finally:
             self._pool = None
             await pool.close()
