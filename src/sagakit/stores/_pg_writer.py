@@ -201,6 +201,16 @@ class GroupWriter:
                         future.set_result(None)
         finally:
             self._task = None
+            self._fail_pending()  # only when cancelled: the loop ends with none queued
+
+    def _fail_pending(self) -> None:
+        """Fail the writes still queued (the writer was cancelled, e.g. at loop shutdown)."""
+        pending, self._pending = self._pending, []
+        for _, future in pending:
+            if not future.done():
+                future.set_exception(
+                    StoreError("the PostgreSQL log writer was cancelled before this write")
+                )
 
     async def close(self) -> None:
         """Wait for queued writes to be sent."""

@@ -1,0 +1,101 @@
+"""The PostgreSQL store's group writer and write building, without a server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sagakit import LeaseLost, SagaStatus, SerializationError, StoreError
+from sagakit._serialization import JsonSerializer
+from sagakit.stores._pg_writer import WRITTEN, GroupWriter, Write, batch_params, write_for
+from sagakit.transitions import Transition, TransitionKind
+
+
+def _write(saga_id: str) -> Write:
+    return Write(saga_id, "s", 1, "executing", index=0, step_name="a", step_status="running")
+
+
+@pytest.mark.asyncio
+async def test_writes_queued_while_a_batch_is_in_flight_go_out_together() -> None:
+    batches: list[list[str]] = []
+    release = asyncio.Event()
+
+    async def send(writes: list[Write]) -> set[str]:
+        batches.append([w.saga_id for w in writes])
+        if len(batches) == 1:
+            await release.wait()
+        return {"lost"} if any(w.saga_id == "lost" for w in writes) else set()
+
+    writer = GroupWriter(send)
+    first = asyncio.create_task(writer.submit(_write("first")))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(writer.submit(_write(i))) for i in ("a", "b", "lost")]
+    await asyncio.sleep(0)
+    release.set()
+    await first
+    done = await asyncio.gather(*rest, return_exceptions=True)
+    assert batches == [["first"], ["a", "b", "lost"]]
+    assert done[:2] == [None, None]
+    assert isinstance(done[2], LeaseLost)
+    assert done[2].saga_id == "lost"
+
+
+@pytest.mark.asyncio
+async def test_a_failed_batch_fails_each_of_its_writes_with_a_store_error() -> None:
+    async def send(writes: list[Write]) -> set[str]:
+        raise ConnectionError("server went away")
+
+    writer = GroupWriter(send)
+    with pytest.raises(StoreError, match="ConnectionError: server went away"):
+        await writer.submit(_write("x"))
+    # The writer keeps working for later writes.
+    with pytest.raises(StoreError):
+        await writer.submit(_write("y"))
+
+
+@pytest.mark.asyncio
+async def test_cancelling_the_writer_fails_queued_writes_instead_of_hanging() -> None:
+    started = asyncio.Event()
+
+    async def send(writes: list[Write]) -> set[str]:
+        started.set()
+        await asyncio.Event().wait()
+        return set()
+
+    writer = GroupWriter(send)
+    first = asyncio.create_task(writer.submit(_write("first")))
+    await started.wait()
+    queued = asyncio.create_task(writer.submit(_write("queued")))
+    await asyncio.sleep(0)
+    assert writer._task is not None
+    writer._task.cancel()
+    outcomes = await asyncio.gather(first, queued, return_exceptions=True)
+    assert all(isinstance(outcome, StoreError) for outcome in outcomes)
+
+
+def test_retries_are_not_written_and_completions_carry_results_and_events() -> None:
+    assert TransitionKind.STEP_RETRYING not in WRITTEN
+    assert TransitionKind.COMPENSATION_RETRYING not in WRITTEN
+    serializer = JsonSerializer()
+    done = Transition(
+        TransitionKind.STEP_COMPLETED, "id", "s", SagaStatus.EXECUTING, 2, "pay",
+        attempt=3, result=("ok", 1), events=("ok", 1), duration=0.5,
+    )  # fmt: skip
+    write = write_for(done, 7, serializer.dumps, run_error=None, total=None)
+    assert (write.fence, write.index, write.attempts, write.step_status) == (7, 2, 3, "completed")
+    assert serializer.loads(write.result or "") == ("ok", 1)
+    params = batch_params([write, _write("other")])
+    assert params[0] == ["id", "other"]
+    assert params[14] == ['["ok",1]', None]  # the step row's events, as one JSON array
+    assert params[15] == ["id", "id"]  # one events-table row per event
+    assert serializer.loads(params[14][0]) == ["ok", 1]
+
+
+def test_an_unserializable_result_is_a_serialization_error() -> None:
+    done = Transition(
+        TransitionKind.STEP_COMPLETED, "id", "s", SagaStatus.EXECUTING, 0, "pay",
+        result=object(),
+    )  # fmt: skip
+    with pytest.raises(SerializationError, match="result of step 'pay'"):
+        write_for(done, 1, JsonSerializer().dumps, run_error=None, total=None)
