@@ -766,7 +766,7 @@ class SagaOrchestrator:
         """Keep claiming and finishing orphaned sagas until cancelled, SIGTERM or ``stop``.
 
         On the way out the worker releases the leases it holds, so other workers take
-        its sagas over at once. See :func:`sagakit.run_worker` (``docs/postgres.md``).
+        its sagas over at once (see ``docs/postgres.md``).
         """
         attempts = self._max_recovery_attempts if max_attempts is None else max_attempts
         await run_worker(
