@@ -36,6 +36,8 @@ class Statements:
     running: str
     history: str
     history_newest: str
+    newest: str
+    newest_with_status: str
     running_count: str
     history_count: str
     dead_letter: str
@@ -129,6 +131,14 @@ def statements(schema: str) -> Statements:
             f"SELECT * FROM (SELECT {_SAGA_COLUMNS} FROM {s}.sagas "
             "WHERE finished_at IS NOT NULL ORDER BY finished_at DESC, saga_id DESC "
             "LIMIT %s) AS newest ORDER BY finished_at, saga_id"
+        ),
+        newest=(
+            f"SELECT {_SAGA_COLUMNS} FROM {s}.sagas "
+            "ORDER BY started_at DESC, saga_id DESC LIMIT %s"
+        ),
+        newest_with_status=(
+            f"SELECT {_SAGA_COLUMNS} FROM {s}.sagas WHERE status = %s "
+            "ORDER BY started_at DESC, saga_id DESC LIMIT %s"
         ),
         running_count=f"SELECT count(*) FROM {s}.sagas WHERE {active}",
         history_count=f"SELECT count(*) FROM {s}.sagas WHERE finished_at IS NOT NULL",

@@ -372,18 +372,11 @@ class PostgresStore:
         self, *, status: SagaStatus | str | None = None, limit: int = 100
     ) -> list[SagaMetadata]:
         """Sagas newest first, optionally only those with ``status`` (for the CLI)."""
-        s = f'"{self.schema}"'
-        columns = self._sql.get.split(" FROM ")[0]
         if status is None:
-            sql = f"{columns} FROM {s}.sagas ORDER BY started_at DESC, saga_id DESC LIMIT %s"
-            params: tuple[Any, ...] = (limit,)
+            found = await self._run(self._sql.newest, (limit,))
         else:
-            sql = (
-                f"{columns} FROM {s}.sagas WHERE status = %s "
-                "ORDER BY started_at DESC, saga_id DESC LIMIT %s"
-            )
-            params = (str(SagaStatus(status)), limit)
-        return await self._with_steps(await self._run(sql, params))
+            found = await self._run(self._sql.newest_with_status, (str(SagaStatus(status)), limit))
+        return await self._with_steps(found)
 
     async def running_count(self) -> int:
         return int((await self._run(self._sql.running_count))[0][0])
