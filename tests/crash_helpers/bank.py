@@ -6,6 +6,7 @@ the database). ``SAGAKIT_CRASH`` names where the process SIGKILLs itself:
 the step until the file ``<log>.go`` exists).
 
     python bank.py run DB SAGA SAGA_ID TO_ACCOUNT
+    python bank.py swarm DB COUNT      # COUNT transfers at once, each completion acknowledged
     python bank.py recover DB [MAX_ATTEMPTS]
 """
 
@@ -32,6 +33,7 @@ from sagakit import (
 
 LOG = os.environ["SAGAKIT_CRASH_LOG"]
 CRASH = os.environ.get("SAGAKIT_CRASH", "")
+SWARM = os.environ.get("SAGAKIT_SWARM") == "1"
 
 
 def effect(text: str) -> None:
@@ -40,11 +42,17 @@ def effect(text: str) -> None:
     with open(LOG, "a") as log:
         log.write(f"{text} {key}\n")
         log.flush()
-        os.fsync(log.fileno())
+        if not SWARM:
+            os.fsync(log.fileno())
 
 
 def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def pause() -> None:
+    if SWARM:
+        await asyncio.sleep(0)
 
 
 def at(name: str) -> None:
@@ -58,6 +66,7 @@ def at(name: str) -> None:
 @step
 async def debit(account: str, amount: int) -> dict[str, Any]:
     effect("step debit")
+    await pause()
     at("debit")
     return {"account": account, "amount": -amount}
 
@@ -71,6 +80,7 @@ async def refund(account: str, amount: int) -> None:
 @step
 async def reserve(account: str, amount: int) -> str:
     effect("step reserve")
+    await pause()
     at("reserve")
     return f"hold-{account}"
 
@@ -84,6 +94,7 @@ async def release(hold: str, account: str, amount: int) -> None:
 @step
 async def credit(account: str, amount: int) -> dict[str, Any]:
     effect("step credit")
+    await pause()
     at("credit")
     if account == "REFUSE":
         raise ValueError("the bank refused the credit")
@@ -128,6 +139,21 @@ async def run(db: str, name: str, saga_id: str, target: str) -> int:
     return 0
 
 
+def acknowledge(transition: Transition) -> None:
+    """Runs after the store committed the completion: the log must keep it."""
+    if transition.kind == "step_completed":
+        with open(LOG, "a") as log:
+            log.write(f"acked {transition.idempotency_key}\n")
+
+
+async def swarm(db: str, count: int) -> int:
+    async with SagaOrchestrator(SQLiteStore(db), listeners=[acknowledge]) as orchestrator:
+        await asyncio.gather(
+            *(orchestrator.execute(transfer("A", "B", n), saga_id=f"s{n}") for n in range(count))
+        )
+    return 0
+
+
 async def recover(db: str, max_attempts: int) -> int:
     store = SQLiteStore(db)
     async with SagaOrchestrator(store, max_recovery_attempts=max_attempts) as orchestrator:
@@ -141,6 +167,8 @@ def main() -> int:
     command, db, *rest = sys.argv[1:]
     if command == "run":
         return asyncio.run(run(db, *rest))
+    if command == "swarm":
+        return asyncio.run(swarm(db, int(rest[0])))
     return asyncio.run(recover(db, int(rest[0]) if rest else 3))
 
 
