@@ -65,6 +65,13 @@ async def act(n: int) -> list[str]:
 @act.compensate
 async def unact(result: list[str], n: int) -> list[str]:
     _ran("undo")
+    ctx = current_step()
+    assert ctx is not None
+    key = f"{ctx.saga_id}:undo{ctx.step_index}"
+    gate = GATES.get(key)
+    if gate is not None:
+        ENTERED[key].set()
+        await gate.wait()
     return [f"undo {n}"]
 
 
@@ -94,6 +101,13 @@ def pg_five(steps: int = 5):  # type: ignore[no-untyped-def]
 def pg_fails():  # type: ignore[no-untyped-def]
     yield act(0)
     yield explode(1)
+
+
+@saga
+def pg_fails_late():  # type: ignore[no-untyped-def]
+    yield act(0)
+    yield act(1)
+    yield explode(2)
 
 
 @saga
@@ -680,3 +694,37 @@ async def test_run_worker_on_a_store_without_leases_stops_cleanly(tmp_path: Any)
     stop.set()
     async with SagaOrchestrator(SQLiteStore(str(tmp_path / "log.db"))) as orchestrator:
         await orchestrator.run_worker(stop=stop, handle_signals=False)
+
+
+@pytest.mark.asyncio
+async def test_a_saga_taken_over_while_compensating_is_compensated_once(
+    dsn: str, schema: str
+) -> None:
+    async with opened(dsn, schema) as a, opened(dsn, schema) as b:
+        GATES["undoing:undo1"] = asyncio.Event()
+        ENTERED["undoing:undo1"] = asyncio.Event()
+        task = asyncio.create_task(SagaOrchestrator(a).execute(pg_fails_late(), saga_id="undoing"))
+        await ENTERED["undoing:undo1"].wait()  # step 2 failed; compensating step 1
+        stale_gate = GATES.pop("undoing:undo1")
+        expire(dsn, schema, "undoing")
+        (orphan,) = await b.claim_orphans()
+        assert orphan.status is SagaStatus.COMPENSATING
+        assert [(c.index, str(c.status)) for c in orphan.compensations] == [(1, "running")]
+        outcome = await _recover_one(SagaOrchestrator(b), b, orphan)
+        assert (outcome.action, outcome.status) == ("compensated", SagaStatus.COMPENSATED)
+
+        stale_gate.set()  # the old owner finishes compensating step 1 and is fenced out
+        with pytest.raises(LeaseLost):
+            await task
+        # Step 1's compensation ran again under the new owner (it was interrupted);
+        # step 0's ran once, by the new owner only.
+        assert RAN[("undoing", 1, "undo")] == 2
+        assert RAN[("undoing", 0, "undo")] == 1
+        meta = await b.get("undoing")
+        assert meta is not None
+        assert meta.status is SagaStatus.COMPENSATED
+        assert [(c.index, str(c.status)) for c in meta.compensations] == [
+            (1, "completed"),
+            (0, "completed"),
+        ]
+        assert meta.compensation_events == ("undo 1", "undo 0")
