@@ -112,8 +112,11 @@ CREATE FUNCTION {s}.apply_batch(
 DECLARE
     v_ok text[];
 BEGIN
-    -- Lock the sagas in id order, as the heartbeat and release do: no deadlocks.
-    PERFORM 1 FROM {s}.sagas WHERE saga_id = ANY(p_ids) ORDER BY saga_id FOR UPDATE;
+    -- Lock the sagas in id order, as the heartbeat and release do: no deadlocks
+    -- (one saga needs no ordering: its UPDATE below locks it).
+    IF cardinality(p_ids) > 1 THEN
+        PERFORM 1 FROM {s}.sagas WHERE saga_id = ANY(p_ids) ORDER BY saga_id FOR UPDATE;
+    END IF;
     WITH b AS (
         SELECT * FROM unnest(p_ids, p_fences, p_status, p_final, p_error, p_total)
             AS t(saga_id, fence, status, final, error, total)
