@@ -21,16 +21,34 @@ class _SimulatedTimeout:
 SIMULATED_TIMEOUT: Final = _SimulatedTimeout()
 
 
+class SimulatedCrash(BaseException):
+    """Stops a saga as if its process died at this point (see ``FaultInjector.crash``).
+
+    The orchestrator runs nothing more and records nothing more for the run, exactly as
+    after a SIGKILL; a durable store keeps it ``EXECUTING`` or ``COMPENSATING`` for
+    recovery. A ``BaseException``, so that a step's ``except Exception`` cannot stop it.
+    """
+
+
+class CrashAfter:
+    """A fault plan's answer: run the attempt, then crash before its outcome is recorded."""
+
+    __slots__ = ("crash",)
+
+    def __init__(self, crash: SimulatedCrash) -> None:
+        self.crash = crash
+
+
 class FaultPlan(Protocol):
     """Decides, before each attempt, whether it should fail instead of running."""
 
     def fault_for(
         self, step: Step[Any, Any], attempt: int, *, compensation: bool
-    ) -> BaseException | _SimulatedTimeout | None:
-        """An exception to raise, ``SIMULATED_TIMEOUT``, or ``None`` to run normally."""
+    ) -> BaseException | _SimulatedTimeout | CrashAfter | None:
+        """An exception to raise, ``SIMULATED_TIMEOUT``, a :class:`CrashAfter`, or ``None``."""
         ...
 
 
 active_faults: ContextVar[FaultPlan | None] = ContextVar("sagakit_faults", default=None)
 
-__all__ = ["SIMULATED_TIMEOUT", "FaultPlan", "active_faults"]
+__all__ = ["SIMULATED_TIMEOUT", "CrashAfter", "FaultPlan", "SimulatedCrash", "active_faults"]

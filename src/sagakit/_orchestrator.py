@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout
-from ._hooks import SIMULATED_TIMEOUT, FaultPlan, active_faults
+from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, SimulatedCrash, active_faults
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import SagaRun, StepRun, current_run, describe_error
@@ -295,6 +295,11 @@ class SagaOrchestrator:
                     elif fault is SIMULATED_TIMEOUT:
                         failure = StepTimeout(index, step._self_name, timeout, timeout)
                     else:
+                        if isinstance(fault, CrashAfter):  # the step acts, then "the process dies"
+                            await call.fn(*call.args, **call.kwargs)
+                            fault = fault.crash
+                        if isinstance(fault, SimulatedCrash):
+                            raise fault
                         error = fault  # type: ignore[assignment]
                     if failure is None:
                         assert error is not None
@@ -371,6 +376,8 @@ class SagaOrchestrator:
                 # set the status (COMPENSATED unless a compensation failed).
                 await self._finish(run)
                 raise
+            except SimulatedCrash:
+                raise  # "the process died": nothing more is run or recorded
             except BaseException:
                 run.status = SagaStatus.FAILED
                 await self._finish(run)
@@ -385,6 +392,9 @@ class SagaOrchestrator:
                     raise compensation_failure from failure
                 finally:
                     compensation_failure = None
+            raise
+        except SimulatedCrash:
+            driver.close()  # "the process died": nothing more is run or recorded
             raise
         except BaseException as failure:  # KeyboardInterrupt, SystemExit: no time to undo
             driver.close()
@@ -587,6 +597,11 @@ class SagaOrchestrator:
                     elif fault is SIMULATED_TIMEOUT:
                         error = StepTimeout(record.index, record.name, timeout, timeout)
                     else:
+                        if isinstance(fault, CrashAfter):
+                            await call.compensation_call(result)  # type: ignore[misc]
+                            fault = fault.crash
+                        if isinstance(fault, SimulatedCrash):
+                            raise fault
                         error = fault  # type: ignore[assignment]
                     policy = step._self_compensation_retry or self._compensation_retry
                     assert error is not None

@@ -21,13 +21,21 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ._hooks import SIMULATED_TIMEOUT, FaultPlan, _SimulatedTimeout, active_faults
+from ._hooks import (
+    SIMULATED_TIMEOUT,
+    CrashAfter,
+    FaultPlan,
+    SimulatedCrash,
+    _SimulatedTimeout,
+    active_faults,
+)
 from ._orchestrator import SagaOrchestrator
 from ._runs import current_run
 from ._sagas import SagaDefinition
 from ._steps import Step
 from .exceptions import CompensationFailed, SagaDefinitionError, StepFailed, StepTimeout
 from .status import SagaStatus
+from .stores import SagaStore
 from .transitions import Transition, TransitionKind
 
 StepTarget = str | Step[Any, Any]
@@ -52,13 +60,13 @@ class FiredFault:
     step_index: int | None
     attempt: int
     compensation: bool
-    fault: BaseException | _SimulatedTimeout
+    fault: BaseException | _SimulatedTimeout | CrashAfter
 
 
 @dataclass(frozen=True, slots=True)
 class _Rule:
     target: StepTarget
-    fault: Fault | _SimulatedTimeout
+    fault: Fault | _SimulatedTimeout | CrashAfter
     compensation: bool
     times: int | None
     index: int | None
@@ -124,7 +132,7 @@ class _Chain:
 
     def fault_for(
         self, step: Step[Any, Any], attempt: int, *, compensation: bool
-    ) -> BaseException | _SimulatedTimeout | None:
+    ) -> BaseException | _SimulatedTimeout | CrashAfter | None:
         fault = self.inner.fault_for(step, attempt, compensation=compensation)
         if fault is None:
             fault = self.outer.fault_for(step, attempt, compensation=compensation)
@@ -156,7 +164,7 @@ class FaultInjector:
     def _add(
         self,
         target: object,
-        fault: Fault | _SimulatedTimeout,
+        fault: Fault | _SimulatedTimeout | CrashAfter,
         *,
         compensation: bool,
         times: int | None,
@@ -207,6 +215,30 @@ class FaultInjector:
         """Make the compensation of ``step`` time out at once."""
         return self._add(step, SIMULATED_TIMEOUT, compensation=True, times=times, index=index)
 
+    def crash(
+        self,
+        step: StepTarget,
+        *,
+        after: bool = False,
+        compensation: bool = False,
+        index: int | None = None,
+    ) -> FaultInjector:
+        """Stop the saga at ``step`` once, as if its process were killed there.
+
+        Before the step runs, or with ``after=True`` once it has acted but before its
+        completion is recorded; with ``compensation=True`` at the step's compensation
+        instead. :class:`SimulatedCrash` propagates out of ``execute()``; the orchestrator
+        runs and records nothing more, so a durable store keeps the saga for recovery:
+        call :func:`simulate_restart` on the store, then ``recover()`` with a new
+        orchestrator and store, as a restarted process would.
+        """
+        where = "compensation of step" if compensation else "step"
+        crash = SimulatedCrash(
+            f"simulated crash at {where} {step!r}{' after it acted' if after else ''}"
+        )
+        fault: SimulatedCrash | CrashAfter = CrashAfter(crash) if after else crash
+        return self._add(step, fault, compensation=compensation, times=None, index=index)
+
     def clear(self) -> None:
         """Forget every fault (and what fired)."""
         self._rules.clear()
@@ -214,11 +246,18 @@ class FaultInjector:
 
     def fault_for(
         self, step: Step[Any, Any], attempt: int, *, compensation: bool
-    ) -> BaseException | _SimulatedTimeout | None:
+    ) -> BaseException | _SimulatedTimeout | CrashAfter | None:
         """The :class:`~sagakit._hooks.FaultPlan` hook the orchestrator calls per attempt."""
         for rule in self._rules:
             if rule.matches(step, attempt, compensation):
                 fault = rule.fault
+                if isinstance(fault, SimulatedCrash | CrashAfter):
+                    self._rules.remove(rule)  # a process dies once
+                    crash = fault if isinstance(fault, SimulatedCrash) else fault.crash
+                    self.fired.append(
+                        FiredFault(step._self_name, _running_index(), attempt, compensation, crash)
+                    )
+                    return fault
                 if isinstance(fault, type):
                     what = "compensation of step" if compensation else "step"
                     fault = fault(f"injected into {what} {step._self_name!r}, attempt {attempt}")
@@ -694,6 +733,34 @@ async def run_fault_matrix(
     return report
 
 
+async def simulate_restart(store: SagaStore) -> None:
+    """Forget that this process owns the running sagas of ``store``, as if it had died.
+
+    Use it after a :meth:`FaultInjector.crash`: a new orchestrator's ``recover()`` then
+    claims those sagas, as a restarted process would. Every saga running in the store
+    is released, so use it in tests only. An in-memory store loses its sagas in a real
+    crash and cannot be restarted.
+    """
+    if not store.durable:
+        raise SagaDefinitionError(
+            f"{type(store).__name__} keeps sagas in memory, which a crash loses; simulate "
+            "crashes and recovery with a durable store such as SQLiteStore(tmp_path / 'sagas.db')"
+        )
+    release_leases = getattr(store, "release_leases", None)
+    if release_leases is not None:  # leases: give them up so another worker claims at once
+        await release_leases()
+        return
+    release = getattr(store, "release", None)
+    if release is None:
+        raise SagaDefinitionError(
+            f"{type(store).__name__} has no release() or release_leases(), so a restart "
+            "cannot be simulated on it"
+        )
+    for saga in await store.running():
+        if saga.id is not None:
+            await release(saga.id)
+
+
 __all__ = [
     "FaultCase",
     "FaultInjector",
@@ -704,5 +771,7 @@ __all__ = [
     "InstantSleep",
     "RecordedRun",
     "SagaRecorder",
+    "SimulatedCrash",
     "run_fault_matrix",
+    "simulate_restart",
 ]

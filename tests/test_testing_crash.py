@@ -1,0 +1,143 @@
+"""Crash simulation: FaultInjector.crash() and simulate_restart() with a durable store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sagakit import (
+    MemoryStore,
+    SagaDefinitionError,
+    SagaOrchestrator,
+    SagaStatus,
+    SQLiteStore,
+    current_step,
+    saga,
+    step,
+)
+from sagakit.testing import FaultInjector, SagaRecorder, SimulatedCrash, simulate_restart
+
+effects: list[str] = []
+keys: list[str] = []
+
+
+@step
+async def reserve(order: str) -> str:
+    effects.append(f"reserve {order}")
+    return f"r-{order}"
+
+
+@reserve.compensate
+async def release(order: str) -> None:
+    effects.append(f"release {order}")
+
+
+@step
+async def charge(order: str) -> str:
+    context = current_step()
+    assert context is not None
+    keys.append(context.idempotency_key)
+    effects.append(f"charge {order}")
+    return f"c-{order}"
+
+
+@charge.compensate
+async def refund(order: str) -> None:
+    effects.append(f"refund {order}")
+
+
+@step
+async def ship(order: str) -> str:
+    effects.append(f"ship {order}")
+    if order.startswith("broken"):
+        raise RuntimeError("no courier")
+    return f"s-{order}"
+
+
+@saga(name="crash_sim_order")
+def order(name: str):  # type: ignore[no-untyped-def]
+    yield reserve(name)
+    yield charge(name)
+    yield ship(name)
+
+
+@pytest.fixture(autouse=True)
+def _clean() -> None:
+    effects.clear()
+    keys.clear()
+
+
+async def _crash_then_recover(path: Path, faults: FaultInjector, name: str) -> SagaStatus:
+    recorder = SagaRecorder()
+    store = SQLiteStore(path)
+    crashed = SagaOrchestrator(store, listeners=[recorder])
+    with faults, pytest.raises(SimulatedCrash):
+        await crashed.execute(order(name).with_id(f"o-{name}"))
+    # Nothing was recorded after the "death": no saga_finished, no compensation.
+    assert not recorder.last.finished
+    await simulate_restart(store)
+    await store.close()
+
+    restarted = SagaOrchestrator(SQLiteStore(path))
+    outcomes = await restarted.recover()
+    assert [o.saga_id for o in outcomes] == [f"o-{name}"]
+    final = await restarted.get_saga(f"o-{name}")
+    await restarted.close()
+    assert final is not None
+    return final.status
+
+
+@pytest.mark.asyncio
+async def test_crash_before_a_step_resumes_without_rerunning_completed_steps(
+    tmp_path: Path,
+) -> None:
+    faults = FaultInjector().crash(charge)
+    status = await _crash_then_recover(tmp_path / "s.db", faults, "a")
+    assert status is SagaStatus.COMPLETED
+    assert effects == ["reserve a", "charge a", "ship a"]
+
+
+@pytest.mark.asyncio
+async def test_crash_after_a_step_acted_reruns_it_with_the_same_idempotency_key(
+    tmp_path: Path,
+) -> None:
+    faults = FaultInjector().crash("charge", after=True)
+    status = await _crash_then_recover(tmp_path / "s.db", faults, "b")
+    assert status is SagaStatus.COMPLETED
+    assert effects == ["reserve b", "charge b", "charge b", "ship b"]
+    assert keys == ["o-b:1", "o-b:1"]
+
+
+@pytest.mark.asyncio
+async def test_crash_mid_compensation_finishes_each_compensation_once_in_reverse(
+    tmp_path: Path,
+) -> None:
+    faults = FaultInjector().crash(reserve, compensation=True)
+    status = await _crash_then_recover(tmp_path / "s.db", faults, "broken")
+    assert status is SagaStatus.COMPENSATED
+    assert effects == [
+        "reserve broken",
+        "charge broken",
+        "ship broken",
+        "refund broken",
+        "release broken",
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_crash_fires_once_and_is_listed_as_fired() -> None:
+    faults = FaultInjector().crash("reserve")
+    orchestrator = SagaOrchestrator()
+    with faults:
+        with pytest.raises(SimulatedCrash, match="simulated crash at step 'reserve'"):
+            await orchestrator.execute(order("c"))
+        assert await orchestrator.execute(order("d")) == ["r-d", "c-d", "s-d"]
+    assert [f.step_name for f in faults.fired] == ["reserve"]
+    assert effects == ["reserve d", "charge d", "ship d"]
+
+
+@pytest.mark.asyncio
+async def test_simulate_restart_refuses_an_in_memory_store() -> None:
+    with pytest.raises(SagaDefinitionError, match="durable store such as SQLiteStore"):
+        await simulate_restart(MemoryStore())
