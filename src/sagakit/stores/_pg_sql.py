@@ -75,12 +75,13 @@ def statements(schema: str) -> Statements:
             "resolved = false WHERE saga_id = %(id)s RETURNING fence"
         ),
         delete_steps=f"DELETE FROM {s}.steps WHERE saga_id = %s",
+        # %b: binary parameters, so arrays of text need no quoting or escaping.
         apply=(
-            f"SELECT * FROM {s}.apply_batch(%s::text[], %s::bigint[], %s::text[], "
-            "%s::boolean[], %s::text[], %s::integer[], %s::integer[], %s::boolean[], "
-            "%s::text[], %s::text[], %s::integer[], %s::double precision[], %s::text[], "
-            "%s::text[], %s::text[], %s::text[], %s::text[], %s::integer[], %s::text[], "
-            "%s::boolean[], %s::text[])"
+            f"SELECT * FROM {s}.apply_batch(%b::text[], %b::bigint[], %b::text[], "
+            "%b::boolean[], %b::text[], %b::integer[], %b::integer[], %b::boolean[], "
+            "%b::text[], %b::text[], %b::integer[], %b::double precision[], %b::text[], "
+            "%b::text[], %b::text[], %b::text[], %b::text[], %b::integer[], %b::text[], "
+            "%b::boolean[], %b::text[])"
         ),
         # Rows are locked in saga id order, like apply_batch does, so they never deadlock.
         heartbeat=(
