@@ -210,7 +210,7 @@ class PostgresStore:
             await asyncio.sleep(self.heartbeat)
             try:
                 await self.renew()
-            except StoreError as error:
+            except Exception as error:  # keep beating: the next renewal may succeed
                 logger.warning("sagakit heartbeat could not renew leases: %s", error)
 
     async def renew(self) -> int:
