@@ -728,3 +728,18 @@ async def test_a_saga_taken_over_while_compensating_is_compensated_once(
             (0, "completed"),
         ]
         assert meta.compensation_events == ("undo 1", "undo 0")
+
+
+@pytest.mark.asyncio
+async def test_the_background_heartbeat_keeps_leases_alive(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema, lease=30.0, heartbeat=0.05) as store:
+        task = await hang_at(SagaOrchestrator(store), "kept", 0)
+        query(dsn, f"UPDATE \"{schema}\".sagas SET lease_until = now() + interval '1 second'")
+        for _ in range(600):  # the heartbeat renews it to now() + 30 s, by itself
+            if await _lease_left(dsn, schema, "kept") > 20:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the heartbeat never renewed the lease")
+        GATES["kept:0"].set()
+        await task
