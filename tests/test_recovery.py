@@ -54,6 +54,12 @@ class CrashingStore(SQLiteStore):
             raise Crash
         await super().record(run, transition)
 
+    def stage(self, run: SagaRun, transition: Transition) -> None:
+        if self.crashed or self.crash_at(transition):
+            self.crashed = True
+            raise Crash
+        super().stage(run, transition)
+
 
 def at(kind: TransitionKind, step_name: str | None = None) -> Callable[[Transition], bool]:
     return lambda t: t.kind is kind and (step_name is None or t.step_name == step_name)

@@ -132,6 +132,14 @@ class SagaOrchestrator:
             )
         self._store = store
         self._durable = bool(store.durable)
+        # A durable store may stage the transitions that no side effect follows; they
+        # commit with the run's next record(), before the next step or compensation
+        # runs or execute() returns.
+        self._stage: Callable[[SagaRun, Transition], None] | None = (
+            getattr(store, "stage", None) if self._durable else None
+        )
+        # Staged transitions are logged and told to listeners once durable (below).
+        self._held: dict[SagaRun, list[tuple[int, Transition]]] = {}
         self._compensation_retry = compensation_retry
         self._continue = bool(continue_on_compensation_failure)
         self._listeners: list[Listener] = []
@@ -377,6 +385,7 @@ class SagaOrchestrator:
                 await self._finish(run)
                 raise
             except SimulatedCrash:
+                self._held.pop(run, None)  # staged, never committed: never told
                 raise  # "the process died": nothing more is run or recorded
             except BaseException:
                 run.status = SagaStatus.FAILED
@@ -395,6 +404,7 @@ class SagaOrchestrator:
             raise
         except SimulatedCrash:
             driver.close()  # "the process died": nothing more is run or recorded
+            self._held.pop(run, None)  # staged, never committed: never told
             raise
         except BaseException as failure:  # KeyboardInterrupt, SystemExit: no time to undo
             driver.close()
@@ -713,7 +723,23 @@ class SagaOrchestrator:
             duration=duration,
         )
         if self._durable:
-            await self._store.record(run, transition)
+            stage = self._stage
+            if stage is not None and (
+                kind is TransitionKind.STEP_COMPLETED
+                or kind is TransitionKind.COMPENSATION_COMPLETED
+                or kind is TransitionKind.SAGA_STARTED
+            ):
+                # No side effect follows it: it commits with the run's next record(),
+                # and is logged and told to listeners then, once durable.
+                stage(run, transition)
+                if logged or self._listeners:
+                    self._held.setdefault(run, []).append((level, transition))
+                return
+            held = self._held.pop(run, None) if self._held else None
+            await self._store.record(run, transition)  # on failure, held ones never commit
+            if held is not None:
+                for earlier_level, earlier in held:
+                    await self._tell(earlier_level, earlier)
         if logged:
             _log(level, transition)
         for listener in self._listeners:
@@ -726,6 +752,23 @@ class SagaOrchestrator:
                     "sagakit listener %r raised on %s; the saga goes on",
                     listener,
                     kind,
+                    extra=_extra(transition),
+                )
+
+    async def _tell(self, level: int, transition: Transition) -> None:
+        """Log a staged transition and tell listeners, now that it is durable."""
+        if logger.isEnabledFor(level):
+            _log(level, transition)
+        for listener in self._listeners:
+            try:
+                outcome = listener(transition)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                logger.exception(
+                    "sagakit listener %r raised on %s; the saga goes on",
+                    listener,
+                    transition.kind,
                     extra=_extra(transition),
                 )
 

@@ -33,7 +33,7 @@ from ..transitions import TransitionKind
 from ._protocol import DeadLetter, LoggedStep, OrphanedSaga, StoredEvent
 from ._sqlite_owner import current_owner, owner_alive
 from ._sqlite_schema import Synchronous, check_file, connect, prepare
-from ._sqlite_writer import GroupWriter, Job
+from ._sqlite_writer import GroupWriter, Job, Statements
 
 if TYPE_CHECKING:
     from .._runs import SagaRun
@@ -185,6 +185,7 @@ class SQLiteStore:
         self._owner = current_owner() if owner is None else owner
         self._live: set[str] = set()
         self._claimed: set[str] = set()
+        self._staged: dict[str, Statements] = {}
 
     def _open_reader(self) -> sqlite3.Connection:
         return connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
@@ -244,12 +245,13 @@ class SQLiteStore:
             return ("new", None)
 
         self._live.add(saga_id)
+        if not run.explicit_id:
+            # A fresh id: nothing to check, and nothing acts before the first step
+            # starts, so the row is staged and commits with that step's start.
+            self._staged[saga_id] = [(_INSERT_SAGA, values)]
+            return None
         try:
-            if run.explicit_id:
-                outcome, earlier = await self._write(job)
-            else:  # a fresh id: nothing to check, just the row
-                await self._write([(_INSERT_SAGA, values)])
-                return None
+            outcome, earlier = await self._write(job)
         except BaseException:
             self._live.discard(saga_id)
             raise
@@ -264,10 +266,29 @@ class SQLiteStore:
 
     async def record(self, run: SagaRun, transition: Transition) -> None:
         job = self._job_for(run, transition)
+        staged = self._staged.pop(run.id, None)
+        if staged is not None:
+            if job is not None:
+                staged += job
+            job = staged
         if job is not None:
             await self._write(job)
 
-    def _job_for(self, run: SagaRun, t: Transition) -> Job | None:
+    def stage(self, run: SagaRun, transition: Transition) -> None:
+        """Serialize ``transition`` now; it commits with ``run``'s next :meth:`record`.
+
+        Raises :class:`~sagakit.SerializationError` at once for a result or event
+        that cannot be stored (nothing is staged then).
+        """
+        job = self._job_for(run, transition)
+        if job is not None:
+            staged = self._staged.get(run.id)
+            if staged is None:
+                self._staged[run.id] = job
+            else:
+                staged += job
+
+    def _job_for(self, run: SagaRun, t: Transition) -> Statements | None:
         """The statements recording ``t`` (``None``: nothing to write)."""
         kind = t.kind
         saga_id = run.id
@@ -319,7 +340,7 @@ class SQLiteStore:
             return [(_FINISHED, final)]
         return None  # pragma: no cover - every kind is handled above
 
-    def _completion(self, run: SagaRun, t: Transition, now: float) -> Job:
+    def _completion(self, run: SagaRun, t: Transition, now: float) -> Statements:
         """A step's (or compensation's) completion with its result and its events."""
         comp = int(t.kind is TransitionKind.COMPENSATION_COMPLETED)
         what = "compensation" if comp else "step"
@@ -355,8 +376,13 @@ class SQLiteStore:
         return statements
 
     async def finish(self, run: SagaRun) -> None:
-        self._live.discard(run.id)
-        self._claimed.discard(run.id)
+        staged = self._staged.pop(run.id, None)
+        try:
+            if staged:  # not left behind by any path that reached here
+                await self._write(staged)
+        finally:
+            self._live.discard(run.id)
+            self._claimed.discard(run.id)
 
     # ---------------------------------------------------------------- monitoring
 
@@ -467,6 +493,7 @@ class SQLiteStore:
             except SerializationError as error:
                 await self.dead_letter(rows[0][0], f"its log cannot be read back: {error}")
                 continue
+            self._staged.pop(orphan.saga_id, None)  # left by a simulated crash, if any
             self._claimed.add(orphan.saga_id)
             self._live.add(orphan.saga_id)
             orphans.append(orphan)
@@ -521,6 +548,7 @@ class SQLiteStore:
             ),
             alone=False,
         )
+        self._staged.pop(saga_id, None)
         self._live.discard(saga_id)
         self._claimed.discard(saga_id)
 
@@ -567,6 +595,7 @@ class SQLiteStore:
                 (saga_id,),
             ).rowcount
 
+        self._staged.pop(saga_id, None)  # its owner is gone: so are its uncommitted writes
         if not await self._writer.submit(job, alone=False):
             raise StoreError(f"saga {saga_id!r} is not running in {self.path!r}")
 
