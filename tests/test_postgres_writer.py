@@ -28,9 +28,9 @@ async def test_writes_queued_while_a_batch_is_in_flight_go_out_together() -> Non
         return {"lost"} if any(w.saga_id == "lost" for w in writes) else set()
 
     writer = GroupWriter(send)
-    first = asyncio.create_task(writer.submit(_write("first")))
+    first = asyncio.create_task(writer.submit([_write("first")]))
     await asyncio.sleep(0)
-    rest = [asyncio.create_task(writer.submit(_write(i))) for i in ("a", "b", "lost")]
+    rest = [asyncio.create_task(writer.submit([_write(i)])) for i in ("a", "b", "lost")]
     await asyncio.sleep(0)
     release.set()
     await first
@@ -48,10 +48,10 @@ async def test_a_failed_batch_fails_each_of_its_writes_with_a_store_error() -> N
 
     writer = GroupWriter(send)
     with pytest.raises(StoreError, match="ConnectionError: server went away"):
-        await writer.submit(_write("x"))
+        await writer.submit([_write("x")])
     # The writer keeps working for later writes.
     with pytest.raises(StoreError):
-        await writer.submit(_write("y"))
+        await writer.submit([_write("y")])
 
 
 @pytest.mark.asyncio
@@ -64,9 +64,9 @@ async def test_cancelling_the_writer_fails_queued_writes_instead_of_hanging() ->
         return set()
 
     writer = GroupWriter(send)
-    first = asyncio.create_task(writer.submit(_write("first")))
+    first = asyncio.create_task(writer.submit([_write("first")]))
     await started.wait()
-    queued = asyncio.create_task(writer.submit(_write("queued")))
+    queued = asyncio.create_task(writer.submit([_write("queued")]))
     await asyncio.sleep(0)
     assert writer._task is not None
     writer._task.cancel()

@@ -118,8 +118,11 @@ BEGIN
         PERFORM 1 FROM {s}.sagas WHERE saga_id = ANY(p_ids) ORDER BY saga_id FOR UPDATE;
     END IF;
     WITH b AS (
-        SELECT * FROM unnest(p_ids, p_fences, p_status, p_final, p_error, p_total)
-            AS t(saga_id, fence, status, final, error, total)
+        -- A saga may come with staged writes before its last one: its row takes the last.
+        SELECT DISTINCT ON (t.saga_id) t.*
+        FROM unnest(p_ids, p_fences, p_status, p_final, p_error, p_total)
+            WITH ORDINALITY AS t(saga_id, fence, status, final, error, total, ord)
+        ORDER BY t.saga_id, t.ord DESC
     ), u AS (
         UPDATE {s}.sagas s SET
             status = b.status,
@@ -138,13 +141,15 @@ BEGIN
     IF cardinality(v_ok) > 0 THEN
         INSERT INTO {s}.steps AS st (saga_id, compensation, step_index, name, status,
                                       attempts, duration, error, result, events, fence)
-        SELECT t.saga_id, t.comp, t.idx, t.name, t.sstatus, t.attempts, t.duration,
+        SELECT DISTINCT ON (t.saga_id, t.comp, t.idx)
+               t.saga_id, t.comp, t.idx, t.name, t.sstatus, t.attempts, t.duration,
                t.err, t.result, t.events, t.fence
         FROM unnest(p_ids, p_fences, p_index, p_comp, p_name, p_step_status, p_attempts,
                     p_duration, p_step_error, p_result, p_events)
-            AS t(saga_id, fence, idx, comp, name, sstatus, attempts, duration, err,
-                 result, events)
+            WITH ORDINALITY AS t(saga_id, fence, idx, comp, name, sstatus, attempts,
+                                 duration, err, result, events, ord)
         WHERE t.idx IS NOT NULL AND t.saga_id = ANY(v_ok)
+        ORDER BY t.saga_id, t.comp, t.idx, t.ord DESC
         ON CONFLICT (saga_id, compensation, step_index) DO UPDATE SET
             name = excluded.name, status = excluded.status, attempts = excluded.attempts,
             duration = excluded.duration, error = excluded.error, result = excluded.result,
@@ -164,7 +169,7 @@ BEGIN
         END IF;
     END IF;
 
-    RETURN QUERY SELECT x FROM unnest(p_ids) AS x WHERE NOT (x = ANY(v_ok));
+    RETURN QUERY SELECT DISTINCT x FROM unnest(p_ids) AS x WHERE NOT (x = ANY(v_ok));
 END
 $fn$;
 """

@@ -1,9 +1,10 @@
 """Group commit for the PostgreSQL store: the log writes of concurrent sagas, batched.
 
 Each saga awaits its own write before moving on, so a batch holds at most one
-write per saga. While one batch is in flight the next one fills up; it is sent as
-one statement (``apply_batch``: one round trip, one transaction) as soon as the
-previous one returns.
+submission per saga: one write, or a write preceded by the saga's staged ones.
+While one batch is in flight the next one fills up; it is sent as one statement
+(``apply_batch``: one round trip, one transaction) as soon as the previous one
+returns.
 """
 
 from __future__ import annotations
@@ -162,13 +163,14 @@ class GroupWriter:
     ) -> None:
         self._send = send
         self._max_batch = max_batch
-        self._pending: list[tuple[Write, asyncio.Future[None]]] = []
+        self._pending: list[tuple[Sequence[Write], asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def submit(self, write: Write) -> None:
-        """Queue ``write`` and wait until it is committed (or refused)."""
+    async def submit(self, writes: Sequence[Write]) -> None:
+        """Queue the ``writes`` of one saga (in order) and wait until they are committed
+        together (or refused)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((write, future))
+        self._pending.append((writes, future))
         if self._task is None:
             self._task = asyncio.create_task(self._drain(), name="sagakit-pg-writer")
         await future
@@ -179,7 +181,7 @@ class GroupWriter:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 try:
-                    lost = await self._send([write for write, _ in batch])
+                    lost = await self._send([write for writes, _ in batch for write in writes])
                 except BaseException as error:
                     for _, future in batch:
                         if not future.done():
@@ -192,11 +194,11 @@ class GroupWriter:
                     if isinstance(error, asyncio.CancelledError):
                         raise
                     continue
-                for write, future in batch:
+                for writes, future in batch:
                     if future.done():
                         continue
-                    if write.saga_id in lost:
-                        future.set_exception(LeaseLost(write.saga_id))
+                    if writes[0].saga_id in lost:
+                        future.set_exception(LeaseLost(writes[0].saga_id))
                     else:
                         future.set_result(None)
         finally:

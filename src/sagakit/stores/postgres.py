@@ -137,6 +137,7 @@ class PostgresStore:
         self._fences: dict[str, int] = {}  # sagas this store owns -> fencing token
         self._claimed: set[str] = set()  # of those, taken over from another owner
         self._lost: set[str] = set()  # fenced out: refuse further writes locally
+        self._staged: dict[str, list[Write]] = {}  # written with the saga's next record()
         self._statements = 0
         self._round_trips = 0
         self._batches = 0
@@ -303,10 +304,11 @@ class PostgresStore:
                 raise SagaAlreadyExecuting(saga_id)
             return int(again[0])
 
-    async def record(self, run: SagaRun, transition: Transition) -> None:
+    def _write(self, run: SagaRun, transition: Transition) -> Write | None:
+        """The write recording ``transition``, or ``None`` when the log does not keep it."""
         kind = transition.kind
         if kind not in WRITTEN:
-            return
+            return None
         saga_id = run.id
         fence = self._fences.get(saga_id)
         if fence is None:
@@ -317,19 +319,41 @@ class PostgresStore:
                 "a store records only the sagas it owns"
             )
         if kind is TransitionKind.SAGA_STARTED and saga_id not in self._claimed:
-            return  # begin() already recorded the start
-        write = write_for(
+            return None  # begin() already recorded the start
+        return write_for(
             transition, fence, self.serializer.dumps, run_error=run.error, total=run.total_steps
         )
+
+    def stage(self, run: SagaRun, transition: Transition) -> None:
+        """Keep a transition that no side effect follows (a step's completion, a start)
+        to be written in the same statement as the saga's next :meth:`record`.
+
+        The orchestrator records again before it runs the next step or compensation, or
+        returns, so a staged completion is durable before anything depends on it.
+        Serializing happens here: an unstorable result fails at once.
+        """
+        write = self._write(run, transition)
+        if write is not None:
+            self._staged.setdefault(run.id, []).append(write)
+
+    async def record(self, run: SagaRun, transition: Transition) -> None:
+        write = self._write(run, transition)
+        saga_id = run.id
+        writes = self._staged.pop(saga_id, [])
+        if write is not None:
+            writes.append(write)
+        if not writes:
+            return
+        fence = writes[-1].fence
         try:
-            await self._writer.submit(write)
+            await self._writer.submit(writes)
         except LeaseLost:
             if self._fences.get(saga_id) == fence:
                 del self._fences[saga_id]
             self._claimed.discard(saga_id)
             self._lost.add(saga_id)
             raise
-        if write.final:
+        if writes[-1].final:
             self._fences.pop(saga_id, None)
             self._claimed.discard(saga_id)
 
@@ -342,6 +366,7 @@ class PostgresStore:
 
     async def finish(self, run: SagaRun) -> None:
         """Forget a finished (or fenced-out) run; its final state is already written."""
+        self._staged.pop(run.id, None)
         self._fences.pop(run.id, None)
         self._claimed.discard(run.id)
         self._lost.discard(run.id)
@@ -475,6 +500,7 @@ class PostgresStore:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+        await self._flush_staged()
         await self._writer.close()
         pool = self._pool
         if pool is None:
@@ -485,6 +511,18 @@ class PostgresStore:
         finally:
             self._pool = None
             await pool.close()
+
+    async def _flush_staged(self) -> None:
+        """Write what is still staged (completions of sagas stopped mid-flight)."""
+        staged, self._staged = self._staged, {}
+        if staged and self._pool is not None:
+            results = await asyncio.gather(
+                *(self._writer.submit(writes) for writes in staged.values()),
+                return_exceptions=True,
+            )
+            for outcome in results:
+                if isinstance(outcome, BaseException):
+                    logger.warning("sagakit could not write a staged transition: %s", outcome)
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None else "closed"
