@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,45 @@ async def test_killed_after_a_completion_is_recorded_never_reruns_the_step(world
     world.recover()
     assert world.effects() == ["step debit t3:0", "step reserve t3:1", "step credit t3:2"]
     assert await world.saga("t3") == (SagaStatus.COMPLETED, 0)
+
+
+@pytest.mark.asyncio
+async def test_killed_while_a_completion_is_only_staged_reruns_that_step_once(
+    world: World,
+) -> None:
+    # reserve acted and returned; its completion is staged (it commits with credit's
+    # start), and the process dies in the saga's code before that commit.
+    assert world.run("transfer", "t7", crash="staged:reserve") == -signal.SIGKILL
+    assert world.effects() == ["step debit t7:0", "step reserve t7:1"]
+    with sqlite3.connect(world.db) as conn:
+        logged = conn.execute(
+            "SELECT idx, status FROM sagakit_steps WHERE saga_id = 't7' ORDER BY idx"
+        ).fetchall()
+        events = conn.execute("SELECT count(*) FROM sagakit_events WHERE saga_id = 't7'")
+        assert events.fetchone()[0] == 1  # debit's, committed with reserve's start
+    # debit's completion was committed with reserve's start; reserve is only started.
+    assert logged == [(0, "completed"), (1, "running")]
+    assert world.recover() == ['["t7", "resumed", "completed"]']
+    assert world.effects() == [
+        "step debit t7:0",  # recorded as completed: never again
+        "step reserve t7:1",
+        "step reserve t7:1",  # re-run with the same idempotency key
+        "step credit t7:2",
+    ]
+    store = SQLiteStore(world.db)
+    try:
+        stream = await store.read_events(saga_id="t7")
+        meta = await store.get("t7")
+    finally:
+        await store.close()
+    assert [(e.step_index, e.event) for e in stream] == [
+        (0, {"account": "A", "amount": -10}),
+        (1, "hold-B"),
+        (2, {"account": "B", "amount": 10}),
+    ]  # each step's events once: nothing lost, nothing duplicated
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPLETED
+    assert meta.events == tuple(e.event for e in stream)
 
 
 @pytest.mark.asyncio

@@ -2,8 +2,10 @@
 
 Every side effect is appended to the file named by ``SAGAKIT_CRASH_LOG`` (outside
 the database). ``SAGAKIT_CRASH`` names where the process SIGKILLs itself:
-``after:<transition>[:<step>]``, ``in_step:<step>``, or ``wait:<step>`` (block in
-the step until the file ``<log>.go`` exists).
+``after:<transition>[:<step>]`` (listeners hear of a transition once it is durable),
+``in_step:<step>``, ``staged:reserve`` (in the saga's code right after ``reserve``
+returned: its completion is staged, committed only with the next step's start), or
+``wait:<step>`` (block in the step until the file ``<log>.go`` exists).
 
     python bank.py run DB SAGA SAGA_ID TO_ACCOUNT
     python bank.py swarm DB COUNT      # COUNT transfers at once, each completion acknowledged
@@ -105,6 +107,8 @@ async def credit(account: str, amount: int) -> dict[str, Any]:
 def transfer(source: str, target: str, amount: int):  # type: ignore[no-untyped-def]
     yield debit(source, amount)
     hold = yield reserve(target, amount)
+    if CRASH == "staged:reserve":  # reserve's completion is staged, not yet committed
+        die()
     assert hold.startswith("hold-")
     yield credit(target, amount)
 
