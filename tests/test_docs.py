@@ -75,3 +75,11 @@ def test_readme_quick_start_is_two_commands_matching_ci() -> None:
         if line.strip() and not line.lstrip().startswith("#")
     ]
     assert ci_lines[-1] == test_command
+
+
+def test_api_reference_names_every_public_name() -> None:
+    import sagakit
+
+    reference = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    missing = [name for name in sagakit.__all__ if f"`{name}`" not in reference]
+    assert not missing, f"docs/api.md does not document {missing}"
