@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,9 +23,11 @@ from sagakit import (
     StepFailed,
     StepStatus,
     StoreError,
+    Transition,
     saga,
     step,
 )
+from sagakit.stores._sqlite_writer import Job
 
 
 @dataclass(frozen=True)
@@ -484,3 +487,96 @@ def _wreck_middle_page(path: Path) -> None:
     page = len(data) // 4096 // 2
     data[page * 4096 : (page + 1) * 4096] = b"\xff" * 4096
     path.write_bytes(bytes(data))
+
+
+# ----------------------------------------------------------- staged transitions
+
+
+def _logged_steps(db: str, saga_id: str) -> list[tuple[int, str]]:
+    """The forward steps as committed, read through a connection of its own."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT idx, status FROM sagakit_steps WHERE saga_id = ? AND compensation = 0 "
+            "ORDER BY idx",
+            (saga_id,),
+        ).fetchall()
+    return [(int(index), str(status)) for index, status in rows]
+
+
+@pytest.mark.asyncio
+async def test_a_completion_commits_with_the_next_start_before_that_step_runs(db: str) -> None:
+    seen: list[list[tuple[int, str]]] = []
+
+    @step
+    async def look(n: int) -> int:
+        seen.append(_logged_steps(db, "look-1"))
+        return n
+
+    @saga
+    def sqlite_looks():  # type: ignore[no-untyped-def]
+        for n in range(3):
+            yield look(n)
+
+    store = SQLiteStore(db)
+    async with SagaOrchestrator(store) as orchestrator:
+        assert await orchestrator.execute(sqlite_looks(), saga_id="look-1") == [0, 1, 2]
+        # begin (an explicit id is checked in its own transaction), 3 starts (each with
+        # the completion before it), the end (with the last completion): 5 commits.
+        assert store.commits == 5
+        await orchestrator.execute(sqlite_looks())  # a fresh id: its row goes with step 0
+        assert store.commits == 5 + 4
+    # Inside each step of look-1, every earlier completion is already committed.
+    assert seen[:3] == [
+        [(0, "running")],
+        [(0, "completed"), (1, "running")],
+        [(0, "completed"), (1, "completed"), (2, "running")],
+    ]
+    assert _logged_steps(db, "look-1") == [(0, "completed"), (1, "completed"), (2, "completed")]
+
+
+@pytest.mark.asyncio
+async def test_listeners_hear_of_a_completion_once_it_is_committed(db: str) -> None:
+    heard: list[str] = []
+
+    def listener(transition: Transition) -> None:
+        logged = dict(_logged_steps(db, "heard-1"))
+        state = logged.get(transition.step_index) if transition.step_index is not None else None
+        heard.append(f"{transition.kind} {transition.step_index} {state}")
+
+    async with SagaOrchestrator(SQLiteStore(db), listeners=[listener]) as orchestrator:
+        await orchestrator.execute(sqlite_move("A", "B", 5), saga_id="heard-1")
+    assert heard == [
+        "saga_started None None",
+        "step_started 0 running",
+        "step_completed 0 completed",  # told after the commit it rode in
+        "step_started 1 running",
+        "step_completed 1 completed",
+        "saga_finished None None",
+    ]
+
+
+class _FailingSecondStart(SQLiteStore):
+    """Fails the commit that carries step 0's completion with step 1's start."""
+
+    async def _write(self, job: Job) -> Any:
+        if isinstance(job, list) and any(
+            sql.startswith("INSERT INTO sagakit_steps") and params[2] == 1 for sql, params in job
+        ):
+            raise StoreError("disk on fire")
+        return await super()._write(job)
+
+
+@pytest.mark.asyncio
+async def test_a_lost_commit_of_a_staged_completion_undoes_that_step(db: str) -> None:
+    heard: list[str] = []
+    store = _FailingSecondStart(db)
+    async with SagaOrchestrator(store, listeners=[lambda t: heard.append(str(t.kind))]) as orch:
+        with pytest.raises(StoreError, match="disk on fire"):
+            await orch.execute(sqlite_move("A", "B", 5), saga_id="lost-1")
+        meta = await orch.get_saga("lost-1")
+    assert calls == ["take A", "undo take A"]  # take ran, its completion never committed
+    assert "step_completed" not in heard  # never told of what was never durable
+    assert heard[-3:] == ["compensation_started", "compensation_completed", "saga_finished"]
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert _logged_steps(db, "lost-1") == [(0, "running")]

@@ -87,6 +87,10 @@ def _resolve(name: str) -> Any:
     return target
 
 
+def _name(what: str | Callable[[], str]) -> str:
+    return what if isinstance(what, str) else what()
+
+
 def _plain(value: Any, depth: int = 0) -> bool:
     """Whether plain ``json.dumps`` round-trips ``value`` exactly (the fast path)."""
     cls = value.__class__
@@ -100,7 +104,12 @@ def _plain(value: Any, depth: int = 0) -> bool:
         if _TAG in value:
             return False
         for key, item in value.items():
-            if key.__class__ is not str or not _plain(item, depth + 1):
+            if key.__class__ is not str:
+                return False
+            leaf = item.__class__
+            if leaf is str or leaf is int or leaf is bool or item is None:
+                continue  # the common leaves, without a call
+            if not _plain(item, depth + 1):
                 return False
         return True
     if cls is list:
@@ -141,8 +150,11 @@ class JsonSerializer:
 
     # ------------------------------------------------------------- encoding
 
-    def dumps(self, value: Any, *, what: str = "value") -> str:
-        """Encode ``value`` as text; :class:`SerializationError` names what failed."""
+    def dumps(self, value: Any, *, what: str | Callable[[], str] = "value") -> str:
+        """Encode ``value`` as text; :class:`SerializationError` names what failed.
+
+        ``what`` may be a function giving that name, called only on failure.
+        """
         cls = value.__class__
         if cls is str or cls is int or cls is bool or value is None or _plain(value):
             text = _ENCODER.encode(value)
@@ -150,12 +162,14 @@ class JsonSerializer:
             try:
                 text = _ENCODER.encode(self._encode(value))
             except SerializationError as error:
-                raise SerializationError(f"cannot store {what}: {error}") from error.__cause__
+                raise SerializationError(
+                    f"cannot store {_name(what)}: {error}"
+                ) from error.__cause__
             except (TypeError, ValueError, RecursionError) as error:
-                raise SerializationError(f"cannot store {what}: {error}") from error
+                raise SerializationError(f"cannot store {_name(what)}: {error}") from error
         if len(text) > self.max_size and len(text.encode()) > self.max_size:
             raise SerializationError(
-                f"cannot store {what}: it takes {len(text.encode())} bytes, more than the "
+                f"cannot store {_name(what)}: it takes {len(text.encode())} bytes, more than the "
                 f"limit of {self.max_size}; return a smaller result (an id, not the whole "
                 "object) or raise the store's max_size"
             )

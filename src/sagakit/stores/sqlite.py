@@ -17,6 +17,7 @@ import sqlite3
 import time
 from collections.abc import Collection
 from datetime import UTC, datetime
+from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 from .._serialization import JsonSerializer
@@ -86,18 +87,30 @@ _INSERT_SAGA = (
 )
 
 
+_FINGERPRINTS: dict[tuple[str, CodeType], str] = {}
+"""Fingerprints of generator sagas by name and code (computed once per saga function)."""
+
+
 def definition_fingerprint(definition: SagaDefinition) -> str:
     """A short hash of what a definition runs: its step names, or its generator's code."""
-    digest = hashlib.sha256(definition.name.encode())
     steps = definition.steps
+    code = None
+    if steps is None and definition.factory is not None:
+        code = definition.factory.__wrapped__.__code__
+        known = _FINGERPRINTS.get((definition.name, code))
+        if known is not None:
+            return known
+    digest = hashlib.sha256(definition.name.encode())
     if steps is not None:
         for call in steps:
             digest.update(b"\0" + call.step._self_name.encode())
-    elif definition.factory is not None:
-        code = definition.factory.__wrapped__.__code__
+    elif code is not None:
         digest.update(code.co_code)
         digest.update(repr(code.co_names).encode())
-    return digest.hexdigest()[:16]
+    fingerprint = digest.hexdigest()[:16]
+    if code is not None:
+        _FINGERPRINTS[definition.name, code] = fingerprint
+    return fingerprint
 
 
 def _describe(error: BaseException | None) -> str | None:
@@ -209,7 +222,7 @@ class SQLiteStore:
         definition = run.definition
         arguments = self.serializer.dumps(
             [list(definition.args), definition.kwargs],
-            what=f"the arguments of saga {run.name!r}",
+            what=lambda: f"the arguments of saga {run.name!r}",
         )
         now = run.started_wall
         values = (
@@ -345,16 +358,17 @@ class SQLiteStore:
         comp = int(t.kind is TransitionKind.COMPENSATION_COMPLETED)
         what = "compensation" if comp else "step"
         note = None
+        dumps = self.serializer.dumps
         try:
-            result: str | None = self.serializer.dumps(
-                t.result, what=f"the result of {what} {t.step_index} ({t.step_name!r})"
+            result: str | None = dumps(
+                t.result, what=lambda: f"the result of {what} {t.step_index} ({t.step_name!r})"
             )
             events = t.events
             if len(events) == 1 and events[0] is t.result:
                 texts = [result]
             else:
                 texts = [
-                    self.serializer.dumps(event, what=f"an event of {what} {t.step_name!r}")
+                    dumps(event, what=lambda: f"an event of {what} {t.step_name!r}")
                     for event in events
                 ]
         except SerializationError as unstored:
