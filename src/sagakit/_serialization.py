@@ -30,6 +30,31 @@ DEFAULT_MAX_SIZE = 1 << 20
 _TAG = "__sk__"
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=True)
 _DECODER = json.JSONDecoder()
+
+
+def _unencodable(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# The C encoder behind _ENCODER, made once (JSONEncoder.encode builds one per call).
+# No circular-reference markers: values reach it after _plain() (which refuses
+# nesting deeper than 8) or as the fresh, acyclic output of _encode().
+_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_C_ENCODER: Callable[[Any, int], Iterable[str]] | None = (
+    None
+    if _make_encoder is None
+    else _make_encoder(
+        None, _unencodable, json.encoder.encode_basestring_ascii, None, ":", ",",
+        False, False, True,
+    )
+)
+
+
+def _to_json(value: Any) -> str:
+    """``_ENCODER.encode(value)``, through the prebuilt C encoder when there is one."""
+    if _C_ENCODER is None:  # pragma: no cover - CPython has the C encoder
+        return _ENCODER.encode(value)
+    return "".join(_C_ENCODER(value, 0))
 _PRIMITIVES = (str, int, float, bool, type(None))
 
 
@@ -157,10 +182,10 @@ class JsonSerializer:
         """
         cls = value.__class__
         if cls is str or cls is int or cls is bool or value is None or _plain(value):
-            text = _ENCODER.encode(value)
+            text = _to_json(value)
         else:
             try:
-                text = _ENCODER.encode(self._encode(value))
+                text = _to_json(self._encode(value))
             except SerializationError as error:
                 raise SerializationError(
                     f"cannot store {_name(what)}: {error}"

@@ -24,6 +24,16 @@ class SagaStore(Protocol):
     :meth:`record`, awaited before the orchestrator moves on; a store that is not
     durable (the in-memory one) only sees :meth:`begin` and :meth:`finish` and reads
     the live runs.
+
+    A durable store may also offer ``stage(run, transition) -> None`` (optional, not
+    part of this protocol's checks): synchronous, it serializes the transition and
+    queues its write, raising :class:`~sagakit.SerializationError` or
+    :class:`~sagakit.StoreError` at once; queued writes commit, in order, no later
+    than the run's next :meth:`record` (or :meth:`finish`), in the same transaction.
+    The orchestrator then stages ``SAGA_STARTED``, ``STEP_COMPLETED`` and
+    ``COMPENSATION_COMPLETED`` and awaits :meth:`record` for every transition that
+    precedes a side effect or a return to the caller, so every transition is durable
+    before the next step or compensation runs or ``execute()`` returns.
     """
 
     durable: bool
