@@ -555,21 +555,25 @@ async def test_listeners_hear_of_a_completion_once_it_is_committed(db: str) -> N
     ]
 
 
-class _FailingSecondStart(SQLiteStore):
-    """Fails the commit that carries step 0's completion with step 1's start."""
+def _fail_second_start(store: SQLiteStore) -> None:
+    """Fail the commit that carries step 0's completion with step 1's start."""
+    submit = store._writer.submit
 
-    async def _write(self, job: Job) -> Any:
+    async def failing(job: Job, *, alone: bool) -> Any:
         if isinstance(job, list) and any(
             sql.startswith("INSERT INTO sagakit_steps") and params[2] == 1 for sql, params in job
         ):
             raise StoreError("disk on fire")
-        return await super()._write(job)
+        return await submit(job, alone=alone)
+
+    store._writer.submit = failing  # type: ignore[method-assign]
 
 
 @pytest.mark.asyncio
 async def test_a_lost_commit_of_a_staged_completion_undoes_that_step(db: str) -> None:
     heard: list[str] = []
-    store = _FailingSecondStart(db)
+    store = SQLiteStore(db)
+    _fail_second_start(store)
     async with SagaOrchestrator(store, listeners=[lambda t: heard.append(str(t.kind))]) as orch:
         with pytest.raises(StoreError, match="disk on fire"):
             await orch.execute(sqlite_move("A", "B", 5), saga_id="lost-1")
