@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from .._serialization import JsonSerializer
-from ..exceptions import SerializationError
 from ..records import SagaMetadata, StepRecord
 from ..status import SagaStatus, StepStatus
 from ._protocol import DeadLetter, LoggedStep, OrphanedSaga, StoredEvent
+from ._records import lenient, saga_metadata
 
 Row = Sequence[Any]
 
@@ -19,16 +18,6 @@ Row = Sequence[Any]
 def utc(stamp: datetime | None) -> datetime | None:
     """``stamp`` in UTC (the database hands back its session time zone)."""
     return None if stamp is None else stamp.astimezone(UTC)
-
-
-def lenient(serializer: JsonSerializer, text: str | None) -> Any:
-    """Decode for display: a value whose class cannot be loaded shows as raw JSON."""
-    if text is None:
-        return None
-    try:
-        return serializer.loads(text)
-    except SerializationError:
-        return json.loads(text)
 
 
 def steps_by_saga(rows: Iterable[Row]) -> dict[str, list[Row]]:
@@ -43,42 +32,33 @@ def metadata(saga: Row, steps: Sequence[Row], serializer: JsonSerializer) -> Sag
     """A :class:`SagaMetadata` from a ``sagas`` row and its step rows."""
     (saga_id, name, status, _explicit, _factory, _policy, _fp, _args, _kwargs, total, error,
      started, updated, finished, _attempts, dead_reason, _parked) = saga  # fmt: skip
-    forward: list[StepRecord] = []
-    compensations: list[StepRecord] = []
-    events: list[Any] = []
-    compensation_events: list[Any] = []
-    for _, comp, index, step_name, step_status, attempts, duration, step_error, _r, ev in steps:
-        step_events: tuple[Any, ...] = ()
-        if step_status == StepStatus.COMPLETED and ev is not None:
-            step_events = tuple(lenient(serializer, ev))
-            (compensation_events if comp else events).extend(step_events)
-        record = StepRecord(
+    records = [
+        StepRecord(
             index=index,
             name=step_name,
             status=StepStatus(step_status),
             attempts=attempts,
             duration=duration,
             error=step_error,
-            events=step_events,
+            events=(
+                tuple(lenient(serializer, ev))
+                if step_status == StepStatus.COMPLETED and ev is not None
+                else ()
+            ),
             compensation=comp,
         )
-        (compensations if comp else forward).append(record)
-    if dead_reason is not None:
-        error = f"dead-lettered: {dead_reason}"
-    return SagaMetadata(
-        id=saga_id,
+        for _, comp, index, step_name, step_status, attempts, duration, step_error, _r, ev in steps
+    ]
+    return saga_metadata(
+        saga_id=saga_id,
         name=name,
-        status=SagaStatus(status),
-        steps_executed=sum(1 for r in forward if r.status is StepStatus.COMPLETED),
+        status=status,
         total_steps=total,
         started_at=utc(started),
         updated_at=utc(updated),
         finished_at=utc(finished),
-        error=error,
-        steps=tuple(forward),
-        compensations=tuple(compensations),
-        events=tuple(events),
-        compensation_events=tuple(compensation_events),
+        error=error if dead_reason is None else f"dead-lettered: {dead_reason}",
+        records=records,
     )
 
 
@@ -145,7 +125,6 @@ def stored_event(row: Row, serializer: JsonSerializer) -> StoredEvent:
 
 __all__ = [
     "dead_letter",
-    "lenient",
     "logged_step",
     "metadata",
     "orphan",

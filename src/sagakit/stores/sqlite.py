@@ -10,7 +10,6 @@ on the same host claims them once that process is gone (``_sqlite_owner``).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import sqlite3
@@ -32,6 +31,7 @@ from ..records import SagaMetadata, StepRecord
 from ..status import SagaStatus, StepStatus
 from ..transitions import TransitionKind
 from ._protocol import DeadLetter, LoggedStep, OrphanedSaga, StoredEvent
+from ._records import lenient, saga_metadata
 from ._sqlite_owner import current_owner, owner_alive
 from ._sqlite_schema import Synchronous, check_file, connect, prepare
 from ._sqlite_writer import GroupWriter, Job, Statements
@@ -68,13 +68,9 @@ _INSERT_EVENT = (
     "INSERT INTO sagakit_events (saga_id, saga_name, step_index, step_name, compensation, "
     "data, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-_COMPENSATING = (
-    "UPDATE sagakit_sagas SET status = 'compensating', updated_at = ? WHERE id = ?"
-)
+_COMPENSATING = "UPDATE sagakit_sagas SET status = 'compensating', updated_at = ? WHERE id = ?"
 _EXECUTING = "UPDATE sagakit_sagas SET status = 'executing', updated_at = ? WHERE id = ?"
-_SAGA_ERROR = (
-    "UPDATE sagakit_sagas SET error = coalesce(error, ?), updated_at = ? WHERE id = ?"
-)
+_SAGA_ERROR = "UPDATE sagakit_sagas SET error = coalesce(error, ?), updated_at = ? WHERE id = ?"
 _FINISHED = (
     "UPDATE sagakit_sagas SET status = ?, error = ?, steps_executed = ?, "
     "total_steps = coalesce(?, total_steps), finished_at = ?, updated_at = ?, "
@@ -161,8 +157,10 @@ class SQLiteStore:
             raise SagaDefinitionError(
                 f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}"
             )
-        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, int | float) or (
-            busy_timeout < 0
+        if (
+            isinstance(busy_timeout, bool)
+            or not isinstance(busy_timeout, int | float)
+            or (busy_timeout < 0)
         ):
             raise SagaDefinitionError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
         path = os.fspath(path)
@@ -447,8 +445,9 @@ class SQLiteStore:
 
     async def _count(self, where: str) -> int:
         return await self._writer.read(
-            lambda conn: int(conn.execute(f"SELECT count(*) FROM sagakit_sagas WHERE {where}")
-                             .fetchone()[0])
+            lambda conn: int(
+                conn.execute(f"SELECT count(*) FROM sagakit_sagas WHERE {where}").fetchone()[0]
+            )
         )
 
     async def close(self) -> None:
@@ -515,8 +514,19 @@ class SQLiteStore:
 
     def _decode_orphan(self, rows: tuple[Any, ...]) -> OrphanedSaga:
         saga, steps = rows
-        (saga_id, name, status, explicit, factory, policy, fingerprint, arguments,
-         attempts, error, started_at) = saga
+        (
+            saga_id,
+            name,
+            status,
+            explicit,
+            factory,
+            policy,
+            fingerprint,
+            arguments,
+            attempts,
+            error,
+            started_at,
+        ) = saga
         args, kwargs = self.serializer.loads(arguments)
         forward: list[LoggedStep] = []
         compensations: list[LoggedStep] = []
@@ -681,16 +691,6 @@ class SQLiteStore:
 # ---------------------------------------------------------------------- loading
 
 
-def _lenient(serializer: JsonSerializer, text: str | None) -> Any:
-    """Decode for display: a value whose class cannot be loaded shows as raw JSON."""
-    if text is None:
-        return None
-    try:
-        return serializer.loads(text)
-    except SerializationError:
-        return json.loads(text)
-
-
 def _load_metadata(
     conn: sqlite3.Connection, saga_id: str, serializer: JsonSerializer
 ) -> SagaMetadata | None:
@@ -700,50 +700,46 @@ def _load_metadata(
     if row is None:
         return None
     sid, name, status, _, total, started, updated, finished, error = row
-    executed = 0
-    steps: list[StepRecord] = []
-    compensations: list[StepRecord] = []
-    events: list[Any] = []
-    compensation_events: list[Any] = []
+    records: list[StepRecord] = []
     for (
-        idx, step_name, step_status, attempts, duration, step_error, result, comp, step_started
+        idx,
+        step_name,
+        step_status,
+        attempts,
+        duration,
+        step_error,
+        result,
+        comp,
+        step_started,
     ) in conn.execute(
         f"SELECT {_STEP_COLUMNS}, started_at FROM sagakit_steps WHERE saga_id = ? "
         "ORDER BY compensation, started_at, idx",
         (saga_id,),
     ):
-        step_events: tuple[Any, ...] = ()
         updated = max(updated, step_started)
-        if step_status == "completed":
-            executed += not comp
-            step_events = _events_of(_lenient(serializer, result))
-            (compensation_events if comp else events).extend(step_events)
-        record = StepRecord(
-            index=idx,
-            name=step_name,
-            status=StepStatus(step_status),
-            attempts=attempts,
-            duration=duration,
-            error=step_error,
-            events=step_events,
-            compensation=bool(comp),
+        completed = step_status == "completed"
+        records.append(
+            StepRecord(
+                index=idx,
+                name=step_name,
+                status=StepStatus(step_status),
+                attempts=attempts,
+                duration=duration,
+                error=step_error,
+                events=_events_of(lenient(serializer, result)) if completed else (),
+                compensation=bool(comp),
+            )
         )
-        (compensations if comp else steps).append(record)
-    steps.sort(key=lambda record: record.index)
-    return SagaMetadata(
-        id=sid,
+    return saga_metadata(
+        saga_id=sid,
         name=name,
-        status=SagaStatus(status),
-        steps_executed=executed,
+        status=status,
         total_steps=total,
         started_at=_when(started),
         updated_at=_when(updated),
         finished_at=_when(finished),
         error=error,
-        steps=tuple(steps),
-        compensations=tuple(compensations),
-        events=tuple(events),
-        compensation_events=tuple(compensation_events),
+        records=records,
     )
 
 

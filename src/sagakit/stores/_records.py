@@ -1,0 +1,66 @@
+"""Building sagakit records back from a durable store's rows (shared by the stores)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from .._serialization import JsonSerializer
+from ..exceptions import SerializationError
+from ..records import SagaMetadata, StepRecord
+from ..status import SagaStatus, StepStatus
+
+
+def lenient(serializer: JsonSerializer, text: str | None) -> Any:
+    """Decode for display: a value whose class cannot be loaded shows as raw JSON."""
+    if text is None:
+        return None
+    try:
+        return serializer.loads(text)
+    except SerializationError:
+        return json.loads(text)
+
+
+def saga_metadata(
+    *,
+    saga_id: str,
+    name: str,
+    status: str,
+    total_steps: int | None,
+    started_at: datetime | None,
+    updated_at: datetime | None,
+    finished_at: datetime | None,
+    error: str | None,
+    records: Iterable[StepRecord],
+) -> SagaMetadata:
+    """A :class:`SagaMetadata` from a saga's fields and its step and compensation records.
+
+    Forward steps are put in index order; compensations keep the order given (the order
+    they ran). Events are those of the completed records, in that order.
+    """
+    forward: list[StepRecord] = []
+    compensations: list[StepRecord] = []
+    for record in records:
+        (compensations if record.compensation else forward).append(record)
+    forward.sort(key=lambda record: record.index)
+    completed = StepStatus.COMPLETED
+    return SagaMetadata(
+        id=saga_id,
+        name=name,
+        status=SagaStatus(status),
+        steps_executed=sum(1 for record in forward if record.status is completed),
+        total_steps=total_steps,
+        started_at=started_at,
+        updated_at=updated_at,
+        finished_at=finished_at,
+        error=error,
+        steps=tuple(forward),
+        compensations=tuple(compensations),
+        events=tuple(event for record in forward for event in record.events),
+        compensation_events=tuple(event for record in compensations for event in record.events),
+    )
+
+
+__all__ = ["lenient", "saga_metadata"]
