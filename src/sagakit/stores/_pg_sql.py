@@ -134,8 +134,7 @@ def statements(schema: str) -> Statements:
             "LIMIT %s) AS newest ORDER BY finished_at, saga_id"
         ),
         newest=(
-            f"SELECT {_SAGA_COLUMNS} FROM {s}.sagas "
-            "ORDER BY started_at DESC, saga_id DESC LIMIT %s"
+            f"SELECT {_SAGA_COLUMNS} FROM {s}.sagas ORDER BY started_at DESC, saga_id DESC LIMIT %s"
         ),
         newest_with_status=(
             f"SELECT {_SAGA_COLUMNS} FROM {s}.sagas WHERE status = %s "
