@@ -145,7 +145,6 @@ async def recover(directory: str) -> None:
         print(f"  balances: {the_bank().balances()}")
 
 
-
 def main() -> None:
     global bank
     if len(sys.argv) == 3 and sys.argv[1] == "--child":

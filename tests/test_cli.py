@@ -22,7 +22,10 @@ HELPERS = str(HELPER.parent)
 def child(db: str, log: Path, *args: str, crash: str = "") -> int:
     env = {**os.environ, "SAGAKIT_CRASH_LOG": str(log), "SAGAKIT_CRASH": crash}
     return subprocess.run(
-        [sys.executable, str(HELPER), *args], env=env, capture_output=True, check=False,
+        [sys.executable, str(HELPER), *args],
+        env=env,
+        capture_output=True,
+        check=False,
         timeout=60,
     ).returncode
 
@@ -120,8 +123,7 @@ def test_recover_dead_letters_resume_and_resolve(tmp_path: Path) -> None:
         del os.environ["SAGAKIT_CRASH_LOG"]
     assert code == 0
     assert json.loads(out) == [
-        {"id": "t1", "name": "transfer", "action": "resumed", "status": "completed",
-         "error": None}
+        {"id": "t1", "name": "transfer", "action": "resumed", "status": "completed", "error": None}
     ]
     assert cli("--db", db, "dead-letters")[1] == "no dead letters\n"
     code, out = cli("--db", db, "show", "t2", "--json")
@@ -141,7 +143,10 @@ def test_python_dash_m_sagakit(log_db: tuple[str, Path]) -> None:
     db, _ = log_db
     done = subprocess.run(
         [sys.executable, "-m", "sagakit", "--db", db, "list", "--json"],
-        capture_output=True, text=True, check=False, timeout=60,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     assert {saga["id"] for saga in json.loads(done.stdout)} == {"ok-1", "refused-1"}

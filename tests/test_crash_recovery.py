@@ -25,8 +25,12 @@ class World:
     def child(self, *args: str, crash: str = "") -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "SAGAKIT_CRASH_LOG": str(self.log), "SAGAKIT_CRASH": crash}
         return subprocess.run(
-            [sys.executable, str(HELPER), *args], env=env, capture_output=True, text=True,
-            timeout=60, check=False,
+            [sys.executable, str(HELPER), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
 
     def run(self, saga: str, saga_id: str, target: str = "B", crash: str = "") -> int:
@@ -179,7 +183,9 @@ def test_two_processes_executing_the_same_id(world: World) -> None:
     env = {**os.environ, "SAGAKIT_CRASH_LOG": str(world.log), "SAGAKIT_CRASH": "wait:reserve"}
     first = subprocess.Popen(
         [sys.executable, str(HELPER), "run", world.db, "transfer", "same", "B"],
-        env=env, stdout=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         while "step reserve same:1" not in world.effects():
@@ -203,7 +209,9 @@ def test_recovery_leaves_a_live_process_alone(world: World) -> None:
     env = {**os.environ, "SAGAKIT_CRASH_LOG": str(world.log), "SAGAKIT_CRASH": "wait:reserve"}
     first = subprocess.Popen(
         [sys.executable, str(HELPER), "run", world.db, "transfer", "live", "B"],
-        env=env, stdout=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         while "step reserve live:1" not in world.effects():

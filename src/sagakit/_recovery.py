@@ -84,9 +84,7 @@ async def recover(
     return outcomes
 
 
-async def _park(
-    store: RecoverableStore, orphan: OrphanedSaga, reason: str
-) -> RecoveryOutcome:
+async def _park(store: RecoverableStore, orphan: OrphanedSaga, reason: str) -> RecoveryOutcome:
     logger.error("sagakit recovery parked saga %s (%s): %s", orphan.name, orphan.saga_id, reason)
     await store.dead_letter(orphan.saga_id, reason)
     return RecoveryOutcome(orphan.saga_id, orphan.name, "dead_lettered", orphan.status, reason)

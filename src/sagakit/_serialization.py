@@ -44,8 +44,15 @@ _C_ENCODER: Callable[[Any, int], Iterable[str]] | None = (
     None
     if _make_encoder is None
     else _make_encoder(
-        None, _unencodable, json.encoder.encode_basestring_ascii, None, ":", ",",
-        False, False, True,
+        None,
+        _unencodable,
+        json.encoder.encode_basestring_ascii,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        True,
     )
 )
 
@@ -55,6 +62,8 @@ def _to_json(value: Any) -> str:
     if _C_ENCODER is None:  # pragma: no cover - CPython has the C encoder
         return _ENCODER.encode(value)
     return "".join(_C_ENCODER(value, 0))
+
+
 _PRIMITIVES = (str, int, float, bool, type(None))
 
 

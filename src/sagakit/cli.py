@@ -72,7 +72,11 @@ def _parser() -> argparse.ArgumentParser:
         "recover", help="finish sagas left running by dead processes", parents=[common]
     )
     recover.add_argument(
-        "--import", dest="modules", action="append", default=[], metavar="MODULE",
+        "--import",
+        dest="modules",
+        action="append",
+        default=[],
+        metavar="MODULE",
         help="module defining the @saga functions (repeatable)",
     )
     recover.add_argument("--max-attempts", type=int, default=3)
@@ -161,11 +165,16 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 rows = [["ID", "NAME", "STATUS", "STEPS", "STARTED", "ERROR"]]
                 for meta in sagas:
                     total = "?" if meta.total_steps is None else str(meta.total_steps)
-                    rows.append([
-                        str(meta.id), meta.name, str(meta.status),
-                        f"{meta.steps_executed}/{total}", _when(meta.started_at),
-                        (meta.error or "")[:60],
-                    ])
+                    rows.append(
+                        [
+                            str(meta.id),
+                            meta.name,
+                            str(meta.status),
+                            f"{meta.steps_executed}/{total}",
+                            _when(meta.started_at),
+                            (meta.error or "")[:60],
+                        ]
+                    )
                 _table(rows, out)
             return 0
         if args.command == "show":
@@ -185,10 +194,16 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             rows = [["", "#", "STEP", "STATUS", "ATTEMPTS", "EVENTS / ERROR"]]
             for record in (*meta.steps, *meta.compensations):
                 detail = record.error or ", ".join(repr(e) for e in record.events)
-                rows.append([
-                    "undo" if record.compensation else "step", str(record.index), record.name,
-                    str(record.status), str(record.attempts), detail[:70],
-                ])
+                rows.append(
+                    [
+                        "undo" if record.compensation else "step",
+                        str(record.index),
+                        record.name,
+                        str(record.status),
+                        str(record.attempts),
+                        detail[:70],
+                    ]
+                )
             _table(rows, out)
             return 0
         if args.command == "recover":
@@ -197,11 +212,20 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             orchestrator = SagaOrchestrator(store)
             outcomes = await orchestrator.recover(max_attempts=args.max_attempts)
             if args.json:
-                json.dump([
-                    {"id": o.saga_id, "name": o.name, "action": o.action,
-                     "status": str(o.status), "error": o.error}
-                    for o in outcomes
-                ], out, indent=2)
+                json.dump(
+                    [
+                        {
+                            "id": o.saga_id,
+                            "name": o.name,
+                            "action": o.action,
+                            "status": str(o.status),
+                            "error": o.error,
+                        }
+                        for o in outcomes
+                    ],
+                    out,
+                    indent=2,
+                )
                 out.write("\n")
             elif not outcomes:
                 out.write("nothing to recover\n")
@@ -216,20 +240,35 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         if args.command == "dead-letters":
             letters = await store.dead_letters()
             if args.json:
-                json.dump([
-                    {"id": d.saga_id, "name": d.name, "status": str(d.status),
-                     "recovery_attempts": d.recovery_attempts, "reason": d.reason,
-                     "parked_at": None if d.parked_at is None else d.parked_at.isoformat()}
-                    for d in letters
-                ], out, indent=2)
+                json.dump(
+                    [
+                        {
+                            "id": d.saga_id,
+                            "name": d.name,
+                            "status": str(d.status),
+                            "recovery_attempts": d.recovery_attempts,
+                            "reason": d.reason,
+                            "parked_at": None if d.parked_at is None else d.parked_at.isoformat(),
+                        }
+                        for d in letters
+                    ],
+                    out,
+                    indent=2,
+                )
                 out.write("\n")
             elif not letters:
                 out.write("no dead letters\n")
             else:
                 rows = [["ID", "NAME", "STATUS", "ATTEMPTS", "PARKED", "REASON"]]
                 rows += [
-                    [d.saga_id, d.name, str(d.status), str(d.recovery_attempts),
-                     _when(d.parked_at), d.reason[:70]]
+                    [
+                        d.saga_id,
+                        d.name,
+                        str(d.status),
+                        str(d.recovery_attempts),
+                        _when(d.parked_at),
+                        d.reason[:70],
+                    ]
                     for d in letters
                 ]
                 _table(rows, out)
