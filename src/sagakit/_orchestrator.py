@@ -573,7 +573,11 @@ class SagaOrchestrator:
                         if deadline < watchdog.when:
                             watchdog.wake_at(deadline)
                         try:
-                            if step._self_plain_compensation and not call.kwargs:
+                            if (
+                                step._self_plain_compensation
+                                and not call.kwargs
+                                and len(call.args) == step._self_arity
+                            ):
                                 value = await compensation(*call.args)
                             else:
                                 value = await call.compensation_call(result)  # type: ignore[misc]

@@ -62,12 +62,18 @@ class StepCall(Generic[R_co]):
         args, kwargs = self.args, self.kwargs
         if self.instance is not None and step._self_is_method:
             args = (self.instance, *args)
-        if kwargs or step._self_has_defaults:
-            # Normalise: the compensation may name its parameters differently, and gets
-            # the step's defaults for the arguments the call left out.
-            bound = step._self_signature.bind(*args, **kwargs)
-            bound.apply_defaults()
-            args, kwargs = bound.args, bound.kwargs
+        arity = step._self_arity
+        if kwargs or (step._self_has_defaults and len(args) != arity):
+            defaults = step._self_defaults
+            if not kwargs and arity >= 0 and arity - len(defaults) <= len(args) < arity:
+                # Only trailing defaults left out: add them (cheaper than binding).
+                args = (*args, *defaults[len(args) - arity :])
+            else:
+                # Normalise: the compensation may name its parameters differently, and
+                # gets the step's defaults for the arguments the call left out.
+                bound = step._self_signature.bind(*args, **kwargs)
+                bound.apply_defaults()
+                args, kwargs = bound.args, bound.kwargs
         if step._self_compensation_takes_result:
             if args and step._self_is_method:
                 return compensation(args[0], result, *args[1:], **kwargs)
@@ -130,8 +136,10 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
     _self_compensate_on_failure: bool
     _self_signature: inspect.Signature
     _self_is_method: bool
-    _self_plain_compensation: bool  # called with the step's positional arguments only
+    _self_plain_compensation: bool  # callable as compensation(*args) once args are complete
     _self_has_defaults: bool
+    _self_arity: int  # positional parameters, when they are all the parameters; else -1
+    _self_defaults: tuple[Any, ...]  # the defaults of the trailing positional parameters
 
     def __init__(
         self,
@@ -186,8 +194,12 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         self._self_signature = inspect.signature(fn)
         first = next(iter(self._self_signature.parameters), None)
         self._self_is_method = first in ("self", "cls")
-        self._self_has_defaults = any(
-            p.default is not p.empty for p in self._self_signature.parameters.values()
+        parameters = self._self_signature.parameters.values()
+        self._self_has_defaults = any(p.default is not p.empty for p in parameters)
+        positional = sum(1 for p in parameters if p.kind in _POSITIONAL)
+        self._self_arity = positional if positional == len(parameters) else -1
+        self._self_defaults = tuple(
+            p.default for p in parameters if p.kind in _POSITIONAL and p.default is not p.empty
         )
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> StepCall[R]:
@@ -265,7 +277,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
             )
         self._self_compensation_takes_result = _takes_result(self, fn)
         self._self_plain_compensation = not (
-            self._self_compensation_takes_result or self._self_is_method or self._self_has_defaults
+            self._self_compensation_takes_result or self._self_is_method
         )
         self._self_compensation = fn
         return fn
