@@ -39,16 +39,17 @@ class Boom(Exception):
 
 
 def make_steps(fail_last: bool) -> list[Any]:
+    """Ten steps called with their index, as ``hand_step(i, ...)`` is below."""
     steps = []
     for index in range(STEPS):
         fails = fail_last and index == STEPS - 1
 
-        async def forward(i: int = index, fails: bool = fails) -> list[Done]:
+        async def forward(i: int, fails: bool = fails) -> list[Done]:
             if fails:
                 raise Boom(i)
             return [Done(i)]
 
-        async def undo(i: int = index, fails: bool = fails) -> None:
+        async def undo(i: int, fails: bool = fails) -> None:
             return None
 
         forward.__name__ = f"step_{index}"
@@ -144,18 +145,18 @@ async def main(quick: bool) -> None:
     orchestrator = SagaOrchestrator(history_limit=1_000)
     ok_steps, failing_steps = make_steps(False), make_steps(True)
 
-    ok_list = SagaDefinition(steps=[s() for s in ok_steps])
-    failing_list = SagaDefinition(steps=[s() for s in failing_steps])
+    ok_list = SagaDefinition(steps=[s(i) for i, s in enumerate(ok_steps)])
+    failing_list = SagaDefinition(steps=[s(i) for i, s in enumerate(failing_steps)])
 
     @saga
     def ok_generator() -> Any:
-        for s in ok_steps:
-            yield s()
+        for i, s in enumerate(ok_steps):
+            yield s(i)
 
     @saga
     def failing_generator() -> Any:
-        for s in failing_steps:
-            yield s()
+        for i, s in enumerate(failing_steps):
+            yield s(i)
 
     cases: list[tuple[str, Callable[[Run, int], Awaitable[float]], int, dict[str, Run]]] = [
         (
