@@ -188,16 +188,22 @@ def _init(
 ) -> None:
     if recovery not in ("resume", "compensate"):
         raise SagaDefinitionError(f"recovery must be 'resume' or 'compensate', got {recovery!r}")
-    for slot, value in (
-        ("_saga_id", saga_id),
-        ("_name", name),
-        ("_calls", calls),
-        ("_factory", factory),
-        ("_args", args),
-        ("_kwargs", kwargs),
-        ("_recovery", recovery),
-    ):
-        object.__setattr__(definition, slot, value)
+    # The slots' own descriptors, past the __setattr__ that keeps definitions immutable
+    # (cheaper than object.__setattr__: a generator saga makes a definition per run).
+    set_id, set_name, set_calls, set_factory, set_args, set_kwargs, set_recovery = _SETTERS
+    set_id(definition, saga_id)
+    set_name(definition, name)
+    set_calls(definition, calls)
+    set_factory(definition, factory)
+    set_args(definition, args)
+    set_kwargs(definition, kwargs)
+    set_recovery(definition, recovery)
+
+
+_SETTERS = tuple(
+    getattr(SagaDefinition, slot).__set__
+    for slot in ("_saga_id", "_name", "_calls", "_factory", "_args", "_kwargs", "_recovery")
+)
 
 
 def _iterate(calls: tuple[StepCall[Any], ...]) -> StepDriver:

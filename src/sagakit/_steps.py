@@ -20,6 +20,7 @@ R_co = TypeVar("R_co", covariant=True)
 C = TypeVar("C", bound=Callable[..., Awaitable[Any]])
 
 DEFAULT_TIMEOUT = 30.0
+_new_call = object.__new__
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _RESULT = object()
@@ -205,7 +206,13 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> StepCall[R]:
         # Unbound calls build the StepCall directly (twice as fast as going through
         # the wrapper); bound method calls go through wrapt, which calls ``make_call``.
-        return StepCall(self, self.__wrapped__, None, args, kwargs)  # type: ignore[arg-type]
+        call: StepCall[R] = _new_call(StepCall)  # no __init__ frame: this is per step
+        call.step = self
+        call.fn = self.__wrapped__  # type: ignore[assignment]
+        call.instance = None
+        call.args = args
+        call.kwargs = kwargs
+        return call
 
     @property
     def name(self) -> str:
