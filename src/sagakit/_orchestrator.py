@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
-import itertools
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout
 from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, SimulatedCrash, active_faults
+from ._ids import new_saga_id
+from ._notify import Listener, level_of, logger, tell
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import SagaRun, StepRun, current_run, describe_error
@@ -34,45 +33,7 @@ from .stores import MemoryStore, SagaStore
 from .stores.memory import DEFAULT_HISTORY_LIMIT
 from .transitions import Transition, TransitionKind
 
-logger = logging.getLogger("sagakit")
-logger.addHandler(logging.NullHandler())
-
-Listener = Callable[[Transition], Awaitable[None] | None]
-"""A callable told of every state change; it may be sync or async."""
-
 _Done = tuple[StepRun, StepCall[Any], Any]
-
-_LEVELS = {
-    TransitionKind.SAGA_STARTED: logging.INFO,
-    TransitionKind.SAGA_FINISHED: logging.INFO,
-    TransitionKind.STEP_FAILED: logging.WARNING,
-    TransitionKind.STEP_TIMED_OUT: logging.WARNING,
-    TransitionKind.STEP_RETRYING: logging.INFO,
-    TransitionKind.COMPENSATION_RETRYING: logging.WARNING,
-    TransitionKind.COMPENSATION_FAILED: logging.ERROR,
-}
-
-
-def _new_id_prefix() -> str:
-    return os.urandom(6).hex()
-
-
-class _Ids:
-    """Fresh saga ids: a random per-process prefix and a counter (cheaper than uuid4)."""
-
-    def __init__(self) -> None:
-        self.reset()
-        os.register_at_fork(after_in_child=self.reset)
-
-    def reset(self) -> None:
-        self.prefix = _new_id_prefix()
-        self.counter = itertools.count(1)
-
-    def next(self) -> str:
-        return f"{self.prefix}-{next(self.counter)}"
-
-
-_ids = _Ids()
 
 
 def _events_of(result: Any) -> tuple[Any, ...] | list[Any]:
@@ -206,7 +167,9 @@ class SagaOrchestrator:
         explicit = saga_id is not None
         loop = asyncio.get_running_loop()
         now = self._now if loop is self._loop else self._use_loop(loop)
-        run = SagaRun(saga_id if saga_id is not None else _ids.next(), definition, explicit, now())
+        run = SagaRun(
+            saga_id if saga_id is not None else new_saga_id(), definition, explicit, now()
+        )
         earlier = await self._store.begin(run)
         if earlier is not None:
             return list(earlier.events)
@@ -707,9 +670,7 @@ class SagaOrchestrator:
         duration: float | None = None,
     ) -> None:
         """Record a transition durably (if the store is), log it, then tell listeners."""
-        level = _LEVELS.get(kind, logging.DEBUG)
-        if kind is TransitionKind.SAGA_FINISHED and run.status is not SagaStatus.COMPLETED:
-            level = logging.ERROR if run.status is SagaStatus.FAILED else logging.WARNING
+        level = level_of(kind, run.status)
         logged = logger.isEnabledFor(level)
         if not (logged or self._durable or self._listeners):
             return
@@ -743,38 +704,8 @@ class SagaOrchestrator:
             await self._store.record(run, transition)  # on failure, held ones never commit
             if held is not None:
                 for earlier_level, earlier in held:
-                    await self._tell(earlier_level, earlier)
-        if logged:
-            _log(level, transition)
-        for listener in self._listeners:
-            try:
-                outcome = listener(transition)
-                if inspect.isawaitable(outcome):
-                    await outcome
-            except Exception:
-                logger.exception(
-                    "sagakit listener %r raised on %s; the saga goes on",
-                    listener,
-                    kind,
-                    extra=_extra(transition),
-                )
-
-    async def _tell(self, level: int, transition: Transition) -> None:
-        """Log a staged transition and tell listeners, now that it is durable."""
-        if logger.isEnabledFor(level):
-            _log(level, transition)
-        for listener in self._listeners:
-            try:
-                outcome = listener(transition)
-                if inspect.isawaitable(outcome):
-                    await outcome
-            except Exception:
-                logger.exception(
-                    "sagakit listener %r raised on %s; the saga goes on",
-                    listener,
-                    transition.kind,
-                    extra=_extra(transition),
-                )
+                    await tell(self._listeners, earlier_level, earlier)
+        await tell(self._listeners, level, transition)
 
     # --------------------------------------------------------------- monitoring
 
@@ -854,38 +785,6 @@ class SagaOrchestrator:
 
     def __repr__(self) -> str:
         return f"<SagaOrchestrator store={self._store!r}>"
-
-
-def _log(level: int, transition: Transition) -> None:
-    step = ""
-    if transition.step_name is not None:
-        step = f" step {transition.step_index} {transition.step_name!r}"
-        if transition.attempt > 1:
-            step += f" attempt {transition.attempt}"
-    error = f": {describe_error(transition.error)}" if transition.error is not None else ""
-    logger.log(
-        level,
-        "saga %s (%s) %s%s%s",
-        transition.saga_name,
-        transition.saga_id,
-        transition.kind,
-        step,
-        error,
-        extra=_extra(transition),
-    )
-
-
-def _extra(transition: Transition) -> dict[str, Any]:
-    """The structured fields every sagakit log record carries."""
-    return {
-        "saga_id": transition.saga_id,
-        "saga_name": transition.saga_name,
-        "saga_status": str(transition.status),
-        "step_name": transition.step_name,
-        "step_index": transition.step_index,
-        "attempt": transition.attempt,
-        "transition": str(transition.kind),
-    }
 
 
 __all__ = ["Listener", "SagaOrchestrator"]
