@@ -1,0 +1,305 @@
+"""Fault injection: make steps and compensations fail, time out or crash, per context."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from typing import Any
+
+from .._hooks import (
+    SIMULATED_TIMEOUT,
+    CrashAfter,
+    FaultPlan,
+    SimulatedCrash,
+    _SimulatedTimeout,
+    active_faults,
+)
+from .._runs import current_run
+from .._steps import Step
+from ..exceptions import SagaDefinitionError
+from ..stores import SagaStore
+
+StepTarget = str | Step[Any, Any]
+"""A step named by its name (``"debit"``) or by the ``Step`` object itself."""
+
+Fault = BaseException | type[BaseException]
+"""An exception to raise, or an exception class instantiated for every attempt."""
+
+
+class InjectedFault(Exception):
+    """The exception a :class:`FaultInjector` raises when none is given."""
+
+
+# ------------------------------------------------------------------ fault injection
+
+
+@dataclass(frozen=True, slots=True)
+class FiredFault:
+    """A fault that was injected: which step (or compensation), attempt, and what."""
+
+    step_name: str
+    step_index: int | None
+    attempt: int
+    compensation: bool
+    fault: BaseException | _SimulatedTimeout | CrashAfter
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    target: StepTarget
+    fault: Fault | _SimulatedTimeout | CrashAfter
+    compensation: bool
+    times: int | None
+    index: int | None
+
+    def matches(self, step: Step[Any, Any], attempt: int, compensation: bool) -> bool:
+        if compensation is not self.compensation:
+            return False
+        if self.times is not None and attempt > self.times:
+            return False
+        target = self.target
+        if isinstance(target, str):
+            if step._self_name != target:
+                return False
+        elif step is not target:
+            return False
+        return self.index is None or self.index == _running_index()
+
+
+def _running_index() -> int | None:
+    run = current_run.get()
+    return None if run is None or run.step is None else run.step.index
+
+
+def _check_target(target: object) -> StepTarget:
+    if isinstance(target, str) and target:
+        return target
+    if isinstance(target, Step):
+        return target
+    parent = getattr(target, "_self_parent", None)  # a step looked up on a class or instance
+    if isinstance(parent, Step):
+        return parent
+    raise SagaDefinitionError(
+        f"faults target a step by name ('debit') or by the @step object (debit), got {target!r}"
+    )
+
+
+def _check_fault(fault: object) -> Fault:
+    if isinstance(fault, BaseException) or (
+        isinstance(fault, type) and issubclass(fault, BaseException)
+    ):
+        return fault
+    raise SagaDefinitionError(
+        f"a fault must be an exception instance or class (ValueError('boom')), got {fault!r}"
+    )
+
+
+def _check_count(value: object, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SagaDefinitionError(f"{what} must be a whole number >= 0 or None, got {value!r}")
+    return value
+
+
+class _Chain:
+    """An inner fault plan consulted first, then the one that was active around it."""
+
+    __slots__ = ("inner", "outer")
+
+    def __init__(self, inner: FaultPlan, outer: FaultPlan) -> None:
+        self.inner = inner
+        self.outer = outer
+
+    def fault_for(
+        self, step: Step[Any, Any], attempt: int, *, compensation: bool
+    ) -> BaseException | _SimulatedTimeout | CrashAfter | None:
+        fault = self.inner.fault_for(step, attempt, compensation=compensation)
+        if fault is None:
+            fault = self.outer.fault_for(step, attempt, compensation=compensation)
+        return fault
+
+
+_scopes: ContextVar[tuple[Token[FaultPlan | None], ...]] = ContextVar(
+    "sagakit_fault_scopes", default=()
+)
+
+
+class FaultInjector:
+    """Faults to inject into steps and compensations, active only where entered.
+
+    Add faults with :meth:`fail`, :meth:`timeout`, :meth:`fail_compensation` and
+    :meth:`timeout_compensation` (each returns the injector, so calls chain), then run
+    sagas inside ``with injector:``. The scope is a context variable: it covers the
+    current task and tasks started from it, never concurrently running tests or tasks
+    that did not enter it. Scopes nest; an inner injector is asked first. The first
+    matching fault wins; a fault fires on every attempt, or only on the first ``times``.
+    ``index`` restricts a fault to the step at that position in the saga (for a step
+    used twice). :attr:`fired` lists every fault injected, in order.
+    """
+
+    def __init__(self) -> None:
+        self._rules: list[_Rule] = []
+        self.fired: list[FiredFault] = []
+
+    def _add(
+        self,
+        target: object,
+        fault: Fault | _SimulatedTimeout | CrashAfter,
+        *,
+        compensation: bool,
+        times: int | None,
+        index: int | None,
+    ) -> FaultInjector:
+        self._rules.append(
+            _Rule(
+                _check_target(target),
+                fault,
+                compensation,
+                _check_count(times, "times"),
+                _check_count(index, "index"),
+            )
+        )
+        return self
+
+    def fail(
+        self,
+        step: StepTarget,
+        error: Fault = InjectedFault,
+        *,
+        times: int | None = None,
+        index: int | None = None,
+    ) -> FaultInjector:
+        """Make ``step`` raise ``error`` instead of running (only its first ``times`` attempts)."""
+        return self._add(step, _check_fault(error), compensation=False, times=times, index=index)
+
+    def timeout(
+        self, step: StepTarget, *, times: int | None = None, index: int | None = None
+    ) -> FaultInjector:
+        """Make ``step`` time out at once, without waiting for its timeout."""
+        return self._add(step, SIMULATED_TIMEOUT, compensation=False, times=times, index=index)
+
+    def fail_compensation(
+        self,
+        step: StepTarget,
+        error: Fault = InjectedFault,
+        *,
+        times: int | None = None,
+        index: int | None = None,
+    ) -> FaultInjector:
+        """Make the compensation of ``step`` raise ``error`` instead of running."""
+        return self._add(step, _check_fault(error), compensation=True, times=times, index=index)
+
+    def timeout_compensation(
+        self, step: StepTarget, *, times: int | None = None, index: int | None = None
+    ) -> FaultInjector:
+        """Make the compensation of ``step`` time out at once."""
+        return self._add(step, SIMULATED_TIMEOUT, compensation=True, times=times, index=index)
+
+    def crash(
+        self,
+        step: StepTarget,
+        *,
+        after: bool = False,
+        compensation: bool = False,
+        index: int | None = None,
+    ) -> FaultInjector:
+        """Stop the saga at ``step`` once, as if its process were killed there.
+
+        Before the step runs, or with ``after=True`` once it has acted but before its
+        completion is recorded; with ``compensation=True`` at the step's compensation
+        instead. :class:`SimulatedCrash` propagates out of ``execute()``; the orchestrator
+        runs and records nothing more, so a durable store keeps the saga for recovery:
+        call :func:`simulate_restart` on the store, then ``recover()`` with a new
+        orchestrator and store, as a restarted process would.
+        """
+        where = "compensation of step" if compensation else "step"
+        crash = SimulatedCrash(
+            f"simulated crash at {where} {step!r}{' after it acted' if after else ''}"
+        )
+        fault: SimulatedCrash | CrashAfter = CrashAfter(crash) if after else crash
+        return self._add(step, fault, compensation=compensation, times=None, index=index)
+
+    def clear(self) -> None:
+        """Forget every fault (and what fired)."""
+        self._rules.clear()
+        self.fired.clear()
+
+    def fault_for(
+        self, step: Step[Any, Any], attempt: int, *, compensation: bool
+    ) -> BaseException | _SimulatedTimeout | CrashAfter | None:
+        """The :class:`~sagakit._hooks.FaultPlan` hook the orchestrator calls per attempt."""
+        for rule in self._rules:
+            if rule.matches(step, attempt, compensation):
+                fault = rule.fault
+                if isinstance(fault, SimulatedCrash | CrashAfter):
+                    self._rules.remove(rule)  # a process dies once
+                    crash = fault if isinstance(fault, SimulatedCrash) else fault.crash
+                    self.fired.append(
+                        FiredFault(step._self_name, _running_index(), attempt, compensation, crash)
+                    )
+                    return fault
+                if isinstance(fault, type):
+                    what = "compensation of step" if compensation else "step"
+                    fault = fault(f"injected into {what} {step._self_name!r}, attempt {attempt}")
+                self.fired.append(
+                    FiredFault(step._self_name, _running_index(), attempt, compensation, fault)
+                )
+                return fault
+        return None
+
+    @contextmanager
+    def activate(self) -> Iterator[FaultInjector]:
+        """Make these faults apply within the ``with`` block (same as ``with injector:``)."""
+        outer = active_faults.get()
+        token = active_faults.set(self if outer is None else _Chain(self, outer))
+        try:
+            yield self
+        finally:
+            active_faults.reset(token)
+
+    def __enter__(self) -> FaultInjector:
+        outer = active_faults.get()
+        token = active_faults.set(self if outer is None else _Chain(self, outer))
+        _scopes.set((*_scopes.get(), token))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        scopes = _scopes.get()
+        if not scopes:
+            raise RuntimeError("FaultInjector exited in a task (context) that did not enter it")
+        active_faults.reset(scopes[-1])
+        _scopes.set(scopes[:-1])
+
+    def __repr__(self) -> str:
+        return f"<FaultInjector {len(self._rules)} faults, {len(self.fired)} fired>"
+
+
+async def simulate_restart(store: SagaStore) -> None:
+    """Forget that this process owns the running sagas of ``store``, as if it had died.
+
+    Use it after a :meth:`FaultInjector.crash`: a new orchestrator's ``recover()`` then
+    claims those sagas, as a restarted process would. Every saga running in the store
+    is released, so use it in tests only. An in-memory store loses its sagas in a real
+    crash and cannot be restarted.
+    """
+    if not store.durable:
+        raise SagaDefinitionError(
+            f"{type(store).__name__} keeps sagas in memory, which a crash loses; simulate "
+            "crashes and recovery with a durable store such as SQLiteStore(tmp_path / 'sagas.db')"
+        )
+    release_leases = getattr(store, "release_leases", None)
+    if release_leases is not None:  # leases: give them up so another worker claims at once
+        await release_leases()
+        return
+    release = getattr(store, "release", None)
+    if release is None:
+        raise SagaDefinitionError(
+            f"{type(store).__name__} has no release() or release_leases(), so a restart "
+            "cannot be simulated on it"
+        )
+    for saga in await store.running():
+        if saga.id is not None:
+            await release(saga.id)

@@ -1,0 +1,239 @@
+"""The fault matrix: a saga run once per step with that step failing, then timing out."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .._hooks import (
+    _SimulatedTimeout,
+    active_faults,
+)
+from .._orchestrator import SagaOrchestrator
+from .._sagas import SagaDefinition
+from .._steps import Step
+from ..exceptions import CompensationFailed, SagaDefinitionError, StepFailed, StepTimeout
+from ..status import SagaStatus
+from ..transitions import TransitionKind
+from ._faults import Fault, FaultInjector, InjectedFault, _Chain, _check_fault, _running_index
+from ._recorder import SagaRecorder
+from ._sleep import InstantSleep
+
+FaultMode = Literal["fail", "timeout"]
+
+
+@dataclass(frozen=True, slots=True)
+class FaultCase:
+    """One run of the fault matrix: step ``index`` failing (or timing out), and what followed."""
+
+    index: int
+    step: str
+    mode: FaultMode
+    expected_compensations: tuple[str, ...]
+    compensations: tuple[str, ...]
+    status: SagaStatus | None
+    error: BaseException | None
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __str__(self) -> str:
+        verb = "fails" if self.mode == "fail" else "times out"
+        head = f"step {self.index} {self.step!r} {verb}: "
+        if self.ok:
+            undone = ", ".join(self.compensations) or "nothing"
+            return head + f"ended {self.status}, undid {undone}"
+        return head + "; ".join(self.problems)
+
+
+@dataclass(frozen=True, slots=True)
+class FaultMatrixReport:
+    """Every case the fault matrix ran, for one saga."""
+
+    saga: str
+    steps: tuple[str, ...]
+    cases: tuple[FaultCase, ...]
+
+    @property
+    def failures(self) -> tuple[FaultCase, ...]:
+        return tuple(case for case in self.cases if not case.ok)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def __str__(self) -> str:
+        lines = [f"fault matrix of saga {self.saga!r}: {len(self.cases)} cases"]
+        lines += [("  ok   " if case.ok else "  FAIL ") + str(case) for case in self.cases]
+        return "\n".join(lines)
+
+
+class _StepSpy:
+    """A fault plan that injects nothing and notes the step run at each index."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, Step[Any, Any]] = {}
+
+    def fault_for(
+        self, step: Step[Any, Any], attempt: int, *, compensation: bool
+    ) -> BaseException | _SimulatedTimeout | None:
+        index = _running_index()
+        if not compensation and index is not None:
+            self.steps.setdefault(index, step)
+        return None
+
+
+def _label(index: int, step: Step[Any, Any]) -> str:
+    return f"{index}:{step._self_name}"
+
+
+def _expected(steps: list[Step[Any, Any]], index: int, mode: FaultMode) -> tuple[str, ...]:
+    failing = steps[index]
+    undo_self = (
+        failing.compensate_on_timeout if mode == "timeout" else failing.compensate_on_failure
+    )
+    labels = [_label(i, s) for i, s in enumerate(steps[:index]) if s.compensation is not None]
+    if undo_self and failing.compensation is not None:
+        labels.append(_label(index, failing))
+    return tuple(reversed(labels))
+
+
+async def _run_case(
+    orchestrator: SagaOrchestrator,
+    definition: SagaDefinition,
+    steps: list[Step[Any, Any]],
+    index: int,
+    mode: FaultMode,
+    fault: Fault,
+    run_id: str,
+) -> FaultCase:
+    recorder = SagaRecorder()
+    injector = FaultInjector()
+    if mode == "fail":
+        injector.fail(steps[index], fault, index=index)
+    else:
+        injector.timeout(steps[index], index=index)
+    saga_id = f"{run_id}-{mode}-{index}"
+    error: BaseException | None = None
+    orchestrator.add_listener(recorder)
+    try:
+        with injector:
+            await orchestrator.execute(definition, saga_id=saga_id)
+    except Exception as raised:
+        error = raised
+    finally:
+        orchestrator.remove_listener(recorder)
+    problems: list[str] = []
+    expected = _expected(steps, index, mode)
+    run = recorder._runs.get(saga_id)
+    trail = [] if run is None else run.transitions
+    started = sorted(
+        {
+            t.step_index
+            for t in trail
+            if t.kind is TransitionKind.STEP_STARTED and t.step_index is not None
+        }
+    )
+    compensated = tuple(
+        f"{t.step_index}:{t.step_name}"
+        for t in trail
+        if t.kind is TransitionKind.COMPENSATION_COMPLETED
+    )
+    status = None if run is None or not run.finished else run.status
+    wanted: type[StepFailed] = StepTimeout if mode == "timeout" else StepFailed
+    if error is None:
+        problems.append("the saga completed, but the fault should have stopped it")
+    elif isinstance(error, CompensationFailed):
+        problems.append(f"a compensation failed: {error}")
+    elif not isinstance(error, wanted) or (mode == "fail" and isinstance(error, StepTimeout)):
+        problems.append(f"expected {wanted.__name__}, the saga raised {error!r}")
+    elif error.step_index != index:
+        problems.append(f"the error names step {error.step_index}, expected step {index}")
+    if started != list(range(index + 1)):
+        problems.append(f"forward steps started: {started}, expected steps 0 to {index}")
+    if compensated != expected:
+        problems.append(
+            f"compensated {list(compensated)}, expected exactly {list(expected)} in this order"
+        )
+    if status is not SagaStatus.COMPENSATED:
+        problems.append(f"status {status}, expected {SagaStatus.COMPENSATED}")
+    if problems and run is not None:
+        problems.append("trail:\n" + run.describe(indent="      "))
+    return FaultCase(
+        index,
+        steps[index]._self_name,
+        mode,
+        tuple(label.partition(":")[2] for label in expected),
+        tuple(label.partition(":")[2] for label in compensated),
+        status,
+        error,
+        tuple(problems),
+    )
+
+
+async def run_fault_matrix(
+    definition: SagaDefinition,
+    *,
+    orchestrator: SagaOrchestrator | None = None,
+    failures: bool = True,
+    timeouts: bool = True,
+    error: Fault = InjectedFault,
+    check: bool = True,
+) -> FaultMatrixReport:
+    """Run ``definition`` once per step with that step failing, and once with it timing out.
+
+    The saga first runs once without faults to discover its steps (generator sagas
+    reveal them only by running). After each faulty run it checks that exactly the
+    completed steps with a compensation (plus the failing step itself when its
+    ``compensate_on_failure``/``compensate_on_timeout`` says so) were compensated, in
+    reverse order, that the saga raised ``StepFailed``/``StepTimeout`` naming that step,
+    and that it ended ``COMPENSATED``. With ``check`` (the default) any problem raises
+    an ``AssertionError`` listing every failing case; the report is returned otherwise.
+
+    Without ``orchestrator`` a fresh in-memory one with :class:`InstantSleep` is used.
+    Faults active around the call still apply (an inner scope is asked first).
+    """
+    if not isinstance(definition, SagaDefinition):
+        raise SagaDefinitionError(
+            f"run_fault_matrix() takes a SagaDefinition (call your @saga function: "
+            f"transfer('A', 'B', 10)), got {definition!r}"
+        )
+    fault = _check_fault(error)
+    own = orchestrator is None
+    if orchestrator is None:
+        orchestrator = SagaOrchestrator(sleep=InstantSleep(), history_limit=0)
+    run_id = f"fault-matrix-{os.urandom(4).hex()}"
+    spy = _StepSpy()
+    outer = active_faults.get()
+    token = active_faults.set(spy if outer is None else _Chain(spy, outer))
+    try:
+        try:
+            await orchestrator.execute(definition, saga_id=f"{run_id}-discover")
+        except Exception as failure:
+            raise AssertionError(
+                f"the fault matrix runs saga {definition.name!r} once without faults to "
+                f"discover its steps, but that run failed: {failure!r}"
+            ) from failure
+        finally:
+            active_faults.reset(token)
+        steps = [spy.steps[i] for i in sorted(spy.steps)]
+        modes: list[FaultMode] = []
+        if failures:
+            modes.append("fail")
+        if timeouts:
+            modes.append("timeout")
+        cases = [
+            await _run_case(orchestrator, definition, steps, index, mode, fault, run_id)
+            for index in range(len(steps))
+            for mode in modes
+        ]
+    finally:
+        if own:
+            await orchestrator.close()
+    report = FaultMatrixReport(definition.name, tuple(s._self_name for s in steps), tuple(cases))
+    if check and not report.ok:
+        raise AssertionError(str(report))
+    return report

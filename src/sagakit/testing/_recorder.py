@@ -1,0 +1,194 @@
+"""A listener keeping each run's ordered trail, with assertion helpers."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from ..status import SagaStatus
+from ..transitions import Transition, TransitionKind
+
+_COMPENSATION_KINDS = frozenset(
+    {
+        TransitionKind.COMPENSATION_STARTED,
+        TransitionKind.COMPENSATION_COMPLETED,
+        TransitionKind.COMPENSATION_RETRYING,
+        TransitionKind.COMPENSATION_FAILED,
+    }
+)
+
+
+def _line(transition: Transition, *, detail: bool = False) -> str:
+    kind = transition.kind
+    if kind is TransitionKind.SAGA_STARTED:
+        return str(kind)
+    if kind is TransitionKind.SAGA_FINISHED:
+        return f"{kind} {transition.status}"
+    text = f"{kind} {transition.step_name}"
+    if detail:
+        text += f" (step {transition.step_index}, attempt {transition.attempt})"
+        if transition.error is not None:
+            text += f": {type(transition.error).__name__}: {transition.error}"
+    return text
+
+
+def _mismatch(what: str, expected: list[str], actual: list[str], run: RecordedRun) -> str:
+    diff = "\n".join(
+        f"  {line}" for line in difflib.ndiff(expected, actual) if not line.startswith("?")
+    )
+    return (
+        f"{run.label}: {what} differ (- expected, + actual):\n{diff}\n"
+        f"trail:\n{run.describe(indent='  ')}"
+    )
+
+
+@dataclass(slots=True)
+class RecordedRun:
+    """The ordered transitions of one saga run, with assertion helpers."""
+
+    saga_id: str
+    saga_name: str
+    transitions: list[Transition] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"saga {self.saga_name!r} (id {self.saga_id})"
+
+    @property
+    def status(self) -> SagaStatus:
+        """The saga's status after its last transition."""
+        return self.transitions[-1].status
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run's ``SAGA_FINISHED`` was recorded."""
+        return self.transitions[-1].kind is TransitionKind.SAGA_FINISHED
+
+    def names(self, kind: TransitionKind) -> list[str]:
+        """Step names of the transitions of ``kind``, in order."""
+        return [str(t.step_name) for t in self.transitions if t.kind is kind]
+
+    @property
+    def completed(self) -> list[str]:
+        """Forward steps that completed, in order."""
+        return self.names(TransitionKind.STEP_COMPLETED)
+
+    @property
+    def compensated(self) -> list[str]:
+        """Steps whose compensation completed, in the order they ran."""
+        return self.names(TransitionKind.COMPENSATION_COMPLETED)
+
+    @property
+    def compensation_failures(self) -> list[str]:
+        """Steps whose compensation failed for good."""
+        return self.names(TransitionKind.COMPENSATION_FAILED)
+
+    def trail(self) -> list[str]:
+        """One short line per transition: ``"step_failed ship"``, ``"saga_finished failed"``."""
+        return [_line(t) for t in self.transitions]
+
+    def describe(self, indent: str = "") -> str:
+        """The trail with step indexes, attempts and errors, one line per transition."""
+        return "\n".join(indent + _line(t, detail=True) for t in self.transitions)
+
+    def assert_status(self, status: SagaStatus | str) -> None:
+        """Assert the run ended (or stands) with ``status``."""
+        if not self.finished:
+            raise AssertionError(
+                f"{self.label} has not finished (status {self.status}), expected {status}\n"
+                f"trail:\n{self.describe('  ')}"
+            )
+        if self.status != status:
+            raise AssertionError(
+                f"{self.label} ended {self.status}, expected {status}\n"
+                f"trail:\n{self.describe('  ')}"
+            )
+
+    def assert_compensated(self, *steps: str) -> None:
+        """Assert exactly these steps were compensated, in this order (none if empty)."""
+        if self.compensated != list(steps):
+            raise AssertionError(_mismatch("compensations", list(steps), self.compensated, self))
+
+    def assert_completed(self, *steps: str) -> None:
+        """Assert exactly these forward steps completed, in this order."""
+        if self.completed != list(steps):
+            raise AssertionError(_mismatch("completed steps", list(steps), self.completed, self))
+
+    def assert_trail(self, *lines: str) -> None:
+        """Assert the whole trail, as :meth:`trail` lines, is exactly ``lines``."""
+        if self.trail() != list(lines):
+            raise AssertionError(_mismatch("trails", list(lines), self.trail(), self))
+
+    def __repr__(self) -> str:
+        count = len(self.transitions)
+        return f"<RecordedRun {self.saga_name} id={self.saga_id!r} {count} transitions>"
+
+
+class SagaRecorder:
+    """A listener that records every transition, grouped per saga run.
+
+    Pass it to ``SagaOrchestrator(listeners=[recorder])`` (or ``add_listener``). The
+    ``assert_*`` helpers check the most recently started run unless given a ``saga_id``.
+    """
+
+    def __init__(self) -> None:
+        self._runs: dict[str, RecordedRun] = {}
+        self.transitions: list[Transition] = []
+
+    def __call__(self, transition: Transition) -> None:
+        self.transitions.append(transition)
+        run = self._runs.get(transition.saga_id)
+        if run is None or (transition.kind is TransitionKind.SAGA_STARTED and run.finished):
+            # A new run; an id reused after its earlier run finished starts afresh, last.
+            self._runs.pop(transition.saga_id, None)
+            run = RecordedRun(transition.saga_id, transition.saga_name)
+            self._runs[transition.saga_id] = run
+        run.transitions.append(transition)
+
+    @property
+    def runs(self) -> list[RecordedRun]:
+        """Every recorded run, in the order they started."""
+        return list(self._runs.values())
+
+    @property
+    def last(self) -> RecordedRun:
+        """The most recently started run."""
+        if not self._runs:
+            raise AssertionError("no saga run was recorded; is the recorder a listener?")
+        return next(reversed(self._runs.values()))
+
+    def run(self, saga_id: str | None = None) -> RecordedRun:
+        """The run of ``saga_id`` (the last one if ``None``)."""
+        if saga_id is None:
+            return self.last
+        try:
+            return self._runs[saga_id]
+        except KeyError:
+            known = ", ".join(self._runs) or "none"
+            raise AssertionError(
+                f"no run of saga id {saga_id!r} was recorded (recorded: {known})"
+            ) from None
+
+    def clear(self) -> None:
+        """Forget everything recorded."""
+        self._runs.clear()
+        self.transitions.clear()
+
+    def assert_status(self, status: SagaStatus | str, *, saga_id: str | None = None) -> None:
+        """Assert a run ended with ``status``."""
+        self.run(saga_id).assert_status(status)
+
+    def assert_compensated(self, *steps: str, saga_id: str | None = None) -> None:
+        """Assert exactly these steps of a run were compensated, in this order."""
+        self.run(saga_id).assert_compensated(*steps)
+
+    def assert_completed(self, *steps: str, saga_id: str | None = None) -> None:
+        """Assert exactly these forward steps of a run completed, in this order."""
+        self.run(saga_id).assert_completed(*steps)
+
+    def assert_trail(self, *lines: str, saga_id: str | None = None) -> None:
+        """Assert the whole trail of a run."""
+        self.run(saga_id).assert_trail(*lines)
+
+    def __repr__(self) -> str:
+        return f"<SagaRecorder {len(self._runs)} runs, {len(self.transitions)} transitions>"

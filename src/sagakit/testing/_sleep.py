@@ -1,0 +1,34 @@
+"""Retry backoff without waiting."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..exceptions import SagaDefinitionError
+
+
+class InstantSleep:
+    """A ``sleep`` for ``SagaOrchestrator(sleep=...)`` that records delays without waiting.
+
+    Retry backoff then costs nothing; :attr:`delays` lists the requested waits. With
+    ``scale`` > 0 it really waits ``seconds * scale`` (time scaling); at 0 it still
+    yields to the event loop once, so concurrent tasks interleave as they would.
+    """
+
+    def __init__(self, scale: float = 0.0) -> None:
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale >= 0:
+            raise SagaDefinitionError(f"InstantSleep(scale=...) must be >= 0, got {scale!r}")
+        self.scale = float(scale)
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        await asyncio.sleep(seconds * self.scale)
+
+    @property
+    def total(self) -> float:
+        """Seconds that would have been waited in all."""
+        return sum(self.delays)
+
+    def __repr__(self) -> str:
+        return f"<InstantSleep {len(self.delays)} sleeps, {self.total:g} s skipped>"
