@@ -378,6 +378,8 @@ class SagaOrchestrator:
         finally:
             watchdog.runs.discard(run)
             current_run.reset(token)
+            if self._held:  # a run that stopped without a last record (fenced out, crashed)
+                self._held.pop(run, None)
         run.status = SagaStatus.COMPLETED
         run.total_steps = index
         run.finished_mono = run.updated_mono = now()
