@@ -315,6 +315,7 @@ class SagaOrchestrator:
             # Fenced out: another worker owns this saga now and finishes it. Run
             # nothing more here (no step, no compensation) and record nothing.
             driver.close()
+            self._held.pop(run, None)  # staged, never committed: never told
             await self._store.finish(run)
             raise
         except asyncio.CancelledError:
@@ -378,8 +379,6 @@ class SagaOrchestrator:
         finally:
             watchdog.runs.discard(run)
             current_run.reset(token)
-            if self._held:  # a run that stopped without a last record (fenced out, crashed)
-                self._held.pop(run, None)
         run.status = SagaStatus.COMPLETED
         run.total_steps = index
         run.finished_mono = run.updated_mono = now()
