@@ -31,7 +31,7 @@ from .records import SagaMetadata
 from .status import SagaStatus, StepStatus
 from .stores import MemoryStore, SagaStore
 from .stores.memory import DEFAULT_HISTORY_LIMIT
-from .transitions import Transition, TransitionKind
+from .transitions import Transition, TransitionKind, make_transition
 
 _Done = tuple[StepRun, StepCall[Any], Any]
 
@@ -675,18 +675,18 @@ class SagaOrchestrator:
         logged = logger.isEnabledFor(level)
         if not (logged or self._durable or self._listeners):
             return
-        transition = Transition(
-            kind=kind,
-            saga_id=run.id,
-            saga_name=run.name,
-            status=run.status,
-            step_index=None if record is None else record.index,
-            step_name=None if record is None else record.name,
-            attempt=attempt,
-            result=result,
-            events=events,
-            error=error,
-            duration=duration,
+        transition = make_transition(
+            kind,
+            run.id,
+            run.name,
+            run.status,
+            None if record is None else record.index,
+            None if record is None else record.name,
+            attempt,
+            result,
+            events,
+            error,
+            duration,
         )
         if self._durable:
             stage = self._stage

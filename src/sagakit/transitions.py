@@ -54,4 +54,55 @@ class Transition:
         return f"{self.saga_id}:{self.step_index}"
 
 
+_SETTERS = tuple(
+    getattr(Transition, name).__set__
+    for name in (
+        "kind",
+        "saga_id",
+        "saga_name",
+        "status",
+        "step_index",
+        "step_name",
+        "attempt",
+        "result",
+        "events",
+        "error",
+        "duration",
+    )
+)
+_new = object.__new__
+
+
+def make_transition(
+    kind: TransitionKind,
+    saga_id: str,
+    saga_name: str,
+    status: SagaStatus,
+    step_index: int | None,
+    step_name: str | None,
+    attempt: int,
+    result: Any,
+    events: tuple[Any, ...],
+    error: BaseException | None,
+    duration: float | None,
+) -> Transition:
+    """``Transition(...)`` for the orchestrator's hot path: the same frozen record, built
+    through its slots' descriptors (the dataclass ``__init__`` of a frozen class costs twice
+    as much, and a durable saga makes a dozen transitions)."""
+    transition: Transition = _new(Transition)
+    (k, i, n, s, si, sn, a, r, ev, er, d) = _SETTERS  # unrolled: a loop costs as much as __init__
+    k(transition, kind)
+    i(transition, saga_id)
+    n(transition, saga_name)
+    s(transition, status)
+    si(transition, step_index)
+    sn(transition, step_name)
+    a(transition, attempt)
+    r(transition, result)
+    ev(transition, events)
+    er(transition, error)
+    d(transition, duration)
+    return transition
+
+
 __all__ = ["Transition", "TransitionKind"]
