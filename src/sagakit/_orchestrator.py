@@ -14,7 +14,7 @@ from ._ids import new_saga_id
 from ._notify import Listener, level_of, logger, tell
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
-from ._runs import SagaRun, StepRun, current_run, describe_error
+from ._runs import SagaRun, StepRun, current_run, describe_error, events_of
 from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id
 from ._steps import StepCall
 from ._worker import run_worker
@@ -34,16 +34,6 @@ from .stores.memory import DEFAULT_HISTORY_LIMIT
 from .transitions import Transition, TransitionKind, make_transition
 
 _Done = tuple[StepRun, StepCall[Any], Any]
-
-
-def _events_of(result: Any) -> tuple[Any, ...] | list[Any]:
-    """A step's events: its result when a list or tuple, none for ``None``, else the value."""
-    if result is None:
-        return ()
-    cls = result.__class__
-    if cls is list or cls is tuple or isinstance(result, list | tuple):
-        return result  # type: ignore[no-any-return]
-    return (result,)
 
 
 class _Late(Exception):
@@ -298,7 +288,7 @@ class SagaOrchestrator:
                     raise failure
                 record.result = value
                 cls = value.__class__
-                step_events = value if cls is list or cls is tuple else _events_of(value)
+                step_events = value if cls is list or cls is tuple else events_of(value)
                 record.events = step_events
                 record.status = StepStatus.COMPLETED
                 events.extend(step_events)
@@ -607,7 +597,7 @@ class SagaOrchestrator:
                 record.status = StepStatus.COMPLETED
                 record.result = value
                 cls = value.__class__
-                comp_events = value if cls is list or cls is tuple else _events_of(value)
+                comp_events = value if cls is list or cls is tuple else events_of(value)
                 record.events = comp_events
                 run.compensation_events.extend(comp_events)
                 run.updated_mono = finished

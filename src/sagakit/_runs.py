@@ -23,6 +23,15 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def events_of(result: Any) -> Sequence[Any]:
+    """A step's events: its result when a list or tuple, none for ``None``, else the value."""
+    if result is None:
+        return ()
+    if isinstance(result, list | tuple):
+        return result
+    return (result,)
+
+
 class StepRun:
     """Mutable state of one step or compensation within one run."""
 

@@ -21,6 +21,7 @@ from opentelemetry import context, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from ._runs import describe_error
 from .status import SagaStatus
 from .transitions import Transition, TransitionKind
 
@@ -139,7 +140,7 @@ class SagaTracer:
             span.set_status(Status(StatusCode.OK))
         else:
             span.record_exception(transition.error)
-            span.set_status(Status(StatusCode.ERROR, _describe(transition.error)))
+            span.set_status(Status(StatusCode.ERROR, describe_error(transition.error)))
             if transition.kind is _K.STEP_TIMED_OUT:
                 span.set_attribute("sagakit.step.timed_out", True)
         opened.detach()
@@ -154,7 +155,7 @@ class SagaTracer:
         )
         opened.span.add_event(
             "sagakit.retry",
-            {"sagakit.step.attempt": transition.attempt, "error": _describe(transition.error)},
+            {"sagakit.step.attempt": transition.attempt, "error": describe_error(transition.error)},
         )
 
     def _finish_saga(self, saga: _Saga, transition: Transition) -> None:
@@ -178,10 +179,6 @@ class SagaTracer:
 
 def _index(transition: Transition) -> int:
     return -1 if transition.step_index is None else transition.step_index
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
 
 
 def instrument(

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from types import CodeType
 from typing import TYPE_CHECKING, Any
 
+from .._runs import describe_error, events_of
 from .._serialization import JsonSerializer
 from ..exceptions import (
     SagaAlreadyExecuting,
@@ -109,20 +110,12 @@ def definition_fingerprint(definition: SagaDefinition) -> str:
     return fingerprint
 
 
-def _describe(error: BaseException | None) -> str | None:
-    return None if error is None else f"{type(error).__name__}: {error}"
+def _error_text(error: BaseException | None) -> str | None:
+    return None if error is None else describe_error(error)
 
 
 def _when(stamp: float | None) -> datetime | None:
     return None if stamp is None else datetime.fromtimestamp(stamp, UTC)
-
-
-def _events_of(result: Any) -> tuple[Any, ...]:
-    if result is None:
-        return ()
-    if isinstance(result, list | tuple):
-        return tuple(result)
-    return (result,)
 
 
 class SQLiteStore:
@@ -315,7 +308,7 @@ class SQLiteStore:
             ]
         if kind is TransitionKind.STEP_RETRYING or kind is TransitionKind.COMPENSATION_RETRYING:
             comp = int(kind is TransitionKind.COMPENSATION_RETRYING)
-            return [(_RETRY_STEP, (t.attempt, _describe(t.error), saga_id, comp, t.step_index))]
+            return [(_RETRY_STEP, (t.attempt, _error_text(t.error), saga_id, comp, t.step_index))]
         if kind in (
             TransitionKind.STEP_FAILED,
             TransitionKind.STEP_TIMED_OUT,
@@ -326,7 +319,7 @@ class SQLiteStore:
                 comp and isinstance(t.error, TimeoutError)
             )
             status = "timed_out" if timed_out else "failed"
-            described = _describe(t.error)
+            described = _error_text(t.error)
             return [
                 (
                     _END_STEP,
@@ -538,7 +531,7 @@ class SQLiteStore:
                 status=StepStatus(step_status),
                 attempts=tries,
                 result=value,
-                events=_events_of(value) if step_status == "completed" else (),
+                events=tuple(events_of(value)) if step_status == "completed" else (),
                 error=step_error,
                 duration=duration,
                 compensation=bool(comp),
@@ -726,7 +719,7 @@ def _load_metadata(
                 attempts=attempts,
                 duration=duration,
                 error=step_error,
-                events=_events_of(lenient(serializer, result)) if completed else (),
+                events=tuple(events_of(lenient(serializer, result))) if completed else (),
                 compensation=bool(comp),
             )
         )
