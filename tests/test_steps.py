@@ -547,6 +547,28 @@ async def test_a_compensation_gets_the_steps_defaults_for_omitted_arguments() ->
     assert seen == [("sku-2", 3, "default"), ("sku-1", 1, "default")]
 
 
+@pytest.mark.asyncio
+async def test_a_compensation_gets_the_steps_trailing_positional_defaults() -> None:
+    # All-positional signatures take the orchestrator's fast path: it must still pass
+    # the step's defaults for the trailing arguments a call left out.
+    seen: list[tuple[Any, ...]] = []
+
+    @step
+    async def reserve(sku: str, count: int = 1, hold: str = "default") -> None: ...
+
+    @reserve.compensate
+    async def release(sku: str, count: int, hold: str) -> None:
+        seen.append((sku, count, hold))
+
+    @saga
+    def flow() -> list[StepCall[Any]]:
+        return [reserve("a"), reserve("b", 3), reserve("c", 4, "kept"), explode()]
+
+    with pytest.raises(StepFailed):
+        await SagaOrchestrator().execute(flow())
+    assert seen == [("c", 4, "kept"), ("b", 3, "default"), ("a", 1, "default")]
+
+
 def test_a_compensation_fitting_both_forms_is_read_by_its_parameter_names() -> None:
     # Regression: refund(payment_id, order, amount=None) fitted the arguments form
     # (payment_id=order, order=amount) and was called with the wrong values.

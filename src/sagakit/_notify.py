@@ -11,6 +11,18 @@ from ._runs import describe_error
 from .status import SagaStatus
 from .transitions import Transition, TransitionKind
 
+# Enum members as module globals: on Python 3.11 reading one off its class costs
+# ~0.2 µs (a descriptor call), several times per step on the hot path.
+_SAGA_COMPLETED = SagaStatus.COMPLETED
+_SAGA_FAILED = SagaStatus.FAILED
+_ON_COMPENSATION_FAILED = TransitionKind.COMPENSATION_FAILED
+_ON_COMPENSATION_RETRYING = TransitionKind.COMPENSATION_RETRYING
+_ON_SAGA_FINISHED = TransitionKind.SAGA_FINISHED
+_ON_SAGA_STARTED = TransitionKind.SAGA_STARTED
+_ON_STEP_FAILED = TransitionKind.STEP_FAILED
+_ON_STEP_RETRYING = TransitionKind.STEP_RETRYING
+_ON_STEP_TIMED_OUT = TransitionKind.STEP_TIMED_OUT
+
 logger = logging.getLogger("sagakit")
 logger.addHandler(logging.NullHandler())
 
@@ -18,20 +30,20 @@ Listener = Callable[[Transition], Awaitable[None] | None]
 """A callable told of every state change; it may be sync or async."""
 
 _LEVELS = {
-    TransitionKind.SAGA_STARTED: logging.INFO,
-    TransitionKind.SAGA_FINISHED: logging.INFO,
-    TransitionKind.STEP_FAILED: logging.WARNING,
-    TransitionKind.STEP_TIMED_OUT: logging.WARNING,
-    TransitionKind.STEP_RETRYING: logging.INFO,
-    TransitionKind.COMPENSATION_RETRYING: logging.WARNING,
-    TransitionKind.COMPENSATION_FAILED: logging.ERROR,
+    _ON_SAGA_STARTED: logging.INFO,
+    _ON_SAGA_FINISHED: logging.INFO,
+    _ON_STEP_FAILED: logging.WARNING,
+    _ON_STEP_TIMED_OUT: logging.WARNING,
+    _ON_STEP_RETRYING: logging.INFO,
+    _ON_COMPENSATION_RETRYING: logging.WARNING,
+    _ON_COMPENSATION_FAILED: logging.ERROR,
 }
 
 
 def level_of(kind: TransitionKind, status: SagaStatus) -> int:
     """The log level of a transition: failures warn, a lost compensation is an error."""
-    if kind is TransitionKind.SAGA_FINISHED and status is not SagaStatus.COMPLETED:
-        return logging.ERROR if status is SagaStatus.FAILED else logging.WARNING
+    if kind is _ON_SAGA_FINISHED and status is not _SAGA_COMPLETED:
+        return logging.ERROR if status is _SAGA_FAILED else logging.WARNING
     return _LEVELS.get(kind, logging.DEBUG)
 
 
