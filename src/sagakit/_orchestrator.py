@@ -218,14 +218,15 @@ class SagaOrchestrator:
                 if call.__class__ is not StepCall:
                     _check_call(call, run.name, index)
                 step = call.step
+                spec = call.spec
                 if index < replay:
                     value = self._replayed(run, index, call, done)
                     index += 1
                     continue
-                record = StepRun(index, step._self_name)
+                record = StepRun(index, spec.name)
                 steps.append(record)
                 run.step = record
-                timeout = step._self_timeout
+                timeout = spec.timeout
                 attempt = 0
                 while True:
                     attempt += 1
@@ -261,15 +262,13 @@ class SagaOrchestrator:
                             run.deadline = NO_DEADLINE
                             if not claim_timeout(run):
                                 raise
-                            failure = StepTimeout(index, step._self_name, now() - started, timeout)
+                            failure = StepTimeout(index, spec.name, now() - started, timeout)
                         except _Late:
-                            failure = StepTimeout(index, step._self_name, now() - started, timeout)
+                            failure = StepTimeout(index, spec.name, now() - started, timeout)
                         except Exception as raised:
                             run.deadline = NO_DEADLINE
                             if claim_timeout(run):  # it turned its timeout into another error
-                                failure = StepTimeout(
-                                    index, step._self_name, now() - started, timeout
-                                )
+                                failure = StepTimeout(index, spec.name, now() - started, timeout)
                                 failure.__cause__ = raised
                             else:
                                 error = raised
@@ -277,7 +276,7 @@ class SagaOrchestrator:
                             record.duration = finished - started
                             break
                     elif fault is SIMULATED_TIMEOUT:
-                        failure = StepTimeout(index, step._self_name, timeout, timeout)
+                        failure = StepTimeout(index, spec.name, timeout, timeout)
                     else:
                         if isinstance(fault, CrashAfter):  # the step acts, then "the process dies"
                             await call.fn(*call.args, **call.kwargs)
@@ -287,9 +286,9 @@ class SagaOrchestrator:
                         error = fault  # type: ignore[assignment]
                     if failure is None:
                         assert error is not None
-                        failure = StepFailed(index, step._self_name, error)
+                        failure = StepFailed(index, spec.name, error)
                         failure.__cause__ = error
-                    policy = step._self_retry
+                    policy = spec.retry
                     if attempt < policy.attempts and policy.retries(error or failure):
                         if announce:
                             await self._emit(run, _ON_STEP_RETRYING, record, attempt, error=failure)
@@ -334,7 +333,7 @@ class SagaOrchestrator:
                 record = steps[-1]
                 record.status = _STEP_FAILED
                 record.error = "CancelledError: the saga was cancelled"
-                if call.step._self_compensate_on_timeout:
+                if call.spec.compensate_on_timeout:
                     done.append((record, call, None))
             driver.close()
             run.error = "CancelledError: the saga was cancelled"
@@ -399,9 +398,9 @@ class SagaOrchestrator:
     def _replayed(self, run: SagaRun, index: int, call: StepCall[Any], done: list[_Done]) -> Any:
         """Match a replayed step against the log and return its recorded result."""
         record = run.steps[index]
-        if record.name != call.step._self_name:
+        if record.name != call.spec.name:
             raise NonDeterminismError(
-                f"saga {run.name!r} ({run.id}) yielded step {call.step._self_name!r} at index "
+                f"saga {run.name!r} ({run.id}) yielded step {call.spec.name!r} at index "
                 f"{index}, but its log records {record.name!r}: the saga's code changed since "
                 "this run started; finish or resolve it with the code it started with"
             )
@@ -420,14 +419,12 @@ class SagaOrchestrator:
         done: list[_Done],
     ) -> None:
         """Mark a step failed for good; queue it for compensation if its options say so."""
-        step = call.step
+        spec = call.spec
         timed_out = isinstance(failure, StepTimeout)
         record.status = _STEP_TIMED_OUT if timed_out else _STEP_FAILED
         record.duration = now() - started
         record.error = describe_error(error or failure)
-        undo_self = (
-            step._self_compensate_on_timeout if timed_out else step._self_compensate_on_failure
-        )
+        undo_self = spec.compensate_on_timeout if timed_out else spec.compensate_on_failure
         if undo_self:
             done.append((record, call, None))
 
@@ -521,14 +518,15 @@ class SagaOrchestrator:
             while done:
                 step_record, call, result = done[-1]
                 step = call.step
-                compensation = step._self_compensation
+                spec = call.spec
+                compensation = spec.compensation
                 if compensation is None:
                     done.pop()
                     continue
                 record = StepRun(step_record.index, step_record.name, compensation=True)
                 run.compensations.append(record)
                 run.step = record
-                timeout = step._self_compensation_timeout or step._self_timeout
+                timeout = spec.compensation_timeout
                 attempt = 0
                 while True:
                     attempt += 1
@@ -547,15 +545,13 @@ class SagaOrchestrator:
                             watchdog.wake_at(deadline)
                         try:
                             args = call.args
-                            missing = step._self_arity - len(args)
-                            if step._self_plain_compensation and not call.kwargs:
+                            missing = spec.arity - len(args)
+                            if spec.plain_compensation and not call.kwargs:
                                 if missing == 0:
                                     value = await compensation(*args)
-                                elif 0 < missing <= len(step._self_defaults):
+                                elif 0 < missing <= len(spec.defaults):
                                     # Only trailing defaults left out: pass the step's.
-                                    value = await compensation(
-                                        *args, *step._self_defaults[-missing:]
-                                    )
+                                    value = await compensation(*args, *spec.defaults[-missing:])
                                 else:
                                     value = await call.compensation_call(result)  # type: ignore[misc]
                             else:
@@ -596,7 +592,7 @@ class SagaOrchestrator:
                         if isinstance(fault, SimulatedCrash):
                             raise fault
                         error = fault  # type: ignore[assignment]
-                    policy = step._self_compensation_retry or self._compensation_retry
+                    policy = spec.compensation_retry or self._compensation_retry
                     assert error is not None
                     if attempt < policy.attempts and policy.retries(error):
                         await self._emit(
@@ -613,9 +609,7 @@ class SagaOrchestrator:
                     uncompensated.append(record.name)
                     if not self._continue:
                         uncompensated.extend(
-                            r.name
-                            for r, c, _ in reversed(done)
-                            if c.step._self_compensation is not None
+                            r.name for r, c, _ in reversed(done) if c.spec.compensation is not None
                         )
                         done.clear()
                     continue

@@ -126,7 +126,7 @@ def _replay(
                     f"replay, but its log records step {logged.index} {logged.name!r}: the "
                     "saga's code changed since this run started"
                 ) from None
-            name = call.step._self_name if isinstance(call, StepCall) else repr(call)
+            name = call.spec.name if isinstance(call, StepCall) else repr(call)
             if name != logged.name:
                 raise NonDeterminismError(
                     f"saga {orphan.name!r} ({orphan.saga_id}) yielded step {name!r} at index "
@@ -220,9 +220,9 @@ async def _recover_one(
         # options say so (an interrupted step's effect is unknown, like a timeout).
         step = calls[len(done)].step
         if stopped.status is StepStatus.FAILED:
-            wanted = step._self_compensate_on_failure
+            wanted = step.compensate_on_failure
         else:
-            wanted = step._self_compensate_on_timeout
+            wanted = step.compensate_on_timeout
         record = StepRun(stopped.index, stopped.name)
         interrupted = stopped.status is StepStatus.RUNNING
         record.status = StepStatus.FAILED if interrupted else stopped.status

@@ -26,6 +26,50 @@ _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_O
 _RESULT = object()
 
 
+class StepSpec:
+    """A step's options and call shape, in plain slots.
+
+    The orchestrator reads these once or more per step; reading them off the
+    :class:`Step` proxy itself costs several times as much.
+    """
+
+    __slots__ = (
+        "arity",
+        "compensate_on_failure",
+        "compensate_on_timeout",
+        "compensation",
+        "compensation_retry",
+        "compensation_takes_result",
+        "compensation_timeout",
+        "defaults",
+        "fn",
+        "has_defaults",
+        "is_method",
+        "name",
+        "plain_compensation",
+        "retry",
+        "signature",
+        "timeout",
+    )
+
+    name: str
+    fn: Callable[..., Coroutine[Any, Any, Any]]
+    timeout: float
+    retry: Retry
+    compensation: Callable[..., Coroutine[Any, Any, Any]] | None
+    compensation_takes_result: bool
+    compensation_retry: Retry | None
+    compensation_timeout: float  # the step's timeout unless given
+    compensate_on_timeout: bool
+    compensate_on_failure: bool
+    signature: inspect.Signature
+    is_method: bool
+    plain_compensation: bool  # callable as compensation(*args) once args are complete
+    has_defaults: bool
+    arity: int  # positional parameters, when they are all the parameters; else -1
+    defaults: tuple[Any, ...]  # the defaults of the trailing positional parameters
+
+
 class StepCall(Generic[R_co]):
     """A step together with the arguments it was called with; nothing has run yet.
 
@@ -33,7 +77,7 @@ class StepCall(Generic[R_co]):
     run the step on its own, under its timeout and retry policy.
     """
 
-    __slots__ = ("args", "fn", "instance", "kwargs", "step")
+    __slots__ = ("args", "fn", "instance", "kwargs", "spec", "step")
 
     def __init__(
         self,
@@ -44,6 +88,7 @@ class StepCall(Generic[R_co]):
         kwargs: dict[str, Any],
     ) -> None:
         self.step = step
+        self.spec = step._self_spec
         self.fn = fn
         self.instance = instance
         self.args = args
@@ -52,31 +97,31 @@ class StepCall(Generic[R_co]):
     @property
     def name(self) -> str:
         """The step's name."""
-        return self.step.name
+        return self.spec.name
 
     def compensation_call(self, result: Any) -> Coroutine[Any, Any, Any] | None:
         """Start the compensation of this call (``None`` when the step has none)."""
-        step = self.step
-        compensation = step._self_compensation
+        spec = self.spec
+        compensation = spec.compensation
         if compensation is None:
             return None
         args, kwargs = self.args, self.kwargs
-        if self.instance is not None and step._self_is_method:
+        if self.instance is not None and spec.is_method:
             args = (self.instance, *args)
-        arity = step._self_arity
-        if kwargs or (step._self_has_defaults and len(args) != arity):
-            defaults = step._self_defaults
+        arity = spec.arity
+        if kwargs or (spec.has_defaults and len(args) != arity):
+            defaults = spec.defaults
             if not kwargs and arity >= 0 and arity - len(defaults) <= len(args) < arity:
                 # Only trailing defaults left out: add them (cheaper than binding).
                 args = (*args, *defaults[len(args) - arity :])
             else:
                 # Normalise: the compensation may name its parameters differently, and
                 # gets the step's defaults for the arguments the call left out.
-                bound = step._self_signature.bind(*args, **kwargs)
+                bound = spec.signature.bind(*args, **kwargs)
                 bound.apply_defaults()
                 args, kwargs = bound.args, bound.kwargs
-        if step._self_compensation_takes_result:
-            if args and step._self_is_method:
+        if spec.compensation_takes_result:
+            if args and spec.is_method:
                 return compensation(args[0], result, *args[1:], **kwargs)
             return compensation(result, *args, **kwargs)
         return compensation(*args, **kwargs)
@@ -126,21 +171,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
     kept. Options live on the step; per-run state never does.
     """
 
-    _self_name: str
-    _self_timeout: float
-    _self_retry: Retry
-    _self_compensation: Callable[..., Coroutine[Any, Any, Any]] | None
-    _self_compensation_takes_result: bool
-    _self_compensation_retry: Retry | None
-    _self_compensation_timeout: float | None
-    _self_compensate_on_timeout: bool
-    _self_compensate_on_failure: bool
-    _self_signature: inspect.Signature
-    _self_is_method: bool
-    _self_plain_compensation: bool  # callable as compensation(*args) once args are complete
-    _self_has_defaults: bool
-    _self_arity: int  # positional parameters, when they are all the parameters; else -1
-    _self_defaults: tuple[Any, ...]  # the defaults of the trailing positional parameters
+    _self_spec: StepSpec
 
     def __init__(
         self,
@@ -176,39 +207,43 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
             name = fn.__name__
         if not isinstance(name, str) or not name:
             raise SagaDefinitionError(f"@step(name=...) must be a non-empty string, got {name!r}")
-        self._self_name = name
-        self._self_timeout = check_seconds(timeout, f"@step(timeout=...) of {name!r}")
-        self._self_retry = _as_retry(retry, f"@step(retry=...) of {name!r}") or NO_RETRY
-        self._self_compensation_retry = _as_retry(
+        spec = StepSpec()
+        spec.name = name
+        spec.fn = fn
+        spec.timeout = check_seconds(timeout, f"@step(timeout=...) of {name!r}")
+        spec.retry = _as_retry(retry, f"@step(retry=...) of {name!r}") or NO_RETRY
+        spec.compensation_retry = _as_retry(
             compensation_retry, f"@step(compensation_retry=...) of {name!r}"
         )
-        self._self_compensation_timeout = (
-            None
+        spec.compensation_timeout = (
+            spec.timeout
             if compensation_timeout is None
             else check_seconds(compensation_timeout, f"@step(compensation_timeout=...) of {name!r}")
         )
-        self._self_compensate_on_timeout = bool(compensate_on_timeout)
-        self._self_compensate_on_failure = bool(compensate_on_failure)
-        self._self_compensation = None
-        self._self_compensation_takes_result = False
-        self._self_plain_compensation = False
-        self._self_signature = inspect.signature(fn)
-        first = next(iter(self._self_signature.parameters), None)
-        self._self_is_method = first in ("self", "cls")
-        parameters = self._self_signature.parameters.values()
-        self._self_has_defaults = any(p.default is not p.empty for p in parameters)
+        spec.compensate_on_timeout = bool(compensate_on_timeout)
+        spec.compensate_on_failure = bool(compensate_on_failure)
+        spec.compensation = None
+        spec.compensation_takes_result = False
+        spec.plain_compensation = False
+        spec.signature = inspect.signature(fn)
+        first = next(iter(spec.signature.parameters), None)
+        spec.is_method = first in ("self", "cls")
+        parameters = spec.signature.parameters.values()
+        spec.has_defaults = any(p.default is not p.empty for p in parameters)
         positional = sum(1 for p in parameters if p.kind in _POSITIONAL)
-        self._self_arity = positional if positional == len(parameters) else -1
-        self._self_defaults = tuple(
+        spec.arity = positional if positional == len(parameters) else -1
+        spec.defaults = tuple(
             p.default for p in parameters if p.kind in _POSITIONAL and p.default is not p.empty
         )
+        self._self_spec = spec
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> StepCall[R]:
         # Unbound calls build the StepCall directly (twice as fast as going through
         # the wrapper); bound method calls go through wrapt, which calls ``make_call``.
         call: StepCall[R] = _new_call(StepCall)  # no __init__ frame: this is per step
         call.step = self
-        call.fn = self.__wrapped__  # type: ignore[assignment]
+        call.spec = spec = self._self_spec
+        call.fn = spec.fn
         call.instance = None
         call.args = args
         call.kwargs = kwargs
@@ -217,47 +252,47 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
     @property
     def name(self) -> str:
         """The name the step is recorded under (the function name unless given)."""
-        return self._self_name
+        return self._self_spec.name
 
     @property
     def timeout(self) -> float:
         """Seconds each attempt may take."""
-        return self._self_timeout
+        return self._self_spec.timeout
 
     @property
     def retry(self) -> Retry:
         """The retry policy of the step (one attempt unless given)."""
-        return self._self_retry
+        return self._self_spec.retry
 
     @property
     def compensation(self) -> Callable[..., Awaitable[Any]] | None:
         """The compensation registered with ``@<step>.compensate``, if any."""
-        return self._self_compensation
+        return self._self_spec.compensation
 
     @property
     def compensation_takes_result(self) -> bool:
         """Whether the compensation receives the step's result before its arguments."""
-        return self._self_compensation_takes_result
+        return self._self_spec.compensation_takes_result
 
     @property
     def compensation_retry(self) -> Retry | None:
         """The step's own compensation retry policy (``None``: the orchestrator's)."""
-        return self._self_compensation_retry
+        return self._self_spec.compensation_retry
 
     @property
     def compensation_timeout(self) -> float:
         """Seconds each compensation attempt may take (the step's timeout unless given)."""
-        return self._self_compensation_timeout or self._self_timeout
+        return self._self_spec.compensation_timeout
 
     @property
     def compensate_on_timeout(self) -> bool:
         """Whether a timed-out step is compensated itself (its effect is unknown)."""
-        return self._self_compensate_on_timeout
+        return self._self_spec.compensate_on_timeout
 
     @property
     def compensate_on_failure(self) -> bool:
         """Whether a step that raised is compensated itself."""
-        return self._self_compensate_on_failure
+        return self._self_spec.compensate_on_failure
 
     @overload
     def compensate(
@@ -270,10 +305,11 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
 
         ``fn`` takes the step's arguments, or the step's result followed by them.
         """
-        if self._self_compensation is not None:
+        spec = self._self_spec
+        if spec.compensation is not None:
             raise CompensationAlreadySetError(
                 f"step {self.name!r} already has the compensation "
-                f"{self._self_compensation.__qualname__!r}; a step has at most one — "
+                f"{spec.compensation.__qualname__!r}; a step has at most one — "
                 f"remove one of the @{self.name}.compensate declarations"
             )
         if not inspect.iscoroutinefunction(fn):
@@ -282,11 +318,9 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
                 f"the compensation of step {self.name!r} must be an 'async def', "
                 f"but {what} is not a coroutine function"
             )
-        self._self_compensation_takes_result = _takes_result(self, fn)
-        self._self_plain_compensation = not (
-            self._self_compensation_takes_result or self._self_is_method
-        )
-        self._self_compensation = fn
+        spec.compensation_takes_result = _takes_result(self, fn)
+        spec.plain_compensation = not (spec.compensation_takes_result or spec.is_method)
+        spec.compensation = fn
         return fn
 
     def __repr__(self) -> str:
@@ -305,10 +339,11 @@ def _as_retry(value: Retry | int | None, what: str) -> Retry | None:
 
 def _takes_result(step: Step[Any, Any], fn: Callable[..., Any]) -> bool:
     """Decide which form ``fn`` has, or raise when it cannot take the step's arguments."""
-    params = list(step._self_signature.parameters.values())
+    spec = step._self_spec
+    params = list(spec.signature.parameters.values())
     positional = [p.name for p in params if p.kind in _POSITIONAL]
     keywords = {p.name: p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    if step._self_is_method and positional:
+    if spec.is_method and positional:
         with_result = [positional[0], _RESULT, *positional[1:]]
     else:
         with_result = [_RESULT, *positional]
@@ -402,4 +437,4 @@ def step(
     return Step(fn)
 
 
-__all__ = ["DEFAULT_TIMEOUT", "Step", "StepCall", "step"]
+__all__ = ["DEFAULT_TIMEOUT", "Step", "StepCall", "StepSpec", "step"]

@@ -114,7 +114,7 @@ def definition_fingerprint(definition: SagaDefinition) -> str:
     digest = hashlib.sha256(definition.name.encode())
     if steps is not None:
         for call in steps:
-            digest.update(b"\0" + call.step._self_name.encode())
+            digest.update(b"\0" + call.spec.name.encode())
     elif code is not None:
         digest.update(code.co_code)
         digest.update(repr(code.co_names).encode())

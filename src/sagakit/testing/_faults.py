@@ -61,7 +61,7 @@ class _Rule:
             return False
         target = self.target
         if isinstance(target, str):
-            if step._self_name != target:
+            if step.name != target:
                 return False
         elif step is not target:
             return False
@@ -238,14 +238,14 @@ class FaultInjector:
                     self._rules.remove(rule)  # a process dies once
                     crash = fault if isinstance(fault, SimulatedCrash) else fault.crash
                     self.fired.append(
-                        FiredFault(step._self_name, _running_index(), attempt, compensation, crash)
+                        FiredFault(step.name, _running_index(), attempt, compensation, crash)
                     )
                     return fault
                 if isinstance(fault, type):
                     what = "compensation of step" if compensation else "step"
-                    fault = fault(f"injected into {what} {step._self_name!r}, attempt {attempt}")
+                    fault = fault(f"injected into {what} {step.name!r}, attempt {attempt}")
                 self.fired.append(
-                    FiredFault(step._self_name, _running_index(), attempt, compensation, fault)
+                    FiredFault(step.name, _running_index(), attempt, compensation, fault)
                 )
                 return fault
         return None

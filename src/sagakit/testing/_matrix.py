@@ -87,7 +87,7 @@ class _StepSpy:
 
 
 def _label(index: int, step: Step[Any, Any]) -> str:
-    return f"{index}:{step._self_name}"
+    return f"{index}:{step.name}"
 
 
 def _expected(steps: list[Step[Any, Any]], index: int, mode: FaultMode) -> tuple[str, ...]:
@@ -164,7 +164,7 @@ async def _run_case(
         problems.append("trail:\n" + run.describe(indent="      "))
     return FaultCase(
         index,
-        steps[index]._self_name,
+        steps[index].name,
         mode,
         tuple(label.partition(":")[2] for label in expected),
         tuple(label.partition(":")[2] for label in compensated),
@@ -233,7 +233,7 @@ async def run_fault_matrix(
     finally:
         if own:
             await orchestrator.close()
-    report = FaultMatrixReport(definition.name, tuple(s._self_name for s in steps), tuple(cases))
+    report = FaultMatrixReport(definition.name, tuple(s.name for s in steps), tuple(cases))
     if check and not report.ok:
         raise AssertionError(str(report))
     return report
