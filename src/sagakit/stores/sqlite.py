@@ -15,11 +15,10 @@ import os
 import sqlite3
 import time
 from collections.abc import Collection
-from datetime import UTC, datetime
 from types import CodeType
 from typing import TYPE_CHECKING, Any
 
-from .._runs import describe_error, events_of
+from .._runs import describe_error
 from .._serialization import JsonSerializer
 from ..exceptions import (
     SagaAlreadyExecuting,
@@ -28,13 +27,24 @@ from ..exceptions import (
     SerializationError,
     StoreError,
 )
-from ..records import SagaMetadata, StepRecord
-from ..status import SagaStatus, StepStatus
+from ..records import SagaMetadata
+from ..status import SagaStatus
 from ..transitions import TransitionKind
-from ._protocol import DeadLetter, LoggedStep, OrphanedSaga, StoredEvent
-from ._records import lenient, saga_metadata
+from ._protocol import DeadLetter, OrphanedSaga, StoredEvent
 from ._sqlite_owner import current_owner, owner_alive
+from ._sqlite_rows import decode_orphan, load_metadata, load_orphan_rows, when
 from ._sqlite_schema import Synchronous, check_file, connect, prepare
+from ._sqlite_sql import (
+    COMPENSATING,
+    END_STEP,
+    EXECUTING,
+    FINISHED,
+    INSERT_EVENT,
+    INSERT_SAGA,
+    RETRY_STEP,
+    SAGA_ERROR,
+    UPSERT_STEP,
+)
 from ._sqlite_writer import GroupWriter, Job, Statements
 
 if TYPE_CHECKING:
@@ -45,26 +55,6 @@ if TYPE_CHECKING:
 DEFAULT_BUSY_TIMEOUT = 5.0
 
 logger = logging.getLogger("sagakit")
-
-_SAGA_COLUMNS = (
-    "id, name, status, steps_executed, total_steps, started_at, updated_at, finished_at, error"
-)
-_STEP_COLUMNS = "idx, name, status, attempts, duration, error, result, compensation"
-
-_UPSERT_STEP = (
-    "INSERT INTO sagakit_steps (saga_id, compensation, idx, name, status, attempts, started_at) "
-    "VALUES (?, ?, ?, ?, 'running', ?, ?) ON CONFLICT (saga_id, compensation, idx) DO UPDATE "
-    "SET status = 'running', attempts = excluded.attempts, error = NULL, "
-    "started_at = excluded.started_at"
-)
-_END_STEP = (
-    "UPDATE sagakit_steps SET status = ?, attempts = ?, duration = ?, error = ?, result = ? "
-    "WHERE saga_id = ? AND compensation = ? AND idx = ?"
-)
-_RETRY_STEP = (
-    "UPDATE sagakit_steps SET attempts = ?, error = ? "
-    "WHERE saga_id = ? AND compensation = ? AND idx = ?"
-)
 
 # Enum members as module globals: on Python 3.11 reading one off its class costs
 # ~0.2 µs (a descriptor call), several times per step on the hot path.
@@ -79,23 +69,6 @@ _ON_STEP_FAILED = TransitionKind.STEP_FAILED
 _ON_STEP_RETRYING = TransitionKind.STEP_RETRYING
 _ON_STEP_STARTED = TransitionKind.STEP_STARTED
 _ON_STEP_TIMED_OUT = TransitionKind.STEP_TIMED_OUT
-_INSERT_EVENT = (
-    "INSERT INTO sagakit_events (saga_id, saga_name, step_index, step_name, compensation, "
-    "data, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_COMPENSATING = "UPDATE sagakit_sagas SET status = 'compensating', updated_at = ? WHERE id = ?"
-_EXECUTING = "UPDATE sagakit_sagas SET status = 'executing', updated_at = ? WHERE id = ?"
-_SAGA_ERROR = "UPDATE sagakit_sagas SET error = coalesce(error, ?), updated_at = ? WHERE id = ?"
-_FINISHED = (
-    "UPDATE sagakit_sagas SET status = ?, error = ?, steps_executed = ?, "
-    "total_steps = coalesce(?, total_steps), finished_at = ?, updated_at = ?, "
-    "owner = NULL WHERE id = ?"
-)
-_INSERT_SAGA = (
-    "INSERT INTO sagakit_sagas (id, name, status, explicit, factory, policy, fingerprint, "
-    "arguments, owner, total_steps, started_at, updated_at) "
-    "VALUES (?, ?, 'executing', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 
 
 _FINGERPRINTS: dict[tuple[str, CodeType], str] = {}
@@ -126,10 +99,6 @@ def definition_fingerprint(definition: SagaDefinition) -> str:
 
 def _error_text(error: BaseException | None) -> str | None:
     return None if error is None else describe_error(error)
-
-
-def _when(stamp: float | None) -> datetime | None:
-    return None if stamp is None else datetime.fromtimestamp(stamp, UTC)
 
 
 class SQLiteStore:
@@ -254,19 +223,19 @@ class SQLiteStore:
                 if status in ("executing", "compensating"):
                     return ("running", None)
                 if status == "completed":
-                    return ("completed", _load_metadata(conn, saga_id, self.serializer))
+                    return ("completed", load_metadata(conn, saga_id, self.serializer))
                 if status == "failed" and not resolved:
                     return ("failed", None)
                 conn.execute("DELETE FROM sagakit_steps WHERE saga_id = ?", (saga_id,))
                 conn.execute("DELETE FROM sagakit_sagas WHERE id = ?", (saga_id,))
-            conn.execute(_INSERT_SAGA, values)
+            conn.execute(INSERT_SAGA, values)
             return ("new", None)
 
         self._live.add(saga_id)
         if not run.explicit_id:
             # A fresh id: nothing to check, and nothing acts before the first step
             # starts, so the row is staged and commits with that step's start.
-            self._staged[saga_id] = [(_INSERT_SAGA, values)]
+            self._staged[saga_id] = [(INSERT_SAGA, values)]
             return None
         try:
             outcome, earlier = await self._write(job)
@@ -312,17 +281,17 @@ class SQLiteStore:
         saga_id = run.id
         now = time.time()
         if kind is _ON_STEP_STARTED:
-            return [(_UPSERT_STEP, (saga_id, 0, t.step_index, t.step_name, t.attempt, now))]
+            return [(UPSERT_STEP, (saga_id, 0, t.step_index, t.step_name, t.attempt, now))]
         if kind is _ON_STEP_COMPLETED or kind is _ON_COMPENSATION_COMPLETED:
             return self._completion(run, t, now)
         if kind is _ON_COMPENSATION_STARTED:
             return [
-                (_UPSERT_STEP, (saga_id, 1, t.step_index, t.step_name, t.attempt, now)),
-                (_COMPENSATING, (now, saga_id)),
+                (UPSERT_STEP, (saga_id, 1, t.step_index, t.step_name, t.attempt, now)),
+                (COMPENSATING, (now, saga_id)),
             ]
         if kind is _ON_STEP_RETRYING or kind is _ON_COMPENSATION_RETRYING:
             comp = int(kind is _ON_COMPENSATION_RETRYING)
-            return [(_RETRY_STEP, (t.attempt, _error_text(t.error), saga_id, comp, t.step_index))]
+            return [(RETRY_STEP, (t.attempt, _error_text(t.error), saga_id, comp, t.step_index))]
         if kind in (
             _ON_STEP_FAILED,
             _ON_STEP_TIMED_OUT,
@@ -334,15 +303,15 @@ class SQLiteStore:
             described = _error_text(t.error)
             return [
                 (
-                    _END_STEP,
+                    END_STEP,
                     (status, t.attempt, t.duration, described, None, saga_id, comp, t.step_index),
                 ),
-                (_SAGA_ERROR, (described, now, saga_id)),
+                (SAGA_ERROR, (described, now, saga_id)),
             ]
         if kind is _ON_SAGA_STARTED:
             if saga_id not in self._claimed:
                 return None  # begin() wrote the row in its own transaction
-            return [(_EXECUTING, (now, saga_id))]
+            return [(EXECUTING, (now, saga_id))]
         if kind is _ON_SAGA_FINISHED:
             final = (
                 str(run.status),
@@ -353,7 +322,7 @@ class SQLiteStore:
                 now,
                 saga_id,
             )
-            return [(_FINISHED, final)]
+            return [(FINISHED, final)]
         return None  # pragma: no cover - every kind is handled above
 
     def _completion(self, run: SagaRun, t: Transition, now: float) -> Statements:
@@ -382,13 +351,13 @@ class SQLiteStore:
             logger.error("sagakit: saga %s (%s): %s", run.name, run.id, note)
         statements: list[tuple[str, tuple[Any, ...]]] = [
             (
-                _END_STEP,
+                END_STEP,
                 ("completed", t.attempt, t.duration, note, result, run.id, comp, t.step_index),
             )
         ]
         for text in texts:
             statements.append(
-                (_INSERT_EVENT, (run.id, run.name, t.step_index, t.step_name, comp, text, now))
+                (INSERT_EVENT, (run.id, run.name, t.step_index, t.step_name, comp, text, now))
             )
         return statements
 
@@ -405,7 +374,7 @@ class SQLiteStore:
 
     async def get(self, saga_id: str) -> SagaMetadata | None:
         serializer = self.serializer
-        return await self._writer.read(lambda conn: _load_metadata(conn, saga_id, serializer))
+        return await self._writer.read(lambda conn: load_metadata(conn, saga_id, serializer))
 
     async def running(self) -> list[SagaMetadata]:
         return await self._list(
@@ -437,7 +406,7 @@ class SQLiteStore:
 
         def read(conn: sqlite3.Connection) -> list[SagaMetadata]:
             ids = [row[0] for row in conn.execute(f"SELECT id FROM sagakit_sagas {where}", params)]
-            found = (_load_metadata(conn, saga_id, serializer) for saga_id in ids)
+            found = (load_metadata(conn, saga_id, serializer) for saga_id in ids)
             return [meta for meta in found if meta is not None]
 
         return await self._writer.read(read)
@@ -500,14 +469,14 @@ class SQLiteStore:
                     "UPDATE sagakit_sagas SET owner = ?, recovery_attempts = ? WHERE id = ?",
                     (owner, attempts + 1, saga_id),
                 )
-                claimed.append(_load_orphan_rows(conn, saga_id))
+                claimed.append(load_orphan_rows(conn, saga_id))
             return claimed
 
         raw = await self._writer.submit(job, alone=False)
         orphans: list[OrphanedSaga] = []
         for rows in raw:
             try:
-                orphan = self._decode_orphan(rows)
+                orphan = decode_orphan(rows, self.serializer)
             except SerializationError as error:
                 await self.dead_letter(rows[0][0], f"its log cannot be read back: {error}")
                 continue
@@ -516,56 +485,6 @@ class SQLiteStore:
             self._live.add(orphan.saga_id)
             orphans.append(orphan)
         return orphans
-
-    def _decode_orphan(self, rows: tuple[Any, ...]) -> OrphanedSaga:
-        saga, steps = rows
-        (
-            saga_id,
-            name,
-            status,
-            explicit,
-            factory,
-            policy,
-            fingerprint,
-            arguments,
-            attempts,
-            error,
-            started_at,
-        ) = saga
-        args, kwargs = self.serializer.loads(arguments)
-        forward: list[LoggedStep] = []
-        compensations: list[LoggedStep] = []
-        for idx, step_name, step_status, tries, duration, step_error, result, comp in steps:
-            value = None if result is None else self.serializer.loads(result)
-            logged = LoggedStep(
-                index=idx,
-                name=step_name,
-                status=StepStatus(step_status),
-                attempts=tries,
-                result=value,
-                events=tuple(events_of(value)) if step_status == "completed" else (),
-                error=step_error,
-                duration=duration,
-                compensation=bool(comp),
-            )
-            (compensations if comp else forward).append(logged)
-        forward.sort(key=lambda logged: logged.index)
-        return OrphanedSaga(
-            saga_id=saga_id,
-            name=name,
-            status=SagaStatus(status),
-            args=tuple(args),
-            kwargs=dict(kwargs),
-            policy=policy,
-            steps=tuple(forward),
-            compensations=tuple(compensations),
-            recovery_attempts=attempts,
-            explicit_id=bool(explicit),
-            factory=bool(factory),
-            fingerprint=fingerprint,
-            error=error,
-            started_at=_when(started_at),
-        )
 
     async def dead_letter(self, saga_id: str, reason: str) -> None:
         now = time.time()
@@ -589,7 +508,7 @@ class SQLiteStore:
                 "ORDER BY parked_at"
             ).fetchall()
             return [
-                DeadLetter(row[0], row[1], SagaStatus(row[2]), row[3], row[4], _when(row[5]))
+                DeadLetter(row[0], row[1], SagaStatus(row[2]), row[3], row[4], when(row[5]))
                 for row in rows
             ]
 
@@ -684,82 +603,13 @@ class SQLiteStore:
                 raise SerializationError(f"event #{position} of saga {sid!r}: {error}") from error
             events.append(
                 StoredEvent(
-                    position, sid, name, index, step_name, bool(comp), event, _when(recorded)
+                    position, sid, name, index, step_name, bool(comp), event, when(recorded)
                 )
             )
         return events
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path!r} synchronous={self.synchronous}>"
-
-
-# ---------------------------------------------------------------------- loading
-
-
-def _load_metadata(
-    conn: sqlite3.Connection, saga_id: str, serializer: JsonSerializer
-) -> SagaMetadata | None:
-    row = conn.execute(
-        f"SELECT {_SAGA_COLUMNS} FROM sagakit_sagas WHERE id = ?", (saga_id,)
-    ).fetchone()
-    if row is None:
-        return None
-    sid, name, status, _, total, started, updated, finished, error = row
-    records: list[StepRecord] = []
-    for (
-        idx,
-        step_name,
-        step_status,
-        attempts,
-        duration,
-        step_error,
-        result,
-        comp,
-        step_started,
-    ) in conn.execute(
-        f"SELECT {_STEP_COLUMNS}, started_at FROM sagakit_steps WHERE saga_id = ? "
-        "ORDER BY compensation, started_at, idx",
-        (saga_id,),
-    ):
-        updated = max(updated, step_started)
-        completed = step_status == "completed"
-        records.append(
-            StepRecord(
-                index=idx,
-                name=step_name,
-                status=StepStatus(step_status),
-                attempts=attempts,
-                duration=duration,
-                error=step_error,
-                events=tuple(events_of(lenient(serializer, result))) if completed else (),
-                compensation=bool(comp),
-            )
-        )
-    return saga_metadata(
-        saga_id=sid,
-        name=name,
-        status=status,
-        total_steps=total,
-        started_at=_when(started),
-        updated_at=_when(updated),
-        finished_at=_when(finished),
-        error=error,
-        records=records,
-    )
-
-
-def _load_orphan_rows(conn: sqlite3.Connection, saga_id: str) -> tuple[Any, ...]:
-    saga = conn.execute(
-        "SELECT id, name, status, explicit, factory, policy, fingerprint, arguments, "
-        "recovery_attempts, error, started_at FROM sagakit_sagas WHERE id = ?",
-        (saga_id,),
-    ).fetchone()
-    steps = conn.execute(
-        f"SELECT {_STEP_COLUMNS} FROM sagakit_steps WHERE saga_id = ? "
-        "ORDER BY compensation, started_at, idx",
-        (saga_id,),
-    ).fetchall()
-    return (saga, steps)
 
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLiteStore", "definition_fingerprint"]

@@ -1,0 +1,129 @@
+"""Loading SQLite saga-log rows and turning them back into sagakit records."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from typing import Any
+
+from .._runs import events_of
+from .._serialization import JsonSerializer
+from ..records import SagaMetadata, StepRecord
+from ..status import SagaStatus, StepStatus
+from ._protocol import LoggedStep, OrphanedSaga
+from ._records import lenient, saga_metadata
+from ._sqlite_sql import SELECT_ORPHAN, SELECT_ORPHAN_STEPS, SELECT_SAGA, SELECT_STEPS
+
+
+def when(stamp: float | None) -> datetime | None:
+    """A stored Unix time as a UTC datetime."""
+    return None if stamp is None else datetime.fromtimestamp(stamp, UTC)
+
+
+def load_metadata(
+    conn: sqlite3.Connection, saga_id: str, serializer: JsonSerializer
+) -> SagaMetadata | None:
+    """The :class:`SagaMetadata` of ``saga_id`` (``None``: not in the log)."""
+    row = conn.execute(SELECT_SAGA, (saga_id,)).fetchone()
+    if row is None:
+        return None
+    sid, name, status, _, total, started, updated, finished, error = row
+    records: list[StepRecord] = []
+    for (
+        idx,
+        step_name,
+        step_status,
+        attempts,
+        duration,
+        step_error,
+        result,
+        comp,
+        step_started,
+    ) in conn.execute(SELECT_STEPS, (saga_id,)):
+        updated = max(updated, step_started)
+        completed = step_status == "completed"
+        records.append(
+            StepRecord(
+                index=idx,
+                name=step_name,
+                status=StepStatus(step_status),
+                attempts=attempts,
+                duration=duration,
+                error=step_error,
+                events=tuple(events_of(lenient(serializer, result))) if completed else (),
+                compensation=bool(comp),
+            )
+        )
+    return saga_metadata(
+        saga_id=sid,
+        name=name,
+        status=status,
+        total_steps=total,
+        started_at=when(started),
+        updated_at=when(updated),
+        finished_at=when(finished),
+        error=error,
+        records=records,
+    )
+
+
+def load_orphan_rows(conn: sqlite3.Connection, saga_id: str) -> tuple[Any, ...]:
+    """The saga row and step rows :func:`decode_orphan` decodes (read while claiming)."""
+    saga = conn.execute(SELECT_ORPHAN, (saga_id,)).fetchone()
+    steps = conn.execute(SELECT_ORPHAN_STEPS, (saga_id,)).fetchall()
+    return (saga, steps)
+
+
+def decode_orphan(rows: tuple[Any, ...], serializer: JsonSerializer) -> OrphanedSaga:
+    """An :class:`OrphanedSaga` from claimed rows; raises :class:`SerializationError`."""
+    saga, steps = rows
+    (
+        saga_id,
+        name,
+        status,
+        explicit,
+        factory,
+        policy,
+        fingerprint,
+        arguments,
+        attempts,
+        error,
+        started_at,
+    ) = saga
+    args, kwargs = serializer.loads(arguments)
+    forward: list[LoggedStep] = []
+    compensations: list[LoggedStep] = []
+    for idx, step_name, step_status, tries, duration, step_error, result, comp in steps:
+        value = None if result is None else serializer.loads(result)
+        logged = LoggedStep(
+            index=idx,
+            name=step_name,
+            status=StepStatus(step_status),
+            attempts=tries,
+            result=value,
+            events=tuple(events_of(value)) if step_status == "completed" else (),
+            error=step_error,
+            duration=duration,
+            compensation=bool(comp),
+        )
+        (compensations if comp else forward).append(logged)
+    forward.sort(key=lambda logged: logged.index)
+    return OrphanedSaga(
+        saga_id=saga_id,
+        name=name,
+        status=SagaStatus(status),
+        args=tuple(args),
+        kwargs=dict(kwargs),
+        policy=policy,
+        steps=tuple(forward),
+        compensations=tuple(compensations),
+        recovery_attempts=attempts,
+        explicit_id=bool(explicit),
+        factory=bool(factory),
+        fingerprint=fingerprint,
+        error=error,
+        started_at=when(started_at),
+    )
+
+
+__all__ = ["decode_orphan", "load_metadata", "load_orphan_rows", "when"]

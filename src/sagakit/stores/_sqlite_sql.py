@@ -1,0 +1,74 @@
+"""The SQL text of the SQLite store: its log writes and the reads that load records."""
+
+from __future__ import annotations
+
+_SAGA_COLUMNS = (
+    "id, name, status, steps_executed, total_steps, started_at, updated_at, finished_at, error"
+)
+_STEP_COLUMNS = "idx, name, status, attempts, duration, error, result, compensation"
+
+# ------------------------------------------------------------------- writes
+
+INSERT_SAGA = (
+    "INSERT INTO sagakit_sagas (id, name, status, explicit, factory, policy, fingerprint, "
+    "arguments, owner, total_steps, started_at, updated_at) "
+    "VALUES (?, ?, 'executing', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+UPSERT_STEP = (
+    "INSERT INTO sagakit_steps (saga_id, compensation, idx, name, status, attempts, started_at) "
+    "VALUES (?, ?, ?, ?, 'running', ?, ?) ON CONFLICT (saga_id, compensation, idx) DO UPDATE "
+    "SET status = 'running', attempts = excluded.attempts, error = NULL, "
+    "started_at = excluded.started_at"
+)
+END_STEP = (
+    "UPDATE sagakit_steps SET status = ?, attempts = ?, duration = ?, error = ?, result = ? "
+    "WHERE saga_id = ? AND compensation = ? AND idx = ?"
+)
+RETRY_STEP = (
+    "UPDATE sagakit_steps SET attempts = ?, error = ? "
+    "WHERE saga_id = ? AND compensation = ? AND idx = ?"
+)
+INSERT_EVENT = (
+    "INSERT INTO sagakit_events (saga_id, saga_name, step_index, step_name, compensation, "
+    "data, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+COMPENSATING = "UPDATE sagakit_sagas SET status = 'compensating', updated_at = ? WHERE id = ?"
+EXECUTING = "UPDATE sagakit_sagas SET status = 'executing', updated_at = ? WHERE id = ?"
+SAGA_ERROR = "UPDATE sagakit_sagas SET error = coalesce(error, ?), updated_at = ? WHERE id = ?"
+FINISHED = (
+    "UPDATE sagakit_sagas SET status = ?, error = ?, steps_executed = ?, "
+    "total_steps = coalesce(?, total_steps), finished_at = ?, updated_at = ?, "
+    "owner = NULL WHERE id = ?"
+)
+
+# -------------------------------------------------------------------- reads
+
+SELECT_SAGA = f"SELECT {_SAGA_COLUMNS} FROM sagakit_sagas WHERE id = ?"
+SELECT_STEPS = (
+    f"SELECT {_STEP_COLUMNS}, started_at FROM sagakit_steps WHERE saga_id = ? "
+    "ORDER BY compensation, started_at, idx"
+)
+SELECT_ORPHAN = (
+    "SELECT id, name, status, explicit, factory, policy, fingerprint, arguments, "
+    "recovery_attempts, error, started_at FROM sagakit_sagas WHERE id = ?"
+)
+SELECT_ORPHAN_STEPS = (
+    f"SELECT {_STEP_COLUMNS} FROM sagakit_steps WHERE saga_id = ? "
+    "ORDER BY compensation, started_at, idx"
+)
+
+__all__ = [
+    "COMPENSATING",
+    "END_STEP",
+    "EXECUTING",
+    "FINISHED",
+    "INSERT_EVENT",
+    "INSERT_SAGA",
+    "RETRY_STEP",
+    "SAGA_ERROR",
+    "SELECT_ORPHAN",
+    "SELECT_ORPHAN_STEPS",
+    "SELECT_SAGA",
+    "SELECT_STEPS",
+    "UPSERT_STEP",
+]
