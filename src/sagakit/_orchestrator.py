@@ -523,7 +523,7 @@ class SagaOrchestrator:
                 if compensation is None:
                     done.pop()
                     continue
-                record = StepRun(step_record.index, step_record.name, compensation=True)
+                record = StepRun(step_record.index, step_record.name, True)  # a compensation
                 run.compensations.append(record)
                 run.step = record
                 timeout = spec.compensation_timeout
