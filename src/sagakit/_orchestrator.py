@@ -11,6 +11,28 @@ from typing import Any
 from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout
 from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, SimulatedCrash, active_faults
 from ._ids import new_saga_id
+from ._members import (
+    ON_COMPENSATION_COMPLETED,
+    ON_COMPENSATION_FAILED,
+    ON_COMPENSATION_RETRYING,
+    ON_COMPENSATION_STARTED,
+    ON_SAGA_FINISHED,
+    ON_SAGA_STARTED,
+    ON_STEP_COMPLETED,
+    ON_STEP_FAILED,
+    ON_STEP_RETRYING,
+    ON_STEP_STARTED,
+    ON_STEP_TIMED_OUT,
+    SAGA_COMPENSATED,
+    SAGA_COMPENSATING,
+    SAGA_COMPLETED,
+    SAGA_EXECUTING,
+    SAGA_FAILED,
+    STEP_COMPLETED,
+    STEP_FAILED,
+    STEP_RUNNING,
+    STEP_TIMED_OUT,
+)
 from ._notify import Listener, level_of, logger, tell
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
@@ -28,33 +50,9 @@ from .exceptions import (
     StepTimeout,
 )
 from .records import SagaMetadata
-from .status import SagaStatus, StepStatus
 from .stores import MemoryStore, SagaStore
 from .stores.memory import DEFAULT_HISTORY_LIMIT
 from .transitions import Transition, TransitionKind, make_transition
-
-# Enum members as module globals: on Python 3.11 reading one off its class costs
-# ~0.2 µs (a descriptor call), several times per step on the hot path.
-_SAGA_COMPENSATED = SagaStatus.COMPENSATED
-_SAGA_COMPENSATING = SagaStatus.COMPENSATING
-_SAGA_COMPLETED = SagaStatus.COMPLETED
-_SAGA_EXECUTING = SagaStatus.EXECUTING
-_SAGA_FAILED = SagaStatus.FAILED
-_STEP_COMPLETED = StepStatus.COMPLETED
-_STEP_FAILED = StepStatus.FAILED
-_STEP_RUNNING = StepStatus.RUNNING
-_STEP_TIMED_OUT = StepStatus.TIMED_OUT
-_ON_COMPENSATION_COMPLETED = TransitionKind.COMPENSATION_COMPLETED
-_ON_COMPENSATION_FAILED = TransitionKind.COMPENSATION_FAILED
-_ON_COMPENSATION_RETRYING = TransitionKind.COMPENSATION_RETRYING
-_ON_COMPENSATION_STARTED = TransitionKind.COMPENSATION_STARTED
-_ON_SAGA_FINISHED = TransitionKind.SAGA_FINISHED
-_ON_SAGA_STARTED = TransitionKind.SAGA_STARTED
-_ON_STEP_COMPLETED = TransitionKind.STEP_COMPLETED
-_ON_STEP_FAILED = TransitionKind.STEP_FAILED
-_ON_STEP_RETRYING = TransitionKind.STEP_RETRYING
-_ON_STEP_STARTED = TransitionKind.STEP_STARTED
-_ON_STEP_TIMED_OUT = TransitionKind.STEP_TIMED_OUT
 
 _Done = tuple[StepRun, StepCall[Any], Any]
 
@@ -209,7 +207,7 @@ class SagaOrchestrator:
         value: Any = None
         try:
             if announce:
-                await self._emit(run, _ON_SAGA_STARTED)
+                await self._emit(run, ON_SAGA_STARTED)
             while True:
                 try:
                     call = driver.send(value)
@@ -233,7 +231,7 @@ class SagaOrchestrator:
                     if attempt > 1:
                         record.attempts = attempt
                     if observe:
-                        await self._emit(run, _ON_STEP_STARTED, record, attempt)
+                        await self._emit(run, ON_STEP_STARTED, record, attempt)
                     failure: StepFailed | None = None
                     error: BaseException | None = None
                     started = now()
@@ -291,13 +289,13 @@ class SagaOrchestrator:
                     policy = spec.retry
                     if attempt < policy.attempts and policy.retries(error or failure):
                         if announce:
-                            await self._emit(run, _ON_STEP_RETRYING, record, attempt, error=failure)
+                            await self._emit(run, ON_STEP_RETRYING, record, attempt, error=failure)
                         await self._sleep(policy.delay(attempt))
                         continue
                     self._step_failed(run, record, call, failure, error, started, now, done)
                     await self._emit(
                         run,
-                        _ON_STEP_TIMED_OUT if record.status is _STEP_TIMED_OUT else _ON_STEP_FAILED,
+                        ON_STEP_TIMED_OUT if record.status is STEP_TIMED_OUT else ON_STEP_FAILED,
                         record,
                         attempt,
                         error=error or failure,
@@ -308,7 +306,7 @@ class SagaOrchestrator:
                 cls = value.__class__
                 step_events = value if cls is list or cls is tuple else events_of(value)
                 record.events = step_events
-                record.status = _STEP_COMPLETED
+                record.status = STEP_COMPLETED
                 events.extend(step_events)
                 run.updated_mono = finished
                 if observe:
@@ -327,11 +325,11 @@ class SagaOrchestrator:
             await self._store.finish(run)
             raise
         except asyncio.CancelledError:
-            if steps and steps[-1].status is _STEP_RUNNING:
+            if steps and steps[-1].status is STEP_RUNNING:
                 # Interrupted mid-step (``call`` is that step's): its effect is unknown,
                 # so it is undone like a timed-out step.
                 record = steps[-1]
-                record.status = _STEP_FAILED
+                record.status = STEP_FAILED
                 record.error = "CancelledError: the saga was cancelled"
                 if call.spec.compensate_on_timeout:
                     done.append((record, call, None))
@@ -360,7 +358,7 @@ class SagaOrchestrator:
                 self._held.pop(run, None)  # staged, never committed: never told
                 raise  # "the process died": nothing more is run or recorded
             except BaseException:
-                run.status = _SAGA_FAILED
+                run.status = SAGA_FAILED
                 await self._finish(run)
                 raise
             await self._finish(run)
@@ -380,18 +378,18 @@ class SagaOrchestrator:
             raise
         except BaseException as failure:  # KeyboardInterrupt, SystemExit: no time to undo
             driver.close()
-            run.status = _SAGA_FAILED
+            run.status = SAGA_FAILED
             run.error = f"{describe_error(failure)} (not compensated)"
             await self._finish(run)
             raise
         finally:
             watchdog.runs.discard(run)
             current_run.reset(token)
-        run.status = _SAGA_COMPLETED
+        run.status = SAGA_COMPLETED
         run.total_steps = index
         run.finished_mono = run.updated_mono = now()
         if announce:
-            await self._emit(run, _ON_SAGA_FINISHED)
+            await self._emit(run, ON_SAGA_FINISHED)
         await self._store.finish(run)
         return events.copy()
 
@@ -421,7 +419,7 @@ class SagaOrchestrator:
         """Mark a step failed for good; queue it for compensation if its options say so."""
         spec = call.spec
         timed_out = isinstance(failure, StepTimeout)
-        record.status = _STEP_TIMED_OUT if timed_out else _STEP_FAILED
+        record.status = STEP_TIMED_OUT if timed_out else STEP_FAILED
         record.duration = now() - started
         record.error = describe_error(error or failure)
         undo_self = spec.compensate_on_timeout if timed_out else spec.compensate_on_failure
@@ -435,7 +433,7 @@ class SagaOrchestrator:
         try:
             await self._emit(
                 run,
-                _ON_STEP_COMPLETED,
+                ON_STEP_COMPLETED,
                 record,
                 record.attempts,
                 result=record.result,
@@ -448,7 +446,7 @@ class SagaOrchestrator:
             # The step acted but its completion could not be recorded: undo it too.
             if record.events:
                 del run.events[-len(record.events) :]
-            record.status = _STEP_FAILED
+            record.status = STEP_FAILED
             record.error = describe_error(unrecorded)
             done.append((record, call, record.result))
             raise StepFailed(record.index, record.name, unrecorded) from unrecorded
@@ -456,10 +454,10 @@ class SagaOrchestrator:
     async def _finish(self, run: SagaRun) -> None:
         """Record the end of a run that did not complete and move it to history."""
         run.finished_mono = run.updated_mono = self._now()
-        if run.status is _SAGA_EXECUTING or run.status is _SAGA_COMPENSATING:
-            run.status = _SAGA_FAILED
+        if run.status is SAGA_EXECUTING or run.status is SAGA_COMPENSATING:
+            run.status = SAGA_FAILED
         try:
-            await self._emit(run, _ON_SAGA_FINISHED)
+            await self._emit(run, ON_SAGA_FINISHED)
         finally:
             await self._store.finish(run)
 
@@ -498,7 +496,7 @@ class SagaOrchestrator:
         observe: bool,
     ) -> CompensationFailed | None:
         """Pop and compensate ``done`` from its end; return the failure to raise, if any."""
-        run.status = _SAGA_COMPENSATING
+        run.status = SAGA_COMPENSATING
         loop = asyncio.get_running_loop()
         now = self._now if loop is self._loop else self._use_loop(loop)
         watchdog = self._watchdog
@@ -533,7 +531,7 @@ class SagaOrchestrator:
                     if attempt > 1:
                         record.attempts = attempt
                     if observe:
-                        await self._emit(run, _ON_COMPENSATION_STARTED, record, attempt)
+                        await self._emit(run, ON_COMPENSATION_STARTED, record, attempt)
                     started = now()
                     deadline = started + timeout
                     fault = None
@@ -568,7 +566,7 @@ class SagaOrchestrator:
                         except asyncio.CancelledError:
                             run.deadline = NO_DEADLINE
                             if not claim_timeout(run):
-                                record.status = _STEP_FAILED
+                                record.status = STEP_FAILED
                                 record.error = "CancelledError: interrupted; compensation retried"
                                 raise
                             error = StepTimeout(record.index, record.name, now() - started, timeout)
@@ -596,14 +594,14 @@ class SagaOrchestrator:
                     assert error is not None
                     if attempt < policy.attempts and policy.retries(error):
                         await self._emit(
-                            run, _ON_COMPENSATION_RETRYING, record, attempt, error=error
+                            run, ON_COMPENSATION_RETRYING, record, attempt, error=error
                         )
                         await self._sleep(policy.delay(attempt))
                         continue
                     await self._compensation_failed(run, record, error, now() - started)
                     break
                 done.pop()
-                if record.status is not _STEP_RUNNING:  # it failed for good
+                if record.status is not STEP_RUNNING:  # it failed for good
                     assert error is not None
                     errors.append((record.index, record.name, error))
                     uncompensated.append(record.name)
@@ -613,7 +611,7 @@ class SagaOrchestrator:
                         )
                         done.clear()
                     continue
-                record.status = _STEP_COMPLETED
+                record.status = STEP_COMPLETED
                 record.result = value
                 cls = value.__class__
                 comp_events = value if cls is list or cls is tuple else events_of(value)
@@ -623,7 +621,7 @@ class SagaOrchestrator:
                 if observe:
                     await self._emit(
                         run,
-                        _ON_COMPENSATION_COMPLETED,
+                        ON_COMPENSATION_COMPLETED,
                         record,
                         attempt,
                         result=value,
@@ -636,9 +634,9 @@ class SagaOrchestrator:
             run.step = None
             run.compensating = False
         if not errors:
-            run.status = _SAGA_COMPENSATED
+            run.status = SAGA_COMPENSATED
             return None
-        run.status = _SAGA_FAILED
+        run.status = SAGA_FAILED
         failure = CompensationFailed(*errors[0], trigger, uncompensated, errors)
         failure.saga_id = run.id
         failure.events = list(run.events)
@@ -653,12 +651,12 @@ class SagaOrchestrator:
         self, run: SagaRun, record: StepRun, error: BaseException, duration: float
     ) -> None:
         """Record a compensation's final failure."""
-        record.status = _STEP_TIMED_OUT if isinstance(error, StepTimeout) else _STEP_FAILED
+        record.status = STEP_TIMED_OUT if isinstance(error, StepTimeout) else STEP_FAILED
         record.duration = duration
         record.error = describe_error(error)
         await self._emit(
             run,
-            _ON_COMPENSATION_FAILED,
+            ON_COMPENSATION_FAILED,
             record,
             record.attempts,
             error=error,
@@ -698,9 +696,9 @@ class SagaOrchestrator:
         if self._durable:
             stage = self._stage
             if stage is not None and (
-                kind is _ON_STEP_COMPLETED
-                or kind is _ON_COMPENSATION_COMPLETED
-                or kind is _ON_SAGA_STARTED
+                kind is ON_STEP_COMPLETED
+                or kind is ON_COMPENSATION_COMPLETED
+                or kind is ON_SAGA_STARTED
             ):
                 # No side effect follows it: it commits with the run's next record(),
                 # and is logged and told to listeners then, once durable.
