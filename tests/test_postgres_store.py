@@ -214,7 +214,27 @@ async def test_concurrent_openers_migrate_the_schema_once(dsn: str, schema: str)
     finally:
         for store in stores:
             await store.close()
-    assert query(dsn, f'SELECT version FROM "{schema}".schema_migrations') == [(SCHEMA_VERSION,)]
+    versions = query(dsn, f'SELECT version FROM "{schema}".schema_migrations ORDER BY version')
+    assert versions == [(version,) for version in range(1, SCHEMA_VERSION + 1)]
+
+
+@pytest.mark.asyncio
+async def test_a_schema_at_version_1_is_upgraded_and_keeps_working(dsn: str, schema: str) -> None:
+    # Version 1 applied writes through apply_batch; version 2 adds apply_writes.
+    async with opened(dsn, schema) as store:
+        await SagaOrchestrator(store).execute(pg_five(2), saga_id="before")
+    query(dsn, f'DROP FUNCTION "{schema}".apply_writes(jsonb, jsonb)')
+    query(dsn, f'DELETE FROM "{schema}".schema_migrations WHERE version > 1')
+    async with opened(dsn, schema) as store:
+        await SagaOrchestrator(store).execute(pg_five(3), saga_id="after")
+        after = await store.get("after")
+        assert after is not None
+        assert after.status is SagaStatus.COMPLETED
+        assert [s.name for s in after.steps] == ["act", "act", "act"]
+        stream = await store.read_events()
+        assert [e.saga_id for e in stream] == ["before"] * 2 + ["after"] * 3
+    versions = query(dsn, f'SELECT version FROM "{schema}".schema_migrations ORDER BY version')
+    assert versions == [(version,) for version in range(1, SCHEMA_VERSION + 1)]
 
 
 @pytest.mark.asyncio

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -85,11 +86,19 @@ def test_retries_are_not_written_and_completions_carry_results_and_events() -> N
     write = write_for(done, 7, serializer.dumps, run_error=None, total=None)
     assert (write.fence, write.index, write.attempts, write.step_status) == (7, 2, 3, "completed")
     assert serializer.loads(write.result or "") == ("ok", 1)
-    params = batch_params([write, _write("other")])
-    assert params[0] == ["id", "other"]
-    assert params[14] == ['["ok",1]', None]  # the step row's events, as one JSON array
-    assert params[15] == ["id", "id"]  # one events-table row per event
-    assert serializer.loads(params[14][0]) == ["ok", 1]
+    writes_json, events_json = batch_params([write, _write("other")])
+    rows, events = json.loads(writes_json), json.loads(events_json)
+    assert [row["saga_id"] for row in rows] == ["id", "other"]
+    assert [row["fence"] for row in rows] == [7, 1]
+    # The step row's events, as one JSON array; none for a write without a completion.
+    assert [row["events"] for row in rows] == ['["ok",1]', None]
+    assert serializer.loads(rows[0]["events"]) == ["ok", 1]
+    assert serializer.loads(rows[0]["result"]) == ("ok", 1)
+    # One events-table row per event, in order.
+    assert [(e["saga_id"], e["idx"], e["data"]) for e in events] == [
+        ("id", 2, '"ok"'),
+        ("id", 2, "1"),
+    ]
 
 
 def test_an_unserializable_result_is_a_serialization_error() -> None:

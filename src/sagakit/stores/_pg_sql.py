@@ -75,15 +75,8 @@ def statements(schema: str) -> Statements:
             "resolved = false WHERE saga_id = %(id)s RETURNING fence"
         ),
         delete_steps=f"DELETE FROM {s}.steps WHERE saga_id = %s",
-        # %b: binary parameters, so arrays of text need no quoting or escaping.
-        apply=(
-            f"SELECT * FROM {s}.apply_batch(%b::text[], %b::bigint[], %b::text[], "
-            "%b::boolean[], %b::text[], %b::integer[], %b::integer[], %b::boolean[], "
-            "%b::text[], %b::text[], %b::integer[], %b::double precision[], %b::text[], "
-            "%b::text[], %b::text[], %b::text[], %b::text[], %b::integer[], %b::text[], "
-            "%b::boolean[], %b::text[])"
-        ),
-        # Rows are locked in saga id order, like apply_batch does, so they never deadlock.
+        apply=f"SELECT * FROM {s}.apply_writes(%s::jsonb, %s::jsonb)",
+        # Rows are locked in saga id order, like apply_writes does, so they never deadlock.
         heartbeat=(
             f"WITH l AS (SELECT saga_id FROM {s}.sagas WHERE owner = %(owner)s "
             f"AND saga_id = ANY(%(ids)s::text[]) AND {active} ORDER BY saga_id FOR UPDATE) "

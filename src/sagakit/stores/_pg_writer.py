@@ -3,13 +3,14 @@
 Each saga awaits its own write before moving on, so a batch holds at most one
 submission per saga: one write, or a write preceded by the saga's staged ones.
 While one batch is in flight the next one fills up; it is sent as one statement
-(``apply_batch``: one round trip, one transaction) as soon as the previous one
+(``apply_writes``: one round trip, one transaction) as soon as the previous one
 returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ from ..status import SagaStatus, StepStatus
 from ..transitions import Transition, TransitionKind
 
 MAX_BATCH = 500
+
+_to_json = json.JSONEncoder(separators=(",", ":")).encode
 
 _STEP_STATUS = {
     TransitionKind.STEP_STARTED: StepStatus.RUNNING,
@@ -105,50 +108,49 @@ def write_for(
     return write
 
 
-def batch_params(writes: Sequence[Write]) -> tuple[list[Any], ...]:
-    """The 21 array parameters of ``apply_batch`` for ``writes``."""
-    e_saga: list[str] = []
-    e_name: list[str] = []
-    e_index: list[int | None] = []
-    e_step: list[str | None] = []
-    e_comp: list[bool] = []
-    e_data: list[str] = []
-    step_events: list[str | None] = []
+def batch_params(writes: Sequence[Write]) -> tuple[str, str]:
+    """The two JSON parameters of ``apply_writes``: the writes, then their events.
+
+    One string each: adapting 21 arrays for the former ``apply_batch`` cost the
+    client ~250 µs per batch, most of a small batch's time.
+    """
+    rows: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
     for w in writes:
+        step_events = None
         if w.step_status == StepStatus.COMPLETED:
-            step_events.append("[" + ",".join(w.events) + "]")
+            step_events = "[" + ",".join(w.events) + "]"
             for data in w.events:
-                e_saga.append(w.saga_id)
-                e_name.append(w.saga_name)
-                e_index.append(w.index)
-                e_step.append(w.step_name)
-                e_comp.append(w.compensation)
-                e_data.append(data)
-        else:
-            step_events.append(None)
-    return (
-        [w.saga_id for w in writes],
-        [w.fence for w in writes],
-        [w.status for w in writes],
-        [w.final for w in writes],
-        [w.error for w in writes],
-        [w.total for w in writes],
-        [w.index for w in writes],
-        [w.compensation for w in writes],
-        [w.step_name for w in writes],
-        [w.step_status for w in writes],
-        [w.attempts for w in writes],
-        [w.duration for w in writes],
-        [w.step_error for w in writes],
-        [w.result for w in writes],
-        step_events,
-        e_saga,
-        e_name,
-        e_index,
-        e_step,
-        e_comp,
-        e_data,
-    )
+                events.append(
+                    {
+                        "saga_id": w.saga_id,
+                        "sname": w.saga_name,
+                        "idx": w.index,
+                        "step": w.step_name,
+                        "comp": w.compensation,
+                        "data": data,
+                    }
+                )
+        rows.append(
+            {
+                "saga_id": w.saga_id,
+                "fence": w.fence,
+                "status": w.status,
+                "final": w.final,
+                "error": w.error,
+                "total": w.total,
+                "idx": w.index,
+                "comp": w.compensation,
+                "name": w.step_name,
+                "sstatus": w.step_status,
+                "attempts": w.attempts,
+                "duration": w.duration,
+                "err": w.step_error,
+                "result": w.result,
+                "events": step_events,
+            }
+        )
+    return _to_json(rows), _to_json(events)
 
 
 class GroupWriter:
