@@ -711,7 +711,8 @@ class SagaOrchestrator:
             if held is not None:
                 for earlier_level, earlier in held:
                     await tell(self._listeners, earlier_level, earlier)
-        await tell(self._listeners, level, transition)
+        if logged or self._listeners:  # recorded only: nothing to log or tell
+            await tell(self._listeners, level, transition)
 
     # --------------------------------------------------------------- monitoring
 
