@@ -12,7 +12,9 @@ class _Ids:
         os.register_at_fork(after_in_child=self.reset)  # a forked child gets its own prefix
 
     def reset(self) -> None:
-        self.prefix = os.urandom(6).hex()
+        # 80 random bits: two of even a billion process runs sharing a prefix (and so
+        # reusing each other's ids in a shared log) has a chance below 1e-6.
+        self.prefix = os.urandom(10).hex()
         self.counter = itertools.count(1)
 
     def next(self) -> str:
@@ -21,6 +23,6 @@ class _Ids:
 
 _ids = _Ids()
 new_saga_id = _ids.next
-"""A saga id unique to this process run: ``"<12 hex digits>-<counter>"``."""
+"""A saga id unique to this process run: ``"<20 hex digits>-<counter>"``."""
 
 __all__ = ["new_saga_id"]
