@@ -361,6 +361,23 @@ async def test_same_id_on_two_workers_is_decided_by_the_database(dsn: str, schem
 
 
 @pytest.mark.asyncio
+async def test_a_generated_id_already_in_the_log_is_refused_before_anything_runs(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Generated ids carry 80 random bits per process, but if one ever met an id
+    # already logged, the run must not be answered with that saga's result.
+    monkeypatch.setattr("sagakit._orchestrator.new_saga_id", lambda: "generated-twice")
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        assert await orchestrator.execute(pg_five(1)) == ["generated-twice:0"]
+        with pytest.raises(StoreError, match="already in the saga log"):
+            await orchestrator.execute(pg_five(2))
+        meta = await store.get("generated-twice")
+        assert meta is not None
+        assert len(meta.steps) == 1  # the first run's, untouched
+
+
+@pytest.mark.asyncio
 async def test_failed_ids_are_refused_until_resolved(dsn: str, schema: str) -> None:
     async with opened(dsn, schema) as store:
         orchestrator = SagaOrchestrator(store)

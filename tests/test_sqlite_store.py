@@ -151,6 +151,24 @@ async def test_completed_id_returns_recorded_events_without_running(db: str) -> 
 
 
 @pytest.mark.asyncio
+async def test_a_generated_id_already_in_the_log_is_refused_before_anything_runs(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Generated ids carry 80 random bits per process, but if one ever met an id
+    # already logged, the run must not be answered with that saga's result.
+    monkeypatch.setattr("sagakit._orchestrator.new_saga_id", lambda: "generated-twice")
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        await orchestrator.execute(sqlite_move("A", "B", 5))
+        with pytest.raises(StoreError, match="UNIQUE constraint"):
+            await orchestrator.execute(sqlite_move("C", "D", 1))
+        assert calls == ["take A", "put B"]
+        meta = await orchestrator.get_saga("generated-twice")
+        assert meta is not None
+        assert meta.status is SagaStatus.COMPLETED
+        assert await orchestrator.running_count() == 0
+
+
+@pytest.mark.asyncio
 async def test_running_id_in_another_store_on_the_same_file(db: str) -> None:
     GATES["g"] = asyncio.Event()
     async with (

@@ -262,6 +262,12 @@ class PostgresStore:
             "lease": self.lease,
         }
         found = await self._run(self._sql.begin, params)
+        if not found and not run.explicit_id:
+            # A generated id is new by construction: never take another saga's result.
+            raise StoreError(
+                f"generated saga id {run.id!r} is already in the saga log (schema "
+                f"{self.schema!r}); nothing ran — execute the saga again for a new id"
+            )
         if not found:
             fence = await self._begin_again(run.id, params)
             if fence is None:

@@ -171,6 +171,7 @@ class SQLiteStore:
         self._live: set[str] = set()
         self._claimed: set[str] = set()
         self._staged: dict[str, Statements] = {}
+        self._unlogged: set[str] = set()  # generated ids whose row has not committed
 
     def _open_reader(self) -> sqlite3.Connection:
         return connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
@@ -234,6 +235,7 @@ class SQLiteStore:
             # A fresh id: nothing to check, and nothing acts before the first step
             # starts, so the row is staged and commits with that step's start.
             self._staged[saga_id] = [(INSERT_SAGA, values)]
+            self._unlogged.add(saga_id)
             return None
         try:
             outcome, earlier = await self._write(job)
@@ -252,6 +254,17 @@ class SQLiteStore:
     async def record(self, run: SagaRun, transition: Transition) -> None:
         job = self._job_for(run, transition)
         staged = self._staged.pop(run.id, None)
+        if self._unlogged and run.id in self._unlogged:
+            if staged is None or staged[0][0] is not INSERT_SAGA:
+                # The commit that carried this run's row failed: nothing of the run is
+                # in the log, and nothing may be written under its id (it may be
+                # another saga's, if a generated id ever met one already logged).
+                return
+            if job is not None:
+                staged += job
+            await self._writer.submit(staged, alone=len(self._live) <= 1)
+            self._unlogged.discard(run.id)
+            return
         if staged is not None:
             if job is not None:
                 staged += job
@@ -361,10 +374,12 @@ class SQLiteStore:
 
     async def finish(self, run: SagaRun) -> None:
         staged = self._staged.pop(run.id, None)
+        unlogged = run.id in self._unlogged
         try:
-            if staged:  # not left behind by any path that reached here
-                await self._write(staged)
+            if staged and not (unlogged and staged[0][0] is not INSERT_SAGA):
+                await self._write(staged)  # not left behind by any path that reached here
         finally:
+            self._unlogged.discard(run.id)
             self._live.discard(run.id)
             self._claimed.discard(run.id)
 
