@@ -223,7 +223,7 @@ async def test_a_schema_at_version_1_is_upgraded_and_keeps_working(dsn: str, sch
     # Version 1 applied writes through apply_batch; version 2 adds apply_writes.
     async with opened(dsn, schema) as store:
         await SagaOrchestrator(store).execute(pg_five(2), saga_id="before")
-    query(dsn, f'DROP FUNCTION "{schema}".apply_writes(jsonb, jsonb)')
+    query(dsn, f'DROP FUNCTION "{schema}".apply_writes(jsonb, jsonb, jsonb)')
     query(dsn, f'DELETE FROM "{schema}".schema_migrations WHERE version > 1')
     async with opened(dsn, schema) as store:
         await SagaOrchestrator(store).execute(pg_five(3), saga_id="after")
@@ -315,6 +315,62 @@ async def test_concurrent_sagas_share_batched_writes(dsn: str, schema: str) -> N
         statuses = dict(query(dsn, f'SELECT saga_id, status FROM "{schema}".sagas'))
         assert statuses == dict.fromkeys(ids, "completed")
         assert sorted(RAN.values()) == [1] * 250
+
+
+@pytest.mark.asyncio
+async def test_a_generated_id_is_inserted_with_its_first_step_start(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        before = store.stats
+        events = await orchestrator.execute(pg_five())
+        after = store.stats
+        # No round trip of its own for the start: 6 in all (5 step starts, the finish).
+        assert after.round_trips - before.round_trips == 6
+        saga_id = events[0].split(":")[0]
+        rows = query(
+            dsn,
+            f'SELECT status, explicit_id, owner, fence FROM "{schema}".sagas WHERE saga_id = %s',
+            (saga_id,),
+        )
+        assert rows == [("completed", False, None, 1)]
+        assert [e.saga_id for e in await store.read_events()] == [saga_id] * 5
+
+
+@pytest.mark.asyncio
+async def test_generated_ids_in_flight_start_in_shared_statements(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        await asyncio.gather(*(orchestrator.execute(pg_five()) for _ in range(50)))
+        stats = store.stats
+        assert stats.writes == 50 * 11
+        assert stats.statements < 50  # fewer statements than sagas: starts were batched too
+        statuses = query(dsn, f'SELECT status, count(*) FROM "{schema}".sagas GROUP BY status')
+        assert statuses == [("completed", 50)]
+        assert sorted(RAN.values()) == [1] * 250
+
+
+@pytest.mark.asyncio
+async def test_a_new_row_sent_again_by_its_worker_is_no_conflict(dsn: str, schema: str) -> None:
+    # A write whose caller was cancelled may have gone out; the next one carries the
+    # row again. Only another worker's row under that id is refused.
+    async with opened(dsn, schema):
+        pass
+
+    def apply(owner: str, status: str) -> list[tuple[Any, ...]]:
+        write = {"saga_id": "g-1", "fence": 1, "status": status, "final": False}
+        new = {"saga_id": "g-1", "name": "pg_five", "factory": True, "policy": "resume",
+               "args": "[]", "kwargs": "{}", "owner": owner, "lease": 30}  # fmt: skip
+        return query(
+            dsn,
+            f'SELECT * FROM "{schema}".apply_writes(%s::jsonb, %s::jsonb, %s::jsonb)',
+            (json.dumps([write]), "[]", json.dumps([new])),
+        )
+
+    assert apply("worker-a", "executing") == []
+    assert apply("worker-a", "compensating") == []  # its own row: applied
+    assert apply("worker-b", "failed") == [("g-1", "exists")]
+    rows = query(dsn, f'SELECT status, owner FROM "{schema}".sagas')
+    assert rows == [("compensating", "worker-a")]
 
 
 @pytest.mark.asyncio

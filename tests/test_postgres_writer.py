@@ -22,29 +22,35 @@ async def test_writes_queued_while_a_batch_is_in_flight_go_out_together() -> Non
     batches: list[list[str]] = []
     release = asyncio.Event()
 
-    async def send(writes: list[Write]) -> set[str]:
+    async def send(writes: list[Write]) -> dict[str, str]:
         batches.append([w.saga_id for w in writes])
         if len(batches) == 1:
             await release.wait()
-        return {"lost"} if any(w.saga_id == "lost" for w in writes) else set()
+        refused = {"lost": "fenced", "taken": "exists"}
+        return {w.saga_id: refused[w.saga_id] for w in writes if w.saga_id in refused}
 
     writer = GroupWriter(send)
     first = asyncio.create_task(writer.submit([_write("first")]))
     await asyncio.sleep(0)
-    rest = [asyncio.create_task(writer.submit([_write(i)])) for i in ("a", "b", "lost")]
+    ids = ("a", "b", "lost", "taken")
+    rest = [asyncio.create_task(writer.submit([_write(i)])) for i in ids]
     await asyncio.sleep(0)
     release.set()
     await first
     done = await asyncio.gather(*rest, return_exceptions=True)
-    assert batches == [["first"], ["a", "b", "lost"]]
+    assert batches == [["first"], ["a", "b", "lost", "taken"]]
     assert done[:2] == [None, None]
     assert isinstance(done[2], LeaseLost)
     assert done[2].saga_id == "lost"
+    # A generated id already in the log: a StoreError, not a lost lease.
+    assert isinstance(done[3], StoreError)
+    assert not isinstance(done[3], LeaseLost)
+    assert "already in the saga log" in str(done[3])
 
 
 @pytest.mark.asyncio
 async def test_a_failed_batch_fails_each_of_its_writes_with_a_store_error() -> None:
-    async def send(writes: list[Write]) -> set[str]:
+    async def send(writes: list[Write]) -> dict[str, str]:
         raise ConnectionError("server went away")
 
     writer = GroupWriter(send)
@@ -59,10 +65,10 @@ async def test_a_failed_batch_fails_each_of_its_writes_with_a_store_error() -> N
 async def test_cancelling_the_writer_fails_queued_writes_instead_of_hanging() -> None:
     started = asyncio.Event()
 
-    async def send(writes: list[Write]) -> set[str]:
+    async def send(writes: list[Write]) -> dict[str, str]:
         started.set()
         await asyncio.Event().wait()
-        return set()
+        return {}
 
     writer = GroupWriter(send)
     first = asyncio.create_task(writer.submit([_write("first")]))
@@ -86,8 +92,9 @@ def test_retries_are_not_written_and_completions_carry_results_and_events() -> N
     write = write_for(done, 7, serializer.dumps, run_error=None, total=None)
     assert (write.fence, write.index, write.attempts, write.step_status) == (7, 2, 3, "completed")
     assert serializer.loads(write.result or "") == ("ok", 1)
-    writes_json, events_json = batch_params([write, _write("other")])
+    writes_json, events_json, new_json = batch_params([write, _write("other")])
     rows, events = json.loads(writes_json), json.loads(events_json)
+    assert json.loads(new_json) == []  # no generated id's first write among them
     assert [row["saga_id"] for row in rows] == ["id", "other"]
     assert [row["fence"] for row in rows] == [7, 1]
     # The step row's events, as one JSON array; none for a write without a completion.

@@ -177,22 +177,49 @@ $fn$;
 
 def _v2(s: str, events_lock: int) -> str:
     # apply_batch took 21 array parameters, and adapting arrays in the client cost
-    # ~250 µs per batch; apply_writes takes the same writes as two JSON arrays of
-    # objects (one string each to send), parsed once by the server (jsonb). The logic
-    # is apply_batch's.
+    # ~250 µs per batch; apply_writes takes the writes as JSON arrays of objects (one
+    # string each to send, parsed once by the server: jsonb), and inserts the rows of
+    # sagas with generated ids along with their first write. Otherwise its logic is
+    # apply_batch's.
     return f"""
 -- One call applies the log writes of many sagas (one per saga) in one statement.
--- A saga's writes are applied only if its fencing token still matches: the
--- UPDATE locks the saga row, so a concurrent claim either waits for this batch or
--- makes it skip that saga. Returns the ids of the sagas fenced out.
-CREATE FUNCTION {s}.apply_writes(p_writes jsonb, p_events jsonb)
-RETURNS SETOF text LANGUAGE plpgsql AS $fn$
+-- Sagas with generated ids come with their row (p_new): nothing acted before their
+-- first write, so the row is inserted with it. A saga's writes are applied only if
+-- its fencing token still matches: the UPDATE locks the saga row, so a concurrent
+-- claim either waits for this batch or makes it skip that saga. Returns the sagas
+-- refused: 'fenced' (another worker owns it now) or 'exists' (a generated id that
+-- is already in the log: nothing of that saga is written).
+CREATE FUNCTION {s}.apply_writes(p_writes jsonb, p_events jsonb, p_new jsonb)
+RETURNS TABLE (refused_id text, reason text) LANGUAGE plpgsql AS $fn$
 DECLARE
     v_ids text[];
     v_ok text[];
+    v_exists text[] := '{{}}';
 BEGIN
     SELECT array_agg(w.saga_id) INTO v_ids
     FROM jsonb_to_recordset(p_writes) AS w(saga_id text);
+    IF jsonb_array_length(p_new) > 0 THEN
+        WITH inserted AS (
+            INSERT INTO {s}.sagas AS s (saga_id, name, status, explicit_id, factory, policy,
+                                       fingerprint, args, kwargs, total_steps, owner,
+                                       lease_until)
+            SELECT n.saga_id, n.name, 'executing', false, n.factory, n.policy,
+                   n.fingerprint, n.args, n.kwargs, n.total, n.owner,
+                   now() + make_interval(secs => n.lease)
+            FROM jsonb_to_recordset(p_new) AS n(saga_id text, name text, factory boolean,
+                policy text, fingerprint text, args text, kwargs text, total integer,
+                owner text, lease double precision)
+            ON CONFLICT (saga_id) DO NOTHING
+            RETURNING s.saga_id
+        )
+        -- A row already there is another saga's, unless this worker sent it before
+        -- (a write whose caller was cancelled may still have gone out).
+        SELECT coalesce(array_agg(n.saga_id), '{{}}') INTO v_exists
+        FROM jsonb_to_recordset(p_new) AS n(saga_id text, owner text)
+        WHERE n.saga_id NOT IN (SELECT i.saga_id FROM inserted i)
+          AND NOT EXISTS (SELECT 1 FROM {s}.sagas x WHERE x.saga_id = n.saga_id
+                          AND x.owner = n.owner AND NOT x.explicit_id);
+    END IF;
     -- Lock the sagas in id order, as the heartbeat and release do: no deadlocks
     -- (one saga needs no ordering: its UPDATE below locks it).
     IF cardinality(v_ids) > 1 THEN
@@ -204,6 +231,7 @@ BEGIN
         FROM ROWS FROM (jsonb_to_recordset(p_writes) AS (saga_id text, fence bigint,
                 status text, final boolean, error text, total integer))
             WITH ORDINALITY AS t(saga_id, fence, status, final, error, total, ord)
+        WHERE NOT (t.saga_id = ANY(v_exists))
         ORDER BY t.saga_id, t.ord DESC
     ), u AS (
         UPDATE {s}.sagas s SET
@@ -253,7 +281,9 @@ BEGIN
         END IF;
     END IF;
 
-    RETURN QUERY SELECT DISTINCT x FROM unnest(v_ids) AS x WHERE NOT (x = ANY(v_ok));
+    RETURN QUERY
+        SELECT DISTINCT x, CASE WHEN x = ANY(v_exists) THEN 'exists' ELSE 'fenced' END
+        FROM unnest(v_ids) AS x WHERE NOT (x = ANY(v_ok));
 END
 $fn$;
 """

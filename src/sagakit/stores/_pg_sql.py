@@ -75,7 +75,7 @@ def statements(schema: str) -> Statements:
             "resolved = false WHERE saga_id = %(id)s RETURNING fence"
         ),
         delete_steps=f"DELETE FROM {s}.steps WHERE saga_id = %s",
-        apply=f"SELECT * FROM {s}.apply_writes(%s::jsonb, %s::jsonb)",
+        apply=f"SELECT * FROM {s}.apply_writes(%s::jsonb, %s::jsonb, %s::jsonb)",
         # Rows are locked in saga id order, like apply_writes does, so they never deadlock.
         heartbeat=(
             f"WITH l AS (SELECT saga_id FROM {s}.sagas WHERE owner = %(owner)s "

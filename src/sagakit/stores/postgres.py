@@ -135,6 +135,8 @@ class PostgresStore:
         self._heartbeat: asyncio.Task[None] | None = None
         self._writer = GroupWriter(self._apply)
         self._fences: dict[str, int] = {}  # sagas this store owns -> fencing token
+        self._new: dict[str, dict[str, Any]] = {}  # generated ids' rows, not yet sent
+        self._unlogged: set[str] = set()  # generated ids whose row failed to be written
         self._claimed: set[str] = set()  # of those, taken over from another owner
         self._lost: set[str] = set()  # fenced out: refuse further writes locally
         self._staged: dict[str, list[Write]] = {}  # written with the saga's next record()
@@ -261,13 +263,26 @@ class PostgresStore:
             "owner": self.owner,
             "lease": self.lease,
         }
+        if not run.explicit_id:
+            # A generated id is new by construction, and nothing acts before the first
+            # step starts: the row goes out with that step's start (one round trip
+            # less; with many sagas in flight, their starts share statements too).
+            self._new[run.id] = {
+                "saga_id": run.id,
+                "name": run.name,
+                "factory": params["factory"],
+                "policy": params["policy"],
+                "fingerprint": params["fingerprint"],
+                "args": params["args"],
+                "kwargs": params["kwargs"],
+                "total": params["total"],
+                "owner": self.owner,
+                "lease": self.lease,
+            }
+            self._fences[run.id] = 1  # a new row's fencing token
+            self._lost.discard(run.id)
+            return None
         found = await self._run(self._sql.begin, params)
-        if not found and not run.explicit_id:
-            # A generated id is new by construction: never take another saga's result.
-            raise StoreError(
-                f"generated saga id {run.id!r} is already in the saga log (schema "
-                f"{self.schema!r}); nothing ran — execute the saga again for a new id"
-            )
         if not found:
             fence = await self._begin_again(run.id, params)
             if fence is None:
@@ -343,13 +358,21 @@ class PostgresStore:
             self._staged.setdefault(run.id, []).append(write)
 
     async def record(self, run: SagaRun, transition: Transition) -> None:
-        write = self._write(run, transition)
         saga_id = run.id
+        if self._unlogged and saga_id in self._unlogged:
+            # The write that carried this run's row failed: nothing of the run is in
+            # the log, and nothing may be written under its id.
+            self._staged.pop(saga_id, None)
+            return
+        write = self._write(run, transition)
         writes = self._staged.pop(saga_id, [])
         if write is not None:
             writes.append(write)
         if not writes:
             return
+        new = self._new.pop(saga_id, None) if self._new else None
+        if new is not None:
+            writes[0].new = new
         fence = writes[-1].fence
         try:
             await self._writer.submit(writes)
@@ -359,20 +382,30 @@ class PostgresStore:
             self._claimed.discard(saga_id)
             self._lost.add(saga_id)
             raise
+        except asyncio.CancelledError:
+            if new is not None:  # it may have gone out or not: the next write sends it
+                self._new.setdefault(saga_id, new)  # again (our own row is no conflict)
+            raise
+        except BaseException:
+            if new is not None:
+                self._unlogged.add(saga_id)
+            raise
         if writes[-1].final:
             self._fences.pop(saga_id, None)
             self._claimed.discard(saga_id)
 
-    async def _apply(self, writes: list[Write]) -> set[str]:
+    async def _apply(self, writes: list[Write]) -> dict[str, str]:
         params = batch_params(writes)
         found = await self._run(self._sql.apply, params)
         self._batches += 1
         self._writes += len(writes)
-        return {row[0] for row in found}
+        return {row[0]: row[1] for row in found}
 
     async def finish(self, run: SagaRun) -> None:
         """Forget a finished (or fenced-out) run; its final state is already written."""
         self._staged.pop(run.id, None)
+        self._new.pop(run.id, None)
+        self._unlogged.discard(run.id)
         self._fences.pop(run.id, None)
         self._claimed.discard(run.id)
         self._lost.discard(run.id)
