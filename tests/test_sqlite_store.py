@@ -27,7 +27,7 @@ from sagakit import (
     saga,
     step,
 )
-from sagakit.stores._sqlite_writer import Job
+from sagakit.stores._sqlite_writer import Job, _run_jobs
 
 
 @dataclass(frozen=True)
@@ -602,3 +602,34 @@ async def test_a_lost_commit_of_a_staged_completion_undoes_that_step(db: str) ->
     assert meta is not None
     assert meta.status is SagaStatus.COMPENSATED
     assert _logged_steps(db, "lost-1") == [(0, "running")]
+
+
+def test_group_commit_keeps_each_jobs_statements_in_order() -> None:
+    # Statements of a batch are grouped by SQL text across jobs; a job's own order
+    # (insert a row, then update it) must survive, even when another job of the batch
+    # uses the second text first — and when two jobs need opposite orders.
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT)")
+    conn.execute("INSERT INTO t VALUES ('old', 'new')")
+    insert = "INSERT INTO t VALUES (?, 'new')"
+    update = "UPDATE t SET v = ? WHERE k = ?"
+    jobs: list[Job] = [
+        [(update, ("done", "old"))],
+        [(insert, ("a",)), (update, ("done", "a"))],
+        [(insert, ("b",)), (update, ("done", "b")), (insert, ("c",))],
+    ]
+    assert _run_jobs(conn, jobs) == [None, None, None]
+    assert dict(conn.execute("SELECT k, v FROM t")) == {
+        "old": "done",
+        "a": "done",
+        "b": "done",
+        "c": "new",
+    }
+    # Opposite orders in one batch: run job by job.
+    conn.execute("DELETE FROM t")
+    opposite: list[Job] = [
+        [(insert, ("x",)), (update, ("done", "x"))],
+        [(update, ("gone", "y")), (insert, ("y",))],
+    ]
+    _run_jobs(conn, opposite)
+    assert dict(conn.execute("SELECT k, v FROM t")) == {"x": "done", "y": "new"}

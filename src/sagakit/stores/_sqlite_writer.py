@@ -246,7 +246,8 @@ def _run_jobs(conn: sqlite3.Connection, jobs: list[Job]) -> list[Any]:
 
     Statement jobs submitted together belong to different sagas (a saga waits for
     each write before the next), so their statements are grouped by SQL text and
-    run with one ``executemany`` each; a function job first runs what is grouped.
+    run with one ``executemany`` each, in an order that keeps every job's own
+    statements in order; a function job first runs what is grouped.
     """
     if len(jobs) == 1:
         job = jobs[0]
@@ -256,30 +257,66 @@ def _run_jobs(conn: sqlite3.Connection, jobs: list[Job]) -> list[Any]:
             conn.execute(sql, params)
         return [None]
     results: list[Any] = []
-    grouped: dict[str, list[tuple[Any, ...]]] = {}
+    together: list[Statements] = []
     for job in jobs:
         if callable(job):
-            _flush_grouped(conn, grouped)
+            _run_together(conn, together)
+            together = []
             results.append(job(conn))
-            continue
+        else:
+            together.append(job)
+            results.append(None)
+    _run_together(conn, together)
+    return results
+
+
+def _run_together(conn: sqlite3.Connection, jobs: list[Statements]) -> None:
+    """Run the statements of ``jobs``: one ``executemany`` per SQL text, the texts in
+    an order that keeps each job's statements in order (job by job if none does)."""
+    grouped: dict[str, list[tuple[Any, ...]]] = {}
+    before: dict[str, set[str]] = {}  # SQL text -> texts some job runs just before it
+    for job in jobs:
+        previous = None
         for sql, params in job:
             rows = grouped.get(sql)
             if rows is None:
                 grouped[sql] = [params]
+                before[sql] = set()
             else:
                 rows.append(params)
-        results.append(None)
-    _flush_grouped(conn, grouped)
-    return results
-
-
-def _flush_grouped(conn: sqlite3.Connection, grouped: dict[str, list[tuple[Any, ...]]]) -> None:
-    for sql, rows in grouped.items():
+            if previous is not None and previous != sql:
+                before[sql].add(previous)
+            previous = sql
+    order = _in_order(before)
+    if order is None:  # two jobs need two texts in opposite orders
+        for job in jobs:
+            for sql, params in job:
+                conn.execute(sql, params)
+        return
+    for sql in order:
+        rows = grouped[sql]
         if len(rows) == 1:
             conn.execute(sql, rows[0])
         else:
             conn.executemany(sql, rows)
-    grouped.clear()
+
+
+def _in_order(before: dict[str, set[str]]) -> list[str] | None:
+    """The texts, each after those it must follow, otherwise in first-seen order
+    (``None`` when no order satisfies every job)."""
+    order: list[str] = []
+    placed: set[str] = set()
+    waiting = list(before)
+    while waiting:
+        for position, sql in enumerate(waiting):
+            if before[sql] <= placed:
+                order.append(sql)
+                placed.add(sql)
+                del waiting[position]
+                break
+        else:
+            return None
+    return order
 
 
 def _settle(
