@@ -1,11 +1,11 @@
 """Group commit must keep each saga's statements in order.
 
-``_run_jobs`` groups the statements of a batch by SQL text, in the order each text
-first appears in the batch. A saga whose body fails before its first step (with a
-generated id) writes its staged row and its end in one job: ``[INSERT_SAGA,
-FINISHED]``. If an earlier job of the same batch holds a ``FINISHED`` (another saga
-completing), the ``FINISHED`` group runs first: the failed saga's end updates no row,
-then its row is inserted as ``executing`` — and stays so.
+``_run_jobs`` groups the statements of a batch by SQL text. A saga whose body fails
+before its first step (with a generated id) writes its staged row and its end in one
+job: ``[INSERT_SAGA, FINISHED]``. When an earlier job of the same batch held a
+``FINISHED`` (another saga completing), the groups used to run ``FINISHED`` first: the
+failed saga's end updated no row, then its row was inserted as ``executing`` — and
+stayed so.
 """
 
 from __future__ import annotations
