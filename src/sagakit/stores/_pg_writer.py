@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..exceptions import LeaseLost, StoreError
+from ..exceptions import LeaseLost, SerializationError, StoreError
 from ..status import SagaStatus, StepStatus
 from ..transitions import Transition, TransitionKind
 
 MAX_BATCH = 500
+
+logger = logging.getLogger("sagakit")
 
 _to_json = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -104,8 +107,16 @@ def write_for(
     )
     if step_status is StepStatus.COMPLETED:
         what = f"the result of {'compensation' if compensation else 'step'} {t.step_name!r}"
-        write.result = dumps(t.result, what=what)
-        write.events = [dumps(event, what=f"an event of {t.step_name!r}") for event in t.events]
+        try:
+            write.result = dumps(t.result, what=what)
+            write.events = [dumps(event, what=f"an event of {t.step_name!r}") for event in t.events]
+        except SerializationError as unstored:
+            if not compensation:
+                raise  # the step fails and is compensated: never "completed" unstored
+            # The compensation ran: record that, even though its result cannot be kept.
+            write.result, write.events = None, []
+            write.step_error = f"result not stored: {unstored}"
+            logger.error("sagakit: saga %s (%s): %s", t.saga_name, t.saga_id, write.step_error)
     return write
 
 
