@@ -34,6 +34,14 @@ class _Busy(Exception):
     """The database is locked by another connection; retry with waiting allowed."""
 
 
+class CommittedThenCancelled(asyncio.CancelledError):
+    """The task awaiting a write was cancelled, but the write committed: ``result``."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__()
+        self.result = result
+
+
 def _is_busy(error: sqlite3.OperationalError) -> bool:
     text = str(error)
     return "locked" in text or "busy" in text
@@ -62,6 +70,7 @@ class GroupWriter:
         self._scheduled = False
         self._thread_busy = False
         self._thread_job: asyncio.Future[Any] | None = None
+        self._thread_futures: list[asyncio.Future[Any]] = []  # those of the thread's batch
         self._since_checkpoint = 0
         self._checkpointing = False
         self._open_reader = open_reader
@@ -139,14 +148,51 @@ class GroupWriter:
         if not self._scheduled and not self._thread_busy:
             self._scheduled = True
             loop.call_soon(self._flush)
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            await self._settle_cancelled(future)
+            raise
+
+    async def _settle_cancelled(self, future: asyncio.Future[Any]) -> None:
+        """The caller of a write was cancelled: make its fate known before it leaves.
+
+        A write still queued is dropped (never committed); one that committed, or that
+        was committing on the writer thread and did, raises
+        :class:`CommittedThenCancelled` with its result, so the caller can account
+        for it. Otherwise the plain cancellation goes on.
+        """
+        if future.done() and not future.cancelled():
+            if future.exception() is None:
+                raise CommittedThenCancelled(future.result())
+            return
+        for position, queued in enumerate(self._futures):
+            if queued is future:  # not sent yet: never commit it
+                del self._futures[position]
+                del self._pending[position]
+                return
+        batch = self._thread_job
+        if batch is None or future not in self._thread_futures:
+            return
+        while not batch.done():  # on the writer thread: wait for the outcome
+            try:
+                await asyncio.shield(batch)
+            except asyncio.CancelledError:
+                continue
+            except Exception:
+                break
+        if not batch.cancelled() and batch.exception() is None:
+            raise CommittedThenCancelled(batch.result()[self._thread_futures.index(future)])
 
     def _flush(self) -> None:
         self._scheduled = False
         jobs, futures = self._pending, self._futures
+        self._pending, self._futures = [], []
+        if any(future.cancelled() for future in futures):  # their callers are gone:
+            kept = [(j, f) for j, f in zip(jobs, futures, strict=True) if not f.cancelled()]
+            jobs, futures = [j for j, _ in kept], [f for _, f in kept]  # never commit them
         if not jobs:
             return
-        self._pending, self._futures = [], []
         if self._inline:
             try:
                 results = self._commit(jobs, wait=False)
@@ -164,6 +210,7 @@ class GroupWriter:
         done = loop.run_in_executor(self._executor, self._commit, jobs, True)
         done.add_done_callback(partial(self._thread_done, futures))
         self._thread_job = done
+        self._thread_futures = futures
 
     def _thread_done(self, futures: list[asyncio.Future[Any]], done: asyncio.Future[Any]) -> None:
         self._thread_busy = False
@@ -332,4 +379,4 @@ def _settle(
             future.set_result(results[index])
 
 
-__all__ = ["CHECKPOINT_EVERY", "GroupWriter", "Job", "Statements"]
+__all__ = ["CHECKPOINT_EVERY", "CommittedThenCancelled", "GroupWriter", "Job", "Statements"]

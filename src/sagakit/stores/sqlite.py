@@ -9,12 +9,13 @@ on the same host claims them once that process is gone (``_sqlite_owner``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Collection
 from types import CodeType
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +58,7 @@ from ._sqlite_sql import (
     SAGA_ERROR,
     UPSERT_STEP,
 )
-from ._sqlite_writer import GroupWriter, Job, Statements
+from ._sqlite_writer import CommittedThenCancelled, GroupWriter, Job, Statements
 
 if TYPE_CHECKING:
     from .._runs import SagaRun
@@ -97,6 +98,29 @@ def definition_fingerprint(definition: SagaDefinition) -> str:
 
 def _error_text(error: BaseException | None) -> str | None:
     return None if error is None else describe_error(error)
+
+
+def _forget_new(saga_id: str) -> Job:
+    """The job removing a saga row that ``begin()`` inserted for a run that never ran."""
+
+    def job(conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM sagakit_steps WHERE saga_id = ?", (saga_id,))
+        conn.execute("DELETE FROM sagakit_sagas WHERE id = ? AND status = 'executing'", (saga_id,))
+
+    return job
+
+
+async def _uncancellable(work: Awaitable[Any]) -> None:
+    """Run ``work`` to its end, whatever cancels the caller meanwhile."""
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            continue
+        except Exception:
+            break
+    task.exception()  # a failed cleanup is not worth masking the cancellation
 
 
 class SQLiteStore:
@@ -239,6 +263,13 @@ class SQLiteStore:
             return None
         try:
             outcome, earlier = await self._write(job)
+        except CommittedThenCancelled as cancelled:
+            self._live.discard(saga_id)
+            if cancelled.result[0] == "new":
+                # Its row went in, but the caller is gone and nothing will run it: take
+                # it out again rather than leave it executing under this live process.
+                await _uncancellable(self._write(_forget_new(saga_id)))
+            raise
         except BaseException:
             self._live.discard(saga_id)
             raise
@@ -262,7 +293,11 @@ class SQLiteStore:
                 return
             if job is not None:
                 staged += job
-            await self._writer.submit(staged, alone=len(self._live) <= 1)
+            try:
+                await self._writer.submit(staged, alone=len(self._live) <= 1)
+            except CommittedThenCancelled:
+                self._unlogged.discard(run.id)  # its row is in: the run's end goes there
+                raise
             self._unlogged.discard(run.id)
             return
         if staged is not None:

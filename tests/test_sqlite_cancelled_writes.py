@@ -1,0 +1,219 @@
+"""A saga cancelled while its log write waits in the SQLite group commit.
+
+With another saga in flight, ``GroupWriter.submit`` queues the write for the end of
+the event-loop iteration (or hands it to the writer thread). A write whose caller was
+cancelled is dropped if it was not sent yet; one that committed is reported to the
+store (``CommittedThenCancelled``), which accounts for it. Either way nothing is left
+``executing`` with no one to run it, and a step that never started is not undone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sagakit import (
+    SagaAlreadyExecuting,
+    SagaAlreadyFailed,
+    SagaOrchestrator,
+    SagaStatus,
+    SQLiteStore,
+    saga,
+    step,
+)
+from sagakit.stores._sqlite_schema import connect
+from sagakit.stores._sqlite_writer import CommittedThenCancelled, GroupWriter
+
+RAN: list[str] = []
+GATE: dict[str, asyncio.Event] = {}
+
+
+@step
+async def cw_hold(key: str) -> str:
+    await GATE[key].wait()
+    return key
+
+
+@step
+async def cw_act(n: int) -> str:
+    RAN.append(f"do {n}")
+    return f"did {n}"
+
+
+@cw_act.compensate
+async def cw_unact(result: str, n: int) -> None:
+    RAN.append(f"undo {n}")
+
+
+@saga
+def cw_blocker(key: str):  # type: ignore[no-untyped-def]
+    yield cw_hold(key)
+
+
+@saga
+def cw_pair():  # type: ignore[no-untyped-def]
+    yield cw_act(0)
+    yield cw_act(1)
+
+
+async def _start_blocker(orchestrator: SagaOrchestrator) -> asyncio.Task[list[str]]:
+    """Another saga in flight, so that writes go through group commit."""
+    GATE["blocker"] = asyncio.Event()
+    task = asyncio.create_task(orchestrator.execute(cw_blocker("blocker")))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert await orchestrator.running_count() == 1
+    return task
+
+
+async def _cancel_while_first_write_is_queued(task: asyncio.Task[list[str]]) -> None:
+    # One loop iteration: ``task`` runs up to its first store write and waits on it;
+    # the group-commit flush is scheduled behind this coroutine. Cancel it now.
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])  # FULL: on the writer thread
+async def test_generated_id_cancelled_during_its_first_write_is_not_left_executing(
+    tmp_path: Path, synchronous: Any
+) -> None:
+    RAN.clear()
+    store = SQLiteStore(tmp_path / "sagas.db", synchronous=synchronous)
+    async with SagaOrchestrator(store) as orchestrator:
+        blocker = await _start_blocker(orchestrator)
+        task = asyncio.create_task(orchestrator.execute(cw_pair()))
+        await _cancel_while_first_write_is_queued(task)
+        GATE["blocker"].set()
+        await blocker
+        # Only the cancelled saga could still be running; nothing runs it any more.
+        running = await orchestrator.get_running_sagas()
+        assert [(m.name, m.status) for m in running] == []
+        # Either nothing of the cancelled run is in the log, or it is logged as ended.
+        for meta in await orchestrator.get_history():
+            if meta.name == "cw_pair":
+                assert meta.status in (SagaStatus.COMPENSATED, SagaStatus.FAILED)
+        assert RAN == []  # step 0 never started: nothing ran, nothing was undone
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])  # FULL: on the writer thread
+async def test_explicit_id_cancelled_during_begin_is_not_left_executing(
+    tmp_path: Path, synchronous: Any
+) -> None:
+    RAN.clear()
+    store = SQLiteStore(tmp_path / "sagas.db", synchronous=synchronous)
+    async with SagaOrchestrator(store) as orchestrator:
+        blocker = await _start_blocker(orchestrator)
+        task = asyncio.create_task(orchestrator.execute(cw_pair(), saga_id="pair-1"))
+        await _cancel_while_first_write_is_queued(task)
+        GATE["blocker"].set()
+        await blocker
+        assert RAN == []  # cancelled before anything ran
+        # The id was never run: it must not be left EXECUTING under this (live)
+        # process, which would refuse it forever and resume it after a restart.
+        meta = await orchestrator.get_saga("pair-1")
+        assert meta is None or meta.status is not SagaStatus.EXECUTING
+        try:
+            await orchestrator.execute(cw_pair(), saga_id="pair-1")
+        except SagaAlreadyExecuting:  # pragma: no cover - the bug
+            pytest.fail("pair-1 is refused as executing, but nothing runs it")
+        except SagaAlreadyFailed:
+            pass  # acceptable: the cancelled run was recorded as ended FAILED
+        else:
+            assert RAN == ["do 0", "do 1"]
+
+
+# ----------------------------------------------------------- the writer, directly
+
+
+def _writer(tmp_path: Path, *, inline: bool) -> tuple[GroupWriter, sqlite3.Connection]:
+    path = str(tmp_path / "writer.db")
+    conn = connect(path, synchronous="NORMAL", busy_timeout=5.0)
+    conn.execute("CREATE TABLE t (n INTEGER)")
+    writer = GroupWriter(
+        conn,
+        path=path,
+        busy_timeout=5.0,
+        inline=inline,
+        open_reader=lambda: connect(path, synchronous="NORMAL", busy_timeout=5.0),
+    )
+    return writer, conn
+
+
+def _rows(conn: sqlite3.Connection) -> list[int]:
+    return [n for (n,) in conn.execute("SELECT n FROM t ORDER BY n")]
+
+
+@pytest.mark.asyncio
+async def test_a_write_committed_before_its_cancelled_caller_resumes_is_reported(
+    tmp_path: Path,
+) -> None:
+    writer, conn = _writer(tmp_path, inline=True)
+    task = asyncio.create_task(writer.submit([("INSERT INTO t VALUES (?)", (1,))], alone=False))
+    await asyncio.sleep(0)  # the write is queued; the flush is scheduled
+    asyncio.get_running_loop().call_soon(task.cancel)  # lands after the flush committed it
+    with pytest.raises(CommittedThenCancelled) as caught:
+        await task
+    assert caught.value.result is None
+    assert _rows(conn) == [1]
+    await writer.close()
+
+
+@pytest.mark.asyncio
+async def test_a_queued_write_of_a_cancelled_caller_is_never_committed(tmp_path: Path) -> None:
+    writer, conn = _writer(tmp_path, inline=False)
+    started, release = threading.Event(), threading.Event()
+
+    def slow(conn: sqlite3.Connection) -> str:
+        started.set()
+        release.wait(5)
+        conn.execute("INSERT INTO t VALUES (1)")
+        return "slow"
+
+    first = asyncio.create_task(writer.submit(slow, alone=False))
+    assert await asyncio.to_thread(started.wait, 5)  # the first write holds the thread
+    queued = asyncio.create_task(writer.submit([("INSERT INTO t VALUES (2)", ())], alone=False))
+    await asyncio.sleep(0)
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError) as caught:
+        await queued
+    assert not isinstance(caught.value, CommittedThenCancelled)
+    release.set()
+    assert await first == "slow"
+    await asyncio.sleep(0.01)  # a queued write would be flushed by now
+    assert _rows(conn) == [1]  # the cancelled one was dropped
+    await writer.close()
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_caller_waits_for_its_write_on_the_writer_thread(
+    tmp_path: Path,
+) -> None:
+    writer, conn = _writer(tmp_path, inline=False)
+    started, release = threading.Event(), threading.Event()
+
+    def slow(conn: sqlite3.Connection) -> str:
+        started.set()
+        release.wait(5)
+        conn.execute("INSERT INTO t VALUES (1)")
+        return "written"
+
+    task = asyncio.create_task(writer.submit(slow, alone=False))
+    assert await asyncio.to_thread(started.wait, 5)
+    task.cancel()
+    await asyncio.sleep(0.01)
+    assert not task.done()  # it waits for the outcome of its write
+    release.set()
+    with pytest.raises(CommittedThenCancelled) as caught:
+        await task
+    assert caught.value.result == "written"
+    assert _rows(conn) == [1]
+    await writer.close()
