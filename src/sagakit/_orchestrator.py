@@ -203,6 +203,7 @@ class SagaOrchestrator:
         steps = run.steps
         events = run.events
         done: list[_Done] = []
+        acted: StepRun | None = None  # the step record whose function was last called
         index = 0
         value: Any = None
         try:
@@ -243,6 +244,7 @@ class SagaOrchestrator:
                         run.deadline = deadline
                         if deadline < watchdog.when:
                             watchdog.wake_at(deadline)
+                        acted = record
                         try:
                             value = await (
                                 call.fn(*call.args, **call.kwargs)
@@ -277,6 +279,7 @@ class SagaOrchestrator:
                         failure = StepTimeout(index, spec.name, timeout, timeout)
                     else:
                         if isinstance(fault, CrashAfter):  # the step acts, then "the process dies"
+                            acted = record
                             await call.fn(*call.args, **call.kwargs)
                             fault = fault.crash
                         if isinstance(fault, SimulatedCrash):
@@ -326,13 +329,16 @@ class SagaOrchestrator:
             raise
         except asyncio.CancelledError:
             if steps and steps[-1].status is STEP_RUNNING:
-                # Interrupted mid-step (``call`` is that step's): its effect is unknown,
-                # so it is undone like a timed-out step.
                 record = steps[-1]
                 record.status = STEP_FAILED
-                record.error = "CancelledError: the saga was cancelled"
-                if call.spec.compensate_on_timeout:
-                    done.append((record, call, None))
+                if acted is not record:  # cancelled while its start was being recorded
+                    record.error = "CancelledError: cancelled before the step started"
+                else:
+                    # Interrupted mid-step (``call`` is that step's): its effect is
+                    # unknown, so it is undone like a timed-out step.
+                    record.error = "CancelledError: the saga was cancelled"
+                    if call.spec.compensate_on_timeout:
+                        done.append((record, call, None))
             driver.close()
             run.error = "CancelledError: the saga was cancelled"
             try:
