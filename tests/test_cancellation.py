@@ -105,6 +105,33 @@ async def test_cancelling_mid_saga_compensates_and_reraises() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_step_cancelled_before_it_started_is_not_compensated() -> None:
+    # Cancelled while its start was being reported (a slow async listener here; a
+    # durable store's write in production): the step never ran, so it is not undone.
+    starting = asyncio.Event()
+
+    async def slow_listener(transition: Transition) -> None:
+        if transition.kind is TransitionKind.STEP_STARTED and transition.step_name == "b":
+            starting.set()
+            await asyncio.Event().wait()
+
+    orchestrator = SagaOrchestrator(listeners=[slow_listener])
+    definition = SagaDefinition("c-0").add_step(a()).add_step(b())
+    task = asyncio.create_task(orchestrator.execute(definition))
+    await starting.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert log == ["a", "undo a"]  # b neither ran nor was undone
+    meta = await orchestrator.get_saga("c-0")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert meta.steps[1].status is StepStatus.FAILED
+    assert meta.steps[1].error == "CancelledError: cancelled before the step started"
+    assert [c.name for c in meta.compensations] == ["a"]
+
+
+@pytest.mark.asyncio
 async def test_cancelled_again_during_compensation_still_compensates_everything() -> None:
     gate = asyncio.Event()
     entered = asyncio.Event()
