@@ -152,6 +152,23 @@ def _rows(conn: sqlite3.Connection) -> list[int]:
     return [n for (n,) in conn.execute("SELECT n FROM t ORDER BY n")]
 
 
+async def _hold_the_writer_thread(
+    writer: GroupWriter,
+) -> tuple[asyncio.Task[Any], threading.Event]:
+    """A write (inserting 1) that holds the writer thread until the event is set."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow(conn: sqlite3.Connection) -> str:
+        started.set()
+        release.wait(5)
+        conn.execute("INSERT INTO t VALUES (1)")
+        return "written"
+
+    task = asyncio.create_task(writer.submit(slow, alone=False))
+    assert await asyncio.to_thread(started.wait, 5)
+    return task, release
+
+
 @pytest.mark.asyncio
 async def test_a_write_committed_before_its_cancelled_caller_resumes_is_reported(
     tmp_path: Path,
@@ -170,16 +187,7 @@ async def test_a_write_committed_before_its_cancelled_caller_resumes_is_reported
 @pytest.mark.asyncio
 async def test_a_queued_write_of_a_cancelled_caller_is_never_committed(tmp_path: Path) -> None:
     writer, conn = _writer(tmp_path, inline=False)
-    started, release = threading.Event(), threading.Event()
-
-    def slow(conn: sqlite3.Connection) -> str:
-        started.set()
-        release.wait(5)
-        conn.execute("INSERT INTO t VALUES (1)")
-        return "slow"
-
-    first = asyncio.create_task(writer.submit(slow, alone=False))
-    assert await asyncio.to_thread(started.wait, 5)  # the first write holds the thread
+    first, release = await _hold_the_writer_thread(writer)
     queued = asyncio.create_task(writer.submit([("INSERT INTO t VALUES (2)", ())], alone=False))
     await asyncio.sleep(0)
     queued.cancel()
@@ -187,7 +195,7 @@ async def test_a_queued_write_of_a_cancelled_caller_is_never_committed(tmp_path:
         await queued
     assert not isinstance(caught.value, CommittedThenCancelled)
     release.set()
-    assert await first == "slow"
+    assert await first == "written"
     await asyncio.sleep(0.01)  # a queued write would be flushed by now
     assert _rows(conn) == [1]  # the cancelled one was dropped
     await writer.close()
@@ -198,16 +206,7 @@ async def test_a_cancelled_caller_waits_for_its_write_on_the_writer_thread(
     tmp_path: Path,
 ) -> None:
     writer, conn = _writer(tmp_path, inline=False)
-    started, release = threading.Event(), threading.Event()
-
-    def slow(conn: sqlite3.Connection) -> str:
-        started.set()
-        release.wait(5)
-        conn.execute("INSERT INTO t VALUES (1)")
-        return "written"
-
-    task = asyncio.create_task(writer.submit(slow, alone=False))
-    assert await asyncio.to_thread(started.wait, 5)
+    task, release = await _hold_the_writer_thread(writer)
     task.cancel()
     await asyncio.sleep(0.01)
     assert not task.done()  # it waits for the outcome of its write
