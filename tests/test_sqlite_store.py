@@ -239,7 +239,11 @@ async def test_unserializable_result_fails_the_step_and_compensates(db: str) -> 
         meta = await orchestrator.get_saga("o1")
     assert meta is not None
     assert meta.status is SagaStatus.COMPENSATED
-    assert [s.status for s in meta.steps] == [StepStatus.COMPLETED, StepStatus.RUNNING]
+    # The step acted but its completion could not be stored: it is logged failed (as in
+    # memory), with why, and undone — never "completed" unstored.
+    assert [s.status for s in meta.steps] == [StepStatus.COMPLETED, StepStatus.FAILED]
+    assert meta.steps[1].error is not None
+    assert "SerializationError" in meta.steps[1].error
     assert calls == ["take A", "opaque", "undo take A"]
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ._members import SAGA_EXECUTING, STEP_COMPLETED, STEP_RUNNING
+from ._members import SAGA_COMPLETED, SAGA_EXECUTING, STEP_COMPLETED, STEP_RUNNING
 from .records import SagaMetadata, StepRecord
 
 if TYPE_CHECKING:
@@ -69,6 +69,18 @@ class StepRun:
             events=tuple(self.events),
             compensation=self.compensation,
         )
+
+
+def interrupted_step(run: SagaRun) -> StepRun | None:
+    """The run's last step if the run ended while it ran (a cancellation, or recovery
+    finding it stopped by a crash): no transition carried that step's end, so a
+    durable store writes it with the run's end."""
+    if run.status is SAGA_COMPLETED or not run.steps:
+        return None
+    last = run.steps[-1]
+    if last.status is STEP_RUNNING or last.status is STEP_COMPLETED:
+        return None
+    return last
 
 
 class SagaRun:

@@ -35,6 +35,12 @@ INSERT_EVENT = (
 COMPENSATING = "UPDATE sagakit_sagas SET status = 'compensating', updated_at = ? WHERE id = ?"
 EXECUTING = "UPDATE sagakit_sagas SET status = 'executing', updated_at = ? WHERE id = ?"
 SAGA_ERROR = "UPDATE sagakit_sagas SET error = coalesce(error, ?), updated_at = ? WHERE id = ?"
+INTERRUPTED_STEP = (
+    "UPDATE sagakit_steps SET status = ?, duration = ?, error = ? "
+    "WHERE saga_id = ? AND compensation = 0 AND idx = ? AND status = 'running'"
+)
+"""A step the run ended while it ran (cancelled, or stopped by a crash): no
+transition carried its end, so the run's end writes it."""
 FINISHED = (
     "UPDATE sagakit_sagas SET status = ?, error = ?, steps_executed = ?, "
     "total_steps = coalesce(?, total_steps), finished_at = ?, updated_at = ?, "
@@ -64,6 +70,7 @@ __all__ = [
     "FINISHED",
     "INSERT_EVENT",
     "INSERT_SAGA",
+    "INTERRUPTED_STEP",
     "RETRY_STEP",
     "SAGA_ERROR",
     "SELECT_ORPHAN",

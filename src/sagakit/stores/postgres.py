@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .._runs import interrupted_step
 from .._serialization import JsonSerializer
 from ..exceptions import (
     LeaseLost,
@@ -367,6 +368,22 @@ class PostgresStore:
         write = self._write(run, transition)
         writes = self._staged.pop(saga_id, [])
         if write is not None:
+            if write.final and (interrupted := interrupted_step(run)) is not None:
+                # No transition carried that step's end: write it with the run's.
+                writes.append(
+                    Write(
+                        saga_id,
+                        run.name,
+                        write.fence,
+                        write.status,
+                        index=interrupted.index,
+                        step_name=interrupted.name,
+                        step_status=str(interrupted.status),
+                        attempts=interrupted.attempts,
+                        duration=interrupted.duration,
+                        step_error=interrupted.error,
+                    )
+                )
             writes.append(write)
         if not writes:
             return

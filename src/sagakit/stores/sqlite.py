@@ -32,7 +32,7 @@ from .._members import (
     ON_STEP_STARTED,
     ON_STEP_TIMED_OUT,
 )
-from .._runs import describe_error
+from .._runs import describe_error, interrupted_step
 from .._serialization import JsonSerializer
 from ..exceptions import (
     SagaAlreadyExecuting,
@@ -54,6 +54,7 @@ from ._sqlite_sql import (
     FINISHED,
     INSERT_EVENT,
     INSERT_SAGA,
+    INTERRUPTED_STEP,
     RETRY_STEP,
     SAGA_ERROR,
     UPSERT_STEP,
@@ -368,7 +369,11 @@ class SQLiteStore:
                 now,
                 saga_id,
             )
-            return [(FINISHED, final)]
+            interrupted = interrupted_step(run)
+            if interrupted is None:
+                return [(FINISHED, final)]
+            ended = (str(interrupted.status), interrupted.duration, interrupted.error)
+            return [(INTERRUPTED_STEP, (*ended, saga_id, interrupted.index)), (FINISHED, final)]
         return None  # pragma: no cover - every kind is handled above
 
     def _completion(self, run: SagaRun, t: Transition, now: float) -> Statements:
