@@ -37,7 +37,7 @@ from ._notify import Listener, level_of, logger, tell
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import SagaRun, StepRun, current_run, describe_error, events_of
-from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id
+from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id, close_driver
 from ._steps import StepCall
 from ._worker import run_worker
 from .exceptions import (
@@ -323,7 +323,7 @@ class SagaOrchestrator:
         except LeaseLost:
             # Fenced out: another worker owns this saga now and finishes it. Run
             # nothing more here (no step, no compensation) and record nothing.
-            driver.close()
+            close_driver(driver, run.name, run.id)
             self._held.pop(run, None)  # staged, never committed: never told
             await self._store.finish(run)
             raise
@@ -339,18 +339,23 @@ class SagaOrchestrator:
                     record.error = "CancelledError: the saga was cancelled"
                     if call.spec.compensate_on_timeout:
                         done.append((record, call, None))
-            driver.close()
+            close_driver(driver, run.name, run.id)
             run.error = "CancelledError: the saga was cancelled"
             try:
                 await self._shielded(self._compensate(run, done, None, faults, observe))
-            finally:
+            except SimulatedCrash:
+                self._held.pop(run, None)  # staged, never committed: never told
+                raise  # "the process died": nothing more is run or recorded
+            except BaseException:
                 await self._finish(run)
+                raise
+            await self._finish(run)
             raise
         except Exception as failure:
             # This frame is in the failure's traceback: keep no exception in its locals,
             # or each failed run leaves a reference cycle for the garbage collector.
             error = None
-            driver.close()
+            close_driver(driver, run.name, run.id)
             if run.error is None:
                 run.error = describe_error(failure)
             try:
@@ -379,11 +384,12 @@ class SagaOrchestrator:
                     compensation_failure = None
             raise
         except SimulatedCrash:
-            driver.close()  # "the process died": nothing more is run or recorded
+            # "The process died": nothing more is run or recorded.
+            close_driver(driver, run.name, run.id)
             self._held.pop(run, None)  # staged, never committed: never told
             raise
         except BaseException as failure:  # KeyboardInterrupt, SystemExit: no time to undo
-            driver.close()
+            close_driver(driver, run.name, run.id)
             run.status = SAGA_FAILED
             run.error = f"{describe_error(failure)} (not compensated)"
             await self._finish(run)
@@ -487,10 +493,15 @@ class SagaOrchestrator:
         observe: bool,
     ) -> CompensationFailed | None:
         """Compensate ``done`` in reverse order; finish in a shielded task if cancelled."""
+        # Kept across the restart below, so failures before the cancellation still count.
+        errors: list[tuple[int, str, BaseException]] = []
+        uncompensated: list[str] = []
         try:
-            return await self._undo(run, done, trigger, faults, observe)
+            return await self._undo(run, done, trigger, faults, observe, errors, uncompensated)
         except asyncio.CancelledError:
-            await self._shielded(self._undo(run, done, trigger, faults, observe))
+            await self._shielded(
+                self._undo(run, done, trigger, faults, observe, errors, uncompensated)
+            )
             raise
 
     async def _undo(
@@ -500,8 +511,13 @@ class SagaOrchestrator:
         trigger: BaseException | None,
         faults: FaultPlan | None,
         observe: bool,
+        errors: list[tuple[int, str, BaseException]],
+        uncompensated: list[str],
     ) -> CompensationFailed | None:
-        """Pop and compensate ``done`` from its end; return the failure to raise, if any."""
+        """Pop and compensate ``done`` from its end; return the failure to raise, if any.
+
+        ``errors`` and ``uncompensated`` collect the compensations that failed for good.
+        """
         run.status = SAGA_COMPENSATING
         loop = asyncio.get_running_loop()
         now = self._now if loop is self._loop else self._use_loop(loop)
@@ -514,8 +530,6 @@ class SagaOrchestrator:
             run.cancel_base = task.cancelling()
         watched = run in watchdog.runs
         watchdog.runs.add(run)
-        errors: list[tuple[int, str, BaseException]] = []
-        uncompensated: list[str] = []
         error: BaseException | None = None
         run.compensating = True
         try:

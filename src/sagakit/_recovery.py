@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ._hooks import active_faults
 from ._runs import SagaRun, StepRun, current_run
-from ._sagas import SagaDefinition, registered_saga, registered_sagas
+from ._sagas import SagaDefinition, close_driver, registered_saga, registered_sagas
 from ._steps import StepCall
 from .exceptions import NonDeterminismError, SagaError, StoreError
 from .status import SagaStatus, StepStatus
@@ -137,7 +137,7 @@ def _replay(
             calls.append(call)
             value = logged.result
     finally:
-        driver.close()
+        close_driver(driver, orphan.name, orphan.saga_id)
     return calls
 
 

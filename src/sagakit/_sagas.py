@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, Generic, Literal, TypeAlias, overload
 
@@ -206,6 +207,20 @@ _SETTERS = tuple(
 )
 
 
+def close_driver(driver: StepDriver, name: str, saga_id: str) -> None:
+    """Close a saga's generator; whatever its body does then is logged, never raised
+    (it must not stop the undo or the end of the run)."""
+    try:
+        driver.close()
+    except Exception:
+        logging.getLogger("sagakit").exception(
+            "sagakit: saga %s (%s): its generator raised or yielded while being closed "
+            "(a yield or raise in a finally block?); the saga is ended regardless",
+            name,
+            saga_id,
+        )
+
+
 def _iterate(calls: tuple[StepCall[Any], ...]) -> StepDriver:
     # Not ``yield from``: the orchestrator send()s results, which a tuple iterator refuses.
     for call in calls:  # noqa: UP028
@@ -334,6 +349,7 @@ def registered_sagas() -> Iterator[SagaFunction[...]]:
 
 
 __all__ = [
+    "close_driver",
     "RecoveryPolicy",
     "SagaDefinition",
     "SagaFunction",
