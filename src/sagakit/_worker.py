@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._recovery import _recover_one, _recoverable
 from ._sagas import registered_sagas
-from .exceptions import LeaseLost, SagaDefinitionError
+from .exceptions import LeaseLost, SagaDefinitionError, StoreError
 
 if TYPE_CHECKING:
     from ._orchestrator import SagaOrchestrator
@@ -137,9 +137,13 @@ async def run_worker(
                 claimed = 0
                 if free > 0:
                     names = {function.name for function in registered_sagas()}
-                    orphans = await store.claim_orphans(
-                        names=names, limit=free, max_attempts=max_attempts
-                    )
+                    try:
+                        orphans = await store.claim_orphans(
+                            names=names, limit=free, max_attempts=max_attempts
+                        )
+                    except StoreError as error:  # the database is away: try again later
+                        logger.warning("sagakit worker could not claim sagas: %s", error)
+                        orphans = []
                     claimed = len(orphans)
                     for orphan in orphans:
                         task = asyncio.create_task(

@@ -94,6 +94,9 @@ def statements(schema: str) -> Statements:
             "recovery_attempts + CASE WHEN released THEN 0 ELSE 1 END AS attempts "
             f"FROM {s}.sagas WHERE {active} AND lease_until <= now() "
             "AND (%(all)s OR name = ANY(%(names)s::text[]) OR NOT factory) "
+            # Never a saga this store still runs (its lease ran out while the database
+            # was unreachable): the run would go on beside its own recovery.
+            "AND NOT (saga_id = ANY(%(mine)s::text[])) "
             "ORDER BY started_at, saga_id LIMIT %(limit)s FOR UPDATE SKIP LOCKED), "
             "d AS (SELECT saga_id, attempts, attempts > %(max)s AS dead FROM c) "
             f"UPDATE {s}.sagas s SET "

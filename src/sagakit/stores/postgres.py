@@ -483,12 +483,15 @@ class PostgresStore:
                 "max": max_attempts,
                 "owner": self.owner,
                 "lease": self.lease,
+                "mine": list(self._fences),
             },
         )
         alive = sorted((row for row in claimed if not row[13]), key=lambda row: row[11])
         for row in claimed:
             if row[13]:
                 logger.error("sagakit parked saga %s (%s): too many recovery attempts", *row[1::-1])
+                self._fences.pop(row[0], None)  # parked: nobody owns it now
+                self._claimed.discard(row[0])
         if not alive:
             return []
         for row in alive:

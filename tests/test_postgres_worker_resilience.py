@@ -1,0 +1,150 @@
+"""PostgreSQL leases and the worker loop: a process never reclaims its own running
+saga, and a lost database connection does not end the worker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from pg_helpers.db import dsn_or_skip, fresh_schema, query
+from sagakit import PostgresStore, SagaOrchestrator, current_step, saga, step
+
+RAN: Counter[tuple[str, int]] = Counter()
+GATES: dict[str, asyncio.Event] = {}
+ENTERED: dict[str, asyncio.Event] = {}
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> Iterator[None]:
+    RAN.clear()
+    GATES.clear()
+    ENTERED.clear()
+    UNDONE.clear()
+    yield
+    for gate in GATES.values():
+        gate.set()
+
+
+@pytest.fixture
+def dsn() -> str:
+    return dsn_or_skip()
+
+
+@pytest.fixture
+def schema(dsn: str) -> Iterator[str]:
+    yield from fresh_schema(dsn)
+
+
+@asynccontextmanager
+async def opened(dsn: str, schema: str, **options: Any) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(dsn, schema=schema, **options)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def expire(dsn: str, schema: str, saga_id: str) -> None:
+    query(
+        dsn,
+        f"UPDATE \"{schema}\".sagas SET lease_until = now() - interval '1 second' "
+        "WHERE saga_id = %s RETURNING 1",
+        (saga_id,),
+    )
+
+
+UNDONE: Counter[tuple[str, int]] = Counter()
+
+
+@step
+async def pl_gated(n: int) -> int:
+    """Like pl_act, but the first entry of step 1 and of step 2 wait on gates."""
+    ctx = current_step()
+    assert ctx is not None
+    RAN[(ctx.saga_id, ctx.step_index)] += 1
+    key = f"{ctx.saga_id}:{ctx.step_index}"
+    gate = GATES.get(key)
+    if gate is not None and RAN[(ctx.saga_id, ctx.step_index)] == 1:
+        ENTERED[key].set()
+        await gate.wait()
+    return n
+
+
+@pl_gated.compensate
+async def pl_ungated(result: int, n: int) -> None:
+    ctx = current_step()
+    assert ctx is not None
+    UNDONE[(ctx.saga_id, ctx.step_index)] += 1
+
+
+@saga
+def pl_gated_three():  # type: ignore[no-untyped-def]
+    for n in range(3):
+        yield pl_gated(n)
+
+
+@pytest.mark.asyncio
+async def test_a_worker_never_claims_a_saga_its_own_process_is_running(
+    dsn: str, schema: str
+) -> None:
+    # Regression: once the lease ran out (the heartbeat could not reach the database
+    # for longer than the lease), the same process's worker claimed the saga, and its
+    # recovery ran beside the original run, whose writes took the new token.
+    async with opened(dsn, schema, lease=60.0, heartbeat=20.0) as store:
+        orchestrator = SagaOrchestrator(store)
+        GATES["own:1"] = asyncio.Event()
+        ENTERED["own:1"] = asyncio.Event()
+        original = asyncio.create_task(orchestrator.execute(pl_gated_three(), saga_id="own"))
+        await ENTERED["own:1"].wait()
+        expire(dsn, schema, "own")
+        stop = asyncio.Event()
+        worker = asyncio.create_task(
+            orchestrator.run_worker(poll_interval=0.02, stop=stop, handle_signals=False)
+        )
+        await asyncio.sleep(0.3)  # many polls
+        fence = query(dsn, f'SELECT fence FROM "{schema}".sagas WHERE saga_id = %s', ("own",))
+        assert fence == [(1,)]  # never claimed
+        GATES["own:1"].set()
+        assert await original == [0, 1, 2]
+        stop.set()
+        await worker
+        assert dict(RAN) == {("own", 0): 1, ("own", 1): 1, ("own", 2): 1}
+        assert not UNDONE
+
+
+@pytest.mark.asyncio
+async def test_a_lost_database_connection_does_not_end_the_worker_loop(
+    dsn: str, schema: str
+) -> None:
+    """run_worker promises to claim and finish orphans 'until stopped' (stop, SIGTERM,
+    cancellation), and the heartbeat keeps beating through errors. But a failed
+    claim_orphans() (here: the server dropped the pool's connection, as in a
+    restart or a fail-over) propagates out of the loop in _worker.py: the worker
+    returns with a StoreError after releasing its leases, and finishes nothing more."""
+    async with opened(dsn, schema, lease=60.0, heartbeat=20.0, max_size=1) as store:
+        orchestrator = SagaOrchestrator(store)
+        stop = asyncio.Event()
+        worker = asyncio.create_task(
+            orchestrator.run_worker(poll_interval=0.05, stop=stop, handle_signals=False)
+        )
+        await asyncio.sleep(0.2)  # a few empty polls
+        query(
+            dsn,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE pid <> pg_backend_pid() AND query LIKE %s",
+            (f'%"{schema}"%',),
+        )
+        await asyncio.sleep(0.5)
+        try:
+            assert not worker.done(), (
+                f"the worker loop ended on a connection error: {worker.exception()!r}"
+            )
+        finally:
+            stop.set()
+            await asyncio.gather(worker, return_exceptions=True)
