@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterable
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .exceptions import SerializationError
 
@@ -151,6 +152,35 @@ def _plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
+def _rebuild_dataclass(cls: type, stored: dict[str, Any]) -> Any:
+    """The dataclass instance with the ``stored`` field values, as it was stored.
+
+    ``__init__`` is not called again (like ``copy`` and ``pickle``): a
+    ``__post_init__`` would transform the values a second time, and ``InitVar``
+    arguments are not fields, so they were never stored.
+    """
+    obj = cast(Any, cls).__new__(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in stored:
+            item = stored.pop(field.name)
+        elif field.default is not dataclasses.MISSING:
+            item = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            item = field.default_factory()
+        else:
+            raise SerializationError(
+                f"stored {cls.__qualname__} has no value for its field {field.name!r} "
+                "(the class gained a field without a default since it was stored)"
+            )
+        object.__setattr__(obj, field.name, item)
+    if stored:
+        raise SerializationError(
+            f"stored {cls.__qualname__} has fields the class no longer has: "
+            f"{', '.join(sorted(stored))}"
+        )
+    return obj
+
+
 class JsonSerializer:
     """JSON with type tags; the default serializer of durable stores.
 
@@ -236,6 +266,9 @@ class JsonSerializer:
             }
             return {_TAG: "dataclass", "t": _type_name(cls), "v": fields}
         if cls is datetime:
+            zone = value.tzinfo
+            if isinstance(zone, ZoneInfo) and zone.key:  # keep the zone, not only its offset
+                return {_TAG: "datetime", "v": value.isoformat(), "z": zone.key}
             return {_TAG: "datetime", "v": value.isoformat()}
         if cls is date:
             return {_TAG: "date", "v": value.isoformat()}
@@ -319,15 +352,15 @@ class JsonSerializer:
             dc_cls = _resolve(data["t"])
             if not (isinstance(dc_cls, type) and dataclasses.is_dataclass(dc_cls)):
                 raise SerializationError(f"stored dataclass type {data['t']!r} is not a dataclass")
-            fields = {name: self._decode(item) for name, item in value.items()}
-            init = {f.name for f in dataclasses.fields(dc_cls) if f.init}
-            obj = dc_cls(**{name: item for name, item in fields.items() if name in init})
-            for name, item in fields.items():
-                if name not in init:
-                    object.__setattr__(obj, name, item)
-            return obj
+            return _rebuild_dataclass(dc_cls, {k: self._decode(v) for k, v in value.items()})
         if tag == "datetime":
-            return datetime.fromisoformat(value)
+            moment = datetime.fromisoformat(value)
+            if "z" not in data:
+                return moment
+            try:
+                return moment.astimezone(ZoneInfo(data["z"]))
+            except (ZoneInfoNotFoundError, ValueError):  # no such zone here: keep the offset
+                return moment
         if tag == "date":
             return date.fromisoformat(value)
         if tag == "time":
