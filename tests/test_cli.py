@@ -9,10 +9,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
+from pg_helpers.db import dsn_or_skip, query
 from sagakit.cli import main
 
 HELPER = Path(__file__).parent / "crash_helpers" / "bank.py"
@@ -170,3 +172,61 @@ def test_release_lets_recovery_take_a_saga_of_another_host(tmp_path: Path) -> No
     assert code == 0
     assert json.loads(out)["status"] == "completed"
     assert cli("--db", db, "release", "far")[0] == 1  # no longer running
+
+
+# ----------------------------------------------- logs that are not there
+
+
+def test_a_sqlite_file_that_is_not_a_saga_log_is_refused_not_converted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: the CLI opened any SQLite file as a store, which created sagakit's
+    # tables inside an application's own database and answered "no sagas".
+    db = tmp_path / "app.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    code, _out = cli("--db", str(db), "list")
+    with sqlite3.connect(db) as conn:
+        tables = sorted(
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        )
+    assert tables == ["users"], f"the CLI created a saga log inside app.db: {tables}"
+    assert code == 1
+    assert "no saga log" in capsys.readouterr().err
+
+
+def test_a_postgres_schema_without_a_saga_log_is_refused_not_created(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Regression: a mistyped --schema was created and migrated, then "no sagas".
+    dsn = dsn_or_skip()
+    schema = "sk_cli_missing_" + uuid.uuid4().hex[:8]
+    try:
+        code, out = cli("--db", dsn, "--schema", schema, "list")
+        created = query(
+            dsn, "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (schema,)
+        )
+        assert not created, f"the CLI created schema {schema!r} (output {out!r})"
+        assert code == 1
+    finally:
+        query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_a_bad_postgres_url_is_one_line_naming_the_cause() -> None:
+    # Regression: the pool retried for connect_timeout, logging a warning per attempt,
+    # and the last line only said "PoolTimeout", not why.
+    dsn = dsn_or_skip()
+    bad = dsn.rsplit("/", 1)[0] + "/sk_cli_no_such_database"
+    result = subprocess.run(
+        [sys.executable, "-m", "sagakit", "--db", bad, "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1, f"stderr has {len(lines)} lines:\n{result.stderr}"
+    assert lines[0].startswith("sagakit: ")
+    assert "does not exist" in lines[0]

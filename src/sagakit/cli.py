@@ -18,12 +18,12 @@ import argparse
 import asyncio
 import importlib
 import json
-import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
+from ._cli_logs import check_postgres_log, check_sqlite_log
 from ._orchestrator import SagaOrchestrator
 from .exceptions import SagaError, StoreError
 from .records import SagaMetadata, StepRecord
@@ -300,8 +300,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         parser.error("the saga log is required: --db sagas.db")
     args.json = getattr(args, "json", False)
     try:
-        if not _is_postgres(args.db) and not os.path.exists(args.db):
-            raise StoreError(f"no saga log at {args.db!r}; pass the path your application uses")
+        if _is_postgres(args.db):
+            check_postgres_log(args.db, getattr(args, "schema", "sagakit"))
+        else:
+            check_sqlite_log(args.db)
         return asyncio.run(_run(args, out or sys.stdout))
     except (SagaError, ImportError) as error:
         sys.stderr.write(f"sagakit: {error}\n")

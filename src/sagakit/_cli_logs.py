@@ -1,0 +1,66 @@
+"""Checking that ``--db`` names an existing saga log, before the CLI opens it.
+
+Opening a store creates and migrates its tables; the CLI only inspects and repairs,
+so it refuses a file or schema that holds no saga log instead of creating one.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any
+
+from .exceptions import StoreError
+from .stores._pg_schema import check_schema_name
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def check_sqlite_log(path: str) -> None:
+    """:class:`StoreError` unless ``path`` is a SQLite file holding a saga log.
+
+    A file SQLite cannot read is left to the store, whose message says what is wrong.
+    """
+    if not os.path.exists(path):
+        raise StoreError(f"no saga log at {path!r}; pass the path your application uses")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return
+    try:
+        found = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sagakit_meta'"
+        ).fetchone()
+    except sqlite3.DatabaseError:
+        return
+    finally:
+        conn.close()
+    if found is None:
+        raise StoreError(
+            f"no saga log in {path!r} (it is a SQLite database without sagakit's tables); "
+            "pass the path your application's SQLiteStore uses"
+        )
+
+
+def check_postgres_log(dsn: str, schema: str, connect_timeout: float = 10.0) -> None:
+    """:class:`StoreError` unless the database is reachable and ``schema`` holds a log."""
+    check_schema_name(schema)
+    import psycopg  # the postgres extra; an ImportError reaches the CLI's message
+
+    try:
+        with psycopg.connect(dsn, connect_timeout=max(1, int(connect_timeout))) as conn:
+            row: Any = conn.execute(
+                "SELECT to_regclass(%s)", (f'"{schema}".schema_migrations',)
+            ).fetchone()
+    except psycopg.Error as error:
+        raise StoreError(f"cannot connect to PostgreSQL: {_one_line(error)}") from error
+    if row is None or row[0] is None:
+        raise StoreError(
+            f"no saga log in schema {schema!r} of that PostgreSQL database; pass the "
+            "schema your application's PostgresStore uses (--schema)"
+        )
+
+
+__all__ = ["check_postgres_log", "check_sqlite_log"]
