@@ -1,10 +1,13 @@
 """Owner tokens of the SQLite store: which process runs a saga, and is it alive.
 
-A token is ``"<host>/<pid>/<start>"`` where ``start`` is the process start time
-(from ``/proc/<pid>/stat`` on Linux, so a reused pid is not mistaken for the
-owner). A saga is orphaned when its owner runs on this host and that process is
-gone. Owners on another host are never considered dead: a SQLite file is shared
-by the processes of one machine only.
+A token is ``"<host>/<pid>/<start>/<pid namespace>"``: ``start`` is the process start
+time (from ``/proc/<pid>/stat`` on Linux, so a reused pid is not mistaken for the
+owner) and the PID namespace tells containers sharing a hostname apart. A saga is
+orphaned when its owner runs on this host, in this PID namespace, and that process
+is gone (or a zombie nobody reaped). Owners elsewhere — another host, another
+container — are never considered dead: their pids mean nothing here, so such a saga
+is handed over with ``sagakit release``. Tokens written before the namespace was
+recorded (three parts) are read as before.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ import os
 import socket
 
 
-def _start_time(pid: int) -> str | None:
-    """The start time of ``pid`` in clock ticks since boot, or ``None`` if unknown."""
+def _stat(pid: int) -> tuple[str, str] | None:
+    """The state letter and start time (clock ticks since boot) of ``pid``, if known."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             data = stat.read()
@@ -22,7 +25,16 @@ def _start_time(pid: int) -> str | None:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     fields = data[data.rfind(b")") + 2 :].split()
-    return fields[19].decode() if len(fields) > 19 else None
+    if len(fields) <= 19:
+        return None
+    return fields[0].decode(), fields[19].decode()
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return "?"
 
 
 def _alive(pid: int) -> bool:
@@ -38,29 +50,35 @@ def _alive(pid: int) -> bool:
 def current_owner() -> str:
     """The token of this process."""
     pid = os.getpid()
-    return f"{socket.gethostname()}/{pid}/{_start_time(pid) or '?'}"
+    stat = _stat(pid)
+    return f"{socket.gethostname()}/{pid}/{stat[1] if stat else '?'}/{_pid_namespace()}"
 
 
 def owner_alive(token: str | None) -> bool:
     """Whether the process named by ``token`` may still be running."""
     if not token:
         return False
-    host, _, rest = token.partition("/")
-    pid_text, _, start = rest.partition("/")
+    host, pid_text, start, namespace = [*token.split("/", 3), "", "", ""][:4]
     if host != socket.gethostname():
         return True
+    if namespace and namespace != _pid_namespace():
+        return True  # another container on this hostname: its pid means nothing here
     try:
         pid = int(pid_text)
     except ValueError:
         return False
     if pid == os.getpid():
-        return start == (_start_time(pid) or "?")
+        stat = _stat(pid)
+        return start == (stat[1] if stat else "?")
     if not _alive(pid):
         return False
-    actual = _start_time(pid)
-    if actual is None or start == "?":
+    stat = _stat(pid)
+    if stat is None:
         return True
-    return actual == start
+    state, actual = stat
+    if state in ("Z", "X"):  # killed, not yet reaped by its parent: dead all the same
+        return False
+    return start == "?" or actual == start
 
 
 __all__ = ["current_owner", "owner_alive"]
