@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from sagakit import (
     CompensationFailed,
     Retry,
+    SagaDefinition,
     SagaOrchestrator,
     StepFailed,
     Transition,
@@ -143,6 +145,31 @@ async def test_listeners_sync_and_async_see_every_transition_in_order() -> None:
     await orchestrator.execute(order("y"))
     assert len(seen_sync) == 6
     assert len(seen_async) == 12
+
+
+@pytest.mark.asyncio
+async def test_a_listener_removed_mid_run_hears_that_run_to_its_end_and_no_other() -> None:
+    heard: list[tuple[str, TransitionKind]] = []
+    gate = asyncio.Event()
+
+    def listener(transition: Transition) -> None:
+        heard.append((transition.saga_id, transition.kind))
+
+    @step
+    async def held() -> None:
+        await gate.wait()
+
+    orchestrator = SagaOrchestrator(listeners=[listener])
+    task = asyncio.create_task(orchestrator.execute(SagaDefinition("first").add_step(held())))
+    await asyncio.sleep(0)
+    orchestrator.remove_listener(listener)
+    gate.set()
+    await task
+    await orchestrator.execute(SagaDefinition("second").add_step(held()))
+    assert heard[-1] == ("first", TransitionKind.SAGA_FINISHED)  # its whole run
+    assert {saga_id for saga_id, _ in heard} == {"first"}  # but no run begun after
+    with pytest.raises(ValueError, match="not in list"):
+        orchestrator.remove_listener(listener)
 
 
 @pytest.mark.asyncio

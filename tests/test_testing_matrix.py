@@ -166,7 +166,7 @@ async def test_a_given_orchestrator_is_used_and_its_listeners_left_as_they_were(
     assert len(recorder.runs) == 5  # the discovery run and four faulty runs
     assert [r.status for r in recorder.runs[1:]] == [SagaStatus.COMPENSATED] * 4
     assert sleep.delays  # charge retried under the injected fault, without waiting
-    assert orchestrator._listeners == [recorder]
+    assert orchestrator._listeners == (recorder,)
 
 
 @pytest.mark.asyncio

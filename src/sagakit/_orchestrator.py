@@ -114,7 +114,7 @@ class SagaOrchestrator:
         self._held: dict[SagaRun, list[tuple[int, Transition]]] = {}
         self._compensation_retry = compensation_retry
         self._continue = bool(continue_on_compensation_failure)
-        self._listeners: list[Listener] = []
+        self._listeners: tuple[Listener, ...] = ()  # replaced, never changed: runs keep theirs
         for listener in listeners:
             self.add_listener(listener)
         self._sleep = sleep
@@ -150,11 +150,14 @@ class SagaOrchestrator:
         """Call ``listener(transition)`` on every state change; errors it raises are logged."""
         if not callable(listener):
             raise SagaDefinitionError(f"a listener must be callable, got {listener!r}")
-        self._listeners.append(listener)
+        self._listeners = (*self._listeners, listener)
 
     def remove_listener(self, listener: Listener) -> None:
-        """Stop calling ``listener``."""
-        self._listeners.remove(listener)
+        """Stop calling ``listener`` for sagas started from now on; the runs it was told
+        of go on telling it until they end (a tracer must hear the end it opened)."""
+        listeners = list(self._listeners)
+        listeners.remove(listener)
+        self._listeners = tuple(listeners)
 
     # ------------------------------------------------------------------ running
 
@@ -181,6 +184,7 @@ class SagaOrchestrator:
         run = SagaRun(
             saga_id if saga_id is not None else new_saga_id(), definition, explicit, now()
         )
+        run.listeners = self._listeners
         earlier = await self._store.begin(run)
         if earlier is not None:
             return list(earlier.events)
@@ -698,7 +702,7 @@ class SagaOrchestrator:
         """Record a transition durably (if the store is), log it, then tell listeners."""
         level = level_of(kind, run.status)
         logged = logger.isEnabledFor(level)
-        if not (logged or self._durable or self._listeners):
+        if not (logged or self._durable or run.listeners):
             return
         transition = make_transition(
             kind,
@@ -723,16 +727,16 @@ class SagaOrchestrator:
                 # No side effect follows it: it commits with the run's next record(),
                 # and is logged and told to listeners then, once durable.
                 stage(run, transition)
-                if logged or self._listeners:
+                if logged or run.listeners:
                     self._held.setdefault(run, []).append((level, transition))
                 return
             held = self._held.pop(run, None) if self._held else None
             await self._store.record(run, transition)  # on failure, held ones never commit
             if held is not None:
                 for earlier_level, earlier in held:
-                    await tell(self._listeners, earlier_level, earlier)
-        if logged or self._listeners:  # recorded only: nothing to log or tell
-            await tell(self._listeners, level, transition)
+                    await tell(run.listeners, earlier_level, earlier)
+        if logged or run.listeners:  # recorded only: nothing to log or tell
+            await tell(run.listeners, level, transition)
 
     # --------------------------------------------------------------- monitoring
 

@@ -198,6 +198,7 @@ async def _recover_one(
     failed = stopped is not None and stopped.status in (StepStatus.FAILED, StepStatus.TIMED_OUT)
     compensate = orphan.status is SagaStatus.COMPENSATING or failed or orphan.policy == "compensate"
     run = _rebuild(definition, orphan, done)
+    run.listeners = orchestrator._listeners  # told of the whole recovered run
     logger.warning(
         "sagakit recovery %s saga %s (%s) after %d completed steps (attempt %d)",
         "compensates" if compensate else "resumes",

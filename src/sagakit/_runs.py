@@ -98,6 +98,7 @@ class SagaRun:
         "explicit_id",
         "finished_mono",
         "id",
+        "listeners",
         "name",
         "started_mono",
         "started_wall",
@@ -134,6 +135,7 @@ class SagaRun:
         self.timed_out = False  # the watchdog cancelled ``task`` for ``deadline``
         self.task: asyncio.Task[Any] | None = None
         self.cancel_base = 0  # task.cancelling() when the run started
+        self.listeners: Sequence[Any] = ()  # told of this run: those there when it began
 
     @property
     def steps_executed(self) -> int:

@@ -141,7 +141,10 @@ class SagaTracer:
         else:
             span.record_exception(transition.error)
             span.set_status(Status(StatusCode.ERROR, describe_error(transition.error)))
-            if transition.kind is _K.STEP_TIMED_OUT:
+            if transition.kind is _K.STEP_TIMED_OUT or (
+                transition.kind is _K.COMPENSATION_FAILED
+                and isinstance(transition.error, TimeoutError)
+            ):
                 span.set_attribute("sagakit.step.timed_out", True)
         opened.detach()
         span.end()

@@ -1,0 +1,102 @@
+"""OpenTelemetry tracing: a tracer removed mid-saga, a timed-out compensation's span.
+
+Regressions: a tracer removed while a saga ran was never told of its end, so the
+caller's context kept pointing at a step span that never ended; a compensation that
+timed out lacked the ``sagakit.step.timed_out`` attribute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk", reason="the OpenTelemetry SDK is in the dev extra")
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from sagakit import CompensationFailed, Retry, SagaOrchestrator, saga, step
+from sagakit.otel import instrument
+
+provider = TracerProvider()
+exporter = InMemorySpanExporter()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+app_tracer = provider.get_tracer("app")
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    exporter.clear()
+
+
+@step
+async def ot_slow(item: str) -> str:
+    await asyncio.sleep(0.05)
+    return item
+
+
+@saga
+def ot_traced(item: str) -> Any:
+    yield ot_slow(item)
+
+
+@pytest.mark.asyncio
+async def test_removing_the_tracer_mid_saga_leaves_the_callers_context_alone() -> None:
+    # remove_listener() while a saga runs: the tracer still hears that saga's end, so
+    # the spans it attached to the caller's context are ended and detached.
+    orchestrator = SagaOrchestrator()
+    tracer = instrument(orchestrator, tracer_provider=provider)
+
+    async def remove_soon() -> None:
+        await asyncio.sleep(0.01)  # ot_slow is running by now
+        orchestrator.remove_listener(tracer)
+
+    with app_tracer.start_as_current_span("request") as request:
+        remover = asyncio.create_task(remove_soon())
+        await orchestrator.execute(ot_traced("x"))
+        await remover
+        current = trace.get_current_span()
+        assert current is request, f"the caller's current span is now {current}"
+    assert repr(tracer) == "<SagaTracer 0 open sagas>"
+
+
+@step(compensation_timeout=0.02, compensation_retry=Retry(attempts=1))
+async def ot_book(item: str) -> str:
+    return item
+
+
+@ot_book.compensate
+async def ot_unbook(item: str) -> None:
+    await asyncio.sleep(1)  # longer than its compensation_timeout
+
+
+@step
+async def ot_refuse(item: str) -> None:
+    raise ValueError("refused")
+
+
+@saga
+def ot_booking(item: str) -> Any:
+    yield ot_book(item)
+    yield ot_refuse(item)
+
+
+@pytest.mark.asyncio
+async def test_a_timed_out_compensation_span_says_it_timed_out() -> None:
+    """docs/observability.md: `sagakit.step.timed_out` for timeouts; the store logs such a
+    compensation as timed_out, but its span lacks the attribute (only STEP_TIMED_OUT
+    sets it, otel.py _end_child)."""
+    orchestrator = SagaOrchestrator()
+    instrument(orchestrator, tracer_provider=provider)
+    with pytest.raises(CompensationFailed):
+        await orchestrator.execute(ot_booking("x"))
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    undo = spans["compensate ot_book"]
+    assert undo.status.description is not None
+    assert "timed out" in undo.status.description
+    assert undo.attributes is not None
+    assert undo.attributes.get("sagakit.step.timed_out") is True
