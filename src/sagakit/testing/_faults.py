@@ -87,9 +87,16 @@ def _check_target(target: object) -> StepTarget:
 
 
 def _check_fault(fault: object) -> Fault:
-    if isinstance(fault, BaseException) or (
-        isinstance(fault, type) and issubclass(fault, BaseException)
-    ):
+    if isinstance(fault, BaseException):
+        return fault
+    if isinstance(fault, type) and issubclass(fault, BaseException):
+        try:
+            fault("injected")  # it is built with a message for every attempt
+        except TypeError as error:
+            raise SagaDefinitionError(
+                f"the fault class {fault.__name__} cannot be built from a message alone "
+                f"({error}); pass an instance instead, e.g. {fault.__name__}(...)"
+            ) from error
         return fault
     raise SagaDefinitionError(
         f"a fault must be an exception instance or class (ValueError('boom')), got {fault!r}"
@@ -104,25 +111,31 @@ def _check_count(value: object, what: str) -> int | None:
     return value
 
 
-class _Chain:
-    """An inner fault plan consulted first, then the one that was active around it."""
+class _Scope:
+    """The faults of one ``with injector:`` block, consulted first, then those active
+    around it. Tasks started in the block keep this object: once the block ends
+    (``open`` is false), they get only the outer faults."""
 
-    __slots__ = ("inner", "outer")
+    __slots__ = ("inner", "open", "outer")
 
-    def __init__(self, inner: FaultPlan, outer: FaultPlan) -> None:
+    def __init__(self, inner: FaultPlan, outer: FaultPlan | None) -> None:
         self.inner = inner
         self.outer = outer
+        self.open = True
 
     def fault_for(
         self, step: Step[Any, Any], attempt: int, *, compensation: bool
     ) -> BaseException | _SimulatedTimeout | CrashAfter | None:
-        fault = self.inner.fault_for(step, attempt, compensation=compensation)
-        if fault is None:
-            fault = self.outer.fault_for(step, attempt, compensation=compensation)
-        return fault
+        if self.open:
+            fault = self.inner.fault_for(step, attempt, compensation=compensation)
+            if fault is not None:
+                return fault
+        if self.outer is None:
+            return None
+        return self.outer.fault_for(step, attempt, compensation=compensation)
 
 
-_scopes: ContextVar[tuple[Token[FaultPlan | None], ...]] = ContextVar(
+_scopes: ContextVar[tuple[tuple[Token[FaultPlan | None], _Scope], ...]] = ContextVar(
     "sagakit_fault_scopes", default=()
 )
 
@@ -253,24 +266,31 @@ class FaultInjector:
     @contextmanager
     def activate(self) -> Iterator[FaultInjector]:
         """Make these faults apply within the ``with`` block (same as ``with injector:``)."""
-        outer = active_faults.get()
-        token = active_faults.set(self if outer is None else _Chain(self, outer))
+        scope = _Scope(self, active_faults.get())
+        token = active_faults.set(scope)
         try:
             yield self
         finally:
+            scope.open = False  # also for the tasks started in the block
             active_faults.reset(token)
 
     def __enter__(self) -> FaultInjector:
-        outer = active_faults.get()
-        token = active_faults.set(self if outer is None else _Chain(self, outer))
-        _scopes.set((*_scopes.get(), token))
+        scope = _Scope(self, active_faults.get())
+        token = active_faults.set(scope)
+        _scopes.set((*_scopes.get(), (token, scope)))
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         scopes = _scopes.get()
+        wrong_task = RuntimeError("FaultInjector exited in a task (context) that did not enter it")
         if not scopes:
-            raise RuntimeError("FaultInjector exited in a task (context) that did not enter it")
-        active_faults.reset(scopes[-1])
+            raise wrong_task
+        token, scope = scopes[-1]
+        try:
+            active_faults.reset(token)
+        except ValueError:  # a task started inside the block inherited the scopes
+            raise wrong_task from None
+        scope.open = False  # also for the tasks started in the block
         _scopes.set(scopes[:-1])
 
     def __repr__(self) -> str:

@@ -16,7 +16,7 @@ from .._steps import Step
 from ..exceptions import CompensationFailed, SagaDefinitionError, StepFailed, StepTimeout
 from ..status import SagaStatus
 from ..transitions import TransitionKind
-from ._faults import Fault, FaultInjector, InjectedFault, _Chain, _check_fault, _running_index
+from ._faults import Fault, FaultInjector, InjectedFault, _check_fault, _running_index, _Scope
 from ._recorder import SagaRecorder
 from ._sleep import InstantSleep
 
@@ -207,8 +207,8 @@ async def run_fault_matrix(
         orchestrator = SagaOrchestrator(sleep=InstantSleep(), history_limit=0)
     run_id = f"fault-matrix-{os.urandom(4).hex()}"
     spy = _StepSpy()
-    outer = active_faults.get()
-    token = active_faults.set(spy if outer is None else _Chain(spy, outer))
+    scope = _Scope(spy, active_faults.get())
+    token = active_faults.set(scope)
     try:
         try:
             await orchestrator.execute(definition, saga_id=f"{run_id}-discover")
@@ -218,6 +218,7 @@ async def run_fault_matrix(
                 f"discover its steps, but that run failed: {failure!r}"
             ) from failure
         finally:
+            scope.open = False
             active_faults.reset(token)
         steps = [spy.steps[i] for i in sorted(spy.steps)]
         modes: list[FaultMode] = []
