@@ -12,13 +12,12 @@ import json
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from pg_helpers.db import dsn_or_skip, fresh_schema, query
+from pg_helpers.db import dsn_or_skip, expire, fresh_schema, opened, query
 from sagakit import (
     LeaseLost,
     PostgresStore,
@@ -136,26 +135,6 @@ def dsn() -> str:
 @pytest.fixture
 def schema(dsn: str) -> Iterator[str]:
     yield from fresh_schema(dsn)
-
-
-@asynccontextmanager
-async def opened(dsn: str, schema: str, **options: Any) -> AsyncIterator[PostgresStore]:
-    store = PostgresStore(dsn, schema=schema, **options)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-def expire(dsn: str, schema: str, saga_id: str) -> None:
-    """Make a lease run out now (as if its worker stopped heartbeating long ago)."""
-    query(
-        dsn,
-        f"UPDATE \"{schema}\".sagas SET lease_until = now() - interval '1 second' "
-        "WHERE saga_id = %s RETURNING 1",
-        (saga_id,),
-    )
 
 
 async def hang_at(orchestrator: SagaOrchestrator, saga_id: str, index: int) -> asyncio.Task[Any]:

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
-from pg_helpers.db import dsn_or_skip, fresh_schema, query
-from sagakit import PostgresStore, SagaOrchestrator, current_step, saga, step
+from pg_helpers.db import dsn_or_skip, expire, fresh_schema, opened, query
+from sagakit import SagaOrchestrator, current_step, saga, step
 
 RAN: Counter[tuple[str, int]] = Counter()
 GATES: dict[str, asyncio.Event] = {}
@@ -38,25 +36,6 @@ def dsn() -> str:
 @pytest.fixture
 def schema(dsn: str) -> Iterator[str]:
     yield from fresh_schema(dsn)
-
-
-@asynccontextmanager
-async def opened(dsn: str, schema: str, **options: Any) -> AsyncIterator[PostgresStore]:
-    store = PostgresStore(dsn, schema=schema, **options)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-def expire(dsn: str, schema: str, saga_id: str) -> None:
-    query(
-        dsn,
-        f"UPDATE \"{schema}\".sagas SET lease_until = now() - interval '1 second' "
-        "WHERE saga_id = %s RETURNING 1",
-        (saga_id,),
-    )
 
 
 UNDONE: Counter[tuple[str, int]] = Counter()

@@ -10,11 +10,15 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from sagakit import PostgresStore
 
 ENV = "SAGAKIT_TEST_POSTGRES_DSN"
 WORKER = Path(__file__).with_name("worker.py")
@@ -134,3 +138,26 @@ class Worker:
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+@asynccontextmanager
+async def opened(dsn: str, schema: str, **options: Any) -> AsyncIterator[PostgresStore]:
+    """An open PostgresStore on ``schema``, closed afterwards."""
+    from sagakit import PostgresStore
+
+    store = PostgresStore(dsn, schema=schema, **options)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def expire(dsn: str, schema: str, saga_id: str) -> None:
+    """Make a lease run out now (as if its worker stopped heartbeating long ago)."""
+    query(
+        dsn,
+        f"UPDATE \"{schema}\".sagas SET lease_until = now() - interval '1 second' "
+        "WHERE saga_id = %s RETURNING 1",
+        (saga_id,),
+    )
