@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
@@ -45,6 +45,22 @@ class CommittedThenCancelled(asyncio.CancelledError):
 def _is_busy(error: sqlite3.OperationalError) -> bool:
     text = str(error)
     return "locked" in text or "busy" in text
+
+
+async def wait_out(work: Awaitable[Any]) -> asyncio.Future[Any]:
+    """Wait until ``work`` has ended, whatever cancels the caller meanwhile; return it.
+
+    Its outcome (result, error or cancellation) is left on the returned future.
+    """
+    future = asyncio.ensure_future(work)
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            continue
+        except Exception:
+            break
+    return future
 
 
 class GroupWriter:
@@ -174,13 +190,7 @@ class GroupWriter:
         batch = self._thread_job
         if batch is None or future not in self._thread_futures:
             return
-        while not batch.done():  # on the writer thread: wait for the outcome
-            try:
-                await asyncio.shield(batch)
-            except asyncio.CancelledError:
-                continue
-            except Exception:
-                break
+        await wait_out(batch)  # on the writer thread: wait for the outcome
         if not batch.cancelled() and batch.exception() is None:
             raise CommittedThenCancelled(batch.result()[self._thread_futures.index(future)])
 
@@ -379,4 +389,11 @@ def _settle(
             future.set_result(results[index])
 
 
-__all__ = ["CHECKPOINT_EVERY", "CommittedThenCancelled", "GroupWriter", "Job", "Statements"]
+__all__ = [
+    "CHECKPOINT_EVERY",
+    "CommittedThenCancelled",
+    "GroupWriter",
+    "Job",
+    "Statements",
+    "wait_out",
+]

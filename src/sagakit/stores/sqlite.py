@@ -9,13 +9,12 @@ on the same host claims them once that process is gone (``_sqlite_owner``).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Collection
+from collections.abc import Collection
 from types import CodeType
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +58,7 @@ from ._sqlite_sql import (
     SAGA_ERROR,
     UPSERT_STEP,
 )
-from ._sqlite_writer import CommittedThenCancelled, GroupWriter, Job, Statements
+from ._sqlite_writer import CommittedThenCancelled, GroupWriter, Job, Statements, wait_out
 
 if TYPE_CHECKING:
     from .._runs import SagaRun
@@ -109,19 +108,6 @@ def _forget_new(saga_id: str) -> Job:
         conn.execute("DELETE FROM sagakit_sagas WHERE id = ? AND status = 'executing'", (saga_id,))
 
     return job
-
-
-async def _uncancellable(work: Awaitable[Any]) -> None:
-    """Run ``work`` to its end, whatever cancels the caller meanwhile."""
-    task = asyncio.ensure_future(work)
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            continue
-        except Exception:
-            break
-    task.exception()  # a failed cleanup is not worth masking the cancellation
 
 
 class SQLiteStore:
@@ -269,7 +255,9 @@ class SQLiteStore:
             if cancelled.result[0] == "new":
                 # Its row went in, but the caller is gone and nothing will run it: take
                 # it out again rather than leave it executing under this live process.
-                await _uncancellable(self._write(_forget_new(saga_id)))
+                done = await wait_out(self._write(_forget_new(saga_id)))
+                if not done.cancelled():
+                    done.exception()  # a failed clean-up does not mask the cancellation
             raise
         except BaseException:
             self._live.discard(saga_id)
