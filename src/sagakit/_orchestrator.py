@@ -185,10 +185,12 @@ class SagaOrchestrator:
             saga_id if saga_id is not None else new_saga_id(), definition, explicit, now()
         )
         run.listeners = self._listeners
+        driver = definition._driver()  # before begin(): whatever it raises leaves no run
         earlier = await self._store.begin(run)
         if earlier is not None:
+            driver.close()
             return list(earlier.events)
-        return await self._drive(run, definition._driver())
+        return await self._drive(run, driver)
 
     async def _drive(self, run: SagaRun, driver: StepDriver, replay: int = 0) -> list[Any]:
         """Run the steps ``driver`` yields; the first ``replay`` come from ``run.steps``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from typing import Any, Generic, Literal, TypeAlias, overload
+from typing import Any, Generic, Literal, TypeAlias, cast, overload
 
 from typing_extensions import ParamSpec
 
@@ -286,7 +286,15 @@ class SagaFunction(Generic[P]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> SagaDefinition:
         calls: tuple[StepCall[Any], ...] | None = None
-        if not self.is_generator:
+        if self.is_generator:
+            try:  # calling a generator function only binds its arguments
+                cast(Generator[Any, Any, Any], self.__wrapped__(*args, **kwargs)).close()
+            except TypeError as error:
+                raise SagaDefinitionError(
+                    f"saga {self.name}{inspect.signature(self.__wrapped__)} cannot take these "
+                    f"arguments: {error}"
+                ) from None
+        else:
             body = self.__wrapped__(*args, **kwargs)
             if not isinstance(body, list | tuple):
                 raise SagaDefinitionError(

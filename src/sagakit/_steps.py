@@ -220,8 +220,8 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
             if compensation_timeout is None
             else check_seconds(compensation_timeout, f"@step(compensation_timeout=...) of {name!r}")
         )
-        spec.compensate_on_timeout = bool(compensate_on_timeout)
-        spec.compensate_on_failure = bool(compensate_on_failure)
+        spec.compensate_on_timeout = _as_bool(compensate_on_timeout, "compensate_on_timeout", name)
+        spec.compensate_on_failure = _as_bool(compensate_on_failure, "compensate_on_failure", name)
         spec.compensation = None
         spec.compensation_takes_result = False
         spec.plain_compensation = False
@@ -337,10 +337,26 @@ def _as_retry(value: Retry | int | None, what: str) -> Retry | None:
     )
 
 
+def _as_bool(value: object, option: str, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise SagaDefinitionError(
+            f"@step({option}=...) of {name!r} must be True or False, got {value!r}"
+        )
+    return value
+
+
 def _takes_result(step: Step[Any, Any], fn: Callable[..., Any]) -> bool:
     """Decide which form ``fn`` has, or raise when it cannot take the step's arguments."""
     spec = step._self_spec
     params = list(spec.signature.parameters.values())
+    kinds = {p.kind for p in inspect.signature(fn).parameters.values()}
+    for variadic, written in ((inspect.Parameter.VAR_POSITIONAL, "*args"),
+                              (inspect.Parameter.VAR_KEYWORD, "**kwargs")):  # fmt: skip
+        if any(p.kind is variadic for p in params) and variadic not in kinds:
+            raise SagaDefinitionError(
+                f"compensation {fn.__qualname__}{inspect.signature(fn)} cannot take the "
+                f"{written} of step {step.name!r} ({spec.signature}); give it {written} too"
+            )
     positional = [p.name for p in params if p.kind in _POSITIONAL]
     keywords = {p.name: p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
     if spec.is_method and positional:

@@ -1,0 +1,76 @@
+"""Declaration-time checks found missing in review (each a regression test).
+
+- A generator saga called with arguments its function cannot take was built silently and
+  then left its run EXECUTING: now a SagaDefinitionError when the definition is built.
+- A compensation that cannot take its step's *args / **kwargs was accepted and failed at
+  run time: now refused when declared.
+- compensate_on_timeout / compensate_on_failure took any value through bool(): now only
+  True or False.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sagakit import SagaDefinitionError, SagaOrchestrator, saga, step
+
+
+@step
+async def dc_ga_step(x: int) -> int:
+    return x
+
+
+@saga
+def dc_ga_saga(x: int, y: int):  # type: ignore[no-untyped-def]
+    yield dc_ga_step(x + y)
+
+
+@pytest.mark.asyncio
+async def test_bad_generator_args_leave_no_run_executing() -> None:
+    orchestrator = SagaOrchestrator()
+    # TypeError covers SagaDefinitionError too: refusing at build time is a fix as well.
+    with pytest.raises(TypeError):
+        await orchestrator.execute(dc_ga_saga(1), saga_id="dc-ga-1")  # type: ignore[call-arg]
+    # "A run is never left EXECUTING or COMPENSATING once execute has returned or raised"
+    assert await orchestrator.running_count() == 0
+    assert await orchestrator.get_running_sagas() == []
+    # The id is not blocked: a correct execution with that id runs.
+    assert await orchestrator.execute(dc_ga_saga(1, 2), saga_id="dc-ga-1") == [3]
+
+
+def test_bad_generator_args_are_refused_when_the_definition_is_built() -> None:
+    with pytest.raises(SagaDefinitionError, match="cannot take these arguments"):
+        dc_ga_saga(1)  # type: ignore[call-arg]
+
+
+def test_compensation_without_kwargs_for_a_step_with_kwargs_is_refused() -> None:
+    @step
+    async def dc_tag(order_id: str, **labels: str) -> None:
+        return None
+
+    with pytest.raises(SagaDefinitionError, match=r"give it \*\*kwargs too"):
+
+        @dc_tag.compensate
+        async def dc_untag(order_id: str) -> None:  # cannot take **labels
+            return None
+
+
+def test_compensation_without_varargs_for_a_step_with_varargs_is_refused() -> None:
+    @step
+    async def dc_reserve_all(*skus: str) -> None:
+        return None
+
+    with pytest.raises(SagaDefinitionError, match=r"give it \*args too"):
+
+        @dc_reserve_all.compensate
+        async def dc_release_one(sku: str) -> None:  # cannot take *skus
+            return None
+
+
+@pytest.mark.parametrize("option", ["compensate_on_timeout", "compensate_on_failure"])
+def test_non_bool_compensate_option_is_refused(option: str) -> None:
+    async def dc_flagged(x: int) -> int:
+        return x
+
+    with pytest.raises(SagaDefinitionError, match="must be True or False"):
+        step(**{option: "false"})(dc_flagged)
