@@ -38,6 +38,7 @@ from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import SagaRun, StepRun, current_run, describe_error, events_of
 from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id, close_driver
+from ._shielding import wait_out
 from ._steps import StepCall
 from ._worker import run_worker
 from .exceptions import (
@@ -348,7 +349,8 @@ class SagaOrchestrator:
             close_driver(driver, run.name, run.id)
             run.error = "CancelledError: the saga was cancelled"
             try:
-                await self._shielded(self._compensate(run, done, None, faults, observe))
+                # To its end whatever cancels us again; then its outcome, as if awaited.
+                (await wait_out(self._compensate(run, done, None, faults, observe))).result()
             except SimulatedCrash:
                 self._held.pop(run, None)  # staged, never committed: never told
                 raise  # "the process died": nothing more is run or recorded
@@ -479,17 +481,6 @@ class SagaOrchestrator:
         finally:
             await self._store.finish(run)
 
-    async def _shielded(self, work: Awaitable[Any]) -> Any:
-        """Run ``work`` to its end in its own task, whatever cancels the caller meanwhile."""
-        task = asyncio.ensure_future(work)
-        while True:
-            try:
-                return await asyncio.shield(task)
-            except asyncio.CancelledError:
-                if task.done():
-                    raise
-                continue
-
     async def _compensate(
         self,
         run: SagaRun,
@@ -505,9 +496,8 @@ class SagaOrchestrator:
         try:
             return await self._undo(run, done, trigger, faults, observe, errors, uncompensated)
         except asyncio.CancelledError:
-            await self._shielded(
-                self._undo(run, done, trigger, faults, observe, errors, uncompensated)
-            )
+            undo = self._undo(run, done, trigger, faults, observe, errors, uncompensated)
+            (await wait_out(undo)).result()  # to its end, in its own task
             raise
 
     async def _undo(

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
+from .._shielding import wait_out
 from ..exceptions import StoreError
 
 T = TypeVar("T")
@@ -45,22 +46,6 @@ class CommittedThenCancelled(asyncio.CancelledError):
 def _is_busy(error: sqlite3.OperationalError) -> bool:
     text = str(error)
     return "locked" in text or "busy" in text
-
-
-async def wait_out(work: Awaitable[Any]) -> asyncio.Future[Any]:
-    """Wait until ``work`` has ended, whatever cancels the caller meanwhile; return it.
-
-    Its outcome (result, error or cancellation) is left on the returned future.
-    """
-    future = asyncio.ensure_future(work)
-    while not future.done():
-        try:
-            await asyncio.shield(future)
-        except asyncio.CancelledError:
-            continue
-        except Exception:
-            break
-    return future
 
 
 class GroupWriter:
@@ -395,5 +380,4 @@ __all__ = [
     "GroupWriter",
     "Job",
     "Statements",
-    "wait_out",
 ]

@@ -33,6 +33,7 @@ from .._members import (
 )
 from .._runs import describe_error, interrupted_step
 from .._serialization import JsonSerializer
+from .._shielding import wait_out
 from ..exceptions import (
     SagaAlreadyExecuting,
     SagaAlreadyFailed,
@@ -58,7 +59,7 @@ from ._sqlite_sql import (
     SAGA_ERROR,
     UPSERT_STEP,
 )
-from ._sqlite_writer import CommittedThenCancelled, GroupWriter, Job, Statements, wait_out
+from ._sqlite_writer import CommittedThenCancelled, GroupWriter, Job, Statements
 
 if TYPE_CHECKING:
     from .._runs import SagaRun
