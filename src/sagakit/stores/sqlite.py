@@ -275,27 +275,26 @@ class SQLiteStore:
     async def record(self, run: SagaRun, transition: Transition) -> None:
         job = self._job_for(run, transition)
         staged = self._staged.pop(run.id, None)
-        if self._unlogged and run.id in self._unlogged:
-            if staged is None or staged[0][0] is not INSERT_SAGA:
-                # The commit that carried this run's row failed: nothing of the run is
-                # in the log, and nothing may be written under its id (it may be
-                # another saga's, if a generated id ever met one already logged).
-                return
-            if job is not None:
-                staged += job
-            try:
-                await self._writer.submit(staged, alone=len(self._live) <= 1)
-            except CommittedThenCancelled:
-                self._unlogged.discard(run.id)  # its row is in: the run's end goes there
-                raise
-            self._unlogged.discard(run.id)
+        unlogged = bool(self._unlogged) and run.id in self._unlogged
+        if unlogged and (staged is None or staged[0][0] is not INSERT_SAGA):
+            # The commit that carried this run's row failed: nothing of the run is in the
+            # log, and nothing may be written under its id (it may be another saga's, if
+            # a generated id ever met one already logged).
             return
         if staged is not None:
             if job is not None:
                 staged += job
             job = staged
-        if job is not None:  # (not through _write: one coroutine less per record)
+        if job is None:
+            return
+        try:  # (not through _write: one coroutine less per record)
             await self._writer.submit(job, alone=len(self._live) <= 1)
+        except CommittedThenCancelled:
+            if unlogged:
+                self._unlogged.discard(run.id)  # its row is in: the run's end goes there
+            raise
+        if unlogged:
+            self._unlogged.discard(run.id)
 
     def stage(self, run: SagaRun, transition: Transition) -> None:
         """Serialize ``transition`` now; it commits with ``run``'s next :meth:`record`.
