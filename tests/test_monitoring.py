@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
+import weakref
 from collections.abc import Generator
 from datetime import UTC, timedelta
 from typing import Any
@@ -279,6 +281,16 @@ async def noop(n: int) -> int:
     return n
 
 
+@noop.compensate
+async def un_noop(n: int) -> None:
+    return None
+
+
+@step
+async def explode() -> None:
+    raise RuntimeError("boom")
+
+
 @pytest.mark.asyncio
 async def test_history_counts_and_limits() -> None:
     orchestrator = SagaOrchestrator()
@@ -313,6 +325,24 @@ async def test_history_limit_zero_keeps_no_history() -> None:
     await orchestrator.execute(SagaDefinition("z").add_step(noop(1)))
     assert await orchestrator.history_count() == 0
     assert await orchestrator.running_count() == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("fails", [False, True])
+async def test_the_history_does_not_keep_the_tasks_of_finished_runs(fails: bool) -> None:
+    orchestrator = SagaOrchestrator()
+    definition = SagaDefinition("t").add_step(noop(1))
+    if fails:
+        definition = definition.add_step(explode())
+    task = asyncio.create_task(orchestrator.execute(definition))
+    await asyncio.wait([task])
+    assert isinstance(task.exception(), StepFailed) if fails else task.result() == [1]
+    finished = weakref.ref(task)
+    del task
+    gc.collect()
+
+    assert finished() is None  # the run in the history let it go
+    assert await orchestrator.history_count() == 1
 
 
 def test_default_history_limit_is_ten_thousand() -> None:

@@ -404,6 +404,7 @@ class SagaOrchestrator:
             raise
         finally:
             watchdog.runs.discard(run)
+            run.task = None  # a finished run in the history must not keep its task alive
             current_run.reset(token)
         run.status = SAGA_COMPLETED
         run.total_steps = index
@@ -647,6 +648,7 @@ class SagaOrchestrator:
         finally:
             if not watched:
                 watchdog.runs.discard(run)
+                run.task = None
             run.step = None
             run.compensating = False
         if not errors:
