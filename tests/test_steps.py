@@ -526,6 +526,38 @@ def test_step_options_do_not_leak_between_steps() -> None:
     assert (b.compensate_on_timeout, b.compensate_on_failure) == (True, False)
 
 
+def test_calls_of_two_steps_carry_their_own_step_and_options() -> None:
+    @step(timeout=1)
+    async def a(x: int) -> int:
+        return x
+
+    @step(timeout=2)
+    async def b(x: int) -> int:
+        return x
+
+    call_a, call_b = a(1), b(2)
+    assert (call_a.step, call_a.spec.timeout, call_a.fn, call_a.args) == (a, 1, a.__wrapped__, (1,))
+    assert (call_b.step, call_b.spec.timeout, call_b.fn, call_b.args) == (b, 2, b.__wrapped__, (2,))
+    assert isinstance(a, Step)
+    assert isinstance(b, Step)
+    assert a.__class__ is b.__class__  # still the function's class, through the proxy
+
+
+def test_a_step_subclass_keeps_its_own_call() -> None:
+    class TracedStep(Step[Any, Any]):
+        def __call__(self, *args: Any, **kwargs: Any) -> StepCall[Any]:
+            call = super().__call__(*args, **kwargs)
+            call.kwargs["traced"] = True
+            return call
+
+    async def fn(traced: bool = False) -> bool:
+        return traced
+
+    traced = TracedStep(fn)
+    assert traced().kwargs == {"traced": True}
+    assert isinstance(traced, TracedStep)
+
+
 @pytest.mark.asyncio
 async def test_a_compensation_gets_the_steps_defaults_for_omitted_arguments() -> None:
     # Regression: release(sku, count) was called as release("sku-1") and failed.

@@ -173,6 +173,17 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
 
     _self_spec: StepSpec
 
+    def __new__(cls, fn: Callable[P, Coroutine[Any, Any, R]], /, **options: Any) -> Step[P, R]:
+        # Each step gets a subclass of its own, whose ``__call__`` (set by ``__init__``)
+        # holds the step's options in a closure: reading them back through the proxy
+        # (``self._self_spec``) would cost as much as the rest of building the call.
+        own = type(
+            cls.__name__,
+            (cls,),
+            {"__slots__": (), "__module__": cls.__module__, "__qualname__": cls.__qualname__},
+        )
+        return super(Step, cls).__new__(own)
+
     def __init__(
         self,
         fn: Callable[P, Coroutine[Any, Any, R]],
@@ -236,6 +247,9 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
             p.default for p in parameters if p.kind in _POSITIONAL and p.default is not p.empty
         )
         self._self_spec = spec
+        own = type(self)  # the real class: ``self.__class__`` is the function's
+        if "__call__" not in own.__dict__ and own.__call__ is Step.__call__:
+            own.__call__ = _call_maker(spec)  # type: ignore[method-assign]
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> StepCall[R]:
         # Unbound calls build the StepCall directly (twice as fast as going through
@@ -325,6 +339,23 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Step {self.name} timeout={self.timeout:g}s>"
+
+
+def _call_maker(spec: StepSpec) -> Callable[..., StepCall[Any]]:
+    """``Step.__call__`` for one step, with its options at hand (see ``Step.__new__``)."""
+    fn = spec.fn
+
+    def __call__(self: Step[Any, Any], *args: Any, **kwargs: Any) -> StepCall[Any]:
+        call: StepCall[Any] = _new_call(StepCall)  # no __init__ frame: this is per step
+        call.step = self
+        call.spec = spec
+        call.fn = fn
+        call.instance = None
+        call.args = args
+        call.kwargs = kwargs
+        return call
+
+    return __call__
 
 
 def _as_retry(value: Retry | int | None, what: str) -> Retry | None:
