@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from typing import Any, Generic, Literal, TypeAlias, cast, overload
+from typing import Any, Generic, Literal, TypeAlias, overload
 
 from typing_extensions import ParamSpec
 
@@ -54,6 +54,10 @@ class SagaDefinition:
         calls = tuple(steps)
         for index, call in enumerate(calls):
             _check_call(call, name or saga_id or "saga", index)
+        if recovery not in ("resume", "compensate"):
+            raise SagaDefinitionError(
+                f"recovery must be 'resume' or 'compensate', got {recovery!r}"
+            )
         _init(self, saga_id, name or saga_id or "saga", calls, None, (), {}, recovery)
 
     @classmethod
@@ -64,7 +68,9 @@ class SagaDefinition:
         kwargs: dict[str, Any],
         calls: tuple[StepCall[Any], ...] | None,
     ) -> SagaDefinition:
-        definition = object.__new__(cls)
+        # No checks: a generator saga makes a definition per run, and the factory's
+        # options were checked when it was declared.
+        definition = _new_definition(cls)
         _init(definition, None, factory.name, calls, factory, args, kwargs, factory.recovery)
         return definition
 
@@ -187,8 +193,6 @@ def _init(
     kwargs: dict[str, Any],
     recovery: RecoveryPolicy,
 ) -> None:
-    if recovery not in ("resume", "compensate"):
-        raise SagaDefinitionError(f"recovery must be 'resume' or 'compensate', got {recovery!r}")
     # The slots' own descriptors, past the __setattr__ that keeps definitions immutable
     # (cheaper than object.__setattr__: a generator saga makes a definition per run).
     set_id, set_name, set_calls, set_factory, set_args, set_kwargs, set_recovery = _SETTERS
@@ -201,6 +205,7 @@ def _init(
     set_recovery(definition, recovery)
 
 
+_new_definition = object.__new__
 _SETTERS = tuple(
     getattr(SagaDefinition, slot).__set__
     for slot in ("_saga_id", "_name", "_calls", "_factory", "_args", "_kwargs", "_recovery")
@@ -288,7 +293,7 @@ class SagaFunction(Generic[P]):
         calls: tuple[StepCall[Any], ...] | None = None
         if self.is_generator:
             try:  # calling a generator function only binds its arguments
-                cast(Generator[Any, Any, Any], self.__wrapped__(*args, **kwargs)).close()
+                self.__wrapped__(*args, **kwargs).close()  # type: ignore[union-attr]
             except TypeError as error:
                 raise SagaDefinitionError(
                     f"saga {self.name}{inspect.signature(self.__wrapped__)} cannot take these "
