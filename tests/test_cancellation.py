@@ -292,3 +292,29 @@ async def test_a_cancelled_saga_leaves_the_orchestrator_usable() -> None:
     current = asyncio.current_task()
     assert current is not None
     assert current.cancelling() == 0
+
+
+@pytest.mark.asyncio
+async def test_cancelled_while_its_end_is_told_the_saga_still_leaves_the_running_sagas() -> None:
+    # Regression: cancelled while an async listener heard SAGA_FINISHED of a completed
+    # saga, the run stayed among the running sagas for good, its id refused for ever.
+    telling = asyncio.Event()
+
+    async def slow_listener(transition: Transition) -> None:
+        if transition.kind is TransitionKind.SAGA_FINISHED:
+            telling.set()
+            await asyncio.Event().wait()
+
+    orchestrator = SagaOrchestrator(listeners=[slow_listener])
+    task = asyncio.create_task(orchestrator.execute(SagaDefinition("c-6").add_step(a())))
+    await telling.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert await orchestrator.running_count() == 0
+    assert await orchestrator.get_running_sagas() == []
+    assert [m.id for m in await orchestrator.get_history()] == ["c-6"]
+    # Completed: the id is idempotent, not "already executing".
+    assert await orchestrator.execute(SagaDefinition("c-6").add_step(a())) == ["A"]
+    assert log == ["a"]

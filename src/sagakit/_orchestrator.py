@@ -409,9 +409,12 @@ class SagaOrchestrator:
         run.status = SAGA_COMPLETED
         run.total_steps = index
         run.finished_mono = run.updated_mono = now()
-        if announce:
-            await self._emit(run, ON_SAGA_FINISHED)
-        await self._store.finish(run)
+        try:
+            if announce:
+                await self._emit(run, ON_SAGA_FINISHED)
+        finally:
+            # Even if cancelled while a listener hears of it: the run has ended.
+            await self._store.finish(run)
         return events.copy()
 
     def _replayed(self, run: SagaRun, index: int, call: StepCall[Any], done: list[_Done]) -> Any:
