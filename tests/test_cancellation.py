@@ -318,3 +318,31 @@ async def test_cancelled_while_its_end_is_told_the_saga_still_leaves_the_running
     # Completed: the id is idempotent, not "already executing".
     assert await orchestrator.execute(SagaDefinition("c-6").add_step(a())) == ["A"]
     assert log == ["a"]
+
+
+@pytest.mark.asyncio
+async def test_a_step_cancelled_while_its_completion_is_told_is_compensated() -> None:
+    # Regression: cancelled while a slow listener heard STEP_COMPLETED, the step that
+    # had completed was never undone, yet the saga was recorded COMPENSATED.
+    telling = asyncio.Event()
+
+    async def slow_listener(transition: Transition) -> None:
+        if transition.kind is TransitionKind.STEP_COMPLETED and transition.step_name == "b":
+            telling.set()
+            await asyncio.Event().wait()
+
+    orchestrator = SagaOrchestrator(listeners=[slow_listener])
+    definition = SagaDefinition("c-7").add_step(a()).add_step(b())
+    task = asyncio.create_task(orchestrator.execute(definition))
+    await telling.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert log == ["a", "b", "undo b", "undo a"]
+    meta = await orchestrator.get_saga("c-7")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert [s.status for s in meta.steps] == [StepStatus.COMPLETED] * 2
+    assert [c.name for c in meta.compensations] == ["b", "a"]
+    assert meta.compensation_events == ("undid b", "undid a")

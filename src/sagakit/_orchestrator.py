@@ -319,9 +319,11 @@ class SagaOrchestrator:
                 record.status = STEP_COMPLETED
                 events.extend(step_events)
                 run.updated_mono = finished
-                if observe:
-                    await self._step_completed(run, record, call, done)
+                # Queued for compensation before its completion is told: a cancellation
+                # while a listener hears of it must still undo it.
                 done.append((record, call, value))
+                if observe:
+                    await self._step_completed(run, record)
                 index += 1
             if index == 0:
                 raise SagaDefinitionError(
@@ -450,10 +452,9 @@ class SagaOrchestrator:
         if undo_self:
             done.append((record, call, None))
 
-    async def _step_completed(
-        self, run: SagaRun, record: StepRun, call: StepCall[Any], done: list[_Done]
-    ) -> None:
-        """Emit STEP_COMPLETED; if it cannot be recorded, fail the step and undo it too."""
+    async def _step_completed(self, run: SagaRun, record: StepRun) -> None:
+        """Emit STEP_COMPLETED; if it cannot be recorded, fail the step (already queued
+        for compensation, so it is undone too)."""
         try:
             await self._emit(
                 run,
@@ -472,7 +473,6 @@ class SagaOrchestrator:
                 del run.events[-len(record.events) :]
             record.status = STEP_FAILED
             record.error = describe_error(unrecorded)
-            done.append((record, call, record.result))
             raise StepFailed(record.index, record.name, unrecorded) from unrecorded
 
     async def _finish(self, run: SagaRun) -> None:
