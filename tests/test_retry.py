@@ -117,6 +117,8 @@ def test_on_accepts_one_class_or_a_tuple() -> None:
         ({"on": ()}, "exception class"),
         ({"on": (ValueError, "x")}, "exception class"),
         ({"on": int}, "exception class"),
+        ({"on": [ValueError]}, "exception class"),  # a list broke the saga at its first error
+        ({"on": 1}, "exception class"),
     ],
 )
 def test_bad_retry_policies_are_refused(options: dict[str, Any], complaint: str) -> None:

@@ -63,7 +63,11 @@ class Retry:
         if isinstance(on, type):
             on = (on,)
             object.__setattr__(self, "on", on)
-        if not on or not all(isinstance(t, type) and issubclass(t, BaseException) for t in on):
+        if (
+            not isinstance(on, tuple)  # isinstance() takes no list: it failed mid-saga
+            or not on
+            or not all(isinstance(t, type) and issubclass(t, BaseException) for t in on)
+        ):
             raise SagaDefinitionError(
                 f"Retry(on=...) must be an exception class or a tuple of them, got {self.on!r}"
             )
