@@ -40,7 +40,8 @@ class Retry:
     multiplier: float = 2.0
     max_backoff: float = 30.0
     jitter: float = 0.1
-    on: tuple[type[BaseException], ...] = field(default=(Exception,))
+    # One class is taken too, and made a tuple of one (the type says what you may pass).
+    on: type[BaseException] | tuple[type[BaseException], ...] = field(default=(Exception,))
 
     def __post_init__(self) -> None:
         if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):

@@ -77,6 +77,11 @@ wrong_result: Step[[str, float], list[Credited]] = debit  # type: ignore[assignm
 assert_type(debit("A", 1.0), StepCall[list[Debited]])
 assert_type(charge("o-1", 9.5), StepCall[str])
 assert_type(debit.name, str)
+
+# Retry(on=...) takes one exception class or a tuple of them, as documented.
+one_class = Retry(attempts=3, on=ConnectionError)
+two_classes = Retry(on=(ConnectionError, TimeoutError))
+Retry(on=ValueError())  # type: ignore[arg-type]
 assert_type(debit.timeout, float)
 
 # .compensate returns the function, callable with the step's arguments (args form)
