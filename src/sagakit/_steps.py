@@ -15,7 +15,9 @@ from ._retry import NO_RETRY, Retry, check_seconds
 from .exceptions import CompensationAlreadySetError, SagaDefinitionError, StepTimeout
 
 P = ParamSpec("P")
+Q = ParamSpec("Q")
 R = TypeVar("R")
+S = TypeVar("S")
 R_co = TypeVar("R_co", covariant=True)
 C = TypeVar("C", bound=Callable[..., Awaitable[Any]])
 
@@ -314,6 +316,10 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
     ) -> Callable[Concatenate[R, P], Awaitable[Any]]: ...
     @overload
     def compensate(self, fn: Callable[P, Awaitable[Any]]) -> Callable[P, Awaitable[Any]]: ...
+    @overload
+    def compensate(  # a method step's, result form: self, the result, then the arguments
+        self: Step[Concatenate[S, Q], R], fn: Callable[Concatenate[S, R, Q], Awaitable[Any]]
+    ) -> Callable[Concatenate[S, R, Q], Awaitable[Any]]: ...
     def compensate(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         """Register ``fn`` as this step's compensation and return it unchanged.
 

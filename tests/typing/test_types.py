@@ -134,6 +134,24 @@ class Bank:
     async def undo_withdraw(self, account: str, amount: float) -> None:
         return None
 
+    @step
+    async def open_account(self, owner: str) -> int:
+        return 1
+
+    # A method step's compensation in the result form: self, then the result, then the
+    # step's arguments (as it is called at run time).
+    @open_account.compensate
+    async def close_account(self, number: int, owner: str) -> None:
+        return None
+
+    @step
+    async def hold(self, owner: str) -> int:
+        return 1
+
+    @hold.compensate  # type: ignore[arg-type]
+    async def wrong_release(self, number: str, owner: str) -> None:  # type: ignore[misc]
+        return None
+
 
 async def method_steps() -> None:
     # A step declared on a method is typed once bound to an instance.
@@ -141,3 +159,4 @@ async def method_steps() -> None:
     assert_type(bank.withdraw("A", 1.0), StepCall[list[Debited]])
     assert_type(await bank.withdraw("A", 1.0), list[Debited])
     bank.withdraw("A", "x")  # type: ignore[arg-type]
+    await bank.close_account(1, "Ann")
