@@ -10,9 +10,17 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
-from sagakit import SagaDefinitionError, SagaOrchestrator, saga, step
+from sagakit import (
+    CompensationAlreadySetError,
+    SagaDefinitionError,
+    SagaOrchestrator,
+    saga,
+    step,
+)
 
 
 @step
@@ -74,3 +82,33 @@ def test_non_bool_compensate_option_is_refused(option: str) -> None:
 
     with pytest.raises(SagaDefinitionError, match="must be True or False"):
         step(**{option: "false"})(dc_flagged)
+
+
+async def dc_fetch(client: str, key: str) -> str:
+    return f"{client}:{key}"
+
+
+async def dc_forget(client: str, key: str) -> None:
+    return None
+
+
+def test_a_step_from_a_partial_without_a_name_is_told_to_give_one() -> None:
+    # functools.partial has no __name__: this was a bare AttributeError.
+    with pytest.raises(SagaDefinitionError, match=r"give the step a name: @step\(name="):
+        step(functools.partial(dc_fetch, "c1"))
+    with pytest.raises(SagaDefinitionError, match=r"give the step a name"):
+        step(timeout=5)(functools.partial(dc_fetch, "c1"))
+    named = step(name="fetch")(functools.partial(dc_fetch, "c1"))
+    assert named.name == "fetch"
+
+
+def test_errors_about_a_partial_compensation_name_it() -> None:
+    @step
+    async def dc_get(key: str) -> str:
+        return key
+
+    with pytest.raises(SagaDefinitionError, match="cannot take the arguments of step 'dc_get'"):
+        dc_get.compensate(functools.partial(dc_forget, "c1", "k"))  # takes nothing more
+    dc_get.compensate(functools.partial(dc_forget, "c1"))
+    with pytest.raises(CompensationAlreadySetError, match="dc_forget"):
+        dc_get.compensate(dc_forget)

@@ -217,7 +217,12 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         # The wrapper's result type is the StepCall (so bound method steps are typed).
         super(Step, self).__init__(fn, make_call)  # type: ignore[arg-type]  # noqa: UP008 - the proxy fakes __class__
         if name is None:
-            name = fn.__name__
+            name = getattr(fn, "__name__", None)
+            if name is None:  # a functools.partial, say
+                raise SagaDefinitionError(
+                    f"@step cannot name {fn!r}, which has no __name__; "
+                    "give the step a name: @step(name=...)"
+                )
         if not isinstance(name, str) or not name:
             raise SagaDefinitionError(f"@step(name=...) must be a non-empty string, got {name!r}")
         spec = StepSpec()
@@ -329,7 +334,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         if spec.compensation is not None:
             raise CompensationAlreadySetError(
                 f"step {self.name!r} already has the compensation "
-                f"{spec.compensation.__qualname__!r}; a step has at most one — "
+                f"{_qualname(spec.compensation)!r}; a step has at most one — "
                 f"remove one of the @{self.name}.compensate declarations"
             )
         if not inspect.iscoroutinefunction(fn):
@@ -391,7 +396,7 @@ def _takes_result(step: Step[Any, Any], fn: Callable[..., Any]) -> bool:
                               (inspect.Parameter.VAR_KEYWORD, "**kwargs")):  # fmt: skip
         if any(p.kind is variadic for p in params) and variadic not in kinds:
             raise SagaDefinitionError(
-                f"compensation {fn.__qualname__}{inspect.signature(fn)} cannot take the "
+                f"compensation {_qualname(fn)}{inspect.signature(fn)} cannot take the "
                 f"{written} of step {step.name!r} ({spec.signature}); give it {written} too"
             )
     positional = [p.name for p in params if p.kind in _POSITIONAL]
@@ -411,10 +416,15 @@ def _takes_result(step: Step[Any, Any], fn: Callable[..., Any]) -> bool:
         return result_form
     step_params = ", ".join(str(p) for p in params)
     raise SagaDefinitionError(
-        f"compensation {fn.__qualname__}{signature} cannot take the arguments of step "
+        f"compensation {_qualname(fn)}{signature} cannot take the arguments of step "
         f"{step.name!r} ({step_params}); give it the step's parameters "
         f"({step_params}) or the step's result first, then those parameters"
     )
+
+
+def _qualname(fn: Callable[..., Any]) -> str:
+    """How an error names ``fn`` (a ``functools.partial`` has no ``__qualname__``)."""
+    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 def _same_names(signature: inspect.Signature, args: list[Any]) -> int:
