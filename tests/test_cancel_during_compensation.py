@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from sagakit import Retry, SagaOrchestrator, SagaStatus, StepStatus, saga, step
+from sagakit import Retry, SagaDefinition, SagaOrchestrator, SagaStatus, StepStatus, saga, step
 
 compensating: asyncio.Event | None = None
 
@@ -69,3 +69,46 @@ async def test_cancel_during_compensation_keeps_an_earlier_compensation_failure(
     failed = [c.name for c in metadata.compensations if c.status is StepStatus.FAILED]
     assert "cdc_cc_notify" in failed  # the failure is in the record...
     assert metadata.status is SagaStatus.FAILED  # ...so the saga did not end compensated
+
+
+@pytest.mark.asyncio
+async def test_a_compensation_cancelled_between_attempts_is_not_left_running() -> None:
+    # Regression: cancelled while waiting to retry a compensation, the interrupted
+    # compensation's record stayed RUNNING in the finished saga's metadata.
+    waiting = asyncio.Event()
+    attempts = 0
+
+    async def slow_sleep(seconds: float) -> None:
+        waiting.set()
+        await asyncio.Event().wait()
+
+    @step
+    async def cdc_rt_reserve() -> str:
+        return "reserved"
+
+    @cdc_rt_reserve.compensate
+    async def cdc_rt_release() -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise ConnectionError("stock service busy")
+        return "released"
+
+    @step
+    async def cdc_rt_ship() -> None:
+        raise ValueError("no courier")
+
+    orchestrator = SagaOrchestrator(sleep=slow_sleep)
+    definition = SagaDefinition("r2-rt-1").add_step(cdc_rt_reserve()).add_step(cdc_rt_ship())
+    task = asyncio.create_task(orchestrator.execute(definition))
+    await waiting.wait()  # the first attempt failed; waiting to retry
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    metadata = await orchestrator.get_saga("r2-rt-1")
+    assert metadata is not None
+    assert metadata.status is SagaStatus.COMPENSATED
+    assert metadata.compensation_events == ("released",)
+    assert StepStatus.RUNNING not in [c.status for c in metadata.compensations]
+    assert metadata.compensations[-1].status is StepStatus.COMPLETED

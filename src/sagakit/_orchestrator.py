@@ -500,6 +500,12 @@ class SagaOrchestrator:
         try:
             return await self._undo(run, done, trigger, faults, observe, errors, uncompensated)
         except asyncio.CancelledError:
+            # Cancelled outside the compensation's own call (telling its start, waiting
+            # to retry it): its record must not stay RUNNING; the restart retries it.
+            last = run.compensations[-1] if run.compensations else None
+            if last is not None and last.status is STEP_RUNNING:
+                last.status = STEP_FAILED
+                last.error = "CancelledError: interrupted; compensation retried"
             undo = self._undo(run, done, trigger, faults, observe, errors, uncompensated)
             (await wait_out(undo)).result()  # to its end, in its own task
             raise
