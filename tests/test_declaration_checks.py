@@ -16,6 +16,8 @@ import pytest
 
 from sagakit import (
     CompensationAlreadySetError,
+    MemoryStore,
+    SagaDefinition,
     SagaDefinitionError,
     SagaOrchestrator,
     saga,
@@ -112,3 +114,42 @@ def test_errors_about_a_partial_compensation_name_it() -> None:
     dc_get.compensate(functools.partial(dc_forget, "c1"))
     with pytest.raises(CompensationAlreadySetError, match="dc_forget"):
         dc_get.compensate(dc_forget)
+
+
+def dc_partial_body(order: int):  # type: ignore[no-untyped-def]
+    yield dc_ga_step(order)
+
+
+@pytest.mark.asyncio
+async def test_a_saga_from_a_partial_needs_a_name_and_then_runs() -> None:
+    with pytest.raises(SagaDefinitionError, match=r"give the saga a name"):
+        saga(functools.partial(dc_partial_body, 7))
+    named = saga(name="dc_partial_saga")(functools.partial(dc_partial_body, 7))
+    assert await SagaOrchestrator().execute(named()) == [7]
+
+
+@pytest.mark.parametrize("name", [5, ""])
+def test_a_builder_definition_refuses_a_bad_name(name: object) -> None:
+    # 5 became the saga's name; "" fell back to the id without a word.
+    with pytest.raises(SagaDefinitionError, match=r"SagaDefinition\(name=...\)"):
+        SagaDefinition("dc-id", name=name)  # type: ignore[arg-type]
+
+
+def test_an_orchestrator_refuses_a_sleep_that_cannot_be_called() -> None:
+    # It was accepted, then the first retry failed with a TypeError.
+    with pytest.raises(SagaDefinitionError, match="sleep must be an async function"):
+        SagaOrchestrator(sleep=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_lowering_a_memory_store_history_limit_trims_the_history() -> None:
+    store = MemoryStore(history_limit=10)
+    orchestrator = SagaOrchestrator(store)
+    for n in range(6):
+        await orchestrator.execute(SagaDefinition(f"dc-h{n}").add_step(dc_ga_step(n)))
+    store.history_limit = 2
+    await orchestrator.execute(SagaDefinition("dc-h6").add_step(dc_ga_step(6)))
+    assert [m.id for m in await orchestrator.get_history()] == ["dc-h5", "dc-h6"]
+    store.history_limit = 0
+    await orchestrator.execute(SagaDefinition("dc-h7").add_step(dc_ga_step(7)))
+    assert await orchestrator.history_count() == 0

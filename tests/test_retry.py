@@ -113,7 +113,10 @@ def test_on_accepts_one_class_or_a_tuple() -> None:
         ({"backoff": float("nan")}, "finite"),
         ({"max_backoff": float("inf")}, "finite"),
         ({"multiplier": 0.5}, ">= 1"),
+        ({"multiplier": float("inf")}, "finite"),  # its delays came out as nan
+        ({"multiplier": True}, ">= 1"),
         ({"jitter": 2}, "between 0 and 1"),
+        ({"jitter": True}, "between 0 and 1"),
         ({"on": ()}, "exception class"),
         ({"on": (ValueError, "x")}, "exception class"),
         ({"on": int}, "exception class"),

@@ -118,6 +118,10 @@ class SagaOrchestrator:
         self._listeners: tuple[Listener, ...] = ()  # replaced, never changed: runs keep theirs
         for listener in listeners:
             self.add_listener(listener)
+        if not callable(sleep):
+            raise SagaDefinitionError(
+                f"sleep must be an async function taking seconds, like asyncio.sleep, got {sleep!r}"
+            )
         self._sleep = sleep
         attempts = max_recovery_attempts
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:

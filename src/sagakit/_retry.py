@@ -22,6 +22,11 @@ def check_seconds(value: object, what: str, *, allow_zero: bool = False) -> floa
     return seconds
 
 
+def _is_number(value: object) -> bool:
+    """An int or float, not a bool (``True`` is an int to Python, never meant as 1)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True, slots=True)
 class Retry:
     """A retry policy: up to ``attempts`` tries with exponential backoff and jitter.
@@ -52,11 +57,13 @@ class Retry:
             )
         check_seconds(self.backoff, "Retry(backoff=...)", allow_zero=True)
         check_seconds(self.max_backoff, "Retry(max_backoff=...)", allow_zero=True)
-        if not (isinstance(self.multiplier, int | float) and self.multiplier >= 1):
+        if not (
+            _is_number(self.multiplier) and self.multiplier >= 1 and math.isfinite(self.multiplier)
+        ):
             raise SagaDefinitionError(
-                f"Retry(multiplier=...) must be a number >= 1, got {self.multiplier!r}"
+                f"Retry(multiplier=...) must be a finite number >= 1, got {self.multiplier!r}"
             )
-        if not (isinstance(self.jitter, int | float) and 0 <= self.jitter <= 1):
+        if not (_is_number(self.jitter) and 0 <= self.jitter <= 1):
             raise SagaDefinitionError(
                 f"Retry(jitter=...) must be a fraction between 0 and 1, got {self.jitter!r}"
             )

@@ -51,6 +51,10 @@ class SagaDefinition:
     ) -> None:
         if saga_id is not None:
             _check_id(saga_id)
+        if name is not None and (not isinstance(name, str) or not name):
+            raise SagaDefinitionError(
+                f"SagaDefinition(name=...) must be a non-empty string, got {name!r}"
+            )
         calls = tuple(steps)
         for index, call in enumerate(calls):
             _check_call(call, name or saga_id or "saga", index)
@@ -261,14 +265,21 @@ class SagaFunction(Generic[P]):
         name: str | None = None,
         recovery: RecoveryPolicy = "resume",
     ) -> None:
+        if not callable(fn):
+            raise SagaDefinitionError(f"@saga takes a function, got {fn!r}")
+        qualname = getattr(fn, "__qualname__", None) or repr(fn)
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             raise SagaDefinitionError(
                 f"@saga needs a plain generator function (yield each step call) or a function "
-                f"returning a list of step calls; {fn.__qualname__} is async — drop 'async'"
+                f"returning a list of step calls; {qualname} is async — drop 'async'"
             )
-        if not callable(fn):
-            raise SagaDefinitionError(f"@saga takes a function, got {fn!r}")
-        name = name if name is not None else fn.__name__
+        if name is None:
+            name = getattr(fn, "__name__", None)
+            if name is None:  # a functools.partial, say
+                raise SagaDefinitionError(
+                    f"@saga cannot name {fn!r}, which has no __name__; "
+                    "give the saga a name: saga(name=...)(...)"
+                )
         if not isinstance(name, str) or not name:
             raise SagaDefinitionError(f"@saga(name=...) must be a non-empty string, got {name!r}")
         if recovery not in ("resume", "compensate"):
@@ -279,10 +290,10 @@ class SagaFunction(Generic[P]):
         self.name = name
         self.recovery: RecoveryPolicy = recovery
         self.is_generator = inspect.isgeneratorfunction(fn)
-        self.__name__ = fn.__name__
-        self.__qualname__ = fn.__qualname__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__qualname__ = getattr(fn, "__qualname__", name)
         self.__doc__ = fn.__doc__
-        self.__module__ = fn.__module__
+        self.__module__ = getattr(fn, "__module__", None) or __name__
         _registry[name] = self
 
     @property

@@ -60,10 +60,11 @@ class MemoryStore:
         self._running.pop(run.id, None)
         history = self._history
         if self.history_limit == 0:
+            history.clear()
             return
         history.pop(run.id, None)
         history[run.id] = run
-        if len(history) > self.history_limit:
+        while len(history) > self.history_limit:  # the limit may have been lowered
             history.popitem(last=False)
 
     async def get(self, saga_id: str) -> SagaMetadata | None:
