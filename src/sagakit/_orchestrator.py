@@ -642,12 +642,15 @@ class SagaOrchestrator:
                         done.clear()
                     continue
                 record.status = STEP_COMPLETED
-                record.result = value
-                cls = value.__class__
-                comp_events = value if cls is list or cls is tuple else events_of(value)
-                record.events = comp_events
-                run.compensation_events.extend(comp_events)
                 run.updated_mono = finished
+                if value is not None:  # most compensations return nothing: no events
+                    record.result = value
+                    cls = value.__class__
+                    comp_events = value if cls is list or cls is tuple else events_of(value)
+                    record.events = comp_events
+                    run.compensation_events.extend(comp_events)
+                else:
+                    comp_events = ()
                 if observe:
                     await self._emit(
                         run,
