@@ -556,6 +556,8 @@ def test_a_step_subclass_keeps_its_own_call() -> None:
     traced = TracedStep(fn)
     assert traced().kwargs == {"traced": True}
     assert isinstance(traced, TracedStep)
+    by_keyword = Step(fn=fn, timeout=3)  # the function may be passed by keyword, as before
+    assert (by_keyword.timeout, by_keyword().args) == (3, ())
 
 
 @pytest.mark.asyncio

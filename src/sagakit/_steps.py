@@ -175,7 +175,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
 
     _self_spec: StepSpec
 
-    def __new__(cls, fn: Callable[P, Coroutine[Any, Any, R]], /, **options: Any) -> Step[P, R]:
+    def __new__(cls, *args: Any, **kwargs: Any) -> Step[P, R]:
         # Each step gets a subclass of its own, whose ``__call__`` (set by ``__init__``)
         # holds the step's options in a closure: reading them back through the proxy
         # (``self._self_spec``) would cost as much as the rest of building the call.
