@@ -184,7 +184,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
             (cls,),
             {"__slots__": (), "__module__": cls.__module__, "__qualname__": cls.__qualname__},
         )
-        return super(Step, cls).__new__(own)
+        return super().__new__(own)  # cls is a real class here: no proxy in the way
 
     def __init__(
         self,
