@@ -230,3 +230,38 @@ def test_a_bad_postgres_url_is_one_line_naming_the_cause() -> None:
     assert len(lines) == 1, f"stderr has {len(lines)} lines:\n{result.stderr}"
     assert lines[0].startswith("sagakit: ")
     assert "does not exist" in lines[0]
+
+
+def test_an_unknown_saga_on_postgres_does_not_print_the_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Regression: "no saga 'x' in <--db>" echoed the whole URL, password included.
+    import asyncio
+    from urllib.parse import urlsplit, urlunsplit
+
+    from sagakit import PostgresStore
+
+    dsn = dsn_or_skip()
+    parts = urlsplit(dsn)
+    if parts.password is None:  # trust authentication ignores a password it gets
+        user, _, host = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=f"{user or 'postgres'}:s3cret-pw@{host}")
+    secret_dsn = urlunsplit(parts)
+    password = urlsplit(secret_dsn).password
+    assert password
+    schema = "sk_cli_pw_" + uuid.uuid4().hex[:8]
+
+    async def create_log() -> None:
+        store = PostgresStore(dsn, schema=schema)
+        await store.open()
+        await store.close()
+
+    try:
+        asyncio.run(create_log())
+        assert cli("--db", secret_dsn, "--schema", schema, "show", "nope")[0] == 1
+        err = capsys.readouterr().err
+        assert "no saga 'nope'" in err
+        assert schema in err
+        assert password not in err, err
+    finally:
+        query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -38,6 +38,13 @@ def _is_postgres(db: str) -> bool:
     return db.startswith(_POSTGRES_SCHEMES)
 
 
+def _log_name(args: argparse.Namespace) -> str:
+    """The log ``--db`` names, for messages: never the URL, which may hold a password."""
+    if _is_postgres(args.db):
+        return f"schema {getattr(args, 'schema', 'sagakit')!r} of the PostgreSQL database"
+    return str(args.db)
+
+
 def _store_for(args: argparse.Namespace) -> SQLiteStore | PostgresStore:
     """The store named by ``--db``: a PostgreSQL URL or a SQLite file path."""
     if _is_postgres(args.db):
@@ -180,7 +187,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         if args.command == "show":
             found = await store.get(args.saga_id)
             if found is None:
-                sys.stderr.write(f"sagakit: no saga {args.saga_id!r} in {args.db}\n")
+                sys.stderr.write(f"sagakit: no saga {args.saga_id!r} in {_log_name(args)}\n")
                 return 1
             meta = found
             if args.json:
