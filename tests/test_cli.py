@@ -265,3 +265,74 @@ def test_an_unknown_saga_on_postgres_does_not_print_the_password(
         assert password not in err, err
     finally:
         query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+APP_MODULE = """
+from dataclasses import dataclass
+
+from sagakit import saga, step
+
+
+@dataclass(frozen=True)
+class Moved:
+    account: str
+    amount: int
+
+
+@step
+async def move(account: str, amount: int) -> Moved:
+    return Moved(account, amount)
+
+
+@saga
+def pay(account: str, amount: int):
+    yield move(account, amount)
+"""
+
+# What pip writes for the ``sagakit`` console script: its directory, not the current
+# one, is sys.path[0].
+CONSOLE_SCRIPT = """import sys
+from sagakit.cli import main
+sys.exit(main())
+"""
+
+
+def test_the_sagakit_command_imports_modules_from_the_current_directory(
+    tmp_path: Path,
+) -> None:
+    # Regression: `sagakit recover --import myapp` failed with "No module named 'myapp'"
+    # for a module in the current directory (`python -m sagakit` found it), and `show`
+    # printed that module's events as tagged JSON.
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "review_app.py").write_text(APP_MODULE, encoding="utf-8")
+    make_log = (
+        "import asyncio\n"
+        "from sagakit import SagaOrchestrator, SQLiteStore\n"
+        "from review_app import pay\n"
+        "async def main():\n"
+        "    async with SagaOrchestrator(SQLiteStore('sagas.db')) as o:\n"
+        "        await o.execute(pay('alice', 5), saga_id='pay-1')\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, "-c", make_log], cwd=app, check=True, timeout=60)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sagakit").write_text(CONSOLE_SCRIPT, encoding="utf-8")
+
+    def sagakit(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(bin_dir / "sagakit"), "--db", "sagas.db", *argv],
+            cwd=app,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    recovered = sagakit("recover", "--import", "review_app")
+    assert recovered.returncode == 0, recovered.stderr
+    assert recovered.stdout == "nothing to recover\n"
+    shown = sagakit("show", "pay-1")
+    assert shown.returncode == 0, shown.stderr
+    assert "Moved(account='alice', amount=5)" in shown.stdout

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -306,6 +307,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     if not hasattr(args, "db"):
         parser.error("the saga log is required: --db sagas.db")
     args.json = getattr(args, "json", False)
+    # Like `python -m sagakit`, the `sagakit` command finds `--import` modules, and the
+    # classes of stored values, in the current directory (its own sys.path[0] is bin/).
+    cwd = os.getcwd()
+    added = "" not in sys.path and cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
     try:
         if _is_postgres(args.db):
             check_postgres_log(args.db, getattr(args, "schema", "sagakit"))
@@ -315,6 +322,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except (SagaError, ImportError) as error:
         sys.stderr.write(f"sagakit: {error}\n")
         return 1
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
 
 
 __all__ = ["main"]
