@@ -336,3 +336,12 @@ def test_the_sagakit_command_imports_modules_from_the_current_directory(
     shown = sagakit("show", "pay-1")
     assert shown.returncode == 0, shown.stderr
     assert "Moved(account='alice', amount=5)" in shown.stdout
+
+
+def test_recover_refuses_max_attempts_below_one(
+    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: --max-attempts 0 parked every orphan as a dead letter, untried.
+    db, _ = log_db
+    assert cli("--db", db, "recover", "--max-attempts", "0") == (1, "")
+    assert "max_attempts must be a whole number >= 1, got 0" in capsys.readouterr().err

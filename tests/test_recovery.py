@@ -249,3 +249,20 @@ async def test_memory_store_has_nothing_to_recover() -> None:
 def test_max_recovery_attempts_is_checked() -> None:
     with pytest.raises(SagaDefinitionError, match="max_recovery_attempts"):
         SagaOrchestrator(max_recovery_attempts=0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("attempts", [0, -1, True, 1.5])
+async def test_recover_max_attempts_is_checked_before_anything_is_claimed(
+    db: str, attempts: Any
+) -> None:
+    # Regression: recover(max_attempts=0) parked every orphan as a dead letter ("died
+    # during each of 0 recovery attempts") without trying it, and returned [].
+    await crash(db, rec_order("lamp"), "o-attempts", at(TransitionKind.STEP_COMPLETED, "pay"))
+    store = SQLiteStore(db)
+    async with SagaOrchestrator(store) as orchestrator:
+        with pytest.raises(SagaDefinitionError, match="max_attempts"):
+            await orchestrator.recover(max_attempts=attempts)
+        assert await store.dead_letters() == []
+        outcomes = await orchestrator.recover()
+        assert [(o.saga_id, o.action) for o in outcomes] == [("o-attempts", "resumed")]

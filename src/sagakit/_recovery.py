@@ -21,7 +21,7 @@ from ._hooks import active_faults
 from ._runs import SagaRun, StepRun, current_run
 from ._sagas import SagaDefinition, close_driver, registered_saga, registered_sagas
 from ._steps import StepCall
-from .exceptions import NonDeterminismError, SagaError, StoreError
+from .exceptions import NonDeterminismError, SagaDefinitionError, SagaError, StoreError
 from .status import SagaStatus, StepStatus
 from .stores._protocol import LoggedStep, OrphanedSaga, RecoverableStore
 from .stores.sqlite import definition_fingerprint
@@ -67,6 +67,9 @@ async def recover(
     limit: int | None = None,
 ) -> list[RecoveryOutcome]:
     """Claim and finish orphaned sagas until none are left (or ``limit`` are done)."""
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        # 0 would park every orphan as a dead letter without trying it once.
+        raise SagaDefinitionError(f"max_attempts must be a whole number >= 1, got {max_attempts!r}")
     store = orchestrator.store
     if not store.durable:
         return []  # an in-memory store's sagas died with their process
