@@ -345,3 +345,16 @@ def test_recover_refuses_max_attempts_below_one(
     db, _ = log_db
     assert cli("--db", db, "recover", "--max-attempts", "0") == (1, "")
     assert "max_attempts must be a whole number >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_list_refuses_a_limit_below_one(
+    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str], limit: str
+) -> None:
+    # Regression: SQLite read --limit -1 as "no limit" (PostgreSQL failed with an SQL
+    # error), and --limit 0 answered "no sagas".
+    db, _ = log_db
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--db", db, "list", "--limit", limit])
+    assert exit_info.value.code == 2
+    assert f"--limit: must be a whole number >= 1, got {limit!r}" in capsys.readouterr().err

@@ -53,6 +53,17 @@ def _store_for(args: argparse.Namespace) -> SQLiteStore | PostgresStore:
     return SQLiteStore(args.db)
 
 
+def _at_least_one(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -73,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list sagas, newest first", parents=[common])
     statuses = [str(s) for s in SagaStatus if s is not SagaStatus.NOT_STARTED]
     listing.add_argument("--status", choices=statuses)
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=_at_least_one, default=50)
     show = commands.add_parser("show", help="one saga with its step trail", parents=[common])
     show.add_argument("saga_id")
     recover = commands.add_parser(
