@@ -261,3 +261,41 @@ async def test_one_formatter_can_use_the_structured_fields_of_every_record() -> 
     lines = stream.getvalue().splitlines()
     assert "WARNING step_failed saga_id=f-1 step=ship" in lines
     assert "ERROR step_failed saga_id=f-1 step=ship" in lines  # the listener's error
+
+
+@pytest.mark.asyncio
+async def test_records_of_recovery_carry_the_structured_fields_too(tmp_path: Any) -> None:
+    # Regression: the records of recovery, workers and stores had none of the fields, so
+    # the formatter the docs show failed on them ("--- Logging error ---", record lost).
+    from sagakit import SQLiteStore
+    from sagakit.testing import SimulatedCrash, simulate_restart
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        logging.Formatter(
+            "%(levelname)s %(transition)s saga_id=%(saga_id)s saga=%(saga_name)s "
+            "status=%(saga_status)s step=%(step_name)s %(step_index)s %(attempt)s"
+        )
+    )
+    handler.handleError = lambda record: pytest.fail(f"a record lacked a field: {record}")
+    log = logging.getLogger("sagakit")
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.INFO)
+    store = SQLiteStore(tmp_path / "sagas.db")
+    try:
+        built = SagaDefinition("built-1").add_step(reserve("x")).add_step(ship("x"))
+        with FaultInjector().crash("ship"), pytest.raises(SimulatedCrash):
+            await SagaOrchestrator(store).execute(built)
+        await simulate_restart(store)
+        async with SagaOrchestrator(SQLiteStore(tmp_path / "sagas.db")) as orchestrator:
+            [outcome] = await orchestrator.recover()
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        await store.close()
+    assert outcome.action == "dead_lettered"
+    assert stream.getvalue().splitlines()[-1] == (
+        "ERROR None saga_id=built-1 saga=built-1 status=None step=None None None"
+    )

@@ -25,6 +25,31 @@ from .transitions import Transition, TransitionKind
 logger = logging.getLogger("sagakit")
 logger.addHandler(logging.NullHandler())
 
+_FIELDS = (
+    "saga_id",
+    "saga_name",
+    "saga_status",
+    "step_name",
+    "step_index",
+    "attempt",
+    "transition",
+)
+
+
+class _StructuredFields(logging.Filter):
+    """Give every record of the ``sagakit`` logger all the structured fields (``None``
+    where they do not apply), so one formatter using them works for every record —
+    recovery's, workers' and stores' too, not only the transitions'."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = record.__dict__
+        for name in _FIELDS:
+            fields.setdefault(name, None)
+        return True
+
+
+logger.addFilter(_StructuredFields())
+
 Listener = Callable[[Transition], Awaitable[None] | None]
 """A callable told of every state change; it may be sync or async."""
 

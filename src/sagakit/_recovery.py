@@ -51,6 +51,11 @@ class RecoveryOutcome:
         return text + (f" ({self.error})" if self.error else "") + ">"
 
 
+def _fields(orphan: OrphanedSaga) -> dict[str, Any]:
+    """The structured log fields of a record about ``orphan`` (the rest are ``None``)."""
+    return {"saga_id": orphan.saga_id, "saga_name": orphan.name}
+
+
 def _recoverable(store: object) -> RecoverableStore:
     if not isinstance(store, RecoverableStore):
         raise StoreError(
@@ -88,7 +93,13 @@ async def recover(
 
 
 async def _park(store: RecoverableStore, orphan: OrphanedSaga, reason: str) -> RecoveryOutcome:
-    logger.error("sagakit recovery parked saga %s (%s): %s", orphan.name, orphan.saga_id, reason)
+    logger.error(
+        "sagakit recovery parked saga %s (%s): %s",
+        orphan.name,
+        orphan.saga_id,
+        reason,
+        extra=_fields(orphan),
+    )
     await store.dead_letter(orphan.saga_id, reason)
     return RecoveryOutcome(orphan.saga_id, orphan.name, "dead_lettered", orphan.status, reason)
 
@@ -190,6 +201,7 @@ async def _recover_one(
             "is checked against the log step by step",
             orphan.name,
             orphan.saga_id,
+            extra=_fields(orphan),
         )
     try:
         calls = _replay(definition, orphan, done)
@@ -209,6 +221,7 @@ async def _recover_one(
         orphan.saga_id,
         len(done),
         orphan.recovery_attempts,
+        extra=_fields(orphan),
     )
     if not compensate:
         try:
