@@ -358,3 +358,34 @@ def test_list_refuses_a_limit_below_one(
         main(["--db", db, "list", "--limit", limit])
     assert exit_info.value.code == 2
     assert f"--limit: must be a whole number >= 1, got {limit!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("raise RuntimeError('no config')", "RuntimeError: no config"),
+        ("def broken(:\n", "SyntaxError: "),
+    ],
+)
+def test_recover_reports_a_module_that_fails_to_import_in_one_line(
+    log_db: tuple[str, Path], tmp_path: Path, source: str, expected: str
+) -> None:
+    # Regression: a module raising anything but ImportError (or `--import ''`) ended the
+    # CLI with a traceback.
+    db, _ = log_db
+    (tmp_path / "broken_app.py").write_text(source, encoding="utf-8")
+    for module in ("broken_app", ""):
+        result = subprocess.run(
+            [sys.executable, "-m", "sagakit", "--db", db, "recover", "--import", module],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr, result.stderr
+        [line] = result.stderr.splitlines()
+        assert line.startswith(f"sagakit: cannot import {module!r}: ")
+        if module:
+            assert expected in line

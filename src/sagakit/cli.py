@@ -120,6 +120,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _import(module: str) -> None:
+    """Import an ``--import`` module; whatever it raises becomes one ``ImportError`` line."""
+    try:
+        importlib.import_module(module)
+    except Exception as error:
+        message = f"cannot import {module!r}: {type(error).__name__}: {error}"
+        if module and not isinstance(error, ImportError):
+            message += f" (python -c 'import {module}' shows the traceback)"
+        raise ImportError(message) from error
+
+
 def _when(value: datetime | None) -> str:
     return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
@@ -227,7 +238,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             return 0
         if args.command == "recover":
             for module in args.modules:
-                importlib.import_module(module)
+                _import(module)
             orchestrator = SagaOrchestrator(store)
             outcomes = await orchestrator.recover(max_attempts=args.max_attempts)
             if args.json:
