@@ -823,6 +823,41 @@ async def test_the_background_heartbeat_keeps_leases_alive(dsn: str, schema: str
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("lost_as", ["nothing", "an error"])
+async def test_close_stops_a_heartbeat_whose_cancellation_is_lost(
+    dsn: str, schema: str, lost_as: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The driver or the pool may turn a cancellation during a renewal into an error, or
+    # lose it: close() used to wait for the heartbeat forever (a hang seen in CI runs).
+    renewing = asyncio.Event()
+    losing = True
+
+    async def renew_losing_the_cancellation(self: PostgresStore) -> int:
+        renewing.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            if not losing:
+                raise
+            if lost_as == "an error":
+                raise StoreError("the query was cancelled") from None
+        return 0
+
+    monkeypatch.setattr(PostgresStore, "renew", renew_losing_the_cancellation)
+    store = PostgresStore(dsn, schema=schema, heartbeat=0.01)
+    await store.open()
+    await asyncio.wait_for(renewing.wait(), 5)
+    closing = asyncio.create_task(store.close())
+    finished, _ = await asyncio.wait({closing}, timeout=5)
+    if not finished:  # the hang: end it, so the failure does not stop the suite
+        losing = False
+        closing.cancel()
+        await asyncio.wait({closing}, timeout=5)
+        pytest.fail("close() waited forever for a heartbeat that lost its cancellation")
+    closing.result()
+
+
+@pytest.mark.asyncio
 async def test_a_staged_completion_is_written_with_the_next_record(dsn: str, schema: str) -> None:
     from sagakit._runs import SagaRun
     from sagakit.transitions import Transition, TransitionKind

@@ -210,12 +210,20 @@ class PostgresStore:
     # ------------------------------------------------------------ leases
 
     async def _beat(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
         while True:
             await asyncio.sleep(self.heartbeat)
             try:
                 await self.renew()
             except Exception as error:  # keep beating: the next renewal may succeed
+                if task.cancelling():  # close() cancelled us and it came out as an error
+                    raise asyncio.CancelledError from error
                 logger.warning("sagakit heartbeat could not renew leases: %s", error)
+            if task.cancelling():
+                # Cancelled during the renewal, and the cancellation was lost on the way
+                # (in the driver or the pool): stop anyway, or close() waits forever.
+                raise asyncio.CancelledError
 
     async def renew(self) -> int:
         """Extend the lease of every saga this store owns (one statement); returns how many."""
