@@ -389,3 +389,34 @@ def test_recover_reports_a_module_that_fails_to_import_in_one_line(
         assert line.startswith(f"sagakit: cannot import {module!r}: ")
         if module:
             assert expected in line
+
+
+def test_recover_names_the_orphans_it_left_alone_for_want_of_their_module(
+    tmp_path: Path,
+) -> None:
+    # "nothing to recover" alone hid that an orphan was skipped because the module
+    # declaring its saga was not imported.
+    crash = (
+        "import asyncio, os\n"
+        "from sagakit import SagaOrchestrator, SQLiteStore, saga, step\n"
+        "@step\n"
+        "async def cli_hang() -> None:\n"
+        "    await asyncio.sleep(60)\n"
+        "@saga\n"
+        "def cli_unimported_saga():\n"
+        "    yield cli_hang()\n"
+        "async def main():\n"
+        "    orchestrator = SagaOrchestrator(SQLiteStore('sagas.db'))\n"
+        "    asyncio.create_task(orchestrator.execute(cli_unimported_saga(), saga_id='o-1'))\n"
+        "    await asyncio.sleep(0.5)\n"
+        "    os._exit(0)  # dies mid-step: an orphan\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, "-c", crash], cwd=tmp_path, check=True, timeout=60)
+    code, out = cli("--db", str(tmp_path / "sagas.db"), "recover")
+    assert code == 0
+    assert out.splitlines() == [
+        "nothing to recover",
+        "1 unfinished saga(s) named cli_unimported_saga were left alone: no @saga of that name "
+        "is registered here; pass --import with the module that declares them",
+    ]

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from ._cli_logs import check_postgres_log, check_sqlite_log
 from ._orchestrator import SagaOrchestrator
+from ._sagas import registered_saga
 from .exceptions import SagaError, StoreError
 from .records import SagaMetadata, StepRecord
 from .status import SagaStatus
@@ -118,6 +119,15 @@ def _parser() -> argparse.ArgumentParser:
     resolve.add_argument("saga_id")
     resolve.add_argument("--note", required=True, help="what an operator did about it")
     return parser
+
+
+async def _unregistered_running(store: SQLiteStore | PostgresStore) -> dict[str, int]:
+    """Unfinished sagas recovery skips because no ``@saga`` of their name is registered."""
+    found: dict[str, int] = {}
+    for meta in await store.running():
+        if registered_saga(meta.name) is None:
+            found[meta.name] = found.get(meta.name, 0) + 1
+    return found
 
 
 def _import(module: str) -> None:
@@ -259,6 +269,14 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 out.write("\n")
             elif not outcomes:
                 out.write("nothing to recover\n")
+                unknown = await _unregistered_running(store)
+                if unknown:
+                    out.write(
+                        f"{sum(unknown.values())} unfinished saga(s) named "
+                        f"{', '.join(sorted(unknown))} "
+                        "were left alone: no @saga of that name is registered here; pass "
+                        "--import with the module that declares them\n"
+                    )
             else:
                 rows = [["ID", "NAME", "ACTION", "STATUS", "ERROR"]]
                 rows += [
