@@ -420,3 +420,20 @@ def test_recover_names_the_orphans_it_left_alone_for_want_of_their_module(
         "1 unfinished saga(s) named cli_unimported_saga were left alone: no @saga of that name "
         "is registered here; pass --import with the module that declares them",
     ]
+
+
+def test_output_cut_short_by_its_reader_is_no_traceback(log_db: tuple[str, Path]) -> None:
+    # `sagakit list | head -1` ended with a BrokenPipeError traceback.
+    db, _ = log_db
+    reader_gone = subprocess.Popen(
+        [sys.executable, "-m", "sagakit", "--db", db, "list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert reader_gone.stdout is not None and reader_gone.stderr is not None
+    reader_gone.stdout.close()  # like head, gone before the table is written
+    with reader_gone.stderr:
+        stderr = reader_gone.stderr.read().decode()
+    assert reader_gone.wait(timeout=60) == 1
+    assert "Traceback" not in stderr
+    assert "BrokenPipeError" not in stderr

@@ -257,6 +257,8 @@ def test_exiting_in_a_context_that_did_not_enter_is_an_error() -> None:
         (lambda f: f.fail(42), "by name"),
         (lambda f: f.fail("x", "boom"), "exception instance or class"),
         (lambda f: f.fail("x", times=-1), "times"),
+        (lambda f: f.fail("x", times=0), "never fires"),  # it was accepted, and tested nothing
+        (lambda f: f.timeout("x", times=0), "never fires"),
         (lambda f: f.timeout("x", index=True), "index"),
     ],
 )

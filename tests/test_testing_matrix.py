@@ -184,6 +184,8 @@ async def test_bad_arguments() -> None:
         await run_fault_matrix(order)  # type: ignore[arg-type]
     with pytest.raises(SagaDefinitionError, match="exception instance or class"):
         await run_fault_matrix(order("x"), error="boom")  # type: ignore[arg-type]
+    with pytest.raises(SagaDefinitionError, match="would run no case"):
+        await run_fault_matrix(order("x"), failures=False, timeouts=False)
 
 
 @pytest.mark.asyncio

@@ -358,9 +358,19 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             check_postgres_log(args.db, getattr(args, "schema", "sagakit"))
         else:
             check_sqlite_log(args.db)
-        return asyncio.run(_run(args, out or sys.stdout))
+        status = asyncio.run(_run(args, out or sys.stdout))
+        if out is None:
+            sys.stdout.flush()  # here, where a closed pipe is caught below
+        return status
     except (SagaError, ImportError) as error:
         sys.stderr.write(f"sagakit: {error}\n")
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`sagakit list | head`): stop quietly, as cat does, and
+        # keep Python from complaining again when it flushes stdout at exit.
+        if out is None:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
         return 1
     finally:
         if added and cwd in sys.path:

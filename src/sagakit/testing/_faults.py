@@ -103,11 +103,14 @@ def _check_fault(fault: object) -> Fault:
     )
 
 
-def _check_count(value: object, what: str) -> int | None:
+def _check_count(value: object, what: str, *, least: int = 0) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise SagaDefinitionError(f"{what} must be a whole number >= 0 or None, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise SagaDefinitionError(
+            f"{what} must be a whole number >= {least} or None, got {value!r}"
+            + (" (a fault that never fires tests nothing)" if value == 0 and least else "")
+        )
     return value
 
 
@@ -171,7 +174,7 @@ class FaultInjector:
                 _check_target(target),
                 fault,
                 compensation,
-                _check_count(times, "times"),
+                _check_count(times, "times", least=1),
                 _check_count(index, "index"),
             )
         )

@@ -201,6 +201,11 @@ async def run_fault_matrix(
             f"run_fault_matrix() takes a SagaDefinition (call your @saga function: "
             f"transfer('A', 'B', 10)), got {definition!r}"
         )
+    if not (failures or timeouts):
+        raise SagaDefinitionError(
+            "run_fault_matrix(failures=False, timeouts=False) would run no case and pass; "
+            "leave failures or timeouts on"
+        )
     fault = _check_fault(error)
     own = orchestrator is None
     if orchestrator is None:
