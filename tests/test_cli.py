@@ -430,7 +430,8 @@ def test_output_cut_short_by_its_reader_is_no_traceback(log_db: tuple[str, Path]
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    assert reader_gone.stdout is not None and reader_gone.stderr is not None
+    assert reader_gone.stdout is not None
+    assert reader_gone.stderr is not None
     reader_gone.stdout.close()  # like head, gone before the table is written
     with reader_gone.stderr:
         stderr = reader_gone.stderr.read().decode()
