@@ -9,6 +9,7 @@ from typing import Any, Generic, Literal, TypeAlias, overload
 
 from typing_extensions import ParamSpec
 
+from ._names import declared_name
 from ._steps import StepCall
 from .exceptions import SagaDefinitionError
 from .records import SagaMetadata
@@ -273,15 +274,7 @@ class SagaFunction(Generic[P]):
                 f"@saga needs a plain generator function (yield each step call) or a function "
                 f"returning a list of step calls; {qualname} is async — drop 'async'"
             )
-        if name is None:
-            name = getattr(fn, "__name__", None)
-            if name is None:  # a functools.partial, say
-                raise SagaDefinitionError(
-                    f"@saga cannot name {fn!r}, which has no __name__; "
-                    "give the saga a name: saga(name=...)(...)"
-                )
-        if not isinstance(name, str) or not name:
-            raise SagaDefinitionError(f"@saga(name=...) must be a non-empty string, got {name!r}")
+        name = declared_name(fn, name, what="saga", fix="saga(name=...)(...)")
         if recovery not in ("resume", "compensate"):
             raise SagaDefinitionError(
                 f"@saga(recovery=...) must be 'resume' or 'compensate', got {recovery!r}"

@@ -11,6 +11,7 @@ from typing import Any, Concatenate, Generic, TypeVar, overload
 import wrapt
 from typing_extensions import ParamSpec
 
+from ._names import declared_name
 from ._retry import NO_RETRY, Retry, check_seconds
 from .exceptions import CompensationAlreadySetError, SagaDefinitionError, StepTimeout
 
@@ -216,15 +217,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
 
         # The wrapper's result type is the StepCall (so bound method steps are typed).
         super(Step, self).__init__(fn, make_call)  # type: ignore[arg-type]  # noqa: UP008 - the proxy fakes __class__
-        if name is None:
-            name = getattr(fn, "__name__", None)
-            if name is None:  # a functools.partial, say
-                raise SagaDefinitionError(
-                    f"@step cannot name {fn!r}, which has no __name__; "
-                    "give the step a name: @step(name=...)"
-                )
-        if not isinstance(name, str) or not name:
-            raise SagaDefinitionError(f"@step(name=...) must be a non-empty string, got {name!r}")
+        name = declared_name(fn, name, what="step", fix="@step(name=...)")
         spec = StepSpec()
         spec.name = name
         spec.fn = fn
