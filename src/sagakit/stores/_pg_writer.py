@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..exceptions import LeaseLost, SerializationError, StoreError
+from ..exceptions import LeaseLost, SerializationError, StepTimeout, StoreError
 from ..status import SagaStatus, StepStatus
 from ..transitions import Transition, TransitionKind
 
@@ -92,6 +92,8 @@ def write_for(
         return Write(t.saga_id, t.saga_name, fence, status)
     step_status = _STEP_STATUS[kind]
     compensation = kind in _COMPENSATION
+    if kind is TransitionKind.COMPENSATION_FAILED and isinstance(t.error, StepTimeout):
+        step_status = StepStatus.TIMED_OUT  # as the run's own record says
     write = Write(
         t.saga_id,
         t.saga_name,

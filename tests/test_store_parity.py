@@ -1,0 +1,546 @@
+"""The three stores answer the monitoring API alike.
+
+Every scenario runs once on a fresh ``MemoryStore`` (the reference) and once on the
+store under test, and the normalised metadata must match: status, steps_executed,
+total_steps, the step and compensation records (attempts, error, events), events,
+compensation events and the error text. Timestamps and durations differ by nature;
+they are checked for shape (UTC-aware, ordered, not negative) instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pg_helpers.db import dsn_or_skip, fresh_schema
+from sagakit import (
+    CompensationFailed,
+    MemoryStore,
+    Retry,
+    SagaAlreadyExecuting,
+    SagaAlreadyFailed,
+    SagaDefinition,
+    SagaMetadata,
+    SagaOrchestrator,
+    SQLiteStore,
+    StepFailed,
+    StepRecord,
+    saga,
+    step,
+)
+
+pytestmark = pytest.mark.asyncio
+
+STORES = ["memory", "sqlite", "postgres"]
+
+
+@dataclass(frozen=True)
+class Deposited:
+    account: str
+    amount: int
+
+
+CALLS: list[str] = []
+FLAKY: dict[str, int] = {}
+GATE: dict[str, asyncio.Event] = {}
+
+
+@step
+async def deposit(account: str, amount: int) -> Deposited:
+    CALLS.append(f"deposit {account}")
+    return Deposited(account, amount)
+
+
+@deposit.compensate
+async def withdraw(result: Deposited, account: str, amount: int) -> dict[str, Any]:
+    CALLS.append(f"withdraw {account}")
+    return {"undone": result.account, "amount": -amount}
+
+
+@step
+async def note(text: str) -> None:
+    CALLS.append(f"note {text}")
+
+
+@step
+async def several(n: int) -> list[Any]:
+    return [Deposited("x", n), {"n": n}, "text", None]
+
+
+@several.compensate
+async def unseveral(result: list[Any], n: int) -> None:
+    return None
+
+
+@step
+async def refuse(reason: str) -> None:
+    raise ValueError(reason)
+
+
+@step
+async def stuck_undo(n: int) -> str:
+    return f"did {n}"
+
+
+@stuck_undo.compensate
+async def stuck_undo_back(result: str, n: int) -> None:
+    raise RuntimeError(f"cannot undo {n}")
+
+
+@step(retry=Retry(attempts=3, backoff=0.0, jitter=0.0))
+async def flaky(key: str, failures: int) -> str:
+    FLAKY[key] = FLAKY.get(key, 0) + 1
+    if FLAKY[key] <= failures:
+        raise ConnectionError(f"busy {FLAKY[key]}")
+    return f"ok after {FLAKY[key]}"
+
+
+@step(timeout=0.05)
+async def slow(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "slow done"
+
+
+@step
+async def wait_gate(key: str) -> str:
+    await GATE[key].wait()
+    return key
+
+
+@saga
+def transfer(fail: bool = False):  # type: ignore[no-untyped-def]
+    yield deposit("a", 10)
+    yield note("hello")
+    yield several(2)
+    if fail:
+        yield refuse("the bank refused")
+    yield deposit("b", 20)
+
+
+@saga
+def grows(n: int):  # type: ignore[no-untyped-def]
+    for i in range(n):
+        yield deposit(f"acc{i}", i)
+
+
+@saga
+def badly():  # type: ignore[no-untyped-def]
+    yield deposit("a", 1)
+    yield stuck_undo(1)
+    yield refuse("nope")
+
+
+@saga
+def retried(failures: int, key: str):  # type: ignore[no-untyped-def]
+    yield deposit("a", 1)
+    yield flaky(key, failures)
+
+
+@saga
+def timed(seconds: float):  # type: ignore[no-untyped-def]
+    yield deposit("a", 1)
+    yield slow(seconds)
+
+
+@saga
+def gated(key: str):  # type: ignore[no-untyped-def]
+    yield deposit("a", 1)
+    yield wait_gate(key)
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> Iterator[None]:
+    CALLS.clear()
+    FLAKY.clear()
+    yield
+    for gate in GATE.values():
+        gate.set()
+    GATE.clear()
+
+
+@pytest.fixture(params=STORES)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make(kind: str, tmp_path: Path) -> Iterator[Callable[[], Any]]:
+    """Opens an orchestrator on a fresh store of ``kind``."""
+    schemas: Iterator[str] | None = None
+    if kind == "postgres":
+        dsn = dsn_or_skip()
+        schemas = fresh_schema(dsn)
+        schema = next(schemas)
+    counter = iter(range(1000))
+
+    @asynccontextmanager
+    async def opened() -> AsyncIterator[SagaOrchestrator]:
+        store: Any
+        if kind == "memory":
+            store = MemoryStore()
+        elif kind == "sqlite":
+            store = SQLiteStore(tmp_path / f"log{next(counter)}.db")
+        else:
+            from sagakit import PostgresStore
+
+            store = PostgresStore(dsn, schema=schema)
+            await store.open()
+        async with SagaOrchestrator(store, sleep=_no_sleep) as orchestrator:
+            yield orchestrator
+
+    yield opened
+    if schemas is not None:
+        for _ in schemas:  # drops the schema
+            pass
+
+
+async def _no_sleep(seconds: float) -> None:
+    await asyncio.sleep(0)
+
+
+GENERATED = re.compile(r"[0-9a-f]{20}-[0-9]+")
+
+
+def mask(error: str | None) -> str | None:
+    """An error text without the measured seconds a timeout names."""
+    return None if error is None else re.sub(r"after [0-9.]+ s", "after _ s", error)
+
+
+def norm_record(record: StepRecord) -> dict[str, Any]:
+    assert record.duration is None or record.duration >= 0
+    return {
+        "index": record.index,
+        "name": record.name,
+        "status": str(record.status),
+        "attempts": record.attempts,
+        "error": mask(record.error),
+        "events": record.events,
+        "compensation": record.compensation,
+        "has_duration": record.duration is not None,
+    }
+
+
+def norm(meta: SagaMetadata | None) -> dict[str, Any] | None:
+    if meta is None:
+        return None
+    assert meta.started_at is not None
+    assert meta.started_at.tzinfo is not None
+    assert meta.started_at.utcoffset() == UTC.utcoffset(None)
+    assert meta.updated_at is not None
+    assert meta.updated_at >= meta.started_at
+    if meta.status.is_finished:
+        assert meta.finished_at is not None
+        assert meta.finished_at >= meta.started_at
+    else:
+        assert meta.finished_at is None
+    return {
+        "id": "<generated>" if meta.id and GENERATED.fullmatch(meta.id) else meta.id,
+        "name": meta.name,
+        "status": str(meta.status),
+        "steps_executed": meta.steps_executed,
+        "total_steps": meta.total_steps,
+        "error": mask(meta.error),
+        "steps": [norm_record(r) for r in meta.steps],
+        "compensations": [norm_record(r) for r in meta.compensations],
+        "events": meta.events,
+        "compensation_events": meta.compensation_events,
+    }
+
+
+Scenario = Callable[[SagaOrchestrator], Awaitable[Any]]
+
+
+async def observe(orchestrator: SagaOrchestrator, scenario: Scenario) -> dict[str, Any]:
+    """Run ``scenario``; what it returned or raised, and everything monitoring says after."""
+    try:
+        outcome: Any = ("returned", await scenario(orchestrator))
+    except Exception as error:
+        outcome = ("raised", type(error).__name__, mask(str(error)))
+    history = await orchestrator.get_history()
+    return {
+        "outcome": outcome,
+        "history": [norm(m) for m in history],
+        "last": [norm(m) for m in await orchestrator.get_history(limit=1)],
+        "none": await orchestrator.get_history(limit=0),
+        "sagas": [norm(await orchestrator.get_saga(m.id)) for m in history if m.id],
+        "running": [norm(m) for m in await orchestrator.get_running_sagas()],
+        "running_count": await orchestrator.running_count(),
+        "history_count": await orchestrator.history_count(),
+    }
+
+
+async def same_as_memory(make: Callable[[], Any], scenario: Scenario) -> dict[str, Any]:
+    async with SagaOrchestrator(MemoryStore(), sleep=_no_sleep) as reference:
+        CALLS.clear()
+        FLAKY.clear()
+        expected = await observe(reference, scenario)
+        expected_calls = list(CALLS)
+    CALLS.clear()
+    FLAKY.clear()
+    async with make() as orchestrator:
+        got = await observe(orchestrator, scenario)
+    assert got == expected
+    assert expected_calls == CALLS
+    return got
+
+
+async def test_success(make: Callable[[], Any]) -> None:
+    got = await same_as_memory(make, lambda o: o.execute(transfer(), saga_id="t-1"))
+    assert got["history"][0]["status"] == "completed"
+    assert got["history"][0]["total_steps"] == 4
+
+
+async def test_generated_id(make: Callable[[], Any]) -> None:
+    async def scenario(o: SagaOrchestrator) -> Any:
+        await o.execute(grows(2))
+        meta = (await o.get_history())[0]
+        return (meta.status, meta.steps_executed, meta.total_steps, meta.events)
+
+    await same_as_memory(make, scenario)
+
+
+async def test_builder_with_none_results(make: Callable[[], Any]) -> None:
+    async def scenario(o: SagaOrchestrator) -> Any:
+        definition = (
+            SagaDefinition("built")
+            .add_step(note("one"))
+            .add_step(several(3))
+            .add_step(deposit("z", 3))
+        )
+        return await o.execute(definition)
+
+    await same_as_memory(make, scenario)
+
+
+async def test_failure_compensated(make: Callable[[], Any]) -> None:
+    got = await same_as_memory(make, lambda o: o.execute(transfer(fail=True), saga_id="t-2"))
+    assert got["outcome"][1] == "StepFailed"
+    assert got["history"][0]["status"] == "compensated"
+
+
+async def test_compensation_fails(make: Callable[[], Any]) -> None:
+    got = await same_as_memory(make, lambda o: o.execute(badly(), saga_id="t-3"))
+    assert got["outcome"][1] == "CompensationFailed"
+    assert got["history"][0]["status"] == "failed"
+
+
+async def test_retries(make: Callable[[], Any]) -> None:
+    got = await same_as_memory(make, lambda o: o.execute(retried(2, "r"), saga_id="t-4"))
+    assert got["history"][0]["steps"][1]["attempts"] == 3
+
+
+async def test_retries_exhausted(make: Callable[[], Any]) -> None:
+    got = await same_as_memory(make, lambda o: o.execute(retried(5, "r"), saga_id="t-5"))
+    assert got["history"][0]["steps"][1]["attempts"] == 3
+    assert got["history"][0]["status"] == "compensated"
+
+
+async def test_timeout(make: Callable[[], Any]) -> None:
+    got = await same_as_memory(make, lambda o: o.execute(timed(5.0), saga_id="t-6"))
+    assert got["history"][0]["steps"][1]["status"] == "timed_out"
+
+
+async def test_generator_total_steps_on_failure(make: Callable[[], Any]) -> None:
+    async def scenario(o: SagaOrchestrator) -> Any:
+        await o.execute(grows(3), saga_id="g-1")
+        with suppress(StepFailed):
+            await o.execute(transfer(fail=True), saga_id="g-2")
+        return [(m.id, m.total_steps) for m in await o.get_history()]
+
+    await same_as_memory(make, scenario)
+
+
+async def test_reexecute_completed(make: Callable[[], Any]) -> None:
+    async def scenario(o: SagaOrchestrator) -> Any:
+        first = await o.execute(transfer(), saga_id="x-1")
+        again = await o.execute(transfer(), saga_id="x-1")
+        return first, again
+
+    got = await same_as_memory(make, scenario)
+    first, again = got["outcome"][1]
+    assert first == again
+    assert got["history_count"] == 1
+
+
+async def test_reexecute_compensated(make: Callable[[], Any]) -> None:
+    async def scenario(o: SagaOrchestrator) -> Any:
+        with pytest.raises(StepFailed):
+            await o.execute(transfer(fail=True), saga_id="x-2")
+        return await o.execute(transfer(), saga_id="x-2")
+
+    got = await same_as_memory(make, scenario)
+    assert got["history_count"] == 1
+    assert got["history"][0]["status"] == "completed"
+
+
+async def test_reexecute_compensated_then_fails_again(make: Callable[[], Any]) -> None:
+    async def scenario(o: SagaOrchestrator) -> Any:
+        with pytest.raises(StepFailed):
+            await o.execute(transfer(fail=True), saga_id="x-3")
+        with pytest.raises(StepFailed):
+            await o.execute(transfer(fail=True), saga_id="x-3")
+        return await o.get_saga("x-3") is not None
+
+    await same_as_memory(make, scenario)
+
+
+async def test_reexecute_failed(make: Callable[[], Any]) -> None:
+    async def scenario(o: SagaOrchestrator) -> Any:
+        with pytest.raises(CompensationFailed):
+            await o.execute(badly(), saga_id="x-4")
+        with pytest.raises(SagaAlreadyFailed):
+            await o.execute(transfer(), saga_id="x-4")
+        return "refused"
+
+    await same_as_memory(make, scenario)
+
+
+async def test_reexecute_running(make: Callable[[], Any]) -> None:
+    async def scenario(o: SagaOrchestrator) -> Any:
+        GATE["k"] = asyncio.Event()
+        first = asyncio.create_task(o.execute(gated("k"), saga_id="x-5"))
+        for _ in range(200):
+            meta = await o.get_saga("x-5")
+            if meta is not None and meta.steps and meta.steps[-1].name == "wait_gate":
+                break
+            await asyncio.sleep(0.01)
+        running = [norm(m) for m in await o.get_running_sagas()]
+        count = await o.running_count()
+        with pytest.raises(SagaAlreadyExecuting):
+            await o.execute(gated("k"), saga_id="x-5")
+        GATE["k"].set()
+        return running, count, await first
+
+    got = await same_as_memory(make, scenario)
+    running, count, _ = got["outcome"][1]
+    assert count == 1
+    assert running[0]["status"] == "executing"
+
+
+async def test_history_limit_order(make: Callable[[], Any]) -> None:
+    async def scenario(o: SagaOrchestrator) -> Any:
+        for n in range(4):
+            await o.execute(grows(1), saga_id=f"h-{n}")
+        with pytest.raises(StepFailed):
+            await o.execute(transfer(fail=True), saga_id="h-0b")
+        return [m.id for m in await o.get_history(limit=3)]
+
+    got = await same_as_memory(make, scenario)
+    assert got["outcome"][1] == ["h-2", "h-3", "h-0b"]
+
+
+UNDO_FAILS: dict[str, int] = {}
+
+
+@step(compensation_retry=Retry(attempts=3, backoff=0.0, jitter=0.0))
+async def wobbly(key: str) -> tuple[str, int]:
+    return (key, 1)
+
+
+@wobbly.compensate
+async def wobbly_back(result: tuple[str, int], key: str) -> list[Any]:
+    UNDO_FAILS[key] = UNDO_FAILS.get(key, 0) + 1
+    if UNDO_FAILS[key] < 3:
+        raise ConnectionError(f"undo busy {UNDO_FAILS[key]}")
+    return [{"undone": key}, {1: "int key"}, frozenset({3})]
+
+
+@step(compensation_timeout=0.05)
+async def slow_undo(key: str) -> str:
+    return key
+
+
+@slow_undo.compensate
+async def slow_undo_back(result: str, key: str) -> None:
+    await asyncio.sleep(5)
+
+
+@step(compensate_on_failure=False)
+async def half(key: str) -> str:
+    raise ValueError(f"half {key}")
+
+
+@half.compensate
+async def half_back(key: str) -> None:
+    CALLS.append("half_back")
+
+
+@saga
+def wobbles(key: str):  # type: ignore[no-untyped-def]
+    yield wobbly(key)
+    yield refuse("after wobbly")
+
+
+@saga
+def slow_undoing():  # type: ignore[no-untyped-def]
+    yield deposit("a", 1)
+    yield slow_undo("s")
+    yield refuse("after slow_undo")
+
+
+@saga
+def two_bad():  # type: ignore[no-untyped-def]
+    yield stuck_undo(1)
+    yield deposit("a", 1)
+    yield stuck_undo(2)
+    yield refuse("two bad")
+
+
+@saga
+def halfway():  # type: ignore[no-untyped-def]
+    yield deposit("a", 1)
+    yield half("h")
+
+
+async def test_compensation_retried(make: Callable[[], Any]) -> None:
+    async def scenario(o: SagaOrchestrator) -> Any:
+        UNDO_FAILS.clear()
+        return await o.execute(wobbles("w"), saga_id="c-1")
+
+    got = await same_as_memory(make, scenario)
+    assert got["history"][0]["compensations"][0]["attempts"] == 3
+
+
+async def test_compensation_timeout(make: Callable[[], Any]) -> None:
+    got = await same_as_memory(make, lambda o: o.execute(slow_undoing(), saga_id="c-2"))
+    assert got["history"][0]["status"] == "failed"
+    assert got["history"][0]["compensations"][0]["status"] == "timed_out"
+
+
+async def test_continue_on_compensation_failure(make: Callable[[], Any]) -> None:
+    async def scenario(o: SagaOrchestrator) -> Any:
+        # the option is the orchestrator's: run through a second one on the same store
+        other = SagaOrchestrator(o.store, continue_on_compensation_failure=True, sleep=_no_sleep)
+        return await other.execute(two_bad(), saga_id="c-3")
+
+    got = await same_as_memory(make, scenario)
+    assert got["history"][0]["status"] == "failed"
+
+
+async def test_step_not_compensated_on_failure(make: Callable[[], Any]) -> None:
+    await same_as_memory(make, lambda o: o.execute(halfway(), saga_id="c-4"))
+
+
+async def test_cancelled(make: Callable[[], Any]) -> None:
+    async def scenario(o: SagaOrchestrator) -> Any:
+        GATE["c"] = asyncio.Event()
+        task = asyncio.create_task(o.execute(gated("c"), saga_id="c-5"))
+        for _ in range(200):
+            meta = await o.get_saga("c-5")
+            if meta is not None and meta.steps and meta.steps[-1].name == "wait_gate":
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return "cancelled"
+
+    await same_as_memory(make, scenario)
