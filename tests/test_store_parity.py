@@ -544,3 +544,27 @@ async def test_cancelled(make: Callable[[], Any]) -> None:
         return "cancelled"
 
     await same_as_memory(make, scenario)
+
+
+async def test_rerun_of_compensated_id_replaces_the_old_run(make: Callable[[], Any]) -> None:
+    """While an id that ended COMPENSATED runs again, the id names one run: the new one."""
+    async with make() as o:
+        with pytest.raises(StepFailed):
+            await o.execute(transfer(fail=True), saga_id="again")
+        GATE["again"] = asyncio.Event()
+        task = asyncio.create_task(o.execute(gated("again"), saga_id="again"))
+        for _ in range(200):
+            meta = await o.get_saga("again")
+            if meta is not None and meta.steps and meta.steps[-1].name == "wait_gate":
+                break
+            await asyncio.sleep(0.01)
+        seen = (
+            await o.running_count(),
+            [m.id for m in await o.get_running_sagas()],
+            await o.history_count(),
+            [m.id for m in await o.get_history()],
+        )
+        GATE["again"].set()
+        await task
+        assert seen == (1, ["again"], 0, [])
+        assert [m.status for m in await o.get_history()] == ["completed"]

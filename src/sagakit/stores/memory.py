@@ -50,6 +50,7 @@ class MemoryStore:
                     return earlier.snapshot()
                 if earlier.status is SagaStatus.FAILED:
                     raise SagaAlreadyFailed(saga_id)
+                del self._history[saga_id]  # the id names the new run from now on
         self._running[saga_id] = run
         return None
 
