@@ -568,3 +568,72 @@ async def test_rerun_of_compensated_id_replaces_the_old_run(make: Callable[[], A
         await task
         assert seen == (1, ["again"], 0, [])
         assert [m.status for m in await o.get_history()] == ["completed"]
+
+
+TIMEOUTS: dict[str, int] = {}
+
+
+@step(timeout=0.05, retry=Retry(attempts=3, backoff=0.0, jitter=0.0))
+async def slow_then_fast(key: str) -> str:
+    TIMEOUTS[key] = TIMEOUTS.get(key, 0) + 1
+    if TIMEOUTS[key] < 3:
+        await asyncio.sleep(5)
+    return f"done on {TIMEOUTS[key]}"
+
+
+@step
+async def held(key: str) -> str:
+    return key
+
+
+@held.compensate
+async def held_back(result: str, key: str) -> str:
+    await GATE[key].wait()
+    return f"released {key}"
+
+
+@saga
+def retimed(key: str):  # type: ignore[no-untyped-def]
+    yield slow_then_fast(key)
+
+
+@saga
+def holding(key: str):  # type: ignore[no-untyped-def]
+    yield held(key)
+    yield refuse("let go")
+
+
+async def test_timeouts_then_success(make: Callable[[], Any]) -> None:
+    async def scenario(o: SagaOrchestrator) -> Any:
+        TIMEOUTS.clear()
+        return await o.execute(retimed("t"), saga_id="rt-1")
+
+    got = await same_as_memory(make, scenario)
+    assert got["history"][0]["steps"][0]["attempts"] == 3
+
+
+async def test_seen_while_compensating(make: Callable[[], Any]) -> None:
+    async def scenario(o: SagaOrchestrator) -> Any:
+        GATE["hold"] = asyncio.Event()
+        task = asyncio.create_task(o.execute(holding("hold"), saga_id="hc-1"))
+        for _ in range(200):
+            meta = await o.get_saga("hc-1")
+            if meta is not None and meta.compensations:
+                break
+            await asyncio.sleep(0.01)
+        seen = (
+            norm(await o.get_saga("hc-1")),
+            [norm(m) for m in await o.get_running_sagas()],
+            await o.running_count(),
+            await o.history_count(),
+        )
+        GATE["hold"].set()
+        with pytest.raises(StepFailed):
+            await task
+        return seen
+
+    got = await same_as_memory(make, scenario)
+    while_compensating = got["outcome"][1][0]
+    assert while_compensating["status"] == "compensating"
+    assert while_compensating["error"] == got["history"][0]["error"]
+    assert while_compensating["error"] == "StepFailed: step 1 ('refuse') failed: ValueError: let go"

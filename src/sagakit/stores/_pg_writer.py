@@ -106,6 +106,7 @@ def write_for(
         attempts=max(t.attempt, 1),
         duration=t.duration,
         step_error=describe(t.error),
+        error=run_error if compensation else None,  # the failure being undone
     )
     if step_status is StepStatus.COMPLETED:
         what = f"the result of {'compensation' if compensation else 'step'} {t.step_name!r}"

@@ -32,7 +32,10 @@ INSERT_EVENT = (
     "INSERT INTO sagakit_events (saga_id, saga_name, step_index, step_name, compensation, "
     "data, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-COMPENSATING = "UPDATE sagakit_sagas SET status = 'compensating', updated_at = ? WHERE id = ?"
+COMPENSATING = (
+    "UPDATE sagakit_sagas SET status = 'compensating', error = coalesce(?, error), "
+    "updated_at = ? WHERE id = ?"
+)
 EXECUTING = "UPDATE sagakit_sagas SET status = 'executing', updated_at = ? WHERE id = ?"
 SAGA_ERROR = "UPDATE sagakit_sagas SET error = coalesce(error, ?), updated_at = ? WHERE id = ?"
 INTERRUPTED_STEP = (

@@ -322,7 +322,7 @@ class SQLiteStore:
         if kind is ON_COMPENSATION_STARTED:
             return [
                 (UPSERT_STEP, (saga_id, 1, t.step_index, t.step_name, t.attempt, now)),
-                (COMPENSATING, (now, saga_id)),
+                (COMPENSATING, (run.error, now, saga_id)),  # the failure being undone
             ]
         if kind is ON_STEP_RETRYING or kind is ON_COMPENSATION_RETRYING:
             comp = int(kind is ON_COMPENSATION_RETRYING)
