@@ -100,3 +100,36 @@ async def test_a_timed_out_compensation_span_says_it_timed_out() -> None:
     assert "timed out" in undo.status.description
     assert undo.attributes is not None
     assert undo.attributes.get("sagakit.step.timed_out") is True
+
+
+@step(compensation_retry=Retry(attempts=1))
+async def ot_hold(item: str) -> str:
+    return item
+
+
+@ot_hold.compensate
+async def ot_unhold(item: str) -> None:
+    raise TimeoutError("the payment API's read timed out")  # its own error, no sagakit timeout
+
+
+@saga
+def ot_holding(item: str) -> Any:
+    yield ot_hold(item)
+    yield ot_refuse(item)
+
+
+@pytest.mark.asyncio
+async def test_a_compensation_raising_timeout_error_is_failed_not_timed_out() -> None:
+    """A compensation that raised a TimeoutError of its own failed (its record says
+    ``failed``); only a sagakit timeout (StepTimeout) marks its span timed out."""
+    orchestrator = SagaOrchestrator()
+    instrument(orchestrator, tracer_provider=provider)
+    with pytest.raises(CompensationFailed):
+        await orchestrator.execute(ot_holding("x"), saga_id="ot-hold-1")
+    run = await orchestrator.get_saga("ot-hold-1")
+    assert run is not None
+    assert run.compensations[0].status == "failed"
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    undo = spans["compensate ot_hold"]
+    assert undo.attributes is not None
+    assert "sagakit.step.timed_out" not in undo.attributes

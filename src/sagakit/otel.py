@@ -22,6 +22,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from ._runs import describe_error
+from .exceptions import StepTimeout
 from .status import SagaStatus
 from .transitions import Transition, TransitionKind
 
@@ -143,7 +144,7 @@ class SagaTracer:
             span.set_status(Status(StatusCode.ERROR, describe_error(transition.error)))
             if transition.kind is _K.STEP_TIMED_OUT or (
                 transition.kind is _K.COMPENSATION_FAILED
-                and isinstance(transition.error, TimeoutError)
+                and isinstance(transition.error, StepTimeout)  # not a TimeoutError it raised
             ):
                 span.set_attribute("sagakit.step.timed_out", True)
         opened.detach()
