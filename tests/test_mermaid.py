@@ -8,6 +8,7 @@ import pytest
 
 from sagakit import (
     CompensationFailed,
+    SagaDefinition,
     SagaOrchestrator,
     SagaStatus,
     StepFailed,
@@ -116,3 +117,30 @@ def test_a_run_not_started_has_no_finish() -> None:
     text = order("x").metadata().to_mermaid()
     assert "finish" not in text
     assert '    start -.-> rest["3 more not run"]:::pending' in text
+
+
+@pytest.mark.asyncio
+async def test_a_directive_or_comment_in_an_error_stays_text() -> None:
+    """Mermaid applies a ``%%{init: ...}%%`` directive found anywhere in the source (even
+    inside a quoted label) and drops a line starting with ``%%`` (a ``\\r`` starts one), so
+    an error message could restyle the diagram or break it: ``%`` and ``\\r`` are escaped."""
+    error = ValueError("upstream said %%{init: {'theme': 'dark'}}%%\r%% gone\"]")
+    metadata = await _run(FaultInjector().fail("charge", error))
+    text = metadata.to_mermaid()
+    assert "%" not in text
+    assert "\r" not in text
+    assert (
+        '    s0 --> s1["charge<br/>ValueError: upstream said #37;#37;{init: '
+        "{'theme': 'dark'}}#37;#37; #37;#37; gone#quot;]\"]:::failed"
+    ) in text.splitlines()
+
+
+@step(name="`**loud**`")
+async def loud(item: str) -> None:
+    return None
+
+
+def test_a_backtick_name_is_not_a_markdown_string() -> None:
+    """A label quoted as "`...`" is a Mermaid markdown string (``**`` turns bold)."""
+    lines = SagaDefinition("l-1", steps=[loud("x")]).to_mermaid().splitlines()
+    assert '    start --> s0["#96;**loud**#96;"]' in lines

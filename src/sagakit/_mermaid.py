@@ -19,10 +19,22 @@ _CLASSES = (
 )
 
 
+# ``#`` first (the codes use it); ``%`` so no ``%%{init: ...}%%`` directive or ``%%``
+# comment is read from a label; a backtick so no label becomes a markdown string.
+_CODES = (
+    ("#", "#35;"),
+    ('"', "#quot;"),
+    ("<", "#lt;"),
+    (">", "#gt;"),
+    ("%", "#37;"),
+    ("`", "#96;"),
+)
+
+
 def _escape(value: str) -> str:
-    for char, code in (("#", "#35;"), ('"', "#quot;"), ("<", "#lt;"), (">", "#gt;")):
+    for char, code in _CODES:
         value = value.replace(char, code)
-    return value.replace("\n", " ")
+    return value.replace("\r", " ").replace("\n", " ")
 
 
 def _text(*lines: str) -> str:
