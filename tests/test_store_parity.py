@@ -515,6 +515,28 @@ async def test_compensation_timeout(make: Callable[[], Any]) -> None:
     assert got["history"][0]["compensations"][0]["status"] == "timed_out"
 
 
+@step
+async def reads_remote(key: str) -> str:
+    return key
+
+
+@reads_remote.compensate
+async def un_read_remote(key: str) -> None:
+    raise TimeoutError("the remote's own read timeout")  # not the compensation's deadline
+
+
+@saga
+def remote_times_out_itself():  # type: ignore[no-untyped-def]
+    yield reads_remote("k")
+    yield refuse("after reads_remote")
+
+
+async def test_compensation_raising_its_own_timeout_error(make: Callable[[], Any]) -> None:
+    # SQLite recorded it timed_out (any TimeoutError); the run's record says failed.
+    got = await same_as_memory(make, lambda o: o.execute(remote_times_out_itself(), saga_id="c-5"))
+    assert got["history"][0]["compensations"][0]["status"] == "failed"
+
+
 async def test_continue_on_compensation_failure(make: Callable[[], Any]) -> None:
     async def scenario(o: SagaOrchestrator) -> Any:
         # the option is the orchestrator's: run through a second one on the same store

@@ -39,6 +39,7 @@ from ..exceptions import (
     SagaAlreadyFailed,
     SagaDefinitionError,
     SerializationError,
+    StepTimeout,
     StoreError,
 )
 from ..records import SagaMetadata
@@ -333,7 +334,7 @@ class SQLiteStore:
             ON_COMPENSATION_FAILED,
         ):
             comp = int(kind is ON_COMPENSATION_FAILED)
-            timed_out = kind is ON_STEP_TIMED_OUT or (comp and isinstance(t.error, TimeoutError))
+            timed_out = kind is ON_STEP_TIMED_OUT or (comp and isinstance(t.error, StepTimeout))
             status = "timed_out" if timed_out else "failed"
             described = _error_text(t.error)
             return [
