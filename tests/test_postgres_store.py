@@ -616,6 +616,38 @@ async def test_an_unreadable_log_is_dead_lettered_with_the_reason(dsn: str, sche
             await task
 
 
+@pytest.mark.asyncio
+async def test_a_parked_or_unreadable_orphan_does_not_stop_recover_before_the_others(
+    dsn: str, schema: str
+) -> None:
+    # Regression: recover() claims one orphan at a time and stopped at the first claim
+    # that returned nothing, so an older orphan parked by the claim (too many attempts)
+    # or whose log could not be read back left every newer orphan unrecovered.
+    async with opened(dsn, schema) as a, opened(dsn, schema) as b, opened(dsn, schema) as c:
+        tasks = [await hang_at(SagaOrchestrator(a), name, 1) for name in ("crashy", "garbled")]
+        expire(dsn, schema, "crashy")
+        assert len(await c.claim_orphans(max_attempts=1)) == 1  # a worker that then dies
+        tasks.append(await hang_at(SagaOrchestrator(a), "fine", 1))
+        gates = [GATES.pop(f"{name}:1") for name in ("crashy", "garbled", "fine")]
+        for saga_id in ("crashy", "garbled", "fine"):
+            expire(dsn, schema, saga_id)
+        query(
+            dsn,
+            f'UPDATE "{schema}".sagas SET args = \'{{"__sk__": "nope"}}\' '
+            "WHERE saga_id = 'garbled' RETURNING 1",
+        )
+        outcomes = await SagaOrchestrator(b).recover(max_attempts=1)
+        assert [(o.saga_id, o.action, o.status) for o in outcomes] == [
+            ("fine", "resumed", SagaStatus.COMPLETED)
+        ]
+        assert sorted(d.saga_id for d in await b.dead_letters()) == ["crashy", "garbled"]
+        for gate in gates:
+            gate.set()
+        for task in tasks:
+            with pytest.raises(LeaseLost):
+                await task
+
+
 # ---------------------------------------------------------------- the event stream
 
 

@@ -4,6 +4,7 @@ and a second store (another owner) recovers it."""
 from __future__ import annotations
 
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -266,3 +267,23 @@ async def test_recover_max_attempts_is_checked_before_anything_is_claimed(
         assert await store.dead_letters() == []
         outcomes = await orchestrator.recover()
         assert [(o.saga_id, o.action) for o in outcomes] == [("o-attempts", "resumed")]
+
+
+@pytest.mark.asyncio
+async def test_an_unreadable_orphan_does_not_stop_recover_before_the_others(db: str) -> None:
+    # Regression: recover() claims one orphan at a time and stopped at the first claim
+    # that returned nothing, so an older orphan whose log could not be read back
+    # (dead-lettered by the claim) left every newer orphan unrecovered.
+    await crash(db, rec_order("sofa"), "o-garbled", at(TransitionKind.STEP_STARTED, "pay"))
+    await crash(db, rec_order("rug"), "o-fine", at(TransitionKind.STEP_STARTED, "pay"))
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "UPDATE sagakit_sagas SET arguments = '{\"__sk__\": \"nope\"}' WHERE id = 'o-garbled'"
+        )
+    store = SQLiteStore(db)
+    async with SagaOrchestrator(store) as orchestrator:
+        outcomes = await orchestrator.recover()
+        assert [(o.saga_id, o.action) for o in outcomes] == [("o-fine", "resumed")]
+        (letter,) = await store.dead_letters()
+        assert letter.saga_id == "o-garbled"
+        assert "cannot be read back" in letter.reason

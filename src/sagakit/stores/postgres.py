@@ -482,6 +482,23 @@ class PostgresStore:
         limit: int = 100,
         max_attempts: int = 3,
     ) -> list[OrphanedSaga]:
+        orphans: list[OrphanedSaga] = []
+        while True:
+            wanted = limit - len(orphans)
+            claimed = await self._claim(names, wanted, max_attempts, orphans)
+            # Parked or unreadable claims do not use up the limit: claim again while
+            # there may be more (else recover(), one claim at a time, stops early).
+            if claimed < wanted or len(orphans) >= limit:
+                return orphans
+
+    async def _claim(
+        self,
+        names: Collection[str] | None,
+        limit: int,
+        max_attempts: int,
+        orphans: list[OrphanedSaga],
+    ) -> int:
+        """Claim up to ``limit`` rows, add the runnable ones to ``orphans``; how many rows."""
         claimed = await self._run(
             self._sql.claim,
             {
@@ -501,19 +518,18 @@ class PostgresStore:
                 self._fences.pop(row[0], None)  # parked: nobody owns it now
                 self._claimed.discard(row[0])
         if not alive:
-            return []
+            return len(claimed)
         for row in alive:
             self._fences[row[0]] = row[12]
             self._claimed.add(row[0])
             self._lost.discard(row[0])
         steps = rows.steps_by_saga(await self._run(self._sql.steps_of, ([r[0] for r in alive],)))
-        orphans: list[OrphanedSaga] = []
         for row in alive:
             try:
                 orphans.append(rows.orphan(row, steps.get(row[0], ()), self.serializer))
             except (SerializationError, ValueError, TypeError) as error:
                 await self.dead_letter(row[0], f"its log cannot be read back: {error}")
-        return orphans
+        return len(claimed)
 
     async def dead_letter(self, saga_id: str, reason: str) -> None:
         fence = self._fences.get(saga_id)

@@ -9,6 +9,7 @@ on the same host claims them once that process is gone (``_sqlite_owner``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -482,7 +483,7 @@ class SQLiteStore:
         owner = self._owner
         now = time.time()
 
-        def job(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+        def job(conn: sqlite3.Connection, limit: int) -> list[tuple[Any, ...]]:
             rows = conn.execute(
                 "SELECT id, name, owner, factory, recovery_attempts FROM sagakit_sagas "
                 "WHERE finished_at IS NULL AND dead_letter IS NULL ORDER BY started_at"
@@ -514,19 +515,24 @@ class SQLiteStore:
                 claimed.append(load_orphan_rows(conn, saga_id))
             return claimed
 
-        raw = await self._writer.submit(job, alone=False)
         orphans: list[OrphanedSaga] = []
-        for rows in raw:
-            try:
-                orphan = decode_orphan(rows, self.serializer)
-            except SerializationError as error:
-                await self.dead_letter(rows[0][0], f"its log cannot be read back: {error}")
-                continue
-            self._staged.pop(orphan.saga_id, None)  # left by a simulated crash, if any
-            self._claimed.add(orphan.saga_id)
-            self._live.add(orphan.saga_id)
-            orphans.append(orphan)
-        return orphans
+        while True:
+            wanted = limit - len(orphans)
+            raw = await self._writer.submit(functools.partial(job, limit=wanted), alone=False)
+            for rows in raw:
+                try:
+                    orphan = decode_orphan(rows, self.serializer)
+                except SerializationError as error:
+                    await self.dead_letter(rows[0][0], f"its log cannot be read back: {error}")
+                    continue
+                self._staged.pop(orphan.saga_id, None)  # left by a simulated crash, if any
+                self._claimed.add(orphan.saga_id)
+                self._live.add(orphan.saga_id)
+                orphans.append(orphan)
+            # A claim dead-lettered because its log cannot be read back does not use up
+            # the limit: claim again while there may be more (else recover() stops early).
+            if len(raw) < wanted or len(orphans) >= limit:
+                return orphans
 
     async def dead_letter(self, saga_id: str, reason: str) -> None:
         now = time.time()
