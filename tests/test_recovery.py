@@ -287,3 +287,36 @@ async def test_an_unreadable_orphan_does_not_stop_recover_before_the_others(db: 
         (letter,) = await store.dead_letters()
         assert letter.saga_id == "o-garbled"
         assert "cannot be read back" in letter.reason
+
+
+@saga
+def rec_picky(item: str):  # type: ignore[no-untyped-def]
+    booking = yield book(item)
+    if item == "unlucky":
+        raise ValueError(f"cannot pay for {booking}")
+    yield pay(item)
+
+
+@pytest.mark.asyncio
+async def test_a_resumed_saga_body_that_raises_does_not_stop_recover(db: str) -> None:
+    # Regression: an exception other than a SagaError raised by the saga's body after
+    # resuming (here: its own check on a step's result) propagated out of recover()
+    # once the saga was compensated: recover_on_start failed, and the other orphans
+    # were left running.
+    await crash(db, rec_picky("unlucky"), "o-raises", at(TransitionKind.STEP_COMPLETED, "book"))
+    await crash(db, rec_order("chair"), "o-next", at(TransitionKind.STEP_STARTED, "pay"))
+    async with SagaOrchestrator(SQLiteStore(db), recover_on_start=True) as orchestrator:
+        raised = await orchestrator.get_saga("o-raises")
+        assert raised is not None
+        assert raised.status is SagaStatus.COMPENSATED
+        assert raised.error == "ValueError: cannot pay for booking-unlucky"
+        following = await orchestrator.get_saga("o-next")
+        assert following is not None
+        assert following.status is SagaStatus.COMPLETED
+    effects.clear()
+    await crash(db, rec_picky("unlucky"), "o-again", at(TransitionKind.STEP_COMPLETED, "book"))
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        (outcome,) = await orchestrator.recover()
+    assert (outcome.action, outcome.status) == ("resumed", SagaStatus.COMPENSATED)
+    assert outcome.error == "ValueError: cannot pay for booking-unlucky"
+    assert effects == ["book unlucky o-again:0", "book unlucky o-again:0", "cancel booking-unlucky"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._hooks import active_faults
-from ._runs import SagaRun, StepRun, current_run
+from ._runs import SagaRun, StepRun, current_run, describe_error
 from ._sagas import SagaDefinition, close_driver, registered_saga, registered_sagas
 from ._steps import StepCall
 from .exceptions import NonDeterminismError, SagaDefinitionError, SagaError, StoreError
@@ -228,6 +228,9 @@ async def _recover_one(
             await orchestrator._drive(run, definition._driver(), replay=len(done))
         except SagaError as error:
             return RecoveryOutcome(orphan.saga_id, orphan.name, "resumed", run.status, str(error))
+        except Exception as error:  # raised by the saga's body: it was compensated all the same
+            text = describe_error(error)
+            return RecoveryOutcome(orphan.saga_id, orphan.name, "resumed", run.status, text)
         return RecoveryOutcome(orphan.saga_id, orphan.name, "resumed", run.status)
     undo: list[tuple[StepRun, StepCall[Any], Any]] = [
         (record, call, record.result) for record, call in zip(run.steps, calls, strict=False)
