@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from pg_helpers.db import dsn_or_skip, expire, fresh_schema, opened, query
-from sagakit import SagaOrchestrator, current_step, saga, step
+from sagakit import SagaOrchestrator, StoreError, current_step, saga, step
 
 RAN: Counter[tuple[str, int]] = Counter()
 GATES: dict[str, asyncio.Event] = {}
@@ -127,3 +128,57 @@ async def test_a_lost_database_connection_does_not_end_the_worker_loop(
         finally:
             stop.set()
             await asyncio.gather(worker, return_exceptions=True)
+
+
+@saga(recovery="compensate")
+def pl_careful_three():  # type: ignore[no-untyped-def]
+    for n in range(3):
+        yield pl_gated(n)
+
+
+@pytest.mark.asyncio
+async def test_a_store_error_while_recovery_compensates_does_not_strand_the_saga(
+    dsn: str, schema: str
+) -> None:
+    # Regression: when recording failed while recovery compensated a saga (a database
+    # blip), the run was never ended: its worker kept renewing the lease of a saga
+    # nobody ran (and never claimed it again: it is "its own"), until it stopped.
+    async with opened(dsn, schema) as a, opened(dsn, schema) as b:
+        GATES["careful:1"] = asyncio.Event()
+        ENTERED["careful:1"] = asyncio.Event()
+        original = asyncio.create_task(
+            SagaOrchestrator(a).execute(pl_careful_three(), saga_id="careful")
+        )
+        await ENTERED["careful:1"].wait()
+        expire(dsn, schema, "careful")
+        record = b.record
+        blips = []
+
+        async def flaky_record(run: Any, transition: Any) -> None:
+            if transition.kind == "compensation_started" and not blips:
+                blips.append(transition)
+                raise StoreError("the database went away")
+            await record(run, transition)
+
+        b.record = flaky_record  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        worker = asyncio.create_task(
+            SagaOrchestrator(b).run_worker(poll_interval=0.02, stop=stop, handle_signals=False)
+        )
+        try:
+            for _ in range(200):
+                await asyncio.sleep(0.02)
+                if blips and not b.owns("careful"):
+                    break
+            assert blips
+            assert not b.owns("careful")  # no lease renewed for a saga nobody runs
+            meta = await b.get("careful")
+            assert meta is not None
+            # Ended as execute() ends a run whose compensation could not be recorded.
+            assert meta.status == "failed"
+            assert meta.finished_at is not None
+        finally:
+            stop.set()
+            await worker
+            GATES["careful:1"].set()
+            await asyncio.gather(original, return_exceptions=True)

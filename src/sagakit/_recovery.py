@@ -17,11 +17,17 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._hooks import active_faults
+from ._hooks import SimulatedCrash, active_faults
 from ._runs import SagaRun, StepRun, current_run, describe_error
 from ._sagas import SagaDefinition, close_driver, registered_saga, registered_sagas
 from ._steps import StepCall
-from .exceptions import NonDeterminismError, SagaDefinitionError, SagaError, StoreError
+from .exceptions import (
+    LeaseLost,
+    NonDeterminismError,
+    SagaDefinitionError,
+    SagaError,
+    StoreError,
+)
 from .status import SagaStatus, StepStatus
 from .stores._protocol import LoggedStep, OrphanedSaga, RecoverableStore
 from .stores.sqlite import definition_fingerprint
@@ -260,6 +266,20 @@ async def _recover_one(
     token = current_run.set(run)
     try:
         failure = await orchestrator._compensate(run, undo, None, active_faults.get(), True)
+    except SimulatedCrash:
+        orchestrator._held.pop(run, None)  # "the process died": nothing more is recorded
+        raise
+    except LeaseLost:
+        orchestrator._held.pop(run, None)  # another worker owns it now: record nothing
+        await store.finish(run)
+        raise
+    except BaseException:
+        # Recording failed (or cancelled): end the run as execute() does, so the store
+        # hands the saga back (its lease runs out) instead of keeping it forever.
+        if run.status is SagaStatus.COMPENSATING:
+            run.status = SagaStatus.FAILED
+        await orchestrator._finish(run)
+        raise
     finally:
         current_run.reset(token)
     await orchestrator._finish(run)
