@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,3 +143,46 @@ async def test_a_crash_fires_once_and_is_listed_as_fired() -> None:
 async def test_simulate_restart_refuses_an_in_memory_store() -> None:
     with pytest.raises(SagaDefinitionError, match="durable store such as SQLiteStore"):
         await simulate_restart(MemoryStore())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Any]]:
+    """Makes stores on one fresh log: one per simulated process."""
+    if request.param == "sqlite":
+        yield lambda: SQLiteStore(tmp_path / "s.db")
+        return
+    from pg_helpers.db import dsn_or_skip, fresh_schema
+    from sagakit import PostgresStore
+
+    dsn = dsn_or_skip()
+    schemas = fresh_schema(dsn)
+    schema = next(schemas)
+    yield lambda: PostgresStore(dsn, schema=schema)
+    for _ in schemas:  # drops the schema
+        pass
+
+
+@pytest.mark.asyncio
+async def test_a_saga_that_crashes_every_recovery_is_parked_on_every_store(
+    durable_store: Callable[[], Any],
+) -> None:
+    # On PostgreSQL simulate_restart() released the leases like a graceful shutdown, so
+    # the next claim did not count as a recovery attempt: the saga was never parked.
+    store = durable_store()
+    with FaultInjector().crash(charge), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(order("p").with_id("o-p"))
+    await simulate_restart(store)
+    await store.close()
+
+    store = durable_store()
+    with FaultInjector().crash(charge), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).recover(max_attempts=1)  # attempt 1 "crashes" too
+    await simulate_restart(store)
+    await store.close()
+
+    restarted = SagaOrchestrator(durable_store())
+    assert await restarted.recover(max_attempts=1) == []  # attempt 2 > 1: parked, not run
+    parked = await restarted.store.dead_letters()  # type: ignore[attr-defined]
+    await restarted.close()
+    assert [letter.saga_id for letter in parked] == ["o-p"]
+    assert effects == ["reserve p"]  # charge never ran: each attempt "crashed" before it

@@ -83,10 +83,11 @@ def statements(schema: str) -> Statements:
             f"UPDATE {s}.sagas s SET lease_until = {lease} FROM l "
             "WHERE s.saga_id = l.saga_id RETURNING s.saga_id"
         ),
+        # %(released)s false: as if the worker died (the next claim counts an attempt).
         release=(
             f"WITH l AS (SELECT saga_id FROM {s}.sagas WHERE owner = %(owner)s AND {active} "
             f"ORDER BY saga_id FOR UPDATE) UPDATE {s}.sagas s SET owner = NULL, "
-            "lease_until = now(), fence = s.fence + 1, released = true FROM l "
+            "lease_until = now(), fence = s.fence + 1, released = %(released)s FROM l "
             "WHERE s.saga_id = l.saga_id RETURNING s.saga_id"
         ),
         claim=(

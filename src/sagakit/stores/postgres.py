@@ -235,18 +235,20 @@ class PostgresStore:
         )
         return len(found)
 
-    async def release_leases(self) -> int:
+    async def release_leases(self, *, as_crash: bool = False) -> int:
         """Give up every saga this store owns, so other workers claim them at once.
 
         Their fencing tokens move on: any write still in flight here is refused
         with :class:`~sagakit.LeaseLost`. Returns how many sagas were released.
+        ``as_crash`` makes the next claim of each count as a recovery attempt, as
+        after a worker's death (:func:`sagakit.testing.simulate_restart` uses it).
         """
         self._lost.update(self._fences)
         self._fences.clear()
         self._claimed.clear()
         if self._pool is None:
             return 0
-        found = await self._run(self._sql.release, {"owner": self.owner})
+        found = await self._run(self._sql.release, {"owner": self.owner, "released": not as_crash})
         return len(found)
 
     def owns(self, saga_id: str) -> bool:

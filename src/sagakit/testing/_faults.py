@@ -314,8 +314,8 @@ async def simulate_restart(store: SagaStore) -> None:
             "crashes and recovery with a durable store such as SQLiteStore(tmp_path / 'sagas.db')"
         )
     release_leases = getattr(store, "release_leases", None)
-    if release_leases is not None:  # leases: give them up so another worker claims at once
-        await release_leases()
+    if release_leases is not None:  # leases: give them up so another worker claims at once,
+        await release_leases(as_crash=True)  # counting that claim as a recovery attempt
         return
     release = getattr(store, "release", None)
     if release is None:
