@@ -182,3 +182,42 @@ async def test_a_store_error_while_recovery_compensates_does_not_strand_the_saga
             await worker
             GATES["careful:1"].set()
             await asyncio.gather(original, return_exceptions=True)
+
+
+@pytest.mark.asyncio
+async def test_a_store_error_while_parking_a_saga_does_not_strand_it(dsn: str, schema: str) -> None:
+    # Regression: when parking an orphan failed (a database blip), the store kept its
+    # lease, and the heartbeat renewed it for as long as the worker lived.
+    async with opened(dsn, schema) as a, opened(dsn, schema) as b:
+        GATES["parking:1"] = asyncio.Event()
+        ENTERED["parking:1"] = asyncio.Event()
+        original = asyncio.create_task(
+            SagaOrchestrator(a).execute(pl_careful_three(), saga_id="parking")
+        )
+        await ENTERED["parking:1"].wait()
+        expire(dsn, schema, "parking")
+        # As if the saga's code changed: its replay no longer matches, so it is parked.
+        query(
+            dsn,
+            f"UPDATE \"{schema}\".steps SET name = 'renamed' "
+            "WHERE saga_id = 'parking' AND step_index = 0",
+        )
+        run = b._run
+        blips: list[Any] = []
+
+        async def flaky_run(sql: str, params: Any = None) -> Any:
+            if sql == b._sql.dead_letter and not blips:
+                blips.append(params)
+                raise StoreError("the database went away")
+            return await run(sql, params)
+
+        b._run = flaky_run  # type: ignore[method-assign]
+        with pytest.raises(StoreError, match="went away"):
+            await SagaOrchestrator(b).recover()
+        assert blips
+        assert not b.owns("parking")  # no lease kept alive for a saga nobody runs
+        expire(dsn, schema, "parking")
+        outcomes = await SagaOrchestrator(b).recover()  # claimed again, and parked this time
+        assert [(o.saga_id, o.action) for o in outcomes] == [("parking", "dead_lettered")]
+        original.cancel()
+        await asyncio.gather(original, return_exceptions=True)

@@ -539,11 +539,15 @@ class PostgresStore:
             raise StoreError(
                 f"saga {saga_id!r} is not owned by this store; claim it before dead-lettering it"
             )
-        found = await self._run(
-            self._sql.dead_letter, {"id": saga_id, "reason": reason, "fence": fence}
-        )
-        self._fences.pop(saga_id, None)
-        self._claimed.discard(saga_id)
+        try:
+            found = await self._run(
+                self._sql.dead_letter, {"id": saga_id, "reason": reason, "fence": fence}
+            )
+        finally:
+            # Parked or not (the write may have failed), this store no longer runs it: the
+            # heartbeat must not keep its lease alive, so its next claim can park it.
+            self._fences.pop(saga_id, None)
+            self._claimed.discard(saga_id)
         if not found:
             raise LeaseLost(saga_id)
 
