@@ -186,3 +186,56 @@ async def test_a_saga_that_crashes_every_recovery_is_parked_on_every_store(
     await restarted.close()
     assert [letter.saga_id for letter in parked] == ["o-p"]
     assert effects == ["reserve p"]  # charge never ran: each attempt "crashed" before it
+
+
+@pytest.mark.asyncio
+async def test_resolving_a_crashed_saga_ends_its_interrupted_step_on_every_store(
+    durable_store: Callable[[], Any],
+) -> None:
+    # The step the crash interrupted stayed "running" in a saga resolved by hand.
+    store = durable_store()
+    with FaultInjector().crash(charge, after=True), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(order("h").with_id("o-h"))
+    await simulate_restart(store)
+    await store.close()
+
+    store = durable_store()
+    await store.resolve("o-h", "charged by hand")
+    resolved = await store.get("o-h")
+    await store.close()
+    assert resolved is not None
+    assert resolved.status is SagaStatus.FAILED
+    assert resolved.error == "resolved by an operator: charged by hand"
+    assert [(s.name, str(s.status), s.error) for s in resolved.steps] == [
+        ("reserve", "completed", None),
+        ("charge", "failed", "interrupted; the saga was resolved by an operator"),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_resolving_a_dead_letter_keeps_why_it_was_parked_on_every_store(
+    durable_store: Callable[[], Any],
+) -> None:
+    # SQLite dropped the dead-letter reason from the resolved saga's error (PG kept it).
+    for attempt in range(2):  # the run "crashes", then so does its one recovery
+        store = durable_store()
+        orchestrator = SagaOrchestrator(store)
+        run = (
+            orchestrator.execute(order("q").with_id("o-q"))
+            if attempt == 0
+            else orchestrator.recover(max_attempts=1)
+        )
+        with FaultInjector().crash(charge), pytest.raises(SimulatedCrash):
+            await run
+        await simulate_restart(store)
+        await store.close()
+
+    store = durable_store()
+    assert await SagaOrchestrator(store).recover(max_attempts=1) == []  # parked
+    await store.resolve("o-q", "refunded by hand")
+    resolved = await store.get("o-q")
+    await store.close()
+    assert resolved is not None
+    assert resolved.error is not None
+    assert resolved.error.startswith("resolved by an operator: refunded by hand (was: ")
+    assert "max_attempts=1" in resolved.error  # the reason it was parked

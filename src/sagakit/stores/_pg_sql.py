@@ -155,8 +155,9 @@ def statements(schema: str) -> Statements:
             "WHERE saga_id = %s AND dead_reason IS NOT NULL AND finished_at IS NULL "
             "RETURNING saga_id"
         ),
+        # The steps the run left running will never end now: they are failed too.
         resolve=(
-            f"UPDATE {s}.sagas SET status = 'failed', resolved = true, "
+            f"WITH r AS (UPDATE {s}.sagas SET status = 'failed', resolved = true, "
             "error = 'resolved by an operator: ' || %(note)s || "
             "coalesce(' (was: ' || coalesce(dead_reason, error) || ')', ''), "
             "finished_at = coalesce(finished_at, now()), updated_at = now(), owner = NULL, "
@@ -165,7 +166,11 @@ def statements(schema: str) -> Statements:
             "dead_reason IS NOT NULL "
             "OR (finished_at IS NOT NULL AND status = 'failed') "
             "OR (finished_at IS NULL AND lease_until <= now())) "
-            "RETURNING saga_id"
+            "RETURNING saga_id), "
+            f"i AS (UPDATE {s}.steps st SET status = 'failed', "
+            "error = 'interrupted; the saga was resolved by an operator' "
+            "FROM r WHERE st.saga_id = r.saga_id AND st.status = 'running') "
+            "SELECT saga_id FROM r"
         ),
         events=(
             "SELECT position, saga_id, saga_name, step_index, step_name, compensation, data, "

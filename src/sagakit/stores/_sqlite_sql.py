@@ -44,6 +44,12 @@ INTERRUPTED_STEP = (
 )
 """A step the run ended while it ran (cancelled, or stopped by a crash): no
 transition carried its end, so the run's end writes it."""
+RESOLVE_INTERRUPTED = (
+    "UPDATE sagakit_steps SET status = 'failed', "
+    "error = 'interrupted; the saga was resolved by an operator' "
+    "WHERE saga_id = ? AND status = 'running'"
+)
+"""The steps a resolved saga's run left running: they will never end now."""
 FINISHED = (
     "UPDATE sagakit_sagas SET status = ?, error = ?, steps_executed = ?, "
     "total_steps = coalesce(?, total_steps), finished_at = ?, updated_at = ?, "
@@ -74,6 +80,7 @@ __all__ = [
     "INSERT_EVENT",
     "INSERT_SAGA",
     "INTERRUPTED_STEP",
+    "RESOLVE_INTERRUPTED",
     "RETRY_STEP",
     "SAGA_ERROR",
     "SELECT_ORPHAN",

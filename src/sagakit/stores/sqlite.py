@@ -57,6 +57,7 @@ from ._sqlite_sql import (
     INSERT_EVENT,
     INSERT_SAGA,
     INTERRUPTED_STEP,
+    RESOLVE_INTERRUPTED,
     RETRY_STEP,
     SAGA_ERROR,
     UPSERT_STEP,
@@ -616,9 +617,11 @@ class SQLiteStore:
             conn.execute(
                 "UPDATE sagakit_sagas SET status = 'failed', resolved = 1, dead_letter = NULL, "
                 "owner = NULL, finished_at = coalesce(finished_at, ?), updated_at = ?, "
-                "error = ? || coalesce(' (was: ' || error || ')', '') WHERE id = ?",
+                "error = ? || coalesce(' (was: ' || coalesce(dead_letter, error) || ')', '') "
+                "WHERE id = ?",
                 (now, now, f"resolved by an operator: {note}", saga_id),
             )
+            conn.execute(RESOLVE_INTERRUPTED, (saga_id,))
             return None
 
         problem = await self._writer.submit(job, alone=False)
