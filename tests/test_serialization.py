@@ -104,6 +104,16 @@ def test_unsupported_type_names_the_fix() -> None:
         JsonSerializer().dumps({"x": Opaque()}, what="the result of step 0")
 
 
+@pytest.mark.parametrize(
+    "value", [10**5000, {"balance": 10**5000}, [1, 10**5000]], ids=["int", "in-dict", "in-list"]
+)
+def test_an_int_too_long_for_json_is_a_serialization_error(value: object) -> None:
+    # Python refuses to write an int of more than 4300 digits as text: a plain
+    # ValueError escaped before, and failed the step without naming what failed.
+    with pytest.raises(SerializationError, match=r"cannot store the result of step 0.*4300"):
+        JsonSerializer().dumps(value, what="the result of step 0 ('count')")
+
+
 def test_registered_codec_round_trips_under_its_name() -> None:
     register_codec(Point, encode=lambda p: [p.x, p.y], decode=lambda v: Point(*v), name="point")
     serializer = JsonSerializer()

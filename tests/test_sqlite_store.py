@@ -247,6 +247,32 @@ async def test_unserializable_result_fails_the_step_and_compensates(db: str) -> 
     assert calls == ["take A", "opaque", "undo take A"]
 
 
+@step
+async def huge() -> int:
+    calls.append("huge")
+    return 10**5000
+
+
+@saga
+def sqlite_huge(source: str):  # type: ignore[no-untyped-def]
+    yield take(source, 1)
+    yield huge()
+
+
+@pytest.mark.asyncio
+async def test_an_int_too_long_to_store_fails_the_step_with_a_serialization_error(
+    db: str,
+) -> None:
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        with pytest.raises(StepFailed, match=r"step 1 \('huge'\).*4300 digits") as caught:
+            await orchestrator.execute(sqlite_huge("A"), saga_id="h1")
+        assert isinstance(caught.value.__cause__, SerializationError)
+        meta = await orchestrator.get_saga("h1")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert calls == ["take A", "huge", "undo take A"]
+
+
 @pytest.mark.asyncio
 async def test_result_over_the_size_limit_fails_with_a_clear_error(db: str) -> None:
     store = SQLiteStore(db, serializer=JsonSerializer(max_size=100))

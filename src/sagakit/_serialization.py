@@ -220,17 +220,15 @@ class JsonSerializer:
         ``what`` may be a function giving that name, called only on failure.
         """
         cls = value.__class__
-        if cls is str or cls is int or cls is bool or value is None or _plain(value):
-            text = _to_json(value)
-        else:
-            try:
+        try:
+            if cls is str or cls is int or cls is bool or value is None or _plain(value):
+                text = _to_json(value)  # ValueError: an int too long to write as text
+            else:
                 text = _to_json(self._encode(value))
-            except SerializationError as error:
-                raise SerializationError(
-                    f"cannot store {_name(what)}: {error}"
-                ) from error.__cause__
-            except (TypeError, ValueError, RecursionError) as error:
-                raise SerializationError(f"cannot store {_name(what)}: {error}") from error
+        except SerializationError as error:
+            raise SerializationError(f"cannot store {_name(what)}: {error}") from error.__cause__
+        except (TypeError, ValueError, RecursionError) as error:
+            raise SerializationError(f"cannot store {_name(what)}: {error}") from error
         if len(text) > self.max_size and len(text.encode()) > self.max_size:
             raise SerializationError(
                 f"cannot store {_name(what)}: it takes {len(text.encode())} bytes, more than the "
