@@ -386,6 +386,22 @@ async def test_a_locked_database_does_not_block_the_event_loop(db: str) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_log_locked_by_another_process_at_open_is_not_called_corrupt(db: str) -> None:
+    await SQLiteStore(db).close()
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # another process writing, for longer than we wait
+        with pytest.raises(StoreError, match=r"locked by another connection.*busy_timeout") as e:
+            SQLiteStore(db, busy_timeout=0.05)
+        assert "corrupt" not in str(e.value)  # "restore it from a backup" would be wrong advice
+        assert "backup" not in str(e.value)
+        blocker.execute("ROLLBACK")
+        await SQLiteStore(db, busy_timeout=0.05).close()  # the same file opens once it is free
+    finally:
+        blocker.close()
+
+
+@pytest.mark.asyncio
 async def test_synchronous_full_commits_on_the_writer_thread(db: str) -> None:
     store = SQLiteStore(db, synchronous="FULL")
     async with SagaOrchestrator(store) as orchestrator:

@@ -165,6 +165,14 @@ def prepare(conn: sqlite3.Connection, path: str) -> None:
         raise
     except sqlite3.DatabaseError as error:
         conn.close()
+        code = getattr(error, "sqlite_errorcode", None) or 0
+        if code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            # Opening takes the write lock (to create or check the schema): a busy file
+            # is not a damaged one.
+            raise StoreError(
+                f"saga log {path!r} is locked by another connection that kept its write "
+                f"lock longer than busy_timeout ({error}); try again, or raise busy_timeout"
+            ) from error
         raise StoreError(
             f"saga log {path!r} is corrupt or not a sagakit log ({error}); restore it from "
             "a backup or point SQLiteStore at another path"
