@@ -195,6 +195,23 @@ def test_a_sqlite_file_that_is_not_a_saga_log_is_refused_not_converted(
     assert "no saga log" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["logs#1.db", "why?.db", "x%41.db"])
+def test_a_log_whose_path_has_uri_characters_is_found(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: the read-only check opened "file:<path>?mode=ro" unquoted, so "#" and
+    # "?" cut the path short: a real log was refused as "no saga log", and an empty
+    # file named after the prefix ("logs", "why") was created next to it.
+    db = tmp_path / name
+    log = tmp_path / "effects.log"
+    assert child(str(db), log, "run", str(db), "transfer", "ok-1", "B") == 0
+    before = sorted(path.name for path in tmp_path.iterdir())
+    code, out = cli("--db", str(db), "list")
+    assert (code, capsys.readouterr().err) == (0, "")
+    assert "ok-1" in out
+    assert sorted(path.name for path in tmp_path.iterdir()) == before
+
+
 def test_a_postgres_schema_without_a_saga_log_is_refused_not_created(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

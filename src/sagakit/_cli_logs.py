@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 from .exceptions import StoreError
@@ -26,7 +27,8 @@ def check_sqlite_log(path: str) -> None:
     if not os.path.exists(path):
         raise StoreError(f"no saga log at {path!r}; pass the path your application uses")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        # Percent-encoded: a "#", "?" or "%" in a file name is not URI syntax.
+        conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error:
         return
     try:
