@@ -233,6 +233,16 @@ def test_an_aware_datetime_keeps_its_time_zone() -> None:
     assert back + later == value + later, f"tzinfo {value.tzinfo!r} came back as {back.tzinfo!r}"
 
 
+def test_a_time_of_day_keeps_its_time_zone() -> None:
+    # Regression: a time's zone has no offset without a date, so isoformat() wrote it
+    # as a naive time and the zone was silently dropped on the way back.
+    serializer = JsonSerializer()
+    value = time(9, 30, tzinfo=ZoneInfo("Europe/Paris"))
+    back = serializer.loads(serializer.dumps(value))
+    assert back == value
+    assert back.tzinfo == value.tzinfo, f"{value!r} came back as {back!r}"
+
+
 @dataclasses.dataclass
 class Versioned:
     name: str

@@ -271,6 +271,9 @@ class JsonSerializer:
         if cls is date:
             return {_TAG: "date", "v": value.isoformat()}
         if cls is time:
+            zone = value.tzinfo
+            if isinstance(zone, ZoneInfo) and zone.key:  # no offset without a date: keep it
+                return {_TAG: "time", "v": value.isoformat(), "z": zone.key}
             return {_TAG: "time", "v": value.isoformat()}
         if cls is timedelta:
             return {_TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
@@ -362,7 +365,13 @@ class JsonSerializer:
         if tag == "date":
             return date.fromisoformat(value)
         if tag == "time":
-            return time.fromisoformat(value)
+            clock = time.fromisoformat(value)
+            if "z" not in data:
+                return clock
+            try:
+                return clock.replace(tzinfo=ZoneInfo(data["z"]))
+            except (ZoneInfoNotFoundError, ValueError):  # no such zone here: naive
+                return clock
         if tag == "timedelta":
             return timedelta(days=value[0], seconds=value[1], microseconds=value[2])
         if tag == "decimal":
