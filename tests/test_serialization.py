@@ -243,6 +243,21 @@ def test_a_time_of_day_keeps_its_time_zone() -> None:
     assert back.tzinfo == value.tzinfo, f"{value!r} came back as {back!r}"
 
 
+def test_a_class_defined_in_a_function_is_refused_when_stored() -> None:
+    # Regression: it was stored, but its name cannot be imported back, so get_saga()
+    # showed raw tagged dicts and recovery dead-lettered the saga.
+    @dataclass(frozen=True)
+    class Paid:
+        amount: int
+
+    class Mood(enum.Enum):
+        HAPPY = 1
+
+    for value in (Paid(1), [Mood.HAPPY]):
+        with pytest.raises(SerializationError, match=r"result of step 0.*inside a function"):
+            JsonSerializer().dumps(value, what="the result of step 0")
+
+
 @dataclasses.dataclass
 class Versioned:
     name: str

@@ -86,6 +86,16 @@ def _type_name(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+def _importable_name(cls: type) -> str:
+    """:func:`_type_name` of a class that :func:`_resolve` can find again."""
+    if "<locals>" in cls.__qualname__:
+        raise SerializationError(
+            f"{cls.__module__}.{cls.__qualname__} is defined inside a function, so it cannot "
+            "be imported to read the value back; define it at module level or register a codec"
+        )
+    return _type_name(cls)
+
+
 def register_codec(
     cls: type,
     *,
@@ -256,13 +266,13 @@ class JsonSerializer:
         if codec is not None:
             return {_TAG: "codec", "t": codec.name, "v": self._encode(codec.encode(value))}
         if isinstance(value, Enum):
-            return {_TAG: "enum", "t": _type_name(cls), "v": self._encode(value.value)}
+            return {_TAG: "enum", "t": _importable_name(cls), "v": self._encode(value.value)}
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             fields = {
                 field.name: self._encode(getattr(value, field.name))
                 for field in dataclasses.fields(value)
             }
-            return {_TAG: "dataclass", "t": _type_name(cls), "v": fields}
+            return {_TAG: "dataclass", "t": _importable_name(cls), "v": fields}
         if cls is datetime:
             zone = value.tzinfo
             if isinstance(zone, ZoneInfo) and zone.key:  # keep the zone, not only its offset
