@@ -114,6 +114,18 @@ def test_an_int_too_long_for_json_is_a_serialization_error(value: object) -> Non
         JsonSerializer().dumps(value, what="the result of step 0 ('count')")
 
 
+class Meter:
+    pass
+
+
+def test_a_codec_that_raises_is_a_serialization_error_naming_the_value() -> None:
+    # An AttributeError from a codec's encode escaped as itself, naming nothing.
+    codec = Codec(Meter, "meter", encode=lambda m: m.missing, decode=lambda v: Meter())
+    serializer = JsonSerializer(codecs=[codec])
+    with pytest.raises(SerializationError, match=r"cannot store the result of step 2.*missing"):
+        serializer.dumps(Meter(), what="the result of step 2 ('measure')")
+
+
 def test_registered_codec_round_trips_under_its_name() -> None:
     register_codec(Point, encode=lambda p: [p.x, p.y], decode=lambda v: Point(*v), name="point")
     serializer = JsonSerializer()

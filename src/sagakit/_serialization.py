@@ -237,7 +237,7 @@ class JsonSerializer:
                 text = _to_json(self._encode(value))
         except SerializationError as error:
             raise SerializationError(f"cannot store {_name(what)}: {error}") from error.__cause__
-        except (TypeError, ValueError, RecursionError) as error:
+        except Exception as error:  # a codec's own bug (AttributeError, ...) too
             raise SerializationError(f"cannot store {_name(what)}: {error}") from error
         if len(text) > self.max_size and len(text.encode()) > self.max_size:
             raise SerializationError(
