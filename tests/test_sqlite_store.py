@@ -15,6 +15,7 @@ from sagakit import (
     JsonSerializer,
     SagaAlreadyExecuting,
     SagaAlreadyFailed,
+    SagaDefinition,
     SagaDefinitionError,
     SagaOrchestrator,
     SagaStatus,
@@ -386,10 +387,29 @@ async def test_a_locked_database_does_not_block_the_event_loop(db: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_log_locked_by_another_process_at_open_is_not_called_corrupt(db: str) -> None:
-    await SQLiteStore(db).close()
+async def test_a_log_another_process_is_writing_opens_and_reads(db: str) -> None:
+    # Opening took the write lock even for a log already there, so `sagakit list` (or a
+    # reader) waited for busy_timeout behind a writer, then failed.
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        await orchestrator.execute(SagaDefinition("read-me").add_step(take("a", 1)))
     blocker = sqlite3.connect(db, isolation_level=None)
     try:
+        blocker.execute("BEGIN IMMEDIATE")  # another process writing, for longer than we wait
+        store = SQLiteStore(db, busy_timeout=0.05)
+        found = await store.get("read-me")
+        assert found is not None
+        assert found.status is SagaStatus.COMPLETED
+        blocker.execute("ROLLBACK")
+        await store.close()
+    finally:
+        blocker.close()
+
+
+@pytest.mark.asyncio
+async def test_a_file_locked_while_its_log_is_created_is_not_called_corrupt(db: str) -> None:
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        blocker.execute("CREATE TABLE other_app (x)")  # a database, not yet a saga log
         blocker.execute("BEGIN IMMEDIATE")  # another process writing, for longer than we wait
         with pytest.raises(StoreError, match=r"locked by another connection.*busy_timeout") as e:
             SQLiteStore(db, busy_timeout=0.05)

@@ -120,43 +120,47 @@ def connect(path: str, *, synchronous: Synchronous, busy_timeout: float) -> sqli
     return conn
 
 
+def _logged_version(conn: sqlite3.Connection, path: str) -> int | None:
+    """The log's schema version, ``None`` for a file without the schema yet."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "sagakit_meta" not in tables:
+        return None
+    row = conn.execute("SELECT value FROM sagakit_meta WHERE key = 'schema_version'").fetchone()
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"saga log {path!r} has schema version {version}, newer than this "
+            f"sagakit understands ({SCHEMA_VERSION}); upgrade sagakit"
+        )
+    if version < 1:
+        raise StoreError(f"saga log {path!r} has no valid schema version")
+    return version
+
+
 def prepare(conn: sqlite3.Connection, path: str) -> None:
     """Switch to WAL, create or check the schema; :class:`StoreError` on a bad file."""
     try:
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal" and path != ":memory:":
             raise StoreError(f"saga log {path!r} cannot use WAL journaling (got {mode!r})")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            tables = {
-                row[0]
-                for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            }
-            if "sagakit_meta" in tables:
-                row = conn.execute(
-                    "SELECT value FROM sagakit_meta WHERE key = 'schema_version'"
-                ).fetchone()
-                version = int(row[0]) if row else 0
-                if version > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"saga log {path!r} has schema version {version}, newer than this "
-                        f"sagakit understands ({SCHEMA_VERSION}); upgrade sagakit"
+        # A log already there is only read (no write lock: another process may be
+        # writing); creating one takes the write lock, and looks again under it.
+        if _logged_version(conn, path) is None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if _logged_version(conn, path) is None:
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO sagakit_meta (key, value) VALUES ('schema_version', ?)",
+                        (str(SCHEMA_VERSION),),
                     )
-                if version < 1:
-                    raise StoreError(f"saga log {path!r} has no valid schema version")
-            else:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO sagakit_meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
         # Fail now, not at the first read, if pages past the header are damaged.
         conn.execute("SELECT id FROM sagakit_sagas ORDER BY id DESC LIMIT 1").fetchone()
         conn.execute("SELECT max(position) FROM sagakit_events").fetchone()
@@ -167,8 +171,7 @@ def prepare(conn: sqlite3.Connection, path: str) -> None:
         conn.close()
         code = getattr(error, "sqlite_errorcode", None) or 0
         if code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            # Opening takes the write lock (to create or check the schema): a busy file
-            # is not a damaged one.
+            # Creating the schema takes the write lock: a busy file is not a damaged one.
             raise StoreError(
                 f"saga log {path!r} is locked by another connection that kept its write "
                 f"lock longer than busy_timeout ({error}); try again, or raise busy_timeout"
