@@ -504,8 +504,8 @@ class SagaOrchestrator:
         try:
             return await self._undo(run, done, trigger, faults, observe, errors, uncompensated)
         except asyncio.CancelledError:
-            # Cancelled outside the compensation's own call (telling its start, waiting
-            # to retry it): its record must not stay RUNNING; the restart retries it.
+            # Wherever it was cancelled (in the compensation's call, telling its start,
+            # waiting to retry it), its record must not stay RUNNING; the restart retries it.
             last = run.compensations[-1] if run.compensations else None
             if last is not None and last.status is STEP_RUNNING:
                 last.status = STEP_FAILED
@@ -596,9 +596,7 @@ class SagaOrchestrator:
                         except asyncio.CancelledError:
                             run.deadline = NO_DEADLINE
                             if not claim_timeout(run):
-                                record.status = STEP_FAILED
-                                record.error = "CancelledError: interrupted; compensation retried"
-                                raise
+                                raise  # _compensate records it interrupted and restarts it
                             error = StepTimeout(record.index, record.name, now() - started, timeout)
                         except Exception as raised:
                             run.deadline = NO_DEADLINE
