@@ -5,6 +5,11 @@ from __future__ import annotations
 from .exceptions import SagaDefinitionError
 
 
+def qualname_of(fn: object) -> str:
+    """How an error names ``fn`` (a ``functools.partial`` has no ``__qualname__``)."""
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
 def declared_name(fn: object, name: object, *, what: str, fix: str) -> str:
     """``name``, else ``fn.__name__``; a clear error for neither (``what``: "step", "saga")."""
     if name is None:
@@ -18,4 +23,4 @@ def declared_name(fn: object, name: object, *, what: str, fix: str) -> str:
     return name
 
 
-__all__ = ["declared_name"]
+__all__ = ["declared_name", "qualname_of"]

@@ -5,13 +5,19 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 from .exceptions import SagaDefinitionError
 
 
+def _is_number(value: object) -> TypeGuard[int | float]:
+    """An int or float, not a bool (``True`` is an int to Python, never meant as 1)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def check_seconds(value: object, what: str, *, allow_zero: bool = False) -> float:
     """Return ``value`` as a finite positive float, or raise a clear definition error."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not _is_number(value):
         raise SagaDefinitionError(f"{what} must be a number of seconds, got {value!r}")
     seconds = float(value)
     if math.isnan(seconds) or math.isinf(seconds):
@@ -20,11 +26,6 @@ def check_seconds(value: object, what: str, *, allow_zero: bool = False) -> floa
         bound = "zero or more" if allow_zero else "greater than zero"
         raise SagaDefinitionError(f"{what} must be {bound} seconds, got {value!r}")
     return seconds
-
-
-def _is_number(value: object) -> bool:
-    """An int or float, not a bool (``True`` is an int to Python, never meant as 1)."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, slots=True)

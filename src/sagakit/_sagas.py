@@ -9,7 +9,7 @@ from typing import Any, Generic, Literal, TypeAlias, overload
 
 from typing_extensions import ParamSpec
 
-from ._names import declared_name
+from ._names import declared_name, qualname_of
 from ._steps import StepCall
 from .exceptions import SagaDefinitionError
 from .records import SagaMetadata
@@ -59,10 +59,7 @@ class SagaDefinition:
         calls = tuple(steps)
         for index, call in enumerate(calls):
             _check_call(call, name or saga_id or "saga", index)
-        if recovery not in ("resume", "compensate"):
-            raise SagaDefinitionError(
-                f"recovery must be 'resume' or 'compensate', got {recovery!r}"
-            )
+        _check_recovery(recovery, "recovery")
         _init(self, saga_id, name or saga_id or "saga", calls, None, (), {}, recovery)
 
     @classmethod
@@ -242,6 +239,11 @@ def _check_id(saga_id: object) -> None:
         raise SagaDefinitionError(f"a saga id must be a non-empty string, got {saga_id!r}")
 
 
+def _check_recovery(recovery: object, option: str) -> None:
+    if recovery not in ("resume", "compensate"):
+        raise SagaDefinitionError(f"{option} must be 'resume' or 'compensate', got {recovery!r}")
+
+
 def _check_call(call: object, saga_name: str, index: int) -> None:
     if not isinstance(call, StepCall):
         hint = ""
@@ -268,17 +270,13 @@ class SagaFunction(Generic[P]):
     ) -> None:
         if not callable(fn):
             raise SagaDefinitionError(f"@saga takes a function, got {fn!r}")
-        qualname = getattr(fn, "__qualname__", None) or repr(fn)
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             raise SagaDefinitionError(
                 f"@saga needs a plain generator function (yield each step call) or a function "
-                f"returning a list of step calls; {qualname} is async — drop 'async'"
+                f"returning a list of step calls; {qualname_of(fn)} is async — drop 'async'"
             )
         name = declared_name(fn, name, what="saga", fix="saga(name=...)(...)")
-        if recovery not in ("resume", "compensate"):
-            raise SagaDefinitionError(
-                f"@saga(recovery=...) must be 'resume' or 'compensate', got {recovery!r}"
-            )
+        _check_recovery(recovery, "@saga(recovery=...)")
         self.__wrapped__ = fn
         self.name = name
         self.recovery: RecoveryPolicy = recovery

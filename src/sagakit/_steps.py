@@ -11,7 +11,7 @@ from typing import Any, Concatenate, Generic, TypeVar, overload
 import wrapt
 from typing_extensions import ParamSpec
 
-from ._names import declared_name
+from ._names import declared_name, qualname_of
 from ._retry import NO_RETRY, Retry, check_seconds
 from .exceptions import CompensationAlreadySetError, SagaDefinitionError, StepTimeout
 
@@ -200,7 +200,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         compensate_on_failure: bool = False,
     ) -> None:
         if not inspect.iscoroutinefunction(fn):
-            what = getattr(fn, "__qualname__", repr(fn))
+            what = qualname_of(fn)
             raise SagaDefinitionError(
                 f"@step needs an 'async def' function, but {what} is not a coroutine function; "
                 "declare it with 'async def'"
@@ -327,11 +327,11 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         if spec.compensation is not None:
             raise CompensationAlreadySetError(
                 f"step {self.name!r} already has the compensation "
-                f"{_qualname(spec.compensation)!r}; a step has at most one — "
+                f"{qualname_of(spec.compensation)!r}; a step has at most one — "
                 f"remove one of the @{self.name}.compensate declarations"
             )
         if not inspect.iscoroutinefunction(fn):
-            what = getattr(fn, "__qualname__", repr(fn))
+            what = qualname_of(fn)
             raise SagaDefinitionError(
                 f"the compensation of step {self.name!r} must be an 'async def', "
                 f"but {what} is not a coroutine function"
@@ -389,7 +389,7 @@ def _takes_result(step: Step[Any, Any], fn: Callable[..., Any]) -> bool:
                               (inspect.Parameter.VAR_KEYWORD, "**kwargs")):  # fmt: skip
         if any(p.kind is variadic for p in params) and variadic not in kinds:
             raise SagaDefinitionError(
-                f"compensation {_qualname(fn)}{inspect.signature(fn)} cannot take the "
+                f"compensation {qualname_of(fn)}{inspect.signature(fn)} cannot take the "
                 f"{written} of step {step.name!r} ({spec.signature}); give it {written} too"
             )
     positional = [p.name for p in params if p.kind in _POSITIONAL]
@@ -409,15 +409,10 @@ def _takes_result(step: Step[Any, Any], fn: Callable[..., Any]) -> bool:
         return result_form
     step_params = ", ".join(str(p) for p in params)
     raise SagaDefinitionError(
-        f"compensation {_qualname(fn)}{signature} cannot take the arguments of step "
+        f"compensation {qualname_of(fn)}{signature} cannot take the arguments of step "
         f"{step.name!r} ({step_params}); give it the step's parameters "
         f"({step_params}) or the step's result first, then those parameters"
     )
-
-
-def _qualname(fn: Callable[..., Any]) -> str:
-    """How an error names ``fn`` (a ``functools.partial`` has no ``__qualname__``)."""
-    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 def _same_names(signature: inspect.Signature, args: list[Any]) -> int:
