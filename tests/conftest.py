@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
+
+from pg_helpers.db import dsn_or_skip, fresh_schema
 
 # tests/typing holds assert_type checks for mypy; they are never run by pytest.
 collect_ignore_glob = ["typing/*"]
@@ -27,3 +29,15 @@ def sleep() -> RecordingSleep:
 
 
 SleepFn = Callable[[float], Awaitable[None]]
+
+
+@pytest.fixture
+def dsn() -> str:
+    """The PostgreSQL test DSN; the test is skipped, with the reason, without one."""
+    return dsn_or_skip()
+
+
+@pytest.fixture
+def schema(dsn: str) -> Iterator[str]:
+    """A fresh PostgreSQL schema for one test, dropped after it."""
+    yield from fresh_schema(dsn)

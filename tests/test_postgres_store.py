@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pg_helpers.db import dsn_or_skip, expire, fresh_schema, opened, query
+from pg_helpers.db import expire, opened, query
 from sagakit import (
     LeaseLost,
     PostgresStore,
@@ -125,16 +125,6 @@ def _reset() -> Iterator[None]:
     yield
     for gate in GATES.values():
         gate.set()
-
-
-@pytest.fixture
-def dsn() -> str:
-    return dsn_or_skip()
-
-
-@pytest.fixture
-def schema(dsn: str) -> Iterator[str]:
-    yield from fresh_schema(dsn)
 
 
 async def hang_at(orchestrator: SagaOrchestrator, saga_id: str, index: int) -> asyncio.Task[Any]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pg_helpers.db import dsn_or_skip, expire, fresh_schema, opened, query
+from pg_helpers.db import expire, opened, query
 from sagakit import SagaOrchestrator, StoreError, current_step, saga, step
 
 RAN: Counter[tuple[str, int]] = Counter()
@@ -27,16 +27,6 @@ def _reset() -> Iterator[None]:
     yield
     for gate in GATES.values():
         gate.set()
-
-
-@pytest.fixture
-def dsn() -> str:
-    return dsn_or_skip()
-
-
-@pytest.fixture
-def schema(dsn: str) -> Iterator[str]:
-    yield from fresh_schema(dsn)
 
 
 UNDONE: Counter[tuple[str, int]] = Counter()

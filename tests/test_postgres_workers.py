@@ -14,23 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from pg_helpers.db import Worker, dsn_or_skip, fresh_schema, query, wait_until
+from pg_helpers.db import Worker, query, wait_until
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("SAGAKIT_TEST_POSTGRES_DSN"),
     reason="PostgreSQL tests need SAGAKIT_TEST_POSTGRES_DSN "
     "(e.g. postgresql://postgres@127.0.0.1:5432/test)",
 )
-
-
-@pytest.fixture
-def dsn() -> str:
-    return dsn_or_skip()
-
-
-@pytest.fixture
-def schema(dsn: str) -> Iterator[str]:
-    yield from fresh_schema(dsn)
 
 
 @pytest.fixture
