@@ -112,6 +112,62 @@ async def test_crash_after_a_step_acted_reruns_it_with_the_same_idempotency_key(
 
 
 @pytest.mark.asyncio
+async def test_crash_after_a_step_that_raised_still_crashes(tmp_path: Path) -> None:
+    # The process dies before the step's outcome, a failure too, is recorded.
+    faults = FaultInjector().crash(ship, after=True)
+    status = await _crash_then_recover(tmp_path / "s.db", faults, "broken-a")
+    assert status is SagaStatus.COMPENSATED
+    assert effects == [
+        "reserve broken-a",
+        "charge broken-a",
+        "ship broken-a",
+        "ship broken-a",
+        "refund broken-a",
+        "release broken-a",
+    ]
+
+
+@pytest.mark.asyncio
+async def test_crash_after_a_compensation_that_raised_still_crashes(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    @step
+    async def book(name: str) -> None:
+        calls.append("book")
+
+    @book.compensate
+    async def unbook(name: str) -> None:
+        calls.append("unbook")
+        if len(calls) < 4:
+            raise RuntimeError("hotel offline")
+
+    @step
+    async def pay(name: str) -> None:
+        raise RuntimeError("card declined")
+
+    @saga(name="crash_sim_trip")
+    def trip(name: str):  # type: ignore[no-untyped-def]
+        yield book(name)
+        yield pay(name)
+
+    recorder = SagaRecorder()
+    crashed = SagaOrchestrator(SQLiteStore(tmp_path / "t.db"), listeners=[recorder])
+    with FaultInjector().crash(book, compensation=True, after=True), pytest.raises(SimulatedCrash):
+        await crashed.execute(trip("x").with_id("t-1"))
+    assert calls == ["book", "unbook"]
+    assert not recorder.last.finished
+    assert recorder.last.compensation_failures == []
+    await simulate_restart(crashed.store)
+    await crashed.close()
+    restarted = SagaOrchestrator(SQLiteStore(tmp_path / "t.db"))
+    await restarted.recover()
+    final = await restarted.get_saga("t-1")
+    await restarted.close()
+    assert final is not None
+    assert final.status is SagaStatus.COMPENSATED
+
+
+@pytest.mark.asyncio
 async def test_crash_mid_compensation_finishes_each_compensation_once_in_reverse(
     tmp_path: Path,
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -291,7 +292,8 @@ class SagaOrchestrator:
                     else:
                         if isinstance(fault, CrashAfter):  # the step acts, then "the process dies"
                             acted = record
-                            await call.fn(*call.args, **call.kwargs)
+                            with contextlib.suppress(Exception):  # before its outcome is recorded
+                                await call.fn(*call.args, **call.kwargs)
                             fault = fault.crash
                         if isinstance(fault, SimulatedCrash):
                             raise fault
@@ -613,7 +615,8 @@ class SagaOrchestrator:
                         error = StepTimeout(record.index, record.name, timeout, timeout)
                     else:
                         if isinstance(fault, CrashAfter):
-                            await call.compensation_call(result)  # type: ignore[misc]
+                            with contextlib.suppress(Exception):  # before its outcome is recorded
+                                await call.compensation_call(result)  # type: ignore[misc]
                             fault = fault.crash
                         if isinstance(fault, SimulatedCrash):
                             raise fault

@@ -225,11 +225,11 @@ class FaultInjector:
         """Stop the saga at ``step`` once, as if its process were killed there.
 
         Before the step runs, or with ``after=True`` once it has acted but before its
-        completion is recorded; with ``compensation=True`` at the step's compensation
-        instead. :class:`SimulatedCrash` propagates out of ``execute()``; the orchestrator
-        runs and records nothing more, so a durable store keeps the saga for recovery:
-        call :func:`simulate_restart` on the store, then ``recover()`` with a new
-        orchestrator and store, as a restarted process would.
+        outcome (completion or failure) is recorded; with ``compensation=True`` at the
+        step's compensation instead. :class:`SimulatedCrash` propagates out of
+        ``execute()``; the orchestrator runs and records nothing more, so a durable store
+        keeps the saga for recovery: call :func:`simulate_restart` on the store, then
+        ``recover()`` with a new orchestrator and store, as a restarted process would.
         """
         where = "compensation of step" if compensation else "step"
         crash = SimulatedCrash(
