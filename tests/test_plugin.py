@@ -231,6 +231,32 @@ async def test_trip(saga_fault_matrix):
     )
 
 
+def test_markers_on_the_module_class_and_test_combine(pytester: pytest.Pytester) -> None:
+    _ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+pytestmark = pytest.mark.saga_fault_matrix(timeouts=False)
+
+@pytest.mark.saga_fault_matrix(error=ConnectionError)
+class TestOrder:
+    @pytest.mark.saga_fault_matrix(failures=True)
+    @pytest.mark.asyncio
+    async def test_matrix(self, saga_fault_matrix):
+        report = await saga_fault_matrix(order("x"))
+        assert {case.mode for case in report.cases} == {"fail"}
+        assert all(isinstance(case.error.__cause__, ConnectionError) for case in report.cases)
+
+@pytest.mark.saga_fault_matrix(timeouts=True)
+@pytest.mark.asyncio
+async def test_the_closest_keyword_wins(saga_fault_matrix):
+    report = await saga_fault_matrix(order("x"))
+    assert {case.mode for case in report.cases} == {"fail", "timeout"}
+"""
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
 def test_bad_marker_use_is_a_clear_error(pytester: pytest.Pytester) -> None:
     _ini(pytester)
     pytester.makepyfile(

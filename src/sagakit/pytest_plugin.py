@@ -119,8 +119,8 @@ class FaultMatrix:
 def saga_fault_matrix(request: pytest.FixtureRequest) -> FaultMatrix:
     """An async callable running the fault matrix over a saga definition."""
     options: dict[str, Any] = {"timeouts": _setting(request.config, "saga_matrix_timeouts")}
-    marker = request.node.get_closest_marker(_MARKER)
-    if marker is not None:
+    # Module, class and test markers combine; the closest one's keywords win.
+    for marker in reversed(list(request.node.iter_markers(_MARKER))):
         if marker.args:
             pytest.fail(
                 f"@pytest.mark.{_MARKER} takes keyword options only "
