@@ -186,6 +186,14 @@ async def test_bad_arguments() -> None:
         await run_fault_matrix(order("x"), error="boom")  # type: ignore[arg-type]
     with pytest.raises(SagaDefinitionError, match="would run no case"):
         await run_fault_matrix(order("x"), failures=False, timeouts=False)
+    with pytest.raises(SagaDefinitionError, match=r"timeouts=\.\.\.\) must be True or False"):
+        await run_fault_matrix(order("x"), timeouts="no")  # type: ignore[arg-type]
+    with pytest.raises(SagaDefinitionError, match=r"failures=\.\.\.\) must be True or False"):
+        await run_fault_matrix(order("x"), failures=0)
+    with pytest.raises(SagaDefinitionError, match=r"check=\.\.\.\) must be True or False"):
+        await run_fault_matrix(order("x"), check=None)  # type: ignore[arg-type]
+    with pytest.raises(SagaDefinitionError, match=r"orchestrator=\.\.\.\) must be a Saga"):
+        await run_fault_matrix(order("x"), orchestrator="memory")  # type: ignore[arg-type]
 
 
 @pytest.mark.asyncio

@@ -201,6 +201,15 @@ async def run_fault_matrix(
             f"run_fault_matrix() takes a SagaDefinition (call your @saga function: "
             f"transfer('A', 'B', 10)), got {definition!r}"
         )
+    for option, value in (("failures", failures), ("timeouts", timeouts), ("check", check)):
+        if not isinstance(value, bool):
+            raise SagaDefinitionError(
+                f"run_fault_matrix({option}=...) must be True or False, got {value!r}"
+            )
+    if orchestrator is not None and not isinstance(orchestrator, SagaOrchestrator):
+        raise SagaDefinitionError(
+            f"run_fault_matrix(orchestrator=...) must be a SagaOrchestrator, got {orchestrator!r}"
+        )
     if not (failures or timeouts):
         raise SagaDefinitionError(
             "run_fault_matrix(failures=False, timeouts=False) would run no case and pass; "
