@@ -18,6 +18,7 @@ from sagakit import (
     saga,
     step,
 )
+from sagakit.testing import FaultInjector
 
 
 @dataclass(frozen=True)
@@ -160,3 +161,11 @@ async def method_steps() -> None:
     assert_type(await bank.withdraw("A", 1.0), list[Debited])
     bank.withdraw("A", "x")  # type: ignore[arg-type]
     await bank.close_account(1, "Ann")
+
+
+def fault_targets() -> None:
+    # A step is targeted by name, by its @step object, or looked up on a class or instance.
+    bank = Bank()
+    faults = FaultInjector().fail(debit).timeout("debit").fail(Bank.withdraw)
+    faults.fail(bank.withdraw).fail_compensation(bank.withdraw).crash(bank.open_account)
+    faults.fail(bank.withdraw("A", 1.0))  # type: ignore[arg-type]

@@ -8,6 +8,8 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any
 
+from wrapt import BoundFunctionWrapper
+
 from .._hooks import (
     SIMULATED_TIMEOUT,
     CrashAfter,
@@ -17,12 +19,13 @@ from .._hooks import (
     active_faults,
 )
 from .._runs import current_run
-from .._steps import Step
+from .._steps import Step, StepCall
 from ..exceptions import SagaDefinitionError
 from ..stores import SagaStore
 
-StepTarget = str | Step[Any, Any]
-"""A step named by its name (``"debit"``) or by the ``Step`` object itself."""
+StepTarget = str | Step[Any, Any] | BoundFunctionWrapper[..., StepCall[Any]]
+"""A step named by its name (``"debit"``), by the ``Step`` object itself, or by a method
+step looked up on its class or an instance (``Bank.debit``, ``bank.debit``)."""
 
 Fault = BaseException | type[BaseException]
 """An exception to raise, or an exception class instantiated for every attempt."""
@@ -48,7 +51,7 @@ class FiredFault:
 
 @dataclass(frozen=True, slots=True)
 class _Rule:
-    target: StepTarget
+    target: str | Step[Any, Any]
     fault: Fault | _SimulatedTimeout | CrashAfter
     compensation: bool
     times: int | None
@@ -73,7 +76,7 @@ def _running_index() -> int | None:
     return None if run is None or run.step is None else run.step.index
 
 
-def _check_target(target: object) -> StepTarget:
+def _check_target(target: object) -> str | Step[Any, Any]:
     if isinstance(target, str) and target:
         return target
     if isinstance(target, Step):
