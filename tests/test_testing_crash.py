@@ -196,6 +196,13 @@ async def test_a_crash_fires_once_and_is_listed_as_fired() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_crash_names_a_step_given_as_an_object_by_its_name() -> None:
+    with FaultInjector().crash(charge, after=True), pytest.raises(SimulatedCrash) as crash:
+        await SagaOrchestrator().execute(order("e"))
+    assert str(crash.value) == "simulated crash at step 'charge' after it acted"
+
+
+@pytest.mark.asyncio
 async def test_simulate_restart_refuses_an_in_memory_store() -> None:
     with pytest.raises(SagaDefinitionError, match="durable store such as SQLiteStore"):
         await simulate_restart(MemoryStore())

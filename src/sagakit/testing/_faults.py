@@ -234,12 +234,14 @@ class FaultInjector:
         keeps the saga for recovery: call :func:`simulate_restart` on the store, then
         ``recover()`` with a new orchestrator and store, as a restarted process would.
         """
+        target = _check_target(step)
+        name = target if isinstance(target, str) else target.name
         where = "compensation of step" if compensation else "step"
         crash = SimulatedCrash(
-            f"simulated crash at {where} {step!r}{' after it acted' if after else ''}"
+            f"simulated crash at {where} {name!r}{' after it acted' if after else ''}"
         )
         fault: SimulatedCrash | CrashAfter = CrashAfter(crash) if after else crash
-        return self._add(step, fault, compensation=compensation, times=None, index=index)
+        return self._add(target, fault, compensation=compensation, times=None, index=index)
 
     def clear(self) -> None:
         """Forget every fault (and what fired)."""
