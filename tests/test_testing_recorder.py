@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sagakit import Retry, SagaOrchestrator, SagaStatus, StepFailed, saga, step
+from sagakit import Retry, SagaDefinitionError, SagaOrchestrator, SagaStatus, StepFailed, saga, step
 from sagakit.testing import FaultInjector, InstantSleep, SagaRecorder
 
 
@@ -104,6 +104,18 @@ async def test_wrong_status_and_missing_steps_are_reported() -> None:
     with pytest.raises(AssertionError, match=r"\+ saga_finished compensated"):
         recorder.assert_trail("saga_started")
     recorder.assert_compensated()  # nothing completed, nothing compensated
+
+
+@pytest.mark.asyncio
+async def test_steps_are_named_as_faults_name_them() -> None:
+    recorder = SagaRecorder()
+    await _run(recorder, FaultInjector().fail(notify), "t-4")
+    recorder.assert_compensated(credit, "debit")
+    recorder.assert_completed(debit, credit)
+    with pytest.raises(AssertionError, match=r"\n  \+ debit\n"):
+        recorder.assert_compensated(credit)
+    with pytest.raises(SagaDefinitionError, match=r"by name .* got \['debit'\]"):
+        recorder.assert_completed(["debit"])  # type: ignore[arg-type]
 
 
 @pytest.mark.asyncio

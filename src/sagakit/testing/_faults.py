@@ -85,8 +85,14 @@ def _check_target(target: object) -> str | Step[Any, Any]:
     if isinstance(parent, Step):
         return parent
     raise SagaDefinitionError(
-        f"faults target a step by name ('debit') or by the @step object (debit), got {target!r}"
+        f"name a step by name ('debit') or by its @step object (debit), got {target!r}"
     )
+
+
+def step_names(steps: tuple[object, ...]) -> list[str]:
+    """The names of steps given by name or as ``@step`` objects (as faults take them)."""
+    targets = [_check_target(step) for step in steps]
+    return [target if isinstance(target, str) else target.name for target in targets]
 
 
 def _check_fault(fault: object) -> Fault:
@@ -234,14 +240,13 @@ class FaultInjector:
         keeps the saga for recovery: call :func:`simulate_restart` on the store, then
         ``recover()`` with a new orchestrator and store, as a restarted process would.
         """
-        target = _check_target(step)
-        name = target if isinstance(target, str) else target.name
+        [name] = step_names((step,))
         where = "compensation of step" if compensation else "step"
         crash = SimulatedCrash(
             f"simulated crash at {where} {name!r}{' after it acted' if after else ''}"
         )
         fault: SimulatedCrash | CrashAfter = CrashAfter(crash) if after else crash
-        return self._add(target, fault, compensation=compensation, times=None, index=index)
+        return self._add(step, fault, compensation=compensation, times=None, index=index)
 
     def clear(self) -> None:
         """Forget every fault (and what fired)."""

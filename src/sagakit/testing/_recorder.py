@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ..status import SagaStatus
 from ..transitions import Transition, TransitionKind
+from ._faults import StepTarget, step_names
 
 _COMPENSATION_KINDS = frozenset(
     {
@@ -104,15 +105,17 @@ class RecordedRun:
                 f"trail:\n{self.describe('  ')}"
             )
 
-    def assert_compensated(self, *steps: str) -> None:
+    def assert_compensated(self, *steps: StepTarget) -> None:
         """Assert exactly these steps were compensated, in this order (none if empty)."""
-        if self.compensated != list(steps):
-            raise AssertionError(_mismatch("compensations", list(steps), self.compensated, self))
+        names = step_names(steps)
+        if self.compensated != names:
+            raise AssertionError(_mismatch("compensations", names, self.compensated, self))
 
-    def assert_completed(self, *steps: str) -> None:
+    def assert_completed(self, *steps: StepTarget) -> None:
         """Assert exactly these forward steps completed, in this order."""
-        if self.completed != list(steps):
-            raise AssertionError(_mismatch("completed steps", list(steps), self.completed, self))
+        names = step_names(steps)
+        if self.completed != names:
+            raise AssertionError(_mismatch("completed steps", names, self.completed, self))
 
     def assert_trail(self, *lines: str) -> None:
         """Assert the whole trail, as :meth:`trail` lines, is exactly ``lines``."""
@@ -178,11 +181,11 @@ class SagaRecorder:
         """Assert a run ended with ``status``."""
         self.run(saga_id).assert_status(status)
 
-    def assert_compensated(self, *steps: str, saga_id: str | None = None) -> None:
+    def assert_compensated(self, *steps: StepTarget, saga_id: str | None = None) -> None:
         """Assert exactly these steps of a run were compensated, in this order."""
         self.run(saga_id).assert_compensated(*steps)
 
-    def assert_completed(self, *steps: str, saga_id: str | None = None) -> None:
+    def assert_completed(self, *steps: StepTarget, saga_id: str | None = None) -> None:
         """Assert exactly these forward steps of a run completed, in this order."""
         self.run(saga_id).assert_completed(*steps)
 
