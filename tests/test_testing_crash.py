@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 
 from sagakit import (
     MemoryStore,
+    SagaDefinition,
     SagaDefinitionError,
     SagaOrchestrator,
     SagaStatus,
@@ -302,3 +304,39 @@ async def test_resolving_a_dead_letter_keeps_why_it_was_parked_on_every_store(
     assert resolved.error is not None
     assert resolved.error.startswith("resolved by an operator: refunded by hand (was: ")
     assert "max_attempts=1" in resolved.error  # the reason it was parked
+
+
+@step(timeout=0.05)
+async def hangs(order: str) -> None:
+    effects.append(f"hang {order}")
+    await asyncio.Event().wait()
+
+
+@hangs.compensate
+async def unhang(order: str) -> None:
+    effects.append(f"unhang {order}")
+    await asyncio.Event().wait()
+
+
+@pytest.mark.asyncio
+async def test_a_crash_after_a_step_that_hangs_still_comes_at_its_timeout() -> None:
+    # crash(after=True) awaited the step with no deadline: a hanging step hung the test.
+    effects.clear()
+    orchestrator = SagaOrchestrator()
+    with FaultInjector().crash(hangs, after=True), pytest.raises(SimulatedCrash):
+        async with asyncio.timeout(5):  # a hang fails the test instead of blocking it
+            await orchestrator.execute(SagaDefinition(steps=[hangs("a")]))
+    assert effects == ["hang a"]
+
+
+@pytest.mark.asyncio
+async def test_a_crash_after_a_compensation_that_hangs_still_comes_at_its_timeout() -> None:
+    effects.clear()
+    orchestrator = SagaOrchestrator()
+    definition = SagaDefinition(steps=[hangs("b")])  # times out: compensated
+    with FaultInjector().crash(hangs, after=True, compensation=True), pytest.raises(
+        SimulatedCrash
+    ):
+        async with asyncio.timeout(5):
+            await orchestrator.execute(definition)
+    assert effects == ["hang b", "unhang b"]

@@ -292,8 +292,10 @@ class SagaOrchestrator:
                     else:
                         if isinstance(fault, CrashAfter):  # the step acts, then "the process dies"
                             acted = record
-                            with contextlib.suppress(Exception):  # before its outcome is recorded
-                                await call.fn(*call.args, **call.kwargs)
+                            # Failed or timed out, it still dies before its outcome is recorded.
+                            with contextlib.suppress(Exception):
+                                async with asyncio.timeout(timeout):
+                                    await call.fn(*call.args, **call.kwargs)
                             fault = fault.crash
                         if isinstance(fault, SimulatedCrash):
                             raise fault
@@ -615,8 +617,9 @@ class SagaOrchestrator:
                         error = StepTimeout(record.index, record.name, timeout, timeout)
                     else:
                         if isinstance(fault, CrashAfter):
-                            with contextlib.suppress(Exception):  # before its outcome is recorded
-                                await call.compensation_call(result)  # type: ignore[misc]
+                            with contextlib.suppress(Exception):  # as for a step, above
+                                async with asyncio.timeout(timeout):
+                                    await call.compensation_call(result)  # type: ignore[misc]
                             fault = fault.crash
                         if isinstance(fault, SimulatedCrash):
                             raise fault
