@@ -289,6 +289,36 @@ async def test_concurrent_sagas_share_batched_writes(dsn: str, schema: str) -> N
 
 
 @pytest.mark.asyncio
+async def test_a_write_the_server_rejects_fails_only_its_own_saga(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema) as store:
+        # One saga's step rows are refused by the server (a stand-in for any write
+        # that one saga alone gets wrong); the sagas batched with it must not suffer.
+        query(
+            dsn,
+            f'CREATE FUNCTION "{schema}".refuse() RETURNS trigger LANGUAGE plpgsql AS '
+            "$$ BEGIN RAISE EXCEPTION 'refused for %', NEW.saga_id; END $$",
+        )
+        query(
+            dsn,
+            f'CREATE TRIGGER refuse BEFORE INSERT ON "{schema}".steps FOR EACH ROW '
+            f"WHEN (NEW.saga_id = 'poison') EXECUTE FUNCTION \"{schema}\".refuse()",
+        )
+        orchestrator = SagaOrchestrator(store)
+        ids = [f"mate-{n}" for n in range(20)]
+        outcomes = await asyncio.gather(
+            *(orchestrator.execute(pg_five(), saga_id=i) for i in [*ids[:10], "poison", *ids[10:]]),
+            return_exceptions=True,
+        )
+        poisoned = outcomes.pop(10)
+        assert isinstance(poisoned, StoreError), poisoned
+        assert "refused for poison" in str(poisoned)
+        assert all(isinstance(outcome, list) for outcome in outcomes), outcomes
+        statuses = dict(query(dsn, f'SELECT saga_id, status FROM "{schema}".sagas'))
+        assert {i: statuses[i] for i in ids} == dict.fromkeys(ids, "completed")
+        assert sorted(RAN[k] for k in RAN if k[0] != "poison") == [1] * 100
+
+
+@pytest.mark.asyncio
 async def test_a_generated_id_is_inserted_with_its_first_step_start(dsn: str, schema: str) -> None:
     async with opened(dsn, schema) as store:
         orchestrator = SagaOrchestrator(store)

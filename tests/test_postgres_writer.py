@@ -9,7 +9,14 @@ import pytest
 
 from sagakit import LeaseLost, SagaStatus, SerializationError, StoreError
 from sagakit._serialization import JsonSerializer
-from sagakit.stores._pg_writer import WRITTEN, GroupWriter, Write, batch_params, write_for
+from sagakit.stores._pg_writer import (
+    WRITTEN,
+    GroupWriter,
+    Rejected,
+    Write,
+    batch_params,
+    write_for,
+)
 from sagakit.transitions import Transition, TransitionKind
 
 
@@ -59,6 +66,39 @@ async def test_a_failed_batch_fails_each_of_its_writes_with_a_store_error() -> N
     # The writer keeps working for later writes.
     with pytest.raises(StoreError):
         await writer.submit([_write("y")])
+
+
+@pytest.mark.asyncio
+async def test_a_batch_the_server_rejects_is_sent_again_saga_by_saga() -> None:
+    # One saga's unstorable write must not fail its batch-mates: the server rolled the
+    # whole statement back, so each saga's writes go out again on their own.
+    batches: list[list[str]] = []
+    release = asyncio.Event()
+
+    async def send(writes: list[Write]) -> dict[str, str]:
+        batches.append([w.saga_id for w in writes])
+        if len(batches) == 1:
+            await release.wait()
+        if "poison" in batches[-1]:
+            raise Rejected("the server refused the statement")
+        return {"lost": "fenced"} if "lost" in batches[-1] else {}
+
+    writer = GroupWriter(send)
+    first = asyncio.create_task(writer.submit([_write("first")]))
+    await asyncio.sleep(0)
+    ids = ("a", "poison", "lost", "b")
+    rest = [asyncio.create_task(writer.submit([_write(i)])) for i in ids]
+    await asyncio.sleep(0)
+    release.set()
+    await first
+    done = await asyncio.gather(*rest, return_exceptions=True)
+    assert batches == [["first"], ["a", "poison", "lost", "b"], ["a"], ["poison"], ["lost"], ["b"]]
+    assert done[0] is None
+    assert done[3] is None
+    assert isinstance(done[1], StoreError)
+    assert not isinstance(done[1], LeaseLost)
+    assert "refused the statement" in str(done[1])
+    assert isinstance(done[2], LeaseLost)
 
 
 @pytest.mark.asyncio

@@ -171,12 +171,18 @@ def batch_params(writes: Sequence[Write]) -> tuple[str, str, str]:
     return _to_json(rows), _to_json(events), _to_json(new)
 
 
+class Rejected(Exception):
+    """Raised by ``send`` when the server refused a batch: nothing of it was applied."""
+
+
 class GroupWriter:
     """Queues :class:`Write`\\ s and sends them in batches through ``send``.
 
     ``send(writes)`` applies a batch and returns the sagas it refused, with why:
     ``"fenced"`` (their writers get :class:`~sagakit.LeaseLost`) or ``"exists"`` (a
     generated id already in the log: :class:`~sagakit.StoreError`); the others return.
+    A batch that ``send`` reports :class:`Rejected` is sent again saga by saga, so
+    that one saga's unstorable write fails that saga only.
     """
 
     def __init__(
@@ -203,39 +209,56 @@ class GroupWriter:
             while self._pending:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
-                try:
-                    refused = await self._send([w for writes, _ in batch for w in writes])
-                except BaseException as error:
-                    for _, future in batch:
-                        if not future.done():
-                            failure = StoreError(
-                                f"cannot write the saga log to PostgreSQL: "
-                                f"{type(error).__name__}: {error}"
-                            )
-                            failure.__cause__ = error
-                            future.set_exception(failure)
-                    if isinstance(error, asyncio.CancelledError):
-                        raise
-                    continue
-                for writes, future in batch:
-                    if future.done():
-                        continue
-                    saga_id = writes[0].saga_id
-                    reason = refused.get(saga_id) if refused else None
-                    if reason is None:
-                        future.set_result(None)
-                    elif reason == "exists":
-                        future.set_exception(
-                            StoreError(
-                                f"generated saga id {saga_id!r} is already in the saga log; "
-                                "nothing ran — execute the saga again for a new id"
-                            )
-                        )
-                    else:
-                        future.set_exception(LeaseLost(saga_id))
+                await self._write(batch)
         finally:
             self._task = None
             self._fail_pending()  # only when cancelled: the loop ends with none queued
+
+    async def _write(self, batch: list[tuple[Sequence[Write], asyncio.Future[None]]]) -> None:
+        """Send ``batch`` as one statement and settle its futures."""
+        try:
+            refused = await self._send([w for writes, _ in batch for w in writes])
+        except Rejected as rejected:
+            if len(batch) > 1:
+                # Rolled back whole: send each saga's writes on their own (in order).
+                for one in batch:
+                    await self._write([one])
+                return
+            self._fail(batch, rejected)
+            return
+        except BaseException as error:
+            self._fail(batch, error)
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            return
+        for writes, future in batch:
+            if future.done():
+                continue
+            saga_id = writes[0].saga_id
+            reason = refused.get(saga_id) if refused else None
+            if reason is None:
+                future.set_result(None)
+            elif reason == "exists":
+                future.set_exception(
+                    StoreError(
+                        f"generated saga id {saga_id!r} is already in the saga log; "
+                        "nothing ran — execute the saga again for a new id"
+                    )
+                )
+            else:
+                future.set_exception(LeaseLost(saga_id))
+
+    @staticmethod
+    def _fail(
+        batch: list[tuple[Sequence[Write], asyncio.Future[None]]], error: BaseException
+    ) -> None:
+        for _, future in batch:
+            if not future.done():
+                failure = StoreError(
+                    f"cannot write the saga log to PostgreSQL: {type(error).__name__}: {error}"
+                )
+                failure.__cause__ = error
+                future.set_exception(failure)
 
     def _fail_pending(self) -> None:
         """Fail the writes still queued (the writer was cancelled, e.g. at loop shutdown)."""
@@ -253,4 +276,12 @@ class GroupWriter:
             await asyncio.gather(task, return_exceptions=True)
 
 
-__all__ = ["MAX_BATCH", "WRITTEN", "GroupWriter", "Write", "batch_params", "write_for"]
+__all__ = [
+    "MAX_BATCH",
+    "WRITTEN",
+    "GroupWriter",
+    "Rejected",
+    "Write",
+    "batch_params",
+    "write_for",
+]

@@ -33,7 +33,7 @@ from ..transitions import TransitionKind
 from . import _pg_rows as rows
 from ._pg_schema import check_schema_name, migrate
 from ._pg_sql import statements
-from ._pg_writer import WRITTEN, GroupWriter, Write, batch_params, write_for
+from ._pg_writer import WRITTEN, GroupWriter, Rejected, Write, batch_params, write_for
 from ._protocol import DeadLetter, OrphanedSaga, StoredEvent
 from .sqlite import definition_fingerprint
 
@@ -423,7 +423,21 @@ class PostgresStore:
 
     async def _apply(self, writes: list[Write]) -> dict[str, str]:
         params = batch_params(writes)
-        found = await self._run(self._sql.apply, params)
+        psycopg, _ = _import_driver()
+        async with self._conn() as conn:
+            try:
+                cursor = await conn.execute(self._sql.apply, params)
+            except psycopg.Error as error:
+                if conn.broken:
+                    raise  # the connection died: the batch may have committed
+                # The server refused the statement and rolled it back: nothing of the
+                # batch was applied, and the writer may send it again saga by saga.
+                raise Rejected(
+                    f"PostgreSQL saga log (schema {self.schema!r}): {type(error).__name__}: {error}"
+                ) from error
+            found = await cursor.fetchall()
+        self._statements += 1
+        self._round_trips += 1
         self._batches += 1
         self._writes += len(writes)
         return {row[0]: row[1] for row in found}
