@@ -92,6 +92,19 @@ async def explode_undo_back(result: None, n: int) -> None:
     raise RuntimeError("cannot undo")
 
 
+@step
+async def explode_raw(n: int) -> None:
+    # A message with text PostgreSQL cannot store as is: a NUL and a lone surrogate
+    # (as a file name decoded with surrogateescape gives).
+    raise ValueError(f"bad byte \x00 in caf\udce9 {n}")
+
+
+@saga
+def pg_fails_raw():  # type: ignore[no-untyped-def]
+    yield act(0)
+    yield explode_raw(1)
+
+
 @saga
 def pg_five(steps: int = 5):  # type: ignore[no-untyped-def]
     for n in range(steps):
@@ -272,6 +285,23 @@ async def test_a_failed_saga_logs_its_compensations(dsn: str, schema: str) -> No
             ("act", False, "undone:0"),
             ("act", True, "undo 0"),
         ]
+
+
+@pytest.mark.asyncio
+async def test_an_error_message_postgres_cannot_store_is_logged_escaped(
+    dsn: str, schema: str
+) -> None:
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        with pytest.raises(StepFailed, match="bad byte"):
+            await orchestrator.execute(pg_fails_raw(), saga_id="raw")
+        meta = await store.get("raw")
+        assert meta is not None
+        assert meta.status is SagaStatus.COMPENSATED
+        assert meta.steps[1].error == "ValueError: bad byte \\x00 in caf\\udce9 1"
+        assert meta.error is not None
+        assert meta.error.endswith("failed: ValueError: bad byte \\x00 in caf\\udce9 1")
+        assert [(c.name, str(c.status)) for c in meta.compensations] == [("act", "completed")]
 
 
 @pytest.mark.asyncio

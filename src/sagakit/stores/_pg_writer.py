@@ -73,6 +73,14 @@ def describe(error: BaseException | None) -> str | None:
     return None if error is None else f"{type(error).__name__}: {error}"
 
 
+def storable(text: str | None) -> str | None:
+    """``text`` as PostgreSQL can store it: a NUL or a lone surrogate, which ``text``
+    and ``jsonb`` refuse (an error message may hold either), written as its escape."""
+    if text is None or (text.isascii() and "\x00" not in text):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
 def write_for(
     transition: Transition,
     fence: int,
@@ -155,7 +163,7 @@ def batch_params(writes: Sequence[Write]) -> tuple[str, str, str]:
                 "fence": w.fence,
                 "status": w.status,
                 "final": w.final,
-                "error": w.error,
+                "error": storable(w.error),
                 "total": w.total,
                 "idx": w.index,
                 "comp": w.compensation,
@@ -163,7 +171,7 @@ def batch_params(writes: Sequence[Write]) -> tuple[str, str, str]:
                 "sstatus": w.step_status,
                 "attempts": w.attempts,
                 "duration": w.duration,
-                "err": w.step_error,
+                "err": storable(w.step_error),
                 "result": w.result,
                 "events": step_events,
             }
