@@ -187,6 +187,31 @@ async def test_unreachable_server_gives_a_store_error() -> None:
     await store.close()
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("suffix", "reason"),
+    [
+        ("?no_such_option=1", 'invalid URI query parameter: "no_such_option"'),
+        ("_sagakit_no_such_db", 'database "test_sagakit_no_such_db" does not exist'),
+    ],
+)
+async def test_a_bad_dsn_gives_its_reason_without_waiting(
+    dsn: str, suffix: str, reason: str
+) -> None:
+    # The pool would retry in the background until connect_timeout and then report only
+    # that it timed out; the reason must be in the error, and at once.
+    if not dsn.endswith("/test"):
+        pytest.skip("needs the test DSN to end with the database name /test")
+    store = PostgresStore(dsn + suffix, connect_timeout=3600)
+    try:
+        async with asyncio.timeout(20):  # a guard, not a measurement
+            with pytest.raises(StoreError, match="cannot open the PostgreSQL saga log") as info:
+                await store.open()
+    finally:
+        await store.close()
+    assert reason in str(info.value)
+
+
 # ---------------------------------------------------------------- schema
 
 

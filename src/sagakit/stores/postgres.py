@@ -165,14 +165,22 @@ class PostgresStore:
                 name=f"sagakit-{self.schema}",
             )
             try:
+                # One connection of our own first: the pool retries a failing connection
+                # until its timeout and then says only that it timed out, whereas this
+                # fails at once with the reason (a bad DSN, an unknown database, ...).
+                async with asyncio.timeout(self.connect_timeout):
+                    first = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+                async with first:
+                    await migrate(first, self.schema)
                 await pool.open(wait=True, timeout=self.connect_timeout)
-                async with pool.connection() as conn:
-                    await migrate(conn, self.schema)
-            except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
+            except (psycopg.Error, psycopg_pool.PoolTimeout, TimeoutError) as error:
                 await pool.close()
+                reason = f"{type(error).__name__}: {error}".rstrip()
+                if isinstance(error, TimeoutError):
+                    reason = f"no connection after {self.connect_timeout:g} s"
                 raise StoreError(
                     f"cannot open the PostgreSQL saga log (schema {self.schema!r}): "
-                    f"{type(error).__name__}: {error}; check the DSN and that the server is up"
+                    f"{reason}; check the DSN and that the server is up"
                 ) from error
             except BaseException:
                 await pool.close()
