@@ -165,6 +165,8 @@ def test_importing_sagakit_does_not_import_psycopg() -> None:
         ({"schema": "bad-name"}, "plain identifier"),
         ({"schema": '"; DROP TABLE x; --'}, "plain identifier"),
         ({"lease": 0}, "lease must be a positive"),
+        ({"lease": float("inf"), "heartbeat": 10}, "lease must be a positive, finite"),
+        ({"lease": 30, "heartbeat": float("nan")}, "heartbeat must be a positive"),
         ({"lease": 2, "heartbeat": 2}, "heartbeat (2 s) must be shorter"),
         ({"min_size": 0}, "min_size must be"),
         ({"min_size": 4, "max_size": 2}, "max_size (2) must be >= min_size (4)"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 from collections.abc import AsyncIterator, Collection, Sequence
@@ -114,6 +115,8 @@ class PostgresStore:
         self.dsn = dsn
         self.schema = check_schema_name(schema)
         self.lease = _positive("lease", lease)
+        if not math.isfinite(self.lease):  # the database cannot add it to now()
+            raise StoreError(f"lease must be a positive, finite number of seconds, got {lease!r}")
         self.heartbeat = _positive("heartbeat", heartbeat if heartbeat is not None else lease / 3)
         if self.heartbeat >= self.lease:
             raise StoreError(
