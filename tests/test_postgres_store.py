@@ -492,6 +492,37 @@ async def test_a_generated_id_already_in_the_log_is_refused_before_anything_runs
 
 
 @pytest.mark.asyncio
+async def test_a_generated_id_whose_first_write_may_have_committed_is_still_finished(
+    dsn: str, schema: str
+) -> None:
+    # The connection is lost after the server committed the write carrying the row, so
+    # the caller is told the write failed. The run ends here: its end must reach the log,
+    # or the saga stays "executing" there and another worker runs it once its lease ends.
+    async with opened(dsn, schema) as store:
+        send = store._writer._send
+        sent = 0
+
+        async def answer_lost(writes: list[Any]) -> dict[str, str]:
+            nonlocal sent
+            sent += 1
+            refused = await send(writes)
+            if sent == 1:
+                raise ConnectionError("connection lost before the answer came")
+            return refused
+
+        store._writer._send = answer_lost
+        with pytest.raises(StoreError, match="connection lost"):
+            await SagaOrchestrator(store).execute(pg_five(2))
+        assert not RAN  # its first step's start was not known to be durable: never run
+        rows = query(dsn, f'SELECT status, owner, finished_at IS NOT NULL FROM "{schema}".sagas')
+        assert len(rows) == 1
+        status, owner, finished = rows[0]
+        assert finished
+        assert owner is None
+        assert status != "executing"
+
+
+@pytest.mark.asyncio
 async def test_failed_ids_are_refused_until_resolved(dsn: str, schema: str) -> None:
     async with opened(dsn, schema) as store:
         orchestrator = SagaOrchestrator(store)

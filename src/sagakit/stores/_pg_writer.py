@@ -179,6 +179,10 @@ def batch_params(writes: Sequence[Write]) -> tuple[str, str, str]:
     return _to_json(rows), _to_json(events), _to_json(new)
 
 
+class IdTaken(StoreError):
+    """A generated saga id that is already in the log: nothing of that saga was written."""
+
+
 class Rejected(Exception):
     """Raised by ``send`` when the server refused a batch: nothing of it was applied."""
 
@@ -248,7 +252,7 @@ class GroupWriter:
                 future.set_result(None)
             elif reason == "exists":
                 future.set_exception(
-                    StoreError(
+                    IdTaken(
                         f"generated saga id {saga_id!r} is already in the saga log; "
                         "nothing ran — execute the saga again for a new id"
                     )
@@ -288,6 +292,7 @@ __all__ = [
     "MAX_BATCH",
     "WRITTEN",
     "GroupWriter",
+    "IdTaken",
     "Rejected",
     "Write",
     "batch_params",

@@ -34,7 +34,15 @@ from ..transitions import TransitionKind
 from . import _pg_rows as rows
 from ._pg_schema import check_schema_name, migrate
 from ._pg_sql import statements
-from ._pg_writer import WRITTEN, GroupWriter, Rejected, Write, batch_params, write_for
+from ._pg_writer import (
+    WRITTEN,
+    GroupWriter,
+    IdTaken,
+    Rejected,
+    Write,
+    batch_params,
+    write_for,
+)
 from ._protocol import DeadLetter, OrphanedSaga, StoredEvent
 from .sqlite import definition_fingerprint
 
@@ -140,7 +148,7 @@ class PostgresStore:
         self._writer = GroupWriter(self._apply)
         self._fences: dict[str, int] = {}  # sagas this store owns -> fencing token
         self._new: dict[str, dict[str, Any]] = {}  # generated ids' rows, not yet sent
-        self._unlogged: set[str] = set()  # generated ids whose row failed to be written
+        self._unlogged: set[str] = set()  # generated ids found taken: never written
         self._claimed: set[str] = set()  # of those, taken over from another owner
         self._lost: set[str] = set()  # fenced out: refuse further writes locally
         self._staged: dict[str, list[Write]] = {}  # written with the saga's next record()
@@ -382,8 +390,8 @@ class PostgresStore:
     async def record(self, run: SagaRun, transition: Transition) -> None:
         saga_id = run.id
         if self._unlogged and saga_id in self._unlogged:
-            # The write that carried this run's row failed: nothing of the run is in
-            # the log, and nothing may be written under its id.
+            # The run's generated id belongs to another saga in the log: nothing of
+            # the run is there, and nothing may be written under its id.
             self._staged.pop(saga_id, None)
             return
         write = self._write(run, transition)
@@ -420,13 +428,13 @@ class PostgresStore:
             self._claimed.discard(saga_id)
             self._lost.add(saga_id)
             raise
-        except asyncio.CancelledError:
-            if new is not None:  # it may have gone out or not: the next write sends it
-                self._new.setdefault(saga_id, new)  # again (our own row is no conflict)
+        except IdTaken:
+            self._unlogged.add(saga_id)  # another saga's id: nothing may be written under it
             raise
         except BaseException:
-            if new is not None:
-                self._unlogged.add(saga_id)
+            # Cancelled, or the connection lost: it may have gone out or not (committed).
+            if new is not None:  # the next write sends it again (our own row is no conflict)
+                self._new.setdefault(saga_id, new)
             raise
         if writes[-1].final:
             self._fences.pop(saga_id, None)
