@@ -1097,3 +1097,32 @@ async def test_pg_unstorable_compensation_result_is_recorded_and_the_rest_still_
     assert by_name["unstorable_charge"].error is not None
     assert by_name["unstorable_charge"].error.startswith("result not stored: ")
     assert by_name["unstorable_reserve"].error is None
+
+
+@pytest.mark.asyncio
+async def test_after_a_server_restart_one_write_fails_not_one_per_pooled_connection(
+    dsn: str, schema: str
+) -> None:
+    # The pool handed out its dead connections one by one after a restart (here: every
+    # backend terminated, as a restart or fail-over does): each failed the next write,
+    # so up to max_size sagas in a row failed. One failure now tests the idle ones.
+    app = f"sk_restart_{schema}"
+    async with opened(f"{dsn}?application_name={app}", schema, min_size=4, max_size=4) as store:
+        orchestrator = SagaOrchestrator(store)
+        assert len(await orchestrator.execute(pg_five(1))) == 1
+        killed = query(
+            dsn,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (app,),
+        )
+        assert len(killed) == 4  # the pool's connections, all idle
+        outcomes = []
+        for _ in range(5):
+            try:
+                await orchestrator.execute(pg_five(1))
+            except StoreError:
+                outcomes.append("failed")
+            else:
+                outcomes.append("completed")
+        assert outcomes.count("failed") <= 1, outcomes
+        assert outcomes[-3:] == ["completed"] * 3

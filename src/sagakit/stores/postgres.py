@@ -203,15 +203,29 @@ class PostgresStore:
     async def _conn(self) -> AsyncIterator[AsyncConnection[Any]]:
         if self._pool is None:
             await self.open()
-        assert self._pool is not None
+        pool = self._pool
+        assert pool is not None
         psycopg, _ = _import_driver()
+        used: AsyncConnection[Any] | None = None
         try:
-            async with self._pool.connection() as conn:
+            async with pool.connection() as conn:
+                used = conn
                 yield conn
         except psycopg.Error as error:
+            if used is not None and used.broken:
+                await self._check_pool(pool)
             raise StoreError(
                 f"PostgreSQL saga log (schema {self.schema!r}): {type(error).__name__}: {error}"
             ) from error
+
+    async def _check_pool(self, pool: AsyncConnectionPool[Any]) -> None:
+        """A connection died (a server restart, a fail-over): test the idle ones now, so
+        the next writes do not meet the other dead ones one at a time."""
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await pool.check()
+        except Exception as error:  # best effort: the error being raised says what happened
+            logger.debug("sagakit: checking the PostgreSQL pool failed: %r", error)
 
     async def _run(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         """One statement in its own transaction: one round trip."""
