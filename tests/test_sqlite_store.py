@@ -699,3 +699,33 @@ def test_group_commit_keeps_each_jobs_statements_in_order() -> None:
     ]
     _run_jobs(conn, opposite)
     assert dict(conn.execute("SELECT k, v FROM t")) == {"x": "done", "y": "new"}
+
+
+@pytest.mark.asyncio
+async def test_a_step_whose_start_write_failed_is_not_left_running(tmp_path: Path) -> None:
+    # The write of step 1's start committed, then reported a failure (as a lost
+    # PostgreSQL connection can): the saga was compensated and ended, but its log and
+    # its metadata kept step 1 "running" forever.
+    store = SQLiteStore(tmp_path / "sagas.db")
+    record = store.record
+
+    async def lost_reply(run: Any, transition: Transition) -> None:
+        await record(run, transition)
+        if transition.kind == "step_started" and transition.step_index == 1:
+            raise StoreError("connection lost after the commit")
+
+    store.record = lost_reply  # type: ignore[method-assign]
+    calls.clear()
+    orchestrator = SagaOrchestrator(store)
+    with pytest.raises(StoreError, match="connection lost"):
+        await orchestrator.execute(sqlite_move("a", "b", 5), saga_id="lost-start")
+    assert calls == ["take a", "undo take a"]  # put never ran
+    meta = await orchestrator.get_saga("lost-start")
+    await store.close()
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    steps = [(s.name, s.status, s.error) for s in meta.steps if not s.compensation]
+    assert steps == [
+        ("take", StepStatus.COMPLETED, None),
+        ("put", StepStatus.FAILED, "not started: StoreError: connection lost after the commit"),
+    ]

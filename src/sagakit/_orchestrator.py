@@ -376,6 +376,16 @@ class SagaOrchestrator:
             close_driver(driver, run.name, run.id)
             if run.error is None:
                 run.error = describe_error(failure)
+            if steps and steps[-1].status is STEP_RUNNING:
+                # Failed outside the step's own call (recording its start or a retry):
+                # no transition ends it, so the run's end does (see interrupted_step).
+                record = steps[-1]
+                record.status = STEP_FAILED
+                record.error = (
+                    describe_error(failure)
+                    if acted is record
+                    else f"not started: {describe_error(failure)}"
+                )
             try:
                 compensation_failure = await self._compensate(run, done, failure, faults, observe)
             except asyncio.CancelledError:
