@@ -1126,3 +1126,24 @@ async def test_after_a_server_restart_one_write_fails_not_one_per_pooled_connect
                 outcomes.append("completed")
         assert outcomes.count("failed") <= 1, outcomes
         assert outcomes[-3:] == ["completed"] * 3
+
+
+@pytest.mark.asyncio
+async def test_a_closed_store_refuses_work_instead_of_reopening_itself(
+    dsn: str, schema: str
+) -> None:
+    # After close(), the next use silently opened a new pool and heartbeat that
+    # nothing would ever close.
+    store = PostgresStore(dsn, schema=schema)
+    orchestrator = SagaOrchestrator(store)
+    assert len(await orchestrator.execute(pg_five(1))) == 1
+    await store.close()
+    with pytest.raises(StoreError, match="is closed; call open"):
+        await orchestrator.execute(pg_five(1))
+    with pytest.raises(StoreError, match="is closed"):
+        await store.history_count()
+    assert store._pool is None
+    assert store._heartbeat is None
+    await store.open()  # explicitly: usable again
+    assert await store.history_count() == 1
+    await store.close()

@@ -143,6 +143,7 @@ class PostgresStore:
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{os.urandom(4).hex()}"
         self._sql = statements(self.schema)
         self._pool: AsyncConnectionPool[Any] | None = None
+        self._closed = False  # by close(): no implicit reopening on the next use
         self._opening = asyncio.Lock()
         self._heartbeat: asyncio.Task[None] | None = None
         self._writer = GroupWriter(self._apply)
@@ -160,7 +161,9 @@ class PostgresStore:
     # ------------------------------------------------------------ connections
 
     async def open(self) -> None:
-        """Connect, migrate the schema and start the heartbeat (done on first use)."""
+        """Connect, migrate the schema and start the heartbeat (done on first use;
+        after :meth:`close` only when called again)."""
+        self._closed = False
         if self._pool is not None:
             return
         async with self._opening:
@@ -202,6 +205,11 @@ class PostgresStore:
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[AsyncConnection[Any]]:
         if self._pool is None:
+            if self._closed:
+                raise StoreError(
+                    f"the PostgreSQL saga log (schema {self.schema!r}) is closed; "
+                    "call open() to use this store again"
+                )
             await self.open()
         pool = self._pool
         assert pool is not None
@@ -646,6 +654,7 @@ class PostgresStore:
                 await self.release_leases()
         finally:
             self._pool = None
+            self._closed = True
             await pool.close()
 
     async def _flush_staged(self) -> None:
