@@ -1147,3 +1147,26 @@ async def test_a_closed_store_refuses_work_instead_of_reopening_itself(
     await store.open()  # explicitly: usable again
     assert await store.history_count() == 1
     await store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_dead_letter_reason_or_resolve_note_with_a_nul_is_stored_escaped(
+    dsn: str, schema: str
+) -> None:
+    # Recovery parks a saga with its error's text as the reason: a NUL in it made the
+    # write fail (DataError), so the saga could not be parked, nor resolved with one.
+    async with opened(dsn, schema) as a, opened(dsn, schema) as b:
+        task = await hang_at(SagaOrchestrator(a), "nul", 1)
+        expire(dsn, schema, "nul")
+        assert len(await b.claim_orphans()) == 1
+        await b.dead_letter("nul", "body raised ValueError: bad\x00byte")
+        (letter,) = await b.dead_letters()
+        assert letter.reason == "body raised ValueError: bad\\x00byte"
+        await b.resolve("nul", "fixed\x00by hand")
+        meta = await b.get("nul")
+        assert meta is not None
+        assert meta.error is not None
+        assert meta.error.startswith("resolved by an operator: fixed\\x00by hand")
+        GATES["nul:1"].set()
+        with pytest.raises(LeaseLost):
+            await task

@@ -729,3 +729,30 @@ async def test_a_step_whose_start_write_failed_is_not_left_running(tmp_path: Pat
         ("take", StepStatus.COMPLETED, None),
         ("put", StepStatus.FAILED, "not started: StoreError: connection lost after the commit"),
     ]
+
+
+@pytest.mark.asyncio
+async def test_a_resolve_note_or_dead_letter_reason_with_a_lone_surrogate_is_stored(
+    tmp_path: Path,
+) -> None:
+    # UTF-8 refuses a lone surrogate (an undecodable byte of a file name, say): the
+    # write failed, so such a saga could be neither parked nor resolved.
+    odd = b"caf\xe9".decode("utf-8", "surrogateescape")
+    store = SQLiteStore(tmp_path / "sagas.db")
+    async with SagaOrchestrator(store) as orchestrator:
+        with pytest.raises(CompensationFailed):
+            await orchestrator.execute(sqlite_fragile("closed"), saga_id="odd")
+        await store.resolve("odd", f"refunded {odd}")
+        meta = await orchestrator.get_saga("odd")
+        assert meta is not None
+        assert meta.error is not None
+        assert meta.error.startswith("resolved by an operator: refunded caf\\udce9")
+        GATES["odd-gate"] = asyncio.Event()
+        gated = asyncio.create_task(orchestrator.execute(sqlite_gated("odd-gate"), saga_id="p"))
+        async with asyncio.timeout(5):  # a guard, not a measurement
+            while await store.running_count() == 0:  # noqa: ASYNC110 - the log is what we wait on
+                await asyncio.sleep(0.001)
+        await store.dead_letter("p", f"body raised OSError: {odd}")
+        assert [d.reason for d in await store.dead_letters()] == ["body raised OSError: caf\\udce9"]
+        GATES["odd-gate"].set()
+        await gated

@@ -659,3 +659,30 @@ async def test_seen_while_compensating(make: Callable[[], Any]) -> None:
     assert while_compensating["status"] == "compensating"
     assert while_compensating["error"] == got["history"][0]["error"]
     assert while_compensating["error"] == "StepFailed: step 1 ('refuse') failed: ValueError: let go"
+
+
+@step
+async def unreadable_name(n: int) -> str:
+    return f"did {n}"
+
+
+@unreadable_name.compensate
+async def unreadable_name_back(result: str, n: int) -> None:
+    raise OSError("cannot undo: " + b"caf\xe9\x00".decode("utf-8", "surrogateescape"))
+
+
+@saga
+def undecodable():  # type: ignore[no-untyped-def]
+    yield unreadable_name(1)
+    yield refuse("no such file: " + b"caf\xe9".decode("utf-8", "surrogateescape") + "\x00!")
+
+
+async def test_error_texts_with_a_lone_surrogate_or_a_nul(make: Callable[[], Any]) -> None:
+    # An undecodable file name in an error (a lone surrogate) could not be written to
+    # SQLite at all (UTF-8 refuses it): the saga was left compensating in the log.
+    got = await same_as_memory(make, lambda o: o.execute(undecodable(), saga_id="u-1"))
+    assert got["outcome"][1] == "CompensationFailed"
+    saga_record = got["history"][0]
+    assert saga_record["status"] == "failed"
+    assert "caf\\udce9\\x00!" in saga_record["steps"][1]["error"]
+    assert "caf\\udce9\\x00" in saga_record["compensations"][0]["error"]

@@ -37,7 +37,7 @@ from ._members import (
 from ._notify import Listener, level_of, logger, tell
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
-from ._runs import SagaRun, StepRun, current_run, describe_error, events_of
+from ._runs import SagaRun, StepRun, current_run, describe_error, events_of, storable_text
 from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id, close_driver
 from ._shielding import wait_out
 from ._steps import StepCall
@@ -689,7 +689,7 @@ class SagaOrchestrator:
         failure.saga_id = run.id
         failure.events = list(run.events)
         failure.compensation_events = list(run.compensation_events)
-        run.error = str(failure)
+        run.error = storable_text(str(failure))
         # The errors' tracebacks hold this frame: drop them from its locals (no cycles).
         error = None
         errors.clear()

@@ -18,9 +18,17 @@ if TYPE_CHECKING:
     from ._sagas import SagaDefinition
 
 
+def storable_text(text: str) -> str:
+    """``text`` with what a store cannot keep — a lone surrogate (an undecodable byte of
+    a file name, say: UTF-8 refuses it) or a NUL (PostgreSQL refuses it) — escaped."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
 def describe_error(error: BaseException) -> str:
-    """One line naming an exception: ``"ValueError: boom"``."""
-    return f"{type(error).__name__}: {error}"
+    """One line naming an exception, ready to store: ``"ValueError: boom"``."""
+    return storable_text(f"{type(error).__name__}: {error}")
 
 
 def events_of(result: Any) -> Sequence[Any]:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._runs import describe_error, storable_text
 from ..exceptions import LeaseLost, SerializationError, StepTimeout, StoreError
 from ..status import SagaStatus, StepStatus
 from ..transitions import Transition, TransitionKind
@@ -70,15 +71,12 @@ class Write:
 
 
 def describe(error: BaseException | None) -> str | None:
-    return None if error is None else f"{type(error).__name__}: {error}"
+    return None if error is None else describe_error(error)
 
 
 def storable(text: str | None) -> str | None:
-    """``text`` as PostgreSQL can store it: a NUL or a lone surrogate, which ``text``
-    and ``jsonb`` refuse (an error message may hold either), written as its escape."""
-    if text is None or (text.isascii() and "\x00" not in text):
-        return text
-    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    """``text`` as PostgreSQL can store it (see :func:`storable_text`)."""
+    return None if text is None else storable_text(text)
 
 
 def write_for(

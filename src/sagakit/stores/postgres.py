@@ -41,6 +41,7 @@ from ._pg_writer import (
     Rejected,
     Write,
     batch_params,
+    storable,
     write_for,
 )
 from ._protocol import DeadLetter, OrphanedSaga, StoredEvent
@@ -596,7 +597,8 @@ class PostgresStore:
             )
         try:
             found = await self._run(
-                self._sql.dead_letter, {"id": saga_id, "reason": reason, "fence": fence}
+                self._sql.dead_letter,
+                {"id": saga_id, "reason": storable(reason), "fence": fence},
             )
         finally:
             # Parked or not (the write may have failed), this store no longer runs it: the
@@ -616,7 +618,7 @@ class PostgresStore:
             )
 
     async def resolve(self, saga_id: str, note: str) -> None:
-        if await self._run(self._sql.resolve, {"id": saga_id, "note": note}):
+        if await self._run(self._sql.resolve, {"id": saga_id, "note": storable(note)}):
             return
         known = await self.get(saga_id)
         if known is None:

@@ -32,7 +32,7 @@ from .._members import (
     ON_STEP_STARTED,
     ON_STEP_TIMED_OUT,
 )
-from .._runs import describe_error, interrupted_step
+from .._runs import describe_error, interrupted_step, storable_text
 from .._serialization import JsonSerializer
 from .._shielding import wait_out
 from ..exceptions import (
@@ -541,7 +541,7 @@ class SQLiteStore:
             lambda conn: conn.execute(
                 "UPDATE sagakit_sagas SET dead_letter = ?, parked_at = ?, owner = NULL "
                 "WHERE id = ? AND finished_at IS NULL",
-                (reason, now, saga_id),
+                (storable_text(reason), now, saga_id),
             ),
             alone=False,
         )
@@ -619,7 +619,7 @@ class SQLiteStore:
                 "owner = NULL, finished_at = coalesce(finished_at, ?), updated_at = ?, "
                 "error = ? || coalesce(' (was: ' || coalesce(dead_letter, error) || ')', '') "
                 "WHERE id = ?",
-                (now, now, f"resolved by an operator: {note}", saga_id),
+                (now, now, storable_text(f"resolved by an operator: {note}"), saga_id),
             )
             conn.execute(RESOLVE_INTERRUPTED, (saga_id,))
             return None
