@@ -340,3 +340,11 @@ async def test_a_crash_after_a_compensation_that_hangs_still_comes_at_its_timeou
         async with asyncio.timeout(5):
             await orchestrator.execute(definition)
     assert effects == ["hang b", "unhang b"]
+
+
+def test_crash_options_must_be_booleans() -> None:
+    # crash(after="no") was taken as True: the crash came after the step acted.
+    with pytest.raises(SagaDefinitionError, match=r"crash\(after=...\) must be True or False"):
+        FaultInjector().crash(charge, after="no")  # type: ignore[arg-type]
+    with pytest.raises(SagaDefinitionError, match=r"crash\(compensation=...\)"):
+        FaultInjector().crash(charge, compensation=1)  # type: ignore[arg-type]

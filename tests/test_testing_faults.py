@@ -275,6 +275,8 @@ async def test_instant_sleep_scale_and_validation() -> None:
     assert repr(sleep) == "<InstantSleep 1 sleeps, 1 s skipped>"
     with pytest.raises(SagaDefinitionError, match="scale"):
         InstantSleep(scale=-1)
+    with pytest.raises(SagaDefinitionError, match="finite number >= 0, got inf"):
+        InstantSleep(scale=float("inf"))  # every retry would wait forever
 
 
 class Bank:

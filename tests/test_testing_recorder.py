@@ -104,6 +104,10 @@ async def test_wrong_status_and_missing_steps_are_reported() -> None:
     with pytest.raises(AssertionError, match=r"\+ saga_finished compensated"):
         recorder.assert_trail("saga_started")
     recorder.assert_compensated()  # nothing completed, nothing compensated
+    # A misspelt status is a mistake in the test, not a mismatch of the run.
+    with pytest.raises(SagaDefinitionError, match="'compensate', which is not a saga status"):
+        recorder.assert_status("compensate")
+    recorder.assert_status("compensated")  # a status's text is fine
 
 
 @pytest.mark.asyncio

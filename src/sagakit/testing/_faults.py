@@ -240,6 +240,11 @@ class FaultInjector:
         keeps the saga for recovery: call :func:`simulate_restart` on the store, then
         ``recover()`` with a new orchestrator and store, as a restarted process would.
         """
+        for option, value in (("after", after), ("compensation", compensation)):
+            if not isinstance(value, bool):
+                raise SagaDefinitionError(
+                    f"crash({option}=...) must be True or False, got {value!r}"
+                )
         [name] = step_names((step,))
         where = "compensation of step" if compensation else "step"
         crash = SimulatedCrash(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
+from ..exceptions import SagaDefinitionError
 from ..status import SagaStatus
 from ..transitions import Transition, TransitionKind
 from ._faults import StepTarget, step_names
@@ -94,6 +95,14 @@ class RecordedRun:
 
     def assert_status(self, status: SagaStatus | str) -> None:
         """Assert the run ended (or stands) with ``status``."""
+        try:
+            status = SagaStatus(status)
+        except ValueError:
+            known = ", ".join(repr(str(s)) for s in SagaStatus)
+            raise SagaDefinitionError(
+                f"assert_status() got {status!r}, which is not a saga status; use a "
+                f"SagaStatus or one of {known}"
+            ) from None
         if not self.finished:
             raise AssertionError(
                 f"{self.label} has not finished (status {self.status}), expected {status}\n"

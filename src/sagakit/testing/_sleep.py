@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 from ..exceptions import SagaDefinitionError
 
@@ -16,8 +17,14 @@ class InstantSleep:
     """
 
     def __init__(self, scale: float = 0.0) -> None:
-        if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale >= 0:
-            raise SagaDefinitionError(f"InstantSleep(scale=...) must be >= 0, got {scale!r}")
+        if (
+            isinstance(scale, bool)
+            or not isinstance(scale, int | float)
+            or not 0 <= scale < math.inf
+        ):
+            raise SagaDefinitionError(
+                f"InstantSleep(scale=...) must be a finite number >= 0, got {scale!r}"
+            )
         self.scale = float(scale)
         self.delays: list[float] = []
 
