@@ -168,7 +168,7 @@ async def test_a_listener_removed_mid_run_hears_that_run_to_its_end_and_no_other
     await orchestrator.execute(SagaDefinition("second").add_step(held()))
     assert heard[-1] == ("first", TransitionKind.SAGA_FINISHED)  # its whole run
     assert {saga_id for saga_id, _ in heard} == {"first"}  # but no run begun after
-    with pytest.raises(ValueError, match="not in list"):
+    with pytest.raises(ValueError, match="is not a listener of this orchestrator"):
         orchestrator.remove_listener(listener)
 
 

@@ -162,7 +162,13 @@ class SagaOrchestrator:
         """Stop calling ``listener`` for sagas started from now on; the runs it was told
         of go on telling it until they end (a tracer must hear the end it opened)."""
         listeners = list(self._listeners)
-        listeners.remove(listener)
+        try:
+            listeners.remove(listener)  # by equality: a bound method is made anew each time
+        except ValueError:
+            raise ValueError(
+                f"{listener!r} is not a listener of this orchestrator (never added, or "
+                "removed already); add_listener() adds one"
+            ) from None
         self._listeners = tuple(listeners)
 
     # ------------------------------------------------------------------ running
