@@ -1,17 +1,21 @@
 """PostgreSQL leases and the worker loop: a process never reclaims its own running
-saga, and a lost database connection does not end the worker."""
+saga, and a lost database connection does not end the worker. The SIGTERM handling of
+the worker loop (which needs no server) is checked here too, with SQLite logs."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pg_helpers.db import expire, opened, query
-from sagakit import SagaOrchestrator, StoreError, current_step, saga, step
+from pg_helpers.db import GIVE_UP, expire, opened, query
+from sagakit import SagaOrchestrator, SQLiteStore, StoreError, current_step, saga, step
 
 RAN: Counter[tuple[str, int]] = Counter()
 GATES: dict[str, asyncio.Event] = {}
@@ -211,3 +215,43 @@ async def test_a_store_error_while_parking_a_saga_does_not_strand_it(dsn: str, s
         assert [(o.saga_id, o.action) for o in outcomes] == [("parking", "dead_lettered")]
         original.cancel()
         await asyncio.gather(original, return_exceptions=True)
+
+
+@pytest.mark.asyncio
+async def test_sigterm_stops_every_worker_of_the_process(tmp_path: Path) -> None:
+    # Regression: each worker put its own SIGTERM handler in place of the one before,
+    # so SIGTERM stopped only the worker started last; the others ran on (and, once
+    # that one had put the default back, were killed without releasing their leases).
+    before = signal.getsignal(signal.SIGTERM)
+    orchestrators = [SagaOrchestrator(SQLiteStore(str(tmp_path / f"{n}.db"))) for n in range(3)]
+    workers = [asyncio.create_task(o.run_worker(poll_interval=0.05)) for o in orchestrators]
+    try:
+        await asyncio.sleep(0)  # each worker has started: its handler is in place
+        assert not any(worker.done() for worker in workers)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(asyncio.gather(*workers), GIVE_UP)
+        assert signal.getsignal(signal.SIGTERM) == before
+    finally:
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        for orchestrator in orchestrators:
+            await orchestrator.close()
+
+
+@pytest.mark.asyncio
+async def test_a_worker_gives_the_sigterm_handler_of_the_loop_back(tmp_path: Path) -> None:
+    # Regression: a SIGTERM handler the application had set on the event loop was
+    # dropped when the worker stopped; SIGTERM was then ignored for good.
+    loop = asyncio.get_running_loop()
+    told = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, told.set)
+    try:
+        stop = asyncio.Event()
+        stop.set()
+        async with SagaOrchestrator(SQLiteStore(str(tmp_path / "log.db"))) as orchestrator:
+            await orchestrator.run_worker(stop=stop)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(told.wait(), GIVE_UP)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)

@@ -43,24 +43,66 @@ def _check(poll_interval: object, concurrency: object, max_attempts: object) -> 
             raise SagaDefinitionError(f"{name} must be a whole number >= 1, got {value!r}")
 
 
+class _Sigterm:
+    """The SIGTERM handler of one event loop, shared by the workers running in it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.stops: list[asyncio.Event] = []
+        # What to put back when the last worker stops: the handler the application set
+        # on the loop itself, if any (asyncio has no public way to read it), else the
+        # process's handler.
+        handlers = getattr(loop, "_signal_handlers", None)
+        handle = handlers.get(signal.SIGTERM) if isinstance(handlers, dict) else None
+        self.loop_handle: asyncio.Handle | None = (
+            handle if isinstance(handle, asyncio.Handle) and not handle.cancelled() else None
+        )
+        self.previous = signal.getsignal(signal.SIGTERM)
+
+    def fire(self) -> None:
+        for stop in self.stops:
+            stop.set()
+
+    def restore(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.remove_signal_handler(signal.SIGTERM)
+        handle = self.loop_handle
+        if handle is not None:
+            callback, args = getattr(handle, "_callback"), getattr(handle, "_args")  # noqa: B009
+            loop.add_signal_handler(signal.SIGTERM, callback, *args)
+        else:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+_SIGTERM: dict[asyncio.AbstractEventLoop, _Sigterm] = {}
+
+
 @contextlib.contextmanager
 def _on_sigterm(stop: asyncio.Event, enabled: bool) -> Any:
-    """Set ``stop`` on SIGTERM while inside (main thread only); restore the old handler."""
+    """Set ``stop`` on SIGTERM while inside (main thread only); restore the old handler.
+
+    Every worker of a loop is stopped by one SIGTERM; the handler in place before the
+    first of them started is put back when the last one stops.
+    """
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield
         return
     loop = asyncio.get_running_loop()
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-    except (NotImplementedError, RuntimeError):  # pragma: no cover - e.g. Windows loops
-        yield
-        return
+    hook = _SIGTERM.get(loop)
+    if hook is None:
+        hook = _Sigterm(loop)
+        try:
+            loop.add_signal_handler(signal.SIGTERM, hook.fire)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - e.g. Windows loops
+            yield
+            return
+        _SIGTERM[loop] = hook
+    hook.stops.append(stop)
     try:
         yield
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, previous)
+        hook.stops.remove(stop)
+        if not hook.stops:
+            del _SIGTERM[loop]
+            hook.restore(loop)
 
 
 async def _finish_one(
