@@ -255,3 +255,38 @@ async def test_a_worker_gives_the_sigterm_handler_of_the_loop_back(tmp_path: Pat
         await asyncio.wait_for(told.wait(), GIVE_UP)
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["cancelled", "stopped"])
+async def test_a_worker_that_cannot_release_its_leases_still_stops_as_told(
+    dsn: str, schema: str, how: str
+) -> None:
+    # Regression: when the database was away as the worker stopped, the StoreError of
+    # release_leases() escaped run_worker, in place of the CancelledError of a cancelled
+    # worker (a TaskGroup or asyncio.timeout then saw a failure, not a cancellation).
+    # The leases run out by themselves, as after a crash.
+    async with opened(dsn, schema) as store:
+        run = store._run
+        refused: list[Any] = []
+
+        async def flaky_run(sql: str, params: Any = None) -> Any:
+            if sql == store._sql.release:
+                refused.append(params)
+                raise StoreError("the database went away")
+            return await run(sql, params)
+
+        store._run = flaky_run  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        worker = asyncio.create_task(
+            SagaOrchestrator(store).run_worker(poll_interval=0.02, stop=stop, handle_signals=False)
+        )
+        await asyncio.sleep(0)  # the worker has started
+        if how == "cancelled":
+            worker.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await worker
+        else:
+            stop.set()
+            await worker  # returns
+        assert refused

@@ -138,6 +138,9 @@ async def _shutdown(store: RecoverableStore, tasks: set[asyncio.Task[None]]) -> 
         return
     try:
         released = await release()
+    except Exception as error:  # the database is away: the leases run out by themselves
+        logger.warning("sagakit worker could not release its saga leases: %s", error)
+    else:
         logger.info("sagakit worker released %d saga leases", released)
     finally:
         for task in tasks:
