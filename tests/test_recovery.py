@@ -270,6 +270,20 @@ async def test_recover_max_attempts_is_checked_before_anything_is_claimed(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("limit", [-1, True, 1.5, "3"])
+async def test_recover_limit_is_checked_before_anything_is_claimed(db: str, limit: Any) -> None:
+    # Regression: recover(limit=...) was never checked: "3" raised a bare TypeError from
+    # a comparison, -1 and True recovered nothing or one silently, 1.5 recovered two.
+    await crash(db, rec_order("vase"), "o-limit", at(TransitionKind.STEP_COMPLETED, "pay"))
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        with pytest.raises(SagaDefinitionError, match="limit must be a whole number >= 0"):
+            await orchestrator.recover(limit=limit)
+        assert await orchestrator.recover(limit=0) == []
+        outcomes = await orchestrator.recover(limit=1)
+        assert [(o.saga_id, o.action) for o in outcomes] == [("o-limit", "resumed")]
+
+
+@pytest.mark.asyncio
 async def test_an_unreadable_orphan_does_not_stop_recover_before_the_others(db: str) -> None:
     # Regression: recover() claims one orphan at a time and stopped at the first claim
     # that returned nothing, so an older orphan whose log could not be read back

@@ -81,6 +81,8 @@ async def recover(
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
         # 0 would park every orphan as a dead letter without trying it once.
         raise SagaDefinitionError(f"max_attempts must be a whole number >= 1, got {max_attempts!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise SagaDefinitionError(f"limit must be a whole number >= 0 or None, got {limit!r}")
     store = orchestrator.store
     if not store.durable:
         return []  # an in-memory store's sagas died with their process
