@@ -20,6 +20,7 @@ from sagakit import (
     SagaOrchestrator,
     SagaStatus,
     SQLiteStore,
+    StoreError,
     Transition,
     TransitionKind,
     current_step,
@@ -239,6 +240,30 @@ async def test_recover_on_start_and_names_filter(db: str) -> None:
         assert meta is not None
         assert meta.status is SagaStatus.COMPLETED
     assert effects == ["book desk o6:0", "pay desk"]
+
+
+@pytest.mark.asyncio
+async def test_a_failed_recover_on_start_closes_the_store(db: str) -> None:
+    # Regression: when recover() raised in ``async with`` (the log could not be read:
+    # a database blip), __aexit__ never ran and the store stayed open, a PostgreSQL
+    # store with its connection pool and heartbeat, for the life of the process.
+    store = SQLiteStore(db)
+    close = store.close
+    closed: list[bool] = []
+
+    async def failing_claim(**options: Any) -> Any:
+        raise StoreError("the log went away")
+
+    async def recorded_close() -> None:
+        closed.append(True)
+        await close()
+
+    store.claim_orphans = failing_claim  # type: ignore[method-assign]
+    store.close = recorded_close  # type: ignore[method-assign]
+    with pytest.raises(StoreError, match="went away"):
+        async with SagaOrchestrator(store, recover_on_start=True):
+            pytest.fail("entered although recovery failed")
+    assert closed == [True]
 
 
 @pytest.mark.asyncio

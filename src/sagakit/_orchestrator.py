@@ -838,7 +838,11 @@ class SagaOrchestrator:
 
     async def __aenter__(self) -> SagaOrchestrator:
         if self._recover_on_start:
-            await self.recover()
+            try:
+                await self.recover()
+            except BaseException:
+                await self.close()  # __aexit__ does not run when entering fails
+                raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
