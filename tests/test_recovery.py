@@ -3,6 +3,7 @@ and a second store (another owner) recovers it."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sqlite3
 import subprocess
@@ -114,9 +115,26 @@ def rec_changing(item: str):  # type: ignore[no-untyped-def]
     yield pay(item)
 
 
+PAYING: dict[str, asyncio.Event] = {}  # set once pay_later(item) is running
+
+
+@step
+async def pay_later(item: str) -> None:
+    effects.append(f"pay later {item}")
+    PAYING[item].set()
+    await asyncio.Event().wait()  # until cancelled
+
+
+@saga
+def rec_slow_order(item: str):  # type: ignore[no-untyped-def]
+    yield book(item)
+    yield pay_later(item)
+
+
 @pytest.fixture(autouse=True)
 def _clear() -> None:
     effects.clear()
+    PAYING.clear()
 
 
 @pytest.fixture
@@ -264,6 +282,25 @@ async def test_a_failed_recover_on_start_closes_the_store(db: str) -> None:
         async with SagaOrchestrator(store, recover_on_start=True):
             pytest.fail("entered although recovery failed")
     assert closed == [True]
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_recover_compensates_the_saga_it_was_running(db: str) -> None:
+    # As docs/durability.md says: like a cancelled execute(), not left for a later
+    # recovery to resume.
+    await crash(db, rec_slow_order("sofa"), "o-slow", at(TransitionKind.STEP_STARTED, "pay_later"))
+    PAYING["sofa"] = asyncio.Event()
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        recovering = asyncio.create_task(orchestrator.recover())
+        await PAYING["sofa"].wait()
+        recovering.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await recovering
+        meta = await orchestrator.get_saga("o-slow")
+        assert meta is not None
+        assert meta.status is SagaStatus.COMPENSATED
+        assert await orchestrator.recover() == []
+    assert effects == ["book sofa o-slow:0", "pay later sofa", "cancel booking-sofa"]
 
 
 @pytest.mark.asyncio
