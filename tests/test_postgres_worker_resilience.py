@@ -290,3 +290,42 @@ async def test_a_worker_that_cannot_release_its_leases_still_stops_as_told(
             stop.set()
             await worker  # returns
         assert refused
+
+
+@pytest.mark.asyncio
+async def test_a_store_error_after_a_claim_does_not_strand_the_claimed_sagas(
+    dsn: str, schema: str
+) -> None:
+    # Regression: when reading the claimed sagas' steps failed (a database blip just
+    # after the claim committed), claim_orphans() raised, but the store kept their
+    # leases: the heartbeat renewed them and the worker never claimed them again (they
+    # were "its own"), so nobody finished them while it lived.
+    async with opened(dsn, schema) as a, opened(dsn, schema) as b:
+        GATES["blip:1"] = asyncio.Event()
+        ENTERED["blip:1"] = asyncio.Event()
+        original = asyncio.create_task(
+            SagaOrchestrator(a).execute(pl_gated_three(), saga_id="blip")
+        )
+        await ENTERED["blip:1"].wait()
+        expire(dsn, schema, "blip")
+        run = b._run
+        blips: list[Any] = []
+
+        async def flaky_run(sql: str, params: Any = None) -> Any:
+            if sql == b._sql.steps_of and not blips:
+                blips.append(params)
+                raise StoreError("the database went away")
+            return await run(sql, params)
+
+        b._run = flaky_run  # type: ignore[method-assign]
+        orchestrator = SagaOrchestrator(b)
+        with pytest.raises(StoreError, match="went away"):
+            await orchestrator.recover()
+        assert not b.owns("blip")  # no lease kept alive for a saga nobody runs
+        expire(dsn, schema, "blip")
+        outcomes = await orchestrator.recover()  # claimed again, and finished
+        assert [(o.saga_id, o.action, str(o.status)) for o in outcomes] == [
+            ("blip", "resumed", "completed")
+        ]
+        original.cancel()
+        await asyncio.gather(original, return_exceptions=True)

@@ -541,13 +541,22 @@ class PostgresStore:
         max_attempts: int = 3,
     ) -> list[OrphanedSaga]:
         orphans: list[OrphanedSaga] = []
-        while True:
-            wanted = limit - len(orphans)
-            claimed = await self._claim(names, wanted, max_attempts, orphans)
-            # Parked or unreadable claims do not use up the limit: claim again while
-            # there may be more (else recover(), one claim at a time, stops early).
-            if claimed < wanted or len(orphans) >= limit:
-                return orphans
+        taken: list[str] = []  # the ids this call took leases of
+        try:
+            while True:
+                wanted = limit - len(orphans)
+                claimed = await self._claim(names, wanted, max_attempts, orphans, taken)
+                # Parked or unreadable claims do not use up the limit: claim again while
+                # there may be more (else recover(), one claim at a time, stops early).
+                if claimed < wanted or len(orphans) >= limit:
+                    return orphans
+        except BaseException:
+            # Nothing is returned, so nobody runs what was claimed: let go of it (the
+            # heartbeat must not renew its leases), so it is claimed again once they expire.
+            for saga_id in taken:
+                self._fences.pop(saga_id, None)
+                self._claimed.discard(saga_id)
+            raise
 
     async def _claim(
         self,
@@ -555,8 +564,10 @@ class PostgresStore:
         limit: int,
         max_attempts: int,
         orphans: list[OrphanedSaga],
+        taken: list[str],
     ) -> int:
-        """Claim up to ``limit`` rows, add the runnable ones to ``orphans``; how many rows."""
+        """Claim up to ``limit`` rows, add the runnable ones to ``orphans`` (and their ids
+        to ``taken``); how many rows."""
         claimed = await self._run(
             self._sql.claim,
             {
@@ -581,6 +592,7 @@ class PostgresStore:
             self._fences[row[0]] = row[12]
             self._claimed.add(row[0])
             self._lost.discard(row[0])
+            taken.append(row[0])
         steps = rows.steps_by_saga(await self._run(self._sql.steps_of, ([r[0] for r in alive],)))
         for row in alive:
             try:
