@@ -11,6 +11,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -889,6 +890,11 @@ async def test_run_worker_stops_when_told(dsn: str, schema: str) -> None:
         ({"poll_interval": 0}, "poll_interval must be a positive number"),
         ({"concurrency": 0}, "concurrency must be a whole number >= 1"),
         ({"max_attempts": 0}, "max_attempts must be a whole number >= 1"),
+        ({"poll_interval": float("nan")}, "poll_interval must be a positive number"),
+        # A threading.Event's wait() blocked the event loop, then the worker died with
+        # a TypeError from asyncio.
+        ({"stop": threading.Event()}, "stop must be an asyncio.Event"),
+        ({"stop": True}, "stop must be an asyncio.Event"),
     ],
 )
 async def test_run_worker_rejects_bad_options(options: dict[str, Any], message: str) -> None:

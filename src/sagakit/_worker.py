@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("sagakit")
 
 
-def _check(poll_interval: object, concurrency: object, max_attempts: object) -> None:
+def _check(poll_interval: object, concurrency: object, max_attempts: object, stop: object) -> None:
     if (
         isinstance(poll_interval, bool)
         or not isinstance(poll_interval, int | float)
@@ -41,6 +41,12 @@ def _check(poll_interval: object, concurrency: object, max_attempts: object) -> 
     for name, value in (("concurrency", concurrency), ("max_attempts", max_attempts)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SagaDefinitionError(f"{name} must be a whole number >= 1, got {value!r}")
+    if stop is not None and not isinstance(stop, asyncio.Event):
+        # A threading.Event's wait() would block the event loop.
+        raise SagaDefinitionError(
+            "stop must be an asyncio.Event (set it from another thread with "
+            f"loop.call_soon_threadsafe(stop.set)), got {stop!r}"
+        )
 
 
 class _Sigterm:
@@ -165,7 +171,7 @@ async def run_worker(
     claimed. Stops when cancelled, when ``stop`` is set, or on SIGTERM (with
     ``handle_signals``, in the main thread); a stopped worker releases its leases.
     """
-    _check(poll_interval, concurrency, max_attempts)
+    _check(poll_interval, concurrency, max_attempts, stop)
     store = _recoverable(orchestrator.store)
     stop = stop if stop is not None else asyncio.Event()
     freed = asyncio.Event()
