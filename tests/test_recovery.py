@@ -396,3 +396,37 @@ async def test_a_resumed_saga_body_that_raises_does_not_stop_recover(db: str) ->
     assert (outcome.action, outcome.status) == ("resumed", SagaStatus.COMPENSATED)
     assert outcome.error == "ValueError: cannot pay for booking-unlucky"
     assert effects == ["book unlucky o-again:0", "book unlucky o-again:0", "cancel booking-unlucky"]
+
+
+@pytest.mark.asyncio
+async def test_the_worker_backs_off_while_claims_keep_failing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With the database away the worker retried every poll_interval, a warning each
+    # time (20 a second at poll_interval=0.05), for as long as the outage lasted.
+    from sagakit import _worker
+
+    store = SQLiteStore(tmp_path / "sagas.db")
+    outage = [True]
+    claim = store.claim_orphans
+
+    async def claim_orphans(**options: Any) -> Any:
+        if outage[0]:
+            raise StoreError("the database is away")
+        return await claim(**options)
+
+    store.claim_orphans = claim_orphans  # type: ignore[method-assign]
+    waits: list[float] = []
+    stop = asyncio.Event()
+
+    async def no_wait(events: Any, seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 8:
+            outage[0] = False  # back: the next wait is poll_interval again
+        if len(waits) == 10:
+            stop.set()
+
+    monkeypatch.setattr(_worker, "_wait", no_wait)
+    await SagaOrchestrator(store).run_worker(poll_interval=0.5, stop=stop, handle_signals=False)
+    await store.close()
+    assert waits == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 0.5, 0.5]

@@ -124,6 +124,18 @@ async def _finish_one(
         logger.info("sagakit worker finished %r", outcome)
 
 
+MAX_BACKOFF = 30.0
+"""The longest wait between two claims while the store keeps failing."""
+
+
+def _backoff(poll_interval: float, failures: int) -> float:
+    """Seconds to wait before the next claim: ``poll_interval``, doubled for each claim
+    failed in a row, up to :data:`MAX_BACKOFF` (never below ``poll_interval``)."""
+    if not failures:
+        return poll_interval
+    return min(poll_interval * 2.0 ** min(failures - 1, 64), max(poll_interval, MAX_BACKOFF))
+
+
 async def _wait(events: tuple[asyncio.Event, ...], seconds: float) -> None:
     """Until one of ``events`` is set or ``seconds`` pass."""
     waiters = [asyncio.ensure_future(event.wait()) for event in events]
@@ -167,15 +179,17 @@ async def run_worker(
     """Claim orphaned sagas and finish them, ``concurrency`` at a time, until stopped.
 
     Polls every ``poll_interval`` seconds (at once while orphans keep coming and
-    capacity is free). Only sagas registered with ``@saga`` in this process are
-    claimed. Stops when cancelled, when ``stop`` is set, or on SIGTERM (with
-    ``handle_signals``, in the main thread); a stopped worker releases its leases.
+    capacity is free; while claims keep failing, the wait doubles up to 30 s). Only
+    sagas registered with ``@saga`` in this process are claimed. Stops when
+    cancelled, when ``stop`` is set, or on SIGTERM (with ``handle_signals``, in the
+    main thread); a stopped worker releases its leases.
     """
     _check(poll_interval, concurrency, max_attempts, stop)
     store = _recoverable(orchestrator.store)
     stop = stop if stop is not None else asyncio.Event()
     freed = asyncio.Event()
     tasks: set[asyncio.Task[None]] = set()
+    failures = 0  # claims failed in a row
 
     def done(task: asyncio.Task[None]) -> None:
         tasks.discard(task)
@@ -193,8 +207,19 @@ async def run_worker(
                             names=names, limit=free, max_attempts=max_attempts
                         )
                     except StoreError as error:  # the database is away: try again later
-                        logger.warning("sagakit worker could not claim sagas: %s", error)
+                        failures += 1
+                        logger.warning(
+                            "sagakit worker could not claim sagas (%d in a row; next try in "
+                            "%.3g s): %s",
+                            failures,
+                            _backoff(poll_interval, failures),
+                            error,
+                        )
                         orphans = []
+                    else:
+                        if failures:
+                            logger.info("sagakit worker claims sagas again")
+                        failures = 0
                     claimed = len(orphans)
                     for orphan in orphans:
                         task = asyncio.create_task(
@@ -206,7 +231,8 @@ async def run_worker(
                 if claimed and claimed == free:
                     continue  # more may be waiting: claim again while capacity lasts
                 freed.clear()
-                await _wait((stop, freed) if len(tasks) >= concurrency else (stop,), poll_interval)
+                wait = _backoff(poll_interval, failures)
+                await _wait((stop, freed) if len(tasks) >= concurrency else (stop,), wait)
         finally:
             await _shutdown(store, tasks)
 
