@@ -430,3 +430,29 @@ async def test_the_worker_backs_off_while_claims_keep_failing(
     await SagaOrchestrator(store).run_worker(poll_interval=0.5, stop=stop, handle_signals=False)
     await store.close()
     assert waits == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 0.5, 0.5]
+
+
+@pytest.mark.asyncio
+async def test_a_claim_that_fails_midway_lets_go_of_what_it_claimed(db: str) -> None:
+    # Regression: when parking an unreadable orphan failed, claim_orphans raised but
+    # the orphans it had claimed kept this live process as their owner: nobody could
+    # recover them until the process exited.
+    await crash(db, rec_order("sofa"), "o-garbled2", at(TransitionKind.STEP_STARTED, "pay"))
+    await crash(db, rec_order("rug"), "o-fine2", at(TransitionKind.STEP_STARTED, "pay"))
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "UPDATE sagakit_sagas SET arguments = '{\"__sk__\": \"nope\"}' WHERE id = 'o-garbled2'"
+        )
+    store = SQLiteStore(db)
+
+    async def dead_letter(saga_id: str, reason: str) -> None:
+        raise StoreError("disk full")
+
+    store.dead_letter = dead_letter  # type: ignore[method-assign]
+    with pytest.raises(StoreError, match="disk full"):
+        await store.claim_orphans()
+    store.dead_letter = SQLiteStore.dead_letter.__get__(store)  # type: ignore[method-assign]
+    # The same live process claims them again at once: nothing is left owned.
+    claimed = await store.claim_orphans()
+    await store.close()
+    assert [orphan.saga_id for orphan in claimed] == ["o-fine2"]

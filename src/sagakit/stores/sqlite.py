@@ -517,23 +517,54 @@ class SQLiteStore:
             return claimed
 
         orphans: list[OrphanedSaga] = []
-        while True:
-            wanted = limit - len(orphans)
-            raw = await self._writer.submit(functools.partial(job, limit=wanted), alone=False)
-            for rows in raw:
-                try:
-                    orphan = decode_orphan(rows, self.serializer)
-                except SerializationError as error:
-                    await self.dead_letter(rows[0][0], f"its log cannot be read back: {error}")
-                    continue
-                self._staged.pop(orphan.saga_id, None)  # left by a simulated crash, if any
-                self._claimed.add(orphan.saga_id)
-                self._live.add(orphan.saga_id)
-                orphans.append(orphan)
-            # A claim dead-lettered because its log cannot be read back does not use up
-            # the limit: claim again while there may be more (else recover() stops early).
-            if len(raw) < wanted or len(orphans) >= limit:
-                return orphans
+        taken: list[str] = []  # the ids this call made this process the owner of
+        try:
+            while True:
+                wanted = limit - len(orphans)
+                raw = await self._writer.submit(functools.partial(job, limit=wanted), alone=False)
+                taken.extend(rows[0][0] for rows in raw)
+                for rows in raw:
+                    try:
+                        orphan = decode_orphan(rows, self.serializer)
+                    except SerializationError as error:
+                        reason = f"its log cannot be read back: {error}"
+                        await self.dead_letter(rows[0][0], reason)
+                        continue
+                    self._staged.pop(orphan.saga_id, None)  # left by a simulated crash
+                    self._claimed.add(orphan.saga_id)
+                    self._live.add(orphan.saga_id)
+                    orphans.append(orphan)
+                # A claim dead-lettered because its log cannot be read back does not use
+                # up the limit: claim again while there may be more (else recover() stops
+                # early).
+                if len(raw) < wanted or len(orphans) >= limit:
+                    return orphans
+        except BaseException:
+            # Nothing is returned, so nobody runs what was claimed: let go of it, or this
+            # live process would keep it from every recovery until it exits.
+            await self._let_go(taken)
+            raise
+
+    async def _let_go(self, saga_ids: list[str]) -> None:
+        """Clear this process as the owner of ``saga_ids`` (best effort)."""
+        for saga_id in saga_ids:
+            self._claimed.discard(saga_id)
+            self._live.discard(saga_id)
+        if not saga_ids:
+            return
+        owner = self._owner
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE sagakit_sagas SET owner = NULL WHERE id = ? AND owner = ?",
+                [(saga_id, owner) for saga_id in saga_ids],
+            )
+
+        done = await wait_out(self._writer.submit(job, alone=False))
+        if not done.cancelled() and done.exception() is not None:
+            logger.warning(
+                "sagakit: could not let go of claimed sagas %s: %s", saga_ids, done.exception()
+            )
 
     async def dead_letter(self, saga_id: str, reason: str) -> None:
         now = time.time()
