@@ -73,7 +73,6 @@ class GroupWriter:
         self._thread_job: asyncio.Future[Any] | None = None
         self._thread_futures: list[asyncio.Future[Any]] = []  # those of the thread's batch
         self._since_checkpoint = 0
-        self._checkpointing = False
         self._open_reader = open_reader
         self._reader: sqlite3.Connection | None = None
         self._closed = False
@@ -181,6 +180,8 @@ class GroupWriter:
 
     def _flush(self) -> None:
         self._scheduled = False
+        if self._thread_busy:  # a checkpoint runs: flushed once it is done
+            return
         jobs, futures = self._pending, self._futures
         self._pending, self._futures = [], []
         if any(future.cancelled() for future in futures):  # their callers are gone:
@@ -216,29 +217,38 @@ class GroupWriter:
         else:
             _settle(futures, done.result(), None)
         self._maybe_checkpoint()
-        if self._pending and not self._scheduled:
+        self._flush_later()
+
+    def _flush_later(self) -> None:
+        if self._pending and not self._scheduled and not self._thread_busy:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     # ------------------------------------------------------------- checkpoints
 
     def _maybe_checkpoint(self) -> None:
-        if not self._inline or self._checkpointing or self._since_checkpoint < CHECKPOINT_EVERY:
+        if not self._inline or self._thread_busy or self._since_checkpoint < CHECKPOINT_EVERY:
             return
         self._since_checkpoint = 0
-        self._checkpointing = True
+        # This process's writes wait for the checkpoint (queued, then committed together):
+        # a checkpoint racing them never reaches the end of the WAL, and SQLite restarts
+        # the WAL from its beginning only after a complete one, so it would grow forever.
+        self._thread_busy = True
         loop = asyncio.get_running_loop()
         done = loop.run_in_executor(self._executor, self._checkpoint)
         done.add_done_callback(self._checkpoint_done)
+        self._thread_job = done
+        self._thread_futures = []
 
     def _checkpoint(self) -> None:
         reader = self._reader_conn()
         reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _checkpoint_done(self, done: asyncio.Future[Any]) -> None:
-        self._checkpointing = False
+        self._thread_busy = False
         if not done.cancelled():
             done.exception()  # a failed passive checkpoint is retried next time
+        self._flush_later()
 
     # ------------------------------------------------------------------- reads
 
