@@ -434,6 +434,12 @@ def _wal_size(db: str) -> int:
     return Path(db + "-wal").stat().st_size
 
 
+def _wal_restarts(db: str) -> int:
+    """The WAL header's checkpoint sequence number: +1 each time the WAL starts over."""
+    with open(db + "-wal", "rb") as wal:
+        return int.from_bytes(wal.read(16)[12:16], "big")
+
+
 @pytest.mark.asyncio
 async def test_the_wal_stays_bounded_under_steady_load(
     db: str, monkeypatch: pytest.MonkeyPatch
@@ -463,6 +469,41 @@ async def test_the_wal_stays_bounded_under_steady_load(
         assert store.commits > 40 * 16  # many checkpoints were due
         assert _wal_size(db) <= 2 * early
         assert await orchestrator.history_count() == 440
+
+
+@pytest.mark.asyncio
+async def test_the_wal_stays_bounded_with_several_writers(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two stores on one file (two processes): each one's passive checkpoint raced the
+    # other's commits, never completed, and the WAL grew by every commit.
+    monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", 16)
+
+    @step
+    async def tock(n: int) -> int:
+        await asyncio.sleep(0)
+        return n
+
+    @saga
+    def sqlite_tocks(n: int):  # type: ignore[no-untyped-def]
+        yield tock(n)
+        yield tock(n + 1)
+
+    async def run(orchestrator: SagaOrchestrator, sagas: int) -> None:
+        for n in range(sagas):
+            await orchestrator.execute(sqlite_tocks(n))
+
+    async with (
+        SagaOrchestrator(SQLiteStore(db)) as first,
+        SagaOrchestrator(SQLiteStore(db)) as second,
+    ):
+        await asyncio.gather(run(first, 40), run(second, 40))
+        restarts = _wal_restarts(db)
+        await asyncio.gather(run(first, 400), run(second, 400))
+        # Each checkpoint reached the end of the WAL, so it was started over again and
+        # again. (Its size may jump while a checkpoint waits for the other's commits.)
+        assert _wal_restarts(db) >= restarts + 10
+        assert await first.history_count() == 880
 
 
 def test_bad_options() -> None:

@@ -241,8 +241,17 @@ class GroupWriter:
         self._thread_futures = []
 
     def _checkpoint(self) -> None:
+        # RESTART, not PASSIVE: under other processes' steady writes a passive checkpoint
+        # never catches up with the end of the WAL, which then grows forever. This one
+        # takes the write lock while it copies, so the next write starts the WAL over.
+        # It waits for nothing: with the lock taken or a reader still in the WAL it does
+        # what a passive one does, and the next one tries again.
         reader = self._reader_conn()
-        reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        reader.execute("PRAGMA busy_timeout=0")
+        try:
+            reader.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+        finally:
+            reader.execute(f"PRAGMA busy_timeout={self._wait_ms}")
 
     def _checkpoint_done(self, done: asyncio.Future[Any]) -> None:
         self._thread_busy = False
