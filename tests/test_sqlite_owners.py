@@ -138,6 +138,56 @@ def test_a_live_owner_in_another_pid_namespace_is_not_claimed(tmp_path: Path) ->
             proc.communicate()
 
 
+FORKED = r"""
+import asyncio, os, sys
+from sagakit import SagaDefinition, SagaOrchestrator, SQLiteStore, StoreError, step
+
+@step
+async def fk_step() -> int:
+    return 1
+
+store = SQLiteStore(sys.argv[1])
+asyncio.run(store.get("warm-up"))  # the store's thread and reader exist before the fork
+
+async def child() -> None:
+    try:
+        await asyncio.wait_for(store.get("anything"), 10)
+    except StoreError as error:
+        print("get:", error, flush=True)
+    try:
+        async with SagaOrchestrator(store) as orchestrator:
+            await orchestrator.execute(SagaDefinition("fk").add_step(fk_step()))
+    except StoreError as error:
+        print("execute:", error, flush=True)
+
+pid = os.fork()
+if pid == 0:
+    asyncio.run(child())
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_store_carried_across_fork_is_refused_in_the_child(tmp_path: Path) -> None:
+    """A store opened before fork() (at import, by a pre-forking server) hung the child's
+    first read forever (the writer thread does not survive a fork), and its writes ran
+    the parent's SQLite connection under the parent's owner token: sagas a crashed
+    child left behind were never recovered while the parent lived."""
+    db = str(tmp_path / "sagas.db")
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", FORKED, db],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, done.stdout + done.stderr
+    assert lines[0].startswith("get: ")
+    assert lines[1].startswith("execute: ")
+    assert all("before a fork()" in line for line in lines)
+
+
 def test_tokens_without_a_pid_namespace_are_read_as_before() -> None:
     # Logs written before the namespace was recorded hold "<host>/<pid>/<start>".
     host, pid, start, namespace = current_owner().split("/")

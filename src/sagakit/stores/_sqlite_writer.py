@@ -13,6 +13,7 @@ waits up to the busy timeout. WAL checkpoints (which fsync) run on that thread t
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -76,11 +77,21 @@ class GroupWriter:
         self._open_reader = open_reader
         self._reader: sqlite3.Connection | None = None
         self._closed = False
+        self._pid = os.getpid()
         self.commits = 0
         self.jobs = 0
         conn.execute("PRAGMA wal_autocheckpoint=0" if inline else "PRAGMA wal_autocheckpoint=1000")
 
     # ------------------------------------------------------------------ writes
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise StoreError(f"saga log {self._path!r} is closed")
+        if os.getpid() != self._pid:  # its thread is gone, its connections are the parent's
+            raise StoreError(
+                f"saga log {self._path!r} was opened by process {self._pid} before a fork(); "
+                "open a SQLiteStore in each process that uses it"
+            )
 
     def _set_timeout(self, ms: int) -> None:
         if self._timeout_ms != ms:
@@ -129,8 +140,7 @@ class GroupWriter:
         ``alone`` says no other saga of this store is in flight: the job then
         commits at once instead of waiting for companions.
         """
-        if self._closed:
-            raise StoreError(f"saga log {self._path!r} is closed")
+        self._check_usable()
         if alone and self._inline and not self._pending and not self._thread_busy:
             try:
                 result = self._commit([job], wait=False)[0]
@@ -268,8 +278,7 @@ class GroupWriter:
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` on the reader connection, off the event loop."""
-        if self._closed:
-            raise StoreError(f"saga log {self._path!r} is closed")
+        self._check_usable()
         loop = asyncio.get_running_loop()
 
         def run() -> T:
@@ -283,6 +292,9 @@ class GroupWriter:
     async def close(self) -> None:
         """Commit what is pending, then close the connections and the thread."""
         if self._closed:
+            return
+        if os.getpid() != self._pid:  # a forked child: the connections are the parent's
+            self._closed = True
             return
         while self._pending or self._thread_busy or self._scheduled:
             if self._thread_busy and self._thread_job is not None:
