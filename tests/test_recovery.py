@@ -456,3 +456,25 @@ async def test_a_claim_that_fails_midway_lets_go_of_what_it_claimed(db: str) -> 
     claimed = await store.claim_orphans()
     await store.close()
     assert [orphan.saga_id for orphan in claimed] == ["o-fine2"]
+@saga
+def rec_list_order(item: str):  # type: ignore[no-untyped-def]
+    return [book(item), pay(item)]
+
+
+@pytest.mark.asyncio
+async def test_a_saga_extended_with_add_step_is_not_resumed_without_its_added_step(
+    db: str,
+) -> None:
+    # Regression: add_step() on a definition a @saga list function returned kept the
+    # function as its factory, so recovery rebuilt the saga from the function alone:
+    # it resumed the two original steps, never ran the added one, and ended COMPLETED.
+    extended = rec_list_order("pen").add_step(book("ink"))
+    assert extended.factory is None  # no longer what rec_list_order(...) builds
+    await crash(db, extended, "o-extended", at(TransitionKind.STEP_STARTED, "pay"))
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        (outcome,) = await orchestrator.recover()
+        assert outcome.action == "dead_lettered"
+        assert outcome.error is not None
+        assert "add_step" in outcome.error
+        assert await orchestrator.running_count() == 0
+    assert effects == ["book pen o-extended:0"]  # nothing ran on a half-rebuilt saga

@@ -116,8 +116,8 @@ def _definition(orphan: OrphanedSaga) -> SagaDefinition | str:
     """The saga rebuilt from the registry, or why it cannot be."""
     if not orphan.factory:
         return (
-            "it was built with SagaDefinition(...).add_step(...), which recovery cannot "
-            "rebuild; declare it with @saga so recovery can find it by name"
+            "it was built with SagaDefinition(...).add_step(...) (or extended with add_step()), "
+            "which recovery cannot rebuild; declare it with @saga so recovery can find it by name"
         )
     function = registered_saga(orphan.name)
     if function is None:

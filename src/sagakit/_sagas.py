@@ -86,6 +86,8 @@ class SagaDefinition:
         _check_call(call, self._name, len(self._calls))
         new = self._copy()
         object.__setattr__(new, "_calls", (*self._calls, call))
+        # No longer what its @saga function builds: recovery must not rebuild it from that.
+        object.__setattr__(new, "_factory", None)
         return new
 
     def with_id(self, saga_id: str) -> SagaDefinition:
