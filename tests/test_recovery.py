@@ -478,3 +478,47 @@ async def test_a_saga_extended_with_add_step_is_not_resumed_without_its_added_st
         assert "add_step" in outcome.error
         assert await orchestrator.running_count() == 0
     assert effects == ["book pen o-extended:0"]  # nothing ran on a half-rebuilt saga
+
+
+holding: asyncio.Event | None = None
+
+
+@step
+async def rec_hold(item: str) -> str:
+    effects.append(f"hold {item}")
+    assert holding is not None
+    holding.set()
+    await asyncio.sleep(3600)  # recover() is cancelled here
+    return f"held-{item}"
+
+
+@saga
+def rec_held_order(item: str):  # type: ignore[no-untyped-def]
+    yield book(item)
+    yield rec_hold(item)
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_recover_ends_the_saga_it_runs_as_a_cancelled_execute(
+    db: str,
+) -> None:
+    # docs/durability.md said such a saga "is recovered again once that process has
+    # exited"; it is compensated and ended, as a cancelled execute() ends a run.
+    global holding
+    holding = asyncio.Event()
+    await crash(
+        db, rec_held_order("hat"), "o-cancelled", at(TransitionKind.STEP_STARTED, "rec_hold")
+    )
+    store = SQLiteStore(db)
+    async with SagaOrchestrator(store) as orchestrator:
+        recovering = asyncio.create_task(orchestrator.recover())
+        await holding.wait()
+        recovering.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await recovering
+        meta = await orchestrator.get_saga("o-cancelled")
+        assert meta is not None
+        assert meta.status is SagaStatus.COMPENSATED
+        assert await orchestrator.running_count() == 0
+        assert await orchestrator.recover() == []
+    assert effects == ["book hat o-cancelled:0", "hold hat", "cancel booking-hat"]
