@@ -1176,3 +1176,27 @@ async def test_a_dead_letter_reason_or_resolve_note_with_a_nul_is_stored_escaped
         GATES["nul:1"].set()
         with pytest.raises(LeaseLost):
             await task
+
+
+@pytest.mark.asyncio
+async def test_a_resumed_saga_whose_lease_is_lost_is_not_reported_as_resumed(
+    dsn: str, schema: str
+) -> None:
+    # recover() reported a saga fenced out mid-resume as "resumed -> executing" (and a
+    # worker logged it finished), while another worker owned and finished it.
+    async with (
+        opened(dsn, schema, lease=60.0, heartbeat=20.0) as a,
+        opened(dsn, schema, lease=60.0, heartbeat=20.0) as b,
+        opened(dsn, schema) as c,
+    ):
+        first = await hang_at(SagaOrchestrator(a), "lost", 1)
+        expire(dsn, schema, "lost")
+        ENTERED["lost:1"] = asyncio.Event()  # set again when b's resume enters step 1
+        recovering = asyncio.create_task(SagaOrchestrator(b).recover())
+        await ENTERED["lost:1"].wait()
+        expire(dsn, schema, "lost")
+        assert [o.saga_id for o in await c.claim_orphans()] == ["lost"]  # c owns it now
+        GATES["lost:1"].set()
+        assert await recovering == []  # not this call's to report: c finishes it
+        with pytest.raises(LeaseLost):
+            await first

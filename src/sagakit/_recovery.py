@@ -96,7 +96,10 @@ async def recover(
         if not orphans:
             break
         for orphan in orphans:
-            outcomes.append(await _recover_one(orchestrator, recoverable, orphan))
+            try:
+                outcomes.append(await _recover_one(orchestrator, recoverable, orphan))
+            except LeaseLost as lost:  # another worker took it over: it finishes it
+                logger.warning("sagakit recovery stopped saga %s: %s", orphan.saga_id, lost)
     return outcomes
 
 
@@ -234,6 +237,8 @@ async def _recover_one(
     if not compensate:
         try:
             await orchestrator._drive(run, definition._driver(), replay=len(done))
+        except LeaseLost:
+            raise  # another worker owns the saga now: its outcome is that worker's
         except SagaError as error:
             return RecoveryOutcome(orphan.saga_id, orphan.name, "resumed", run.status, str(error))
         except Exception as error:  # raised by the saga's body: it was compensated all the same
