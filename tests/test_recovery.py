@@ -522,3 +522,20 @@ async def test_a_cancelled_recover_ends_the_saga_it_runs_as_a_cancelled_execute(
         assert await orchestrator.running_count() == 0
         assert await orchestrator.recover() == []
     assert effects == ["book hat o-cancelled:0", "hold hat", "cancel booking-hat"]
+
+
+@pytest.mark.asyncio
+async def test_a_malformed_orphan_row_is_dead_lettered_not_raised(db: str) -> None:
+    # Arguments that decode but have the wrong shape made recover() raise (PostgreSQL
+    # parked such a saga): every recover() then failed on it.
+    await crash(db, rec_order("lamp"), "o-shape", at(TransitionKind.STEP_STARTED, "pay"))
+    await crash(db, rec_order("desk"), "o-good", at(TransitionKind.STEP_STARTED, "pay"))
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE sagakit_sagas SET arguments = '[1]' WHERE id = 'o-shape'")
+    store = SQLiteStore(db)
+    async with SagaOrchestrator(store) as orchestrator:
+        outcomes = await orchestrator.recover()
+        assert [(o.saga_id, o.action) for o in outcomes] == [("o-good", "resumed")]
+        (letter,) = await store.dead_letters()
+        assert letter.saga_id == "o-shape"
+        assert "cannot be read back" in letter.reason

@@ -526,7 +526,7 @@ class SQLiteStore:
                 for rows in raw:
                     try:
                         orphan = decode_orphan(rows, self.serializer)
-                    except SerializationError as error:
+                    except (SerializationError, ValueError, TypeError) as error:  # as PG
                         reason = f"its log cannot be read back: {error}"
                         await self.dead_letter(rows[0][0], reason)
                         continue
