@@ -833,3 +833,9 @@ async def test_a_resolve_note_or_dead_letter_reason_with_a_lone_surrogate_is_sto
         assert [d.reason for d in await store.dead_letters()] == ["body raised OSError: caf\\udce9"]
         GATES["odd-gate"].set()
         await gated
+
+
+def test_a_log_in_a_missing_directory_names_the_directory(tmp_path: Path) -> None:
+    # SQLite said only "unable to open database file".
+    with pytest.raises(StoreError, match=r"its directory '.*nope' does not exist; create it"):
+        SQLiteStore(tmp_path / "nope" / "sagas.db")

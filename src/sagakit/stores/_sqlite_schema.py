@@ -75,6 +75,12 @@ def check_file(path: str) -> None:
     try:
         size = os.path.getsize(path)
     except FileNotFoundError:
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise StoreError(
+                f"cannot create saga log {path!r}: its directory {directory!r} does not "
+                "exist; create it first"
+            ) from None
         return
     except OSError as error:
         raise StoreError(f"cannot open saga log {path!r}: {error}") from error
