@@ -7,7 +7,16 @@ from typing import Any
 
 import pytest
 
-from sagakit import Retry, SagaDefinitionError, SagaOrchestrator, SagaStatus, StepFailed, saga, step
+from sagakit import (
+    Retry,
+    SagaDefinitionError,
+    SagaOrchestrator,
+    SagaStatus,
+    StepFailed,
+    TransitionKind,
+    saga,
+    step,
+)
 from sagakit.testing import FaultInjector, InstantSleep, SagaRecorder
 
 
@@ -168,3 +177,17 @@ async def test_a_reused_id_starts_a_fresh_recorded_run() -> None:
     await orchestrator.execute(transfer("A", "B"), saga_id="same")
     assert len(recorder.runs) == 1
     assert recorder.last.trail().count("saga_started") == 1
+
+
+@pytest.mark.asyncio
+async def test_names_takes_a_transition_kind_or_its_text() -> None:
+    # Regression: names() compared kinds by identity, so the text the trail shows
+    # ("step_retrying") silently matched nothing and a test asserting on it saw [].
+    recorder = SagaRecorder()
+    await _run(recorder, FaultInjector().fail("credit", times=1).fail("notify"), "t-names")
+    run = recorder.run("t-names")
+    assert run.names(TransitionKind.STEP_RETRYING) == ["credit"]
+    assert run.names("step_retrying") == ["credit"]
+    assert run.names("compensation_completed") == ["credit", "debit"]
+    with pytest.raises(SagaDefinitionError, match="'step_retried', which is not a transition"):
+        run.names("step_retried")

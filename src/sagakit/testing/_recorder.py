@@ -66,8 +66,16 @@ class RecordedRun:
         """Whether the run's ``SAGA_FINISHED`` was recorded."""
         return self.transitions[-1].kind is TransitionKind.SAGA_FINISHED
 
-    def names(self, kind: TransitionKind) -> list[str]:
-        """Step names of the transitions of ``kind``, in order."""
+    def names(self, kind: TransitionKind | str) -> list[str]:
+        """Step names of the transitions of ``kind`` (or its text), in order."""
+        try:
+            kind = TransitionKind(kind)
+        except ValueError:
+            known = ", ".join(repr(str(k)) for k in TransitionKind)
+            raise SagaDefinitionError(
+                f"names() got {kind!r}, which is not a transition kind; use a "
+                f"TransitionKind or one of {known}"
+            ) from None
         return [str(t.step_name) for t in self.transitions if t.kind is kind]
 
     @property
