@@ -133,6 +133,44 @@ def test_recover_dead_letters_resume_and_resolve(tmp_path: Path) -> None:
     assert cli("--db", db, "resume", "t2")[0] == 1
 
 
+def test_recover_reports_the_sagas_it_dead_lettered(tmp_path: Path) -> None:
+    # Regression: a saga parked by `recover` for running out of recovery attempts was
+    # not reported: the operator read "nothing to recover" (or only the others' rows).
+    db = str(tmp_path / "sagas.db")
+    log = tmp_path / "effects.log"
+    for saga_id in ("t1", "t2"):
+        assert child(db, log, "run", db, "transfer", saga_id, "B", crash="in_step:credit") == (
+            -signal.SIGKILL
+        )
+    # A recovery dies in t1 (its first attempt); t2 is not tried yet.
+    assert child(db, log, "recover", db, "1", crash="in_step:credit") == -signal.SIGKILL
+    sys.path.insert(0, HELPERS)
+    os.environ["SAGAKIT_CRASH_LOG"] = str(log)
+    try:
+        code, out = cli("--db", db, "recover", "--import", "bank", "--max-attempts", "1")
+    finally:
+        sys.path.remove(HELPERS)
+        del os.environ["SAGAKIT_CRASH_LOG"]
+    assert code == 0
+    rows = [line.split()[:4] for line in out.splitlines()]
+    assert rows[0] == ["ID", "NAME", "ACTION", "STATUS"]
+    assert sorted(rows[1:]) == [
+        ["t1", "transfer", "dead_lettered", "executing"],
+        ["t2", "transfer", "resumed", "completed"],
+    ]
+    assert "recovery attempts" in out
+    assert child(db, log, "run", db, "transfer", "t3", "B", crash="in_step:credit") == (
+        -signal.SIGKILL
+    )
+    assert child(db, log, "recover", db, "1", crash="in_step:credit") == -signal.SIGKILL
+    code, out = cli("--db", db, "recover", "--max-attempts", "1", "--json")
+    assert code == 0
+    [parked] = json.loads(out)
+    assert parked["id"] == "t3"
+    assert parked["action"] == "dead_lettered"
+    assert "recovery attempts" in parked["error"]
+
+
 def test_recover_reports_a_module_that_does_not_import(
     log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

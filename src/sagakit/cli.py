@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from ._cli_logs import check_postgres_log, check_sqlite_log
 from ._orchestrator import SagaOrchestrator
+from ._recovery import RecoveryOutcome
 from ._sagas import registered_saga
 from .exceptions import SagaError, StoreError
 from .records import SagaMetadata, StepRecord
@@ -250,7 +251,16 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             for module in args.modules:
                 _import(module)
             orchestrator = SagaOrchestrator(store)
+            parked_before = {d.saga_id for d in await store.dead_letters()}
             outcomes = await orchestrator.recover(max_attempts=args.max_attempts)
+            # A store parks a saga past its attempts while claiming, which recover()
+            # does not report: name those too, or the operator reads "nothing to recover".
+            reported = parked_before | {o.saga_id for o in outcomes}
+            outcomes += [
+                RecoveryOutcome(d.saga_id, d.name, "dead_lettered", d.status, d.reason)
+                for d in await store.dead_letters()
+                if d.saga_id not in reported
+            ]
             if args.json:
                 json.dump(
                     [
