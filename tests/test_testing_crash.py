@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -229,7 +230,7 @@ def durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ca
 
 @pytest.mark.asyncio
 async def test_a_saga_that_crashes_every_recovery_is_parked_on_every_store(
-    durable_store: Callable[[], Any],
+    durable_store: Callable[[], Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     # On PostgreSQL simulate_restart() released the leases like a graceful shutdown, so
     # the next claim did not count as a recovery attempt: the saga was never parked.
@@ -246,7 +247,13 @@ async def test_a_saga_that_crashes_every_recovery_is_parked_on_every_store(
     await store.close()
 
     restarted = SagaOrchestrator(durable_store())
-    assert await restarted.recover(max_attempts=1) == []  # attempt 2 > 1: parked, not run
+    with caplog.at_level(logging.ERROR, logger="sagakit"):
+        assert await restarted.recover(max_attempts=1) == []  # attempt 2 > 1: parked, not run
+    # Parking is logged at ERROR by every store (SQLite parked it without a word).
+    assert any(
+        r.levelno == logging.ERROR and "o-p" in r.getMessage() and "parked" in r.getMessage()
+        for r in caplog.records
+    ), caplog.text
     parked = await restarted.store.dead_letters()  # type: ignore[attr-defined]
     await restarted.close()
     assert [letter.saga_id for letter in parked] == ["o-p"]

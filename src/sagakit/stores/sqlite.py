@@ -484,12 +484,15 @@ class SQLiteStore:
         owner = self._owner
         now = time.time()
 
-        def job(conn: sqlite3.Connection, limit: int) -> list[tuple[Any, ...]]:
+        def job(
+            conn: sqlite3.Connection, limit: int
+        ) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]]]:
             rows = conn.execute(
                 "SELECT id, name, owner, factory, recovery_attempts FROM sagakit_sagas "
                 "WHERE finished_at IS NULL AND dead_letter IS NULL ORDER BY started_at"
             ).fetchall()
             claimed: list[tuple[Any, ...]] = []
+            parked: list[tuple[str, str]] = []
             for saga_id, name, holder, factory, attempts in rows:
                 if len(claimed) >= limit:
                     break
@@ -508,20 +511,27 @@ class SQLiteStore:
                             saga_id,
                         ),
                     )
+                    parked.append((name, saga_id))
                     continue
                 conn.execute(
                     "UPDATE sagakit_sagas SET owner = ?, recovery_attempts = ? WHERE id = ?",
                     (owner, attempts + 1, saga_id),
                 )
                 claimed.append(load_orphan_rows(conn, saga_id))
-            return claimed
+            return claimed, parked
 
         orphans: list[OrphanedSaga] = []
         taken: list[str] = []  # the ids this call made this process the owner of
         try:
             while True:
                 wanted = limit - len(orphans)
-                raw = await self._writer.submit(functools.partial(job, limit=wanted), alone=False)
+                raw, parked = await self._writer.submit(
+                    functools.partial(job, limit=wanted), alone=False
+                )
+                for name, saga_id in parked:  # as PG
+                    logger.error(
+                        "sagakit parked saga %s (%s): too many recovery attempts", name, saga_id
+                    )
                 taken.extend(rows[0][0] for rows in raw)
                 for rows in raw:
                     try:
