@@ -493,3 +493,23 @@ def test_output_cut_short_by_its_reader_is_no_traceback(log_db: tuple[str, Path]
     assert reader_gone.wait(timeout=60) == 1
     assert "Traceback" not in stderr
     assert "BrokenPipeError" not in stderr
+
+
+def test_recover_with_a_module_not_found_says_where_it_looked(
+    log_db: tuple[str, Path], tmp_path: Path
+) -> None:
+    # "No module named 'shop'" from another directory gave no hint of the cause.
+    db, _ = log_db
+    result = subprocess.run(
+        [sys.executable, "-m", "sagakit", "--db", db, "recover", "--import", "shop.sagas"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert "No module named 'shop'" in line
+    assert f"the current directory is {str(tmp_path)!r}" in line
+    assert "PYTHONPATH" in line

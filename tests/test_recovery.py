@@ -539,3 +539,25 @@ async def test_a_malformed_orphan_row_is_dead_lettered_not_raised(db: str) -> No
         (letter,) = await store.dead_letters()
         assert letter.saga_id == "o-shape"
         assert "cannot be read back" in letter.reason
+
+
+@pytest.mark.asyncio
+async def test_recover_on_start_without_async_with_says_nothing_was_recovered(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # recover_on_start=True silently did nothing when the orchestrator was not entered.
+    await crash(db, rec_order("chair"), "o-unentered", at(TransitionKind.STEP_STARTED, "pay"))
+    orchestrator = SagaOrchestrator(SQLiteStore(db), recover_on_start=True)
+    with caplog.at_level("WARNING", logger="sagakit"):
+        await orchestrator.execute(rec_order("stool"))
+        await orchestrator.execute(rec_order("bench"))
+    said = [r.getMessage() for r in caplog.records if "recover_on_start" in r.getMessage()]
+    assert len(said) == 1  # once, not per saga
+    assert "was not entered, so nothing was recovered" in said[0]
+    await orchestrator.close()
+
+    caplog.clear()
+    async with SagaOrchestrator(SQLiteStore(db), recover_on_start=True) as entered:
+        with caplog.at_level("WARNING", logger="sagakit"):
+            await entered.execute(rec_order("table"))
+    assert not [r for r in caplog.records if "recover_on_start" in r.getMessage()]

@@ -130,10 +130,22 @@ class SagaOrchestrator:
                 f"max_recovery_attempts must be a whole number >= 1, got {max_recovery_attempts!r}"
             )
         self._recover_on_start = bool(recover_on_start)
+        self._entered = False  # by `async with` (which runs recover_on_start's recovery)
         self._max_recovery_attempts = max_recovery_attempts
         self._loop: asyncio.AbstractEventLoop | None = None
         self._now: Callable[[], float] = time.monotonic
         self._watchdog: Watchdog | None = None
+
+    def _first_run_on(self, loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+        """:meth:`_use_loop` for ``execute()``, saying if ``recover_on_start`` never ran."""
+        if self._recover_on_start and not self._entered:
+            logger.warning(
+                "sagakit: SagaOrchestrator(recover_on_start=True) runs recover() when entered "
+                "with `async with`; this one was not entered, so nothing was recovered "
+                "(use `async with SagaOrchestrator(...) as orchestrator:`, or call recover())"
+            )
+            self._entered = True  # said once
+        return self._use_loop(loop)
 
     def _use_loop(self, loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
         """Remember ``loop`` and its clock (``time.monotonic`` itself for asyncio's loops)."""
@@ -192,7 +204,7 @@ class SagaOrchestrator:
             saga_id = definition.saga_id
         explicit = saga_id is not None
         loop = asyncio.get_running_loop()
-        now = self._now if loop is self._loop else self._use_loop(loop)
+        now = self._now if loop is self._loop else self._first_run_on(loop)
         run = SagaRun(
             saga_id if saga_id is not None else new_saga_id(), definition, explicit, now()
         )
@@ -837,6 +849,7 @@ class SagaOrchestrator:
         await self._store.close()
 
     async def __aenter__(self) -> SagaOrchestrator:
+        self._entered = True
         if self._recover_on_start:
             try:
                 await self.recover()

@@ -139,6 +139,11 @@ def _import(module: str) -> None:
         message = f"cannot import {module!r}: {type(error).__name__}: {error}"
         if module and not isinstance(error, ImportError):
             message += f" (python -c 'import {module}' shows the traceback)"
+        elif isinstance(error, ModuleNotFoundError) and module.startswith(str(error.name)):
+            message += (
+                f" (the current directory is {os.getcwd()!r}: run sagakit from your "
+                "application's directory, or add it to PYTHONPATH)"
+            )
         raise ImportError(message) from error
 
 
