@@ -255,9 +255,13 @@ async def test_a_saga_that_crashes_every_recovery_is_parked_on_every_store(
         for r in caplog.records
     ), caplog.text
     parked = await restarted.store.dead_letters()  # type: ignore[attr-defined]
+    meta = await restarted.get_saga("o-p")
     await restarted.close()
     assert [letter.saga_id for letter in parked] == ["o-p"]
     assert effects == ["reserve p"]  # charge never ran: each attempt "crashed" before it
+    # Its metadata says it is parked, and why (SQLite showed a plain executing saga).
+    assert meta is not None
+    assert meta.error == f"dead-lettered: {parked[0].reason}"
 
 
 @pytest.mark.asyncio

@@ -27,7 +27,7 @@ def load_metadata(
     row = conn.execute(SELECT_SAGA, (saga_id,)).fetchone()
     if row is None:
         return None
-    sid, name, status, _, total, started, updated, finished, error = row
+    sid, name, status, _, total, started, updated, finished, error, parked = row
     records: list[StepRecord] = []
     for (
         idx,
@@ -62,7 +62,7 @@ def load_metadata(
         started_at=when(started),
         updated_at=when(updated),
         finished_at=when(finished),
-        error=error,
+        error=error if parked is None else f"dead-lettered: {parked}",
         records=records,
     )
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 _SAGA_COLUMNS = (
-    "id, name, status, steps_executed, total_steps, started_at, updated_at, finished_at, error"
+    "id, name, status, steps_executed, total_steps, started_at, updated_at, finished_at, error, "
+    "dead_letter"
 )
 _STEP_COLUMNS = "idx, name, status, attempts, duration, error, result, compensation"
 
