@@ -23,6 +23,8 @@ from sagakit import (
     StepFailed,
     StepStatus,
     StepTimeout,
+    Transition,
+    TransitionKind,
     saga,
     step,
 )
@@ -297,6 +299,53 @@ async def test_a_step_that_suspends_then_blocks_past_its_deadline_is_a_timeout()
 
     with pytest.raises(StepTimeout):
         await SagaOrchestrator().execute(SagaDefinition("b").add_step(blocking()))
+
+
+class _Abort(BaseException):
+    """Not an ``Exception``: ends a saga without compensation, like ``SystemExit``."""
+
+
+async def _slow_to_hear_the_end(transition: Transition) -> None:
+    if transition.kind is TransitionKind.SAGA_FINISHED:
+        await asyncio.sleep(0.1)  # well past the deadline of the step or compensation
+
+
+@pytest.mark.asyncio
+async def test_a_step_raising_a_base_exception_leaves_no_deadline_armed() -> None:
+    @step(timeout=0.01)
+    async def aborts() -> None:
+        raise _Abort
+
+    orchestrator = SagaOrchestrator(listeners=[_slow_to_hear_the_end])
+    # Its deadline must not cancel the saga's task while its end is recorded and told.
+    with pytest.raises(_Abort):
+        await orchestrator.execute(SagaDefinition("a").add_step(aborts()))
+    current = asyncio.current_task()
+    assert current is not None
+    assert current.cancelling() == 0
+
+
+@pytest.mark.asyncio
+async def test_a_compensation_raising_a_base_exception_leaves_no_deadline_armed() -> None:
+    @step(compensation_timeout=0.01)
+    async def reserve() -> None:
+        pass
+
+    @reserve.compensate
+    async def release() -> None:
+        raise _Abort
+
+    @step
+    async def fail() -> None:
+        raise ValueError("no")
+
+    orchestrator = SagaOrchestrator(listeners=[_slow_to_hear_the_end])
+    definition = SagaDefinition("c").add_step(reserve()).add_step(fail())
+    with pytest.raises(_Abort):
+        await orchestrator.execute(definition)
+    current = asyncio.current_task()
+    assert current is not None
+    assert current.cancelling() == 0
 
 
 @pytest.mark.asyncio

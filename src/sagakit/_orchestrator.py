@@ -435,6 +435,7 @@ class SagaOrchestrator:
             self._held.pop(run, None)  # staged, never committed: never told
             raise
         except BaseException as failure:  # KeyboardInterrupt, SystemExit: no time to undo
+            run.deadline = NO_DEADLINE  # raised by a step: its deadline must not cut _finish
             close_driver(driver, run.name, run.id)
             run.status = SAGA_FAILED
             run.error = f"{describe_error(failure)} (not compensated)"
@@ -694,6 +695,7 @@ class SagaOrchestrator:
                         duration=record.duration,
                     )
         finally:
+            run.deadline = NO_DEADLINE  # a BaseException raised by a compensation skips it
             if not watched:
                 watchdog.runs.discard(run)
                 run.task = None
