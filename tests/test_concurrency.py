@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 from collections import defaultdict
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -12,7 +13,9 @@ from typing import Any
 
 import pytest
 
+import sagakit._orchestrator
 from sagakit import (
+    SagaDefinition,
     SagaOrchestrator,
     SagaStatus,
     StepCall,
@@ -166,6 +169,55 @@ async def test_id_less_definitions_run_concurrently_under_distinct_ids() -> None
     assert all(first == second for first, second in results)
     assert len({first for first, _ in results}) == SAGAS
     assert await orchestrator.history_count() == SAGAS
+
+
+@step(timeout=0.05)
+async def stuck() -> None:
+    await asyncio.sleep(10)
+
+
+@step
+async def quick() -> str:
+    return "quick"
+
+
+def test_two_threads_switching_one_orchestrator_keep_their_own_loops_watchdog(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    orchestrator = SagaOrchestrator()
+    loop_b = asyncio.new_event_loop()
+    thread_b = threading.Thread(target=loop_b.run_forever, daemon=True)
+    thread_b.start()
+
+    def in_thread_b(definition: SagaDefinition) -> list[Any]:
+        run = asyncio.wait_for(orchestrator.execute(definition), 5)  # guards against a hang
+        return asyncio.run_coroutine_threadsafe(run, loop_b).result(10)
+
+    watchdog = sagakit._orchestrator.Watchdog
+    interleaved: list[str] = []
+
+    def switching(loop: asyncio.AbstractEventLoop) -> Any:
+        # The main thread is switching the orchestrator over to its loop: make thread B
+        # run a saga right then (as the interpreter may switch threads there).
+        if loop is not loop_b:
+            saga_id = f"b-between-{len(interleaved)}"
+            interleaved.append(saga_id)
+            assert in_thread_b(SagaDefinition(saga_id).add_step(quick())) == ["quick"]
+        return watchdog(loop)
+
+    try:
+        assert in_thread_b(SagaDefinition("b-1").add_step(quick())) == ["quick"]
+        monkeypatch.setattr(sagakit._orchestrator, "Watchdog", switching)
+        main = orchestrator.execute(SagaDefinition("a-1").add_step(quick()))
+        assert asyncio.run(main) == ["quick"]  # the main thread's loop is closed now
+        assert interleaved
+        # Thread B's steps are still timed out, by a watchdog on its own loop.
+        with pytest.raises(StepTimeout):
+            in_thread_b(SagaDefinition("b-3").add_step(stuck()))
+    finally:
+        loop_b.call_soon_threadsafe(loop_b.stop)
+        thread_b.join()
+        loop_b.close()
 
 
 def test_generated_ids_have_an_80_bit_random_prefix_per_process() -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -21,12 +23,19 @@ NO_DEADLINE = math.inf
 
 
 class Watchdog:
-    """Cancels the task of every watched run whose ``deadline`` (loop time) has passed."""
+    """Cancels the task of every watched run whose ``deadline`` (loop time) has passed.
 
-    __slots__ = ("_handle", "_loop", "_resolution", "runs", "when")
+    ``loop`` is the event loop it watches on, and ``now`` that loop's clock
+    (``time.monotonic`` itself for asyncio's loops).
+    """
+
+    __slots__ = ("_handle", "_resolution", "loop", "now", "runs", "when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
+        self.now: Callable[[], float] = (
+            time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+        )
         self.runs: set[SagaRun] = set()
         self.when = NO_DEADLINE
         self._handle: asyncio.TimerHandle | None = None
@@ -37,12 +46,12 @@ class Watchdog:
         if self._handle is not None:
             self._handle.cancel()
         self.when = deadline
-        self._handle = self._loop.call_at(deadline, self._fire)
+        self._handle = self.loop.call_at(deadline, self._fire)
 
     def _fire(self) -> None:
         self._handle = None
         self.when = NO_DEADLINE
-        limit = self._loop.time() + self._resolution
+        limit = self.loop.time() + self._resolution
         soonest = NO_DEADLINE
         for run in self.runs:
             deadline = run.deadline

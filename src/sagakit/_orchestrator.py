@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -132,11 +131,12 @@ class SagaOrchestrator:
         self._recover_on_start = bool(recover_on_start)
         self._entered = False  # by `async with` (which runs recover_on_start's recovery)
         self._max_recovery_attempts = max_recovery_attempts
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._now: Callable[[], float] = time.monotonic
+        # The watchdog of the loop used last, which also holds that loop and its clock: one
+        # attribute, so that threads sharing the orchestrator (each with its own loop) never
+        # read one loop's clock or watchdog paired with another loop.
         self._watchdog: Watchdog | None = None
 
-    def _first_run_on(self, loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    def _first_run_on(self, loop: asyncio.AbstractEventLoop) -> Watchdog:
         """:meth:`_use_loop` for ``execute()``, saying if ``recover_on_start`` never ran."""
         if self._recover_on_start and not self._entered:
             logger.warning(
@@ -147,12 +147,16 @@ class SagaOrchestrator:
             self._entered = True  # said once
         return self._use_loop(loop)
 
-    def _use_loop(self, loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
-        """Remember ``loop`` and its clock (``time.monotonic`` itself for asyncio's loops)."""
-        self._loop = loop
-        self._now = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
-        self._watchdog = Watchdog(loop)
-        return self._now
+    def _use_loop(self, loop: asyncio.AbstractEventLoop) -> Watchdog:
+        """Start a watchdog for ``loop`` (the running one) and remember it."""
+        self._watchdog = watchdog = Watchdog(loop)
+        return watchdog
+
+    def _watch(self) -> Watchdog:
+        """The watchdog (and clock) of the running loop."""
+        loop = asyncio.get_running_loop()
+        watchdog = self._watchdog
+        return watchdog if watchdog is not None and watchdog.loop is loop else self._use_loop(loop)
 
     @property
     def _observed(self) -> bool:
@@ -204,9 +208,11 @@ class SagaOrchestrator:
             saga_id = definition.saga_id
         explicit = saga_id is not None
         loop = asyncio.get_running_loop()
-        now = self._now if loop is self._loop else self._first_run_on(loop)
+        watchdog = self._watchdog
+        if watchdog is None or watchdog.loop is not loop:
+            watchdog = self._first_run_on(loop)
         run = SagaRun(
-            saga_id if saga_id is not None else new_saga_id(), definition, explicit, now()
+            saga_id if saga_id is not None else new_saga_id(), definition, explicit, watchdog.now()
         )
         run.listeners = self._listeners
         driver = definition._driver()  # before begin(): whatever it raises leaves no run
@@ -219,9 +225,10 @@ class SagaOrchestrator:
     async def _drive(self, run: SagaRun, driver: StepDriver, replay: int = 0) -> list[Any]:
         """Run the steps ``driver`` yields; the first ``replay`` come from ``run.steps``."""
         loop = asyncio.get_running_loop()
-        now = self._now if loop is self._loop else self._use_loop(loop)
         watchdog = self._watchdog
-        assert watchdog is not None
+        if watchdog is None or watchdog.loop is not loop:
+            watchdog = self._use_loop(loop)
+        now = watchdog.now
         run.task = task = asyncio.current_task()
         assert task is not None, "sagakit runs inside an asyncio task"
         run.cancel_base = task.cancelling()
@@ -514,7 +521,7 @@ class SagaOrchestrator:
 
     async def _finish(self, run: SagaRun) -> None:
         """Record the end of a run that did not complete and move it to history."""
-        run.finished_mono = run.updated_mono = self._now()
+        run.finished_mono = run.updated_mono = self._watch().now()
         if run.status is SAGA_EXECUTING or run.status is SAGA_COMPENSATING:
             run.status = SAGA_FAILED
         try:
@@ -563,9 +570,10 @@ class SagaOrchestrator:
         """
         run.status = SAGA_COMPENSATING
         loop = asyncio.get_running_loop()
-        now = self._now if loop is self._loop else self._use_loop(loop)
         watchdog = self._watchdog
-        assert watchdog is not None
+        if watchdog is None or watchdog.loop is not loop:
+            watchdog = self._use_loop(loop)
+        now = watchdog.now
         task = asyncio.current_task()
         assert task is not None, "sagakit runs inside an asyncio task"
         if run.task is not task:  # recovering, or finishing in a shielded task
