@@ -7,6 +7,7 @@ import dataclasses
 import gc
 import weakref
 from collections.abc import Generator
+from contextvars import ContextVar
 from datetime import UTC, timedelta
 from typing import Any
 
@@ -27,6 +28,7 @@ from sagakit import (
     saga,
     step,
 )
+from sagakit._runs import SagaRun
 
 # ------------------------------------------------------------------ statuses
 
@@ -343,6 +345,31 @@ async def test_the_history_does_not_keep_the_tasks_of_finished_runs(fails: bool)
 
     assert finished() is None  # the run in the history let it go
     assert await orchestrator.history_count() == 1
+
+
+@pytest.mark.asyncio
+async def test_the_watchdog_does_not_keep_a_finished_sagas_context_alive() -> None:
+    # Its timer is scheduled while a step runs: it must not hold that task's context (the
+    # run, and whatever the caller keeps in context variables) until the timer is due.
+    orchestrator = SagaOrchestrator(history_limit=0)
+    request: ContextVar[object] = ContextVar("request")
+
+    class Request:
+        pass
+
+    async def handle(held: Request) -> None:
+        request.set(held)
+        await orchestrator.execute(SagaDefinition("ctx").add_step(noop(1)))
+
+    held = Request()
+    gone = weakref.ref(held)
+    await asyncio.create_task(handle(held))  # in a context of its own
+    del held
+    await asyncio.sleep(0)  # the loop lets go of the finished task
+    gc.collect()
+
+    assert gone() is None
+    assert not [o for o in gc.get_objects() if isinstance(o, SagaRun) and o.id == "ctx"]
 
 
 def test_default_history_limit_is_ten_thousand() -> None:

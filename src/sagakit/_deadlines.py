@@ -11,6 +11,7 @@ waits for appears (steps with shorter timeouts than the rest).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ class Watchdog:
     (``time.monotonic`` itself for asyncio's loops).
     """
 
-    __slots__ = ("_handle", "_resolution", "loop", "now", "runs", "when")
+    __slots__ = ("_context", "_handle", "_resolution", "loop", "now", "runs", "when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -40,13 +41,17 @@ class Watchdog:
         self.when = NO_DEADLINE
         self._handle: asyncio.TimerHandle | None = None
         self._resolution: float = getattr(loop, "_clock_resolution", 0.0)
+        # The timer runs in an empty context: by default call_at() would copy the context of
+        # the step that set it (its run, the caller's context variables) and keep it alive
+        # until the timer is due, and every timer set when it fires copies it again.
+        self._context = contextvars.Context()
 
     def wake_at(self, deadline: float) -> None:
         """Fire at ``deadline`` (sooner than the time the watchdog waits for now)."""
         if self._handle is not None:
             self._handle.cancel()
         self.when = deadline
-        self._handle = self.loop.call_at(deadline, self._fire)
+        self._handle = self.loop.call_at(deadline, self._fire, context=self._context)
 
     def _fire(self) -> None:
         self._handle = None
