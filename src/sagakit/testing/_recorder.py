@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TypeVar
 
 from ..exceptions import SagaDefinitionError
 from ..status import SagaStatus
 from ..transitions import Transition, TransitionKind
 from ._faults import StepTarget, step_names
+
+E = TypeVar("E", bound=StrEnum)
 
 _COMPENSATION_KINDS = frozenset(
     {
@@ -19,6 +23,17 @@ _COMPENSATION_KINDS = frozenset(
     }
 )
 
+
+
+def _member(kind: type[E], value: E | str, where: str, what: str) -> E:
+    """``value`` as a member of the string enum ``kind``; a typo is a mistake in the test."""
+    try:
+        return kind(value)
+    except ValueError:
+        known = ", ".join(repr(str(member)) for member in kind)
+        raise SagaDefinitionError(
+            f"{where} got {value!r}, which is not {what}; use a {kind.__name__} or one of {known}"
+        ) from None
 
 def _line(transition: Transition, *, detail: bool = False) -> str:
     kind = transition.kind
@@ -68,14 +83,7 @@ class RecordedRun:
 
     def names(self, kind: TransitionKind | str) -> list[str]:
         """Step names of the transitions of ``kind`` (or its text), in order."""
-        try:
-            kind = TransitionKind(kind)
-        except ValueError:
-            known = ", ".join(repr(str(k)) for k in TransitionKind)
-            raise SagaDefinitionError(
-                f"names() got {kind!r}, which is not a transition kind; use a "
-                f"TransitionKind or one of {known}"
-            ) from None
+        kind = _member(TransitionKind, kind, "names()", "a transition kind")
         return [str(t.step_name) for t in self.transitions if t.kind is kind]
 
     @property
@@ -103,14 +111,7 @@ class RecordedRun:
 
     def assert_status(self, status: SagaStatus | str) -> None:
         """Assert the run ended (or stands) with ``status``."""
-        try:
-            status = SagaStatus(status)
-        except ValueError:
-            known = ", ".join(repr(str(s)) for s in SagaStatus)
-            raise SagaDefinitionError(
-                f"assert_status() got {status!r}, which is not a saga status; use a "
-                f"SagaStatus or one of {known}"
-            ) from None
+        status = _member(SagaStatus, status, "assert_status()", "a saga status")
         if not self.finished:
             raise AssertionError(
                 f"{self.label} has not finished (status {self.status}), expected {status}\n"
