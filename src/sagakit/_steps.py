@@ -308,16 +308,19 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         """Whether a step that raised is compensated itself."""
         return self._self_spec.compensate_on_failure
 
+    # The result form's first parameter must accept None: a step that timed out (or
+    # raised, with compensate_on_failure) is compensated without a result.
     @overload
     def compensate(
-        self, fn: Callable[Concatenate[R, P], Awaitable[Any]]
-    ) -> Callable[Concatenate[R, P], Awaitable[Any]]: ...
+        self, fn: Callable[Concatenate[R | None, P], Awaitable[Any]]
+    ) -> Callable[Concatenate[R | None, P], Awaitable[Any]]: ...
     @overload
     def compensate(self, fn: Callable[P, Awaitable[Any]]) -> Callable[P, Awaitable[Any]]: ...
     @overload
     def compensate(  # a method step's, result form: self, the result, then the arguments
-        self: Step[Concatenate[S, Q], R], fn: Callable[Concatenate[S, R, Q], Awaitable[Any]]
-    ) -> Callable[Concatenate[S, R, Q], Awaitable[Any]]: ...
+        self: Step[Concatenate[S, Q], R],
+        fn: Callable[Concatenate[S, R | None, Q], Awaitable[Any]],
+    ) -> Callable[Concatenate[S, R | None, Q], Awaitable[Any]]: ...
     def compensate(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         """Register ``fn`` as this step's compensation and return it unchanged.
 

@@ -49,7 +49,19 @@ async def charge(order_id: str, amount: float) -> str:
 
 
 @charge.compensate
-async def refund(payment_id: str, order_id: str, amount: float) -> None:
+async def refund(payment_id: str | None, order_id: str, amount: float) -> None:
+    return None
+
+
+@step
+async def reserve(order_id: str) -> str:
+    return f"reservation-{order_id}"
+
+
+# The result form must take None: a timed-out step is compensated without a result
+# (typed as the bare result, the compensation would crash on the path it exists for).
+@reserve.compensate  # type: ignore[arg-type]
+async def release(reservation: str, order_id: str) -> None:
     return None
 
 
@@ -142,7 +154,7 @@ class Bank:
     # A method step's compensation in the result form: self, then the result, then the
     # step's arguments (as it is called at run time).
     @open_account.compensate
-    async def close_account(self, number: int, owner: str) -> None:
+    async def close_account(self, number: int | None, owner: str) -> None:
         return None
 
     @step
