@@ -839,3 +839,41 @@ def test_a_log_in_a_missing_directory_names_the_directory(tmp_path: Path) -> Non
     # SQLite said only "unable to open database file".
     with pytest.raises(StoreError, match=r"its directory '.*nope' does not exist; create it"):
         SQLiteStore(tmp_path / "nope" / "sagas.db")
+
+
+@pytest.mark.asyncio
+async def test_a_wal_grown_under_a_long_read_is_cut_back_once_it_restarts(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reader holding a transaction open keeps every checkpoint from finishing, so the
+    # WAL grows; once the reader is done and the WAL starts over, the file kept its
+    # largest size for ever (no journal_size_limit).
+    from sagakit.stores import _sqlite_schema
+
+    monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", 16)
+    monkeypatch.setattr(_sqlite_schema, "JOURNAL_SIZE_LIMIT", 64 * 1024)
+
+    @step
+    async def tick_tock(n: int) -> int:
+        return n
+
+    @saga
+    def sqlite_tick_tocks(n: int):  # type: ignore[no-untyped-def]
+        yield tick_tock(n)
+        yield tick_tock(n + 1)
+
+    store = SQLiteStore(db)
+    async with SagaOrchestrator(store) as orchestrator:
+        await orchestrator.execute(sqlite_tick_tocks(0))
+        reader = sqlite3.connect(db)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM sagakit_sagas").fetchone()  # a read snapshot
+        for n in range(150):
+            await orchestrator.execute(sqlite_tick_tocks(n))
+        grown = _wal_size(db)
+        reader.rollback()
+        reader.close()
+        for n in range(60):  # checkpoints finish again, and the WAL starts over
+            await orchestrator.execute(sqlite_tick_tocks(n))
+        assert grown > 1024 * 1024
+        assert _wal_size(db) < grown / 4

@@ -13,6 +13,10 @@ _HEADER = b"SQLite format 3\x00"
 
 Synchronous = Literal["NORMAL", "FULL"]
 
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+"""Bytes the ``-wal`` file is cut back to when the WAL starts over: one that a long read
+transaction made grow (no checkpoint can finish under it) does not keep that size."""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sagakit_meta (
     key TEXT PRIMARY KEY,
@@ -121,6 +125,7 @@ def connect(path: str, *, synchronous: Synchronous, busy_timeout: float) -> sqli
         )
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("PRAGMA foreign_keys=OFF")
+        conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
     except sqlite3.Error as error:
         raise StoreError(f"cannot open saga log {path!r}: {error}") from error
     return conn
@@ -188,4 +193,11 @@ def prepare(conn: sqlite3.Connection, path: str) -> None:
         ) from error
 
 
-__all__ = ["SCHEMA_VERSION", "Synchronous", "check_file", "connect", "prepare"]
+__all__ = [
+    "JOURNAL_SIZE_LIMIT",
+    "SCHEMA_VERSION",
+    "Synchronous",
+    "check_file",
+    "connect",
+    "prepare",
+]
