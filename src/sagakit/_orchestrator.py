@@ -222,8 +222,13 @@ class SagaOrchestrator:
             return list(earlier.events)
         return await self._drive(run, driver)
 
-    async def _drive(self, run: SagaRun, driver: StepDriver, replay: int = 0) -> list[Any]:
-        """Run the steps ``driver`` yields; the first ``replay`` come from ``run.steps``."""
+    async def _drive(
+        self, run: SagaRun, driver: StepDriver, replay: int = 0, *, hand_back: bool = False
+    ) -> list[Any]:
+        """Run the steps ``driver`` yields; the first ``replay`` come from ``run.steps``.
+
+        ``hand_back`` (recovery): cancelled, stop as a crash would, without compensating.
+        """
         loop = asyncio.get_running_loop()
         watchdog = self._watchdog
         if watchdog is None or watchdog.loop is not loop:
@@ -370,6 +375,14 @@ class SagaOrchestrator:
             await self._store.finish(run)
             raise
         except asyncio.CancelledError:
+            if hand_back:
+                # A cancelled recovery (Ctrl-C, a shutdown): leave the saga as a crash
+                # leaves it, for the next recovery to finish per its policy, rather
+                # than undo it against that policy. Nothing more is run or told.
+                close_driver(driver, run.name, run.id)
+                self._held.pop(run, None)
+                await self._store.finish(run)
+                raise
             if steps and steps[-1].status is STEP_RUNNING:
                 record = steps[-1]
                 record.status = STEP_FAILED
@@ -826,6 +839,7 @@ class SagaOrchestrator:
         Each is resumed or compensated (see ``docs/durability.md``); one that cannot
         be (unknown name, changed code, ``max_attempts`` crashes) is dead-lettered.
         Returns what was done with each. Needs a :class:`~sagakit.stores.RecoverableStore`.
+        Cancelled, it leaves the saga it was resuming as a crash would, for the next one.
         """
         attempts = self._max_recovery_attempts if max_attempts is None else max_attempts
         return await recover(self, max_attempts=attempts, limit=limit)

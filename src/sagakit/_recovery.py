@@ -236,7 +236,7 @@ async def _recover_one(
     )
     if not compensate:
         try:
-            await orchestrator._drive(run, definition._driver(), replay=len(done))
+            await orchestrator._drive(run, definition._driver(), replay=len(done), hand_back=True)
         except LeaseLost:
             raise  # another worker owns the saga now: its outcome is that worker's
         except SagaError as error:
