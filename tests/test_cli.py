@@ -513,3 +513,79 @@ def test_recover_with_a_module_not_found_says_where_it_looked(
     assert "No module named 'shop'" in line
     assert f"the current directory is {str(tmp_path)!r}" in line
     assert "PYTHONPATH" in line
+
+
+_INTERRUPTIBLE_APP = """
+import asyncio, os
+from sagakit import saga, step
+
+@step
+async def cli_first(x: str) -> str:
+    return x
+
+@cli_first.compensate
+async def cli_undo_first(x: str) -> None:
+    print("UNDO", x, flush=True)
+
+@step(timeout=600)
+async def cli_slow(x: str) -> str:
+    print("slow", x, flush=True)
+    if os.path.exists("hang"):
+        await asyncio.sleep(600)
+    return x
+
+@saga
+def cli_interruptible(x: str):
+    yield cli_first(x)
+    yield cli_slow(x)
+"""
+
+_CRASH_IT = """
+import asyncio
+from sagakit import SagaOrchestrator, SQLiteStore
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+from interruptible_app import cli_interruptible, cli_slow
+
+async def main():
+    store = SQLiteStore("sagas.db")
+    try:
+        with FaultInjector().crash(cli_slow):
+            await SagaOrchestrator(store).execute(cli_interruptible("a"), saga_id="int-1")
+    except SimulatedCrash:
+        pass
+    await simulate_restart(store)
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+def test_ctrl_c_on_recover_leaves_the_saga_for_the_next_recover(tmp_path: Path) -> None:
+    # Ctrl-C on `sagakit recover` compensated the saga it was resuming (and printed a
+    # KeyboardInterrupt traceback); the saga is now left for the next recover.
+    (tmp_path / "interruptible_app.py").write_text(_INTERRUPTIBLE_APP, encoding="utf-8")
+    (tmp_path / "crash_it.py").write_text(_CRASH_IT, encoding="utf-8")
+    subprocess.run([sys.executable, "crash_it.py"], cwd=tmp_path, check=True, timeout=60)
+    (tmp_path / "hang").touch()
+    command = [sys.executable, "-m", "sagakit", "--db", "sagas.db", "recover"]
+    command += ["--import", "interruptible_app"]
+    recovering = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert recovering.stdout is not None
+    assert recovering.stdout.readline() == "slow a\n"  # inside the step it resumes
+    recovering.send_signal(signal.SIGINT)
+    out, err = recovering.communicate(timeout=60)
+    assert recovering.returncode == 130
+    assert "Traceback" not in err, err
+    assert err == "sagakit: interrupted; a saga being recovered is left for the next `recover`\n"
+    assert "UNDO" not in out  # not compensated
+
+    (tmp_path / "hang").unlink()
+    again = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "UNDO" not in again.stdout
+    assert "int-1" in again.stdout
+    assert "resumed" in again.stdout
+    assert "completed" in again.stdout

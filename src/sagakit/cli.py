@@ -380,6 +380,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except (SagaError, ImportError) as error:
         sys.stderr.write(f"sagakit: {error}\n")
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C: a saga `recover` was resuming is left for the next recovery.
+        sys.stderr.write(
+            "sagakit: interrupted; a saga being recovered is left for the next `recover`\n"
+        )
+        return 130
     except BrokenPipeError:
         # The reader went away (`sagakit list | head`): stop quietly, as cat does, and
         # keep Python from complaining again when it flushes stdout at exit.
