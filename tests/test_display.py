@@ -186,3 +186,23 @@ def test_status_colours_differ_by_outcome() -> None:
     failed = SagaMetadata(id="a", name="n", status=SagaStatus.FAILED)._repr_html_()
     assert re.search(r"color:(#[0-9a-f]+);font-weight:bold\">completed", done)
     assert re.search(r"color:#cf222e;font-weight:bold\">failed", failed)
+
+
+class _Unprintable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_a_definition_shows_even_arguments_that_cannot_be_shown_in_full() -> None:
+    looped: list[Any] = [1]
+    looped.append(looped)
+    for argument in (_Unprintable(), list(range(100_000)), "x" * 100_000, looped):
+        html = order(argument)._repr_html_()  # never raises, never grows with the argument
+        assert len(html) < 5_000
+        assert rows_of_steps(html) == ["reserve", "charge", "ship"]
+    assert "_Unprintable" in order(_Unprintable())._repr_html_()
+    assert "[0, 1, 2" in order(list(range(100_000)))._repr_html_()
+
+
+def rows_of_steps(html: str) -> list[str]:
+    return [row[1] for row in _rows(html)[1:]]

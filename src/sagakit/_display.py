@@ -5,6 +5,7 @@ Plain strings, every value escaped; nothing from IPython is imported.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterable
 from html import escape
 from typing import TYPE_CHECKING, Any
@@ -106,8 +107,16 @@ def step_record_html(record: StepRecord) -> str:
     return f"<table {_TABLE}>{_row(_HEAD, header=True)}{_row(cells)}</table>"
 
 
+# An argument is shown shortened (a long list or text is cut, a nested one stops at a
+# depth), and one whose repr() raises by its type: a cell never fails or grows unbounded.
+_ARGUMENT = reprlib.Repr()
+_ARGUMENT.maxstring = _ARGUMENT.maxother = 80
+_ARGUMENT.maxlevel = 3
+
+
 def _describe_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    shown = _ARGUMENT.repr
+    parts = [shown(a) for a in args] + [f"{k}={shown(v)}" for k, v in kwargs.items()]
     return ", ".join(parts)
 
 
