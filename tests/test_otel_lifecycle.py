@@ -2,12 +2,14 @@
 
 Regressions: a tracer removed while a saga ran was never told of its end, so the
 caller's context kept pointing at a step span that never ended; a compensation that
-timed out lacked the ``sagakit.step.timed_out`` attribute.
+timed out lacked the ``sagakit.step.timed_out`` attribute; a cancellation while an
+earlier listener heard the saga's end kept the tracer from hearing it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +21,17 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from sagakit import CompensationFailed, Retry, SagaOrchestrator, saga, step
+from sagakit import (
+    CompensationFailed,
+    Retry,
+    SagaOrchestrator,
+    Transition,
+    TransitionKind,
+    saga,
+    step,
+)
 from sagakit.otel import instrument
+from sagakit.stores import MemoryStore, SQLiteStore
 
 provider = TracerProvider()
 exporter = InMemorySpanExporter()
@@ -133,3 +144,39 @@ async def test_a_compensation_raising_timeout_error_is_failed_not_timed_out() ->
     undo = spans["compensate ot_hold"]
     assert undo.attributes is not None
     assert "sagakit.step.timed_out" not in undo.attributes
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])
+@pytest.mark.parametrize("kind", [TransitionKind.STEP_COMPLETED, TransitionKind.SAGA_FINISHED])
+async def test_a_cancellation_while_a_listener_hears_of_the_end_still_ends_the_saga_span(
+    durable: bool, kind: TransitionKind, tmp_path: Path
+) -> None:
+    # A slow async listener before the tracer is cancelled (a caller's timeout, say) while
+    # it hears of the last step's completion or the saga's end (a durable store tells both
+    # together): the tracer must still hear the end, or the saga span never ends and stays
+    # the current span of the caller's task.
+    hearing = asyncio.Event()
+
+    async def slow(transition: Transition) -> None:
+        if transition.kind is kind:
+            hearing.set()
+            await asyncio.Event().wait()  # until cancelled
+
+    store = SQLiteStore(tmp_path / "sagas.db") if durable else MemoryStore()
+    orchestrator = SagaOrchestrator(store, listeners=[slow])
+    tracer = instrument(orchestrator, tracer_provider=provider)
+
+    async def caller() -> None:
+        with app_tracer.start_as_current_span("request") as request:
+            with pytest.raises(asyncio.CancelledError):
+                await orchestrator.execute(ot_traced("x"))
+            assert trace.get_current_span() is request
+
+    task = asyncio.create_task(caller())
+    await hearing.wait()
+    task.cancel()
+    await task
+    await orchestrator.close()
+    assert repr(tracer) == "<SagaTracer 0 open sagas>"
+    assert "saga ot_traced" in [span.name for span in exporter.get_finished_spans()]

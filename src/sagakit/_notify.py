@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -74,15 +75,20 @@ def level_of(kind: TransitionKind, status: SagaStatus) -> int:
 async def tell(listeners: Sequence[Listener], level: int, transition: Transition) -> None:
     """Log ``transition`` (if ``level`` is enabled), then call every listener.
 
-    A listener that raises is logged and never breaks the saga.
+    A listener that raises is logged and never breaks the saga. A cancellation while a
+    listener is awaited goes on once the others have heard of the transition too (a
+    tracer must hear the end of the saga whose spans it opened).
     """
     if logger.isEnabledFor(level):
         _log(level, transition)
+    cancelled: asyncio.CancelledError | None = None
     for listener in listeners:
         try:
             outcome = listener(transition)
             if inspect.isawaitable(outcome):
                 await outcome
+        except asyncio.CancelledError as cancellation:
+            cancelled = cancellation
         except Exception:
             logger.exception(
                 "sagakit listener %r raised on %s; the saga goes on",
@@ -90,6 +96,27 @@ async def tell(listeners: Sequence[Listener], level: int, transition: Transition
                 transition.kind,
                 extra=_extra(transition),
             )
+    if cancelled is not None:
+        try:
+            raise cancelled
+        finally:
+            cancelled = None  # its traceback holds this frame: no reference cycle
+
+
+async def tell_each(listeners: Sequence[Listener], told: Sequence[tuple[int, Transition]]) -> None:
+    """:func:`tell` each ``(level, transition)`` in order; a cancellation while one is
+    told goes on once the later ones are told too."""
+    cancelled: asyncio.CancelledError | None = None
+    for level, transition in told:
+        try:
+            await tell(listeners, level, transition)
+        except asyncio.CancelledError as cancellation:
+            cancelled = cancellation
+    if cancelled is not None:
+        try:
+            raise cancelled
+        finally:
+            cancelled = None
 
 
 def _log(level: int, transition: Transition) -> None:
@@ -124,4 +151,4 @@ def _extra(transition: Transition) -> dict[str, Any]:
     }
 
 
-__all__ = ["Listener", "level_of", "logger", "tell"]
+__all__ = ["Listener", "level_of", "logger", "tell", "tell_each"]

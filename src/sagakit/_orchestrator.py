@@ -33,7 +33,7 @@ from ._members import (
     STEP_RUNNING,
     STEP_TIMED_OUT,
 )
-from ._notify import Listener, level_of, logger, tell
+from ._notify import Listener, level_of, logger, tell, tell_each
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import SagaRun, StepRun, current_run, describe_error, events_of, storable_text
@@ -798,8 +798,10 @@ class SagaOrchestrator:
             held = self._held.pop(run, None) if self._held else None
             await self._store.record(run, transition)  # on failure, held ones never commit
             if held is not None:
-                for earlier_level, earlier in held:
-                    await tell(run.listeners, earlier_level, earlier)
+                if logged or run.listeners:
+                    held.append((level, transition))
+                await tell_each(run.listeners, held)
+                return
         if logged or run.listeners:  # recorded only: nothing to log or tell
             await tell(run.listeners, level, transition)
 
