@@ -23,6 +23,7 @@ from sagakit import (
     saga,
     step,
 )
+from sagakit.stores import MemoryStore
 from sagakit.testing import FaultInjector, InstantSleep, SagaRecorder
 
 K = TransitionKind
@@ -170,6 +171,39 @@ async def test_a_listener_removed_mid_run_hears_that_run_to_its_end_and_no_other
     assert {saga_id for saga_id, _ in heard} == {"first"}  # but no run begun after
     with pytest.raises(ValueError, match="is not a listener of this orchestrator"):
         orchestrator.remove_listener(listener)
+
+
+@pytest.mark.asyncio
+async def test_a_listener_removed_while_the_run_begins_still_hears_every_step() -> None:
+    # Removed while the store records the run's beginning (an await, on a durable store):
+    # the run was started with it, so it hears every transition, its steps' included.
+    heard: list[TransitionKind] = []
+    beginning = asyncio.Event()
+    go_on = asyncio.Event()
+
+    class SlowToBegin(MemoryStore):
+        async def begin(self, run: Any) -> Any:
+            beginning.set()
+            await go_on.wait()
+            return await super().begin(run)
+
+    def listener(transition: Transition) -> None:
+        heard.append(transition.kind)
+
+    orchestrator = SagaOrchestrator(SlowToBegin(), listeners=[listener])
+    task = asyncio.create_task(orchestrator.execute(order("x")))
+    await beginning.wait()
+    orchestrator.remove_listener(listener)
+    go_on.set()
+    await task
+    assert heard == [
+        K.SAGA_STARTED,
+        K.STEP_STARTED,
+        K.STEP_COMPLETED,
+        K.STEP_STARTED,
+        K.STEP_COMPLETED,
+        K.SAGA_FINISHED,
+    ]
 
 
 @pytest.mark.asyncio

@@ -159,11 +159,6 @@ class SagaOrchestrator:
         return watchdog if watchdog is not None and watchdog.loop is loop else self._use_loop(loop)
 
     @property
-    def _observed(self) -> bool:
-        """Whether every transition must be built: a durable store or listeners need it."""
-        return self._durable or bool(self._listeners)
-
-    @property
     def store(self) -> SagaStore:
         """The store this orchestrator records into."""
         return self._store
@@ -238,7 +233,9 @@ class SagaOrchestrator:
         assert task is not None, "sagakit runs inside an asyncio task"
         run.cancel_base = task.cancelling()
         watchdog.runs.add(run)
-        observe = self._observed or logger.isEnabledFor(logging.DEBUG)
+        # Every transition is built when a durable store or the run's listeners (those
+        # there when it began, not the orchestrator's now) need it, or DEBUG logs it.
+        observe = self._durable or bool(run.listeners) or logger.isEnabledFor(logging.DEBUG)
         announce = observe or logger.isEnabledFor(logging.INFO)
         faults = active_faults.get()
         token = current_run.set(run)
