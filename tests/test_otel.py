@@ -225,3 +225,16 @@ def test_importing_sagakit_does_not_import_opentelemetry() -> None:
     code = "import sys, sagakit, sagakit.testing; print('opentelemetry' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_without_opentelemetry_importing_sagakit_otel_says_which_extra_to_install() -> None:
+    code = (
+        "import sys; sys.modules['opentelemetry'] = None\n"  # as if not installed
+        "try:\n"
+        "    import sagakit.otel\n"
+        "except ImportError as error:\n"
+        "    print(type(error).__name__, error)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("ModuleNotFoundError ")  # still what `except ImportError` expects
+    assert "pip install 'sagakit[otel]'" in out.stdout

@@ -17,9 +17,15 @@ from contextvars import Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import context, trace
-from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+try:
+    from opentelemetry import context, trace
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+except ModuleNotFoundError as missing:  # pragma: no cover - tested in a subprocess
+    raise ModuleNotFoundError(
+        f"sagakit.otel needs OpenTelemetry's API ({missing}): pip install 'sagakit[otel]'",
+        name=missing.name,
+    ) from missing
 
 from ._runs import describe_error
 from .exceptions import StepTimeout
