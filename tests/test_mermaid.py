@@ -144,3 +144,14 @@ def test_a_backtick_name_is_not_a_markdown_string() -> None:
     """A label quoted as "`...`" is a Mermaid markdown string (``**`` turns bold)."""
     lines = SagaDefinition("l-1", steps=[loud("x")]).to_mermaid().splitlines()
     assert '    start --> s0["#96;**loud**#96;"]' in lines
+
+
+@step(name="R&amp;D &lt;b&gt;")
+async def entity(item: str) -> None:
+    return None
+
+
+def test_an_html_entity_in_a_name_is_drawn_as_written() -> None:
+    """Mermaid labels are HTML: an ``&`` left as is would draw ``&lt;`` as ``<``."""
+    lines = SagaDefinition("e-1", steps=[entity("x")]).to_mermaid().splitlines()
+    assert '    start --> s0["R#38;amp;D #38;lt;b#38;gt;"]' in lines

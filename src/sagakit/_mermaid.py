@@ -19,10 +19,12 @@ _CLASSES = (
 )
 
 
-# ``#`` first (the codes use it); ``%`` so no ``%%{init: ...}%%`` directive or ``%%``
-# comment is read from a label; a backtick so no label becomes a markdown string.
+# ``#`` first (the codes use it); ``&`` as labels are HTML (``&lt;`` would draw ``<``);
+# ``%`` so no ``%%{init: ...}%%`` directive or ``%%`` comment is read from a label; a
+# backtick so no label becomes a markdown string.
 _CODES = (
     ("#", "#35;"),
+    ("&", "#38;"),
     ('"', "#quot;"),
     ("<", "#lt;"),
     (">", "#gt;"),
