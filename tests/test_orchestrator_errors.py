@@ -136,3 +136,61 @@ async def test_errors_raised_by_runs_survive_pickling_with_their_fields() -> Non
     assert already.saga_id == "e-2"
     assert isinstance(failed, StepFailed)
     assert failed.saga_id == "e-1"
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("cannot print myself")
+
+
+@step
+async def raises_unprintable() -> None:
+    raise Unprintable()
+
+
+@step
+async def raises_multiline() -> None:
+    raise ValueError("first line\nforged: saga x completed\r\nthird")
+
+
+@step
+async def undoable_for_errors() -> str:
+    return "done"
+
+
+@undoable_for_errors.compensate
+async def undo_unprintably() -> None:
+    raise Unprintable()
+
+
+@pytest.mark.asyncio
+async def test_an_exception_whose_str_raises_still_fails_its_step_cleanly() -> None:
+    # describe_error() called str() on it: execute() raised that RuntimeError instead of
+    # StepFailed, after the step's failure had been half recorded.
+    orchestrator = SagaOrchestrator()
+    with pytest.raises(StepFailed) as raised:
+        await orchestrator.execute(SagaDefinition("u-1").add_step(raises_unprintable()))
+    assert isinstance(raised.value.error, Unprintable)
+    assert "Unprintable: <str() raised RuntimeError>" in str(raised.value)
+    meta = await orchestrator.get_saga("u-1")
+    assert meta is not None
+    assert meta.steps[0].error == "Unprintable: <str() raised RuntimeError>"
+
+    definition = SagaDefinition("u-2").add_step(undoable_for_errors()).add_step(raises_multiline())
+    with pytest.raises(CompensationFailed) as failed:
+        await SagaOrchestrator(compensation_retry=Retry(attempts=1)).execute(definition)
+    assert "Unprintable: <str() raised RuntimeError>" in str(failed.value)
+
+
+@pytest.mark.asyncio
+async def test_an_error_text_is_one_line() -> None:
+    # A message with line breaks was stored and logged as several lines (the docs say
+    # one line; a log reader could be fooled by a forged line).
+    orchestrator = SagaOrchestrator()
+    with pytest.raises(StepFailed):
+        await orchestrator.execute(SagaDefinition("m-1").add_step(raises_multiline()))
+    meta = await orchestrator.get_saga("m-1")
+    assert meta is not None
+    assert meta.steps[0].error == "ValueError: first line forged: saga x completed third"
+    assert meta.error is not None
+    assert "\n" not in meta.error

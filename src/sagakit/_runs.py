@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ._members import SAGA_COMPLETED, SAGA_EXECUTING, STEP_COMPLETED, STEP_RUNNING
+from .exceptions import error_text
 from .records import SagaMetadata, StepRecord
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ def storable_text(text: str) -> str:
 
 def describe_error(error: BaseException) -> str:
     """One line naming an exception, ready to store: ``"ValueError: boom"``."""
-    return storable_text(f"{type(error).__name__}: {error}")
+    return storable_text(error_text(error))
 
 
 def events_of(result: Any) -> Sequence[Any]:

@@ -12,6 +12,18 @@ from collections.abc import Sequence
 from typing import Any
 
 
+def error_text(error: BaseException) -> str:
+    """``"ValueError: boom"`` on one line, even for an exception whose ``str()`` raises."""
+    try:
+        message = str(error)
+    except Exception as broken:  # any failure to print it
+        message = f"<str() raised {type(broken).__name__}>"
+    text = f"{type(error).__name__}: {message}"
+    if "\n" in text or "\r" in text:
+        text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    return text
+
+
 class SagaError(Exception):
     """Base class of every sagakit error."""
 
@@ -63,7 +75,7 @@ class StepFailed(SagaRunError):
 
     def __str__(self) -> str:
         error = self.error
-        return f"{self._which()} failed: {type(error).__name__}: {error}"
+        return f"{self._which()} failed: {error_text(error)}"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.step_index, self.step_name, self.error), self.__dict__)
@@ -109,7 +121,7 @@ class CompensationFailed(SagaRunError):
         left = ", ".join(uncompensated) or "none"
         super().__init__(
             f"compensation of step {step_index} ({step_name!r}) failed: "
-            f"{type(error).__name__}: {error}; left uncompensated: {left}"
+            f"{error_text(error)}; left uncompensated: {left}"
         )
         self.step_index = step_index
         self.step_name = step_name
