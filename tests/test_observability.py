@@ -114,7 +114,7 @@ async def test_a_completed_saga_logs_start_and_finish_at_info(
     await SagaOrchestrator().execute(order("x"), saga_id="o-3")
     assert [(r.levelname, r.getMessage()) for r in _records(caplog)] == [
         ("INFO", "saga order (o-3) saga_started"),
-        ("INFO", "saga order (o-3) saga_finished"),
+        ("INFO", "saga order (o-3) saga_finished completed"),
     ]
 
 

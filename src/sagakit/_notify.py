@@ -125,6 +125,8 @@ def _log(level: int, transition: Transition) -> None:
         step = f" step {transition.step_index} {transition.step_name!r}"
         if transition.attempt > 1:
             step += f" attempt {transition.attempt}"
+    if transition.kind is ON_SAGA_FINISHED:
+        step = f" {transition.status}"  # how it ended, in the line as in the fields
     error = f": {describe_error(transition.error)}" if transition.error is not None else ""
     logger.log(
         level,
