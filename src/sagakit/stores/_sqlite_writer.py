@@ -7,7 +7,8 @@ single saga in flight the job commits at once. Commits run on the event loop onl
 while they cannot block (``synchronous=NORMAL``, which never fsyncs on commit in
 WAL mode, with a zero busy timeout); when the database is locked by another
 process, or with ``synchronous=FULL``, they run on a dedicated writer thread that
-waits up to the busy timeout. WAL checkpoints (which fsync) run on that thread too.
+waits up to the busy timeout. WAL checkpoints (which fsync) run on that thread too,
+every :data:`CHECKPOINT_EVERY` commits, while this store's writes queue behind them.
 """
 
 from __future__ import annotations
@@ -266,7 +267,7 @@ class GroupWriter:
     def _checkpoint_done(self, done: asyncio.Future[Any]) -> None:
         self._thread_busy = False
         if not done.cancelled():
-            done.exception()  # a failed passive checkpoint is retried next time
+            done.exception()  # a failed checkpoint is tried again next time
         self._flush_later()
 
     # ------------------------------------------------------------------- reads
