@@ -20,9 +20,11 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from sagakit import (
     CompensationFailed,
+    LeaseLost,
     Retry,
     SagaOrchestrator,
     Transition,
@@ -180,3 +182,43 @@ async def test_a_cancellation_while_a_listener_hears_of_the_end_still_ends_the_s
     await orchestrator.close()
     assert repr(tracer) == "<SagaTracer 0 open sagas>"
     assert "saga ot_traced" in [span.name for span in exporter.get_finished_spans()]
+
+
+@step
+async def ot_first(item: str) -> str:
+    return item
+
+
+@step
+async def ot_second(item: str) -> str:
+    return item
+
+
+@saga
+def ot_fenced(item: str) -> Any:
+    yield ot_first(item)
+    yield ot_second(item)
+
+
+class _FencedOutStore(SQLiteStore):
+    """Another worker takes the saga over before its second step starts."""
+
+    async def record(self, run: Any, transition: Transition) -> None:
+        if transition.kind is TransitionKind.STEP_STARTED and transition.step_index == 1:
+            raise LeaseLost(transition.saga_id)
+        await super().record(run, transition)
+
+
+@pytest.mark.asyncio
+async def test_a_saga_stopped_by_lease_lost_ends_its_spans(tmp_path: Path) -> None:
+    orchestrator = SagaOrchestrator(_FencedOutStore(tmp_path / "log.db"))
+    tracer = instrument(orchestrator, tracer_provider=provider)
+    async with orchestrator:
+        with pytest.raises(LeaseLost):
+            await orchestrator.execute(ot_fenced("x"))
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert sorted(spans) == ["saga ot_fenced", "step ot_first"]
+    saga_span = spans["saga ot_fenced"]
+    assert saga_span.status.status_code is StatusCode.ERROR
+    assert (saga_span.status.description or "").startswith("saga stopped: LeaseLost: lost the")
+    assert repr(tracer) == "<SagaTracer 0 open sagas>"

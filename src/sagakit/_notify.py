@@ -119,6 +119,20 @@ async def tell_each(listeners: Sequence[Listener], told: Sequence[tuple[int, Tra
             cancelled = None
 
 
+def tell_stopped(listeners: Sequence[Listener], saga_id: str, reason: str) -> None:
+    """Tell listeners that know how (a ``_sagakit_stopped`` method, as ``SagaTracer``
+    has) that a run stopped here without finishing — fenced out (``LeaseLost``) or
+    handed back — so they can let go of it; no ``SAGA_FINISHED`` will come."""
+    for listener in listeners:
+        hook = getattr(listener, "_sagakit_stopped", None)
+        if hook is None:
+            continue
+        try:
+            hook(saga_id, reason)
+        except Exception:
+            logger.exception("sagakit listener %r raised on a stopped saga", listener)
+
+
 def _log(level: int, transition: Transition) -> None:
     step = ""
     if transition.step_name is not None:

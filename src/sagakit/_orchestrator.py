@@ -33,7 +33,7 @@ from ._members import (
     STEP_RUNNING,
     STEP_TIMED_OUT,
 )
-from ._notify import Listener, level_of, logger, tell, tell_each
+from ._notify import Listener, level_of, logger, tell, tell_each, tell_stopped
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import SagaRun, StepRun, current_run, describe_error, events_of, storable_text
@@ -364,11 +364,12 @@ class SagaOrchestrator:
                 raise SagaDefinitionError(
                     f"saga {run.name!r} yielded no steps; a saga needs at least one step"
                 )
-        except LeaseLost:
+        except LeaseLost as lost:
             # Fenced out: another worker owns this saga now and finishes it. Run
             # nothing more here (no step, no compensation) and record nothing.
             close_driver(driver, run.name, run.id)
             self._held.pop(run, None)  # staged, never committed: never told
+            tell_stopped(run.listeners, run.id, describe_error(lost))
             await self._store.finish(run)
             raise
         except asyncio.CancelledError:
@@ -378,6 +379,7 @@ class SagaOrchestrator:
                 # than undo it against that policy. Nothing more is run or told.
                 close_driver(driver, run.name, run.id)
                 self._held.pop(run, None)
+                tell_stopped(run.listeners, run.id, "handed back to recovery")
                 await self._store.finish(run)
                 raise
             if steps and steps[-1].status is STEP_RUNNING:

@@ -168,12 +168,26 @@ class SagaTracer:
             {"sagakit.step.attempt": transition.attempt, "error": describe_error(transition.error)},
         )
 
-    def _finish_saga(self, saga: _Saga, transition: Transition) -> None:
-        del self._sagas[transition.saga_id]
+    def _end_children(self, saga: _Saga) -> None:
         for opened in reversed(saga.children.values()):  # interrupted (cancelled) ones
             opened.span.set_status(Status(StatusCode.ERROR, "interrupted"))
             opened.token = None  # resetting the saga's token below restores the context
             opened.span.end()
+
+    def _sagakit_stopped(self, saga_id: str, reason: str) -> None:
+        """The run stopped here without finishing (fenced out, handed back): end its
+        spans, as no SAGA_FINISHED will come."""
+        saga = self._sagas.pop(saga_id, None)
+        if saga is None:
+            return
+        self._end_children(saga)
+        saga.span.span.set_status(Status(StatusCode.ERROR, f"saga stopped: {reason}"))
+        saga.span.detach()
+        saga.span.span.end()
+
+    def _finish_saga(self, saga: _Saga, transition: Transition) -> None:
+        del self._sagas[transition.saga_id]
+        self._end_children(saga)
         span = saga.span.span
         span.set_attribute("sagakit.saga.status", str(transition.status))
         if transition.status is SagaStatus.COMPLETED:
