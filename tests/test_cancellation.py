@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -346,3 +347,23 @@ async def test_a_step_cancelled_while_its_completion_is_told_is_compensated() ->
     assert [s.status for s in meta.steps] == [StepStatus.COMPLETED] * 2
     assert [c.name for c in meta.compensations] == ["b", "a"]
     assert meta.compensation_events == ("undid b", "undid a")
+
+
+@pytest.mark.asyncio
+async def test_a_saga_cancelled_while_its_first_start_is_written_is_told_started(
+    tmp_path: Path,
+) -> None:
+    from sagakit.stores import SQLiteStore
+
+    class SlowStart(SQLiteStore):
+        async def record(self, run: Any, transition: Transition) -> None:
+            if transition.kind is TransitionKind.STEP_STARTED:
+                await asyncio.sleep(10)  # cancelled while the first step's start is written
+            await super().record(run, transition)
+
+    told: list[TransitionKind] = []
+    store = SlowStart(tmp_path / "log.db")
+    async with SagaOrchestrator(store, listeners=[lambda t: told.append(t.kind)]) as o:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(o.execute(SagaDefinition("s-1").add_step(a())), 0.05)
+    assert told == [TransitionKind.SAGA_STARTED, TransitionKind.SAGA_FINISHED]

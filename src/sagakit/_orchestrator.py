@@ -795,7 +795,14 @@ class SagaOrchestrator:
                     self._held.setdefault(run, []).append((level, transition))
                 return
             held = self._held.pop(run, None) if self._held else None
-            await self._store.record(run, transition)  # on failure, held ones never commit
+            try:
+                await self._store.record(run, transition)  # on failure, held ones never commit
+            except BaseException:
+                if held is not None and held[0][1].kind is ON_SAGA_STARTED:
+                    # The run's start is in the log once its end is (the end carries it,
+                    # or begin() wrote it): tell it with the end, never an end alone.
+                    self._held.setdefault(run, []).insert(0, held[0])
+                raise
             if held is not None:
                 if logged or run.listeners:
                     held.append((level, transition))
