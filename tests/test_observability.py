@@ -333,3 +333,27 @@ async def test_records_of_recovery_carry_the_structured_fields_too(tmp_path: Any
     assert stream.getvalue().splitlines()[-1] == (
         "ERROR None saga_id=built-1 saga=built-1 status=None step=None None None"
     )
+
+
+class _Opaque:
+    """A listener object whose repr() raises (a proxy, say)."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr here")
+
+    def __call__(self, transition: Transition) -> None:
+        raise ValueError("listener broke")
+
+
+@pytest.mark.asyncio
+async def test_a_raising_listener_whose_repr_raises_is_still_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The "listener raised" record formatted the listener with %r: its repr() raising
+    # made logging print its own error instead of the record.
+    caplog.set_level(logging.ERROR, logger="sagakit")
+    orchestrator = SagaOrchestrator(listeners=[_Opaque()])
+    assert await orchestrator.execute(order("y"), saga_id="o-5") == ["reserved y"]
+    messages = [r.getMessage() for r in _records(caplog) if "raised on" in r.getMessage()]
+    assert messages
+    assert messages[0].startswith("sagakit listener <_Opaque object> raised on saga_started")

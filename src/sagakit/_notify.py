@@ -91,8 +91,8 @@ async def tell(listeners: Sequence[Listener], level: int, transition: Transition
             cancelled = cancellation
         except Exception:
             logger.exception(
-                "sagakit listener %r raised on %s; the saga goes on",
-                listener,
+                "sagakit listener %s raised on %s; the saga goes on",
+                _name_of(listener),
                 transition.kind,
                 extra=_extra(transition),
             )
@@ -130,7 +130,14 @@ def tell_stopped(listeners: Sequence[Listener], saga_id: str, reason: str) -> No
         try:
             hook(saga_id, reason)
         except Exception:
-            logger.exception("sagakit listener %r raised on a stopped saga", listener)
+            logger.exception("sagakit listener %s raised on a stopped saga", _name_of(listener))
+
+
+def _name_of(listener: object) -> str:
+    """How a log record names a listener: its qualified name, else its class (never its
+    ``repr()``, which may raise)."""
+    name = getattr(listener, "__qualname__", None)
+    return name if isinstance(name, str) else f"<{type(listener).__qualname__} object>"
 
 
 def _log(level: int, transition: Transition) -> None:
