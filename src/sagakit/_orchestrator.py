@@ -152,9 +152,8 @@ class SagaOrchestrator:
         self._watchdog = watchdog = Watchdog(loop)
         return watchdog
 
-    def _watch(self) -> Watchdog:
-        """The watchdog (and clock) of the running loop."""
-        loop = asyncio.get_running_loop()
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> Watchdog:
+        """The watchdog (and clock) of ``loop``, the running one."""
         watchdog = self._watchdog
         return watchdog if watchdog is not None and watchdog.loop is loop else self._use_loop(loop)
 
@@ -225,9 +224,7 @@ class SagaOrchestrator:
         ``hand_back`` (recovery): cancelled, stop as a crash would, without compensating.
         """
         loop = asyncio.get_running_loop()
-        watchdog = self._watchdog
-        if watchdog is None or watchdog.loop is not loop:
-            watchdog = self._use_loop(loop)
+        watchdog = self._watch(loop)
         now = watchdog.now
         run.task = task = asyncio.current_task()
         assert task is not None, "sagakit runs inside an asyncio task"
@@ -533,7 +530,7 @@ class SagaOrchestrator:
 
     async def _finish(self, run: SagaRun) -> None:
         """Record the end of a run that did not complete and move it to history."""
-        run.finished_mono = run.updated_mono = self._watch().now()
+        run.finished_mono = run.updated_mono = self._watch(asyncio.get_running_loop()).now()
         if run.status is SAGA_EXECUTING or run.status is SAGA_COMPENSATING:
             run.status = SAGA_FAILED
         try:
@@ -582,9 +579,7 @@ class SagaOrchestrator:
         """
         run.status = SAGA_COMPENSATING
         loop = asyncio.get_running_loop()
-        watchdog = self._watchdog
-        if watchdog is None or watchdog.loop is not loop:
-            watchdog = self._use_loop(loop)
+        watchdog = self._watch(loop)
         now = watchdog.now
         task = asyncio.current_task()
         assert task is not None, "sagakit runs inside an asyncio task"

@@ -32,6 +32,11 @@ def describe_error(error: BaseException) -> str:
     return storable_text(error_text(error))
 
 
+def describe_optional(error: BaseException | None) -> str | None:
+    """:func:`describe_error`, or ``None`` for no error."""
+    return None if error is None else describe_error(error)
+
+
 def events_of(result: Any) -> Sequence[Any]:
     """A step's events: its result when a list or tuple, none for ``None``, else the value."""
     if result is None:

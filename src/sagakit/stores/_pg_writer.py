@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .._runs import describe_error, storable_text
+from .._runs import describe_optional, storable_text
 from ..exceptions import LeaseLost, SerializationError, StepTimeout, StoreError
 from ..status import SagaStatus, StepStatus
 from ..transitions import Transition, TransitionKind
@@ -70,10 +70,6 @@ class Write:
     new: dict[str, Any] | None = None  # the saga's row, for the first write of a generated id
 
 
-def describe(error: BaseException | None) -> str | None:
-    return None if error is None else describe_error(error)
-
-
 def storable(text: str | None) -> str | None:
     """``text`` as PostgreSQL can store it (see :func:`storable_text`)."""
     return None if text is None else storable_text(text)
@@ -111,7 +107,7 @@ def write_for(
         step_status=str(step_status),
         attempts=max(t.attempt, 1),
         duration=t.duration,
-        step_error=describe(t.error),
+        step_error=describe_optional(t.error),
         error=run_error if compensation else None,  # the failure being undone
     )
     if step_status is StepStatus.COMPLETED:

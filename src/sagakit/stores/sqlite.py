@@ -32,7 +32,7 @@ from .._members import (
     ON_STEP_STARTED,
     ON_STEP_TIMED_OUT,
 )
-from .._runs import describe_error, interrupted_step, storable_text
+from .._runs import describe_optional, interrupted_step, storable_text
 from .._serialization import JsonSerializer
 from .._shielding import wait_out
 from ..exceptions import (
@@ -98,10 +98,6 @@ def definition_fingerprint(definition: SagaDefinition) -> str:
     if code is not None:
         _FINGERPRINTS[definition.name, code] = fingerprint
     return fingerprint
-
-
-def _error_text(error: BaseException | None) -> str | None:
-    return None if error is None else describe_error(error)
 
 
 def _forget_new(saga_id: str) -> Job:
@@ -329,7 +325,8 @@ class SQLiteStore:
             ]
         if kind is ON_STEP_RETRYING or kind is ON_COMPENSATION_RETRYING:
             comp = int(kind is ON_COMPENSATION_RETRYING)
-            return [(RETRY_STEP, (t.attempt, _error_text(t.error), saga_id, comp, t.step_index))]
+            error = describe_optional(t.error)
+            return [(RETRY_STEP, (t.attempt, error, saga_id, comp, t.step_index))]
         if kind in (
             ON_STEP_FAILED,
             ON_STEP_TIMED_OUT,
@@ -338,7 +335,7 @@ class SQLiteStore:
             comp = int(kind is ON_COMPENSATION_FAILED)
             timed_out = kind is ON_STEP_TIMED_OUT or (comp and isinstance(t.error, StepTimeout))
             status = "timed_out" if timed_out else "failed"
-            described = _error_text(t.error)
+            described = describe_optional(t.error)
             return [
                 (
                     END_STEP,
