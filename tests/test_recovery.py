@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from sagakit import (
+    LeaseLost,
     MemoryStore,
     SagaDefinition,
     SagaDefinitionError,
@@ -439,6 +440,8 @@ async def test_a_claim_that_fails_midway_lets_go_of_what_it_claimed(db: str) -> 
     claimed = await store.claim_orphans()
     await store.close()
     assert [orphan.saga_id for orphan in claimed] == ["o-fine2"]
+
+
 @saga
 def rec_list_order(item: str):  # type: ignore[no-untyped-def]
     return [book(item), pay(item)]
@@ -554,3 +557,64 @@ async def test_recover_on_start_without_async_with_says_nothing_was_recovered(
         with caplog.at_level("WARNING", logger="sagakit"):
             await entered.execute(rec_order("table"))
     assert not [r for r in caplog.records if "recover_on_start" in r.getMessage()]
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_recover_tells_listeners_the_saga_stopped(db: str) -> None:
+    # A listener (not only the built-in tracer) must learn that a run it heard start
+    # will not finish here: it hears SAGA_STOPPED, with why, and nothing after it.
+    global holding
+    holding = asyncio.Event()
+    await crash(db, rec_held_order("cap"), "o-told", at(TransitionKind.STEP_STARTED, "rec_hold"))
+    heard: list[Transition] = []
+    try:
+        async with SagaOrchestrator(SQLiteStore(db), listeners=[heard.append]) as orchestrator:
+            recovering = asyncio.create_task(orchestrator.recover())
+            await holding.wait()
+            recovering.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await recovering
+    finally:
+        holding = None
+    assert [t.kind for t in heard][-2:] == [
+        TransitionKind.STEP_STARTED,
+        TransitionKind.SAGA_STOPPED,
+    ]
+    stopped = heard[-1]
+    assert stopped.saga_id == "o-told"
+    assert stopped.status is SagaStatus.EXECUTING  # unfinished: the log still says so
+    assert isinstance(stopped.error, asyncio.CancelledError)
+    assert "the next recovery finishes the saga" in str(stopped.error)
+
+
+class FencedOnCompensation(SQLiteStore):
+    """Another worker takes the saga over as recovery starts compensating it."""
+
+    async def record(self, run: SagaRun, transition: Transition) -> None:
+        if transition.kind is TransitionKind.COMPENSATION_STARTED:
+            raise LeaseLost(transition.saga_id)
+        await super().record(run, transition)
+
+
+@pytest.mark.asyncio
+async def test_recovery_fenced_out_while_compensating_tells_saga_stopped(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await crash(db, rec_careful_order("mug"), "o-fenced", at(TransitionKind.STEP_STARTED, "pay"))
+    heard: list[Transition] = []
+    async with SagaOrchestrator(FencedOnCompensation(db), listeners=[heard.append]) as orchestrator:
+        with caplog.at_level("INFO", logger="sagakit"):
+            assert await orchestrator.recover() == []
+    assert heard[-1].kind is TransitionKind.SAGA_STOPPED
+    assert heard[-1].status is SagaStatus.COMPENSATING
+    assert isinstance(heard[-1].error, LeaseLost)
+    assert TransitionKind.SAGA_FINISHED not in [t.kind for t in heard]
+    assert effects == ["book mug o-fenced:0"]  # nothing undone from here
+    stopped = [r for r in caplog.records if getattr(r, "transition", None) == "saga_stopped"]
+    assert len(stopped) == 1
+    assert stopped[0].levelname == "INFO"  # recovery's own line warns, once
+    assert "saga_stopped: LeaseLost: lost the lease" in stopped[0].getMessage()
+    warned = [
+        r for r in caplog.records if r.levelname == "WARNING" and "LeaseLost" in r.getMessage()
+    ]
+    assert warned == []

@@ -13,6 +13,7 @@ from ._members import (
     ON_COMPENSATION_RETRYING,
     ON_SAGA_FINISHED,
     ON_SAGA_STARTED,
+    ON_SAGA_STOPPED,
     ON_STEP_FAILED,
     ON_STEP_RETRYING,
     ON_STEP_TIMED_OUT,
@@ -57,6 +58,7 @@ Listener = Callable[[Transition], Awaitable[None] | None]
 _LEVELS = {
     ON_SAGA_STARTED: logging.INFO,
     ON_SAGA_FINISHED: logging.INFO,
+    ON_SAGA_STOPPED: logging.INFO,  # raised to execute()'s caller; recovery warns itself
     ON_STEP_FAILED: logging.WARNING,
     ON_STEP_TIMED_OUT: logging.WARNING,
     ON_STEP_RETRYING: logging.INFO,
@@ -117,20 +119,6 @@ async def tell_each(listeners: Sequence[Listener], told: Sequence[tuple[int, Tra
             raise cancelled
         finally:
             cancelled = None
-
-
-def tell_stopped(listeners: Sequence[Listener], saga_id: str, reason: str) -> None:
-    """Tell listeners that know how (a ``_sagakit_stopped`` method, as ``SagaTracer``
-    has) that a run stopped here without finishing — fenced out (``LeaseLost``) or
-    handed back — so they can let go of it; no ``SAGA_FINISHED`` will come."""
-    for listener in listeners:
-        hook = getattr(listener, "_sagakit_stopped", None)
-        if hook is None:
-            continue
-        try:
-            hook(saga_id, reason)
-        except Exception:
-            logger.exception("sagakit listener %s raised on a stopped saga", _name_of(listener))
 
 
 def _name_of(listener: object) -> str:

@@ -18,6 +18,7 @@ from ._members import (
     ON_COMPENSATION_STARTED,
     ON_SAGA_FINISHED,
     ON_SAGA_STARTED,
+    ON_SAGA_STOPPED,
     ON_STEP_COMPLETED,
     ON_STEP_FAILED,
     ON_STEP_RETRYING,
@@ -33,7 +34,7 @@ from ._members import (
     STEP_RUNNING,
     STEP_TIMED_OUT,
 )
-from ._notify import Listener, level_of, logger, tell, tell_each, tell_stopped
+from ._notify import Listener, level_of, logger, tell, tell_each
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import SagaRun, StepRun, current_run, describe_error, events_of, storable_text
@@ -56,6 +57,10 @@ from .stores.memory import DEFAULT_HISTORY_LIMIT
 from .transitions import Transition, TransitionKind, make_transition
 
 _Done = tuple[StepRun, StepCall[Any], Any]
+
+
+HANDED_BACK = "recovery was cancelled; the next recovery finishes the saga"
+"""Why a saga whose recovery was cancelled stopped (its ``SAGA_STOPPED`` error)."""
 
 
 class _Late(Exception):
@@ -365,9 +370,7 @@ class SagaOrchestrator:
             # Fenced out: another worker owns this saga now and finishes it. Run
             # nothing more here (no step, no compensation) and record nothing.
             close_driver(driver, run.name, run.id)
-            self._held.pop(run, None)  # staged, never committed: never told
-            tell_stopped(run.listeners, run.id, describe_error(lost))
-            await self._store.finish(run)
+            await self._stopped(run, lost)
             raise
         except asyncio.CancelledError:
             if hand_back:
@@ -375,9 +378,7 @@ class SagaOrchestrator:
                 # leaves it, for the next recovery to finish per its policy, rather
                 # than undo it against that policy. Nothing more is run or told.
                 close_driver(driver, run.name, run.id)
-                self._held.pop(run, None)
-                tell_stopped(run.listeners, run.id, "handed back to recovery")
-                await self._store.finish(run)
+                await self._stopped(run, asyncio.CancelledError(HANDED_BACK))
                 raise
             if steps and steps[-1].status is STEP_RUNNING:
                 record = steps[-1]
@@ -527,6 +528,18 @@ class SagaOrchestrator:
             record.status = STEP_FAILED
             record.error = describe_error(unrecorded)
             raise StepFailed(record.index, record.name, unrecorded) from unrecorded
+
+    async def _stopped(self, run: SagaRun, why: BaseException) -> None:
+        """The run stops here unfinished (``why``: ``LeaseLost``, or a cancelled recovery
+        handing it back): tell ``SAGA_STOPPED``, record nothing, let the store drop it."""
+        self._held.pop(run, None)  # staged, never committed: never told
+        transition = make_transition(
+            ON_SAGA_STOPPED, run.id, run.name, run.status, None, None, 0, None, (), why, None
+        )
+        try:
+            await tell(run.listeners, level_of(ON_SAGA_STOPPED, run.status), transition)
+        finally:
+            await self._store.finish(run)
 
     async def _finish(self, run: SagaRun) -> None:
         """Record the end of a run that did not complete and move it to history."""

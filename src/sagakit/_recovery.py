@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._hooks import SimulatedCrash, active_faults
-from ._notify import tell_stopped
 from ._runs import SagaRun, StepRun, current_run, describe_error
 from ._sagas import SagaDefinition, close_driver, registered_saga, registered_sagas
 from ._steps import StepCall
@@ -278,9 +277,7 @@ async def _recover_one(
         orchestrator._held.pop(run, None)  # "the process died": nothing more is recorded
         raise
     except LeaseLost as lost:
-        orchestrator._held.pop(run, None)  # another worker owns it now: record nothing
-        tell_stopped(run.listeners, run.id, describe_error(lost))
-        await store.finish(run)
+        await orchestrator._stopped(run, lost)  # another worker owns it now
         raise
     except BaseException:
         # Recording failed (or cancelled): end the run as execute() does, so the store

@@ -91,7 +91,7 @@ class SagaTracer:
         kind = transition.kind
         saga = self._sagas.get(transition.saga_id)
         if saga is None:
-            if kind is _K.SAGA_FINISHED:
+            if kind is _K.SAGA_FINISHED or kind is _K.SAGA_STOPPED:
                 return
             saga = self._start_saga(transition)
         if kind in _STARTS:
@@ -102,6 +102,8 @@ class SagaTracer:
             self._retry(saga, _RETRIES[kind], transition)
         elif kind is _K.SAGA_FINISHED:
             self._finish_saga(saga, transition)
+        elif kind is _K.SAGA_STOPPED:
+            self._stop_saga(saga, transition)
 
     def _attributes(self, transition: Transition) -> dict[str, str | int]:
         attributes: dict[str, str | int] = {
@@ -174,14 +176,13 @@ class SagaTracer:
             opened.token = None  # resetting the saga's token below restores the context
             opened.span.end()
 
-    def _sagakit_stopped(self, saga_id: str, reason: str) -> None:
+    def _stop_saga(self, saga: _Saga, transition: Transition) -> None:
         """The run stopped here without finishing (fenced out, handed back): end its
         spans, as no SAGA_FINISHED will come."""
-        saga = self._sagas.pop(saga_id, None)
-        if saga is None:
-            return
+        del self._sagas[transition.saga_id]
         self._end_children(saga)
-        saga.span.span.set_status(Status(StatusCode.ERROR, f"saga stopped: {reason}"))
+        reason = "" if transition.error is None else f": {describe_error(transition.error)}"
+        saga.span.span.set_status(Status(StatusCode.ERROR, f"saga stopped{reason}"))
         saga.span.detach()
         saga.span.span.end()
 

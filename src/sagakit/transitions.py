@@ -23,6 +23,10 @@ class TransitionKind(StrEnum):
     COMPENSATION_RETRYING = "compensation_retrying"
     COMPENSATION_FAILED = "compensation_failed"
     SAGA_FINISHED = "saga_finished"
+    # The run stopped in this process without finishing (fenced out by another worker,
+    # or handed back by a cancelled recovery); another worker or a later recovery
+    # finishes it. Told to listeners only: nothing is recorded for it.
+    SAGA_STOPPED = "saga_stopped"
 
 
 @dataclass(frozen=True, slots=True)

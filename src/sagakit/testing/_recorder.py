@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypeVar
 
+from .._runs import describe_error
 from ..exceptions import SagaDefinitionError
 from ..status import SagaStatus
 from ..transitions import Transition, TransitionKind
@@ -24,7 +25,6 @@ _COMPENSATION_KINDS = frozenset(
 )
 
 
-
 def _member(kind: type[E], value: E | str, where: str, what: str) -> E:
     """``value`` as a member of the string enum ``kind``; a typo is a mistake in the test."""
     try:
@@ -35,10 +35,14 @@ def _member(kind: type[E], value: E | str, where: str, what: str) -> E:
             f"{where} got {value!r}, which is not {what}; use a {kind.__name__} or one of {known}"
         ) from None
 
+
 def _line(transition: Transition, *, detail: bool = False) -> str:
     kind = transition.kind
     if kind is TransitionKind.SAGA_STARTED:
         return str(kind)
+    if kind is TransitionKind.SAGA_STOPPED:  # unfinished here: say why, in detail
+        error = transition.error
+        return f"{kind}: {describe_error(error)}" if detail and error is not None else str(kind)
     if kind is TransitionKind.SAGA_FINISHED:
         return f"{kind} {transition.status}"
     text = f"{kind} {transition.step_name}"
