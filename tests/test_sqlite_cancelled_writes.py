@@ -216,3 +216,60 @@ async def test_a_cancelled_caller_waits_for_its_write_on_the_writer_thread(
     assert caught.value.result == "written"
     assert _rows(conn) == [1]
     await writer.close()
+
+
+@step
+async def cw_cancel_me(n: int) -> str:
+    # The saga's own cancellation lands once this returns, while the next step's start
+    # (carrying this step's staged completion) waits in the group commit.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().call_soon(task.cancel)
+    RAN.append(f"do {n}")
+    return f"did {n}"
+
+
+@cw_cancel_me.compensate
+async def cw_uncancel_me(result: str, n: int) -> None:
+    RAN.append(f"undo {n} ({result})")
+
+
+@saga
+def cw_cancelled_after_first():  # type: ignore[no-untyped-def]
+    yield cw_cancel_me(0)
+    yield cw_act(1)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])  # FULL: on the writer thread
+async def test_a_completion_staged_in_a_dropped_write_is_still_logged_and_told(
+    tmp_path: Path, synchronous: Any
+) -> None:
+    # Regression: the dropped write carried step 0's staged completion; it was lost.
+    # The log kept step 0 "running", with no result or events, in a saga that ended
+    # compensated, and listeners heard step 0's compensation but never its completion.
+    RAN.clear()
+    heard: list[str] = []
+    store = SQLiteStore(tmp_path / "sagas.db", synchronous=synchronous)
+    listener = lambda t: heard.append(f"{t.kind} {t.step_name}")  # noqa: E731
+    async with SagaOrchestrator(store, listeners=[listener]) as orchestrator:
+        blocker = await _start_blocker(orchestrator)
+        with pytest.raises(asyncio.CancelledError):
+            await orchestrator.execute(cw_cancelled_after_first(), saga_id="cw-staged")
+        GATE["blocker"].set()
+        await blocker
+    assert RAN == ["do 0", "undo 0 (did 0)"]
+    mine = [line for line in heard if "cw_hold" not in line]
+    assert mine[mine.index("step_started cw_cancel_me") :][:3] == [
+        "step_started cw_cancel_me",
+        "step_completed cw_cancel_me",
+        "compensation_started cw_cancel_me",
+    ]
+    async with SagaOrchestrator(SQLiteStore(tmp_path / "sagas.db")) as reader:
+        meta = await reader.get_saga("cw-staged")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    first = meta.steps[0]
+    assert (first.name, first.status, first.events) == ("cw_cancel_me", "completed", ("did 0",))
+    assert meta.steps_executed == 1
+    assert [(c.name, c.status) for c in meta.compensations] == [("cw_cancel_me", "completed")]

@@ -739,12 +739,19 @@ async def test_a_lost_commit_of_a_staged_completion_undoes_that_step(db: str) ->
         with pytest.raises(StoreError, match="disk on fire"):
             await orch.execute(sqlite_move("A", "B", 5), saga_id="lost-1")
         meta = await orch.get_saga("lost-1")
-    assert calls == ["take A", "undo take A"]  # take ran, its completion never committed
-    assert "step_completed" not in heard  # never told of what was never durable
-    assert heard[-3:] == ["compensation_started", "compensation_completed", "saga_finished"]
+    assert calls == ["take A", "undo take A"]  # take ran; the commit carrying it failed
+    # Its completion stayed staged and committed with the compensation's start: logged
+    # (not left "running" in a compensated saga) and told once durable, in order.
+    assert heard[1:] == [
+        "step_started",
+        "step_completed",
+        "compensation_started",
+        "compensation_completed",
+        "saga_finished",
+    ]
     assert meta is not None
     assert meta.status is SagaStatus.COMPENSATED
-    assert _logged_steps(db, "lost-1") == [(0, "running")]
+    assert _logged_steps(db, "lost-1") == [(0, "completed")]
 
 
 def test_group_commit_keeps_each_jobs_statements_in_order() -> None:

@@ -804,12 +804,13 @@ class SagaOrchestrator:
                 return
             held = self._held.pop(run, None) if self._held else None
             try:
-                await self._store.record(run, transition)  # on failure, held ones never commit
+                await self._store.record(run, transition)
             except BaseException:
-                if held is not None and held[0][1].kind is ON_SAGA_STARTED:
-                    # The run's start is in the log once its end is (the end carries it,
-                    # or begin() wrote it): tell it with the end, never an end alone.
-                    self._held.setdefault(run, []).insert(0, held[0])
+                if held is not None:
+                    # Not told yet: a store keeps what it staged for the run's next record
+                    # when this one did not commit (and the run's end always carries its
+                    # start), so they are told, in order, once that one is durable.
+                    self._held.setdefault(run, [])[:0] = held
                 raise
             if held is not None:
                 if logged or run.listeners:

@@ -29,7 +29,8 @@ class SagaStore(Protocol):
     part of this protocol's checks): synchronous, it serializes the transition and
     queues its write, raising :class:`~sagakit.SerializationError` or
     :class:`~sagakit.StoreError` at once; queued writes commit, in order, no later
-    than the run's next :meth:`record` (or :meth:`finish`), in the same transaction.
+    than the run's next :meth:`record` (or :meth:`finish`), in the same transaction; a
+    :meth:`record` that fails without committing keeps them queued for the next one.
     The orchestrator then stages ``SAGA_STARTED``, ``STEP_COMPLETED`` and
     ``COMPENSATION_COMPLETED`` and awaits :meth:`record` for every transition that
     precedes a side effect or a return to the caller, so every transition is durable

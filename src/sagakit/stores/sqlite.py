@@ -280,6 +280,7 @@ class SQLiteStore:
             # log, and nothing may be written under its id (it may be another saga's, if
             # a generated id ever met one already logged).
             return
+        carried = 0 if staged is None else len(staged)
         if staged is not None:
             if job is not None:
                 staged += job
@@ -291,6 +292,12 @@ class SQLiteStore:
         except CommittedThenCancelled:
             if unlogged:
                 self._unlogged.discard(run.id)  # its row is in: the run's end goes there
+            raise
+        except BaseException:
+            if carried and not unlogged:
+                # Not committed (dropped as its caller was cancelled, or rolled back): the
+                # staged transitions happened all the same; they go with the next write.
+                self._staged[run.id] = job[:carried]
             raise
         if unlogged:
             self._unlogged.discard(run.id)
