@@ -1200,3 +1200,50 @@ async def test_a_resumed_saga_whose_lease_is_lost_is_not_reported_as_resumed(
         assert await recovering == []  # not this call's to report: c finishes it
         with pytest.raises(LeaseLost):
             await first
+
+
+@step
+async def pg_cancel_me(n: int) -> str:
+    # The saga's own cancellation lands once this returns, while the next step's start
+    # (carrying this step's staged completion) waits for the writer.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().call_soon(task.cancel)
+    _ran("do")
+    return f"did {n}"
+
+
+@pg_cancel_me.compensate
+async def pg_uncancel_me(result: str, n: int) -> None:
+    _ran("undo")
+
+
+@saga
+def pg_cancelled_after_first():  # type: ignore[no-untyped-def]
+    yield pg_cancel_me(0)
+    yield act(1)
+
+
+@pytest.mark.asyncio
+async def test_a_completion_staged_with_a_cancelled_write_is_logged_and_told(
+    dsn: str, schema: str
+) -> None:
+    heard: list[str] = []
+    async with opened(dsn, schema) as store:
+        listener = lambda t: heard.append(f"{t.kind} {t.step_name}")  # noqa: E731
+        orchestrator = SagaOrchestrator(store, listeners=[listener])
+        with pytest.raises(asyncio.CancelledError):
+            await orchestrator.execute(pg_cancelled_after_first(), saga_id="pg-staged")
+        meta = await store.get("pg-staged")
+    assert heard[:4] == [
+        "saga_started None",
+        "step_started pg_cancel_me",
+        "step_completed pg_cancel_me",  # told, though the write it rode in was cancelled
+        "compensation_started pg_cancel_me",
+    ]
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert (meta.steps[0].name, str(meta.steps[0].status)) == ("pg_cancel_me", "completed")
+    assert meta.steps[0].events == ("did 0",)
+    assert [(c.name, str(c.status)) for c in meta.compensations] == [("pg_cancel_me", "completed")]
+    assert RAN[("pg-staged", 0, "undo")] == 1
