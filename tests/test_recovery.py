@@ -618,3 +618,56 @@ async def test_recovery_fenced_out_while_compensating_tells_saga_stopped(
         r for r in caplog.records if r.levelname == "WARNING" and "LeaseLost" in r.getMessage()
     ]
     assert warned == []
+
+
+body_runs: list[str] = []
+
+
+@saga
+def rec_counted_order(item: str):  # type: ignore[no-untyped-def]
+    body_runs.append("enter")
+    try:
+        yield book(item)
+        yield pay(item)
+    finally:
+        body_runs.append("exit")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("where", ["between steps", "inside a step"])
+async def test_recovery_runs_a_generator_body_once(db: str, where: str) -> None:
+    # Regression: recovery ran the body once to check the replay against the log, closed
+    # it (its finally: block ran), then ran it again to resume: a body with an
+    # enter/exit pair (a span, a lock, a counter) saw two of each per recovery.
+    when = (
+        at(TransitionKind.STEP_STARTED, "pay")
+        if where == "between steps"
+        else at(TransitionKind.STEP_COMPLETED, "pay")
+    )
+    await crash(db, rec_counted_order("cup"), "o-once", when)
+    body_runs.clear()
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        (outcome,) = await orchestrator.recover()
+    assert (outcome.action, outcome.status) == ("resumed", SagaStatus.COMPLETED)
+    assert body_runs == ["enter", "exit"]
+
+
+@saga(recovery="compensate")
+def rec_counted_careful(item: str):  # type: ignore[no-untyped-def]
+    body_runs.append("enter")
+    try:
+        yield book(item)
+        yield pay(item)
+    finally:
+        body_runs.append("exit")
+
+
+@pytest.mark.asyncio
+async def test_recovery_compensating_runs_a_generator_body_once(db: str) -> None:
+    await crash(db, rec_counted_careful("jug"), "o-once-c", at(TransitionKind.STEP_STARTED, "pay"))
+    body_runs.clear()
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        (outcome,) = await orchestrator.recover()
+    assert (outcome.action, outcome.status) == ("compensated", SagaStatus.COMPENSATED)
+    assert body_runs == ["enter", "exit"]
+    assert effects[-1] == "cancel booking-jug"

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ._hooks import SimulatedCrash, active_faults
 from ._runs import SagaRun, StepRun, current_run, describe_error
-from ._sagas import SagaDefinition, close_driver, registered_saga, registered_sagas
+from ._sagas import (
+    SagaDefinition,
+    StepDriver,
+    close_driver,
+    registered_saga,
+    registered_sagas,
+)
 from ._steps import StepCall
 from .exceptions import (
     LeaseLost,
@@ -133,8 +139,9 @@ def _definition(orphan: OrphanedSaga) -> SagaDefinition | str:
 
 def _replay(
     definition: SagaDefinition, orphan: OrphanedSaga, done: tuple[LoggedStep, ...]
-) -> list[StepCall[Any]]:
-    """Re-run the saga body against the log; the step calls of ``done`` and the next one."""
+) -> tuple[list[StepCall[Any]], StepDriver]:
+    """Run the saga body against the log: the step calls of ``done`` and of the next one,
+    and the body's generator, left open where it yielded the last of them."""
     driver = definition._driver()
     calls: list[StepCall[Any]] = []
     value: Any = None
@@ -161,9 +168,28 @@ def _replay(
                 )
             calls.append(call)
             value = logged.result
-    finally:
+    except BaseException:
         close_driver(driver, orphan.name, orphan.saga_id)
-    return calls
+        raise
+    return calls, driver
+
+
+def _continued(calls: list[StepCall[Any]], body: StepDriver) -> StepDriver:
+    """The step calls the replay drew from ``body`` again (the values sent for them are
+    dropped: ``body`` was fed the logged results), then ``body`` itself, where it stands:
+    the body of a resumed saga runs once."""
+    value: Any = None
+    for call in calls:
+        value = yield call
+    try:
+        while True:
+            try:
+                call = body.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value = yield call
+    finally:
+        body.close()
 
 
 def _rebuild(
@@ -215,7 +241,7 @@ async def _recover_one(
             extra=_fields(orphan),
         )
     try:
-        calls = _replay(definition, orphan, done)
+        calls, body = _replay(definition, orphan, done)
     except NonDeterminismError as error:
         return await _park(store, orphan, f"NonDeterminismError: {error}")
     except Exception as error:
@@ -223,6 +249,8 @@ async def _recover_one(
     stopped = orphan.steps[len(done)] if len(orphan.steps) > len(done) else None
     failed = stopped is not None and stopped.status in (StepStatus.FAILED, StepStatus.TIMED_OUT)
     compensate = orphan.status is SagaStatus.COMPENSATING or failed or orphan.policy == "compensate"
+    if compensate:
+        close_driver(body, orphan.name, orphan.saga_id)  # only its step calls are needed
     run = _rebuild(definition, orphan, done)
     run.listeners = orchestrator._listeners  # told of the whole recovered run
     logger.warning(
@@ -236,7 +264,8 @@ async def _recover_one(
     )
     if not compensate:
         try:
-            await orchestrator._drive(run, definition._driver(), replay=len(done), hand_back=True)
+            driver = _continued(calls, body)
+            await orchestrator._drive(run, driver, replay=len(done), hand_back=True)
         except LeaseLost:
             raise  # another worker owns the saga now: its outcome is that worker's
         except SagaError as error:
