@@ -38,6 +38,7 @@ class StepSpec:
 
     __slots__ = (
         "arity",
+        "call_shapes",
         "compensate_on_failure",
         "compensate_on_timeout",
         "compensation",
@@ -71,6 +72,7 @@ class StepSpec:
     has_defaults: bool
     arity: int  # positional parameters, when they are all the parameters; else -1
     defaults: tuple[Any, ...]  # the defaults of the trailing positional parameters
+    call_shapes: set[tuple[Any, ...]]  # (positional count, *keyword names) known to bind
 
 
 class StepCall(Generic[R_co]):
@@ -213,6 +215,10 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> StepCall[Any]:
+            # Method steps (and plain ones reached through a class): a bound instance
+            # fills the first parameter.
+            full = args if instance is None else (instance, *args)
+            check_arguments(step_self._self_spec, full, kwargs)
             return StepCall(step_self, wrapped, instance, args, kwargs)
 
         # The wrapper's result type is the StepCall (so bound method steps are typed).
@@ -246,6 +252,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         spec.defaults = tuple(
             p.default for p in parameters if p.kind in _POSITIONAL and p.default is not p.empty
         )
+        spec.call_shapes = set()
         self._self_spec = spec
         own = type(self)  # the real class: ``self.__class__`` is the function's
         if "__call__" not in own.__dict__ and own.__call__ is Step.__call__:
@@ -254,9 +261,11 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> StepCall[R]:
         # Unbound calls build the StepCall directly (twice as fast as going through
         # the wrapper); bound method calls go through wrapt, which calls ``make_call``.
+        spec = self._self_spec
+        check_arguments(spec, args, kwargs)
         call: StepCall[R] = _new_call(StepCall)  # no __init__ frame: this is per step
         call.step = self
-        call.spec = spec = self._self_spec
+        call.spec = spec
         call.fn = spec.fn
         call.instance = None
         call.args = args
@@ -351,8 +360,12 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
 def _call_maker(spec: StepSpec) -> Callable[..., StepCall[Any]]:
     """``Step.__call__`` for one step, with its options at hand (see ``Step.__new__``)."""
     fn = spec.fn
+    arity = spec.arity
+    least = arity - len(spec.defaults)  # below zero when arity is -1: always checked
 
     def __call__(self: Step[Any, Any], *args: Any, **kwargs: Any) -> StepCall[Any]:
+        if kwargs or not least <= len(args) <= arity:
+            check_arguments(spec, args, kwargs)
         call: StepCall[Any] = _new_call(StepCall)  # no __init__ frame: this is per step
         call.step = self
         call.spec = spec
@@ -363,6 +376,30 @@ def _call_maker(spec: StepSpec) -> Callable[..., StepCall[Any]]:
         return call
 
     return __call__
+
+
+_MAX_CALL_SHAPES = 64  # a step taking **kwargs may be called with ever new keywords
+
+
+def check_arguments(spec: StepSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Raise a clear definition error when the step's function cannot take these arguments.
+
+    Whether arguments bind depends only on how many are positional and which keywords are
+    given, so each such shape is bound once and remembered.
+    """
+    shape = (len(args), *kwargs)
+    if shape in spec.call_shapes:
+        return
+    try:
+        spec.signature.bind(*args, **kwargs)
+    except TypeError as error:
+        parameters = spec.signature.replace(return_annotation=inspect.Signature.empty)
+        raise SagaDefinitionError(
+            f"step {spec.name!r} cannot be called with these arguments: {error}; "
+            f"its parameters are {parameters}"
+        ) from None
+    if len(spec.call_shapes) < _MAX_CALL_SHAPES:
+        spec.call_shapes.add(shape)
 
 
 def _as_retry(value: Retry | int | None, what: str) -> Retry | None:
