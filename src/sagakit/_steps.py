@@ -201,6 +201,12 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         compensate_on_timeout: bool = True,
         compensate_on_failure: bool = False,
     ) -> None:
+        if isinstance(fn, staticmethod | classmethod):
+            kind = type(fn).__name__
+            raise SagaDefinitionError(
+                f"@step needs the function itself, but got the {kind} "
+                f"{qualname_of(fn.__func__)}; put @step below @{kind}"
+            )
         if not inspect.iscoroutinefunction(fn):
             what = qualname_of(fn)
             raise SagaDefinitionError(
@@ -520,7 +526,7 @@ def step(
             return Step(fn, **options)
 
         return decorate
-    if not callable(fn):
+    if not callable(fn) and not isinstance(fn, staticmethod | classmethod):
         raise SagaDefinitionError(
             f"@step takes an async function, got {fn!r}; options are keyword-only: "
             "@step(timeout=10)"
