@@ -43,3 +43,25 @@ def test_the_working_order_of_staticmethod_and_classmethod_is_unchanged() -> Non
 
     assert Shop.price("a").args == ("a",)
     assert Shop.stock("a").args == ("a",)
+
+
+def test_a_step_decorated_again_is_refused() -> None:
+    # The outer step wrapped the inner one: the inner's compensation and options were
+    # silently ignored by sagas running the outer one.
+    @step
+    async def debit(account: str) -> None: ...
+
+    @debit.compensate
+    async def undo_debit(account: str) -> None: ...
+
+    with pytest.raises(SagaDefinitionError) as info:
+        step(timeout=5)(debit)
+    message = str(info.value)
+    assert "'debit' is already a step" in message
+    assert "__wrapped__" in message
+    with pytest.raises(SagaDefinitionError, match="already a step"):
+        step(debit)
+    # The way the message shows: another step from the same function.
+    again = step(timeout=5, name="debit-fast")(debit.__wrapped__)
+    assert again.timeout == 5
+    assert again.compensation is None

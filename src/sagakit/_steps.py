@@ -207,6 +207,12 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
                 f"@step needs the function itself, but got the {kind} "
                 f"{qualname_of(fn.__func__)}; put @step below @{kind}"
             )
+        if isinstance(fn, Step):
+            # Its compensation and options would be ignored by sagas running this step.
+            raise SagaDefinitionError(
+                f"{fn.name!r} is already a step; give all its options in one @step(...), or "
+                f"declare another step from the same function: step(...)({fn.name}.__wrapped__)"
+            )
         if not inspect.iscoroutinefunction(fn):
             what = qualname_of(fn)
             raise SagaDefinitionError(
