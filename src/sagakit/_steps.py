@@ -6,12 +6,12 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, Concatenate, Generic, TypeVar, overload
+from typing import Any, Concatenate, Generic, SupportsIndex, TypeVar, overload
 
 import wrapt
 from typing_extensions import ParamSpec
 
-from ._names import declared_name, qualname_of
+from ._names import by_reference, declared_name, qualname_of
 from ._retry import NO_RETRY, Retry, check_seconds
 from .exceptions import CompensationAlreadySetError, SagaDefinitionError, StepTimeout
 
@@ -162,6 +162,10 @@ class StepCall(Generic[R_co]):
                         raise
                     raise failure from error
             await asyncio.sleep(policy.delay(attempt))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Made again by calling the step: the spec and function are the step's own.
+        return _call_again, (self.step, self.instance, self.args, self.kwargs)
 
     def __repr__(self) -> str:
         parts = [repr(a) for a in self.args]
@@ -365,8 +369,31 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         spec.compensation = fn
         return fn
 
+    # Like a function: copied as itself, pickled by reference (wrapt's proxy refuses all).
+    def __copy__(self) -> Step[P, R]:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Step[P, R]:
+        return self
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, ...]:
+        return by_reference(self, f"step {self.name!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return by_reference(self, f"step {self.name!r}")
+
     def __repr__(self) -> str:
         return f"<Step {self.name} timeout={self.timeout:g}s>"
+
+
+def _call_again(
+    step: Step[Any, Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> StepCall[Any]:
+    """A pickled :class:`StepCall`, made again (bound to its instance for a method step)."""
+    if instance is None:
+        return step(*args, **kwargs)
+    bound: Callable[..., StepCall[Any]] = step.__get__(instance, type(instance))
+    return bound(*args, **kwargs)
 
 
 def _call_maker(spec: StepSpec) -> Callable[..., StepCall[Any]]:
