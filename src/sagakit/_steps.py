@@ -364,7 +364,15 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
                 f"the compensation of step {self.name!r} must be an 'async def', "
                 f"but {what} is not a coroutine function"
             )
-        spec.compensation_takes_result = _takes_result(self, fn)
+        # A method step is told by its first parameter's name (self, cls). A function
+        # defined outside a class body whose compensation names that parameter otherwise
+        # is a plain function that happens to use the name: the result comes first.
+        first = next(iter(spec.signature.parameters), None)
+        is_method = spec.is_method and (
+            _in_class_body(spec.fn) or next(iter(inspect.signature(fn).parameters), None) == first
+        )
+        spec.compensation_takes_result = _takes_result(self, fn, is_method)
+        spec.is_method = is_method
         spec.plain_compensation = not (spec.compensation_takes_result or spec.is_method)
         spec.compensation = fn
         return fn
@@ -459,7 +467,13 @@ def _as_bool(value: object, option: str, name: str) -> bool:
     return value
 
 
-def _takes_result(step: Step[Any, Any], fn: Callable[..., Any]) -> bool:
+def _in_class_body(fn: object) -> bool:
+    """Whether ``fn`` was defined in a class body, by its qualified name (``Bank.withdraw``)."""
+    parts = str(getattr(fn, "__qualname__", "")).split(".")
+    return len(parts) > 1 and parts[-2] != "<locals>"
+
+
+def _takes_result(step: Step[Any, Any], fn: Callable[..., Any], is_method: bool) -> bool:
     """Decide which form ``fn`` has, or raise when it cannot take the step's arguments."""
     spec = step._self_spec
     params = list(spec.signature.parameters.values())
@@ -473,7 +487,7 @@ def _takes_result(step: Step[Any, Any], fn: Callable[..., Any]) -> bool:
             )
     positional = [p.name for p in params if p.kind in _POSITIONAL]
     keywords = {p.name: p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    if spec.is_method and positional:
+    if is_method and positional:
         with_result = [positional[0], _RESULT, *positional[1:]]
     else:
         with_result = [_RESULT, *positional]
