@@ -56,6 +56,11 @@ class SagaDefinition:
             raise SagaDefinitionError(
                 f"SagaDefinition(name=...) must be a non-empty string, got {name!r}"
             )
+        if isinstance(steps, StepCall) or not isinstance(steps, Iterable):
+            hint = " (put a single step call in a list)" if isinstance(steps, StepCall) else ""
+            raise SagaDefinitionError(
+                f"SagaDefinition(steps=...) must be an iterable of step calls, got {steps!r}{hint}"
+            )
         calls = tuple(steps)
         for index, call in enumerate(calls):
             _check_call(call, name or saga_id or "saga", index)
