@@ -153,3 +153,12 @@ async def test_lowering_a_memory_store_history_limit_trims_the_history() -> None
     store.history_limit = 0
     await orchestrator.execute(SagaDefinition("dc-h7").add_step(dc_ga_step(7)))
     assert await orchestrator.history_count() == 0
+
+
+@pytest.mark.parametrize("steps", [dc_ga_step(1), 5, None])
+def test_a_builder_definition_refuses_steps_that_are_not_a_collection(steps: object) -> None:
+    # A single step call (or any non-iterable) was a bare "'StepCall' object is not iterable".
+    with pytest.raises(
+        SagaDefinitionError, match=r"steps=\.\.\.\) must be an iterable of step calls"
+    ):
+        SagaDefinition("dc-steps", steps=steps)  # type: ignore[arg-type]

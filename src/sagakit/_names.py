@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import pickle
+from collections.abc import Callable
+from typing import Any
+
 from .exceptions import SagaDefinitionError
 
 
@@ -23,4 +29,31 @@ def declared_name(fn: object, name: object, *, what: str, fix: str) -> str:
     return name
 
 
-__all__ = ["declared_name", "qualname_of"]
+def find_by_qualname(module: str, qualname: str) -> Any:
+    """What ``module`` defines as ``qualname``, read from each class body's own namespace
+    (``getattr`` on a class would bind a method step to it)."""
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        namespace = getattr(found, "__dict__", {})
+        found = namespace[part] if part in namespace else getattr(found, part)
+        if isinstance(found, staticmethod | classmethod):
+            found = found.__func__
+    return found
+
+
+def by_reference(obj: object, what: str) -> tuple[Callable[[str, str], Any], tuple[str, str]]:
+    """A ``__reduce__`` value that pickles ``obj`` by reference, as pickle does functions."""
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if isinstance(module, str) and isinstance(qualname, str):
+        with contextlib.suppress(Exception):  # not importable, not found: refused below
+            if find_by_qualname(module, qualname) is obj:
+                return find_by_qualname, (module, qualname)
+    raise pickle.PicklingError(
+        f"cannot pickle {what}: it is not found as {module}.{qualname}; like functions, "
+        "steps and sagas pickle by reference, so only those defined at module level or in "
+        "a class body can be pickled"
+    )
+
+
+__all__ = ["by_reference", "declared_name", "find_by_qualname", "qualname_of"]

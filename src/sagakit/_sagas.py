@@ -9,7 +9,7 @@ from typing import Any, Generic, Literal, TypeAlias, overload
 
 from typing_extensions import ParamSpec
 
-from ._names import declared_name, qualname_of
+from ._names import by_reference, declared_name, qualname_of
 from ._steps import StepCall
 from .exceptions import SagaDefinitionError
 from .records import SagaMetadata
@@ -55,6 +55,11 @@ class SagaDefinition:
         if name is not None and (not isinstance(name, str) or not name):
             raise SagaDefinitionError(
                 f"SagaDefinition(name=...) must be a non-empty string, got {name!r}"
+            )
+        if isinstance(steps, StepCall) or not isinstance(steps, Iterable):
+            hint = " (put a single step call in a list)" if isinstance(steps, StepCall) else ""
+            raise SagaDefinitionError(
+                f"SagaDefinition(steps=...) must be an iterable of step calls, got {steps!r}{hint}"
             )
         calls = tuple(steps)
         for index, call in enumerate(calls):
@@ -174,6 +179,13 @@ class SagaDefinition:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"SagaDefinition is immutable; use with_id()/add_step() ({name})")
 
+    def __copy__(self) -> SagaDefinition:
+        return self  # immutable
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # For pickle and deepcopy: slot values are set past the immutable __setattr__.
+        return _restore, (type(self), *(getattr(self, slot) for slot in _SLOTS))
+
     def __repr__(self) -> str:
         steps = "?" if self._calls is None else len(self._calls)
         ident = f" id={self._saga_id!r}" if self._saga_id else ""
@@ -210,10 +222,15 @@ def _init(
 
 
 _new_definition = object.__new__
-_SETTERS = tuple(
-    getattr(SagaDefinition, slot).__set__
-    for slot in ("_saga_id", "_name", "_calls", "_factory", "_args", "_kwargs", "_recovery")
-)
+_SLOTS = ("_saga_id", "_name", "_calls", "_factory", "_args", "_kwargs", "_recovery")
+_SETTERS = tuple(getattr(SagaDefinition, slot).__set__ for slot in _SLOTS)
+
+
+def _restore(cls: type[SagaDefinition], *values: Any) -> SagaDefinition:
+    """A pickled or deep-copied definition, made again from its slot values."""
+    definition = _new_definition(cls)
+    _init(definition, *values)
+    return definition
 
 
 def close_driver(driver: StepDriver, name: str, saga_id: str) -> None:
@@ -318,6 +335,16 @@ class SagaFunction(Generic[P]):
                 )
             calls = tuple(body)
         return SagaDefinition._from_factory(self, args, kwargs, calls)
+
+    # Like a function: copied as itself, pickled by reference.
+    def __copy__(self) -> SagaFunction[P]:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SagaFunction[P]:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return by_reference(self, f"saga {self.name!r}")
 
     def __repr__(self) -> str:
         return f"<saga {self.name}>"

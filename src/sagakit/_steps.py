@@ -6,12 +6,12 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, Concatenate, Generic, TypeVar, overload
+from typing import Any, Concatenate, Generic, SupportsIndex, TypeVar, overload
 
 import wrapt
 from typing_extensions import ParamSpec
 
-from ._names import declared_name, qualname_of
+from ._names import by_reference, declared_name, qualname_of
 from ._retry import NO_RETRY, Retry, check_seconds
 from .exceptions import CompensationAlreadySetError, SagaDefinitionError, StepTimeout
 
@@ -38,6 +38,7 @@ class StepSpec:
 
     __slots__ = (
         "arity",
+        "call_shapes",
         "compensate_on_failure",
         "compensate_on_timeout",
         "compensation",
@@ -71,6 +72,7 @@ class StepSpec:
     has_defaults: bool
     arity: int  # positional parameters, when they are all the parameters; else -1
     defaults: tuple[Any, ...]  # the defaults of the trailing positional parameters
+    call_shapes: set[tuple[Any, ...]]  # (positional count, *keyword names) known to bind
 
 
 class StepCall(Generic[R_co]):
@@ -161,6 +163,10 @@ class StepCall(Generic[R_co]):
                     raise failure from error
             await asyncio.sleep(policy.delay(attempt))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Made again by calling the step: the spec and function are the step's own.
+        return _call_again, (self.step, self.instance, self.args, self.kwargs)
+
     def __repr__(self) -> str:
         parts = [repr(a) for a in self.args]
         parts += [f"{k}={v!r}" for k, v in self.kwargs.items()]
@@ -199,6 +205,18 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         compensate_on_timeout: bool = True,
         compensate_on_failure: bool = False,
     ) -> None:
+        if isinstance(fn, staticmethod | classmethod):
+            kind = type(fn).__name__
+            raise SagaDefinitionError(
+                f"@step needs the function itself, but got the {kind} "
+                f"{qualname_of(fn.__func__)}; put @step below @{kind}"
+            )
+        if isinstance(fn, Step):
+            # Its compensation and options would be ignored by sagas running this step.
+            raise SagaDefinitionError(
+                f"{fn.name!r} is already a step; give all its options in one @step(...), or "
+                f"declare another step from the same function: step(...)({fn.name}.__wrapped__)"
+            )
         if not inspect.iscoroutinefunction(fn):
             what = qualname_of(fn)
             raise SagaDefinitionError(
@@ -213,6 +231,10 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> StepCall[Any]:
+            # Method steps (and plain ones reached through a class): a bound instance
+            # fills the first parameter.
+            full = args if instance is None else (instance, *args)
+            check_arguments(step_self._self_spec, full, kwargs)
             return StepCall(step_self, wrapped, instance, args, kwargs)
 
         # The wrapper's result type is the StepCall (so bound method steps are typed).
@@ -246,6 +268,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         spec.defaults = tuple(
             p.default for p in parameters if p.kind in _POSITIONAL and p.default is not p.empty
         )
+        spec.call_shapes = set()
         self._self_spec = spec
         own = type(self)  # the real class: ``self.__class__`` is the function's
         if "__call__" not in own.__dict__ and own.__call__ is Step.__call__:
@@ -254,9 +277,11 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> StepCall[R]:
         # Unbound calls build the StepCall directly (twice as fast as going through
         # the wrapper); bound method calls go through wrapt, which calls ``make_call``.
+        spec = self._self_spec
+        check_arguments(spec, args, kwargs)
         call: StepCall[R] = _new_call(StepCall)  # no __init__ frame: this is per step
         call.step = self
-        call.spec = spec = self._self_spec
+        call.spec = spec
         call.fn = spec.fn
         call.instance = None
         call.args = args
@@ -339,20 +364,55 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
                 f"the compensation of step {self.name!r} must be an 'async def', "
                 f"but {what} is not a coroutine function"
             )
-        spec.compensation_takes_result = _takes_result(self, fn)
+        # A method step is told by its first parameter's name (self, cls). A function
+        # defined outside a class body whose compensation names that parameter otherwise
+        # is a plain function that happens to use the name: the result comes first.
+        first = next(iter(spec.signature.parameters), None)
+        is_method = spec.is_method and (
+            _in_class_body(spec.fn) or next(iter(inspect.signature(fn).parameters), None) == first
+        )
+        spec.compensation_takes_result = _takes_result(self, fn, is_method)
+        spec.is_method = is_method
         spec.plain_compensation = not (spec.compensation_takes_result or spec.is_method)
         spec.compensation = fn
         return fn
+
+    # Like a function: copied as itself, pickled by reference (wrapt's proxy refuses all).
+    def __copy__(self) -> Step[P, R]:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Step[P, R]:
+        return self
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, ...]:
+        return by_reference(self, f"step {self.name!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return by_reference(self, f"step {self.name!r}")
 
     def __repr__(self) -> str:
         return f"<Step {self.name} timeout={self.timeout:g}s>"
 
 
+def _call_again(
+    step: Step[Any, Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> StepCall[Any]:
+    """A pickled :class:`StepCall`, made again (bound to its instance for a method step)."""
+    if instance is None:
+        return step(*args, **kwargs)
+    bound: Callable[..., StepCall[Any]] = step.__get__(instance, type(instance))
+    return bound(*args, **kwargs)
+
+
 def _call_maker(spec: StepSpec) -> Callable[..., StepCall[Any]]:
     """``Step.__call__`` for one step, with its options at hand (see ``Step.__new__``)."""
     fn = spec.fn
+    arity = spec.arity
+    least = arity - len(spec.defaults)  # below zero when arity is -1: always checked
 
     def __call__(self: Step[Any, Any], *args: Any, **kwargs: Any) -> StepCall[Any]:
+        if kwargs or not least <= len(args) <= arity:
+            check_arguments(spec, args, kwargs)
         call: StepCall[Any] = _new_call(StepCall)  # no __init__ frame: this is per step
         call.step = self
         call.spec = spec
@@ -363,6 +423,30 @@ def _call_maker(spec: StepSpec) -> Callable[..., StepCall[Any]]:
         return call
 
     return __call__
+
+
+_MAX_CALL_SHAPES = 64  # a step taking **kwargs may be called with ever new keywords
+
+
+def check_arguments(spec: StepSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Raise a clear definition error when the step's function cannot take these arguments.
+
+    Whether arguments bind depends only on how many are positional and which keywords are
+    given, so each such shape is bound once and remembered.
+    """
+    shape = (len(args), *kwargs)
+    if shape in spec.call_shapes:
+        return
+    try:
+        spec.signature.bind(*args, **kwargs)
+    except TypeError as error:
+        parameters = spec.signature.replace(return_annotation=inspect.Signature.empty)
+        raise SagaDefinitionError(
+            f"step {spec.name!r} cannot be called with these arguments: {error}; "
+            f"its parameters are {parameters}"
+        ) from None
+    if len(spec.call_shapes) < _MAX_CALL_SHAPES:
+        spec.call_shapes.add(shape)
 
 
 def _as_retry(value: Retry | int | None, what: str) -> Retry | None:
@@ -383,7 +467,13 @@ def _as_bool(value: object, option: str, name: str) -> bool:
     return value
 
 
-def _takes_result(step: Step[Any, Any], fn: Callable[..., Any]) -> bool:
+def _in_class_body(fn: object) -> bool:
+    """Whether ``fn`` was defined in a class body, by its qualified name (``Bank.withdraw``)."""
+    parts = str(getattr(fn, "__qualname__", "")).split(".")
+    return len(parts) > 1 and parts[-2] != "<locals>"
+
+
+def _takes_result(step: Step[Any, Any], fn: Callable[..., Any], is_method: bool) -> bool:
     """Decide which form ``fn`` has, or raise when it cannot take the step's arguments."""
     spec = step._self_spec
     params = list(spec.signature.parameters.values())
@@ -397,7 +487,7 @@ def _takes_result(step: Step[Any, Any], fn: Callable[..., Any]) -> bool:
             )
     positional = [p.name for p in params if p.kind in _POSITIONAL]
     keywords = {p.name: p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    if spec.is_method and positional:
+    if is_method and positional:
         with_result = [positional[0], _RESULT, *positional[1:]]
     else:
         with_result = [_RESULT, *positional]
@@ -483,7 +573,7 @@ def step(
             return Step(fn, **options)
 
         return decorate
-    if not callable(fn):
+    if not callable(fn) and not isinstance(fn, staticmethod | classmethod):
         raise SagaDefinitionError(
             f"@step takes an async function, got {fn!r}; options are keyword-only: "
             "@step(timeout=10)"

@@ -1,0 +1,128 @@
+"""A step call is checked against the step's signature when it is made.
+
+The docs say calling a step "binds" its arguments, but a call the function cannot take was
+accepted, and the TypeError came only when the step ran (after the steps before it had run
+and had to be compensated), or from binding the compensation's arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sagakit import SagaDefinition, SagaDefinitionError, SagaOrchestrator, StepFailed, saga, step
+
+
+@step
+async def sca_debit(account: str, amount: float, note: str = "") -> str:
+    return f"{account}-{amount}{note}"
+
+
+@step
+async def sca_tag(order_id: str, *, label: str) -> str:
+    return f"{order_id}:{label}"
+
+
+@pytest.mark.parametrize(
+    ("make", "complaint"),
+    [
+        (lambda: sca_debit("A"), "missing a required argument: 'amount'"),
+        (lambda: sca_debit("A", 1.0, "n", "extra"), "too many positional arguments"),
+        (lambda: sca_debit("A", 1.0, memo="x"), "unexpected keyword argument 'memo'"),
+        (lambda: sca_debit("A", 1.0, account="B"), "multiple values for argument 'account'"),
+        (lambda: sca_tag("o-1"), "missing a required argument: 'label'"),
+        (lambda: sca_tag("o-1", "red"), "too many positional arguments"),
+    ],
+)
+def test_a_call_the_step_cannot_take_is_refused_when_made(make: Any, complaint: str) -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        make()
+    message = str(info.value)
+    assert complaint in message
+    assert "step 'sca_" in message  # names the step
+    assert "its parameters are (" in message  # and how to call it
+    assert isinstance(info.value, TypeError)
+
+
+def test_calls_the_step_can_take_are_accepted() -> None:
+    assert sca_debit("A", 1.0).args == ("A", 1.0)
+    assert sca_debit("A", 1.0, "n").args == ("A", 1.0, "n")
+    assert sca_debit(account="A", amount=1.0).kwargs == {"account": "A", "amount": 1.0}
+    assert sca_debit("A", amount=1.0, note="n").kwargs == {"amount": 1.0, "note": "n"}
+    assert sca_tag("o-1", label="red").kwargs == {"label": "red"}
+    # The same shape again, from the check's memo.
+    assert sca_debit(account="B", amount=2.0).kwargs == {"account": "B", "amount": 2.0}
+
+
+class ScaBank:
+    @step
+    async def withdraw(self, account: str, amount: int) -> int:
+        return amount
+
+
+def test_a_bound_method_step_call_is_checked_without_self() -> None:
+    bank = ScaBank()
+    assert bank.withdraw("A", 1).args == ("A", 1)
+    assert bank.withdraw(account="A", amount=1).kwargs == {"account": "A", "amount": 1}
+    with pytest.raises(SagaDefinitionError, match="missing a required argument: 'amount'"):
+        bank.withdraw("A")
+    with pytest.raises(SagaDefinitionError, match="too many positional arguments"):
+        bank.withdraw("A", 1, 2)
+    assert ScaBank.withdraw(bank, "A", 1).args == ("A", 1)
+    with pytest.raises(SagaDefinitionError, match="missing a required argument: 'self'"):
+        ScaBank.withdraw()
+
+
+def test_a_plain_step_reached_through_a_class_is_checked_as_called() -> None:
+    class Holder:
+        debit = sca_debit
+
+    assert Holder.debit("A", 1.0).args == ("A", 1.0)
+    with pytest.raises(SagaDefinitionError, match="too many positional arguments"):
+        Holder.debit("A", 1.0, "n", "extra")
+
+
+@pytest.mark.asyncio
+async def test_a_generator_saga_making_a_bad_call_stops_before_running_it() -> None:
+    ran: list[str] = []
+
+    @step
+    async def sca_first(x: int) -> int:
+        ran.append("first")
+        return x
+
+    @sca_first.compensate
+    async def sca_undo_first(x: int) -> None:
+        ran.append("undo first")
+
+    @step
+    async def sca_second(x: int) -> int:
+        ran.append("second")
+        return x
+
+    @saga
+    def sca_flow():  # type: ignore[no-untyped-def]
+        yield sca_first(1)
+        yield sca_second(1, 2)  # type: ignore[call-arg]
+
+    with pytest.raises(SagaDefinitionError, match="step 'sca_second'"):
+        await SagaOrchestrator().execute(sca_flow())
+    assert ran == ["first", "undo first"]
+
+
+def test_a_list_saga_making_a_bad_call_is_refused_when_built() -> None:
+    with pytest.raises(SagaDefinitionError, match="step 'sca_debit'"):
+        SagaDefinition("sca-1", steps=[sca_debit("A")])  # type: ignore[call-arg]
+
+
+@pytest.mark.asyncio
+async def test_awaiting_a_good_call_still_runs_and_a_failing_step_still_fails() -> None:
+    assert await sca_debit("A", 1.0, note="!") == "A-1.0!"
+
+    @step
+    async def sca_boom(x: int) -> None:
+        raise TypeError("from inside the step")
+
+    with pytest.raises(StepFailed, match="from inside the step"):
+        await SagaOrchestrator().execute(SagaDefinition("sca-2").add_step(sca_boom(1)))

@@ -1,0 +1,141 @@
+"""Declaring steps in unusual but recognisable ways: an error that names the real problem, or
+the behaviour the form means."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from sagakit import SagaDefinitionError, step
+
+
+@pytest.mark.parametrize("kind", [staticmethod, classmethod])
+@pytest.mark.parametrize("options", [{}, {"timeout": 5}])
+def test_step_above_staticmethod_or_classmethod_says_to_swap_them(
+    kind: Any, options: dict[str, Any]
+) -> None:
+    # It said the function was "not a coroutine function; declare it with 'async def'" (or
+    # that "options are keyword-only") about an 'async def'.
+    async def fetch(x: int) -> int:
+        return x
+
+    decorate = step(**options) if options else step
+    with pytest.raises(SagaDefinitionError) as info:
+        decorate(kind(fetch))
+    message = str(info.value)
+    assert f"put @step below @{kind.__name__}" in message
+    assert "fetch" in message
+    assert "declare it with 'async def'" not in message
+    assert "keyword-only" not in message
+
+
+def test_the_working_order_of_staticmethod_and_classmethod_is_unchanged() -> None:
+    class Shop:
+        @staticmethod
+        @step
+        async def price(sku: str) -> int:
+            return 1
+
+        @classmethod
+        @step
+        async def stock(cls, sku: str) -> int:
+            return 2
+
+    assert Shop.price("a").args == ("a",)
+    assert Shop.stock("a").args == ("a",)
+
+
+def test_a_step_decorated_again_is_refused() -> None:
+    # The outer step wrapped the inner one: the inner's compensation and options were
+    # silently ignored by sagas running the outer one.
+    @step
+    async def debit(account: str) -> None: ...
+
+    @debit.compensate
+    async def undo_debit(account: str) -> None: ...
+
+    with pytest.raises(SagaDefinitionError) as info:
+        step(timeout=5)(debit)
+    message = str(info.value)
+    assert "'debit' is already a step" in message
+    assert "__wrapped__" in message
+    with pytest.raises(SagaDefinitionError, match="already a step"):
+        step(debit)
+    # The way the message shows: another step from the same function.
+    again = step(timeout=5, name="debit-fast")(debit.__wrapped__)
+    assert again.timeout == 5
+    assert again.compensation is None
+
+
+@pytest.mark.parametrize("first", ["cls", "self"])
+def test_a_plain_function_whose_first_parameter_is_named_cls_is_not_a_method(
+    first: str,
+) -> None:
+    # A module-level or local step was taken for a method by the name of its first
+    # parameter: its result-form compensation got the result and that argument swapped.
+    namespace: dict[str, Any] = {}
+    exec(
+        f"async def classify({first}, item):\n    return 'label-' + {first}\n"
+        f"async def unclassify(label, {first}, item):\n    return (label, {first}, item)\n",
+        namespace,
+    )
+    classify = step(namespace["classify"])
+    classify.compensate(namespace["unclassify"])
+    assert classify.compensation_takes_result
+    call = classify("fruit", "apple")
+    undo = call.compensation_call("label-fruit")
+    assert undo is not None
+    assert asyncio.run(undo) == ("label-fruit", "fruit", "apple")
+
+
+def test_a_method_step_still_gets_self_before_the_result() -> None:
+    class Labeller:
+        @step
+        async def classify(self, item: str) -> str:
+            return "label"
+
+        @classify.compensate
+        async def unclassify(self, label: str | None, item: str) -> tuple[Any, ...]:
+            return (self, label, item)
+
+        @step
+        async def _tally(cls, item: str) -> int:
+            return 1
+
+        @_tally.compensate
+        async def untally(cls, count: int | None, item: str) -> tuple[Any, ...]:
+            return (cls, count, item)
+
+        tally = classmethod(_tally)
+
+    labeller = Labeller()
+    undo = labeller.classify("apple").compensation_call("label")
+    assert undo is not None
+    assert asyncio.run(undo) == (labeller, "label", "apple")
+    undo = Labeller.tally("apple").compensation_call(1)
+    assert undo is not None
+    assert asyncio.run(undo) == (Labeller, 1, "apple")
+
+
+async def fdf_withdraw(self: Any, amount: int) -> str:
+    return "receipt"
+
+
+async def fdf_undo_withdraw(self: Any, receipt: str | None, amount: int) -> tuple[Any, ...]:
+    return (self, receipt, amount)
+
+
+def test_a_function_defined_outside_a_class_and_used_as_a_method_stays_one() -> None:
+    # Its compensation names the first parameter as it does: self, then the result.
+    withdraw = step(fdf_withdraw)
+    withdraw.compensate(fdf_undo_withdraw)
+
+    class Till:
+        take = withdraw
+
+    till = Till()
+    undo = till.take(5).compensation_call("receipt")
+    assert undo is not None
+    assert asyncio.run(undo) == (till, "receipt", 5)
