@@ -297,3 +297,39 @@ def test_a_datetime_in_an_unknown_zone_keeps_its_offset() -> None:
     back = serializer.loads(text)
     assert back == value
     assert back.utcoffset() == timedelta(hours=1)
+
+
+# Classes whose name does not lead back to them: make_dataclass() and the functional
+# Enum API take the class's name as a string, which may differ from the variable.
+Parcel = dataclasses.make_dataclass("Package", [("weight", int)])
+Shade = enum.Enum("Colour", "LIGHT DARK")  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("value", [Parcel(3), Shade.DARK, [Shade.LIGHT]], ids=repr)
+def test_a_class_its_name_does_not_find_again_is_refused_when_stored(value: object) -> None:
+    # Regression: only classes defined inside a function were refused; these were
+    # stored, then could not be read back ("cannot be imported"), so recovery
+    # dead-lettered the saga after its steps had acted.
+    with pytest.raises(SerializationError, match=r"result of step 0.*cannot be found again"):
+        JsonSerializer().dumps(value, what="the result of step 0")
+
+
+def test_a_class_replaced_under_its_own_name_is_still_stored() -> None:
+    # A module reloaded (or a class redefined in a notebook): the name finds a class of
+    # the same name, which reads the value back.
+    global Versioned
+    original = Versioned
+    stale = Versioned("a", 2)
+
+    @dataclasses.dataclass
+    class Versioned:  # type: ignore[no-redef]
+        name: str
+        size: int = 1
+
+    Versioned.__qualname__ = original.__qualname__
+    try:
+        back = JsonSerializer().loads(JsonSerializer().dumps(stale))
+        assert type(back) is Versioned
+        assert (back.name, back.size) == ("a", 2)
+    finally:
+        Versioned = original

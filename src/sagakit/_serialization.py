@@ -14,6 +14,7 @@ import dataclasses
 import importlib
 import json
 import pickle
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from datetime import date, datetime, time, timedelta
@@ -86,14 +87,33 @@ def _type_name(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+_findable: dict[type, str] = {}  # classes checked by _importable_name, with their names
+
+
 def _importable_name(cls: type) -> str:
     """:func:`_type_name` of a class that :func:`_resolve` can find again."""
+    name = _findable.get(cls)
+    if name is not None:
+        return name
     if "<locals>" in cls.__qualname__:
         raise SerializationError(
             f"{cls.__module__}.{cls.__qualname__} is defined inside a function, so it cannot "
             "be imported to read the value back; define it at module level or register a codec"
         )
-    return _type_name(cls)
+    name = _type_name(cls)
+    found: Any = sys.modules.get(cls.__module__)
+    for part in cls.__qualname__.split("."):
+        found = getattr(found, part, None)
+    # The class itself, or one of the same name (its module was reloaded) reads it back.
+    if found is not cls and not (isinstance(found, type) and _type_name(found) == name):
+        raise SerializationError(
+            f"{cls.__module__}.{cls.__qualname__} cannot be found again by that name (its "
+            "module has no such attribute; was it made by make_dataclass() or Enum() under "
+            "another name?), so the value could not be read back; give the class the name "
+            "it is assigned to, or register a codec"
+        )
+    _findable[cls] = name
+    return name
 
 
 def register_codec(
