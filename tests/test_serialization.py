@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import pickle
+import sys
 from dataclasses import InitVar, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -333,3 +334,22 @@ def test_a_class_replaced_under_its_own_name_is_still_stored() -> None:
         assert (back.name, back.size) == ("a", 2)
     finally:
         Versioned = original
+
+
+def test_a_class_renamed_since_it_was_stored_says_how_to_read_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Regression: the error advised to "register a codec under that name", which never
+    # reads a dataclass or enum back (codecs are looked up for codec-tagged values only).
+    serializer = JsonSerializer()
+    module = Versioned.__module__
+    text = serializer.dumps([Versioned("a", 2), Color.RED])
+    old = text.replace(":Versioned", ":Release").replace(":Color", ":Colour")
+    with pytest.raises(SerializationError, match=r"'.*:Release'.*cannot be imported") as caught:
+        serializer.loads(old)
+    assert "codec" not in str(caught.value)
+    assert f"`Release = NewName` in module {module}" in str(caught.value)
+    # What it says works: the old name as an alias of the class.
+    monkeypatch.setattr(sys.modules[module], "Release", Versioned, raising=False)
+    monkeypatch.setattr(sys.modules[module], "Colour", Color, raising=False)
+    assert serializer.loads(old) == [Versioned("a", 2), Color.RED]

@@ -147,7 +147,8 @@ def _resolve(name: str) -> Any:
     except (ImportError, AttributeError, ValueError) as error:
         raise SerializationError(
             f"stored value has type {name!r}, which cannot be imported ({error}); "
-            "import the module defining it, or register a codec under that name"
+            "import the module defining it, or, if the class was renamed or moved since, "
+            f"keep its old name as an alias (`{qualname} = NewName` in module {module_name})"
         ) from error
     return target
 
