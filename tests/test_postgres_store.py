@@ -726,6 +726,39 @@ async def test_an_unreadable_log_is_dead_lettered_with_the_reason(dsn: str, sche
 
 
 @pytest.mark.asyncio
+async def test_an_unreadable_log_is_parked_naming_the_value_that_cannot_be_read(
+    dsn: str, schema: str
+) -> None:
+    # Regression: the reason said only "stored value has type ...", not whether the
+    # saga's arguments or which step's result could not be read back.
+    gone = '{"__sk__":"enum","t":"no_such_module_xyz:Gone","v":1}'
+    async with opened(dsn, schema) as a, opened(dsn, schema) as b:
+        result = await hang_at(SagaOrchestrator(a), "bad-result", 2)
+        arguments = await hang_at(SagaOrchestrator(a), "bad-args", 1)
+        for saga_id in ("bad-result", "bad-args"):
+            expire(dsn, schema, saga_id)
+        query(
+            dsn,
+            f'UPDATE "{schema}".steps SET result = \'{gone}\' '
+            "WHERE saga_id = 'bad-result' AND step_index = 1 RETURNING 1",
+        )
+        query(
+            dsn,
+            f'UPDATE "{schema}".sagas SET kwargs = \'{{"steps": {gone}}}\' '
+            "WHERE saga_id = 'bad-args' RETURNING 1",
+        )
+        assert await b.claim_orphans() == []
+        reasons = {letter.saga_id: letter.reason for letter in await b.dead_letters()}
+        assert "the result of step 1 ('act'): " in reasons["bad-result"]
+        assert "the keyword arguments of saga 'pg_five': " in reasons["bad-args"]
+        assert "no_such_module_xyz" in reasons["bad-args"]
+        for saga_id, task in (("bad-result", result), ("bad-args", arguments)):
+            GATES[f"{saga_id}:{2 if task is result else 1}"].set()
+            with pytest.raises(LeaseLost):
+                await task
+
+
+@pytest.mark.asyncio
 async def test_a_parked_or_unreadable_orphan_does_not_stop_recover_before_the_others(
     dsn: str, schema: str
 ) -> None:
