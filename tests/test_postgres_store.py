@@ -250,6 +250,31 @@ async def test_a_schema_at_version_1_is_upgraded_and_keeps_working(dsn: str, sch
 
 
 @pytest.mark.asyncio
+async def test_read_events_refuses_an_event_it_cannot_read_back_as_sqlite_does(
+    dsn: str, schema: str
+) -> None:
+    # Regression: the stream handed such an event over as its raw JSON (a tagged dict),
+    # so a projection applied a dict in place of the event and saved its position;
+    # SQLite raises, naming the event.
+    gone = '{"__sk__":"enum","t":"no_such_module_xyz:Gone","v":1}'
+    async with opened(dsn, schema) as store:
+        await SagaOrchestrator(store).execute(pg_five(2), saga_id="odd")
+        first, second = await store.read_events()
+        query(
+            dsn,
+            f'UPDATE "{schema}".events SET data = \'{gone}\' '
+            f"WHERE position = {second.position} RETURNING 1",
+        )
+        pattern = rf"event #{second.position} of saga 'odd': .*no_such_module_xyz"
+        with pytest.raises(SerializationError, match=pattern):
+            await store.read_events()
+        with pytest.raises(SerializationError, match=pattern):
+            await store.read_events(saga_id="odd")
+        assert await store.read_events(limit=1) == [first]
+        assert await store.read_events(after=second.position) == []
+
+
+@pytest.mark.asyncio
 async def test_a_schema_from_a_newer_sagakit_is_refused(dsn: str, schema: str) -> None:
     async with opened(dsn, schema):
         pass

@@ -127,7 +127,7 @@ def stored_event(row: Row, serializer: JsonSerializer) -> StoredEvent:
         step_index=index,
         step_name=step_name,
         compensation=comp,
-        event=lenient(serializer, data),
+        event=loads_as(serializer, data, f"event #{position} of saga {saga_id!r}"),
         recorded_at=utc(recorded),
     )
 
