@@ -353,3 +353,31 @@ def test_a_class_renamed_since_it_was_stored_says_how_to_read_it(
     monkeypatch.setattr(sys.modules[module], "Release", Versioned, raising=False)
     monkeypatch.setattr(sys.modules[module], "Colour", Color, raising=False)
     assert serializer.loads(old) == [Versioned("a", 2), Color.RED]
+
+
+@pytest.mark.parametrize("fold", [0, 1])
+def test_a_wall_time_in_a_daylight_saving_gap_comes_back_unchanged(fold: int) -> None:
+    # Regression: 02:30 on the night clocks jump from 02:00 to 03:00 came back as 03:30
+    # (or 01:30 with fold=1): the zone was put back by converting the stored instant,
+    # which moved a wall time that the zone skips.
+    serializer = JsonSerializer()
+    value = datetime(2024, 3, 31, 2, 30, fold=fold, tzinfo=ZoneInfo("Europe/Paris"))
+    back = serializer.loads(serializer.dumps(value))
+    assert back == value, f"{value!r} came back as {back!r}"
+    assert (back.hour, back.fold, back.utcoffset()) == (2, fold, value.utcoffset())
+
+
+@pytest.mark.parametrize("fold", [0, 1])
+def test_an_ambiguous_wall_time_keeps_its_fold(fold: int) -> None:
+    serializer = JsonSerializer()
+    value = datetime(2024, 10, 27, 2, 30, fold=fold, tzinfo=ZoneInfo("Europe/Paris"))
+    back = serializer.loads(serializer.dumps(value))
+    assert (back, back.fold, back.utcoffset()) == (value, fold, value.utcoffset())
+
+
+def test_a_datetime_whose_zone_rules_changed_since_keeps_its_instant() -> None:
+    # Stored with an offset the zone no longer gives that wall time (a tzdata update).
+    text = '{"__sk__":"datetime","v":"2024-01-02T09:00:00+05:00","z":"Europe/Paris"}'
+    back = JsonSerializer().loads(text)
+    assert back == datetime(2024, 1, 2, 4, 0, tzinfo=UTC)
+    assert back.tzinfo == ZoneInfo("Europe/Paris")

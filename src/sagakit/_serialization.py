@@ -390,9 +390,15 @@ class JsonSerializer:
             if "z" not in data:
                 return moment
             try:
-                return moment.astimezone(ZoneInfo(data["z"]))
+                zone = ZoneInfo(data["z"])
             except (ZoneInfoNotFoundError, ValueError):  # no such zone here: keep the offset
                 return moment
+            offset = moment.utcoffset()
+            for fold in (0, 1):  # the stored wall time, even one the zone skips or repeats
+                local = moment.replace(tzinfo=zone, fold=fold)
+                if local.utcoffset() == offset:
+                    return local
+            return moment.astimezone(zone)  # the zone's rules changed: the same instant
         if tag == "date":
             return date.fromisoformat(value)
         if tag == "time":
