@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import pickle
 import sys
 from dataclasses import InitVar, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from pathlib import Path
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
@@ -381,3 +383,39 @@ def test_a_datetime_whose_zone_rules_changed_since_keeps_its_instant() -> None:
     back = JsonSerializer().loads(text)
     assert back == datetime(2024, 1, 2, 4, 0, tzinfo=UTC)
     assert back.tzinfo == ZoneInfo("Europe/Paris")
+
+
+@dataclasses.dataclass
+class Order:
+    ref: str
+    upper: str = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.upper = self.ref.upper()  # a field: stored
+        self.cache = {"ref": self.ref}  # not a field: not stored (as documented)
+
+
+def test_only_the_fields_of_a_dataclass_are_stored_as_documented() -> None:
+    back = JsonSerializer().loads(JsonSerializer().dumps(Order("a1")))
+    assert back == Order("a1")
+    assert back.upper == "A1"
+    assert not hasattr(back, "cache")
+
+
+def test_reading_a_value_back_imports_the_module_its_class_is_stored_under(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Documented: the log names modules, and reading it imports them, running their
+    # top-level code (so only trusted processes may write a log).
+    (tmp_path / "sk_logged_module.py").write_text(
+        "import enum, os\n"
+        "os.environ['SK_LOGGED_MODULE_RAN'] = '1'\n"
+        "class Tone(enum.Enum):\n    LOW = 1\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("SK_LOGGED_MODULE_RAN", "0")
+    monkeypatch.delitem(sys.modules, "sk_logged_module", raising=False)
+    back = JsonSerializer().loads('{"__sk__":"enum","t":"sk_logged_module:Tone","v":1}')
+    assert back.name == "LOW"
+    assert os.environ["SK_LOGGED_MODULE_RAN"] == "1"
+    sys.modules.pop("sk_logged_module")
