@@ -419,3 +419,22 @@ def test_reading_a_value_back_imports_the_module_its_class_is_stored_under(
     assert back.name == "LOW"
     assert os.environ["SK_LOGGED_MODULE_RAN"] == "1"
     sys.modules.pop("sk_logged_module")
+
+
+@dataclasses.dataclass(eq=False)
+class Node:
+    name: str
+    parent: Node | None = None
+    children: list[Node] = dataclasses.field(default_factory=list)
+
+
+def test_a_value_that_contains_itself_is_refused_saying_so() -> None:
+    # Regression: a tree with back-references (or a list holding itself) failed with a
+    # bare "maximum recursion depth exceeded", which reads like a bug in sagakit.
+    root = Node("root")
+    root.children.append(Node("leaf", parent=root))
+    looped: list[object] = []
+    looped.append(looped)
+    for value in (root, looped):
+        with pytest.raises(SerializationError, match=r"result of step 0.*contains itself"):
+            JsonSerializer().dumps(value, what="the result of step 0")

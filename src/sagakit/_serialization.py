@@ -258,6 +258,12 @@ class JsonSerializer:
                 text = _to_json(self._encode(value))
         except SerializationError as error:
             raise SerializationError(f"cannot store {_name(what)}: {error}") from error.__cause__
+        except RecursionError as error:
+            raise SerializationError(
+                f"cannot store {_name(what)}: it contains itself (an object that refers back "
+                "to one holding it) or is nested too deeply; store an id in place of the "
+                "back-reference"
+            ) from error
         except Exception as error:  # a codec's own bug (AttributeError, ...) too
             raise SerializationError(f"cannot store {_name(what)}: {error}") from error
         if len(text) > self.max_size and len(text.encode()) > self.max_size:
