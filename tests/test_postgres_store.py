@@ -250,6 +250,31 @@ async def test_a_schema_at_version_1_is_upgraded_and_keeps_working(dsn: str, sch
 
 
 @pytest.mark.asyncio
+async def test_read_events_refuses_an_event_it_cannot_read_back_as_sqlite_does(
+    dsn: str, schema: str
+) -> None:
+    # Regression: the stream handed such an event over as its raw JSON (a tagged dict),
+    # so a projection applied a dict in place of the event and saved its position;
+    # SQLite raises, naming the event.
+    gone = '{"__sk__":"enum","t":"no_such_module_xyz:Gone","v":1}'
+    async with opened(dsn, schema) as store:
+        await SagaOrchestrator(store).execute(pg_five(2), saga_id="odd")
+        first, second = await store.read_events()
+        query(
+            dsn,
+            f'UPDATE "{schema}".events SET data = \'{gone}\' '
+            f"WHERE position = {second.position} RETURNING 1",
+        )
+        pattern = rf"event #{second.position} of saga 'odd': .*no_such_module_xyz"
+        with pytest.raises(SerializationError, match=pattern):
+            await store.read_events()
+        with pytest.raises(SerializationError, match=pattern):
+            await store.read_events(saga_id="odd")
+        assert await store.read_events(limit=1) == [first]
+        assert await store.read_events(after=second.position) == []
+
+
+@pytest.mark.asyncio
 async def test_a_schema_from_a_newer_sagakit_is_refused(dsn: str, schema: str) -> None:
     async with opened(dsn, schema):
         pass
@@ -723,6 +748,39 @@ async def test_an_unreadable_log_is_dead_lettered_with_the_reason(dsn: str, sche
         GATES["garbled:1"].set()
         with pytest.raises(LeaseLost):
             await task
+
+
+@pytest.mark.asyncio
+async def test_an_unreadable_log_is_parked_naming_the_value_that_cannot_be_read(
+    dsn: str, schema: str
+) -> None:
+    # Regression: the reason said only "stored value has type ...", not whether the
+    # saga's arguments or which step's result could not be read back.
+    gone = '{"__sk__":"enum","t":"no_such_module_xyz:Gone","v":1}'
+    async with opened(dsn, schema) as a, opened(dsn, schema) as b:
+        result = await hang_at(SagaOrchestrator(a), "bad-result", 2)
+        arguments = await hang_at(SagaOrchestrator(a), "bad-args", 1)
+        for saga_id in ("bad-result", "bad-args"):
+            expire(dsn, schema, saga_id)
+        query(
+            dsn,
+            f'UPDATE "{schema}".steps SET result = \'{gone}\' '
+            "WHERE saga_id = 'bad-result' AND step_index = 1 RETURNING 1",
+        )
+        query(
+            dsn,
+            f'UPDATE "{schema}".sagas SET kwargs = \'{{"steps": {gone}}}\' '
+            "WHERE saga_id = 'bad-args' RETURNING 1",
+        )
+        assert await b.claim_orphans() == []
+        reasons = {letter.saga_id: letter.reason for letter in await b.dead_letters()}
+        assert "the result of step 1 ('act'): " in reasons["bad-result"]
+        assert "the keyword arguments of saga 'pg_five': " in reasons["bad-args"]
+        assert "no_such_module_xyz" in reasons["bad-args"]
+        for saga_id, task in (("bad-result", result), ("bad-args", arguments)):
+            GATES[f"{saga_id}:{2 if task is result else 1}"].set()
+            with pytest.raises(LeaseLost):
+                await task
 
 
 @pytest.mark.asyncio

@@ -671,3 +671,29 @@ async def test_recovery_compensating_runs_a_generator_body_once(db: str) -> None
     assert (outcome.action, outcome.status) == ("compensated", SagaStatus.COMPENSATED)
     assert body_runs == ["enter", "exit"]
     assert effects[-1] == "cancel booking-jug"
+
+
+@pytest.mark.asyncio
+async def test_an_unreadable_orphan_is_parked_naming_the_value_that_cannot_be_read(
+    db: str,
+) -> None:
+    # Regression: the reason said only "stored value has type ...", not whether the
+    # saga's arguments or which step's result could not be read back.
+    await crash(db, rec_order("sofa"), "o-result", at(TransitionKind.STEP_STARTED, "pay"))
+    await crash(db, rec_order("rug"), "o-args", at(TransitionKind.STEP_STARTED, "pay"))
+    gone = '{"__sk__":"enum","t":"no_such_module_xyz:Gone","v":1}'
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "UPDATE sagakit_steps SET result = ? WHERE saga_id = 'o-result' AND idx = 0",
+            (gone,),
+        )
+        conn.execute(
+            "UPDATE sagakit_sagas SET arguments = ? WHERE id = 'o-args'", (f"[[{gone}],{{}}]",)
+        )
+    store = SQLiteStore(db)
+    async with SagaOrchestrator(store) as orchestrator:
+        assert await orchestrator.recover() == []
+        reasons = {letter.saga_id: letter.reason for letter in await store.dead_letters()}
+    assert "the result of step 0 ('book'): " in reasons["o-result"]
+    assert "the arguments of saga 'rec_order': " in reasons["o-args"]
+    assert "no_such_module_xyz" in reasons["o-args"]

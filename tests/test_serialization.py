@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import pickle
+import sys
 from dataclasses import InitVar, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from pathlib import Path
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
@@ -297,3 +300,141 @@ def test_a_datetime_in_an_unknown_zone_keeps_its_offset() -> None:
     back = serializer.loads(text)
     assert back == value
     assert back.utcoffset() == timedelta(hours=1)
+
+
+# Classes whose name does not lead back to them: make_dataclass() and the functional
+# Enum API take the class's name as a string, which may differ from the variable.
+Parcel = dataclasses.make_dataclass("Package", [("weight", int)])
+Shade = enum.Enum("Colour", "LIGHT DARK")  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("value", [Parcel(3), Shade.DARK, [Shade.LIGHT]], ids=repr)
+def test_a_class_its_name_does_not_find_again_is_refused_when_stored(value: object) -> None:
+    # Regression: only classes defined inside a function were refused; these were
+    # stored, then could not be read back ("cannot be imported"), so recovery
+    # dead-lettered the saga after its steps had acted.
+    with pytest.raises(SerializationError, match=r"result of step 0.*cannot be found again"):
+        JsonSerializer().dumps(value, what="the result of step 0")
+
+
+def test_a_class_replaced_under_its_own_name_is_still_stored() -> None:
+    # A module reloaded (or a class redefined in a notebook): the name finds a class of
+    # the same name, which reads the value back.
+    global Versioned
+    original = Versioned
+    stale = Versioned("a", 2)
+
+    @dataclasses.dataclass
+    class Versioned:  # type: ignore[no-redef]
+        name: str
+        size: int = 1
+
+    Versioned.__qualname__ = original.__qualname__
+    try:
+        back = JsonSerializer().loads(JsonSerializer().dumps(stale))
+        assert type(back) is Versioned
+        assert (back.name, back.size) == ("a", 2)
+    finally:
+        Versioned = original
+
+
+def test_a_class_renamed_since_it_was_stored_says_how_to_read_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Regression: the error advised to "register a codec under that name", which never
+    # reads a dataclass or enum back (codecs are looked up for codec-tagged values only).
+    serializer = JsonSerializer()
+    module = Versioned.__module__
+    text = serializer.dumps([Versioned("a", 2), Color.RED])
+    old = text.replace(":Versioned", ":Release").replace(":Color", ":Colour")
+    with pytest.raises(SerializationError, match=r"'.*:Release'.*cannot be imported") as caught:
+        serializer.loads(old)
+    assert "codec" not in str(caught.value)
+    assert f"`Release = NewName` in module {module}" in str(caught.value)
+    # What it says works: the old name as an alias of the class.
+    monkeypatch.setattr(sys.modules[module], "Release", Versioned, raising=False)
+    monkeypatch.setattr(sys.modules[module], "Colour", Color, raising=False)
+    assert serializer.loads(old) == [Versioned("a", 2), Color.RED]
+
+
+@pytest.mark.parametrize("fold", [0, 1])
+def test_a_wall_time_in_a_daylight_saving_gap_comes_back_unchanged(fold: int) -> None:
+    # Regression: 02:30 on the night clocks jump from 02:00 to 03:00 came back as 03:30
+    # (or 01:30 with fold=1): the zone was put back by converting the stored instant,
+    # which moved a wall time that the zone skips.
+    serializer = JsonSerializer()
+    value = datetime(2024, 3, 31, 2, 30, fold=fold, tzinfo=ZoneInfo("Europe/Paris"))
+    back = serializer.loads(serializer.dumps(value))
+    assert back == value, f"{value!r} came back as {back!r}"
+    assert (back.hour, back.fold, back.utcoffset()) == (2, fold, value.utcoffset())
+
+
+@pytest.mark.parametrize("fold", [0, 1])
+def test_an_ambiguous_wall_time_keeps_its_fold(fold: int) -> None:
+    serializer = JsonSerializer()
+    value = datetime(2024, 10, 27, 2, 30, fold=fold, tzinfo=ZoneInfo("Europe/Paris"))
+    back = serializer.loads(serializer.dumps(value))
+    assert (back, back.fold, back.utcoffset()) == (value, fold, value.utcoffset())
+
+
+def test_a_datetime_whose_zone_rules_changed_since_keeps_its_instant() -> None:
+    # Stored with an offset the zone no longer gives that wall time (a tzdata update).
+    text = '{"__sk__":"datetime","v":"2024-01-02T09:00:00+05:00","z":"Europe/Paris"}'
+    back = JsonSerializer().loads(text)
+    assert back == datetime(2024, 1, 2, 4, 0, tzinfo=UTC)
+    assert back.tzinfo == ZoneInfo("Europe/Paris")
+
+
+@dataclasses.dataclass
+class Order:
+    ref: str
+    upper: str = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.upper = self.ref.upper()  # a field: stored
+        self.cache = {"ref": self.ref}  # not a field: not stored (as documented)
+
+
+def test_only_the_fields_of_a_dataclass_are_stored_as_documented() -> None:
+    back = JsonSerializer().loads(JsonSerializer().dumps(Order("a1")))
+    assert back == Order("a1")
+    assert back.upper == "A1"
+    assert not hasattr(back, "cache")
+
+
+def test_reading_a_value_back_imports_the_module_its_class_is_stored_under(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Documented: the log names modules, and reading it imports them, running their
+    # top-level code (so only trusted processes may write a log).
+    (tmp_path / "sk_logged_module.py").write_text(
+        "import enum, os\n"
+        "os.environ['SK_LOGGED_MODULE_RAN'] = '1'\n"
+        "class Tone(enum.Enum):\n    LOW = 1\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("SK_LOGGED_MODULE_RAN", "0")
+    monkeypatch.delitem(sys.modules, "sk_logged_module", raising=False)
+    back = JsonSerializer().loads('{"__sk__":"enum","t":"sk_logged_module:Tone","v":1}')
+    assert back.name == "LOW"
+    assert os.environ["SK_LOGGED_MODULE_RAN"] == "1"
+    sys.modules.pop("sk_logged_module")
+
+
+@dataclasses.dataclass(eq=False)
+class Node:
+    name: str
+    parent: Node | None = None
+    children: list[Node] = dataclasses.field(default_factory=list)
+
+
+def test_a_value_that_contains_itself_is_refused_saying_so() -> None:
+    # Regression: a tree with back-references (or a list holding itself) failed with a
+    # bare "maximum recursion depth exceeded", which reads like a bug in sagakit.
+    root = Node("root")
+    root.children.append(Node("leaf", parent=root))
+    looped: list[object] = []
+    looped.append(looped)
+    for value in (root, looped):
+        with pytest.raises(SerializationError, match=r"result of step 0.*contains itself"):
+            JsonSerializer().dumps(value, what="the result of step 0")

@@ -14,6 +14,7 @@ import dataclasses
 import importlib
 import json
 import pickle
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from datetime import date, datetime, time, timedelta
@@ -86,14 +87,33 @@ def _type_name(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+_findable: dict[type, str] = {}  # classes checked by _importable_name, with their names
+
+
 def _importable_name(cls: type) -> str:
     """:func:`_type_name` of a class that :func:`_resolve` can find again."""
+    name = _findable.get(cls)
+    if name is not None:
+        return name
     if "<locals>" in cls.__qualname__:
         raise SerializationError(
             f"{cls.__module__}.{cls.__qualname__} is defined inside a function, so it cannot "
             "be imported to read the value back; define it at module level or register a codec"
         )
-    return _type_name(cls)
+    name = _type_name(cls)
+    found: Any = sys.modules.get(cls.__module__)
+    for part in cls.__qualname__.split("."):
+        found = getattr(found, part, None)
+    # The class itself, or one of the same name (its module was reloaded) reads it back.
+    if found is not cls and not (isinstance(found, type) and _type_name(found) == name):
+        raise SerializationError(
+            f"{cls.__module__}.{cls.__qualname__} cannot be found again by that name (its "
+            "module has no such attribute; was it made by make_dataclass() or Enum() under "
+            "another name?), so the value could not be read back; give the class the name "
+            "it is assigned to, or register a codec"
+        )
+    _findable[cls] = name
+    return name
 
 
 def register_codec(
@@ -127,7 +147,8 @@ def _resolve(name: str) -> Any:
     except (ImportError, AttributeError, ValueError) as error:
         raise SerializationError(
             f"stored value has type {name!r}, which cannot be imported ({error}); "
-            "import the module defining it, or register a codec under that name"
+            "import the module defining it, or, if the class was renamed or moved since, "
+            f"keep its old name as an alias (`{qualname} = NewName` in module {module_name})"
         ) from error
     return target
 
@@ -237,6 +258,12 @@ class JsonSerializer:
                 text = _to_json(self._encode(value))
         except SerializationError as error:
             raise SerializationError(f"cannot store {_name(what)}: {error}") from error.__cause__
+        except RecursionError as error:
+            raise SerializationError(
+                f"cannot store {_name(what)}: it contains itself (an object that refers back "
+                "to one holding it) or is nested too deeply; store an id in place of the "
+                "back-reference"
+            ) from error
         except Exception as error:  # a codec's own bug (AttributeError, ...) too
             raise SerializationError(f"cannot store {_name(what)}: {error}") from error
         if len(text) > self.max_size and len(text.encode()) > self.max_size:
@@ -369,9 +396,15 @@ class JsonSerializer:
             if "z" not in data:
                 return moment
             try:
-                return moment.astimezone(ZoneInfo(data["z"]))
+                zone = ZoneInfo(data["z"])
             except (ZoneInfoNotFoundError, ValueError):  # no such zone here: keep the offset
                 return moment
+            offset = moment.utcoffset()
+            for fold in (0, 1):  # the stored wall time, even one the zone skips or repeats
+                local = moment.replace(tzinfo=zone, fold=fold)
+                if local.utcoffset() == offset:
+                    return local
+            return moment.astimezone(zone)  # the zone's rules changed: the same instant
         if tag == "date":
             return date.fromisoformat(value)
         if tag == "time":

@@ -10,7 +10,7 @@ from .._serialization import JsonSerializer
 from ..records import SagaMetadata, StepRecord
 from ..status import SagaStatus, StepStatus
 from ._protocol import DeadLetter, LoggedStep, OrphanedSaga, StoredEvent
-from ._records import lenient, saga_metadata
+from ._records import lenient, loads_as, saga_metadata
 
 Row = Sequence[Any]
 
@@ -66,13 +66,22 @@ def logged_step(row: Row, serializer: JsonSerializer) -> LoggedStep:
     """A :class:`LoggedStep` from a step row; raises :class:`SerializationError`."""
     _, comp, index, name, status, attempts, duration, error, result, events = row
     completed = status == StepStatus.COMPLETED
+    what = f"{'compensation' if comp else 'step'} {index} ({name!r})"
     return LoggedStep(
         index=index,
         name=name,
         status=StepStatus(status),
         attempts=attempts,
-        result=serializer.loads(result) if completed and result is not None else None,
-        events=tuple(serializer.loads(events)) if completed and events is not None else (),
+        result=(
+            loads_as(serializer, result, f"the result of {what}")
+            if completed and result is not None
+            else None
+        ),
+        events=(
+            tuple(loads_as(serializer, events, f"the events of {what}"))
+            if completed and events is not None
+            else ()
+        ),
         error=error,
         duration=duration,
         compensation=comp,
@@ -88,8 +97,8 @@ def orphan(claimed: Row, steps: Sequence[Row], serializer: JsonSerializer) -> Or
         saga_id=saga_id,
         name=name,
         status=SagaStatus(status),
-        args=tuple(serializer.loads(args)),
-        kwargs=dict(serializer.loads(kwargs)),
+        args=tuple(loads_as(serializer, args, f"the arguments of saga {name!r}")),
+        kwargs=dict(loads_as(serializer, kwargs, f"the keyword arguments of saga {name!r}")),
         policy=policy,
         steps=tuple(step for step in logged if not step.compensation),
         compensations=tuple(step for step in logged if step.compensation),
@@ -118,7 +127,7 @@ def stored_event(row: Row, serializer: JsonSerializer) -> StoredEvent:
         step_index=index,
         step_name=step_name,
         compensation=comp,
-        event=lenient(serializer, data),
+        event=loads_as(serializer, data, f"event #{position} of saga {saga_id!r}"),
         recorded_at=utc(recorded),
     )
 

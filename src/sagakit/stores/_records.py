@@ -23,6 +23,14 @@ def lenient(serializer: JsonSerializer, text: str | None) -> Any:
         return json.loads(text)
 
 
+def loads_as(serializer: JsonSerializer, text: str, what: str) -> Any:
+    """``serializer.loads(text)``; a :class:`SerializationError` says ``what`` it was."""
+    try:
+        return serializer.loads(text)
+    except SerializationError as error:
+        raise SerializationError(f"{what}: {error}") from error
+
+
 def saga_metadata(
     *,
     saga_id: str,
@@ -63,4 +71,4 @@ def saga_metadata(
     )
 
 
-__all__ = ["lenient", "saga_metadata"]
+__all__ = ["lenient", "loads_as", "saga_metadata"]

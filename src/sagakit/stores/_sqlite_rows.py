@@ -11,7 +11,7 @@ from .._serialization import JsonSerializer
 from ..records import SagaMetadata, StepRecord
 from ..status import SagaStatus, StepStatus
 from ._protocol import LoggedStep, OrphanedSaga
-from ._records import lenient, saga_metadata
+from ._records import lenient, loads_as, saga_metadata
 from ._sqlite_sql import SELECT_ORPHAN, SELECT_ORPHAN_STEPS, SELECT_SAGA, SELECT_STEPS
 
 
@@ -90,11 +90,12 @@ def decode_orphan(rows: tuple[Any, ...], serializer: JsonSerializer) -> Orphaned
         error,
         started_at,
     ) = saga
-    args, kwargs = serializer.loads(arguments)
+    args, kwargs = loads_as(serializer, arguments, f"the arguments of saga {name!r}")
     forward: list[LoggedStep] = []
     compensations: list[LoggedStep] = []
     for idx, step_name, step_status, tries, duration, step_error, result, comp in steps:
-        value = None if result is None else serializer.loads(result)
+        what = f"the result of {'compensation' if comp else 'step'} {idx} ({step_name!r})"
+        value = None if result is None else loads_as(serializer, result, what)
         logged = LoggedStep(
             index=idx,
             name=step_name,
