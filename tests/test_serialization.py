@@ -438,3 +438,52 @@ def test_a_value_that_contains_itself_is_refused_saying_so() -> None:
     for value in (root, looped):
         with pytest.raises(SerializationError, match=r"result of step 0.*contains itself"):
             JsonSerializer().dumps(value, what="the result of step 0")
+
+
+class Celsius:
+    def __init__(self, degrees: float) -> None:
+        self.degrees = degrees
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Celsius) and other.degrees == self.degrees
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class Fahrenheit(Celsius):
+    pass
+
+
+def test_a_codec_name_taken_by_another_class_is_refused() -> None:
+    # Registering a second class under a name silently replaced the first: values of the
+    # first already logged under that name were then read back as the second class.
+    register_codec(Celsius, encode=lambda c: c.degrees, decode=Celsius, name="temperature")
+    logged = JsonSerializer().dumps(Celsius(21.5))
+    with pytest.raises(SerializationError, match=r"'temperature' is taken by .*Celsius"):
+        register_codec(
+            Fahrenheit, encode=lambda f: f.degrees, decode=Fahrenheit, name="temperature"
+        )
+    assert JsonSerializer().loads(logged) == Celsius(21.5)
+    assert type(JsonSerializer().loads(logged)) is Celsius
+    # The same class again (a module reloaded, say) is no clash.
+    register_codec(Celsius, encode=lambda c: c.degrees, decode=Celsius, name="temperature")
+
+
+def test_a_class_renamed_reads_its_old_name_and_stores_under_the_new_one() -> None:
+    register_codec(Fahrenheit, encode=lambda f: f.degrees, decode=Fahrenheit, name="old-f")
+    old = JsonSerializer().dumps(Fahrenheit(70.0))
+    register_codec(Fahrenheit, encode=lambda f: f.degrees, decode=Fahrenheit, name="new-f")
+    assert '"new-f"' in JsonSerializer().dumps(Fahrenheit(70.0))  # the newest name is used
+    assert JsonSerializer().loads(old) == Fahrenheit(70.0)  # old logs still read
+
+
+@pytest.mark.parametrize("builtin", [str, int, float, bool, type(None), list, dict, tuple])
+def test_a_codec_for_a_type_stored_natively_is_refused(builtin: type) -> None:
+    # It was accepted and silently never used.
+    with pytest.raises(SerializationError, match=r"stores .* values itself"):
+        register_codec(builtin, encode=str, decode=str)
+
+
+def test_a_codec_name_must_be_a_non_empty_string() -> None:
+    with pytest.raises(SerializationError, match="non-empty string"):
+        register_codec(Celsius, encode=str, decode=str, name="")

@@ -67,6 +67,7 @@ def _to_json(value: Any) -> str:
 
 
 _PRIMITIVES = (str, int, float, bool, type(None))
+_BUILT_IN = (*_PRIMITIVES, list, dict, tuple)  # stored before any codec is looked up
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -132,8 +133,25 @@ def register_codec(
         raise SerializationError(f"register_codec() takes a class, got {cls!r}")
     if not callable(encode) or not callable(decode):
         raise SerializationError("register_codec() needs callable encode= and decode=")
+    if cls in _BUILT_IN:
+        raise SerializationError(
+            f"register_codec() cannot take {cls.__name__}: sagakit stores {cls.__name__} values "
+            "itself, before any codec is asked; register a codec for a class of your own"
+        )
+    if name is not None and (not isinstance(name, str) or not name):
+        raise SerializationError(f"a codec name must be a non-empty string, got {name!r}")
     codec = Codec(cls, name or _type_name(cls), encode, decode)
     with _codecs_lock:
+        taken = _global_codecs.pop(codec.name, None)
+        if taken is not None and _type_name(taken.type) != _type_name(cls):
+            _global_codecs[codec.name] = taken
+            raise SerializationError(
+                f"the codec name {codec.name!r} is taken by {_type_name(taken.type)}: values "
+                f"logged under it would be read back as the wrong class; give "
+                f"{_type_name(cls)} a name= of its own"
+            )
+        # Last, so that a class registered under a new name (a rename: the old name
+        # still reads old logs) is stored under the newest one.
         _global_codecs[codec.name] = codec
     return codec
 
@@ -335,7 +353,7 @@ class JsonSerializer:
         for codec in self._codecs:
             if codec.type is cls:
                 return codec
-        for codec in _global_codecs.values():
+        for codec in reversed(_global_codecs.values()):  # the newest registration first
             if codec.type is cls:
                 return codec
         return None
