@@ -212,6 +212,59 @@ def test_release_lets_recovery_take_a_saga_of_another_host(tmp_path: Path) -> No
     assert cli("--db", db, "release", "far")[0] == 1  # no longer running
 
 
+def test_release_refuses_a_saga_its_live_owner_on_this_host_is_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: release forgot the owner of a saga a live local process was running,
+    # and the next recover ran it a second time, alongside that process.
+    db = str(tmp_path / "sagas.db")
+    log = tmp_path / "effects.log"
+    env = {**os.environ, "SAGAKIT_CRASH_LOG": str(log), "SAGAKIT_CRASH": "wait:reserve"}
+    worker = subprocess.Popen(
+        [sys.executable, str(HELPER), "run", db, "transfer", "busy", "B"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        while not log.exists() or "step reserve busy:1" not in log.read_text():
+            assert worker.poll() is None
+        assert cli("--db", db, "release", "busy") == (1, "")
+        [line] = capsys.readouterr().err.splitlines()
+        assert line.startswith("sagakit: saga 'busy' is running under a live process ")
+        assert child(db, log, "recover", db) == 0  # nothing to take: still its owner's
+        Path(str(log) + ".go").touch()
+        assert worker.wait(timeout=60) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert log.read_text().splitlines() == [
+        "step debit busy:0",
+        "step reserve busy:1",
+        "step credit busy:2",
+    ]
+
+
+def test_release_refuses_a_dead_lettered_saga(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: release of a parked saga said "will be recovered by the next
+    # `sagakit recover`", which leaves parked sagas alone.
+    db = str(tmp_path / "sagas.db")
+    log = tmp_path / "effects.log"
+    assert child(db, log, "run", db, "transfer", "parked", "B", crash="in_step:credit") == (
+        -signal.SIGKILL
+    )
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL")
+    conn.close()
+    assert cli("--db", db, "release", "parked") == (1, "")
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("sagakit: saga 'parked' is dead-lettered (stuck); ")
+    assert "sagakit resume" in line
+
+
 # ----------------------------------------------- logs that are not there
 
 
