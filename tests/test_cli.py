@@ -530,6 +530,52 @@ def test_recover_names_the_orphans_it_left_alone_for_want_of_their_module(
     ]
 
 
+def test_recover_names_the_orphans_it_left_alone_beside_those_it_recovered(
+    tmp_path: Path,
+) -> None:
+    # Regression: the note was printed only when nothing was recovered; with one saga
+    # recovered, an orphan of an unimported module was left alone without a word.
+    db = str(tmp_path / "sagas.db")
+    log = tmp_path / "effects.log"
+    assert child(db, log, "run", db, "transfer", "t1", "B", crash="in_step:credit") == (
+        -signal.SIGKILL
+    )
+    crash = (
+        "import asyncio, os\n"
+        "from sagakit import SagaOrchestrator, SQLiteStore, saga, step\n"
+        "@step\n"
+        "async def cli_hang_too() -> None:\n"
+        "    await asyncio.sleep(60)\n"
+        "@saga\n"
+        "def cli_unimported_too():\n"
+        "    yield cli_hang_too()\n"
+        "async def main():\n"
+        "    orchestrator = SagaOrchestrator(SQLiteStore('sagas.db'))\n"
+        "    asyncio.create_task(orchestrator.execute(cli_unimported_too(), saga_id='o-2'))\n"
+        "    await asyncio.sleep(0.5)\n"
+        "    os._exit(0)  # dies mid-step: an orphan\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, "-c", crash], cwd=tmp_path, check=True, timeout=60)
+    sys.path.insert(0, HELPERS)
+    os.environ["SAGAKIT_CRASH_LOG"] = str(log)
+    try:
+        code, out = cli("--db", db, "recover", "--import", "bank")
+    finally:
+        sys.path.remove(HELPERS)
+        del os.environ["SAGAKIT_CRASH_LOG"]
+    assert code == 0
+    lines = out.splitlines()
+    assert [line.split()[:4] for line in lines[:2]] == [
+        ["ID", "NAME", "ACTION", "STATUS"],
+        ["t1", "transfer", "resumed", "completed"],
+    ]
+    assert lines[2:] == [
+        "1 unfinished saga(s) named cli_unimported_too were left alone: no @saga of that name "
+        "is registered here; pass --import with the module that declares them",
+    ]
+
+
 def test_output_cut_short_by_its_reader_is_no_traceback(log_db: tuple[str, Path]) -> None:
     # `sagakit list | head -1` ended with a BrokenPipeError traceback.
     db, _ = log_db

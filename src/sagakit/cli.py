@@ -282,8 +282,16 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                     indent=2,
                 )
                 out.write("\n")
-            elif not outcomes:
-                out.write("nothing to recover\n")
+            else:
+                if not outcomes:
+                    out.write("nothing to recover\n")
+                else:
+                    rows = [["ID", "NAME", "ACTION", "STATUS", "ERROR"]]
+                    rows += [
+                        [o.saga_id, o.name, o.action, str(o.status), (o.error or "")[:60]]
+                        for o in outcomes
+                    ]
+                    _table(rows, out)
                 unknown = await _unregistered_running(store)
                 if unknown:
                     out.write(
@@ -292,13 +300,6 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                         "were left alone: no @saga of that name is registered here; pass "
                         "--import with the module that declares them\n"
                     )
-            else:
-                rows = [["ID", "NAME", "ACTION", "STATUS", "ERROR"]]
-                rows += [
-                    [o.saga_id, o.name, o.action, str(o.status), (o.error or "")[:60]]
-                    for o in outcomes
-                ]
-                _table(rows, out)
             return 0
         if args.command == "dead-letters":
             letters = await store.dead_letters()
