@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -688,3 +689,40 @@ def test_ctrl_c_on_recover_leaves_the_saga_for_the_next_recover(tmp_path: Path) 
     assert "int-1" in again.stdout
     assert "resumed" in again.stdout
     assert "completed" in again.stdout
+
+
+def _strict_json(text: str) -> object:
+    def refuse(constant: str) -> object:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_is_strict_json_for_values_that_are_not_finite(tmp_path: Path) -> None:
+    # Regression: an event holding NaN or infinity was printed as `NaN`/`Infinity`, which
+    # is not JSON: jq and JavaScript refuse the whole output.
+    from sagakit import SagaOrchestrator, SQLiteStore, saga, step
+
+    @step
+    async def cli_ratio(x: float) -> dict[str, float]:
+        return {"ratio": x}
+
+    @saga
+    def cli_ratios():  # type: ignore[no-untyped-def]
+        yield cli_ratio(float("nan"))
+        yield cli_ratio(float("inf"))
+        yield cli_ratio(0.5)
+
+    db = str(tmp_path / "sagas.db")
+
+    async def run() -> None:
+        async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+            await orchestrator.execute(cli_ratios(), saga_id="r-1")
+
+    asyncio.run(run())
+    code, out = cli("--db", db, "show", "r-1", "--json")
+    assert code == 0
+    data = _strict_json(out)
+    assert isinstance(data, dict)
+    assert data["events"] == ["{'ratio': nan}", "{'ratio': inf}", {"ratio": 0.5}]
+    assert data["steps"][0]["events"] == ["{'ratio': nan}"]

@@ -159,9 +159,9 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 
 
 def _plain(value: Any) -> Any:
-    """A JSON-able form of any stored value, for ``--json``."""
+    """A JSON-able form of any stored value, for ``--json`` (NaN and infinity are not JSON)."""
     try:
-        json.dumps(value)
+        json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
         return repr(value)
     return value
