@@ -726,3 +726,34 @@ def test_json_output_is_strict_json_for_values_that_are_not_finite(tmp_path: Pat
     assert isinstance(data, dict)
     assert data["events"] == ["{'ratio': nan}", "{'ratio': inf}", {"ratio": 0.5}]
     assert data["steps"][0]["events"] == ["{'ratio': nan}"]
+
+
+def test_help_gives_the_defaults_and_offers_json_only_where_it_is_printed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: --limit and --max-attempts had no help (nor their defaults), and the
+    # help of resume, release and resolve offered --json, which they ignore.
+    monkeypatch.setenv("COLUMNS", "200")  # no line breaks inside the phrases below
+
+    def help_of(*command: str) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "--help"])
+        assert exit_info.value.code == 0
+        return " ".join(capsys.readouterr().out.split())
+
+    assert "at most N sagas (default 50)" in help_of("list")
+    assert "(default 3)" in help_of("recover")
+    for command in ("list", "show", "recover", "dead-letters"):
+        assert "--json print JSON for scripts" in help_of(command)
+    for command in ("resume", "release", "resolve"):
+        assert "--json" not in help_of(command)
+    assert "--json print JSON for scripts (list, show, recover, dead-letters)" in help_of()
+
+
+def test_resume_still_accepts_json_and_prints_its_line(
+    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, _ = log_db
+    assert cli("--db", db, "--json", "resume", "ok-1")[0] == 1
+    assert cli("--db", db, "resume", "ok-1", "--json")[0] == 1
+    assert "is not dead-lettered" in capsys.readouterr().err

@@ -76,21 +76,36 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--schema", default=argparse.SUPPRESS, help="PostgreSQL schema of the log (sagakit)"
     )
-    common.add_argument(
+    top = argparse.ArgumentParser(add_help=False, parents=[common])
+    top.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print JSON for scripts (list, show, recover, dead-letters)",
+    )
+    printing = argparse.ArgumentParser(add_help=False, parents=[common])
+    printing.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
     )
+    # resume, release and resolve print one line of text, but take --json all the same.
+    quiet = argparse.ArgumentParser(add_help=False, parents=[common])
+    quiet.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
     parser = argparse.ArgumentParser(
-        prog="sagakit", description="Inspect and repair a saga log.", parents=[common]
+        prog="sagakit", description="Inspect and repair a saga log.", parents=[top]
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    listing = commands.add_parser("list", help="list sagas, newest first", parents=[common])
+    listing = commands.add_parser("list", help="list sagas, newest first", parents=[printing])
     statuses = [str(s) for s in SagaStatus if s is not SagaStatus.NOT_STARTED]
-    listing.add_argument("--status", choices=statuses)
-    listing.add_argument("--limit", type=_at_least_one, default=50)
-    show = commands.add_parser("show", help="one saga with its step trail", parents=[common])
+    listing.add_argument("--status", choices=statuses, help="only the sagas in this status")
+    listing.add_argument(
+        "--limit", type=_at_least_one, default=50, metavar="N", help="at most N sagas (default 50)"
+    )
+    show = commands.add_parser("show", help="one saga with its step trail", parents=[printing])
     show.add_argument("saga_id")
     recover = commands.add_parser(
-        "recover", help="finish sagas left running by dead processes", parents=[common]
+        "recover", help="finish sagas left running by dead processes", parents=[printing]
     )
     recover.add_argument(
         "--import",
@@ -100,22 +115,28 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MODULE",
         help="module defining the @saga functions (repeatable)",
     )
-    recover.add_argument("--max-attempts", type=int, default=3)
+    recover.add_argument(
+        "--max-attempts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="recovery attempts of a saga before it is parked as a dead letter (default 3)",
+    )
     commands.add_parser(
-        "dead-letters", help="sagas parked after failing recovery", parents=[common]
+        "dead-letters", help="sagas parked after failing recovery", parents=[printing]
     )
     resume = commands.add_parser(
-        "resume", help="un-park a dead-lettered saga for recover", parents=[common]
+        "resume", help="un-park a dead-lettered saga for recover", parents=[quiet]
     )
     resume.add_argument("saga_id")
     release = commands.add_parser(
         "release",
         help="forget the owner of a running saga whose process is known dead (SQLite)",
-        parents=[common],
+        parents=[quiet],
     )
     release.add_argument("saga_id")
     resolve = commands.add_parser(
-        "resolve", help="mark a dead-lettered or failed saga settled", parents=[common]
+        "resolve", help="mark a dead-lettered or failed saga settled", parents=[quiet]
     )
     resolve.add_argument("saga_id")
     resolve.add_argument("--note", required=True, help="what an operator did about it")

@@ -627,8 +627,7 @@ class SQLiteStore:
 
         def job(conn: sqlite3.Connection) -> str | None:
             row = conn.execute(
-                "SELECT owner, dead_letter FROM sagakit_sagas "
-                "WHERE id = ? AND finished_at IS NULL",
+                "SELECT owner, dead_letter FROM sagakit_sagas WHERE id = ? AND finished_at IS NULL",
                 (saga_id,),
             ).fetchone()
             if row is None:
