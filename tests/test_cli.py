@@ -266,6 +266,28 @@ def test_release_refuses_a_dead_lettered_saga(
     assert "sagakit resume" in line
 
 
+def test_resolve_of_a_saga_of_another_host_says_to_release_it_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: the refusal said to "run recover() once its process is gone", which
+    # never takes a saga of another host or container: `release` must come first.
+    db = str(tmp_path / "sagas.db")
+    log = tmp_path / "effects.log"
+    assert child(db, log, "run", db, "transfer", "far", "B", crash="in_step:credit") == (
+        -signal.SIGKILL
+    )
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE sagakit_sagas SET owner = 'elsewhere/1/1' WHERE id = 'far'")
+    conn.close()
+    assert cli("--db", db, "resolve", "far", "--note", "refunded") == (1, "")
+    [line] = capsys.readouterr().err.splitlines()
+    assert "under a live process (elsewhere/1/1)" in line
+    assert "sagakit release" in line
+    assert cli("--db", db, "release", "far")[0] == 0
+    assert cli("--db", db, "resolve", "far", "--note", "refunded")[0] == 0
+
+
 # ----------------------------------------------- logs that are not there
 
 

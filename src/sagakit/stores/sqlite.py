@@ -665,7 +665,8 @@ class SQLiteStore:
             if finished is None and parked is None and owner_alive(holder):
                 return (
                     f"saga {saga_id!r} is still {status} under a live process ({holder}); "
-                    "let it finish, or run recover() once its process is gone"
+                    "let it finish, or run recover() once its process is gone (a process of "
+                    "another host or container: `sagakit release` the saga first)"
                 )
             if status in ("completed", "compensated"):
                 return f"saga {saga_id!r} ended {status}; there is nothing to resolve"
