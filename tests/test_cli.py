@@ -491,6 +491,17 @@ def test_list_refuses_a_limit_below_one(
     assert f"--limit: must be a whole number >= 1, got {limit!r}" in capsys.readouterr().err
 
 
+def test_list_takes_a_limit_larger_than_the_database_can_count(
+    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: SQLite ended with an OverflowError traceback (PostgreSQL: "bigint out
+    # of range") for a limit past 2**63 - 1, which only means "all of them".
+    db, _ = log_db
+    code, out = cli("--db", db, "list", "--limit", str(10**20), "--json")
+    assert code == 0, capsys.readouterr().err
+    assert [saga["id"] for saga in json.loads(out)] == ["refused-1", "ok-1"]
+
+
 @pytest.mark.parametrize(
     ("source", "expected"),
     [

@@ -55,15 +55,19 @@ def _store_for(args: argparse.Namespace) -> SQLiteStore | PostgresStore:
     return SQLiteStore(args.db)
 
 
+_MAX_LIMIT = 2**63 - 1
+"""The largest row count SQLite and PostgreSQL take as a ``LIMIT`` (more means all)."""
+
+
 def _at_least_one(text: str) -> int:
-    """An argparse type: a whole number >= 1."""
+    """An argparse type: a whole number >= 1 (capped at what a database takes: all)."""
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
+    return min(value, _MAX_LIMIT)
 
 
 def _parser() -> argparse.ArgumentParser:
