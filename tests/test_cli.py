@@ -790,3 +790,20 @@ def test_resume_still_accepts_json_and_prints_its_line(
     assert cli("--db", db, "--json", "resume", "ok-1")[0] == 1
     assert cli("--db", db, "resume", "ok-1", "--json")[0] == 1
     assert "is not dead-lettered" in capsys.readouterr().err
+
+
+def test_ctrl_c_on_a_command_that_recovers_nothing_says_only_that(
+    log_db: tuple[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Regression: Ctrl-C on `list` (or `show`, ...) spoke of "a saga being recovered".
+    from sagakit import SQLiteStore
+
+    async def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SQLiteStore, "list_sagas", interrupted)
+    db, _ = log_db
+    assert cli("--db", db, "list") == (130, "")
+    assert capsys.readouterr().err == "sagakit: interrupted\n"

@@ -408,9 +408,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         # Ctrl-C: a saga `recover` was resuming is left for the next recovery.
-        sys.stderr.write(
-            "sagakit: interrupted; a saga being recovered is left for the next `recover`\n"
-        )
+        if args.command == "recover":
+            sys.stderr.write(
+                "sagakit: interrupted; a saga being recovered is left for the next `recover`\n"
+            )
+        else:
+            sys.stderr.write("sagakit: interrupted\n")
         return 130
     except BrokenPipeError:
         # The reader went away (`sagakit list | head`): stop quietly, as cat does, and
