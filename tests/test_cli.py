@@ -807,3 +807,42 @@ def test_ctrl_c_on_a_command_that_recovers_nothing_says_only_that(
     db, _ = log_db
     assert cli("--db", db, "list") == (130, "")
     assert capsys.readouterr().err == "sagakit: interrupted\n"
+
+
+def test_json_keys_are_the_documented_ones(tmp_path: Path) -> None:
+    # The keys docs/durability.md lists for --json, which scripts rely on.
+    db = str(tmp_path / "sagas.db")
+    log = tmp_path / "effects.log"
+    assert child(db, log, "run", db, "transfer", "t1", "B", crash="in_step:credit") == (
+        -signal.SIGKILL
+    )
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE sagakit_sagas SET dead_letter = 'stuck', parked_at = 0")
+    conn.close()
+    saga_keys = [
+        "id",
+        "name",
+        "status",
+        "steps_executed",
+        "total_steps",
+        "started_at",
+        "finished_at",
+        "error",
+    ]
+    step_keys = ["index", "name", "status", "attempts", "duration", "error", "events"]
+    [listed] = json.loads(cli("--db", db, "list", "--json")[1])
+    assert list(listed) == saga_keys
+    shown = json.loads(cli("--db", db, "show", "t1", "--json")[1])
+    assert list(shown) == [*saga_keys, "steps", "compensations", "events"]
+    assert [list(record) for record in shown["steps"]] == [step_keys] * 3
+    assert (shown["finished_at"], shown["steps"][2]["duration"]) == (None, None)
+    [letter] = json.loads(cli("--db", db, "dead-letters", "--json")[1])
+    assert letter == {
+        "id": "t1",
+        "name": "transfer",
+        "status": "executing",
+        "recovery_attempts": 0,
+        "reason": "stuck",
+        "parked_at": "1970-01-01T00:00:00+00:00",
+    }
