@@ -309,6 +309,22 @@ def test_a_sqlite_file_that_is_not_a_saga_log_is_refused_not_converted(
     assert "no saga log" in capsys.readouterr().err
 
 
+def test_a_file_that_is_not_sqlite_is_refused_without_advice_to_create_a_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: the message was SQLiteStore's, which says to point it "at a path that
+    # does not exist yet to create one"; the CLI never creates a log.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database\n", encoding="utf-8")
+    assert cli("--db", str(notes), "list") == (1, "")
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"sagakit: no saga log in {str(notes)!r} (it is not a SQLite database); "
+        "pass the path your application's SQLiteStore uses"
+    )
+    assert notes.read_text(encoding="utf-8") == "not a database\n"
+
+
 @pytest.mark.parametrize("name", ["logs#1.db", "why?.db", "x%41.db"])
 def test_a_log_whose_path_has_uri_characters_is_found(
     tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
