@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -212,6 +213,81 @@ def test_release_lets_recovery_take_a_saga_of_another_host(tmp_path: Path) -> No
     assert cli("--db", db, "release", "far")[0] == 1  # no longer running
 
 
+def test_release_refuses_a_saga_its_live_owner_on_this_host_is_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: release forgot the owner of a saga a live local process was running,
+    # and the next recover ran it a second time, alongside that process.
+    db = str(tmp_path / "sagas.db")
+    log = tmp_path / "effects.log"
+    env = {**os.environ, "SAGAKIT_CRASH_LOG": str(log), "SAGAKIT_CRASH": "wait:reserve"}
+    worker = subprocess.Popen(
+        [sys.executable, str(HELPER), "run", db, "transfer", "busy", "B"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        while not log.exists() or "step reserve busy:1" not in log.read_text():
+            assert worker.poll() is None
+        assert cli("--db", db, "release", "busy") == (1, "")
+        [line] = capsys.readouterr().err.splitlines()
+        assert line.startswith("sagakit: saga 'busy' is running under a live process ")
+        assert child(db, log, "recover", db) == 0  # nothing to take: still its owner's
+        Path(str(log) + ".go").touch()
+        assert worker.wait(timeout=60) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert log.read_text().splitlines() == [
+        "step debit busy:0",
+        "step reserve busy:1",
+        "step credit busy:2",
+    ]
+
+
+def test_release_refuses_a_dead_lettered_saga(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: release of a parked saga said "will be recovered by the next
+    # `sagakit recover`", which leaves parked sagas alone.
+    db = str(tmp_path / "sagas.db")
+    log = tmp_path / "effects.log"
+    assert child(db, log, "run", db, "transfer", "parked", "B", crash="in_step:credit") == (
+        -signal.SIGKILL
+    )
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL")
+    conn.close()
+    assert cli("--db", db, "release", "parked") == (1, "")
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("sagakit: saga 'parked' is dead-lettered (stuck); ")
+    assert "sagakit resume" in line
+
+
+def test_resolve_of_a_saga_of_another_host_says_to_release_it_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: the refusal said to "run recover() once its process is gone", which
+    # never takes a saga of another host or container: `release` must come first.
+    db = str(tmp_path / "sagas.db")
+    log = tmp_path / "effects.log"
+    assert child(db, log, "run", db, "transfer", "far", "B", crash="in_step:credit") == (
+        -signal.SIGKILL
+    )
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE sagakit_sagas SET owner = 'elsewhere/1/1' WHERE id = 'far'")
+    conn.close()
+    assert cli("--db", db, "resolve", "far", "--note", "refunded") == (1, "")
+    [line] = capsys.readouterr().err.splitlines()
+    assert "under a live process (elsewhere/1/1)" in line
+    assert "sagakit release" in line
+    assert cli("--db", db, "release", "far")[0] == 0
+    assert cli("--db", db, "resolve", "far", "--note", "refunded")[0] == 0
+
+
 # ----------------------------------------------- logs that are not there
 
 
@@ -231,6 +307,22 @@ def test_a_sqlite_file_that_is_not_a_saga_log_is_refused_not_converted(
     assert tables == ["users"], f"the CLI created a saga log inside app.db: {tables}"
     assert code == 1
     assert "no saga log" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_sqlite_is_refused_without_advice_to_create_a_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: the message was SQLiteStore's, which says to point it "at a path that
+    # does not exist yet to create one"; the CLI never creates a log.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database\n", encoding="utf-8")
+    assert cli("--db", str(notes), "list") == (1, "")
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"sagakit: no saga log in {str(notes)!r} (it is not a SQLite database); "
+        "pass the path your application's SQLiteStore uses"
+    )
+    assert notes.read_text(encoding="utf-8") == "not a database\n"
 
 
 @pytest.mark.parametrize("name", ["logs#1.db", "why?.db", "x%41.db"])
@@ -415,6 +507,17 @@ def test_list_refuses_a_limit_below_one(
     assert f"--limit: must be a whole number >= 1, got {limit!r}" in capsys.readouterr().err
 
 
+def test_list_takes_a_limit_larger_than_the_database_can_count(
+    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: SQLite ended with an OverflowError traceback (PostgreSQL: "bigint out
+    # of range") for a limit past 2**63 - 1, which only means "all of them".
+    db, _ = log_db
+    code, out = cli("--db", db, "list", "--limit", str(10**20), "--json")
+    assert code == 0, capsys.readouterr().err
+    assert [saga["id"] for saga in json.loads(out)] == ["refused-1", "ok-1"]
+
+
 @pytest.mark.parametrize(
     ("source", "expected"),
     [
@@ -473,6 +576,52 @@ def test_recover_names_the_orphans_it_left_alone_for_want_of_their_module(
     assert out.splitlines() == [
         "nothing to recover",
         "1 unfinished saga(s) named cli_unimported_saga were left alone: no @saga of that name "
+        "is registered here; pass --import with the module that declares them",
+    ]
+
+
+def test_recover_names_the_orphans_it_left_alone_beside_those_it_recovered(
+    tmp_path: Path,
+) -> None:
+    # Regression: the note was printed only when nothing was recovered; with one saga
+    # recovered, an orphan of an unimported module was left alone without a word.
+    db = str(tmp_path / "sagas.db")
+    log = tmp_path / "effects.log"
+    assert child(db, log, "run", db, "transfer", "t1", "B", crash="in_step:credit") == (
+        -signal.SIGKILL
+    )
+    crash = (
+        "import asyncio, os\n"
+        "from sagakit import SagaOrchestrator, SQLiteStore, saga, step\n"
+        "@step\n"
+        "async def cli_hang_too() -> None:\n"
+        "    await asyncio.sleep(60)\n"
+        "@saga\n"
+        "def cli_unimported_too():\n"
+        "    yield cli_hang_too()\n"
+        "async def main():\n"
+        "    orchestrator = SagaOrchestrator(SQLiteStore('sagas.db'))\n"
+        "    asyncio.create_task(orchestrator.execute(cli_unimported_too(), saga_id='o-2'))\n"
+        "    await asyncio.sleep(0.5)\n"
+        "    os._exit(0)  # dies mid-step: an orphan\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, "-c", crash], cwd=tmp_path, check=True, timeout=60)
+    sys.path.insert(0, HELPERS)
+    os.environ["SAGAKIT_CRASH_LOG"] = str(log)
+    try:
+        code, out = cli("--db", db, "recover", "--import", "bank")
+    finally:
+        sys.path.remove(HELPERS)
+        del os.environ["SAGAKIT_CRASH_LOG"]
+    assert code == 0
+    lines = out.splitlines()
+    assert [line.split()[:4] for line in lines[:2]] == [
+        ["ID", "NAME", "ACTION", "STATUS"],
+        ["t1", "transfer", "resumed", "completed"],
+    ]
+    assert lines[2:] == [
+        "1 unfinished saga(s) named cli_unimported_too were left alone: no @saga of that name "
         "is registered here; pass --import with the module that declares them",
     ]
 
@@ -589,3 +738,174 @@ def test_ctrl_c_on_recover_leaves_the_saga_for_the_next_recover(tmp_path: Path) 
     assert "int-1" in again.stdout
     assert "resumed" in again.stdout
     assert "completed" in again.stdout
+
+
+def _strict_json(text: str) -> object:
+    def refuse(constant: str) -> object:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_is_strict_json_for_values_that_are_not_finite(tmp_path: Path) -> None:
+    # Regression: an event holding NaN or infinity was printed as `NaN`/`Infinity`, which
+    # is not JSON: jq and JavaScript refuse the whole output.
+    from sagakit import SagaOrchestrator, SQLiteStore, saga, step
+
+    @step
+    async def cli_ratio(x: float) -> dict[str, float]:
+        return {"ratio": x}
+
+    @saga
+    def cli_ratios():  # type: ignore[no-untyped-def]
+        yield cli_ratio(float("nan"))
+        yield cli_ratio(float("inf"))
+        yield cli_ratio(0.5)
+
+    db = str(tmp_path / "sagas.db")
+
+    async def run() -> None:
+        async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+            await orchestrator.execute(cli_ratios(), saga_id="r-1")
+
+    asyncio.run(run())
+    code, out = cli("--db", db, "show", "r-1", "--json")
+    assert code == 0
+    data = _strict_json(out)
+    assert isinstance(data, dict)
+    assert data["events"] == ["{'ratio': nan}", "{'ratio': inf}", {"ratio": 0.5}]
+    assert data["steps"][0]["events"] == ["{'ratio': nan}"]
+
+
+def test_help_gives_the_defaults_and_offers_json_only_where_it_is_printed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: --limit and --max-attempts had no help (nor their defaults), and the
+    # help of resume, release and resolve offered --json, which they ignore.
+    monkeypatch.setenv("COLUMNS", "200")  # no line breaks inside the phrases below
+
+    def help_of(*command: str) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "--help"])
+        assert exit_info.value.code == 0
+        return " ".join(capsys.readouterr().out.split())
+
+    assert "at most N sagas (default 50)" in help_of("list")
+    assert "(default 3)" in help_of("recover")
+    for command in ("list", "show", "recover", "dead-letters"):
+        assert "--json print JSON for scripts" in help_of(command)
+    for command in ("resume", "release", "resolve"):
+        assert "--json" not in help_of(command)
+    assert "--json print JSON for scripts (list, show, recover, dead-letters)" in help_of()
+
+
+def test_resume_still_accepts_json_and_prints_its_line(
+    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, _ = log_db
+    assert cli("--db", db, "--json", "resume", "ok-1")[0] == 1
+    assert cli("--db", db, "resume", "ok-1", "--json")[0] == 1
+    assert "is not dead-lettered" in capsys.readouterr().err
+
+
+def test_ctrl_c_on_a_command_that_recovers_nothing_says_only_that(
+    log_db: tuple[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Regression: Ctrl-C on `list` (or `show`, ...) spoke of "a saga being recovered".
+    from sagakit import SQLiteStore
+
+    async def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SQLiteStore, "list_sagas", interrupted)
+    db, _ = log_db
+    assert cli("--db", db, "list") == (130, "")
+    assert capsys.readouterr().err == "sagakit: interrupted\n"
+
+
+def test_json_keys_are_the_documented_ones(tmp_path: Path) -> None:
+    # The keys docs/durability.md lists for --json, which scripts rely on.
+    db = str(tmp_path / "sagas.db")
+    log = tmp_path / "effects.log"
+    assert child(db, log, "run", db, "transfer", "t1", "B", crash="in_step:credit") == (
+        -signal.SIGKILL
+    )
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE sagakit_sagas SET dead_letter = 'stuck', parked_at = 0")
+    conn.close()
+    saga_keys = [
+        "id",
+        "name",
+        "status",
+        "steps_executed",
+        "total_steps",
+        "started_at",
+        "finished_at",
+        "error",
+    ]
+    step_keys = ["index", "name", "status", "attempts", "duration", "error", "events"]
+    [listed] = json.loads(cli("--db", db, "list", "--json")[1])
+    assert list(listed) == saga_keys
+    shown = json.loads(cli("--db", db, "show", "t1", "--json")[1])
+    assert list(shown) == [*saga_keys, "steps", "compensations", "events"]
+    assert [list(record) for record in shown["steps"]] == [step_keys] * 3
+    assert (shown["finished_at"], shown["steps"][2]["duration"]) == (None, None)
+    [letter] = json.loads(cli("--db", db, "dead-letters", "--json")[1])
+    assert letter == {
+        "id": "t1",
+        "name": "transfer",
+        "status": "executing",
+        "recovery_attempts": 0,
+        "reason": "stuck",
+        "parked_at": "1970-01-01T00:00:00+00:00",
+    }
+
+
+def test_a_postgres_role_that_may_only_read_the_log_can_inspect_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Regression: opening the store ran CREATE SCHEMA/TABLE IF NOT EXISTS under a lock
+    # even for a log at the current version, so a read-only role (what an operator
+    # should inspect production with) got "permission denied for database".
+    from urllib.parse import urlsplit, urlunsplit
+
+    from sagakit import PostgresStore, SagaOrchestrator, saga, step
+
+    dsn = dsn_or_skip()
+
+    @step
+    async def cli_pg_note(x: str) -> str:
+        return x
+
+    @saga
+    def cli_pg_noted(x: str):  # type: ignore[no-untyped-def]
+        yield cli_pg_note(x)
+
+    suffix = uuid.uuid4().hex[:8]
+    schema, role = f"sk_cli_ro_{suffix}", f"sk_cli_reader_{suffix}"
+
+    async def write_log() -> None:
+        async with SagaOrchestrator(PostgresStore(dsn, schema=schema)) as orchestrator:
+            await orchestrator.execute(cli_pg_noted("n"), saga_id="noted-1")
+
+    try:
+        asyncio.run(write_log())
+        query(dsn, f'CREATE ROLE "{role}" LOGIN')
+        query(dsn, f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+        query(dsn, f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+        parts = urlsplit(dsn)
+        host = parts.netloc.rpartition("@")[2]
+        reader = urlunsplit(parts._replace(netloc=f"{role}@{host}"))
+        code, out = cli("--db", reader, "--schema", schema, "list", "--json")
+        assert (code, capsys.readouterr().err) == (0, "")
+        assert [saga["id"] for saga in json.loads(out)] == ["noted-1"]
+        code, out = cli("--db", reader, "--schema", schema, "show", "noted-1")
+        assert (code, capsys.readouterr().err) == (0, "")
+        assert out.startswith("saga noted-1 (cli_pg_noted): completed\n")
+        assert cli("--db", reader, "--schema", schema, "dead-letters") == (0, "no dead letters\n")
+    finally:
+        query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        query(dsn, f'DROP ROLE IF EXISTS "{role}"')

@@ -13,6 +13,7 @@ from typing import Any
 
 from .exceptions import StoreError
 from .stores._pg_schema import check_schema_name
+from .stores._sqlite_schema import _HEADER as SQLITE_HEADER
 
 
 def _one_line(error: BaseException) -> str:
@@ -26,6 +27,16 @@ def check_sqlite_log(path: str) -> None:
     """
     if not os.path.exists(path):
         raise StoreError(f"no saga log at {path!r}; pass the path your application uses")
+    try:
+        with open(path, "rb") as file:
+            header = file.read(len(SQLITE_HEADER))
+    except OSError:
+        return
+    if header and header != SQLITE_HEADER:  # (an empty file is an empty database)
+        raise StoreError(
+            f"no saga log in {path!r} (it is not a SQLite database); "
+            "pass the path your application's SQLiteStore uses"
+        )
     try:
         # Percent-encoded: a "#", "?" or "%" in a file name is not URI syntax.
         conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True)

@@ -55,15 +55,19 @@ def _store_for(args: argparse.Namespace) -> SQLiteStore | PostgresStore:
     return SQLiteStore(args.db)
 
 
+_MAX_LIMIT = 2**63 - 1
+"""The largest row count SQLite and PostgreSQL take as a ``LIMIT`` (more means all)."""
+
+
 def _at_least_one(text: str) -> int:
-    """An argparse type: a whole number >= 1."""
+    """An argparse type: a whole number >= 1 (capped at what a database takes: all)."""
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
+    return min(value, _MAX_LIMIT)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,21 +80,36 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--schema", default=argparse.SUPPRESS, help="PostgreSQL schema of the log (sagakit)"
     )
-    common.add_argument(
+    top = argparse.ArgumentParser(add_help=False, parents=[common])
+    top.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print JSON for scripts (list, show, recover, dead-letters)",
+    )
+    printing = argparse.ArgumentParser(add_help=False, parents=[common])
+    printing.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
     )
+    # resume, release and resolve print one line of text, but take --json all the same.
+    quiet = argparse.ArgumentParser(add_help=False, parents=[common])
+    quiet.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
     parser = argparse.ArgumentParser(
-        prog="sagakit", description="Inspect and repair a saga log.", parents=[common]
+        prog="sagakit", description="Inspect and repair a saga log.", parents=[top]
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    listing = commands.add_parser("list", help="list sagas, newest first", parents=[common])
+    listing = commands.add_parser("list", help="list sagas, newest first", parents=[printing])
     statuses = [str(s) for s in SagaStatus if s is not SagaStatus.NOT_STARTED]
-    listing.add_argument("--status", choices=statuses)
-    listing.add_argument("--limit", type=_at_least_one, default=50)
-    show = commands.add_parser("show", help="one saga with its step trail", parents=[common])
+    listing.add_argument("--status", choices=statuses, help="only the sagas in this status")
+    listing.add_argument(
+        "--limit", type=_at_least_one, default=50, metavar="N", help="at most N sagas (default 50)"
+    )
+    show = commands.add_parser("show", help="one saga with its step trail", parents=[printing])
     show.add_argument("saga_id")
     recover = commands.add_parser(
-        "recover", help="finish sagas left running by dead processes", parents=[common]
+        "recover", help="finish sagas left running by dead processes", parents=[printing]
     )
     recover.add_argument(
         "--import",
@@ -100,22 +119,28 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MODULE",
         help="module defining the @saga functions (repeatable)",
     )
-    recover.add_argument("--max-attempts", type=int, default=3)
+    recover.add_argument(
+        "--max-attempts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="recovery attempts of a saga before it is parked as a dead letter (default 3)",
+    )
     commands.add_parser(
-        "dead-letters", help="sagas parked after failing recovery", parents=[common]
+        "dead-letters", help="sagas parked after failing recovery", parents=[printing]
     )
     resume = commands.add_parser(
-        "resume", help="un-park a dead-lettered saga for recover", parents=[common]
+        "resume", help="un-park a dead-lettered saga for recover", parents=[quiet]
     )
     resume.add_argument("saga_id")
     release = commands.add_parser(
         "release",
         help="forget the owner of a running saga whose process is known dead (SQLite)",
-        parents=[common],
+        parents=[quiet],
     )
     release.add_argument("saga_id")
     resolve = commands.add_parser(
-        "resolve", help="mark a dead-lettered or failed saga settled", parents=[common]
+        "resolve", help="mark a dead-lettered or failed saga settled", parents=[quiet]
     )
     resolve.add_argument("saga_id")
     resolve.add_argument("--note", required=True, help="what an operator did about it")
@@ -159,9 +184,9 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 
 
 def _plain(value: Any) -> Any:
-    """A JSON-able form of any stored value, for ``--json``."""
+    """A JSON-able form of any stored value, for ``--json`` (NaN and infinity are not JSON)."""
     try:
-        json.dumps(value)
+        json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
         return repr(value)
     return value
@@ -282,8 +307,16 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                     indent=2,
                 )
                 out.write("\n")
-            elif not outcomes:
-                out.write("nothing to recover\n")
+            else:
+                if not outcomes:
+                    out.write("nothing to recover\n")
+                else:
+                    rows = [["ID", "NAME", "ACTION", "STATUS", "ERROR"]]
+                    rows += [
+                        [o.saga_id, o.name, o.action, str(o.status), (o.error or "")[:60]]
+                        for o in outcomes
+                    ]
+                    _table(rows, out)
                 unknown = await _unregistered_running(store)
                 if unknown:
                     out.write(
@@ -292,13 +325,6 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                         "were left alone: no @saga of that name is registered here; pass "
                         "--import with the module that declares them\n"
                     )
-            else:
-                rows = [["ID", "NAME", "ACTION", "STATUS", "ERROR"]]
-                rows += [
-                    [o.saga_id, o.name, o.action, str(o.status), (o.error or "")[:60]]
-                    for o in outcomes
-                ]
-                _table(rows, out)
             return 0
         if args.command == "dead-letters":
             letters = await store.dead_letters()
@@ -382,9 +408,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         # Ctrl-C: a saga `recover` was resuming is left for the next recovery.
-        sys.stderr.write(
-            "sagakit: interrupted; a saga being recovered is left for the next `recover`\n"
-        )
+        if args.command == "recover":
+            sys.stderr.write(
+                "sagakit: interrupted; a saga being recovered is left for the next `recover`\n"
+            )
+        else:
+            sys.stderr.write("sagakit: interrupted\n")
         return 130
     except BrokenPipeError:
         # The reader went away (`sagakit list | head`): stop quietly, as cat does, and

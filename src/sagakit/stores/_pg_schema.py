@@ -303,6 +303,15 @@ async def migrate(conn: AsyncConnection[object], schema: str) -> int:
     """Bring ``schema`` to :data:`SCHEMA_VERSION`; returns how many migrations ran."""
     s = f'"{check_schema_name(schema)}"'
     scripts = migrations(schema)
+    # A schema already at this version needs no lock and no DDL, so a role that may only
+    # read the log opens it too (an operator's `sagakit list`).
+    cursor = await conn.execute("SELECT to_regclass(%s)", (f"{s}.schema_migrations",))
+    found = await cursor.fetchone()
+    if found is not None and found[0] is not None:  # type: ignore[index]
+        cursor = await conn.execute(f"SELECT coalesce(max(version), 0) FROM {s}.schema_migrations")
+        row = await cursor.fetchone()
+        if row is not None and int(row[0]) == len(scripts):  # type: ignore[index]
+            return 0
     async with conn.transaction():
         await conn.execute(f"SELECT pg_advisory_xact_lock({lock_key(schema, 'migrate')})")
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")

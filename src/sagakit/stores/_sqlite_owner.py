@@ -81,4 +81,14 @@ def owner_alive(token: str | None) -> bool:
     return start == "?" or actual == start
 
 
-__all__ = ["current_owner", "owner_alive"]
+def owner_running_here(token: str | None) -> bool:
+    """Whether ``token`` names another process of this host and PID namespace that runs."""
+    if not token:
+        return False
+    host, pid_text, _, namespace = [*token.split("/", 3), "", "", ""][:4]
+    if host != socket.gethostname() or (namespace and namespace != _pid_namespace()):
+        return False
+    return pid_text != str(os.getpid()) and owner_alive(token)
+
+
+__all__ = ["current_owner", "owner_alive", "owner_running_here"]

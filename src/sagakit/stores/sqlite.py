@@ -46,7 +46,7 @@ from ..exceptions import (
 from ..records import SagaMetadata
 from ..status import SagaStatus
 from ._protocol import DeadLetter, OrphanedSaga, StoredEvent
-from ._sqlite_owner import current_owner, owner_alive
+from ._sqlite_owner import current_owner, owner_alive, owner_running_here
 from ._sqlite_rows import decode_orphan, load_metadata, load_orphan_rows, when
 from ._sqlite_schema import Synchronous, check_file, connect, prepare
 from ._sqlite_sql import (
@@ -628,18 +628,35 @@ class SQLiteStore:
 
         For an owner this store cannot see die: a process of another host or
         container sharing the file. Only call it when that process is gone;
-        :class:`~sagakit.StoreError` if the saga is not running.
+        :class:`~sagakit.StoreError` if the saga is not running, is dead-lettered,
+        or is run by another live process of this host.
         """
 
-        def job(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "UPDATE sagakit_sagas SET owner = NULL WHERE id = ? AND finished_at IS NULL",
+        def job(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT owner, dead_letter FROM sagakit_sagas WHERE id = ? AND finished_at IS NULL",
                 (saga_id,),
-            ).rowcount
+            ).fetchone()
+            if row is None:
+                return f"saga {saga_id!r} is not running in {self.path!r}"
+            holder, parked = row
+            if parked is not None:
+                return (
+                    f"saga {saga_id!r} is dead-lettered ({parked}); recovery leaves it alone "
+                    "until `sagakit resume` (or `sagakit resolve`)"
+                )
+            if owner_running_here(holder):
+                return (
+                    f"saga {saga_id!r} is running under a live process ({holder}) of this "
+                    "host; recovery takes it over by itself once that process is gone"
+                )
+            conn.execute("UPDATE sagakit_sagas SET owner = NULL WHERE id = ?", (saga_id,))
+            return None
 
         self._staged.pop(saga_id, None)  # its owner is gone: so are its uncommitted writes
-        if not await self._writer.submit(job, alone=False):
-            raise StoreError(f"saga {saga_id!r} is not running in {self.path!r}")
+        problem = await self._writer.submit(job, alone=False)
+        if problem is not None:
+            raise StoreError(problem)
 
     async def resolve(self, saga_id: str, note: str) -> None:
         now = time.time()
@@ -655,7 +672,8 @@ class SQLiteStore:
             if finished is None and parked is None and owner_alive(holder):
                 return (
                     f"saga {saga_id!r} is still {status} under a live process ({holder}); "
-                    "let it finish, or run recover() once its process is gone"
+                    "let it finish, or run recover() once its process is gone (a process of "
+                    "another host or container: `sagakit release` the saga first)"
                 )
             if status in ("completed", "compensated"):
                 return f"saga {saga_id!r} ended {status}; there is nothing to resolve"
