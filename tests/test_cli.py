@@ -39,6 +39,23 @@ def cli(*argv: str) -> tuple[int, str]:
     return code, out.getvalue()
 
 
+ELSEWHERE = "UPDATE sagakit_sagas SET owner = 'elsewhere/1/1' WHERE id = 'far'"
+
+
+def crashed_in_credit(tmp_path: Path, saga_id: str, then_sql: str) -> tuple[str, Path]:
+    """A log where ``transfer`` ``saga_id`` died inside its credit step, then ``then_sql``."""
+    db = str(tmp_path / "sagas.db")
+    log = tmp_path / "effects.log"
+    assert child(db, log, "run", db, "transfer", saga_id, "B", crash="in_step:credit") == (
+        -signal.SIGKILL
+    )
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(then_sql)
+    conn.close()
+    return db, log
+
+
 @pytest.fixture
 def log_db(tmp_path: Path) -> tuple[str, Path]:
     db = str(tmp_path / "sagas.db")
@@ -194,15 +211,7 @@ def test_python_dash_m_sagakit(log_db: tuple[str, Path]) -> None:
 
 
 def test_release_lets_recovery_take_a_saga_of_another_host(tmp_path: Path) -> None:
-    db = str(tmp_path / "sagas.db")
-    log = tmp_path / "effects.log"
-    assert child(db, log, "run", db, "transfer", "far", "B", crash="in_step:credit") == (
-        -signal.SIGKILL
-    )
-    conn = sqlite3.connect(db)
-    with conn:
-        conn.execute("UPDATE sagakit_sagas SET owner = 'elsewhere/1/1' WHERE id = 'far'")
-    conn.close()
+    db, log = crashed_in_credit(tmp_path, "far", ELSEWHERE)
     assert child(db, log, "recover", db) == 0
     assert cli("--db", db, "list", "--status", "executing", "--json")[1].count('"far"') == 1
     assert cli("--db", db, "release", "far")[0] == 0
@@ -251,15 +260,9 @@ def test_release_refuses_a_dead_lettered_saga(
 ) -> None:
     # Regression: release of a parked saga said "will be recovered by the next
     # `sagakit recover`", which leaves parked sagas alone.
-    db = str(tmp_path / "sagas.db")
-    log = tmp_path / "effects.log"
-    assert child(db, log, "run", db, "transfer", "parked", "B", crash="in_step:credit") == (
-        -signal.SIGKILL
+    db, _ = crashed_in_credit(
+        tmp_path, "parked", "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL"
     )
-    conn = sqlite3.connect(db)
-    with conn:
-        conn.execute("UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL")
-    conn.close()
     assert cli("--db", db, "release", "parked") == (1, "")
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("sagakit: saga 'parked' is dead-lettered (stuck); ")
@@ -271,15 +274,7 @@ def test_resolve_of_a_saga_of_another_host_says_to_release_it_first(
 ) -> None:
     # Regression: the refusal said to "run recover() once its process is gone", which
     # never takes a saga of another host or container: `release` must come first.
-    db = str(tmp_path / "sagas.db")
-    log = tmp_path / "effects.log"
-    assert child(db, log, "run", db, "transfer", "far", "B", crash="in_step:credit") == (
-        -signal.SIGKILL
-    )
-    conn = sqlite3.connect(db)
-    with conn:
-        conn.execute("UPDATE sagakit_sagas SET owner = 'elsewhere/1/1' WHERE id = 'far'")
-    conn.close()
+    db, _ = crashed_in_credit(tmp_path, "far", ELSEWHERE)
     assert cli("--db", db, "resolve", "far", "--note", "refunded") == (1, "")
     [line] = capsys.readouterr().err.splitlines()
     assert "under a live process (elsewhere/1/1)" in line

@@ -623,14 +623,17 @@ async def test_recovery_fenced_out_while_compensating_tells_saga_stopped(
 body_runs: list[str] = []
 
 
-@saga
-def rec_counted_order(item: str):  # type: ignore[no-untyped-def]
+def _counted(item: str):  # type: ignore[no-untyped-def]
     body_runs.append("enter")
     try:
         yield book(item)
         yield pay(item)
     finally:
         body_runs.append("exit")
+
+
+rec_counted_order = saga(name="rec_counted_order")(_counted)
+rec_counted_careful = saga(name="rec_counted_careful", recovery="compensate")(_counted)
 
 
 @pytest.mark.asyncio
@@ -650,16 +653,6 @@ async def test_recovery_runs_a_generator_body_once(db: str, where: str) -> None:
         (outcome,) = await orchestrator.recover()
     assert (outcome.action, outcome.status) == ("resumed", SagaStatus.COMPLETED)
     assert body_runs == ["enter", "exit"]
-
-
-@saga(recovery="compensate")
-def rec_counted_careful(item: str):  # type: ignore[no-untyped-def]
-    body_runs.append("enter")
-    try:
-        yield book(item)
-        yield pay(item)
-    finally:
-        body_runs.append("exit")
 
 
 @pytest.mark.asyncio
