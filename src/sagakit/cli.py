@@ -48,11 +48,16 @@ def _log_name(args: argparse.Namespace) -> str:
     return str(args.db)
 
 
+_READ_ONLY_COMMANDS = frozenset({"list", "show", "dead-letters"})
+"""Commands that only read: a SQLite log is opened read-only for them (a backup listed
+keeps its journal mode, a log on a read-only mount can be inspected)."""
+
+
 def _store_for(args: argparse.Namespace) -> SQLiteStore | PostgresStore:
     """The store named by ``--db``: a PostgreSQL URL or a SQLite file path."""
     if _is_postgres(args.db):
         return PostgresStore(args.db, schema=getattr(args, "schema", "sagakit"))
-    return SQLiteStore(args.db)
+    return SQLiteStore(args.db, read_only=args.command in _READ_ONLY_COMMANDS)
 
 
 _MAX_LIMIT = 2**63 - 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from pathlib import Path
 from typing import Literal
 
 from ..exceptions import StoreError
@@ -131,6 +132,72 @@ def connect(path: str, *, synchronous: Synchronous, busy_timeout: float) -> sqli
     return conn
 
 
+def connect_read_only(path: str, *, busy_timeout: float) -> sqlite3.Connection:
+    """A connection that cannot write the log: no pragma that writes, no journal change.
+
+    A WAL log whose directory this process cannot write, with no ``-shm`` file and no
+    ``-wal`` file holding commits (a backup on a read-only mount, say), is opened
+    ``immutable``: SQLite then takes no locks and trusts that nobody writes it meanwhile.
+    """
+    uri = Path(path).absolute().as_uri()  # percent-encoded: "#", "?", "%" are not URI syntax
+    query = "mode=ro"
+    try:
+        with open(path, "rb") as file:
+            wal_mode = file.read(20)[18:20] == b"\x02\x02"
+        directory = os.path.dirname(os.path.abspath(path))
+        if (
+            wal_mode
+            and not os.access(directory, os.W_OK)
+            and not os.path.exists(path + "-shm")
+            and (not os.path.exists(path + "-wal") or os.path.getsize(path + "-wal") == 0)
+        ):
+            query = "immutable=1"
+        conn = sqlite3.connect(
+            f"{uri}?{query}",
+            uri=True,
+            timeout=busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens the file now
+    except (OSError, sqlite3.Error) as error:
+        hint = ""
+        if isinstance(error, sqlite3.OperationalError) and "unable to open" in str(error):
+            hint = (
+                " (a WAL log needs its -shm file, which SQLite cannot create in a directory "
+                "this process cannot write: copy the log with its -wal file elsewhere)"
+            )
+        raise StoreError(f"cannot open saga log {path!r} read-only: {error}{hint}") from error
+    return conn
+
+
+def check_read_only(conn: sqlite3.Connection, path: str) -> None:
+    """Check, without writing, that ``conn`` reads a sagakit log of the current schema."""
+    try:
+        version = _logged_version(conn, path)
+        if version is None:
+            raise StoreError(
+                f"no saga log in {path!r} (a SQLite database without sagakit's tables); "
+                "a read-only store creates none"
+            )
+        if version < SCHEMA_VERSION:
+            raise StoreError(
+                f"saga log {path!r} has schema version {version}, older than this sagakit's "
+                f"({SCHEMA_VERSION}); open it once with a writable SQLiteStore to upgrade it"
+            )
+        conn.execute("SELECT id FROM sagakit_sagas ORDER BY id DESC LIMIT 1").fetchone()
+        conn.execute("SELECT max(position) FROM sagakit_events").fetchone()
+    except StoreError:
+        conn.close()
+        raise
+    except sqlite3.DatabaseError as error:
+        conn.close()
+        raise StoreError(
+            f"saga log {path!r} is corrupt or not a sagakit log ({error}); restore it from "
+            "a backup or point SQLiteStore at another path"
+        ) from error
+
+
 def _logged_version(conn: sqlite3.Connection, path: str) -> int | None:
     """The log's schema version, ``None`` for a file without the schema yet."""
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -198,6 +265,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "Synchronous",
     "check_file",
+    "check_read_only",
     "connect",
+    "connect_read_only",
     "prepare",
 ]

@@ -61,6 +61,7 @@ class GroupWriter:
         busy_timeout: float,
         inline: bool,
         open_reader: Callable[[], sqlite3.Connection],
+        read_only: bool = False,
     ) -> None:
         self._conn = conn
         self._path = path
@@ -78,6 +79,7 @@ class GroupWriter:
         self._open_reader = open_reader
         self._reader: sqlite3.Connection | None = None
         self._closed = False
+        self._read_only = read_only
         self._pid = os.getpid()
         self.commits = 0
         self.jobs = 0
@@ -142,6 +144,8 @@ class GroupWriter:
         commits at once instead of waiting for companions.
         """
         self._check_usable()
+        if self._read_only:
+            raise StoreError(f"saga log {self._path!r} is opened read-only")
         if alone and self._inline and not self._pending and not self._thread_busy:
             try:
                 result = self._commit([job], wait=False)[0]

@@ -48,7 +48,14 @@ from ..status import SagaStatus
 from ._protocol import DeadLetter, OrphanedSaga, StoredEvent
 from ._sqlite_owner import current_owner, owner_alive, owner_running_here
 from ._sqlite_rows import decode_orphan, load_metadata, load_orphan_rows, when
-from ._sqlite_schema import Synchronous, check_file, connect, prepare
+from ._sqlite_schema import (
+    Synchronous,
+    check_file,
+    check_read_only,
+    connect,
+    connect_read_only,
+    prepare,
+)
 from ._sqlite_sql import (
     COMPENSATING,
     END_STEP,
@@ -124,6 +131,11 @@ class SQLiteStore:
     ``quick_check`` over the whole file. ``owner`` replaces the token recorded on
     the sagas this store runs (``"<host>/<pid>/<process start>"`` of this process by
     default; tools and tests only).
+
+    ``read_only=True`` only reads an existing log (for inspection tools such as the
+    CLI's ``list``): the file is opened with SQLite's ``mode=ro``, its journal mode is
+    left as it is and no schema is created or migrated; a missing file or an older
+    schema raises :class:`~sagakit.StoreError`, and so does every write method.
     """
 
     durable = True
@@ -137,6 +149,7 @@ class SQLiteStore:
         serializer: JsonSerializer | None = None,
         verify: bool = False,
         owner: str | None = None,
+        read_only: bool = False,
     ) -> None:
         if synchronous not in ("NORMAL", "FULL"):
             raise SagaDefinitionError(
@@ -158,9 +171,16 @@ class SQLiteStore:
         self.synchronous = synchronous
         self.busy_timeout = float(busy_timeout)
         self.serializer = serializer if serializer is not None else JsonSerializer()
+        self.read_only = bool(read_only)
+        if self.read_only and not os.path.exists(path):
+            raise StoreError(f"no saga log at {path!r} (opened read-only: none is created)")
         check_file(path)
-        conn = connect(path, synchronous=synchronous, busy_timeout=self.busy_timeout)
-        prepare(conn, path)
+        if self.read_only:
+            conn = connect_read_only(path, busy_timeout=self.busy_timeout)
+            check_read_only(conn, path)
+        else:
+            conn = connect(path, synchronous=synchronous, busy_timeout=self.busy_timeout)
+            prepare(conn, path)
         if verify:
             try:
                 problem = conn.execute("PRAGMA quick_check").fetchone()[0]
@@ -177,6 +197,7 @@ class SQLiteStore:
             busy_timeout=self.busy_timeout,
             inline=synchronous == "NORMAL",
             open_reader=self._open_reader,
+            read_only=self.read_only,
         )
         self._owner = current_owner() if owner is None else owner
         self._live: set[str] = set()
@@ -185,6 +206,8 @@ class SQLiteStore:
         self._unlogged: set[str] = set()  # generated ids whose row has not committed
 
     def _open_reader(self) -> sqlite3.Connection:
+        if self.read_only:
+            return connect_read_only(self.path, busy_timeout=self.busy_timeout)
         return connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
 
     @property
@@ -197,12 +220,20 @@ class SQLiteStore:
         """How many write transactions this store committed (for benchmarks)."""
         return self._writer.commits
 
+    def _refuse_writes(self) -> None:
+        if self.read_only:
+            raise StoreError(
+                f"saga log {self.path!r} is opened read-only; open a SQLiteStore without "
+                "read_only=True to write it"
+            )
+
     async def _write(self, job: Job) -> Any:
         return await self._writer.submit(job, alone=len(self._live) <= 1)
 
     # ----------------------------------------------------------------- running
 
     async def begin(self, run: SagaRun) -> SagaMetadata | None:
+        self._refuse_writes()
         definition = run.definition
         arguments = self.serializer.dumps(
             [list(definition.args), definition.kwargs],
@@ -272,6 +303,7 @@ class SQLiteStore:
         return earlier  # type: ignore[no-any-return]
 
     async def record(self, run: SagaRun, transition: Transition) -> None:
+        self._refuse_writes()
         job = self._job_for(run, transition)
         staged = self._staged.pop(run.id, None)
         unlogged = bool(self._unlogged) and run.id in self._unlogged
@@ -308,6 +340,7 @@ class SQLiteStore:
         Raises :class:`~sagakit.SerializationError` at once for a result or event
         that cannot be stored (nothing is staged then).
         """
+        self._refuse_writes()
         job = self._job_for(run, transition)
         if job is not None:
             staged = self._staged.get(run.id)
@@ -484,6 +517,7 @@ class SQLiteStore:
         limit: int = 100,
         max_attempts: int = 3,
     ) -> list[OrphanedSaga]:
+        self._refuse_writes()
         allowed = None if names is None else frozenset(names)
         owner = self._owner
         now = time.time()
@@ -581,6 +615,7 @@ class SQLiteStore:
             )
 
     async def dead_letter(self, saga_id: str, reason: str) -> None:
+        self._refuse_writes()
         now = time.time()
         await self._writer.submit(
             lambda conn: conn.execute(
@@ -609,6 +644,8 @@ class SQLiteStore:
         return await self._writer.read(read)
 
     async def resume_dead_letter(self, saga_id: str) -> None:
+        self._refuse_writes()
+
         def job(conn: sqlite3.Connection) -> int:
             return conn.execute(
                 "UPDATE sagakit_sagas SET dead_letter = NULL, parked_at = NULL, "
@@ -631,6 +668,7 @@ class SQLiteStore:
         :class:`~sagakit.StoreError` if the saga is not running, is dead-lettered,
         or is run by another live process of this host.
         """
+        self._refuse_writes()
 
         def job(conn: sqlite3.Connection) -> str | None:
             row = conn.execute(
@@ -659,6 +697,7 @@ class SQLiteStore:
             raise StoreError(problem)
 
     async def resolve(self, saga_id: str, note: str) -> None:
+        self._refuse_writes()
         now = time.time()
 
         def job(conn: sqlite3.Connection) -> str | None:
