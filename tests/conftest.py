@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pg_helpers.db import dsn_or_skip, fresh_schema
+from sagakit import SQLiteStore
 
 # tests/typing holds assert_type checks for mypy; they are never run by pytest.
 collect_ignore_glob = ["typing/*"]
@@ -41,3 +44,19 @@ def dsn() -> str:
 def schema(dsn: str) -> Iterator[str]:
     """A fresh PostgreSQL schema for one test, dropped after it."""
     yield from fresh_schema(dsn)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Any]]:
+    """Makes stores on one fresh log: one per simulated process."""
+    if request.param == "sqlite":
+        yield lambda: SQLiteStore(tmp_path / "s.db")
+        return
+    from sagakit import PostgresStore
+
+    dsn = dsn_or_skip()
+    schemas = fresh_schema(dsn)
+    schema = next(schemas)
+    yield lambda: PostgresStore(dsn, schema=schema)
+    for _ in schemas:  # drops the schema
+        pass

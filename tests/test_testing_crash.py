@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -209,23 +209,6 @@ async def test_a_crash_names_a_step_given_as_an_object_by_its_name() -> None:
 async def test_simulate_restart_refuses_an_in_memory_store() -> None:
     with pytest.raises(SagaDefinitionError, match="durable store such as SQLiteStore"):
         await simulate_restart(MemoryStore())
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Any]]:
-    """Makes stores on one fresh log: one per simulated process."""
-    if request.param == "sqlite":
-        yield lambda: SQLiteStore(tmp_path / "s.db")
-        return
-    from pg_helpers.db import dsn_or_skip, fresh_schema
-    from sagakit import PostgresStore
-
-    dsn = dsn_or_skip()
-    schemas = fresh_schema(dsn)
-    schema = next(schemas)
-    yield lambda: PostgresStore(dsn, schema=schema)
-    for _ in schemas:  # drops the schema
-        pass
 
 
 @pytest.mark.asyncio

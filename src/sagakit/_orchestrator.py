@@ -46,6 +46,7 @@ from .exceptions import (
     CompensationFailed,
     LeaseLost,
     NonDeterminismError,
+    SagaAlreadyExecuting,
     SagaDefinitionError,
     SagaRunError,
     StepFailed,
@@ -215,11 +216,23 @@ class SagaOrchestrator:
         )
         run.listeners = self._listeners
         driver = definition._driver()  # before begin(): whatever it raises leaves no run
-        earlier = await self._store.begin(run)
+        try:
+            earlier = await self._store.begin(run)
+        except SagaAlreadyExecuting:
+            # An orphan (its process died mid-run) is finished here first, as recovery
+            # would; then begin() decides as for any finished id.
+            if not (explicit and await self._adopt(run.id)):
+                raise
+            earlier = await self._store.begin(run)
         if earlier is not None:
             driver.close()
             return list(earlier.events)
         return await self._drive(run, driver)
+
+    async def _adopt(self, saga_id: str) -> bool:
+        from ._recovery import adopt
+
+        return await adopt(self, saga_id)
 
     async def _drive(
         self, run: SagaRun, driver: StepDriver, replay: int = 0, *, hand_back: bool = False

@@ -109,6 +109,31 @@ async def recover(
     return outcomes
 
 
+async def adopt(orchestrator: SagaOrchestrator, saga_id: str) -> bool:
+    """Finish ``saga_id`` here, as recovery would, if it is an orphan (its process died
+    mid-run and no one recovers it yet); whether it was one.
+
+    ``execute()`` of an explicit id calls this when the log has that id executing: a
+    step re-run by recovery that executes an inner saga under a derived id (the
+    idempotency-key pattern) would otherwise fail with ``SagaAlreadyExecuting``, and
+    that inner saga be finished later, behind its outer one's back.
+    """
+    store = orchestrator.store
+    if not store.durable or not isinstance(store, RecoverableStore):
+        return False
+    names = {function.name for function in registered_sagas()}
+    orphans = await store.claim_orphans(
+        names=names, limit=1, max_attempts=DEFAULT_MAX_ATTEMPTS, saga_ids=(saga_id,)
+    )
+    if not orphans:
+        return False
+    try:
+        await _recover_one(orchestrator, store, orphans[0])
+    except LeaseLost as lost:  # another worker took it over: it is executing there
+        logger.warning("sagakit recovery stopped saga %s: %s", saga_id, lost)
+    return True
+
+
 async def _park(store: RecoverableStore, orphan: OrphanedSaga, reason: str) -> RecoveryOutcome:
     logger.error(
         "sagakit recovery parked saga %s (%s): %s",
@@ -322,4 +347,4 @@ async def _recover_one(
     return RecoveryOutcome(orphan.saga_id, orphan.name, "compensated", run.status, problem)
 
 
-__all__ = ["DEFAULT_MAX_ATTEMPTS", "RecoveryOutcome", "recover"]
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "RecoveryOutcome", "adopt", "recover"]

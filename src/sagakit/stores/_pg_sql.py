@@ -95,6 +95,7 @@ def statements(schema: str) -> Statements:
             "recovery_attempts + CASE WHEN released THEN 0 ELSE 1 END AS attempts "
             f"FROM {s}.sagas WHERE {active} AND lease_until <= now() "
             "AND (%(all)s OR name = ANY(%(names)s::text[]) OR NOT factory) "
+            "AND (%(any_id)s OR saga_id = ANY(%(ids)s::text[])) "
             # Never a saga this store still runs (its lease ran out while the database
             # was unreachable): the run would go on beside its own recovery.
             "AND NOT (saga_id = ANY(%(mine)s::text[])) "

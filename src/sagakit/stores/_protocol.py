@@ -223,13 +223,16 @@ class RecoverableStore(SagaStore, Protocol):
         names: Collection[str] | None = None,
         limit: int = 100,
         max_attempts: int = 3,
+        saga_ids: Collection[str] | None = None,
     ) -> list[OrphanedSaga]:
         """Claim up to ``limit`` sagas left running by dead owners, oldest first.
 
         Only sagas whose name is in ``names`` are considered (all when ``None``), so
         a process never claims sagas it cannot run; orphans of builder-form
-        definitions (``factory=False``) are claimed regardless. Each claim increments the
-        saga's recovery attempts atomically with taking ownership; a saga whose
+        definitions (``factory=False``) are claimed regardless. ``saga_ids`` limits
+        the claim to those ids (``execute()`` of an orphan's id claims just that one).
+        Each claim increments the saga's recovery attempts atomically with taking
+        ownership; a saga whose
         attempts would exceed ``max_attempts`` (it crashed its process every time)
         is moved to the dead letters instead of being returned. A saga whose log
         cannot be read back (for example an argument that no longer deserializes)

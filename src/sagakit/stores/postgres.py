@@ -539,13 +539,16 @@ class PostgresStore:
         names: Collection[str] | None = None,
         limit: int = 100,
         max_attempts: int = 3,
+        saga_ids: Collection[str] | None = None,
     ) -> list[OrphanedSaga]:
         orphans: list[OrphanedSaga] = []
         taken: list[str] = []  # the ids this call took leases of
         try:
             while True:
                 wanted = limit - len(orphans)
-                claimed = await self._claim(names, wanted, max_attempts, orphans, taken)
+                claimed = await self._claim(
+                    names, wanted, max_attempts, orphans, taken, saga_ids
+                )
                 # Parked or unreadable claims do not use up the limit: claim again while
                 # there may be more (else recover(), one claim at a time, stops early).
                 if claimed < wanted or len(orphans) >= limit:
@@ -565,6 +568,7 @@ class PostgresStore:
         max_attempts: int,
         orphans: list[OrphanedSaga],
         taken: list[str],
+        saga_ids: Collection[str] | None = None,
     ) -> int:
         """Claim up to ``limit`` rows, add the runnable ones to ``orphans`` (and their ids
         to ``taken``); how many rows."""
@@ -573,6 +577,8 @@ class PostgresStore:
             {
                 "all": names is None,
                 "names": sorted(names) if names is not None else [],
+                "any_id": saga_ids is None,
+                "ids": sorted(saga_ids) if saga_ids is not None else [],
                 "limit": limit,
                 "max": max_attempts,
                 "owner": self.owner,

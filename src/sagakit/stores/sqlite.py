@@ -515,19 +515,24 @@ class SQLiteStore:
         names: Collection[str] | None = None,
         limit: int = 100,
         max_attempts: int = 3,
+        saga_ids: Collection[str] | None = None,
     ) -> list[OrphanedSaga]:
         self._refuse_writes()
         allowed = None if names is None else frozenset(names)
         owner = self._owner
         now = time.time()
+        only = () if saga_ids is None else tuple(saga_ids)
+        query = (
+            "SELECT id, name, owner, factory, recovery_attempts FROM sagakit_sagas "
+            "WHERE finished_at IS NULL AND dead_letter IS NULL"
+        )
+        if saga_ids is not None:
+            query += f" AND id IN ({', '.join('?' * len(only))})"
 
         def job(
             conn: sqlite3.Connection, limit: int
         ) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]]]:
-            rows = conn.execute(
-                "SELECT id, name, owner, factory, recovery_attempts FROM sagakit_sagas "
-                "WHERE finished_at IS NULL AND dead_letter IS NULL ORDER BY started_at"
-            ).fetchall()
+            rows = conn.execute(query + " ORDER BY started_at", only).fetchall()
             claimed: list[tuple[Any, ...]] = []
             parked: list[tuple[str, str]] = []
             for saga_id, name, holder, factory, attempts in rows:

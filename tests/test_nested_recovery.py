@@ -1,0 +1,148 @@
+"""A step that runs an inner saga under an id derived from its idempotency key, with the
+process dying inside that inner saga: recovery must finish both, consistently."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sagakit import (
+    SagaAlreadyExecuting,
+    SagaOrchestrator,
+    SagaStatus,
+    SQLiteStore,
+    current_step,
+    saga,
+    step,
+)
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+
+effects: list[str] = []
+orchestrators: dict[str, SagaOrchestrator] = {}  # the one this "process" runs
+
+
+@step
+async def nr_reserve(order: str) -> str:
+    effects.append(f"reserve {order}")
+    return f"reservation-{order}"
+
+
+@nr_reserve.compensate
+async def nr_unreserve(order: str) -> None:
+    effects.append(f"unreserve {order}")
+
+
+@step
+async def nr_authorize(order: str) -> str:
+    effects.append(f"authorize {order}")
+    return f"auth-{order}"
+
+
+@nr_authorize.compensate
+async def nr_void(order: str) -> None:
+    effects.append(f"void {order}")
+
+
+@step
+async def nr_capture(order: str) -> str:
+    effects.append(f"capture {order}")
+    return f"captured-{order}"
+
+
+@saga
+def nr_payment(order: str) -> Any:
+    yield nr_authorize(order)
+    yield nr_capture(order)
+
+
+@step
+async def nr_pay(order: str) -> list[Any]:
+    context = current_step()
+    assert context is not None
+    # The inner saga's id comes from this step's idempotency key: run again by
+    # recovery, the step executes the same inner saga.
+    inner = f"{context.idempotency_key}/payment"
+    return await orchestrators["current"].execute(nr_payment(order), saga_id=inner)
+
+
+@nr_pay.compensate
+async def nr_refund(order: str) -> None:
+    effects.append(f"refund {order}")
+
+
+@step
+async def nr_ship(order: str) -> str:
+    effects.append(f"ship {order}")
+    return f"shipped-{order}"
+
+
+@saga
+def nr_order(order: str) -> Any:
+    yield nr_reserve(order)
+    yield nr_pay(order)
+    yield nr_ship(order)
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    effects.clear()
+    orchestrators.clear()
+
+
+@pytest.mark.asyncio
+async def test_a_crash_inside_an_inner_saga_is_finished_by_the_outer_ones_recovery(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Regression: recovery resumed the outer saga first (the oldest), its step ran the
+    # inner saga's id again, and the log still had that id executing (its process had
+    # died): SagaAlreadyExecuting failed the step, the outer saga was compensated, and
+    # the inner one was resumed afterwards and captured the payment of a cancelled order.
+    store = durable_store()
+    orchestrators["current"] = SagaOrchestrator(store)
+    with FaultInjector().crash(nr_capture), pytest.raises(SimulatedCrash):
+        await orchestrators["current"].execute(nr_order("o1"), saga_id="order-1")
+    await simulate_restart(store)
+    await store.close()
+    assert effects == ["reserve o1", "authorize o1"]
+
+    async with SagaOrchestrator(durable_store()) as restarted:
+        orchestrators["current"] = restarted
+        outcomes = await restarted.recover()
+        assert [(o.saga_id, o.action, o.status) for o in outcomes] == [
+            ("order-1", "resumed", SagaStatus.COMPLETED)
+        ]
+        inner = await restarted.get_saga("order-1:1/payment")
+        assert inner is not None
+        assert inner.status is SagaStatus.COMPLETED
+        assert await restarted.recover() == []  # nothing left behind
+        outer = await restarted.get_saga("order-1")
+        assert outer is not None
+        assert outer.steps[1].events == ("auth-o1", "captured-o1")
+    assert effects == ["reserve o1", "authorize o1", "capture o1", "ship o1"]
+
+
+@pytest.mark.asyncio
+async def test_an_id_a_live_process_runs_is_still_refused(tmp_path: Path) -> None:
+    # Only an orphan is finished by execute(): an id this (live) process runs stays refused.
+    import asyncio
+
+    gate = asyncio.Event()
+
+    @step
+    async def nr_hold(order: str) -> None:
+        await gate.wait()
+
+    @saga
+    def nr_held(order: str) -> Any:
+        yield nr_hold(order)
+
+    async with SagaOrchestrator(SQLiteStore(tmp_path / "sagas.db")) as orchestrator:
+        running = asyncio.create_task(orchestrator.execute(nr_held("x"), saga_id="held-1"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(SagaAlreadyExecuting):
+            await orchestrator.execute(nr_held("x"), saga_id="held-1")
+        gate.set()
+        await running
