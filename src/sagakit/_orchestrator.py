@@ -308,7 +308,8 @@ class SagaOrchestrator:
                             run.deadline = NO_DEADLINE
                             finished = now()
                             if run.timed_out:  # it swallowed the cancellation, returned late
-                                claim_timeout(run)
+                                if not claim_timeout(run):  # and the caller's: that one wins
+                                    raise asyncio.CancelledError
                                 raise _Late
                             if finished >= deadline:  # it blocked past its deadline
                                 raise _Late
@@ -321,11 +322,13 @@ class SagaOrchestrator:
                             failure = StepTimeout(index, spec.name, now() - started, timeout)
                         except Exception as raised:
                             run.deadline = NO_DEADLINE
-                            if claim_timeout(run):  # it turned its timeout into another error
+                            if not run.timed_out:
+                                error = raised
+                            elif claim_timeout(run):  # it turned its timeout into another error
                                 failure = StepTimeout(index, spec.name, now() - started, timeout)
                                 failure.__cause__ = raised
-                            else:
-                                error = raised
+                            else:  # and the caller's cancellation too: that one wins
+                                raise asyncio.CancelledError from raised
                         else:
                             record.duration = finished - started
                             break
@@ -661,7 +664,8 @@ class SagaOrchestrator:
                             run.deadline = NO_DEADLINE
                             finished = now()
                             if run.timed_out:
-                                claim_timeout(run)
+                                if not claim_timeout(run):  # and the caller's: that one wins
+                                    raise asyncio.CancelledError
                                 raise _Late
                             if finished >= deadline:
                                 raise _Late
@@ -675,7 +679,9 @@ class SagaOrchestrator:
                         except Exception as raised:
                             run.deadline = NO_DEADLINE
                             error = raised
-                            if claim_timeout(run):  # it turned its timeout into another error
+                            if run.timed_out:  # it turned its timeout into another error
+                                if not claim_timeout(run):  # and the caller's cancel: it wins
+                                    raise asyncio.CancelledError from raised
                                 error = StepTimeout(
                                     record.index, record.name, now() - started, timeout
                                 )

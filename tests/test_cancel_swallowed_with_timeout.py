@@ -1,0 +1,114 @@
+"""A step (or compensation) that swallows both its timeout's cancellation and the caller's:
+the caller's cancellation must still win, not be turned into a timeout and lost."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from sagakit import SagaDefinition, SagaOrchestrator, SagaStatus, StepStatus, step
+
+log: list[str] = []
+
+
+async def _swallow(times: int) -> None:
+    """Sleep, swallowing up to ``times`` cancellations."""
+    for _ in range(times):
+        try:
+            await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            log.append("swallowed")
+
+
+@step
+async def sw_first() -> str:
+    log.append("first")
+    return "first"
+
+
+@sw_first.compensate
+async def sw_undo_first() -> None:
+    log.append("undo first")
+
+
+@step(timeout=0.05)
+async def sw_stubborn(how: str) -> str:
+    await _swallow(3)
+    if how == "raise":
+        raise RuntimeError("turned the cancellations into an error")
+    return "late"
+
+
+@step(timeout=0.05, compensation_timeout=0.05)
+async def sw_second() -> str:
+    log.append("second")
+    return "second"
+
+
+@sw_second.compensate
+async def sw_stubborn_undo() -> None:
+    if "undo second returned" not in log:  # stubborn the first time only
+        await _swallow(3)
+    log.append("undo second returned")
+
+
+@step
+async def sw_fail() -> None:
+    raise ValueError("boom")
+
+
+async def _cancel_while_timed_out(run: Any) -> asyncio.Task[Any]:
+    """Start ``run``; cancel it once the 0.05 s timeout inside it has fired (at 0.1 s)."""
+    task = asyncio.create_task(run)
+    await asyncio.sleep(0.1)
+    task.cancel()
+    return task
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["return", "raise"])
+async def test_a_step_swallowing_its_timeout_and_the_callers_cancel_is_cancelled(
+    how: str,
+) -> None:
+    # Regression: the step swallowed the watchdog's cancellation and the caller's, then
+    # returned (or raised): it was reported as a StepTimeout (or StepFailed) and the
+    # caller's cancellation was lost: the task went on as if never cancelled.
+    log.clear()
+    orchestrator = SagaOrchestrator()
+    definition = SagaDefinition("sw").add_step(sw_first()).add_step(sw_stubborn(how))
+    task = await _cancel_while_timed_out(orchestrator.execute(definition))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # (Two cancellations landing in one loop iteration are swallowed as one.)
+    assert log in (
+        ["first", "swallowed", "swallowed", "undo first"],
+        ["first", "swallowed", "undo first"],
+    )
+    (meta,) = await orchestrator.get_history()
+    assert meta.status is SagaStatus.COMPENSATED
+    assert meta.steps[1].status is StepStatus.FAILED
+    assert meta.steps[1].error == "CancelledError: the saga was cancelled"
+
+
+@pytest.mark.asyncio
+async def test_a_compensation_swallowing_its_timeout_and_the_callers_cancel_is_cancelled() -> None:
+    log.clear()
+    orchestrator = SagaOrchestrator()
+    definition = SagaDefinition("sw2").add_step(sw_second()).add_step(sw_fail())
+    task = await _cancel_while_timed_out(orchestrator.execute(definition))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (meta,) = await orchestrator.get_history()
+    # As for any cancellation while compensating: the interrupted compensation is run
+    # again to its end, shielded, and the caller gets its CancelledError (it got a
+    # CompensationFailed: the late return was taken for a timeout, the cancel lost).
+    returned = "undo second returned"
+    assert [line for line in log if line != "swallowed"] == ["second", returned, returned]
+    assert "swallowed" in log
+    assert meta.status is SagaStatus.COMPENSATED
+    assert [(c.status, c.error) for c in meta.compensations] == [
+        (StepStatus.FAILED, "CancelledError: interrupted; compensation retried"),
+        (StepStatus.COMPLETED, None),
+    ]
