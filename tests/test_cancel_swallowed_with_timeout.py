@@ -112,3 +112,31 @@ async def test_a_compensation_swallowing_its_timeout_and_the_callers_cancel_is_c
         (StepStatus.FAILED, "CancelledError: interrupted; compensation retried"),
         (StepStatus.COMPLETED, None),
     ]
+
+
+class Shutdown(BaseException):
+    """A BaseException a step raises (as SystemExit would be)."""
+
+
+@step(timeout=0.02)
+async def sw_exits() -> None:
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        raise Shutdown from None  # e.g. a library turning cancellation into SystemExit
+
+
+@pytest.mark.asyncio
+async def test_a_step_turning_its_timeout_into_a_base_exception_leaves_no_cancel_count() -> None:
+    # Regression: the watchdog's cancellation was never taken back: the caller's task
+    # stayed "cancelling" (asyncio.timeout and TaskGroup then misbehave in it).
+    orchestrator = SagaOrchestrator()
+    with pytest.raises(Shutdown):
+        await orchestrator.execute(SagaDefinition("sw3").add_step(sw_exits()))
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0
+    (meta,) = await orchestrator.get_history()
+    assert meta.status is SagaStatus.FAILED
+    assert meta.error is not None
+    assert meta.error.endswith("(not compensated)")

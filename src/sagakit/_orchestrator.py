@@ -469,6 +469,8 @@ class SagaOrchestrator:
             raise
         except BaseException as failure:  # KeyboardInterrupt, SystemExit: no time to undo
             run.deadline = NO_DEADLINE  # raised by a step: its deadline must not cut _finish
+            if run.timed_out:  # it caught its timeout's cancellation: take that back
+                claim_timeout(run)
             close_driver(driver, run.name, run.id)
             run.status = SAGA_FAILED
             run.error = f"{describe_error(failure)} (not compensated)"
