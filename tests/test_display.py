@@ -206,3 +206,24 @@ def test_a_definition_shows_even_arguments_that_cannot_be_shown_in_full() -> Non
 
 def rows_of_steps(html: str) -> list[str]:
     return [row[1] for row in _rows(html)[1:]]
+
+
+def test_a_long_error_is_cut_in_reprs_and_kept_whole_in_the_record() -> None:
+    from datetime import UTC, datetime
+
+    from sagakit import SagaMetadata, SagaStatus, StepRecord, StepStatus
+
+    error = "ValueError: " + "x" * 5_000
+    record = StepRecord(0, "charge", StepStatus.FAILED, 1, 0.001, error)
+    now = datetime.now(UTC)
+    meta = SagaMetadata(
+        "s-1", "order", SagaStatus.COMPENSATED, 1, 2, now, now, now, error, (record,)
+    )
+    for text in (repr(record), repr(meta)):
+        assert len(text) < 400
+        assert "ValueError: xxx" in text
+        assert text.endswith("…)>")
+    assert meta.error == error  # the record keeps it whole
+    html = meta._repr_html_()
+    assert f'title="{error}"' in html  # whole on hover
+    assert html.count("x" * 5_000) == 2  # the two titles only, not the visible text

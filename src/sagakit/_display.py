@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from html import escape
 from typing import TYPE_CHECKING, Any
 
+from .records import shown_error
+
 if TYPE_CHECKING:
     from ._sagas import SagaDefinition
     from .records import SagaMetadata, StepRecord
@@ -62,8 +64,16 @@ def _record_cells(record: StepRecord, label: str, longest: float) -> list[str]:
         str(record.attempts),
         _ms(record.duration),
         _bar(record.duration, longest),
-        escape(record.error or ""),
+        _error(record.error),
     ]
+
+
+def _error(error: str | None) -> str:
+    """An error cut for the table; the whole text shows on hover."""
+    if not error:
+        return ""
+    return f'<span title="{escape(error, quote=True)}">{escape(shown_error(error))}</span>'
+
 
 
 _HEAD = ("#", "step", "status", "attempts", "duration", "timeline", "error")
@@ -80,7 +90,7 @@ def metadata_html(metadata: SagaMetadata) -> str:
     if metadata.duration is not None:
         head += f" in {_ms(metadata.duration)}"
     if metadata.error:
-        head += f'<br><span style="color:#cf222e">{escape(metadata.error)}</span>'
+        head += f'<br><span style="color:#cf222e">{_error(metadata.error)}</span>'
     records = (*metadata.steps, *metadata.compensations)
     if not records:
         return f'<div class="sagakit-saga">{head}<br><em>no step has run</em></div>'

@@ -12,6 +12,16 @@ from typing import Any
 
 from .status import SagaStatus, StepStatus
 
+SHOWN_ERROR = 200
+"""How many characters of an error a repr shows (the record keeps it whole)."""
+
+
+def shown_error(error: str) -> str:
+    """``error`` cut to :data:`SHOWN_ERROR` characters, marked when cut."""
+    if len(error) <= SHOWN_ERROR:
+        return error
+    return f"{error[: SHOWN_ERROR - 1]}…"
+
 
 @dataclass(frozen=True, slots=True, repr=False)
 class StepRecord:
@@ -34,7 +44,7 @@ class StepRecord:
         if self.duration is not None:
             text += f" in {self.duration * 1000:.1f} ms"
         if self.error:
-            text += f" ({self.error})"
+            text += f" ({shown_error(self.error)})"
         return text + ">"
 
     def _repr_html_(self) -> str:
@@ -81,7 +91,7 @@ class SagaMetadata:
         if self.duration is not None:
             text += f" in {self.duration * 1000:.1f} ms"
         if self.error:
-            text += f" ({self.error})"
+            text += f" ({shown_error(self.error)})"
         return text + ">"
 
     def _repr_html_(self) -> str:
