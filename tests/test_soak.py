@@ -69,6 +69,8 @@ COMPENSATION_ATTEMPTS = 3  # the orchestrator's default compensation retry
 EFFECTS: dict[str, list[tuple[Any, ...]]] = {}
 # saga id -> set when a "hang" step is waiting to be cancelled
 HANGING: dict[str, asyncio.Event] = {}
+# saga id -> (set by its first compensation, set to let that compensation go on)
+PAUSED: dict[str, tuple[asyncio.Event, asyncio.Event]] = {}
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,12 @@ async def _backward(
 ) -> str:
     attempt = _attempt()
     _effects().append(("undo", index, attempt, received))
+    context = current_step()
+    assert context is not None
+    paused = PAUSED.get(context.saga_id)
+    if paused is not None and not paused[0].is_set():  # its task is cancelled meanwhile
+        paused[0].set()
+        await paused[1].wait()
     await asyncio.sleep(0)
     if compensation == "fail" or (compensation == "flaky" and attempt == 1):
         raise OSError(f"compensation {index} refuses")
@@ -231,6 +239,7 @@ class Plan:
     faults: dict[int, str] = field(default_factory=dict)
     compensation_faults: dict[int, str] = field(default_factory=dict)
     keep_going: bool = False  # continue_on_compensation_failure
+    cancel_compensating: bool = False  # cancel the saga's task in its first compensation
 
     def variant(self, index: int) -> Variant:
         return VARIANTS[self.steps[index][0]]
@@ -258,7 +267,8 @@ class Plan:
     def describe(self) -> str:
         return (
             f"Plan({self.saga_id!r}, {self.form!r}, {self.steps!r}, faults={self.faults!r}, "
-            f"compensation_faults={self.compensation_faults!r}, keep_going={self.keep_going})"
+            f"compensation_faults={self.compensation_faults!r}, keep_going={self.keep_going}, "
+            f"cancel_compensating={self.cancel_compensating})"
         )
 
 
@@ -289,6 +299,7 @@ def random_plan(rng: random.Random, saga_id: str, *, crashes: bool) -> Plan:
             plan.faults[index] = rng.choice(["fail", "fail_once", "timeout"])
         if index != crash_at and rng.random() < 0.05:
             plan.compensation_faults[index] = "fail"
+    plan.cancel_compensating = crash_at is None and rng.random() < 0.25
     return plan
 
 
@@ -323,11 +334,17 @@ class _Crash(Exception):
     pass
 
 
+class _Interrupted(Exception):
+    """A compensation running in the saga's own task, interrupted by its cancellation."""
+
+
 class Model:
     """Replays a plan by the documented rules, without sagakit."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, *, durable: bool = True) -> None:
         self.plan = plan
+        self.durable = durable
+        self.paused = False  # the first compensation body ran (and was paused)
         self.expected = Expected()
         self.fired: set[tuple[str, int]] = set()
         self.first_run = True
@@ -369,6 +386,13 @@ class Model:
         if fault == "fail":
             return "InjectedFault"
         self.expected.effects.append(("undo", index, attempt, received))
+        if self.plan.cancel_compensating and not self.paused:
+            self.paused = True
+            if self.expected.outcome != "cancelled":
+                # A cancelled saga compensates shielded from the start: only one that
+                # failed is compensating in its own task, where the cancellation lands.
+                self.expected.outcome = "cancelled"
+                raise _Interrupted
         if behaviour == "fail" or (behaviour == "flaky" and attempt == 1):
             return "OSError"
         return "ok"
@@ -441,7 +465,8 @@ class Model:
         # A durable log keeps one record per compensation: recovery's replaces the
         # record of one the first run left failed or interrupted (and moves it last).
         records = self.expected.compensations
-        records[:] = [record for record in records if record[0] != index]
+        if self.durable:
+            records[:] = [record for record in records if record[0] != index]
         records.append((index, status, attempts))
 
     def _compensate(self, *, recovering: bool) -> None:
@@ -474,6 +499,10 @@ class Model:
                     expected.crash = ("compensating", index)
                     self._compensated(index, StepStatus.RUNNING, attempt)
                     raise
+                except _Interrupted:  # recorded failed, then run again from its start
+                    self._compensated(index, StepStatus.FAILED, attempt)
+                    attempt = 0
+                    continue
                 if outcome == "ok":
                     self._compensated(index, StepStatus.COMPLETED, attempt)
                     expected.compensation_events.append(f"u{index}")
@@ -570,6 +599,19 @@ async def _cancel_when_hanging(
     with pytest.raises(SagaAlreadyExecuting):
         await orchestrator.execute(FORMS[plan.form](plan.steps).with_id(plan.saga_id))
     task.cancel()
+
+
+async def _cancel_when_compensating(run: Run, task: asyncio.Task[None]) -> None:
+    """Once the saga's first compensation runs, cancel its task (again, if it was
+    cancelled already), then let that compensation go on."""
+    started, resume = PAUSED[run.plan.saga_id]
+    waiter = asyncio.ensure_future(started.wait())
+    await asyncio.wait([waiter, task], return_when=asyncio.FIRST_COMPLETED)
+    if not waiter.done():  # nothing to compensate
+        waiter.cancel()
+        return
+    task.cancel()
+    resume.set()
 
 
 def _fail(run: Run, message: str, seed: int, kind: str) -> None:
@@ -715,10 +757,12 @@ async def soak_round(seed: int, kind: str, tmp_path: Path, schema: str | None = 
         runs = []
         for number in range(SAGAS_PER_ROUND):
             plan = random_plan(rng, f"soak-{seed}-{kind}-{number}", crashes=durable)
-            runs.append(Run(plan, Model(plan)))
+            runs.append(Run(plan, Model(plan, durable=durable)))
         for run in runs:
             EFFECTS.pop(run.plan.saga_id, None)
             HANGING[run.plan.saga_id] = asyncio.Event()
+            if run.plan.cancel_compensating:
+                PAUSED[run.plan.saga_id] = (asyncio.Event(), asyncio.Event())
             run.model.run()
 
         tasks = []
@@ -728,6 +772,8 @@ async def soak_round(seed: int, kind: str, tmp_path: Path, schema: str | None = 
             tasks.append(task)
             if any(behaviour == "hang" for _, behaviour, _ in run.plan.steps):
                 tasks.append(asyncio.create_task(_cancel_when_hanging(orchestrator, run, task)))
+            if run.plan.cancel_compensating:
+                tasks.append(asyncio.create_task(_cancel_when_compensating(run, task)))
         async with asyncio.timeout(60):
             results = await asyncio.gather(*tasks, return_exceptions=True)
         for result in results:
@@ -786,6 +832,7 @@ async def soak_round(seed: int, kind: str, tmp_path: Path, schema: str | None = 
         for run in runs:
             EFFECTS.pop(run.plan.saga_id, None)
             HANGING.pop(run.plan.saga_id, None)
+            PAUSED.pop(run.plan.saga_id, None)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -809,17 +856,23 @@ async def test_soak_postgres(seed: int, tmp_path: Path, pg_schema: str) -> None:
 
 
 async def test_the_model_reaches_every_outcome() -> None:
-    """The seeds cover what the soak is for: every outcome, crashes of both kinds."""
+    """The seeds cover what the soak is for: every outcome, crashes of both kinds, a
+    cancellation that interrupts a compensation and one that compensation is shielded from."""
     outcomes: set[str] = set()
     crashes: set[str] = set()
+    paused: set[str] = set()
     for seed in SEEDS:
         rng = random.Random(seed)
         for number in range(SAGAS_PER_ROUND):
             plan = random_plan(rng, f"s-{number}", crashes=True)
-            expected = Model(plan).run()
+            model = Model(plan)
+            expected = model.run()
             outcomes.add(expected.outcome)
             if expected.crash is not None:
                 crashes.add(expected.crash[0])
+            if model.paused:
+                paused.add("shielded" if expected.stopped[1] == "cancel" else "interrupted")
+    assert paused == {"shielded", "interrupted"}
     assert outcomes == {
         "completed",
         "failed",
