@@ -244,9 +244,16 @@ class Plan:
     def variant(self, index: int) -> Variant:
         return VARIANTS[self.steps[index][0]]
 
-    def injector(self) -> FaultInjector:
+    def injector(
+        self,
+        step_faults: dict[int, str] | None = None,
+        compensation_faults: dict[int, str] | None = None,
+    ) -> FaultInjector:
+        """The faults of the first run, or of a recovery if given."""
+        if step_faults is None and compensation_faults is None:
+            step_faults, compensation_faults = self.faults, self.compensation_faults
         faults = FaultInjector()
-        for index, kind in self.faults.items():
+        for index, kind in (step_faults or {}).items():
             target = self.variant(index).step
             if kind == "fail":
                 faults.fail(target, index=index)
@@ -256,7 +263,7 @@ class Plan:
                 faults.timeout(target, index=index)
             else:
                 faults.crash(target, index=index, after=kind == "crash_after")
-        for index, kind in self.compensation_faults.items():
+        for index, kind in (compensation_faults or {}).items():
             target = self.variant(index).step
             if kind == "fail":
                 faults.fail_compensation(target, index=index)
@@ -347,14 +354,15 @@ class Model:
         self.paused = False  # the first compensation body ran (and was paused)
         self.expected = Expected()
         self.fired: set[tuple[str, int]] = set()
-        self.first_run = True
+        self.faults = plan.faults  # those of the run being modelled
+        self.compensation_faults = plan.compensation_faults
         self.keep_going = plan.keep_going  # recovery's orchestrator stops at a failure
 
     # -- one attempt of a step or compensation: "ok", an error class name, "timeout",
     #    "cancel", or _Crash raised
     def _step_attempt(self, index: int, attempt: int, prev: str | None) -> str:
         behaviour = self.plan.steps[index][1]
-        fault = self.plan.faults.get(index) if self.first_run else None
+        fault = self.faults.get(index)
         if fault in ("crash", "crash_after") and ("step", index) not in self.fired:
             self.fired.add(("step", index))
             if fault == "crash_after":
@@ -377,7 +385,7 @@ class Model:
 
     def _compensation_attempt(self, index: int, attempt: int, received: str | None) -> str:
         behaviour = self.plan.steps[index][2]
-        fault = self.plan.compensation_faults.get(index) if self.first_run else None
+        fault = self.compensation_faults.get(index)
         if fault in ("crash", "crash_after") and ("compensation", index) not in self.fired:
             self.fired.add(("compensation", index))
             if fault == "crash_after":
@@ -405,11 +413,25 @@ class Model:
             self.expected.outcome = "crashed"
         return self.expected
 
-    def recover(self) -> Expected:
-        """Recovery of a crashed run (natively: the faults were the first run's)."""
+    def recover(
+        self,
+        step_faults: dict[int, str] | None = None,
+        compensation_faults: dict[int, str] | None = None,
+    ) -> bool:
+        """Recovery of a crashed run, with these faults (the first run's are gone);
+        true if it crashed again."""
+        self.faults = step_faults or {}
+        self.compensation_faults = compensation_faults or {}
+        self.fired = set()
+        try:
+            self._recover()
+        except _Crash:
+            return True
+        return False
+
+    def _recover(self) -> None:
         expected = self.expected
         assert expected.crash is not None
-        self.first_run = False
         self.keep_going = False
         expected.recovered = True
         where, index = expected.crash
@@ -421,14 +443,13 @@ class Model:
         if where == "forward" and self.plan.form != "generator_compensate":
             del expected.steps[index:]
             self._forward(index)
-            return expected
+            return
         if where == "forward":
             # compensate policy: the interrupted step is undone like a timed-out one
             del expected.steps[index:]
             expected.steps.append((index, StepStatus.FAILED, 1))
             expected.stopped = (index, "interrupted")
         self._compensate(recovering=True)
-        return expected
 
     def _forward(self, start: int) -> None:
         expected = self.expected
@@ -696,6 +717,8 @@ def check_metadata(run: Run, metadata: SagaMetadata | None, seed: int, kind: str
         require(metadata.total_steps == len(plan.steps), "a list saga knows its steps")
     elif expected.status is SagaStatus.COMPLETED:
         require(metadata.total_steps == len(plan.steps), "a completed saga knows its steps")
+    else:
+        require(metadata.total_steps is None, "a generator saga that did not complete")
     steps = [(r.index, r.status, r.attempts) for r in metadata.steps]
     require(steps == expected.steps, f"step records {steps}, expected {expected.steps}")
     require(
@@ -704,19 +727,20 @@ def check_metadata(run: Run, metadata: SagaMetadata | None, seed: int, kind: str
     )
     compensations = [(r.index, r.status, r.attempts) for r in metadata.compensations]
     wanted = expected.compensations
+    compensation_events = list(metadata.compensation_events)
+    wanted_events = expected.compensation_events
     if expected.recovered:
         # A compensation recovery ran again keeps its first place on PostgreSQL, and
         # moves to where it ran again on SQLite: only the records are compared.
         compensations, wanted = sorted(compensations), sorted(wanted)
+        compensation_events, wanted_events = sorted(compensation_events), sorted(wanted_events)
     require(
         compensations == wanted,
         f"compensation records {compensations}, expected {expected.compensations}",
     )
     require(all(r.compensation for r in metadata.compensations), "compensation flags")
     require(list(metadata.events) == expected.events, "events")
-    require(
-        list(metadata.compensation_events) == expected.compensation_events, "compensation events"
-    )
+    require(compensation_events == wanted_events, "compensation events")
     require(
         (metadata.error is None) == (expected.status is SagaStatus.COMPLETED),
         "an error exactly when the saga did not complete",
@@ -835,6 +859,86 @@ async def soak_round(seed: int, kind: str, tmp_path: Path, schema: str | None = 
             PAUSED.pop(run.plan.saga_id, None)
 
 
+CRASH_KINDS = ["crash", "crash_after", "compensation", "compensation_after"]
+
+
+async def _recover_in_new_process(
+    store: Any,
+    new_store: Callable[[], Any],
+    run: Run,
+    faults: FaultInjector,
+    crashes: bool,
+    seed: int,
+    kind: str,
+) -> Any:
+    """Restart (the process holding ``store`` "died") and recover with ``faults``."""
+    await restart(store)
+    await store.close()
+    store = await _open(new_store())
+    with faults:
+        try:
+            outcomes = await SagaOrchestrator(store, sleep=InstantSleep()).recover()
+        except SimulatedCrash:
+            if not crashes:
+                _fail(run, "recovery crashed", seed, kind)
+            return store
+    if crashes:
+        _fail(run, f"recovery should have crashed: {outcomes}", seed, kind)
+    expected = [(run.plan.saga_id, run.model.expected.status)]
+    if [(outcome.saga_id, outcome.status) for outcome in outcomes] != expected:
+        _fail(run, f"recovery ended {outcomes}", seed, kind)
+    return store
+
+
+async def crash_twice_round(
+    seed: int, kind: str, tmp_path: Path, schema: str | None = None
+) -> None:
+    """Sagas that crash, then crash again in their first recovery, one at a time (so a
+    recovery's faults reach only the saga recovered), and are finished by a second."""
+    rng = random.Random(seed)
+    async with _store(kind, tmp_path, schema) as new_store:
+        for number in range(12):
+            while True:  # a plan whose first run crashes
+                plan = random_plan(rng, f"twice-{seed}-{kind}-{number}", crashes=True)
+                model = Model(plan)
+                if model.run().outcome == "crashed":
+                    break
+            at, where = rng.randrange(len(plan.steps)), rng.choice(CRASH_KINDS)
+            if where.startswith("compensation"):
+                step_faults, compensation_faults = {}, {at: where.replace("compensation", "crash")}
+            else:
+                step_faults, compensation_faults = {at: where}, {}
+            run = Run(plan, model)
+            EFFECTS.pop(plan.saga_id, None)
+            HANGING[plan.saga_id] = asyncio.Event()
+            store = await _open(new_store())
+            orchestrator = SagaOrchestrator(
+                store, sleep=InstantSleep(), continue_on_compensation_failure=plan.keep_going
+            )
+            task = asyncio.create_task(_execute(orchestrator, run))
+            canceller = asyncio.create_task(_cancel_when_hanging(orchestrator, run, task))
+            async with asyncio.timeout(30):
+                await asyncio.gather(task, canceller)
+            check_outcome(run, seed, kind)
+
+            faults = plan.injector(step_faults, compensation_faults)
+            crashes = model.recover(step_faults, compensation_faults)
+            store = await _recover_in_new_process(
+                store, new_store, run, faults, crashes, seed, kind
+            )
+            if crashes:
+                assert not model.recover()
+                store = await _recover_in_new_process(
+                    store, new_store, run, FaultInjector(), False, seed, kind
+                )
+            check_effects(run, seed, kind)
+            check_metadata(run, await store.get(plan.saga_id), seed, kind)
+            assert await store.running_count() == 0
+            await store.close()
+            EFFECTS.pop(plan.saga_id, None)
+            HANGING.pop(plan.saga_id, None)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_soak_memory(seed: int, tmp_path: Path) -> None:
     await soak_round(seed, "memory", tmp_path)
@@ -853,6 +957,16 @@ def pg_schema() -> Iterator[str]:
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_soak_postgres(seed: int, tmp_path: Path, pg_schema: str) -> None:
     await soak_round(seed, "postgres", tmp_path, pg_schema)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_soak_crash_in_recovery_sqlite(seed: int, tmp_path: Path) -> None:
+    await crash_twice_round(seed, "sqlite", tmp_path)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_soak_crash_in_recovery_postgres(seed: int, tmp_path: Path, pg_schema: str) -> None:
+    await crash_twice_round(seed, "postgres", tmp_path, pg_schema)
 
 
 async def test_the_model_reaches_every_outcome() -> None:
