@@ -47,7 +47,13 @@ from sagakit import (
     saga,
     step,
 )
-from sagakit.testing import FaultInjector, InstantSleep, SimulatedCrash
+from sagakit.testing import (
+    FaultInjector,
+    InstantSleep,
+    RecordedRun,
+    SagaRecorder,
+    SimulatedCrash,
+)
 from sagakit.testing import simulate_restart as restart
 
 pytestmark = pytest.mark.asyncio
@@ -767,14 +773,39 @@ def check_metadata(run: Run, metadata: SagaMetadata | None, seed: int, kind: str
             require(bool(record.error), f"a {record.status} record names its error")
 
 
+def check_transitions(run: Run, recorded: RecordedRun, seed: int, kind: str) -> None:
+    """What the listeners heard tells the same story as the records."""
+    expected = run.model.expected
+    plan = run.plan
+    completed = [
+        plan.steps[index][0] for index, status, _ in expected.steps if status == "completed"
+    ]
+    compensated = [
+        plan.steps[index][0] for index, status, _ in expected.compensations if status == "completed"
+    ]
+    attempts = sum(attempts for _, _, attempts in expected.steps)
+    if (
+        not recorded.finished
+        or recorded.status is not expected.status
+        or recorded.completed != completed
+        or recorded.compensated != compensated
+        or len(recorded.names("step_started")) != attempts
+    ):
+        _fail(run, "listeners heard:\n    " + "\n    ".join(recorded.trail()), seed, kind)
+
+
 async def soak_round(seed: int, kind: str, tmp_path: Path, schema: str | None = None) -> None:
     rng = random.Random(seed)
     durable = kind != "memory"
     async with _store(kind, tmp_path, schema) as new_store:
         store = await _open(new_store())
+        recorder = SagaRecorder()
         orchestrators = {
             keep_going: SagaOrchestrator(
-                store, sleep=InstantSleep(), continue_on_compensation_failure=keep_going
+                store,
+                sleep=InstantSleep(),
+                continue_on_compensation_failure=keep_going,
+                listeners=[recorder],
             )
             for keep_going in (False, True)
         }
@@ -809,6 +840,7 @@ async def soak_round(seed: int, kind: str, tmp_path: Path, schema: str | None = 
             if run not in crashed:
                 check_effects(run, seed, kind)
                 check_metadata(run, await store.get(run.plan.saga_id), seed, kind)
+                check_transitions(run, recorder.run(run.plan.saga_id), seed, kind)
         running = {m.id for m in await store.running()}
         assert running == {run.plan.saga_id for run in crashed}
 
@@ -816,7 +848,8 @@ async def soak_round(seed: int, kind: str, tmp_path: Path, schema: str | None = 
             await restart(store)
             await store.close()
             store = await _open(new_store())
-            recovering = SagaOrchestrator(store, sleep=InstantSleep())
+            recorder = SagaRecorder()
+            recovering = SagaOrchestrator(store, sleep=InstantSleep(), listeners=[recorder])
             by_id = {run.plan.saga_id: run for run in crashed}
             outcomes = await recovering.recover()
             assert sorted(o.saga_id for o in outcomes) == sorted(by_id), outcomes
@@ -827,6 +860,9 @@ async def soak_round(seed: int, kind: str, tmp_path: Path, schema: str | None = 
                     _fail(run, f"recovery ended {recovered!r}", seed, kind)
                 check_effects(run, seed, kind)
                 check_metadata(run, await store.get(run.plan.saga_id), seed, kind)
+                recorded = recorder.run(run.plan.saga_id)
+                if not recorded.finished or recorded.status is not run.model.expected.status:
+                    _fail(run, f"listeners heard {recorded.trail()}", seed, kind)
         assert await store.running_count() == 0
         assert await store.running() == []
         assert await store.history_count() == len(runs)
