@@ -12,6 +12,7 @@ import pytest
 
 from sagakit import (
     MemoryStore,
+    Retry,
     SagaDefinition,
     SagaDefinitionError,
     SagaOrchestrator,
@@ -269,6 +270,39 @@ async def test_resolving_a_crashed_saga_ends_its_interrupted_step_on_every_store
         ("reserve", "completed", None),
         ("charge", "failed", "interrupted; the saga was resolved by an operator"),
     ]
+
+
+@pytest.mark.asyncio
+async def test_a_compensation_a_crash_interrupted_never_stays_running_on_every_store(
+    durable_store: Callable[[], Any],
+) -> None:
+    # The run goes on past refund's failure (continue_on_compensation_failure) and "dies"
+    # in release; recovery retries refund first, which fails again, so it stops there and
+    # never retries release. The saga ended FAILED with release's record still "running".
+    store = durable_store()
+    first = SagaOrchestrator(
+        store, compensation_retry=Retry(attempts=1), continue_on_compensation_failure=True
+    )
+    faults = FaultInjector().fail_compensation(charge).crash(reserve, compensation=True)
+    with faults, pytest.raises(SimulatedCrash):
+        await first.execute(order("broken-r").with_id("o-r"))
+    await simulate_restart(store)
+    await store.close()
+
+    restarted = SagaOrchestrator(durable_store(), compensation_retry=Retry(attempts=1))
+    with FaultInjector().fail_compensation(charge):
+        [outcome] = await restarted.recover()
+    final = await restarted.get_saga("o-r")
+    await restarted.close()
+    assert outcome.status is SagaStatus.FAILED
+    assert final is not None
+    assert final.status is SagaStatus.FAILED
+    injected = "InjectedFault: injected into compensation of step 'charge', attempt 1"
+    assert sorted((c.name, str(c.status), c.error) for c in final.compensations) == [
+        ("charge", "failed", injected),
+        ("reserve", "failed", "interrupted by a crash of its process"),
+    ]
+    assert effects == ["reserve broken-r", "charge broken-r", "ship broken-r"]
 
 
 @pytest.mark.asyncio

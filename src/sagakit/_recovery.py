@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._hooks import SimulatedCrash, active_faults
-from ._runs import SagaRun, StepRun, current_run, describe_error
+from ._runs import CRASHED, SagaRun, StepRun, current_run, describe_error
 from ._sagas import (
     SagaDefinition,
     StepDriver,
@@ -244,6 +244,9 @@ def _rebuild(
         record.error = logged.error
         record.result = logged.result
         record.events = logged.events
+        if logged.status is StepStatus.RUNNING:  # its process died in it: it ended there
+            record.status = StepStatus.FAILED
+            record.error = CRASHED
         run.compensations.append(record)
         if logged.status is StepStatus.COMPLETED:
             run.compensation_events.extend(logged.events)
@@ -314,7 +317,7 @@ async def _recover_one(
         interrupted = stopped.status is StepStatus.RUNNING
         record.status = StepStatus.FAILED if interrupted else stopped.status
         record.attempts = stopped.attempts
-        record.error = stopped.error or "interrupted by a crash of its process"
+        record.error = stopped.error or CRASHED
         run.steps.append(record)
         if wanted:
             undo.append((record, calls[len(done)], None))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ._members import SAGA_COMPLETED, SAGA_EXECUTING, STEP_COMPLETED, STEP_RUNNING
+from ._members import SAGA_COMPLETED, SAGA_EXECUTING, SAGA_FAILED, STEP_COMPLETED, STEP_RUNNING
 from .exceptions import error_text
 from .records import SagaMetadata, StepRecord
 
@@ -83,6 +83,21 @@ class StepRun:
             events=tuple(self.events),
             compensation=self.compensation,
         )
+
+
+CRASHED = "interrupted by a crash of its process"
+"""The error of a step or compensation its process died in, as recovery records it."""
+
+
+def interrupted_compensations(run: SagaRun) -> list[StepRun]:
+    """The compensations a crash interrupted that the run's recovery ended without
+    running again (it stopped at an earlier compensation failure, so the run ended
+    ``FAILED``): no transition carried their end, so a durable store writes it with the
+    run's end. A compensation recovery ran again is recorded by its own transitions."""
+    if run.status is not SAGA_FAILED or not run.compensations:
+        return []
+    last = {record.index: record for record in run.compensations}
+    return [record for record in last.values() if record.error == CRASHED]
 
 
 def interrupted_step(run: SagaRun) -> StepRun | None:

@@ -45,6 +45,12 @@ INTERRUPTED_STEP = (
 )
 """A step the run ended while it ran (cancelled, or stopped by a crash): no
 transition carried its end, so the run's end writes it."""
+INTERRUPTED_COMPENSATION = (
+    "UPDATE sagakit_steps SET status = ?, duration = ?, error = ? "
+    "WHERE saga_id = ? AND compensation = 1 AND idx = ? AND status = 'running'"
+)
+"""A compensation a crash interrupted and recovery did not run again (see
+``interrupted_compensations``): the run's end writes it."""
 RESOLVE_INTERRUPTED = (
     "UPDATE sagakit_steps SET status = 'failed', "
     "error = 'interrupted; the saga was resolved by an operator' "
@@ -80,6 +86,7 @@ __all__ = [
     "FINISHED",
     "INSERT_EVENT",
     "INSERT_SAGA",
+    "INTERRUPTED_COMPENSATION",
     "INTERRUPTED_STEP",
     "RESOLVE_INTERRUPTED",
     "RETRY_STEP",

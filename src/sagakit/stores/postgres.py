@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._runs import interrupted_step
+from .._runs import interrupted_compensations, interrupted_step
 from .._serialization import JsonSerializer
 from ..exceptions import (
     LeaseLost,
@@ -435,6 +435,23 @@ class PostgresStore:
                         duration=interrupted.duration,
                         step_error=interrupted.error,
                     )
+                )
+            if write.final:
+                writes.extend(
+                    Write(
+                        saga_id,
+                        run.name,
+                        write.fence,
+                        write.status,
+                        index=record.index,
+                        compensation=True,
+                        step_name=record.name,
+                        step_status=str(record.status),
+                        attempts=record.attempts,
+                        duration=record.duration,
+                        step_error=record.error,
+                    )
+                    for record in interrupted_compensations(run)
                 )
             writes.append(write)
         if not writes:

@@ -32,7 +32,12 @@ from .._members import (
     ON_STEP_STARTED,
     ON_STEP_TIMED_OUT,
 )
-from .._runs import describe_optional, interrupted_step, storable_text
+from .._runs import (
+    describe_optional,
+    interrupted_compensations,
+    interrupted_step,
+    storable_text,
+)
 from .._serialization import JsonSerializer
 from .._shielding import wait_out
 from ..exceptions import (
@@ -63,6 +68,7 @@ from ._sqlite_sql import (
     FINISHED,
     INSERT_EVENT,
     INSERT_SAGA,
+    INTERRUPTED_COMPENSATION,
     INTERRUPTED_STEP,
     RESOLVE_INTERRUPTED,
     RETRY_STEP,
@@ -397,10 +403,21 @@ class SQLiteStore:
                 saga_id,
             )
             interrupted = interrupted_step(run)
-            if interrupted is None:
+            undone = interrupted_compensations(run)
+            if interrupted is None and not undone:
                 return [(FINISHED, final)]
-            ended = (str(interrupted.status), interrupted.duration, interrupted.error)
-            return [(INTERRUPTED_STEP, (*ended, saga_id, interrupted.index)), (FINISHED, final)]
+            statements: Statements = [
+                (
+                    INTERRUPTED_COMPENSATION,
+                    (str(record.status), record.duration, record.error, saga_id, record.index),
+                )
+                for record in undone
+            ]
+            if interrupted is not None:
+                ended = (str(interrupted.status), interrupted.duration, interrupted.error)
+                statements.append((INTERRUPTED_STEP, (*ended, saga_id, interrupted.index)))
+            statements.append((FINISHED, final))
+            return statements
         return None  # pragma: no cover - every kind is handled above
 
     def _completion(self, run: SagaRun, t: Transition, now: float) -> Statements:
