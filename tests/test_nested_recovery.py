@@ -18,6 +18,7 @@ from sagakit import (
     saga,
     step,
 )
+from sagakit.stores import RecoverableStore
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
 effects: list[str] = []
@@ -146,3 +147,29 @@ async def test_an_id_a_live_process_runs_is_still_refused(tmp_path: Path) -> Non
             await orchestrator.execute(nr_held("x"), saga_id="held-1")
         gate.set()
         await running
+
+
+@pytest.mark.asyncio
+async def test_executing_a_dead_lettered_id_says_it_is_parked(
+    durable_store: Callable[[], Any],
+) -> None:
+    # It said "already executing; wait for it to finish": nothing ever finishes a parked
+    # saga until someone resumes or resolves it.
+    store = durable_store()
+    orchestrators["current"] = SagaOrchestrator(store)
+    with FaultInjector().crash(nr_capture), pytest.raises(SimulatedCrash):
+        await orchestrators["current"].execute(nr_payment("o2"), saga_id="pay-2")
+    await simulate_restart(store)
+    await store.close()
+    async with SagaOrchestrator(durable_store()) as restarted:
+        parked = restarted.store
+        assert isinstance(parked, RecoverableStore)
+        assert [o.saga_id for o in await parked.claim_orphans(saga_ids=["pay-2"])] == ["pay-2"]
+        await parked.dead_letter("pay-2", "held for review")
+        with pytest.raises(SagaAlreadyExecuting) as info:
+            await restarted.execute(nr_payment("o2"), saga_id="pay-2")
+    assert info.value.dead_letter is not None
+    assert "held for review" in info.value.dead_letter
+    assert "is dead-lettered" in str(info.value)
+    assert "sagakit resume" in str(info.value)
+    assert effects == ["authorize o2"]  # nothing ran again

@@ -136,16 +136,29 @@ class CompensationFailed(SagaRunError):
 
 
 class SagaAlreadyExecuting(SagaError):
-    """A saga with this id is already running (here or in another process)."""
+    """A saga with this id is already running (here or in another process).
 
-    def __init__(self, saga_id: str) -> None:
-        super().__init__(
-            f"saga {saga_id!r} is already executing; wait for it to finish or use another id"
-        )
+    ``dead_letter`` is the reason it was parked when it is a dead letter: nothing runs
+    it until it is resumed (``sagakit resume``) or resolved (``sagakit resolve``).
+    """
+
+    def __init__(self, saga_id: str, dead_letter: str | None = None) -> None:
+        if dead_letter is None:
+            message = (
+                f"saga {saga_id!r} is already executing; wait for it to finish or use another id"
+            )
+        else:
+            message = (
+                f"saga {saga_id!r} is dead-lettered ({dead_letter}): nothing runs it; resume "
+                "it for recovery (`sagakit resume`) or end it (`sagakit resolve`), or use "
+                "another id"
+            )
+        super().__init__(message)
         self.saga_id = saga_id
+        self.dead_letter = dead_letter
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.saga_id,))
+        return (type(self), (self.saga_id, self.dead_letter))
 
 
 class SagaAlreadyFailed(SagaError):

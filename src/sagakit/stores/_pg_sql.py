@@ -62,7 +62,7 @@ def statements(schema: str) -> Statements:
             "ON CONFLICT (saga_id) DO NOTHING RETURNING fence"
         ),
         conflict=(
-            f"SELECT status, finished_at IS NULL, resolved FROM {s}.sagas "
+            f"SELECT status, finished_at IS NULL, resolved, dead_reason FROM {s}.sagas "
             "WHERE saga_id = %s FOR UPDATE"
         ),
         restart=(

@@ -358,9 +358,9 @@ class PostgresStore:
             if row is None:  # deleted meanwhile: take the id
                 cursor = await conn.execute(sql.begin, params)
             else:
-                status, running, resolved = row
+                status, running, resolved, dead_reason = row
                 if running:
-                    raise SagaAlreadyExecuting(saga_id)
+                    raise SagaAlreadyExecuting(saga_id, dead_reason)
                 if status == SagaStatus.COMPLETED:
                     return None
                 if status == SagaStatus.FAILED and not resolved:

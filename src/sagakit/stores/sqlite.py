@@ -263,12 +263,13 @@ class SQLiteStore:
 
         def job(conn: sqlite3.Connection) -> tuple[str, Any]:
             row = conn.execute(
-                "SELECT status, resolved FROM sagakit_sagas WHERE id = ?", (saga_id,)
+                "SELECT status, resolved, dead_letter FROM sagakit_sagas WHERE id = ?",
+                (saga_id,),
             ).fetchone()
             if row is not None:
-                status, resolved = row
+                status, resolved, dead_letter = row
                 if status in ("executing", "compensating"):
-                    return ("running", None)
+                    return ("running", dead_letter)
                 if status == "completed":
                     return ("completed", load_metadata(conn, saga_id, self.serializer))
                 if status == "failed" and not resolved:
@@ -303,7 +304,7 @@ class SQLiteStore:
             return None
         self._live.discard(saga_id)
         if outcome == "running":
-            raise SagaAlreadyExecuting(saga_id)
+            raise SagaAlreadyExecuting(saga_id, earlier)  # earlier: why it is parked, if it is
         if outcome == "failed":
             raise SagaAlreadyFailed(saga_id)
         return earlier  # type: ignore[no-any-return]
