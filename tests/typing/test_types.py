@@ -181,3 +181,26 @@ def fault_targets() -> None:
     faults = FaultInjector().fail(debit).timeout("debit").fail(Bank.withdraw)
     faults.fail(bank.withdraw).fail_compensation(bank.withdraw).crash(bank.open_account)
     faults.fail(bank.withdraw("A", 1.0))  # type: ignore[arg-type]
+
+
+class Ledger:
+    @step
+    async def post(self, entry: str) -> int:
+        return 1
+
+    @staticmethod
+    @step
+    async def audit(entry: str) -> bool:
+        return True
+
+
+async def unbound_steps() -> None:
+    # Looked up on the class, a method step takes self first (as wrapt binds it), and a
+    # @staticmethod step takes its own parameters.
+    ledger = Ledger()
+    assert_type(Ledger.post(ledger, "e"), StepCall[int])
+    assert_type(await Ledger.post(ledger, "e"), int)
+    assert_type(Ledger.audit("e"), StepCall[bool])
+    Ledger.post(ledger)  # type: ignore[call-arg]
+    Ledger.post(ledger, 1)  # type: ignore[arg-type]
+    Ledger.audit(1)  # type: ignore[arg-type]
