@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, assert_type
 
@@ -204,3 +204,22 @@ async def unbound_steps() -> None:
     Ledger.post(ledger)  # type: ignore[call-arg]
     Ledger.post(ledger, 1)  # type: ignore[arg-type]
     Ledger.audit(1)  # type: ignore[arg-type]
+
+
+# A generator saga is annotated as a Generator (it is sent each step's result), or as an
+# Iterator when it uses none of them; either way its parameters are kept.
+@saga
+def transfer_typed(src: str, dst: str, amount: float) -> Generator[StepCall[Any], Any, None]:
+    debited: list[Debited] = yield debit(src, amount)
+    yield credit(dst, debited[0].amount)
+
+
+@saga
+def transfer_iter(src: str, dst: str, amount: float) -> Iterator[StepCall[Any]]:
+    yield debit(src, amount)
+    yield credit(dst, amount)
+
+
+assert_type(transfer_typed("A", "B", 1.0), SagaDefinition)
+assert_type(transfer_iter("A", "B", 1.0), SagaDefinition)
+transfer_iter("A", "B", "C")  # type: ignore[arg-type]
