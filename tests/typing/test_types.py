@@ -18,7 +18,8 @@ from sagakit import (
     saga,
     step,
 )
-from sagakit.testing import FaultInjector
+from sagakit.pytest_plugin import FaultMatrix
+from sagakit.testing import FaultInjector, FaultMatrixReport
 
 
 @dataclass(frozen=True)
@@ -223,3 +224,11 @@ def transfer_iter(src: str, dst: str, amount: float) -> Iterator[StepCall[Any]]:
 assert_type(transfer_typed("A", "B", 1.0), SagaDefinition)
 assert_type(transfer_iter("A", "B", 1.0), SagaDefinition)
 transfer_iter("A", "B", "C")  # type: ignore[arg-type]
+
+
+async def fault_matrix_fixture(saga_fault_matrix: FaultMatrix) -> None:
+    # The fixture takes run_fault_matrix's keywords, checked (a typo is a TypeError at run time).
+    report = await saga_fault_matrix(transfer_list("A", "B", 1.0), timeouts=False, error=KeyError)
+    assert_type(report, FaultMatrixReport)
+    await saga_fault_matrix(transfer_list("A", "B", 1.0), timout=False)  # type: ignore[call-arg]
+    await saga_fault_matrix(transfer_list("A", "B", 1.0), failures="no")  # type: ignore[arg-type]
