@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, assert_type
 
 from sagakit import (
+    Codec,
     Retry,
     SagaDefinition,
     SagaFunction,
@@ -15,6 +16,7 @@ from sagakit import (
     SagaStatus,
     Step,
     StepCall,
+    register_codec,
     saga,
     step,
 )
@@ -232,3 +234,15 @@ async def fault_matrix_fixture(saga_fault_matrix: FaultMatrix) -> None:
     assert_type(report, FaultMatrixReport)
     await saga_fault_matrix(transfer_list("A", "B", 1.0), timout=False)  # type: ignore[call-arg]
     await saga_fault_matrix(transfer_list("A", "B", 1.0), failures="no")  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Money:
+    cents: int
+
+
+# A codec's encode takes the registered class and its decode gives one back.
+money_codec = register_codec(Money, encode=lambda m: m.cents, decode=lambda d: Money(int(d)))
+assert_type(money_codec, Codec)
+register_codec(Money, encode=lambda m: m.amount, decode=Money)  # type: ignore[attr-defined]
+register_codec(Money, encode=str, decode=str)  # type: ignore[arg-type]
