@@ -8,6 +8,8 @@ from typing import Any, assert_type
 
 from sagakit import (
     Codec,
+    LoggedStep,
+    OrphanedSaga,
     Retry,
     SagaDefinition,
     SagaFunction,
@@ -16,6 +18,7 @@ from sagakit import (
     SagaStatus,
     Step,
     StepCall,
+    StepStatus,
     register_codec,
     saga,
     step,
@@ -246,3 +249,9 @@ money_codec = register_codec(Money, encode=lambda m: m.cents, decode=lambda d: M
 assert_type(money_codec, Codec)
 register_codec(Money, encode=lambda m: m.amount, decode=Money)  # type: ignore[attr-defined]
 register_codec(Money, encode=str, decode=str)  # type: ignore[arg-type]
+
+
+def orphan_steps(orphan: OrphanedSaga) -> None:
+    # The records a durable log gives back are importable from sagakit, like the others.
+    assert_type(orphan.steps, tuple[LoggedStep, ...])
+    assert_type(orphan.completed_steps[0].status, StepStatus)
