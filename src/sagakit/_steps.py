@@ -182,6 +182,10 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
 
     _self_spec: StepSpec
 
+    if TYPE_CHECKING:
+        # The decorated ``async def`` itself (wrapt's stubs give it the StepCall result).
+        __wrapped__: Callable[P, Coroutine[Any, Any, R]]  # type: ignore[assignment]
+
     def __new__(cls, *args: Any, **kwargs: Any) -> Step[P, R]:
         # Each step gets a subclass of its own, whose ``__call__`` (set by ``__init__``)
         # holds the step's options in a closure: reading them back through the proxy

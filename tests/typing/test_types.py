@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, assert_type
@@ -255,3 +256,12 @@ def orphan_steps(orphan: OrphanedSaga) -> None:
     # The records a durable log gives back are importable from sagakit, like the others.
     assert_type(orphan.steps, tuple[LoggedStep, ...])
     assert_type(orphan.completed_steps[0].status, StepStatus)
+
+
+# __wrapped__ is the async function itself: another step can be declared from it (as the
+# error for a doubly decorated step advises), and it runs as a coroutine.
+slow_debit: Step[[str, float], list[Debited]] = step(timeout=60)(debit.__wrapped__)
+
+
+async def wrapped_function() -> None:
+    assert_type(asyncio.create_task(debit.__wrapped__("A", 1.0)), asyncio.Task[list[Debited]])
