@@ -33,6 +33,7 @@ from .records import SagaMetadata, StepRecord
 from .status import SagaStatus, StepStatus
 from .stores import (
     DeadLetter,
+    LoggedStep,
     MemoryStore,
     OrphanedSaga,
     PostgresStore,
@@ -57,6 +58,7 @@ __all__ = [
     "JsonSerializer",
     "LeaseLost",
     "Listener",
+    "LoggedStep",
     "MemoryStore",
     "NonDeterminismError",
     "OrphanedSaga",

@@ -18,7 +18,11 @@ from .status import SagaStatus
 P = ParamSpec("P")
 
 RecoveryPolicy: TypeAlias = Literal["resume", "compensate"]
-SagaBody: TypeAlias = Generator[StepCall[Any], Any, Any] | Sequence[StepCall[Any]]
+# A generator function may be annotated ``Iterator[StepCall[Any]]`` when it uses no step's
+# result (as ``contextlib.contextmanager`` takes); it is still driven with ``send()``.
+SagaBody: TypeAlias = (
+    Generator[StepCall[Any], Any, Any] | Iterator[StepCall[Any]] | Sequence[StepCall[Any]]
+)
 StepDriver: TypeAlias = Generator[StepCall[Any], Any, Any]
 
 _registry: dict[str, SagaFunction[...]] = {}

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from enum import Enum
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -117,11 +117,14 @@ def _importable_name(cls: type) -> str:
     return name
 
 
+T = TypeVar("T")
+
+
 def register_codec(
-    cls: type,
+    cls: type[T],
     *,
-    encode: Callable[[Any], Any],
-    decode: Callable[[Any], Any],
+    encode: Callable[[T], Any],
+    decode: Callable[[Any], T],
     name: str | None = None,
 ) -> Codec:
     """Teach every serializer to store ``cls``: ``encode(obj)`` gives JSON-able data.

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, Concatenate, Generic, SupportsIndex, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, SupportsIndex, TypeVar, overload
 
 import wrapt
 from typing_extensions import ParamSpec
@@ -181,6 +181,10 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
     """
 
     _self_spec: StepSpec
+
+    if TYPE_CHECKING:
+        # The decorated ``async def`` itself (wrapt's stubs give it the StepCall result).
+        __wrapped__: Callable[P, Coroutine[Any, Any, R]]  # type: ignore[assignment]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Step[P, R]:
         # Each step gets a subclass of its own, whose ``__call__`` (set by ``__init__``)
@@ -376,6 +380,24 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         spec.plain_compensation = not (spec.compensation_takes_result or spec.is_method)
         spec.compensation = fn
         return fn
+
+    if TYPE_CHECKING:
+        # Binding as type checkers should see it (wrapt binds at run time; nothing here
+        # runs): through the class, or under @staticmethod, a step takes all its
+        # parameters; through an instance, a method step takes the ones after self.
+        @overload
+        def __get__(
+            self, instance: None, owner: type[Any] | None = None, /
+        ) -> wrapt.BoundFunctionWrapper[P, StepCall[R]]: ...
+        @overload
+        def __get__(
+            self: Step[Concatenate[S, Q], R], instance: S, owner: type[Any] | None = None, /
+        ) -> wrapt.BoundFunctionWrapper[Q, StepCall[R]]: ...
+        @overload
+        def __get__(
+            self, instance: object, owner: type[Any] | None = None, /
+        ) -> wrapt.BoundFunctionWrapper[P, StepCall[R]]: ...
+        def __get__(self, instance: object, owner: type[Any] | None = None, /) -> Any: ...
 
     # Like a function: copied as itself, pickled by reference (wrapt's proxy refuses all).
     def __copy__(self) -> Step[P, R]:

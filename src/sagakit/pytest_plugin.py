@@ -17,8 +17,22 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from typing import TypedDict
+
+    from typing_extensions import Unpack
+
     from sagakit import SagaDefinition, SagaOrchestrator
-    from sagakit.testing import FaultInjector, FaultMatrixReport, InstantSleep, SagaRecorder
+    from sagakit.testing import Fault, FaultInjector, FaultMatrixReport, InstantSleep, SagaRecorder
+
+    class _MatrixOptions(TypedDict, total=False):
+        """The keywords of ``saga_fault_matrix(...)``: those of ``run_fault_matrix``."""
+
+        orchestrator: SagaOrchestrator | None
+        failures: bool
+        timeouts: bool
+        error: Fault
+        check: bool
+
 
 _MARKER = "saga_fault_matrix"
 _SETTINGS = {
@@ -106,7 +120,9 @@ class FaultMatrix:
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = options
 
-    async def __call__(self, definition: SagaDefinition, **options: Any) -> FaultMatrixReport:
+    async def __call__(
+        self, definition: SagaDefinition, **options: Unpack[_MatrixOptions]
+    ) -> FaultMatrixReport:
         from sagakit.testing import run_fault_matrix
 
         return await run_fault_matrix(definition, **{**self.options, **options})

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, assert_type
 
 from sagakit import (
+    Codec,
+    LoggedStep,
+    OrphanedSaga,
     Retry,
     SagaDefinition,
     SagaFunction,
@@ -15,10 +19,13 @@ from sagakit import (
     SagaStatus,
     Step,
     StepCall,
+    StepStatus,
+    register_codec,
     saga,
     step,
 )
-from sagakit.testing import FaultInjector
+from sagakit.pytest_plugin import FaultMatrix
+from sagakit.testing import FaultInjector, FaultMatrixReport
 
 
 @dataclass(frozen=True)
@@ -181,3 +188,80 @@ def fault_targets() -> None:
     faults = FaultInjector().fail(debit).timeout("debit").fail(Bank.withdraw)
     faults.fail(bank.withdraw).fail_compensation(bank.withdraw).crash(bank.open_account)
     faults.fail(bank.withdraw("A", 1.0))  # type: ignore[arg-type]
+
+
+class Ledger:
+    @step
+    async def post(self, entry: str) -> int:
+        return 1
+
+    @staticmethod
+    @step
+    async def audit(entry: str) -> bool:
+        return True
+
+
+async def unbound_steps() -> None:
+    # Looked up on the class, a method step takes self first (as wrapt binds it), and a
+    # @staticmethod step takes its own parameters.
+    ledger = Ledger()
+    assert_type(Ledger.post(ledger, "e"), StepCall[int])
+    assert_type(await Ledger.post(ledger, "e"), int)
+    assert_type(Ledger.audit("e"), StepCall[bool])
+    Ledger.post(ledger)  # type: ignore[call-arg]
+    Ledger.post(ledger, 1)  # type: ignore[arg-type]
+    Ledger.audit(1)  # type: ignore[arg-type]
+
+
+# A generator saga is annotated as a Generator (it is sent each step's result), or as an
+# Iterator when it uses none of them; either way its parameters are kept.
+@saga
+def transfer_typed(src: str, dst: str, amount: float) -> Generator[StepCall[Any], Any, None]:
+    debited: list[Debited] = yield debit(src, amount)
+    yield credit(dst, debited[0].amount)
+
+
+@saga
+def transfer_iter(src: str, dst: str, amount: float) -> Iterator[StepCall[Any]]:
+    yield debit(src, amount)
+    yield credit(dst, amount)
+
+
+assert_type(transfer_typed("A", "B", 1.0), SagaDefinition)
+assert_type(transfer_iter("A", "B", 1.0), SagaDefinition)
+transfer_iter("A", "B", "C")  # type: ignore[arg-type]
+
+
+async def fault_matrix_fixture(saga_fault_matrix: FaultMatrix) -> None:
+    # The fixture takes run_fault_matrix's keywords, checked (a typo is a TypeError at run time).
+    report = await saga_fault_matrix(transfer_list("A", "B", 1.0), timeouts=False, error=KeyError)
+    assert_type(report, FaultMatrixReport)
+    await saga_fault_matrix(transfer_list("A", "B", 1.0), timout=False)  # type: ignore[call-arg]
+    await saga_fault_matrix(transfer_list("A", "B", 1.0), failures="no")  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Money:
+    cents: int
+
+
+# A codec's encode takes the registered class and its decode gives one back.
+money_codec = register_codec(Money, encode=lambda m: m.cents, decode=lambda d: Money(int(d)))
+assert_type(money_codec, Codec)
+register_codec(Money, encode=lambda m: m.amount, decode=Money)  # type: ignore[attr-defined]
+register_codec(Money, encode=str, decode=str)  # type: ignore[arg-type]
+
+
+def orphan_steps(orphan: OrphanedSaga) -> None:
+    # The records a durable log gives back are importable from sagakit, like the others.
+    assert_type(orphan.steps, tuple[LoggedStep, ...])
+    assert_type(orphan.completed_steps[0].status, StepStatus)
+
+
+# __wrapped__ is the async function itself: another step can be declared from it (as the
+# error for a doubly decorated step advises), and it runs as a coroutine.
+slow_debit: Step[[str, float], list[Debited]] = step(timeout=60)(debit.__wrapped__)
+
+
+async def wrapped_function() -> None:
+    assert_type(asyncio.create_task(debit.__wrapped__("A", 1.0)), asyncio.Task[list[Debited]])
