@@ -65,6 +65,34 @@ EXPECTED: dict[str, list[str]] = {
         "  order-3 compensations: ship=completed, process_payment=completed, "
         "reserve_inventory=completed",
     ],
+    "durable_transfer.py": [
+        "  child exit: SIGKILL",
+        "  balances: alice=70, bob=30",
+        "  credit transfer-1:1: already applied by the bank, not applied twice",
+        "  transfer-1: resumed, now completed",
+        "  step 0 debit: completed",
+        "  step 1 credit: completed",
+        "  balances: alice=70, bob=30",
+        "  event: Debited(account='alice', amount=30)",
+        "  event: Credited(account='bob', amount=30)",
+        "saga transfer-1 (transfer): completed",
+        "step  0  debit   completed  1         Debited(account='alice', amount=30)",
+        "step  1  credit  completed  1         Credited(account='bob', amount=30)",
+    ],
+    "projection.py": [
+        "  t2 failed: account closed",
+        "  #1 t1 step debit: Debited(account='alice', amount=30)",
+        "  #2 t1 step credit: Credited(account='bob', amount=30)",
+        "  #3 t2 step debit: Debited(account='alice', amount=5)",
+        "  #4 t2 compensation debit: DebitReversed(account='alice', amount=5)",
+        "  applied 4 events; position 4",
+        "  net movements: alice=-30, bob=30",
+        "  applied 2 events; position 6",
+        "  applied 0 events on a second call",
+        "  net movements: alice=-30, bob=20, carol=10",
+        "  #3: Debited(account='alice', amount=5)",
+        "  #4: DebitReversed(account='alice', amount=5)",
+    ],
 }
 
 
