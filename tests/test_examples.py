@@ -93,6 +93,27 @@ EXPECTED: dict[str, list[str]] = {
         "  #3: Debited(account='alice', amount=5)",
         "  #4: DebitReversed(account='alice', amount=5)",
     ],
+    "nested_sagas.py": [
+        "    authorize 30 (order-1:1/payment:0)",
+        "    capture 30 (order-1:1/payment:1)",
+        "  order-1:1/payment (payment): completed [authorize=completed, capture=completed]",
+        "  simulated crash at step 'capture'",
+        "    reserve order-2",
+        "    authorize 40 (order-2:1/payment:0)",
+        "  order-2 (place_order): executing [reserve=completed, pay=running]",
+        "  order-2:1/payment (payment): executing [authorize=completed, capture=running]",
+        "  recovered order-2: resumed, now completed",
+        "    capture 40 (order-2:1/payment:1)",
+        "    ship order-2",
+        "  order-2 (place_order): completed [reserve=completed, pay=completed, ship=completed]",
+        "  order-2:1/payment (payment): completed [authorize=completed, capture=completed]",
+        "  a second recover() finds: []",
+        "  failed at 'ship': no courier today",
+        "    refund 50 (order-3:1)",
+        "    unreserve order-3",
+        "  order-3 (place_order): compensated [reserve=completed, pay=completed, ship=failed]",
+        "  order-3:1/payment (payment): completed [authorize=completed, capture=completed]",
+    ],
 }
 
 
