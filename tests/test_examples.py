@@ -114,6 +114,36 @@ EXPECTED: dict[str, list[str]] = {
         "  order-3 (place_order): compensated [reserve=completed, pay=completed, ship=failed]",
         "  order-3:1/payment (payment): completed [authorize=completed, capture=completed]",
     ],
+    "operating_a_log.py": [
+        "  recover(): nothing it could run",
+        "  parked: transfer-7 (executing, 2 attempts): its process died during each of 2 "
+        "recovery attempts (max_attempts=2)",
+        "  parked: transfer-8 (executing, 2 attempts): its process died during each of 2 "
+        "recovery attempts (max_attempts=2)",
+        "  $ sagakit --db sagas.db dead-letters",
+        "  $ sagakit --db sagas.db release transfer-7",
+        "    (exit status 1)",
+        "  $ sagakit --db sagas.db resume transfer-7",
+        "    saga transfer-7 will be recovered by the next `sagakit recover`",
+        "  recovered transfer-7: resumed, now completed",
+        "    saga transfer-8 marked resolved",
+        "    saga transfer-8 (transfer): failed",
+        "    error: resolved by an operator: refunded alice by hand (was: its process died "
+        "during each of 2 recovery attempts (max_attempts=2))",
+        "    step  1  credit  failed     1         "
+        "interrupted; the saga was resolved by an operator",
+        "  transfer-8 ran again: [Debited(account='alice', amount=20), "
+        "Credited(account='mallory', amount=20)]",
+        "  listener: saga_stopped transfer-9 (executing)",
+        "    error: CancelledError: recovery was cancelled; the next recovery finishes the saga",
+        "  after the cancellation transfer-9 is still executing in the log",
+        "  listener: saga_finished transfer-9 (completed)",
+        "  recovered transfer-9: resumed, now completed",
+        "  transfer-7: completed, 2/2 steps",
+        "  resolve on a read-only store: StoreError: saga log 'sagas.db' is opened read-only; "
+        "open a SQLiteStore without read_only=True to write it",
+        "  $ sagakit --db sagas.db list",
+    ],
 }
 
 
