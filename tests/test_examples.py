@@ -144,6 +144,17 @@ EXPECTED: dict[str, list[str]] = {
         "open a SQLiteStore without read_only=True to write it",
         "  $ sagakit --db sagas.db list",
     ],
+    "tracing.py": [
+        "transfer-1 failed at 'send_receipt': smtp down",
+        "  saga transfer: ERROR 'saga ended compensated'",
+        "    step debit: OK [attempts=1]",
+        "    step credit: OK [attempts=2, exception, sagakit.retry, bank.account=bob]",
+        "    step send_receipt: ERROR 'ConnectionRefusedError: smtp down' [attempts=1, exception]",
+        "    compensate credit: OK [attempts=1]",
+        "    compensate debit: OK [attempts=1]",
+        "saga span attributes: {'sagakit.saga.id': 'transfer-1', 'sagakit.saga.name': 'transfer', "
+        "'sagakit.saga.status': 'compensated'}",
+    ],
 }
 
 
