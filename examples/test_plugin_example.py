@@ -11,6 +11,9 @@ Fixtures used here:
   saga_sleep         the instant sleep: .delays lists the backoff that was skipped
   saga_fault_matrix  await it with a saga: every step fails, then times out, once each
 
+The last test simulates a crash of the process right after ``credit`` acted, and
+checks that recovery from the SQLite saga log finishes the transfer once.
+
 Options (marker keyword > command line > ini file):
   @pytest.mark.saga_fault_matrix(timeouts=False)   this test only
   --saga-matrix-timeouts=no / saga_matrix_timeouts = false
@@ -20,11 +23,23 @@ Options (marker keyword > command line > ini file):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sagakit import Retry, SagaStatus, StepFailed, StepTimeout, saga, step
+from sagakit import (
+    Retry,
+    SagaOrchestrator,
+    SagaStatus,
+    SQLiteStore,
+    StepFailed,
+    StepTimeout,
+    current_step,
+    saga,
+    step,
+)
+from sagakit.testing import SimulatedCrash, simulate_restart
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,7 @@ class InsufficientFundsError(Exception):
 
 
 balances = {"alice": 100, "bob": 0}
+credited: set[str] = set()  # the idempotency keys the bank has applied
 
 
 @step
@@ -61,7 +77,11 @@ async def refund(account: str, amount: int) -> None:
 
 @step(retry=Retry(attempts=3, backoff=2.0, jitter=0, on=ConnectionError))
 async def credit(account: str, amount: int) -> Credited:
-    balances[account] += amount
+    context = current_step()
+    assert context is not None
+    if context.idempotency_key not in credited:  # the bank applies each key once
+        credited.add(context.idempotency_key)
+        balances[account] += amount
     return Credited(account, amount)
 
 
@@ -85,6 +105,7 @@ def transfer(source: str, target: str, amount: int) -> Any:
 @pytest.fixture(autouse=True)
 def _fresh_balances() -> None:
     balances.update(alice=100, bob=0)
+    credited.clear()
 
 
 @pytest.mark.asyncio
@@ -139,3 +160,25 @@ async def test_every_failure_of_transfer_is_compensated(saga_fault_matrix: Any) 
 async def test_failures_only(saga_fault_matrix: Any) -> None:
     report = await saga_fault_matrix(transfer("alice", "bob", 30))
     assert {case.mode for case in report.cases} == {"fail"}
+
+
+@pytest.mark.asyncio
+async def test_a_crash_after_credit_is_finished_by_recovery(
+    tmp_path: Path, saga_faults: Any
+) -> None:
+    store = SQLiteStore(tmp_path / "sagas.db")
+    saga_faults.crash(credit, after=True)  # credit acts, then the process "dies"
+    with pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(transfer("alice", "bob", 30).with_id("t-1"))
+    assert balances == {"alice": 70, "bob": 30}  # the log still says credit is running
+    await simulate_restart(store)  # this "process" is gone
+    await store.close()
+
+    async with SagaOrchestrator(SQLiteStore(tmp_path / "sagas.db")) as restarted:
+        outcomes = await restarted.recover()  # runs credit again, same idempotency key
+        assert [(o.saga_id, o.action, o.status) for o in outcomes] == [
+            ("t-1", "resumed", SagaStatus.COMPLETED)
+        ]
+        events = await restarted.execute(transfer("alice", "bob", 30), saga_id="t-1")
+    assert events == [Debited("alice", 30), Credited("bob", 30)]  # recorded, not re-run
+    assert balances == {"alice": 70, "bob": 30}  # credited once

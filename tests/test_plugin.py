@@ -50,7 +50,7 @@ def test_the_example_file_passes_in_strict_mode(pytester: pytest.Pytester) -> No
     _ini(pytester)
     pytester.makepyfile(test_example=EXAMPLE.read_text())
     result = pytester.runpytest("-p", "no:cacheprovider", "--strict-markers")
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=7)
 
 
 def test_auto_mode_needs_no_asyncio_marks(pytester: pytest.Pytester) -> None:
