@@ -1,0 +1,86 @@
+"""Regression tests for log writes that fail, found by ``tests/test_soak_faults.py``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sagakit import (
+    SagaOrchestrator,
+    SagaStatus,
+    StepStatus,
+    StoreError,
+    Transition,
+    TransitionKind,
+    saga,
+    step,
+)
+from sagakit.testing import SagaRecorder
+
+pytestmark = pytest.mark.asyncio
+
+calls: list[str] = []
+
+
+@step
+async def wf_take(account: str) -> str:
+    calls.append(f"take {account}")
+    return f"took {account}"
+
+
+@wf_take.compensate
+async def wf_untake(account: str) -> str:
+    calls.append(f"untake {account}")
+    return f"untook {account}"
+
+
+@step
+async def wf_put(account: str) -> str:
+    calls.append(f"put {account}")
+    return f"put {account}"
+
+
+@saga(name="wf_move")
+def wf_move(source: str, target: str):  # type: ignore[no-untyped-def]
+    yield wf_take(source)
+    yield wf_put(target)
+
+
+async def test_postgres_keeps_a_staged_completion_when_the_server_refuses_the_next_write(
+    dsn: str, schema: str
+) -> None:
+    # Step 0's completion is staged and goes out with step 1's start; the server refused
+    # that statement (rolled back: nothing applied), and the store dropped the staged
+    # completion. The saga was compensated, but its log kept step 0 "running" for good,
+    # and the listeners were told of a completion the log never got.
+    from sagakit import PostgresStore
+    from sagakit.stores._pg_writer import Rejected
+
+    store = PostgresStore(dsn, schema=schema)
+    await store.open()
+    send = store._writer._send
+
+    async def refuse_step_1(writes: list[Any]) -> dict[str, str]:
+        if any(w.index == 1 and w.step_status == "running" and not w.compensation for w in writes):
+            raise Rejected("the server refused the statement")
+        return await send(writes)  # type: ignore[no-any-return]
+
+    store._writer._send = refuse_step_1  # type: ignore[method-assign]
+    recorder = SagaRecorder()
+    calls.clear()
+    async with SagaOrchestrator(store, listeners=[recorder]) as orchestrator:
+        with pytest.raises(StoreError, match="refused"):
+            await orchestrator.execute(wf_move("a", "b"), saga_id="refused-start")
+        meta = await orchestrator.get_saga("refused-start")
+    assert calls == ["take a", "untake a"]
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert [(r.index, r.status) for r in meta.steps] == [
+        (0, StepStatus.COMPLETED),
+        (1, StepStatus.FAILED),
+    ]
+    assert [(r.index, r.status) for r in meta.compensations] == [(0, StepStatus.COMPLETED)]
+    assert meta.events == ("took a",)
+    assert recorder.run("refused-start").completed == ["wf_take"]
