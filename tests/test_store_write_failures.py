@@ -84,3 +84,44 @@ async def test_postgres_keeps_a_staged_completion_when_the_server_refuses_the_ne
     assert [(r.index, r.status) for r in meta.compensations] == [(0, StepStatus.COMPLETED)]
     assert meta.events == ("took a",)
     assert recorder.run("refused-start").completed == ["wf_take"]
+
+
+def _failing(store: Any, kind: TransitionKind, index: int | None, *, after: bool) -> None:
+    """Make ``store.record()`` of that transition raise ``StoreError`` (``after`` it
+    committed, or instead of writing)."""
+    record = store.record
+
+    async def failing(run: Any, transition: Transition) -> None:
+        hit = transition.kind is kind and transition.step_index == index
+        if not (hit and not after):
+            await record(run, transition)
+        if hit:
+            raise StoreError("the log cannot be written")
+
+    store.record = failing
+
+
+@pytest.mark.parametrize("after", [False, True])
+async def test_an_end_that_cannot_be_recorded_is_told_as_stopped(
+    tmp_path: Path, after: bool
+) -> None:
+    # The run's end could not be recorded: its listeners heard neither SAGA_FINISHED
+    # nor SAGA_STOPPED (a tracer kept its span open for good), and the orchestrator
+    # kept the run's last completion, never told, for its whole life.
+    from sagakit import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "sagas.db")
+    _failing(store, TransitionKind.SAGA_FINISHED, None, after=after)
+    recorder = SagaRecorder()
+    orchestrator = SagaOrchestrator(store, listeners=[recorder])
+    with pytest.raises(StoreError, match="cannot be written"):
+        await orchestrator.execute(wf_move("a", "b"), saga_id="unended")
+    trail = recorder.run("unended")
+    assert trail.trail()[0] == "saga_started"
+    assert trail.trail()[-1] == "saga_stopped"
+    assert trail.status is SagaStatus.EXECUTING
+    assert not orchestrator._held
+    meta = await orchestrator.get_saga("unended")
+    await store.close()
+    assert meta is not None
+    assert meta.status is (SagaStatus.COMPLETED if after else SagaStatus.EXECUTING)

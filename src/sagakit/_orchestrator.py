@@ -486,6 +486,9 @@ class SagaOrchestrator:
         try:
             if announce:
                 await self._emit(run, ON_SAGA_FINISHED)
+        except Exception as unrecorded:
+            await self._unrecorded_end(run, unrecorded)
+            raise
         finally:
             # Even if cancelled while a listener hears of it: the run has ended.
             await self._store.finish(run)
@@ -566,8 +569,22 @@ class SagaOrchestrator:
             run.status = SAGA_FAILED
         try:
             await self._emit(run, ON_SAGA_FINISHED)
+        except Exception as unrecorded:
+            await self._unrecorded_end(run, unrecorded)
+            raise
         finally:
             await self._store.finish(run)
+
+    async def _unrecorded_end(self, run: SagaRun, why: Exception) -> None:
+        """The run's end could not be recorded (``StoreError``, ``LeaseLost``): the log
+        may still show it running, for recovery (or the new owner) to finish. Its
+        listeners hear ``SAGA_STOPPED`` instead of an end the log may not have."""
+        self._held.pop(run, None)  # not told: maybe never committed
+        status = SAGA_COMPENSATING if run.compensations else SAGA_EXECUTING
+        transition = make_transition(
+            ON_SAGA_STOPPED, run.id, run.name, status, None, None, 0, None, (), why, None
+        )
+        await tell(run.listeners, level_of(ON_SAGA_STOPPED, status), transition)
 
     async def _compensate(
         self,
