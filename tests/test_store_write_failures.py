@@ -125,3 +125,40 @@ async def test_an_end_that_cannot_be_recorded_is_told_as_stopped(
     await store.close()
     assert meta is not None
     assert meta.status is (SagaStatus.COMPLETED if after else SagaStatus.EXECUTING)
+
+
+@pytest.mark.parametrize("after", [False, True])
+async def test_a_compensation_whose_start_cannot_be_recorded_is_not_left_running(
+    tmp_path: Path, after: bool
+) -> None:
+    # The saga ended FAILED, but the compensation it stopped at stayed "running" in its
+    # metadata and (when that start had committed) in the log.
+    from sagakit import SQLiteStore
+
+    @saga(name="wf_move_refused")
+    def refused(source: str):  # type: ignore[no-untyped-def]
+        yield wf_take(source)
+        yield wf_refuse(source)
+
+    store = SQLiteStore(tmp_path / "sagas.db")
+    _failing(store, TransitionKind.COMPENSATION_STARTED, 0, after=after)
+    calls.clear()
+    orchestrator = SagaOrchestrator(store)
+    with pytest.raises(StoreError, match="cannot be written"):
+        await orchestrator.execute(refused("a"), saga_id="unstarted-undo")
+    assert calls == ["take a"]
+    meta = await orchestrator.get_saga("unstarted-undo")
+    await store.close()
+    assert meta is not None
+    assert meta.status is SagaStatus.FAILED
+    if after:
+        [undo] = meta.compensations
+        assert undo.status is StepStatus.FAILED
+        assert undo.error == "not recorded: StoreError: the log cannot be written"
+    else:
+        assert meta.compensations == ()  # it never started: the log has no row for it
+
+
+@step
+async def wf_refuse(account: str) -> None:
+    raise ValueError(f"{account} refused")

@@ -37,7 +37,15 @@ from ._members import (
 from ._notify import Listener, level_of, logger, tell, tell_each
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
-from ._runs import SagaRun, StepRun, current_run, describe_error, events_of, storable_text
+from ._runs import (
+    UNRECORDED,
+    SagaRun,
+    StepRun,
+    current_run,
+    describe_error,
+    events_of,
+    storable_text,
+)
 from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id, close_driver
 from ._shielding import wait_out
 from ._steps import StepCall
@@ -760,6 +768,14 @@ class SagaOrchestrator:
                         events=tuple(comp_events),
                         duration=record.duration,
                     )
+        except Exception as unrecorded:
+            # A transition of this compensation could not be recorded (StoreError): the
+            # run ends FAILED here, and its record must not stay RUNNING.
+            last = run.compensations[-1] if run.compensations else None
+            if last is not None and last.status is STEP_RUNNING:
+                last.status = STEP_FAILED
+                last.error = f"{UNRECORDED}{describe_error(unrecorded)}"
+            raise
         finally:
             run.deadline = NO_DEADLINE  # a BaseException raised by a compensation skips it
             if not watched:
