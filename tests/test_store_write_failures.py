@@ -162,3 +162,28 @@ async def test_a_compensation_whose_start_cannot_be_recorded_is_not_left_running
 @step
 async def wf_refuse(account: str) -> None:
     raise ValueError(f"{account} refused")
+
+
+async def test_postgres_writes_a_staged_completion_when_the_end_cannot_be_recorded(
+    dsn: str, schema: str
+) -> None:
+    # The run's end could not be recorded, so its last step's completion (staged to go
+    # with it) was dropped: recovery then ran that step again, although it had completed.
+    from sagakit import PostgresStore
+
+    store = PostgresStore(dsn, schema=schema)
+    await store.open()
+    _failing(store, TransitionKind.SAGA_FINISHED, None, after=False)
+    calls.clear()
+    orchestrator = SagaOrchestrator(store)
+    with pytest.raises(StoreError, match="cannot be written"):
+        await orchestrator.execute(wf_move("a", "b"), saga_id="unended-pg")
+    meta = await orchestrator.get_saga("unended-pg")
+    await store.close()
+    assert meta is not None
+    assert meta.status is SagaStatus.EXECUTING  # for recovery to finish
+    assert [(r.index, r.status) for r in meta.steps] == [
+        (0, StepStatus.COMPLETED),
+        (1, StepStatus.COMPLETED),
+    ]
+    assert calls == ["take a", "put b"]

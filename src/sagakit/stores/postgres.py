@@ -509,8 +509,18 @@ class PostgresStore:
         return {row[0]: row[1] for row in found}
 
     async def finish(self, run: SagaRun) -> None:
-        """Forget a finished (or fenced-out) run; its final state is already written."""
-        self._staged.pop(run.id, None)
+        """Forget a finished (or fenced-out) run; its final state is already written.
+
+        What it still has staged (its end could not be recorded) is written now, so the
+        saga's recovery does not run a step or compensation again that completed.
+        """
+        staged = self._staged.pop(run.id, None)
+        unsent = run.id in self._unlogged or run.id in self._new  # no row of it in the log
+        if staged and self._pool is not None and not unsent:
+            try:
+                await self._writer.submit(staged)
+            except Exception as error:  # fenced out, or the log still cannot be written
+                logger.warning("sagakit could not write a staged transition: %s", error)
         self._new.pop(run.id, None)
         self._unlogged.discard(run.id)
         self._fences.pop(run.id, None)
