@@ -480,6 +480,12 @@ class SagaOrchestrator:
             if run.timed_out:  # it caught its timeout's cancellation: take that back
                 claim_timeout(run)
             close_driver(driver, run.name, run.id)
+            if steps and steps[-1].status is STEP_RUNNING:  # it raised: it ended there
+                record = steps[-1]
+                record.status = STEP_FAILED
+                record.error = describe_error(failure)
+                if acted is not record:
+                    record.error = f"not started: {record.error}"
             run.status = SAGA_FAILED
             run.error = f"{describe_error(failure)} (not compensated)"
             await self._finish(run)
