@@ -37,7 +37,15 @@ from ._members import (
 from ._notify import Listener, level_of, logger, tell, tell_each
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
-from ._runs import SagaRun, StepRun, current_run, describe_error, events_of, storable_text
+from ._runs import (
+    UNRECORDED,
+    SagaRun,
+    StepRun,
+    current_run,
+    describe_error,
+    events_of,
+    storable_text,
+)
 from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id, close_driver
 from ._shielding import wait_out
 from ._steps import StepCall
@@ -472,6 +480,12 @@ class SagaOrchestrator:
             if run.timed_out:  # it caught its timeout's cancellation: take that back
                 claim_timeout(run)
             close_driver(driver, run.name, run.id)
+            if steps and steps[-1].status is STEP_RUNNING:  # it raised: it ended there
+                record = steps[-1]
+                record.status = STEP_FAILED
+                record.error = describe_error(failure)
+                if acted is not record:
+                    record.error = f"not started: {record.error}"
             run.status = SAGA_FAILED
             run.error = f"{describe_error(failure)} (not compensated)"
             await self._finish(run)
@@ -486,6 +500,9 @@ class SagaOrchestrator:
         try:
             if announce:
                 await self._emit(run, ON_SAGA_FINISHED)
+        except Exception as unrecorded:
+            await self._unrecorded_end(run, unrecorded)
+            raise
         finally:
             # Even if cancelled while a listener hears of it: the run has ended.
             await self._store.finish(run)
@@ -566,8 +583,22 @@ class SagaOrchestrator:
             run.status = SAGA_FAILED
         try:
             await self._emit(run, ON_SAGA_FINISHED)
+        except Exception as unrecorded:
+            await self._unrecorded_end(run, unrecorded)
+            raise
         finally:
             await self._store.finish(run)
+
+    async def _unrecorded_end(self, run: SagaRun, why: Exception) -> None:
+        """The run's end could not be recorded (``StoreError``, ``LeaseLost``): the log
+        may still show it running, for recovery (or the new owner) to finish. Its
+        listeners hear ``SAGA_STOPPED`` instead of an end the log may not have."""
+        self._held.pop(run, None)  # not told: maybe never committed
+        status = SAGA_COMPENSATING if run.compensations else SAGA_EXECUTING
+        transition = make_transition(
+            ON_SAGA_STOPPED, run.id, run.name, status, None, None, 0, None, (), why, None
+        )
+        await tell(run.listeners, level_of(ON_SAGA_STOPPED, status), transition)
 
     async def _compensate(
         self,
@@ -743,6 +774,14 @@ class SagaOrchestrator:
                         events=tuple(comp_events),
                         duration=record.duration,
                     )
+        except Exception as unrecorded:
+            # A transition of this compensation could not be recorded (StoreError): the
+            # run ends FAILED here, and its record must not stay RUNNING.
+            last = run.compensations[-1] if run.compensations else None
+            if last is not None and last.status is STEP_RUNNING:
+                last.status = STEP_FAILED
+                last.error = f"{UNRECORDED}{describe_error(unrecorded)}"
+            raise
         finally:
             run.deadline = NO_DEADLINE  # a BaseException raised by a compensation skips it
             if not watched:

@@ -88,16 +88,26 @@ class StepRun:
 CRASHED = "interrupted by a crash of its process"
 """The error of a step or compensation its process died in, as recovery records it."""
 
+UNRECORDED = "not recorded: "
+"""The start of the error of a compensation the run ended in because one of its
+transitions could not be recorded (a ``StoreError``)."""
+
 
 def interrupted_compensations(run: SagaRun) -> list[StepRun]:
     """The compensations a crash interrupted that the run's recovery ended without
     running again (it stopped at an earlier compensation failure, so the run ended
     ``FAILED``): no transition carried their end, so a durable store writes it with the
-    run's end. A compensation recovery ran again is recorded by its own transitions."""
+    run's end. A compensation recovery ran again is recorded by its own transitions.
+    So is one the run ended in because its start or retry could not be recorded."""
     if run.status is not SAGA_FAILED or not run.compensations:
         return []
     last = {record.index: record for record in run.compensations}
-    return [record for record in last.values() if record.error == CRASHED]
+    return [
+        record
+        for record in last.values()
+        if record.error is not None
+        and (record.error == CRASHED or record.error.startswith(UNRECORDED))
+    ]
 
 
 def interrupted_step(run: SagaRun) -> StepRun | None:

@@ -419,6 +419,7 @@ class PostgresStore:
             return
         write = self._write(run, transition)
         writes = self._staged.pop(saga_id, [])
+        carried = len(writes)
         if write is not None:
             if write.final and (interrupted := interrupted_step(run)) is not None:
                 # No transition carried that step's end: write it with the run's.
@@ -471,10 +472,16 @@ class PostgresStore:
         except IdTaken:
             self._unlogged.add(saga_id)  # another saga's id: nothing may be written under it
             raise
-        except BaseException:
+        except BaseException as error:
             # Cancelled, or the connection lost: it may have gone out or not (committed).
             if new is not None:  # the next write sends it again (our own row is no conflict)
                 self._new.setdefault(saga_id, new)
+                writes[0].new = None
+            if carried and isinstance(error.__cause__, Rejected):
+                # Refused and rolled back: none of it was applied. The staged transitions
+                # happened all the same; they go with the next write (the orchestrator
+                # tells them once that one commits).
+                self._staged[saga_id] = [*writes[:carried], *self._staged.get(saga_id, ())]
             raise
         if writes[-1].final:
             self._fences.pop(saga_id, None)
@@ -502,8 +509,18 @@ class PostgresStore:
         return {row[0]: row[1] for row in found}
 
     async def finish(self, run: SagaRun) -> None:
-        """Forget a finished (or fenced-out) run; its final state is already written."""
-        self._staged.pop(run.id, None)
+        """Forget a finished (or fenced-out) run; its final state is already written.
+
+        What it still has staged (its end could not be recorded) is written now, so the
+        saga's recovery does not run a step or compensation again that completed.
+        """
+        staged = self._staged.pop(run.id, None)
+        unsent = run.id in self._unlogged or run.id in self._new  # no row of it in the log
+        if staged and self._pool is not None and not unsent:
+            try:
+                await self._writer.submit(staged)
+            except Exception as error:  # fenced out, or the log still cannot be written
+                logger.warning("sagakit could not write a staged transition: %s", error)
         self._new.pop(run.id, None)
         self._unlogged.discard(run.id)
         self._fences.pop(run.id, None)

@@ -1,0 +1,56 @@
+"""A step raising KeyboardInterrupt or SystemExit: found by ``tests/test_soak_faults.py``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sagakit import SagaOrchestrator, SagaStatus, SQLiteStore, StepStatus, saga, step
+
+pytestmark = pytest.mark.asyncio
+
+
+@step
+async def fatal_reserve(item: str) -> str:
+    return f"reserved {item}"
+
+
+@fatal_reserve.compensate
+async def fatal_release(item: str) -> None:
+    raise AssertionError("a saga stopped by KeyboardInterrupt is not compensated")
+
+
+@step
+async def fatal_ship(item: str) -> None:
+    raise KeyboardInterrupt
+
+
+@saga(name="fatal_order")
+def fatal_order(item: str):  # type: ignore[no-untyped-def]
+    yield fatal_reserve(item)
+    yield fatal_ship(item)
+
+
+@pytest.mark.parametrize("durable", [False, True])
+async def test_a_step_raising_keyboard_interrupt_is_not_left_running(
+    tmp_path: Path, durable: bool
+) -> None:
+    # The saga ended FAILED "(not compensated)", but the step that raised stayed
+    # "running" in its metadata and its log.
+    store = SQLiteStore(tmp_path / "sagas.db") if durable else None
+    orchestrator = SagaOrchestrator(store)
+    with pytest.raises(KeyboardInterrupt):
+        await orchestrator.execute(fatal_order("book"), saga_id="fatal-1")
+    meta = await orchestrator.get_saga("fatal-1")
+    await orchestrator.close()
+    assert meta is not None
+    assert meta.status is SagaStatus.FAILED
+    assert meta.error == "KeyboardInterrupt:  (not compensated)"
+    assert [(r.index, r.status) for r in meta.steps] == [
+        (0, StepStatus.COMPLETED),
+        (1, StepStatus.FAILED),
+    ]
+    assert meta.steps[1].error is not None
+    assert meta.steps[1].error.startswith("KeyboardInterrupt")
+    assert meta.compensations == ()

@@ -1,0 +1,189 @@
+"""Regression tests for log writes that fail, found by ``tests/test_soak_faults.py``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sagakit import (
+    SagaOrchestrator,
+    SagaStatus,
+    StepStatus,
+    StoreError,
+    Transition,
+    TransitionKind,
+    saga,
+    step,
+)
+from sagakit.testing import SagaRecorder
+
+pytestmark = pytest.mark.asyncio
+
+calls: list[str] = []
+
+
+@step
+async def wf_take(account: str) -> str:
+    calls.append(f"take {account}")
+    return f"took {account}"
+
+
+@wf_take.compensate
+async def wf_untake(account: str) -> str:
+    calls.append(f"untake {account}")
+    return f"untook {account}"
+
+
+@step
+async def wf_put(account: str) -> str:
+    calls.append(f"put {account}")
+    return f"put {account}"
+
+
+@saga(name="wf_move")
+def wf_move(source: str, target: str):  # type: ignore[no-untyped-def]
+    yield wf_take(source)
+    yield wf_put(target)
+
+
+async def test_postgres_keeps_a_staged_completion_when_the_server_refuses_the_next_write(
+    dsn: str, schema: str
+) -> None:
+    # Step 0's completion is staged and goes out with step 1's start; the server refused
+    # that statement (rolled back: nothing applied), and the store dropped the staged
+    # completion. The saga was compensated, but its log kept step 0 "running" for good,
+    # and the listeners were told of a completion the log never got.
+    from sagakit import PostgresStore
+    from sagakit.stores._pg_writer import Rejected
+
+    store = PostgresStore(dsn, schema=schema)
+    await store.open()
+    send = store._writer._send
+
+    async def refuse_step_1(writes: list[Any]) -> dict[str, str]:
+        if any(w.index == 1 and w.step_status == "running" and not w.compensation for w in writes):
+            raise Rejected("the server refused the statement")
+        return await send(writes)  # type: ignore[no-any-return]
+
+    store._writer._send = refuse_step_1  # type: ignore[method-assign]
+    recorder = SagaRecorder()
+    calls.clear()
+    async with SagaOrchestrator(store, listeners=[recorder]) as orchestrator:
+        with pytest.raises(StoreError, match="refused"):
+            await orchestrator.execute(wf_move("a", "b"), saga_id="refused-start")
+        meta = await orchestrator.get_saga("refused-start")
+    assert calls == ["take a", "untake a"]
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert [(r.index, r.status) for r in meta.steps] == [
+        (0, StepStatus.COMPLETED),
+        (1, StepStatus.FAILED),
+    ]
+    assert [(r.index, r.status) for r in meta.compensations] == [(0, StepStatus.COMPLETED)]
+    assert meta.events == ("took a",)
+    assert recorder.run("refused-start").completed == ["wf_take"]
+
+
+def _failing(store: Any, kind: TransitionKind, index: int | None, *, after: bool) -> None:
+    """Make ``store.record()`` of that transition raise ``StoreError`` (``after`` it
+    committed, or instead of writing)."""
+    record = store.record
+
+    async def failing(run: Any, transition: Transition) -> None:
+        hit = transition.kind is kind and transition.step_index == index
+        if not (hit and not after):
+            await record(run, transition)
+        if hit:
+            raise StoreError("the log cannot be written")
+
+    store.record = failing
+
+
+@pytest.mark.parametrize("after", [False, True])
+async def test_an_end_that_cannot_be_recorded_is_told_as_stopped(
+    tmp_path: Path, after: bool
+) -> None:
+    # The run's end could not be recorded: its listeners heard neither SAGA_FINISHED
+    # nor SAGA_STOPPED (a tracer kept its span open for good), and the orchestrator
+    # kept the run's last completion, never told, for its whole life.
+    from sagakit import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "sagas.db")
+    _failing(store, TransitionKind.SAGA_FINISHED, None, after=after)
+    recorder = SagaRecorder()
+    orchestrator = SagaOrchestrator(store, listeners=[recorder])
+    with pytest.raises(StoreError, match="cannot be written"):
+        await orchestrator.execute(wf_move("a", "b"), saga_id="unended")
+    trail = recorder.run("unended")
+    assert trail.trail()[0] == "saga_started"
+    assert trail.trail()[-1] == "saga_stopped"
+    assert trail.status is SagaStatus.EXECUTING
+    assert not orchestrator._held
+    meta = await orchestrator.get_saga("unended")
+    await store.close()
+    assert meta is not None
+    assert meta.status is (SagaStatus.COMPLETED if after else SagaStatus.EXECUTING)
+
+
+@pytest.mark.parametrize("after", [False, True])
+async def test_a_compensation_whose_start_cannot_be_recorded_is_not_left_running(
+    tmp_path: Path, after: bool
+) -> None:
+    # The saga ended FAILED, but the compensation it stopped at stayed "running" in its
+    # metadata and (when that start had committed) in the log.
+    from sagakit import SQLiteStore
+
+    @saga(name="wf_move_refused")
+    def refused(source: str):  # type: ignore[no-untyped-def]
+        yield wf_take(source)
+        yield wf_refuse(source)
+
+    store = SQLiteStore(tmp_path / "sagas.db")
+    _failing(store, TransitionKind.COMPENSATION_STARTED, 0, after=after)
+    calls.clear()
+    orchestrator = SagaOrchestrator(store)
+    with pytest.raises(StoreError, match="cannot be written"):
+        await orchestrator.execute(refused("a"), saga_id="unstarted-undo")
+    assert calls == ["take a"]
+    meta = await orchestrator.get_saga("unstarted-undo")
+    await store.close()
+    assert meta is not None
+    assert meta.status is SagaStatus.FAILED
+    if after:
+        [undo] = meta.compensations
+        assert undo.status is StepStatus.FAILED
+        assert undo.error == "not recorded: StoreError: the log cannot be written"
+    else:
+        assert meta.compensations == ()  # it never started: the log has no row for it
+
+
+@step
+async def wf_refuse(account: str) -> None:
+    raise ValueError(f"{account} refused")
+
+
+async def test_postgres_writes_a_staged_completion_when_the_end_cannot_be_recorded(
+    dsn: str, schema: str
+) -> None:
+    # The run's end could not be recorded, so its last step's completion (staged to go
+    # with it) was dropped: recovery then ran that step again, although it had completed.
+    from sagakit import PostgresStore
+
+    store = PostgresStore(dsn, schema=schema)
+    await store.open()
+    _failing(store, TransitionKind.SAGA_FINISHED, None, after=False)
+    calls.clear()
+    orchestrator = SagaOrchestrator(store)
+    with pytest.raises(StoreError, match="cannot be written"):
+        await orchestrator.execute(wf_move("a", "b"), saga_id="unended-pg")
+    meta = await orchestrator.get_saga("unended-pg")
+    await store.close()
+    assert meta is not None
+    assert meta.status is SagaStatus.EXECUTING  # for recovery to finish
+    assert [(r.index, r.status) for r in meta.steps] == [
+        (0, StepStatus.COMPLETED),
+        (1, StepStatus.COMPLETED),
+    ]
+    assert calls == ["take a", "put b"]
