@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Self
 
 from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout
 from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, SimulatedCrash, active_faults
@@ -949,7 +949,7 @@ class SagaOrchestrator:
         """Close the store."""
         await self._store.close()
 
-    async def __aenter__(self) -> SagaOrchestrator:
+    async def __aenter__(self) -> Self:
         self._entered = True
         if self._recover_on_start:
             try:

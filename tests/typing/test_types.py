@@ -265,3 +265,12 @@ slow_debit: Step[[str, float], list[Debited]] = step(timeout=60)(debit.__wrapped
 
 async def wrapped_function() -> None:
     assert_type(asyncio.create_task(debit.__wrapped__("A", 1.0)), asyncio.Task[list[Debited]])
+
+
+class _MyOrchestrator(SagaOrchestrator):
+    pass
+
+
+async def _subclass_keeps_its_type_in_async_with() -> None:
+    async with _MyOrchestrator() as mine:
+        assert_type(mine, _MyOrchestrator)
