@@ -185,8 +185,7 @@ def check_read_only(conn: sqlite3.Connection, path: str) -> None:
                 f"saga log {path!r} has schema version {version}, older than this sagakit's "
                 f"({SCHEMA_VERSION}); open it once with a writable SQLiteStore to upgrade it"
             )
-        conn.execute("SELECT id FROM sagakit_sagas ORDER BY id DESC LIMIT 1").fetchone()
-        conn.execute("SELECT max(position) FROM sagakit_events").fetchone()
+        _probe(conn)
     except StoreError:
         conn.close()
         raise
@@ -215,6 +214,12 @@ def _logged_version(conn: sqlite3.Connection, path: str) -> int | None:
     return version
 
 
+def _probe(conn: sqlite3.Connection) -> None:
+    """Fail now, not at the first read, if pages past the header are damaged."""
+    conn.execute("SELECT id FROM sagakit_sagas ORDER BY id DESC LIMIT 1").fetchone()
+    conn.execute("SELECT max(position) FROM sagakit_events").fetchone()
+
+
 def prepare(conn: sqlite3.Connection, path: str) -> None:
     """Switch to WAL, create or check the schema; :class:`StoreError` on a bad file."""
     try:
@@ -239,9 +244,7 @@ def prepare(conn: sqlite3.Connection, path: str) -> None:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-        # Fail now, not at the first read, if pages past the header are damaged.
-        conn.execute("SELECT id FROM sagakit_sagas ORDER BY id DESC LIMIT 1").fetchone()
-        conn.execute("SELECT max(position) FROM sagakit_events").fetchone()
+        _probe(conn)
     except StoreError:
         conn.close()
         raise
