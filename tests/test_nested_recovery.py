@@ -11,6 +11,7 @@ import pytest
 
 from sagakit import (
     SagaAlreadyExecuting,
+    SagaDefinitionError,
     SagaOrchestrator,
     SagaStatus,
     SQLiteStore,
@@ -173,3 +174,15 @@ async def test_executing_a_dead_lettered_id_says_it_is_parked(
     assert "is dead-lettered" in str(info.value)
     assert "sagakit resume" in str(info.value)
     assert effects == ["authorize o2"]  # nothing ran again
+
+
+@pytest.mark.asyncio
+async def test_claim_orphans_refuses_one_id_given_as_a_string(
+    durable_store: Callable[[], Any],
+) -> None:
+    # A string is a collection of its characters: "pay-3" would claim sagas "p", "a", ...
+    store = durable_store()
+    assert isinstance(store, RecoverableStore)
+    with pytest.raises(SagaDefinitionError, match=r"pass saga_ids=\['pay-3'\]"):
+        await store.claim_orphans(saga_ids="pay-3")
+    await store.close()

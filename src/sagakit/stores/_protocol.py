@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .._sagas import RecoveryPolicy
+from ..exceptions import SagaDefinitionError
 from ..status import SagaStatus, StepStatus
 
 if TYPE_CHECKING:
@@ -277,7 +278,18 @@ class RecoverableStore(SagaStore, Protocol):
         ...
 
 
+
+def check_saga_ids(saga_ids: object) -> None:
+    """Refuse one id given as ``claim_orphans(saga_ids=...)`` (a string is a collection
+    of its characters)."""
+    if isinstance(saga_ids, str | bytes):
+        raise SagaDefinitionError(
+            f"saga_ids= takes a collection of saga ids, got the string {saga_ids!r}; "
+            f"pass saga_ids=[{saga_ids!r}]"
+        )
+
 __all__ = [
+    "check_saga_ids",
     "DeadLetter",
     "LoggedStep",
     "OrphanedSaga",

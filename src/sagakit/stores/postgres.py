@@ -44,7 +44,7 @@ from ._pg_writer import (
     storable,
     write_for,
 )
-from ._protocol import DeadLetter, OrphanedSaga, StoredEvent
+from ._protocol import DeadLetter, OrphanedSaga, StoredEvent, check_saga_ids
 from .sqlite import definition_fingerprint
 
 if TYPE_CHECKING:
@@ -575,6 +575,7 @@ class PostgresStore:
         max_attempts: int = 3,
         saga_ids: Collection[str] | None = None,
     ) -> list[OrphanedSaga]:
+        check_saga_ids(saga_ids)
         orphans: list[OrphanedSaga] = []
         taken: list[str] = []  # the ids this call took leases of
         try:

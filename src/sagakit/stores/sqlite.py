@@ -50,7 +50,7 @@ from ..exceptions import (
 )
 from ..records import SagaMetadata
 from ..status import SagaStatus
-from ._protocol import DeadLetter, OrphanedSaga, StoredEvent
+from ._protocol import DeadLetter, OrphanedSaga, StoredEvent, check_saga_ids
 from ._sqlite_owner import current_owner, owner_alive, owner_running_here
 from ._sqlite_rows import decode_orphan, load_metadata, load_orphan_rows, when
 from ._sqlite_schema import (
@@ -536,6 +536,7 @@ class SQLiteStore:
         saga_ids: Collection[str] | None = None,
     ) -> list[OrphanedSaga]:
         self._refuse_writes()
+        check_saga_ids(saga_ids)
         allowed = None if names is None else frozenset(names)
         owner = self._owner
         now = time.time()
