@@ -122,6 +122,17 @@ def interrupted_step(run: SagaRun) -> StepRun | None:
     return last
 
 
+def unended(run: SagaRun) -> list[StepRun]:
+    """The step and compensation records whose end no transition carried (see
+    :func:`interrupted_step` and :func:`interrupted_compensations`): a durable store
+    writes them with the run's end."""
+    records = interrupted_compensations(run)
+    interrupted = interrupted_step(run)
+    if interrupted is not None:
+        records.append(interrupted)
+    return records
+
+
 class SagaRun:
     """Mutable state of one saga execution; :meth:`snapshot` gives its metadata."""
 

@@ -41,16 +41,9 @@ EXECUTING = "UPDATE sagakit_sagas SET status = 'executing', updated_at = ? WHERE
 SAGA_ERROR = "UPDATE sagakit_sagas SET error = coalesce(error, ?), updated_at = ? WHERE id = ?"
 INTERRUPTED_STEP = (
     "UPDATE sagakit_steps SET status = ?, duration = ?, error = ? "
-    "WHERE saga_id = ? AND compensation = 0 AND idx = ? AND status = 'running'"
+    "WHERE saga_id = ? AND compensation = ? AND idx = ? AND status = 'running'"
 )
-"""A step the run ended while it ran (cancelled, or stopped by a crash): no
-transition carried its end, so the run's end writes it."""
-INTERRUPTED_COMPENSATION = (
-    "UPDATE sagakit_steps SET status = ?, duration = ?, error = ? "
-    "WHERE saga_id = ? AND compensation = 1 AND idx = ? AND status = 'running'"
-)
-"""A compensation a crash interrupted and recovery did not run again (see
-``interrupted_compensations``): the run's end writes it."""
+"""A step or compensation no transition ended (see ``unended``): the run's end writes it."""
 RESOLVE_INTERRUPTED = (
     "UPDATE sagakit_steps SET status = 'failed', "
     "error = 'interrupted; the saga was resolved by an operator' "
@@ -86,7 +79,6 @@ __all__ = [
     "FINISHED",
     "INSERT_EVENT",
     "INSERT_SAGA",
-    "INTERRUPTED_COMPENSATION",
     "INTERRUPTED_STEP",
     "RESOLVE_INTERRUPTED",
     "RETRY_STEP",

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._runs import interrupted_compensations, interrupted_step
+from .._runs import unended
 from .._serialization import JsonSerializer
 from ..exceptions import (
     LeaseLost,
@@ -421,23 +421,8 @@ class PostgresStore:
         writes = self._staged.pop(saga_id, [])
         carried = len(writes)
         if write is not None:
-            if write.final and (interrupted := interrupted_step(run)) is not None:
-                # No transition carried that step's end: write it with the run's.
-                writes.append(
-                    Write(
-                        saga_id,
-                        run.name,
-                        write.fence,
-                        write.status,
-                        index=interrupted.index,
-                        step_name=interrupted.name,
-                        step_status=str(interrupted.status),
-                        attempts=interrupted.attempts,
-                        duration=interrupted.duration,
-                        step_error=interrupted.error,
-                    )
-                )
             if write.final:
+                # No transition carried these records' end: write it with the run's.
                 writes.extend(
                     Write(
                         saga_id,
@@ -445,14 +430,14 @@ class PostgresStore:
                         write.fence,
                         write.status,
                         index=record.index,
-                        compensation=True,
+                        compensation=record.compensation,
                         step_name=record.name,
                         step_status=str(record.status),
                         attempts=record.attempts,
                         duration=record.duration,
                         step_error=record.error,
                     )
-                    for record in interrupted_compensations(run)
+                    for record in unended(run)
                 )
             writes.append(write)
         if not writes:
@@ -581,9 +566,7 @@ class PostgresStore:
         try:
             while True:
                 wanted = limit - len(orphans)
-                claimed = await self._claim(
-                    names, wanted, max_attempts, orphans, taken, saga_ids
-                )
+                claimed = await self._claim(names, wanted, max_attempts, orphans, taken, saga_ids)
                 # Parked or unreadable claims do not use up the limit: claim again while
                 # there may be more (else recover(), one claim at a time, stops early).
                 if claimed < wanted or len(orphans) >= limit:

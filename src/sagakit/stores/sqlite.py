@@ -32,12 +32,7 @@ from .._members import (
     ON_STEP_STARTED,
     ON_STEP_TIMED_OUT,
 )
-from .._runs import (
-    describe_optional,
-    interrupted_compensations,
-    interrupted_step,
-    storable_text,
-)
+from .._runs import describe_optional, storable_text, unended
 from .._serialization import JsonSerializer
 from .._shielding import wait_out
 from ..exceptions import (
@@ -68,7 +63,6 @@ from ._sqlite_sql import (
     FINISHED,
     INSERT_EVENT,
     INSERT_SAGA,
-    INTERRUPTED_COMPENSATION,
     INTERRUPTED_STEP,
     RESOLVE_INTERRUPTED,
     RETRY_STEP,
@@ -403,20 +397,20 @@ class SQLiteStore:
                 now,
                 saga_id,
             )
-            interrupted = interrupted_step(run)
-            undone = interrupted_compensations(run)
-            if interrupted is None and not undone:
-                return [(FINISHED, final)]
             statements: Statements = [
                 (
-                    INTERRUPTED_COMPENSATION,
-                    (str(record.status), record.duration, record.error, saga_id, record.index),
+                    INTERRUPTED_STEP,
+                    (
+                        str(record.status),
+                        record.duration,
+                        record.error,
+                        saga_id,
+                        int(record.compensation),
+                        record.index,
+                    ),
                 )
-                for record in undone
+                for record in unended(run)
             ]
-            if interrupted is not None:
-                ended = (str(interrupted.status), interrupted.duration, interrupted.error)
-                statements.append((INTERRUPTED_STEP, (*ended, saga_id, interrupted.index)))
             statements.append((FINISHED, final))
             return statements
         return None  # pragma: no cover - every kind is handled above
