@@ -61,6 +61,7 @@ from .exceptions import (
     StepTimeout,
 )
 from .records import SagaMetadata
+from .status import SagaStatus
 from .stores import MemoryStore, SagaStore
 from .stores.memory import DEFAULT_HISTORY_LIMIT
 from .transitions import Transition, TransitionKind, make_transition
@@ -70,6 +71,22 @@ _Done = tuple[StepRun, StepCall[Any], Any]
 
 HANDED_BACK = "recovery was cancelled; the next recovery finishes the saga"
 """Why a saga whose recovery was cancelled stopped (its ``SAGA_STOPPED`` error)."""
+
+
+def _end_running(records: list[StepRun], error: str) -> None:
+    """Mark the last of ``records`` ``FAILED`` with ``error`` if the run left it running
+    (no transition will end it)."""
+    if records and records[-1].status is STEP_RUNNING:
+        records[-1].status = STEP_FAILED
+        records[-1].error = error
+
+
+def _end_running_step(steps: list[StepRun], acted: StepRun | None, failure: BaseException) -> None:
+    """:func:`_end_running` for the run's steps, ended by ``failure`` raised in the step
+    (``acted``: the record whose function was last called) or before it started."""
+    if steps and steps[-1].status is STEP_RUNNING:
+        described = describe_error(failure)
+        _end_running(steps, described if steps[-1] is acted else f"not started: {described}")
 
 
 class _Late(Exception):
@@ -435,16 +452,9 @@ class SagaOrchestrator:
             close_driver(driver, run.name, run.id)
             if run.error is None:
                 run.error = describe_error(failure)
-            if steps and steps[-1].status is STEP_RUNNING:
-                # Failed outside the step's own call (recording its start or a retry):
-                # no transition ends it, so the run's end does (see interrupted_step).
-                record = steps[-1]
-                record.status = STEP_FAILED
-                record.error = (
-                    describe_error(failure)
-                    if acted is record
-                    else f"not started: {describe_error(failure)}"
-                )
+            # Failed outside the step's own call (recording its start or a retry): no
+            # transition ends it, so the run's end does (see interrupted_step).
+            _end_running_step(steps, acted, failure)
             try:
                 compensation_failure = await self._compensate(run, done, failure, faults, observe)
             except asyncio.CancelledError:
@@ -480,12 +490,7 @@ class SagaOrchestrator:
             if run.timed_out:  # it caught its timeout's cancellation: take that back
                 claim_timeout(run)
             close_driver(driver, run.name, run.id)
-            if steps and steps[-1].status is STEP_RUNNING:  # it raised: it ended there
-                record = steps[-1]
-                record.status = STEP_FAILED
-                record.error = describe_error(failure)
-                if acted is not record:
-                    record.error = f"not started: {record.error}"
+            _end_running_step(steps, acted, failure)  # it raised: it ended there
             run.status = SAGA_FAILED
             run.error = f"{describe_error(failure)} (not compensated)"
             await self._finish(run)
@@ -567,14 +572,19 @@ class SagaOrchestrator:
     async def _stopped(self, run: SagaRun, why: BaseException) -> None:
         """The run stops here unfinished (``why``: ``LeaseLost``, or a cancelled recovery
         handing it back): tell ``SAGA_STOPPED``, record nothing, let the store drop it."""
-        self._held.pop(run, None)  # staged, never committed: never told
-        transition = make_transition(
-            ON_SAGA_STOPPED, run.id, run.name, run.status, None, None, 0, None, (), why, None
-        )
         try:
-            await tell(run.listeners, level_of(ON_SAGA_STOPPED, run.status), transition)
+            await self._tell_stopped(run, run.status, why)
         finally:
             await self._store.finish(run)
+
+    async def _tell_stopped(self, run: SagaRun, status: SagaStatus, why: BaseException) -> None:
+        """Tell ``SAGA_STOPPED`` (``status``: the run's as the log may still have it); what
+        the run holds untold is dropped: it may never have committed."""
+        self._held.pop(run, None)
+        transition = make_transition(
+            ON_SAGA_STOPPED, run.id, run.name, status, None, None, 0, None, (), why, None
+        )
+        await tell(run.listeners, level_of(ON_SAGA_STOPPED, status), transition)
 
     async def _finish(self, run: SagaRun) -> None:
         """Record the end of a run that did not complete and move it to history."""
@@ -593,12 +603,8 @@ class SagaOrchestrator:
         """The run's end could not be recorded (``StoreError``, ``LeaseLost``): the log
         may still show it running, for recovery (or the new owner) to finish. Its
         listeners hear ``SAGA_STOPPED`` instead of an end the log may not have."""
-        self._held.pop(run, None)  # not told: maybe never committed
         status = SAGA_COMPENSATING if run.compensations else SAGA_EXECUTING
-        transition = make_transition(
-            ON_SAGA_STOPPED, run.id, run.name, status, None, None, 0, None, (), why, None
-        )
-        await tell(run.listeners, level_of(ON_SAGA_STOPPED, status), transition)
+        await self._tell_stopped(run, status, why)
 
     async def _compensate(
         self,
@@ -617,10 +623,7 @@ class SagaOrchestrator:
         except asyncio.CancelledError:
             # Wherever it was cancelled (in the compensation's call, telling its start,
             # waiting to retry it), its record must not stay RUNNING; the restart retries it.
-            last = run.compensations[-1] if run.compensations else None
-            if last is not None and last.status is STEP_RUNNING:
-                last.status = STEP_FAILED
-                last.error = "CancelledError: interrupted; compensation retried"
+            _end_running(run.compensations, "CancelledError: interrupted; compensation retried")
             undo = self._undo(run, done, trigger, faults, observe, errors, uncompensated)
             (await wait_out(undo)).result()  # to its end, in its own task
             raise
@@ -777,10 +780,7 @@ class SagaOrchestrator:
         except Exception as unrecorded:
             # A transition of this compensation could not be recorded (StoreError): the
             # run ends FAILED here, and its record must not stay RUNNING.
-            last = run.compensations[-1] if run.compensations else None
-            if last is not None and last.status is STEP_RUNNING:
-                last.status = STEP_FAILED
-                last.error = f"{UNRECORDED}{describe_error(unrecorded)}"
+            _end_running(run.compensations, f"{UNRECORDED}{describe_error(unrecorded)}")
             raise
         finally:
             run.deadline = NO_DEADLINE  # a BaseException raised by a compensation skips it
