@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -95,18 +96,40 @@ async def recover(
     recoverable = _recoverable(store)
     outcomes: list[RecoveryOutcome] = []
     while limit is None or len(outcomes) < limit:
-        # One claim at a time: a claim counts as a recovery attempt, so claiming a
-        # batch would spend the attempts of sagas a crash then leaves untried.
-        names = {function.name for function in registered_sagas()}
-        orphans = await recoverable.claim_orphans(names=names, limit=1, max_attempts=max_attempts)
+        orphans = await _claim_next(recoverable, max_attempts)
         if not orphans:
             break
         for orphan in orphans:
-            try:
-                outcomes.append(await _recover_one(orchestrator, recoverable, orphan))
-            except LeaseLost as lost:  # another worker took it over: it finishes it
-                logger.warning("sagakit recovery stopped saga %s: %s", orphan.saga_id, lost)
+            outcome = await _finish_orphan(orchestrator, recoverable, orphan)
+            if outcome is not None:
+                outcomes.append(outcome)
     return outcomes
+
+
+async def _claim_next(
+    store: RecoverableStore, max_attempts: int, saga_ids: Collection[str] | None = None
+) -> list[OrphanedSaga]:
+    """Claim the oldest orphan this process can run (of ``saga_ids``, if given).
+
+    One claim at a time: a claim counts as a recovery attempt, so claiming a batch
+    would spend the attempts of sagas a crash then leaves untried.
+    """
+    names = {function.name for function in registered_sagas()}
+    return await store.claim_orphans(
+        names=names, limit=1, max_attempts=max_attempts, saga_ids=saga_ids
+    )
+
+
+async def _finish_orphan(
+    orchestrator: SagaOrchestrator, store: RecoverableStore, orphan: OrphanedSaga
+) -> RecoveryOutcome | None:
+    """Recover a claimed orphan; ``None`` if another worker took it over meanwhile (that
+    worker finishes it)."""
+    try:
+        return await _recover_one(orchestrator, store, orphan)
+    except LeaseLost as lost:
+        logger.warning("sagakit recovery stopped saga %s: %s", orphan.saga_id, lost)
+        return None
 
 
 async def adopt(orchestrator: SagaOrchestrator, saga_id: str) -> bool:
@@ -121,17 +144,10 @@ async def adopt(orchestrator: SagaOrchestrator, saga_id: str) -> bool:
     store = orchestrator.store
     if not store.durable or not isinstance(store, RecoverableStore):
         return False
-    names = {function.name for function in registered_sagas()}
-    orphans = await store.claim_orphans(
-        names=names, limit=1, max_attempts=DEFAULT_MAX_ATTEMPTS, saga_ids=(saga_id,)
-    )
-    if not orphans:
-        return False
-    try:
-        await _recover_one(orchestrator, store, orphans[0])
-    except LeaseLost as lost:  # another worker took it over: it is executing there
-        logger.warning("sagakit recovery stopped saga %s: %s", saga_id, lost)
-    return True
+    orphans = await _claim_next(store, DEFAULT_MAX_ATTEMPTS, (saga_id,))
+    for orphan in orphans:
+        await _finish_orphan(orchestrator, store, orphan)
+    return bool(orphans)
 
 
 async def _park(store: RecoverableStore, orphan: OrphanedSaga, reason: str) -> RecoveryOutcome:
