@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -51,6 +53,42 @@ async def test_bad_generator_args_leave_no_run_executing() -> None:
 def test_bad_generator_args_are_refused_when_the_definition_is_built() -> None:
     with pytest.raises(SagaDefinitionError, match="cannot take these arguments"):
         dc_ga_saga(1)  # type: ignore[call-arg]
+
+
+@saga
+def dc_defaults_saga(x: int, y: int = 2, /) -> Any:
+    yield dc_ga_step(x + y)
+
+
+@saga
+def dc_keyword_only_saga(x: int, *, y: int) -> Any:
+    yield dc_ga_step(x + y)
+
+
+@pytest.mark.parametrize(
+    ("build", "fits"),
+    [
+        (lambda: dc_defaults_saga(1), True),
+        (lambda: dc_defaults_saga(1, 5), True),
+        (lambda: dc_defaults_saga(), False),
+        (lambda: dc_defaults_saga(1, 2, 3), False),
+        (lambda: dc_defaults_saga(x=1), False),  # positional-only
+        (lambda: dc_ga_saga(1, y=2), True),
+        (lambda: dc_ga_saga(1, z=2), False),
+        (lambda: dc_keyword_only_saga(1, y=2), True),
+        (lambda: dc_keyword_only_saga(1, 2), False),
+        (lambda: dc_keyword_only_saga(1), False),
+    ],
+)
+def test_generator_saga_arguments_are_checked_in_every_shape(
+    build: Callable[[], SagaDefinition], fits: bool
+) -> None:
+    # Plain positional calls that fit skip binding; every other shape is bound.
+    if fits:
+        assert isinstance(build(), SagaDefinition)
+    else:
+        with pytest.raises(SagaDefinitionError, match="cannot take these arguments"):
+            build()
 
 
 def test_compensation_without_kwargs_for_a_step_with_kwargs_is_refused() -> None:

@@ -10,7 +10,7 @@ from typing import Any, Generic, Literal, TypeAlias, overload
 from typing_extensions import ParamSpec
 
 from ._names import by_reference, declared_name, qualname_of
-from ._steps import StepCall
+from ._steps import _POSITIONAL, StepCall
 from .exceptions import SagaDefinitionError
 from .records import SagaMetadata
 from .status import SagaStatus
@@ -281,6 +281,18 @@ def _check_call(call: object, saga_name: str, index: int) -> None:
         )
 
 
+def _positional_range(fn: Callable[..., Any]) -> tuple[int, int] | None:
+    """How many positional arguments ``fn`` takes (fewest, most), when it takes only those."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: bind every call
+        return None
+    if any(p.kind not in _POSITIONAL for p in parameters):
+        return None
+    required = sum(1 for p in parameters if p.default is p.empty)
+    return required, len(parameters)
+
+
 class SagaFunction(Generic[P]):
     """A function declared with ``@saga``: calling it returns a :class:`SagaDefinition`."""
 
@@ -304,6 +316,9 @@ class SagaFunction(Generic[P]):
         self.name = name
         self.recovery: RecoveryPolicy = recovery
         self.is_generator = inspect.isgeneratorfunction(fn)
+        self._positional: tuple[int, int] | None = (
+            _positional_range(fn) if self.is_generator else None
+        )
         self.__name__ = getattr(fn, "__name__", name)
         self.__qualname__ = getattr(fn, "__qualname__", name)
         self.__doc__ = fn.__doc__
@@ -317,13 +332,9 @@ class SagaFunction(Generic[P]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> SagaDefinition:
         calls: tuple[StepCall[Any], ...] | None = None
         if self.is_generator:
-            try:  # calling a generator function only binds its arguments
-                self.__wrapped__(*args, **kwargs).close()  # type: ignore[union-attr]
-            except TypeError as error:
-                raise SagaDefinitionError(
-                    f"saga {self.name}{inspect.signature(self.__wrapped__)} cannot take these "
-                    f"arguments: {error}"
-                ) from None
+            fits = self._positional  # plain positional arguments that fit need no binding
+            if fits is None or kwargs or not fits[0] <= len(args) <= fits[1]:
+                self._check_arguments(args, kwargs)
         else:
             body = self.__wrapped__(*args, **kwargs)
             if not isinstance(body, list | tuple):
@@ -339,6 +350,15 @@ class SagaFunction(Generic[P]):
                 )
             calls = tuple(body)
         return SagaDefinition._from_factory(self, args, kwargs, calls)
+
+    def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:  # calling a generator function only binds its arguments
+            self.__wrapped__(*args, **kwargs).close()  # type: ignore[union-attr]
+        except TypeError as error:
+            raise SagaDefinitionError(
+                f"saga {self.name}{inspect.signature(self.__wrapped__)} cannot take these "
+                f"arguments: {error}"
+            ) from None
 
     # Like a function: copied as itself, pickled by reference.
     def __copy__(self) -> SagaFunction[P]:
