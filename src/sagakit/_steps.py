@@ -338,14 +338,16 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         """Whether a step that raised is compensated itself."""
         return self._self_spec.compensate_on_failure
 
-    # The result form's first parameter must accept None: a step that timed out (or
-    # raised, with compensate_on_failure) is compensated without a result.
+    # The arguments form first: it is the runtime's choice when both forms fit, and mypy
+    # words a mismatch against the first overload (tests/typing/test_mistakes.py). The
+    # result form's first parameter must accept None: a step that timed out (or raised,
+    # with compensate_on_failure) is compensated without a result.
+    @overload
+    def compensate(self, fn: Callable[P, Awaitable[Any]]) -> Callable[P, Awaitable[Any]]: ...
     @overload
     def compensate(
         self, fn: Callable[Concatenate[R | None, P], Awaitable[Any]]
     ) -> Callable[Concatenate[R | None, P], Awaitable[Any]]: ...
-    @overload
-    def compensate(self, fn: Callable[P, Awaitable[Any]]) -> Callable[P, Awaitable[Any]]: ...
     @overload
     def compensate(  # a method step's, result form: self, the result, then the arguments
         self: Step[Concatenate[S, Q], R],

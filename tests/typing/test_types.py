@@ -169,7 +169,7 @@ class Bank:
         return 1
 
     @hold.compensate  # type: ignore[arg-type]
-    async def wrong_release(self, number: str, owner: str) -> None:  # type: ignore[misc]
+    async def wrong_release(self, number: str, owner: str) -> None:
         return None
 
 
