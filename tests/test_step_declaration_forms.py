@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sagakit import SagaDefinitionError, step
+from sagakit import SagaDefinitionError, SagaOrchestrator, StepFailed, saga, step
 
 
 @pytest.mark.parametrize("kind", [staticmethod, classmethod])
@@ -45,6 +45,49 @@ def test_the_working_order_of_staticmethod_and_classmethod_is_unchanged() -> Non
 
     assert Shop.price("a").args == ("a",)
     assert Shop.stock("a").args == ("a",)
+
+
+def test_class_and_static_method_steps_run_in_a_saga_through_class_and_instance() -> None:
+    # The supported order (@step below @classmethod/@staticmethod), looked up either way:
+    # the class method step and its compensation get the class, the static one no instance.
+    undone: list[Any] = []
+
+    class Shelf:
+        @step
+        async def _stock(cls, sku: str) -> str:
+            return f"{cls.__name__}:{sku}"
+
+        # Declared on the step before it is made a class method (a classmethod object
+        # has no .compensate).
+        @_stock.compensate
+        async def unstock(cls, held: str | None, sku: str) -> None:
+            undone.append((cls, held, sku))
+
+        stock = classmethod(_stock)
+
+        @classmethod
+        @step
+        async def count(cls, sku: str) -> int:
+            return len(cls.__name__)
+
+        @staticmethod
+        @step
+        async def refuse(sku: str) -> None:
+            raise RuntimeError(f"no {sku}")
+
+    @saga
+    def order(sku: str) -> list[Any]:
+        shelf = Shelf()
+        return [Shelf.stock(sku), shelf.stock(sku), shelf.count(sku), shelf.refuse(sku)]
+
+    async def run() -> None:
+        async with SagaOrchestrator() as orchestrator:
+            with pytest.raises(StepFailed, match="no lamp") as info:
+                await orchestrator.execute(order("lamp"))
+            assert (info.value.step_index, info.value.step_name) == (3, "refuse")
+
+    asyncio.run(run())
+    assert undone == [(Shelf, "Shelf:lamp", "lamp"), (Shelf, "Shelf:lamp", "lamp")]
 
 
 def test_a_step_decorated_again_is_refused() -> None:

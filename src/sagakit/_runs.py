@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ._members import SAGA_COMPLETED, SAGA_EXECUTING, SAGA_FAILED, STEP_COMPLETED, STEP_RUNNING
 from .exceptions import error_text
@@ -17,6 +17,7 @@ from .records import SagaMetadata, StepRecord
 
 if TYPE_CHECKING:
     from ._sagas import SagaDefinition
+    from .stores._protocol import SagaRunView
 
 
 def storable_text(text: str) -> str:
@@ -122,10 +123,12 @@ def interrupted_step(run: SagaRun) -> StepRun | None:
     return last
 
 
-def unended(run: SagaRun) -> list[StepRun]:
+def unended(view: SagaRunView) -> list[StepRun]:
     """The step and compensation records whose end no transition carried (see
     :func:`interrupted_step` and :func:`interrupted_compensations`): a durable store
-    writes them with the run's end."""
+    writes them with the run's end. The built-in stores get the orchestrator's own
+    :class:`SagaRun` (typed as the public view)."""
+    run = cast("SagaRun", view)
     records = interrupted_compensations(run)
     interrupted = interrupted_step(run)
     if interrupted is not None:

@@ -19,6 +19,7 @@ P = ParamSpec("P")
 Q = ParamSpec("Q")
 R = TypeVar("R")
 S = TypeVar("S")
+T = TypeVar("T")
 R_co = TypeVar("R_co", covariant=True)
 C = TypeVar("C", bound=Callable[..., Awaitable[Any]])
 
@@ -337,14 +338,16 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         """Whether a step that raised is compensated itself."""
         return self._self_spec.compensate_on_failure
 
-    # The result form's first parameter must accept None: a step that timed out (or
-    # raised, with compensate_on_failure) is compensated without a result.
+    # The arguments form first: it is the runtime's choice when both forms fit, and mypy
+    # words a mismatch against the first overload (tests/typing/test_mistakes.py). The
+    # result form's first parameter must accept None: a step that timed out (or raised,
+    # with compensate_on_failure) is compensated without a result.
+    @overload
+    def compensate(self, fn: Callable[P, Awaitable[Any]]) -> Callable[P, Awaitable[Any]]: ...
     @overload
     def compensate(
         self, fn: Callable[Concatenate[R | None, P], Awaitable[Any]]
     ) -> Callable[Concatenate[R | None, P], Awaitable[Any]]: ...
-    @overload
-    def compensate(self, fn: Callable[P, Awaitable[Any]]) -> Callable[P, Awaitable[Any]]: ...
     @overload
     def compensate(  # a method step's, result form: self, the result, then the arguments
         self: Step[Concatenate[S, Q], R],
@@ -383,15 +386,33 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
 
     if TYPE_CHECKING:
         # Binding as type checkers should see it (wrapt binds at run time; nothing here
-        # runs): through the class, or under @staticmethod, a step takes all its
-        # parameters; through an instance, a method step takes the ones after self.
+        # runs). mypy applies these whatever @staticmethod or @classmethod is stacked
+        # above @step, so the step's own first parameter tells them apart: ``cls``
+        # (``type[T]``) is bound to the class or instance it is looked up on, ``self`` to
+        # the instance; through the class, or under @staticmethod, a step takes all its
+        # parameters. The self types are callables: mypy does not check a Concatenate
+        # prefix of ``Step[...]`` when choosing an overload.
+        @overload
+        def __get__(  # type: ignore[misc]  # a callable self type: see above
+            self: Callable[Concatenate[type[T], Q], StepCall[R]], instance: None, owner: type[T], /
+        ) -> wrapt.BoundFunctionWrapper[Q, StepCall[R]]: ...
         @overload
         def __get__(
             self, instance: None, owner: type[Any] | None = None, /
         ) -> wrapt.BoundFunctionWrapper[P, StepCall[R]]: ...
         @overload
         def __get__(
-            self: Step[Concatenate[S, Q], R], instance: S, owner: type[Any] | None = None, /
+            self: Callable[Concatenate[S, Q], StepCall[R]],
+            instance: S,
+            owner: type[Any] | None = None,
+            /,
+        ) -> wrapt.BoundFunctionWrapper[Q, StepCall[R]]: ...
+        @overload
+        def __get__(  # type: ignore[misc]  # a callable self type: see above
+            self: Callable[Concatenate[type[T], Q], StepCall[R]],
+            instance: T,
+            owner: type[Any] | None = None,
+            /,
         ) -> wrapt.BoundFunctionWrapper[Q, StepCall[R]]: ...
         @overload
         def __get__(

@@ -5,6 +5,7 @@ from ._protocol import (
     LoggedStep,
     OrphanedSaga,
     RecoverableStore,
+    SagaRunView,
     SagaStore,
     StoredEvent,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "PostgresStore",
     "RecoverableStore",
     "SQLiteStore",
+    "SagaRunView",
     "SagaStore",
     "StoredEvent",
 ]

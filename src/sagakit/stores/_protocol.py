@@ -12,14 +12,80 @@ from ..exceptions import SagaDefinitionError
 from ..status import SagaStatus, StepStatus
 
 if TYPE_CHECKING:
-    from .._runs import SagaRun
+    from .._sagas import SagaDefinition
     from ..records import SagaMetadata
     from ..transitions import Transition
+
+
+class SagaRunView(Protocol):
+    """The run a store's :meth:`~SagaStore.begin`, :meth:`~SagaStore.record` and
+    :meth:`~SagaStore.finish` receive: one execution of a saga, owned and changed by
+    the orchestrator, read-only to the store.
+
+    The attributes are read when the call is made (a store keeping the run, like the
+    in-memory one, sees them change as the saga goes on); :meth:`snapshot` gives a
+    frozen copy. A type for annotations only: the object passed is the orchestrator's
+    own run, not a wrapper.
+    """
+
+    @property
+    def id(self) -> str:
+        """The saga id."""
+        ...
+
+    @property
+    def name(self) -> str:
+        """The saga's name."""
+        ...
+
+    @property
+    def explicit_id(self) -> bool:
+        """Whether the caller gave the id (so a finished run with it makes the id
+        idempotent), or it was generated."""
+        ...
+
+    @property
+    def definition(self) -> SagaDefinition:
+        """What runs: its ``args``, ``kwargs`` and ``recovery`` policy are kept by durable
+        stores so recovery can run it again."""
+        ...
+
+    @property
+    def status(self) -> SagaStatus:
+        """``EXECUTING``, ``COMPENSATING``, or how the run ended (at :meth:`~SagaStore.finish`)."""
+        ...
+
+    @property
+    def error(self) -> str | None:
+        """One line naming the failure, once there is one."""
+        ...
+
+    @property
+    def total_steps(self) -> int | None:
+        """How many forward steps the saga has (``None`` for a generator saga)."""
+        ...
+
+    @property
+    def steps_executed(self) -> int:
+        """How many forward steps completed."""
+        ...
+
+    @property
+    def started_at(self) -> datetime:
+        """When the run started (UTC)."""
+        ...
+
+    def snapshot(self) -> SagaMetadata:
+        """The run's metadata now, as a frozen record."""
+        ...
 
 
 @runtime_checkable
 class SagaStore(Protocol):
     """Where an orchestrator keeps its sagas: running ones, their log and their history.
+
+    :meth:`begin`, :meth:`record` and :meth:`finish` receive the run as a
+    :class:`SagaRunView`, the part of it a store may read.
 
     ``durable`` stores receive every :class:`~sagakit.Transition` through
     :meth:`record`, awaited before the orchestrator moves on; a store that is not
@@ -40,7 +106,7 @@ class SagaStore(Protocol):
 
     durable: bool
 
-    async def begin(self, run: SagaRun) -> SagaMetadata | None:
+    async def begin(self, run: SagaRunView) -> SagaMetadata | None:
         """Register a new run before its first step.
 
         Returns the metadata of an earlier ``COMPLETED`` run with the same id (the
@@ -50,11 +116,11 @@ class SagaStore(Protocol):
         """
         ...
 
-    async def record(self, run: SagaRun, transition: Transition) -> None:
+    async def record(self, run: SagaRunView, transition: Transition) -> None:
         """Durably record one state change of ``run`` (durable stores only)."""
         ...
 
-    async def finish(self, run: SagaRun) -> None:
+    async def finish(self, run: SagaRunView) -> None:
         """Move a finished run from running to history."""
         ...
 
@@ -278,7 +344,6 @@ class RecoverableStore(SagaStore, Protocol):
         ...
 
 
-
 def check_saga_ids(saga_ids: object) -> None:
     """Refuse one id given as ``claim_orphans(saga_ids=...)`` (a string is a collection
     of its characters)."""
@@ -288,12 +353,14 @@ def check_saga_ids(saga_ids: object) -> None:
             f"pass saga_ids=[{saga_ids!r}]"
         )
 
+
 __all__ = [
     "check_saga_ids",
     "DeadLetter",
     "LoggedStep",
     "OrphanedSaga",
     "RecoverableStore",
+    "SagaRunView",
     "SagaStore",
     "StoredEvent",
 ]

@@ -9,9 +9,9 @@ from ..exceptions import SagaAlreadyExecuting, SagaAlreadyFailed, SagaDefinition
 from ..status import SagaStatus
 
 if TYPE_CHECKING:
-    from .._runs import SagaRun
     from ..records import SagaMetadata
     from ..transitions import Transition
+    from ._protocol import SagaRunView
 
 DEFAULT_HISTORY_LIMIT = 10_000
 
@@ -36,10 +36,10 @@ class MemoryStore:
                 f"history_limit must be a whole number >= 0, got {history_limit!r}"
             )
         self.history_limit = history_limit
-        self._running: dict[str, SagaRun] = {}
-        self._history: OrderedDict[str, SagaRun] = OrderedDict()
+        self._running: dict[str, SagaRunView] = {}
+        self._history: OrderedDict[str, SagaRunView] = OrderedDict()
 
-    async def begin(self, run: SagaRun) -> SagaMetadata | None:
+    async def begin(self, run: SagaRunView) -> SagaMetadata | None:
         saga_id = run.id
         if saga_id in self._running:
             raise SagaAlreadyExecuting(saga_id)
@@ -54,10 +54,10 @@ class MemoryStore:
         self._running[saga_id] = run
         return None
 
-    async def record(self, run: SagaRun, transition: Transition) -> None:
+    async def record(self, run: SagaRunView, transition: Transition) -> None:
         """Nothing to do: the live run is the record."""
 
-    async def finish(self, run: SagaRun) -> None:
+    async def finish(self, run: SagaRunView) -> None:
         self._running.pop(run.id, None)
         history = self._history
         if self.history_limit == 0:

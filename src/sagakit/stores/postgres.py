@@ -44,14 +44,13 @@ from ._pg_writer import (
     storable,
     write_for,
 )
-from ._protocol import DeadLetter, OrphanedSaga, StoredEvent, check_saga_ids
+from ._protocol import DeadLetter, OrphanedSaga, SagaRunView, StoredEvent, check_saga_ids
 from .sqlite import definition_fingerprint
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
     from psycopg_pool import AsyncConnectionPool
 
-    from .._runs import SagaRun
     from ..records import SagaMetadata
     from ..transitions import Transition
 
@@ -299,7 +298,7 @@ class PostgresStore:
 
     # ------------------------------------------------------------ the protocol
 
-    async def begin(self, run: SagaRun) -> SagaMetadata | None:
+    async def begin(self, run: SagaRunView) -> SagaMetadata | None:
         definition = run.definition
         params = {
             "id": run.id,
@@ -378,7 +377,7 @@ class PostgresStore:
                 raise SagaAlreadyExecuting(saga_id)
             return int(again[0])
 
-    def _write(self, run: SagaRun, transition: Transition) -> Write | None:
+    def _write(self, run: SagaRunView, transition: Transition) -> Write | None:
         """The write recording ``transition``, or ``None`` when the log does not keep it."""
         kind = transition.kind
         if kind not in WRITTEN:
@@ -398,7 +397,7 @@ class PostgresStore:
             transition, fence, self.serializer.dumps, run_error=run.error, total=run.total_steps
         )
 
-    def stage(self, run: SagaRun, transition: Transition) -> None:
+    def stage(self, run: SagaRunView, transition: Transition) -> None:
         """Keep a transition that no side effect follows (a step's completion, a start)
         to be written in the same statement as the saga's next :meth:`record`.
 
@@ -410,7 +409,7 @@ class PostgresStore:
         if write is not None:
             self._staged.setdefault(run.id, []).append(write)
 
-    async def record(self, run: SagaRun, transition: Transition) -> None:
+    async def record(self, run: SagaRunView, transition: Transition) -> None:
         saga_id = run.id
         if self._unlogged and saga_id in self._unlogged:
             # The run's generated id belongs to another saga in the log: nothing of
@@ -493,7 +492,7 @@ class PostgresStore:
         self._writes += len(writes)
         return {row[0]: row[1] for row in found}
 
-    async def finish(self, run: SagaRun) -> None:
+    async def finish(self, run: SagaRunView) -> None:
         """Forget a finished (or fenced-out) run; its final state is already written.
 
         What it still has staged (its end could not be recorded) is written now, so the

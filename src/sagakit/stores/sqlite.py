@@ -17,7 +17,7 @@ import sqlite3
 import time
 from collections.abc import Collection
 from types import CodeType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .._members import (
     ON_COMPENSATION_COMPLETED,
@@ -45,7 +45,7 @@ from ..exceptions import (
 )
 from ..records import SagaMetadata
 from ..status import SagaStatus
-from ._protocol import DeadLetter, OrphanedSaga, StoredEvent, check_saga_ids
+from ._protocol import DeadLetter, OrphanedSaga, SagaRunView, StoredEvent, check_saga_ids
 from ._sqlite_owner import current_owner, owner_alive, owner_running_here
 from ._sqlite_rows import decode_orphan, load_metadata, load_orphan_rows, when
 from ._sqlite_schema import (
@@ -232,14 +232,14 @@ class SQLiteStore:
 
     # ----------------------------------------------------------------- running
 
-    async def begin(self, run: SagaRun) -> SagaMetadata | None:
+    async def begin(self, run: SagaRunView) -> SagaMetadata | None:
         self._refuse_writes()
         definition = run.definition
         arguments = self.serializer.dumps(
             [list(definition.args), definition.kwargs],
             what=lambda: f"the arguments of saga {run.name!r}",
         )
-        now = run.started_wall
+        now = cast("SagaRun", run).started_wall  # the orchestrator's own run (epoch seconds)
         values = (
             run.id,
             run.name,
@@ -303,7 +303,7 @@ class SQLiteStore:
             raise SagaAlreadyFailed(saga_id)
         return earlier  # type: ignore[no-any-return]
 
-    async def record(self, run: SagaRun, transition: Transition) -> None:
+    async def record(self, run: SagaRunView, transition: Transition) -> None:
         # (A read-only store refuses begin(), and its writer every write: no check here.)
         job = self._job_for(run, transition)
         staged = self._staged.pop(run.id, None)
@@ -335,7 +335,7 @@ class SQLiteStore:
         if unlogged:
             self._unlogged.discard(run.id)
 
-    def stage(self, run: SagaRun, transition: Transition) -> None:
+    def stage(self, run: SagaRunView, transition: Transition) -> None:
         """Serialize ``transition`` now; it commits with ``run``'s next :meth:`record`.
 
         Raises :class:`~sagakit.SerializationError` at once for a result or event
@@ -349,7 +349,7 @@ class SQLiteStore:
             else:
                 staged += job
 
-    def _job_for(self, run: SagaRun, t: Transition) -> Statements | None:
+    def _job_for(self, run: SagaRunView, t: Transition) -> Statements | None:
         """The statements recording ``t`` (``None``: nothing to write)."""
         kind = t.kind
         saga_id = run.id
@@ -415,7 +415,7 @@ class SQLiteStore:
             return statements
         return None  # pragma: no cover - every kind is handled above
 
-    def _completion(self, run: SagaRun, t: Transition, now: float) -> Statements:
+    def _completion(self, run: SagaRunView, t: Transition, now: float) -> Statements:
         """A step's (or compensation's) completion with its result and its events."""
         comp = int(t.kind is ON_COMPENSATION_COMPLETED)
         what = "compensation" if comp else "step"
@@ -451,7 +451,7 @@ class SQLiteStore:
             )
         return statements
 
-    async def finish(self, run: SagaRun) -> None:
+    async def finish(self, run: SagaRunView) -> None:
         staged = self._staged.pop(run.id, None)
         unlogged = run.id in self._unlogged
         try:
