@@ -75,7 +75,6 @@ def _error(error: str | None) -> str:
     return f'<span title="{escape(error, quote=True)}">{escape(shown_error(error))}</span>'
 
 
-
 _HEAD = ("#", "step", "status", "attempts", "duration", "timeline", "error")
 
 

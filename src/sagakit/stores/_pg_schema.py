@@ -181,6 +181,25 @@ def _v2(s: str, events_lock: int) -> str:
     # string each to send, parsed once by the server: jsonb), and inserts the rows of
     # sagas with generated ids along with their first write. Otherwise its logic is
     # apply_batch's.
+    return _apply_writes(s, events_lock, tokens=False)
+
+
+def _v3(s: str, events_lock: int) -> str:
+    # A write whose connection died mid-commit may or may not have committed. Each
+    # write now carries a token that apply_writes keeps in its saga's row
+    # (last_write), so the writer can look it up and send again only what did not
+    # commit (see _pg_settle.py). A write without a token (an older sagakit) clears it.
+    return f"""
+ALTER TABLE {s}.sagas ADD COLUMN last_write bigint;
+{_apply_writes(s, events_lock, tokens=True)}"""
+
+
+def _apply_writes(s: str, events_lock: int, *, tokens: bool) -> str:
+    """``apply_writes`` as of version 2, or (``tokens``) of version 3."""
+    create = "CREATE OR REPLACE FUNCTION" if tokens else "CREATE FUNCTION"
+    token_column = ", token bigint" if tokens else ""
+    token_name = ", token" if tokens else ""
+    set_token = "\n            last_write = b.token," if tokens else ""
     return f"""
 -- One call applies the log writes of many sagas (one per saga) in one statement.
 -- Sagas with generated ids come with their row (p_new): nothing acted before their
@@ -189,7 +208,7 @@ def _v2(s: str, events_lock: int) -> str:
 -- claim either waits for this batch or makes it skip that saga. Returns the sagas
 -- refused: 'fenced' (another worker owns it now) or 'exists' (a generated id that
 -- is already in the log: nothing of that saga is written).
-CREATE FUNCTION {s}.apply_writes(p_writes jsonb, p_events jsonb, p_new jsonb)
+{create} {s}.apply_writes(p_writes jsonb, p_events jsonb, p_new jsonb)
 RETURNS TABLE (refused_id text, reason text) LANGUAGE plpgsql AS $fn$
 DECLARE
     v_ids text[];
@@ -229,13 +248,13 @@ BEGIN
         -- A saga may come with staged writes before its last one: its row takes the last.
         SELECT DISTINCT ON (t.saga_id) t.*
         FROM ROWS FROM (jsonb_to_recordset(p_writes) AS (saga_id text, fence bigint,
-                status text, final boolean, error text, total integer))
-            WITH ORDINALITY AS t(saga_id, fence, status, final, error, total, ord)
+                status text, final boolean, error text, total integer{token_column}))
+            WITH ORDINALITY AS t(saga_id, fence, status, final, error, total{token_name}, ord)
         WHERE NOT (t.saga_id = ANY(v_exists))
         ORDER BY t.saga_id, t.ord DESC
     ), u AS (
         UPDATE {s}.sagas s SET
-            status = b.status,
+            status = b.status,{set_token}
             updated_at = now(),
             error = coalesce(b.error, s.error),
             total_steps = coalesce(b.total, s.total_steps),
@@ -293,7 +312,7 @@ def migrations(schema: str) -> list[str]:
     """The migration scripts for ``schema``, version ``n`` at index ``n - 1``."""
     s = f'"{check_schema_name(schema)}"'
     events_lock = lock_key(schema, "events")
-    return [_v1(s, events_lock), _v2(s, events_lock)]
+    return [_v1(s, events_lock), _v2(s, events_lock), _v3(s, events_lock)]
 
 
 SCHEMA_VERSION = len(migrations("sagakit"))

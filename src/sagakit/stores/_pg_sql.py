@@ -46,6 +46,8 @@ class Statements:
     resolve: str
     events: str
     events_of: str
+    settle: str
+    last_write: str
 
 
 def statements(schema: str) -> Statements:
@@ -182,6 +184,13 @@ def statements(schema: str) -> Statements:
             f"recorded_at FROM {s}.events WHERE saga_id = %s AND position > %s "
             "ORDER BY position LIMIT %s"
         ),
+        # After a write whose outcome is unknown: waits for it if it is still committing,
+        # and moves the fencing token on so that it can never commit later.
+        settle=(
+            f"UPDATE {s}.sagas SET fence = fence + 1 WHERE saga_id = %(id)s "
+            "AND owner = %(owner)s AND finished_at IS NULL RETURNING fence, last_write"
+        ),
+        last_write=f"SELECT last_write FROM {s}.sagas WHERE saga_id = %s",
     )
 
 

@@ -68,6 +68,7 @@ class Write:
     result: str | None = None
     events: Sequence[str] = ()
     new: dict[str, Any] | None = None  # the saga's row, for the first write of a generated id
+    token: int | None = None  # kept in the saga's row, to settle a commit in doubt
 
 
 def storable(text: str | None) -> str | None:
@@ -151,25 +152,26 @@ def batch_params(writes: Sequence[Write]) -> tuple[str, str, str]:
                         "data": data,
                     }
                 )
-        rows.append(
-            {
-                "saga_id": w.saga_id,
-                "fence": w.fence,
-                "status": w.status,
-                "final": w.final,
-                "error": storable(w.error),
-                "total": w.total,
-                "idx": w.index,
-                "comp": w.compensation,
-                "name": w.step_name,
-                "sstatus": w.step_status,
-                "attempts": w.attempts,
-                "duration": w.duration,
-                "err": storable(w.step_error),
-                "result": w.result,
-                "events": step_events,
-            }
-        )
+        row: dict[str, Any] = {
+            "saga_id": w.saga_id,
+            "fence": w.fence,
+            "status": w.status,
+            "final": w.final,
+            "error": storable(w.error),
+            "total": w.total,
+            "idx": w.index,
+            "comp": w.compensation,
+            "name": w.step_name,
+            "sstatus": w.step_status,
+            "attempts": w.attempts,
+            "duration": w.duration,
+            "err": storable(w.step_error),
+            "result": w.result,
+            "events": step_events,
+        }
+        if w.token is not None:
+            row["token"] = w.token
+        rows.append(row)
     return _to_json(rows), _to_json(events), _to_json(new)
 
 

@@ -33,6 +33,7 @@ from ..status import SagaStatus
 from ..transitions import TransitionKind
 from . import _pg_rows as rows
 from ._pg_schema import check_schema_name, migrate
+from ._pg_settle import Doubt, settle
 from ._pg_sql import statements
 from ._pg_writer import (
     WRITTEN,
@@ -58,6 +59,8 @@ logger = logging.getLogger("sagakit")
 
 DEFAULT_LEASE = 30.0
 """Seconds a saga stays owned by its worker without a heartbeat."""
+
+_SENDS = 3  # times a write whose commit was lost is sent, before it is left in doubt
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +156,8 @@ class PostgresStore:
         self._claimed: set[str] = set()  # of those, taken over from another owner
         self._lost: set[str] = set()  # fenced out: refuse further writes locally
         self._staged: dict[str, list[Write]] = {}  # written with the saga's next record()
+        self._doubts: dict[str, Doubt] = {}  # submissions that may have committed or not
+        self._token = int.from_bytes(os.urandom(7), "big")  # the last write token handed out
         self._statements = 0
         self._round_trips = 0
         self._batches = 0
@@ -416,6 +421,10 @@ class PostgresStore:
             # the run is there, and nothing may be written under its id.
             self._staged.pop(saga_id, None)
             return
+        if self._doubts and saga_id in self._doubts:
+            # An earlier write may have committed or not: find out (and stage again what
+            # did not) before anything more is written; raises while the log is unreachable.
+            await self._settle(saga_id)
         write = self._write(run, transition)
         writes = self._staged.pop(saga_id, [])
         carried = len(writes)
@@ -442,13 +451,10 @@ class PostgresStore:
         if not writes:
             return
         new = self._new.pop(saga_id, None) if self._new else None
-        if new is not None:
-            writes[0].new = new
-        fence = writes[-1].fence
         try:
-            await self._writer.submit(writes)
+            await self._send(saga_id, writes, carried, new)
         except LeaseLost:
-            if self._fences.get(saga_id) == fence:
+            if self._fences.get(saga_id) == writes[-1].fence:
                 del self._fences[saga_id]
             self._claimed.discard(saga_id)
             self._lost.add(saga_id)
@@ -457,19 +463,79 @@ class PostgresStore:
             self._unlogged.add(saga_id)  # another saga's id: nothing may be written under it
             raise
         except BaseException as error:
-            # Cancelled, or the connection lost: it may have gone out or not (committed).
-            if new is not None:  # the next write sends it again (our own row is no conflict)
-                self._new.setdefault(saga_id, new)
-                writes[0].new = None
-            if carried and isinstance(error.__cause__, Rejected):
+            if isinstance(error.__cause__, Rejected):
                 # Refused and rolled back: none of it was applied. The staged transitions
                 # happened all the same; they go with the next write (the orchestrator
-                # tells them once that one commits).
-                self._staged[saga_id] = [*writes[:carried], *self._staged.get(saga_id, ())]
+                # tells them once that one commits), and so does the saga's row.
+                if new is not None:
+                    self._new.setdefault(saga_id, new)
+                    writes[0].new = None
+                if carried:
+                    self._staged[saga_id] = [*writes[:carried], *self._staged.get(saga_id, ())]
+            # Otherwise it may have committed or not: it is in self._doubts, settled
+            # before the saga's next write.
             raise
         if writes[-1].final:
             self._fences.pop(saga_id, None)
             self._claimed.discard(saga_id)
+
+    async def _send(
+        self, saga_id: str, writes: list[Write], carried: int, new: dict[str, Any] | None
+    ) -> None:
+        """Submit one saga's ``writes`` (the first ``carried`` of them staged ones).
+
+        If the connection is lost while they commit, find out (once reconnected)
+        whether they did, and send them again if not: the call returns once they are
+        durable, exactly once. If that cannot be found out (the log is still
+        unreachable, or the caller was cancelled), they stay in doubt and raise.
+        """
+        for tries_left in reversed(range(_SENDS)):
+            self._token += 1
+            writes[-1].token = self._token
+            if new is not None:
+                writes[0].new = new
+            try:
+                await self._writer.submit(writes)
+                return
+            except (LeaseLost, IdTaken):
+                raise
+            except BaseException as error:
+                if isinstance(error.__cause__, Rejected):
+                    raise  # rolled back: nothing of it was applied
+                self._doubts[saga_id] = Doubt(self._token, writes, carried, new)
+                if not isinstance(error, StoreError) or not tries_left:
+                    raise  # (cancelled) settled by the saga's next write
+                try:
+                    committed = await self._settle(saga_id, stage=False)
+                except StoreError as unsettled:
+                    logger.warning("sagakit could not settle a write in doubt: %s", unsettled)
+                    committed = None
+                if committed is None:
+                    raise
+                if committed:
+                    return
+                new = writes[0].new  # still to send if the id may be another saga's
+
+    async def _settle(self, saga_id: str, *, stage: bool = True) -> bool:
+        """Settle the saga's submission in doubt: whether it committed. If it did not,
+        its staged transitions are staged again (``stage``) for the next write."""
+        doubt = self._doubts[saga_id]
+        settled = await settle(self._run, self._sql, self.owner, saga_id, doubt)
+        del self._doubts[saga_id]
+        if settled.fence is not None:
+            # The fencing token moved on, so that the write in doubt cannot commit late.
+            if saga_id in self._fences:
+                self._fences[saga_id] = settled.fence
+            for write in (*doubt.writes, *self._staged.get(saga_id, ())):
+                write.fence = settled.fence
+                write.new = None  # the row is there
+        elif stage and doubt.new is not None and not settled.committed:
+            self._new.setdefault(saga_id, doubt.new)  # to send again: refused if not ours
+            doubt.writes[0].new = None
+        if not settled.committed and stage and doubt.carried:
+            carried = doubt.writes[: doubt.carried]
+            self._staged[saga_id] = [*carried, *self._staged.get(saga_id, ())]
+        return settled.committed
 
     async def _apply(self, writes: list[Write]) -> dict[str, str]:
         params = batch_params(writes)
@@ -498,18 +564,15 @@ class PostgresStore:
         What it still has staged (its end could not be recorded) is written now, so the
         saga's recovery does not run a step or compensation again that completed.
         """
-        staged = self._staged.pop(run.id, None)
-        unsent = run.id in self._unlogged or run.id in self._new  # no row of it in the log
-        if staged and self._pool is not None and not unsent:
-            try:
-                await self._writer.submit(staged)
-            except Exception as error:  # fenced out, or the log still cannot be written
-                logger.warning("sagakit could not write a staged transition: %s", error)
-        self._new.pop(run.id, None)
-        self._unlogged.discard(run.id)
-        self._fences.pop(run.id, None)
-        self._claimed.discard(run.id)
-        self._lost.discard(run.id)
+        try:
+            await self._flush(run.id)
+        finally:
+            self._doubts.pop(run.id, None)
+            self._new.pop(run.id, None)
+            self._unlogged.discard(run.id)
+            self._fences.pop(run.id, None)
+            self._claimed.discard(run.id)
+            self._lost.discard(run.id)
 
     # ------------------------------------------------------------ monitoring
 
@@ -695,16 +758,28 @@ class PostgresStore:
             await pool.close()
 
     async def _flush_staged(self) -> None:
-        """Write what is still staged (completions of sagas stopped mid-flight)."""
-        staged, self._staged = self._staged, {}
-        if staged and self._pool is not None:
-            results = await asyncio.gather(
-                *(self._writer.submit(writes) for writes in staged.values()),
-                return_exceptions=True,
-            )
-            for outcome in results:
-                if isinstance(outcome, BaseException):
-                    logger.warning("sagakit could not write a staged transition: %s", outcome)
+        """Write what is still staged or in doubt (of sagas stopped mid-flight)."""
+        sagas = {*self._staged, *self._doubts}
+        if sagas and self._pool is not None:
+            await asyncio.gather(*(self._flush(saga_id) for saga_id in sagas))
+        self._staged.clear()
+        self._doubts.clear()
+
+    async def _flush(self, saga_id: str) -> None:
+        """Write what the saga has staged, after settling its write in doubt, if any."""
+        if self._pool is None:
+            self._staged.pop(saga_id, None)
+            return
+        try:
+            if saga_id in self._doubts:
+                await self._settle(saga_id)
+            staged = self._staged.pop(saga_id, None)
+            unsent = saga_id in self._unlogged or saga_id in self._new  # no row of it in the log
+            if staged and not unsent:
+                await self._send(saga_id, staged, len(staged), None)
+        except Exception as error:  # fenced out, or the log still cannot be written
+            self._staged.pop(saga_id, None)
+            logger.warning("sagakit could not write a staged transition: %s", error)
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None else "closed"
