@@ -561,8 +561,9 @@ class PostgresStore:
     async def finish(self, run: SagaRunView) -> None:
         """Forget a finished (or fenced-out) run; its final state is already written.
 
-        What it still has staged (its end could not be recorded) is written now, so the
-        saga's recovery does not run a step or compensation again that completed.
+        What it still has staged (its end could not be recorded), or in doubt and found
+        not committed, is written now, so the saga's recovery does not run a step or
+        compensation again that completed.
         """
         try:
             await self._flush(run.id)
