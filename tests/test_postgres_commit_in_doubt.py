@@ -99,7 +99,7 @@ class LostCommit:
         self.late: list[list[Write]] = []
         self.late_answer: dict[str, str] | None = None
         self.settled = 0
-        store._writer._send = self._lossy  # type: ignore[method-assign]
+        store._writer._send = self._lossy
         real = _pg_settle.settle
 
         async def settle(*args: Any) -> _pg_settle.Settled:
