@@ -369,7 +369,12 @@ class SagaOrchestrator:
                             fault = fault.crash
                         if isinstance(fault, SimulatedCrash):
                             raise fault
-                        error = fault  # type: ignore[assignment]
+                        if not isinstance(fault, Exception):
+                            # KeyboardInterrupt, SystemExit, CancelledError: handled as when
+                            # the step itself raises it (see the call above)
+                            acted = record
+                            raise fault  # type: ignore[misc]
+                        error = fault
                     if failure is None:
                         assert error is not None
                         failure = StepFailed(index, spec.name, error)
@@ -735,7 +740,9 @@ class SagaOrchestrator:
                             fault = fault.crash
                         if isinstance(fault, SimulatedCrash):
                             raise fault
-                        error = fault  # type: ignore[assignment]
+                        if not isinstance(fault, Exception):
+                            raise fault  # type: ignore[misc]  # as if the compensation raised it
+                        error = fault
                     policy = spec.compensation_retry or self._compensation_retry
                     assert error is not None
                     if attempt < policy.attempts and policy.retries(error):

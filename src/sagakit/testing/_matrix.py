@@ -216,6 +216,13 @@ async def run_fault_matrix(
             "leave failures or timeouts on"
         )
     fault = _check_fault(error)
+    kind = fault if isinstance(fault, type) else type(fault)
+    if not issubclass(kind, Exception):
+        raise SagaDefinitionError(
+            f"run_fault_matrix(error=...) must be an Exception, got {kind.__name__}: a step "
+            f"raising it stops the saga never compensated, which the matrix cannot check; "
+            f"test it with FaultInjector().fail(step, {kind.__name__})"
+        )
     own = orchestrator is None
     if orchestrator is None:
         orchestrator = SagaOrchestrator(sleep=InstantSleep(), history_limit=0)
