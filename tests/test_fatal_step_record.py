@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,3 +55,41 @@ async def test_a_step_raising_keyboard_interrupt_is_not_left_running(
     assert meta.steps[1].error is not None
     assert meta.steps[1].error.startswith("KeyboardInterrupt")
     assert meta.compensations == ()
+
+
+@step
+async def fatal_book(item: str) -> str:
+    return f"booked {item}"
+
+
+@fatal_book.compensate
+async def fatal_unbook(item: str) -> None:
+    raise SystemExit(2)
+
+
+@step
+async def fatal_pay(item: str) -> None:
+    raise ValueError("card declined")
+
+
+@saga(name="fatal_trip")
+def fatal_trip(item: str):  # type: ignore[no-untyped-def]
+    yield fatal_book(item)
+    yield fatal_pay(item)
+
+
+@pytest.mark.parametrize("durable", [False, True])
+async def test_a_compensation_raising_system_exit_is_not_left_running(
+    durable_store: Any, durable: bool
+) -> None:
+    # The saga ended FAILED, but the compensation that raised stayed "running" in its
+    # metadata and its log, as if it were still undoing the booking.
+    orchestrator = SagaOrchestrator(durable_store() if durable else None)
+    with pytest.raises(SystemExit):
+        await orchestrator.execute(fatal_trip("room"), saga_id="fatal-2")
+    meta = await orchestrator.get_saga("fatal-2")
+    await orchestrator.close()
+    assert meta is not None
+    assert meta.status is SagaStatus.FAILED
+    assert [(r.index, r.status) for r in meta.compensations] == [(0, StepStatus.FAILED)]
+    assert meta.compensations[0].error == "SystemExit: 2 (not compensated)"

@@ -38,6 +38,7 @@ from ._notify import Listener, level_of, logger, tell, tell_each
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import (
+    NOT_COMPENSATED,
     UNRECORDED,
     SagaRun,
     StepRun,
@@ -497,7 +498,7 @@ class SagaOrchestrator:
             close_driver(driver, run.name, run.id)
             _end_running_step(steps, acted, failure)  # it raised: it ended there
             run.status = SAGA_FAILED
-            run.error = f"{describe_error(failure)} (not compensated)"
+            run.error = describe_error(failure) + NOT_COMPENSATED
             await self._finish(run)
             raise
         finally:
@@ -788,6 +789,11 @@ class SagaOrchestrator:
             # A transition of this compensation could not be recorded (StoreError): the
             # run ends FAILED here, and its record must not stay RUNNING.
             _end_running(run.compensations, f"{UNRECORDED}{describe_error(unrecorded)}")
+            raise
+        except (asyncio.CancelledError, SimulatedCrash):
+            raise  # _compensate restarts a cancelled one; a crash records nothing more
+        except BaseException as fatal:  # KeyboardInterrupt, SystemExit: it ended there
+            _end_running(run.compensations, describe_error(fatal) + NOT_COMPENSATED)
             raise
         finally:
             run.deadline = NO_DEADLINE  # a BaseException raised by a compensation skips it

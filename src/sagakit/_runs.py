@@ -93,13 +93,18 @@ UNRECORDED = "not recorded: "
 """The start of the error of a compensation the run ended in because one of its
 transitions could not be recorded (a ``StoreError``)."""
 
+NOT_COMPENSATED = " (not compensated)"
+"""The end of the error of a compensation (or saga) a ``KeyboardInterrupt`` or
+``SystemExit`` stopped: nothing more was undone."""
+
 
 def interrupted_compensations(run: SagaRun) -> list[StepRun]:
     """The compensations a crash interrupted that the run's recovery ended without
     running again (it stopped at an earlier compensation failure, so the run ended
-    ``FAILED``): no transition carried their end, so a durable store writes it with the
-    run's end. A compensation recovery ran again is recorded by its own transitions.
-    So is one the run ended in because its start or retry could not be recorded."""
+    ``FAILED``), or a ``KeyboardInterrupt`` stopped: no transition carried their end, so
+    a durable store writes it with the run's end. A compensation recovery ran again is
+    recorded by its own transitions. So is one the run ended in because its start or
+    retry could not be recorded."""
     if run.status is not SAGA_FAILED or not run.compensations:
         return []
     last = {record.index: record for record in run.compensations}
@@ -107,7 +112,11 @@ def interrupted_compensations(run: SagaRun) -> list[StepRun]:
         record
         for record in last.values()
         if record.error is not None
-        and (record.error == CRASHED or record.error.startswith(UNRECORDED))
+        and (
+            record.error == CRASHED
+            or record.error.startswith(UNRECORDED)
+            or record.error.endswith(NOT_COMPENSATED)
+        )
     ]
 
 
