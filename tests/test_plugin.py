@@ -335,3 +335,19 @@ async def test_4(saga_orchestrator):
 """
     )
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=4)
+
+
+def test_a_fault_on_a_misspelt_step_errors_at_teardown(pytester: pytest.Pytester) -> None:
+    _ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+@pytest.mark.asyncio
+async def test_typo(saga_orchestrator, saga_faults):
+    saga_faults.fail("shpi")
+    await saga_orchestrator.execute(order("x"))
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*no step is named 'shpi' (did you mean 'ship'?)*"])

@@ -311,3 +311,45 @@ async def test_method_steps_are_targeted_through_the_class_or_an_instance(target
     with FaultInjector().fail(step_object), pytest.raises(StepFailed):
         await SagaOrchestrator().execute(move())
     assert bank.moves == ["debit A", "undo A"]
+
+
+@pytest.mark.asyncio
+async def test_a_misspelt_step_name_is_an_error_at_the_end_of_the_block() -> None:
+    # It was accepted and never fired: the saga completed and the test tested nothing.
+    with (
+        pytest.raises(SagaDefinitionError, match=r"no step is named 'shpi' \(did you mean 'ship'"),
+        FaultInjector().fail("shpi"),
+    ):
+        await SagaOrchestrator().execute(order("a"))
+    with pytest.raises(SagaDefinitionError, match="'nowhere'"), FaultInjector().activate() as f:
+        f.timeout_compensation("nowhere")
+
+
+@pytest.mark.asyncio
+async def test_a_misspelt_step_name_is_noted_on_the_error_the_block_raised() -> None:
+    with (
+        pytest.raises(pytest.fail.Exception) as info,
+        FaultInjector().fail("chrage"),
+        pytest.raises(StepFailed),  # DID NOT RAISE: the fault never fired
+    ):
+        await SagaOrchestrator().execute(order("a"))
+    assert info.value.__notes__ == [
+        "FaultInjector: no step is named 'chrage' (did you mean 'charge'?), so its fault "
+        "never fired; use the name the step is recorded under (its function's, or "
+        "@step(name=...)), or pass the @step object itself"
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_fault_on_a_step_defined_later_or_not_reached_is_no_error() -> None:
+    with FaultInjector().fail("defined_in_the_block").fail("ship") as faults:
+
+        @step(name="defined_in_the_block")
+        async def later() -> None: ...
+
+        with pytest.raises(StepFailed):
+            await SagaOrchestrator().execute(order("a"), saga_id="o")
+    # ship was never reached (charge failed), but it is a step: the fault may be meant so.
+    faults.fail("reserve").fail("ship")
+    with faults, pytest.raises(StepFailed):
+        await SagaOrchestrator().execute(order("a"))

@@ -26,6 +26,8 @@ C = TypeVar("C", bound=Callable[..., Awaitable[Any]])
 DEFAULT_TIMEOUT = 30.0
 _new_call = object.__new__
 
+DEFINED_NAMES: set[str] = set()
+"""The name of every step defined in this process (fault injection tells a misspelt one)."""
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _RESULT = object()
 
@@ -247,6 +249,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         name = declared_name(fn, name, what="step", fix="@step(name=...)")
         spec = StepSpec()
         spec.name = name
+        DEFINED_NAMES.add(name)
         spec.fn = fn
         spec.timeout = check_seconds(timeout, f"@step(timeout=...) of {name!r}")
         spec.retry = _as_retry(retry, f"@step(retry=...) of {name!r}") or NO_RETRY

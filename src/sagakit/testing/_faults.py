@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
+from difflib import get_close_matches
 from typing import Any
 
 from wrapt import BoundFunctionWrapper
@@ -19,7 +20,7 @@ from .._hooks import (
     active_faults,
 )
 from .._runs import current_run
-from .._steps import Step, StepCall
+from .._steps import DEFINED_NAMES, Step, StepCall
 from ..exceptions import SagaDefinitionError
 from ..stores import SagaStore
 
@@ -258,6 +259,35 @@ class FaultInjector:
         self._rules.clear()
         self.fired.clear()
 
+    def _unknown_steps(self) -> str | None:
+        """What is wrong if a fault names a step no ``@step`` defines (a typo, say)."""
+        unknown = dict.fromkeys(
+            rule.target
+            for rule in self._rules
+            if isinstance(rule.target, str) and rule.target not in DEFINED_NAMES
+        )
+        if not unknown:
+            return None
+        problems = []
+        for name in unknown:
+            close = get_close_matches(name, DEFINED_NAMES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"no step is named {name!r}{hint}")
+        return (
+            f"FaultInjector: {'; '.join(problems)}, so its fault never fired; use the name "
+            "the step is recorded under (its function's, or @step(name=...)), or pass the "
+            "@step object itself"
+        )
+
+    def _check_steps(self, error: BaseException | None) -> None:
+        """At the end of a block: refuse faults on unknown steps (noted on ``error``)."""
+        problem = self._unknown_steps()
+        if problem is None:
+            return
+        if error is None:
+            raise SagaDefinitionError(problem)
+        error.add_note(problem)  # the block failed, perhaps because the fault never fired
+
     def fault_for(
         self, step: Step[Any, Any], attempt: int, *, compensation: bool
     ) -> BaseException | _SimulatedTimeout | CrashAfter | None:
@@ -288,6 +318,11 @@ class FaultInjector:
         token = active_faults.set(scope)
         try:
             yield self
+        except BaseException as error:
+            self._check_steps(error)
+            raise
+        else:
+            self._check_steps(None)
         finally:
             scope.open = False  # also for the tasks started in the block
             active_faults.reset(token)
@@ -298,7 +333,7 @@ class FaultInjector:
         _scopes.set((*_scopes.get(), (token, scope)))
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
         scopes = _scopes.get()
         wrong_task = RuntimeError("FaultInjector exited in a task (context) that did not enter it")
         if not scopes:
@@ -310,6 +345,7 @@ class FaultInjector:
             raise wrong_task from None
         scope.open = False  # also for the tasks started in the block
         _scopes.set(scopes[:-1])
+        self._check_steps(error)
 
     def __repr__(self) -> str:
         return f"<FaultInjector {len(self._rules)} faults, {len(self.fired)} fired>"
