@@ -79,26 +79,20 @@ def saga_recorder() -> SagaRecorder:
 
 
 @pytest.fixture
-def saga_sleep() -> InstantSleep:
-    """An :class:`~sagakit.testing.InstantSleep`: records retry delays, waits for none."""
+def saga_sleep(request: pytest.FixtureRequest) -> InstantSleep:
+    """An :class:`~sagakit.testing.InstantSleep`: records retry delays, waits for none
+    (waits for them in full with ``--saga-instant-sleep=no``)."""
     from sagakit.testing import InstantSleep
 
-    return InstantSleep()
+    return InstantSleep(scale=0.0 if _setting(request.config, "saga_instant_sleep") else 1.0)
 
 
 @pytest.fixture
-def saga_orchestrator(
-    request: pytest.FixtureRequest, saga_recorder: SagaRecorder, saga_sleep: InstantSleep
-) -> SagaOrchestrator:
+def saga_orchestrator(saga_recorder: SagaRecorder, saga_sleep: InstantSleep) -> SagaOrchestrator:
     """A fresh in-memory orchestrator, recorded by ``saga_recorder``, sleeping ``saga_sleep``."""
-    import asyncio
-
     from sagakit import SagaOrchestrator
 
-    instant = _setting(request.config, "saga_instant_sleep")
-    return SagaOrchestrator(
-        listeners=[saga_recorder], sleep=saga_sleep if instant else asyncio.sleep
-    )
+    return SagaOrchestrator(listeners=[saga_recorder], sleep=saga_sleep)
 
 
 @pytest.fixture
