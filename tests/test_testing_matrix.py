@@ -238,3 +238,51 @@ async def test_a_saga_that_runs_differently_after_discovery_is_reported() -> Non
         "the saga completed, but the fault should have stopped it"
     )
     assert "forward steps started: [0], expected steps 0 to 1" in report.cases[1].problems
+
+
+# A step running a saga of its own: the inner saga's steps are not the outer saga's.
+inner_runner = SagaOrchestrator()
+
+
+@step
+async def book(item: str) -> str:
+    return item
+
+
+@book.compensate
+async def unbook(item: str) -> None:
+    ran.append("unbook")
+
+
+@step
+async def audit(item: str) -> None:
+    ran.append("audit")
+
+
+@saga
+def payment(item: str) -> list[Any]:
+    return [audit(item), audit(item), audit(item), audit(item)]  # audit at 2, as outside
+
+
+@step
+async def pay(item: str) -> None:
+    await inner_runner.execute(payment(item))
+
+
+@saga
+def booking(item: str) -> list[Any]:
+    return [book(item), pay(item), audit(item)]
+
+
+@pytest.mark.asyncio
+async def test_the_steps_of_a_saga_run_by_a_step_are_not_the_matrix_cases() -> None:
+    # Discovery took the inner saga's step 3 for a fourth step of the outer saga, and
+    # the fault on the outer step 2 (audit) hit the inner saga's step 2 first.
+    report = await run_fault_matrix(booking("x"))
+    assert report.steps == ("book", "pay", "audit")
+    case = next(c for c in report.cases if c.index == 2 and c.mode == "fail")
+    assert case.error is not None
+    assert case.error.step_index == 2  # type: ignore[attr-defined]
+    # Discovery ran all five audits; each of the two cases faulting the outer audit, the
+    # inner four (the pay cases fault pay itself, so its saga never runs).
+    assert ran.count("audit") == 5 + 4 + 4

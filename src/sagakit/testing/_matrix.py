@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .._hooks import (
-    _SimulatedTimeout,
-    active_faults,
-)
+from .._hooks import CrashAfter, FaultPlan, _SimulatedTimeout, active_faults
 from .._orchestrator import SagaOrchestrator
+from .._runs import current_run
 from .._sagas import SagaDefinition
 from .._steps import Step
 from ..exceptions import CompensationFailed, SagaDefinitionError, StepFailed, StepTimeout
@@ -71,19 +71,53 @@ class FaultMatrixReport:
         return "\n".join(lines)
 
 
-class _StepSpy:
-    """A fault plan that injects nothing and notes the step run at each index."""
+def _in_run(saga_id: str) -> bool:
+    """Whether the running step is one of saga ``saga_id`` (not of a saga a step runs)."""
+    run = current_run.get()
+    return run is not None and run.id == saga_id
 
-    def __init__(self) -> None:
+
+class _StepSpy:
+    """A fault plan that injects nothing and notes the step run at each index of one saga."""
+
+    def __init__(self, saga_id: str) -> None:
+        self.saga_id = saga_id
         self.steps: dict[int, Step[Any, Any]] = {}
 
     def fault_for(
         self, step: Step[Any, Any], attempt: int, *, compensation: bool
     ) -> BaseException | _SimulatedTimeout | None:
         index = _running_index()
-        if not compensation and index is not None:
+        if not compensation and index is not None and _in_run(self.saga_id):
             self.steps.setdefault(index, step)
         return None
+
+
+class _OnlyIn:
+    """The faults of ``plan``, for the steps of saga ``saga_id`` only."""
+
+    def __init__(self, plan: FaultPlan, saga_id: str) -> None:
+        self.plan = plan
+        self.saga_id = saga_id
+
+    def fault_for(
+        self, step: Step[Any, Any], attempt: int, *, compensation: bool
+    ) -> BaseException | _SimulatedTimeout | CrashAfter | None:
+        if not _in_run(self.saga_id):
+            return None
+        return self.plan.fault_for(step, attempt, compensation=compensation)
+
+
+@contextmanager
+def _active(plan: FaultPlan) -> Iterator[None]:
+    """Make ``plan`` apply first within the block, the faults active around it after."""
+    scope = _Scope(plan, active_faults.get())
+    token = active_faults.set(scope)
+    try:
+        yield
+    finally:
+        scope.open = False
+        active_faults.reset(token)
 
 
 def _label(index: int, step: Step[Any, Any]) -> str:
@@ -120,7 +154,7 @@ async def _run_case(
     error: BaseException | None = None
     orchestrator.add_listener(recorder)
     try:
-        with injector:
+        with _active(_OnlyIn(injector, saga_id)):  # not the sagas its steps run
             await orchestrator.execute(definition, saga_id=saga_id)
     except Exception as raised:
         error = raised
@@ -227,20 +261,16 @@ async def run_fault_matrix(
     if orchestrator is None:
         orchestrator = SagaOrchestrator(sleep=InstantSleep(), history_limit=0)
     run_id = f"fault-matrix-{os.urandom(4).hex()}"
-    spy = _StepSpy()
-    scope = _Scope(spy, active_faults.get())
-    token = active_faults.set(scope)
+    spy = _StepSpy(f"{run_id}-discover")
     try:
         try:
-            await orchestrator.execute(definition, saga_id=f"{run_id}-discover")
+            with _active(spy):
+                await orchestrator.execute(definition, saga_id=spy.saga_id)
         except Exception as failure:
             raise AssertionError(
                 f"the fault matrix runs saga {definition.name!r} once without faults to "
                 f"discover its steps, but that run failed: {failure!r}"
             ) from failure
-        finally:
-            scope.open = False
-            active_faults.reset(token)
         steps = [spy.steps[i] for i in sorted(spy.steps)]
         modes: list[FaultMode] = []
         if failures:
