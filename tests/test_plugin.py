@@ -353,3 +353,46 @@ async def test_typo(saga_orchestrator, saga_faults):
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*no step is named 'shpi' (did you mean 'ship'?)*"])
+
+
+def test_a_test_leaving_a_fault_injector_active_fails_not_the_next_one(
+    pytester: pytest.Pytester,
+) -> None:
+    # Its faults stayed active, and a later, innocent test failed instead.
+    _ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+from sagakit import SagaOrchestrator
+from sagakit.testing import FaultInjector
+
+def test_leaky():
+    FaultInjector().fail("reserve").__enter__()
+
+def test_leaky_and_failing():
+    FaultInjector().fail("reserve").__enter__()
+    assert False, "its own failure"
+
+def test_tidy():
+    with FaultInjector().fail("reserve"):
+        pass
+
+@pytest.mark.asyncio
+async def test_innocent():
+    await SagaOrchestrator().execute(order("x"))
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-v")
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*::test_leaky FAILED*",
+            "*::test_leaky_and_failing FAILED*",
+            "*::test_tidy PASSED*",
+            "*::test_innocent PASSED*",
+            "*_ test_leaky _*",
+            "the test left a FaultInjector active (entered, never exited)*",
+            "*_ test_leaky_and_failing _*",
+            "*its own failure*",
+        ]
+    )

@@ -6,12 +6,14 @@ in-memory orchestrator wired to ``saga_recorder`` and ``saga_sleep``), ``saga_re
 ``saga_fault_matrix``. Marker: ``@pytest.mark.saga_fault_matrix(failures=..., timeouts=...)``.
 Options: ``--saga-matrix-timeouts`` / ``saga_matrix_timeouts`` and ``--saga-instant-sleep`` /
 ``saga_instant_sleep``; a marker keyword beats the command line, which beats the ini file.
-The plugin never creates or manages an event loop; async tests need pytest-asyncio.
+The plugin never creates or manages an event loop; async tests need pytest-asyncio. A test
+leaving a fault injector active fails (its faults would hit the tests after it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -61,6 +63,44 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{_MARKER}(failures=True, timeouts=True, error=InjectedFault): options of the "
         "saga_fault_matrix fixture, which runs a saga once per step failing and timing out",
     )
+
+
+def _fault_state() -> tuple[Any, ...]:
+    """The active fault scopes, if sagakit is loaded (no faults can be active otherwise)."""
+    hooks = sys.modules.get("sagakit._hooks")
+    faults = sys.modules.get("sagakit.testing._faults")
+    return (
+        None if hooks is None else hooks.active_faults.get(),
+        () if faults is None else faults._scopes.get(),
+    )
+
+
+def _restore_fault_state(state: tuple[Any, ...]) -> None:
+    active, scopes = state
+    sys.modules["sagakit._hooks"].active_faults.set(active)
+    faults = sys.modules.get("sagakit.testing._faults")
+    if faults is not None:
+        faults._scopes.set(scopes)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    """Fail a test that leaves a ``FaultInjector`` active: its faults hit later tests."""
+    before = _fault_state()
+    try:
+        outcome = yield
+    except BaseException:
+        if _fault_state() != before:
+            _restore_fault_state(before)
+        raise
+    if _fault_state() != before:
+        _restore_fault_state(before)
+        pytest.fail(
+            "the test left a FaultInjector active (entered, never exited), so its faults "
+            "would hit the tests after it; use `with injector:` or the saga_faults fixture",
+            pytrace=False,
+        )
+    return outcome
 
 
 def _setting(config: pytest.Config, ini: str) -> bool:
