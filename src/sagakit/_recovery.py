@@ -333,6 +333,7 @@ async def _recover_one(
         interrupted = stopped.status is StepStatus.RUNNING
         record.status = StepStatus.FAILED if interrupted else stopped.status
         record.attempts = stopped.attempts
+        record.duration = None if interrupted else stopped.duration
         record.error = stopped.error or CRASHED
         run.steps.append(record)
         if wanted:
