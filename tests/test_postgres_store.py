@@ -233,11 +233,13 @@ async def test_concurrent_openers_migrate_the_schema_once(dsn: str, schema: str)
 @pytest.mark.asyncio
 async def test_a_schema_at_version_1_is_upgraded_and_keeps_working(dsn: str, schema: str) -> None:
     # Version 1 applied writes through apply_batch; version 2 adds apply_writes, and
-    # version 3 the write tokens (sagas.last_write) that settle a commit in doubt.
+    # version 3 the write tokens (sagas.last_write) that settle a commit in doubt, and
+    # version 4 the order records are listed in (steps.start_order, sagas.finish_order).
     async with opened(dsn, schema) as store:
         await SagaOrchestrator(store).execute(pg_five(2), saga_id="before")
     query(dsn, f'DROP FUNCTION "{schema}".apply_writes(jsonb, jsonb, jsonb)')
-    query(dsn, f'ALTER TABLE "{schema}".sagas DROP COLUMN last_write')
+    query(dsn, f'ALTER TABLE "{schema}".sagas DROP COLUMN last_write, DROP COLUMN finish_order')
+    query(dsn, f'ALTER TABLE "{schema}".steps DROP COLUMN start_order')
     query(dsn, f'DELETE FROM "{schema}".schema_migrations WHERE version > 1')
     async with opened(dsn, schema) as store:
         await SagaOrchestrator(store).execute(pg_five(3), saga_id="after")

@@ -33,6 +33,8 @@ from sagakit import (
     SQLiteStore,
     StepFailed,
     StepRecord,
+    Transition,
+    TransitionKind,
     saga,
     step,
 )
@@ -686,3 +688,134 @@ async def test_error_texts_with_a_lone_surrogate_or_a_nul(make: Callable[[], Any
     assert saga_record["status"] == "failed"
     assert "caf\\udce9\\x00!" in saga_record["steps"][1]["error"]
     assert "caf\\udce9\\x00" in saga_record["compensations"][0]["error"]
+
+
+# ------------------------------------------------ what recovery runs again, on both logs
+
+
+@step
+async def book(key: str) -> str:
+    return f"booked {key}"
+
+
+@book.compensate
+async def unbook(result: str, key: str) -> dict[str, str]:
+    CALLS.append(f"unbook {key}")
+    return {"unbooked": key}
+
+
+@step
+async def charge(key: str) -> str:
+    return f"charged {key}"
+
+
+@charge.compensate
+async def refund(result: str, key: str) -> dict[str, str]:
+    CALLS.append(f"refund {key}")
+    return {"refunded": key}
+
+
+@step
+async def ship(key: str) -> str:
+    return f"shipped {key}"
+
+
+@ship.compensate
+async def unship(result: str, key: str) -> dict[str, str]:
+    CALLS.append(f"unship {key}")
+    return {"unshipped": key}
+
+
+@saga
+def booking(key: str):  # type: ignore[no-untyped-def]
+    yield book(key)
+    yield charge(key)
+    yield ship(key)
+    yield refuse("sold out")
+
+
+async def _crash_then_recover(store: Callable[[], Any]) -> dict[str, Any] | None:
+    """``booking`` on a fresh log: unship fails and the run goes on, refund completes and
+    the process "dies" in unbook; recovery runs unship and unbook again."""
+    from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+
+    first = SagaOrchestrator(
+        store(),
+        compensation_retry=Retry(attempts=1),
+        continue_on_compensation_failure=True,
+        sleep=_no_sleep,
+    )
+    faults = FaultInjector().fail_compensation(ship).crash(book, compensation=True)
+    with faults, pytest.raises(SimulatedCrash):
+        await first.execute(booking("k"), saga_id="bk-1")
+    await simulate_restart(first.store)
+    await first.store.close()
+    async with SagaOrchestrator(store(), sleep=_no_sleep) as restarted:
+        [outcome] = await restarted.recover()
+        assert outcome.saga_id == "bk-1"
+        return norm(await restarted.get_saga("bk-1"))
+
+
+async def test_compensations_recovery_runs_again_are_listed_alike_on_both_durable_logs(
+    tmp_path: Path,
+) -> None:
+    """Each durable log keeps one record per compensation, listed where it last started.
+
+    PostgreSQL listed a compensation recovery ran again in its first place (the row's
+    identity), SQLite where it ran again: ship's came before charge's on one and after it
+    on the other. PostgreSQL also lost the duration of the failed step (recovery wrote
+    that step's record again without it).
+    """
+    from sagakit import PostgresStore
+
+    dsn = dsn_or_skip()
+    CALLS.clear()
+    on_sqlite = await _crash_then_recover(lambda: SQLiteStore(tmp_path / "crash.db"))
+    sqlite_calls = list(CALLS)
+    CALLS.clear()
+    schemas = fresh_schema(dsn)
+    schema = next(schemas)
+    try:
+        on_postgres = await _crash_then_recover(lambda: PostgresStore(dsn, schema=schema))
+    finally:
+        for _ in schemas:  # drops the schema
+            pass
+    assert CALLS == sqlite_calls == ["refund k", "unship k", "unbook k"]
+    assert on_postgres == on_sqlite
+    assert on_sqlite is not None
+    assert on_sqlite["status"] == "compensated"
+    assert on_sqlite["steps"][-1]["has_duration"]  # the failed step's, kept by recovery
+    assert [(c["name"], c["status"]) for c in on_sqlite["compensations"]] == [
+        ("charge", "completed"),
+        ("ship", "completed"),
+        ("book", "completed"),
+    ]
+    assert on_sqlite["compensation_events"] == (
+        {"refunded": "k"},
+        {"unshipped": "k"},
+        {"unbooked": "k"},
+    )
+
+
+async def test_sagas_finishing_together_are_listed_in_the_order_they_finished(
+    make: Callable[[], Any], kind: str
+) -> None:
+    """Sagas run side by side finish in one batched write on PostgreSQL, with one
+    ``finished_at``: the history listed them by saga id, not in the order they finished."""
+    ids = ["f-3", "f-1", "f-4", "f-0", "f-2"]
+    finished: list[str] = []
+
+    def heard(transition: Transition) -> None:
+        if transition.kind is TransitionKind.SAGA_FINISHED:
+            finished.append(transition.saga_id)
+
+    async with make() as o:
+        told = SagaOrchestrator(o.store, listeners=[heard], sleep=_no_sleep)
+        await asyncio.gather(*(told.execute(grows(2), saga_id=saga_id) for saga_id in ids))
+        history = await o.get_history()
+        newest = await o.get_history(limit=3)
+    assert sorted(finished) == sorted(ids)
+    assert [m.id for m in history] == finished
+    assert [m.id for m in newest] == finished[-3:]
+    if kind == "postgres":  # the case this is about: some of them share finished_at
+        assert len({m.finished_at for m in history}) < len(ids)

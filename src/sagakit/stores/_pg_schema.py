@@ -175,6 +175,39 @@ $fn$;
 """
 
 
+_START_ORDER = """,
+               -- The saga's counter moves on by the starts of this batch, in their order
+               -- (the saga row is locked: no concurrent batch writes its records).
+               CASE WHEN t.started IS NOT NULL THEN
+                   (SELECT coalesce(max(x.start_order), 0) FROM {s}.steps x
+                    WHERE x.saga_id = t.saga_id) + t.started END"""
+"""``apply_writes``' start order of a record (version 4), for ``str.format(s=...)``."""
+_STEPS = """FROM ROWS FROM (jsonb_to_recordset(p_writes) AS (saga_id text, fence bigint,
+                idx integer, comp boolean, name text, sstatus text, attempts integer,
+                duration double precision, err text, result text, events text))
+            WITH ORDINALITY AS t(saga_id, fence, idx, comp, name, sstatus, attempts,
+                                 duration, err, result, events, ord)
+        WHERE t.idx IS NOT NULL AND t.saga_id = ANY(v_ok)"""
+"""``apply_writes``' step records of a batch (versions 2 and 3)."""
+_STARTS = """FROM (
+            SELECT w.*, max(w.start_rank) OVER (PARTITION BY w.saga_id, w.comp, w.idx)
+                        AS started
+            FROM (
+                SELECT r.*, CASE WHEN r.sstatus = 'running' THEN
+                           count(*) FILTER (WHERE r.sstatus = 'running')
+                               OVER (PARTITION BY r.saga_id ORDER BY r.ord) END AS start_rank
+                FROM ROWS FROM (jsonb_to_recordset(p_writes) AS (saga_id text, fence bigint,
+                        idx integer, comp boolean, name text, sstatus text, attempts integer,
+                        duration double precision, err text, result text, events text))
+                    WITH ORDINALITY AS r(saga_id, fence, idx, comp, name, sstatus, attempts,
+                                         duration, err, result, events, ord)
+                WHERE r.idx IS NOT NULL AND r.saga_id = ANY(v_ok)
+            ) w
+        ) t"""
+"""``apply_writes``' step records of a batch with each record's start in it (version 4):
+``started``, the saga's how-manieth start of the batch the record's last start is."""
+
+
 def _v2(s: str, events_lock: int) -> str:
     # apply_batch took 21 array parameters, and adapting arrays in the client cost
     # ~250 µs per batch; apply_writes takes the writes as JSON arrays of objects (one
@@ -194,12 +227,46 @@ ALTER TABLE {s}.sagas ADD COLUMN last_write bigint;
 {_apply_writes(s, events_lock, tokens=True)}"""
 
 
-def _apply_writes(s: str, events_lock: int, *, tokens: bool) -> str:
-    """``apply_writes`` as of version 2, or (``tokens``) of version 3."""
-    create = "CREATE OR REPLACE FUNCTION" if tokens else "CREATE FUNCTION"
+def _v4(s: str, events_lock: int) -> str:
+    # Records were listed by `seq`, the identity of a row's first insert: a compensation
+    # that recovery ran again kept its first place (SQLite lists it where it ran last),
+    # and identities inside one batch follow the index order of the INSERT, not the
+    # order things started. `start_order` is a per-saga counter that every start write
+    # moves on, so a record is listed where it last started. `finish_order` is a saga's
+    # place in the batch that finished it: sagas ending in one batch share `finished_at`,
+    # and the history lists them in the order they finished. Rows written before this
+    # version keep both NULL and list by `seq` and saga id as before. Apart from those
+    # two columns, apply_writes is version 3's (write tokens included).
+    return f"""
+ALTER TABLE {s}.steps ADD COLUMN IF NOT EXISTS start_order bigint;
+ALTER TABLE {s}.sagas ADD COLUMN IF NOT EXISTS finish_order integer;
+{_apply_writes(s, events_lock, tokens=True, order=True)}"""
+
+
+def _apply_writes(s: str, events_lock: int, *, tokens: bool, order: bool = False) -> str:
+    """``apply_writes`` as of version 2, of version 3 (``tokens``: each write's token
+    kept in ``sagas.last_write``), or of version 4 (``tokens`` and ``order``: records'
+    ``steps.start_order`` and sagas' ``sagas.finish_order``).
+
+    Versions 2 and 3 are applied migrations: their text must never change.
+    """
+    create = "CREATE OR REPLACE FUNCTION" if tokens or order else "CREATE FUNCTION"
     token_column = ", token bigint" if tokens else ""
     token_name = ", token" if tokens else ""
     set_token = "\n            last_write = b.token," if tokens else ""
+    set_finish = (
+        "\n            finish_order = CASE WHEN b.final THEN b.ord ELSE s.finish_order END,"
+        if order
+        else ""
+    )
+    start_col = ",\n                                      start_order" if order else ""
+    start_order = _START_ORDER.format(s=s) if order else ""
+    steps_from = _STARTS if order else _STEPS
+    keep_order = (
+        ",\n            start_order = coalesce(excluded.start_order, st.start_order)"
+        if order
+        else ""
+    )
     return f"""
 -- One call applies the log writes of many sagas (one per saga) in one statement.
 -- Sagas with generated ids come with their row (p_new): nothing acted before their
@@ -258,7 +325,7 @@ BEGIN
             updated_at = now(),
             error = coalesce(b.error, s.error),
             total_steps = coalesce(b.total, s.total_steps),
-            finished_at = CASE WHEN b.final THEN now() ELSE s.finished_at END,
+            finished_at = CASE WHEN b.final THEN now() ELSE s.finished_at END,{set_finish}
             owner = CASE WHEN b.final THEN NULL ELSE s.owner END,
             lease_until = CASE WHEN b.final THEN NULL ELSE s.lease_until END
         FROM b
@@ -269,21 +336,16 @@ BEGIN
 
     IF cardinality(v_ok) > 0 THEN
         INSERT INTO {s}.steps AS st (saga_id, compensation, step_index, name, status,
-                                      attempts, duration, error, result, events, fence)
+                                      attempts, duration, error, result, events, fence{start_col})
         SELECT DISTINCT ON (t.saga_id, t.comp, t.idx)
                t.saga_id, t.comp, t.idx, t.name, t.sstatus, t.attempts, t.duration,
-               t.err, t.result, t.events, t.fence
-        FROM ROWS FROM (jsonb_to_recordset(p_writes) AS (saga_id text, fence bigint,
-                idx integer, comp boolean, name text, sstatus text, attempts integer,
-                duration double precision, err text, result text, events text))
-            WITH ORDINALITY AS t(saga_id, fence, idx, comp, name, sstatus, attempts,
-                                 duration, err, result, events, ord)
-        WHERE t.idx IS NOT NULL AND t.saga_id = ANY(v_ok)
+               t.err, t.result, t.events, t.fence{start_order}
+        {steps_from}
         ORDER BY t.saga_id, t.comp, t.idx, t.ord DESC
         ON CONFLICT (saga_id, compensation, step_index) DO UPDATE SET
             name = excluded.name, status = excluded.status, attempts = excluded.attempts,
             duration = excluded.duration, error = excluded.error, result = excluded.result,
-            events = excluded.events, fence = excluded.fence, updated_at = now();
+            events = excluded.events, fence = excluded.fence, updated_at = now(){keep_order};
 
         IF jsonb_array_length(p_events) > 0 THEN
             -- Held until commit: event positions are handed out in commit order, so
@@ -312,7 +374,7 @@ def migrations(schema: str) -> list[str]:
     """The migration scripts for ``schema``, version ``n`` at index ``n - 1``."""
     s = f'"{check_schema_name(schema)}"'
     events_lock = lock_key(schema, "events")
-    return [_v1(s, events_lock), _v2(s, events_lock), _v3(s, events_lock)]
+    return [_v1(s, events_lock), _v2(s, events_lock), _v3(s, events_lock), _v4(s, events_lock)]
 
 
 SCHEMA_VERSION = len(migrations("sagakit"))

@@ -14,6 +14,9 @@ _SAGA_COLUMNS = (
     "total_steps, error, started_at, updated_at, finished_at, recovery_attempts, "
     "dead_reason, parked_at"
 )
+_FINISH_ORDER = "finished_at, finish_order NULLS FIRST, saga_id"
+"""The history's order: sagas that finished in one batch (one ``finished_at``) in the
+order they finished in it; rows from before schema version 4 by saga id."""
 _STEP_COLUMNS = (
     "saga_id, compensation, step_index, name, status, attempts, duration, error, result, events"
 )
@@ -74,7 +77,7 @@ def statements(schema: str) -> Statements:
             "total_steps = %(total)s, error = NULL, started_at = now(), updated_at = now(), "
             f"finished_at = NULL, owner = %(owner)s, fence = fence + 1, lease_until = {lease}, "
             "released = false, recovery_attempts = 0, dead_reason = NULL, parked_at = NULL, "
-            "resolved = false WHERE saga_id = %(id)s RETURNING fence"
+            "resolved = false, finish_order = NULL WHERE saga_id = %(id)s RETURNING fence"
         ),
         delete_steps=f"DELETE FROM {s}.steps WHERE saga_id = %s",
         apply=f"SELECT * FROM {s}.apply_writes(%s::jsonb, %s::jsonb, %s::jsonb)",
@@ -118,7 +121,10 @@ def statements(schema: str) -> Statements:
         ),
         steps_of=(
             f"SELECT {_STEP_COLUMNS} FROM {s}.steps WHERE saga_id = ANY(%s) "
-            "ORDER BY saga_id, compensation, CASE WHEN compensation THEN seq ELSE step_index END"
+            # Compensations in the order they last started (as SQLite lists them); rows
+            # from before schema version 4 have no start_order and come first, by seq.
+            "ORDER BY saga_id, compensation, "
+            "CASE WHEN compensation THEN coalesce(start_order, 0) ELSE step_index END, seq"
         ),
         get=f"SELECT {_SAGA_COLUMNS} FROM {s}.sagas WHERE saga_id = %s",
         running=(
@@ -126,12 +132,13 @@ def statements(schema: str) -> Statements:
         ),
         history=(
             f"SELECT {_SAGA_COLUMNS} FROM {s}.sagas WHERE finished_at IS NOT NULL "
-            "ORDER BY finished_at, saga_id"
+            f"ORDER BY {_FINISH_ORDER}"
         ),
         history_newest=(
-            f"SELECT * FROM (SELECT {_SAGA_COLUMNS} FROM {s}.sagas "
-            "WHERE finished_at IS NOT NULL ORDER BY finished_at DESC, saga_id DESC "
-            "LIMIT %s) AS newest ORDER BY finished_at, saga_id"
+            f"SELECT {_SAGA_COLUMNS} FROM (SELECT {_SAGA_COLUMNS}, finish_order FROM {s}.sagas "
+            "WHERE finished_at IS NOT NULL "
+            "ORDER BY finished_at DESC, finish_order DESC NULLS LAST, saga_id DESC "
+            f"LIMIT %s) AS newest ORDER BY {_FINISH_ORDER}"
         ),
         newest=(
             f"SELECT {_SAGA_COLUMNS} FROM {s}.sagas ORDER BY started_at DESC, saga_id DESC LIMIT %s"

@@ -1,0 +1,161 @@
+"""Upgrading a PostgreSQL saga log in place: a schema at an earlier version, with rows
+written by that version's ``apply_writes``, opened by this sagakit.
+
+The old schema is built from the migration scripts themselves (the first ``n``), and
+its rows are written by a store whose migration is skipped: the Python side of a write
+did not change, so what lands in the tables is what the older sagakit wrote.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pg_helpers.db import opened, query
+from sagakit import (
+    PostgresStore,
+    Retry,
+    SagaOrchestrator,
+    SagaStatus,
+    StepFailed,
+    StepStatus,
+    saga,
+    step,
+)
+from sagakit.stores import _pg_schema
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+
+pytestmark = pytest.mark.asyncio
+
+UNDONE: list[int] = []
+
+
+@step
+async def take(n: int) -> int:
+    return n
+
+
+@take.compensate
+async def give_back(result: int, n: int) -> list[str]:
+    UNDONE.append(n)
+    return [f"gave back {n}"]
+
+
+@step
+async def refuse(n: int) -> None:
+    raise ValueError(f"refused {n}")
+
+
+@saga
+def three_then_refused():  # type: ignore[no-untyped-def]
+    for n in range(3):
+        yield take(n)
+    yield refuse(3)
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    UNDONE.clear()
+
+
+def at_version(dsn: str, schema: str, version: int) -> None:
+    """Build ``schema`` as sagakit left it at schema ``version``."""
+    import psycopg
+
+    s = f'"{schema}"'
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+        conn.execute(
+            f"CREATE TABLE {s}.schema_migrations ("
+            "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for number, script in enumerate(_pg_schema.migrations(schema)[:version], start=1):
+            conn.execute(script)
+            conn.execute(f"INSERT INTO {s}.schema_migrations (version) VALUES (%s)", (number,))
+
+
+def columns(dsn: str, schema: str, table: str) -> set[str]:
+    found = query(
+        dsn,
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = %s",
+        (schema, table),
+    )
+    return {name for (name,) in found}
+
+
+def old_store(dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch) -> PostgresStore:
+    """A store writing to ``schema`` as it is, without migrating it first."""
+
+    async def unmigrated(conn: Any, schema: str) -> int:
+        return 0
+
+    monkeypatch.setattr("sagakit.stores.postgres.migrate", unmigrated)
+    return PostgresStore(dsn, schema=schema)
+
+
+def compensations(meta: Any) -> list[tuple[int, str]]:
+    return [(c.index, str(c.status)) for c in meta.compensations]
+
+
+@pytest.mark.parametrize("version", [2, 3])
+async def test_an_earlier_version_is_upgraded_in_place_and_its_rows_list_as_before(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch, version: int
+) -> None:
+    # Version 3 (write tokens) came before the record order of version 4: a log may be
+    # at either when this sagakit opens it.
+    at_version(dsn, schema, version)
+    assert "start_order" not in columns(dsn, schema, "steps")
+    assert ("last_write" in columns(dsn, schema, "sagas")) is (version >= 3)
+    store = old_store(dsn, schema, monkeypatch)
+    await store.open()
+    orchestrator = SagaOrchestrator(store, compensation_retry=Retry(attempts=1))
+    for saga_id in ("old-b", "old-a"):  # finished in this order, by the old version
+        with pytest.raises(StepFailed):
+            await orchestrator.execute(three_then_refused(), saga_id=saga_id)
+    # A saga left mid-compensation: give_back(2) fails, the run goes on, give_back(1)
+    # completes and the process "dies" in give_back(0).
+    crashing = SagaOrchestrator(
+        store, compensation_retry=Retry(attempts=1), continue_on_compensation_failure=True
+    )
+    faults = FaultInjector().fail_compensation(take, index=2)
+    faults.crash(take, compensation=True, index=0)
+    with faults, pytest.raises(SimulatedCrash):
+        await crashing.execute(three_then_refused(), saga_id="old-crashed")
+    await simulate_restart(store)
+    await store.close()
+    monkeypatch.undo()
+    assert UNDONE == [2, 1, 0, 2, 1, 0, 1]
+
+    async with opened(dsn, schema) as store:
+        versions = query(dsn, f'SELECT version FROM "{schema}".schema_migrations ORDER BY version')
+        assert versions == [(n,) for n in range(1, _pg_schema.SCHEMA_VERSION + 1)]
+        assert {"start_order"} <= columns(dsn, schema, "steps")
+        assert {"finish_order"} <= columns(dsn, schema, "sagas")
+        ordered = f'SELECT count(*) FROM "{schema}".steps WHERE start_order IS NOT NULL'
+        assert query(dsn, ordered) == [(0,)]  # no row rewritten: old rows list by seq
+        # The old version's rows list as it listed them.
+        assert [m.id for m in await store.history()] == ["old-b", "old-a"]  # by finished_at
+        old = await store.get("old-a")
+        assert old is not None
+        assert compensations(old) == [(2, "completed"), (1, "completed"), (0, "completed")]
+        assert old.compensation_events == ("gave back 2", "gave back 1", "gave back 0")
+        crashed = await store.get("old-crashed")
+        assert crashed is not None
+        assert crashed.status is SagaStatus.COMPENSATING
+        assert compensations(crashed) == [(2, "failed"), (1, "completed"), (0, "running")]
+
+        # Recovery by this version runs give_back(2) and give_back(0) again: they are
+        # listed after give_back(1), where they last started.
+        [outcome] = await SagaOrchestrator(store).recover()
+        assert outcome.status is SagaStatus.COMPENSATED
+        assert UNDONE[-2:] == [2, 0]
+        recovered = await store.get("old-crashed")
+        assert recovered is not None
+        assert compensations(recovered) == [(1, "completed"), (2, "completed"), (0, "completed")]
+        assert all(c.status is StepStatus.COMPLETED for c in recovered.compensations)
+        assert [m.id for m in await store.history()] == ["old-b", "old-a", "old-crashed"]
+        assert [m.id for m in await store.history(limit=2)] == ["old-a", "old-crashed"]
+        # Version 4's apply_writes keeps the write tokens of version 3.
+        tokens = f'SELECT last_write FROM "{schema}".sagas WHERE saga_id = %s'
+        assert query(dsn, tokens, ("old-crashed",)) != [(None,)]
