@@ -8,6 +8,7 @@ did not change, so what lands in the tables is what the older sagakit wrote.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from sagakit import (
     step,
 )
 from sagakit.stores import _pg_schema
+from sagakit.stores._pg_writer import Write, batch_params
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
 pytestmark = pytest.mark.asyncio
@@ -159,3 +161,40 @@ async def test_an_earlier_version_is_upgraded_in_place_and_its_rows_list_as_befo
         # Version 4's apply_writes keeps the write tokens of version 3.
         tokens = f'SELECT last_write FROM "{schema}".sagas WHERE saga_id = %s'
         assert query(dsn, tokens, ("old-crashed",)) != [(None,)]
+
+
+async def test_starts_sent_by_a_sagakit_before_version_4_are_ordered_too(
+    dsn: str, schema: str
+) -> None:
+    """During a rolling upgrade, workers started before it still write (their writes
+    say nothing of ``start``): a start of theirs moves the saga's counter on all the same."""
+
+    def old_write(*writes: Write) -> None:
+        rows, events, new = batch_params(list(writes))
+        unsaid = [{k: v for k, v in row.items() if k != "start"} for row in json.loads(rows)]
+        sql = f'SELECT * FROM "{schema}".apply_writes(%s::jsonb, %s::jsonb, %s::jsonb)'
+        assert query(dsn, sql, (json.dumps(unsaid), events, new)) == []
+
+    def start(index: int) -> Write:
+        return Write(
+            "rolling", "s", 1, "compensating", index=index, compensation=True,
+            step_name="take", step_status="running", attempts=1,
+        )  # fmt: skip
+
+    async with opened(dsn, schema) as store:
+        first = start(1)
+        first.new = {
+            "saga_id": "rolling", "name": "s", "factory": False, "policy": "resume",
+            "fingerprint": None, "args": "[]", "kwargs": "{}", "total": 2,
+            "owner": "old-worker", "lease": 30.0,
+        }  # fmt: skip
+        for write in (first, start(0), start(1)):  # 1 is run again, last
+            old_write(write)
+        meta = await store.get("rolling")
+    assert meta is not None
+    assert [c.index for c in meta.compensations] == [0, 1]
+    found = query(
+        dsn,
+        f'SELECT step_index, start_order FROM "{schema}".steps ORDER BY step_index',
+    )
+    assert found == [(0, 2), (1, 3)]

@@ -155,3 +155,29 @@ def test_an_unserializable_result_is_a_serialization_error() -> None:
     )  # fmt: skip
     with pytest.raises(SerializationError, match="result of step 'pay'"):
         write_for(done, 1, JsonSerializer().dumps, run_error=None, total=None)
+
+
+def test_each_start_says_which_of_its_sagas_starts_in_the_batch_it_is() -> None:
+    def write(saga_id: str, index: int, status: str, *, compensation: bool = False) -> Write:
+        return Write(
+            saga_id, "s", 1, "compensating", index=index, compensation=compensation,
+            step_name="a", step_status=status,
+        )  # fmt: skip
+
+    writes = [
+        write("a", 2, "running", compensation=True),
+        write("b", 0, "running"),
+        write("a", 2, "completed", compensation=True),  # the record started above
+        write("a", 1, "running", compensation=True),
+        write("a", 0, "completed"),  # started in an earlier batch
+        Write("a", "s", 1, "compensating"),  # no record
+    ]
+    rows = json.loads(batch_params(writes)[0])
+    assert [(row["saga_id"], row["idx"], row["start"]) for row in rows] == [
+        ("a", 2, 1),
+        ("b", 0, 1),
+        ("a", 2, 1),
+        ("a", 1, 2),
+        ("a", 0, None),
+        ("a", None, None),
+    ]

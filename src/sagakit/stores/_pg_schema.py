@@ -176,36 +176,14 @@ $fn$;
 
 
 _START_ORDER = """,
-               -- The saga's counter moves on by the starts of this batch, in their order
-               -- (the saga row is locked: no concurrent batch writes its records).
-               CASE WHEN t.started IS NOT NULL THEN
+               -- t.start: the record's start is the saga's t.start-th in this batch (a
+               -- start without it, from a sagakit before version 4, is the only one). The
+               -- saga's counter moves on from its highest so far (the saga row is locked:
+               -- no concurrent batch writes its records).
+               CASE WHEN t.start IS NOT NULL OR t.sstatus = 'running' THEN
                    (SELECT coalesce(max(x.start_order), 0) FROM {s}.steps x
-                    WHERE x.saga_id = t.saga_id) + t.started END"""
+                    WHERE x.saga_id = t.saga_id) + coalesce(t.start, 1) END"""
 """``apply_writes``' start order of a record (version 4), for ``str.format(s=...)``."""
-_STEPS = """FROM ROWS FROM (jsonb_to_recordset(p_writes) AS (saga_id text, fence bigint,
-                idx integer, comp boolean, name text, sstatus text, attempts integer,
-                duration double precision, err text, result text, events text))
-            WITH ORDINALITY AS t(saga_id, fence, idx, comp, name, sstatus, attempts,
-                                 duration, err, result, events, ord)
-        WHERE t.idx IS NOT NULL AND t.saga_id = ANY(v_ok)"""
-"""``apply_writes``' step records of a batch (versions 2 and 3)."""
-_STARTS = """FROM (
-            SELECT w.*, max(w.start_rank) OVER (PARTITION BY w.saga_id, w.comp, w.idx)
-                        AS started
-            FROM (
-                SELECT r.*, CASE WHEN r.sstatus = 'running' THEN
-                           count(*) FILTER (WHERE r.sstatus = 'running')
-                               OVER (PARTITION BY r.saga_id ORDER BY r.ord) END AS start_rank
-                FROM ROWS FROM (jsonb_to_recordset(p_writes) AS (saga_id text, fence bigint,
-                        idx integer, comp boolean, name text, sstatus text, attempts integer,
-                        duration double precision, err text, result text, events text))
-                    WITH ORDINALITY AS r(saga_id, fence, idx, comp, name, sstatus, attempts,
-                                         duration, err, result, events, ord)
-                WHERE r.idx IS NOT NULL AND r.saga_id = ANY(v_ok)
-            ) w
-        ) t"""
-"""``apply_writes``' step records of a batch with each record's start in it (version 4):
-``started``, the saga's how-manieth start of the batch the record's last start is."""
 
 
 def _v2(s: str, events_lock: int) -> str:
@@ -232,7 +210,8 @@ def _v4(s: str, events_lock: int) -> str:
     # that recovery ran again kept its first place (SQLite lists it where it ran last),
     # and identities inside one batch follow the index order of the INSERT, not the
     # order things started. `start_order` is a per-saga counter that every start write
-    # moves on, so a record is listed where it last started. `finish_order` is a saga's
+    # moves on (each write says which of its saga's starts in the batch it carries), so
+    # a record is listed where it last started. `finish_order` is a saga's
     # place in the batch that finished it: sagas ending in one batch share `finished_at`,
     # and the history lists them in the order they finished. Rows written before this
     # version keep both NULL and list by `seq` and saga id as before. Apart from those
@@ -261,7 +240,8 @@ def _apply_writes(s: str, events_lock: int, *, tokens: bool, order: bool = False
     )
     start_col = ",\n                                      start_order" if order else ""
     start_order = _START_ORDER.format(s=s) if order else ""
-    steps_from = _STARTS if order else _STEPS
+    start_type = ",\n                start integer" if order else ""
+    start_name = ", start" if order else ""
     keep_order = (
         ",\n            start_order = coalesce(excluded.start_order, st.start_order)"
         if order
@@ -340,7 +320,12 @@ BEGIN
         SELECT DISTINCT ON (t.saga_id, t.comp, t.idx)
                t.saga_id, t.comp, t.idx, t.name, t.sstatus, t.attempts, t.duration,
                t.err, t.result, t.events, t.fence{start_order}
-        {steps_from}
+        FROM ROWS FROM (jsonb_to_recordset(p_writes) AS (saga_id text, fence bigint,
+                idx integer, comp boolean, name text, sstatus text, attempts integer,
+                duration double precision, err text, result text, events text{start_type}))
+            WITH ORDINALITY AS t(saga_id, fence, idx, comp, name, sstatus, attempts,
+                                 duration, err, result, events{start_name}, ord)
+        WHERE t.idx IS NOT NULL AND t.saga_id = ANY(v_ok)
         ORDER BY t.saga_id, t.comp, t.idx, t.ord DESC
         ON CONFLICT (saga_id, compensation, step_index) DO UPDATE SET
             name = excluded.name, status = excluded.status, attempts = excluded.attempts,
