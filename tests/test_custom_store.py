@@ -86,7 +86,7 @@ async def charge(item: str) -> None:
     raise RuntimeError("card declined")
 
 
-@saga
+@saga(name="custom_store.order")
 def order(item: str) -> list[Any]:
     return [reserve(item), charge(item)]
 
@@ -118,7 +118,7 @@ async def test_a_store_written_to_the_protocol_sees_the_run_through_the_view() -
     assert calls[-1] == "finish"
     assert "record" in calls
     begun, ended = store.seen[0][1], store.seen[-1][1]
-    assert (begun["id"], begun["name"], begun["explicit_id"]) == ("o-1", "order", True)
+    assert (begun["id"], begun["name"], begun["explicit_id"]) == ("o-1", "custom_store.order", True)
     assert begun["definition"].args == ("lamp",)
     assert begun["status"] is SagaStatus.EXECUTING
     assert begun["total_steps"] == 2

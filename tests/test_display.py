@@ -50,12 +50,12 @@ async def ship(item: str) -> None:
     return None
 
 
-@saga
+@saga(name="display.order")
 def order(item: str) -> list[Any]:
     return [reserve(item), charge(item), ship(item)]
 
 
-@saga
+@saga(name="display.order_gen")
 def order_gen(item: str) -> Any:
     yield reserve(item)
 
@@ -151,7 +151,7 @@ def test_a_step_record_is_one_row() -> None:
 
 def test_a_definition_lists_its_steps_and_compensations() -> None:
     html = order("<i>").with_id("id<1>")._repr_html_()
-    assert "saga order(&#x27;&lt;i&gt;&#x27;)" in html
+    assert "saga display.order(&#x27;&lt;i&gt;&#x27;)" in html
     assert "<code>id&lt;1&gt;</code>" in html
     rows = _rows(html)
     assert rows[0] == ["#", "step", "arguments", "timeout", "attempts", "compensation"]

@@ -44,12 +44,12 @@ async def ship(item: str) -> None:
     return None
 
 
-@saga
+@saga(name="mermaid.order")
 def order(item: str) -> list[Any]:
     return [reserve(item), charge(item), ship(item)]
 
 
-@saga
+@saga(name="mermaid.order_gen")
 def order_gen(item: str) -> Any:
     yield reserve(item)
 
@@ -57,7 +57,7 @@ def order_gen(item: str) -> Any:
 def test_definition_draws_forward_steps_and_compensations() -> None:
     assert order("x").to_mermaid().splitlines() == [
         "flowchart LR",
-        '    start(["order"])',
+        '    start(["mermaid.order"])',
         '    start --> s0["reserve"]',
         '    s0 -. on failure .-> c0[/"release"/]',
         '    s0 --> s1["charge"]',
@@ -86,7 +86,7 @@ async def test_a_run_marks_the_failed_step_and_the_compensation_path() -> None:
     lines = metadata.to_mermaid().splitlines()
     assert lines[:6] == [
         "flowchart LR",
-        '    start(["order<br/>o-1"])',
+        '    start(["mermaid.order<br/>o-1"])',
         '    start --> s0["reserve"]:::completed',
         '    s0 --> s1["charge<br/>ValueError: card #lt;declined#gt;"]:::failed',
         '    s1 -.-> rest["1 more not run"]:::pending',

@@ -44,7 +44,7 @@ async def ship(item: str) -> None:
     return None
 
 
-@saga
+@saga(name="observability.order")
 def order(item: str) -> Any:
     yield reserve(item)
     yield ship(item)
@@ -79,13 +79,13 @@ async def test_one_structured_record_per_transition_at_fitting_levels(
     }
     failed = next(r for r in records if r.transition == "step_failed")  # type: ignore[attr-defined]
     assert failed.saga_id == "o-1"  # type: ignore[attr-defined]
-    assert failed.saga_name == "order"  # type: ignore[attr-defined]
+    assert failed.saga_name == "observability.order"  # type: ignore[attr-defined]
     assert failed.step_name == "ship"  # type: ignore[attr-defined]
     assert failed.step_index == 1  # type: ignore[attr-defined]
     assert failed.attempt == 2  # type: ignore[attr-defined]
     assert failed.saga_status == "executing"  # type: ignore[attr-defined]
     assert failed.getMessage() == (
-        "saga order (o-1) step_failed step 1 'ship' attempt 2: RuntimeError: down"
+        "saga observability.order (o-1) step_failed step 1 'ship' attempt 2: RuntimeError: down"
     )
     finished = records[-1]
     assert finished.saga_status == "compensated"  # type: ignore[attr-defined]
@@ -113,8 +113,8 @@ async def test_a_completed_saga_logs_start_and_finish_at_info(
     caplog.set_level(logging.INFO, logger="sagakit")
     await SagaOrchestrator().execute(order("x"), saga_id="o-3")
     assert [(r.levelname, r.getMessage()) for r in _records(caplog)] == [
-        ("INFO", "saga order (o-3) saga_started"),
-        ("INFO", "saga order (o-3) saga_finished completed"),
+        ("INFO", "saga observability.order (o-3) saga_started"),
+        ("INFO", "saga observability.order (o-3) saga_finished completed"),
     ]
 
 

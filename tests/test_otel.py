@@ -56,7 +56,7 @@ async def ship(item: str) -> None:
     return None
 
 
-@saga
+@saga(name="otel.order")
 def order(item: str) -> Any:
     yield reserve(item)
     yield charge(item)
@@ -87,13 +87,13 @@ async def test_a_span_per_saga_and_a_child_per_step() -> None:
     await _orchestrator().execute(order("book"), saga_id="o-1")
     spans = _by_name(exporter.get_finished_spans())
     assert set(spans) == {
-        "saga order",
+        "saga otel.order",
         "step reserve",
         "step charge",
         "step ship",
         "warehouse call",
     }
-    root = spans["saga order"]
+    root = spans["saga otel.order"]
     assert root.parent is None
     assert root.status.status_code is StatusCode.OK
     assert root.attributes is not None
@@ -119,7 +119,7 @@ async def test_failure_records_the_exception_and_compensation_spans() -> None:
     with faults, pytest.raises(StepFailed):
         await _orchestrator().execute(order("book"))
     spans = _by_name(exporter.get_finished_spans())
-    root = spans["saga order"]
+    root = spans["saga otel.order"]
     assert root.status.status_code is StatusCode.ERROR
     assert root.status.description == "saga ended compensated"
     ship_span = spans["step ship"]
@@ -153,7 +153,7 @@ async def test_timeouts_and_failed_compensations() -> None:
     comp = spans["compensate charge"]
     assert comp.status.status_code is StatusCode.ERROR
     assert comp.attributes["sagakit.step.attempts"] == 3  # type: ignore[index]
-    assert spans["saga order"].status.description == "saga ended failed"
+    assert spans["saga otel.order"].status.description == "saga ended failed"
 
 
 @pytest.mark.asyncio
@@ -162,7 +162,7 @@ async def test_the_saga_span_nests_under_the_callers_span_and_the_context_is_res
         await _orchestrator().execute(order("book"))
         assert trace.get_current_span() is request
     spans = _by_name(exporter.get_finished_spans())
-    assert _parent(spans["saga order"]) == spans["request"].context.span_id
+    assert _parent(spans["saga otel.order"]) == spans["request"].context.span_id
 
 
 @pytest.mark.asyncio
@@ -170,7 +170,7 @@ async def test_concurrent_sagas_keep_their_spans_apart() -> None:
     orchestrator = _orchestrator()
     await asyncio.gather(*(orchestrator.execute(order(str(i))) for i in range(5)))
     spans = exporter.get_finished_spans()
-    roots = {s.context.span_id: s for s in spans if s.name == "saga order"}
+    roots = {s.context.span_id: s for s in spans if s.name == "saga otel.order"}
     assert len(roots) == 5
     for span in spans:
         if span.name.startswith("step"):

@@ -49,7 +49,8 @@ def _ini(pytester: pytest.Pytester, mode: str = "strict", extra: str = "") -> No
 def test_the_example_file_passes_in_strict_mode(pytester: pytest.Pytester) -> None:
     _ini(pytester)
     pytester.makepyfile(test_example=EXAMPLE.read_text())
-    result = pytester.runpytest("-p", "no:cacheprovider", "--strict-markers")
+    # In a process of its own, as a user runs it: its saga names are its own.
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--strict-markers")
     result.assert_outcomes(passed=7)
 
 

@@ -58,14 +58,14 @@ async def fail(reason: str) -> None:
     raise RuntimeError(reason)
 
 
-@saga
+@saga(name="sagas.transfer")
 def transfer(src: str, dst: str, amount: float) -> Generator[StepCall[Any], Any, None]:
     """Move money."""
     yield debit(src, amount)
     yield credit(dst, amount)
 
 
-@saga
+@saga(name="sagas.transfer_list")
 def transfer_list(src: str, dst: str, amount: float) -> list[StepCall[Any]]:
     return [debit(src, amount), credit(dst, amount)]
 
@@ -121,7 +121,7 @@ def test_saga_function_keeps_name_doc_and_signature() -> None:
     assert transfer.__name__ == "transfer"
     assert transfer.__doc__ == "Move money."
     assert list(inspect.signature(transfer).parameters) == ["src", "dst", "amount"]
-    assert repr(transfer) == "<saga transfer>"
+    assert repr(transfer) == "<saga sagas.transfer>"
 
 
 def test_saga_options_name_the_definition() -> None:
@@ -144,13 +144,13 @@ def test_definition_metadata_before_running() -> None:
 
     assert listed.status is SagaStatus.NOT_STARTED
     assert (listed.name, listed.id, listed.total_steps, listed.steps_executed) == (
-        "transfer_list",
+        "sagas.transfer_list",
         None,
         2,
         0,
     )
     assert generated.total_steps is None
-    assert generated.name == "transfer"
+    assert generated.name == "sagas.transfer"
     assert (built.id, built.name, built.total_steps) == ("t-1", "t-1", 1)
     assert listed.started_at is None
     assert listed.finished_at is None

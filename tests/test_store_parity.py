@@ -117,7 +117,7 @@ async def wait_gate(key: str) -> str:
     return key
 
 
-@saga
+@saga(name="store_parity.transfer")
 def transfer(fail: bool = False):  # type: ignore[no-untyped-def]
     yield deposit("a", 10)
     yield note("hello")

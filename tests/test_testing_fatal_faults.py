@@ -52,7 +52,7 @@ async def notify(item: str) -> None:
     raise ValueError("mail down")
 
 
-@saga
+@saga(name="testing_fatal_faults.order")
 def order(item: str) -> Any:
     yield reserve(item)
     yield ship(item)

@@ -54,7 +54,7 @@ async def ship(item: str) -> str:
     return f"shipped {item}"
 
 
-@saga
+@saga(name="testing_faults.order")
 def order(item: str) -> Any:
     yield reserve(item)
     yield charge(item)

@@ -57,7 +57,7 @@ async def notify(item: str) -> None:
     return None
 
 
-@saga
+@saga(name="testing_matrix.order")
 def order(item: str) -> list[Any]:
     return [reserve(item), charge(item), label(item), notify(item)]
 
@@ -259,7 +259,7 @@ async def audit(item: str) -> None:
     ran.append("audit")
 
 
-@saga
+@saga(name="testing_matrix.payment")
 def payment(item: str) -> list[Any]:
     return [audit(item), audit(item), audit(item), audit(item)]  # audit at 2, as outside
 

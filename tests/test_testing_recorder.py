@@ -45,7 +45,7 @@ async def notify(account: str) -> None:
     return None
 
 
-@saga
+@saga(name="testing_recorder.transfer")
 def transfer(source: str, target: str) -> Any:
     yield debit(source)
     yield credit(target)
@@ -97,7 +97,8 @@ async def test_wrong_compensation_order_gives_a_diff() -> None:
     with pytest.raises(AssertionError) as caught:
         recorder.assert_compensated("debit", "credit")
     message = str(caught.value)
-    assert "saga 'transfer' (id t-2): compensations differ (- expected, + actual)" in message
+    expected = "saga 'testing_recorder.transfer' (id t-2): compensations differ"
+    assert f"{expected} (- expected, + actual)" in message
     assert "\n  + credit\n    debit\n  - credit\n" in message
     assert "trail:\n  saga_started" in message
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, Generic, Literal, TypeAlias, overload
 
@@ -293,6 +294,47 @@ def _positional_range(fn: Callable[..., Any]) -> tuple[int, int] | None:
     return required, len(parameters)
 
 
+def _register(function: SagaFunction[...]) -> None:
+    """Register ``function`` under its name for recovery, refusing a name another
+    module-level saga holds: recovery would rebuild the wrong saga from its log.
+
+    A saga declared inside a function replaces the entry (it is declared again on every
+    call), as does a module-level saga whose module no longer holds it (reloaded, or
+    unloaded as pytest's ``pytester`` does).
+    """
+    earlier = _registry.get(function.name)
+    if (
+        earlier is not None
+        and _module_level(function)
+        and _origin(earlier) != _origin(function)
+        and _live(earlier)
+    ):
+        raise SagaDefinitionError(
+            f"saga name {function.name!r} is already taken by {_origin(earlier)}; "
+            f"recovery finds a saga by its name, so give {_origin(function)} a name "
+            f"of its own: @saga(name='{_origin(function)}')"
+        )
+    _registry[function.name] = function
+
+
+def _origin(function: SagaFunction[...]) -> str:
+    return f"{function.__module__}.{function.__qualname__}"
+
+
+def _module_level(function: SagaFunction[...]) -> bool:
+    return "<locals>" not in function.__qualname__
+
+
+def _live(function: SagaFunction[...]) -> bool:
+    """Whether ``function`` is a module-level saga its module still holds."""
+    if not _module_level(function):
+        return False
+    holder: object = sys.modules.get(function.__module__)
+    for part in function.__qualname__.split("."):
+        holder = getattr(holder, part, None)
+    return holder is function
+
+
 class SagaFunction(Generic[P]):
     """A function declared with ``@saga``: calling it returns a :class:`SagaDefinition`."""
 
@@ -323,7 +365,7 @@ class SagaFunction(Generic[P]):
         self.__qualname__ = getattr(fn, "__qualname__", name)
         self.__doc__ = fn.__doc__
         self.__module__ = getattr(fn, "__module__", None) or __name__
-        _registry[name] = self
+        _register(self)
 
     @property
     def __signature__(self) -> inspect.Signature:
