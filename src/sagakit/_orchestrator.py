@@ -709,7 +709,17 @@ class SagaOrchestrator:
                     done.pop()
                     continue
                 record = StepRun(step_record.index, step_record.name, True)  # a compensation
-                run.compensations.append(record)
+                records = run.compensations
+                if (
+                    records
+                    and records[-1].index == record.index
+                    and records[-1].status is not STEP_COMPLETED
+                ):
+                    # Run again (after a cancellation or a crash interrupted it): this run
+                    # replaces the interrupted one, as in a durable log (one row each).
+                    records[-1] = record
+                else:
+                    records.append(record)
                 run.step = record
                 timeout = spec.compensation_timeout
                 attempt = 0
