@@ -9,6 +9,9 @@ is kept as the cancellation's ``__context__``, the listeners hear ``SAGA_STOPPED
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -207,3 +210,61 @@ async def test_a_base_exception_ending_a_run_whose_end_fails_is_raised() -> None
         await orchestrator.execute(definition)
     assert StoreError in _chain(caught.value)
     assert await orchestrator.running_count() == 0
+
+
+class _Died(Exception):
+    """The first "process" dies: nothing reaches its log from here on."""
+
+
+def _dead_owner() -> str:
+    probe = subprocess.Popen([sys.executable, "-c", "pass"])
+    probe.wait()
+    return f"{socket.gethostname()}/{probe.pid}/0"
+
+
+class _DyingStore(SQLiteStore):
+    """Records until the first compensation starts; then nothing, ever."""
+
+    dead = False
+
+    async def record(self, run: Any, transition: Transition) -> None:
+        if self.dead or transition.kind is TransitionKind.COMPENSATION_STARTED:
+            self.dead = True
+            raise _Died
+        await super().record(run, transition)
+
+    async def finish(self, run: Any) -> None:
+        """Nothing reaches the log of a dead process."""
+
+
+@step
+async def ce_refusing(key: str) -> None:
+    raise ValueError("refused")
+
+
+@saga
+def ce_undone(key: str):  # type: ignore[no-untyped-def]
+    yield ce_take(key)
+    yield ce_refusing(key)
+
+
+async def test_a_cancelled_recovery_whose_end_fails_raises_cancelled(tmp_path: Path) -> None:
+    path = tmp_path / "sagas.db"
+    dying = _DyingStore(path, owner=_dead_owner())
+    with pytest.raises(_Died):
+        await SagaOrchestrator(dying).execute(ce_undone("hold-undo"), saga_id="ce-orphan")
+    await dying.close()
+    LOG.clear()
+    GATE["reached"] = asyncio.Event()
+    store = SQLiteStore(path)
+    _refuse_end(store, after=False)
+    async with SagaOrchestrator(store) as orchestrator:
+        recovering = asyncio.create_task(orchestrator.recover())
+        await GATE["reached"].wait()  # compensating the orphan
+        recovering.cancel()
+        try:
+            await recovering
+        except (asyncio.CancelledError, StoreError) as error:
+            raised: BaseException = error
+        assert isinstance(raised, asyncio.CancelledError), repr(raised)
+    assert LOG == ["untake", "held", "untake"]  # run again to its end, shielded
