@@ -354,9 +354,8 @@ class _Interrupted(Exception):
 class Model:
     """Replays a plan by the documented rules, without sagakit."""
 
-    def __init__(self, plan: Plan, *, durable: bool = True) -> None:
+    def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.durable = durable
         self.paused = False  # the first compensation body ran (and was paused)
         self.expected = Expected()
         self.fired: set[tuple[str, int]] = set()
@@ -489,11 +488,11 @@ class Model:
         expected.status = SagaStatus.COMPLETED
 
     def _compensated(self, index: int, status: StepStatus, attempts: int) -> None:
-        # A durable log keeps one record per compensation: recovery's replaces the
-        # record of one the first run left failed or interrupted (and moves it last).
+        # One record per compensation, in every store: a re-run (after a cancellation,
+        # or recovery's) replaces the record of one left failed or interrupted (and moves
+        # it last).
         records = self.expected.compensations
-        if self.durable:
-            records[:] = [record for record in records if record[0] != index]
+        records[:] = [record for record in records if record[0] != index]
         records.append((index, status, attempts))
 
     def _compensate(self, *, recovering: bool) -> None:
@@ -807,7 +806,7 @@ async def soak_round(seed: int, kind: str, tmp_path: Path, schema: str | None = 
         runs = []
         for number in range(SAGAS_PER_ROUND):
             plan = random_plan(rng, f"soak-{seed}-{kind}-{number}", crashes=durable)
-            runs.append(Run(plan, Model(plan, durable=durable)))
+            runs.append(Run(plan, Model(plan)))
         for run in runs:
             EFFECTS.pop(run.plan.saga_id, None)
             HANGING[run.plan.saga_id] = asyncio.Event()

@@ -820,3 +820,51 @@ async def test_sagas_finishing_together_are_listed_in_the_order_they_finished(
     assert [m.id for m in newest] == finished[-3:]
     if kind == "postgres":  # the case this is about: some of them share finished_at
         assert len({m.finished_at for m in history}) < len(ids)
+
+
+STALLED: dict[str, asyncio.Event] = {}
+
+
+@step
+async def stalling(key: str) -> str:
+    return key
+
+
+@stalling.compensate
+async def stalling_back(result: str, key: str) -> str:
+    CALLS.append(f"undo {key}")
+    entered = STALLED.pop(key, None)
+    if entered is not None:  # the first run stalls until cancelled; the re-run returns
+        entered.set()
+        await asyncio.Event().wait()
+    return f"undone {key}"
+
+
+@saga
+def stalled(key: str):  # type: ignore[no-untyped-def]
+    yield stalling(key)
+    yield refuse("undo it")
+
+
+async def test_compensation_interrupted_by_a_cancel_and_run_again(
+    make: Callable[[], Any],
+) -> None:
+    # Regression: the memory store kept two records of the compensation (the interrupted
+    # run, FAILED, and the re-run); the durable logs keep one (the re-run replaces it).
+    async def scenario(o: SagaOrchestrator) -> Any:
+        STALLED["s"] = entered = asyncio.Event()
+        task = asyncio.create_task(o.execute(stalled("s"), saga_id="ci-1"))
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return "cancelled"
+
+    got = await same_as_memory(make, scenario)
+    (meta,) = got["history"]
+    assert meta["status"] == "compensated"
+    assert [(c["name"], c["status"], c["attempts"], c["error"]) for c in meta["compensations"]] == [
+        ("stalling", "completed", 1, None)
+    ]
+    assert meta["compensation_events"] == ("undone s",)
+    assert CALLS == ["undo s", "undo s"]

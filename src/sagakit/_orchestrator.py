@@ -90,6 +90,14 @@ def _end_running_step(steps: list[StepRun], acted: StepRun | None, failure: Base
         _end_running(steps, described if steps[-1] is acted else f"not started: {described}")
 
 
+def _chain(pending: BaseException, error: BaseException) -> None:
+    """Make ``error`` (raised while ``pending`` was on its way out, and not raised in
+    its place) the ``__context__`` of ``pending``, before what was there."""
+    if error.__context__ is pending or error.__context__ is None:
+        error.__context__ = pending.__context__
+    pending.__context__ = error
+
+
 class _Late(Exception):
     """Internal: an attempt finished, but after its deadline."""
 
@@ -419,7 +427,7 @@ class SagaOrchestrator:
             close_driver(driver, run.name, run.id)
             await self._stopped(run, lost)
             raise
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancelled:
             if hand_back:
                 # A cancelled recovery (Ctrl-C, a shutdown): leave the saga as a crash
                 # leaves it, for the next recovery to finish per its policy, rather
@@ -446,10 +454,10 @@ class SagaOrchestrator:
             except SimulatedCrash:
                 self._held.pop(run, None)  # staged, never committed: never told
                 raise  # "the process died": nothing more is run or recorded
-            except BaseException:
-                await self._finish(run)
-                raise
-            await self._finish(run)
+            except Exception as unrecorded:  # a compensation's transition: the run ends FAILED
+                run.status = SAGA_FAILED
+                _chain(cancelled, unrecorded)
+            await self._finish_before(run, cancelled)
             raise
         except Exception as failure:
             # This frame is in the failure's traceback: keep no exception in its locals,
@@ -463,10 +471,10 @@ class SagaOrchestrator:
             _end_running_step(steps, acted, failure)
             try:
                 compensation_failure = await self._compensate(run, done, failure, faults, observe)
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as cancelled:
                 # Cancelled while compensating: _compensate finished the work shielded and
                 # set the status (COMPENSATED unless a compensation failed).
-                await self._finish(run)
+                await self._finish_before(run, cancelled)
                 raise
             except SimulatedCrash:
                 self._held.pop(run, None)  # staged, never committed: never told
@@ -499,7 +507,7 @@ class SagaOrchestrator:
             _end_running_step(steps, acted, failure)  # it raised: it ended there
             run.status = SAGA_FAILED
             run.error = describe_error(failure) + NOT_COMPENSATED
-            await self._finish(run)
+            await self._finish_before(run, failure)
             raise
         finally:
             watchdog.runs.discard(run)
@@ -605,6 +613,22 @@ class SagaOrchestrator:
         finally:
             await self._store.finish(run)
 
+    async def _finish_before(self, run: SagaRun, pending: BaseException) -> None:
+        """:meth:`_finish` a run that ends raising ``pending`` (a cancellation,
+        ``KeyboardInterrupt``): an end that cannot be recorded is logged and chained to
+        ``pending`` (its ``__context__``), never raised in its place."""
+        try:
+            await self._finish(run)
+        except Exception as unrecorded:
+            logger.warning(
+                "sagakit: the end of saga %s (%s) could not be recorded: %s",
+                run.name,
+                run.id,
+                describe_error(unrecorded),
+                extra={"saga_id": run.id, "saga_name": run.name},
+            )
+            _chain(pending, unrecorded)
+
     async def _unrecorded_end(self, run: SagaRun, why: Exception) -> None:
         """The run's end could not be recorded (``StoreError``, ``LeaseLost``): the log
         may still show it running, for recovery (or the new owner) to finish. Its
@@ -631,7 +655,21 @@ class SagaOrchestrator:
             # waiting to retry it), its record must not stay RUNNING; the restart retries it.
             _end_running(run.compensations, "CancelledError: interrupted; compensation retried")
             undo = self._undo(run, done, trigger, faults, observe, errors, uncompensated)
-            (await wait_out(undo)).result()  # to its end, in its own task
+            rerun = await wait_out(undo)  # to its end, in its own task
+            try:
+                rerun.result()
+            except SimulatedCrash:
+                raise  # "the process died"
+            except Exception as unrecorded:  # not recorded: the run ends FAILED
+                # Logged, not raised: the cancellation goes on. (Not chained either: the
+                # frames it passes through on its way out reset its __context__.)
+                logger.warning(
+                    "sagakit: saga %s (%s), cancelled, could not record its compensation: %s",
+                    run.name,
+                    run.id,
+                    describe_error(unrecorded),
+                    extra={"saga_id": run.id, "saga_name": run.name},
+                )
             raise
 
     async def _undo(
@@ -671,7 +709,17 @@ class SagaOrchestrator:
                     done.pop()
                     continue
                 record = StepRun(step_record.index, step_record.name, True)  # a compensation
-                run.compensations.append(record)
+                records = run.compensations
+                if (
+                    records
+                    and records[-1].index == record.index
+                    and records[-1].status is not STEP_COMPLETED
+                ):
+                    # Run again (after a cancellation or a crash interrupted it): this run
+                    # replaces the interrupted one, as in a durable log (one row each).
+                    records[-1] = record
+                else:
+                    records.append(record)
                 run.step = record
                 timeout = spec.compensation_timeout
                 attempt = 0

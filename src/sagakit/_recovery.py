@@ -353,12 +353,15 @@ async def _recover_one(
     except LeaseLost as lost:
         await orchestrator._stopped(run, lost)  # another worker owns it now
         raise
-    except BaseException:
+    except BaseException as failure:
         # Recording failed (or cancelled): end the run as execute() does, so the store
         # hands the saga back (its lease runs out) instead of keeping it forever.
         if run.status is SagaStatus.COMPENSATING:
             run.status = SagaStatus.FAILED
-        await orchestrator._finish(run)
+        if isinstance(failure, Exception):
+            await orchestrator._finish(run)
+        else:  # a cancellation: an end that cannot be recorded must not replace it
+            await orchestrator._finish_before(run, failure)
         raise
     finally:
         current_run.reset(token)

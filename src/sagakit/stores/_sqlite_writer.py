@@ -87,6 +87,11 @@ class GroupWriter:
 
     # ------------------------------------------------------------------ writes
 
+    @property
+    def usable(self) -> bool:
+        """Open, and in the process that opened it."""
+        return not self._closed and os.getpid() == self._pid
+
     def _check_usable(self) -> None:
         if self._closed:
             raise StoreError(f"saga log {self._path!r} is closed")

@@ -9,6 +9,7 @@ on the same host claims them once that process is gone (``_sqlite_owner``).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import logging
@@ -204,6 +205,11 @@ class SQLiteStore:
         self._claimed: set[str] = set()
         self._staged: dict[str, Statements] = {}
         self._unlogged: set[str] = set()  # generated ids whose row has not committed
+        self._ended: set[str] = set()  # runs whose end committed (until finish())
+        # Sagas whose end could not be written, still to hand over to recovery (with
+        # what they had staged), and the task doing it after a successful commit.
+        self._unreleased: dict[str, Statements] = {}
+        self._retrying: asyncio.Task[None] | None = None
 
     def _open_reader(self) -> sqlite3.Connection:
         if self.read_only:
@@ -228,7 +234,10 @@ class SQLiteStore:
             )
 
     async def _write(self, job: Job) -> Any:
-        return await self._writer.submit(job, alone=len(self._live) <= 1)
+        result = await self._writer.submit(job, alone=len(self._live) <= 1)
+        if self._unreleased:
+            self._retry_soon()
+        return result
 
     # ----------------------------------------------------------------- running
 
@@ -254,6 +263,8 @@ class SQLiteStore:
             now,
         )
         saga_id = run.id
+        if self._unreleased and saga_id in self._unreleased:
+            await self._hand_over([saga_id])  # so that execute() can adopt it
 
         def job(conn: sqlite3.Connection) -> tuple[str, Any]:
             row = conn.execute(
@@ -325,6 +336,8 @@ class SQLiteStore:
         except CommittedThenCancelled:
             if unlogged:
                 self._unlogged.discard(run.id)  # its row is in: the run's end goes there
+            if transition.kind is ON_SAGA_FINISHED:
+                self._ended.add(run.id)
             raise
         except BaseException:
             if carried and not unlogged:
@@ -334,6 +347,10 @@ class SQLiteStore:
             raise
         if unlogged:
             self._unlogged.discard(run.id)
+        if transition.kind is ON_SAGA_FINISHED:
+            self._ended.add(run.id)
+        if self._unreleased:
+            self._retry_soon()
 
     def stage(self, run: SagaRunView, transition: Transition) -> None:
         """Serialize ``transition`` now; it commits with ``run``'s next :meth:`record`.
@@ -452,15 +469,83 @@ class SQLiteStore:
         return statements
 
     async def finish(self, run: SagaRunView) -> None:
-        staged = self._staged.pop(run.id, None)
-        unlogged = run.id in self._unlogged
+        """Forget a run; write what it still has staged.
+
+        A run that ended (``COMPLETED``, ``COMPENSATED``, ``FAILED``) without its end
+        committed would stay ``executing`` under this live process, which no recovery
+        takes: its owner is cleared (with what was staged), so the next recovery, here
+        or in another process, finishes it as after a crash. If the log refuses that
+        too, it is tried again after the next successful write and at :meth:`close`.
+        """
+        saga_id = run.id
+        staged = self._staged.pop(saga_id, None)
+        unlogged = saga_id in self._unlogged
         try:
-            if staged and not (unlogged and staged[0][0] is not INSERT_SAGA):
+            if (
+                run.status.is_finished
+                and saga_id not in self._ended
+                and saga_id in self._live
+                and not unlogged  # nothing of it is in the log: nothing to hand over
+            ):
+                self._unreleased[saga_id] = staged or []
+                if not await self._hand_over([saga_id]):
+                    logger.warning(
+                        "sagakit: saga %s (%s) ended, but neither its end nor its hand-over "
+                        "to recovery could be written; tried again after the next write",
+                        run.name,
+                        saga_id,
+                        extra={"saga_id": saga_id, "saga_name": run.name},
+                    )
+            elif staged and not (unlogged and staged[0][0] is not INSERT_SAGA):
                 await self._write(staged)  # not left behind by any path that reached here
         finally:
-            self._unlogged.discard(run.id)
-            self._live.discard(run.id)
-            self._claimed.discard(run.id)
+            self._ended.discard(saga_id)
+            self._unlogged.discard(saga_id)
+            self._live.discard(saga_id)
+            self._claimed.discard(saga_id)
+
+    def _retry_soon(self) -> None:
+        """After a successful commit: hand over the sagas :meth:`finish` could not."""
+        if self._retrying is None:
+            self._retrying = asyncio.get_running_loop().create_task(self._retry())
+
+    async def _retry(self) -> None:
+        try:
+            await self._hand_over(list(self._unreleased))
+        finally:
+            self._retrying = None
+
+    async def _hand_over(self, saga_ids: list[str]) -> bool:
+        """Clear this process as the owner of ``saga_ids`` (unfinished), each in one
+        transaction with the statements kept for it; whether all were written (the
+        first failure stops: the log still refuses writes)."""
+        owner = self._owner
+        for saga_id in saga_ids:
+            statements = self._unreleased.get(saga_id)
+            if statements is None:
+                continue
+
+            def job(
+                conn: sqlite3.Connection,
+                saga_id: str = saga_id,
+                statements: Statements = statements,
+            ) -> None:
+                row = conn.execute(
+                    "SELECT owner, finished_at FROM sagakit_sagas WHERE id = ?", (saga_id,)
+                ).fetchone()
+                if row is None or row[1] is not None or row[0] != owner:
+                    return  # ended, or not this process's: nothing to hand over
+                for sql, params in statements:
+                    conn.execute(sql, params)
+                conn.execute("UPDATE sagakit_sagas SET owner = NULL WHERE id = ?", (saga_id,))
+
+            try:
+                await self._writer.submit(job, alone=False)
+            except Exception as error:
+                logger.debug("sagakit: saga %s is not handed over yet: %s", saga_id, error)
+                return False
+            self._unreleased.pop(saga_id, None)
+        return True
 
     # ---------------------------------------------------------------- monitoring
 
@@ -517,6 +602,24 @@ class SQLiteStore:
         )
 
     async def close(self) -> None:
+        """Hand over what :meth:`finish` could not (logging what still fails), then
+        commit what is pending and close the file."""
+        if not self._writer.usable:  # closed already, or a forked child's copy
+            self._unreleased.clear()
+            await self._writer.close()
+            return
+        retrying = self._retrying
+        if retrying is not None:
+            await wait_out(retrying)
+        if self._unreleased and not await self._hand_over(list(self._unreleased)):
+            logger.error(
+                "sagakit: sagas %s ended, but %r refused their end and their hand-over to "
+                "recovery: they stay executing under this process, and recovery finishes "
+                "them once it exits",
+                sorted(self._unreleased),
+                self.path,
+            )
+        self._unreleased.clear()
         await self._writer.close()
 
     # ------------------------------------------------------------------ recovery
