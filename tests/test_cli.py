@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import uuid
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -292,10 +293,10 @@ def test_a_sqlite_file_that_is_not_a_saga_log_is_refused_not_converted(
     # Regression: the CLI opened any SQLite file as a store, which created sagakit's
     # tables inside an application's own database and answered "no sagas".
     db = tmp_path / "app.db"
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
     code, _out = cli("--db", str(db), "list")
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:
         tables = sorted(
             row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         )

@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -97,7 +98,7 @@ async def test_killed_while_a_completion_is_only_staged_reruns_that_step_once(
     # start), and the process dies in the saga's code before that commit.
     assert world.run("transfer", "t7", crash="staged:reserve") == -signal.SIGKILL
     assert world.effects() == ["step debit t7:0", "step reserve t7:1"]
-    with sqlite3.connect(world.db) as conn:
+    with closing(sqlite3.connect(world.db)) as conn:
         logged = conn.execute(
             "SELECT idx, status FROM sagakit_steps WHERE saga_id = 't7' ORDER BY idx"
         ).fetchall()

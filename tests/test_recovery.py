@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -336,7 +337,7 @@ async def test_an_unreadable_orphan_does_not_stop_recover_before_the_others(db: 
     # (dead-lettered by the claim) left every newer orphan unrecovered.
     await crash(db, rec_order("sofa"), "o-garbled", at(TransitionKind.STEP_STARTED, "pay"))
     await crash(db, rec_order("rug"), "o-fine", at(TransitionKind.STEP_STARTED, "pay"))
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         conn.execute(
             "UPDATE sagakit_sagas SET arguments = '{\"__sk__\": \"nope\"}' WHERE id = 'o-garbled'"
         )
@@ -423,7 +424,7 @@ async def test_a_claim_that_fails_midway_lets_go_of_what_it_claimed(db: str) -> 
     # recover them until the process exited.
     await crash(db, rec_order("sofa"), "o-garbled2", at(TransitionKind.STEP_STARTED, "pay"))
     await crash(db, rec_order("rug"), "o-fine2", at(TransitionKind.STEP_STARTED, "pay"))
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         conn.execute(
             "UPDATE sagakit_sagas SET arguments = '{\"__sk__\": \"nope\"}' WHERE id = 'o-garbled2'"
         )
@@ -526,7 +527,7 @@ async def test_a_malformed_orphan_row_is_dead_lettered_not_raised(db: str) -> No
     # parked such a saga): every recover() then failed on it.
     await crash(db, rec_order("lamp"), "o-shape", at(TransitionKind.STEP_STARTED, "pay"))
     await crash(db, rec_order("desk"), "o-good", at(TransitionKind.STEP_STARTED, "pay"))
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("UPDATE sagakit_sagas SET arguments = '[1]' WHERE id = 'o-shape'")
     store = SQLiteStore(db)
     async with SagaOrchestrator(store) as orchestrator:
@@ -675,7 +676,7 @@ async def test_an_unreadable_orphan_is_parked_naming_the_value_that_cannot_be_re
     await crash(db, rec_order("sofa"), "o-result", at(TransitionKind.STEP_STARTED, "pay"))
     await crash(db, rec_order("rug"), "o-args", at(TransitionKind.STEP_STARTED, "pay"))
     gone = '{"__sk__":"enum","t":"no_such_module_xyz:Gone","v":1}'
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         conn.execute(
             "UPDATE sagakit_steps SET result = ? WHERE saga_id = 'o-result' AND idx = 0",
             (gone,),

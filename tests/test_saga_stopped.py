@@ -128,3 +128,4 @@ async def test_a_crash_simulation_tells_nothing(tmp_path: Path) -> None:
     await simulate_restart(store)
     assert [t.kind for t in heard][-1] is TransitionKind.STEP_STARTED
     assert TransitionKind.SAGA_STOPPED not in [t.kind for t in heard]
+    await store.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -561,6 +562,33 @@ async def test_a_corrupt_log_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("read_only", [False, True])
+async def test_a_log_refused_when_opened_leaves_no_connection_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_only: bool
+) -> None:
+    # The connection was left to the garbage collector (a ResourceWarning on 3.13).
+    path = tmp_path / "corrupt.db"
+    await SQLiteStore(path).close()
+    data = bytearray(path.read_bytes())
+    data[100:] = b"\xff" * (len(data) - 100)
+    path.write_bytes(bytes(data))
+    opened: list[sqlite3.Connection] = []
+    connect = sqlite3.connect
+
+    def tracked(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        opened.append(connect(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(sqlite3, "connect", tracked)
+    with pytest.raises(StoreError, match=r"corrupt|cannot open"):
+        SQLiteStore(path, read_only=read_only)
+    assert opened
+    for conn in opened:
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            conn.execute("SELECT 1")
+
+
+@pytest.mark.asyncio
 async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "newer.db"
     await SQLiteStore(path).close()
@@ -655,7 +683,7 @@ def _wreck_middle_page(path: Path) -> None:
 
 def _logged_steps(db: str, saga_id: str) -> list[tuple[int, str]]:
     """The forward steps as committed, read through a connection of its own."""
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:
         rows = conn.execute(
             "SELECT idx, status FROM sagakit_steps WHERE saga_id = ? AND compensation = 0 "
             "ORDER BY idx",
@@ -758,31 +786,31 @@ def test_group_commit_keeps_each_jobs_statements_in_order() -> None:
     # Statements of a batch are grouped by SQL text across jobs; a job's own order
     # (insert a row, then update it) must survive, even when another job of the batch
     # uses the second text first — and when two jobs need opposite orders.
-    conn = sqlite3.connect(":memory:")
-    conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT)")
-    conn.execute("INSERT INTO t VALUES ('old', 'new')")
-    insert = "INSERT INTO t VALUES (?, 'new')"
-    update = "UPDATE t SET v = ? WHERE k = ?"
-    jobs: list[Job] = [
-        [(update, ("done", "old"))],
-        [(insert, ("a",)), (update, ("done", "a"))],
-        [(insert, ("b",)), (update, ("done", "b")), (insert, ("c",))],
-    ]
-    assert _run_jobs(conn, jobs) == [None, None, None]
-    assert dict(conn.execute("SELECT k, v FROM t")) == {
-        "old": "done",
-        "a": "done",
-        "b": "done",
-        "c": "new",
-    }
-    # Opposite orders in one batch: run job by job.
-    conn.execute("DELETE FROM t")
-    opposite: list[Job] = [
-        [(insert, ("x",)), (update, ("done", "x"))],
-        [(update, ("gone", "y")), (insert, ("y",))],
-    ]
-    _run_jobs(conn, opposite)
-    assert dict(conn.execute("SELECT k, v FROM t")) == {"x": "done", "y": "new"}
+    with closing(sqlite3.connect(":memory:")) as conn:
+        conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT)")
+        conn.execute("INSERT INTO t VALUES ('old', 'new')")
+        insert = "INSERT INTO t VALUES (?, 'new')"
+        update = "UPDATE t SET v = ? WHERE k = ?"
+        jobs: list[Job] = [
+            [(update, ("done", "old"))],
+            [(insert, ("a",)), (update, ("done", "a"))],
+            [(insert, ("b",)), (update, ("done", "b")), (insert, ("c",))],
+        ]
+        assert _run_jobs(conn, jobs) == [None, None, None]
+        assert dict(conn.execute("SELECT k, v FROM t")) == {
+            "old": "done",
+            "a": "done",
+            "b": "done",
+            "c": "new",
+        }
+        # Opposite orders in one batch: run job by job.
+        conn.execute("DELETE FROM t")
+        opposite: list[Job] = [
+            [(insert, ("x",)), (update, ("done", "x"))],
+            [(update, ("gone", "y")), (insert, ("y",))],
+        ]
+        _run_jobs(conn, opposite)
+        assert dict(conn.execute("SELECT k, v FROM t")) == {"x": "done", "y": "new"}
 
 
 @pytest.mark.asyncio

@@ -10,6 +10,7 @@ the id is begun again, and at ``close()``. Nothing recorded is lost or run twice
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from pathlib import Path
@@ -97,7 +98,7 @@ async def _settled(store: SQLiteStore) -> None:
 
 
 async def _owner(path: Path, saga_id: str) -> str | None:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         row = conn.execute("SELECT owner FROM sagakit_sagas WHERE id = ?", (saga_id,)).fetchone()
     return None if row is None else str(row[0]) if row[0] is not None else None
 

@@ -7,6 +7,7 @@ and had to be compensated), or from binding the compensation's arguments.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -31,7 +32,8 @@ async def sca_tag(order_id: str, *, label: str) -> str:
         (lambda: sca_debit("A", 1.0, "n", "extra"), "too many positional arguments"),
         (lambda: sca_debit("A", 1.0, memo="x"), "unexpected keyword argument 'memo'"),
         (lambda: sca_debit("A", 1.0, account="B"), "multiple values for argument 'account'"),
-        (lambda: sca_tag("o-1"), "missing a required argument: 'label'"),
+        # inspect's own words, which Python 3.12 made more precise ("keyword-only").
+        (lambda: sca_tag("o-1"), "missing a required (keyword-only )?argument: 'label'"),
         (lambda: sca_tag("o-1", "red"), "too many positional arguments"),
     ],
 )
@@ -39,7 +41,7 @@ def test_a_call_the_step_cannot_take_is_refused_when_made(make: Any, complaint: 
     with pytest.raises(SagaDefinitionError) as info:
         make()
     message = str(info.value)
-    assert complaint in message
+    assert re.search(complaint, message), message
     assert "step 'sca_" in message  # names the step
     assert "its parameters are (" in message  # and how to call it
     assert isinstance(info.value, TypeError)

@@ -47,6 +47,55 @@ def test_the_working_order_of_staticmethod_and_classmethod_is_unchanged() -> Non
     assert Shop.stock("a").args == ("a",)
 
 
+async def _alone(call: Any) -> Any:
+    return await call
+
+
+def test_a_class_method_step_is_bound_to_the_class_it_is_looked_up_through() -> None:
+    # Python 3.13's classmethod calls the step with the class as its first argument
+    # instead of binding through the step: the call then carried the class among its
+    # arguments (in its repr, its log and its compensation's arguments) and no instance.
+    class Shop:
+        @classmethod
+        @step
+        async def stock(cls, sku: str, count: int = 1) -> str:
+            return f"{cls.__name__}:{sku}x{count}"
+
+    class Outlet(Shop):
+        pass
+
+    for owner, call in [
+        (Shop, Shop.stock("a")),
+        (Shop, Shop().stock("a")),
+        (Outlet, Outlet.stock("a")),
+        (Outlet, Outlet().stock("a", count=2)),
+    ]:
+        assert call.args == ("a",)
+        assert call.instance is owner
+        assert repr(call).startswith("<StepCall stock('a'")
+        assert call.fn.__self__ is owner  # type: ignore[attr-defined]
+    assert asyncio.run(_alone(Outlet.stock("b", 3))) == "Outlet:bx3"
+    with pytest.raises(SagaDefinitionError, match="cannot be called with these arguments"):
+        Shop.stock()
+
+
+def test_a_class_passed_to_a_plain_step_stays_an_argument() -> None:
+    # Only a step that is a class method of that class binds it.
+    @step
+    async def make(cls: type, size: int) -> object:
+        return cls(size)
+
+    class Box:
+        def __init__(self, size: int) -> None:
+            self.size = size
+
+    call = make(Box, 3)
+    assert (call.args, call.instance) == ((Box, 3), None)
+    made = asyncio.run(_alone(call))
+    assert isinstance(made, Box)
+    assert made.size == 3
+
+
 def test_class_and_static_method_steps_run_in_a_saga_through_class_and_instance() -> None:
     # The supported order (@step below @classmethod/@staticmethod), looked up either way:
     # the class method step and its compensation get the class, the static one no instance.

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator
+from types import MethodType
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, SupportsIndex, TypeVar, overload
 
 import wrapt
@@ -42,6 +45,7 @@ class StepSpec:
     __slots__ = (
         "arity",
         "call_shapes",
+        "class_methods",
         "compensate_on_failure",
         "compensate_on_timeout",
         "compensation",
@@ -76,6 +80,7 @@ class StepSpec:
     arity: int  # positional parameters, when they are all the parameters; else -1
     defaults: tuple[Any, ...]  # the defaults of the trailing positional parameters
     call_shapes: set[tuple[Any, ...]]  # (positional count, *keyword names) known to bind
+    class_methods: weakref.WeakKeyDictionary[type, bool]  # classes: is it a classmethod there
 
 
 class StepCall(Generic[R_co]):
@@ -277,6 +282,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
             p.default for p in parameters if p.kind in _POSITIONAL and p.default is not p.empty
         )
         spec.call_shapes = set()
+        spec.class_methods = weakref.WeakKeyDictionary()
         self._self_spec = spec
         own = type(self)  # the real class: ``self.__class__`` is the function's
         if "__call__" not in own.__dict__ and own.__call__ is Step.__call__:
@@ -287,6 +293,8 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         # the wrapper); bound method calls go through wrapt, which calls ``make_call``.
         spec = self._self_spec
         check_arguments(spec, args, kwargs)
+        if CLASSMETHOD_CALLS_PLAINLY and args and _class_method_of(self, args[0]):
+            return _bound_to_class(self, args, kwargs)
         call: StepCall[R] = _new_call(StepCall)  # no __init__ frame: this is per step
         call.step = self
         call.spec = spec
@@ -456,9 +464,13 @@ def _call_maker(spec: StepSpec) -> Callable[..., StepCall[Any]]:
     arity = spec.arity
     least = arity - len(spec.defaults)  # below zero when arity is -1: always checked
 
+    plain_classmethods = CLASSMETHOD_CALLS_PLAINLY  # read once: this runs per step call
+
     def __call__(self: Step[Any, Any], *args: Any, **kwargs: Any) -> StepCall[Any]:
         if kwargs or not least <= len(args) <= arity:
             check_arguments(spec, args, kwargs)
+        if plain_classmethods and args and _class_method_of(self, args[0]):
+            return _bound_to_class(self, args, kwargs)
         call: StepCall[Any] = _new_call(StepCall)  # no __init__ frame: this is per step
         call.step = self
         call.spec = spec
@@ -469,6 +481,39 @@ def _call_maker(spec: StepSpec) -> Callable[..., StepCall[Any]]:
         return call
 
     return __call__
+
+
+CLASSMETHOD_CALLS_PLAINLY = sys.version_info >= (3, 13)
+"""Whether ``classmethod`` calls the step with the class first instead of binding it."""
+
+
+def _class_method_of(step: Step[Any, Any], owner: object) -> bool:
+    """Whether ``step`` is a class method of ``owner``: ``classmethod(step)`` in its MRO.
+
+    From Python 3.13 ``classmethod`` no longer binds through the step's ``__get__``: it
+    calls the step with the class as its first argument, as a plain call with a class as
+    its first argument would. Told apart here by the class itself, once per class.
+    """
+    if not isinstance(owner, type):
+        return False
+    known = step._self_spec.class_methods
+    found = known.get(owner)
+    if found is None:
+        found = any(
+            isinstance(value, classmethod) and value.__func__ is step
+            for klass in owner.__mro__
+            for value in vars(klass).values()
+        )
+        known[owner] = found
+    return found
+
+
+def _bound_to_class(
+    step: Step[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> StepCall[Any]:
+    """The call ``classmethod`` makes on Python 3.11 and 3.12: bound to the class (``args[0]``)."""
+    owner = args[0]
+    return StepCall(step, MethodType(step._self_spec.fn, owner), owner, args[1:], kwargs)
 
 
 _MAX_CALL_SHAPES = 64  # a step taking **kwargs may be called with ever new keywords

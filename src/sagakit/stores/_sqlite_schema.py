@@ -120,6 +120,7 @@ def check_file(path: str) -> None:
 
 def connect(path: str, *, synchronous: Synchronous, busy_timeout: float) -> sqlite3.Connection:
     """A connection with the log's pragmas, in autocommit mode (we BEGIN ourselves)."""
+    conn: sqlite3.Connection | None = None
     try:
         conn = sqlite3.connect(
             path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
@@ -128,6 +129,8 @@ def connect(path: str, *, synchronous: Synchronous, busy_timeout: float) -> sqli
         conn.execute("PRAGMA foreign_keys=OFF")
         conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
     except sqlite3.Error as error:
+        if conn is not None:  # opened, but a pragma failed (not a database, say)
+            conn.close()
         raise StoreError(f"cannot open saga log {path!r}: {error}") from error
     return conn
 
@@ -141,6 +144,7 @@ def connect_read_only(path: str, *, busy_timeout: float) -> sqlite3.Connection:
     """
     uri = Path(path).absolute().as_uri()  # percent-encoded: "#", "?", "%" are not URI syntax
     query = "mode=ro"
+    conn: sqlite3.Connection | None = None
     try:
         with open(path, "rb") as file:
             wal_mode = file.read(20)[18:20] == b"\x02\x02"
@@ -161,6 +165,8 @@ def connect_read_only(path: str, *, busy_timeout: float) -> sqlite3.Connection:
         )
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens the file now
     except (OSError, sqlite3.Error) as error:
+        if conn is not None:  # opened, but the file could not be read
+            conn.close()
         hint = ""
         if isinstance(error, sqlite3.OperationalError) and "unable to open" in str(error):
             hint = (
