@@ -129,3 +129,56 @@ async def test_a_crash_simulation_tells_nothing(tmp_path: Path) -> None:
     assert [t.kind for t in heard][-1] is TransitionKind.STEP_STARTED
     assert TransitionKind.SAGA_STOPPED not in [t.kind for t in heard]
     await store.close()
+
+
+class EndlessEndStore(SQLiteStore):
+    """Recording a run's end never returns (the database hangs), until cancelled."""
+
+    ending: asyncio.Event
+
+    async def record(self, run: SagaRun, transition: Transition) -> None:
+        if transition.kind is TransitionKind.SAGA_FINISHED:
+            self.ending.set()
+            await asyncio.Event().wait()
+        await super().record(run, transition)
+
+
+@step
+async def st_refuse(item: str) -> str:
+    raise ValueError(f"{item} refused")
+
+
+@saga
+def st_refused(item: str) -> Any:
+    yield st_first(item)
+    yield st_refuse(item)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("form", "status"), [(st_fenced, "executing"), (st_refused, "compensating")]
+)
+async def test_a_run_cancelled_while_its_end_is_recorded_tells_saga_stopped(
+    tmp_path: Path, form: Any, status: str
+) -> None:
+    # Regression: cancelled while its SAGA_FINISHED was being recorded (a worker stopping
+    # while a recovery's end is in flight, or a caller cancelling twice), a run told its
+    # listeners neither SAGA_FINISHED nor SAGA_STOPPED, although its process lived on.
+    recorder = SagaRecorder()
+    store = EndlessEndStore(tmp_path / "log.db")
+    store.ending = asyncio.Event()
+    orchestrator = SagaOrchestrator(store, listeners=[recorder])
+    task = asyncio.create_task(orchestrator.execute(form("w"), saga_id="ending-1"))
+    await store.ending.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    run = recorder.run("ending-1")
+    stopped = run.transitions[-1]
+    assert stopped.kind is TransitionKind.SAGA_STOPPED, run.describe()
+    assert isinstance(stopped.error, asyncio.CancelledError)
+    assert stopped.status == status  # as the log may still have it
+    assert [t.kind for t in run.transitions].count(TransitionKind.SAGA_STOPPED) == 1
+    assert TransitionKind.SAGA_FINISHED not in [t.kind for t in run.transitions]
+    assert not orchestrator._held
+    await orchestrator.close()

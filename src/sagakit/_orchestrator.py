@@ -519,9 +519,6 @@ class SagaOrchestrator:
         try:
             if announce:
                 await self._emit(run, ON_SAGA_FINISHED)
-        except Exception as unrecorded:
-            await self._unrecorded_end(run, unrecorded)
-            raise
         finally:
             # Even if cancelled while a listener hears of it: the run has ended.
             await self._store.finish(run)
@@ -607,9 +604,6 @@ class SagaOrchestrator:
             run.status = SAGA_FAILED
         try:
             await self._emit(run, ON_SAGA_FINISHED)
-        except Exception as unrecorded:
-            await self._unrecorded_end(run, unrecorded)
-            raise
         finally:
             await self._store.finish(run)
 
@@ -629,10 +623,11 @@ class SagaOrchestrator:
             )
             _chain(pending, unrecorded)
 
-    async def _unrecorded_end(self, run: SagaRun, why: Exception) -> None:
-        """The run's end could not be recorded (``StoreError``, ``LeaseLost``): the log
-        may still show it running, for recovery (or the new owner) to finish. Its
-        listeners hear ``SAGA_STOPPED`` instead of an end the log may not have."""
+    async def _unrecorded_end(self, run: SagaRun, why: BaseException) -> None:
+        """The run's end could not be recorded (``StoreError``, ``LeaseLost``, or the run
+        was cancelled while it was written): the log may still show it running, for
+        recovery (or the new owner) to finish. Its listeners hear ``SAGA_STOPPED``
+        instead of an end the log may not have."""
         status = SAGA_COMPENSATING if run.compensations else SAGA_EXECUTING
         await self._tell_stopped(run, status, why)
 
@@ -926,8 +921,16 @@ class SagaOrchestrator:
             held = self._held.pop(run, None) if self._held else None
             try:
                 await self._store.record(run, transition)
-            except BaseException:
-                if held is not None:
+            except BaseException as unrecorded:
+                if kind is ON_SAGA_FINISHED and isinstance(
+                    unrecorded, Exception | asyncio.CancelledError
+                ):
+                    # The end may not be in the log (a StoreError, LeaseLost, or cancelled
+                    # while it was written): SAGA_STOPPED instead. Told here, where the
+                    # write is known to have failed: cancelled while listeners hear a
+                    # recorded end, they must not hear SAGA_STOPPED too.
+                    await self._unrecorded_end(run, unrecorded)
+                elif held is not None:
                     # Not told yet: a store keeps what it staged for the run's next record
                     # when this one did not commit (and the run's end always carries its
                     # start), so they are told, in order, once that one is durable.
