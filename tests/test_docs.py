@@ -74,7 +74,7 @@ def test_readme_quick_start_is_two_commands_matching_ci() -> None:
         for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
-    assert ci_lines[-1] == test_command
+    assert test_command in ci_lines, "CI must run the README's test command as written"
 
 
 def test_api_reference_names_every_public_name() -> None:
