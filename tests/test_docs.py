@@ -2,11 +2,15 @@
 
 Every ```python block of a page listed in ``RUNNABLE_PAGES`` is part of one script per page
 (blocks run in order, so later blocks may use earlier definitions); the script must run to
-the end without error. ```py blocks are fragments (signatures, reveal_type) and are not run.
+the end without error. Pages in ``AWAIT_PAGES`` are written as in a notebook: their blocks run
+the same way but with top-level ``await``, after the first block of the page they build on,
+and their blocks without top-level ``await`` also run under pytest, whose ``test_*``
+functions must pass. ```py blocks are fragments (signatures, reveal_type) and are not run.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -33,6 +37,33 @@ RUNNABLE_PAGES = [
     "docs/from-hand-written.md",
 ]
 
+# page -> the page whose first block (the saga they share) runs before its blocks
+AWAIT_PAGES = {
+    "docs/testing.md": None,
+    "docs/notebooks.md": "docs/testing.md",
+    "docs/observability.md": "docs/testing.md",
+}
+
+# Runs a script with top-level `await`, as Jupyter and `python -m asyncio` do; `tmp_path`
+# is defined for it, as pytest's fixture would be.
+_AWAIT_DRIVER = """
+import ast, asyncio, pathlib, sys
+
+path = pathlib.Path(sys.argv[1])
+code = compile(path.read_text(encoding="utf-8"), str(path), "exec",
+               flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+namespace = {"__name__": "__main__", "tmp_path": pathlib.Path(sys.argv[2])}
+
+
+async def main():
+    outcome = eval(code, namespace)
+    if outcome is not None:
+        await outcome
+
+
+asyncio.run(main())
+"""
+
 _BLOCK = re.compile(r"^( *)```(\w+)[^\n]*\n(.*?)^\1```", re.S | re.M)
 
 
@@ -57,6 +88,73 @@ def test_page_code_runs(page: str, tmp_path: Path) -> None:
     assert result.returncode == 0, f"the code of {page} failed:\n{result.stderr}"
 
 
+def _await_page_blocks(page: str) -> list[str]:
+    setup = AWAIT_PAGES[page]
+    blocks = _blocks((ROOT / page).read_text(encoding="utf-8"), "python")
+    assert blocks, f"{page} has no python blocks; remove it from AWAIT_PAGES"
+    if setup is not None:
+        blocks = _blocks((ROOT / setup).read_text(encoding="utf-8"), "python")[:1] + blocks
+    return blocks
+
+
+def _has_top_level_await(block: str) -> bool:
+    try:
+        compile(block, "<block>", "exec", dont_inherit=True)
+    except SyntaxError:
+        compile(block, "<block>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("page", AWAIT_PAGES)
+def test_notebook_style_page_code_runs(page: str, tmp_path: Path) -> None:
+    script = tmp_path / "page.py"
+    script.write_text("\n\n".join(_await_page_blocks(page)), encoding="utf-8")
+    driver = tmp_path / "driver.py"
+    driver.write_text(_AWAIT_DRIVER, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(driver), str(script), str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"the code of {page} failed:\n{result.stderr}"
+
+
+@pytest.mark.parametrize(
+    "page", [page for page in AWAIT_PAGES if "def test_" in (ROOT / page).read_text("utf-8")]
+)
+def test_page_tests_pass_under_pytest(page: str, tmp_path: Path) -> None:
+    blocks = [block for block in _await_page_blocks(page) if not _has_top_level_await(block)]
+    tests = sum(block.count("def test_") for block in blocks)
+    module = tmp_path / "test_page.py"
+    module.write_text("\n\n".join(blocks), encoding="utf-8")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-W",
+            "error",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "asyncio_default_fixture_loop_scope=function",
+            str(module),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"the tests of {page} failed:\n{result.stdout}"
+    assert f"{tests} passed" in result.stdout, result.stdout
+
+
 def test_readme_quick_start_is_two_commands_matching_ci() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
@@ -79,7 +177,10 @@ def test_readme_quick_start_is_two_commands_matching_ci() -> None:
 
 def test_api_reference_names_every_public_name() -> None:
     import sagakit
+    import sagakit.stores
+    import sagakit.testing
 
     reference = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
-    missing = [name for name in sagakit.__all__ if f"`{name}`" not in reference]
+    names = {*sagakit.__all__, *sagakit.stores.__all__, *sagakit.testing.__all__}
+    missing = sorted(name for name in names if f"`{name}`" not in reference)
     assert not missing, f"docs/api.md does not document {missing}"
