@@ -177,8 +177,8 @@ class SagaTracer:
             opened.span.end()
 
     def _stop_saga(self, saga: _Saga, transition: Transition) -> None:
-        """The run stopped here without finishing (fenced out, handed back): end its
-        spans, as no SAGA_FINISHED will come."""
+        """The run stopped here without finishing (fenced out, handed back, its end not
+        recorded): end its spans, as no SAGA_FINISHED will come."""
         del self._sagas[transition.saga_id]
         self._end_children(saga)
         reason = "" if transition.error is None else f": {describe_error(transition.error)}"

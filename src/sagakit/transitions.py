@@ -24,8 +24,9 @@ class TransitionKind(StrEnum):
     COMPENSATION_FAILED = "compensation_failed"
     SAGA_FINISHED = "saga_finished"
     # The run stopped in this process without finishing (fenced out by another worker,
-    # or handed back by a cancelled recovery); another worker or a later recovery
-    # finishes it. Told to listeners only: nothing is recorded for it.
+    # handed back by a cancelled recovery, or its end could not be recorded); another
+    # worker or a later recovery finishes it. Told to listeners only: nothing is
+    # recorded for it.
     SAGA_STOPPED = "saga_stopped"
 
 

@@ -62,7 +62,8 @@ class SagaRunView(Protocol):
 
     @property
     def total_steps(self) -> int | None:
-        """How many forward steps the saga has (``None`` for a generator saga)."""
+        """How many forward steps the saga has (``None`` for a generator saga until it
+        completes)."""
         ...
 
     @property
