@@ -979,7 +979,9 @@ class SagaOrchestrator:
 
         Each is resumed or compensated (see ``docs/durability.md``); one that cannot
         be (unknown name, changed code, ``max_attempts`` crashes) is dead-lettered.
-        Returns what was done with each. Needs a :class:`~sagakit.stores.RecoverableStore`.
+        Returns what was done with each: nothing with a store that is not durable (its
+        sagas died with their process); a durable one must be a
+        :class:`~sagakit.stores.RecoverableStore`.
         Cancelled, it leaves the saga it was resuming as a crash would, for the next one.
         """
         attempts = self._max_recovery_attempts if max_attempts is None else max_attempts
