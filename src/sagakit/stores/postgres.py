@@ -288,9 +288,14 @@ class PostgresStore:
         with :class:`~sagakit.LeaseLost`. Returns how many sagas were released.
         ``as_crash`` makes the next claim of each count as a recovery attempt, as
         after a worker's death (:func:`sagakit.testing.simulate_restart` uses it).
+
+        A run of a generated id that has not written its row yet is not given up
+        (unless ``as_crash``): no worker could take it over, so it goes on here.
         """
-        self._lost.update(self._fences)
+        rowless = {} if as_crash else {i: f for i, f in self._fences.items() if i in self._new}
+        self._lost.update(saga_id for saga_id in self._fences if saga_id not in rowless)
         self._fences.clear()
+        self._fences.update(rowless)
         self._claimed.clear()
         if self._pool is None:
             return 0
