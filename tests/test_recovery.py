@@ -593,6 +593,14 @@ class FencedOnCompensation(SQLiteStore):
 
     async def record(self, run: SagaRun, transition: Transition) -> None:
         if transition.kind is TransitionKind.COMPENSATION_STARTED:
+            # Another worker owns it now: a token of another host, always alive here.
+            await self._writer.submit(
+                lambda conn: conn.execute(
+                    "UPDATE sagakit_sagas SET owner = 'other-host/1/1/ns' WHERE id = ?",
+                    (transition.saga_id,),
+                ),
+                alone=False,
+            )
             raise LeaseLost(transition.saga_id)
         await super().record(run, transition)
 

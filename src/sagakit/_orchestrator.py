@@ -451,8 +451,8 @@ class SagaOrchestrator:
             try:
                 # To its end whatever cancels us again; then its outcome, as if awaited.
                 (await wait_out(self._compensate(run, done, None, faults, observe))).result()
-            except SimulatedCrash:
-                self._held.pop(run, None)  # staged, never committed: never told
+            except SimulatedCrash as crash:
+                self._crashed(run, crash)
                 raise  # "the process died": nothing more is run or recorded
             except Exception as unrecorded:  # a compensation's transition: the run ends FAILED
                 run.status = SAGA_FAILED
@@ -476,8 +476,8 @@ class SagaOrchestrator:
                 # set the status (COMPENSATED unless a compensation failed).
                 await self._finish_before(run, cancelled)
                 raise
-            except SimulatedCrash:
-                self._held.pop(run, None)  # staged, never committed: never told
+            except SimulatedCrash as crash:
+                self._crashed(run, crash)
                 raise  # "the process died": nothing more is run or recorded
             except BaseException:
                 run.status = SAGA_FAILED
@@ -494,10 +494,10 @@ class SagaOrchestrator:
                 finally:
                     compensation_failure = None
             raise
-        except SimulatedCrash:
+        except SimulatedCrash as crash:
             # "The process died": nothing more is run or recorded.
             close_driver(driver, run.name, run.id)
-            self._held.pop(run, None)  # staged, never committed: never told
+            self._crashed(run, crash)
             raise
         except BaseException as failure:  # KeyboardInterrupt, SystemExit: no time to undo
             run.deadline = NO_DEADLINE  # raised by a step: its deadline must not cut _finish
@@ -579,6 +579,28 @@ class SagaOrchestrator:
             record.status = STEP_FAILED
             record.error = describe_error(unrecorded)
             raise StepFailed(record.index, record.name, unrecorded) from unrecorded
+
+    def _crashed(self, run: SagaRun, crash: SimulatedCrash) -> None:
+        """A simulated crash: "the process died", so what the run holds untold (staged,
+        never committed) is dropped, and nothing more is recorded or told. Only the
+        tracers among its listeners hear of it (``_sagakit_crashed``): instrumentation
+        of this process, which a real crash takes with it, ends the run's spans and
+        restores the context it set, rather than hold them open for good."""
+        self._held.pop(run, None)
+        for listener in run.listeners:
+            crashed = getattr(listener, "_sagakit_crashed", None)
+            if crashed is None:
+                continue
+            try:
+                crashed(run.id, crash)
+            except Exception as error:  # a tracer's bug must not replace the crash
+                logger.warning(
+                    "sagakit: listener %r failed on the simulated crash of saga %s: %s",
+                    listener,
+                    run.id,
+                    describe_error(error),
+                    extra={"saga_id": run.id, "saga_name": run.name},
+                )
 
     async def _stopped(self, run: SagaRun, why: BaseException) -> None:
         """The run stops here unfinished (``why``: ``LeaseLost``, or a cancelled recovery

@@ -347,8 +347,8 @@ async def _recover_one(
     token = current_run.set(run)
     try:
         failure = await orchestrator._compensate(run, undo, None, active_faults.get(), True)
-    except SimulatedCrash:
-        orchestrator._held.pop(run, None)  # "the process died": nothing more is recorded
+    except SimulatedCrash as crash:
+        orchestrator._crashed(run, crash)  # "the process died": nothing more is recorded
         raise
     except LeaseLost as lost:
         await orchestrator._stopped(run, lost)  # another worker owns it now

@@ -45,6 +45,7 @@ _ENDS = {
     _K.COMPENSATION_FAILED: "compensation",
 }
 _RETRIES = {_K.STEP_RETRYING: "step", _K.COMPENSATION_RETRYING: "compensation"}
+CRASHED = "process crashed (simulated)"
 
 
 @dataclass(slots=True)
@@ -185,6 +186,23 @@ class SagaTracer:
         saga.span.span.set_status(Status(StatusCode.ERROR, f"saga stopped{reason}"))
         saga.span.detach()
         saga.span.span.end()
+
+    def _sagakit_crashed(self, saga_id: str, crash: BaseException) -> None:
+        """A simulated crash stopped the run (the orchestrator tells nothing more): end
+        its spans, ``ERROR`` ``"process crashed (simulated)"``, and restore the context
+        they were current in, rather than hold them open for good."""
+        saga = self._sagas.pop(saga_id, None)
+        if saga is None:
+            return
+        for opened in reversed(saga.children.values()):
+            opened.span.set_status(Status(StatusCode.ERROR, CRASHED))
+            opened.token = None  # resetting the saga's token below restores the context
+            opened.span.end()
+        span = saga.span.span
+        span.record_exception(crash)
+        span.set_status(Status(StatusCode.ERROR, CRASHED))
+        saga.span.detach()
+        span.end()
 
     def _finish_saga(self, saga: _Saga, transition: Transition) -> None:
         del self._sagas[transition.saga_id]

@@ -33,6 +33,7 @@ class Statements:
     apply: str
     heartbeat: str
     release: str
+    release_one: str
     claim: str
     steps_of: str
     get: str
@@ -94,6 +95,12 @@ def statements(schema: str) -> Statements:
             f"ORDER BY saga_id FOR UPDATE) UPDATE {s}.sagas s SET owner = NULL, "
             "lease_until = now(), fence = s.fence + 1, released = %(released)s FROM l "
             "WHERE s.saga_id = l.saga_id RETURNING s.saga_id"
+        ),
+        # One saga this store stopped running unfinished; the next claim counts an attempt.
+        release_one=(
+            f"UPDATE {s}.sagas SET owner = NULL, lease_until = now(), fence = fence + 1, "
+            "released = false WHERE saga_id = %(id)s AND owner = %(owner)s "
+            f"AND fence = %(fence)s AND {active} RETURNING saga_id"
         ),
         claim=(
             f"WITH c AS (SELECT saga_id, "

@@ -288,9 +288,14 @@ class PostgresStore:
         with :class:`~sagakit.LeaseLost`. Returns how many sagas were released.
         ``as_crash`` makes the next claim of each count as a recovery attempt, as
         after a worker's death (:func:`sagakit.testing.simulate_restart` uses it).
+
+        A run of a generated id that has not written its row yet is not given up
+        (unless ``as_crash``): no worker could take it over, so it goes on here.
         """
-        self._lost.update(self._fences)
+        rowless = {} if as_crash else {i: f for i, f in self._fences.items() if i in self._new}
+        self._lost.update(saga_id for saga_id in self._fences if saga_id not in rowless)
         self._fences.clear()
+        self._fences.update(rowless)
         self._claimed.clear()
         if self._pool is None:
             return 0
@@ -563,10 +568,14 @@ class PostgresStore:
 
         What it still has staged (its end could not be recorded), or in doubt and found
         not committed, is written now, so the saga's recovery does not run a step or
-        compensation again that completed.
+        compensation again that completed. A run forgotten with its lease still held
+        (its end could not be written, or a cancelled recovery handed it back) gives
+        the lease up, so any worker's next claim takes the saga at once; if that fails
+        too, the lease runs out.
         """
         try:
             await self._flush(run.id)
+            await self._release(run.id)
         finally:
             self._doubts.pop(run.id, None)
             self._new.pop(run.id, None)
@@ -574,6 +583,22 @@ class PostgresStore:
             self._fences.pop(run.id, None)
             self._claimed.discard(run.id)
             self._lost.discard(run.id)
+
+    async def _release(self, saga_id: str) -> None:
+        """Give up the lease of ``saga_id`` if this store still holds it (best effort)."""
+        fence = self._fences.get(saga_id)
+        if fence is None or saga_id in self._new or saga_id in self._unlogged:
+            return  # its end was written, it was fenced out, or it has no row
+        if self._pool is None:
+            return  # closed: close() released every lease
+        try:
+            await self._run(
+                self._sql.release_one, {"id": saga_id, "owner": self.owner, "fence": fence}
+            )
+        except Exception as error:
+            logger.warning(
+                "sagakit could not give up the lease of saga %s (it runs out): %s", saga_id, error
+            )
 
     # ------------------------------------------------------------ monitoring
 

@@ -471,27 +471,29 @@ class SQLiteStore:
     async def finish(self, run: SagaRunView) -> None:
         """Forget a run; write what it still has staged.
 
-        A run that ended (``COMPLETED``, ``COMPENSATED``, ``FAILED``) without its end
-        committed would stay ``executing`` under this live process, which no recovery
-        takes: its owner is cleared (with what was staged), so the next recovery, here
-        or in another process, finishes it as after a crash. If the log refuses that
-        too, it is tried again after the next successful write and at :meth:`close`.
+        A run forgotten without its end committed — it ended (``COMPLETED``,
+        ``COMPENSATED``, ``FAILED``) but that could not be written, or it stopped
+        unfinished (a cancelled recovery handing it back) — would stay ``executing``
+        under this live process, which no recovery takes: its owner is cleared (with
+        what was staged), so the next recovery, here or in another process, finishes it
+        as after a crash. If the log refuses that too, it is tried again after the next
+        successful write and at :meth:`close`.
         """
         saga_id = run.id
         staged = self._staged.pop(saga_id, None)
         unlogged = saga_id in self._unlogged
         try:
             if (
-                run.status.is_finished
-                and saga_id not in self._ended
+                saga_id not in self._ended
                 and saga_id in self._live
                 and not unlogged  # nothing of it is in the log: nothing to hand over
             ):
                 self._unreleased[saga_id] = staged or []
                 if not await self._hand_over([saga_id]):
                     logger.warning(
-                        "sagakit: saga %s (%s) ended, but neither its end nor its hand-over "
-                        "to recovery could be written; tried again after the next write",
+                        "sagakit: saga %s (%s) stopped here, but neither its end nor its "
+                        "hand-over to recovery could be written; tried again after the next "
+                        "write",
                         run.name,
                         saga_id,
                         extra={"saga_id": saga_id, "saga_name": run.name},
