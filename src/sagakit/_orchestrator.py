@@ -98,6 +98,11 @@ def _chain(pending: BaseException, error: BaseException) -> None:
     pending.__context__ = error
 
 
+def _warn(run: SagaRun, message: str, *args: object) -> None:
+    """Log ``message`` at WARNING with the run's saga id and name as record fields."""
+    logger.warning(message, *args, extra={"saga_id": run.id, "saga_name": run.name})
+
+
 class _Late(Exception):
     """Internal: an attempt finished, but after its deadline."""
 
@@ -594,12 +599,12 @@ class SagaOrchestrator:
             try:
                 crashed(run.id, crash)
             except Exception as error:  # a tracer's bug must not replace the crash
-                logger.warning(
+                _warn(
+                    run,
                     "sagakit: listener %r failed on the simulated crash of saga %s: %s",
                     listener,
                     run.id,
                     describe_error(error),
-                    extra={"saga_id": run.id, "saga_name": run.name},
                 )
 
     async def _stopped(self, run: SagaRun, why: BaseException) -> None:
@@ -636,12 +641,12 @@ class SagaOrchestrator:
         try:
             await self._finish(run)
         except Exception as unrecorded:
-            logger.warning(
+            _warn(
+                run,
                 "sagakit: the end of saga %s (%s) could not be recorded: %s",
                 run.name,
                 run.id,
                 describe_error(unrecorded),
-                extra={"saga_id": run.id, "saga_name": run.name},
             )
             _chain(pending, unrecorded)
 
@@ -680,12 +685,12 @@ class SagaOrchestrator:
             except Exception as unrecorded:  # not recorded: the run ends FAILED
                 # Logged, not raised: the cancellation goes on. (Not chained either: the
                 # frames it passes through on its way out reset its __context__.)
-                logger.warning(
+                _warn(
+                    run,
                     "sagakit: saga %s (%s), cancelled, could not record its compensation: %s",
                     run.name,
                     run.id,
                     describe_error(unrecorded),
-                    extra={"saga_id": run.id, "saga_name": run.name},
                 )
             raise
 
