@@ -171,9 +171,9 @@ class SagaTracer:
             {"sagakit.step.attempt": transition.attempt, "error": describe_error(transition.error)},
         )
 
-    def _end_children(self, saga: _Saga) -> None:
+    def _end_children(self, saga: _Saga, why: str = "interrupted") -> None:
         for opened in reversed(saga.children.values()):  # interrupted (cancelled) ones
-            opened.span.set_status(Status(StatusCode.ERROR, "interrupted"))
+            opened.span.set_status(Status(StatusCode.ERROR, why))
             opened.token = None  # resetting the saga's token below restores the context
             opened.span.end()
 
@@ -194,10 +194,7 @@ class SagaTracer:
         saga = self._sagas.pop(saga_id, None)
         if saga is None:
             return
-        for opened in reversed(saga.children.values()):
-            opened.span.set_status(Status(StatusCode.ERROR, CRASHED))
-            opened.token = None  # resetting the saga's token below restores the context
-            opened.span.end()
+        self._end_children(saga, CRASHED)
         span = saga.span.span
         span.record_exception(crash)
         span.set_status(Status(StatusCode.ERROR, CRASHED))
