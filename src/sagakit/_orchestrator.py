@@ -42,9 +42,10 @@ from ._runs import (
     UNRECORDED,
     SagaRun,
     StepRun,
-    current_run,
     describe_error,
+    enter_run,
     events_of,
+    leave_run,
     storable_text,
 )
 from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id, close_driver
@@ -292,7 +293,7 @@ class SagaOrchestrator:
         observe = self._durable or bool(run.listeners) or logger.isEnabledFor(logging.DEBUG)
         announce = observe or logger.isEnabledFor(logging.INFO)
         faults = active_faults.get()
-        token = current_run.set(run)
+        token = enter_run(run)
         steps = run.steps
         events = run.events
         done: list[_Done] = []
@@ -517,7 +518,7 @@ class SagaOrchestrator:
         finally:
             watchdog.runs.discard(run)
             run.task = None  # a finished run in the history must not keep its task alive
-            current_run.reset(token)
+            leave_run(run, token)
         run.status = SAGA_COMPLETED
         run.total_steps = index
         run.finished_mono = run.updated_mono = now()
