@@ -9,7 +9,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Self
 
 from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout
-from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, SimulatedCrash, active_faults
+from ._hooks import (
+    SIMULATED_TIMEOUT,
+    CrashAfter,
+    FaultPlan,
+    SimulatedCrash,
+    active_faults,
+    raised_by_step,
+)
 from ._ids import new_saga_id
 from ._members import (
     ON_COMPENSATION_COMPLETED,
@@ -389,7 +396,7 @@ class SagaOrchestrator:
                             # the step itself raises it (see the call above)
                             acted = record
                             raise fault  # type: ignore[misc]
-                        error = fault
+                        error = raised_by_step(fault)  # as the step's own raise
                     if failure is None:
                         assert error is not None
                         failure = StepFailed(index, spec.name, error)
@@ -814,7 +821,7 @@ class SagaOrchestrator:
                             raise fault
                         if not isinstance(fault, Exception):
                             raise fault  # type: ignore[misc]  # as if the compensation raised it
-                        error = fault
+                        error = raised_by_step(fault)  # as the compensation's raise
                     policy = spec.compensation_retry or self._compensation_retry
                     assert error is not None
                     if attempt < policy.attempts and policy.retries(error):
