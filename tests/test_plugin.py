@@ -397,3 +397,123 @@ async def test_innocent():
             "*its own failure*",
         ]
     )
+
+
+def test_a_fixture_leaving_a_fault_injector_active_errors_not_the_next_test(
+    pytester: pytest.Pytester,
+) -> None:
+    # The check saw only the test body: a fixture's injector hit every later test.
+    _ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+import pytest_asyncio
+from sagakit import SagaOrchestrator
+from sagakit.testing import FaultInjector
+
+@pytest.fixture
+def leaky():
+    return FaultInjector().fail("reserve").__enter__()
+
+@pytest.fixture
+def leaky_at_teardown():
+    yield
+    FaultInjector().fail("reserve").__enter__()
+
+@pytest.fixture(scope="module")
+def leaky_module():
+    return FaultInjector().fail("reserve").__enter__()
+
+@pytest.fixture(scope="module")
+def tidy_module():
+    with FaultInjector().fail("ship") as faults:
+        yield faults
+
+@pytest.fixture
+def tidy():
+    with FaultInjector().fail("reserve") as faults:
+        yield faults
+
+@pytest.fixture(scope="module")
+def plain_module():
+    return "plain"
+
+@pytest_asyncio.fixture
+async def entered_async():  # pytest-asyncio takes back what an async fixture set
+    return FaultInjector().fail("reserve").__enter__()
+
+async def clean():
+    assert await SagaOrchestrator().execute(order("x")) == ["reserved x", "shipped x"]
+
+def test_leaky(leaky):
+    pass
+
+@pytest.mark.asyncio
+async def test_innocent_1():
+    await clean()
+
+def test_leaky_at_teardown(leaky_at_teardown):
+    pass
+
+@pytest.mark.asyncio
+async def test_tidy(tidy, tidy_module, saga_faults, saga_orchestrator):
+    with pytest.raises(StepFailed):
+        await saga_orchestrator.execute(order("x"))
+
+@pytest.mark.asyncio
+async def test_entered_async(entered_async):
+    pass
+
+def test_a_wider_fixture_set_up_while_faults_are_active(saga_faults, request):
+    assert request.getfixturevalue("plain_module") == "plain"  # it entered nothing
+
+@pytest.mark.asyncio
+async def test_leaky_module(leaky_module):
+    with pytest.raises(StepFailed):
+        await SagaOrchestrator().execute(order("x"))
+
+@pytest.mark.asyncio
+async def test_tidy_module_still_active(tidy_module):
+    with pytest.raises(StepFailed):  # both module fixtures are still set up
+        await SagaOrchestrator().execute(order("x"))
+"""
+    )
+    pytester.makepyfile(
+        test_z_after="""
+import pytest
+from test_a_fixture_leaving_a_fault_injector_active_errors_not_the_next_test import clean
+
+@pytest.mark.asyncio
+async def test_innocent_2():
+    await clean()
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-v")
+    result.assert_outcomes(passed=9, errors=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*::test_leaky PASSED*",
+            "*::test_leaky ERROR*",
+            "*::test_innocent_1 PASSED*",
+            "*::test_leaky_at_teardown PASSED*",
+            "*::test_leaky_at_teardown ERROR*",
+            "*::test_tidy PASSED*",
+            "*::test_entered_async PASSED*",
+            "*::test_a_wider_fixture_set_up_while_faults_are_active PASSED*",
+            "*::test_leaky_module PASSED*",
+            "*::test_tidy_module_still_active PASSED*",
+            "*::test_tidy_module_still_active ERROR*",
+            "*::test_innocent_2 PASSED*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at teardown of test_leaky _*",
+            "fixture 'leaky' (function scope, set up for *::test_leaky) left a FaultInjector"
+            " active (entered, never exited), so its faults would hit the tests after it;*",
+            "*_ ERROR at teardown of test_leaky_at_teardown _*",
+            "fixture 'leaky_at_teardown' (function scope, set up for *::test_leaky_at_teardown)*",
+            "*_ ERROR at teardown of test_tidy_module_still_active _*",
+            "fixture 'leaky_module' (module scope, set up for test_a_fixture_*.py) left*",
+        ]
+    )

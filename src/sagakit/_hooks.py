@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
 
 if TYPE_CHECKING:
     from ._steps import Step
@@ -51,4 +51,29 @@ class FaultPlan(Protocol):
 
 active_faults: ContextVar[FaultPlan | None] = ContextVar("sagakit_faults", default=None)
 
-__all__ = ["SIMULATED_TIMEOUT", "CrashAfter", "FaultPlan", "SimulatedCrash", "active_faults"]
+
+def raised_by_step(fault: Exception) -> Exception:
+    """What a step (an ``async def``) raising ``fault`` raises: ``fault`` itself, but a
+    ``StopIteration`` becomes ``RuntimeError("coroutine raised StopIteration")`` (PEP 479),
+    which Python does by raising it from a coroutine, as here."""
+    if not isinstance(fault, StopIteration):
+        return fault
+
+    async def step() -> NoReturn:
+        raise fault
+
+    try:
+        step().send(None)
+    except Exception as raised:
+        return raised
+    raise AssertionError("unreachable: the coroutine raises")  # pragma: no cover
+
+
+__all__ = [
+    "SIMULATED_TIMEOUT",
+    "CrashAfter",
+    "FaultPlan",
+    "SimulatedCrash",
+    "active_faults",
+    "raised_by_step",
+]

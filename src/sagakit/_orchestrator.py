@@ -9,7 +9,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Self
 
 from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout
-from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, SimulatedCrash, active_faults
+from ._hooks import (
+    SIMULATED_TIMEOUT,
+    CrashAfter,
+    FaultPlan,
+    SimulatedCrash,
+    active_faults,
+    raised_by_step,
+)
 from ._ids import new_saga_id
 from ._members import (
     ON_COMPENSATION_COMPLETED,
@@ -42,9 +49,10 @@ from ._runs import (
     UNRECORDED,
     SagaRun,
     StepRun,
-    current_run,
     describe_error,
+    enter_run,
     events_of,
+    leave_run,
     storable_text,
 )
 from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id, close_driver
@@ -292,7 +300,7 @@ class SagaOrchestrator:
         observe = self._durable or bool(run.listeners) or logger.isEnabledFor(logging.DEBUG)
         announce = observe or logger.isEnabledFor(logging.INFO)
         faults = active_faults.get()
-        token = current_run.set(run)
+        token = enter_run(run)
         steps = run.steps
         events = run.events
         done: list[_Done] = []
@@ -388,7 +396,7 @@ class SagaOrchestrator:
                             # the step itself raises it (see the call above)
                             acted = record
                             raise fault  # type: ignore[misc]
-                        error = fault
+                        error = raised_by_step(fault)  # as the step's own raise
                     if failure is None:
                         assert error is not None
                         failure = StepFailed(index, spec.name, error)
@@ -517,7 +525,7 @@ class SagaOrchestrator:
         finally:
             watchdog.runs.discard(run)
             run.task = None  # a finished run in the history must not keep its task alive
-            current_run.reset(token)
+            leave_run(run, token)
         run.status = SAGA_COMPLETED
         run.total_steps = index
         run.finished_mono = run.updated_mono = now()
@@ -813,7 +821,7 @@ class SagaOrchestrator:
                             raise fault
                         if not isinstance(fault, Exception):
                             raise fault  # type: ignore[misc]  # as if the compensation raised it
-                        error = fault
+                        error = raised_by_step(fault)  # as the compensation's raise
                     policy = spec.compensation_retry or self._compensation_retry
                     assert error is not None
                     if attempt < policy.attempts and policy.retries(error):

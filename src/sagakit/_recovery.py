@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._hooks import SimulatedCrash, active_faults
-from ._runs import CRASHED, SagaRun, StepRun, current_run, describe_error
+from ._runs import CRASHED, SagaRun, StepRun, describe_error, enter_run, leave_run
 from ._sagas import (
     SagaDefinition,
     StepDriver,
@@ -344,7 +344,7 @@ async def _recover_one(
     undo = [entry for entry in undo if entry[0].index not in compensated]
     if run.error is None:
         run.error = "its process died; compensated by recovery"
-    token = current_run.set(run)
+    token = enter_run(run)
     try:
         failure = await orchestrator._compensate(run, undo, None, active_faults.get(), True)
     except SimulatedCrash as crash:
@@ -364,7 +364,7 @@ async def _recover_one(
             await orchestrator._finish_before(run, failure)
         raise
     finally:
-        current_run.reset(token)
+        leave_run(run, token)
     await orchestrator._finish(run)
     problem = None if failure is None else str(failure)
     return RecoveryOutcome(orphan.saga_id, orphan.name, "compensated", run.status, problem)

@@ -6,7 +6,7 @@ import asyncio
 import math
 import time
 from collections.abc import Sequence
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -162,6 +162,7 @@ class SagaRun:
         "id",
         "listeners",
         "name",
+        "parent",
         "started_mono",
         "started_wall",
         "status",
@@ -198,6 +199,9 @@ class SagaRun:
         self.task: asyncio.Task[Any] | None = None
         self.cancel_base = 0  # task.cancelling() when the run started
         self.listeners: Sequence[Any] = ()  # told of this run: those there when it began
+        # While it runs: the run in whose step (or a task started there) it was started,
+        # None at the top level. Fault injection aims ``index`` faults by it.
+        self.parent: SagaRun | None = None
 
     @property
     def steps_executed(self) -> int:
@@ -253,6 +257,18 @@ class StepContext:
 
 
 current_run: ContextVar[SagaRun | None] = ContextVar("sagakit_current_run", default=None)
+
+
+def enter_run(run: SagaRun) -> Token[SagaRun | None]:
+    """Make ``run`` this task's current run, noting the run it was started in."""
+    run.parent = current_run.get()
+    return current_run.set(run)
+
+
+def leave_run(run: SagaRun, token: Token[SagaRun | None]) -> None:
+    """Undo :func:`enter_run` (the run keeps no reference to its parent once ended)."""
+    run.parent = None
+    current_run.reset(token)
 
 
 def current_step() -> StepContext | None:

@@ -7,7 +7,8 @@ in-memory orchestrator wired to ``saga_recorder`` and ``saga_sleep``), ``saga_re
 Options: ``--saga-matrix-timeouts`` / ``saga_matrix_timeouts`` and ``--saga-instant-sleep`` /
 ``saga_instant_sleep``; a marker keyword beats the command line, which beats the ini file.
 The plugin never creates or manages an event loop; async tests need pytest-asyncio. A test
-leaving a fault injector active fails (its faults would hit the tests after it).
+leaving a fault injector active fails, and a fixture doing so errors at its teardown (its
+faults would hit the tests after it).
 """
 
 from __future__ import annotations
@@ -81,6 +82,88 @@ def _restore_fault_state(state: tuple[Any, ...]) -> None:
     faults = sys.modules.get("sagakit.testing._faults")
     if faults is not None:
         faults._scopes.set(scopes)
+
+
+def _open_scopes() -> list[Any]:
+    """The fault scopes (``with injector:`` blocks) active here and not yet left."""
+    hooks = sys.modules.get("sagakit._hooks")
+    scope = None if hooks is None else hooks.active_faults.get()
+    found = []
+    while scope is not None:
+        if getattr(scope, "open", False):
+            found.append(scope)
+        scope = getattr(scope, "outer", None)
+    return found
+
+
+def _take_back(leaked: list[Any]) -> None:
+    """End the faults of scopes never left, as if their blocks had been, for every task."""
+    for scope in leaked:
+        scope.open = False
+    active = sys.modules["sagakit._hooks"].active_faults
+    top = active.get()
+    while top is not None and any(top is scope for scope in leaked):
+        top = top.outer
+    active.set(top)  # what was active before them (a closed scope lower down asks its outer)
+    faults = sys.modules["sagakit.testing._faults"]
+    # Out of the stack of entered blocks too, so that the next block left is its own.
+    entered = faults._scopes.get()
+    faults._scopes.set(tuple(e for e in entered if not any(e[1] is s for s in leaked)))
+
+
+class _FixtureScopes:
+    """The fault scopes a fixture entered in its setup; those open as its teardown began."""
+
+    __slots__ = ("entered", "open_at_teardown")
+
+    def __init__(self, entered: list[Any]) -> None:
+        self.entered = entered
+        self.open_at_teardown: list[Any] = []
+
+    def note_teardown(self) -> None:
+        self.open_at_teardown = _open_scopes()
+
+
+_FIXTURE_SCOPES = pytest.StashKey[dict[Any, _FixtureScopes]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+) -> Generator[None, object, object]:
+    """Note the fault scopes a fixture enters, for :func:`pytest_fixture_post_finalizer`."""
+    before = _open_scopes()
+    try:
+        return (yield)
+    finally:
+        noted = _FixtureScopes([scope for scope in _open_scopes() if scope not in before])
+        request.config.stash.setdefault(_FIXTURE_SCOPES, {})[fixturedef] = noted
+        fixturedef.addfinalizer(noted.note_teardown)  # runs before the fixture's teardown
+
+
+def pytest_fixture_post_finalizer(
+    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+) -> None:
+    """Error a fixture that leaves a ``FaultInjector`` active: its faults hit later tests."""
+    noted = request.config.stash.get(_FIXTURE_SCOPES, {}).pop(fixturedef, None)
+    if noted is None:
+        return
+    leaked = [
+        scope
+        for scope in _open_scopes()
+        if scope in noted.entered or scope not in noted.open_at_teardown
+    ]
+    if not leaked:
+        return
+    _take_back(leaked)
+    where = request.node.nodeid or "the session"
+    pytest.fail(
+        f"fixture {fixturedef.argname!r} ({fixturedef.scope} scope, set up for {where}) left "
+        "a FaultInjector active (entered, never exited), so its faults would hit the tests "
+        "after it; leave it in the fixture's teardown (`with injector: yield injector`) or "
+        "use the saga_faults fixture",
+        pytrace=False,
+    )
 
 
 @pytest.hookimpl(wrapper=True)

@@ -19,7 +19,7 @@ from .._hooks import (
     _SimulatedTimeout,
     active_faults,
 )
-from .._runs import current_run
+from .._runs import SagaRun, current_run
 from .._steps import DEFINED_NAMES, Step, StepCall
 from ..exceptions import SagaDefinitionError
 from ..stores import SagaStore
@@ -58,7 +58,7 @@ class _Rule:
     times: int | None
     index: int | None
 
-    def matches(self, step: Step[Any, Any], attempt: int, compensation: bool) -> bool:
+    def matches(self, step: Step[Any, Any], attempt: int, compensation: bool, aimed: bool) -> bool:
         if compensation is not self.compensation:
             return False
         if self.times is not None and attempt > self.times:
@@ -69,12 +69,19 @@ class _Rule:
                 return False
         elif step is not target:
             return False
-        return self.index is None or self.index == _running_index()
+        return self.index is None or (aimed and self.index == _running_index())
 
 
 def _running_index() -> int | None:
     run = current_run.get()
     return None if run is None or run.step is None else run.step.index
+
+
+def _started_in(base: SagaRun | None) -> bool:
+    """Whether the running saga was started where ``base`` ran (``None``: outside any
+    saga), rather than by a step of a saga started there (a nested saga)."""
+    run = current_run.get()
+    return run is not None and run.parent is base
 
 
 def _check_target(target: object) -> str | Step[Any, Any]:
@@ -127,20 +134,27 @@ def _check_count(value: object, what: str, *, least: int = 0) -> int | None:
 class _Scope:
     """The faults of one ``with injector:`` block, consulted first, then those active
     around it. Tasks started in the block keep this object: once the block ends
-    (``open`` is false), they get only the outer faults."""
+    (``open`` is false), they get only the outer faults. An injector's ``index`` faults
+    hit only the sagas the block runs itself, not the sagas their steps run."""
 
-    __slots__ = ("inner", "open", "outer")
+    __slots__ = ("base", "inner", "open", "outer")
 
     def __init__(self, inner: FaultPlan, outer: FaultPlan | None) -> None:
         self.inner = inner
         self.outer = outer
         self.open = True
+        self.base = current_run.get()  # the saga whose step entered the block, if any
 
     def fault_for(
         self, step: Step[Any, Any], attempt: int, *, compensation: bool
     ) -> BaseException | _SimulatedTimeout | CrashAfter | None:
         if self.open:
-            fault = self.inner.fault_for(step, attempt, compensation=compensation)
+            inner = self.inner
+            if isinstance(inner, FaultInjector):
+                aimed = _started_in(self.base)
+                fault = inner._fault_for(step, attempt, compensation, aimed=aimed)
+            else:
+                fault = inner.fault_for(step, attempt, compensation=compensation)
             if fault is not None:
                 return fault
         if self.outer is None:
@@ -162,8 +176,10 @@ class FaultInjector:
     current task and tasks started from it, never concurrently running tests or tasks
     that did not enter it. Scopes nest; an inner injector is asked first. The first
     matching fault wins; a fault fires on every attempt, or only on the first ``times``.
-    ``index`` restricts a fault to the step at that position in the saga (for a step
-    used twice). :attr:`fired` lists every fault injected, in order.
+    ``index`` restricts a fault to the step at that position in the saga under test (for
+    a step used twice): a saga run in the block, not one a step of it runs (a nested
+    saga, whose steps have positions of their own); a fault without ``index`` hits its
+    step in nested sagas too. :attr:`fired` lists every fault injected, in order.
     """
 
     def __init__(self) -> None:
@@ -291,9 +307,17 @@ class FaultInjector:
     def fault_for(
         self, step: Step[Any, Any], attempt: int, *, compensation: bool
     ) -> BaseException | _SimulatedTimeout | CrashAfter | None:
-        """The :class:`~sagakit._hooks.FaultPlan` hook the orchestrator calls per attempt."""
+        """The :class:`~sagakit._hooks.FaultPlan` hook, asked per attempt. Asked directly
+        rather than through ``with injector:`` (which aims ``index`` faults at the sagas
+        the block runs), an ``index`` fault matches the running step of any saga."""
+        return self._fault_for(step, attempt, compensation, aimed=True)
+
+    def _fault_for(
+        self, step: Step[Any, Any], attempt: int, compensation: bool, *, aimed: bool
+    ) -> BaseException | _SimulatedTimeout | CrashAfter | None:
+        """The fault for this attempt; ``aimed``: the running saga is the one under test."""
         for rule in self._rules:
-            if rule.matches(step, attempt, compensation):
+            if rule.matches(step, attempt, compensation, aimed):
                 fault = rule.fault
                 if isinstance(fault, SimulatedCrash | CrashAfter):
                     self._rules.remove(rule)  # a process dies once
