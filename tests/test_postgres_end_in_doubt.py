@@ -104,3 +104,96 @@ async def test_a_write_queued_when_its_caller_was_cancelled_cannot_commit_once_s
         assert meta.status is status
         events = Counter(e.event for e in await b.read_events())
         assert set(events.values()) == {1}  # none twice
+
+
+HOLD: list[asyncio.Event] = []  # [entered, release] while a test holds emit_held
+
+
+@step
+async def emit_held(n: int) -> list[str]:
+    if HOLD:
+        HOLD[0].set()
+        await HOLD[1].wait()
+    return [f"h{n}"]
+
+
+@saga
+def held_two():  # type: ignore[no-untyped-def]
+    yield emit(0)
+    yield emit_held(1)
+
+
+@saga
+def blocking_one():  # type: ignore[no-untyped-def]
+    yield emit(9)
+
+
+async def _until(check: Callable[[], bool], what: str) -> None:
+    for _ in range(5_000):
+        if check():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"never: {what}")
+
+
+@pytest.mark.asyncio
+async def test_a_write_queued_behind_another_batch_is_not_sent_beside_its_copy(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cancelled run's end waits in the writer's queue behind another saga's batch;
+    # the store settles it and queues the copy of what it carried, so the queue holds
+    # two submissions of one saga. Sent in one batch, the copy's fencing token let the
+    # stale one's rows and events in too (its step's event stored twice).
+    async with opened(dsn, schema) as a, opened(dsn, schema) as b:
+        send = a._writer._send
+        in_flight = asyncio.Event()
+        go = asyncio.Event()
+        sent: list[list[tuple[str, int]]] = []
+
+        async def held(writes: list[Write]) -> dict[str, str]:
+            if any(w.saga_id == "blocker" for w in writes) and not in_flight.is_set():
+                in_flight.set()
+                await go.wait()
+            sent.append([(w.saga_id, w.fence) for w in writes])
+            return await send(writes)
+
+        monkeypatch.setattr(a._writer, "_send", held)
+
+        def queued(saga_id: str) -> int:
+            return sum(writes[0].saga_id == saga_id for writes, _ in a._writer._pending)
+
+        HOLD[:] = [asyncio.Event(), asyncio.Event()]
+        heard: list[Transition] = []
+        running = asyncio.create_task(
+            SagaOrchestrator(a, listeners=[heard.append]).execute(held_two(), saga_id="s")
+        )
+        try:
+            await HOLD[0].wait()
+            blocker = asyncio.create_task(
+                SagaOrchestrator(a).execute(blocking_one(), saga_id="blocker")
+            )
+            await in_flight.wait()
+            HOLD[1].set()
+            await _until(lambda: queued("s") == 1, "the end of s queued")
+            running.cancel()
+            await _until(lambda: queued("s") == 2, "the copy of what it carried queued too")
+            go.set()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+            await blocker
+            await a._writer.close()
+        finally:
+            HOLD.clear()
+            go.set()
+        fences = [{fence for saga_id, fence in batch if saga_id == "s"} for batch in sent]
+        assert all(len(of_s) <= 1 for of_s in fences), sent  # never beside its copy
+        ended = TransitionKind.SAGA_FINISHED in [t.kind for t in heard]
+        assert not ended  # cancelled while its end was written: SAGA_STOPPED
+        finished = query(
+            dsn, f"SELECT finished_at IS NOT NULL FROM \"{schema}\".sagas WHERE saga_id = 's'"
+        )
+        assert finished == [(False,)]  # the end listeners did not hear is not in the log
+        outcomes = await SagaOrchestrator(b).recover()
+        assert [o.status for o in outcomes] == [SagaStatus.COMPLETED]
+        events = Counter(e.event for e in await b.read_events() if e.saga_id == "s")
+        assert events == Counter({"e0": 1, "h1": 1}), events  # none twice
