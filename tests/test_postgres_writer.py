@@ -56,6 +56,39 @@ async def test_writes_queued_while_a_batch_is_in_flight_go_out_together() -> Non
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("max_batch", "expected"),
+    [
+        (10, [["first"], ["a", "b", "c"], ["a"], ["a"]]),
+        (2, [["first"], ["a", "b"], ["a", "c"], ["a"]]),
+    ],
+)
+async def test_a_batch_holds_one_submission_per_saga_in_queue_order(
+    max_batch: int, expected: list[list[str]]
+) -> None:
+    # A saga has two submissions queued when a cancelled caller's write waits behind a
+    # batch in flight and the store queues its copy: they must not share a batch.
+    batches: list[list[str]] = []
+    release = asyncio.Event()
+
+    async def send(writes: list[Write]) -> dict[str, str]:
+        batches.append([w.saga_id for w in writes])
+        if len(batches) == 1:
+            await release.wait()
+        return {}
+
+    writer = GroupWriter(send, max_batch=max_batch)
+    first = asyncio.create_task(writer.submit([_write("first")]))
+    await asyncio.sleep(0)
+    ids = ("a", "b", "a", "c", "a")
+    rest = [asyncio.create_task(writer.submit([_write(i)])) for i in ids]
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(first, *rest)
+    assert batches == expected
+
+
+@pytest.mark.asyncio
 async def test_a_failed_batch_fails_each_of_its_writes_with_a_store_error() -> None:
     async def send(writes: list[Write]) -> dict[str, str]:
         raise ConnectionError("server went away")

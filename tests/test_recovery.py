@@ -4,6 +4,7 @@ and a second store (another owner) recovers it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sqlite3
 import subprocess
@@ -415,6 +416,50 @@ async def test_the_worker_backs_off_while_claims_keep_failing(
     await SagaOrchestrator(store).run_worker(poll_interval=0.5, stop=stop, handle_signals=False)
     await store.close()
     assert waits == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 0.5, 0.5]
+
+
+@pytest.mark.asyncio
+async def test_a_worker_whose_cancellation_is_lost_while_claiming_still_stops(db: str) -> None:
+    # Regression: Python 3.11's asyncio.wait_for (which psycopg_pool waits for a
+    # connection with) returns normally when the cancellation arrives just as the
+    # connection is handed over: the cancelled worker's claim came back as if nothing
+    # happened, and the worker looped on for good (its canceller waited forever).
+    await crash(db, rec_order("kite"), "o-lost", at(TransitionKind.STEP_COMPLETED, "book"))
+    store = SQLiteStore(db)
+    claim = store.claim_orphans
+    claiming = asyncio.Event()
+    claims = 0
+
+    async def losing_claim(**options: Any) -> Any:
+        nonlocal claims
+        claims += 1
+        if claims == 1:
+            claiming.set()
+            # Lost on the way, as wait_for loses it: still requested on the task.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()
+        return await claim(**options)
+
+    store.claim_orphans = losing_claim  # type: ignore[method-assign]
+    worker = asyncio.create_task(
+        SagaOrchestrator(store).run_worker(poll_interval=0.01, handle_signals=False)
+    )
+    await claiming.wait()
+    worker.cancel()
+    done, _ = await asyncio.wait({worker}, timeout=10.0)  # a guard
+    if not done:  # the bug: stop it for good before failing
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+    assert worker in done, f"the cancelled worker ran on ({claims} claims)"
+    assert worker.cancelled()
+    assert claims == 1
+    # What that claim took was not dropped: the worker finished it as it stopped.
+    meta = await store.get("o-lost")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPLETED
+    # (book ran, but the crash kept its completion out of the log: it ran again.)
+    assert effects == ["book kite o-lost:0", "book kite o-lost:0", "pay kite"]
+    await store.close()
 
 
 @pytest.mark.asyncio

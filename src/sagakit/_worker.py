@@ -195,6 +195,8 @@ async def run_worker(
         tasks.discard(task)
         freed.set()
 
+    me = asyncio.current_task()
+    cancels = me.cancelling() if me is not None else 0
     with _on_sigterm(stop, handle_signals):
         try:
             while not stop.is_set():
@@ -228,6 +230,12 @@ async def run_worker(
                         )
                         tasks.add(task)
                         task.add_done_callback(done)
+                    if me is not None and me.cancelling() > cancels:
+                        # Cancelled while claiming, and the cancellation was lost on the
+                        # way (Python 3.11's asyncio.wait_for, in the driver's connection
+                        # pool, can swallow one): stop anyway, or the loop runs on. What
+                        # was just claimed is handed back by the shutdown below.
+                        raise asyncio.CancelledError
                 if claimed and claimed == free:
                     continue  # more may be waiting: claim again while capacity lasts
                 freed.clear()

@@ -226,12 +226,37 @@ class GroupWriter:
     async def _drain(self) -> None:
         try:
             while self._pending:
-                batch = self._pending[: self._max_batch]
-                del self._pending[: self._max_batch]
-                await self._write(batch)
+                await self._write(self._next_batch())
         finally:
             self._task = None
             self._fail_pending()  # only when cancelled: the loop ends with none queued
+
+    def _next_batch(self) -> list[tuple[Sequence[Write], asyncio.Future[None]]]:
+        """Take the next batch off the queue: up to ``max_batch`` submissions, at most
+        one per saga. A saga has two queued only when a cancelled caller's write waits
+        behind a batch in flight and the store queued what it carried again: the stale
+        one must go out on its own, to be refused (``apply_writes`` gives a saga's row
+        the last of its writes' fencing tokens, and all its writes the row's fate)."""
+        pending = self._pending
+        batch = pending[: self._max_batch]
+        sagas = {writes[0].saga_id for writes, _ in batch}
+        if len(sagas) == len(batch):  # the usual case
+            del pending[: self._max_batch]
+            return batch
+        batch, later, seen = [], [], set()
+        taken = 0
+        for submission in pending:
+            if len(batch) == self._max_batch:
+                break
+            taken += 1
+            saga_id = submission[0][0].saga_id
+            if saga_id in seen:
+                later.append(submission)  # after its saga's earlier one
+            else:
+                seen.add(saga_id)
+                batch.append(submission)
+        self._pending = [*later, *pending[taken:]]
+        return batch
 
     async def _write(self, batch: list[tuple[Sequence[Write], asyncio.Future[None]]]) -> None:
         """Send ``batch`` as one statement and settle its futures."""

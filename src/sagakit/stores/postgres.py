@@ -17,7 +17,7 @@ import math
 import os
 import socket
 from collections.abc import AsyncIterator, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .._runs import unended
@@ -527,19 +527,23 @@ class PostgresStore:
         doubt = self._doubts[saga_id]
         settled = await settle(self._run, self._sql, self.owner, saga_id, doubt)
         del self._doubts[saga_id]
+        # With ``stage``, the writes in doubt may still be queued in the writer (their
+        # caller was cancelled): they must go out unchanged, to be refused, so what is
+        # staged again is a copy. Without it, ``_send`` sends its failed writes again.
+        writes = [replace(w) for w in doubt.writes[: doubt.carried]] if stage else doubt.writes
         if settled.fence is not None:
             # The fencing token moved on, so that the write in doubt cannot commit late.
             if saga_id in self._fences:
                 self._fences[saga_id] = settled.fence
-            for write in (*doubt.writes, *self._staged.get(saga_id, ())):
+            for write in (*writes, *self._staged.get(saga_id, ())):
                 write.fence = settled.fence
                 write.new = None  # the row is there
         elif stage and doubt.new is not None and not settled.committed:
             self._new.setdefault(saga_id, doubt.new)  # to send again: refused if not ours
-            doubt.writes[0].new = None
-        if not settled.committed and stage and doubt.carried:
-            carried = doubt.writes[: doubt.carried]
-            self._staged[saga_id] = [*carried, *self._staged.get(saga_id, ())]
+            if writes:
+                writes[0].new = None
+        if not settled.committed and stage and writes:
+            self._staged[saga_id] = [*writes, *self._staged.get(saga_id, ())]
         return settled.committed
 
     async def _apply(self, writes: list[Write]) -> dict[str, str]:
