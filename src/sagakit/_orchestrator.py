@@ -244,7 +244,7 @@ class SagaOrchestrator:
         if saga_id is not None:
             _check_id(saga_id)
         else:
-            saga_id = definition.saga_id
+            saga_id = definition._state[0]  # its saga_id, without a property call
         explicit = saga_id is not None
         loop = asyncio.get_running_loop()
         watchdog = self._watchdog

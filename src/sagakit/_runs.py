@@ -176,12 +176,15 @@ class SagaRun:
     def __init__(
         self, saga_id: str, definition: SagaDefinition, explicit_id: bool, mono: float
     ) -> None:
+        # The definition's values read directly: a property read costs a call, per run.
+        state = definition._state
+        calls = state[2]
         self.id = saga_id
-        self.name = definition.name
+        self.name = state[1]
         self.definition = definition
         self.explicit_id = explicit_id
         self.status = SAGA_EXECUTING
-        self.total_steps = definition.total_steps
+        self.total_steps = None if calls is None else len(calls)
         self.steps: list[StepRun] = []
         self.compensations: list[StepRun] = []
         self.events: list[Any] = []
