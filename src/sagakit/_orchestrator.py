@@ -289,8 +289,12 @@ class SagaOrchestrator:
         watchdog.runs.add(run)
         # Every transition is built when a durable store or the run's listeners (those
         # there when it began, not the orchestrator's now) need it, or DEBUG logs it.
-        observe = self._durable or bool(run.listeners) or logger.isEnabledFor(logging.DEBUG)
-        announce = observe or logger.isEnabledFor(logging.INFO)
+        # DEBUG is enabled only where INFO is: one level check when INFO is off.
+        info = logger.isEnabledFor(logging.INFO)
+        observe = (
+            self._durable or bool(run.listeners) or (info and logger.isEnabledFor(logging.DEBUG))
+        )
+        announce = observe or info
         faults = active_faults.get()
         token = current_run.set(run)
         steps = run.steps
