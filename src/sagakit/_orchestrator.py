@@ -45,6 +45,7 @@ from ._runs import (
     current_run,
     describe_error,
     events_of,
+    new_step_run,
     storable_text,
 )
 from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id, close_driver
@@ -319,7 +320,7 @@ class SagaOrchestrator:
                     value = self._replayed(run, index, call, done)
                     index += 1
                     continue
-                record = StepRun(index, spec.name)
+                record = new_step_run(index, spec.name)
                 steps.append(record)
                 run.step = record
                 timeout = spec.timeout
@@ -734,7 +735,7 @@ class SagaOrchestrator:
                 if compensation is None:
                     done.pop()
                     continue
-                record = StepRun(step_record.index, step_record.name, True)  # a compensation
+                record = new_step_run(step_record.index, step_record.name, True)  # a compensation
                 records = run.compensations
                 if (
                     records
