@@ -282,9 +282,11 @@ class SagaOrchestrator:
         ``hand_back`` (recovery): cancelled, stop as a crash would, without compensating.
         """
         loop = asyncio.get_running_loop()
-        watchdog = self._watch(loop)
+        watchdog = self._watchdog  # self._watch(loop), without the call: this runs per saga
+        if watchdog is None or watchdog.loop is not loop:
+            watchdog = self._use_loop(loop)
         now = watchdog.now
-        run.task = task = asyncio.current_task()
+        run.task = task = asyncio.current_task(loop)
         assert task is not None, "sagakit runs inside an asyncio task"
         run.cancel_base = task.cancelling()
         watchdog.runs.add(run)
