@@ -151,6 +151,9 @@ class SagaOrchestrator:
             )
         self._store = store
         self._durable = bool(store.durable)
+        # The default store, called without awaiting a coroutine per run (not a subclass:
+        # that may override begin() or finish()).
+        self._memory = store if type(store) is MemoryStore else None
         # A durable store may stage the transitions that no side effect follows; they
         # commit with the run's next record(), before the next step or compensation
         # runs or execute() returns.
@@ -256,8 +259,9 @@ class SagaOrchestrator:
         )
         run.listeners = self._listeners
         driver = definition._driver()  # before begin(): whatever it raises leaves no run
+        memory = self._memory
         try:
-            earlier = await self._store.begin(run)
+            earlier = memory._begin_now(run) if memory is not None else await self._store.begin(run)
         except SagaAlreadyExecuting:
             # An orphan (its process died mid-run) is finished here first, as recovery
             # would; then begin() decides as for any finished id.
@@ -533,7 +537,11 @@ class SagaOrchestrator:
                 await self._emit(run, ON_SAGA_FINISHED)
         finally:
             # Even if cancelled while a listener hears of it: the run has ended.
-            await self._store.finish(run)
+            memory = self._memory
+            if memory is not None:
+                memory._finish_now(run)
+            else:
+                await self._store.finish(run)
         return events.copy()
 
     def _replayed(self, run: SagaRun, index: int, call: StepCall[Any], done: list[_Done]) -> Any:
@@ -639,7 +647,11 @@ class SagaOrchestrator:
         try:
             await self._emit(run, ON_SAGA_FINISHED)
         finally:
-            await self._store.finish(run)
+            memory = self._memory
+            if memory is not None:
+                memory._finish_now(run)
+            else:
+                await self._store.finish(run)
 
     async def _finish_before(self, run: SagaRun, pending: BaseException) -> None:
         """:meth:`_finish` a run that ends raising ``pending`` (a cancellation,
