@@ -53,6 +53,7 @@ from ._runs import (
     enter_run,
     events_of,
     leave_run,
+    new_step_run,
     storable_text,
 )
 from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id, close_driver
@@ -158,6 +159,9 @@ class SagaOrchestrator:
             )
         self._store = store
         self._durable = bool(store.durable)
+        # The default store, called without awaiting a coroutine per run (not a subclass:
+        # that may override begin() or finish()).
+        self._memory = store if type(store) is MemoryStore else None
         # A durable store may stage the transitions that no side effect follows; they
         # commit with the run's next record(), before the next step or compensation
         # runs or execute() returns.
@@ -252,7 +256,7 @@ class SagaOrchestrator:
         if saga_id is not None:
             _check_id(saga_id)
         else:
-            saga_id = definition.saga_id
+            saga_id = definition._state[0]  # its saga_id, without a property call
         explicit = saga_id is not None
         loop = asyncio.get_running_loop()
         watchdog = self._watchdog
@@ -263,8 +267,9 @@ class SagaOrchestrator:
         )
         run.listeners = self._listeners
         driver = definition._driver()  # before begin(): whatever it raises leaves no run
+        memory = self._memory
         try:
-            earlier = await self._store.begin(run)
+            earlier = memory._begin_now(run) if memory is not None else await self._store.begin(run)
         except SagaAlreadyExecuting:
             # An orphan (its process died mid-run) is finished here first, as recovery
             # would; then begin() decides as for any finished id.
@@ -289,16 +294,22 @@ class SagaOrchestrator:
         ``hand_back`` (recovery): cancelled, stop as a crash would, without compensating.
         """
         loop = asyncio.get_running_loop()
-        watchdog = self._watch(loop)
+        watchdog = self._watchdog  # self._watch(loop), without the call: this runs per saga
+        if watchdog is None or watchdog.loop is not loop:
+            watchdog = self._use_loop(loop)
         now = watchdog.now
-        run.task = task = asyncio.current_task()
+        run.task = task = asyncio.current_task(loop)
         assert task is not None, "sagakit runs inside an asyncio task"
         run.cancel_base = task.cancelling()
         watchdog.runs.add(run)
         # Every transition is built when a durable store or the run's listeners (those
         # there when it began, not the orchestrator's now) need it, or DEBUG logs it.
-        observe = self._durable or bool(run.listeners) or logger.isEnabledFor(logging.DEBUG)
-        announce = observe or logger.isEnabledFor(logging.INFO)
+        # DEBUG is enabled only where INFO is: one level check when INFO is off.
+        info = logger.isEnabledFor(logging.INFO)
+        observe = (
+            self._durable or bool(run.listeners) or (info and logger.isEnabledFor(logging.DEBUG))
+        )
+        announce = observe or info
         faults = active_faults.get()
         token = enter_run(run)
         steps = run.steps
@@ -323,7 +334,7 @@ class SagaOrchestrator:
                     value = self._replayed(run, index, call, done)
                     index += 1
                     continue
-                record = StepRun(index, spec.name)
+                record = new_step_run(index, spec.name)
                 steps.append(record)
                 run.step = record
                 timeout = spec.timeout
@@ -534,7 +545,11 @@ class SagaOrchestrator:
                 await self._emit(run, ON_SAGA_FINISHED)
         finally:
             # Even if cancelled while a listener hears of it: the run has ended.
-            await self._store.finish(run)
+            memory = self._memory
+            if memory is not None:
+                memory._finish_now(run)
+            else:
+                await self._store.finish(run)
         return events.copy()
 
     def _replayed(self, run: SagaRun, index: int, call: StepCall[Any], done: list[_Done]) -> Any:
@@ -640,7 +655,11 @@ class SagaOrchestrator:
         try:
             await self._emit(run, ON_SAGA_FINISHED)
         finally:
-            await self._store.finish(run)
+            memory = self._memory
+            if memory is not None:
+                memory._finish_now(run)
+            else:
+                await self._store.finish(run)
 
     async def _finish_before(self, run: SagaRun, pending: BaseException) -> None:
         """:meth:`_finish` a run that ends raising ``pending`` (a cancellation,
@@ -738,7 +757,7 @@ class SagaOrchestrator:
                 if compensation is None:
                     done.pop()
                     continue
-                record = StepRun(step_record.index, step_record.name, True)  # a compensation
+                record = new_step_run(step_record.index, step_record.name, True)  # a compensation
                 records = run.compensations
                 if (
                     records

@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._hooks import SimulatedCrash, active_faults
-from ._runs import CRASHED, SagaRun, StepRun, describe_error, enter_run, leave_run
+from ._runs import (
+    CRASHED,
+    SagaRun,
+    StepRun,
+    describe_error,
+    enter_run,
+    leave_run,
+    new_step_run,
+)
 from ._sagas import (
     SagaDefinition,
     StepDriver,
@@ -244,7 +252,7 @@ def _rebuild(
     run.status = orphan.status
     run.error = orphan.error
     for logged in done:
-        record = StepRun(logged.index, logged.name)
+        record = new_step_run(logged.index, logged.name)
         record.status = StepStatus.COMPLETED
         record.attempts = logged.attempts
         record.duration = logged.duration
@@ -253,7 +261,7 @@ def _rebuild(
         run.steps.append(record)
         run.events.extend(logged.events)
     for logged in orphan.compensations:
-        record = StepRun(logged.index, logged.name, compensation=True)
+        record = new_step_run(logged.index, logged.name, compensation=True)
         record.status = logged.status
         record.attempts = logged.attempts
         record.duration = logged.duration
@@ -329,7 +337,7 @@ async def _recover_one(
             wanted = step.compensate_on_failure
         else:
             wanted = step.compensate_on_timeout
-        record = StepRun(stopped.index, stopped.name)
+        record = new_step_run(stopped.index, stopped.name)
         interrupted = stopped.status is StepStatus.RUNNING
         record.status = StepStatus.FAILED if interrupted else stopped.status
         record.attempts = stopped.attempts

@@ -17,6 +17,7 @@ from .records import SagaMetadata, StepRecord
 
 if TYPE_CHECKING:
     from ._sagas import SagaDefinition
+    from .status import StepStatus
     from .stores._protocol import SagaRunView
 
 
@@ -48,7 +49,7 @@ def events_of(result: Any) -> Sequence[Any]:
 
 
 class StepRun:
-    """Mutable state of one step or compensation within one run."""
+    """Mutable state of one step or compensation within one run (see :func:`new_step_run`)."""
 
     __slots__ = (
         "attempts",
@@ -62,16 +63,15 @@ class StepRun:
         "status",
     )
 
-    def __init__(self, index: int, name: str, compensation: bool = False) -> None:
-        self.index = index
-        self.name = name
-        self.compensation = compensation
-        self.status = STEP_RUNNING
-        self.attempts = 1
-        self.duration: float | None = None
-        self.error: str | None = None
-        self.events: Sequence[Any] = ()
-        self.result: Any = None
+    index: int
+    name: str
+    compensation: bool
+    status: StepStatus
+    attempts: int
+    duration: float | None
+    error: str | None
+    events: Sequence[Any]
+    result: Any
 
     def record(self) -> StepRecord:
         return StepRecord(
@@ -84,6 +84,28 @@ class StepRun:
             events=tuple(self.events),
             compensation=self.compensation,
         )
+
+
+_new_record = object.__new__
+
+
+def new_step_run(index: int, name: str, compensation: bool = False) -> StepRun:
+    """A step's (or compensation's) record, running its first attempt.
+
+    A function rather than ``StepRun.__init__``: calling a class with an ``__init__``
+    costs a second frame, and a run makes a record per step.
+    """
+    record: StepRun = _new_record(StepRun)
+    record.index = index
+    record.name = name
+    record.compensation = compensation
+    record.status = STEP_RUNNING
+    record.attempts = 1
+    record.duration = None
+    record.error = None
+    record.events = ()
+    record.result = None
+    return record
 
 
 CRASHED = "interrupted by a crash of its process"
@@ -177,12 +199,15 @@ class SagaRun:
     def __init__(
         self, saga_id: str, definition: SagaDefinition, explicit_id: bool, mono: float
     ) -> None:
+        # The definition's values read directly: a property read costs a call, per run.
+        state = definition._state
+        calls = state[2]
         self.id = saga_id
-        self.name = definition.name
+        self.name = state[1]
         self.definition = definition
         self.explicit_id = explicit_id
         self.status = SAGA_EXECUTING
-        self.total_steps = definition.total_steps
+        self.total_steps = None if calls is None else len(calls)
         self.steps: list[StepRun] = []
         self.compensations: list[StepRun] = []
         self.events: list[Any] = []
@@ -291,4 +316,4 @@ def current_step() -> StepContext | None:
     )
 
 
-__all__ = ["SagaRun", "StepContext", "StepRun", "current_step"]
+__all__ = ["SagaRun", "StepContext", "StepRun", "current_step", "new_step_run"]

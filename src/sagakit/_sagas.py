@@ -37,15 +37,11 @@ class SagaDefinition:
     Every execution creates fresh per-run state; a definition can be executed many times.
     """
 
-    __slots__ = ("_args", "_calls", "_factory", "_kwargs", "_name", "_recovery", "_saga_id")
+    # All its values in one tuple, set once: each slot set past the immutable
+    # __setattr__ costs a call, and a generator saga makes a definition per run.
+    __slots__ = ("_state",)
 
-    _saga_id: str | None
-    _name: str
-    _calls: tuple[StepCall[Any], ...] | None
-    _factory: SagaFunction[...] | None
-    _args: tuple[Any, ...]
-    _kwargs: dict[str, Any]
-    _recovery: RecoveryPolicy
+    _state: _State
 
     def __init__(
         self,
@@ -70,94 +66,72 @@ class SagaDefinition:
         for index, call in enumerate(calls):
             _check_call(call, name or saga_id or "saga", index)
         _check_recovery(recovery, "recovery")
-        _init(self, saga_id, name or saga_id or "saga", calls, None, (), {}, recovery)
-
-    @classmethod
-    def _from_factory(
-        cls,
-        factory: SagaFunction[...],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        calls: tuple[StepCall[Any], ...] | None,
-    ) -> SagaDefinition:
-        # No checks: a generator saga makes a definition per run, and the factory's
-        # options were checked when it was declared.
-        definition = _new_definition(cls)
-        _init(definition, None, factory.name, calls, factory, args, kwargs, factory.recovery)
-        return definition
+        _set_state(self, (saga_id, name or saga_id or "saga", calls, None, (), {}, recovery))
 
     def add_step(self, call: StepCall[Any]) -> SagaDefinition:
         """Return a new definition with ``call`` appended (builder form)."""
-        if self._calls is None:
+        saga_id, name, calls, _, args, kwargs, recovery = self._state
+        if calls is None:
             raise SagaDefinitionError(
-                f"saga {self._name!r} is a generator saga; its steps come from the generator, "
+                f"saga {name!r} is a generator saga; its steps come from the generator, "
                 "so add_step() cannot extend it — yield the step from the generator instead"
             )
-        _check_call(call, self._name, len(self._calls))
-        new = self._copy()
-        object.__setattr__(new, "_calls", (*self._calls, call))
-        # No longer what its @saga function builds: recovery must not rebuild it from that.
-        object.__setattr__(new, "_factory", None)
-        return new
+        _check_call(call, name, len(calls))
+        # No longer what its @saga function builds (no factory): recovery must not
+        # rebuild it from that.
+        return _made(type(self), (saga_id, name, (*calls, call), None, args, kwargs, recovery))
 
     def with_id(self, saga_id: str) -> SagaDefinition:
         """Return a copy with ``saga_id`` set; the id makes executions idempotent."""
         _check_id(saga_id)
-        new = self._copy()
-        object.__setattr__(new, "_saga_id", saga_id)
-        return new
-
-    def _copy(self) -> SagaDefinition:
-        new = object.__new__(type(self))
-        for slot in SagaDefinition.__slots__:
-            object.__setattr__(new, slot, getattr(self, slot))
-        return new
+        return _made(type(self), (saga_id, *self._state[1:]))
 
     @property
     def name(self) -> str:
         """The saga's name (the decorated function's name, or the builder's id)."""
-        return self._name
+        return self._state[1]
 
     @property
     def saga_id(self) -> str | None:
         """The explicit saga id, or ``None`` for a fresh id per execution."""
-        return self._saga_id
+        return self._state[0]
 
     @property
     def steps(self) -> tuple[StepCall[Any], ...] | None:
         """The ordered step calls, or ``None`` for a generator saga (known only by running)."""
-        return self._calls
+        return self._state[2]
 
     @property
     def total_steps(self) -> int | None:
         """How many steps the saga has, when known before running."""
-        return None if self._calls is None else len(self._calls)
+        calls = self._state[2]
+        return None if calls is None else len(calls)
 
     @property
     def factory(self) -> SagaFunction[...] | None:
         """The ``@saga`` function this definition came from, if any."""
-        return self._factory
+        return self._state[3]
 
     @property
     def args(self) -> tuple[Any, ...]:
         """Positional arguments the ``@saga`` function was called with."""
-        return self._args
+        return self._state[4]
 
     @property
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments the ``@saga`` function was called with."""
-        return dict(self._kwargs)
+        return dict(self._state[5])
 
     @property
     def recovery(self) -> RecoveryPolicy:
         """What recovery does with a run interrupted going forward: resume or compensate."""
-        return self._recovery
+        return self._state[6]
 
     def metadata(self) -> SagaMetadata:
         """Metadata of this definition before any run: status ``NOT_STARTED``."""
         return SagaMetadata(
-            id=self._saga_id,
-            name=self._name,
+            id=self.saga_id,
+            name=self.name,
             status=SagaStatus.NOT_STARTED,
             steps_executed=0,
             total_steps=self.total_steps,
@@ -165,10 +139,11 @@ class SagaDefinition:
 
     def _driver(self) -> StepDriver:
         """A fresh generator of the saga's step calls, fed each step's result."""
-        if self._calls is not None:
-            return _iterate(self._calls)
-        assert self._factory is not None
-        return self._factory.__wrapped__(*self._args, **self._kwargs)  # type: ignore[return-value]
+        _, _, calls, factory, args, kwargs, _ = self._state
+        if calls is not None:
+            return _iterate(calls)
+        assert factory is not None
+        return factory.__wrapped__(*args, **kwargs)  # type: ignore[return-value]
 
     def to_mermaid(self) -> str:
         """A Mermaid flowchart of the forward steps and their compensations."""
@@ -188,54 +163,47 @@ class SagaDefinition:
         return self  # immutable
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # For pickle and deepcopy: slot values are set past the immutable __setattr__.
-        return _restore, (type(self), *(getattr(self, slot) for slot in _SLOTS))
+        # For pickle and deepcopy: the state is set past the immutable __setattr__.
+        return _restore, (type(self), *self._state)
 
     def __repr__(self) -> str:
-        steps = "?" if self._calls is None else len(self._calls)
-        ident = f" id={self._saga_id!r}" if self._saga_id else ""
-        return f"<SagaDefinition {self._name}{ident} steps={steps}>"
+        saga_id, name, calls = self._state[:3]
+        steps = "?" if calls is None else len(calls)
+        ident = f" id={saga_id!r}" if saga_id else ""
+        return f"<SagaDefinition {name}{ident} steps={steps}>"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SagaDefinition):
             return NotImplemented
-        return all(getattr(self, s) == getattr(other, s) for s in SagaDefinition.__slots__)
+        return self._state == other._state
 
     __hash__ = None  # type: ignore[assignment]
 
 
-def _init(
-    definition: SagaDefinition,
-    saga_id: str | None,
-    name: str,
-    calls: tuple[StepCall[Any], ...] | None,
-    factory: SagaFunction[...] | None,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    recovery: RecoveryPolicy,
-) -> None:
-    # The slots' own descriptors, past the __setattr__ that keeps definitions immutable
-    # (cheaper than object.__setattr__: a generator saga makes a definition per run).
-    set_id, set_name, set_calls, set_factory, set_args, set_kwargs, set_recovery = _SETTERS
-    set_id(definition, saga_id)
-    set_name(definition, name)
-    set_calls(definition, calls)
-    set_factory(definition, factory)
-    set_args(definition, args)
-    set_kwargs(definition, kwargs)
-    set_recovery(definition, recovery)
-
-
+_State: TypeAlias = tuple[
+    str | None,  # saga id
+    str,  # name
+    tuple[StepCall[Any], ...] | None,  # step calls (None: a generator saga)
+    "SagaFunction[...] | None",  # the @saga function it came from
+    tuple[Any, ...],  # that function's positional arguments
+    dict[str, Any],  # and keyword arguments
+    RecoveryPolicy,
+]
 _new_definition = object.__new__
-_SLOTS = ("_saga_id", "_name", "_calls", "_factory", "_args", "_kwargs", "_recovery")
-_SETTERS = tuple(getattr(SagaDefinition, slot).__set__ for slot in _SLOTS)
+# The slot's own descriptor, past the __setattr__ that keeps definitions immutable.
+_set_state: Callable[[SagaDefinition, _State], None] = vars(SagaDefinition)["_state"].__set__
+
+
+def _made(cls: type[SagaDefinition], state: _State) -> SagaDefinition:
+    """A definition of ``cls`` holding ``state``, made without checks."""
+    definition = _new_definition(cls)
+    _set_state(definition, state)
+    return definition
 
 
 def _restore(cls: type[SagaDefinition], *values: Any) -> SagaDefinition:
-    """A pickled or deep-copied definition, made again from its slot values."""
-    definition = _new_definition(cls)
-    _init(definition, *values)
-    return definition
+    """A pickled or deep-copied definition, made again from its values."""
+    return _made(cls, values)
 
 
 def close_driver(driver: StepDriver, name: str, saga_id: str) -> None:
@@ -391,7 +359,11 @@ class SagaFunction(Generic[P]):
                     f"saga {self.name!r} returned no steps; a saga needs at least one step"
                 )
             calls = tuple(body)
-        return SagaDefinition._from_factory(self, args, kwargs, calls)
+        # No checks: a generator saga makes a definition per run, and the factory's
+        # options were checked when it was declared.
+        definition = _new_definition(SagaDefinition)
+        _set_state(definition, (None, self.name, calls, self, args, kwargs, self.recovery))
+        return definition
 
     def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:  # calling a generator function only binds its arguments

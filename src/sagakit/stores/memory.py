@@ -40,6 +40,11 @@ class MemoryStore:
         self._history: OrderedDict[str, SagaRunView] = OrderedDict()
 
     async def begin(self, run: SagaRunView) -> SagaMetadata | None:
+        return self._begin_now(run)
+
+    def _begin_now(self, run: SagaRunView) -> SagaMetadata | None:
+        """:meth:`begin` without a coroutine: the orchestrator calls it directly on a
+        store of exactly this class (nothing here waits; an await costs a frame)."""
         saga_id = run.id
         if saga_id in self._running:
             raise SagaAlreadyExecuting(saga_id)
@@ -58,6 +63,10 @@ class MemoryStore:
         """Nothing to do: the live run is the record."""
 
     async def finish(self, run: SagaRunView) -> None:
+        self._finish_now(run)
+
+    def _finish_now(self, run: SagaRunView) -> None:
+        """:meth:`finish` without a coroutine (see :meth:`_begin_now`)."""
         self._running.pop(run.id, None)
         history = self._history
         if self.history_limit == 0:
