@@ -15,7 +15,7 @@ INSERT_SAGA = (
     "arguments, owner, total_steps, started_at, updated_at) "
     "VALUES (?, ?, 'executing', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-UPSERT_STEP = (
+UPSERT_STEP = (  # triggers move the saga's start counter on (see _sqlite_schema._V2)
     "INSERT INTO sagakit_steps (saga_id, compensation, idx, name, status, attempts, started_at) "
     "VALUES (?, ?, ?, ?, 'running', ?, ?) ON CONFLICT (saga_id, compensation, idx) DO UPDATE "
     "SET status = 'running', attempts = excluded.attempts, error = NULL, "
@@ -59,18 +59,16 @@ FINISHED = (
 # -------------------------------------------------------------------- reads
 
 SELECT_SAGA = f"SELECT {_SAGA_COLUMNS} FROM sagakit_sagas WHERE id = ?"
+_RECORD_ORDER = "ORDER BY compensation, start_order, idx"
+"""Steps, then compensations, each in the order they last started (not by the clock)."""
 SELECT_STEPS = (
-    f"SELECT {_STEP_COLUMNS}, started_at FROM sagakit_steps WHERE saga_id = ? "
-    "ORDER BY compensation, started_at, idx"
+    f"SELECT {_STEP_COLUMNS}, started_at FROM sagakit_steps WHERE saga_id = ? {_RECORD_ORDER}"
 )
 SELECT_ORPHAN = (
     "SELECT id, name, status, explicit, factory, policy, fingerprint, arguments, "
     "recovery_attempts, error, started_at FROM sagakit_sagas WHERE id = ?"
 )
-SELECT_ORPHAN_STEPS = (
-    f"SELECT {_STEP_COLUMNS} FROM sagakit_steps WHERE saga_id = ? "
-    "ORDER BY compensation, started_at, idx"
-)
+SELECT_ORPHAN_STEPS = f"SELECT {_STEP_COLUMNS} FROM sagakit_steps WHERE saga_id = ? {_RECORD_ORDER}"
 
 __all__ = [
     "COMPENSATING",

@@ -555,18 +555,25 @@ class SQLiteStore:
         serializer = self.serializer
         return await self._writer.read(lambda conn: load_metadata(conn, saga_id, serializer))
 
+    # Ties of a time are broken by what the log itself orders: sagas that started at the
+    # same instant by rowid (the order their rows were written), sagas that finished at
+    # the same instant by finish_order (the order their ends were written).
+
     async def running(self) -> list[SagaMetadata]:
         return await self._list(
-            "WHERE finished_at IS NULL AND dead_letter IS NULL ORDER BY started_at", ()
+            "WHERE finished_at IS NULL AND dead_letter IS NULL ORDER BY started_at, rowid", ()
         )
 
     async def history(self, limit: int | None = None) -> list[SagaMetadata]:
         if limit is None:
-            return await self._list("WHERE finished_at IS NOT NULL ORDER BY finished_at", ())
+            return await self._list(
+                "WHERE finished_at IS NOT NULL ORDER BY finished_at, finish_order", ()
+            )
         if limit <= 0:
             return []
         found = await self._list(
-            "WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?", (limit,)
+            "WHERE finished_at IS NOT NULL ORDER BY finished_at DESC, finish_order DESC LIMIT ?",
+            (limit,),
         )
         return found[::-1]
 
@@ -575,9 +582,10 @@ class SQLiteStore:
     ) -> list[SagaMetadata]:
         """Sagas newest first, optionally only those with ``status`` (for the CLI)."""
         if status is None:
-            return await self._list("ORDER BY started_at DESC LIMIT ?", (limit,))
+            return await self._list("ORDER BY started_at DESC, rowid DESC LIMIT ?", (limit,))
         return await self._list(
-            "WHERE status = ? ORDER BY started_at DESC LIMIT ?", (str(SagaStatus(status)), limit)
+            "WHERE status = ? ORDER BY started_at DESC, rowid DESC LIMIT ?",
+            (str(SagaStatus(status)), limit),
         )
 
     async def _list(self, where: str, params: tuple[Any, ...]) -> list[SagaMetadata]:
@@ -650,7 +658,7 @@ class SQLiteStore:
         def job(
             conn: sqlite3.Connection, limit: int
         ) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]]]:
-            rows = conn.execute(query + " ORDER BY started_at", only).fetchall()
+            rows = conn.execute(query + " ORDER BY started_at, rowid", only).fetchall()
             claimed: list[tuple[Any, ...]] = []
             parked: list[tuple[str, str]] = []
             for saga_id, name, holder, factory, attempts in rows:
@@ -756,7 +764,7 @@ class SQLiteStore:
             rows = conn.execute(
                 "SELECT id, name, status, recovery_attempts, dead_letter, parked_at "
                 "FROM sagakit_sagas WHERE dead_letter IS NOT NULL AND finished_at IS NULL "
-                "ORDER BY parked_at"
+                "ORDER BY parked_at, rowid"
             ).fetchall()
             return [
                 DeadLetter(row[0], row[1], SagaStatus(row[2]), row[3], row[4], when(row[5]))
