@@ -39,7 +39,7 @@ from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
 UNDONE: list[int] = []
 GATES: dict[str, asyncio.Event] = {}
-ENTERED: dict[str, asyncio.Event] = {}  # set once a gated step is running
+ENTERED: dict[str, asyncio.Event] = {}  # set once a gated_take step is running
 
 
 @step
@@ -66,20 +66,20 @@ async def wait_gate(key: str) -> str:
 
 
 @saga
-def three_then_refused():  # type: ignore[no-untyped-def]
+def refused_after_three():  # type: ignore[no-untyped-def]
     for n in range(3):
         yield take(n)
     yield refuse(3)
 
 
 @saga
-def gated(key: str):  # type: ignore[no-untyped-def]
+def gated_take(key: str):  # type: ignore[no-untyped-def]
     yield take(0)
     yield wait_gate(key)
 
 
 @saga
-def one_take():  # type: ignore[no-untyped-def]
+def take_seven():  # type: ignore[no-untyped-def]
     yield take(7)
 
 
@@ -137,7 +137,7 @@ async def test_records_are_listed_in_the_order_they_started_when_the_clock_steps
     store_clock(monkeypatch, backwards())
     async with SagaOrchestrator(SQLiteStore(path)) as orchestrator:
         with pytest.raises(StepFailed):
-            await orchestrator.execute(three_then_refused(), saga_id="back")
+            await orchestrator.execute(refused_after_three(), saga_id="back")
         meta = await orchestrator.get_saga("back")
     assert meta is not None
     # Every start was stamped earlier than the one before it (give_back(2) ran first)...
@@ -170,7 +170,7 @@ async def test_a_compensation_recovery_runs_again_is_listed_where_it_last_starte
     faults = FaultInjector().fail_compensation(take, index=2)
     faults.crash(take, compensation=True, index=0)
     with faults, pytest.raises(SimulatedCrash):
-        await first.execute(three_then_refused(), saga_id="crashed")
+        await first.execute(refused_after_three(), saga_id="crashed")
     await simulate_restart(first.store)
     await first.store.close()
     async with SagaOrchestrator(SQLiteStore(path)) as restarted:
@@ -197,7 +197,7 @@ async def test_sagas_ending_at_the_same_instant_are_listed_in_the_order_they_end
     store = SQLiteStore(tmp_path / "s.db")
     async with SagaOrchestrator(store) as orchestrator:
         tasks = {
-            saga_id: asyncio.create_task(orchestrator.execute(gated(saga_id), saga_id=saga_id))
+            saga_id: asyncio.create_task(orchestrator.execute(gated_take(saga_id), saga_id=saga_id))
             for saga_id in ids
         }
         await entered(*ids)
@@ -261,8 +261,8 @@ async def test_a_version_1_log_is_upgraded_in_place_and_its_rows_list_as_before(
     # were written (old-b first), though old-a ended first.
     store_clock(monkeypatch, lambda: 1_700_000_000.0)
     gate("old-b", "old-a")
-    b = asyncio.create_task(orchestrator.execute(gated("old-b"), saga_id="old-b"))
-    a = asyncio.create_task(orchestrator.execute(gated("old-a"), saga_id="old-a"))
+    b = asyncio.create_task(orchestrator.execute(gated_take("old-b"), saga_id="old-b"))
+    a = asyncio.create_task(orchestrator.execute(gated_take("old-a"), saga_id="old-a"))
     await entered("old-b", "old-a")
     GATES["old-a"].set()
     await a
@@ -270,7 +270,7 @@ async def test_a_version_1_log_is_upgraded_in_place_and_its_rows_list_as_before(
     await b
     store_clock(monkeypatch, backwards())
     with pytest.raises(StepFailed):  # its records stamped by a clock going back
-        await orchestrator.execute(three_then_refused(), saga_id="old-back")
+        await orchestrator.execute(refused_after_three(), saga_id="old-back")
     store_clock(monkeypatch, time.time)
     crashing = SagaOrchestrator(
         store, compensation_retry=Retry(attempts=1), continue_on_compensation_failure=True
@@ -278,7 +278,7 @@ async def test_a_version_1_log_is_upgraded_in_place_and_its_rows_list_as_before(
     faults = FaultInjector().fail_compensation(take, index=2)
     faults.crash(take, compensation=True, index=0)
     with faults, pytest.raises(SimulatedCrash):
-        await crashing.execute(three_then_refused(), saga_id="old-crashed")
+        await crashing.execute(refused_after_three(), saga_id="old-crashed")
     await simulate_restart(store)
     await store.close()
     monkeypatch.undo()
@@ -324,7 +324,7 @@ async def test_a_version_1_log_is_upgraded_in_place_and_its_rows_list_as_before(
         assert all(c.status is StepStatus.COMPLETED for c in recovered.compensations)
         # A saga ending at the instant two old ones ended is listed after them.
         store_clock(monkeypatch, lambda: 1_700_000_000.0)
-        await upgraded.execute(one_take(), saga_id="new")
+        await upgraded.execute(take_seven(), saga_id="new")
         assert [m.id for m in await upgraded.get_history()] == [
             "old-crashed",  # by the clock set back
             "old-b",
@@ -348,7 +348,7 @@ async def test_a_store_opened_before_the_migration_still_writes_ordered_records(
     store_clock(monkeypatch, backwards())
     async with SagaOrchestrator(before) as orchestrator:
         with pytest.raises(StepFailed):
-            await orchestrator.execute(three_then_refused(), saga_id="during")
+            await orchestrator.execute(refused_after_three(), saga_id="during")
     found = rows(
         path,
         "SELECT compensation, idx, start_order FROM sagakit_steps WHERE saga_id = 'during' "
