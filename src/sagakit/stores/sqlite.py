@@ -48,7 +48,7 @@ from ..records import SagaMetadata
 from ..status import SagaStatus
 from ._protocol import DeadLetter, OrphanedSaga, SagaRunView, StoredEvent, check_saga_ids
 from ._sqlite_owner import current_owner, owner_alive, owner_running_here
-from ._sqlite_rows import decode_orphan, load_metadata, load_orphan_rows, when
+from ._sqlite_rows import decode_orphan, load_metadata, load_orphan_rows, number_unordered, when
 from ._sqlite_schema import (
     Synchronous,
     check_file,
@@ -65,6 +65,7 @@ from ._sqlite_sql import (
     INSERT_EVENT,
     INSERT_SAGA,
     INTERRUPTED_STEP,
+    NEXT_FINISH,
     RESOLVE_INTERRUPTED,
     RETRY_STEP,
     SAGA_ERROR,
@@ -685,6 +686,7 @@ class SQLiteStore:
                     "UPDATE sagakit_sagas SET owner = ?, recovery_attempts = ? WHERE id = ?",
                     (owner, attempts + 1, saga_id),
                 )
+                number_unordered(conn, saga_id)
                 claimed.append(load_orphan_rows(conn, saga_id))
             return claimed, parked
 
@@ -848,9 +850,10 @@ class SQLiteStore:
                 return f"saga {saga_id!r} ended {status}; there is nothing to resolve"
             conn.execute(
                 "UPDATE sagakit_sagas SET status = 'failed', resolved = 1, dead_letter = NULL, "
-                "owner = NULL, finished_at = coalesce(finished_at, ?), updated_at = ?, "
-                "error = ? || coalesce(' (was: ' || coalesce(dead_letter, error) || ')', '') "
-                "WHERE id = ?",
+                "owner = NULL, finished_at = coalesce(finished_at, ?1), updated_at = ?2, "
+                "error = ?3 || coalesce(' (was: ' || coalesce(dead_letter, error) || ')', ''), "
+                "finish_order = CASE WHEN finished_at IS NULL "
+                f"THEN {NEXT_FINISH.format(at='?1')} ELSE finish_order END WHERE id = ?4",
                 (now, now, storable_text(f"resolved by an operator: {note}"), saga_id),
             )
             conn.execute(RESOLVE_INTERRUPTED, (saga_id,))
