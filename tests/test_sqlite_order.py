@@ -82,12 +82,24 @@ def take_seven():  # type: ignore[no-untyped-def]
     yield take(7)
 
 
+@step
+async def hold(key: str) -> str:
+    return key
+
+
+@hold.compensate
+async def release_when_let(result: str, key: str) -> None:
+    ENTERED[key].set()
+    await GATES[key].wait()
+
+
 @saga
-def gated_then_refused(key: str):  # type: ignore[no-untyped-def]
+def held_then_refused(key: str):  # type: ignore[no-untyped-def]
     yield take(0)
-    yield wait_gate(key)
-    yield take(2)
-    yield refuse(3)
+    yield take(1)
+    yield hold(key)
+    yield take(3)
+    yield refuse(4)
 
 
 @pytest.fixture(autouse=True)
@@ -400,40 +412,44 @@ async def test_records_an_older_sagakit_writes_after_the_upgrade_list_by_clock_u
     before = old_store(path, monkeypatch)
     store_clock(monkeypatch, ticking(1.0))
     orchestrator = SagaOrchestrator(before, compensation_retry=Retry(attempts=1))
-    faults = FaultInjector().crash(take, compensation=True, index=0)
-    gate("straddle")
-    with faults:
-        task = asyncio.create_task(
-            orchestrator.execute(gated_then_refused("straddle"), saga_id="straddle")
-        )
-        await entered("straddle")  # take(0) done, wait_gate(1) started: version 1
+    gate("mid")
+    with FaultInjector().crash(take, compensation=True, index=0):
+        task = asyncio.create_task(orchestrator.execute(held_then_refused("mid"), saga_id="mid"))
+        await entered("mid")  # give_back(3) done, hold's compensation (2) started: version 1
         monkeypatch.setattr(_sqlite_schema, "SCHEMA_VERSION", len(_sqlite_schema.migrations()))
         await SQLiteStore(path).close()  # another process opens the log: upgraded
         assert version_of(path) == 2
-        GATES["straddle"].set()
-        with pytest.raises(SimulatedCrash):  # in give_back(0), after give_back(2)
+        GATES["mid"].set()
+        with pytest.raises(SimulatedCrash):  # in give_back(0), after give_back(1)
             await task
     await simulate_restart(before)
     await before.close()
     monkeypatch.undo()
-    assert start_orders(path, "straddle") == [
-        (0, 0, 1), (0, 1, 2), (0, 2, None), (0, 3, None), (1, 0, None), (1, 2, None),
+    assert UNDONE == [3, 1]
+    assert [row for row in start_orders(path, "mid") if row[0]] == [
+        (1, 0, None), (1, 1, None), (1, 2, 7), (1, 3, 6),
     ]  # fmt: skip
-    assert UNDONE == [2]
 
     store_clock(monkeypatch, backwards(1_000_000_000.0))  # recovery's clock: years back
     async with SagaOrchestrator(SQLiteStore(path)) as restarted:
-        meta = await restarted.get_saga("straddle")
+        meta = await restarted.get_saga("mid")
         assert meta is not None
-        assert records(meta) == ([0, 1, 2, 3], [(2, "completed"), (0, "running")])
+        assert records(meta)[1] == [
+            (3, "completed"),
+            (2, "completed"),
+            (1, "completed"),
+            (0, "running"),
+        ]
         [outcome] = await restarted.recover()
         assert outcome.status is SagaStatus.COMPENSATED
-        recovered = await restarted.get_saga("straddle")
-    assert UNDONE == [2, 0]
+        recovered = await restarted.get_saga("mid")
+    assert UNDONE == [3, 1, 0]
     assert recovered is not None
-    assert records(recovered) == ([0, 1, 2, 3], [(2, "completed"), (0, "completed")])
-    # Numbered at the claim in the order they were listed (steps 2, 3, give_back(2) and
-    # the give_back(0) that crashed: 3 to 6), then give_back(0) started again: 7.
-    assert start_orders(path, "straddle") == [
-        (0, 0, 1), (0, 1, 2), (0, 2, 3), (0, 3, 4), (1, 0, 7), (1, 2, 5),
+    assert records(recovered)[1] == [
+        (3, "completed"), (2, "completed"), (1, "completed"), (0, "completed"),
+    ]  # fmt: skip
+    # Numbered when recovery claimed the saga, in the order they were listed (give_back(1),
+    # then the give_back(0) that crashed: 8 and 9), then give_back(0) started again: 10.
+    assert [row for row in start_orders(path, "mid") if row[0]] == [
+        (1, 0, 10), (1, 1, 8), (1, 2, 7), (1, 3, 6),
     ]  # fmt: skip
