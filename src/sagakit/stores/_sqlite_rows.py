@@ -67,6 +67,31 @@ def load_metadata(
     )
 
 
+def number_unordered(conn: sqlite3.Connection, saga_id: str) -> None:
+    """Give ``saga_id``'s records without a ``start_order`` one, past the saga's others.
+
+    Only a process of an older sagakit, which opened the log before it was upgraded to
+    schema version 2, writes such records; they are listed after the numbered ones, by
+    ``started_at``. Recovery numbers them in that order before it starts anything, so
+    what it starts is listed after them.
+    """
+    unordered = conn.execute(
+        "SELECT compensation, idx FROM sagakit_steps WHERE saga_id = ? AND start_order IS NULL "
+        "ORDER BY compensation, started_at, idx",
+        (saga_id,),
+    ).fetchall()
+    if not unordered:
+        return
+    [(top,)] = conn.execute(
+        "SELECT coalesce(max(start_order), 0) FROM sagakit_steps WHERE saga_id = ?", (saga_id,)
+    )
+    conn.executemany(
+        "UPDATE sagakit_steps SET start_order = ? WHERE saga_id = ? AND compensation = ? "
+        "AND idx = ?",
+        [(top + n, saga_id, comp, idx) for n, (comp, idx) in enumerate(unordered, 1)],
+    )
+
+
 def load_orphan_rows(conn: sqlite3.Connection, saga_id: str) -> tuple[Any, ...]:
     """The saga row and step rows :func:`decode_orphan` decodes (read while claiming)."""
     saga = conn.execute(SELECT_ORPHAN, (saga_id,)).fetchone()
@@ -127,4 +152,4 @@ def decode_orphan(rows: tuple[Any, ...], serializer: JsonSerializer) -> Orphaned
     )
 
 
-__all__ = ["decode_orphan", "load_metadata", "load_orphan_rows", "when"]
+__all__ = ["decode_orphan", "load_metadata", "load_orphan_rows", "number_unordered", "when"]

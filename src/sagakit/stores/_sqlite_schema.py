@@ -1,4 +1,11 @@
-"""Opening a SQLite saga log: file checks, pragmas, schema creation and version."""
+"""Opening a SQLite saga log: file checks, pragmas, schema creation and migrations.
+
+The schema is versioned (``sagakit_meta.schema_version``). A new log is created at
+version 1 and brought up to date by the same migrations that upgrade an older log in
+place: each runs once, in order, in the transaction (``BEGIN IMMEDIATE``) that records
+the new version, so processes opening a log together migrate it exactly once. A log of a
+newer sagakit is refused rather than misread.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,6 @@ from typing import Literal
 
 from ..exceptions import StoreError
 
-SCHEMA_VERSION = 1
 _HEADER = b"SQLite format 3\x00"
 
 Synchronous = Literal["NORMAL", "FULL"]
@@ -18,7 +24,7 @@ JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 """Bytes the ``-wal`` file is cut back to when the WAL starts over: one that a long read
 transaction made grow (no checkpoint can finish under it) does not keep that size."""
 
-_SCHEMA = """
+_V1 = """
 CREATE TABLE IF NOT EXISTS sagakit_meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -73,6 +79,43 @@ CREATE TABLE IF NOT EXISTS sagakit_events (
 );
 CREATE INDEX IF NOT EXISTS sagakit_events_by_saga ON sagakit_events (saga_id, position);
 """
+"""Version 1: the tables. An applied migration: its text must never change."""
+
+_V2 = (
+    # Records were listed by `started_at`, the wall clock at their start: a clock set back
+    # (NTP) between two starts listed them out of order. `start_order` is a per-saga
+    # counter that every start moves on: the step upsert (_sqlite_sql.UPSERT_STEP) sets
+    # it past the saga's highest, on insert and on a start again alike.
+    "ALTER TABLE sagakit_steps ADD COLUMN start_order INTEGER",
+    # Existing records: numbered in the order they were listed (compensation, started_at,
+    # idx), so they list as before, and the counter goes on past them.
+    "UPDATE sagakit_steps SET start_order = (SELECT count(*) FROM sagakit_steps AS o "
+    "WHERE o.saga_id = sagakit_steps.saga_id AND (o.compensation, o.started_at, o.idx) "
+    "<= (sagakit_steps.compensation, sagakit_steps.started_at, sagakit_steps.idx))",
+    # The history had no tie-breaker for sagas that finished at the same `finished_at`
+    # (a coarse clock, or one set back). `finish_order` is a saga's place among those
+    # that finished at its `finished_at`, in the order their ends were written: the
+    # statement that sets `finished_at` sets it (_sqlite_sql.FINISHED, and resolve).
+    "ALTER TABLE sagakit_sagas ADD COLUMN finish_order INTEGER",
+    # Existing sagas: numbered in the order they were listed (the index's ties are in
+    # rowid order).
+    "UPDATE sagakit_sagas SET finish_order = (SELECT count(*) FROM sagakit_sagas AS o "
+    "WHERE o.finished_at = sagakit_sagas.finished_at AND o.rowid <= sagakit_sagas.rowid) "
+    "WHERE finished_at IS NOT NULL",
+    "DROP INDEX IF EXISTS sagakit_sagas_finished",
+    "CREATE INDEX sagakit_sagas_finished ON sagakit_sagas (finished_at, finish_order) "
+    "WHERE finished_at IS NOT NULL",
+)
+"""Version 2: records listed in the order they last started; the history's tie-breaker."""
+
+
+def migrations() -> list[tuple[str, ...]]:
+    """The statements of each schema version, version ``n`` at index ``n - 1``."""
+    v1 = tuple(statement.strip() for statement in _V1.split(";") if statement.strip())
+    return [v1, _V2]
+
+
+SCHEMA_VERSION = len(migrations())
 
 
 def check_file(path: str) -> None:
@@ -226,25 +269,39 @@ def _probe(conn: sqlite3.Connection) -> None:
     conn.execute("SELECT max(position) FROM sagakit_events").fetchone()
 
 
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Create the schema, or bring it to :data:`SCHEMA_VERSION` (in the caller's transaction)."""
+    version = _logged_version(conn, path)
+    current = 0 if version is None else version
+    scripts = migrations()
+    for number in range(current + 1, SCHEMA_VERSION + 1):
+        for statement in scripts[number - 1]:
+            conn.execute(statement)
+    if version is None:
+        conn.execute(
+            "INSERT INTO sagakit_meta (key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+    elif current < SCHEMA_VERSION:
+        conn.execute(
+            "UPDATE sagakit_meta SET value = ? WHERE key = 'schema_version'",
+            (str(SCHEMA_VERSION),),
+        )
+
+
 def prepare(conn: sqlite3.Connection, path: str) -> None:
     """Switch to WAL, create or check the schema; :class:`StoreError` on a bad file."""
     try:
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal" and path != ":memory:":
             raise StoreError(f"saga log {path!r} cannot use WAL journaling (got {mode!r})")
-        # A log already there is only read (no write lock: another process may be
-        # writing); creating one takes the write lock, and looks again under it.
-        if _logged_version(conn, path) is None:
+        # A log already up to date is only read (no write lock: another process may be
+        # writing); creating or migrating one takes the write lock, and looks again under it.
+        version = _logged_version(conn, path)
+        if version is None or version < SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                if _logged_version(conn, path) is None:
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute(
-                        "INSERT INTO sagakit_meta (key, value) VALUES ('schema_version', ?)",
-                        (str(SCHEMA_VERSION),),
-                    )
+                _migrate(conn, path)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -277,5 +334,6 @@ __all__ = [
     "check_read_only",
     "connect",
     "connect_read_only",
+    "migrations",
     "prepare",
 ]

@@ -7,6 +7,10 @@ _SAGA_COLUMNS = (
     "dead_letter"
 )
 _STEP_COLUMNS = "idx, name, status, attempts, duration, error, result, compensation"
+NEXT_FINISH = (
+    "(SELECT coalesce(max(finish_order), 0) + 1 FROM sagakit_sagas WHERE finished_at = {at})"
+)
+"""The ``finish_order`` of a saga ending at ``{at}`` (an index seek)."""
 
 # ------------------------------------------------------------------- writes
 
@@ -16,11 +20,17 @@ INSERT_SAGA = (
     "VALUES (?, ?, 'executing', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 UPSERT_STEP = (
-    "INSERT INTO sagakit_steps (saga_id, compensation, idx, name, status, attempts, started_at) "
-    "VALUES (?, ?, ?, ?, 'running', ?, ?) ON CONFLICT (saga_id, compensation, idx) DO UPDATE "
-    "SET status = 'running', attempts = excluded.attempts, error = NULL, "
-    "started_at = excluded.started_at"
+    "INSERT INTO sagakit_steps (saga_id, compensation, idx, name, status, attempts, started_at, "
+    "start_order) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, (SELECT coalesce(max(start_order), "
+    "0) + 1 FROM sagakit_steps WHERE saga_id = ?1)) ON CONFLICT (saga_id, compensation, idx) "
+    "DO UPDATE SET status = 'running', attempts = excluded.attempts, error = NULL, "
+    "started_at = excluded.started_at, start_order = excluded.start_order"
 )
+"""A step or compensation starts (again): listed past every record of its saga so far.
+
+``start_order`` is the saga's highest plus one (a short scan of the saga's rows by the
+primary key); the log's writer runs one saga's writes in order, and recovery goes on
+from what the log holds."""
 END_STEP = (
     "UPDATE sagakit_steps SET status = ?, attempts = ?, duration = ?, error = ?, result = ? "
     "WHERE saga_id = ? AND compensation = ? AND idx = ?"
@@ -51,26 +61,28 @@ RESOLVE_INTERRUPTED = (
 )
 """The steps a resolved saga's run left running: they will never end now."""
 FINISHED = (
-    "UPDATE sagakit_sagas SET status = ?, error = ?, steps_executed = ?, "
-    "total_steps = coalesce(?, total_steps), finished_at = ?, updated_at = ?, "
-    "owner = NULL WHERE id = ?"
+    "UPDATE sagakit_sagas SET status = ?1, error = ?2, steps_executed = ?3, "
+    "total_steps = coalesce(?4, total_steps), finished_at = ?5, updated_at = ?6, "
+    f"owner = NULL, finish_order = {NEXT_FINISH.format(at='?5')} WHERE id = ?7"
 )
+"""A saga ends: listed after those that ended at the same ``finished_at`` before it."""
 
 # -------------------------------------------------------------------- reads
 
 SELECT_SAGA = f"SELECT {_SAGA_COLUMNS} FROM sagakit_sagas WHERE id = ?"
+_RECORD_ORDER = "ORDER BY compensation, start_order IS NULL, start_order, started_at, idx"
+"""Steps, then compensations, each in the order they last started (not by the clock).
+Records an older sagakit wrote into this schema have no ``start_order``: they come after
+the numbered ones, by the clock, as that version listed them (until recovery numbers
+them: :func:`~._sqlite_rows.number_unordered`)."""
 SELECT_STEPS = (
-    f"SELECT {_STEP_COLUMNS}, started_at FROM sagakit_steps WHERE saga_id = ? "
-    "ORDER BY compensation, started_at, idx"
+    f"SELECT {_STEP_COLUMNS}, started_at FROM sagakit_steps WHERE saga_id = ? {_RECORD_ORDER}"
 )
 SELECT_ORPHAN = (
     "SELECT id, name, status, explicit, factory, policy, fingerprint, arguments, "
     "recovery_attempts, error, started_at FROM sagakit_sagas WHERE id = ?"
 )
-SELECT_ORPHAN_STEPS = (
-    f"SELECT {_STEP_COLUMNS} FROM sagakit_steps WHERE saga_id = ? "
-    "ORDER BY compensation, started_at, idx"
-)
+SELECT_ORPHAN_STEPS = f"SELECT {_STEP_COLUMNS} FROM sagakit_steps WHERE saga_id = ? {_RECORD_ORDER}"
 
 __all__ = [
     "COMPENSATING",
@@ -80,6 +92,7 @@ __all__ = [
     "INSERT_EVENT",
     "INSERT_SAGA",
     "INTERRUPTED_STEP",
+    "NEXT_FINISH",
     "RESOLVE_INTERRUPTED",
     "RETRY_STEP",
     "SAGA_ERROR",

@@ -48,7 +48,7 @@ from ..records import SagaMetadata
 from ..status import SagaStatus
 from ._protocol import DeadLetter, OrphanedSaga, SagaRunView, StoredEvent, check_saga_ids
 from ._sqlite_owner import current_owner, owner_alive, owner_running_here
-from ._sqlite_rows import decode_orphan, load_metadata, load_orphan_rows, when
+from ._sqlite_rows import decode_orphan, load_metadata, load_orphan_rows, number_unordered, when
 from ._sqlite_schema import (
     Synchronous,
     check_file,
@@ -65,6 +65,7 @@ from ._sqlite_sql import (
     INSERT_EVENT,
     INSERT_SAGA,
     INTERRUPTED_STEP,
+    NEXT_FINISH,
     RESOLVE_INTERRUPTED,
     RETRY_STEP,
     SAGA_ERROR,
@@ -555,18 +556,25 @@ class SQLiteStore:
         serializer = self.serializer
         return await self._writer.read(lambda conn: load_metadata(conn, saga_id, serializer))
 
+    # Ties of a time are broken by what the log itself orders: sagas that started at the
+    # same instant by rowid (the order their rows were written), sagas that finished at
+    # the same instant by finish_order (the order their ends were written).
+
     async def running(self) -> list[SagaMetadata]:
         return await self._list(
-            "WHERE finished_at IS NULL AND dead_letter IS NULL ORDER BY started_at", ()
+            "WHERE finished_at IS NULL AND dead_letter IS NULL ORDER BY started_at, rowid", ()
         )
 
     async def history(self, limit: int | None = None) -> list[SagaMetadata]:
         if limit is None:
-            return await self._list("WHERE finished_at IS NOT NULL ORDER BY finished_at", ())
+            return await self._list(
+                "WHERE finished_at IS NOT NULL ORDER BY finished_at, finish_order", ()
+            )
         if limit <= 0:
             return []
         found = await self._list(
-            "WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?", (limit,)
+            "WHERE finished_at IS NOT NULL ORDER BY finished_at DESC, finish_order DESC LIMIT ?",
+            (limit,),
         )
         return found[::-1]
 
@@ -575,9 +583,10 @@ class SQLiteStore:
     ) -> list[SagaMetadata]:
         """Sagas newest first, optionally only those with ``status`` (for the CLI)."""
         if status is None:
-            return await self._list("ORDER BY started_at DESC LIMIT ?", (limit,))
+            return await self._list("ORDER BY started_at DESC, rowid DESC LIMIT ?", (limit,))
         return await self._list(
-            "WHERE status = ? ORDER BY started_at DESC LIMIT ?", (str(SagaStatus(status)), limit)
+            "WHERE status = ? ORDER BY started_at DESC, rowid DESC LIMIT ?",
+            (str(SagaStatus(status)), limit),
         )
 
     async def _list(self, where: str, params: tuple[Any, ...]) -> list[SagaMetadata]:
@@ -650,7 +659,7 @@ class SQLiteStore:
         def job(
             conn: sqlite3.Connection, limit: int
         ) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]]]:
-            rows = conn.execute(query + " ORDER BY started_at", only).fetchall()
+            rows = conn.execute(query + " ORDER BY started_at, rowid", only).fetchall()
             claimed: list[tuple[Any, ...]] = []
             parked: list[tuple[str, str]] = []
             for saga_id, name, holder, factory, attempts in rows:
@@ -677,6 +686,7 @@ class SQLiteStore:
                     "UPDATE sagakit_sagas SET owner = ?, recovery_attempts = ? WHERE id = ?",
                     (owner, attempts + 1, saga_id),
                 )
+                number_unordered(conn, saga_id)
                 claimed.append(load_orphan_rows(conn, saga_id))
             return claimed, parked
 
@@ -756,7 +766,7 @@ class SQLiteStore:
             rows = conn.execute(
                 "SELECT id, name, status, recovery_attempts, dead_letter, parked_at "
                 "FROM sagakit_sagas WHERE dead_letter IS NOT NULL AND finished_at IS NULL "
-                "ORDER BY parked_at"
+                "ORDER BY parked_at, rowid"
             ).fetchall()
             return [
                 DeadLetter(row[0], row[1], SagaStatus(row[2]), row[3], row[4], when(row[5]))
@@ -840,9 +850,10 @@ class SQLiteStore:
                 return f"saga {saga_id!r} ended {status}; there is nothing to resolve"
             conn.execute(
                 "UPDATE sagakit_sagas SET status = 'failed', resolved = 1, dead_letter = NULL, "
-                "owner = NULL, finished_at = coalesce(finished_at, ?), updated_at = ?, "
-                "error = ? || coalesce(' (was: ' || coalesce(dead_letter, error) || ')', '') "
-                "WHERE id = ?",
+                "owner = NULL, finished_at = coalesce(finished_at, ?1), updated_at = ?2, "
+                "error = ?3 || coalesce(' (was: ' || coalesce(dead_letter, error) || ')', ''), "
+                "finish_order = CASE WHEN finished_at IS NULL "
+                f"THEN {NEXT_FINISH.format(at='?1')} ELSE finish_order END WHERE id = ?4",
                 (now, now, storable_text(f"resolved by an operator: {note}"), saga_id),
             )
             conn.execute(RESOLVE_INTERRUPTED, (saga_id,))
