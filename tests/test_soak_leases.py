@@ -188,7 +188,12 @@ class Soak:
             if await check():
                 return True
             if time.monotonic() > deadline:
-                self.problems.append(f"gave up waiting for {what}")
+                states = ", ".join(
+                    f"{w.name}: {'crashed' if w.crashed else 'stopped' if w.stopping else 'live'}"
+                    f" (loop {'done' if w.loop is None or w.loop.done() else 'running'})"
+                    for w in self.workers
+                )
+                self.problems.append(f"gave up waiting for {what} [{worker.name}; {states}]")
                 break
             await asyncio.sleep(POLL)
         return False
