@@ -511,7 +511,7 @@ class PostgresStore:
         """
         for tries_left in reversed(range(_SENDS)):
             self._token += 1
-            writes[-1].token = self._token
+            token = writes[-1].token = self._token
             if new is not None:
                 writes[0].new = new
             try:
@@ -522,7 +522,8 @@ class PostgresStore:
             except BaseException as error:
                 if isinstance(error.__cause__, Rejected):
                     raise  # rolled back: nothing of it was applied
-                self._doubts[saga_id] = Doubt(self._token, writes, carried, new)
+                # This submission's token: the store's may have moved on with other sagas'.
+                self._doubts[saga_id] = Doubt(token, writes, carried, new)
                 if not isinstance(error, StoreError) or not tries_left:
                     raise  # (cancelled) settled by the saga's next write
                 try:
