@@ -197,3 +197,40 @@ async def test_a_write_queued_behind_another_batch_is_not_sent_beside_its_copy(
         assert [o.status for o in outcomes] == [SagaStatus.COMPLETED]
         events = Counter(e.event for e in await b.read_events() if e.saga_id == "s")
         assert events == Counter({"e0": 1, "h1": 1}), events  # none twice
+
+
+@pytest.mark.asyncio
+async def test_a_committed_write_whose_caller_was_cancelled_is_settled_committed_while_others_write(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The write commits; its caller is cancelled before it hears so, and another saga
+    # sends a write meanwhile. The doubt kept the store's latest write token, that other
+    # saga's, not the token of the write in doubt: settling found "not committed", sent
+    # it again, and the step's event was stored twice.
+    async with opened(dsn, schema) as a:
+        send = a._writer._send
+        orchestrator = SagaOrchestrator(a)
+        others: list[asyncio.Task[list[str]]] = []
+        running: list[asyncio.Task[list[str]]] = []
+
+        async def committed_then_cancelled(writes: list[Write]) -> dict[str, str]:
+            refused = await send(writes)
+            if not others and any(w.saga_id == "a" for w in writes) and _starts_step_1(writes):
+                token = a._token
+                others.append(
+                    asyncio.create_task(orchestrator.execute(blocking_one(), saga_id="other"))
+                )
+                await _until(lambda: a._token > token, "the other saga sent a write")
+                running[0].cancel()  # committed: the caller has not heard it yet
+            return refused
+
+        monkeypatch.setattr(a._writer, "_send", committed_then_cancelled)
+        running.append(asyncio.create_task(orchestrator.execute(two(), saga_id="a")))
+        with pytest.raises(asyncio.CancelledError):
+            await running[0]
+        await asyncio.gather(*others)
+        meta = await a.get("a")
+        assert meta is not None
+        assert meta.status is SagaStatus.COMPENSATED
+        events = Counter(e.event for e in await a.read_events() if e.saga_id == "a")
+        assert events == Counter({"e0": 1}), events  # once: the write committed once

@@ -329,3 +329,79 @@ async def test_a_store_error_after_a_claim_does_not_strand_the_claimed_sagas(
         ]
         original.cancel()
         await asyncio.gather(original, return_exceptions=True)
+
+
+HELD: dict[str, asyncio.Event] = {}  # saga id -> set to let step 1 of pl_held_three go
+HOLDING: Counter[str] = Counter()  # saga id -> entries of its step 1
+
+
+@step
+async def pl_held(n: int) -> int:
+    """Step 1 waits (every entry) until its saga's HELD event is set."""
+    ctx = current_step()
+    assert ctx is not None
+    if n == 1:
+        HOLDING[ctx.saga_id] += 1
+        await HELD[ctx.saga_id].wait()
+    return n
+
+
+@saga
+def pl_held_three():  # type: ignore[no-untyped-def]
+    for n in range(3):
+        yield pl_held(n)
+
+
+async def _until_held(saga_id: str, entries: int) -> None:
+    for _ in range(int(GIVE_UP / 0.01)):
+        if HOLDING[saga_id] >= entries:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"step 1 of {saga_id} was never entered {entries} times")
+
+
+@pytest.mark.asyncio
+async def test_a_stopping_worker_hands_over_its_own_sagas_not_the_execute_calls_beside_it(
+    dsn: str, schema: str
+) -> None:
+    # Regression: a stopping worker released every lease its store held, so an
+    # execute() of the same process on that store (a web request, say, while the
+    # process lives on) was fenced out mid-run with LeaseLost.
+    HELD.clear()
+    HOLDING.clear()
+    HELD.update(mine=asyncio.Event(), beside=asyncio.Event())
+    async with opened(dsn, schema) as a, opened(dsn, schema, lease=60.0) as b:
+        # "mine": a's run, its lease run out: b's worker claims it and runs it on.
+        orphaned = asyncio.create_task(SagaOrchestrator(a).execute(pl_held_three(), saga_id="mine"))
+        try:
+            await _until_held("mine", 1)
+            expire(dsn, schema, "mine")
+            orchestrator = SagaOrchestrator(b)
+            beside = asyncio.create_task(orchestrator.execute(pl_held_three(), saga_id="beside"))
+            await _until_held("beside", 1)
+            stop = asyncio.Event()
+            worker = asyncio.create_task(
+                orchestrator.run_worker(poll_interval=0.02, stop=stop, handle_signals=False)
+            )
+            await _until_held("mine", 2)  # the worker's recovery is in step 1
+            stop.set()
+            await worker
+            # Its own saga: handed over (no owner, lease expired, fence moved on).
+            row = query(
+                dsn,
+                f'SELECT owner, lease_until <= now(), released, fence FROM "{schema}".sagas '
+                "WHERE saga_id = 'mine'",
+            )
+            assert row == [(None, True, True, 3)]
+            # The execute() beside it goes on, under its own lease, to its end.
+            HELD["beside"].set()
+            assert await beside == [0, 1, 2]
+            done = query(
+                dsn, f"SELECT fence, status FROM \"{schema}\".sagas WHERE saga_id = 'beside'"
+            )
+            assert done == [(1, "completed")]
+        finally:
+            for event in HELD.values():
+                event.set()
+            orphaned.cancel()
+            await asyncio.gather(orphaned, return_exceptions=True)

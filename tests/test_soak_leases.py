@@ -10,7 +10,8 @@ and disturbs them at seeded points, from inside the steps and compensations:
   (its other sagas go on meanwhile, and are taken over too, or not);
 - ``crash``: the worker dies there: its store sends nothing more, its tasks are
   cancelled, and its leases run out;
-- ``stop``: the worker loop is stopped (its leases are released first);
+- ``stop``: the worker loop is stopped (the leases of the sagas it recovers are released
+  first; its ``execute()`` calls go on);
 - ``cancel``: the task running the saga is cancelled there (an ``execute()`` then
   compensates; a recovery hands the saga back).
 
@@ -187,7 +188,12 @@ class Soak:
             if await check():
                 return True
             if time.monotonic() > deadline:
-                self.problems.append(f"gave up waiting for {what}")
+                states = ", ".join(
+                    f"{w.name}: {'crashed' if w.crashed else 'stopped' if w.stopping else 'live'}"
+                    f" (loop {'done' if w.loop is None or w.loop.done() else 'running'})"
+                    for w in self.workers
+                )
+                self.problems.append(f"gave up waiting for {what} [{worker.name}; {states}]")
                 break
             await asyncio.sleep(POLL)
         return False
@@ -350,9 +356,9 @@ class SoakStore(PostgresStore):
         )
         return len(found)
 
-    async def release_leases(self, *, as_crash: bool = False) -> int:
+    async def release_leases(self, **options: Any) -> int:
         try:
-            return await super().release_leases(as_crash=as_crash)
+            return await super().release_leases(**options)
         finally:
             self.released.set()
 
@@ -433,7 +439,8 @@ class Worker:
         self.ids.append(plan.saga_id)
 
     async def halt(self) -> None:
-        """Stop the worker loop (it releases its leases); its execute() calls go on."""
+        """Stop the worker loop (it releases its own sagas' leases); its execute() calls go
+        on."""
         self.stopping = True
         self.soak.events.append((self.soak.tick(), self.name, "halted"))
         self.stop.set()
@@ -477,15 +484,20 @@ async def soak_round(seed: int, dsn: str, schema: str) -> None:
             rng.choice(workers).execute(plan, outcomes)
         abrupt = rng.random() < 0.5
 
+        ending = False  # the round is ending: no more replacements
+
         async def handle(kind: str, worker: Worker, task: asyncio.Task[Any]) -> None:
-            if worker.stopping:  # too late: it is stopped already
+            if worker.crashed:  # too late: its process is dead already
                 task.cancel()
                 return
             if kind == "crash":
-                await worker.crash()
-            else:
+                await worker.crash()  # a stopped worker's process may die too
+            elif not worker.stopping:
                 await worker.halt()
-            workers.append(await Worker(soak, next(names)).start())  # a replacement
+            else:
+                return  # stopped already: its execute() calls go on
+            if not ending:
+                workers.append(await Worker(soak, next(names)).start())  # a replacement
 
         async def serve(until: Callable[[], Awaitable[bool]]) -> None:
             deadline = time.monotonic() + GIVE_UP
@@ -504,6 +516,7 @@ async def soak_round(seed: int, dsn: str, schema: str) -> None:
             return bool(finished >= (SAGAS // 2 if abrupt else SAGAS))
 
         await serve(enough)
+        ending = True
         runs = [run for worker in workers for run in zip(worker.runs, worker.ids, strict=True)]
         if abrupt:
             for task, saga_id in runs:
@@ -733,6 +746,21 @@ def check_once(
         assert all(n == 1 for n in per_owner.values()), f"{label}: {late}"
 
 
+def settled_by_its_store(
+    refusal: Commit, commits: list[Commit], claims: list[tuple[int, str, str, int]]
+) -> bool:
+    """Whether the refused write was a stale one the store itself settled: its caller was
+    cancelled with it queued, and the store moved the fence on and sent a copy, so the
+    run went on under the new token (no other worker's claim moved it)."""
+    return any(
+        c.worker == refusal.worker
+        and c.refused is None
+        and c.fence > refusal.fence
+        and not any(w == c.worker and f == c.fence for _, w, _, f in claims)
+        for c in commits
+    )
+
+
 def check_stopped(
     label: str,
     commits: list[Commit],
@@ -744,6 +772,8 @@ def check_stopped(
     SAGA_STOPPED (LeaseLost; or the CancelledError of a worker loop stopped meanwhile)
     and no SAGA_FINISHED for it."""
     for refusal in (c for c in commits if c.refused == "fenced" and c.worker not in crashed):
+        if settled_by_its_store(refusal, commits, claims):
+            continue
         # The run holding that token: from its claim (or execute()) to the worker's next claim.
         begin = max(
             [seq for seq, w, _, f in claims if w == refusal.worker and f == refusal.fence],

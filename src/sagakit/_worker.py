@@ -2,10 +2,11 @@
 
 Many workers can share one :class:`~sagakit.stores.RecoverableStore` (PostgreSQL):
 each claim takes sagas no other worker owns, so a saga is finished by exactly one.
-On cancellation, SIGTERM or ``stop``, the worker releases its leases *before*
-cancelling its sagas: their next write is fenced out (:class:`~sagakit.LeaseLost`),
+On cancellation, SIGTERM or ``stop``, the worker releases the leases of the sagas it
+runs *before* cancelling them: their next write is fenced out (:class:`~sagakit.LeaseLost`),
 so they stop without running a step or a compensation, and another worker claims
-them at once instead of waiting for the leases to expire.
+them at once instead of waiting for the leases to expire. Sagas that ``execute()``
+calls run on the same store are not the worker's: they go on.
 """
 
 from __future__ import annotations
@@ -146,16 +147,17 @@ async def _wait(events: tuple[asyncio.Event, ...], seconds: float) -> None:
             waiter.cancel()
 
 
-async def _shutdown(store: RecoverableStore, tasks: set[asyncio.Task[None]]) -> None:
-    """Release leases, then stop the sagas in flight (they are fenced out)."""
-    release: Callable[[], Any] | None = getattr(store, "release_leases", None)
+async def _shutdown(store: RecoverableStore, tasks: dict[asyncio.Task[None], str]) -> None:
+    """Release the leases of the sagas in flight (``tasks``: their ids), then stop them
+    (they are fenced out)."""
+    release: Callable[..., Any] | None = getattr(store, "release_leases", None)
     if release is None:
         # No leases to hand over: let the sagas in flight finish here.
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         return
     try:
-        released = await release()
+        released = await release(saga_ids=sorted(tasks.values()))
     except Exception as error:  # the database is away: the leases run out by themselves
         logger.warning("sagakit worker could not release its saga leases: %s", error)
     else:
@@ -188,11 +190,11 @@ async def run_worker(
     store = _recoverable(orchestrator.store)
     stop = stop if stop is not None else asyncio.Event()
     freed = asyncio.Event()
-    tasks: set[asyncio.Task[None]] = set()
+    tasks: dict[asyncio.Task[None], str] = {}  # the sagas in flight, with their ids
     failures = 0  # claims failed in a row
 
     def done(task: asyncio.Task[None]) -> None:
-        tasks.discard(task)
+        tasks.pop(task, None)
         freed.set()
 
     me = asyncio.current_task()
@@ -228,7 +230,7 @@ async def run_worker(
                             _finish_one(orchestrator, store, orphan),
                             name=f"sagakit-recover-{orphan.saga_id}",
                         )
-                        tasks.add(task)
+                        tasks[task] = orphan.saga_id
                         task.add_done_callback(done)
                     if me is not None and me.cancelling() > cancels:
                         # Cancelled while claiming, and the cancellation was lost on the

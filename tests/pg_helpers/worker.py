@@ -67,6 +67,9 @@ async def main(config: dict[str, Any]) -> None:
     try:
         if config.get("worker"):
             await orchestrator.run_worker(poll_interval=0.1)
+            # The process exits: hand its execute() calls over too (the worker released
+            # only its own sagas), so that they stop fenced out, not compensating.
+            await store.release_leases()
             for task in tasks:
                 task.cancel()
         for outcome in await asyncio.gather(*tasks, return_exceptions=True):

@@ -90,8 +90,10 @@ def statements(schema: str) -> Statements:
             "WHERE s.saga_id = l.saga_id RETURNING s.saga_id"
         ),
         # %(released)s false: as if the worker died (the next claim counts an attempt).
+        # %(ids)s: only those sagas (a worker's own), or all the store owns (%(all)s).
         release=(
             f"WITH l AS (SELECT saga_id FROM {s}.sagas WHERE owner = %(owner)s AND {active} "
+            "AND (%(all)s OR saga_id = ANY(%(ids)s::text[])) "
             f"ORDER BY saga_id FOR UPDATE) UPDATE {s}.sagas s SET owner = NULL, "
             "lease_until = now(), fence = s.fence + 1, released = %(released)s FROM l "
             "WHERE s.saga_id = l.saga_id RETURNING s.saga_id"

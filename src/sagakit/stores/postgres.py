@@ -281,25 +281,40 @@ class PostgresStore:
         )
         return len(found)
 
-    async def release_leases(self, *, as_crash: bool = False) -> int:
-        """Give up every saga this store owns, so other workers claim them at once.
+    async def release_leases(
+        self, *, as_crash: bool = False, saga_ids: Collection[str] | None = None
+    ) -> int:
+        """Give up every saga this store owns (or those of ``saga_ids`` among them), so
+        other workers claim them at once.
 
         Their fencing tokens move on: any write still in flight here is refused
         with :class:`~sagakit.LeaseLost`. Returns how many sagas were released.
         ``as_crash`` makes the next claim of each count as a recovery attempt, as
         after a worker's death (:func:`sagakit.testing.simulate_restart` uses it).
+        A stopping :meth:`~sagakit.SagaOrchestrator.run_worker` passes the ids of the
+        sagas it runs, so ``execute()`` calls beside it on this store go on.
 
         A run of a generated id that has not written its row yet is not given up
         (unless ``as_crash``): no worker could take it over, so it goes on here.
         """
-        rowless = {} if as_crash else {i: f for i, f in self._fences.items() if i in self._new}
-        self._lost.update(saga_id for saga_id in self._fences if saga_id not in rowless)
+        check_saga_ids(saga_ids)
+        wanted = self._fences.keys() if saga_ids is None else set(saga_ids) & self._fences.keys()
+        kept = {i: f for i, f in self._fences.items() if i not in wanted}
+        if not as_crash:
+            kept.update((i, f) for i, f in self._fences.items() if i in self._new)
+        self._lost.update(saga_id for saga_id in self._fences if saga_id not in kept)
+        self._claimed.difference_update(self._fences.keys() - kept.keys())
         self._fences.clear()
-        self._fences.update(rowless)
-        self._claimed.clear()
+        self._fences.update(kept)
         if self._pool is None:
             return 0
-        found = await self._run(self._sql.release, {"owner": self.owner, "released": not as_crash})
+        params = {
+            "owner": self.owner,
+            "released": not as_crash,
+            "all": saga_ids is None,
+            "ids": sorted(set(saga_ids) if saga_ids is not None else ()),
+        }
+        found = await self._run(self._sql.release, params)
         return len(found)
 
     def owns(self, saga_id: str) -> bool:
@@ -496,7 +511,7 @@ class PostgresStore:
         """
         for tries_left in reversed(range(_SENDS)):
             self._token += 1
-            writes[-1].token = self._token
+            token = writes[-1].token = self._token
             if new is not None:
                 writes[0].new = new
             try:
@@ -507,7 +522,8 @@ class PostgresStore:
             except BaseException as error:
                 if isinstance(error.__cause__, Rejected):
                     raise  # rolled back: nothing of it was applied
-                self._doubts[saga_id] = Doubt(self._token, writes, carried, new)
+                # This submission's token: the store's may have moved on with other sagas'.
+                self._doubts[saga_id] = Doubt(token, writes, carried, new)
                 if not isinstance(error, StoreError) or not tries_left:
                     raise  # (cancelled) settled by the saga's next write
                 try:
