@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 
 from pg_helpers.db import GIVE_UP, expire, opened, query
-from sagakit import SagaOrchestrator, SQLiteStore, StoreError, current_step, saga, step
+from sagakit import (
+    SagaOrchestrator,
+    SagaStatus,
+    SQLiteStore,
+    StoreError,
+    current_step,
+    saga,
+    step,
+)
 
 RAN: Counter[tuple[str, int]] = Counter()
 GATES: dict[str, asyncio.Event] = {}
@@ -90,6 +98,42 @@ async def test_a_worker_never_claims_a_saga_its_own_process_is_running(
         await worker
         assert dict(RAN) == {("own", 0): 1, ("own", 1): 1, ("own", 2): 1}
         assert not UNDONE
+
+
+@pytest.mark.asyncio
+async def test_a_claim_sent_before_its_own_process_began_the_saga_does_not_take_it_over(
+    dsn: str, schema: str
+) -> None:
+    # Regression: the claim lists the sagas the store runs ("mine") when it is sent. An
+    # execute() begun after that, whose lease ran out before the claim ran (a claim
+    # held up that long), was claimed by its own process: recovery ran it beside the
+    # original run, which was fenced out.
+    async with opened(dsn, schema, lease=60.0, heartbeat=20.0) as store:
+        orchestrator = SagaOrchestrator(store)
+        GATES["late:1"] = asyncio.Event()
+        ENTERED["late:1"] = asyncio.Event()
+        run = store._run
+        original: list[asyncio.Task[Any]] = []
+
+        async def held_up_claim(sql: str, params: Any = None) -> Any:
+            if sql == store._sql.claim and not original:
+                # Sent: now the saga begins here, and its lease runs out.
+                original.append(
+                    asyncio.create_task(orchestrator.execute(pl_gated_three(), saga_id="late"))
+                )
+                await ENTERED["late:1"].wait()
+                expire(dsn, schema, "late")
+            return await run(sql, params)
+
+        store._run = held_up_claim  # type: ignore[method-assign]
+        assert await store.claim_orphans() == []  # not an orphan: its run is here
+        assert store.owns("late")
+        GATES["late:1"].set()
+        assert await original[0] == [0, 1, 2]  # not fenced out
+        assert dict(RAN) == {("late", 0): 1, ("late", 1): 1, ("late", 2): 1}
+        meta = await store.get("late")
+        assert meta is not None
+        assert meta.status is SagaStatus.COMPLETED
 
 
 @pytest.mark.asyncio

@@ -712,7 +712,17 @@ class PostgresStore:
                 "mine": list(self._fences),
             },
         )
-        alive = sorted((row for row in claimed if not row[13]), key=lambda row: row[11])
+        alive = []
+        for row in sorted((row for row in claimed if not row[13]), key=lambda row: row[11]):
+            if row[0] in self._fences:
+                # This store began it (an execute()) after the claim was sent ("mine"
+                # did not list it yet), and its lease ran out before the claim ran: the
+                # claim only renewed its lease. The run goes on with the new token.
+                self._fences[row[0]] = row[12]
+                for write in self._staged.get(row[0], ()):
+                    write.fence = row[12]
+            else:
+                alive.append(row)
         for row in claimed:
             if row[13]:
                 logger.error("sagakit parked saga %s (%s): too many recovery attempts", *row[1::-1])
