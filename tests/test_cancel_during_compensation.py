@@ -112,3 +112,57 @@ async def test_a_compensation_cancelled_between_attempts_is_not_left_running() -
     assert metadata.compensation_events == ("released",)
     assert StepStatus.RUNNING not in [c.status for c in metadata.compensations]
     assert metadata.compensations[-1].status is StepStatus.COMPLETED
+
+
+undo_calls: list[str] = []
+undoing: asyncio.Event | None = None
+
+
+@step
+async def cdc_again_book() -> str:
+    return "booked"
+
+
+@cdc_again_book.compensate
+async def cdc_again_unbook() -> None:
+    undo_calls.append("unbook")
+    if len(undo_calls) == 1:
+        assert undoing is not None
+        undoing.set()
+        await asyncio.Event().wait()  # the caller cancels the saga here
+    raise asyncio.CancelledError  # its restart is cancelled too (as its own code does)
+
+
+@step
+async def cdc_again_pay() -> None:
+    raise ValueError("card declined")
+
+
+@saga
+def cdc_again_order():  # type: ignore[no-untyped-def]
+    yield cdc_again_book()
+    yield cdc_again_pay()
+
+
+@pytest.mark.asyncio
+async def test_a_compensation_cancelled_again_in_its_restart_does_not_stay_running() -> None:
+    # Regression: the compensation restarted (shielded) after the caller's cancellation
+    # raised CancelledError itself; the run ended FAILED, but its record stayed RUNNING,
+    # in the metadata and in a durable log's end, as if it were still going on.
+    global undoing
+    undoing = asyncio.Event()
+    undo_calls.clear()
+    orchestrator = SagaOrchestrator()
+    running = asyncio.create_task(orchestrator.execute(cdc_again_order(), saga_id="again"))
+    await undoing.wait()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert undo_calls == ["unbook", "unbook"]
+    meta = await orchestrator.get_saga("again")
+    assert meta is not None
+    assert meta.status is SagaStatus.FAILED
+    [record] = meta.compensations
+    assert record.status is StepStatus.FAILED
+    assert record.error is not None
+    assert "CancelledError" in record.error

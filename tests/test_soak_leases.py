@@ -56,7 +56,7 @@ from sagakit import (
     step,
 )
 from sagakit.stores._pg_writer import Write
-from sagakit.testing import InstantSleep
+from sagakit.testing import InstantSleep, SimulatedCrash
 
 pytestmark = [
     pytest.mark.asyncio,
@@ -252,7 +252,10 @@ class Soak:
             task = asyncio.current_task()
             assert task is not None
             self.requests.put_nowait(("crash", worker, task))
-            await asyncio.Event().wait()  # until the crash cancels this task
+            await worker.died.wait()  # the crash cancels this task; if it runs on (a
+            # compensation finishing in a shielded task, which no cancel reaches), the
+            # process is gone all the same: nothing more runs or is recorded.
+            raise SimulatedCrash(f"worker {worker.name} crashed")
         elif kind == "stop":
             task = asyncio.current_task()
             assert task is not None
@@ -409,6 +412,7 @@ class Worker:
         self.ids: list[str] = []  # the saga id of each of runs
         self.stopping = False
         self.crashed = False
+        self.died = asyncio.Event()  # set as it crashes
 
     async def _as(self, role: str, work: Awaitable[Any]) -> Any:
         WORKER.set(self)
@@ -450,6 +454,7 @@ class Worker:
     async def crash(self) -> None:
         """Die: send nothing more, cancel every task; the leases run out."""
         self.stopping = self.crashed = self.store.dead = True
+        self.died.set()
         self.soak.events.append((self.soak.tick(), self.name, "crashed"))
         tasks = [task for task in (self.loop, *self.runs) if task is not None]
         for task in tasks:

@@ -709,6 +709,11 @@ class SagaOrchestrator:
                 rerun.result()
             except SimulatedCrash:
                 raise  # "the process died"
+            except asyncio.CancelledError:
+                # Cancelled again in its restart (the compensation raised it): nothing
+                # restarts it now, and its record must not stay RUNNING.
+                _end_running(run.compensations, "CancelledError: interrupted" + NOT_COMPENSATED)
+                raise
             except Exception as unrecorded:  # not recorded: the run ends FAILED
                 # Logged, not raised: the cancellation goes on. (Not chained either: the
                 # frames it passes through on its way out reset its __context__.)
