@@ -724,6 +724,9 @@ def test_ctrl_c_on_recover_leaves_the_saga_for_the_next_recover(tmp_path: Path) 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a terminal sends it: a test run started in the background of a shell
+        # without job control inherits SIGINT ignored, and Python then never hears it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert recovering.stdout is not None
     assert recovering.stdout.readline() == "slow a\n"  # inside the step it resumes
