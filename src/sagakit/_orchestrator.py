@@ -69,6 +69,7 @@ from .exceptions import (
     SagaRunError,
     StepFailed,
     StepTimeout,
+    _step_failed,
 )
 from .records import SagaMetadata
 from .status import SagaStatus
@@ -410,7 +411,7 @@ class SagaOrchestrator:
                         error = raised_by_step(fault)  # as the step's own raise
                     if failure is None:
                         assert error is not None
-                        failure = StepFailed(index, spec.name, error)
+                        failure = _step_failed(index, spec.name, error)
                         failure.__cause__ = error
                     policy = spec.retry
                     if attempt < policy.attempts and policy.retries(error or failure):
@@ -418,15 +419,30 @@ class SagaOrchestrator:
                             await self._emit(run, ON_STEP_RETRYING, record, attempt, error=failure)
                         await self._sleep(policy.delay(attempt))
                         continue
-                    self._step_failed(run, record, call, failure, error, started, now, done)
-                    await self._emit(
-                        run,
-                        ON_STEP_TIMED_OUT if record.status is STEP_TIMED_OUT else ON_STEP_FAILED,
-                        record,
-                        attempt,
-                        error=error or failure,
-                        duration=record.duration,
-                    )
+                    # Failed for good: mark it, and queue it for compensation if its
+                    # options say so.
+                    timed_out = failure.__class__ is StepTimeout
+                    record.status = STEP_TIMED_OUT if timed_out else STEP_FAILED
+                    record.duration = now() - started
+                    record.error = described = describe_error(error or failure)
+                    if spec.compensate_on_timeout if timed_out else spec.compensate_on_failure:
+                        done.append((record, call, None))
+                    kind = ON_STEP_TIMED_OUT if timed_out else ON_STEP_FAILED
+                    # What _emit() checks first, without its coroutine when it has nothing to do.
+                    if observe or logger.isEnabledFor(level_of(kind, run.status)):
+                        await self._emit(
+                            run,
+                            kind,
+                            record,
+                            attempt,
+                            error=error or failure,
+                            duration=record.duration,
+                        )
+                    if run.error is None and not timed_out:
+                        # describe_error(failure), built from the step error's text made
+                        # above: a step's name is written by repr(), which escapes what
+                        # storable_text() would, and puts no line break in it.
+                        run.error = f"StepFailed: step {index} ({spec.name!r}) failed: {described}"
                     raise failure
                 record.result = value
                 cls = value.__class__
@@ -492,7 +508,8 @@ class SagaOrchestrator:
                 run.error = describe_error(failure)
             # Failed outside the step's own call (recording its start or a retry): no
             # transition ends it, so the run's end does (see interrupted_step).
-            _end_running_step(steps, acted, failure)
+            if steps and steps[-1].status is STEP_RUNNING:
+                _end_running_step(steps, acted, failure)
             try:
                 compensation_failure = await self._compensate(run, done, failure, faults, observe)
             except asyncio.CancelledError as cancelled:
@@ -564,27 +581,6 @@ class SagaOrchestrator:
         done.append((record, call, record.result))
         return record.result
 
-    def _step_failed(
-        self,
-        run: SagaRun,
-        record: StepRun,
-        call: StepCall[Any],
-        failure: StepFailed,
-        error: BaseException | None,
-        started: float,
-        now: Callable[[], float],
-        done: list[_Done],
-    ) -> None:
-        """Mark a step failed for good; queue it for compensation if its options say so."""
-        spec = call.spec
-        timed_out = isinstance(failure, StepTimeout)
-        record.status = STEP_TIMED_OUT if timed_out else STEP_FAILED
-        record.duration = now() - started
-        record.error = describe_error(error or failure)
-        undo_self = spec.compensate_on_timeout if timed_out else spec.compensate_on_failure
-        if undo_self:
-            done.append((record, call, None))
-
     async def _step_completed(self, run: SagaRun, record: StepRun) -> None:
         """Emit STEP_COMPLETED; if it cannot be recorded, fail the step (already queued
         for compensation, so it is undone too)."""
@@ -649,11 +645,21 @@ class SagaOrchestrator:
 
     async def _finish(self, run: SagaRun) -> None:
         """Record the end of a run that did not complete and move it to history."""
-        run.finished_mono = run.updated_mono = self._watch(asyncio.get_running_loop()).now()
+        loop = asyncio.get_running_loop()
+        watchdog = self._watchdog  # self._watch(loop), without the call
+        if watchdog is None or watchdog.loop is not loop:
+            watchdog = self._use_loop(loop)
+        run.finished_mono = run.updated_mono = watchdog.now()
         if run.status is SAGA_EXECUTING or run.status is SAGA_COMPENSATING:
             run.status = SAGA_FAILED
         try:
-            await self._emit(run, ON_SAGA_FINISHED)
+            # What _emit() checks first, without its coroutine when it has nothing to do.
+            if (
+                self._durable
+                or run.listeners
+                or logger.isEnabledFor(level_of(ON_SAGA_FINISHED, run.status))
+            ):
+                await self._emit(run, ON_SAGA_FINISHED)
         finally:
             memory = self._memory
             if memory is not None:
@@ -737,9 +743,11 @@ class SagaOrchestrator:
         """
         run.status = SAGA_COMPENSATING
         loop = asyncio.get_running_loop()
-        watchdog = self._watch(loop)
+        watchdog = self._watchdog  # self._watch(loop), without the call
+        if watchdog is None or watchdog.loop is not loop:
+            watchdog = self._use_loop(loop)
         now = watchdog.now
-        task = asyncio.current_task()
+        task = asyncio.current_task(loop)
         assert task is not None, "sagakit runs inside an asyncio task"
         if run.task is not task:  # recovering, or finishing in a shielded task
             run.task = task
