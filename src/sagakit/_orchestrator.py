@@ -53,7 +53,6 @@ from ._runs import (
     enter_run,
     events_of,
     leave_run,
-    new_step_run,
     storable_text,
 )
 from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id, close_driver
@@ -78,6 +77,7 @@ from .stores.memory import DEFAULT_HISTORY_LIMIT
 from .transitions import Transition, TransitionKind, make_transition
 
 _Done = tuple[StepRun, StepCall[Any], Any]
+_new_record = object.__new__
 
 
 HANDED_BACK = "recovery was cancelled; the next recovery finishes the saga"
@@ -335,7 +335,17 @@ class SagaOrchestrator:
                     value = self._replayed(run, index, call, done)
                     index += 1
                     continue
-                record = new_step_run(index, spec.name)
+                # new_step_run(index, spec.name), inline: a call costs a frame, per step.
+                record = _new_record(StepRun)
+                record.index = index
+                record.name = spec.name
+                record.compensation = False
+                record.status = STEP_RUNNING
+                record.attempts = 1
+                record.duration = None
+                record.error = None
+                record.events = ()
+                record.result = None
                 steps.append(record)
                 run.step = record
                 timeout = spec.timeout
@@ -765,7 +775,17 @@ class SagaOrchestrator:
                 if compensation is None:
                     done.pop()
                     continue
-                record = new_step_run(step_record.index, step_record.name, True)  # a compensation
+                # new_step_run(step_record.index, step_record.name, True), inline (as above)
+                record = _new_record(StepRun)
+                record.index = step_record.index
+                record.name = step_record.name
+                record.compensation = True
+                record.status = STEP_RUNNING
+                record.attempts = 1
+                record.duration = None
+                record.error = None
+                record.events = ()
+                record.result = None
                 records = run.compensations
                 if (
                     records
