@@ -267,7 +267,9 @@ class SagaOrchestrator:
             saga_id if saga_id is not None else new_saga_id(), definition, explicit, watchdog.now()
         )
         run.listeners = self._listeners
-        driver = definition._driver()  # before begin(): whatever it raises leaves no run
+        # Before begin(): whatever it raises leaves no run. A list or builder definition's
+        # steps are read from its tuple, without a generator (see _drive).
+        driver = None if definition._state[2] is not None else definition._driver()
         memory = self._memory
         try:
             earlier = memory._begin_now(run) if memory is not None else await self._store.begin(run)
@@ -278,7 +280,8 @@ class SagaOrchestrator:
                 raise
             earlier = await self._store.begin(run)
         if earlier is not None:
-            driver.close()
+            if driver is not None:
+                driver.close()
             return list(earlier.events)
         return await self._drive(run, driver)
 
@@ -288,9 +291,18 @@ class SagaOrchestrator:
         return await adopt(self, saga_id)
 
     async def _drive(
-        self, run: SagaRun, driver: StepDriver, replay: int = 0, *, hand_back: bool = False
+        self,
+        run: SagaRun,
+        driver: StepDriver | None,
+        replay: int = 0,
+        *,
+        hand_back: bool = False,
     ) -> list[Any]:
         """Run the steps ``driver`` yields; the first ``replay`` come from ``run.steps``.
+
+        Without a ``driver``, the steps of ``run.definition``'s tuple, in order: what a
+        generator over them would yield, without resuming one per step and its
+        ``StopIteration``.
 
         ``hand_back`` (recovery): cancelled, stop as a crash would, without compensating.
         """
@@ -319,14 +331,21 @@ class SagaOrchestrator:
         acted: StepRun | None = None  # the step record whose function was last called
         index = 0
         value: Any = None
+        listed = run.definition._state[2] if driver is None else None
         try:
             if announce:
                 await self._emit(run, ON_SAGA_STARTED)
             while True:
-                try:
-                    call = driver.send(value)
-                except StopIteration:
-                    break
+                if listed is not None:
+                    if index == len(listed):
+                        break
+                    call = listed[index]
+                else:
+                    assert driver is not None
+                    try:
+                        call = driver.send(value)
+                    except StopIteration:
+                        break
                 if call.__class__ is not StepCall:
                     _check_call(call, run.name, index)
                 step = call.step
