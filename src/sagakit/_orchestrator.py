@@ -49,10 +49,9 @@ from ._runs import (
     UNRECORDED,
     SagaRun,
     StepRun,
+    current_run,
     describe_error,
-    enter_run,
     events_of,
-    leave_run,
     storable_text,
 )
 from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id, close_driver
@@ -324,7 +323,8 @@ class SagaOrchestrator:
         )
         announce = observe or info
         faults = active_faults.get()
-        token = enter_run(run)
+        run.parent = current_run.get()  # enter_run(run), inline: once per saga
+        token = current_run.set(run)
         steps = run.steps
         events = run.events
         done: list[_Done] = []
@@ -348,7 +348,6 @@ class SagaOrchestrator:
                         break
                 if call.__class__ is not StepCall:
                     _check_call(call, run.name, index)
-                step = call.step
                 spec = call.spec
                 if index < replay:
                     value = self._replayed(run, index, call, done)
@@ -379,9 +378,8 @@ class SagaOrchestrator:
                     error: BaseException | None = None
                     started = now()
                     deadline = started + timeout
-                    fault = None
                     if faults is None or (
-                        (fault := faults.fault_for(step, attempt, compensation=False)) is None
+                        (fault := faults.fault_for(call.step, attempt, compensation=False)) is None
                     ):
                         run.deadline = deadline
                         if deadline < watchdog.when:
@@ -582,7 +580,8 @@ class SagaOrchestrator:
         finally:
             watchdog.runs.discard(run)
             run.task = None  # a finished run in the history must not keep its task alive
-            leave_run(run, token)
+            run.parent = None  # leave_run(run, token), inline
+            current_run.reset(token)
         run.status = SAGA_COMPLETED
         run.total_steps = index
         run.finished_mono = run.updated_mono = now()
@@ -788,7 +787,6 @@ class SagaOrchestrator:
         try:
             while done:
                 step_record, call, result = done[-1]
-                step = call.step
                 spec = call.spec
                 compensation = spec.compensation
                 if compensation is None:
@@ -827,9 +825,8 @@ class SagaOrchestrator:
                         await self._emit(run, ON_COMPENSATION_STARTED, record, attempt)
                     started = now()
                     deadline = started + timeout
-                    fault = None
                     if faults is None or (
-                        (fault := faults.fault_for(step, attempt, compensation=True)) is None
+                        (fault := faults.fault_for(call.step, attempt, compensation=True)) is None
                     ):
                         run.deadline = deadline
                         if deadline < watchdog.when:
