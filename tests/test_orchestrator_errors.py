@@ -23,6 +23,7 @@ from sagakit import (
     StepTimeout,
     step,
 )
+from sagakit._runs import describe_error
 
 
 def test_every_error_is_exported_and_derives_from_saga_error() -> None:
@@ -194,3 +195,57 @@ async def test_an_error_text_is_one_line() -> None:
     assert meta.steps[0].error == "ValueError: first line forged: saga x completed third"
     assert meta.error is not None
     assert "\n" not in meta.error
+
+
+def test_the_orchestrators_step_failed_is_the_one_its_class_makes() -> None:
+    # The orchestrator makes its StepFailed without the classes' __init__ frames: it must
+    # be the same object, field for field, as StepFailed(...) makes.
+    from sagakit.exceptions import _step_failed
+
+    cause = ValueError("boom")
+    made, fast = StepFailed(4, "ship", cause), _step_failed(4, "ship", cause)
+    assert type(fast) is StepFailed
+    assert fast.args == made.args == ()
+    assert vars(fast) == vars(made)
+    assert list(vars(fast)) == list(vars(made))  # same order: pickled as the same state
+    assert str(fast) == str(made) == "step 4 ('ship') failed: ValueError: boom"
+    assert repr(fast) == repr(made)
+    copy = pickle.loads(pickle.dumps(fast))
+    assert (copy.step_index, copy.step_name, str(copy.error)) == (4, "ship", "boom")
+    assert str(copy) == str(made)
+    fast.events.append("e")
+    assert made.events == []  # lists of its own
+
+
+async def _run_error(name: str, message: str) -> tuple[str | None, str]:
+    async def fails() -> None:
+        raise ValueError(message)
+
+    fails.__name__ = "fails"
+    failing = step(name=name)(fails)
+    orchestrator = SagaOrchestrator()
+    with pytest.raises(StepFailed) as raised:
+        await orchestrator.execute(SagaDefinition(steps=[failing()]))
+    meta = await orchestrator.get_history()
+    return meta[-1].error, describe_error(raised.value)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("ship", "boom"),
+        ("liefern-ä", "nicht möglich"),
+        ("surrogate-\udce9", "bad byte \udcff in a file name"),
+        ("nul\x00name", "a NUL \x00 here"),
+        ("line\nbreak", "first\nsecond\r\nthird"),
+        ("form\x0cfeed", "page\x0cbreak\u2028sep"),
+    ],
+)
+async def test_a_failed_runs_error_is_its_failures_description(name: str, message: str) -> None:
+    # The run's error is built from the step error's text instead of describing the
+    # StepFailed again: it must be the very text describe_error(failure) gives.
+    error, described = await _run_error(name, message)
+    assert error == described
+    assert error is not None
+    assert error.startswith(f"StepFailed: step 0 ({name!r}) failed: ValueError: ")

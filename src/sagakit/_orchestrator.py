@@ -49,11 +49,9 @@ from ._runs import (
     UNRECORDED,
     SagaRun,
     StepRun,
+    current_run,
     describe_error,
-    enter_run,
     events_of,
-    leave_run,
-    new_step_run,
     storable_text,
 )
 from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id, close_driver
@@ -69,6 +67,7 @@ from .exceptions import (
     SagaRunError,
     StepFailed,
     StepTimeout,
+    _step_failed,
 )
 from .records import SagaMetadata
 from .status import SagaStatus
@@ -77,6 +76,7 @@ from .stores.memory import DEFAULT_HISTORY_LIMIT
 from .transitions import Transition, TransitionKind, make_transition
 
 _Done = tuple[StepRun, StepCall[Any], Any]
+_new_record = object.__new__
 
 
 HANDED_BACK = "recovery was cancelled; the next recovery finishes the saga"
@@ -266,7 +266,9 @@ class SagaOrchestrator:
             saga_id if saga_id is not None else new_saga_id(), definition, explicit, watchdog.now()
         )
         run.listeners = self._listeners
-        driver = definition._driver()  # before begin(): whatever it raises leaves no run
+        # Before begin(): whatever it raises leaves no run. A list or builder definition's
+        # steps are read from its tuple, without a generator (see _drive).
+        driver = None if definition._state[2] is not None else definition._driver()
         memory = self._memory
         try:
             earlier = memory._begin_now(run) if memory is not None else await self._store.begin(run)
@@ -277,7 +279,8 @@ class SagaOrchestrator:
                 raise
             earlier = await self._store.begin(run)
         if earlier is not None:
-            driver.close()
+            if driver is not None:
+                driver.close()
             return list(earlier.events)
         return await self._drive(run, driver)
 
@@ -287,9 +290,18 @@ class SagaOrchestrator:
         return await adopt(self, saga_id)
 
     async def _drive(
-        self, run: SagaRun, driver: StepDriver, replay: int = 0, *, hand_back: bool = False
+        self,
+        run: SagaRun,
+        driver: StepDriver | None,
+        replay: int = 0,
+        *,
+        hand_back: bool = False,
     ) -> list[Any]:
         """Run the steps ``driver`` yields; the first ``replay`` come from ``run.steps``.
+
+        Without a ``driver``, the steps of ``run.definition``'s tuple, in order: what a
+        generator over them would yield, without resuming one per step and its
+        ``StopIteration``.
 
         ``hand_back`` (recovery): cancelled, stop as a crash would, without compensating.
         """
@@ -311,30 +323,47 @@ class SagaOrchestrator:
         )
         announce = observe or info
         faults = active_faults.get()
-        token = enter_run(run)
+        run.parent = current_run.get()  # enter_run(run), inline: once per saga
+        token = current_run.set(run)
         steps = run.steps
         events = run.events
         done: list[_Done] = []
         acted: StepRun | None = None  # the step record whose function was last called
         index = 0
         value: Any = None
+        listed = run.definition._state[2] if driver is None else None
         try:
             if announce:
                 await self._emit(run, ON_SAGA_STARTED)
             while True:
-                try:
-                    call = driver.send(value)
-                except StopIteration:
-                    break
+                if listed is not None:
+                    if index == len(listed):
+                        break
+                    call = listed[index]
+                else:
+                    assert driver is not None
+                    try:
+                        call = driver.send(value)
+                    except StopIteration:
+                        break
                 if call.__class__ is not StepCall:
                     _check_call(call, run.name, index)
-                step = call.step
                 spec = call.spec
                 if index < replay:
                     value = self._replayed(run, index, call, done)
                     index += 1
                     continue
-                record = new_step_run(index, spec.name)
+                # new_step_run(index, spec.name), inline: a call costs a frame, per step.
+                record = _new_record(StepRun)
+                record.index = index
+                record.name = spec.name
+                record.compensation = False
+                record.status = STEP_RUNNING
+                record.attempts = 1
+                record.duration = None
+                record.error = None
+                record.events = ()
+                record.result = None
                 steps.append(record)
                 run.step = record
                 timeout = spec.timeout
@@ -349,9 +378,8 @@ class SagaOrchestrator:
                     error: BaseException | None = None
                     started = now()
                     deadline = started + timeout
-                    fault = None
                     if faults is None or (
-                        (fault := faults.fault_for(step, attempt, compensation=False)) is None
+                        (fault := faults.fault_for(call.step, attempt, compensation=False)) is None
                     ):
                         run.deadline = deadline
                         if deadline < watchdog.when:
@@ -410,7 +438,7 @@ class SagaOrchestrator:
                         error = raised_by_step(fault)  # as the step's own raise
                     if failure is None:
                         assert error is not None
-                        failure = StepFailed(index, spec.name, error)
+                        failure = _step_failed(index, spec.name, error)
                         failure.__cause__ = error
                     policy = spec.retry
                     if attempt < policy.attempts and policy.retries(error or failure):
@@ -418,15 +446,30 @@ class SagaOrchestrator:
                             await self._emit(run, ON_STEP_RETRYING, record, attempt, error=failure)
                         await self._sleep(policy.delay(attempt))
                         continue
-                    self._step_failed(run, record, call, failure, error, started, now, done)
-                    await self._emit(
-                        run,
-                        ON_STEP_TIMED_OUT if record.status is STEP_TIMED_OUT else ON_STEP_FAILED,
-                        record,
-                        attempt,
-                        error=error or failure,
-                        duration=record.duration,
-                    )
+                    # Failed for good: mark it, and queue it for compensation if its
+                    # options say so.
+                    timed_out = failure.__class__ is StepTimeout
+                    record.status = STEP_TIMED_OUT if timed_out else STEP_FAILED
+                    record.duration = now() - started
+                    record.error = described = describe_error(error or failure)
+                    if spec.compensate_on_timeout if timed_out else spec.compensate_on_failure:
+                        done.append((record, call, None))
+                    kind = ON_STEP_TIMED_OUT if timed_out else ON_STEP_FAILED
+                    # What _emit() checks first, without its coroutine when it has nothing to do.
+                    if observe or logger.isEnabledFor(level_of(kind, run.status)):
+                        await self._emit(
+                            run,
+                            kind,
+                            record,
+                            attempt,
+                            error=error or failure,
+                            duration=record.duration,
+                        )
+                    if run.error is None and not timed_out:
+                        # describe_error(failure), built from the step error's text made
+                        # above: a step's name is written by repr(), which escapes what
+                        # storable_text() would, and puts no line break in it.
+                        run.error = f"StepFailed: step {index} ({spec.name!r}) failed: {described}"
                     raise failure
                 record.result = value
                 cls = value.__class__
@@ -492,7 +535,8 @@ class SagaOrchestrator:
                 run.error = describe_error(failure)
             # Failed outside the step's own call (recording its start or a retry): no
             # transition ends it, so the run's end does (see interrupted_step).
-            _end_running_step(steps, acted, failure)
+            if steps and steps[-1].status is STEP_RUNNING:
+                _end_running_step(steps, acted, failure)
             try:
                 compensation_failure = await self._compensate(run, done, failure, faults, observe)
             except asyncio.CancelledError as cancelled:
@@ -536,7 +580,8 @@ class SagaOrchestrator:
         finally:
             watchdog.runs.discard(run)
             run.task = None  # a finished run in the history must not keep its task alive
-            leave_run(run, token)
+            run.parent = None  # leave_run(run, token), inline
+            current_run.reset(token)
         run.status = SAGA_COMPLETED
         run.total_steps = index
         run.finished_mono = run.updated_mono = now()
@@ -563,27 +608,6 @@ class SagaOrchestrator:
             )
         done.append((record, call, record.result))
         return record.result
-
-    def _step_failed(
-        self,
-        run: SagaRun,
-        record: StepRun,
-        call: StepCall[Any],
-        failure: StepFailed,
-        error: BaseException | None,
-        started: float,
-        now: Callable[[], float],
-        done: list[_Done],
-    ) -> None:
-        """Mark a step failed for good; queue it for compensation if its options say so."""
-        spec = call.spec
-        timed_out = isinstance(failure, StepTimeout)
-        record.status = STEP_TIMED_OUT if timed_out else STEP_FAILED
-        record.duration = now() - started
-        record.error = describe_error(error or failure)
-        undo_self = spec.compensate_on_timeout if timed_out else spec.compensate_on_failure
-        if undo_self:
-            done.append((record, call, None))
 
     async def _step_completed(self, run: SagaRun, record: StepRun) -> None:
         """Emit STEP_COMPLETED; if it cannot be recorded, fail the step (already queued
@@ -649,11 +673,21 @@ class SagaOrchestrator:
 
     async def _finish(self, run: SagaRun) -> None:
         """Record the end of a run that did not complete and move it to history."""
-        run.finished_mono = run.updated_mono = self._watch(asyncio.get_running_loop()).now()
+        loop = asyncio.get_running_loop()
+        watchdog = self._watchdog  # self._watch(loop), without the call
+        if watchdog is None or watchdog.loop is not loop:
+            watchdog = self._use_loop(loop)
+        run.finished_mono = run.updated_mono = watchdog.now()
         if run.status is SAGA_EXECUTING or run.status is SAGA_COMPENSATING:
             run.status = SAGA_FAILED
         try:
-            await self._emit(run, ON_SAGA_FINISHED)
+            # What _emit() checks first, without its coroutine when it has nothing to do.
+            if (
+                self._durable
+                or run.listeners
+                or logger.isEnabledFor(level_of(ON_SAGA_FINISHED, run.status))
+            ):
+                await self._emit(run, ON_SAGA_FINISHED)
         finally:
             memory = self._memory
             if memory is not None:
@@ -742,9 +776,11 @@ class SagaOrchestrator:
         """
         run.status = SAGA_COMPENSATING
         loop = asyncio.get_running_loop()
-        watchdog = self._watch(loop)
+        watchdog = self._watchdog  # self._watch(loop), without the call
+        if watchdog is None or watchdog.loop is not loop:
+            watchdog = self._use_loop(loop)
         now = watchdog.now
-        task = asyncio.current_task()
+        task = asyncio.current_task(loop)
         assert task is not None, "sagakit runs inside an asyncio task"
         if run.task is not task:  # recovering, or finishing in a shielded task
             run.task = task
@@ -756,13 +792,22 @@ class SagaOrchestrator:
         try:
             while done:
                 step_record, call, result = done[-1]
-                step = call.step
                 spec = call.spec
                 compensation = spec.compensation
                 if compensation is None:
                     done.pop()
                     continue
-                record = new_step_run(step_record.index, step_record.name, True)  # a compensation
+                # new_step_run(step_record.index, step_record.name, True), inline (as above)
+                record = _new_record(StepRun)
+                record.index = step_record.index
+                record.name = step_record.name
+                record.compensation = True
+                record.status = STEP_RUNNING
+                record.attempts = 1
+                record.duration = None
+                record.error = None
+                record.events = ()
+                record.result = None
                 records = run.compensations
                 if (
                     records
@@ -785,9 +830,8 @@ class SagaOrchestrator:
                         await self._emit(run, ON_COMPENSATION_STARTED, record, attempt)
                     started = now()
                     deadline = started + timeout
-                    fault = None
                     if faults is None or (
-                        (fault := faults.fault_for(step, attempt, compensation=True)) is None
+                        (fault := faults.fault_for(call.step, attempt, compensation=True)) is None
                     ):
                         run.deadline = deadline
                         if deadline < watchdog.when:

@@ -31,7 +31,12 @@ def storable_text(text: str) -> str:
 
 def describe_error(error: BaseException) -> str:
     """One line naming an exception, ready to store: ``"ValueError: boom"``."""
-    return storable_text(error_text(error))
+    text = error_text(error)
+    # storable_text(text), without its call for the common (plain) text: failures are
+    # a hot path.
+    if text.isascii() and "\x00" not in text:
+        return text
+    return storable_text(text)
 
 
 def describe_optional(error: BaseException | None) -> str | None:

@@ -206,9 +206,11 @@ def _restore(cls: type[SagaDefinition], *values: Any) -> SagaDefinition:
     return _made(cls, values)
 
 
-def close_driver(driver: StepDriver, name: str, saga_id: str) -> None:
+def close_driver(driver: StepDriver | None, name: str, saga_id: str) -> None:
     """Close a saga's generator; whatever its body does then is logged, never raised
-    (it must not stop the undo or the end of the run)."""
+    (it must not stop the undo or the end of the run). ``None``: a run without one."""
+    if driver is None:
+        return
     try:
         driver.close()
     except Exception:

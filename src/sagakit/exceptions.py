@@ -81,6 +81,21 @@ class StepFailed(SagaRunError):
         return (type(self), (self.step_index, self.step_name, self.error), self.__dict__)
 
 
+_new_error = BaseException.__new__
+
+
+def _step_failed(step_index: int, step_name: str, error: BaseException) -> StepFailed:
+    """``StepFailed(step_index, step_name, error)``, the same object made without the
+    three ``__init__`` frames of its classes (the orchestrator makes one per failure)."""
+    failure: StepFailed = _new_error(StepFailed)  # args (), as StepFailed.__init__ leaves them
+    failure.events = []
+    failure.compensation_events = []
+    failure.step_index = step_index
+    failure.step_name = step_name
+    failure.error = error
+    return failure
+
+
 class StepTimeout(StepFailed, TimeoutError):
     """A step did not finish within its timeout; ``duration`` is how long it ran."""
 
