@@ -7,7 +7,8 @@ and disturbs them at seeded points, from inside the steps and compensations:
 - ``stall``: the step's worker stops renewing that saga's lease and waits in the step
   until another worker has claimed it (``stall_long``: until that one finished it);
 - ``outage``: the worker's whole heartbeat stops until another worker took the saga
-  (its other sagas go on meanwhile, and are taken over too, or not);
+  (its other sagas go on meanwhile, and are taken over too, or not; with two outages
+  on one worker at once, it beats again once both are over);
 - ``crash``: the worker dies there: its store sends nothing more, its tasks are
   cancelled, and its leases run out;
 - ``stop``: the worker loop is stopped (the leases of the sagas it recovers are released
@@ -180,9 +181,11 @@ class Soak:
         )
         return int(fence), bool(finished)
 
-    async def until(self, worker: Worker, check: Callable[[], Awaitable[bool]], what: str) -> bool:
+    async def until(
+        self, worker: Worker, check: Callable[[], Awaitable[bool]], saga_id: str, what: str
+    ) -> bool:
         """Wait until ``check()`` (whether it came true), or the worker is stopping; note a
-        hang as a problem."""
+        hang as a problem, with what holds ``saga_id`` up."""
         deadline = time.monotonic() + HANG
         while not worker.stopping:
             if await check():
@@ -193,10 +196,32 @@ class Soak:
                     f" (loop {'done' if w.loop is None or w.loop.done() else 'running'})"
                     for w in self.workers
                 )
-                self.problems.append(f"gave up waiting for {what} [{worker.name}; {states}]")
+                held = await self.held(saga_id)
+                self.problems.append(f"gave up waiting for {what} [{worker.name}; {states}] {held}")
                 break
             await asyncio.sleep(POLL)
         return False
+
+    async def held(self, saga_id: str) -> str:
+        """What may keep other workers from claiming ``saga_id``: its row (owner, fencing
+        token, lease left, end, parking) and each worker's leases and suspended heartbeat."""
+        names = {w.store.owner: w.name for w in self.workers}
+        [(owner, fence, left, finished, dead)] = await self.sql(
+            "SELECT owner, fence, extract(epoch FROM lease_until - now()), "
+            "finished_at IS NOT NULL, dead_reason FROM {s}.sagas WHERE saga_id = %s",
+            (saga_id,),
+        )
+        row = (
+            f"row: owner {names.get(owner, owner)}, fence {fence}, lease left "
+            f"{'none' if left is None else f'{float(left):.3f} s'}, finished {finished}, "
+            f"parked {dead!r}"
+        )
+        stores = "; ".join(
+            f"{w.name}: owns {dict(w.store._fences)}, frozen {sorted(w.store.frozen)}, "
+            f"outages {sorted(w.store.outages)}"
+            for w in self.workers
+        )
+        return f"({row}; {stores})"
 
     def hear(self, worker: str) -> Callable[[Transition], None]:
         def listener(transition: Transition) -> None:
@@ -236,18 +261,24 @@ class Soak:
             worker.store.frozen.add(saga_id)
             try:
                 await self.expire("saga_id = %s AND fence = %s", (saga_id, fence))
-                if await self.until(worker, taken, f"another worker to take {saga_id} over"):
+                if await self.until(
+                    worker, taken, saga_id, f"another worker to take {saga_id} over"
+                ):
                     self.taken.add(saga_id)
             finally:
                 worker.store.frozen.discard(saga_id)
         elif kind == "outage":
-            worker.store.outage = True
+            # A set, not a flag: another saga's outage on this worker ending first must
+            # not restart the heartbeat, which would renew this saga's lease for good.
+            worker.store.outages.add(saga_id)
             try:
                 await self.expire("owner = %s", (worker.store.owner,))
-                if await self.until(worker, taken, f"another worker to take {saga_id} over"):
+                if await self.until(
+                    worker, taken, saga_id, f"another worker to take {saga_id} over"
+                ):
                     self.taken.add(saga_id)
             finally:
-                worker.store.outage = False
+                worker.store.outages.discard(saga_id)
         elif kind == "crash":
             task = asyncio.current_task()
             assert task is not None
@@ -339,7 +370,7 @@ class SoakStore(PostgresStore):
         self.soak = soak
         self.name = name
         self.dead = False
-        self.outage = False
+        self.outages: set[str] = set()  # the sagas whose outage stops the whole heartbeat
         self.frozen: set[str] = set()
         self.released = asyncio.Event()
 
@@ -352,7 +383,7 @@ class SoakStore(PostgresStore):
 
     async def renew(self) -> int:
         ids = [saga_id for saga_id in self._fences if saga_id not in self.frozen]
-        if self.dead or self.outage or not ids:
+        if self.dead or self.outages or not ids:
             return 0
         found = await self._run(
             self._sql.heartbeat, {"owner": self.owner, "ids": ids, "lease": self.lease}
@@ -658,7 +689,16 @@ def check_end(label: str, plan: Plan, metadata: SagaMetadata, outcome: Any, give
     else:
         failed = [i for i, s in undone.items() if s is not StepStatus.COMPLETED]
         assert failed, label
-        assert all(plan.steps[i][2] == "fail" for i in failed), label
+        errors = {r.index: r.error or "" for r in metadata.compensations}
+        for i in failed:
+            if plan.steps[i][2] == "fail":
+                continue
+            # The caller cancelled the saga while it compensated, and the ``cancel`` fault
+            # cancelled this compensation's shielded restart: nothing more is undone, it
+            # ends FAILED (docs/concepts/cancellation.md).
+            assert given_up, label
+            assert plan.fault == Fault("cancel", "undo", i), label
+            assert errors[i].startswith("CancelledError: interrupted"), label
     if isinstance(outcome, list):
         raise AssertionError(f"{label}: execute() returned {outcome}")
 
