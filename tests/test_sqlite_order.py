@@ -274,16 +274,19 @@ V1_STEPS = (
     "FROM sagakit_steps WHERE saga_id = ? ORDER BY compensation, started_at, idx"
 )
 V1_HISTORY = "SELECT id FROM sagakit_sagas WHERE finished_at IS NOT NULL ORDER BY finished_at"
+# Version 1's writes, taking the parameters today's store passes (one more each, which
+# they ignore: the saga id again for the start counter, the end's instant again).
 V1_UPSERT_STEP = (
     "INSERT INTO sagakit_steps (saga_id, compensation, idx, name, status, attempts, started_at) "
-    "VALUES (?, ?, ?, ?, 'running', ?, ?) ON CONFLICT (saga_id, compensation, idx) DO UPDATE "
+    "SELECT ?, ?, ?, ?, 'running', ?, ? WHERE ? IS NOT NULL "
+    "ON CONFLICT (saga_id, compensation, idx) DO UPDATE "
     "SET status = 'running', attempts = excluded.attempts, error = NULL, "
     "started_at = excluded.started_at"
 )
 V1_FINISHED = (
     "UPDATE sagakit_sagas SET status = ?, error = ?, steps_executed = ?, "
     "total_steps = coalesce(?, total_steps), finished_at = ?, updated_at = ?, "
-    "owner = NULL WHERE id = ?"
+    "owner = NULL WHERE ? IS NOT NULL AND id = ?"
 )
 
 

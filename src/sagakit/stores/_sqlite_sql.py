@@ -21,8 +21,8 @@ INSERT_SAGA = (
 )
 UPSERT_STEP = (
     "INSERT INTO sagakit_steps (saga_id, compensation, idx, name, status, attempts, started_at, "
-    "start_order) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, (SELECT coalesce(max(start_order), "
-    "0) + 1 FROM sagakit_steps WHERE saga_id = ?1)) ON CONFLICT (saga_id, compensation, idx) "
+    "start_order) VALUES (?, ?, ?, ?, 'running', ?, ?, (SELECT coalesce(max(start_order), "
+    "0) + 1 FROM sagakit_steps WHERE saga_id = ?)) ON CONFLICT (saga_id, compensation, idx) "
     "DO UPDATE SET status = 'running', attempts = excluded.attempts, error = NULL, "
     "started_at = excluded.started_at, start_order = excluded.start_order"
 )
@@ -61,9 +61,9 @@ RESOLVE_INTERRUPTED = (
 )
 """The steps a resolved saga's run left running: they will never end now."""
 FINISHED = (
-    "UPDATE sagakit_sagas SET status = ?1, error = ?2, steps_executed = ?3, "
-    "total_steps = coalesce(?4, total_steps), finished_at = ?5, updated_at = ?6, "
-    f"owner = NULL, finish_order = {NEXT_FINISH.format(at='?5')} WHERE id = ?7"
+    "UPDATE sagakit_sagas SET status = ?, error = ?, steps_executed = ?, "
+    "total_steps = coalesce(?, total_steps), finished_at = ?, updated_at = ?, "
+    f"owner = NULL, finish_order = {NEXT_FINISH.format(at='?')} WHERE id = ?"
 )
 """A saga ends: listed after those that ended at the same ``finished_at`` before it."""
 

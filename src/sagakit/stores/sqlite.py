@@ -373,12 +373,12 @@ class SQLiteStore:
         saga_id = run.id
         now = time.time()
         if kind is ON_STEP_STARTED:
-            return [(UPSERT_STEP, (saga_id, 0, t.step_index, t.step_name, t.attempt, now))]
+            return [(UPSERT_STEP, (saga_id, 0, t.step_index, t.step_name, t.attempt, now, saga_id))]
         if kind is ON_STEP_COMPLETED or kind is ON_COMPENSATION_COMPLETED:
             return self._completion(run, t, now)
         if kind is ON_COMPENSATION_STARTED:
             return [
-                (UPSERT_STEP, (saga_id, 1, t.step_index, t.step_name, t.attempt, now)),
+                (UPSERT_STEP, (saga_id, 1, t.step_index, t.step_name, t.attempt, now, saga_id)),
                 (COMPENSATING, (run.error, now, saga_id)),  # the failure being undone
             ]
         if kind is ON_STEP_RETRYING or kind is ON_COMPENSATION_RETRYING:
@@ -413,6 +413,7 @@ class SQLiteStore:
                 run.total_steps,
                 now,
                 now,
+                now,  # the finish_order of those ending at that instant
                 saga_id,
             )
             statements: Statements = [
@@ -850,11 +851,11 @@ class SQLiteStore:
                 return f"saga {saga_id!r} ended {status}; there is nothing to resolve"
             conn.execute(
                 "UPDATE sagakit_sagas SET status = 'failed', resolved = 1, dead_letter = NULL, "
-                "owner = NULL, finished_at = coalesce(finished_at, ?1), updated_at = ?2, "
-                "error = ?3 || coalesce(' (was: ' || coalesce(dead_letter, error) || ')', ''), "
+                "owner = NULL, finished_at = coalesce(finished_at, ?), updated_at = ?, "
+                "error = ? || coalesce(' (was: ' || coalesce(dead_letter, error) || ')', ''), "
                 "finish_order = CASE WHEN finished_at IS NULL "
-                f"THEN {NEXT_FINISH.format(at='?1')} ELSE finish_order END WHERE id = ?4",
-                (now, now, storable_text(f"resolved by an operator: {note}"), saga_id),
+                f"THEN {NEXT_FINISH.format(at='?')} ELSE finish_order END WHERE id = ?",
+                (now, now, storable_text(f"resolved by an operator: {note}"), now, saga_id),
             )
             conn.execute(RESOLVE_INTERRUPTED, (saga_id,))
             return None
