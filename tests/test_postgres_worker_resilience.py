@@ -16,6 +16,7 @@ import pytest
 
 from pg_helpers.db import GIVE_UP, expire, opened, query
 from sagakit import (
+    SagaDefinitionError,
     SagaOrchestrator,
     SagaStatus,
     SQLiteStore,
@@ -449,3 +450,11 @@ async def test_a_stopping_worker_hands_over_its_own_sagas_not_the_execute_calls_
                 event.set()
             orphaned.cancel()
             await asyncio.gather(orphaned, return_exceptions=True)
+
+
+@pytest.mark.asyncio
+async def test_release_leases_refuses_one_saga_id_given_as_a_string(dsn: str, schema: str) -> None:
+    # A string is a collection of its characters: "order-1" would release sagas "o", "r"...
+    async with opened(dsn, schema) as store:
+        with pytest.raises(SagaDefinitionError, match=r"pass saga_ids=\['order-1'\]"):
+            await store.release_leases(saga_ids="order-1")
