@@ -298,21 +298,25 @@ class PostgresStore:
         (unless ``as_crash``): no worker could take it over, so it goes on here.
         """
         check_saga_ids(saga_ids)
-        wanted = self._fences.keys() if saga_ids is None else set(saga_ids) & self._fences.keys()
-        kept = {i: f for i, f in self._fences.items() if i not in wanted}
-        if not as_crash:
-            kept.update((i, f) for i, f in self._fences.items() if i in self._new)
-        self._lost.update(saga_id for saga_id in self._fences if saga_id not in kept)
-        self._claimed.difference_update(self._fences.keys() - kept.keys())
-        self._fences.clear()
-        self._fences.update(kept)
+        ids = None if saga_ids is None else set(saga_ids)
+        fences = self._fences
+        kept = {
+            i: f
+            for i, f in fences.items()
+            if (ids is not None and i not in ids) or (not as_crash and i in self._new)
+        }
+        released = fences.keys() - kept.keys()
+        self._lost.update(released)
+        self._claimed.difference_update(released)
+        fences.clear()
+        fences.update(kept)
         if self._pool is None:
             return 0
         params = {
             "owner": self.owner,
             "released": not as_crash,
-            "all": saga_ids is None,
-            "ids": sorted(set(saga_ids) if saga_ids is not None else ()),
+            "all": ids is None,
+            "ids": sorted(ids or ()),
         }
         found = await self._run(self._sql.release, params)
         return len(found)
