@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sagakit import (
+    LeaseLost,
     Retry,
     SagaDefinitionError,
     SagaOrchestrator,
     SagaStatus,
+    SQLiteStore,
     StepFailed,
+    Transition,
     TransitionKind,
     saga,
     step,
 )
-from sagakit.testing import FaultInjector, InstantSleep, SagaRecorder
+from sagakit._runs import SagaRun
+from sagakit.testing import (
+    FaultInjector,
+    InstantSleep,
+    SagaRecorder,
+    SimulatedCrash,
+    simulate_restart,
+)
 
 
 @step
@@ -192,3 +203,113 @@ async def test_names_takes_a_transition_kind_or_its_text() -> None:
     assert run.names("compensation_completed") == ["credit", "debit"]
     with pytest.raises(SagaDefinitionError, match="'step_retried', which is not a transition"):
         run.names("step_retried")
+
+
+@step
+async def rec_reserve(item: str) -> None:
+    return None
+
+
+@rec_reserve.compensate
+async def rec_unreserve(item: str) -> None:
+    return None
+
+
+@step
+async def rec_charge(item: str) -> None:
+    raise ValueError("declined")
+
+
+@saga(name="testing_recorder.order")
+def rec_order(item: str) -> Any:
+    yield rec_reserve(item)
+    yield rec_charge(item)
+
+
+@pytest.mark.asyncio
+async def test_a_recovery_after_a_simulated_crash_is_a_run_of_its_own(tmp_path: Path) -> None:
+    # Regression: the recovery's transitions were added to the crashed run (a trail with
+    # two saga_started), which kept its place among the runs, so `last` was the run
+    # started before the recovery and the assert_* helpers checked the wrong run.
+    recorder = SagaRecorder()
+    store = SQLiteStore(tmp_path / "log.db")
+    with FaultInjector().crash(notify), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store, listeners=[recorder]).execute(
+            transfer("A", "B"), saga_id="crashed"
+        )
+    await simulate_restart(store)
+    restarted = SagaOrchestrator(SQLiteStore(tmp_path / "log.db"), listeners=[recorder])
+    await restarted.execute(transfer("C", "D"), saga_id="other")
+    await restarted.recover()
+    assert [run.saga_id for run in recorder.runs] == ["other", "crashed"]
+    assert recorder.last.saga_id == "crashed"
+    recorder.assert_trail(
+        "saga_started", "step_started notify", "step_completed notify", "saga_finished completed"
+    )
+    recorder.assert_completed(notify)
+    await restarted.close()
+
+
+@pytest.mark.asyncio
+async def test_a_recovery_compensating_after_a_crash_is_a_run_of_its_own(
+    tmp_path: Path,
+) -> None:
+    # A recovery that compensates tells no saga_started: the crash ended the run before.
+    recorder = SagaRecorder()
+    store = SQLiteStore(tmp_path / "log.db")
+    with FaultInjector().crash(rec_reserve, compensation=True), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store, listeners=[recorder]).execute(
+            rec_order("book"), saga_id="o-1"
+        )
+    assert recorder.last.trail()[-1] == "compensation_started rec_reserve"
+    await simulate_restart(store)
+    restarted = SagaOrchestrator(SQLiteStore(tmp_path / "log.db"), listeners=[recorder])
+    await restarted.recover()
+    assert len(recorder.runs) == 1
+    recorder.assert_trail(
+        "compensation_started rec_reserve",
+        "compensation_completed rec_reserve",
+        "saga_finished compensated",
+    )
+    await restarted.close()
+
+
+class _FencedAtCompensation(SQLiteStore):
+    """Another worker takes the saga over as its compensation starts: from then on, the
+    log refuses this worker's writes."""
+
+    fenced = False
+
+    async def record(self, run: SagaRun, transition: Transition) -> None:
+        if self.fenced or transition.kind is TransitionKind.COMPENSATION_STARTED:
+            self.fenced = True
+            raise LeaseLost(transition.saga_id)
+        await super().record(run, transition)
+
+    async def finish(self, run: SagaRun) -> None:
+        if self.fenced:
+            raise LeaseLost(run.id)
+        await super().finish(run)
+
+
+@pytest.mark.asyncio
+async def test_a_recovery_after_saga_stopped_is_a_run_of_its_own(tmp_path: Path) -> None:
+    recorder = SagaRecorder()
+    store = _FencedAtCompensation(tmp_path / "log.db")
+    with pytest.raises(LeaseLost):
+        await SagaOrchestrator(store, listeners=[recorder]).execute(
+            rec_order("book"), saga_id="o-2"
+        )
+    assert recorder.last.trail()[-1] == "saga_stopped"
+    store.fenced = False
+    await simulate_restart(store)
+    async with SagaOrchestrator(
+        SQLiteStore(tmp_path / "log.db"), listeners=[recorder]
+    ) as restarted:
+        await restarted.recover()
+    assert len(recorder.runs) == 1
+    recorder.assert_trail(
+        "compensation_started rec_reserve",
+        "compensation_completed rec_reserve",
+        "saga_finished compensated",
+    )

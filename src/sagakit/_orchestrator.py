@@ -635,9 +635,9 @@ class SagaOrchestrator:
     def _crashed(self, run: SagaRun, crash: SimulatedCrash) -> None:
         """A simulated crash: "the process died", so what the run holds untold (staged,
         never committed) is dropped, and nothing more is recorded or told. Only the
-        tracers among its listeners hear of it (``_sagakit_crashed``): instrumentation
-        of this process, which a real crash takes with it, ends the run's spans and
-        restores the context it set, rather than hold them open for good."""
+        tracers (and test recorders) among its listeners hear of it (``_sagakit_crashed``):
+        instrumentation of this process, which a real crash takes with it, ends the run's
+        spans and restores the context it set, rather than hold them open for good."""
         self._held.pop(run, None)
         for listener in run.listeners:
             crashed = getattr(listener, "_sagakit_crashed", None)

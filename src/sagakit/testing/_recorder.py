@@ -158,17 +158,36 @@ class SagaRecorder:
 
     def __init__(self) -> None:
         self._runs: dict[str, RecordedRun] = {}
+        self._ended: set[str] = set()  # ids whose run stopped here unfinished, or crashed
         self.transitions: list[Transition] = []
 
     def __call__(self, transition: Transition) -> None:
         self.transitions.append(transition)
-        run = self._runs.get(transition.saga_id)
-        if run is None or (transition.kind is TransitionKind.SAGA_STARTED and run.finished):
-            # A new run; an id reused after its earlier run finished starts afresh, last.
-            self._runs.pop(transition.saga_id, None)
-            run = RecordedRun(transition.saga_id, transition.saga_name)
-            self._runs[transition.saga_id] = run
+        saga_id = transition.saga_id
+        kind = transition.kind
+        run = self._runs.get(saga_id)
+        if (
+            run is None
+            or kind is TransitionKind.SAGA_STARTED
+            or run.finished
+            or saga_id in self._ended
+        ):
+            # A new run (every run but a recovery's compensation begins SAGA_STARTED);
+            # one of an id seen before (reused, or a recovery after the earlier run
+            # finished, stopped or crashed) starts afresh and is the last run.
+            self._ended.discard(saga_id)
+            self._runs.pop(saga_id, None)
+            run = RecordedRun(saga_id, transition.saga_name)
+            self._runs[saga_id] = run
         run.transitions.append(transition)
+        if kind is TransitionKind.SAGA_STOPPED:
+            self._ended.add(saga_id)
+
+    def _sagakit_crashed(self, saga_id: str, crash: BaseException) -> None:
+        """A simulated crash ended the run of ``saga_id``: nothing is recorded for it (a
+        killed process tells nothing), but a recovery of the saga is a run of its own."""
+        if saga_id in self._runs:
+            self._ended.add(saga_id)
 
     @property
     def runs(self) -> list[RecordedRun]:
@@ -197,6 +216,7 @@ class SagaRecorder:
     def clear(self) -> None:
         """Forget everything recorded."""
         self._runs.clear()
+        self._ended.clear()
         self.transitions.clear()
 
     def assert_status(self, status: SagaStatus | str, *, saga_id: str | None = None) -> None:
