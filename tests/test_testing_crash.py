@@ -213,6 +213,18 @@ async def test_simulate_restart_refuses_an_in_memory_store() -> None:
 
 
 @pytest.mark.asyncio
+async def test_simulate_restart_refuses_what_is_not_a_store(tmp_path: Path) -> None:
+    # Regression: an orchestrator (or a path) given instead of its store raised
+    # AttributeError: 'SagaOrchestrator' object has no attribute 'durable'.
+    orchestrator = SagaOrchestrator(SQLiteStore(tmp_path / "t.db"))
+    with pytest.raises(SagaDefinitionError, match=r"store .*\(orchestrator\.store\), got <Saga"):
+        await simulate_restart(orchestrator)  # type: ignore[arg-type]
+    with pytest.raises(SagaDefinitionError, match=r"\(SQLiteStore\(\.\.\.\)\), got Posix"):
+        await simulate_restart(tmp_path / "t.db")  # type: ignore[arg-type]
+    await orchestrator.close()
+
+
+@pytest.mark.asyncio
 async def test_a_saga_that_crashes_every_recovery_is_parked_on_every_store(
     durable_store: Callable[[], Any], caplog: pytest.LogCaptureFixture
 ) -> None:

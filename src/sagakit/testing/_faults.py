@@ -383,6 +383,12 @@ async def simulate_restart(store: SagaStore) -> None:
     is released, so use it in tests only. An in-memory store loses its sagas in a real
     crash and cannot be restarted.
     """
+    if not isinstance(store, SagaStore):
+        fix = "orchestrator.store" if hasattr(store, "store") else "SQLiteStore(...)"
+        raise SagaDefinitionError(
+            f"simulate_restart() takes the saga store the crashed orchestrator used "
+            f"({fix}), got {store!r}"
+        )
     if not store.durable:
         raise SagaDefinitionError(
             f"{type(store).__name__} keeps sagas in memory, which a crash loses; simulate "
