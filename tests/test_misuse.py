@@ -23,6 +23,14 @@ def test_unknown_step_option_names_the_known_ones() -> None:
         step(timout=5)  # type: ignore[call-overload]
 
 
+@pytest.mark.parametrize("listeners", [print, None, 5])
+def test_one_listener_instead_of_a_list_is_refused(listeners: object) -> None:
+    # Regression: listeners=recorder (one listener) failed with "TypeError: 'SagaRecorder'
+    # object is not iterable", naming neither the argument nor the fix.
+    with pytest.raises(SagaDefinitionError, match=r"listeners must be a list .*listeners=\["):
+        SagaOrchestrator(listeners=listeners)  # type: ignore[arg-type]
+
+
 def test_history_limit_with_an_explicit_store_is_refused() -> None:
     with pytest.raises(SagaDefinitionError, match=r"MemoryStore\(history_limit=100\)"):
         SagaOrchestrator(MemoryStore(), history_limit=5)

@@ -173,6 +173,11 @@ class SagaOrchestrator:
         self._compensation_retry = compensation_retry
         self._continue = bool(continue_on_compensation_failure)
         self._listeners: tuple[Listener, ...] = ()  # replaced, never changed: runs keep theirs
+        if callable(listeners) or not isinstance(listeners, Iterable):  # one, not a list of them
+            raise SagaDefinitionError(
+                f"listeners must be a list of listeners, e.g. listeners=[recorder], "
+                f"got {listeners!r}"
+            )
         for listener in listeners:
             self.add_listener(listener)
         if not callable(sleep):
