@@ -497,6 +497,16 @@ def test_bad_retry_options_are_refused(retry: Any) -> None:
         step(retry=retry)(debit)
 
 
+@pytest.mark.parametrize("option", ["retry", "compensation_retry"])
+@pytest.mark.parametrize("attempts", [0, -2])
+def test_fewer_than_one_attempt_is_refused_naming_the_option(option: str, attempts: int) -> None:
+    async def debit() -> None: ...
+
+    with pytest.raises(SagaDefinitionError, match="at least 1 attempt") as info:
+        step(**{option: attempts})(debit)
+    assert f"@step({option}=...) of 'debit'" in str(info.value)
+
+
 def test_bad_compensation_timeout_is_refused() -> None:
     async def debit() -> None: ...
 

@@ -544,6 +544,10 @@ def _as_retry(value: Retry | int | None, what: str) -> Retry | None:
     if value is None or isinstance(value, Retry):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:  # Retry's own message would name Retry(attempts=...), not this option
+            raise SagaDefinitionError(
+                f"{what} must be at least 1 attempt (1 means no retry), got {value!r}"
+            )
         return Retry(attempts=value)
     raise SagaDefinitionError(
         f"{what} must be a sagakit.Retry or a number of attempts, got {value!r}"
