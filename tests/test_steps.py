@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import math
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -445,6 +446,26 @@ def test_sync_function_is_refused() -> None:
     assert isinstance(info.value, TypeError)
     with pytest.raises(SagaDefinitionError, match="async def"):
         step(timeout=3)(debit)  # type: ignore[arg-type]
+
+
+def test_an_async_generator_is_refused_as_such() -> None:
+    # It is an 'async def', so "declare it with 'async def'" would be no help.
+    async def debit(account: str) -> AsyncIterator[str]:
+        yield account
+
+    with pytest.raises(SagaDefinitionError, match="is an async generator") as info:
+        step(debit)  # type: ignore[arg-type]
+    assert "declare it with 'async def'" not in str(info.value)
+
+    @step
+    async def credit(account: str) -> None: ...
+
+    async def undo(account: str) -> AsyncIterator[str]:
+        yield account
+
+    with pytest.raises(SagaDefinitionError, match="is an async generator"):
+        credit.compensate(undo)  # type: ignore[arg-type]
+    assert credit.compensation is None
 
 
 def test_function_and_options_together_are_refused() -> None:

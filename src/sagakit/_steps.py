@@ -231,6 +231,12 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
             )
         if not inspect.iscoroutinefunction(fn):
             what = qualname_of(fn)
+            if inspect.isasyncgenfunction(fn):
+                raise SagaDefinitionError(
+                    f"@step needs an 'async def' function that returns its result, but {what} "
+                    "is an async generator (it uses 'yield'); return the result (or a list "
+                    "of events) instead of yielding it"
+                )
             raise SagaDefinitionError(
                 f"@step needs an 'async def' function, but {what} is not a coroutine function; "
                 "declare it with 'async def'"
@@ -378,6 +384,12 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
             )
         if not inspect.iscoroutinefunction(fn):
             what = qualname_of(fn)
+            if inspect.isasyncgenfunction(fn):
+                raise SagaDefinitionError(
+                    f"the compensation of step {self.name!r} must be an 'async def' that "
+                    f"returns its events, but {what} is an async generator (it uses 'yield'); "
+                    "return them instead of yielding them"
+                )
             raise SagaDefinitionError(
                 f"the compensation of step {self.name!r} must be an 'async def', "
                 f"but {what} is not a coroutine function"
