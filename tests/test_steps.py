@@ -73,6 +73,15 @@ def test_integer_retry_means_that_many_attempts() -> None:
     assert flaky.retry.attempts == 5
 
 
+def test_a_step_prints_as_its_repr() -> None:
+    @step(timeout=5)
+    async def debit(account: str) -> None: ...
+
+    assert repr(debit) == "<Step debit timeout=5s>"
+    assert str(debit) == f"{debit}" == format(debit) == repr(debit)
+    assert f"{debit:>30}" == f"{debit!r:>30}"
+
+
 def test_calling_a_step_runs_nothing_and_returns_a_step_call() -> None:
     ran: list[str] = []
 

@@ -459,6 +459,14 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
     def __repr__(self) -> str:
         return f"<Step {self.name} timeout={self.timeout:g}s>"
 
+    # As for a function, str() and format() give the repr (wrapt's proxy would give the
+    # function's: "<function debit at 0x...>").
+    def __str__(self) -> str:
+        return self.__repr__()
+
+    def __format__(self, format_spec: str) -> str:
+        return format(self.__repr__(), format_spec)
+
 
 def _call_again(
     step: Step[Any, Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
