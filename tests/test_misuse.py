@@ -36,6 +36,14 @@ def test_history_limit_with_an_explicit_store_is_refused() -> None:
         SagaOrchestrator(MemoryStore(), history_limit=5)
 
 
+@pytest.mark.parametrize("option", ["continue_on_compensation_failure", "recover_on_start"])
+@pytest.mark.parametrize("value", ["no", "false", 0, 1, None])
+def test_a_yes_or_no_orchestrator_option_must_be_a_bool(option: str, value: object) -> None:
+    # bool("false") is True: such a value silently turned the option on.
+    with pytest.raises(SagaDefinitionError, match=f"{option} must be True or False"):
+        SagaOrchestrator(**{option: value})  # type: ignore[arg-type]
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("limit", [-1, 1.5, True])
 async def test_get_history_with_a_bad_limit_is_refused(limit: object) -> None:

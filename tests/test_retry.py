@@ -89,6 +89,38 @@ def test_delays_grow_exponentially_and_are_capped() -> None:
     assert [policy.delay(n) for n in range(1, 6)] == [0.5, 1.5, 4.5, 10.0, 10.0]
 
 
+@pytest.mark.parametrize(
+    ("options", "attempt"),
+    [
+        ({"multiplier": 2.0}, 1025),  # 2.0 ** 1024 overflows a float
+        ({"multiplier": 10}, 400),  # an int multiplier: 10 ** 399 is no float
+        ({"multiplier": 2.0}, 10**9),
+    ],
+)
+def test_delays_stay_capped_however_many_attempts(options: dict[str, Any], attempt: int) -> None:
+    policy = Retry(attempts=attempt + 1, max_backoff=5.0, jitter=0, **options)
+    assert policy.delay(attempt) == 5.0
+    assert Retry(attempts=attempt + 1, backoff=0, **options).delay(attempt) == 0.0
+
+
+@pytest.mark.asyncio
+async def test_a_step_retried_past_a_thousand_attempts_goes_on_waiting_the_cap(
+    sleep: RecordingSleep,
+) -> None:
+    flaky = failing_times(
+        "flaky", 1100, ConnectionError, retry=Retry(attempts=1200, backoff=0.01, max_backoff=1)
+    )
+    orchestrator = SagaOrchestrator(sleep=sleep)
+
+    assert await orchestrator.execute(SagaDefinition("many").add_step(flaky())) == ["flaky"]
+
+    assert len(sleep.delays) == 1100
+    assert max(sleep.delays) <= 1.1
+    meta = await orchestrator.get_saga("many")
+    assert meta is not None
+    assert meta.steps[0].attempts == 1101
+
+
 def test_jitter_spreads_delays_within_its_fraction() -> None:
     random.seed(1234)
     policy = Retry(backoff=1.0, multiplier=2, jitter=0.25)

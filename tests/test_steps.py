@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import math
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -70,6 +71,15 @@ def test_integer_retry_means_that_many_attempts() -> None:
     async def flaky() -> None: ...
 
     assert flaky.retry.attempts == 5
+
+
+def test_a_step_prints_as_its_repr() -> None:
+    @step(timeout=5)
+    async def debit(account: str) -> None: ...
+
+    assert repr(debit) == "<Step debit timeout=5s>"
+    assert str(debit) == f"{debit}" == format(debit) == repr(debit)
+    assert f"{debit:>30}" == f"{debit!r:>30}"
 
 
 def test_calling_a_step_runs_nothing_and_returns_a_step_call() -> None:
@@ -447,6 +457,26 @@ def test_sync_function_is_refused() -> None:
         step(timeout=3)(debit)  # type: ignore[arg-type]
 
 
+def test_an_async_generator_is_refused_as_such() -> None:
+    # It is an 'async def', so "declare it with 'async def'" would be no help.
+    async def debit(account: str) -> AsyncIterator[str]:
+        yield account
+
+    with pytest.raises(SagaDefinitionError, match="is an async generator") as info:
+        step(debit)  # type: ignore[arg-type]
+    assert "declare it with 'async def'" not in str(info.value)
+
+    @step
+    async def credit(account: str) -> None: ...
+
+    async def undo(account: str) -> AsyncIterator[str]:
+        yield account
+
+    with pytest.raises(SagaDefinitionError, match="is an async generator"):
+        credit.compensate(undo)  # type: ignore[arg-type]
+    assert credit.compensation is None
+
+
 def test_function_and_options_together_are_refused() -> None:
     async def debit() -> None: ...
 
@@ -495,6 +525,16 @@ def test_bad_retry_options_are_refused(retry: Any) -> None:
 
     with pytest.raises(SagaDefinitionError, match="Retry"):
         step(retry=retry)(debit)
+
+
+@pytest.mark.parametrize("option", ["retry", "compensation_retry"])
+@pytest.mark.parametrize("attempts", [0, -2])
+def test_fewer_than_one_attempt_is_refused_naming_the_option(option: str, attempts: int) -> None:
+    async def debit() -> None: ...
+
+    with pytest.raises(SagaDefinitionError, match="at least 1 attempt") as info:
+        step(**{option: attempts})(debit)
+    assert f"@step({option}=...) of 'debit'" in str(info.value)
 
 
 def test_bad_compensation_timeout_is_refused() -> None:

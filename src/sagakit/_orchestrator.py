@@ -170,8 +170,14 @@ class SagaOrchestrator:
         )
         # Staged transitions are logged and told to listeners once durable (below).
         self._held: dict[SagaRun, list[tuple[int, Transition]]] = {}
+        for option, value in (
+            ("continue_on_compensation_failure", continue_on_compensation_failure),
+            ("recover_on_start", recover_on_start),
+        ):
+            if not isinstance(value, bool):  # bool("no") is True
+                raise SagaDefinitionError(f"{option} must be True or False, got {value!r}")
         self._compensation_retry = compensation_retry
-        self._continue = bool(continue_on_compensation_failure)
+        self._continue = continue_on_compensation_failure
         self._listeners: tuple[Listener, ...] = ()  # replaced, never changed: runs keep theirs
         if callable(listeners) or not isinstance(listeners, Iterable):  # one, not a list of them
             raise SagaDefinitionError(
@@ -190,7 +196,7 @@ class SagaOrchestrator:
             raise SagaDefinitionError(
                 f"max_recovery_attempts must be a whole number >= 1, got {max_recovery_attempts!r}"
             )
-        self._recover_on_start = bool(recover_on_start)
+        self._recover_on_start = recover_on_start
         self._entered = False  # by `async with` (which runs recover_on_start's recovery)
         self._max_recovery_attempts = max_recovery_attempts
         # The watchdog of the loop used last, which also holds that loop and its clock: one

@@ -87,7 +87,13 @@ class Retry:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        base = min(self.backoff * self.multiplier ** (attempt - 1), self.max_backoff)
+        if not self.backoff:
+            return 0.0
+        try:
+            growth = float(self.multiplier) ** (attempt - 1)
+        except OverflowError:  # past ~1e308 (attempt 1025 at 2.0): long past the cap
+            growth = math.inf
+        base = min(self.backoff * growth, self.max_backoff)
         if self.jitter and base:
             base *= 1 + random.uniform(-self.jitter, self.jitter)
         return max(base, 0.0)

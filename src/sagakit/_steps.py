@@ -231,6 +231,12 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
             )
         if not inspect.iscoroutinefunction(fn):
             what = qualname_of(fn)
+            if inspect.isasyncgenfunction(fn):
+                raise SagaDefinitionError(
+                    f"@step needs an 'async def' function that returns its result, but {what} "
+                    "is an async generator (it uses 'yield'); return the result (or a list "
+                    "of events) instead of yielding it"
+                )
             raise SagaDefinitionError(
                 f"@step needs an 'async def' function, but {what} is not a coroutine function; "
                 "declare it with 'async def'"
@@ -378,6 +384,12 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
             )
         if not inspect.iscoroutinefunction(fn):
             what = qualname_of(fn)
+            if inspect.isasyncgenfunction(fn):
+                raise SagaDefinitionError(
+                    f"the compensation of step {self.name!r} must be an 'async def' that "
+                    f"returns its events, but {what} is an async generator (it uses 'yield'); "
+                    "return them instead of yielding them"
+                )
             raise SagaDefinitionError(
                 f"the compensation of step {self.name!r} must be an 'async def', "
                 f"but {what} is not a coroutine function"
@@ -446,6 +458,14 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Step {self.name} timeout={self.timeout:g}s>"
+
+    # As for a function, str() and format() give the repr (wrapt's proxy would give the
+    # function's: "<function debit at 0x...>").
+    def __str__(self) -> str:
+        return self.__repr__()
+
+    def __format__(self, format_spec: str) -> str:
+        return format(self.__repr__(), format_spec)
 
 
 def _call_again(
@@ -544,6 +564,10 @@ def _as_retry(value: Retry | int | None, what: str) -> Retry | None:
     if value is None or isinstance(value, Retry):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:  # Retry's own message would name Retry(attempts=...), not this option
+            raise SagaDefinitionError(
+                f"{what} must be at least 1 attempt (1 means no retry), got {value!r}"
+            )
         return Retry(attempts=value)
     raise SagaDefinitionError(
         f"{what} must be a sagakit.Retry or a number of attempts, got {value!r}"
