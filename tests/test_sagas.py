@@ -213,9 +213,14 @@ def test_bad_saga_ids_are_refused(bad_id: Any) -> None:
 
 
 @pytest.mark.asyncio
-async def test_empty_builder_saga_is_refused_when_executed() -> None:
-    with pytest.raises(SagaDefinitionError, match="at least one step"):
-        await SagaOrchestrator().execute(SagaDefinition("nothing"))
+async def test_empty_builder_saga_is_refused_when_executed_before_any_run() -> None:
+    seen: list[Any] = []
+    orchestrator = SagaOrchestrator(listeners=[seen.append])
+    with pytest.raises(SagaDefinitionError, match=r"'nothing' has no steps.*\.add_step"):
+        await orchestrator.execute(SagaDefinition("nothing"))
+    # Refused before it began: no run in the history, nothing told to listeners.
+    assert await orchestrator.history_count() == 0
+    assert seen == []
 
 
 # ------------------------------------------------------------------ misuse found before running

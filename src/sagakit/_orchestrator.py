@@ -279,7 +279,16 @@ class SagaOrchestrator:
         run.listeners = self._listeners
         # Before begin(): whatever it raises leaves no run. A list or builder definition's
         # steps are read from its tuple, without a generator (see _drive).
-        driver = None if definition._state[2] is not None else definition._driver()
+        listed = definition._state[2]
+        if listed is None:
+            driver = definition._driver()
+        elif listed:
+            driver = None
+        else:  # a builder given no step (@saga refuses an empty list when called)
+            raise SagaDefinitionError(
+                f"saga {definition.name!r} has no steps; add at least one with "
+                ".add_step(step_call) before executing it"
+            )
         memory = self._memory
         try:
             earlier = memory._begin_now(run) if memory is not None else await self._store.begin(run)
@@ -454,7 +463,9 @@ class SagaOrchestrator:
                     policy = spec.retry
                     if attempt < policy.attempts and policy.retries(error or failure):
                         if announce:
-                            await self._emit(run, ON_STEP_RETRYING, record, attempt, error=failure)
+                            await self._emit(
+                                run, ON_STEP_RETRYING, record, attempt, error=error or failure
+                            )
                         await self._sleep(policy.delay(attempt))
                         continue
                     # Failed for good: mark it, and queue it for compensation if its
