@@ -186,3 +186,54 @@ async def test_claim_orphans_refuses_one_id_given_as_a_string(
     with pytest.raises(SagaDefinitionError, match=r"pass saga_ids=\['pay-3'\]"):
         await store.claim_orphans(saga_ids="pay-3")
     await store.close()
+
+
+async def _orphan_with_attempts(store: Any, saga_id: str, attempts: int) -> None:
+    """``nr_payment("o9")`` crashed in ``nr_capture``; then ``attempts`` recoveries claimed it
+    and died too."""
+    assert isinstance(store, RecoverableStore)
+    orchestrators["current"] = SagaOrchestrator(store)
+    with FaultInjector().crash(nr_capture), pytest.raises(SimulatedCrash):
+        await orchestrators["current"].execute(nr_payment("o9"), saga_id=saga_id)
+    await simulate_restart(store)
+    for _ in range(attempts):
+        assert [o.saga_id for o in await store.claim_orphans(saga_ids=[saga_id])] == [saga_id]
+        await simulate_restart(store)
+
+
+@pytest.mark.asyncio
+async def test_executing_an_orphan_goes_by_the_orchestrators_max_recovery_attempts(
+    durable_store: Callable[[], Any],
+) -> None:
+    # execute() adopted an orphan under the default of 3 attempts, whatever the
+    # orchestrator's max_recovery_attempts: one recover() would still run was parked.
+    store = durable_store()
+    await _orphan_with_attempts(store, "pay-9", 3)
+    await store.close()
+    async with SagaOrchestrator(durable_store(), max_recovery_attempts=5) as restarted:
+        orchestrators["current"] = restarted
+        events = await restarted.execute(nr_payment("o9"), saga_id="pay-9")
+        assert events == ["auth-o9", "captured-o9"]
+        assert await restarted.store.dead_letters() == []  # type: ignore[attr-defined]
+    assert effects == ["authorize o9", "capture o9"]
+
+
+@pytest.mark.asyncio
+async def test_executing_an_orphan_past_its_attempts_parks_it_and_says_so(
+    durable_store: Callable[[], Any],
+) -> None:
+    # With max_recovery_attempts=1, execute() ran it a second time (the default 3
+    # applied); and the claim that parks it raised "already executing; wait for it to
+    # finish", which nothing will ever do.
+    store = durable_store()
+    await _orphan_with_attempts(store, "pay-10", 1)
+    await store.close()
+    async with SagaOrchestrator(durable_store(), max_recovery_attempts=1) as restarted:
+        orchestrators["current"] = restarted
+        with pytest.raises(SagaAlreadyExecuting) as info:
+            await restarted.execute(nr_payment("o9"), saga_id="pay-10")
+        (parked,) = await restarted.store.dead_letters()  # type: ignore[attr-defined]
+    assert parked.saga_id == "pay-10"
+    assert info.value.dead_letter is not None
+    assert "is dead-lettered" in str(info.value)
+    assert effects == ["authorize o9"]  # nothing ran again

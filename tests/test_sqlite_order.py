@@ -11,6 +11,7 @@ replace it there.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import time
 from collections.abc import Callable
@@ -456,3 +457,69 @@ async def test_records_an_older_sagakit_writes_after_the_upgrade_list_by_clock_u
     assert [row for row in start_orders(path, "mid") if row[0]] == [
         (1, 0, 10), (1, 1, 8), (1, 2, 7), (1, 3, 6),
     ]  # fmt: skip
+
+
+# ------------------------------------------------------------ long sagas
+
+
+VM_TICKS: list[int] = [0]  # SQLite VM instructions run on the store's write connection / 10
+TICKS_AT: list[int] = []  # VM_TICKS when each numbered step ran
+
+
+@step
+async def numbered(n: int) -> int:
+    TICKS_AT.append(VM_TICKS[0])
+    return n
+
+
+@saga
+def numbered_steps(count: int):  # type: ignore[no-untyped-def]
+    for n in range(count):
+        yield numbered(n)
+
+
+@pytest.mark.asyncio
+async def test_a_long_sagas_step_starts_do_not_read_all_its_records(tmp_path: Path) -> None:
+    # Every start read the saga's highest start_order from the log, scanning all its
+    # rows: the work per step grew with the saga (a 2,000-step saga's last steps ran
+    # about four times slower than its first; 8,000 steps, over ten times).
+    TICKS_AT.clear()
+    VM_TICKS[0] = 0
+    store = SQLiteStore(tmp_path / "s.db")
+
+    def tick() -> int:
+        VM_TICKS[0] += 1
+        return 0
+
+    store._writer._conn.set_progress_handler(tick, 10)
+    async with SagaOrchestrator(store) as orchestrator:
+        await orchestrator.execute(numbered_steps(400), saga_id="long")
+        meta = await orchestrator.get_saga("long")
+    assert meta is not None
+    assert meta.steps_executed == 400
+    per_step = [after - before for before, after in itertools.pairwise(TICKS_AT)]
+    early, late = sum(per_step[10:30]), sum(per_step[370:390])
+    assert late <= early * 1.5 + 20, (early, late)
+    # ...and the records still list in the order they started, numbered 1, 2, ...
+    orders = rows(
+        tmp_path / "s.db",
+        "SELECT start_order FROM sagakit_steps WHERE saga_id = 'long' ORDER BY idx",
+    )
+    assert [order for (order,) in orders] == list(range(1, 401))
+
+
+@pytest.mark.asyncio
+async def test_an_id_run_again_after_it_was_compensated_numbers_its_records_afresh(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    async with SagaOrchestrator(SQLiteStore(path)) as orchestrator:
+        with pytest.raises(StepFailed):
+            await orchestrator.execute(refused_after_three(), saga_id="again")
+        await orchestrator.execute(take_seven(), saga_id="again")
+        meta = await orchestrator.get_saga("again")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPLETED
+    assert rows(path, "SELECT idx, start_order FROM sagakit_steps WHERE saga_id = 'again'") == [
+        (0, 1)
+    ]

@@ -601,6 +601,33 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("read_only", [False, True])
+async def test_a_schema_version_that_is_not_a_number_is_a_store_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_only: bool
+) -> None:
+    # It raised a bare ValueError from int() and left the connection open.
+    path = tmp_path / "garbled.db"
+    await SQLiteStore(path).close()
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("UPDATE sagakit_meta SET value = 'two' WHERE key = 'schema_version'")
+        conn.commit()
+    opened: list[sqlite3.Connection] = []
+    connect = sqlite3.connect
+
+    def tracked(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        opened.append(connect(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(sqlite3, "connect", tracked)
+    with pytest.raises(StoreError, match=r"no valid schema version \('two'\)"):
+        SQLiteStore(path, read_only=read_only)
+    assert opened
+    for conn in opened:
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            conn.execute("SELECT 1")
+
+
+@pytest.mark.asyncio
 async def test_close_commits_pending_writes_then_refuses_more(db: str) -> None:
     store = SQLiteStore(db)
     orchestrator = SagaOrchestrator(store)

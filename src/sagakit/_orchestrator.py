@@ -292,11 +292,13 @@ class SagaOrchestrator:
         memory = self._memory
         try:
             earlier = memory._begin_now(run) if memory is not None else await self._store.begin(run)
-        except SagaAlreadyExecuting:
+        except SagaAlreadyExecuting as running:
             # An orphan (its process died mid-run) is finished here first, as recovery
-            # would; then begin() decides as for any finished id.
-            if not (explicit and await self._adopt(run.id)):
+            # would; then begin() decides as for any finished id. One not taken (its
+            # owner lives, or the claim parked it past its attempts): begin() says which.
+            if not explicit or running.dead_letter is not None or not self._store.durable:
                 raise
+            await self._adopt(run.id)
             earlier = await self._store.begin(run)
         if earlier is not None:
             if driver is not None:

@@ -152,7 +152,8 @@ async def adopt(orchestrator: SagaOrchestrator, saga_id: str) -> bool:
     store = orchestrator.store
     if not store.durable or not isinstance(store, RecoverableStore):
         return False
-    orphans = await _claim_next(store, DEFAULT_MAX_ATTEMPTS, (saga_id,))
+    # The orchestrator's limit, as its recover() would apply: a claim past it parks the saga.
+    orphans = await _claim_next(store, orchestrator._max_recovery_attempts, (saga_id,))
     for orphan in orphans:
         await _finish_orphan(orchestrator, store, orphan)
     return bool(orphans)

@@ -67,8 +67,9 @@ def load_metadata(
     )
 
 
-def number_unordered(conn: sqlite3.Connection, saga_id: str) -> None:
-    """Give ``saga_id``'s records without a ``start_order`` one, past the saga's others.
+def number_unordered(conn: sqlite3.Connection, saga_id: str) -> int:
+    """Give ``saga_id``'s records without a ``start_order`` one, past the saga's others;
+    the saga's highest ``start_order`` then (0 for none), which its next start goes past.
 
     Only a process of an older sagakit, which opened the log before it was upgraded to
     schema version 2, writes such records; they are listed after the numbered ones, by
@@ -80,16 +81,17 @@ def number_unordered(conn: sqlite3.Connection, saga_id: str) -> None:
         "ORDER BY compensation, started_at, idx",
         (saga_id,),
     ).fetchall()
-    if not unordered:
-        return
     [(top,)] = conn.execute(
         "SELECT coalesce(max(start_order), 0) FROM sagakit_steps WHERE saga_id = ?", (saga_id,)
     )
+    if not unordered:
+        return int(top)
     conn.executemany(
         "UPDATE sagakit_steps SET start_order = ? WHERE saga_id = ? AND compensation = ? "
         "AND idx = ?",
         [(top + n, saga_id, comp, idx) for n, (comp, idx) in enumerate(unordered, 1)],
     )
+    return int(top) + len(unordered)
 
 
 def load_orphan_rows(conn: sqlite3.Connection, saga_id: str) -> tuple[Any, ...]:

@@ -252,7 +252,12 @@ def _logged_version(conn: sqlite3.Connection, path: str) -> int | None:
     if "sagakit_meta" not in tables:
         return None
     row = conn.execute("SELECT value FROM sagakit_meta WHERE key = 'schema_version'").fetchone()
-    version = int(row[0]) if row else 0
+    try:
+        version = int(row[0]) if row else 0
+    except (TypeError, ValueError):
+        raise StoreError(
+            f"saga log {path!r} has no valid schema version ({row[0]!r}); restore it from a backup"
+        ) from None
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"saga log {path!r} has schema version {version}, newer than this "

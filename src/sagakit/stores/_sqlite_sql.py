@@ -21,16 +21,19 @@ INSERT_SAGA = (
 )
 UPSERT_STEP = (
     "INSERT INTO sagakit_steps (saga_id, compensation, idx, name, status, attempts, started_at, "
-    "start_order) VALUES (?, ?, ?, ?, 'running', ?, ?, (SELECT coalesce(max(start_order), "
-    "0) + 1 FROM sagakit_steps WHERE saga_id = ?)) ON CONFLICT (saga_id, compensation, idx) "
-    "DO UPDATE SET status = 'running', attempts = excluded.attempts, error = NULL, "
-    "started_at = excluded.started_at, start_order = excluded.start_order"
+    "start_order) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, coalesce(?7, (SELECT "
+    "coalesce(max(start_order), 0) + 1 FROM sagakit_steps WHERE saga_id = ?1))) "
+    "ON CONFLICT (saga_id, compensation, idx) DO UPDATE SET status = 'running', "
+    "attempts = excluded.attempts, error = NULL, started_at = excluded.started_at, "
+    "start_order = excluded.start_order"
 )
 """A step or compensation starts (again): listed past every record of its saga so far.
 
-``start_order`` is the saga's highest plus one (a short scan of the saga's rows by the
-primary key); the log's writer runs one saga's writes in order, and recovery goes on
-from what the log holds."""
+``start_order`` is the saga's highest plus one, counted by the store that runs the saga
+(from 0 at its start, from the log's highest when recovery claims it) and passed as
+``?7``: reading the highest from the log at every start scans all of the saga's rows, so
+a long saga's starts got slower with every step. (A run the store neither began nor
+claimed passes ``NULL``, and the statement reads it.)"""
 END_STEP = (
     "UPDATE sagakit_steps SET status = ?, attempts = ?, duration = ?, error = ?, result = ? "
     "WHERE saga_id = ? AND compensation = ? AND idx = ?"

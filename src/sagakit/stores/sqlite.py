@@ -204,6 +204,8 @@ class SQLiteStore:
         self._owner = current_owner() if owner is None else owner
         self._live: set[str] = set()
         self._claimed: set[str] = set()
+        # The start_order of each live run's latest start (see _sqlite_sql.UPSERT_STEP).
+        self._orders: dict[str, int] = {}
         self._staged: dict[str, Statements] = {}
         self._unlogged: set[str] = set()  # generated ids whose row has not committed
         self._ended: set[str] = set()  # runs whose end committed (until finish())
@@ -286,6 +288,7 @@ class SQLiteStore:
             return ("new", None)
 
         self._live.add(saga_id)
+        self._orders[saga_id] = 0  # a new row: no records yet (an earlier run's are deleted)
         if not run.explicit_id:
             # A fresh id: nothing to check, and nothing acts before the first step
             # starts, so the row is staged and commits with that step's start.
@@ -296,6 +299,7 @@ class SQLiteStore:
             outcome, earlier = await self._write(job)
         except CommittedThenCancelled as cancelled:
             self._live.discard(saga_id)
+            self._orders.pop(saga_id, None)
             if cancelled.result[0] == "new":
                 # Its row went in, but the caller is gone and nothing will run it: take
                 # it out again rather than leave it executing under this live process.
@@ -305,10 +309,12 @@ class SQLiteStore:
             raise
         except BaseException:
             self._live.discard(saga_id)
+            self._orders.pop(saga_id, None)
             raise
         if outcome == "new":
             return None
         self._live.discard(saga_id)
+        self._orders.pop(saga_id, None)
         if outcome == "running":
             raise SagaAlreadyExecuting(saga_id, earlier)  # earlier: why it is parked, if it is
         if outcome == "failed":
@@ -373,12 +379,17 @@ class SQLiteStore:
         saga_id = run.id
         now = time.time()
         if kind is ON_STEP_STARTED:
-            return [(UPSERT_STEP, (saga_id, 0, t.step_index, t.step_name, t.attempt, now, saga_id))]
+            orders = self._orders
+            order = orders.get(saga_id)
+            if order is not None:  # (else: see _next_order)
+                order = orders[saga_id] = order + 1
+            return [(UPSERT_STEP, (saga_id, 0, t.step_index, t.step_name, t.attempt, now, order))]
         if kind is ON_STEP_COMPLETED or kind is ON_COMPENSATION_COMPLETED:
             return self._completion(run, t, now)
         if kind is ON_COMPENSATION_STARTED:
+            order = self._next_order(saga_id)
             return [
-                (UPSERT_STEP, (saga_id, 1, t.step_index, t.step_name, t.attempt, now, saga_id)),
+                (UPSERT_STEP, (saga_id, 1, t.step_index, t.step_name, t.attempt, now, order)),
                 (COMPENSATING, (run.error, now, saga_id)),  # the failure being undone
             ]
         if kind is ON_STEP_RETRYING or kind is ON_COMPENSATION_RETRYING:
@@ -433,6 +444,15 @@ class SQLiteStore:
             statements.append((FINISHED, final))
             return statements
         return None  # pragma: no cover - every kind is handled above
+
+    def _next_order(self, saga_id: str) -> int | None:
+        """The ``start_order`` of ``saga_id``'s next start (``None``: a run this store did
+        not begin or claim, whose highest the statement reads from the log)."""
+        order = self._orders.get(saga_id)
+        if order is None:
+            return None
+        self._orders[saga_id] = order + 1
+        return order + 1
 
     def _completion(self, run: SagaRunView, t: Transition, now: float) -> Statements:
         """A step's (or compensation's) completion with its result and its events."""
@@ -507,6 +527,7 @@ class SQLiteStore:
             self._unlogged.discard(saga_id)
             self._live.discard(saga_id)
             self._claimed.discard(saga_id)
+            self._orders.pop(saga_id, None)
 
     def _retry_soon(self) -> None:
         """After a successful commit: hand over the sagas :meth:`finish` could not."""
@@ -659,9 +680,10 @@ class SQLiteStore:
 
         def job(
             conn: sqlite3.Connection, limit: int
-        ) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]]]:
+        ) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]], dict[str, int]]:
             rows = conn.execute(query + " ORDER BY started_at, rowid", only).fetchall()
             claimed: list[tuple[Any, ...]] = []
+            orders: dict[str, int] = {}
             parked: list[tuple[str, str]] = []
             for saga_id, name, holder, factory, attempts in rows:
                 if len(claimed) >= limit:
@@ -687,16 +709,16 @@ class SQLiteStore:
                     "UPDATE sagakit_sagas SET owner = ?, recovery_attempts = ? WHERE id = ?",
                     (owner, attempts + 1, saga_id),
                 )
-                number_unordered(conn, saga_id)
+                orders[saga_id] = number_unordered(conn, saga_id)
                 claimed.append(load_orphan_rows(conn, saga_id))
-            return claimed, parked
+            return claimed, parked, orders
 
         orphans: list[OrphanedSaga] = []
         taken: list[str] = []  # the ids this call made this process the owner of
         try:
             while True:
                 wanted = limit - len(orphans)
-                raw, parked = await self._writer.submit(
+                raw, parked, orders = await self._writer.submit(
                     functools.partial(job, limit=wanted), alone=False
                 )
                 for name, saga_id in parked:  # as PG
@@ -714,6 +736,7 @@ class SQLiteStore:
                     self._staged.pop(orphan.saga_id, None)  # left by a simulated crash
                     self._claimed.add(orphan.saga_id)
                     self._live.add(orphan.saga_id)
+                    self._orders[orphan.saga_id] = orders[orphan.saga_id]
                     orphans.append(orphan)
                 # A claim dead-lettered because its log cannot be read back does not use
                 # up the limit: claim again while there may be more (else recover() stops
@@ -731,6 +754,7 @@ class SQLiteStore:
         for saga_id in saga_ids:
             self._claimed.discard(saga_id)
             self._live.discard(saga_id)
+            self._orders.pop(saga_id, None)
         if not saga_ids:
             return
         owner = self._owner
@@ -761,6 +785,7 @@ class SQLiteStore:
         self._staged.pop(saga_id, None)
         self._live.discard(saga_id)
         self._claimed.discard(saga_id)
+        self._orders.pop(saga_id, None)
 
     async def dead_letters(self) -> list[DeadLetter]:
         def read(conn: sqlite3.Connection) -> list[DeadLetter]:
