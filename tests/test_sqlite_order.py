@@ -275,11 +275,11 @@ V1_STEPS = (
     "FROM sagakit_steps WHERE saga_id = ? ORDER BY compensation, started_at, idx"
 )
 V1_HISTORY = "SELECT id FROM sagakit_sagas WHERE finished_at IS NOT NULL ORDER BY finished_at"
-# Version 1's writes, taking the parameters today's store passes (one more each, which
-# they ignore: the saga id again for the start counter, the end's instant again).
+# Version 1's writes, taking the parameters today's store passes (and ignoring those it
+# adds: the start counter and the saga id again for a start, the end's instant again).
 V1_UPSERT_STEP = (
     "INSERT INTO sagakit_steps (saga_id, compensation, idx, name, status, attempts, started_at) "
-    "SELECT ?, ?, ?, ?, 'running', ?, ? WHERE ? IS NOT NULL "
+    "SELECT ?, ?, ?, ?, 'running', ?, ? WHERE coalesce(?, ?) IS NOT NULL "
     "ON CONFLICT (saga_id, compensation, idx) DO UPDATE "
     "SET status = 'running', attempts = excluded.attempts, error = NULL, "
     "started_at = excluded.started_at"

@@ -21,8 +21,8 @@ INSERT_SAGA = (
 )
 UPSERT_STEP = (
     "INSERT INTO sagakit_steps (saga_id, compensation, idx, name, status, attempts, started_at, "
-    "start_order) VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, coalesce(?7, (SELECT "
-    "coalesce(max(start_order), 0) + 1 FROM sagakit_steps WHERE saga_id = ?1))) "
+    "start_order) VALUES (?, ?, ?, ?, 'running', ?, ?, coalesce(?, (SELECT "
+    "coalesce(max(start_order), 0) + 1 FROM sagakit_steps WHERE saga_id = ?))) "
     "ON CONFLICT (saga_id, compensation, idx) DO UPDATE SET status = 'running', "
     "attempts = excluded.attempts, error = NULL, started_at = excluded.started_at, "
     "start_order = excluded.start_order"
@@ -30,10 +30,12 @@ UPSERT_STEP = (
 """A step or compensation starts (again): listed past every record of its saga so far.
 
 ``start_order`` is the saga's highest plus one, counted by the store that runs the saga
-(from 0 at its start, from the log's highest when recovery claims it) and passed as
-``?7``: reading the highest from the log at every start scans all of the saga's rows, so
-a long saga's starts got slower with every step. (A run the store neither began nor
-claimed passes ``NULL``, and the statement reads it.)"""
+(from 0 at its start, from the log's highest when recovery claims it) and passed as the
+seventh parameter: reading the highest from the log at every start scans all of the
+saga's rows, so a long saga's starts got slower with every step. (A run the store neither
+began nor claimed passes ``NULL``, and the statement reads it; the eighth parameter is
+the saga id again, as numbered placeholders with a sequence of parameters are deprecated
+since Python 3.12.)"""
 END_STEP = (
     "UPDATE sagakit_steps SET status = ?, attempts = ?, duration = ?, error = ?, result = ? "
     "WHERE saga_id = ? AND compensation = ? AND idx = ?"

@@ -383,13 +383,21 @@ class SQLiteStore:
             order = orders.get(saga_id)
             if order is not None:  # (else: see _next_order)
                 order = orders[saga_id] = order + 1
-            return [(UPSERT_STEP, (saga_id, 0, t.step_index, t.step_name, t.attempt, now, order))]
+            return [
+                (
+                    UPSERT_STEP,
+                    (saga_id, 0, t.step_index, t.step_name, t.attempt, now, order, saga_id),
+                )
+            ]
         if kind is ON_STEP_COMPLETED or kind is ON_COMPENSATION_COMPLETED:
             return self._completion(run, t, now)
         if kind is ON_COMPENSATION_STARTED:
             order = self._next_order(saga_id)
             return [
-                (UPSERT_STEP, (saga_id, 1, t.step_index, t.step_name, t.attempt, now, order)),
+                (
+                    UPSERT_STEP,
+                    (saga_id, 1, t.step_index, t.step_name, t.attempt, now, order, saga_id),
+                ),
                 (COMPENSATING, (run.error, now, saga_id)),  # the failure being undone
             ]
         if kind is ON_STEP_RETRYING or kind is ON_COMPENSATION_RETRYING:
