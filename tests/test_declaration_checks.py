@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from sagakit import (
     saga,
     step,
 )
+from sagakit.testing import SagaRecorder
 
 
 @step
@@ -177,6 +179,22 @@ def test_an_orchestrator_refuses_a_sleep_that_cannot_be_called() -> None:
     # It was accepted, then the first retry failed with a TypeError.
     with pytest.raises(SagaDefinitionError, match="sleep must be an async function"):
         SagaOrchestrator(sleep=1)  # type: ignore[arg-type]
+
+
+def test_an_orchestrator_refuses_a_blocking_sleep() -> None:
+    # time.sleep was accepted; the first retry then blocked the loop and failed the step
+    # with "object NoneType can't be used in 'await' expression".
+    with pytest.raises(SagaDefinitionError, match="sleep must be an async function"):
+        SagaOrchestrator(sleep=time.sleep)  # type: ignore[arg-type]
+
+
+def test_a_listener_class_is_refused_naming_an_instance() -> None:
+    # The class was accepted, then called with every transition (a TypeError, logged).
+    fix = r"not the class SagaRecorder.*SagaRecorder\(\)"
+    with pytest.raises(SagaDefinitionError, match=fix):
+        SagaOrchestrator(listeners=[SagaRecorder])  # type: ignore[list-item]
+    with pytest.raises(SagaDefinitionError, match=fix):
+        SagaOrchestrator().add_listener(SagaRecorder)  # type: ignore[arg-type]
 
 
 @pytest.mark.asyncio

@@ -154,11 +154,19 @@ def test_on_accepts_one_class_or_a_tuple() -> None:
         ({"on": int}, "exception class"),
         ({"on": [ValueError]}, "exception class"),  # a list broke the saga at its first error
         ({"on": 1}, "exception class"),
+        # Never retried (they stop the saga): accepted, they silently retried nothing.
+        ({"on": KeyboardInterrupt}, "KeyboardInterrupt, which is not an Exception"),
+        ({"on": (ValueError, asyncio.CancelledError)}, "CancelledError, which is not an"),
     ],
 )
 def test_bad_retry_policies_are_refused(options: dict[str, Any], complaint: str) -> None:
     with pytest.raises(SagaDefinitionError, match=complaint):
         Retry(**options)
+
+
+def test_retry_on_a_base_class_of_exceptions_is_accepted() -> None:
+    assert Retry(on=BaseException).retries(ValueError())
+    assert Retry(on=BaseExceptionGroup).retries(ExceptionGroup("g", [ValueError()]))
 
 
 def test_orchestrator_refuses_a_bad_compensation_retry() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Self
@@ -186,7 +187,7 @@ class SagaOrchestrator:
             )
         for listener in listeners:
             self.add_listener(listener)
-        if not callable(sleep):
+        if not callable(sleep) or inspect.isbuiltin(sleep):  # time.sleep: awaits nothing
             raise SagaDefinitionError(
                 f"sleep must be an async function taking seconds, like asyncio.sleep, got {sleep!r}"
             )
@@ -234,6 +235,11 @@ class SagaOrchestrator:
         """Call ``listener(transition)`` on every state change; errors it raises are logged."""
         if not callable(listener):
             raise SagaDefinitionError(f"a listener must be callable, got {listener!r}")
+        if isinstance(listener, type):  # it would be called to make one, per transition
+            raise SagaDefinitionError(
+                f"a listener must be a callable, not the class {listener.__name__}; "
+                f"pass an instance: {listener.__name__}()"
+            )
         self._listeners = (*self._listeners, listener)
 
     def remove_listener(self, listener: Listener) -> None:

@@ -80,6 +80,13 @@ class Retry:
             raise SagaDefinitionError(
                 f"Retry(on=...) must be an exception class or a tuple of them, got {self.on!r}"
             )
+        for kind in on:
+            # A KeyboardInterrupt, SystemExit or cancellation stops the saga: never retried.
+            if not issubclass(kind, Exception) and not issubclass(ExceptionGroup, kind):
+                raise SagaDefinitionError(
+                    f"Retry(on=...) lists {kind.__name__}, which is not an Exception and is "
+                    "never retried (it stops the saga); list Exception subclasses only"
+                )
 
     def retries(self, error: BaseException) -> bool:
         """Whether ``error`` is one this policy retries."""
