@@ -237,6 +237,51 @@ async def test_a_raising_listener_never_breaks_the_saga_and_is_logged(
     assert any(isinstance(r.exc_info[1], KeyError) for r in errors if r.exc_info)
 
 
+@pytest.mark.asyncio
+async def test_a_listener_raising_its_own_cancellation_is_logged_not_a_cancelled_saga(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # It awaited a future someone else cancelled: the saga's task was never cancelled.
+    # That CancelledError compensated the saga and came out of execute(), which a caller
+    # never cancelled then had to take for its own cancellation.
+    caplog.set_level(logging.ERROR, logger="sagakit")
+
+    async def awaits_a_cancelled_future(transition: Transition) -> None:
+        if transition.kind is K.STEP_COMPLETED:
+            gone = asyncio.get_running_loop().create_future()
+            gone.cancel()
+            await gone
+
+    recorder = SagaRecorder()
+    orchestrator = SagaOrchestrator(listeners=[awaits_a_cancelled_future, recorder])
+    assert await orchestrator.execute(order("x"), saga_id="o-c") == ["reserved x"]
+    recorder.assert_status("completed")
+    errors = [r for r in _records(caplog) if "raised on" in r.getMessage()]
+    assert len(errors) == 2  # a step_completed of each step
+    assert all(r.exc_info and isinstance(r.exc_info[1], asyncio.CancelledError) for r in errors)
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_saga_still_stops_while_a_listener_is_awaited() -> None:
+    # The other side: the task itself cancelled while a listener awaits goes on as a
+    # cancellation (compensated, CancelledError raised).
+    entered = asyncio.Event()
+
+    async def slow(transition: Transition) -> None:
+        if transition.kind is K.STEP_COMPLETED:
+            entered.set()
+            await asyncio.sleep(10)
+
+    recorder = SagaRecorder()
+    orchestrator = SagaOrchestrator(listeners=[slow, recorder])
+    running = asyncio.ensure_future(orchestrator.execute(order("x"), saga_id="o-d"))
+    await entered.wait()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    recorder.assert_status("compensated")
+
+
 def test_nothing_is_printed_without_logging_configured() -> None:
     code = textwrap.dedent(
         """

@@ -77,8 +77,9 @@ def level_of(kind: TransitionKind, status: SagaStatus) -> int:
 async def tell(listeners: Sequence[Listener], level: int, transition: Transition) -> None:
     """Log ``transition`` (if ``level`` is enabled), then call every listener.
 
-    A listener that raises is logged and never breaks the saga. A cancellation while a
-    listener is awaited goes on once the others have heard of the transition too (a
+    A listener that raises is logged and never breaks the saga (a ``CancelledError`` of
+    its own too: one raised while this task is not being cancelled). A cancellation while
+    a listener is awaited goes on once the others have heard of the transition too (a
     tracer must hear the end of the saga whose spans it opened).
     """
     if logger.isEnabledFor(level):
@@ -90,14 +91,13 @@ async def tell(listeners: Sequence[Listener], level: int, transition: Transition
             if inspect.isawaitable(outcome):
                 await outcome
         except asyncio.CancelledError as cancellation:
-            cancelled = cancellation
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                cancelled = cancellation
+            else:  # not the saga's task cancelled: the listener's own (it awaited something
+                _listener_failed(listener, transition)  # cancelled), an error like any other
         except Exception:
-            logger.exception(
-                "sagakit listener %s raised on %s; the saga goes on",
-                _name_of(listener),
-                transition.kind,
-                extra=_extra(transition),
-            )
+            _listener_failed(listener, transition)
     if cancelled is not None:
         try:
             raise cancelled
@@ -119,6 +119,16 @@ async def tell_each(listeners: Sequence[Listener], told: Sequence[tuple[int, Tra
             raise cancelled
         finally:
             cancelled = None
+
+
+def _listener_failed(listener: object, transition: Transition) -> None:
+    """Log the exception ``listener`` raised on ``transition`` (being handled)."""
+    logger.exception(
+        "sagakit listener %s raised on %s; the saga goes on",
+        _name_of(listener),
+        transition.kind,
+        extra=_extra(transition),
+    )
 
 
 def _name_of(listener: object) -> str:
