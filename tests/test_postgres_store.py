@@ -266,7 +266,7 @@ async def test_read_events_refuses_an_event_it_cannot_read_back_as_sqlite_does(
         first, second = await store.read_events()
         query(
             dsn,
-            f'UPDATE "{schema}".events SET data = \'{gone}\' '
+            f"UPDATE \"{schema}\".events SET data = '{gone}' "
             f"WHERE position = {second.position} RETURNING 1",
         )
         pattern = rf"event #{second.position} of saga 'odd': .*no_such_module_xyz"
@@ -765,7 +765,7 @@ async def test_an_unreadable_log_is_parked_naming_the_value_that_cannot_be_read(
             expire(dsn, schema, saga_id)
         query(
             dsn,
-            f'UPDATE "{schema}".steps SET result = \'{gone}\' '
+            f"UPDATE \"{schema}\".steps SET result = '{gone}' "
             "WHERE saga_id = 'bad-result' AND step_index = 1 RETURNING 1",
         )
         query(

@@ -375,9 +375,7 @@ async def test_a_crash_after_a_compensation_that_hangs_still_comes_at_its_timeou
     effects.clear()
     orchestrator = SagaOrchestrator()
     definition = SagaDefinition(steps=[hangs("b")])  # times out: compensated
-    with FaultInjector().crash(hangs, after=True, compensation=True), pytest.raises(
-        SimulatedCrash
-    ):
+    with FaultInjector().crash(hangs, after=True, compensation=True), pytest.raises(SimulatedCrash):
         async with asyncio.timeout(5):
             await orchestrator.execute(definition)
     assert effects == ["hang b", "unhang b"]
