@@ -150,6 +150,34 @@ async def test_current_step_describes_the_running_step() -> None:
 
 
 @pytest.mark.asyncio
+async def test_current_step_is_none_between_steps() -> None:
+    # It went on describing the step that had ended: in the saga's body between yields,
+    # and in listeners hearing of the step's end or the saga's.
+    seen: list[tuple[str, Any]] = []
+
+    @step
+    async def one() -> int:
+        seen.append(("in one", current_step()))
+        return 1
+
+    @saga
+    def body() -> Generator[StepCall[Any], Any, None]:
+        yield one()
+        seen.append(("between", current_step()))
+        yield one()
+
+    def listener(transition: Any) -> None:
+        seen.append((str(transition.kind), current_step()))
+
+    await SagaOrchestrator(listeners=[listener]).execute(body())
+    described = {label: ctx for label, ctx in seen if ctx is not None}
+    assert set(described) == {"in one", "step_started"}  # the step about to run
+    assert all(ctx.step_name == "one" for ctx in described.values())
+    ended = [label for label, ctx in seen if ctx is None]
+    assert ended == ["saga_started", "step_completed", "between", "step_completed", "saga_finished"]
+
+
+@pytest.mark.asyncio
 async def test_generator_total_steps_is_known_once_finished() -> None:
     @step
     async def one() -> int:

@@ -308,9 +308,11 @@ def current_step() -> StepContext | None:
     >>> await payments.charge(amount, idempotency_key=ctx.idempotency_key)
     """
     run = current_run.get()
-    if run is None or run.step is None:
+    if run is None:
         return None
     step = run.step
+    if step is None or step.status is not STEP_RUNNING:  # between steps: none runs
+        return None
     return StepContext(
         saga_id=run.id,
         saga_name=run.name,
