@@ -484,13 +484,19 @@ def test_the_sagakit_command_imports_modules_from_the_current_directory(
     assert "Moved(account='alice', amount=5)" in shown.stdout
 
 
+@pytest.mark.parametrize("attempts", ["0", "-2", "three"])
 def test_recover_refuses_max_attempts_below_one(
-    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str], attempts: str
 ) -> None:
-    # Regression: --max-attempts 0 parked every orphan as a dead letter, untried.
+    # Regression: --max-attempts 0 parked every orphan as a dead letter, untried. Then it
+    # was refused by the library (exit 1), not as a usage error like --limit 0 (exit 2).
     db, _ = log_db
-    assert cli("--db", db, "recover", "--max-attempts", "0") == (1, "")
-    assert "max_attempts must be a whole number >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--db", db, "recover", "--max-attempts", attempts])
+    assert exit_info.value.code == 2
+    assert f"--max-attempts: must be a whole number >= 1, got {attempts!r}" in (
+        capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize("limit", ["0", "-1"])

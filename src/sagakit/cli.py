@@ -126,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     recover.add_argument(
         "--max-attempts",
-        type=int,
+        type=_at_least_one,
         default=3,
         metavar="N",
         help="recovery attempts of a saga before it is parked as a dead letter (default 3)",
