@@ -11,6 +11,7 @@ functions must pass. ```py blocks are fragments (signatures, reveal_type) and ar
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -86,6 +87,31 @@ def test_page_code_runs(page: str, tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, f"the code of {page} failed:\n{result.stderr}"
+
+
+# Pages a user copies first: their code, as written, must pass `mypy --strict`.
+TYPED_PAGES = ["README.md", "docs/index.md", "docs/getting-started.md"]
+
+
+def test_first_pages_pass_mypy_strict(tmp_path: Path) -> None:
+    pytest.importorskip("mypy")
+    scripts = []
+    for page in TYPED_PAGES:
+        script = tmp_path / (Path(page).stem.lower().replace("-", "_") + ".py")
+        blocks = _blocks((ROOT / page).read_text(encoding="utf-8"), "python")
+        script.write_text("\n\n".join(blocks), encoding="utf-8")
+        scripts.append(str(script))
+    mypy = [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--cache-dir", os.devnull]
+    result = subprocess.run(
+        [*mypy, *scripts],
+        cwd=tmp_path,
+        env={**os.environ, "MYPYPATH": str(ROOT / "src")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, f"mypy --strict refuses the pages' code:\n{result.stdout}"
 
 
 def _await_page_blocks(page: str) -> list[str]:

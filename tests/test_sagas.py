@@ -134,6 +134,16 @@ def test_saga_options_name_the_definition() -> None:
         saga(move.__wrapped__, name="x")  # type: ignore[call-overload]
 
 
+@pytest.mark.parametrize("name", ["", 3])
+def test_a_bad_saga_name_is_refused_naming_the_function(name: Any) -> None:
+    def move() -> list[StepCall[Any]]:
+        return [debit("A", 1.0)]
+
+    with pytest.raises(SagaDefinitionError, match="non-empty string") as info:
+        saga(name=name)(move)
+    assert str(info.value).startswith("@saga(name=...) of 'move' must be"), info.value
+
+
 # ------------------------------------------------------------------ definitions
 
 

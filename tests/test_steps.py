@@ -515,8 +515,9 @@ def test_bad_timeouts_are_refused(timeout: Any, complaint: str) -> None:
 def test_bad_names_are_refused(name: Any) -> None:
     async def debit() -> None: ...
 
-    with pytest.raises(SagaDefinitionError, match="non-empty string"):
+    with pytest.raises(SagaDefinitionError, match="non-empty string") as info:
         step(name=name)(debit)
+    assert str(info.value).startswith("@step(name=...) of 'debit' must be"), info.value
 
 
 @pytest.mark.parametrize("retry", ["3", 2.5, True, object()])

@@ -18,14 +18,16 @@ def qualname_of(fn: object) -> str:
 
 def declared_name(fn: object, name: object, *, what: str, fix: str) -> str:
     """``name``, else ``fn.__name__``; a clear error for neither (``what``: "step", "saga")."""
+    own_name = getattr(fn, "__name__", None)
     if name is None:
-        name = getattr(fn, "__name__", None)
+        name = own_name
         if name is None:  # a functools.partial, say
             raise SagaDefinitionError(
                 f"@{what} cannot name {fn!r}, which has no __name__; give the {what} a name: {fix}"
             )
     if not isinstance(name, str) or not name:
-        raise SagaDefinitionError(f"@{what}(name=...) must be a non-empty string, got {name!r}")
+        of = f" of {own_name!r}" if isinstance(own_name, str) else ""
+        raise SagaDefinitionError(f"@{what}(name=...){of} must be a non-empty string, got {name!r}")
     return name
 
 
