@@ -1307,3 +1307,17 @@ async def test_a_completion_staged_with_a_cancelled_write_is_logged_and_told(
     assert meta.steps[0].events == ("did 0",)
     assert [(c.name, str(c.status)) for c in meta.compensations] == [("pg_cancel_me", "completed")]
     assert RAN[("pg-staged", 0, "undo")] == 1
+
+
+@pytest.mark.asyncio
+async def test_list_sagas_refuses_an_unknown_status_and_lists_none_below_one(
+    dsn: str, schema: str
+) -> None:
+    async with opened(dsn, schema) as store:
+        await SagaOrchestrator(store).execute(pg_five(), saga_id="listed")
+        with pytest.raises(ValueError, match=r"must be one of not_started, .*; got 'bogus'"):
+            await store.list_sagas(status="bogus")
+        # A negative LIMIT was an SQL error here (SQLite read it as no limit at all).
+        assert await store.list_sagas(limit=-1) == []
+        assert await store.list_sagas(limit=0) == []
+        assert [m.id for m in await store.list_sagas(status="completed")] == ["listed"]

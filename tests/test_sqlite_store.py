@@ -939,3 +939,24 @@ async def test_a_wal_grown_under_a_long_read_is_cut_back_once_it_restarts(
             await orchestrator.execute(sqlite_tick_tocks(n))
         assert grown > 1024 * 1024
         assert _wal_size(db) < grown / 4
+
+
+@pytest.mark.asyncio
+async def test_list_sagas_refuses_an_unknown_status_and_lists_none_below_one(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "list.db")
+    async with SagaOrchestrator(store) as orchestrator:
+        await orchestrator.execute(SagaDefinition("listed").add_step(ls_step()))
+        # A bare "'bogus' is not a valid SagaStatus" before, naming no valid one.
+        with pytest.raises(ValueError, match=r"must be one of not_started, .*; got 'bogus'"):
+            await store.list_sagas(status="bogus")
+        # LIMIT -1 is no limit to SQLite: every saga was listed.
+        assert await store.list_sagas(limit=-1) == []
+        assert await store.list_sagas(limit=0) == []
+        assert [m.id for m in await store.list_sagas(status="completed")] == ["listed"]
+
+
+@step
+async def ls_step() -> int:
+    return 1

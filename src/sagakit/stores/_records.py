@@ -13,6 +13,16 @@ from ..records import SagaMetadata, StepRecord
 from ..status import SagaStatus, StepStatus
 
 
+def status_filter(status: SagaStatus | str) -> str:
+    """``status`` as stored, for ``list_sagas(status=...)``; a clear error for a bad one."""
+    try:
+        return str(SagaStatus(status))
+    except ValueError:
+        choices = ", ".join(str(s) for s in SagaStatus)
+        error = f"list_sagas(status=...) must be one of {choices}; got {status!r}"
+        raise ValueError(error) from None
+
+
 def lenient(serializer: JsonSerializer, text: str | None) -> Any:
     """Decode for display: a value whose class cannot be loaded shows as raw JSON."""
     if text is None:

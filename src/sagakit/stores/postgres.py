@@ -46,6 +46,7 @@ from ._pg_writer import (
     write_for,
 )
 from ._protocol import DeadLetter, OrphanedSaga, SagaRunView, StoredEvent, check_saga_ids
+from ._records import status_filter
 from .sqlite import definition_fingerprint
 
 if TYPE_CHECKING:
@@ -650,10 +651,13 @@ class PostgresStore:
         self, *, status: SagaStatus | str | None = None, limit: int = 100
     ) -> list[SagaMetadata]:
         """Sagas newest first, optionally only those with ``status`` (for the CLI)."""
-        if status is None:
+        wanted = None if status is None else status_filter(status)
+        if limit <= 0:  # as get_history(): none (PostgreSQL refuses a negative LIMIT)
+            return []
+        if wanted is None:
             found = await self._run(self._sql.newest, (limit,))
         else:
-            found = await self._run(self._sql.newest_with_status, (str(SagaStatus(status)), limit))
+            found = await self._run(self._sql.newest_with_status, (wanted, limit))
         return await self._with_steps(found)
 
     async def running_count(self) -> int:

@@ -47,6 +47,7 @@ from ..exceptions import (
 from ..records import SagaMetadata
 from ..status import SagaStatus
 from ._protocol import DeadLetter, OrphanedSaga, SagaRunView, StoredEvent, check_saga_ids
+from ._records import status_filter
 from ._sqlite_owner import current_owner, owner_alive, owner_running_here
 from ._sqlite_rows import decode_orphan, load_metadata, load_orphan_rows, number_unordered, when
 from ._sqlite_schema import (
@@ -612,11 +613,13 @@ class SQLiteStore:
         self, *, status: SagaStatus | str | None = None, limit: int = 100
     ) -> list[SagaMetadata]:
         """Sagas newest first, optionally only those with ``status`` (for the CLI)."""
-        if status is None:
+        wanted = None if status is None else status_filter(status)
+        if limit <= 0:  # as get_history(): none (SQLite would read LIMIT -1 as no limit)
+            return []
+        if wanted is None:
             return await self._list("ORDER BY started_at DESC, rowid DESC LIMIT ?", (limit,))
         return await self._list(
-            "WHERE status = ? ORDER BY started_at DESC, rowid DESC LIMIT ?",
-            (str(SagaStatus(status)), limit),
+            "WHERE status = ? ORDER BY started_at DESC, rowid DESC LIMIT ?", (wanted, limit)
         )
 
     async def _list(self, where: str, params: tuple[Any, ...]) -> list[SagaMetadata]:
