@@ -162,6 +162,13 @@ def test_pickle_only_with_explicit_opt_in() -> None:
         JsonSerializer().loads(text)
 
 
+@pytest.mark.parametrize("setting", ["no", "false", 1, None])
+def test_allow_pickle_takes_only_true_or_false(setting: object) -> None:
+    # Its truth was taken: allow_pickle="no" (from a configuration file) turned pickle on.
+    with pytest.raises(SerializationError, match="allow_pickle must be True or False"):
+        JsonSerializer(allow_pickle=setting)  # type: ignore[arg-type]
+
+
 def test_forged_pickle_is_never_loaded_by_default() -> None:
     import base64
     import json

@@ -257,7 +257,9 @@ class JsonSerializer:
                 f"max_size must be a positive number of bytes, got {max_size!r}"
             )
         self.max_size = max_size
-        self.allow_pickle = bool(allow_pickle)
+        if not isinstance(allow_pickle, bool):  # bool("no") is True: pickle turned on
+            raise SerializationError(f"allow_pickle must be True or False, got {allow_pickle!r}")
+        self.allow_pickle = allow_pickle
         self._codecs = tuple(codecs)
         for codec in self._codecs:
             if not isinstance(codec, Codec):
