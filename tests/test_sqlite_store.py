@@ -514,6 +514,11 @@ def test_bad_options() -> None:
         SQLiteStore("x.db", busy_timeout=-1)
     with pytest.raises(SagaDefinitionError, match="file path"):
         SQLiteStore(":memory:")
+    # Their truth was taken: read_only="no" opened the log read-only.
+    with pytest.raises(SagaDefinitionError, match="read_only must be True or False"):
+        SQLiteStore("x.db", read_only="no")  # type: ignore[arg-type]
+    with pytest.raises(SagaDefinitionError, match="verify must be True or False"):
+        SQLiteStore("x.db", verify="yes")  # type: ignore[arg-type]
 
 
 def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:

@@ -164,6 +164,9 @@ class SQLiteStore:
             or (busy_timeout < 0)
         ):
             raise SagaDefinitionError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
+        for option, value in (("verify", verify), ("read_only", read_only)):
+            if not isinstance(value, bool):  # bool("no") is True
+                raise SagaDefinitionError(f"{option} must be True or False, got {value!r}")
         path = os.fspath(path)
         if path == ":memory:" or path.startswith("file:"):
             raise SagaDefinitionError(
@@ -174,7 +177,7 @@ class SQLiteStore:
         self.synchronous = synchronous
         self.busy_timeout = float(busy_timeout)
         self.serializer = serializer if serializer is not None else JsonSerializer()
-        self.read_only = bool(read_only)
+        self.read_only = read_only
         if self.read_only and not os.path.exists(path):
             raise StoreError(f"no saga log at {path!r} (opened read-only: none is created)")
         check_file(path)
