@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -276,6 +277,35 @@ async def test_read_events_refuses_an_event_it_cannot_read_back_as_sqlite_does(
             await store.read_events(saga_id="odd")
         assert await store.read_events(limit=1) == [first]
         assert await store.read_events(after=second.position) == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [
+        ({"limit": 0}, "limit must be a whole number > 0, got 0"),
+        ({"limit": None}, "limit must be a whole number > 0, got None"),
+        ({"limit": -1}, "limit must be a whole number > 0, got -1"),
+        ({"limit": True}, "limit must be a whole number > 0, got True"),
+        ({"limit": 1.5}, "limit must be a whole number > 0, got 1.5"),
+        ({"after": -5}, "after must be a position >= 0, got -5"),
+        ({"after": "0"}, "after must be a position >= 0, got '0'"),
+    ],
+)
+async def test_read_events_refuses_a_window_that_is_no_position_and_page_as_sqlite_does(
+    durable_store: Any, window: dict[str, Any], message: str
+) -> None:
+    # Regression: PostgreSQL answered limit=0 with no events (a consumer paging with
+    # `while page := read_events(...)` stopped as if at the end of the stream), read
+    # the whole stream for limit=None, and gave the driver's error for a negative limit.
+    store = durable_store()
+    try:
+        await SagaOrchestrator(store).execute(pg_five(2), saga_id="window")
+        with pytest.raises(SagaDefinitionError, match=re.escape(message)):
+            await store.read_events(**window)
+        assert len(await store.read_events(limit=1)) == 1
+    finally:
+        await store.close()
 
 
 @pytest.mark.asyncio

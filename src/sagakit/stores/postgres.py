@@ -45,7 +45,14 @@ from ._pg_writer import (
     storable,
     write_for,
 )
-from ._protocol import DeadLetter, OrphanedSaga, SagaRunView, StoredEvent, check_saga_ids
+from ._protocol import (
+    DeadLetter,
+    OrphanedSaga,
+    SagaRunView,
+    StoredEvent,
+    check_event_window,
+    check_saga_ids,
+)
 from .sqlite import definition_fingerprint
 
 if TYPE_CHECKING:
@@ -811,6 +818,7 @@ class PostgresStore:
     async def read_events(
         self, *, after: int = 0, limit: int = 1000, saga_id: str | None = None
     ) -> list[StoredEvent]:
+        check_event_window(after, limit)  # as SQLite: limit=0 read as the end of the stream
         if saga_id is None:
             found = await self._run(self._sql.events, (after, limit))
         else:
