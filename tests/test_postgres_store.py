@@ -13,9 +13,11 @@ import re
 import subprocess
 import sys
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -306,6 +308,59 @@ async def test_read_events_refuses_a_window_that_is_no_position_and_page_as_sqli
         assert len(await store.read_events(limit=1)) == 1
     finally:
         await store.close()
+
+
+def as_role(dsn: str, role: str) -> str:
+    """``dsn`` logging in as ``role`` (no password: the test server trusts local users)."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
+
+
+@pytest.fixture
+def role(dsn: str) -> Iterator[str]:
+    """A new login role without the right to create schemas; dropped afterwards."""
+    name = f"sk_role_{uuid.uuid4().hex[:8]}"
+    query(dsn, f'CREATE ROLE "{name}" LOGIN')
+    try:
+        yield name
+    finally:
+        query(dsn, f'DROP OWNED BY "{name}" CASCADE')
+        query(dsn, f'DROP ROLE IF EXISTS "{name}"')
+
+
+@pytest.mark.asyncio
+async def test_a_role_owning_an_existing_schema_opens_it_without_the_right_to_create_one(
+    dsn: str, role: str
+) -> None:
+    # Regression: docs/postgres.md says the user needs the right to create a schema "or
+    # an existing schema it owns", but the migration ran CREATE SCHEMA IF NOT EXISTS,
+    # which PostgreSQL refuses without the right to create schemas even when the schema
+    # exists: "permission denied for database".
+    schema = f"sk_owned_{uuid.uuid4().hex[:8]}"
+    query(dsn, f'CREATE SCHEMA "{schema}" AUTHORIZATION "{role}"')
+    async with opened(as_role(dsn, role), schema) as store:
+        await SagaOrchestrator(store).execute(pg_five(2), saga_id="owned")
+        meta = await store.get("owned")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPLETED
+    versions = query(dsn, f'SELECT version FROM "{schema}".schema_migrations ORDER BY version')
+    assert versions == [(version,) for version in range(1, SCHEMA_VERSION + 1)]
+
+
+@pytest.mark.asyncio
+async def test_a_reader_of_a_schema_from_a_newer_sagakit_is_told_to_upgrade(
+    dsn: str, schema: str, role: str
+) -> None:
+    # Regression: a role that may only read the log (an operator's `sagakit list`) got
+    # "permission denied" from the migration's DDL instead of "upgrade sagakit".
+    async with opened(dsn, schema):
+        pass
+    query(dsn, f'INSERT INTO "{schema}".schema_migrations (version) VALUES (99) RETURNING 1')
+    query(dsn, f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+    query(dsn, f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+    store = PostgresStore(as_role(dsn, role), schema=schema)
+    with pytest.raises(StoreError, match=r"version 99, newer than this sagakit.*upgrade sagakit"):
+        await store.open()
 
 
 @pytest.mark.asyncio

@@ -398,12 +398,20 @@ def migrations(schema: str) -> list[str]:
 SCHEMA_VERSION = len(migrations("sagakit"))
 
 
+def _newer(schema: str, current: int, known: int) -> StoreError:
+    return StoreError(
+        f"PostgreSQL schema {schema!r} is at saga-log version {current}, newer than "
+        f"this sagakit understands ({known}); upgrade sagakit"
+    )
+
+
 async def migrate(conn: AsyncConnection[object], schema: str) -> int:
     """Bring ``schema`` to :data:`SCHEMA_VERSION`; returns how many migrations ran."""
     s = f'"{check_schema_name(schema)}"'
     scripts = migrations(schema)
     # A schema already at this version needs no lock and no DDL, so a role that may only
-    # read the log opens it too (an operator's `sagakit list`).
+    # read the log opens it too (an operator's `sagakit list`); one at a newer version
+    # is refused before any DDL, which such a role may not run.
     cursor = await conn.execute("SELECT to_regclass(%s)", (f"{s}.schema_migrations",))
     found = await cursor.fetchone()
     if found is not None and found[0] is not None:  # type: ignore[index]
@@ -411,9 +419,16 @@ async def migrate(conn: AsyncConnection[object], schema: str) -> int:
         row = await cursor.fetchone()
         if row is not None and int(row[0]) == len(scripts):  # type: ignore[index]
             return 0
+        if row is not None and int(row[0]) > len(scripts):  # type: ignore[index]
+            raise _newer(schema, int(row[0]), len(scripts))  # type: ignore[index]
     async with conn.transaction():
         await conn.execute(f"SELECT pg_advisory_xact_lock({lock_key(schema, 'migrate')})")
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+        # CREATE SCHEMA IF NOT EXISTS needs the right to create schemas in the database
+        # even when the schema exists: a role that owns the schema but has no such right
+        # could not open it.
+        cursor = await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        if await cursor.fetchone() is None:
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {s}.schema_migrations ("
             "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
@@ -422,10 +437,7 @@ async def migrate(conn: AsyncConnection[object], schema: str) -> int:
         row = await cursor.fetchone()
         current = int(row[0]) if row else 0  # type: ignore[index]
         if current > len(scripts):
-            raise StoreError(
-                f"PostgreSQL schema {schema!r} is at saga-log version {current}, newer than "
-                f"this sagakit understands ({len(scripts)}); upgrade sagakit"
-            )
+            raise _newer(schema, current, len(scripts))
         for version in range(current + 1, len(scripts) + 1):
             await conn.execute(scripts[version - 1])
             await conn.execute(
