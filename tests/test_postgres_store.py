@@ -170,6 +170,10 @@ def test_importing_sagakit_does_not_import_psycopg() -> None:
         ({"schema": '"; DROP TABLE x; --'}, "plain identifier"),
         ({"lease": 0}, "lease must be a positive"),
         ({"lease": float("inf"), "heartbeat": 10}, "lease must be a positive, finite"),
+        # Regression: finite but past what PostgreSQL adds to now(): every execute() then
+        # failed with "timestamp out of range".
+        ({"lease": 1e13, "heartbeat": 10}, "about 31,000 years"),
+        ({"lease": 10**20, "heartbeat": 10}, "got 100000000000000000000"),
         ({"lease": 30, "heartbeat": float("nan")}, "heartbeat must be a positive"),
         ({"lease": 2, "heartbeat": 2}, "heartbeat (2 s) must be shorter"),
         ({"min_size": 0}, "min_size must be"),
@@ -179,6 +183,16 @@ def test_importing_sagakit_does_not_import_psycopg() -> None:
 def test_bad_options_raise_clear_errors(options: dict[str, Any], message: str) -> None:
     with pytest.raises(StoreError, match=message.replace("(", r"\(").replace(")", r"\)")):
         PostgresStore("postgresql://localhost/x", **options)
+
+
+@pytest.mark.asyncio
+async def test_the_longest_lease_is_one_the_database_takes(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema, lease=1e12) as store:
+        await SagaOrchestrator(store).execute(pg_five(2), saga_id="long-lease")
+        assert await store.renew() == 0
+        meta = await store.get("long-lease")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPLETED
 
 
 def test_store_implements_the_recoverable_protocol() -> None:

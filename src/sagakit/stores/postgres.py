@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import socket
 from collections.abc import AsyncIterator, Collection, Sequence
@@ -66,6 +65,9 @@ logger = logging.getLogger("sagakit")
 
 DEFAULT_LEASE = 30.0
 """Seconds a saga stays owned by its worker without a heartbeat."""
+
+MAX_LEASE = 1e12
+"""The longest lease: ``now()`` plus much more is past PostgreSQL's last timestamp."""
 
 _SENDS = 3  # times a write whose commit was lost is sent, before it is left in doubt
 
@@ -133,8 +135,11 @@ class PostgresStore:
         self.dsn = dsn
         self.schema = check_schema_name(schema)
         self.lease = _positive("lease", lease)
-        if not math.isfinite(self.lease):  # the database cannot add it to now()
-            raise StoreError(f"lease must be a positive, finite number of seconds, got {lease!r}")
+        if not self.lease <= MAX_LEASE:  # the database cannot add more to now()
+            raise StoreError(
+                f"lease must be a positive, finite number of seconds up to {MAX_LEASE:g} "
+                f"(about 31,000 years; the database adds it to now()), got {lease!r}"
+            )
         self.heartbeat = _positive("heartbeat", heartbeat if heartbeat is not None else lease / 3)
         if self.heartbeat >= self.lease:
             raise StoreError(
