@@ -55,13 +55,13 @@ async def refused(n: int) -> None:
 
 
 @saga
-def numbered_steps(count: int):  # type: ignore[no-untyped-def]
+def pg_numbered_steps(count: int):  # type: ignore[no-untyped-def]
     for n in range(count):
         yield numbered(n)
 
 
 @saga
-def numbered_then_refused(count: int):  # type: ignore[no-untyped-def]
+def pg_numbered_then_refused(count: int):  # type: ignore[no-untyped-def]
     for n in range(count):
         yield numbered(n)
     yield refused(count)
@@ -120,7 +120,7 @@ async def test_a_long_sagas_step_starts_do_not_read_all_its_records(dsn: str, sc
     # ~1.5x slower than its first).
     async with opened(dsn, schema) as store:
         reads = count_reads(store)
-        await SagaOrchestrator(store).execute(numbered_steps(400), saga_id="long")
+        await SagaOrchestrator(store).execute(pg_numbered_steps(400), saga_id="long")
         meta = await store.get("long")
     assert meta is not None
     assert meta.steps_executed == 400
@@ -135,7 +135,7 @@ async def test_a_generated_id_and_compensations_are_counted_too(dsn: str, schema
     async with opened(dsn, schema) as store:
         reads = count_reads(store)
         with pytest.raises(StepFailed) as failed:
-            await SagaOrchestrator(store).execute(numbered_then_refused(40))
+            await SagaOrchestrator(store).execute(pg_numbered_then_refused(40))
         saga_id = failed.value.saga_id
         meta = await store.get(saga_id)
     assert meta is not None
@@ -155,7 +155,7 @@ async def test_a_claimed_saga_counts_on_from_the_logs_highest(dsn: str, schema: 
         faults = FaultInjector().crash(numbered, compensation=True, index=2)
         orchestrator = SagaOrchestrator(first, compensation_retry=Retry(attempts=1))
         with faults, pytest.raises(SimulatedCrash):
-            await orchestrator.execute(numbered_then_refused(5), saga_id="crashed")
+            await orchestrator.execute(pg_numbered_then_refused(5), saga_id="crashed")
         await simulate_restart(first)
     assert start_orders(dsn, schema, "crashed")[-3:] == [(True, 4, 7), (True, 3, 8), (True, 2, 9)]
 
@@ -182,7 +182,7 @@ async def test_a_saga_taken_over_counts_on_from_what_its_former_owner_wrote(
     ENTERED[2] = asyncio.Event()
     async with opened(dsn, schema) as paused, opened(dsn, schema) as other:
         running = asyncio.create_task(
-            SagaOrchestrator(paused).execute(numbered_steps(4), saga_id="taken")
+            SagaOrchestrator(paused).execute(pg_numbered_steps(4), saga_id="taken")
         )
         await asyncio.wait_for(ENTERED[2].wait(), 30)
         expire(dsn, schema, "taken")
@@ -206,7 +206,10 @@ async def test_sagas_batched_together_each_count_their_own_starts(dsn: str, sche
         reads = count_reads(store)
         orchestrator = SagaOrchestrator(store)
         ran = await asyncio.gather(
-            *(orchestrator.execute(numbered_then_refused(20), saga_id=f"s{n}") for n in range(30)),
+            *(
+                orchestrator.execute(pg_numbered_then_refused(20), saga_id=f"s{n}")
+                for n in range(30)
+            ),
             return_exceptions=True,
         )
         assert all(isinstance(outcome, StepFailed) for outcome in ran)
