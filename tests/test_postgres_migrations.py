@@ -75,13 +75,14 @@ def at_version(dsn: str, schema: str, version: int) -> None:
             conn.execute(f"INSERT INTO {s}.schema_migrations (version) VALUES (%s)", (number,))
 
 
-# sha256 of the scripts of versions 1-3 for the schema "sagakit", as released: a log
+# sha256 of the scripts of versions 1-4 for the schema "sagakit", as released: a log
 # may be at any of them, so their text must never change (a later version changes
-# things by a new script, as version 4 does).
+# things by a new script, as versions 4 and 5 do).
 APPLIED = {
     1: "6c8f04f4cd8079bc8c7b7a0ae223f12b7e35bb192543d1c07141fd23c965ebef",
     2: "13e2b0766a1160f8d4ca9f93f56dd736fb023d705aba19ddf0aad4641a2989fb",
     3: "b1c5b0f75fa045c3bbbaa0b9a6385ee32a03f0c73adf8c165e68a0e38831656a",
+    4: "2525f7c68d696637493a7ccbc4f0aa2974df44f50cf97f5ea70173374252953c",
 }
 
 
@@ -89,7 +90,7 @@ def test_the_scripts_of_applied_versions_never_change() -> None:
     scripts = _pg_schema.migrations("sagakit")
     digests = {n: hashlib.sha256(scripts[n - 1].encode()).hexdigest() for n in APPLIED}
     assert digests == APPLIED
-    assert len(scripts) == _pg_schema.SCHEMA_VERSION == 4
+    assert len(scripts) == _pg_schema.SCHEMA_VERSION == 5
 
 
 def columns(dsn: str, schema: str, table: str) -> set[str]:
@@ -189,7 +190,8 @@ async def test_starts_sent_by_a_sagakit_before_version_4_are_ordered_too(
 
     def old_write(*writes: Write) -> None:
         rows, events, new = batch_params(list(writes))
-        unsaid = [{k: v for k, v in row.items() if k != "start"} for row in json.loads(rows)]
+        new_keys = ("start", "start_order")
+        unsaid = [{k: v for k, v in row.items() if k not in new_keys} for row in json.loads(rows)]
         sql = f'SELECT * FROM "{schema}".apply_writes(%s::jsonb, %s::jsonb, %s::jsonb)'
         assert query(dsn, sql, (json.dumps(unsaid), events, new)) == []
 
@@ -216,3 +218,69 @@ async def test_starts_sent_by_a_sagakit_before_version_4_are_ordered_too(
         f'SELECT step_index, start_order FROM "{schema}".steps ORDER BY step_index',
     )
     assert found == [(0, 2), (1, 3)]
+
+
+@pytest.mark.asyncio
+async def test_starts_sent_by_a_sagakit_before_version_5_read_the_logs_highest(
+    dsn: str, schema: str
+) -> None:
+    """A worker of version 4 does not count its sagas' starts (its writes say ``start``,
+    not ``start_order``): apply_writes still reads where the saga's count stands."""
+
+    def v4_write(*writes: Write) -> None:
+        rows, events, new = batch_params(list(writes))
+        said = json.loads(rows)
+        assert all("start_order" in row for row in said)
+        unsaid = [{k: v for k, v in row.items() if k != "start_order"} for row in said]
+        sql = f'SELECT * FROM "{schema}".apply_writes(%s::jsonb, %s::jsonb, %s::jsonb)'
+        assert query(dsn, sql, (json.dumps(unsaid), events, new)) == []
+
+    def start(index: int) -> Write:
+        return Write(
+            "rolling", "s", 1, "compensating", index=index, compensation=True,
+            step_name="take", step_status="running", attempts=1, start_order=99,
+        )  # fmt: skip
+
+    async with opened(dsn, schema):
+        first = start(2)
+        first.new = {
+            "saga_id": "rolling", "name": "s", "factory": False, "policy": "resume",
+            "fingerprint": None, "args": "[]", "kwargs": "{}", "total": 3,
+            "owner": "old-worker", "lease": 30.0,
+        }  # fmt: skip
+        v4_write(first)
+        v4_write(start(1), start(0))  # two starts in one batch
+    found = query(
+        dsn,
+        f'SELECT step_index, start_order FROM "{schema}".steps ORDER BY step_index',
+    )
+    assert found == [(0, 3), (1, 2), (2, 1)]
+
+
+@pytest.mark.asyncio
+async def test_a_saga_version_4_left_running_is_recovered_in_order(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Version 4's apply_writes reads the saga's highest start_order at every start; a
+    # claim by this version counts on from it.
+    at_version(dsn, schema, 4)
+    store = old_store(dsn, schema, monkeypatch)
+    await store.open()
+    faults = FaultInjector().crash(take, compensation=True, index=1)
+    crashing = SagaOrchestrator(store, compensation_retry=Retry(attempts=1))
+    with faults, pytest.raises(SimulatedCrash):
+        await crashing.execute(three_then_refused(), saga_id="v4-crashed")
+    await simulate_restart(store)
+    await store.close()
+    monkeypatch.undo()
+    orders = f'SELECT compensation, step_index, start_order FROM "{schema}".steps ORDER BY 3'
+    before = [(False, 0, 1), (False, 1, 2), (False, 2, 3), (False, 3, 4), (True, 2, 5)]
+    assert query(dsn, orders) == [*before, (True, 1, 6)]
+
+    async with opened(dsn, schema) as store:
+        [outcome] = await SagaOrchestrator(store).recover()
+        assert outcome.status is SagaStatus.COMPENSATED
+        recovered = await store.get("v4-crashed")
+    assert recovered is not None
+    assert compensations(recovered) == [(2, "completed"), (1, "completed"), (0, "completed")]
+    assert query(dsn, orders) == [*before, (True, 1, 7), (True, 0, 8)]

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -167,6 +170,10 @@ def test_importing_sagakit_does_not_import_psycopg() -> None:
         ({"schema": '"; DROP TABLE x; --'}, "plain identifier"),
         ({"lease": 0}, "lease must be a positive"),
         ({"lease": float("inf"), "heartbeat": 10}, "lease must be a positive, finite"),
+        # Regression: finite but past what PostgreSQL adds to now(): every execute() then
+        # failed with "timestamp out of range".
+        ({"lease": 1e13, "heartbeat": 10}, "about 31,000 years"),
+        ({"lease": 10**20, "heartbeat": 10}, "got 100000000000000000000"),
         ({"lease": 30, "heartbeat": float("nan")}, "heartbeat must be a positive"),
         ({"lease": 2, "heartbeat": 2}, "heartbeat (2 s) must be shorter"),
         ({"min_size": 0}, "min_size must be"),
@@ -176,6 +183,16 @@ def test_importing_sagakit_does_not_import_psycopg() -> None:
 def test_bad_options_raise_clear_errors(options: dict[str, Any], message: str) -> None:
     with pytest.raises(StoreError, match=message.replace("(", r"\(").replace(")", r"\)")):
         PostgresStore("postgresql://localhost/x", **options)
+
+
+@pytest.mark.asyncio
+async def test_the_longest_lease_is_one_the_database_takes(dsn: str, schema: str) -> None:
+    async with opened(dsn, schema, lease=1e12) as store:
+        await SagaOrchestrator(store).execute(pg_five(2), saga_id="long-lease")
+        assert await store.renew() == 0
+        meta = await store.get("long-lease")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPLETED
 
 
 def test_store_implements_the_recoverable_protocol() -> None:
@@ -276,6 +293,88 @@ async def test_read_events_refuses_an_event_it_cannot_read_back_as_sqlite_does(
             await store.read_events(saga_id="odd")
         assert await store.read_events(limit=1) == [first]
         assert await store.read_events(after=second.position) == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [
+        ({"limit": 0}, "limit must be a whole number > 0, got 0"),
+        ({"limit": None}, "limit must be a whole number > 0, got None"),
+        ({"limit": -1}, "limit must be a whole number > 0, got -1"),
+        ({"limit": True}, "limit must be a whole number > 0, got True"),
+        ({"limit": 1.5}, "limit must be a whole number > 0, got 1.5"),
+        ({"after": -5}, "after must be a position >= 0, got -5"),
+        ({"after": "0"}, "after must be a position >= 0, got '0'"),
+    ],
+)
+async def test_read_events_refuses_a_window_that_is_no_position_and_page_as_sqlite_does(
+    durable_store: Any, window: dict[str, Any], message: str
+) -> None:
+    # Regression: PostgreSQL answered limit=0 with no events (a consumer paging with
+    # `while page := read_events(...)` stopped as if at the end of the stream), read
+    # the whole stream for limit=None, and gave the driver's error for a negative limit.
+    store = durable_store()
+    try:
+        await SagaOrchestrator(store).execute(pg_five(2), saga_id="window")
+        with pytest.raises(SagaDefinitionError, match=re.escape(message)):
+            await store.read_events(**window)
+        assert len(await store.read_events(limit=1)) == 1
+    finally:
+        await store.close()
+
+
+def as_role(dsn: str, role: str) -> str:
+    """``dsn`` logging in as ``role`` (no password: the test server trusts local users)."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
+
+
+@pytest.fixture
+def role(dsn: str) -> Iterator[str]:
+    """A new login role without the right to create schemas; dropped afterwards."""
+    name = f"sk_role_{uuid.uuid4().hex[:8]}"
+    query(dsn, f'CREATE ROLE "{name}" LOGIN')
+    try:
+        yield name
+    finally:
+        query(dsn, f'DROP OWNED BY "{name}" CASCADE')
+        query(dsn, f'DROP ROLE IF EXISTS "{name}"')
+
+
+@pytest.mark.asyncio
+async def test_a_role_owning_an_existing_schema_opens_it_without_the_right_to_create_one(
+    dsn: str, role: str
+) -> None:
+    # Regression: docs/postgres.md says the user needs the right to create a schema "or
+    # an existing schema it owns", but the migration ran CREATE SCHEMA IF NOT EXISTS,
+    # which PostgreSQL refuses without the right to create schemas even when the schema
+    # exists: "permission denied for database".
+    schema = f"sk_owned_{uuid.uuid4().hex[:8]}"
+    query(dsn, f'CREATE SCHEMA "{schema}" AUTHORIZATION "{role}"')
+    async with opened(as_role(dsn, role), schema) as store:
+        await SagaOrchestrator(store).execute(pg_five(2), saga_id="owned")
+        meta = await store.get("owned")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPLETED
+    versions = query(dsn, f'SELECT version FROM "{schema}".schema_migrations ORDER BY version')
+    assert versions == [(version,) for version in range(1, SCHEMA_VERSION + 1)]
+
+
+@pytest.mark.asyncio
+async def test_a_reader_of_a_schema_from_a_newer_sagakit_is_told_to_upgrade(
+    dsn: str, schema: str, role: str
+) -> None:
+    # Regression: a role that may only read the log (an operator's `sagakit list`) got
+    # "permission denied" from the migration's DDL instead of "upgrade sagakit".
+    async with opened(dsn, schema):
+        pass
+    query(dsn, f'INSERT INTO "{schema}".schema_migrations (version) VALUES (99) RETURNING 1')
+    query(dsn, f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+    query(dsn, f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+    store = PostgresStore(as_role(dsn, role), schema=schema)
+    with pytest.raises(StoreError, match=r"version 99, newer than this sagakit.*upgrade sagakit"):
+        await store.open()
 
 
 @pytest.mark.asyncio

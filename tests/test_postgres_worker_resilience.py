@@ -357,7 +357,7 @@ async def test_a_store_error_after_a_claim_does_not_strand_the_claimed_sagas(
         blips: list[Any] = []
 
         async def flaky_run(sql: str, params: Any = None) -> Any:
-            if sql == b._sql.steps_of and not blips:
+            if sql == b._sql.claimed_steps and not blips:
                 blips.append(params)
                 raise StoreError("the database went away")
             return await run(sql, params)

@@ -185,6 +185,17 @@ _START_ORDER = """,
                     WHERE x.saga_id = t.saga_id) + coalesce(t.start, 1) END"""
 """``apply_writes``' start order of a record (version 4), for ``str.format(s=...)``."""
 
+_COUNTED_START_ORDER = """,
+               -- t.start_order: the record's start order, counted by the store that owns
+               -- the saga (version 5). Reading the saga's highest scans all its records, so
+               -- a long saga's starts got slower with every step; that is left to a write
+               -- that does not say (a sagakit before version 5, during a rolling upgrade).
+               CASE WHEN t.start_order IS NOT NULL THEN t.start_order
+                    WHEN t.start IS NOT NULL OR t.sstatus = 'running' THEN
+                   (SELECT coalesce(max(x.start_order), 0) FROM {s}.steps x
+                    WHERE x.saga_id = t.saga_id) + coalesce(t.start, 1) END"""
+"""``apply_writes``' start order of a record (version 5), for ``str.format(s=...)``."""
+
 
 def _v2(s: str, events_lock: int) -> str:
     # apply_batch took 21 array parameters, and adapting arrays in the client cost
@@ -222,12 +233,25 @@ ALTER TABLE {s}.sagas ADD COLUMN IF NOT EXISTS finish_order integer;
 {_apply_writes(s, events_lock, tokens=True, order=True)}"""
 
 
-def _apply_writes(s: str, events_lock: int, *, tokens: bool, order: bool = False) -> str:
-    """``apply_writes`` as of version 2, of version 3 (``tokens``: each write's token
-    kept in ``sagas.last_write``), or of version 4 (``tokens`` and ``order``: records'
-    ``steps.start_order`` and sagas' ``sagas.finish_order``).
+def _v5(s: str, events_lock: int) -> str:
+    # Each start read its saga's highest start_order from the log (every record of the
+    # saga, so a 3,000-step saga's last steps cost ~1.7x its first). A write of a start
+    # now says its start order (`start_order`), counted by the store that owns the saga
+    # (from 0 when it begins it, from the log's highest when a claim takes it over); a
+    # write that does not (a worker of an older sagakit) still reads it. Apart from
+    # that, apply_writes is version 4's.
+    return _apply_writes(s, events_lock, tokens=True, order=True, counted=True)
 
-    Versions 2 and 3 are applied migrations: their text must never change.
+
+def _apply_writes(
+    s: str, events_lock: int, *, tokens: bool, order: bool = False, counted: bool = False
+) -> str:
+    """``apply_writes`` as of version 2, of version 3 (``tokens``: each write's token
+    kept in ``sagas.last_write``), of version 4 (``tokens`` and ``order``: records'
+    ``steps.start_order`` and sagas' ``sagas.finish_order``), or of version 5 (and
+    ``counted``: a start's ``start_order`` as its write says, if it does).
+
+    Versions 2 to 4 are applied migrations: their text must never change.
     """
     create = "CREATE OR REPLACE FUNCTION" if tokens or order else "CREATE FUNCTION"
     token_column = ", token bigint" if tokens else ""
@@ -239,9 +263,12 @@ def _apply_writes(s: str, events_lock: int, *, tokens: bool, order: bool = False
         else ""
     )
     start_col = ",\n                                      start_order" if order else ""
-    start_order = _START_ORDER.format(s=s) if order else ""
+    start_order = (_COUNTED_START_ORDER if counted else _START_ORDER).format(s=s) if order else ""
     start_type = ",\n                start integer" if order else ""
     start_name = ", start" if order else ""
+    if counted:
+        start_type += ", start_order bigint"
+        start_name += ", start_order"
     keep_order = (
         ",\n            start_order = coalesce(excluded.start_order, st.start_order)"
         if order
@@ -359,10 +386,23 @@ def migrations(schema: str) -> list[str]:
     """The migration scripts for ``schema``, version ``n`` at index ``n - 1``."""
     s = f'"{check_schema_name(schema)}"'
     events_lock = lock_key(schema, "events")
-    return [_v1(s, events_lock), _v2(s, events_lock), _v3(s, events_lock), _v4(s, events_lock)]
+    return [
+        _v1(s, events_lock),
+        _v2(s, events_lock),
+        _v3(s, events_lock),
+        _v4(s, events_lock),
+        _v5(s, events_lock),
+    ]
 
 
 SCHEMA_VERSION = len(migrations("sagakit"))
+
+
+def _newer(schema: str, current: int, known: int) -> StoreError:
+    return StoreError(
+        f"PostgreSQL schema {schema!r} is at saga-log version {current}, newer than "
+        f"this sagakit understands ({known}); upgrade sagakit"
+    )
 
 
 async def migrate(conn: AsyncConnection[object], schema: str) -> int:
@@ -370,7 +410,8 @@ async def migrate(conn: AsyncConnection[object], schema: str) -> int:
     s = f'"{check_schema_name(schema)}"'
     scripts = migrations(schema)
     # A schema already at this version needs no lock and no DDL, so a role that may only
-    # read the log opens it too (an operator's `sagakit list`).
+    # read the log opens it too (an operator's `sagakit list`); one at a newer version
+    # is refused before any DDL, which such a role may not run.
     cursor = await conn.execute("SELECT to_regclass(%s)", (f"{s}.schema_migrations",))
     found = await cursor.fetchone()
     if found is not None and found[0] is not None:  # type: ignore[index]
@@ -378,9 +419,16 @@ async def migrate(conn: AsyncConnection[object], schema: str) -> int:
         row = await cursor.fetchone()
         if row is not None and int(row[0]) == len(scripts):  # type: ignore[index]
             return 0
+        if row is not None and int(row[0]) > len(scripts):  # type: ignore[index]
+            raise _newer(schema, int(row[0]), len(scripts))  # type: ignore[index]
     async with conn.transaction():
         await conn.execute(f"SELECT pg_advisory_xact_lock({lock_key(schema, 'migrate')})")
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+        # CREATE SCHEMA IF NOT EXISTS needs the right to create schemas in the database
+        # even when the schema exists: a role that owns the schema but has no such right
+        # could not open it.
+        cursor = await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        if await cursor.fetchone() is None:
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {s}.schema_migrations ("
             "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
@@ -389,10 +437,7 @@ async def migrate(conn: AsyncConnection[object], schema: str) -> int:
         row = await cursor.fetchone()
         current = int(row[0]) if row else 0  # type: ignore[index]
         if current > len(scripts):
-            raise StoreError(
-                f"PostgreSQL schema {schema!r} is at saga-log version {current}, newer than "
-                f"this sagakit understands ({len(scripts)}); upgrade sagakit"
-            )
+            raise _newer(schema, current, len(scripts))
         for version in range(current + 1, len(scripts) + 1):
             await conn.execute(scripts[version - 1])
             await conn.execute(

@@ -36,6 +36,7 @@ class Statements:
     release_one: str
     claim: str
     steps_of: str
+    claimed_steps: str
     get: str
     running: str
     history: str
@@ -59,6 +60,12 @@ def statements(schema: str) -> Statements:
     s = f'"{check_schema_name(schema)}"'
     lease = "now() + make_interval(secs => %(lease)s)"
     active = "finished_at IS NULL AND dead_reason IS NULL"
+    # Compensations in the order they last started (as SQLite lists them); rows from
+    # before schema version 4 have no start_order and come first, by seq.
+    steps_order = (
+        "ORDER BY saga_id, compensation, "
+        "CASE WHEN compensation THEN coalesce(start_order, 0) ELSE step_index END, seq"
+    )
     return Statements(
         begin=(
             f"INSERT INTO {s}.sagas (saga_id, name, status, explicit_id, factory, policy, "
@@ -128,12 +135,12 @@ def statements(schema: str) -> Statements:
             "s.recovery_attempts, s.explicit_id, s.factory, s.fingerprint, s.error, "
             "s.started_at, s.fence, d.dead"
         ),
-        steps_of=(
-            f"SELECT {_STEP_COLUMNS} FROM {s}.steps WHERE saga_id = ANY(%s) "
-            # Compensations in the order they last started (as SQLite lists them); rows
-            # from before schema version 4 have no start_order and come first, by seq.
-            "ORDER BY saga_id, compensation, "
-            "CASE WHEN compensation THEN coalesce(start_order, 0) ELSE step_index END, seq"
+        steps_of=f"SELECT {_STEP_COLUMNS} FROM {s}.steps WHERE saga_id = ANY(%s) {steps_order}",
+        # Read after the claim committed: every write of the former owner is in (later
+        # ones are fenced out), so the highest start_order is where the claimer counts on.
+        claimed_steps=(
+            f"SELECT {_STEP_COLUMNS}, start_order FROM {s}.steps WHERE saga_id = ANY(%s) "
+            f"{steps_order}"
         ),
         get=f"SELECT {_SAGA_COLUMNS} FROM {s}.sagas WHERE saga_id = %s",
         running=(

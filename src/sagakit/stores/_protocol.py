@@ -345,6 +345,15 @@ class RecoverableStore(SagaStore, Protocol):
         ...
 
 
+def check_event_window(after: object, limit: object) -> None:
+    """Refuse ``read_events(after=..., limit=...)`` that are not a position and a page
+    size (a ``limit`` of 0 would read as the end of the stream)."""
+    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        raise SagaDefinitionError(f"after must be a position >= 0, got {after!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        raise SagaDefinitionError(f"limit must be a whole number > 0, got {limit!r}")
+
+
 def check_saga_ids(saga_ids: object) -> None:
     """Refuse one id given as ``claim_orphans(saga_ids=...)`` (a string is a collection
     of its characters)."""
@@ -356,6 +365,7 @@ def check_saga_ids(saga_ids: object) -> None:
 
 
 __all__ = [
+    "check_event_window",
     "check_saga_ids",
     "DeadLetter",
     "LoggedStep",

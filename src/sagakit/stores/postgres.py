@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import socket
 from collections.abc import AsyncIterator, Collection, Sequence
@@ -45,7 +44,14 @@ from ._pg_writer import (
     storable,
     write_for,
 )
-from ._protocol import DeadLetter, OrphanedSaga, SagaRunView, StoredEvent, check_saga_ids
+from ._protocol import (
+    DeadLetter,
+    OrphanedSaga,
+    SagaRunView,
+    StoredEvent,
+    check_event_window,
+    check_saga_ids,
+)
 from ._records import status_filter
 from .sqlite import definition_fingerprint
 
@@ -60,6 +66,9 @@ logger = logging.getLogger("sagakit")
 
 DEFAULT_LEASE = 30.0
 """Seconds a saga stays owned by its worker without a heartbeat."""
+
+MAX_LEASE = 1e12
+"""The longest lease: ``now()`` plus much more is past PostgreSQL's last timestamp."""
 
 _SENDS = 3  # times a write whose commit was lost is sent, before it is left in doubt
 
@@ -127,8 +136,11 @@ class PostgresStore:
         self.dsn = dsn
         self.schema = check_schema_name(schema)
         self.lease = _positive("lease", lease)
-        if not math.isfinite(self.lease):  # the database cannot add it to now()
-            raise StoreError(f"lease must be a positive, finite number of seconds, got {lease!r}")
+        if not self.lease <= MAX_LEASE:  # the database cannot add more to now()
+            raise StoreError(
+                f"lease must be a positive, finite number of seconds up to {MAX_LEASE:g} "
+                f"(about 31,000 years; the database adds it to now()), got {lease!r}"
+            )
         self.heartbeat = _positive("heartbeat", heartbeat if heartbeat is not None else lease / 3)
         if self.heartbeat >= self.lease:
             raise StoreError(
@@ -152,6 +164,9 @@ class PostgresStore:
         self._heartbeat: asyncio.Task[None] | None = None
         self._writer = GroupWriter(self._apply)
         self._fences: dict[str, int] = {}  # sagas this store owns -> fencing token
+        # Sagas this store owns -> the start_order of their latest start (see _v5 in
+        # _pg_schema): from 0 when it begins one, from the log's highest when it claims one.
+        self._orders: dict[str, int] = {}
         self._new: dict[str, dict[str, Any]] = {}  # generated ids' rows, not yet sent
         self._unlogged: set[str] = set()  # generated ids found taken: never written
         self._claimed: set[str] = set()  # of those, taken over from another owner
@@ -309,6 +324,8 @@ class PostgresStore:
         released = fences.keys() - kept.keys()
         self._lost.update(released)
         self._claimed.difference_update(released)
+        for saga_id in released:
+            self._orders.pop(saga_id, None)
         fences.clear()
         fences.update(kept)
         if self._pool is None:
@@ -362,6 +379,7 @@ class PostgresStore:
                 "lease": self.lease,
             }
             self._fences[run.id] = 1  # a new row's fencing token
+            self._orders[run.id] = 0
             self._lost.discard(run.id)
             return None
         found = await self._run(self._sql.begin, params)
@@ -372,6 +390,7 @@ class PostgresStore:
         else:
             fence = found[0][0]
         self._fences[run.id] = fence
+        self._orders[run.id] = 0  # a new row, or an earlier run's records deleted
         self._lost.discard(run.id)
         return None
 
@@ -423,9 +442,14 @@ class PostgresStore:
             )
         if kind is TransitionKind.SAGA_STARTED and saga_id not in self._claimed:
             return None  # begin() already recorded the start
-        return write_for(
+        write = write_for(
             transition, fence, self.serializer.dumps, run_error=run.error, total=run.total_steps
         )
+        if kind is TransitionKind.STEP_STARTED or kind is TransitionKind.COMPENSATION_STARTED:
+            order = self._orders.get(saga_id)
+            if order is not None:  # (else apply_writes reads the log's highest)
+                write.start_order = self._orders[saga_id] = order + 1
+        return write
 
     def stage(self, run: SagaRunView, transition: Transition) -> None:
         """Keep a transition that no side effect follows (a step's completion, a start)
@@ -606,6 +630,7 @@ class PostgresStore:
             self._new.pop(run.id, None)
             self._unlogged.discard(run.id)
             self._fences.pop(run.id, None)
+            self._orders.pop(run.id, None)
             self._claimed.discard(run.id)
             self._lost.discard(run.id)
 
@@ -692,6 +717,7 @@ class PostgresStore:
             # heartbeat must not renew its leases), so it is claimed again once they expire.
             for saga_id in taken:
                 self._fences.pop(saga_id, None)
+                self._orders.pop(saga_id, None)
                 self._claimed.discard(saga_id)
             raise
 
@@ -735,6 +761,7 @@ class PostgresStore:
             if row[13]:
                 logger.error("sagakit parked saga %s (%s): too many recovery attempts", *row[1::-1])
                 self._fences.pop(row[0], None)  # parked: nobody owns it now
+                self._orders.pop(row[0], None)
                 self._claimed.discard(row[0])
         if not alive:
             return len(claimed)
@@ -743,7 +770,13 @@ class PostgresStore:
             self._claimed.add(row[0])
             self._lost.discard(row[0])
             taken.append(row[0])
-        steps = rows.steps_by_saga(await self._run(self._sql.steps_of, ([r[0] for r in alive],)))
+        found = await self._run(self._sql.claimed_steps, ([r[0] for r in alive],))
+        for row in alive:
+            self._orders[row[0]] = 0
+        for step_row in found:  # the log's highest start_order: where the count goes on
+            if step_row[10] is not None and step_row[10] > self._orders[step_row[0]]:
+                self._orders[step_row[0]] = step_row[10]
+        steps = rows.steps_by_saga(step_row[:10] for step_row in found)
         for row in alive:
             try:
                 orphans.append(rows.orphan(row, steps.get(row[0], ()), self.serializer))
@@ -766,6 +799,7 @@ class PostgresStore:
             # Parked or not (the write may have failed), this store no longer runs it: the
             # heartbeat must not keep its lease alive, so its next claim can park it.
             self._fences.pop(saga_id, None)
+            self._orders.pop(saga_id, None)
             self._claimed.discard(saga_id)
         if not found:
             raise LeaseLost(saga_id)
@@ -793,6 +827,7 @@ class PostgresStore:
     async def read_events(
         self, *, after: int = 0, limit: int = 1000, saga_id: str | None = None
     ) -> list[StoredEvent]:
+        check_event_window(after, limit)  # as SQLite: limit=0 read as the end of the stream
         if saga_id is None:
             found = await self._run(self._sql.events, (after, limit))
         else:

@@ -46,7 +46,14 @@ from ..exceptions import (
 )
 from ..records import SagaMetadata
 from ..status import SagaStatus
-from ._protocol import DeadLetter, OrphanedSaga, SagaRunView, StoredEvent, check_saga_ids
+from ._protocol import (
+    DeadLetter,
+    OrphanedSaga,
+    SagaRunView,
+    StoredEvent,
+    check_event_window,
+    check_saga_ids,
+)
 from ._records import status_filter
 from ._sqlite_owner import current_owner, owner_alive, owner_running_here
 from ._sqlite_rows import decode_orphan, load_metadata, load_orphan_rows, number_unordered, when
@@ -906,10 +913,7 @@ class SQLiteStore:
     async def read_events(
         self, *, after: int = 0, limit: int = 1000, saga_id: str | None = None
     ) -> list[StoredEvent]:
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            raise SagaDefinitionError(f"after must be a position >= 0, got {after!r}")
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
-            raise SagaDefinitionError(f"limit must be a whole number > 0, got {limit!r}")
+        check_event_window(after, limit)
         sql = (
             "SELECT position, saga_id, saga_name, step_index, step_name, compensation, data, "
             "recorded_at FROM sagakit_events WHERE position > ?"
