@@ -1054,6 +1054,11 @@ async def test_run_worker_stops_when_told(dsn: str, schema: str) -> None:
         # a TypeError from asyncio.
         ({"stop": threading.Event()}, "stop must be an asyncio.Event"),
         ({"stop": True}, "stop must be an asyncio.Event"),
+        # Past a 64-bit integer every claim failed (taken for the database being away).
+        ({"concurrency": 10**20}, "concurrency must be at most 9223372036854775807"),
+        ({"max_attempts": 2**63}, "max_attempts must be at most 9223372036854775807"),
+        # "no" was taken for its truth: SIGTERM handled all the same.
+        ({"handle_signals": "no"}, "handle_signals must be True or False"),
     ],
 )
 async def test_run_worker_rejects_bad_options(options: dict[str, Any], message: str) -> None:

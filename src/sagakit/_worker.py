@@ -30,7 +30,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger("sagakit")
 
 
-def _check(poll_interval: object, concurrency: object, max_attempts: object, stop: object) -> None:
+_MAX_COUNT = 2**63 - 1
+"""The largest ``concurrency`` or ``max_attempts``: a database's 64-bit integer (a larger
+one made every claim fail, taken for the database being away, for good)."""
+
+
+def _check(
+    poll_interval: object,
+    concurrency: object,
+    max_attempts: object,
+    stop: object,
+    handle_signals: object,
+) -> None:
     if (
         isinstance(poll_interval, bool)
         or not isinstance(poll_interval, int | float)
@@ -42,6 +53,10 @@ def _check(poll_interval: object, concurrency: object, max_attempts: object, sto
     for name, value in (("concurrency", concurrency), ("max_attempts", max_attempts)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SagaDefinitionError(f"{name} must be a whole number >= 1, got {value!r}")
+        if value > _MAX_COUNT:
+            raise SagaDefinitionError(f"{name} must be at most {_MAX_COUNT}, got {value!r}")
+    if not isinstance(handle_signals, bool):  # bool("no") is True
+        raise SagaDefinitionError(f"handle_signals must be True or False, got {handle_signals!r}")
     if stop is not None and not isinstance(stop, asyncio.Event):
         # A threading.Event's wait() would block the event loop.
         raise SagaDefinitionError(
@@ -186,7 +201,7 @@ async def run_worker(
     cancelled, when ``stop`` is set, or on SIGTERM (with ``handle_signals``, in the
     main thread); a stopped worker releases its leases.
     """
-    _check(poll_interval, concurrency, max_attempts, stop)
+    _check(poll_interval, concurrency, max_attempts, stop, handle_signals)
     store = _recoverable(orchestrator.store)
     stop = stop if stop is not None else asyncio.Event()
     freed = asyncio.Event()
