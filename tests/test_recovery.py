@@ -298,10 +298,13 @@ async def test_memory_store_has_nothing_to_recover() -> None:
 def test_max_recovery_attempts_is_checked() -> None:
     with pytest.raises(SagaDefinitionError, match="max_recovery_attempts"):
         SagaOrchestrator(max_recovery_attempts=0)
+    # Past a 64-bit integer, every claim of a PostgreSQL store failed ("out of range").
+    with pytest.raises(SagaDefinitionError, match="max_recovery_attempts must be at most"):
+        SagaOrchestrator(max_recovery_attempts=2**63)
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("attempts", [0, -1, True, 1.5])
+@pytest.mark.parametrize("attempts", [0, -1, True, 1.5, 10**20])
 async def test_recover_max_attempts_is_checked_before_anything_is_claimed(
     db: str, attempts: Any
 ) -> None:

@@ -44,7 +44,7 @@ from ._members import (
 )
 from ._notify import Listener, level_of, logger, tell, tell_each
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
-from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
+from ._retry import DEFAULT_COMPENSATION_RETRY, Retry, check_count
 from ._runs import (
     NOT_COMPENSATED,
     UNRECORDED,
@@ -192,11 +192,7 @@ class SagaOrchestrator:
                 f"sleep must be an async function taking seconds, like asyncio.sleep, got {sleep!r}"
             )
         self._sleep = sleep
-        attempts = max_recovery_attempts
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-            raise SagaDefinitionError(
-                f"max_recovery_attempts must be a whole number >= 1, got {max_recovery_attempts!r}"
-            )
+        check_count(max_recovery_attempts, "max_recovery_attempts")
         self._recover_on_start = recover_on_start
         self._entered = False  # by `async with` (which runs recover_on_start's recovery)
         self._max_recovery_attempts = max_recovery_attempts

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._hooks import SimulatedCrash, active_faults
+from ._retry import check_count
 from ._runs import (
     CRASHED,
     SagaRun,
@@ -93,9 +94,7 @@ async def recover(
     limit: int | None = None,
 ) -> list[RecoveryOutcome]:
     """Claim and finish orphaned sagas until none are left (or ``limit`` are done)."""
-    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-        # 0 would park every orphan as a dead letter without trying it once.
-        raise SagaDefinitionError(f"max_attempts must be a whole number >= 1, got {max_attempts!r}")
+    check_count(max_attempts, "max_attempts")  # 0 would park every orphan, untried
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise SagaDefinitionError(f"limit must be a whole number >= 0 or None, got {limit!r}")
     store = orchestrator.store

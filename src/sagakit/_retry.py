@@ -28,6 +28,20 @@ def check_seconds(value: object, what: str, *, allow_zero: bool = False) -> floa
     return seconds
 
 
+MAX_COUNT = 2**63 - 1
+"""The largest count sagakit passes to a database (a 64-bit integer): attempts, a limit."""
+
+
+def check_count(value: object, what: str) -> int:
+    """Return ``value`` as a whole number from 1 to :data:`MAX_COUNT`, or raise a clear
+    definition error (a larger one fails every statement it goes into)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SagaDefinitionError(f"{what} must be a whole number >= 1, got {value!r}")
+    if value > MAX_COUNT:
+        raise SagaDefinitionError(f"{what} must be at most {MAX_COUNT}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Retry:
     """A retry policy: up to ``attempts`` tries with exponential backoff and jitter.

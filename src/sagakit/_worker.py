@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._recovery import _recover_one, _recoverable
+from ._retry import check_count
 from ._sagas import registered_sagas
 from .exceptions import LeaseLost, SagaDefinitionError, StoreError
 
@@ -28,11 +29,6 @@ if TYPE_CHECKING:
     from .stores._protocol import OrphanedSaga, RecoverableStore
 
 logger = logging.getLogger("sagakit")
-
-
-_MAX_COUNT = 2**63 - 1
-"""The largest ``concurrency`` or ``max_attempts``: a database's 64-bit integer (a larger
-one made every claim fail, taken for the database being away, for good)."""
 
 
 def _check(
@@ -50,11 +46,9 @@ def _check(
         raise SagaDefinitionError(
             f"poll_interval must be a positive number of seconds, got {poll_interval!r}"
         )
-    for name, value in (("concurrency", concurrency), ("max_attempts", max_attempts)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SagaDefinitionError(f"{name} must be a whole number >= 1, got {value!r}")
-        if value > _MAX_COUNT:
-            raise SagaDefinitionError(f"{name} must be at most {_MAX_COUNT}, got {value!r}")
+    # Past a 64-bit integer, every claim failed (taken for the database being away).
+    check_count(concurrency, "concurrency")
+    check_count(max_attempts, "max_attempts")
     if not isinstance(handle_signals, bool):  # bool("no") is True
         raise SagaDefinitionError(f"handle_signals must be True or False, got {handle_signals!r}")
     if stop is not None and not isinstance(stop, asyncio.Event):
