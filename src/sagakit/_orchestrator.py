@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Self
 
+from ._checks import check_count, check_flag
 from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout
 from ._hooks import (
     SIMULATED_TIMEOUT,
@@ -44,7 +45,7 @@ from ._members import (
 )
 from ._notify import Listener, level_of, logger, tell, tell_each
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
-from ._retry import DEFAULT_COMPENSATION_RETRY, Retry, check_count
+from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import (
     NOT_COMPENSATED,
     UNRECORDED,
@@ -171,14 +172,10 @@ class SagaOrchestrator:
         )
         # Staged transitions are logged and told to listeners once durable (below).
         self._held: dict[SagaRun, list[tuple[int, Transition]]] = {}
-        for option, value in (
-            ("continue_on_compensation_failure", continue_on_compensation_failure),
-            ("recover_on_start", recover_on_start),
-        ):
-            if not isinstance(value, bool):  # bool("no") is True
-                raise SagaDefinitionError(f"{option} must be True or False, got {value!r}")
         self._compensation_retry = compensation_retry
-        self._continue = continue_on_compensation_failure
+        self._continue = check_flag(
+            continue_on_compensation_failure, "continue_on_compensation_failure"
+        )
         self._listeners: tuple[Listener, ...] = ()  # replaced, never changed: runs keep theirs
         if callable(listeners) or not isinstance(listeners, Iterable):  # one, not a list of them
             raise SagaDefinitionError(
@@ -193,7 +190,7 @@ class SagaOrchestrator:
             )
         self._sleep = sleep
         check_count(max_recovery_attempts, "max_recovery_attempts")
-        self._recover_on_start = recover_on_start
+        self._recover_on_start = check_flag(recover_on_start, "recover_on_start")
         self._entered = False  # by `async with` (which runs recover_on_start's recovery)
         self._max_recovery_attempts = max_recovery_attempts
         # The watchdog of the loop used last, which also holds that loop and its clock: one

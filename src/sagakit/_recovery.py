@@ -18,8 +18,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from ._checks import check_count
 from ._hooks import SimulatedCrash, active_faults
-from ._retry import check_count
 from ._runs import (
     CRASHED,
     SagaRun,

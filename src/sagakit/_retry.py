@@ -5,41 +5,9 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import TypeGuard
 
+from ._checks import check_seconds, is_number
 from .exceptions import SagaDefinitionError
-
-
-def _is_number(value: object) -> TypeGuard[int | float]:
-    """An int or float, not a bool (``True`` is an int to Python, never meant as 1)."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def check_seconds(value: object, what: str, *, allow_zero: bool = False) -> float:
-    """Return ``value`` as a finite positive float, or raise a clear definition error."""
-    if not _is_number(value):
-        raise SagaDefinitionError(f"{what} must be a number of seconds, got {value!r}")
-    seconds = float(value)
-    if math.isnan(seconds) or math.isinf(seconds):
-        raise SagaDefinitionError(f"{what} must be a finite number of seconds, got {value!r}")
-    if seconds < 0 or (seconds == 0 and not allow_zero):
-        bound = "zero or more" if allow_zero else "greater than zero"
-        raise SagaDefinitionError(f"{what} must be {bound} seconds, got {value!r}")
-    return seconds
-
-
-MAX_COUNT = 2**63 - 1
-"""The largest count sagakit passes to a database (a 64-bit integer): attempts, a limit."""
-
-
-def check_count(value: object, what: str) -> int:
-    """Return ``value`` as a whole number from 1 to :data:`MAX_COUNT`, or raise a clear
-    definition error (a larger one fails every statement it goes into)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SagaDefinitionError(f"{what} must be a whole number >= 1, got {value!r}")
-    if value > MAX_COUNT:
-        raise SagaDefinitionError(f"{what} must be at most {MAX_COUNT}, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +41,12 @@ class Retry:
         check_seconds(self.backoff, "Retry(backoff=...)", allow_zero=True)
         check_seconds(self.max_backoff, "Retry(max_backoff=...)", allow_zero=True)
         if not (
-            _is_number(self.multiplier) and self.multiplier >= 1 and math.isfinite(self.multiplier)
+            is_number(self.multiplier) and self.multiplier >= 1 and math.isfinite(self.multiplier)
         ):
             raise SagaDefinitionError(
                 f"Retry(multiplier=...) must be a finite number >= 1, got {self.multiplier!r}"
             )
-        if not (_is_number(self.jitter) and 0 <= self.jitter <= 1):
+        if not (is_number(self.jitter) and 0 <= self.jitter <= 1):
             raise SagaDefinitionError(
                 f"Retry(jitter=...) must be a fraction between 0 and 1, got {self.jitter!r}"
             )
@@ -123,4 +91,4 @@ class Retry:
 NO_RETRY = Retry(attempts=1)
 DEFAULT_COMPENSATION_RETRY = Retry(attempts=3, backoff=0.1, max_backoff=5.0)
 
-__all__ = ["DEFAULT_COMPENSATION_RETRY", "NO_RETRY", "Retry", "check_seconds"]
+__all__ = ["DEFAULT_COMPENSATION_RETRY", "NO_RETRY", "Retry"]

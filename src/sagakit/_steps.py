@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, SupportsIndex, Type
 import wrapt
 from typing_extensions import ParamSpec
 
+from ._checks import check_flag, check_seconds
 from ._names import by_reference, declared_name, qualname_of
-from ._retry import NO_RETRY, Retry, check_seconds
+from ._retry import NO_RETRY, Retry
 from .exceptions import CompensationAlreadySetError, SagaDefinitionError, StepTimeout
 
 P = ParamSpec("P")
@@ -272,8 +273,12 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
             if compensation_timeout is None
             else check_seconds(compensation_timeout, f"@step(compensation_timeout=...) of {name!r}")
         )
-        spec.compensate_on_timeout = _as_bool(compensate_on_timeout, "compensate_on_timeout", name)
-        spec.compensate_on_failure = _as_bool(compensate_on_failure, "compensate_on_failure", name)
+        spec.compensate_on_timeout = check_flag(
+            compensate_on_timeout, f"@step(compensate_on_timeout=...) of {name!r}"
+        )
+        spec.compensate_on_failure = check_flag(
+            compensate_on_failure, f"@step(compensate_on_failure=...) of {name!r}"
+        )
         spec.compensation = None
         spec.compensation_takes_result = False
         spec.plain_compensation = False
@@ -572,14 +577,6 @@ def _as_retry(value: Retry | int | None, what: str) -> Retry | None:
     raise SagaDefinitionError(
         f"{what} must be a sagakit.Retry or a number of attempts, got {value!r}"
     )
-
-
-def _as_bool(value: object, option: str, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise SagaDefinitionError(
-            f"@step({option}=...) of {name!r} must be True or False, got {value!r}"
-        )
-    return value
 
 
 def _in_class_body(fn: object) -> bool:

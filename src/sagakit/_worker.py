@@ -19,8 +19,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._checks import check_count, check_flag
 from ._recovery import _recover_one, _recoverable
-from ._retry import check_count
 from ._sagas import registered_sagas
 from .exceptions import LeaseLost, SagaDefinitionError, StoreError
 
@@ -49,8 +49,7 @@ def _check(
     # Past a 64-bit integer, every claim failed (taken for the database being away).
     check_count(concurrency, "concurrency")
     check_count(max_attempts, "max_attempts")
-    if not isinstance(handle_signals, bool):  # bool("no") is True
-        raise SagaDefinitionError(f"handle_signals must be True or False, got {handle_signals!r}")
+    check_flag(handle_signals, "handle_signals")
     if stop is not None and not isinstance(stop, asyncio.Event):
         # A threading.Event's wait() would block the event loop.
         raise SagaDefinitionError(

@@ -20,6 +20,7 @@ from collections.abc import Collection
 from types import CodeType
 from typing import TYPE_CHECKING, Any, cast
 
+from .._checks import check_flag
 from .._members import (
     ON_COMPENSATION_COMPLETED,
     ON_COMPENSATION_FAILED,
@@ -171,9 +172,8 @@ class SQLiteStore:
             or (busy_timeout < 0)
         ):
             raise SagaDefinitionError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
-        for option, value in (("verify", verify), ("read_only", read_only)):
-            if not isinstance(value, bool):  # bool("no") is True
-                raise SagaDefinitionError(f"{option} must be True or False, got {value!r}")
+        check_flag(verify, "verify")
+        check_flag(read_only, "read_only")
         path = os.fspath(path)
         if path == ":memory:" or path.startswith("file:"):
             raise SagaDefinitionError(

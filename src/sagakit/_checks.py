@@ -1,0 +1,51 @@
+"""Checks of option values, each raising a :class:`SagaDefinitionError` that names the
+option, the value and what it must be."""
+
+from __future__ import annotations
+
+import math
+from typing import TypeGuard
+
+from .exceptions import SagaDefinitionError
+
+MAX_COUNT = 2**63 - 1
+"""The largest count sagakit passes to a database (a 64-bit integer): attempts, a limit."""
+
+
+def is_number(value: object) -> TypeGuard[int | float]:
+    """An int or float, not a bool (``True`` is an int to Python, never meant as 1)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_seconds(value: object, what: str, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as a finite positive float, or raise a clear definition error."""
+    if not is_number(value):
+        raise SagaDefinitionError(f"{what} must be a number of seconds, got {value!r}")
+    seconds = float(value)
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise SagaDefinitionError(f"{what} must be a finite number of seconds, got {value!r}")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        bound = "zero or more" if allow_zero else "greater than zero"
+        raise SagaDefinitionError(f"{what} must be {bound} seconds, got {value!r}")
+    return seconds
+
+
+def check_count(value: object, what: str) -> int:
+    """Return ``value`` as a whole number from 1 to :data:`MAX_COUNT`, or raise a clear
+    definition error (a larger one fails every statement it goes into)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SagaDefinitionError(f"{what} must be a whole number >= 1, got {value!r}")
+    if value > MAX_COUNT:
+        raise SagaDefinitionError(f"{what} must be at most {MAX_COUNT}, got {value!r}")
+    return value
+
+
+def check_flag(value: object, what: str) -> bool:
+    """Return ``value`` if it is ``True`` or ``False`` (``bool("no")`` is ``True``: a
+    string read from a configuration file would turn the option on), else raise."""
+    if not isinstance(value, bool):
+        raise SagaDefinitionError(f"{what} must be True or False, got {value!r}")
+    return value
+
+
+__all__ = ["MAX_COUNT", "check_count", "check_flag", "check_seconds", "is_number"]
