@@ -21,17 +21,18 @@ def utc(stamp: datetime | None) -> datetime | None:
 
 
 def steps_by_saga(rows: Iterable[Row]) -> dict[str, list[Row]]:
-    """Step rows (``steps_of`` order) grouped by saga id."""
+    """Step rows (``claimed_steps`` order) grouped by saga id."""
     grouped: dict[str, list[Row]] = {}
     for row in rows:
         grouped.setdefault(row[0], []).append(row)
     return grouped
 
 
-def metadata(saga: Row, steps: Sequence[Row], serializer: JsonSerializer) -> SagaMetadata:
-    """A :class:`SagaMetadata` from a ``sagas`` row and its step rows."""
+def metadata(saga: Row, serializer: JsonSerializer) -> SagaMetadata:
+    """A :class:`SagaMetadata` from a ``sagas`` row read with its step records (the
+    JSON array of ``steps_of`` in ``_pg_sql``, ``None`` when it has none)."""
     (saga_id, name, status, _explicit, _factory, _policy, _fp, _args, _kwargs, total, error,
-     started, updated, finished, _attempts, dead_reason, _parked) = saga  # fmt: skip
+     started, updated, finished, _attempts, dead_reason, _parked, steps) = saga  # fmt: skip
     records = [
         StepRecord(
             index=index,
@@ -47,7 +48,7 @@ def metadata(saga: Row, steps: Sequence[Row], serializer: JsonSerializer) -> Sag
             ),
             compensation=comp,
         )
-        for _, comp, index, step_name, step_status, attempts, duration, step_error, _r, ev in steps
+        for comp, index, step_name, step_status, attempts, duration, step_error, ev in steps or ()
     ]
     return saga_metadata(
         saga_id=saga_id,

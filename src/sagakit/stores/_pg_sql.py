@@ -35,7 +35,6 @@ class Statements:
     release: str
     release_one: str
     claim: str
-    steps_of: str
     claimed_steps: str
     get: str
     running: str
@@ -62,10 +61,24 @@ def statements(schema: str) -> Statements:
     active = "finished_at IS NULL AND dead_reason IS NULL"
     # Compensations in the order they last started (as SQLite lists them); rows from
     # before schema version 4 have no start_order and come first, by seq.
-    steps_order = (
-        "ORDER BY saga_id, compensation, "
-        "CASE WHEN compensation THEN coalesce(start_order, 0) ELSE step_index END, seq"
+    record_order = (
+        "compensation, CASE WHEN compensation THEN coalesce(start_order, 0) ELSE step_index END, "
+        "seq"
     )
+    steps_order = f"ORDER BY saga_id, {record_order}"
+
+    def steps_of(saga: str) -> str:
+        """The records of the ``sagas`` row ``saga`` (its alias), in the order above, as
+        one JSON array of arrays (``_pg_rows.metadata`` reads them): read in the row's
+        statement, they are of the row's snapshot. (Read by a second statement, a write
+        committing in between made them disagree: a saga EXECUTING with every step
+        completed, a finished saga with a step running.)"""
+        return (
+            "(SELECT json_agg(json_build_array(compensation, step_index, name, status, "
+            f"attempts, duration, error, events) ORDER BY {record_order}) "
+            f"FROM {s}.steps st WHERE st.saga_id = {saga}.saga_id)"
+        )
+
     return Statements(
         begin=(
             f"INSERT INTO {s}.sagas (saga_id, name, status, explicit_id, factory, policy, "
@@ -135,33 +148,37 @@ def statements(schema: str) -> Statements:
             "s.recovery_attempts, s.explicit_id, s.factory, s.fingerprint, s.error, "
             "s.started_at, s.fence, d.dead"
         ),
-        steps_of=f"SELECT {_STEP_COLUMNS} FROM {s}.steps WHERE saga_id = ANY(%s) {steps_order}",
         # Read after the claim committed: every write of the former owner is in (later
         # ones are fenced out), so the highest start_order is where the claimer counts on.
         claimed_steps=(
             f"SELECT {_STEP_COLUMNS}, start_order FROM {s}.steps WHERE saga_id = ANY(%s) "
             f"{steps_order}"
         ),
-        get=f"SELECT {_SAGA_COLUMNS} FROM {s}.sagas WHERE saga_id = %s",
+        get=f"SELECT {_SAGA_COLUMNS}, {steps_of('g')} FROM {s}.sagas g WHERE saga_id = %s",
         running=(
-            f"SELECT {_SAGA_COLUMNS} FROM {s}.sagas WHERE {active} ORDER BY started_at, saga_id"
+            f"SELECT {_SAGA_COLUMNS}, {steps_of('r')} FROM {s}.sagas r WHERE {active} "
+            "ORDER BY started_at, saga_id"
         ),
         history=(
-            f"SELECT {_SAGA_COLUMNS} FROM {s}.sagas WHERE finished_at IS NOT NULL "
-            f"ORDER BY {_FINISH_ORDER}"
+            f"SELECT {_SAGA_COLUMNS}, {steps_of('h')} FROM {s}.sagas h "
+            f"WHERE finished_at IS NOT NULL ORDER BY {_FINISH_ORDER}"
         ),
+        # The steps of the rows the LIMIT keeps only (a subquery, so it runs first).
         history_newest=(
-            f"SELECT {_SAGA_COLUMNS} FROM (SELECT {_SAGA_COLUMNS}, finish_order FROM {s}.sagas "
-            "WHERE finished_at IS NOT NULL "
+            f"SELECT {_SAGA_COLUMNS}, {steps_of('newest')} FROM (SELECT {_SAGA_COLUMNS}, "
+            f"finish_order FROM {s}.sagas WHERE finished_at IS NOT NULL "
             "ORDER BY finished_at DESC, finish_order DESC NULLS LAST, saga_id DESC "
             f"LIMIT %s) AS newest ORDER BY {_FINISH_ORDER}"
         ),
         newest=(
-            f"SELECT {_SAGA_COLUMNS} FROM {s}.sagas ORDER BY started_at DESC, saga_id DESC LIMIT %s"
+            f"SELECT {_SAGA_COLUMNS}, {steps_of('newest')} FROM (SELECT {_SAGA_COLUMNS} "
+            f"FROM {s}.sagas ORDER BY started_at DESC, saga_id DESC LIMIT %s) AS newest "
+            "ORDER BY started_at DESC, saga_id DESC"
         ),
         newest_with_status=(
-            f"SELECT {_SAGA_COLUMNS} FROM {s}.sagas WHERE status = %s "
-            "ORDER BY started_at DESC, saga_id DESC LIMIT %s"
+            f"SELECT {_SAGA_COLUMNS}, {steps_of('newest')} FROM (SELECT {_SAGA_COLUMNS} "
+            f"FROM {s}.sagas WHERE status = %s ORDER BY started_at DESC, saga_id DESC "
+            "LIMIT %s) AS newest ORDER BY started_at DESC, saga_id DESC"
         ),
         running_count=f"SELECT count(*) FROM {s}.sagas WHERE {active}",
         history_count=f"SELECT count(*) FROM {s}.sagas WHERE finished_at IS NOT NULL",

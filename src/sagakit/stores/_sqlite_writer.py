@@ -287,12 +287,24 @@ class GroupWriter:
         return self._reader
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` on the reader connection, off the event loop."""
+        """Run ``fn`` on the reader connection, off the event loop, in one read
+        transaction: every statement of it reads the log as of the first one.
+
+        (Each statement on its own saw what had committed by then, so a commit between
+        two, of another process or of this one's own writer, showed a saga and its
+        records from two moments: EXECUTING with every step completed, say.)
+        """
         self._check_usable()
         loop = asyncio.get_running_loop()
 
         def run() -> T:
-            return fn(self._reader_conn())
+            conn = self._reader_conn()
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                if conn.in_transaction:  # (read only: nothing to commit)
+                    conn.execute("ROLLBACK")
 
         try:
             return await loop.run_in_executor(self._executor, run)

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -652,25 +652,26 @@ class PostgresStore:
 
     # ------------------------------------------------------------ monitoring
 
-    async def _with_steps(self, sagas: Sequence[Sequence[Any]]) -> list[SagaMetadata]:
-        if not sagas:
-            return []
-        steps = rows.steps_by_saga(await self._run(self._sql.steps_of, ([s[0] for s in sagas],)))
-        return [rows.metadata(saga, steps.get(saga[0], ()), self.serializer) for saga in sagas]
+    # Each saga row is read with its step records in one statement (one snapshot): a
+    # write committing between two statements would make the saga and its records
+    # disagree (EXECUTING with every step completed, finished with a step running).
+
+    async def _with_steps(self, sql: str, params: Any = None) -> list[SagaMetadata]:
+        return [rows.metadata(saga, self.serializer) for saga in await self._run(sql, params)]
 
     async def get(self, saga_id: str) -> SagaMetadata | None:
-        found = await self._with_steps(await self._run(self._sql.get, (saga_id,)))
+        found = await self._with_steps(self._sql.get, (saga_id,))
         return found[0] if found else None
 
     async def running(self) -> list[SagaMetadata]:
-        return await self._with_steps(await self._run(self._sql.running))
+        return await self._with_steps(self._sql.running)
 
     async def history(self, limit: int | None = None) -> list[SagaMetadata]:
         if limit is None:
-            return await self._with_steps(await self._run(self._sql.history))
+            return await self._with_steps(self._sql.history)
         if limit <= 0:
             return []
-        return await self._with_steps(await self._run(self._sql.history_newest, (limit,)))
+        return await self._with_steps(self._sql.history_newest, (limit,))
 
     async def list_sagas(
         self, *, status: SagaStatus | str | None = None, limit: int = 100
@@ -680,10 +681,8 @@ class PostgresStore:
         if limit <= 0:  # as get_history(): none (PostgreSQL refuses a negative LIMIT)
             return []
         if wanted is None:
-            found = await self._run(self._sql.newest, (limit,))
-        else:
-            found = await self._run(self._sql.newest_with_status, (wanted, limit))
-        return await self._with_steps(found)
+            return await self._with_steps(self._sql.newest, (limit,))
+        return await self._with_steps(self._sql.newest_with_status, (wanted, limit))
 
     async def running_count(self) -> int:
         return int((await self._run(self._sql.running_count))[0][0])
