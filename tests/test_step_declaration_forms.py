@@ -139,6 +139,68 @@ def test_class_and_static_method_steps_run_in_a_saga_through_class_and_instance(
     assert undone == [(Shelf, "Shelf:lamp", "lamp"), (Shelf, "Shelf:lamp", "lamp")]
 
 
+def test_class_and_static_method_steps_with_compensations_as_the_docs_show() -> None:
+    # A classmethod or staticmethod object has no .compensate: the step gets its
+    # compensation first (itself made a class or static method, for type checkers), then is
+    # made a class or static method.
+    undone: list[Any] = []
+
+    class Ledger:
+        @step
+        async def _open(cls: type[Ledger], owner: str) -> str:
+            return f"{cls.__name__}:{owner}"
+
+        @classmethod
+        @_open.compensate
+        async def close(cls, account: str | None, owner: str) -> None:
+            undone.append((cls, account, owner))
+
+        open = classmethod(_open)
+
+        @step
+        async def _post(entry: str, amount: int) -> int:
+            return amount * 2
+
+        @staticmethod
+        @_post.compensate
+        async def unpost(posted: int | None, entry: str, amount: int) -> None:
+            undone.append((posted, entry, amount))
+
+        post = staticmethod(_post)
+
+        @staticmethod
+        @step
+        async def refuse(entry: str) -> None:
+            raise RuntimeError(f"no {entry}")
+
+    class SubLedger(Ledger):
+        pass
+
+    assert Ledger._open.compensation is vars(Ledger)["close"].__func__
+    assert Ledger._open.compensation_takes_result
+    assert Ledger._post.compensation is Ledger.unpost
+    assert Ledger._post.compensation_takes_result
+
+    @saga
+    def book(entry: str) -> list[Any]:
+        return [
+            Ledger.open("ann"),
+            SubLedger().open("bob"),
+            Ledger.post(entry, 1),
+            Ledger().post(entry, 2),
+            Ledger.refuse(entry),
+        ]
+
+    with pytest.raises(StepFailed, match="no rent"):
+        asyncio.run(SagaOrchestrator().execute(book("rent")))
+    assert undone == [
+        (4, "rent", 2),
+        (2, "rent", 1),
+        (SubLedger, "SubLedger:bob", "bob"),
+        (Ledger, "Ledger:ann", "ann"),
+    ]
+
+
 def test_a_step_decorated_again_is_refused() -> None:
     # The outer step wrapped the inner one: the inner's compensation and options were
     # silently ignored by sagas running the outer one.
