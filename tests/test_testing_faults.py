@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from types import MethodType
 from typing import Any
 
 import pytest
@@ -311,6 +312,45 @@ async def test_method_steps_are_targeted_through_the_class_or_an_instance(target
     with FaultInjector().fail(step_object), pytest.raises(StepFailed):
         await SagaOrchestrator().execute(move())
     assert bank.moves == ["debit A", "undo A"]
+
+
+class Shelves:
+    @step
+    async def _stock(cls: type[Shelves], item: str) -> str:
+        calls.append(f"stock {item}")
+        return item
+
+    @classmethod
+    @_stock.compensate
+    async def unstock(cls, item: str) -> None:
+        calls.append(f"unstock {item}")
+
+    stock = classmethod(_stock)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("lookup", ["class", "instance", "python-3.13"])
+async def test_class_method_steps_are_targeted_as_looked_up(lookup: str) -> None:
+    # From Python 3.13 classmethod binds the step as a method (a MethodType): that was
+    # refused ("name a step by name ... got <bound method ...>"), as mypy refused the
+    # lookup on any Python (typed as a plain callable).
+    calls.clear()
+    found = {
+        "class": Shelves.stock,
+        "instance": Shelves().stock,
+        "python-3.13": MethodType(vars(Shelves)["_stock"], Shelves),
+    }[lookup]
+
+    @saga
+    def restock() -> Any:
+        yield Shelves.stock("pen")
+        yield reserve("pen")
+
+    recorder = SagaRecorder()
+    with FaultInjector().fail(reserve).fail_compensation(found), pytest.raises(CompensationFailed):
+        await SagaOrchestrator(listeners=[recorder], sleep=InstantSleep()).execute(restock())
+    assert calls == ["stock pen"]  # its compensation failed instead of running
+    recorder.assert_completed(found)
 
 
 @pytest.mark.asyncio

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, assert_type
 
 from sagakit import StepCall, step
+from sagakit.testing import FaultInjector, SagaRecorder
 
 
 class Inventory:
@@ -165,3 +166,11 @@ async def static_method_steps() -> None:
     assert_type(await Journal().post("e", 1), int)
     await Journal.unpost(None, "e", 1)
     Journal.post("e", "1")  # type: ignore[arg-type]
+
+
+def fault_targets() -> None:
+    # A class method step made with classmethod() is a plain callable to mypy, looked up on
+    # its class or an instance; fault injection and the recorder take it.
+    FaultInjector().fail(Inventory.reserve).fail_compensation(Inventory().hold)
+    SagaRecorder().assert_compensated(Inventory.reserve, Warehouse.hold, "post", Journal._post)
+    FaultInjector().fail(Inventory.reserve("book"))  # type: ignore[arg-type]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from difflib import get_close_matches
+from types import MethodType
 from typing import Any
 
 from wrapt import BoundFunctionWrapper
@@ -24,9 +25,16 @@ from .._steps import DEFINED_NAMES, Step, StepCall
 from ..exceptions import SagaDefinitionError
 from ..stores import SagaStore
 
-StepTarget = str | Step[Any, Any] | BoundFunctionWrapper[..., StepCall[Any]]
+StepTarget = (
+    str
+    | Step[Any, Any]
+    | BoundFunctionWrapper[..., StepCall[Any]]
+    # A class method step looked up (``Inventory.reserve``), as type checkers see it.
+    | Callable[..., StepCall[Any]]
+)
 """A step named by its name (``"debit"``), by the ``Step`` object itself, or by a method
-step looked up on its class or an instance (``Bank.debit``, ``bank.debit``)."""
+step looked up on its class or an instance (``Bank.debit``, ``bank.debit``,
+``Inventory.reserve`` for a class method step)."""
 
 Fault = BaseException | type[BaseException]
 """An exception to raise, or an exception class instantiated for every attempt."""
@@ -92,6 +100,8 @@ def _check_target(target: object) -> str | Step[Any, Any]:
     parent = getattr(target, "_self_parent", None)  # a step looked up on a class or instance
     if isinstance(parent, Step):
         return parent
+    if isinstance(target, MethodType) and isinstance(target.__func__, Step):
+        return target.__func__  # a class method step looked up, from Python 3.13
     raise SagaDefinitionError(
         f"name a step by name ('debit') or by its @step object (debit), got {target!r}"
     )
