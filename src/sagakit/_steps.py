@@ -33,6 +33,7 @@ _new_call = object.__new__
 DEFINED_NAMES: set[str] = set()
 """The name of every step defined in this process (fault injection tells a misspelt one)."""
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+_BY_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 _RESULT = object()
 
 
@@ -406,7 +407,9 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         is_method = spec.is_method and (
             _in_class_body(spec.fn) or next(iter(inspect.signature(fn).parameters), None) == first
         )
-        spec.compensation_takes_result = _takes_result(self, fn, is_method)
+        takes_result = _takes_result(self, fn, is_method)
+        _check_no_keyword_twice(self, fn, takes_result)
+        spec.compensation_takes_result = takes_result
         spec.is_method = is_method
         spec.plain_compensation = not (spec.compensation_takes_result or spec.is_method)
         spec.compensation = fn
@@ -617,6 +620,54 @@ def _takes_result(step: Step[Any, Any], fn: Callable[..., Any], is_method: bool)
         f"compensation {qualname_of(fn)}{signature} cannot take the arguments of step "
         f"{step.name!r} ({step_params}); give it the step's parameters "
         f"({step_params}) or the step's result first, then those parameters"
+    )
+
+
+def _check_no_keyword_twice(
+    step: Step[Any, Any], fn: Callable[..., Any], takes_result: bool
+) -> None:
+    """Refuse a compensation a keyword passed on by the step's ``**kwargs`` would hit twice.
+
+    A step taking ``**kwargs`` takes any keyword that names none of its own parameters, and
+    its compensation gets those keywords too. One that names a parameter the compensation
+    is given positionally (the result, or a step argument under another name) would fail
+    with "got multiple values" on exactly the path it exists for, so it must be
+    positional-only there, as mypy requires.
+    """
+    spec = step._self_spec
+    params = spec.signature.parameters.values()
+    catch_all = next((p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD), None)
+    if catch_all is None:
+        return
+    named = {p.name for p in params if p.kind in _BY_KEYWORD}
+    signature = inspect.signature(fn)
+    positional = [p for p in signature.parameters.values() if p.kind in _POSITIONAL]
+    if not any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        # Only so many are given positionally (with the step's *args, any of them may be).
+        positional = positional[: sum(1 for p in params if p.kind in _POSITIONAL) + takes_result]
+    twice = [
+        p.name
+        for p in positional
+        if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.name not in named
+    ]
+    if not twice:
+        return
+    # The fix: every parameter up to the last of those made positional-only.
+    parameters = list(signature.parameters.values())
+    last = [p.name for p in parameters].index(twice[-1])
+    signature = signature.replace(return_annotation=inspect.Signature.empty)
+    fixed = signature.replace(
+        parameters=[
+            p.replace(kind=inspect.Parameter.POSITIONAL_ONLY) if i <= last else p
+            for i, p in enumerate(parameters)
+        ]
+    )
+    what = qualname_of(fn)
+    names = ", ".join(repr(name) for name in twice)
+    raise SagaDefinitionError(
+        f"compensation {what}{signature} of step {step.name!r} would get {names} twice "
+        f"when the step is called with {twice[0]}=... (its **{catch_all.name} takes any "
+        f"keyword); make {'it' if len(twice) == 1 else 'them'} positional-only: {what}{fixed}"
     )
 
 
