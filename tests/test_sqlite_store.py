@@ -965,3 +965,30 @@ async def test_list_sagas_refuses_an_unknown_status_and_lists_none_below_one(
 @step
 async def ls_step() -> int:
     return 1
+
+
+@pytest.mark.asyncio
+async def test_refusing_a_running_id_leaves_that_run_as_it_was(db: str) -> None:
+    # begin() of an id running in this very store used to reset, then drop, that run's
+    # start_order counter and its place among the live runs (what finish() hands over
+    # to recovery when its end cannot be written).
+    GATES["g"] = asyncio.Event()
+    store = SQLiteStore(db)
+    async with SagaOrchestrator(store) as orchestrator:
+        task = asyncio.create_task(orchestrator.execute(sqlite_gated("g"), saga_id="busy"))
+        for _ in range(100):  # until the second step started
+            if "busy" in store._orders and store._orders["busy"] == 2:
+                break
+            await asyncio.sleep(0)
+        assert store._orders["busy"] == 2
+        with pytest.raises(SagaAlreadyExecuting):
+            await orchestrator.execute(sqlite_gated("g"), saga_id="busy")
+        assert "busy" in store._live
+        assert store._orders["busy"] == 2
+        GATES["g"].set()
+        assert await task == [Moved("A", -1), "g"]
+    with closing(sqlite3.connect(db)) as conn:
+        orders = conn.execute(
+            "SELECT idx, start_order FROM sagakit_steps WHERE saga_id = 'busy' ORDER BY idx"
+        ).fetchall()
+    assert orders == [(0, 1), (1, 2)]

@@ -298,8 +298,12 @@ class SQLiteStore:
             conn.execute(INSERT_SAGA, values)
             return ("new", None)
 
-        self._live.add(saga_id)
-        self._orders[saga_id] = 0  # a new row: no records yet (an earlier run's are deleted)
+        # An id already live here is running in this process: begin() refuses it below,
+        # and must leave that run's state (its next start_order above all) as it is.
+        already_live = saga_id in self._live
+        if not already_live:
+            self._live.add(saga_id)
+            self._orders[saga_id] = 0  # a new row: no records yet (earlier ones deleted)
         if not run.explicit_id:
             # A fresh id: nothing to check, and nothing acts before the first step
             # starts, so the row is staged and commits with that step's start.
@@ -309,8 +313,7 @@ class SQLiteStore:
         try:
             outcome, earlier = await self._write(job)
         except CommittedThenCancelled as cancelled:
-            self._live.discard(saga_id)
-            self._orders.pop(saga_id, None)
+            self._forget_begun(saga_id, already_live)
             if cancelled.result[0] == "new":
                 # Its row went in, but the caller is gone and nothing will run it: take
                 # it out again rather than leave it executing under this live process.
@@ -319,18 +322,24 @@ class SQLiteStore:
                     done.exception()  # a failed clean-up does not mask the cancellation
             raise
         except BaseException:
-            self._live.discard(saga_id)
-            self._orders.pop(saga_id, None)
+            self._forget_begun(saga_id, already_live)
             raise
         if outcome == "new":
+            self._orders[saga_id] = 0
             return None
-        self._live.discard(saga_id)
-        self._orders.pop(saga_id, None)
+        self._forget_begun(saga_id, already_live)
         if outcome == "running":
             raise SagaAlreadyExecuting(saga_id, earlier)  # earlier: why it is parked, if it is
         if outcome == "failed":
             raise SagaAlreadyFailed(saga_id)
         return earlier  # type: ignore[no-any-return]
+
+    def _forget_begun(self, saga_id: str, already_live: bool) -> None:
+        """Undo what :meth:`begin` noted of a run that does not start (unless that id
+        was already running here: its state is that run's)."""
+        if not already_live:
+            self._live.discard(saga_id)
+            self._orders.pop(saga_id, None)
 
     async def record(self, run: SagaRunView, transition: Transition) -> None:
         # (A read-only store refuses begin(), and its writer every write: no check here.)
