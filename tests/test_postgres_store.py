@@ -306,6 +306,9 @@ async def test_read_events_refuses_an_event_it_cannot_read_back_as_sqlite_does(
         ({"limit": 1.5}, "limit must be a whole number > 0, got 1.5"),
         ({"after": -5}, "after must be a position >= 0, got -5"),
         ({"after": "0"}, "after must be a position >= 0, got '0'"),
+        # Past a 64-bit integer: SQLite raised OverflowError, PostgreSQL its driver's error.
+        ({"after": 2**63}, f"after must be at most {2**63 - 1}, got {2**63}"),
+        ({"limit": 2**64}, f"limit must be at most {2**63 - 1}, got {2**64}"),
     ],
 )
 async def test_read_events_refuses_a_window_that_is_no_position_and_page_as_sqlite_does(

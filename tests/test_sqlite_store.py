@@ -512,6 +512,11 @@ def test_bad_options() -> None:
         SQLiteStore("x.db", synchronous="OFF")  # type: ignore[arg-type]
     with pytest.raises(SagaDefinitionError, match="busy_timeout"):
         SQLiteStore("x.db", busy_timeout=-1)
+    # NaN made int(nan * 1000) raise ValueError deep in the writer; infinity an
+    # OverflowError there; a string compared with 0 raised TypeError.
+    for odd in (float("nan"), float("inf"), "5"):
+        with pytest.raises(SagaDefinitionError, match="busy_timeout must be a"):
+            SQLiteStore("x.db", busy_timeout=odd)  # type: ignore[arg-type]
     with pytest.raises(SagaDefinitionError, match="file path"):
         SQLiteStore(":memory:")
     # Their truth was taken: read_only="no" opened the log read-only.

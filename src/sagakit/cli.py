@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
+from ._checks import MAX_COUNT
 from ._cli_logs import check_postgres_log, check_sqlite_log
 from ._orchestrator import SagaOrchestrator
 from ._recovery import RecoveryOutcome
@@ -60,10 +61,6 @@ def _store_for(args: argparse.Namespace) -> SQLiteStore | PostgresStore:
     return SQLiteStore(args.db, read_only=args.command in _READ_ONLY_COMMANDS)
 
 
-_MAX_LIMIT = 2**63 - 1
-"""The largest row count SQLite and PostgreSQL take as a ``LIMIT`` (more means all)."""
-
-
 def _at_least_one(text: str) -> int:
     """An argparse type: a whole number >= 1 (capped at what a database takes: all)."""
     try:
@@ -72,7 +69,7 @@ def _at_least_one(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return min(value, _MAX_LIMIT)
+    return min(value, MAX_COUNT)  # the most a database takes as a LIMIT: all
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from .._checks import MAX_COUNT
 from .._sagas import RecoveryPolicy
 from ..exceptions import SagaDefinitionError
 from ..status import SagaStatus, StepStatus
@@ -350,8 +351,12 @@ def check_event_window(after: object, limit: object) -> None:
     size (a ``limit`` of 0 would read as the end of the stream)."""
     if isinstance(after, bool) or not isinstance(after, int) or after < 0:
         raise SagaDefinitionError(f"after must be a position >= 0, got {after!r}")
+    if after > MAX_COUNT:  # past any position; the databases take no larger integer
+        raise SagaDefinitionError(f"after must be at most {MAX_COUNT}, got {after!r}")
     if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
         raise SagaDefinitionError(f"limit must be a whole number > 0, got {limit!r}")
+    if limit > MAX_COUNT:
+        raise SagaDefinitionError(f"limit must be at most {MAX_COUNT}, got {limit!r}")
 
 
 def check_saga_ids(saga_ids: object) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Collection
 from types import CodeType
 from typing import TYPE_CHECKING, Any, cast
 
-from .._checks import check_flag
+from .._checks import check_flag, check_seconds
 from .._members import (
     ON_COMPENSATION_COMPLETED,
     ON_COMPENSATION_FAILED,
@@ -166,12 +166,7 @@ class SQLiteStore:
             raise SagaDefinitionError(
                 f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}"
             )
-        if (
-            isinstance(busy_timeout, bool)
-            or not isinstance(busy_timeout, int | float)
-            or (busy_timeout < 0)
-        ):
-            raise SagaDefinitionError(f"busy_timeout must be seconds >= 0, got {busy_timeout!r}")
+        busy_timeout = check_seconds(busy_timeout, "busy_timeout", allow_zero=True)
         check_flag(verify, "verify")
         check_flag(read_only, "read_only")
         path = os.fspath(path)
