@@ -1049,10 +1049,13 @@ async def test_run_worker_stops_when_told(dsn: str, schema: str) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"poll_interval": 0}, "poll_interval must be a positive number"),
+        ({"poll_interval": 0}, "poll_interval must be greater than zero seconds"),
         ({"concurrency": 0}, "concurrency must be a whole number >= 1"),
         ({"max_attempts": 0}, "max_attempts must be a whole number >= 1"),
-        ({"poll_interval": float("nan")}, "poll_interval must be a positive number"),
+        ({"poll_interval": float("nan")}, "poll_interval must be a finite number of seconds"),
+        # Infinity claimed once, then never again (orphans waited for a restart).
+        ({"poll_interval": float("inf")}, "poll_interval must be a finite number of seconds"),
+        ({"poll_interval": "1"}, "poll_interval must be a number of seconds"),
         # A threading.Event's wait() blocked the event loop, then the worker died with
         # a TypeError from asyncio.
         ({"stop": threading.Event()}, "stop must be an asyncio.Event"),

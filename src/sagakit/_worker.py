@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._checks import check_count, check_flag
+from ._checks import check_count, check_flag, check_seconds
 from ._recovery import _recover_one, _recoverable
 from ._sagas import registered_sagas
 from .exceptions import LeaseLost, SagaDefinitionError, StoreError
@@ -38,14 +38,8 @@ def _check(
     stop: object,
     handle_signals: object,
 ) -> None:
-    if (
-        isinstance(poll_interval, bool)
-        or not isinstance(poll_interval, int | float)
-        or not poll_interval > 0
-    ):
-        raise SagaDefinitionError(
-            f"poll_interval must be a positive number of seconds, got {poll_interval!r}"
-        )
+    # Infinity polled once, then never again: orphans waited for the next restart.
+    check_seconds(poll_interval, "poll_interval")
     # Past a 64-bit integer, every claim failed (taken for the database being away).
     check_count(concurrency, "concurrency")
     check_count(max_attempts, "max_attempts")
