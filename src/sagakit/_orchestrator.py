@@ -1086,6 +1086,8 @@ class SagaOrchestrator:
 
     async def get_saga(self, saga_id: str) -> SagaMetadata | None:
         """Metadata of one saga, running or finished, or ``None`` if unknown."""
+        if not isinstance(saga_id, str):  # PostgreSQL failed, the others found nothing
+            raise SagaDefinitionError(f"get_saga() takes a saga id string, got {saga_id!r}")
         return await self._store.get(saga_id)
 
     async def get_history(self, limit: int | None = None) -> list[SagaMetadata]:

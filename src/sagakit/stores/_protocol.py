@@ -359,6 +359,14 @@ def check_event_window(after: object, limit: object) -> None:
         raise SagaDefinitionError(f"limit must be at most {MAX_COUNT}, got {limit!r}")
 
 
+def row_limit(limit: object, what: str) -> int:
+    """``limit`` as a row count for a ``LIMIT``: a whole number (<= 0: no rows), capped
+    at :data:`MAX_COUNT`, the most a database takes (more means all of them)."""
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise SagaDefinitionError(f"{what} must be a whole number, got {limit!r}")
+    return min(limit, MAX_COUNT)
+
+
 def check_saga_ids(saga_ids: object) -> None:
     """Refuse one id given as ``claim_orphans(saga_ids=...)`` (a string is a collection
     of its characters)."""
@@ -371,6 +379,7 @@ def check_saga_ids(saga_ids: object) -> None:
 
 __all__ = [
     "check_event_window",
+    "row_limit",
     "check_saga_ids",
     "DeadLetter",
     "LoggedStep",

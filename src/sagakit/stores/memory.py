@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from ..exceptions import SagaAlreadyExecuting, SagaAlreadyFailed, SagaDefinitionError
 from ..status import SagaStatus
+from ._protocol import row_limit
 
 if TYPE_CHECKING:
     from ..records import SagaMetadata
@@ -87,6 +88,7 @@ class MemoryStore:
     async def history(self, limit: int | None = None) -> list[SagaMetadata]:
         runs = list(self._history.values())
         if limit is not None:
+            limit = row_limit(limit, "history(limit=...)")
             runs = runs[-limit:] if limit > 0 else []
         return [run.snapshot() for run in runs]
 

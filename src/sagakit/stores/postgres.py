@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from .._checks import check_count
 from .._runs import unended
 from .._serialization import JsonSerializer
 from ..exceptions import (
@@ -51,6 +52,7 @@ from ._protocol import (
     StoredEvent,
     check_event_window,
     check_saga_ids,
+    row_limit,
 )
 from ._records import status_filter
 from .sqlite import definition_fingerprint
@@ -669,6 +671,7 @@ class PostgresStore:
     async def history(self, limit: int | None = None) -> list[SagaMetadata]:
         if limit is None:
             return await self._with_steps(self._sql.history)
+        limit = row_limit(limit, "history(limit=...)")
         if limit <= 0:
             return []
         return await self._with_steps(self._sql.history_newest, (limit,))
@@ -678,6 +681,7 @@ class PostgresStore:
     ) -> list[SagaMetadata]:
         """Sagas newest first, optionally only those with ``status`` (for the CLI)."""
         wanted = None if status is None else status_filter(status)
+        limit = row_limit(limit, "list_sagas(limit=...)")
         if limit <= 0:  # as get_history(): none (PostgreSQL refuses a negative LIMIT)
             return []
         if wanted is None:
@@ -701,6 +705,10 @@ class PostgresStore:
         saga_ids: Collection[str] | None = None,
     ) -> list[OrphanedSaga]:
         check_saga_ids(saga_ids)
+        limit = row_limit(limit, "claim_orphans(limit=...)")
+        check_count(max_attempts, "max_attempts")
+        if limit <= 0:
+            return []
         orphans: list[OrphanedSaga] = []
         taken: list[str] = []  # the ids this call took leases of
         try:

@@ -20,7 +20,7 @@ from collections.abc import Collection
 from types import CodeType
 from typing import TYPE_CHECKING, Any, cast
 
-from .._checks import check_flag, check_seconds
+from .._checks import check_count, check_flag, check_seconds
 from .._members import (
     ON_COMPENSATION_COMPLETED,
     ON_COMPENSATION_FAILED,
@@ -54,6 +54,7 @@ from ._protocol import (
     StoredEvent,
     check_event_window,
     check_saga_ids,
+    row_limit,
 )
 from ._records import status_filter
 from ._sqlite_owner import current_owner, owner_alive, owner_running_here
@@ -615,6 +616,7 @@ class SQLiteStore:
             return await self._list(
                 "WHERE finished_at IS NOT NULL ORDER BY finished_at, finish_order", ()
             )
+        limit = row_limit(limit, "history(limit=...)")
         if limit <= 0:
             return []
         found = await self._list(
@@ -628,6 +630,7 @@ class SQLiteStore:
     ) -> list[SagaMetadata]:
         """Sagas newest first, optionally only those with ``status`` (for the CLI)."""
         wanted = None if status is None else status_filter(status)
+        limit = row_limit(limit, "list_sagas(limit=...)")
         if limit <= 0:  # as get_history(): none (SQLite would read LIMIT -1 as no limit)
             return []
         if wanted is None:
@@ -692,6 +695,10 @@ class SQLiteStore:
     ) -> list[OrphanedSaga]:
         self._refuse_writes()
         check_saga_ids(saga_ids)
+        limit = row_limit(limit, "claim_orphans(limit=...)")
+        check_count(max_attempts, "max_attempts")
+        if limit <= 0:
+            return []
         allowed = None if names is None else frozenset(names)
         owner = self._owner
         now = time.time()

@@ -1,0 +1,103 @@
+"""Row limits and ids given to the monitoring and recovery reads, the same on every store.
+
+A limit past a 64-bit integer is all the rows (SQLite raised ``OverflowError``,
+PostgreSQL its driver's "bigint out of range"); one that is not a whole number is a
+``SagaDefinitionError`` (``"5"`` and ``True`` failed with a ``TypeError``, or were read
+as 1). ``get_saga()`` of something not a string is refused (PostgreSQL failed with its
+driver's error, the other stores found nothing).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sagakit import MemoryStore, SagaDefinitionError, SagaOrchestrator, saga, step
+
+pytestmark = pytest.mark.asyncio
+
+HUGE = 10**20
+
+
+@step
+async def sl_note(n: int) -> int:
+    return n
+
+
+@saga(name="store_limits.note")
+def note(n: int) -> Any:
+    yield sl_note(n)
+
+
+async def _two_finished(store: Any) -> SagaOrchestrator:
+    orchestrator = SagaOrchestrator(store)
+    await orchestrator.execute(note(1), saga_id="first")
+    await orchestrator.execute(note(2), saga_id="second")
+    return orchestrator
+
+
+async def test_a_huge_limit_reads_every_row(durable_store: Callable[[], Any]) -> None:
+    store = durable_store()
+    orchestrator = await _two_finished(store)
+    try:
+        assert [m.id for m in await orchestrator.get_history(HUGE)] == ["first", "second"]
+        assert [m.id for m in await store.history(HUGE)] == ["first", "second"]
+        assert [m.id for m in await store.list_sagas(limit=HUGE)] == ["second", "first"]
+        assert await store.claim_orphans(limit=HUGE) == []  # nothing orphaned: no error
+        assert await store.claim_orphans(limit=-1) == []  # PostgreSQL refused a negative LIMIT
+        assert [m.id for m in await store.history(1)] == ["second"]  # still a limit
+    finally:
+        await orchestrator.close()
+
+
+async def test_a_huge_limit_reads_every_row_in_memory() -> None:
+    store = MemoryStore()
+    orchestrator = await _two_finished(store)
+    assert [m.id for m in await orchestrator.get_history(HUGE)] == ["first", "second"]
+    assert [m.id for m in await store.history(HUGE)] == ["first", "second"]
+
+
+@pytest.mark.parametrize("limit", ["5", True, 1.5])
+async def test_a_limit_that_is_no_whole_number_is_refused(
+    durable_store: Callable[[], Any], limit: Any
+) -> None:
+    store = durable_store()
+    try:
+        for read, what in (
+            (lambda: store.history(limit), "history"),
+            (lambda: store.list_sagas(limit=limit), "list_sagas"),
+            (lambda: store.claim_orphans(limit=limit), "claim_orphans"),
+        ):
+            with pytest.raises(
+                SagaDefinitionError, match=rf"{what}\(limit=\.\.\.\) must be a whole"
+            ):
+                await read()
+        with pytest.raises(SagaDefinitionError, match="max_attempts must be a whole number"):
+            await store.claim_orphans(max_attempts=0)
+        with pytest.raises(
+            SagaDefinitionError, match=re.escape("history(limit=...) must be a whole")
+        ):
+            await MemoryStore().history(limit)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "durable"])
+async def test_get_saga_refuses_an_id_that_is_no_string(
+    durable_store: Callable[[], Any], store_kind: str
+) -> None:
+    store = MemoryStore() if store_kind == "memory" else durable_store()
+    orchestrator = await _two_finished(store)
+    try:
+        with pytest.raises(
+            SagaDefinitionError, match=re.escape("get_saga() takes a saga id string")
+        ):
+            await orchestrator.get_saga(123)  # type: ignore[arg-type]
+        found = await orchestrator.get_saga("first")
+        assert found is not None
+        assert found.id == "first"
+    finally:
+        await orchestrator.close()
