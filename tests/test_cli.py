@@ -927,3 +927,53 @@ def test_a_postgres_role_that_may_only_read_the_log_can_inspect_it(
     finally:
         query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         query(dsn, f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_control_characters_in_names_and_errors_are_escaped_in_tables(tmp_path: Path) -> None:
+    # Regression: a saga, step or id holding a newline broke its table row in two, and an
+    # escape sequence in a name or error (a user's input in an exception message, say)
+    # reached the operator's terminal as is.
+    from sagakit import SagaOrchestrator, SQLiteStore, StepFailed, saga, step
+
+    @step(name="cli\nstep\x1b[31m")
+    async def cli_odd_step() -> None:
+        pass
+
+    @step
+    async def cli_odd_failure() -> None:
+        raise ValueError("bad input \x1b]0;owned\x07 \u202etxt.exe")
+
+    @cli_odd_step.compensate
+    async def cli_odd_undo() -> None:
+        pass
+
+    @saga(name="cli\todd\nsaga")
+    def cli_odd_saga():  # type: ignore[no-untyped-def]
+        return [cli_odd_step(), cli_odd_failure()]
+
+    db = str(tmp_path / "sagas.db")
+
+    async def run() -> None:
+        async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+            with pytest.raises(StepFailed):
+                await orchestrator.execute(cli_odd_saga(), saga_id="odd\n1")
+
+    asyncio.run(run())
+    code, listed = cli("--db", db, "list")
+    assert code == 0
+    assert len(listed.splitlines()) == 2
+    assert listed.splitlines()[1].split()[:3] == ["odd\\n1", "cli\\todd\\nsaga", "compensated"]
+    code, shown = cli("--db", db, "show", "odd\n1")
+    assert code == 0
+    lines = shown.splitlines()
+    assert lines[0] == "saga odd\\n1 (cli\\todd\\nsaga): compensated"
+    assert lines[2].endswith("bad input \\x1b]0;owned\\x07 \\u202etxt.exe")
+    assert [line.split()[:3] for line in lines[4:]] == [
+        ["step", "0", "cli\\nstep\\x1b[31m"],
+        ["step", "1", "cli_odd_failure"],
+        ["undo", "0", "cli\\nstep\\x1b[31m"],
+    ]
+    for text in (listed, shown):
+        assert not any(char in text for char in "\t\x1b\x07\u202e")
+    code, out = cli("--db", db, "show", "odd\n1", "--json")
+    assert json.loads(out)["name"] == "cli\todd\nsaga"  # JSON keeps the name as it is

@@ -20,6 +20,7 @@ import importlib
 import json
 import os
 import sys
+import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
@@ -178,7 +179,20 @@ def _when(value: datetime | None) -> str:
     return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
 
+_CONTROLS = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def _shown(text: str) -> str:
+    """``text`` for a line of text output, control characters escaped as ``repr()`` does
+    (``\\n``, ``\\x1b``): a stored name or error cannot break a table's row in two, or
+    send an escape sequence to the operator's terminal."""
+    return "".join(
+        repr(char)[1:-1] if unicodedata.category(char) in _CONTROLS else char for char in text
+    )
+
+
 def _table(rows: list[list[str]], out: TextIO) -> None:
+    rows = [[_shown(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
@@ -260,10 +274,10 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 json.dump(_saga_json(meta, True), out, indent=2)
                 out.write("\n")
                 return 0
-            out.write(f"saga {meta.id} ({meta.name}): {meta.status}\n")
+            out.write(f"saga {_shown(str(meta.id))} ({_shown(meta.name)}): {meta.status}\n")
             out.write(f"started {_when(meta.started_at)}  finished {_when(meta.finished_at)}\n")
             if meta.error:
-                out.write(f"error: {meta.error}\n")
+                out.write(f"error: {_shown(meta.error)}\n")
             rows = [["", "#", "STEP", "STATUS", "ATTEMPTS", "EVENTS / ERROR"]]
             for record in (*meta.steps, *meta.compensations):
                 detail = record.error or ", ".join(repr(e) for e in record.events)
@@ -323,7 +337,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 if unknown:
                     out.write(
                         f"{sum(unknown.values())} unfinished saga(s) named "
-                        f"{', '.join(sorted(unknown))} "
+                        f"{_shown(', '.join(sorted(unknown)))} "
                         "were left alone: no @saga of that name is registered here; pass "
                         "--import with the module that declares them\n"
                     )
