@@ -977,3 +977,55 @@ def test_control_characters_in_names_and_errors_are_escaped_in_tables(tmp_path: 
         assert not any(char in text for char in "\t\x1b\x07\u202e")
     code, out = cli("--db", db, "show", "odd\n1", "--json")
     assert json.loads(out)["name"] == "cli\todd\nsaga"  # JSON keeps the name as it is
+
+
+def test_table_columns_line_up_after_wide_and_combining_characters(tmp_path: Path) -> None:
+    # Regression: columns were padded by len(), so a name in Chinese or Japanese (two
+    # terminal columns a character) or with combining accents pushed the rest of its row
+    # out of line with the others.
+    import unicodedata
+
+    from sagakit import SagaOrchestrator, SQLiteStore, saga, step
+
+    @step
+    async def cli_wide_step() -> None:
+        pass
+
+    @saga(name="转账")
+    def cli_wide():  # type: ignore[no-untyped-def]
+        return [cli_wide_step()]
+
+    @saga(name="cafe\u0301s")
+    def cli_combining():  # type: ignore[no-untyped-def]
+        return [cli_wide_step()]
+
+    @saga(name="transfer-n")
+    def cli_narrow():  # type: ignore[no-untyped-def]
+        return [cli_wide_step()]
+
+    db = str(tmp_path / "sagas.db")
+
+    async def run() -> None:
+        async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+            await orchestrator.execute(cli_wide(), saga_id="w-1")
+            await orchestrator.execute(cli_combining(), saga_id="w-2")
+            await orchestrator.execute(cli_narrow(), saga_id="w-3")
+
+    asyncio.run(run())
+    code, out = cli("--db", db, "list")
+    assert code == 0
+
+    def column(line: str, text: str) -> int:  # where ``text`` starts on the terminal
+        before = line[: line.index(text)]
+        return sum(
+            0
+            if unicodedata.combining(c)
+            else 2
+            if unicodedata.east_asian_width(c) in ("W", "F")
+            else 1
+            for c in before
+        )
+
+    header, *rows = out.splitlines()
+    assert len(rows) == 3
+    assert {column(row, "completed") for row in rows} == {column(header, "STATUS")}

@@ -191,11 +191,26 @@ def _shown(text: str) -> str:
     )
 
 
+def _width(text: str) -> int:
+    """The columns ``text`` takes in a terminal: two for a wide character (CJK, most
+    emoji), none for a combining mark."""
+    return sum(
+        0
+        if unicodedata.combining(char)
+        else 2
+        if unicodedata.east_asian_width(char) in ("W", "F")
+        else 1
+        for char in text
+    )
+
+
 def _table(rows: list[list[str]], out: TextIO) -> None:
     rows = [[_shown(cell) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    widths = [max(_width(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        line = "  ".join(
+            cell + " " * (width - _width(cell)) for cell, width in zip(row, widths, strict=True)
+        )
         out.write(line.rstrip() + "\n")
 
 
