@@ -517,3 +517,16 @@ async def test_innocent_2():
             "fixture 'leaky_module' (module scope, set up for test_a_fixture_*.py) left*",
         ]
     )
+
+
+@pytest.mark.parametrize("ini", ["saga_matrix_timeouts", "saga_instant_sleep"])
+def test_an_ini_value_that_is_not_true_or_false_is_a_usage_error_naming_its_key(
+    pytester: pytest.Pytester, ini: str
+) -> None:
+    # Regression: pytest's "invalid truth value 'maybe'" named no key, and came as an
+    # error at the setup of each test using the fixture (none for a session without one).
+    _ini(pytester, extra=f"{ini} = maybe")
+    pytester.makepyfile("def test_nothing_to_do_with_sagas():\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: the {ini} ini key must be true or false: *'maybe'*"])

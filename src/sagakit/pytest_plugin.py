@@ -64,6 +64,13 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{_MARKER}(failures=True, timeouts=True, error=InjectedFault): options of the "
         "saga_fault_matrix fixture, which runs a saga once per step failing and timing out",
     )
+    for ini, _ in _SETTINGS.values():
+        try:
+            config.getini(ini)
+        except (ValueError, TypeError, pytest.UsageError) as error:
+            # pytest's own message ("invalid truth value 'maybe'") names no key, and came
+            # at the setup of each test using the fixture.
+            raise pytest.UsageError(f"the {ini} ini key must be true or false: {error}") from error
 
 
 def _fault_state() -> tuple[Any, ...]:
