@@ -555,7 +555,7 @@ def test_recover_reports_a_module_that_fails_to_import_in_one_line(
 
 
 def test_recover_names_the_orphans_it_left_alone_for_want_of_their_module(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # "nothing to recover" alone hid that an orphan was skipped because the module
     # declaring its saga was not imported.
@@ -583,6 +583,16 @@ def test_recover_names_the_orphans_it_left_alone_for_want_of_their_module(
         "1 unfinished saga(s) named cli_unimported_saga were left alone: no @saga of that name "
         "is registered here; pass --import with the module that declares them",
     ]
+    capsys.readouterr()
+    # Regression: with --json the note was left out, and a script read "[]" (nothing to
+    # do) for good. It goes to stderr, so stdout stays one JSON document.
+    code, out = cli("--db", str(tmp_path / "sagas.db"), "recover", "--json")
+    assert code == 0
+    assert json.loads(out) == []
+    assert capsys.readouterr().err == (
+        "sagakit: 1 unfinished saga(s) named cli_unimported_saga were left alone: no @saga of "
+        "that name is registered here; pass --import with the module that declares them\n"
+    )
 
 
 def test_recover_names_the_orphans_it_left_alone_beside_those_it_recovered(

@@ -348,14 +348,18 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                         for o in outcomes
                     ]
                     _table(rows, out)
-                unknown = await _unregistered_running(store)
-                if unknown:
-                    out.write(
-                        f"{sum(unknown.values())} unfinished saga(s) named "
-                        f"{_shown(', '.join(sorted(unknown)))} "
-                        "were left alone: no @saga of that name is registered here; pass "
-                        "--import with the module that declares them\n"
-                    )
+            unknown = await _unregistered_running(store)
+            if unknown:
+                note = (
+                    f"{sum(unknown.values())} unfinished saga(s) named "
+                    f"{_shown(', '.join(sorted(unknown)))} "
+                    "were left alone: no @saga of that name is registered here; pass "
+                    "--import with the module that declares them\n"
+                )
+                if args.json:  # on stderr: stdout stays one JSON document
+                    sys.stderr.write(f"sagakit: {note}")
+                else:
+                    out.write(note)
             return 0
         if args.command == "dead-letters":
             letters = await store.dead_letters()
