@@ -114,7 +114,9 @@ def test_unknown_saga_and_missing_log_are_clear_errors(
     assert "--db" in capsys.readouterr().err
 
 
-def test_recover_dead_letters_resume_and_resolve(tmp_path: Path) -> None:
+def test_recover_dead_letters_resume_and_resolve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     db = str(tmp_path / "sagas.db")
     log = tmp_path / "effects.log"
     assert child(db, log, "run", db, "transfer", "t1", "B", crash="in_step:credit") == (
@@ -134,6 +136,13 @@ def test_recover_dead_letters_resume_and_resolve(tmp_path: Path) -> None:
     code, out = cli("--db", db, "dead-letters")
     assert out.splitlines()[0].split()[:3] == ["ID", "NAME", "STATUS"]
     assert cli("--db", db, "resume", "t1")[0] == 0
+    # Regression: a blank note was taken, and the saga settled with no word of what was done.
+    for blank in ("", "  "):
+        with pytest.raises(SystemExit) as exited:
+            cli("--db", db, "resolve", "t2", "--note", blank)
+        assert exited.value.code == 2
+        assert "--note: must say what an operator did" in capsys.readouterr().err
+    assert "t2" in cli("--db", db, "dead-letters")[1]  # still parked
     assert cli("--db", db, "resolve", "t2", "--note", "credited by hand")[0] == 0
     sys.path.insert(0, HELPERS)
     os.environ["SAGAKIT_CRASH_LOG"] = str(log)

@@ -73,6 +73,15 @@ def _at_least_one(text: str) -> int:
     return min(value, MAX_COUNT)  # the most a database takes as a LIMIT: all
 
 
+def _note(text: str) -> str:
+    """An argparse type: the ``resolve --note``, which must say something."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"must say what an operator did about the saga (kept in its error), got {text!r}"
+        )
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -146,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
         "resolve", help="mark a dead-lettered or failed saga settled", parents=[quiet]
     )
     resolve.add_argument("saga_id")
-    resolve.add_argument("--note", required=True, help="what an operator did about it")
+    resolve.add_argument("--note", type=_note, required=True, help="what an operator did about it")
     return parser
 
 
