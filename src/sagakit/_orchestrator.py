@@ -496,7 +496,7 @@ class SagaOrchestrator:
                     raise failure
                 record.result = value
                 cls = value.__class__
-                step_events = value if cls is list or cls is tuple else events_of(value)
+                step_events = value if cls is tuple else events_of(value)  # a list copied
                 record.events = step_events
                 record.status = STEP_COMPLETED
                 events.extend(step_events)
@@ -939,7 +939,7 @@ class SagaOrchestrator:
                 if value is not None:  # most compensations return nothing: no events
                     record.result = value
                     cls = value.__class__
-                    comp_events = value if cls is list or cls is tuple else events_of(value)
+                    comp_events = value if cls is tuple else events_of(value)
                     record.events = comp_events
                     run.compensation_events.extend(comp_events)
                 else:
