@@ -547,6 +547,10 @@ class SagaOrchestrator:
             except Exception as unrecorded:  # a compensation's transition: the run ends FAILED
                 run.status = SAGA_FAILED
                 _chain(cancelled, unrecorded)
+            except BaseException as fatal:  # KeyboardInterrupt, SystemExit in a compensation
+                run.status = SAGA_FAILED  # it ended there: nothing more is undone
+                await self._finish_before(run, fatal)
+                raise
             await self._finish_before(run, cancelled)
             raise
         except Exception as failure:
