@@ -467,7 +467,7 @@ class SagaOrchestrator:
                             await self._emit(
                                 run, ON_STEP_RETRYING, record, attempt, error=error or failure
                             )
-                        await self._sleep(policy.delay(attempt))
+                        await self._pause(policy.delay(attempt))
                         continue
                     # Failed for good: mark it, and queue it for compensation if its
                     # options say so.
@@ -923,7 +923,7 @@ class SagaOrchestrator:
                         await self._emit(
                             run, ON_COMPENSATION_RETRYING, record, attempt, error=error
                         )
-                        await self._sleep(policy.delay(attempt))
+                        await self._pause(policy.delay(attempt))
                         continue
                     await self._compensation_failed(run, record, error, now() - started)
                     break
@@ -988,6 +988,16 @@ class SagaOrchestrator:
         error = None
         errors.clear()
         return failure
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` before a retry, with the ``sleep`` the orchestrator was given."""
+        waiting = self._sleep(seconds)
+        if not inspect.isawaitable(waiting):  # a plain function: known only once called
+            raise SagaDefinitionError(
+                f"SagaOrchestrator(sleep=...) must return an awaitable, as asyncio.sleep does, "
+                f"but {self._sleep!r} returned {waiting!r}; make it an 'async def'"
+            )
+        await waiting
 
     async def _compensation_failed(
         self, run: SagaRun, record: StepRun, error: BaseException, duration: float
