@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sagakit import SagaDefinition, SagaOrchestrator, SagaStatus, StepStatus, step
+from sagakit import Retry, SagaDefinition, SagaOrchestrator, SagaStatus, StepStatus, step
 
 log: list[str] = []
 
@@ -138,3 +138,31 @@ async def test_a_step_turning_its_timeout_into_a_base_exception_leaves_no_cancel
     assert meta.status is SagaStatus.FAILED
     assert meta.error is not None
     assert meta.error.endswith("(not compensated)")
+
+
+@step(timeout=0.05, retry=Retry(attempts=3, backoff=0))
+async def sw_retried(how: str) -> str:
+    log.append("ran")
+    await _swallow(3)
+    if how == "raise":
+        raise RuntimeError("turned the cancellations into an error")
+    return "late"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["return", "raise"])
+async def test_an_awaited_step_swallowing_its_timeout_and_the_callers_cancel_is_cancelled(
+    how: str,
+) -> None:
+    # Regression: awaited on its own (outside a saga), such a step was taken for a
+    # StepTimeout and retried: it ran again after its caller was cancelled, and the
+    # caller got a StepTimeout instead of its CancelledError.
+    log.clear()
+
+    async def caller() -> str:
+        return await sw_retried(how)
+
+    task = await _cancel_while_timed_out(caller())
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert log.count("ran") == 1

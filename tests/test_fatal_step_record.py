@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +94,57 @@ async def test_a_compensation_raising_system_exit_is_not_left_running(
     assert meta.status is SagaStatus.FAILED
     assert [(r.index, r.status) for r in meta.compensations] == [(0, StepStatus.FAILED)]
     assert meta.compensations[0].error == "SystemExit: 2 (not compensated)"
+
+
+class FatalStop(BaseException):
+    """Raised as KeyboardInterrupt or SystemExit would be (which, raised in a task of its
+    own, asyncio also re-raises out of the event loop: pytest's)."""
+
+
+@step
+async def fatal_hold(item: str) -> str:
+    return f"held {item}"
+
+
+@fatal_hold.compensate
+async def fatal_unhold(item: str) -> None:
+    raise FatalStop
+
+
+waiting: list[asyncio.Event] = []
+
+
+@step
+async def fatal_wait(item: str) -> None:
+    waiting[-1].set()
+    await asyncio.sleep(10)
+
+
+@saga(name="fatal_wait_order")
+def fatal_wait_order(item: str):  # type: ignore[no-untyped-def]
+    yield fatal_hold(item)
+    yield fatal_wait(item)
+
+
+@pytest.mark.parametrize("durable", [False, True])
+async def test_a_compensation_raising_a_base_exception_after_a_cancel_ends_the_saga(
+    durable_store: Any, durable: bool
+) -> None:
+    # Regression: compensating after execute() was cancelled, a compensation raising
+    # KeyboardInterrupt or SystemExit left the saga COMPENSATING among the running sagas
+    # for good (and unended in its log).
+    orchestrator = SagaOrchestrator(durable_store() if durable else None)
+    waiting.append(asyncio.Event())
+    task = asyncio.create_task(orchestrator.execute(fatal_wait_order("pen"), saga_id="fatal-3"))
+    await waiting[-1].wait()
+    task.cancel()
+    with pytest.raises(FatalStop):
+        await task
+    running = await orchestrator.get_running_sagas()
+    meta = await orchestrator.get_saga("fatal-3")
+    await orchestrator.close()
+    assert running == []
+    assert meta is not None
+    assert meta.status is SagaStatus.FAILED
+    assert [(r.index, r.status) for r in meta.compensations] == [(0, StepStatus.FAILED)]
+    assert meta.compensations[0].error == "FatalStop:  (not compensated)"

@@ -61,3 +61,29 @@ async def test_a_step_awaited_alone_reports_its_name_without_an_index() -> None:
         await slow()
     assert caught.value.step_index == -1
     assert str(caught.value).startswith("step 'slow' timed out after")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("retried", ["step", "compensation"])
+async def test_a_sleep_returning_no_awaitable_is_named_when_a_retry_waits(retried: str) -> None:
+    # Regression: sleep=lambda seconds: None ("do not wait" in a test) failed at the first
+    # retry with a bare "TypeError: object NoneType can't be used in 'await' expression"
+    # from execute(), naming neither the option nor the fix.
+    from sagakit import Retry, SagaDefinition
+
+    @step(retry=Retry(attempts=2), compensation_retry=Retry(attempts=2))
+    async def flaky() -> None:
+        if retried == "step":
+            raise ConnectionError("try again")
+
+    @flaky.compensate
+    async def undo() -> None:
+        raise ConnectionError("try again")
+
+    @step
+    async def fail() -> None:
+        raise ValueError("no")
+
+    orchestrator = SagaOrchestrator(sleep=lambda seconds: None)
+    with pytest.raises(SagaDefinitionError, match=r"sleep=\.\.\.\) must return an awaitable"):
+        await orchestrator.execute(SagaDefinition(steps=[flaky(), fail()]))

@@ -467,7 +467,7 @@ class SagaOrchestrator:
                             await self._emit(
                                 run, ON_STEP_RETRYING, record, attempt, error=error or failure
                             )
-                        await self._sleep(policy.delay(attempt))
+                        await self._pause(policy.delay(attempt))
                         continue
                     # Failed for good: mark it, and queue it for compensation if its
                     # options say so.
@@ -496,7 +496,10 @@ class SagaOrchestrator:
                     raise failure
                 record.result = value
                 cls = value.__class__
-                step_events = value if cls is list or cls is tuple else events_of(value)
+                # A list copied (its owner may change it later), without a call.
+                step_events = (
+                    value if cls is tuple else tuple(value) if cls is list else events_of(value)
+                )
                 record.events = step_events
                 record.status = STEP_COMPLETED
                 events.extend(step_events)
@@ -547,6 +550,10 @@ class SagaOrchestrator:
             except Exception as unrecorded:  # a compensation's transition: the run ends FAILED
                 run.status = SAGA_FAILED
                 _chain(cancelled, unrecorded)
+            except BaseException as fatal:  # KeyboardInterrupt, SystemExit in a compensation
+                run.status = SAGA_FAILED  # it ended there: nothing more is undone
+                await self._finish_before(run, fatal)
+                raise
             await self._finish_before(run, cancelled)
             raise
         except Exception as failure:
@@ -919,7 +926,7 @@ class SagaOrchestrator:
                         await self._emit(
                             run, ON_COMPENSATION_RETRYING, record, attempt, error=error
                         )
-                        await self._sleep(policy.delay(attempt))
+                        await self._pause(policy.delay(attempt))
                         continue
                     await self._compensation_failed(run, record, error, now() - started)
                     break
@@ -939,7 +946,9 @@ class SagaOrchestrator:
                 if value is not None:  # most compensations return nothing: no events
                     record.result = value
                     cls = value.__class__
-                    comp_events = value if cls is list or cls is tuple else events_of(value)
+                    comp_events = (
+                        value if cls is tuple else tuple(value) if cls is list else events_of(value)
+                    )
                     record.events = comp_events
                     run.compensation_events.extend(comp_events)
                 else:
@@ -984,6 +993,16 @@ class SagaOrchestrator:
         error = None
         errors.clear()
         return failure
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` before a retry, with the ``sleep`` the orchestrator was given."""
+        waiting = self._sleep(seconds)
+        if not inspect.isawaitable(waiting):  # a plain function: known only once called
+            raise SagaDefinitionError(
+                f"SagaOrchestrator(sleep=...) must return an awaitable, as asyncio.sleep does, "
+                f"but {self._sleep!r} returned {waiting!r}; make it an 'async def'"
+            )
+        await waiting
 
     async def _compensation_failed(
         self, run: SagaRun, record: StepRun, error: BaseException, duration: float

@@ -45,11 +45,15 @@ def describe_optional(error: BaseException | None) -> str | None:
 
 
 def events_of(result: Any) -> Sequence[Any]:
-    """A step's events: its result when a list or tuple, none for ``None``, else the value."""
+    """A step's events: its result when a list or tuple, none for ``None``, else the value.
+
+    A list is copied: the saga, a later step or the step itself may change the list it
+    returned, and the run's records must keep the events as they were returned.
+    """
     if result is None:
         return ()
     if isinstance(result, list | tuple):
-        return result
+        return result if result.__class__ is tuple else tuple(result)
     return (result,)
 
 

@@ -148,6 +148,9 @@ class StepCall(Generic[R_co]):
         step = self.step
         policy = step.retry
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        assert task is not None, "a step call is awaited inside an asyncio task"
+        cancelling = task.cancelling()  # more later: the caller's task was cancelled too
         attempt = 0
         while True:
             attempt += 1
@@ -159,13 +162,17 @@ class StepCall(Generic[R_co]):
                 # It swallowed its cancellation, or blocked past the deadline without awaiting.
                 when = deadline.when()
                 if deadline.expired() or (when is not None and loop.time() >= when):
+                    if task.cancelling() > cancelling:  # and the caller's: that one wins
+                        raise asyncio.CancelledError
                     raise StepTimeout(-1, step.name, time.monotonic() - started, step.timeout)
                 return result  # type: ignore[no-any-return]
             except Exception as error:
                 failure: Exception = error
                 if deadline.expired() and not isinstance(error, StepTimeout):
                     # Timed out, whether the step let the cancellation through or turned
-                    # it into another error.
+                    # it into another error (and the caller's cancellation too: it wins).
+                    if task.cancelling() > cancelling:
+                        raise asyncio.CancelledError from error
                     failure = StepTimeout(-1, step.name, time.monotonic() - started, step.timeout)
                 if attempt >= policy.attempts or not policy.retries(failure):
                     if failure is error:
