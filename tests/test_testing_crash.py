@@ -347,6 +347,56 @@ async def test_resolving_a_dead_letter_keeps_why_it_was_parked_on_every_store(
     assert "max_attempts=1" in resolved.error  # the reason it was parked
 
 
+@step(retry=Retry(attempts=3, backoff=1.0))
+async def charge_again(order: str) -> str:
+    effects.append(f"charge {order}")
+    return f"c-{order}"
+
+
+@charge_again.compensate
+async def refund_again(order: str) -> None:
+    effects.append(f"refund {order}")
+
+
+@saga(name="crash_sim_careful_order", recovery="compensate")
+def careful_order(name: str):  # type: ignore[no-untyped-def]
+    yield reserve(name)
+    yield charge_again(name)
+
+
+async def _dies_in_backoff(seconds: float) -> None:
+    raise SimulatedCrash("killed while waiting to retry")
+
+
+@pytest.mark.asyncio
+async def test_a_step_a_crash_interrupted_in_its_retry_backoff_ends_as_crashed_on_every_store(
+    durable_store: Callable[[], Any],
+) -> None:
+    # SQLite keeps the error of a retried attempt on the step until its next start, and
+    # recovery ended the interrupted step with it ("failed (ConnectionError: busy)", as if
+    # it had failed for good); PostgreSQL, which does not write retries, said "interrupted".
+    store = durable_store()
+    faults = FaultInjector().fail(charge_again, ConnectionError("busy"), times=1)
+    orchestrator = SagaOrchestrator(store, sleep=_dies_in_backoff)
+    with faults, pytest.raises(SimulatedCrash, match="retry"):
+        await orchestrator.execute(careful_order("w").with_id("o-w"))
+    await simulate_restart(store)
+    await store.close()
+
+    restarted = SagaOrchestrator(durable_store())
+    [outcome] = await restarted.recover()
+    final = await restarted.get_saga("o-w")
+    await restarted.close()
+    assert outcome.action == "compensated"
+    assert final is not None
+    assert final.status is SagaStatus.COMPENSATED
+    assert [(s.name, str(s.status), s.error) for s in final.steps] == [
+        ("reserve", "completed", None),
+        ("charge_again", "failed", "interrupted by a crash of its process"),
+    ]
+    assert effects == ["reserve w", "refund w", "release w"]
+
+
 @step(timeout=0.05)
 async def hangs(order: str) -> None:
     effects.append(f"hang {order}")
