@@ -18,6 +18,8 @@ from sagakit import (
     SagaOrchestrator,
     SagaStatus,
     SQLiteStore,
+    Transition,
+    TransitionKind,
     current_step,
     saga,
     step,
@@ -395,6 +397,52 @@ async def test_a_step_a_crash_interrupted_in_its_retry_backoff_ends_as_crashed_o
         ("charge_again", "failed", "interrupted by a crash of its process"),
     ]
     assert effects == ["reserve w", "refund w", "release w"]
+
+
+def _dies_once_told(kind: TransitionKind) -> Callable[[Transition], None]:
+    """A listener: the process dies once ``kind`` is in the log (listeners hear of a
+    transition after it is recorded), before anything else is."""
+
+    def listener(transition: Transition) -> None:
+        if transition.kind is kind:
+            raise SimulatedCrash(f"killed once {kind} was recorded")
+
+    return listener
+
+
+@pytest.mark.asyncio
+async def test_a_saga_whose_process_died_once_its_step_failed_keeps_its_error_on_every_store(
+    durable_store: Callable[[], Any],
+) -> None:
+    # The saga's error was recorded with a failed step only later, when compensating
+    # started: dying in between, SQLite's log kept the step's bare error ("RuntimeError: no
+    # courier") and PostgreSQL's none, so the recovered saga's error was that, or "its
+    # process died; compensated by recovery", instead of the StepFailed the run had.
+    store = durable_store()
+    orchestrator = SagaOrchestrator(store, listeners=[_dies_once_told(TransitionKind.STEP_FAILED)])
+    with pytest.raises(SimulatedCrash):
+        await orchestrator.execute(order("broken-f").with_id("o-f"))
+    expected = "StepFailed: step 2 ('ship') failed: RuntimeError: no courier"
+    crashed = await store.get("o-f")
+    assert crashed is not None
+    assert (crashed.status, crashed.error) == (SagaStatus.EXECUTING, expected)
+    await simulate_restart(store)
+    await store.close()
+
+    restarted = SagaOrchestrator(durable_store())
+    [outcome] = await restarted.recover()
+    final = await restarted.get_saga("o-f")
+    await restarted.close()
+    assert (outcome.action, outcome.status) == ("compensated", SagaStatus.COMPENSATED)
+    assert final is not None
+    assert (final.status, final.error) == (SagaStatus.COMPENSATED, expected)
+    assert effects == [
+        "reserve broken-f",
+        "charge broken-f",
+        "ship broken-f",
+        "refund broken-f",
+        "release broken-f",
+    ]
 
 
 @step(timeout=0.05)
