@@ -18,6 +18,8 @@ from sagakit import (
     SagaOrchestrator,
     SagaStatus,
     SQLiteStore,
+    Transition,
+    TransitionKind,
     current_step,
     saga,
     step,
@@ -345,6 +347,102 @@ async def test_resolving_a_dead_letter_keeps_why_it_was_parked_on_every_store(
     assert resolved.error is not None
     assert resolved.error.startswith("resolved by an operator: refunded by hand (was: ")
     assert "max_attempts=1" in resolved.error  # the reason it was parked
+
+
+@step(retry=Retry(attempts=3, backoff=1.0))
+async def charge_again(order: str) -> str:
+    effects.append(f"charge {order}")
+    return f"c-{order}"
+
+
+@charge_again.compensate
+async def refund_again(order: str) -> None:
+    effects.append(f"refund {order}")
+
+
+@saga(name="crash_sim_careful_order", recovery="compensate")
+def careful_order(name: str):  # type: ignore[no-untyped-def]
+    yield reserve(name)
+    yield charge_again(name)
+
+
+async def _dies_in_backoff(seconds: float) -> None:
+    raise SimulatedCrash("killed while waiting to retry")
+
+
+@pytest.mark.asyncio
+async def test_a_step_a_crash_interrupted_in_its_retry_backoff_ends_as_crashed_on_every_store(
+    durable_store: Callable[[], Any],
+) -> None:
+    # SQLite keeps the error of a retried attempt on the step until its next start, and
+    # recovery ended the interrupted step with it ("failed (ConnectionError: busy)", as if
+    # it had failed for good); PostgreSQL, which does not write retries, said "interrupted".
+    store = durable_store()
+    faults = FaultInjector().fail(charge_again, ConnectionError("busy"), times=1)
+    orchestrator = SagaOrchestrator(store, sleep=_dies_in_backoff)
+    with faults, pytest.raises(SimulatedCrash, match="retry"):
+        await orchestrator.execute(careful_order("w").with_id("o-w"))
+    await simulate_restart(store)
+    await store.close()
+
+    restarted = SagaOrchestrator(durable_store())
+    [outcome] = await restarted.recover()
+    final = await restarted.get_saga("o-w")
+    await restarted.close()
+    assert outcome.action == "compensated"
+    assert final is not None
+    assert final.status is SagaStatus.COMPENSATED
+    assert [(s.name, str(s.status), s.error) for s in final.steps] == [
+        ("reserve", "completed", None),
+        ("charge_again", "failed", "interrupted by a crash of its process"),
+    ]
+    assert effects == ["reserve w", "refund w", "release w"]
+
+
+def _dies_once_told(kind: TransitionKind) -> Callable[[Transition], None]:
+    """A listener: the process dies once ``kind`` is in the log (listeners hear of a
+    transition after it is recorded), before anything else is."""
+
+    def listener(transition: Transition) -> None:
+        if transition.kind is kind:
+            raise SimulatedCrash(f"killed once {kind} was recorded")
+
+    return listener
+
+
+@pytest.mark.asyncio
+async def test_a_saga_whose_process_died_once_its_step_failed_keeps_its_error_on_every_store(
+    durable_store: Callable[[], Any],
+) -> None:
+    # The saga's error was recorded with a failed step only later, when compensating
+    # started: dying in between, SQLite's log kept the step's bare error ("RuntimeError: no
+    # courier") and PostgreSQL's none, so the recovered saga's error was that, or "its
+    # process died; compensated by recovery", instead of the StepFailed the run had.
+    store = durable_store()
+    orchestrator = SagaOrchestrator(store, listeners=[_dies_once_told(TransitionKind.STEP_FAILED)])
+    with pytest.raises(SimulatedCrash):
+        await orchestrator.execute(order("broken-f").with_id("o-f"))
+    expected = "StepFailed: step 2 ('ship') failed: RuntimeError: no courier"
+    crashed = await store.get("o-f")
+    assert crashed is not None
+    assert (crashed.status, crashed.error) == (SagaStatus.EXECUTING, expected)
+    await simulate_restart(store)
+    await store.close()
+
+    restarted = SagaOrchestrator(durable_store())
+    [outcome] = await restarted.recover()
+    final = await restarted.get_saga("o-f")
+    await restarted.close()
+    assert (outcome.action, outcome.status) == ("compensated", SagaStatus.COMPENSATED)
+    assert final is not None
+    assert (final.status, final.error) == (SagaStatus.COMPENSATED, expected)
+    assert effects == [
+        "reserve broken-f",
+        "charge broken-f",
+        "ship broken-f",
+        "refund broken-f",
+        "release broken-f",
+    ]
 
 
 @step(timeout=0.05)

@@ -477,6 +477,17 @@ class SagaOrchestrator:
                     record.error = described = describe_error(error or failure)
                     if spec.compensate_on_timeout if timed_out else spec.compensate_on_failure:
                         done.append((record, call, None))
+                    if run.error is None:
+                        # Before the failure is recorded, so that a durable log keeps the
+                        # saga's error with it (recovery reads it if the process dies before
+                        # compensating). describe_error(failure), built from the step error's
+                        # text made above: a step's name is written by repr(), which escapes
+                        # what storable_text() would, and puts no line break in it.
+                        run.error = (
+                            describe_error(failure)
+                            if timed_out
+                            else f"StepFailed: step {index} ({spec.name!r}) failed: {described}"
+                        )
                     kind = ON_STEP_TIMED_OUT if timed_out else ON_STEP_FAILED
                     # What _emit() checks first, without its coroutine when it has nothing to do.
                     if observe or logger.isEnabledFor(level_of(kind, run.status)):
@@ -488,11 +499,6 @@ class SagaOrchestrator:
                             error=error or failure,
                             duration=record.duration,
                         )
-                    if run.error is None and not timed_out:
-                        # describe_error(failure), built from the step error's text made
-                        # above: a step's name is written by repr(), which escapes what
-                        # storable_text() would, and puts no line break in it.
-                        run.error = f"StepFailed: step {index} ({spec.name!r}) failed: {described}"
                     raise failure
                 record.result = value
                 cls = value.__class__

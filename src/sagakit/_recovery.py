@@ -342,7 +342,9 @@ async def _recover_one(
         record.status = StepStatus.FAILED if interrupted else stopped.status
         record.attempts = stopped.attempts
         record.duration = None if interrupted else stopped.duration
-        record.error = stopped.error or CRASHED
+        # Interrupted: a running step's logged error is an earlier attempt's, kept by a
+        # store that records retries; it did not end the step.
+        record.error = CRASHED if interrupted else stopped.error or CRASHED
         run.steps.append(record)
         if wanted:
             undo.append((record, calls[len(done)], None))

@@ -43,6 +43,7 @@ _COMPENSATION = frozenset(
         TransitionKind.COMPENSATION_FAILED,
     }
 )
+_STEP_ENDS = frozenset({TransitionKind.STEP_FAILED, TransitionKind.STEP_TIMED_OUT})
 WRITTEN = frozenset({*_STEP_STATUS, TransitionKind.SAGA_STARTED, TransitionKind.SAGA_FINISHED})
 """The transitions the log keeps; retries are implied by the next start's attempt."""
 
@@ -110,7 +111,8 @@ def write_for(
         attempts=max(t.attempt, 1),
         duration=t.duration,
         step_error=describe_optional(t.error),
-        error=run_error if compensation else None,  # the failure being undone
+        # The failure being undone, or the one a step that failed gives the saga.
+        error=run_error if compensation or kind in _STEP_ENDS else None,
     )
     if step_status is StepStatus.COMPLETED:
         what = f"the result of {'compensation' if compensation else 'step'} {t.step_name!r}"

@@ -434,7 +434,8 @@ class SQLiteStore:
                     END_STEP,
                     (status, t.attempt, t.duration, described, None, saga_id, comp, t.step_index),
                 ),
-                (SAGA_ERROR, (described, now, saga_id)),
+                # The saga's error: what the run gives it (a failed step's is "StepFailed: ...").
+                (SAGA_ERROR, (run.error or described, now, saga_id)),
             ]
         if kind is ON_SAGA_STARTED:
             if saga_id not in self._claimed:
