@@ -30,6 +30,7 @@ from sagakit import (
     step,
 )
 from sagakit.stores import _sqlite_writer as sqlite_writer
+from sagakit.stores import sqlite as sqlite_store
 from sagakit.stores._sqlite_writer import Job, _run_jobs
 
 
@@ -997,3 +998,28 @@ async def test_refusing_a_running_id_leaves_that_run_as_it_was(db: str) -> None:
             "SELECT idx, start_order FROM sagakit_steps WHERE saga_id = 'busy' ORDER BY idx"
         ).fetchall()
     assert orders == [(0, 1), (1, 2)]
+
+
+class _Interrupted(BaseException):
+    """Stands in for KeyboardInterrupt (a real one would stop pytest)."""
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_an_interrupted_open_closes_its_connection(
+    db: str, read_only: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only StoreError and sqlite3.DatabaseError closed the connection: Ctrl-C while the log
+    # was prepared or checked left it open (a ResourceWarning when collected, on 3.13).
+    asyncio.run(SQLiteStore(db).close())  # a log to open read-only
+    opened: list[sqlite3.Connection] = []
+
+    def interrupted(conn: sqlite3.Connection, path: str) -> None:
+        opened.append(conn)
+        raise _Interrupted
+
+    monkeypatch.setattr(sqlite_store, "check_read_only" if read_only else "prepare", interrupted)
+    with pytest.raises(_Interrupted):
+        SQLiteStore(db, read_only=read_only)
+    assert len(opened) == 1
+    with pytest.raises(sqlite3.ProgrammingError, match="closed database"):
+        opened[0].execute("SELECT 1")

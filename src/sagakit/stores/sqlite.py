@@ -186,28 +186,33 @@ class SQLiteStore:
         check_file(path)
         if self.read_only:
             conn = connect_read_only(path, busy_timeout=self.busy_timeout)
-            check_read_only(conn, path)
         else:
             conn = connect(path, synchronous=synchronous, busy_timeout=self.busy_timeout)
-            prepare(conn, path)
-        if verify:
-            try:
-                problem = conn.execute("PRAGMA quick_check").fetchone()[0]
-            except sqlite3.DatabaseError as error:
-                problem = str(error)
-            if problem != "ok":
-                conn.close()
-                raise StoreError(
-                    f"saga log {path!r} is corrupt: {problem}; restore it from a backup"
-                )
-        self._writer = GroupWriter(
-            conn,
-            path=path,
-            busy_timeout=self.busy_timeout,
-            inline=synchronous == "NORMAL",
-            open_reader=self._open_reader,
-            read_only=self.read_only,
-        )
+        try:
+            if self.read_only:
+                check_read_only(conn, path)
+            else:
+                prepare(conn, path)
+            if verify:
+                try:
+                    problem = conn.execute("PRAGMA quick_check").fetchone()[0]
+                except sqlite3.DatabaseError as error:
+                    problem = str(error)
+                if problem != "ok":
+                    raise StoreError(
+                        f"saga log {path!r} is corrupt: {problem}; restore it from a backup"
+                    )
+            self._writer = GroupWriter(
+                conn,
+                path=path,
+                busy_timeout=self.busy_timeout,
+                inline=synchronous == "NORMAL",
+                open_reader=self._open_reader,
+                read_only=self.read_only,
+            )
+        except BaseException:  # a refused log, or Ctrl-C while opening: no connection left open
+            conn.close()
+            raise
         self._owner = current_owner() if owner is None else owner
         self._live: set[str] = set()
         self._claimed: set[str] = set()
