@@ -210,3 +210,28 @@ def test_api_reference_names_every_public_name() -> None:
     names = {*sagakit.__all__, *sagakit.stores.__all__, *sagakit.testing.__all__}
     missing = sorted(name for name in names if f"`{name}`" not in reference)
     assert not missing, f"docs/api.md does not document {missing}"
+
+
+def test_documented_command_lines_parse() -> None:
+    """Every `sagakit ...` line of the docs' bash blocks names real subcommands and flags."""
+    import shlex
+
+    from sagakit.cli import _parser
+
+    parser = _parser()
+    lines = [
+        line.split(" #", 1)[0]
+        for page in [
+            "README.md",
+            *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("docs/**/*.md")),
+        ]
+        for block in _blocks((ROOT / page).read_text(encoding="utf-8"), "bash")
+        for line in block.splitlines()
+        if line.startswith("sagakit ")
+    ]
+    assert len(lines) >= 10, lines
+    for line in lines:
+        try:
+            parser.parse_args(shlex.split(line)[1:])
+        except SystemExit:  # argparse's usage error, printed to stderr
+            pytest.fail(f"the documented command line does not parse: {line}")
