@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
+import string
 import subprocess
 import sys
 import threading
@@ -604,6 +606,34 @@ async def test_same_id_on_two_workers_is_decided_by_the_database(dsn: str, schem
         again = await SagaOrchestrator(b).execute(pg_five(), saga_id="once")
         assert again == first  # the recorded result, nothing run again
         assert sorted(RAN.values()) == [1] * 5
+
+
+@pytest.mark.asyncio
+async def test_an_id_the_log_cannot_hold_is_refused_before_its_row_is_written(
+    dsn: str, schema: str
+) -> None:
+    # Regression: an id of 2,690 random letters fitted the sagas table's index but not
+    # the steps table's: its row went in, its first step's start was refused, and it
+    # stayed EXECUTING, an orphan every worker claimed and failed to run.
+    # Random letters: PostgreSQL compresses a repetitive id into a short index entry.
+    letters = random.Random(7)
+    longest = "".join(letters.choices(string.ascii_letters, k=2048))
+    too_long = "".join(letters.choices(string.ascii_letters, k=2690))
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        for saga_id, message in (
+            (too_long, "2690 bytes of UTF-8, longer than"),
+            ("caf\udce9", "valid UTF-8"),
+            ("a\x00b", "NUL"),
+        ):
+            with pytest.raises(StoreError, match=message):
+                await orchestrator.execute(pg_five(2), saga_id=saga_id)
+        assert not RAN
+        assert await store.running_count() == 0
+        await orchestrator.execute(pg_five(2), saga_id=longest)  # the longest id it takes
+        meta = await store.get(longest)
+        assert meta is not None
+        assert meta.status == SagaStatus.COMPLETED
 
 
 @pytest.mark.asyncio

@@ -72,6 +72,10 @@ DEFAULT_LEASE = 30.0
 MAX_LEASE = 1e12
 """The longest lease: ``now()`` plus much more is past PostgreSQL's last timestamp."""
 
+MAX_ID_BYTES = 2048
+"""The longest saga id, in UTF-8 bytes: the tables' indexes hold whole ids, and
+PostgreSQL refuses an index entry over 2,704 bytes (a third of a page)."""
+
 _SENDS = 3  # times a write whose commit was lost is sent, before it is left in doubt
 
 
@@ -95,6 +99,29 @@ def _positive(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise StoreError(f"{name} must be a positive number of seconds, got {value!r}")
     return float(value)
+
+
+def _check_id(saga_id: str) -> None:
+    """Refuse an id the log cannot hold before its row is written: the row went in, and
+    its first step's record was refused, leaving an orphan no worker could run."""
+    try:
+        size = len(saga_id.encode())
+    except UnicodeEncodeError as error:
+        raise StoreError(
+            f"saga id {saga_id[:40]!r} cannot be stored in PostgreSQL ({error.reason}); "
+            "use an id that is valid UTF-8"
+        ) from error
+    if size > MAX_ID_BYTES:
+        raise StoreError(
+            f"saga id {saga_id[:40]!r}... is {size} bytes of UTF-8, longer than the "
+            f"PostgreSQL saga log takes ({MAX_ID_BYTES}: its indexes hold whole ids); "
+            "use a shorter id, such as a hash of this one"
+        )
+    if "\x00" in saga_id:
+        raise StoreError(
+            f"saga id {saga_id[:40]!r} contains a NUL character, which PostgreSQL text "
+            "cannot hold; use an id without one"
+        )
 
 
 def _import_driver() -> tuple[Any, Any]:
@@ -348,6 +375,7 @@ class PostgresStore:
     # ------------------------------------------------------------ the protocol
 
     async def begin(self, run: SagaRunView) -> SagaMetadata | None:
+        _check_id(run.id)
         definition = run.definition
         params = {
             "id": run.id,
