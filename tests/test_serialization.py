@@ -494,3 +494,44 @@ def test_a_codec_for_a_type_stored_natively_is_refused(builtin: type) -> None:
 def test_a_codec_name_must_be_a_non_empty_string() -> None:
     with pytest.raises(SerializationError, match="non-empty string"):
         register_codec(Celsius, encode=str, decode=str, name="")
+
+
+class Kelvin:
+    def __init__(self, degrees: float) -> None:
+        self.degrees = degrees
+
+
+def test_per_serializer_codecs_are_checked_as_register_codec_checks() -> None:
+    # Codec(...) objects given to one serializer were taken unchecked: two classes under one
+    # name, or a local name a global codec of another class holds, read values of one class
+    # back as the other; a codec for a natively stored type was silently never used.
+    celsius = Codec(Celsius, "degrees", lambda c: c.degrees, Celsius)
+    kelvin = Codec(Kelvin, "degrees", lambda k: k.degrees, Kelvin)
+    with pytest.raises(SerializationError, match=r"'degrees' is taken by .*Celsius"):
+        JsonSerializer(codecs=[celsius, kelvin])
+    register_codec(Celsius, encode=lambda c: c.degrees, decode=Celsius, name="celsius-global")
+    shadow = Codec(Kelvin, "celsius-global", lambda k: k.degrees, Kelvin)
+    with pytest.raises(SerializationError, match=r"'celsius-global' is taken by .*Celsius"):
+        JsonSerializer(codecs=[shadow])
+    with pytest.raises(SerializationError, match=r"stores int values itself"):
+        JsonSerializer(codecs=[Codec(int, "int", str, int)])
+    with pytest.raises(SerializationError, match=r"takes a class"):
+        JsonSerializer(codecs=[Codec("Kelvin", "k", str, str)])  # type: ignore[arg-type]
+    with pytest.raises(SerializationError, match=r"non-empty string"):
+        JsonSerializer(codecs=[Codec(Kelvin, "", str, str)])
+    with pytest.raises(SerializationError, match=r"a list of Codec objects"):
+        JsonSerializer(codecs=Codec(Kelvin, "k", str, str))  # type: ignore[arg-type]
+    # The same class twice (a module reloaded, say) is no clash.
+    again = Codec(Celsius, "celsius-global", lambda c: c.degrees, Celsius)
+    serializer = JsonSerializer(codecs=[again, again])
+    assert type(serializer.loads(serializer.dumps(Celsius(3.0)))) is Celsius
+
+
+def test_a_global_codec_registered_under_a_serializers_own_codec_name_is_refused() -> None:
+    # A serializer reads its own codecs' names first: a global codec registered later under
+    # one of them stored values that came back as the serializer's class.
+    serializer = JsonSerializer(codecs=[Codec(Kelvin, "kelvin-local", lambda k: 0, Kelvin)])
+    register_codec(Fahrenheit, encode=lambda f: f.degrees, decode=Fahrenheit, name="kelvin-local")
+    with pytest.raises(SerializationError, match=r"'kelvin-local' is taken by .*Kelvin"):
+        serializer.dumps(Fahrenheit(70.0))
+    assert JsonSerializer().loads(JsonSerializer().dumps(Fahrenheit(70.0))) == Fahrenheit(70.0)

@@ -120,6 +120,30 @@ def _importable_name(cls: type) -> str:
 T = TypeVar("T")
 
 
+def _check_codec(
+    where: str, cls: object, encode: object, decode: object, name: object, *, named: bool
+) -> None:
+    """Refuse a codec that could never be used, or not as its fields say."""
+    if not isinstance(cls, type):
+        raise SerializationError(f"{where} takes a class, got {cls!r}")
+    if not callable(encode) or not callable(decode):
+        raise SerializationError(f"{where} needs callable encode= and decode=")
+    if cls in _BUILT_IN:
+        raise SerializationError(
+            f"{where} cannot take {cls.__name__}: sagakit stores {cls.__name__} values "
+            "itself, before any codec is asked; register a codec for a class of your own"
+        )
+    if (named or name is not None) and (not isinstance(name, str) or not name):
+        raise SerializationError(f"a codec name must be a non-empty string, got {name!r}")
+
+
+def _name_clash(name: str, taken: type, cls: type) -> SerializationError:
+    return SerializationError(
+        f"the codec name {name!r} is taken by {_type_name(taken)}: values logged under it "
+        f"would be read back as the wrong class; give {_type_name(cls)} a name= of its own"
+    )
+
+
 def register_codec(
     cls: type[T],
     *,
@@ -132,27 +156,13 @@ def register_codec(
     ``name`` (default ``"module:QualName"``) is what the log records; keep it stable
     across renames so old logs still decode.
     """
-    if not isinstance(cls, type):
-        raise SerializationError(f"register_codec() takes a class, got {cls!r}")
-    if not callable(encode) or not callable(decode):
-        raise SerializationError("register_codec() needs callable encode= and decode=")
-    if cls in _BUILT_IN:
-        raise SerializationError(
-            f"register_codec() cannot take {cls.__name__}: sagakit stores {cls.__name__} values "
-            "itself, before any codec is asked; register a codec for a class of your own"
-        )
-    if name is not None and (not isinstance(name, str) or not name):
-        raise SerializationError(f"a codec name must be a non-empty string, got {name!r}")
+    _check_codec("register_codec()", cls, encode, decode, name, named=False)
     codec = Codec(cls, name or _type_name(cls), encode, decode)
     with _codecs_lock:
         taken = _global_codecs.pop(codec.name, None)
         if taken is not None and _type_name(taken.type) != _type_name(cls):
             _global_codecs[codec.name] = taken
-            raise SerializationError(
-                f"the codec name {codec.name!r} is taken by {_type_name(taken.type)}: values "
-                f"logged under it would be read back as the wrong class; give "
-                f"{_type_name(cls)} a name= of its own"
-            )
+            raise _name_clash(codec.name, taken.type, cls)
         # Last, so that a class registered under a new name (a rename: the old name
         # still reads old logs) is stored under the newest one.
         _global_codecs[codec.name] = codec
@@ -260,11 +270,20 @@ class JsonSerializer:
         if not isinstance(allow_pickle, bool):  # bool("no") is True: pickle turned on
             raise SerializationError(f"allow_pickle must be True or False, got {allow_pickle!r}")
         self.allow_pickle = allow_pickle
+        if isinstance(codecs, Codec):
+            raise SerializationError("codecs must be a list of Codec objects: codecs=[codec]")
         self._codecs = tuple(codecs)
+        self._decoders: dict[str, Codec] = {}
         for codec in self._codecs:
             if not isinstance(codec, Codec):
                 raise SerializationError(f"codecs must be sagakit Codec objects, got {codec!r}")
-        self._decoders = {codec.name: codec for codec in self._codecs}
+            _check_codec("Codec", codec.type, codec.encode, codec.decode, codec.name, named=True)
+            # Decoding takes this codec's name before a global one's: a clash with either
+            # would read values of one class back as the other.
+            taken = self._decoders.get(codec.name) or _global_codecs.get(codec.name)
+            if taken is not None and _type_name(taken.type) != _type_name(codec.type):
+                raise _name_clash(codec.name, taken.type, codec.type)
+            self._decoders.setdefault(codec.name, codec)
 
     # ------------------------------------------------------------- encoding
 
@@ -360,6 +379,10 @@ class JsonSerializer:
                 return codec
         for codec in reversed(_global_codecs.values()):  # the newest registration first
             if codec.type is cls:
+                mine = self._decoders.get(codec.name)
+                if mine is not None and _type_name(mine.type) != _type_name(cls):
+                    # registered after this serializer was built: this one would read it back
+                    raise _name_clash(codec.name, mine.type, cls)
                 return codec
         return None
 
