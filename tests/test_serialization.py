@@ -8,7 +8,7 @@ import os
 import pickle
 import sys
 from dataclasses import InitVar, dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
 from pathlib import Path
 from uuid import UUID
@@ -535,3 +535,51 @@ def test_a_global_codec_registered_under_a_serializers_own_codec_name_is_refused
     with pytest.raises(SerializationError, match=r"'kelvin-local' is taken by .*Kelvin"):
         serializer.dumps(Fahrenheit(70.0))
     assert JsonSerializer().loads(JsonSerializer().dumps(Fahrenheit(70.0))) == Fahrenheit(70.0)
+
+
+EST = timezone(timedelta(hours=-5), "EST")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(2024, 1, 2, 9, 0, tzinfo=EST),
+        time(9, 0, tzinfo=EST),
+        datetime(2024, 10, 27, 2, 30, fold=1),  # naive: the second 02:30 of a local clock
+        time(2, 30, fold=1),
+        time(2, 30, fold=1, tzinfo=ZoneInfo("Europe/Paris")),
+    ],
+)
+def test_a_fixed_zone_keeps_its_name_and_a_clock_its_fold(value: datetime | time) -> None:
+    # The ISO text keeps neither: EST came back as "UTC-05:00", and fold=1 as fold=0 (a naive
+    # datetime's timestamp() then an hour off in the repeated hour).
+    serializer = JsonSerializer()
+    back = serializer.loads(serializer.dumps(value))
+    assert back == value
+    assert (back.tzname(), back.fold) == (value.tzname(), value.fold), f"came back as {back!r}"
+
+
+class SummerTime(tzinfo):
+    """A zone with daylight-saving rules, as dateutil's or pytz's are."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=2 if dt is not None and 4 <= dt.month <= 9 else 1)
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=1 if dt is not None and 4 <= dt.month <= 9 else 0)
+
+    def tzname(self, dt: datetime | None) -> str:
+        return "CEST" if self.dst(dt) else "CET"
+
+
+def test_a_time_zone_that_would_come_back_as_a_fixed_offset_is_refused() -> None:
+    # It came back as timezone(+01:00): the same instant, but arithmetic across a
+    # daylight-saving change then gave another one, silently.
+    value = datetime(2024, 1, 2, 9, 0, tzinfo=SummerTime())
+    with pytest.raises(SerializationError, match=r"SummerTime time zone.*ZoneInfo"):
+        JsonSerializer().dumps(value, what="the result of step 0")
+    with pytest.raises(SerializationError, match=r"SummerTime time zone"):
+        JsonSerializer().dumps(time(9, 0, tzinfo=SummerTime()))
+    # A codec for datetime still stores it, as it chooses.
+    codec = Codec(datetime, "summer", lambda d: d.replace(tzinfo=None).isoformat(), str)
+    assert JsonSerializer(codecs=[codec]).dumps(value)

@@ -17,7 +17,7 @@ import pickle
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from enum import Enum
 from typing import Any, TypeVar, cast
@@ -214,6 +214,29 @@ def _plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
+def _clock(value: datetime | time, tag: str) -> dict[str, Any]:
+    """A tagged ``datetime`` or ``time``: its ISO text, and what that text loses."""
+    data: dict[str, Any] = {_TAG: tag, "v": value.isoformat()}
+    zone = value.tzinfo
+    if isinstance(zone, ZoneInfo) and zone.key:  # keep the zone, not only its offset
+        data["z"] = zone.key
+    elif zone.__class__ is timezone:
+        name = zone.tzname(None)
+        if name != timezone(zone.utcoffset(None)).tzname(None):
+            data["n"] = name  # timezone(offset, "EST"): the text keeps only the offset
+    elif zone is not None:
+        raise SerializationError(
+            f"{value!r} has a {type(zone).__module__}.{type(zone).__qualname__} time zone, "
+            "which would come back as a fixed offset (its daylight-saving rules lost); use "
+            "zoneinfo.ZoneInfo(...) or datetime.timezone, or register a codec for "
+            f"{type(value).__name__}"
+        )
+    # The text has no fold; a zone's offset tells it for a datetime, not for a time.
+    if value.fold and not (tag == "datetime" and "z" in data):
+        data["f"] = 1
+    return data
+
+
 def _rebuild_dataclass(cls: type, stored: dict[str, Any]) -> Any:
     """The dataclass instance with the ``stored`` field values, as it was stored.
 
@@ -241,6 +264,19 @@ def _rebuild_dataclass(cls: type, stored: dict[str, Any]) -> Any:
             f"{', '.join(sorted(stored))}"
         )
     return obj
+
+
+_Clock = TypeVar("_Clock", datetime, time)
+
+
+def _unzoned(clock: _Clock, data: dict[str, Any]) -> _Clock:
+    """``clock`` read from its ISO text, given back the name and fold :func:`_clock` kept."""
+    zone = clock.tzinfo
+    if "n" in data and isinstance(zone, timezone):
+        clock = clock.replace(tzinfo=timezone(zone.utcoffset(None), data["n"]))
+    if data.get("f"):
+        clock = clock.replace(fold=1)
+    return clock
 
 
 class JsonSerializer:
@@ -342,18 +378,10 @@ class JsonSerializer:
                 for field in dataclasses.fields(value)
             }
             return {_TAG: "dataclass", "t": _importable_name(cls), "v": fields}
-        if cls is datetime:
-            zone = value.tzinfo
-            if isinstance(zone, ZoneInfo) and zone.key:  # keep the zone, not only its offset
-                return {_TAG: "datetime", "v": value.isoformat(), "z": zone.key}
-            return {_TAG: "datetime", "v": value.isoformat()}
+        if cls is datetime or cls is time:
+            return _clock(value, "datetime" if cls is datetime else "time")
         if cls is date:
             return {_TAG: "date", "v": value.isoformat()}
-        if cls is time:
-            zone = value.tzinfo
-            if isinstance(zone, ZoneInfo) and zone.key:  # no offset without a date: keep it
-                return {_TAG: "time", "v": value.isoformat(), "z": zone.key}
-            return {_TAG: "time", "v": value.isoformat()}
         if cls is timedelta:
             return {_TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
         if cls is Decimal:
@@ -440,7 +468,7 @@ class JsonSerializer:
         if tag == "datetime":
             moment = datetime.fromisoformat(value)
             if "z" not in data:
-                return moment
+                return _unzoned(moment, data)
             try:
                 zone = ZoneInfo(data["z"])
             except (ZoneInfoNotFoundError, ValueError):  # no such zone here: keep the offset
@@ -454,7 +482,7 @@ class JsonSerializer:
         if tag == "date":
             return date.fromisoformat(value)
         if tag == "time":
-            clock = time.fromisoformat(value)
+            clock = _unzoned(time.fromisoformat(value), data)
             if "z" not in data:
                 return clock
             try:
