@@ -347,8 +347,8 @@ class JsonSerializer:
         if len(text) > self.max_size and len(text.encode()) > self.max_size:
             raise SerializationError(
                 f"cannot store {_name(what)}: it takes {len(text.encode())} bytes, more than the "
-                f"limit of {self.max_size}; return a smaller result (an id, not the whole "
-                "object) or raise the store's max_size"
+                f"limit of {self.max_size}; store an id, not the whole object, or raise the "
+                "store's max_size"
             )
         return text
 
