@@ -569,7 +569,7 @@ async def test_a_new_row_sent_again_by_its_worker_is_no_conflict(dsn: str, schem
 async def test_unserializable_arguments_fail_before_anything_runs(dsn: str, schema: str) -> None:
     async with opened(dsn, schema) as store:
         orchestrator = SagaOrchestrator(store)
-        with pytest.raises(SerializationError, match="arguments of pg_five"):
+        with pytest.raises(SerializationError, match="arguments of saga 'pg_five'"):
             await orchestrator.execute(pg_five(object()))  # type: ignore[arg-type]
         assert not RAN
         assert await store.running_count() == 0

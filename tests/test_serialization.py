@@ -8,7 +8,7 @@ import os
 import pickle
 import sys
 from dataclasses import InitVar, dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
 from pathlib import Path
 from uuid import UUID
@@ -494,3 +494,92 @@ def test_a_codec_for_a_type_stored_natively_is_refused(builtin: type) -> None:
 def test_a_codec_name_must_be_a_non_empty_string() -> None:
     with pytest.raises(SerializationError, match="non-empty string"):
         register_codec(Celsius, encode=str, decode=str, name="")
+
+
+class Kelvin:
+    def __init__(self, degrees: float) -> None:
+        self.degrees = degrees
+
+
+def test_per_serializer_codecs_are_checked_as_register_codec_checks() -> None:
+    # Codec(...) objects given to one serializer were taken unchecked: two classes under one
+    # name, or a local name a global codec of another class holds, read values of one class
+    # back as the other; a codec for a natively stored type was silently never used.
+    celsius = Codec(Celsius, "degrees", lambda c: c.degrees, Celsius)
+    kelvin = Codec(Kelvin, "degrees", lambda k: k.degrees, Kelvin)
+    with pytest.raises(SerializationError, match=r"'degrees' is taken by .*Celsius"):
+        JsonSerializer(codecs=[celsius, kelvin])
+    register_codec(Celsius, encode=lambda c: c.degrees, decode=Celsius, name="celsius-global")
+    shadow = Codec(Kelvin, "celsius-global", lambda k: k.degrees, Kelvin)
+    with pytest.raises(SerializationError, match=r"'celsius-global' is taken by .*Celsius"):
+        JsonSerializer(codecs=[shadow])
+    with pytest.raises(SerializationError, match=r"stores int values itself"):
+        JsonSerializer(codecs=[Codec(int, "int", str, int)])
+    with pytest.raises(SerializationError, match=r"takes a class"):
+        JsonSerializer(codecs=[Codec("Kelvin", "k", str, str)])  # type: ignore[arg-type]
+    with pytest.raises(SerializationError, match=r"non-empty string"):
+        JsonSerializer(codecs=[Codec(Kelvin, "", str, str)])
+    with pytest.raises(SerializationError, match=r"a list of Codec objects"):
+        JsonSerializer(codecs=Codec(Kelvin, "k", str, str))  # type: ignore[arg-type]
+    # The same class twice (a module reloaded, say) is no clash.
+    again = Codec(Celsius, "celsius-global", lambda c: c.degrees, Celsius)
+    serializer = JsonSerializer(codecs=[again, again])
+    assert type(serializer.loads(serializer.dumps(Celsius(3.0)))) is Celsius
+
+
+def test_a_global_codec_registered_under_a_serializers_own_codec_name_is_refused() -> None:
+    # A serializer reads its own codecs' names first: a global codec registered later under
+    # one of them stored values that came back as the serializer's class.
+    serializer = JsonSerializer(codecs=[Codec(Kelvin, "kelvin-local", lambda k: 0, Kelvin)])
+    register_codec(Fahrenheit, encode=lambda f: f.degrees, decode=Fahrenheit, name="kelvin-local")
+    with pytest.raises(SerializationError, match=r"'kelvin-local' is taken by .*Kelvin"):
+        serializer.dumps(Fahrenheit(70.0))
+    assert JsonSerializer().loads(JsonSerializer().dumps(Fahrenheit(70.0))) == Fahrenheit(70.0)
+
+
+EST = timezone(timedelta(hours=-5), "EST")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(2024, 1, 2, 9, 0, tzinfo=EST),
+        time(9, 0, tzinfo=EST),
+        datetime(2024, 10, 27, 2, 30, fold=1),  # naive: the second 02:30 of a local clock
+        time(2, 30, fold=1),
+        time(2, 30, fold=1, tzinfo=ZoneInfo("Europe/Paris")),
+    ],
+)
+def test_a_fixed_zone_keeps_its_name_and_a_clock_its_fold(value: datetime | time) -> None:
+    # The ISO text keeps neither: EST came back as "UTC-05:00", and fold=1 as fold=0 (a naive
+    # datetime's timestamp() then an hour off in the repeated hour).
+    serializer = JsonSerializer()
+    back = serializer.loads(serializer.dumps(value))
+    assert back == value
+    assert (back.tzname(), back.fold) == (value.tzname(), value.fold), f"came back as {back!r}"
+
+
+class SummerTime(tzinfo):
+    """A zone with daylight-saving rules, as dateutil's or pytz's are."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=2 if dt is not None and 4 <= dt.month <= 9 else 1)
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=1 if dt is not None and 4 <= dt.month <= 9 else 0)
+
+    def tzname(self, dt: datetime | None) -> str:
+        return "CEST" if self.dst(dt) else "CET"
+
+
+def test_a_time_zone_that_would_come_back_as_a_fixed_offset_is_refused() -> None:
+    # It came back as timezone(+01:00): the same instant, but arithmetic across a
+    # daylight-saving change then gave another one, silently.
+    value = datetime(2024, 1, 2, 9, 0, tzinfo=SummerTime())
+    with pytest.raises(SerializationError, match=r"SummerTime time zone.*ZoneInfo"):
+        JsonSerializer().dumps(value, what="the result of step 0")
+    with pytest.raises(SerializationError, match=r"SummerTime time zone"):
+        JsonSerializer().dumps(time(9, 0, tzinfo=SummerTime()))
+    # A codec for datetime still stores it, as it chooses.
+    codec = Codec(datetime, "summer", lambda d: d.replace(tzinfo=None).isoformat(), str)
+    assert JsonSerializer(codecs=[codec]).dumps(value)

@@ -316,6 +316,19 @@ async def test_unserializable_arguments_are_refused_before_any_step(db: str) -> 
 
 
 @pytest.mark.asyncio
+async def test_arguments_over_the_size_limit_are_refused_with_advice_that_fits(db: str) -> None:
+    # The advice was "return a smaller result", which arguments have no way to take.
+    async with SagaOrchestrator(SQLiteStore(db, serializer=JsonSerializer(max_size=100))) as o:
+        with pytest.raises(
+            SerializationError,
+            match=r"arguments of saga 'sqlite_opaque'.*limit of 100; store an id, not the whole",
+        ):
+            await o.execute(sqlite_opaque("x" * 200))
+        assert await o.running_count() == 0
+    assert calls == []
+
+
+@pytest.mark.asyncio
 async def test_read_events_is_one_ordered_stream_read_in_pages(db: str) -> None:
     store = SQLiteStore(db)
     async with SagaOrchestrator(store) as orchestrator:

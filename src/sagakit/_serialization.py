@@ -17,7 +17,7 @@ import pickle
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from enum import Enum
 from typing import Any, TypeVar, cast
@@ -120,6 +120,30 @@ def _importable_name(cls: type) -> str:
 T = TypeVar("T")
 
 
+def _check_codec(
+    where: str, cls: object, encode: object, decode: object, name: object, *, named: bool
+) -> None:
+    """Refuse a codec that could never be used, or not as its fields say."""
+    if not isinstance(cls, type):
+        raise SerializationError(f"{where} takes a class, got {cls!r}")
+    if not callable(encode) or not callable(decode):
+        raise SerializationError(f"{where} needs callable encode= and decode=")
+    if cls in _BUILT_IN:
+        raise SerializationError(
+            f"{where} cannot take {cls.__name__}: sagakit stores {cls.__name__} values "
+            "itself, before any codec is asked; register a codec for a class of your own"
+        )
+    if (named or name is not None) and (not isinstance(name, str) or not name):
+        raise SerializationError(f"a codec name must be a non-empty string, got {name!r}")
+
+
+def _name_clash(name: str, taken: type, cls: type) -> SerializationError:
+    return SerializationError(
+        f"the codec name {name!r} is taken by {_type_name(taken)}: values logged under it "
+        f"would be read back as the wrong class; give {_type_name(cls)} a name= of its own"
+    )
+
+
 def register_codec(
     cls: type[T],
     *,
@@ -132,27 +156,13 @@ def register_codec(
     ``name`` (default ``"module:QualName"``) is what the log records; keep it stable
     across renames so old logs still decode.
     """
-    if not isinstance(cls, type):
-        raise SerializationError(f"register_codec() takes a class, got {cls!r}")
-    if not callable(encode) or not callable(decode):
-        raise SerializationError("register_codec() needs callable encode= and decode=")
-    if cls in _BUILT_IN:
-        raise SerializationError(
-            f"register_codec() cannot take {cls.__name__}: sagakit stores {cls.__name__} values "
-            "itself, before any codec is asked; register a codec for a class of your own"
-        )
-    if name is not None and (not isinstance(name, str) or not name):
-        raise SerializationError(f"a codec name must be a non-empty string, got {name!r}")
+    _check_codec("register_codec()", cls, encode, decode, name, named=False)
     codec = Codec(cls, name or _type_name(cls), encode, decode)
     with _codecs_lock:
         taken = _global_codecs.pop(codec.name, None)
         if taken is not None and _type_name(taken.type) != _type_name(cls):
             _global_codecs[codec.name] = taken
-            raise SerializationError(
-                f"the codec name {codec.name!r} is taken by {_type_name(taken.type)}: values "
-                f"logged under it would be read back as the wrong class; give "
-                f"{_type_name(cls)} a name= of its own"
-            )
+            raise _name_clash(codec.name, taken.type, cls)
         # Last, so that a class registered under a new name (a rename: the old name
         # still reads old logs) is stored under the newest one.
         _global_codecs[codec.name] = codec
@@ -204,6 +214,29 @@ def _plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
+def _clock(value: datetime | time, tag: str) -> dict[str, Any]:
+    """A tagged ``datetime`` or ``time``: its ISO text, and what that text loses."""
+    data: dict[str, Any] = {_TAG: tag, "v": value.isoformat()}
+    zone = value.tzinfo
+    if isinstance(zone, ZoneInfo) and zone.key:  # keep the zone, not only its offset
+        data["z"] = zone.key
+    elif zone.__class__ is timezone:
+        name = zone.tzname(None)
+        if name != timezone(zone.utcoffset(None)).tzname(None):
+            data["n"] = name  # timezone(offset, "EST"): the text keeps only the offset
+    elif zone is not None:
+        raise SerializationError(
+            f"{value!r} has a {type(zone).__module__}.{type(zone).__qualname__} time zone, "
+            "which would come back as a fixed offset (its daylight-saving rules lost); use "
+            "zoneinfo.ZoneInfo(...) or datetime.timezone, or register a codec for "
+            f"{type(value).__name__}"
+        )
+    # The text has no fold; a zone's offset tells it for a datetime, not for a time.
+    if value.fold and not (tag == "datetime" and "z" in data):
+        data["f"] = 1
+    return data
+
+
 def _rebuild_dataclass(cls: type, stored: dict[str, Any]) -> Any:
     """The dataclass instance with the ``stored`` field values, as it was stored.
 
@@ -233,6 +266,19 @@ def _rebuild_dataclass(cls: type, stored: dict[str, Any]) -> Any:
     return obj
 
 
+_Clock = TypeVar("_Clock", datetime, time)
+
+
+def _unzoned(clock: _Clock, data: dict[str, Any]) -> _Clock:
+    """``clock`` read from its ISO text, given back the name and fold :func:`_clock` kept."""
+    zone = clock.tzinfo
+    if "n" in data and isinstance(zone, timezone):
+        clock = clock.replace(tzinfo=timezone(zone.utcoffset(None), data["n"]))
+    if data.get("f"):
+        clock = clock.replace(fold=1)
+    return clock
+
+
 class JsonSerializer:
     """JSON with type tags; the default serializer of durable stores.
 
@@ -260,11 +306,20 @@ class JsonSerializer:
         if not isinstance(allow_pickle, bool):  # bool("no") is True: pickle turned on
             raise SerializationError(f"allow_pickle must be True or False, got {allow_pickle!r}")
         self.allow_pickle = allow_pickle
+        if isinstance(codecs, Codec):
+            raise SerializationError("codecs must be a list of Codec objects: codecs=[codec]")
         self._codecs = tuple(codecs)
+        self._decoders: dict[str, Codec] = {}
         for codec in self._codecs:
             if not isinstance(codec, Codec):
                 raise SerializationError(f"codecs must be sagakit Codec objects, got {codec!r}")
-        self._decoders = {codec.name: codec for codec in self._codecs}
+            _check_codec("Codec", codec.type, codec.encode, codec.decode, codec.name, named=True)
+            # Decoding takes this codec's name before a global one's: a clash with either
+            # would read values of one class back as the other.
+            taken = self._decoders.get(codec.name) or _global_codecs.get(codec.name)
+            if taken is not None and _type_name(taken.type) != _type_name(codec.type):
+                raise _name_clash(codec.name, taken.type, codec.type)
+            self._decoders.setdefault(codec.name, codec)
 
     # ------------------------------------------------------------- encoding
 
@@ -292,8 +347,8 @@ class JsonSerializer:
         if len(text) > self.max_size and len(text.encode()) > self.max_size:
             raise SerializationError(
                 f"cannot store {_name(what)}: it takes {len(text.encode())} bytes, more than the "
-                f"limit of {self.max_size}; return a smaller result (an id, not the whole "
-                "object) or raise the store's max_size"
+                f"limit of {self.max_size}; store an id, not the whole object, or raise the "
+                "store's max_size"
             )
         return text
 
@@ -323,18 +378,10 @@ class JsonSerializer:
                 for field in dataclasses.fields(value)
             }
             return {_TAG: "dataclass", "t": _importable_name(cls), "v": fields}
-        if cls is datetime:
-            zone = value.tzinfo
-            if isinstance(zone, ZoneInfo) and zone.key:  # keep the zone, not only its offset
-                return {_TAG: "datetime", "v": value.isoformat(), "z": zone.key}
-            return {_TAG: "datetime", "v": value.isoformat()}
+        if cls is datetime or cls is time:
+            return _clock(value, "datetime" if cls is datetime else "time")
         if cls is date:
             return {_TAG: "date", "v": value.isoformat()}
-        if cls is time:
-            zone = value.tzinfo
-            if isinstance(zone, ZoneInfo) and zone.key:  # no offset without a date: keep it
-                return {_TAG: "time", "v": value.isoformat(), "z": zone.key}
-            return {_TAG: "time", "v": value.isoformat()}
         if cls is timedelta:
             return {_TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
         if cls is Decimal:
@@ -360,6 +407,10 @@ class JsonSerializer:
                 return codec
         for codec in reversed(_global_codecs.values()):  # the newest registration first
             if codec.type is cls:
+                mine = self._decoders.get(codec.name)
+                if mine is not None and _type_name(mine.type) != _type_name(cls):
+                    # registered after this serializer was built: this one would read it back
+                    raise _name_clash(codec.name, mine.type, cls)
                 return codec
         return None
 
@@ -417,7 +468,7 @@ class JsonSerializer:
         if tag == "datetime":
             moment = datetime.fromisoformat(value)
             if "z" not in data:
-                return moment
+                return _unzoned(moment, data)
             try:
                 zone = ZoneInfo(data["z"])
             except (ZoneInfoNotFoundError, ValueError):  # no such zone here: keep the offset
@@ -431,7 +482,7 @@ class JsonSerializer:
         if tag == "date":
             return date.fromisoformat(value)
         if tag == "time":
-            clock = time.fromisoformat(value)
+            clock = _unzoned(time.fromisoformat(value), data)
             if "z" not in data:
                 return clock
             try:

@@ -384,9 +384,11 @@ class PostgresStore:
             "factory": definition.factory is not None,
             "policy": definition.recovery,
             "fingerprint": definition_fingerprint(definition),
-            "args": self.serializer.dumps(definition.args, what=f"the arguments of {run.name}"),
+            "args": self.serializer.dumps(
+                definition.args, what=lambda: f"the arguments of saga {run.name!r}"
+            ),
             "kwargs": self.serializer.dumps(
-                definition.kwargs, what=f"the keyword arguments of {run.name}"
+                definition.kwargs, what=lambda: f"the keyword arguments of saga {run.name!r}"
             ),
             "total": run.total_steps,
             "owner": self.owner,
