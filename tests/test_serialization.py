@@ -560,13 +560,18 @@ def test_a_fixed_zone_keeps_its_name_and_a_clock_its_fold(value: datetime | time
 
 
 class SummerTime(tzinfo):
-    """A zone with daylight-saving rules, as dateutil's or pytz's are."""
+    """A zone with daylight-saving rules, as dateutil's or pytz's are: no offset without
+    a date."""
 
-    def utcoffset(self, dt: datetime | None) -> timedelta:
-        return timedelta(hours=2 if dt is not None and 4 <= dt.month <= 9 else 1)
+    def utcoffset(self, dt: datetime | None) -> timedelta | None:
+        if dt is None:
+            return None
+        return timedelta(hours=2 if 4 <= dt.month <= 9 else 1)
 
-    def dst(self, dt: datetime | None) -> timedelta:
-        return timedelta(hours=1 if dt is not None and 4 <= dt.month <= 9 else 0)
+    def dst(self, dt: datetime | None) -> timedelta | None:
+        if dt is None:
+            return None
+        return timedelta(hours=1 if 4 <= dt.month <= 9 else 0)
 
     def tzname(self, dt: datetime | None) -> str:
         return "CEST" if self.dst(dt) else "CET"
@@ -583,3 +588,27 @@ def test_a_time_zone_that_would_come_back_as_a_fixed_offset_is_refused() -> None
     # A codec for datetime still stores it, as it chooses.
     codec = Codec(datetime, "summer", lambda d: d.replace(tzinfo=None).isoformat(), str)
     assert JsonSerializer(codecs=[codec]).dumps(value)
+
+
+class ThirdPartyUTC(tzinfo):
+    """A fixed zone of another library (pytz.utc, dateutil.tz.tzutc()): one offset."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(0)
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        return timedelta(0)
+
+    def tzname(self, dt: datetime | None) -> str:
+        return "UTC"
+
+
+def test_a_fixed_time_zone_of_another_library_comes_back_as_that_offset() -> None:
+    # Fixed zones lose no rules: refusing them would refuse pytz.utc and dateutil's tzutc().
+    serializer = JsonSerializer()
+    value = datetime(2024, 7, 2, 9, 0, tzinfo=ThirdPartyUTC())
+    back = serializer.loads(serializer.dumps(value))
+    assert back == value
+    assert back.tzinfo == timezone.utc
+    clock = time(9, 0, tzinfo=ThirdPartyUTC())
+    assert serializer.loads(serializer.dumps(clock)) == time(9, 0, tzinfo=timezone.utc)

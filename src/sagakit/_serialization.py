@@ -224,7 +224,9 @@ def _clock(value: datetime | time, tag: str) -> dict[str, Any]:
         name = zone.tzname(None)
         if name != timezone(zone.utcoffset(None)).tzname(None):
             data["n"] = name  # timezone(offset, "EST"): the text keeps only the offset
-    elif zone is not None:
+    elif zone is not None and zone.utcoffset(None) is None:
+        # A zone with rules (pytz's, dateutil's: no offset without a date). A fixed one
+        # (pytz.utc, dateutil.tz.tzutc(), tzoffset) comes back as that datetime.timezone.
         raise SerializationError(
             f"{value!r} has a {type(zone).__module__}.{type(zone).__qualname__} time zone, "
             "which would come back as a fixed offset (its daylight-saving rules lost); use "
