@@ -609,6 +609,6 @@ def test_a_fixed_time_zone_of_another_library_comes_back_as_that_offset() -> Non
     value = datetime(2024, 7, 2, 9, 0, tzinfo=ThirdPartyUTC())
     back = serializer.loads(serializer.dumps(value))
     assert back == value
-    assert back.tzinfo == timezone.utc
+    assert back.tzinfo == UTC
     clock = time(9, 0, tzinfo=ThirdPartyUTC())
-    assert serializer.loads(serializer.dumps(clock)) == time(9, 0, tzinfo=timezone.utc)
+    assert serializer.loads(serializer.dumps(clock)) == time(9, 0, tzinfo=UTC)
