@@ -87,3 +87,25 @@ async def test_a_sleep_returning_no_awaitable_is_named_when_a_retry_waits(retrie
     orchestrator = SagaOrchestrator(sleep=lambda seconds: None)
     with pytest.raises(SagaDefinitionError, match=r"sleep=\.\.\.\) must return an awaitable"):
         await orchestrator.execute(SagaDefinition(steps=[flaky(), fail()]))
+
+
+class _AsyncCallable:
+    async def __call__(self, item: str) -> str:
+        return item
+
+
+def test_an_object_with_an_async_call_is_told_to_wrap_it_in_a_function() -> None:
+    # It said only "is not a coroutine function; declare it with 'async def'", which its
+    # async __call__ already is.
+    fix = "object with an async __call__: declare a function that awaits it"
+    with pytest.raises(SagaDefinitionError, match=fix):
+        step(_AsyncCallable())
+
+    @step
+    async def ship(item: str) -> str:
+        return item
+
+    with pytest.raises(SagaDefinitionError, match=fix):
+        ship.compensate(_AsyncCallable())
+    with pytest.raises(SagaDefinitionError, match="declare it with 'async def'"):
+        step(lambda item: item)

@@ -190,6 +190,19 @@ class StepCall(Generic[R_co]):
         return f"<StepCall {self.step.name}({', '.join(parts)})>"
 
 
+
+def _how_to_declare(fn: object) -> str:
+    """The fix for ``fn``, not a coroutine function: an object whose ``__call__`` is
+    async is wrapped in one (the decorators need a function to keep and introspect)."""
+    if not inspect.isroutine(fn) and inspect.iscoroutinefunction(
+        getattr(type(fn), "__call__", None)
+    ):
+        return (
+            "it is an object with an async __call__: declare a function that awaits it, "
+            "'async def name(...): return await obj(...)'"
+        )
+    return "declare it with 'async def'"
+
 class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
     """An ``async def`` declared with ``@step``: calling it gives a :class:`StepCall`.
 
@@ -248,7 +261,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
                 )
             raise SagaDefinitionError(
                 f"@step needs an 'async def' function, but {what} is not a coroutine function; "
-                "declare it with 'async def'"
+                f"{_how_to_declare(fn)}"
             )
         step_self = self
 
@@ -405,7 +418,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
                 )
             raise SagaDefinitionError(
                 f"the compensation of step {self.name!r} must be an 'async def', "
-                f"but {what} is not a coroutine function"
+                f"but {what} is not a coroutine function; {_how_to_declare(fn)}"
             )
         # A method step is told by its first parameter's name (self, cls). A function
         # defined outside a class body whose compensation names that parameter otherwise
