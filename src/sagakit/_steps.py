@@ -190,18 +190,20 @@ class StepCall(Generic[R_co]):
         return f"<StepCall {self.step.name}({', '.join(parts)})>"
 
 
-
 def _how_to_declare(fn: object) -> str:
     """The fix for ``fn``, not a coroutine function: an object whose ``__call__`` is
     async is wrapped in one (the decorators need a function to keep and introspect)."""
-    if not inspect.isroutine(fn) and inspect.iscoroutinefunction(
-        getattr(type(fn), "__call__", None)
+    if (
+        callable(fn)
+        and not inspect.isroutine(fn)
+        and inspect.iscoroutinefunction(type(fn).__call__)
     ):
         return (
             "it is an object with an async __call__: declare a function that awaits it, "
             "'async def name(...): return await obj(...)'"
         )
     return "declare it with 'async def'"
+
 
 class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
     """An ``async def`` declared with ``@step``: calling it gives a :class:`StepCall`.
