@@ -22,6 +22,7 @@ Options (marker keyword > command line > ini file):
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,21 @@ from sagakit import (
     SagaOrchestrator,
     SagaStatus,
     SQLiteStore,
+    StepCall,
     StepFailed,
     StepTimeout,
     current_step,
     saga,
     step,
 )
-from sagakit.testing import SimulatedCrash, simulate_restart
+from sagakit.pytest_plugin import FaultMatrix
+from sagakit.testing import (
+    FaultInjector,
+    InstantSleep,
+    SagaRecorder,
+    SimulatedCrash,
+    simulate_restart,
+)
 
 
 @dataclass(frozen=True)
@@ -96,7 +105,7 @@ async def send_receipt(account: str, amount: int) -> None:
 
 
 @saga
-def transfer(source: str, target: str, amount: int) -> Any:
+def transfer(source: str, target: str, amount: int) -> Generator[StepCall[Any], Any, None]:
     yield debit(source, amount)
     yield credit(target, amount)
     yield send_receipt(source, amount)
@@ -109,7 +118,9 @@ def _fresh_balances() -> None:
 
 
 @pytest.mark.asyncio
-async def test_transfer_completes(saga_orchestrator: Any, saga_recorder: Any) -> None:
+async def test_transfer_completes(
+    saga_orchestrator: SagaOrchestrator, saga_recorder: SagaRecorder
+) -> None:
     events = await saga_orchestrator.execute(transfer("alice", "bob", 30))
     assert events == [Debited("alice", 30), Credited("bob", 30)]
     saga_recorder.assert_status(SagaStatus.COMPLETED)
@@ -118,7 +129,7 @@ async def test_transfer_completes(saga_orchestrator: Any, saga_recorder: Any) ->
 
 @pytest.mark.asyncio
 async def test_a_failing_receipt_undoes_the_transfer(
-    saga_orchestrator: Any, saga_recorder: Any, saga_faults: Any
+    saga_orchestrator: SagaOrchestrator, saga_recorder: SagaRecorder, saga_faults: FaultInjector
 ) -> None:
     saga_faults.fail(send_receipt, ConnectionRefusedError("smtp down"))
     with pytest.raises(StepFailed):
@@ -130,7 +141,7 @@ async def test_a_failing_receipt_undoes_the_transfer(
 
 @pytest.mark.asyncio
 async def test_credit_retries_without_waiting(
-    saga_orchestrator: Any, saga_faults: Any, saga_sleep: Any
+    saga_orchestrator: SagaOrchestrator, saga_faults: FaultInjector, saga_sleep: InstantSleep
 ) -> None:
     saga_faults.fail("credit", ConnectionError("bank busy"), times=2)
     await saga_orchestrator.execute(transfer("alice", "bob", 30))
@@ -140,7 +151,7 @@ async def test_credit_retries_without_waiting(
 
 @pytest.mark.asyncio
 async def test_a_timeout_without_waiting(
-    saga_orchestrator: Any, saga_recorder: Any, saga_faults: Any
+    saga_orchestrator: SagaOrchestrator, saga_recorder: SagaRecorder, saga_faults: FaultInjector
 ) -> None:
     saga_faults.timeout(send_receipt)  # times out at once, whatever its timeout is
     with pytest.raises(StepTimeout):
@@ -150,21 +161,21 @@ async def test_a_timeout_without_waiting(
 
 
 @pytest.mark.asyncio
-async def test_every_failure_of_transfer_is_compensated(saga_fault_matrix: Any) -> None:
+async def test_every_failure_of_transfer_is_compensated(saga_fault_matrix: FaultMatrix) -> None:
     report = await saga_fault_matrix(transfer("alice", "bob", 30))
     assert len(report.cases) == 6  # three steps, each failing and timing out
 
 
 @pytest.mark.saga_fault_matrix(timeouts=False)
 @pytest.mark.asyncio
-async def test_failures_only(saga_fault_matrix: Any) -> None:
+async def test_failures_only(saga_fault_matrix: FaultMatrix) -> None:
     report = await saga_fault_matrix(transfer("alice", "bob", 30))
     assert {case.mode for case in report.cases} == {"fail"}
 
 
 @pytest.mark.asyncio
 async def test_a_crash_after_credit_is_finished_by_recovery(
-    tmp_path: Path, saga_faults: Any
+    tmp_path: Path, saga_faults: FaultInjector
 ) -> None:
     store = SQLiteStore(tmp_path / "sagas.db")
     saga_faults.crash(credit, after=True)  # credit acts, then the process "dies"
