@@ -28,6 +28,7 @@ def test_postgres_workers_example_finishes_a_killed_process_sagas(tmp_path: Path
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing left in the working directory
     lines = result.stdout.splitlines()
     for expected in [
         "  worker released its leases and stopped (exit code 0)",
