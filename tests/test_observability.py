@@ -402,3 +402,74 @@ async def test_a_raising_listener_whose_repr_raises_is_still_logged(
     messages = [r.getMessage() for r in _records(caplog) if "raised on" in r.getMessage()]
     assert messages
     assert messages[0].startswith("sagakit listener <_Opaque object> raised on saga_started")
+
+
+def _about(caplog: pytest.LogCaptureFixture, text: str) -> logging.LogRecord:
+    [record] = [r for r in _records(caplog) if text in r.getMessage()]
+    return record
+
+
+@pytest.mark.asyncio
+async def test_records_about_one_saga_outside_its_transitions_carry_its_id(
+    caplog: pytest.LogCaptureFixture, tmp_path: Any
+) -> None:
+    # Regression: the records of a worker finishing (or failing to finish) a saga, of a
+    # store parking one, and of a saga's generator failing to close named the saga in
+    # their message only: their saga_id and saga_name fields were None, so a handler
+    # filtering or indexing by saga_id lost them.
+    from sagakit import SQLiteStore
+    from sagakit.testing import SimulatedCrash, simulate_restart
+
+    caplog.set_level(logging.INFO, logger="sagakit")
+
+    @saga(name="observability.unclosable")
+    def unclosable(item: str) -> Any:
+        try:
+            yield reserve(item)
+            yield ship(item)
+        finally:
+            raise RuntimeError("cleanup broke")
+
+    with FaultInjector().fail(ship, ValueError("no")), pytest.raises(StepFailed):
+        await SagaOrchestrator().execute(unclosable("x"), saga_id="u-1")
+    record = _about(caplog, "while being closed")
+    assert (record.saga_id, record.saga_name) == ("u-1", "observability.unclosable")  # type: ignore[attr-defined]
+
+    path = tmp_path / "sagas.db"
+    store = SQLiteStore(path)
+    with FaultInjector().crash(ship), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(order("x"), saga_id="p-1")
+    await simulate_restart(store)
+    await store.close()
+    store = SQLiteStore(path)
+    with FaultInjector().crash(ship), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).recover()  # its first recovery dies too
+    await simulate_restart(store)
+    await store.close()
+    store = SQLiteStore(path)
+    try:
+        assert await SagaOrchestrator(store).recover(max_attempts=1) == []  # parked
+    finally:
+        await store.close()
+    record = _about(caplog, "parked saga observability.order (p-1)")
+    assert (record.saga_id, record.saga_name) == ("p-1", "observability.order")  # type: ignore[attr-defined]
+
+    caplog.clear()
+    store = SQLiteStore(tmp_path / "worker.db")
+    with FaultInjector().crash(ship), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(order("x"), saga_id="w-2")
+    await simulate_restart(store)
+    await store.close()
+    stop = asyncio.Event()
+
+    def stop_when_finished(transition: Transition) -> None:
+        if transition.kind is K.SAGA_FINISHED:
+            stop.set()
+
+    orchestrator = SagaOrchestrator(
+        SQLiteStore(tmp_path / "worker.db"), listeners=[stop_when_finished]
+    )
+    async with orchestrator:
+        await orchestrator.run_worker(poll_interval=0.01, handle_signals=False, stop=stop)
+    record = _about(caplog, "worker finished")
+    assert (record.saga_id, record.saga_name) == ("w-2", "observability.order")  # type: ignore[attr-defined]

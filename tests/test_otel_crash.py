@@ -138,3 +138,30 @@ async def test_recovery_in_the_same_process_traces_a_new_root(tmp_path: Path) ->
     ]
     assert ship.parent is not None
     assert ship.parent.span_id == recovered.context.span_id
+
+
+@pytest.mark.asyncio
+async def test_a_recovery_that_only_compensates_gives_its_saga_span_the_sagas_attributes(
+    tmp_path: Path,
+) -> None:
+    # Regression: such a recovery's first transition is its first compensation's start,
+    # and the saga span it began took that compensation's sagakit.step.name and
+    # sagakit.step.index as its own attributes.
+    store = SQLiteStore(tmp_path / "sagas.db")
+    orchestrator = SagaOrchestrator(store)
+    with FaultInjector().crash(oc_pack, compensation=True), pytest.raises(SimulatedCrash):
+        await orchestrator.execute(oc_doomed("jar"), saga_id="oc-4")
+    await simulate_restart(store)
+    instrument(orchestrator, tracer_provider=provider)
+    exporter.clear()
+    (outcome,) = await orchestrator.recover()
+    await orchestrator.close()
+    assert outcome.status is SagaStatus.COMPENSATED
+    spans = _spans()
+    assert set(spans) == {"compensate oc_pack", "saga oc_doomed"}
+    assert dict(spans["saga oc_doomed"].attributes or {}) == {
+        "sagakit.saga.id": "oc-4",
+        "sagakit.saga.name": "oc_doomed",
+        "sagakit.saga.status": "compensated",
+    }
+    assert (spans["compensate oc_pack"].attributes or {})["sagakit.step.name"] == "oc_pack"

@@ -135,7 +135,9 @@ async def _finish_orphan(
     try:
         return await _recover_one(orchestrator, store, orphan)
     except LeaseLost as lost:
-        logger.warning("sagakit recovery stopped saga %s: %s", orphan.saga_id, lost)
+        logger.warning(
+            "sagakit recovery stopped saga %s: %s", orphan.saga_id, lost, extra=_fields(orphan)
+        )
         return None
 
 

@@ -219,6 +219,7 @@ def close_driver(driver: StepDriver | None, name: str, saga_id: str) -> None:
             "(a yield or raise in a finally block?); the saga is ended regardless",
             name,
             saga_id,
+            extra={"saga_id": saga_id, "saga_name": name},
         )
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._checks import check_count, check_flag, check_seconds
-from ._recovery import _recover_one, _recoverable
+from ._recovery import _fields, _recover_one, _recoverable
 from ._sagas import registered_sagas
 from .exceptions import LeaseLost, SagaDefinitionError, StoreError
 
@@ -120,11 +120,15 @@ async def _finish_one(
     try:
         outcome = await _recover_one(orchestrator, store, orphan)
     except LeaseLost as lost:
-        logger.warning("sagakit worker stopped saga %s: %s", orphan.saga_id, lost)
+        logger.warning(
+            "sagakit worker stopped saga %s: %s", orphan.saga_id, lost, extra=_fields(orphan)
+        )
     except Exception:
-        logger.exception("sagakit worker could not finish saga %s", orphan.saga_id)
+        logger.exception(
+            "sagakit worker could not finish saga %s", orphan.saga_id, extra=_fields(orphan)
+        )
     else:
-        logger.info("sagakit worker finished %r", outcome)
+        logger.info("sagakit worker finished %r", outcome, extra=_fields(orphan))
 
 
 MAX_BACKOFF = 30.0

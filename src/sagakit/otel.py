@@ -106,25 +106,28 @@ class SagaTracer:
         elif kind is _K.SAGA_STOPPED:
             self._stop_saga(saga, transition)
 
-    def _attributes(self, transition: Transition) -> dict[str, str | int]:
+    def _attributes(self, transition: Transition, *, step: bool) -> dict[str, str | int]:
         attributes: dict[str, str | int] = {
             "sagakit.saga.id": transition.saga_id,
             "sagakit.saga.name": transition.saga_name,
         }
-        if transition.step_name is not None and transition.step_index is not None:
+        if step and transition.step_name is not None and transition.step_index is not None:
             attributes["sagakit.step.name"] = transition.step_name
             attributes["sagakit.step.index"] = transition.step_index
         return attributes
 
-    def _start(self, name: str, transition: Transition, parent: Span | None) -> _Open:
+    def _start(self, name: str, attributes: dict[str, str | int], parent: Span | None) -> _Open:
         ctx = None if parent is None else trace.set_span_in_context(parent)
         span = self._tracer.start_span(
-            name, context=ctx, kind=SpanKind.INTERNAL, attributes=self._attributes(transition)
+            name, context=ctx, kind=SpanKind.INTERNAL, attributes=attributes
         )
         return _Open(span, context.attach(trace.set_span_in_context(span)), _task())
 
     def _start_saga(self, transition: Transition) -> _Saga:
-        opened = self._start(f"saga {transition.saga_name}", transition, None)
+        # The saga's attributes only, even when a step's transition starts it (a recovery
+        # that only compensates begins with its first compensation).
+        attributes = self._attributes(transition, step=False)
+        opened = self._start(f"saga {transition.saga_name}", attributes, None)
         saga = self._sagas[transition.saga_id] = _Saga(opened)
         return saga
 
@@ -135,7 +138,7 @@ class SagaTracer:
             opened.span.set_attribute("sagakit.step.attempts", transition.attempt)
             return
         name = f"{'compensate' if role == 'compensation' else 'step'} {transition.step_name}"
-        opened = self._start(name, transition, saga.span.span)
+        opened = self._start(name, self._attributes(transition, step=True), saga.span.span)
         opened.span.set_attribute("sagakit.step.attempts", max(transition.attempt, 1))
         opened.span.set_attribute("sagakit.compensation", role == "compensation")
         saga.children[key] = opened

@@ -125,7 +125,13 @@ def write_for(
             # The compensation ran: record that, even though its result cannot be kept.
             write.result, write.events = None, []
             write.step_error = f"result not stored: {unstored}"
-            logger.error("sagakit: saga %s (%s): %s", t.saga_name, t.saga_id, write.step_error)
+            logger.error(
+                "sagakit: saga %s (%s): %s",
+                t.saga_name,
+                t.saga_id,
+                write.step_error,
+                extra={"saga_id": t.saga_id, "saga_name": t.saga_name},
+            )
     return write
 
 

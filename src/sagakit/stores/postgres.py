@@ -679,7 +679,10 @@ class PostgresStore:
             )
         except Exception as error:
             logger.warning(
-                "sagakit could not give up the lease of saga %s (it runs out): %s", saga_id, error
+                "sagakit could not give up the lease of saga %s (it runs out): %s",
+                saga_id,
+                error,
+                extra={"saga_id": saga_id},
             )
 
     # ------------------------------------------------------------ monitoring
@@ -796,7 +799,12 @@ class PostgresStore:
                 alive.append(row)
         for row in claimed:
             if row[13]:
-                logger.error("sagakit parked saga %s (%s): too many recovery attempts", *row[1::-1])
+                logger.error(
+                    "sagakit parked saga %s (%s): too many recovery attempts",
+                    row[1],
+                    row[0],
+                    extra={"saga_id": row[0], "saga_name": row[1]},
+                )
                 self._fences.pop(row[0], None)  # parked: nobody owns it now
                 self._orders.pop(row[0], None)
                 self._claimed.discard(row[0])

@@ -507,7 +507,13 @@ class SQLiteStore:
                 raise  # the step fails and is compensated: never "completed" unstored
             # The compensation ran: record that, even though its result cannot be kept.
             result, texts, note = None, [], f"result not stored: {unstored}"
-            logger.error("sagakit: saga %s (%s): %s", run.name, run.id, note)
+            logger.error(
+                "sagakit: saga %s (%s): %s",
+                run.name,
+                run.id,
+                note,
+                extra={"saga_id": run.id, "saga_name": run.name},
+            )
         statements: list[tuple[str, tuple[Any, ...]]] = [
             (
                 END_STEP,
@@ -761,7 +767,10 @@ class SQLiteStore:
                 )
                 for name, saga_id in parked:  # as PG
                     logger.error(
-                        "sagakit parked saga %s (%s): too many recovery attempts", name, saga_id
+                        "sagakit parked saga %s (%s): too many recovery attempts",
+                        name,
+                        saga_id,
+                        extra={"saga_id": saga_id, "saga_name": name},
                     )
                 taken.extend(rows[0][0] for rows in raw)
                 for rows in raw:
