@@ -154,11 +154,21 @@ def check_file(path: str) -> None:
     pages = int.from_bytes(header[28:32], "big")
     valid_for = int.from_bytes(header[92:96], "big")
     changes = int.from_bytes(header[24:28], "big")
-    if pages and valid_for == changes and size < pages * page_size:
+    if pages and valid_for == changes and size < pages * page_size and not _wal_in_use(path):
         raise StoreError(
             f"saga log {path!r} is truncated: {size} bytes, but its header says "
             f"{pages * page_size}; restore it from a backup"
         )
+
+
+def _wal_in_use(path: str) -> bool:
+    """Whether ``path`` has a ``-wal`` file holding frames: a checkpoint (of another
+    process) may then be copying them into the file, its header (page 1) first, so the
+    header says more pages than the file has until the copy ends."""
+    try:
+        return os.path.getsize(path + "-wal") > 0
+    except OSError:
+        return False
 
 
 def connect(path: str, *, synchronous: Synchronous, busy_timeout: float) -> sqlite3.Connection:

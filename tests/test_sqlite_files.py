@@ -1,0 +1,52 @@
+"""The SQLite store's file shared with other processes: opening it while they work."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from sagakit import SQLiteStore
+
+
+def _latest_page_one(wal: bytes) -> bytes:
+    """The newest copy of page 1 among a ``-wal`` file's frames."""
+    page_size = int.from_bytes(wal[8:12], "big")
+    frame = 24 + page_size
+    found = b""
+    for start in range(32, len(wal) - frame + 1, frame):
+        if int.from_bytes(wal[start : start + 4], "big") == 1:
+            found = wal[start + 24 : start + frame]
+    assert found
+    return found
+
+
+def _start_checkpoint(db: Path) -> None:
+    """Do what a checkpoint does first: write the WAL's page 1 over the file's."""
+    size = db.stat().st_size
+    page_one = _latest_page_one(Path(f"{db}-wal").read_bytes())
+    assert int.from_bytes(page_one[28:32], "big") * len(page_one) > size
+    with open(db, "r+b") as file:
+        file.write(page_one)
+
+
+@pytest.mark.asyncio
+async def test_a_log_mid_checkpoint_is_not_refused_as_truncated(tmp_path: Path) -> None:
+    # Another process's checkpoint copies the WAL into the file page by page, page 1 (the
+    # header, with the new page count) first: a store opened meanwhile read a header
+    # saying more pages than the file had, and refused a sound log as truncated.
+    db = tmp_path / "sagas.db"
+    await SQLiteStore(db).close()
+    with closing(sqlite3.connect(db, isolation_level=None)) as other:
+        other.execute("PRAGMA wal_autocheckpoint=0")
+        other.execute("CREATE TABLE app (data TEXT)")
+        other.executemany("INSERT INTO app VALUES (?)", [("x" * 1000,)] * 40)
+        _start_checkpoint(db)
+        store = SQLiteStore(db)
+        try:
+            assert await store.running_count() == 0
+        finally:
+            await store.close()
+        assert other.execute("SELECT count(*) FROM app").fetchone() == (40,)
