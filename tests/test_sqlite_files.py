@@ -8,7 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from sagakit import SQLiteStore
+from sagakit import SagaOrchestrator, SagaStatus, SQLiteStore, saga, step
+
+
+@step
+async def echo(value: int) -> int:
+    return value
+
+
+@saga
+def one_step(value: int):  # type: ignore[no-untyped-def]
+    yield echo(value)
 
 
 def _latest_page_one(wal: bytes) -> bytes:
@@ -50,3 +60,28 @@ async def test_a_log_mid_checkpoint_is_not_refused_as_truncated(tmp_path: Path) 
         finally:
             await store.close()
         assert other.execute("SELECT count(*) FROM app").fetchone() == (40,)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("read_only", [False, True])
+async def test_a_relative_path_keeps_naming_the_same_log_after_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_only: bool
+) -> None:
+    # The reader connection (reads, checkpoints) opened the relative path on first use:
+    # after os.chdir() it created an empty database in the new directory and failed
+    # ("no such table") or read nothing of the log.
+    (tmp_path / "app").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "app")
+    orchestrator = SagaOrchestrator(SQLiteStore("sagas.db"))
+    await orchestrator.execute(one_step(1), saga_id="s-1")
+    await orchestrator.close()
+    store = SQLiteStore("sagas.db", read_only=read_only)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    try:
+        saga = await store.get("s-1")
+        assert saga is not None
+        assert saga.status is SagaStatus.COMPLETED
+    finally:
+        await store.close()
+    assert list((tmp_path / "elsewhere").iterdir()) == []

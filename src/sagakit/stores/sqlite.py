@@ -177,6 +177,8 @@ class SQLiteStore:
                 "use MemoryStore() for an in-memory store"
             )
         self.path = path
+        # The reader connection opens later: a relative path must not follow os.chdir().
+        self._file = os.path.abspath(path)
         self.synchronous = synchronous
         self.busy_timeout = float(busy_timeout)
         self.serializer = serializer if serializer is not None else JsonSerializer()
@@ -228,8 +230,8 @@ class SQLiteStore:
 
     def _open_reader(self) -> sqlite3.Connection:
         if self.read_only:
-            return connect_read_only(self.path, busy_timeout=self.busy_timeout)
-        return connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
+            return connect_read_only(self._file, busy_timeout=self.busy_timeout)
+        return connect(self._file, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
 
     @property
     def owner(self) -> str:
