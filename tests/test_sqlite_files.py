@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sagakit import SagaOrchestrator, SagaStatus, SQLiteStore, saga, step
+from sagakit import SagaOrchestrator, SagaStatus, SQLiteStore, StoreError, saga, step
+from sagakit.stores._sqlite_schema import check_file
 
 
 @step
@@ -85,3 +89,30 @@ async def test_a_relative_path_keeps_naming_the_same_log_after_chdir(
     finally:
         await store.close()
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_a_new_log_never_shows_other_processes_an_empty_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # sqlite3.connect() created the file empty and the first write filled it in: a worker
+    # starting at the same moment as another on a new log was refused with "saga log ...
+    # is an empty file (truncated?)". Check the file as such a worker would, whenever a
+    # connection opens.
+    db = str(tmp_path / "sagas.db")
+    seen: list[str] = []
+    connect = sqlite3.connect
+
+    def spying(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
+        if os.path.exists(db):
+            try:
+                check_file(db)
+            except StoreError as error:
+                seen.append(str(error))
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", spying)
+    store = SQLiteStore(db)
+    asyncio.run(store.close())
+    assert seen == []
+    assert not [name for name in os.listdir(tmp_path) if name != "sagas.db"]

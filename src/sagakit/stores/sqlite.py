@@ -65,6 +65,7 @@ from ._sqlite_schema import (
     check_read_only,
     connect,
     connect_read_only,
+    create,
     prepare,
 )
 from ._sqlite_sql import (
@@ -186,6 +187,8 @@ class SQLiteStore:
         if self.read_only and not os.path.exists(path):
             raise StoreError(f"no saga log at {path!r} (opened read-only: none is created)")
         check_file(path)
+        if not self.read_only and not os.path.exists(path):
+            create(path)
         if self.read_only:
             conn = connect_read_only(path, busy_timeout=self.busy_timeout)
         else:
