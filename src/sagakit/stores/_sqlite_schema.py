@@ -9,7 +9,9 @@ newer sagakit is refused rather than misread.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import sqlite3
 from pathlib import Path
 from typing import Literal
@@ -154,11 +156,21 @@ def check_file(path: str) -> None:
     pages = int.from_bytes(header[28:32], "big")
     valid_for = int.from_bytes(header[92:96], "big")
     changes = int.from_bytes(header[24:28], "big")
-    if pages and valid_for == changes and size < pages * page_size:
+    if pages and valid_for == changes and size < pages * page_size and not _wal_in_use(path):
         raise StoreError(
             f"saga log {path!r} is truncated: {size} bytes, but its header says "
             f"{pages * page_size}; restore it from a backup"
         )
+
+
+def _wal_in_use(path: str) -> bool:
+    """Whether ``path`` has a ``-wal`` file holding frames: a checkpoint (of another
+    process) may then be copying them into the file, its header (page 1) first, so the
+    header says more pages than the file has until the copy ends."""
+    try:
+        return os.path.getsize(path + "-wal") > 0
+    except OSError:
+        return False
 
 
 def connect(path: str, *, synchronous: Synchronous, busy_timeout: float) -> sqlite3.Connection:
@@ -294,6 +306,34 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
         )
 
 
+def create(path: str) -> None:
+    """Create a log at ``path``, schema included, unless another process does first.
+
+    ``sqlite3.connect`` creates an empty file, and the first write fills it in: another
+    process opening the path in between found an empty file and refused it as truncated.
+    The log is built under a temporary name next to it, then hard-linked into place.
+    Where that fails for another reason than a file already there (no hard links on
+    this file system), :func:`connect` creates the log in place, as before.
+    """
+    temporary = f"{path}.{os.getpid()}-{secrets.token_hex(4)}.new"
+    try:
+        conn = sqlite3.connect(temporary, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            _migrate(conn, temporary)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()  # (the last connection: its WAL goes into the file)
+        os.link(temporary, path)
+    except (OSError, sqlite3.Error):
+        pass  # FileExistsError: another process created it; else the open below does
+    finally:
+        for name in (temporary, f"{temporary}-wal", f"{temporary}-shm"):
+            with contextlib.suppress(OSError):
+                os.remove(name)
+
+
 def prepare(conn: sqlite3.Connection, path: str) -> None:
     """Switch to WAL, create or check the schema; :class:`StoreError` on a bad file."""
     try:
@@ -339,6 +379,7 @@ __all__ = [
     "check_read_only",
     "connect",
     "connect_read_only",
+    "create",
     "migrations",
     "prepare",
 ]

@@ -65,6 +65,7 @@ from ._sqlite_schema import (
     check_read_only,
     connect,
     connect_read_only,
+    create,
     prepare,
 )
 from ._sqlite_sql import (
@@ -177,6 +178,8 @@ class SQLiteStore:
                 "use MemoryStore() for an in-memory store"
             )
         self.path = path
+        # The reader connection opens later: a relative path must not follow os.chdir().
+        self._file = os.path.abspath(path)
         self.synchronous = synchronous
         self.busy_timeout = float(busy_timeout)
         self.serializer = serializer if serializer is not None else JsonSerializer()
@@ -184,6 +187,8 @@ class SQLiteStore:
         if self.read_only and not os.path.exists(path):
             raise StoreError(f"no saga log at {path!r} (opened read-only: none is created)")
         check_file(path)
+        if not self.read_only and not os.path.exists(path):
+            create(path)
         if self.read_only:
             conn = connect_read_only(path, busy_timeout=self.busy_timeout)
         else:
@@ -228,8 +233,8 @@ class SQLiteStore:
 
     def _open_reader(self) -> sqlite3.Connection:
         if self.read_only:
-            return connect_read_only(self.path, busy_timeout=self.busy_timeout)
-        return connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
+            return connect_read_only(self._file, busy_timeout=self.busy_timeout)
+        return connect(self._file, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
 
     @property
     def owner(self) -> str:
