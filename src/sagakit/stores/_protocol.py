@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .._checks import MAX_COUNT
+from .._checks import MAX_COUNT, check_count
 from .._sagas import RecoveryPolicy
 from ..exceptions import SagaDefinitionError
 from ..status import SagaStatus, StepStatus
@@ -367,6 +367,13 @@ def row_limit(limit: object, what: str) -> int:
     return min(limit, MAX_COUNT)
 
 
+def claim_limit(limit: object, max_attempts: object, saga_ids: object) -> int:
+    """Check the arguments of ``claim_orphans()``; return its ``limit`` as a row count."""
+    check_saga_ids(saga_ids)
+    check_count(max_attempts, "max_attempts")
+    return row_limit(limit, "claim_orphans(limit=...)")
+
+
 def check_saga_ids(saga_ids: object) -> None:
     """Refuse one id given as ``claim_orphans(saga_ids=...)`` (a string is a collection
     of its characters)."""
@@ -379,8 +386,9 @@ def check_saga_ids(saga_ids: object) -> None:
 
 __all__ = [
     "check_event_window",
-    "row_limit",
     "check_saga_ids",
+    "claim_limit",
+    "row_limit",
     "DeadLetter",
     "LoggedStep",
     "OrphanedSaga",

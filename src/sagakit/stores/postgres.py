@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from .._checks import check_count
 from .._runs import unended
 from .._serialization import JsonSerializer
 from ..exceptions import (
@@ -52,6 +51,7 @@ from ._protocol import (
     StoredEvent,
     check_event_window,
     check_saga_ids,
+    claim_limit,
     row_limit,
 )
 from ._records import status_filter
@@ -737,9 +737,7 @@ class PostgresStore:
         max_attempts: int = 3,
         saga_ids: Collection[str] | None = None,
     ) -> list[OrphanedSaga]:
-        check_saga_ids(saga_ids)
-        limit = row_limit(limit, "claim_orphans(limit=...)")
-        check_count(max_attempts, "max_attempts")
+        limit = claim_limit(limit, max_attempts, saga_ids)
         if limit <= 0:
             return []
         orphans: list[OrphanedSaga] = []

@@ -20,7 +20,7 @@ from collections.abc import Collection
 from types import CodeType
 from typing import TYPE_CHECKING, Any, cast
 
-from .._checks import check_count, check_flag, check_seconds
+from .._checks import check_flag, check_seconds
 from .._members import (
     ON_COMPENSATION_COMPLETED,
     ON_COMPENSATION_FAILED,
@@ -53,7 +53,7 @@ from ._protocol import (
     SagaRunView,
     StoredEvent,
     check_event_window,
-    check_saga_ids,
+    claim_limit,
     row_limit,
 )
 from ._records import status_filter
@@ -168,7 +168,7 @@ class SQLiteStore:
             raise SagaDefinitionError(
                 f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}"
             )
-        busy_timeout = check_seconds(busy_timeout, "busy_timeout", allow_zero=True)
+        seconds = check_seconds(busy_timeout, "busy_timeout", allow_zero=True)
         check_flag(verify, "verify")
         check_flag(read_only, "read_only")
         path = os.fspath(path)
@@ -181,7 +181,7 @@ class SQLiteStore:
         # The reader connection opens later: a relative path must not follow os.chdir().
         self._file = os.path.abspath(path)
         self.synchronous = synchronous
-        self.busy_timeout = float(busy_timeout)
+        self.busy_timeout = seconds
         self.serializer = serializer if serializer is not None else JsonSerializer()
         self.read_only = read_only
         if self.read_only and not os.path.exists(path):
@@ -711,9 +711,7 @@ class SQLiteStore:
         saga_ids: Collection[str] | None = None,
     ) -> list[OrphanedSaga]:
         self._refuse_writes()
-        check_saga_ids(saga_ids)
-        limit = row_limit(limit, "claim_orphans(limit=...)")
-        check_count(max_attempts, "max_attempts")
+        limit = claim_limit(limit, max_attempts, saga_ids)
         if limit <= 0:
             return []
         allowed = None if names is None else frozenset(names)
