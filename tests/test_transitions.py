@@ -25,6 +25,7 @@ def test_make_transition_sets_every_field_like_the_dataclass() -> None:
         "events": ("e",),
         "error": error,
         "duration": 0.5,
+        "run_number": 7,
     }
     assert [f.name for f in dataclasses.fields(Transition)] == list(values)
     fast = make_transition(*values.values())

@@ -680,7 +680,7 @@ class SagaOrchestrator:
             if crashed is None:
                 continue
             try:
-                crashed(run.id, crash)
+                crashed(run.id, crash, run.number)
             except Exception as error:  # a tracer's bug must not replace the crash
                 _warn(
                     run,
@@ -703,7 +703,18 @@ class SagaOrchestrator:
         the run holds untold is dropped: it may never have committed."""
         self._held.pop(run, None)
         transition = make_transition(
-            ON_SAGA_STOPPED, run.id, run.name, status, None, None, 0, None, (), why, None
+            ON_SAGA_STOPPED,
+            run.id,
+            run.name,
+            status,
+            None,
+            None,
+            0,
+            None,
+            (),
+            why,
+            None,
+            run.number,
         )
         await tell(run.listeners, level_of(ON_SAGA_STOPPED, status), transition)
 
@@ -1055,6 +1066,7 @@ class SagaOrchestrator:
             events,
             error,
             duration,
+            run.number,
         )
         if self._durable:
             stage = self._stage

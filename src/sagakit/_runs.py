@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections.abc import Sequence
@@ -176,6 +177,10 @@ def unended(view: SagaRunView) -> list[StepRun]:
     return records
 
 
+_next_number = itertools.count(1).__next__
+"""The number of the next run in this process (``Transition.run_number``)."""
+
+
 class SagaRun:
     """Mutable state of one saga execution; :meth:`snapshot` gives its metadata."""
 
@@ -193,6 +198,7 @@ class SagaRun:
         "id",
         "listeners",
         "name",
+        "number",
         "parent",
         "started_mono",
         "started_wall",
@@ -212,6 +218,10 @@ class SagaRun:
         state = definition._state
         calls = state[2]
         self.id = saga_id
+        # Tells this run from every other of this process, of the same id too (run again,
+        # recovered, or at once by orchestrators with stores of their own): listeners key
+        # runs by it (Transition.run_number).
+        self.number = _next_number()
         self.name = state[1]
         self.definition = definition
         self.explicit_id = explicit_id

@@ -86,11 +86,13 @@ class SagaTracer:
         from . import __version__
 
         self._tracer = trace.get_tracer("sagakit", __version__, tracer_provider=tracer_provider)
-        self._sagas: dict[str, _Saga] = {}
+        # By saga id and run number: orchestrators with stores of their own may run one id
+        # at the same time, and each run has spans of its own.
+        self._sagas: dict[tuple[str, int], _Saga] = {}
 
     def __call__(self, transition: Transition) -> None:
         kind = transition.kind
-        saga = self._sagas.get(transition.saga_id)
+        saga = self._sagas.get((transition.saga_id, transition.run_number))
         if saga is None:
             if kind is _K.SAGA_FINISHED or kind is _K.SAGA_STOPPED:
                 return
@@ -128,7 +130,7 @@ class SagaTracer:
         # that only compensates begins with its first compensation).
         attributes = self._attributes(transition, step=False)
         opened = self._start(f"saga {transition.saga_name}", attributes, None)
-        saga = self._sagas[transition.saga_id] = _Saga(opened)
+        saga = self._sagas[transition.saga_id, transition.run_number] = _Saga(opened)
         return saga
 
     def _start_child(self, saga: _Saga, role: str, transition: Transition) -> None:
@@ -183,18 +185,18 @@ class SagaTracer:
     def _stop_saga(self, saga: _Saga, transition: Transition) -> None:
         """The run stopped here without finishing (fenced out, handed back, its end not
         recorded): end its spans, as no SAGA_FINISHED will come."""
-        del self._sagas[transition.saga_id]
+        del self._sagas[transition.saga_id, transition.run_number]
         self._end_children(saga)
         reason = "" if transition.error is None else f": {describe_error(transition.error)}"
         saga.span.span.set_status(Status(StatusCode.ERROR, f"saga stopped{reason}"))
         saga.span.detach()
         saga.span.span.end()
 
-    def _sagakit_crashed(self, saga_id: str, crash: BaseException) -> None:
+    def _sagakit_crashed(self, saga_id: str, crash: BaseException, run_number: int) -> None:
         """A simulated crash stopped the run (the orchestrator tells nothing more): end
         its spans, ``ERROR`` ``"process crashed (simulated)"``, and restore the context
         they were current in, rather than hold them open for good."""
-        saga = self._sagas.pop(saga_id, None)
+        saga = self._sagas.pop((saga_id, run_number), None)
         if saga is None:
             return
         self._end_children(saga, CRASHED)
@@ -205,7 +207,7 @@ class SagaTracer:
         span.end()
 
     def _finish_saga(self, saga: _Saga, transition: Transition) -> None:
-        del self._sagas[transition.saga_id]
+        del self._sagas[transition.saga_id, transition.run_number]
         self._end_children(saga)
         span = saga.span.span
         span.set_attribute("sagakit.saga.status", str(transition.status))

@@ -36,7 +36,10 @@ class Transition:
 
     ``step_index``/``step_name``/``attempt`` are set for step and compensation
     changes; ``result`` and ``events`` for completions; ``error`` for failures;
-    ``status`` is the saga's status after the change.
+    ``status`` is the saga's status after the change. ``run_number`` tells runs apart:
+    every run in this process (an ``execute()``, a recovery) has its own, from 1 up, so
+    two runs of one saga id (run again, recovered, or run at once by orchestrators with
+    stores of their own) have different ones; ``0`` for a transition made by hand.
     """
 
     kind: TransitionKind
@@ -50,6 +53,7 @@ class Transition:
     events: tuple[Any, ...] = ()
     error: BaseException | None = None
     duration: float | None = None
+    run_number: int = 0
 
     @property
     def idempotency_key(self) -> str | None:
@@ -73,6 +77,7 @@ _SETTERS = tuple(
         "events",
         "error",
         "duration",
+        "run_number",
     )
 )
 _new = object.__new__
@@ -90,12 +95,14 @@ def make_transition(
     events: tuple[Any, ...],
     error: BaseException | None,
     duration: float | None,
+    run_number: int,
 ) -> Transition:
     """``Transition(...)`` for the orchestrator's hot path: the same frozen record, built
     through its slots' descriptors (the dataclass ``__init__`` of a frozen class costs twice
     as much, and a durable saga makes a dozen transitions)."""
     transition: Transition = _new(Transition)
-    (k, i, n, s, si, sn, a, r, ev, er, d) = _SETTERS  # unrolled: a loop costs as much as __init__
+    # Unrolled: a loop costs as much as __init__.
+    (k, i, n, s, si, sn, a, r, ev, er, d, rn) = _SETTERS
     k(transition, kind)
     i(transition, saga_id)
     n(transition, saga_name)
@@ -107,6 +114,7 @@ def make_transition(
     ev(transition, events)
     er(transition, error)
     d(transition, duration)
+    rn(transition, run_number)
     return transition
 
 

@@ -162,7 +162,7 @@ async def _run_case(
         orchestrator.remove_listener(recorder)
     problems: list[str] = []
     expected = _expected(steps, index, mode)
-    run = recorder._runs.get(saga_id)
+    run = recorder._last_of(saga_id)
     trail = [] if run is None else run.transitions
     started = sorted(
         {

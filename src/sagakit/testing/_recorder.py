@@ -157,37 +157,55 @@ class SagaRecorder:
     """
 
     def __init__(self) -> None:
-        self._runs: dict[str, RecordedRun] = {}
-        self._ended: set[str] = set()  # ids whose run stopped here unfinished, or crashed
+        # By saga id and run number (Transition.run_number): orchestrators with stores of
+        # their own may run one id at the same time, and each run has a record of its own.
+        self._runs: dict[tuple[str, int], RecordedRun] = {}
+        self._numbers: dict[str, list[int]] = {}  # each id's run numbers, in start order
+        self._ended: set[tuple[str, int]] = set()  # runs stopped here unfinished, or crashed
         self.transitions: list[Transition] = []
 
     def __call__(self, transition: Transition) -> None:
         self.transitions.append(transition)
         saga_id = transition.saga_id
+        key = (saga_id, transition.run_number)
         kind = transition.kind
-        run = self._runs.get(saga_id)
-        if (
-            run is None
-            or kind is TransitionKind.SAGA_STARTED
-            or run.finished
-            or saga_id in self._ended
-        ):
-            # A new run (every run but a recovery's compensation begins SAGA_STARTED);
-            # one of an id seen before (reused, or a recovery after the earlier run
-            # finished, stopped or crashed) starts afresh and is the last run.
-            self._ended.discard(saga_id)
-            self._runs.pop(saga_id, None)
+        run = self._runs.get(key)
+        if run is None or kind is TransitionKind.SAGA_STARTED or run.finished or key in self._ended:
+            # A new run (every run but a recovery's compensation begins SAGA_STARTED; a
+            # transition made by hand has run number 0, so its key may repeat).
+            self._drop_ended(saga_id, key)
             run = RecordedRun(saga_id, transition.saga_name)
-            self._runs[saga_id] = run
+            self._runs[key] = run
+            self._numbers.setdefault(saga_id, []).append(key[1])
         run.transitions.append(transition)
         if kind is TransitionKind.SAGA_STOPPED:
-            self._ended.add(saga_id)
+            self._ended.add(key)
 
-    def _sagakit_crashed(self, saga_id: str, crash: BaseException) -> None:
-        """A simulated crash ended the run of ``saga_id``: nothing is recorded for it (a
+    def _drop_ended(self, saga_id: str, key: tuple[str, int]) -> None:
+        """Forget the runs of ``saga_id`` a new run (``key``) replaces: those that ended
+        (finished, stopped or crashed; reused, or recovered after) and any of ``key``.
+        One still running (another orchestrator's, with a store of its own) stays."""
+        numbers = self._numbers.get(saga_id)
+        if not numbers:
+            return
+        for number in list(numbers):
+            earlier = (saga_id, number)
+            if earlier == key or self._runs[earlier].finished or earlier in self._ended:
+                del self._runs[earlier]
+                self._ended.discard(earlier)
+                numbers.remove(number)
+
+    def _sagakit_crashed(self, saga_id: str, crash: BaseException, run_number: int) -> None:
+        """A simulated crash ended a run of ``saga_id``: nothing is recorded for it (a
         killed process tells nothing), but a recovery of the saga is a run of its own."""
-        if saga_id in self._runs:
-            self._ended.add(saga_id)
+        key = (saga_id, run_number)
+        if key in self._runs:
+            self._ended.add(key)
+
+    def _last_of(self, saga_id: str) -> RecordedRun | None:
+        """The most recently started run of ``saga_id`` still recorded, if any."""
+        numbers = self._numbers.get(saga_id)
+        return self._runs[saga_id, numbers[-1]] if numbers else None
 
     @property
     def runs(self) -> list[RecordedRun]:
@@ -202,20 +220,21 @@ class SagaRecorder:
         return next(reversed(self._runs.values()))
 
     def run(self, saga_id: str | None = None) -> RecordedRun:
-        """The run of ``saga_id`` (the last one if ``None``)."""
+        """The run of ``saga_id`` — its most recently started one, when runs of the id
+        overlapped (two orchestrators with stores of their own) — or the last run if
+        ``None``."""
         if saga_id is None:
             return self.last
-        try:
-            return self._runs[saga_id]
-        except KeyError:
-            known = ", ".join(self._runs) or "none"
-            raise AssertionError(
-                f"no run of saga id {saga_id!r} was recorded (recorded: {known})"
-            ) from None
+        run = self._last_of(saga_id)
+        if run is None:
+            known = ", ".join(id_ for id_, numbers in self._numbers.items() if numbers) or "none"
+            raise AssertionError(f"no run of saga id {saga_id!r} was recorded (recorded: {known})")
+        return run
 
     def clear(self) -> None:
         """Forget everything recorded."""
         self._runs.clear()
+        self._numbers.clear()
         self._ended.clear()
         self.transitions.clear()
 
