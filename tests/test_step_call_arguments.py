@@ -7,6 +7,8 @@ and had to be compensated), or from binding the compensation's arguments.
 
 from __future__ import annotations
 
+import copy
+import pickle
 import re
 from typing import Any
 
@@ -128,3 +130,31 @@ async def test_awaiting_a_good_call_still_runs_and_a_failing_step_still_fails() 
 
     with pytest.raises(StepFailed, match="from inside the step"):
         await SagaOrchestrator().execute(SagaDefinition("sca-2").add_step(sca_boom(1)))
+
+
+@saga
+def sca_payment(account: str) -> list[Any]:
+    return [sca_debit(account, amount=10.0, note="!"), sca_debit(account, 5.0)]
+
+
+@pytest.mark.asyncio
+async def test_a_definitions_step_calls_keep_their_keyword_arguments() -> None:
+    # Regression: StepCall.kwargs was the call's own dict, so a definition documented as
+    # immutable changed when it was changed (and a call without keywords got some).
+    definition = sca_payment("A")
+    with_keywords, without = definition.steps or ()
+    for call in (with_keywords, without):
+        with pytest.raises(TypeError):
+            call.kwargs["amount"] = 0  # type: ignore[index]
+        with pytest.raises(AttributeError):
+            call.kwargs = {}  # type: ignore[misc]
+    assert with_keywords.kwargs == {"amount": 10.0, "note": "!"}
+    assert dict(without.kwargs) == {}
+    assert await SagaOrchestrator().execute(definition) == ["A-10.0!", "A-5.0"]
+    assert await with_keywords == "A-10.0!"  # a call awaited on its own
+    assert repr(with_keywords) == "<StepCall sca_debit('A', amount=10.0, note='!')>"
+    for copied in (pickle.loads(pickle.dumps(definition)), copy.deepcopy(definition)):
+        assert [dict(call.kwargs) for call in copied.steps or ()] == [
+            {"amount": 10.0, "note": "!"},
+            {},
+        ]

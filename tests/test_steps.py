@@ -587,9 +587,7 @@ def test_calls_of_two_steps_carry_their_own_step_and_options() -> None:
 def test_a_step_subclass_keeps_its_own_call() -> None:
     class TracedStep(Step[Any, Any]):
         def __call__(self, *args: Any, **kwargs: Any) -> StepCall[Any]:
-            call = super().__call__(*args, **kwargs)
-            call.kwargs["traced"] = True
-            return call
+            return super().__call__(*args, traced=True, **kwargs)
 
     async def fn(traced: bool = False) -> bool:
         return traced

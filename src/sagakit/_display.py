@@ -152,7 +152,7 @@ def definition_html(definition: SagaDefinition) -> str:
                 (
                     str(index),
                     escape(step.name),
-                    escape(_describe_args(call.args, call.kwargs)),
+                    escape(_describe_args(call.args, call._kwargs)),
                     f"{step.timeout:g} s",
                     str(step.retry.attempts),
                     escape(getattr(compensation, "__name__", "—") if compensation else "—"),

@@ -408,8 +408,8 @@ class SagaOrchestrator:
                         acted = record
                         try:
                             value = await (
-                                call.fn(*call.args, **call.kwargs)
-                                if call.kwargs
+                                call.fn(*call.args, **call._kwargs)
+                                if call._kwargs
                                 else call.fn(*call.args)
                             )
                             run.deadline = NO_DEADLINE
@@ -447,7 +447,7 @@ class SagaOrchestrator:
                             # Failed or timed out, it still dies before its outcome is recorded.
                             with contextlib.suppress(Exception):
                                 async with asyncio.timeout(timeout):
-                                    await call.fn(*call.args, **call.kwargs)
+                                    await call.fn(*call.args, **call._kwargs)
                             fault = fault.crash
                         if isinstance(fault, SimulatedCrash):
                             raise fault
@@ -886,7 +886,7 @@ class SagaOrchestrator:
                         try:
                             args = call.args
                             missing = spec.arity - len(args)
-                            if spec.plain_compensation and not call.kwargs:
+                            if spec.plain_compensation and not call._kwargs:
                                 if missing == 0:
                                     value = await compensation(*args)
                                 elif 0 < missing <= len(spec.defaults):

@@ -7,8 +7,8 @@ import inspect
 import sys
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Generator
-from types import MethodType
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from types import MappingProxyType, MethodType
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, SupportsIndex, TypeVar, overload
 
 import wrapt
@@ -92,7 +92,10 @@ class StepCall(Generic[R_co]):
     run the step on its own, under its timeout and retry policy.
     """
 
-    __slots__ = ("args", "fn", "instance", "kwargs", "spec", "step")
+    # The keyword arguments are kept in a dict of their own (``**`` made it for this call)
+    # that only sagakit reads, fast; ``kwargs`` shows it read-only, as a call in an
+    # immutable definition must not change.
+    __slots__ = ("_kwargs", "args", "fn", "instance", "spec", "step")
 
     def __init__(
         self,
@@ -107,12 +110,17 @@ class StepCall(Generic[R_co]):
         self.fn = fn
         self.instance = instance
         self.args = args
-        self.kwargs = kwargs
+        self._kwargs = kwargs
 
     @property
     def name(self) -> str:
         """The step's name."""
         return self.spec.name
+
+    @property
+    def kwargs(self) -> Mapping[str, Any]:
+        """The keyword arguments of the call, read-only."""
+        return MappingProxyType(self._kwargs)
 
     def compensation_call(self, result: Any) -> Coroutine[Any, Any, Any] | None:
         """Start the compensation of this call (``None`` when the step has none)."""
@@ -120,7 +128,7 @@ class StepCall(Generic[R_co]):
         compensation = spec.compensation
         if compensation is None:
             return None
-        args, kwargs = self.args, self.kwargs
+        args, kwargs = self.args, self._kwargs
         if self.instance is not None and spec.is_method:
             args = (self.instance, *args)
         arity = spec.arity
@@ -158,7 +166,7 @@ class StepCall(Generic[R_co]):
             deadline = asyncio.timeout(step.timeout)
             try:
                 async with deadline:
-                    result = await self.fn(*self.args, **self.kwargs)
+                    result = await self.fn(*self.args, **self._kwargs)
                 # It swallowed its cancellation, or blocked past the deadline without awaiting.
                 when = deadline.when()
                 if deadline.expired() or (when is not None and loop.time() >= when):
@@ -182,11 +190,11 @@ class StepCall(Generic[R_co]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Made again by calling the step: the spec and function are the step's own.
-        return _call_again, (self.step, self.instance, self.args, self.kwargs)
+        return _call_again, (self.step, self.instance, self.args, self._kwargs)
 
     def __repr__(self) -> str:
         parts = [repr(a) for a in self.args]
-        parts += [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        parts += [f"{k}={v!r}" for k, v in self._kwargs.items()]
         return f"<StepCall {self.step.name}({', '.join(parts)})>"
 
 
@@ -335,7 +343,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         call.fn = spec.fn
         call.instance = None
         call.args = args
-        call.kwargs = kwargs
+        call._kwargs = kwargs
         return call
 
     @property
@@ -527,7 +535,7 @@ def _call_maker(spec: StepSpec) -> Callable[..., StepCall[Any]]:
         call.fn = fn
         call.instance = None
         call.args = args
-        call.kwargs = kwargs
+        call._kwargs = kwargs
         return call
 
     return __call__
