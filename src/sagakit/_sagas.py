@@ -11,7 +11,7 @@ from typing import Any, Generic, Literal, TypeAlias, overload
 from typing_extensions import ParamSpec
 
 from ._names import by_reference, declared_name, qualname_of
-from ._steps import _POSITIONAL, StepCall
+from ._steps import _POSITIONAL, Step, StepCall
 from .exceptions import SagaDefinitionError
 from .records import SagaMetadata
 from .status import SagaStatus
@@ -241,16 +241,28 @@ def _check_recovery(recovery: object, option: str) -> None:
 
 def _check_call(call: object, saga_name: str, index: int) -> None:
     if not isinstance(call, StepCall):
-        hint = ""
-        if inspect.iscoroutine(call):
-            call.close()
-            hint = " (a coroutine: decorate the async function with @step)"
-        elif callable(call):
-            hint = " (call the step with its arguments: debit('A', 10), not debit)"
         raise SagaDefinitionError(
             f"saga {saga_name!r} step {index} must be a step call such as debit('A', 10), "
-            f"got {call!r}{hint}"
+            f"got {call!r}{_not_a_call_hint(call)}"
         )
+
+
+def _not_a_call_hint(call: object) -> str:
+    """How to turn what a saga gave instead of a step call into one, named after it."""
+    if inspect.iscoroutine(call):
+        call.close()
+        name = call.__name__
+        return f" (a coroutine of {name}: decorate {name} with @step)"
+    if isinstance(call, Step):
+        return f" (call the step with its arguments: {call.name}(...), not {call.name})"
+    if inspect.iscoroutinefunction(call):
+        name = getattr(call, "__name__", "it")
+        return f" (decorate {name} with @step, then call it with its arguments: {name}(...))"
+    if callable(call):
+        return " (call the step with its arguments: debit('A', 10), not debit)"
+    if isinstance(call, list | tuple) and any(isinstance(item, StepCall) for item in call):
+        return " (steps run one at a time: give each step call on its own)"
+    return ""
 
 
 def _positional_range(fn: Callable[..., Any]) -> tuple[int, int] | None:
@@ -317,7 +329,13 @@ class SagaFunction(Generic[P]):
         recovery: RecoveryPolicy = "resume",
     ) -> None:
         if not callable(fn):
-            raise SagaDefinitionError(f"@saga takes a function, got {fn!r}")
+            fix = ""
+            if isinstance(fn, list | tuple):
+                fix = (
+                    "; for a fixed list of step calls use SagaDefinition(steps=[...]), "
+                    "or decorate a function that returns the list"
+                )
+            raise SagaDefinitionError(f"@saga takes a function, got {fn!r}{fix}")
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             raise SagaDefinitionError(
                 f"@saga needs a plain generator function (yield each step call) or a function "
