@@ -432,6 +432,29 @@ def test_incompatible_compensation_signature_is_refused_with_a_hint(source: str)
     assert debit.compensation is None
 
 
+def test_an_incompatible_compensation_is_shown_without_its_return_annotation() -> None:
+    # It read "compensation undo(...) -> None cannot take", unlike the other declaration
+    # errors and docs/concepts/compensation.md.
+    @step
+    async def debit(account: str, amount: float) -> None: ...
+
+    async def undo(account: str) -> None: ...
+
+    async def undo_all(account: str, *, amount: float) -> None: ...
+
+    @step
+    async def tag(item: str, *labels: str) -> None: ...
+
+    with pytest.raises(
+        SagaDefinitionError, match=r"compensation .*undo\(account: '?str'?\) cannot"
+    ):
+        debit.compensate(undo)
+    with pytest.raises(
+        SagaDefinitionError, match=r"undo_all\(account: '?str'?, \*, amount: '?float'?\) c"
+    ):
+        tag.compensate(undo_all)
+
+
 def test_sync_compensation_is_refused() -> None:
     @step
     async def debit(account: str) -> None: ...

@@ -610,6 +610,11 @@ def _in_class_body(fn: object) -> bool:
     return len(parts) > 1 and parts[-2] != "<locals>"
 
 
+def _parameters_of(fn: Callable[..., Any]) -> inspect.Signature:
+    """``fn``'s signature without its return annotation, as errors show a compensation."""
+    return inspect.signature(fn).replace(return_annotation=inspect.Signature.empty)
+
+
 def _takes_result(step: Step[Any, Any], fn: Callable[..., Any], is_method: bool) -> bool:
     """Decide which form ``fn`` has, or raise when it cannot take the step's arguments."""
     spec = step._self_spec
@@ -619,7 +624,7 @@ def _takes_result(step: Step[Any, Any], fn: Callable[..., Any], is_method: bool)
                               (inspect.Parameter.VAR_KEYWORD, "**kwargs")):  # fmt: skip
         if any(p.kind is variadic for p in params) and variadic not in kinds:
             raise SagaDefinitionError(
-                f"compensation {qualname_of(fn)}{inspect.signature(fn)} cannot take the "
+                f"compensation {qualname_of(fn)}{_parameters_of(fn)} cannot take the "
                 f"{written} of step {step.name!r} ({spec.signature}); give it {written} too"
             )
     positional = [p.name for p in params if p.kind in _POSITIONAL]
@@ -639,7 +644,7 @@ def _takes_result(step: Step[Any, Any], fn: Callable[..., Any], is_method: bool)
         return result_form
     step_params = ", ".join(str(p) for p in params)
     raise SagaDefinitionError(
-        f"compensation {qualname_of(fn)}{signature} cannot take the arguments of step "
+        f"compensation {qualname_of(fn)}{_parameters_of(fn)} cannot take the arguments of step "
         f"{step.name!r} ({step_params}); give it the step's parameters "
         f"({step_params}) or the step's result first, then those parameters"
     )
