@@ -2,7 +2,8 @@
 
 Every ```python block of a page listed in ``RUNNABLE_PAGES`` is part of one script per page
 (blocks run in order, so later blocks may use earlier definitions); the script must run to
-the end without error. Pages in ``AWAIT_PAGES`` are written as in a notebook: their blocks run
+the end without error, and print what the comment of each ``print(...)  # ...`` line shows.
+Pages in ``AWAIT_PAGES`` are written as in a notebook: their blocks run
 the same way but with top-level ``await``, after the first block of the page they build on,
 and their blocks without top-level ``await`` also run under pytest, whose ``test_*``
 functions must pass. ```py blocks are fragments (signatures, reveal_type) and are not run.
@@ -88,6 +89,32 @@ def test_page_code_runs(page: str, tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, f"the code of {page} failed:\n{result.stderr}"
+    _check_printed_as_commented(page, blocks, result.stdout)
+
+
+_PRINT_COMMENT = re.compile(r"^[ \t]*print\(.*\)[ \t]+# (.+)$", re.M)
+
+
+def _comment_pattern(comment: str) -> re.Pattern[str]:
+    """``...`` stands for anything, and a duration in ms for any duration."""
+    pattern = re.escape(comment).replace(re.escape("..."), ".*")
+    return re.compile(re.sub(r"\d+\\\.\d+\\ ms", r"[\\d.]+\\ ms", pattern))
+
+
+def _check_printed_as_commented(page: str, blocks: list[str], stdout: str) -> None:
+    """Each `print(...)  # shown` line's comment is what it printed, in order.
+
+    A comment may go on in prose after the output, past a ", " or ": " (`# 2: two runs`).
+    """
+    lines = iter(stdout.splitlines())
+    for comment in _PRINT_COMMENT.findall("\n".join(blocks)):
+        cuts = [comment, *reversed([comment[: m.start()] for m in re.finditer(r"[,:] ", comment)])]
+        patterns = [_comment_pattern(cut) for cut in cuts]
+        for line in lines:
+            if any(pattern.fullmatch(line) for pattern in patterns):
+                break
+        else:
+            pytest.fail(f"{page}: nothing printed matches the comment `# {comment}`:\n{stdout}")
 
 
 # Pages a user copies first: their code, as written, must pass `mypy --strict`.
@@ -148,6 +175,7 @@ def test_notebook_style_page_code_runs(page: str, tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, f"the code of {page} failed:\n{result.stderr}"
+    _check_printed_as_commented(page, _await_page_blocks(page), result.stdout)
 
 
 @pytest.mark.parametrize(
