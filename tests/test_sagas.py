@@ -186,6 +186,19 @@ def test_definitions_are_immutable() -> None:
         definition.saga_id = "other"  # type: ignore[misc]
 
 
+def test_definitions_compare_by_their_parts_and_are_unhashable() -> None:
+    # As docs/api.md says: equal when all parts are equal; step calls compare by identity.
+    assert transfer("A", "B", 1.0) == transfer("A", "B", 1.0)
+    assert transfer("A", "B", 1.0) != transfer("A", "B", 2.0)
+    assert transfer("A", "B", 1.0) != transfer("A", "B", 1.0).with_id("t-1")
+    assert transfer_list("A", "B", 1.0) != transfer_list("A", "B", 1.0)
+    call = debit("A", 1.0)
+    assert SagaDefinition("t-1", steps=[call]) == SagaDefinition("t-1", steps=[call])
+    assert SagaDefinition("t-1", steps=[call]) != SagaDefinition("t-2", steps=[call])
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(transfer("A", "B", 1.0))
+
+
 def test_builder_and_with_id_return_new_definitions() -> None:
     empty = SagaDefinition("t-1")
     one = empty.add_step(debit("A", 1.0))
