@@ -237,6 +237,8 @@ def test_api_reference_names_every_public_name() -> None:
 
     reference = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
     names = {*sagakit.__all__, *sagakit.stores.__all__, *sagakit.testing.__all__}
+    otel = pytest.importorskip("sagakit.otel")
+    names.update(otel.__all__)
     missing = sorted(name for name in names if f"`{name}`" not in reference)
     assert not missing, f"docs/api.md does not document {missing}"
 
