@@ -11,7 +11,7 @@ from typing import Any, Generic, Literal, TypeAlias, overload
 from typing_extensions import ParamSpec
 
 from ._names import by_reference, declared_name, qualname_of
-from ._steps import _POSITIONAL, Step, StepCall
+from ._steps import _POSITIONAL, Step, StepCall, _shown
 from .exceptions import SagaDefinitionError
 from .records import SagaMetadata
 from .status import SagaStatus
@@ -367,7 +367,11 @@ class SagaFunction(Generic[P]):
             if fits is None or kwargs or not fits[0] <= len(args) <= fits[1]:
                 self._check_arguments(args, kwargs)
         else:
-            body = self.__wrapped__(*args, **kwargs)
+            try:
+                body = self.__wrapped__(*args, **kwargs)
+            except TypeError:
+                self._check_arguments(args, kwargs)  # the call, rather than the body, failed?
+                raise
             if not isinstance(body, list | tuple):
                 raise SagaDefinitionError(
                     f"saga {self.name!r} must return a list or tuple of step calls "
@@ -387,12 +391,17 @@ class SagaFunction(Generic[P]):
         return definition
 
     def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        try:  # calling a generator function only binds its arguments
-            self.__wrapped__(*args, **kwargs).close()  # type: ignore[union-attr]
+        """Raise a clear definition error when the function cannot take these arguments."""
+        try:
+            signature = inspect.signature(self.__wrapped__)
+        except (TypeError, ValueError):  # no signature to read: nothing to check
+            return
+        try:
+            signature.bind(*args, **kwargs)
         except TypeError as error:
             raise SagaDefinitionError(
-                f"saga {self.name}{inspect.signature(self.__wrapped__)} cannot take these "
-                f"arguments: {error}"
+                f"saga {self.name!r} cannot be called with these arguments: {error}; "
+                f"its parameters are {_shown(signature)}"
             ) from None
 
     # Like a function: copied as itself, pickled by reference.
