@@ -67,11 +67,11 @@ def test_a_result_that_a_keyword_would_give_twice_is_refused() -> None:
 
     message = str(info.value)
     assert "compensation " in message
-    assert "ck_unlabel(tag_id: 'int | None', item: 'str', **labels: 'str')" in message
+    assert "ck_unlabel(tag_id: int | None, item: str, **labels: str)" in message
     assert "of step 'ck_label' would get 'tag_id' twice" in message
     assert "called with tag_id=... (its **labels takes any keyword)" in message
     assert "make it positional-only: " in message
-    assert message.endswith("ck_unlabel(tag_id: 'int | None', /, item: 'str', **labels: 'str')")
+    assert message.endswith("ck_unlabel(tag_id: int | None, /, item: str, **labels: str)")
     assert ck_label.compensation is None  # nothing registered: a fixed one can be
     assert not ck_label.compensation_takes_result
 

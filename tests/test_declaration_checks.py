@@ -23,6 +23,7 @@ from sagakit import (
     SagaDefinition,
     SagaDefinitionError,
     SagaOrchestrator,
+    StepCall,
     saga,
     step,
 )
@@ -53,8 +54,34 @@ async def test_bad_generator_args_leave_no_run_executing() -> None:
 
 
 def test_bad_generator_args_are_refused_when_the_definition_is_built() -> None:
-    with pytest.raises(SagaDefinitionError, match="cannot take these arguments"):
+    with pytest.raises(SagaDefinitionError, match="cannot be called with these arguments"):
         dc_ga_saga(1)  # type: ignore[call-arg]
+
+
+def test_bad_arguments_are_refused_alike_for_list_and_generator_sagas() -> None:
+    # A list saga called with arguments it cannot take raised the bare TypeError of the call,
+    # and a generator saga showed its parameters quoted, with any return annotation.
+    @saga
+    def dc_list_saga(x: int, y: int) -> list[StepCall[Any]]:
+        return [dc_ga_step(x + y)]
+
+    for bad in (dc_list_saga, dc_ga_saga):
+        with pytest.raises(SagaDefinitionError) as refused:
+            bad(1)  # type: ignore[call-arg]
+        assert str(refused.value) == (
+            f"saga {bad.name!r} cannot be called with these arguments: missing a required "
+            "argument: 'y'; its parameters are (x: int, y: int)"
+        )
+
+
+def test_a_type_error_inside_a_list_saga_is_its_own() -> None:
+    @saga
+    def dc_broken_list_saga(x: int) -> list[StepCall[Any]]:
+        return [dc_ga_step(x + "1")]  # type: ignore[operator]
+
+    with pytest.raises(TypeError, match="unsupported operand") as raised:
+        dc_broken_list_saga(1)
+    assert not isinstance(raised.value, SagaDefinitionError)
 
 
 @saga
@@ -89,7 +116,7 @@ def test_generator_saga_arguments_are_checked_in_every_shape(
     if fits:
         assert isinstance(build(), SagaDefinition)
     else:
-        with pytest.raises(SagaDefinitionError, match="cannot take these arguments"):
+        with pytest.raises(SagaDefinitionError, match="cannot be called with these arguments"):
             build()
 
 

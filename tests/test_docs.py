@@ -2,7 +2,8 @@
 
 Every ```python block of a page listed in ``RUNNABLE_PAGES`` is part of one script per page
 (blocks run in order, so later blocks may use earlier definitions); the script must run to
-the end without error. Pages in ``AWAIT_PAGES`` are written as in a notebook: their blocks run
+the end without error, and print what the comment of each ``print(...)  # ...`` line shows.
+Pages in ``AWAIT_PAGES`` are written as in a notebook: their blocks run
 the same way but with top-level ``await``, after the first block of the page they build on,
 and their blocks without top-level ``await`` also run under pytest, whose ``test_*``
 functions must pass. ```py blocks are fragments (signatures, reveal_type) and are not run.
@@ -11,6 +12,7 @@ functions must pass. ```py blocks are fragments (signatures, reveal_type) and ar
 from __future__ import annotations
 
 import ast
+import inspect
 import os
 import re
 import subprocess
@@ -87,6 +89,32 @@ def test_page_code_runs(page: str, tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, f"the code of {page} failed:\n{result.stderr}"
+    _check_printed_as_commented(page, blocks, result.stdout)
+
+
+_PRINT_COMMENT = re.compile(r"^[ \t]*print\(.*\)[ \t]+# (.+)$", re.M)
+
+
+def _comment_pattern(comment: str) -> re.Pattern[str]:
+    """``...`` stands for anything, and a duration in ms for any duration."""
+    pattern = re.escape(comment).replace(re.escape("..."), ".*")
+    return re.compile(re.sub(r"\d+\\\.\d+\\ ms", r"[\\d.]+\\ ms", pattern))
+
+
+def _check_printed_as_commented(page: str, blocks: list[str], stdout: str) -> None:
+    """Each `print(...)  # shown` line's comment is what it printed, in order.
+
+    A comment may go on in prose after the output, past a ", " or ": " (`# 2: two runs`).
+    """
+    lines = iter(stdout.splitlines())
+    for comment in _PRINT_COMMENT.findall("\n".join(blocks)):
+        cuts = [comment, *reversed([comment[: m.start()] for m in re.finditer(r"[,:] ", comment)])]
+        patterns = [_comment_pattern(cut) for cut in cuts]
+        for line in lines:
+            if any(pattern.fullmatch(line) for pattern in patterns):
+                break
+        else:
+            pytest.fail(f"{page}: nothing printed matches the comment `# {comment}`:\n{stdout}")
 
 
 # Pages a user copies first: their code, as written, must pass `mypy --strict`.
@@ -147,6 +175,7 @@ def test_notebook_style_page_code_runs(page: str, tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, f"the code of {page} failed:\n{result.stderr}"
+    _check_printed_as_commented(page, _await_page_blocks(page), result.stdout)
 
 
 @pytest.mark.parametrize(
@@ -208,6 +237,8 @@ def test_api_reference_names_every_public_name() -> None:
 
     reference = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
     names = {*sagakit.__all__, *sagakit.stores.__all__, *sagakit.testing.__all__}
+    otel = pytest.importorskip("sagakit.otel")
+    names.update(otel.__all__)
     missing = sorted(name for name in names if f"`{name}`" not in reference)
     assert not missing, f"docs/api.md does not document {missing}"
 
@@ -235,3 +266,121 @@ def test_documented_command_lines_parse() -> None:
             parser.parse_args(shlex.split(line)[1:])
         except SystemExit:  # argparse's usage error, printed to stderr
             pytest.fail(f"the documented command line does not parse: {line}")
+
+
+def _stub_source(block: str) -> str:
+    """A ```py block of docs/api.md made parseable: bodiless defs and classes get `: ...`."""
+    lines = []
+    for line in block.splitlines():
+        stripped = line.strip()
+        bodiless = re.match(r"(def |class )", stripped) and not stripped.endswith((":", "("))
+        if bodiless or re.match(r"\)( -> .+)?$", stripped):
+            line += ": ..."
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _documented_parameters(arguments: ast.arguments) -> list[tuple[str, str, str | None]]:
+    """(name, kind, default source) of each parameter, as inspect.Parameter kinds name them."""
+    positional = [*arguments.posonlyargs, *arguments.args]
+    defaults: list[ast.expr | None] = [None] * (len(positional) - len(arguments.defaults))
+    defaults += arguments.defaults
+    params = [
+        (arg.arg, "POSITIONAL_ONLY" if arg in arguments.posonlyargs else "POSITIONAL_OR_KEYWORD", d)
+        for arg, d in zip(positional, defaults, strict=True)
+    ]
+    if arguments.vararg is not None:
+        params.append((arguments.vararg.arg, "VAR_POSITIONAL", None))
+    params += [
+        (arg.arg, "KEYWORD_ONLY", d)
+        for arg, d in zip(arguments.kwonlyargs, arguments.kw_defaults, strict=True)
+    ]
+    if arguments.kwarg is not None:
+        params.append((arguments.kwarg.arg, "VAR_KEYWORD", None))
+    return [(name, kind, None if d is None else ast.unparse(d)) for name, kind, d in params]
+
+
+def _check_parameters(
+    where: str,
+    documented: list[tuple[str, str, str | None]],
+    real: list[tuple[str, str, object]],
+    namespace: dict[str, object],
+) -> list[str]:
+    problems = []
+    shown = [(name, kind) for name, kind, _ in documented]
+    actual = [(name, kind) for name, kind, _ in real]
+    if shown != actual:
+        return [f"{where}: docs/api.md shows {shown}, the code has {actual}"]
+    for (name, _, doc_default), (_, _, default) in zip(documented, real, strict=True):
+        if (doc_default is None) != (default is inspect.Parameter.empty):
+            problems.append(f"{where}: {name} default {doc_default} in docs, {default!r} in code")
+        elif doc_default is not None and eval(doc_default, namespace) != default:
+            problems.append(f"{where}: {name} = {doc_default} in docs, {default!r} in code")
+    return problems
+
+
+def _real_parameters(fn: object) -> list[tuple[str, str, object]]:
+    signature = inspect.signature(fn)  # type: ignore[arg-type]
+    return [
+        (p.name, p.kind.name, p.default) for p in signature.parameters.values() if p.name != "self"
+    ]
+
+
+def test_api_reference_signatures_match_the_code() -> None:
+    """The signatures and dataclass fields of docs/api.md are the real ones, defaults included."""
+    import asyncio
+    import dataclasses
+
+    import sagakit
+    from sagakit._steps import _DEFAULT_OPTIONS
+
+    namespace: dict[str, object] = {**vars(sagakit), "asyncio": asyncio}
+    reference = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    problems: list[str] = []
+    checked = 0
+    for block in _blocks(reference, "py"):
+        decorator = re.match(r"@(step|saga)\n@\1(\(.*?\n?\))\n", block, re.S)
+        if decorator is not None:
+            options = ast.parse(f"def f{decorator.group(2)}: ...").body[0]
+            assert isinstance(options, ast.FunctionDef)
+            documented = _documented_parameters(options.args)
+            if decorator.group(1) == "step":
+                real = [(name, "KEYWORD_ONLY", v) for name, v in _DEFAULT_OPTIONS.items()]
+            else:
+                real = [p for p in _real_parameters(sagakit.saga) if p[1] == "KEYWORD_ONLY"]
+            problems += _check_parameters(f"@{decorator.group(1)}", documented, real, namespace)
+            checked += 1
+            continue
+        for node in ast.parse(_stub_source(block)).body:
+            if isinstance(node, ast.FunctionDef):
+                real = _real_parameters(getattr(sagakit, node.name))
+                problems += _check_parameters(
+                    node.name, _documented_parameters(node.args), real, namespace
+                )
+                checked += 1
+            elif isinstance(node, ast.ClassDef):
+                cls = getattr(sagakit, node.name)
+                fields = [n for n in node.body if isinstance(n, ast.AnnAssign)]
+                init = [
+                    n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"
+                ]
+                if fields:
+                    documented = [
+                        (f.target.id, "POSITIONAL_OR_KEYWORD", f.value and ast.unparse(f.value))
+                        for f in fields
+                        if isinstance(f.target, ast.Name)
+                    ]
+                    no_default = {dataclasses.MISSING: inspect.Parameter.empty}
+                    real = [
+                        (f.name, "POSITIONAL_OR_KEYWORD", no_default.get(f.default, f.default))
+                        for f in dataclasses.fields(cls)
+                    ]
+                    problems += _check_parameters(node.name, documented, real, namespace)
+                    checked += 1
+                for fn in init:
+                    documented = [p for p in _documented_parameters(fn.args) if p[0] != "self"]
+                    real = _real_parameters(cls.__init__)
+                    problems += _check_parameters(node.name, documented, real, namespace)
+                    checked += 1
+    assert checked >= 15, f"only {checked} signatures found in docs/api.md"
+    assert not problems, "\n".join(problems)

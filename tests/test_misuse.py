@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Generator
+from typing import Any
 
 import pytest
 
-from sagakit import MemoryStore, SagaDefinitionError, SagaOrchestrator, StepTimeout, step
+from sagakit import (
+    MemoryStore,
+    SagaDefinition,
+    SagaDefinitionError,
+    SagaOrchestrator,
+    StepTimeout,
+    saga,
+    step,
+)
 
 
 async def _noop(x: int) -> int:
@@ -109,3 +119,69 @@ def test_an_object_with_an_async_call_is_told_to_wrap_it_in_a_function() -> None
         ship.compensate(_AsyncCallable())
     with pytest.raises(SagaDefinitionError, match="declare it with 'async def'"):
         step(lambda item: item)
+
+
+@step
+async def _reserve(item: str) -> str:
+    return item
+
+
+async def _undecorated(item: str) -> str:
+    return item
+
+
+def _list_saga_of(*items: object) -> object:
+    @saga
+    def order(item: str) -> list[Any]:
+        return list(items)
+
+    return order
+
+
+def test_a_step_not_called_is_named_in_the_fix() -> None:
+    # It said "call the step with its arguments: debit('A', 10), not debit" for any step.
+    with pytest.raises(SagaDefinitionError, match=r"_reserve\(\.\.\.\), not _reserve\)"):
+        SagaDefinition("o", steps=[_reserve])  # type: ignore[list-item]
+
+
+def test_an_undecorated_async_function_is_told_to_be_decorated() -> None:
+    with pytest.raises(SagaDefinitionError, match=r"decorate _undecorated with @step, then"):
+        SagaDefinition("o", steps=[_undecorated])  # type: ignore[list-item]
+    coroutine = _undecorated("pen")
+    with pytest.raises(SagaDefinitionError, match=r"coroutine of _undecorated: decorate _undec"):
+        SagaDefinition("o", steps=[coroutine])  # type: ignore[list-item]
+
+
+@pytest.mark.asyncio
+async def test_a_generator_saga_yielding_a_list_is_told_steps_run_one_at_a_time() -> None:
+    @saga
+    def both(item: str) -> Generator[Any, Any, None]:
+        yield [_reserve(item), _reserve(item)]
+
+    with pytest.raises(SagaDefinitionError, match="steps run one at a time: give each step call"):
+        await SagaOrchestrator().execute(both("pen"))
+
+
+def test_saga_given_a_list_points_to_the_builder() -> None:
+    with pytest.raises(SagaDefinitionError, match=r"takes a function.*SagaDefinition\(steps="):
+        saga([_reserve("pen")])  # type: ignore[call-overload]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("given", "fix"),
+    [
+        (lambda: _reserve("pen"), r"await the step call to run that step on its own"),
+        (lambda: [_reserve("pen")], r"build the saga from the step calls: SagaDefinition\("),
+        (lambda: (x for x in [_reserve("pen")]), r"decorate the generator function with @saga"),
+        (lambda: _list_saga_of(_reserve("pen")), r"call the @saga function .*: order\(\.\.\.\)"),
+    ],
+)
+async def test_execute_given_something_else_names_the_fix_for_it(
+    given: Callable[[], object], fix: str
+) -> None:
+    # Each said "call your @saga function first: transfer('A', 'B', 10)".
+    with pytest.raises(
+        SagaDefinitionError, match=r"execute\(\) takes a SagaDefinition, got .*; " + fix
+    ):
+        await SagaOrchestrator().execute(given())  # type: ignore[arg-type]

@@ -186,6 +186,19 @@ def test_definitions_are_immutable() -> None:
         definition.saga_id = "other"  # type: ignore[misc]
 
 
+def test_definitions_compare_by_their_parts_and_are_unhashable() -> None:
+    # As docs/api.md says: equal when all parts are equal; step calls compare by identity.
+    assert transfer("A", "B", 1.0) == transfer("A", "B", 1.0)
+    assert transfer("A", "B", 1.0) != transfer("A", "B", 2.0)
+    assert transfer("A", "B", 1.0) != transfer("A", "B", 1.0).with_id("t-1")
+    assert transfer_list("A", "B", 1.0) != transfer_list("A", "B", 1.0)
+    call = debit("A", 1.0)
+    assert SagaDefinition("t-1", steps=[call]) == SagaDefinition("t-1", steps=[call])
+    assert SagaDefinition("t-1", steps=[call]) != SagaDefinition("t-2", steps=[call])
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(transfer("A", "B", 1.0))
+
+
 def test_builder_and_with_id_return_new_definitions() -> None:
     empty = SagaDefinition("t-1")
     one = empty.add_step(debit("A", 1.0))
@@ -262,7 +275,9 @@ def test_list_saga_with_a_coroutine_is_refused_and_the_coroutine_closed() -> Non
     def bad() -> list[Any]:
         return [plain("A")]
 
-    with pytest.raises(SagaDefinitionError, match="decorate the async function with @step"):
+    with pytest.raises(
+        SagaDefinitionError, match=r"a coroutine of plain: decorate plain with @step"
+    ):
         bad()
     gc.collect()  # an unclosed coroutine would warn "never awaited" (an error here)
     assert calls == []
@@ -331,7 +346,9 @@ async def test_generator_yielding_a_coroutine_is_refused_and_it_never_runs() -> 
     def bad() -> Generator[Any, Any, None]:
         yield plain()
 
-    with pytest.raises(SagaDefinitionError, match="decorate the async function with @step"):
+    with pytest.raises(
+        SagaDefinitionError, match=r"a coroutine of plain: decorate plain with @step"
+    ):
         await SagaOrchestrator().execute(bad())
     gc.collect()
     assert calls == []
@@ -367,7 +384,10 @@ async def test_empty_generator_saga_is_refused_when_run() -> None:
 
 @pytest.mark.asyncio
 async def test_execute_refuses_things_that_are_not_definitions() -> None:
-    with pytest.raises(SagaDefinitionError, match="call your @saga function first"):
+    with pytest.raises(
+        SagaDefinitionError,
+        match=r"call the @saga function with its arguments first: transfer\(\.\.\.\)",
+    ):
         await SagaOrchestrator().execute(transfer)  # type: ignore[arg-type]
     with pytest.raises(SagaDefinitionError, match="non-empty string"):
         await SagaOrchestrator().execute(transfer("A", "B", 1.0), saga_id="")

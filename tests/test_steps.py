@@ -432,6 +432,35 @@ def test_incompatible_compensation_signature_is_refused_with_a_hint(source: str)
     assert debit.compensation is None
 
 
+def test_refused_signatures_are_shown_as_written() -> None:
+    # This module uses `from __future__ import annotations`. The errors read
+    # "undo(account: 'str') -> None cannot take ... (account: 'str', amount: 'float')", and
+    # "of step 'tag' ((item: 'str', *labels: 'str') -> None)"; they now show the parameters
+    # as written, without return annotations, as docs/concepts/compensation.md does.
+    @step
+    async def debit(account: str, amount: float) -> None: ...
+
+    async def undo(account: str) -> None: ...
+
+    async def undo_tag(item: str) -> None: ...
+
+    @step
+    async def tag(item: str, *labels: str) -> None: ...
+
+    with pytest.raises(SagaDefinitionError) as refused:
+        debit.compensate(undo)
+    assert ".undo(account: str) cannot take the arguments of step 'debit' (account: str, " in (
+        str(refused.value)
+    )
+    assert "give it the step's parameters (account: str, amount: float) or" in str(refused.value)
+    with pytest.raises(SagaDefinitionError) as refused:
+        tag.compensate(undo_tag)
+    assert "of step 'tag' (item: str, *labels: str); give it *args too" in str(refused.value)
+    with pytest.raises(SagaDefinitionError) as refused:
+        debit("A")  # type: ignore[call-arg]
+    assert str(refused.value).endswith("its parameters are (account: str, amount: float)")
+
+
 def test_sync_compensation_is_refused() -> None:
     @step
     async def debit(account: str) -> None: ...

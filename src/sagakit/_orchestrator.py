@@ -56,7 +56,7 @@ from ._runs import (
     events_of,
     storable_text,
 )
-from ._sagas import SagaDefinition, StepDriver, _check_call, _check_id, close_driver
+from ._sagas import SagaDefinition, SagaFunction, StepDriver, _check_call, _check_id, close_driver
 from ._shielding import wait_out
 from ._steps import StepCall
 from ._worker import run_worker
@@ -116,6 +116,22 @@ def _warn(run: SagaRun, message: str, *args: object) -> None:
 
 class _Late(Exception):
     """Internal: an attempt finished, but after its deadline."""
+
+
+def _not_a_definition_fix(value: object) -> str:
+    """How to get a SagaDefinition from what execute() was given instead."""
+    if isinstance(value, StepCall):
+        return (
+            "await the step call to run that step on its own, or put it in a saga: "
+            "SagaDefinition(steps=[...]) or a @saga function"
+        )
+    if isinstance(value, list | tuple):
+        return "build the saga from the step calls: SagaDefinition(steps=[...])"
+    if inspect.isgenerator(value):
+        return "decorate the generator function with @saga, then call it"
+    if isinstance(value, SagaFunction):
+        return f"call the @saga function with its arguments first: {value.__name__}(...)"
+    return "call your @saga function first: transfer('A', 'B', 10)"
 
 
 class SagaOrchestrator:
@@ -260,8 +276,8 @@ class SagaOrchestrator:
         """
         if not isinstance(definition, SagaDefinition):
             raise SagaDefinitionError(
-                f"execute() takes a SagaDefinition (call your @saga function first: "
-                f"transfer('A', 'B', 10)), got {definition!r}"
+                f"execute() takes a SagaDefinition, got {definition!r}; "
+                f"{_not_a_definition_fix(definition)}"
             )
         if saga_id is not None:
             _check_id(saga_id)

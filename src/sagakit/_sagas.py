@@ -11,7 +11,7 @@ from typing import Any, Generic, Literal, TypeAlias, overload
 from typing_extensions import ParamSpec
 
 from ._names import by_reference, declared_name, qualname_of
-from ._steps import _POSITIONAL, StepCall
+from ._steps import _POSITIONAL, Step, StepCall, _shown
 from .exceptions import SagaDefinitionError
 from .records import SagaMetadata
 from .status import SagaStatus
@@ -241,16 +241,28 @@ def _check_recovery(recovery: object, option: str) -> None:
 
 def _check_call(call: object, saga_name: str, index: int) -> None:
     if not isinstance(call, StepCall):
-        hint = ""
-        if inspect.iscoroutine(call):
-            call.close()
-            hint = " (a coroutine: decorate the async function with @step)"
-        elif callable(call):
-            hint = " (call the step with its arguments: debit('A', 10), not debit)"
         raise SagaDefinitionError(
             f"saga {saga_name!r} step {index} must be a step call such as debit('A', 10), "
-            f"got {call!r}{hint}"
+            f"got {call!r}{_not_a_call_hint(call)}"
         )
+
+
+def _not_a_call_hint(call: object) -> str:
+    """How to turn what a saga gave instead of a step call into one, named after it."""
+    if inspect.iscoroutine(call):
+        call.close()
+        name = call.__name__
+        return f" (a coroutine of {name}: decorate {name} with @step)"
+    if isinstance(call, Step):
+        return f" (call the step with its arguments: {call.name}(...), not {call.name})"
+    if inspect.iscoroutinefunction(call):
+        name = getattr(call, "__name__", "it")
+        return f" (decorate {name} with @step, then call it with its arguments: {name}(...))"
+    if callable(call):
+        return " (call the step with its arguments: debit('A', 10), not debit)"
+    if isinstance(call, list | tuple) and any(isinstance(item, StepCall) for item in call):
+        return " (steps run one at a time: give each step call on its own)"
+    return ""
 
 
 def _positional_range(fn: Callable[..., Any]) -> tuple[int, int] | None:
@@ -317,7 +329,13 @@ class SagaFunction(Generic[P]):
         recovery: RecoveryPolicy = "resume",
     ) -> None:
         if not callable(fn):
-            raise SagaDefinitionError(f"@saga takes a function, got {fn!r}")
+            fix = ""
+            if isinstance(fn, list | tuple):
+                fix = (
+                    "; for a fixed list of step calls use SagaDefinition(steps=[...]), "
+                    "or decorate a function that returns the list"
+                )
+            raise SagaDefinitionError(f"@saga takes a function, got {fn!r}{fix}")
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             raise SagaDefinitionError(
                 f"@saga needs a plain generator function (yield each step call) or a function "
@@ -349,7 +367,11 @@ class SagaFunction(Generic[P]):
             if fits is None or kwargs or not fits[0] <= len(args) <= fits[1]:
                 self._check_arguments(args, kwargs)
         else:
-            body = self.__wrapped__(*args, **kwargs)
+            try:
+                body = self.__wrapped__(*args, **kwargs)
+            except TypeError:
+                self._check_arguments(args, kwargs)  # the call, rather than the body, failed?
+                raise
             if not isinstance(body, list | tuple):
                 raise SagaDefinitionError(
                     f"saga {self.name!r} must return a list or tuple of step calls "
@@ -369,12 +391,17 @@ class SagaFunction(Generic[P]):
         return definition
 
     def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        try:  # calling a generator function only binds its arguments
-            self.__wrapped__(*args, **kwargs).close()  # type: ignore[union-attr]
+        """Raise a clear definition error when the function cannot take these arguments."""
+        try:
+            signature = inspect.signature(self.__wrapped__)
+        except (TypeError, ValueError):  # no signature to read: nothing to check
+            return
+        try:
+            signature.bind(*args, **kwargs)
         except TypeError as error:
             raise SagaDefinitionError(
-                f"saga {self.name}{inspect.signature(self.__wrapped__)} cannot take these "
-                f"arguments: {error}"
+                f"saga {self.name!r} cannot be called with these arguments: {error}; "
+                f"its parameters are {_shown(signature)}"
             ) from None
 
     # Like a function: copied as itself, pickled by reference.

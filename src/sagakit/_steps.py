@@ -589,10 +589,9 @@ def check_arguments(spec: StepSpec, args: tuple[Any, ...], kwargs: dict[str, Any
     try:
         spec.signature.bind(*args, **kwargs)
     except TypeError as error:
-        parameters = spec.signature.replace(return_annotation=inspect.Signature.empty)
         raise SagaDefinitionError(
             f"step {spec.name!r} cannot be called with these arguments: {error}; "
-            f"its parameters are {parameters}"
+            f"its parameters are {_shown(spec.signature)}"
         ) from None
     if len(spec.call_shapes) < _MAX_CALL_SHAPES:
         spec.call_shapes.add(shape)
@@ -618,6 +617,33 @@ def _in_class_body(fn: object) -> bool:
     return len(parts) > 1 and parts[-2] != "<locals>"
 
 
+class _Written:
+    """An annotation shown as written: a string one (``from __future__ import annotations``)
+    would otherwise be shown quoted, ``(account: 'str')``."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _shown(signature: inspect.Signature) -> str:
+    """How errors show parameters: as written, without the return annotation."""
+    parameters = [
+        p.replace(annotation=_Written(p.annotation)) if isinstance(p.annotation, str) else p
+        for p in signature.parameters.values()
+    ]
+    return str(signature.replace(parameters=parameters, return_annotation=inspect.Signature.empty))
+
+
+def _parameters_of(fn: Callable[..., Any]) -> str:
+    """``fn``'s parameters as errors show a compensation."""
+    return _shown(inspect.signature(fn))
+
+
 def _takes_result(step: Step[Any, Any], fn: Callable[..., Any], is_method: bool) -> bool:
     """Decide which form ``fn`` has, or raise when it cannot take the step's arguments."""
     spec = step._self_spec
@@ -627,8 +653,8 @@ def _takes_result(step: Step[Any, Any], fn: Callable[..., Any], is_method: bool)
                               (inspect.Parameter.VAR_KEYWORD, "**kwargs")):  # fmt: skip
         if any(p.kind is variadic for p in params) and variadic not in kinds:
             raise SagaDefinitionError(
-                f"compensation {qualname_of(fn)}{inspect.signature(fn)} cannot take the "
-                f"{written} of step {step.name!r} ({spec.signature}); give it {written} too"
+                f"compensation {qualname_of(fn)}{_parameters_of(fn)} cannot take the "
+                f"{written} of step {step.name!r} {_shown(spec.signature)}; give it {written} too"
             )
     positional = [p.name for p in params if p.kind in _POSITIONAL]
     keywords = {p.name: p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
@@ -645,11 +671,11 @@ def _takes_result(step: Step[Any, Any], fn: Callable[..., Any], is_method: bool)
         return _same_names(signature, with_result) > _same_names(signature, positional)
     if args_form or result_form:
         return result_form
-    step_params = ", ".join(str(p) for p in params)
+    step_params = _shown(spec.signature)
     raise SagaDefinitionError(
-        f"compensation {qualname_of(fn)}{signature} cannot take the arguments of step "
-        f"{step.name!r} ({step_params}); give it the step's parameters "
-        f"({step_params}) or the step's result first, then those parameters"
+        f"compensation {qualname_of(fn)}{_parameters_of(fn)} cannot take the arguments of step "
+        f"{step.name!r} {step_params}; give it the step's parameters "
+        f"{step_params} or the step's result first, then those parameters"
     )
 
 
@@ -685,17 +711,18 @@ def _check_no_keyword_twice(
     # The fix: every parameter up to the last of those made positional-only.
     parameters = list(signature.parameters.values())
     last = [p.name for p in parameters].index(twice[-1])
-    signature = signature.replace(return_annotation=inspect.Signature.empty)
-    fixed = signature.replace(
-        parameters=[
-            p.replace(kind=inspect.Parameter.POSITIONAL_ONLY) if i <= last else p
-            for i, p in enumerate(parameters)
-        ]
+    fixed = _shown(
+        signature.replace(
+            parameters=[
+                p.replace(kind=inspect.Parameter.POSITIONAL_ONLY) if i <= last else p
+                for i, p in enumerate(parameters)
+            ]
+        )
     )
     what = qualname_of(fn)
     names = ", ".join(repr(name) for name in twice)
     raise SagaDefinitionError(
-        f"compensation {what}{signature} of step {step.name!r} would get {names} twice "
+        f"compensation {what}{_shown(signature)} of step {step.name!r} would get {names} twice "
         f"when the step is called with {twice[0]}=... (its **{catch_all.name} takes any "
         f"keyword); make {'it' if len(twice) == 1 else 'them'} positional-only: {what}{fixed}"
     )
