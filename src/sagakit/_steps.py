@@ -32,6 +32,9 @@ _new_call = object.__new__
 
 DEFINED_NAMES: set[str] = set()
 """The name of every step defined in this process (fault injection tells a misspelt one)."""
+COMPENSATED_NAMES: set[str] = set()
+"""The name of every step given a compensation in this process (fault injection tells a
+fault aimed at a compensation no step of that name has)."""
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _BY_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 _RESULT = object()
@@ -435,6 +438,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         spec.is_method = is_method
         spec.plain_compensation = not (spec.compensation_takes_result or spec.is_method)
         spec.compensation = fn
+        COMPENSATED_NAMES.add(spec.name)
         return fn
 
     if TYPE_CHECKING:
