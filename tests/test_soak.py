@@ -270,6 +270,8 @@ class Plan:
             else:
                 faults.crash(target, index=index, after=kind == "crash_after")
         for index, kind in (compensation_faults or {}).items():
+            if self.variant(index).compensation == "n":
+                continue  # no compensation to fault (the injector refuses such a fault)
             target = self.variant(index).step
             if kind == "fail":
                 faults.fail_compensation(target, index=index)

@@ -380,6 +380,46 @@ async def test_a_misspelt_step_name_is_noted_on_the_error_the_block_raised() -> 
     ]
 
 
+@step(name="testing_faults.never_compensated")
+async def never_compensated() -> None: ...
+
+
+@pytest.mark.asyncio
+async def test_a_compensation_fault_on_a_step_without_one_is_an_error_at_the_end_of_the_block() -> (
+    None
+):
+    # It was accepted and never fired (there is no compensation to fail): the test tested
+    # nothing. By object or by name, whichever compensation fault.
+    faults = [
+        FaultInjector().fail_compensation(ship),
+        FaultInjector().timeout_compensation("testing_faults.never_compensated"),
+        FaultInjector().crash(ship, compensation=True),
+    ]
+    for injector in faults:
+        with (
+            pytest.raises(SagaDefinitionError, match=r"step '[\w.]+' has no compensation") as info,
+            injector,
+        ):
+            await SagaOrchestrator().execute(order("a"))
+        assert "at a step with a @<step>.compensate function" in str(info.value)
+    # Noted on the error the block raised (DID NOT RAISE: the fault never fired).
+    with (
+        pytest.raises(pytest.fail.Exception) as failed,
+        FaultInjector().fail_compensation(ship),
+        pytest.raises(StepFailed),
+    ):
+        await SagaOrchestrator().execute(order("a"))
+    assert "step 'ship' has no compensation" in failed.value.__notes__[0]
+    # A compensation registered in the block counts, as a step defined there does.
+    with FaultInjector().fail_compensation("testing_faults.compensated_in_the_block"):
+
+        @step(name="testing_faults.compensated_in_the_block")
+        async def later() -> None: ...
+
+        @later.compensate
+        async def undo_later() -> None: ...
+
+
 @pytest.mark.asyncio
 async def test_a_fault_on_a_step_defined_later_or_not_reached_is_no_error() -> None:
     with FaultInjector().fail("defined_in_the_block").fail("ship") as faults:

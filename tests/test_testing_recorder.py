@@ -203,6 +203,10 @@ async def test_names_takes_a_transition_kind_or_its_text() -> None:
     assert run.names("compensation_completed") == ["credit", "debit"]
     with pytest.raises(SagaDefinitionError, match="'step_retried', which is not a transition"):
         run.names("step_retried")
+    # A saga-level kind has no step names: it gave ['None'] (the text of no name).
+    for kind in ("saga_started", TransitionKind.SAGA_FINISHED, "saga_stopped"):
+        with pytest.raises(SagaDefinitionError, match="a saga transition, which names no step"):
+            run.names(kind)
 
 
 @step

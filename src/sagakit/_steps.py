@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import sys
 import time
@@ -15,8 +16,10 @@ import wrapt
 from typing_extensions import ParamSpec
 
 from ._checks import check_flag, check_seconds
+from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, active_faults, raised_by_step
 from ._names import by_reference, declared_name, qualname_of
 from ._retry import NO_RETRY, Retry
+from ._runs import current_run
 from .exceptions import CompensationAlreadySetError, SagaDefinitionError, StepTimeout
 
 P = ParamSpec("P")
@@ -32,6 +35,9 @@ _new_call = object.__new__
 
 DEFINED_NAMES: set[str] = set()
 """The name of every step defined in this process (fault injection tells a misspelt one)."""
+COMPENSATED_NAMES: set[str] = set()
+"""The name of every step given a compensation in this process (fault injection tells a
+fault aimed at a compensation no step of that name has)."""
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _BY_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 _RESULT = object()
@@ -159,11 +165,19 @@ class StepCall(Generic[R_co]):
         task = asyncio.current_task(loop)
         assert task is not None, "a step call is awaited inside an asyncio task"
         cancelling = task.cancelling()  # more later: the caller's task was cancelled too
+        faults = active_faults.get()  # sagakit.testing's fault injection, if any
         attempt = 0
         while True:
             attempt += 1
             started = time.monotonic()
             deadline = asyncio.timeout(step.timeout)
+            if faults is not None:
+                injected = await self._injected(faults, attempt)
+                if injected is not None:
+                    if attempt >= policy.attempts or not policy.retries(injected):
+                        raise injected
+                    await asyncio.sleep(policy.delay(attempt))
+                    continue
             try:
                 async with deadline:
                     result = await self.fn(*self.args, **self._kwargs)
@@ -187,6 +201,32 @@ class StepCall(Generic[R_co]):
                         raise
                     raise failure from error
             await asyncio.sleep(policy.delay(attempt))
+
+    async def _injected(self, faults: FaultPlan, attempt: int) -> Exception | None:
+        """The failure a fault plan injects into this attempt of the step awaited on its
+        own, if any (a crash or an injected ``BaseException`` is raised here).
+
+        Asked with no saga running: the step has no position in one, even when awaited
+        inside another saga's step, so faults restricted to an ``index`` leave it alone.
+        """
+        step = self.step
+        token = current_run.set(None)
+        try:
+            fault = faults.fault_for(step, attempt, compensation=False)
+        finally:
+            current_run.reset(token)
+        if fault is None:
+            return None
+        if fault is SIMULATED_TIMEOUT:
+            return StepTimeout(-1, step.name, step.timeout, step.timeout)
+        if isinstance(fault, CrashAfter):  # the step acts, then "the process dies"
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(step.timeout):
+                    await self.fn(*self.args, **self.kwargs)
+            raise fault.crash
+        if not isinstance(fault, Exception):  # a crash, KeyboardInterrupt, CancelledError...
+            raise fault  # type: ignore[misc]
+        return raised_by_step(fault)  # as the step's own raise
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Made again by calling the step: the spec and function are the step's own.
@@ -443,6 +483,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         spec.is_method = is_method
         spec.plain_compensation = not (spec.compensation_takes_result or spec.is_method)
         spec.compensation = fn
+        COMPENSATED_NAMES.add(spec.name)
         return fn
 
     if TYPE_CHECKING:

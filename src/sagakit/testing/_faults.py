@@ -21,7 +21,7 @@ from .._hooks import (
     active_faults,
 )
 from .._runs import SagaRun, current_run
-from .._steps import DEFINED_NAMES, Step, StepCall
+from .._steps import COMPENSATED_NAMES, DEFINED_NAMES, Step, StepCall
 from ..exceptions import SagaDefinitionError
 from ..stores import SagaStore
 
@@ -286,24 +286,44 @@ class FaultInjector:
         self.fired.clear()
 
     def _unknown_steps(self) -> str | None:
-        """What is wrong if a fault names a step no ``@step`` defines (a typo, say)."""
+        """What is wrong if a fault names a step no ``@step`` defines (a typo, say), or
+        aims at the compensation of a step that has none: such a fault never fires."""
         unknown = dict.fromkeys(
             rule.target
             for rule in self._rules
             if isinstance(rule.target, str) and rule.target not in DEFINED_NAMES
         )
-        if not unknown:
+        uncompensated: dict[str, None] = {}
+        for rule in self._rules:
+            target = rule.target
+            if not rule.compensation:
+                continue
+            if isinstance(target, str):
+                if target in DEFINED_NAMES and target not in COMPENSATED_NAMES:
+                    uncompensated[target] = None
+            elif target.compensation is None:
+                uncompensated[target.name] = None
+        if not (unknown or uncompensated):
             return None
         problems = []
         for name in unknown:
             close = get_close_matches(name, DEFINED_NAMES, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(f"no step is named {name!r}{hint}")
-        return (
-            f"FaultInjector: {'; '.join(problems)}, so its fault never fired; use the name "
-            "the step is recorded under (its function's, or @step(name=...)), or pass the "
-            "@step object itself"
-        )
+        problems += [f"step {name!r} has no compensation" for name in uncompensated]
+        fixes = []
+        if unknown:
+            fixes.append(
+                "use the name the step is recorded under (its function's, or "
+                "@step(name=...)), or pass the @step object itself"
+            )
+        if uncompensated:
+            fixes.append(
+                "aim compensation faults (fail_compensation, timeout_compensation, "
+                "crash(compensation=True)) at a step with a @<step>.compensate function, "
+                "or fault the step itself with fail(), timeout() or crash()"
+            )
+        return f"FaultInjector: {'; '.join(problems)}, so its fault never fired; {'; '.join(fixes)}"
 
     def _check_steps(self, error: BaseException | None) -> None:
         """At the end of a block: refuse faults on unknown steps (noted on ``error``)."""

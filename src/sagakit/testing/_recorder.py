@@ -25,6 +25,11 @@ _COMPENSATION_KINDS = frozenset(
 )
 
 
+_SAGA_KINDS = frozenset(
+    {TransitionKind.SAGA_STARTED, TransitionKind.SAGA_FINISHED, TransitionKind.SAGA_STOPPED}
+)
+
+
 def _member(kind: type[E], value: E | str, where: str, what: str) -> E:
     """``value`` as a member of the string enum ``kind``; a typo is a mistake in the test."""
     try:
@@ -88,6 +93,12 @@ class RecordedRun:
     def names(self, kind: TransitionKind | str) -> list[str]:
         """Step names of the transitions of ``kind`` (or its text), in order."""
         kind = _member(TransitionKind, kind, "names()", "a transition kind")
+        if kind in _SAGA_KINDS:
+            raise SagaDefinitionError(
+                f"names() got {str(kind)!r}, a saga transition, which names no step; check "
+                "the run's status, finished or trail() instead, or pass a step or "
+                "compensation kind such as 'step_retrying'"
+            )
         return [str(t.step_name) for t in self.transitions if t.kind is kind]
 
     @property
