@@ -364,6 +364,7 @@ class Model:
         self.faults = plan.faults  # those of the run being modelled
         self.compensation_faults = plan.compensation_faults
         self.keep_going = plan.keep_going  # recovery's orchestrator stops at a failure
+        self.gave_up: set[int] = set()  # compensations that failed for good before a crash
 
     # -- one attempt of a step or compensation: "ok", an error class name, "timeout",
     #    "cancel", or _Crash raised
@@ -442,6 +443,14 @@ class Model:
         self.keep_going = False
         expected.recovered = True
         where, index = expected.crash
+        # A compensation that failed for good is not run again: it fails the saga there, as
+        # in the run. The log does not keep continue_on_compensation_failure, but a record
+        # after such a one shows the run went on past it: recovery goes on too.
+        self.gave_up = {i for i, status, _ in expected.compensations if status is StepStatus.FAILED}
+        seen = False
+        for i, _, _ in expected.compensations:
+            self.keep_going = self.keep_going or seen
+            seen = seen or i in self.gave_up
         # A compensation the crash interrupted ends failed, unless recovery runs it again.
         expected.compensations = [
             (i, StepStatus.FAILED if status is StepStatus.RUNNING else status, attempts)
@@ -516,6 +525,16 @@ class Model:
         for position, index in enumerate(undo):
             variant = plan.variant(index)
             if variant.compensation == "n" or index in done:
+                continue
+            if recovering and index in self.gave_up:  # failed for good before the crash
+                errors.append(index)
+                if not self.keep_going:
+                    expected.uncompensated = [
+                        plan.variant(i).name
+                        for i in undo[position:]
+                        if plan.variant(i).compensation != "n" and i not in done
+                    ]
+                    break
                 continue
             received = "<args>" if variant.compensation == "a" else expected.results.get(index)
             attempt = 0
@@ -999,6 +1018,15 @@ async def test_soak_crash_in_recovery_sqlite(seed: int, tmp_path: Path) -> None:
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_soak_crash_in_recovery_postgres(seed: int, tmp_path: Path, pg_schema: str) -> None:
     await crash_twice_round(seed, "postgres", tmp_path, pg_schema)
+
+
+@pytest.mark.parametrize("seed", [113, 120])
+async def test_soak_crash_in_recovery_after_a_compensation_failed_for_good(
+    seed: int, tmp_path: Path
+) -> None:
+    """Seeds whose sagas crash after a compensation failed for good: recovery ran it
+    again (ending the saga otherwise than the run would have), and must not."""
+    await crash_twice_round(seed, "sqlite", tmp_path)
 
 
 async def test_the_model_reaches_every_outcome() -> None:

@@ -319,7 +319,8 @@ class StoreModel:
 
     def _recover(self, status: SagaStatus) -> None:
         """Recovery of the saga left running: nothing runs again for a completed one;
-        compensations that failed for good run again, the others are done."""
+        a compensation that failed for good is not run again and ends it FAILED there (as
+        the run did), the others are done."""
         if status is SagaStatus.COMPLETED:
             self.recovered = SagaStatus.COMPLETED
             return
@@ -333,6 +334,9 @@ class StoreModel:
         for index in undo:
             if self.compensated.get(index) is StepStatus.COMPLETED:
                 continue
+            if self.compensated.get(index) is StepStatus.FAILED:  # in the log: for good
+                failed = True
+                break
             if self._undo(index) == "failed":
                 failed = True
                 break
@@ -527,6 +531,12 @@ async def test_soak_store_faults_sqlite(seed: int, tmp_path: Path) -> None:
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_soak_store_faults_postgres(seed: int, tmp_path: Path, pg_schema: str) -> None:
     await store_fault_round(seed, "postgres", tmp_path, pg_schema)
+
+
+async def test_soak_store_faults_after_a_compensation_failed_for_good(tmp_path: Path) -> None:
+    """A seed with a saga whose end is not written after a compensation failed for good:
+    recovery ran that compensation again, and must end the saga FAILED as the run did."""
+    await store_fault_round(100, "sqlite", tmp_path, None)
 
 
 # ------------------------------------------------------------------ fatal steps, bad listeners

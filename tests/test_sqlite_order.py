@@ -28,7 +28,6 @@ from sagakit import (
     SagaStatus,
     SQLiteStore,
     StepFailed,
-    StepStatus,
     StoreError,
     saga,
     step,
@@ -183,8 +182,9 @@ async def test_a_compensation_recovery_runs_again_is_listed_where_it_last_starte
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # give_back(2) fails and the run goes on, give_back(1) completes and the process
-    # "dies" in give_back(0); recovery, with the clock set back all along, runs give_back(2)
-    # and give_back(0) again: they are listed after give_back(1), in the order they ran.
+    # "dies" in give_back(0); recovery, with the clock set back all along, runs give_back(0)
+    # again (not give_back(2), which failed for good): it is listed last, where it last
+    # started, though its clock says it started first.
     path = tmp_path / "s.db"
     store_clock(monkeypatch, backwards())
     first = SagaOrchestrator(
@@ -201,10 +201,10 @@ async def test_a_compensation_recovery_runs_again_is_listed_where_it_last_starte
     async with SagaOrchestrator(SQLiteStore(path)) as restarted:
         [outcome] = await restarted.recover()
         meta = await restarted.get_saga("crashed")
-    assert outcome.status is SagaStatus.COMPENSATED
-    assert UNDONE == [1, 2, 0]  # give_back(2)'s first try failed before it appended
+    assert outcome.status is SagaStatus.FAILED
+    assert UNDONE == [1, 0]  # give_back(2) failed before it appended
     assert meta is not None
-    assert records(meta)[1] == [(1, "completed"), (2, "completed"), (0, "completed")]
+    assert records(meta)[1] == [(2, "failed"), (1, "completed"), (0, "completed")]
 
 
 # ------------------------------------------------------------------ ties of time
@@ -374,15 +374,15 @@ async def test_a_version_1_log_is_upgraded_in_place_and_its_rows_list_as_before(
         assert crashed.status is SagaStatus.COMPENSATING
         assert records(crashed)[1] == [(2, "failed"), (1, "completed"), (0, "running")]
 
-        # Recovery by this version runs give_back(2) and give_back(0) again, with the clock
-        # set back (years): they are listed after give_back(1), where they last started.
+        # Recovery by this version runs give_back(0) again (not give_back(2), which failed
+        # for good), with the clock set back (years): it is listed last, where it last
+        # started.
         store_clock(monkeypatch, backwards(1_000_000_000.0))
         [outcome] = await upgraded.recover()
-        assert outcome.status is SagaStatus.COMPENSATED
+        assert outcome.status is SagaStatus.FAILED
         recovered = await upgraded.get_saga("old-crashed")
         assert recovered is not None
-        assert records(recovered)[1] == [(1, "completed"), (2, "completed"), (0, "completed")]
-        assert all(c.status is StepStatus.COMPLETED for c in recovered.compensations)
+        assert records(recovered)[1] == [(2, "failed"), (1, "completed"), (0, "completed")]
         # A saga ending at the instant two old ones ended is listed after them.
         store_clock(monkeypatch, lambda: 1_700_000_000.0)
         await upgraded.execute(take_seven(), saga_id="new")

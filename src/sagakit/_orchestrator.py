@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Self
 
 from ._checks import check_count, check_flag
@@ -112,6 +112,25 @@ def _chain(pending: BaseException, error: BaseException) -> None:
 def _warn(run: SagaRun, message: str, *args: object) -> None:
     """Log ``message`` at WARNING with the run's saga id and name as record fields."""
     logger.warning(message, *args, extra={"saga_id": run.id, "saga_name": run.name})
+
+
+def _gave_up(
+    done: list[_Done],
+    errors: list[tuple[int, str, BaseException]],
+    uncompensated: list[str],
+    record: StepRun,
+    error: BaseException,
+    go_on: bool,
+) -> None:
+    """Count ``record``'s compensation as failed for good with ``error``; unless
+    ``go_on``, the rest of ``done`` is left uncompensated."""
+    errors.append((record.index, record.name, error))
+    uncompensated.append(record.name)
+    if not go_on:
+        uncompensated.extend(
+            r.name for r, c, _ in reversed(done) if c.spec.compensation is not None
+        )
+        done.clear()
 
 
 class _Late(Exception):
@@ -789,18 +808,29 @@ class SagaOrchestrator:
         trigger: BaseException | None,
         faults: FaultPlan | None,
         observe: bool,
+        failed: Mapping[int, BaseException] | None = None,
+        keep_going: bool = False,
     ) -> CompensationFailed | None:
-        """Compensate ``done`` in reverse order; finish in a shielded task if cancelled."""
+        """Compensate ``done`` in reverse order; finish in a shielded task if cancelled.
+
+        Recovery: ``failed`` are the compensations (by step index) that failed for good
+        before the crash, not run again; ``keep_going``, the run had gone on past one.
+        """
         # Kept across the restart below, so failures before the cancellation still count.
         errors: list[tuple[int, str, BaseException]] = []
         uncompensated: list[str] = []
+        go_on = self._continue or keep_going
         try:
-            return await self._undo(run, done, trigger, faults, observe, errors, uncompensated)
+            return await self._undo(
+                run, done, trigger, faults, observe, errors, uncompensated, failed, go_on
+            )
         except asyncio.CancelledError:
             # Wherever it was cancelled (in the compensation's call, telling its start,
             # waiting to retry it), its record must not stay RUNNING; the restart retries it.
             _end_running(run.compensations, "CancelledError: interrupted; compensation retried")
-            undo = self._undo(run, done, trigger, faults, observe, errors, uncompensated)
+            undo = self._undo(
+                run, done, trigger, faults, observe, errors, uncompensated, failed, go_on
+            )
             rerun = await wait_out(undo)  # to its end, in its own task
             try:
                 rerun.result()
@@ -832,10 +862,13 @@ class SagaOrchestrator:
         observe: bool,
         errors: list[tuple[int, str, BaseException]],
         uncompensated: list[str],
+        failed: Mapping[int, BaseException] | None,
+        go_on: bool,
     ) -> CompensationFailed | None:
         """Pop and compensate ``done`` from its end; return the failure to raise, if any.
 
-        ``errors`` and ``uncompensated`` collect the compensations that failed for good.
+        ``errors`` and ``uncompensated`` collect the compensations that failed for good,
+        ``failed`` those that had before a crash (with ``go_on``: go on past them).
         """
         run.status = SAGA_COMPENSATING
         loop = asyncio.get_running_loop()
@@ -859,6 +892,13 @@ class SagaOrchestrator:
                 compensation = spec.compensation
                 if compensation is None:
                     done.pop()
+                    continue
+                if failed is not None and step_record.index in failed:
+                    # It failed for good before the process died (its record is in the
+                    # log): it ends the saga as it did that run, and is not run again.
+                    done.pop()
+                    error = failed[step_record.index]
+                    _gave_up(done, errors, uncompensated, step_record, error, go_on)
                     continue
                 # new_step_run(step_record.index, step_record.name, True), inline (as above)
                 record = _new_record(StepRun)
@@ -966,13 +1006,7 @@ class SagaOrchestrator:
                 done.pop()
                 if record.status is not STEP_RUNNING:  # it failed for good
                     assert error is not None
-                    errors.append((record.index, record.name, error))
-                    uncompensated.append(record.name)
-                    if not self._continue:
-                        uncompensated.extend(
-                            r.name for r, c, _ in reversed(done) if c.spec.compensation is not None
-                        )
-                        done.clear()
+                    _gave_up(done, errors, uncompensated, record, error, go_on)
                     continue
                 record.status = STEP_COMPLETED
                 run.updated_mono = finished

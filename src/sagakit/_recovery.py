@@ -6,7 +6,9 @@ replayed against the log (fed the recorded results; a mismatch is a
 :class:`~sagakit.NonDeterminismError` and dead-letters the saga before anything
 runs). Then, by the saga's state and policy, it either resumes at the first step
 not recorded as completed, or compensates the completed steps not yet compensated,
-in reverse order. Completed steps never run again.
+in reverse order. Completed steps never run again, nor do compensations that completed
+or failed for good (the saga then ends ``FAILED`` at the failed one, as its run would
+have); one the crash interrupted runs again.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from .exceptions import (
     SagaDefinitionError,
     SagaError,
     StoreError,
+    _LoggedError,
 )
 from .status import SagaStatus, StepStatus
 from .stores._protocol import LoggedStep, OrphanedSaga, RecoverableStore
@@ -56,6 +59,10 @@ logger = logging.getLogger("sagakit")
 DEFAULT_MAX_ATTEMPTS = 3
 
 Action = Literal["resumed", "compensated", "dead_lettered"]
+
+_FAILED_FOR_GOOD = (StepStatus.FAILED, StepStatus.TIMED_OUT)
+"""The logged statuses of a compensation that ended, not completed (a running one ends
+``FAILED`` only with its saga's end, which an orphan's log lacks)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,11 +361,25 @@ async def _recover_one(
         logged.index for logged in orphan.compensations if logged.status is StepStatus.COMPLETED
     }
     undo = [entry for entry in undo if entry[0].index not in compensated]
+    # A compensation that failed for good (retries spent) is not run again: the saga ends
+    # FAILED at it, as the run would have. One that was running (the process died in it)
+    # is run again. A later record shows the run went on past a failure
+    # (continue_on_compensation_failure): recovery goes on too, whatever its own setting,
+    # or a compensation the crash interrupted would be left half done.
+    gave_up: dict[int, BaseException] = {}
+    keep_going = False
+    for logged in orphan.compensations:
+        if gave_up:
+            keep_going = True
+        if logged.status in _FAILED_FOR_GOOD:
+            gave_up[logged.index] = _LoggedError(logged.error or f"{logged.status}")
     if run.error is None:
         run.error = "its process died; compensated by recovery"
     token = enter_run(run)
     try:
-        failure = await orchestrator._compensate(run, undo, None, active_faults.get(), True)
+        failure = await orchestrator._compensate(
+            run, undo, None, active_faults.get(), True, gave_up, keep_going
+        )
     except SimulatedCrash as crash:
         orchestrator._crashed(run, crash)  # "the process died": nothing more is recorded
         raise

@@ -14,6 +14,8 @@ from typing import Any
 
 def error_text(error: BaseException) -> str:
     """``"ValueError: boom"`` on one line, even for an exception whose ``str()`` raises."""
+    if error.__class__ is _LoggedError:
+        return str(error)  # "ValueError: boom", as it was logged
     try:
         message = str(error)
     except Exception as broken:  # any failure to print it
@@ -204,6 +206,15 @@ class SerializationError(SagaError, TypeError):
 
 class StoreError(SagaError):
     """A saga store could not be opened, read or written."""
+
+
+class _LoggedError(Exception):
+    """An error known only by its text in a saga log (``"ValueError: boom"``): what a
+    compensation that failed for good before its process died failed with, reported by
+    recovery as the run would have reported it (:func:`error_text` gives that text)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
 
 
 class LeaseLost(StoreError):
