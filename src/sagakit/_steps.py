@@ -222,7 +222,7 @@ class StepCall(Generic[R_co]):
         if isinstance(fault, CrashAfter):  # the step acts, then "the process dies"
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(step.timeout):
-                    await self.fn(*self.args, **self.kwargs)
+                    await self.fn(*self.args, **self._kwargs)
             raise fault.crash
         if not isinstance(fault, Exception):  # a crash, KeyboardInterrupt, CancelledError...
             raise fault  # type: ignore[misc]
