@@ -80,4 +80,14 @@ def claim_timeout(run: SagaRun) -> bool:
     return run.task.uncancel() <= run.cancel_base
 
 
-__all__ = ["NO_DEADLINE", "Watchdog", "claim_timeout"]
+def timeout_duration(elapsed: float, timeout: float) -> float:
+    """How long a step that timed out ran: ``elapsed``, but never less than ``timeout``.
+
+    The timer fires once the loop's clock reaches the deadline, yet ``now - started``
+    can come out a hair below the timeout: float rounding of ``started + timeout``, or
+    a clock read once per loop iteration to the millisecond (uvloop's).
+    """
+    return elapsed if elapsed > timeout else timeout
+
+
+__all__ = ["NO_DEADLINE", "Watchdog", "claim_timeout", "timeout_duration"]

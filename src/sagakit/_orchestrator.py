@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Self
 
 from ._checks import check_count, check_flag
-from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout
+from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout, timeout_duration
 from ._hooks import (
     SIMULATED_TIMEOUT,
     CrashAfter,
@@ -107,6 +107,11 @@ def _chain(pending: BaseException, error: BaseException) -> None:
     if error.__context__ is pending or error.__context__ is None:
         error.__context__ = pending.__context__
     pending.__context__ = error
+
+
+def _timed_out(index: int, name: str, elapsed: float, timeout: float) -> StepTimeout:
+    """The StepTimeout of a step or compensation that ran ``elapsed`` (at least ``timeout``)."""
+    return StepTimeout(index, name, timeout_duration(elapsed, timeout), timeout)
 
 
 def _warn(run: SagaRun, message: str, *args: object) -> None:
@@ -459,15 +464,15 @@ class SagaOrchestrator:
                             run.deadline = NO_DEADLINE
                             if not claim_timeout(run):
                                 raise
-                            failure = StepTimeout(index, spec.name, now() - started, timeout)
+                            failure = _timed_out(index, spec.name, now() - started, timeout)
                         except _Late:
-                            failure = StepTimeout(index, spec.name, now() - started, timeout)
+                            failure = _timed_out(index, spec.name, now() - started, timeout)
                         except Exception as raised:
                             run.deadline = NO_DEADLINE
                             if not run.timed_out:
                                 error = raised
                             elif claim_timeout(run):  # it turned its timeout into another error
-                                failure = StepTimeout(index, spec.name, now() - started, timeout)
+                                failure = _timed_out(index, spec.name, now() - started, timeout)
                                 failure.__cause__ = raised
                             else:  # and the caller's cancellation too: that one wins
                                 raise asyncio.CancelledError from raised
@@ -508,7 +513,8 @@ class SagaOrchestrator:
                     # options say so.
                     timed_out = failure.__class__ is StepTimeout
                     record.status = STEP_TIMED_OUT if timed_out else STEP_FAILED
-                    record.duration = now() - started
+                    # A timeout's duration is its error's (at least the timeout).
+                    record.duration = failure.duration if timed_out else now() - started
                     record.error = described = describe_error(error or failure)
                     if spec.compensate_on_timeout if timed_out else spec.compensate_on_failure:
                         done.append((record, call, None))
@@ -961,19 +967,19 @@ class SagaOrchestrator:
                             if finished >= deadline:
                                 raise _Late
                         except _Late:
-                            error = StepTimeout(record.index, record.name, now() - started, timeout)
+                            error = _timed_out(record.index, record.name, now() - started, timeout)
                         except asyncio.CancelledError:
                             run.deadline = NO_DEADLINE
                             if not claim_timeout(run):
                                 raise  # _compensate records it interrupted and restarts it
-                            error = StepTimeout(record.index, record.name, now() - started, timeout)
+                            error = _timed_out(record.index, record.name, now() - started, timeout)
                         except Exception as raised:
                             run.deadline = NO_DEADLINE
                             error = raised
                             if run.timed_out:  # it turned its timeout into another error
                                 if not claim_timeout(run):  # and the caller's cancel: it wins
                                     raise asyncio.CancelledError from raised
-                                error = StepTimeout(
+                                error = _timed_out(
                                     record.index, record.name, now() - started, timeout
                                 )
                                 error.__cause__ = raised
@@ -1001,7 +1007,8 @@ class SagaOrchestrator:
                         )
                         await self._pause(policy.delay(attempt))
                         continue
-                    await self._compensation_failed(run, record, error, now() - started)
+                    ran = error.duration if error.__class__ is StepTimeout else now() - started
+                    await self._compensation_failed(run, record, error, ran)
                     break
                 done.pop()
                 if record.status is not STEP_RUNNING:  # it failed for good
