@@ -84,6 +84,17 @@ class _Sigterm:
 _SIGTERM: dict[asyncio.AbstractEventLoop, _Sigterm] = {}
 
 
+def _unreadable_loop_handler(loop: asyncio.AbstractEventLoop) -> bool:
+    """True when ``loop`` has a SIGTERM handler that could not be put back after a worker.
+
+    asyncio's loops keep theirs where :class:`_Sigterm` reads it; others (uvloop) only
+    show that the process's handler is the loop's own, which dispatches to it.
+    """
+    if isinstance(getattr(loop, "_signal_handlers", None), dict):
+        return False
+    return getattr(signal.getsignal(signal.SIGTERM), "__self__", None) is loop
+
+
 @contextlib.contextmanager
 def _on_sigterm(stop: asyncio.Event, enabled: bool) -> Any:
     """Set ``stop`` on SIGTERM while inside (main thread only); restore the old handler.
@@ -97,6 +108,14 @@ def _on_sigterm(stop: asyncio.Event, enabled: bool) -> Any:
     loop = asyncio.get_running_loop()
     hook = _SIGTERM.get(loop)
     if hook is None:
+        if _unreadable_loop_handler(loop):
+            logger.warning(
+                "sagakit worker: SIGTERM already has a handler on this event loop, which "
+                "the loop does not let sagakit read back (uvloop); it is left in place, "
+                "so stop the worker from it (set stop=, or cancel the worker)"
+            )
+            yield
+            return
         hook = _Sigterm(loop)
         try:
             loop.add_signal_handler(signal.SIGTERM, hook.fire)
