@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,17 @@ from sagakit import SQLiteStore
 
 # tests/typing holds assert_type checks for mypy; they are never run by pytest.
 collect_ignore_glob = ["typing/*"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``SAGAKIT_TEST_LOOP=uvloop`` runs the whole suite on uvloop's event loop."""
+    loop = os.environ.get("SAGAKIT_TEST_LOOP", "asyncio")
+    if loop == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    elif loop != "asyncio":
+        raise pytest.UsageError(f"SAGAKIT_TEST_LOOP must be 'asyncio' or 'uvloop', got {loop!r}")
 
 
 class RecordingSleep:

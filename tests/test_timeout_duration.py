@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 
-from sagakit import Retry, SagaDefinition, SagaOrchestrator, StepStatus, StepTimeout, step
+from sagakit import (
+    CompensationFailed,
+    Retry,
+    SagaDefinition,
+    SagaOrchestrator,
+    StepStatus,
+    StepTimeout,
+    step,
+)
 
 START = 1000.001
 TIMEOUT = 0.02
@@ -71,7 +79,8 @@ def test_a_step_run_to_its_deadline_reports_at_least_its_timeout() -> None:
     assert error.duration >= error.timeout == TIMEOUT
     (record,) = saga.steps
     assert record.status is StepStatus.TIMED_OUT
-    assert record.duration is not None and record.duration >= TIMEOUT
+    assert record.duration is not None
+    assert record.duration >= TIMEOUT
 
 
 def test_a_compensation_run_to_its_deadline_reports_at_least_its_timeout() -> None:
@@ -87,7 +96,7 @@ def test_a_compensation_run_to_its_deadline_reports_at_least_its_timeout() -> No
     async def main() -> Any:
         orchestrator = SagaOrchestrator()
         definition = SagaDefinition("c").add_step(hold(1)).add_step(fail(1))
-        with pytest.raises(Exception) as caught:
+        with pytest.raises(CompensationFailed) as caught:
             await orchestrator.execute(definition)
         return caught.value, await orchestrator.get_saga("c")
 
@@ -97,7 +106,8 @@ def test_a_compensation_run_to_its_deadline_reports_at_least_its_timeout() -> No
     assert timeout.duration >= timeout.timeout == TIMEOUT
     (record,) = saga.compensations
     assert record.status is StepStatus.TIMED_OUT
-    assert record.duration is not None and record.duration >= TIMEOUT
+    assert record.duration is not None
+    assert record.duration >= TIMEOUT
 
 
 def test_an_awaited_step_call_run_to_its_deadline_reports_at_least_its_timeout() -> None:
