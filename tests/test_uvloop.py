@@ -76,7 +76,7 @@ async def stalls(item: str) -> None:
 
 
 @saga
-def order(item: str, amount: int):  # type: ignore[no-untyped-def]
+def uvloop_order(item: str, amount: int):  # type: ignore[no-untyped-def]
     yield reserve(item)
     yield charge(amount)
 
@@ -87,9 +87,9 @@ def test_a_saga_completes_compensates_and_times_out_on_uvloop() -> None:
     async def main() -> tuple[list[Any], StepFailed, StepTimeout, Any]:
         assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
         orchestrator = SagaOrchestrator()
-        events = await orchestrator.execute(order("book", 10))
+        events = await orchestrator.execute(uvloop_order("book", 10))
         with pytest.raises(StepFailed) as failed:
-            await orchestrator.execute(order("pen", -1))
+            await orchestrator.execute(uvloop_order("pen", -1))
         definition = SagaDefinition("late").add_step(reserve("cup")).add_step(stalls("cup"))
         with pytest.raises(StepTimeout) as timed_out:
             await orchestrator.execute(definition)
@@ -120,7 +120,7 @@ def test_a_crashed_saga_is_recovered_on_uvloop(tmp_path: Path) -> None:
         store = SQLiteStore(path)
         orchestrator = SagaOrchestrator(store)
         with FaultInjector().crash(charge, after=True), pytest.raises(SimulatedCrash):
-            await orchestrator.execute(order("lamp", 5), saga_id="o-1")
+            await orchestrator.execute(uvloop_order("lamp", 5), saga_id="o-1")
         await simulate_restart(store)
         await store.close()
 
