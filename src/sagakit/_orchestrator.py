@@ -514,7 +514,9 @@ class SagaOrchestrator:
                     timed_out = failure.__class__ is StepTimeout
                     record.status = STEP_TIMED_OUT if timed_out else STEP_FAILED
                     # A timeout's duration is its error's (at least the timeout).
-                    record.duration = failure.duration if timed_out else now() - started
+                    record.duration = (
+                        failure.duration if isinstance(failure, StepTimeout) else now() - started
+                    )
                     record.error = described = describe_error(error or failure)
                     if spec.compensate_on_timeout if timed_out else spec.compensate_on_failure:
                         done.append((record, call, None))
@@ -1007,7 +1009,7 @@ class SagaOrchestrator:
                         )
                         await self._pause(policy.delay(attempt))
                         continue
-                    ran = error.duration if error.__class__ is StepTimeout else now() - started
+                    ran = error.duration if isinstance(error, StepTimeout) else now() - started
                     await self._compensation_failed(run, record, error, ran)
                     break
                 done.pop()
