@@ -541,12 +541,17 @@ class SagaOrchestrator:
                             duration=record.duration,
                         )
                     raise failure
-                record.result = value
                 cls = value.__class__
-                # A list copied (its owner may change it later), without a call.
+                # A list copied (its owner may change it later), without a call. An
+                # awaitable returned by mistake raises here: the step fails, undone below.
                 step_events = (
-                    value if cls is tuple else tuple(value) if cls is list else events_of(value)
+                    value
+                    if cls is tuple
+                    else tuple(value)
+                    if cls is list
+                    else events_of(value, record)
                 )
+                record.result = value
                 record.events = step_events
                 record.status = STEP_COMPLETED
                 events.extend(step_events)
@@ -1015,18 +1020,27 @@ class SagaOrchestrator:
                     assert error is not None
                     _gave_up(done, errors, uncompensated, record, error, go_on)
                     continue
-                record.status = STEP_COMPLETED
-                run.updated_mono = finished
                 if value is not None:  # most compensations return nothing: no events
-                    record.result = value
                     cls = value.__class__
-                    comp_events = (
-                        value if cls is tuple else tuple(value) if cls is list else events_of(value)
-                    )
+                    if cls is tuple:
+                        comp_events = value
+                    elif cls is list:
+                        comp_events = tuple(value)
+                    else:
+                        try:
+                            comp_events = events_of(value, record)
+                        except SagaDefinitionError as misuse:  # it returned an awaitable
+                            error = misuse
+                            await self._compensation_failed(run, record, error, finished - started)
+                            _gave_up(done, errors, uncompensated, record, error, go_on)
+                            continue
+                    record.result = value
                     record.events = comp_events
                     run.compensation_events.extend(comp_events)
                 else:
                     comp_events = ()
+                record.status = STEP_COMPLETED
+                run.updated_mono = finished
                 if observe:
                     await self._emit(
                         run,
