@@ -138,6 +138,25 @@ def _gave_up(
         done.clear()
 
 
+def _check_listener_signature(listener: Listener) -> None:
+    """Refuse a listener that cannot be called with one argument, the transition: it
+    would fail on every transition, each failure only logged."""
+    try:
+        signature = inspect.signature(listener)
+    except (TypeError, ValueError):  # a builtin without one: nothing to check
+        return
+    try:
+        signature.bind(None)
+    except TypeError:
+        name = getattr(listener, "__qualname__", None) or type(listener).__qualname__
+        shown = signature.replace(return_annotation=inspect.Signature.empty)
+        raise SagaDefinitionError(
+            f"a listener is called with one argument, the Transition, but {name}{shown} "
+            "cannot take it; give it one parameter (def listener(transition): ...), and "
+            "defaults for any others"
+        ) from None
+
+
 class _Late(Exception):
     """Internal: an attempt finished, but after its deadline."""
 
@@ -273,6 +292,7 @@ class SagaOrchestrator:
                 f"a listener must be a callable, not the class {listener.__name__}; "
                 f"pass an instance: {listener.__name__}()"
             )
+        _check_listener_signature(listener)
         self._listeners = (*self._listeners, listener)
 
     def remove_listener(self, listener: Listener) -> None:
