@@ -110,8 +110,14 @@ def _chain(pending: BaseException, error: BaseException) -> None:
 
 
 def _timed_out(index: int, name: str, elapsed: float, timeout: float) -> StepTimeout:
-    """The StepTimeout of a step or compensation that ran ``elapsed`` (at least ``timeout``)."""
+    """The StepTimeout of a step that ran ``elapsed`` (at least ``timeout``)."""
     return StepTimeout(index, name, timeout_duration(elapsed, timeout), timeout)
+
+
+def _compensation_timed_out(index: int, name: str, elapsed: float, timeout: float) -> StepTimeout:
+    """The StepTimeout of a compensation that ran ``elapsed`` (at least ``timeout``)."""
+    duration = timeout_duration(elapsed, timeout)
+    return StepTimeout(index, name, duration, timeout, compensation=True)
 
 
 def _warn(run: SagaRun, message: str, *args: object) -> None:
@@ -992,19 +998,23 @@ class SagaOrchestrator:
                             if finished >= deadline:
                                 raise _Late
                         except _Late:
-                            error = _timed_out(record.index, record.name, now() - started, timeout)
+                            error = _compensation_timed_out(
+                                record.index, record.name, now() - started, timeout
+                            )
                         except asyncio.CancelledError:
                             run.deadline = NO_DEADLINE
                             if not claim_timeout(run):
                                 raise  # _compensate records it interrupted and restarts it
-                            error = _timed_out(record.index, record.name, now() - started, timeout)
+                            error = _compensation_timed_out(
+                                record.index, record.name, now() - started, timeout
+                            )
                         except Exception as raised:
                             run.deadline = NO_DEADLINE
                             error = raised
                             if run.timed_out:  # it turned its timeout into another error
                                 if not claim_timeout(run):  # and the caller's cancel: it wins
                                     raise asyncio.CancelledError from raised
-                                error = _timed_out(
+                                error = _compensation_timed_out(
                                     record.index, record.name, now() - started, timeout
                                 )
                                 error.__cause__ = raised
@@ -1012,7 +1022,9 @@ class SagaOrchestrator:
                             record.duration = finished - started
                             break
                     elif fault is SIMULATED_TIMEOUT:
-                        error = StepTimeout(record.index, record.name, timeout, timeout)
+                        error = StepTimeout(
+                            record.index, record.name, timeout, timeout, compensation=True
+                        )
                     else:
                         if isinstance(fault, CrashAfter):
                             with contextlib.suppress(Exception):  # as for a step, above
