@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -185,3 +186,94 @@ async def test_execute_given_something_else_names_the_fix_for_it(
         SagaDefinitionError, match=r"execute\(\) takes a SagaDefinition, got .*; " + fix
     ):
         await SagaOrchestrator().execute(given())  # type: ignore[arg-type]
+
+
+def _no_arguments() -> None:
+    pass
+
+
+def _two_required(transition: object, extra: object) -> None:
+    pass
+
+
+async def _async_no_arguments() -> None:
+    pass
+
+
+class _CallableTakingNothing:
+    def __call__(self) -> None:
+        pass
+
+
+class _Listeners:
+    def method(self, transition: object) -> None:
+        pass
+
+    def too_many(self, transition: object, extra: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("listener", "name"),
+    [
+        (_no_arguments, "_no_arguments()"),
+        (_two_required, "_two_required(transition: 'object', extra: 'object')"),
+        (_async_no_arguments, "_async_no_arguments()"),
+        (_CallableTakingNothing(), "_CallableTakingNothing()"),
+        (_Listeners().too_many, "_Listeners.too_many(transition: 'object', extra: 'object')"),
+        (lambda: None, "<lambda>()"),
+    ],
+)
+@pytest.mark.parametrize("how", ["add_listener", "listeners="])
+def test_a_listener_that_cannot_take_the_transition_is_refused_when_added(
+    listener: Any, name: str, how: str
+) -> None:
+    # Regression: it was accepted, and failed on every transition, each failure logged to
+    # the "sagakit" logger, which shows nothing unless the application configured logging.
+    add: Callable[[Any], object] = (
+        SagaOrchestrator().add_listener
+        if how == "add_listener"
+        else lambda one: SagaOrchestrator(listeners=[one])
+    )
+    with pytest.raises(SagaDefinitionError) as raised:
+        add(listener)
+    message = str(raised.value)
+    assert f"called with one argument, the Transition, but {name} cannot take it" in message
+    assert "def listener(transition)" in message
+
+
+def _with_defaults(transition: object, extra: object = None, *, more: object = None) -> None:
+    pass
+
+
+def _star_args(*args: object) -> None:
+    pass
+
+
+async def _async_listener(transition: object) -> None:
+    pass
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "listener",
+    [
+        _with_defaults,
+        _star_args,
+        _async_listener,
+        _Listeners().method,
+        lambda transition: None,
+        print,  # a builtin: its signature may be unknown; accepted
+        [].append,
+        functools.partial(_two_required, extra=1),
+    ],
+)
+async def test_a_listener_taking_the_transition_is_accepted(listener: Any) -> None:
+    orchestrator = SagaOrchestrator()
+    orchestrator.add_listener(listener)
+    assert await orchestrator.execute(SagaDefinition(steps=[_echo(1)])) == [1]
+
+
+@step
+async def _echo(x: int) -> int:
+    return x

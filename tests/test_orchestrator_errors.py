@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import pickle
 from typing import Any
 
@@ -24,6 +27,7 @@ from sagakit import (
     step,
 )
 from sagakit._runs import describe_error
+from sagakit.testing import FaultInjector
 
 
 def test_every_error_is_exported_and_derives_from_saga_error() -> None:
@@ -249,3 +253,60 @@ async def test_a_failed_runs_error_is_its_failures_description(name: str, messag
     assert error == described
     assert error is not None
     assert error.startswith(f"StepFailed: step 0 ({name!r}) failed: ValueError: ")
+
+
+@step(compensation_timeout=0.01)
+async def _reserve(item: str) -> list[str]:
+    return [f"reserved {item}"]
+
+
+@_reserve.compensate
+async def _release_slowly(item: str) -> None:
+    await asyncio.sleep(10)  # cancelled by its 0.01 s timeout
+
+
+@step
+async def _refuse(item: str) -> None:
+    raise LookupError(item)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("simulated", [False, True])
+async def test_a_compensation_timeout_says_it_was_the_compensation(
+    simulated: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: its StepTimeout read "step 0 ('_reserve') timed out after ...", in the
+    # CompensationFailed message, the compensation's record and the log alike.
+    caplog.set_level(logging.WARNING, logger="sagakit")
+    orchestrator = SagaOrchestrator(compensation_retry=Retry(attempts=1))
+    definition = SagaDefinition(steps=[_reserve("x"), _refuse("x")], saga_id=f"ct-{simulated}")
+    with contextlib.ExitStack() as stack:
+        if simulated:
+            stack.enter_context(FaultInjector().activate()).timeout_compensation(_reserve)
+        with pytest.raises(CompensationFailed) as raised:
+            await orchestrator.execute(definition)
+    timeout = raised.value.error
+    assert isinstance(timeout, StepTimeout)
+    assert timeout.compensation
+    assert (timeout.step_index, timeout.step_name, timeout.timeout) == (0, "_reserve", 0.01)
+    said = "compensation of step 0 ('_reserve') timed out after"
+    assert str(timeout).startswith(said)
+    assert str(timeout.error) == "compensation exceeded its 0.01 s timeout"
+    assert f"failed: StepTimeout: {said}" in str(raised.value)
+    metadata = await orchestrator.get_saga(definition.saga_id or "")
+    assert metadata is not None
+    assert metadata.compensations[0].error is not None
+    assert metadata.compensations[0].error.startswith(f"StepTimeout: {said}")
+    assert any(said in record.getMessage() for record in caplog.records)
+    copied = pickle.loads(pickle.dumps(timeout))
+    assert copied.compensation
+    assert str(copied) == str(timeout)
+    assert (copied.duration, copied.timeout) == (timeout.duration, timeout.timeout)
+
+
+def test_a_step_timeout_is_not_a_compensation_one() -> None:
+    timeout = StepTimeout(1, "ship", 2.0, 2.0)
+    assert not timeout.compensation
+    assert str(timeout) == "step 1 ('ship') timed out after 2.000 s (timeout 2 s)"
+    assert str(timeout.error) == "step exceeded its 2 s timeout"
+    assert not pickle.loads(pickle.dumps(timeout)).compensation

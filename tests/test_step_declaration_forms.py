@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sagakit import SagaDefinitionError, SagaOrchestrator, StepFailed, saga, step
+from sagakit import SagaDefinition, SagaDefinitionError, SagaOrchestrator, StepFailed, saga, step
 
 
 @pytest.mark.parametrize("kind", [staticmethod, classmethod])
@@ -293,3 +293,35 @@ def test_a_function_defined_outside_a_class_and_used_as_a_method_stays_one() -> 
     undo = till.take(5).compensation_call("receipt")
     assert undo is not None
     assert asyncio.run(undo) == (till, "receipt", 5)
+
+
+def test_compensate_with_parentheses_says_to_drop_them() -> None:
+    # Regression: @debit.compensate() failed with Python's "compensate() missing 1
+    # required positional argument: 'fn'", naming neither the decorator nor the fix.
+    @step(name="debit money")
+    async def debit(account: str) -> None:
+        pass
+
+    with pytest.raises(SagaDefinitionError, match=r"without parentheses, @debit\.compensate,"):
+
+        @debit.compensate()  # type: ignore[call-overload]
+        async def undo_debit(account: str) -> None:
+            pass
+
+    assert debit.compensation is None  # nothing was registered
+
+    @debit.compensate  # the right form still works afterwards
+    async def refund(account: str) -> None:
+        pass
+
+    assert debit.compensation is refund
+
+
+@pytest.mark.asyncio
+async def test_step_with_empty_parentheses_is_the_bare_form() -> None:
+    @step()
+    async def reserve(item: str) -> list[str]:
+        return [f"reserved {item}"]
+
+    assert reserve.timeout == 30
+    assert await SagaOrchestrator().execute(SagaDefinition(steps=[reserve("x")])) == ["reserved x"]

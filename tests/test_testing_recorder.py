@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from sagakit import (
     LeaseLost,
     Retry,
+    SagaDefinition,
     SagaDefinitionError,
     SagaOrchestrator,
     SagaStatus,
@@ -320,3 +322,74 @@ async def test_a_recovery_after_saga_stopped_is_a_run_of_its_own(tmp_path: Path)
         "compensation_completed rec_reserve",
         "saga_finished compensated",
     )
+
+
+@step
+async def inner_step(x: str) -> str:
+    return f"inner {x}"
+
+
+@step
+async def runs_inner(x: str) -> str:
+    # A nested saga, run by the same (recorded) orchestrator.
+    [event] = await _inner["orchestrator"].execute(
+        SagaDefinition(steps=[inner_step(x)]), saga_id=f"inner-{x}"
+    )
+    return str(event)
+
+
+@step
+async def runs_inner_in_a_task(x: str) -> str:
+    task = asyncio.create_task(
+        _inner["orchestrator"].execute(SagaDefinition(steps=[inner_step(x)]), saga_id=f"task-{x}")
+    )
+    [event] = await task
+    return str(event)
+
+
+@step
+async def outer_fails(x: str) -> None:
+    raise LookupError(x)
+
+
+_inner = {"orchestrator": SagaOrchestrator()}  # the one the steps above run the inner saga on
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("durable", [False, True])
+@pytest.mark.parametrize("nesting", [runs_inner, runs_inner_in_a_task])
+async def test_the_last_run_is_the_outer_saga_not_the_nested_one(
+    nesting: Any, durable: bool, tmp_path: Path
+) -> None:
+    # Regression: `last` (and the assert_* helpers without a saga id) was the run started
+    # most recently: the inner saga, started inside the outer saga's step.
+    recorder = SagaRecorder()
+    store = SQLiteStore(tmp_path / "nested.db") if durable else None
+    _inner["orchestrator"] = orchestrator = SagaOrchestrator(store, listeners=[recorder])
+    with pytest.raises(StepFailed):
+        await orchestrator.execute(
+            SagaDefinition(steps=[nesting("x"), outer_fails("x")]), saga_id="outer"
+        )
+    assert recorder.last.saga_id == "outer"
+    assert recorder.run().saga_id == "outer"
+    recorder.assert_status(SagaStatus.COMPENSATED)
+    recorder.assert_completed(nesting)
+    inner_id = "inner-x" if nesting is runs_inner else "task-x"
+    recorder.assert_status(SagaStatus.COMPLETED, saga_id=inner_id)  # by id: unchanged
+    recorder.assert_completed(inner_step, saga_id=inner_id)
+    assert [run.saga_id for run in recorder.runs] == ["outer", inner_id]
+    # A top-level run started after both is the last one, nested or not.
+    await orchestrator.execute(SagaDefinition(steps=[inner_step("y")]), saga_id="after")
+    assert recorder.last.saga_id == "after"
+    await orchestrator.close()
+
+
+@pytest.mark.asyncio
+async def test_a_saga_nested_in_one_run_elsewhere_is_the_last_run() -> None:
+    # The outer saga's orchestrator is not recorded: to this recorder the nested run is
+    # a top-level one.
+    recorder = SagaRecorder()
+    _inner["orchestrator"] = SagaOrchestrator(listeners=[recorder])
+    outer = SagaDefinition(steps=[runs_inner("z")])
+    await SagaOrchestrator().execute(outer, saga_id="unrecorded")
+    assert recorder.last.saga_id == "inner-z"

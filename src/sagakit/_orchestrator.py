@@ -110,8 +110,14 @@ def _chain(pending: BaseException, error: BaseException) -> None:
 
 
 def _timed_out(index: int, name: str, elapsed: float, timeout: float) -> StepTimeout:
-    """The StepTimeout of a step or compensation that ran ``elapsed`` (at least ``timeout``)."""
+    """The StepTimeout of a step that ran ``elapsed`` (at least ``timeout``)."""
     return StepTimeout(index, name, timeout_duration(elapsed, timeout), timeout)
+
+
+def _compensation_timed_out(index: int, name: str, elapsed: float, timeout: float) -> StepTimeout:
+    """The StepTimeout of a compensation that ran ``elapsed`` (at least ``timeout``)."""
+    duration = timeout_duration(elapsed, timeout)
+    return StepTimeout(index, name, duration, timeout, compensation=True)
 
 
 def _warn(run: SagaRun, message: str, *args: object) -> None:
@@ -136,6 +142,25 @@ def _gave_up(
             r.name for r, c, _ in reversed(done) if c.spec.compensation is not None
         )
         done.clear()
+
+
+def _check_listener_signature(listener: Listener) -> None:
+    """Refuse a listener that cannot be called with one argument, the transition: it
+    would fail on every transition, each failure only logged."""
+    try:
+        signature = inspect.signature(listener)
+    except (TypeError, ValueError):  # a builtin without one: nothing to check
+        return
+    try:
+        signature.bind(None)
+    except TypeError:
+        name = getattr(listener, "__qualname__", None) or type(listener).__qualname__
+        shown = signature.replace(return_annotation=inspect.Signature.empty)
+        raise SagaDefinitionError(
+            f"a listener is called with one argument, the Transition, but {name}{shown} "
+            "cannot take it; give it one parameter (def listener(transition): ...), and "
+            "defaults for any others"
+        ) from None
 
 
 class _Late(Exception):
@@ -273,6 +298,7 @@ class SagaOrchestrator:
                 f"a listener must be a callable, not the class {listener.__name__}; "
                 f"pass an instance: {listener.__name__}()"
             )
+        _check_listener_signature(listener)
         self._listeners = (*self._listeners, listener)
 
     def remove_listener(self, listener: Listener) -> None:
@@ -543,12 +569,17 @@ class SagaOrchestrator:
                             duration=record.duration,
                         )
                     raise failure
-                record.result = value
                 cls = value.__class__
-                # A list copied (its owner may change it later), without a call.
+                # A list copied (its owner may change it later), without a call. An
+                # awaitable returned by mistake raises here: the step fails, undone below.
                 step_events = (
-                    value if cls is tuple else tuple(value) if cls is list else events_of(value)
+                    value
+                    if cls is tuple
+                    else tuple(value)
+                    if cls is list
+                    else events_of(value, record)
                 )
+                record.result = value
                 record.events = step_events
                 record.status = STEP_COMPLETED
                 events.extend(step_events)
@@ -969,19 +1000,23 @@ class SagaOrchestrator:
                             if finished >= deadline:
                                 raise _Late
                         except _Late:
-                            error = _timed_out(record.index, record.name, now() - started, timeout)
+                            error = _compensation_timed_out(
+                                record.index, record.name, now() - started, timeout
+                            )
                         except asyncio.CancelledError:
                             run.deadline = NO_DEADLINE
                             if not claim_timeout(run):
                                 raise  # _compensate records it interrupted and restarts it
-                            error = _timed_out(record.index, record.name, now() - started, timeout)
+                            error = _compensation_timed_out(
+                                record.index, record.name, now() - started, timeout
+                            )
                         except Exception as raised:
                             run.deadline = NO_DEADLINE
                             error = raised
                             if run.timed_out:  # it turned its timeout into another error
                                 if not claim_timeout(run):  # and the caller's cancel: it wins
                                     raise asyncio.CancelledError from raised
-                                error = _timed_out(
+                                error = _compensation_timed_out(
                                     record.index, record.name, now() - started, timeout
                                 )
                                 error.__cause__ = raised
@@ -989,7 +1024,9 @@ class SagaOrchestrator:
                             record.duration = finished - started
                             break
                     elif fault is SIMULATED_TIMEOUT:
-                        error = StepTimeout(record.index, record.name, timeout, timeout)
+                        error = StepTimeout(
+                            record.index, record.name, timeout, timeout, compensation=True
+                        )
                     else:
                         if isinstance(fault, CrashAfter):
                             with contextlib.suppress(Exception):  # as for a step, above
@@ -1017,18 +1054,27 @@ class SagaOrchestrator:
                     assert error is not None
                     _gave_up(done, errors, uncompensated, record, error, go_on)
                     continue
-                record.status = STEP_COMPLETED
-                run.updated_mono = finished
                 if value is not None:  # most compensations return nothing: no events
-                    record.result = value
                     cls = value.__class__
-                    comp_events = (
-                        value if cls is tuple else tuple(value) if cls is list else events_of(value)
-                    )
+                    if cls is tuple:
+                        comp_events = value
+                    elif cls is list:
+                        comp_events = tuple(value)
+                    else:
+                        try:
+                            comp_events = events_of(value, record)
+                        except SagaDefinitionError as misuse:  # it returned an awaitable
+                            error = misuse
+                            await self._compensation_failed(run, record, error, finished - started)
+                            _gave_up(done, errors, uncompensated, record, error, go_on)
+                            continue
+                    record.result = value
                     record.events = comp_events
                     run.compensation_events.extend(comp_events)
                 else:
                     comp_events = ()
+                record.status = STEP_COMPLETED
+                run.updated_mono = finished
                 if observe:
                     await self._emit(
                         run,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import math
 import time
@@ -13,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from ._members import SAGA_COMPLETED, SAGA_EXECUTING, SAGA_FAILED, STEP_COMPLETED, STEP_RUNNING
-from .exceptions import error_text
+from .exceptions import SagaDefinitionError, error_text
 from .records import SagaMetadata, StepRecord
 
 if TYPE_CHECKING:
@@ -45,17 +46,44 @@ def describe_optional(error: BaseException | None) -> str | None:
     return None if error is None else describe_error(error)
 
 
-def events_of(result: Any) -> Sequence[Any]:
+def events_of(result: Any, record: StepRun | None = None) -> Sequence[Any]:
     """A step's events: its result when a list or tuple, none for ``None``, else the value.
 
     A list is copied: the saga, a later step or the step itself may change the list it
     returned, and the run's records must keep the events as they were returned.
+
+    ``record``: the step (or compensation) that just returned ``result``; an awaitable
+    it returned (a forgotten ``await``) raises :class:`SagaDefinitionError` instead.
     """
     if result is None:
         return ()
     if isinstance(result, list | tuple):
         return result if result.__class__ is tuple else tuple(result)
+    if record is not None and inspect.isawaitable(result):
+        raise returned_awaitable(record, result)
     return (result,)
+
+
+def returned_awaitable(record: StepRun, result: Any) -> SagaDefinitionError:
+    """The error of a step or compensation that returned ``result``, an awaitable, as its
+    result: it forgot to ``await`` it. A coroutine is closed (it never runs, and Python
+    would warn that it was never awaited)."""
+    if inspect.iscoroutine(result):
+        result.close()
+        what = f"a coroutine of {result.__qualname__}"
+    elif isinstance(result, asyncio.Task):
+        what = f"a task ({result.get_name()})"
+    elif isinstance(result, asyncio.Future):
+        what = "a Future"
+    else:
+        what = f"an awaitable, {result!r},"
+    which = f"step {record.index} ({record.name!r})"
+    if record.compensation:
+        which = f"the compensation of {which}"
+    return SagaDefinitionError(
+        f"{which} returned {what} instead of its result; did you forget `await`? "
+        "Write `return await ...`"
+    )
 
 
 class StepRun:

@@ -42,6 +42,7 @@ fault aimed at a compensation no step of that name has)."""
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _BY_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 _RESULT = object()
+_NO_FUNCTION: Any = object()  # .compensate() called without one: with parentheses
 
 
 class StepSpec:
@@ -457,11 +458,21 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         self: Step[Concatenate[S, Q], R],
         fn: Callable[Concatenate[S, R | None, Q], Awaitable[Any]],
     ) -> Callable[Concatenate[S, R | None, Q], Awaitable[Any]]: ...
-    def compensate(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def compensate(
+        self, fn: Callable[..., Awaitable[Any]] = _NO_FUNCTION
+    ) -> Callable[..., Awaitable[Any]]:
         """Register ``fn`` as this step's compensation and return it unchanged.
 
         ``fn`` takes the step's arguments, or the step's result followed by them.
         """
+        if fn is _NO_FUNCTION:  # @debit.compensate(): it takes no options
+            name = getattr(self.__wrapped__, "__name__", self.name)
+            raise SagaDefinitionError(
+                f"@{name}.compensate() takes no arguments: write it without parentheses, "
+                f"@{name}.compensate, above the compensation (the compensation's "
+                f"options go in the step's @step(compensation_timeout=..., "
+                f"compensation_retry=...))"
+            )
         spec = self._self_spec
         if spec.compensation is not None:
             raise CompensationAlreadySetError(

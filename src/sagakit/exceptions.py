@@ -99,18 +99,38 @@ def _step_failed(step_index: int, step_name: str, error: BaseException) -> StepF
 
 
 class StepTimeout(StepFailed, TimeoutError):
-    """A step did not finish within its timeout; ``duration`` is how long it ran."""
+    """A step did not finish within its timeout; ``duration`` is how long it ran.
 
-    def __init__(self, step_index: int, step_name: str, duration: float, timeout: float) -> None:
+    ``compensation`` is true when it was the step's compensation that timed out (the
+    error of a :class:`CompensationFailed`, or of a compensation's record).
+    """
+
+    compensation: bool = False
+
+    def __init__(
+        self,
+        step_index: int,
+        step_name: str,
+        duration: float,
+        timeout: float,
+        *,
+        compensation: bool = False,
+    ) -> None:
         SagaRunError.__init__(self)
         self.step_index = step_index
         self.step_name = step_name
-        self.error = TimeoutError(f"step exceeded its {timeout:g} s timeout")
+        what = "compensation" if compensation else "step"
+        self.error = TimeoutError(f"{what} exceeded its {timeout:g} s timeout")
         self.duration = duration
         self.timeout = timeout
+        if compensation:
+            self.compensation = True
 
     def __str__(self) -> str:
-        return f"{self._which()} timed out after {self.duration:.3f} s (timeout {self.timeout:g} s)"
+        which = self._which()
+        if self.compensation:
+            which = f"compensation of {which}"
+        return f"{which} timed out after {self.duration:.3f} s (timeout {self.timeout:g} s)"
 
     def __reduce__(self) -> tuple[Any, ...]:
         args = (self.step_index, self.step_name, self.duration, self.timeout)

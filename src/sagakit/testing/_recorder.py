@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypeVar
 
-from .._runs import describe_error
+from .._runs import current_run, describe_error
 from ..exceptions import SagaDefinitionError
 from ..status import SagaStatus
 from ..transitions import Transition, TransitionKind
@@ -164,7 +164,8 @@ class SagaRecorder:
     """A listener that records every transition, grouped per saga run.
 
     Pass it to ``SagaOrchestrator(listeners=[recorder])`` (or ``add_listener``). The
-    ``assert_*`` helpers check the most recently started run unless given a ``saga_id``.
+    ``assert_*`` helpers check :attr:`last`, the most recently started top-level run,
+    unless given a ``saga_id``.
     """
 
     def __init__(self) -> None:
@@ -173,6 +174,8 @@ class SagaRecorder:
         self._runs: dict[tuple[str, int], RecordedRun] = {}
         self._numbers: dict[str, list[int]] = {}  # each id's run numbers, in start order
         self._ended: set[tuple[str, int]] = set()  # runs stopped here unfinished, or crashed
+        # Runs started inside a step of another run recorded here (nested sagas).
+        self._nested: set[tuple[str, int]] = set()
         self.transitions: list[Transition] = []
 
     def __call__(self, transition: Transition) -> None:
@@ -188,9 +191,21 @@ class SagaRecorder:
             run = RecordedRun(saga_id, transition.saga_name)
             self._runs[key] = run
             self._numbers.setdefault(saga_id, []).append(key[1])
+            if self._started_inside_another(transition):
+                self._nested.add(key)
         run.transitions.append(transition)
         if kind is TransitionKind.SAGA_STOPPED:
             self._ended.add(key)
+
+    def _started_inside_another(self, transition: Transition) -> bool:
+        """Whether the run ``transition`` begins was started inside a step of a run
+        recorded here. Listeners are told in the run's own task, so the running saga
+        there is the run itself, which knows the run it was started in."""
+        run = current_run.get()
+        if run is None or run.number != transition.run_number or run.id != transition.saga_id:
+            return False  # a transition made by hand, or told elsewhere: not known
+        parent = run.parent
+        return parent is not None and (parent.id, parent.number) in self._runs
 
     def _drop_ended(self, saga_id: str, key: tuple[str, int]) -> None:
         """Forget the runs of ``saga_id`` a new run (``key``) replaces: those that ended
@@ -204,6 +219,7 @@ class SagaRecorder:
             if earlier == key or self._runs[earlier].finished or earlier in self._ended:
                 del self._runs[earlier]
                 self._ended.discard(earlier)
+                self._nested.discard(earlier)
                 numbers.remove(number)
 
     def _sagakit_crashed(self, saga_id: str, crash: BaseException, run_number: int) -> None:
@@ -225,15 +241,19 @@ class SagaRecorder:
 
     @property
     def last(self) -> RecordedRun:
-        """The most recently started run."""
+        """The most recently started top-level run: not one of a saga run inside a step
+        of another run recorded here (a nested saga's run is found by its saga id)."""
         if not self._runs:
             raise AssertionError("no saga run was recorded; is the recorder a listener?")
-        return next(reversed(self._runs.values()))
+        for key in reversed(self._runs):
+            if key not in self._nested:
+                return self._runs[key]
+        return next(reversed(self._runs.values()))  # their outer runs were forgotten
 
     def run(self, saga_id: str | None = None) -> RecordedRun:
         """The run of ``saga_id`` — its most recently started one, when runs of the id
-        overlapped (two orchestrators with stores of their own) — or the last run if
-        ``None``."""
+        overlapped (two orchestrators with stores of their own) — or :attr:`last`, the
+        most recently started top-level run, if ``None``."""
         if saga_id is None:
             return self.last
         run = self._last_of(saga_id)
@@ -247,6 +267,7 @@ class SagaRecorder:
         self._runs.clear()
         self._numbers.clear()
         self._ended.clear()
+        self._nested.clear()
         self.transitions.clear()
 
     def assert_status(self, status: SagaStatus | str, *, saga_id: str | None = None) -> None:
