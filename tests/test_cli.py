@@ -650,6 +650,60 @@ def test_recover_names_the_orphans_it_left_alone_beside_those_it_recovered(
     ]
 
 
+def test_recover_names_the_orphans_it_left_alone_when_reading_them_imports_their_module(
+    tmp_path: Path,
+) -> None:
+    # Regression: reading the orphans' events (a dataclass of the saga's own module)
+    # imported that module, which registered the saga, so the note was dropped and
+    # `sagakit recover` said "nothing to recover" alone, run after run.
+    (tmp_path / "cli_events_app.py").write_text(
+        "import asyncio\n"
+        "from dataclasses import dataclass\n"
+        "from sagakit import saga, step\n"
+        "@dataclass(frozen=True)\n"
+        "class Reserved:\n"
+        "    item: str\n"
+        "@step\n"
+        "async def cli_reserve(item: str) -> Reserved:\n"
+        "    return Reserved(item)\n"
+        "@step\n"
+        "async def cli_wait() -> None:\n"
+        "    await asyncio.sleep(60)\n"
+        "@saga\n"
+        "def cli_event_saga(item: str):\n"
+        "    yield cli_reserve(item)\n"
+        "    yield cli_wait()\n",
+        encoding="utf-8",
+    )
+    crash = (
+        "import asyncio, os\n"
+        "from sagakit import SagaOrchestrator, SQLiteStore\n"
+        "from cli_events_app import cli_event_saga\n"
+        "async def main():\n"
+        "    orchestrator = SagaOrchestrator(SQLiteStore('sagas.db'))\n"
+        "    asyncio.create_task(orchestrator.execute(cli_event_saga('book'), saga_id='e-1'))\n"
+        "    await asyncio.sleep(0.5)\n"
+        "    os._exit(0)  # dies mid-step: an orphan\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, "-c", crash], cwd=tmp_path, check=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "sagakit", "--db", "sagas.db", "recover"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines() == [
+        "nothing to recover",
+        "1 unfinished saga(s) named cli_event_saga were left alone: no @saga of that name "
+        "is registered here; pass --import with the module that declares them "
+        "(cli_events_app)",
+    ]
+
+
 def test_output_cut_short_by_its_reader_is_no_traceback(log_db: tuple[str, Path]) -> None:
     # `sagakit list | head -1` ended with a BrokenPipeError traceback.
     db, _ = log_db

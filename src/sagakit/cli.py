@@ -29,7 +29,7 @@ from ._checks import MAX_COUNT
 from ._cli_logs import check_postgres_log, check_sqlite_log
 from ._orchestrator import SagaOrchestrator
 from ._recovery import RecoveryOutcome
-from ._sagas import registered_saga
+from ._sagas import registered_saga, registered_sagas
 from .exceptions import SagaError, StoreError
 from .records import SagaMetadata, StepRecord
 from .status import SagaStatus
@@ -159,13 +159,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _unregistered_running(store: SQLiteStore | PostgresStore) -> dict[str, int]:
-    """Unfinished sagas recovery skips because no ``@saga`` of their name is registered."""
+async def _unregistered_running(
+    store: SQLiteStore | PostgresStore, known: frozenset[str]
+) -> dict[str, int]:
+    """Unfinished sagas recovery skipped: no ``@saga`` of their name was registered
+    (``known``) when it ran. Reading them may have imported their module since (the
+    module of a stored event's class), so what is registered now does not tell."""
     found: dict[str, int] = {}
     for meta in await store.running():
-        if registered_saga(meta.name) is None:
+        if meta.name not in known:
             found[meta.name] = found.get(meta.name, 0) + 1
     return found
+
+
+def _declared_in(names: Sequence[str]) -> list[str]:
+    """The modules declaring the sagas of ``names`` registered by now (reading the log
+    imports the module of a stored value's class, often the saga's own)."""
+    modules = set()
+    for name in names:
+        function = registered_saga(name)
+        module = getattr(function, "__module__", None)
+        if isinstance(module, str) and module != "__main__":
+            modules.add(module)
+    return sorted(modules)
 
 
 def _import(module: str) -> None:
@@ -321,6 +337,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             for module in args.modules:
                 _import(module)
             orchestrator = SagaOrchestrator(store)
+            known = frozenset(function.name for function in registered_sagas())
             parked_before = {d.saga_id for d in await store.dead_letters()}
             outcomes = await orchestrator.recover(max_attempts=args.max_attempts)
             # A store parks a saga past its attempts while claiming, which recover()
@@ -357,13 +374,16 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                         for o in outcomes
                     ]
                     _table(rows, out)
-            unknown = await _unregistered_running(store)
+            unknown = await _unregistered_running(store, known)
             if unknown:
+                modules = _declared_in(sorted(unknown))
                 note = (
                     f"{sum(unknown.values())} unfinished saga(s) named "
                     f"{_shown(', '.join(sorted(unknown)))} "
                     "were left alone: no @saga of that name is registered here; pass "
-                    "--import with the module that declares them\n"
+                    "--import with the module that declares them"
+                    + (f" ({_shown(', '.join(modules))})" if modules else "")
+                    + "\n"
                 )
                 if args.json:  # on stderr: stdout stays one JSON document
                     sys.stderr.write(f"sagakit: {note}")
