@@ -268,6 +268,39 @@ def test_documented_command_lines_parse() -> None:
             pytest.fail(f"the documented command line does not parse: {line}")
 
 
+def test_every_command_line_option_is_documented() -> None:
+    """Every subcommand and option of the `sagakit` parser is named on the pages of the
+    durable stores, so one added to the code cannot stay undocumented."""
+    import argparse
+
+    from sagakit.cli import _parser
+
+    text = "\n".join(
+        (ROOT / page).read_text(encoding="utf-8")
+        for page in ["docs/durability.md", "docs/postgres.md"]
+    )
+    parser = _parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [
+        f"sagakit {name}"
+        for name in commands.choices
+        if f"sagakit --db sagas.db {name}" not in text
+    ]
+    for name, command in [("", parser), *commands.choices.items()]:
+        for action in command._actions:
+            if action.help == argparse.SUPPRESS:
+                continue
+            missing += [
+                f"{name} {option}".strip()
+                for option in action.option_strings
+                if option.startswith("--")
+                and option != "--help"
+                and f"`{option}`" not in text
+                and f" {option} " not in text
+            ]
+    assert not missing, f"docs/durability.md and docs/postgres.md do not name {missing}"
+
+
 def _stub_source(block: str) -> str:
     """A ```py block of docs/api.md made parseable: bodiless defs and classes get `: ...`."""
     lines = []
