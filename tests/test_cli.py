@@ -417,7 +417,12 @@ def test_an_unknown_saga_on_postgres_does_not_print_the_password(
         err = capsys.readouterr().err
         assert "no saga 'nope'" in err
         assert schema in err
+        assert "`sagakit list` lists its sagas" in err
         assert password not in err, err
+        assert cli("--db", secret_dsn, "--schema", schema, "resolve", "nope", "--note", "x")[0] == 1
+        err = capsys.readouterr().err
+        assert "no saga with id 'nope'" in err
+        assert "`sagakit list` lists its sagas" in err
     finally:
         query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
@@ -702,6 +707,24 @@ def test_recover_names_the_orphans_it_left_alone_when_reading_them_imports_their
         "is registered here; pass --import with the module that declares them "
         "(cli_events_app)",
     ]
+
+
+def test_an_unknown_or_finished_saga_id_names_the_command_that_finds_it(
+    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: `show`, `resolve` and `release` of an id not in the log (a typo) said
+    # only that it was not there, and `release` of a finished one only "is not running".
+    db, _ = log_db
+    for argv, expected in [
+        (["show", "nope"], f"no saga 'nope' in {db!r}; `sagakit list` lists its sagas"),
+        (["resolve", "nope", "--note", "x"], "`sagakit list` lists its sagas"),
+        (["release", "nope"], "no owner to release; `sagakit show nope` tells whether"),
+        (["release", "ok-1"], "`sagakit show ok-1` tells whether it is there, and how it ended"),
+    ]:
+        assert cli("--db", db, *argv) == (1, "")
+        err = capsys.readouterr().err
+        assert err.startswith("sagakit: ")
+        assert expected in err
 
 
 def test_output_cut_short_by_its_reader_is_no_traceback(log_db: tuple[str, Path]) -> None:

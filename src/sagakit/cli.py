@@ -47,7 +47,7 @@ def _log_name(args: argparse.Namespace) -> str:
     """The log ``--db`` names, for messages: never the URL, which may hold a password."""
     if _is_postgres(args.db):
         return f"schema {getattr(args, 'schema', 'sagakit')!r} of the PostgreSQL database"
-    return str(args.db)
+    return repr(args.db)
 
 
 _READ_ONLY_COMMANDS = frozenset({"list", "show", "dead-letters"})
@@ -307,7 +307,10 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         if args.command == "show":
             found = await store.get(args.saga_id)
             if found is None:
-                sys.stderr.write(f"sagakit: no saga {args.saga_id!r} in {_log_name(args)}\n")
+                sys.stderr.write(
+                    f"sagakit: no saga {args.saga_id!r} in {_log_name(args)}; "
+                    "`sagakit list` lists its sagas, newest first\n"
+                )
                 return 1
             meta = found
             if args.json:

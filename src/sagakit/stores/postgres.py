@@ -861,7 +861,10 @@ class PostgresStore:
             return
         known = await self.get(saga_id)
         if known is None:
-            raise StoreError(f"no saga with id {saga_id!r} in schema {self.schema!r}")
+            raise StoreError(
+                f"no saga with id {saga_id!r} in schema {self.schema!r}; "
+                "`sagakit list` lists its sagas"
+            )
         raise StoreError(
             f"saga {saga_id!r} is {known.status} and not dead-lettered; only dead-lettered "
             "or FAILED sagas, or running ones whose owner's lease expired, can be resolved"

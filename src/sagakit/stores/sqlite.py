@@ -884,7 +884,10 @@ class SQLiteStore:
                 (saga_id,),
             ).fetchone()
             if row is None:
-                return f"saga {saga_id!r} is not running in {self.path!r}"
+                return (
+                    f"saga {saga_id!r} is not running in {self.path!r}, so it has no owner to "
+                    f"release; `sagakit show {saga_id}` tells whether it is there, and how it ended"
+                )
             holder, parked = row
             if parked is not None:
                 return (
@@ -914,7 +917,7 @@ class SQLiteStore:
                 (saga_id,),
             ).fetchone()
             if row is None:
-                return f"saga {saga_id!r} is not in {self.path!r}"
+                return f"saga {saga_id!r} is not in {self.path!r}; `sagakit list` lists its sagas"
             status, holder, parked, finished = row
             if finished is None and parked is None and owner_alive(holder):
                 return (
