@@ -152,7 +152,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     release.add_argument("saga_id")
     resolve = commands.add_parser(
-        "resolve", help="mark a dead-lettered or failed saga settled", parents=[quiet]
+        "resolve",
+        help="mark a dead-lettered or failed saga (or one whose process is gone) settled",
+        parents=[quiet],
     )
     resolve.add_argument("saga_id")
     resolve.add_argument("--note", type=_note, required=True, help="what an operator did about it")
