@@ -976,6 +976,18 @@ def test_json_keys_are_the_documented_ones(tmp_path: Path) -> None:
         "reason": "stuck",
         "parked_at": "1970-01-01T00:00:00+00:00",
     }
+    # ... and the page names each of them, so the two cannot drift apart.
+    page = (Path(__file__).parent.parent / "docs" / "durability.md").read_text("utf-8")
+    section = page.split("## Command line", 1)[1].split("\n## ", 1)[0]
+    recover_keys = ["id", "name", "action", "status", "error"]
+    undocumented = sorted(
+        {
+            key
+            for key in [*saga_keys, *step_keys, *letter, *recover_keys]
+            if f"`{key}`" not in section
+        }
+    )
+    assert not undocumented, f"docs/durability.md's Command line does not name {undocumented}"
 
 
 def test_a_postgres_role_that_may_only_read_the_log_can_inspect_it(
