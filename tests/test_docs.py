@@ -417,3 +417,21 @@ def test_api_reference_signatures_match_the_code() -> None:
                     checked += 1
     assert checked >= 15, f"only {checked} signatures found in docs/api.md"
     assert not problems, "\n".join(problems)
+
+
+def test_every_pytest_plugin_setting_is_documented() -> None:
+    """docs/testing.md names every fixture, command-line option, ini key and marker keyword
+    of the pytest plugin, so one added to the plugin cannot stay undocumented."""
+    from sagakit import pytest_plugin
+
+    source = (ROOT / "src" / "sagakit" / "pytest_plugin.py").read_text(encoding="utf-8")
+    fixtures = re.findall(r"^@pytest\.fixture[^\n]*\ndef (\w+)", source, re.M)
+    assert len(fixtures) >= 5, fixtures
+    names = [f"`{name}`" for name in fixtures]
+    for ini, _ in pytest_plugin._SETTINGS.values():
+        names += [f"`{ini}`", f"`--{ini.replace('_', '-')}=yes` or `=no`"]
+    names += [f"`{keyword}=`" for keyword in pytest_plugin._MATRIX_KWARGS]
+    names.append(f"`@pytest.mark.{pytest_plugin._MARKER}(...)`")
+    page = (ROOT / "docs" / "testing.md").read_text(encoding="utf-8")
+    missing = [name for name in names if name not in page]
+    assert not missing, f"docs/testing.md does not name {missing}"
