@@ -568,6 +568,41 @@ def test_recover_reports_a_module_that_fails_to_import_in_one_line(
             assert expected in line
 
 
+def test_recover_given_a_file_path_for_import_names_the_module_to_pass(
+    log_db: tuple[str, Path], tmp_path: Path
+) -> None:
+    # Regression: `--import myapp/sagas.py` said "No module named 'myapp/sagas'" and to run
+    # sagakit from the application's directory, where it already ran.
+    db, _ = log_db
+    (tmp_path / "pathapp").mkdir()
+    (tmp_path / "pathapp" / "__init__.py").write_text("", encoding="utf-8")
+    (tmp_path / "pathapp" / "sagas.py").write_text("", encoding="utf-8")
+    elsewhere = (
+        "run sagakit from your application's directory and pass the module's dotted name, "
+        "as an import statement names it"
+    )
+    for given, fix in [
+        ("pathapp/sagas.py", "--import pathapp.sagas"),
+        ("./pathapp/sagas.py", "--import pathapp.sagas"),
+        ("pathapp.sagas.py", "--import pathapp.sagas"),
+        (str(tmp_path / "pathapp" / "sagas.py"), "--import pathapp.sagas"),
+        ("../elsewhere/sagas.py", elsewhere),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-m", "sagakit", "--db", db, "recover", "--import", given],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 1
+        assert result.stderr == (
+            f"sagakit: cannot import {given!r}: --import takes a module name, not a file "
+            f"path: {fix}\n"
+        )
+
+
 def test_recover_names_the_orphans_it_left_alone_for_want_of_their_module(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -186,13 +186,35 @@ def _declared_in(names: Sequence[str]) -> list[str]:
     return sorted(modules)
 
 
+def _module_of_path(text: str) -> str | None:
+    """What to say of a file path given to ``--import`` (``myapp/sagas.py``: its module
+    name, ``myapp.sagas``), or None if ``text`` does not look like one."""
+    if not (text.endswith(".py") or "/" in text or os.sep in text):
+        return None
+    path = os.path.relpath(os.path.abspath(text.removesuffix(".py")))
+    parts = path.replace(os.sep, ".").replace("/", ".").split(".")
+    if not all(part.isidentifier() for part in parts):  # outside the current directory
+        return (
+            "run sagakit from your application's directory and pass the module's "
+            "dotted name, as an import statement names it"
+        )
+    return f"--import {'.'.join(parts)}"
+
+
 def _import(module: str) -> None:
     """Import an ``--import`` module; whatever it raises becomes one ``ImportError`` line."""
     try:
         importlib.import_module(module)
     except Exception as error:
         message = f"cannot import {module!r}: {type(error).__name__}: {error}"
-        if module and not isinstance(error, ImportError):
+        meant = _module_of_path(module)
+        if meant is not None:
+            # `--import myapp/sagas.py`: the hints below (the current directory, a
+            # traceback from `python -c 'import myapp/sagas.py'`) would mislead.
+            message = (
+                f"cannot import {module!r}: --import takes a module name, not a file path: {meant}"
+            )
+        elif module and not isinstance(error, ImportError):
             message += f" (python -c 'import {module}' shows the traceback)"
         elif isinstance(error, ModuleNotFoundError) and module.startswith(str(error.name)):
             message += (
