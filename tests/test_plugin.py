@@ -530,3 +530,26 @@ def test_an_ini_value_that_is_not_true_or_false_is_a_usage_error_naming_its_key(
     result = pytester.runpytest("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: the {ini} ini key must be true or false: *'maybe'*"])
+
+
+def test_the_plugin_is_switched_on_and_off_as_the_testing_page_says(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docs/testing.md: active through its entry point, `-p no:sagakit` turns it off; with
+    # autoloading off, `-p sagakit` or `pytest_plugins` turn it on; listing it in a
+    # conftest while it is autoloaded is refused by pytest as a plugin registered twice.
+    pytester.makepyfile("def test_fixture(saga_recorder):\n    assert saga_recorder.runs == []\n")
+    flags = ["-p", "no:cacheprovider"]
+    pytester.runpytest_subprocess(*flags).assert_outcomes(passed=1)
+    off = pytester.runpytest_subprocess(*flags, "-p", "no:sagakit")
+    off.assert_outcomes(errors=1)
+    off.stdout.fnmatch_lines(["*fixture 'saga_recorder' not found*"])
+    pytester.makeconftest('pytest_plugins = ["sagakit.pytest_plugin"]')
+    twice = pytester.runpytest_subprocess(*flags)
+    assert twice.ret != 0
+    twice.stderr.fnmatch_lines(["*ValueError: Plugin already registered under a different name*"])
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.runpytest_subprocess(*flags).assert_outcomes(passed=1)  # the conftest's
+    pytester.makeconftest("")
+    pytester.runpytest_subprocess(*flags).assert_outcomes(errors=1)
+    pytester.runpytest_subprocess(*flags, "-p", "sagakit").assert_outcomes(passed=1)
