@@ -114,6 +114,20 @@ def test_unknown_saga_and_missing_log_are_clear_errors(
     assert "--db" in capsys.readouterr().err
 
 
+def test_show_prints_what_the_durability_page_shows(log_db: tuple[str, Path]) -> None:
+    # The page's `sagakit show` example is this log's saga, times aside: a change to the
+    # table's layout must change the page too.
+    import re
+
+    page = (Path(__file__).parent.parent / "docs" / "durability.md").read_text("utf-8")
+    [shown] = re.findall(r"```text\n\$ sagakit --db sagas\.db show refused-1\n(.*?)```", page, re.S)
+    db, _ = log_db
+    code, out = cli("--db", db, "show", "refused-1")
+    assert code == 0
+    when = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+    assert when.sub("<time>", out) == when.sub("<time>", shown)
+
+
 def test_recover_dead_letters_resume_and_resolve(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
