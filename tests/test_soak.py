@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -58,7 +59,10 @@ from sagakit.testing import simulate_restart as restart
 
 pytestmark = pytest.mark.asyncio
 
-SEEDS = [1, 7, 42, 153, 2026]  # 153 has a crash in a compensation recovery never reruns
+# SAGAKIT_SOAK_SEEDS=1,2,3 runs other seeds (a sweep when hunting a rare interleaving).
+_SWEEP = os.environ.get("SAGAKIT_SOAK_SEEDS", "")
+DEFAULT_SEEDS = [1, 7, 42, 153, 2026]  # 153 has a crash in a compensation recovery never reruns
+SEEDS = [int(seed) for seed in _SWEEP.split(",") if seed] or DEFAULT_SEEDS
 SAGAS_PER_ROUND = 40
 SHORT = 0.25  # the timeout of the "short" steps: their slow behaviours sleep far past it
 LONG = 10.0  # the timeout of the "long" steps, which may hang until their saga is cancelled
@@ -1035,7 +1039,7 @@ async def test_the_model_reaches_every_outcome() -> None:
     outcomes: set[str] = set()
     crashes: set[str] = set()
     paused: set[str] = set()
-    for seed in SEEDS:
+    for seed in DEFAULT_SEEDS:  # what a sweep of other seeds covers is not checked
         rng = random.Random(seed)
         for number in range(SAGAS_PER_ROUND):
             plan = random_plan(rng, f"s-{number}", crashes=True)

@@ -18,6 +18,7 @@ the saga and prints its plan: copy it into a regression test to reproduce it alo
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import sqlite3
 from collections import Counter
@@ -50,7 +51,9 @@ from sagakit.testing import simulate_restart as restart
 
 pytestmark = pytest.mark.asyncio
 
-SEEDS = [3, 11, 64, 500, 2027]
+# SAGAKIT_SOAK_SEEDS=1,2,3 runs other seeds (a sweep when hunting a rare interleaving).
+_SWEEP = os.environ.get("SAGAKIT_SOAK_SEEDS", "")
+SEEDS = [int(seed) for seed in _SWEEP.split(",") if seed] or [3, 11, 64, 500, 2027]
 
 # saga id -> what the steps and compensations really did, in order
 EFFECTS: dict[str, list[tuple[str, int]]] = {}
@@ -222,6 +225,7 @@ class StoreModel:
 
     steps: list[list[str]]
     fault: WriteFault
+    store: str = "sqlite"  # or "postgres"
     records: int = 0
     fired: str | None = None
     effects: list[tuple[str, int]] = field(default_factory=list)
@@ -240,6 +244,15 @@ class StoreModel:
 
     def record(self, what: str) -> None:
         self.records += 1
+        if (
+            self.store == "postgres"
+            and self.fault.mode == "commit"
+            and what.startswith("compensation_retrying")
+        ):
+            # PostgreSQL does not write a retry (the next start's attempt implies it),
+            # and nothing is staged since the compensation's start: nothing is sent, so
+            # there is no transaction to roll back.
+            return
         if self.records == self.fault.n:
             self.fired = what
             raise _Fault
@@ -445,7 +458,7 @@ async def store_fault_round(seed: int, kind: str, tmp_path: Path, schema: str | 
         orchestrator = SagaOrchestrator(store, sleep=InstantSleep(), listeners=[trails])
         left = []
         for saga_id, form, steps, fault in plans:  # one at a time: a commit is one saga's
-            model = StoreModel(steps, fault).run()
+            model = StoreModel(steps, fault, kind).run()
             label = (
                 f"seed {seed}, {kind}, saga {saga_id}: steps={steps!r}, {fault}, "
                 f"fault at {model.fired}"

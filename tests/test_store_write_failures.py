@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from sagakit import (
+    Retry,
     SagaOrchestrator,
     SagaStatus,
     StepStatus,
@@ -187,3 +188,57 @@ async def test_postgres_writes_a_staged_completion_when_the_end_cannot_be_record
         (1, StepStatus.COMPLETED),
     ]
     assert calls == ["take a", "put b"]
+
+
+@step
+async def wf_hold(account: str) -> str:
+    calls.append(f"hold {account}")
+    return f"held {account}"
+
+
+@wf_hold.compensate
+async def wf_unhold(account: str) -> None:
+    calls.append(f"unhold {account}")
+    raise OSError(f"{account} cannot be released")
+
+
+@pytest.mark.parametrize("after", [False, True])
+async def test_a_compensation_whose_failure_cannot_be_recorded_is_not_left_running(
+    durable_store: Any, after: bool
+) -> None:
+    # The compensation failed for good, but its failure could not be recorded: the saga
+    # ended FAILED while its log kept that compensation "running" for good (found by
+    # test_soak_faults.py, seeds 112 and 127).
+    @saga(name="wf_hold_refused")
+    def refused(account: str):  # type: ignore[no-untyped-def]
+        yield wf_hold(account)
+        yield wf_refuse(account)
+
+    store = durable_store()
+    opener = getattr(store, "open", None)
+    if opener is not None:
+        await opener()
+    _failing(store, TransitionKind.COMPENSATION_FAILED, 0, after=after)
+    calls.clear()
+    orchestrator = SagaOrchestrator(store, compensation_retry=Retry(attempts=1))
+    with pytest.raises(StoreError, match="cannot be written"):
+        await orchestrator.execute(refused("a"), saga_id="unrecorded-undo")
+    assert calls == ["hold a", "unhold a"]
+    here = await orchestrator.get_saga("unrecorded-undo")
+    await store.close()
+    reread = durable_store()  # a new store object: what the log holds
+    opener = getattr(reread, "open", None)
+    if opener is not None:
+        await opener()
+    logged = await reread.get("unrecorded-undo")
+    await reread.close()
+    for meta in (here, logged):
+        assert meta is not None
+        assert meta.status is SagaStatus.FAILED
+        assert [(r.index, r.status) for r in meta.steps] == [
+            (0, StepStatus.COMPLETED),
+            (1, StepStatus.FAILED),
+        ]
+        [undo] = meta.compensations
+        assert undo.status is StepStatus.FAILED, meta
+        assert undo.error == "OSError: a cannot be released"

@@ -1133,14 +1133,20 @@ class SagaOrchestrator:
         record.status = STEP_TIMED_OUT if isinstance(error, StepTimeout) else STEP_FAILED
         record.duration = duration
         record.error = describe_error(error)
-        await self._emit(
-            run,
-            ON_COMPENSATION_FAILED,
-            record,
-            record.attempts,
-            error=error,
-            duration=duration,
-        )
+        try:
+            await self._emit(
+                run,
+                ON_COMPENSATION_FAILED,
+                record,
+                record.attempts,
+                error=error,
+                duration=duration,
+            )
+        except Exception:
+            # Not recorded: the run ends FAILED here, and the log may still show the
+            # compensation running; the run's end writes its failure.
+            run.unrecorded = record
+            raise
 
     async def _emit(
         self,

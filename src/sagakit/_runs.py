@@ -159,23 +159,28 @@ NOT_COMPENSATED = " (not compensated)"
 
 
 def interrupted_compensations(run: SagaRun) -> list[StepRun]:
-    """The compensations a crash interrupted that the run's recovery ended without
-    running again (it stopped at an earlier compensation failure, so the run ended
-    ``FAILED``), or a ``KeyboardInterrupt`` stopped: no transition carried their end, so
-    a durable store writes it with the run's end. A compensation recovery ran again is
-    recorded by its own transitions. So is one the run ended in because its start or
-    retry could not be recorded."""
+    """The compensations of a ``FAILED`` run whose end no transition carried, for a
+    durable store to write with the run's end: those a crash interrupted that the run's
+    recovery ended without running again (it stopped at an earlier compensation
+    failure), those a ``KeyboardInterrupt`` stopped, and the one the run ended in because
+    a transition of it could not be recorded (its start or retry: ``UNRECORDED``; its
+    failure for good: ``SagaRun.unrecorded``). A compensation recovery ran again is
+    recorded by its own transitions."""
     if run.status is not SAGA_FAILED or not run.compensations:
         return []
     last = {record.index: record for record in run.compensations}
+    unrecorded = run.unrecorded
     return [
         record
         for record in last.values()
-        if record.error is not None
-        and (
-            record.error == CRASHED
-            or record.error.startswith(UNRECORDED)
-            or record.error.endswith(NOT_COMPENSATED)
+        if record is unrecorded
+        or (
+            record.error is not None
+            and (
+                record.error == CRASHED
+                or record.error.startswith(UNRECORDED)
+                or record.error.endswith(NOT_COMPENSATED)
+            )
         )
     ]
 
@@ -236,6 +241,7 @@ class SagaRun:
         "task",
         "timed_out",
         "total_steps",
+        "unrecorded",
         "updated_mono",
     )
 
@@ -266,6 +272,9 @@ class SagaRun:
         self.finished_mono: float | None = None
         self.step: StepRun | None = None  # the step or compensation running now
         self.compensating = False
+        # The compensation whose failure for good could not be recorded (StoreError): the
+        # run ends FAILED there, and its end writes that record (interrupted_compensations).
+        self.unrecorded: StepRun | None = None
         self.deadline = math.inf  # loop time the running step must finish by
         self.timed_out = False  # the watchdog cancelled ``task`` for ``deadline``
         self.task: asyncio.Task[Any] | None = None
