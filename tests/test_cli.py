@@ -1186,3 +1186,21 @@ def test_table_columns_line_up_after_wide_and_combining_characters(tmp_path: Pat
     header, *rows = out.splitlines()
     assert len(rows) == 3
     assert {column(row, "completed") for row in rows} == {column(header, "STATUS")}
+
+
+def test_list_takes_a_status_in_any_case(
+    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: `--status COMPLETED`, as the docs write statuses, was refused (exit 2).
+    db, _ = log_db
+    for status in ("COMPLETED", "Completed", "completed"):
+        code, out = cli("--db", db, "list", "--status", status, "--json")
+        assert code == 0
+        assert [saga["id"] for saga in json.loads(out)] == ["ok-1"]
+    with pytest.raises(SystemExit) as exited:
+        cli("--db", db, "list", "--status", "DONE")
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice" in err
+    assert "completed" in err
+    assert "COMPLETED" not in err  # the choices stay lowercase

@@ -114,7 +114,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="list sagas, newest first", parents=[printing])
     statuses = [str(s) for s in SagaStatus if s is not SagaStatus.NOT_STARTED]
-    listing.add_argument("--status", choices=statuses, help="only the sagas in this status")
+    listing.add_argument(
+        "--status",
+        type=str.lower,  # FAILED, as the docs write statuses, is failed
+        choices=statuses,
+        help="only the sagas in this status (any case)",
+    )
     listing.add_argument(
         "--limit", type=_at_least_one, default=50, metavar="N", help="at most N sagas (default 50)"
     )
