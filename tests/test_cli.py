@@ -1204,3 +1204,17 @@ def test_list_takes_a_status_in_any_case(
     assert "invalid choice" in err
     assert "completed" in err
     assert "COMPLETED" not in err  # the choices stay lowercase
+
+
+def test_schema_with_a_sqlite_log_is_refused(
+    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: --schema was silently ignored for a SQLite path.
+    db, _ = log_db
+    for argv in (["--schema", "billing", "list"], ["list", "--schema", "billing"]):
+        with pytest.raises(SystemExit) as exited:
+            cli("--db", db, *argv)
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert "--schema applies to PostgreSQL URLs only" in err
+        assert "drop --schema" in err

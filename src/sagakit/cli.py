@@ -483,6 +483,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = parser.parse_args(argv)
     if not hasattr(args, "db"):
         parser.error("the saga log is required: --db sagas.db")
+    if hasattr(args, "schema") and not _is_postgres(args.db):
+        parser.error(
+            "--schema applies to PostgreSQL URLs only (--db postgresql://...); "
+            f"a SQLite log ({args.db!r}) has no schema: drop --schema"
+        )
     args.json = getattr(args, "json", False)
     # Like `python -m sagakit`, the `sagakit` command finds `--import` modules, and the
     # classes of stored values, in the current directory (its own sys.path[0] is bin/).
