@@ -943,8 +943,7 @@ def test_json_output_is_strict_json_for_values_that_are_not_finite(tmp_path: Pat
 def test_help_gives_the_defaults_and_offers_json_only_where_it_is_printed(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Regression: --limit and --max-attempts had no help (nor their defaults), and the
-    # help of resume, release and resolve offered --json, which they ignore.
+    # Regression: --limit and --max-attempts had no help (nor their defaults).
     monkeypatch.setenv("COLUMNS", "200")  # no line breaks inside the phrases below
 
     def help_of(*command: str) -> str:
@@ -955,19 +954,42 @@ def test_help_gives_the_defaults_and_offers_json_only_where_it_is_printed(
 
     assert "at most N sagas (default 50)" in help_of("list")
     assert "(default 3)" in help_of("recover")
-    for command in ("list", "show", "recover", "dead-letters"):
+    for command in ("list", "show", "recover", "dead-letters", "resume", "release", "resolve"):
         assert "--json print JSON for scripts" in help_of(command)
-    for command in ("resume", "release", "resolve"):
-        assert "--json" not in help_of(command)
-    assert "--json print JSON for scripts (list, show, recover, dead-letters)" in help_of()
+    assert "--json print JSON for scripts" in help_of()
 
 
-def test_resume_still_accepts_json_and_prints_its_line(
-    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+def test_resume_release_and_resolve_print_json_with_json(
+    log_db: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db, _ = log_db
-    assert cli("--db", db, "--json", "resume", "ok-1")[0] == 1
-    assert cli("--db", db, "resume", "ok-1", "--json")[0] == 1
+    # Regression: they took --json (also before the command) and printed a line of text,
+    # which a script reading every command's output as JSON could not parse.
+    parked = "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL"
+    (tmp_path / "far").mkdir()
+    far, _ = crashed_in_credit(tmp_path / "far", "far", ELSEWHERE)
+    for saga_id in ("p1", "p2"):
+        db, _ = crashed_in_credit(tmp_path, saga_id, parked)
+    assert json.loads(cli("--db", far, "release", "far", "--json")[1]) == {
+        "id": "far",
+        "name": "transfer",
+        "action": "released",
+        "status": "executing",
+    }
+    assert json.loads(cli("--db", db, "--json", "resume", "p1")[1]) == {
+        "id": "p1",
+        "name": "transfer",
+        "action": "resumed",
+        "status": "executing",
+    }
+    code, out = cli("--db", db, "resolve", "p2", "--note", "refunded", "--json")
+    assert (code, json.loads(out)) == (
+        0,
+        {"id": "p2", "name": "transfer", "action": "resolved", "status": "failed"},
+    )
+    # Without --json: the line, as before; an error: its message on stderr, stdout empty.
+    assert cli("--db", db, "resolve", "p1", "--note", "x") == (0, "saga p1 marked resolved\n")
+    log, _ = log_db
+    assert cli("--db", log, "--json", "resume", "ok-1") == (1, "")
     assert "is not dead-lettered" in capsys.readouterr().err
 
 

@@ -9,7 +9,7 @@
     sagakit --db sagas.db resolve SAGA_ID --note "refunded by hand"
 
 ``--db`` also takes a PostgreSQL URL (``postgresql://user@host/db``, with
-``--schema`` if the log is not in schema ``sagakit``).
+``--schema`` if the log is not in schema ``sagakit``). Every command prints JSON with ``--json``.
 """
 
 from __future__ import annotations
@@ -97,16 +97,11 @@ def _parser() -> argparse.ArgumentParser:
         "--json",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="print JSON for scripts (list, show, recover, dead-letters)",
+        help="print JSON for scripts",
     )
     printing = argparse.ArgumentParser(add_help=False, parents=[common])
     printing.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
-    )
-    # resume, release and resolve print one line of text, but take --json all the same.
-    quiet = argparse.ArgumentParser(add_help=False, parents=[common])
-    quiet.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
     parser = argparse.ArgumentParser(
         prog="sagakit", description="Inspect and repair a saga log.", parents=[top]
@@ -147,19 +142,19 @@ def _parser() -> argparse.ArgumentParser:
         "dead-letters", help="sagas parked after failing recovery", parents=[printing]
     )
     resume = commands.add_parser(
-        "resume", help="un-park a dead-lettered saga for recover", parents=[quiet]
+        "resume", help="un-park a dead-lettered saga for recover", parents=[printing]
     )
     resume.add_argument("saga_id")
     release = commands.add_parser(
         "release",
         help="forget the owner of a running saga whose process is known dead (SQLite)",
-        parents=[quiet],
+        parents=[printing],
     )
     release.add_argument("saga_id")
     resolve = commands.add_parser(
         "resolve",
         help="mark a dead-lettered or failed saga (or one whose process is gone) settled",
-        parents=[quiet],
+        parents=[printing],
     )
     resolve.add_argument("saga_id")
     resolve.add_argument("--note", type=_note, required=True, help="what an operator did about it")
@@ -305,6 +300,29 @@ def _step_json(record: StepRecord) -> dict[str, Any]:
         "error": record.error,
         "events": [_plain(event) for event in record.events],
     }
+
+
+async def _done(
+    store: SQLiteStore | PostgresStore, args: argparse.Namespace, action: str, out: TextIO
+) -> int:
+    """What ``resume``, ``release`` or ``resolve`` did: a line, or with ``--json`` the
+    saga's ``id``, ``name``, the ``action`` and its ``status`` after it."""
+    if not args.json:
+        if action == "resolved":
+            out.write(f"saga {args.saga_id} marked resolved\n")
+        else:
+            out.write(f"saga {args.saga_id} will be recovered by the next `sagakit recover`\n")
+        return 0
+    meta = await store.get(args.saga_id)
+    data = {
+        "id": args.saga_id,
+        "name": None if meta is None else meta.name,
+        "action": action,
+        "status": None if meta is None else str(meta.status),
+    }
+    json.dump(data, out, indent=2)
+    out.write("\n")
+    return 0
 
 
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
@@ -464,15 +482,12 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                     "release is for SQLite logs; PostgreSQL leases expire by themselves"
                 )
             await store.release(args.saga_id)
-            out.write(f"saga {args.saga_id} will be recovered by the next `sagakit recover`\n")
-            return 0
+            return await _done(store, args, "released", out)
         if args.command == "resume":
             await store.resume_dead_letter(args.saga_id)
-            out.write(f"saga {args.saga_id} will be recovered by the next `sagakit recover`\n")
-            return 0
+            return await _done(store, args, "resumed", out)
         await store.resolve(args.saga_id, args.note)
-        out.write(f"saga {args.saga_id} marked resolved\n")
-        return 0
+        return await _done(store, args, "resolved", out)
     finally:
         await store.close()
 
