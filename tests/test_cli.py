@@ -1030,6 +1030,7 @@ def test_json_keys_are_the_documented_ones(tmp_path: Path) -> None:
         "started_at",
         "finished_at",
         "error",
+        "dead_letter",
     ]
     step_keys = ["index", "name", "status", "attempts", "duration", "error", "events"]
     [listed] = json.loads(cli("--db", db, "list", "--json")[1])
@@ -1240,3 +1241,29 @@ def test_schema_with_a_sqlite_log_is_refused(
         err = capsys.readouterr().err
         assert "--schema applies to PostgreSQL URLs only" in err
         assert "drop --schema" in err
+
+
+def test_list_and_show_mark_a_dead_letter(tmp_path: Path) -> None:
+    # Regression: a parked saga listed as `executing`, like one running, with no mark in
+    # the table or the JSON (nor in `show`).
+    db, _ = crashed_in_credit(
+        tmp_path, "parked", "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL"
+    )
+    assert child(db, tmp_path / "effects.log", "run", db, "transfer", "ok", "B") == 0
+    code, out = cli("--db", db, "list")
+    assert code == 0
+    rows = [line.split("  ") for line in out.splitlines()[1:]]
+    assert [[cell.strip() for cell in row if cell][:3] for row in rows] == [
+        ["ok", "transfer", "completed"],
+        ["parked", "transfer", "executing (dead letter)"],
+    ]
+    listed = json.loads(cli("--db", db, "list", "--json")[1])
+    assert [(s["id"], s["status"], s["dead_letter"]) for s in listed] == [
+        ("ok", "completed", False),
+        ("parked", "executing", True),
+    ]
+    code, out = cli("--db", db, "show", "parked")
+    assert out.splitlines()[0] == "saga parked (transfer): executing (dead letter)"
+    assert "after 0 recovery attempt(s): stuck; `sagakit resume` or `sagakit resolve` it" in out
+    assert json.loads(cli("--db", db, "show", "parked", "--json")[1])["dead_letter"] is True
+    assert json.loads(cli("--db", db, "show", "ok", "--json")[1])["dead_letter"] is False

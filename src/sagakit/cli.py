@@ -272,7 +272,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _saga_json(meta: SagaMetadata, steps: bool) -> dict[str, Any]:
+def _saga_json(meta: SagaMetadata, steps: bool, dead_letter: bool) -> dict[str, Any]:
     data: dict[str, Any] = {
         "id": meta.id,
         "name": meta.name,
@@ -282,12 +282,18 @@ def _saga_json(meta: SagaMetadata, steps: bool) -> dict[str, Any]:
         "started_at": None if meta.started_at is None else meta.started_at.isoformat(),
         "finished_at": None if meta.finished_at is None else meta.finished_at.isoformat(),
         "error": meta.error,
+        "dead_letter": dead_letter,
     }
     if steps:
         data["steps"] = [_step_json(record) for record in meta.steps]
         data["compensations"] = [_step_json(record) for record in meta.compensations]
         data["events"] = [_plain(event) for event in meta.events]
     return data
+
+
+def _status_of(meta: SagaMetadata, parked: set[str]) -> str:
+    """A saga's status for a table: a dead letter keeps the status it was parked in."""
+    return f"{meta.status} (dead letter)" if meta.id in parked else str(meta.status)
 
 
 def _step_json(record: StepRecord) -> dict[str, Any]:
@@ -330,8 +336,12 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
     try:
         if args.command == "list":
             sagas = await store.list_sagas(status=args.status, limit=args.limit)
+            # A parked saga keeps the status it had (executing, compensating): mark it.
+            parked = {d.saga_id for d in await store.dead_letters()} if sagas else set()
             if args.json:
-                json.dump([_saga_json(meta, False) for meta in sagas], out, indent=2)
+                json.dump(
+                    [_saga_json(meta, False, meta.id in parked) for meta in sagas], out, indent=2
+                )
                 out.write("\n")
             elif not sagas:
                 out.write("no sagas\n")
@@ -343,7 +353,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                         [
                             str(meta.id),
                             meta.name,
-                            str(meta.status),
+                            _status_of(meta, parked),
                             f"{meta.steps_executed}/{total}",
                             _when(meta.started_at),
                             (meta.error or "")[:60],
@@ -360,12 +370,20 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 )
                 return 1
             meta = found
+            letter = next((d for d in await store.dead_letters() if d.saga_id == meta.id), None)
             if args.json:
-                json.dump(_saga_json(meta, True), out, indent=2)
+                json.dump(_saga_json(meta, True, letter is not None), out, indent=2)
                 out.write("\n")
                 return 0
-            out.write(f"saga {_shown(str(meta.id))} ({_shown(meta.name)}): {meta.status}\n")
+            status = _status_of(meta, set() if letter is None else {letter.saga_id})
+            out.write(f"saga {_shown(str(meta.id))} ({_shown(meta.name)}): {status}\n")
             out.write(f"started {_when(meta.started_at)}  finished {_when(meta.finished_at)}\n")
+            if letter is not None:
+                out.write(
+                    f"parked {_when(letter.parked_at)} after {letter.recovery_attempts} "
+                    f"recovery attempt(s): {_shown(letter.reason)}; `sagakit resume` or "
+                    "`sagakit resolve` it\n"
+                )
             if meta.error:
                 out.write(f"error: {_shown(meta.error)}\n")
             rows = [["", "#", "STEP", "STATUS", "ATTEMPTS", "EVENTS / ERROR"]]
