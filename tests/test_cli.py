@@ -1267,3 +1267,61 @@ def test_list_and_show_mark_a_dead_letter(tmp_path: Path) -> None:
     assert "after 0 recovery attempt(s): stuck; `sagakit resume` or `sagakit resolve` it" in out
     assert json.loads(cli("--db", db, "show", "parked", "--json")[1])["dead_letter"] is True
     assert json.loads(cli("--db", db, "show", "ok", "--json")[1])["dead_letter"] is False
+
+
+def test_recover_on_postgres_names_the_sagas_waiting_for_their_lease(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Regression: `recover` said only "nothing to recover" while orphans waited for their
+    # owner's lease to expire; the operator could not tell it from a log with no orphan.
+    from sagakit import PostgresStore, SagaOrchestrator, saga, step
+    from sagakit.testing import FaultInjector, SimulatedCrash
+
+    dsn = dsn_or_skip()
+
+    @step
+    async def cli_pg_leased_step(x: str) -> str:
+        return x
+
+    @saga
+    def cli_pg_leased(x: str):  # type: ignore[no-untyped-def]
+        yield cli_pg_leased_step(x)
+
+    schema = "sk_cli_lease_" + uuid.uuid4().hex[:8]
+
+    async def crash() -> None:
+        async with SagaOrchestrator(PostgresStore(dsn, schema=schema)) as orchestrator:
+            faults = FaultInjector()
+            faults.crash(cli_pg_leased_step)
+            with faults, pytest.raises(SimulatedCrash):
+                await orchestrator.execute(cli_pg_leased("x"), saga_id="held-1")
+
+    try:
+        asyncio.run(crash())
+        # Another worker holds it, its lease an hour away from expiring.
+        query(
+            dsn,
+            f"UPDATE \"{schema}\".sagas SET owner = 'elsewhere', "
+            "lease_until = now() + interval '1 hour' WHERE saga_id = 'held-1'",
+        )
+        assert cli("--db", dsn, "--schema", schema, "recover") == (
+            0,
+            "nothing to recover\n"
+            "1 saga(s) are running under a lease; they are recovered once it expires (a "
+            "later recover, or any worker, claims them), or finished by the workers holding "
+            "them\n",
+        )
+        assert cli("--db", dsn, "--schema", schema, "recover", "--json") == (0, "[]\n")
+        assert "sagakit: 1 saga(s) are running under a lease;" in capsys.readouterr().err
+        query(dsn, f"UPDATE \"{schema}\".sagas SET lease_until = now() WHERE saga_id = 'held-1'")
+        code, out = cli("--db", dsn, "--schema", schema, "recover")
+        assert code == 0
+        assert out.splitlines()[1].split()[:4] == [
+            "held-1",
+            "cli_pg_leased",
+            "resumed",
+            "completed",
+        ]
+        assert "under a lease" not in out
+    finally:
+        query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

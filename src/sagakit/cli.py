@@ -442,6 +442,20 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                         for o in outcomes
                     ]
                     _table(rows, out)
+            if isinstance(store, PostgresStore):
+                # No claim takes a saga before its owner's lease runs out: say how many
+                # wait for it, or the operator reads "nothing to recover" and moves on.
+                leased = await store._leased_count()
+                if leased:
+                    note = (
+                        f"{leased} saga(s) are running under a lease; they are recovered "
+                        "once it expires (a later recover, or any worker, claims them), "
+                        "or finished by the workers holding them\n"
+                    )
+                    if args.json:  # on stderr: stdout stays one JSON document
+                        sys.stderr.write(f"sagakit: {note}")
+                    else:
+                        out.write(note)
             unknown = await _unregistered_running(store, known)
             if unknown:
                 modules = _declared_in(sorted(unknown))
