@@ -943,8 +943,7 @@ def test_json_output_is_strict_json_for_values_that_are_not_finite(tmp_path: Pat
 def test_help_gives_the_defaults_and_offers_json_only_where_it_is_printed(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Regression: --limit and --max-attempts had no help (nor their defaults), and the
-    # help of resume, release and resolve offered --json, which they ignore.
+    # Regression: --limit and --max-attempts had no help (nor their defaults).
     monkeypatch.setenv("COLUMNS", "200")  # no line breaks inside the phrases below
 
     def help_of(*command: str) -> str:
@@ -955,19 +954,42 @@ def test_help_gives_the_defaults_and_offers_json_only_where_it_is_printed(
 
     assert "at most N sagas (default 50)" in help_of("list")
     assert "(default 3)" in help_of("recover")
-    for command in ("list", "show", "recover", "dead-letters"):
+    for command in ("list", "show", "recover", "dead-letters", "resume", "release", "resolve"):
         assert "--json print JSON for scripts" in help_of(command)
-    for command in ("resume", "release", "resolve"):
-        assert "--json" not in help_of(command)
-    assert "--json print JSON for scripts (list, show, recover, dead-letters)" in help_of()
+    assert "--json print JSON for scripts" in help_of()
 
 
-def test_resume_still_accepts_json_and_prints_its_line(
-    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+def test_resume_release_and_resolve_print_json_with_json(
+    log_db: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db, _ = log_db
-    assert cli("--db", db, "--json", "resume", "ok-1")[0] == 1
-    assert cli("--db", db, "resume", "ok-1", "--json")[0] == 1
+    # Regression: they took --json (also before the command) and printed a line of text,
+    # which a script reading every command's output as JSON could not parse.
+    parked = "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL"
+    (tmp_path / "far").mkdir()
+    far, _ = crashed_in_credit(tmp_path / "far", "far", ELSEWHERE)
+    for saga_id in ("p1", "p2"):
+        db, _ = crashed_in_credit(tmp_path, saga_id, parked)
+    assert json.loads(cli("--db", far, "release", "far", "--json")[1]) == {
+        "id": "far",
+        "name": "transfer",
+        "action": "released",
+        "status": "executing",
+    }
+    assert json.loads(cli("--db", db, "--json", "resume", "p1")[1]) == {
+        "id": "p1",
+        "name": "transfer",
+        "action": "resumed",
+        "status": "executing",
+    }
+    code, out = cli("--db", db, "resolve", "p2", "--note", "refunded", "--json")
+    assert (code, json.loads(out)) == (
+        0,
+        {"id": "p2", "name": "transfer", "action": "resolved", "status": "failed"},
+    )
+    # Without --json: the line, as before; an error: its message on stderr, stdout empty.
+    assert cli("--db", db, "resolve", "p1", "--note", "x") == (0, "saga p1 marked resolved\n")
+    log, _ = log_db
+    assert cli("--db", log, "--json", "resume", "ok-1") == (1, "")
     assert "is not dead-lettered" in capsys.readouterr().err
 
 
@@ -1008,6 +1030,7 @@ def test_json_keys_are_the_documented_ones(tmp_path: Path) -> None:
         "started_at",
         "finished_at",
         "error",
+        "dead_letter",
     ]
     step_keys = ["index", "name", "status", "attempts", "duration", "error", "events"]
     [listed] = json.loads(cli("--db", db, "list", "--json")[1])
@@ -1186,3 +1209,119 @@ def test_table_columns_line_up_after_wide_and_combining_characters(tmp_path: Pat
     header, *rows = out.splitlines()
     assert len(rows) == 3
     assert {column(row, "completed") for row in rows} == {column(header, "STATUS")}
+
+
+def test_list_takes_a_status_in_any_case(
+    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: `--status COMPLETED`, as the docs write statuses, was refused (exit 2).
+    db, _ = log_db
+    for status in ("COMPLETED", "Completed", "completed"):
+        code, out = cli("--db", db, "list", "--status", status, "--json")
+        assert code == 0
+        assert [saga["id"] for saga in json.loads(out)] == ["ok-1"]
+    with pytest.raises(SystemExit) as exited:
+        cli("--db", db, "list", "--status", "DONE")
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice" in err
+    assert "completed" in err
+    assert "COMPLETED" not in err  # the choices stay lowercase
+
+
+def test_schema_with_a_sqlite_log_is_refused(
+    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: --schema was silently ignored for a SQLite path.
+    db, _ = log_db
+    for argv in (["--schema", "billing", "list"], ["list", "--schema", "billing"]):
+        with pytest.raises(SystemExit) as exited:
+            cli("--db", db, *argv)
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert "--schema applies to PostgreSQL URLs only" in err
+        assert "drop --schema" in err
+
+
+def test_list_and_show_mark_a_dead_letter(tmp_path: Path) -> None:
+    # Regression: a parked saga listed as `executing`, like one running, with no mark in
+    # the table or the JSON (nor in `show`).
+    db, _ = crashed_in_credit(
+        tmp_path, "parked", "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL"
+    )
+    assert child(db, tmp_path / "effects.log", "run", db, "transfer", "ok", "B") == 0
+    code, out = cli("--db", db, "list")
+    assert code == 0
+    rows = [line.split("  ") for line in out.splitlines()[1:]]
+    assert [[cell.strip() for cell in row if cell][:3] for row in rows] == [
+        ["ok", "transfer", "completed"],
+        ["parked", "transfer", "executing (dead letter)"],
+    ]
+    listed = json.loads(cli("--db", db, "list", "--json")[1])
+    assert [(s["id"], s["status"], s["dead_letter"]) for s in listed] == [
+        ("ok", "completed", False),
+        ("parked", "executing", True),
+    ]
+    code, out = cli("--db", db, "show", "parked")
+    assert out.splitlines()[0] == "saga parked (transfer): executing (dead letter)"
+    assert "after 0 recovery attempt(s): stuck; `sagakit resume` or `sagakit resolve` it" in out
+    assert json.loads(cli("--db", db, "show", "parked", "--json")[1])["dead_letter"] is True
+    assert json.loads(cli("--db", db, "show", "ok", "--json")[1])["dead_letter"] is False
+
+
+def test_recover_on_postgres_names_the_sagas_waiting_for_their_lease(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Regression: `recover` said only "nothing to recover" while orphans waited for their
+    # owner's lease to expire; the operator could not tell it from a log with no orphan.
+    from sagakit import PostgresStore, SagaOrchestrator, saga, step
+    from sagakit.testing import FaultInjector, SimulatedCrash
+
+    dsn = dsn_or_skip()
+
+    @step
+    async def cli_pg_leased_step(x: str) -> str:
+        return x
+
+    @saga
+    def cli_pg_leased(x: str):  # type: ignore[no-untyped-def]
+        yield cli_pg_leased_step(x)
+
+    schema = "sk_cli_lease_" + uuid.uuid4().hex[:8]
+
+    async def crash() -> None:
+        async with SagaOrchestrator(PostgresStore(dsn, schema=schema)) as orchestrator:
+            faults = FaultInjector()
+            faults.crash(cli_pg_leased_step)
+            with faults, pytest.raises(SimulatedCrash):
+                await orchestrator.execute(cli_pg_leased("x"), saga_id="held-1")
+
+    try:
+        asyncio.run(crash())
+        # Another worker holds it, its lease an hour away from expiring.
+        query(
+            dsn,
+            f"UPDATE \"{schema}\".sagas SET owner = 'elsewhere', "
+            "lease_until = now() + interval '1 hour' WHERE saga_id = 'held-1'",
+        )
+        assert cli("--db", dsn, "--schema", schema, "recover") == (
+            0,
+            "nothing to recover\n"
+            "1 saga(s) are running under a lease; they are recovered once it expires (a "
+            "later recover, or any worker, claims them), or finished by the workers holding "
+            "them\n",
+        )
+        assert cli("--db", dsn, "--schema", schema, "recover", "--json") == (0, "[]\n")
+        assert "sagakit: 1 saga(s) are running under a lease;" in capsys.readouterr().err
+        query(dsn, f"UPDATE \"{schema}\".sagas SET lease_until = now() WHERE saga_id = 'held-1'")
+        code, out = cli("--db", dsn, "--schema", schema, "recover")
+        assert code == 0
+        assert out.splitlines()[1].split()[:4] == [
+            "held-1",
+            "cli_pg_leased",
+            "resumed",
+            "completed",
+        ]
+        assert "under a lease" not in out
+    finally:
+        query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -9,7 +9,7 @@
     sagakit --db sagas.db resolve SAGA_ID --note "refunded by hand"
 
 ``--db`` also takes a PostgreSQL URL (``postgresql://user@host/db``, with
-``--schema`` if the log is not in schema ``sagakit``).
+``--schema`` if the log is not in schema ``sagakit``). Every command prints JSON with ``--json``.
 """
 
 from __future__ import annotations
@@ -97,16 +97,11 @@ def _parser() -> argparse.ArgumentParser:
         "--json",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="print JSON for scripts (list, show, recover, dead-letters)",
+        help="print JSON for scripts",
     )
     printing = argparse.ArgumentParser(add_help=False, parents=[common])
     printing.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
-    )
-    # resume, release and resolve print one line of text, but take --json all the same.
-    quiet = argparse.ArgumentParser(add_help=False, parents=[common])
-    quiet.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
     parser = argparse.ArgumentParser(
         prog="sagakit", description="Inspect and repair a saga log.", parents=[top]
@@ -114,7 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="list sagas, newest first", parents=[printing])
     statuses = [str(s) for s in SagaStatus if s is not SagaStatus.NOT_STARTED]
-    listing.add_argument("--status", choices=statuses, help="only the sagas in this status")
+    listing.add_argument(
+        "--status",
+        type=str.lower,  # FAILED, as the docs write statuses, is failed
+        choices=statuses,
+        help="only the sagas in this status (any case)",
+    )
     listing.add_argument(
         "--limit", type=_at_least_one, default=50, metavar="N", help="at most N sagas (default 50)"
     )
@@ -142,19 +142,19 @@ def _parser() -> argparse.ArgumentParser:
         "dead-letters", help="sagas parked after failing recovery", parents=[printing]
     )
     resume = commands.add_parser(
-        "resume", help="un-park a dead-lettered saga for recover", parents=[quiet]
+        "resume", help="un-park a dead-lettered saga for recover", parents=[printing]
     )
     resume.add_argument("saga_id")
     release = commands.add_parser(
         "release",
         help="forget the owner of a running saga whose process is known dead (SQLite)",
-        parents=[quiet],
+        parents=[printing],
     )
     release.add_argument("saga_id")
     resolve = commands.add_parser(
         "resolve",
         help="mark a dead-lettered or failed saga (or one whose process is gone) settled",
-        parents=[quiet],
+        parents=[printing],
     )
     resolve.add_argument("saga_id")
     resolve.add_argument("--note", type=_note, required=True, help="what an operator did about it")
@@ -272,7 +272,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _saga_json(meta: SagaMetadata, steps: bool) -> dict[str, Any]:
+def _saga_json(meta: SagaMetadata, steps: bool, dead_letter: bool) -> dict[str, Any]:
     data: dict[str, Any] = {
         "id": meta.id,
         "name": meta.name,
@@ -282,12 +282,18 @@ def _saga_json(meta: SagaMetadata, steps: bool) -> dict[str, Any]:
         "started_at": None if meta.started_at is None else meta.started_at.isoformat(),
         "finished_at": None if meta.finished_at is None else meta.finished_at.isoformat(),
         "error": meta.error,
+        "dead_letter": dead_letter,
     }
     if steps:
         data["steps"] = [_step_json(record) for record in meta.steps]
         data["compensations"] = [_step_json(record) for record in meta.compensations]
         data["events"] = [_plain(event) for event in meta.events]
     return data
+
+
+def _status_of(meta: SagaMetadata, parked: set[str]) -> str:
+    """A saga's status for a table: a dead letter keeps the status it was parked in."""
+    return f"{meta.status} (dead letter)" if meta.id in parked else str(meta.status)
 
 
 def _step_json(record: StepRecord) -> dict[str, Any]:
@@ -302,13 +308,40 @@ def _step_json(record: StepRecord) -> dict[str, Any]:
     }
 
 
+async def _done(
+    store: SQLiteStore | PostgresStore, args: argparse.Namespace, action: str, out: TextIO
+) -> int:
+    """What ``resume``, ``release`` or ``resolve`` did: a line, or with ``--json`` the
+    saga's ``id``, ``name``, the ``action`` and its ``status`` after it."""
+    if not args.json:
+        if action == "resolved":
+            out.write(f"saga {args.saga_id} marked resolved\n")
+        else:
+            out.write(f"saga {args.saga_id} will be recovered by the next `sagakit recover`\n")
+        return 0
+    meta = await store.get(args.saga_id)
+    data = {
+        "id": args.saga_id,
+        "name": None if meta is None else meta.name,
+        "action": action,
+        "status": None if meta is None else str(meta.status),
+    }
+    json.dump(data, out, indent=2)
+    out.write("\n")
+    return 0
+
+
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
     store = _store_for(args)
     try:
         if args.command == "list":
             sagas = await store.list_sagas(status=args.status, limit=args.limit)
+            # A parked saga keeps the status it had (executing, compensating): mark it.
+            parked = {d.saga_id for d in await store.dead_letters()} if sagas else set()
             if args.json:
-                json.dump([_saga_json(meta, False) for meta in sagas], out, indent=2)
+                json.dump(
+                    [_saga_json(meta, False, meta.id in parked) for meta in sagas], out, indent=2
+                )
                 out.write("\n")
             elif not sagas:
                 out.write("no sagas\n")
@@ -320,7 +353,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                         [
                             str(meta.id),
                             meta.name,
-                            str(meta.status),
+                            _status_of(meta, parked),
                             f"{meta.steps_executed}/{total}",
                             _when(meta.started_at),
                             (meta.error or "")[:60],
@@ -337,12 +370,20 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 )
                 return 1
             meta = found
+            letter = next((d for d in await store.dead_letters() if d.saga_id == meta.id), None)
             if args.json:
-                json.dump(_saga_json(meta, True), out, indent=2)
+                json.dump(_saga_json(meta, True, letter is not None), out, indent=2)
                 out.write("\n")
                 return 0
-            out.write(f"saga {_shown(str(meta.id))} ({_shown(meta.name)}): {meta.status}\n")
+            status = _status_of(meta, set() if letter is None else {letter.saga_id})
+            out.write(f"saga {_shown(str(meta.id))} ({_shown(meta.name)}): {status}\n")
             out.write(f"started {_when(meta.started_at)}  finished {_when(meta.finished_at)}\n")
+            if letter is not None:
+                out.write(
+                    f"parked {_when(letter.parked_at)} after {letter.recovery_attempts} "
+                    f"recovery attempt(s): {_shown(letter.reason)}; `sagakit resume` or "
+                    "`sagakit resolve` it\n"
+                )
             if meta.error:
                 out.write(f"error: {_shown(meta.error)}\n")
             rows = [["", "#", "STEP", "STATUS", "ATTEMPTS", "EVENTS / ERROR"]]
@@ -401,6 +442,20 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                         for o in outcomes
                     ]
                     _table(rows, out)
+            if isinstance(store, PostgresStore):
+                # No claim takes a saga before its owner's lease runs out: say how many
+                # wait for it, or the operator reads "nothing to recover" and moves on.
+                leased = await store._leased_count()
+                if leased:
+                    note = (
+                        f"{leased} saga(s) are running under a lease; they are recovered "
+                        "once it expires (a later recover, or any worker, claims them), "
+                        "or finished by the workers holding them\n"
+                    )
+                    if args.json:  # on stderr: stdout stays one JSON document
+                        sys.stderr.write(f"sagakit: {note}")
+                    else:
+                        out.write(note)
             unknown = await _unregistered_running(store, known)
             if unknown:
                 modules = _declared_in(sorted(unknown))
@@ -459,15 +514,12 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                     "release is for SQLite logs; PostgreSQL leases expire by themselves"
                 )
             await store.release(args.saga_id)
-            out.write(f"saga {args.saga_id} will be recovered by the next `sagakit recover`\n")
-            return 0
+            return await _done(store, args, "released", out)
         if args.command == "resume":
             await store.resume_dead_letter(args.saga_id)
-            out.write(f"saga {args.saga_id} will be recovered by the next `sagakit recover`\n")
-            return 0
+            return await _done(store, args, "resumed", out)
         await store.resolve(args.saga_id, args.note)
-        out.write(f"saga {args.saga_id} marked resolved\n")
-        return 0
+        return await _done(store, args, "resolved", out)
     finally:
         await store.close()
 
@@ -478,6 +530,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = parser.parse_args(argv)
     if not hasattr(args, "db"):
         parser.error("the saga log is required: --db sagas.db")
+    if hasattr(args, "schema") and not _is_postgres(args.db):
+        parser.error(
+            "--schema applies to PostgreSQL URLs only (--db postgresql://...); "
+            f"a SQLite log ({args.db!r}) has no schema: drop --schema"
+        )
     args.json = getattr(args, "json", False)
     # Like `python -m sagakit`, the `sagakit` command finds `--import` modules, and the
     # classes of stored values, in the current directory (its own sys.path[0] is bin/).

@@ -43,6 +43,7 @@ class Statements:
     newest: str
     newest_with_status: str
     running_count: str
+    leased_count: str
     history_count: str
     dead_letter: str
     dead_letters: str
@@ -181,6 +182,8 @@ def statements(schema: str) -> Statements:
             "LIMIT %s) AS newest ORDER BY started_at DESC, saga_id DESC"
         ),
         running_count=f"SELECT count(*) FROM {s}.sagas WHERE {active}",
+        # The running sagas no claim takes yet: their owner's lease has not run out.
+        leased_count=f"SELECT count(*) FROM {s}.sagas WHERE {active} AND lease_until > now()",
         history_count=f"SELECT count(*) FROM {s}.sagas WHERE finished_at IS NOT NULL",
         dead_letter=(
             f"UPDATE {s}.sagas SET dead_reason = %(reason)s, parked_at = now(), owner = NULL, "

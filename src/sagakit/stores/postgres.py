@@ -724,6 +724,11 @@ class PostgresStore:
     async def running_count(self) -> int:
         return int((await self._run(self._sql.running_count))[0][0])
 
+    async def _leased_count(self) -> int:
+        """How many running sagas are under a lease that has not expired (for the CLI's
+        ``recover``: those it cannot claim yet). One count over an index."""
+        return int((await self._run(self._sql.leased_count))[0][0])
+
     async def history_count(self) -> int:
         return int((await self._run(self._sql.history_count))[0][0])
 
