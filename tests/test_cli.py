@@ -1325,3 +1325,41 @@ def test_recover_on_postgres_names_the_sagas_waiting_for_their_lease(
         assert "under a lease" not in out
     finally:
         query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.mark.asyncio
+async def test_upgrade_brings_an_older_log_to_this_schema(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The read-only commands refuse a log of an older schema (they must not change it),
+    # and an operator with only the command line had no way to upgrade it.
+    from sagakit import SagaOrchestrator, StepFailed
+    from sagakit.stores import _sqlite_schema
+    from test_sqlite_order import old_store, refused_after_three, version_of
+
+    path = tmp_path / "old.db"
+    store = old_store(path, monkeypatch)
+    with pytest.raises(StepFailed):
+        await SagaOrchestrator(store).execute(refused_after_three(), saga_id="old-1")
+    await store.close()
+    monkeypatch.undo()
+    assert version_of(path) == 1
+
+    code, _ = await asyncio.to_thread(cli, "--db", str(path), "list")
+    assert code == 1
+    told = capsys.readouterr().err
+    assert "older than this sagakit's" in told
+    assert f"sagakit --db {path} upgrade" in told
+    assert version_of(path) == 1  # a read-only command leaves it as it was
+
+    code, printed = await asyncio.to_thread(cli, "--db", str(path), "upgrade")
+    assert code == 0
+    version = _sqlite_schema.SCHEMA_VERSION
+    assert printed == f"saga log {str(path)!r} is at schema version {version}, this sagakit's\n"
+    assert version_of(path) == version
+    code, printed = await asyncio.to_thread(cli, "--db", str(path), "upgrade", "--json")
+    assert (code, json.loads(printed)) == (0, {"schema_version": version})
+
+    code, printed = await asyncio.to_thread(cli, "--db", str(path), "list")
+    assert code == 0
+    assert "old-1" in printed

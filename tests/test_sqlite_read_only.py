@@ -146,7 +146,9 @@ def test_an_older_schema_is_refused_not_migrated(
 ) -> None:
     before = snapshot(backup)
     monkeypatch.setattr(_sqlite_schema, "SCHEMA_VERSION", _sqlite_schema.SCHEMA_VERSION + 1)
-    with pytest.raises(StoreError, match=r"older than .* open it once with a writable"):
+    with pytest.raises(
+        StoreError, match=r"older than .* upgrade it with `sagakit --db .* upgrade`"
+    ):
         SQLiteStore(backup, read_only=True)
     assert snapshot(backup) == before
 

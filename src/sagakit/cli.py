@@ -33,6 +33,8 @@ from ._sagas import registered_saga, registered_sagas
 from .exceptions import SagaError, StoreError
 from .records import SagaMetadata, StepRecord
 from .status import SagaStatus
+from .stores._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
+from .stores._sqlite_schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from .stores.postgres import PostgresStore
 from .stores.sqlite import SQLiteStore
 
@@ -158,6 +160,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     resolve.add_argument("saga_id")
     resolve.add_argument("--note", type=_note, required=True, help="what an operator did about it")
+    commands.add_parser(
+        "upgrade",
+        help="bring a log written by an older sagakit to this version's schema",
+        parents=[printing],
+    )
     return parser
 
 
@@ -507,6 +514,22 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                     for d in letters
                 ]
                 _table(rows, out)
+            return 0
+        if args.command == "upgrade":
+            # A SQLite log was migrated when opened for writing; PostgreSQL's is when the
+            # store first connects.
+            if isinstance(store, SQLiteStore):
+                version = SQLITE_SCHEMA_VERSION
+            else:
+                await store.open()
+                version = PG_SCHEMA_VERSION
+            if args.json:
+                json.dump({"schema_version": version}, out, indent=2)
+                out.write("\n")
+            else:
+                out.write(
+                    f"saga log {_log_name(args)} is at schema version {version}, this sagakit's\n"
+                )
             return 0
         if args.command == "release":
             if not isinstance(store, SQLiteStore):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shlex
 import sqlite3
 from pathlib import Path
 from typing import Literal
@@ -244,7 +245,8 @@ def check_read_only(conn: sqlite3.Connection, path: str) -> None:
         if version < SCHEMA_VERSION:
             raise StoreError(
                 f"saga log {path!r} has schema version {version}, older than this sagakit's "
-                f"({SCHEMA_VERSION}); open it once with a writable SQLiteStore to upgrade it"
+                f"({SCHEMA_VERSION}); upgrade it with `sagakit --db {shlex.quote(path)} "
+                "upgrade` (or open it once with a writable SQLiteStore)"
             )
         _probe(conn)
     except StoreError:
