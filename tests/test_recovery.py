@@ -747,3 +747,47 @@ async def test_an_unreadable_orphan_is_parked_naming_the_value_that_cannot_be_re
     assert "the result of step 0 ('book'): " in reasons["o-result"]
     assert "the arguments of saga 'rec_order': " in reasons["o-args"]
     assert "no_such_module_xyz" in reasons["o-args"]
+
+
+@pytest.mark.asyncio
+async def test_a_simulated_crash_in_a_worker_s_saga_is_logged_not_left_unretrieved(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: the worker's task for a saga that hit a simulated crash ended with the
+    # SimulatedCrash that nobody awaits: asyncio reported "Task exception was never
+    # retrieved" (with the whole traceback) when the task was collected.
+    import gc
+
+    from sagakit.testing import FaultInjector
+
+    effects.clear()
+    await crash(db, rec_order("vase"), "o-sim", at(TransitionKind.STEP_COMPLETED, "book"))
+    reported: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    store = SQLiteStore(db)
+    stop = asyncio.Event()
+    try:
+        with FaultInjector().crash(pay):
+            worker = asyncio.create_task(
+                SagaOrchestrator(store).run_worker(
+                    poll_interval=0.01, stop=stop, handle_signals=False
+                )
+            )
+            for _ in range(1000):  # a guard: 10 s at most
+                if "crashed (simulated" in caplog.text or reported:
+                    break
+                await asyncio.sleep(0.01)
+        stop.set()
+        await worker
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+        await store.close()
+    assert reported == []
+    assert "saga o-sim crashed (simulated" in caplog.text
+    reader = SQLiteStore(db, read_only=True)
+    meta = await reader.get("o-sim")
+    await reader.close()
+    assert meta is not None
+    assert meta.status is SagaStatus.EXECUTING  # left as a crash leaves it, for recovery
