@@ -101,3 +101,48 @@ async def test_get_saga_refuses_an_id_that_is_no_string(
         assert found.id == "first"
     finally:
         await orchestrator.close()
+
+
+def _id_methods(store: Any) -> dict[str, Callable[[], Any]]:
+    """Every public method of ``store`` taking a saga id, called with the number 123."""
+    bad: Any = 123
+    calls: dict[str, Callable[[], Any]] = {"get()": lambda: store.get(bad)}
+    if store.durable:
+        calls |= {
+            "dead_letter()": lambda: store.dead_letter(bad, "parked"),
+            "resume_dead_letter()": lambda: store.resume_dead_letter(bad),
+            "resolve()": lambda: store.resolve(bad, "settled"),
+            "read_events(saga_id=...)": lambda: store.read_events(saga_id=bad),
+            "claim_orphans(saga_ids=...)": lambda: store.claim_orphans(saga_ids=[bad]),
+        }
+    if hasattr(store, "release"):  # SQLite
+        calls["release()"] = lambda: store.release(bad)
+    if hasattr(store, "release_leases"):  # PostgreSQL
+        calls["release_leases(saga_ids=...)"] = lambda: store.release_leases(saga_ids=[bad])
+        calls["owns()"] = lambda: store.owns(bad)
+    return calls
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "durable"])
+async def test_store_methods_refuse_an_id_that_is_no_string_alike(
+    durable_store: Callable[[], Any], store_kind: str
+) -> None:
+    # Regression: store.get(123) found nothing in memory, found the saga "123" in SQLite
+    # (its column's text affinity) and failed with the driver's error in PostgreSQL.
+    store = MemoryStore() if store_kind == "memory" else durable_store()
+    orchestrator = await _two_finished(store)
+    try:
+        await orchestrator.execute(note(3), saga_id="123")
+        for where, call in _id_methods(store).items():
+            with pytest.raises(SagaDefinitionError) as caught:
+                await call() if where != "owns()" else call()
+            assert str(caught.value) == (
+                f"{where} takes a saga id string, got 123; pass the id as text"
+            )
+        found = await store.get("123")
+        assert found is not None
+        assert found.id == "123"
+        with pytest.raises(SagaDefinitionError, match=re.escape("get_saga() takes a saga id")):
+            await orchestrator.get_saga(123)  # type: ignore[arg-type]
+    finally:
+        await orchestrator.close()

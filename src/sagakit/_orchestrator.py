@@ -74,6 +74,7 @@ from .exceptions import (
 from .records import SagaMetadata
 from .status import SagaStatus
 from .stores import MemoryStore, SagaStore
+from .stores._protocol import check_saga_id
 from .stores.memory import DEFAULT_HISTORY_LIMIT
 from .transitions import Transition, TransitionKind, make_transition
 
@@ -1234,8 +1235,7 @@ class SagaOrchestrator:
 
     async def get_saga(self, saga_id: str) -> SagaMetadata | None:
         """Metadata of one saga, running or finished, or ``None`` if unknown."""
-        if not isinstance(saga_id, str):  # PostgreSQL failed, the others found nothing
-            raise SagaDefinitionError(f"get_saga() takes a saga id string, got {saga_id!r}")
+        check_saga_id(saga_id, "get_saga()")  # before a custom store is asked
         return await self._store.get(saga_id)
 
     async def get_history(self, limit: int | None = None) -> list[SagaMetadata]:

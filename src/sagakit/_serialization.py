@@ -29,6 +29,13 @@ from .exceptions import SerializationError
 DEFAULT_MAX_SIZE = 1 << 20
 """Largest stored value, in bytes of encoded text (1 MiB)."""
 
+MAX_DEPTH = 200
+"""Deepest nesting of a stored value: lists, dicts, tuples, sets, dataclasses, enums and
+coded or tagged objects each count one level. Reading a value back takes up to three
+Python frames per level (a tuple is a tagged JSON object holding a list), so a deeper
+one could be written but then not read back under the default recursion limit of 1000.
+"""
+
 _TAG = "__sk__"
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=True)
 _DECODER = json.JSONDecoder()
@@ -214,6 +221,56 @@ def _plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
+class _TooDeep(Exception):
+    """Raised by :meth:`JsonSerializer._encode` at a level deeper than :data:`MAX_DEPTH`."""
+
+
+def _too_deep_path(serializer: JsonSerializer, value: Any) -> tuple[str, bool]:
+    """Where ``value`` first nests deeper than :data:`MAX_DEPTH` (``[0]['a'].field``), and
+    whether that is because it contains itself; for the error only, so it walks the value
+    again the way ``_encode`` does, without recursion."""
+    Path = tuple[str, Any, Any]  # (segment, the object it leads into, the parent's Path)
+    stack: list[tuple[Any, int, Path | None]] = [(value, 0, None)]
+    while stack:
+        item, depth, where = stack.pop()
+        cls = item.__class__
+        if cls in _PRIMITIVES:
+            continue
+        if depth >= MAX_DEPTH:
+            steps: list[tuple[str, Any]] = []
+            while where is not None:
+                steps.append((where[0], where[1]))
+                where = where[2]
+            steps.reverse()
+            seen = {id(value)}
+            for count, (_, reached) in enumerate(steps, 1):
+                if id(reached) in seen:  # back at an object holding it: name the loop
+                    return "".join(segment for segment, _ in steps[:count]), True
+                seen.add(id(reached))
+            segments = [segment for segment, _ in steps]
+            if len(segments) > 8:
+                segments[4:-3] = ["..."]
+            return "".join(segments), False
+        children: list[tuple[str, Any]] = []
+        if cls is list or cls is tuple:
+            children = [(f"[{i}]", child) for i, child in enumerate(item)]
+        elif cls is dict:
+            for key, child in item.items():
+                if key.__class__ is not str:
+                    children.append((f"<key {key!r:.40}>", key))
+                children.append((f"[{key!r:.40}]", child))
+        elif cls is set or cls is frozenset:
+            children = [(f"<item {child!r:.40}>", child) for child in item]
+        elif (codec := serializer._codec_for(cls)) is not None:
+            children = [(f"<{codec.name} codec>", codec.encode(item))]
+        elif isinstance(item, Enum):
+            children = [(".value", item.value)]
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            children = [(f".{f.name}", getattr(item, f.name)) for f in dataclasses.fields(item)]
+        stack.extend((child, depth + 1, (name, child, where)) for name, child in children[::-1])
+    return "<unknown>", False  # pragma: no cover - a codec encoding differently each time
+
+
 def _clock(value: datetime | time, tag: str) -> dict[str, Any]:
     """A tagged ``datetime`` or ``time``: its ISO text, and what that text loses."""
     data: dict[str, Any] = {_TAG: tag, "v": value.isoformat()}
@@ -338,6 +395,18 @@ class JsonSerializer:
                 text = _to_json(self._encode(value))
         except SerializationError as error:
             raise SerializationError(f"cannot store {_name(what)}: {error}") from error.__cause__
+        except _TooDeep:
+            path, cyclic = _too_deep_path(self, value)
+            if cyclic:
+                problem = "it contains itself (an object that refers back to one holding it)"
+                fix = "store an id in place of the back-reference"
+            else:
+                problem = f"it nests more than {MAX_DEPTH} levels deep"
+                fix = "flatten it, or store an id in place of the deeply nested part"
+            raise SerializationError(
+                f"cannot store {_name(what)}: {problem}, at {path}, so it could not be read "
+                f"back from the log; {fix}"
+            ) from None
         except RecursionError as error:
             raise SerializationError(
                 f"cannot store {_name(what)}: it contains itself (an object that refers back "
@@ -354,29 +423,32 @@ class JsonSerializer:
             )
         return text
 
-    def _encode(self, value: Any) -> Any:
+    def _encode(self, value: Any, depth: int = 0) -> Any:
         cls = value.__class__
         if cls in _PRIMITIVES:
             return value
+        if depth >= MAX_DEPTH:
+            raise _TooDeep
+        depth += 1
         if cls is list:
-            return [self._encode(item) for item in value]
+            return [self._encode(item, depth) for item in value]
         if cls is dict:
             if all(key.__class__ is str for key in value) and _TAG not in value:
-                return {key: self._encode(item) for key, item in value.items()}
+                return {key: self._encode(item, depth) for key, item in value.items()}
             return {
                 _TAG: "dict",
-                "v": [[self._encode(k), self._encode(v)] for k, v in value.items()],
+                "v": [[self._encode(k, depth), self._encode(v, depth)] for k, v in value.items()],
             }
         if cls is tuple:
-            return {_TAG: "tuple", "v": [self._encode(item) for item in value]}
+            return {_TAG: "tuple", "v": [self._encode(item, depth) for item in value]}
         codec = self._codec_for(cls)
         if codec is not None:
-            return {_TAG: "codec", "t": codec.name, "v": self._encode(codec.encode(value))}
+            return {_TAG: "codec", "t": codec.name, "v": self._encode(codec.encode(value), depth)}
         if isinstance(value, Enum):
-            return {_TAG: "enum", "t": _importable_name(cls), "v": self._encode(value.value)}
+            return {_TAG: "enum", "t": _importable_name(cls), "v": self._encode(value.value, depth)}
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             fields = {
-                field.name: self._encode(getattr(value, field.name))
+                field.name: self._encode(getattr(value, field.name), depth)
                 for field in dataclasses.fields(value)
             }
             return {_TAG: "dataclass", "t": _importable_name(cls), "v": fields}
@@ -393,7 +465,7 @@ class JsonSerializer:
         if cls is bytes:
             return {_TAG: "bytes", "v": base64.b64encode(value).decode("ascii")}
         if cls is set or cls is frozenset:
-            items = [self._encode(item) for item in value]
+            items = [self._encode(item, depth) for item in value]
             return {_TAG: cls.__name__, "v": items}
         if self.allow_pickle:
             return {_TAG: "pickle", "v": base64.b64encode(pickle.dumps(value)).decode("ascii")}
@@ -445,7 +517,7 @@ class JsonSerializer:
 
     def _decode_tagged(self, tag: str, data: dict[str, Any], value: Any) -> Any:
         if tag == "tuple":
-            return tuple(self._decode(item) for item in value)
+            return tuple([self._decode(item) for item in value])  # no generator frame
         if tag == "dict":
             return {self._decode(k): self._decode(v) for k, v in value}
         if tag == "codec":
@@ -502,7 +574,7 @@ class JsonSerializer:
         if tag == "set":
             return {self._decode(item) for item in value}
         if tag == "frozenset":
-            return frozenset(self._decode(item) for item in value)
+            return frozenset([self._decode(item) for item in value])
         if tag == "pickle":
             if not self.allow_pickle:
                 raise SerializationError(
@@ -517,4 +589,4 @@ class JsonSerializer:
         return f"<JsonSerializer max_size={self.max_size}{pickle_note}>"
 
 
-__all__ = ["DEFAULT_MAX_SIZE", "Codec", "JsonSerializer", "register_codec"]
+__all__ = ["DEFAULT_MAX_SIZE", "MAX_DEPTH", "Codec", "JsonSerializer", "register_codec"]

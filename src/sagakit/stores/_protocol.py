@@ -369,23 +369,37 @@ def row_limit(limit: object, what: str) -> int:
 
 def claim_limit(limit: object, max_attempts: object, saga_ids: object) -> int:
     """Check the arguments of ``claim_orphans()``; return its ``limit`` as a row count."""
-    check_saga_ids(saga_ids)
+    check_saga_ids(saga_ids, "claim_orphans(saga_ids=...)")
     check_count(max_attempts, "max_attempts")
     return row_limit(limit, "claim_orphans(limit=...)")
 
 
-def check_saga_ids(saga_ids: object) -> None:
+def check_saga_id(saga_id: object, where: str) -> None:
+    """Refuse a saga id that is not a string, given to the store method ``where``
+    (``"get()"``), alike on every store: a dict or SQLite found nothing (or, through
+    SQLite's type affinity, the saga ``"123"`` for ``123``), PostgreSQL's driver failed."""
+    if not isinstance(saga_id, str):
+        raise SagaDefinitionError(
+            f"{where} takes a saga id string, got {saga_id!r}; pass the id as text"
+        )
+
+
+def check_saga_ids(saga_ids: object, where: str = "saga_ids=") -> None:
     """Refuse one id given as ``claim_orphans(saga_ids=...)`` (a string is a collection
-    of its characters)."""
+    of its characters), and ids in it that are not strings."""
     if isinstance(saga_ids, str | bytes):
         raise SagaDefinitionError(
             f"saga_ids= takes a collection of saga ids, got the string {saga_ids!r}; "
             f"pass saga_ids=[{saga_ids!r}]"
         )
+    if isinstance(saga_ids, Collection):  # not an iterator: reading it would use it up
+        for saga_id in saga_ids:
+            check_saga_id(saga_id, where)
 
 
 __all__ = [
     "check_event_window",
+    "check_saga_id",
     "check_saga_ids",
     "claim_limit",
     "row_limit",

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from ..exceptions import SagaAlreadyExecuting, SagaAlreadyFailed, SagaDefinitionError
 from ..status import SagaStatus
-from ._protocol import row_limit
+from ._protocol import check_saga_id, row_limit
 
 if TYPE_CHECKING:
     from ..records import SagaMetadata
@@ -79,6 +79,7 @@ class MemoryStore:
             history.popitem(last=False)
 
     async def get(self, saga_id: str) -> SagaMetadata | None:
+        check_saga_id(saga_id, "get()")
         run = self._running.get(saga_id) or self._history.get(saga_id)
         return None if run is None else run.snapshot()
 

@@ -50,6 +50,7 @@ from ._protocol import (
     SagaRunView,
     StoredEvent,
     check_event_window,
+    check_saga_id,
     check_saga_ids,
     claim_limit,
     row_limit,
@@ -342,7 +343,7 @@ class PostgresStore:
         A run of a generated id that has not written its row yet is not given up
         (unless ``as_crash``): no worker could take it over, so it goes on here.
         """
-        check_saga_ids(saga_ids)
+        check_saga_ids(saga_ids, "release_leases(saga_ids=...)")
         ids = None if saga_ids is None else set(saga_ids)
         fences = self._fences
         kept = {
@@ -370,6 +371,7 @@ class PostgresStore:
 
     def owns(self, saga_id: str) -> bool:
         """Whether this store holds the lease of ``saga_id`` (as far as it knows)."""
+        check_saga_id(saga_id, "owns()")
         return saga_id in self._fences
 
     # ------------------------------------------------------------ the protocol
@@ -695,6 +697,7 @@ class PostgresStore:
         return [rows.metadata(saga, self.serializer) for saga in await self._run(sql, params)]
 
     async def get(self, saga_id: str) -> SagaMetadata | None:
+        check_saga_id(saga_id, "get()")
         found = await self._with_steps(self._sql.get, (saga_id,))
         return found[0] if found else None
 
@@ -833,6 +836,7 @@ class PostgresStore:
         return len(claimed)
 
     async def dead_letter(self, saga_id: str, reason: str) -> None:
+        check_saga_id(saga_id, "dead_letter()")
         fence = self._fences.get(saga_id)
         if fence is None:
             raise StoreError(
@@ -856,12 +860,14 @@ class PostgresStore:
         return [rows.dead_letter(row) for row in await self._run(self._sql.dead_letters)]
 
     async def resume_dead_letter(self, saga_id: str) -> None:
+        check_saga_id(saga_id, "resume_dead_letter()")
         if not await self._run(self._sql.resume, (saga_id,)):
             raise StoreError(
                 f"saga {saga_id!r} is not dead-lettered; `sagakit dead-letters` lists those"
             )
 
     async def resolve(self, saga_id: str, note: str) -> None:
+        check_saga_id(saga_id, "resolve()")
         if await self._run(self._sql.resolve, {"id": saga_id, "note": storable(note)}):
             return
         known = await self.get(saga_id)
@@ -882,6 +888,7 @@ class PostgresStore:
         if saga_id is None:
             found = await self._run(self._sql.events, (after, limit))
         else:
+            check_saga_id(saga_id, "read_events(saga_id=...)")
             found = await self._run(self._sql.events_of, (saga_id, after, limit))
         return [rows.stored_event(row, self.serializer) for row in found]
 

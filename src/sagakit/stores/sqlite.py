@@ -53,6 +53,7 @@ from ._protocol import (
     SagaRunView,
     StoredEvent,
     check_event_window,
+    check_saga_id,
     claim_limit,
     row_limit,
 )
@@ -616,6 +617,7 @@ class SQLiteStore:
     # ---------------------------------------------------------------- monitoring
 
     async def get(self, saga_id: str) -> SagaMetadata | None:
+        check_saga_id(saga_id, "get()")
         serializer = self.serializer
         return await self._writer.read(lambda conn: load_metadata(conn, saga_id, serializer))
 
@@ -822,6 +824,7 @@ class SQLiteStore:
             )
 
     async def dead_letter(self, saga_id: str, reason: str) -> None:
+        check_saga_id(saga_id, "dead_letter()")
         self._refuse_writes()
         now = time.time()
         await self._writer.submit(
@@ -852,6 +855,7 @@ class SQLiteStore:
         return await self._writer.read(read)
 
     async def resume_dead_letter(self, saga_id: str) -> None:
+        check_saga_id(saga_id, "resume_dead_letter()")
         self._refuse_writes()
 
         def job(conn: sqlite3.Connection) -> int:
@@ -876,6 +880,7 @@ class SQLiteStore:
         :class:`~sagakit.StoreError` if the saga is not running, is dead-lettered,
         or is run by another live process of this host.
         """
+        check_saga_id(saga_id, "release()")
         self._refuse_writes()
 
         def job(conn: sqlite3.Connection) -> str | None:
@@ -908,6 +913,7 @@ class SQLiteStore:
             raise StoreError(problem)
 
     async def resolve(self, saga_id: str, note: str) -> None:
+        check_saga_id(saga_id, "resolve()")
         self._refuse_writes()
         now = time.time()
 
@@ -946,6 +952,8 @@ class SQLiteStore:
         self, *, after: int = 0, limit: int = 1000, saga_id: str | None = None
     ) -> list[StoredEvent]:
         check_event_window(after, limit)
+        if saga_id is not None:
+            check_saga_id(saga_id, "read_events(saga_id=...)")
         sql = (
             "SELECT position, saga_id, saga_name, step_index, step_name, compensation, data, "
             "recorded_at FROM sagakit_events WHERE position > ?"
