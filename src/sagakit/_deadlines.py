@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .exceptions import StepTimeout
+
 if TYPE_CHECKING:
     from ._runs import SagaRun
 
@@ -80,14 +82,18 @@ def claim_timeout(run: SagaRun) -> bool:
     return run.task.uncancel() <= run.cancel_base
 
 
-def timeout_duration(elapsed: float, timeout: float) -> float:
-    """How long a step that timed out ran: ``elapsed``, but never less than ``timeout``.
+def timeout_error(
+    index: int, name: str, elapsed: float, timeout: float, *, compensation: bool = False
+) -> StepTimeout:
+    """The ``StepTimeout`` of a step (or compensation) that ran ``elapsed`` seconds past
+    ``timeout``: its duration never less than the timeout.
 
     The timer fires once the loop's clock reaches the deadline, yet ``now - started``
     can come out a hair below the timeout: float rounding of ``started + timeout``, or
     a clock read once per loop iteration to the millisecond (uvloop's).
     """
-    return elapsed if elapsed > timeout else timeout
+    duration = elapsed if elapsed > timeout else timeout
+    return StepTimeout(index, name, duration, timeout, compensation=compensation)
 
 
-__all__ = ["NO_DEADLINE", "Watchdog", "claim_timeout", "timeout_duration"]
+__all__ = ["NO_DEADLINE", "Watchdog", "claim_timeout", "timeout_error"]

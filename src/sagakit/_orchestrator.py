@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Self
 
 from ._checks import check_count, check_flag
-from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout, timeout_duration
+from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout, timeout_error
 from ._hooks import (
     SIMULATED_TIMEOUT,
     CrashAfter,
@@ -108,17 +108,6 @@ def _chain(pending: BaseException, error: BaseException) -> None:
     if error.__context__ is pending or error.__context__ is None:
         error.__context__ = pending.__context__
     pending.__context__ = error
-
-
-def _timed_out(index: int, name: str, elapsed: float, timeout: float) -> StepTimeout:
-    """The StepTimeout of a step that ran ``elapsed`` (at least ``timeout``)."""
-    return StepTimeout(index, name, timeout_duration(elapsed, timeout), timeout)
-
-
-def _compensation_timed_out(index: int, name: str, elapsed: float, timeout: float) -> StepTimeout:
-    """The StepTimeout of a compensation that ran ``elapsed`` (at least ``timeout``)."""
-    duration = timeout_duration(elapsed, timeout)
-    return StepTimeout(index, name, duration, timeout, compensation=True)
 
 
 def _warn(run: SagaRun, message: str, *args: object) -> None:
@@ -491,15 +480,15 @@ class SagaOrchestrator:
                             run.deadline = NO_DEADLINE
                             if not claim_timeout(run):
                                 raise
-                            failure = _timed_out(index, spec.name, now() - started, timeout)
+                            failure = timeout_error(index, spec.name, now() - started, timeout)
                         except _Late:
-                            failure = _timed_out(index, spec.name, now() - started, timeout)
+                            failure = timeout_error(index, spec.name, now() - started, timeout)
                         except Exception as raised:
                             run.deadline = NO_DEADLINE
                             if not run.timed_out:
                                 error = raised
                             elif claim_timeout(run):  # it turned its timeout into another error
-                                failure = _timed_out(index, spec.name, now() - started, timeout)
+                                failure = timeout_error(index, spec.name, now() - started, timeout)
                                 failure.__cause__ = raised
                             else:  # and the caller's cancellation too: that one wins
                                 raise asyncio.CancelledError from raised
@@ -1001,15 +990,23 @@ class SagaOrchestrator:
                             if finished >= deadline:
                                 raise _Late
                         except _Late:
-                            error = _compensation_timed_out(
-                                record.index, record.name, now() - started, timeout
+                            error = timeout_error(
+                                record.index,
+                                record.name,
+                                now() - started,
+                                timeout,
+                                compensation=True,
                             )
                         except asyncio.CancelledError:
                             run.deadline = NO_DEADLINE
                             if not claim_timeout(run):
                                 raise  # _compensate records it interrupted and restarts it
-                            error = _compensation_timed_out(
-                                record.index, record.name, now() - started, timeout
+                            error = timeout_error(
+                                record.index,
+                                record.name,
+                                now() - started,
+                                timeout,
+                                compensation=True,
                             )
                         except Exception as raised:
                             run.deadline = NO_DEADLINE
@@ -1017,8 +1014,12 @@ class SagaOrchestrator:
                             if run.timed_out:  # it turned its timeout into another error
                                 if not claim_timeout(run):  # and the caller's cancel: it wins
                                     raise asyncio.CancelledError from raised
-                                error = _compensation_timed_out(
-                                    record.index, record.name, now() - started, timeout
+                                error = timeout_error(
+                                    record.index,
+                                    record.name,
+                                    now() - started,
+                                    timeout,
+                                    compensation=True,
                                 )
                                 error.__cause__ = raised
                         else:

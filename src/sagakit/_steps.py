@@ -16,7 +16,7 @@ import wrapt
 from typing_extensions import ParamSpec
 
 from ._checks import check_flag, check_seconds
-from ._deadlines import timeout_duration
+from ._deadlines import timeout_error
 from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, active_faults, raised_by_step
 from ._names import by_reference, declared_name, qualname_of
 from ._retry import NO_RETRY, Retry
@@ -188,12 +188,7 @@ class StepCall(Generic[R_co]):
                 if deadline.expired() or (when is not None and loop.time() >= when):
                     if task.cancelling() > cancelling:  # and the caller's: that one wins
                         raise asyncio.CancelledError
-                    raise StepTimeout(
-                        -1,
-                        step.name,
-                        timeout_duration(time.monotonic() - started, step.timeout),
-                        step.timeout,
-                    )
+                    raise timeout_error(-1, step.name, time.monotonic() - started, step.timeout)
                 return result  # type: ignore[no-any-return]
             except Exception as error:
                 failure: Exception = error
@@ -202,12 +197,7 @@ class StepCall(Generic[R_co]):
                     # it into another error (and the caller's cancellation too: it wins).
                     if task.cancelling() > cancelling:
                         raise asyncio.CancelledError from error
-                    failure = StepTimeout(
-                        -1,
-                        step.name,
-                        timeout_duration(time.monotonic() - started, step.timeout),
-                        step.timeout,
-                    )
+                    failure = timeout_error(-1, step.name, time.monotonic() - started, step.timeout)
                 if attempt >= policy.attempts or not policy.retries(failure):
                     if failure is error:
                         raise
