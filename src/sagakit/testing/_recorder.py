@@ -169,10 +169,10 @@ class SagaRecorder:
     """
 
     def __init__(self) -> None:
-        # By saga id and run number (Transition.run_number): orchestrators with stores of
-        # their own may run one id at the same time, and each run has a record of its own.
+        # By saga id and run number (Transition.run_number), in the order the runs
+        # started: orchestrators with stores of their own may run one id at the same
+        # time, and each run has a record of its own.
         self._runs: dict[tuple[str, int], RecordedRun] = {}
-        self._numbers: dict[str, list[int]] = {}  # each id's run numbers, in start order
         self._ended: set[tuple[str, int]] = set()  # runs stopped here unfinished, or crashed
         # Runs started inside a step of another run recorded here (nested sagas).
         self._nested: set[tuple[str, int]] = set()
@@ -190,7 +190,6 @@ class SagaRecorder:
             self._drop_ended(saga_id, key)
             run = RecordedRun(saga_id, transition.saga_name)
             self._runs[key] = run
-            self._numbers.setdefault(saga_id, []).append(key[1])
             if self._started_inside_another(transition):
                 self._nested.add(key)
         run.transitions.append(transition)
@@ -211,16 +210,11 @@ class SagaRecorder:
         """Forget the runs of ``saga_id`` a new run (``key``) replaces: those that ended
         (finished, stopped or crashed; reused, or recovered after) and any of ``key``.
         One still running (another orchestrator's, with a store of its own) stays."""
-        numbers = self._numbers.get(saga_id)
-        if not numbers:
-            return
-        for number in list(numbers):
-            earlier = (saga_id, number)
+        for earlier in [k for k in self._runs if k[0] == saga_id]:
             if earlier == key or self._runs[earlier].finished or earlier in self._ended:
                 del self._runs[earlier]
                 self._ended.discard(earlier)
                 self._nested.discard(earlier)
-                numbers.remove(number)
 
     def _sagakit_crashed(self, saga_id: str, crash: BaseException, run_number: int) -> None:
         """A simulated crash ended a run of ``saga_id``: nothing is recorded for it (a
@@ -231,8 +225,7 @@ class SagaRecorder:
 
     def _last_of(self, saga_id: str) -> RecordedRun | None:
         """The most recently started run of ``saga_id`` still recorded, if any."""
-        numbers = self._numbers.get(saga_id)
-        return self._runs[saga_id, numbers[-1]] if numbers else None
+        return next((run for key, run in reversed(self._runs.items()) if key[0] == saga_id), None)
 
     @property
     def runs(self) -> list[RecordedRun]:
@@ -258,14 +251,13 @@ class SagaRecorder:
             return self.last
         run = self._last_of(saga_id)
         if run is None:
-            known = ", ".join(id_ for id_, numbers in self._numbers.items() if numbers) or "none"
+            known = ", ".join(dict.fromkeys(key[0] for key in self._runs)) or "none"
             raise AssertionError(f"no run of saga id {saga_id!r} was recorded (recorded: {known})")
         return run
 
     def clear(self) -> None:
         """Forget everything recorded."""
         self._runs.clear()
-        self._numbers.clear()
         self._ended.clear()
         self._nested.clear()
         self.transitions.clear()
