@@ -298,9 +298,18 @@ def _saga_json(meta: SagaMetadata, steps: bool, dead_letter: bool) -> dict[str, 
     return data
 
 
-def _status_of(meta: SagaMetadata, parked: set[str]) -> str:
+def _status_of(meta: SagaMetadata, dead_letter: bool) -> str:
     """A saga's status for a table: a dead letter keeps the status it was parked in."""
-    return f"{meta.status} (dead letter)" if meta.id in parked else str(meta.status)
+    return f"{meta.status} (dead letter)" if dead_letter else str(meta.status)
+
+
+def _side_note(args: argparse.Namespace, out: TextIO, note: str) -> None:
+    """A line beside ``recover``'s result: on stderr with ``--json``, so that stdout
+    stays one JSON document."""
+    if args.json:
+        sys.stderr.write(f"sagakit: {note}")
+    else:
+        out.write(note)
 
 
 def _step_json(record: StepRecord) -> dict[str, Any]:
@@ -360,7 +369,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                         [
                             str(meta.id),
                             meta.name,
-                            _status_of(meta, parked),
+                            _status_of(meta, meta.id in parked),
                             f"{meta.steps_executed}/{total}",
                             _when(meta.started_at),
                             (meta.error or "")[:60],
@@ -382,7 +391,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 json.dump(_saga_json(meta, True, letter is not None), out, indent=2)
                 out.write("\n")
                 return 0
-            status = _status_of(meta, set() if letter is None else {letter.saga_id})
+            status = _status_of(meta, letter is not None)
             out.write(f"saga {_shown(str(meta.id))} ({_shown(meta.name)}): {status}\n")
             out.write(f"started {_when(meta.started_at)}  finished {_when(meta.finished_at)}\n")
             if letter is not None:
@@ -459,10 +468,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                         "once it expires (a later recover, or any worker, claims them), "
                         "or finished by the workers holding them\n"
                     )
-                    if args.json:  # on stderr: stdout stays one JSON document
-                        sys.stderr.write(f"sagakit: {note}")
-                    else:
-                        out.write(note)
+                    _side_note(args, out, note)
             unknown = await _unregistered_running(store, known)
             if unknown:
                 modules = _declared_in(sorted(unknown))
@@ -474,10 +480,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                     + (f" ({_shown(', '.join(modules))})" if modules else "")
                     + "\n"
                 )
-                if args.json:  # on stderr: stdout stays one JSON document
-                    sys.stderr.write(f"sagakit: {note}")
-                else:
-                    out.write(note)
+                _side_note(args, out, note)
             return 0
         if args.command == "dead-letters":
             letters = await store.dead_letters()
