@@ -425,7 +425,9 @@ def test_every_pytest_plugin_setting_is_documented() -> None:
     from sagakit import pytest_plugin
 
     source = (ROOT / "src" / "sagakit" / "pytest_plugin.py").read_text(encoding="utf-8")
-    fixtures = re.findall(r"^@pytest\.fixture[^\n]*\ndef (\w+)", source, re.M)
+    fixtures = re.findall(
+        r"^@pytest(?:_asyncio)?\.fixture[^\n]*\n(?:async )?def (\w+)", source, re.M
+    )
     assert len(fixtures) >= 5, fixtures
     names = [f"`{name}`" for name in fixtures]
     for ini, _ in pytest_plugin._SETTINGS.values():

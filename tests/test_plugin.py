@@ -553,3 +553,58 @@ def test_the_plugin_is_switched_on_and_off_as_the_testing_page_says(
     pytester.makeconftest("")
     pytester.runpytest_subprocess(*flags).assert_outcomes(errors=1)
     pytester.runpytest_subprocess(*flags, "-p", "sagakit").assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("mode", ["strict", "auto"])
+def test_the_orchestrator_fixture_closes_its_orchestrator(
+    pytester: pytest.Pytester, mode: str
+) -> None:
+    # Regression: saga_orchestrator was a plain function whose orchestrator (and store)
+    # nothing ever closed: a store holding connections or files leaked one per test.
+    _ini(pytester, mode=mode)
+    pytester.makeconftest(
+        """
+import pytest
+from sagakit import MemoryStore
+
+closed = []
+
+@pytest.fixture(autouse=True)
+def _note_closes(monkeypatch):  # set up first, so still patched at the teardown
+    async def close(self):
+        closed.append(self)
+    monkeypatch.setattr(MemoryStore, "close", close)
+"""
+    )
+    pytester.makepyfile(
+        SAGA
+        + """
+from conftest import closed
+
+used = []
+
+@pytest.mark.asyncio
+async def test_1_async(saga_orchestrator):
+    await saga_orchestrator.execute(order("x"))
+    used.append(saga_orchestrator.store)
+    assert closed == []
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_2_module_loop(saga_orchestrator):
+    await saga_orchestrator.execute(order("x"))
+    used.append(saga_orchestrator.store)
+
+def test_3_sync(saga_orchestrator):
+    used.append(saga_orchestrator.store)
+
+class TestInAClass:
+    @pytest.mark.asyncio
+    async def test_4(self, saga_orchestrator):
+        used.append(saga_orchestrator.store)
+
+def test_5_each_was_closed_once_at_its_teardown():
+    assert len(used) == 4
+    assert [id(store) for store in closed] == [id(store) for store in used]
+"""
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=5)

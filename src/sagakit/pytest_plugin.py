@@ -14,10 +14,11 @@ faults would hit the tests after it).
 from __future__ import annotations
 
 import sys
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import pytest_asyncio
 
 if TYPE_CHECKING:
     from typing import TypedDict
@@ -217,12 +218,18 @@ def saga_sleep(request: pytest.FixtureRequest) -> InstantSleep:
     return InstantSleep(scale=0.0 if _setting(request.config, "saga_instant_sleep") else 1.0)
 
 
-@pytest.fixture
-def saga_orchestrator(saga_recorder: SagaRecorder, saga_sleep: InstantSleep) -> SagaOrchestrator:
-    """A fresh in-memory orchestrator, recorded by ``saga_recorder``, sleeping ``saga_sleep``."""
+# An async fixture (explicitly pytest-asyncio's, so also in strict mode), to close the
+# orchestrator and its store at the teardown; a synchronous test may use it too.
+@pytest_asyncio.fixture
+async def saga_orchestrator(
+    saga_recorder: SagaRecorder, saga_sleep: InstantSleep
+) -> AsyncIterator[SagaOrchestrator]:
+    """A fresh in-memory orchestrator, recorded by ``saga_recorder``, sleeping ``saga_sleep``;
+    closed at the test's teardown."""
     from sagakit import SagaOrchestrator
 
-    return SagaOrchestrator(listeners=[saga_recorder], sleep=saga_sleep)
+    async with SagaOrchestrator(listeners=[saga_recorder], sleep=saga_sleep) as orchestrator:
+        yield orchestrator
 
 
 @pytest.fixture
