@@ -155,3 +155,25 @@ def test_an_html_entity_in_a_name_is_drawn_as_written() -> None:
     """Mermaid labels are HTML: an ``&`` left as is would draw ``&lt;`` as ``<``."""
     lines = SagaDefinition("e-1", steps=[entity("x")]).to_mermaid().splitlines()
     assert '    start --> s0["R#38;amp;D #38;lt;b#38;gt;"]' in lines
+
+
+@pytest.mark.asyncio
+async def test_a_long_error_is_cut_as_in_the_html_table() -> None:
+    """Regression: a run's diagram held each error whole, so a failure carrying a service's
+    whole error page (say) made a diagram Mermaid refuses to draw (its default
+    ``maxTextSize`` is 50,000 characters). Errors are cut as the repr and HTML cut them."""
+    page = "<html>" + "x" * 60_000 + "</html>"
+    faults = FaultInjector().fail("charge", ValueError(page))
+    faults.fail_compensation("reserve", OSError(page))
+    orchestrator = SagaOrchestrator(sleep=InstantSleep(), continue_on_compensation_failure=True)
+    with faults, pytest.raises(CompensationFailed):
+        await orchestrator.execute(order("x"), saga_id="o-long")
+    metadata = await orchestrator.get_saga("o-long")
+    assert metadata is not None
+    text = metadata.to_mermaid()
+    assert len(text) < 2_000
+    shown = "x" * (199 - len("ValueError: <html>"))  # 200 characters with the "…"
+    lines = text.splitlines()
+    assert f'    s0 --> s1["charge<br/>ValueError: #lt;html#gt;{shown}…"]:::failed' in lines
+    undo = f'    s1 ==>|1| c1[/"undo reserve<br/>OSError: #lt;html#gt;{shown}xxx…"/]:::failed'
+    assert undo in lines

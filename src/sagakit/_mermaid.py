@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING
 
+from .records import shown_error
+
 if TYPE_CHECKING:
     from ._sagas import SagaDefinition
     from .records import SagaMetadata
@@ -44,6 +46,12 @@ def _text(*lines: str) -> str:
     return '"' + "<br/>".join(_escape(line) for line in lines if line) + '"'
 
 
+def _error(error: str | None) -> str:
+    """An error cut as the repr and the HTML table cut it: a whole one (a service's error
+    page, say) could pass Mermaid's limit on a diagram's size, which it refuses to draw."""
+    return shown_error(error) if error else ""
+
+
 def definition_mermaid(definition: SagaDefinition) -> str:
     """The forward steps left to right, each compensation below its step (dotted)."""
     lines = ["flowchart LR", f"    start([{_text(definition.name)}])"]
@@ -76,7 +84,7 @@ def metadata_mermaid(metadata: SagaMetadata) -> str:
         label = record.name
         if record.attempts > 1:
             label += f" x{record.attempts}"
-        text = _text(label, record.error or "")
+        text = _text(label, _error(record.error))
         lines.append(f"    {previous} --> {node}[{text}]:::{record.status}")
         previous = node
     ran = len(metadata.steps)
@@ -92,7 +100,7 @@ def metadata_mermaid(metadata: SagaMetadata) -> str:
         for order, record in enumerate(metadata.compensations, 1):
             node = f"c{order}"
             state = "compensated" if record.status == "completed" else str(record.status)
-            text = _text(f"undo {record.name}", record.error or "")
+            text = _text(f"undo {record.name}", _error(record.error))
             lines.append(f"    {previous} ==>|{order}| {node}[/{text}/]:::{state}")
             previous = node
     end = str(metadata.status)
