@@ -608,3 +608,77 @@ def test_5_each_was_closed_once_at_its_teardown():
 """
     )
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=5)
+
+
+def test_a_failing_helper_shows_the_test_line_not_sagakit_internals(
+    pytester: pytest.Pytester,
+) -> None:
+    # Regression: a failed assert_* helper showed two frames of sagakit's recorder, and a
+    # failed fault matrix printed the whole source of run_fault_matrix, before the message.
+    _ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+@step
+async def fragile(item):
+    return None
+
+@fragile.compensate
+async def unfragile(item):
+    raise RuntimeError("cannot undo")
+
+@saga
+def breakable(item):
+    yield fragile(item)
+    yield ship(item)
+
+@pytest.mark.asyncio
+async def test_recorder(saga_orchestrator, saga_recorder):
+    await saga_orchestrator.execute(order("x"))
+    saga_recorder.assert_compensated("reserve")
+
+@pytest.mark.asyncio
+async def test_run(saga_orchestrator, saga_recorder):
+    await saga_orchestrator.execute(order("x"))
+    saga_recorder.run().assert_status("compensated")
+
+def test_nothing_recorded(saga_recorder):
+    saga_recorder.assert_trail("saga_started")
+
+@pytest.mark.asyncio
+async def test_matrix(saga_fault_matrix):
+    await saga_fault_matrix(breakable("x"), timeouts=False)
+
+@pytest.mark.asyncio
+async def test_matrix_alone():
+    from sagakit.testing import run_fault_matrix
+    await run_fault_matrix(breakable("x"), timeouts=False)
+
+@pytest.mark.asyncio
+async def test_misspelt(saga_orchestrator):
+    from sagakit.testing import FaultInjector
+    with FaultInjector().fail("shpi"):
+        await saga_orchestrator.execute(order("x"))
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=6)
+    result.stdout.fnmatch_lines(
+        [
+            '>       saga_recorder.assert_compensated("reserve")',
+            "E       AssertionError: saga 'order' (id *): compensations differ*",
+            '>       saga_recorder.run().assert_status("compensated")',
+            "E       AssertionError: saga 'order' (id *) ended completed, expected compensated",
+            '>       saga_recorder.assert_trail("saga_started")',
+            "E       AssertionError: no saga run was recorded*",
+            '>       await saga_fault_matrix(breakable("x"), timeouts=False)',
+            "E       AssertionError: fault matrix of saga 'breakable': 2 cases",
+            '>       await run_fault_matrix(breakable("x"), timeouts=False)',
+            "E       AssertionError: fault matrix of saga 'breakable': 2 cases",
+            '>       with FaultInjector().fail("shpi"):',
+            "E       sagakit.exceptions.SagaDefinitionError: FaultInjector: no* is named 'shpi'*",
+        ]
+    )
+    for internal in ("_recorder.py", "_matrix.py", "_faults.py", "pytest_plugin.py"):
+        result.stdout.no_fnmatch_line(f"*sagakit*{internal}*")
+    result.stdout.no_fnmatch_line("*def run_fault_matrix*")

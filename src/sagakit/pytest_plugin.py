@@ -254,6 +254,7 @@ class FaultMatrix:
     async def __call__(
         self, definition: SagaDefinition, **options: Unpack[_MatrixOptions]
     ) -> FaultMatrixReport:
+        __tracebackhide__ = True  # pytest shows the line of the test that called it
         from sagakit.testing import run_fault_matrix
 
         return await run_fault_matrix(definition, **{**self.options, **options})

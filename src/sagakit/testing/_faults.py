@@ -327,6 +327,7 @@ class FaultInjector:
 
     def _check_steps(self, error: BaseException | None) -> None:
         """At the end of a block: refuse faults on unknown steps (noted on ``error``)."""
+        __tracebackhide__ = True  # pytest shows the test's `with` line
         problem = self._unknown_steps()
         if problem is None:
             return
@@ -368,6 +369,7 @@ class FaultInjector:
     @contextmanager
     def activate(self) -> Iterator[FaultInjector]:
         """Make these faults apply within the ``with`` block (same as ``with injector:``)."""
+        __tracebackhide__ = True
         scope = _Scope(self, active_faults.get())
         token = active_faults.set(scope)
         try:
@@ -388,6 +390,7 @@ class FaultInjector:
         return self
 
     def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        __tracebackhide__ = True
         scopes = _scopes.get()
         wrong_task = RuntimeError("FaultInjector exited in a task (context) that did not enter it")
         if not scopes:

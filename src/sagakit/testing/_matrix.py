@@ -230,6 +230,7 @@ async def run_fault_matrix(
     Without ``orchestrator`` a fresh in-memory one with :class:`InstantSleep` is used.
     Faults active around the call still apply (an inner scope is asked first).
     """
+    __tracebackhide__ = True  # pytest shows the line of the test that called it
     if not isinstance(definition, SagaDefinition):
         raise SagaDefinitionError(
             f"run_fault_matrix() takes a SagaDefinition (call your @saga function: "

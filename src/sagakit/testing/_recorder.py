@@ -126,6 +126,7 @@ class RecordedRun:
 
     def assert_status(self, status: SagaStatus | str) -> None:
         """Assert the run ended (or stands) with ``status``."""
+        __tracebackhide__ = True  # pytest shows the line of the test that called it
         status = _member(SagaStatus, status, "assert_status()", "a saga status")
         if not self.finished:
             raise AssertionError(
@@ -140,18 +141,21 @@ class RecordedRun:
 
     def assert_compensated(self, *steps: StepTarget) -> None:
         """Assert exactly these steps were compensated, in this order (none if empty)."""
+        __tracebackhide__ = True
         names = step_names(steps)
         if self.compensated != names:
             raise AssertionError(_mismatch("compensations", names, self.compensated, self))
 
     def assert_completed(self, *steps: StepTarget) -> None:
         """Assert exactly these forward steps completed, in this order."""
+        __tracebackhide__ = True
         names = step_names(steps)
         if self.completed != names:
             raise AssertionError(_mismatch("completed steps", names, self.completed, self))
 
     def assert_trail(self, *lines: str) -> None:
         """Assert the whole trail, as :meth:`trail` lines, is exactly ``lines``."""
+        __tracebackhide__ = True
         if self.trail() != list(lines):
             raise AssertionError(_mismatch("trails", list(lines), self.trail(), self))
 
@@ -236,6 +240,7 @@ class SagaRecorder:
     def last(self) -> RecordedRun:
         """The most recently started top-level run: not one of a saga run inside a step
         of another run recorded here (a nested saga's run is found by its saga id)."""
+        __tracebackhide__ = True
         if not self._runs:
             raise AssertionError("no saga run was recorded; is the recorder a listener?")
         for key in reversed(self._runs):
@@ -247,6 +252,7 @@ class SagaRecorder:
         """The run of ``saga_id`` — its most recently started one, when runs of the id
         overlapped (two orchestrators with stores of their own) — or :attr:`last`, the
         most recently started top-level run, if ``None``."""
+        __tracebackhide__ = True
         if saga_id is None:
             return self.last
         run = self._last_of(saga_id)
@@ -264,18 +270,22 @@ class SagaRecorder:
 
     def assert_status(self, status: SagaStatus | str, *, saga_id: str | None = None) -> None:
         """Assert a run ended with ``status``."""
+        __tracebackhide__ = True
         self.run(saga_id).assert_status(status)
 
     def assert_compensated(self, *steps: StepTarget, saga_id: str | None = None) -> None:
         """Assert exactly these steps of a run were compensated, in this order."""
+        __tracebackhide__ = True
         self.run(saga_id).assert_compensated(*steps)
 
     def assert_completed(self, *steps: StepTarget, saga_id: str | None = None) -> None:
         """Assert exactly these forward steps of a run completed, in this order."""
+        __tracebackhide__ = True
         self.run(saga_id).assert_completed(*steps)
 
     def assert_trail(self, *lines: str, saga_id: str | None = None) -> None:
         """Assert the whole trail of a run."""
+        __tracebackhide__ = True
         self.run(saga_id).assert_trail(*lines)
 
     def __repr__(self) -> str:
