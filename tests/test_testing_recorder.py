@@ -393,3 +393,36 @@ async def test_a_saga_nested_in_one_run_elsewhere_is_the_last_run() -> None:
     outer = SagaDefinition(steps=[runs_inner("z")])
     await SagaOrchestrator().execute(outer, saga_id="unrecorded")
     assert recorder.last.saga_id == "inner-z"
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str() for you")
+
+
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        # pydantic's ValidationError, say: a message of several lines.
+        (
+            ValueError("2 validation errors\namount\n  must be > 0"),
+            "ValueError: 2 validation errors amount must be > 0",
+        ),
+        (_Unprintable(), "_Unprintable: <str() raised RuntimeError>"),
+    ],
+)
+@pytest.mark.asyncio
+async def test_a_failed_assertion_describes_any_error_on_one_line(
+    error: Exception, shown: str
+) -> None:
+    # Regression: describe() (the trail in every failed assert_* and fault matrix case)
+    # printed str(error) as is: a message of several lines broke the one line per
+    # transition, and an exception whose str() raises replaced the assertion's message.
+    recorder = SagaRecorder()
+    await _run(recorder, FaultInjector().fail("notify", error), "t-err")
+    lines = recorder.run("t-err").describe().splitlines()
+    assert f"step_failed notify (step 2, attempt 1): {shown}" in lines
+    assert len(lines) == len(recorder.run("t-err").transitions)
+    with pytest.raises(AssertionError, match="ended compensated, expected completed") as caught:
+        recorder.assert_status("completed")
+    assert f"\n  step_failed notify (step 2, attempt 1): {shown}\n" in str(caught.value)

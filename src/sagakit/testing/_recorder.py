@@ -53,8 +53,8 @@ def _line(transition: Transition, *, detail: bool = False) -> str:
     text = f"{kind} {transition.step_name}"
     if detail:
         text += f" (step {transition.step_index}, attempt {transition.attempt})"
-        if transition.error is not None:
-            text += f": {type(transition.error).__name__}: {transition.error}"
+        if transition.error is not None:  # on one line, even if its str() raises
+            text += f": {describe_error(transition.error)}"
     return text
 
 
