@@ -682,3 +682,40 @@ async def test_misspelt(saga_orchestrator):
     for internal in ("_recorder.py", "_matrix.py", "_faults.py", "pytest_plugin.py"):
         result.stdout.no_fnmatch_line(f"*sagakit*{internal}*")
     result.stdout.no_fnmatch_line("*def run_fault_matrix*")
+
+
+def test_a_fault_matrix_never_awaited_fails_the_test(pytester: pytest.Pytester) -> None:
+    # Regression: `saga_fault_matrix(order("x"))` without `await` ran nothing and the test
+    # passed (with a RuntimeWarning at most), checking nothing.
+    pytester.makeini(
+        """
+        [pytest]
+        asyncio_mode = strict
+        asyncio_default_fixture_loop_scope = function
+        """
+    )
+    pytester.makepyfile(
+        SAGA
+        + """
+@pytest.mark.asyncio
+async def test_forgot_the_await(saga_fault_matrix):
+    saga_fault_matrix(order("x"))
+
+@pytest.mark.asyncio
+async def test_awaited(saga_fault_matrix):
+    report = await saga_fault_matrix(order("x"))
+    assert len(report.cases) == 4
+"""
+    )
+    # In a process of its own: this suite's `filterwarnings = error` is not the user's.
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*::test_forgot_the_await ERROR*",
+            "*_ ERROR at teardown of test_forgot_the_await _*",
+            "saga_fault_matrix(...) was called 1 time and never awaited, so no fault matrix"
+            " ran; write `await saga_fault_matrix(...)`",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*RuntimeWarning*")

@@ -13,8 +13,9 @@ faults would hit the tests after it).
 
 from __future__ import annotations
 
+import inspect
 import sys
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -245,27 +246,43 @@ class FaultMatrix:
     """``await saga_fault_matrix(definition)``: :func:`~sagakit.testing.run_fault_matrix`.
 
     Defaults come from the test's ``saga_fault_matrix`` marker, then the command line,
-    then the ini file; keywords given in the call beat them all.
+    then the ini file; keywords given in the call beat them all. A call never awaited
+    (which runs nothing) fails the test at its teardown.
     """
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = options
+        self._calls: list[Coroutine[Any, Any, FaultMatrixReport]] = []
 
-    async def __call__(
+    def __call__(
         self, definition: SagaDefinition, **options: Unpack[_MatrixOptions]
-    ) -> FaultMatrixReport:
+    ) -> Coroutine[Any, Any, FaultMatrixReport]:
+        call = self._run(definition, {**self.options, **options})
+        self._calls.append(call)
+        return call
+
+    async def _run(self, definition: SagaDefinition, options: dict[str, Any]) -> FaultMatrixReport:
         __tracebackhide__ = True  # pytest shows the line of the test that called it
         from sagakit.testing import run_fault_matrix
 
-        return await run_fault_matrix(definition, **{**self.options, **options})
+        return await run_fault_matrix(definition, **options)
+
+    def _close_unawaited(self) -> int:
+        """Close the calls never awaited (no "never awaited" warning); how many there were."""
+        created = inspect.CORO_CREATED
+        unawaited = [call for call in self._calls if inspect.getcoroutinestate(call) == created]
+        for call in unawaited:
+            call.close()
+        return len(unawaited)
 
     def __repr__(self) -> str:
         return f"<FaultMatrix {self.options}>"
 
 
 @pytest.fixture
-def saga_fault_matrix(request: pytest.FixtureRequest) -> FaultMatrix:
-    """An async callable running the fault matrix over a saga definition."""
+def saga_fault_matrix(request: pytest.FixtureRequest) -> Iterator[FaultMatrix]:
+    """An async callable running the fault matrix over a saga definition (a call never
+    awaited fails the test at its teardown)."""
     options: dict[str, Any] = {"timeouts": _setting(request.config, "saga_matrix_timeouts")}
     # Module, class and test markers combine; the closest one's keywords win.
     for marker in reversed(list(request.node.iter_markers(_MARKER))):
@@ -284,4 +301,12 @@ def saga_fault_matrix(request: pytest.FixtureRequest) -> FaultMatrix:
                 pytrace=False,
             )
         options.update(marker.kwargs)
-    return FaultMatrix(options)
+    matrix = FaultMatrix(options)
+    yield matrix
+    unawaited = matrix._close_unawaited()
+    if unawaited:
+        pytest.fail(
+            f"saga_fault_matrix(...) was called {unawaited} time{'s' if unawaited > 1 else ''} "
+            "and never awaited, so no fault matrix ran; write `await saga_fault_matrix(...)`",
+            pytrace=False,
+        )
