@@ -426,7 +426,7 @@ def test_every_pytest_plugin_setting_is_documented() -> None:
 
     source = (ROOT / "src" / "sagakit" / "pytest_plugin.py").read_text(encoding="utf-8")
     fixtures = re.findall(
-        r"^@pytest(?:_asyncio)?\.fixture[^\n]*\n(?:async )?def (\w+)", source, re.M
+        r"^ *@pytest(?:_asyncio)?\.fixture[^\n]*\n *(?:async )?def (\w+)", source, re.M
     )
     assert len(fixtures) >= 5, fixtures
     names = [f"`{name}`" for name in fixtures]

@@ -553,6 +553,24 @@ def test_the_plugin_is_switched_on_and_off_as_the_testing_page_says(
     pytester.makeconftest("")
     pytester.runpytest_subprocess(*flags).assert_outcomes(errors=1)
     pytester.runpytest_subprocess(*flags, "-p", "sagakit").assert_outcomes(passed=1)
+    # saga_orchestrator is pytest-asyncio's fixture: that plugin is turned on too.
+    pytester.makepyfile(
+        "def test_fixture(saga_orchestrator, saga_recorder):\n"
+        "    assert saga_orchestrator is not None\n"
+    )
+    pytester.runpytest_subprocess(*flags, "-p", "sagakit", "-p", "asyncio").assert_outcomes(
+        passed=1
+    )
+    # In either order, and no warning (pytest warns of a plugin imported before it is
+    # registered: it cannot rewrite its asserts), so `filterwarnings = error` is fine.
+    for plugins in (
+        '"sagakit.pytest_plugin", "pytest_asyncio.plugin"',
+        '"pytest_asyncio.plugin", "sagakit.pytest_plugin"',
+    ):
+        pytester.makeconftest(f"pytest_plugins = [{plugins}]")
+        rewrite = "error::pytest.PytestAssertRewriteWarning"
+        listed = pytester.runpytest_subprocess(*flags, "-W", rewrite)
+        listed.assert_outcomes(passed=1)
 
 
 @pytest.mark.parametrize("mode", ["strict", "auto"])

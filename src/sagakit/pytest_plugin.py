@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Coroutine, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import pytest_asyncio
 
 if TYPE_CHECKING:
     from typing import TypedDict
@@ -73,6 +72,7 @@ def pytest_configure(config: pytest.Config) -> None:
             # pytest's own message ("invalid truth value 'maybe'") names no key, and came
             # at the setup of each test using the fixture.
             raise pytest.UsageError(f"the {ini} ini key must be true or false: {error}") from error
+    config.pluginmanager.register(_async_fixtures(), "sagakit-async-fixtures")
 
 
 def _fault_state() -> tuple[Any, ...]:
@@ -219,18 +219,26 @@ def saga_sleep(request: pytest.FixtureRequest) -> InstantSleep:
     return InstantSleep(scale=0.0 if _setting(request.config, "saga_instant_sleep") else 1.0)
 
 
-# An async fixture (explicitly pytest-asyncio's, so also in strict mode), to close the
-# orchestrator and its store at the teardown; a synchronous test may use it too.
-@pytest_asyncio.fixture
-async def saga_orchestrator(
-    saga_recorder: SagaRecorder, saga_sleep: InstantSleep
-) -> AsyncIterator[SagaOrchestrator]:
-    """A fresh in-memory orchestrator, recorded by ``saga_recorder``, sleeping ``saga_sleep``;
-    closed at the test's teardown."""
-    from sagakit import SagaOrchestrator
+def _async_fixtures() -> object:
+    """A plugin of the fixtures that are pytest-asyncio's (so in strict mode too), made at
+    configure: importing pytest-asyncio with this module, before pytest imports it as a
+    plugin listed after this one, would make pytest warn it cannot rewrite its asserts."""
+    import pytest_asyncio
 
-    async with SagaOrchestrator(listeners=[saga_recorder], sleep=saga_sleep) as orchestrator:
-        yield orchestrator
+    class AsyncFixtures:
+        @pytest_asyncio.fixture
+        async def saga_orchestrator(
+            self, saga_recorder: SagaRecorder, saga_sleep: InstantSleep
+        ) -> AsyncIterator[SagaOrchestrator]:
+            """A fresh in-memory orchestrator, recorded by ``saga_recorder``, sleeping
+            ``saga_sleep``; closed at the test's teardown (a synchronous test may use it)."""
+            from sagakit import SagaOrchestrator
+
+            orchestrator = SagaOrchestrator(listeners=[saga_recorder], sleep=saga_sleep)
+            async with orchestrator:
+                yield orchestrator
+
+    return AsyncFixtures()
 
 
 @pytest.fixture
