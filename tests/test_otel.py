@@ -142,6 +142,53 @@ async def test_failure_records_the_exception_and_compensation_spans() -> None:
         assert spans[name].attributes["sagakit.compensation"] is True  # type: ignore[index]
 
 
+class _ApiError(Exception):
+    """An exception whose ``str()`` raises: its ``__init__`` never set what it shows."""
+
+    message: str
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    def __str__(self) -> str:
+        return self.message  # AttributeError
+
+
+@pytest.mark.asyncio
+async def test_an_error_whose_str_raises_still_ends_its_spans() -> None:
+    # Regression: the SDK's record_exception() calls str(error), which raised out of the
+    # tracer: the step's span (a retried one's too) never ended, missing from the trace.
+    faults = FaultInjector().fail("charge", _ApiError(503), times=1)
+    faults.fail("ship", _ApiError(500)).fail_compensation("reserve", _ApiError(409))
+    orchestrator = SagaOrchestrator(sleep=InstantSleep(), continue_on_compensation_failure=True)
+    instrument(orchestrator, tracer_provider=provider)
+    with faults, pytest.raises(Exception, match="compensation of step 0"):
+        await orchestrator.execute(order("book"))
+    spans = _by_name(exporter.get_finished_spans())
+    assert set(spans) == {
+        "saga otel.order",
+        "step reserve",
+        "warehouse call",
+        "step charge",
+        "step ship",
+        "compensate charge",
+        "compensate reserve",
+    }
+    shown = "_ApiError: <str() raised AttributeError>"
+    for name in ("step ship", "compensate reserve"):
+        assert spans[name].status.status_code is StatusCode.ERROR
+        assert spans[name].status.description == shown
+        events = [e for e in spans[name].events if e.name == "exception"]
+        assert len(events) == (3 if name == "compensate reserve" else 1)  # retried
+        for event in events:
+            assert event.attributes is not None
+            assert event.attributes["exception.type"] == "_ApiError"
+            assert event.attributes["exception.message"] == "<str() raised AttributeError>"
+    retried = spans["step charge"]
+    assert retried.status.status_code is StatusCode.OK
+    assert [e.name for e in retried.events] == ["exception", "sagakit.retry"]
+
+
 @pytest.mark.asyncio
 async def test_timeouts_and_failed_compensations() -> None:
     faults = FaultInjector().timeout("ship").fail_compensation("charge", OSError("ledger"))

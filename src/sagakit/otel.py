@@ -154,7 +154,7 @@ class SagaTracer:
         if transition.error is None:
             span.set_status(Status(StatusCode.OK))
         else:
-            span.record_exception(transition.error)
+            _record_exception(span, transition.error)
             span.set_status(Status(StatusCode.ERROR, describe_error(transition.error)))
             if transition.kind is _K.STEP_TIMED_OUT or (
                 transition.kind is _K.COMPENSATION_FAILED
@@ -168,8 +168,8 @@ class SagaTracer:
         opened = saga.children.get((role, _index(transition)))
         if opened is None or transition.error is None:
             return
-        opened.span.record_exception(
-            transition.error, attributes={"sagakit.step.attempt": transition.attempt}
+        _record_exception(
+            opened.span, transition.error, {"sagakit.step.attempt": transition.attempt}
         )
         opened.span.add_event(
             "sagakit.retry",
@@ -220,6 +220,23 @@ class SagaTracer:
 
     def __repr__(self) -> str:
         return f"<SagaTracer {len(self._sagas)} open sagas>"
+
+
+def _record_exception(
+    span: Span, error: BaseException, attributes: dict[str, str | int] | None = None
+) -> None:
+    """``span.record_exception(error)``, even for an error whose ``str()`` raises (the
+    SDK's call of it would raise out of the tracer, leaving the span open for good)."""
+    try:
+        span.record_exception(error, attributes=attributes)
+    except Exception:
+        text = describe_error(error)  # "Name: <str() raised ...>"
+        event = {
+            "exception.type": type(error).__qualname__,
+            "exception.message": text.partition(": ")[2],
+            **(attributes or {}),
+        }
+        span.add_event("exception", event)
 
 
 def _index(transition: Transition) -> int:
