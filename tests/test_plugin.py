@@ -274,13 +274,23 @@ async def test_positional(saga_fault_matrix):
 @pytest.mark.asyncio
 async def test_typo(saga_fault_matrix):
     pass
+
+@pytest.mark.saga_fault_matrix(timeouts="no")
+@pytest.mark.asyncio
+async def test_not_a_bool(saga_fault_matrix):
+    await saga_fault_matrix(order("x"))
 """
     )
     result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(errors=2)
+    result.assert_outcomes(errors=3)
     output = result.stdout.str()
     assert "saga_fault_matrix takes keyword options only" in output
     assert "saga_fault_matrix got unknown options ['timeout']; it takes failures" in output
+    # Regression: the error named run_fault_matrix(timeouts=...), which the test never
+    # called, and came from the test's body, not from the marker's fixture.
+    assert (
+        "@pytest.mark.saga_fault_matrix(timeouts=...) must be True or False, got 'no'"
+    ) in output
 
 
 def test_marker_and_options_are_documented(pytester: pytest.Pytester) -> None:

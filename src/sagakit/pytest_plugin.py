@@ -308,6 +308,13 @@ def saga_fault_matrix(request: pytest.FixtureRequest) -> Iterator[FaultMatrix]:
                 f"it takes {', '.join(_MATRIX_KWARGS)}",
                 pytrace=False,
             )
+        for option in ("failures", "timeouts"):
+            value = marker.kwargs.get(option, True)
+            if not isinstance(value, bool):
+                pytest.fail(
+                    f"@pytest.mark.{_MARKER}({option}=...) must be True or False, got {value!r}",
+                    pytrace=False,
+                )
         options.update(marker.kwargs)
     matrix = FaultMatrix(options)
     yield matrix
