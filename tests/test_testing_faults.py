@@ -20,7 +20,13 @@ from sagakit import (
     saga,
     step,
 )
-from sagakit.testing import FaultInjector, InjectedFault, InstantSleep, SagaRecorder
+from sagakit.testing import (
+    SIMULATED_TIMEOUT,
+    FaultInjector,
+    InjectedFault,
+    InstantSleep,
+    SagaRecorder,
+)
 
 calls: list[str] = []
 
@@ -134,9 +140,11 @@ async def test_fault_on_every_attempt_exhausts_retries() -> None:
 @pytest.mark.asyncio
 async def test_timeout_is_simulated_at_once_and_compensates_the_step() -> None:
     recorder = SagaRecorder()
-    with FaultInjector().timeout("ship"), pytest.raises(StepTimeout) as caught:
+    with FaultInjector().timeout("ship") as faults, pytest.raises(StepTimeout) as caught:
         await _orchestrator(recorder).execute(order("mug"))
     assert caught.value.timeout == 60
+    # What fired is told by a public marker a test can compare with.
+    assert [f.fault for f in faults.fired] == [SIMULATED_TIMEOUT]
     assert "ship mug" not in calls
     # ship has no compensation; the completed steps are undone in reverse order
     recorder.assert_compensated("charge", "reserve")

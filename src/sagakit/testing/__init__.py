@@ -10,13 +10,14 @@ Usable without pytest; :mod:`sagakit.pytest_plugin` is a thin layer of fixtures 
 >>> recorder.assert_compensated("reserve")
 """
 
-from .._hooks import SimulatedCrash
+from .._hooks import SIMULATED_TIMEOUT, SimulatedCrash
 from ._faults import Fault, FaultInjector, FiredFault, InjectedFault, StepTarget, simulate_restart
 from ._matrix import FaultCase, FaultMatrixReport, FaultMode, run_fault_matrix
 from ._recorder import RecordedRun, SagaRecorder
 from ._sleep import InstantSleep
 
 __all__ = [
+    "SIMULATED_TIMEOUT",
     "Fault",
     "FaultCase",
     "FaultInjector",
