@@ -125,7 +125,7 @@ class RecordedRun:
         return "\n".join(indent + _line(t, detail=True) for t in self.transitions)
 
     def assert_status(self, status: SagaStatus | str) -> None:
-        """Assert the run ended (or stands) with ``status``."""
+        """Assert the run has ended with ``status`` (a run still going fails it)."""
         __tracebackhide__ = True  # pytest shows the line of the test that called it
         status = _member(SagaStatus, status, "assert_status()", "a saga status")
         if not self.finished:
