@@ -530,9 +530,11 @@ class SagaOrchestrator:
                     timed_out = failure.__class__ is StepTimeout
                     record.status = STEP_TIMED_OUT if timed_out else STEP_FAILED
                     # A timeout's duration is its error's (at least the timeout).
+                    ended = now()
                     record.duration = (
-                        failure.duration if isinstance(failure, StepTimeout) else now() - started
+                        failure.duration if isinstance(failure, StepTimeout) else ended - started
                     )
+                    run.updated_mono = ended  # its metadata's updated_at: the failure
                     record.error = described = describe_error(error or failure)
                     if spec.compensate_on_timeout if timed_out else spec.compensate_on_failure:
                         done.append((record, call, None))
@@ -960,7 +962,7 @@ class SagaOrchestrator:
                         record.attempts = attempt
                     if observe:
                         await self._emit(run, ON_COMPENSATION_STARTED, record, attempt)
-                    started = now()
+                    started = run.updated_mono = now()  # updated_at: the compensation's start
                     deadline = started + timeout
                     if faults is None or (
                         (fault := faults.fault_for(call.step, attempt, compensation=True)) is None
