@@ -6,7 +6,8 @@ import inspect
 import logging
 import sys
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from typing import Any, Generic, Literal, TypeAlias, overload
+from types import MethodType
+from typing import Any, Concatenate, Generic, Literal, TypeAlias, TypeVar, overload
 
 from typing_extensions import ParamSpec
 
@@ -17,6 +18,9 @@ from .records import SagaMetadata
 from .status import SagaStatus
 
 P = ParamSpec("P")
+Q = ParamSpec("Q")
+S = TypeVar("S")
+T = TypeVar("T")
 
 RecoveryPolicy: TypeAlias = Literal["resume", "compensate"]
 # A generator function may be annotated ``Iterator[StepCall[Any]]`` when it uses no step's
@@ -359,6 +363,44 @@ class SagaFunction(Generic[P]):
     @property
     def __signature__(self) -> inspect.Signature:
         return inspect.signature(self.__wrapped__)
+
+    # A @saga in a class body is a method, as a function there is: looked up on an
+    # instance, it is bound to it (the instance comes first, as for the class's steps).
+    # Typed as Step.__get__ is: mypy applies these whatever @staticmethod or @classmethod
+    # is stacked above @saga, so a first parameter taking the class (``cls: type[T]``) is
+    # bound to the class or instance it is looked up on, one taking an instance to the
+    # instance. (mypy also applies __get__ to what a property returns, with the property's
+    # owner as the instance: SagaDefinition.factory is the saga function itself.)
+    @overload
+    def __get__(  # type: ignore[misc]  # a callable self type, as Step's
+        self: Callable[Concatenate[type[T], Q], SagaDefinition], instance: None, owner: type[T], /
+    ) -> Callable[Q, SagaDefinition]: ...
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None, /) -> SagaFunction[P]: ...
+    @overload
+    def __get__(
+        self, instance: SagaDefinition, owner: type[Any] | None = None, /
+    ) -> SagaFunction[P]: ...
+    @overload
+    def __get__(
+        self: Callable[Concatenate[S, Q], SagaDefinition],
+        instance: S,
+        owner: type[Any] | None = None,
+        /,
+    ) -> Callable[Q, SagaDefinition]: ...
+    @overload
+    def __get__(  # type: ignore[misc]  # a callable self type, as Step's
+        self: Callable[Concatenate[type[T], Q], SagaDefinition],
+        instance: T,
+        owner: type[Any] | None = None,
+        /,
+    ) -> Callable[Q, SagaDefinition]: ...
+    @overload  # under @staticmethod
+    def __get__(self, instance: object, owner: type[Any] | None = None, /) -> SagaFunction[P]: ...
+    def __get__(self, instance: object, owner: type[Any] | None = None, /) -> Any:
+        if instance is None:
+            return self
+        return MethodType(self, instance)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> SagaDefinition:
         calls: tuple[StepCall[Any], ...] | None = None

@@ -270,6 +270,40 @@ async def static_and_class_method_steps() -> None:
     Ledger.make(Ledger, "e")  # type: ignore[call-arg, arg-type]
 
 
+class Till:
+    # A @saga in a class body is a method: bound looked up on an instance, as its steps.
+    @step
+    async def pay(self, amount: float) -> float:
+        return amount
+
+    @saga
+    def settle(self, amount: float) -> Generator[StepCall[Any], Any, None]:
+        yield self.pay(amount)
+
+    @staticmethod
+    @saga
+    def audit(amount: float) -> list[StepCall[Any]]:
+        return [debit("A", amount)]
+
+    @classmethod
+    @saga
+    def open_till(cls, amount: float) -> list[StepCall[Any]]:
+        return [debit("A", amount)]
+
+
+def saga_methods(till: Till) -> None:
+    assert_type(till.settle(1.0), SagaDefinition)
+    assert_type(Till.settle(till, 1.0), SagaDefinition)
+    till.settle("1")  # type: ignore[arg-type]
+    till.settle(till, 1.0)  # type: ignore[call-arg, arg-type]
+    assert_type(till.audit(1.0), SagaDefinition)
+    assert_type(Till.audit(1.0), SagaDefinition)
+    assert_type(Till.open_till(1.0), SagaDefinition)
+    assert_type(till.open_till(1.0), SagaDefinition)
+    # A definition's factory is the saga function itself (not bound to the definition).
+    assert_type(transfer_list("A", "B", 1.0).factory, SagaFunction[...] | None)
+
+
 class Shelf(Generic[T]):
     # A generic method step whose type variable is its class's: bound on an instance.
     @step
