@@ -462,6 +462,16 @@ def test_a_store_that_is_not_a_store_is_refused() -> None:
         SagaOrchestrator(store=object())  # type: ignore[arg-type]
 
 
+def test_a_store_class_instead_of_a_store_is_refused() -> None:
+    # A class has the protocol's methods, so it passed the check, and execute() failed
+    # with "MemoryStore.begin() missing 1 required positional argument: 'run'".
+    with pytest.raises(SagaDefinitionError) as info:
+        SagaOrchestrator(MemoryStore)  # type: ignore[arg-type]
+    assert str(info.value) == (
+        "store must be a store, not the class MemoryStore; pass an instance: MemoryStore()"
+    )
+
+
 @pytest.mark.asyncio
 async def test_concurrent_runs_never_mix_their_records() -> None:
     turn = asyncio.Event()

@@ -206,6 +206,11 @@ class SagaOrchestrator:
                 "history_limit sets the default in-memory store's history; with store=... "
                 "give the limit to that store instead, e.g. MemoryStore(history_limit=100)"
             )
+        elif isinstance(store, type):  # a class has the protocol's methods, unbound
+            raise SagaDefinitionError(
+                f"store must be a store, not the class {store.__name__}; "
+                f"pass an instance: {store.__name__}()"
+            )
         elif not isinstance(store, SagaStore):
             raise SagaDefinitionError(
                 f"store must implement sagakit.stores.SagaStore (e.g. MemoryStore()), got {store!r}"
