@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -120,6 +121,37 @@ def test_an_object_with_an_async_call_is_told_to_wrap_it_in_a_function() -> None
         ship.compensate(_AsyncCallable())
     with pytest.raises(SagaDefinitionError, match="declare it with 'async def'"):
         step(lambda item: item)
+
+
+def _plain_wrapper(fn: Any) -> Any:
+    """A decorator whose wrapper is a plain def returning the coroutine (functools.wraps)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def test_an_async_def_behind_a_plain_wrapper_is_told_to_make_the_wrapper_async() -> None:
+    # It said "debit is not a coroutine function; declare it with 'async def'" of a
+    # function declared with 'async def', only wrapped by a decorator.
+    async def debit(account: str) -> None:
+        return None
+
+    fix = (
+        "it is an 'async def' wrapped by a decorator whose wrapper is a plain 'def'; "
+        "make that wrapper an 'async def' that awaits the function"
+    )
+    with pytest.raises(SagaDefinitionError, match=re.escape(fix)):
+        step(_plain_wrapper(debit))
+
+    @step
+    async def credit(account: str) -> None:
+        return None
+
+    with pytest.raises(SagaDefinitionError, match=re.escape(fix)):
+        credit.compensate(_plain_wrapper(debit))
 
 
 @step
