@@ -450,6 +450,7 @@ class SagaOrchestrator:
                 run.step = record
                 timeout = spec.timeout
                 attempt = 0
+                acted_unknown = False  # an earlier attempt timed out: it may have acted
                 while True:
                     attempt += 1
                     if attempt > 1:
@@ -524,6 +525,8 @@ class SagaOrchestrator:
                         failure.__cause__ = error
                     policy = spec.retry
                     if attempt < policy.attempts and policy.retries(error or failure):
+                        if failure.__class__ is StepTimeout:
+                            acted_unknown = True
                         if announce:
                             await self._emit(
                                 run, ON_STEP_RETRYING, record, attempt, error=error or failure
@@ -541,7 +544,14 @@ class SagaOrchestrator:
                     )
                     run.updated_mono = ended  # its metadata's updated_at: the failure
                     record.error = described = describe_error(error or failure)
-                    if spec.compensate_on_timeout if timed_out else spec.compensate_on_failure:
+                    # A step that raised in the end, after an attempt that timed out, may
+                    # have acted then: compensated as a timed-out step is.
+                    if (
+                        spec.compensate_on_timeout
+                        if timed_out
+                        else spec.compensate_on_failure
+                        or (acted_unknown and spec.compensate_on_timeout)
+                    ):
                         done.append((record, call, None))
                     if run.error is None:
                         # Before the failure is recorded, so that a durable log keeps the
