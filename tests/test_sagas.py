@@ -620,3 +620,21 @@ async def test_a_saga_method_is_bound_to_its_instance(form: str) -> None:
     # Through the class, the instance is passed first, as for a function.
     assert getattr(Shop, form)(shop, "pen").args == (shop, "pen")
     assert isinstance(getattr(Shop, form), SagaFunction)
+
+
+@pytest.mark.parametrize("kind", [staticmethod, classmethod])
+def test_saga_above_staticmethod_or_classmethod_is_refused_naming_the_order(kind: Any) -> None:
+    # @saga above @staticmethod took the staticmethod for a list saga, and calling it said
+    # it "must return a list or tuple of step calls ... got generator"; above @classmethod
+    # it said only "@saga takes a function". As for @step, the order is named.
+    def flow() -> Generator[StepCall[Any], Any, None]:
+        yield debit("A", 1.0)
+
+    with pytest.raises(SagaDefinitionError) as info:
+        saga(kind(flow))
+    name = kind.__name__
+    assert str(info.value) == (
+        f"@saga needs the function itself, but got the {name} "
+        f"test_saga_above_staticmethod_or_classmethod_is_refused_naming_the_order.<locals>.flow; "
+        f"put @saga below @{name}"
+    )

@@ -332,6 +332,12 @@ class SagaFunction(Generic[P]):
         name: str | None = None,
         recovery: RecoveryPolicy = "resume",
     ) -> None:
+        if isinstance(fn, staticmethod | classmethod):
+            kind = type(fn).__name__
+            raise SagaDefinitionError(
+                f"@saga needs the function itself, but got the {kind} "
+                f"{qualname_of(fn.__func__)}; put @saga below @{kind}"
+            )
         if not callable(fn):
             fix = ""
             if isinstance(fn, list | tuple):
