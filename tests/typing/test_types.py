@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, assert_type
+from typing import Any, Generic, Self, TypeVar, assert_type
 
 from sagakit import (
     Codec,
@@ -321,6 +321,11 @@ class Bin:
     async def put(self, item: T) -> T:
         return item
 
+    # Self is one too.
+    @step
+    async def emptied(self) -> Self:
+        return self
+
 
 @step
 async def first(items: list[T]) -> T:
@@ -336,6 +341,10 @@ def generic_steps(bin_: Bin) -> None:
     # variable looked up on an instance: 'Argument 1 to "__call__" of
     # "BoundFunctionWrapper" has incompatible type "int"; expected "Never"'.
     bin_.put(1)  # type: ignore[arg-type]
+    # And a step using Self: 'Missing positional argument "self" in call to "__call__" of
+    # "BoundFunctionWrapper"'; through the class it is typed.
+    bin_.emptied()  # type: ignore[call-arg]
+    assert_type(Bin.emptied(bin_), StepCall[Bin])
 
 
 # A generator saga is annotated as a Generator (it is sent each step's result), or as an
