@@ -195,6 +195,32 @@ async def test_a_generator_saga_yielding_a_list_is_told_steps_run_one_at_a_time(
         await SagaOrchestrator().execute(both("pen"))
 
 
+@saga
+def _inner(item: str) -> Generator[Any, Any, None]:
+    yield _reserve(item)
+
+
+@pytest.mark.asyncio
+async def test_a_saga_given_as_a_step_is_told_how_to_nest_it() -> None:
+    # A definition was shown without a fix, and a @saga function was told "call the step
+    # with its arguments: debit('A', 10), not debit".
+    nest = "run it as a nested saga from a step: an @step that awaits orchestrator.execute("
+
+    @saga
+    def outer(item: str) -> Generator[Any, Any, None]:
+        yield _inner(item)
+
+    with pytest.raises(SagaDefinitionError, match=re.escape(f"(a saga, not a step: {nest}")):
+        await SagaOrchestrator().execute(outer("pen"))
+    with pytest.raises(SagaDefinitionError, match=re.escape(f"(a saga, not a step: {nest}")):
+        SagaDefinition("o", steps=[_reserve("pen"), _inner("pen")])  # type: ignore[list-item]
+    with pytest.raises(SagaDefinitionError) as info:
+        SagaDefinition("o", steps=[_inner])  # type: ignore[list-item]
+    assert str(info.value).endswith(
+        f"got <saga _inner> (a @saga function, not a step: {nest}_inner(...)))"
+    )
+
+
 def test_saga_given_a_list_points_to_the_builder() -> None:
     with pytest.raises(SagaDefinitionError, match=r"takes a function.*SagaDefinition\(steps="):
         saga([_reserve("pen")])  # type: ignore[call-overload]

@@ -259,6 +259,13 @@ def _not_a_call_hint(call: object) -> str:
         return f" (a coroutine of {name}: decorate {name} with @step)"
     if isinstance(call, Step):
         return f" (call the step with its arguments: {call.name}(...), not {call.name})"
+    nest = "run it as a nested saga from a step: an @step that awaits orchestrator.execute("
+    if isinstance(call, SagaDefinition):
+        factory = call.factory
+        made = "definition" if factory is None else f"{factory.__name__}(...)"
+        return f" (a saga, not a step: {nest}{made}))"
+    if isinstance(call, SagaFunction):
+        return f" (a @saga function, not a step: {nest}{call.__name__}(...)))"
     if inspect.iscoroutinefunction(call):
         name = getattr(call, "__name__", "it")
         return f" (decorate {name} with @step, then call it with its arguments: {name}(...))"
