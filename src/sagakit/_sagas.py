@@ -326,7 +326,8 @@ def _live(function: SagaFunction[...]) -> bool:
     holder: object = sys.modules.get(function.__module__)
     for part in function.__qualname__.split("."):
         holder = getattr(holder, part, None)
-    return holder is function
+    # A class method saga is looked up bound to its class.
+    return holder is function or getattr(holder, "__func__", None) is function
 
 
 class SagaFunction(Generic[P]):
