@@ -158,6 +158,14 @@ class CkShelf:
             "'result', 'thing'",
             "g(result, thing, /, **labels)",
         ),
+        # A step taking only (*args, **kwargs) (which mypy reads as "...": it accepts any
+        # compensation), and a compensation adding a defaulted positional parameter.
+        (
+            "async def f(*args, **kwargs): ...",
+            "async def g(note=None, *args, **kwargs): ...",
+            "'note'",
+            "g(note=None, /, *args, **kwargs)",
+        ),
     ],
 )
 def test_every_parameter_a_keyword_would_give_twice_is_named(
@@ -182,6 +190,8 @@ def test_every_parameter_a_keyword_would_give_twice_is_named(
         ("async def f(item, **labels): ...", "async def g(item, note='', **labels): ...", False),
         ("async def f(*, n=1, **labels): ...", "async def g(r, /, *, n=1, **labels): ...", True),
         ("async def f(item, *rest, **labels): ...", "async def g(*args, **labels): ...", False),
+        ("async def f(*args, **kw): ...", "async def g(note=None, /, *args, **kw): ...", False),
+        ("async def f(*args, **kw): ...", "async def g(*args, note=None, **kw): ...", False),
         # Without **kwargs, every keyword names one of the step's parameters.
         ("async def f(item): ...", "async def g(result, item): ...", True),
     ],
@@ -208,3 +218,27 @@ def test_a_method_step_result_after_self() -> None:
             @put.compensate  # type: ignore[arg-type]  # mypy refuses it too
             async def take(self, slot: int | None, item: str, **labels: str) -> None:
                 return None
+
+
+@pytest.mark.asyncio
+async def test_a_defaulted_positional_only_parameter_of_an_args_kwargs_step() -> None:
+    # The fix the refusal names: a keyword of that name goes on in **kwargs.
+    @step
+    async def ck_call(*args: Any, **kwargs: Any) -> int:
+        return 1
+
+    got: list[tuple[Any, ...]] = []
+
+    @ck_call.compensate
+    async def ck_uncall(note: Any = None, /, *args: Any, **kwargs: Any) -> None:
+        got.append((note, args, kwargs))
+
+    @saga
+    def ck_calls():  # type: ignore[no-untyped-def]
+        yield ck_call(note="n")
+        yield ck_call(1, 2, note="m")
+        yield ck_fail()
+
+    with pytest.raises(StepFailed):
+        await SagaOrchestrator().execute(ck_calls())
+    assert got == [(1, (2,), {"note": "m"}), (None, (), {"note": "n"})]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -122,6 +123,37 @@ def test_an_object_with_an_async_call_is_told_to_wrap_it_in_a_function() -> None
         step(lambda item: item)
 
 
+def _plain_wrapper(fn: Any) -> Any:
+    """A decorator whose wrapper is a plain def returning the coroutine (functools.wraps)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def test_an_async_def_behind_a_plain_wrapper_is_told_to_make_the_wrapper_async() -> None:
+    # It said "debit is not a coroutine function; declare it with 'async def'" of a
+    # function declared with 'async def', only wrapped by a decorator.
+    async def debit(account: str) -> None:
+        return None
+
+    fix = (
+        "it is an 'async def' wrapped by a decorator whose wrapper is a plain 'def'; "
+        "make that wrapper an 'async def' that awaits the function"
+    )
+    with pytest.raises(SagaDefinitionError, match=re.escape(fix)):
+        step(_plain_wrapper(debit))
+
+    @step
+    async def credit(account: str) -> None:
+        return None
+
+    with pytest.raises(SagaDefinitionError, match=re.escape(fix)):
+        credit.compensate(_plain_wrapper(debit))
+
+
 @step
 async def _reserve(item: str) -> str:
     return item
@@ -161,6 +193,32 @@ async def test_a_generator_saga_yielding_a_list_is_told_steps_run_one_at_a_time(
 
     with pytest.raises(SagaDefinitionError, match="steps run one at a time: give each step call"):
         await SagaOrchestrator().execute(both("pen"))
+
+
+@saga
+def _inner(item: str) -> Generator[Any, Any, None]:
+    yield _reserve(item)
+
+
+@pytest.mark.asyncio
+async def test_a_saga_given_as_a_step_is_told_how_to_nest_it() -> None:
+    # A definition was shown without a fix, and a @saga function was told "call the step
+    # with its arguments: debit('A', 10), not debit".
+    nest = "run it as a nested saga from a step: an @step that awaits orchestrator.execute("
+
+    @saga
+    def outer(item: str) -> Generator[Any, Any, None]:
+        yield _inner(item)
+
+    with pytest.raises(SagaDefinitionError, match=re.escape(f"(a saga, not a step: {nest}")):
+        await SagaOrchestrator().execute(outer("pen"))
+    with pytest.raises(SagaDefinitionError, match=re.escape(f"(a saga, not a step: {nest}")):
+        SagaDefinition("o", steps=[_reserve("pen"), _inner("pen")])  # type: ignore[list-item]
+    with pytest.raises(SagaDefinitionError) as info:
+        SagaDefinition("o", steps=[_inner])  # type: ignore[list-item]
+    assert str(info.value).endswith(
+        f"got <saga _inner> (a @saga function, not a step: {nest}_inner(...)))"
+    )
 
 
 def test_saga_given_a_list_points_to_the_builder() -> None:

@@ -237,6 +237,50 @@ async def test_timestamps_are_utc_aware_and_ordered() -> None:
 
 
 @pytest.mark.asyncio
+async def test_updated_at_moves_when_a_step_fails_and_compensations_start() -> None:
+    # The default store moved updated_at only when a step or compensation completed, so
+    # a saga compensating for minutes showed the time of its last completed step (its
+    # duration "in 0.1 ms"), where the SQLite and PostgreSQL logs show the failure and
+    # each compensation's start, as its status changes.
+    orchestrator = SagaOrchestrator(compensation_retry=Retry(attempts=1))
+    seen: list[SagaMetadata] = []
+
+    async def snapshot() -> None:
+        ctx = current_step()
+        assert ctx is not None
+        meta = await orchestrator.get_saga(ctx.saga_id)
+        assert meta is not None
+        seen.append(meta)
+
+    @step
+    async def mu_reserve() -> None:
+        return None
+
+    @mu_reserve.compensate
+    async def mu_release() -> None:
+        await snapshot()
+
+    @step
+    async def mu_charge() -> None:
+        await snapshot()
+        await asyncio.sleep(0.01)  # the clock moves on (uvloop reads it to the ms)
+        raise ValueError("declined")
+
+    with pytest.raises(StepFailed):
+        await orchestrator.execute(
+            SagaDefinition("mu").add_step(mu_reserve()).add_step(mu_charge())
+        )
+    during_step, compensating = seen
+    assert compensating.status is SagaStatus.COMPENSATING
+    assert during_step.updated_at is not None
+    assert compensating.updated_at is not None
+    assert compensating.updated_at > during_step.updated_at
+    assert compensating.duration is not None
+    assert during_step.duration is not None
+    assert compensating.duration > during_step.duration
+
+
+@pytest.mark.asyncio
 async def test_step_records_hold_attempts_duration_status_and_error() -> None:
     @step(retry=Retry(attempts=3, backoff=0, on=ConnectionError))
     async def flaky() -> list[str]:
@@ -416,6 +460,16 @@ def test_bad_history_limits_are_refused(limit: Any) -> None:
 def test_a_store_that_is_not_a_store_is_refused() -> None:
     with pytest.raises(SagaDefinitionError, match="SagaStore"):
         SagaOrchestrator(store=object())  # type: ignore[arg-type]
+
+
+def test_a_store_class_instead_of_a_store_is_refused() -> None:
+    # A class has the protocol's methods, so it passed the check, and execute() failed
+    # with "MemoryStore.begin() missing 1 required positional argument: 'run'".
+    with pytest.raises(SagaDefinitionError) as info:
+        SagaOrchestrator(MemoryStore)  # type: ignore[arg-type]
+    assert str(info.value) == (
+        "store must be a store, not the class MemoryStore; pass an instance: MemoryStore()"
+    )
 
 
 @pytest.mark.asyncio

@@ -7,7 +7,7 @@ import contextlib
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -40,6 +40,11 @@ def _clear_log() -> None:
 @dataclass(frozen=True)
 class Done:
     name: str
+
+
+class Reserved(NamedTuple):
+    sku: str
+    quantity: int
 
 
 def tracked(name: str, result: Any = "unset", *, compensation_result: Any = None) -> Any:
@@ -92,6 +97,10 @@ async def test_steps_run_in_order_and_events_are_returned_in_order() -> None:
         pytest.param("text", ["text"], id="string-is-one-event"),
         pytest.param(Done("x"), [Done("x")], id="object-is-one-event"),
         pytest.param(0, [0], id="falsy-value-is-one-event"),
+        # A named tuple is one value (an event, like a dataclass), not a tuple of events:
+        # its fields were the events.
+        pytest.param(Reserved("pen", 2), [Reserved("pen", 2)], id="named-tuple-is-one-event"),
+        pytest.param([Reserved("pen", 2)], [Reserved("pen", 2)], id="list-of-named-tuples"),
     ],
 )
 async def test_a_steps_events_follow_its_result(result: Any, events: list[Any]) -> None:
@@ -100,6 +109,20 @@ async def test_a_steps_events_follow_its_result(result: Any, events: list[Any]) 
     definition = SagaDefinition("e").add_step(first()).add_step(last())
 
     assert await SagaOrchestrator().execute(definition) == [*events, "end"]
+
+
+@pytest.mark.asyncio
+async def test_a_compensations_named_tuple_is_one_event() -> None:
+    orchestrator = SagaOrchestrator()
+    first = tracked("first", Reserved("pen", 2), compensation_result=Reserved("pen", -2))
+    with pytest.raises(StepFailed) as info:
+        await orchestrator.execute(SagaDefinition("nt").add_step(first()).add_step(boom()))
+    assert info.value.events == [Reserved("pen", 2)]
+    assert info.value.compensation_events == [Reserved("pen", -2)]
+    meta = await orchestrator.get_saga("nt")
+    assert meta is not None
+    assert meta.steps[0].events == (Reserved("pen", 2),)
+    assert meta.compensations[0].events == (Reserved("pen", -2),)
 
 
 @pytest.mark.asyncio

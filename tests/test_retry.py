@@ -447,3 +447,54 @@ async def test_compensation_failure_after_a_timeout_keeps_the_timeout_as_trigger
         await orchestrator.execute(SagaDefinition("t").add_step(slow()))
     assert isinstance(info.value.trigger, StepTimeout)
     assert info.value.uncompensated == ("slow",)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("compensate_on_timeout", "compensate_on_failure", "compensated"),
+    [(True, False, True), (False, False, False), (False, True, True), (True, True, True)],
+)
+async def test_a_step_that_timed_out_then_failed_is_compensated_itself(
+    sleep: RecordingSleep,
+    compensate_on_timeout: bool,
+    compensate_on_failure: bool,
+    compensated: bool,
+) -> None:
+    # Its first attempt timed out, so it may have acted (charged the card, only too slowly
+    # to say so); the retry then raised ("duplicate charge"). It was not compensated, as a
+    # step that only raised is not, and the saga ended COMPENSATED with the charge standing.
+    attempts = 0
+    refunds: list[str | None] = []
+
+    @step(
+        timeout=0.05,
+        retry=Retry(attempts=2, backoff=0),
+        compensate_on_timeout=compensate_on_timeout,
+        compensate_on_failure=compensate_on_failure,
+    )
+    async def charge(order_id: str) -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            await asyncio.sleep(10)
+        raise ValueError("duplicate charge")
+
+    @charge.compensate
+    async def refund(payment_id: str | None, order_id: str) -> None:
+        refunds.append(payment_id)
+
+    orchestrator = SagaOrchestrator(sleep=sleep)
+    with pytest.raises(StepFailed, match="duplicate charge") as info:
+        await orchestrator.execute(SagaDefinition("tf").add_step(charge("o-1")))
+    assert not isinstance(info.value, StepTimeout)
+    meta = await orchestrator.get_saga("tf")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert meta.steps[0].status is StepStatus.FAILED
+    assert meta.steps[0].attempts == 2
+    if compensated:
+        assert refunds == [None]
+        assert [(c.index, c.status) for c in meta.compensations] == [(0, StepStatus.COMPLETED)]
+    else:
+        assert refunds == []
+        assert meta.compensations == ()

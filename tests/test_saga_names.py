@@ -92,3 +92,32 @@ def test_a_saga_declared_in_a_function_is_declared_again_on_every_call() -> None
     first, second = declare(), declare()
     assert first is not second
     assert registered_saga("sn_local_flow") is second
+
+
+CLASS_SOURCE = """
+from sagakit import saga, step
+
+@step
+async def sn_pack(item):
+    return item
+
+class Warehouse:
+    @classmethod
+    @saga(name="sn_dispatch")
+    def dispatch(cls, item):
+        yield sn_pack(item)
+"""
+
+
+def test_a_class_method_saga_holds_its_name_too(modules: Any, tmp_path: Path) -> None:
+    # Its module holds it as a class method (looked up, a bound method), which was not
+    # recognised as the module still holding it: another saga took its name silently.
+    (tmp_path / "sn_warehouse.py").write_text(CLASS_SOURCE)
+    importlib.invalidate_caches()
+    try:
+        warehouse = importlib.import_module("sn_warehouse")
+        with pytest.raises(SagaDefinitionError, match="'sn_dispatch' is already taken by"):
+            modules("sn_shipping", "dispatch")
+        assert registered_saga("sn_dispatch") is warehouse.Warehouse.dispatch.__func__
+    finally:
+        sys.modules.pop("sn_warehouse", None)

@@ -16,6 +16,7 @@ from sagakit import (
     DEFAULT_TIMEOUT,
     CompensationAlreadySetError,
     Retry,
+    SagaDefinition,
     SagaDefinitionError,
     SagaError,
     SagaOrchestrator,
@@ -744,3 +745,36 @@ async def test_awaited_step_raising_its_own_timeout_error_is_not_a_step_timeout(
     with pytest.raises(TimeoutError, match="remote side") as info:
         await remote()
     assert not isinstance(info.value, StepTimeout)
+
+
+class _Vault:
+    def __init__(self) -> None:
+        self.undone: list[str] = []
+
+    @step
+    async def lock(self, item: str) -> None:
+        return None
+
+    @lock.compensate
+    async def unlock(self, item: str) -> None:
+        self.undone.append(f"vault {item}")
+
+
+class _SubVault(_Vault):
+    async def unlock(self, item: str) -> None:  # not what compensates lock: see the docs
+        self.undone.append(f"sub {item}")
+
+
+@pytest.mark.asyncio
+async def test_a_method_steps_compensation_is_the_declared_function() -> None:
+    # As docs/concepts/steps.md says: a subclass overriding the compensation's name does
+    # not change it (the compensation is not looked up on the instance's class).
+    vault = _SubVault()
+
+    @step
+    async def fail() -> None:
+        raise ValueError("no")
+
+    with pytest.raises(StepFailed):
+        await SagaOrchestrator().execute(SagaDefinition(steps=[vault.lock("gold"), fail()]))
+    assert vault.undone == ["vault gold"]

@@ -206,6 +206,11 @@ class SagaOrchestrator:
                 "history_limit sets the default in-memory store's history; with store=... "
                 "give the limit to that store instead, e.g. MemoryStore(history_limit=100)"
             )
+        elif isinstance(store, type):  # a class has the protocol's methods, unbound
+            raise SagaDefinitionError(
+                f"store must be a store, not the class {store.__name__}; "
+                f"pass an instance: {store.__name__}()"
+            )
         elif not isinstance(store, SagaStore):
             raise SagaDefinitionError(
                 f"store must implement sagakit.stores.SagaStore (e.g. MemoryStore()), got {store!r}"
@@ -445,6 +450,7 @@ class SagaOrchestrator:
                 run.step = record
                 timeout = spec.timeout
                 attempt = 0
+                acted_unknown = False  # an earlier attempt timed out: it may have acted
                 while True:
                     attempt += 1
                     if attempt > 1:
@@ -519,6 +525,8 @@ class SagaOrchestrator:
                         failure.__cause__ = error
                     policy = spec.retry
                     if attempt < policy.attempts and policy.retries(error or failure):
+                        if failure.__class__ is StepTimeout:
+                            acted_unknown = True
                         if announce:
                             await self._emit(
                                 run, ON_STEP_RETRYING, record, attempt, error=error or failure
@@ -530,11 +538,20 @@ class SagaOrchestrator:
                     timed_out = failure.__class__ is StepTimeout
                     record.status = STEP_TIMED_OUT if timed_out else STEP_FAILED
                     # A timeout's duration is its error's (at least the timeout).
+                    ended = now()
                     record.duration = (
-                        failure.duration if isinstance(failure, StepTimeout) else now() - started
+                        failure.duration if isinstance(failure, StepTimeout) else ended - started
                     )
+                    run.updated_mono = ended  # its metadata's updated_at: the failure
                     record.error = described = describe_error(error or failure)
-                    if spec.compensate_on_timeout if timed_out else spec.compensate_on_failure:
+                    # A step that raised in the end, after an attempt that timed out, may
+                    # have acted then: compensated as a timed-out step is.
+                    if (
+                        spec.compensate_on_timeout
+                        if timed_out
+                        else spec.compensate_on_failure
+                        or (acted_unknown and spec.compensate_on_timeout)
+                    ):
                         done.append((record, call, None))
                     if run.error is None:
                         # Before the failure is recorded, so that a durable log keeps the
@@ -960,7 +977,7 @@ class SagaOrchestrator:
                         record.attempts = attempt
                     if observe:
                         await self._emit(run, ON_COMPENSATION_STARTED, record, attempt)
-                    started = now()
+                    started = run.updated_mono = now()  # updated_at: the compensation's start
                     deadline = started + timeout
                     if faults is None or (
                         (fault := faults.fault_for(call.step, attempt, compensation=True)) is None

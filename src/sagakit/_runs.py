@@ -47,7 +47,8 @@ def describe_optional(error: BaseException | None) -> str | None:
 
 
 def events_of(result: Any, record: StepRun | None = None) -> Sequence[Any]:
-    """A step's events: its result when a list or tuple, none for ``None``, else the value.
+    """A step's events: its result when a list or tuple (not a named tuple), none for
+    ``None``, else the value.
 
     A list is copied: the saga, a later step or the step itself may change the list it
     returned, and the run's records must keep the events as they were returned.
@@ -57,7 +58,8 @@ def events_of(result: Any, record: StepRun | None = None) -> Sequence[Any]:
     """
     if result is None:
         return ()
-    if isinstance(result, list | tuple):
+    if isinstance(result, list | tuple) and not hasattr(result, "_fields"):
+        # (A named tuple is one value, an event like a dataclass: not its fields.)
         return result if result.__class__ is tuple else tuple(result)
     if record is not None and inspect.isawaitable(result):
         raise returned_awaitable(record, result)

@@ -6,7 +6,8 @@ import inspect
 import logging
 import sys
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from typing import Any, Generic, Literal, TypeAlias, overload
+from types import MethodType
+from typing import Any, Concatenate, Generic, Literal, TypeAlias, TypeVar, overload
 
 from typing_extensions import ParamSpec
 
@@ -17,6 +18,9 @@ from .records import SagaMetadata
 from .status import SagaStatus
 
 P = ParamSpec("P")
+Q = ParamSpec("Q")
+S = TypeVar("S")
+T = TypeVar("T")
 
 RecoveryPolicy: TypeAlias = Literal["resume", "compensate"]
 # A generator function may be annotated ``Iterator[StepCall[Any]]`` when it uses no step's
@@ -255,6 +259,13 @@ def _not_a_call_hint(call: object) -> str:
         return f" (a coroutine of {name}: decorate {name} with @step)"
     if isinstance(call, Step):
         return f" (call the step with its arguments: {call.name}(...), not {call.name})"
+    nest = "run it as a nested saga from a step: an @step that awaits orchestrator.execute("
+    if isinstance(call, SagaDefinition):
+        factory = call.factory
+        made = "definition" if factory is None else f"{factory.__name__}(...)"
+        return f" (a saga, not a step: {nest}{made}))"
+    if isinstance(call, SagaFunction):
+        return f" (a @saga function, not a step: {nest}{call.__name__}(...)))"
     if inspect.iscoroutinefunction(call):
         name = getattr(call, "__name__", "it")
         return f" (decorate {name} with @step, then call it with its arguments: {name}(...))"
@@ -315,7 +326,8 @@ def _live(function: SagaFunction[...]) -> bool:
     holder: object = sys.modules.get(function.__module__)
     for part in function.__qualname__.split("."):
         holder = getattr(holder, part, None)
-    return holder is function
+    # A class method saga is looked up bound to its class.
+    return holder is function or getattr(holder, "__func__", None) is function
 
 
 class SagaFunction(Generic[P]):
@@ -328,6 +340,12 @@ class SagaFunction(Generic[P]):
         name: str | None = None,
         recovery: RecoveryPolicy = "resume",
     ) -> None:
+        if isinstance(fn, staticmethod | classmethod):
+            kind = type(fn).__name__
+            raise SagaDefinitionError(
+                f"@saga needs the function itself, but got the {kind} "
+                f"{qualname_of(fn.__func__)}; put @saga below @{kind}"
+            )
         if not callable(fn):
             fix = ""
             if isinstance(fn, list | tuple):
@@ -359,6 +377,44 @@ class SagaFunction(Generic[P]):
     @property
     def __signature__(self) -> inspect.Signature:
         return inspect.signature(self.__wrapped__)
+
+    # A @saga in a class body is a method, as a function there is: looked up on an
+    # instance, it is bound to it (the instance comes first, as for the class's steps).
+    # Typed as Step.__get__ is: mypy applies these whatever @staticmethod or @classmethod
+    # is stacked above @saga, so a first parameter taking the class (``cls: type[T]``) is
+    # bound to the class or instance it is looked up on, one taking an instance to the
+    # instance. (mypy also applies __get__ to what a property returns, with the property's
+    # owner as the instance: SagaDefinition.factory is the saga function itself.)
+    @overload
+    def __get__(  # type: ignore[misc]  # a callable self type, as Step's
+        self: Callable[Concatenate[type[T], Q], SagaDefinition], instance: None, owner: type[T], /
+    ) -> Callable[Q, SagaDefinition]: ...
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None, /) -> SagaFunction[P]: ...
+    @overload
+    def __get__(
+        self, instance: SagaDefinition, owner: type[Any] | None = None, /
+    ) -> SagaFunction[P]: ...
+    @overload
+    def __get__(
+        self: Callable[Concatenate[S, Q], SagaDefinition],
+        instance: S,
+        owner: type[Any] | None = None,
+        /,
+    ) -> Callable[Q, SagaDefinition]: ...
+    @overload
+    def __get__(  # type: ignore[misc]  # a callable self type, as Step's
+        self: Callable[Concatenate[type[T], Q], SagaDefinition],
+        instance: T,
+        owner: type[Any] | None = None,
+        /,
+    ) -> Callable[Q, SagaDefinition]: ...
+    @overload  # under @staticmethod
+    def __get__(self, instance: object, owner: type[Any] | None = None, /) -> SagaFunction[P]: ...
+    def __get__(self, instance: object, owner: type[Any] | None = None, /) -> Any:
+        if instance is None:
+            return self
+        return MethodType(self, instance)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> SagaDefinition:
         calls: tuple[StepCall[Any], ...] | None = None

@@ -252,7 +252,21 @@ def _how_to_declare(fn: object) -> str:
             "it is an object with an async __call__: declare a function that awaits it, "
             "'async def name(...): return await obj(...)'"
         )
+    try:
+        unwrapped = inspect.unwrap(fn) if callable(fn) else fn
+    except ValueError:  # a __wrapped__ cycle
+        unwrapped = fn
+    if unwrapped is not fn and inspect.iscoroutinefunction(unwrapped):
+        mark = " (or mark it with inspect.markcoroutinefunction())" if _CAN_MARK else ""
+        return (
+            "it is an 'async def' wrapped by a decorator whose wrapper is a plain 'def'; "
+            f"make that wrapper an 'async def' that awaits the function{mark}"
+        )
     return "declare it with 'async def'"
+
+
+_CAN_MARK = sys.version_info >= (3, 12)
+"""Whether ``inspect.markcoroutinefunction`` exists."""
 
 
 class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):

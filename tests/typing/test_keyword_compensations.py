@@ -7,7 +7,7 @@ ignore a check) and a comment quotes the message as mypy 2.4 words it.
 
 from __future__ import annotations
 
-from typing import assert_type
+from typing import Any, assert_type
 
 from sagakit import StepCall, step
 
@@ -70,3 +70,42 @@ class Shelf:
     @stack.compensate  # type: ignore[arg-type]
     async def unstack(self, slot: int | None, item: str, **labels: str) -> None:
         return None
+
+
+# With the step's *args too, any positional parameter of the compensation may be given a
+# value positionally, so one it adds with a default is hit twice by a keyword of its name
+# (call_api(1, note="x")). mypy refuses it when the step's *args and **kwargs have types:
+# 'Argument 1 to "compensate" of "Step" has incompatible type "def undo_call(note: str |
+# None = ..., *args: int, **kwargs: str) -> Coroutine[Any, Any, None]"; expected "def
+# (*args: int, **kwargs: str) -> Awaitable[Any]"'.
+@step
+async def call_api(*args: int, **kwargs: str) -> int:
+    return 1
+
+
+@call_api.compensate  # type: ignore[arg-type]
+async def undo_call(note: str | None = None, *args: int, **kwargs: str) -> None:
+    return None
+
+
+@step
+async def call_typed(*args: int, **kwargs: str) -> int:
+    return 1
+
+
+@call_typed.compensate
+async def undo_typed(note: int | None = None, /, *args: int, **kwargs: str) -> None:
+    return None
+
+
+# Known limit: mypy reads a step's (*args: Any, **kwargs: Any) as "...", any arguments, and
+# accepts any compensation of it, this one too; the declaration refuses it at run time
+# (SagaDefinitionError: ... would get 'note' twice ...; make it positional-only).
+@step
+async def call_any(*args: Any, **kwargs: Any) -> int:
+    return 1
+
+
+@call_any.compensate
+async def undo_any(note: str | None = None, *args: Any, **kwargs: Any) -> None:
+    return None
