@@ -11,6 +11,7 @@ import pytest
 
 from sagakit import (
     CompensationFailed,
+    Retry,
     SagaDefinition,
     SagaDefinitionError,
     SagaOrchestrator,
@@ -144,3 +145,32 @@ async def test_a_compensation_returning_an_awaitable_fails_that_compensation() -
     assert metadata.compensations[0].events == ()
     recorder.assert_compensated(reserve)
     assert recorder.last.compensation_failures == ["ship"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("bad", "what"),
+    [
+        (returns_coroutine, "a coroutine of _charge"),
+        (returns_step_call, "an awaitable, <StepCall charge('x')>,"),
+        (returns_future, "a Future"),
+    ],
+)
+async def test_a_step_awaited_on_its_own_returning_an_awaitable_fails_as_in_a_saga(
+    bad: Any, what: str
+) -> None:
+    calls: list[int] = []
+
+    @step(retry=Retry(attempts=3, backoff=0, jitter=0))
+    async def counted(item: str) -> Any:
+        calls.append(1)
+        return await bad.__wrapped__(item)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the coroutine is closed: no "never awaited"
+        with pytest.raises(SagaDefinitionError) as raised:
+            await counted("x")
+        gc.collect()
+    assert f"step 'counted' returned {what} instead of its result" in str(raised.value)
+    assert "did you forget `await`?" in str(raised.value)
+    assert calls == [1]  # a mistake in the step: not retried

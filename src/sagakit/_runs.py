@@ -70,6 +70,14 @@ def returned_awaitable(record: StepRun, result: Any) -> SagaDefinitionError:
     """The error of a step or compensation that returned ``result``, an awaitable, as its
     result: it forgot to ``await`` it. A coroutine is closed (it never runs, and Python
     would warn that it was never awaited)."""
+    which = f"step {record.index} ({record.name!r})"
+    if record.compensation:
+        which = f"the compensation of {which}"
+    return awaitable_returned_by(which, result)
+
+
+def awaitable_returned_by(which: str, result: Any) -> SagaDefinitionError:
+    """:func:`returned_awaitable` for ``which`` (``"step 'charge'"``, say)."""
     if inspect.iscoroutine(result):
         result.close()
         what = f"a coroutine of {result.__qualname__}"
@@ -79,9 +87,6 @@ def returned_awaitable(record: StepRun, result: Any) -> SagaDefinitionError:
         what = "a Future"
     else:
         what = f"an awaitable, {result!r},"
-    which = f"step {record.index} ({record.name!r})"
-    if record.compensation:
-        which = f"the compensation of {which}"
     return SagaDefinitionError(
         f"{which} returned {what} instead of its result; did you forget `await`? "
         "Write `return await ...`"

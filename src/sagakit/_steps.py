@@ -20,7 +20,7 @@ from ._deadlines import timeout_error
 from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, active_faults, raised_by_step
 from ._names import by_reference, declared_name, qualname_of
 from ._retry import NO_RETRY, Retry
-from ._runs import current_run
+from ._runs import awaitable_returned_by, current_run
 from .exceptions import CompensationAlreadySetError, SagaDefinitionError, StepTimeout
 
 P = ParamSpec("P")
@@ -189,7 +189,6 @@ class StepCall(Generic[R_co]):
                     if task.cancelling() > cancelling:  # and the caller's: that one wins
                         raise asyncio.CancelledError
                     raise timeout_error(-1, step.name, time.monotonic() - started, step.timeout)
-                return result  # type: ignore[no-any-return]
             except Exception as error:
                 failure: Exception = error
                 if deadline.expired() and not isinstance(error, StepTimeout):
@@ -202,6 +201,11 @@ class StepCall(Generic[R_co]):
                     if failure is error:
                         raise
                     raise failure from error
+            else:
+                # Not retried: a forgotten ``await`` is a mistake in the step, as in a saga.
+                if result.__class__ is not list and inspect.isawaitable(result):
+                    raise awaitable_returned_by(f"step {step.name!r}", result)
+                return result  # type: ignore[return-value]
             await asyncio.sleep(policy.delay(attempt))
 
     async def _injected(self, faults: FaultPlan, attempt: int) -> Exception | None:
