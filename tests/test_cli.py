@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -767,8 +768,8 @@ def test_an_unknown_or_finished_saga_id_names_the_command_that_finds_it(
     for argv, expected in [
         (["show", "nope"], f"no saga 'nope' in {db!r}; `sagakit list` lists its sagas"),
         (["resolve", "nope", "--note", "x"], "`sagakit list` lists its sagas"),
-        (["release", "nope"], "no owner to release; `sagakit show nope` tells whether"),
-        (["release", "ok-1"], "`sagakit show ok-1` tells whether it is there, and how it ended"),
+        (["release", "nope"], f"no owner to release; `sagakit --db {db} show nope` tells"),
+        (["release", "ok-1"], "show ok-1` tells whether it is there, and how it ended"),
     ]:
         assert cli("--db", db, *argv) == (1, "")
         err = capsys.readouterr().err
@@ -1363,3 +1364,24 @@ async def test_upgrade_brings_an_older_log_to_this_schema(
     code, printed = await asyncio.to_thread(cli, "--db", str(path), "list")
     assert code == 0
     assert "old-1" in printed
+
+
+def test_a_hint_naming_a_saga_id_is_a_command_line_that_works_when_pasted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: `release` of a finished saga said "`sagakit show fail me` tells whether
+    # it is there": pasted, that shows saga 'fail' (or breaks on a quote), and it named
+    # no log. The hint quotes every word, and puts `--` before an id starting with "-".
+    (tmp_path / "my logs").mkdir()
+    db = str(tmp_path / "my logs" / "sagas.db")
+    log = tmp_path / "effects.log"
+    for saga_id in ("fail me", 'it\'s "done"', "-x"):
+        assert child(db, log, "run", db, "transfer", saga_id, "B") == 0
+        assert cli("--db", db, "release", "--", saga_id) == (1, "")
+        err = capsys.readouterr().err
+        hint = err.split("`")[1]
+        argv = shlex.split(hint)
+        assert argv[0] == "sagakit"
+        code, out = cli(*argv[1:])
+        assert code == 0
+        assert out.startswith(f"saga {saga_id} (transfer): completed\n")

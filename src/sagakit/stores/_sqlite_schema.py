@@ -23,6 +23,17 @@ _HEADER = b"SQLite format 3\x00"
 
 Synchronous = Literal["NORMAL", "FULL"]
 
+
+def command_line(path: str, command: str, *arguments: str) -> str:
+    """``sagakit --db PATH COMMAND ARGUMENTS``, for a message to copy into a shell: each
+    word quoted (an id with a space or a quote), and ``--`` before arguments when one
+    starts with ``-`` (an id argparse would take for an option)."""
+    words = ["sagakit", "--db", path, command]
+    if any(argument.startswith("-") for argument in arguments):
+        words.append("--")
+    return " ".join(shlex.quote(word) for word in (*words, *arguments))
+
+
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 """Bytes the ``-wal`` file is cut back to when the WAL starts over: one that a long read
 transaction made grow (no checkpoint can finish under it) does not keep that size."""
@@ -245,8 +256,8 @@ def check_read_only(conn: sqlite3.Connection, path: str) -> None:
         if version < SCHEMA_VERSION:
             raise StoreError(
                 f"saga log {path!r} has schema version {version}, older than this sagakit's "
-                f"({SCHEMA_VERSION}); upgrade it with `sagakit --db {shlex.quote(path)} "
-                "upgrade` (or open it once with a writable SQLiteStore)"
+                f"({SCHEMA_VERSION}); upgrade it with `{command_line(path, 'upgrade')}` "
+                "(or open it once with a writable SQLiteStore)"
             )
         _probe(conn)
     except StoreError:

@@ -64,6 +64,7 @@ from ._sqlite_schema import (
     Synchronous,
     check_file,
     check_read_only,
+    command_line,
     connect,
     connect_read_only,
     create,
@@ -891,7 +892,8 @@ class SQLiteStore:
             if row is None:
                 return (
                     f"saga {saga_id!r} is not running in {self.path!r}, so it has no owner to "
-                    f"release; `sagakit show {saga_id}` tells whether it is there, and how it ended"
+                    f"release; `{command_line(self.path, 'show', saga_id)}` tells whether it "
+                    "is there, and how it ended"
                 )
             holder, parked = row
             if parked is not None:
