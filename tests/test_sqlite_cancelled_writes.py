@@ -273,3 +273,43 @@ async def test_a_completion_staged_in_a_dropped_write_is_still_logged_and_told(
     assert (first.name, first.status, first.events) == ("cw_cancel_me", "completed", ("did 0",))
     assert meta.steps_executed == 1
     assert [(c.name, c.status) for c in meta.compensations] == [("cw_cancel_me", "completed")]
+
+
+@saga
+def cw_cancelled_at_the_end():  # type: ignore[no-untyped-def]
+    yield cw_act(0)
+    yield cw_cancel_me(1)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])  # FULL: on the writer thread
+async def test_a_saga_cancelled_while_its_end_waits_in_the_group_commit_is_not_left_executing(
+    tmp_path: Path, synchronous: Any
+) -> None:
+    # Regression: the cancellation landed once the last step had returned, while the
+    # saga's end (with that step's staged completion) waited for the group commit: the
+    # write was dropped, and the saga stayed EXECUTING (in `sagakit list`, in
+    # get_running_sagas()) until some later recovery replayed it, although every step
+    # had completed. A server cancelling requests (clients gone) under load hit it.
+    RAN.clear()
+    store = SQLiteStore(tmp_path / "sagas.db", synchronous=synchronous)
+    async with SagaOrchestrator(store) as orchestrator:
+        blocker = await _start_blocker(orchestrator)
+        with pytest.raises(asyncio.CancelledError):
+            await orchestrator.execute(cw_cancelled_at_the_end(), saga_id="cw-end")
+        assert "cw-end" not in [m.id for m in await orchestrator.get_running_sagas()]
+        GATE["blocker"].set()
+        await blocker
+        meta = await orchestrator.get_saga("cw-end")
+        # Recorded ended as it ended: every step completed, so nothing is undone.
+        assert meta is not None
+        assert meta.status is SagaStatus.COMPLETED
+        assert [(s.name, s.status, s.events) for s in meta.steps] == [
+            ("cw_act", "completed", ("did 0",)),
+            ("cw_cancel_me", "completed", ("did 1",)),
+        ]
+        assert RAN == ["do 0", "do 1"]
+        assert await orchestrator.execute(cw_cancelled_at_the_end(), saga_id="cw-end") == [
+            "did 0",
+            "did 1",
+        ]

@@ -374,6 +374,19 @@ class SQLiteStore:
             if transition.kind is ON_SAGA_FINISHED:
                 self._ended.add(run.id)
             raise
+        except asyncio.CancelledError:
+            if transition.kind is ON_SAGA_FINISHED:
+                # Dropped unsent, its caller cancelled: but the run has ended all the
+                # same, and without its end the log would show it running until some
+                # recovery replayed it. Write it, to the end, then report the commit.
+                done = await wait_out(self._writer.submit(job, alone=False))
+                if not done.cancelled() and done.exception() is None:
+                    self._unlogged.discard(run.id)
+                    self._ended.add(run.id)
+                    raise CommittedThenCancelled(None) from None
+            if carried and not unlogged:
+                self._staged[run.id] = job[:carried]
+            raise
         except BaseException:
             if carried and not unlogged:
                 # Not committed (dropped as its caller was cancelled, or rolled back): the
