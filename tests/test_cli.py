@@ -1385,3 +1385,83 @@ def test_a_hint_naming_a_saga_id_is_a_command_line_that_works_when_pasted(
         code, out = cli(*argv[1:])
         assert code == 0
         assert out.startswith(f"saga {saga_id} (transfer): completed\n")
+
+
+SCRIPT = """\
+import asyncio, os, signal, sys
+from dataclasses import dataclass
+from sagakit import SagaOrchestrator, SQLiteStore, saga, step
+
+@dataclass(frozen=True)
+class Charged:
+    amount: int
+
+@step
+async def script_charge(amount: int) -> Charged:
+    return Charged(amount)
+
+@step
+async def script_ship(amount: int) -> str:
+    if os.environ.get("CRASH"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return f"shipped {amount}"
+
+@saga
+def script_order(amount: int):
+    charged = yield script_charge(amount)
+    yield script_ship(charged.amount)
+
+async def main() -> None:
+    async with SagaOrchestrator(SQLiteStore(sys.argv[1])) as orchestrator:
+        events = await orchestrator.execute(script_order(5), saga_id="order-1")
+    print(events, isinstance(events[0], Charged))
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_a_script_s_own_classes_are_read_back_by_another_process(tmp_path: Path) -> None:
+    # Regression: a dataclass defined in the script being run (`python shop.py`) was
+    # stored as `__main__:Charged`, which no other process can import (its __main__ is
+    # another module): `sagakit recover --import shop` parked the saga as a dead letter
+    # ("its log cannot be read back"), and `show` printed the value as tagged JSON.
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "shop.py").write_text(SCRIPT, encoding="utf-8")
+    db = str(tmp_path / "sagas.db")
+    crashed = subprocess.run(
+        [sys.executable, "shop.py", db], cwd=app, env={**os.environ, "CRASH": "1"}, check=False
+    )
+    assert crashed.returncode == -signal.SIGKILL
+
+    def sagakit(*argv: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "sagakit", "--db", db, *argv],
+            cwd=app,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout
+
+    assert "step  0  script_charge  completed  1         Charged(amount=5)" in sagakit(
+        "show", "order-1"
+    )
+    assert sagakit("recover", "--import", "shop").splitlines()[1].split() == [
+        "order-1",
+        "script_order",
+        "resumed",
+        "completed",
+    ]
+    # The script itself, run again (from elsewhere), reads them back as its own class.
+    again = subprocess.run(
+        [sys.executable, str(app / "shop.py"), db],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert again.stdout == "[Charged(amount=5), 'shipped 5'] True\n"
