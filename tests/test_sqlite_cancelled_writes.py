@@ -28,6 +28,7 @@ from sagakit import (
 )
 from sagakit.stores._sqlite_schema import connect
 from sagakit.stores._sqlite_writer import CommittedThenCancelled, GroupWriter
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
 RAN: list[str] = []
 GATE: dict[str, asyncio.Event] = {}
@@ -313,3 +314,32 @@ async def test_a_saga_cancelled_while_its_end_waits_in_the_group_commit_is_not_l
             "did 0",
             "did 1",
         ]
+
+
+@pytest.mark.asyncio
+async def test_sagas_claimed_by_a_recovery_cancelled_as_the_claim_committed_are_let_go(
+    tmp_path: Path,
+) -> None:
+    # Regression: recover() cancelled once its claim had committed, but before it
+    # resumed (CommittedThenCancelled), let go of nothing: the orphan stayed owned by
+    # this live process, which no recovery takes, until the process exited.
+    RAN.clear()
+    db = tmp_path / "sagas.db"
+    crashed = SQLiteStore(db)
+    with FaultInjector().crash(cw_act, after=True), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(crashed).execute(cw_pair(), saga_id="orphan")
+    await simulate_restart(crashed)
+    await crashed.close()
+    store = SQLiteStore(db)
+    claim = asyncio.create_task(store.claim_orphans())
+    await asyncio.sleep(0)  # the claim is queued; the group-commit flush is scheduled
+    asyncio.get_running_loop().call_soon(claim.cancel)  # lands once the flush committed
+    with pytest.raises(CommittedThenCancelled):
+        await claim
+    await store.close()
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        outcomes = await orchestrator.recover()
+        assert [(o.saga_id, o.action, o.status) for o in outcomes] == [
+            ("orphan", "resumed", SagaStatus.COMPLETED)
+        ]
+    assert RAN == ["do 0", "do 0", "do 1"]  # (step 0 ran again: it crashed after acting)

@@ -781,9 +781,13 @@ class SQLiteStore:
         try:
             while True:
                 wanted = limit - len(orphans)
-                raw, parked, orders = await self._writer.submit(
-                    functools.partial(job, limit=wanted), alone=False
-                )
+                try:
+                    raw, parked, orders = await self._writer.submit(
+                        functools.partial(job, limit=wanted), alone=False
+                    )
+                except CommittedThenCancelled as cancelled:  # claimed all the same
+                    taken.extend(rows[0][0] for rows in cancelled.result[0])
+                    raise
                 for name, saga_id in parked:  # as PG
                     logger.error(
                         "sagakit parked saga %s (%s): too many recovery attempts",
