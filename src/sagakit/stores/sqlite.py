@@ -566,6 +566,19 @@ class SQLiteStore:
                 and saga_id in self._live
                 and not unlogged  # nothing of it is in the log: nothing to hand over
             ):
+                if not self._writer.usable:
+                    # close() came while it ran: nothing will hand it over any more.
+                    logger.warning(
+                        "sagakit: saga %s (%s) stopped here, but %r was closed while it "
+                        "ran: it stays executing under this process, and recovery "
+                        "finishes it once the process exits; close the store only once "
+                        "its sagas have finished",
+                        run.name,
+                        saga_id,
+                        self.path,
+                        extra={"saga_id": saga_id, "saga_name": run.name},
+                    )
+                    return
                 self._unreleased[saga_id] = staged or []
                 if not await self._hand_over([saga_id]):
                     logger.warning(
