@@ -1465,3 +1465,15 @@ def test_a_script_s_own_classes_are_read_back_by_another_process(tmp_path: Path)
         check=True,
     )
     assert again.stdout == "[Charged(amount=5), 'shipped 5'] True\n"
+
+
+def test_show_of_an_unfinished_saga_says_only_when_it_started(tmp_path: Path) -> None:
+    # Regression: the line ended "finished " with nothing after it, as if cut short.
+    db, _ = crashed_in_credit(tmp_path, "mid-1", "SELECT 1")
+    code, out = cli("--db", db, "show", "mid-1")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "saga mid-1 (transfer): executing"
+    assert lines[1].startswith("started ")
+    assert "finished" not in lines[1]
+    assert len(lines[1]) == len("started 2026-11-27 08:00:00")
