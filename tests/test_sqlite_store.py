@@ -438,6 +438,27 @@ async def test_a_file_locked_while_its_log_is_created_is_not_called_corrupt(db: 
 
 
 @pytest.mark.asyncio
+async def test_a_write_locked_out_past_busy_timeout_says_why_and_what_to_do(db: str) -> None:
+    # Regression: the StoreError said only "OperationalError: database is locked", with
+    # no word of the lock held by another connection, of busy_timeout, or of a fix.
+    store = SQLiteStore(db, busy_timeout=0.05)
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        async with SagaOrchestrator(store) as orchestrator:
+            blocker.execute("BEGIN IMMEDIATE")  # another process writing, for longer
+            with pytest.raises(StoreError) as locked:
+                await orchestrator.execute(SagaDefinition("locked-1").add_step(take("a", 1)))
+            blocker.execute("ROLLBACK")
+        assert "database is locked (another connection held its write lock longer than " in (
+            str(locked.value)
+        )
+        assert "busy_timeout, 0.05 s" in str(locked.value)
+        assert "raise SQLiteStore(busy_timeout=...)" in str(locked.value)
+    finally:
+        blocker.close()
+
+
+@pytest.mark.asyncio
 async def test_synchronous_full_commits_on_the_writer_thread(db: str) -> None:
     store = SQLiteStore(db, synchronous="FULL")
     async with SagaOrchestrator(store) as orchestrator:

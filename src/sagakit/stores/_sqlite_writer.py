@@ -136,9 +136,14 @@ class GroupWriter:
     def _failure(self, error: BaseException) -> StoreError:
         if isinstance(error, StoreError):
             return error
-        failure = StoreError(
-            f"cannot write saga log {self._path!r}: {type(error).__name__}: {error}"
-        )
+        text = f"cannot write saga log {self._path!r}: {type(error).__name__}: {error}"
+        if isinstance(error, sqlite3.OperationalError) and _is_busy(error):
+            text += (
+                f" (another connection held its write lock longer than busy_timeout, "
+                f"{self._wait_ms / 1000:g} s: a process keeping a transaction open, or "
+                "a long write; end it, or raise SQLiteStore(busy_timeout=...))"
+            )
+        failure = StoreError(text)
         failure.__cause__ = error
         return failure
 
