@@ -275,3 +275,22 @@ async def test_a_run_that_outlives_its_closed_store_says_so(
     await reader.close()
     assert meta is not None
     assert meta.status is SagaStatus.EXECUTING  # for recovery once this process exits
+
+
+async def test_a_recovery_here_takes_a_saga_whose_hand_over_was_refused(tmp_path: Path) -> None:
+    # Regression: the hand-over was tried again only after another run's commit (or at
+    # close()): a recover() or run_worker() here, with no saga writing meanwhile (the lock
+    # another process held is gone by now), claimed nothing, the saga still owned by this
+    # live process, until some unrelated saga happened to commit.
+    CALLS.clear()
+    path = tmp_path / "sagas.db"
+    store = SQLiteStore(path)
+    _fail_commits_with_the_end(store, times=1)
+    _refuse_hand_overs(store, times=1)
+    async with SagaOrchestrator(store) as orchestrator:
+        with pytest.raises(StoreError):
+            await orchestrator.execute(ue_move("a"), saga_id="ue-9")
+        assert await _owner(path, "ue-9") == store.owner
+        outcomes = await orchestrator.recover()
+        assert [(o.saga_id, o.status) for o in outcomes] == [("ue-9", SagaStatus.COMPLETED)]
+    assert CALLS == ["take a", "put a"]

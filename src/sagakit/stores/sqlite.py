@@ -555,7 +555,7 @@ class SQLiteStore:
         under this live process, which no recovery takes: its owner is cleared (with
         what was staged), so the next recovery, here or in another process, finishes it
         as after a crash. If the log refuses that too, it is tried again after the next
-        successful write and at :meth:`close`.
+        successful write, before a recovery here claims sagas, and at :meth:`close`.
         """
         saga_id = run.id
         staged = self._staged.pop(saga_id, None)
@@ -584,7 +584,7 @@ class SQLiteStore:
                     logger.warning(
                         "sagakit: saga %s (%s) stopped here, but neither its end nor its "
                         "hand-over to recovery could be written; tried again after the next "
-                        "write",
+                        "write, and by the next recovery here",
                         run.name,
                         saga_id,
                         extra={"saga_id": saga_id, "saga_name": run.name},
@@ -743,6 +743,8 @@ class SQLiteStore:
         limit = claim_limit(limit, max_attempts, saga_ids)
         if limit <= 0:
             return []
+        if self._unreleased:  # sagas whose hand-over failed: this recovery may take them
+            await self._hand_over(list(self._unreleased))
         allowed = None if names is None else frozenset(names)
         owner = self._owner
         now = time.time()
