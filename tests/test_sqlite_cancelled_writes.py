@@ -343,3 +343,27 @@ async def test_sagas_claimed_by_a_recovery_cancelled_as_the_claim_committed_are_
             ("orphan", "resumed", SagaStatus.COMPLETED)
         ]
     assert RAN == ["do 0", "do 0", "do 1"]  # (step 0 ran again: it crashed after acting)
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_caller_whose_batch_is_followed_by_the_next_learns_it_committed(
+    tmp_path: Path,
+) -> None:
+    # Regression: once its batch had committed, the cancelled caller looked for its
+    # place in the thread's *current* batch, already the next one (writes queued
+    # meanwhile): ValueError "<Future cancelled> is not in list" escaped, instead of
+    # CommittedThenCancelled. A saga whose begin() or step start it was stayed
+    # EXECUTING under this live process (synchronous="FULL", several sagas in flight).
+    writer, conn = _writer(tmp_path, inline=False)
+    task, release = await _hold_the_writer_thread(writer)
+    task.cancel()
+    await asyncio.sleep(0)
+    queued = asyncio.create_task(writer.submit([("INSERT INTO t VALUES (2)", ())], alone=False))
+    await asyncio.sleep(0)  # queued behind the thread's batch
+    release.set()
+    with pytest.raises(CommittedThenCancelled) as caught:
+        await task
+    assert caught.value.result == "written"
+    assert await queued is None
+    assert _rows(conn) == [1, 2]
+    await writer.close()

@@ -230,11 +230,12 @@ class GroupWriter:
                 del self._pending[position]
                 return
         batch = self._thread_job
-        if batch is None or future not in self._thread_futures:
+        futures = self._thread_futures  # (the next batch's, once this one is done)
+        if batch is None or future not in futures:
             return
         await wait_out(batch)  # on the writer thread: wait for the outcome
         if not batch.cancelled() and batch.exception() is None:
-            raise CommittedThenCancelled(batch.result()[self._thread_futures.index(future)])
+            raise CommittedThenCancelled(batch.result()[futures.index(future)])
 
     def _flush(self) -> None:
         self._scheduled = False
