@@ -557,6 +557,10 @@ class JsonSerializer:
         if tag == "codec":
             name = data["t"]
             codec = self._decoders.get(name) or _global_codecs.get(name)
+            if codec is None and name.startswith("__main__:"):
+                # Stored by this script before its classes were named by module.
+                alias = f"{_main_name()}:{name.removeprefix('__main__:')}"
+                codec = self._decoders.get(alias) or _global_codecs.get(alias)
             if codec is None:
                 raise SerializationError(
                     f"stored value uses codec {name!r}, which is not registered here; "
