@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -767,8 +768,8 @@ def test_an_unknown_or_finished_saga_id_names_the_command_that_finds_it(
     for argv, expected in [
         (["show", "nope"], f"no saga 'nope' in {db!r}; `sagakit list` lists its sagas"),
         (["resolve", "nope", "--note", "x"], "`sagakit list` lists its sagas"),
-        (["release", "nope"], "no owner to release; `sagakit show nope` tells whether"),
-        (["release", "ok-1"], "`sagakit show ok-1` tells whether it is there, and how it ended"),
+        (["release", "nope"], f"no owner to release; `sagakit --db {db} show nope` tells"),
+        (["release", "ok-1"], "show ok-1` tells whether it is there, and how it ended"),
     ]:
         assert cli("--db", db, *argv) == (1, "")
         err = capsys.readouterr().err
@@ -1363,3 +1364,116 @@ async def test_upgrade_brings_an_older_log_to_this_schema(
     code, printed = await asyncio.to_thread(cli, "--db", str(path), "list")
     assert code == 0
     assert "old-1" in printed
+
+
+def test_a_hint_naming_a_saga_id_is_a_command_line_that_works_when_pasted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: `release` of a finished saga said "`sagakit show fail me` tells whether
+    # it is there": pasted, that shows saga 'fail' (or breaks on a quote), and it named
+    # no log. The hint quotes every word, and puts `--` before an id starting with "-".
+    (tmp_path / "my logs").mkdir()
+    db = str(tmp_path / "my logs" / "sagas.db")
+    log = tmp_path / "effects.log"
+    for saga_id in ("fail me", 'it\'s "done"', "-x"):
+        assert child(db, log, "run", db, "transfer", saga_id, "B") == 0
+        assert cli("--db", db, "release", "--", saga_id) == (1, "")
+        err = capsys.readouterr().err
+        hint = err.split("`")[1]
+        argv = shlex.split(hint)
+        assert argv[0] == "sagakit"
+        code, out = cli(*argv[1:])
+        assert code == 0
+        assert out.startswith(f"saga {saga_id} (transfer): completed\n")
+
+
+SCRIPT = """\
+import asyncio, os, signal, sys
+from dataclasses import dataclass
+from sagakit import SagaOrchestrator, SQLiteStore, saga, step
+
+@dataclass(frozen=True)
+class Charged:
+    amount: int
+
+@step
+async def script_charge(amount: int) -> Charged:
+    return Charged(amount)
+
+@step
+async def script_ship(amount: int) -> str:
+    if os.environ.get("CRASH"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return f"shipped {amount}"
+
+@saga
+def script_order(amount: int):
+    charged = yield script_charge(amount)
+    yield script_ship(charged.amount)
+
+async def main() -> None:
+    async with SagaOrchestrator(SQLiteStore(sys.argv[1])) as orchestrator:
+        events = await orchestrator.execute(script_order(5), saga_id="order-1")
+    print(events, isinstance(events[0], Charged))
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_a_script_s_own_classes_are_read_back_by_another_process(tmp_path: Path) -> None:
+    # Regression: a dataclass defined in the script being run (`python shop.py`) was
+    # stored as `__main__:Charged`, which no other process can import (its __main__ is
+    # another module): `sagakit recover --import shop` parked the saga as a dead letter
+    # ("its log cannot be read back"), and `show` printed the value as tagged JSON.
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "shop.py").write_text(SCRIPT, encoding="utf-8")
+    db = str(tmp_path / "sagas.db")
+    crashed = subprocess.run(
+        [sys.executable, "shop.py", db], cwd=app, env={**os.environ, "CRASH": "1"}, check=False
+    )
+    assert crashed.returncode == -signal.SIGKILL
+
+    def sagakit(*argv: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "sagakit", "--db", db, *argv],
+            cwd=app,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout
+
+    assert "step  0  script_charge  completed  1         Charged(amount=5)" in sagakit(
+        "show", "order-1"
+    )
+    assert sagakit("recover", "--import", "shop").splitlines()[1].split() == [
+        "order-1",
+        "script_order",
+        "resumed",
+        "completed",
+    ]
+    # The script itself, run again (from elsewhere), reads them back as its own class.
+    again = subprocess.run(
+        [sys.executable, str(app / "shop.py"), db],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert again.stdout == "[Charged(amount=5), 'shipped 5'] True\n"
+
+
+def test_show_of_an_unfinished_saga_says_only_when_it_started(tmp_path: Path) -> None:
+    # Regression: the line ended "finished " with nothing after it, as if cut short.
+    db, _ = crashed_in_credit(tmp_path, "mid-1", "SELECT 1")
+    code, out = cli("--db", db, "show", "mid-1")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "saga mid-1 (transfer): executing"
+    assert lines[1].startswith("started ")
+    assert "finished" not in lines[1]
+    assert len(lines[1]) == len("started 2026-11-27 08:00:00")

@@ -612,3 +612,45 @@ def test_a_fixed_time_zone_of_another_library_comes_back_as_that_offset() -> Non
     assert back.tzinfo == UTC
     clock = time(9, 0, tzinfo=ThirdPartyUTC())
     assert serializer.loads(serializer.dumps(clock)) == time(9, 0, tzinfo=UTC)
+
+
+SCRIPT_WITH_A_CODEC = """\
+import sys
+from sagakit import JsonSerializer, register_codec
+
+class Money:
+    def __init__(self, cents: int) -> None:
+        self.cents = cents
+
+register_codec(Money, encode=lambda m: m.cents, decode=Money)  # no name=: "<module>:Money"
+serializer = JsonSerializer()
+if sys.argv[1] == "write":
+    print(serializer.dumps(Money(5), what="money"))
+else:
+    print(serializer.loads(sys.argv[2]).cents)
+"""
+
+
+def test_a_script_reads_back_what_it_stored_under_main_before(tmp_path: Path) -> None:
+    # A script's classes (and its codecs without a name=) were stored as "__main__:X";
+    # they are now stored under the script's module name. Values an earlier sagakit
+    # wrote must still read back in that script: its codec under the new name.
+    import subprocess
+
+    (tmp_path / "shop.py").write_text(SCRIPT_WITH_A_CODEC, encoding="utf-8")
+
+    def run(*argv: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "shop.py", *argv],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    stored = run("write")
+    assert '"t":"shop:Money"' in stored  # readable by `--import shop`
+    assert run("read", stored) == "5"
+    assert run("read", stored.replace('"shop:Money"', '"__main__:Money"')) == "5"

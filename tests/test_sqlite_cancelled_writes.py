@@ -28,6 +28,7 @@ from sagakit import (
 )
 from sagakit.stores._sqlite_schema import connect
 from sagakit.stores._sqlite_writer import CommittedThenCancelled, GroupWriter
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
 RAN: list[str] = []
 GATE: dict[str, asyncio.Event] = {}
@@ -273,3 +274,96 @@ async def test_a_completion_staged_in_a_dropped_write_is_still_logged_and_told(
     assert (first.name, first.status, first.events) == ("cw_cancel_me", "completed", ("did 0",))
     assert meta.steps_executed == 1
     assert [(c.name, c.status) for c in meta.compensations] == [("cw_cancel_me", "completed")]
+
+
+@saga
+def cw_cancelled_at_the_end():  # type: ignore[no-untyped-def]
+    yield cw_act(0)
+    yield cw_cancel_me(1)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])  # FULL: on the writer thread
+async def test_a_saga_cancelled_while_its_end_waits_in_the_group_commit_is_not_left_executing(
+    tmp_path: Path, synchronous: Any
+) -> None:
+    # Regression: the cancellation landed once the last step had returned, while the
+    # saga's end (with that step's staged completion) waited for the group commit: the
+    # write was dropped, and the saga stayed EXECUTING (in `sagakit list`, in
+    # get_running_sagas()) until some later recovery replayed it, although every step
+    # had completed. A server cancelling requests (clients gone) under load hit it.
+    RAN.clear()
+    store = SQLiteStore(tmp_path / "sagas.db", synchronous=synchronous)
+    async with SagaOrchestrator(store) as orchestrator:
+        blocker = await _start_blocker(orchestrator)
+        with pytest.raises(asyncio.CancelledError):
+            await orchestrator.execute(cw_cancelled_at_the_end(), saga_id="cw-end")
+        assert "cw-end" not in [m.id for m in await orchestrator.get_running_sagas()]
+        GATE["blocker"].set()
+        await blocker
+        meta = await orchestrator.get_saga("cw-end")
+        # Recorded ended as it ended: every step completed, so nothing is undone.
+        assert meta is not None
+        assert meta.status is SagaStatus.COMPLETED
+        assert [(s.name, s.status, s.events) for s in meta.steps] == [
+            ("cw_act", "completed", ("did 0",)),
+            ("cw_cancel_me", "completed", ("did 1",)),
+        ]
+        assert RAN == ["do 0", "do 1"]
+        assert await orchestrator.execute(cw_cancelled_at_the_end(), saga_id="cw-end") == [
+            "did 0",
+            "did 1",
+        ]
+
+
+@pytest.mark.asyncio
+async def test_sagas_claimed_by_a_recovery_cancelled_as_the_claim_committed_are_let_go(
+    tmp_path: Path,
+) -> None:
+    # Regression: recover() cancelled once its claim had committed, but before it
+    # resumed (CommittedThenCancelled), let go of nothing: the orphan stayed owned by
+    # this live process, which no recovery takes, until the process exited.
+    RAN.clear()
+    db = tmp_path / "sagas.db"
+    crashed = SQLiteStore(db)
+    with FaultInjector().crash(cw_act, after=True), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(crashed).execute(cw_pair(), saga_id="orphan")
+    await simulate_restart(crashed)
+    await crashed.close()
+    store = SQLiteStore(db)
+    claim = asyncio.create_task(store.claim_orphans())
+    await asyncio.sleep(0)  # the claim is queued; the group-commit flush is scheduled
+    asyncio.get_running_loop().call_soon(claim.cancel)  # lands once the flush committed
+    with pytest.raises(CommittedThenCancelled):
+        await claim
+    await store.close()
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        outcomes = await orchestrator.recover()
+        assert [(o.saga_id, o.action, o.status) for o in outcomes] == [
+            ("orphan", "resumed", SagaStatus.COMPLETED)
+        ]
+    assert RAN == ["do 0", "do 0", "do 1"]  # (step 0 ran again: it crashed after acting)
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_caller_whose_batch_is_followed_by_the_next_learns_it_committed(
+    tmp_path: Path,
+) -> None:
+    # Regression: once its batch had committed, the cancelled caller looked for its
+    # place in the thread's *current* batch, already the next one (writes queued
+    # meanwhile): ValueError "<Future cancelled> is not in list" escaped, instead of
+    # CommittedThenCancelled. A saga whose begin() or step start it was stayed
+    # EXECUTING under this live process (synchronous="FULL", several sagas in flight).
+    writer, conn = _writer(tmp_path, inline=False)
+    task, release = await _hold_the_writer_thread(writer)
+    task.cancel()
+    await asyncio.sleep(0)
+    queued = asyncio.create_task(writer.submit([("INSERT INTO t VALUES (2)", ())], alone=False))
+    await asyncio.sleep(0)  # queued behind the thread's batch
+    release.set()
+    with pytest.raises(CommittedThenCancelled) as caught:
+        await task
+    assert caught.value.result == "written"
+    assert await queued is None
+    assert _rows(conn) == [1, 2]
+    await writer.close()

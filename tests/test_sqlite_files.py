@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sqlite3
-from contextlib import closing
+import tempfile
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +119,86 @@ def test_a_new_log_never_shows_other_processes_an_empty_file(
     asyncio.run(store.close())
     assert seen == []
     assert not [name for name in os.listdir(tmp_path) if name != "sagas.db"]
+
+
+@contextmanager
+def unprivileged() -> Iterator[None]:
+    """Run the block as a user that file modes bind: root writes a file or directory
+    whatever its mode, so its effective ids become nobody's meanwhile."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    """A directory nobody (see unprivileged()) may enter: pytest's tmp_path is root's
+    alone when the suite runs as root."""
+    if not hasattr(os, "seteuid"):
+        pytest.skip("needs POSIX file modes")
+    path = Path(tempfile.mkdtemp())
+    path.chmod(0o777)
+    yield path
+    path.chmod(0o700)
+    shutil.rmtree(path)
+
+
+def make_log(db: Path) -> None:
+    async def run() -> None:
+        async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+            await orchestrator.execute(one_step(1), saga_id="p-1")
+
+    asyncio.run(run())
+
+
+def test_a_log_this_process_may_not_write_is_refused_for_that_not_as_corrupt(
+    folder: Path,
+) -> None:
+    # Regression: a log in a directory the service's user may not write (SQLite creates
+    # its -wal and -shm there), or a read-only file (a backup made with VACUUM INTO,
+    # still a rollback-journal file), was refused as "unable to open database file" or
+    # as "corrupt or not a sagakit log ...; restore it from a backup", for a permission.
+    backup = folder / "backup.db"
+    make_log(folder / "sagas.db")
+    with closing(sqlite3.connect(folder / "sagas.db")) as conn:
+        conn.execute(f"VACUUM INTO '{backup}'")
+    backup.chmod(0o444)
+    with unprivileged(), pytest.raises(StoreError) as refused:
+        SQLiteStore(backup)
+    message = str(refused.value)
+    assert "corrupt" not in message
+    assert f"cannot write saga log {str(backup)!r}" in message
+    assert "may not write the file (SQLite writes the log, and creates backup.db-wal" in message
+    assert "give it write access to both, or open the log with SQLiteStore(" in message
+
+    folder.chmod(0o555)
+    for log in (backup, folder / "sagas.db"):
+        with unprivileged(), pytest.raises(StoreError) as refused:
+            SQLiteStore(log)
+        assert "may not write the file or its directory" in str(refused.value)
+    (folder / "sagas.db").chmod(0o666)
+    with unprivileged(), pytest.raises(StoreError) as refused:
+        SQLiteStore(folder / "sagas.db")
+    assert f"may not write its directory {str(folder)!r}" in str(refused.value)
+    with unprivileged(), pytest.raises(StoreError) as refused:
+        SQLiteStore(folder / "new.db")
+    assert str(refused.value).startswith(f"cannot create saga log {str(folder / 'new.db')!r}")
+    assert f"may not write its directory {str(folder)!r}; give it write access there" in str(
+        refused.value
+    )
+    store = SQLiteStore(folder / "sagas.db", read_only=True)  # what it says to do
+    assert [meta.id for meta in asyncio.run(read_history(store))] == ["p-1"]
+
+
+async def read_history(store: SQLiteStore) -> list[Any]:
+    try:
+        return await store.history()
+    finally:
+        await store.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -433,6 +434,27 @@ async def test_a_file_locked_while_its_log_is_created_is_not_called_corrupt(db: 
         assert "backup" not in str(e.value)
         blocker.execute("ROLLBACK")
         await SQLiteStore(db, busy_timeout=0.05).close()  # the same file opens once it is free
+    finally:
+        blocker.close()
+
+
+@pytest.mark.asyncio
+async def test_a_write_locked_out_past_busy_timeout_says_why_and_what_to_do(db: str) -> None:
+    # Regression: the StoreError said only "OperationalError: database is locked", with
+    # no word of the lock held by another connection, of busy_timeout, or of a fix.
+    store = SQLiteStore(db, busy_timeout=0.05)
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        async with SagaOrchestrator(store) as orchestrator:
+            blocker.execute("BEGIN IMMEDIATE")  # another process writing, for longer
+            with pytest.raises(StoreError) as locked:
+                await orchestrator.execute(SagaDefinition("locked-1").add_step(take("a", 1)))
+            blocker.execute("ROLLBACK")
+        assert "database is locked (another connection held its write lock longer than " in (
+            str(locked.value)
+        )
+        assert "busy_timeout, 0.05 s" in str(locked.value)
+        assert "raise SQLiteStore(busy_timeout=...)" in str(locked.value)
     finally:
         blocker.close()
 
@@ -1064,3 +1086,46 @@ def test_an_interrupted_open_closes_its_connection(
     assert len(opened) == 1
     with pytest.raises(sqlite3.ProgrammingError, match="closed database"):
         opened[0].execute("SELECT 1")
+
+
+def test_a_store_goes_on_in_the_next_event_loop_after_one_ended_mid_checkpoint(
+    db: str,
+) -> None:
+    # Regression: a store used by one asyncio.run() and then another (a script's two
+    # phases; pytest-asyncio's loop per test with a store kept across tests) hung for
+    # good when the first loop ended while a WAL checkpoint ran on the writer thread:
+    # the callback that marks it done was for the closed loop, so every later write
+    # queued behind a checkpoint that, for the store, never ended.
+    store = SQLiteStore(db)
+    orchestrator = SagaOrchestrator(store)
+    checkpoint = store._writer._checkpoint
+    release = threading.Event()
+
+    def slow_checkpoint() -> None:
+        release.wait(60)
+        checkpoint()
+
+    store._writer._checkpoint = slow_checkpoint  # type: ignore[method-assign]
+
+    async def ends_as_a_checkpoint_runs() -> None:
+        # One at a time, generated ids: every commit inline, none queued.
+        await orchestrator.execute(sqlite_move("a", "b", 1))
+        writer = store._writer
+        writer._since_checkpoint = sqlite_writer.CHECKPOINT_EVERY
+        writer._maybe_checkpoint()  # as the next commit would start one
+        assert writer._thread_busy
+
+    asyncio.run(ends_as_a_checkpoint_runs())
+    release.set()
+
+    async def next_loop() -> list[Any]:
+        async with orchestrator:
+            return await orchestrator.execute(SagaDefinition("second").add_step(take("b", 1)))
+
+    # In a thread only to fail, not hang, without the fix (not a timing check).
+    results: list[Any] = []
+    thread = threading.Thread(target=lambda: results.append(asyncio.run(next_loop())))
+    thread.daemon = True
+    thread.start()
+    thread.join(60)
+    assert results == [[Moved("b", -1)]]

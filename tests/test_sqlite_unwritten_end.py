@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from sagakit import (
+    SagaDefinition,
     SagaOrchestrator,
     SagaStatus,
     SQLiteStore,
@@ -240,3 +241,56 @@ async def test_a_hand_over_refused_until_close_is_logged(
     assert "['ue-7']" in caplog.text
     assert "recovery finishes them once it exits" in caplog.text
     assert await _owner(path, "ue-7") == store.owner  # for recovery once this process exits
+
+
+async def test_a_run_that_outlives_its_closed_store_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: a saga still running when its store was closed (an application's
+    # shutdown leaving `async with SagaOrchestrator(...)` with requests in flight) was
+    # logged as "tried again after the next write": there is none, the store is closed.
+    path = tmp_path / "sagas.db"
+    store = SQLiteStore(path)
+    orchestrator = SagaOrchestrator(store)
+    reached, gate = asyncio.Event(), asyncio.Event()
+
+    @step
+    async def ue_wait(key: str) -> str:
+        reached.set()
+        await gate.wait()
+        return key
+
+    definition = SagaDefinition("ue-8").add_step(ue_wait("a"))
+    task = asyncio.create_task(orchestrator.execute(definition))
+    await reached.wait()
+    await store.close()
+    gate.set()
+    with caplog.at_level(logging.WARNING, logger="sagakit"), pytest.raises(StoreError):
+        await task
+    assert "ue-8" in caplog.text
+    assert "was closed while it ran: it stays executing under this process" in caplog.text
+    assert "tried again" not in caplog.text
+    reader = SQLiteStore(path, read_only=True)
+    meta = await reader.get("ue-8")
+    await reader.close()
+    assert meta is not None
+    assert meta.status is SagaStatus.EXECUTING  # for recovery once this process exits
+
+
+async def test_a_recovery_here_takes_a_saga_whose_hand_over_was_refused(tmp_path: Path) -> None:
+    # Regression: the hand-over was tried again only after another run's commit (or at
+    # close()): a recover() or run_worker() here, with no saga writing meanwhile (the lock
+    # another process held is gone by now), claimed nothing, the saga still owned by this
+    # live process, until some unrelated saga happened to commit.
+    CALLS.clear()
+    path = tmp_path / "sagas.db"
+    store = SQLiteStore(path)
+    _fail_commits_with_the_end(store, times=1)
+    _refuse_hand_overs(store, times=1)
+    async with SagaOrchestrator(store) as orchestrator:
+        with pytest.raises(StoreError):
+            await orchestrator.execute(ue_move("a"), saga_id="ue-9")
+        assert await _owner(path, "ue-9") == store.owner
+        outcomes = await orchestrator.recover()
+        assert [(o.saga_id, o.status) for o in outcomes] == [("ue-9", SagaStatus.COMPLETED)]
+    assert CALLS == ["take a", "put a"]

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import importlib
 import json
+import os
 import pickle
 import sys
 import threading
@@ -92,7 +94,31 @@ _global_codecs: dict[str, Codec] = {}
 
 
 def _type_name(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
+    module = cls.__module__
+    if module == "__main__":
+        module = _main_name()
+    return f"{module}:{cls.__qualname__}"
+
+
+@functools.cache
+def _main_name() -> str:
+    """The name other processes import the running script by, for the classes it defines
+    (``__main__`` is another module in each of them): ``app`` for ``python app.py``
+    (from the script's directory, on ``sys.path``), ``pkg.app`` for ``python -m
+    pkg.app``. ``__main__`` where there is none (``python -c``, a notebook)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and isinstance(spec.name, str) and spec.name:
+        return spec.name
+    file = getattr(main, "__file__", None)
+    if isinstance(file, str) and file.endswith(".py"):
+        stem = os.path.basename(file)[:-3]
+        folder = os.path.dirname(os.path.abspath(file))
+        if stem.isidentifier() and any(
+            os.path.abspath(entry or os.curdir) == folder for entry in sys.path
+        ):
+            return stem
+    return "__main__"
 
 
 _findable: dict[type, str] = {}  # classes checked by _importable_name, with their names
@@ -179,10 +205,18 @@ def register_codec(
 def _resolve(name: str) -> Any:
     module_name, _, qualname = name.partition(":")
     try:
+        if module_name == _main_name():  # stored by this very script (see _type_name)
+            module_name = "__main__"
         target: Any = importlib.import_module(module_name)
         for part in qualname.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError, ValueError) as error:
+        if name.startswith("__main__:"):
+            raise SerializationError(
+                f"stored value has type {name!r}, which cannot be imported ({error}): a "
+                "class of the script (or notebook) that wrote it, run as __main__, which "
+                "no other process can import; only that script, run again, reads it back"
+            ) from error
         raise SerializationError(
             f"stored value has type {name!r}, which cannot be imported ({error}); "
             "import the module defining it, or, if the class was renamed or moved since, "
@@ -523,6 +557,10 @@ class JsonSerializer:
         if tag == "codec":
             name = data["t"]
             codec = self._decoders.get(name) or _global_codecs.get(name)
+            if codec is None and name.startswith("__main__:"):
+                # Stored by this script before its classes were named by module.
+                alias = f"{_main_name()}:{name.removeprefix('__main__:')}"
+                codec = self._decoders.get(alias) or _global_codecs.get(alias)
             if codec is None:
                 raise SerializationError(
                     f"stored value uses codec {name!r}, which is not registered here; "

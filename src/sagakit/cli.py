@@ -393,7 +393,8 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 return 0
             status = _status_of(meta, letter is not None)
             out.write(f"saga {_shown(str(meta.id))} ({_shown(meta.name)}): {status}\n")
-            out.write(f"started {_when(meta.started_at)}  finished {_when(meta.finished_at)}\n")
+            ended = "" if meta.finished_at is None else f"  finished {_when(meta.finished_at)}"
+            out.write(f"started {_when(meta.started_at)}{ended}\n")
             if letter is not None:
                 out.write(
                     f"parked {_when(letter.parked_at)} after {letter.recovery_attempts} "

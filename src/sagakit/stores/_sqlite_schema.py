@@ -23,6 +23,17 @@ _HEADER = b"SQLite format 3\x00"
 
 Synchronous = Literal["NORMAL", "FULL"]
 
+
+def command_line(path: str, command: str, *arguments: str) -> str:
+    """``sagakit --db PATH COMMAND ARGUMENTS``, for a message to copy into a shell: each
+    word quoted (an id with a space or a quote), and ``--`` before arguments when one
+    starts with ``-`` (an id argparse would take for an option)."""
+    words = ["sagakit", "--db", path, command]
+    if any(argument.startswith("-") for argument in arguments):
+        words.append("--")
+    return " ".join(shlex.quote(word) for word in (*words, *arguments))
+
+
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 """Bytes the ``-wal`` file is cut back to when the WAL starts over: one that a long read
 transaction made grow (no checkpoint can finish under it) does not keep that size."""
@@ -187,8 +198,49 @@ def connect(path: str, *, synchronous: Synchronous, busy_timeout: float) -> sqli
     except sqlite3.Error as error:
         if conn is not None:  # opened, but a pragma failed (not a database, say)
             conn.close()
-        raise StoreError(f"cannot open saga log {path!r}: {error}") from error
+        raise StoreError(
+            _unwritable(path, error) or f"cannot open saga log {path!r}: {error}"
+        ) from error
     return conn
+
+
+def _writable(path: str) -> bool:
+    """Whether this process may write ``path``, by its effective ids, as SQLite opens."""
+    return os.access(path, os.W_OK, effective_ids=os.access in os.supports_effective_ids)
+
+
+def _unwritable(path: str, error: sqlite3.Error) -> str | None:
+    """What to say when SQLite cannot write the log (``SQLITE_READONLY``, or
+    ``SQLITE_CANTOPEN`` where this process may not write): the file, or its directory,
+    where a WAL log's ``-wal`` and ``-shm`` files are created. None for another error."""
+    code = (getattr(error, "sqlite_errorcode", None) or 0) & 0xFF
+    directory = os.path.dirname(os.path.abspath(path))
+    file_ok = not os.path.exists(path) or _writable(path)
+    directory_ok = _writable(directory)
+    if code == sqlite3.SQLITE_CANTOPEN and file_ok and directory_ok:
+        return None  # not for want of permission
+    if code not in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN):
+        return None
+    what = (
+        "the file or its directory"
+        if file_ok == directory_ok
+        else f"its directory {directory!r}"
+        if file_ok
+        else "the file"
+    )
+    name = os.path.basename(path)
+    if not os.path.exists(path):
+        return (
+            f"cannot create saga log {path!r} ({error}): this process may not write its "
+            f"directory {directory!r}; give it write access there, or put the log in a "
+            "directory it may write"
+        )
+    return (
+        f"cannot write saga log {path!r} ({error}): this process may not write {what} "
+        f"(SQLite writes the log, and creates {name}-wal and {name}-shm beside it); give "
+        "it write access to both, or open the log with SQLiteStore(..., read_only=True) "
+        "to only read it (as `sagakit list` and `show` do)"
+    )
 
 
 def connect_read_only(path: str, *, busy_timeout: float) -> sqlite3.Connection:
@@ -245,8 +297,8 @@ def check_read_only(conn: sqlite3.Connection, path: str) -> None:
         if version < SCHEMA_VERSION:
             raise StoreError(
                 f"saga log {path!r} has schema version {version}, older than this sagakit's "
-                f"({SCHEMA_VERSION}); upgrade it with `sagakit --db {shlex.quote(path)} "
-                "upgrade` (or open it once with a writable SQLiteStore)"
+                f"({SCHEMA_VERSION}); upgrade it with `{command_line(path, 'upgrade')}` "
+                "(or open it once with a writable SQLiteStore)"
             )
         _probe(conn)
     except StoreError:
@@ -368,8 +420,9 @@ def prepare(conn: sqlite3.Connection, path: str) -> None:
                 f"lock longer than busy_timeout ({error}); try again, or raise busy_timeout"
             ) from error
         raise StoreError(
-            f"saga log {path!r} is corrupt or not a sagakit log ({error}); restore it from "
-            "a backup or point SQLiteStore at another path"
+            _unwritable(path, error)
+            or f"saga log {path!r} is corrupt or not a sagakit log ({error}); restore it "
+            "from a backup or point SQLiteStore at another path"
         ) from error
 
 

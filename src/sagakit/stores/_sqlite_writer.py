@@ -45,6 +45,10 @@ class CommittedThenCancelled(asyncio.CancelledError):
         self.result = result
 
 
+def _nothing() -> None:
+    """A job for the writer thread that only waits its turn."""
+
+
 def _is_busy(error: sqlite3.OperationalError) -> bool:
     text = str(error)
     return "locked" in text or "busy" in text
@@ -76,6 +80,7 @@ class GroupWriter:
         self._thread_job: asyncio.Future[Any] | None = None
         self._thread_futures: list[asyncio.Future[Any]] = []  # those of the thread's batch
         self._since_checkpoint = 0
+        self._loop: asyncio.AbstractEventLoop | None = None  # where it queues writes
         self._open_reader = open_reader
         self._reader: sqlite3.Connection | None = None
         self._closed = False
@@ -136,9 +141,14 @@ class GroupWriter:
     def _failure(self, error: BaseException) -> StoreError:
         if isinstance(error, StoreError):
             return error
-        failure = StoreError(
-            f"cannot write saga log {self._path!r}: {type(error).__name__}: {error}"
-        )
+        text = f"cannot write saga log {self._path!r}: {type(error).__name__}: {error}"
+        if isinstance(error, sqlite3.OperationalError) and _is_busy(error):
+            text += (
+                f" (another connection held its write lock longer than busy_timeout, "
+                f"{self._wait_ms / 1000:g} s: a process keeping a transaction open, or "
+                "a long write; end it, or raise SQLiteStore(busy_timeout=...))"
+            )
+        failure = StoreError(text)
         failure.__cause__ = error
         return failure
 
@@ -162,6 +172,8 @@ class GroupWriter:
                 self._maybe_checkpoint()
                 return result
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            await self._adopt(loop)
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append(job)
         self._futures.append(future)
@@ -173,6 +185,32 @@ class GroupWriter:
         except asyncio.CancelledError:
             await self._settle_cancelled(future)
             raise
+
+    async def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Queue writes in ``loop`` from now on: the first one, or the next after an
+        earlier loop ended (``asyncio.run()`` again). What that loop left behind — a
+        checkpoint on the writer thread whose end it was to be told of (even one begun
+        by a commit made inline, before any write was queued), a flush it was to run —
+        would otherwise hold every write here, for good."""
+        self._loop = loop
+        job = self._thread_job
+        if self._thread_busy and (job is None or job.get_loop() is not loop):
+            # The thread runs its jobs in order: once this one has run, so has that.
+            await loop.run_in_executor(self._executor, _nothing)
+            self._thread_busy = False
+            self._thread_job = None
+            self._thread_futures = []
+        if any(future.get_loop() is not loop for future in self._futures):
+            # Their callers' loop is gone, and they with it: nothing waits for them.
+            kept = [
+                (job, future)
+                for job, future in zip(self._pending, self._futures, strict=True)
+                if future.get_loop() is loop
+            ]
+            self._pending = [job for job, _ in kept]
+            self._futures = [future for _, future in kept]
+        self._scheduled = False  # (a flush the ended loop was to run never will)
+        self._flush_later()
 
     async def _settle_cancelled(self, future: asyncio.Future[Any]) -> None:
         """The caller of a write was cancelled: make its fate known before it leaves.
@@ -192,11 +230,12 @@ class GroupWriter:
                 del self._pending[position]
                 return
         batch = self._thread_job
-        if batch is None or future not in self._thread_futures:
+        futures = self._thread_futures  # (the next batch's, once this one is done)
+        if batch is None or future not in futures:
             return
         await wait_out(batch)  # on the writer thread: wait for the outcome
         if not batch.cancelled() and batch.exception() is None:
-            raise CommittedThenCancelled(batch.result()[self._thread_futures.index(future)])
+            raise CommittedThenCancelled(batch.result()[futures.index(future)])
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -318,6 +357,9 @@ class GroupWriter:
         if os.getpid() != self._pid:  # a forked child: the connections are the parent's
             self._closed = True
             return
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            await self._adopt(loop)
         while self._pending or self._thread_busy or self._scheduled:
             if self._thread_busy and self._thread_job is not None:
                 await asyncio.wait([self._thread_job])
@@ -325,7 +367,6 @@ class GroupWriter:
                 self._flush()
             await asyncio.sleep(0)
         self._closed = True
-        loop = asyncio.get_running_loop()
 
         def shut() -> None:
             if self._reader is not None:

@@ -64,6 +64,7 @@ from ._sqlite_schema import (
     Synchronous,
     check_file,
     check_read_only,
+    command_line,
     connect,
     connect_read_only,
     create,
@@ -373,6 +374,19 @@ class SQLiteStore:
             if transition.kind is ON_SAGA_FINISHED:
                 self._ended.add(run.id)
             raise
+        except asyncio.CancelledError:
+            if transition.kind is ON_SAGA_FINISHED:
+                # Dropped unsent, its caller cancelled: but the run has ended all the
+                # same, and without its end the log would show it running until some
+                # recovery replayed it. Write it, to the end, then report the commit.
+                done = await wait_out(self._writer.submit(job, alone=False))
+                if not done.cancelled() and done.exception() is None:
+                    self._unlogged.discard(run.id)
+                    self._ended.add(run.id)
+                    raise CommittedThenCancelled(None) from None
+            if carried and not unlogged:
+                self._staged[run.id] = job[:carried]
+            raise
         except BaseException:
             if carried and not unlogged:
                 # Not committed (dropped as its caller was cancelled, or rolled back): the
@@ -541,7 +555,7 @@ class SQLiteStore:
         under this live process, which no recovery takes: its owner is cleared (with
         what was staged), so the next recovery, here or in another process, finishes it
         as after a crash. If the log refuses that too, it is tried again after the next
-        successful write and at :meth:`close`.
+        successful write, before a recovery here claims sagas, and at :meth:`close`.
         """
         saga_id = run.id
         staged = self._staged.pop(saga_id, None)
@@ -552,12 +566,25 @@ class SQLiteStore:
                 and saga_id in self._live
                 and not unlogged  # nothing of it is in the log: nothing to hand over
             ):
+                if not self._writer.usable:
+                    # close() came while it ran: nothing will hand it over any more.
+                    logger.warning(
+                        "sagakit: saga %s (%s) stopped here, but %r was closed while it "
+                        "ran: it stays executing under this process, and recovery "
+                        "finishes it once the process exits; close the store only once "
+                        "its sagas have finished",
+                        run.name,
+                        saga_id,
+                        self.path,
+                        extra={"saga_id": saga_id, "saga_name": run.name},
+                    )
+                    return
                 self._unreleased[saga_id] = staged or []
                 if not await self._hand_over([saga_id]):
                     logger.warning(
                         "sagakit: saga %s (%s) stopped here, but neither its end nor its "
                         "hand-over to recovery could be written; tried again after the next "
-                        "write",
+                        "write, and by the next recovery here",
                         run.name,
                         saga_id,
                         extra={"saga_id": saga_id, "saga_name": run.name},
@@ -716,6 +743,8 @@ class SQLiteStore:
         limit = claim_limit(limit, max_attempts, saga_ids)
         if limit <= 0:
             return []
+        if self._unreleased:  # sagas whose hand-over failed: this recovery may take them
+            await self._hand_over(list(self._unreleased))
         allowed = None if names is None else frozenset(names)
         owner = self._owner
         now = time.time()
@@ -767,9 +796,13 @@ class SQLiteStore:
         try:
             while True:
                 wanted = limit - len(orphans)
-                raw, parked, orders = await self._writer.submit(
-                    functools.partial(job, limit=wanted), alone=False
-                )
+                try:
+                    raw, parked, orders = await self._writer.submit(
+                        functools.partial(job, limit=wanted), alone=False
+                    )
+                except CommittedThenCancelled as cancelled:  # claimed all the same
+                    taken.extend(rows[0][0] for rows in cancelled.result[0])
+                    raise
                 for name, saga_id in parked:  # as PG
                     logger.error(
                         "sagakit parked saga %s (%s): too many recovery attempts",
@@ -891,7 +924,8 @@ class SQLiteStore:
             if row is None:
                 return (
                     f"saga {saga_id!r} is not running in {self.path!r}, so it has no owner to "
-                    f"release; `sagakit show {saga_id}` tells whether it is there, and how it ended"
+                    f"release; `{command_line(self.path, 'show', saga_id)}` tells whether it "
+                    "is there, and how it ended"
                 )
             holder, parked = row
             if parked is not None:
