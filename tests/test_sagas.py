@@ -391,6 +391,15 @@ async def test_execute_refuses_things_that_are_not_definitions() -> None:
         await SagaOrchestrator().execute(transfer)  # type: ignore[arg-type]
     with pytest.raises(SagaDefinitionError, match="non-empty string"):
         await SagaOrchestrator().execute(transfer("A", "B", 1.0), saga_id="")
+    # A lone surrogate (text decoded with errors="surrogateescape"): no store can hold it,
+    # so every store refuses it alike, before anything runs.
+    with pytest.raises(SagaDefinitionError, match=r"valid Unicode text, got '\\udc80x'"):
+        await SagaOrchestrator().execute(transfer("A", "B", 1.0), saga_id="\udc80x")
+    with pytest.raises(SagaDefinitionError, match="valid Unicode text"):
+        transfer("A", "B", 1.0).with_id("\ud800")
+    assert transfer("A", "B", 1.0).with_id("zahlung-\u00e4\U0001f600").saga_id == (
+        "zahlung-\u00e4\U0001f600"
+    )
 
 
 # ------------------------------------------------------------------ ids and idempotency

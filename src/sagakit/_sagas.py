@@ -236,6 +236,14 @@ def _iterate(calls: tuple[StepCall[Any], ...]) -> StepDriver:
 def _check_id(saga_id: object) -> None:
     if not isinstance(saga_id, str) or not saga_id:
         raise SagaDefinitionError(f"a saga id must be a non-empty string, got {saga_id!r}")
+    if not saga_id.isascii():
+        try:
+            saga_id.encode()
+        except UnicodeEncodeError as error:  # a lone surrogate: no log can store it
+            raise SagaDefinitionError(
+                f"a saga id must be valid Unicode text, got {saga_id!r} ({error.reason}); "
+                "decode it from bytes with errors='replace', or use another id"
+            ) from None
 
 
 def _check_recovery(recovery: object, option: str) -> None:
