@@ -8,6 +8,7 @@ classes, which carry the saga id, the step involved and the events recorded.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from typing import Any
 
@@ -198,6 +199,13 @@ class SagaAlreadyExecuting(SagaError):
         return (type(self), (self.saga_id, self.dead_letter))
 
 
+def _resolve_command(saga_id: str) -> str:
+    """The ``sagakit resolve`` command line for ``saga_id`` (LOG: the log's path or URL)."""
+    if saga_id.startswith("-"):  # else read as an option
+        return f"sagakit --db LOG resolve --note '...' -- {shlex.quote(saga_id)}"
+    return f"sagakit --db LOG resolve {shlex.quote(saga_id)} --note '...'"
+
+
 class SagaAlreadyFailed(SagaError):
     """A saga with this id failed earlier with steps left uncompensated.
 
@@ -207,8 +215,10 @@ class SagaAlreadyFailed(SagaError):
 
     def __init__(self, saga_id: str) -> None:
         super().__init__(
-            f"saga {saga_id!r} already ran and FAILED with uncompensated steps; "
-            "resolve it before executing the same id again, or use another id"
+            f"saga {saga_id!r} already ran and FAILED with uncompensated steps; undo by "
+            f"hand what it left, mark it resolved (`{_resolve_command(saga_id)}`, or "
+            "`await store.resolve(saga_id, note)`), then execute the id again; or use "
+            "another id"
         )
         self.saga_id = saga_id
 
