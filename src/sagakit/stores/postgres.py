@@ -578,8 +578,19 @@ class PostgresStore:
             if new is not None:
                 writes[0].new = new
             try:
-                await self._writer.submit(writes)
-                return
+                while True:
+                    try:
+                        await self._writer.submit(writes)
+                        return
+                    except LeaseLost:
+                        fence = self._fences.get(saga_id)
+                        if fence is None or fence <= writes[-1].fence:
+                            raise
+                        # Refused whole (nothing applied) because a claim of this store
+                        # only renewed the lease while the write was on its way, moving
+                        # the token on (see _claim): still ours, sent with the new token.
+                        for write in writes:
+                            write.fence = fence
             except (LeaseLost, IdTaken):
                 raise
             except BaseException as error:
