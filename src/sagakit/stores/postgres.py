@@ -340,8 +340,10 @@ class PostgresStore:
         A stopping :meth:`~sagakit.SagaOrchestrator.run_worker` passes the ids of the
         sagas it runs, so ``execute()`` calls beside it on this store go on.
 
-        A run of a generated id that has not written its row yet is not given up
-        (unless ``as_crash``): no worker could take it over, so it goes on here.
+        A run of a generated id that has not written its row yet, or whose first write
+        is on its way, is not given up (unless ``as_crash``): no worker could take it
+        over, so it goes on here. One whose first write is in doubt has its row
+        inserted first (if that write did not), so that it is released too.
         """
         check_saga_ids(saga_ids, "release_leases(saga_ids=...)")
         ids = None if saga_ids is None else set(saga_ids)
@@ -360,6 +362,14 @@ class PostgresStore:
         fences.update(kept)
         if self._pool is None:
             return 0
+        for saga_id in released:
+            doubt = self._doubts.get(saga_id)
+            if doubt is not None and doubt.new is not None:
+                # Its first write, carrying its row, is in doubt: insert the row if that
+                # write did not (this waits for it if it is still committing), so that
+                # it is released below. Else settling would insert it later, under a
+                # lease that nobody renews and no other worker could claim before it ran out.
+                await self._run(self._sql.begin, {"id": saga_id, "explicit": False, **doubt.new})
         params = {
             "owner": self.owner,
             "released": not as_crash,
@@ -533,7 +543,10 @@ class PostgresStore:
             writes.append(write)
         if not writes:
             return
-        new = self._new.pop(saga_id, None) if self._new else None
+        # A generated id's row stays in self._new until its write is back: meanwhile
+        # release_leases() leaves the run alone, as one that has not written (the write
+        # may land after the release, leaving a row under a lease that nobody renews).
+        new = self._new.get(saga_id) if self._new else None
         try:
             await self._send(saga_id, writes, carried, new)
         except LeaseLost:
@@ -551,13 +564,16 @@ class PostgresStore:
                 # happened all the same; they go with the next write (the orchestrator
                 # tells them once that one commits), and so does the saga's row.
                 if new is not None:
-                    self._new.setdefault(saga_id, new)
                     writes[0].new = None
+                    new = None  # left in self._new
                 if carried:
                     self._staged[saga_id] = [*writes[:carried], *self._staged.get(saga_id, ())]
             # Otherwise it may have committed or not: it is in self._doubts, settled
             # before the saga's next write.
             raise
+        finally:
+            if new is not None:
+                self._new.pop(saga_id, None)
         if writes[-1].final:
             self._fences.pop(saga_id, None)
             self._claimed.discard(saga_id)
