@@ -125,6 +125,14 @@ def _check_id(saga_id: str) -> None:
         )
 
 
+async def _wait_for_locks(conn: AsyncConnection[Any]) -> None:
+    """Configure a pooled connection: its statements wait for the locks they need,
+    whatever the role's ``lock_timeout``. They wait for a batch of another worker (its
+    saga rows, the event stream's lock) or a heartbeat, each one short statement; under
+    a role's 20 ms, a batch that waited longer was refused and its sagas compensated."""
+    await conn.execute("SET lock_timeout = 0")
+
+
 def _import_driver() -> tuple[Any, Any]:
     try:
         import psycopg
@@ -226,6 +234,7 @@ class PostgresStore:
                 min_size=self.min_size,
                 max_size=self.max_size,
                 kwargs={"autocommit": True},
+                configure=_wait_for_locks,
                 open=False,
                 name=f"sagakit-{self.schema}",
             )
@@ -236,7 +245,7 @@ class PostgresStore:
                 async with asyncio.timeout(self.connect_timeout):
                     first = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
                 async with first:
-                    await migrate(first, self.schema)
+                    await migrate(first, self.schema, wait=self.connect_timeout)
                 await pool.open(wait=True, timeout=self.connect_timeout)
             except (psycopg.Error, psycopg_pool.PoolTimeout, TimeoutError) as error:
                 await pool.close()
