@@ -248,6 +248,9 @@ class SagaOrchestrator:
         self._recover_on_start = check_flag(recover_on_start, "recover_on_start")
         self._entered = False  # by `async with` (which runs recover_on_start's recovery)
         self._max_recovery_attempts = max_recovery_attempts
+        # The sagas this orchestrator recovers right now (a worker's tasks), each with its
+        # loop and an event set when that recovery ends: execute() of one waits for it.
+        self._recovering: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
         # The watchdog of the loop used last, which also holds that loop and its clock: one
         # attribute, so that threads sharing the orchestrator (each with its own loop) never
         # read one loop's clock or watchdog paired with another loop.
