@@ -623,6 +623,11 @@ class SagaOrchestrator:
             except Exception as unrecorded:  # a compensation's transition: the run ends FAILED
                 run.status = SAGA_FAILED
                 _chain(cancelled, unrecorded)
+            except asyncio.CancelledError:
+                # A compensation raised it itself: _compensate ran it again to its end and
+                # set the status (left COMPENSATING, ended FAILED, if that run raised it
+                # too). The caller's cancellation is the one raised.
+                pass
             except BaseException as fatal:  # KeyboardInterrupt, SystemExit in a compensation
                 run.status = SAGA_FAILED  # it ended there: nothing more is undone
                 await self._finish_before(run, fatal)
