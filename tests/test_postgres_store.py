@@ -457,6 +457,34 @@ async def test_a_reader_of_a_schema_from_a_newer_sagakit_is_told_to_upgrade(
 
 
 @pytest.mark.asyncio
+async def test_a_role_that_may_not_create_the_schema_is_told_the_fix(dsn: str, role: str) -> None:
+    # Regression: the migration's "permission denied for database" came with the fix for
+    # an unreachable server: "check the DSN and that the server is up".
+    store = PostgresStore(as_role(dsn, role), schema=f"sk_denied_{uuid.uuid4().hex[:8]}")
+    with pytest.raises(StoreError, match="permission denied") as raised:
+        await store.open()
+    message = str(raised.value)
+    assert "check the DSN" not in message
+    assert "CREATE on the database" in message
+    assert "upgrade" in message
+
+
+@pytest.mark.asyncio
+async def test_a_reader_of_a_schema_from_an_older_sagakit_is_told_to_upgrade_it(
+    dsn: str, schema: str, role: str
+) -> None:
+    async with opened(dsn, schema):
+        pass
+    query(dsn, f'DELETE FROM "{schema}".schema_migrations WHERE version = %s', (SCHEMA_VERSION,))
+    query(dsn, f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+    query(dsn, f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+    store = PostgresStore(as_role(dsn, role), schema=schema)
+    with pytest.raises(StoreError, match=rf"--schema {schema} upgrade") as raised:
+        await store.open()
+    assert "check the DSN" not in str(raised.value)
+
+
+@pytest.mark.asyncio
 async def test_a_schema_from_a_newer_sagakit_is_refused(dsn: str, schema: str) -> None:
     async with opened(dsn, schema):
         pass

@@ -432,18 +432,27 @@ async def migrate(conn: AsyncConnection[object], schema: str, *, wait: float = 1
     try:
         return await _migrate_locked(conn, schema, scripts, wait)
     except Exception as error:
-        if getattr(error, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
-            raise
-        raise StoreError(
-            f"cannot migrate the PostgreSQL saga log (schema {schema!r}): waited {wait:g} s "
-            "for a lock held by another session (another process migrating the schema, or "
-            "a long transaction on its tables); try again once it is done, give the store "
-            f"a longer connect_timeout, or migrate ahead of the deploy with `sagakit --db "
-            f"... --schema {schema} upgrade`"
-        ) from error
+        state = getattr(error, "sqlstate", None)
+        upgrade = f"`sagakit --db ... --schema {schema} upgrade`"
+        if state == _LOCK_NOT_AVAILABLE:
+            raise StoreError(
+                f"cannot migrate the PostgreSQL saga log (schema {schema!r}): waited {wait:g} s "
+                "for a lock held by another session (another process migrating the schema, "
+                "or a long transaction on its tables); try again once it is done, give the "
+                f"store a longer connect_timeout, or migrate ahead of the deploy with {upgrade}"
+            ) from error
+        if state == _INSUFFICIENT_PRIVILEGE:
+            reason = str(error).partition("\n")[0]
+            raise StoreError(
+                f"cannot create or migrate the PostgreSQL saga log (schema {schema!r}): "
+                f"{reason}; the store's role needs CREATE on the database (or to own the "
+                f"schema and its tables), or migrate it ahead as a role that may: {upgrade}"
+            ) from error
+        raise
 
 
 _LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout ran out
+_INSUFFICIENT_PRIVILEGE = "42501"  # permission denied, must be owner
 
 
 async def _migrate_locked(
