@@ -181,6 +181,10 @@ async def test_a_write_on_its_way_when_a_claim_only_renews_the_lease_is_not_fenc
         meta = await store.get("renew")
         assert meta is not None
         assert meta.status is SagaStatus.COMPLETED
+        # Not a claim after a crash: no recovery attempt is counted (one was, and a saga
+        # whose worker then died was parked a crash early).
+        attempts = f'SELECT recovery_attempts FROM "{schema}".sagas WHERE saga_id = %s'
+        assert query(dsn, attempts, ("renew",)) == [(0,)]
 
 
 @pytest.mark.asyncio

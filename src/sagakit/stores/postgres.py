@@ -829,16 +829,24 @@ class PostgresStore:
             },
         )
         alive = []
+        renewed = []
         for row in sorted((row for row in claimed if not row[13]), key=lambda row: row[11]):
             if row[0] in self._fences:
                 # This store began it (an execute()) after the claim was sent ("mine"
                 # did not list it yet), and its lease ran out before the claim ran: the
-                # claim only renewed its lease. The run goes on with the new token.
+                # claim only renewed its lease. The run goes on with the new token (a
+                # write of it on its way meanwhile is sent again with it, see _send).
                 self._fences[row[0]] = row[12]
                 for write in self._staged.get(row[0], ()):
                     write.fence = row[12]
+                renewed.append(row[0])
             else:
                 alive.append(row)
+        if renewed:
+            try:  # no crash caused it: give the recovery attempt it counted back
+                await self._run(self._sql.renewed, {"ids": renewed, "owner": self.owner})
+            except StoreError as error:  # best effort: else it is parked a crash early
+                logger.warning("sagakit could not give back a recovery attempt: %s", error)
         for row in claimed:
             if row[13]:
                 logger.error(
