@@ -166,3 +166,58 @@ async def test_a_compensation_cancelled_again_in_its_restart_does_not_stay_runni
     assert record.status is StepStatus.FAILED
     assert record.error is not None
     assert "CancelledError" in record.error
+
+
+@step
+async def cdc_self_book() -> str:
+    return "booked"
+
+
+@cdc_self_book.compensate
+async def cdc_self_unbook() -> str:
+    undo_calls.append("unbook")
+    if len(undo_calls) == 1:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()  # its own code cancels it (an inner timeout, a TaskGroup, ...)
+        await asyncio.sleep(0)
+    return "unbooked"
+
+
+@step
+async def cdc_self_ship() -> None:
+    assert undoing is not None
+    undoing.set()
+    await asyncio.Event().wait()  # the caller cancels the saga here
+
+
+@saga
+def cdc_self_order():  # type: ignore[no-untyped-def]
+    yield cdc_self_book()
+    yield cdc_self_ship()
+
+
+@pytest.mark.asyncio
+async def test_a_compensation_of_a_cancelled_saga_run_again_to_its_end_ends_it_compensated() -> (
+    None
+):
+    # Regression: the caller cancelled the saga; its compensation, run shielded, raised
+    # CancelledError itself, was run again and completed. The saga ended FAILED all the
+    # same (the compensation's CancelledError, re-raised once it was run again, was taken
+    # for a KeyboardInterrupt out of a compensation), with every compensation COMPLETED.
+    # Found by the lease soak (seed 814).
+    global undoing
+    undoing = asyncio.Event()
+    undo_calls.clear()
+    orchestrator = SagaOrchestrator()
+    running = asyncio.create_task(orchestrator.execute(cdc_self_order(), saga_id="self"))
+    await undoing.wait()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert undo_calls == ["unbook", "unbook"]
+    meta = await orchestrator.get_saga("self")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert [c.status for c in meta.compensations] == [StepStatus.COMPLETED]
+    assert meta.compensation_events == ("unbooked",)

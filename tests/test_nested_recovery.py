@@ -3,6 +3,8 @@ process dying inside that inner saga: recovery must finish both, consistently.""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from sagakit import (
     SagaOrchestrator,
     SagaStatus,
     SQLiteStore,
+    Transition,
+    TransitionKind,
     current_step,
     saga,
     step,
@@ -24,6 +28,7 @@ from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
 effects: list[str] = []
 orchestrators: dict[str, SagaOrchestrator] = {}  # the one this "process" runs
+gates: dict[str, asyncio.Event] = {}
 
 
 @step
@@ -51,6 +56,9 @@ async def nr_void(order: str) -> None:
 @step
 async def nr_capture(order: str) -> str:
     effects.append(f"capture {order}")
+    gate = gates.get("capture")
+    if gate is not None:
+        await gate.wait()
     return f"captured-{order}"
 
 
@@ -92,6 +100,7 @@ def nr_order(order: str) -> Any:
 def _clear() -> None:
     effects.clear()
     orchestrators.clear()
+    gates.clear()
 
 
 @pytest.mark.asyncio
@@ -123,6 +132,59 @@ async def test_a_crash_inside_an_inner_saga_is_finished_by_the_outer_ones_recove
         outer = await restarted.get_saga("order-1")
         assert outer is not None
         assert outer.steps[1].events == ("auth-o1", "captured-o1")
+    assert effects == ["reserve o1", "authorize o1", "capture o1", "ship o1"]
+
+
+@pytest.mark.asyncio
+async def test_a_worker_claiming_the_outer_and_the_inner_saga_together_finishes_both(
+    durable_store: Callable[[], Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: a worker claims every orphan it can run at once, the outer saga and
+    # its inner one both, and recovers each in a task of its own. The outer one's step
+    # executed the inner id while the inner one's recovery was still capturing: the
+    # claim of adopt() found it held (by this very store), SagaAlreadyExecuting failed
+    # the step, and the order was cancelled while its payment was captured.
+    store = durable_store()
+    orchestrators["current"] = SagaOrchestrator(store)
+    with FaultInjector().crash(nr_capture), pytest.raises(SimulatedCrash):
+        await orchestrators["current"].execute(nr_order("o1"), saga_id="order-1")
+    await simulate_restart(store)
+    await store.close()
+    gates["capture"] = asyncio.Event()  # the inner saga's recovery captures, slowly
+
+    def let_capture_end(transition: Transition) -> None:
+        if transition.saga_id == "order-1" and transition.kind is TransitionKind.STEP_FAILED:
+            gates["capture"].set()  # (without waiting, the outer step failed at once)
+
+    class WaitsForTheInnerRecovery(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "is being recovered here" in record.getMessage():
+                gates["capture"].set()
+
+    caplog.set_level(logging.INFO, logger="sagakit")
+    handler = WaitsForTheInnerRecovery()
+    logging.getLogger("sagakit").addHandler(handler)
+    try:
+        async with SagaOrchestrator(durable_store(), listeners=[let_capture_end]) as restarted:
+            orchestrators["current"] = restarted
+            stop = asyncio.Event()
+            worker = asyncio.create_task(
+                restarted.run_worker(poll_interval=0.01, stop=stop, handle_signals=False)
+            )
+            for _ in range(5000):
+                outer = await restarted.get_saga("order-1")
+                assert outer is not None
+                if outer.status is not SagaStatus.EXECUTING:
+                    break
+                await asyncio.sleep(0.01)
+            stop.set()
+            await worker
+            assert outer.status is SagaStatus.COMPLETED
+            inner = await restarted.get_saga("order-1:1/payment")
+            assert inner is not None
+            assert inner.status is SagaStatus.COMPLETED
+    finally:
+        logging.getLogger("sagakit").removeHandler(handler)
     assert effects == ["reserve o1", "authorize o1", "capture o1", "ship o1"]
 
 

@@ -309,3 +309,41 @@ async def test_a_write_whose_caller_was_cancelled_in_flight_is_settled_by_the_ne
         assert meta is not None
         assert meta.status is SagaStatus.COMPENSATED
         assert meta.steps[0].status is StepStatus.COMPLETED
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("when", ["before", "after"])
+async def test_leases_released_while_a_first_write_is_in_doubt_are_released_at_once(
+    dsn: str, schema: str, when: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: a generated id's first write (its row with step 0's start) in doubt, and
+    # the leases released before it is settled (the process stops). The release found no row when
+    # the write had not committed; the run's next write then inserted the row to settle
+    # it, owned by this store with a fresh lease nobody renewed: no worker could take the
+    # saga over before that lease ran out, and its claim counted a recovery attempt.
+    async with opened(dsn, schema, lease=60.0, heartbeat=20.0) as store:
+        LostCommit(store, when, monkeypatch, index=0)
+        real = _pg_settle.settle
+        calls = 0
+
+        async def unreachable_then_released(*args: Any) -> _pg_settle.Settled:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise StoreError("PostgreSQL saga log: OperationalError: connection refused")
+            await store.release_leases()  # the process stops, as the next write settles
+            return await real(*args)
+
+        monkeypatch.setattr("sagakit.stores.postgres.settle", unreachable_then_released)
+        heard: list[Transition] = []
+        orchestrator = SagaOrchestrator(store, listeners=[heard.append])
+        with pytest.raises(StoreError):
+            await orchestrator.execute(three())
+        saga_id = heard[0].saga_id
+        assert calls == 2
+        assert not RAN  # step 0's start was never known to be durable
+    async with opened(dsn, schema, lease=60.0, heartbeat=20.0) as other:
+        (orphan,) = await other.claim_orphans()  # at once: released, not leased
+        assert orphan.saga_id == saga_id
+        assert orphan.recovery_attempts == 0  # released, not a crash
+        await other.dead_letter(saga_id, "test over")

@@ -105,7 +105,7 @@ def columns(dsn: str, schema: str, table: str) -> set[str]:
 def old_store(dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch) -> PostgresStore:
     """A store writing to ``schema`` as it is, without migrating it first."""
 
-    async def unmigrated(conn: Any, schema: str) -> int:
+    async def unmigrated(conn: Any, schema: str, **options: Any) -> int:
         return 0
 
     monkeypatch.setattr("sagakit.stores.postgres.migrate", unmigrated)

@@ -87,3 +87,36 @@ async def test_a_run_with_a_row_is_still_fenced_out(dsn: str, schema: str) -> No
             await other.dead_letter("rb-jar", "test over")
     assert RAN == []
     assert query(dsn, f'SELECT status FROM "{schema}".sagas') == [("executing",)]
+
+
+async def test_a_run_whose_first_write_is_on_its_way_goes_on_when_leases_are_released(
+    dsn: str, schema: str
+) -> None:
+    # Regression: released while its first write (its row with step 0's start) was on
+    # its way, the run was fenced out although that write then put the row in the log,
+    # owned by this store under a lease nobody renewed: step 0 ran, the next write
+    # raised LeaseLost, and no worker could take the saga over before the lease ran out.
+    RAN.clear()
+    heard: list[Transition] = []
+    store = PostgresStore(dsn, schema=schema, lease=60.0, heartbeat=20.0)
+    async with SagaOrchestrator(store, listeners=[heard.append]) as orchestrator:
+        send = store._writer._send
+        released = False
+
+        async def released_on_the_way(writes: Any) -> Any:
+            nonlocal released
+            if not released:
+                released = True
+                await store.release_leases()  # the first write is on its way
+            return await send(writes)
+
+        store._writer._send = released_on_the_way  # type: ignore[method-assign]
+        events = await orchestrator.execute(rb_pair("mug"))
+        assert released
+        assert events == ["first mug", "second mug"]
+        saga_id = heard[0].saga_id
+        meta = await orchestrator.get_saga(saga_id)
+        assert meta is not None
+        assert meta.status is SagaStatus.COMPLETED
+    assert RAN == ["first mug", "second mug"]
+    assert TransitionKind.SAGA_STOPPED not in [t.kind for t in heard]

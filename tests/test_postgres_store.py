@@ -42,7 +42,7 @@ from sagakit import (
 )
 from sagakit._recovery import _recover_one
 from sagakit.cli import main as cli_main
-from sagakit.stores import RecoverableStore
+from sagakit.stores import RecoverableStore, _pg_schema
 from sagakit.stores._pg_schema import SCHEMA_VERSION
 
 RAN: Counter[tuple[str, int, str]] = Counter()
@@ -249,6 +249,80 @@ async def test_concurrent_openers_migrate_the_schema_once(dsn: str, schema: str)
     assert versions == [(version,) for version in range(1, SCHEMA_VERSION + 1)]
 
 
+def _with_lock_timeout(dsn: str, timeout: str) -> str:
+    """``dsn`` for a session whose ``lock_timeout`` is ``timeout`` (as a role's would be)."""
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(dsn, options=f"-c lock_timeout={timeout}")
+
+
+@pytest.mark.asyncio
+async def test_concurrent_openers_under_a_short_lock_timeout_migrate_the_schema_once(
+    dsn: str, schema: str
+) -> None:
+    # Regression: a role's lock_timeout (below the time a migration takes, ~40 ms) made
+    # every opener but the first fail on the migration's advisory lock, with a StoreError
+    # telling to check the DSN and that the server is up.
+    short = _with_lock_timeout(dsn, "1ms")
+    stores = [PostgresStore(short, schema=schema) for _ in range(4)]
+    try:
+        await asyncio.gather(*(store.open() for store in stores))
+    finally:
+        for store in stores:
+            await store.close()
+    versions = query(dsn, f'SELECT version FROM "{schema}".schema_migrations ORDER BY version')
+    assert versions == [(version,) for version in range(1, SCHEMA_VERSION + 1)]
+
+
+@pytest.mark.asyncio
+async def test_a_migration_held_up_past_connect_timeout_names_the_fix(
+    dsn: str, schema: str
+) -> None:
+    psycopg = pytest.importorskip("psycopg")
+    key = _pg_schema.lock_key(schema, "migrate")
+    with psycopg.connect(dsn) as holder:  # another process migrating, for ever
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+        store = PostgresStore(_with_lock_timeout(dsn, "1ms"), schema=schema, connect_timeout=0.2)
+        with pytest.raises(StoreError, match=r"waited 0\.2 s for a lock") as raised:
+            await store.open()
+        assert "upgrade" in str(raised.value)
+        holder.rollback()
+    async with opened(dsn, schema):  # once it is free, the schema migrates
+        pass
+
+
+@pytest.mark.asyncio
+async def test_a_write_waits_for_a_lock_past_the_roles_lock_timeout(dsn: str, schema: str) -> None:
+    # Regression: under a role's lock_timeout, a batch waiting for a lock another session
+    # (another worker's batch, its heartbeat, the event stream's lock) held a little
+    # longer was refused, and its saga failed and compensated; under load, with 20 ms,
+    # some sagas in a thousand did. The store's connections wait for the locks they need.
+    psycopg = pytest.importorskip("psycopg")
+    app = f"sk_lock_{schema}"
+    short = _with_lock_timeout(f"{dsn}?application_name={app}", "1ms")
+    async with opened(short, schema) as store:
+        GATES["held:0"] = asyncio.Event()
+        ENTERED["held:0"] = asyncio.Event()
+        running = asyncio.create_task(SagaOrchestrator(store).execute(pg_five(3), saga_id="held"))
+        await ENTERED["held:0"].wait()
+        async with await psycopg.AsyncConnection.connect(dsn) as blocker:
+            await blocker.execute(
+                f'SELECT 1 FROM "{schema}".sagas WHERE saga_id = %s FOR UPDATE', ("held",)
+            )
+            GATES["held:0"].set()
+            waiting = (
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s "
+                "AND wait_event_type = 'Lock'"
+            )
+            deadline = asyncio.get_running_loop().time() + 60
+            while not query(dsn, waiting, (app,)) and not running.done():
+                assert asyncio.get_running_loop().time() < deadline, "the write never waited"
+                await asyncio.sleep(0.01)
+            await blocker.rollback()
+        assert await running == ["held:0", "held:1", "held:2"]
+    assert not [key for key in RAN if key[2] == "undo"]
+
+
 @pytest.mark.asyncio
 async def test_a_schema_at_version_1_is_upgraded_and_keeps_working(dsn: str, schema: str) -> None:
     # Version 1 applied writes through apply_batch; version 2 adds apply_writes, and
@@ -380,6 +454,34 @@ async def test_a_reader_of_a_schema_from_a_newer_sagakit_is_told_to_upgrade(
     store = PostgresStore(as_role(dsn, role), schema=schema)
     with pytest.raises(StoreError, match=r"version 99, newer than this sagakit.*upgrade sagakit"):
         await store.open()
+
+
+@pytest.mark.asyncio
+async def test_a_role_that_may_not_create_the_schema_is_told_the_fix(dsn: str, role: str) -> None:
+    # Regression: the migration's "permission denied for database" came with the fix for
+    # an unreachable server: "check the DSN and that the server is up".
+    store = PostgresStore(as_role(dsn, role), schema=f"sk_denied_{uuid.uuid4().hex[:8]}")
+    with pytest.raises(StoreError, match="permission denied") as raised:
+        await store.open()
+    message = str(raised.value)
+    assert "check the DSN" not in message
+    assert "CREATE on the database" in message
+    assert "upgrade" in message
+
+
+@pytest.mark.asyncio
+async def test_a_reader_of_a_schema_from_an_older_sagakit_is_told_to_upgrade_it(
+    dsn: str, schema: str, role: str
+) -> None:
+    async with opened(dsn, schema):
+        pass
+    query(dsn, f'DELETE FROM "{schema}".schema_migrations WHERE version = %s', (SCHEMA_VERSION,))
+    query(dsn, f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+    query(dsn, f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+    store = PostgresStore(as_role(dsn, role), schema=schema)
+    with pytest.raises(StoreError, match=rf"--schema {schema} upgrade") as raised:
+        await store.open()
+    assert "check the DSN" not in str(raised.value)
 
 
 @pytest.mark.asyncio

@@ -138,6 +138,56 @@ async def test_a_claim_sent_before_its_own_process_began_the_saga_does_not_take_
 
 
 @pytest.mark.asyncio
+async def test_a_write_on_its_way_when_a_claim_only_renews_the_lease_is_not_fenced_out(
+    dsn: str, schema: str
+) -> None:
+    # Regression: a claim that only renews the lease of a saga its own store runs (see
+    # the test above) moves the saga's fencing token on. The saga's write on its way to
+    # the server at that moment still carried the former token: it was refused, and the
+    # run stopped with LeaseLost although no other worker had taken the saga over.
+    async with opened(dsn, schema, lease=60.0, heartbeat=20.0) as store:
+        orchestrator = SagaOrchestrator(store)
+        GATES["renew:0"] = asyncio.Event()
+        ENTERED["renew:0"] = asyncio.Event()
+        running = asyncio.create_task(orchestrator.execute(pl_gated_three(), saga_id="renew"))
+        await ENTERED["renew:0"].wait()
+        expire(dsn, schema, "renew")
+        send = store._writer._send
+        held = asyncio.Event()
+        on_its_way = asyncio.Event()
+
+        async def held_send(writes: Any) -> Any:
+            on_its_way.set()
+            await held.wait()
+            return await send(writes)
+
+        store._writer._send = held_send
+        GATES["renew:0"].set()
+        await on_its_way.wait()  # step 1's start (with step 0's completion), token 1
+        run = store._run
+
+        async def claim_sent_before_begin(sql: str, params: Any = None) -> Any:
+            if sql == store._sql.claim:
+                params = {**params, "mine": []}  # as listed before the saga began here
+            return await run(sql, params)
+
+        store._run = claim_sent_before_begin  # type: ignore[method-assign]
+        assert await store.claim_orphans() == []  # only renewed the lease: token 2
+        store._run = run  # type: ignore[method-assign]
+        held.set()
+        assert await running == [0, 1, 2]  # not fenced out
+        assert dict(RAN) == {("renew", 0): 1, ("renew", 1): 1, ("renew", 2): 1}
+        assert not UNDONE
+        meta = await store.get("renew")
+        assert meta is not None
+        assert meta.status is SagaStatus.COMPLETED
+        # Not a claim after a crash: no recovery attempt is counted (one was, and a saga
+        # whose worker then died was parked a crash early).
+        attempts = f'SELECT recovery_attempts FROM "{schema}".sagas WHERE saga_id = %s'
+        assert query(dsn, attempts, ("renew",)) == [(0,)]
+
+
+@pytest.mark.asyncio
 async def test_a_lost_database_connection_does_not_end_the_worker_loop(
     dsn: str, schema: str
 ) -> None:

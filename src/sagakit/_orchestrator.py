@@ -253,6 +253,9 @@ class SagaOrchestrator:
         self._recover_on_start = check_flag(recover_on_start, "recover_on_start")
         self._entered = False  # by `async with` (which runs recover_on_start's recovery)
         self._max_recovery_attempts = max_recovery_attempts
+        # The sagas this orchestrator recovers right now (a worker's tasks), each with its
+        # loop and an event set when that recovery ends: execute() of one waits for it.
+        self._recovering: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
         # The watchdog of the loop used last, which also holds that loop and its clock: one
         # attribute, so that threads sharing the orchestrator (each with its own loop) never
         # read one loop's clock or watchdog paired with another loop.
@@ -637,6 +640,11 @@ class SagaOrchestrator:
             except Exception as unrecorded:  # a compensation's transition: the run ends FAILED
                 run.status = SAGA_FAILED
                 _chain(cancelled, unrecorded)
+            except asyncio.CancelledError:
+                # A compensation raised it itself: _compensate ran it again to its end and
+                # set the status (left COMPENSATING, ended FAILED, if that run raised it
+                # too). The caller's cancellation is the one raised.
+                pass
             except BaseException as fatal:  # KeyboardInterrupt, SystemExit in a compensation
                 run.status = SAGA_FAILED  # it ended there: nothing more is undone
                 await self._finish_before(run, fatal)

@@ -26,6 +26,7 @@ from ._runs import (
     CRASHED,
     SagaRun,
     StepRun,
+    current_run,
     describe_error,
     enter_run,
     leave_run,
@@ -160,6 +161,24 @@ async def adopt(orchestrator: SagaOrchestrator, saga_id: str) -> bool:
     store = orchestrator.store
     if not store.durable or not isinstance(store, RecoverableStore):
         return False
+    recovering = orchestrator._recovering.get(saga_id)
+    run = current_run.get()
+    if (
+        recovering is not None
+        and recovering[0] is asyncio.get_running_loop()
+        and (run is None or run.id != saga_id)
+    ):
+        # Another task of this orchestrator recovers it now: a worker claimed an outer
+        # saga and its inner one together. Claiming fails (this store holds it), and
+        # SagaAlreadyExecuting would compensate the outer saga while the inner one goes
+        # on: wait for that recovery to end instead (execute() then answers from it).
+        logger.info(
+            "sagakit: saga %s is being recovered here; execute() waits for it to end",
+            saga_id,
+            extra={"saga_id": saga_id},
+        )
+        await recovering[1].wait()
+        return True
     # The orchestrator's limit, as its recover() would apply: a claim past it parks the saga.
     orphans = await _claim_next(store, orchestrator._max_recovery_attempts, (saga_id,))
     for orphan in orphans:
@@ -287,6 +306,22 @@ def _rebuild(
 
 
 async def _recover_one(
+    orchestrator: SagaOrchestrator, store: RecoverableStore, orphan: OrphanedSaga
+) -> RecoveryOutcome:
+    """Finish a claimed orphan; meanwhile ``execute()`` of its id waits for it (see
+    :func:`adopt`)."""
+    recovering = orchestrator._recovering
+    mine = (asyncio.get_running_loop(), asyncio.Event())
+    recovering[orphan.saga_id] = mine
+    try:
+        return await _finish_claimed(orchestrator, store, orphan)
+    finally:
+        if recovering.get(orphan.saga_id) is mine:
+            del recovering[orphan.saga_id]
+        mine[1].set()
+
+
+async def _finish_claimed(
     orchestrator: SagaOrchestrator, store: RecoverableStore, orphan: OrphanedSaga
 ) -> RecoveryOutcome:
     definition = _definition(orphan)

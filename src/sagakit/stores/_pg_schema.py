@@ -405,8 +405,16 @@ def _newer(schema: str, current: int, known: int) -> StoreError:
     )
 
 
-async def migrate(conn: AsyncConnection[object], schema: str) -> int:
-    """Bring ``schema`` to :data:`SCHEMA_VERSION`; returns how many migrations ran."""
+MAX_LOCK_TIMEOUT_MS = 2_147_483_647
+"""The longest ``lock_timeout`` PostgreSQL takes (a 32-bit count of milliseconds)."""
+
+
+async def migrate(conn: AsyncConnection[object], schema: str, *, wait: float = 10.0) -> int:
+    """Bring ``schema`` to :data:`SCHEMA_VERSION`; returns how many migrations ran.
+
+    Waits up to ``wait`` seconds for its locks (another process migrating the schema
+    holds the migration's lock until it commits), whatever the role's ``lock_timeout``.
+    """
     s = f'"{check_schema_name(schema)}"'
     scripts = migrations(schema)
     # A schema already at this version needs no lock and no DDL, so a role that may only
@@ -421,7 +429,41 @@ async def migrate(conn: AsyncConnection[object], schema: str) -> int:
             return 0
         if row is not None and int(row[0]) > len(scripts):  # type: ignore[index]
             raise _newer(schema, int(row[0]), len(scripts))  # type: ignore[index]
+    try:
+        return await _migrate_locked(conn, schema, scripts, wait)
+    except Exception as error:
+        state = getattr(error, "sqlstate", None)
+        upgrade = f"`sagakit --db ... --schema {schema} upgrade`"
+        if state == _LOCK_NOT_AVAILABLE:
+            raise StoreError(
+                f"cannot migrate the PostgreSQL saga log (schema {schema!r}): waited {wait:g} s "
+                "for a lock held by another session (another process migrating the schema, "
+                "or a long transaction on its tables); try again once it is done, give the "
+                f"store a longer connect_timeout, or migrate ahead of the deploy with {upgrade}"
+            ) from error
+        if state == _INSUFFICIENT_PRIVILEGE:
+            reason = str(error).partition("\n")[0]
+            raise StoreError(
+                f"cannot create or migrate the PostgreSQL saga log (schema {schema!r}): "
+                f"{reason}; the store's role needs CREATE on the database (or to own the "
+                f"schema and its tables), or migrate it ahead as a role that may: {upgrade}"
+            ) from error
+        raise
+
+
+_LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout ran out
+_INSUFFICIENT_PRIVILEGE = "42501"  # permission denied, must be owner
+
+
+async def _migrate_locked(
+    conn: AsyncConnection[object], schema: str, scripts: list[str], wait: float
+) -> int:
+    s = f'"{schema}"'
     async with conn.transaction():
+        # A role's lock_timeout shorter than another opener's migration (~40 ms) failed
+        # every store opening at once but the first: wait for it, up to ``wait``.
+        timeout = min(max(int(wait * 1000), 1), MAX_LOCK_TIMEOUT_MS)
+        await conn.execute(f"SET LOCAL lock_timeout = {timeout}")
         await conn.execute(f"SELECT pg_advisory_xact_lock({lock_key(schema, 'migrate')})")
         # CREATE SCHEMA IF NOT EXISTS needs the right to create schemas in the database
         # even when the schema exists: a role that owns the schema but has no such right

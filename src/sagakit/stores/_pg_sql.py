@@ -35,6 +35,7 @@ class Statements:
     release: str
     release_one: str
     claim: str
+    renewed: str
     claimed_steps: str
     get: str
     running: str
@@ -148,6 +149,14 @@ def statements(schema: str) -> Statements:
             "RETURNING s.saga_id, s.name, s.status, s.args, s.kwargs, s.policy, "
             "s.recovery_attempts, s.explicit_id, s.factory, s.fingerprint, s.error, "
             "s.started_at, s.fence, d.dead"
+        ),
+        # A claim that only renewed the lease of a saga this store runs (see _claim in
+        # postgres.py): it counted a recovery attempt (the row was not released), which
+        # no crash caused.
+        renewed=(
+            f"UPDATE {s}.sagas SET recovery_attempts = recovery_attempts - 1 "
+            "WHERE saga_id = ANY(%(ids)s::text[]) AND owner = %(owner)s "
+            f"AND {active} AND recovery_attempts > 0"
         ),
         # Read after the claim committed: every write of the former owner is in (later
         # ones are fenced out), so the highest start_order is where the claimer counts on.

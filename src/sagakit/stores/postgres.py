@@ -125,6 +125,14 @@ def _check_id(saga_id: str) -> None:
         )
 
 
+async def _wait_for_locks(conn: AsyncConnection[Any]) -> None:
+    """Configure a pooled connection: its statements wait for the locks they need,
+    whatever the role's ``lock_timeout``. They wait for a batch of another worker (its
+    saga rows, the event stream's lock) or a heartbeat, each one short statement; under
+    a role's 20 ms, a batch that waited longer was refused and its sagas compensated."""
+    await conn.execute("SET lock_timeout = 0")
+
+
 def _import_driver() -> tuple[Any, Any]:
     try:
         import psycopg
@@ -226,6 +234,7 @@ class PostgresStore:
                 min_size=self.min_size,
                 max_size=self.max_size,
                 kwargs={"autocommit": True},
+                configure=_wait_for_locks,
                 open=False,
                 name=f"sagakit-{self.schema}",
             )
@@ -236,7 +245,7 @@ class PostgresStore:
                 async with asyncio.timeout(self.connect_timeout):
                     first = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
                 async with first:
-                    await migrate(first, self.schema)
+                    await migrate(first, self.schema, wait=self.connect_timeout)
                 await pool.open(wait=True, timeout=self.connect_timeout)
             except (psycopg.Error, psycopg_pool.PoolTimeout, TimeoutError) as error:
                 await pool.close()
@@ -340,8 +349,10 @@ class PostgresStore:
         A stopping :meth:`~sagakit.SagaOrchestrator.run_worker` passes the ids of the
         sagas it runs, so ``execute()`` calls beside it on this store go on.
 
-        A run of a generated id that has not written its row yet is not given up
-        (unless ``as_crash``): no worker could take it over, so it goes on here.
+        A run of a generated id that has not written its row yet, or whose first write
+        is on its way, is not given up (unless ``as_crash``): no worker could take it
+        over, so it goes on here. One whose first write is in doubt has its row
+        inserted first (if that write did not), so that it is released too.
         """
         check_saga_ids(saga_ids, "release_leases(saga_ids=...)")
         ids = None if saga_ids is None else set(saga_ids)
@@ -360,6 +371,14 @@ class PostgresStore:
         fences.update(kept)
         if self._pool is None:
             return 0
+        for saga_id in released:
+            doubt = self._doubts.get(saga_id)
+            if doubt is not None and doubt.new is not None:
+                # Its first write, carrying its row, is in doubt: insert the row if that
+                # write did not (this waits for it if it is still committing), so that
+                # it is released below. Else settling would insert it later, under a
+                # lease that nobody renews and no other worker could claim before it ran out.
+                await self._run(self._sql.begin, {"id": saga_id, "explicit": False, **doubt.new})
         params = {
             "owner": self.owner,
             "released": not as_crash,
@@ -533,7 +552,10 @@ class PostgresStore:
             writes.append(write)
         if not writes:
             return
-        new = self._new.pop(saga_id, None) if self._new else None
+        # A generated id's row stays in self._new until its write is back: meanwhile
+        # release_leases() leaves the run alone, as one that has not written (the write
+        # may land after the release, leaving a row under a lease that nobody renews).
+        new = self._new.get(saga_id) if self._new else None
         try:
             await self._send(saga_id, writes, carried, new)
         except LeaseLost:
@@ -551,13 +573,16 @@ class PostgresStore:
                 # happened all the same; they go with the next write (the orchestrator
                 # tells them once that one commits), and so does the saga's row.
                 if new is not None:
-                    self._new.setdefault(saga_id, new)
                     writes[0].new = None
+                    new = None  # left in self._new
                 if carried:
                     self._staged[saga_id] = [*writes[:carried], *self._staged.get(saga_id, ())]
             # Otherwise it may have committed or not: it is in self._doubts, settled
             # before the saga's next write.
             raise
+        finally:
+            if new is not None:
+                self._new.pop(saga_id, None)
         if writes[-1].final:
             self._fences.pop(saga_id, None)
             self._claimed.discard(saga_id)
@@ -578,8 +603,19 @@ class PostgresStore:
             if new is not None:
                 writes[0].new = new
             try:
-                await self._writer.submit(writes)
-                return
+                while True:
+                    try:
+                        await self._writer.submit(writes)
+                        return
+                    except LeaseLost:
+                        fence = self._fences.get(saga_id)
+                        if fence is None or fence <= writes[-1].fence:
+                            raise
+                        # Refused whole (nothing applied) because a claim of this store
+                        # only renewed the lease while the write was on its way, moving
+                        # the token on (see _claim): still ours, sent with the new token.
+                        for write in writes:
+                            write.fence = fence
             except (LeaseLost, IdTaken):
                 raise
             except BaseException as error:
@@ -793,16 +829,24 @@ class PostgresStore:
             },
         )
         alive = []
+        renewed = []
         for row in sorted((row for row in claimed if not row[13]), key=lambda row: row[11]):
             if row[0] in self._fences:
                 # This store began it (an execute()) after the claim was sent ("mine"
                 # did not list it yet), and its lease ran out before the claim ran: the
-                # claim only renewed its lease. The run goes on with the new token.
+                # claim only renewed its lease. The run goes on with the new token (a
+                # write of it on its way meanwhile is sent again with it, see _send).
                 self._fences[row[0]] = row[12]
                 for write in self._staged.get(row[0], ()):
                     write.fence = row[12]
+                renewed.append(row[0])
             else:
                 alive.append(row)
+        if renewed:
+            try:  # no crash caused it: give the recovery attempt it counted back
+                await self._run(self._sql.renewed, {"ids": renewed, "owner": self.owner})
+            except StoreError as error:  # best effort: else it is parked a crash early
+                logger.warning("sagakit could not give back a recovery attempt: %s", error)
         for row in claimed:
             if row[13]:
                 logger.error(
