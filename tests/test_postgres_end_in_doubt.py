@@ -17,6 +17,7 @@ import pytest
 from pg_helpers.db import opened, query
 from sagakit import SagaOrchestrator, SagaStatus, saga, step
 from sagakit.stores._pg_writer import Write
+from sagakit.testing import SagaRecorder
 from sagakit.transitions import Transition, TransitionKind
 
 
@@ -234,3 +235,40 @@ async def test_a_committed_write_whose_caller_was_cancelled_is_settled_committed
         assert meta.status is SagaStatus.COMPENSATED
         events = Counter(e.event for e in await a.read_events() if e.saga_id == "a")
         assert events == Counter({"e0": 1}), events  # once: the write committed once
+
+
+@pytest.mark.asyncio
+async def test_listeners_hear_the_end_that_committed_while_its_caller_was_cancelled(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: the end committed, but its caller was cancelled before it heard so.
+    # Listeners heard SAGA_STOPPED (and never the last step's completion staged with the
+    # end), while the log, settled in finish(), said COMPLETED. The store now settles
+    # the write at once and reports it committed (CommittedThenCancelled).
+    async with opened(dsn, schema) as a:
+        send = a._writer._send
+        running: list[asyncio.Task[list[str]]] = []
+
+        async def committed_then_cancelled(writes: list[Write]) -> dict[str, str]:
+            refused = await send(writes)
+            if _ends(writes):
+                running[0].cancel()  # committed: the caller has not heard it yet
+            return refused
+
+        monkeypatch.setattr(a._writer, "_send", committed_then_cancelled)
+        recorder = SagaRecorder()
+        orchestrator = SagaOrchestrator(a, listeners=[recorder])
+        running.append(asyncio.create_task(orchestrator.execute(two(), saga_id="s")))
+        with pytest.raises(asyncio.CancelledError):
+            await running[0]
+        meta = await a.get("s")
+    run = recorder.run("s")
+    assert run.trail()[-3:] == [
+        "step_started emit",
+        "step_completed emit",
+        "saga_finished completed",
+    ]
+    run.assert_status(SagaStatus.COMPLETED)
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPLETED
+    assert meta.steps_executed == 2

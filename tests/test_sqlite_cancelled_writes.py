@@ -28,7 +28,7 @@ from sagakit import (
 )
 from sagakit.stores._sqlite_schema import connect
 from sagakit.stores._sqlite_writer import CommittedThenCancelled, GroupWriter
-from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+from sagakit.testing import FaultInjector, SagaRecorder, SimulatedCrash, simulate_restart
 
 RAN: list[str] = []
 GATE: dict[str, asyncio.Event] = {}
@@ -367,3 +367,97 @@ async def test_a_cancelled_caller_whose_batch_is_followed_by_the_next_learns_it_
     assert await queued is None
     assert _rows(conn) == [1, 2]
     await writer.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])  # FULL: on the writer thread
+async def test_listeners_hear_the_end_written_for_a_saga_cancelled_while_it_waited(
+    tmp_path: Path, synchronous: Any
+) -> None:
+    # Regression: the end committed (written shielded, CommittedThenCancelled), but the
+    # orchestrator took any exception from recording it for "not in the log": listeners
+    # heard SAGA_STOPPED, and never the last step's completion staged with the end, while
+    # the log and get_saga() said COMPLETED.
+    RAN.clear()
+    recorder = SagaRecorder()
+    store = SQLiteStore(tmp_path / "sagas.db", synchronous=synchronous)
+    async with SagaOrchestrator(store, listeners=[recorder]) as orchestrator:
+        blocker = await _start_blocker(orchestrator)
+        with pytest.raises(asyncio.CancelledError):
+            await orchestrator.execute(cw_cancelled_at_the_end(), saga_id="cw-end-told")
+        GATE["blocker"].set()
+        await blocker
+        meta = await orchestrator.get_saga("cw-end-told")
+    run = recorder.run("cw-end-told")
+    assert run.trail()[-3:] == [
+        "step_started cw_cancel_me",
+        "step_completed cw_cancel_me",
+        "saga_finished completed",
+    ]
+    run.assert_status(SagaStatus.COMPLETED)
+    run.assert_completed(cw_act, cw_cancel_me)
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPLETED
+    assert meta.steps_executed == 2
+    assert RAN == ["do 0", "do 1"]
+
+
+@step
+async def cw_cancel_once_written(n: int) -> str:
+    # The saga's own cancellation lands once the group commit has written the next
+    # step's start (carrying this step's staged completion), before the saga resumes.
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.call_soon(loop.call_soon, task.cancel)
+    RAN.append(f"do {n}")
+    return f"did {n}"
+
+
+@cw_cancel_once_written.compensate
+async def cw_uncancel_once_written(result: str, n: int) -> None:
+    RAN.append(f"undo {n} ({result})")
+
+
+@saga
+def cw_cancelled_once_the_next_start_is_written():  # type: ignore[no-untyped-def]
+    yield cw_cancel_once_written(0)
+    yield cw_act(1)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])  # FULL: on the writer thread
+async def test_listeners_hear_a_step_start_written_for_a_saga_cancelled_while_it_waited(
+    tmp_path: Path, synchronous: Any
+) -> None:
+    # Regression: the next step's start committed (with step 0's staged completion) as
+    # the saga was cancelled; listeners heard step 0's completion only with the
+    # compensation's start, and never the start the log holds.
+    RAN.clear()
+    recorder = SagaRecorder()
+    store = SQLiteStore(tmp_path / "sagas.db", synchronous=synchronous)
+    async with SagaOrchestrator(store, listeners=[recorder]) as orchestrator:
+        blocker = await _start_blocker(orchestrator)
+        with pytest.raises(asyncio.CancelledError):
+            await orchestrator.execute(
+                cw_cancelled_once_the_next_start_is_written(), saga_id="cw-start-told"
+            )
+        GATE["blocker"].set()
+        await blocker
+        meta = await orchestrator.get_saga("cw-start-told")
+    assert RAN == ["do 0", "undo 0 (did 0)"]  # step 1 never ran
+    recorder.run("cw-start-told").assert_trail(
+        "saga_started",
+        "step_started cw_cancel_once_written",
+        "step_completed cw_cancel_once_written",
+        "step_started cw_act",
+        "compensation_started cw_cancel_once_written",
+        "compensation_completed cw_cancel_once_written",
+        "saga_finished compensated",
+    )
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert [(s.name, s.status) for s in meta.steps] == [
+        ("cw_cancel_once_written", "completed"),
+        ("cw_act", "failed"),
+    ]

@@ -74,7 +74,7 @@ from .exceptions import (
 from .records import SagaMetadata
 from .status import SagaStatus
 from .stores import MemoryStore, SagaStore
-from .stores._protocol import check_saga_id
+from .stores._protocol import CommittedThenCancelled, check_saga_id
 from .stores.memory import DEFAULT_HISTORY_LIMIT
 from .transitions import Transition, TransitionKind, make_transition
 
@@ -849,9 +849,10 @@ class SagaOrchestrator:
 
     async def _unrecorded_end(self, run: SagaRun, why: BaseException) -> None:
         """The run's end could not be recorded (``StoreError``, ``LeaseLost``, or the run
-        was cancelled while it was written): the log may still show it running, for
-        recovery (or the new owner) to finish. Its listeners hear ``SAGA_STOPPED``
-        instead of an end the log may not have."""
+        was cancelled while it was written, and the store did not report it committed
+        with :class:`~sagakit.stores.CommittedThenCancelled`): the log may still show it
+        running, for recovery (or the new owner) to finish. Its listeners hear
+        ``SAGA_STOPPED`` instead of an end the log may not have."""
         status = SAGA_COMPENSATING if run.compensations else SAGA_EXECUTING
         await self._tell_stopped(run, status, why)
 
@@ -1223,13 +1224,24 @@ class SagaOrchestrator:
             try:
                 await self._store.record(run, transition)
             except BaseException as unrecorded:
+                if isinstance(unrecorded, CommittedThenCancelled):
+                    # In the log, with what it carried, although the run was cancelled
+                    # meanwhile: they are told (in order) as recorded, then the
+                    # cancellation goes on, as it would have once they were told.
+                    if held is None:
+                        held = []
+                    if logged or run.listeners:
+                        held.append((level, transition))
+                    if held:
+                        await tell_each(run.listeners, held)
+                    raise
                 if kind is ON_SAGA_FINISHED and isinstance(
                     unrecorded, Exception | asyncio.CancelledError
                 ):
                     # The end may not be in the log (a StoreError, LeaseLost, or cancelled
-                    # while it was written): SAGA_STOPPED instead. Told here, where the
-                    # write is known to have failed: cancelled while listeners hear a
-                    # recorded end, they must not hear SAGA_STOPPED too.
+                    # while it was written, not reported committed): SAGA_STOPPED instead.
+                    # Told here, where the write is known to have failed: cancelled while
+                    # listeners hear a recorded end, they must not hear SAGA_STOPPED too.
                     await self._unrecorded_end(run, unrecorded)
                 elif held is not None:
                     # Not told yet: a store keeps what it staged for the run's next record

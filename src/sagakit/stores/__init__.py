@@ -1,6 +1,7 @@
 """Saga stores: where an orchestrator keeps running sagas, their log and history."""
 
 from ._protocol import (
+    CommittedThenCancelled,
     DeadLetter,
     LoggedStep,
     OrphanedSaga,
@@ -14,6 +15,7 @@ from .postgres import PostgresStore
 from .sqlite import SQLiteStore
 
 __all__ = [
+    "CommittedThenCancelled",
     "DeadLetter",
     "LoggedStep",
     "MemoryStore",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,6 +17,23 @@ if TYPE_CHECKING:
     from .._sagas import SagaDefinition
     from ..records import SagaMetadata
     from ..transitions import Transition
+
+
+class CommittedThenCancelled(asyncio.CancelledError):
+    """The task awaiting a store's write was cancelled, but the write committed.
+
+    A durable store raises it (a :class:`asyncio.CancelledError`, so the cancellation
+    goes on as any other) from :meth:`SagaStore.record` when it knows that what the
+    call was to write — the transition, and whatever it had staged to go with it — is
+    in the log although its caller was cancelled: the orchestrator then tells the
+    listeners those transitions, as recorded, before the cancellation propagates. A
+    plain ``CancelledError`` says the write may not have committed. ``result``: what
+    the write returned, for a store's own use.
+    """
+
+    def __init__(self, result: Any = None) -> None:
+        super().__init__()
+        self.result = result
 
 
 class SagaRunView(Protocol):
@@ -119,7 +137,12 @@ class SagaStore(Protocol):
         ...
 
     async def record(self, run: SagaRunView, transition: Transition) -> None:
-        """Durably record one state change of ``run`` (durable stores only)."""
+        """Durably record one state change of ``run`` (durable stores only).
+
+        Cancelled once the write has committed (with what was staged to go with it),
+        it raises :class:`CommittedThenCancelled` rather than a plain
+        ``CancelledError``, so that listeners hear what the log holds.
+        """
         ...
 
     async def finish(self, run: SagaRunView) -> None:
@@ -398,6 +421,7 @@ def check_saga_ids(saga_ids: object, where: str = "saga_ids=") -> None:
 
 
 __all__ = [
+    "CommittedThenCancelled",
     "check_event_window",
     "check_saga_id",
     "check_saga_ids",

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from .._shielding import wait_out
 from ..exceptions import StoreError
+from ._protocol import CommittedThenCancelled
 
 T = TypeVar("T")
 Statements = list[tuple[str, tuple[Any, ...]]]
@@ -35,14 +36,6 @@ CHECKPOINT_EVERY = 256
 
 class _Busy(Exception):
     """The database is locked by another connection; retry with waiting allowed."""
-
-
-class CommittedThenCancelled(asyncio.CancelledError):
-    """The task awaiting a write was cancelled, but the write committed: ``result``."""
-
-    def __init__(self, result: Any) -> None:
-        super().__init__()
-        self.result = result
 
 
 def _nothing() -> None:

@@ -45,6 +45,7 @@ from ._pg_writer import (
     write_for,
 )
 from ._protocol import (
+    CommittedThenCancelled,
     DeadLetter,
     OrphanedSaga,
     SagaRunView,
@@ -578,7 +579,21 @@ class PostgresStore:
                 if carried:
                     self._staged[saga_id] = [*writes[:carried], *self._staged.get(saga_id, ())]
             # Otherwise it may have committed or not: it is in self._doubts, settled
-            # before the saga's next write.
+            # before the saga's next write. Cancelled while it was on its way, it is
+            # settled now instead (the run's next write or finish() would), so that
+            # one that committed is reported so, and the orchestrator tells listeners
+            # what the log holds. If that fails (cancelled again, the log unreachable),
+            # it stays in doubt.
+            elif isinstance(error, asyncio.CancelledError) and saga_id in self._doubts:
+                try:
+                    committed = await self._settle(saga_id)
+                except Exception:
+                    committed = False
+                if committed:
+                    if writes[-1].final:
+                        self._fences.pop(saga_id, None)
+                        self._claimed.discard(saga_id)
+                    raise CommittedThenCancelled from None
             raise
         finally:
             if new is not None:
