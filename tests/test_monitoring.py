@@ -24,6 +24,8 @@ from sagakit import (
     StepCall,
     StepFailed,
     StepStatus,
+    Transition,
+    TransitionKind,
     current_step,
     saga,
     step,
@@ -510,3 +512,85 @@ async def test_concurrent_runs_never_mix_their_records() -> None:
         assert [s.events for s in meta.steps] == [(e,) for e in expected]
         assert meta.steps_executed == 3
     assert shared.saga_id is None
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("fails", [False, True], ids=["completed", "compensated"])
+async def test_a_listener_hearing_the_end_sees_the_saga_finished(fails: bool) -> None:
+    # A metrics listener reading the counts on SAGA_FINISHED: the saga is in the history
+    # then, no longer running, as a durable store shows it.
+    @step
+    async def reserve() -> str:
+        return "reserved"
+
+    @reserve.compensate
+    async def release(result: str) -> None:
+        pass
+
+    @step
+    async def ship(fail: bool) -> None:
+        if fail:
+            raise RuntimeError("fragile")
+
+    orchestrator = SagaOrchestrator()
+    seen: list[tuple[int, int, list[str], SagaStatus | None]] = []
+
+    async def gauge(transition: Transition) -> None:
+        if transition.kind is TransitionKind.SAGA_FINISHED:
+            metadata = await orchestrator.get_saga(transition.saga_id)
+            seen.append(
+                (
+                    await orchestrator.running_count(),
+                    await orchestrator.history_count(),
+                    [m.id for m in await orchestrator.get_running_sagas()],
+                    None if metadata is None else metadata.status,
+                )
+            )
+
+    orchestrator.add_listener(gauge)
+    definition = SagaDefinition(steps=[reserve(), ship(fails)])
+    if fails:
+        with pytest.raises(StepFailed):
+            await orchestrator.execute(definition, saga_id="s")
+    else:
+        await orchestrator.execute(definition, saga_id="s")
+    status = SagaStatus.COMPENSATED if fails else SagaStatus.COMPLETED
+    assert seen == [(0, 1, [], status)]
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_saga_is_never_seen_running_with_a_finished_status() -> None:
+    # Cancelled, it compensates in a task of its own; once that is done and before the
+    # saga's task goes on to end the run, it is still running: COMPENSATING, not yet
+    # COMPENSATED without a finished_at.
+    orchestrator = SagaOrchestrator()
+    polls: list[asyncio.Task[list[SagaMetadata]]] = []
+
+    @step
+    async def reserve() -> str:
+        return "reserved"
+
+    @reserve.compensate
+    async def release(result: str) -> None:
+        # The poll runs once this compensation has returned, before the saga ends.
+        polls.append(asyncio.ensure_future(orchestrator.get_running_sagas()))
+
+    waiting = asyncio.Event()
+
+    @step
+    async def wait() -> None:
+        waiting.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(
+        orchestrator.execute(SagaDefinition(steps=[reserve(), wait()]), saga_id="s")
+    )
+    await waiting.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [running] = await polls[0]
+    assert (running.status, running.finished_at) == (SagaStatus.COMPENSATING, None)
+    finished = await orchestrator.get_saga("s")
+    assert finished is not None
+    assert finished.status is SagaStatus.COMPENSATED

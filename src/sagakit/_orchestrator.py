@@ -710,16 +710,22 @@ class SagaOrchestrator:
         run.status = SAGA_COMPLETED
         run.total_steps = index
         run.finished_mono = run.updated_mono = now()
-        try:
+        memory = self._memory
+        if memory is not None:
+            # In the history before its listeners hear of its end, as a durable store
+            # has it once the end is recorded (a gauge reading the counts then).
+            memory._finish_now(run)
             if announce:
                 await self._emit(run, ON_SAGA_FINISHED)
+            return events.copy()
+        if not self._durable:
+            await self._end(run, announce)
+            return events.copy()
+        try:
+            await self._emit(run, ON_SAGA_FINISHED)  # a durable store records it: announced
         finally:
             # Even if cancelled while a listener hears of it: the run has ended.
-            memory = self._memory
-            if memory is not None:
-                memory._finish_now(run)
-            else:
-                await self._store.finish(run)
+            await self._store.finish(run)
         return events.copy()
 
     def _replayed(self, run: SagaRun, index: int, call: StepCall[Any], done: list[_Done]) -> Any:
@@ -816,20 +822,36 @@ class SagaOrchestrator:
         run.finished_mono = run.updated_mono = watchdog.now()
         if run.status is SAGA_EXECUTING or run.status is SAGA_COMPENSATING:
             run.status = SAGA_FAILED
+        # What _emit() checks first, without its coroutine when it has nothing to do.
+        await self._end(
+            run,
+            self._durable
+            or bool(run.listeners)
+            or logger.isEnabledFor(level_of(ON_SAGA_FINISHED, run.status)),
+        )
+
+    async def _end(self, run: SagaRun, announce: bool) -> None:
+        """Move the ended ``run`` to the store's history and tell ``SAGA_FINISHED`` (if
+        ``announce``): a durable store records the end first; any other store has the
+        run in its history before the listeners hear of its end, as a durable one does
+        once the end is recorded."""
+        if not self._durable:
+            memory = self._memory
+            try:
+                if memory is not None:
+                    memory._finish_now(run)
+                else:
+                    await self._store.finish(run)
+            finally:
+                if announce:
+                    await self._emit(run, ON_SAGA_FINISHED)
+            return
         try:
-            # What _emit() checks first, without its coroutine when it has nothing to do.
-            if (
-                self._durable
-                or run.listeners
-                or logger.isEnabledFor(level_of(ON_SAGA_FINISHED, run.status))
-            ):
+            if announce:
                 await self._emit(run, ON_SAGA_FINISHED)
         finally:
-            memory = self._memory
-            if memory is not None:
-                memory._finish_now(run)
-            else:
-                await self._store.finish(run)
+            # Even if cancelled while a listener hears of it: the run has ended.
+            await self._store.finish(run)
 
     async def _finish_before(self, run: SagaRun, pending: BaseException) -> None:
         """:meth:`_finish` a run that ends raising ``pending`` (a cancellation,

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from ._members import SAGA_COMPLETED, SAGA_EXECUTING, SAGA_FAILED, STEP_COMPLETED, STEP_RUNNING
+from ._members import (
+    SAGA_COMPENSATED,
+    SAGA_COMPENSATING,
+    SAGA_COMPLETED,
+    SAGA_EXECUTING,
+    SAGA_FAILED,
+    STEP_COMPLETED,
+    STEP_RUNNING,
+)
 from .exceptions import SagaDefinitionError, error_text
 from .records import SagaMetadata, StepRecord
 
@@ -307,10 +315,15 @@ class SagaRun:
         return datetime.fromtimestamp(self.started_wall + (mono - self.started_mono), UTC)
 
     def snapshot(self) -> SagaMetadata:
+        status = self.status
+        if self.finished_mono is None and (status is SAGA_COMPENSATED or status is SAGA_FAILED):
+            # Compensated (in a task of its own, when cancelled), its end not written yet:
+            # still running, as a durable log has it until then.
+            status = SAGA_COMPENSATING
         return SagaMetadata(
             id=self.id,
             name=self.name,
-            status=self.status,
+            status=status,
             steps_executed=self.steps_executed,
             total_steps=self.total_steps,
             started_at=self.started_at,
