@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +243,33 @@ async def test_a_compensation_whose_failure_cannot_be_recorded_is_not_left_runni
         [undo] = meta.compensations
         assert undo.status is StepStatus.FAILED, meta
         assert undo.error == "OSError: a cannot be released"
+
+
+async def test_postgres_names_the_saga_whose_staged_transition_it_could_not_write(
+    dsn: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The run's end could not be recorded, nor its staged completion when the run was
+    # forgotten: the warning said "could not write a staged transition" without the
+    # saga's id or name, in its message or as the record's fields.
+    from sagakit import PostgresStore
+    from sagakit.stores._pg_writer import Rejected
+
+    caplog.set_level(logging.WARNING, logger="sagakit")
+    store = PostgresStore(dsn, schema=schema)
+    await store.open()
+    _failing(store, TransitionKind.SAGA_FINISHED, None, after=False)
+    send = store._writer._send
+
+    async def refuse_the_flush(writes: list[Any]) -> dict[str, str]:
+        if any(w.index == 1 and w.step_status == "completed" for w in writes):
+            raise StoreError("the log still cannot be written") from Rejected("refused")
+        return await send(writes)  # type: ignore[no-any-return]
+
+    store._writer._send = refuse_the_flush  # type: ignore[method-assign]
+    orchestrator = SagaOrchestrator(store)
+    with pytest.raises(StoreError, match="cannot be written"):
+        await orchestrator.execute(wf_move("a", "b"), saga_id="unflushed-pg")
+    await store.close()
+    [record] = [r for r in caplog.records if "staged transition" in r.getMessage()]
+    assert "unflushed-pg" in record.getMessage()
+    assert (record.saga_id, record.saga_name) == ("unflushed-pg", "wf_move")  # type: ignore[attr-defined]

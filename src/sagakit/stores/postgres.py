@@ -643,7 +643,14 @@ class PostgresStore:
                 try:
                     committed = await self._settle(saga_id, stage=False)
                 except StoreError as unsettled:
-                    logger.warning("sagakit could not settle a write in doubt: %s", unsettled)
+                    name = writes[0].saga_name
+                    logger.warning(
+                        "sagakit could not settle a write in doubt of saga %s (%s): %s",
+                        name,
+                        saga_id,
+                        unsettled,
+                        extra={"saga_id": saga_id, "saga_name": name},
+                    )
                     committed = None
                 if committed is None:
                     raise
@@ -709,7 +716,7 @@ class PostgresStore:
         """
         try:
             await self._flush(run.id)
-            await self._release(run.id)
+            await self._release(run.id, run.name)
         finally:
             self._doubts.pop(run.id, None)
             self._new.pop(run.id, None)
@@ -719,7 +726,7 @@ class PostgresStore:
             self._claimed.discard(run.id)
             self._lost.discard(run.id)
 
-    async def _release(self, saga_id: str) -> None:
+    async def _release(self, saga_id: str, saga_name: str) -> None:
         """Give up the lease of ``saga_id`` if this store still holds it (best effort)."""
         fence = self._fences.get(saga_id)
         if fence is None or saga_id in self._new or saga_id in self._unlogged:
@@ -732,10 +739,11 @@ class PostgresStore:
             )
         except Exception as error:
             logger.warning(
-                "sagakit could not give up the lease of saga %s (it runs out): %s",
+                "sagakit could not give up the lease of saga %s (%s) (it runs out): %s",
+                saga_name,
                 saga_id,
                 error,
-                extra={"saga_id": saga_id},
+                extra={"saga_id": saga_id, "saga_name": saga_name},
             )
 
     # ------------------------------------------------------------ monitoring
@@ -986,6 +994,7 @@ class PostgresStore:
         if self._pool is None:
             self._staged.pop(saga_id, None)
             return
+        staged: list[Write] | None = None
         try:
             if saga_id in self._doubts:
                 await self._settle(saga_id)
@@ -994,8 +1003,18 @@ class PostgresStore:
             if staged and not unsent:
                 await self._send(saga_id, staged, len(staged), None)
         except Exception as error:  # fenced out, or the log still cannot be written
-            self._staged.pop(saga_id, None)
-            logger.warning("sagakit could not write a staged transition: %s", error)
+            writes = self._staged.pop(saga_id, None) or staged
+            doubt = self._doubts.get(saga_id)
+            if not writes and doubt is not None:
+                writes = doubt.writes
+            name = writes[0].saga_name if writes else None
+            logger.warning(
+                "sagakit could not write a staged transition of saga %s (%s): %s",
+                name,
+                saga_id,
+                error,
+                extra={"saga_id": saga_id, "saga_name": name},
+            )
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None else "closed"

@@ -636,7 +636,12 @@ class SQLiteStore:
             try:
                 await self._writer.submit(job, alone=False)
             except Exception as error:
-                logger.debug("sagakit: saga %s is not handed over yet: %s", saga_id, error)
+                logger.debug(
+                    "sagakit: saga %s is not handed over yet: %s",
+                    saga_id,
+                    error,
+                    extra={"saga_id": saga_id},
+                )
                 return False
             self._unreleased.pop(saga_id, None)
         return True
