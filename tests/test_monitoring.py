@@ -9,6 +9,7 @@ import weakref
 from collections.abc import Generator
 from contextvars import ContextVar
 from datetime import UTC, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +22,10 @@ from sagakit import (
     SagaMetadata,
     SagaOrchestrator,
     SagaStatus,
+    SQLiteStore,
     StepCall,
     StepFailed,
+    StepRecord,
     StepStatus,
     Transition,
     TransitionKind,
@@ -594,3 +597,64 @@ async def test_a_cancelled_saga_is_never_seen_running_with_a_finished_status() -
     finished = await orchestrator.get_saga("s")
     assert finished is not None
     assert finished.status is SagaStatus.COMPENSATED
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
+async def test_a_record_waiting_to_retry_shows_why_in_every_store(
+    store_kind: str, tmp_path: Path
+) -> None:
+    # While a step (or compensation) waits for its next attempt, its record shows the
+    # error it is retried for, as SQLite's does; the in-memory store showed
+    # none, so an operator polling it could not tell why a saga was stuck retrying.
+    failures = {"charge": 1, "refund": 1}
+
+    @step(retry=Retry(attempts=2, backoff=0))
+    async def charge() -> str:
+        if failures["charge"]:
+            failures["charge"] -= 1
+            raise ConnectionError("bank down")
+        return "charged"
+
+    @charge.compensate
+    async def refund(result: str) -> None:
+        if failures["refund"]:
+            failures["refund"] -= 1
+            raise ConnectionError("bank still down")
+
+    @step
+    async def ship() -> None:
+        raise RuntimeError("no stock")
+
+    waiting: list[tuple[StepRecord, ...]] = []
+
+    async def sleep(seconds: float) -> None:
+        metadata = await orchestrator.get_saga("s")
+        assert metadata is not None
+        waiting.append((*metadata.steps, *metadata.compensations))
+
+    store = MemoryStore() if store_kind == "memory" else SQLiteStore(tmp_path / "log.db")
+    orchestrator = SagaOrchestrator(
+        store, sleep=sleep, compensation_retry=Retry(attempts=2, backoff=0)
+    )
+    with pytest.raises(StepFailed):
+        await orchestrator.execute(SagaDefinition(steps=[charge(), ship()]), saga_id="s")
+    metadata = await orchestrator.get_saga("s")
+    await orchestrator.close()
+    shown = [[(r.name, r.status, r.attempts, r.error) for r in records] for records in waiting]
+    assert shown == [
+        [("charge", StepStatus.RUNNING, 1, "ConnectionError: bank down")],
+        [
+            ("charge", StepStatus.COMPLETED, 2, None),
+            ("ship", StepStatus.FAILED, 1, "RuntimeError: no stock"),
+            ("charge", StepStatus.RUNNING, 1, "ConnectionError: bank still down"),
+        ],
+    ]
+    assert metadata is not None
+    assert [
+        (r.status, r.attempts, r.error) for r in (*metadata.steps, *metadata.compensations)
+    ] == [
+        (StepStatus.COMPLETED, 2, None),
+        (StepStatus.FAILED, 1, "RuntimeError: no stock"),
+        (StepStatus.COMPLETED, 2, None),
+    ]

@@ -458,6 +458,7 @@ class SagaOrchestrator:
                     attempt += 1
                     if attempt > 1:
                         record.attempts = attempt
+                        record.error = None  # the last attempt's, shown while it waited
                     if observe:
                         await self._emit(run, ON_STEP_STARTED, record, attempt)
                     failure: StepFailed | None = None
@@ -530,6 +531,9 @@ class SagaOrchestrator:
                     if attempt < policy.attempts and policy.retries(error or failure):
                         if failure.__class__ is StepTimeout:
                             acted_unknown = True
+                        # Why it is retried, in its record until the next attempt starts
+                        # (as a durable store keeps it).
+                        record.error = describe_error(error or failure)
                         if announce:
                             await self._emit(
                                 run, ON_STEP_RETRYING, record, attempt, error=error or failure
@@ -1006,6 +1010,7 @@ class SagaOrchestrator:
                     attempt += 1
                     if attempt > 1:
                         record.attempts = attempt
+                        record.error = None  # the last attempt's, shown while it waited
                     if observe:
                         await self._emit(run, ON_COMPENSATION_STARTED, record, attempt)
                     started = run.updated_mono = now()  # updated_at: the compensation's start
@@ -1091,6 +1096,7 @@ class SagaOrchestrator:
                     policy = spec.compensation_retry or self._compensation_retry
                     assert error is not None
                     if attempt < policy.attempts and policy.retries(error):
+                        record.error = describe_error(error)  # as for a step, above
                         await self._emit(
                             run, ON_COMPENSATION_RETRYING, record, attempt, error=error
                         )
