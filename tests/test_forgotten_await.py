@@ -61,20 +61,21 @@ async def returns_future(item: str) -> Any:
     return future
 
 
+# Each step above that forgets its ``await``, and what the error calls what it returned.
+FORGOTTEN = [
+    (returns_coroutine, "a coroutine of _charge"),
+    (returns_step_call, "an awaitable, <StepCall charge('x')>,"),
+    (returns_future, "a Future"),
+]
+
+
 @pytest.fixture(autouse=True)
 def _clear() -> None:
     undone.clear()
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize(
-    ("bad", "what"),
-    [
-        (returns_coroutine, "a coroutine of _charge"),
-        (returns_step_call, "an awaitable, <StepCall charge('x')>,"),
-        (returns_future, "a Future"),
-    ],
-)
+@pytest.mark.parametrize(("bad", "what"), FORGOTTEN)
 async def test_a_step_returning_an_awaitable_fails_and_earlier_steps_are_undone(
     bad: Any, what: str
 ) -> None:
@@ -148,14 +149,7 @@ async def test_a_compensation_returning_an_awaitable_fails_that_compensation() -
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize(
-    ("bad", "what"),
-    [
-        (returns_coroutine, "a coroutine of _charge"),
-        (returns_step_call, "an awaitable, <StepCall charge('x')>,"),
-        (returns_future, "a Future"),
-    ],
-)
+@pytest.mark.parametrize(("bad", "what"), FORGOTTEN)
 async def test_a_step_awaited_on_its_own_returning_an_awaitable_fails_as_in_a_saga(
     bad: Any, what: str
 ) -> None:
