@@ -32,6 +32,7 @@ from sagakit import (
 )
 from sagakit.stores import _pg_settle
 from sagakit.stores._pg_writer import Write
+from sagakit.stores.postgres import _SETTLE_BACKOFF, _SETTLES
 from sagakit.transitions import Transition, TransitionKind
 
 RAN: Counter[tuple[str, int]] = Counter()
@@ -154,6 +155,26 @@ async def _blocked_write(dsn: str, schema: str, app: str, saga_id: str) -> Async
             await blocker.rollback()  # (the store's look-up waits for this lock too)
 
 
+# Terminates the backends of an application (waiting until each is gone).
+_KILL = "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE application_name = %s"
+
+
+def _unreachable() -> StoreError:
+    """What a statement raises while the server cannot be reached."""
+    psycopg = pytest.importorskip("psycopg")
+    error = StoreError("PostgreSQL saga log: OperationalError: connection refused")
+    error.__cause__ = psycopg.OperationalError("connection refused")
+    return error
+
+
+def _refused() -> StoreError:
+    """What a statement the server refuses raises (no lost connection)."""
+    psycopg = pytest.importorskip("psycopg")
+    error = StoreError("PostgreSQL saga log: InsufficientPrivilege: permission denied")
+    error.__cause__ = psycopg.errors.InsufficientPrivilege("permission denied")
+    return error
+
+
 async def _events(store: PostgresStore) -> list[Any]:
     return [e.event for e in await store.read_events()]
 
@@ -203,32 +224,119 @@ async def test_a_generated_id_whose_first_write_was_lost_is_logged_once(
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("when", ["before", "after"])
-async def test_a_lost_commit_that_cannot_be_settled_yet_is_settled_by_the_next_write(
+async def test_a_settling_whose_connection_is_lost_too_is_settled_again(
     dsn: str, schema: str, when: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The log is still unreachable when the store tries to settle the write: step 1's
-    # start is not known to be durable, so step 1 never runs and step 0 is undone. The
-    # compensation's start settles the write first: step 0's completion is in the log
-    # once, and listeners hear it once, before its compensation.
-    async with opened(dsn, schema) as store:
+    # Regression: with a server killing the store's connections again and again, the
+    # settling of a lost commit met a killed connection too. It was tried once: the
+    # write raised StoreError and the saga was compensated, though the log could be
+    # reached again a moment later. Now it is settled again on a new connection.
+    app = f"sk_settle_{schema}"
+    async with opened(f"{dsn}?application_name={app}", schema) as store:
         lost = LostCommit(store, when, monkeypatch)
         real = _pg_settle.settle
+        calls = 0
+
+        async def killed_once(*args: Any) -> _pg_settle.Settled:
+            nonlocal calls
+            calls += 1
+            if calls == 1:  # the server kills every connection of the store meanwhile
+                killed = query(dsn, _KILL, (app,))
+                assert killed
+                assert all(done for (done,) in killed)
+            return await real(*args)
+
+        monkeypatch.setattr("sagakit.stores.postgres.settle", killed_once)
+        heard: list[Transition] = []
+        orchestrator = SagaOrchestrator(store, listeners=[heard.append])
+        assert await orchestrator.execute(three(), saga_id="s") == ["s:0", "s:1", "s:2"]
+        assert lost.lost
+        assert calls == 2
+        assert dict(RAN) == {("s", 0): 1, ("s", 1): 1, ("s", 2): 1}
+        assert not UNDONE
+        assert await _events(store) == ["s:0", "s:1", "s:2"]  # none lost, none twice
+        assert _told(heard, TransitionKind.STEP_COMPLETED) == {0: 1, 1: 1, 2: 1}
+        meta = await store.get("s")
+        assert meta is not None
+        assert meta.status is SagaStatus.COMPLETED
+        assert [(s.status, s.attempts) for s in meta.steps] == [(StepStatus.COMPLETED, 1)] * 3
+
+
+@pytest.mark.asyncio
+async def test_a_run_cancelled_while_its_write_is_settled_again_leaves_it_in_doubt(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cancelled while waiting to settle again: the cancellation goes through at once, and
+    # the write stays in doubt, settled by the compensation's start as before.
+    async with opened(dsn, schema) as store:
+        lost = LostCommit(store, "after", monkeypatch)
+        real = _pg_settle.settle
+        failed = asyncio.Event()
         calls = 0
 
         async def unreachable_once(*args: Any) -> _pg_settle.Settled:
             nonlocal calls
             calls += 1
             if calls == 1:
-                raise StoreError("PostgreSQL saga log: OperationalError: connection refused")
+                failed.set()
+                raise _unreachable()  # the store waits, to settle it again
             return await real(*args)
 
         monkeypatch.setattr("sagakit.stores.postgres.settle", unreachable_once)
         heard: list[Transition] = []
         orchestrator = SagaOrchestrator(store, listeners=[heard.append])
+        running = asyncio.create_task(orchestrator.execute(three(), saga_id="s"))
+        await failed.wait()
+        assert "s" in store._doubts
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        assert lost.lost
+        assert calls == 2  # not again after the cancellation: by the compensation's start
+        assert dict(RAN) == {("s", 0): 1}
+        assert dict(UNDONE) == {("s", 0): 1}
+        assert await _events(store) == ["s:0"]
+        assert _told(heard, TransitionKind.STEP_COMPLETED) == {0: 1}
+        meta = await store.get("s")
+        assert meta is not None
+        assert meta.status is SagaStatus.COMPENSATED
+        assert meta.steps[0].status is StepStatus.COMPLETED
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("why", ["unreachable", "refused", "past connect_timeout"])
+async def test_a_lost_commit_that_cannot_be_settled_yet_is_settled_by_the_next_write(
+    dsn: str, schema: str, when: str, why: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store cannot settle the write: the log stays unreachable while it tries again
+    # (_SETTLES times), refuses the statement (not tried again), or is unreachable for
+    # longer than connect_timeout. Step 1's start is not known to be durable, so step 1
+    # never runs and step 0 is undone. The compensation's start settles the write first:
+    # step 0's completion is in the log once, and listeners hear it once, before its
+    # compensation.
+    async with opened(dsn, schema) as store:
+        lost = LostCommit(store, when, monkeypatch)
+        real = _pg_settle.settle
+        tries = _SETTLES if why == "unreachable" else 1
+        if why == "past connect_timeout":
+            store.connect_timeout = _SETTLE_BACKOFF / 2  # no time to try again
+        calls = 0
+
+        async def unsettled(*args: Any) -> _pg_settle.Settled:
+            nonlocal calls
+            calls += 1
+            if calls <= tries:
+                raise _refused() if why == "refused" else _unreachable()
+            return await real(*args)
+
+        monkeypatch.setattr("sagakit.stores.postgres.settle", unsettled)
+        heard: list[Transition] = []
+        orchestrator = SagaOrchestrator(store, listeners=[heard.append])
         with pytest.raises(StoreError, match="server closed the connection"):
             await orchestrator.execute(three(), saga_id="s")
         assert lost.lost
-        assert calls == 2
+        assert calls == tries + 1
         assert dict(RAN) == {("s", 0): 1}
         assert dict(UNDONE) == {("s", 0): 1}
         assert await _events(store) == ["s:0"]
@@ -329,8 +437,8 @@ async def test_leases_released_while_a_first_write_is_in_doubt_are_released_at_o
         async def unreachable_then_released(*args: Any) -> _pg_settle.Settled:
             nonlocal calls
             calls += 1
-            if calls == 1:
-                raise StoreError("PostgreSQL saga log: OperationalError: connection refused")
+            if calls <= _SETTLES:
+                raise _unreachable()
             await store.release_leases()  # the process stops, as the next write settles
             return await real(*args)
 
@@ -340,7 +448,7 @@ async def test_leases_released_while_a_first_write_is_in_doubt_are_released_at_o
         with pytest.raises(StoreError):
             await orchestrator.execute(three())
         saga_id = heard[0].saga_id
-        assert calls == 2
+        assert calls == _SETTLES + 1
         assert not RAN  # step 0's start was never known to be durable
     async with opened(dsn, schema, lease=60.0, heartbeat=20.0) as other:
         (orphan,) = await other.claim_orphans()  # at once: released, not leased

@@ -32,7 +32,7 @@ from ..status import SagaStatus
 from ..transitions import TransitionKind
 from . import _pg_rows as rows
 from ._pg_schema import check_schema_name, migrate
-from ._pg_settle import Doubt, settle
+from ._pg_settle import Doubt, Settled, settle
 from ._pg_sql import statements
 from ._pg_writer import (
     WRITTEN,
@@ -79,6 +79,8 @@ MAX_ID_BYTES = 2048
 PostgreSQL refuses an index entry over 2,704 bytes (a third of a page)."""
 
 _SENDS = 3  # times a write whose commit was lost is sent, before it is left in doubt
+_SETTLES = 5  # times a write in doubt is looked up while connections keep being lost
+_SETTLE_BACKOFF = 0.05  # seconds before looking it up again; doubled each time
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,17 @@ def _check_id(saga_id: str) -> None:
             f"saga id {saga_id[:40]!r} contains a NUL character, which PostgreSQL text "
             "cannot hold; use an id without one"
         )
+
+
+def _connection_lost(error: StoreError) -> bool:
+    """Whether ``error`` (raised by a statement) says its connection was lost, or none
+    could be had: worth trying again on another one. Not a statement the server refused."""
+    psycopg, _ = _import_driver()
+    cause = error.__cause__
+    if not isinstance(cause, psycopg.OperationalError):
+        return False
+    state = cause.sqlstate  # None: the client lost the connection (or the pool had none)
+    return state is None or state.startswith(("08", "57P"))  # connection, shutdown
 
 
 async def _wait_for_locks(conn: AsyncConnection[Any]) -> None:
@@ -662,7 +675,7 @@ class PostgresStore:
         """Settle the saga's submission in doubt: whether it committed. If it did not,
         its staged transitions are staged again (``stage``) for the next write."""
         doubt = self._doubts[saga_id]
-        settled = await settle(self._run, self._sql, self.owner, saga_id, doubt)
+        settled = await self._look_up(saga_id, doubt)
         del self._doubts[saga_id]
         # With ``stage``, the writes in doubt may still be queued in the writer (their
         # caller was cancelled): they must go out unchanged, to be refused, so what is
@@ -682,6 +695,27 @@ class PostgresStore:
         if not settled.committed and stage and writes:
             self._staged[saga_id] = [*writes, *self._staged.get(saga_id, ())]
         return settled.committed
+
+    async def _look_up(self, saga_id: str, doubt: Doubt) -> Settled:
+        """:func:`settle` ``doubt``, again on a new connection while the one it used is
+        lost (a server killing connections, a fail-over): up to ``_SETTLES`` times, with a
+        short backoff, none begun ``connect_timeout`` seconds after the first. Settling
+        again is safe: it moves the fencing token on once more and reads the same token."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout
+        delay = _SETTLE_BACKOFF
+        tries_left = _SETTLES
+        while True:
+            tries_left -= 1
+            try:
+                return await settle(self._run, self._sql, self.owner, saga_id, doubt)
+            except StoreError as error:
+                again = tries_left and loop.time() + delay <= deadline
+                if not again or not _connection_lost(error):
+                    raise  # (cancelled: it stays in doubt too)
+                logger.debug("sagakit: settling a write in doubt again: %s", error)
+            await asyncio.sleep(delay)
+            delay *= 2
 
     async def _apply(self, writes: list[Write]) -> dict[str, str]:
         params = batch_params(writes)
