@@ -177,6 +177,9 @@ class SagaRecorder:
         # started: orchestrators with stores of their own may run one id at the same
         # time, and each run has a record of its own.
         self._runs: dict[tuple[str, int], RecordedRun] = {}
+        # Each id's run numbers among those keys, in start order: finding an id's runs
+        # must not scan every run recorded (a recorder may hear thousands).
+        self._numbers: dict[str, list[int]] = {}
         self._ended: set[tuple[str, int]] = set()  # runs stopped here unfinished, or crashed
         # Runs started inside a step of another run recorded here (nested sagas).
         self._nested: set[tuple[str, int]] = set()
@@ -194,6 +197,7 @@ class SagaRecorder:
             self._drop_ended(saga_id, key)
             run = RecordedRun(saga_id, transition.saga_name)
             self._runs[key] = run
+            self._numbers.setdefault(saga_id, []).append(key[1])
             if self._started_inside_another(transition):
                 self._nested.add(key)
         run.transitions.append(transition)
@@ -214,11 +218,18 @@ class SagaRecorder:
         """Forget the runs of ``saga_id`` a new run (``key``) replaces: those that ended
         (finished, stopped or crashed; reused, or recovered after) and any of ``key``.
         One still running (another orchestrator's, with a store of its own) stays."""
-        for earlier in [k for k in self._runs if k[0] == saga_id]:
+        numbers = self._numbers.get(saga_id)
+        if not numbers:
+            return
+        for number in list(numbers):
+            earlier = (saga_id, number)
             if earlier == key or self._runs[earlier].finished or earlier in self._ended:
                 del self._runs[earlier]
+                numbers.remove(number)
                 self._ended.discard(earlier)
                 self._nested.discard(earlier)
+        if not numbers:
+            del self._numbers[saga_id]
 
     def _sagakit_crashed(self, saga_id: str, crash: BaseException, run_number: int) -> None:
         """A simulated crash ended a run of ``saga_id``: nothing is recorded for it (a
@@ -229,7 +240,8 @@ class SagaRecorder:
 
     def _last_of(self, saga_id: str) -> RecordedRun | None:
         """The most recently started run of ``saga_id`` still recorded, if any."""
-        return next((run for key, run in reversed(self._runs.items()) if key[0] == saga_id), None)
+        numbers = self._numbers.get(saga_id)
+        return self._runs[saga_id, numbers[-1]] if numbers else None
 
     @property
     def runs(self) -> list[RecordedRun]:
@@ -264,6 +276,7 @@ class SagaRecorder:
     def clear(self) -> None:
         """Forget everything recorded."""
         self._runs.clear()
+        self._numbers.clear()
         self._ended.clear()
         self._nested.clear()
         self.transitions.clear()
