@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from pg_helpers.db import dsn_or_skip, query
+from sagakit import SagaAlreadyFailed
 from sagakit.cli import main
 
 HELPER = Path(__file__).parent / "crash_helpers" / "bank.py"
@@ -1385,6 +1386,22 @@ def test_a_hint_naming_a_saga_id_is_a_command_line_that_works_when_pasted(
         code, out = cli(*argv[1:])
         assert code == 0
         assert out.startswith(f"saga {saga_id} (transfer): completed\n")
+
+
+def test_the_resolve_hint_of_saga_already_failed_parses_as_that_command() -> None:
+    from sagakit.cli import _parser
+
+    for saga_id in ("fail me", 'it\'s "done"', "-x"):
+        hint = str(SagaAlreadyFailed(saga_id)).split("`")[1]
+        argv = shlex.split(hint)
+        assert argv[0] == "sagakit"
+        args = _parser().parse_args(argv[1:])
+        assert (args.db, args.command, args.saga_id, args.note) == (
+            "LOG",
+            "resolve",
+            saga_id,
+            "...",
+        )
 
 
 SCRIPT = """\

@@ -213,9 +213,7 @@ async def test_failed_id_is_refused_until_resolved(db: str) -> None:
             await orchestrator.execute(sqlite_fragile("closed"), saga_id="f2")
     store = SQLiteStore(db)
     async with SagaOrchestrator(store) as orchestrator:
-        with pytest.raises(
-            SagaAlreadyFailed, match=r"`sagakit --db LOG resolve f2 --note '\.\.\.'`"
-        ):
+        with pytest.raises(SagaAlreadyFailed, match=r"`sagakit --db LOG resolve f2 --note \.\.\.`"):
             await orchestrator.execute(sqlite_fragile("B"), saga_id="f2")
         with pytest.raises(StoreError, match="nothing to resolve"):
             await store.resolve("f1", "no")

@@ -8,9 +8,10 @@ classes, which carry the saga id, the step involved and the events recorded.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Sequence
 from typing import Any
+
+from ._commands import command_line
 
 
 def error_text(error: BaseException) -> str:
@@ -199,13 +200,6 @@ class SagaAlreadyExecuting(SagaError):
         return (type(self), (self.saga_id, self.dead_letter))
 
 
-def _resolve_command(saga_id: str) -> str:
-    """The ``sagakit resolve`` command line for ``saga_id`` (LOG: the log's path or URL)."""
-    if saga_id.startswith("-"):  # else read as an option
-        return f"sagakit --db LOG resolve --note '...' -- {shlex.quote(saga_id)}"
-    return f"sagakit --db LOG resolve {shlex.quote(saga_id)} --note '...'"
-
-
 class SagaAlreadyFailed(SagaError):
     """A saga with this id failed earlier with steps left uncompensated.
 
@@ -214,9 +208,10 @@ class SagaAlreadyFailed(SagaError):
     """
 
     def __init__(self, saga_id: str) -> None:
+        resolve = command_line("LOG", "resolve", saga_id, options=("--note", "..."))
         super().__init__(
             f"saga {saga_id!r} already ran and FAILED with uncompensated steps; undo by "
-            f"hand what it left, mark it resolved (`{_resolve_command(saga_id)}`, or "
+            f"hand what it left, mark it resolved (`{resolve}`, or "
             "`await store.resolve(saga_id, note)`), then execute the id again; or use "
             "another id"
         )

@@ -12,26 +12,16 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shlex
 import sqlite3
 from pathlib import Path
 from typing import Literal
 
+from .._commands import command_line
 from ..exceptions import StoreError
 
 _HEADER = b"SQLite format 3\x00"
 
 Synchronous = Literal["NORMAL", "FULL"]
-
-
-def command_line(path: str, command: str, *arguments: str) -> str:
-    """``sagakit --db PATH COMMAND ARGUMENTS``, for a message to copy into a shell: each
-    word quoted (an id with a space or a quote), and ``--`` before arguments when one
-    starts with ``-`` (an id argparse would take for an option)."""
-    words = ["sagakit", "--db", path, command]
-    if any(argument.startswith("-") for argument in arguments):
-        words.append("--")
-    return " ".join(shlex.quote(word) for word in (*words, *arguments))
 
 
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024

@@ -21,6 +21,7 @@ from types import CodeType
 from typing import TYPE_CHECKING, Any, cast
 
 from .._checks import check_flag, check_seconds
+from .._commands import command_line
 from .._members import (
     ON_COMPENSATION_COMPLETED,
     ON_COMPENSATION_FAILED,
@@ -64,7 +65,6 @@ from ._sqlite_schema import (
     Synchronous,
     check_file,
     check_read_only,
-    command_line,
     connect,
     connect_read_only,
     create,
