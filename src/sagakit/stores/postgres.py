@@ -603,14 +603,17 @@ class PostgresStore:
                 except Exception:
                     committed = False
                 if committed:
-                    if writes[-1].final:
-                        self._fences.pop(saga_id, None)
-                        self._claimed.discard(saga_id)
+                    self._written(saga_id, writes)
                     raise CommittedThenCancelled from None
             raise
         finally:
             if new is not None:
                 self._new.pop(saga_id, None)
+        self._written(saga_id, writes)
+
+    def _written(self, saga_id: str, writes: list[Write]) -> None:
+        """``writes`` of ``saga_id`` are in the log: after the run's end, its lease is
+        this store's no more."""
         if writes[-1].final:
             self._fences.pop(saga_id, None)
             self._claimed.discard(saga_id)

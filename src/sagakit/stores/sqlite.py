@@ -369,36 +369,32 @@ class SQLiteStore:
         try:  # (not through _write: one coroutine less per record)
             await self._writer.submit(job, alone=len(self._live) <= 1)
         except CommittedThenCancelled:
-            if unlogged:
-                self._unlogged.discard(run.id)  # its row is in: the run's end goes there
-            if transition.kind is ON_SAGA_FINISHED:
-                self._ended.add(run.id)
+            self._committed(run.id, transition)
             raise
-        except asyncio.CancelledError:
-            if transition.kind is ON_SAGA_FINISHED:
+        except BaseException as error:
+            if isinstance(error, asyncio.CancelledError) and transition.kind is ON_SAGA_FINISHED:
                 # Dropped unsent, its caller cancelled: but the run has ended all the
                 # same, and without its end the log would show it running until some
                 # recovery replayed it. Write it, to the end, then report the commit.
                 done = await wait_out(self._writer.submit(job, alone=False))
                 if not done.cancelled() and done.exception() is None:
-                    self._unlogged.discard(run.id)
-                    self._ended.add(run.id)
+                    self._committed(run.id, transition)
                     raise CommittedThenCancelled(None) from None
-            if carried and not unlogged:
-                self._staged[run.id] = job[:carried]
-            raise
-        except BaseException:
             if carried and not unlogged:
                 # Not committed (dropped as its caller was cancelled, or rolled back): the
                 # staged transitions happened all the same; they go with the next write.
                 self._staged[run.id] = job[:carried]
             raise
-        if unlogged:
-            self._unlogged.discard(run.id)
-        if transition.kind is ON_SAGA_FINISHED:
-            self._ended.add(run.id)
+        self._committed(run.id, transition)
         if self._unreleased:
             self._retry_soon()
+
+    def _committed(self, saga_id: str, transition: Transition) -> None:
+        """A write of ``saga_id`` carrying ``transition`` is in the log: so is its row,
+        and the run's end if it carried that."""
+        self._unlogged.discard(saga_id)  # its row is in: the run's end goes there
+        if transition.kind is ON_SAGA_FINISHED:
+            self._ended.add(saga_id)
 
     def stage(self, run: SagaRunView, transition: Transition) -> None:
         """Serialize ``transition`` now; it commits with ``run``'s next :meth:`record`.
