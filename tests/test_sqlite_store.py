@@ -558,17 +558,26 @@ async def test_the_wal_stays_bounded_with_several_writers(
     stores = SQLiteStore(db), SQLiteStore(db)
     async with SagaOrchestrator(stores[0]) as first, SagaOrchestrator(stores[1]) as second:
         await asyncio.gather(run(first, 40), run(second, 40))
-        restarts, commits = _wal_restarts(db), sum(store.commits for store in stores)
-        await asyncio.gather(run(first, 400), run(second, 400))
         # Each checkpoint reached the end of the WAL, so it was started over again and
         # again. (Its size may jump while a checkpoint waits for the other's commits.)
         # Most checkpoints restart it (one that finds the other store's write under way
         # copies what it can, and the next one tries again); passive ones, racing the
-        # other's commits, restarted it a few times in 160.
-        due = (sum(store.commits for store in stores) - commits) // 16
-        assert due > 100
-        assert _restarts_between(restarts, _wal_restarts(db)) >= due // 4
-        assert await first.history_count() == 880
+        # other's commits, restarted it a few times in 160. How many restart depends on
+        # how the two stores' commits interleave with each one's checkpoint on its
+        # writer thread: measured 0.07-0.99 of those due per round on a loaded machine
+        # (most above half), so a round is run again (up to three in all) before the
+        # test fails; the defect above failed every round.
+        rounds = []
+        for _ in range(3):
+            restarts, commits = _wal_restarts(db), sum(store.commits for store in stores)
+            await asyncio.gather(run(first, 400), run(second, 400))
+            due = (sum(store.commits for store in stores) - commits) // 16
+            assert due > 100
+            rounds.append((_restarts_between(restarts, _wal_restarts(db)), due))
+            if rounds[-1][0] >= due // 4:
+                break
+        assert rounds[-1][0] >= rounds[-1][1] // 4, f"(restarts, due) per round: {rounds}"
+        assert await first.history_count() == 80 + 800 * len(rounds)
 
 
 def test_bad_options() -> None:
