@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import pickle
 from collections.abc import Generator
 from typing import Any
 
@@ -521,6 +522,39 @@ async def test_failed_uncompensated_id_raises_saga_already_failed(make: Any) -> 
         await orchestrator.execute(definition, **options)
     assert info.value.saga_id == "pay-1"
     assert calls == []
+
+
+@pytest.mark.asyncio
+async def test_saga_already_failed_of_the_memory_store_names_no_resolve_it_lacks() -> None:
+    # Regression: the in-memory store's SagaAlreadyFailed told the user to run
+    # `sagakit --db LOG resolve` or `await store.resolve(...)`, neither of which the
+    # in-memory store has: its FAILED id can only be left for another one.
+    @step
+    async def charge() -> str:
+        return "pay-1"
+
+    @charge.compensate
+    async def refund() -> None:
+        raise ConnectionError("refund service down")
+
+    orchestrator = SagaOrchestrator(compensation_retry=Retry(attempts=1))
+    broken = SagaDefinition("mem-1").add_step(charge()).add_step(fail("declined"))
+    with pytest.raises(CompensationFailed):
+        await orchestrator.execute(broken)
+    with pytest.raises(SagaAlreadyFailed) as info:
+        await orchestrator.execute(broken)
+    message = str(info.value)
+    assert not hasattr(orchestrator.store, "resolve")
+    assert "resolve(" not in message, message
+    assert "sagakit" not in message, message
+    assert "use another id" in message
+    assert "in-memory store has no resolve" in message
+    assert info.value.in_memory
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (str(copy), copy.saga_id, copy.in_memory) == (message, "mem-1", True)
+    durable = SagaAlreadyFailed("mem-1")
+    assert "`sagakit --db LOG resolve mem-1 --note ...`" in str(durable)
+    assert not durable.in_memory
 
 
 @pytest.mark.asyncio

@@ -204,21 +204,32 @@ class SagaAlreadyFailed(SagaError):
     """A saga with this id failed earlier with steps left uncompensated.
 
     Running it again could apply its steps twice; resolve the earlier run first
-    (for example with ``sagakit resolve``) or use another id.
+    (for example with ``sagakit resolve``) or use another id. ``in_memory`` says the
+    run is in an in-memory store, which has no resolve: its message says so.
     """
 
-    def __init__(self, saga_id: str) -> None:
-        resolve = command_line("LOG", "resolve", saga_id, options=("--note", "..."))
-        super().__init__(
-            f"saga {saga_id!r} already ran and FAILED with uncompensated steps; undo by "
-            f"hand what it left, mark it resolved (`{resolve}`, or "
-            "`await store.resolve(saga_id, note)`), then execute the id again; or use "
-            "another id"
-        )
+    def __init__(self, saga_id: str, in_memory: bool = False) -> None:
+        if in_memory:
+            message = (
+                f"saga {saga_id!r} already ran and FAILED with uncompensated steps; undo by "
+                "hand what it left, then use another id (the in-memory store has no "
+                "resolve: it refuses this id while the run is in its history, bounded by "
+                "history_limit, and forgets it when the process ends)"
+            )
+        else:
+            resolve = command_line("LOG", "resolve", saga_id, options=("--note", "..."))
+            message = (
+                f"saga {saga_id!r} already ran and FAILED with uncompensated steps; undo by "
+                f"hand what it left, mark it resolved (`{resolve}`, or "
+                "`await store.resolve(saga_id, note)`), then execute the id again; or use "
+                "another id"
+            )
+        super().__init__(message)
         self.saga_id = saga_id
+        self.in_memory = in_memory
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.saga_id,))
+        return (type(self), (self.saga_id, self.in_memory))
 
 
 class NonDeterminismError(SagaError):

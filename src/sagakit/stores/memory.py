@@ -55,7 +55,7 @@ class MemoryStore:
                 if earlier.status is SagaStatus.COMPLETED:
                     return earlier.snapshot()
                 if earlier.status is SagaStatus.FAILED:
-                    raise SagaAlreadyFailed(saga_id)
+                    raise SagaAlreadyFailed(saga_id, in_memory=True)
                 del self._history[saga_id]  # the id names the new run from now on
         self._running[saga_id] = run
         return None
