@@ -437,3 +437,37 @@ def test_every_pytest_plugin_setting_is_documented() -> None:
     page = (ROOT / "docs" / "testing.md").read_text(encoding="utf-8")
     missing = [name for name in names if name not in page]
     assert not missing, f"docs/testing.md does not name {missing}"
+
+
+# (page, where the list of a record's attributes begins, where it ends, the record's class)
+_RECORD_LISTS = [
+    ("docs/testing.md", "(`FiredFault`:", " — ", "sagakit.testing:FiredFault"),
+    ("docs/testing.md", "a `FaultMatrixReport` (", ")", "sagakit.testing:FaultMatrixReport"),
+    ("docs/testing.md", "each `FaultCase` has", ". ", "sagakit.testing:FaultCase"),
+    ("docs/api.md", "dead owner and now claimed:", "\n\n", "sagakit:OrphanedSaga"),
+    ("docs/api.md", "`.compensations`):", "\n\n", "sagakit:LoggedStep"),
+    ("docs/api.md", "after failing recovery:", ". ", "sagakit:DeadLetter"),
+    ("docs/api.md", "durable log's ordered stream:", ". Read", "sagakit:StoredEvent"),
+    ("docs/api.md", "one orphaned saga:", ". ", "sagakit:RecoveryOutcome"),
+]
+
+
+@pytest.mark.parametrize(("page", "start", "end", "target"), _RECORD_LISTS)
+def test_documented_record_attributes_are_the_real_ones(
+    page: str, start: str, end: str, target: str
+) -> None:
+    """A record's attribute list in the docs names every field, and only real attributes:
+    a renamed or added field cannot leave the list stale (FaultCase's `step` was "name")."""
+    import dataclasses
+    import importlib
+
+    module, name = target.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    text = (ROOT / page).read_text(encoding="utf-8")
+    assert start in text, f"{page} no longer lists the attributes of {name} after {start!r}"
+    listed = text.split(start, 1)[1].split(end, 1)[0]
+    named = set(re.findall(r"`([a-z_]+)`", listed))
+    fields = {field.name for field in dataclasses.fields(cls)}
+    assert fields <= named, f"{page} does not list {sorted(fields - named)} of {name}"
+    unknown = sorted(n for n in named if not hasattr(cls, n) and n not in fields)
+    assert not unknown, f"{page} lists {unknown} as attributes of {name}, which has none such"
