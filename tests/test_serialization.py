@@ -324,6 +324,26 @@ def test_a_class_its_name_does_not_find_again_is_refused_when_stored(value: obje
         JsonSerializer().dumps(value, what="the result of step 0")
 
 
+def test_a_make_dataclass_class_left_in_module_types_says_how_to_store_it() -> None:
+    # Regression: on Python 3.11, make_dataclass() puts the class in module 'types' even
+    # under the name it is assigned to, and the error asked whether it was made "under
+    # another name" and said to "give the class the name it is assigned to", which it
+    # had: setting its __module__ is what makes it storable.
+    made = dataclasses.make_dataclass("Made", [("weight", int)])
+    made.__module__ = "types"  # what make_dataclass() does before Python 3.12
+    with pytest.raises(SerializationError, match=r"result of step 0.*cannot be found again") as e:
+        JsonSerializer().dumps(made(3), what="the result of step 0")
+    assert "Made.__module__ = __name__" in str(e.value)
+    assert "under another name?" not in str(e.value)
+    made.__module__ = __name__
+    made.__qualname__ = "Made"
+    globals()["Made"] = made
+    try:
+        assert JsonSerializer().loads(JsonSerializer().dumps(made(3))) == made(3)
+    finally:
+        del globals()["Made"]
+
+
 def test_a_class_replaced_under_its_own_name_is_still_stored() -> None:
     # A module reloaded (or a class redefined in a notebook): the name finds a class of
     # the same name, which reads the value back.

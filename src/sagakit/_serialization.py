@@ -140,6 +140,16 @@ def _importable_name(cls: type) -> str:
         found = getattr(found, part, None)
     # The class itself, or one of the same name (its module was reloaded) reads it back.
     if found is not cls and not (isinstance(found, type) and _type_name(found) == name):
+        if cls.__module__ == "types" and dataclasses.is_dataclass(cls):
+            # make_dataclass() before Python 3.12 (no module=) leaves its class there.
+            raise SerializationError(
+                f"{cls.__module__}.{cls.__qualname__} was made by make_dataclass(), which "
+                "before Python 3.12 puts the class in module 'types', where it cannot be "
+                "found again to read the value back; give it the name it is assigned to "
+                f"and set its module after making it, {cls.__qualname__}.__module__ = "
+                "__name__ (from Python 3.12: make_dataclass(..., module=__name__)), or "
+                "register a codec"
+            )
         raise SerializationError(
             f"{cls.__module__}.{cls.__qualname__} cannot be found again by that name (its "
             "module has no such attribute; was it made by make_dataclass() or Enum() under "
