@@ -492,3 +492,33 @@ def test_documented_record_attributes_are_the_real_ones(
     assert fields <= named, f"{page} does not list {sorted(fields - named)} of {name}"
     unknown = sorted(n for n in named if not hasattr(cls, n) and n not in fields)
     assert not unknown, f"{page} lists {unknown} as attributes of {name}, which has none such"
+
+
+def test_testing_page_signatures_match_the_code() -> None:
+    """The call signatures of docs/testing.md's tables (FaultInjector's and SagaRecorder's
+    methods) and of run_fault_matrix are the real ones, defaults included."""
+    import sagakit.testing as testing
+
+    page = (ROOT / "docs" / "testing.md").read_text(encoding="utf-8")
+    namespace: dict[str, object] = {**vars(testing)}
+    sections = {
+        testing.FaultInjector: page.split("\n## Fault injection", 1)[1].split("\n## ", 1)[0],
+        testing.SagaRecorder: page.split("\n## The recorder", 1)[1].split("\n## ", 1)[0],
+    }
+    documented = [
+        (getattr(owner, name), f"{owner.__name__}.{name}", f"def {name}({params}): ...")
+        for owner, section in sections.items()
+        for name, params in re.findall(r"^\| `(\w+)\((.*?)\)` \|", section, re.M)
+    ]
+    found = re.search(r"`run_fault_matrix\((.*?)\)`:", page, re.S)
+    assert found is not None, "docs/testing.md no longer gives run_fault_matrix's signature"
+    params = " ".join(found.group(1).split())
+    documented.append((testing.run_fault_matrix, "run_fault_matrix", f"def f({params}): ..."))
+    assert len(documented) >= 12, [where for _, where, _ in documented]
+    problems: list[str] = []
+    for fn, where, source in documented:
+        node = ast.parse(source).body[0]
+        assert isinstance(node, ast.FunctionDef)
+        shown = _documented_parameters(node.args)
+        problems += _check_parameters(where, shown, _real_parameters(fn), namespace)
+    assert not problems, "\n".join(problems)
