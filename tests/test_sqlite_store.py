@@ -580,6 +580,41 @@ async def test_the_wal_stays_bounded_with_several_writers(
         assert await first.history_count() == 80 + 800 * len(rounds)
 
 
+@pytest.mark.asyncio
+async def test_an_empty_owner_is_refused_so_recovery_cannot_take_a_running_saga(
+    tmp_path: Path,
+) -> None:
+    # Regression: SQLiteStore(owner="") was taken, and an empty owner is no owner: a
+    # recovery in another store claimed the saga while it still ran, and ran its step
+    # a second time.
+    db = tmp_path / "sagas.db"
+    for odd in ("", "   ", 3):
+        with pytest.raises(SagaDefinitionError, match="owner must be a non-empty string"):
+            SQLiteStore(db, owner=odd)  # type: ignore[arg-type]
+    assert not db.exists()  # refused before anything was created
+
+    runs: list[int] = []
+    started = asyncio.Event()
+
+    @step
+    async def hold(n: int) -> None:
+        runs.append(n)
+        started.set()
+        await asyncio.sleep(0.2)
+
+    @saga(name="test_sqlite_store.held")
+    def held(n: int) -> Any:
+        return [hold(n)]
+
+    async with SagaOrchestrator(SQLiteStore(db, owner="worker-1")) as orchestrator:
+        running = asyncio.create_task(orchestrator.execute(held(1), saga_id="held-1"))
+        await started.wait()
+        async with SagaOrchestrator(SQLiteStore(db)) as other:
+            assert await other.recover() == []  # the owner is alive: not an orphan
+        await running
+    assert runs == [1]
+
+
 def test_bad_options() -> None:
     with pytest.raises(SagaDefinitionError, match="synchronous"):
         SQLiteStore("x.db", synchronous="OFF")  # type: ignore[arg-type]

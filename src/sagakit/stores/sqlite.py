@@ -173,6 +173,13 @@ class SQLiteStore:
         seconds = check_seconds(busy_timeout, "busy_timeout", allow_zero=True)
         check_flag(verify, "verify")
         check_flag(read_only, "read_only")
+        if owner is not None and (not isinstance(owner, str) or not owner.strip()):
+            # An empty owner is no owner: recovery would claim the sagas this store runs
+            # while they run, and run their steps a second time.
+            raise SagaDefinitionError(
+                f"owner must be a non-empty string, the token recorded on the sagas this "
+                f"store runs, got {owner!r}; leave it None for this process's own token"
+            )
         path = os.fspath(path)
         if path == ":memory:" or path.startswith("file:"):
             raise SagaDefinitionError(
