@@ -942,6 +942,44 @@ def test_json_output_is_strict_json_for_values_that_are_not_finite(tmp_path: Pat
     assert data["steps"][0]["events"] == ["{'ratio': nan}"]
 
 
+def test_json_output_gives_a_dict_with_keys_that_are_not_strings_as_its_repr(
+    tmp_path: Path,
+) -> None:
+    # Regression: json turned the keys into strings, so {1: "a", "1": "b"} came out as
+    # {"1": "a", "1": "b"}, one key twice (jq keeps the last: "a" was lost), and {1: "a"}
+    # as {"1": "a"}; the docs say a value JSON cannot hold as it is is given as its repr().
+    from sagakit import SagaOrchestrator, SQLiteStore, saga, step
+
+    @step
+    async def cli_keyed() -> list[object]:
+        return [{1: "a", "1": "b"}, {"nested": [{2: "c"}]}, {"plain": [1, "x"]}]
+
+    @saga
+    def cli_keyed_saga():  # type: ignore[no-untyped-def]
+        yield cli_keyed()
+
+    db = str(tmp_path / "sagas.db")
+
+    async def run() -> None:
+        async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+            await orchestrator.execute(cli_keyed_saga(), saga_id="k-1")
+
+    asyncio.run(run())
+    code, out = cli("--db", db, "show", "k-1", "--json")
+    assert code == 0
+    data = json.loads(out, object_pairs_hook=_no_key_twice)
+    assert isinstance(data, dict)
+    expected = ["{1: 'a', '1': 'b'}", "{'nested': [{2: 'c'}]}", {"plain": [1, "x"]}]
+    assert data["events"] == expected
+    assert data["steps"][0]["events"] == expected
+
+
+def _no_key_twice(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    keys = [key for key, _ in pairs]
+    assert len(keys) == len(set(keys)), f"a key twice in one JSON object: {keys}"
+    return dict(pairs)
+
+
 def test_help_gives_the_defaults_and_offers_json_only_where_it_is_printed(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

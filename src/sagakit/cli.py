@@ -271,12 +271,23 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 
 
 def _plain(value: Any) -> Any:
-    """A JSON-able form of any stored value, for ``--json`` (NaN and infinity are not JSON)."""
+    """A JSON-able form of any stored value, for ``--json`` (NaN and infinity are not JSON,
+    nor a dict key that is not a string: ``json`` would write ``{1: "a", "1": "b"}`` with
+    one key twice)."""
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
         return repr(value)
-    return value
+    return value if _string_keys(value) else repr(value)
+
+
+def _string_keys(value: Any) -> bool:
+    """Whether every dict in ``value`` (a JSON-able value) has only string keys."""
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _string_keys(v) for key, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_string_keys(item) for item in value)
+    return True
 
 
 def _saga_json(meta: SagaMetadata, steps: bool, dead_letter: bool) -> dict[str, Any]:
