@@ -169,6 +169,22 @@ def test_retry_on_a_base_class_of_exceptions_is_accepted() -> None:
     assert Retry(on=BaseExceptionGroup).retries(ExceptionGroup("g", [ValueError()]))
 
 
+def test_retries_says_no_for_what_is_never_retried() -> None:
+    # Regression: Retry(on=BaseException).retries(KeyboardInterrupt()) was True, while
+    # the orchestrator never retries a KeyboardInterrupt, SystemExit or cancellation
+    # (they stop the saga); the docs say retries() tells whether an error is retried.
+    policy = Retry(on=BaseException)
+    for never in (
+        KeyboardInterrupt(),
+        SystemExit(1),
+        asyncio.CancelledError(),
+        BaseExceptionGroup("g", [KeyboardInterrupt()]),
+    ):
+        assert not policy.retries(never), never
+    assert policy.retries(ValueError())
+    assert Retry(on=BaseExceptionGroup).retries(ExceptionGroup("g", [ValueError()]))
+
+
 def test_orchestrator_refuses_a_bad_compensation_retry() -> None:
     with pytest.raises(SagaDefinitionError, match="compensation_retry"):
         SagaOrchestrator(compensation_retry=3)  # type: ignore[arg-type]

@@ -71,8 +71,9 @@ class Retry:
                 )
 
     def retries(self, error: BaseException) -> bool:
-        """Whether ``error`` is one this policy retries."""
-        return isinstance(error, self.on)
+        """Whether ``error`` is one this policy retries (never a KeyboardInterrupt,
+        SystemExit or cancellation, which stop the saga, even with ``on=BaseException``)."""
+        return isinstance(error, Exception) and isinstance(error, self.on)
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
