@@ -180,6 +180,8 @@ def test_importing_sagakit_does_not_import_psycopg() -> None:
         ({"lease": 2, "heartbeat": 2}, "heartbeat (2 s) must be shorter"),
         ({"min_size": 0}, "min_size must be"),
         ({"min_size": 4, "max_size": 2}, "max_size (2) must be >= min_size (4)"),
+        # Regression: taken, and the first execute() failed with an AttributeError.
+        ({"serializer": 3}, "serializer must be a JsonSerializer (dumps and loads), got 3"),
     ],
 )
 def test_bad_options_raise_clear_errors(options: dict[str, Any], message: str) -> None:

@@ -541,6 +541,8 @@ def test_per_serializer_codecs_are_checked_as_register_codec_checks() -> None:
         JsonSerializer(codecs=[Codec(Kelvin, "", str, str)])
     with pytest.raises(SerializationError, match=r"a list of Codec objects"):
         JsonSerializer(codecs=Codec(Kelvin, "k", str, str))  # type: ignore[arg-type]
+    with pytest.raises(SerializationError, match=r"a list of Codec objects, got 3"):
+        JsonSerializer(codecs=3)  # type: ignore[arg-type]  # was a bare TypeError
     # The same class twice (a module reloaded, say) is no clash.
     again = Codec(Celsius, "celsius-global", lambda c: c.degrees, Celsius)
     serializer = JsonSerializer(codecs=[again, again])

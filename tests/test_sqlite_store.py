@@ -581,6 +581,23 @@ async def test_the_wal_stays_bounded_with_several_writers(
 
 
 @pytest.mark.asyncio
+async def test_a_serializer_without_dumps_and_loads_is_refused_before_the_file_is_made(
+    tmp_path: Path,
+) -> None:
+    # Regression: SQLiteStore(serializer=3) was taken, and the first execute() failed
+    # with an AttributeError ('int' object has no attribute 'dumps').
+    db = tmp_path / "sagas.db"
+    for odd in (3, "json", JsonSerializer):
+        with pytest.raises(SagaDefinitionError, match="serializer must be a JsonSerializer"):
+            SQLiteStore(db, serializer=odd)  # type: ignore[arg-type]
+    assert not db.exists()
+    kept = JsonSerializer(max_size=1000)
+    store = SQLiteStore(db, serializer=kept)
+    assert store.serializer is kept
+    await store.close()
+
+
+@pytest.mark.asyncio
 async def test_an_empty_owner_is_refused_so_recovery_cannot_take_a_running_saga(
     tmp_path: Path,
 ) -> None:

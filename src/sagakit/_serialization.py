@@ -411,7 +411,12 @@ class JsonSerializer:
         self.allow_pickle = allow_pickle
         if isinstance(codecs, Codec):
             raise SerializationError("codecs must be a list of Codec objects: codecs=[codec]")
-        self._codecs = tuple(codecs)
+        try:
+            self._codecs = tuple(codecs)
+        except TypeError:
+            raise SerializationError(
+                f"codecs must be a list of Codec objects, got {codecs!r}: codecs=[codec]"
+            ) from None
         self._decoders: dict[str, Codec] = {}
         for codec in self._codecs:
             if not isinstance(codec, Codec):

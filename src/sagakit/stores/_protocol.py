@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .._checks import MAX_COUNT, check_count
 from .._sagas import RecoveryPolicy
-from ..exceptions import SagaDefinitionError
+from .._serialization import JsonSerializer
+from ..exceptions import SagaDefinitionError, SagaError
 from ..status import SagaStatus, StepStatus
 
 if TYPE_CHECKING:
@@ -397,6 +398,23 @@ def claim_limit(limit: object, max_attempts: object, saga_ids: object) -> int:
     return row_limit(limit, "claim_orphans(limit=...)")
 
 
+def store_serializer(
+    serializer: object, refused: type[SagaError] = SagaDefinitionError
+) -> JsonSerializer:
+    """A store's ``serializer=``: a :class:`JsonSerializer` (one with default codecs for
+    ``None``); anything without its ``dumps`` and ``loads`` is refused (with the store's
+    error for bad settings) rather than failing the first saga with an ``AttributeError``."""
+    if serializer is None:
+        return JsonSerializer()
+    dumps, loads = getattr(serializer, "dumps", None), getattr(serializer, "loads", None)
+    if isinstance(serializer, type) or not (callable(dumps) and callable(loads)):
+        raise refused(
+            f"serializer must be a JsonSerializer (dumps and loads), got {serializer!r}; "
+            "pass an instance, serializer=JsonSerializer(codecs=[...]), or leave it out"
+        )
+    return serializer  # type: ignore[return-value]  # duck-typed like JsonSerializer
+
+
 def check_saga_id(saga_id: object, where: str) -> None:
     """Refuse a saga id that is not a string, given to the store method ``where``
     (``"get()"``), alike on every store: a dict or SQLite found nothing (or, through
@@ -427,6 +445,7 @@ __all__ = [
     "check_saga_ids",
     "claim_limit",
     "row_limit",
+    "store_serializer",
     "DeadLetter",
     "LoggedStep",
     "OrphanedSaga",

@@ -55,6 +55,7 @@ from ._protocol import (
     check_saga_ids,
     claim_limit,
     row_limit,
+    store_serializer,
 )
 from ._records import status_filter
 from .sqlite import definition_fingerprint
@@ -207,7 +208,7 @@ class PostgresStore:
         self.min_size = min_size
         self.max_size = max_size
         self.connect_timeout = _positive("connect_timeout", connect_timeout)
-        self.serializer = serializer if serializer is not None else JsonSerializer()
+        self.serializer = store_serializer(serializer, StoreError)
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{os.urandom(4).hex()}"
         self._sql = statements(self.schema)
         self._pool: AsyncConnectionPool[Any] | None = None

@@ -57,6 +57,7 @@ from ._protocol import (
     check_saga_id,
     claim_limit,
     row_limit,
+    store_serializer,
 )
 from ._records import status_filter
 from ._sqlite_owner import current_owner, owner_alive, owner_running_here
@@ -191,7 +192,7 @@ class SQLiteStore:
         self._file = os.path.abspath(path)
         self.synchronous = synchronous
         self.busy_timeout = seconds
-        self.serializer = serializer if serializer is not None else JsonSerializer()
+        self.serializer = store_serializer(serializer)
         self.read_only = read_only
         if self.read_only and not os.path.exists(path):
             raise StoreError(f"no saga log at {path!r} (opened read-only: none is created)")
