@@ -488,3 +488,66 @@ def test_crash_options_must_be_booleans() -> None:
         FaultInjector().crash(charge, after="no")  # type: ignore[arg-type]
     with pytest.raises(SagaDefinitionError, match=r"crash\(compensation=...\)"):
         FaultInjector().crash(charge, compensation=1)  # type: ignore[arg-type]
+
+
+@step(name="crash_sim_hold")
+async def hold(order: str) -> str:
+    effects.append(f"hold {order}")
+    return f"h-{order}"
+
+
+@hold.compensate
+async def unhold(order: str) -> None:
+    effects.append(f"unhold {order}")
+
+
+@step
+async def declined(order: str) -> None:
+    raise ValueError("card declined")
+
+
+@saga(name="crash_sim_removed_compensation")
+def held_order(order: str):  # type: ignore[no-untyped-def]
+    yield reserve(order)
+    yield hold(order)
+    yield declined(order)
+
+
+@pytest.mark.asyncio
+async def test_a_compensation_interrupted_then_removed_from_the_code_ends_as_crashed(
+    durable_store: Callable[[], Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The process died in hold's compensation; the code deployed since declares none for
+    # hold, so recovery does not run it again. The saga ended COMPENSATED with that
+    # compensation's record left `running` in the log, and nothing said so.
+    store = durable_store()
+    orchestrator = SagaOrchestrator(store)
+    with FaultInjector().crash(hold, compensation=True), pytest.raises(SimulatedCrash):
+        await orchestrator.execute(held_order("z").with_id("o-z"))
+    await simulate_restart(store)
+    await store.close()
+
+    @step(name="crash_sim_hold")
+    async def hold_now(order: str) -> str:  # the new code: no compensation
+        return f"h-{order}"
+
+    @saga(name="crash_sim_removed_compensation")
+    def held_order_now(order: str):  # type: ignore[no-untyped-def]
+        yield reserve(order)
+        yield hold_now(order)
+        yield declined(order)
+
+    restarted = SagaOrchestrator(durable_store())
+    [outcome] = await restarted.recover()
+    final = await restarted.get_saga("o-z")
+    await restarted.close()
+    assert (outcome.action, outcome.status) == ("compensated", SagaStatus.COMPENSATED)
+    assert final is not None
+    assert final.status is SagaStatus.COMPENSATED
+    assert [(c.name, str(c.status), c.error) for c in final.compensations] == [
+        ("crash_sim_hold", "failed", "interrupted by a crash of its process"),
+        ("reserve", "completed", None),
+    ]
+    assert effects == ["reserve z", "hold z", "release z"]
+    assert "compensation of step 1 ('crash_sim_hold') of saga" in caplog.text
+    assert "declares no compensation for that step any more" in caplog.text

@@ -392,6 +392,23 @@ async def _finish_claimed(
         run.steps.append(record)
         if wanted:
             undo.append((record, calls[len(done)], None))
+    for logged in orphan.compensations:
+        if (
+            logged.status is StepStatus.RUNNING
+            and logged.index < len(calls)
+            and calls[logged.index].spec.compensation is None
+        ):
+            # Its end is written with the saga's (interrupted_compensations).
+            logger.warning(
+                "sagakit recovery: the compensation of step %d (%r) of saga %s (%s) was "
+                "interrupted by a crash, and the code recovering it declares no compensation "
+                "for that step any more: it is not run again; check what it had done",
+                logged.index,
+                logged.name,
+                orphan.name,
+                orphan.saga_id,
+                extra=_fields(orphan),
+            )
     compensated = {
         logged.index for logged in orphan.compensations if logged.status is StepStatus.COMPLETED
     }
