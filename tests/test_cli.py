@@ -248,6 +248,41 @@ def test_release_lets_recovery_take_a_saga_of_another_host(tmp_path: Path) -> No
     assert cli("--db", db, "release", "far")[0] == 1  # no longer running
 
 
+def test_recover_names_the_sagas_of_another_host_it_leaves_for_release(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: recover said only "nothing to recover" while `list` showed the saga
+    # executing (its owner another container's process, never taken for dead here), and
+    # never pointed to `sagakit release`, as it points to the lease on PostgreSQL.
+    db, log = crashed_in_credit(tmp_path, "far", ELSEWHERE)
+    sys.path.insert(0, HELPERS)
+    os.environ["SAGAKIT_CRASH_LOG"] = str(log)
+    try:
+        code, out = cli("--db", db, "recover", "--import", "bank")
+        assert code == 0
+        assert out.splitlines() == [
+            "nothing to recover",
+            "1 saga(s) (far) are run by a process of another host or container, which no "
+            f"recovery here takes over; once you know that process is gone, `sagakit --db "
+            f"{shlex.quote(db)} release far` hands it to the next recover (release each of "
+            "them)",
+        ]
+        capsys.readouterr()
+        code, out = cli("--db", db, "recover", "--import", "bank", "--json")
+        assert (code, json.loads(out)) == (0, [])
+        assert "1 saga(s) (far) are run by a process of another host" in capsys.readouterr().err
+        assert cli("--db", db, "release", "far")[0] == 0
+        code, out = cli("--db", db, "recover", "--import", "bank")
+    finally:
+        sys.path.remove(HELPERS)
+        del os.environ["SAGAKIT_CRASH_LOG"]
+    assert code == 0
+    assert [line.split()[:4] for line in out.splitlines()] == [
+        ["ID", "NAME", "ACTION", "STATUS"],
+        ["far", "transfer", "resumed", "completed"],
+    ]
+
+
 def test_release_refuses_a_saga_its_live_owner_on_this_host_is_running(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 
 from ._checks import MAX_COUNT
 from ._cli_logs import check_postgres_log, check_sqlite_log
+from ._commands import command_line
 from ._orchestrator import SagaOrchestrator
 from ._recovery import RecoveryOutcome
 from ._sagas import registered_saga, registered_sagas
@@ -468,6 +469,20 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                         f"{leased} saga(s) are running under a lease; they are recovered "
                         "once it expires (a later recover, or any worker, claims them), "
                         "or finished by the workers holding them\n"
+                    )
+                    _side_note(args, out, note)
+            if isinstance(store, SQLiteStore):
+                # Owners on another host or in another container are never taken for
+                # dead here: say so, or the operator reads "nothing to recover" while
+                # `list` shows them executing, and never learns of `release`.
+                far = await store._held_elsewhere()
+                if far:
+                    named = ", ".join(far[:5]) + (", ..." if len(far) > 5 else "")
+                    note = (
+                        f"{len(far)} saga(s) ({_shown(named)}) are run by a process of another "
+                        "host or container, which no recovery here takes over; once you know "
+                        f"that process is gone, `{command_line(args.db, 'release', far[0])}` "
+                        "hands it to the next recover (release each of them)\n"
                     )
                     _side_note(args, out, note)
             unknown = await _unregistered_running(store, known)
