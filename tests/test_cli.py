@@ -1266,6 +1266,46 @@ def test_list_takes_a_status_in_any_case(
     assert "COMPLETED" not in err  # the choices stay lowercase
 
 
+@pytest.mark.parametrize(
+    ("db", "expected"),
+    [
+        (
+            "postgresql+psycopg://app:s3cret@db.internal/payments",
+            "--db takes a PostgreSQL URL as libpq reads it, not a SQLAlchemy dialect URL "
+            "(postgresql+psycopg://...): write it postgresql://...",
+        ),
+        (
+            "POSTGRES://app:s3cret@db.internal/payments",
+            "--db takes a PostgreSQL URL in lowercase: write POSTGRES:// as postgresql://",
+        ),
+        (
+            "sqlite:////var/lib/app/my sagas.db",
+            "--db takes the SQLite log's file path, not a sqlite:// URL: "
+            "--db '/var/lib/app/my sagas.db'",
+        ),
+        (
+            "mysql://app:s3cret@db.internal/payments",
+            "--db takes a SQLite file path or a postgresql:// URL; a mysql:// URL names no saga "
+            "log sagakit can read",
+        ),
+    ],
+)
+def test_a_database_url_sagakit_does_not_read_is_refused_without_repeating_it(
+    db: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: any URL but postgresql:// and postgres:// was taken for a file path:
+    # "no saga log at '<the URL>'; pass the path your application uses", which wrote the
+    # URL's password to the terminal and did not say what --db takes (with --schema, the
+    # usage error quoted it too).
+    for argv in (["list"], ["--schema", "billing", "recover"]):
+        with pytest.raises(SystemExit) as exited:
+            cli("--db", db, *argv)
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1] == f"sagakit: error: {expected}"
+        assert "s3cret" not in err
+
+
 def test_schema_with_a_sqlite_log_is_refused(
     log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from ._checks import MAX_COUNT
-from ._cli_logs import check_postgres_log, check_sqlite_log
+from ._cli_logs import check_postgres_log, check_sqlite_log, url_problem
 from ._commands import command_line
 from ._orchestrator import SagaOrchestrator
 from ._recovery import RecoveryOutcome
@@ -572,6 +572,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = parser.parse_args(argv)
     if not hasattr(args, "db"):
         parser.error("the saga log is required: --db sagas.db")
+    problem = None if _is_postgres(args.db) else url_problem(args.db)
+    if problem is not None:  # before anything repeats the URL, which may hold a password
+        parser.error(problem)
     if hasattr(args, "schema") and not _is_postgres(args.db):
         parser.error(
             "--schema applies to PostgreSQL URLs only (--db postgresql://...); "
