@@ -233,7 +233,8 @@ def _replay(
                 raise NonDeterminismError(
                     f"saga {orphan.name!r} ({orphan.saga_id}) ended after {len(calls)} steps on "
                     f"replay, but its log records step {logged.index} {logged.name!r}: the "
-                    "saga's code changed since this run started"
+                    "saga's code changed since this run started; finish or resolve it with "
+                    "the old code"
                 ) from None
             name = call.spec.name if isinstance(call, StepCall) else repr(call)
             if name != logged.name:
