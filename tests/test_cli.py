@@ -695,6 +695,48 @@ def test_recover_names_the_orphans_it_left_alone_for_want_of_their_module(
     )
 
 
+def test_recover_says_a_saga_renamed_since_its_orphans_started_needs_its_old_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: with the application's module imported, and its saga renamed since the
+    # orphan started, the note said only "pass --import with the module that declares
+    # them", which the operator had just done.
+    crash = (
+        "import asyncio, os\n"
+        "from sagakit import SagaOrchestrator, SQLiteStore, saga, step\n"
+        "@step\n"
+        "async def cli_hang_renamed() -> None:\n"
+        "    await asyncio.sleep(60)\n"
+        "@saga\n"
+        "def cli_old_name():\n"
+        "    yield cli_hang_renamed()\n"
+        "async def main():\n"
+        "    orchestrator = SagaOrchestrator(SQLiteStore('sagas.db'))\n"
+        "    asyncio.create_task(orchestrator.execute(cli_old_name(), saga_id='o-1'))\n"
+        "    await asyncio.sleep(0.5)\n"
+        "    os._exit(0)  # dies mid-step: an orphan\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, "-c", crash], cwd=tmp_path, check=True, timeout=60)
+    (tmp_path / "cli_renamed_app.py").write_text(  # the code deployed since
+        "from sagakit import saga, step\n"
+        "@step\n"
+        "async def cli_hang_renamed() -> None: ...\n"
+        "@saga\n"
+        "def cli_new_name():  # was cli_old_name\n"
+        "    yield cli_hang_renamed()\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    code, out = cli("--db", "sagas.db", "recover", "--import", "cli_renamed_app")
+    assert code == 0
+    assert out.splitlines() == [
+        "nothing to recover",
+        "1 unfinished saga(s) named cli_old_name were left alone: no @saga of that name is "
+        "registered here; pass --import with the module that declares them; if the saga was "
+        "renamed since they started, give it its old name back: @saga(name='cli_old_name')",
+    ]
+
+
 def test_recover_names_the_orphans_it_left_alone_beside_those_it_recovered(
     tmp_path: Path,
 ) -> None:
@@ -737,7 +779,9 @@ def test_recover_names_the_orphans_it_left_alone_beside_those_it_recovered(
     ]
     assert lines[2:] == [
         "1 unfinished saga(s) named cli_unimported_too were left alone: no @saga of that name "
-        "is registered here; pass --import with the module that declares them",
+        "is registered here; pass --import with the module that declares them; if the saga "
+        "was renamed since they started, give it its old name back: "
+        "@saga(name='cli_unimported_too')",
     ]
 
 

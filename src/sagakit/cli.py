@@ -494,6 +494,14 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                     "were left alone: no @saga of that name is registered here; pass "
                     "--import with the module that declares them"
                     + (f" ({_shown(', '.join(modules))})" if modules else "")
+                    + (
+                        # The modules imported declare none: the saga may have been
+                        # renamed in a deployment since those sagas started.
+                        "; if the saga was renamed since they started, give it its old "
+                        f"name back: @saga(name={_shown(repr(sorted(unknown)[0]))})"
+                        if args.modules and not modules
+                        else ""
+                    )
                     + "\n"
                 )
                 _side_note(args, out, note)
