@@ -248,6 +248,41 @@ def test_release_lets_recovery_take_a_saga_of_another_host(tmp_path: Path) -> No
     assert cli("--db", db, "release", "far")[0] == 1  # no longer running
 
 
+def test_recover_names_the_sagas_of_another_host_it_leaves_for_release(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: recover said only "nothing to recover" while `list` showed the saga
+    # executing (its owner another container's process, never taken for dead here), and
+    # never pointed to `sagakit release`, as it points to the lease on PostgreSQL.
+    db, log = crashed_in_credit(tmp_path, "far", ELSEWHERE)
+    sys.path.insert(0, HELPERS)
+    os.environ["SAGAKIT_CRASH_LOG"] = str(log)
+    try:
+        code, out = cli("--db", db, "recover", "--import", "bank")
+        assert code == 0
+        assert out.splitlines() == [
+            "nothing to recover",
+            "1 saga(s) (far) are run by a process of another host or container, which no "
+            f"recovery here takes over; once you know that process is gone, `sagakit --db "
+            f"{shlex.quote(db)} release far` hands it to the next recover (release each of "
+            "them)",
+        ]
+        capsys.readouterr()
+        code, out = cli("--db", db, "recover", "--import", "bank", "--json")
+        assert (code, json.loads(out)) == (0, [])
+        assert "1 saga(s) (far) are run by a process of another host" in capsys.readouterr().err
+        assert cli("--db", db, "release", "far")[0] == 0
+        code, out = cli("--db", db, "recover", "--import", "bank")
+    finally:
+        sys.path.remove(HELPERS)
+        del os.environ["SAGAKIT_CRASH_LOG"]
+    assert code == 0
+    assert [line.split()[:4] for line in out.splitlines()] == [
+        ["ID", "NAME", "ACTION", "STATUS"],
+        ["far", "transfer", "resumed", "completed"],
+    ]
+
+
 def test_release_refuses_a_saga_its_live_owner_on_this_host_is_running(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -660,6 +695,48 @@ def test_recover_names_the_orphans_it_left_alone_for_want_of_their_module(
     )
 
 
+def test_recover_says_a_saga_renamed_since_its_orphans_started_needs_its_old_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: with the application's module imported, and its saga renamed since the
+    # orphan started, the note said only "pass --import with the module that declares
+    # them", which the operator had just done.
+    crash = (
+        "import asyncio, os\n"
+        "from sagakit import SagaOrchestrator, SQLiteStore, saga, step\n"
+        "@step\n"
+        "async def cli_hang_renamed() -> None:\n"
+        "    await asyncio.sleep(60)\n"
+        "@saga\n"
+        "def cli_old_name():\n"
+        "    yield cli_hang_renamed()\n"
+        "async def main():\n"
+        "    orchestrator = SagaOrchestrator(SQLiteStore('sagas.db'))\n"
+        "    asyncio.create_task(orchestrator.execute(cli_old_name(), saga_id='o-1'))\n"
+        "    await asyncio.sleep(0.5)\n"
+        "    os._exit(0)  # dies mid-step: an orphan\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, "-c", crash], cwd=tmp_path, check=True, timeout=60)
+    (tmp_path / "cli_renamed_app.py").write_text(  # the code deployed since
+        "from sagakit import saga, step\n"
+        "@step\n"
+        "async def cli_hang_renamed() -> None: ...\n"
+        "@saga\n"
+        "def cli_new_name():  # was cli_old_name\n"
+        "    yield cli_hang_renamed()\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    code, out = cli("--db", "sagas.db", "recover", "--import", "cli_renamed_app")
+    assert code == 0
+    assert out.splitlines() == [
+        "nothing to recover",
+        "1 unfinished saga(s) named cli_old_name were left alone: no @saga of that name is "
+        "registered here; pass --import with the module that declares them; if the saga was "
+        "renamed since they started, give it its old name back: @saga(name='cli_old_name')",
+    ]
+
+
 def test_recover_names_the_orphans_it_left_alone_beside_those_it_recovered(
     tmp_path: Path,
 ) -> None:
@@ -702,7 +779,9 @@ def test_recover_names_the_orphans_it_left_alone_beside_those_it_recovered(
     ]
     assert lines[2:] == [
         "1 unfinished saga(s) named cli_unimported_too were left alone: no @saga of that name "
-        "is registered here; pass --import with the module that declares them",
+        "is registered here; pass --import with the module that declares them; if the saga "
+        "was renamed since they started, give it its old name back: "
+        "@saga(name='cli_unimported_too')",
     ]
 
 
@@ -1267,6 +1346,46 @@ def test_list_takes_a_status_in_any_case(
     assert "invalid choice" in err
     assert "completed" in err
     assert "COMPLETED" not in err  # the choices stay lowercase
+
+
+@pytest.mark.parametrize(
+    ("db", "expected"),
+    [
+        (
+            "postgresql+psycopg://app:s3cret@db.internal/payments",
+            "--db takes a PostgreSQL URL as libpq reads it, not a SQLAlchemy dialect URL "
+            "(postgresql+psycopg://...): write it postgresql://...",
+        ),
+        (
+            "POSTGRES://app:s3cret@db.internal/payments",
+            "--db takes a PostgreSQL URL in lowercase: write POSTGRES:// as postgresql://",
+        ),
+        (
+            "sqlite:////var/lib/app/my sagas.db",
+            "--db takes the SQLite log's file path, not a sqlite:// URL: "
+            "--db '/var/lib/app/my sagas.db'",
+        ),
+        (
+            "mysql://app:s3cret@db.internal/payments",
+            "--db takes a SQLite file path or a postgresql:// URL; a mysql:// URL names no saga "
+            "log sagakit can read",
+        ),
+    ],
+)
+def test_a_database_url_sagakit_does_not_read_is_refused_without_repeating_it(
+    db: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: any URL but postgresql:// and postgres:// was taken for a file path:
+    # "no saga log at '<the URL>'; pass the path your application uses", which wrote the
+    # URL's password to the terminal and did not say what --db takes (with --schema, the
+    # usage error quoted it too).
+    for argv in (["list"], ["--schema", "billing", "recover"]):
+        with pytest.raises(SystemExit) as exited:
+            cli("--db", db, *argv)
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1] == f"sagakit: error: {expected}"
+        assert "s3cret" not in err
 
 
 def test_schema_with_a_sqlite_log_is_refused(

@@ -23,8 +23,15 @@ class World:
         self.db = str(tmp_path / "sagas.db")
         self.log = tmp_path / "effects.log"
 
-    def child(self, *args: str, crash: str = "") -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "SAGAKIT_CRASH_LOG": str(self.log), "SAGAKIT_CRASH": crash}
+    def child(
+        self, *args: str, crash: str = "", code: str = ""
+    ) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "SAGAKIT_CRASH_LOG": str(self.log),
+            "SAGAKIT_CRASH": crash,
+            "SAGAKIT_CODE": code,
+        }
         return subprocess.run(
             [sys.executable, str(HELPER), *args],
             env=env,
@@ -37,8 +44,8 @@ class World:
     def run(self, saga: str, saga_id: str, target: str = "B", crash: str = "") -> int:
         return self.child("run", self.db, saga, saga_id, target, crash=crash).returncode
 
-    def recover(self, crash: str = "", max_attempts: int = 3) -> list[str]:
-        done = self.child("recover", self.db, str(max_attempts), crash=crash)
+    def recover(self, crash: str = "", max_attempts: int = 3, code: str = "") -> list[str]:
+        done = self.child("recover", self.db, str(max_attempts), crash=crash, code=code)
         assert done.returncode in (0, -signal.SIGKILL), done.stderr
         return done.stdout.splitlines()
 
@@ -143,6 +150,37 @@ async def test_killed_mid_compensation_finishes_compensating_once_in_reverse(wor
         "comp debit t4:0",
     ]
     assert await world.saga("t4") == (SagaStatus.COMPENSATED, 0)
+
+
+@pytest.mark.asyncio
+async def test_a_compensation_interrupted_then_removed_from_the_code_does_not_stay_running(
+    world: World,
+) -> None:
+    # Killed inside reserve's compensation; the code deployed before recovery declares
+    # none for reserve, so recovery does not run it again. The saga ended COMPENSATED
+    # with that compensation's record still `running` in the log.
+    crash = "in_step:comp:reserve"
+    assert world.run("transfer", "t9", target="REFUSE", crash=crash) == -signal.SIGKILL
+    code = "release-removed"
+    assert world.recover(code=code) == ['["t9", "compensated", "compensated"]']
+    assert world.effects() == [
+        "step debit t9:0",
+        "step reserve t9:1",
+        "step credit t9:2",
+        "comp reserve hold-REFUSE t9:1",
+        "comp debit t9:0",
+    ]
+    store = SQLiteStore(world.db, read_only=True)
+    try:
+        meta = await store.get("t9")
+    finally:
+        await store.close()
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert [(c.name, str(c.status), c.error) for c in meta.compensations] == [
+        ("reserve", "failed", "interrupted by a crash of its process"),
+        ("debit", "completed", None),
+    ]
 
 
 @pytest.mark.asyncio

@@ -243,6 +243,27 @@ async def test_changed_code_is_dead_lettered_without_running_anything(
 
 
 @pytest.mark.asyncio
+async def test_changed_code_that_ends_sooner_is_parked_saying_what_to_do(db: str) -> None:
+    # Regression: the message a body ending before a logged step gives named the change
+    # but not what to do about it, unlike the one for a different step.
+    await crash(db, rec_changing("map"), "o6", at(TransitionKind.STEP_COMPLETED, "pay"))
+
+    @saga(name="rec_changing")
+    def shorter(item: str):  # type: ignore[no-untyped-def]
+        yield book(item)  # pay was dropped
+
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        (outcome,) = await orchestrator.recover()
+    assert outcome.action == "dead_lettered"
+    assert outcome.error == (
+        "NonDeterminismError: saga 'rec_changing' (o6) ended after 1 steps on replay, but its "
+        "log records step 1 'pay': the saga's code changed since this run started; finish or "
+        "resolve it with the old code"
+    )
+    assert effects == ["book map o6:0", "pay map"]
+
+
+@pytest.mark.asyncio
 async def test_builder_sagas_are_dead_lettered_with_the_reason(db: str) -> None:
     definition = SagaDefinition("builder-1").add_step(book("lamp")).add_step(pay("lamp"))
     await crash(db, definition, "builder-1", at(TransitionKind.STEP_STARTED, "pay"))

@@ -488,3 +488,108 @@ def test_crash_options_must_be_booleans() -> None:
         FaultInjector().crash(charge, after="no")  # type: ignore[arg-type]
     with pytest.raises(SagaDefinitionError, match=r"crash\(compensation=...\)"):
         FaultInjector().crash(charge, compensation=1)  # type: ignore[arg-type]
+
+
+@step(name="crash_sim_hold")
+async def hold(order: str) -> str:
+    effects.append(f"hold {order}")
+    return f"h-{order}"
+
+
+@hold.compensate
+async def unhold(order: str) -> None:
+    effects.append(f"unhold {order}")
+
+
+@step
+async def declined(order: str) -> None:
+    raise ValueError("card declined")
+
+
+@saga(name="crash_sim_removed_compensation")
+def held_order(order: str):  # type: ignore[no-untyped-def]
+    yield reserve(order)
+    yield hold(order)
+    yield declined(order)
+
+
+@pytest.mark.asyncio
+async def test_a_compensation_interrupted_then_removed_from_the_code_ends_as_crashed(
+    durable_store: Callable[[], Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The process died in hold's compensation; the code deployed since declares none for
+    # hold, so recovery does not run it again. The saga ended COMPENSATED with that
+    # compensation's record left `running` in the log, and nothing said so.
+    store = durable_store()
+    orchestrator = SagaOrchestrator(store)
+    with FaultInjector().crash(hold, compensation=True), pytest.raises(SimulatedCrash):
+        await orchestrator.execute(held_order("z").with_id("o-z"))
+    await simulate_restart(store)
+    await store.close()
+
+    @step(name="crash_sim_hold")
+    async def hold_now(order: str) -> str:  # the new code: no compensation
+        return f"h-{order}"
+
+    @saga(name="crash_sim_removed_compensation")
+    def held_order_now(order: str):  # type: ignore[no-untyped-def]
+        yield reserve(order)
+        yield hold_now(order)
+        yield declined(order)
+
+    restarted = SagaOrchestrator(durable_store())
+    [outcome] = await restarted.recover()
+    final = await restarted.get_saga("o-z")
+    await restarted.close()
+    assert (outcome.action, outcome.status) == ("compensated", SagaStatus.COMPENSATED)
+    assert final is not None
+    assert final.status is SagaStatus.COMPENSATED
+    assert [(c.name, str(c.status), c.error) for c in final.compensations] == [
+        ("crash_sim_hold", "failed", "interrupted by a crash of its process"),
+        ("reserve", "completed", None),
+    ]
+    assert effects == ["reserve z", "hold z", "release z"]
+    assert "compensation of step 1 ('crash_sim_hold') of saga" in caplog.text
+    assert "declares no compensation for that step any more" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_a_compensation_that_failed_for_good_then_removed_from_the_code_still_fails_the_saga(
+    durable_store: Callable[[], Any],
+) -> None:
+    # hold's compensation failed for good, then the process died before the saga's end.
+    # The code deployed since declares no compensation for hold: recovery skipped that
+    # step before looking at the logged failure, and ended the saga COMPENSATED, running
+    # reserve's compensation, where the run (and the docs) end it FAILED at that failure.
+    store = durable_store()
+    died = _dies_once_told(TransitionKind.COMPENSATION_FAILED)
+    orchestrator = SagaOrchestrator(store, listeners=[died])
+    faults = FaultInjector().fail_compensation(hold, ConnectionError("hold service down"))
+    with faults, pytest.raises(SimulatedCrash):
+        await orchestrator.execute(held_order("y").with_id("o-y"))
+    await simulate_restart(store)
+    await store.close()
+
+    @step(name="crash_sim_hold")
+    async def hold_now(order: str) -> str:  # the new code: no compensation
+        return f"h-{order}"
+
+    @saga(name="crash_sim_removed_compensation")
+    def held_order_now(order: str):  # type: ignore[no-untyped-def]
+        yield reserve(order)
+        yield hold_now(order)
+        yield declined(order)
+
+    restarted = SagaOrchestrator(durable_store())
+    [outcome] = await restarted.recover()
+    final = await restarted.get_saga("o-y")
+    await restarted.close()
+    assert (outcome.action, outcome.status) == ("compensated", SagaStatus.FAILED)
+    assert outcome.error is not None
+    assert outcome.error.startswith(
+        "compensation of step 1 ('crash_sim_hold') failed: ConnectionError: hold service down"
+    )
+    assert final is not None
+    assert final.status is SagaStatus.FAILED
+    assert [(c.name, str(c.status)) for c in final.compensations] == [("crash_sim_hold", "failed")]
+    assert effects == ["reserve y", "hold y"]  # reserve's compensation not run

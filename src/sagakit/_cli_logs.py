@@ -7,6 +7,8 @@ so it refuses a file or schema that holds no saga log instead of creating one.
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,41 @@ from .stores._sqlite_schema import _HEADER as SQLITE_HEADER
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
+
+
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
+
+
+def url_problem(db: str) -> str | None:
+    """What is wrong with a ``--db`` that is a URL of a kind sagakit does not read (a
+    SQLAlchemy dialect URL, a ``sqlite://`` URL, another database), or ``None``.
+
+    The message never repeats the URL, which may hold a password.
+    """
+    found = _URL.fullmatch(db)
+    if found is None or os.path.exists(db):
+        return None
+    scheme = found.group(1).lower()
+    dialect, _, driver = scheme.partition("+")
+    if dialect in ("postgresql", "postgres"):
+        if driver:
+            return (
+                f"--db takes a PostgreSQL URL as libpq reads it, not a SQLAlchemy dialect URL "
+                f"({found.group(1)}://...): write it postgresql://..."
+            )
+        return (
+            f"--db takes a PostgreSQL URL in lowercase: write {found.group(1)}:// as postgresql://"
+        )
+    if dialect == "sqlite":
+        path = found.group(2).removeprefix("/")  # sqlite:///x.db is x.db, sqlite:////x.db /x.db
+        return (
+            f"--db takes the SQLite log's file path, not a {found.group(1)}:// URL: "
+            f"--db {shlex.quote(path) if path else 'PATH'}"
+        )
+    return (
+        f"--db takes a SQLite file path or a postgresql:// URL; a {found.group(1)}:// URL "
+        "names no saga log sagakit can read"
+    )
 
 
 def check_sqlite_log(path: str) -> None:
@@ -76,4 +113,4 @@ def check_postgres_log(dsn: str, schema: str, connect_timeout: float = 10.0) -> 
         )
 
 
-__all__ = ["check_postgres_log", "check_sqlite_log"]
+__all__ = ["check_postgres_log", "check_sqlite_log", "url_problem"]

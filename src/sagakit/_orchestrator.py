@@ -964,15 +964,16 @@ class SagaOrchestrator:
                 step_record, call, result = done[-1]
                 spec = call.spec
                 compensation = spec.compensation
-                if compensation is None:
-                    done.pop()
-                    continue
                 if failed is not None and step_record.index in failed:
                     # It failed for good before the process died (its record is in the
-                    # log): it ends the saga as it did that run, and is not run again.
+                    # log): it ends the saga as it did that run, and is not run again
+                    # (even if the code recovering it declares no compensation any more).
                     done.pop()
                     error = failed[step_record.index]
                     _gave_up(done, errors, uncompensated, step_record, error, go_on)
+                    continue
+                if compensation is None:
+                    done.pop()
                     continue
                 # new_step_run(step_record.index, step_record.name, True), inline (as above)
                 record = _new_record(StepRun)

@@ -233,7 +233,8 @@ def _replay(
                 raise NonDeterminismError(
                     f"saga {orphan.name!r} ({orphan.saga_id}) ended after {len(calls)} steps on "
                     f"replay, but its log records step {logged.index} {logged.name!r}: the "
-                    "saga's code changed since this run started"
+                    "saga's code changed since this run started; finish or resolve it with "
+                    "the old code"
                 ) from None
             name = call.spec.name if isinstance(call, StepCall) else repr(call)
             if name != logged.name:
@@ -392,6 +393,23 @@ async def _finish_claimed(
         run.steps.append(record)
         if wanted:
             undo.append((record, calls[len(done)], None))
+    for logged in orphan.compensations:
+        if (
+            logged.status is StepStatus.RUNNING
+            and logged.index < len(calls)
+            and calls[logged.index].spec.compensation is None
+        ):
+            # Its end is written with the saga's (interrupted_compensations).
+            logger.warning(
+                "sagakit recovery: the compensation of step %d (%r) of saga %s (%s) was "
+                "interrupted by a crash, and the code recovering it declares no compensation "
+                "for that step any more: it is not run again; check what it had done",
+                logged.index,
+                logged.name,
+                orphan.name,
+                orphan.saga_id,
+                extra=_fields(orphan),
+            )
     compensated = {
         logged.index for logged in orphan.compensations if logged.status is StepStatus.COMPLETED
     }

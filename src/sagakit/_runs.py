@@ -174,14 +174,16 @@ NOT_COMPENSATED = " (not compensated)"
 
 
 def interrupted_compensations(run: SagaRun) -> list[StepRun]:
-    """The compensations of a ``FAILED`` run whose end no transition carried, for a
-    durable store to write with the run's end: those a crash interrupted that the run's
-    recovery ended without running again (it stopped at an earlier compensation
-    failure), those a ``KeyboardInterrupt`` stopped, and the one the run ended in because
-    a transition of it could not be recorded (its start or retry: ``UNRECORDED``; its
-    failure for good: ``SagaRun.unrecorded``). A compensation recovery ran again is
-    recorded by its own transitions."""
-    if run.status is not SAGA_FAILED or not run.compensations:
+    """The compensations of an ended run whose end no transition carried, for a durable
+    store to write with the run's end: those a crash interrupted that the run's recovery
+    ended without running again (it stopped at an earlier compensation failure, or the
+    code it recovered with declares no compensation for that step any more: the run
+    may then end ``COMPENSATED``), and, of a ``FAILED`` run, those a
+    ``KeyboardInterrupt`` stopped and the one the run ended in because a transition of
+    it could not be recorded (its start or retry: ``UNRECORDED``; its failure for good:
+    ``SagaRun.unrecorded``). A compensation recovery ran again is recorded by its own
+    transitions."""
+    if not run.compensations or run.status not in (SAGA_FAILED, SAGA_COMPENSATED):
         return []
     last = {record.index: record for record in run.compensations}
     unrecorded = run.unrecorded

@@ -26,7 +26,8 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from ._checks import MAX_COUNT
-from ._cli_logs import check_postgres_log, check_sqlite_log
+from ._cli_logs import check_postgres_log, check_sqlite_log, url_problem
+from ._commands import command_line
 from ._orchestrator import SagaOrchestrator
 from ._recovery import RecoveryOutcome
 from ._sagas import registered_saga, registered_sagas
@@ -481,6 +482,20 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                         "or finished by the workers holding them\n"
                     )
                     _side_note(args, out, note)
+            if isinstance(store, SQLiteStore):
+                # Owners on another host or in another container are never taken for
+                # dead here: say so, or the operator reads "nothing to recover" while
+                # `list` shows them executing, and never learns of `release`.
+                far = await store._held_elsewhere()
+                if far:
+                    named = ", ".join(far[:5]) + (", ..." if len(far) > 5 else "")
+                    note = (
+                        f"{len(far)} saga(s) ({_shown(named)}) are run by a process of another "
+                        "host or container, which no recovery here takes over; once you know "
+                        f"that process is gone, `{command_line(args.db, 'release', far[0])}` "
+                        "hands it to the next recover (release each of them)\n"
+                    )
+                    _side_note(args, out, note)
             unknown = await _unregistered_running(store, known)
             if unknown:
                 modules = _declared_in(sorted(unknown))
@@ -490,6 +505,14 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                     "were left alone: no @saga of that name is registered here; pass "
                     "--import with the module that declares them"
                     + (f" ({_shown(', '.join(modules))})" if modules else "")
+                    + (
+                        # The modules imported declare none: the saga may have been
+                        # renamed in a deployment since those sagas started.
+                        "; if the saga was renamed since they started, give it its old "
+                        f"name back: @saga(name={_shown(repr(sorted(unknown)[0]))})"
+                        if args.modules and not modules
+                        else ""
+                    )
                     + "\n"
                 )
                 _side_note(args, out, note)
@@ -568,6 +591,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = parser.parse_args(argv)
     if not hasattr(args, "db"):
         parser.error("the saga log is required: --db sagas.db")
+    problem = None if _is_postgres(args.db) else url_problem(args.db)
+    if problem is not None:  # before anything repeats the URL, which may hold a password
+        parser.error(problem)
     if hasattr(args, "schema") and not _is_postgres(args.db):
         parser.error(
             "--schema applies to PostgreSQL URLs only (--db postgresql://...); "

@@ -81,6 +81,15 @@ def owner_alive(token: str | None) -> bool:
     return start == "?" or actual == start
 
 
+def owner_elsewhere(token: str | None) -> bool:
+    """Whether ``token`` names a process of another host or container (PID namespace):
+    one this host never considers dead, so recovery here never takes its sagas."""
+    if not token:
+        return False
+    host, _, _, namespace = [*token.split("/", 3), "", "", ""][:4]
+    return host != socket.gethostname() or bool(namespace and namespace != _pid_namespace())
+
+
 def owner_running_here(token: str | None) -> bool:
     """Whether ``token`` names another process of this host and PID namespace that runs."""
     if not token:
@@ -91,4 +100,4 @@ def owner_running_here(token: str | None) -> bool:
     return pid_text != str(os.getpid()) and owner_alive(token)
 
 
-__all__ = ["current_owner", "owner_alive", "owner_running_here"]
+__all__ = ["current_owner", "owner_alive", "owner_elsewhere", "owner_running_here"]

@@ -60,7 +60,7 @@ from ._protocol import (
     store_serializer,
 )
 from ._records import status_filter
-from ._sqlite_owner import current_owner, owner_alive, owner_running_here
+from ._sqlite_owner import current_owner, owner_alive, owner_elsewhere, owner_running_here
 from ._sqlite_rows import decode_orphan, load_metadata, load_orphan_rows, number_unordered, when
 from ._sqlite_schema import (
     Synchronous,
@@ -706,6 +706,20 @@ class SQLiteStore:
 
     async def running_count(self) -> int:
         return await self._count("finished_at IS NULL AND dead_letter IS NULL")
+
+    async def _held_elsewhere(self) -> list[str]:
+        """The ids of the running sagas owned by a process of another host or container,
+        oldest first (for the CLI's ``recover``: no recovery here claims them, ``sagakit
+        release`` hands them over)."""
+
+        def read(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT id, owner FROM sagakit_sagas WHERE finished_at IS NULL "
+                "AND dead_letter IS NULL ORDER BY started_at, rowid"
+            )
+            return [saga_id for saga_id, owner in rows if owner_elsewhere(owner)]
+
+        return await self._writer.read(read)
 
     async def history_count(self) -> int:
         return await self._count("finished_at IS NOT NULL")
