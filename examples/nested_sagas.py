@@ -1,8 +1,9 @@
 """Nested sagas: a step runs an inner saga, and a crash inside it is recovered consistently.
 
 An order saga reserves stock, pays, then ships. Paying is a saga of its own
-(authorize, then capture), run by the ``pay`` step under an id derived from the
-step's idempotency key: ``f"{current_step().idempotency_key}/payment"``, so
+(authorize, then capture), run by the ``pay`` step with the orchestrator running
+it (``current_step().orchestrator``: the application's, a worker's, or that of
+``sagakit recover``) under an id derived from the step's idempotency key: ``f"{current_step().idempotency_key}/payment"``, so
 ``order-2:1/payment`` for step 1 of ``order-2``. When recovery runs ``pay`` again,
 it executes the *same* inner saga id, which is an idempotency key too: the inner
 saga's recorded events come back, or — if the crash left it half done — it is
@@ -50,9 +51,6 @@ class Captured:
 # What the outside world saw, in order: the payment provider's and the warehouse's calls.
 calls: list[str] = []
 
-# The orchestrator of the running "process": the pay step runs the inner saga with it.
-orchestrator: SagaOrchestrator | None = None
-
 
 def key() -> str:
     context = current_step()
@@ -96,9 +94,12 @@ def payment(order: str, amount: int) -> Generator[StepCall[Any], Any, None]:
 
 @step
 async def pay(order: str, amount: int) -> list[Any]:
-    """Run the payment saga under an id derived from this step's idempotency key."""
-    assert orchestrator is not None
-    return await orchestrator.execute(payment(order, amount), saga_id=f"{key()}/payment")
+    """Run the payment saga, with the orchestrator running this step, under an id derived
+    from this step's idempotency key."""
+    context = current_step()
+    assert context is not None
+    inner_id = f"{context.idempotency_key}/payment"
+    return await context.orchestrator.execute(payment(order, amount), saga_id=inner_id)
 
 
 @pay.compensate
@@ -127,8 +128,7 @@ def show_calls() -> None:
     calls.clear()
 
 
-async def show_sagas(ids: list[str]) -> None:
-    assert orchestrator is not None
+async def show_sagas(orchestrator: SagaOrchestrator, ids: list[str]) -> None:
     for saga_id in ids:
         meta = await orchestrator.get_saga(saga_id)
         assert meta is not None
@@ -137,7 +137,6 @@ async def show_sagas(ids: list[str]) -> None:
 
 
 async def main(directory: str) -> None:
-    global orchestrator
     log = os.path.join(directory, "sagas.db")
 
     print("1. order-1: the pay step runs the payment saga as order-1:1/payment")
@@ -145,7 +144,7 @@ async def main(directory: str) -> None:
     events = await orchestrator.execute(place_order("order-1", 30), saga_id="order-1")
     print(f"  events: {events}")
     show_calls()
-    await show_sagas(["order-1", "order-1:1/payment"])
+    await show_sagas(orchestrator, ["order-1", "order-1:1/payment"])
 
     print("2. order-2: the process dies inside the payment saga, before 'capture'")
     store = orchestrator.store
@@ -155,19 +154,18 @@ async def main(directory: str) -> None:
         except SimulatedCrash as crash:
             print(f"  {crash}")
     show_calls()
-    await show_sagas(["order-2", "order-2:1/payment"])
+    await show_sagas(orchestrator, ["order-2", "order-2:1/payment"])
     await simulate_restart(store)  # this "process" is gone: its sagas are up for recovery
     await orchestrator.close()
 
     print("3. a restarted process recovers order-2")
     async with SagaOrchestrator(SQLiteStore(log)) as restarted:
-        orchestrator = restarted
         for outcome in await restarted.recover():
             print(f"  recovered {outcome.saga_id}: {outcome.action}, now {outcome.status}")
         # pay ran again and executed order-2:1/payment again: that finished the inner saga
         # (authorize recorded as completed, so only capture ran), then returned its events.
         show_calls()
-        await show_sagas(["order-2", "order-2:1/payment"])
+        await show_sagas(restarted, ["order-2", "order-2:1/payment"])
         print(f"  a second recover() finds: {await restarted.recover()}")
 
         print("4. order-3: shipping fails; the outer saga refunds what the inner one captured")
@@ -176,7 +174,7 @@ async def main(directory: str) -> None:
         except StepFailed as failure:
             print(f"  failed at {failure.step_name!r}: {failure.error}")
         show_calls()
-        await show_sagas(["order-3", "order-3:1/payment"])
+        await show_sagas(restarted, ["order-3", "order-3:1/payment"])
         # The payment saga stays completed: undoing it is the job of pay's compensation.
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,12 @@ import pytest
 
 from sagakit import (
     SagaAlreadyExecuting,
+    SagaDefinition,
     SagaDefinitionError,
     SagaOrchestrator,
     SagaStatus,
     SQLiteStore,
+    StepFailed,
     Transition,
     TransitionKind,
     current_step,
@@ -299,3 +303,137 @@ async def test_executing_an_orphan_past_its_attempts_parks_it_and_says_so(
     assert info.value.dead_letter is not None
     assert "is dead-lettered" in str(info.value)
     assert effects == ["authorize o9"]  # nothing ran again
+
+
+@pytest.mark.asyncio
+async def test_a_step_reaches_the_orchestrator_running_it(tmp_path: Path) -> None:
+    seen: list[tuple[SagaOrchestrator, bool]] = []
+
+    @step
+    async def nr_where() -> None:
+        context = current_step()
+        assert context is not None
+        seen.append((context.orchestrator, context.compensating))
+
+    @nr_where.compensate
+    async def nr_where_undo() -> None:
+        context = current_step()
+        assert context is not None
+        seen.append((context.orchestrator, context.compensating))
+
+    @step
+    async def nr_fail() -> None:
+        raise LookupError("no")
+
+    first, second = SagaOrchestrator(), SagaOrchestrator()
+    await first.execute(SagaDefinition(steps=[nr_where()]))
+    with pytest.raises(StepFailed):
+        await second.execute(SagaDefinition(steps=[nr_where(), nr_fail()]))
+    assert seen == [(first, False), (second, False), (second, True)]
+    assert "orchestrator" not in repr(current_step_context(first))
+
+
+def current_step_context(orchestrator: SagaOrchestrator) -> Any:
+    """A StepContext as a step of ``orchestrator`` gets it (for its repr)."""
+    from sagakit._runs import StepContext
+
+    return StepContext("s", "n", 0, "step", 1, False, orchestrator)
+
+
+NESTED_APP = """
+import json
+from sagakit import current_step, saga, step
+
+def effect(text):
+    with open("effects.txt", "a") as log:
+        log.write(text + "\\n")
+
+@step
+async def authorize(order: str) -> str:
+    effect(f"authorize {order}")
+    return f"auth-{order}"
+
+@step
+async def capture(order: str) -> str:
+    effect(f"capture {order}")
+    return f"captured-{order}"
+
+@saga
+def payment(order: str):
+    yield authorize(order)
+    yield capture(order)
+
+@step
+async def pay(order: str) -> list:
+    context = current_step()
+    # The orchestrator running this step: the application's, or `sagakit recover`'s.
+    inner = f"{context.idempotency_key}/payment"
+    return await context.orchestrator.execute(payment(order), saga_id=inner)
+
+@pay.compensate
+async def refund(order: str) -> None:
+    effect(f"refund {order}")
+
+@step
+async def ship(order: str) -> str:
+    effect(f"ship {order}")
+    return f"shipped-{order}"
+
+@saga
+def place_order(order: str):
+    yield pay(order)
+    yield ship(order)
+"""
+
+CRASH_INSIDE_PAYMENT = """
+import asyncio
+from sagakit import SagaOrchestrator, SQLiteStore
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+from nested_app import capture, place_order
+
+async def main():
+    store = SQLiteStore("sagas.db")
+    with FaultInjector().crash(capture):
+        try:
+            await SagaOrchestrator(store).execute(place_order("o1"), saga_id="order-1")
+        except SimulatedCrash:
+            pass
+    await simulate_restart(store)
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+def test_sagakit_recover_finishes_a_nested_saga_through_the_step_orchestrator(
+    tmp_path: Path,
+) -> None:
+    # Regression (of the documented pattern): the outer step ran its inner saga with a
+    # module-level orchestrator that `sagakit recover` never sets, so the recovered step
+    # failed, the order was compensated, and the payment saga was resumed afterwards and
+    # captured the payment of a cancelled order. With current_step().orchestrator the
+    # CLI's orchestrator runs the inner saga too.
+    (tmp_path / "nested_app.py").write_text(NESTED_APP, encoding="utf-8")
+    subprocess.run(
+        [sys.executable, "-c", CRASH_INSIDE_PAYMENT], cwd=tmp_path, check=True, timeout=60
+    )
+    effects_file = tmp_path / "effects.txt"
+    assert effects_file.read_text().split("\n")[:-1] == ["authorize o1"]
+    recovered = subprocess.run(
+        [sys.executable, "-m", "sagakit", "--db", "sagas.db", "recover", "--import", "nested_app"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert recovered.returncode == 0, recovered.stderr
+    assert effects_file.read_text().split("\n")[:-1] == ["authorize o1", "capture o1", "ship o1"]
+
+    async def read() -> tuple[Any, Any]:
+        async with SagaOrchestrator(SQLiteStore(tmp_path / "sagas.db")) as reader:
+            return await reader.get_saga("order-1"), await reader.get_saga("order-1:0/payment")
+
+    outer, inner = asyncio.run(read())
+    assert (outer.status, inner.status) == (SagaStatus.COMPLETED, SagaStatus.COMPLETED)
+    assert outer.steps[0].events == ("auth-o1", "captured-o1")

@@ -337,7 +337,11 @@ class SagaOrchestrator:
         if watchdog is None or watchdog.loop is not loop:
             watchdog = self._first_run_on(loop)
         run = SagaRun(
-            saga_id if saga_id is not None else new_saga_id(), definition, explicit, watchdog.now()
+            saga_id if saga_id is not None else new_saga_id(),
+            definition,
+            explicit,
+            watchdog.now(),
+            self,
         )
         run.listeners = self._listeners
         # Before begin(): whatever it raises leaves no run. A list or builder definition's

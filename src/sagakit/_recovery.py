@@ -271,10 +271,13 @@ def _continued(calls: list[StepCall[Any]], body: StepDriver) -> StepDriver:
 
 
 def _rebuild(
-    definition: SagaDefinition, orphan: OrphanedSaga, done: tuple[LoggedStep, ...]
+    orchestrator: SagaOrchestrator,
+    definition: SagaDefinition,
+    orphan: OrphanedSaga,
+    done: tuple[LoggedStep, ...],
 ) -> SagaRun:
     loop = asyncio.get_running_loop()
-    run = SagaRun(orphan.saga_id, definition, orphan.explicit_id, loop.time())
+    run = SagaRun(orphan.saga_id, definition, orphan.explicit_id, loop.time(), orchestrator)
     if orphan.started_at is not None:
         run.started_wall = orphan.started_at.timestamp()
         run.started_mono = loop.time() - (time.time() - run.started_wall)
@@ -348,7 +351,7 @@ async def _finish_claimed(
     compensate = orphan.status is SagaStatus.COMPENSATING or failed or orphan.policy == "compensate"
     if compensate:
         close_driver(body, orphan.name, orphan.saga_id)  # only its step calls are needed
-    run = _rebuild(definition, orphan, done)
+    run = _rebuild(orchestrator, definition, orphan, done)
     run.listeners = orchestrator._listeners  # told of the whole recovered run
     logger.warning(
         "sagakit recovery %s saga %s (%s) after %d completed steps (attempt %d)",

@@ -9,7 +9,7 @@ import math
 import time
 from collections.abc import Sequence
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -26,6 +26,7 @@ from .exceptions import SagaDefinitionError, error_text
 from .records import SagaMetadata, StepRecord
 
 if TYPE_CHECKING:
+    from ._orchestrator import SagaOrchestrator
     from ._sagas import SagaDefinition
     from .status import StepStatus
     from .stores._protocol import SagaRunView
@@ -249,6 +250,7 @@ class SagaRun:
         "listeners",
         "name",
         "number",
+        "orchestrator",
         "parent",
         "started_mono",
         "started_wall",
@@ -263,7 +265,12 @@ class SagaRun:
     )
 
     def __init__(
-        self, saga_id: str, definition: SagaDefinition, explicit_id: bool, mono: float
+        self,
+        saga_id: str,
+        definition: SagaDefinition,
+        explicit_id: bool,
+        mono: float,
+        orchestrator: SagaOrchestrator,
     ) -> None:
         # The definition's values read directly: a property read costs a call, per run.
         state = definition._state
@@ -275,6 +282,7 @@ class SagaRun:
         self.number = _next_number()
         self.name = state[1]
         self.definition = definition
+        self.orchestrator = orchestrator  # that runs it: current_step().orchestrator
         self.explicit_id = explicit_id
         self.status = SAGA_EXECUTING
         self.total_steps = None if calls is None else len(calls)
@@ -349,6 +357,10 @@ class StepContext:
     step_name: str
     attempt: int
     compensating: bool
+    orchestrator: SagaOrchestrator = field(repr=False, compare=False)
+    """The orchestrator running the saga: a step that runs a saga of its own (a nested
+    saga) executes it with this one, so whatever runs the outer saga (the application,
+    a worker, ``sagakit recover``) runs the inner one with the same store."""
 
     @property
     def idempotency_key(self) -> str:
@@ -393,6 +405,7 @@ def current_step() -> StepContext | None:
         step_name=step.name,
         attempt=step.attempts,
         compensating=run.compensating,
+        orchestrator=run.orchestrator,
     )
 
 
