@@ -227,6 +227,26 @@ async def test_simulate_restart_refuses_what_is_not_a_store(tmp_path: Path) -> N
 
 
 @pytest.mark.asyncio
+async def test_simulate_restart_takes_a_store_closed_by_async_with(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Regression: a crash inside `async with SagaOrchestrator(store)` closes the store on
+    # the way out (the documented way to run with recover_on_start), and on SQLite
+    # simulate_restart(store) then raised StoreError: saga log '...' is closed, while
+    # this process's claim on the saga, which is in the file, stayed.
+    store = durable_store()
+    with FaultInjector().crash(charge, after=True), pytest.raises(SimulatedCrash):
+        async with SagaOrchestrator(store) as orchestrator:
+            await orchestrator.execute(order("k").with_id("o-k"))
+    await simulate_restart(store)
+    async with SagaOrchestrator(durable_store(), recover_on_start=True) as restarted:
+        finished = await restarted.get_saga("o-k")
+    assert finished is not None
+    assert finished.status == SagaStatus.COMPLETED
+    assert effects == ["reserve k", "charge k", "charge k", "ship k"]
+
+
+@pytest.mark.asyncio
 async def test_a_saga_that_crashes_every_recovery_is_parked_on_every_store(
     durable_store: Callable[[], Any], caplog: pytest.LogCaptureFixture
 ) -> None:
