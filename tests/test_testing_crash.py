@@ -247,6 +247,31 @@ async def test_simulate_restart_takes_a_store_closed_by_async_with(
 
 
 @pytest.mark.asyncio
+async def test_a_crash_inside_async_with_counts_its_recovery_attempts_on_every_store(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Regression: on PostgreSQL a simulated crash inside `async with SagaOrchestrator(...)`
+    # closed the store as a shutdown does, handing its leases back, so the next claim of
+    # the saga did not count as a recovery attempt: a saga crashing every recovery was
+    # never parked.
+    store = durable_store()
+    with FaultInjector().crash(charge), pytest.raises(SimulatedCrash):
+        async with SagaOrchestrator(store) as orchestrator:
+            await orchestrator.execute(order("q").with_id("o-q"))
+    await simulate_restart(store)
+    store = durable_store()
+    with FaultInjector().crash(charge), pytest.raises(SimulatedCrash):
+        async with SagaOrchestrator(store) as orchestrator:
+            await orchestrator.recover(max_attempts=1)  # attempt 1 "crashes" too
+    await simulate_restart(store)
+    async with SagaOrchestrator(durable_store()) as restarted:
+        assert await restarted.recover(max_attempts=1) == []  # attempt 2 > 1: parked
+        parked = await restarted.store.dead_letters()  # type: ignore[attr-defined]
+    assert [letter.saga_id for letter in parked] == ["o-q"]
+    assert effects == ["reserve q"]
+
+
+@pytest.mark.asyncio
 async def test_a_saga_that_crashes_every_recovery_is_parked_on_every_store(
     durable_store: Callable[[], Any], caplog: pytest.LogCaptureFixture
 ) -> None:
