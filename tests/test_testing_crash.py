@@ -227,6 +227,51 @@ async def test_simulate_restart_refuses_what_is_not_a_store(tmp_path: Path) -> N
 
 
 @pytest.mark.asyncio
+async def test_simulate_restart_takes_a_store_closed_by_async_with(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Regression: a crash inside `async with SagaOrchestrator(store)` closes the store on
+    # the way out (the documented way to run with recover_on_start), and on SQLite
+    # simulate_restart(store) then raised StoreError: saga log '...' is closed, while
+    # this process's claim on the saga, which is in the file, stayed.
+    store = durable_store()
+    with FaultInjector().crash(charge, after=True), pytest.raises(SimulatedCrash):
+        async with SagaOrchestrator(store) as orchestrator:
+            await orchestrator.execute(order("k").with_id("o-k"))
+    await simulate_restart(store)
+    async with SagaOrchestrator(durable_store(), recover_on_start=True) as restarted:
+        finished = await restarted.get_saga("o-k")
+    assert finished is not None
+    assert finished.status == SagaStatus.COMPLETED
+    assert effects == ["reserve k", "charge k", "charge k", "ship k"]
+
+
+@pytest.mark.asyncio
+async def test_a_crash_inside_async_with_counts_its_recovery_attempts_on_every_store(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Regression: on PostgreSQL a simulated crash inside `async with SagaOrchestrator(...)`
+    # closed the store as a shutdown does, handing its leases back, so the next claim of
+    # the saga did not count as a recovery attempt: a saga crashing every recovery was
+    # never parked.
+    store = durable_store()
+    with FaultInjector().crash(charge), pytest.raises(SimulatedCrash):
+        async with SagaOrchestrator(store) as orchestrator:
+            await orchestrator.execute(order("q").with_id("o-q"))
+    await simulate_restart(store)
+    store = durable_store()
+    with FaultInjector().crash(charge), pytest.raises(SimulatedCrash):
+        async with SagaOrchestrator(store) as orchestrator:
+            await orchestrator.recover(max_attempts=1)  # attempt 1 "crashes" too
+    await simulate_restart(store)
+    async with SagaOrchestrator(durable_store()) as restarted:
+        assert await restarted.recover(max_attempts=1) == []  # attempt 2 > 1: parked
+        parked = await restarted.store.dead_letters()  # type: ignore[attr-defined]
+    assert [letter.saga_id for letter in parked] == ["o-q"]
+    assert effects == ["reserve q"]
+
+
+@pytest.mark.asyncio
 async def test_a_saga_that_crashes_every_recovery_is_parked_on_every_store(
     durable_store: Callable[[], Any], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -179,6 +179,21 @@ async def test_outer_faults_still_apply() -> None:
 
 
 @pytest.mark.asyncio
+async def test_what_is_not_a_definition_is_told_how_to_make_one() -> None:
+    # Regression: the message always said "call your @saga function: transfer('A', 'B',
+    # 10)", naming a saga the user's code does not have, whatever it was given; execute()
+    # names the fix for what it got.
+    with pytest.raises(
+        SagaDefinitionError,
+        match=r"^run_fault_matrix\(\) takes a SagaDefinition, got <saga testing_matrix\.order>; "
+        r"call the @saga function with its arguments first: order\(\.\.\.\)$",
+    ):
+        await run_fault_matrix(order)  # type: ignore[arg-type]
+    with pytest.raises(SagaDefinitionError, match=r"got <StepCall reserve\('x'\)>; await the"):
+        await run_fault_matrix(reserve("x"))  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
 async def test_bad_arguments() -> None:
     with pytest.raises(SagaDefinitionError, match="takes a SagaDefinition"):
         await run_fault_matrix(order)  # type: ignore[arg-type]

@@ -1362,13 +1362,27 @@ class SagaOrchestrator:
         if self._recover_on_start:
             try:
                 await self.recover()
-            except BaseException:
-                await self.close()  # __aexit__ does not run when entering fails
+            except BaseException as error:
+                await self._close_after(error)  # __aexit__ does not run when entering fails
                 raise
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+    async def __aexit__(
+        self, exc_type: object, error: BaseException | None, traceback: object
+    ) -> None:
+        await self._close_after(error)
+
+    async def _close_after(self, error: BaseException | None) -> None:
+        """Close the store on the way out of ``async with``. After a simulated crash "the
+        process died": its leases are given up as a crash's (as ``simulate_restart()``
+        does), not handed back as a shutdown's, or the next claim of those sagas would
+        not count as a recovery attempt."""
+        release_leases = getattr(self._store, "release_leases", None)
+        try:
+            if isinstance(error, SimulatedCrash) and release_leases is not None:
+                await release_leases(as_crash=True)
+        finally:
+            await self.close()
 
     def __repr__(self) -> str:
         return f"<SagaOrchestrator store={self._store!r}>"

@@ -23,7 +23,7 @@ from .._hooks import (
 from .._runs import SagaRun, current_run
 from .._steps import COMPENSATED_NAMES, DEFINED_NAMES, Step, StepCall
 from ..exceptions import SagaDefinitionError
-from ..stores import SagaStore
+from ..stores import SagaStore, SQLiteStore
 
 StepTarget = (
     str
@@ -413,8 +413,10 @@ async def simulate_restart(store: SagaStore) -> None:
 
     Use it after a :meth:`FaultInjector.crash`: a new orchestrator's ``recover()`` then
     claims those sagas, as a restarted process would. Every saga running in the store
-    is released, so use it in tests only. An in-memory store loses its sagas in a real
-    crash and cannot be restarted.
+    is released, so use it in tests only. A SQLite store closed since the crash (by an
+    ``async with SagaOrchestrator(store)`` the crash left) is taken too: the claim is
+    in its file. An in-memory store loses its sagas in a real crash and cannot be
+    restarted.
     """
     if not isinstance(store, SagaStore):
         fix = "orchestrator.store" if hasattr(store, "store") else "SQLiteStore(...)"
@@ -427,6 +429,17 @@ async def simulate_restart(store: SagaStore) -> None:
             f"{type(store).__name__} keeps sagas in memory, which a crash loses; simulate "
             "crashes and recovery with a durable store such as SQLiteStore(tmp_path / 'sagas.db')"
         )
+    if isinstance(store, SQLiteStore) and not store._writer.usable:
+        # Closed already, as `async with SagaOrchestrator(store)` leaves it after the crash:
+        # this process's claim is in the file, so give it up through a store of its own.
+        reopened = SQLiteStore(
+            store._file, busy_timeout=store.busy_timeout, serializer=store.serializer
+        )
+        try:
+            await simulate_restart(reopened)
+        finally:
+            await reopened.close()
+        return
     release_leases = getattr(store, "release_leases", None)
     if release_leases is not None:  # leases: give them up so another worker claims at once,
         await release_leases(as_crash=True)  # counting that claim as a recovery attempt

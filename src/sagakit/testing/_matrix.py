@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .._hooks import CrashAfter, FaultPlan, _SimulatedTimeout, active_faults
-from .._orchestrator import SagaOrchestrator
+from .._orchestrator import SagaOrchestrator, _not_a_definition_fix
 from .._runs import current_run
 from .._sagas import SagaDefinition
 from .._steps import Step
@@ -233,8 +233,8 @@ async def run_fault_matrix(
     __tracebackhide__ = True  # pytest shows the line of the test that called it
     if not isinstance(definition, SagaDefinition):
         raise SagaDefinitionError(
-            f"run_fault_matrix() takes a SagaDefinition (call your @saga function: "
-            f"transfer('A', 'B', 10)), got {definition!r}"
+            f"run_fault_matrix() takes a SagaDefinition, got {definition!r}; "
+            f"{_not_a_definition_fix(definition)}"
         )
     for option, value in (("failures", failures), ("timeouts", timeouts), ("check", check)):
         if not isinstance(value, bool):
