@@ -141,6 +141,21 @@ async def test_a_compensation_that_fails_for_real_fails_the_matrix() -> None:
     assert [(c.index, c.ok) for c in report.cases] == [(0, True), (1, False)]
     assert report.failures == (report.cases[1],)
     assert report.failures[0].status is SagaStatus.FAILED
+    # Short reprs (a report was kilobytes as a notebook cell's value: every case's whole
+    # error); IPython shows every case, as str() does.
+    assert repr(report) == "<FaultMatrixReport saga 'trip': 2 cases, 1 failed>"
+    assert repr(report.cases[0]) == (
+        "<FaultCase ok: step 0 'book' fails: ended compensated, undid nothing>"
+    )
+    assert repr(report.cases[1]).startswith("<FaultCase FAIL: step 1 'notify' fails: ")
+    shown: list[str] = []
+
+    class Printer:
+        def text(self, text: str) -> None:
+            shown.append(text)
+
+    report._repr_pretty_(Printer(), False)
+    assert shown == [str(report)]
 
 
 @pytest.mark.asyncio

@@ -48,6 +48,9 @@ class FaultCase:
             return head + f"ended {self.status}, undid {undone}"
         return head + "; ".join(self.problems)
 
+    def __repr__(self) -> str:  # the dataclass one shows the whole error: kilobytes
+        return f"<FaultCase {'ok' if self.ok else 'FAIL'}: {self}>"
+
 
 @dataclass(frozen=True, slots=True)
 class FaultMatrixReport:
@@ -69,6 +72,17 @@ class FaultMatrixReport:
         lines = [f"fault matrix of saga {self.saga!r}: {len(self.cases)} cases"]
         lines += [("  ok   " if case.ok else "  FAIL ") + str(case) for case in self.cases]
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        failed = len(self.failures)
+        return (
+            f"<FaultMatrixReport saga {self.saga!r}: {len(self.cases)} cases, "
+            f"{failed} failed{'' if failed else ' (ok)'}>"
+        )
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython (a notebook cell's value, the REPL): every case, as :meth:`__str__`."""
+        printer.text(str(self))
 
 
 def _in_run(saga_id: str) -> bool:
