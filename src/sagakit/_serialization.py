@@ -521,7 +521,7 @@ class JsonSerializer:
         raise SerializationError(
             f"{cls.__module__}.{cls.__qualname__} objects cannot be stored as JSON; "
             "make it a dataclass, register a codec with sagakit.register_codec(), "
-            "or return plain data"
+            "or pass plain data (str, int, float, bool, None, lists and dicts of them)"
         )
 
     def _codec_for(self, cls: type) -> Codec | None:
