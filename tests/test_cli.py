@@ -151,7 +151,17 @@ def test_recover_dead_letters_resume_and_resolve(
     assert all(letter["recovery_attempts"] == 1 for letter in letters)
     code, out = cli("--db", db, "dead-letters")
     assert out.splitlines()[0].split()[:3] == ["ID", "NAME", "STATUS"]
+    # Regression: `show --json` said only "dead_letter": true, without why or since when
+    # (its text form gives both).
+    shown = json.loads(cli("--db", db, "show", "t1", "--json")[1])
+    [letter] = [letter for letter in letters if letter["id"] == "t1"]
+    assert shown["dead_letter"] is True
+    assert shown["parked"] == {
+        key: letter[key] for key in ("recovery_attempts", "reason", "parked_at")
+    }
+    assert shown["parked"]["reason"]
     assert cli("--db", db, "resume", "t1")[0] == 0
+    assert json.loads(cli("--db", db, "show", "t1", "--json")[1])["parked"] is None
     # Regression: a blank note was taken, and the saga settled with no word of what was done.
     for blank in ("", "  "):
         with pytest.raises(SystemExit) as exited:

@@ -35,6 +35,7 @@ from .exceptions import SagaError, StoreError
 from .records import SagaMetadata, StepRecord
 from .status import SagaStatus
 from .stores._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
+from .stores._protocol import DeadLetter
 from .stores._sqlite_schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from .stores.postgres import PostgresStore
 from .stores.sqlite import SQLiteStore
@@ -310,6 +311,15 @@ def _saga_json(meta: SagaMetadata, steps: bool, dead_letter: bool) -> dict[str, 
     return data
 
 
+def _parked_json(letter: DeadLetter) -> dict[str, Any]:
+    """Why and since when a dead letter is parked (``dead-letters``, ``show``)."""
+    return {
+        "recovery_attempts": letter.recovery_attempts,
+        "reason": letter.reason,
+        "parked_at": None if letter.parked_at is None else letter.parked_at.isoformat(),
+    }
+
+
 def _status_of(meta: SagaMetadata, dead_letter: bool) -> str:
     """A saga's status for a table: a dead letter keeps the status it was parked in."""
     return f"{meta.status} (dead letter)" if dead_letter else str(meta.status)
@@ -400,7 +410,9 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             meta = found
             letter = next((d for d in await store.dead_letters() if d.saga_id == meta.id), None)
             if args.json:
-                json.dump(_saga_json(meta, True, letter is not None), out, indent=2)
+                shown = _saga_json(meta, True, letter is not None)
+                shown["parked"] = None if letter is None else _parked_json(letter)
+                json.dump(shown, out, indent=2)
                 out.write("\n")
                 return 0
             status = _status_of(meta, letter is not None)
@@ -522,14 +534,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             if args.json:
                 json.dump(
                     [
-                        {
-                            "id": d.saga_id,
-                            "name": d.name,
-                            "status": str(d.status),
-                            "recovery_attempts": d.recovery_attempts,
-                            "reason": d.reason,
-                            "parked_at": None if d.parked_at is None else d.parked_at.isoformat(),
-                        }
+                        {"id": d.saga_id, "name": d.name, "status": str(d.status)} | _parked_json(d)
                         for d in letters
                     ],
                     out,
