@@ -1165,7 +1165,7 @@ def test_json_keys_are_the_documented_ones(tmp_path: Path) -> None:
     [listed] = json.loads(cli("--db", db, "list", "--json")[1])
     assert list(listed) == saga_keys
     shown = json.loads(cli("--db", db, "show", "t1", "--json")[1])
-    assert list(shown) == [*saga_keys, "steps", "compensations", "events"]
+    assert list(shown) == [*saga_keys, "steps", "compensations", "events", "parked"]
     assert [list(record) for record in shown["steps"]] == [step_keys] * 3
     assert (shown["finished_at"], shown["steps"][2]["duration"]) == (None, None)
     [letter] = json.loads(cli("--db", db, "dead-letters", "--json")[1])
