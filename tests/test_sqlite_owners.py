@@ -16,10 +16,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sagakit import SQLiteStore
+from sagakit import SagaOrchestrator, SQLiteStore, StoreError, saga, step
 from sagakit.stores._sqlite_owner import current_owner, owner_alive
 
 CHILD = r"""
@@ -199,3 +200,34 @@ def test_tokens_without_a_pid_namespace_are_read_as_before() -> None:
     assert owner_alive(f"other-host/{pid}/{start}")  # elsewhere: never presumed dead
     assert owner_alive(f"{host}/{pid}/{start}/pid:[1]")  # another PID namespace
     assert owner_alive(f"{host}/{pid}/{start}/{namespace}")
+
+
+@pytest.mark.asyncio
+async def test_release_refuses_a_saga_this_store_is_running(tmp_path: Path) -> None:
+    # Regression: store.release(id) in the process running the saga (an admin endpoint,
+    # say) cleared its owner while it ran: a recovery elsewhere then claimed it and ran
+    # its step a second time.
+    runs: list[str] = []
+    started, go_on = asyncio.Event(), asyncio.Event()
+
+    @step
+    async def so_hold(n: str) -> None:
+        runs.append(n)
+        started.set()
+        await go_on.wait()
+
+    @saga(name="test_sqlite_owners.so_held")
+    def so_held(n: str) -> Any:
+        return [so_hold(n)]
+
+    store = SQLiteStore(tmp_path / "sagas.db")
+    async with SagaOrchestrator(store) as orchestrator:
+        running = asyncio.create_task(orchestrator.execute(so_held("a"), saga_id="held-a"))
+        await started.wait()
+        with pytest.raises(StoreError, match="'held-a' is running in this store"):
+            await store.release("held-a")
+        async with SagaOrchestrator(SQLiteStore(tmp_path / "sagas.db")) as other:
+            assert await other.recover() == []  # still owned: not claimed, not run again
+        go_on.set()
+        await running
+    assert runs == ["a"]

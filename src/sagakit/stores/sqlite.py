@@ -934,10 +934,17 @@ class SQLiteStore:
         For an owner this store cannot see die: a process of another host or
         container sharing the file. Only call it when that process is gone;
         :class:`~sagakit.StoreError` if the saga is not running, is dead-lettered,
-        or is run by another live process of this host.
+        or is run by this store or another live process of this host.
         """
         check_saga_id(saga_id, "release()")
         self._refuse_writes()
+        if saga_id in self._live:
+            # Its owner is this live process: recovery would run it a second time.
+            raise StoreError(
+                f"saga {saga_id!r} is running in this store (this process): releasing it "
+                "would let a recovery run it a second time; it is handed to recovery by "
+                "itself if it stops unfinished (cancelled, or the process exits)"
+            )
 
         def job(conn: sqlite3.Connection) -> str | None:
             row = conn.execute(

@@ -440,6 +440,8 @@ async def simulate_restart(store: SagaStore) -> None:
         finally:
             await reopened.close()
         return
+    if isinstance(store, SQLiteStore):
+        store._live.clear()  # "the process died": nothing runs under it any more
     release_leases = getattr(store, "release_leases", None)
     if release_leases is not None:  # leases: give them up so another worker claims at once,
         await release_leases(as_crash=True)  # counting that claim as a recovery attempt
