@@ -473,3 +473,47 @@ async def test_records_about_one_saga_outside_its_transitions_carry_its_id(
         await orchestrator.run_worker(poll_interval=0.01, handle_signals=False, stop=stop)
     record = _about(caplog, "worker finished")
     assert (record.saga_id, record.saga_name) == ("w-2", "observability.order")  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_a_saga_id_with_a_line_break_cannot_forge_a_log_line() -> None:
+    # Regression: the id (any text, often from a request) was put in the message as it
+    # was, so an id holding a line break wrote a second, made-up record ("completed")
+    # into the log, and an escape sequence went to the terminal as it was.
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log = logging.getLogger("sagakit")
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.INFO)
+    forged = "o-1) saga_finished completed\nINFO saga x (o-1"
+    heard: list[Transition] = []
+    try:
+        with FaultInjector().fail("ship", RuntimeError("red \x1b[31m")), pytest.raises(StepFailed):
+            await SagaOrchestrator(listeners=[heard.append]).execute(order("x"), saga_id=forged)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    lines = stream.getvalue().splitlines()
+    shown = "o-1) saga_finished completed\\nINFO saga x (o-1"
+    assert lines == [
+        f"INFO saga observability.order ({shown}) saga_started",
+        f"INFO saga observability.order ({shown}) step_retrying step 1 'ship': "
+        "RuntimeError: red \\x1b[31m",
+        f"WARNING saga observability.order ({shown}) step_failed step 1 'ship' attempt 2: "
+        "RuntimeError: red \\x1b[31m",
+        f"WARNING saga observability.order ({shown}) saga_finished compensated",
+    ]
+    assert {t.saga_id for t in heard} == {forged}  # the id itself is unchanged
+
+
+@pytest.mark.asyncio
+async def test_the_structured_fields_keep_the_text_a_message_escapes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="sagakit")
+    await SagaOrchestrator().execute(order("x"), saga_id="é 中\t1")
+    (started, *_) = _records(caplog)
+    assert started.getMessage() == "saga observability.order (é 中\\t1) saga_started"
+    assert started.saga_id == "é 中\t1"  # type: ignore[attr-defined]

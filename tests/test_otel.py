@@ -285,3 +285,24 @@ def test_without_opentelemetry_importing_sagakit_otel_says_which_extra_to_instal
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("ModuleNotFoundError ")  # still what `except ImportError` expects
     assert "pip install 'sagakit[otel]'" in out.stdout
+
+
+def test_what_is_not_a_tracer_provider_is_refused_naming_the_fix() -> None:
+    # Regression: these reached OpenTelemetry's get_tracer(), which failed with an
+    # AttributeError naming neither the argument nor the fix ("'str' object has no
+    # attribute '_disabled'" for the class TracerProvider).
+    from sagakit import SagaDefinitionError
+
+    with pytest.raises(SagaDefinitionError, match=r"not the class TracerProvider; pass an in"):
+        SagaTracer(TracerProvider)  # type: ignore[arg-type]
+    with pytest.raises(SagaDefinitionError, match=r"got the tracer .*pass the provider it came"):
+        SagaTracer(user_tracer)  # type: ignore[arg-type]
+    with pytest.raises(SagaDefinitionError, match="tracer_provider must be a tracer provider"):
+        instrument(SagaOrchestrator(), "global")  # type: ignore[arg-type]
+    with pytest.raises(SagaDefinitionError, match=r"write instrument\(orchestrator, tracer_pro"):
+        instrument(provider)  # type: ignore[arg-type]
+    with pytest.raises(SagaDefinitionError, match=r"pass an instance: instrument\(SagaOrch"):
+        instrument(SagaOrchestrator, provider)  # type: ignore[arg-type]
+    # A provider of any kind is taken, and None means the global one.
+    assert isinstance(SagaTracer(trace.NoOpTracerProvider()), SagaTracer)
+    assert isinstance(instrument(SagaOrchestrator()), SagaTracer)

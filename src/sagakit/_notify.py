@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -38,15 +39,37 @@ _FIELDS = (
 )
 
 
+_CONTROLS = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its control characters escaped as ``repr()`` does (``\\n``,
+    ``\\x1b``), for a log message: a saga id or name quoted there cannot end the line
+    and forge the next one, nor send an escape sequence to a terminal."""
+    if text.isprintable():
+        return text
+    return "".join(
+        repr(char)[1:-1] if unicodedata.category(char) in _CONTROLS else char for char in text
+    )
+
+
 class _StructuredFields(logging.Filter):
     """Give every record of the ``sagakit`` logger all the structured fields (``None``
     where they do not apply), so one formatter using them works for every record —
-    recovery's, workers' and stores' too, not only the transitions'."""
+    recovery's, workers' and stores' too, not only the transitions'.
+
+    The texts a message quotes (saga ids and names, errors) are given on one line, control
+    characters escaped; the structured fields keep them as they are."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         fields = record.__dict__
         for name in _FIELDS:
             fields.setdefault(name, None)
+        args = record.args
+        if isinstance(args, tuple) and any(
+            isinstance(arg, str) and not arg.isprintable() for arg in args
+        ):
+            record.args = tuple(_one_line(arg) if isinstance(arg, str) else arg for arg in args)
         return True
 
 

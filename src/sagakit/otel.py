@@ -28,7 +28,7 @@ except ModuleNotFoundError as missing:  # pragma: no cover - tested in a subproc
     ) from missing
 
 from ._runs import describe_error
-from .exceptions import StepTimeout
+from .exceptions import SagaDefinitionError, StepTimeout
 from .status import SagaStatus
 from .transitions import Transition, TransitionKind
 
@@ -85,6 +85,7 @@ class SagaTracer:
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         from . import __version__
 
+        _check_provider(tracer_provider)
         self._tracer = trace.get_tracer("sagakit", __version__, tracer_provider=tracer_provider)
         # By saga id and run number: orchestrators with stores of their own may run one id
         # at the same time, and each run has spans of its own.
@@ -243,10 +244,44 @@ def _index(transition: Transition) -> int:
     return -1 if transition.step_index is None else transition.step_index
 
 
+def _check_provider(provider: object) -> None:
+    """Refuse what is not a tracer provider instance, naming the fix (the API's
+    ``get_tracer`` took it and failed with an ``AttributeError`` naming neither)."""
+    if provider is None:
+        return
+    if isinstance(provider, type):
+        raise SagaDefinitionError(
+            f"tracer_provider must be a tracer provider instance, not the class "
+            f"{provider.__name__}; pass an instance: {provider.__name__}()"
+        )
+    if callable(getattr(provider, "get_tracer", None)):
+        return
+    if callable(getattr(provider, "start_span", None)):  # a Tracer, not its provider
+        raise SagaDefinitionError(
+            f"tracer_provider must be a tracer provider, got the tracer {provider!r}; pass "
+            "the provider it came from (TracerProvider()), or None for the global one"
+        )
+    raise SagaDefinitionError(
+        f"tracer_provider must be a tracer provider such as the SDK's TracerProvider(), "
+        f"or None for the global one, got {provider!r}"
+    )
+
+
 def instrument(
     orchestrator: SagaOrchestrator, tracer_provider: trace.TracerProvider | None = None
 ) -> SagaTracer:
     """Add a :class:`SagaTracer` to ``orchestrator`` and return it."""
+    from ._orchestrator import SagaOrchestrator
+
+    if not isinstance(orchestrator, SagaOrchestrator):
+        fix = ""
+        if orchestrator is SagaOrchestrator:
+            fix = "; pass an instance: instrument(SagaOrchestrator(...))"
+        elif callable(getattr(orchestrator, "get_tracer", None)):  # the arguments swapped
+            fix = "; write instrument(orchestrator, tracer_provider=provider)"
+        raise SagaDefinitionError(
+            f"instrument() takes the SagaOrchestrator to trace first, got {orchestrator!r}{fix}"
+        )
     tracer = SagaTracer(tracer_provider)
     orchestrator.add_listener(tracer)
     return tracer
