@@ -93,6 +93,32 @@ async def test_one_structured_record_per_transition_at_fitting_levels(
 
 
 @pytest.mark.asyncio
+async def test_a_saga_body_that_raises_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    # Regression: an exception of the saga's own code (no step failed) was in no record:
+    # saga_finished said only "compensated".
+    caplog.set_level(logging.INFO, logger="sagakit")
+
+    @saga(name="observability.broken")
+    def broken(item: str) -> Any:
+        reservation = yield reserve(item)
+        raise LookupError(f"no shelf for {reservation}")
+
+    with pytest.raises(LookupError):
+        await SagaOrchestrator().execute(broken("pen"), saga_id="o-body")
+    [warned] = [r for r in _records(caplog) if "its own code" in r.getMessage()]
+    assert warned.levelno == logging.WARNING
+    assert warned.getMessage() == (
+        "sagakit: saga observability.broken (o-body) raised in its own code, not in a step: "
+        "LookupError: no shelf for reserved pen"
+    )
+    assert (warned.saga_id, warned.saga_name) == ("o-body", "observability.broken")  # type: ignore[attr-defined]
+    caplog.clear()
+    with FaultInjector().fail("ship"), pytest.raises(StepFailed):  # a step's: told as it is
+        await SagaOrchestrator(sleep=InstantSleep()).execute(order("x"), saga_id="o-step")
+    assert not [r for r in _records(caplog) if "its own code" in r.getMessage()]
+
+
+@pytest.mark.asyncio
 async def test_compensation_failure_is_an_error(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="sagakit")
     faults = FaultInjector().fail("ship").fail_compensation("reserve", OSError("ledger"))

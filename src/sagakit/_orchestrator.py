@@ -435,6 +435,16 @@ class SagaOrchestrator:
                         call = driver.send(value)
                     except StopIteration:
                         break
+                    except Exception as broke:
+                        # No transition tells it (no step failed): logged here, once.
+                        _warn(
+                            run,
+                            "sagakit: saga %s (%s) raised in its own code, not in a step: %s",
+                            run.name,
+                            run.id,
+                            describe_error(broke),
+                        )
+                        raise
                 if call.__class__ is not StepCall:
                     _check_call(call, run.name, index)
                 spec = call.spec
