@@ -131,6 +131,8 @@ def test_metadata_of_a_definition_not_run() -> None:
     assert "not_started" in html
     assert "no step has run" in html
     assert "0/3 steps" in html
+    assert "None" not in html  # no id yet: none shown (it said <code>None</code>)
+    assert "<code>o-7</code>" in order("x").with_id("o-7").metadata()._repr_html_()
 
 
 def test_a_step_record_is_one_row() -> None:

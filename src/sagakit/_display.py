@@ -81,10 +81,10 @@ _HEAD = ("#", "step", "status", "attempts", "duration", "timeline", "error")
 def metadata_html(metadata: SagaMetadata) -> str:
     """A run as a heading line and a table: its steps, then its compensations in run order."""
     total = "?" if metadata.total_steps is None else str(metadata.total_steps)
+    saga_id = "" if metadata.id is None else f"<code>{escape(metadata.id)}</code> "
     head = (
-        f"<strong>saga {escape(metadata.name)}</strong> "
-        f"<code>{escape(str(metadata.id))}</code> {_badge(str(metadata.status))} "
-        f"{metadata.steps_executed}/{escape(total)} steps"
+        f"<strong>saga {escape(metadata.name)}</strong> {saga_id}"
+        f"{_badge(str(metadata.status))} {metadata.steps_executed}/{escape(total)} steps"
     )
     if metadata.duration is not None:
         head += f" in {_ms(metadata.duration)}"
