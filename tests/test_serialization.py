@@ -178,6 +178,29 @@ def test_forged_pickle_is_never_loaded_by_default() -> None:
         JsonSerializer().loads(forged)
 
 
+@pytest.mark.parametrize("cls", [Opaque, Money, Color, Point], ids=lambda c: c.__name__)
+def test_a_class_round_trips_by_its_importable_name(cls: type) -> None:
+    # A @classmethod saga is called with its class first, which a durable log records
+    # with its arguments: it was refused ("Opaque objects cannot be stored as JSON; make
+    # it a dataclass ..." for the class itself), so no class method saga ran on one.
+    serializer = JsonSerializer()
+    text = serializer.dumps([cls, {"cls": cls}])
+    assert serializer.loads(text) == [cls, {"cls": cls}]
+
+
+def test_a_class_defined_in_a_function_is_refused_naming_the_fix() -> None:
+    class Local:
+        pass
+
+    with pytest.raises(SerializationError, match=r"defined inside a function.*module level"):
+        JsonSerializer().dumps(Local, what="the arguments of saga 'x'")
+
+
+def test_a_stored_class_that_is_not_a_class_is_refused() -> None:
+    with pytest.raises(SerializationError, match="stored class 'os:system' is not a class"):
+        JsonSerializer().loads('{"__sk__":"class","t":"os:system"}')
+
+
 def test_stored_type_that_is_not_a_dataclass_is_refused() -> None:
     text = '{"__sk__":"dataclass","t":"os:system","v":{}}'
     with pytest.raises(SerializationError, match="not a dataclass"):

@@ -493,6 +493,9 @@ class JsonSerializer:
         codec = self._codec_for(cls)
         if codec is not None:
             return {_TAG: "codec", "t": codec.name, "v": self._encode(codec.encode(value), depth)}
+        if isinstance(value, type):
+            # A class by its importable name: the ``cls`` a @classmethod saga is called with.
+            return {_TAG: "class", "t": _importable_name(value)}
         if isinstance(value, Enum):
             return {_TAG: "enum", "t": _importable_name(cls), "v": self._encode(value.value, depth)}
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -587,6 +590,11 @@ class JsonSerializer:
             if not (isinstance(enum_cls, type) and issubclass(enum_cls, Enum)):
                 raise SerializationError(f"stored enum type {data['t']!r} is not an Enum")
             return enum_cls(self._decode(value))
+        if tag == "class":
+            found = _resolve(data["t"])
+            if not isinstance(found, type):
+                raise SerializationError(f"stored class {data['t']!r} is not a class")
+            return found
         if tag == "dataclass":
             dc_cls = _resolve(data["t"])
             if not (isinstance(dc_cls, type) and dataclasses.is_dataclass(dc_cls)):
