@@ -3,8 +3,9 @@
 An order saga reserves stock, pays, then ships. Paying is a saga of its own
 (authorize, then capture), run by the ``pay`` step with the orchestrator running
 it (``current_step().orchestrator``: the application's, a worker's, or that of
-``sagakit recover``) under an id derived from the step's idempotency key: ``f"{current_step().idempotency_key}/payment"``, so
-``order-2:1/payment`` for step 1 of ``order-2``. When recovery runs ``pay`` again,
+``sagakit recover``) under an id derived from the step's idempotency key:
+``f"{current_step().idempotency_key}/payment"``, so ``order-2:1/payment`` for step 1
+of ``order-2``. When recovery runs ``pay`` again,
 it executes the *same* inner saga id, which is an idempotency key too: the inner
 saga's recorded events come back, or — if the crash left it half done — it is
 finished first. Nothing is authorized or captured twice.
