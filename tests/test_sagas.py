@@ -298,8 +298,30 @@ def test_saga_returning_something_else_is_refused() -> None:
     def odd() -> Any:
         return debit("A", 1.0)
 
-    with pytest.raises(SagaDefinitionError, match="must return a list or tuple"):
+    with pytest.raises(SagaDefinitionError, match="must return a list or tuple") as refused:
         odd()
+    assert "decorator" not in str(refused.value)
+
+
+def test_a_generator_saga_behind_another_decorator_is_told_where_to_put_saga() -> None:
+    # The error said only "got generator": a decorator without functools.wraps-like
+    # generator detection hides that the function is a generator function.
+    def logged(fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    @saga
+    @logged
+    def wrapped(account: str) -> Any:
+        yield debit(account, 1.0)
+
+    with pytest.raises(
+        SagaDefinitionError, match="got generator; it returned a generator"
+    ) as refused:
+        wrapped("A")
+    assert "put @saga directly above the function" in str(refused.value)
 
 
 def test_async_saga_function_is_refused() -> None:

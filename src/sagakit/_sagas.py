@@ -437,9 +437,15 @@ class SagaFunction(Generic[P]):
                 self._check_arguments(args, kwargs)  # the call, rather than the body, failed?
                 raise
             if not isinstance(body, list | tuple):
+                hidden = (
+                    "; it returned a generator: a decorator between @saga and the generator "
+                    "function hides that it is one, so put @saga directly above the function"
+                    if inspect.isgenerator(body)
+                    else ""
+                )
                 raise SagaDefinitionError(
                     f"saga {self.name!r} must return a list or tuple of step calls "
-                    f"(or be a generator that yields them), got {type(body).__name__}"
+                    f"(or be a generator that yields them), got {type(body).__name__}{hidden}"
                 )
             for index, call in enumerate(body):
                 _check_call(call, self.name, index)
