@@ -245,7 +245,9 @@ class PostgresStore:
             if self._pool is not None:
                 return
             psycopg, psycopg_pool = _import_driver()
-            pool = psycopg_pool.AsyncConnectionPool(
+            from ._pg_pool import Pool  # (imports psycopg_pool)
+
+            pool = Pool(
                 self.dsn,
                 min_size=self.min_size,
                 max_size=self.max_size,
