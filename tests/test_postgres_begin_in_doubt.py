@@ -68,7 +68,8 @@ def bd_two():  # type: ignore[no-untyped-def]
 class LostBegin:
     """Loses the connection of the begin's ``what`` ("insert": its ``INSERT``;
     "restart": the transaction restarting a COMPENSATED id) once: ``before`` the server
-    got it (nothing written), or ``after`` it committed."""
+    got it (nothing written), or ``after`` it committed; or (``cancelled``) has the
+    caller cancelled as the answer of its commit comes back."""
 
     def __init__(self, store: PostgresStore, what: str, when: str) -> None:
         self.store = store
@@ -105,16 +106,26 @@ class _Lossy:
             raise self._lose()
         cursor = await self._conn.execute(sql, params)
         if loss.what == "insert":  # autocommit: it committed
-            raise self._lose()
-        loss.committed_then_lost = True  # lost once the transaction commits
+            await self._fail()
+        loss.committed_then_lost = True  # once the transaction commits
         return cursor
+
+    async def _fail(self) -> None:
+        """Lose the connection, or (``cancelled``) have the caller cancelled."""
+        if self._loss.when != "cancelled":
+            raise self._lose()
+        self._loss.lost += 1
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        await asyncio.sleep(0)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Any]:
         async with self._conn.transaction() as tx:
             yield tx
         if self._loss.committed_then_lost and not self._loss.lost:
-            raise self._lose()
+            await self._fail()
 
 
 async def _compensated_once(store: PostgresStore, saga_id: str) -> None:
@@ -191,6 +202,30 @@ async def test_a_begin_lost_while_another_run_of_the_id_begins_is_refused(
         (owner,) = query(dsn, f'SELECT owner FROM "{schema}".sagas WHERE saga_id = %s', ("s",))
         assert owner == (beginner.owner,)
         await beginner.release_leases()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("what", ["insert", "restart"])
+async def test_a_begin_cancelled_as_it_commits_leaves_no_row_running(
+    dsn: str, schema: str, what: str
+) -> None:
+    # Regression: the caller of execute() was cancelled as its begin committed. The row
+    # stayed running under a lease nobody renewed: executing the id again raised
+    # SagaAlreadyExecuting, and once the lease ran out, a worker ran the saga that its
+    # caller had cancelled before it started. The row is taken out, as on SQLite.
+    async with opened(dsn, schema) as store:
+        if what == "restart":
+            await _compensated_once(store, "s")
+        loss = LostBegin(store, what, "cancelled")
+        orchestrator = SagaOrchestrator(store)
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.create_task(orchestrator.execute(bd_two(), saga_id="s"))
+        assert loss.lost == 1
+        assert not RAN
+        assert await store.get("s") is None
+        assert not store.owns("s")
+        assert await orchestrator.execute(bd_two(), saga_id="s") == ["s:0", "s:1"]
+        assert dict(RAN) == {("s", 0): 1, ("s", 1): 1}
 
 
 # Terminates the backends of an application (waiting until each is gone).

@@ -27,6 +27,7 @@ class Statements:
     """Every statement of the store, with the schema name quoted in."""
 
     begin: str
+    unbegin: str
     conflict: str
     restart: str
     delete_steps: str
@@ -88,6 +89,11 @@ def statements(schema: str) -> Statements:
             "(%(id)s, %(name)s, 'executing', %(explicit)s, %(factory)s, %(policy)s, "
             f"%(fingerprint)s, %(args)s, %(kwargs)s, %(total)s, %(owner)s, {lease}, "
             "%(token)s) ON CONFLICT (saga_id) DO NOTHING RETURNING fence"
+        ),
+        # The row a begin wrote (its write token) for a run that its caller cancelled.
+        unbegin=(
+            f"DELETE FROM {s}.sagas WHERE saga_id = %(id)s AND owner = %(owner)s "
+            "AND last_write = %(token)s AND finished_at IS NULL"
         ),
         # With the row's owner and last write token: a begin whose connection was lost
         # finds its own row (or restart) there if it committed (see PostgresStore.begin).

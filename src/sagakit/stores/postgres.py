@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._runs import unended
 from .._serialization import JsonSerializer
+from .._shielding import wait_out
 from ..exceptions import (
     LeaseLost,
     SagaAlreadyExecuting,
@@ -459,13 +460,38 @@ class PostgresStore:
         # it commits, begun again on a new one, it finds the row its first try wrote.
         self._token += 1
         params["token"] = self._token
-        fence, earlier = await self._again(lambda: self._begin_row(run.id, params), "beginning")
+        try:
+            fence, earlier = await self._again(lambda: self._begin_row(run.id, params), "beginning")
+        except asyncio.CancelledError:
+            # The caller is gone, and nothing will run the saga; but a try may have
+            # committed its row (cancelled as its answer came back; the driver waits
+            # for a statement being cancelled to end). Take the row out again, as the
+            # SQLite store does: left running under a lease nobody renews, it made the
+            # next execute() of the id raise SagaAlreadyExecuting, and a worker ran
+            # the saga once the lease ran out.
+            done = await wait_out(self._unbegin(run.id, params))
+            if not done.cancelled() and done.exception() is not None:
+                logger.warning(
+                    "sagakit could not take out the row of cancelled saga %s (%s) "
+                    "(recovered once its lease runs out): %s",
+                    run.name,
+                    run.id,
+                    done.exception(),
+                    extra={"saga_id": run.id, "saga_name": run.name},
+                )
+            raise
         if fence is None:
             return earlier
         self._fences[run.id] = fence
         self._orders[run.id] = 0  # a new row, or an earlier run's records deleted
         self._lost.discard(run.id)
         return None
+
+    async def _unbegin(self, saga_id: str, params: dict[str, Any]) -> None:
+        """Delete the row that a begin (``params``) wrote, if it did and it is unchanged."""
+        await self._run(
+            self._sql.unbegin, {"id": saga_id, "owner": self.owner, "token": params["token"]}
+        )
 
     async def _begin_row(
         self, saga_id: str, params: dict[str, Any]
