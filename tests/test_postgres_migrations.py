@@ -8,6 +8,7 @@ did not change, so what lands in the tables is what the older sagakit wrote.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from typing import Any
@@ -102,14 +103,26 @@ def columns(dsn: str, schema: str, table: str) -> set[str]:
     return {name for (name,) in found}
 
 
-def old_store(dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch) -> PostgresStore:
-    """A store writing to ``schema`` as it is, without migrating it first."""
+def old_store(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch, version: int = 3
+) -> PostgresStore:
+    """A store writing to ``schema`` as it is, without migrating it first (as a sagakit
+    of schema ``version`` did: before version 3, a begin kept no write token)."""
 
     async def unmigrated(conn: Any, schema: str, **options: Any) -> int:
         return 0
 
     monkeypatch.setattr("sagakit.stores.postgres.migrate", unmigrated)
-    return PostgresStore(dsn, schema=schema)
+    store = PostgresStore(dsn, schema=schema)
+    if version < 3:
+        sql = store._sql
+        store._sql = dataclasses.replace(
+            sql,
+            begin=sql.begin.replace(", last_write)", ")").replace(", %(token)s)", ")"),
+            restart=sql.restart.replace(", last_write = %(token)s", ""),
+            conflict=sql.conflict.replace("last_write FROM", "NULL FROM"),
+        )
+    return store
 
 
 def compensations(meta: Any) -> list[tuple[int, str]]:
@@ -126,7 +139,7 @@ async def test_an_earlier_version_is_upgraded_in_place_and_its_rows_list_as_befo
     at_version(dsn, schema, version)
     assert "start_order" not in columns(dsn, schema, "steps")
     assert ("last_write" in columns(dsn, schema, "sagas")) is (version >= 3)
-    store = old_store(dsn, schema, monkeypatch)
+    store = old_store(dsn, schema, monkeypatch, version)
     await store.open()
     orchestrator = SagaOrchestrator(store, compensation_retry=Retry(attempts=1))
     for saga_id in ("old-b", "old-a"):  # finished in this order, by the old version

@@ -277,14 +277,39 @@ async def test_concurrent_openers_under_a_short_lock_timeout_migrate_the_schema_
 
 
 @pytest.mark.asyncio
-async def test_a_migration_held_up_past_connect_timeout_names_the_fix(
+async def test_concurrent_openers_under_a_short_statement_timeout_migrate_the_schema_once(
     dsn: str, schema: str
 ) -> None:
+    # Regression: as under a short lock_timeout, a role's statement_timeout (below the
+    # time another opener's migration takes) cancelled every opener's wait for the
+    # migration's lock but the first one's, with a StoreError telling to check the DSN
+    # and that the server is up. The migration now waits as long as connect_timeout.
+    from psycopg.conninfo import make_conninfo
+
+    short = make_conninfo(dsn, options="-c statement_timeout=10ms")
+    stores = [PostgresStore(short, schema=schema) for _ in range(4)]
+    try:
+        await asyncio.gather(*(store.open() for store in stores))
+    finally:
+        for store in stores:
+            await store.close()
+    versions = query(dsn, f'SELECT version FROM "{schema}".schema_migrations ORDER BY version')
+    assert versions == [(version,) for version in range(1, SCHEMA_VERSION + 1)]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("role_timeout", ["lock_timeout", "statement_timeout"])
+async def test_a_migration_held_up_past_connect_timeout_names_the_fix(
+    dsn: str, schema: str, role_timeout: str
+) -> None:
     psycopg = pytest.importorskip("psycopg")
+    from psycopg.conninfo import make_conninfo
+
     key = _pg_schema.lock_key(schema, "migrate")
     with psycopg.connect(dsn) as holder:  # another process migrating, for ever
         holder.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
-        store = PostgresStore(_with_lock_timeout(dsn, "1ms"), schema=schema, connect_timeout=0.2)
+        short = make_conninfo(dsn, options=f"-c {role_timeout}=1ms")
+        store = PostgresStore(short, schema=schema, connect_timeout=0.2)
         with pytest.raises(StoreError, match=r"waited 0\.2 s for a lock") as raised:
             await store.open()
         assert "upgrade" in str(raised.value)

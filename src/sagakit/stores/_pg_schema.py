@@ -413,7 +413,8 @@ async def migrate(conn: AsyncConnection[object], schema: str, *, wait: float = 1
     """Bring ``schema`` to :data:`SCHEMA_VERSION`; returns how many migrations ran.
 
     Waits up to ``wait`` seconds for its locks (another process migrating the schema
-    holds the migration's lock until it commits), whatever the role's ``lock_timeout``.
+    holds the migration's lock until it commits), whatever the role's ``lock_timeout``
+    or a shorter ``statement_timeout``.
     """
     s = f'"{check_schema_name(schema)}"'
     scripts = migrations(schema)
@@ -464,6 +465,15 @@ async def _migrate_locked(
         # every store opening at once but the first: wait for it, up to ``wait``.
         timeout = min(max(int(wait * 1000), 1), MAX_LOCK_TIMEOUT_MS)
         await conn.execute(f"SET LOCAL lock_timeout = {timeout}")
+        # So did a role's statement_timeout: one shorter than that wait is lengthened
+        # (a second past it, so that a lock waited for too long says so, as above).
+        longer = min(timeout + 1000, MAX_LOCK_TIMEOUT_MS)
+        await conn.execute(
+            "SELECT set_config('statement_timeout', %s, true) "
+            "FROM pg_settings WHERE name = 'statement_timeout' "
+            "AND setting::bigint BETWEEN 1 AND %s",
+            (str(longer), longer - 1),
+        )
         await conn.execute(f"SELECT pg_advisory_xact_lock({lock_key(schema, 'migrate')})")
         # CREATE SCHEMA IF NOT EXISTS needs the right to create schemas in the database
         # even when the schema exists: a role that owns the schema but has no such right

@@ -50,7 +50,7 @@ async def settle(
     if doubt.new is not None:
         # A write on its way may still insert the row: insert it first (this waits for
         # an insert in flight), so that the fencing below holds for that write too.
-        await run(sql.begin, {"id": saga_id, "explicit": False, **doubt.new})
+        await run(sql.begin, {"id": saga_id, "explicit": False, "token": None, **doubt.new})
     found = await run(sql.settle, {"id": saga_id, "owner": owner})
     if found:
         fence, last = found[0]

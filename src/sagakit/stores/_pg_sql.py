@@ -27,6 +27,7 @@ class Statements:
     """Every statement of the store, with the schema name quoted in."""
 
     begin: str
+    unbegin: str
     conflict: str
     restart: str
     delete_steps: str
@@ -84,14 +85,21 @@ def statements(schema: str) -> Statements:
     return Statements(
         begin=(
             f"INSERT INTO {s}.sagas (saga_id, name, status, explicit_id, factory, policy, "
-            "fingerprint, args, kwargs, total_steps, owner, lease_until) VALUES "
+            "fingerprint, args, kwargs, total_steps, owner, lease_until, last_write) VALUES "
             "(%(id)s, %(name)s, 'executing', %(explicit)s, %(factory)s, %(policy)s, "
-            f"%(fingerprint)s, %(args)s, %(kwargs)s, %(total)s, %(owner)s, {lease}) "
-            "ON CONFLICT (saga_id) DO NOTHING RETURNING fence"
+            f"%(fingerprint)s, %(args)s, %(kwargs)s, %(total)s, %(owner)s, {lease}, "
+            "%(token)s) ON CONFLICT (saga_id) DO NOTHING RETURNING fence"
         ),
+        # The row a begin wrote (its write token) for a run that its caller cancelled.
+        unbegin=(
+            f"DELETE FROM {s}.sagas WHERE saga_id = %(id)s AND owner = %(owner)s "
+            "AND last_write = %(token)s AND finished_at IS NULL"
+        ),
+        # With the row's owner and last write token: a begin whose connection was lost
+        # finds its own row (or restart) there if it committed (see PostgresStore.begin).
         conflict=(
-            f"SELECT status, finished_at IS NULL, resolved, dead_reason FROM {s}.sagas "
-            "WHERE saga_id = %s FOR UPDATE"
+            f"SELECT status, finished_at IS NULL, resolved, dead_reason, owner, fence, "
+            f"last_write FROM {s}.sagas WHERE saga_id = %s FOR UPDATE"
         ),
         restart=(
             f"UPDATE {s}.sagas SET name = %(name)s, status = 'executing', "
@@ -100,7 +108,8 @@ def statements(schema: str) -> Statements:
             "total_steps = %(total)s, error = NULL, started_at = now(), updated_at = now(), "
             f"finished_at = NULL, owner = %(owner)s, fence = fence + 1, lease_until = {lease}, "
             "released = false, recovery_attempts = 0, dead_reason = NULL, parked_at = NULL, "
-            "resolved = false, finish_order = NULL WHERE saga_id = %(id)s RETURNING fence"
+            "resolved = false, finish_order = NULL, last_write = %(token)s "
+            "WHERE saga_id = %(id)s RETURNING fence"
         ),
         delete_steps=f"DELETE FROM {s}.steps WHERE saga_id = %s",
         apply=f"SELECT * FROM {s}.apply_writes(%s::jsonb, %s::jsonb, %s::jsonb)",

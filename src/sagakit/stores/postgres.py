@@ -15,12 +15,13 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._runs import unended
 from .._serialization import JsonSerializer
+from .._shielding import wait_out
 from ..exceptions import (
     LeaseLost,
     SagaAlreadyExecuting,
@@ -69,6 +70,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("sagakit")
 
+_T = TypeVar("_T")
+
 DEFAULT_LEASE = 30.0
 """Seconds a saga stays owned by its worker without a heartbeat."""
 
@@ -80,7 +83,7 @@ MAX_ID_BYTES = 2048
 PostgreSQL refuses an index entry over 2,704 bytes (a third of a page)."""
 
 _SENDS = 3  # times a write whose commit was lost is sent, before it is left in doubt
-_SETTLES = 5  # times a write in doubt is looked up while connections keep being lost
+_SETTLES = 5  # times a write in doubt is looked up (a begin tried) while connections are lost
 _SETTLE_BACKOFF = 0.05  # seconds before looking it up again; doubled each time
 
 
@@ -244,7 +247,9 @@ class PostgresStore:
             if self._pool is not None:
                 return
             psycopg, psycopg_pool = _import_driver()
-            pool = psycopg_pool.AsyncConnectionPool(
+            from ._pg_pool import Pool  # (imports psycopg_pool)
+
+            pool = Pool(
                 self.dsn,
                 min_size=self.min_size,
                 max_size=self.max_size,
@@ -393,7 +398,9 @@ class PostgresStore:
                 # write did not (this waits for it if it is still committing), so that
                 # it is released below. Else settling would insert it later, under a
                 # lease that nobody renews and no other worker could claim before it ran out.
-                await self._run(self._sql.begin, {"id": saga_id, "explicit": False, **doubt.new})
+                await self._run(
+                    self._sql.begin, {"id": saga_id, "explicit": False, "token": None, **doubt.new}
+                )
         params = {
             "owner": self.owner,
             "released": not as_crash,
@@ -450,20 +457,61 @@ class PostgresStore:
             self._orders[run.id] = 0
             self._lost.discard(run.id)
             return None
-        found = await self._run(self._sql.begin, params)
-        if not found:
-            fence = await self._begin_again(run.id, params)
-            if fence is None:
-                return await self.get(run.id)
-        else:
-            fence = found[0][0]
+        # The row carries a write token of this begin: if the connection is lost while
+        # it commits, begun again on a new one, it finds the row its first try wrote.
+        self._token += 1
+        params["token"] = self._token
+        try:
+            fence, earlier = await self._again(lambda: self._begin_row(run.id, params), "beginning")
+        except asyncio.CancelledError:
+            # The caller is gone, and nothing will run the saga; but a try may have
+            # committed its row (cancelled as its answer came back; the driver waits
+            # for a statement being cancelled to end). Take the row out again, as the
+            # SQLite store does: left running under a lease nobody renews, it made the
+            # next execute() of the id raise SagaAlreadyExecuting, and a worker ran
+            # the saga once the lease ran out.
+            done = await wait_out(self._unbegin(run.id, params))
+            if not done.cancelled() and done.exception() is not None:
+                logger.warning(
+                    "sagakit could not take out the row of cancelled saga %s (%s) "
+                    "(recovered once its lease runs out): %s",
+                    run.name,
+                    run.id,
+                    done.exception(),
+                    extra={"saga_id": run.id, "saga_name": run.name},
+                )
+            raise
+        if fence is None:
+            return earlier
         self._fences[run.id] = fence
         self._orders[run.id] = 0  # a new row, or an earlier run's records deleted
         self._lost.discard(run.id)
         return None
 
+    async def _unbegin(self, saga_id: str, params: dict[str, Any]) -> None:
+        """Delete the row that a begin (``params``) wrote, if it did and it is unchanged."""
+        await self._run(
+            self._sql.unbegin, {"id": saga_id, "owner": self.owner, "token": params["token"]}
+        )
+
+    async def _begin_row(
+        self, saga_id: str, params: dict[str, Any]
+    ) -> tuple[int | None, SagaMetadata | None]:
+        """Insert (or restart) the row of an explicit id: its fencing token, or ``None``
+        and the earlier run that completed. Safe to do again after a lost connection."""
+        found = await self._run(self._sql.begin, params)
+        if found:
+            return int(found[0][0]), None
+        fence = await self._begin_again(saga_id, params)
+        if fence is None:
+            return None, await self.get(saga_id)
+        return fence, None
+
     async def _begin_again(self, saga_id: str, params: dict[str, Any]) -> int | None:
-        """The id exists: refuse it, report it completed (``None``), or restart it."""
+        """The id exists: refuse it, report it completed (``None``), or restart it.
+
+        A row this very begin wrote (its write token is there: its first try committed
+        but its connection was lost) is this run's: its fencing token is returned."""
         sql = self._sql
         async with self._conn() as conn, conn.transaction():
             self._round_trips += 2  # BEGIN and COMMIT
@@ -474,7 +522,9 @@ class PostgresStore:
             if row is None:  # deleted meanwhile: take the id
                 cursor = await conn.execute(sql.begin, params)
             else:
-                status, running, resolved, dead_reason = row
+                status, running, resolved, dead_reason, owner, fence, last_write = row
+                if running and last_write == params["token"] and owner == self.owner:
+                    return int(fence)  # (FOR UPDATE waited for it, if still committing)
                 if running:
                     raise SagaAlreadyExecuting(saga_id, dead_reason)
                 if status == SagaStatus.COMPLETED:
@@ -701,10 +751,19 @@ class PostgresStore:
         return settled.committed
 
     async def _look_up(self, saga_id: str, doubt: Doubt) -> Settled:
-        """:func:`settle` ``doubt``, again on a new connection while the one it used is
-        lost (a server killing connections, a fail-over): up to ``_SETTLES`` times, with a
-        short backoff, none begun ``connect_timeout`` seconds after the first. Settling
-        again is safe: it moves the fencing token on once more and reads the same token."""
+        """:func:`settle` ``doubt`` (again on a new connection while the one it used is
+        lost: see :meth:`_again`). Settling again is safe: it moves the fencing token on
+        once more and reads the same token."""
+        return await self._again(
+            lambda: settle(self._run, self._sql, self.owner, saga_id, doubt),
+            "settling a write in doubt",
+        )
+
+    async def _again(self, attempt: Callable[[], Awaitable[_T]], what: str) -> _T:
+        """``attempt()``, again on a new connection while the one it used is lost (a
+        server killing connections, a fail-over): up to ``_SETTLES`` times, with a short
+        backoff, none begun ``connect_timeout`` seconds after the first. An error that is
+        not a lost connection (a statement the server refused) is raised at once."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.connect_timeout
         delay = _SETTLE_BACKOFF
@@ -712,12 +771,12 @@ class PostgresStore:
         while True:
             tries_left -= 1
             try:
-                return await settle(self._run, self._sql, self.owner, saga_id, doubt)
+                return await attempt()
             except StoreError as error:
                 again = tries_left and loop.time() + delay <= deadline
                 if not again or not _connection_lost(error):
-                    raise  # (cancelled: it stays in doubt too)
-                logger.debug("sagakit: settling a write in doubt again: %s", error)
+                    raise  # (cancelled: raised as it is)
+                logger.debug("sagakit: %s again: %s", what, error)
             await asyncio.sleep(delay)
             delay *= 2
 

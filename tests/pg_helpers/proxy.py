@@ -1,0 +1,137 @@
+"""A TCP proxy in front of the test PostgreSQL server, to cut a store off from it.
+
+The server is shared: a test may not restart it, nor refuse other sessions. A store
+connected through a :class:`Proxy` sees what a restart or a network outage does to
+it alone: ``cut()`` drops its connections and refuses new ones (accepted, then closed
+at once, as a server still starting up does) until ``restore()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+
+class Proxy:
+    """Forwards connections to ``dsn``'s host and port, from a thread of its own."""
+
+    def __init__(self, dsn: str) -> None:
+        parts = urlsplit(dsn)
+        self._dsn = parts
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self.refusing = False
+        self.refused = 0  # connections refused while cut off
+        self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.port = self._sock.getsockname()[1]
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="pg-proxy")
+        self._thread.start()
+        self._ready.wait()
+
+    def dsn(self, **query: str) -> str:
+        """``dsn`` with the proxy's address (and ``query`` added to its parameters)."""
+        netloc = self._dsn.netloc.rsplit("@", 1)
+        userinfo = netloc[0] + "@" if len(netloc) == 2 else ""
+        extra = "&".join(f"{k}={v}" for k, v in query.items())
+        params = "&".join(p for p in (self._dsn.query, extra) if p)
+        return urlunsplit(
+            (self._dsn.scheme, f"{userinfo}127.0.0.1:{self.port}", self._dsn.path, params, "")
+        )
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def start() -> asyncio.Server:
+            return await asyncio.start_server(self._handle, sock=self._sock)
+
+        self._server = self._loop.run_until_complete(start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            self.refused += 1
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.transport.abort()
+            return
+        pair = (writer, up_writer)
+        self._pairs.add(pair)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except OSError:
+                pass
+            finally:
+                sink.transport.abort()
+
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        finally:
+            self._pairs.discard(pair)
+
+    def _call(self, action: object) -> None:
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                action()  # type: ignore[operator]
+            finally:
+                done.set()
+
+        self._loop.call_soon_threadsafe(run)
+        done.wait()
+
+    def cut(self) -> None:
+        """Drop every connection through the proxy and refuse new ones."""
+
+        def drop() -> None:
+            self.refusing = True
+            for writer, up_writer in list(self._pairs):
+                writer.transport.abort()
+                up_writer.transport.abort()
+
+        self._call(drop)
+
+    def restore(self) -> None:
+        """Accept and forward connections again."""
+
+        def accept() -> None:
+            self.refusing = False
+
+        self._call(accept)
+
+    def close(self) -> None:
+        self.cut()
+
+        async def stop() -> None:
+            self._server.close()
+            await self._server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
+@contextlib.contextmanager
+def proxied(dsn: str) -> Iterator[Proxy]:
+    proxy = Proxy(dsn)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
