@@ -558,6 +558,21 @@ def held_order(order: str):  # type: ignore[no-untyped-def]
     yield declined(order)
 
 
+def _deploy_held_order_without_holds_compensation() -> None:
+    """The code deployed since the crash: ``held_order`` again (recovery finds it by
+    name in the registry), its ``hold`` step with no compensation any more."""
+
+    @step(name="crash_sim_hold")
+    async def hold_now(order: str) -> str:
+        return f"h-{order}"
+
+    @saga(name="crash_sim_removed_compensation")
+    def held_order_now(order: str):  # type: ignore[no-untyped-def]
+        yield reserve(order)
+        yield hold_now(order)
+        yield declined(order)
+
+
 @pytest.mark.asyncio
 async def test_a_compensation_interrupted_then_removed_from_the_code_ends_as_crashed(
     durable_store: Callable[[], Any], caplog: pytest.LogCaptureFixture
@@ -572,16 +587,7 @@ async def test_a_compensation_interrupted_then_removed_from_the_code_ends_as_cra
     await simulate_restart(store)
     await store.close()
 
-    @step(name="crash_sim_hold")
-    async def hold_now(order: str) -> str:  # the new code: no compensation
-        return f"h-{order}"
-
-    @saga(name="crash_sim_removed_compensation")
-    def held_order_now(order: str):  # type: ignore[no-untyped-def]
-        yield reserve(order)
-        yield hold_now(order)
-        yield declined(order)
-
+    _deploy_held_order_without_holds_compensation()
     restarted = SagaOrchestrator(durable_store())
     [outcome] = await restarted.recover()
     final = await restarted.get_saga("o-z")
@@ -615,16 +621,7 @@ async def test_a_compensation_that_failed_for_good_then_removed_from_the_code_st
     await simulate_restart(store)
     await store.close()
 
-    @step(name="crash_sim_hold")
-    async def hold_now(order: str) -> str:  # the new code: no compensation
-        return f"h-{order}"
-
-    @saga(name="crash_sim_removed_compensation")
-    def held_order_now(order: str):  # type: ignore[no-untyped-def]
-        yield reserve(order)
-        yield hold_now(order)
-        yield declined(order)
-
+    _deploy_held_order_without_holds_compensation()
     restarted = SagaOrchestrator(durable_store())
     [outcome] = await restarted.recover()
     final = await restarted.get_saga("o-y")
