@@ -286,7 +286,7 @@ async def test_concurrent_openers_under_a_short_statement_timeout_migrate_the_sc
     # and that the server is up. The migration now waits as long as connect_timeout.
     from psycopg.conninfo import make_conninfo
 
-    short = make_conninfo(dsn, options="-c statement_timeout=10ms")
+    short = make_conninfo(dsn, options="-c statement_timeout=20ms")
     stores = [PostgresStore(short, schema=schema) for _ in range(4)]
     try:
         await asyncio.gather(*(store.open() for store in stores))
@@ -298,9 +298,14 @@ async def test_concurrent_openers_under_a_short_statement_timeout_migrate_the_sc
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("role_timeout", ["lock_timeout", "statement_timeout"])
+@pytest.mark.parametrize(
+    ("role_timeout", "value"),
+    # A statement_timeout well under connect_timeout, yet one that the store's other
+    # statements (not lengthened) keep to on a loaded machine: 1 ms made the test flaky.
+    [("lock_timeout", "1ms"), ("statement_timeout", "50ms")],
+)
 async def test_a_migration_held_up_past_connect_timeout_names_the_fix(
-    dsn: str, schema: str, role_timeout: str
+    dsn: str, schema: str, role_timeout: str, value: str
 ) -> None:
     psycopg = pytest.importorskip("psycopg")
     from psycopg.conninfo import make_conninfo
@@ -308,7 +313,7 @@ async def test_a_migration_held_up_past_connect_timeout_names_the_fix(
     key = _pg_schema.lock_key(schema, "migrate")
     with psycopg.connect(dsn) as holder:  # another process migrating, for ever
         holder.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
-        short = make_conninfo(dsn, options=f"-c {role_timeout}=1ms")
+        short = make_conninfo(dsn, options=f"-c {role_timeout}={value}")
         store = PostgresStore(short, schema=schema, connect_timeout=0.2)
         with pytest.raises(StoreError, match=r"waited 0\.2 s for a lock") as raised:
             await store.open()
