@@ -244,6 +244,15 @@ class StoreError(SagaError):
     """A saga store could not be opened, read or written."""
 
 
+class StoreConfigError(SagaDefinitionError, StoreError):
+    """A store was given a bad setting (``PostgresStore(lease=0)``); the message names the fix.
+
+    A :class:`SagaDefinitionError`, as every other bad argument to sagakit (the other
+    stores' included), and a :class:`StoreError`, which ``PostgresStore`` raised for
+    bad settings before.
+    """
+
+
 class _LoggedError(Exception):
     """An error known only by its text in a saga log (``"ValueError: boom"``): what a
     compensation that failed for good before its process died failed with, reported by
@@ -286,5 +295,6 @@ __all__ = [
     "SerializationError",
     "StepFailed",
     "StepTimeout",
+    "StoreConfigError",
     "StoreError",
 ]

@@ -27,6 +27,7 @@ from ..exceptions import (
     SagaAlreadyExecuting,
     SagaAlreadyFailed,
     SerializationError,
+    StoreConfigError,
     StoreError,
 )
 from ..status import SagaStatus
@@ -105,7 +106,7 @@ class PostgresStats:
 
 def _positive(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise StoreError(f"{name} must be a positive number of seconds, got {value!r}")
+        raise StoreConfigError(f"{name} must be a positive number of seconds, got {value!r}")
     return float(value)
 
 
@@ -188,30 +189,30 @@ class PostgresStore:
         serializer: JsonSerializer | None = None,
     ) -> None:
         if not isinstance(dsn, str) or not dsn:
-            raise StoreError(f"PostgresStore needs a connection string or URL, got {dsn!r}")
+            raise StoreConfigError(f"PostgresStore needs a connection string or URL, got {dsn!r}")
         self.dsn = dsn
         self.schema = check_schema_name(schema)
         self.lease = _positive("lease", lease)
         if not self.lease <= MAX_LEASE:  # the database cannot add more to now()
-            raise StoreError(
+            raise StoreConfigError(
                 f"lease must be a positive, finite number of seconds up to {MAX_LEASE:g} "
                 f"(about 31,000 years; the database adds it to now()), got {lease!r}"
             )
         self.heartbeat = _positive("heartbeat", heartbeat if heartbeat is not None else lease / 3)
         if self.heartbeat >= self.lease:
-            raise StoreError(
+            raise StoreConfigError(
                 f"heartbeat ({self.heartbeat:g} s) must be shorter than the lease "
                 f"({self.lease:g} s), or leases expire between renewals"
             )
         for name, size in (("min_size", min_size), ("max_size", max_size)):
             if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-                raise StoreError(f"{name} must be a whole number >= 1, got {size!r}")
+                raise StoreConfigError(f"{name} must be a whole number >= 1, got {size!r}")
         if max_size < min_size:
-            raise StoreError(f"max_size ({max_size}) must be >= min_size ({min_size})")
+            raise StoreConfigError(f"max_size ({max_size}) must be >= min_size ({min_size})")
         self.min_size = min_size
         self.max_size = max_size
         self.connect_timeout = _positive("connect_timeout", connect_timeout)
-        self.serializer = store_serializer(serializer, StoreError)
+        self.serializer = store_serializer(serializer, StoreConfigError)
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{os.urandom(4).hex()}"
         self._sql = statements(self.schema)
         self._pool: AsyncConnectionPool[Any] | None = None
