@@ -113,7 +113,7 @@ def definition_fingerprint(definition: SagaDefinition) -> str:
     digest = hashlib.sha256(definition.name.encode())
     if steps is not None:
         for call in steps:
-            digest.update(b"\0" + call.spec.name.encode())
+            digest.update(b"\0" + call._spec.name.encode())
     elif code is not None:
         digest.update(code.co_code)
         digest.update(repr(code.co_names).encode())
