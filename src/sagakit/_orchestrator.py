@@ -535,7 +535,7 @@ class SagaOrchestrator:
                             # KeyboardInterrupt, SystemExit, CancelledError: handled as when
                             # the step itself raises it (see the call above)
                             acted = record
-                            raise fault  # type: ignore[misc]
+                            raise fault
                         error = raised_by_step(fault)  # as the step's own raise
                     if failure is None:
                         assert error is not None
@@ -1099,7 +1099,7 @@ class SagaOrchestrator:
                         if isinstance(fault, SimulatedCrash):
                             raise fault
                         if not isinstance(fault, Exception):
-                            raise fault  # type: ignore[misc]  # as if the compensation raised it
+                            raise fault  # as if the compensation raised it
                         error = raised_by_step(fault)  # as the compensation's raise
                     policy = spec.compensation_retry or self._compensation_retry
                     assert error is not None

@@ -258,7 +258,7 @@ class StepCall(Generic[R_co]):
                     await self._fn(*self._args, **self._kwargs)
             raise fault.crash
         if not isinstance(fault, Exception):  # a crash, KeyboardInterrupt, CancelledError...
-            raise fault  # type: ignore[misc]
+            raise fault
         return raised_by_step(fault)  # as the step's own raise
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -55,7 +55,8 @@ class FiredFault:
     step_index: int | None
     attempt: int
     compensation: bool
-    fault: BaseException | _SimulatedTimeout | CrashAfter
+    # The exception raised (a crash's SimulatedCrash, "after" or not), or SIMULATED_TIMEOUT.
+    fault: BaseException | _SimulatedTimeout
 
 
 @dataclass(frozen=True, slots=True)
