@@ -55,6 +55,7 @@ from ._protocol import (
     check_event_window,
     check_saga_id,
     check_saga_ids,
+    check_text,
     claim_limit,
     row_limit,
     store_serializer,
@@ -1002,6 +1003,7 @@ class PostgresStore:
 
     async def dead_letter(self, saga_id: str, reason: str) -> None:
         check_saga_id(saga_id, "dead_letter()")
+        check_text(reason, "reason", "dead_letter()", "say why the saga is parked")
         fence = self._fences.get(saga_id)
         if fence is None:
             raise StoreError(
@@ -1033,6 +1035,7 @@ class PostgresStore:
 
     async def resolve(self, saga_id: str, note: str) -> None:
         check_saga_id(saga_id, "resolve()")
+        check_text(note, "note", "resolve()", "say how the saga was settled")
         if await self._run(self._sql.resolve, {"id": saga_id, "note": storable(note)}):
             return
         known = await self.get(saga_id)

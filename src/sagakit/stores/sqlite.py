@@ -55,6 +55,7 @@ from ._protocol import (
     StoredEvent,
     check_event_window,
     check_saga_id,
+    check_text,
     claim_limit,
     row_limit,
     store_serializer,
@@ -881,6 +882,7 @@ class SQLiteStore:
 
     async def dead_letter(self, saga_id: str, reason: str) -> None:
         check_saga_id(saga_id, "dead_letter()")
+        check_text(reason, "reason", "dead_letter()", "say why the saga is parked")
         self._refuse_writes()
         now = time.time()
         await self._writer.submit(
@@ -978,6 +980,7 @@ class SQLiteStore:
 
     async def resolve(self, saga_id: str, note: str) -> None:
         check_saga_id(saga_id, "resolve()")
+        check_text(note, "note", "resolve()", "say how the saga was settled")
         self._refuse_writes()
         now = time.time()
 
