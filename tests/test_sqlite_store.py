@@ -25,6 +25,7 @@ from sagakit import (
     SQLiteStore,
     StepFailed,
     StepStatus,
+    StoreConfigError,
     StoreError,
     Transition,
     saga,
@@ -649,6 +650,23 @@ def test_bad_options() -> None:
         SQLiteStore("x.db", read_only="no")  # type: ignore[arg-type]
     with pytest.raises(SagaDefinitionError, match="verify must be True or False"):
         SQLiteStore("x.db", verify="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path", [None, "", b"x.db", 3])
+def test_a_path_that_is_no_file_path_is_refused_naming_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: Any
+) -> None:
+    # Regression: None (an unset setting) raised "expected str, bytes or os.PathLike
+    # object, not NoneType", bytes a TypeError about startswith, and "" (SQLite's temporary
+    # database) a StoreError saying the log cannot use WAL journaling.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoreConfigError) as raised:
+        SQLiteStore(path)
+    assert str(raised.value) == (
+        "SQLiteStore needs the path of its log file, a non-empty str or os.PathLike[str], "
+        f"got {path!r}; pass where the log lives: SQLiteStore('sagas.db')"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:

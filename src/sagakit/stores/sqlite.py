@@ -44,6 +44,7 @@ from ..exceptions import (
     SagaDefinitionError,
     SerializationError,
     StepTimeout,
+    StoreConfigError,
     StoreError,
 )
 from ..records import SagaMetadata
@@ -182,7 +183,19 @@ class SQLiteStore:
                 f"owner must be a non-empty string, the token recorded on the sagas this "
                 f"store runs, got {owner!r}; leave it None for this process's own token"
             )
-        path = os.fspath(path)
+        try:
+            file: object = os.fspath(path)
+        except TypeError:
+            file = None
+        if not isinstance(file, str) or not file:
+            # None (an unset setting) said only "expected str, bytes or os.PathLike
+            # object"; "" is SQLite's temporary database, refused as "cannot use WAL".
+            raise StoreConfigError(
+                "SQLiteStore needs the path of its log file, a non-empty str or "
+                f"os.PathLike[str], got {path!r}; pass where the log lives: "
+                "SQLiteStore('sagas.db')"
+            )
+        path = file
         if path == ":memory:" or path.startswith("file:"):
             raise SagaDefinitionError(
                 "SQLiteStore needs a file path (other processes must find the log); "
