@@ -247,9 +247,9 @@ class StoreError(SagaError):
 class StoreConfigError(SagaDefinitionError, StoreError):
     """A store was given a bad setting (``PostgresStore(lease=0)``); the message names the fix.
 
-    A :class:`SagaDefinitionError`, as every other bad argument to sagakit (the other
-    stores' included), and a :class:`StoreError`, which ``PostgresStore`` raised for
-    bad settings before.
+    Every built-in store raises it for its bad settings: a :class:`SagaDefinitionError`, as
+    every other bad argument to sagakit is (and what ``SQLiteStore`` and ``MemoryStore``
+    raised), and a :class:`StoreError` (what ``PostgresStore`` raised).
     """
 
 

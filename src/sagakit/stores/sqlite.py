@@ -41,7 +41,6 @@ from .._shielding import wait_out
 from ..exceptions import (
     SagaAlreadyExecuting,
     SagaAlreadyFailed,
-    SagaDefinitionError,
     SerializationError,
     StepTimeout,
     StoreConfigError,
@@ -170,16 +169,16 @@ class SQLiteStore:
         read_only: bool = False,
     ) -> None:
         if synchronous not in ("NORMAL", "FULL"):
-            raise SagaDefinitionError(
-                f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}"
-            )
-        seconds = check_seconds(busy_timeout, "busy_timeout", allow_zero=True)
-        check_flag(verify, "verify")
-        check_flag(read_only, "read_only")
+            raise StoreConfigError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
+        seconds = check_seconds(
+            busy_timeout, "busy_timeout", allow_zero=True, error=StoreConfigError
+        )
+        check_flag(verify, "verify", error=StoreConfigError)
+        check_flag(read_only, "read_only", error=StoreConfigError)
         if owner is not None and (not isinstance(owner, str) or not owner.strip()):
             # An empty owner is no owner: recovery would claim the sagas this store runs
             # while they run, and run their steps a second time.
-            raise SagaDefinitionError(
+            raise StoreConfigError(
                 f"owner must be a non-empty string, the token recorded on the sagas this "
                 f"store runs, got {owner!r}; leave it None for this process's own token"
             )
@@ -197,7 +196,7 @@ class SQLiteStore:
             )
         path = file
         if path == ":memory:" or path.startswith("file:"):
-            raise SagaDefinitionError(
+            raise StoreConfigError(
                 "SQLiteStore needs a file path (other processes must find the log); "
                 "use MemoryStore() for an in-memory store"
             )
@@ -206,7 +205,7 @@ class SQLiteStore:
         self._file = os.path.abspath(path)
         self.synchronous = synchronous
         self.busy_timeout = seconds
-        self.serializer = store_serializer(serializer)
+        self.serializer = store_serializer(serializer, StoreConfigError)
         self.read_only = read_only
         if self.read_only and not os.path.exists(path):
             raise StoreError(f"no saga log at {path!r} (opened read-only: none is created)")
