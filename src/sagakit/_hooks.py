@@ -36,6 +36,9 @@ class SimulatedCrash(BaseException):
     recovery. A ``BaseException``, so that a step's ``except Exception`` cannot stop it.
     """
 
+    # Where it is imported from, as tracebacks and pickles name it (not this private module).
+    __module__ = "sagakit.testing"
+
 
 class CrashAfter:
     """A fault plan's answer: run the attempt, then crash before its outcome is recorded."""

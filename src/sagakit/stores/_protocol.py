@@ -32,6 +32,9 @@ class CommittedThenCancelled(asyncio.CancelledError):
     the write returned, for a store's own use.
     """
 
+    # Where it is imported from, as tracebacks and pickles name it (not this private module).
+    __module__ = "sagakit.stores"
+
     def __init__(self, result: Any = None) -> None:
         super().__init__()
         self.result = result

@@ -43,6 +43,9 @@ Fault = BaseException | type[BaseException]
 class InjectedFault(Exception):
     """The exception a :class:`FaultInjector` raises when none is given."""
 
+    # Where it is imported from, as tracebacks and pickles name it (not this private module).
+    __module__ = "sagakit.testing"
+
 
 # ------------------------------------------------------------------ fault injection
 
