@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import pickle
+import traceback
 from typing import Any
 
 import pytest
 
 from sagakit import SagaDefinition, SagaOrchestrator, saga, step
+from sagakit.stores import CommittedThenCancelled
+from sagakit.testing import InjectedFault, SimulatedCrash
 
 
 @step(timeout=7)
@@ -117,3 +120,24 @@ def test_a_method_step_call_pickles_with_its_instance() -> None:
     assert asyncio.run(SagaOrchestrator().execute(SagaDefinition("cp-3").add_step(loaded))) == [
         "north-5"
     ]
+
+
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        (SimulatedCrash("crash"), "sagakit.testing.SimulatedCrash: crash"),
+        (InjectedFault("boom"), "sagakit.testing.InjectedFault: boom"),
+        (CommittedThenCancelled(7), "sagakit.stores.CommittedThenCancelled"),
+    ],
+)
+def test_public_errors_of_private_modules_are_named_where_they_are_imported_from(
+    error: BaseException, shown: str
+) -> None:
+    # Regression: tracebacks (and pytest) showed sagakit._hooks.SimulatedCrash,
+    # sagakit.testing._faults.InjectedFault and sagakit.stores._protocol.CommittedThenCancelled,
+    # private modules, rather than where they are imported from.
+    assert traceback.format_exception_only(error)[-1].strip() == shown
+    copied = pickle.loads(pickle.dumps(error))
+    assert type(copied) is type(error)
+    assert copied.args == error.args
+    assert getattr(copied, "result", None) == getattr(error, "result", None)

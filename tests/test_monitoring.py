@@ -27,6 +27,7 @@ from sagakit import (
     StepFailed,
     StepRecord,
     StepStatus,
+    StoreConfigError,
     Transition,
     TransitionKind,
     current_step,
@@ -460,6 +461,9 @@ def test_default_history_limit_is_ten_thousand() -> None:
 def test_bad_history_limits_are_refused(limit: Any) -> None:
     with pytest.raises(SagaDefinitionError, match="history_limit"):
         SagaOrchestrator(history_limit=limit)
+    # A StoreConfigError (a SagaDefinitionError), as every store's bad settings are.
+    with pytest.raises(StoreConfigError, match="history_limit must be a whole number >= 0"):
+        MemoryStore(history_limit=limit)
 
 
 def test_a_store_that_is_not_a_store_is_refused() -> None:

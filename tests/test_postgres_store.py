@@ -35,6 +35,7 @@ from sagakit import (
     SerializationError,
     StepFailed,
     StepStatus,
+    StoreConfigError,
     StoreError,
     current_step,
     saga,
@@ -185,7 +186,15 @@ def test_importing_sagakit_does_not_import_psycopg() -> None:
     ],
 )
 def test_bad_options_raise_clear_errors(options: dict[str, Any], message: str) -> None:
-    with pytest.raises(StoreError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    # A StoreConfigError: a SagaDefinitionError (also a TypeError) as the other stores' bad
+    # settings are, and still a StoreError, which these were before. Regression: only a
+    # StoreError, so `except SagaDefinitionError` caught SQLiteStore's bad settings and
+    # PostgresStore.claim_orphans(limit=-1) but not PostgresStore(lease=0).
+    with pytest.raises(StoreConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        PostgresStore("postgresql://localhost/x", **options)
+    with pytest.raises(SagaDefinitionError):
+        PostgresStore("postgresql://localhost/x", **options)
+    with pytest.raises(StoreError):
         PostgresStore("postgresql://localhost/x", **options)
 
 

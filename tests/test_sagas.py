@@ -187,6 +187,27 @@ def test_definitions_are_immutable() -> None:
         definition.saga_id = "other"  # type: ignore[misc]
 
 
+def test_a_saga_functions_options_are_read_only() -> None:
+    # Regression: settable. A renamed saga was still registered under its old name, so
+    # recovery dead-lettered its runs ("no @saga named ... is registered; import the
+    # module"), and recovery="bogus" went unchecked into every definition and the log.
+    @saga(name="read-only-options", recovery="compensate")
+    def move() -> list[StepCall[Any]]:
+        return [debit("A", 1.0)]
+
+    for attribute, value in [("name", "other"), ("recovery", "bogus"), ("is_generator", True)]:
+        with pytest.raises(AttributeError):
+            setattr(move, attribute, value)
+    assert (move.name, move.recovery, move.is_generator) == (
+        "read-only-options",
+        "compensate",
+        False,
+    )
+    assert (move().name, move().recovery) == ("read-only-options", "compensate")
+    assert transfer.is_generator
+    move.__doc__ = "Other decorators may still set a function's usual attributes."
+
+
 def test_definitions_compare_by_their_parts_and_are_unhashable() -> None:
     # As docs/api.md says: equal when all parts are equal; step calls compare by identity.
     assert transfer("A", "B", 1.0) == transfer("A", "B", 1.0)

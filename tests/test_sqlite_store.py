@@ -25,6 +25,7 @@ from sagakit import (
     SQLiteStore,
     StepFailed,
     StepStatus,
+    StoreConfigError,
     StoreError,
     Transition,
     saga,
@@ -633,22 +634,45 @@ async def test_an_empty_owner_is_refused_so_recovery_cannot_take_a_running_saga(
 
 
 def test_bad_options() -> None:
-    with pytest.raises(SagaDefinitionError, match="synchronous"):
+    # A StoreConfigError, as PostgresStore's bad settings: a SagaDefinitionError (what these
+    # were) and a StoreError (what PostgreSQL's were), whichever store is configured.
+    with pytest.raises(StoreConfigError, match="synchronous"):
         SQLiteStore("x.db", synchronous="OFF")  # type: ignore[arg-type]
-    with pytest.raises(SagaDefinitionError, match="busy_timeout"):
+    with pytest.raises(StoreConfigError, match="busy_timeout"):
         SQLiteStore("x.db", busy_timeout=-1)
     # NaN made int(nan * 1000) raise ValueError deep in the writer; infinity an
     # OverflowError there; a string compared with 0 raised TypeError.
     for odd in (float("nan"), float("inf"), "5"):
-        with pytest.raises(SagaDefinitionError, match="busy_timeout must be a"):
+        with pytest.raises(StoreConfigError, match="busy_timeout must be a"):
             SQLiteStore("x.db", busy_timeout=odd)  # type: ignore[arg-type]
-    with pytest.raises(SagaDefinitionError, match="file path"):
+    with pytest.raises(StoreConfigError, match="file path"):
         SQLiteStore(":memory:")
     # Their truth was taken: read_only="no" opened the log read-only.
-    with pytest.raises(SagaDefinitionError, match="read_only must be True or False"):
+    with pytest.raises(StoreConfigError, match="read_only must be True or False"):
         SQLiteStore("x.db", read_only="no")  # type: ignore[arg-type]
-    with pytest.raises(SagaDefinitionError, match="verify must be True or False"):
+    with pytest.raises(StoreConfigError, match="verify must be True or False"):
         SQLiteStore("x.db", verify="yes")  # type: ignore[arg-type]
+    with pytest.raises(StoreConfigError, match="owner must be a non-empty string"):
+        SQLiteStore("x.db", owner=" ")
+    with pytest.raises(StoreConfigError, match="serializer must be a JsonSerializer"):
+        SQLiteStore("x.db", serializer=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path", [None, "", b"x.db", 3])
+def test_a_path_that_is_no_file_path_is_refused_naming_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: Any
+) -> None:
+    # Regression: None (an unset setting) raised "expected str, bytes or os.PathLike
+    # object, not NoneType", bytes a TypeError about startswith, and "" (SQLite's temporary
+    # database) a StoreError saying the log cannot use WAL journaling.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoreConfigError) as raised:
+        SQLiteStore(path)
+    assert str(raised.value) == (
+        "SQLiteStore needs the path of its log file, a non-empty str or os.PathLike[str], "
+        f"got {path!r}; pass where the log lives: SQLiteStore('sagas.db')"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:

@@ -158,3 +158,28 @@ async def test_a_definitions_step_calls_keep_their_keyword_arguments() -> None:
             {"amount": 10.0, "note": "!"},
             {},
         ]
+
+
+@pytest.mark.asyncio
+async def test_a_definitions_step_calls_are_read_only() -> None:
+    # Regression: only kwargs was read-only; `call.args = (...)` (or step, fn, instance,
+    # spec) changed a call of a definition documented as immutable, and what it ran.
+    definition = sca_payment("A")
+    call = (definition.steps or ())[1]
+    for attribute, value in [
+        ("args", ("B", 99.0)),
+        ("step", sca_tag),
+        ("fn", sca_tag.__wrapped__),
+        ("instance", object()),
+        ("spec", call.spec),
+        ("name", "other"),
+    ]:
+        with pytest.raises(AttributeError):
+            setattr(call, attribute, value)
+    with pytest.raises(AttributeError):
+        call.extra = 1  # type: ignore[attr-defined]
+    assert (call.args, call.instance, call.name) == (("A", 5.0), None, "sca_debit")
+    assert call.step is sca_debit
+    assert call.fn is sca_debit.__wrapped__
+    assert call.spec.name == "sca_debit"
+    assert await SagaOrchestrator().execute(definition) == ["A-10.0!", "A-5.0"]

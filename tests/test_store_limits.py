@@ -146,3 +146,32 @@ async def test_store_methods_refuse_an_id_that_is_no_string_alike(
             await orchestrator.get_saga(123)  # type: ignore[arg-type]
     finally:
         await orchestrator.close()
+
+
+@pytest.mark.parametrize("bad", [None, 3])
+async def test_a_reason_or_note_that_is_no_string_is_refused_alike(
+    durable_store: Callable[[], Any], bad: Any
+) -> None:
+    # Regression: SQLite's dead_letter(id, None) failed as if its log could not be written
+    # ("cannot write saga log ...: AttributeError"), and PostgreSQL's stored None as no
+    # reason: the saga was not dead-lettered at all, only released; resolve(id, None)
+    # wrote "resolved by an operator: None" on SQLite.
+    store = durable_store()
+    orchestrator = await _two_finished(store)
+    try:
+        with pytest.raises(SagaDefinitionError) as caught:
+            await store.dead_letter("first", bad)
+        assert str(caught.value) == (
+            f"dead_letter() takes the reason as a string, got {bad!r}; say why the saga is parked"
+        )
+        with pytest.raises(SagaDefinitionError) as caught:
+            await store.resolve("first", bad)
+        assert str(caught.value) == (
+            f"resolve() takes the note as a string, got {bad!r}; say how the saga was settled"
+        )
+        found = await store.get("first")
+        assert found is not None
+        assert (found.status, found.error) == ("completed", None)
+        assert await store.dead_letters() == []
+    finally:
+        await orchestrator.close()

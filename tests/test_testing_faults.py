@@ -145,6 +145,8 @@ async def test_timeout_is_simulated_at_once_and_compensates_the_step() -> None:
     assert caught.value.timeout == 60
     # What fired is told by a public marker a test can compare with.
     assert [f.fault for f in faults.fired] == [SIMULATED_TIMEOUT]
+    assert repr(SIMULATED_TIMEOUT) == str(SIMULATED_TIMEOUT) == f"{SIMULATED_TIMEOUT}"
+    assert str(SIMULATED_TIMEOUT) == "SIMULATED_TIMEOUT"  # no private class name in messages
     assert "ship mug" not in calls
     # ship has no compensation; the completed steps are undone in reverse order
     recorder.assert_compensated("charge", "reserve")

@@ -27,6 +27,7 @@ from .exceptions import (
     SerializationError,
     StepFailed,
     StepTimeout,
+    StoreConfigError,
     StoreError,
 )
 from .records import SagaMetadata, StepRecord
@@ -89,6 +90,7 @@ __all__ = [
     "StepRecord",
     "StepStatus",
     "StepTimeout",
+    "StoreConfigError",
     "StoreError",
     "StoredEvent",
     "Transition",

@@ -17,16 +17,23 @@ def is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def check_seconds(value: object, what: str, *, allow_zero: bool = False) -> float:
-    """Return ``value`` as a finite positive float, or raise a clear definition error."""
+def check_seconds(
+    value: object,
+    what: str,
+    *,
+    allow_zero: bool = False,
+    error: type[SagaDefinitionError] = SagaDefinitionError,
+) -> float:
+    """Return ``value`` as a finite positive float, or raise a clear definition error
+    (``error``: a store's settings raise ``StoreConfigError``)."""
     if not is_number(value):
-        raise SagaDefinitionError(f"{what} must be a number of seconds, got {value!r}")
+        raise error(f"{what} must be a number of seconds, got {value!r}")
     seconds = float(value)
     if math.isnan(seconds) or math.isinf(seconds):
-        raise SagaDefinitionError(f"{what} must be a finite number of seconds, got {value!r}")
+        raise error(f"{what} must be a finite number of seconds, got {value!r}")
     if seconds < 0 or (seconds == 0 and not allow_zero):
         bound = "zero or more" if allow_zero else "greater than zero"
-        raise SagaDefinitionError(f"{what} must be {bound} seconds, got {value!r}")
+        raise error(f"{what} must be {bound} seconds, got {value!r}")
     return seconds
 
 
@@ -40,11 +47,13 @@ def check_count(value: object, what: str) -> int:
     return value
 
 
-def check_flag(value: object, what: str) -> bool:
+def check_flag(
+    value: object, what: str, *, error: type[SagaDefinitionError] = SagaDefinitionError
+) -> bool:
     """Return ``value`` if it is ``True`` or ``False`` (``bool("no")`` is ``True``: a
     string read from a configuration file would turn the option on), else raise."""
     if not isinstance(value, bool):
-        raise SagaDefinitionError(f"{what} must be True or False, got {value!r}")
+        raise error(f"{what} must be True or False, got {value!r}")
     return value
 
 

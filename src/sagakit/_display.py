@@ -145,14 +145,14 @@ def definition_html(definition: SagaDefinition) -> str:
         )
     rows = [_row(("#", "step", "arguments", "timeout", "attempts", "compensation"), True)]
     for index, call in enumerate(calls):
-        step = call.step
+        step = call._step
         compensation = step.compensation
         rows.append(
             _row(
                 (
                     str(index),
                     escape(step.name),
-                    escape(_describe_args(call.args, call._kwargs)),
+                    escape(_describe_args(call._args, call._kwargs)),
                     f"{step.timeout:g} s",
                     str(step.retry.attempts),
                     escape(getattr(compensation, "__name__", "—") if compensation else "—"),

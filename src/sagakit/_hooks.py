@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
+from enum import Enum
 from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
 
 if TYPE_CHECKING:
     from ._steps import Step
 
 
-class _SimulatedTimeout:
-    """Marker returned by a fault plan to make an attempt time out at once."""
+class _SimulatedTimeout(Enum):
+    """Marker returned by a fault plan to make an attempt time out at once.
 
-    __slots__ = ()
+    A one-member enum, so that ``fault is SIMULATED_TIMEOUT`` (or ``is not``) narrows
+    a ``FiredFault.fault`` for type checkers to the exception it is otherwise.
+    """
+
+    SIMULATED_TIMEOUT = "SIMULATED_TIMEOUT"
 
     def __repr__(self) -> str:
         return "SIMULATED_TIMEOUT"
 
+    __str__ = __repr__  # not the enum's "_SimulatedTimeout.SIMULATED_TIMEOUT"
 
-SIMULATED_TIMEOUT: Final = _SimulatedTimeout()
+
+SIMULATED_TIMEOUT: Final = _SimulatedTimeout.SIMULATED_TIMEOUT
 
 
 class SimulatedCrash(BaseException):
@@ -28,6 +35,9 @@ class SimulatedCrash(BaseException):
     after a SIGKILL; a durable store keeps it ``EXECUTING`` or ``COMPENSATING`` for
     recovery. A ``BaseException``, so that a step's ``except Exception`` cannot stop it.
     """
+
+    # Where it is imported from, as tracebacks and pickles name it (not this private module).
+    __module__ = "sagakit.testing"
 
 
 class CrashAfter:

@@ -62,9 +62,9 @@ def definition_mermaid(definition: SagaDefinition) -> str:
     previous = "start"
     undo: list[str] = []
     for index, call in enumerate(calls):
-        lines.append(f"    {previous} --> s{index}[{_text(call.step.name)}]")
+        lines.append(f"    {previous} --> s{index}[{_text(call._step.name)}]")
         previous = f"s{index}"
-        compensation = call.step.compensation
+        compensation = call._step.compensation
         if compensation is not None:
             name = getattr(compensation, "__name__", "compensation")
             lines.append(f"    s{index} -. on failure .-> c{index}[/{_text(name)}/]")

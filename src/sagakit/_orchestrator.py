@@ -129,7 +129,7 @@ def _gave_up(
     uncompensated.append(record.name)
     if not go_on:
         uncompensated.extend(
-            r.name for r, c, _ in reversed(done) if c.spec.compensation is not None
+            r.name for r, c, _ in reversed(done) if c._spec.compensation is not None
         )
         done.clear()
 
@@ -447,7 +447,7 @@ class SagaOrchestrator:
                         raise
                 if call.__class__ is not StepCall:
                     _check_call(call, run.name, index)
-                spec = call.spec
+                spec = call._spec
                 if index < replay:
                     value = self._replayed(run, index, call, done)
                     index += 1
@@ -480,7 +480,7 @@ class SagaOrchestrator:
                     started = now()
                     deadline = started + timeout
                     if faults is None or (
-                        (fault := faults.fault_for(call.step, attempt, compensation=False)) is None
+                        (fault := faults.fault_for(call._step, attempt, compensation=False)) is None
                     ):
                         run.deadline = deadline
                         if deadline < watchdog.when:
@@ -488,9 +488,9 @@ class SagaOrchestrator:
                         acted = record
                         try:
                             value = await (
-                                call.fn(*call.args, **call._kwargs)
+                                call._fn(*call._args, **call._kwargs)
                                 if call._kwargs
-                                else call.fn(*call.args)
+                                else call._fn(*call._args)
                             )
                             run.deadline = NO_DEADLINE
                             finished = now()
@@ -527,7 +527,7 @@ class SagaOrchestrator:
                             # Failed or timed out, it still dies before its outcome is recorded.
                             with contextlib.suppress(Exception):
                                 async with asyncio.timeout(timeout):
-                                    await call.fn(*call.args, **call._kwargs)
+                                    await call._fn(*call._args, **call._kwargs)
                             fault = fault.crash
                         if isinstance(fault, SimulatedCrash):
                             raise fault
@@ -535,7 +535,7 @@ class SagaOrchestrator:
                             # KeyboardInterrupt, SystemExit, CancelledError: handled as when
                             # the step itself raises it (see the call above)
                             acted = record
-                            raise fault  # type: ignore[misc]
+                            raise fault
                         error = raised_by_step(fault)  # as the step's own raise
                     if failure is None:
                         assert error is not None
@@ -645,7 +645,7 @@ class SagaOrchestrator:
                     # Interrupted mid-step (``call`` is that step's): its effect is
                     # unknown, so it is undone like a timed-out step.
                     record.error = "CancelledError: the saga was cancelled"
-                    if call.spec.compensate_on_timeout:
+                    if call._spec.compensate_on_timeout:
                         done.append((record, call, None))
             close_driver(driver, run.name, run.id)
             run.error = "CancelledError: the saga was cancelled"
@@ -742,9 +742,9 @@ class SagaOrchestrator:
     def _replayed(self, run: SagaRun, index: int, call: StepCall[Any], done: list[_Done]) -> Any:
         """Match a replayed step against the log and return its recorded result."""
         record = run.steps[index]
-        if record.name != call.spec.name:
+        if record.name != call._spec.name:
             raise NonDeterminismError(
-                f"saga {run.name!r} ({run.id}) yielded step {call.spec.name!r} at index "
+                f"saga {run.name!r} ({run.id}) yielded step {call._spec.name!r} at index "
                 f"{index}, but its log records {record.name!r}: the saga's code changed since "
                 "this run started; finish or resolve it with the code it started with"
             )
@@ -976,7 +976,7 @@ class SagaOrchestrator:
         try:
             while done:
                 step_record, call, result = done[-1]
-                spec = call.spec
+                spec = call._spec
                 compensation = spec.compensation
                 if failed is not None and step_record.index in failed:
                     # It failed for good before the process died (its record is in the
@@ -1024,13 +1024,13 @@ class SagaOrchestrator:
                     started = run.updated_mono = now()  # updated_at: the compensation's start
                     deadline = started + timeout
                     if faults is None or (
-                        (fault := faults.fault_for(call.step, attempt, compensation=True)) is None
+                        (fault := faults.fault_for(call._step, attempt, compensation=True)) is None
                     ):
                         run.deadline = deadline
                         if deadline < watchdog.when:
                             watchdog.wake_at(deadline)
                         try:
-                            args = call.args
+                            args = call._args
                             missing = spec.arity - len(args)
                             if spec.plain_compensation and not call._kwargs:
                                 if missing == 0:
@@ -1099,7 +1099,7 @@ class SagaOrchestrator:
                         if isinstance(fault, SimulatedCrash):
                             raise fault
                         if not isinstance(fault, Exception):
-                            raise fault  # type: ignore[misc]  # as if the compensation raised it
+                            raise fault  # as if the compensation raised it
                         error = raised_by_step(fault)  # as the compensation's raise
                     policy = spec.compensation_retry or self._compensation_retry
                     assert error is not None

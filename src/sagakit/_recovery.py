@@ -236,7 +236,7 @@ def _replay(
                     "saga's code changed since this run started; finish or resolve it with "
                     "the old code"
                 ) from None
-            name = call.spec.name if isinstance(call, StepCall) else repr(call)
+            name = call._spec.name if isinstance(call, StepCall) else repr(call)
             if name != logged.name:
                 raise NonDeterminismError(
                     f"saga {orphan.name!r} ({orphan.saga_id}) yielded step {name!r} at index "
@@ -380,7 +380,7 @@ async def _finish_claimed(
     if stopped is not None and len(calls) > len(done):
         # The step that failed, timed out or was interrupted: compensate it when its
         # options say so (an interrupted step's effect is unknown, like a timeout).
-        step = calls[len(done)].step
+        step = calls[len(done)]._step
         if stopped.status is StepStatus.FAILED:
             wanted = step.compensate_on_failure
         else:
@@ -400,7 +400,7 @@ async def _finish_claimed(
         if (
             logged.status is StepStatus.RUNNING
             and logged.index < len(calls)
-            and calls[logged.index].spec.compensation is None
+            and calls[logged.index]._spec.compensation is None
         ):
             # Its end is written with the saga's (interrupted_compensations).
             logger.warning(

@@ -370,17 +370,34 @@ class SagaFunction(Generic[P]):
         name = declared_name(fn, name, what="saga", fix="saga(name=...)(...)")
         _check_recovery(recovery, "@saga(recovery=...)")
         self.__wrapped__ = fn
-        self.name = name
-        self.recovery: RecoveryPolicy = recovery
-        self.is_generator = inspect.isgeneratorfunction(fn)
+        # Read-only (properties below): the saga is registered for recovery under its
+        # name, and its options were checked here.
+        self._name = name
+        self._recovery: RecoveryPolicy = recovery
+        self._is_generator = inspect.isgeneratorfunction(fn)
         self._positional: tuple[int, int] | None = (
-            _positional_range(fn) if self.is_generator else None
+            _positional_range(fn) if self._is_generator else None
         )
         self.__name__ = getattr(fn, "__name__", name)
         self.__qualname__ = getattr(fn, "__qualname__", name)
         self.__doc__ = fn.__doc__
         self.__module__ = getattr(fn, "__module__", None) or __name__
         _register(self)
+
+    @property
+    def name(self) -> str:
+        """The saga's name: what its runs record, and what recovery finds it by."""
+        return self._name
+
+    @property
+    def recovery(self) -> RecoveryPolicy:
+        """What crash recovery does with a run interrupted going forward."""
+        return self._recovery
+
+    @property
+    def is_generator(self) -> bool:
+        """Whether the function is a generator function (else it returns a list)."""
+        return self._is_generator
 
     @property
     def __signature__(self) -> inspect.Signature:
@@ -426,7 +443,7 @@ class SagaFunction(Generic[P]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> SagaDefinition:
         calls: tuple[StepCall[Any], ...] | None = None
-        if self.is_generator:
+        if self._is_generator:
             fits = self._positional  # plain positional arguments that fit need no binding
             if fits is None or kwargs or not fits[0] <= len(args) <= fits[1]:
                 self._check_arguments(args, kwargs)
@@ -457,7 +474,7 @@ class SagaFunction(Generic[P]):
         # No checks: a generator saga makes a definition per run, and the factory's
         # options were checked when it was declared.
         definition = _new_definition(SagaDefinition)
-        _set_state(definition, (None, self.name, calls, self, args, kwargs, self.recovery))
+        _set_state(definition, (None, self._name, calls, self, args, kwargs, self._recovery))
         return definition
 
     def _check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

@@ -103,7 +103,7 @@ class StepCall(Generic[R_co]):
     # The keyword arguments are kept in a dict of their own (``**`` made it for this call)
     # that only sagakit reads, fast; ``kwargs`` shows it read-only, as a call in an
     # immutable definition must not change.
-    __slots__ = ("_kwargs", "args", "fn", "instance", "spec", "step")
+    __slots__ = ("_args", "_fn", "_instance", "_kwargs", "_spec", "_step")
 
     def __init__(
         self,
@@ -113,17 +113,44 @@ class StepCall(Generic[R_co]):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        self.step = step
-        self.spec = step._self_spec
-        self.fn = fn
-        self.instance = instance
-        self.args = args
+        self._step = step
+        self._spec = step._self_spec
+        self._fn = fn
+        self._instance = instance
+        self._args = args
         self._kwargs = kwargs
+
+    # Read-only, as a call in an immutable definition must not change (sagakit reads
+    # the slots themselves, fast).
+    @property
+    def step(self) -> Step[Any, Any]:
+        """The :class:`Step` called."""
+        return self._step
+
+    @property
+    def spec(self) -> StepSpec:
+        """The step's options in plain slots, what the orchestrator reads."""
+        return self._spec
+
+    @property
+    def fn(self) -> Callable[..., Coroutine[Any, Any, Any]]:
+        """The step's function (bound to its instance for a method step)."""
+        return self._fn
+
+    @property
+    def instance(self) -> Any:
+        """The instance of a method step, else ``None``."""
+        return self._instance
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """The positional arguments of the call."""
+        return self._args
 
     @property
     def name(self) -> str:
         """The step's name."""
-        return self.spec.name
+        return self._spec.name
 
     @property
     def kwargs(self) -> Mapping[str, Any]:
@@ -132,13 +159,13 @@ class StepCall(Generic[R_co]):
 
     def compensation_call(self, result: Any) -> Coroutine[Any, Any, Any] | None:
         """Start the compensation of this call (``None`` when the step has none)."""
-        spec = self.spec
+        spec = self._spec
         compensation = spec.compensation
         if compensation is None:
             return None
-        args, kwargs = self.args, self._kwargs
-        if self.instance is not None and spec.is_method:
-            args = (self.instance, *args)
+        args, kwargs = self._args, self._kwargs
+        if self._instance is not None and spec.is_method:
+            args = (self._instance, *args)
         arity = spec.arity
         if kwargs or (spec.has_defaults and len(args) != arity):
             defaults = spec.defaults
@@ -161,7 +188,7 @@ class StepCall(Generic[R_co]):
         return self._run_alone().__await__()
 
     async def _run_alone(self) -> R_co:
-        step = self.step
+        step = self._step
         policy = step.retry
         loop = asyncio.get_running_loop()
         task = asyncio.current_task(loop)
@@ -182,7 +209,7 @@ class StepCall(Generic[R_co]):
                     continue
             try:
                 async with deadline:
-                    result = await self.fn(*self.args, **self._kwargs)
+                    result = await self._fn(*self._args, **self._kwargs)
                 # It swallowed its cancellation, or blocked past the deadline without awaiting.
                 when = deadline.when()
                 if deadline.expired() or (when is not None and loop.time() >= when):
@@ -215,7 +242,7 @@ class StepCall(Generic[R_co]):
         Asked with no saga running: the step has no position in one, even when awaited
         inside another saga's step, so faults restricted to an ``index`` leave it alone.
         """
-        step = self.step
+        step = self._step
         token = current_run.set(None)
         try:
             fault = faults.fault_for(step, attempt, compensation=False)
@@ -228,20 +255,20 @@ class StepCall(Generic[R_co]):
         if isinstance(fault, CrashAfter):  # the step acts, then "the process dies"
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(step.timeout):
-                    await self.fn(*self.args, **self._kwargs)
+                    await self._fn(*self._args, **self._kwargs)
             raise fault.crash
         if not isinstance(fault, Exception):  # a crash, KeyboardInterrupt, CancelledError...
-            raise fault  # type: ignore[misc]
+            raise fault
         return raised_by_step(fault)  # as the step's own raise
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Made again by calling the step: the spec and function are the step's own.
-        return _call_again, (self.step, self.instance, self.args, self._kwargs)
+        return _call_again, (self._step, self._instance, self._args, self._kwargs)
 
     def __repr__(self) -> str:
-        parts = [repr(a) for a in self.args]
+        parts = [repr(a) for a in self._args]
         parts += [f"{k}={v!r}" for k, v in self._kwargs.items()]
-        return f"<StepCall {self.step.name}({', '.join(parts)})>"
+        return f"<StepCall {self._step.name}({', '.join(parts)})>"
 
 
 def _how_to_declare(fn: object) -> str:
@@ -398,11 +425,11 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         if CLASSMETHOD_CALLS_PLAINLY and args and _class_method_of(self, args[0]):
             return _bound_to_class(self, args, kwargs)
         call: StepCall[R] = _new_call(StepCall)  # no __init__ frame: this is per step
-        call.step = self
-        call.spec = spec
-        call.fn = spec.fn
-        call.instance = None
-        call.args = args
+        call._step = self
+        call._spec = spec
+        call._fn = spec.fn
+        call._instance = None
+        call._args = args
         call._kwargs = kwargs
         return call
 
@@ -601,11 +628,11 @@ def _call_maker(spec: StepSpec) -> Callable[..., StepCall[Any]]:
         if plain_classmethods and args and _class_method_of(self, args[0]):
             return _bound_to_class(self, args, kwargs)
         call: StepCall[Any] = _new_call(StepCall)  # no __init__ frame: this is per step
-        call.step = self
-        call.spec = spec
-        call.fn = fn
-        call.instance = None
-        call.args = args
+        call._step = self
+        call._spec = spec
+        call._fn = fn
+        call._instance = None
+        call._args = args
         call._kwargs = kwargs
         return call
 

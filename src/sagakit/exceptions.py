@@ -244,6 +244,15 @@ class StoreError(SagaError):
     """A saga store could not be opened, read or written."""
 
 
+class StoreConfigError(SagaDefinitionError, StoreError):
+    """A store was given a bad setting (``PostgresStore(lease=0)``); the message names the fix.
+
+    Every built-in store raises it for its bad settings: a :class:`SagaDefinitionError`, as
+    every other bad argument to sagakit is (and what ``SQLiteStore`` and ``MemoryStore``
+    raised), and a :class:`StoreError` (what ``PostgresStore`` raised).
+    """
+
+
 class _LoggedError(Exception):
     """An error known only by its text in a saga log (``"ValueError: boom"``): what a
     compensation that failed for good before its process died failed with, reported by
@@ -286,5 +295,6 @@ __all__ = [
     "SerializationError",
     "StepFailed",
     "StepTimeout",
+    "StoreConfigError",
     "StoreError",
 ]

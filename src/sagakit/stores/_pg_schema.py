@@ -12,7 +12,7 @@ import hashlib
 import re
 from typing import TYPE_CHECKING
 
-from ..exceptions import StoreError
+from ..exceptions import StoreConfigError, StoreError
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -21,9 +21,9 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 def check_schema_name(schema: object) -> str:
-    """``schema`` if it is a plain SQL identifier, else :class:`StoreError`."""
+    """``schema`` if it is a plain SQL identifier, else :class:`StoreConfigError`."""
     if not isinstance(schema, str) or not _NAME.fullmatch(schema):
-        raise StoreError(
+        raise StoreConfigError(
             f"schema must be a plain identifier (letters, digits, underscores; at most 63 "
             f"characters; not starting with a digit), got {schema!r}"
         )

@@ -32,6 +32,9 @@ class CommittedThenCancelled(asyncio.CancelledError):
     the write returned, for a store's own use.
     """
 
+    # Where it is imported from, as tracebacks and pickles name it (not this private module).
+    __module__ = "sagakit.stores"
+
     def __init__(self, result: Any = None) -> None:
         super().__init__()
         self.result = result
@@ -425,6 +428,14 @@ def check_saga_id(saga_id: object, where: str) -> None:
         )
 
 
+def check_text(text: object, what: str, where: str, fix: str) -> None:
+    """Refuse a ``dead_letter()`` reason or ``resolve()`` note that is not a string, alike
+    on every store: SQLite failed its write as if the log were broken, and PostgreSQL
+    stored ``None`` as no reason, which is not dead-lettered at all."""
+    if not isinstance(text, str):
+        raise SagaDefinitionError(f"{where} takes the {what} as a string, got {text!r}; {fix}")
+
+
 def check_saga_ids(saga_ids: object, where: str = "saga_ids=") -> None:
     """Refuse one id given as ``claim_orphans(saga_ids=...)`` (a string is a collection
     of its characters), and ids in it that are not strings."""
@@ -443,6 +454,7 @@ __all__ = [
     "check_event_window",
     "check_saga_id",
     "check_saga_ids",
+    "check_text",
     "claim_limit",
     "row_limit",
     "store_serializer",

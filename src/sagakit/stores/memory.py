@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from ..exceptions import SagaAlreadyExecuting, SagaAlreadyFailed, SagaDefinitionError
+from ..exceptions import SagaAlreadyExecuting, SagaAlreadyFailed, StoreConfigError
 from ..status import SagaStatus
 from ._protocol import check_saga_id, row_limit
 
@@ -33,7 +33,7 @@ class MemoryStore:
             or not isinstance(history_limit, int)
             or history_limit < 0
         ):
-            raise SagaDefinitionError(
+            raise StoreConfigError(
                 f"history_limit must be a whole number >= 0, got {history_limit!r}"
             )
         self.history_limit = history_limit

@@ -27,6 +27,7 @@ from ..exceptions import (
     SagaAlreadyExecuting,
     SagaAlreadyFailed,
     SerializationError,
+    StoreConfigError,
     StoreError,
 )
 from ..status import SagaStatus
@@ -54,6 +55,7 @@ from ._protocol import (
     check_event_window,
     check_saga_id,
     check_saga_ids,
+    check_text,
     claim_limit,
     row_limit,
     store_serializer,
@@ -105,7 +107,7 @@ class PostgresStats:
 
 def _positive(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise StoreError(f"{name} must be a positive number of seconds, got {value!r}")
+        raise StoreConfigError(f"{name} must be a positive number of seconds, got {value!r}")
     return float(value)
 
 
@@ -188,30 +190,30 @@ class PostgresStore:
         serializer: JsonSerializer | None = None,
     ) -> None:
         if not isinstance(dsn, str) or not dsn:
-            raise StoreError(f"PostgresStore needs a connection string or URL, got {dsn!r}")
+            raise StoreConfigError(f"PostgresStore needs a connection string or URL, got {dsn!r}")
         self.dsn = dsn
         self.schema = check_schema_name(schema)
         self.lease = _positive("lease", lease)
         if not self.lease <= MAX_LEASE:  # the database cannot add more to now()
-            raise StoreError(
+            raise StoreConfigError(
                 f"lease must be a positive, finite number of seconds up to {MAX_LEASE:g} "
                 f"(about 31,000 years; the database adds it to now()), got {lease!r}"
             )
         self.heartbeat = _positive("heartbeat", heartbeat if heartbeat is not None else lease / 3)
         if self.heartbeat >= self.lease:
-            raise StoreError(
+            raise StoreConfigError(
                 f"heartbeat ({self.heartbeat:g} s) must be shorter than the lease "
                 f"({self.lease:g} s), or leases expire between renewals"
             )
         for name, size in (("min_size", min_size), ("max_size", max_size)):
             if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-                raise StoreError(f"{name} must be a whole number >= 1, got {size!r}")
+                raise StoreConfigError(f"{name} must be a whole number >= 1, got {size!r}")
         if max_size < min_size:
-            raise StoreError(f"max_size ({max_size}) must be >= min_size ({min_size})")
+            raise StoreConfigError(f"max_size ({max_size}) must be >= min_size ({min_size})")
         self.min_size = min_size
         self.max_size = max_size
         self.connect_timeout = _positive("connect_timeout", connect_timeout)
-        self.serializer = store_serializer(serializer, StoreError)
+        self.serializer = store_serializer(serializer, StoreConfigError)
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{os.urandom(4).hex()}"
         self._sql = statements(self.schema)
         self._pool: AsyncConnectionPool[Any] | None = None
@@ -1001,6 +1003,7 @@ class PostgresStore:
 
     async def dead_letter(self, saga_id: str, reason: str) -> None:
         check_saga_id(saga_id, "dead_letter()")
+        check_text(reason, "reason", "dead_letter()", "say why the saga is parked")
         fence = self._fences.get(saga_id)
         if fence is None:
             raise StoreError(
@@ -1032,6 +1035,7 @@ class PostgresStore:
 
     async def resolve(self, saga_id: str, note: str) -> None:
         check_saga_id(saga_id, "resolve()")
+        check_text(note, "note", "resolve()", "say how the saga was settled")
         if await self._run(self._sql.resolve, {"id": saga_id, "note": storable(note)}):
             return
         known = await self.get(saga_id)

@@ -41,9 +41,9 @@ from .._shielding import wait_out
 from ..exceptions import (
     SagaAlreadyExecuting,
     SagaAlreadyFailed,
-    SagaDefinitionError,
     SerializationError,
     StepTimeout,
+    StoreConfigError,
     StoreError,
 )
 from ..records import SagaMetadata
@@ -55,6 +55,7 @@ from ._protocol import (
     StoredEvent,
     check_event_window,
     check_saga_id,
+    check_text,
     claim_limit,
     row_limit,
     store_serializer,
@@ -113,7 +114,7 @@ def definition_fingerprint(definition: SagaDefinition) -> str:
     digest = hashlib.sha256(definition.name.encode())
     if steps is not None:
         for call in steps:
-            digest.update(b"\0" + call.spec.name.encode())
+            digest.update(b"\0" + call._spec.name.encode())
     elif code is not None:
         digest.update(code.co_code)
         digest.update(repr(code.co_names).encode())
@@ -168,22 +169,34 @@ class SQLiteStore:
         read_only: bool = False,
     ) -> None:
         if synchronous not in ("NORMAL", "FULL"):
-            raise SagaDefinitionError(
-                f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}"
-            )
-        seconds = check_seconds(busy_timeout, "busy_timeout", allow_zero=True)
-        check_flag(verify, "verify")
-        check_flag(read_only, "read_only")
+            raise StoreConfigError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
+        seconds = check_seconds(
+            busy_timeout, "busy_timeout", allow_zero=True, error=StoreConfigError
+        )
+        check_flag(verify, "verify", error=StoreConfigError)
+        check_flag(read_only, "read_only", error=StoreConfigError)
         if owner is not None and (not isinstance(owner, str) or not owner.strip()):
             # An empty owner is no owner: recovery would claim the sagas this store runs
             # while they run, and run their steps a second time.
-            raise SagaDefinitionError(
+            raise StoreConfigError(
                 f"owner must be a non-empty string, the token recorded on the sagas this "
                 f"store runs, got {owner!r}; leave it None for this process's own token"
             )
-        path = os.fspath(path)
+        try:
+            file: object = os.fspath(path)
+        except TypeError:
+            file = None
+        if not isinstance(file, str) or not file:
+            # None (an unset setting) said only "expected str, bytes or os.PathLike
+            # object"; "" is SQLite's temporary database, refused as "cannot use WAL".
+            raise StoreConfigError(
+                "SQLiteStore needs the path of its log file, a non-empty str or "
+                f"os.PathLike[str], got {path!r}; pass where the log lives: "
+                "SQLiteStore('sagas.db')"
+            )
+        path = file
         if path == ":memory:" or path.startswith("file:"):
-            raise SagaDefinitionError(
+            raise StoreConfigError(
                 "SQLiteStore needs a file path (other processes must find the log); "
                 "use MemoryStore() for an in-memory store"
             )
@@ -192,7 +205,7 @@ class SQLiteStore:
         self._file = os.path.abspath(path)
         self.synchronous = synchronous
         self.busy_timeout = seconds
-        self.serializer = store_serializer(serializer)
+        self.serializer = store_serializer(serializer, StoreConfigError)
         self.read_only = read_only
         if self.read_only and not os.path.exists(path):
             raise StoreError(f"no saga log at {path!r} (opened read-only: none is created)")
@@ -881,6 +894,7 @@ class SQLiteStore:
 
     async def dead_letter(self, saga_id: str, reason: str) -> None:
         check_saga_id(saga_id, "dead_letter()")
+        check_text(reason, "reason", "dead_letter()", "say why the saga is parked")
         self._refuse_writes()
         now = time.time()
         await self._writer.submit(
@@ -978,6 +992,7 @@ class SQLiteStore:
 
     async def resolve(self, saga_id: str, note: str) -> None:
         check_saga_id(saga_id, "resolve()")
+        check_text(note, "note", "resolve()", "say how the saga was settled")
         self._refuse_writes()
         now = time.time()
 

@@ -43,6 +43,9 @@ Fault = BaseException | type[BaseException]
 class InjectedFault(Exception):
     """The exception a :class:`FaultInjector` raises when none is given."""
 
+    # Where it is imported from, as tracebacks and pickles name it (not this private module).
+    __module__ = "sagakit.testing"
+
 
 # ------------------------------------------------------------------ fault injection
 
@@ -55,7 +58,8 @@ class FiredFault:
     step_index: int | None
     attempt: int
     compensation: bool
-    fault: BaseException | _SimulatedTimeout | CrashAfter
+    # The exception raised (a crash's SimulatedCrash, "after" or not), or SIMULATED_TIMEOUT.
+    fault: BaseException | _SimulatedTimeout
 
 
 @dataclass(frozen=True, slots=True)
