@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from .._checks import MAX_COUNT, check_count
 from .._sagas import RecoveryPolicy
 from .._serialization import JsonSerializer
-from ..exceptions import SagaDefinitionError, SagaError
+from ..exceptions import SagaDefinitionError, StoreConfigError
 from ..status import SagaStatus, StepStatus
 
 if TYPE_CHECKING:
@@ -401,17 +401,15 @@ def claim_limit(limit: object, max_attempts: object, saga_ids: object) -> int:
     return row_limit(limit, "claim_orphans(limit=...)")
 
 
-def store_serializer(
-    serializer: object, refused: type[SagaError] = SagaDefinitionError
-) -> JsonSerializer:
+def store_serializer(serializer: object) -> JsonSerializer:
     """A store's ``serializer=``: a :class:`JsonSerializer` (one with default codecs for
-    ``None``); anything without its ``dumps`` and ``loads`` is refused (with the store's
-    error for bad settings) rather than failing the first saga with an ``AttributeError``."""
+    ``None``); anything without its ``dumps`` and ``loads`` is refused as a bad setting
+    rather than failing the first saga with an ``AttributeError``."""
     if serializer is None:
         return JsonSerializer()
     dumps, loads = getattr(serializer, "dumps", None), getattr(serializer, "loads", None)
     if isinstance(serializer, type) or not (callable(dumps) and callable(loads)):
-        raise refused(
+        raise StoreConfigError(
             f"serializer must be a JsonSerializer (dumps and loads), got {serializer!r}; "
             "pass an instance, serializer=JsonSerializer(codecs=[...]), or leave it out"
         )

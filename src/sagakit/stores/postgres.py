@@ -213,7 +213,7 @@ class PostgresStore:
         self.min_size = min_size
         self.max_size = max_size
         self.connect_timeout = _positive("connect_timeout", connect_timeout)
-        self.serializer = store_serializer(serializer, StoreConfigError)
+        self.serializer = store_serializer(serializer)
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{os.urandom(4).hex()}"
         self._sql = statements(self.schema)
         self._pool: AsyncConnectionPool[Any] | None = None

@@ -205,7 +205,7 @@ class SQLiteStore:
         self._file = os.path.abspath(path)
         self.synchronous = synchronous
         self.busy_timeout = seconds
-        self.serializer = store_serializer(serializer, StoreConfigError)
+        self.serializer = store_serializer(serializer)
         self.read_only = read_only
         if self.read_only and not os.path.exists(path):
             raise StoreError(f"no saga log at {path!r} (opened read-only: none is created)")
