@@ -1214,3 +1214,38 @@ def test_a_store_goes_on_in_the_next_event_loop_after_one_ended_mid_checkpoint(
     thread.start()
     thread.join(60)
     assert results == [[Moved("b", -1)]]
+
+
+def test_a_store_in_use_by_a_loop_of_another_thread_refuses_a_second_loop(db: str) -> None:
+    # Regression: a store written from two event loops at once (a shared store, each
+    # thread running its own asyncio.run()) mixed their transactions on its one
+    # connection and its write queue between the loops: writes failed with "not an
+    # error", or were never answered. It is refused, saying what to do instead.
+    store = SQLiteStore(db)
+    orchestrator = SagaOrchestrator(store)
+    used, release = threading.Event(), threading.Event()
+    results: list[Any] = []
+
+    async def first_loop() -> None:
+        results.append(await orchestrator.execute(sqlite_move("a", "b", 1)))
+        used.set()
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, 60)
+
+    thread = threading.Thread(target=lambda: asyncio.run(first_loop()), daemon=True)
+    thread.start()
+    assert used.wait(60)
+    try:
+        with pytest.raises(StoreError, match="event loop still running in another thread"):
+            asyncio.run(orchestrator.execute(sqlite_move("c", "d", 1), saga_id="second"))
+    finally:
+        release.set()
+        thread.join(60)
+    assert len(results) == 1
+
+    async def after() -> SagaStatus | None:  # one loop after the other: fine
+        async with orchestrator:
+            await orchestrator.execute(sqlite_move("c", "d", 1), saga_id="second")
+            meta = await store.get("second")
+            return None if meta is None else meta.status
+
+    assert asyncio.run(after()) is SagaStatus.COMPLETED

@@ -154,6 +154,10 @@ class GroupWriter:
         self._check_usable()
         if self._read_only:
             raise StoreError(f"saga log {self._path!r} is opened read-only")
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._check_loop(loop)
+            await self._adopt(loop)
         if alone and self._inline and not self._pending and not self._thread_busy:
             try:
                 result = self._commit([job], wait=False)[0]
@@ -164,9 +168,6 @@ class GroupWriter:
             else:
                 self._maybe_checkpoint()
                 return result
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            await self._adopt(loop)
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append(job)
         self._futures.append(future)
@@ -178,6 +179,19 @@ class GroupWriter:
         except asyncio.CancelledError:
             await self._settle_cancelled(future)
             raise
+
+    def _check_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Refuse a write from ``loop`` while the loop that wrote last still runs (in
+        another thread): the two would share one connection and one write queue, whose
+        transactions and wake-ups then mix (writes failing with "not an error", or never
+        answered)."""
+        earlier = self._loop
+        if earlier is not None and earlier.is_running() and not earlier.is_closed():
+            raise StoreError(
+                f"saga log {self._path!r}: this SQLiteStore is in use by an event loop "
+                "still running in another thread; a store serves one event loop at a time: "
+                "open a SQLiteStore on the same file for each thread's event loop"
+            )
 
     async def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
         """Queue writes in ``loop`` from now on: the first one, or the next after an
@@ -352,6 +366,7 @@ class GroupWriter:
             return
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
+            self._check_loop(loop)
             await self._adopt(loop)
         while self._pending or self._thread_busy or self._scheduled:
             if self._thread_busy and self._thread_job is not None:
