@@ -309,3 +309,36 @@ def test_the_upgrade_command_migrates_an_earlier_version(dsn: str, schema: str) 
     assert json.loads(out.getvalue()) == {"schema_version": _pg_schema.SCHEMA_VERSION}
     [(version,)] = query(dsn, f'SELECT max(version) FROM "{schema}".schema_migrations')
     assert version == _pg_schema.SCHEMA_VERSION
+
+
+@pytest.mark.parametrize("schema_exists", [True, False], ids=["empty-schema", "no-schema"])
+def test_the_upgrade_command_creates_the_log_ahead_of_the_first_deploy(
+    dsn: str, schema: str, schema_exists: bool
+) -> None:
+    # A role that may not create the log is told to run `sagakit upgrade` as a role that
+    # may; on a database without the log yet, that command refused ("no saga log in
+    # schema"), so the first deploy had to run the application as the privileged role.
+    import io
+
+    from sagakit.cli import main
+
+    target = schema if schema_exists else f"{schema}_new"
+    try:
+        out = io.StringIO()
+        assert main(["--db", dsn, "--schema", target, "upgrade"], out) == 0
+        assert out.getvalue() == (
+            f"created saga log schema {target!r} of the PostgreSQL database at schema "
+            f"version {_pg_schema.SCHEMA_VERSION}\n"
+        )
+        [(version,)] = query(dsn, f'SELECT max(version) FROM "{target}".schema_migrations')
+        assert version == _pg_schema.SCHEMA_VERSION
+        out = io.StringIO()
+        assert main(["--db", dsn, "--schema", target, "upgrade", "--json"], out) == 0
+        assert json.loads(out.getvalue()) == {"schema_version": _pg_schema.SCHEMA_VERSION}
+        # The read-only commands still refuse a schema without a log rather than create one.
+        missing = f"{schema}_absent"
+        assert main(["--db", dsn, "--schema", missing, "list"], io.StringIO()) == 1
+        assert query(dsn, "SELECT 1 FROM pg_namespace WHERE nspname = %s", (missing,)) == []
+    finally:
+        if not schema_exists:
+            query(dsn, f'DROP SCHEMA IF EXISTS "{target}" CASCADE')

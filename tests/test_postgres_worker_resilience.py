@@ -502,6 +502,78 @@ async def test_a_stopping_worker_hands_over_its_own_sagas_not_the_execute_calls_
             await asyncio.gather(orphaned, return_exceptions=True)
 
 
+@step
+async def pl_nest() -> int:
+    """Runs ``pl_gated_three`` as an inner saga, on the orchestrator running this step."""
+    ctx = current_step()
+    assert ctx is not None
+    inner = pl_gated_three()
+    return len(await ctx.orchestrator.execute(inner, saga_id=f"{ctx.idempotency_key}/inner"))
+
+
+@saga
+def pl_nesting():  # type: ignore[no-untyped-def]
+    yield pl_gated(0)
+    yield pl_nest()
+
+
+async def _entered(key: str) -> None:
+    await asyncio.wait_for(ENTERED[key].wait(), GIVE_UP)
+
+
+@pytest.mark.asyncio
+async def test_a_stopping_worker_hands_over_the_inner_saga_of_its_saga_not_compensating_it(
+    dsn: str, schema: str
+) -> None:
+    # Regression: a worker stopping (SIGTERM, a rolling deploy) released the saga it was
+    # running, but not the inner saga a step of it had started with
+    # current_step().orchestrator.execute(): cancelled, that inner saga compensated its
+    # completed steps, and the worker that took the outer saga over ran it all again.
+    inner = "outer:1/inner"
+    for key in ("outer:0", f"{inner}:1"):
+        GATES[key], ENTERED[key] = asyncio.Event(), asyncio.Event()
+    async with opened(dsn, schema) as a, opened(dsn, schema) as b, opened(dsn, schema) as c:
+        # "outer": a's run, its lease run out in step 0: b's worker claims it.
+        orphaned = asyncio.create_task(SagaOrchestrator(a).execute(pl_nesting(), saga_id="outer"))
+        try:
+            await _entered("outer:0")
+            expire(dsn, schema, "outer")
+            stop = asyncio.Event()
+            worker = asyncio.create_task(
+                SagaOrchestrator(b).run_worker(poll_interval=0.02, stop=stop, handle_signals=False)
+            )
+            await _entered(f"{inner}:1")  # the inner saga, started by b's recovery, in step 1
+            stop.set()
+            await asyncio.wait_for(worker, GIVE_UP)
+            assert not UNDONE
+            handed = query(
+                dsn,
+                f'SELECT saga_id, status, owner, lease_until <= now() FROM "{schema}".sagas '
+                "ORDER BY saga_id",
+            )
+            assert handed == [("outer", "executing", None, True), (inner, "executing", None, True)]
+            # Another worker finishes both, running each step of the inner saga once.
+            stop = asyncio.Event()
+            finishing = asyncio.create_task(
+                SagaOrchestrator(c).run_worker(poll_interval=0.02, stop=stop, handle_signals=False)
+            )
+            for _ in range(int(GIVE_UP / 0.02)):
+                statuses = query(dsn, f'SELECT DISTINCT status FROM "{schema}".sagas')
+                if statuses == [("completed",)]:
+                    break
+                await asyncio.sleep(0.02)
+            stop.set()
+            await asyncio.wait_for(finishing, GIVE_UP)
+            assert statuses == [("completed",)]
+            assert not UNDONE
+            assert [RAN[(inner, n)] for n in range(3)] == [1, 2, 1]  # step 1: interrupted once
+        finally:
+            for gate in GATES.values():
+                gate.set()
+            orphaned.cancel()
+            await asyncio.gather(orphaned, return_exceptions=True)
+
+
 @pytest.mark.asyncio
 async def test_release_leases_refuses_one_saga_id_given_as_a_string(dsn: str, schema: str) -> None:
     # A string is a collection of its characters: "order-1" would release sagas "o", "r"...

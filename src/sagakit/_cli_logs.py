@@ -94,8 +94,11 @@ def check_sqlite_log(path: str) -> None:
         )
 
 
-def check_postgres_log(dsn: str, schema: str, connect_timeout: float = 10.0) -> None:
-    """:class:`StoreError` unless the database is reachable and ``schema`` holds a log."""
+def check_postgres_log(
+    dsn: str, schema: str, connect_timeout: float = 10.0, *, missing_ok: bool = False
+) -> bool:
+    """:class:`StoreError` unless the database is reachable and ``schema`` holds a log
+    (with ``missing_ok``, a schema without one is no error); True if it holds one."""
     check_schema_name(schema)
     import psycopg  # the postgres extra; an ImportError reaches the CLI's message
 
@@ -106,11 +109,13 @@ def check_postgres_log(dsn: str, schema: str, connect_timeout: float = 10.0) -> 
             ).fetchone()
     except psycopg.Error as error:
         raise StoreError(f"cannot connect to PostgreSQL: {_one_line(error)}") from error
-    if row is None or row[0] is None:
+    found = row is not None and row[0] is not None
+    if not found and not missing_ok:
         raise StoreError(
             f"no saga log in schema {schema!r} of that PostgreSQL database; pass the "
             "schema your application's PostgresStore uses (--schema)"
         )
+    return found
 
 
 __all__ = ["check_postgres_log", "check_sqlite_log", "url_problem"]

@@ -59,7 +59,7 @@ from ._runs import (
 from ._sagas import SagaDefinition, SagaFunction, StepDriver, _check_call, _check_id, close_driver
 from ._shielding import wait_out
 from ._steps import StepCall
-from ._worker import run_worker
+from ._worker import run_worker, worker_nested
 from .exceptions import (
     CompensationFailed,
     LeaseLost,
@@ -356,22 +356,32 @@ class SagaOrchestrator:
                 f"saga {definition.name!r} has no steps; add at least one with "
                 ".add_step(step_call) before executing it"
             )
-        memory = self._memory
+        # Run by a step of a saga a worker runs: a stopping worker hands it over too.
+        nested = worker_nested.get()
+        if nested is not None:
+            nested.add(run.id)
         try:
-            earlier = memory._begin_now(run) if memory is not None else await self._store.begin(run)
-        except SagaAlreadyExecuting as running:
-            # An orphan (its process died mid-run) is finished here first, as recovery
-            # would; then begin() decides as for any finished id. One not taken (its
-            # owner lives, or the claim parked it past its attempts): begin() says which.
-            if not explicit or running.dead_letter is not None or not self._store.durable:
-                raise
-            await self._adopt(run.id)
-            earlier = await self._store.begin(run)
-        if earlier is not None:
-            if driver is not None:
-                driver.close()
-            return list(earlier.events)
-        return await self._drive(run, driver)
+            memory = self._memory
+            try:
+                earlier = (
+                    memory._begin_now(run) if memory is not None else await self._store.begin(run)
+                )
+            except SagaAlreadyExecuting as running:
+                # An orphan (its process died mid-run) is finished here first, as recovery
+                # would; then begin() decides as for any finished id. One not taken (its
+                # owner lives, or the claim parked it past its attempts): begin() says which.
+                if not explicit or running.dead_letter is not None or not self._store.durable:
+                    raise
+                await self._adopt(run.id)
+                earlier = await self._store.begin(run)
+            if earlier is not None:
+                if driver is not None:
+                    driver.close()
+                return list(earlier.events)
+            return await self._drive(run, driver)
+        finally:
+            if nested is not None:
+                nested.discard(run.id)
 
     async def _adopt(self, saga_id: str) -> bool:
         from ._recovery import adopt

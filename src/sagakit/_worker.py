@@ -17,6 +17,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from ._checks import check_count, check_flag, check_seconds
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
     from .stores._protocol import OrphanedSaga, RecoverableStore
 
 logger = logging.getLogger("sagakit")
+
+worker_nested: ContextVar[set[str] | None] = ContextVar("sagakit_worker_nested", default=None)
+"""In a worker's saga tasks: the ids of the sagas that ``execute()`` runs there (a step
+starting an inner saga), which the worker hands over with its own when it stops."""
 
 
 def _check(
@@ -135,8 +140,12 @@ def _on_sigterm(stop: asyncio.Event, enabled: bool) -> Any:
 
 
 async def _finish_one(
-    orchestrator: SagaOrchestrator, store: RecoverableStore, orphan: OrphanedSaga
+    orchestrator: SagaOrchestrator,
+    store: RecoverableStore,
+    orphan: OrphanedSaga,
+    nested: set[str],
 ) -> None:
+    worker_nested.set(nested)  # this task's context: what its steps execute() joins it
     try:
         outcome = await _recover_one(orchestrator, store, orphan)
     except LeaseLost as lost:
@@ -183,9 +192,11 @@ async def _wait(events: tuple[asyncio.Event, ...], seconds: float) -> None:
             waiter.cancel()
 
 
-async def _shutdown(store: RecoverableStore, tasks: dict[asyncio.Task[None], str]) -> None:
-    """Release the leases of the sagas in flight (``tasks``: their ids), then stop them
-    (they are fenced out)."""
+async def _shutdown(
+    store: RecoverableStore, tasks: dict[asyncio.Task[None], str], nested: set[str]
+) -> None:
+    """Release the leases of the sagas in flight (``tasks``: their ids; ``nested``: the
+    inner sagas their steps run), then stop them (they are fenced out)."""
     release: Callable[..., Any] | None = getattr(store, "release_leases", None)
     if release is None:
         # No leases to hand over: let the sagas in flight finish here.
@@ -193,7 +204,9 @@ async def _shutdown(store: RecoverableStore, tasks: dict[asyncio.Task[None], str
             await asyncio.gather(*tasks, return_exceptions=True)
         return
     try:
-        released = await release(saga_ids=sorted(tasks.values()))
+        # The inner sagas too: cancelled with their outer saga's task, they would
+        # compensate what the next owner of the outer saga runs on from the log.
+        released = await release(saga_ids=sorted({*tasks.values(), *nested}))
     except Exception as error:  # the database is away: the leases run out by themselves
         logger.warning("sagakit worker could not release its saga leases: %s", error)
     else:
@@ -227,6 +240,7 @@ async def run_worker(
     stop = stop if stop is not None else asyncio.Event()
     freed = asyncio.Event()
     tasks: dict[asyncio.Task[None], str] = {}  # the sagas in flight, with their ids
+    nested: set[str] = set()  # the sagas their steps run with execute()
     failures = 0  # claims failed in a row
 
     def done(task: asyncio.Task[None]) -> None:
@@ -263,7 +277,7 @@ async def run_worker(
                     claimed = len(orphans)
                     for orphan in orphans:
                         task = asyncio.create_task(
-                            _finish_one(orchestrator, store, orphan),
+                            _finish_one(orchestrator, store, orphan, nested),
                             name=f"sagakit-recover-{orphan.saga_id}",
                         )
                         tasks[task] = orphan.saga_id
@@ -280,7 +294,7 @@ async def run_worker(
                 wait = _backoff(poll_interval, failures)
                 await _wait((stop, freed) if len(tasks) >= concurrency else (stop,), wait)
         finally:
-            await _shutdown(store, tasks)
+            await _shutdown(store, tasks, nested)
 
 
 __all__ = ["run_worker"]

@@ -164,7 +164,8 @@ def _parser() -> argparse.ArgumentParser:
     resolve.add_argument("--note", type=_note, required=True, help="what an operator did about it")
     commands.add_parser(
         "upgrade",
-        help="bring a log written by an older sagakit to this version's schema",
+        help="bring a log written by an older sagakit to this version's schema "
+        "(PostgreSQL: create the log in a schema that holds none yet)",
         parents=[printing],
     )
     return parser
@@ -569,6 +570,8 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             if args.json:
                 json.dump({"schema_version": version}, out, indent=2)
                 out.write("\n")
+            elif not getattr(args, "found", True):
+                out.write(f"created saga log {_log_name(args)} at schema version {version}\n")
             else:
                 out.write(
                     f"saga log {_log_name(args)} is at schema version {version}, this sagakit's\n"
@@ -613,7 +616,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         sys.path.insert(0, cwd)
     try:
         if _is_postgres(args.db):
-            check_postgres_log(args.db, getattr(args, "schema", "sagakit"))
+            # `upgrade` creates a log that is not there yet: migrating ahead of the first
+            # deploy, as a role that may, is what a role that may not create it is told.
+            args.found = check_postgres_log(
+                args.db, getattr(args, "schema", "sagakit"), missing_ok=args.command == "upgrade"
+            )
         else:
             check_sqlite_log(args.db)
         status = asyncio.run(_run(args, out or sys.stdout))
