@@ -498,6 +498,34 @@ async def test_a_reader_of_a_schema_from_a_newer_sagakit_is_told_to_upgrade(
 
 
 @pytest.mark.asyncio
+async def test_a_role_that_may_only_read_the_log_is_told_the_grants_to_write(
+    dsn: str, schema: str, role: str
+) -> None:
+    # Regression: a write refused for want of a right raised a StoreError holding the
+    # server's PL/pgSQL context (twenty lines of SQL), and named no grant.
+    async with opened(dsn, schema):
+        pass
+    query(dsn, f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+    query(dsn, f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+    async with opened(as_role(dsn, role), schema) as store:
+        for saga_id in ("ro-explicit", None):  # its start alone, or staged with its first step
+            with pytest.raises(
+                StoreError, match="InsufficientPrivilege: permission denied"
+            ) as raised:
+                await SagaOrchestrator(store).execute(pg_five(2), saga_id=saga_id)
+            message = str(raised.value)
+            assert "\n" not in message
+            assert "PL/pgSQL" not in message
+            assert f"USAGE on schema {schema} and SELECT, INSERT, UPDATE, DELETE" in message
+    query(dsn, f'GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+    async with opened(as_role(dsn, role), schema) as store:  # the grants named are enough
+        await SagaOrchestrator(store).execute(pg_five(2), saga_id="granted")
+        meta = await store.get("granted")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPLETED
+
+
+@pytest.mark.asyncio
 async def test_a_role_that_may_not_create_the_schema_is_told_the_fix(dsn: str, role: str) -> None:
     # Regression: the migration's "permission denied for database" came with the fix for
     # an unreachable server: "check the DSN and that the server is up".

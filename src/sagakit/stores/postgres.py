@@ -304,9 +304,20 @@ class PostgresStore:
         except psycopg.Error as error:
             if used is not None and used.broken:
                 await self._check_pool(pool)
-            raise StoreError(
-                f"PostgreSQL saga log (schema {self.schema!r}): {type(error).__name__}: {error}"
-            ) from error
+            raise StoreError(self._refused(error)) from error
+
+    def _refused(self, error: Exception) -> str:
+        """What the server's ``error`` says, on one line (not the PL/pgSQL context of the
+        statement it stopped in), with the grants to add when the role lacks a right."""
+        reason = str(error).strip().partition("\n")[0]
+        text = f"PostgreSQL saga log (schema {self.schema!r}): {type(error).__name__}: {reason}"
+        if getattr(error, "sqlstate", None) == "42501":  # insufficient privilege
+            text += (
+                f"; the store's role needs USAGE on schema {self.schema} and SELECT, INSERT, "
+                f"UPDATE, DELETE on its tables (GRANT ... ON ALL TABLES IN SCHEMA "
+                f"{self.schema} TO <role>)"
+            )
+        return text
 
     async def _check_pool(self, pool: AsyncConnectionPool[Any]) -> None:
         """A connection died (a server restart, a fail-over): test the idle ones now, so
@@ -793,9 +804,7 @@ class PostgresStore:
                     raise  # the connection died: the batch may have committed
                 # The server refused the statement and rolled it back: nothing of the
                 # batch was applied, and the writer may send it again saga by saga.
-                raise Rejected(
-                    f"PostgreSQL saga log (schema {self.schema!r}): {type(error).__name__}: {error}"
-                ) from error
+                raise Rejected(self._refused(error)) from error
             found = await cursor.fetchall()
         self._statements += 1
         self._round_trips += 1
