@@ -4,9 +4,11 @@ process dying inside that inner saga: recovery must finish both, consistently.""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import subprocess
 import sys
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -331,6 +333,27 @@ async def test_a_step_reaches_the_orchestrator_running_it(tmp_path: Path) -> Non
         await second.execute(SagaDefinition(steps=[nr_where(), nr_fail()]))
     assert seen == [(first, False), (second, False), (second, True)]
     assert "orchestrator" not in repr(current_step_context(first))
+
+
+@pytest.mark.asyncio
+async def test_a_run_does_not_keep_its_orchestrator_alive() -> None:
+    # Regression: each run in the in-memory history held its orchestrator, a reference
+    # cycle: an orchestrator made per request outlived its last use until the cyclic
+    # garbage collector ran (with the whole history it kept).
+    @step
+    async def nr_plain() -> None:
+        return None
+
+    gc.disable()
+    try:
+        orchestrator = SagaOrchestrator()
+        await orchestrator.execute(SagaDefinition(steps=[nr_plain()]))
+        assert await orchestrator.history_count() == 1
+        gone = weakref.ref(orchestrator)
+        del orchestrator
+        assert gone() is None  # freed by its last reference, no collection needed
+    finally:
+        gc.enable()
 
 
 def current_step_context(orchestrator: SagaOrchestrator) -> Any:

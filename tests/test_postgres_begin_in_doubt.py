@@ -180,7 +180,7 @@ async def test_a_begin_lost_while_another_run_of_the_id_begins_is_refused(
         beginner = store if who == "this store" else other
         loss = LostBegin(store, "insert", "before")
         lossy = loss._conn
-        interloper = SagaRun("s", bd_two(), True, 0.0, SagaOrchestrator())
+        interloper = SagaRun("s", bd_two(), True, 0.0, SagaOrchestrator()._ref)
         began = False
 
         @contextlib.asynccontextmanager

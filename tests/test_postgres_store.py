@@ -753,7 +753,7 @@ async def test_recording_a_saga_the_store_does_not_own_is_refused(dsn: str, sche
         from sagakit._runs import SagaRun
         from sagakit.transitions import Transition, TransitionKind
 
-        run = SagaRun("owned-by-a", pg_five(), True, 0.0, SagaOrchestrator())
+        run = SagaRun("owned-by-a", pg_five(), True, 0.0, SagaOrchestrator()._ref)
         transition = Transition(
             TransitionKind.STEP_STARTED, "owned-by-a", "pg_five", SagaStatus.EXECUTING, 1, "act"
         )
@@ -1382,7 +1382,7 @@ async def test_a_staged_completion_is_written_with_the_next_record(dsn: str, sch
     from sagakit.transitions import Transition, TransitionKind
 
     async with opened(dsn, schema) as store:
-        run = SagaRun("staged", pg_five(2), True, 0.0, SagaOrchestrator())
+        run = SagaRun("staged", pg_five(2), True, 0.0, SagaOrchestrator()._ref)
         await store.begin(run)
 
         def transition(kind: TransitionKind, index: int, **fields: Any) -> Transition:

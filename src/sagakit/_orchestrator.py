@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Self
 
@@ -260,6 +261,10 @@ class SagaOrchestrator:
         # attribute, so that threads sharing the orchestrator (each with its own loop) never
         # read one loop's clock or watchdog paired with another loop.
         self._watchdog: Watchdog | None = None
+        # What a run holds of its orchestrator (current_step().orchestrator): a weak
+        # reference, or each run kept in the history would keep this orchestrator alive
+        # through a reference cycle, past its last use.
+        self._ref = weakref.ref(self)
 
     def _first_run_on(self, loop: asyncio.AbstractEventLoop) -> Watchdog:
         """:meth:`_use_loop` for ``execute()``, saying if ``recover_on_start`` never ran."""
@@ -341,7 +346,7 @@ class SagaOrchestrator:
             definition,
             explicit,
             watchdog.now(),
-            self,
+            self._ref,
         )
         run.listeners = self._listeners
         # Before begin(): whatever it raises leaves no run. A list or builder definition's

@@ -277,7 +277,7 @@ def _rebuild(
     done: tuple[LoggedStep, ...],
 ) -> SagaRun:
     loop = asyncio.get_running_loop()
-    run = SagaRun(orphan.saga_id, definition, orphan.explicit_id, loop.time(), orchestrator)
+    run = SagaRun(orphan.saga_id, definition, orphan.explicit_id, loop.time(), orchestrator._ref)
     if orphan.started_at is not None:
         run.started_wall = orphan.started_at.timestamp()
         run.started_mono = loop.time() - (time.time() - run.started_wall)

@@ -7,6 +7,7 @@ import inspect
 import itertools
 import math
 import time
+import weakref
 from collections.abc import Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
@@ -270,7 +271,7 @@ class SagaRun:
         definition: SagaDefinition,
         explicit_id: bool,
         mono: float,
-        orchestrator: SagaOrchestrator,
+        orchestrator: weakref.ref[SagaOrchestrator],
     ) -> None:
         # The definition's values read directly: a property read costs a call, per run.
         state = definition._state
@@ -282,7 +283,7 @@ class SagaRun:
         self.number = _next_number()
         self.name = state[1]
         self.definition = definition
-        self.orchestrator = orchestrator  # that runs it: current_step().orchestrator
+        self.orchestrator = orchestrator  # that runs it (weakly): current_step().orchestrator
         self.explicit_id = explicit_id
         self.status = SAGA_EXECUTING
         self.total_steps = None if calls is None else len(calls)
@@ -398,6 +399,9 @@ def current_step() -> StepContext | None:
     step = run.step
     if step is None or step.status is not STEP_RUNNING:  # between steps: none runs
         return None
+    orchestrator = run.orchestrator()
+    if orchestrator is None:  # a task a step started, outliving the orchestrator
+        return None
     return StepContext(
         saga_id=run.id,
         saga_name=run.name,
@@ -405,7 +409,7 @@ def current_step() -> StepContext | None:
         step_name=step.name,
         attempt=step.attempts,
         compensating=run.compensating,
-        orchestrator=run.orchestrator,
+        orchestrator=orchestrator,
     )
 
 
