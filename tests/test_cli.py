@@ -12,7 +12,8 @@ import sqlite3
 import subprocess
 import sys
 import uuid
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,24 @@ def cli(*argv: str) -> tuple[int, str]:
     out = io.StringIO()
     code = main(list(argv), out)
     return code, out.getvalue()
+
+
+@contextmanager
+def bank_importable(log: Path) -> Iterator[None]:
+    """``--import bank`` in this process imports the crash helper afresh, logging to ``log``.
+
+    Unloaded afterwards: a ``bank`` left in ``sys.modules`` made the next ``--import bank``
+    a no-op, so it neither read that test's ``SAGAKIT_CRASH_LOG`` nor registered its
+    ``transfer`` again over a function-local ``@saga transfer`` another test declared since.
+    """
+    sys.path.insert(0, HELPERS)
+    os.environ["SAGAKIT_CRASH_LOG"] = str(log)
+    try:
+        yield
+    finally:
+        sys.path.remove(HELPERS)
+        del os.environ["SAGAKIT_CRASH_LOG"]
+        sys.modules.pop("bank", None)
 
 
 ELSEWHERE = "UPDATE sagakit_sagas SET owner = 'elsewhere/1/1' WHERE id = 'far'"
@@ -170,13 +189,8 @@ def test_recover_dead_letters_resume_and_resolve(
         assert "--note: must say what an operator did" in capsys.readouterr().err
     assert "t2" in cli("--db", db, "dead-letters")[1]  # still parked
     assert cli("--db", db, "resolve", "t2", "--note", "credited by hand")[0] == 0
-    sys.path.insert(0, HELPERS)
-    os.environ["SAGAKIT_CRASH_LOG"] = str(log)
-    try:
+    with bank_importable(log):
         code, out = cli("--db", db, "recover", "--import", "bank", "--json")
-    finally:
-        sys.path.remove(HELPERS)
-        del os.environ["SAGAKIT_CRASH_LOG"]
     assert code == 0
     assert json.loads(out) == [
         {"id": "t1", "name": "transfer", "action": "resumed", "status": "completed", "error": None}
@@ -198,13 +212,8 @@ def test_recover_reports_the_sagas_it_dead_lettered(tmp_path: Path) -> None:
         )
     # A recovery dies in t1 (its first attempt); t2 is not tried yet.
     assert child(db, log, "recover", db, "1", crash="in_step:credit") == -signal.SIGKILL
-    sys.path.insert(0, HELPERS)
-    os.environ["SAGAKIT_CRASH_LOG"] = str(log)
-    try:
+    with bank_importable(log):
         code, out = cli("--db", db, "recover", "--import", "bank", "--max-attempts", "1")
-    finally:
-        sys.path.remove(HELPERS)
-        del os.environ["SAGAKIT_CRASH_LOG"]
     assert code == 0
     rows = [line.split()[:4] for line in out.splitlines()]
     assert rows[0] == ["ID", "NAME", "ACTION", "STATUS"]
@@ -265,9 +274,7 @@ def test_recover_names_the_sagas_of_another_host_it_leaves_for_release(
     # executing (its owner another container's process, never taken for dead here), and
     # never pointed to `sagakit release`, as it points to the lease on PostgreSQL.
     db, log = crashed_in_credit(tmp_path, "far", ELSEWHERE)
-    sys.path.insert(0, HELPERS)
-    os.environ["SAGAKIT_CRASH_LOG"] = str(log)
-    try:
+    with bank_importable(log):
         code, out = cli("--db", db, "recover", "--import", "bank")
         assert code == 0
         assert out.splitlines() == [
@@ -283,9 +290,6 @@ def test_recover_names_the_sagas_of_another_host_it_leaves_for_release(
         assert "1 saga(s) (far) are run by a process of another host" in capsys.readouterr().err
         assert cli("--db", db, "release", "far")[0] == 0
         code, out = cli("--db", db, "recover", "--import", "bank")
-    finally:
-        sys.path.remove(HELPERS)
-        del os.environ["SAGAKIT_CRASH_LOG"]
     assert code == 0
     assert [line.split()[:4] for line in out.splitlines()] == [
         ["ID", "NAME", "ACTION", "STATUS"],
@@ -774,13 +778,8 @@ def test_recover_names_the_orphans_it_left_alone_beside_those_it_recovered(
         "asyncio.run(main())\n"
     )
     subprocess.run([sys.executable, "-c", crash], cwd=tmp_path, check=True, timeout=60)
-    sys.path.insert(0, HELPERS)
-    os.environ["SAGAKIT_CRASH_LOG"] = str(log)
-    try:
+    with bank_importable(log):
         code, out = cli("--db", db, "recover", "--import", "bank")
-    finally:
-        sys.path.remove(HELPERS)
-        del os.environ["SAGAKIT_CRASH_LOG"]
     assert code == 0
     lines = out.splitlines()
     assert [line.split()[:4] for line in lines[:2]] == [
