@@ -685,7 +685,9 @@ def test_recover_names_the_orphans_it_left_alone_for_want_of_their_module(
         "async def main():\n"
         "    orchestrator = SagaOrchestrator(SQLiteStore('sagas.db'))\n"
         "    asyncio.create_task(orchestrator.execute(cli_unimported_saga(), saga_id='o-1'))\n"
-        "    await asyncio.sleep(0.5)\n"
+        "    while not [m for m in await orchestrator.get_running_sagas()\n"
+        "               if m.steps and m.steps[-1].name == 'cli_hang']:\n"
+        "        await asyncio.sleep(0.01)  # until its start is in the log\n"
         "    os._exit(0)  # dies mid-step: an orphan\n"
         "asyncio.run(main())\n"
     )
@@ -727,7 +729,9 @@ def test_recover_says_a_saga_renamed_since_its_orphans_started_needs_its_old_nam
         "async def main():\n"
         "    orchestrator = SagaOrchestrator(SQLiteStore('sagas.db'))\n"
         "    asyncio.create_task(orchestrator.execute(cli_old_name(), saga_id='o-1'))\n"
-        "    await asyncio.sleep(0.5)\n"
+        "    while not [m for m in await orchestrator.get_running_sagas()\n"
+        "               if m.steps and m.steps[-1].name == 'cli_hang_renamed']:\n"
+        "        await asyncio.sleep(0.01)  # until its start is in the log\n"
         "    os._exit(0)  # dies mid-step: an orphan\n"
         "asyncio.run(main())\n"
     )
@@ -773,7 +777,9 @@ def test_recover_names_the_orphans_it_left_alone_beside_those_it_recovered(
         "async def main():\n"
         "    orchestrator = SagaOrchestrator(SQLiteStore('sagas.db'))\n"
         "    asyncio.create_task(orchestrator.execute(cli_unimported_too(), saga_id='o-2'))\n"
-        "    await asyncio.sleep(0.5)\n"
+        "    while not [m for m in await orchestrator.get_running_sagas()\n"
+        "               if m.steps and m.steps[-1].name == 'cli_hang_too']:\n"
+        "        await asyncio.sleep(0.01)  # until its start is in the log\n"
         "    os._exit(0)  # dies mid-step: an orphan\n"
         "asyncio.run(main())\n"
     )
@@ -826,7 +832,9 @@ def test_recover_names_the_orphans_it_left_alone_when_reading_them_imports_their
         "async def main():\n"
         "    orchestrator = SagaOrchestrator(SQLiteStore('sagas.db'))\n"
         "    asyncio.create_task(orchestrator.execute(cli_event_saga('book'), saga_id='e-1'))\n"
-        "    await asyncio.sleep(0.5)\n"
+        "    while not [m for m in await orchestrator.get_running_sagas()\n"
+        "               if m.steps and m.steps[-1].name == 'cli_wait']:\n"
+        "        await asyncio.sleep(0.01)  # until its start is in the log\n"
         "    os._exit(0)  # dies mid-step: an orphan\n"
         "asyncio.run(main())\n"
     )
