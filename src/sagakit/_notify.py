@@ -42,10 +42,11 @@ _FIELDS = (
 _CONTROLS = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     """``text`` with its control characters escaped as ``repr()`` does (``\\n``,
-    ``\\x1b``), for a log message: a saga id or name quoted there cannot end the line
-    and forge the next one, nor send an escape sequence to a terminal."""
+    ``\\x1b``), for a log message or a line of the CLI's output: a saga id, name or error
+    quoted there cannot end the line (forging the next one, or breaking a table's row)
+    nor send an escape sequence to a terminal."""
     if text.isprintable():
         return text
     return "".join(
@@ -69,7 +70,7 @@ class _StructuredFields(logging.Filter):
         if isinstance(args, tuple) and any(
             isinstance(arg, str) and not arg.isprintable() for arg in args
         ):
-            record.args = tuple(_one_line(arg) if isinstance(arg, str) else arg for arg in args)
+            record.args = tuple(one_line(arg) if isinstance(arg, str) else arg for arg in args)
         return True
 
 
@@ -195,4 +196,4 @@ def _extra(transition: Transition) -> dict[str, Any]:
     }
 
 
-__all__ = ["Listener", "level_of", "logger", "tell", "tell_each"]
+__all__ = ["Listener", "level_of", "logger", "one_line", "tell", "tell_each"]

@@ -28,6 +28,7 @@ from typing import Any, TextIO
 from ._checks import MAX_COUNT
 from ._cli_logs import check_postgres_log, check_sqlite_log, url_problem
 from ._commands import command_line
+from ._notify import one_line
 from ._orchestrator import SagaOrchestrator
 from ._recovery import RecoveryOutcome
 from ._sagas import registered_saga, registered_sagas
@@ -238,18 +239,6 @@ def _when(value: datetime | None) -> str:
     return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
 
-_CONTROLS = frozenset({"Cc", "Cf", "Zl", "Zp"})
-
-
-def _shown(text: str) -> str:
-    """``text`` for a line of text output, control characters escaped as ``repr()`` does
-    (``\\n``, ``\\x1b``): a stored name or error cannot break a table's row in two, or
-    send an escape sequence to the operator's terminal."""
-    return "".join(
-        repr(char)[1:-1] if unicodedata.category(char) in _CONTROLS else char for char in text
-    )
-
-
 def _width(text: str) -> int:
     """The columns ``text`` takes in a terminal: two for a wide character (CJK, most
     emoji), none for a combining mark."""
@@ -264,7 +253,7 @@ def _width(text: str) -> int:
 
 
 def _table(rows: list[list[str]], out: TextIO) -> None:
-    rows = [[_shown(cell) for cell in row] for row in rows]
+    rows = [[one_line(cell) for cell in row] for row in rows]
     widths = [max(_width(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         line = "  ".join(
@@ -417,17 +406,17 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 out.write("\n")
                 return 0
             status = _status_of(meta, letter is not None)
-            out.write(f"saga {_shown(str(meta.id))} ({_shown(meta.name)}): {status}\n")
+            out.write(f"saga {one_line(str(meta.id))} ({one_line(meta.name)}): {status}\n")
             ended = "" if meta.finished_at is None else f"  finished {_when(meta.finished_at)}"
             out.write(f"started {_when(meta.started_at)}{ended}\n")
             if letter is not None:
                 out.write(
                     f"parked {_when(letter.parked_at)} after {letter.recovery_attempts} "
-                    f"recovery attempt(s): {_shown(letter.reason)}; `sagakit resume` or "
+                    f"recovery attempt(s): {one_line(letter.reason)}; `sagakit resume` or "
                     "`sagakit resolve` it\n"
                 )
             if meta.error:
-                out.write(f"error: {_shown(meta.error)}\n")
+                out.write(f"error: {one_line(meta.error)}\n")
             rows = [["", "#", "STEP", "STATUS", "ATTEMPTS", "EVENTS / ERROR"]]
             for record in (*meta.steps, *meta.compensations):
                 detail = record.error or ", ".join(repr(e) for e in record.events)
@@ -503,7 +492,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 if far:
                     named = ", ".join(far[:5]) + (", ..." if len(far) > 5 else "")
                     note = (
-                        f"{len(far)} saga(s) ({_shown(named)}) are run by a process of another "
+                        f"{len(far)} saga(s) ({one_line(named)}) are run by a process of another "
                         "host or container, which no recovery here takes over; once you know "
                         f"that process is gone, `{command_line(args.db, 'release', far[0])}` "
                         "hands it to the next recover (release each of them)\n"
@@ -514,15 +503,15 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 modules = _declared_in(sorted(unknown))
                 note = (
                     f"{sum(unknown.values())} unfinished saga(s) named "
-                    f"{_shown(', '.join(sorted(unknown)))} "
+                    f"{one_line(', '.join(sorted(unknown)))} "
                     "were left alone: no @saga of that name is registered here; pass "
                     "--import with the module that declares them"
-                    + (f" ({_shown(', '.join(modules))})" if modules else "")
+                    + (f" ({one_line(', '.join(modules))})" if modules else "")
                     + (
                         # The modules imported declare none: the saga may have been
                         # renamed in a deployment since those sagas started.
                         "; if the saga was renamed since they started, give it its old "
-                        f"name back: @saga(name={_shown(repr(sorted(unknown)[0]))})"
+                        f"name back: @saga(name={one_line(repr(sorted(unknown)[0]))})"
                         if args.modules and not modules
                         else ""
                     )
