@@ -58,11 +58,9 @@ def owner_alive(token: str | None) -> bool:
     """Whether the process named by ``token`` may still be running."""
     if not token:
         return False
-    host, pid_text, start, namespace = [*token.split("/", 3), "", "", ""][:4]
-    if host != socket.gethostname():
+    if owner_elsewhere(token):  # its pid means nothing here: it may run
         return True
-    if namespace and namespace != _pid_namespace():
-        return True  # another container on this hostname: its pid means nothing here
+    _, pid_text, start, _ = _parts(token)
     try:
         pid = int(pid_text)
     except ValueError:
@@ -81,23 +79,25 @@ def owner_alive(token: str | None) -> bool:
     return start == "?" or actual == start
 
 
+def _parts(token: str) -> list[str]:
+    """A token's host, pid, start time and PID namespace ("" for those it lacks)."""
+    return [*token.split("/", 3), "", "", ""][:4]
+
+
 def owner_elsewhere(token: str | None) -> bool:
     """Whether ``token`` names a process of another host or container (PID namespace):
     one this host never considers dead, so recovery here never takes its sagas."""
     if not token:
         return False
-    host, _, _, namespace = [*token.split("/", 3), "", "", ""][:4]
+    host, _, _, namespace = _parts(token)
     return host != socket.gethostname() or bool(namespace and namespace != _pid_namespace())
 
 
 def owner_running_here(token: str | None) -> bool:
     """Whether ``token`` names another process of this host and PID namespace that runs."""
-    if not token:
+    if not token or owner_elsewhere(token):
         return False
-    host, pid_text, _, namespace = [*token.split("/", 3), "", "", ""][:4]
-    if host != socket.gethostname() or (namespace and namespace != _pid_namespace()):
-        return False
-    return pid_text != str(os.getpid()) and owner_alive(token)
+    return _parts(token)[1] != str(os.getpid()) and owner_alive(token)
 
 
 __all__ = ["current_owner", "owner_alive", "owner_elsewhere", "owner_running_here"]
