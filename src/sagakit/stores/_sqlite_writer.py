@@ -156,7 +156,6 @@ class GroupWriter:
             raise StoreError(f"saga log {self._path!r} is opened read-only")
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
-            self._check_loop(loop)
             await self._adopt(loop)
         if alone and self._inline and not self._pending and not self._thread_busy:
             try:
@@ -198,7 +197,9 @@ class GroupWriter:
         earlier loop ended (``asyncio.run()`` again). What that loop left behind — a
         checkpoint on the writer thread whose end it was to be told of (even one begun
         by a commit made inline, before any write was queued), a flush it was to run —
-        would otherwise hold every write here, for good."""
+        would otherwise hold every write here, for good. Refused while the loop that
+        wrote last still runs (see :meth:`_check_loop`)."""
+        self._check_loop(loop)
         self._loop = loop
         job = self._thread_job
         if self._thread_busy and (job is None or job.get_loop() is not loop):
@@ -366,7 +367,6 @@ class GroupWriter:
             return
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
-            self._check_loop(loop)
             await self._adopt(loop)
         while self._pending or self._thread_busy or self._scheduled:
             if self._thread_busy and self._thread_job is not None:
