@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from pg_helpers.db import dsn_or_skip, fresh_schema
+from pg_helpers.db import dsn_or_skip, fresh_schema, query
 from sagakit import (
     CompensationFailed,
     MemoryStore,
@@ -994,14 +994,69 @@ async def crash_twice_round(
             HANGING.pop(plan.saga_id, None)
 
 
+class _LoopLag:
+    """The longest the event loop was late waking a 10 ms sleep while it watched."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+
+    async def watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            self.worst = max(self.worst, loop.time() - before - 0.01)
+
+
+Round = Callable[[int, str, Path, "str | None"], Any]
+
+
+async def _soak(
+    round_: Round, seed: int, kind: str, tmp_path: Path, schema: str | None = None
+) -> None:
+    """Run ``round_``; once more on a fresh log if it failed while the loop was held.
+
+    A machine busy elsewhere can stall this process past a short step's 0.25 s timeout,
+    which then times out as documented (a step finishing late because the loop was held
+    is a timeout) where the model expected it to finish. A failure seen without such a
+    stall, or again on the second run, is reported.
+    """
+    lag = _LoopLag()
+    watcher = asyncio.create_task(lag.watch())
+    try:
+        await round_(seed, kind, tmp_path, schema)
+        return
+    except (AssertionError, pytest.fail.Exception):
+        if lag.worst < SHORT / 2:
+            raise
+    finally:
+        watcher.cancel()
+    again = tmp_path / "again"
+    again.mkdir()
+    if schema is None:
+        await round_(seed, kind, again, None)
+        return
+    with _pg_schema(schema + "_again") as fresh:
+        await round_(seed, kind, again, fresh)
+
+
+@contextlib.contextmanager
+def _pg_schema(name: str) -> Iterator[str]:
+    dsn = dsn_or_skip()
+    try:
+        yield name
+    finally:
+        query(dsn, f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_soak_memory(seed: int, tmp_path: Path) -> None:
-    await soak_round(seed, "memory", tmp_path)
+    await _soak(soak_round, seed, "memory", tmp_path)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_soak_sqlite(seed: int, tmp_path: Path) -> None:
-    await soak_round(seed, "sqlite", tmp_path)
+    await _soak(soak_round, seed, "sqlite", tmp_path)
 
 
 @pytest.fixture
@@ -1011,17 +1066,17 @@ def pg_schema() -> Iterator[str]:
 
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_soak_postgres(seed: int, tmp_path: Path, pg_schema: str) -> None:
-    await soak_round(seed, "postgres", tmp_path, pg_schema)
+    await _soak(soak_round, seed, "postgres", tmp_path, pg_schema)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_soak_crash_in_recovery_sqlite(seed: int, tmp_path: Path) -> None:
-    await crash_twice_round(seed, "sqlite", tmp_path)
+    await _soak(crash_twice_round, seed, "sqlite", tmp_path)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_soak_crash_in_recovery_postgres(seed: int, tmp_path: Path, pg_schema: str) -> None:
-    await crash_twice_round(seed, "postgres", tmp_path, pg_schema)
+    await _soak(crash_twice_round, seed, "postgres", tmp_path, pg_schema)
 
 
 @pytest.mark.parametrize("seed", [113, 120])
