@@ -1107,13 +1107,21 @@ async def test_list_sagas_refuses_an_unknown_status_and_lists_none_below_one(
     store = SQLiteStore(tmp_path / "list.db")
     async with SagaOrchestrator(store) as orchestrator:
         await orchestrator.execute(SagaDefinition("listed").add_step(ls_step()))
-        # A bare "'bogus' is not a valid SagaStatus" before, naming no valid one.
-        with pytest.raises(ValueError, match=r"must be one of not_started, .*; got 'bogus'"):
+        # A bare "'bogus' is not a valid SagaStatus" before, naming no valid one; then a
+        # ValueError, which no other bad argument of a store's is.
+        with pytest.raises(
+            SagaDefinitionError, match=r"must be a SagaStatus or one of not_started, .*'bogus'"
+        ):
             await store.list_sagas(status="bogus")
+        with pytest.raises(SagaDefinitionError, match=r"got 3"):
+            await store.list_sagas(status=3)  # type: ignore[arg-type]
         # LIMIT -1 is no limit to SQLite: every saga was listed.
         assert await store.list_sagas(limit=-1) == []
         assert await store.list_sagas(limit=0) == []
         assert [m.id for m in await store.list_sagas(status="completed")] == ["listed"]
+        # Any case, as the CLI's --status takes it and the docs write statuses.
+        assert [m.id for m in await store.list_sagas(status="COMPLETED")] == ["listed"]
+        assert [m.id for m in await store.list_sagas(status=SagaStatus.COMPLETED)] == ["listed"]
 
 
 @step
