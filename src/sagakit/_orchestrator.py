@@ -325,7 +325,9 @@ class SagaOrchestrator:
         On failure the completed steps are compensated in reverse order, then
         :class:`StepFailed`, :class:`StepTimeout` or :class:`CompensationFailed` is
         raised. With an explicit ``saga_id`` (here or on the definition) execution is
-        idempotent: a completed id returns its recorded events without running again.
+        idempotent: a completed id returns its recorded events without running again, to
+        the same saga called with the same arguments (another saga, or other arguments,
+        raise :class:`SagaIdReused`).
         """
         if not isinstance(definition, SagaDefinition):
             raise SagaDefinitionError(

@@ -134,8 +134,9 @@ class SagaStore(Protocol):
         """Register a new run before its first step.
 
         Returns the metadata of an earlier ``COMPLETED`` run with the same id (the
-        caller then returns its events without running anything); raises
-        :class:`~sagakit.SagaAlreadyExecuting` while that id runs and
+        caller then returns its events without running anything), or raises
+        :class:`~sagakit.SagaIdReused` when that run was of another saga or had other
+        arguments; raises :class:`~sagakit.SagaAlreadyExecuting` while that id runs and
         :class:`~sagakit.SagaAlreadyFailed` when it ended ``FAILED``.
         """
         ...
