@@ -588,9 +588,11 @@ async def test_a_serializer_without_dumps_and_loads_is_refused_before_the_file_i
     # Regression: SQLiteStore(serializer=3) was taken, and the first execute() failed
     # with an AttributeError ('int' object has no attribute 'dumps').
     db = tmp_path / "sagas.db"
-    for odd in (3, "json", JsonSerializer):
+    for odd in (3, "json"):
         with pytest.raises(SagaDefinitionError, match="serializer must be a JsonSerializer"):
             SQLiteStore(db, serializer=odd)  # type: ignore[arg-type]
+    with pytest.raises(SagaDefinitionError, match="serializer must be an instance, not the class"):
+        SQLiteStore(db, serializer=JsonSerializer)  # type: ignore[arg-type]
     assert not db.exists()
     kept = JsonSerializer(max_size=1000)
     store = SQLiteStore(db, serializer=kept)

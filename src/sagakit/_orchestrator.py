@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Self
 
-from ._checks import check_count, check_flag
+from ._checks import check_count, check_flag, not_the_class
 from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout, timeout_error
 from ._hooks import (
     SIMULATED_TIMEOUT,
@@ -208,15 +208,14 @@ class SagaOrchestrator:
                 "give the limit to that store instead, e.g. MemoryStore(history_limit=100)"
             )
         elif isinstance(store, type):  # a class has the protocol's methods, unbound
-            raise SagaDefinitionError(
-                f"store must be a store, not the class {store.__name__}; "
-                f"pass an instance: {store.__name__}()"
-            )
+            raise not_the_class(store, "store")
         elif not isinstance(store, SagaStore):
             raise SagaDefinitionError(
                 f"store must implement sagakit.stores.SagaStore (e.g. MemoryStore()), got {store!r}"
             )
         if not isinstance(compensation_retry, Retry):
+            if isinstance(compensation_retry, type) and issubclass(compensation_retry, Retry):
+                raise not_the_class(compensation_retry, "compensation_retry")
             raise SagaDefinitionError(
                 f"compensation_retry must be a sagakit.Retry, got {compensation_retry!r}"
             )
@@ -297,10 +296,7 @@ class SagaOrchestrator:
         if not callable(listener):
             raise SagaDefinitionError(f"a listener must be callable, got {listener!r}")
         if isinstance(listener, type):  # it would be called to make one, per transition
-            raise SagaDefinitionError(
-                f"a listener must be a callable, not the class {listener.__name__}; "
-                f"pass an instance: {listener.__name__}()"
-            )
+            raise not_the_class(listener, "a listener")
         _check_listener_signature(listener)
         self._listeners = (*self._listeners, listener)
 

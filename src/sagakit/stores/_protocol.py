@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .._checks import MAX_COUNT, check_count
+from .._checks import MAX_COUNT, check_count, not_the_class
 from .._sagas import RecoveryPolicy
 from .._serialization import JsonSerializer
 from ..exceptions import SagaDefinitionError, StoreConfigError
@@ -408,8 +408,10 @@ def store_serializer(serializer: object) -> JsonSerializer:
     rather than failing the first saga with an ``AttributeError``."""
     if serializer is None:
         return JsonSerializer()
+    if isinstance(serializer, type):  # its dumps and loads are there, unbound
+        raise not_the_class(serializer, "serializer", error=StoreConfigError)
     dumps, loads = getattr(serializer, "dumps", None), getattr(serializer, "loads", None)
-    if isinstance(serializer, type) or not (callable(dumps) and callable(loads)):
+    if not (callable(dumps) and callable(loads)):
         raise StoreConfigError(
             f"serializer must be a JsonSerializer (dumps and loads), got {serializer!r}; "
             "pass an instance, serializer=JsonSerializer(codecs=[...]), or leave it out"
