@@ -237,7 +237,11 @@ class SagaOrchestrator:
             continue_on_compensation_failure, "continue_on_compensation_failure"
         )
         self._listeners: tuple[Listener, ...] = ()  # replaced, never changed: runs keep theirs
-        if callable(listeners) or not isinstance(listeners, Iterable):  # one, not a list of them
+        if (
+            callable(listeners)  # one, not a list of them
+            or isinstance(listeners, str | bytes)  # its characters: "a listener ... got 'a'"
+            or not isinstance(listeners, Iterable)
+        ):
             raise SagaDefinitionError(
                 f"listeners must be a list of listeners, e.g. listeners=[recorder], "
                 f"got {listeners!r}"
