@@ -395,9 +395,14 @@ def row_limit(limit: object, what: str) -> int:
     return min(limit, MAX_COUNT)
 
 
-def claim_limit(limit: object, max_attempts: object, saga_ids: object) -> int:
+def claim_limit(limit: object, max_attempts: object, saga_ids: object, names: object) -> int:
     """Check the arguments of ``claim_orphans()``; return its ``limit`` as a row count."""
     check_saga_ids(saga_ids, "claim_orphans(saga_ids=...)")
+    if isinstance(names, str | bytes):  # a collection of its characters: none matched
+        raise SagaDefinitionError(
+            f"claim_orphans(names=...) takes a collection of saga names, got the string "
+            f"{names!r}; pass names=[{names!r}]"
+        )
     check_count(max_attempts, "max_attempts")
     return row_limit(limit, "claim_orphans(limit=...)")
 

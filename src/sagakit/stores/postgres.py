@@ -926,7 +926,7 @@ class PostgresStore:
         max_attempts: int = 3,
         saga_ids: Collection[str] | None = None,
     ) -> list[OrphanedSaga]:
-        limit = claim_limit(limit, max_attempts, saga_ids)
+        limit = claim_limit(limit, max_attempts, saga_ids, names)
         if limit <= 0:
             return []
         orphans: list[OrphanedSaga] = []

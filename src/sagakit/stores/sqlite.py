@@ -782,7 +782,7 @@ class SQLiteStore:
         saga_ids: Collection[str] | None = None,
     ) -> list[OrphanedSaga]:
         self._refuse_writes()
-        limit = claim_limit(limit, max_attempts, saga_ids)
+        limit = claim_limit(limit, max_attempts, saga_ids, names)
         if limit <= 0:
             return []
         if self._unreleased:  # sagas whose hand-over failed: this recovery may take them
