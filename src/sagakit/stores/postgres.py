@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._checks import check_flag
 from .._runs import unended
 from .._serialization import JsonSerializer
 from .._shielding import wait_out
@@ -389,6 +390,7 @@ class PostgresStore:
         inserted first (if that write did not), so that it is released too.
         """
         check_saga_ids(saga_ids, "release_leases(saga_ids=...)")
+        check_flag(as_crash, "release_leases(as_crash=...)")
         ids = None if saga_ids is None else set(saga_ids)
         fences = self._fences
         kept = {
