@@ -19,11 +19,16 @@ import pytest
 
 from sagakit import (
     CompensationAlreadySetError,
+    JsonSerializer,
     MemoryStore,
+    PostgresStore,
+    Retry,
     SagaDefinition,
     SagaDefinitionError,
     SagaOrchestrator,
+    SQLiteStore,
     StepCall,
+    StoreConfigError,
     saga,
     step,
 )
@@ -217,7 +222,7 @@ def test_an_orchestrator_refuses_a_blocking_sleep() -> None:
 
 def test_a_listener_class_is_refused_naming_an_instance() -> None:
     # The class was accepted, then called with every transition (a TypeError, logged).
-    fix = r"not the class SagaRecorder.*SagaRecorder\(\)"
+    fix = r"^a listener must be an instance, not the class SagaRecorder; pass an instance: Saga"
     with pytest.raises(SagaDefinitionError, match=fix):
         SagaOrchestrator(listeners=[SagaRecorder])  # type: ignore[list-item]
     with pytest.raises(SagaDefinitionError, match=fix):
@@ -245,3 +250,76 @@ def test_a_builder_definition_refuses_steps_that_are_not_a_collection(steps: obj
         SagaDefinitionError, match=r"steps=\.\.\.\) must be an iterable of step calls"
     ):
         SagaDefinition("dc-steps", steps=steps)  # type: ignore[arg-type]
+
+
+async def _plain() -> None:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("make", "what", "cls", "error"),
+    [
+        (lambda: SagaOrchestrator(MemoryStore), "store", "MemoryStore", SagaDefinitionError),
+        (lambda: SagaOrchestrator(SQLiteStore), "store", "SQLiteStore", SagaDefinitionError),
+        (
+            lambda: SagaOrchestrator(listeners=[SagaRecorder]),
+            "a listener",
+            "SagaRecorder",
+            SagaDefinitionError,
+        ),
+        (
+            lambda: SagaOrchestrator().add_listener(SagaRecorder),
+            "a listener",
+            "SagaRecorder",
+            SagaDefinitionError,
+        ),
+        # The next four named no instance: "must be a sagakit.Retry, got <class ...>" and
+        # "must be a JsonSerializer (dumps and loads), got <class ...>".
+        (
+            lambda: SagaOrchestrator(compensation_retry=Retry),
+            "compensation_retry",
+            "Retry",
+            SagaDefinitionError,
+        ),
+        (
+            lambda: step(retry=Retry)(_plain),
+            "@step(retry=...) of '_plain'",
+            "Retry",
+            SagaDefinitionError,
+        ),
+        (
+            lambda: SQLiteStore("x.db", serializer=JsonSerializer),
+            "serializer",
+            "JsonSerializer",
+            StoreConfigError,
+        ),
+        (
+            lambda: PostgresStore("postgresql://nowhere", serializer=JsonSerializer),
+            "serializer",
+            "JsonSerializer",
+            StoreConfigError,
+        ),
+    ],
+    ids=[
+        "memory-store",
+        "sqlite-store",
+        "listeners",
+        "add_listener",
+        "compensation_retry",
+        "step-retry",
+        "sqlite-serializer",
+        "postgres-serializer",
+    ],
+)
+def test_a_class_given_for_an_instance_is_refused_in_one_wording(
+    make: Callable[[], object], what: str, cls: str, error: type[SagaDefinitionError]
+) -> None:
+    # Four checks said it four ways ("store must be a store, not the class ...", "a listener
+    # must be a callable, not the class ...", "tracer_provider must be a tracer provider
+    # instance, not the class ...", "serializer must be ..., got <class ...>; pass an
+    # instance, ..."), and Retry given as a class named no instance at all.
+    with pytest.raises(error) as info:
+        make()
+    assert str(info.value) == (
+        f"{what} must be an instance, not the class {cls}; pass an instance: {cls}(...)"
+    )

@@ -35,10 +35,11 @@ def test_unknown_step_option_names_the_known_ones() -> None:
         step(timout=5)  # type: ignore[call-overload]
 
 
-@pytest.mark.parametrize("listeners", [print, None, 5])
+@pytest.mark.parametrize("listeners", [print, None, 5, "recorder", b"x"])
 def test_one_listener_instead_of_a_list_is_refused(listeners: object) -> None:
     # Regression: listeners=recorder (one listener) failed with "TypeError: 'SagaRecorder'
-    # object is not iterable", naming neither the argument nor the fix.
+    # object is not iterable", naming neither the argument nor the fix; a string was
+    # taken as a list of its characters ("a listener must be callable, got 'r'").
     with pytest.raises(SagaDefinitionError, match=r"listeners must be a list .*listeners=\["):
         SagaOrchestrator(listeners=listeners)  # type: ignore[arg-type]
 

@@ -477,7 +477,7 @@ def test_a_store_class_instead_of_a_store_is_refused() -> None:
     with pytest.raises(SagaDefinitionError) as info:
         SagaOrchestrator(MemoryStore)  # type: ignore[arg-type]
     assert str(info.value) == (
-        "store must be a store, not the class MemoryStore; pass an instance: MemoryStore()"
+        "store must be an instance, not the class MemoryStore; pass an instance: MemoryStore(...)"
     )
 
 

@@ -253,6 +253,9 @@ async def test_claim_orphans_refuses_one_id_given_as_a_string(
     assert isinstance(store, RecoverableStore)
     with pytest.raises(SagaDefinitionError, match=r"pass saga_ids=\['pay-3'\]"):
         await store.claim_orphans(saga_ids="pay-3")
+    # So is a name: "nr_payment" claimed the sagas named "n", "r", "_", ..., none.
+    with pytest.raises(SagaDefinitionError, match=r"pass names=\['nr_payment'\]"):
+        await store.claim_orphans(names="nr_payment")
     await store.close()
 
 

@@ -287,13 +287,21 @@ def test_without_opentelemetry_importing_sagakit_otel_says_which_extra_to_instal
     assert "pip install 'sagakit[otel]'" in out.stdout
 
 
+# The one wording of every check refusing a class given for an instance (see
+# tests/test_declaration_checks.py).
+THE_CLASS = r"^{0} must be an instance, not the class {1}; pass an instance: {1}\(\.\.\.\)$"
+
+
 def test_what_is_not_a_tracer_provider_is_refused_naming_the_fix() -> None:
     # Regression: these reached OpenTelemetry's get_tracer(), which failed with an
     # AttributeError naming neither the argument nor the fix ("'str' object has no
     # attribute '_disabled'" for the class TracerProvider).
     from sagakit import SagaDefinitionError
 
-    with pytest.raises(SagaDefinitionError, match=r"not the class TracerProvider; pass an in"):
+    with pytest.raises(
+        SagaDefinitionError,
+        match=THE_CLASS.format("tracer_provider", "TracerProvider"),
+    ):
         SagaTracer(TracerProvider)  # type: ignore[arg-type]
     with pytest.raises(SagaDefinitionError, match=r"got the tracer .*pass the provider it came"):
         SagaTracer(user_tracer)  # type: ignore[arg-type]
@@ -301,7 +309,10 @@ def test_what_is_not_a_tracer_provider_is_refused_naming_the_fix() -> None:
         instrument(SagaOrchestrator(), "global")  # type: ignore[arg-type]
     with pytest.raises(SagaDefinitionError, match=r"write instrument\(orchestrator, tracer_pro"):
         instrument(provider)  # type: ignore[arg-type]
-    with pytest.raises(SagaDefinitionError, match=r"pass an instance: instrument\(SagaOrch"):
+    with pytest.raises(
+        SagaDefinitionError,
+        match=THE_CLASS.format("instrument\\(\\)'s orchestrator", "SagaOrchestrator"),
+    ):
         instrument(SagaOrchestrator, provider)  # type: ignore[arg-type]
     # A provider of any kind is taken, and None means the global one.
     assert isinstance(SagaTracer(trace.NoOpTracerProvider()), SagaTracer)

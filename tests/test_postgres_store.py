@@ -1636,9 +1636,17 @@ async def test_list_sagas_refuses_an_unknown_status_and_lists_none_below_one(
 ) -> None:
     async with opened(dsn, schema) as store:
         await SagaOrchestrator(store).execute(pg_five(), saga_id="listed")
-        with pytest.raises(ValueError, match=r"must be one of not_started, .*; got 'bogus'"):
+        # A bare ValueError before, which no other bad argument of a store's is.
+        with pytest.raises(
+            SagaDefinitionError, match=r"must be a SagaStatus or one of not_started, .*'bogus'"
+        ):
             await store.list_sagas(status="bogus")
+        with pytest.raises(SagaDefinitionError, match=r"got 3"):
+            await store.list_sagas(status=3)  # type: ignore[arg-type]
         # A negative LIMIT was an SQL error here (SQLite read it as no limit at all).
         assert await store.list_sagas(limit=-1) == []
         assert await store.list_sagas(limit=0) == []
         assert [m.id for m in await store.list_sagas(status="completed")] == ["listed"]
+        # Any case, as the CLI's --status takes it and the docs write statuses.
+        assert [m.id for m in await store.list_sagas(status="COMPLETED")] == ["listed"]
+        assert [m.id for m in await store.list_sagas(status=SagaStatus.COMPLETED)] == ["listed"]

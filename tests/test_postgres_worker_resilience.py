@@ -580,3 +580,12 @@ async def test_release_leases_refuses_one_saga_id_given_as_a_string(dsn: str, sc
     async with opened(dsn, schema) as store:
         with pytest.raises(SagaDefinitionError, match=r"pass saga_ids=\['order-1'\]"):
             await store.release_leases(saga_ids="order-1")
+
+
+@pytest.mark.asyncio
+async def test_release_leases_refuses_an_as_crash_that_is_not_a_bool(dsn: str, schema: str) -> None:
+    # as_crash="no" is true to Python: the next claim of every saga released counted as a
+    # recovery attempt, as after a crash, bringing each nearer to being dead-lettered.
+    async with opened(dsn, schema) as store:
+        with pytest.raises(SagaDefinitionError, match=r"as_crash=...\) must be True or False"):
+            await store.release_leases(as_crash="no")  # type: ignore[arg-type]

@@ -514,3 +514,11 @@ async def test_a_step_that_timed_out_then_failed_is_compensated_itself(
     else:
         assert refunds == []
         assert meta.compensations == ()
+
+
+@pytest.mark.parametrize("attempt", [0, -1, 1.5, True, "2", None])
+def test_delay_refuses_what_is_not_an_attempt_number(attempt: Any) -> None:
+    # delay(0) and delay(-1) gave a wait shorter than the first one, delay(1.5) one between
+    # two attempts, and delay("2") a bare TypeError from inside the arithmetic.
+    with pytest.raises(SagaDefinitionError, match=r"Retry\.delay\(attempt\) .* whole number >= 1"):
+        Retry(backoff=1.0, jitter=0).delay(attempt)

@@ -588,9 +588,11 @@ async def test_a_serializer_without_dumps_and_loads_is_refused_before_the_file_i
     # Regression: SQLiteStore(serializer=3) was taken, and the first execute() failed
     # with an AttributeError ('int' object has no attribute 'dumps').
     db = tmp_path / "sagas.db"
-    for odd in (3, "json", JsonSerializer):
+    for odd in (3, "json"):
         with pytest.raises(SagaDefinitionError, match="serializer must be a JsonSerializer"):
             SQLiteStore(db, serializer=odd)  # type: ignore[arg-type]
+    with pytest.raises(SagaDefinitionError, match="serializer must be an instance, not the class"):
+        SQLiteStore(db, serializer=JsonSerializer)  # type: ignore[arg-type]
     assert not db.exists()
     kept = JsonSerializer(max_size=1000)
     store = SQLiteStore(db, serializer=kept)
@@ -1107,13 +1109,21 @@ async def test_list_sagas_refuses_an_unknown_status_and_lists_none_below_one(
     store = SQLiteStore(tmp_path / "list.db")
     async with SagaOrchestrator(store) as orchestrator:
         await orchestrator.execute(SagaDefinition("listed").add_step(ls_step()))
-        # A bare "'bogus' is not a valid SagaStatus" before, naming no valid one.
-        with pytest.raises(ValueError, match=r"must be one of not_started, .*; got 'bogus'"):
+        # A bare "'bogus' is not a valid SagaStatus" before, naming no valid one; then a
+        # ValueError, which no other bad argument of a store's is.
+        with pytest.raises(
+            SagaDefinitionError, match=r"must be a SagaStatus or one of not_started, .*'bogus'"
+        ):
             await store.list_sagas(status="bogus")
+        with pytest.raises(SagaDefinitionError, match=r"got 3"):
+            await store.list_sagas(status=3)  # type: ignore[arg-type]
         # LIMIT -1 is no limit to SQLite: every saga was listed.
         assert await store.list_sagas(limit=-1) == []
         assert await store.list_sagas(limit=0) == []
         assert [m.id for m in await store.list_sagas(status="completed")] == ["listed"]
+        # Any case, as the CLI's --status takes it and the docs write statuses.
+        assert [m.id for m in await store.list_sagas(status="COMPLETED")] == ["listed"]
+        assert [m.id for m in await store.list_sagas(status=SagaStatus.COMPLETED)] == ["listed"]
 
 
 @step

@@ -8,7 +8,7 @@ Declare steps with :func:`step`, pair them with compensations through
 from importlib.metadata import PackageNotFoundError, version
 
 from ._orchestrator import Listener, SagaOrchestrator
-from ._recovery import RecoveryOutcome
+from ._recovery import RecoveryAction, RecoveryOutcome
 from ._retry import Retry
 from ._runs import StepContext, current_step
 from ._sagas import RecoveryPolicy, SagaDefinition, SagaFunction, saga
@@ -23,6 +23,7 @@ from .exceptions import (
     SagaAlreadyFailed,
     SagaDefinitionError,
     SagaError,
+    SagaIdReused,
     SagaRunError,
     SerializationError,
     StepFailed,
@@ -66,6 +67,7 @@ __all__ = [
     "OrphanedSaga",
     "PostgresStore",
     "RecoverableStore",
+    "RecoveryAction",
     "RecoveryOutcome",
     "RecoveryPolicy",
     "Retry",
@@ -76,6 +78,7 @@ __all__ = [
     "SagaDefinitionError",
     "SagaError",
     "SagaFunction",
+    "SagaIdReused",
     "SagaMetadata",
     "SagaOrchestrator",
     "SagaRunError",

@@ -57,4 +57,22 @@ def check_flag(
     return value
 
 
-__all__ = ["MAX_COUNT", "check_count", "check_flag", "check_seconds", "is_number"]
+def not_the_class(
+    cls: type, what: str, *, error: type[SagaDefinitionError] = SagaDefinitionError
+) -> SagaDefinitionError:
+    """The error for the class ``cls`` given as ``what`` where an instance of it is wanted
+    (``SagaOrchestrator(MemoryStore)``), in the one wording every such check uses: a
+    class has its instances' methods, unbound, so it passed looser checks and failed
+    later, naming neither the option nor the fix."""
+    name = cls.__name__
+    return error(f"{what} must be an instance, not the class {name}; pass an instance: {name}(...)")
+
+
+__all__ = [
+    "MAX_COUNT",
+    "check_count",
+    "check_flag",
+    "check_seconds",
+    "is_number",
+    "not_the_class",
+]

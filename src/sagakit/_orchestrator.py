@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Self
 
-from ._checks import check_count, check_flag
+from ._checks import check_count, check_flag, not_the_class
 from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout, timeout_error
 from ._hooks import (
     SIMULATED_TIMEOUT,
@@ -208,15 +208,14 @@ class SagaOrchestrator:
                 "give the limit to that store instead, e.g. MemoryStore(history_limit=100)"
             )
         elif isinstance(store, type):  # a class has the protocol's methods, unbound
-            raise SagaDefinitionError(
-                f"store must be a store, not the class {store.__name__}; "
-                f"pass an instance: {store.__name__}()"
-            )
+            raise not_the_class(store, "store")
         elif not isinstance(store, SagaStore):
             raise SagaDefinitionError(
                 f"store must implement sagakit.stores.SagaStore (e.g. MemoryStore()), got {store!r}"
             )
         if not isinstance(compensation_retry, Retry):
+            if isinstance(compensation_retry, type) and issubclass(compensation_retry, Retry):
+                raise not_the_class(compensation_retry, "compensation_retry")
             raise SagaDefinitionError(
                 f"compensation_retry must be a sagakit.Retry, got {compensation_retry!r}"
             )
@@ -238,7 +237,11 @@ class SagaOrchestrator:
             continue_on_compensation_failure, "continue_on_compensation_failure"
         )
         self._listeners: tuple[Listener, ...] = ()  # replaced, never changed: runs keep theirs
-        if callable(listeners) or not isinstance(listeners, Iterable):  # one, not a list of them
+        if (
+            callable(listeners)  # one, not a list of them
+            or isinstance(listeners, str | bytes)  # its characters: "a listener ... got 'a'"
+            or not isinstance(listeners, Iterable)
+        ):
             raise SagaDefinitionError(
                 f"listeners must be a list of listeners, e.g. listeners=[recorder], "
                 f"got {listeners!r}"
@@ -297,10 +300,7 @@ class SagaOrchestrator:
         if not callable(listener):
             raise SagaDefinitionError(f"a listener must be callable, got {listener!r}")
         if isinstance(listener, type):  # it would be called to make one, per transition
-            raise SagaDefinitionError(
-                f"a listener must be a callable, not the class {listener.__name__}; "
-                f"pass an instance: {listener.__name__}()"
-            )
+            raise not_the_class(listener, "a listener")
         _check_listener_signature(listener)
         self._listeners = (*self._listeners, listener)
 
@@ -325,7 +325,9 @@ class SagaOrchestrator:
         On failure the completed steps are compensated in reverse order, then
         :class:`StepFailed`, :class:`StepTimeout` or :class:`CompensationFailed` is
         raised. With an explicit ``saga_id`` (here or on the definition) execution is
-        idempotent: a completed id returns its recorded events without running again.
+        idempotent: a completed id returns its recorded events without running again, to
+        the same saga called with the same arguments (another saga, or other arguments,
+        raise :class:`SagaIdReused`).
         """
         if not isinstance(definition, SagaDefinition):
             raise SagaDefinitionError(

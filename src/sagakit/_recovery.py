@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from ._checks import check_count
 from ._hooks import SimulatedCrash, active_faults
@@ -59,7 +59,8 @@ logger = logging.getLogger("sagakit")
 
 DEFAULT_MAX_ATTEMPTS = 3
 
-Action = Literal["resumed", "compensated", "dead_lettered"]
+RecoveryAction: TypeAlias = Literal["resumed", "compensated", "dead_lettered"]
+"""What recovery did with an orphaned saga (:attr:`RecoveryOutcome.action`)."""
 
 _FAILED_FOR_GOOD = (StepStatus.FAILED, StepStatus.TIMED_OUT)
 """The logged statuses of a compensation that ended, not completed (a running one ends
@@ -72,7 +73,7 @@ class RecoveryOutcome:
 
     saga_id: str
     name: str
-    action: Action
+    action: RecoveryAction
     status: SagaStatus
     error: str | None = None
 
@@ -459,4 +460,4 @@ async def _finish_claimed(
     return RecoveryOutcome(orphan.saga_id, orphan.name, "compensated", run.status, problem)
 
 
-__all__ = ["DEFAULT_MAX_ATTEMPTS", "RecoveryOutcome", "adopt", "recover"]
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "RecoveryAction", "RecoveryOutcome", "adopt", "recover"]

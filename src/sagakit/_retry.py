@@ -76,7 +76,14 @@ class Retry:
         return isinstance(error, Exception) and isinstance(error, self.on)
 
     def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        """Seconds to wait after failed attempt number ``attempt`` (1-based): a whole
+        number >= 1, else a :class:`SagaDefinitionError` (``0``, ``-1`` or ``1.5`` gave a
+        delay shorter than the first one, and text a bare ``TypeError``)."""
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+            raise SagaDefinitionError(
+                "Retry.delay(attempt) takes the number of the attempt that failed, a whole "
+                f"number >= 1 (1 for the first), got {attempt!r}"
+            )
         if not self.backoff:
             return 0.0
         try:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, SupportsIndex, Type
 import wrapt
 from typing_extensions import ParamSpec
 
-from ._checks import check_flag, check_seconds
+from ._checks import check_flag, check_seconds, not_the_class
 from ._deadlines import timeout_error
 from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, active_faults, raised_by_step
 from ._names import by_reference, declared_name, qualname_of
@@ -698,6 +698,8 @@ def check_arguments(spec: StepSpec, args: tuple[Any, ...], kwargs: dict[str, Any
 def _as_retry(value: Retry | int | None, what: str) -> Retry | None:
     if value is None or isinstance(value, Retry):
         return value
+    if isinstance(value, type) and issubclass(value, Retry):
+        raise not_the_class(value, what)
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:  # Retry's own message would name Retry(attempts=...), not this option
             raise SagaDefinitionError(

@@ -232,6 +232,37 @@ class SagaAlreadyFailed(SagaError):
         return (type(self), (self.saga_id, self.in_memory))
 
 
+class SagaIdReused(SagaError):
+    """An explicit saga id that completed was executed again for another saga, or for
+    the same saga with other arguments: the recorded events are not this call's.
+
+    ``recorded_name`` is the saga that completed under the id, ``name`` the one executed
+    now; ``arguments`` names the arguments that differ (empty when the saga does).
+    Nothing runs. An id is the idempotency key of one operation: give this one a new id.
+    """
+
+    def __init__(
+        self, saga_id: str, recorded_name: str, name: str, arguments: Sequence[str] = ()
+    ) -> None:
+        if arguments:
+            which = ", ".join(arguments)
+            what = f"saga {name!r} with other arguments (differing: {which})"
+        else:
+            what = f"saga {name!r}, but it completed a run of saga {recorded_name!r}"
+        super().__init__(
+            f"saga id {saga_id!r} is reused for {what}; an explicit id answers with the "
+            "recorded events only the same saga called with the same arguments: give this "
+            "run a new id (one naming its own operation, e.g. with what differs in it)"
+        )
+        self.saga_id = saga_id
+        self.recorded_name = recorded_name
+        self.name = name
+        self.arguments = tuple(arguments)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.saga_id, self.recorded_name, self.name, self.arguments))
+
+
 class NonDeterminismError(SagaError):
     """Replaying a saga yielded a step that does not match its recorded log."""
 
@@ -291,6 +322,7 @@ __all__ = [
     "SagaAlreadyFailed",
     "SagaDefinitionError",
     "SagaError",
+    "SagaIdReused",
     "SagaRunError",
     "SerializationError",
     "StepFailed",

@@ -27,6 +27,7 @@ except ModuleNotFoundError as missing:  # pragma: no cover - tested in a subproc
         name=missing.name,
     ) from missing
 
+from ._checks import not_the_class
 from ._runs import describe_error
 from .exceptions import SagaDefinitionError, StepTimeout
 from .status import SagaStatus
@@ -250,10 +251,7 @@ def _check_provider(provider: object) -> None:
     if provider is None:
         return
     if isinstance(provider, type):
-        raise SagaDefinitionError(
-            f"tracer_provider must be a tracer provider instance, not the class "
-            f"{provider.__name__}; pass an instance: {provider.__name__}()"
-        )
+        raise not_the_class(provider, "tracer_provider")
     if callable(getattr(provider, "get_tracer", None)):
         return
     if callable(getattr(provider, "start_span", None)):  # a Tracer, not its provider
@@ -274,10 +272,10 @@ def instrument(
     from ._orchestrator import SagaOrchestrator
 
     if not isinstance(orchestrator, SagaOrchestrator):
+        if isinstance(orchestrator, type) and issubclass(orchestrator, SagaOrchestrator):
+            raise not_the_class(orchestrator, "instrument()'s orchestrator")
         fix = ""
-        if orchestrator is SagaOrchestrator:
-            fix = "; pass an instance: instrument(SagaOrchestrator(...))"
-        elif callable(getattr(orchestrator, "get_tracer", None)):  # the arguments swapped
+        if callable(getattr(orchestrator, "get_tracer", None)):  # the arguments swapped
             fix = "; write instrument(orchestrator, tracer_provider=provider)"
         raise SagaDefinitionError(
             f"instrument() takes the SagaOrchestrator to trace first, got {orchestrator!r}{fix}"

@@ -10,8 +10,9 @@ from ._protocol import (
     SagaStore,
     StoredEvent,
 )
+from ._sqlite_schema import Synchronous
 from .memory import MemoryStore
-from .postgres import PostgresStore
+from .postgres import PostgresStats, PostgresStore
 from .sqlite import SQLiteStore
 
 __all__ = [
@@ -20,10 +21,12 @@ __all__ = [
     "LoggedStep",
     "MemoryStore",
     "OrphanedSaga",
+    "PostgresStats",
     "PostgresStore",
     "RecoverableStore",
     "SQLiteStore",
     "SagaRunView",
     "SagaStore",
     "StoredEvent",
+    "Synchronous",
 ]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .._checks import MAX_COUNT, check_count
+from .._checks import MAX_COUNT, check_count, not_the_class
 from .._sagas import RecoveryPolicy
 from .._serialization import JsonSerializer
 from ..exceptions import SagaDefinitionError, StoreConfigError
@@ -134,8 +134,9 @@ class SagaStore(Protocol):
         """Register a new run before its first step.
 
         Returns the metadata of an earlier ``COMPLETED`` run with the same id (the
-        caller then returns its events without running anything); raises
-        :class:`~sagakit.SagaAlreadyExecuting` while that id runs and
+        caller then returns its events without running anything), or raises
+        :class:`~sagakit.SagaIdReused` when that run was of another saga or had other
+        arguments; raises :class:`~sagakit.SagaAlreadyExecuting` while that id runs and
         :class:`~sagakit.SagaAlreadyFailed` when it ended ``FAILED``.
         """
         ...
@@ -394,9 +395,14 @@ def row_limit(limit: object, what: str) -> int:
     return min(limit, MAX_COUNT)
 
 
-def claim_limit(limit: object, max_attempts: object, saga_ids: object) -> int:
+def claim_limit(limit: object, max_attempts: object, saga_ids: object, names: object) -> int:
     """Check the arguments of ``claim_orphans()``; return its ``limit`` as a row count."""
     check_saga_ids(saga_ids, "claim_orphans(saga_ids=...)")
+    if isinstance(names, str | bytes):  # a collection of its characters: none matched
+        raise SagaDefinitionError(
+            f"claim_orphans(names=...) takes a collection of saga names, got the string "
+            f"{names!r}; pass names=[{names!r}]"
+        )
     check_count(max_attempts, "max_attempts")
     return row_limit(limit, "claim_orphans(limit=...)")
 
@@ -407,8 +413,10 @@ def store_serializer(serializer: object) -> JsonSerializer:
     rather than failing the first saga with an ``AttributeError``."""
     if serializer is None:
         return JsonSerializer()
+    if isinstance(serializer, type):  # its dumps and loads are there, unbound
+        raise not_the_class(serializer, "serializer", error=StoreConfigError)
     dumps, loads = getattr(serializer, "dumps", None), getattr(serializer, "loads", None)
-    if isinstance(serializer, type) or not (callable(dumps) and callable(loads)):
+    if not (callable(dumps) and callable(loads)):
         raise StoreConfigError(
             f"serializer must be a JsonSerializer (dumps and loads), got {serializer!r}; "
             "pass an instance, serializer=JsonSerializer(codecs=[...]), or leave it out"

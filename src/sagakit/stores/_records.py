@@ -8,19 +8,23 @@ from datetime import datetime
 from typing import Any
 
 from .._serialization import JsonSerializer
-from ..exceptions import SerializationError
+from ..exceptions import SagaDefinitionError, SerializationError
 from ..records import SagaMetadata, StepRecord
 from ..status import SagaStatus, StepStatus
 
 
 def status_filter(status: SagaStatus | str) -> str:
-    """``status`` as stored, for ``list_sagas(status=...)``; a clear error for a bad one."""
+    """``status`` as stored, for ``list_sagas(status=...)``: a :class:`SagaStatus` or its
+    value in any case (``"FAILED"``, as the docs write statuses, is ``failed``, as the CLI's
+    ``--status`` takes it); anything else is a :class:`SagaDefinitionError` naming the
+    valid ones, as every other bad argument of a store's is."""
     try:
-        return str(SagaStatus(status))
+        return str(SagaStatus(status.lower() if isinstance(status, str) else status))
     except ValueError:
         choices = ", ".join(str(s) for s in SagaStatus)
-        error = f"list_sagas(status=...) must be one of {choices}; got {status!r}"
-        raise ValueError(error) from None
+        raise SagaDefinitionError(
+            f"list_sagas(status=...) must be a SagaStatus or one of {choices}; got {status!r}"
+        ) from None
 
 
 def lenient(serializer: JsonSerializer, text: str | None) -> Any:

@@ -14,14 +14,15 @@ import os
 import secrets
 import sqlite3
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeAlias
 
 from .._commands import command_line
 from ..exceptions import StoreError
 
 _HEADER = b"SQLite format 3\x00"
 
-Synchronous = Literal["NORMAL", "FULL"]
+Synchronous: TypeAlias = Literal["NORMAL", "FULL"]
+"""What ``SQLiteStore(synchronous=...)`` takes: how a commit is made to survive a crash."""
 
 
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024

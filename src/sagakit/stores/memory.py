@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from ..exceptions import SagaAlreadyExecuting, SagaAlreadyFailed, StoreConfigError
 from ..status import SagaStatus
 from ._protocol import check_saga_id, row_limit
+from ._reused import check_same_run, same_values
 
 if TYPE_CHECKING:
     from ..records import SagaMetadata
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
     from ._protocol import SagaRunView
 
 DEFAULT_HISTORY_LIMIT = 10_000
+
+_SAME = same_values()
 
 
 class MemoryStore:
@@ -53,6 +56,11 @@ class MemoryStore:
             earlier = self._history.get(saga_id)
             if earlier is not None:
                 if earlier.status is SagaStatus.COMPLETED:
+                    done = earlier.definition
+                    if done is not run.definition:  # (the same definition executed again)
+                        check_same_run(
+                            saga_id, run.definition, earlier.name, done.args, done.kwargs, _SAME
+                        )
                     return earlier.snapshot()
                 if earlier.status is SagaStatus.FAILED:
                     raise SagaAlreadyFailed(saga_id, in_memory=True)

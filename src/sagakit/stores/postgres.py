@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._checks import check_flag
 from .._runs import unended
 from .._serialization import JsonSerializer
 from .._shielding import wait_out
@@ -61,6 +62,7 @@ from ._protocol import (
     store_serializer,
 )
 from ._records import status_filter
+from ._reused import check_same_stored_run
 from .sqlite import definition_fingerprint
 
 if TYPE_CHECKING:
@@ -388,6 +390,7 @@ class PostgresStore:
         inserted first (if that write did not), so that it is released too.
         """
         check_saga_ids(saga_ids, "release_leases(saga_ids=...)")
+        check_flag(as_crash, "release_leases(as_crash=...)")
         ids = None if saga_ids is None else set(saga_ids)
         fences = self._fences
         kept = {
@@ -475,7 +478,9 @@ class PostgresStore:
         self._token += 1
         params["token"] = self._token
         try:
-            fence, earlier = await self._again(lambda: self._begin_row(run.id, params), "beginning")
+            fence, earlier, recorded = await self._again(
+                lambda: self._begin_row(run.id, params), "beginning"
+            )
         except asyncio.CancelledError:
             # The caller is gone, and nothing will run the saga; but a try may have
             # committed its row (cancelled as its answer came back; the driver waits
@@ -495,6 +500,12 @@ class PostgresStore:
                 )
             raise
         if fence is None:
+            if recorded is not None:  # refuse the id to another saga, or other arguments
+                name, args, kwargs = recorded
+                now: tuple[str, str] = (params["args"], params["kwargs"])  # type: ignore[assignment]
+                check_same_stored_run(
+                    run.id, definition, name, (args, kwargs), now, self.serializer
+                )
             return earlier
         self._fences[run.id] = fence
         self._orders[run.id] = 0  # a new row, or an earlier run's records deleted
@@ -509,19 +520,23 @@ class PostgresStore:
 
     async def _begin_row(
         self, saga_id: str, params: dict[str, Any]
-    ) -> tuple[int | None, SagaMetadata | None]:
-        """Insert (or restart) the row of an explicit id: its fencing token, or ``None``
-        and the earlier run that completed. Safe to do again after a lost connection."""
+    ) -> tuple[int | None, SagaMetadata | None, tuple[str, str, str] | None]:
+        """Insert (or restart) the row of an explicit id: its fencing token, or ``None``,
+        the earlier run that completed, and its name, arguments and keyword arguments as
+        written. Safe to do again after a lost connection."""
         found = await self._run(self._sql.begin, params)
         if found:
-            return int(found[0][0]), None
+            return int(found[0][0]), None, None
         fence = await self._begin_again(saga_id, params)
-        if fence is None:
-            return None, await self.get(saga_id)
-        return fence, None
+        if isinstance(fence, tuple):
+            return None, await self.get(saga_id), fence
+        return fence, None, None
 
-    async def _begin_again(self, saga_id: str, params: dict[str, Any]) -> int | None:
-        """The id exists: refuse it, report it completed (``None``), or restart it.
+    async def _begin_again(
+        self, saga_id: str, params: dict[str, Any]
+    ) -> int | tuple[str, str, str]:
+        """The id exists: refuse it, report it completed (its name, arguments and keyword
+        arguments as written), or restart it.
 
         A row this very begin wrote (its write token is there: its first try committed
         but its connection was lost) is this run's: its fencing token is returned."""
@@ -535,13 +550,14 @@ class PostgresStore:
             if row is None:  # deleted meanwhile: take the id
                 cursor = await conn.execute(sql.begin, params)
             else:
-                status, running, resolved, dead_reason, owner, fence, last_write = row
+                (status, running, resolved, dead_reason, owner, fence, last_write, name, args,
+                 kwargs) = row  # fmt: skip
                 if running and last_write == params["token"] and owner == self.owner:
                     return int(fence)  # (FOR UPDATE waited for it, if still committing)
                 if running:
                     raise SagaAlreadyExecuting(saga_id, dead_reason)
                 if status == SagaStatus.COMPLETED:
-                    return None
+                    return (name, args, kwargs)
                 if status == SagaStatus.FAILED and not resolved:
                     raise SagaAlreadyFailed(saga_id)
                 await conn.execute(sql.delete_steps, (saga_id,))
@@ -912,7 +928,7 @@ class PostgresStore:
         max_attempts: int = 3,
         saga_ids: Collection[str] | None = None,
     ) -> list[OrphanedSaga]:
-        limit = claim_limit(limit, max_attempts, saga_ids)
+        limit = claim_limit(limit, max_attempts, saga_ids, names)
         if limit <= 0:
             return []
         orphans: list[OrphanedSaga] = []

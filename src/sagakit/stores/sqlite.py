@@ -61,6 +61,7 @@ from ._protocol import (
     store_serializer,
 )
 from ._records import status_filter
+from ._reused import check_same_stored_run
 from ._sqlite_owner import current_owner, owner_alive, owner_elsewhere, owner_running_here
 from ._sqlite_rows import decode_orphan, load_metadata, load_orphan_rows, number_unordered, when
 from ._sqlite_schema import (
@@ -311,15 +312,18 @@ class SQLiteStore:
 
         def job(conn: sqlite3.Connection) -> tuple[str, Any]:
             row = conn.execute(
-                "SELECT status, resolved, dead_letter FROM sagakit_sagas WHERE id = ?",
+                "SELECT status, resolved, dead_letter, name, arguments FROM sagakit_sagas "
+                "WHERE id = ?",
                 (saga_id,),
             ).fetchone()
             if row is not None:
-                status, resolved, dead_letter = row
+                status, resolved, dead_letter, name, recorded = row
                 if status in ("executing", "compensating"):
                     return ("running", dead_letter)
                 if status == "completed":
-                    return ("completed", load_metadata(conn, saga_id, self.serializer))
+                    # Its name and arguments, to refuse the id to another saga or call.
+                    done = load_metadata(conn, saga_id, self.serializer)
+                    return ("completed", (done, name, recorded))
                 if status == "failed" and not resolved:
                     return ("failed", None)
                 conn.execute("DELETE FROM sagakit_steps WHERE saga_id = ?", (saga_id,))
@@ -361,7 +365,9 @@ class SQLiteStore:
             raise SagaAlreadyExecuting(saga_id, earlier)  # earlier: why it is parked, if it is
         if outcome == "failed":
             raise SagaAlreadyFailed(saga_id)
-        return earlier  # type: ignore[no-any-return]
+        done, name, recorded = earlier
+        check_same_stored_run(saga_id, definition, name, (recorded,), (arguments,), self.serializer)
+        return done  # type: ignore[no-any-return]
 
     def _forget_begun(self, saga_id: str, already_live: bool) -> None:
         """Undo what :meth:`begin` noted of a run that does not start (unless that id
@@ -776,7 +782,7 @@ class SQLiteStore:
         saga_ids: Collection[str] | None = None,
     ) -> list[OrphanedSaga]:
         self._refuse_writes()
-        limit = claim_limit(limit, max_attempts, saga_ids)
+        limit = claim_limit(limit, max_attempts, saga_ids, names)
         if limit <= 0:
             return []
         if self._unreleased:  # sagas whose hand-over failed: this recovery may take them

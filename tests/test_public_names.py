@@ -1,0 +1,81 @@
+"""Every type a public class's signature names can be imported from a public module, so
+that code calling it can be annotated (``PostgresStore.stats -> PostgresStats``,
+``SQLiteStore(synchronous: Synchronous)`` and ``RecoveryOutcome.action: Action`` named
+types that only a private module held)."""
+
+from __future__ import annotations
+
+import builtins
+import collections.abc
+import inspect
+import re
+import typing
+from typing import Any
+
+import pytest
+
+import sagakit
+import sagakit.stores
+
+# Standard library names the signatures use, and type variables.
+ELSEWHERE = {"datetime", "os.PathLike", "asyncio.Event", "P", "R"}
+# Internal to declaring steps and sagas: what @step and @saga build them from.
+INTERNAL = {"SagaBody", "StepSpec"}
+
+
+def _names(annotation: object) -> set[str]:
+    return set(re.findall(r"[A-Za-z_][\w.]*", str(annotation)))
+
+
+def _annotated(cls: type) -> dict[str, set[str]]:
+    """The names in the annotations of ``cls``'s public methods, properties and fields."""
+    found: dict[str, set[str]] = {}
+    for name, member in inspect.getmembers(cls):
+        if name.startswith("_") and name != "__init__":
+            continue
+        raw = inspect.getattr_static(cls, name, None)
+        fn = raw.fget if isinstance(raw, property) else member
+        if not callable(fn):
+            continue
+        try:
+            annotations = inspect.get_annotations(fn)
+        except TypeError:
+            continue
+        for annotation in annotations.values():
+            for used in _names(annotation):
+                found.setdefault(used, set()).add(f"{cls.__name__}.{name}")
+    return found
+
+
+def _public_classes() -> list[type]:
+    modules: list[Any] = [sagakit, sagakit.stores]
+    return [
+        value
+        for module in modules
+        for value in (getattr(module, name) for name in module.__all__)
+        if inspect.isclass(value)
+    ]
+
+
+@pytest.mark.parametrize("cls", _public_classes(), ids=lambda cls: cls.__name__)
+def test_every_type_a_public_signature_names_is_exported(cls: type) -> None:
+    exported = set(sagakit.__all__) | set(sagakit.stores.__all__)
+    missing = {
+        used: sorted(where)
+        for used, where in _annotated(cls).items()
+        if used not in exported | ELSEWHERE | INTERNAL
+        and not any(hasattr(module, used) for module in (builtins, typing, collections.abc))
+    }
+    assert missing == {}
+
+
+def test_the_store_names_are_exported() -> None:
+    from sagakit.stores import PostgresStats, Synchronous
+
+    assert typing.get_args(Synchronous) == ("NORMAL", "FULL")
+    assert PostgresStats(1, 1, 0, 0).statements == 1
+    assert typing.get_args(sagakit.RecoveryAction) == ("resumed", "compensated", "dead_lettered")
+    for module in (sagakit, sagakit.stores):
+        assert len(set(module.__all__)) == len(module.__all__)
+        for name in module.__all__:
+            assert hasattr(module, name), name
