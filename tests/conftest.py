@@ -60,16 +60,17 @@ def schema(dsn: str) -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Any]]:
-    """Makes stores on one fresh log: one per simulated process."""
+def durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Makes stores on one fresh log: one per simulated process (keywords: the store's
+    options, ``serializer=`` say)."""
     if request.param == "sqlite":
-        yield lambda: SQLiteStore(tmp_path / "s.db")
+        yield lambda **options: SQLiteStore(tmp_path / "s.db", **options)
         return
     from sagakit import PostgresStore
 
     dsn = dsn_or_skip()
     schemas = fresh_schema(dsn)
     schema = next(schemas)
-    yield lambda: PostgresStore(dsn, schema=schema)
+    yield lambda **options: PostgresStore(dsn, schema=schema, **options)
     for _ in schemas:  # drops the schema
         pass

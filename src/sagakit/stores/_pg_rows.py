@@ -10,7 +10,7 @@ from .._serialization import JsonSerializer
 from ..records import SagaMetadata, StepRecord
 from ..status import SagaStatus, StepStatus
 from ._protocol import DeadLetter, LoggedStep, OrphanedSaga, StoredEvent
-from ._records import lenient, loads_as, saga_metadata
+from ._records import exactly, loads_as, saga_metadata, step_value
 
 Row = Sequence[Any]
 
@@ -28,9 +28,10 @@ def steps_by_saga(rows: Iterable[Row]) -> dict[str, list[Row]]:
     return grouped
 
 
-def metadata(saga: Row, serializer: JsonSerializer) -> SagaMetadata:
+def metadata(saga: Row, serializer: JsonSerializer, *, exact: bool = False) -> SagaMetadata:
     """A :class:`SagaMetadata` from a ``sagas`` row read with its step records (the
-    JSON array of ``steps_of`` in ``_pg_sql``, ``None`` when it has none)."""
+    JSON array of ``steps_of`` in ``_pg_sql``, ``None`` when it has none); ``exact``:
+    events read back exactly or a :class:`SerializationError` (see :func:`step_value`)."""
     (saga_id, name, status, _explicit, _factory, _policy, _fp, _args, _kwargs, total, error,
      started, updated, finished, _attempts, dead_reason, _parked, steps) = saga  # fmt: skip
     records = [
@@ -42,7 +43,13 @@ def metadata(saga: Row, serializer: JsonSerializer) -> SagaMetadata:
             duration=duration,
             error=step_error,
             events=(
-                tuple(lenient(serializer, ev))
+                tuple(
+                    step_value(
+                        serializer,
+                        ev,
+                        exactly(exact, "the events", comp, index, step_name, saga_id),
+                    )
+                )
                 if step_status == StepStatus.COMPLETED and ev is not None
                 else ()
             ),

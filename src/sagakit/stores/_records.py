@@ -37,6 +37,26 @@ def lenient(serializer: JsonSerializer, text: str | None) -> Any:
         return json.loads(text)
 
 
+def step_value(serializer: JsonSerializer, text: str | None, exact_as: str | None) -> Any:
+    """A completed record's stored result (or events): :func:`lenient` for monitoring;
+    read exactly when ``exact_as`` names what it is, for a value handed back to a caller
+    as the step's own (the events ``execute()`` returns for a completed id), where raw
+    JSON would pass for it: a :class:`SerializationError` naming it instead."""
+    if text is None or exact_as is None:
+        return lenient(serializer, text)
+    return loads_as(serializer, text, exact_as)
+
+
+def exactly(
+    exact: bool, part: str, compensation: object, index: int, name: str, saga_id: str
+) -> str | None:
+    """The ``exact_as`` of :func:`step_value`: ``None`` (lenient) unless ``exact``."""
+    if not exact:
+        return None
+    kind = "compensation" if compensation else "step"
+    return f"{part} of {kind} {index} ({name!r}) of saga {saga_id!r}"
+
+
 def loads_as(serializer: JsonSerializer, text: str, what: str) -> Any:
     """``serializer.loads(text)``; a :class:`SerializationError` says ``what`` it was."""
     try:
@@ -85,4 +105,4 @@ def saga_metadata(
     )
 
 
-__all__ = ["lenient", "loads_as", "saga_metadata"]
+__all__ = ["exactly", "lenient", "loads_as", "saga_metadata", "step_value"]

@@ -11,7 +11,7 @@ from .._serialization import JsonSerializer
 from ..records import SagaMetadata, StepRecord
 from ..status import SagaStatus, StepStatus
 from ._protocol import LoggedStep, OrphanedSaga
-from ._records import lenient, loads_as, saga_metadata
+from ._records import exactly, loads_as, saga_metadata, step_value
 from ._sqlite_sql import SELECT_ORPHAN, SELECT_ORPHAN_STEPS, SELECT_SAGA, SELECT_STEPS
 
 
@@ -21,9 +21,10 @@ def when(stamp: float | None) -> datetime | None:
 
 
 def load_metadata(
-    conn: sqlite3.Connection, saga_id: str, serializer: JsonSerializer
+    conn: sqlite3.Connection, saga_id: str, serializer: JsonSerializer, *, exact: bool = False
 ) -> SagaMetadata | None:
-    """The :class:`SagaMetadata` of ``saga_id`` (``None``: not in the log)."""
+    """The :class:`SagaMetadata` of ``saga_id`` (``None``: not in the log); ``exact``:
+    results read back exactly or a :class:`SerializationError` (see :func:`step_value`)."""
     row = conn.execute(SELECT_SAGA, (saga_id,)).fetchone()
     if row is None:
         return None
@@ -50,7 +51,19 @@ def load_metadata(
                 attempts=attempts,
                 duration=duration,
                 error=step_error,
-                events=tuple(events_of(lenient(serializer, result))) if completed else (),
+                events=(
+                    tuple(
+                        events_of(
+                            step_value(
+                                serializer,
+                                result,
+                                exactly(exact, "the result", comp, idx, step_name, saga_id),
+                            )
+                        )
+                    )
+                    if completed
+                    else ()
+                ),
                 compensation=bool(comp),
             )
         )

@@ -506,6 +506,8 @@ class PostgresStore:
                 check_same_stored_run(
                     run.id, definition, name, (args, kwargs), now, self.serializer
                 )
+            if isinstance(earlier, SerializationError):
+                raise earlier
             return earlier
         self._fences[run.id] = fence
         self._orders[run.id] = 0  # a new row, or an earlier run's records deleted
@@ -520,16 +522,23 @@ class PostgresStore:
 
     async def _begin_row(
         self, saga_id: str, params: dict[str, Any]
-    ) -> tuple[int | None, SagaMetadata | None, tuple[str, str, str] | None]:
+    ) -> tuple[int | None, SagaMetadata | SerializationError | None, tuple[str, str, str] | None]:
         """Insert (or restart) the row of an explicit id: its fencing token, or ``None``,
-        the earlier run that completed, and its name, arguments and keyword arguments as
-        written. Safe to do again after a lost connection."""
+        the earlier run that completed (or the :class:`SerializationError` of reading its
+        events exactly), and its name, arguments and keyword arguments as written. Safe to
+        do again after a lost connection."""
         found = await self._run(self._sql.begin, params)
         if found:
             return int(found[0][0]), None, None
         fence = await self._begin_again(saga_id, params)
         if isinstance(fence, tuple):
-            return None, await self.get(saga_id), fence
+            # Its events go back to execute()'s caller as the steps' own: read exactly (an
+            # error handed back, raised once the id is known to be this saga's).
+            try:
+                earlier = await self._with_steps(self._sql.get, (saga_id,), exact=True)
+            except SerializationError as unreadable:
+                return None, unreadable, fence
+            return None, earlier[0] if earlier else None, fence
         return fence, None, None
 
     async def _begin_again(
@@ -876,8 +885,13 @@ class PostgresStore:
     # write committing between two statements would make the saga and its records
     # disagree (EXECUTING with every step completed, finished with a step running).
 
-    async def _with_steps(self, sql: str, params: Any = None) -> list[SagaMetadata]:
-        return [rows.metadata(saga, self.serializer) for saga in await self._run(sql, params)]
+    async def _with_steps(
+        self, sql: str, params: Any = None, *, exact: bool = False
+    ) -> list[SagaMetadata]:
+        return [
+            rows.metadata(saga, self.serializer, exact=exact)
+            for saga in await self._run(sql, params)
+        ]
 
     async def get(self, saga_id: str) -> SagaMetadata | None:
         check_saga_id(saga_id, "get()")

@@ -321,8 +321,13 @@ class SQLiteStore:
                 if status in ("executing", "compensating"):
                     return ("running", dead_letter)
                 if status == "completed":
-                    # Its name and arguments, to refuse the id to another saga or call.
-                    done = load_metadata(conn, saga_id, self.serializer)
+                    # Its name and arguments, to refuse the id to another saga or call;
+                    # its events, which go back to execute()'s caller as the steps' own,
+                    # read exactly (the error returned, not raised through the writer).
+                    try:
+                        done = load_metadata(conn, saga_id, self.serializer, exact=True)
+                    except SerializationError as unreadable:
+                        return ("unreadable", (unreadable, name, recorded))
                     return ("completed", (done, name, recorded))
                 if status == "failed" and not resolved:
                     return ("failed", None)
@@ -367,6 +372,8 @@ class SQLiteStore:
             raise SagaAlreadyFailed(saga_id)
         done, name, recorded = earlier
         check_same_stored_run(saga_id, definition, name, (recorded,), (arguments,), self.serializer)
+        if outcome == "unreadable":
+            raise done
         return done  # type: ignore[no-any-return]
 
     def _forget_begun(self, saga_id: str, already_live: bool) -> None:
