@@ -240,8 +240,9 @@ async def _run_error(name: str, message: str) -> tuple[str | None, str]:
     [
         ("ship", "boom"),
         ("liefern-ä", "nicht möglich"),
-        ("surrogate-\udce9", "bad byte \udcff in a file name"),
-        ("nul\x00name", "a NUL \x00 here"),
+        # (A name with a lone surrogate or a NUL is refused when declared.)
+        ("surrogate", "bad byte \udcff in a file name"),
+        ("nul", "a NUL \x00 here"),
         ("line\nbreak", "first\nsecond\r\nthird"),
         ("form\x0cfeed", "page\x0cbreak\u2028sep"),
     ],

@@ -28,7 +28,29 @@ def declared_name(fn: object, name: object, *, what: str, fix: str) -> str:
     if not isinstance(name, str) or not name:
         of = f" of {own_name!r}" if isinstance(own_name, str) else ""
         raise SagaDefinitionError(f"@{what}(name=...){of} must be a non-empty string, got {name!r}")
+    check_storable(name, f"@{what}(name=...)")
     return name
+
+
+def check_storable(name: str, where: str) -> None:
+    """Refuse a step or saga name no saga log can store: a NUL (PostgreSQL text cannot
+    hold one) or a lone surrogate (not UTF-8: neither SQLite nor PostgreSQL takes it).
+    Found only when written, it failed the saga's records (on PostgreSQL, leaving it
+    compensating for good)."""
+    if name.isascii() and "\x00" not in name:
+        return
+    if "\x00" in name:
+        problem = "a NUL character"
+    else:
+        try:
+            name.encode()
+            return
+        except UnicodeEncodeError:
+            problem = "a lone surrogate (not valid Unicode text)"
+    raise SagaDefinitionError(
+        f"{where} {name!r} contains {problem}, which a saga log cannot store; "
+        "give it a name without one"
+    )
 
 
 def find_by_qualname(module: str, qualname: str) -> Any:
@@ -58,4 +80,10 @@ def by_reference(obj: object, what: str) -> tuple[Callable[[str, str], Any], tup
     )
 
 
-__all__ = ["by_reference", "declared_name", "find_by_qualname", "qualname_of"]
+__all__ = [
+    "by_reference",
+    "check_storable",
+    "declared_name",
+    "find_by_qualname",
+    "qualname_of",
+]

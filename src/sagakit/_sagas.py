@@ -11,7 +11,7 @@ from typing import Any, Concatenate, Generic, Literal, TypeAlias, TypeVar, overl
 
 from typing_extensions import ParamSpec
 
-from ._names import by_reference, declared_name, qualname_of
+from ._names import by_reference, check_storable, declared_name, qualname_of
 from ._steps import _POSITIONAL, Step, StepCall, _shown
 from .exceptions import SagaDefinitionError
 from .records import SagaMetadata
@@ -61,6 +61,8 @@ class SagaDefinition:
             raise SagaDefinitionError(
                 f"SagaDefinition(name=...) must be a non-empty string, got {name!r}"
             )
+        if name is not None:
+            check_storable(name, "SagaDefinition(name=...)")
         if isinstance(steps, StepCall) or not isinstance(steps, Iterable):
             hint = " (put a single step call in a list)" if isinstance(steps, StepCall) else ""
             raise SagaDefinitionError(
