@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .exceptions import StoreError
+from .stores._dsn import redacted
 from .stores._pg_schema import check_schema_name
 from .stores._sqlite_schema import _HEADER as SQLITE_HEADER
 
@@ -23,16 +24,31 @@ def _one_line(error: BaseException) -> str:
 
 
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
+# A libpq key=value connection string: "host=db password=... dbname=app".
+_CONNINFO = re.compile(
+    r"\s*(?:host|hostaddr|port|dbname|user|password|passfile|service|sslmode|"
+    r"connect_timeout|options|application_name|target_session_attrs)\s*=",
+    re.IGNORECASE,
+)
 
 
 def url_problem(db: str) -> str | None:
     """What is wrong with a ``--db`` that is a URL of a kind sagakit does not read (a
-    SQLAlchemy dialect URL, a ``sqlite://`` URL, another database), or ``None``.
+    SQLAlchemy dialect URL, a ``sqlite://`` URL, another database) or a libpq key=value
+    connection string, or ``None``.
 
     The message never repeats the URL, which may hold a password.
     """
+    if os.path.exists(db):
+        return None
+    if _CONNINFO.match(db):
+        # Taken for a file path, it was repeated in "no saga log at ...", password and all.
+        return (
+            "--db takes a SQLite file path or a postgresql:// URL, not a key=value "
+            "connection string: write it postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
+        )
     found = _URL.fullmatch(db)
-    if found is None or os.path.exists(db):
+    if found is None:
         return None
     scheme = found.group(1).lower()
     dialect, _, driver = scheme.partition("+")
@@ -102,13 +118,21 @@ def check_postgres_log(
     check_schema_name(schema)
     import psycopg  # the postgres extra; an ImportError reaches the CLI's message
 
+    redacted_reason: str | None = None
     try:
         with psycopg.connect(dsn, connect_timeout=max(1, int(connect_timeout))) as conn:
             row: Any = conn.execute(
                 "SELECT to_regclass(%s)", (f'"{schema}".schema_migrations',)
             ).fetchone()
     except psycopg.Error as error:
-        raise StoreError(f"cannot connect to PostgreSQL: {_one_line(error)}") from error
+        said = _one_line(error)
+        if redacted(said, dsn) == said:
+            raise StoreError(f"cannot connect to PostgreSQL: {said}") from error
+        # libpq repeated a piece of the DSN, the password: raised below, where no
+        # traceback chains the driver's error that holds it.
+        redacted_reason = redacted(said, dsn)
+    if redacted_reason is not None:
+        raise StoreError(f"cannot connect to PostgreSQL: {redacted_reason}")
     found = row is not None and row[0] is not None
     if not found and not missing_ok:
         raise StoreError(

@@ -34,6 +34,7 @@ from ..exceptions import (
 from ..status import SagaStatus
 from ..transitions import TransitionKind
 from . import _pg_rows as rows
+from ._dsn import redacted
 from ._pg_schema import check_schema_name, migrate
 from ._pg_settle import Doubt, Settled, settle
 from ._pg_sql import statements
@@ -262,6 +263,7 @@ class PostgresStore:
                 open=False,
                 name=f"sagakit-{self.schema}",
             )
+            hidden: StoreError | None = None
             try:
                 # One connection of our own first: the pool retries a failing connection
                 # until its timeout and then says only that it timed out, whereas this
@@ -273,16 +275,23 @@ class PostgresStore:
                 await pool.open(wait=True, timeout=self.connect_timeout)
             except (psycopg.Error, psycopg_pool.PoolTimeout, TimeoutError) as error:
                 await pool.close()
-                reason = f"{type(error).__name__}: {error}".rstrip()
+                said = f"{type(error).__name__}: {error}".rstrip()
                 if isinstance(error, TimeoutError):
-                    reason = f"no connection after {self.connect_timeout:g} s"
-                raise StoreError(
+                    said = f"no connection after {self.connect_timeout:g} s"
+                # libpq repeats a piece of a DSN it cannot parse, which may be the password.
+                reason = redacted(said, self.dsn)
+                failure = StoreError(
                     f"cannot open the PostgreSQL saga log (schema {self.schema!r}): "
                     f"{reason}; check the DSN and that the server is up"
-                ) from error
+                )
+                if reason == said:
+                    raise failure from error
+                hidden = failure  # raised below, where no traceback chains the driver's error
             except BaseException:
                 await pool.close()
                 raise
+            if hidden is not None:
+                raise hidden
             self._pool = pool
             self._heartbeat = asyncio.create_task(self._beat(), name="sagakit-pg-heartbeat")
 
