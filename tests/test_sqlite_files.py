@@ -167,6 +167,7 @@ def test_a_log_this_process_may_not_write_is_refused_for_that_not_as_corrupt(
     # as "corrupt or not a sagakit log ...; restore it from a backup", for a permission.
     backup = folder / "backup.db"
     make_log(folder / "sagas.db")
+    (folder / "sagas.db").chmod(0o644)  # readable by that user (a new log is not)
     with closing(sqlite3.connect(folder / "sagas.db")) as conn:
         conn.execute(f"VACUUM INTO '{backup}'")
     backup.chmod(0o444)

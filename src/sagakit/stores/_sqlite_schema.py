@@ -351,6 +351,10 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
         )
 
 
+LOG_MODE = 0o660
+"""Permissions of a new log, less the umask's: never readable by other users."""
+
+
 def create(path: str) -> None:
     """Create a log at ``path``, schema included, unless another process does first.
 
@@ -362,6 +366,10 @@ def create(path: str) -> None:
     """
     temporary = f"{path}.{os.getpid()}-{secrets.token_hex(4)}.new"
     try:
+        # For its owner and group only (the group as the umask allows), not every user of
+        # the machine: the log holds the sagas' arguments and results. SQLite gives its
+        # WAL and shared-memory files the same permissions.
+        os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, LOG_MODE))
         conn = sqlite3.connect(temporary, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
