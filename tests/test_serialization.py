@@ -452,6 +452,36 @@ def test_only_the_fields_of_a_dataclass_are_stored_as_documented() -> None:
     assert not hasattr(back, "cache")
 
 
+@dataclass
+class TaggedDict(dict):  # type: ignore[type-arg]
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class TaggedTuple(tuple):  # type: ignore[type-arg]
+    label: str = ""
+
+
+@dataclass
+class Word(str):
+    label: str = ""
+
+
+def test_a_dataclass_that_is_also_a_built_in_value_is_refused_not_emptied() -> None:
+    # Regression: only the fields were stored, so a dataclass subclassing dict came back
+    # without its items (a tuple's items, a str's text), silently.
+    tagged = TaggedDict(label="x")
+    tagged["item"] = 1
+    for value, base in ((tagged, "dict"), (TaggedTuple((1, 2)), "tuple"), (Word("text"), "str")):
+        with pytest.raises(
+            SerializationError,
+            match=rf"the result of step 0: .*\.{type(value).__name__} is a dataclass and a "
+            rf"{base}: only its fields would be stored, not the {base}'s own contents; "
+            "register a codec for it, or keep the contents in a field",
+        ):
+            JsonSerializer().dumps([value], what="the result of step 0")
+
+
 def test_reading_a_value_back_imports_the_module_its_class_is_stored_under(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -77,6 +77,9 @@ def _to_json(value: Any) -> str:
 
 _PRIMITIVES = (str, int, float, bool, type(None))
 _BUILT_IN = (*_PRIMITIVES, list, dict, tuple)  # stored before any codec is looked up
+# Built-in types whose instances hold contents of their own: a dataclass subclassing one
+# would be stored by its fields only, and read back without them.
+_CONTAINING = (dict, list, tuple, set, frozenset, str, bytes, bytearray, int, float, complex)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -499,6 +502,13 @@ class JsonSerializer:
         if isinstance(value, Enum):
             return {_TAG: "enum", "t": _importable_name(cls), "v": self._encode(value.value, depth)}
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            if isinstance(value, _CONTAINING):
+                base = next(b for b in _CONTAINING if isinstance(value, b)).__name__
+                raise SerializationError(
+                    f"{cls.__module__}.{cls.__qualname__} is a dataclass and a {base}: only "
+                    f"its fields would be stored, not the {base}'s own contents; register a "
+                    "codec for it, or keep the contents in a field"
+                )
             fields = {
                 field.name: self._encode(getattr(value, field.name), depth)
                 for field in dataclasses.fields(value)
