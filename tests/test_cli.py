@@ -1295,6 +1295,26 @@ def test_control_characters_in_names_and_errors_are_escaped_in_tables(tmp_path: 
     assert json.loads(out)["name"] == "cli\todd\nsaga"  # JSON keeps the name as it is
 
 
+def test_control_characters_of_ids_are_escaped_in_notes_and_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: the tables escaped them, but not recover's note on the sagas of another
+    # host (its `sagakit release ID` command quoted the id for a shell, escape sequence and
+    # all) nor an error's message (one that names a command for an id).
+    odd = "far\x1b]0;owned\x07"
+    db, log = crashed_in_credit(tmp_path, odd, ELSEWHERE.replace("'far'", f"'{odd}'"))
+    with bank_importable(log):
+        code, out = cli("--db", db, "recover", "--import", "bank")
+    assert code == 0
+    assert "release 'far\\x1b]0;owned\\x07'` hands it to the next recover" in out
+    code, out = cli("--db", db, "release", "gone\x1b[2J")
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "show 'gone\\x1b[2J'` tells whether it is there" in err
+    for text in (out, err):
+        assert not any(char in text for char in "\x1b\x07")
+
+
 def test_table_columns_line_up_after_wide_and_combining_characters(tmp_path: Path) -> None:
     # Regression: columns were padded by len(), so a name in Chinese or Japanese (two
     # terminal columns a character) or with combining accents pushed the rest of its row

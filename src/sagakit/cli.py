@@ -318,6 +318,8 @@ def _status_of(meta: SagaMetadata, dead_letter: bool) -> str:
 def _side_note(args: argparse.Namespace, out: TextIO, note: str) -> None:
     """A line beside ``recover``'s result: on stderr with ``--json``, so that stdout
     stays one JSON document."""
+    # Control characters escaped (one_line), the command it names for an id included.
+    note = one_line(note.removesuffix("\n")) + "\n"
     if args.json:
         sys.stderr.write(f"sagakit: {note}")
     else:
@@ -343,9 +345,11 @@ async def _done(
     saga's ``id``, ``name``, the ``action`` and its ``status`` after it."""
     if not args.json:
         if action == "resolved":
-            out.write(f"saga {args.saga_id} marked resolved\n")
+            out.write(f"saga {one_line(args.saga_id)} marked resolved\n")
         else:
-            out.write(f"saga {args.saga_id} will be recovered by the next `sagakit recover`\n")
+            out.write(
+                f"saga {one_line(args.saga_id)} will be recovered by the next `sagakit recover`\n"
+            )
         return 0
     meta = await store.get(args.saga_id)
     data = {
@@ -617,7 +621,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             sys.stdout.flush()  # here, where a closed pipe is caught below
         return status
     except (SagaError, ImportError) as error:
-        sys.stderr.write(f"sagakit: {error}\n")
+        # Its control characters escaped: it may quote an id or a name from the log.
+        sys.stderr.write(f"sagakit: {one_line(str(error))}\n")
         return 1
     except KeyboardInterrupt:
         # Ctrl-C: a saga `recover` was resuming is left for the next recovery.
