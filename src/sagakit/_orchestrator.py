@@ -53,6 +53,7 @@ from ._runs import (
     SagaRun,
     StepRun,
     current_run,
+    cut,
     describe_error,
     events_of,
     storable_text,
@@ -1191,7 +1192,7 @@ class SagaOrchestrator:
         failure.saga_id = run.id
         failure.events = list(run.events)
         failure.compensation_events = list(run.compensation_events)
-        run.error = storable_text(str(failure))
+        run.error = storable_text(cut(str(failure)))
         # The errors' tracebacks hold this frame: drop them from its locals (no cycles).
         error = None
         errors.clear()

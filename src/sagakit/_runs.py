@@ -41,9 +41,23 @@ def storable_text(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
+MAX_ERROR_TEXT = 65_536
+"""Most characters of an error's text kept in records and the log (a saga's error, a
+step's): as the serializer's size limit bounds results, so a huge message (a response
+body, a report on a large input) is cut, saying how many more characters it had."""
+
+
+def cut(text: str) -> str:
+    """``text`` cut to :data:`MAX_ERROR_TEXT` characters, saying how many more it had."""
+    if len(text) <= MAX_ERROR_TEXT:
+        return text
+    return f"{text[:MAX_ERROR_TEXT]}... ({len(text) - MAX_ERROR_TEXT} more characters)"
+
+
 def describe_error(error: BaseException) -> str:
-    """One line naming an exception, ready to store: ``"ValueError: boom"``."""
-    text = error_text(error)
+    """One line naming an exception, ready to store: ``"ValueError: boom"``, cut to
+    :data:`MAX_ERROR_TEXT` characters."""
+    text = cut(error_text(error))
     # storable_text(text), without its call for the common (plain) text: failures are
     # a hot path.
     if text.isascii() and "\x00" not in text:
