@@ -677,6 +677,20 @@ def test_a_path_that_is_no_file_path_is_refused_naming_the_fix(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_path_with_a_nul_character_is_refused_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: a bare ValueError ("embedded null byte") from os.stat, not a StoreError.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoreConfigError) as raised:
+        SQLiteStore("sagas\x00.db")
+    assert str(raised.value) == (
+        "SQLiteStore's path 'sagas\\x00.db' contains a NUL character, which no file path "
+        "can hold; pass where the log lives: SQLiteStore('sagas.db')"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "notes.db"
     path.write_text("these are not the sagas you are looking for" * 10)

@@ -196,6 +196,11 @@ class SQLiteStore:
                 "SQLiteStore('sagas.db')"
             )
         path = file
+        if "\x00" in path:
+            raise StoreConfigError(
+                f"SQLiteStore's path {path!r} contains a NUL character, which no file path "
+                "can hold; pass where the log lives: SQLiteStore('sagas.db')"
+            )
         if path == ":memory:" or path.startswith("file:"):
             raise StoreConfigError(
                 "SQLiteStore needs a file path (other processes must find the log); "
