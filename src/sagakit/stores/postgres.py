@@ -137,6 +137,22 @@ def _check_id(saga_id: str) -> None:
         )
 
 
+def _check_arguments_size(serializer: object, name: str, args: str, kwargs: str) -> None:
+    """Hold a saga's arguments, stored in two columns, to the serializer's ``max_size``
+    together, as the SQLite store holds them (one value): each alone let through up to
+    twice the limit, arguments SQLite refuses."""
+    limit = getattr(serializer, "max_size", None)
+    if not isinstance(limit, int) or len(args) + len(kwargs) <= limit:
+        return
+    size = len(args.encode()) + len(kwargs.encode())
+    if size > limit:
+        raise SerializationError(
+            f"cannot store the arguments of saga {name!r}: it takes {size} bytes, more than "
+            f"the limit of {limit}; store an id, not the whole object, or raise the store's "
+            "max_size"
+        )
+
+
 def _connection_lost(error: StoreError) -> bool:
     """Whether ``error`` (raised by a statement) says its connection was lost, or none
     could be had: worth trying again on another one. Not a statement the server refused."""
@@ -445,6 +461,13 @@ class PostgresStore:
     async def begin(self, run: SagaRunView) -> SagaMetadata | None:
         _check_id(run.id)
         definition = run.definition
+        args_text = self.serializer.dumps(
+            definition.args, what=lambda: f"the arguments of saga {run.name!r}"
+        )
+        kwargs_text = self.serializer.dumps(
+            definition.kwargs, what=lambda: f"the keyword arguments of saga {run.name!r}"
+        )
+        _check_arguments_size(self.serializer, run.name, args_text, kwargs_text)
         params = {
             "id": run.id,
             "name": run.name,
@@ -452,12 +475,8 @@ class PostgresStore:
             "factory": definition.factory is not None,
             "policy": definition.recovery,
             "fingerprint": definition_fingerprint(definition),
-            "args": self.serializer.dumps(
-                definition.args, what=lambda: f"the arguments of saga {run.name!r}"
-            ),
-            "kwargs": self.serializer.dumps(
-                definition.kwargs, what=lambda: f"the keyword arguments of saga {run.name!r}"
-            ),
+            "args": args_text,
+            "kwargs": kwargs_text,
             "total": run.total_steps,
             "owner": self.owner,
             "lease": self.lease,
