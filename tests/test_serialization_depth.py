@@ -166,3 +166,51 @@ async def test_a_result_too_deep_to_read_back_fails_the_step_and_the_log_stays_r
         assert fits.status is SagaStatus.COMPLETED
         assert fits.events[-1] == nested("tuple", MAX_DEPTH - 1)  # a tuple's items are events
     assert calls == ["take 1", "deep", "take 1", "deep", "give back 1"]
+
+
+# A log sagakit did not write (another program, a corruption) may hold a value nested past
+# what the reading process can recurse into: loads() let Python's RecursionError out, and
+# get_saga() and the CLI failed on it with a traceback rather than showing it raw.
+TOO_DEEP_TO_READ = [
+    pytest.param("[" * 100_000 + "]" * 100_000, id="json"),
+    pytest.param('{"__sk__":"tuple","v":[' * 2_000 + "]}" * 2_000, id="tagged"),
+]
+
+
+@pytest.mark.parametrize("text", TOO_DEEP_TO_READ)
+def test_a_stored_value_too_deep_to_read_is_a_serialization_error(text: str) -> None:
+    with pytest.raises(SerializationError, match="stored value is nested too deeply to read"):
+        JsonSerializer().loads(text)
+
+
+def test_monitoring_shows_a_value_too_deep_to_read_as_its_text(tmp_path: Any) -> None:
+    # (Too deep even for json.loads(), which shows the tagged one as its raw JSON.)
+    text = TOO_DEEP_TO_READ[0].values[0]
+    import asyncio
+    import sqlite3
+    from contextlib import closing
+
+    from sagakit import SQLiteStore
+
+    path = str(tmp_path / "sagas.db")
+
+    async def run() -> None:
+        async with SagaOrchestrator(SQLiteStore(path)) as orchestrator:
+            await orchestrator.execute(deep_result(1), saga_id="corrupt")
+
+    asyncio.run(run())
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "UPDATE sagakit_steps SET result = ? WHERE idx = 1 AND compensation = 0", (text,)
+        )
+
+    async def read() -> Any:
+        store = SQLiteStore(path)
+        try:
+            return await store.get("corrupt")
+        finally:
+            await store.close()
+
+    meta = asyncio.run(read())
+    assert meta is not None
+    assert meta.steps[1].events == (text,)

@@ -268,6 +268,12 @@ def _plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
+_TOO_DEEP_TO_READ = (
+    "stored value is nested too deeply to read back (sagakit writes none deeper than "
+    f"{MAX_DEPTH} levels: the log was written by another program, or is corrupt)"
+)
+
+
 class _TooDeep(Exception):
     """Raised by :meth:`JsonSerializer._encode` at a level deeper than :data:`MAX_DEPTH`."""
 
@@ -554,11 +560,18 @@ class JsonSerializer:
 
     def loads(self, text: str | bytes) -> Any:
         """Decode text written by :meth:`dumps`."""
+        # RecursionError: deeper than MAX_DEPTH, which sagakit never writes (another
+        # program's value, or a corrupt one).
         try:
             data = _DECODER.decode(text if isinstance(text, str) else text.decode())
         except ValueError as error:
             raise SerializationError(f"stored value is not valid JSON: {error}") from error
-        return self._decode(data)
+        except RecursionError:
+            raise SerializationError(_TOO_DEEP_TO_READ) from None
+        try:
+            return self._decode(data)
+        except RecursionError:
+            raise SerializationError(_TOO_DEEP_TO_READ) from None
 
     def _decode(self, data: Any) -> Any:
         cls = data.__class__
@@ -572,7 +585,7 @@ class JsonSerializer:
         value = data.get("v")
         try:
             return self._decode_tagged(tag, data, value)
-        except SerializationError:
+        except (SerializationError, RecursionError):  # (loads() names a RecursionError)
             raise
         except Exception as error:
             raise SerializationError(f"cannot read stored {tag} value: {error}") from error

@@ -34,7 +34,10 @@ def lenient(serializer: JsonSerializer, text: str | None) -> Any:
     try:
         return serializer.loads(text)
     except SerializationError:
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError):  # not JSON, or too deep to read: as stored
+            return text
 
 
 def step_value(serializer: JsonSerializer, text: str | None, exact_as: str | None) -> Any:
