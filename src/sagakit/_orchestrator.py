@@ -442,6 +442,10 @@ class SagaOrchestrator:
             if announce:
                 await self._emit(run, ON_SAGA_STARTED)
             while True:
+                if task.cancelling() > run.cancel_base:
+                    # The caller's cancellation, caught and swallowed (by the step that
+                    # just returned, or a listener): the saga stops all the same.
+                    raise asyncio.CancelledError
                 if listed is not None:
                     if index == len(listed):
                         break
@@ -492,6 +496,8 @@ class SagaOrchestrator:
                         record.error = None  # the last attempt's, shown while it waited
                     if observe:
                         await self._emit(run, ON_STEP_STARTED, record, attempt)
+                        if task.cancelling() > run.cancel_base:  # a listener swallowed it
+                            raise asyncio.CancelledError
                     failure: StepFailed | None = None
                     error: BaseException | None = None
                     started = now()
@@ -527,6 +533,10 @@ class SagaOrchestrator:
                         except Exception as raised:
                             run.deadline = NO_DEADLINE
                             if not run.timed_out:
+                                if task.cancelling() > run.cancel_base:
+                                    # It turned the caller's cancellation into an error:
+                                    # interrupted by that cancellation, not retried.
+                                    raise asyncio.CancelledError from raised
                                 error = raised
                             elif claim_timeout(run):  # it turned its timeout into another error
                                 failure = timeout_error(index, spec.name, now() - started, timeout)
@@ -570,6 +580,8 @@ class SagaOrchestrator:
                                 run, ON_STEP_RETRYING, record, attempt, error=error or failure
                             )
                         await self._pause(policy.delay(attempt))
+                        if task.cancelling() > run.cancel_base:  # the sleep swallowed it
+                            raise asyncio.CancelledError
                         continue
                     # Failed for good: mark it, and queue it for compensation if its
                     # options say so.
@@ -711,6 +723,16 @@ class SagaOrchestrator:
                 run.status = SAGA_FAILED
                 await self._finish(run)
                 raise
+            if task.cancelling() > run.cancel_base:
+                # A compensation (or a listener) swallowed the caller's cancellation: the
+                # work is done, and the caller gets its CancelledError, not the failure.
+                swallowed: asyncio.CancelledError | None = asyncio.CancelledError()
+                assert swallowed is not None
+                await self._finish_before(run, swallowed)
+                try:
+                    raise swallowed from failure
+                finally:
+                    swallowed = None  # as failure: no exception kept in this frame's locals
             await self._finish(run)
             if isinstance(failure, SagaRunError):
                 failure.saga_id = run.id
@@ -754,6 +776,8 @@ class SagaOrchestrator:
                 await self._emit(run, ON_SAGA_FINISHED)
         else:
             await self._end(run, announce)
+        if task.cancelling() > run.cancel_base:  # a listener of its end swallowed it
+            raise asyncio.CancelledError
         return events.copy()
 
     def _replayed(self, run: SagaRun, index: int, call: StepCall[Any], done: list[_Done]) -> Any:
