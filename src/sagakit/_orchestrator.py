@@ -103,6 +103,19 @@ def _end_running_step(steps: list[StepRun], acted: StepRun | None, failure: Base
         _end_running(steps, described if steps[-1] is acted else f"not started: {described}")
 
 
+def handed_back_with(run: SagaRun) -> bool:
+    """Whether ``run`` was started (by a step) inside a recovered run that its recovery's
+    cancellation hands back: ``run`` is then handed back with it, not compensated, for the
+    step's rerun to finish it (a cancellation from inside that step — its timeout, an
+    ``asyncio.timeout`` around the inner ``execute()`` — is not such a one)."""
+    parent = run.parent
+    while parent is not None:
+        if parent.handing_back:
+            return True
+        parent = parent.parent
+    return False
+
+
 def _chain(pending: BaseException, error: BaseException) -> None:
     """Make ``error`` (raised while ``pending`` was on its way out, and not raised in
     its place) the ``__context__`` of ``pending``, before what was there."""
@@ -658,10 +671,11 @@ class SagaOrchestrator:
             await self._stopped(run, lost)
             raise
         except asyncio.CancelledError as cancelled:
-            if hand_back:
+            if hand_back or (self._durable and handed_back_with(run)):
                 # A cancelled recovery (Ctrl-C, a shutdown): leave the saga as a crash
                 # leaves it, for the next recovery to finish per its policy, rather
-                # than undo it against that policy. Nothing more is run or told.
+                # than undo it against that policy. Nothing more is run or told. So is
+                # a saga a step of it executes: that step runs again, and finishes it.
                 close_driver(driver, run.name, run.id)
                 await self._stopped(run, asyncio.CancelledError(HANDED_BACK))
                 raise

@@ -39,6 +39,7 @@ from ._sagas import (
     registered_saga,
     registered_sagas,
 )
+from ._shielding import wait_out
 from ._steps import StepCall
 from .exceptions import (
     LeaseLost,
@@ -310,6 +311,32 @@ def _rebuild(
     return run
 
 
+async def _drive_recovered(
+    orchestrator: SagaOrchestrator, run: SagaRun, driver: StepDriver, replay: int
+) -> None:
+    """Resume ``run`` in a task of its own, so that a cancellation of this one (the
+    recovery's caller's) is told apart from one inside the run (a step's timeout): the run
+    is marked ``handing_back`` before it is cancelled, and a saga its step executes is
+    handed back with it rather than compensated (see ``handed_back_with``)."""
+    recovering = asyncio.current_task()
+    assert recovering is not None, "sagakit runs inside an asyncio task"
+    base = recovering.cancelling()
+    driving = asyncio.ensure_future(orchestrator._drive(run, driver, replay, hand_back=True))
+    try:
+        await asyncio.shield(driving)
+    except asyncio.CancelledError:
+        if recovering.cancelling() <= base:
+            raise  # the run's own outcome: it was not this task that was cancelled
+        run.handing_back = True
+        driving.cancel()
+        await wait_out(driving)  # until it has handed the saga back, whatever cancels us
+        if not driving.cancelled():
+            ended = driving.exception()
+            if ended is not None and not isinstance(ended, Exception):
+                raise ended from None  # "the process died" (a simulated crash) meanwhile
+        raise
+
+
 async def _recover_one(
     orchestrator: SagaOrchestrator, store: RecoverableStore, orphan: OrphanedSaga
 ) -> RecoveryOutcome:
@@ -366,7 +393,7 @@ async def _finish_claimed(
     if not compensate:
         try:
             driver = _continued(calls, body)
-            await orchestrator._drive(run, driver, replay=len(done), hand_back=True)
+            await _drive_recovered(orchestrator, run, driver, len(done))
         except LeaseLost:
             raise  # another worker owns the saga now: its outcome is that worker's
         except SagaError as error:

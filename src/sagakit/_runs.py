@@ -247,6 +247,7 @@ class SagaRun:
         "events",
         "explicit_id",
         "finished_mono",
+        "handing_back",
         "id",
         "listeners",
         "name",
@@ -309,6 +310,10 @@ class SagaRun:
         # While it runs: the run in whose step (or a task started there) it was started,
         # None at the top level. Fault injection aims ``index`` faults by it.
         self.parent: SagaRun | None = None
+        # A recovered run whose recovery was cancelled by its caller: it is being handed
+        # back, and so is any saga a step of it executes on a durable store (see
+        # _orchestrator.handed_back_with).
+        self.handing_back = False
 
     @property
     def steps_executed(self) -> int:
