@@ -48,6 +48,8 @@ from ._notify import Listener, level_of, logger, tell, tell_each
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import (
+    CANCELLED,
+    CANCELLED_ERROR,
     NOT_COMPENSATED,
     UNRECORDED,
     SagaRun,
@@ -679,22 +681,27 @@ class SagaOrchestrator:
                 close_driver(driver, run.name, run.id)
                 await self._stopped(run, asyncio.CancelledError(HANDED_BACK))
                 raise
+            interrupted: StepRun | None = None
             if steps and steps[-1].status is STEP_RUNNING:
                 record = steps[-1]
                 record.status = STEP_FAILED
                 if acted is not record:  # cancelled while its start was being recorded
+                    # (Its start may not be in the log, nor told: its end is written with
+                    # the run's, see interrupted_step.)
                     record.error = "CancelledError: cancelled before the step started"
                 else:
                     # Interrupted mid-step (``call`` is that step's): its effect is
                     # unknown, so it is undone like a timed-out step.
-                    record.error = "CancelledError: the saga was cancelled"
+                    record.error = CANCELLED_ERROR
+                    interrupted = record
                     if call._spec.compensate_on_timeout:
                         done.append((record, call, None))
             close_driver(driver, run.name, run.id)
-            run.error = "CancelledError: the saga was cancelled"
+            run.error = CANCELLED_ERROR
             try:
                 # To its end whatever cancels us again; then its outcome, as if awaited.
-                (await wait_out(self._compensate(run, done, None, faults, observe))).result()
+                undo = self._undo_cancelled(run, interrupted, done, faults, observe)
+                (await wait_out(undo)).result()
             except SimulatedCrash as crash:
                 self._crashed(run, crash)
                 raise  # "the process died": nothing more is run or recorded
@@ -943,6 +950,39 @@ class SagaOrchestrator:
         ``SAGA_STOPPED`` instead of an end the log may not have."""
         status = SAGA_COMPENSATING if run.compensations else SAGA_EXECUTING
         await self._tell_stopped(run, status, why)
+
+    async def _undo_cancelled(
+        self,
+        run: SagaRun,
+        interrupted: StepRun | None,
+        done: list[_Done],
+        faults: FaultPlan | None,
+        observe: bool,
+    ) -> CompensationFailed | None:
+        """A cancelled run: record the end of the step the cancellation ``interrupted``
+        (``STEP_FAILED``, before anything is undone: a log that keeps it shows why the step
+        ended, whatever stops the compensations), then compensate ``done``."""
+        if interrupted is not None and (
+            observe or logger.isEnabledFor(level_of(ON_STEP_FAILED, run.status))
+        ):
+            try:
+                await self._emit(
+                    run,
+                    ON_STEP_FAILED,
+                    interrupted,
+                    interrupted.attempts,
+                    error=asyncio.CancelledError(CANCELLED),
+                )
+            except Exception as unrecorded:  # StoreError: the run's end writes it again
+                _warn(
+                    run,
+                    "sagakit: saga %s (%s), cancelled, could not record the end of step %d: %s",
+                    run.name,
+                    run.id,
+                    interrupted.index,
+                    describe_error(unrecorded),
+                )
+        return await self._compensate(run, done, None, faults, observe)
 
     async def _compensate(
         self,

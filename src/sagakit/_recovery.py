@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from ._checks import check_count
 from ._hooks import SimulatedCrash, active_faults
 from ._runs import (
+    CANCELLED_ERROR,
     CRASHED,
     SagaRun,
     StepRun,
@@ -406,10 +407,11 @@ async def _finish_claimed(
         (record, call, record.result) for record, call in zip(run.steps, calls, strict=False)
     ]
     if stopped is not None and len(calls) > len(done):
-        # The step that failed, timed out or was interrupted: compensate it when its
-        # options say so (an interrupted step's effect is unknown, like a timeout).
+        # The step that failed, timed out or was interrupted (by a crash, or by the
+        # saga's cancellation): compensate it when its options say so (an interrupted
+        # step's effect is unknown, like a timeout).
         step = calls[len(done)]._step
-        if stopped.status is StepStatus.FAILED:
+        if stopped.status is StepStatus.FAILED and stopped.error != CANCELLED_ERROR:
             wanted = step.compensate_on_failure
         else:
             wanted = step.compensate_on_timeout

@@ -166,6 +166,14 @@ def new_step_run(index: int, name: str, compensation: bool = False) -> StepRun:
 CRASHED = "interrupted by a crash of its process"
 """The error of a step or compensation its process died in, as recovery records it."""
 
+CANCELLED = "the saga was cancelled"
+"""The message of the ``CancelledError`` a step the saga's cancellation interrupted is
+recorded ``FAILED`` with (its error ``"CancelledError: the saga was cancelled"``): recovery
+tells it from a step that raised by it, and compensates it as a timed-out step."""
+
+CANCELLED_ERROR = f"CancelledError: {CANCELLED}"
+"""The recorded error of a step (and saga) the saga's cancellation interrupted."""
+
 UNRECORDED = "not recorded: "
 """The start of the error of a compensation the run ended in because one of its
 transitions could not be recorded (a ``StoreError``)."""
