@@ -112,6 +112,9 @@ async def recover(
     if not store.durable:
         return []  # an in-memory store's sagas died with their process
     recoverable = _recoverable(store)
+    task = asyncio.current_task()
+    assert task is not None, "sagakit runs inside an asyncio task"
+    base = task.cancelling()
     outcomes: list[RecoveryOutcome] = []
     while limit is None or len(outcomes) < limit:
         orphans = await _claim_next(recoverable, max_attempts)
@@ -121,6 +124,10 @@ async def recover(
             outcome = await _finish_orphan(orchestrator, recoverable, orphan)
             if outcome is not None:
                 outcomes.append(outcome)
+            if task.cancelling() > base:
+                # Its cancellation, caught and swallowed (by a compensation, which runs to
+                # its end): the saga is finished, and recovery stops there all the same.
+                raise asyncio.CancelledError
     return outcomes
 
 
