@@ -152,3 +152,31 @@ async def test_a_recovered_step_timing_out_still_compensates_its_inner_saga(
         assert inner.status is SagaStatus.COMPENSATED
         assert await recovering.recover() == []
     assert effects == ["authorize o2", "capture o2", "void o2"]
+
+
+@pytest.mark.asyncio
+async def test_an_adopted_inner_saga_cut_short_by_its_steps_timeout_is_compensated(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Regression: the process died inside the inner saga; recovery resumed the order,
+    # whose step executed the inner id and so recovered it (adopt). That step timed out:
+    # the inner saga's recovery took the timeout's cancellation for its caller's and
+    # handed the inner saga back, while the order was compensated; the next recovery
+    # then resumed the inner saga and captured the payment of a compensated order.
+    store = durable_store()
+    with FaultInjector().crash(cnr_capture), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(cnr_brief_order("o3"), saga_id="order-1")
+    await simulate_restart(store)
+    await store.close()
+    gates["capture"] = asyncio.Event()  # never set: the capture outlasts the step's timeout
+    gates["capturing"] = asyncio.Event()
+    async with SagaOrchestrator(durable_store()) as recovering:
+        outcomes = await recovering.recover()
+        assert [(o.saga_id, o.status) for o in outcomes] == [("order-1", SagaStatus.COMPENSATED)]
+        inner = await recovering.get_saga("order-1:0/payment")
+        assert inner is not None
+        assert inner.status is SagaStatus.COMPENSATED
+    gates.clear()
+    async with SagaOrchestrator(durable_store()) as restarted:
+        assert await restarted.recover() == []  # nothing left to capture later
+    assert effects == ["authorize o3", "capture o3", "void o3"]

@@ -57,6 +57,7 @@ from ._runs import (
     current_run,
     describe_error,
     events_of,
+    handed_back_with,
     storable_text,
 )
 from ._sagas import SagaDefinition, SagaFunction, StepDriver, _check_call, _check_id, close_driver
@@ -103,19 +104,6 @@ def _end_running_step(steps: list[StepRun], acted: StepRun | None, failure: Base
     if steps and steps[-1].status is STEP_RUNNING:
         described = describe_error(failure)
         _end_running(steps, described if steps[-1] is acted else f"not started: {described}")
-
-
-def handed_back_with(run: SagaRun) -> bool:
-    """Whether ``run`` was started (by a step) inside a recovered run that its recovery's
-    cancellation hands back: ``run`` is then handed back with it, not compensated, for the
-    step's rerun to finish it (a cancellation from inside that step — its timeout, an
-    ``asyncio.timeout`` around the inner ``execute()`` — is not such a one)."""
-    parent = run.parent
-    while parent is not None:
-        if parent.handing_back:
-            return True
-        parent = parent.parent
-    return False
 
 
 def _chain(pending: BaseException, error: BaseException) -> None:
@@ -424,7 +412,8 @@ class SagaOrchestrator:
         generator over them would yield, without resuming one per step and its
         ``StopIteration``.
 
-        ``hand_back`` (recovery): cancelled, stop as a crash would, without compensating.
+        ``hand_back`` (recovery): cancelled, stop as a crash would, without compensating
+        (unless ``run.handing_back`` was set ``False``: see ``_recovery._drive_recovered``).
         """
         loop = asyncio.get_running_loop()
         watchdog = self._watchdog  # self._watch(loop), without the call: this runs per saga
@@ -673,7 +662,9 @@ class SagaOrchestrator:
             await self._stopped(run, lost)
             raise
         except asyncio.CancelledError as cancelled:
-            if hand_back or (self._durable and handed_back_with(run)):
+            if (hand_back and run.handing_back is not False) or (
+                self._durable and handed_back_with(run)
+            ):
                 # A cancelled recovery (Ctrl-C, a shutdown): leave the saga as a crash
                 # leaves it, for the next recovery to finish per its policy, rather
                 # than undo it against that policy. Nothing more is run or told. So is

@@ -30,6 +30,7 @@ from ._runs import (
     current_run,
     describe_error,
     enter_run,
+    handed_back_with,
     leave_run,
     new_step_run,
 )
@@ -325,17 +326,25 @@ async def _drive_recovered(
     """Resume ``run`` in a task of its own, so that a cancellation of this one (the
     recovery's caller's) is told apart from one inside the run (a step's timeout): the run
     is marked ``handing_back`` before it is cancelled, and a saga its step executes is
-    handed back with it rather than compensated (see ``handed_back_with``)."""
+    handed back with it rather than compensated (see ``handed_back_with``).
+
+    Recovered by a step (``execute()`` of an orphan's id, see :func:`adopt`), ``run`` is
+    handed back only with the run of that step; a cancellation from inside that step (its
+    timeout, an ``asyncio.timeout``) undoes it, as it would a saga the step executed
+    afresh: handed back, it would be resumed later behind that run's back."""
     recovering = asyncio.current_task()
     assert recovering is not None, "sagakit runs inside an asyncio task"
     base = recovering.cancelling()
+    enclosing = current_run.get()
     driving = asyncio.ensure_future(orchestrator._drive(run, driver, replay, hand_back=True))
     try:
         await asyncio.shield(driving)
     except asyncio.CancelledError:
         if recovering.cancelling() <= base:
             raise  # the run's own outcome: it was not this task that was cancelled
-        run.handing_back = True
+        run.handing_back = (
+            enclosing is None or enclosing.handing_back is True or handed_back_with(enclosing)
+        )
         driving.cancel()
         await wait_out(driving)  # until it has handed the saga back, whatever cancels us
         if not driving.cancelled():

@@ -237,6 +237,19 @@ def unended(view: SagaRunView) -> list[StepRun]:
     return records
 
 
+def handed_back_with(run: SagaRun) -> bool:
+    """Whether ``run`` was started (by a step) inside a recovered run that its recovery's
+    cancellation hands back: ``run`` is then handed back with it, not compensated, for the
+    step's rerun to finish it (a cancellation from inside that step — its timeout, an
+    ``asyncio.timeout`` around the inner ``execute()`` — is not such a one)."""
+    parent = run.parent
+    while parent is not None:
+        if parent.handing_back is True:
+            return True
+        parent = parent.parent
+    return False
+
+
 _next_number = itertools.count(1).__next__
 """The number of the next run in this process (``Transition.run_number``)."""
 
@@ -319,9 +332,10 @@ class SagaRun:
         # None at the top level. Fault injection aims ``index`` faults by it.
         self.parent: SagaRun | None = None
         # A recovered run whose recovery was cancelled by its caller: it is being handed
-        # back, and so is any saga a step of it executes on a durable store (see
-        # _orchestrator.handed_back_with).
-        self.handing_back = False
+        # back (True), and so is any saga a step of it executes on a durable store (see
+        # handed_back_with); False: a recovered run cancelled from inside
+        # the step that recovers it (adopt), undone as that step's execute() would be.
+        self.handing_back: bool | None = None
 
     @property
     def steps_executed(self) -> int:
