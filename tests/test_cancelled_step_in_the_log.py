@@ -8,8 +8,9 @@ writes it (docs/concepts/cancellation.md: "recorded as FAILED").
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,10 +21,13 @@ from sagakit import (
     SagaStatus,
     SQLiteStore,
     StepStatus,
+    Transition,
+    TransitionKind,
     saga,
     step,
 )
 from sagakit.stores import MemoryStore, SagaStore
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
 waiting: asyncio.Event | None = None
 
@@ -103,3 +107,105 @@ async def test_postgres_store_records_the_cancelled_step_failed(
         StepStatus.FAILED,
         "CancelledError: the saga was cancelled",
     )
+
+
+@pytest.mark.asyncio
+async def test_listeners_hear_the_cancelled_step_fail_before_it_is_compensated() -> None:
+    # Regression: no transition ended the interrupted step; listeners heard its start,
+    # then compensations, then the saga's end.
+    global waiting
+    waiting = asyncio.Event()
+    heard: list[Transition] = []
+    orchestrator = SagaOrchestrator(listeners=[heard.append])
+    task = asyncio.create_task(orchestrator.execute(csl_order("book"), saga_id="cancelled-2"))
+    await waiting.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    after_start = [
+        (t.kind, t.step_name) for t in heard if t.kind is not TransitionKind.SAGA_STARTED
+    ]
+    assert after_start == [
+        (TransitionKind.STEP_STARTED, "csl_reserve"),
+        (TransitionKind.STEP_COMPLETED, "csl_reserve"),
+        (TransitionKind.STEP_STARTED, "csl_wait"),
+        (TransitionKind.STEP_FAILED, "csl_wait"),
+        (TransitionKind.COMPENSATION_STARTED, "csl_reserve"),
+        (TransitionKind.COMPENSATION_COMPLETED, "csl_reserve"),
+        (TransitionKind.SAGA_FINISHED, None),
+    ]
+    failed = heard[4]
+    assert isinstance(failed.error, asyncio.CancelledError)
+    assert str(failed.error) == "the saga was cancelled"
+    assert failed.step_index == 1
+
+
+effects: list[str] = []
+
+
+@step
+async def csl_charge(order: str) -> str:
+    effects.append("charge")
+    return "charged"
+
+
+@csl_charge.compensate
+async def csl_refund(order: str) -> None:
+    effects.append("refund")
+
+
+@step
+async def csl_hold(order: str) -> None:
+    assert waiting is not None
+    waiting.set()
+    await asyncio.sleep(10)  # the caller cancels the saga here
+
+
+@csl_hold.compensate
+async def csl_release_hold(order: str) -> None:
+    effects.append("release hold")
+
+
+@saga
+def csl_checkout(order: str):  # type: ignore[no-untyped-def]
+    yield csl_charge(order)
+    yield csl_hold(order)
+
+
+@pytest.mark.asyncio
+async def test_the_cancelled_step_is_in_the_log_before_its_compensations(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Regression: the log had the interrupted step RUNNING until the run's end; a process
+    # dying while compensating left it so, and recovery recorded it "interrupted by a
+    # crash of its process", though the saga had been cancelled.
+    global waiting
+    waiting = asyncio.Event()
+    effects.clear()
+    store = durable_store()
+    orchestrator = SagaOrchestrator(store)
+    with FaultInjector().crash(csl_charge, compensation=True):
+        task = asyncio.create_task(orchestrator.execute(csl_checkout("o"), saga_id="co-1"))
+        await waiting.wait()
+        task.cancel()  # compensates; "the process dies" as it refunds
+        with pytest.raises(SimulatedCrash):
+            await task
+    await simulate_restart(store)
+    await store.close()
+
+    async with SagaOrchestrator(durable_store()) as restarted:
+        logged = await restarted.get_saga("co-1")
+        assert logged is not None
+        assert logged.status is SagaStatus.COMPENSATING
+        assert (logged.steps[1].status, logged.steps[1].error) == (
+            StepStatus.FAILED,
+            "CancelledError: the saga was cancelled",
+        )
+        outcomes = await restarted.recover()
+        assert [(o.saga_id, o.status) for o in outcomes] == [("co-1", SagaStatus.COMPENSATED)]
+        recovered = await restarted.get_saga("co-1")
+    assert recovered is not None
+    assert recovered.steps[1].error == "CancelledError: the saga was cancelled"
+    # The interrupted step was undone before the crash, and not again; the refund the
+    # crash interrupted runs again.
+    assert effects == ["charge", "release hold", "refund"]

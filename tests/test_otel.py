@@ -227,7 +227,7 @@ async def test_concurrent_sagas_keep_their_spans_apart() -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_cancelled_step_span_is_ended_as_interrupted() -> None:
+async def test_a_cancelled_step_span_is_ended_as_failed_by_the_cancellation() -> None:
     started = asyncio.Event()
 
     @step
@@ -247,7 +247,14 @@ async def test_a_cancelled_step_span_is_ended_as_interrupted() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     spans = _by_name(exporter.get_finished_spans())
-    assert spans["step wait_forever"].status.description == "interrupted"
+    # Ended by its STEP_FAILED (it was ended "interrupted" at the saga's end, when no
+    # transition told the step's end).
+    interrupted = spans["step wait_forever"]
+    assert interrupted.status.status_code is StatusCode.ERROR
+    assert interrupted.status.description == "CancelledError: the saga was cancelled"
+    assert [e.attributes["exception.message"] for e in interrupted.events] == [  # type: ignore[index]
+        "the saga was cancelled"
+    ]
     assert spans["compensate reserve"].status.status_code is StatusCode.OK
     assert spans["saga stuck"].status.description == "saga ended compensated"
 

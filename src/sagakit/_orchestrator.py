@@ -48,6 +48,8 @@ from ._notify import Listener, level_of, logger, tell, tell_each
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import (
+    CANCELLED,
+    CANCELLED_ERROR,
     NOT_COMPENSATED,
     UNRECORDED,
     SagaRun,
@@ -56,6 +58,7 @@ from ._runs import (
     cut,
     describe_error,
     events_of,
+    handed_back_with,
     storable_text,
 )
 from ._sagas import SagaDefinition, SagaFunction, StepDriver, _check_call, _check_id, close_driver
@@ -410,7 +413,8 @@ class SagaOrchestrator:
         generator over them would yield, without resuming one per step and its
         ``StopIteration``.
 
-        ``hand_back`` (recovery): cancelled, stop as a crash would, without compensating.
+        ``hand_back`` (recovery): cancelled, stop as a crash would, without compensating
+        (unless ``run.handing_back`` was set ``False``: see ``_recovery._drive_recovered``).
         """
         loop = asyncio.get_running_loop()
         watchdog = self._watchdog  # self._watch(loop), without the call: this runs per saga
@@ -443,6 +447,10 @@ class SagaOrchestrator:
             if announce:
                 await self._emit(run, ON_SAGA_STARTED)
             while True:
+                if task.cancelling() > run.cancel_base:
+                    # The caller's cancellation, caught and swallowed (by the step that
+                    # just returned, or a listener): the saga stops all the same.
+                    raise asyncio.CancelledError
                 if listed is not None:
                     if index == len(listed):
                         break
@@ -493,6 +501,8 @@ class SagaOrchestrator:
                         record.error = None  # the last attempt's, shown while it waited
                     if observe:
                         await self._emit(run, ON_STEP_STARTED, record, attempt)
+                        if task.cancelling() > run.cancel_base:  # a listener swallowed it
+                            raise asyncio.CancelledError
                     failure: StepFailed | None = None
                     error: BaseException | None = None
                     started = now()
@@ -528,6 +538,10 @@ class SagaOrchestrator:
                         except Exception as raised:
                             run.deadline = NO_DEADLINE
                             if not run.timed_out:
+                                if task.cancelling() > run.cancel_base:
+                                    # It turned the caller's cancellation into an error:
+                                    # interrupted by that cancellation, not retried.
+                                    raise asyncio.CancelledError from raised
                                 error = raised
                             elif claim_timeout(run):  # it turned its timeout into another error
                                 failure = timeout_error(index, spec.name, now() - started, timeout)
@@ -571,6 +585,8 @@ class SagaOrchestrator:
                                 run, ON_STEP_RETRYING, record, attempt, error=error or failure
                             )
                         await self._pause(policy.delay(attempt))
+                        if task.cancelling() > run.cancel_base:  # the sleep swallowed it
+                            raise asyncio.CancelledError
                         continue
                     # Failed for good: mark it, and queue it for compensation if its
                     # options say so.
@@ -647,29 +663,37 @@ class SagaOrchestrator:
             await self._stopped(run, lost)
             raise
         except asyncio.CancelledError as cancelled:
-            if hand_back:
+            if (hand_back and run.handing_back is not False) or (
+                self._durable and handed_back_with(run)
+            ):
                 # A cancelled recovery (Ctrl-C, a shutdown): leave the saga as a crash
                 # leaves it, for the next recovery to finish per its policy, rather
-                # than undo it against that policy. Nothing more is run or told.
+                # than undo it against that policy. Nothing more is run or told. So is
+                # a saga a step of it executes: that step runs again, and finishes it.
                 close_driver(driver, run.name, run.id)
                 await self._stopped(run, asyncio.CancelledError(HANDED_BACK))
                 raise
+            interrupted: StepRun | None = None
             if steps and steps[-1].status is STEP_RUNNING:
                 record = steps[-1]
                 record.status = STEP_FAILED
                 if acted is not record:  # cancelled while its start was being recorded
+                    # (Its start may not be in the log, nor told: its end is written with
+                    # the run's, see interrupted_step.)
                     record.error = "CancelledError: cancelled before the step started"
                 else:
                     # Interrupted mid-step (``call`` is that step's): its effect is
                     # unknown, so it is undone like a timed-out step.
-                    record.error = "CancelledError: the saga was cancelled"
+                    record.error = CANCELLED_ERROR
+                    interrupted = record
                     if call._spec.compensate_on_timeout:
                         done.append((record, call, None))
             close_driver(driver, run.name, run.id)
-            run.error = "CancelledError: the saga was cancelled"
+            run.error = CANCELLED_ERROR
             try:
                 # To its end whatever cancels us again; then its outcome, as if awaited.
-                (await wait_out(self._compensate(run, done, None, faults, observe))).result()
+                undo = self._undo_cancelled(run, interrupted, done, faults, observe)
+                (await wait_out(undo)).result()
             except SimulatedCrash as crash:
                 self._crashed(run, crash)
                 raise  # "the process died": nothing more is run or recorded
@@ -712,6 +736,16 @@ class SagaOrchestrator:
                 run.status = SAGA_FAILED
                 await self._finish(run)
                 raise
+            if task.cancelling() > run.cancel_base:
+                # A compensation (or a listener) swallowed the caller's cancellation: the
+                # work is done, and the caller gets its CancelledError, not the failure.
+                swallowed: asyncio.CancelledError | None = asyncio.CancelledError()
+                assert swallowed is not None
+                await self._finish_before(run, swallowed)
+                try:
+                    raise swallowed from failure
+                finally:
+                    swallowed = None  # as failure: no exception kept in this frame's locals
             await self._finish(run)
             if isinstance(failure, SagaRunError):
                 failure.saga_id = run.id
@@ -755,6 +789,8 @@ class SagaOrchestrator:
                 await self._emit(run, ON_SAGA_FINISHED)
         else:
             await self._end(run, announce)
+        if task.cancelling() > run.cancel_base:  # a listener of its end swallowed it
+            raise asyncio.CancelledError
         return events.copy()
 
     def _replayed(self, run: SagaRun, index: int, call: StepCall[Any], done: list[_Done]) -> Any:
@@ -906,6 +942,39 @@ class SagaOrchestrator:
         ``SAGA_STOPPED`` instead of an end the log may not have."""
         status = SAGA_COMPENSATING if run.compensations else SAGA_EXECUTING
         await self._tell_stopped(run, status, why)
+
+    async def _undo_cancelled(
+        self,
+        run: SagaRun,
+        interrupted: StepRun | None,
+        done: list[_Done],
+        faults: FaultPlan | None,
+        observe: bool,
+    ) -> CompensationFailed | None:
+        """A cancelled run: record the end of the step the cancellation ``interrupted``
+        (``STEP_FAILED``, before anything is undone: a log that keeps it shows why the step
+        ended, whatever stops the compensations), then compensate ``done``."""
+        if interrupted is not None and (
+            observe or logger.isEnabledFor(level_of(ON_STEP_FAILED, run.status))
+        ):
+            try:
+                await self._emit(
+                    run,
+                    ON_STEP_FAILED,
+                    interrupted,
+                    interrupted.attempts,
+                    error=asyncio.CancelledError(CANCELLED),
+                )
+            except Exception as unrecorded:  # StoreError: the run's end writes it again
+                _warn(
+                    run,
+                    "sagakit: saga %s (%s), cancelled, could not record the end of step %d: %s",
+                    run.name,
+                    run.id,
+                    interrupted.index,
+                    describe_error(unrecorded),
+                )
+        return await self._compensate(run, done, None, faults, observe)
 
     async def _compensate(
         self,

@@ -23,12 +23,14 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from ._checks import check_count
 from ._hooks import SimulatedCrash, active_faults
 from ._runs import (
+    CANCELLED_ERROR,
     CRASHED,
     SagaRun,
     StepRun,
     current_run,
     describe_error,
     enter_run,
+    handed_back_with,
     leave_run,
     new_step_run,
 )
@@ -39,6 +41,7 @@ from ._sagas import (
     registered_saga,
     registered_sagas,
 )
+from ._shielding import wait_out
 from ._steps import StepCall
 from .exceptions import (
     LeaseLost,
@@ -110,6 +113,9 @@ async def recover(
     if not store.durable:
         return []  # an in-memory store's sagas died with their process
     recoverable = _recoverable(store)
+    task = asyncio.current_task()
+    assert task is not None, "sagakit runs inside an asyncio task"
+    base = task.cancelling()
     outcomes: list[RecoveryOutcome] = []
     while limit is None or len(outcomes) < limit:
         orphans = await _claim_next(recoverable, max_attempts)
@@ -119,6 +125,10 @@ async def recover(
             outcome = await _finish_orphan(orchestrator, recoverable, orphan)
             if outcome is not None:
                 outcomes.append(outcome)
+            if task.cancelling() > base:
+                # Its cancellation, caught and swallowed (by a compensation, which runs to
+                # its end): the saga is finished, and recovery stops there all the same.
+                raise asyncio.CancelledError
     return outcomes
 
 
@@ -310,6 +320,40 @@ def _rebuild(
     return run
 
 
+async def _drive_recovered(
+    orchestrator: SagaOrchestrator, run: SagaRun, driver: StepDriver, replay: int
+) -> None:
+    """Resume ``run`` in a task of its own, so that a cancellation of this one (the
+    recovery's caller's) is told apart from one inside the run (a step's timeout): the run
+    is marked ``handing_back`` before it is cancelled, and a saga its step executes is
+    handed back with it rather than compensated (see ``handed_back_with``).
+
+    Recovered by a step (``execute()`` of an orphan's id, see :func:`adopt`), ``run`` is
+    handed back only with the run of that step; a cancellation from inside that step (its
+    timeout, an ``asyncio.timeout``) undoes it, as it would a saga the step executed
+    afresh: handed back, it would be resumed later behind that run's back."""
+    recovering = asyncio.current_task()
+    assert recovering is not None, "sagakit runs inside an asyncio task"
+    base = recovering.cancelling()
+    enclosing = current_run.get()
+    driving = asyncio.ensure_future(orchestrator._drive(run, driver, replay, hand_back=True))
+    try:
+        await asyncio.shield(driving)
+    except asyncio.CancelledError:
+        if recovering.cancelling() <= base:
+            raise  # the run's own outcome: it was not this task that was cancelled
+        run.handing_back = (
+            enclosing is None or enclosing.handing_back is True or handed_back_with(enclosing)
+        )
+        driving.cancel()
+        await wait_out(driving)  # until it has handed the saga back, whatever cancels us
+        if not driving.cancelled():
+            ended = driving.exception()
+            if ended is not None and not isinstance(ended, Exception):
+                raise ended from None  # "the process died" (a simulated crash) meanwhile
+        raise
+
+
 async def _recover_one(
     orchestrator: SagaOrchestrator, store: RecoverableStore, orphan: OrphanedSaga
 ) -> RecoveryOutcome:
@@ -366,7 +410,7 @@ async def _finish_claimed(
     if not compensate:
         try:
             driver = _continued(calls, body)
-            await orchestrator._drive(run, driver, replay=len(done), hand_back=True)
+            await _drive_recovered(orchestrator, run, driver, len(done))
         except LeaseLost:
             raise  # another worker owns the saga now: its outcome is that worker's
         except SagaError as error:
@@ -379,10 +423,11 @@ async def _finish_claimed(
         (record, call, record.result) for record, call in zip(run.steps, calls, strict=False)
     ]
     if stopped is not None and len(calls) > len(done):
-        # The step that failed, timed out or was interrupted: compensate it when its
-        # options say so (an interrupted step's effect is unknown, like a timeout).
+        # The step that failed, timed out or was interrupted (by a crash, or by the
+        # saga's cancellation): compensate it when its options say so (an interrupted
+        # step's effect is unknown, like a timeout).
         step = calls[len(done)]._step
-        if stopped.status is StepStatus.FAILED:
+        if stopped.status is StepStatus.FAILED and stopped.error != CANCELLED_ERROR:
             wanted = step.compensate_on_failure
         else:
             wanted = step.compensate_on_timeout

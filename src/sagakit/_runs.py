@@ -180,6 +180,14 @@ def new_step_run(index: int, name: str, compensation: bool = False) -> StepRun:
 CRASHED = "interrupted by a crash of its process"
 """The error of a step or compensation its process died in, as recovery records it."""
 
+CANCELLED = "the saga was cancelled"
+"""The message of the ``CancelledError`` a step the saga's cancellation interrupted is
+recorded ``FAILED`` with (its error ``"CancelledError: the saga was cancelled"``): recovery
+tells it from a step that raised by it, and compensates it as a timed-out step."""
+
+CANCELLED_ERROR = f"CancelledError: {CANCELLED}"
+"""The recorded error of a step (and saga) the saga's cancellation interrupted."""
+
 UNRECORDED = "not recorded: "
 """The start of the error of a compensation the run ended in because one of its
 transitions could not be recorded (a ``StoreError``)."""
@@ -243,6 +251,19 @@ def unended(view: SagaRunView) -> list[StepRun]:
     return records
 
 
+def handed_back_with(run: SagaRun) -> bool:
+    """Whether ``run`` was started (by a step) inside a recovered run that its recovery's
+    cancellation hands back: ``run`` is then handed back with it, not compensated, for the
+    step's rerun to finish it (a cancellation from inside that step — its timeout, an
+    ``asyncio.timeout`` around the inner ``execute()`` — is not such a one)."""
+    parent = run.parent
+    while parent is not None:
+        if parent.handing_back is True:
+            return True
+        parent = parent.parent
+    return False
+
+
 _next_number = itertools.count(1).__next__
 """The number of the next run in this process (``Transition.run_number``)."""
 
@@ -261,6 +282,7 @@ class SagaRun:
         "events",
         "explicit_id",
         "finished_mono",
+        "handing_back",
         "id",
         "listeners",
         "name",
@@ -323,6 +345,11 @@ class SagaRun:
         # While it runs: the run in whose step (or a task started there) it was started,
         # None at the top level. Fault injection aims ``index`` faults by it.
         self.parent: SagaRun | None = None
+        # A recovered run whose recovery was cancelled by its caller: it is being handed
+        # back (True), and so is any saga a step of it executes on a durable store (see
+        # handed_back_with); False: a recovered run cancelled from inside
+        # the step that recovers it (adopt), undone as that step's execute() would be.
+        self.handing_back: bool | None = None
 
     @property
     def steps_executed(self) -> int:

@@ -1,0 +1,77 @@
+"""A compensation that swallows the cancellation of ``recover()``: recovery stops there.
+
+Regression: the compensation caught the cancellation and returned; the saga ended
+compensated (as it should: a compensation runs to its end) but ``recover()`` went on
+claiming and finishing the next orphans, and returned as if never cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sagakit import SagaOrchestrator, SagaStatus, saga, step
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+
+effects: list[str] = []
+undoing: asyncio.Event | None = None
+
+
+@step
+async def csr_book(order: str) -> str:
+    effects.append(f"book {order}")
+    return order
+
+
+@csr_book.compensate
+async def csr_unbook(order: str) -> None:
+    assert undoing is not None
+    undoing.set()
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        effects.append(f"swallowed while unbooking {order}")
+    effects.append(f"unbook {order}")
+
+
+@step
+async def csr_ship(order: str) -> str:
+    return order
+
+
+@saga(recovery="compensate")
+def csr_order(order: str) -> Any:
+    yield csr_book(order)
+    yield csr_ship(order)
+
+
+@pytest.mark.asyncio
+async def test_recover_stops_when_a_compensation_swallowed_its_cancellation(
+    durable_store: Callable[[], Any],
+) -> None:
+    global undoing
+    undoing = asyncio.Event()
+    effects.clear()
+    store = durable_store()
+    for order in ("o1", "o2"):
+        with FaultInjector().crash(csr_ship), pytest.raises(SimulatedCrash):
+            await SagaOrchestrator(store).execute(csr_order(order), saga_id=order)
+    await simulate_restart(store)
+    await store.close()
+
+    async with SagaOrchestrator(durable_store()) as recovering:
+        task = asyncio.create_task(recovering.recover())
+        await undoing.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        first = await recovering.get_saga("o1")
+        second = await recovering.get_saga("o2")
+    assert first is not None
+    assert first.status is SagaStatus.COMPENSATED  # its compensation ran to its end
+    assert second is not None
+    assert second.status is SagaStatus.EXECUTING  # left for the next recovery
+    assert effects == ["book o1", "book o2", "swallowed while unbooking o1", "unbook o1"]

@@ -1,0 +1,182 @@
+"""A cancelled ``recover()`` while the step it resumes runs an inner saga."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sagakit import SagaOrchestrator, SagaStatus, current_step, saga, step
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+
+effects: list[str] = []
+gates: dict[str, asyncio.Event] = {}
+
+
+@step
+async def cnr_authorize(order: str) -> str:
+    effects.append(f"authorize {order}")
+    return f"auth-{order}"
+
+
+@cnr_authorize.compensate
+async def cnr_void(order: str) -> None:
+    effects.append(f"void {order}")
+
+
+@step
+async def cnr_capture(order: str) -> str:
+    effects.append(f"capture {order}")
+    gate = gates.get("capture")
+    if gate is not None:
+        gates["capturing"].set()
+        await gate.wait()
+    return f"captured-{order}"
+
+
+@saga
+def cnr_payment(order: str) -> Any:
+    yield cnr_authorize(order)
+    yield cnr_capture(order)
+
+
+@step
+async def cnr_pay(order: str) -> list[Any]:
+    context = current_step()
+    assert context is not None
+    inner = f"{context.idempotency_key}/payment"
+    return await context.orchestrator.execute(cnr_payment(order), saga_id=inner)
+
+
+@cnr_pay.compensate
+async def cnr_refund(order: str) -> None:
+    effects.append(f"refund {order}")
+
+
+@step
+async def cnr_ship(order: str) -> str:
+    effects.append(f"ship {order}")
+    return f"shipped-{order}"
+
+
+@saga
+def cnr_order(order: str) -> Any:
+    yield cnr_pay(order)
+    yield cnr_ship(order)
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    effects.clear()
+    gates.clear()
+
+
+async def _crashed_before_paying(
+    durable_store: Callable[[], Any], saga: Any, pay: Any = cnr_pay
+) -> None:
+    """``saga`` ("order-1") started, and its process died as its ``pay`` step began."""
+    store = durable_store()
+    with FaultInjector().crash(pay), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(saga, saga_id="order-1")
+    await simulate_restart(store)
+    await store.close()
+    assert effects == []
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_recovery_hands_back_the_inner_saga_of_its_step_too(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Regression: recovery resumed the order at its payment step, which executed the
+    # payment saga afresh; cancelling recover() while it captured compensated the payment
+    # (voided), and the next recovery ran the step again: the payment was authorized a
+    # second time. The inner saga is now handed back with the outer one, as a crash would
+    # leave both, and the step's rerun resumes it where it stopped.
+    await _crashed_before_paying(durable_store, cnr_order("o1"))
+    gates["capture"] = asyncio.Event()
+    gates["capturing"] = asyncio.Event()
+    async with SagaOrchestrator(durable_store()) as recovering:
+        task = asyncio.create_task(recovering.recover())
+        await gates["capturing"].wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        inner = await recovering.get_saga("order-1:0/payment")
+        assert inner is not None
+        assert inner.status is SagaStatus.EXECUTING  # as a crash leaves it: not compensated
+    assert effects == ["authorize o1", "capture o1"]
+
+    gates.clear()
+    async with SagaOrchestrator(durable_store()) as restarted:
+        outcomes = await restarted.recover()
+        assert [(o.saga_id, o.status) for o in outcomes] == [("order-1", SagaStatus.COMPLETED)]
+        inner = await restarted.get_saga("order-1:0/payment")
+        assert inner is not None
+        assert inner.status is SagaStatus.COMPLETED
+        assert await restarted.recover() == []
+    # The interrupted capture runs again (same idempotency key); authorize does not.
+    assert effects == ["authorize o1", "capture o1", "capture o1", "ship o1"]
+
+
+@step(timeout=0.2)
+async def cnr_pay_briefly(order: str) -> list[Any]:
+    context = current_step()
+    assert context is not None
+    inner = f"{context.idempotency_key}/payment"
+    return await context.orchestrator.execute(cnr_payment(order), saga_id=inner)
+
+
+@saga
+def cnr_brief_order(order: str) -> Any:
+    yield cnr_pay_briefly(order)
+    yield cnr_ship(order)
+
+
+@pytest.mark.asyncio
+async def test_a_recovered_step_timing_out_still_compensates_its_inner_saga(
+    durable_store: Callable[[], Any],
+) -> None:
+    # The inner saga is handed back only when the recovery's caller cancelled it: cut
+    # short by its step's own timeout, it is compensated as in any run, and the order
+    # with it (handed back, it would be resumed later and capture for a compensated order).
+    await _crashed_before_paying(durable_store, cnr_brief_order("o2"), cnr_pay_briefly)
+    gates["capture"] = asyncio.Event()  # never set: the capture outlasts the step's timeout
+    gates["capturing"] = asyncio.Event()
+    async with SagaOrchestrator(durable_store()) as recovering:
+        outcomes = await recovering.recover()
+        assert [(o.saga_id, o.status) for o in outcomes] == [("order-1", SagaStatus.COMPENSATED)]
+        inner = await recovering.get_saga("order-1:0/payment")
+        assert inner is not None
+        assert inner.status is SagaStatus.COMPENSATED
+        assert await recovering.recover() == []
+    assert effects == ["authorize o2", "capture o2", "void o2"]
+
+
+@pytest.mark.asyncio
+async def test_an_adopted_inner_saga_cut_short_by_its_steps_timeout_is_compensated(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Regression: the process died inside the inner saga; recovery resumed the order,
+    # whose step executed the inner id and so recovered it (adopt). That step timed out:
+    # the inner saga's recovery took the timeout's cancellation for its caller's and
+    # handed the inner saga back, while the order was compensated; the next recovery
+    # then resumed the inner saga and captured the payment of a compensated order.
+    store = durable_store()
+    with FaultInjector().crash(cnr_capture), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(cnr_brief_order("o3"), saga_id="order-1")
+    await simulate_restart(store)
+    await store.close()
+    gates["capture"] = asyncio.Event()  # never set: the capture outlasts the step's timeout
+    gates["capturing"] = asyncio.Event()
+    async with SagaOrchestrator(durable_store()) as recovering:
+        outcomes = await recovering.recover()
+        assert [(o.saga_id, o.status) for o in outcomes] == [("order-1", SagaStatus.COMPENSATED)]
+        inner = await recovering.get_saga("order-1:0/payment")
+        assert inner is not None
+        assert inner.status is SagaStatus.COMPENSATED
+    gates.clear()
+    async with SagaOrchestrator(durable_store()) as restarted:
+        assert await restarted.recover() == []  # nothing left to capture later
+    assert effects == ["authorize o3", "capture o3", "void o3"]
