@@ -363,7 +363,45 @@ async def test_typo(saga_orchestrator, saga_faults):
     )
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(["*no step is named 'shpi' (did you mean 'ship'?)*"])
+    result.stdout.fnmatch_lines(
+        ["*_ ERROR at teardown of test_typo _*", "FaultInjector: no step is named 'shpi' (*"]
+    )
+    result.stdout.no_fnmatch_line("*contextlib*")  # the message alone, not the fixture's code
+
+
+def test_a_misspelt_step_is_named_on_the_failure_it_caused(pytester: pytest.Pytester) -> None:
+    # The fault never fired, so pytest.raises saw nothing: the test's own failure says
+    # why, once, rather than a separate error at teardown with the fixture's internals.
+    _ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+@pytest.mark.asyncio
+async def test_typo(saga_orchestrator, saga_faults):
+    saga_faults.fail("shpi")
+    with pytest.raises(StepFailed):
+        await saga_orchestrator.execute(order("x"))
+
+def test_skipped(saga_faults):
+    saga_faults.fail("shpi")
+    pytest.skip("not today")
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(
+        ["*_ ERROR at teardown of test_skipped _*", "FaultInjector: no step is named 'shpi'*"]
+    )
+    # Not noted on a skip, which pytest shows no error of: it errors at its teardown.
+    result.assert_outcomes(failed=1, skipped=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_typo _*",
+            "E       Failed: DID NOT RAISE *StepFailed*",
+            "E       FaultInjector: no step is named 'shpi' (did you mean 'ship'?)*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*ERROR at teardown of test_typo*")
+    result.stdout.no_fnmatch_line("*contextlib*")
 
 
 def test_a_test_leaving_a_fault_injector_active_fails_not_the_next_one(

@@ -175,15 +175,37 @@ def pytest_fixture_post_finalizer(
     )
 
 
+_FAULTS_NOTED = pytest.StashKey[bool]()
+
+
+def _note_unknown_steps(item: pytest.Item, error: BaseException) -> None:
+    """Note on a failing test's error that a fault of ``saga_faults`` names no step (a
+    typo, say): the likely reason its ``pytest.raises(StepFailed)`` saw nothing raised.
+    Not on a skip or an expected failure, whose error is not shown: its teardown says it."""
+    if isinstance(error, pytest.skip.Exception | pytest.xfail.Exception):
+        return
+    if item.get_closest_marker("xfail") is not None:
+        return
+    injector = getattr(item, "funcargs", {}).get("saga_faults")
+    faults = sys.modules.get("sagakit.testing._faults")  # imported if the fixture ran
+    if faults is None or not isinstance(injector, faults.FaultInjector):
+        return
+    problem = injector._unknown_steps()
+    if problem is not None:
+        error.add_note(problem)
+        item.stash[_FAULTS_NOTED] = True  # said once: the fixture's teardown says no more
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     """Fail a test that leaves a ``FaultInjector`` active: its faults hit later tests."""
     before = _fault_state()
     try:
         outcome = yield
-    except BaseException:
+    except BaseException as error:
         if _fault_state() != before:
             _restore_fault_state(before)
+        _note_unknown_steps(item, error)
         raise
     if _fault_state() != before:
         _restore_fault_state(before)
@@ -242,12 +264,17 @@ def _async_fixtures() -> object:
 
 
 @pytest.fixture
-def saga_faults() -> Iterator[FaultInjector]:
-    """A :class:`~sagakit.testing.FaultInjector` active for this test only."""
+def saga_faults(request: pytest.FixtureRequest) -> Iterator[FaultInjector]:
+    """A :class:`~sagakit.testing.FaultInjector` active for this test only (a fault on a
+    step no ``@step`` defines fails the test, or errors at its teardown)."""
     from sagakit.testing import FaultInjector
 
-    with FaultInjector().activate() as injector:
+    injector = FaultInjector()
+    with injector._active():
         yield injector
+    problem = injector._unknown_steps()
+    if problem is not None and not request.node.stash.get(_FAULTS_NOTED, False):
+        pytest.fail(problem, pytrace=False)
 
 
 class FaultMatrix:

@@ -374,15 +374,23 @@ class FaultInjector:
     def activate(self) -> Iterator[FaultInjector]:
         """Make these faults apply within the ``with`` block (same as ``with injector:``)."""
         __tracebackhide__ = True
+        with self._active():
+            try:
+                yield self
+            except BaseException as error:
+                self._check_steps(error)
+                raise
+            else:
+                self._check_steps(None)
+
+    @contextmanager
+    def _active(self) -> Iterator[None]:
+        """Make these faults apply within the block, checking nothing at its end (the
+        ``saga_faults`` fixture checks the steps named itself)."""
         scope = _Scope(self, active_faults.get())
         token = active_faults.set(scope)
         try:
-            yield self
-        except BaseException as error:
-            self._check_steps(error)
-            raise
-        else:
-            self._check_steps(None)
+            yield
         finally:
             scope.open = False  # also for the tasks started in the block
             active_faults.reset(token)
