@@ -22,8 +22,13 @@ from .._hooks import (
 )
 from .._runs import SagaRun, current_run
 from .._steps import COMPENSATED_NAMES, DEFINED_NAMES, Step, StepCall
+from .._tracebacks import hide_from_pytest
 from ..exceptions import SagaDefinitionError
 from ..stores import SagaStore, SQLiteStore
+
+# pytest shows a failing test's line, not this module's code (see _tracebacks).
+__tracebackhide__ = hide_from_pytest
+
 
 StepTarget = (
     str

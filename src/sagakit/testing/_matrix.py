@@ -13,12 +13,17 @@ from .._orchestrator import SagaOrchestrator, _not_a_definition_fix
 from .._runs import current_run
 from .._sagas import SagaDefinition
 from .._steps import Step
+from .._tracebacks import hide_from_pytest
 from ..exceptions import CompensationFailed, SagaDefinitionError, StepFailed, StepTimeout
 from ..status import SagaStatus
 from ..transitions import TransitionKind
 from ._faults import Fault, FaultInjector, InjectedFault, _check_fault, _running_index, _Scope
 from ._recorder import SagaRecorder
 from ._sleep import InstantSleep
+
+# pytest shows a failing test's line, not this module's code (see _tracebacks).
+__tracebackhide__ = hide_from_pytest
+
 
 FaultMode = Literal["fail", "timeout"]
 

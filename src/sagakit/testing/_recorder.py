@@ -8,10 +8,15 @@ from enum import StrEnum
 from typing import TypeVar
 
 from .._runs import current_run, describe_error
+from .._tracebacks import hide_from_pytest
 from ..exceptions import SagaDefinitionError
 from ..status import SagaStatus
 from ..transitions import Transition, TransitionKind
 from ._faults import StepTarget, step_names
+
+# pytest shows a failing test's line, not this module's code (see _tracebacks).
+__tracebackhide__ = hide_from_pytest
+
 
 E = TypeVar("E", bound=StrEnum)
 
