@@ -279,10 +279,20 @@ async def test_typo(saga_fault_matrix):
 @pytest.mark.asyncio
 async def test_not_a_bool(saga_fault_matrix):
     await saga_fault_matrix(order("x"))
+
+@pytest.mark.saga_fault_matrix(error="smtp down")
+@pytest.mark.asyncio
+async def test_not_an_exception(saga_fault_matrix):
+    await saga_fault_matrix(order("x"))
+
+@pytest.mark.saga_fault_matrix(error=KeyboardInterrupt)
+@pytest.mark.asyncio
+async def test_not_compensated(saga_fault_matrix):
+    await saga_fault_matrix(order("x"))
 """
     )
     result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(errors=3)
+    result.assert_outcomes(errors=5)
     output = result.stdout.str()
     assert "saga_fault_matrix takes keyword options only" in output
     assert "saga_fault_matrix got unknown options ['timeout']; it takes failures" in output
@@ -291,6 +301,19 @@ async def test_not_a_bool(saga_fault_matrix):
     assert (
         "@pytest.mark.saga_fault_matrix(timeouts=...) must be True or False, got 'no'"
     ) in output
+    # Regression: a bad error= failed the test's body with "a fault must be an exception
+    # instance or class", naming neither the marker nor error=, from sagakit's frames.
+    result.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at setup of test_not_an_exception _*",
+            "@pytest.mark.saga_fault_matrix(error=...) must be an exception instance or class,"
+            " such as ValueError('boom') or ConnectionError, got 'smtp down'",
+            "*_ ERROR at setup of test_not_compensated _*",
+            "@pytest.mark.saga_fault_matrix(error=...) must be an Exception, got "
+            "KeyboardInterrupt: *",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*During handling*")
 
 
 def test_marker_and_options_are_documented(pytester: pytest.Pytester) -> None:

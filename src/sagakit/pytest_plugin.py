@@ -342,6 +342,17 @@ def saga_fault_matrix(request: pytest.FixtureRequest) -> Iterator[FaultMatrix]:
                     f"@pytest.mark.{_MARKER}({option}=...) must be True or False, got {value!r}",
                     pytrace=False,
                 )
+        if "error" in marker.kwargs:
+            from sagakit import SagaDefinitionError
+            from sagakit.testing._matrix import check_matrix_error
+
+            problem = None
+            try:
+                check_matrix_error(marker.kwargs["error"], f"@pytest.mark.{_MARKER}(error=...)")
+            except SagaDefinitionError as error:
+                problem = str(error)
+            if problem is not None:  # out of the except block: no "during handling" chain
+                pytest.fail(problem, pytrace=False)
         options.update(marker.kwargs)
     matrix = FaultMatrix(options)
     yield matrix

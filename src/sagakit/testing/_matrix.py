@@ -227,6 +227,27 @@ async def _run_case(
     )
 
 
+def check_matrix_error(error: object, where: str) -> Fault:
+    """``error`` as the fault matrix takes it: an ``Exception`` instance or class."""
+    __tracebackhide__ = True
+    if not isinstance(error, BaseException) and not (
+        isinstance(error, type) and issubclass(error, BaseException)
+    ):
+        raise SagaDefinitionError(
+            f"{where} must be an exception instance or class, such as ValueError('boom') "
+            f"or ConnectionError, got {error!r}"
+        )
+    fault = _check_fault(error)
+    kind = fault if isinstance(fault, type) else type(fault)
+    if not issubclass(kind, Exception):
+        raise SagaDefinitionError(
+            f"{where} must be an Exception, got {kind.__name__}: a step "
+            f"raising it stops the saga never compensated, which the matrix cannot check; "
+            f"test it with FaultInjector().fail(step, {kind.__name__})"
+        )
+    return fault
+
+
 async def run_fault_matrix(
     definition: SagaDefinition,
     *,
@@ -269,14 +290,7 @@ async def run_fault_matrix(
             "run_fault_matrix(failures=False, timeouts=False) would run no case and pass; "
             "leave failures or timeouts on"
         )
-    fault = _check_fault(error)
-    kind = fault if isinstance(fault, type) else type(fault)
-    if not issubclass(kind, Exception):
-        raise SagaDefinitionError(
-            f"run_fault_matrix(error=...) must be an Exception, got {kind.__name__}: a step "
-            f"raising it stops the saga never compensated, which the matrix cannot check; "
-            f"test it with FaultInjector().fail(step, {kind.__name__})"
-        )
+    fault = check_matrix_error(error, "run_fault_matrix(error=...)")
     own = orchestrator is None
     if orchestrator is None:
         orchestrator = SagaOrchestrator(sleep=InstantSleep(), history_limit=0)
