@@ -649,6 +649,42 @@ def test_the_plugin_is_switched_on_and_off_as_the_testing_page_says(
         listed.assert_outcomes(passed=1)
 
 
+def test_the_orchestrator_fixture_without_pytest_asyncio_says_what_to_do(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: pytest's own message named no plugin to turn on, and every later test
+    # using the fixture failed with a bare AssertionError from pytest's fixture code.
+    pytester.makepyfile(
+        """
+def test_first(saga_orchestrator):
+    pass
+
+def test_second(saga_orchestrator):
+    pass
+
+def test_other_fixtures_still_work(saga_faults, saga_recorder):
+    assert saga_recorder.runs == []
+"""
+    )
+    flags = ["-p", "no:cacheprovider"]
+    turned_off = pytester.runpytest_subprocess(*flags, "-p", "no:asyncio")
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    not_turned_on = pytester.runpytest_subprocess(*flags, "-p", "sagakit")
+    for result in (turned_off, not_turned_on):
+        result.assert_outcomes(passed=1, errors=2)
+        result.stdout.fnmatch_lines(
+            [
+                "*_ ERROR at setup of test_first _*",
+                "the saga_orchestrator fixture is async, run by pytest-asyncio, and the "
+                "pytest-asyncio plugin is not active here *; turn it on with "
+                "`-p pytest_asyncio.plugin` or *",
+                "*_ ERROR at setup of test_second _*",
+                "the saga_orchestrator fixture is async, run by pytest-asyncio, *",
+            ]
+        )
+        result.stdout.no_fnmatch_line("*AssertionError*")
+
+
 @pytest.mark.parametrize("mode", ["strict", "auto"])
 def test_the_orchestrator_fixture_closes_its_orchestrator(
     pytester: pytest.Pytester, mode: str

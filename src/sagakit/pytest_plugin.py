@@ -72,7 +72,7 @@ def pytest_configure(config: pytest.Config) -> None:
             # pytest's own message ("invalid truth value 'maybe'") names no key, and came
             # at the setup of each test using the fixture.
             raise pytest.UsageError(f"the {ini} ini key must be true or false: {error}") from error
-    config.pluginmanager.register(_async_fixtures(), "sagakit-async-fixtures")
+    config.pluginmanager.register(_async_fixtures(config), "sagakit-async-fixtures")
 
 
 def _fault_state() -> tuple[Any, ...]:
@@ -241,10 +241,32 @@ def saga_sleep(request: pytest.FixtureRequest) -> InstantSleep:
     return InstantSleep(scale=0.0 if _setting(request.config, "saga_instant_sleep") else 1.0)
 
 
-def _async_fixtures() -> object:
+_NO_ASYNCIO = (
+    "the saga_orchestrator fixture is async, run by pytest-asyncio, and the pytest-asyncio "
+    "plugin is not active here (turned off with `-p no:asyncio`, or not turned on with "
+    "PYTEST_DISABLE_PLUGIN_AUTOLOAD=1); turn it on with `-p pytest_asyncio.plugin` or "
+    'pytest_plugins = ["pytest_asyncio.plugin"], or build a SagaOrchestrator in the test'
+)
+
+
+def _async_fixtures(config: pytest.Config) -> object:
     """A plugin of the fixtures that are pytest-asyncio's (so in strict mode too), made at
     configure: importing pytest-asyncio with this module, before pytest imports it as a
-    plugin listed after this one, would make pytest warn it cannot rewrite its asserts."""
+    plugin listed after this one, would make pytest warn it cannot rewrite its asserts.
+    Without the pytest-asyncio plugin, a fixture failing with what to do instead (pytest
+    says only that no plugin handled an async fixture, then fails every later test using
+    it with a bare ``AssertionError`` from its own fixture code)."""
+    plugin = sys.modules.get("pytest_asyncio.plugin")
+    if plugin is None or not config.pluginmanager.is_registered(plugin):
+
+        class NoAsyncFixtures:
+            @pytest.fixture
+            def saga_orchestrator(self) -> SagaOrchestrator:
+                """Fails: pytest-asyncio, which runs this async fixture, is not active."""
+                pytest.fail(_NO_ASYNCIO, pytrace=False)
+
+        return NoAsyncFixtures()
+
     import pytest_asyncio
 
     class AsyncFixtures:
