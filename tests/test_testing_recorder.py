@@ -27,6 +27,7 @@ from sagakit._runs import SagaRun
 from sagakit.testing import (
     FaultInjector,
     InstantSleep,
+    RecordedRun,
     SagaRecorder,
     SimulatedCrash,
     simulate_restart,
@@ -426,3 +427,24 @@ async def test_a_failed_assertion_describes_any_error_on_one_line(
     with pytest.raises(AssertionError, match="ended compensated, expected completed") as caught:
         recorder.assert_status("completed")
     assert f"\n  step_failed notify (step 2, attempt 1): {shown}\n" in str(caught.value)
+
+
+@pytest.mark.asyncio
+async def test_a_run_shows_its_status_and_in_ipython_its_trail() -> None:
+    # Regression: a run's repr said only how many transitions it had, and as a notebook
+    # cell's value that was all it showed: print(run.describe()) was needed to see it.
+    recorder = SagaRecorder()
+    await _run(recorder, FaultInjector().fail("notify"), "bad-run")
+    run = recorder.last
+    assert repr(run) == f"<RecordedRun {run.saga_name} id='bad-run' compensated, 12 transitions>"
+    shown: list[str] = []
+
+    class Printer:
+        def text(self, text: str) -> None:
+            shown.append(text)
+
+    run._repr_pretty_(Printer(), False)
+    assert shown == [f"{run.label}: compensated, 12 transitions\n{run.describe(indent='  ')}"]
+    unfinished = RecordedRun("s-1", "order", run.transitions[:2])
+    assert repr(unfinished) == "<RecordedRun order id='s-1' executing (unfinished), 2 transitions>"
+    assert repr(RecordedRun("s-2", "order")) == "<RecordedRun order id='s-2' no transitions>"

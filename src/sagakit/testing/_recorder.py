@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .._runs import current_run, describe_error
 from .._tracebacks import hide_from_pytest
@@ -164,9 +164,19 @@ class RecordedRun:
         if self.trail() != list(lines):
             raise AssertionError(_mismatch("trails", list(lines), self.trail(), self))
 
-    def __repr__(self) -> str:
+    def _state(self) -> str:
+        if not self.transitions:  # made by hand
+            return "no transitions"
+        ended = "" if self.finished else " (unfinished)"
         count = len(self.transitions)
-        return f"<RecordedRun {self.saga_name} id={self.saga_id!r} {count} transitions>"
+        return f"{self.status}{ended}, {count} transition{'' if count == 1 else 's'}"
+
+    def __repr__(self) -> str:
+        return f"<RecordedRun {self.saga_name} id={self.saga_id!r} {self._state()}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython (a notebook cell's value, the REPL): the run's state, then :meth:`describe`."""
+        printer.text(f"{self.label}: {self._state()}\n{self.describe(indent='  ')}")
 
 
 class SagaRecorder:
