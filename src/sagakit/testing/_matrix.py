@@ -139,6 +139,17 @@ def _active(plan: FaultPlan) -> Iterator[None]:
         active_faults.reset(token)
 
 
+def _injectors_around() -> list[FaultInjector]:
+    """The fault injectors whose ``with`` blocks (or ``saga_faults``) are active here."""
+    found = []
+    scope = active_faults.get()
+    while isinstance(scope, _Scope):
+        if scope.open and isinstance(scope.inner, FaultInjector):
+            found.append(scope.inner)
+        scope = scope.outer
+    return found
+
+
 def _label(index: int, step: Step[Any, Any]) -> str:
     return f"{index}:{step.name}"
 
@@ -296,14 +307,29 @@ async def run_fault_matrix(
         orchestrator = SagaOrchestrator(sleep=InstantSleep(), history_limit=0)
     run_id = f"fault-matrix-{os.urandom(4).hex()}"
     spy = _StepSpy(f"{run_id}-discover")
+    around = _injectors_around()
+    fired_before = [len(injector.fired) for injector in around]
     try:
         try:
             with _active(spy):
                 await orchestrator.execute(definition, saga_id=spy.saga_id)
         except Exception as failure:
+            fired = [
+                fault
+                for injector, before in zip(around, fired_before, strict=True)
+                for fault in injector.fired[before:]
+            ]
+            cause = (
+                f"; a fault active around the call fired in it (at step {fired[0].step_name!r}"
+                f"{' compensation' if fired[0].compensation else ''}): run the matrix "
+                "without that fault, outside its `with injector:` block or before adding "
+                "it to saga_faults"
+                if fired
+                else ""
+            )
             raise AssertionError(
-                f"the fault matrix runs saga {definition.name!r} once without faults to "
-                f"discover its steps, but that run failed: {failure!r}"
+                f"the fault matrix runs saga {definition.name!r} once without faults of its "
+                f"own to discover its steps, but that run failed: {failure!r}{cause}"
             ) from failure
         steps = [spy.steps[i] for i in sorted(spy.steps)]
         modes: list[FaultMode] = []
