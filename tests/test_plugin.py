@@ -427,6 +427,31 @@ def test_skipped(saga_faults):
     result.stdout.no_fnmatch_line("*contextlib*")
 
 
+def test_an_index_fault_that_never_fired_is_noted_on_the_test_failure(
+    pytester: pytest.Pytester,
+) -> None:
+    _ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+@pytest.mark.asyncio
+async def test_wrong_index(saga_orchestrator, saga_faults):
+    saga_faults.fail("ship", index=0)  # ship is step 1
+    with pytest.raises(StepFailed):
+        await saga_orchestrator.execute(order("x"))
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E       Failed: DID NOT RAISE *StepFailed*",
+            "E       FaultInjector: the fault on step 'ship' with index=0 never fired: it ran at "
+            "index 1 of the saga under test",
+        ]
+    )
+
+
 def test_a_test_leaving_a_fault_injector_active_fails_not_the_next_one(
     pytester: pytest.Pytester,
 ) -> None:

@@ -180,7 +180,8 @@ _FAULTS_NOTED = pytest.StashKey[bool]()
 
 def _note_unknown_steps(item: pytest.Item, error: BaseException) -> None:
     """Note on a failing test's error that a fault of ``saga_faults`` names no step (a
-    typo, say): the likely reason its ``pytest.raises(StepFailed)`` saw nothing raised.
+    typo, say), or never fired at its ``index``: the likely reason its
+    ``pytest.raises(StepFailed)`` saw nothing raised.
     Not on a skip or an expected failure, whose error is not shown: its teardown says it."""
     if isinstance(error, pytest.skip.Exception | pytest.xfail.Exception):
         return
@@ -190,9 +191,10 @@ def _note_unknown_steps(item: pytest.Item, error: BaseException) -> None:
     faults = sys.modules.get("sagakit.testing._faults")  # imported if the fixture ran
     if faults is None or not isinstance(injector, faults.FaultInjector):
         return
-    problem = injector._unknown_steps()
-    if problem is not None:
-        error.add_note(problem)
+    notes = injector._failure_notes()
+    for note in notes:
+        error.add_note(note)
+    if notes:
         item.stash[_FAULTS_NOTED] = True  # said once: the fixture's teardown says no more
 
 
