@@ -452,6 +452,46 @@ async def test_wrong_index(saga_orchestrator, saga_faults):
     )
 
 
+def test_sagas_and_step_calls_parametrizing_a_test_are_named_in_its_ids(
+    pytester: pytest.Pytester,
+) -> None:
+    # Regression: `parametrize("definition", [order("x"), ...])` gave test ids such as
+    # test_matrix[definition0]: a failing case did not say which saga it was.
+    _ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+@saga
+def refund(item):
+    return [ship(item)]
+
+@pytest.mark.parametrize("definition", [order("x"), refund("x"), refund("y")])
+@pytest.mark.asyncio
+async def test_matrix(definition, saga_fault_matrix):
+    await saga_fault_matrix(definition)
+
+@pytest.mark.parametrize("call", [reserve("x"), ship("x")])
+def test_calls(call):
+    pass
+
+@pytest.mark.parametrize("value", [1, "a"])
+def test_others_untouched(value):
+    pass
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q")
+    ids = [line.partition("::")[2] for line in result.outlines if "::" in line]
+    assert ids == [
+        "test_matrix[order]",
+        "test_matrix[refund0]",
+        "test_matrix[refund1]",
+        "test_calls[reserve]",
+        "test_calls[ship]",
+        "test_others_untouched[1]",
+        "test_others_untouched[a]",
+    ]
+
+
 def test_a_test_leaving_a_fault_injector_active_fails_not_the_next_one(
     pytester: pytest.Pytester,
 ) -> None:

@@ -8,7 +8,8 @@ Options: ``--saga-matrix-timeouts`` / ``saga_matrix_timeouts`` and ``--saga-inst
 ``saga_instant_sleep``; a marker keyword beats the command line, which beats the ini file.
 The plugin never creates or manages an event loop; async tests need pytest-asyncio. A test
 leaving a fault injector active fails, and a fixture doing so errors at its teardown (its
-faults would hit the tests after it).
+faults would hit the tests after it). A saga definition or step call parametrizing a test
+is named by its saga's or step's name in the test's id.
 """
 
 from __future__ import annotations
@@ -73,6 +74,18 @@ def pytest_configure(config: pytest.Config) -> None:
             # at the setup of each test using the fixture.
             raise pytest.UsageError(f"the {ini} ini key must be true or false: {error}") from error
     config.pluginmanager.register(_async_fixtures(config), "sagakit-async-fixtures")
+
+
+def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
+    """A saga definition parametrizing a test is named by its saga's name, a step call by
+    its step's (``test_matrix[transfer]``, not ``test_matrix[definition0]``)."""
+    sagas = sys.modules.get("sagakit._sagas")
+    if sagas is not None and isinstance(val, sagas.SagaDefinition):
+        return str(val.name)
+    steps = sys.modules.get("sagakit._steps")
+    if steps is not None and isinstance(val, steps.StepCall):
+        return str(val.step.name)
+    return None
 
 
 def _fault_state() -> tuple[Any, ...]:
