@@ -124,3 +124,15 @@ async def test_the_orchestrator_modules_ask_pytest_to_hide_their_frames() -> Non
     frames = [entry for entry in info.traceback if str(entry.path).startswith(package)]
     assert frames, "the error came through sagakit's frames"
     assert all(entry.ishidden(info) for entry in frames)
+
+
+def test_a_misused_decorator_shows_the_test_s_line_not_sagakit_s_checks() -> None:
+    async def later() -> None:
+        pass
+
+    with pytest.raises(SagaDefinitionError, match="must be a number of seconds") as info:
+        step(timeout="soon")(later)  # type: ignore[call-overload]
+    package = os.path.dirname(sagakit.__file__)
+    frames = [entry for entry in info.traceback if str(entry.path).startswith(package)]
+    assert frames, "the error came through sagakit's frames"
+    assert all(entry.ishidden(info) for entry in frames)
