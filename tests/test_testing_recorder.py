@@ -448,3 +448,26 @@ async def test_a_run_shows_its_status_and_in_ipython_its_trail() -> None:
     unfinished = RecordedRun("s-1", "order", run.transitions[:2])
     assert repr(unfinished) == "<RecordedRun order id='s-1' executing (unfinished), 2 transitions>"
     assert repr(RecordedRun("s-2", "order")) == "<RecordedRun order id='s-2' no transitions>"
+
+
+@pytest.mark.asyncio
+async def test_a_run_a_simulated_crash_ended_says_so() -> None:
+    # Regression: its trail just stopped, and assert_status said only "has not finished
+    # (status executing)": nothing told the test a crash had ended it.
+    recorder = SagaRecorder()
+    orchestrator = SagaOrchestrator(listeners=[recorder])
+    with FaultInjector().crash("credit", after=True), pytest.raises(SimulatedCrash) as crash:
+        await orchestrator.execute(transfer("A", "B"), saga_id="c-1")
+    run = recorder.run("c-1")
+    assert run.crash is crash.value
+    assert repr(run).startswith(
+        "<RecordedRun testing_recorder.transfer id='c-1' executing (crashed),"
+    )
+    with pytest.raises(AssertionError) as failed:
+        recorder.assert_status("failed")
+    assert str(failed.value).startswith(
+        f"{run.label} has not finished (status executing: simulated crash at step 'credit' "
+        "after it acted), expected failed\ntrail:\n"
+    )
+    await _run(recorder, FaultInjector(), "c-2")  # a run not crashed has none
+    assert recorder.run("c-2").crash is None

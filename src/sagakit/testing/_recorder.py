@@ -80,6 +80,8 @@ class RecordedRun:
     saga_id: str
     saga_name: str
     transitions: list[Transition] = field(default_factory=list)
+    # The simulated crash that ended the run, if one did (it tells no transition).
+    crash: BaseException | None = None
 
     @property
     def label(self) -> str:
@@ -134,8 +136,9 @@ class RecordedRun:
         __tracebackhide__ = True  # pytest shows the line of the test that called it
         status = _member(SagaStatus, status, "assert_status()", "a saga status")
         if not self.finished:
+            why = f": {self.crash}" if self.crash is not None else ""
             raise AssertionError(
-                f"{self.label} has not finished (status {self.status}), expected {status}\n"
+                f"{self.label} has not finished (status {self.status}{why}), expected {status}\n"
                 f"trail:\n{self.describe('  ')}"
             )
         if self.status != status:
@@ -167,7 +170,7 @@ class RecordedRun:
     def _state(self) -> str:
         if not self.transitions:  # made by hand
             return "no transitions"
-        ended = "" if self.finished else " (unfinished)"
+        ended = "" if self.finished else " (crashed)" if self.crash else " (unfinished)"
         count = len(self.transitions)
         return f"{self.status}{ended}, {count} transition{'' if count == 1 else 's'}"
 
@@ -252,6 +255,7 @@ class SagaRecorder:
         key = (saga_id, run_number)
         if key in self._runs:
             self._ended.add(key)
+            self._runs[key].crash = crash
 
     def _last_of(self, saga_id: str) -> RecordedRun | None:
         """The most recently started run of ``saga_id`` still recorded, if any."""
