@@ -191,7 +191,7 @@ def pytest_fixture_post_finalizer(
 _FAULTS_NOTED = pytest.StashKey[bool]()
 
 
-def _note_unknown_steps(item: pytest.Item, error: BaseException) -> None:
+def _note_faults_never_fired(item: pytest.Item, error: BaseException) -> None:
     """Note on a failing test's error that a fault of ``saga_faults`` names no step (a
     typo, say), or never fired at its ``index``: the likely reason its
     ``pytest.raises(StepFailed)`` saw nothing raised.
@@ -220,7 +220,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     except BaseException as error:
         if _fault_state() != before:
             _restore_fault_state(before)
-        _note_unknown_steps(item, error)
+        _note_faults_never_fired(item, error)
         raise
     if _fault_state() != before:
         _restore_fault_state(before)
