@@ -279,10 +279,20 @@ async def test_typo(saga_fault_matrix):
 @pytest.mark.asyncio
 async def test_not_a_bool(saga_fault_matrix):
     await saga_fault_matrix(order("x"))
+
+@pytest.mark.saga_fault_matrix(error="smtp down")
+@pytest.mark.asyncio
+async def test_not_an_exception(saga_fault_matrix):
+    await saga_fault_matrix(order("x"))
+
+@pytest.mark.saga_fault_matrix(error=KeyboardInterrupt)
+@pytest.mark.asyncio
+async def test_not_compensated(saga_fault_matrix):
+    await saga_fault_matrix(order("x"))
 """
     )
     result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(errors=3)
+    result.assert_outcomes(errors=5)
     output = result.stdout.str()
     assert "saga_fault_matrix takes keyword options only" in output
     assert "saga_fault_matrix got unknown options ['timeout']; it takes failures" in output
@@ -291,6 +301,19 @@ async def test_not_a_bool(saga_fault_matrix):
     assert (
         "@pytest.mark.saga_fault_matrix(timeouts=...) must be True or False, got 'no'"
     ) in output
+    # Regression: a bad error= failed the test's body with "a fault must be an exception
+    # instance or class", naming neither the marker nor error=, from sagakit's frames.
+    result.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at setup of test_not_an_exception _*",
+            "@pytest.mark.saga_fault_matrix(error=...) must be an exception instance or class,"
+            " such as ValueError('boom') or ConnectionError, got 'smtp down'",
+            "*_ ERROR at setup of test_not_compensated _*",
+            "@pytest.mark.saga_fault_matrix(error=...) must be an Exception, got "
+            "KeyboardInterrupt: *",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*During handling*")
 
 
 def test_marker_and_options_are_documented(pytester: pytest.Pytester) -> None:
@@ -363,7 +386,110 @@ async def test_typo(saga_orchestrator, saga_faults):
     )
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(["*no step is named 'shpi' (did you mean 'ship'?)*"])
+    result.stdout.fnmatch_lines(
+        ["*_ ERROR at teardown of test_typo _*", "FaultInjector: no step is named 'shpi' (*"]
+    )
+    result.stdout.no_fnmatch_line("*contextlib*")  # the message alone, not the fixture's code
+
+
+def test_a_misspelt_step_is_named_on_the_failure_it_caused(pytester: pytest.Pytester) -> None:
+    # The fault never fired, so pytest.raises saw nothing: the test's own failure says
+    # why, once, rather than a separate error at teardown with the fixture's internals.
+    _ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+@pytest.mark.asyncio
+async def test_typo(saga_orchestrator, saga_faults):
+    saga_faults.fail("shpi")
+    with pytest.raises(StepFailed):
+        await saga_orchestrator.execute(order("x"))
+
+def test_skipped(saga_faults):
+    saga_faults.fail("shpi")
+    pytest.skip("not today")
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(
+        ["*_ ERROR at teardown of test_skipped _*", "FaultInjector: no step is named 'shpi'*"]
+    )
+    # Not noted on a skip, which pytest shows no error of: it errors at its teardown.
+    result.assert_outcomes(failed=1, skipped=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_typo _*",
+            "E       Failed: DID NOT RAISE *StepFailed*",
+            "E       FaultInjector: no step is named 'shpi' (did you mean 'ship'?)*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*ERROR at teardown of test_typo*")
+    result.stdout.no_fnmatch_line("*contextlib*")
+
+
+def test_an_index_fault_that_never_fired_is_noted_on_the_test_failure(
+    pytester: pytest.Pytester,
+) -> None:
+    _ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+@pytest.mark.asyncio
+async def test_wrong_index(saga_orchestrator, saga_faults):
+    saga_faults.fail("ship", index=0)  # ship is step 1
+    with pytest.raises(StepFailed):
+        await saga_orchestrator.execute(order("x"))
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E       Failed: DID NOT RAISE *StepFailed*",
+            "E       FaultInjector: the fault on step 'ship' with index=0 never fired: it ran at "
+            "index 1 of the saga under test",
+        ]
+    )
+
+
+def test_sagas_and_step_calls_parametrizing_a_test_are_named_in_its_ids(
+    pytester: pytest.Pytester,
+) -> None:
+    # Regression: `parametrize("definition", [order("x"), ...])` gave test ids such as
+    # test_matrix[definition0]: a failing case did not say which saga it was.
+    _ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+@saga
+def refund(item):
+    return [ship(item)]
+
+@pytest.mark.parametrize("definition", [order("x"), refund("x"), refund("y")])
+@pytest.mark.asyncio
+async def test_matrix(definition, saga_fault_matrix):
+    await saga_fault_matrix(definition)
+
+@pytest.mark.parametrize("call", [reserve("x"), ship("x")])
+def test_calls(call):
+    pass
+
+@pytest.mark.parametrize("value", [1, "a"])
+def test_others_untouched(value):
+    pass
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q")
+    ids = [line.partition("::")[2] for line in result.outlines if "::" in line]
+    assert ids == [
+        "test_matrix[order]",
+        "test_matrix[refund0]",
+        "test_matrix[refund1]",
+        "test_calls[reserve]",
+        "test_calls[ship]",
+        "test_others_untouched[1]",
+        "test_others_untouched[a]",
+    ]
 
 
 def test_a_test_leaving_a_fault_injector_active_fails_not_the_next_one(
@@ -586,6 +712,42 @@ def test_the_plugin_is_switched_on_and_off_as_the_testing_page_says(
         pytester.makeconftest(f"pytest_plugins = [{plugins}]")
         listed = pytester.runpytest_subprocess(*flags, "-W", rewrite)
         listed.assert_outcomes(passed=1)
+
+
+def test_the_orchestrator_fixture_without_pytest_asyncio_says_what_to_do(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: pytest's own message named no plugin to turn on, and every later test
+    # using the fixture failed with a bare AssertionError from pytest's fixture code.
+    pytester.makepyfile(
+        """
+def test_first(saga_orchestrator):
+    pass
+
+def test_second(saga_orchestrator):
+    pass
+
+def test_other_fixtures_still_work(saga_faults, saga_recorder):
+    assert saga_recorder.runs == []
+"""
+    )
+    flags = ["-p", "no:cacheprovider"]
+    turned_off = pytester.runpytest_subprocess(*flags, "-p", "no:asyncio")
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    not_turned_on = pytester.runpytest_subprocess(*flags, "-p", "sagakit")
+    for result in (turned_off, not_turned_on):
+        result.assert_outcomes(passed=1, errors=2)
+        result.stdout.fnmatch_lines(
+            [
+                "*_ ERROR at setup of test_first _*",
+                "the saga_orchestrator fixture is async, run by pytest-asyncio, and the "
+                "pytest-asyncio plugin is not active here *; turn it on with "
+                "`-p pytest_asyncio.plugin` or *",
+                "*_ ERROR at setup of test_second _*",
+                "the saga_orchestrator fixture is async, run by pytest-asyncio, *",
+            ]
+        )
+        result.stdout.no_fnmatch_line("*AssertionError*")
 
 
 @pytest.mark.parametrize("mode", ["strict", "auto"])

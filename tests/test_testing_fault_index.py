@@ -7,6 +7,7 @@ Regression: ``fail(step, index=N)`` also hit a saga run by a step of the saga un
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -175,3 +176,49 @@ async def test_a_block_entered_in_a_step_aims_at_the_sagas_it_runs() -> None:
     assert isinstance(inner_error, StepFailed)
     assert (inner_error.step_index, inner_error.step_name) == (1, "fi_book")
     inner_recorder.assert_status(SagaStatus.COMPENSATED)
+
+
+async def _expect_a_fault(run: Awaitable[Any]) -> None:
+    """What ``pytest.raises`` does when nothing is raised: fail."""
+    await run
+    raise AssertionError("expected the fault to stop it")
+
+
+async def _fails_noted(faults: FaultInjector, definition: Any) -> list[str]:
+    """The notes on the failure of a block whose saga was expected to fail but did not."""
+    with pytest.raises(AssertionError) as caught, faults:
+        await _expect_a_fault(SagaOrchestrator().execute(definition))
+    return getattr(caught.value, "__notes__", [])
+
+
+async def test_an_index_fault_that_never_fired_is_noted_on_the_failing_block() -> None:
+    # Regression: the test failed ("DID NOT RAISE StepFailed") with nothing saying that
+    # the step had run, only not at that index of the saga under test.
+    nested = await _fails_noted(FaultInjector().fail(fi_book, index=1), nesting_only("outer"))
+    assert nested == [
+        "FaultInjector: the fault on step 'fi_book' with index=1 never fired: it ran at "
+        "index 1 of a nested saga, which index= does not aim at (leave index out to fault "
+        "it there)"
+    ]
+    elsewhere = await _fails_noted(FaultInjector().fail(fi_book, index=0), outer("outer"))
+    assert elsewhere == [
+        "FaultInjector: the fault on step 'fi_book' with index=0 never fired: it ran at "
+        "index 1 of the saga under test and at index 1 of a nested saga, which index= does "
+        "not aim at (leave index out to fault it there)"
+    ]
+    # One that fired (in the saga under test; it missed in the nested one) is not noted.
+    with pytest.raises(StepFailed) as caught, FaultInjector().fail(fi_book, index=1):
+        await SagaOrchestrator().execute(outer("outer"))
+    assert getattr(caught.value, "__notes__", []) == []
+
+
+async def test_an_index_fault_on_a_step_awaited_alone_is_noted() -> None:
+    faults = FaultInjector().fail(fi_book, index=0)
+    with pytest.raises(AssertionError) as caught, faults:
+        await _expect_a_fault(fi_book("alone"))
+    assert caught.value.__notes__ == [
+        "FaultInjector: the fault on step 'fi_book' with index=0 never fired: it ran "
+        "outside any saga, where index= never hits"
+    ]
+    with faults:  # a block that does not fail: no error for it
+        await fi_book("alone")

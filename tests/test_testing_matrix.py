@@ -168,8 +168,24 @@ async def test_a_saga_that_fails_without_faults_cannot_be_discovered() -> None:
     def doomed(item: str) -> list[Any]:
         return [reserve(item), broken(item)]
 
-    with pytest.raises(AssertionError, match="once without faults to discover its steps"):
+    with pytest.raises(AssertionError, match="once without faults of its own to discover") as info:
         await run_fault_matrix(doomed("x"))
+    assert "active around the call" not in str(info.value)
+
+
+@pytest.mark.asyncio
+async def test_a_fault_around_the_matrix_that_stops_its_discovery_is_named() -> None:
+    # Regression: the message said the saga ran "without faults", when one active around
+    # the call (saga_faults, a `with injector:` block) had fired in it and stopped it.
+    outer = FaultInjector().fail(reserve, ConnectionError("down"))
+    with outer, FaultInjector(), pytest.raises(AssertionError) as info:  # the outer one fired
+        await run_fault_matrix(order("x"))
+    assert str(info.value).endswith(
+        "but that run failed: StepFailed(\"step 0 ('reserve') failed: ConnectionError: down\"); "
+        "a fault active around the call fired in it (at step 'reserve'): run the matrix "
+        "without that fault, outside its `with injector:` block or before adding it to "
+        "saga_faults"
+    )
 
 
 @pytest.mark.asyncio
@@ -212,7 +228,10 @@ async def test_what_is_not_a_definition_is_told_how_to_make_one() -> None:
 async def test_bad_arguments() -> None:
     with pytest.raises(SagaDefinitionError, match="takes a SagaDefinition"):
         await run_fault_matrix(order)  # type: ignore[arg-type]
-    with pytest.raises(SagaDefinitionError, match="exception instance or class"):
+    with pytest.raises(
+        SagaDefinitionError,
+        match=r"^run_fault_matrix\(error=\.\.\.\) must be an exception instance",
+    ):
         await run_fault_matrix(order("x"), error="boom")  # type: ignore[arg-type]
     with pytest.raises(SagaDefinitionError, match="would run no case"):
         await run_fault_matrix(order("x"), failures=False, timeouts=False)

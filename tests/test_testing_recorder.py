@@ -27,6 +27,7 @@ from sagakit._runs import SagaRun
 from sagakit.testing import (
     FaultInjector,
     InstantSleep,
+    RecordedRun,
     SagaRecorder,
     SimulatedCrash,
     simulate_restart,
@@ -426,3 +427,47 @@ async def test_a_failed_assertion_describes_any_error_on_one_line(
     with pytest.raises(AssertionError, match="ended compensated, expected completed") as caught:
         recorder.assert_status("completed")
     assert f"\n  step_failed notify (step 2, attempt 1): {shown}\n" in str(caught.value)
+
+
+@pytest.mark.asyncio
+async def test_a_run_shows_its_status_and_in_ipython_its_trail() -> None:
+    # Regression: a run's repr said only how many transitions it had, and as a notebook
+    # cell's value that was all it showed: print(run.describe()) was needed to see it.
+    recorder = SagaRecorder()
+    await _run(recorder, FaultInjector().fail("notify"), "bad-run")
+    run = recorder.last
+    assert repr(run) == f"<RecordedRun {run.saga_name} id='bad-run' compensated, 12 transitions>"
+    shown: list[str] = []
+
+    class Printer:
+        def text(self, text: str) -> None:
+            shown.append(text)
+
+    run._repr_pretty_(Printer(), False)
+    assert shown == [f"{run.label}: compensated, 12 transitions\n{run.describe(indent='  ')}"]
+    unfinished = RecordedRun("s-1", "order", run.transitions[:2])
+    assert repr(unfinished) == "<RecordedRun order id='s-1' executing (unfinished), 2 transitions>"
+    assert repr(RecordedRun("s-2", "order")) == "<RecordedRun order id='s-2' no transitions>"
+
+
+@pytest.mark.asyncio
+async def test_a_run_a_simulated_crash_ended_says_so() -> None:
+    # Regression: its trail just stopped, and assert_status said only "has not finished
+    # (status executing)": nothing told the test a crash had ended it.
+    recorder = SagaRecorder()
+    orchestrator = SagaOrchestrator(listeners=[recorder])
+    with FaultInjector().crash("credit", after=True), pytest.raises(SimulatedCrash) as crash:
+        await orchestrator.execute(transfer("A", "B"), saga_id="c-1")
+    run = recorder.run("c-1")
+    assert run.crash is crash.value
+    assert repr(run).startswith(
+        "<RecordedRun testing_recorder.transfer id='c-1' executing (crashed),"
+    )
+    with pytest.raises(AssertionError) as failed:
+        recorder.assert_status("failed")
+    assert str(failed.value).startswith(
+        f"{run.label} has not finished (status executing: simulated crash at step 'credit' "
+        "after it acted), expected failed\ntrail:\n"
+    )
+    await _run(recorder, FaultInjector(), "c-2")  # a run not crashed has none
+    assert recorder.run("c-2").crash is None

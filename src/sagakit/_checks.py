@@ -6,7 +6,11 @@ from __future__ import annotations
 import math
 from typing import TypeGuard
 
+from ._tracebacks import hide_from_pytest
 from .exceptions import SagaDefinitionError
+
+# pytest shows a failing test's line, not this module's code (see _tracebacks).
+__tracebackhide__ = hide_from_pytest
 
 MAX_COUNT = 2**63 - 1
 """The largest count sagakit passes to a database (a 64-bit integer): attempts, a limit."""

@@ -17,10 +17,15 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ._tracebacks import hide_from_pytest
 from .exceptions import StepTimeout
 
 if TYPE_CHECKING:
     from ._runs import SagaRun
+
+# pytest shows a failing test's line, not this module's code (see _tracebacks).
+__tracebackhide__ = hide_from_pytest
+
 
 NO_DEADLINE = math.inf
 

@@ -8,7 +8,11 @@ import pickle
 from collections.abc import Callable
 from typing import Any
 
+from ._tracebacks import hide_from_pytest
 from .exceptions import SagaDefinitionError
+
+# pytest shows a failing test's line, not this module's code (see _tracebacks).
+__tracebackhide__ = hide_from_pytest
 
 
 def qualname_of(fn: object) -> str:

@@ -22,8 +22,13 @@ from ._members import (
     SAGA_FAILED,
 )
 from ._runs import describe_error
+from ._tracebacks import hide_from_pytest
 from .status import SagaStatus
 from .transitions import Transition, TransitionKind
+
+# pytest shows a failing test's line, not this module's code (see _tracebacks).
+__tracebackhide__ = hide_from_pytest
+
 
 logger = logging.getLogger("sagakit")
 logger.addHandler(logging.NullHandler())

@@ -64,6 +64,7 @@ from ._runs import (
 from ._sagas import SagaDefinition, SagaFunction, StepDriver, _check_call, _check_id, close_driver
 from ._shielding import wait_out
 from ._steps import StepCall
+from ._tracebacks import hide_from_pytest
 from ._worker import run_worker, worker_nested
 from .exceptions import (
     CompensationFailed,
@@ -82,6 +83,10 @@ from .stores import MemoryStore, SagaStore
 from .stores._protocol import CommittedThenCancelled, check_saga_id
 from .stores.memory import DEFAULT_HISTORY_LIMIT
 from .transitions import Transition, TransitionKind, make_transition
+
+# pytest shows a failing test's line, not this module's code (see _tracebacks).
+__tracebackhide__ = hide_from_pytest
+
 
 _Done = tuple[StepRun, StepCall[Any], Any]
 _new_record = object.__new__

@@ -43,6 +43,7 @@ from ._sagas import (
 )
 from ._shielding import wait_out
 from ._steps import StepCall
+from ._tracebacks import hide_from_pytest
 from .exceptions import (
     LeaseLost,
     NonDeterminismError,
@@ -57,6 +58,10 @@ from .stores.sqlite import definition_fingerprint
 
 if TYPE_CHECKING:
     from ._orchestrator import SagaOrchestrator
+
+# pytest shows a failing test's line, not this module's code (see _tracebacks).
+__tracebackhide__ = hide_from_pytest
+
 
 logger = logging.getLogger("sagakit")
 

@@ -7,7 +7,11 @@ import random
 from dataclasses import dataclass, field
 
 from ._checks import check_seconds, is_number
+from ._tracebacks import hide_from_pytest
 from .exceptions import SagaDefinitionError
+
+# pytest shows a failing test's line, not this module's code (see _tracebacks).
+__tracebackhide__ = hide_from_pytest
 
 
 @dataclass(frozen=True, slots=True)

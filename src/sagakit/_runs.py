@@ -23,6 +23,7 @@ from ._members import (
     STEP_COMPLETED,
     STEP_RUNNING,
 )
+from ._tracebacks import hide_from_pytest
 from .exceptions import SagaDefinitionError, error_text
 from .records import SagaMetadata, StepRecord
 
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
     from ._sagas import SagaDefinition
     from .status import StepStatus
     from .stores._protocol import SagaRunView
+
+
+# pytest shows a failing test's line, not this module's code (see _tracebacks).
+__tracebackhide__ = hide_from_pytest
 
 
 def storable_text(text: str) -> str:

@@ -13,9 +13,14 @@ from typing_extensions import ParamSpec
 
 from ._names import by_reference, check_storable, declared_name, qualname_of
 from ._steps import _POSITIONAL, Step, StepCall, _shown
+from ._tracebacks import hide_from_pytest
 from .exceptions import SagaDefinitionError
 from .records import SagaMetadata
 from .status import SagaStatus
+
+# pytest shows a failing test's line, not this module's code (see _tracebacks).
+__tracebackhide__ = hide_from_pytest
+
 
 P = ParamSpec("P")
 Q = ParamSpec("Q")

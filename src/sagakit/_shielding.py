@@ -6,6 +6,11 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
+from ._tracebacks import hide_from_pytest
+
+# pytest shows a failing test's line, not this module's code (see _tracebacks).
+__tracebackhide__ = hide_from_pytest
+
 
 async def wait_out(work: Awaitable[Any]) -> asyncio.Future[Any]:
     """Wait until ``work`` has ended, whatever cancels the caller meanwhile; return it.

@@ -21,7 +21,12 @@ from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, active_faults, rai
 from ._names import by_reference, declared_name, qualname_of
 from ._retry import NO_RETRY, Retry
 from ._runs import awaitable_returned_by, current_run
+from ._tracebacks import hide_from_pytest
 from .exceptions import CompensationAlreadySetError, SagaDefinitionError, StepTimeout
+
+# pytest shows a failing test's line, not this module's code (see _tracebacks).
+__tracebackhide__ = hide_from_pytest
+
 
 P = ParamSpec("P")
 Q = ParamSpec("Q")

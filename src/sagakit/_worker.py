@@ -24,11 +24,16 @@ from ._checks import check_count, check_flag, check_seconds
 from ._hooks import SimulatedCrash
 from ._recovery import _fields, _recover_one, _recoverable
 from ._sagas import registered_sagas
+from ._tracebacks import hide_from_pytest
 from .exceptions import LeaseLost, SagaDefinitionError, StoreError
 
 if TYPE_CHECKING:
     from ._orchestrator import SagaOrchestrator
     from .stores._protocol import OrphanedSaga, RecoverableStore
+
+# pytest shows a failing test's line, not this module's code (see _tracebacks).
+__tracebackhide__ = hide_from_pytest
+
 
 logger = logging.getLogger("sagakit")
 

@@ -8,7 +8,8 @@ Options: ``--saga-matrix-timeouts`` / ``saga_matrix_timeouts`` and ``--saga-inst
 ``saga_instant_sleep``; a marker keyword beats the command line, which beats the ini file.
 The plugin never creates or manages an event loop; async tests need pytest-asyncio. A test
 leaving a fault injector active fails, and a fixture doing so errors at its teardown (its
-faults would hit the tests after it).
+faults would hit the tests after it). A saga definition or step call parametrizing a test
+is named by its saga's or step's name in the test's id.
 """
 
 from __future__ import annotations
@@ -72,7 +73,19 @@ def pytest_configure(config: pytest.Config) -> None:
             # pytest's own message ("invalid truth value 'maybe'") names no key, and came
             # at the setup of each test using the fixture.
             raise pytest.UsageError(f"the {ini} ini key must be true or false: {error}") from error
-    config.pluginmanager.register(_async_fixtures(), "sagakit-async-fixtures")
+    config.pluginmanager.register(_async_fixtures(config), "sagakit-async-fixtures")
+
+
+def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
+    """A saga definition parametrizing a test is named by its saga's name, a step call by
+    its step's (``test_matrix[transfer]``, not ``test_matrix[definition0]``)."""
+    sagas = sys.modules.get("sagakit._sagas")
+    if sagas is not None and isinstance(val, sagas.SagaDefinition):
+        return str(val.name)
+    steps = sys.modules.get("sagakit._steps")
+    if steps is not None and isinstance(val, steps.StepCall):
+        return str(val.step.name)
+    return None
 
 
 def _fault_state() -> tuple[Any, ...]:
@@ -175,15 +188,39 @@ def pytest_fixture_post_finalizer(
     )
 
 
+_FAULTS_NOTED = pytest.StashKey[bool]()
+
+
+def _note_faults_never_fired(item: pytest.Item, error: BaseException) -> None:
+    """Note on a failing test's error that a fault of ``saga_faults`` names no step (a
+    typo, say), or never fired at its ``index``: the likely reason its
+    ``pytest.raises(StepFailed)`` saw nothing raised.
+    Not on a skip or an expected failure, whose error is not shown: its teardown says it."""
+    if isinstance(error, pytest.skip.Exception | pytest.xfail.Exception):
+        return
+    if item.get_closest_marker("xfail") is not None:
+        return
+    injector = getattr(item, "funcargs", {}).get("saga_faults")
+    faults = sys.modules.get("sagakit.testing._faults")  # imported if the fixture ran
+    if faults is None or not isinstance(injector, faults.FaultInjector):
+        return
+    notes = injector._failure_notes()
+    for note in notes:
+        error.add_note(note)
+    if notes:
+        item.stash[_FAULTS_NOTED] = True  # said once: the fixture's teardown says no more
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     """Fail a test that leaves a ``FaultInjector`` active: its faults hit later tests."""
     before = _fault_state()
     try:
         outcome = yield
-    except BaseException:
+    except BaseException as error:
         if _fault_state() != before:
             _restore_fault_state(before)
+        _note_faults_never_fired(item, error)
         raise
     if _fault_state() != before:
         _restore_fault_state(before)
@@ -219,10 +256,32 @@ def saga_sleep(request: pytest.FixtureRequest) -> InstantSleep:
     return InstantSleep(scale=0.0 if _setting(request.config, "saga_instant_sleep") else 1.0)
 
 
-def _async_fixtures() -> object:
+_NO_ASYNCIO = (
+    "the saga_orchestrator fixture is async, run by pytest-asyncio, and the pytest-asyncio "
+    "plugin is not active here (turned off with `-p no:asyncio`, or not turned on with "
+    "PYTEST_DISABLE_PLUGIN_AUTOLOAD=1); turn it on with `-p pytest_asyncio.plugin` or "
+    'pytest_plugins = ["pytest_asyncio.plugin"], or build a SagaOrchestrator in the test'
+)
+
+
+def _async_fixtures(config: pytest.Config) -> object:
     """A plugin of the fixtures that are pytest-asyncio's (so in strict mode too), made at
     configure: importing pytest-asyncio with this module, before pytest imports it as a
-    plugin listed after this one, would make pytest warn it cannot rewrite its asserts."""
+    plugin listed after this one, would make pytest warn it cannot rewrite its asserts.
+    Without the pytest-asyncio plugin, a fixture failing with what to do instead (pytest
+    says only that no plugin handled an async fixture, then fails every later test using
+    it with a bare ``AssertionError`` from its own fixture code)."""
+    plugin = sys.modules.get("pytest_asyncio.plugin")
+    if plugin is None or not config.pluginmanager.is_registered(plugin):
+
+        class NoAsyncFixtures:
+            @pytest.fixture
+            def saga_orchestrator(self) -> SagaOrchestrator:
+                """Fails: pytest-asyncio, which runs this async fixture, is not active."""
+                pytest.fail(_NO_ASYNCIO, pytrace=False)
+
+        return NoAsyncFixtures()
+
     import pytest_asyncio
 
     class AsyncFixtures:
@@ -242,12 +301,17 @@ def _async_fixtures() -> object:
 
 
 @pytest.fixture
-def saga_faults() -> Iterator[FaultInjector]:
-    """A :class:`~sagakit.testing.FaultInjector` active for this test only."""
+def saga_faults(request: pytest.FixtureRequest) -> Iterator[FaultInjector]:
+    """A :class:`~sagakit.testing.FaultInjector` active for this test only (a fault on a
+    step no ``@step`` defines fails the test, or errors at its teardown)."""
     from sagakit.testing import FaultInjector
 
-    with FaultInjector().activate() as injector:
+    injector = FaultInjector()
+    with injector._active():
         yield injector
+    problem = injector._unknown_steps()
+    if problem is not None and not request.node.stash.get(_FAULTS_NOTED, False):
+        pytest.fail(problem, pytrace=False)
 
 
 class FaultMatrix:
@@ -315,6 +379,17 @@ def saga_fault_matrix(request: pytest.FixtureRequest) -> Iterator[FaultMatrix]:
                     f"@pytest.mark.{_MARKER}({option}=...) must be True or False, got {value!r}",
                     pytrace=False,
                 )
+        if "error" in marker.kwargs:
+            from sagakit import SagaDefinitionError
+            from sagakit.testing._matrix import check_matrix_error
+
+            problem = None
+            try:
+                check_matrix_error(marker.kwargs["error"], f"@pytest.mark.{_MARKER}(error=...)")
+            except SagaDefinitionError as error:
+                problem = str(error)
+            if problem is not None:  # out of the except block: no "during handling" chain
+                pytest.fail(problem, pytrace=False)
         options.update(marker.kwargs)
     matrix = FaultMatrix(options)
     yield matrix

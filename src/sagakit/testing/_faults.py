@@ -22,8 +22,13 @@ from .._hooks import (
 )
 from .._runs import SagaRun, current_run
 from .._steps import COMPENSATED_NAMES, DEFINED_NAMES, Step, StepCall
+from .._tracebacks import hide_from_pytest
 from ..exceptions import SagaDefinitionError
 from ..stores import SagaStore, SQLiteStore
+
+# pytest shows a failing test's line, not this module's code (see _tracebacks).
+__tracebackhide__ = hide_from_pytest
+
 
 StepTarget = (
     str
@@ -71,17 +76,20 @@ class _Rule:
     index: int | None
 
     def matches(self, step: Step[Any, Any], attempt: int, compensation: bool, aimed: bool) -> bool:
+        return self.matches_step(step, attempt, compensation) and (
+            self.index is None or (aimed and self.index == _running_index())
+        )
+
+    def matches_step(self, step: Step[Any, Any], attempt: int, compensation: bool) -> bool:
+        """Whether this fault is for ``step``'s attempt, wherever it runs (``index`` aside)."""
         if compensation is not self.compensation:
             return False
         if self.times is not None and attempt > self.times:
             return False
         target = self.target
         if isinstance(target, str):
-            if step.name != target:
-                return False
-        elif step is not target:
-            return False
-        return self.index is None or (aimed and self.index == _running_index())
+            return step.name == target
+        return step is target
 
 
 def _running_index() -> int | None:
@@ -199,6 +207,10 @@ class FaultInjector:
     def __init__(self) -> None:
         self._rules: list[_Rule] = []
         self.fired: list[FiredFault] = []
+        # By id() of an `index` fault: where its step ran when that index was not the one
+        # (its position; whether in the saga under test), and the faults that fired.
+        self._missed: dict[int, dict[tuple[int | None, bool], None]] = {}
+        self._hit: set[int] = set()
 
     def _add(
         self,
@@ -288,6 +300,8 @@ class FaultInjector:
         """Forget every fault (and what fired)."""
         self._rules.clear()
         self.fired.clear()
+        self._missed.clear()
+        self._hit.clear()
 
     def _unknown_steps(self) -> str | None:
         """What is wrong if a fault names a step no ``@step`` defines (a typo, say), or
@@ -329,15 +343,49 @@ class FaultInjector:
             )
         return f"FaultInjector: {'; '.join(problems)}, so its fault never fired; {'; '.join(fixes)}"
 
+    def _index_misses(self) -> str | None:
+        """What is likely wrong if an ``index`` fault never fired though its step ran, at
+        other positions or only in nested sagas: said on a failure, never an error itself
+        (a saga may run a step elsewhere in one test and at that index in another)."""
+        misses = []
+        for rule in self._rules:
+            where = self._missed.get(id(rule))
+            if where is None or id(rule) in self._hit:
+                continue
+            name = rule.target if isinstance(rule.target, str) else rule.target.name
+            what = f"compensation of step {name!r}" if rule.compensation else f"step {name!r}"
+            under_test = sorted({i for i, aimed in where if aimed and i is not None})
+            nested = sorted({i for i, aimed in where if not aimed and i is not None})
+            ran = []
+            if under_test:
+                ran.append(f"at index {', '.join(map(str, under_test))} of the saga under test")
+            if nested:
+                ran.append(
+                    f"at index {', '.join(map(str, nested))} of a nested saga, which index= "
+                    "does not aim at (leave index out to fault it there)"
+                )
+            if not ran:
+                ran.append("outside any saga, where index= never hits")
+            ran_at = " and ".join(ran)
+            misses.append(
+                f"the fault on {what} with index={rule.index} never fired: it ran {ran_at}"
+            )
+        return "FaultInjector: " + "; ".join(misses) if misses else None
+
+    def _failure_notes(self) -> list[str]:
+        """Why a block (or a test) that failed may have: its faults that never fired."""
+        return [note for note in (self._unknown_steps(), self._index_misses()) if note]
+
     def _check_steps(self, error: BaseException | None) -> None:
         """At the end of a block: refuse faults on unknown steps (noted on ``error``)."""
         __tracebackhide__ = True  # pytest shows the test's `with` line
-        problem = self._unknown_steps()
-        if problem is None:
+        if error is not None:  # the block failed, perhaps because a fault never fired
+            for note in self._failure_notes():
+                error.add_note(note)
             return
-        if error is None:
+        problem = self._unknown_steps()
+        if problem is not None:
             raise SagaDefinitionError(problem)
-        error.add_note(problem)  # the block failed, perhaps because the fault never fired
 
     def fault_for(
         self, step: Step[Any, Any], attempt: int, *, compensation: bool
@@ -352,37 +400,47 @@ class FaultInjector:
     ) -> BaseException | _SimulatedTimeout | CrashAfter | None:
         """The fault for this attempt; ``aimed``: the running saga is the one under test."""
         for rule in self._rules:
-            if rule.matches(step, attempt, compensation, aimed):
-                fault = rule.fault
-                if isinstance(fault, SimulatedCrash | CrashAfter):
-                    self._rules.remove(rule)  # a process dies once
-                    crash = fault if isinstance(fault, SimulatedCrash) else fault.crash
-                    self.fired.append(
-                        FiredFault(step.name, _running_index(), attempt, compensation, crash)
-                    )
-                    return fault
-                if isinstance(fault, type):
-                    what = "compensation of step" if compensation else "step"
-                    fault = fault(f"injected into {what} {step.name!r}, attempt {attempt}")
+            if not rule.matches(step, attempt, compensation, aimed):
+                if rule.index is not None and rule.matches_step(step, attempt, compensation):
+                    self._missed.setdefault(id(rule), {})[_running_index(), aimed] = None
+                continue
+            self._hit.add(id(rule))
+            fault = rule.fault
+            if isinstance(fault, SimulatedCrash | CrashAfter):
+                self._rules.remove(rule)  # a process dies once
+                crash = fault if isinstance(fault, SimulatedCrash) else fault.crash
                 self.fired.append(
-                    FiredFault(step.name, _running_index(), attempt, compensation, fault)
+                    FiredFault(step.name, _running_index(), attempt, compensation, crash)
                 )
                 return fault
+            if isinstance(fault, type):
+                what = "compensation of step" if compensation else "step"
+                fault = fault(f"injected into {what} {step.name!r}, attempt {attempt}")
+            self.fired.append(FiredFault(step.name, _running_index(), attempt, compensation, fault))
+            return fault
         return None
 
     @contextmanager
     def activate(self) -> Iterator[FaultInjector]:
         """Make these faults apply within the ``with`` block (same as ``with injector:``)."""
         __tracebackhide__ = True
+        with self._active():
+            try:
+                yield self
+            except BaseException as error:
+                self._check_steps(error)
+                raise
+            else:
+                self._check_steps(None)
+
+    @contextmanager
+    def _active(self) -> Iterator[None]:
+        """Make these faults apply within the block, checking nothing at its end (the
+        ``saga_faults`` fixture checks the steps named itself)."""
         scope = _Scope(self, active_faults.get())
         token = active_faults.set(scope)
         try:
-            yield self
-        except BaseException as error:
-            self._check_steps(error)
-            raise
-        else:
-            self._check_steps(None)
+            yield
         finally:
             scope.open = False  # also for the tasks started in the block
             active_faults.reset(token)

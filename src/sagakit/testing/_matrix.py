@@ -13,12 +13,17 @@ from .._orchestrator import SagaOrchestrator, _not_a_definition_fix
 from .._runs import current_run
 from .._sagas import SagaDefinition
 from .._steps import Step
+from .._tracebacks import hide_from_pytest
 from ..exceptions import CompensationFailed, SagaDefinitionError, StepFailed, StepTimeout
 from ..status import SagaStatus
 from ..transitions import TransitionKind
 from ._faults import Fault, FaultInjector, InjectedFault, _check_fault, _running_index, _Scope
 from ._recorder import SagaRecorder
 from ._sleep import InstantSleep
+
+# pytest shows a failing test's line, not this module's code (see _tracebacks).
+__tracebackhide__ = hide_from_pytest
+
 
 FaultMode = Literal["fail", "timeout"]
 
@@ -134,6 +139,17 @@ def _active(plan: FaultPlan) -> Iterator[None]:
         active_faults.reset(token)
 
 
+def _injectors_around() -> list[FaultInjector]:
+    """The fault injectors whose ``with`` blocks (or ``saga_faults``) are active here."""
+    found = []
+    scope = active_faults.get()
+    while isinstance(scope, _Scope):
+        if scope.open and isinstance(scope.inner, FaultInjector):
+            found.append(scope.inner)
+        scope = scope.outer
+    return found
+
+
 def _label(index: int, step: Step[Any, Any]) -> str:
     return f"{index}:{step.name}"
 
@@ -222,6 +238,27 @@ async def _run_case(
     )
 
 
+def check_matrix_error(error: object, where: str) -> Fault:
+    """``error`` as the fault matrix takes it: an ``Exception`` instance or class."""
+    __tracebackhide__ = True
+    if not isinstance(error, BaseException) and not (
+        isinstance(error, type) and issubclass(error, BaseException)
+    ):
+        raise SagaDefinitionError(
+            f"{where} must be an exception instance or class, such as ValueError('boom') "
+            f"or ConnectionError, got {error!r}"
+        )
+    fault = _check_fault(error)
+    kind = fault if isinstance(fault, type) else type(fault)
+    if not issubclass(kind, Exception):
+        raise SagaDefinitionError(
+            f"{where} must be an Exception, got {kind.__name__}: a step "
+            f"raising it stops the saga never compensated, which the matrix cannot check; "
+            f"test it with FaultInjector().fail(step, {kind.__name__})"
+        )
+    return fault
+
+
 async def run_fault_matrix(
     definition: SagaDefinition,
     *,
@@ -264,27 +301,35 @@ async def run_fault_matrix(
             "run_fault_matrix(failures=False, timeouts=False) would run no case and pass; "
             "leave failures or timeouts on"
         )
-    fault = _check_fault(error)
-    kind = fault if isinstance(fault, type) else type(fault)
-    if not issubclass(kind, Exception):
-        raise SagaDefinitionError(
-            f"run_fault_matrix(error=...) must be an Exception, got {kind.__name__}: a step "
-            f"raising it stops the saga never compensated, which the matrix cannot check; "
-            f"test it with FaultInjector().fail(step, {kind.__name__})"
-        )
+    fault = check_matrix_error(error, "run_fault_matrix(error=...)")
     own = orchestrator is None
     if orchestrator is None:
         orchestrator = SagaOrchestrator(sleep=InstantSleep(), history_limit=0)
     run_id = f"fault-matrix-{os.urandom(4).hex()}"
     spy = _StepSpy(f"{run_id}-discover")
+    around = _injectors_around()
+    fired_before = [len(injector.fired) for injector in around]
     try:
         try:
             with _active(spy):
                 await orchestrator.execute(definition, saga_id=spy.saga_id)
         except Exception as failure:
+            fired = [
+                fault
+                for injector, before in zip(around, fired_before, strict=True)
+                for fault in injector.fired[before:]
+            ]
+            cause = (
+                f"; a fault active around the call fired in it (at step {fired[0].step_name!r}"
+                f"{' compensation' if fired[0].compensation else ''}): run the matrix "
+                "without that fault, outside its `with injector:` block or before adding "
+                "it to saga_faults"
+                if fired
+                else ""
+            )
             raise AssertionError(
-                f"the fault matrix runs saga {definition.name!r} once without faults to "
-                f"discover its steps, but that run failed: {failure!r}"
+                f"the fault matrix runs saga {definition.name!r} once without faults of its "
+                f"own to discover its steps, but that run failed: {failure!r}{cause}"
             ) from failure
         steps = [spy.steps[i] for i in sorted(spy.steps)]
         modes: list[FaultMode] = []

@@ -5,13 +5,18 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .._runs import current_run, describe_error
+from .._tracebacks import hide_from_pytest
 from ..exceptions import SagaDefinitionError
 from ..status import SagaStatus
 from ..transitions import Transition, TransitionKind
 from ._faults import StepTarget, step_names
+
+# pytest shows a failing test's line, not this module's code (see _tracebacks).
+__tracebackhide__ = hide_from_pytest
+
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -75,6 +80,8 @@ class RecordedRun:
     saga_id: str
     saga_name: str
     transitions: list[Transition] = field(default_factory=list)
+    # The simulated crash that ended the run, if one did (it tells no transition).
+    crash: BaseException | None = None
 
     @property
     def label(self) -> str:
@@ -129,8 +136,9 @@ class RecordedRun:
         __tracebackhide__ = True  # pytest shows the line of the test that called it
         status = _member(SagaStatus, status, "assert_status()", "a saga status")
         if not self.finished:
+            why = f": {self.crash}" if self.crash is not None else ""
             raise AssertionError(
-                f"{self.label} has not finished (status {self.status}), expected {status}\n"
+                f"{self.label} has not finished (status {self.status}{why}), expected {status}\n"
                 f"trail:\n{self.describe('  ')}"
             )
         if self.status != status:
@@ -159,9 +167,19 @@ class RecordedRun:
         if self.trail() != list(lines):
             raise AssertionError(_mismatch("trails", list(lines), self.trail(), self))
 
-    def __repr__(self) -> str:
+    def _state(self) -> str:
+        if not self.transitions:  # made by hand
+            return "no transitions"
+        ended = "" if self.finished else " (crashed)" if self.crash else " (unfinished)"
         count = len(self.transitions)
-        return f"<RecordedRun {self.saga_name} id={self.saga_id!r} {count} transitions>"
+        return f"{self.status}{ended}, {count} transition{'' if count == 1 else 's'}"
+
+    def __repr__(self) -> str:
+        return f"<RecordedRun {self.saga_name} id={self.saga_id!r} {self._state()}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython (a notebook cell's value, the REPL): the run's state, then :meth:`describe`."""
+        printer.text(f"{self.label}: {self._state()}\n{self.describe(indent='  ')}")
 
 
 class SagaRecorder:
@@ -237,6 +255,7 @@ class SagaRecorder:
         key = (saga_id, run_number)
         if key in self._runs:
             self._ended.add(key)
+            self._runs[key].crash = crash
 
     def _last_of(self, saga_id: str) -> RecordedRun | None:
         """The most recently started run of ``saga_id`` still recorded, if any."""
