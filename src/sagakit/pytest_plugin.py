@@ -9,7 +9,8 @@ Options: ``--saga-matrix-timeouts`` / ``saga_matrix_timeouts`` and ``--saga-inst
 The plugin never creates or manages an event loop; async tests need pytest-asyncio. A test
 leaving a fault injector active fails, and a fixture doing so errors at its teardown (its
 faults would hit the tests after it). A saga definition or step call parametrizing a test
-is named by its saga's or step's name in the test's id.
+is named by its saga's or step's name in the test's id. A ``saga_fault_matrix`` marker with
+a bad keyword, or placed on a test that does not use the fixture, errors the test's setup.
 """
 
 from __future__ import annotations
@@ -239,6 +240,58 @@ def _setting(config: pytest.Config, ini: str) -> bool:
     return bool(config.getini(ini))
 
 
+def _marker_problem(item: pytest.Item) -> str | None:
+    """What is wrong with the test's ``saga_fault_matrix`` markers, if anything: a
+    positional argument, a keyword it does not take or a bad value, on any of them (a
+    module's or class's too), or one put on the test itself, which has no effect when the
+    test does not use the fixture."""
+    uses_fixture = _MARKER in getattr(item, "fixturenames", ())
+    for node, marker in item.iter_markers_with_node(_MARKER):
+        if marker.args:
+            return (
+                f"@pytest.mark.{_MARKER} takes keyword options only "
+                f"({', '.join(_MATRIX_KWARGS)}); pass the saga to the fixture: "
+                "await saga_fault_matrix(transfer('A', 'B', 10))"
+            )
+        unknown = sorted(set(marker.kwargs) - set(_MATRIX_KWARGS))
+        if unknown:
+            return (
+                f"@pytest.mark.{_MARKER} got unknown options {unknown}; "
+                f"it takes {', '.join(_MATRIX_KWARGS)}"
+            )
+        for option in ("failures", "timeouts"):
+            value = marker.kwargs.get(option, True)
+            if not isinstance(value, bool):
+                return f"@pytest.mark.{_MARKER}({option}=...) must be True or False, got {value!r}"
+        if "error" in marker.kwargs:
+            from sagakit import SagaDefinitionError
+            from sagakit.testing._matrix import check_matrix_error
+
+            try:
+                check_matrix_error(marker.kwargs["error"], f"@pytest.mark.{_MARKER}(error=...)")
+            except SagaDefinitionError as error:
+                return str(error)
+        if node is item and not uses_fixture:
+            # A module's or class's marker sets defaults for those of its tests using the
+            # fixture; one on the test itself configures nothing else.
+            return (
+                f"@pytest.mark.{_MARKER} only sets the options of the {_MARKER} fixture, "
+                f"which this test does not use, so it has no effect; request the fixture "
+                f"(`async def {item.name.partition('[')[0]}({_MARKER}): "
+                f"await {_MARKER}(...)`) or remove the marker"
+            )
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Error a test whose ``saga_fault_matrix`` marker is misused, whether or not the test
+    uses the fixture (a misspelt keyword would otherwise be ignored)."""
+    problem = _marker_problem(item)
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
+
+
 @pytest.fixture
 def saga_recorder() -> SagaRecorder:
     """A :class:`~sagakit.testing.SagaRecorder` (``saga_orchestrator`` reports to it)."""
@@ -357,39 +410,8 @@ def saga_fault_matrix(request: pytest.FixtureRequest) -> Iterator[FaultMatrix]:
     awaited fails the test at its teardown)."""
     options: dict[str, Any] = {"timeouts": _setting(request.config, "saga_matrix_timeouts")}
     # Module, class and test markers combine; the closest one's keywords win.
+    # (Checked by pytest_runtest_setup before any fixture.)
     for marker in reversed(list(request.node.iter_markers(_MARKER))):
-        if marker.args:
-            pytest.fail(
-                f"@pytest.mark.{_MARKER} takes keyword options only "
-                f"({', '.join(_MATRIX_KWARGS)}); pass the saga to the fixture: "
-                "await saga_fault_matrix(transfer('A', 'B', 10))",
-                pytrace=False,
-            )
-        unknown = sorted(set(marker.kwargs) - set(_MATRIX_KWARGS))
-        if unknown:
-            pytest.fail(
-                f"@pytest.mark.{_MARKER} got unknown options {unknown}; "
-                f"it takes {', '.join(_MATRIX_KWARGS)}",
-                pytrace=False,
-            )
-        for option in ("failures", "timeouts"):
-            value = marker.kwargs.get(option, True)
-            if not isinstance(value, bool):
-                pytest.fail(
-                    f"@pytest.mark.{_MARKER}({option}=...) must be True or False, got {value!r}",
-                    pytrace=False,
-                )
-        if "error" in marker.kwargs:
-            from sagakit import SagaDefinitionError
-            from sagakit.testing._matrix import check_matrix_error
-
-            problem = None
-            try:
-                check_matrix_error(marker.kwargs["error"], f"@pytest.mark.{_MARKER}(error=...)")
-            except SagaDefinitionError as error:
-                problem = str(error)
-            if problem is not None:  # out of the except block: no "during handling" chain
-                pytest.fail(problem, pytrace=False)
         options.update(marker.kwargs)
     matrix = FaultMatrix(options)
     yield matrix
