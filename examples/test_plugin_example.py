@@ -4,8 +4,10 @@ Run it with ``pytest examples/test_plugin_example.py`` (pytest-asyncio in strict
 async tests carry ``@pytest.mark.asyncio``).
 
 Fixtures used here:
-  saga_orchestrator  a fresh in-memory orchestrator per test, reporting to saga_recorder
+  saga_orchestrator  a fresh orchestrator per test on saga_store, reporting to saga_recorder
                      and sleeping with saga_sleep (retry backoff without waiting)
+  saga_store         its store: in memory, unless a conftest.py overrides the fixture to run
+                     these tests on SQLite or PostgreSQL (see docs/testing.md)
   saga_recorder      the ordered trail of every run, with assert_* helpers
   saga_faults        a fault injector active for this test only
   saga_sleep         the instant sleep: .delays lists the backoff that was skipped

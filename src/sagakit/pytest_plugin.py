@@ -1,7 +1,8 @@
 """The sagakit pytest plugin (registered through the ``pytest11`` entry point).
 
-A thin layer over :mod:`sagakit.testing`. Fixtures: ``saga_orchestrator`` (a fresh
-in-memory orchestrator wired to ``saga_recorder`` and ``saga_sleep``), ``saga_recorder``,
+A thin layer over :mod:`sagakit.testing`. Fixtures: ``saga_store`` (a fresh in-memory store;
+override it in a conftest.py for a durable one), ``saga_orchestrator`` (a fresh orchestrator on
+``saga_store``, wired to ``saga_recorder`` and ``saga_sleep``), ``saga_recorder``,
 ``saga_faults`` (a fault injector active for the test), ``saga_sleep`` and
 ``saga_fault_matrix``. Marker: ``@pytest.mark.saga_fault_matrix(failures=..., timeouts=...)``.
 Options: ``--saga-matrix-timeouts`` / ``saga_matrix_timeouts`` and ``--saga-instant-sleep`` /
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from sagakit import SagaDefinition, SagaOrchestrator
+    from sagakit.stores import SagaStore
     from sagakit.testing import Fault, FaultInjector, FaultMatrixReport, InstantSleep, SagaRecorder
 
     class _MatrixOptions(TypedDict, total=False):
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 
 
 _MARKER = "saga_fault_matrix"
+_STORE = "saga_store"
 _SETTINGS = {
     "matrix_timeouts": ("saga_matrix_timeouts", "also time out each step in the fault matrix"),
     "instant_sleep": ("saga_instant_sleep", "saga_orchestrator skips retry backoff waits"),
@@ -157,7 +160,16 @@ def pytest_fixture_setup(
     """Note the fault scopes a fixture enters, for :func:`pytest_fixture_post_finalizer`."""
     before = _open_scopes()
     try:
-        return (yield)
+        try:
+            return (yield)
+        except pytest.fail.Exception:
+            func = fixturedef.func
+            if fixturedef.argname == _STORE and (
+                inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
+            ):
+                # pytest's own message names neither pytest-asyncio nor the fix.
+                pytest.fail(_ASYNC_STORE, pytrace=False)
+            raise
     finally:
         noted = _FixtureScopes([scope for scope in _open_scopes() if scope not in before])
         request.config.stash.setdefault(_FIXTURE_SCOPES, {})[fixturedef] = noted
@@ -293,6 +305,65 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.fixture
+def saga_store() -> SagaStore:
+    """The store of ``saga_orchestrator``: a fresh in-memory one. Override it in a
+    conftest.py to run the tests on a durable store (``SQLiteStore(tmp_path / "sagas.db")``);
+    ``saga_orchestrator`` opens it and closes it at the test's teardown."""
+    from sagakit import MemoryStore
+
+    return MemoryStore()
+
+
+_ASYNC_STORE = (
+    f"the {_STORE} fixture is an `async def` that pytest-asyncio does not run (in strict "
+    "mode it runs only fixtures decorated with @pytest_asyncio.fixture); decorate it with "
+    "@pytest_asyncio.fixture, or make it a plain `def`: saga_orchestrator opens the store "
+    "and closes it at the test's teardown"
+)
+
+
+def _store_problem(store: object) -> str | None:
+    """Why ``store``, what the ``saga_store`` fixture gave, is not a store (None if it is).
+    A coroutine is closed, so that it does not also warn that it was never awaited."""
+    from sagakit.stores import SagaStore
+
+    if isinstance(store, SagaStore) and not isinstance(store, type):
+        return None
+    what = f"the {_STORE} fixture must give a sagakit store (return or yield one)"
+    example = 'e.g. `return SQLiteStore(tmp_path / "sagas.db")`'
+    if isinstance(store, type):
+        name = store.__name__
+        return f"{what}, not the class {name}; return an instance: `return {name}(...)`"
+    if inspect.iscoroutine(store):
+        store.close()
+        return (
+            f"{what}, not a coroutine ({store.__qualname__}() called without `await`); "
+            "await it in an async fixture (@pytest_asyncio.fixture), or return the store itself"
+        )
+    if inspect.isasyncgen(store) or inspect.isawaitable(store):
+        return (
+            f"{what}, not {store!r}: an `async def` fixture that pytest-asyncio did not run; "
+            "decorate it with @pytest_asyncio.fixture, or make it a plain `def`"
+        )
+    if isinstance(store, str | bytes) or hasattr(store, "__fspath__"):
+        return f"{what}, not the path {store!r}; open a store on it: `return SQLiteStore(path)`"
+    if store is None:
+        return f"{what}; it gave None (no `return` or `yield`?): {example}"
+    return (
+        f"{what}: MemoryStore(), SQLiteStore(path), PostgresStore(dsn, schema=...) or an "
+        f"implementation of sagakit.stores.SagaStore, not {store!r} ({type(store).__name__}); "
+        f"{example}"
+    )
+
+
+def _store_scope(request: pytest.FixtureRequest) -> str:
+    """The scope of the ``saga_store`` fixture the test uses (``function`` by default)."""
+    info = getattr(request.node, "_fixtureinfo", None)
+    defs = getattr(info, "name2fixturedefs", {}).get(_STORE)
+    return str(defs[-1].scope) if defs else "function"
+
+
+@pytest.fixture
 def saga_recorder() -> SagaRecorder:
     """A :class:`~sagakit.testing.SagaRecorder` (``saga_orchestrator`` reports to it)."""
     from sagakit.testing import SagaRecorder
@@ -340,17 +411,40 @@ def _async_fixtures(config: pytest.Config) -> object:
     class AsyncFixtures:
         @pytest_asyncio.fixture
         async def saga_orchestrator(
-            self, saga_recorder: SagaRecorder, saga_sleep: InstantSleep
+            self,
+            request: pytest.FixtureRequest,
+            saga_store: SagaStore,
+            saga_recorder: SagaRecorder,
+            saga_sleep: InstantSleep,
         ) -> AsyncIterator[SagaOrchestrator]:
-            """A fresh in-memory orchestrator, recorded by ``saga_recorder``, sleeping
-            ``saga_sleep``; closed at the test's teardown (a synchronous test may use it)."""
+            """A fresh orchestrator on ``saga_store``, recorded by ``saga_recorder``,
+            sleeping ``saga_sleep``. It opens the store (if it has an ``open()``) and closes
+            it at the test's teardown, before the teardown of ``saga_store`` runs (a
+            ``saga_store`` of a wider scope is left open for the tests after; its fixture
+            closes it). A synchronous test may use it."""
             from sagakit import SagaOrchestrator
 
-            orchestrator = SagaOrchestrator(listeners=[saga_recorder], sleep=saga_sleep)
+            problem = _store_problem(saga_store)
+            if problem is not None:
+                pytest.fail(problem, pytrace=False)
+            orchestrator = SagaOrchestrator(saga_store, listeners=[saga_recorder], sleep=saga_sleep)
+            if _store_scope(request) != "function":
+                await _open(saga_store)
+                yield orchestrator
+                return
             async with orchestrator:
+                await _open(saga_store)
                 yield orchestrator
 
     return AsyncFixtures()
+
+
+async def _open(store: SagaStore) -> None:
+    """Open ``store`` if it has an ``open()`` coroutine (``PostgresStore``: so that a bad
+    DSN errors the test's setup); the others open on first use."""
+    opener = getattr(store, "open", None)
+    if inspect.iscoroutinefunction(opener):
+        await opener()
 
 
 @pytest.fixture
