@@ -81,6 +81,8 @@ from ._sqlite_sql import (
     INSERT_EVENT,
     INSERT_SAGA,
     INTERRUPTED_STEP,
+    LIST_NEWEST,
+    LIST_NEWEST_OF_STATUS,
     NEXT_FINISH,
     RESOLVE_INTERRUPTED,
     RETRY_STEP,
@@ -708,10 +710,8 @@ class SQLiteStore:
         if limit <= 0:  # as get_history(): none (SQLite would read LIMIT -1 as no limit)
             return []
         if wanted is None:
-            return await self._list("ORDER BY started_at DESC, rowid DESC LIMIT ?", (limit,))
-        return await self._list(
-            "WHERE status = ? ORDER BY started_at DESC, rowid DESC LIMIT ?", (wanted, limit)
-        )
+            return await self._list(LIST_NEWEST, (limit,))
+        return await self._list(LIST_NEWEST_OF_STATUS, (wanted, limit))
 
     async def _list(self, where: str, params: tuple[Any, ...]) -> list[SagaMetadata]:
         serializer = self.serializer
