@@ -518,6 +518,9 @@ class SagaOrchestrator:
                         run.deadline = deadline
                         if deadline < watchdog.when:
                             watchdog.wake_at(deadline)
+                        if not run.queued:  # seen by the next firing
+                            run.queued = True
+                            watchdog.fresh.add(run)
                         acted = record
                         try:
                             value = await (
@@ -779,6 +782,9 @@ class SagaOrchestrator:
             raise
         finally:
             watchdog.runs.discard(run)
+            if run.queued:  # no firing looked at it since its last step: forget it
+                run.queued = False
+                watchdog.fresh.discard(run)
             run.task = None  # a finished run in the history must not keep its task alive
             run.parent = None  # leave_run(run, token), inline
             current_run.reset(token)
@@ -1121,6 +1127,9 @@ class SagaOrchestrator:
                         run.deadline = deadline
                         if deadline < watchdog.when:
                             watchdog.wake_at(deadline)
+                        if not run.queued:  # seen by the next firing
+                            run.queued = True
+                            watchdog.fresh.add(run)
                         try:
                             args = call._args
                             missing = spec.arity - len(args)
@@ -1255,6 +1264,9 @@ class SagaOrchestrator:
             run.deadline = NO_DEADLINE  # a BaseException raised by a compensation skips it
             if not watched:
                 watchdog.runs.discard(run)
+                if run.queued:
+                    run.queued = False
+                    watchdog.fresh.discard(run)
                 run.task = None
             run.step = None
             run.compensating = False

@@ -294,6 +294,7 @@ class SagaRun:
         "number",
         "orchestrator",
         "parent",
+        "queued",
         "started_mono",
         "started_wall",
         "status",
@@ -344,6 +345,7 @@ class SagaRun:
         self.unrecorded: StepRun | None = None
         self.deadline = math.inf  # loop time the running step must finish by
         self.timed_out = False  # the watchdog cancelled ``task`` for ``deadline``
+        self.queued = False  # in its watchdog's ``fresh``: it looks at ``deadline`` next firing
         self.task: asyncio.Task[Any] | None = None
         self.cancel_base = 0  # task.cancelling() when the run started
         self.listeners: Sequence[Any] = ()  # told of this run: those there when it began

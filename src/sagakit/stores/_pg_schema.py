@@ -243,6 +243,18 @@ def _v5(s: str, events_lock: int) -> str:
     return _apply_writes(s, events_lock, tokens=True, order=True, counted=True)
 
 
+def _v6(s: str, events_lock: int) -> str:
+    # `list_sagas()` (`sagakit list`), of every status or of one, had no index to read the
+    # newest sagas from, and `dead_letters()` (which `list` and `show` call too) none for the
+    # parked ones: each read every saga of the log (a sequential scan, 90 ms for 100,000
+    # sagas). The parked sagas' index is partial: it holds only them.
+    return f"""
+CREATE INDEX IF NOT EXISTS sagas_started ON {s}.sagas (started_at, saga_id);
+CREATE INDEX IF NOT EXISTS sagas_status ON {s}.sagas (status, started_at, saga_id);
+CREATE INDEX IF NOT EXISTS sagas_parked ON {s}.sagas (parked_at, saga_id)
+    WHERE dead_reason IS NOT NULL AND finished_at IS NULL;"""
+
+
 def _apply_writes(
     s: str, events_lock: int, *, tokens: bool, order: bool = False, counted: bool = False
 ) -> str:
@@ -392,6 +404,7 @@ def migrations(schema: str) -> list[str]:
         _v3(s, events_lock),
         _v4(s, events_lock),
         _v5(s, events_lock),
+        _v6(s, events_lock),
     ]
 
 

@@ -75,6 +75,10 @@ FINISHED = (
 # -------------------------------------------------------------------- reads
 
 SELECT_SAGA = f"SELECT {_SAGA_COLUMNS} FROM sagakit_sagas WHERE id = ?"
+LIST_NEWEST = "ORDER BY started_at DESC, rowid DESC LIMIT ?"
+"""``list_sagas()``: the newest sagas (an index read backwards: ``sagakit_sagas_started``)."""
+LIST_NEWEST_OF_STATUS = "WHERE status = ? ORDER BY started_at DESC, rowid DESC LIMIT ?"
+"""``list_sagas(status=...)``: the newest of one status (``sagakit_sagas_status``)."""
 _RECORD_ORDER = "ORDER BY compensation, start_order IS NULL, start_order, started_at, idx"
 """Steps, then compensations, each in the order they last started (not by the clock).
 Records an older sagakit wrote into this schema have no ``start_order``: they come after
@@ -97,6 +101,8 @@ __all__ = [
     "INSERT_EVENT",
     "INSERT_SAGA",
     "INTERRUPTED_STEP",
+    "LIST_NEWEST",
+    "LIST_NEWEST_OF_STATUS",
     "NEXT_FINISH",
     "RESOLVE_INTERRUPTED",
     "RETRY_STEP",

@@ -13,6 +13,7 @@ import asyncio
 import functools
 import hashlib
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -81,6 +82,8 @@ from ._sqlite_sql import (
     INSERT_EVENT,
     INSERT_SAGA,
     INTERRUPTED_STEP,
+    LIST_NEWEST,
+    LIST_NEWEST_OF_STATUS,
     NEXT_FINISH,
     RESOLVE_INTERRUPTED,
     RETRY_STEP,
@@ -95,6 +98,9 @@ if TYPE_CHECKING:
     from ..transitions import Transition
 
 DEFAULT_BUSY_TIMEOUT = 5.0
+
+CLAIM_PAGE = 256
+"""Running sagas a claim reads at a time (more when its ``limit`` is higher)."""
 
 logger = logging.getLogger("sagakit")
 
@@ -720,10 +726,8 @@ class SQLiteStore:
         if limit <= 0:  # as get_history(): none (SQLite would read LIMIT -1 as no limit)
             return []
         if wanted is None:
-            return await self._list("ORDER BY started_at DESC, rowid DESC LIMIT ?", (limit,))
-        return await self._list(
-            "WHERE status = ? ORDER BY started_at DESC, rowid DESC LIMIT ?", (wanted, limit)
-        )
+            return await self._list(LIST_NEWEST, (limit,))
+        return await self._list(LIST_NEWEST_OF_STATUS, (wanted, limit))
 
     async def _list(self, where: str, params: tuple[Any, ...]) -> list[SagaMetadata]:
         serializer = self.serializer
@@ -803,21 +807,46 @@ class SQLiteStore:
         owner = self._owner
         now = time.time()
         only = () if saga_ids is None else tuple(saga_ids)
+        # The running sagas, oldest first, read a page at a time from where the last
+        # page ended (the active sagas' index), and never those this live process owns:
+        # a claim read every running saga, those it had claimed before too, to take the
+        # first ``limit``, so recovering n orphans read about n * n / limit rows.
         query = (
-            "SELECT id, name, owner, factory, recovery_attempts FROM sagakit_sagas "
-            "WHERE finished_at IS NULL AND dead_letter IS NULL"
+            "SELECT id, name, owner, factory, recovery_attempts, started_at, rowid "
+            "FROM sagakit_sagas WHERE finished_at IS NULL AND dead_letter IS NULL "
+            "AND (? IS NULL OR owner IS NULL OR owner <> ?) "
+            "AND (started_at, rowid) > (?, ?)"
         )
         if saga_ids is not None:
             query += f" AND id IN ({', '.join('?' * len(only))})"
+        query += " ORDER BY started_at, rowid LIMIT ?"
+        mine = owner if owner_alive(owner) else None  # (a claim skips a live owner's)
 
         def job(
             conn: sqlite3.Connection, limit: int
         ) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]], dict[str, int]]:
-            rows = conn.execute(query + " ORDER BY started_at, rowid", only).fetchall()
             claimed: list[tuple[Any, ...]] = []
             orders: dict[str, int] = {}
             parked: list[tuple[str, str]] = []
-            for saga_id, name, holder, factory, attempts in rows:
+            page = max(limit, CLAIM_PAGE)
+            after: tuple[float, int] = (-math.inf, 0)
+            while len(claimed) < limit:
+                rows = conn.execute(query, (mine, mine, *after, *only, page)).fetchall()
+                claim_page(conn, rows, limit, claimed, orders, parked)
+                if len(rows) < page:
+                    break
+                after = (rows[-1][5], rows[-1][6])
+            return claimed, parked, orders
+
+        def claim_page(
+            conn: sqlite3.Connection,
+            rows: list[tuple[Any, ...]],
+            limit: int,
+            claimed: list[tuple[Any, ...]],
+            orders: dict[str, int],
+            parked: list[tuple[str, str]],
+        ) -> None:
+            for saga_id, name, holder, factory, attempts, _, _ in rows:
                 if len(claimed) >= limit:
                     break
                 if factory and allowed is not None and name not in allowed:
@@ -843,7 +872,6 @@ class SQLiteStore:
                 )
                 orders[saga_id] = number_unordered(conn, saga_id)
                 claimed.append(load_orphan_rows(conn, saga_id))
-            return claimed, parked, orders
 
         orphans: list[OrphanedSaga] = []
         taken: list[str] = []  # the ids this call made this process the owner of
