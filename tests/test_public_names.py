@@ -72,7 +72,7 @@ def test_every_type_a_public_signature_names_is_exported(cls: type) -> None:
 def test_the_store_names_are_exported() -> None:
     from sagakit.stores import PostgresStats, Synchronous
 
-    assert typing.get_args(Synchronous) == ("NORMAL", "FULL")
+    assert typing.get_args(Synchronous) == ("NORMAL", "FULL", "normal", "full")
     assert PostgresStats(1, 1, 0, 0).statements == 1
     assert typing.get_args(sagakit.RecoveryAction) == ("resumed", "compensated", "dead_lettered")
     for module in (sagakit, sagakit.stores):
