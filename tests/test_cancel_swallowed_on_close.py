@@ -5,10 +5,12 @@ run as if its task had not been cancelled."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import Any
 
 import pytest
 
-from sagakit import PostgresStore
+from sagakit import PostgresStore, SagaOrchestrator
 
 
 @pytest.mark.asyncio
@@ -39,3 +41,45 @@ async def test_a_postgres_store_cancelled_while_its_heartbeat_stops_raises_it(
     assert closing.done()
     assert closing.cancelled()  # not swallowed
     assert store._pool is None  # and the store was closed all the same
+
+
+class _SwallowingClose:
+    """Wraps a store whose close() catches its caller's cancellation."""
+
+    def __init__(self, store: Any, closing: asyncio.Event) -> None:
+        self._store = store
+        self._closing = closing
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def close(self) -> None:
+        self._closing.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+        await self._store.close()
+
+
+@pytest.mark.asyncio
+async def test_leaving_an_orchestrator_cancelled_raises_even_if_the_store_swallows_it() -> None:
+    # Regression: `async with SagaOrchestrator(store)` whose exit was cancelled while the
+    # store closed, by a store that caught the cancellation, left the block normally: the
+    # code after it ran in a task that had been cancelled.
+    from sagakit import MemoryStore, SagaStore
+
+    closing = asyncio.Event()
+    store = _SwallowingClose(MemoryStore(), closing)
+    assert isinstance(store, SagaStore)
+    after: list[str] = []
+
+    async def use() -> None:
+        async with SagaOrchestrator(store):
+            pass
+        after.append("went on")
+
+    task = asyncio.create_task(use())
+    await closing.wait()
+    task.cancel()
+    await asyncio.wait({task}, timeout=10.0)  # a guard
+    assert task.cancelled()
+    assert after == []
