@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sagakit import PostgresStore, SagaOrchestrator
+from sagakit import PostgresStore, SagaOrchestrator, SQLiteStore
 
 
 @pytest.mark.asyncio
@@ -83,3 +84,24 @@ async def test_leaving_an_orchestrator_cancelled_raises_even_if_the_store_swallo
     await asyncio.wait({task}, timeout=10.0)  # a guard
     assert task.cancelled()
     assert after == []
+
+
+@pytest.mark.asyncio
+async def test_a_sqlite_store_cancelled_while_a_hand_over_is_retried_raises_it(
+    tmp_path: Path,
+) -> None:
+    # Regression: close() waited for the hand-over being retried (of sagas whose end the
+    # log had refused) with wait_out(), which leaves raising the caller's cancellation to
+    # the caller; close() did not, and returned normally.
+    store = SQLiteStore(tmp_path / "s.db")
+    gate = asyncio.Event()
+    store._retrying = asyncio.create_task(gate.wait())  # a retried hand-over on its way
+    closing = asyncio.create_task(store.close())
+    await asyncio.sleep(0)  # close() now waits for it
+    closing.cancel()
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.wait({closing}, timeout=10.0)  # a guard, not a timing check
+    assert closing.done()
+    assert closing.cancelled()  # not swallowed
+    assert not store._writer.usable  # and the store was closed all the same

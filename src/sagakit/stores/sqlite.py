@@ -775,8 +775,13 @@ class SQLiteStore:
             await self._writer.close()
             return
         retrying = self._retrying
+        cancelled = False  # close() itself, while the hand-over being retried ended
         if retrying is not None:
+            task = asyncio.current_task()
+            base = task.cancelling() if task is not None else 0
             await wait_out(retrying)
+            # (wait_out leaves raising our caller's cancellation to us: after closing.)
+            cancelled = task is not None and task.cancelling() > base
         if self._unreleased and not await self._hand_over(list(self._unreleased)):
             logger.error(
                 "sagakit: sagas %s ended, but %r refused their end and their hand-over to "
@@ -787,6 +792,8 @@ class SQLiteStore:
             )
         self._unreleased.clear()
         await self._writer.close()
+        if cancelled:
+            raise asyncio.CancelledError
 
     # ------------------------------------------------------------------ recovery
 
