@@ -324,8 +324,17 @@ class PostgresStore:
         assert pool is not None
         psycopg, _ = _import_driver()
         used: AsyncConnection[Any] | None = None
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
         try:
             async with pool.connection() as conn:
+                if task is not None and task.cancelling() > cancels:
+                    # Cancelled while waiting for the connection, and the cancellation was
+                    # lost on the way (Python 3.11's asyncio.wait_for, in the pool, returns
+                    # the connection when it arrives just as it is handed over): raise it
+                    # here, before anything is sent, or the caller runs on as if not
+                    # cancelled. (The connection goes back to the pool.)
+                    raise asyncio.CancelledError
                 used = conn
                 yield conn
         except psycopg.Error as error:
