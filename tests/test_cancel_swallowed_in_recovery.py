@@ -8,6 +8,7 @@ claiming and finishing the next orphans, and returned as if never cancelled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -75,3 +76,42 @@ async def test_recover_stops_when_a_compensation_swallowed_its_cancellation(
     assert second is not None
     assert second.status is SagaStatus.EXECUTING  # left for the next recovery
     assert effects == ["book o1", "book o2", "swallowed while unbooking o1", "unbook o1"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("on_start", [False, True], ids=["recover", "recover_on_start"])
+async def test_recover_cancelled_in_a_claim_that_swallows_it_raises_it(
+    durable_store: Callable[[], Any], on_start: bool
+) -> None:
+    # Regression: recover() cancelled while claiming, by a claim that caught the
+    # cancellation and found no orphan, returned an empty list as if never cancelled; so
+    # `async with SagaOrchestrator(store, recover_on_start=True)` ran its block.
+    store = durable_store()
+    claim = store.claim_orphans
+    claiming = asyncio.Event()
+
+    async def swallowing_claim(**options: Any) -> Any:
+        claiming.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+        return await claim(**options)
+
+    store.claim_orphans = swallowing_claim
+    went_on: list[str] = []
+
+    async def recovering() -> None:
+        orchestrator = SagaOrchestrator(store, recover_on_start=on_start)
+        if on_start:
+            async with orchestrator:
+                went_on.append("the block ran")
+        else:
+            went_on.append(repr(await orchestrator.recover()))
+            await store.close()
+
+    task = asyncio.create_task(recovering())
+    await claiming.wait()
+    task.cancel()
+    await asyncio.wait({task}, timeout=10.0)  # a guard
+    assert task.cancelled(), went_on
+    assert went_on == []
+    await store.close()

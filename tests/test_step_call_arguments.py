@@ -183,3 +183,16 @@ async def test_a_definitions_step_calls_are_read_only() -> None:
     assert call.fn is sca_debit.__wrapped__
     assert call.spec.name == "sca_debit"
     assert await SagaOrchestrator().execute(definition) == ["A-10.0!", "A-5.0"]
+
+
+def test_a_calls_spec_is_the_public_read_only_step() -> None:
+    # Regression: `spec` returned the internal StepSpec, a type no public module exports,
+    # shared by every call of the step: `call.spec.timeout = 0` changed the timeout of
+    # every call of it, through a call documented as immutable.
+    call = sca_debit("A", 5.0)
+    assert call.spec is sca_debit
+    assert (call.spec.name, call.spec.timeout) == ("sca_debit", sca_debit.timeout)
+    timeout = sca_debit.timeout
+    with pytest.raises(AttributeError):
+        call.spec.timeout = 0.001  # type: ignore[misc]
+    assert sca_debit("B", 1.0).spec.timeout == timeout

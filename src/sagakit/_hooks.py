@@ -10,22 +10,26 @@ if TYPE_CHECKING:
     from ._steps import Step
 
 
-class _SimulatedTimeout(Enum):
-    """Marker returned by a fault plan to make an attempt time out at once.
+class SimulatedTimeout(Enum):
+    """The type of :data:`SIMULATED_TIMEOUT`, what a fault plan returns to make an attempt
+    time out at once (and a ``FiredFault.fault`` of a simulated timeout).
 
     A one-member enum, so that ``fault is SIMULATED_TIMEOUT`` (or ``is not``) narrows
     a ``FiredFault.fault`` for type checkers to the exception it is otherwise.
     """
+
+    # Where it is imported from, as reprs and pickles name it (not this private module).
+    __module__ = "sagakit.testing"
 
     SIMULATED_TIMEOUT = "SIMULATED_TIMEOUT"
 
     def __repr__(self) -> str:
         return "SIMULATED_TIMEOUT"
 
-    __str__ = __repr__  # not the enum's "_SimulatedTimeout.SIMULATED_TIMEOUT"
+    __str__ = __repr__  # not the enum's "SimulatedTimeout.SIMULATED_TIMEOUT"
 
 
-SIMULATED_TIMEOUT: Final = _SimulatedTimeout.SIMULATED_TIMEOUT
+SIMULATED_TIMEOUT: Final = SimulatedTimeout.SIMULATED_TIMEOUT
 
 
 class SimulatedCrash(BaseException):
@@ -41,7 +45,10 @@ class SimulatedCrash(BaseException):
 
 
 class CrashAfter:
-    """A fault plan's answer: run the attempt, then crash before its outcome is recorded."""
+    """A fault plan's answer (``FaultInjector.fault_for``): run the attempt, then crash
+    with ``crash`` before its outcome is recorded (``FaultInjector.crash(..., after=True)``)."""
+
+    __module__ = "sagakit.testing"
 
     __slots__ = ("crash",)
 
@@ -54,7 +61,7 @@ class FaultPlan(Protocol):
 
     def fault_for(
         self, step: Step[Any, Any], attempt: int, *, compensation: bool
-    ) -> BaseException | _SimulatedTimeout | CrashAfter | None:
+    ) -> BaseException | SimulatedTimeout | CrashAfter | None:
         """An exception to raise, ``SIMULATED_TIMEOUT``, a :class:`CrashAfter`, or ``None``."""
         ...
 

@@ -1492,11 +1492,18 @@ class SagaOrchestrator:
         does), not handed back as a shutdown's, or the next claim of those sagas would
         not count as a recovery attempt."""
         release_leases = getattr(self._store, "release_leases", None)
+        task = asyncio.current_task()
+        base = task.cancelling() if task is not None else 0
         try:
             if isinstance(error, SimulatedCrash) and release_leases is not None:
                 await release_leases(as_crash=True)
         finally:
             await self.close()
+        if error is None and task is not None and task.cancelling() > base:
+            # Cancelled while the store closed, and the store caught it (a store's own
+            # close(), the driver's pool): leaving the block normally would run the code
+            # after it in a cancelled task.
+            raise asyncio.CancelledError
 
     def __repr__(self) -> str:
         return f"<SagaOrchestrator store={self._store!r}>"

@@ -125,6 +125,12 @@ async def recover(
     while limit is None or len(outcomes) < limit:
         orphans = await _claim_next(recoverable, max_attempts)
         if not orphans:
+            if task.cancelling() > base:
+                # Cancelled while claiming, and the claim caught it (Python 3.11's
+                # asyncio.wait_for in the driver's pool can): found nothing, recovery
+                # would return as if never cancelled (and `async with` with
+                # recover_on_start run its block).
+                raise asyncio.CancelledError
             break
         for orphan in orphans:
             outcome = await _finish_orphan(orchestrator, recoverable, orphan)

@@ -133,9 +133,12 @@ class StepCall(Generic[R_co]):
         return self._step
 
     @property
-    def spec(self) -> StepSpec:
-        """The step's options in plain slots, what the orchestrator reads."""
-        return self._spec
+    def spec(self) -> Step[Any, Any]:
+        """The step's options, read-only: the :class:`Step` called, whose properties
+        (``name``, ``timeout``, ``retry``, ``compensation``, ...) hold them. (What the
+        orchestrator reads, a plain slotted copy of them, stays internal: it is shared by
+        every call of the step, so setting one of its fields changed them all.)"""
+        return self._step
 
     @property
     def fn(self) -> Callable[..., Coroutine[Any, Any, Any]]:

@@ -300,6 +300,11 @@ async def run_worker(
                 await _wait((stop, freed) if len(tasks) >= concurrency else (stop,), wait)
         finally:
             await _shutdown(store, tasks, nested)
+    if me is not None and me.cancelling() > cancels:
+        # Stopped, then cancelled while handing its sagas back, and the cancellation was
+        # caught on the way (by the store's release_leases(): a driver's pool can): never
+        # return as if not cancelled, or the caller goes on.
+        raise asyncio.CancelledError
 
 
 __all__ = ["run_worker"]

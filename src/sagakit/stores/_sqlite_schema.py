@@ -21,8 +21,9 @@ from ..exceptions import StoreError
 
 _HEADER = b"SQLite format 3\x00"
 
-Synchronous: TypeAlias = Literal["NORMAL", "FULL"]
-"""What ``SQLiteStore(synchronous=...)`` takes: how a commit is made to survive a crash."""
+Synchronous: TypeAlias = Literal["NORMAL", "FULL", "normal", "full"]
+"""What ``SQLiteStore(synchronous=...)`` takes: how a commit is made to survive a crash
+(any case; the store's ``synchronous`` attribute holds it upper case)."""
 
 
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024

@@ -324,8 +324,17 @@ class PostgresStore:
         assert pool is not None
         psycopg, _ = _import_driver()
         used: AsyncConnection[Any] | None = None
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
         try:
             async with pool.connection() as conn:
+                if task is not None and task.cancelling() > cancels:
+                    # Cancelled while waiting for the connection, and the cancellation was
+                    # lost on the way (Python 3.11's asyncio.wait_for, in the pool, returns
+                    # the connection when it arrives just as it is handed over): raise it
+                    # here, before anything is sent, or the caller runs on as if not
+                    # cancelled. (The connection goes back to the pool.)
+                    raise asyncio.CancelledError
                 used = conn
                 yield conn
         except psycopg.Error as error:
@@ -1132,22 +1141,31 @@ class PostgresStore:
     async def close(self) -> None:
         """Stop the heartbeat, release the leases still held and close the pool."""
         heartbeat, self._heartbeat = self._heartbeat, None
+        cancelled = False  # close() itself, while the heartbeat stopped
         if heartbeat is not None:
+            task = asyncio.current_task()
+            base = task.cancelling() if task is not None else 0
             heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await heartbeat
+            except asyncio.CancelledError:
+                # The heartbeat's own end, or our caller's cancellation (which waited for
+                # the heartbeat to end): that one is not swallowed. The store is closed
+                # all the same (its pool would be left open), then it is raised.
+                cancelled = task is not None and task.cancelling() > base
         await self._flush_staged()
         await self._writer.close()
         pool = self._pool
-        if pool is None:
-            return
-        try:
-            if self._fences:
-                await self.release_leases()
-        finally:
-            self._pool = None
-            self._closed = True
-            await pool.close()
+        if pool is not None:
+            try:
+                if self._fences:
+                    await self.release_leases()
+            finally:
+                self._pool = None
+                self._closed = True
+                await pool.close()
+        if cancelled:
+            raise asyncio.CancelledError
 
     async def _flush_staged(self) -> None:
         """Write what is still staged or in doubt (of sagas stopped mid-flight)."""

@@ -19,7 +19,7 @@ import sqlite3
 import time
 from collections.abc import Collection
 from types import CodeType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .._checks import check_flag, check_seconds
 from .._commands import command_line
@@ -144,7 +144,7 @@ def _forget_new(saga_id: str) -> Job:
 class SQLiteStore:
     """A durable saga log in one SQLite file; sagas survive the process.
 
-    ``synchronous="NORMAL"`` (default) makes every commit survive a crash of the
+    ``synchronous="NORMAL"`` (default; any case) makes every commit survive a crash of the
     process; ``"FULL"`` also survives power loss, at the price of an fsync per
     group commit. ``busy_timeout`` is how long a write waits for another process
     holding the file's write lock (on the writer thread, never on the event loop).
@@ -175,8 +175,13 @@ class SQLiteStore:
         owner: str | None = None,
         read_only: bool = False,
     ) -> None:
-        if synchronous not in ("NORMAL", "FULL"):
-            raise StoreConfigError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
+        # Any case, as list_sagas(status=...) and SQLite's own PRAGMA take it.
+        given = synchronous.upper() if isinstance(synchronous, str) else None
+        if given not in ("NORMAL", "FULL"):
+            raise StoreConfigError(
+                f"synchronous must be 'NORMAL' or 'FULL' (in any case), got {synchronous!r}"
+            )
+        level: Literal["NORMAL", "FULL"] = "FULL" if given == "FULL" else "NORMAL"
         seconds = check_seconds(
             busy_timeout, "busy_timeout", allow_zero=True, error=StoreConfigError
         )
@@ -215,7 +220,7 @@ class SQLiteStore:
         self.path = path
         # The reader connection opens later: a relative path must not follow os.chdir().
         self._file = os.path.abspath(path)
-        self.synchronous = synchronous
+        self.synchronous = level
         self.busy_timeout = seconds
         self.serializer = store_serializer(serializer)
         self.read_only = read_only
@@ -227,7 +232,7 @@ class SQLiteStore:
         if self.read_only:
             conn = connect_read_only(path, busy_timeout=self.busy_timeout)
         else:
-            conn = connect(path, synchronous=synchronous, busy_timeout=self.busy_timeout)
+            conn = connect(path, synchronous=level, busy_timeout=self.busy_timeout)
         try:
             if self.read_only:
                 check_read_only(conn, path)
@@ -246,7 +251,7 @@ class SQLiteStore:
                 conn,
                 path=path,
                 busy_timeout=self.busy_timeout,
-                inline=synchronous == "NORMAL",
+                inline=level == "NORMAL",
                 open_reader=self._open_reader,
                 read_only=self.read_only,
             )
@@ -774,8 +779,13 @@ class SQLiteStore:
             await self._writer.close()
             return
         retrying = self._retrying
+        cancelled = False  # close() itself, while the hand-over being retried ended
         if retrying is not None:
+            task = asyncio.current_task()
+            base = task.cancelling() if task is not None else 0
             await wait_out(retrying)
+            # (wait_out leaves raising our caller's cancellation to us: after closing.)
+            cancelled = task is not None and task.cancelling() > base
         if self._unreleased and not await self._hand_over(list(self._unreleased)):
             logger.error(
                 "sagakit: sagas %s ended, but %r refused their end and their hand-over to "
@@ -786,6 +796,8 @@ class SQLiteStore:
             )
         self._unreleased.clear()
         await self._writer.close()
+        if cancelled:
+            raise asyncio.CancelledError
 
     # ------------------------------------------------------------------ recovery
 

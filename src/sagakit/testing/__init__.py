@@ -10,7 +10,7 @@ Usable without pytest; :mod:`sagakit.pytest_plugin` is a thin layer of fixtures 
 >>> recorder.assert_compensated("reserve")
 """
 
-from .._hooks import SIMULATED_TIMEOUT, SimulatedCrash
+from .._hooks import SIMULATED_TIMEOUT, CrashAfter, SimulatedCrash, SimulatedTimeout
 from ._faults import Fault, FaultInjector, FiredFault, InjectedFault, StepTarget, simulate_restart
 from ._matrix import FaultCase, FaultMatrixReport, FaultMode, run_fault_matrix
 from ._recorder import RecordedRun, SagaRecorder
@@ -18,6 +18,7 @@ from ._sleep import InstantSleep
 
 __all__ = [
     "SIMULATED_TIMEOUT",
+    "CrashAfter",
     "Fault",
     "FaultCase",
     "FaultInjector",
@@ -29,6 +30,7 @@ __all__ = [
     "RecordedRun",
     "SagaRecorder",
     "SimulatedCrash",
+    "SimulatedTimeout",
     "StepTarget",
     "run_fault_matrix",
     "simulate_restart",

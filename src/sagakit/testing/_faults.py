@@ -17,7 +17,7 @@ from .._hooks import (
     CrashAfter,
     FaultPlan,
     SimulatedCrash,
-    _SimulatedTimeout,
+    SimulatedTimeout,
     active_faults,
 )
 from .._runs import SagaRun, current_run
@@ -64,13 +64,13 @@ class FiredFault:
     attempt: int
     compensation: bool
     # The exception raised (a crash's SimulatedCrash, "after" or not), or SIMULATED_TIMEOUT.
-    fault: BaseException | _SimulatedTimeout
+    fault: BaseException | SimulatedTimeout
 
 
 @dataclass(frozen=True, slots=True)
 class _Rule:
     target: str | Step[Any, Any]
-    fault: Fault | _SimulatedTimeout | CrashAfter
+    fault: Fault | SimulatedTimeout | CrashAfter
     compensation: bool
     times: int | None
     index: int | None
@@ -169,7 +169,7 @@ class _Scope:
 
     def fault_for(
         self, step: Step[Any, Any], attempt: int, *, compensation: bool
-    ) -> BaseException | _SimulatedTimeout | CrashAfter | None:
+    ) -> BaseException | SimulatedTimeout | CrashAfter | None:
         if self.open:
             inner = self.inner
             if isinstance(inner, FaultInjector):
@@ -215,7 +215,7 @@ class FaultInjector:
     def _add(
         self,
         target: object,
-        fault: Fault | _SimulatedTimeout | CrashAfter,
+        fault: Fault | SimulatedTimeout | CrashAfter,
         *,
         compensation: bool,
         times: int | None,
@@ -389,7 +389,7 @@ class FaultInjector:
 
     def fault_for(
         self, step: Step[Any, Any], attempt: int, *, compensation: bool
-    ) -> BaseException | _SimulatedTimeout | CrashAfter | None:
+    ) -> BaseException | SimulatedTimeout | CrashAfter | None:
         """The :class:`~sagakit._hooks.FaultPlan` hook, asked per attempt. Asked directly
         rather than through ``with injector:`` (which aims ``index`` faults at the sagas
         the block runs), an ``index`` fault matches the running step of any saga."""
@@ -397,7 +397,7 @@ class FaultInjector:
 
     def _fault_for(
         self, step: Step[Any, Any], attempt: int, compensation: bool, *, aimed: bool
-    ) -> BaseException | _SimulatedTimeout | CrashAfter | None:
+    ) -> BaseException | SimulatedTimeout | CrashAfter | None:
         """The fault for this attempt; ``aimed``: the running saga is the one under test."""
         for rule in self._rules:
             if not rule.matches(step, attempt, compensation, aimed):

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .._hooks import CrashAfter, FaultPlan, _SimulatedTimeout, active_faults
+from .._hooks import CrashAfter, FaultPlan, SimulatedTimeout, active_faults
 from .._orchestrator import SagaOrchestrator, _not_a_definition_fix
 from .._runs import current_run
 from .._sagas import SagaDefinition
@@ -105,7 +105,7 @@ class _StepSpy:
 
     def fault_for(
         self, step: Step[Any, Any], attempt: int, *, compensation: bool
-    ) -> BaseException | _SimulatedTimeout | None:
+    ) -> BaseException | SimulatedTimeout | None:
         index = _running_index()
         if not compensation and index is not None and _in_run(self.saga_id):
             self.steps.setdefault(index, step)
@@ -121,7 +121,7 @@ class _OnlyIn:
 
     def fault_for(
         self, step: Step[Any, Any], attempt: int, *, compensation: bool
-    ) -> BaseException | _SimulatedTimeout | CrashAfter | None:
+    ) -> BaseException | SimulatedTimeout | CrashAfter | None:
         if not _in_run(self.saga_id):
             return None
         return self.plan.fault_for(step, attempt, compensation=compensation)
