@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import subprocess
@@ -282,6 +283,40 @@ async def test_a_listener_raising_its_own_cancellation_is_logged_not_a_cancelled
     orchestrator = SagaOrchestrator(listeners=[awaits_a_cancelled_future, recorder])
     assert await orchestrator.execute(order("x"), saga_id="o-c") == ["reserved x"]
     recorder.assert_status("completed")
+    errors = [r for r in _records(caplog) if "raised on" in r.getMessage()]
+    assert len(errors) == 2  # a step_completed of each step
+    assert all(r.exc_info and isinstance(r.exc_info[1], asyncio.CancelledError) for r in errors)
+
+
+@pytest.mark.asyncio
+async def test_a_listeners_own_cancellation_in_a_task_cancelled_before_is_not_the_sagas(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The task caught a cancellation before the saga started, without uncancel(): its
+    # cancelling() stays 1. Only a rise since the saga started is the saga's cancellation;
+    # tell() took any cancelling() > 0 for one and cancelled the saga.
+    caplog.set_level(logging.ERROR, logger="sagakit")
+
+    async def awaits_a_cancelled_future(transition: Transition) -> None:
+        if transition.kind is K.STEP_COMPLETED:
+            gone = asyncio.get_running_loop().create_future()
+            gone.cancel()
+            await gone
+
+    async def caller() -> list[str]:
+        me = asyncio.current_task()
+        assert me is not None
+        me.cancel()
+        with contextlib.suppress(asyncio.CancelledError):  # caught, not uncancelled
+            await asyncio.sleep(0)
+        assert me.cancelling() == 1
+        recorder = SagaRecorder()
+        orchestrator = SagaOrchestrator(listeners=[awaits_a_cancelled_future, recorder])
+        result: list[str] = await orchestrator.execute(order("x"), saga_id="o-cb")
+        recorder.assert_status("completed")
+        return result
+
+    assert await asyncio.create_task(caller()) == ["reserved x"]
     errors = [r for r in _records(caplog) if "raised on" in r.getMessage()]
     assert len(errors) == 2  # a step_completed of each step
     assert all(r.exc_info and isinstance(r.exc_info[1], asyncio.CancelledError) for r in errors)

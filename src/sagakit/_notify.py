@@ -21,7 +21,7 @@ from ._members import (
     SAGA_COMPLETED,
     SAGA_FAILED,
 )
-from ._runs import describe_error
+from ._runs import SagaRun, describe_error
 from ._tracebacks import hide_from_pytest
 from .status import SagaStatus
 from .transitions import Transition, TransitionKind
@@ -103,13 +103,17 @@ def level_of(kind: TransitionKind, status: SagaStatus) -> int:
     return _LEVELS.get(kind, logging.DEBUG)
 
 
-async def tell(listeners: Sequence[Listener], level: int, transition: Transition) -> None:
+async def tell(
+    listeners: Sequence[Listener], level: int, transition: Transition, run: SagaRun | None = None
+) -> None:
     """Log ``transition`` (if ``level`` is enabled), then call every listener.
 
     A listener that raises is logged and never breaks the saga (a ``CancelledError`` of
-    its own too: one raised while this task is not being cancelled). A cancellation while
-    a listener is awaited goes on once the others have heard of the transition too (a
-    tracer must hear the end of the saga whose spans it opened).
+    its own too: one raised while this task is not being cancelled — no more than when
+    ``run`` started in it, ``run.cancel_base``: a cancellation its caller caught earlier,
+    without ``uncancel()``, is not the saga's). A cancellation while a listener is awaited
+    goes on once the others have heard of the transition too (a tracer must hear the end
+    of the saga whose spans it opened).
     """
     if logger.isEnabledFor(level):
         _log(level, transition)
@@ -121,7 +125,8 @@ async def tell(listeners: Sequence[Listener], level: int, transition: Transition
                 await outcome
         except asyncio.CancelledError as cancellation:
             task = asyncio.current_task()
-            if task is None or task.cancelling():
+            base = run.cancel_base if run is not None and run.task is task else 0
+            if task is None or task.cancelling() > base:
                 cancelled = cancellation
             else:  # not the saga's task cancelled: the listener's own (it awaited something
                 _listener_failed(listener, transition)  # cancelled), an error like any other
@@ -134,13 +139,17 @@ async def tell(listeners: Sequence[Listener], level: int, transition: Transition
             cancelled = None  # its traceback holds this frame: no reference cycle
 
 
-async def tell_each(listeners: Sequence[Listener], told: Sequence[tuple[int, Transition]]) -> None:
+async def tell_each(
+    listeners: Sequence[Listener],
+    told: Sequence[tuple[int, Transition]],
+    run: SagaRun | None = None,
+) -> None:
     """:func:`tell` each ``(level, transition)`` in order; a cancellation while one is
     told goes on once the later ones are told too."""
     cancelled: asyncio.CancelledError | None = None
     for level, transition in told:
         try:
-            await tell(listeners, level, transition)
+            await tell(listeners, level, transition, run)
         except asyncio.CancelledError as cancellation:
             cancelled = cancellation
     if cancelled is not None:

@@ -887,7 +887,7 @@ class SagaOrchestrator:
             None,
             run.number,
         )
-        await tell(run.listeners, level_of(ON_SAGA_STOPPED, status), transition)
+        await tell(run.listeners, level_of(ON_SAGA_STOPPED, status), transition, run)
 
     async def _finish(self, run: SagaRun) -> None:
         """Record the end of a run that did not complete and move it to history."""
@@ -1387,9 +1387,9 @@ class SagaOrchestrator:
             if held is not None:
                 if logged or run.listeners:
                     held.append((level, transition))
-                await tell_each(run.listeners, held)
+                await tell_each(run.listeners, held, run)
             elif logged or run.listeners:
-                await tell(run.listeners, level, transition)
+                await tell(run.listeners, level, transition, run)
             if committed is not None:
                 try:
                     raise committed
@@ -1397,7 +1397,7 @@ class SagaOrchestrator:
                     committed = None  # no cycle through this frame's traceback
             return
         if logged or run.listeners:  # recorded only: nothing to log or tell
-            await tell(run.listeners, level, transition)
+            await tell(run.listeners, level, transition, run)
 
     # --------------------------------------------------------------- monitoring
 
