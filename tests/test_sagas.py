@@ -724,3 +724,21 @@ def test_saga_above_staticmethod_or_classmethod_is_refused_naming_the_order(kind
         f"test_saga_above_staticmethod_or_classmethod_is_refused_naming_the_order.<locals>.flow; "
         f"put @saga below @{name}"
     )
+
+
+def test_recovery_takes_any_case_and_refuses_others_with_the_choices() -> None:
+    # Regression: only lower case was taken, while store options (synchronous="full") and
+    # list_sagas(status="FAILED") take any case. It is normalised: recorded in lower case.
+    @saga(name="recovery-in-any-case", recovery="COMPENSATE")  # type: ignore[arg-type]
+    def move() -> list[StepCall[Any]]:
+        return [debit("A", 1.0)]
+
+    assert move.recovery == "compensate"
+    assert move().recovery == "compensate"
+    listed = SagaDefinition("r-1", steps=[debit("A", 1.0)], recovery="Resume")  # type: ignore[arg-type]
+    assert listed.recovery == "resume"
+    for bad in ["retry", "", None, 1]:
+        with pytest.raises(SagaDefinitionError, match=r"'resume' or 'compensate' \(in any case\)"):
+            saga(name="recovery-bad", recovery=bad)(move.__wrapped__)  # type: ignore[arg-type]
+        with pytest.raises(SagaDefinitionError, match=r"'resume' or 'compensate' \(in any case\)"):
+            SagaDefinition("r-2", recovery=bad)  # type: ignore[arg-type]

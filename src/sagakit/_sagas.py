@@ -76,7 +76,7 @@ class SagaDefinition:
         calls = tuple(steps)
         for index, call in enumerate(calls):
             _check_call(call, name or saga_id or "saga", index)
-        _check_recovery(recovery, "recovery")
+        recovery = _check_recovery(recovery, "recovery")
         _set_state(self, (saga_id, name or saga_id or "saga", calls, None, (), {}, recovery))
 
     def add_step(self, call: StepCall[Any]) -> SagaDefinition:
@@ -253,9 +253,17 @@ def _check_id(saga_id: object) -> None:
             ) from None
 
 
-def _check_recovery(recovery: object, option: str) -> None:
-    if recovery not in ("resume", "compensate"):
-        raise SagaDefinitionError(f"{option} must be 'resume' or 'compensate', got {recovery!r}")
+def _check_recovery(recovery: object, option: str) -> RecoveryPolicy:
+    """``recovery`` in lower case, as it is recorded: any case is taken, as store options
+    and ``list_sagas(status=...)`` take theirs; anything else is refused with the choices."""
+    given = recovery.lower() if isinstance(recovery, str) else None
+    if given == "resume":
+        return "resume"
+    if given == "compensate":
+        return "compensate"
+    raise SagaDefinitionError(
+        f"{option} must be 'resume' or 'compensate' (in any case), got {recovery!r}"
+    )
 
 
 def _check_call(call: object, saga_name: str, index: int) -> None:
@@ -375,7 +383,7 @@ class SagaFunction(Generic[P]):
                 f"returning a list of step calls; {qualname_of(fn)} is async — drop 'async'"
             )
         name = declared_name(fn, name, what="saga", fix="saga(name=...)(...)")
-        _check_recovery(recovery, "@saga(recovery=...)")
+        recovery = _check_recovery(recovery, "@saga(recovery=...)")
         self.__wrapped__ = fn
         # Read-only (properties below): the saga is registered for recovery under its
         # name, and its options were checked here.
