@@ -11,6 +11,7 @@ from dataclasses import InitVar, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
@@ -729,3 +730,71 @@ def test_a_script_reads_back_what_it_stored_under_main_before(tmp_path: Path) ->
     assert '"t":"shop:Money"' in stored  # readable by `--import shop`
     assert run("read", stored) == "5"
     assert run("read", stored.replace('"shop:Money"', '"__main__:Money"')) == "5"
+
+
+class _Kelvin:
+    def __init__(self, degrees: float) -> None:
+        self.degrees = degrees
+
+
+class _Rankine:
+    def __init__(self, degrees: float) -> None:
+        self.degrees = degrees
+
+
+def test_a_codec_registered_while_a_value_is_encoded_does_not_fail_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Regression: readers iterated the global registry that register_codec() changed in
+    # place, under a lock only writers took. A registration from another thread while a
+    # step's result was encoded failed that step ("dictionary changed size during
+    # iteration"). Made deterministic here: the registry registers a codec right in the
+    # middle of being read. Copy-on-write: the dict being read is never changed.
+    from sagakit import _serialization
+
+    class RegistersMidRead(dict[str, Codec]):
+        def values(self) -> Any:
+            view = super().values()
+
+            class Values:
+                def __reversed__(self) -> Any:
+                    newest = reversed(view)
+                    yield next(newest)
+                    register_codec(
+                        _Rankine, encode=lambda r: r.degrees, decode=_Rankine, name="rankine"
+                    )
+                    yield from newest
+
+            return Values()
+
+    kelvin = Codec(_Kelvin, "kelvin", lambda k: k.degrees, _Kelvin)
+    celsius = Codec(Celsius, "celsius-mid-read", lambda c: c.degrees, Celsius)
+    registry = RegistersMidRead(kelvin=kelvin, **{"celsius-mid-read": celsius})
+    monkeypatch.setattr(_serialization, "_global_codecs", registry)
+    serializer = JsonSerializer()
+    assert serializer.loads(serializer.dumps(_Kelvin(1.5))).degrees == 1.5
+    assert dict(registry) == {"kelvin": kelvin, "celsius-mid-read": celsius}  # untouched
+    assert "rankine" in _serialization._global_codecs  # the registration took effect
+
+
+def test_a_registration_swaps_in_a_new_registry_and_keeps_a_name_readable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Copy-on-write: a reader holding the registry it read is not affected by a
+    # registration, including a re-registration of a name (which used to pop the name
+    # and put it back: a lookup in between found no codec and failed a read).
+    from sagakit import _serialization
+
+    monkeypatch.setattr(_serialization, "_global_codecs", dict(_serialization._global_codecs))
+    first = register_codec(_Kelvin, encode=lambda k: k.degrees, decode=_Kelvin, name="k-cow")
+    held = _serialization._global_codecs
+    snapshot = dict(held)
+    again = register_codec(_Kelvin, encode=lambda k: k.degrees, decode=_Kelvin, name="k-cow")
+    register_codec(_Rankine, encode=lambda r: r.degrees, decode=_Rankine, name="r-cow")
+    assert held == snapshot
+    assert held["k-cow"] is first
+    assert _serialization._global_codecs is not held
+    assert _serialization._global_codecs["k-cow"] is again
+    with pytest.raises(SerializationError):  # a clash leaves the registry as it was
+        register_codec(_Rankine, encode=str, decode=str, name="k-cow")
+    assert _serialization._global_codecs["k-cow"] is again

@@ -92,6 +92,11 @@ class Codec:
     decode: Callable[[Any], Any]
 
 
+# Copy-on-write: register_codec() builds a new dict under the lock and swaps it in with one
+# assignment; a published dict is never changed again. Readers take no lock: each reads the
+# one reference once, so a registration in another thread can neither change a dict a
+# serializer is iterating ("dictionary changed size during iteration" failing a step) nor
+# hide a codec it is replacing from a lookup.
 _codecs_lock = threading.Lock()
 _global_codecs: dict[str, Codec] = {}
 
@@ -204,14 +209,16 @@ def register_codec(
     """
     _check_codec("register_codec()", cls, encode, decode, name, named=False)
     codec = Codec(cls, name or _type_name(cls), encode, decode)
+    global _global_codecs
     with _codecs_lock:
-        taken = _global_codecs.pop(codec.name, None)
+        codecs = dict(_global_codecs)  # copy-on-write (see _global_codecs)
+        taken = codecs.pop(codec.name, None)
         if taken is not None and _type_name(taken.type) != _type_name(cls):
-            _global_codecs[codec.name] = taken
             raise _name_clash(codec.name, taken.type, cls)
         # Last, so that a class registered under a new name (a rename: the old name
         # still reads old logs) is stored under the newest one.
-        _global_codecs[codec.name] = codec
+        codecs[codec.name] = codec
+        _global_codecs = codecs
     return codec
 
 
@@ -547,7 +554,9 @@ class JsonSerializer:
         for codec in self._codecs:
             if codec.type is cls:
                 return codec
-        for codec in reversed(_global_codecs.values()):  # the newest registration first
+        # The newest registration first; _global_codecs is read once, and the dict it
+        # names never changes (copy-on-write): a registration meanwhile is not seen.
+        for codec in reversed(_global_codecs.values()):
             if codec.type is cls:
                 mine = self._decoders.get(codec.name)
                 if mine is not None and _type_name(mine.type) != _type_name(cls):
@@ -597,11 +606,12 @@ class JsonSerializer:
             return {self._decode(k): self._decode(v) for k, v in value}
         if tag == "codec":
             name = data["t"]
-            codec = self._decoders.get(name) or _global_codecs.get(name)
+            registered = _global_codecs  # one reference: never changed (copy-on-write)
+            codec = self._decoders.get(name) or registered.get(name)
             if codec is None and name.startswith("__main__:"):
                 # Stored by this script before its classes were named by module.
                 alias = f"{_main_name()}:{name.removeprefix('__main__:')}"
-                codec = self._decoders.get(alias) or _global_codecs.get(alias)
+                codec = self._decoders.get(alias) or registered.get(alias)
             if codec is None:
                 raise SerializationError(
                     f"stored value uses codec {name!r}, which is not registered here; "
