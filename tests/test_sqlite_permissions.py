@@ -10,15 +10,20 @@ a log that exists keeps the permissions it has.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import sqlite3
 import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sagakit import SagaOrchestrator, SQLiteStore, saga, step
+from sagakit import SagaOrchestrator, SQLiteStore, StoreError, saga, step
+from sagakit.stores import _sqlite_schema
+from sagakit.stores._sqlite_schema import check_file
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
 
@@ -76,3 +81,80 @@ def test_an_existing_log_keeps_its_permissions(tmp_path: Path, umask: object) ->
     os.chmod(path, 0o644)  # widened on purpose: a reader of another user
     asyncio.run(_write_one(path))
     assert _mode(path) == 0o644
+
+
+def _no_hard_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted (no hard links here)")
+
+    monkeypatch.setattr(os, "link", refuse)
+
+
+def _check_each_open(db: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What another process checking the log whenever a connection opens would be told."""
+    seen: list[str] = []
+    connect = sqlite3.connect
+
+    def spying(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
+        if db.exists():
+            try:
+                check_file(str(db))
+            except StoreError as error:
+                seen.append(str(error))
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", spying)
+    return seen
+
+
+def test_a_new_log_is_for_its_owner_and_group_where_hard_links_fail(
+    tmp_path: Path, umask: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: the log is built under a temporary name and hard-linked into place;
+    # where the link failed (a file system without hard links), sqlite3.connect created
+    # it in place as the umask allowed: -rw-r--r--, readable by every user. It is now
+    # renamed into place (never over a file there), still never an empty file meanwhile.
+    _no_hard_links(monkeypatch)
+    path = tmp_path / "sagas.db"
+    seen = _check_each_open(path, monkeypatch)
+    sides = asyncio.run(_write_one(path))
+    assert _mode(path) == 0o640
+    assert all(mode == 0o640 for mode in sides.values()), sides
+    assert seen == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sagas.db"]
+
+
+def test_where_no_rename_can_refuse_to_replace_the_log_is_still_created_private(
+    tmp_path: Path, umask: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Neither hard links nor a no-replace rename: created empty in place (the one case
+    # where another process may meet it empty), with the log's permissions all the same.
+    _no_hard_links(monkeypatch)
+    monkeypatch.setattr(_sqlite_schema, "rename_no_replace", lambda source, target: False)
+    path = tmp_path / "sagas.db"
+    asyncio.run(_write_one(path))
+    assert _mode(path) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sagas.db"]
+
+
+def test_the_rename_fallback_never_replaces_a_log_another_process_created(
+    tmp_path: Path,
+) -> None:
+    # A plain os.rename() would: a log another process created (and maybe wrote to)
+    # between the check and the rename would be lost.
+    source, target = tmp_path / "mine.new", tmp_path / "sagas.db"
+    source.write_bytes(b"mine")
+    target.write_bytes(b"theirs")
+    try:
+        renamed = _sqlite_schema.rename_no_replace(str(source), str(target))
+    except FileExistsError:
+        pass
+    else:
+        assert not renamed, "renamed over an existing file"
+    assert target.read_bytes() == b"theirs"
+    assert source.read_bytes() == b"mine"
+    target.unlink()
+    if _sqlite_schema.rename_no_replace(str(source), str(target)):
+        assert target.read_bytes() == b"mine"
+        assert not source.exists()

@@ -10,6 +10,7 @@ newer sagakit is refused rather than misread.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import sqlite3
@@ -372,8 +373,12 @@ def create(path: str) -> None:
     ``sqlite3.connect`` creates an empty file, and the first write fills it in: another
     process opening the path in between found an empty file and refused it as truncated.
     The log is built under a temporary name next to it, then hard-linked into place.
-    Where that fails for another reason than a file already there (no hard links on
-    this file system), :func:`connect` creates the log in place, as before.
+    Where hard links fail for another reason than a file already there (a file system
+    without them), it is renamed into place unless a file is there (Linux's
+    ``renameat2(RENAME_NOREPLACE)``, macOS's ``renamex_np(RENAME_EXCL)``): a plain rename
+    would replace a log another process created meanwhile, and maybe wrote to. Where
+    neither works, the file is created empty in place, for its owner and group all the
+    same, and :func:`connect` fills it in: there only, the empty-file race remains.
     """
     temporary = f"{path}.{os.getpid()}-{secrets.token_hex(4)}.new"
     try:
@@ -389,13 +394,71 @@ def create(path: str) -> None:
             conn.execute("COMMIT")
         finally:
             conn.close()  # (the last connection: its WAL goes into the file)
-        os.link(temporary, path)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links here
+            if not rename_no_replace(temporary, path):
+                # Not even that: created empty, with the log's permissions (not SQLite's
+                # default, readable by every user); the open below fills it in.
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, LOG_MODE))
     except (OSError, sqlite3.Error):
         pass  # FileExistsError: another process created it; else the open below does
     finally:
         for name in (temporary, f"{temporary}-wal", f"{temporary}-shm"):
             with contextlib.suppress(OSError):
                 os.remove(name)
+
+
+_AT_FDCWD = -100  # Linux: paths relative to the working directory
+_RENAME_NOREPLACE = 1  # Linux renameat2()
+_RENAME_EXCL = 0x4  # macOS renamex_np()
+_UNSUPPORTED = frozenset(
+    code
+    for code in (
+        getattr(errno, "EINVAL", None),
+        getattr(errno, "ENOSYS", None),
+        getattr(errno, "ENOTSUP", None),
+        getattr(errno, "EOPNOTSUPP", None),
+    )
+    if code is not None
+)
+
+
+def rename_no_replace(source: str, target: str) -> bool:
+    """Rename ``source`` to ``target`` atomically unless ``target`` exists
+    (:class:`FileExistsError` then, ``target`` untouched). ``False``, with nothing renamed,
+    where neither the C library nor the file system can do that."""
+    import ctypes  # here: only where hard links fail
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:  # pragma: no cover - no C library to load (Windows)
+        return False
+    old, new = os.fsencode(source), os.fsencode(target)
+    renameat2 = getattr(libc, "renameat2", None)  # Linux: glibc >= 2.28
+    renamex_np = getattr(libc, "renamex_np", None)  # macOS >= 10.12
+    if renameat2 is not None:
+        renameat2.argtypes = [
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_uint,
+        ]
+        done = renameat2(_AT_FDCWD, old, _AT_FDCWD, new, _RENAME_NOREPLACE)
+    elif renamex_np is not None:  # pragma: no cover - macOS
+        renamex_np.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint]
+        done = renamex_np(old, new, _RENAME_EXCL)
+    else:  # pragma: no cover - another C library
+        return False
+    if done == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _UNSUPPORTED:
+        return False
+    raise OSError(code, os.strerror(code), target)
 
 
 def prepare(conn: sqlite3.Connection, path: str) -> None:
