@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 from typing import Any
 
@@ -342,3 +343,33 @@ def test_the_upgrade_command_creates_the_log_ahead_of_the_first_deploy(
     finally:
         if not schema_exists:
             query(dsn, f'DROP SCHEMA IF EXISTS "{target}" CASCADE')
+
+
+@pytest.mark.parametrize("command", [["list"], ["show", "old-1"], ["dead-letters"]])
+def test_the_read_only_commands_refuse_an_earlier_version_naming_the_upgrade(
+    dsn: str, schema: str, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: `sagakit list` of a newer sagakit, run by an operator during a rolling
+    # upgrade, migrated the log (version 6 builds indexes, which holds every worker's
+    # writes meanwhile) though it only reads; with a role that may only read, it failed
+    # with "permission denied for schema", naming neither the versions nor the fix. The
+    # SQLite log's read-only commands refuse an older version, naming `sagakit upgrade`.
+    from sagakit.cli import main
+
+    older = _pg_schema.SCHEMA_VERSION - 1
+    at_version(dsn, schema, older)
+    assert main(["--db", dsn, "--schema", schema, *command], io.StringIO()) == 1
+    told = capsys.readouterr().err
+    assert told == (
+        f"sagakit: PostgreSQL schema {schema!r} is at saga-log version {older}, older than "
+        f"this sagakit's ({_pg_schema.SCHEMA_VERSION}); `list`, `show` and `dead-letters` "
+        f"do not migrate it: upgrade it with `sagakit --db ... --schema {schema} upgrade` "
+        "(as a role that may migrate the schema), or open it once with a PostgresStore\n"
+    )
+    assert dsn not in told
+    [(version,)] = query(dsn, f'SELECT max(version) FROM "{schema}".schema_migrations')
+    assert version == older  # left as it was
+    assert main(["--db", dsn, "--schema", schema, "upgrade"], io.StringIO()) == 0
+    out = io.StringIO()
+    assert main(["--db", dsn, "--schema", schema, "dead-letters"], out) == 0
+    assert (out.getvalue(), capsys.readouterr().err) == ("no dead letters\n", "")

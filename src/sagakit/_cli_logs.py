@@ -15,6 +15,7 @@ from typing import Any
 
 from .exceptions import StoreError
 from .stores._dsn import redacted
+from .stores._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from .stores._pg_schema import check_schema_name
 from .stores._sqlite_schema import _HEADER as SQLITE_HEADER
 
@@ -111,19 +112,35 @@ def check_sqlite_log(path: str) -> None:
 
 
 def check_postgres_log(
-    dsn: str, schema: str, connect_timeout: float = 10.0, *, missing_ok: bool = False
+    dsn: str,
+    schema: str,
+    connect_timeout: float = 10.0,
+    *,
+    missing_ok: bool = False,
+    read_only: bool = False,
 ) -> bool:
     """:class:`StoreError` unless the database is reachable and ``schema`` holds a log
-    (with ``missing_ok``, a schema without one is no error); True if it holds one."""
+    (with ``missing_ok``, a schema without one is no error); True if it holds one.
+
+    With ``read_only`` (``list``, ``show``, ``dead-letters``), a log at an older schema
+    version is refused too, naming ``sagakit upgrade``: opening the store would migrate
+    it, DDL that holds every worker's writes while it builds indexes (version 6).
+    """
     check_schema_name(schema)
     import psycopg  # the postgres extra; an ImportError reaches the CLI's message
 
     redacted_reason: str | None = None
+    version: int | None = None
     try:
         with psycopg.connect(dsn, connect_timeout=max(1, int(connect_timeout))) as conn:
             row: Any = conn.execute(
                 "SELECT to_regclass(%s)", (f'"{schema}".schema_migrations',)
             ).fetchone()
+            if read_only and row is not None and row[0] is not None:
+                latest: Any = conn.execute(
+                    f'SELECT coalesce(max(version), 0) FROM "{schema}".schema_migrations'
+                ).fetchone()
+                version = int(latest[0])
     except psycopg.Error as error:
         said = _one_line(error)
         if redacted(said, dsn) == said:
@@ -138,6 +155,13 @@ def check_postgres_log(
         raise StoreError(
             f"no saga log in schema {schema!r} of that PostgreSQL database; pass the "
             "schema your application's PostgresStore uses (--schema)"
+        )
+    if version is not None and version < PG_SCHEMA_VERSION:
+        raise StoreError(
+            f"PostgreSQL schema {schema!r} is at saga-log version {version}, older than this "
+            f"sagakit's ({PG_SCHEMA_VERSION}); `list`, `show` and `dead-letters` do not "
+            f"migrate it: upgrade it with `sagakit --db ... --schema {schema} upgrade` (as a "
+            "role that may migrate the schema), or open it once with a PostgresStore"
         )
     return found
 

@@ -612,7 +612,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             # `upgrade` creates a log that is not there yet: migrating ahead of the first
             # deploy, as a role that may, is what a role that may not create it is told.
             args.found = check_postgres_log(
-                args.db, getattr(args, "schema", "sagakit"), missing_ok=args.command == "upgrade"
+                args.db,
+                getattr(args, "schema", "sagakit"),
+                missing_ok=args.command == "upgrade",
+                read_only=args.command in _READ_ONLY_COMMANDS,
             )
         else:
             check_sqlite_log(args.db)
