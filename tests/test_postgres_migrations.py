@@ -307,9 +307,23 @@ def test_the_upgrade_command_migrates_an_earlier_version(dsn: str, schema: str) 
     at_version(dsn, schema, 1)
     out = io.StringIO()
     assert main(["--db", dsn, "--schema", schema, "upgrade", "--json"], out) == 0
-    assert json.loads(out.getvalue()) == {"schema_version": _pg_schema.SCHEMA_VERSION}
+    assert json.loads(out.getvalue()) == {
+        "schema_version": _pg_schema.SCHEMA_VERSION,
+        "previous_schema_version": 1,
+    }
     [(version,)] = query(dsn, f'SELECT max(version) FROM "{schema}".schema_migrations')
     assert version == _pg_schema.SCHEMA_VERSION
+    query(dsn, f'CREATE SCHEMA "{schema}_5"')
+    try:
+        at_version(dsn, f"{schema}_5", _pg_schema.SCHEMA_VERSION - 1)
+        out = io.StringIO()
+        assert main(["--db", dsn, "--schema", f"{schema}_5", "upgrade"], out) == 0
+        assert out.getvalue() == (
+            f"upgraded saga log schema {schema + '_5'!r} of the PostgreSQL database from "
+            f"schema version {_pg_schema.SCHEMA_VERSION - 1} to {_pg_schema.SCHEMA_VERSION}\n"
+        )
+    finally:
+        query(dsn, f'DROP SCHEMA IF EXISTS "{schema}_5" CASCADE')
 
 
 @pytest.mark.parametrize("schema_exists", [True, False], ids=["empty-schema", "no-schema"])
@@ -335,7 +349,10 @@ def test_the_upgrade_command_creates_the_log_ahead_of_the_first_deploy(
         assert version == _pg_schema.SCHEMA_VERSION
         out = io.StringIO()
         assert main(["--db", dsn, "--schema", target, "upgrade", "--json"], out) == 0
-        assert json.loads(out.getvalue()) == {"schema_version": _pg_schema.SCHEMA_VERSION}
+        assert json.loads(out.getvalue()) == {
+            "schema_version": _pg_schema.SCHEMA_VERSION,
+            "previous_schema_version": _pg_schema.SCHEMA_VERSION,
+        }
         # The read-only commands still refuse a schema without a log rather than create one.
         missing = f"{schema}_absent"
         assert main(["--db", dsn, "--schema", missing, "list"], io.StringIO()) == 1
