@@ -1551,10 +1551,20 @@ async def test_upgrade_brings_an_older_log_to_this_schema(
     code, printed = await asyncio.to_thread(cli, "--db", str(path), "upgrade")
     assert code == 0
     version = _sqlite_schema.SCHEMA_VERSION
-    assert printed == f"saga log {str(path)!r} is at schema version {version}, this sagakit's\n"
+    # Regression: it said "is at schema version N" whether it upgraded the log or found
+    # it there already, so an operator could not tell whether anything was done.
+    assert printed == f"upgraded saga log {str(path)!r} from schema version 1 to {version}\n"
     assert version_of(path) == version
+    code, printed = await asyncio.to_thread(cli, "--db", str(path), "upgrade")
+    assert (code, printed) == (
+        0,
+        f"saga log {str(path)!r} is at schema version {version} already, this sagakit's\n",
+    )
     code, printed = await asyncio.to_thread(cli, "--db", str(path), "upgrade", "--json")
-    assert (code, json.loads(printed)) == (0, {"schema_version": version})
+    assert (code, json.loads(printed)) == (
+        0,
+        {"schema_version": version, "previous_schema_version": version},
+    )
 
     code, printed = await asyncio.to_thread(cli, "--db", str(path), "list")
     assert code == 0

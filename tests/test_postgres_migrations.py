@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 from typing import Any
 
@@ -306,9 +307,23 @@ def test_the_upgrade_command_migrates_an_earlier_version(dsn: str, schema: str) 
     at_version(dsn, schema, 1)
     out = io.StringIO()
     assert main(["--db", dsn, "--schema", schema, "upgrade", "--json"], out) == 0
-    assert json.loads(out.getvalue()) == {"schema_version": _pg_schema.SCHEMA_VERSION}
+    assert json.loads(out.getvalue()) == {
+        "schema_version": _pg_schema.SCHEMA_VERSION,
+        "previous_schema_version": 1,
+    }
     [(version,)] = query(dsn, f'SELECT max(version) FROM "{schema}".schema_migrations')
     assert version == _pg_schema.SCHEMA_VERSION
+    query(dsn, f'CREATE SCHEMA "{schema}_5"')
+    try:
+        at_version(dsn, f"{schema}_5", _pg_schema.SCHEMA_VERSION - 1)
+        out = io.StringIO()
+        assert main(["--db", dsn, "--schema", f"{schema}_5", "upgrade"], out) == 0
+        assert out.getvalue() == (
+            f"upgraded saga log schema {schema + '_5'!r} of the PostgreSQL database from "
+            f"schema version {_pg_schema.SCHEMA_VERSION - 1} to {_pg_schema.SCHEMA_VERSION}\n"
+        )
+    finally:
+        query(dsn, f'DROP SCHEMA IF EXISTS "{schema}_5" CASCADE')
 
 
 @pytest.mark.parametrize("schema_exists", [True, False], ids=["empty-schema", "no-schema"])
@@ -334,7 +349,10 @@ def test_the_upgrade_command_creates_the_log_ahead_of_the_first_deploy(
         assert version == _pg_schema.SCHEMA_VERSION
         out = io.StringIO()
         assert main(["--db", dsn, "--schema", target, "upgrade", "--json"], out) == 0
-        assert json.loads(out.getvalue()) == {"schema_version": _pg_schema.SCHEMA_VERSION}
+        assert json.loads(out.getvalue()) == {
+            "schema_version": _pg_schema.SCHEMA_VERSION,
+            "previous_schema_version": _pg_schema.SCHEMA_VERSION,
+        }
         # The read-only commands still refuse a schema without a log rather than create one.
         missing = f"{schema}_absent"
         assert main(["--db", dsn, "--schema", missing, "list"], io.StringIO()) == 1
@@ -342,3 +360,33 @@ def test_the_upgrade_command_creates_the_log_ahead_of_the_first_deploy(
     finally:
         if not schema_exists:
             query(dsn, f'DROP SCHEMA IF EXISTS "{target}" CASCADE')
+
+
+@pytest.mark.parametrize("command", [["list"], ["show", "old-1"], ["dead-letters"]])
+def test_the_read_only_commands_refuse_an_earlier_version_naming_the_upgrade(
+    dsn: str, schema: str, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: `sagakit list` of a newer sagakit, run by an operator during a rolling
+    # upgrade, migrated the log (version 6 builds indexes, which holds every worker's
+    # writes meanwhile) though it only reads; with a role that may only read, it failed
+    # with "permission denied for schema", naming neither the versions nor the fix. The
+    # SQLite log's read-only commands refuse an older version, naming `sagakit upgrade`.
+    from sagakit.cli import main
+
+    older = _pg_schema.SCHEMA_VERSION - 1
+    at_version(dsn, schema, older)
+    assert main(["--db", dsn, "--schema", schema, *command], io.StringIO()) == 1
+    told = capsys.readouterr().err
+    assert told == (
+        f"sagakit: PostgreSQL schema {schema!r} is at saga-log version {older}, older than "
+        f"this sagakit's ({_pg_schema.SCHEMA_VERSION}); `list`, `show` and `dead-letters` "
+        f"do not migrate it: upgrade it with `sagakit --db ... --schema {schema} upgrade` "
+        "(as a role that may migrate the schema), or open it once with a PostgresStore\n"
+    )
+    assert dsn not in told
+    [(version,)] = query(dsn, f'SELECT max(version) FROM "{schema}".schema_migrations')
+    assert version == older  # left as it was
+    assert main(["--db", dsn, "--schema", schema, "upgrade"], io.StringIO()) == 0
+    out = io.StringIO()
+    assert main(["--db", dsn, "--schema", schema, "dead-letters"], out) == 0
+    assert (out.getvalue(), capsys.readouterr().err) == ("no dead letters\n", "")

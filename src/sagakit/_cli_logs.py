@@ -15,6 +15,7 @@ from typing import Any
 
 from .exceptions import StoreError
 from .stores._dsn import redacted
+from .stores._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from .stores._pg_schema import check_schema_name
 from .stores._sqlite_schema import _HEADER as SQLITE_HEADER
 
@@ -73,8 +74,9 @@ def url_problem(db: str) -> str | None:
     )
 
 
-def check_sqlite_log(path: str) -> None:
-    """:class:`StoreError` unless ``path`` is a SQLite file holding a saga log.
+def check_sqlite_log(path: str) -> int | None:
+    """:class:`StoreError` unless ``path`` is a SQLite file holding a saga log; the log's
+    schema version, where it could be read (``sagakit upgrade`` says what it did).
 
     A file SQLite cannot read is left to the store, whose message says what is wrong.
     """
@@ -84,7 +86,7 @@ def check_sqlite_log(path: str) -> None:
         with open(path, "rb") as file:
             header = file.read(len(SQLITE_HEADER))
     except OSError:
-        return
+        return None
     if header and header != SQLITE_HEADER:  # (an empty file is an empty database)
         raise StoreError(
             f"no saga log in {path!r} (it is not a SQLite database); "
@@ -94,13 +96,18 @@ def check_sqlite_log(path: str) -> None:
         # Percent-encoded: a "#", "?" or "%" in a file name is not URI syntax.
         conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error:
-        return
+        return None
+    version: Any = None
     try:
         found = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sagakit_meta'"
         ).fetchone()
+        if found is not None:
+            version = conn.execute(
+                "SELECT value FROM sagakit_meta WHERE key = 'schema_version'"
+            ).fetchone()
     except sqlite3.DatabaseError:
-        return
+        return None
     finally:
         conn.close()
     if found is None:
@@ -108,22 +115,43 @@ def check_sqlite_log(path: str) -> None:
             f"no saga log in {path!r} (it is a SQLite database without sagakit's tables); "
             "pass the path your application's SQLiteStore uses"
         )
+    try:
+        return int(version[0])
+    except (TypeError, ValueError, IndexError):
+        return None  # the store says what is wrong with it
 
 
 def check_postgres_log(
-    dsn: str, schema: str, connect_timeout: float = 10.0, *, missing_ok: bool = False
-) -> bool:
+    dsn: str,
+    schema: str,
+    connect_timeout: float = 10.0,
+    *,
+    missing_ok: bool = False,
+    read_only: bool = False,
+) -> int | None:
     """:class:`StoreError` unless the database is reachable and ``schema`` holds a log
-    (with ``missing_ok``, a schema without one is no error); True if it holds one."""
+    (with ``missing_ok``, a schema without one is no error); the log's schema version,
+    ``None`` where there is no log.
+
+    With ``read_only`` (``list``, ``show``, ``dead-letters``), a log at an older schema
+    version is refused too, naming ``sagakit upgrade``: opening the store would migrate
+    it, DDL that holds every worker's writes while it builds indexes (version 6).
+    """
     check_schema_name(schema)
     import psycopg  # the postgres extra; an ImportError reaches the CLI's message
 
     redacted_reason: str | None = None
+    version: int | None = None
     try:
         with psycopg.connect(dsn, connect_timeout=max(1, int(connect_timeout))) as conn:
             row: Any = conn.execute(
                 "SELECT to_regclass(%s)", (f'"{schema}".schema_migrations',)
             ).fetchone()
+            if row is not None and row[0] is not None:
+                latest: Any = conn.execute(
+                    f'SELECT coalesce(max(version), 0) FROM "{schema}".schema_migrations'
+                ).fetchone()
+                version = int(latest[0])
     except psycopg.Error as error:
         said = _one_line(error)
         if redacted(said, dsn) == said:
@@ -139,7 +167,14 @@ def check_postgres_log(
             f"no saga log in schema {schema!r} of that PostgreSQL database; pass the "
             "schema your application's PostgresStore uses (--schema)"
         )
-    return found
+    if read_only and version is not None and version < PG_SCHEMA_VERSION:
+        raise StoreError(
+            f"PostgreSQL schema {schema!r} is at saga-log version {version}, older than this "
+            f"sagakit's ({PG_SCHEMA_VERSION}); `list`, `show` and `dead-letters` do not "
+            f"migrate it: upgrade it with `sagakit --db ... --schema {schema} upgrade` (as a "
+            "role that may migrate the schema), or open it once with a PostgresStore"
+        )
+    return version
 
 
 __all__ = ["check_postgres_log", "check_sqlite_log", "url_problem"]

@@ -560,14 +560,29 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             else:
                 await store.open()
                 version = PG_SCHEMA_VERSION
+            # What the log was at before: None where PostgreSQL had none (`upgrade` created
+            # it), or where a SQLite file's version could not be read (the store read it).
+            before = getattr(args, "version_found", None)
             if args.json:
-                json.dump({"schema_version": version}, out, indent=2)
+                json.dump(
+                    {"schema_version": version, "previous_schema_version": before}, out, indent=2
+                )
                 out.write("\n")
-            elif not getattr(args, "found", True):
+            elif before is None and not isinstance(store, SQLiteStore):
                 out.write(f"created saga log {_log_name(args)} at schema version {version}\n")
-            else:
+            elif before is None:
                 out.write(
                     f"saga log {_log_name(args)} is at schema version {version}, this sagakit's\n"
+                )
+            elif before < version:
+                out.write(
+                    f"upgraded saga log {_log_name(args)} from schema version {before} "
+                    f"to {version}\n"
+                )
+            else:
+                out.write(
+                    f"saga log {_log_name(args)} is at schema version {version} already, "
+                    "this sagakit's\n"
                 )
             return 0
         if args.command == "release":
@@ -611,11 +626,14 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         if _is_postgres(args.db):
             # `upgrade` creates a log that is not there yet: migrating ahead of the first
             # deploy, as a role that may, is what a role that may not create it is told.
-            args.found = check_postgres_log(
-                args.db, getattr(args, "schema", "sagakit"), missing_ok=args.command == "upgrade"
+            args.version_found = check_postgres_log(
+                args.db,
+                getattr(args, "schema", "sagakit"),
+                missing_ok=args.command == "upgrade",
+                read_only=args.command in _READ_ONLY_COMMANDS,
             )
         else:
-            check_sqlite_log(args.db)
+            args.version_found = check_sqlite_log(args.db)
         status = asyncio.run(_run(args, out or sys.stdout))
         if out is None:
             sys.stdout.flush()  # here, where a closed pipe is caught below

@@ -248,7 +248,25 @@ def _v6(s: str, events_lock: int) -> str:
     # newest sagas from, and `dead_letters()` (which `list` and `show` call too) none for the
     # parked ones: each read every saga of the log (a sequential scan, 90 ms for 100,000
     # sagas). The parked sagas' index is partial: it holds only them.
+    # An operator may build them CONCURRENTLY ahead (docs/postgres.md): one such build that
+    # failed or was cancelled left an invalid index of that name, which IF NOT EXISTS would
+    # take as built (and PostgreSQL never reads): it is dropped and built again.
+    schema = s.strip('"')
     return f"""
+DO $do$
+DECLARE invalid regclass;
+BEGIN
+    FOR invalid IN
+        SELECT i.indexrelid::regclass FROM pg_index AS i
+        JOIN pg_class AS c ON c.oid = i.indexrelid
+        JOIN pg_namespace AS n ON n.oid = c.relnamespace
+        WHERE n.nspname = '{schema}' AND NOT i.indisvalid
+            AND c.relname IN ('sagas_started', 'sagas_status', 'sagas_parked')
+    LOOP
+        EXECUTE format('DROP INDEX %s', invalid);
+    END LOOP;
+END
+$do$;
 CREATE INDEX IF NOT EXISTS sagas_started ON {s}.sagas (started_at, saga_id);
 CREATE INDEX IF NOT EXISTS sagas_status ON {s}.sagas (status, started_at, saga_id);
 CREATE INDEX IF NOT EXISTS sagas_parked ON {s}.sagas (parked_at, saga_id)
