@@ -62,7 +62,7 @@ from ._runs import (
     storable_text,
 )
 from ._sagas import SagaDefinition, SagaFunction, StepDriver, _check_call, _check_id, close_driver
-from ._shielding import wait_out
+from ._shielding import CancellationWatch, wait_out
 from ._steps import StepCall
 from ._tracebacks import hide_from_pytest
 from ._worker import run_worker, worker_nested
@@ -1492,14 +1492,13 @@ class SagaOrchestrator:
         does), not handed back as a shutdown's, or the next claim of those sagas would
         not count as a recovery attempt."""
         release_leases = getattr(self._store, "release_leases", None)
-        task = asyncio.current_task()
-        base = task.cancelling() if task is not None else 0
+        watch = CancellationWatch()
         try:
             if isinstance(error, SimulatedCrash) and release_leases is not None:
                 await release_leases(as_crash=True)
         finally:
             await self.close()
-        if error is None and task is not None and task.cancelling() > base:
+        if error is None and watch.came():
             # Cancelled while the store closed, and the store caught it (a store's own
             # close(), the driver's pool): leaving the block normally would run the code
             # after it in a cancelled task.

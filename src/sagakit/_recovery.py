@@ -41,7 +41,7 @@ from ._sagas import (
     registered_saga,
     registered_sagas,
 )
-from ._shielding import wait_out
+from ._shielding import CancellationWatch, wait_out
 from ._steps import StepCall
 from ._tracebacks import hide_from_pytest
 from .exceptions import (
@@ -118,14 +118,12 @@ async def recover(
     if not store.durable:
         return []  # an in-memory store's sagas died with their process
     recoverable = _recoverable(store)
-    task = asyncio.current_task()
-    assert task is not None, "sagakit runs inside an asyncio task"
-    base = task.cancelling()
+    watch = CancellationWatch()
     outcomes: list[RecoveryOutcome] = []
     while limit is None or len(outcomes) < limit:
         orphans = await _claim_next(recoverable, max_attempts)
         if not orphans:
-            if task.cancelling() > base:
+            if watch.came():
                 # Cancelled while claiming, and the claim caught it (Python 3.11's
                 # asyncio.wait_for in the driver's pool can): found nothing, recovery
                 # would return as if never cancelled (and `async with` with
@@ -136,7 +134,7 @@ async def recover(
             outcome = await _finish_orphan(orchestrator, recoverable, orphan)
             if outcome is not None:
                 outcomes.append(outcome)
-            if task.cancelling() > base:
+            if watch.came():
                 # Its cancellation, caught and swallowed (by a compensation, which runs to
                 # its end): the saga is finished, and recovery stops there all the same.
                 raise asyncio.CancelledError
@@ -343,15 +341,13 @@ async def _drive_recovered(
     handed back only with the run of that step; a cancellation from inside that step (its
     timeout, an ``asyncio.timeout``) undoes it, as it would a saga the step executed
     afresh: handed back, it would be resumed later behind that run's back."""
-    recovering = asyncio.current_task()
-    assert recovering is not None, "sagakit runs inside an asyncio task"
-    base = recovering.cancelling()
+    watch = CancellationWatch()
     enclosing = current_run.get()
     driving = asyncio.ensure_future(orchestrator._drive(run, driver, replay, hand_back=True))
     try:
         await asyncio.shield(driving)
     except asyncio.CancelledError:
-        if recovering.cancelling() <= base:
+        if not watch.came():
             raise  # the run's own outcome: it was not this task that was cancelled
         run.handing_back = (
             enclosing is None or enclosing.handing_back is True or handed_back_with(enclosing)

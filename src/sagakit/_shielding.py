@@ -29,4 +29,21 @@ async def wait_out(work: Awaitable[Any]) -> asyncio.Future[Any]:
     return future
 
 
-__all__ = ["wait_out"]
+class CancellationWatch:
+    """The current task's cancellation requests, counted when made: :meth:`came` says
+    whether one has come since — one that code below caught and did not re-raise (a
+    driver's pool, a store's ``close()``, a step), which the watcher must raise itself
+    rather than go on as if its task had not been cancelled."""
+
+    __slots__ = ("_base", "_task")
+
+    def __init__(self) -> None:
+        self._task = asyncio.current_task()
+        self._base = self._task.cancelling() if self._task is not None else 0
+
+    def came(self) -> bool:
+        """Whether the task has been cancelled since this watch began."""
+        return self._task is not None and self._task.cancelling() > self._base
+
+
+__all__ = ["CancellationWatch", "wait_out"]

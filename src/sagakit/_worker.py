@@ -24,6 +24,7 @@ from ._checks import check_count, check_flag, check_seconds
 from ._hooks import SimulatedCrash
 from ._recovery import _fields, _recover_one, _recoverable
 from ._sagas import registered_sagas
+from ._shielding import CancellationWatch
 from ._tracebacks import hide_from_pytest
 from .exceptions import LeaseLost, SagaDefinitionError, StoreError
 
@@ -252,8 +253,7 @@ async def run_worker(
         tasks.pop(task, None)
         freed.set()
 
-    me = asyncio.current_task()
-    cancels = me.cancelling() if me is not None else 0
+    watch = CancellationWatch()
     with _on_sigterm(stop, handle_signals):
         try:
             while not stop.is_set():
@@ -287,7 +287,7 @@ async def run_worker(
                         )
                         tasks[task] = orphan.saga_id
                         task.add_done_callback(done)
-                    if me is not None and me.cancelling() > cancels:
+                    if watch.came():
                         # Cancelled while claiming, and the cancellation was lost on the
                         # way (Python 3.11's asyncio.wait_for, in the driver's connection
                         # pool, can swallow one): stop anyway, or the loop runs on. What
@@ -300,7 +300,7 @@ async def run_worker(
                 await _wait((stop, freed) if len(tasks) >= concurrency else (stop,), wait)
         finally:
             await _shutdown(store, tasks, nested)
-    if me is not None and me.cancelling() > cancels:
+    if watch.came():
         # Stopped, then cancelled while handing its sagas back, and the cancellation was
         # caught on the way (by the store's release_leases(): a driver's pool can): never
         # return as if not cancelled, or the caller goes on.

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .._checks import check_flag
 from .._runs import unended
 from .._serialization import JsonSerializer
-from .._shielding import wait_out
+from .._shielding import CancellationWatch, wait_out
 from ..exceptions import (
     LeaseLost,
     SagaAlreadyExecuting,
@@ -324,11 +324,10 @@ class PostgresStore:
         assert pool is not None
         psycopg, _ = _import_driver()
         used: AsyncConnection[Any] | None = None
-        task = asyncio.current_task()
-        cancels = task.cancelling() if task is not None else 0
+        watch = CancellationWatch()
         try:
             async with pool.connection() as conn:
-                if task is not None and task.cancelling() > cancels:
+                if watch.came():
                     # Cancelled while waiting for the connection, and the cancellation was
                     # lost on the way (Python 3.11's asyncio.wait_for, in the pool, returns
                     # the connection when it arrives just as it is handed over): raise it
@@ -1143,8 +1142,7 @@ class PostgresStore:
         heartbeat, self._heartbeat = self._heartbeat, None
         cancelled = False  # close() itself, while the heartbeat stopped
         if heartbeat is not None:
-            task = asyncio.current_task()
-            base = task.cancelling() if task is not None else 0
+            watch = CancellationWatch()
             heartbeat.cancel()
             try:
                 await heartbeat
@@ -1152,7 +1150,7 @@ class PostgresStore:
                 # The heartbeat's own end, or our caller's cancellation (which waited for
                 # the heartbeat to end): that one is not swallowed. The store is closed
                 # all the same (its pool would be left open), then it is raised.
-                cancelled = task is not None and task.cancelling() > base
+                cancelled = watch.came()
         await self._flush_staged()
         await self._writer.close()
         pool = self._pool

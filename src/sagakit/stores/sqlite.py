@@ -38,7 +38,7 @@ from .._members import (
 )
 from .._runs import describe_optional, storable_text, unended
 from .._serialization import JsonSerializer
-from .._shielding import wait_out
+from .._shielding import CancellationWatch, wait_out
 from ..exceptions import (
     SagaAlreadyExecuting,
     SagaAlreadyFailed,
@@ -781,11 +781,10 @@ class SQLiteStore:
         retrying = self._retrying
         cancelled = False  # close() itself, while the hand-over being retried ended
         if retrying is not None:
-            task = asyncio.current_task()
-            base = task.cancelling() if task is not None else 0
+            watch = CancellationWatch()
             await wait_out(retrying)
             # (wait_out leaves raising our caller's cancellation to us: after closing.)
-            cancelled = task is not None and task.cancelling() > base
+            cancelled = watch.came()
         if self._unreleased and not await self._hand_over(list(self._unreleased)):
             logger.error(
                 "sagakit: sagas %s ended, but %r refused their end and their hand-over to "
