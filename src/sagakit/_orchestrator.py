@@ -89,7 +89,6 @@ __tracebackhide__ = hide_from_pytest
 
 
 _Done = tuple[StepRun, StepCall[Any], Any]
-_new_record = object.__new__
 
 
 HANDED_BACK = "recovery was cancelled; the next recovery finishes the saga"
@@ -428,7 +427,9 @@ class SagaOrchestrator:
         now = watchdog.now
         run.task = task = asyncio.current_task(loop)
         assert task is not None, "sagakit runs inside an asyncio task"
-        run.cancel_base = task.cancelling()
+        # The caller's cancellation requests at the start: more after a step (or a
+        # listener) returns means it swallowed one.
+        run.cancel_base = cancel_base = task.cancelling()
         watchdog.runs.add(run)
         # Every transition is built when a durable store or the run's listeners (those
         # there when it began, not the orchestrator's now) need it, or DEBUG logs it.
@@ -452,7 +453,7 @@ class SagaOrchestrator:
             if announce:
                 await self._emit(run, ON_SAGA_STARTED)
             while True:
-                if task.cancelling() > run.cancel_base:
+                if task.cancelling() > cancel_base:
                     # The caller's cancellation, caught and swallowed (by the step that
                     # just returned, or a listener): the saga stops all the same.
                     raise asyncio.CancelledError
@@ -479,12 +480,12 @@ class SagaOrchestrator:
                 if call.__class__ is not StepCall:
                     _check_call(call, run.name, index)
                 spec = call._spec
-                if index < replay:
+                if replay and index < replay:  # (a recovery's: most runs have none)
                     value = self._replayed(run, index, call, done)
                     index += 1
                     continue
                 # new_step_run(index, spec.name), inline: a call costs a frame, per step.
-                record = _new_record(StepRun)
+                record = StepRun()
                 record.index = index
                 record.name = spec.name
                 record.compensation = False
@@ -497,19 +498,18 @@ class SagaOrchestrator:
                 steps.append(record)
                 run.step = record
                 timeout = spec.timeout
-                attempt = 0
+                attempt = 1  # counted up where a retry goes back to the loop's top
                 acted_unknown = False  # an earlier attempt timed out: it may have acted
                 while True:
-                    attempt += 1
-                    if attempt > 1:
-                        record.attempts = attempt
-                        record.error = None  # the last attempt's, shown while it waited
                     if observe:
                         await self._emit(run, ON_STEP_STARTED, record, attempt)
-                        if task.cancelling() > run.cancel_base:  # a listener swallowed it
+                        if task.cancelling() > cancel_base:  # a listener swallowed it
                             raise asyncio.CancelledError
-                    failure: StepFailed | None = None
-                    error: BaseException | None = None
+                    # ``failure`` (a StepFailed or StepTimeout to raise) and ``error``
+                    # (what the step raised) are set by each way an attempt fails, not
+                    # per attempt: a step that succeeds needs neither.
+                    failure: StepFailed | None
+                    error: BaseException | None
                     started = now()
                     deadline = started + timeout
                     if faults is None or (
@@ -541,26 +541,29 @@ class SagaOrchestrator:
                             if not claim_timeout(run):
                                 raise
                             failure = timeout_error(index, spec.name, now() - started, timeout)
+                            error = None
                         except _Late:
                             failure = timeout_error(index, spec.name, now() - started, timeout)
+                            error = None
                         except Exception as raised:
                             run.deadline = NO_DEADLINE
                             if not run.timed_out:
-                                if task.cancelling() > run.cancel_base:
+                                if task.cancelling() > cancel_base:
                                     # It turned the caller's cancellation into an error:
                                     # interrupted by that cancellation, not retried.
                                     raise asyncio.CancelledError from raised
-                                error = raised
+                                failure, error = None, raised
                             elif claim_timeout(run):  # it turned its timeout into another error
                                 failure = timeout_error(index, spec.name, now() - started, timeout)
                                 failure.__cause__ = raised
+                                error = None
                             else:  # and the caller's cancellation too: that one wins
                                 raise asyncio.CancelledError from raised
                         else:
                             record.duration = finished - started
                             break
                     elif fault is SIMULATED_TIMEOUT:
-                        failure = StepTimeout(index, spec.name, timeout, timeout)
+                        failure, error = StepTimeout(index, spec.name, timeout, timeout), None
                     else:
                         if isinstance(fault, CrashAfter):  # the step acts, then "the process dies"
                             acted = record
@@ -576,7 +579,7 @@ class SagaOrchestrator:
                             # the step itself raises it (see the call above)
                             acted = record
                             raise fault
-                        error = raised_by_step(fault)  # as the step's own raise
+                        failure, error = None, raised_by_step(fault)  # as the step's own raise
                     if failure is None:
                         assert error is not None
                         failure = _step_failed(index, spec.name, error)
@@ -593,8 +596,11 @@ class SagaOrchestrator:
                                 run, ON_STEP_RETRYING, record, attempt, error=error or failure
                             )
                         await self._pause(policy.delay(attempt))
-                        if task.cancelling() > run.cancel_base:  # the sleep swallowed it
+                        if task.cancelling() > cancel_base:  # the sleep swallowed it
                             raise asyncio.CancelledError
+                        attempt += 1
+                        record.attempts = attempt
+                        record.error = None  # the last attempt's, shown while it waited
                         continue
                     # Failed for good: mark it, and queue it for compensation if its
                     # options say so.
@@ -744,7 +750,7 @@ class SagaOrchestrator:
                 run.status = SAGA_FAILED
                 await self._finish(run)
                 raise
-            if task.cancelling() > run.cancel_base:
+            if task.cancelling() > cancel_base:
                 # A compensation (or a listener) swallowed the caller's cancellation: the
                 # work is done, and the caller gets its CancelledError, not the failure.
                 swallowed: asyncio.CancelledError | None = asyncio.CancelledError()
@@ -800,7 +806,7 @@ class SagaOrchestrator:
                 await self._emit(run, ON_SAGA_FINISHED)
         else:
             await self._end(run, announce)
-        if task.cancelling() > run.cancel_base:  # a listener of its end swallowed it
+        if task.cancelling() > cancel_base:  # a listener of its end swallowed it
             raise asyncio.CancelledError
         return events.copy()
 
@@ -1088,7 +1094,7 @@ class SagaOrchestrator:
                     done.pop()
                     continue
                 # new_step_run(step_record.index, step_record.name, True), inline (as above)
-                record = _new_record(StepRun)
+                record = StepRun()
                 record.index = step_record.index
                 record.name = step_record.name
                 record.compensation = True
