@@ -1117,12 +1117,8 @@ class SagaOrchestrator:
                     records.append(record)
                 run.step = record
                 timeout = spec.compensation_timeout
-                attempt = 0
+                attempt = 1  # counted up where a retry goes back to the loop's top
                 while True:
-                    attempt += 1
-                    if attempt > 1:
-                        record.attempts = attempt
-                        record.error = None  # the last attempt's, shown while it waited
                     if observe:
                         await self._emit(run, ON_COMPENSATION_STARTED, record, attempt)
                     started = run.updated_mono = now()  # updated_at: the compensation's start
@@ -1216,6 +1212,9 @@ class SagaOrchestrator:
                             run, ON_COMPENSATION_RETRYING, record, attempt, error=error
                         )
                         await self._pause(policy.delay(attempt))
+                        attempt += 1
+                        record.attempts = attempt
+                        record.error = None  # the last attempt's, shown while it waited
                         continue
                     ran = error.duration if isinstance(error, StepTimeout) else now() - started
                     await self._compensation_failed(run, record, error, ran)
