@@ -1212,13 +1212,15 @@ class SagaOrchestrator:
                         await self._pause(policy.delay(attempt))
                         continue
                     ran = error.duration if isinstance(error, StepTimeout) else now() - started
+                    # Given up before its failure is told: cancelled while a listener hears
+                    # of it (the failure recorded), the restart must not run it again.
+                    done.pop()
+                    _gave_up(done, errors, uncompensated, record, error, go_on)
                     await self._compensation_failed(run, record, error, ran)
                     break
-                done.pop()
-                if record.status is not STEP_RUNNING:  # it failed for good
-                    assert error is not None
-                    _gave_up(done, errors, uncompensated, record, error, go_on)
+                if record.status is not STEP_RUNNING:  # it failed for good: given up above
                     continue
+                done.pop()
                 if value is not None:  # most compensations return nothing: no events
                     cls = value.__class__
                     if cls is tuple:
@@ -1230,8 +1232,8 @@ class SagaOrchestrator:
                             comp_events = events_of(value, record)
                         except SagaDefinitionError as misuse:  # it returned an awaitable
                             error = misuse
+                            _gave_up(done, errors, uncompensated, record, error, go_on)  # as above
                             await self._compensation_failed(run, record, error, finished - started)
-                            _gave_up(done, errors, uncompensated, record, error, go_on)
                             continue
                     record.result = value
                     record.events = comp_events
