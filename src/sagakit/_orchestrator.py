@@ -388,7 +388,7 @@ class SagaOrchestrator:
                 # owner lives, or the claim parked it past its attempts): begin() says which.
                 if not explicit or running.dead_letter is not None or not self._store.durable:
                     raise
-                await self._adopt(run.id)
+                await self._adopt(run.id, run.name)
                 earlier = await self._store.begin(run)
             if earlier is not None:
                 if driver is not None:
@@ -399,10 +399,10 @@ class SagaOrchestrator:
             if nested is not None:
                 nested.discard(run.id)
 
-    async def _adopt(self, saga_id: str) -> bool:
+    async def _adopt(self, saga_id: str, name: str) -> bool:
         from ._recovery import adopt
 
-        return await adopt(self, saga_id)
+        return await adopt(self, saga_id, name)
 
     async def _drive(
         self,
