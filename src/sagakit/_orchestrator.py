@@ -696,6 +696,18 @@ class SagaOrchestrator:
                     interrupted = record
                     if call._spec.compensate_on_timeout:
                         done.append((record, call, None))
+            if interrupted is None:
+                # No step's STEP_FAILED tells this cancellation (a step caught it and
+                # returned, or it came while a listener or the log was awaited): logged
+                # here, once, or the saga's compensation would have no record saying why.
+                _warn(
+                    run,
+                    "sagakit: saga %s (%s) was cancelled while no step ran (between steps, "
+                    "or a step caught the cancellation and returned); its completed steps "
+                    "are compensated",
+                    run.name,
+                    run.id,
+                )
             close_driver(driver, run.name, run.id)
             run.error = CANCELLED_ERROR
             try:
