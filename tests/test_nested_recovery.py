@@ -162,9 +162,12 @@ async def test_a_worker_claiming_the_outer_and_the_inner_saga_together_finishes_
         if transition.saga_id == "order-1" and transition.kind is TransitionKind.STEP_FAILED:
             gates["capture"].set()  # (without waiting, the outer step failed at once)
 
+    waited: list[logging.LogRecord] = []
+
     class WaitsForTheInnerRecovery(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             if "is being recovered here" in record.getMessage():
+                waited.append(record)
                 gates["capture"].set()
 
     caplog.set_level(logging.INFO, logger="sagakit")
@@ -192,6 +195,12 @@ async def test_a_worker_claiming_the_outer_and_the_inner_saga_together_finishes_
     finally:
         logging.getLogger("sagakit").removeHandler(handler)
     assert effects == ["reserve o1", "authorize o1", "capture o1", "ship o1"]
+    # The record names the saga, as every sagakit record about one does (it had no name).
+    assert waited
+    assert [(r.saga_id, r.saga_name) for r in waited] == [  # type: ignore[attr-defined]
+        ("order-1:1/payment", "nr_payment")
+    ] * len(waited)
+    assert "nr_payment (order-1:1/payment)" in waited[0].getMessage()
 
 
 @pytest.mark.asyncio

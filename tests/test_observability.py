@@ -120,6 +120,54 @@ async def test_a_saga_body_that_raises_is_logged_once(caplog: pytest.LogCaptureF
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("swallow", [True, False], ids=["swallowed", "mid_step"])
+async def test_a_cancellation_no_step_failure_tells_is_logged_once(
+    caplog: pytest.LogCaptureFixture, swallow: bool
+) -> None:
+    # Regression: a cancellation that interrupted no step (here a step caught it and
+    # returned) compensated the saga with no record saying why: saga_finished said only
+    # "compensated". One that interrupts a step is told by its step_failed, as before.
+    caplog.set_level(logging.INFO, logger="sagakit")
+    entered = asyncio.Event()
+
+    @step
+    async def observability_wait(item: str) -> str:
+        entered.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            if not swallow:
+                raise
+        return item
+
+    @saga(name="observability.waiting")
+    def waiting(item: str) -> Any:
+        yield reserve(item)
+        yield observability_wait(item)
+
+    running = asyncio.ensure_future(SagaOrchestrator().execute(waiting("x"), saga_id="o-c"))
+    await entered.wait()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    warnings = [r for r in _records(caplog) if r.levelno >= logging.WARNING]
+    said = [r for r in warnings if "was cancelled while no step ran" in r.getMessage()]
+    if not swallow:
+        assert not said
+        assert "step_failed" in warnings[0].getMessage()
+        return
+    [warned] = said
+    assert warned.levelno == logging.WARNING
+    assert warned.getMessage() == (
+        "sagakit: saga observability.waiting (o-c) was cancelled while no step ran (between "
+        "steps, or a step caught the cancellation and returned); its completed steps are "
+        "compensated"
+    )
+    assert (warned.saga_id, warned.saga_name) == ("o-c", "observability.waiting")  # type: ignore[attr-defined]
+    assert warnings[-1].getMessage() == "saga observability.waiting (o-c) saga_finished compensated"
+
+
+@pytest.mark.asyncio
 async def test_compensation_failure_is_an_error(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="sagakit")
     faults = FaultInjector().fail("ship").fail_compensation("reserve", OSError("ledger"))

@@ -3,7 +3,8 @@
 Regressions: a tracer removed while a saga ran was never told of its end, so the
 caller's context kept pointing at a step span that never ended; a compensation that
 timed out lacked the ``sagakit.step.timed_out`` attribute; a cancellation while an
-earlier listener heard the saga's end kept the tracer from hearing it.
+earlier listener heard the saga's end kept the tracer from hearing it; a step cancelled
+before it ran (no transition tells its end) kept its span open over the compensations'.
 """
 
 from __future__ import annotations
@@ -222,3 +223,69 @@ async def test_a_saga_stopped_by_lease_lost_ends_its_spans(tmp_path: Path) -> No
     assert saga_span.status.status_code is StatusCode.ERROR
     assert (saga_span.status.description or "").startswith("saga stopped: LeaseLost: lost the")
     assert repr(tracer) == "<SagaTracer 0 open sagas>"
+
+
+@step
+async def ot_keep(item: str) -> str:
+    return item
+
+
+@ot_keep.compensate
+async def ot_unkeep(item: str) -> None:
+    with app_tracer.start_as_current_span("release call"):
+        pass
+
+
+@step
+async def ot_charge(item: str) -> str:
+    raise AssertionError("cancelled before its function is called")
+
+
+@saga
+def ot_kept(item: str) -> Any:
+    yield ot_keep(item)
+    yield ot_charge(item)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])
+async def test_a_step_cancelled_before_it_ran_ends_its_span_before_the_compensations(
+    durable: bool, tmp_path: Path
+) -> None:
+    # Regression: a cancellation while a slow listener heard a step's start (a webhook, and
+    # a caller's timeout) stops the step before its function is called, and no transition
+    # tells its end: its span stayed open over the compensations' spans, to the saga's end.
+    hearing = asyncio.Event()
+
+    async def slow(transition: Transition) -> None:
+        if transition.kind is TransitionKind.STEP_STARTED and transition.step_name == "ot_charge":
+            hearing.set()
+            await asyncio.Event().wait()  # until cancelled
+
+    store = SQLiteStore(tmp_path / "sagas.db") if durable else MemoryStore()
+    orchestrator = SagaOrchestrator(store, listeners=[slow])
+    tracer = instrument(orchestrator, tracer_provider=provider)
+
+    async def caller() -> None:
+        with app_tracer.start_as_current_span("request") as request:
+            with pytest.raises(asyncio.CancelledError):
+                await orchestrator.execute(ot_kept("x"))
+            assert trace.get_current_span() is request
+
+    task = asyncio.create_task(caller())
+    await hearing.wait()
+    task.cancel()
+    await task
+    await orchestrator.close()
+    assert repr(tracer) == "<SagaTracer 0 open sagas>"
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    charge, release = spans["step ot_charge"], spans["compensate ot_keep"]
+    assert charge.status.status_code is StatusCode.ERROR
+    assert charge.status.description == "interrupted"
+    assert charge.end_time is not None
+    assert release.start_time is not None
+    assert charge.end_time <= release.start_time
+    # The compensation's own spans nest under its span, not under the dead step's.
+    assert spans["release call"].parent is not None
+    assert spans["release call"].parent.span_id == release.context.span_id
+    assert spans["saga ot_kept"].status.description == "saga ended compensated"

@@ -387,7 +387,7 @@ class SagaOrchestrator:
                 # owner lives, or the claim parked it past its attempts): begin() says which.
                 if not explicit or running.dead_letter is not None or not self._store.durable:
                     raise
-                await self._adopt(run.id)
+                await self._adopt(run.id, run.name)
                 earlier = await self._store.begin(run)
             if earlier is not None:
                 if driver is not None:
@@ -398,10 +398,10 @@ class SagaOrchestrator:
             if nested is not None:
                 nested.discard(run.id)
 
-    async def _adopt(self, saga_id: str) -> bool:
+    async def _adopt(self, saga_id: str, name: str) -> bool:
         from ._recovery import adopt
 
-        return await adopt(self, saga_id)
+        return await adopt(self, saga_id, name)
 
     async def _drive(
         self,
@@ -702,6 +702,18 @@ class SagaOrchestrator:
                     interrupted = record
                     if call._spec.compensate_on_timeout:
                         done.append((record, call, None))
+            if interrupted is None:
+                # No step's STEP_FAILED tells this cancellation (a step caught it and
+                # returned, or it came while a listener or the log was awaited): logged
+                # here, once, or the saga's compensation would have no record saying why.
+                _warn(
+                    run,
+                    "sagakit: saga %s (%s) was cancelled while no step ran (between steps, "
+                    "or a step caught the cancellation and returned); its completed steps "
+                    "are compensated",
+                    run.name,
+                    run.id,
+                )
             close_driver(driver, run.name, run.id)
             run.error = CANCELLED_ERROR
             try:
@@ -1217,13 +1229,15 @@ class SagaOrchestrator:
                         record.error = None  # the last attempt's, shown while it waited
                         continue
                     ran = error.duration if isinstance(error, StepTimeout) else now() - started
+                    # Given up before its failure is told: cancelled while a listener hears
+                    # of it (the failure recorded), the restart must not run it again.
+                    done.pop()
+                    _gave_up(done, errors, uncompensated, record, error, go_on)
                     await self._compensation_failed(run, record, error, ran)
                     break
-                done.pop()
-                if record.status is not STEP_RUNNING:  # it failed for good
-                    assert error is not None
-                    _gave_up(done, errors, uncompensated, record, error, go_on)
+                if record.status is not STEP_RUNNING:  # it failed for good: given up above
                     continue
+                done.pop()
                 if value is not None:  # most compensations return nothing: no events
                     cls = value.__class__
                     if cls is tuple:
@@ -1235,8 +1249,8 @@ class SagaOrchestrator:
                             comp_events = events_of(value, record)
                         except SagaDefinitionError as misuse:  # it returned an awaitable
                             error = misuse
+                            _gave_up(done, errors, uncompensated, record, error, go_on)  # as above
                             await self._compensation_failed(run, record, error, finished - started)
-                            _gave_up(done, errors, uncompensated, record, error, go_on)
                             continue
                     record.result = value
                     record.events = comp_events

@@ -169,9 +169,9 @@ async def _finish_orphan(
         return None
 
 
-async def adopt(orchestrator: SagaOrchestrator, saga_id: str) -> bool:
-    """Finish ``saga_id`` here, as recovery would, if it is an orphan (its process died
-    mid-run and no one recovers it yet); whether it was one.
+async def adopt(orchestrator: SagaOrchestrator, saga_id: str, name: str) -> bool:
+    """Finish ``saga_id`` (of the saga ``name``) here, as recovery would, if it is an
+    orphan (its process died mid-run and no one recovers it yet); whether it was one.
 
     ``execute()`` of an explicit id calls this when the log has that id executing: a
     step re-run by recovery that executes an inner saga under a derived id (the
@@ -193,9 +193,10 @@ async def adopt(orchestrator: SagaOrchestrator, saga_id: str) -> bool:
         # SagaAlreadyExecuting would compensate the outer saga while the inner one goes
         # on: wait for that recovery to end instead (execute() then answers from it).
         logger.info(
-            "sagakit: saga %s is being recovered here; execute() waits for it to end",
+            "sagakit: saga %s (%s) is being recovered here; execute() waits for it to end",
+            name,
             saga_id,
-            extra={"saga_id": saga_id},
+            extra={"saga_id": saga_id, "saga_name": name},
         )
         await recovering[1].wait()
         return True

@@ -141,11 +141,24 @@ class SagaTracer:
         if opened is not None:  # a further attempt of the same step: one span for all
             opened.span.set_attribute("sagakit.step.attempts", transition.attempt)
             return
+        if role == "compensation":
+            self._end_steps(saga)
         name = f"{'compensate' if role == 'compensation' else 'step'} {transition.step_name}"
         opened = self._start(name, self._attributes(transition, step=True), saga.span.span)
         opened.span.set_attribute("sagakit.step.attempts", max(transition.attempt, 1))
         opened.span.set_attribute("sagakit.compensation", role == "compensation")
         saga.children[key] = opened
+
+    def _end_steps(self, saga: _Saga) -> None:
+        """End the step spans still open when compensating begins, ``"interrupted"``: a
+        step whose end no transition tells (cancelled before its function was called,
+        after its start was told; its failure not recorded) is over once its
+        compensations start, and its span must not run on over theirs."""
+        for key in [key for key in saga.children if key[0] == "step"]:
+            opened = saga.children.pop(key)
+            opened.span.set_status(Status(StatusCode.ERROR, "interrupted"))
+            opened.detach()
+            opened.span.end()
 
     def _end_child(self, saga: _Saga, role: str, transition: Transition) -> None:
         opened = saga.children.pop((role, _index(transition)), None)
