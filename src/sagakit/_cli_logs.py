@@ -18,6 +18,7 @@ from .stores._dsn import redacted
 from .stores._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from .stores._pg_schema import check_schema_name
 from .stores._sqlite_schema import _HEADER as SQLITE_HEADER
+from .stores._sqlite_schema import stored_schema_version
 
 
 def _one_line(error: BaseException) -> str:
@@ -97,20 +98,13 @@ def check_sqlite_log(path: str) -> int | None:
         conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error:
         return None
-    version: Any = None
     try:
-        found = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sagakit_meta'"
-        ).fetchone()
-        if found is not None:
-            version = conn.execute(
-                "SELECT value FROM sagakit_meta WHERE key = 'schema_version'"
-            ).fetchone()
+        found, version = stored_schema_version(conn)
     except sqlite3.DatabaseError:
         return None
     finally:
         conn.close()
-    if found is None:
+    if not found:
         raise StoreError(
             f"no saga log in {path!r} (it is a SQLite database without sagakit's tables); "
             "pass the path your application's SQLiteStore uses"

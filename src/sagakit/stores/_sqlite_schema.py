@@ -15,7 +15,7 @@ import os
 import secrets
 import sqlite3
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from .._commands import command_line
 from ..exceptions import StoreError
@@ -315,12 +315,23 @@ def check_read_only(conn: sqlite3.Connection, path: str) -> None:
         ) from error
 
 
+def stored_schema_version(conn: sqlite3.Connection) -> tuple[bool, Any]:
+    """Whether the database has sagakit's meta table, and the row of the schema version
+    stored in it (``None`` when there is none), as read: what it means is the caller's."""
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sagakit_meta'"
+    ).fetchone()
+    if found is None:
+        return False, None
+    row = conn.execute("SELECT value FROM sagakit_meta WHERE key = 'schema_version'").fetchone()
+    return True, row
+
+
 def _logged_version(conn: sqlite3.Connection, path: str) -> int | None:
     """The log's schema version, ``None`` for a file without the schema yet."""
-    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if "sagakit_meta" not in tables:
+    has_meta, row = stored_schema_version(conn)
+    if not has_meta:
         return None
-    row = conn.execute("SELECT value FROM sagakit_meta WHERE key = 'schema_version'").fetchone()
     try:
         version = int(row[0]) if row else 0
     except (TypeError, ValueError):
