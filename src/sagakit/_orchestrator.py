@@ -648,11 +648,11 @@ class SagaOrchestrator:
                 cls = value.__class__
                 # A list copied (its owner may change it later), without a call. An
                 # awaitable returned by mistake raises here: the step fails, undone below.
-                step_events = (
-                    value
-                    if cls is tuple
-                    else tuple(value)
+                step_events = (  # a list first: what steps return most
+                    tuple(value)
                     if cls is list
+                    else value
+                    if cls is tuple
                     else events_of(value, record)
                 )
                 record.result = value
