@@ -489,10 +489,14 @@ async def test_a_worker_whose_cancellation_is_lost_while_claiming_still_stops(db
     assert worker in done, f"the cancelled worker ran on ({claims} claims)"
     assert worker.cancelled()
     assert claims == 1
-    # What that claim took was not dropped: the worker finished it as it stopped.
+    # What that claim took was not dropped, nor run: it was given back, for the next
+    # recovery (which the given-back claim did not cost an attempt).
     meta = await store.get("o-lost")
     assert meta is not None
-    assert meta.status is SagaStatus.COMPLETED
+    assert meta.status is SagaStatus.EXECUTING
+    assert effects == ["book kite o-lost:0"]
+    outcomes = await SagaOrchestrator(store).recover(max_attempts=1)
+    assert [(o.saga_id, o.status) for o in outcomes] == [("o-lost", SagaStatus.COMPLETED)]
     # (book ran, but the crash kept its completion out of the log: it ran again.)
     assert effects == ["book kite o-lost:0", "book kite o-lost:0", "pay kite"]
     await store.close()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -122,13 +122,14 @@ async def recover(
     outcomes: list[RecoveryOutcome] = []
     while limit is None or len(outcomes) < limit:
         orphans = await _claim_next(recoverable, max_attempts)
+        if watch.came():
+            # Cancelled while claiming, and the claim caught it (Python 3.11's
+            # asyncio.wait_for in the driver's pool can): recovery would return as if
+            # never cancelled (and `async with` with recover_on_start run its block), or
+            # run what the claim returned to its end first. That is given back, unrun.
+            await give_back(recoverable, orphans)
+            raise asyncio.CancelledError
         if not orphans:
-            if watch.came():
-                # Cancelled while claiming, and the claim caught it (Python 3.11's
-                # asyncio.wait_for in the driver's pool can): found nothing, recovery
-                # would return as if never cancelled (and `async with` with
-                # recover_on_start run its block).
-                raise asyncio.CancelledError
             break
         for orphan in orphans:
             outcome = await _finish_orphan(orchestrator, recoverable, orphan)
@@ -153,6 +154,35 @@ async def _claim_next(
     return await store.claim_orphans(
         names=names, limit=1, max_attempts=max_attempts, saga_ids=saga_ids
     )
+
+
+async def give_back(store: RecoverableStore, orphans: Collection[OrphanedSaga]) -> None:
+    """Give back claimed ``orphans`` that will not be run here (their claimer was
+    cancelled), whatever cancels the caller meanwhile: the next recovery takes them,
+    and their claim here counts no recovery attempt (see ``give_back()`` of the
+    stores). A store without ``give_back()`` keeps them as this process's until it
+    sees this process gone (it exits, or a lease runs out), as after a crash."""
+    if not orphans:
+        return
+    saga_ids = [orphan.saga_id for orphan in orphans]
+    giving: Callable[[list[str]], Awaitable[Any]] | None = getattr(store, "give_back", None)
+    if giving is None:
+        logger.warning(
+            "sagakit recovery was cancelled with sagas %s claimed and not run; %r has no "
+            "give_back(), so they stay this process's until it sees the process gone",
+            saga_ids,
+            store,
+        )
+        return
+    done = await wait_out(giving(saga_ids))
+    if not done.cancelled() and done.exception() is not None:
+        logger.warning(
+            "sagakit recovery could not give back sagas %s it claimed and did not run: %s",
+            saga_ids,
+            done.exception(),
+        )
+    else:
+        logger.info("sagakit recovery gave back sagas %s, unrun (it was cancelled)", saga_ids)
 
 
 async def _finish_orphan(

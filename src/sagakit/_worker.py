@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._checks import check_count, check_flag, check_seconds
 from ._hooks import SimulatedCrash
-from ._recovery import _fields, _recover_one, _recoverable
+from ._recovery import _fields, _recover_one, _recoverable, give_back
 from ._sagas import registered_sagas
 from ._shielding import CancellationWatch
 from ._tracebacks import hide_from_pytest
@@ -279,6 +279,14 @@ async def run_worker(
                         if failures:
                             logger.info("sagakit worker claims sagas again")
                         failures = 0
+                    if watch.came():
+                        # Cancelled while claiming, and the cancellation was lost on the
+                        # way (Python 3.11's asyncio.wait_for, in the driver's connection
+                        # pool, can swallow one): stop anyway, or the loop runs on; and
+                        # give back what was just claimed, unrun (on SQLite, the shutdown
+                        # below would let it run to its end).
+                        await give_back(store, orphans)
+                        raise asyncio.CancelledError
                     claimed = len(orphans)
                     for orphan in orphans:
                         task = asyncio.create_task(
@@ -287,12 +295,6 @@ async def run_worker(
                         )
                         tasks[task] = orphan.saga_id
                         task.add_done_callback(done)
-                    if watch.came():
-                        # Cancelled while claiming, and the cancellation was lost on the
-                        # way (Python 3.11's asyncio.wait_for, in the driver's connection
-                        # pool, can swallow one): stop anyway, or the loop runs on. What
-                        # was just claimed is handed back by the shutdown below.
-                        raise asyncio.CancelledError
                 if claimed and claimed == free:
                     continue  # more may be waiting: claim again while capacity lasts
                 freed.clear()

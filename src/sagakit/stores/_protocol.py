@@ -455,9 +455,24 @@ def check_saga_ids(saga_ids: object, where: str = "saga_ids=") -> None:
             check_saga_id(saga_id, where)
 
 
+def check_given_ids(saga_ids: object, where: str) -> None:
+    """Refuse what is no collection of saga ids (``None``, an iterator, a string)."""
+    if isinstance(saga_ids, str | bytes):
+        raise SagaDefinitionError(
+            f"{where} takes a collection of saga ids, got the string {saga_ids!r}; "
+            f"pass [{saga_ids!r}]"
+        )
+    check_saga_ids(saga_ids, where)
+    if not isinstance(saga_ids, Collection):
+        raise SagaDefinitionError(
+            f"{where} takes a collection of saga ids (a list, a set), got {saga_ids!r}"
+        )
+
+
 __all__ = [
     "CommittedThenCancelled",
     "check_event_window",
+    "check_given_ids",
     "check_saga_id",
     "check_saga_ids",
     "check_text",

@@ -53,6 +53,10 @@ COMPENSATING = (
     "updated_at = ? WHERE id = ?"
 )
 EXECUTING = "UPDATE sagakit_sagas SET status = 'executing', updated_at = ? WHERE id = ?"
+# A claim given back unrun (give_back()): it counted a recovery attempt no run made.
+UNCOUNT_ATTEMPT = (
+    "UPDATE sagakit_sagas SET recovery_attempts = max(recovery_attempts - 1, 0) WHERE id = ?"
+)
 SAGA_ERROR = "UPDATE sagakit_sagas SET error = coalesce(error, ?), updated_at = ? WHERE id = ?"
 INTERRUPTED_STEP = (
     "UPDATE sagakit_steps SET status = ?, duration = ?, error = ? "
@@ -111,5 +115,6 @@ __all__ = [
     "SELECT_ORPHAN_STEPS",
     "SELECT_SAGA",
     "SELECT_STEPS",
+    "UNCOUNT_ATTEMPT",
     "UPSERT_STEP",
 ]

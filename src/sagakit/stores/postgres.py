@@ -55,6 +55,7 @@ from ._protocol import (
     SagaRunView,
     StoredEvent,
     check_event_window,
+    check_given_ids,
     check_saga_id,
     check_saga_ids,
     check_text,
@@ -458,6 +459,23 @@ class PostgresStore:
         }
         found = await self._run(self._sql.release, params)
         return len(found)
+
+    async def give_back(self, saga_ids: Collection[str]) -> int:
+        """Give back sagas this store claimed (:meth:`claim_orphans`) and has not run
+        since: their leases are given up, so any worker claims them at once, and
+        their claim here is not counted as a recovery attempt (no run of them was
+        made), as for :meth:`release_leases`. Returns how many it gave back.
+
+        A cancelled ``recover()`` or worker calls it for the sagas a claim returned
+        after swallowing the cancellation. Ids this store did not claim, or whose run
+        has ended, are left alone. If the database is away, the leases run out (the
+        next claim then counts an attempt, as after a crash).
+        """
+        check_given_ids(saga_ids, "give_back()")
+        mine = [saga_id for saga_id in dict.fromkeys(saga_ids) if saga_id in self._claimed]
+        if not mine:
+            return 0
+        return await self.release_leases(saga_ids=mine)
 
     def owns(self, saga_id: str) -> bool:
         """Whether this store holds the lease of ``saga_id`` (as far as it knows)."""

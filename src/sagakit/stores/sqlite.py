@@ -55,6 +55,7 @@ from ._protocol import (
     SagaRunView,
     StoredEvent,
     check_event_window,
+    check_given_ids,
     check_saga_id,
     check_text,
     claim_limit,
@@ -88,6 +89,7 @@ from ._sqlite_sql import (
     RESOLVE_INTERRUPTED,
     RETRY_STEP,
     SAGA_ERROR,
+    UNCOUNT_ATTEMPT,
     UPSERT_STEP,
 )
 from ._sqlite_writer import CommittedThenCancelled, GroupWriter, Job, Statements
@@ -948,6 +950,36 @@ class SQLiteStore:
             logger.warning(
                 "sagakit: could not let go of claimed sagas %s: %s", saga_ids, done.exception()
             )
+
+    async def give_back(self, saga_ids: Collection[str]) -> int:
+        """Give back sagas this store claimed (:meth:`claim_orphans`) and has not run
+        since: this process stops owning them, so the next recovery, here or in another
+        process, claims them at once, and their claim here is not counted as a
+        recovery attempt (no run of them was made). Returns how many it gave back.
+
+        A cancelled ``recover()`` or worker calls it for the sagas a claim returned
+        after swallowing the cancellation. Ids this store did not claim, or whose run
+        has ended, are left alone. If the log refuses the write, it is tried again as a
+        hand-over is (after the next successful write, before a recovery here claims
+        sagas, and at :meth:`close`).
+        """
+        check_given_ids(saga_ids, "give_back()")
+        self._refuse_writes()
+        mine = [saga_id for saga_id in dict.fromkeys(saga_ids) if saga_id in self._claimed]
+        for saga_id in mine:
+            self._claimed.discard(saga_id)
+            self._live.discard(saga_id)
+            self._orders.pop(saga_id, None)
+            self._staged.pop(saga_id, None)
+            # In the hand-over's transaction, only if this process still owns it.
+            self._unreleased[saga_id] = [(UNCOUNT_ATTEMPT, (saga_id,))]
+        if mine and not await self._hand_over(mine):
+            logger.warning(
+                "sagakit: could not give back claimed sagas %s yet; tried again after the "
+                "next write, and by the next recovery here",
+                mine,
+            )
+        return len(mine)
 
     async def dead_letter(self, saga_id: str, reason: str) -> None:
         check_saga_id(saga_id, "dead_letter()")

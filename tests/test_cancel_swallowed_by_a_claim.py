@@ -1,0 +1,177 @@
+"""A claim of orphans that swallows the cancellation of ``recover()`` (or of a worker) and
+returns an orphan all the same: the orphan is given back unrun, and the cancellation raised.
+
+Regression: ``recover()`` ran the orphan the claim returned to its end (its steps too) before
+raising the ``CancelledError``; a worker on SQLite did the same in its shutdown. And giving it
+back must not count a recovery attempt: no run of it was made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sagakit import SagaDefinitionError, SagaOrchestrator, SagaStatus, saga, step
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+
+ran: list[str] = []
+
+
+@step
+async def gb_book(order: str) -> str:
+    ran.append(f"book {order}")
+    return order
+
+
+@step
+async def gb_ship(order: str) -> str:
+    ran.append(f"ship {order}")
+    return order
+
+
+@saga
+def gb_order(order: str) -> Any:
+    yield gb_book(order)
+    yield gb_ship(order)
+
+
+async def _orphan(durable_store: Callable[..., Any]) -> None:
+    store = durable_store()
+    with FaultInjector().crash(gb_ship), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(gb_order("o1"), saga_id="o1")
+    await simulate_restart(store)
+    await store.close()
+    ran.clear()
+
+
+def _swallowing(store: Any) -> asyncio.Event:
+    """Make the store's next claim swallow its caller's cancellation, then claim."""
+    claim = store.claim_orphans
+    claiming = asyncio.Event()
+
+    async def swallowing_claim(**options: Any) -> Any:
+        store.claim_orphans = claim
+        claiming.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+        return await claim(**options)
+
+    store.claim_orphans = swallowing_claim
+    return claiming
+
+
+async def _cancelled(task: asyncio.Task[Any], claiming: asyncio.Event) -> None:
+    await claiming.wait()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=10.0)  # a guard, not a timing check
+    if not done:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        pytest.fail(f"the cancelled recovery ran on: {ran}")
+    assert task.cancelled(), task
+
+
+async def _recovered_once_more(durable_store: Callable[..., Any]) -> None:
+    # Another process (on PostgreSQL: another worker, before the lease would run out)
+    # takes it at once, and the given-back claim did not count: one attempt allowed.
+    async with SagaOrchestrator(durable_store()) as other:
+        outcomes = await other.recover(max_attempts=1)
+        assert [(o.saga_id, o.action, o.status) for o in outcomes] == [
+            ("o1", "resumed", SagaStatus.COMPLETED)
+        ]
+        assert await other.store.dead_letters() == []
+    assert ran == ["ship o1"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("on_start", [False, True], ids=["recover", "recover_on_start"])
+async def test_a_cancelled_recover_gives_back_what_a_swallowing_claim_returned(
+    durable_store: Callable[..., Any], on_start: bool
+) -> None:
+    await _orphan(durable_store)
+    store = durable_store()
+    claiming = _swallowing(store)
+    went_on: list[str] = []
+
+    async def recovering() -> None:
+        orchestrator = SagaOrchestrator(store, recover_on_start=on_start)
+        if on_start:
+            async with orchestrator:
+                went_on.append("the block ran")
+        else:
+            went_on.append(repr(await orchestrator.recover()))
+
+    await _cancelled(asyncio.create_task(recovering()), claiming)
+    assert went_on == []
+    assert ran == []  # no step of the orphan ran
+    await store.close()  # (recover_on_start: closed by its `async with` already)
+    reading = durable_store()
+    found = await reading.get("o1")
+    await reading.close()
+    assert found is not None
+    assert found.status is SagaStatus.EXECUTING
+    await _recovered_once_more(durable_store)
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_worker_gives_back_what_a_swallowing_claim_returned(
+    durable_store: Callable[..., Any],
+) -> None:
+    await _orphan(durable_store)
+    store = durable_store()
+    claiming = _swallowing(store)
+    orchestrator = SagaOrchestrator(store)
+    worker = asyncio.create_task(orchestrator.run_worker(poll_interval=0.01, handle_signals=False))
+    await _cancelled(worker, claiming)
+    assert ran == []
+    await store.close()
+    await _recovered_once_more(durable_store)
+
+
+@pytest.mark.asyncio
+async def test_the_same_store_recovers_what_it_gave_back(
+    durable_store: Callable[..., Any],
+) -> None:
+    await _orphan(durable_store)
+    async with SagaOrchestrator(durable_store()) as orchestrator:
+        claiming = _swallowing(orchestrator.store)
+        await _cancelled(asyncio.create_task(orchestrator.recover()), claiming)
+        outcomes = await orchestrator.recover(max_attempts=1)
+    assert [(o.saga_id, o.status) for o in outcomes] == [("o1", SagaStatus.COMPLETED)]
+    assert ran == ["ship o1"]
+
+
+@pytest.mark.asyncio
+async def test_give_back_leaves_sagas_it_did_not_claim_alone(
+    durable_store: Callable[..., Any],
+) -> None:
+    await _orphan(durable_store)
+    store = durable_store()
+    assert await store.give_back(["o1", "unknown"]) == 0  # not claimed by this store
+    orphans = await store.claim_orphans(names={"gb_order"})
+    assert [o.saga_id for o in orphans] == ["o1"]
+    assert await store.give_back(["o1", "o1"]) == 1
+    assert await store.give_back(["o1"]) == 0  # given back already
+    again = await store.claim_orphans(names={"gb_order"}, max_attempts=1)
+    assert [(o.saga_id, o.recovery_attempts) for o in again] == [("o1", 1)]
+    await store.give_back(["o1"])
+    await store.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "ids", ["o1", None, iter(["o1"]), [1]], ids=["string", "none", "iterator", "int"]
+)
+async def test_give_back_refuses_what_is_no_collection_of_ids(
+    durable_store: Callable[..., Any], ids: Any
+) -> None:
+    store = durable_store()
+    try:
+        with pytest.raises(SagaDefinitionError, match="give_back"):
+            await store.give_back(ids)
+    finally:
+        await store.close()
