@@ -1611,7 +1611,7 @@ async def test_a_completion_staged_with_a_cancelled_write_is_logged_and_told(
     # Step 1's start is told if the write it rode in committed (its caller cancelled
     # while it was on its way), and only then: listeners hear what the log holds.
     started = "step_started act" in heard
-    assert [line for line in heard if line != "step_started act"][:4] == [
+    assert [line for line in heard if not line.endswith(" act")][:4] == [
         "saga_started None",
         "step_started pg_cancel_me",
         "step_completed pg_cancel_me",  # told, though the write it rode in was cancelled
@@ -1619,6 +1619,10 @@ async def test_a_completion_staged_with_a_cancelled_write_is_logged_and_told(
     ]
     if started:
         assert heard.index("step_started act") == 3  # as committed: before compensating
+        # It never ran (cancelled before it started): a start told is ended, at once.
+        assert heard.index("step_failed act") == 4
+    else:
+        assert "step_failed act" not in heard  # nor is the end of a start never told
     assert meta is not None
     assert [s.name for s in meta.steps] == (
         ["pg_cancel_me", "act"] if started else ["pg_cancel_me"]

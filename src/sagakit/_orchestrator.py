@@ -52,6 +52,8 @@ from ._runs import (
     CANCELLED_ERROR,
     NOT_COMPENSATED,
     UNRECORDED,
+    UNSTARTED,
+    UNSTARTED_ERROR,
     SagaRun,
     StepRun,
     current_run,
@@ -688,13 +690,17 @@ class SagaOrchestrator:
                 await self._stopped(run, asyncio.CancelledError(HANDED_BACK))
                 raise
             interrupted: StepRun | None = None
+            unstarted: StepRun | None = None
             if steps and steps[-1].status is STEP_RUNNING:
                 record = steps[-1]
                 record.status = STEP_FAILED
                 if acted is not record:  # cancelled while its start was being recorded
-                    # (Its start may not be in the log, nor told: its end is written with
-                    # the run's, see interrupted_step.)
-                    record.error = "CancelledError: cancelled before the step started"
+                    record.error = UNSTARTED_ERROR
+                    if run.unlogged_start is not record:
+                        # Its start is in the log, or told: so is its end, before anything
+                        # is undone (recovery must not undo a step that never ran). Else
+                        # its end is written with the run's (see interrupted_step).
+                        unstarted = record
                 else:
                     # Interrupted mid-step (``call`` is that step's): its effect is
                     # unknown, so it is undone like a timed-out step.
@@ -702,7 +708,7 @@ class SagaOrchestrator:
                     interrupted = record
                     if call._spec.compensate_on_timeout:
                         done.append((record, call, None))
-            if interrupted is None:
+            if interrupted is None and unstarted is None:
                 # No step's STEP_FAILED tells this cancellation (a step caught it and
                 # returned, or it came while a listener or the log was awaited): logged
                 # here, once, or the saga's compensation would have no record saying why.
@@ -718,7 +724,7 @@ class SagaOrchestrator:
             run.error = CANCELLED_ERROR
             try:
                 # To its end whatever cancels us again; then its outcome, as if awaited.
-                undo = self._undo_cancelled(run, interrupted, done, faults, observe)
+                undo = self._undo_cancelled(run, interrupted or unstarted, done, faults, observe)
                 (await wait_out(undo)).result()
             except SimulatedCrash as crash:
                 self._crashed(run, crash)
@@ -982,17 +988,19 @@ class SagaOrchestrator:
     ) -> CompensationFailed | None:
         """A cancelled run: record the end of the step the cancellation ``interrupted``
         (``STEP_FAILED``, before anything is undone: a log that keeps it shows why the step
-        ended, whatever stops the compensations), then compensate ``done``."""
+        ended, whatever stops the compensations), then compensate ``done``. (Cancelled
+        before it started, that step ends ``"cancelled before the step started"``.)"""
         if interrupted is not None and (
             observe or logger.isEnabledFor(level_of(ON_STEP_FAILED, run.status))
         ):
+            why = UNSTARTED if interrupted.error == UNSTARTED_ERROR else CANCELLED
             try:
                 await self._emit(
                     run,
                     ON_STEP_FAILED,
                     interrupted,
                     interrupted.attempts,
-                    error=asyncio.CancelledError(CANCELLED),
+                    error=asyncio.CancelledError(why),
                 )
             except Exception as unrecorded:  # StoreError: the run's end writes it again
                 _warn(
@@ -1389,6 +1397,8 @@ class SagaOrchestrator:
                 # cancellation goes on, as it would have once they were told.
                 committed = cancelled
             except BaseException as unrecorded:
+                if kind is ON_STEP_STARTED:
+                    run.unlogged_start = record  # nor told: neither is its end
                 if kind is ON_SAGA_FINISHED and isinstance(
                     unrecorded, Exception | asyncio.CancelledError
                 ):

@@ -25,6 +25,7 @@ from ._hooks import SimulatedCrash, active_faults
 from ._runs import (
     CANCELLED_ERROR,
     CRASHED,
+    UNSTARTED_ERROR,
     SagaRun,
     StepRun,
     current_run,
@@ -465,7 +466,9 @@ async def _finish_claimed(
         # saga's cancellation): compensate it when its options say so (an interrupted
         # step's effect is unknown, like a timeout).
         step = calls[len(done)]._step
-        if stopped.status is StepStatus.FAILED and stopped.error != CANCELLED_ERROR:
+        if stopped.status is StepStatus.FAILED and stopped.error == UNSTARTED_ERROR:
+            wanted = False  # cancelled before it started: it never ran
+        elif stopped.status is StepStatus.FAILED and stopped.error != CANCELLED_ERROR:
             wanted = step.compensate_on_failure
         else:
             wanted = step.compensate_on_timeout

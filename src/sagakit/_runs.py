@@ -194,6 +194,14 @@ tells it from a step that raised by it, and compensates it as a timed-out step."
 CANCELLED_ERROR = f"CancelledError: {CANCELLED}"
 """The recorded error of a step (and saga) the saga's cancellation interrupted."""
 
+UNSTARTED = "cancelled before the step started"
+"""The message of the ``CancelledError`` a step cancelled before its function was called
+(while its start was recorded or told) is recorded ``FAILED`` with: it never ran, so
+neither the run nor recovery compensates it."""
+
+UNSTARTED_ERROR = f"CancelledError: {UNSTARTED}"
+"""The recorded error of a step cancelled before it started."""
+
 UNRECORDED = "not recorded: "
 """The start of the error of a compensation the run ended in because one of its
 transitions could not be recorded (a ``StoreError``)."""
@@ -304,6 +312,7 @@ class SagaRun:
         "task",
         "timed_out",
         "total_steps",
+        "unlogged_start",
         "unrecorded",
         "updated_mono",
     )
@@ -344,6 +353,9 @@ class SagaRun:
         # The compensation whose failure for good could not be recorded (StoreError): the
         # run ends FAILED there, and its end writes that record (interrupted_compensations).
         self.unrecorded: StepRun | None = None
+        # The step whose start the store did not record (its record() raised): its end
+        # is not told either, the run's end writes it (see interrupted_step).
+        self.unlogged_start: StepRun | None = None
         self.deadline = math.inf  # loop time the running step must finish by
         self.timed_out = False  # the watchdog cancelled ``task`` for ``deadline``
         self.queued = False  # in its watchdog's ``fresh``: it looks at ``deadline`` next firing
