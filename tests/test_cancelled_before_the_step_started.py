@@ -220,3 +220,36 @@ async def test_its_span_ends_with_its_cancellation_before_the_compensations() ->
     assert ship.status.description == UNSTARTED  # not "interrupted" at the saga's end
     assert ship.end_time is not None
     assert ship.end_time <= spans["compensate cbs_book"].start_time
+
+
+@pytest.mark.asyncio
+async def test_every_log_records_a_step_whose_start_never_reached_it(
+    durable_store: Callable[..., Any],
+) -> None:
+    # Regression: SQLite's log kept no trace of it (the run's end only updated a record
+    # its start had written), where PostgreSQL's log and MemoryStore keep it FAILED.
+    effects.clear()
+    held = asyncio.Event()
+    heard: list[Transition] = []
+    store = durable_store()
+    _hold_the_start(store, held, committed=False)
+    orchestrator = SagaOrchestrator(store, listeners=[heard.append])
+    task = asyncio.create_task(orchestrator.execute(cbs_order("o"), saga_id="cbs-5"))
+    await held.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await store.close()
+    reading = durable_store()
+    meta = await reading.get("cbs-5")
+    await reading.close()
+    # Neither its start nor its end is told: its start is not in the log.
+    assert [t for t in _told(heard) if t[1] == "cbs_ship"] == []
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert [(s.name, s.status, s.error) for s in meta.steps] == [
+        ("cbs_book", StepStatus.COMPLETED, None),
+        ("cbs_ship", StepStatus.FAILED, UNSTARTED),
+    ]
+    assert [c.name for c in meta.compensations] == ["cbs_book"]
+    assert effects == ["book", "unbook"]

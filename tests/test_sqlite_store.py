@@ -33,6 +33,7 @@ from sagakit import (
 )
 from sagakit.stores import _sqlite_writer as sqlite_writer
 from sagakit.stores import sqlite as sqlite_store
+from sagakit.stores._sqlite_sql import UPSERT_STEP
 from sagakit.stores._sqlite_writer import Job, _run_jobs
 
 
@@ -952,7 +953,7 @@ def _fail_second_start(store: SQLiteStore) -> None:
 
     async def failing(job: Job, *, alone: bool) -> Any:
         if isinstance(job, list) and any(
-            sql.startswith("INSERT INTO sagakit_steps") and params[2] == 1 for sql, params in job
+            sql == UPSERT_STEP and params[2] == 1 for sql, params in job
         ):
             raise StoreError("disk on fire")
         return await submit(job, alone=alone)
@@ -981,7 +982,8 @@ async def test_a_lost_commit_of_a_staged_completion_undoes_that_step(db: str) ->
     ]
     assert meta is not None
     assert meta.status is SagaStatus.COMPENSATED
-    assert _logged_steps(db, "lost-1") == [(0, "completed")]
+    # (Step 1, whose start was never written, is logged failed with the run's end.)
+    assert _logged_steps(db, "lost-1") == [(0, "completed"), (1, "failed")]
 
 
 def test_group_commit_keeps_each_jobs_statements_in_order() -> None:

@@ -59,10 +59,14 @@ UNCOUNT_ATTEMPT = (
 )
 SAGA_ERROR = "UPDATE sagakit_sagas SET error = coalesce(error, ?), updated_at = ? WHERE id = ?"
 INTERRUPTED_STEP = (
-    "UPDATE sagakit_steps SET status = ?, duration = ?, error = ? "
-    "WHERE saga_id = ? AND compensation = ? AND idx = ? AND status = 'running'"
+    "INSERT INTO sagakit_steps (saga_id, compensation, idx, name, status, attempts, "
+    "started_at, duration, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (saga_id, compensation, idx) DO UPDATE SET status = excluded.status, "
+    "duration = excluded.duration, error = excluded.error WHERE status = 'running'"
 )
-"""A step or compensation no transition ended (see ``unended``): the run's end writes it."""
+"""A step or compensation no transition ended (see ``unended``): the run's end writes it,
+its record too if its start never reached the log (a step cancelled while its start was
+written: PostgreSQL's log and the run's own record keep it ``failed`` alike)."""
 RESOLVE_INTERRUPTED = (
     "UPDATE sagakit_steps SET status = 'failed', "
     "error = 'interrupted; the saga was resolved by an operator' "

@@ -529,12 +529,15 @@ class SQLiteStore:
                 (
                     INTERRUPTED_STEP,
                     (
-                        str(record.status),
-                        record.duration,
-                        record.error,
                         saga_id,
                         int(record.compensation),
                         record.index,
+                        record.name,
+                        str(record.status),
+                        record.attempts,
+                        now,
+                        record.duration,
+                        record.error,
                     ),
                 )
                 for record in unended(run)
