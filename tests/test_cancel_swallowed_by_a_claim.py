@@ -175,3 +175,70 @@ async def test_give_back_refuses_what_is_no_collection_of_ids(
             await store.give_back(ids)
     finally:
         await store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_execute_of_an_orphan_gives_back_what_a_swallowing_claim_returned(
+    durable_store: Callable[..., Any],
+) -> None:
+    # execute() of an orphan's id adopts it (claims and finishes it, as recovery would).
+    # Regression: cancelled while claiming, by a claim that swallowed it, execute() ran the
+    # orphan to its end and returned its events as if never cancelled.
+    await _orphan(durable_store)
+    store = durable_store()
+    claiming = _swallowing(store)
+    orchestrator = SagaOrchestrator(store)
+    task = asyncio.create_task(orchestrator.execute(gb_order("o1"), saga_id="o1"))
+    await _cancelled(task, claiming)
+    assert ran == []
+    await store.close()
+    await _recovered_once_more(durable_store)
+
+
+undoing: asyncio.Event | None = None
+
+
+@step
+async def gb_reserve(order: str) -> str:
+    ran.append(f"reserve {order}")
+    return order
+
+
+@gb_reserve.compensate
+async def gb_unreserve(order: str) -> None:
+    assert undoing is not None
+    undoing.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.Event().wait()
+    ran.append(f"unreserve {order}")
+
+
+@saga(recovery="compensate")
+def gb_undone_order(order: str) -> Any:
+    yield gb_reserve(order)
+    yield gb_ship(order)
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_execute_of_an_orphan_whose_compensation_swallows_it_stops(
+    durable_store: Callable[..., Any],
+) -> None:
+    # Regression: execute() of an orphan's id, cancelled while the adopted orphan's
+    # compensation swallowed that cancellation, went on once the orphan was compensated:
+    # it ran the compensated id again, from its first step, and returned as if never
+    # cancelled.
+    global undoing
+    undoing = asyncio.Event()
+    store = durable_store()
+    with FaultInjector().crash(gb_ship), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(gb_undone_order("o2"), saga_id="o2")
+    await simulate_restart(store)
+    await store.close()
+    ran.clear()
+    async with SagaOrchestrator(durable_store()) as orchestrator:
+        task = asyncio.create_task(orchestrator.execute(gb_undone_order("o2"), saga_id="o2"))
+        await _cancelled(task, undoing)
+        meta = await orchestrator.get_saga("o2")
+    assert ran == ["unreserve o2"]  # compensated to its end, and not run again
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED

@@ -180,3 +180,85 @@ async def test_an_adopted_inner_saga_cut_short_by_its_steps_timeout_is_compensat
     async with SagaOrchestrator(durable_store()) as restarted:
         assert await restarted.recover() == []  # nothing left to capture later
     assert effects == ["authorize o3", "capture o3", "void o3"]
+
+
+@pytest.mark.asyncio
+async def test_an_inner_orphan_claimed_as_its_step_timed_out_is_not_left_for_later(
+    durable_store: Callable[[], Any],
+) -> None:
+    # The step's timeout cancels it while its execute() claims the inner orphan, and the
+    # claim swallows that cancellation. Handed back unrun (as for the recovery's caller's
+    # cancellation), the inner saga would be resumed by a later recovery, capturing the
+    # payment of an order compensated meanwhile: it is finished now, as the step's
+    # execute() would have (the order is compensated after it, by the step's timeout).
+    import contextlib
+
+    store = durable_store()
+    with FaultInjector().crash(cnr_capture), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(cnr_brief_order("o4"), saga_id="order-1")
+    await simulate_restart(store)
+    await store.close()
+
+    recovering_store = durable_store()
+    claim = recovering_store.claim_orphans
+
+    async def swallowing_the_timeout(**options: Any) -> Any:
+        if options.get("saga_ids") is not None:  # the step's execute() of the inner id
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()  # until the step's timeout cancels it
+        return await claim(**options)
+
+    recovering_store.claim_orphans = swallowing_the_timeout
+    async with SagaOrchestrator(recovering_store) as recovering:
+        outcomes = await recovering.recover()
+        assert [(o.saga_id, o.status) for o in outcomes] == [("order-1", SagaStatus.COMPENSATED)]
+        inner = await recovering.get_saga("order-1:0/payment")
+        assert inner is not None
+        assert inner.status is SagaStatus.COMPLETED
+    async with SagaOrchestrator(durable_store()) as restarted:
+        assert await restarted.recover() == []  # nothing left to capture later
+    assert effects == ["authorize o4", "capture o4"]  # captured once; the order then undone
+
+
+@pytest.mark.asyncio
+async def test_an_inner_orphan_claimed_as_the_recovery_is_cancelled_is_handed_back_unrun(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Regression: recover() cancelled while the resumed order's step claimed the inner
+    # orphan, by a claim that swallowed the cancellation: the inner saga was run to its
+    # end (captured) while its order was handed back. It is given back unrun with it.
+    import contextlib
+
+    store = durable_store()
+    with FaultInjector().crash(cnr_capture), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(cnr_order("o5"), saga_id="order-1")
+    await simulate_restart(store)
+    await store.close()
+
+    recovering_store = durable_store()
+    claim = recovering_store.claim_orphans
+    claiming = asyncio.Event()
+
+    async def swallowing(**options: Any) -> Any:
+        if options.get("saga_ids") is not None:  # the step's execute() of the inner id
+            claiming.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()  # until the recovery is cancelled
+        return await claim(**options)
+
+    recovering_store.claim_orphans = swallowing
+    async with SagaOrchestrator(recovering_store) as recovering:
+        task = asyncio.create_task(recovering.recover())
+        await claiming.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert effects == ["authorize o5"]  # the inner saga did not go on
+
+    async with SagaOrchestrator(durable_store()) as restarted:
+        outcomes = await restarted.recover()
+        assert [(o.saga_id, o.status) for o in outcomes] == [("order-1", SagaStatus.COMPLETED)]
+        inner = await restarted.get_saga("order-1:0/payment")
+        assert inner is not None
+        assert inner.status is SagaStatus.COMPLETED
+    assert effects == ["authorize o5", "capture o5", "ship o5"]

@@ -232,9 +232,21 @@ async def adopt(orchestrator: SagaOrchestrator, saga_id: str, name: str) -> bool
         await recovering[1].wait()
         return True
     # The orchestrator's limit, as its recover() would apply: a claim past it parks the saga.
+    watch = CancellationWatch()
     orphans = await _claim_next(store, orchestrator._max_recovery_attempts, (saga_id,))
+    if watch.came() and _hands_back(run):
+        # Cancelled while claiming, and the claim swallowed it (see recover()): execute()
+        # ran the orphan to its end, then returned as if never cancelled. (Cancelled from
+        # inside the step executing it — its timeout — the orphan is finished below, as
+        # before: given back, it would be resumed later behind the back of a step undone.)
+        await give_back(store, orphans)
+        raise asyncio.CancelledError
     for orphan in orphans:
         await _finish_orphan(orchestrator, store, orphan)
+    if watch.came():
+        # Swallowed by a compensation, which ran to its end: the orphan is finished, and
+        # execute() must not go on (it would run a compensated id again, as if not cancelled).
+        raise asyncio.CancelledError
     return bool(orphans)
 
 
@@ -361,6 +373,13 @@ def _rebuild(
     return run
 
 
+def _hands_back(enclosing: SagaRun | None) -> bool:
+    """Whether a cancellation of this task hands back what it recovers: at the top level
+    (its caller's), or inside a run (a step executing an orphan's id) that its own
+    recovery's cancellation hands back — not one from inside that step (its timeout)."""
+    return enclosing is None or enclosing.handing_back is True or handed_back_with(enclosing)
+
+
 async def _drive_recovered(
     orchestrator: SagaOrchestrator, run: SagaRun, driver: StepDriver, replay: int
 ) -> None:
@@ -381,9 +400,7 @@ async def _drive_recovered(
     except asyncio.CancelledError:
         if not watch.came():
             raise  # the run's own outcome: it was not this task that was cancelled
-        run.handing_back = (
-            enclosing is None or enclosing.handing_back is True or handed_back_with(enclosing)
-        )
+        run.handing_back = _hands_back(enclosing)
         driving.cancel()
         await wait_out(driving)  # until it has handed the saga back, whatever cancels us
         if not driving.cancelled():
