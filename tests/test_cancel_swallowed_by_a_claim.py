@@ -242,3 +242,31 @@ async def test_a_cancelled_execute_of_an_orphan_whose_compensation_swallows_it_s
     assert ran == ["unreserve o2"]  # compensated to its end, and not run again
     assert meta is not None
     assert meta.status is SagaStatus.COMPENSATED
+
+
+@pytest.mark.asyncio
+async def test_postgres_gives_back_what_a_claim_cancelled_midway_took(
+    dsn: str, schema: str
+) -> None:
+    # Regression: a claim cancelled once its leases were taken (reading the claimed
+    # sagas' steps) let them run out instead: no worker could claim the saga for `lease`
+    # seconds, and that claim then counted a recovery attempt, though nobody ran it.
+    from sagakit import PostgresStore
+
+    await _orphan(lambda: PostgresStore(dsn, schema=schema))
+    store = PostgresStore(dsn, schema=schema)
+    run = store._run
+
+    async def cancelled_reading_steps(sql: str, params: Any = None) -> Any:
+        found = await run(sql, params)
+        if sql == store._sql.claimed_steps:
+            raise asyncio.CancelledError
+        return found
+
+    store._run = cancelled_reading_steps  # type: ignore[method-assign]
+    with pytest.raises(asyncio.CancelledError):
+        await store.claim_orphans(names={"gb_order"})
+    store._run = run  # type: ignore[method-assign]
+    assert not store.owns("o1")
+    await store.close()
+    await _recovered_once_more(lambda: PostgresStore(dsn, schema=schema))

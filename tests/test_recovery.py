@@ -522,10 +522,11 @@ async def test_a_claim_that_fails_midway_lets_go_of_what_it_claimed(db: str) -> 
     with pytest.raises(StoreError, match="disk full"):
         await store.claim_orphans()
     store.dead_letter = SQLiteStore.dead_letter.__get__(store)  # type: ignore[method-assign]
-    # The same live process claims them again at once: nothing is left owned.
-    claimed = await store.claim_orphans()
+    # The same live process claims them again at once: nothing is left owned, and the
+    # claim let go of counted no recovery attempt (nobody ran the saga).
+    claimed = await store.claim_orphans(max_attempts=1)
     await store.close()
-    assert [orphan.saga_id for orphan in claimed] == ["o-fine2"]
+    assert [(orphan.saga_id, orphan.recovery_attempts) for orphan in claimed] == [("o-fine2", 1)]
 
 
 @saga

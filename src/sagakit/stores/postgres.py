@@ -1009,9 +1009,19 @@ class PostgresStore:
                 # there may be more (else recover(), one claim at a time, stops early).
                 if claimed < wanted or len(orphans) >= limit:
                     return orphans
-        except BaseException:
+        except BaseException as failure:
             # Nothing is returned, so nobody runs what was claimed: let go of it (the
             # heartbeat must not renew its leases), so it is claimed again once they expire.
+            # Cancelled, give them back at once, their claim counting no recovery attempt
+            # (else one never run was counted, and parked after max_attempts cancellations).
+            if taken and isinstance(failure, asyncio.CancelledError):
+                done = await wait_out(self.give_back(taken))  # whatever cancels us again
+                if not done.cancelled() and done.exception() is not None:
+                    logger.warning(
+                        "sagakit could not give back sagas %s (their leases run out): %s",
+                        taken,
+                        done.exception(),
+                    )
             for saga_id in taken:
                 self._fences.pop(saga_id, None)
                 self._orders.pop(saga_id, None)

@@ -933,7 +933,8 @@ class SQLiteStore:
             raise
 
     async def _let_go(self, saga_ids: list[str]) -> None:
-        """Clear this process as the owner of ``saga_ids`` (best effort)."""
+        """Clear this process as the owner of ``saga_ids`` (best effort), taking back the
+        recovery attempt their claim counted: nobody ran them."""
         for saga_id in saga_ids:
             self._claimed.discard(saga_id)
             self._live.discard(saga_id)
@@ -944,7 +945,8 @@ class SQLiteStore:
 
         def job(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                "UPDATE sagakit_sagas SET owner = NULL WHERE id = ? AND owner = ?",
+                "UPDATE sagakit_sagas SET owner = NULL, "
+                "recovery_attempts = max(recovery_attempts - 1, 0) WHERE id = ? AND owner = ?",
                 [(saga_id, owner) for saga_id in saga_ids],
             )
 
