@@ -270,3 +270,44 @@ async def test_postgres_gives_back_what_a_claim_cancelled_midway_took(
     assert not store.owns("o1")
     await store.close()
     await _recovered_once_more(lambda: PostgresStore(dsn, schema=schema))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["cancelled", "refused"])
+async def test_an_orphan_recovery_could_not_park_is_given_back(
+    durable_store: Callable[..., Any], how: str
+) -> None:
+    # Regression: recover() cancelled while it parked an orphan it cannot run (here a
+    # builder-form saga), or refused by the log, left that orphan claimed: on SQLite by
+    # this live process, which no recovery takes until it exits.
+    from sagakit import SagaDefinition, StoreError
+
+    store = durable_store()
+    built = SagaDefinition("built").add_step(gb_book("o3")).add_step(gb_ship("o3"))
+    with FaultInjector().crash(gb_ship), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(built, saga_id="o3")
+    await simulate_restart(store)
+    await store.close()
+
+    store = durable_store()
+    parking = asyncio.Event()
+
+    async def unparked(saga_id: str, reason: str) -> None:
+        parking.set()
+        if how == "refused":
+            raise StoreError("the log cannot be written")
+        await asyncio.Event().wait()
+
+    store.dead_letter = unparked
+    task = asyncio.create_task(SagaOrchestrator(store).recover())
+    if how == "cancelled":
+        await _cancelled(task, parking)
+    else:
+        with pytest.raises(StoreError):
+            await task
+    await store.close()
+    async with SagaOrchestrator(durable_store()) as other:
+        outcomes = await other.recover(max_attempts=1)
+        parked = await other.store.dead_letters()
+    assert [(o.saga_id, o.action) for o in outcomes] == [("o3", "dead_lettered")]
+    assert [letter.saga_id for letter in parked] == ["o3"]

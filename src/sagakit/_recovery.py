@@ -258,7 +258,14 @@ async def _park(store: RecoverableStore, orphan: OrphanedSaga, reason: str) -> R
         reason,
         extra=_fields(orphan),
     )
-    await store.dead_letter(orphan.saga_id, reason)
+    try:
+        await store.dead_letter(orphan.saga_id, reason)
+    except BaseException:
+        # Not parked (the log refused it, or recovery was cancelled while it was written):
+        # give it back, or SQLite's claim kept it this live process's, which no recovery
+        # takes until it exits. The next claim parks it.
+        await give_back(store, (orphan,))
+        raise
     return RecoveryOutcome(orphan.saga_id, orphan.name, "dead_lettered", orphan.status, reason)
 
 
