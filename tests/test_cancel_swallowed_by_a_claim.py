@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from sagakit import SagaDefinitionError, SagaOrchestrator, SagaStatus, saga, step
+from sagakit.stores import MemoryStore
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
 ran: list[str] = []
@@ -311,3 +312,35 @@ async def test_an_orphan_recovery_could_not_park_is_given_back(
         parked = await other.store.dead_letters()
     assert [(o.saga_id, o.action) for o in outcomes] == [("o3", "dead_lettered")]
     assert [letter.saga_id for letter in parked] == ["o3"]
+
+
+@pytest.mark.asyncio
+async def test_a_store_without_give_back_keeps_the_orphan_unrun(
+    durable_store: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # give_back() is optional for a store: without it, the orphan is not run either, and
+    # stays this process's until the store sees it gone (as after a crash), which a
+    # warning says.
+    await _orphan(durable_store)
+    store = durable_store()
+    store.give_back = None  # as a store of another author, which has none
+    claiming = _swallowing(store)
+    await _cancelled(asyncio.create_task(SagaOrchestrator(store).recover()), claiming)
+    assert ran == []
+    assert "has no give_back()" in caplog.text
+    found = await store.get("o1")
+    await store.close()
+    assert found is not None
+    assert found.status is SagaStatus.EXECUTING
+
+
+@pytest.mark.asyncio
+async def test_memory_store_recovery_has_nothing_to_claim_or_give_back() -> None:
+    # An in-memory store's sagas die with their process: recover() claims none (and so
+    # has none to give back), and a worker refuses it.
+    from sagakit import StoreError
+
+    orchestrator = SagaOrchestrator(MemoryStore())
+    assert await orchestrator.recover() == []
+    with pytest.raises(StoreError, match="cannot recover sagas"):
+        await orchestrator.run_worker(handle_signals=False)
