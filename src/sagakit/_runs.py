@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ._sagas import SagaDefinition
     from .status import StepStatus
     from .stores._protocol import SagaRunView
+    from .transitions import Transition
 
 
 # pytest shows a failing test's line, not this module's code (see _tracebacks).
@@ -305,6 +306,7 @@ class SagaRun:
         "timed_out",
         "total_steps",
         "unrecorded",
+        "unwritten",
         "updated_mono",
     )
 
@@ -344,6 +346,9 @@ class SagaRun:
         # The compensation whose failure for good could not be recorded (StoreError): the
         # run ends FAILED there, and its end writes that record (interrupted_compensations).
         self.unrecorded: StepRun | None = None
+        # The last transition whose write the store refused (StoreError), until the run
+        # tells the operator what that changed (see SagaOrchestrator._unwritten).
+        self.unwritten: tuple[Transition, str] | None = None
         self.deadline = math.inf  # loop time the running step must finish by
         self.timed_out = False  # the watchdog cancelled ``task`` for ``deadline``
         self.queued = False  # in its watchdog's ``fresh``: it looks at ``deadline`` next firing
