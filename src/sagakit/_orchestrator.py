@@ -772,9 +772,12 @@ class SagaOrchestrator:
             except SimulatedCrash as crash:
                 self._crashed(run, crash)
                 raise  # "the process died": nothing more is run or recorded
-            except BaseException:
+            except BaseException as stopped:
                 run.status = SAGA_FAILED
-                await self._finish(run)
+                if isinstance(stopped, Exception):
+                    await self._finish(run)
+                else:  # KeyboardInterrupt, SystemExit: an unrecorded end must not replace it
+                    await self._finish_before(run, stopped)
                 raise
             if task.cancelling() > cancel_base:
                 # A compensation (or a listener) swallowed the caller's cancellation: the
@@ -807,7 +810,15 @@ class SagaOrchestrator:
             if run.timed_out:  # it caught its timeout's cancellation: take that back
                 claim_timeout(run)
             close_driver(driver, run.name, run.id)
+            # Raised by the step's own call (not while its start was told): its end is
+            # told, as a cancellation's is, so that its log record, listeners and span
+            # say what stopped the saga. Nothing is compensated.
+            raised_here = bool(steps) and steps[-1] is acted and acted.status is STEP_RUNNING
             _end_running_step(steps, acted, failure)  # it raised: it ended there
+            if raised_here:
+                assert acted is not None
+                acted.duration = now() - started
+                await self._tell_fatal(run, ON_STEP_FAILED, acted, failure)
             run.status = SAGA_FAILED
             run.error = describe_error(failure) + NOT_COMPENSATED
             await self._finish_before(run, failure)
@@ -925,6 +936,40 @@ class SagaOrchestrator:
         note = f"sagakit: saga {run.name} ({run.id}) ended FAILED: {run.error}; {fix}"
         if note not in getattr(unrecorded, "__notes__", ()):  # a store may raise one twice
             unrecorded.add_note(note)
+
+    async def _tell_fatal(
+        self, run: SagaRun, kind: TransitionKind, record: StepRun, fatal: BaseException
+    ) -> None:
+        """Tell ``kind`` (``STEP_FAILED``, ``COMPENSATION_FAILED``) for ``record``, which
+        ``fatal`` (``KeyboardInterrupt``, ``SystemExit``) ended, its error ``fatal``
+        itself. A durable log writes ``record`` with the run's end, in the same commit
+        (see ``unended``: no write of its own delays ``fatal``, and no crash between two
+        leaves the saga half ended), so it is told once that end commits, as a staged
+        transition is (not at all if the end cannot be recorded: ``SAGA_STOPPED``)."""
+        level = level_of(kind, run.status)
+        if not (run.listeners or logger.isEnabledFor(level)):
+            return
+        transition = make_transition(
+            kind,
+            run.id,
+            run.name,
+            run.status,
+            record.index,
+            record.name,
+            record.attempts,
+            None,
+            (),
+            fatal,
+            record.duration,
+            run.number,
+        )
+        if self._durable:
+            self._held.setdefault(run, []).append((level, transition))
+            return
+        try:
+            await tell(run.listeners, level, transition, run)
+        except asyncio.CancelledError as cancelled:  # told to all: fatal is raised, not it
+            _chain(fatal, cancelled)
 
     def _crashed(self, run: SagaRun, crash: SimulatedCrash) -> None:
         """A simulated crash: "the process died", so what the run holds untold (staged,
@@ -1158,6 +1203,7 @@ class SagaOrchestrator:
         watched = run in watchdog.runs
         watchdog.runs.add(run)
         error: BaseException | None = None
+        calling: StepRun | None = None  # the compensation whose function is being called
         run.compensating = True
         try:
             while done:
@@ -1214,6 +1260,7 @@ class SagaOrchestrator:
                         if not run.queued:  # seen by the next firing
                             run.queued = True
                             watchdog.fresh.add(run)
+                        calling = record
                         try:
                             args = call._args
                             missing = spec.arity - len(args)
@@ -1284,6 +1331,7 @@ class SagaOrchestrator:
                         if isinstance(fault, SimulatedCrash):
                             raise fault
                         if not isinstance(fault, Exception):
+                            calling = record
                             raise fault  # as if the compensation raised it
                         error = raised_by_step(fault)  # as the compensation's raise
                     policy = spec.compensation_retry or self._compensation_retry
@@ -1353,7 +1401,13 @@ class SagaOrchestrator:
         except (asyncio.CancelledError, SimulatedCrash):
             raise  # _compensate restarts a cancelled one; a crash records nothing more
         except BaseException as fatal:  # KeyboardInterrupt, SystemExit: it ended there
+            running = run.compensations[-1] if run.compensations else None
+            if running is not None and running.status is not STEP_RUNNING:
+                running = None  # it had ended: raised while its end was told
             _end_running(run.compensations, describe_error(fatal) + NOT_COMPENSATED)
+            if running is not None and running is calling:  # raised by its own call
+                running.duration = now() - started
+                await self._tell_fatal(run, ON_COMPENSATION_FAILED, running, fatal)
             raise
         finally:
             run.deadline = NO_DEADLINE  # a BaseException raised by a compensation skips it
