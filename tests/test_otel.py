@@ -260,6 +260,31 @@ async def test_a_cancelled_step_span_is_ended_as_failed_by_the_cancellation() ->
 
 
 @pytest.mark.asyncio
+async def test_a_step_span_ended_by_keyboard_interrupt_records_it() -> None:
+    # The step's span ended "interrupted" at the saga's end, with no exception recorded:
+    # nothing in the trace said a KeyboardInterrupt stopped the saga there.
+    @step
+    async def interrupted(item: str) -> None:
+        raise KeyboardInterrupt
+
+    @saga
+    def halted(item: str) -> Any:
+        yield reserve(item)
+        yield interrupted(item)
+
+    with pytest.raises(KeyboardInterrupt):
+        await _orchestrator().execute(halted("x"))
+    spans = _by_name(exporter.get_finished_spans())
+    span = spans["step interrupted"]
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "KeyboardInterrupt: "
+    [event] = [e for e in span.events if e.name == "exception"]
+    assert event.attributes["exception.type"] == "KeyboardInterrupt"  # type: ignore[index]
+    assert "compensate reserve" not in spans  # nothing is undone
+    assert spans["saga halted"].status.description == "saga ended failed"
+
+
+@pytest.mark.asyncio
 async def test_timeout_spans_without_the_fault_injector() -> None:
     @step(timeout=0.01)
     async def slow(item: str) -> None:

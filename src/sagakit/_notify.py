@@ -10,13 +10,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ._members import (
+    ON_COMPENSATION_COMPLETED,
     ON_COMPENSATION_FAILED,
     ON_COMPENSATION_RETRYING,
+    ON_COMPENSATION_STARTED,
     ON_SAGA_FINISHED,
     ON_SAGA_STARTED,
     ON_SAGA_STOPPED,
+    ON_STEP_COMPLETED,
     ON_STEP_FAILED,
     ON_STEP_RETRYING,
+    ON_STEP_STARTED,
     ON_STEP_TIMED_OUT,
     SAGA_COMPLETED,
     SAGA_FAILED,
@@ -197,6 +201,56 @@ def _log(level: int, transition: Transition) -> None:
     )
 
 
+_UNWRITTEN_VERBS = {
+    ON_SAGA_STARTED: "started",
+    ON_STEP_STARTED: "started",
+    ON_STEP_COMPLETED: "completed",
+    ON_STEP_RETRYING: "is retried",
+    ON_STEP_FAILED: "failed",
+    ON_STEP_TIMED_OUT: "timed out",
+    ON_COMPENSATION_STARTED: "started",
+    ON_COMPENSATION_COMPLETED: "completed",
+    ON_COMPENSATION_RETRYING: "is retried",
+    ON_COMPENSATION_FAILED: "failed",
+}
+
+
+def unwritten_what(transition: Transition) -> str:
+    """What ``transition`` (which the log could not record) told, for a message:
+    ``"that step 1 ('ship') failed (ValueError: boom)"``."""
+    kind = transition.kind
+    verb = _UNWRITTEN_VERBS.get(kind, str(kind))
+    if transition.step_index is None:
+        return f"that the saga {verb}"
+    role = "compensation" if kind.startswith("compensation") else "step"
+    text = f"that {role} {transition.step_index} ({transition.step_name!r}) {verb}"
+    if transition.error is not None:  # a failure, or the attempt's that is retried
+        text += f" ({describe_error(transition.error)})"
+    return text
+
+
+def log_unwritten(run: SagaRun, level: int, transition: Transition, stored: str, then: str) -> None:
+    """Log that the log could not record ``transition`` (``stored``: the store's error)
+    and ``then``, what the run does about it, with the run's and the step's fields."""
+    logger.log(
+        level,
+        "sagakit: saga %s (%s) could not record %s: %s; %s",
+        run.name,
+        run.id,
+        unwritten_what(transition),
+        stored,
+        then,
+        extra={
+            "saga_id": run.id,
+            "saga_name": run.name,
+            "saga_status": str(run.status),
+            "step_name": transition.step_name,
+            "step_index": transition.step_index,
+            "attempt": transition.attempt,
+        },
+    )
+
+
 def _extra(transition: Transition) -> dict[str, Any]:
     """The structured fields every sagakit log record carries."""
     return {
@@ -210,4 +264,13 @@ def _extra(transition: Transition) -> dict[str, Any]:
     }
 
 
-__all__ = ["Listener", "level_of", "logger", "one_line", "tell", "tell_each"]
+__all__ = [
+    "Listener",
+    "level_of",
+    "log_unwritten",
+    "logger",
+    "one_line",
+    "tell",
+    "tell_each",
+    "unwritten_what",
+]

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Self
 
 from ._checks import check_count, check_flag, not_the_class
+from ._commands import command_line
 from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout, timeout_error
 from ._hooks import (
     SIMULATED_TIMEOUT,
@@ -44,7 +45,7 @@ from ._members import (
     STEP_RUNNING,
     STEP_TIMED_OUT,
 )
-from ._notify import Listener, level_of, logger, tell, tell_each
+from ._notify import Listener, level_of, log_unwritten, logger, tell, tell_each, unwritten_what
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import (
@@ -638,14 +639,23 @@ class SagaOrchestrator:
                     kind = ON_STEP_TIMED_OUT if timed_out else ON_STEP_FAILED
                     # What _emit() checks first, without its coroutine when it has nothing to do.
                     if observe or logger.isEnabledFor(level_of(kind, run.status)):
-                        await self._emit(
-                            run,
-                            kind,
-                            record,
-                            attempt,
-                            error=error or failure,
-                            duration=record.duration,
-                        )
+                        try:
+                            await self._emit(
+                                run,
+                                kind,
+                                record,
+                                attempt,
+                                error=error or failure,
+                                duration=record.duration,
+                            )
+                        except LeaseLost:
+                            raise  # another worker owns the saga: nothing more here
+                        except Exception:
+                            if run.unwritten is None:  # not the log's write: raised as is
+                                raise
+                            # The log could not record the failure (StoreError): the saga
+                            # still fails with it, and the run's end writes it.
+                            self._failure_unwritten(run, failure)
                     raise failure
                 cls = value.__class__
                 # A list copied (its owner may change it later), without a call. An
@@ -750,6 +760,10 @@ class SagaOrchestrator:
             close_driver(driver, run.name, run.id)
             if run.error is None:
                 run.error = describe_error(failure)
+            if run.unwritten is not None:  # a write of the log failed: the saga fails here
+                self._unwritten(
+                    run, logging.WARNING, "the saga fails, and its completed steps are compensated"
+                )
             # Failed outside the step's own call (recording its start or a retry): no
             # transition ends it, so the run's end does (see interrupted_step).
             if steps and steps[-1].status is STEP_RUNNING:
@@ -764,9 +778,12 @@ class SagaOrchestrator:
             except SimulatedCrash as crash:
                 self._crashed(run, crash)
                 raise  # "the process died": nothing more is run or recorded
-            except BaseException:
+            except BaseException as stopped:
                 run.status = SAGA_FAILED
-                await self._finish(run)
+                if isinstance(stopped, Exception):
+                    await self._finish(run)
+                else:  # KeyboardInterrupt, SystemExit: an unrecorded end must not replace it
+                    await self._finish_before(run, stopped)
                 raise
             if task.cancelling() > cancel_base:
                 # A compensation (or a listener) swallowed the caller's cancellation: the
@@ -799,7 +816,15 @@ class SagaOrchestrator:
             if run.timed_out:  # it caught its timeout's cancellation: take that back
                 claim_timeout(run)
             close_driver(driver, run.name, run.id)
+            # Raised by the step's own call (not while its start was told): its end is
+            # told, as a cancellation's is, so that its log record, listeners and span
+            # say what stopped the saga. Nothing is compensated.
+            raised_here = bool(steps) and steps[-1] is acted and acted.status is STEP_RUNNING
             _end_running_step(steps, acted, failure)  # it raised: it ended there
+            if raised_here:
+                assert acted is not None
+                acted.duration = now() - started
+                await self._tell_fatal(run, ON_STEP_FAILED, acted, failure)
             run.status = SAGA_FAILED
             run.error = describe_error(failure) + NOT_COMPENSATED
             await self._finish_before(run, failure)
@@ -862,6 +887,95 @@ class SagaOrchestrator:
             record.status = STEP_FAILED
             record.error = describe_error(unrecorded)
             raise StepFailed(record.index, record.name, unrecorded) from unrecorded
+
+    def _unwritten(self, run: SagaRun, level: int, then: str) -> tuple[Transition, str] | None:
+        """Log that a write of the log failed (``run.unwritten``: the transition it
+        carried, and the store's error), and ``then``, what the run does about it (no
+        listener hears of a transition not recorded). Returns what was not written."""
+        unwritten = run.unwritten
+        run.unwritten = None
+        if unwritten is not None:
+            log_unwritten(run, level, unwritten[0], unwritten[1], then)
+        return unwritten
+
+    def _failure_unwritten(self, run: SagaRun, failure: StepFailed) -> None:
+        """The log could not record that a step failed for good (a ``StoreError``): the
+        saga fails with ``failure`` all the same, compensating, and its end writes the
+        step's failure (see ``interrupted_step``). Logged, in the saga's error, and
+        noted on ``failure``, which is raised as usual."""
+        unwritten = self._unwritten(
+            run,
+            logging.WARNING,
+            "the saga fails with it all the same: its completed steps are compensated, and "
+            "its end records the step's failure (if the log cannot record that either, the "
+            "saga is left for recovery); check the saga log's storage",
+        )
+        assert unwritten is not None
+        late = f"the saga log could not record this failure when it happened ({unwritten[1]})"
+        run.error = cut(f"{run.error}; {late}: it is written with the saga's end")
+        failure.add_note(f"sagakit: {late}; it is written with the saga's end")
+
+    def _compensation_unwritten(self, run: SagaRun, unrecorded: Exception, left: list[str]) -> None:
+        """The log could not record a transition of a compensation (``unrecorded``, a
+        ``StoreError``): compensating stops and the saga ends ``FAILED`` with ``left``
+        uncompensated. Logged at ``ERROR``, in the saga's error, and noted on
+        ``unrecorded``, which is raised, with what the operator must do."""
+        names = ", ".join(left) or "none"
+        resolve = command_line("LOG", "resolve", run.id, options=("--note", "..."))
+        fix = f"undo those steps by hand, then mark the saga resolved (`{resolve}`)"
+        unwritten = self._unwritten(
+            run,
+            logging.ERROR,
+            f"compensating stopped there and the saga ends FAILED, left uncompensated: "
+            f"{names}; {fix}",
+        )
+        if unwritten is None:
+            return
+        transition, stored = unwritten
+        prefix = "" if run.error is None else f"{run.error}; then "
+        run.error = storable_text(
+            cut(
+                f"{prefix}the saga log could not record {unwritten_what(transition)} "
+                f"({stored}): compensating stopped, left uncompensated: {names}"
+            )
+        )
+        note = f"sagakit: saga {run.name} ({run.id}) ended FAILED: {run.error}; {fix}"
+        if note not in getattr(unrecorded, "__notes__", ()):  # a store may raise one twice
+            unrecorded.add_note(note)
+
+    async def _tell_fatal(
+        self, run: SagaRun, kind: TransitionKind, record: StepRun, fatal: BaseException
+    ) -> None:
+        """Tell ``kind`` (``STEP_FAILED``, ``COMPENSATION_FAILED``) for ``record``, which
+        ``fatal`` (``KeyboardInterrupt``, ``SystemExit``) ended, its error ``fatal``
+        itself. A durable log writes ``record`` with the run's end, in the same commit
+        (see ``unended``: no write of its own delays ``fatal``, and no crash between two
+        leaves the saga half ended), so it is told once that end commits, as a staged
+        transition is (not at all if the end cannot be recorded: ``SAGA_STOPPED``)."""
+        level = level_of(kind, run.status)
+        if not (run.listeners or logger.isEnabledFor(level)):
+            return
+        transition = make_transition(
+            kind,
+            run.id,
+            run.name,
+            run.status,
+            record.index,
+            record.name,
+            record.attempts,
+            None,
+            (),
+            fatal,
+            record.duration,
+            run.number,
+        )
+        if self._durable:
+            self._held.setdefault(run, []).append((level, transition))
+            return
+        try:
+            await tell(run.listeners, level, transition, run)
+        except asyncio.CancelledError as cancelled:  # told to all: fatal is raised, not it
+            _chain(fatal, cancelled)
 
     def _crashed(self, run: SagaRun, crash: SimulatedCrash) -> None:
         """A simulated crash: "the process died", so what the run holds untold (staged,
@@ -1003,6 +1117,7 @@ class SagaOrchestrator:
                     error=asyncio.CancelledError(why),
                 )
             except Exception as unrecorded:  # StoreError: the run's end writes it again
+                run.unwritten = None  # told here
                 _warn(
                     run,
                     "sagakit: saga %s (%s), cancelled, could not record the end of step %d: %s",
@@ -1096,6 +1211,7 @@ class SagaOrchestrator:
         watched = run in watchdog.runs
         watchdog.runs.add(run)
         error: BaseException | None = None
+        calling: StepRun | None = None  # the compensation whose function is being called
         run.compensating = True
         try:
             while done:
@@ -1152,6 +1268,7 @@ class SagaOrchestrator:
                         if not run.queued:  # seen by the next firing
                             run.queued = True
                             watchdog.fresh.add(run)
+                        calling = record
                         try:
                             args = call._args
                             missing = spec.arity - len(args)
@@ -1222,6 +1339,7 @@ class SagaOrchestrator:
                         if isinstance(fault, SimulatedCrash):
                             raise fault
                         if not isinstance(fault, Exception):
+                            calling = record
                             raise fault  # as if the compensation raised it
                         error = raised_by_step(fault)  # as the compensation's raise
                     policy = spec.compensation_retry or self._compensation_retry
@@ -1281,11 +1399,23 @@ class SagaOrchestrator:
             # A transition of this compensation could not be recorded (StoreError): the
             # run ends FAILED here, and its record must not stay RUNNING.
             _end_running(run.compensations, f"{UNRECORDED}{describe_error(unrecorded)}")
+            if run.unwritten is not None:
+                left = [
+                    *uncompensated,
+                    *(r.name for r, c, _ in reversed(done) if c._spec.compensation is not None),
+                ]
+                self._compensation_unwritten(run, unrecorded, left)
             raise
         except (asyncio.CancelledError, SimulatedCrash):
             raise  # _compensate restarts a cancelled one; a crash records nothing more
         except BaseException as fatal:  # KeyboardInterrupt, SystemExit: it ended there
+            running = run.compensations[-1] if run.compensations else None
+            if running is not None and running.status is not STEP_RUNNING:
+                running = None  # it had ended: raised while its end was told
             _end_running(run.compensations, describe_error(fatal) + NOT_COMPENSATED)
+            if running is not None and running is calling:  # raised by its own call
+                running.duration = now() - started
+                await self._tell_fatal(run, ON_COMPENSATION_FAILED, running, fatal)
             raise
         finally:
             run.deadline = NO_DEADLINE  # a BaseException raised by a compensation skips it
@@ -1407,11 +1537,17 @@ class SagaOrchestrator:
                     # Told here, where the write is known to have failed: cancelled while
                     # listeners hear a recorded end, they must not hear SAGA_STOPPED too.
                     await self._unrecorded_end(run, unrecorded)
-                elif held is not None:
-                    # Not told yet: a store keeps what it staged for the run's next record
-                    # when this one did not commit (and the run's end always carries its
-                    # start), so they are told, in order, once that one is durable.
-                    self._held.setdefault(run, [])[:0] = held
+                else:
+                    if held is not None:
+                        # Not told yet: a store keeps what it staged for the run's next
+                        # record when this one did not commit (and the run's end always
+                        # carries its start), so they are told, in order, once that one
+                        # is durable.
+                        self._held.setdefault(run, [])[:0] = held
+                    if isinstance(unrecorded, Exception) and not isinstance(unrecorded, LeaseLost):
+                        # What the run then does about it is logged where that is known
+                        # (_unwritten): no listener hears of a transition not recorded.
+                        run.unwritten = (transition, describe_error(unrecorded))
                 raise
             if held is not None:
                 if logged or run.listeners:

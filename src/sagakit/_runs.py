@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ._sagas import SagaDefinition
     from .status import StepStatus
     from .stores._protocol import SagaRunView
+    from .transitions import Transition
 
 
 # pytest shows a failing test's line, not this module's code (see _tracebacks).
@@ -314,6 +315,7 @@ class SagaRun:
         "total_steps",
         "unlogged_start",
         "unrecorded",
+        "unwritten",
         "updated_mono",
     )
 
@@ -356,6 +358,9 @@ class SagaRun:
         # The step whose start the store did not record (its record() raised): its end
         # is not told either, the run's end writes it (see interrupted_step).
         self.unlogged_start: StepRun | None = None
+        # The last transition whose write the store refused (StoreError), until the run
+        # tells the operator what that changed (see SagaOrchestrator._unwritten).
+        self.unwritten: tuple[Transition, str] | None = None
         self.deadline = math.inf  # loop time the running step must finish by
         self.timed_out = False  # the watchdog cancelled ``task`` for ``deadline``
         self.queued = False  # in its watchdog's ``fresh``: it looks at ``deadline`` next firing

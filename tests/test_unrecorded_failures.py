@@ -1,0 +1,248 @@
+"""A failure the saga log could not record (a step's failure, a compensation's start or
+failure) is told to the operator: logged, in the saga's error and on the raised exception."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sagakit import (
+    SagaOrchestrator,
+    SagaStatus,
+    StepFailed,
+    StepStatus,
+    StoreError,
+    Transition,
+    TransitionKind,
+    saga,
+    step,
+)
+from sagakit.cli import main as cli
+
+pytestmark = pytest.mark.asyncio
+
+calls: list[str] = []
+
+
+@step
+async def uf_take(account: str) -> str:
+    calls.append(f"take {account}")
+    return f"took {account}"
+
+
+@uf_take.compensate
+async def uf_untake(account: str) -> None:
+    calls.append(f"untake {account}")
+
+
+@step
+async def uf_refuse(account: str) -> None:
+    raise ValueError(f"{account} refused")
+
+
+@saga(name="uf_order")
+def uf_order(account: str):  # type: ignore[no-untyped-def]
+    yield uf_take(account)
+    yield uf_refuse(account)
+
+
+def _failing(store: Any, kind: TransitionKind, index: int, *, after: bool) -> None:
+    """Make ``store.record()`` of that transition raise ``StoreError`` (``after`` it
+    committed, or instead of writing), as tests/test_store_write_failures.py does."""
+    record = store.record
+
+    async def failing(run: Any, transition: Transition) -> None:
+        hit = transition.kind is kind and transition.step_index == index
+        if not (hit and not after):
+            await record(run, transition)
+        if hit:
+            raise StoreError("the disk is full")
+
+    store.record = failing
+
+
+async def _opened(store: Any) -> Any:
+    opener = getattr(store, "open", None)
+    if opener is not None:
+        await opener()
+    return store
+
+
+async def _logged(new_store: Callable[[], Any], saga_id: str) -> Any:
+    """What the log holds for ``saga_id``, read by a new store object."""
+    store = await _opened(new_store())
+    try:
+        return await store.get(saga_id)
+    finally:
+        await store.close()
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+@pytest.mark.parametrize("after", [False, True])
+async def test_a_step_failure_the_log_could_not_record_is_told_and_raised(
+    durable_store: Callable[..., Any], after: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The step's STEP_FAILED could not be written: execute() raised the StoreError alone
+    # (nothing chained: the step's ValueError was lost), no record logged the step's
+    # failure nor the store's error, and the saga's error did not mention the store.
+    caplog.set_level(logging.WARNING, logger="sagakit")
+    store = await _opened(durable_store())
+    _failing(store, TransitionKind.STEP_FAILED, 1, after=after)
+    calls.clear()
+    orchestrator = SagaOrchestrator(store)
+    with pytest.raises(StepFailed) as raised:
+        await orchestrator.execute(uf_order("a"), saga_id="uf-step")
+    await store.close()
+    failure = raised.value
+    assert isinstance(failure.error, ValueError)  # the saga's own failure, as raised
+    assert failure.__cause__ is failure.error
+    assert failure.saga_id == "uf-step"
+    [note] = failure.__notes__
+    assert "StoreError: the disk is full" in note
+    assert calls == ["take a", "untake a"]  # compensated all the same
+    [told] = [r for r in caplog.records if "could not record" in r.getMessage()]
+    message = told.getMessage()
+    assert told.levelno == logging.WARNING
+    assert "uf-step" in message
+    assert "step 1 ('uf_refuse') failed (ValueError: a refused)" in message
+    assert "StoreError: the disk is full" in message
+    assert (told.saga_id, told.step_name, told.step_index) == ("uf-step", "uf_refuse", 1)  # type: ignore[attr-defined]
+    meta = await _logged(durable_store, "uf-step")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert [(r.index, r.status) for r in meta.steps] == [
+        (0, StepStatus.COMPLETED),
+        (1, StepStatus.FAILED),
+    ]
+    assert meta.steps[1].error == "ValueError: a refused"
+    assert meta.error is not None
+    assert meta.error.startswith("StepFailed: step 1 ('uf_refuse') failed: ValueError: a refused")
+    assert "StoreError: the disk is full" in meta.error
+
+
+@pytest.mark.parametrize("kind", ["compensation_started", "compensation_failed"])
+@pytest.mark.parametrize("after", [False, True])
+async def test_a_compensation_the_log_could_not_record_is_told_in_the_saga_error(
+    durable_store: Callable[..., Any],
+    after: bool,
+    kind: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Compensating stopped at a write the log refused and the saga ended FAILED, but its
+    # error (the metadata, `sagakit show`) named only the step's failure, nothing was
+    # logged about the store's error, and nothing said what was left undone.
+    caplog.set_level(logging.WARNING, logger="sagakit")
+    failing_undo = kind == "compensation_failed"
+
+    @step
+    async def uf_hold(account: str) -> str:
+        calls.append(f"hold {account}")
+        return f"held {account}"
+
+    @uf_hold.compensate
+    async def uf_unhold(account: str) -> None:
+        calls.append(f"unhold {account}")
+        if failing_undo:
+            raise OSError(f"{account} cannot be released")
+
+    @saga(name="uf_trip")
+    def uf_trip(account: str):  # type: ignore[no-untyped-def]
+        yield uf_take(account)
+        yield uf_hold(account)
+        yield uf_refuse(account)
+
+    store = await _opened(durable_store())
+    _failing(store, TransitionKind(kind), 1, after=after)
+    calls.clear()
+    from sagakit import Retry
+
+    orchestrator = SagaOrchestrator(store, compensation_retry=Retry(attempts=1))
+    with pytest.raises(StoreError, match="the disk is full") as raised:
+        await orchestrator.execute(uf_trip("a"), saga_id="uf-undo")
+    await store.close()
+    error = raised.value
+    # The step's failure, which started compensating, is still in the chain.
+    assert any(isinstance(e, StepFailed) for e in _chain(error)), _chain(error)
+    [note] = error.__notes__
+    assert "uf-undo" in note
+    assert "FAILED" in note
+    assert "left uncompensated: uf_hold, uf_take" in note
+    assert "resolve" in note
+    printed = "".join(traceback.format_exception(error))
+    assert "ValueError: a refused" in printed
+    [told] = [r for r in caplog.records if "could not record" in r.getMessage()]
+    message = told.getMessage()
+    assert told.levelno == logging.ERROR
+    assert "uf-undo" in message
+    assert "compensation 1 ('uf_hold')" in message
+    assert "StoreError: the disk is full" in message
+    assert "left uncompensated: uf_hold, uf_take" in message
+    assert "resolve" in message
+    assert (told.saga_id, told.step_name, told.step_index) == ("uf-undo", "uf_hold", 1)  # type: ignore[attr-defined]
+    meta = await _logged(durable_store, "uf-undo")
+    assert meta is not None
+    assert meta.status is SagaStatus.FAILED
+    assert meta.error is not None
+    assert meta.error.startswith("StepFailed: step 2 ('uf_refuse') failed: ValueError: a refused")
+    assert "StoreError: the disk is full" in meta.error
+    assert "left uncompensated: uf_hold, uf_take" in meta.error
+    assert calls == (["take a", "hold a", "unhold a"] if failing_undo else ["take a", "hold a"])
+
+
+async def test_sagakit_show_prints_why_compensating_stopped(tmp_path: Any) -> None:
+    # `sagakit show` printed a FAILED saga with its step's error only: nothing said that
+    # the log refused a write, or that the saga's steps were never undone.
+    from sagakit import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "sagas.db")
+    _failing(store, TransitionKind.COMPENSATION_STARTED, 0, after=False)
+    orchestrator = SagaOrchestrator(store)
+    with pytest.raises(StoreError):
+        await orchestrator.execute(uf_order("a"), saga_id="uf-show")
+    await store.close()
+    out = io.StringIO()
+    argv = ["--db", str(tmp_path / "sagas.db"), "show", "uf-show"]
+    assert await asyncio.to_thread(cli, argv, out) == 0
+    shown = out.getvalue()
+    assert "failed" in shown
+    assert "StoreError: the disk is full" in shown
+    assert "left uncompensated: uf_take" in shown
+
+
+async def test_a_step_start_the_log_could_not_record_is_logged(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The saga failed with the StoreError and was compensated, but no record said that
+    # the log refused the step's start (`saga_finished compensated` only).
+    from sagakit import SQLiteStore
+
+    caplog.set_level(logging.WARNING, logger="sagakit")
+    store = SQLiteStore(tmp_path / "sagas.db")
+    _failing(store, TransitionKind.STEP_STARTED, 1, after=False)
+    calls.clear()
+    orchestrator = SagaOrchestrator(store)
+    with pytest.raises(StoreError, match="the disk is full"):
+        await orchestrator.execute(uf_order("a"), saga_id="uf-start")
+    await store.close()
+    assert calls == ["take a", "untake a"]
+    [told] = [r for r in caplog.records if "could not record" in r.getMessage()]
+    assert told.levelno == logging.WARNING
+    assert told.getMessage() == (
+        "sagakit: saga uf_order (uf-start) could not record that step 1 ('uf_refuse') "
+        "started: StoreError: the disk is full; the saga fails, and its completed steps "
+        "are compensated"
+    )
