@@ -15,11 +15,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import sagakit.cli as cli_module
 from pg_helpers.db import dsn_or_skip, query
-from sagakit import SagaAlreadyFailed
+from sagakit import SagaAlreadyFailed, SagaOrchestrator, SQLiteStore, saga, step
 from sagakit.cli import main
 
 HELPER = Path(__file__).parent / "crash_helpers" / "bank.py"
@@ -1140,7 +1142,7 @@ def test_ctrl_c_on_a_command_that_recovers_nothing_says_only_that(
     async def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(SQLiteStore, "list_sagas", interrupted)
+    monkeypatch.setattr(SQLiteStore, "_list_page", interrupted)  # what `list` reads
     db, _ = log_db
     assert cli("--db", db, "list") == (130, "")
     assert capsys.readouterr().err == "sagakit: interrupted\n"
@@ -1698,3 +1700,130 @@ def test_show_of_an_unfinished_saga_says_only_when_it_started(tmp_path: Path) ->
     assert lines[1].startswith("started ")
     assert "finished" not in lines[1]
     assert len(lines[1]) == len("started 2026-11-27 08:00:00")
+
+
+@step
+async def cli_paged_hop(n: int) -> int:
+    return n
+
+
+@saga
+def cli_paged(n: int):  # type: ignore[no-untyped-def]
+    yield cli_paged_hop(n)
+
+
+@contextmanager
+def paged_log(tmp_path: Path, kind: str) -> Iterator[list[str]]:
+    """A log (SQLite or PostgreSQL) of 23 sagas, ``paged-00`` to ``paged-22``, every
+    odd one compensated (by SQL), started in groups of five at one instant (ties that
+    fall across the pages of a listing); yields the ``--db`` (and ``--schema``) args."""
+    if kind == "postgres":
+        from sagakit import PostgresStore
+
+        dsn = dsn_or_skip()
+        schema = "sk_cli_paged_" + uuid.uuid4().hex[:8]
+        store: SQLiteStore | PostgresStore = PostgresStore(dsn, schema=schema)
+        where = [
+            f'UPDATE "{schema}".sagas SET status = %s WHERE saga_id LIKE %s',
+            f'UPDATE "{schema}".sagas SET started_at = to_timestamp(1e9 + %s) '
+            "WHERE substr(saga_id, 7)::int / 5 = %s",
+        ]
+        args = ["--db", dsn, "--schema", schema]
+    else:
+        path = str(tmp_path / "paged.db")
+        store = SQLiteStore(path)
+        where = [
+            "UPDATE sagakit_sagas SET status = ? WHERE id LIKE ?",
+            "UPDATE sagakit_sagas SET started_at = 1e9 + ? "
+            "WHERE CAST(substr(id, 7) AS INTEGER) / 5 = ?",
+        ]
+        args = ["--db", path]
+
+    async def write() -> None:
+        async with SagaOrchestrator(store) as orchestrator:
+            for n in range(23):
+                await orchestrator.execute(cli_paged(n), saga_id=f"paged-{n:02}")
+
+    def run(sql: str, params: tuple[object, ...]) -> None:
+        if kind == "postgres":
+            query(dsn, sql, params)
+        else:
+            with closing(sqlite3.connect(path)) as conn, conn:
+                conn.execute(sql, params)
+
+    try:
+        asyncio.run(write())
+        for odd in range(1, 23, 2):
+            run(where[0], ("compensated", f"paged-{odd:02}"))
+        for group in range(5):
+            run(where[1], (group, group))
+        yield args
+    finally:
+        if kind == "postgres":
+            query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_list_reads_a_long_listing_page_by_page_with_every_saga_once(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Newest first; ties of a start broken by the order they were written (SQLite) or
+    # by id (PostgreSQL), across the boundaries of pages of 4.
+    monkeypatch.setattr(cli_module, "_PAGE", 4)
+    written = [f"paged-{n:02}" for n in range(23)]
+    groups = [written[g * 5 : g * 5 + 5] for g in range(5)]
+    newest = [saga_id for group in reversed(groups) for saga_id in reversed(group)]
+    with paged_log(tmp_path, kind) as db:
+        code, out = cli(*db, "list", "--limit", "100", "--json")
+        assert code == 0
+        listed = json.loads(out)
+        assert [saga["id"] for saga in listed] == newest
+        assert out == json.dumps(listed, indent=2) + "\n"  # as one json.dump() writes it
+        code, out = cli(*db, "list", "--limit", "9", "--status", "compensated", "--json")
+        assert [saga["id"] for saga in json.loads(out)] == [
+            saga_id for saga_id in newest if int(saga_id[6:]) % 2
+        ][:9]
+        code, out = cli(*db, "list", "--limit", "100")
+        assert [line.split()[0] for line in out.splitlines()] == ["ID", *newest]
+        assert cli(*db, "list", "--status", "failed", "--json") == (0, "[]\n")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_list_json_stops_reading_the_log_when_its_reader_is_gone(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: `list` read every saga it lists, with all its step records and
+    # events, before writing the first (3 GB for `list --limit 100000` on PostgreSQL);
+    # Ctrl-C and `| head` waited for the whole read. It reads them a page at a time.
+    import sagakit.stores.postgres as postgres_module
+    import sagakit.stores.sqlite as sqlite_module
+
+    monkeypatch.setattr(cli_module, "_PAGE", 4, raising=False)
+    read: list[str | None] = []
+    if kind == "postgres":
+        metadata = postgres_module.rows.metadata
+
+        def counted_pg(*args: Any, **kwargs: Any) -> Any:
+            found = metadata(*args, **kwargs)
+            read.append(found.id)
+            return found
+
+        monkeypatch.setattr(postgres_module.rows, "metadata", counted_pg)
+    else:
+        load = sqlite_module.load_metadata
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            found = load(*args, **kwargs)
+            read.append(None if found is None else found.id)
+            return found
+
+        monkeypatch.setattr(sqlite_module, "load_metadata", counted)
+
+    class ReaderGone(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError
+
+    with paged_log(tmp_path, kind) as db:
+        read.clear()
+        assert main([*db, "list", "--limit", "100", "--json"], ReaderGone()) == 1
+    assert len(read) == 4, read  # the first page, not all 23

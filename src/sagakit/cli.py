@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -235,6 +235,29 @@ def _import(module: str) -> None:
         raise ImportError(message) from error
 
 
+_PAGE = 500
+"""Sagas ``list`` reads at a time: it holds no more of their records (steps, events)
+at once, and Ctrl-C stops it after the page being read."""
+
+
+async def _newest(
+    store: SQLiteStore | PostgresStore, status: str | None, limit: int
+) -> AsyncIterator[list[SagaMetadata]]:
+    """The ``limit`` newest sagas (of ``status``), a page at a time."""
+    after = None
+    while limit > 0:
+        page, after = await store._list_page(status, min(limit, _PAGE), after)
+        yield page
+        limit -= len(page)
+        if after is None:
+            return
+
+
+def _indented(text: str) -> str:
+    """``text`` (a JSON value) indented as an item of a list ``json.dump(indent=2)`` writes."""
+    return "\n".join("  " + line for line in text.split("\n"))
+
+
 def _when(value: datetime | None) -> str:
     return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
@@ -367,31 +390,35 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
     store = _store_for(args)
     try:
         if args.command == "list":
-            sagas = await store.list_sagas(status=args.status, limit=args.limit)
             # A parked saga keeps the status it had (executing, compensating): mark it.
-            parked = {d.saga_id for d in await store.dead_letters()} if sagas else set()
+            parked = {d.saga_id for d in await store.dead_letters()}
+            header = ["ID", "NAME", "STATUS", "STEPS", "STARTED", "ERROR"]
+            rows: list[list[str]] = []
+            listed = 0
+            async for page in _newest(store, args.status, args.limit):
+                for meta in page:
+                    if args.json:  # written as read: a long listing is never held whole
+                        item = json.dumps(_saga_json(meta, False, meta.id in parked), indent=2)
+                        out.write(("[\n" if not listed else ",\n") + _indented(item))
+                    else:  # (its text only: the widths of the table's columns)
+                        total = "?" if meta.total_steps is None else str(meta.total_steps)
+                        rows.append(
+                            [
+                                str(meta.id),
+                                meta.name,
+                                _status_of(meta, meta.id in parked),
+                                f"{meta.steps_executed}/{total}",
+                                _when(meta.started_at),
+                                (meta.error or "")[:60],
+                            ]
+                        )
+                    listed += 1
             if args.json:
-                json.dump(
-                    [_saga_json(meta, False, meta.id in parked) for meta in sagas], out, indent=2
-                )
-                out.write("\n")
-            elif not sagas:
+                out.write("\n]\n" if listed else "[]\n")
+            elif not rows:
                 out.write("no sagas\n")
             else:
-                rows = [["ID", "NAME", "STATUS", "STEPS", "STARTED", "ERROR"]]
-                for meta in sagas:
-                    total = "?" if meta.total_steps is None else str(meta.total_steps)
-                    rows.append(
-                        [
-                            str(meta.id),
-                            meta.name,
-                            _status_of(meta, meta.id in parked),
-                            f"{meta.steps_executed}/{total}",
-                            _when(meta.started_at),
-                            (meta.error or "")[:60],
-                        ]
-                    )
-                _table(rows, out)
+                _table([header, *rows], out)
             return 0
         if args.command == "show":
             found = await store.get(args.saga_id)

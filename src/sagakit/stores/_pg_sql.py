@@ -44,6 +44,8 @@ class Statements:
     history_newest: str
     newest: str
     newest_with_status: str
+    newest_before: str
+    newest_with_status_before: str
     running_count: str
     leased_count: str
     history_count: str
@@ -198,6 +200,19 @@ def statements(schema: str) -> Statements:
             f"SELECT {_SAGA_COLUMNS}, {steps_of('newest')} FROM (SELECT {_SAGA_COLUMNS} "
             f"FROM {s}.sagas WHERE status = %s ORDER BY started_at DESC, saga_id DESC "
             "LIMIT %s) AS newest ORDER BY started_at DESC, saga_id DESC"
+        ),
+        # A page of the CLI's listing: the newest before the last of the page before.
+        newest_before=(
+            f"SELECT {_SAGA_COLUMNS}, {steps_of('newest')} FROM (SELECT {_SAGA_COLUMNS} "
+            f"FROM {s}.sagas WHERE (started_at, saga_id) < (%s, %s) "
+            "ORDER BY started_at DESC, saga_id DESC LIMIT %s) AS newest "
+            "ORDER BY started_at DESC, saga_id DESC"
+        ),
+        newest_with_status_before=(
+            f"SELECT {_SAGA_COLUMNS}, {steps_of('newest')} FROM (SELECT {_SAGA_COLUMNS} "
+            f"FROM {s}.sagas WHERE status = %s AND (started_at, saga_id) < (%s, %s) "
+            "ORDER BY started_at DESC, saga_id DESC LIMIT %s) AS newest "
+            "ORDER BY started_at DESC, saga_id DESC"
         ),
         running_count=f"SELECT count(*) FROM {s}.sagas WHERE {active}",
         # The running sagas no claim takes yet: their owner's lease has not run out.

@@ -734,6 +734,32 @@ class SQLiteStore:
             return await self._list(LIST_NEWEST, (limit,))
         return await self._list(LIST_NEWEST_OF_STATUS, (wanted, limit))
 
+    async def _list_page(
+        self, status: str | None, limit: int, after: tuple[Any, ...] | None
+    ) -> tuple[list[SagaMetadata], tuple[Any, ...] | None]:
+        """A page of :meth:`list_sagas`, for the CLI, which prints a long listing page by
+        page instead of holding every saga of it: the ``limit`` newest sagas (of
+        ``status``) that started before ``after``, the key the page before returned; and
+        the key of this page's last saga (``None``: this page is the last)."""
+        conditions, params = [], []
+        if status is not None:
+            conditions.append("status = ?")
+            params.append(status_filter(status))
+        if after is not None:  # (read from the same indexes as list_sagas())
+            conditions.append("(started_at, rowid) < (?, ?)")
+            params += after
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        sql = f"SELECT id, started_at, rowid FROM sagakit_sagas {where}{LIST_NEWEST}"
+        serializer = self.serializer
+
+        def read(conn: sqlite3.Connection) -> tuple[list[SagaMetadata], tuple[Any, ...] | None]:
+            keys = conn.execute(sql, (*params, limit)).fetchall()
+            found = (load_metadata(conn, saga_id, serializer) for saga_id, _, _ in keys)
+            last = tuple(keys[-1][1:]) if len(keys) == limit else None
+            return [meta for meta in found if meta is not None], last
+
+        return await self._writer.read(read)
+
     async def _list(self, where: str, params: tuple[Any, ...]) -> list[SagaMetadata]:
         serializer = self.serializer
 
