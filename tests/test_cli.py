@@ -1788,6 +1788,26 @@ def test_list_reads_a_long_listing_page_by_page_with_every_saga_once(
         assert cli(*db, "list", "--status", "failed", "--json") == (0, "[]\n")
 
 
+def sagas_read(kind: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the sagas the store reads (with their records) from now on."""
+    import sagakit.stores.postgres as postgres_module
+    import sagakit.stores.sqlite as sqlite_module
+
+    read: list[str] = []
+    module: Any = postgres_module.rows if kind == "postgres" else sqlite_module
+    name = "metadata" if kind == "postgres" else "load_metadata"
+    load = getattr(module, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        found = load(*args, **kwargs)
+        if found is not None:
+            read.append(found.id)
+        return found
+
+    monkeypatch.setattr(module, name, counted)
+    return read
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_list_json_stops_reading_the_log_when_its_reader_is_gone(
     tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
@@ -1795,29 +1815,8 @@ def test_list_json_stops_reading_the_log_when_its_reader_is_gone(
     # Regression: `list` read every saga it lists, with all its step records and
     # events, before writing the first (3 GB for `list --limit 100000` on PostgreSQL);
     # Ctrl-C and `| head` waited for the whole read. It reads them a page at a time.
-    import sagakit.stores.postgres as postgres_module
-    import sagakit.stores.sqlite as sqlite_module
-
     monkeypatch.setattr(cli_module, "_PAGE", 4, raising=False)
-    read: list[str | None] = []
-    if kind == "postgres":
-        metadata = postgres_module.rows.metadata
-
-        def counted_pg(*args: Any, **kwargs: Any) -> Any:
-            found = metadata(*args, **kwargs)
-            read.append(found.id)
-            return found
-
-        monkeypatch.setattr(postgres_module.rows, "metadata", counted_pg)
-    else:
-        load = sqlite_module.load_metadata
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            found = load(*args, **kwargs)
-            read.append(None if found is None else found.id)
-            return found
-
-        monkeypatch.setattr(sqlite_module, "load_metadata", counted)
+    read = sagas_read(kind, monkeypatch)
 
     class ReaderGone(io.StringIO):
         def write(self, text: str) -> int:
@@ -1827,3 +1826,37 @@ def test_list_json_stops_reading_the_log_when_its_reader_is_gone(
         read.clear()
         assert main([*db, "list", "--limit", "100", "--json"], ReaderGone()) == 1
     assert len(read) == 4, read  # the first page, not all 23
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_recover_counts_the_orphans_it_leaves_alone_without_reading_each(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: to name the unfinished sagas no @saga of their name is registered for,
+    # `recover` read every running saga with its records (9 s and every saga's events in
+    # memory for 100,000 orphans, live sagas of other processes included). It counts
+    # them by name, and reads one of each (whose events may import the saga's module).
+    with paged_log(tmp_path, kind) as db:
+        if kind == "postgres":
+            query(
+                db[1],
+                f'UPDATE "{db[3]}".sagas SET name = %s, status = %s, finished_at = NULL, '
+                "finish_order = NULL WHERE saga_id < %s",
+                ("cli_gone_saga", "executing", "paged-20"),
+            )
+        else:
+            with closing(sqlite3.connect(db[1])) as conn, conn:
+                conn.execute(
+                    "UPDATE sagakit_sagas SET name = ?, status = ?, finished_at = NULL, "
+                    "finish_order = NULL WHERE id < ?",
+                    ("cli_gone_saga", "executing", "paged-20"),
+                )
+        read = sagas_read(kind, monkeypatch)
+        code, out = cli(*db, "recover")
+    assert code == 0
+    assert out.splitlines() == [
+        "nothing to recover",
+        "20 unfinished saga(s) named cli_gone_saga were left alone: no @saga of that name is "
+        "registered here; pass --import with the module that declares them",
+    ]
+    assert len(read) == 1, read
