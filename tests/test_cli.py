@@ -1860,3 +1860,80 @@ def test_recover_counts_the_orphans_it_leaves_alone_without_reading_each(
         "registered here; pass --import with the module that declares them",
     ]
     assert len(read) == 1, read
+
+
+CTRL_C_WHILE_LOCKED = """
+import os, signal, sqlite3, sys, threading
+from sagakit.cli import main
+from sagakit.stores._sqlite_writer import GroupWriter
+
+db = sys.argv[1]
+holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+holder.execute("BEGIN IMMEDIATE")  # another process's long write holds the lock
+waiting, cancelled = threading.Event(), threading.Event()
+commit, settle = GroupWriter._commit, GroupWriter._settle_cancelled
+
+loops = []
+
+def spied_commit(self, jobs, wait):
+    if wait:  # on the writer thread: waiting for the lock
+        loops.append(self._loop)
+        waiting.set()
+    return commit(self, jobs, wait)
+
+async def spied_settle(self, future):
+    cancelled.set()
+    return await settle(self, future)
+
+GroupWriter._commit, GroupWriter._settle_cancelled = spied_commit, spied_settle
+
+def operator():
+    waiting.wait(30)
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the command waits
+    # (Its handler runs once the loop wakes: one that had not yet gone to sleep when
+    # the signal came sleeps until the write is done, busy_timeout later.)
+    loops[0].call_soon_threadsafe(lambda: None)
+    cancelled.wait(30)
+    holder.execute("ROLLBACK")  # then the other write ends: the command's goes through
+
+threading.Thread(target=operator, daemon=True).start()
+sys.exit(main(["--db", db, *sys.argv[2:]]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "made"),
+    [(["resolve", "parked", "--note", "refunded"], "resolved"), (["resume", "parked"], "resumed")],
+)
+def test_ctrl_c_on_a_write_that_is_made_all_the_same_says_it_was_made(
+    tmp_path: Path, command: list[str], made: str
+) -> None:
+    # Regression: Ctrl-C while `resolve` (or `resume`) waited for a lock another
+    # process held printed "sagakit: interrupted", but the write, on its way already,
+    # was made once the lock was free: the operator took the saga for one still to be
+    # resolved. The command says what it did; a write it refused is "interrupted".
+    db, _ = crashed_in_credit(
+        tmp_path, "parked", "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", CTRL_C_WHILE_LOCKED, db, *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (130, "")
+    assert result.stderr == (
+        f"sagakit: interrupted, but only once saga parked was {made}: the write it waited "
+        f"for was made; `sagakit --db {shlex.quote(db)} show parked` shows it\n"
+    )
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT dead_letter FROM sagakit_sagas").fetchall() == [(None,)]
+    result = subprocess.run(
+        [sys.executable, "-c", CTRL_C_WHILE_LOCKED, db, "resume", "parked"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (130, "sagakit: interrupted\n")

@@ -36,7 +36,7 @@ from .exceptions import SagaError, StoreError
 from .records import SagaMetadata, StepRecord
 from .status import SagaStatus
 from .stores._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
-from .stores._protocol import DeadLetter
+from .stores._protocol import CommittedThenCancelled, DeadLetter
 from .stores._sqlite_schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from .stores.postgres import PostgresStore
 from .stores.sqlite import SQLiteStore
@@ -617,18 +617,23 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                     "this sagakit's\n"
                 )
             return 0
-        if args.command == "release":
-            if not isinstance(store, SQLiteStore):
-                raise StoreError(
-                    "release is for SQLite logs; PostgreSQL leases expire by themselves"
-                )
-            await store.release(args.saga_id)
-            return await _done(store, args, "released", out)
-        if args.command == "resume":
-            await store.resume_dead_letter(args.saga_id)
-            return await _done(store, args, "resumed", out)
-        await store.resolve(args.saga_id, args.note)
-        return await _done(store, args, "resolved", out)
+        try:
+            if args.command == "release":
+                if not isinstance(store, SQLiteStore):
+                    raise StoreError(
+                        "release is for SQLite logs; PostgreSQL leases expire by themselves"
+                    )
+                await store.release(args.saga_id)
+                return await _done(store, args, "released", out)
+            if args.command == "resume":
+                await store.resume_dead_letter(args.saga_id)
+                return await _done(store, args, "resumed", out)
+            await store.resolve(args.saga_id, args.note)
+            return await _done(store, args, "resolved", out)
+        except CommittedThenCancelled:
+            # Ctrl-C while it waited for the log's write lock, but the write was made.
+            args.made = {"release": "released", "resume": "resumed"}.get(args.command, "resolved")
+            raise
     finally:
         await store.close()
 
@@ -679,6 +684,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         if args.command == "recover":
             sys.stderr.write(
                 "sagakit: interrupted; a saga being recovered is left for the next `recover`\n"
+            )
+        elif getattr(args, "made", None):
+            # (A SQLite log's store says so: never a URL, which may hold a password.)
+            sys.stderr.write(
+                f"sagakit: interrupted, but only once saga {one_line(args.saga_id)} was "
+                f"{args.made}: the write it waited for was made; "
+                f"`{one_line(command_line(args.db, 'show', args.saga_id))}` shows it\n"
             )
         else:
             sys.stderr.write("sagakit: interrupted\n")

@@ -17,7 +17,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from types import CodeType
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -130,6 +130,12 @@ def definition_fingerprint(definition: SagaDefinition) -> str:
     if code is not None:
         _FINGERPRINTS[definition.name, code] = fingerprint
     return fingerprint
+
+
+def _done(problem: str | None) -> bool:
+    """Whether an operator's write (:meth:`SQLiteStore.release`, ``resolve``) was made:
+    its job returns what it refused it for, if it did."""
+    return problem is None
 
 
 def _forget_new(saga_id: str) -> Job:
@@ -1026,7 +1032,7 @@ class SQLiteStore:
                 (saga_id,),
             ).rowcount
 
-        if not await self._writer.submit(job, alone=False):
+        if not await self._operator_write(job, bool):
             raise StoreError(
                 f"saga {saga_id!r} is not dead-lettered in {self.path!r}; "
                 "list them with `sagakit dead-letters`"
@@ -1076,7 +1082,7 @@ class SQLiteStore:
             return None
 
         self._staged.pop(saga_id, None)  # its owner is gone: so are its uncommitted writes
-        problem = await self._writer.submit(job, alone=False)
+        problem = await self._operator_write(job, _done)
         if problem is not None:
             raise StoreError(problem)
 
@@ -1113,9 +1119,25 @@ class SQLiteStore:
             conn.execute(RESOLVE_INTERRUPTED, (saga_id,))
             return None
 
-        problem = await self._writer.submit(job, alone=False)
+        problem = await self._operator_write(job, _done)
         if problem is not None:
             raise StoreError(problem)
+
+    async def _operator_write(self, job: Job, changed: Callable[[Any], bool]) -> Any:
+        """Commit the job of :meth:`resume_dead_letter`, :meth:`release` or :meth:`resolve`.
+
+        Cancelled (Ctrl-C on the ``sagakit`` command) while it waited for the write lock,
+        the job still runs, and may commit: :class:`CommittedThenCancelled` then says
+        the saga was changed, a plain ``CancelledError`` that it was not (the job,
+        ``changed`` by its result, refused: the CLI said "interrupted" either way, and
+        the operator took a resolved saga for one still to be resolved).
+        """
+        try:
+            return await self._writer.submit(job, alone=False)
+        except CommittedThenCancelled as cancelled:
+            if changed(cancelled.result):
+                raise
+            raise asyncio.CancelledError from None
 
     async def read_events(
         self, *, after: int = 0, limit: int = 1000, saga_id: str | None = None
