@@ -1937,3 +1937,17 @@ def test_ctrl_c_on_a_write_that_is_made_all_the_same_says_it_was_made(
         check=False,
     )
     assert (result.returncode, result.stderr) == (130, "sagakit: interrupted\n")
+
+
+def test_a_log_path_with_a_tilde_the_shell_left_says_to_expand_it(
+    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: `sagakit --db=~/sagas.db list` (no shell expands a ~ after "=") said
+    # "no saga log at '~/sagas.db'; pass the path your application uses": it was.
+    db, _ = log_db
+    monkeypatch.setenv("HOME", str(Path(db).parent))
+    assert cli("--db=~/sagas.db", "list") == (1, "")
+    assert capsys.readouterr().err == (
+        "sagakit: no saga log at '~/sagas.db': a ~ is not expanded in --db=~/...; "
+        f"pass --db {shlex.quote(db)}\n"
+    )
