@@ -1951,3 +1951,30 @@ def test_a_log_path_with_a_tilde_the_shell_left_says_to_expand_it(
         "sagakit: no saga log at '~/sagas.db': a ~ is not expanded in --db=~/...; "
         f"pass --db {shlex.quote(db)}\n"
     )
+
+
+def test_a_long_error_is_cut_to_its_column_in_terminal_columns_and_says_so(
+    log_db: tuple[str, Path],
+) -> None:
+    # Regression: errors and reasons were cut at 60 (70) characters, silently, so a cut
+    # one read as whole, and one of wide characters (CJK, emoji) took twice the columns.
+    from sagakit.cli import _width
+
+    db, _ = log_db
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE sagakit_sagas SET error = ? WHERE id = 'refused-1'", ("失败" * 50,))
+        conn.execute(
+            "UPDATE sagakit_sagas SET error = ?, status = 'executing', finished_at = NULL, "
+            "dead_letter = ? WHERE id = 'ok-1'",
+            ("x" * 60, "🔥" * 50),
+        )
+    code, out = cli("--db", db, "list")
+    assert code == 0
+    header, *rows = out.splitlines()
+    cells = {row.split()[0]: row[header.index("ERROR") :] for row in rows}
+    assert cells["refused-1"] == "失败" * 14 + "失…"  # another 失 would take column 60
+    assert _width(cells["refused-1"]) == 59
+    assert cells["ok-1"] == "dead-lettered: " + "🔥" * 22 + "…"
+    code, out = cli("--db", db, "dead-letters")
+    header, row = out.splitlines()
+    assert row[header.index("REASON") :] == "🔥" * 34 + "…"  # 69 columns are 34 of them

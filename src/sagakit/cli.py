@@ -280,6 +280,23 @@ def _width(text: str) -> int:
     )
 
 
+def _cut(text: str, columns: int) -> str:
+    """``text`` for a table's cell of at most ``columns`` terminal columns: its control
+    characters escaped first, then cut, and ended with "…" if it was (cut at a number
+    of characters, an error of wide characters took twice the columns, and one cut
+    read as whole)."""
+    text = one_line(text)
+    if _width(text) <= columns:
+        return text
+    kept, used = [], 0
+    for char in text:
+        used += _width(char)
+        if used > columns - 1:
+            break
+        kept.append(char)
+    return "".join(kept) + "…"
+
+
 def _table(rows: list[list[str]], out: TextIO) -> None:
     rows = [[one_line(cell) for cell in row] for row in rows]
     widths = [max(_width(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -414,7 +431,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                                 _status_of(meta, meta.id in parked),
                                 f"{meta.steps_executed}/{total}",
                                 _when(meta.started_at),
-                                (meta.error or "")[:60],
+                                _cut(meta.error or "", 60),
                             ]
                         )
                     listed += 1
@@ -463,7 +480,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                         record.name,
                         str(record.status),
                         str(record.attempts),
-                        detail[:70],
+                        _cut(detail, 70),
                     ]
                 )
             _table(rows, out)
@@ -505,7 +522,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 else:
                     rows = [["ID", "NAME", "ACTION", "STATUS", "ERROR"]]
                     rows += [
-                        [o.saga_id, o.name, o.action, str(o.status), (o.error or "")[:60]]
+                        [o.saga_id, o.name, o.action, str(o.status), _cut(o.error or "", 60)]
                         for o in outcomes
                     ]
                     _table(rows, out)
@@ -578,7 +595,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                         str(d.status),
                         str(d.recovery_attempts),
                         _when(d.parked_at),
-                        d.reason[:70],
+                        _cut(d.reason, 70),
                     ]
                     for d in letters
                 ]
