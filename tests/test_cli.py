@@ -1978,3 +1978,24 @@ def test_a_long_error_is_cut_to_its_column_in_terminal_columns_and_says_so(
     code, out = cli("--db", db, "dead-letters")
     header, row = out.splitlines()
     assert row[header.index("REASON") :] == "🔥" * 34 + "…"  # 69 columns are 34 of them
+
+
+def test_output_in_an_encoding_without_a_name_s_characters_is_escaped_not_a_traceback(
+    log_db: tuple[str, Path],
+) -> None:
+    # Regression: `sagakit list > file` where stdout's encoding lacks a character of a
+    # saga's name or error (cp1252 on Windows, PYTHONIOENCODING=ascii) ended half-way
+    # with a UnicodeEncodeError traceback.
+    db, _ = log_db
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE sagakit_sagas SET name = 'überweisung-🔥' WHERE id = 'ok-1'")
+    result = subprocess.run(
+        [sys.executable, "-m", "sagakit", "--db", db, "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines()[2].split()[:2] == ["ok-1", "\\xfcberweisung-\\U0001f525"]

@@ -676,6 +676,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     added = "" not in sys.path and cwd not in sys.path
     if added:
         sys.path.insert(0, cwd)
+    # A name or error the output's encoding lacks (a file on Windows, PYTHONIOENCODING=
+    # ascii) is escaped as \U0001f525, not a UnicodeEncodeError traceback half-way.
+    strict = out is None and getattr(sys.stdout, "errors", None) == "strict"
+    if strict:
+        sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     try:
         if _is_postgres(args.db):
             # `upgrade` creates a log that is not there yet: migrating ahead of the first
@@ -722,6 +727,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     finally:
         if added and cwd in sys.path:
             sys.path.remove(cwd)
+        if strict and not sys.stdout.closed:
+            sys.stdout.reconfigure(errors="strict")  # type: ignore[union-attr]
 
 
 __all__ = ["main"]
