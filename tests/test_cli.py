@@ -1999,3 +1999,59 @@ def test_output_in_an_encoding_without_a_name_s_characters_is_escaped_not_a_trac
     )
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.splitlines()[2].split()[:2] == ["ok-1", "\\xfcberweisung-\\U0001f525"]
+
+
+def test_ctrl_c_on_recover_names_the_sagas_it_finished_before(tmp_path: Path) -> None:
+    # Regression: Ctrl-C on a long `sagakit recover` said only that the saga being
+    # recovered was left for the next one, and printed nothing of those it had finished
+    # (the table comes at the end): the operator learnt of them only from `list`.
+    app = _INTERRUPTIBLE_APP.replace('os.path.exists("hang")', 'os.path.exists("hang-" + x)')
+    (tmp_path / "interruptible_app.py").write_text(app, encoding="utf-8")
+    crash = (
+        "import asyncio\n"
+        "from sagakit import SagaOrchestrator, SQLiteStore\n"
+        "from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart\n"
+        "from interruptible_app import cli_interruptible, cli_slow\n"
+        "async def main():\n"
+        "    store = SQLiteStore('sagas.db')\n"
+        "    for x in 'ab':  # int-a, then int-b, die in cli_slow\n"
+        "        try:\n"
+        "            with FaultInjector().crash(cli_slow):\n"
+        "                run = cli_interruptible(x)\n"
+        "                await SagaOrchestrator(store).execute(run, saga_id='int-' + x)\n"
+        "        except SimulatedCrash:\n"
+        "            pass\n"
+        "    await simulate_restart(store)\n"
+        "    await store.close()\n"
+        "asyncio.run(main())\n"
+    )
+    (tmp_path / "crash_it.py").write_text(crash, encoding="utf-8")
+    subprocess.run([sys.executable, "crash_it.py"], cwd=tmp_path, check=True, timeout=60)
+    (tmp_path / "hang-b").touch()
+    recovering = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sagakit",
+            "--db",
+            "sagas.db",
+            "recover",
+            "--import",
+            "interruptible_app",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert recovering.stdout is not None
+    assert recovering.stdout.readline() == "slow a\n"
+    assert recovering.stdout.readline() == "slow b\n"  # int-a finished, int-b hangs
+    recovering.send_signal(signal.SIGINT)
+    _, err = recovering.communicate(timeout=60)
+    assert recovering.returncode == 130
+    assert err == (
+        "sagakit: interrupted after finishing 1 saga(s) (int-a completed); a saga being "
+        "recovered is left for the next `recover`\n"
+    )

@@ -40,6 +40,7 @@ from .stores._protocol import CommittedThenCancelled, DeadLetter
 from .stores._sqlite_schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from .stores.postgres import PostgresStore
 from .stores.sqlite import SQLiteStore
+from .transitions import Transition, TransitionKind
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -488,10 +489,20 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         if args.command == "recover":
             for module in args.modules:
                 _import(module)
-            orchestrator = SagaOrchestrator(store)
+            finished: list[str] = []  # told before recover() returns: for a Ctrl-C
+
+            def heard(transition: Transition) -> None:
+                if transition.kind is TransitionKind.SAGA_FINISHED:
+                    finished.append(f"{transition.saga_id} {transition.status}")
+
+            orchestrator = SagaOrchestrator(store, listeners=[heard])
             known = frozenset(function.name for function in registered_sagas())
             parked_before = {d.saga_id for d in await store.dead_letters()}
-            outcomes = await orchestrator.recover(max_attempts=args.max_attempts)
+            try:
+                outcomes = await orchestrator.recover(max_attempts=args.max_attempts)
+            except asyncio.CancelledError:
+                args.finished = finished
+                raise
             # A store parks a saga past its attempts while claiming, which recover()
             # does not report: name those too, or the operator reads "nothing to recover".
             reported = parked_before | {o.saga_id for o in outcomes}
@@ -704,8 +715,17 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except KeyboardInterrupt:
         # Ctrl-C: a saga `recover` was resuming is left for the next recovery.
         if args.command == "recover":
+            # What it finished before, or the operator learns of it only from `list`.
+            finished = getattr(args, "finished", [])
+            done = (
+                f" after finishing {len(finished)} saga(s) "
+                f"({', '.join(finished[:5])}{', ...' if len(finished) > 5 else ''})"
+                if finished
+                else ""
+            )
             sys.stderr.write(
-                "sagakit: interrupted; a saga being recovered is left for the next `recover`\n"
+                f"sagakit: interrupted{one_line(done)}; a saga being recovered is left for "
+                "the next `recover`\n"
             )
         elif getattr(args, "made", None):
             # (A SQLite log's store says so: never a URL, which may hold a password.)
