@@ -990,7 +990,10 @@ def test_ctrl_c_on_recover_leaves_the_saga_for_the_next_recover(tmp_path: Path) 
         pytest.fail(f"`sagakit recover` did not stop on SIGINT; its threads:\n{err}")
     assert recovering.returncode == 130
     assert "Traceback" not in err, err
-    assert err == "sagakit: interrupted; a saga being recovered is left for the next `recover`\n"
+    assert err == (
+        "sagakit: interrupted; a saga being recovered is left for the next `recover` (this "
+        "attempt counts toward --max-attempts)\n"
+    )
     assert "UNDO" not in out  # not compensated
 
     (tmp_path / "hang").unlink()
@@ -2053,5 +2056,43 @@ def test_ctrl_c_on_recover_names_the_sagas_it_finished_before(tmp_path: Path) ->
     assert recovering.returncode == 130
     assert err == (
         "sagakit: interrupted after finishing 1 saga(s) (int-a completed); a saga being "
-        "recovered is left for the next `recover`\n"
+        "recovered is left for the next `recover` (this attempt counts toward --max-attempts)\n"
+    )
+
+
+def test_a_saga_parked_after_interrupted_recoveries_is_not_said_to_have_crashed_them(
+    tmp_path: Path,
+) -> None:
+    # Regression: each Ctrl-C on `sagakit recover` counts as a recovery attempt (as
+    # documented), but the CLI said only that the saga was left for the next recover,
+    # and the one that parked it past --max-attempts gave as the reason "its process
+    # died during each of 1 recovery attempts": the operator looked for a crash.
+    (tmp_path / "interruptible_app.py").write_text(_INTERRUPTIBLE_APP, encoding="utf-8")
+    (tmp_path / "crash_it.py").write_text(_CRASH_IT, encoding="utf-8")
+    subprocess.run([sys.executable, "crash_it.py"], cwd=tmp_path, check=True, timeout=60)
+    (tmp_path / "hang").touch()
+    command = [sys.executable, "-m", "sagakit", "--db", "sagas.db", "recover"]
+    command += ["--import", "interruptible_app", "--max-attempts", "1"]
+    recovering = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert recovering.stdout is not None
+    assert recovering.stdout.readline() == "slow a\n"
+    recovering.send_signal(signal.SIGINT)
+    _, err = recovering.communicate(timeout=60)
+    assert recovering.returncode == 130
+    assert "counts toward --max-attempts" in err
+    again = subprocess.run(
+        [*command, "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    [parked] = json.loads(again.stdout)
+    assert (parked["id"], parked["action"]) == ("int-1", "dead_lettered")
+    assert parked["error"] == (
+        "none of its 1 recovery attempts finished it: each time its process died or was "
+        "stopped (max_attempts=1)"
     )

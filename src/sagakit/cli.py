@@ -725,7 +725,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             )
             sys.stderr.write(
                 f"sagakit: interrupted{one_line(done)}; a saga being recovered is left for "
-                "the next `recover`\n"
+                "the next `recover` (this attempt counts toward --max-attempts)\n"
             )
         elif getattr(args, "made", None):
             # (A SQLite log's store says so: never a URL, which may hold a password.)

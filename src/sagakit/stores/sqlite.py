@@ -908,8 +908,10 @@ class SQLiteStore:
                         "UPDATE sagakit_sagas SET dead_letter = ?, parked_at = ?, owner = NULL "
                         "WHERE id = ?",
                         (
-                            f"its process died during each of {attempts} recovery attempts "
-                            f"(max_attempts={max_attempts})",
+                            # (Stopped, not only dead: a Ctrl-C on `sagakit recover`
+                            # counts as an attempt too.)
+                            f"none of its {attempts} recovery attempts finished it: each "
+                            f"time its process died or was stopped (max_attempts={max_attempts})",
                             now,
                             saga_id,
                         ),
