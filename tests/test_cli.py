@@ -2096,3 +2096,23 @@ def test_a_saga_parked_after_interrupted_recoveries_is_not_said_to_have_crashed_
         "none of its 1 recovery attempts finished it: each time its process died or was "
         "stopped (max_attempts=1)"
     )
+
+
+def test_recover_names_the_dead_letters_it_leaves_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: with sagas parked as dead letters (by an earlier recover), `recover`
+    # said "nothing to recover" alone, and the operator moved on while they waited.
+    db, _ = crashed_in_credit(
+        tmp_path, "parked", "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL"
+    )
+    note = (
+        "1 dead-lettered saga(s) (parked) were left alone, as recovery leaves every dead "
+        "letter: `sagakit dead-letters` says why each was parked; "
+        f"`sagakit --db {shlex.quote(db)} resume parked` hands one back to recovery, "
+        "`sagakit resolve` settles it"
+    )
+    assert cli("--db", db, "recover") == (0, f"nothing to recover\n{note}\n")
+    code, out = cli("--db", db, "recover", "--json")
+    assert (code, json.loads(out)) == (0, [])
+    assert capsys.readouterr().err == f"sagakit: {note}\n"

@@ -506,11 +506,14 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             # A store parks a saga past its attempts while claiming, which recover()
             # does not report: name those too, or the operator reads "nothing to recover".
             reported = parked_before | {o.saga_id for o in outcomes}
+            letters = await store.dead_letters()
             outcomes += [
                 RecoveryOutcome(d.saga_id, d.name, "dead_lettered", d.status, d.reason)
-                for d in await store.dead_letters()
+                for d in letters
                 if d.saga_id not in reported
             ]
+            # Parked before this run, and left so: recovery never takes a dead letter.
+            waiting = [d.saga_id for d in letters if d.saga_id in parked_before]
             if args.json:
                 json.dump(
                     [
@@ -537,6 +540,18 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                         for o in outcomes
                     ]
                     _table(rows, out)
+            if waiting:
+                # Or the operator reads "nothing to recover" while sagas wait for them.
+                named = ", ".join(waiting[:5]) + (", ..." if len(waiting) > 5 else "")
+                # (Never a PostgreSQL URL, which may hold a password.)
+                db = "..." if _is_postgres(args.db) else args.db
+                note = (
+                    f"{len(waiting)} dead-lettered saga(s) ({named}) were left alone, as "
+                    "recovery leaves every dead letter: `sagakit dead-letters` says why each "
+                    f"was parked; `{command_line(db, 'resume', waiting[0])}` hands one "
+                    "back to recovery, `sagakit resolve` settles it\n"
+                )
+                _side_note(args, out, note)
             if isinstance(store, PostgresStore):
                 # No claim takes a saga before its owner's lease runs out: say how many
                 # wait for it, or the operator reads "nothing to recover" and moves on.
