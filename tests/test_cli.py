@@ -15,11 +15,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import sagakit.cli as cli_module
 from pg_helpers.db import dsn_or_skip, query
-from sagakit import SagaAlreadyFailed
+from sagakit import SagaAlreadyFailed, SagaOrchestrator, SQLiteStore, saga, step
 from sagakit.cli import main
 
 HELPER = Path(__file__).parent / "crash_helpers" / "bank.py"
@@ -988,7 +990,10 @@ def test_ctrl_c_on_recover_leaves_the_saga_for_the_next_recover(tmp_path: Path) 
         pytest.fail(f"`sagakit recover` did not stop on SIGINT; its threads:\n{err}")
     assert recovering.returncode == 130
     assert "Traceback" not in err, err
-    assert err == "sagakit: interrupted; a saga being recovered is left for the next `recover`\n"
+    assert err == (
+        "sagakit: interrupted; a saga being recovered is left for the next `recover` (if it had "
+        "started, this attempt counts toward --max-attempts)\n"
+    )
     assert "UNDO" not in out  # not compensated
 
     (tmp_path / "hang").unlink()
@@ -1140,7 +1145,7 @@ def test_ctrl_c_on_a_command_that_recovers_nothing_says_only_that(
     async def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(SQLiteStore, "list_sagas", interrupted)
+    monkeypatch.setattr(SQLiteStore, "_list_page", interrupted)  # what `list` reads
     db, _ = log_db
     assert cli("--db", db, "list") == (130, "")
     assert capsys.readouterr().err == "sagakit: interrupted\n"
@@ -1698,3 +1703,417 @@ def test_show_of_an_unfinished_saga_says_only_when_it_started(tmp_path: Path) ->
     assert lines[1].startswith("started ")
     assert "finished" not in lines[1]
     assert len(lines[1]) == len("started 2026-11-27 08:00:00")
+
+
+@step
+async def cli_paged_hop(n: int) -> int:
+    return n
+
+
+@saga
+def cli_paged(n: int):  # type: ignore[no-untyped-def]
+    yield cli_paged_hop(n)
+
+
+@contextmanager
+def paged_log(tmp_path: Path, kind: str) -> Iterator[list[str]]:
+    """A log (SQLite or PostgreSQL) of 23 sagas, ``paged-00`` to ``paged-22``, every
+    odd one compensated (by SQL), started in groups of five at one instant (ties that
+    fall across the pages of a listing); yields the ``--db`` (and ``--schema``) args."""
+    if kind == "postgres":
+        from sagakit import PostgresStore
+
+        dsn = dsn_or_skip()
+        schema = "sk_cli_paged_" + uuid.uuid4().hex[:8]
+        store: SQLiteStore | PostgresStore = PostgresStore(dsn, schema=schema)
+        where = [
+            f'UPDATE "{schema}".sagas SET status = %s WHERE saga_id LIKE %s',
+            f'UPDATE "{schema}".sagas SET started_at = to_timestamp(1e9 + %s) '
+            "WHERE substr(saga_id, 7)::int / 5 = %s",
+        ]
+        args = ["--db", dsn, "--schema", schema]
+    else:
+        path = str(tmp_path / "paged.db")
+        store = SQLiteStore(path)
+        where = [
+            "UPDATE sagakit_sagas SET status = ? WHERE id LIKE ?",
+            "UPDATE sagakit_sagas SET started_at = 1e9 + ? "
+            "WHERE CAST(substr(id, 7) AS INTEGER) / 5 = ?",
+        ]
+        args = ["--db", path]
+
+    async def write() -> None:
+        async with SagaOrchestrator(store) as orchestrator:
+            for n in range(23):
+                await orchestrator.execute(cli_paged(n), saga_id=f"paged-{n:02}")
+
+    def run(sql: str, params: tuple[object, ...]) -> None:
+        if kind == "postgres":
+            query(dsn, sql, params)
+        else:
+            with closing(sqlite3.connect(path)) as conn, conn:
+                conn.execute(sql, params)
+
+    try:
+        asyncio.run(write())
+        for odd in range(1, 23, 2):
+            run(where[0], ("compensated", f"paged-{odd:02}"))
+        for group in range(5):
+            run(where[1], (group, group))
+        yield args
+    finally:
+        if kind == "postgres":
+            query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_list_reads_a_long_listing_page_by_page_with_every_saga_once(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Newest first; ties of a start broken by the order they were written (SQLite) or
+    # by id (PostgreSQL), across the boundaries of pages of 4.
+    monkeypatch.setattr(cli_module, "_PAGE", 4)
+    written = [f"paged-{n:02}" for n in range(23)]
+    groups = [written[g * 5 : g * 5 + 5] for g in range(5)]
+    newest = [saga_id for group in reversed(groups) for saga_id in reversed(group)]
+    with paged_log(tmp_path, kind) as db:
+        code, out = cli(*db, "list", "--limit", "100", "--json")
+        assert code == 0
+        listed = json.loads(out)
+        assert [saga["id"] for saga in listed] == newest
+        assert out == json.dumps(listed, indent=2) + "\n"  # as one json.dump() writes it
+        code, out = cli(*db, "list", "--limit", "9", "--status", "compensated", "--json")
+        assert [saga["id"] for saga in json.loads(out)] == [
+            saga_id for saga_id in newest if int(saga_id[6:]) % 2
+        ][:9]
+        code, out = cli(*db, "list", "--limit", "100")
+        assert [line.split()[0] for line in out.splitlines()] == ["ID", *newest]
+        assert cli(*db, "list", "--status", "failed", "--json") == (0, "[]\n")
+
+
+def sagas_read(kind: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the sagas the store reads (with their records) from now on."""
+    import sagakit.stores.postgres as postgres_module
+    import sagakit.stores.sqlite as sqlite_module
+
+    read: list[str] = []
+    module: Any = postgres_module.rows if kind == "postgres" else sqlite_module
+    name = "metadata" if kind == "postgres" else "load_metadata"
+    load = getattr(module, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        found = load(*args, **kwargs)
+        if found is not None:
+            read.append(found.id)
+        return found
+
+    monkeypatch.setattr(module, name, counted)
+    return read
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_list_json_stops_reading_the_log_when_its_reader_is_gone(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: `list` read every saga it lists, with all its step records and
+    # events, before writing the first (3 GB for `list --limit 100000` on PostgreSQL);
+    # Ctrl-C and `| head` waited for the whole read. It reads them a page at a time.
+    monkeypatch.setattr(cli_module, "_PAGE", 4, raising=False)
+    read = sagas_read(kind, monkeypatch)
+
+    class ReaderGone(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError
+
+    with paged_log(tmp_path, kind) as db:
+        read.clear()
+        assert main([*db, "list", "--limit", "100", "--json"], ReaderGone()) == 1
+    assert len(read) == 4, read  # the first page, not all 23
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_recover_counts_the_orphans_it_leaves_alone_without_reading_each(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: to name the unfinished sagas no @saga of their name is registered for,
+    # `recover` read every running saga with its records (9 s and every saga's events in
+    # memory for 100,000 orphans, live sagas of other processes included). It counts
+    # them by name, and reads one of each (whose events may import the saga's module).
+    with paged_log(tmp_path, kind) as db:
+        if kind == "postgres":
+            query(
+                db[1],
+                f'UPDATE "{db[3]}".sagas SET name = %s, status = %s, finished_at = NULL, '
+                "finish_order = NULL WHERE saga_id < %s",
+                ("cli_gone_saga", "executing", "paged-20"),
+            )
+        else:
+            with closing(sqlite3.connect(db[1])) as conn, conn:
+                conn.execute(
+                    "UPDATE sagakit_sagas SET name = ?, status = ?, finished_at = NULL, "
+                    "finish_order = NULL WHERE id < ?",
+                    ("cli_gone_saga", "executing", "paged-20"),
+                )
+        read = sagas_read(kind, monkeypatch)
+        code, out = cli(*db, "recover")
+    assert code == 0
+    assert out.splitlines() == [
+        "nothing to recover",
+        "20 unfinished saga(s) named cli_gone_saga were left alone: no @saga of that name is "
+        "registered here; pass --import with the module that declares them",
+    ]
+    assert len(read) == 1, read
+
+
+CTRL_C_WHILE_LOCKED = """
+import os, signal, sqlite3, sys, threading
+from sagakit.cli import main
+from sagakit.stores._sqlite_writer import GroupWriter
+
+db = sys.argv[1]
+holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+holder.execute("BEGIN IMMEDIATE")  # another process's long write holds the lock
+waiting, cancelled = threading.Event(), threading.Event()
+commit, settle = GroupWriter._commit, GroupWriter._settle_cancelled
+
+loops = []
+
+def spied_commit(self, jobs, wait):
+    if wait:  # on the writer thread: waiting for the lock
+        loops.append(self._loop)
+        waiting.set()
+    return commit(self, jobs, wait)
+
+async def spied_settle(self, future):
+    cancelled.set()
+    return await settle(self, future)
+
+GroupWriter._commit, GroupWriter._settle_cancelled = spied_commit, spied_settle
+
+def operator():
+    waiting.wait(30)
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the command waits
+    # (Its handler runs once the loop wakes: one that had not yet gone to sleep when
+    # the signal came sleeps until the write is done, busy_timeout later.)
+    loops[0].call_soon_threadsafe(lambda: None)
+    cancelled.wait(30)
+    holder.execute("ROLLBACK")  # then the other write ends: the command's goes through
+
+threading.Thread(target=operator, daemon=True).start()
+sys.exit(main(["--db", db, *sys.argv[2:]]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "made"),
+    [(["resolve", "parked", "--note", "refunded"], "resolved"), (["resume", "parked"], "resumed")],
+)
+def test_ctrl_c_on_a_write_that_is_made_all_the_same_says_it_was_made(
+    tmp_path: Path, command: list[str], made: str
+) -> None:
+    # Regression: Ctrl-C while `resolve` (or `resume`) waited for a lock another
+    # process held printed "sagakit: interrupted", but the write, on its way already,
+    # was made once the lock was free: the operator took the saga for one still to be
+    # resolved. The command says what it did; a write it refused is "interrupted".
+    db, _ = crashed_in_credit(
+        tmp_path, "parked", "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", CTRL_C_WHILE_LOCKED, db, *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (130, "")
+    assert result.stderr == (
+        f"sagakit: interrupted, but only once saga parked was {made}: the write it waited "
+        f"for was made; `sagakit --db {shlex.quote(db)} show parked` shows it\n"
+    )
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT dead_letter FROM sagakit_sagas").fetchall() == [(None,)]
+    result = subprocess.run(
+        [sys.executable, "-c", CTRL_C_WHILE_LOCKED, db, "resume", "parked"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (130, "sagakit: interrupted\n")
+
+
+def test_a_log_path_with_a_tilde_the_shell_left_says_to_expand_it(
+    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: `sagakit --db=~/sagas.db list` (no shell expands a ~ after "=") said
+    # "no saga log at '~/sagas.db'; pass the path your application uses": it was.
+    db, _ = log_db
+    monkeypatch.setenv("HOME", str(Path(db).parent))
+    assert cli("--db=~/sagas.db", "list") == (1, "")
+    assert capsys.readouterr().err == (
+        "sagakit: no saga log at '~/sagas.db': a ~ is not expanded in --db=~/...; "
+        f"pass --db {shlex.quote(db)}\n"
+    )
+
+
+def test_a_long_error_is_cut_to_its_column_in_terminal_columns_and_says_so(
+    log_db: tuple[str, Path],
+) -> None:
+    # Regression: errors and reasons were cut at 60 (70) characters, silently, so a cut
+    # one read as whole, and one of wide characters (CJK, emoji) took twice the columns.
+    from sagakit.cli import _width
+
+    db, _ = log_db
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE sagakit_sagas SET error = ? WHERE id = 'refused-1'", ("失败" * 50,))
+        conn.execute(
+            "UPDATE sagakit_sagas SET error = ?, status = 'executing', finished_at = NULL, "
+            "dead_letter = ? WHERE id = 'ok-1'",
+            ("x" * 60, "🔥" * 50),
+        )
+    code, out = cli("--db", db, "list")
+    assert code == 0
+    header, *rows = out.splitlines()
+    cells = {row.split()[0]: row[header.index("ERROR") :] for row in rows}
+    assert cells["refused-1"] == "失败" * 14 + "失…"  # another 失 would take column 60
+    assert _width(cells["refused-1"]) == 59
+    assert cells["ok-1"] == "dead-lettered: " + "🔥" * 22 + "…"
+    code, out = cli("--db", db, "dead-letters")
+    header, row = out.splitlines()
+    assert row[header.index("REASON") :] == "🔥" * 34 + "…"  # 69 columns are 34 of them
+
+
+def test_output_in_an_encoding_without_a_name_s_characters_is_escaped_not_a_traceback(
+    log_db: tuple[str, Path],
+) -> None:
+    # Regression: `sagakit list > file` where stdout's encoding lacks a character of a
+    # saga's name or error (cp1252 on Windows, PYTHONIOENCODING=ascii) ended half-way
+    # with a UnicodeEncodeError traceback.
+    db, _ = log_db
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE sagakit_sagas SET name = 'überweisung-🔥' WHERE id = 'ok-1'")
+    result = subprocess.run(
+        [sys.executable, "-m", "sagakit", "--db", db, "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines()[2].split()[:2] == ["ok-1", "\\xfcberweisung-\\U0001f525"]
+
+
+def test_ctrl_c_on_recover_names_the_sagas_it_finished_before(tmp_path: Path) -> None:
+    # Regression: Ctrl-C on a long `sagakit recover` said only that the saga being
+    # recovered was left for the next one, and printed nothing of those it had finished
+    # (the table comes at the end): the operator learnt of them only from `list`.
+    app = _INTERRUPTIBLE_APP.replace('os.path.exists("hang")', 'os.path.exists("hang-" + x)')
+    (tmp_path / "interruptible_app.py").write_text(app, encoding="utf-8")
+    crash = (
+        "import asyncio\n"
+        "from sagakit import SagaOrchestrator, SQLiteStore\n"
+        "from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart\n"
+        "from interruptible_app import cli_interruptible, cli_slow\n"
+        "async def main():\n"
+        "    store = SQLiteStore('sagas.db')\n"
+        "    for x in 'ab':  # int-a, then int-b, die in cli_slow\n"
+        "        try:\n"
+        "            with FaultInjector().crash(cli_slow):\n"
+        "                run = cli_interruptible(x)\n"
+        "                await SagaOrchestrator(store).execute(run, saga_id='int-' + x)\n"
+        "        except SimulatedCrash:\n"
+        "            pass\n"
+        "    await simulate_restart(store)\n"
+        "    await store.close()\n"
+        "asyncio.run(main())\n"
+    )
+    (tmp_path / "crash_it.py").write_text(crash, encoding="utf-8")
+    subprocess.run([sys.executable, "crash_it.py"], cwd=tmp_path, check=True, timeout=60)
+    (tmp_path / "hang-b").touch()
+    recovering = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sagakit",
+            "--db",
+            "sagas.db",
+            "recover",
+            "--import",
+            "interruptible_app",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert recovering.stdout is not None
+    assert recovering.stdout.readline() == "slow a\n"
+    assert recovering.stdout.readline() == "slow b\n"  # int-a finished, int-b hangs
+    recovering.send_signal(signal.SIGINT)
+    _, err = recovering.communicate(timeout=60)
+    assert recovering.returncode == 130
+    assert err == (
+        "sagakit: interrupted after finishing 1 saga(s) (int-a completed); a saga being "
+        "recovered is left for the next `recover` (if it had started, this attempt counts "
+        "toward --max-attempts)\n"
+    )
+
+
+def test_a_saga_parked_after_interrupted_recoveries_is_not_said_to_have_crashed_them(
+    tmp_path: Path,
+) -> None:
+    # Regression: each Ctrl-C on `sagakit recover` counts as a recovery attempt (as
+    # documented), but the CLI said only that the saga was left for the next recover,
+    # and the one that parked it past --max-attempts gave as the reason "its process
+    # died during each of 1 recovery attempts": the operator looked for a crash.
+    (tmp_path / "interruptible_app.py").write_text(_INTERRUPTIBLE_APP, encoding="utf-8")
+    (tmp_path / "crash_it.py").write_text(_CRASH_IT, encoding="utf-8")
+    subprocess.run([sys.executable, "crash_it.py"], cwd=tmp_path, check=True, timeout=60)
+    (tmp_path / "hang").touch()
+    command = [sys.executable, "-m", "sagakit", "--db", "sagas.db", "recover"]
+    command += ["--import", "interruptible_app", "--max-attempts", "1"]
+    recovering = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert recovering.stdout is not None
+    assert recovering.stdout.readline() == "slow a\n"
+    recovering.send_signal(signal.SIGINT)
+    _, err = recovering.communicate(timeout=60)
+    assert recovering.returncode == 130
+    assert "counts toward --max-attempts" in err
+    again = subprocess.run(
+        [*command, "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    [parked] = json.loads(again.stdout)
+    assert (parked["id"], parked["action"]) == ("int-1", "dead_lettered")
+    assert parked["error"] == (
+        "none of its 1 recovery attempts finished it: each time its process died or was "
+        "stopped (max_attempts=1)"
+    )
+
+
+def test_recover_names_the_dead_letters_it_leaves_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: with sagas parked as dead letters (by an earlier recover), `recover`
+    # said "nothing to recover" alone, and the operator moved on while they waited.
+    db, _ = crashed_in_credit(
+        tmp_path, "parked", "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL"
+    )
+    note = (
+        "1 dead-lettered saga(s) (parked) were left alone, as recovery leaves every dead "
+        "letter: `sagakit dead-letters` says why each was parked; "
+        f"`sagakit --db {shlex.quote(db)} resume parked` hands one back to recovery, "
+        "`sagakit resolve` settles it"
+    )
+    assert cli("--db", db, "recover") == (0, f"nothing to recover\n{note}\n")
+    code, out = cli("--db", db, "recover", "--json")
+    assert (code, json.loads(out)) == (0, [])
+    assert capsys.readouterr().err == f"sagakit: {note}\n"

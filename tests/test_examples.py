@@ -120,10 +120,10 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "operating_a_log.py": [
         "  recover(): nothing it could run",
-        "  parked: transfer-7 (executing, 2 attempts): its process died during each of 2 "
-        "recovery attempts (max_attempts=2)",
-        "  parked: transfer-8 (executing, 2 attempts): its process died during each of 2 "
-        "recovery attempts (max_attempts=2)",
+        "  parked: transfer-7 (executing, 2 attempts): none of its 2 recovery attempts "
+        "finished it: each time its process died or was stopped (max_attempts=2)",
+        "  parked: transfer-8 (executing, 2 attempts): none of its 2 recovery attempts "
+        "finished it: each time its process died or was stopped (max_attempts=2)",
         "  $ sagakit --db sagas.db dead-letters",
         "  $ sagakit --db sagas.db release transfer-7",
         "    (exit status 1)",
@@ -132,8 +132,9 @@ EXPECTED: dict[str, list[str]] = {
         "  recovered transfer-7: resumed, now completed",
         "    saga transfer-8 marked resolved",
         "    saga transfer-8 (transfer): failed",
-        "    error: resolved by an operator: refunded alice by hand (was: its process died "
-        "during each of 2 recovery attempts (max_attempts=2))",
+        "    error: resolved by an operator: refunded alice by hand (was: none of its 2 "
+        "recovery attempts finished it: each time its process died or was stopped "
+        "(max_attempts=2))",
         "    step  1  credit  failed     1         "
         "interrupted; the saga was resolved by an operator",
         "  transfer-8 ran again: [Debited(account='alice', amount=20), "

@@ -82,6 +82,13 @@ def check_sqlite_log(path: str) -> int | None:
     A file SQLite cannot read is left to the store, whose message says what is wrong.
     """
     if not os.path.exists(path):
+        home = os.path.expanduser(path)
+        if home != path:
+            # `--db=~/sagas.db`: no shell expands a ~ after the "=" of an option.
+            raise StoreError(
+                f"no saga log at {path!r}: a ~ is not expanded in --db=~/...; "
+                f"pass --db {shlex.quote(home)}"
+            )
         raise StoreError(f"no saga log at {path!r}; pass the path your application uses")
     try:
         with open(path, "rb") as file:

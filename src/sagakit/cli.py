@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -36,10 +36,11 @@ from .exceptions import SagaError, StoreError
 from .records import SagaMetadata, StepRecord
 from .status import SagaStatus
 from .stores._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
-from .stores._protocol import DeadLetter
+from .stores._protocol import CommittedThenCancelled, DeadLetter
 from .stores._sqlite_schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from .stores.postgres import PostgresStore
 from .stores.sqlite import SQLiteStore
+from .transitions import Transition, TransitionKind
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -177,11 +178,16 @@ async def _unregistered_running(
 ) -> dict[str, int]:
     """Unfinished sagas recovery skipped: no ``@saga`` of their name was registered
     (``known``) when it ran. Reading them may have imported their module since (the
-    module of a stored event's class), so what is registered now does not tell."""
+    module of a stored event's class), so what is registered now does not tell.
+
+    Counted by name in the log, not read: every running saga with its records was
+    (100,000 orphans: 9 s). One of each name left alone is read, for
+    :func:`_declared_in`: its events import the module declaring the saga."""
     found: dict[str, int] = {}
-    for meta in await store.running():
-        if meta.name not in known:
-            found[meta.name] = found.get(meta.name, 0) + 1
+    for name, count, one in await store._running_names():
+        if name not in known:
+            found[name] = count
+            await store.get(one)
     return found
 
 
@@ -235,6 +241,29 @@ def _import(module: str) -> None:
         raise ImportError(message) from error
 
 
+_PAGE = 500
+"""Sagas ``list`` reads at a time: it holds no more of their records (steps, events)
+at once, and Ctrl-C stops it after the page being read."""
+
+
+async def _newest(
+    store: SQLiteStore | PostgresStore, status: str | None, limit: int
+) -> AsyncIterator[list[SagaMetadata]]:
+    """The ``limit`` newest sagas (of ``status``), a page at a time."""
+    after = None
+    while limit > 0:
+        page, after = await store._list_page(status, min(limit, _PAGE), after)
+        yield page
+        limit -= len(page)
+        if after is None:
+            return
+
+
+def _indented(text: str) -> str:
+    """``text`` (a JSON value) indented as an item of a list ``json.dump(indent=2)`` writes."""
+    return "\n".join("  " + line for line in text.split("\n"))
+
+
 def _when(value: datetime | None) -> str:
     return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
@@ -250,6 +279,23 @@ def _width(text: str) -> int:
         else 1
         for char in text
     )
+
+
+def _cut(text: str, columns: int) -> str:
+    """``text`` for a table's cell of at most ``columns`` terminal columns: its control
+    characters escaped first, then cut, and ended with "…" if it was (cut at a number
+    of characters, an error of wide characters took twice the columns, and one cut
+    read as whole)."""
+    text = one_line(text)
+    if _width(text) <= columns:
+        return text
+    kept, used = [], 0
+    for char in text:
+        used += _width(char)
+        if used > columns - 1:
+            break
+        kept.append(char)
+    return "".join(kept) + "…"
 
 
 def _table(rows: list[list[str]], out: TextIO) -> None:
@@ -367,31 +413,35 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
     store = _store_for(args)
     try:
         if args.command == "list":
-            sagas = await store.list_sagas(status=args.status, limit=args.limit)
             # A parked saga keeps the status it had (executing, compensating): mark it.
-            parked = {d.saga_id for d in await store.dead_letters()} if sagas else set()
+            parked = {d.saga_id for d in await store.dead_letters()}
+            header = ["ID", "NAME", "STATUS", "STEPS", "STARTED", "ERROR"]
+            rows: list[list[str]] = []
+            listed = 0
+            async for page in _newest(store, args.status, args.limit):
+                for meta in page:
+                    if args.json:  # written as read: a long listing is never held whole
+                        item = json.dumps(_saga_json(meta, False, meta.id in parked), indent=2)
+                        out.write(("[\n" if not listed else ",\n") + _indented(item))
+                    else:  # (its text only: the widths of the table's columns)
+                        total = "?" if meta.total_steps is None else str(meta.total_steps)
+                        rows.append(
+                            [
+                                str(meta.id),
+                                meta.name,
+                                _status_of(meta, meta.id in parked),
+                                f"{meta.steps_executed}/{total}",
+                                _when(meta.started_at),
+                                _cut(meta.error or "", 60),
+                            ]
+                        )
+                    listed += 1
             if args.json:
-                json.dump(
-                    [_saga_json(meta, False, meta.id in parked) for meta in sagas], out, indent=2
-                )
-                out.write("\n")
-            elif not sagas:
+                out.write("\n]\n" if listed else "[]\n")
+            elif not rows:
                 out.write("no sagas\n")
             else:
-                rows = [["ID", "NAME", "STATUS", "STEPS", "STARTED", "ERROR"]]
-                for meta in sagas:
-                    total = "?" if meta.total_steps is None else str(meta.total_steps)
-                    rows.append(
-                        [
-                            str(meta.id),
-                            meta.name,
-                            _status_of(meta, meta.id in parked),
-                            f"{meta.steps_executed}/{total}",
-                            _when(meta.started_at),
-                            (meta.error or "")[:60],
-                        ]
-                    )
-                _table(rows, out)
+                _table([header, *rows], out)
             return 0
         if args.command == "show":
             found = await store.get(args.saga_id)
@@ -431,7 +481,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                         record.name,
                         str(record.status),
                         str(record.attempts),
-                        detail[:70],
+                        _cut(detail, 70),
                     ]
                 )
             _table(rows, out)
@@ -439,18 +489,31 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         if args.command == "recover":
             for module in args.modules:
                 _import(module)
-            orchestrator = SagaOrchestrator(store)
+            finished: list[str] = []  # told before recover() returns: for a Ctrl-C
+
+            def heard(transition: Transition) -> None:
+                if transition.kind is TransitionKind.SAGA_FINISHED:
+                    finished.append(f"{transition.saga_id} {transition.status}")
+
+            orchestrator = SagaOrchestrator(store, listeners=[heard])
             known = frozenset(function.name for function in registered_sagas())
             parked_before = {d.saga_id for d in await store.dead_letters()}
-            outcomes = await orchestrator.recover(max_attempts=args.max_attempts)
+            try:
+                outcomes = await orchestrator.recover(max_attempts=args.max_attempts)
+            except asyncio.CancelledError:
+                args.finished = finished
+                raise
             # A store parks a saga past its attempts while claiming, which recover()
             # does not report: name those too, or the operator reads "nothing to recover".
             reported = parked_before | {o.saga_id for o in outcomes}
+            letters = await store.dead_letters()
             outcomes += [
                 RecoveryOutcome(d.saga_id, d.name, "dead_lettered", d.status, d.reason)
-                for d in await store.dead_letters()
+                for d in letters
                 if d.saga_id not in reported
             ]
+            # Parked before this run, and left so: recovery never takes a dead letter.
+            waiting = [d.saga_id for d in letters if d.saga_id in parked_before]
             if args.json:
                 json.dump(
                     [
@@ -473,10 +536,22 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 else:
                     rows = [["ID", "NAME", "ACTION", "STATUS", "ERROR"]]
                     rows += [
-                        [o.saga_id, o.name, o.action, str(o.status), (o.error or "")[:60]]
+                        [o.saga_id, o.name, o.action, str(o.status), _cut(o.error or "", 60)]
                         for o in outcomes
                     ]
                     _table(rows, out)
+            if waiting:
+                # Or the operator reads "nothing to recover" while sagas wait for them.
+                named = ", ".join(waiting[:5]) + (", ..." if len(waiting) > 5 else "")
+                # (Never a PostgreSQL URL, which may hold a password.)
+                db = "..." if _is_postgres(args.db) else args.db
+                note = (
+                    f"{len(waiting)} dead-lettered saga(s) ({named}) were left alone, as "
+                    "recovery leaves every dead letter: `sagakit dead-letters` says why each "
+                    f"was parked; `{command_line(db, 'resume', waiting[0])}` hands one "
+                    "back to recovery, `sagakit resolve` settles it\n"
+                )
+                _side_note(args, out, note)
             if isinstance(store, PostgresStore):
                 # No claim takes a saga before its owner's lease runs out: say how many
                 # wait for it, or the operator reads "nothing to recover" and moves on.
@@ -546,7 +621,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                         str(d.status),
                         str(d.recovery_attempts),
                         _when(d.parked_at),
-                        d.reason[:70],
+                        _cut(d.reason, 70),
                     ]
                     for d in letters
                 ]
@@ -585,18 +660,23 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                     "this sagakit's\n"
                 )
             return 0
-        if args.command == "release":
-            if not isinstance(store, SQLiteStore):
-                raise StoreError(
-                    "release is for SQLite logs; PostgreSQL leases expire by themselves"
-                )
-            await store.release(args.saga_id)
-            return await _done(store, args, "released", out)
-        if args.command == "resume":
-            await store.resume_dead_letter(args.saga_id)
-            return await _done(store, args, "resumed", out)
-        await store.resolve(args.saga_id, args.note)
-        return await _done(store, args, "resolved", out)
+        try:
+            if args.command == "release":
+                if not isinstance(store, SQLiteStore):
+                    raise StoreError(
+                        "release is for SQLite logs; PostgreSQL leases expire by themselves"
+                    )
+                await store.release(args.saga_id)
+                return await _done(store, args, "released", out)
+            if args.command == "resume":
+                await store.resume_dead_letter(args.saga_id)
+                return await _done(store, args, "resumed", out)
+            await store.resolve(args.saga_id, args.note)
+            return await _done(store, args, "resolved", out)
+        except CommittedThenCancelled:
+            # Ctrl-C while it waited for the log's write lock, but the write was made.
+            args.made = {"release": "released", "resume": "resumed"}.get(args.command, "resolved")
+            raise
     finally:
         await store.close()
 
@@ -622,6 +702,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     added = "" not in sys.path and cwd not in sys.path
     if added:
         sys.path.insert(0, cwd)
+    # A name or error the output's encoding lacks (a file on Windows, PYTHONIOENCODING=
+    # ascii) is escaped as \U0001f525, not a UnicodeEncodeError traceback half-way.
+    strict = out is None and getattr(sys.stdout, "errors", None) == "strict"
+    if strict:
+        sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     try:
         if _is_postgres(args.db):
             # `upgrade` creates a log that is not there yet: migrating ahead of the first
@@ -645,8 +730,25 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except KeyboardInterrupt:
         # Ctrl-C: a saga `recover` was resuming is left for the next recovery.
         if args.command == "recover":
+            # What it finished before, or the operator learns of it only from `list`.
+            finished = getattr(args, "finished", [])
+            done = (
+                f" after finishing {len(finished)} saga(s) "
+                f"({', '.join(finished[:5])}{', ...' if len(finished) > 5 else ''})"
+                if finished
+                else ""
+            )
             sys.stderr.write(
-                "sagakit: interrupted; a saga being recovered is left for the next `recover`\n"
+                f"sagakit: interrupted{one_line(done)}; a saga being recovered is left for "
+                "the next `recover` (if it had started, this attempt counts toward "
+                "--max-attempts)\n"
+            )
+        elif getattr(args, "made", None):
+            # (A SQLite log's store says so: never a URL, which may hold a password.)
+            sys.stderr.write(
+                f"sagakit: interrupted, but only once saga {one_line(args.saga_id)} was "
+                f"{args.made}: the write it waited for was made; "
+                f"`{one_line(command_line(args.db, 'show', args.saga_id))}` shows it\n"
             )
         else:
             sys.stderr.write("sagakit: interrupted\n")
@@ -661,6 +763,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     finally:
         if added and cwd in sys.path:
             sys.path.remove(cwd)
+        if strict and not sys.stdout.closed:
+            sys.stdout.reconfigure(errors="strict")  # type: ignore[union-attr]
 
 
 __all__ = ["main"]

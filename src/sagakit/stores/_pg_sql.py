@@ -44,7 +44,10 @@ class Statements:
     history_newest: str
     newest: str
     newest_with_status: str
+    newest_before: str
+    newest_with_status_before: str
     running_count: str
+    running_names: str
     leased_count: str
     history_count: str
     dead_letter: str
@@ -199,7 +202,28 @@ def statements(schema: str) -> Statements:
             f"FROM {s}.sagas WHERE status = %s ORDER BY started_at DESC, saga_id DESC "
             "LIMIT %s) AS newest ORDER BY started_at DESC, saga_id DESC"
         ),
+        # A page of the CLI's listing: the newest before the last of the page before.
+        newest_before=(
+            f"SELECT {_SAGA_COLUMNS}, {steps_of('newest')} FROM (SELECT {_SAGA_COLUMNS} "
+            f"FROM {s}.sagas WHERE (started_at, saga_id) < (%s, %s) "
+            "ORDER BY started_at DESC, saga_id DESC LIMIT %s) AS newest "
+            "ORDER BY started_at DESC, saga_id DESC"
+        ),
+        newest_with_status_before=(
+            f"SELECT {_SAGA_COLUMNS}, {steps_of('newest')} FROM (SELECT {_SAGA_COLUMNS} "
+            f"FROM {s}.sagas WHERE status = %s AND (started_at, saga_id) < (%s, %s) "
+            "ORDER BY started_at DESC, saga_id DESC LIMIT %s) AS newest "
+            "ORDER BY started_at DESC, saga_id DESC"
+        ),
         running_count=f"SELECT count(*) FROM {s}.sagas WHERE {active}",
+        # The names of the running sagas, how many of each and one's id (one with a
+        # completed step, whose events' class is the saga module's, where there is one).
+        running_names=(
+            "SELECT name, count(*), coalesce(max(CASE WHEN EXISTS (SELECT 1 FROM "
+            f"{s}.steps st WHERE st.saga_id = r.saga_id AND st.status = 'completed') "
+            f"THEN r.saga_id END), max(r.saga_id)) FROM {s}.sagas r WHERE {active} "
+            "GROUP BY name ORDER BY name"
+        ),
         # The running sagas no claim takes yet: their owner's lease has not run out.
         leased_count=f"SELECT count(*) FROM {s}.sagas WHERE {active} AND lease_until > now()",
         history_count=f"SELECT count(*) FROM {s}.sagas WHERE finished_at IS NOT NULL",

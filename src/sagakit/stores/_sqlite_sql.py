@@ -87,6 +87,14 @@ LIST_NEWEST = "ORDER BY started_at DESC, rowid DESC LIMIT ?"
 """``list_sagas()``: the newest sagas (an index read backwards: ``sagakit_sagas_started``)."""
 LIST_NEWEST_OF_STATUS = "WHERE status = ? ORDER BY started_at DESC, rowid DESC LIMIT ?"
 """``list_sagas(status=...)``: the newest of one status (``sagakit_sagas_status``)."""
+RUNNING_NAMES = (
+    "SELECT name, count(*), coalesce(max(CASE WHEN EXISTS (SELECT 1 FROM sagakit_steps st "
+    "WHERE st.saga_id = s.id AND st.status = 'completed') THEN s.id END), max(s.id)) "
+    "FROM sagakit_sagas s WHERE finished_at IS NULL AND dead_letter IS NULL GROUP BY name "
+    "ORDER BY name"
+)
+"""The names of the running sagas, how many of each and one's id (one with a completed
+step, whose result's class is the saga module's, where there is one)."""
 _RECORD_ORDER = "ORDER BY compensation, start_order IS NULL, start_order, started_at, idx"
 """Steps, then compensations, each in the order they last started (not by the clock).
 Records an older sagakit wrote into this schema have no ``start_order``: they come after
@@ -111,6 +119,7 @@ __all__ = [
     "INTERRUPTED_STEP",
     "LIST_NEWEST",
     "LIST_NEWEST_OF_STATUS",
+    "RUNNING_NAMES",
     "NEXT_FINISH",
     "RESOLVE_INTERRUPTED",
     "RETRY_STEP",

@@ -975,8 +975,33 @@ class PostgresStore:
             return await self._with_steps(self._sql.newest, (limit,))
         return await self._with_steps(self._sql.newest_with_status, (wanted, limit))
 
+    async def _list_page(
+        self, status: str | None, limit: int, after: tuple[Any, ...] | None
+    ) -> tuple[list[SagaMetadata], tuple[Any, ...] | None]:
+        """A page of :meth:`list_sagas`, for the CLI, which prints a long listing page by
+        page instead of holding every saga of it: the ``limit`` newest sagas (of
+        ``status``) that started before ``after``, the key the page before returned; and
+        the key of this page's last saga (``None``: this page is the last)."""
+        sql = self._sql
+        wanted = () if status is None else (status_filter(status),)
+        if after is None:
+            query = sql.newest if status is None else sql.newest_with_status
+        else:
+            query = sql.newest_before if status is None else sql.newest_with_status_before
+        found = await self._run(query, (*wanted, *(after or ()), limit))
+        last = (found[-1][11], found[-1][0]) if len(found) == limit else None  # started_at, id
+        return [rows.metadata(saga, self.serializer) for saga in found], last
+
     async def running_count(self) -> int:
         return int((await self._run(self._sql.running_count))[0][0])
+
+    async def _running_names(self) -> list[tuple[str, int, str]]:
+        """The names of the running sagas, each with how many and the id of one (one
+        with a completed step where there is one), for the CLI's ``recover``: counted
+        without reading every saga's records."""
+        return [
+            (name, int(count), one) for name, count, one in await self._run(self._sql.running_names)
+        ]
 
     async def _leased_count(self) -> int:
         """How many running sagas are under a lease that has not expired (for the CLI's

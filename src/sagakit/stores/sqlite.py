@@ -17,7 +17,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from types import CodeType
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -88,6 +88,7 @@ from ._sqlite_sql import (
     NEXT_FINISH,
     RESOLVE_INTERRUPTED,
     RETRY_STEP,
+    RUNNING_NAMES,
     SAGA_ERROR,
     UNCOUNT_ATTEMPT,
     UPSERT_STEP,
@@ -131,6 +132,12 @@ def definition_fingerprint(definition: SagaDefinition) -> str:
     if code is not None:
         _FINGERPRINTS[definition.name, code] = fingerprint
     return fingerprint
+
+
+def _done(problem: str | None) -> bool:
+    """Whether an operator's write (:meth:`SQLiteStore.release`, ``resolve``) was made:
+    its job returns what it refused it for, if it did."""
+    return problem is None
 
 
 def _forget_new(saga_id: str) -> Job:
@@ -739,6 +746,32 @@ class SQLiteStore:
             return await self._list(LIST_NEWEST, (limit,))
         return await self._list(LIST_NEWEST_OF_STATUS, (wanted, limit))
 
+    async def _list_page(
+        self, status: str | None, limit: int, after: tuple[Any, ...] | None
+    ) -> tuple[list[SagaMetadata], tuple[Any, ...] | None]:
+        """A page of :meth:`list_sagas`, for the CLI, which prints a long listing page by
+        page instead of holding every saga of it: the ``limit`` newest sagas (of
+        ``status``) that started before ``after``, the key the page before returned; and
+        the key of this page's last saga (``None``: this page is the last)."""
+        conditions, params = [], []
+        if status is not None:
+            conditions.append("status = ?")
+            params.append(status_filter(status))
+        if after is not None:  # (read from the same indexes as list_sagas())
+            conditions.append("(started_at, rowid) < (?, ?)")
+            params += after
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        sql = f"SELECT id, started_at, rowid FROM sagakit_sagas {where}{LIST_NEWEST}"
+        serializer = self.serializer
+
+        def read(conn: sqlite3.Connection) -> tuple[list[SagaMetadata], tuple[Any, ...] | None]:
+            keys = conn.execute(sql, (*params, limit)).fetchall()
+            found = (load_metadata(conn, saga_id, serializer) for saga_id, _, _ in keys)
+            last = tuple(keys[-1][1:]) if len(keys) == limit else None
+            return [meta for meta in found if meta is not None], last
+
+        return await self._writer.read(read)
+
     async def _list(self, where: str, params: tuple[Any, ...]) -> list[SagaMetadata]:
         serializer = self.serializer
 
@@ -751,6 +784,12 @@ class SQLiteStore:
 
     async def running_count(self) -> int:
         return await self._count("finished_at IS NULL AND dead_letter IS NULL")
+
+    async def _running_names(self) -> list[tuple[str, int, str]]:
+        """The names of the running sagas, each with how many and the id of one (one
+        with a completed step where there is one), for the CLI's ``recover``: counted
+        without reading every saga's records."""
+        return await self._writer.read(lambda conn: conn.execute(RUNNING_NAMES).fetchall())
 
     async def _held_elsewhere(self) -> list[str]:
         """The ids of the running sagas owned by a process of another host or container,
@@ -874,8 +913,10 @@ class SQLiteStore:
                         "UPDATE sagakit_sagas SET dead_letter = ?, parked_at = ?, owner = NULL "
                         "WHERE id = ?",
                         (
-                            f"its process died during each of {attempts} recovery attempts "
-                            f"(max_attempts={max_attempts})",
+                            # (Stopped, not only dead: a Ctrl-C on `sagakit recover`
+                            # counts as an attempt too.)
+                            f"none of its {attempts} recovery attempts finished it: each "
+                            f"time its process died or was stopped (max_attempts={max_attempts})",
                             now,
                             saga_id,
                         ),
@@ -1030,7 +1071,7 @@ class SQLiteStore:
                 (saga_id,),
             ).rowcount
 
-        if not await self._writer.submit(job, alone=False):
+        if not await self._operator_write(job, bool):
             raise StoreError(
                 f"saga {saga_id!r} is not dead-lettered in {self.path!r}; "
                 "list them with `sagakit dead-letters`"
@@ -1080,7 +1121,7 @@ class SQLiteStore:
             return None
 
         self._staged.pop(saga_id, None)  # its owner is gone: so are its uncommitted writes
-        problem = await self._writer.submit(job, alone=False)
+        problem = await self._operator_write(job, _done)
         if problem is not None:
             raise StoreError(problem)
 
@@ -1117,9 +1158,25 @@ class SQLiteStore:
             conn.execute(RESOLVE_INTERRUPTED, (saga_id,))
             return None
 
-        problem = await self._writer.submit(job, alone=False)
+        problem = await self._operator_write(job, _done)
         if problem is not None:
             raise StoreError(problem)
+
+    async def _operator_write(self, job: Job, changed: Callable[[Any], bool]) -> Any:
+        """Commit the job of :meth:`resume_dead_letter`, :meth:`release` or :meth:`resolve`.
+
+        Cancelled (Ctrl-C on the ``sagakit`` command) while it waited for the write lock,
+        the job still runs, and may commit: :class:`CommittedThenCancelled` then says
+        the saga was changed, a plain ``CancelledError`` that it was not (the job,
+        ``changed`` by its result, refused: the CLI said "interrupted" either way, and
+        the operator took a resolved saga for one still to be resolved).
+        """
+        try:
+            return await self._writer.submit(job, alone=False)
+        except CommittedThenCancelled as cancelled:
+            if changed(cancelled.result):
+                raise
+            raise asyncio.CancelledError from None
 
     async def read_events(
         self, *, after: int = 0, limit: int = 1000, saga_id: str | None = None
