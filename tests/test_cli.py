@@ -2117,3 +2117,131 @@ def test_recover_names_the_dead_letters_it_leaves_alone(
     code, out = cli("--db", db, "recover", "--json")
     assert (code, json.loads(out)) == (0, [])
     assert capsys.readouterr().err == f"sagakit: {note}\n"
+
+
+_CRASH_IT_ON = """
+import asyncio, sys
+from sagakit import PostgresStore, SagaOrchestrator, SQLiteStore
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+from interruptible_app import cli_interruptible, cli_slow
+
+async def main():
+    if len(sys.argv) > 1:
+        store = PostgresStore(sys.argv[1], schema=sys.argv[2])
+    else:
+        store = SQLiteStore("sagas.db")
+    try:
+        with FaultInjector().crash(cli_slow):
+            await SagaOrchestrator(store).execute(cli_interruptible("a"), saga_id="int-1")
+    except SimulatedCrash:
+        pass
+    await simulate_restart(store)
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_sigterm_on_recover_gives_the_saga_back_and_says_so(tmp_path: Path, kind: str) -> None:
+    # Regression: SIGTERM (what `timeout`, systemd and Kubernetes send) killed `sagakit
+    # recover` with no word, and on PostgreSQL the saga it was resuming stayed leased
+    # until its lease ran out: the next recover left it alone ("running under a lease").
+    # It now stops as on Ctrl-C: the saga given back, a message, status 143.
+    (tmp_path / "interruptible_app.py").write_text(_INTERRUPTIBLE_APP, encoding="utf-8")
+    (tmp_path / "crash_it.py").write_text(_CRASH_IT_ON, encoding="utf-8")
+    log = ["--db", "sagas.db"]
+    where: list[str] = []
+    if kind == "postgres":
+        dsn = dsn_or_skip()
+        schema = "sk_cli_term_" + uuid.uuid4().hex[:8]
+        log = ["--db", dsn, "--schema", schema]
+        where = [dsn, schema]
+    try:
+        subprocess.run(
+            [sys.executable, "crash_it.py", *where], cwd=tmp_path, check=True, timeout=60
+        )
+        (tmp_path / "hang").touch()
+        command = [
+            sys.executable,
+            "-m",
+            "sagakit",
+            *log,
+            "recover",
+            "--import",
+            "interruptible_app",
+        ]
+        recovering = subprocess.Popen(
+            [sys.executable, "-X", "faulthandler", *command[1:]],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+        )
+        assert recovering.stdout is not None
+        assert recovering.stdout.readline() == "slow a\n"  # inside the step it resumes
+        recovering.send_signal(signal.SIGTERM)
+        try:
+            out, err = recovering.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            recovering.send_signal(signal.SIGABRT)
+            out, err = recovering.communicate(timeout=30)
+            pytest.fail(f"`sagakit recover` did not stop on SIGTERM; its threads:\n{err}")
+        assert recovering.returncode == 143, err
+        assert err == (
+            "sagakit: terminated (SIGTERM); a saga being recovered is left for the next "
+            "`recover` (if it had started, this attempt counts toward --max-attempts)\n"
+        )
+        assert "UNDO" not in out  # not compensated
+
+        (tmp_path / "hang").unlink()
+        again = subprocess.run(
+            [*command, "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert again.returncode == 0, again.stderr
+        # At once, not once a lease runs out: nothing is left "running under a lease".
+        assert again.stderr == ""
+        [outcome] = json.loads(again.stdout.removeprefix("slow a\n"))  # the step, run again
+        assert (outcome["id"], outcome["action"], outcome["status"]) == (
+            "int-1",
+            "resumed",
+            "completed",
+        )
+    finally:
+        if kind == "postgres":
+            query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+SIGTERM_WHILE_LISTING = """
+import asyncio, os, signal, sys
+from sagakit import SQLiteStore
+from sagakit.cli import main
+
+async def terminated(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)  # while `list` reads the log
+    await asyncio.sleep(60)
+
+SQLiteStore._list_page = terminated
+code = main(["--db", sys.argv[1], "list"])
+print("SIGTERM handler restored:", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+sys.exit(code)
+"""
+
+
+def test_sigterm_on_a_command_that_recovers_nothing_says_only_that(
+    log_db: tuple[str, Path],
+) -> None:
+    # SIGTERM on `list` (or `show`, a `resolve` waiting for a lock, ...) cancels it as
+    # Ctrl-C does: "terminated", status 143, where it was killed without a word.
+    db, _ = log_db
+    result = subprocess.run(
+        [sys.executable, "-c", SIGTERM_WHILE_LISTING, db],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+    )
+    assert (result.returncode, result.stderr) == (143, "sagakit: terminated (SIGTERM)\n")
+    assert result.stdout == "SIGTERM handler restored: True\n"

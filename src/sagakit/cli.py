@@ -19,7 +19,9 @@ import asyncio
 import importlib
 import json
 import os
+import signal
 import sys
+import threading
 import unicodedata
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
@@ -681,6 +683,53 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         await store.close()
 
 
+class _Terminated(BaseException):
+    """SIGTERM stopped the command (``timeout``, systemd, Kubernetes): as Ctrl-C's
+    ``KeyboardInterrupt``, after the cancelled command released what it held."""
+
+
+async def _stoppable(args: argparse.Namespace, out: TextIO) -> int:
+    """:func:`_run`, cancelled by SIGTERM as ``asyncio.run`` cancels it on Ctrl-C.
+
+    Killed by SIGTERM's default action, ``recover`` left the saga it was resuming
+    leased on PostgreSQL until the lease ran out, and its claims unreturned. Cancelled,
+    the command ends as on Ctrl-C: a claim not run is given back, the store closes
+    (giving up its leases), then :class:`_Terminated`. A second SIGTERM kills at once,
+    as without this handler. A handler of the embedding program (or SIGTERM ignored,
+    as ``nohup``-style launchers may leave it) is left alone.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    heard = False
+
+    def terminate() -> None:
+        nonlocal heard
+        heard = True
+        loop.remove_signal_handler(signal.SIGTERM)  # the next one: the default, death
+        task.cancel()
+
+    handled = False
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
+        try:
+            loop.add_signal_handler(signal.SIGTERM, terminate)
+            handled = True
+        except (NotImplementedError, RuntimeError, ValueError):  # Windows' loops
+            pass
+    try:
+        return await _run(args, out)
+    except asyncio.CancelledError:
+        if heard and task.uncancel() == 0:
+            raise _Terminated from None
+        raise
+    finally:
+        if handled and not heard:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the CLI; returns the exit status (1 with a message for sagakit errors)."""
     parser = _parser()
@@ -719,7 +768,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             )
         else:
             args.version_found = check_sqlite_log(args.db)
-        status = asyncio.run(_run(args, out or sys.stdout))
+        status = asyncio.run(_stoppable(args, out or sys.stdout))
         if out is None:
             sys.stdout.flush()  # here, where a closed pipe is caught below
         return status
@@ -727,8 +776,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         # Its control characters escaped: it may quote an id or a name from the log.
         sys.stderr.write(f"sagakit: {one_line(str(error))}\n")
         return 1
-    except KeyboardInterrupt:
-        # Ctrl-C: a saga `recover` was resuming is left for the next recovery.
+    except (KeyboardInterrupt, _Terminated) as stop:
+        # Ctrl-C (status 130), or SIGTERM (143: `timeout`, systemd, Kubernetes): a saga
+        # `recover` was resuming is left for the next recovery.
+        stopped = "terminated (SIGTERM)" if isinstance(stop, _Terminated) else "interrupted"
         if args.command == "recover":
             # What it finished before, or the operator learns of it only from `list`.
             finished = getattr(args, "finished", [])
@@ -739,20 +790,20 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
                 else ""
             )
             sys.stderr.write(
-                f"sagakit: interrupted{one_line(done)}; a saga being recovered is left for "
+                f"sagakit: {stopped}{one_line(done)}; a saga being recovered is left for "
                 "the next `recover` (if it had started, this attempt counts toward "
                 "--max-attempts)\n"
             )
         elif getattr(args, "made", None):
             # (A SQLite log's store says so: never a URL, which may hold a password.)
             sys.stderr.write(
-                f"sagakit: interrupted, but only once saga {one_line(args.saga_id)} was "
+                f"sagakit: {stopped}, but only once saga {one_line(args.saga_id)} was "
                 f"{args.made}: the write it waited for was made; "
                 f"`{one_line(command_line(args.db, 'show', args.saga_id))}` shows it\n"
             )
         else:
-            sys.stderr.write("sagakit: interrupted\n")
-        return 130
+            sys.stderr.write(f"sagakit: {stopped}\n")
+        return 143 if isinstance(stop, _Terminated) else 130  # 128 + the signal's number
     except BrokenPipeError:
         # The reader went away (`sagakit list | head`): stop quietly, as cat does, and
         # keep Python from complaining again when it flushes stdout at exit.
