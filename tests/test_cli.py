@@ -2245,3 +2245,112 @@ def test_sigterm_on_a_command_that_recovers_nothing_says_only_that(
     )
     assert (result.returncode, result.stderr) == (143, "sagakit: terminated (SIGTERM)\n")
     assert result.stdout == "SIGTERM handler restored: True\n"
+
+
+LOCK_HOLDER = """
+import sqlite3, sys
+holder = sqlite3.connect(sys.argv[1], isolation_level=None)
+if sys.argv[2] == "exclusive":  # a backup, or a process in locking_mode=EXCLUSIVE
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+else:  # an application's long write
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("UPDATE sagakit_meta SET value = value WHERE key = 'schema_version'")
+print("held", flush=True)
+sys.stdin.read()  # until the test closes it
+holder.execute("ROLLBACK")
+"""
+
+
+@contextmanager
+def lock_held(db: str, how: str) -> Iterator[int]:
+    """Another process holding the SQLite log ``db`` locked (``how``); yields its pid."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, db, how],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None
+    assert holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+        holder.stdout.close()
+
+
+@pytest.mark.parametrize(
+    ("how", "command"),
+    [
+        ("exclusive", ["list"]),
+        ("exclusive", ["show", "parked"]),
+        ("exclusive", ["recover"]),
+        ("write", ["resolve", "parked", "--note", "refunded"]),
+        ("write", ["resume", "parked"]),
+    ],
+)
+def test_a_log_another_process_holds_locked_names_it_and_the_busy_timeout_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str, command: list[str]
+) -> None:
+    # Regression: with another process holding the SQLite log locked, `sagakit list`
+    # waited 10 s (twice the busy timeout) and said only "database is locked", and a
+    # write's message said to "raise SQLiteStore(busy_timeout=...)", which a CLI user
+    # cannot. It names the process holding the lock, and --busy-timeout.
+    db, _ = crashed_in_credit(
+        tmp_path, "parked", "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL"
+    )
+    with lock_held(db, how) as pid:
+        assert cli("--db", db, "--busy-timeout", "0.2", *command) == (1, "")
+    [line] = capsys.readouterr().err.splitlines()
+    holder = f"process {pid} (python" if os.path.exists("/proc/locks") else "another process"
+    assert line.startswith(f"sagakit: saga log {db!r} is locked: {holder}"), line
+    assert "holds its write lock, and sagakit waited 0.2 s for it (--busy-timeout 0.2)" in line
+    assert line.endswith("or wait longer with --busy-timeout SECONDS"), line
+    assert "SQLiteStore(" not in line
+    with lock_held(db, how):
+        assert cli("--db", db, "--busy-timeout", "0", *command) == (1, "")
+    assert "did not wait for it (--busy-timeout 0)" in capsys.readouterr().err
+
+
+def test_busy_timeout_lets_a_command_wait_out_a_lock(tmp_path: Path) -> None:
+    # --busy-timeout: a command given long enough waits for the lock to go.
+    db, _ = crashed_in_credit(
+        tmp_path, "parked", "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL"
+    )
+    with lock_held(db, "exclusive"):
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "sagakit", "--db", db, "--busy-timeout", "120", "list"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        with pytest.raises(subprocess.TimeoutExpired):
+            waiting.wait(timeout=1)  # (waiting for the lock)
+    out, err = waiting.communicate(timeout=120)
+    assert (waiting.returncode, err) == (0, "")
+    assert "parked" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--busy-timeout", "-1"], "argument --busy-timeout: must be a number of seconds >= 0"),
+        (["--busy-timeout", "inf"], "argument --busy-timeout: must be a number of seconds >= 0"),
+        (["--busy-timeout", "soon"], "argument --busy-timeout: must be a number of seconds >= 0"),
+        (
+            ["--db", "postgresql://app@db/x", "--busy-timeout", "3"],
+            "--busy-timeout applies to SQLite logs only",
+        ),
+    ],
+)
+def test_busy_timeout_refuses_what_it_cannot_use(
+    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    db, _ = log_db
+    with pytest.raises(SystemExit) as exited:
+        main(["--db", db, *argv, "list"])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err

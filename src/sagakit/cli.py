@@ -9,7 +9,8 @@
     sagakit --db sagas.db resolve SAGA_ID --note "refunded by hand"
 
 ``--db`` also takes a PostgreSQL URL (``postgresql://user@host/db``, with
-``--schema`` if the log is not in schema ``sagakit``). Every command prints JSON with ``--json``.
+``--schema`` if the log is not in schema ``sagakit``); a SQLite log another process holds
+locked is waited for ``--busy-timeout SECONDS`` (5). Every command prints JSON with ``--json``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from ._checks import MAX_COUNT
-from ._cli_logs import check_postgres_log, check_sqlite_log, url_problem
+from ._cli_logs import (
+    check_postgres_log,
+    check_sqlite_log,
+    is_locked,
+    locked_message,
+    url_problem,
+)
 from ._commands import command_line
 from ._notify import one_line
 from ._orchestrator import SagaOrchestrator
@@ -41,7 +48,7 @@ from .stores._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from .stores._protocol import CommittedThenCancelled, DeadLetter
 from .stores._sqlite_schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from .stores.postgres import PostgresStore
-from .stores.sqlite import SQLiteStore
+from .stores.sqlite import DEFAULT_BUSY_TIMEOUT, SQLiteStore
 from .transitions import Transition, TransitionKind
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -67,7 +74,24 @@ def _store_for(args: argparse.Namespace) -> SQLiteStore | PostgresStore:
     """The store named by ``--db``: a PostgreSQL URL or a SQLite file path."""
     if _is_postgres(args.db):
         return PostgresStore(args.db, schema=getattr(args, "schema", "sagakit"))
-    return SQLiteStore(args.db, read_only=args.command in _READ_ONLY_COMMANDS)
+    return SQLiteStore(
+        args.db, read_only=args.command in _READ_ONLY_COMMANDS, busy_timeout=args.busy_timeout
+    )
+
+
+_MAX_BUSY_TIMEOUT = 2_147_483.0
+"""The longest wait SQLite takes (2**31 - 1 milliseconds, about 24 days)."""
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: ``--busy-timeout``, a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):  # (NaN too)
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return min(value, _MAX_BUSY_TIMEOUT)
 
 
 def _at_least_one(text: str) -> int:
@@ -99,6 +123,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--schema", default=argparse.SUPPRESS, help="PostgreSQL schema of the log (sagakit)"
+    )
+    common.add_argument(
+        "--busy-timeout",
+        type=_seconds,
+        default=argparse.SUPPRESS,
+        metavar="SECONDS",
+        help="how long to wait for a SQLite log another process holds locked "
+        f"(default {DEFAULT_BUSY_TIMEOUT:g})",
     )
     top = argparse.ArgumentParser(add_help=False, parents=[common])
     top.add_argument(
@@ -744,6 +776,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             "--schema applies to PostgreSQL URLs only (--db postgresql://...); "
             f"a SQLite log ({args.db!r}) has no schema: drop --schema"
         )
+    if hasattr(args, "busy_timeout") and _is_postgres(args.db):
+        parser.error(
+            "--busy-timeout applies to SQLite logs only; a PostgreSQL log (--db "
+            "postgresql://...) has no file lock to wait for: drop --busy-timeout"
+        )
+    args.busy_timeout = getattr(args, "busy_timeout", DEFAULT_BUSY_TIMEOUT)
     args.json = getattr(args, "json", False)
     # Like `python -m sagakit`, the `sagakit` command finds `--import` modules, and the
     # classes of stored values, in the current directory (its own sys.path[0] is bin/).
@@ -767,14 +805,19 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
                 read_only=args.command in _READ_ONLY_COMMANDS,
             )
         else:
-            args.version_found = check_sqlite_log(args.db)
+            args.version_found = check_sqlite_log(args.db, args.busy_timeout)
         status = asyncio.run(_stoppable(args, out or sys.stdout))
         if out is None:
             sys.stdout.flush()  # here, where a closed pipe is caught below
         return status
     except (SagaError, ImportError) as error:
+        said = str(error)
+        if not _is_postgres(args.db) and is_locked(error):
+            # The store's message names SQLiteStore(busy_timeout=...): say what holds
+            # the log, and --busy-timeout.
+            said = locked_message(args.db, args.busy_timeout)
         # Its control characters escaped: it may quote an id or a name from the log.
-        sys.stderr.write(f"sagakit: {one_line(str(error))}\n")
+        sys.stderr.write(f"sagakit: {one_line(said)}\n")
         return 1
     except (KeyboardInterrupt, _Terminated) as stop:
         # Ctrl-C (status 130), or SIGTERM (143: `timeout`, systemd, Kubernetes): a saga
