@@ -848,12 +848,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             sys.stderr.write(f"sagakit: {stopped}\n")
         return 143 if isinstance(stop, _Terminated) else 130  # 128 + the signal's number
     except BrokenPipeError:
-        # The reader went away (`sagakit list | head`): stop quietly, as cat does, and
-        # keep Python from complaining again when it flushes stdout at exit.
+        # The reader went away (`sagakit list | head -1`): stop quietly, and keep Python
+        # from complaining again when it flushes stdout at exit. With the status of cat,
+        # grep or git, which SIGPIPE stops: 128 + 13, as Ctrl-C's is 130 and SIGTERM's
+        # 143; not 1, which says the command failed (and `set -o pipefail` scripts
+        # check for 141 to ignore a reader that stopped early).
         if out is None:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
-        return 1
+        return 141
     finally:
         if added and cwd in sys.path:
             sys.path.remove(cwd)
