@@ -876,11 +876,18 @@ def test_an_unknown_or_finished_saga_id_names_the_command_that_finds_it(
         assert expected in err
 
 
-def test_output_cut_short_by_its_reader_is_no_traceback(log_db: tuple[str, Path]) -> None:
-    # `sagakit list | head -1` ended with a BrokenPipeError traceback.
+@pytest.mark.parametrize(
+    "command", [["list"], ["list", "--json"], ["show", "ok-1"], ["dead-letters"]]
+)
+def test_output_cut_short_by_its_reader_is_no_traceback(
+    log_db: tuple[str, Path], command: list[str]
+) -> None:
+    # `sagakit list | head -1` ended with a BrokenPipeError traceback; then with status
+    # 1, which says the command failed (a `set -o pipefail` script stopped there). It
+    # exits quietly with the status of a command SIGPIPE stops (cat, grep): 128 + 13.
     db, _ = log_db
     reader_gone = subprocess.Popen(
-        [sys.executable, "-m", "sagakit", "--db", db, "list"],
+        [sys.executable, "-m", "sagakit", "--db", db, *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -889,9 +896,8 @@ def test_output_cut_short_by_its_reader_is_no_traceback(log_db: tuple[str, Path]
     reader_gone.stdout.close()  # like head, gone before the table is written
     with reader_gone.stderr:
         stderr = reader_gone.stderr.read().decode()
-    assert reader_gone.wait(timeout=60) == 1
-    assert "Traceback" not in stderr
-    assert "BrokenPipeError" not in stderr
+    assert reader_gone.wait(timeout=60) == 128 + signal.SIGPIPE
+    assert stderr == ""  # no traceback, no "Exception ignored" at exit
 
 
 def test_recover_with_a_module_not_found_says_where_it_looked(
@@ -1827,7 +1833,7 @@ def test_list_json_stops_reading_the_log_when_its_reader_is_gone(
 
     with paged_log(tmp_path, kind) as db:
         read.clear()
-        assert main([*db, "list", "--limit", "100", "--json"], ReaderGone()) == 1
+        assert main([*db, "list", "--limit", "100", "--json"], ReaderGone()) == 141
     assert len(read) == 4, read  # the first page, not all 23
 
 
@@ -2117,3 +2123,240 @@ def test_recover_names_the_dead_letters_it_leaves_alone(
     code, out = cli("--db", db, "recover", "--json")
     assert (code, json.loads(out)) == (0, [])
     assert capsys.readouterr().err == f"sagakit: {note}\n"
+
+
+_CRASH_IT_ON = """
+import asyncio, sys
+from sagakit import PostgresStore, SagaOrchestrator, SQLiteStore
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+from interruptible_app import cli_interruptible, cli_slow
+
+async def main():
+    if len(sys.argv) > 1:
+        store = PostgresStore(sys.argv[1], schema=sys.argv[2])
+    else:
+        store = SQLiteStore("sagas.db")
+    try:
+        with FaultInjector().crash(cli_slow):
+            await SagaOrchestrator(store).execute(cli_interruptible("a"), saga_id="int-1")
+    except SimulatedCrash:
+        pass
+    await simulate_restart(store)
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_sigterm_on_recover_gives_the_saga_back_and_says_so(tmp_path: Path, kind: str) -> None:
+    # Regression: SIGTERM (what `timeout`, systemd and Kubernetes send) killed `sagakit
+    # recover` with no word, and on PostgreSQL the saga it was resuming stayed leased
+    # until its lease ran out: the next recover left it alone ("running under a lease").
+    # It now stops as on Ctrl-C: the saga given back, a message, status 143.
+    (tmp_path / "interruptible_app.py").write_text(_INTERRUPTIBLE_APP, encoding="utf-8")
+    (tmp_path / "crash_it.py").write_text(_CRASH_IT_ON, encoding="utf-8")
+    log = ["--db", "sagas.db"]
+    where: list[str] = []
+    if kind == "postgres":
+        dsn = dsn_or_skip()
+        schema = "sk_cli_term_" + uuid.uuid4().hex[:8]
+        log = ["--db", dsn, "--schema", schema]
+        where = [dsn, schema]
+    try:
+        subprocess.run(
+            [sys.executable, "crash_it.py", *where], cwd=tmp_path, check=True, timeout=60
+        )
+        (tmp_path / "hang").touch()
+        command = [
+            sys.executable,
+            "-m",
+            "sagakit",
+            *log,
+            "recover",
+            "--import",
+            "interruptible_app",
+        ]
+        recovering = subprocess.Popen(
+            [sys.executable, "-X", "faulthandler", *command[1:]],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+        )
+        assert recovering.stdout is not None
+        assert recovering.stdout.readline() == "slow a\n"  # inside the step it resumes
+        recovering.send_signal(signal.SIGTERM)
+        try:
+            out, err = recovering.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            recovering.send_signal(signal.SIGABRT)
+            out, err = recovering.communicate(timeout=30)
+            pytest.fail(f"`sagakit recover` did not stop on SIGTERM; its threads:\n{err}")
+        assert recovering.returncode == 143, err
+        assert err == (
+            "sagakit: terminated (SIGTERM); a saga being recovered is left for the next "
+            "`recover` (if it had started, this attempt counts toward --max-attempts)\n"
+        )
+        assert "UNDO" not in out  # not compensated
+
+        (tmp_path / "hang").unlink()
+        again = subprocess.run(
+            [*command, "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert again.returncode == 0, again.stderr
+        # At once, not once a lease runs out: nothing is left "running under a lease".
+        assert again.stderr == ""
+        [outcome] = json.loads(again.stdout.removeprefix("slow a\n"))  # the step, run again
+        assert (outcome["id"], outcome["action"], outcome["status"]) == (
+            "int-1",
+            "resumed",
+            "completed",
+        )
+    finally:
+        if kind == "postgres":
+            query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+SIGTERM_WHILE_LISTING = """
+import asyncio, os, signal, sys
+from sagakit import SQLiteStore
+from sagakit.cli import main
+
+async def terminated(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)  # while `list` reads the log
+    await asyncio.sleep(60)
+
+SQLiteStore._list_page = terminated
+code = main(["--db", sys.argv[1], "list"])
+print("SIGTERM handler restored:", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+sys.exit(code)
+"""
+
+
+def test_sigterm_on_a_command_that_recovers_nothing_says_only_that(
+    log_db: tuple[str, Path],
+) -> None:
+    # SIGTERM on `list` (or `show`, a `resolve` waiting for a lock, ...) cancels it as
+    # Ctrl-C does: "terminated", status 143, where it was killed without a word.
+    db, _ = log_db
+    result = subprocess.run(
+        [sys.executable, "-c", SIGTERM_WHILE_LISTING, db],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+    )
+    assert (result.returncode, result.stderr) == (143, "sagakit: terminated (SIGTERM)\n")
+    assert result.stdout == "SIGTERM handler restored: True\n"
+
+
+LOCK_HOLDER = """
+import sqlite3, sys
+holder = sqlite3.connect(sys.argv[1], isolation_level=None)
+if sys.argv[2] == "exclusive":  # a backup, or a process in locking_mode=EXCLUSIVE
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+else:  # an application's long write
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("UPDATE sagakit_meta SET value = value WHERE key = 'schema_version'")
+print("held", flush=True)
+sys.stdin.read()  # until the test closes it
+holder.execute("ROLLBACK")
+"""
+
+
+@contextmanager
+def lock_held(db: str, how: str) -> Iterator[int]:
+    """Another process holding the SQLite log ``db`` locked (``how``); yields its pid."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, db, how],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None
+    assert holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+        holder.stdout.close()
+
+
+@pytest.mark.parametrize(
+    ("how", "command"),
+    [
+        ("exclusive", ["list"]),
+        ("exclusive", ["show", "parked"]),
+        ("exclusive", ["recover"]),
+        ("write", ["resolve", "parked", "--note", "refunded"]),
+        ("write", ["resume", "parked"]),
+    ],
+)
+def test_a_log_another_process_holds_locked_names_it_and_the_busy_timeout_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str, command: list[str]
+) -> None:
+    # Regression: with another process holding the SQLite log locked, `sagakit list`
+    # waited 10 s (twice the busy timeout) and said only "database is locked", and a
+    # write's message said to "raise SQLiteStore(busy_timeout=...)", which a CLI user
+    # cannot. It names the process holding the lock, and --busy-timeout.
+    db, _ = crashed_in_credit(
+        tmp_path, "parked", "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL"
+    )
+    with lock_held(db, how) as pid:
+        assert cli("--db", db, "--busy-timeout", "0.2", *command) == (1, "")
+    [line] = capsys.readouterr().err.splitlines()
+    holder = f"process {pid} (python" if os.path.exists("/proc/locks") else "another process"
+    assert line.startswith(f"sagakit: saga log {db!r} is locked: {holder}"), line
+    assert "holds its write lock, and sagakit waited 0.2 s for it (--busy-timeout 0.2)" in line
+    assert line.endswith("or wait longer with --busy-timeout SECONDS"), line
+    assert "SQLiteStore(" not in line
+    with lock_held(db, how):
+        assert cli("--db", db, "--busy-timeout", "0", *command) == (1, "")
+    assert "did not wait for it (--busy-timeout 0)" in capsys.readouterr().err
+
+
+def test_busy_timeout_lets_a_command_wait_out_a_lock(tmp_path: Path) -> None:
+    # --busy-timeout: a command given long enough waits for the lock to go.
+    db, _ = crashed_in_credit(
+        tmp_path, "parked", "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL"
+    )
+    with lock_held(db, "exclusive"):
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "sagakit", "--db", db, "--busy-timeout", "120", "list"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        with pytest.raises(subprocess.TimeoutExpired):
+            waiting.wait(timeout=1)  # (waiting for the lock)
+    out, err = waiting.communicate(timeout=120)
+    assert (waiting.returncode, err) == (0, "")
+    assert "parked" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--busy-timeout", "-1"], "argument --busy-timeout: must be a number of seconds >= 0"),
+        (["--busy-timeout", "inf"], "argument --busy-timeout: must be a number of seconds >= 0"),
+        (["--busy-timeout", "soon"], "argument --busy-timeout: must be a number of seconds >= 0"),
+        (
+            ["--db", "postgresql://app@db/x", "--busy-timeout", "3"],
+            "--busy-timeout applies to SQLite logs only",
+        ),
+    ],
+)
+def test_busy_timeout_refuses_what_it_cannot_use(
+    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    db, _ = log_db
+    with pytest.raises(SystemExit) as exited:
+        main(["--db", db, *argv, "list"])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err

@@ -75,11 +75,99 @@ def url_problem(db: str) -> str | None:
     )
 
 
-def check_sqlite_log(path: str) -> int | None:
+def _is_busy(error: BaseException) -> bool:
+    code = getattr(error, "sqlite_errorcode", None) or 0
+    return isinstance(error, sqlite3.Error) and code & 0xFF in (
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+    )
+
+
+def is_locked(error: BaseException) -> bool:
+    """Whether ``error`` (a store's :class:`StoreError`) failed because another
+    connection held the SQLite log's lock past the busy timeout."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if _is_busy(cause):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__
+    return False
+
+
+def lock_holders(path: str) -> list[str]:
+    """The other processes holding a write lock of the SQLite log at ``path`` (its
+    file: an exclusive lock; its ``-shm``: a WAL write or checkpoint), as ``process PID
+    (NAME)``, read from Linux's ``/proc/locks``; empty where that tells nothing (another
+    system, a process of another PID namespace or host)."""
+    files = set()
+    for name in (path, f"{path}-shm"):
+        try:
+            found = os.stat(name)
+        except OSError:
+            continue
+        files.add((os.major(found.st_dev), os.minor(found.st_dev), found.st_ino))
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            lines = locks.read().splitlines()
+    except OSError:
+        return []
+    pids: list[int] = []
+    for line in lines:
+        # "1: POSIX  ADVISORY  WRITE 21454 fe:00:2162791 1073741824 1073741824"
+        fields = line.split()
+        if "->" in fields:  # a process waiting for the lock, not holding it
+            continue
+        try:
+            kind, pid_text, where = fields[3], fields[4], fields[5]
+            major, minor, inode = where.split(":")
+            key = (int(major, 16), int(minor, 16), int(inode))
+            pid = int(pid_text)
+        except (IndexError, ValueError):
+            continue
+        mine = pid <= 0 or pid == os.getpid()  # (an open file description's lock: -1)
+        if kind == "WRITE" and key in files and not mine and pid not in pids:
+            pids.append(pid)
+    holders = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as comm:
+                name = comm.read().strip()
+        except OSError:
+            name = ""
+        holders.append(f"process {pid} ({name})" if name else f"process {pid}")
+    return holders
+
+
+def locked_message(path: str, busy_timeout: float) -> str:
+    """What the CLI says when the SQLite log at ``path`` stayed locked by another
+    process for ``busy_timeout`` seconds: who holds it, and what to do (the store's own
+    message names ``SQLiteStore(busy_timeout=...)``, which a CLI user cannot pass)."""
+    holders = lock_holders(path)
+    who = (
+        (", ".join(holders[:3]) + (", ..." if len(holders) > 3 else ""))
+        + (" holds" if len(holders) == 1 else " hold")
+        if holders
+        else "another process holds"
+    )
+    waited = f"waited {busy_timeout:g} s for it" if busy_timeout else "did not wait for it"
+    return (
+        f"saga log {path!r} is locked: {who} its write lock, and sagakit {waited} "
+        f"(--busy-timeout {busy_timeout:g}); that process is writing, or keeps a "
+        "transaction or an exclusive lock open (a `sqlite3` shell, a backup, PRAGMA "
+        "locking_mode=EXCLUSIVE): let it finish or end it, then try again, or wait longer "
+        "with --busy-timeout SECONDS"
+    )
+
+
+def check_sqlite_log(path: str, busy_timeout: float = 5.0) -> int | None:
     """:class:`StoreError` unless ``path`` is a SQLite file holding a saga log; the log's
     schema version, where it could be read (``sagakit upgrade`` says what it did).
 
-    A file SQLite cannot read is left to the store, whose message says what is wrong.
+    A file SQLite cannot read is left to the store, whose message says what is wrong;
+    a log another process keeps locked for ``busy_timeout`` seconds is a
+    :class:`StoreError` naming it (:func:`locked_message`), without a second wait.
     """
     if not os.path.exists(path):
         home = os.path.expanduser(path)
@@ -102,12 +190,16 @@ def check_sqlite_log(path: str) -> int | None:
         )
     try:
         # Percent-encoded: a "#", "?" or "%" in a file name is not URI syntax.
-        conn = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True)
+        conn = sqlite3.connect(
+            f"{Path(path).absolute().as_uri()}?mode=ro", uri=True, timeout=busy_timeout
+        )
     except sqlite3.Error:
         return None
     try:
         found, version = stored_schema_version(conn)
-    except sqlite3.DatabaseError:
+    except sqlite3.DatabaseError as error:
+        if _is_busy(error):
+            raise StoreError(locked_message(path, busy_timeout)) from error
         return None
     finally:
         conn.close()
@@ -178,4 +270,11 @@ def check_postgres_log(
     return version
 
 
-__all__ = ["check_postgres_log", "check_sqlite_log", "url_problem"]
+__all__ = [
+    "check_postgres_log",
+    "check_sqlite_log",
+    "is_locked",
+    "lock_holders",
+    "locked_message",
+    "url_problem",
+]

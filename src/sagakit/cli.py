@@ -9,7 +9,8 @@
     sagakit --db sagas.db resolve SAGA_ID --note "refunded by hand"
 
 ``--db`` also takes a PostgreSQL URL (``postgresql://user@host/db``, with
-``--schema`` if the log is not in schema ``sagakit``). Every command prints JSON with ``--json``.
+``--schema`` if the log is not in schema ``sagakit``); a SQLite log another process holds
+locked is waited for ``--busy-timeout SECONDS`` (5). Every command prints JSON with ``--json``.
 """
 
 from __future__ import annotations
@@ -19,14 +20,22 @@ import asyncio
 import importlib
 import json
 import os
+import signal
 import sys
+import threading
 import unicodedata
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
 from ._checks import MAX_COUNT
-from ._cli_logs import check_postgres_log, check_sqlite_log, url_problem
+from ._cli_logs import (
+    check_postgres_log,
+    check_sqlite_log,
+    is_locked,
+    locked_message,
+    url_problem,
+)
 from ._commands import command_line
 from ._notify import one_line
 from ._orchestrator import SagaOrchestrator
@@ -39,7 +48,7 @@ from .stores._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from .stores._protocol import CommittedThenCancelled, DeadLetter
 from .stores._sqlite_schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from .stores.postgres import PostgresStore
-from .stores.sqlite import SQLiteStore
+from .stores.sqlite import DEFAULT_BUSY_TIMEOUT, SQLiteStore
 from .transitions import Transition, TransitionKind
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -65,7 +74,24 @@ def _store_for(args: argparse.Namespace) -> SQLiteStore | PostgresStore:
     """The store named by ``--db``: a PostgreSQL URL or a SQLite file path."""
     if _is_postgres(args.db):
         return PostgresStore(args.db, schema=getattr(args, "schema", "sagakit"))
-    return SQLiteStore(args.db, read_only=args.command in _READ_ONLY_COMMANDS)
+    return SQLiteStore(
+        args.db, read_only=args.command in _READ_ONLY_COMMANDS, busy_timeout=args.busy_timeout
+    )
+
+
+_MAX_BUSY_TIMEOUT = 2_147_483.0
+"""The longest wait SQLite takes (2**31 - 1 milliseconds, about 24 days)."""
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: ``--busy-timeout``, a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):  # (NaN too)
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return min(value, _MAX_BUSY_TIMEOUT)
 
 
 def _at_least_one(text: str) -> int:
@@ -97,6 +123,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--schema", default=argparse.SUPPRESS, help="PostgreSQL schema of the log (sagakit)"
+    )
+    common.add_argument(
+        "--busy-timeout",
+        type=_seconds,
+        default=argparse.SUPPRESS,
+        metavar="SECONDS",
+        help="how long to wait for a SQLite log another process holds locked "
+        f"(default {DEFAULT_BUSY_TIMEOUT:g})",
     )
     top = argparse.ArgumentParser(add_help=False, parents=[common])
     top.add_argument(
@@ -681,6 +715,53 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         await store.close()
 
 
+class _Terminated(BaseException):
+    """SIGTERM stopped the command (``timeout``, systemd, Kubernetes): as Ctrl-C's
+    ``KeyboardInterrupt``, after the cancelled command released what it held."""
+
+
+async def _stoppable(args: argparse.Namespace, out: TextIO) -> int:
+    """:func:`_run`, cancelled by SIGTERM as ``asyncio.run`` cancels it on Ctrl-C.
+
+    Killed by SIGTERM's default action, ``recover`` left the saga it was resuming
+    leased on PostgreSQL until the lease ran out, and its claims unreturned. Cancelled,
+    the command ends as on Ctrl-C: a claim not run is given back, the store closes
+    (giving up its leases), then :class:`_Terminated`. A second SIGTERM kills at once,
+    as without this handler. A handler of the embedding program (or SIGTERM ignored,
+    as ``nohup``-style launchers may leave it) is left alone.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    heard = False
+
+    def terminate() -> None:
+        nonlocal heard
+        heard = True
+        loop.remove_signal_handler(signal.SIGTERM)  # the next one: the default, death
+        task.cancel()
+
+    handled = False
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
+        try:
+            loop.add_signal_handler(signal.SIGTERM, terminate)
+            handled = True
+        except (NotImplementedError, RuntimeError, ValueError):  # Windows' loops
+            pass
+    try:
+        return await _run(args, out)
+    except asyncio.CancelledError:
+        if heard and task.uncancel() == 0:
+            raise _Terminated from None
+        raise
+    finally:
+        if handled and not heard:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the CLI; returns the exit status (1 with a message for sagakit errors)."""
     parser = _parser()
@@ -695,6 +776,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             "--schema applies to PostgreSQL URLs only (--db postgresql://...); "
             f"a SQLite log ({args.db!r}) has no schema: drop --schema"
         )
+    if hasattr(args, "busy_timeout") and _is_postgres(args.db):
+        parser.error(
+            "--busy-timeout applies to SQLite logs only; a PostgreSQL log (--db "
+            "postgresql://...) has no file lock to wait for: drop --busy-timeout"
+        )
+    args.busy_timeout = getattr(args, "busy_timeout", DEFAULT_BUSY_TIMEOUT)
     args.json = getattr(args, "json", False)
     # Like `python -m sagakit`, the `sagakit` command finds `--import` modules, and the
     # classes of stored values, in the current directory (its own sys.path[0] is bin/).
@@ -718,17 +805,24 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
                 read_only=args.command in _READ_ONLY_COMMANDS,
             )
         else:
-            args.version_found = check_sqlite_log(args.db)
-        status = asyncio.run(_run(args, out or sys.stdout))
+            args.version_found = check_sqlite_log(args.db, args.busy_timeout)
+        status = asyncio.run(_stoppable(args, out or sys.stdout))
         if out is None:
             sys.stdout.flush()  # here, where a closed pipe is caught below
         return status
     except (SagaError, ImportError) as error:
+        said = str(error)
+        if not _is_postgres(args.db) and is_locked(error):
+            # The store's message names SQLiteStore(busy_timeout=...): say what holds
+            # the log, and --busy-timeout.
+            said = locked_message(args.db, args.busy_timeout)
         # Its control characters escaped: it may quote an id or a name from the log.
-        sys.stderr.write(f"sagakit: {one_line(str(error))}\n")
+        sys.stderr.write(f"sagakit: {one_line(said)}\n")
         return 1
-    except KeyboardInterrupt:
-        # Ctrl-C: a saga `recover` was resuming is left for the next recovery.
+    except (KeyboardInterrupt, _Terminated) as stop:
+        # Ctrl-C (status 130), or SIGTERM (143: `timeout`, systemd, Kubernetes): a saga
+        # `recover` was resuming is left for the next recovery.
+        stopped = "terminated (SIGTERM)" if isinstance(stop, _Terminated) else "interrupted"
         if args.command == "recover":
             # What it finished before, or the operator learns of it only from `list`.
             finished = getattr(args, "finished", [])
@@ -739,27 +833,30 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
                 else ""
             )
             sys.stderr.write(
-                f"sagakit: interrupted{one_line(done)}; a saga being recovered is left for "
+                f"sagakit: {stopped}{one_line(done)}; a saga being recovered is left for "
                 "the next `recover` (if it had started, this attempt counts toward "
                 "--max-attempts)\n"
             )
         elif getattr(args, "made", None):
             # (A SQLite log's store says so: never a URL, which may hold a password.)
             sys.stderr.write(
-                f"sagakit: interrupted, but only once saga {one_line(args.saga_id)} was "
+                f"sagakit: {stopped}, but only once saga {one_line(args.saga_id)} was "
                 f"{args.made}: the write it waited for was made; "
                 f"`{one_line(command_line(args.db, 'show', args.saga_id))}` shows it\n"
             )
         else:
-            sys.stderr.write("sagakit: interrupted\n")
-        return 130
+            sys.stderr.write(f"sagakit: {stopped}\n")
+        return 143 if isinstance(stop, _Terminated) else 130  # 128 + the signal's number
     except BrokenPipeError:
-        # The reader went away (`sagakit list | head`): stop quietly, as cat does, and
-        # keep Python from complaining again when it flushes stdout at exit.
+        # The reader went away (`sagakit list | head -1`): stop quietly, and keep Python
+        # from complaining again when it flushes stdout at exit. With the status of cat,
+        # grep or git, which SIGPIPE stops: 128 + 13, as Ctrl-C's is 130 and SIGTERM's
+        # 143; not 1, which says the command failed (and `set -o pipefail` scripts
+        # check for 141 to ignore a reader that stopped early).
         if out is None:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
-        return 1
+        return 141
     finally:
         if added and cwd in sys.path:
             sys.path.remove(cwd)
