@@ -21,7 +21,7 @@ import pytest
 
 import sagakit.cli as cli_module
 from pg_helpers.db import dsn_or_skip, query
-from sagakit import SagaAlreadyFailed, SagaOrchestrator, SQLiteStore, saga, step
+from sagakit import SagaAlreadyFailed, SagaError, SagaOrchestrator, SQLiteStore, saga, step
 from sagakit.cli import main
 
 HELPER = Path(__file__).parent / "crash_helpers" / "bank.py"
@@ -1172,6 +1172,7 @@ def test_json_keys_are_the_documented_ones(tmp_path: Path) -> None:
         "finished_at",
         "error",
         "dead_letter",
+        "dead_letter_reason",
     ]
     step_keys = ["index", "name", "status", "attempts", "duration", "error", "events"]
     [listed] = json.loads(cli("--db", db, "list", "--json")[1])
@@ -2117,3 +2118,71 @@ def test_recover_names_the_dead_letters_it_leaves_alone(
     code, out = cli("--db", db, "recover", "--json")
     assert (code, json.loads(out)) == (0, [])
     assert capsys.readouterr().err == f"sagakit: {note}\n"
+
+
+def _shows_a_dead_letter_s_error_and_reason(db: str, *options: str) -> None:
+    """``list`` and ``show`` (table and JSON) of saga ``parked``, parked with reason
+    ``stuck`` while its error is ``ValueError: the bank is down``."""
+    code, out = cli("--db", db, *options, "list")
+    assert code == 0
+    header, *rows = out.splitlines()
+    [row] = [row for row in rows if row.startswith("parked ")]
+    assert (
+        row[header.index("ERROR") :] == "dead-lettered: stuck; error: ValueError: the bank is down"
+    )
+    code, out = cli("--db", db, *options, "show", "parked")
+    assert code == 0
+    assert "recovery attempt(s): stuck; `sagakit resume`" in out
+    assert "error: ValueError: the bank is down\n" in out
+    assert out.count("stuck") == 1, out
+    [listed] = [s for s in json.loads(cli("--db", db, *options, "list", "--json")[1])
+                if s["id"] == "parked"]  # fmt: skip
+    shown = json.loads(cli("--db", db, *options, "show", "parked", "--json")[1])
+    for saga_json in (listed, shown):
+        assert saga_json["error"] == "ValueError: the bank is down"
+        assert (saga_json["dead_letter"], saga_json["dead_letter_reason"]) == (True, "stuck")
+    assert shown["parked"]["reason"] == "stuck"
+
+
+def test_a_dead_letter_shows_its_own_error_beside_why_it_is_parked(tmp_path: Path) -> None:
+    # Regression: a parked saga's error was replaced by "dead-lettered: <reason>", so
+    # `show` printed the reason twice and the error the saga had never.
+    db, _ = crashed_in_credit(
+        tmp_path,
+        "parked",
+        "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL, "
+        "error = 'ValueError: the bank is down'",
+    )
+    _shows_a_dead_letter_s_error_and_reason(db)
+    assert json.loads(cli("--db", db, "show", "parked", "--json")[1])["status"] == "executing"
+
+
+def test_a_dead_letter_on_postgres_shows_its_own_error_beside_why_it_is_parked() -> None:
+    from sagakit import PostgresStore
+
+    dsn = dsn_or_skip()
+    schema = "cliview_" + uuid.uuid4().hex[:8]
+
+    @step
+    async def refuse() -> None:
+        raise ValueError("the bank is down")
+
+    @saga(name="cliview_refused")
+    def refused():  # type: ignore[no-untyped-def]
+        yield refuse()
+
+    async def run() -> None:
+        async with SagaOrchestrator(PostgresStore(dsn, schema=schema)) as orchestrator:
+            with pytest.raises(SagaError, match="the bank is down"):
+                await orchestrator.execute(refused().with_id("parked"))
+
+    try:
+        asyncio.run(run())
+        query(
+            dsn,
+            f"UPDATE \"{schema}\".sagas SET status = 'compensating', finished_at = NULL, "
+            "error = 'ValueError: the bank is down', dead_reason = 'stuck', parked_at = now()",
+        )
+        _shows_a_dead_letter_s_error_and_reason(dsn, "--schema", schema)
+    finally:
+        query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

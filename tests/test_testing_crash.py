@@ -304,7 +304,46 @@ async def test_a_saga_that_crashes_every_recovery_is_parked_on_every_store(
     assert effects == ["reserve p"]  # charge never ran: each attempt "crashed" before it
     # Its metadata says it is parked, and why (SQLite showed a plain executing saga).
     assert meta is not None
-    assert meta.error == f"dead-lettered: {parked[0].reason}"
+    assert (meta.dead_letter, meta.error) == (parked[0].reason, None)
+
+
+@pytest.mark.asyncio
+async def test_a_dead_letter_s_metadata_keeps_its_own_error_beside_why_it_is_parked(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Regression: get() / get_saga() of a parked saga replaced its error with
+    # "dead-lettered: <reason>", so the error it failed with (here the step that set it
+    # compensating) was hidden, and the reason read twice in `sagakit show`.
+    faults = FaultInjector().fail(ship).crash(charge, compensation=True)
+    store = durable_store()
+    with faults, pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(order("d").with_id("o-d"))
+    await simulate_restart(store)
+    await store.close()
+    store = durable_store()
+    with FaultInjector().crash(charge, compensation=True), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).recover(max_attempts=1)
+    await simulate_restart(store)
+    await store.close()
+    async with SagaOrchestrator(durable_store()) as restarted:
+        assert await restarted.recover(max_attempts=1) == []  # parked
+        [letter] = await restarted.store.dead_letters()  # type: ignore[attr-defined]
+        meta = await restarted.get_saga("o-d")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATING
+    assert meta.error is not None
+    assert meta.error.startswith("StepFailed: step 2 ('ship') failed: InjectedFault")
+    assert meta.dead_letter == letter.reason
+    assert letter.reason not in meta.error
+    assert f"dead-lettered ({letter.reason})" in repr(meta)
+    assert "dead-lettered:" in meta._repr_html_()
+    # A saga never parked (and every saga of a MemoryStore) has none.
+    assert (await MemoryStore().get("o-d")) is None
+    async with SagaOrchestrator(MemoryStore()) as memory:
+        await memory.execute(order("m").with_id("o-m"))
+        done = await memory.get_saga("o-m")
+    assert done is not None
+    assert done.dead_letter is None
 
 
 @pytest.mark.asyncio

@@ -339,6 +339,8 @@ def _saga_json(meta: SagaMetadata, steps: bool, dead_letter: bool) -> dict[str, 
         "finished_at": None if meta.finished_at is None else meta.finished_at.isoformat(),
         "error": meta.error,
         "dead_letter": dead_letter,
+        # Why it is parked, beside its own error (which the reason used to replace).
+        "dead_letter_reason": meta.dead_letter,
     }
     if steps:
         data["steps"] = [_step_json(record) for record in meta.steps]
@@ -354,6 +356,15 @@ def _parked_json(letter: DeadLetter) -> dict[str, Any]:
         "reason": letter.reason,
         "parked_at": None if letter.parked_at is None else letter.parked_at.isoformat(),
     }
+
+
+def _error_of(meta: SagaMetadata) -> str:
+    """A saga's error for ``list``'s table: a dead letter's says why it is parked, then
+    the saga's own error (``show`` prints them on lines of their own)."""
+    if meta.dead_letter is None:
+        return meta.error or ""
+    own = f"; error: {meta.error}" if meta.error else ""
+    return f"dead-lettered: {meta.dead_letter}{own}"
 
 
 def _status_of(meta: SagaMetadata, dead_letter: bool) -> str:
@@ -432,7 +443,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                                 _status_of(meta, meta.id in parked),
                                 f"{meta.steps_executed}/{total}",
                                 _when(meta.started_at),
-                                _cut(meta.error or "", 60),
+                                _cut(_error_of(meta), 60),
                             ]
                         )
                     listed += 1
