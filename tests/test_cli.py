@@ -2186,3 +2186,26 @@ def test_a_dead_letter_on_postgres_shows_its_own_error_beside_why_it_is_parked()
         _shows_a_dead_letter_s_error_and_reason(dsn, "--schema", schema)
     finally:
         query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_resolving_a_saga_resolved_already_exits_1_saying_when_and_with_what_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], as_json: bool
+) -> None:
+    # Regression: `sagakit resolve` of a resolved saga succeeded again, and nested the
+    # first note in the second's error: "resolved by an operator: b (was: resolved by an
+    # operator: a (was: dead-lettered ...))".
+    db, _ = crashed_in_credit(
+        tmp_path, "parked", "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL"
+    )
+    assert cli("--db", db, "resolve", "parked", "--note", "refunded by hand")[0] == 0
+    capsys.readouterr()
+    shown = cli("--db", db, "show", "parked", "--json")[1]
+    json_option = ["--json"] if as_json else []
+    assert cli("--db", db, "resolve", "parked", "--note", "again", *json_option) == (1, "")
+    err = capsys.readouterr().err
+    assert err.startswith("sagakit: saga 'parked' was resolved already at ")
+    assert (
+        " UTC (resolved by an operator: refunded by hand (was: stuck)); nothing is changed" in err
+    )
+    assert cli("--db", db, "show", "parked", "--json")[1] == shown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,13 @@ import pytest
 from sagakit import (
     MemoryStore,
     Retry,
+    SagaAlreadyResolved,
     SagaDefinition,
     SagaDefinitionError,
     SagaOrchestrator,
     SagaStatus,
     SQLiteStore,
+    StoreError,
     Transition,
     TransitionKind,
     current_step,
@@ -368,6 +371,51 @@ async def test_resolving_a_crashed_saga_ends_its_interrupted_step_on_every_store
         ("reserve", "completed", None),
         ("charge", "failed", "interrupted; the saga was resolved by an operator"),
     ]
+
+
+@pytest.mark.asyncio
+async def test_resolving_a_saga_resolved_already_is_refused_and_changes_nothing_on_every_store(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Regression: a second resolve() succeeded again, nesting the first note in the
+    # second's error ("resolved by an operator: b (was: resolved by an operator: a)").
+    store = durable_store()
+    with FaultInjector().crash(charge, after=True), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(order("z").with_id("o-z"))
+    await simulate_restart(store)
+    await store.close()
+
+    store = durable_store()
+    try:
+        await store.resolve("o-z", "charged by hand")
+        first = await store.get("o-z")
+        assert first is not None
+        with pytest.raises(SagaAlreadyResolved) as refused:
+            await store.resolve("o-z", "refunded by hand")
+        again = await store.get("o-z")
+    finally:
+        await store.close()
+    assert again == first  # nothing changed: the first note stands
+    assert first.error == "resolved by an operator: charged by hand"
+    error = refused.value
+    assert isinstance(error, StoreError)
+    assert (error.saga_id, error.resolved_at, error.error) == (
+        "o-z",
+        first.updated_at,
+        first.error,
+    )
+    when = f"{first.updated_at:%Y-%m-%d %H:%M:%S}"
+    assert str(error).startswith(
+        f"saga 'o-z' was resolved already at {when} UTC (resolved by an operator: charged by "
+        "hand); nothing is changed"
+    )
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.saga_id, copy.resolved_at, copy.error, str(copy)) == (
+        "o-z",
+        error.resolved_at,
+        error.error,
+        str(error),
+    )
 
 
 @pytest.mark.asyncio
