@@ -80,6 +80,13 @@ def crashed_in_credit(tmp_path: Path, saga_id: str, then_sql: str) -> tuple[str,
     return db, log
 
 
+@pytest.fixture(autouse=True)
+def _no_terminal_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables at their whole width, as written to a file, whatever ``COLUMNS`` the test
+    run has: a test of fitting them to a terminal sets it."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
 @pytest.fixture
 def log_db(tmp_path: Path) -> tuple[str, Path]:
     db = str(tmp_path / "sagas.db")
@@ -2209,3 +2216,73 @@ def test_resolving_a_saga_resolved_already_exits_1_saying_when_and_with_what_not
         " UTC (resolved by an operator: refunded by hand (was: stuck)); nothing is changed" in err
     )
     assert cli("--db", db, "show", "parked", "--json")[1] == shown
+
+
+def test_tables_fit_the_terminal_cutting_names_and_errors_never_ids(
+    log_db: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: tables ignored the terminal's width: one saga of a 180-character name
+    # widened every row of `list` past any terminal.
+    from sagakit.cli import _width
+
+    db, _ = log_db
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE sagakit_sagas SET name = ? WHERE id = 'ok-1'", ("n" * 180,))
+    wide = cli("--db", db, "list")[1]  # to a file, without COLUMNS: as it was
+    assert "n" * 180 + "  completed" in wide
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out = cli("--db", db, "list")
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert max(_width(line) for line in out.splitlines()) <= 80
+    cells = {  # by id: the ids whole
+        row.split()[0]: [cell.strip() for cell in row.split("  ") if cell.strip()] for row in rows
+    }
+    assert set(cells) == {"ok-1", "refused-1"}
+    name = cells["ok-1"][1]
+    assert name.startswith("nnn")
+    assert name.endswith("…")
+    assert "completed" in cells["ok-1"]
+    error = cells["refused-1"][-1]
+    assert error.startswith("StepFailed:")
+    assert error.endswith("…")
+    # Too narrow for all: NAME and ERROR are cut to 8 columns, the id and status kept.
+    monkeypatch.setenv("COLUMNS", "40")
+    header, *rows = cli("--db", db, "list")[1].splitlines()
+    assert header.split() == ["ID", "NAME", "STATUS", "STEPS", "STARTED", "ERROR"]
+    [ok] = [row for row in rows if row.startswith("ok-1 ")]
+    assert ok[header.index("NAME") :].startswith("nnnnnnn…  completed")
+    [refused] = [row for row in rows if row.startswith("refused-1 ")]
+    assert refused[header.index("ERROR") :] == "StepFai…"
+    # show's table too: the events and errors column cut, the step names short already.
+    monkeypatch.setenv("COLUMNS", "60")
+    out = cli("--db", db, "show", "refused-1")[1]
+    table = out.splitlines()[3:]
+    assert max(_width(line) for line in table) <= 60
+    assert table[3].endswith("…")
+
+
+def test_a_table_written_to_a_terminal_fits_its_width_without_columns(
+    log_db: tuple[str, Path],
+) -> None:
+    # The width of the terminal stdout is, where COLUMNS is not set (a shell does not
+    # export it).
+    import fcntl
+    import struct
+    import termios
+
+    db, _ = log_db
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE sagakit_sagas SET name = ? WHERE id = 'ok-1'", ("n" * 180,))
+    leader, follower = os.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 72, 0, 0))
+    with open(follower, "w", encoding="utf-8", closefd=True) as terminal:
+        assert main(["--db", db, "list"], terminal) == 0
+    with open(leader, "rb", closefd=True) as screen:
+        written = b""
+        while not written.endswith(b"\n") or written.count(b"\n") < 3:
+            written += os.read(screen.fileno(), 4096)
+    lines = written.decode("utf-8").replace("\r\n", "\n").splitlines()
+    assert len(lines) == 3
+    assert max(len(line) for line in lines) <= 72
+    assert any("…  completed" in line for line in lines)

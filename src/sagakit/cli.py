@@ -298,9 +298,61 @@ def _cut(text: str, columns: int) -> str:
     return "".join(kept) + "…"
 
 
-def _table(rows: list[list[str]], out: TextIO) -> None:
+def _terminal_columns(out: TextIO) -> int | None:
+    """How many columns a table written to ``out`` may take: ``COLUMNS`` where it is set
+    (a whole number), else the width of the terminal ``out`` is; ``None`` for a file or
+    a pipe without ``COLUMNS``, whose tables keep their whole width."""
+    text = os.environ.get("COLUMNS", "").strip()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    try:
+        if out.isatty():
+            return os.get_terminal_size(out.fileno()).columns
+    except (AttributeError, OSError, ValueError):  # no file descriptor, or a closed one
+        pass
+    return None
+
+
+_NARROWEST = 8
+"""The fewest columns a table's text column is cut to (less only where its header and
+every cell take fewer): a name cut shorter tells nothing."""
+
+
+def _fitted(widths: list[int], heads: list[int], cut: Sequence[int], columns: int) -> list[int]:
+    """``widths`` (of a table's columns, two spaces apart) with those of the columns
+    ``cut`` narrowed, the widest first, until the table fits in ``columns`` (or each
+    is down to its header, or to :data:`_NARROWEST`)."""
+    widths = list(widths)
+    least = {i: min(widths[i], max(heads[i], _NARROWEST)) for i in cut}
+    excess = sum(widths) + 2 * (len(widths) - 1) - columns
+    while excess > 0:
+        narrower = [i for i in cut if widths[i] > least[i]]
+        if not narrower:
+            break
+        widest = max(narrower, key=widths.__getitem__)
+        # Down to the next widest (the widest are then cut alike), or to what fits.
+        floor = max([least[widest], *(widths[i] for i in narrower if i != widest)])
+        step = min(excess, max(widths[widest] - floor, 1))
+        widths[widest] -= step
+        excess -= step
+    return widths
+
+
+def _table(rows: list[list[str]], out: TextIO, cut: Sequence[int] = ()) -> None:
+    """``rows`` (the header first) as a table; in a terminal (or with ``COLUMNS`` set),
+    the text columns ``cut`` (never an id) are cut to fit its width, ending in "…"."""
     rows = [[one_line(cell) for cell in row] for row in rows]
     widths = [max(_width(row[i]) for row in rows) for i in range(len(rows[0]))]
+    columns = _terminal_columns(out)
+    if columns is not None and cut:
+        fitted = _fitted(widths, [_width(cell) for cell in rows[0]], cut, columns)
+        narrowed = [i for i in cut if fitted[i] < widths[i]]
+        if narrowed:
+            rows = [
+                [_cut(cell, fitted[i]) if i in narrowed else cell for i, cell in enumerate(row)]
+                for row in rows
+            ]
+            widths = fitted
     for row in rows:
         line = "  ".join(
             cell + " " * (width - _width(cell)) for cell, width in zip(row, widths, strict=True)
@@ -452,7 +504,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             elif not rows:
                 out.write("no sagas\n")
             else:
-                _table([header, *rows], out)
+                _table([header, *rows], out, cut=(1, 5))  # NAME, ERROR
             return 0
         if args.command == "show":
             found = await store.get(args.saga_id)
@@ -495,7 +547,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                         _cut(detail, 70),
                     ]
                 )
-            _table(rows, out)
+            _table(rows, out, cut=(2, 5))  # STEP, EVENTS / ERROR
             return 0
         if args.command == "recover":
             for module in args.modules:
@@ -550,7 +602,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                         [o.saga_id, o.name, o.action, str(o.status), _cut(o.error or "", 60)]
                         for o in outcomes
                     ]
-                    _table(rows, out)
+                    _table(rows, out, cut=(1, 4))  # NAME, ERROR
             if waiting:
                 # Or the operator reads "nothing to recover" while sagas wait for them.
                 named = ", ".join(waiting[:5]) + (", ..." if len(waiting) > 5 else "")
@@ -636,7 +688,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                     ]
                     for d in letters
                 ]
-                _table(rows, out)
+                _table(rows, out, cut=(1, 5))  # NAME, REASON
             return 0
         if args.command == "upgrade":
             # A SQLite log was migrated when opened for writing; PostgreSQL's is when the
