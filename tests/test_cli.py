@@ -1710,7 +1710,7 @@ def test_show_of_an_unfinished_saga_says_only_when_it_started(tmp_path: Path) ->
     assert lines[0] == "saga mid-1 (transfer): executing"
     assert lines[1].startswith("started ")
     assert "finished" not in lines[1]
-    assert len(lines[1]) == len("started 2026-11-27 08:00:00")
+    assert len(lines[1]) == len("started 2026-11-27 08:00:00Z")
 
 
 @step
@@ -2286,3 +2286,32 @@ def test_a_table_written_to_a_terminal_fits_its_width_without_columns(
     assert len(lines) == 3
     assert max(len(line) for line in lines) <= 72
     assert any("…  completed" in line for line in lines)
+
+
+def test_times_in_tables_say_they_are_utc(tmp_path: Path) -> None:
+    # Regression: `list`, `show` and `dead-letters` printed "2026-11-27 08:00:00", which
+    # read as local time to an operator whose terminal is not on UTC.
+    import re
+    from datetime import datetime
+
+    db, _ = crashed_in_credit(
+        tmp_path,
+        "parked",
+        "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL, parked_at = 0",
+    )
+    assert child(db, tmp_path / "effects.log", "run", db, "transfer", "ok", "B") == 0
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ"
+    [_, saga_json] = json.loads(cli("--db", db, "list", "--json")[1])
+    started = datetime.fromisoformat(saga_json["started_at"])
+    expected = f"{started:%Y-%m-%d %H:%M:%S}Z"
+    header, *rows = cli("--db", db, "list")[1].splitlines()
+    assert rows[1].startswith("parked ")
+    assert rows[1][header.index("STARTED") :].startswith(expected + "  ")
+    shown = cli("--db", db, "show", "parked")[1].splitlines()
+    assert shown[1] == f"started {expected}"
+    assert shown[2].startswith("parked 1970-01-01 00:00:00Z after 0 recovery attempt(s)")
+    assert re.fullmatch(
+        f"started {stamp}  finished {stamp}", cli("--db", db, "show", "ok")[1].splitlines()[1]
+    )
+    header, row = cli("--db", db, "dead-letters")[1].splitlines()
+    assert row[header.index("PARKED") :].startswith("1970-01-01 00:00:00Z  ")

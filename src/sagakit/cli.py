@@ -22,7 +22,7 @@ import os
 import sys
 import unicodedata
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from ._checks import MAX_COUNT
@@ -265,7 +265,12 @@ def _indented(text: str) -> str:
 
 
 def _when(value: datetime | None) -> str:
-    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+    """A time for a table or a line of ``show``: in UTC, and saying so with a "Z"."""
+    if value is None:
+        return ""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _width(text: str) -> int:
