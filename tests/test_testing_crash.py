@@ -310,17 +310,13 @@ async def test_a_saga_that_crashes_every_recovery_is_parked_on_every_store(
     assert (meta.dead_letter, meta.error) == (parked[0].reason, None)
 
 
-@pytest.mark.asyncio
-async def test_a_dead_letter_s_metadata_keeps_its_own_error_beside_why_it_is_parked(
-    durable_store: Callable[[], Any],
-) -> None:
-    # Regression: get() / get_saga() of a parked saga replaced its error with
-    # "dead-lettered: <reason>", so the error it failed with (here the step that set it
-    # compensating) was hidden, and the reason read twice in `sagakit show`.
+async def _park_with_an_error(durable_store: Callable[[], Any], saga_id: str) -> None:
+    """Saga ``saga_id`` failing in ship, its process dying in refund, then its recovery
+    too: parked by the recovery after, compensating with ship's StepFailed as its error."""
     faults = FaultInjector().fail(ship).crash(charge, compensation=True)
     store = durable_store()
     with faults, pytest.raises(SimulatedCrash):
-        await SagaOrchestrator(store).execute(order("d").with_id("o-d"))
+        await SagaOrchestrator(store).execute(order(saga_id).with_id(saga_id))
     await simulate_restart(store)
     await store.close()
     store = durable_store()
@@ -328,6 +324,37 @@ async def test_a_dead_letter_s_metadata_keeps_its_own_error_beside_why_it_is_par
         await SagaOrchestrator(store).recover(max_attempts=1)
     await simulate_restart(store)
     await store.close()
+
+
+@pytest.mark.asyncio
+async def test_resolving_a_dead_letter_keeps_its_own_error_beside_why_it_was_parked(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Regression: resolve() kept "(was: <why it was parked>)" in the saga's error, and
+    # dropped the error the saga had (the step that failed it) for good.
+    await _park_with_an_error(durable_store, "o-w")
+    async with SagaOrchestrator(durable_store()) as restarted:
+        assert await restarted.recover(max_attempts=1) == []  # parked
+        [letter] = await restarted.store.dead_letters()  # type: ignore[attr-defined]
+        parked = await restarted.get_saga("o-w")
+        await restarted.store.resolve("o-w", "refunded by hand")  # type: ignore[attr-defined]
+        resolved = await restarted.get_saga("o-w")
+    assert parked is not None
+    assert resolved is not None
+    assert parked.error is not None
+    assert resolved.error == (
+        f"resolved by an operator: refunded by hand (was: {letter.reason}; error: {parked.error})"
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_dead_letter_s_metadata_keeps_its_own_error_beside_why_it_is_parked(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Regression: get() / get_saga() of a parked saga replaced its error with
+    # "dead-lettered: <reason>", so the error it failed with (here the step that set it
+    # compensating) was hidden, and the reason read twice in `sagakit show`.
+    await _park_with_an_error(durable_store, "o-d")
     async with SagaOrchestrator(durable_store()) as restarted:
         assert await restarted.recover(max_attempts=1) == []  # parked
         [letter] = await restarted.store.dead_letters()  # type: ignore[attr-defined]

@@ -248,7 +248,8 @@ def statements(schema: str) -> Statements:
         resolve=(
             f"WITH r AS (UPDATE {s}.sagas SET status = 'failed', resolved = true, "
             "error = 'resolved by an operator: ' || %(note)s || "
-            "coalesce(' (was: ' || coalesce(dead_reason, error) || ')', ''), "
+            "coalesce(' (was: ' || coalesce(dead_reason || "
+            "coalesce('; error: ' || error, ''), error) || ')', ''), "
             "finished_at = coalesce(finished_at, now()), updated_at = now(), owner = NULL, "
             "lease_until = NULL, fence = fence + 1, dead_reason = NULL, parked_at = NULL "
             "WHERE saga_id = %(id)s AND ("

@@ -1155,7 +1155,9 @@ class SQLiteStore:
             conn.execute(
                 "UPDATE sagakit_sagas SET status = 'failed', resolved = 1, dead_letter = NULL, "
                 "owner = NULL, finished_at = coalesce(finished_at, ?), updated_at = ?, "
-                "error = ? || coalesce(' (was: ' || coalesce(dead_letter, error) || ')', ''), "
+                # Why it was parked and its own error, either of them, or none.
+                "error = ? || coalesce(' (was: ' || coalesce(dead_letter || "
+                "coalesce('; error: ' || error, ''), error) || ')', ''), "
                 "finish_order = CASE WHEN finished_at IS NULL "
                 f"THEN {NEXT_FINISH.format(at='?')} ELSE finish_order END WHERE id = ?",
                 (now, now, storable_text(f"resolved by an operator: {note}"), now, saga_id),
