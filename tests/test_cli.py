@@ -21,7 +21,7 @@ import pytest
 
 import sagakit.cli as cli_module
 from pg_helpers.db import dsn_or_skip, query
-from sagakit import SagaAlreadyFailed, SagaOrchestrator, SQLiteStore, saga, step
+from sagakit import SagaAlreadyFailed, SagaError, SagaOrchestrator, SQLiteStore, saga, step
 from sagakit.cli import main
 
 HELPER = Path(__file__).parent / "crash_helpers" / "bank.py"
@@ -78,6 +78,13 @@ def crashed_in_credit(tmp_path: Path, saga_id: str, then_sql: str) -> tuple[str,
         conn.execute(then_sql)
     conn.close()
     return db, log
+
+
+@pytest.fixture(autouse=True)
+def _no_terminal_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables at their whole width, as written to a file, whatever ``COLUMNS`` the test
+    run has: a test of fitting them to a terminal sets it."""
+    monkeypatch.delenv("COLUMNS", raising=False)
 
 
 @pytest.fixture
@@ -1178,6 +1185,7 @@ def test_json_keys_are_the_documented_ones(tmp_path: Path) -> None:
         "finished_at",
         "error",
         "dead_letter",
+        "dead_letter_reason",
     ]
     step_keys = ["index", "name", "status", "attempts", "duration", "error", "events"]
     [listed] = json.loads(cli("--db", db, "list", "--json")[1])
@@ -1708,7 +1716,7 @@ def test_show_of_an_unfinished_saga_says_only_when_it_started(tmp_path: Path) ->
     assert lines[0] == "saga mid-1 (transfer): executing"
     assert lines[1].startswith("started ")
     assert "finished" not in lines[1]
-    assert len(lines[1]) == len("started 2026-11-27 08:00:00")
+    assert len(lines[1]) == len("started 2026-11-27 08:00:00Z")
 
 
 @step
@@ -2360,3 +2368,193 @@ def test_busy_timeout_refuses_what_it_cannot_use(
         main(["--db", db, *argv, "list"])
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def _shows_a_dead_letter_s_error_and_reason(db: str, *options: str) -> None:
+    """``list`` and ``show`` (table and JSON) of saga ``parked``, parked with reason
+    ``stuck`` while its error is ``ValueError: the bank is down``."""
+    code, out = cli("--db", db, *options, "list")
+    assert code == 0
+    header, *rows = out.splitlines()
+    [row] = [row for row in rows if row.startswith("parked ")]
+    assert (
+        row[header.index("ERROR") :] == "dead-lettered: stuck; error: ValueError: the bank is down"
+    )
+    code, out = cli("--db", db, *options, "show", "parked")
+    assert code == 0
+    assert "recovery attempt(s): stuck; `sagakit resume`" in out
+    assert "error: ValueError: the bank is down\n" in out
+    assert out.count("stuck") == 1, out
+    [listed] = [s for s in json.loads(cli("--db", db, *options, "list", "--json")[1])
+                if s["id"] == "parked"]  # fmt: skip
+    shown = json.loads(cli("--db", db, *options, "show", "parked", "--json")[1])
+    for saga_json in (listed, shown):
+        assert saga_json["error"] == "ValueError: the bank is down"
+        assert (saga_json["dead_letter"], saga_json["dead_letter_reason"]) == (True, "stuck")
+    assert shown["parked"]["reason"] == "stuck"
+
+
+def test_a_dead_letter_shows_its_own_error_beside_why_it_is_parked(tmp_path: Path) -> None:
+    # Regression: a parked saga's error was replaced by "dead-lettered: <reason>", so
+    # `show` printed the reason twice and the error the saga had never.
+    db, _ = crashed_in_credit(
+        tmp_path,
+        "parked",
+        "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL, "
+        "error = 'ValueError: the bank is down'",
+    )
+    _shows_a_dead_letter_s_error_and_reason(db)
+    assert json.loads(cli("--db", db, "show", "parked", "--json")[1])["status"] == "executing"
+
+
+def test_a_dead_letter_on_postgres_shows_its_own_error_beside_why_it_is_parked() -> None:
+    from sagakit import PostgresStore
+
+    dsn = dsn_or_skip()
+    schema = "cliview_" + uuid.uuid4().hex[:8]
+
+    @step
+    async def refuse() -> None:
+        raise ValueError("the bank is down")
+
+    @saga(name="cliview_refused")
+    def refused():  # type: ignore[no-untyped-def]
+        yield refuse()
+
+    async def run() -> None:
+        async with SagaOrchestrator(PostgresStore(dsn, schema=schema)) as orchestrator:
+            with pytest.raises(SagaError, match="the bank is down"):
+                await orchestrator.execute(refused().with_id("parked"))
+
+    try:
+        asyncio.run(run())
+        query(
+            dsn,
+            f"UPDATE \"{schema}\".sagas SET status = 'compensating', finished_at = NULL, "
+            "error = 'ValueError: the bank is down', dead_reason = 'stuck', parked_at = now()",
+        )
+        _shows_a_dead_letter_s_error_and_reason(dsn, "--schema", schema)
+    finally:
+        query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_resolving_a_saga_resolved_already_exits_1_saying_when_and_with_what_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], as_json: bool
+) -> None:
+    # Regression: `sagakit resolve` of a resolved saga succeeded again, and nested the
+    # first note in the second's error: "resolved by an operator: b (was: resolved by an
+    # operator: a (was: dead-lettered ...))".
+    db, _ = crashed_in_credit(
+        tmp_path, "parked", "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL"
+    )
+    assert cli("--db", db, "resolve", "parked", "--note", "refunded by hand")[0] == 0
+    capsys.readouterr()
+    shown = cli("--db", db, "show", "parked", "--json")[1]
+    json_option = ["--json"] if as_json else []
+    assert cli("--db", db, "resolve", "parked", "--note", "again", *json_option) == (1, "")
+    err = capsys.readouterr().err
+    assert err.startswith("sagakit: saga 'parked' was resolved already at ")
+    assert (
+        " UTC (resolved by an operator: refunded by hand (was: stuck)); nothing is changed" in err
+    )
+    assert cli("--db", db, "show", "parked", "--json")[1] == shown
+
+
+def test_tables_fit_the_terminal_cutting_names_and_errors_never_ids(
+    log_db: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: tables ignored the terminal's width: one saga of a 180-character name
+    # widened every row of `list` past any terminal.
+    from sagakit.cli import _width
+
+    db, _ = log_db
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE sagakit_sagas SET name = ? WHERE id = 'ok-1'", ("n" * 180,))
+    wide = cli("--db", db, "list")[1]  # to a file, without COLUMNS: as it was
+    assert "n" * 180 + "  completed" in wide
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out = cli("--db", db, "list")
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert max(_width(line) for line in out.splitlines()) <= 80
+    cells = {  # by id: the ids whole
+        row.split()[0]: [cell.strip() for cell in row.split("  ") if cell.strip()] for row in rows
+    }
+    assert set(cells) == {"ok-1", "refused-1"}
+    name = cells["ok-1"][1]
+    assert name.startswith("nnn")
+    assert name.endswith("…")
+    assert "completed" in cells["ok-1"]
+    error = cells["refused-1"][-1]
+    assert error.startswith("StepFailed:")
+    assert error.endswith("…")
+    # Too narrow for all: NAME and ERROR are cut to 8 columns, the id and status kept.
+    monkeypatch.setenv("COLUMNS", "40")
+    header, *rows = cli("--db", db, "list")[1].splitlines()
+    assert header.split() == ["ID", "NAME", "STATUS", "STEPS", "STARTED", "ERROR"]
+    [ok] = [row for row in rows if row.startswith("ok-1 ")]
+    assert ok[header.index("NAME") :].startswith("nnnnnnn…  completed")
+    [refused] = [row for row in rows if row.startswith("refused-1 ")]
+    assert refused[header.index("ERROR") :] == "StepFai…"
+    # show's table too: the events and errors column cut, the step names short already.
+    monkeypatch.setenv("COLUMNS", "60")
+    out = cli("--db", db, "show", "refused-1")[1]
+    table = out.splitlines()[3:]
+    assert max(_width(line) for line in table) <= 60
+    assert table[3].endswith("…")
+
+
+def test_a_table_written_to_a_terminal_fits_its_width_without_columns(
+    log_db: tuple[str, Path],
+) -> None:
+    # The width of the terminal stdout is, where COLUMNS is not set (a shell does not
+    # export it).
+    import fcntl
+    import struct
+    import termios
+
+    db, _ = log_db
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE sagakit_sagas SET name = ? WHERE id = 'ok-1'", ("n" * 180,))
+    leader, follower = os.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 72, 0, 0))
+    with open(follower, "w", encoding="utf-8", closefd=True) as terminal:
+        assert main(["--db", db, "list"], terminal) == 0
+    with open(leader, "rb", closefd=True) as screen:
+        written = b""
+        while not written.endswith(b"\n") or written.count(b"\n") < 3:
+            written += os.read(screen.fileno(), 4096)
+    lines = written.decode("utf-8").replace("\r\n", "\n").splitlines()
+    assert len(lines) == 3
+    assert max(len(line) for line in lines) <= 72
+    assert any("…  completed" in line for line in lines)
+
+
+def test_times_in_tables_say_they_are_utc(tmp_path: Path) -> None:
+    # Regression: `list`, `show` and `dead-letters` printed "2026-11-27 08:00:00", which
+    # read as local time to an operator whose terminal is not on UTC.
+    import re
+    from datetime import datetime
+
+    db, _ = crashed_in_credit(
+        tmp_path,
+        "parked",
+        "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL, parked_at = 0",
+    )
+    assert child(db, tmp_path / "effects.log", "run", db, "transfer", "ok", "B") == 0
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ"
+    [_, saga_json] = json.loads(cli("--db", db, "list", "--json")[1])
+    started = datetime.fromisoformat(saga_json["started_at"])
+    expected = f"{started:%Y-%m-%d %H:%M:%S}Z"
+    header, *rows = cli("--db", db, "list")[1].splitlines()
+    assert rows[1].startswith("parked ")
+    assert rows[1][header.index("STARTED") :].startswith(expected + "  ")
+    shown = cli("--db", db, "show", "parked")[1].splitlines()
+    assert shown[1] == f"started {expected}"
+    assert shown[2].startswith("parked 1970-01-01 00:00:00Z after 0 recovery attempt(s)")
+    assert re.fullmatch(
+        f"started {stamp}  finished {stamp}", cli("--db", db, "show", "ok")[1].splitlines()[1]
+    )
+    header, row = cli("--db", db, "dead-letters")[1].splitlines()
+    assert row[header.index("PARKED") :].startswith("1970-01-01 00:00:00Z  ")

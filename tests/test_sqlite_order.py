@@ -24,6 +24,7 @@ import pytest
 
 from sagakit import (
     Retry,
+    SagaAlreadyResolved,
     SagaOrchestrator,
     SagaStatus,
     SQLiteStore,
@@ -258,7 +259,8 @@ async def test_a_saga_resolved_at_the_instant_others_ended_is_listed_after_them(
         await orchestrator.execute(take_seven(), saga_id="r-done")
         await store.resolve("r-stuck", "done by hand")
         await orchestrator.execute(take_seven(), saga_id="r-after")
-        await store.resolve("r-stuck", "again")  # already ended: keeps its place
+        with pytest.raises(SagaAlreadyResolved):  # already ended: keeps its place
+            await store.resolve("r-stuck", "again")
         history = await orchestrator.get_history()
     assert {m.finished_at for m in history} == {history[0].finished_at}
     assert [m.id for m in history] == ["r-done", "r-stuck", "r-after"]

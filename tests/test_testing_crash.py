@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,13 @@ import pytest
 from sagakit import (
     MemoryStore,
     Retry,
+    SagaAlreadyResolved,
     SagaDefinition,
     SagaDefinitionError,
     SagaOrchestrator,
     SagaStatus,
     SQLiteStore,
+    StoreError,
     Transition,
     TransitionKind,
     current_step,
@@ -304,7 +307,73 @@ async def test_a_saga_that_crashes_every_recovery_is_parked_on_every_store(
     assert effects == ["reserve p"]  # charge never ran: each attempt "crashed" before it
     # Its metadata says it is parked, and why (SQLite showed a plain executing saga).
     assert meta is not None
-    assert meta.error == f"dead-lettered: {parked[0].reason}"
+    assert (meta.dead_letter, meta.error) == (parked[0].reason, None)
+
+
+async def _park_with_an_error(durable_store: Callable[[], Any], saga_id: str) -> None:
+    """Saga ``saga_id`` failing in ship, its process dying in refund, then its recovery
+    too: parked by the recovery after, compensating with ship's StepFailed as its error."""
+    faults = FaultInjector().fail(ship).crash(charge, compensation=True)
+    store = durable_store()
+    with faults, pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(order(saga_id).with_id(saga_id))
+    await simulate_restart(store)
+    await store.close()
+    store = durable_store()
+    with FaultInjector().crash(charge, compensation=True), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).recover(max_attempts=1)
+    await simulate_restart(store)
+    await store.close()
+
+
+@pytest.mark.asyncio
+async def test_resolving_a_dead_letter_keeps_its_own_error_beside_why_it_was_parked(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Regression: resolve() kept "(was: <why it was parked>)" in the saga's error, and
+    # dropped the error the saga had (the step that failed it) for good.
+    await _park_with_an_error(durable_store, "o-w")
+    async with SagaOrchestrator(durable_store()) as restarted:
+        assert await restarted.recover(max_attempts=1) == []  # parked
+        [letter] = await restarted.store.dead_letters()  # type: ignore[attr-defined]
+        parked = await restarted.get_saga("o-w")
+        await restarted.store.resolve("o-w", "refunded by hand")  # type: ignore[attr-defined]
+        resolved = await restarted.get_saga("o-w")
+    assert parked is not None
+    assert resolved is not None
+    assert parked.error is not None
+    assert resolved.error == (
+        f"resolved by an operator: refunded by hand (was: {letter.reason}; error: {parked.error})"
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_dead_letter_s_metadata_keeps_its_own_error_beside_why_it_is_parked(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Regression: get() / get_saga() of a parked saga replaced its error with
+    # "dead-lettered: <reason>", so the error it failed with (here the step that set it
+    # compensating) was hidden, and the reason read twice in `sagakit show`.
+    await _park_with_an_error(durable_store, "o-d")
+    async with SagaOrchestrator(durable_store()) as restarted:
+        assert await restarted.recover(max_attempts=1) == []  # parked
+        [letter] = await restarted.store.dead_letters()  # type: ignore[attr-defined]
+        meta = await restarted.get_saga("o-d")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATING
+    assert meta.error is not None
+    assert meta.error.startswith("StepFailed: step 2 ('ship') failed: InjectedFault")
+    assert meta.dead_letter == letter.reason
+    assert letter.reason not in meta.error
+    assert f"dead-lettered ({letter.reason})" in repr(meta)
+    assert "dead-lettered:" in meta._repr_html_()
+    # A saga never parked (and every saga of a MemoryStore) has none.
+    assert (await MemoryStore().get("o-d")) is None
+    async with SagaOrchestrator(MemoryStore()) as memory:
+        await memory.execute(order("m").with_id("o-m"))
+        done = await memory.get_saga("o-m")
+    assert done is not None
+    assert done.dead_letter is None
 
 
 @pytest.mark.asyncio
@@ -329,6 +398,51 @@ async def test_resolving_a_crashed_saga_ends_its_interrupted_step_on_every_store
         ("reserve", "completed", None),
         ("charge", "failed", "interrupted; the saga was resolved by an operator"),
     ]
+
+
+@pytest.mark.asyncio
+async def test_resolving_a_saga_resolved_already_is_refused_and_changes_nothing_on_every_store(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Regression: a second resolve() succeeded again, nesting the first note in the
+    # second's error ("resolved by an operator: b (was: resolved by an operator: a)").
+    store = durable_store()
+    with FaultInjector().crash(charge, after=True), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(order("z").with_id("o-z"))
+    await simulate_restart(store)
+    await store.close()
+
+    store = durable_store()
+    try:
+        await store.resolve("o-z", "charged by hand")
+        first = await store.get("o-z")
+        assert first is not None
+        with pytest.raises(SagaAlreadyResolved) as refused:
+            await store.resolve("o-z", "refunded by hand")
+        again = await store.get("o-z")
+    finally:
+        await store.close()
+    assert again == first  # nothing changed: the first note stands
+    assert first.error == "resolved by an operator: charged by hand"
+    error = refused.value
+    assert isinstance(error, StoreError)
+    assert (error.saga_id, error.resolved_at, error.error) == (
+        "o-z",
+        first.updated_at,
+        first.error,
+    )
+    when = f"{first.updated_at:%Y-%m-%d %H:%M:%S}"
+    assert str(error).startswith(
+        f"saga 'o-z' was resolved already at {when} UTC (resolved by an operator: charged by "
+        "hand); nothing is changed"
+    )
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.saga_id, copy.resolved_at, copy.error, str(copy)) == (
+        "o-z",
+        error.resolved_at,
+        error.error,
+        str(error),
+    )
 
 
 @pytest.mark.asyncio

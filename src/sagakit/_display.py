@@ -90,6 +90,8 @@ def metadata_html(metadata: SagaMetadata) -> str:
         head += f" in {_ms(metadata.duration)}"
     if metadata.error:
         head += f'<br><span style="color:#cf222e">{_error(metadata.error)}</span>'
+    if metadata.dead_letter is not None:
+        head += f"<br><em>dead-lettered:</em> {_error(metadata.dead_letter)}"
     records = (*metadata.steps, *metadata.compensations)
     if not records:
         return f'<div class="sagakit-saga">{head}<br><em>no step has run</em></div>'

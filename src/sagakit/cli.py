@@ -25,7 +25,7 @@ import sys
 import threading
 import unicodedata
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from ._checks import MAX_COUNT
@@ -299,7 +299,12 @@ def _indented(text: str) -> str:
 
 
 def _when(value: datetime | None) -> str:
-    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+    """A time for a table or a line of ``show``: in UTC, and saying so with a "Z"."""
+    if value is None:
+        return ""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _width(text: str) -> int:
@@ -332,9 +337,61 @@ def _cut(text: str, columns: int) -> str:
     return "".join(kept) + "…"
 
 
-def _table(rows: list[list[str]], out: TextIO) -> None:
+def _terminal_columns(out: TextIO) -> int | None:
+    """How many columns a table written to ``out`` may take: ``COLUMNS`` where it is set
+    (a whole number), else the width of the terminal ``out`` is; ``None`` for a file or
+    a pipe without ``COLUMNS``, whose tables keep their whole width."""
+    text = os.environ.get("COLUMNS", "").strip()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    try:
+        if out.isatty():
+            return os.get_terminal_size(out.fileno()).columns
+    except (AttributeError, OSError, ValueError):  # no file descriptor, or a closed one
+        pass
+    return None
+
+
+_NARROWEST = 8
+"""The fewest columns a table's text column is cut to (less only where its header and
+every cell take fewer): a name cut shorter tells nothing."""
+
+
+def _fitted(widths: list[int], heads: list[int], cut: Sequence[int], columns: int) -> list[int]:
+    """``widths`` (of a table's columns, two spaces apart) with those of the columns
+    ``cut`` narrowed, the widest first, until the table fits in ``columns`` (or each
+    is down to its header, or to :data:`_NARROWEST`)."""
+    widths = list(widths)
+    least = {i: min(widths[i], max(heads[i], _NARROWEST)) for i in cut}
+    excess = sum(widths) + 2 * (len(widths) - 1) - columns
+    while excess > 0:
+        narrower = [i for i in cut if widths[i] > least[i]]
+        if not narrower:
+            break
+        widest = max(narrower, key=widths.__getitem__)
+        # Down to the next widest (the widest are then cut alike), or to what fits.
+        floor = max([least[widest], *(widths[i] for i in narrower if i != widest)])
+        step = min(excess, max(widths[widest] - floor, 1))
+        widths[widest] -= step
+        excess -= step
+    return widths
+
+
+def _table(rows: list[list[str]], out: TextIO, cut: Sequence[int] = ()) -> None:
+    """``rows`` (the header first) as a table; in a terminal (or with ``COLUMNS`` set),
+    the text columns ``cut`` (never an id) are cut to fit its width, ending in "…"."""
     rows = [[one_line(cell) for cell in row] for row in rows]
     widths = [max(_width(row[i]) for row in rows) for i in range(len(rows[0]))]
+    columns = _terminal_columns(out)
+    if columns is not None and cut:
+        fitted = _fitted(widths, [_width(cell) for cell in rows[0]], cut, columns)
+        narrowed = [i for i in cut if fitted[i] < widths[i]]
+        if narrowed:
+            rows = [
+                [_cut(cell, fitted[i]) if i in narrowed else cell for i, cell in enumerate(row)]
+                for row in rows
+            ]
+            widths = fitted
     for row in rows:
         line = "  ".join(
             cell + " " * (width - _width(cell)) for cell, width in zip(row, widths, strict=True)
@@ -373,6 +430,8 @@ def _saga_json(meta: SagaMetadata, steps: bool, dead_letter: bool) -> dict[str, 
         "finished_at": None if meta.finished_at is None else meta.finished_at.isoformat(),
         "error": meta.error,
         "dead_letter": dead_letter,
+        # Why it is parked, beside its own error (which the reason used to replace).
+        "dead_letter_reason": meta.dead_letter,
     }
     if steps:
         data["steps"] = [_step_json(record) for record in meta.steps]
@@ -388,6 +447,15 @@ def _parked_json(letter: DeadLetter) -> dict[str, Any]:
         "reason": letter.reason,
         "parked_at": None if letter.parked_at is None else letter.parked_at.isoformat(),
     }
+
+
+def _error_of(meta: SagaMetadata) -> str:
+    """A saga's error for ``list``'s table: a dead letter's says why it is parked, then
+    the saga's own error (``show`` prints them on lines of their own)."""
+    if meta.dead_letter is None:
+        return meta.error or ""
+    own = f"; error: {meta.error}" if meta.error else ""
+    return f"dead-lettered: {meta.dead_letter}{own}"
 
 
 def _status_of(meta: SagaMetadata, dead_letter: bool) -> str:
@@ -466,7 +534,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                                 _status_of(meta, meta.id in parked),
                                 f"{meta.steps_executed}/{total}",
                                 _when(meta.started_at),
-                                _cut(meta.error or "", 60),
+                                _cut(_error_of(meta), 60),
                             ]
                         )
                     listed += 1
@@ -475,7 +543,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             elif not rows:
                 out.write("no sagas\n")
             else:
-                _table([header, *rows], out)
+                _table([header, *rows], out, cut=(1, 5))  # NAME, ERROR
             return 0
         if args.command == "show":
             found = await store.get(args.saga_id)
@@ -518,7 +586,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                         _cut(detail, 70),
                     ]
                 )
-            _table(rows, out)
+            _table(rows, out, cut=(2, 5))  # STEP, EVENTS / ERROR
             return 0
         if args.command == "recover":
             for module in args.modules:
@@ -573,7 +641,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                         [o.saga_id, o.name, o.action, str(o.status), _cut(o.error or "", 60)]
                         for o in outcomes
                     ]
-                    _table(rows, out)
+                    _table(rows, out, cut=(1, 4))  # NAME, ERROR
             if waiting:
                 # Or the operator reads "nothing to recover" while sagas wait for them.
                 named = ", ".join(waiting[:5]) + (", ..." if len(waiting) > 5 else "")
@@ -659,7 +727,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                     ]
                     for d in letters
                 ]
-                _table(rows, out)
+                _table(rows, out, cut=(1, 5))  # NAME, REASON
             return 0
         if args.command == "upgrade":
             # A SQLite log was migrated when opened for writing; PostgreSQL's is when the

@@ -9,6 +9,7 @@ classes, which carry the saga id, the step involved and the events recorded.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from ._commands import command_line
@@ -275,6 +276,31 @@ class StoreError(SagaError):
     """A saga store could not be opened, read or written."""
 
 
+class SagaAlreadyResolved(StoreError):
+    """``resolve()`` (``sagakit resolve``) of a saga an operator resolved already.
+
+    Nothing is changed: the first resolution stands, note and all. ``resolved_at`` is
+    when it was resolved (UTC), ``error`` the saga's error since, which holds the note
+    it was resolved with (``"resolved by an operator: <note> (was: ...)"``).
+    """
+
+    def __init__(
+        self, saga_id: str, resolved_at: datetime | None = None, error: str | None = None
+    ) -> None:
+        when = "" if resolved_at is None else f" at {resolved_at:%Y-%m-%d %H:%M:%S} UTC"
+        said = "" if error is None else f" ({error})"
+        super().__init__(
+            f"saga {saga_id!r} was resolved already{when}{said}; nothing is changed, as "
+            "resolving it again would not: its id may be executed again"
+        )
+        self.saga_id = saga_id
+        self.resolved_at = resolved_at
+        self.error = error
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.saga_id, self.resolved_at, self.error))
+
+
 class StoreConfigError(SagaDefinitionError, StoreError):
     """A store was given a bad setting (``PostgresStore(lease=0)``); the message names the fix.
 
@@ -320,6 +346,7 @@ __all__ = [
     "NonDeterminismError",
     "SagaAlreadyExecuting",
     "SagaAlreadyFailed",
+    "SagaAlreadyResolved",
     "SagaDefinitionError",
     "SagaError",
     "SagaIdReused",

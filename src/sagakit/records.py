@@ -59,7 +59,9 @@ class SagaMetadata:
 
     ``steps`` holds a record per forward step in order; ``compensations`` a record per
     compensation in the order they ran; ``events`` the forward steps' events and
-    ``compensation_events`` the compensations' events.
+    ``compensation_events`` the compensations' events. ``dead_letter`` is why a durable
+    store parked the saga (a dead letter, which keeps its status and its ``error``), or
+    ``None``.
     """
 
     id: str | None
@@ -75,6 +77,7 @@ class SagaMetadata:
     compensations: tuple[StepRecord, ...] = ()
     events: tuple[Any, ...] = ()
     compensation_events: tuple[Any, ...] = ()
+    dead_letter: str | None = None
 
     @property
     def duration(self) -> float | None:
@@ -92,6 +95,8 @@ class SagaMetadata:
             text += f" in {self.duration * 1000:.1f} ms"
         if self.error:
             text += f" ({shown_error(self.error)})"
+        if self.dead_letter is not None:
+            text += f" dead-lettered ({shown_error(self.dead_letter)})"
         return text + ">"
 
     def _repr_html_(self) -> str:

@@ -65,8 +65,9 @@ def metadata(saga: Row, serializer: JsonSerializer, *, exact: bool = False) -> S
         started_at=utc(started),
         updated_at=utc(updated),
         finished_at=utc(finished),
-        error=error if dead_reason is None else f"dead-lettered: {dead_reason}",
+        error=error,
         records=records,
+        dead_letter=dead_reason,
     )
 
 

@@ -54,6 +54,7 @@ class Statements:
     dead_letters: str
     resume: str
     resolve: str
+    resolved: str
     events: str
     events_of: str
     settle: str
@@ -247,18 +248,24 @@ def statements(schema: str) -> Statements:
         resolve=(
             f"WITH r AS (UPDATE {s}.sagas SET status = 'failed', resolved = true, "
             "error = 'resolved by an operator: ' || %(note)s || "
-            "coalesce(' (was: ' || coalesce(dead_reason, error) || ')', ''), "
+            "coalesce(' (was: ' || coalesce(dead_reason || "
+            "coalesce('; error: ' || error, ''), error) || ')', ''), "
             "finished_at = coalesce(finished_at, now()), updated_at = now(), owner = NULL, "
             "lease_until = NULL, fence = fence + 1, dead_reason = NULL, parked_at = NULL "
             "WHERE saga_id = %(id)s AND ("
             "dead_reason IS NOT NULL "
-            "OR (finished_at IS NOT NULL AND status = 'failed') "
+            "OR (finished_at IS NOT NULL AND status = 'failed' AND NOT resolved) "
             "OR (finished_at IS NULL AND lease_until <= now())) "
             "RETURNING saga_id), "
             f"i AS (UPDATE {s}.steps st SET status = 'failed', "
             "error = 'interrupted; the saga was resolved by an operator' "
             "FROM r WHERE st.saga_id = r.saga_id AND st.status = 'running') "
             "SELECT saga_id FROM r"
+        ),
+        # A saga resolve() refused as resolved already: when, and its error (the note).
+        resolved=(
+            f"SELECT updated_at, error FROM {s}.sagas WHERE saga_id = %s AND resolved "
+            "AND finished_at IS NOT NULL"
         ),
         events=(
             "SELECT position, saga_id, saga_name, step_index, step_name, compensation, data, "

@@ -357,7 +357,8 @@ class RecoverableStore(SagaStore, Protocol):
 
         The saga ends ``FAILED`` with ``note`` kept in its error; its id can be
         executed again afterwards. :class:`~sagakit.StoreError` if it is unknown or
-        still running under a live owner.
+        still running under a live owner; :class:`~sagakit.SagaAlreadyResolved` (a
+        ``StoreError``), changing nothing, if an operator resolved it already.
         """
         ...
 

@@ -79,6 +79,7 @@ def saga_metadata(
     finished_at: datetime | None,
     error: str | None,
     records: Iterable[StepRecord],
+    dead_letter: str | None = None,
 ) -> SagaMetadata:
     """A :class:`SagaMetadata` from a saga's fields and its step and compensation records.
 
@@ -105,6 +106,7 @@ def saga_metadata(
         compensations=tuple(compensations),
         events=tuple(event for record in forward for event in record.events),
         compensation_events=tuple(event for record in compensations for event in record.events),
+        dead_letter=dead_letter,
     )
 
 

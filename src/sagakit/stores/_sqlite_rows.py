@@ -75,8 +75,9 @@ def load_metadata(
         started_at=when(started),
         updated_at=when(updated),
         finished_at=when(finished),
-        error=error if parked is None else f"dead-lettered: {parked}",
+        error=error,
         records=records,
+        dead_letter=parked,
     )
 
 

@@ -27,6 +27,7 @@ from ..exceptions import (
     LeaseLost,
     SagaAlreadyExecuting,
     SagaAlreadyFailed,
+    SagaAlreadyResolved,
     SerializationError,
     StoreConfigError,
     StoreError,
@@ -1166,6 +1167,9 @@ class PostgresStore:
         check_text(note, "note", "resolve()", "say how the saga was settled")
         if await self._run(self._sql.resolve, {"id": saga_id, "note": storable(note)}):
             return
+        for updated, error in await self._run(self._sql.resolved, (saga_id,)):
+            # Once is enough: again, it nested the first note in the second's "(was:".
+            raise SagaAlreadyResolved(saga_id, rows.utc(updated), error)
         known = await self.get(saga_id)
         if known is None:
             raise StoreError(

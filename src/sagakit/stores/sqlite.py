@@ -42,6 +42,7 @@ from .._shielding import CancellationWatch, wait_out
 from ..exceptions import (
     SagaAlreadyExecuting,
     SagaAlreadyFailed,
+    SagaAlreadyResolved,
     SerializationError,
     StepTimeout,
     StoreConfigError,
@@ -134,7 +135,7 @@ def definition_fingerprint(definition: SagaDefinition) -> str:
     return fingerprint
 
 
-def _done(problem: str | None) -> bool:
+def _done(problem: str | SagaAlreadyResolved | None) -> bool:
     """Whether an operator's write (:meth:`SQLiteStore.release`, ``resolve``) was made:
     its job returns what it refused it for, if it did."""
     return problem is None
@@ -1131,14 +1132,18 @@ class SQLiteStore:
         self._refuse_writes()
         now = time.time()
 
-        def job(conn: sqlite3.Connection) -> str | None:
+        def job(conn: sqlite3.Connection) -> str | SagaAlreadyResolved | None:
             row = conn.execute(
-                "SELECT status, owner, dead_letter, finished_at FROM sagakit_sagas WHERE id = ?",
+                "SELECT status, owner, dead_letter, finished_at, resolved, updated_at, error "
+                "FROM sagakit_sagas WHERE id = ?",
                 (saga_id,),
             ).fetchone()
             if row is None:
                 return f"saga {saga_id!r} is not in {self.path!r}; `sagakit list` lists its sagas"
-            status, holder, parked, finished = row
+            status, holder, parked, finished, resolved, updated, error = row
+            if resolved and finished is not None:
+                # Once is enough: again, it nested the first note in the second's "(was:".
+                return SagaAlreadyResolved(saga_id, when(updated), error)
             if finished is None and parked is None and owner_alive(holder):
                 return (
                     f"saga {saga_id!r} is still {status} under a live process ({holder}); "
@@ -1150,7 +1155,9 @@ class SQLiteStore:
             conn.execute(
                 "UPDATE sagakit_sagas SET status = 'failed', resolved = 1, dead_letter = NULL, "
                 "owner = NULL, finished_at = coalesce(finished_at, ?), updated_at = ?, "
-                "error = ? || coalesce(' (was: ' || coalesce(dead_letter, error) || ')', ''), "
+                # Why it was parked and its own error, either of them, or none.
+                "error = ? || coalesce(' (was: ' || coalesce(dead_letter || "
+                "coalesce('; error: ' || error, ''), error) || ')', ''), "
                 "finish_order = CASE WHEN finished_at IS NULL "
                 f"THEN {NEXT_FINISH.format(at='?')} ELSE finish_order END WHERE id = ?",
                 (now, now, storable_text(f"resolved by an operator: {note}"), now, saga_id),
@@ -1159,6 +1166,8 @@ class SQLiteStore:
             return None
 
         problem = await self._operator_write(job, _done)
+        if isinstance(problem, SagaAlreadyResolved):
+            raise problem
         if problem is not None:
             raise StoreError(problem)
 
