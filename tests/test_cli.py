@@ -2558,3 +2558,31 @@ def test_times_in_tables_say_they_are_utc(tmp_path: Path) -> None:
     )
     header, row = cli("--db", db, "dead-letters")[1].splitlines()
     assert row[header.index("PARKED") :].startswith("1970-01-01 00:00:00Z  ")
+
+
+def test_list_marks_a_saga_parked_while_it_lists_by_its_own_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: `list` read every dead letter before its pages and marked a saga parked
+    # by that set, so one parked in between listed as `executing`, `"dead_letter": false`,
+    # beside its reason (`dead_letter_reason`, the ERROR column) read with the page.
+    db, _ = crashed_in_credit(tmp_path, "late", "SELECT 1")
+    read = SQLiteStore._list_page
+
+    async def parked_first(self: SQLiteStore, *args: Any) -> Any:
+        with closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute("UPDATE sagakit_sagas SET dead_letter = 'parked meanwhile', owner = NULL")
+        return await read(self, *args)
+
+    monkeypatch.setattr(SQLiteStore, "_list_page", parked_first)
+    code, out = cli("--db", db, "list", "--json")
+    assert code == 0
+    [listed] = json.loads(out)
+    assert (listed["dead_letter"], listed["dead_letter_reason"]) == (True, "parked meanwhile")
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE sagakit_sagas SET dead_letter = NULL")  # listed: parked again
+    code, out = cli("--db", db, "list")
+    assert code == 0
+    header, row = out.splitlines()
+    assert row.split()[2:4] == ["executing", "(dead"], out
+    assert row[header.index("ERROR") :] == "dead-lettered: parked meanwhile"

@@ -229,3 +229,34 @@ def test_a_long_error_is_cut_in_reprs_and_kept_whole_in_the_record() -> None:
     html = meta._repr_html_()
     assert f'title="{error}"' in html  # whole on hover
     assert html.count("x" * 5_000) == 2  # the two titles only, not the visible text
+
+
+def test_a_dead_letter_shows_why_it_was_parked_beside_its_own_error() -> None:
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    parked = SagaMetadata(
+        "o-1",
+        "order",
+        SagaStatus.COMPENSATING,
+        1,
+        3,
+        now,
+        now,
+        error="StepFailed: step 1 ('charge') failed",
+        dead_letter="compensation <b>crashed</b> its process",
+    )
+    text = repr(parked)
+    assert text.endswith(
+        "(StepFailed: step 1 ('charge') failed) "
+        "dead-lettered (compensation <b>crashed</b> its process)>"
+    )
+    html = parked._repr_html_()
+    assert "<em>dead-lettered:</em> " in html
+    assert "compensation &lt;b&gt;crashed&lt;/b&gt; its process" in html  # escaped
+    assert "<b>crashed" not in html
+    assert html.index("StepFailed") < html.index("dead-lettered")  # its error first
+    # A saga not parked says nothing of it.
+    running = SagaMetadata("o-2", "order", SagaStatus.EXECUTING, 1, 3, now, now)
+    assert "dead-lettered" not in repr(running)
+    assert "dead-lettered" not in running._repr_html_()

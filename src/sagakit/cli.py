@@ -515,15 +515,17 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
     store = _store_for(args)
     try:
         if args.command == "list":
-            # A parked saga keeps the status it had (executing, compensating): mark it.
-            parked = {d.saga_id for d in await store.dead_letters()}
+            # A parked saga keeps the status it had (executing, compensating): mark it,
+            # by its own row (`dead_letter`), read with the page: a set of every dead
+            # letter read first held them all, and missed a saga parked meanwhile.
             header = ["ID", "NAME", "STATUS", "STEPS", "STARTED", "ERROR"]
             rows: list[list[str]] = []
             listed = 0
             async for page in _newest(store, args.status, args.limit):
                 for meta in page:
+                    parked = meta.dead_letter is not None
                     if args.json:  # written as read: a long listing is never held whole
-                        item = json.dumps(_saga_json(meta, False, meta.id in parked), indent=2)
+                        item = json.dumps(_saga_json(meta, False, parked), indent=2)
                         out.write(("[\n" if not listed else ",\n") + _indented(item))
                     else:  # (its text only: the widths of the table's columns)
                         total = "?" if meta.total_steps is None else str(meta.total_steps)
@@ -531,7 +533,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                             [
                                 str(meta.id),
                                 meta.name,
-                                _status_of(meta, meta.id in parked),
+                                _status_of(meta, parked),
                                 f"{meta.steps_executed}/{total}",
                                 _when(meta.started_at),
                                 _cut(_error_of(meta), 60),
