@@ -129,6 +129,25 @@ def test_show_gives_the_step_trail(log_db: tuple[str, Path]) -> None:
     assert [s["name"] for s in data["steps"]] == ["debit", "reserve", "credit"]
 
 
+def test_show_of_a_saga_not_parked_reads_no_dead_letters(
+    log_db: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: `show` read every dead letter of the log to find the one saga's, also
+    # for a saga that is not parked (its metadata says so), slow on a large log.
+    db, _ = log_db
+
+    async def every_dead_letter(self: SQLiteStore) -> list[object]:
+        raise AssertionError("show read the log's dead letters")
+
+    monkeypatch.setattr(SQLiteStore, "dead_letters", every_dead_letter)
+    code, out = cli("--db", db, "show", "ok-1")
+    assert code == 0
+    assert "saga ok-1 (transfer): completed" in out
+    code, out = cli("--db", db, "show", "ok-1", "--json")
+    assert code == 0
+    assert json.loads(out)["parked"] is None
+
+
 def test_unknown_saga_and_missing_log_are_clear_errors(
     log_db: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -556,7 +556,13 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 )
                 return 1
             meta = found
-            letter = next((d for d in await store.dead_letters() if d.saga_id == meta.id), None)
+            # When and after how many attempts it was parked: read for a parked saga only
+            # (dead_letters() reads every parked saga of the log).
+            letter = (
+                None
+                if meta.dead_letter is None
+                else next((d for d in await store.dead_letters() if d.saga_id == meta.id), None)
+            )
             if args.json:
                 shown = _saga_json(meta, True, letter is not None)
                 shown["parked"] = None if letter is None else _parked_json(letter)
