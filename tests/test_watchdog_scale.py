@@ -129,3 +129,30 @@ async def test_the_watchdog_lets_go_of_ended_sagas() -> None:
     assert [obj for obj in gc.get_objects() if type(obj) is SagaRun and obj.id in ended] == []
     later.set()
     assert await keeper == ["done"]
+
+
+def test_a_short_step_on_uvloop_does_not_spin_the_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: uvloop's clock counts whole milliseconds and runs a timer once its
+    # millisecond is reached, so the watchdog could fire in the last millisecond before
+    # a deadline, find it not yet passed, reschedule itself for it, run at once again,
+    # and so on until the clock ticked: hundreds of firings for one step of 1 ms.
+    uvloop = pytest.importorskip("uvloop")
+    from sagakit._deadlines import Watchdog
+
+    firings = 0
+    fire = Watchdog._fire
+
+    def counted(self: Watchdog) -> None:
+        nonlocal firings
+        firings += 1
+        fire(self)
+
+    monkeypatch.setattr(Watchdog, "_fire", counted)
+
+    async def main() -> None:
+        orchestrator = SagaOrchestrator()
+        for _ in range(20):
+            await _time_out(orchestrator)
+
+    uvloop.run(main())
+    assert firings <= 3 * 20  # one per step, and a few more at most

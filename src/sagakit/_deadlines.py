@@ -72,7 +72,13 @@ class Watchdog:
         self._heap: list[tuple[float, int, SagaRun]] = []
         self.when = NO_DEADLINE
         self._handle: asyncio.TimerHandle | None = None
-        self._resolution: float = getattr(loop, "_clock_resolution", 0.0)
+        # How early a timer may run: asyncio's loop says (a deadline that close is due, as
+        # asyncio itself decides). A loop that does not — uvloop, whose clock counts whole
+        # milliseconds and runs a timer once that millisecond is reached — is taken at 1 ms:
+        # otherwise a firing before the deadline (in that last millisecond) rescheduled
+        # itself for it, ran at once again and so on, spinning the loop until the clock
+        # ticked (hundreds of firings for one short step).
+        self._resolution: float = getattr(loop, "_clock_resolution", 0.001)
         # The timer runs in an empty context: by default call_at() would copy the context of
         # the step that set it (its run, the caller's context variables) and keep it alive
         # until the timer is due, and every timer set when it fires copies it again.
