@@ -53,10 +53,13 @@ COMPENSATING = (
     "updated_at = ? WHERE id = ?"
 )
 EXECUTING = "UPDATE sagakit_sagas SET status = 'executing', updated_at = ? WHERE id = ?"
-# A claim given back unrun (give_back()): it counted a recovery attempt no run made.
-UNCOUNT_ATTEMPT = (
-    "UPDATE sagakit_sagas SET recovery_attempts = max(recovery_attempts - 1, 0) WHERE id = ?"
-)
+# A claim given back unrun (give_back()), or let go of by a claim_orphans() that then
+# failed: it counted a recovery attempt no run made.
+_UNCOUNT = "recovery_attempts = max(recovery_attempts - 1, 0)"
+UNCOUNT_ATTEMPT = f"UPDATE sagakit_sagas SET {_UNCOUNT} WHERE id = ?"
+"""give_back()'s, in the hand-over, which clears the owner if it is still this process."""
+LET_GO = f"UPDATE sagakit_sagas SET owner = NULL, {_UNCOUNT} WHERE id = ? AND owner = ?"
+"""claim_orphans()'s, clearing the owner in the same statement: (id, this process's owner)."""
 SAGA_ERROR = "UPDATE sagakit_sagas SET error = coalesce(error, ?), updated_at = ? WHERE id = ?"
 INTERRUPTED_STEP = (
     "INSERT INTO sagakit_steps (saga_id, compensation, idx, name, status, attempts, "
@@ -117,6 +120,7 @@ __all__ = [
     "INSERT_EVENT",
     "INSERT_SAGA",
     "INTERRUPTED_STEP",
+    "LET_GO",
     "LIST_NEWEST",
     "LIST_NEWEST_OF_STATUS",
     "RUNNING_NAMES",

@@ -84,6 +84,7 @@ from ._sqlite_sql import (
     INSERT_EVENT,
     INSERT_SAGA,
     INTERRUPTED_STEP,
+    LET_GO,
     LIST_NEWEST,
     LIST_NEWEST_OF_STATUS,
     NEXT_FINISH,
@@ -976,21 +977,15 @@ class SQLiteStore:
 
     async def _let_go(self, saga_ids: list[str]) -> None:
         """Clear this process as the owner of ``saga_ids`` (best effort), taking back the
-        recovery attempt their claim counted: nobody ran them."""
-        for saga_id in saga_ids:
-            self._claimed.discard(saga_id)
-            self._live.discard(saga_id)
-            self._orders.pop(saga_id, None)
+        recovery attempt their claim counted: nobody ran them. As :meth:`give_back`, but
+        for every id a failed claim took (decoded or not), in one write tried once."""
+        self._unclaim(saga_ids)
         if not saga_ids:
             return
         owner = self._owner
 
         def job(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "UPDATE sagakit_sagas SET owner = NULL, "
-                "recovery_attempts = max(recovery_attempts - 1, 0) WHERE id = ? AND owner = ?",
-                [(saga_id, owner) for saga_id in saga_ids],
-            )
+            conn.executemany(LET_GO, [(saga_id, owner) for saga_id in saga_ids])
 
         done = await wait_out(self._writer.submit(job, alone=False))
         if not done.cancelled() and done.exception() is not None:
@@ -1013,10 +1008,8 @@ class SQLiteStore:
         check_given_ids(saga_ids, "give_back()")
         self._refuse_writes()
         mine = [saga_id for saga_id in dict.fromkeys(saga_ids) if saga_id in self._claimed]
+        self._unclaim(mine)
         for saga_id in mine:
-            self._claimed.discard(saga_id)
-            self._live.discard(saga_id)
-            self._orders.pop(saga_id, None)
             self._staged.pop(saga_id, None)
             # In the hand-over's transaction, only if this process still owns it.
             self._unreleased[saga_id] = [(UNCOUNT_ATTEMPT, (saga_id,))]
@@ -1027,6 +1020,14 @@ class SQLiteStore:
                 mine,
             )
         return len(mine)
+
+    def _unclaim(self, saga_ids: Collection[str]) -> None:
+        """Forget that this process claimed ``saga_ids`` (let go of, given back, parked):
+        it runs none of them now."""
+        for saga_id in saga_ids:
+            self._claimed.discard(saga_id)
+            self._live.discard(saga_id)
+            self._orders.pop(saga_id, None)
 
     async def dead_letter(self, saga_id: str, reason: str) -> None:
         check_saga_id(saga_id, "dead_letter()")
@@ -1042,9 +1043,7 @@ class SQLiteStore:
             alone=False,
         )
         self._staged.pop(saga_id, None)
-        self._live.discard(saga_id)
-        self._claimed.discard(saga_id)
-        self._orders.pop(saga_id, None)
+        self._unclaim((saga_id,))
 
     async def dead_letters(self) -> list[DeadLetter]:
         def read(conn: sqlite3.Connection) -> list[DeadLetter]:
