@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -28,8 +29,31 @@ def test_make_transition_sets_every_field_like_the_dataclass() -> None:
         "run_number": 7,
     }
     assert [f.name for f in dataclasses.fields(Transition)] == list(values)
-    fast = make_transition(*values.values())
+    run: Any = SimpleNamespace(id="s-1", name="order", number=7)
+    step: Any = SimpleNamespace(index=2, name="ship")
+    fast = make_transition(
+        values["kind"],
+        run,
+        values["status"],
+        step,
+        values["attempt"],
+        values["result"],
+        values["events"],
+        error,
+        values["duration"],
+    )
     assert fast == Transition(**values)
     assert fast.idempotency_key == "s-1:2"
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.attempt = 4  # type: ignore[misc]
+
+
+def test_make_transition_of_the_saga_has_no_step() -> None:
+    run: Any = SimpleNamespace(id="s-1", name="order", number=7)
+    fast = make_transition(
+        TransitionKind.SAGA_STOPPED, run, SagaStatus.EXECUTING, None, 0, None, (), None, None
+    )
+    assert fast == Transition(
+        TransitionKind.SAGA_STOPPED, "s-1", "order", SagaStatus.EXECUTING, run_number=7
+    )
+    assert fast.idempotency_key is None

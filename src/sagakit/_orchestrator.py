@@ -956,18 +956,7 @@ class SagaOrchestrator:
         if not (run.listeners or logger.isEnabledFor(level)):
             return
         transition = make_transition(
-            kind,
-            run.id,
-            run.name,
-            run.status,
-            record.index,
-            record.name,
-            record.attempts,
-            None,
-            (),
-            fatal,
-            record.duration,
-            run.number,
+            kind, run, run.status, record, record.attempts, None, (), fatal, record.duration
         )
         if self._durable:
             self._held.setdefault(run, []).append((level, transition))
@@ -1011,20 +1000,7 @@ class SagaOrchestrator:
         """Tell ``SAGA_STOPPED`` (``status``: the run's as the log may still have it); what
         the run holds untold is dropped: it may never have committed."""
         self._held.pop(run, None)
-        transition = make_transition(
-            ON_SAGA_STOPPED,
-            run.id,
-            run.name,
-            status,
-            None,
-            None,
-            0,
-            None,
-            (),
-            why,
-            None,
-            run.number,
-        )
+        transition = make_transition(ON_SAGA_STOPPED, run, status, None, 0, None, (), why, None)
         await tell(run.listeners, level_of(ON_SAGA_STOPPED, status), transition, run)
 
     async def _finish(self, run: SagaRun) -> None:
@@ -1491,18 +1467,7 @@ class SagaOrchestrator:
         if not (logged or self._durable or run.listeners):
             return
         transition = make_transition(
-            kind,
-            run.id,
-            run.name,
-            run.status,
-            None if record is None else record.index,
-            None if record is None else record.name,
-            attempt,
-            result,
-            events,
-            error,
-            duration,
-            run.number,
+            kind, run, run.status, record, attempt, result, events, error, duration
         )
         if self._durable:
             stage = self._stage

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .status import SagaStatus
+
+if TYPE_CHECKING:
+    from ._runs import SagaRun, StepRun
 
 
 class TransitionKind(StrEnum):
@@ -85,36 +88,38 @@ _new = object.__new__
 
 def make_transition(
     kind: TransitionKind,
-    saga_id: str,
-    saga_name: str,
+    run: SagaRun,
     status: SagaStatus,
-    step_index: int | None,
-    step_name: str | None,
+    step: StepRun | None,
     attempt: int,
     result: Any,
     events: tuple[Any, ...],
     error: BaseException | None,
     duration: float | None,
-    run_number: int,
 ) -> Transition:
-    """``Transition(...)`` for the orchestrator's hot path: the same frozen record, built
-    through its slots' descriptors (the dataclass ``__init__`` of a frozen class costs twice
-    as much, and a durable saga makes a dozen transitions)."""
+    """``Transition(...)`` for the orchestrator's hot path, of ``run`` (its id, name and
+    number) and of ``step`` (``None``: of the saga): the same frozen record, built through
+    its slots' descriptors (the dataclass ``__init__`` of a frozen class costs twice as
+    much, and a durable saga makes a dozen transitions)."""
     transition: Transition = _new(Transition)
     # Unrolled: a loop costs as much as __init__.
     (k, i, n, s, si, sn, a, r, ev, er, d, rn) = _SETTERS
     k(transition, kind)
-    i(transition, saga_id)
-    n(transition, saga_name)
+    i(transition, run.id)
+    n(transition, run.name)
     s(transition, status)
-    si(transition, step_index)
-    sn(transition, step_name)
+    if step is None:
+        si(transition, None)
+        sn(transition, None)
+    else:
+        si(transition, step.index)
+        sn(transition, step.name)
     a(transition, attempt)
     r(transition, result)
     ev(transition, events)
     er(transition, error)
     d(transition, duration)
-    rn(transition, run_number)
+    rn(transition, run.number)
     return transition
 
 
