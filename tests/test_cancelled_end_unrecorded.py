@@ -30,6 +30,7 @@ from sagakit import (
     step,
 )
 from sagakit.testing import SagaRecorder
+from store_helpers.refusing import refuse_record
 
 pytestmark = pytest.mark.asyncio
 
@@ -82,20 +83,6 @@ class FinishLostMemory(MemoryStore):
     async def finish(self, run: Any) -> None:
         await super().finish(run)
         raise StoreError("the connection was lost after the commit")
-
-
-def _refuse_end(store: Any, *, after: bool) -> None:
-    """Make ``store.record()`` of the run's end raise ``StoreError``."""
-    record = store.record
-
-    async def failing(run: Any, transition: Transition) -> None:
-        hit = transition.kind is TransitionKind.SAGA_FINISHED
-        if not hit or after:
-            await record(run, transition)
-        if hit:
-            raise StoreError("the log cannot be written")
-
-    store.record = failing
 
 
 async def _cancelled(orchestrator: SagaOrchestrator, key: str, saga_id: str) -> BaseException:
@@ -153,7 +140,7 @@ async def test_sqlite_cancelled_run_whose_end_fails_raises_cancelled(
     tmp_path: Path, key: str, after: bool
 ) -> None:
     store = SQLiteStore(tmp_path / "sagas.db")
-    _refuse_end(store, after=after)
+    refuse_record(store, TransitionKind.SAGA_FINISHED, after=after)
     recorder = SagaRecorder()
     async with SagaOrchestrator(store, listeners=[recorder]) as orchestrator:
         raised = await _cancelled(orchestrator, key, f"ce-{key}")
@@ -257,7 +244,7 @@ async def test_a_cancelled_recovery_whose_end_fails_raises_cancelled(tmp_path: P
     LOG.clear()
     GATE["reached"] = asyncio.Event()
     store = SQLiteStore(path)
-    _refuse_end(store, after=False)
+    refuse_record(store, TransitionKind.SAGA_FINISHED, after=False)
     async with SagaOrchestrator(store) as orchestrator:
         recovering = asyncio.create_task(orchestrator.recover())
         await GATE["reached"].wait()  # compensating the orphan

@@ -19,12 +19,12 @@ from sagakit import (
     SagaOrchestrator,
     SagaStatus,
     StoreError,
-    Transition,
     TransitionKind,
     saga,
     step,
 )
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+from store_helpers.refusing import refuse_record
 
 pytestmark = pytest.mark.asyncio
 
@@ -115,14 +115,7 @@ async def test_another_store_claims_a_saga_whose_end_was_not_written_at_once(
     durable_store: Callable[[], Any],
 ) -> None:
     store = durable_store()
-    record = store.record
-
-    async def refusing_the_end(run: Any, transition: Transition) -> None:
-        if transition.kind is TransitionKind.SAGA_FINISHED:
-            raise StoreError("the log cannot be written")
-        await record(run, transition)
-
-    store.record = refusing_the_end
+    refuse_record(store, TransitionKind.SAGA_FINISHED, after=False)
     async with SagaOrchestrator(store) as orchestrator:
         with pytest.raises(StoreError):
             await orchestrator.execute(hb_move("hb-3"), saga_id="hb-3")

@@ -31,6 +31,7 @@ from sagakit import (
     step,
 )
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+from store_helpers.refusing import refuse_record
 
 pytestmark = pytest.mark.asyncio
 
@@ -210,14 +211,7 @@ async def test_a_saga_whose_end_could_not_be_written_keeps_its_failed_compensati
     # recovery, which ran refund again and ended it COMPENSATED.
     expected = await _without_a_crash("fail", keep_going=False)
     store = SQLiteStore(tmp_path / "s.db")
-    record = store.record
-
-    async def refuses_the_end(run: Any, transition: Transition) -> None:
-        if transition.kind is TransitionKind.SAGA_FINISHED:
-            raise StoreError("injected: the disk is full")
-        await record(run, transition)
-
-    store.record = refuses_the_end  # type: ignore[method-assign]
+    refuse_record(store, TransitionKind.SAGA_FINISHED, after=False)
     orchestrator = SagaOrchestrator(store, compensation_retry=ONCE)
     with FaultInjector().fail_compensation(charge), pytest.raises(StoreError):
         await orchestrator.execute(order("x").with_id("fc-4"))

@@ -14,12 +14,12 @@ from sagakit import (
     SagaStatus,
     StepStatus,
     StoreError,
-    Transition,
     TransitionKind,
     saga,
     step,
 )
 from sagakit.testing import SagaRecorder
+from store_helpers.refusing import refuse_record
 
 pytestmark = pytest.mark.asyncio
 
@@ -88,21 +88,6 @@ async def test_postgres_keeps_a_staged_completion_when_the_server_refuses_the_ne
     assert recorder.run("refused-start").completed == ["wf_take"]
 
 
-def _failing(store: Any, kind: TransitionKind, index: int | None, *, after: bool) -> None:
-    """Make ``store.record()`` of that transition raise ``StoreError`` (``after`` it
-    committed, or instead of writing)."""
-    record = store.record
-
-    async def failing(run: Any, transition: Transition) -> None:
-        hit = transition.kind is kind and transition.step_index == index
-        if not (hit and not after):
-            await record(run, transition)
-        if hit:
-            raise StoreError("the log cannot be written")
-
-    store.record = failing
-
-
 @pytest.mark.parametrize("after", [False, True])
 async def test_an_end_that_cannot_be_recorded_is_told_as_stopped(
     tmp_path: Path, after: bool
@@ -113,7 +98,7 @@ async def test_an_end_that_cannot_be_recorded_is_told_as_stopped(
     from sagakit import SQLiteStore
 
     store = SQLiteStore(tmp_path / "sagas.db")
-    _failing(store, TransitionKind.SAGA_FINISHED, None, after=after)
+    refuse_record(store, TransitionKind.SAGA_FINISHED, after=after)
     recorder = SagaRecorder()
     orchestrator = SagaOrchestrator(store, listeners=[recorder])
     with pytest.raises(StoreError, match="cannot be written"):
@@ -143,7 +128,7 @@ async def test_a_compensation_whose_start_cannot_be_recorded_is_not_left_running
         yield wf_refuse(source)
 
     store = SQLiteStore(tmp_path / "sagas.db")
-    _failing(store, TransitionKind.COMPENSATION_STARTED, 0, after=after)
+    refuse_record(store, TransitionKind.COMPENSATION_STARTED, 0, after=after)
     calls.clear()
     orchestrator = SagaOrchestrator(store)
     with pytest.raises(StoreError, match="cannot be written"):
@@ -174,7 +159,7 @@ async def test_postgres_writes_a_staged_completion_when_the_end_cannot_be_record
 
     store = PostgresStore(dsn, schema=schema)
     await store.open()
-    _failing(store, TransitionKind.SAGA_FINISHED, None, after=False)
+    refuse_record(store, TransitionKind.SAGA_FINISHED, after=False)
     calls.clear()
     orchestrator = SagaOrchestrator(store)
     with pytest.raises(StoreError, match="cannot be written"):
@@ -218,7 +203,7 @@ async def test_a_compensation_whose_failure_cannot_be_recorded_is_not_left_runni
     opener = getattr(store, "open", None)
     if opener is not None:
         await opener()
-    _failing(store, TransitionKind.COMPENSATION_FAILED, 0, after=after)
+    refuse_record(store, TransitionKind.COMPENSATION_FAILED, 0, after=after)
     calls.clear()
     orchestrator = SagaOrchestrator(store, compensation_retry=Retry(attempts=1))
     with pytest.raises(StoreError, match="cannot be written"):
@@ -256,7 +241,7 @@ async def test_postgres_names_the_saga_whose_staged_transition_it_could_not_writ
     caplog.set_level(logging.WARNING, logger="sagakit")
     store = PostgresStore(dsn, schema=schema)
     await store.open()
-    _failing(store, TransitionKind.SAGA_FINISHED, None, after=False)
+    refuse_record(store, TransitionKind.SAGA_FINISHED, after=False)
     send = store._writer._send
 
     async def refuse_the_flush(writes: list[Any]) -> dict[str, str]:

@@ -18,12 +18,12 @@ from sagakit import (
     StepFailed,
     StepStatus,
     StoreError,
-    Transition,
     TransitionKind,
     saga,
     step,
 )
 from sagakit.cli import main as cli
+from store_helpers.refusing import refuse_record
 
 pytestmark = pytest.mark.asyncio
 
@@ -50,21 +50,6 @@ async def uf_refuse(account: str) -> None:
 def uf_order(account: str):  # type: ignore[no-untyped-def]
     yield uf_take(account)
     yield uf_refuse(account)
-
-
-def _failing(store: Any, kind: TransitionKind, index: int, *, after: bool) -> None:
-    """Make ``store.record()`` of that transition raise ``StoreError`` (``after`` it
-    committed, or instead of writing), as tests/test_store_write_failures.py does."""
-    record = store.record
-
-    async def failing(run: Any, transition: Transition) -> None:
-        hit = transition.kind is kind and transition.step_index == index
-        if not (hit and not after):
-            await record(run, transition)
-        if hit:
-            raise StoreError("the disk is full")
-
-    store.record = failing
 
 
 async def _opened(store: Any) -> Any:
@@ -101,7 +86,7 @@ async def test_a_step_failure_the_log_could_not_record_is_told_and_raised(
     # failure nor the store's error, and the saga's error did not mention the store.
     caplog.set_level(logging.WARNING, logger="sagakit")
     store = await _opened(durable_store())
-    _failing(store, TransitionKind.STEP_FAILED, 1, after=after)
+    refuse_record(store, TransitionKind.STEP_FAILED, 1, after=after, message="the disk is full")
     calls.clear()
     orchestrator = SagaOrchestrator(store)
     with pytest.raises(StepFailed) as raised:
@@ -166,7 +151,7 @@ async def test_a_compensation_the_log_could_not_record_is_told_in_the_saga_error
         yield uf_refuse(account)
 
     store = await _opened(durable_store())
-    _failing(store, TransitionKind(kind), 1, after=after)
+    refuse_record(store, TransitionKind(kind), 1, after=after, message="the disk is full")
     calls.clear()
     from sagakit import Retry
 
@@ -209,7 +194,9 @@ async def test_sagakit_show_prints_why_compensating_stopped(tmp_path: Any) -> No
     from sagakit import SQLiteStore
 
     store = SQLiteStore(tmp_path / "sagas.db")
-    _failing(store, TransitionKind.COMPENSATION_STARTED, 0, after=False)
+    refuse_record(
+        store, TransitionKind.COMPENSATION_STARTED, 0, after=False, message="the disk is full"
+    )
     orchestrator = SagaOrchestrator(store)
     with pytest.raises(StoreError):
         await orchestrator.execute(uf_order("a"), saga_id="uf-show")
@@ -232,7 +219,7 @@ async def test_a_step_start_the_log_could_not_record_is_logged(
 
     caplog.set_level(logging.WARNING, logger="sagakit")
     store = SQLiteStore(tmp_path / "sagas.db")
-    _failing(store, TransitionKind.STEP_STARTED, 1, after=False)
+    refuse_record(store, TransitionKind.STEP_STARTED, 1, after=False, message="the disk is full")
     calls.clear()
     orchestrator = SagaOrchestrator(store)
     with pytest.raises(StoreError, match="the disk is full"):
