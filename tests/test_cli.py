@@ -2132,6 +2132,16 @@ def test_a_saga_parked_after_interrupted_recoveries_is_not_said_to_have_crashed_
     )
 
 
+def test_recover_notes_name_five_sagas_then_an_ellipsis() -> None:
+    # The helper behind the notes of `recover` that name sagas (dead letters left alone,
+    # sagas run on another host, those finished before an interruption).
+    from sagakit.cli import _first_few
+
+    assert _first_few(["a"]) == "a"
+    assert _first_few(["a", "b", "c", "d", "e"]) == "a, b, c, d, e"
+    assert _first_few(["a", "b", "c", "d", "e", "f"]) == "a, b, c, d, e, ..."
+
+
 def test_recover_names_the_dead_letters_it_leaves_alone(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -463,6 +463,11 @@ def _status_of(meta: SagaMetadata, dead_letter: bool) -> str:
     return f"{meta.status} (dead letter)" if dead_letter else str(meta.status)
 
 
+def _first_few(names: Sequence[str]) -> str:
+    """``names`` for a line of output: the first five, then ``...`` if there are more."""
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+
+
 def _side_note(args: argparse.Namespace, out: TextIO, note: str) -> None:
     """A line beside ``recover``'s result: on stderr with ``--json``, so that stdout
     stays one JSON document."""
@@ -652,7 +657,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                     _table(rows, out, cut=(1, 4))  # NAME, ERROR
             if waiting:
                 # Or the operator reads "nothing to recover" while sagas wait for them.
-                named = ", ".join(waiting[:5]) + (", ..." if len(waiting) > 5 else "")
+                named = _first_few(waiting)
                 # (Never a PostgreSQL URL, which may hold a password.)
                 db = "..." if _is_postgres(args.db) else args.db
                 note = (
@@ -679,7 +684,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 # `list` shows them executing, and never learns of `release`.
                 far = await store._held_elsewhere()
                 if far:
-                    named = ", ".join(far[:5]) + (", ..." if len(far) > 5 else "")
+                    named = _first_few(far)
                     note = (
                         f"{len(far)} saga(s) ({one_line(named)}) are run by a process of another "
                         "host or container, which no recovery here takes over; once you know "
@@ -903,8 +908,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             # What it finished before, or the operator learns of it only from `list`.
             finished = getattr(args, "finished", [])
             done = (
-                f" after finishing {len(finished)} saga(s) "
-                f"({', '.join(finished[:5])}{', ...' if len(finished) > 5 else ''})"
+                f" after finishing {len(finished)} saga(s) ({_first_few(finished)})"
                 if finished
                 else ""
             )
