@@ -1048,11 +1048,16 @@ class PostgresStore:
                         taken,
                         done.exception(),
                     )
-            for saga_id in taken:
-                self._fences.pop(saga_id, None)
-                self._orders.pop(saga_id, None)
-                self._claimed.discard(saga_id)
+            self._unclaim(taken)
             raise
+
+    def _unclaim(self, saga_ids: Collection[str]) -> None:
+        """Forget that this store holds the leases of ``saga_ids`` (let go of, parked): it
+        runs none of them now, and the heartbeat renews none of them."""
+        for saga_id in saga_ids:
+            self._fences.pop(saga_id, None)
+            self._orders.pop(saga_id, None)
+            self._claimed.discard(saga_id)
 
     async def _claim(
         self,
@@ -1106,9 +1111,7 @@ class PostgresStore:
                     row[0],
                     extra={"saga_id": row[0], "saga_name": row[1]},
                 )
-                self._fences.pop(row[0], None)  # parked: nobody owns it now
-                self._orders.pop(row[0], None)
-                self._claimed.discard(row[0])
+                self._unclaim((row[0],))  # parked: nobody owns it now
         if not alive:
             return len(claimed)
         for row in alive:
@@ -1146,9 +1149,7 @@ class PostgresStore:
         finally:
             # Parked or not (the write may have failed), this store no longer runs it: the
             # heartbeat must not keep its lease alive, so its next claim can park it.
-            self._fences.pop(saga_id, None)
-            self._orders.pop(saga_id, None)
-            self._claimed.discard(saga_id)
+            self._unclaim((saga_id,))
         if not found:
             raise LeaseLost(saga_id)
 
