@@ -470,6 +470,14 @@ _RECORD_LISTS = [
     ("docs/api.md", "after failing recovery:", ". ", "sagakit:DeadLetter"),
     ("docs/api.md", "durable log's ordered stream:", ". Read", "sagakit:StoredEvent"),
     ("docs/api.md", "one orphaned saga:", ". ", "sagakit:RecoveryOutcome"),
+    ("docs/concepts/monitoring.md", "| field | meaning |", "\n\n", "sagakit:SagaMetadata"),
+    ("docs/concepts/monitoring.md", "compensation of a run:", "Both", "sagakit:StepRecord"),
+    (
+        "docs/concepts/monitoring.md",
+        "A `Transition` is a frozen record:",
+        "\n\n",
+        "sagakit:Transition",
+    ),
 ]
 
 
