@@ -478,6 +478,7 @@ _RECORD_LISTS = [
         "\n\n",
         "sagakit:Transition",
     ),
+    ("docs/concepts/saga-ids.md", "`StepContext` also carries", ". ", "sagakit:StepContext"),
 ]
 
 
