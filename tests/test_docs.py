@@ -465,6 +465,7 @@ _RECORD_LISTS = [
     ("docs/testing.md", "(`FiredFault`:", " — ", "sagakit.testing:FiredFault"),
     ("docs/testing.md", "a `FaultMatrixReport` (", ")", "sagakit.testing:FaultMatrixReport"),
     ("docs/testing.md", "each `FaultCase` has", ". ", "sagakit.testing:FaultCase"),
+    ("docs/testing.md", "by `@step` object. A", ". Its `repr()`", "sagakit.testing:RecordedRun"),
     ("docs/api.md", "dead owner and now claimed:", "\n\n", "sagakit:OrphanedSaga"),
     ("docs/api.md", "`.compensations`):", "\n\n", "sagakit:LoggedStep"),
     ("docs/api.md", "after failing recovery:", ". ", "sagakit:DeadLetter"),
