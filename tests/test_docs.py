@@ -532,3 +532,56 @@ def test_testing_page_signatures_match_the_code() -> None:
         shown = _documented_parameters(node.args)
         problems += _check_parameters(where, shown, _real_parameters(fn), namespace)
     assert not problems, "\n".join(problems)
+
+
+def test_code_fragments_not_run_call_with_real_keywords() -> None:
+    """The ```py fragments no test runs (and the pages' code that needs a server) pass only
+    keywords the sagakit callables they call take: a renamed option cannot stay in them."""
+    import sagakit
+    import sagakit.stores
+    import sagakit.testing
+
+    public = {
+        name: getattr(module, name)
+        for module in (sagakit, sagakit.stores, sagakit.testing)
+        for name in module.__all__
+    }
+    methods: dict[str, list[object]] = {}  # `store.read_events(...)`: any class's method
+    for obj in public.values():
+        if inspect.isclass(obj):
+            for name in dir(obj):
+                if not name.startswith("_") and callable(getattr(obj, name, None)):
+                    methods.setdefault(name, []).append(getattr(obj, name))
+
+    def takes(fn: object, keywords: list[str]) -> bool:
+        parameters = inspect.signature(fn).parameters  # type: ignore[arg-type]
+        return set(keywords) <= set(parameters) or any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+        )
+
+    problems, checked = [], 0
+    for path in sorted(ROOT.glob("docs/**/*.md")):
+        page = str(path.relative_to(ROOT))
+        if page == "docs/api.md":  # signatures, checked above
+            continue
+        text = path.read_text(encoding="utf-8")
+        blocks = _blocks(text, "py")
+        if page not in RUNNABLE_PAGES and page not in AWAIT_PAGES:
+            blocks += _blocks(text, "python")
+        for block in blocks:
+            for node in ast.walk(ast.parse(block)):
+                if not isinstance(node, ast.Call):
+                    continue
+                keywords = [k.arg for k in node.keywords if k.arg is not None]
+                func = node.func
+                if isinstance(func, ast.Name) and func.id in public:
+                    candidates = [public[func.id]]
+                elif isinstance(func, ast.Attribute) and func.attr in methods:
+                    candidates = methods[func.attr]
+                else:
+                    continue
+                checked += 1
+                if keywords and not any(takes(fn, keywords) for fn in candidates):
+                    problems.append(f"{page}: {ast.unparse(node)}")
+    assert checked >= 10, f"only {checked} calls found in the fragments"
+    assert not problems, "\n".join(problems)
