@@ -585,3 +585,57 @@ def test_code_fragments_not_run_call_with_real_keywords() -> None:
                     problems.append(f"{page}: {ast.unparse(node)}")
     assert checked >= 10, f"only {checked} calls found in the fragments"
     assert not problems, "\n".join(problems)
+
+
+def test_statuses_diagram_has_every_change_of_status_a_run_makes() -> None:
+    """docs/concepts/statuses.md's state diagram draws each change of a saga's status that
+    a run makes: a KeyboardInterrupt in a step ends it FAILED straight from EXECUTING."""
+    import asyncio
+    import contextlib
+    import itertools
+
+    from sagakit import Retry, SagaOrchestrator, SagaRunError, SagaStatus, Transition, saga, step
+
+    page = (ROOT / "docs" / "concepts" / "statuses.md").read_text(encoding="utf-8")
+    (diagram,) = [m.group(3) for m in _BLOCK.finditer(page) if m.group(2) == "mermaid"]
+    drawn = set(re.findall(r"^\s*([A-Z_]+) --> ([A-Z_]+)", diagram, re.M))
+
+    @step
+    async def reserve(outcome: str) -> None:
+        pass
+
+    @reserve.compensate
+    async def release(outcome: str) -> None:
+        if outcome == "undo fails":
+            raise RuntimeError("cannot release")
+        if outcome == "undo interrupted":
+            raise KeyboardInterrupt
+
+    @step
+    async def ship(outcome: str) -> None:
+        if outcome == "interrupted":
+            raise KeyboardInterrupt
+        if outcome != "completes":
+            raise RuntimeError("cannot ship")
+
+    @saga(name="test_docs.statuses_order")
+    def order(outcome: str):  # type: ignore[no-untyped-def]
+        yield reserve(outcome)
+        yield ship(outcome)
+
+    made: set[tuple[str, str]] = set()
+    outcomes = ["completes", "fails", "undo fails", "interrupted", "undo interrupted"]
+    for outcome in outcomes:
+        statuses = [SagaStatus.NOT_STARTED]
+
+        def listen(transition: Transition, statuses: list[SagaStatus] = statuses) -> None:
+            if transition.status != statuses[-1]:
+                statuses.append(transition.status)
+
+        orchestrator = SagaOrchestrator(listeners=[listen], compensation_retry=Retry(attempts=1))
+        with contextlib.suppress(SagaRunError, KeyboardInterrupt):
+            asyncio.run(orchestrator.execute(order(outcome)))
+        assert statuses[-1].is_finished, (outcome, statuses)
+        made.update((a.name, b.name) for a, b in itertools.pairwise(statuses))
+    missing = sorted(made - drawn)
+    assert not missing, f"docs/concepts/statuses.md's diagram does not draw {missing}"
