@@ -465,11 +465,21 @@ _RECORD_LISTS = [
     ("docs/testing.md", "(`FiredFault`:", " — ", "sagakit.testing:FiredFault"),
     ("docs/testing.md", "a `FaultMatrixReport` (", ")", "sagakit.testing:FaultMatrixReport"),
     ("docs/testing.md", "each `FaultCase` has", ". ", "sagakit.testing:FaultCase"),
+    ("docs/testing.md", "by `@step` object. A", ". Its `repr()`", "sagakit.testing:RecordedRun"),
     ("docs/api.md", "dead owner and now claimed:", "\n\n", "sagakit:OrphanedSaga"),
     ("docs/api.md", "`.compensations`):", "\n\n", "sagakit:LoggedStep"),
     ("docs/api.md", "after failing recovery:", ". ", "sagakit:DeadLetter"),
     ("docs/api.md", "durable log's ordered stream:", ". Read", "sagakit:StoredEvent"),
     ("docs/api.md", "one orphaned saga:", ". ", "sagakit:RecoveryOutcome"),
+    ("docs/concepts/monitoring.md", "| field | meaning |", "\n\n", "sagakit:SagaMetadata"),
+    ("docs/concepts/monitoring.md", "compensation of a run:", "Both", "sagakit:StepRecord"),
+    (
+        "docs/concepts/monitoring.md",
+        "A `Transition` is a frozen record:",
+        "\n\n",
+        "sagakit:Transition",
+    ),
+    ("docs/concepts/saga-ids.md", "`StepContext` also carries", ". ", "sagakit:StepContext"),
 ]
 
 
@@ -522,3 +532,110 @@ def test_testing_page_signatures_match_the_code() -> None:
         shown = _documented_parameters(node.args)
         problems += _check_parameters(where, shown, _real_parameters(fn), namespace)
     assert not problems, "\n".join(problems)
+
+
+def test_code_fragments_not_run_call_with_real_keywords() -> None:
+    """The ```py fragments no test runs (and the pages' code that needs a server) pass only
+    keywords the sagakit callables they call take: a renamed option cannot stay in them."""
+    import sagakit
+    import sagakit.stores
+    import sagakit.testing
+
+    public = {
+        name: getattr(module, name)
+        for module in (sagakit, sagakit.stores, sagakit.testing)
+        for name in module.__all__
+    }
+    methods: dict[str, list[object]] = {}  # `store.read_events(...)`: any class's method
+    for obj in public.values():
+        if inspect.isclass(obj):
+            for name in dir(obj):
+                if not name.startswith("_") and callable(getattr(obj, name, None)):
+                    methods.setdefault(name, []).append(getattr(obj, name))
+
+    def takes(fn: object, keywords: list[str]) -> bool:
+        parameters = inspect.signature(fn).parameters  # type: ignore[arg-type]
+        return set(keywords) <= set(parameters) or any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+        )
+
+    problems, checked = [], 0
+    for path in sorted(ROOT.glob("docs/**/*.md")):
+        page = str(path.relative_to(ROOT))
+        if page == "docs/api.md":  # signatures, checked above
+            continue
+        text = path.read_text(encoding="utf-8")
+        blocks = _blocks(text, "py")
+        if page not in RUNNABLE_PAGES and page not in AWAIT_PAGES:
+            blocks += _blocks(text, "python")
+        for block in blocks:
+            for node in ast.walk(ast.parse(block)):
+                if not isinstance(node, ast.Call):
+                    continue
+                keywords = [k.arg for k in node.keywords if k.arg is not None]
+                func = node.func
+                if isinstance(func, ast.Name) and func.id in public:
+                    candidates = [public[func.id]]
+                elif isinstance(func, ast.Attribute) and func.attr in methods:
+                    candidates = methods[func.attr]
+                else:
+                    continue
+                checked += 1
+                if keywords and not any(takes(fn, keywords) for fn in candidates):
+                    problems.append(f"{page}: {ast.unparse(node)}")
+    assert checked >= 10, f"only {checked} calls found in the fragments"
+    assert not problems, "\n".join(problems)
+
+
+def test_statuses_diagram_has_every_change_of_status_a_run_makes() -> None:
+    """docs/concepts/statuses.md's state diagram draws each change of a saga's status that
+    a run makes: a KeyboardInterrupt in a step ends it FAILED straight from EXECUTING."""
+    import asyncio
+    import contextlib
+    import itertools
+
+    from sagakit import Retry, SagaOrchestrator, SagaRunError, SagaStatus, Transition, saga, step
+
+    page = (ROOT / "docs" / "concepts" / "statuses.md").read_text(encoding="utf-8")
+    (diagram,) = [m.group(3) for m in _BLOCK.finditer(page) if m.group(2) == "mermaid"]
+    drawn = set(re.findall(r"^\s*([A-Z_]+) --> ([A-Z_]+)", diagram, re.M))
+
+    @step
+    async def reserve(outcome: str) -> None:
+        pass
+
+    @reserve.compensate
+    async def release(outcome: str) -> None:
+        if outcome == "undo fails":
+            raise RuntimeError("cannot release")
+        if outcome == "undo interrupted":
+            raise KeyboardInterrupt
+
+    @step
+    async def ship(outcome: str) -> None:
+        if outcome == "interrupted":
+            raise KeyboardInterrupt
+        if outcome != "completes":
+            raise RuntimeError("cannot ship")
+
+    @saga(name="test_docs.statuses_order")
+    def order(outcome: str):  # type: ignore[no-untyped-def]
+        yield reserve(outcome)
+        yield ship(outcome)
+
+    made: set[tuple[str, str]] = set()
+    outcomes = ["completes", "fails", "undo fails", "interrupted", "undo interrupted"]
+    for outcome in outcomes:
+        statuses = [SagaStatus.NOT_STARTED]
+
+        def listen(transition: Transition, statuses: list[SagaStatus] = statuses) -> None:
+            if transition.status != statuses[-1]:
+                statuses.append(transition.status)
+
+        orchestrator = SagaOrchestrator(listeners=[listen], compensation_retry=Retry(attempts=1))
+        with contextlib.suppress(SagaRunError, KeyboardInterrupt):
+            asyncio.run(orchestrator.execute(order(outcome)))
+        assert statuses[-1].is_finished, (outcome, statuses)
+        made.update((a.name, b.name) for a, b in itertools.pairwise(statuses))
+    missing = sorted(made - drawn)
+    assert not missing, f"docs/concepts/statuses.md's diagram does not draw {missing}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 import random
 import re
 import string
@@ -1654,3 +1655,33 @@ async def test_list_sagas_refuses_an_unknown_status_and_lists_none_below_one(
         # Any case, as the CLI's --status takes it and the docs write statuses.
         assert [m.id for m in await store.list_sagas(status="COMPLETED")] == ["listed"]
         assert [m.id for m in await store.list_sagas(status=SagaStatus.COMPLETED)] == ["listed"]
+
+
+@pytest.mark.asyncio
+async def test_a_saga_the_store_released_says_so_not_that_its_lease_ran_out(
+    dsn: str, schema: str
+) -> None:
+    # release_leases() (as a process that exits does, or close()) fences out the store's
+    # own execute() calls: their LeaseLost must not blame a pause or advise on leases.
+    async with opened(dsn, schema) as store:
+        task = await hang_at(SagaOrchestrator(store), "handed-over", 1)
+        assert await store.release_leases() == 1
+        GATES["handed-over:1"].set()
+        with pytest.raises(LeaseLost) as raised:
+            await task
+        assert raised.value.released
+        assert "this store released it" in str(raised.value)
+        assert "heartbeat" not in str(raised.value)
+        assert pickle.loads(pickle.dumps(raised.value)).released
+        assert RAN[("handed-over", 2, "do")] == 0  # no further step
+        assert not [key for key in RAN if key[2] == "undo"]  # and no compensation
+    # A lease that ran out and was claimed by another worker still says that.
+    async with opened(dsn, schema) as a, opened(dsn, schema) as b:
+        task = await hang_at(SagaOrchestrator(a), "taken-over", 1)
+        expire(dsn, schema, "taken-over")
+        (orphan,) = await b.claim_orphans(saga_ids=["taken-over"])
+        assert orphan.saga_id == "taken-over"
+        GATES["taken-over:1"].set()
+        with pytest.raises(LeaseLost, match="paused or cut off past its lease") as raised:
+            await task
+        assert not raised.value.released

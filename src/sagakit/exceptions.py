@@ -321,22 +321,33 @@ class _LoggedError(Exception):
 
 class LeaseLost(StoreError):
     """This worker no longer owns the saga: its lease expired and another worker
-    claimed it (or this worker released it), so its writes are fenced out.
+    claimed it, or (``released``) this store gave the lease up itself, so its writes
+    are fenced out.
 
     The orchestrator stops the saga here, running no further step and no
     compensation; the saga's new owner finishes it.
     """
 
-    def __init__(self, saga_id: str) -> None:
-        super().__init__(
-            f"lost the lease of saga {saga_id!r}: another worker owns it now (this worker "
-            "was paused or cut off past its lease), so nothing more is recorded or run for "
-            "it here; renew leases more often (heartbeat) or lengthen the lease"
-        )
+    def __init__(self, saga_id: str, released: bool = False) -> None:
+        if released:
+            # release_leases(), a stopping worker or close(): no advice on leases is due.
+            message = (
+                f"gave up the lease of saga {saga_id!r}: this store released it "
+                "(release_leases(), a stopping worker or close()) for another worker to "
+                "finish, so nothing more is recorded or run for it here"
+            )
+        else:
+            message = (
+                f"lost the lease of saga {saga_id!r}: another worker owns it now (this "
+                "worker was paused or cut off past its lease), so nothing more is recorded "
+                "or run for it here; renew leases more often (heartbeat) or lengthen the lease"
+            )
+        super().__init__(message)
         self.saga_id = saga_id
+        self.released = released
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.saga_id,))
+        return (type(self), (self.saga_id, self.released))
 
 
 __all__ = [

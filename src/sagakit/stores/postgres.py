@@ -249,7 +249,9 @@ class PostgresStore:
         self._new: dict[str, dict[str, Any]] = {}  # generated ids' rows, not yet sent
         self._unlogged: set[str] = set()  # generated ids found taken: never written
         self._claimed: set[str] = set()  # of those, taken over from another owner
-        self._lost: set[str] = set()  # fenced out: refuse further writes locally
+        # Fenced out: refuse further writes locally. True for a saga this store released
+        # itself (release_leases(), close()), whose LeaseLost says so.
+        self._lost: dict[str, bool] = {}
         self._staged: dict[str, list[Write]] = {}  # written with the saga's next record()
         self._doubts: dict[str, Doubt] = {}  # submissions that may have committed or not
         self._token = int.from_bytes(os.urandom(7), "big")  # the last write token handed out
@@ -434,7 +436,7 @@ class PostgresStore:
             if (ids is not None and i not in ids) or (not as_crash and i in self._new)
         }
         released = fences.keys() - kept.keys()
-        self._lost.update(released)
+        self._lost.update(dict.fromkeys(released, not as_crash))
         self._claimed.difference_update(released)
         for saga_id in released:
             self._orders.pop(saga_id, None)
@@ -526,7 +528,7 @@ class PostgresStore:
             }
             self._fences[run.id] = 1  # a new row's fencing token
             self._orders[run.id] = 0
-            self._lost.discard(run.id)
+            self._lost.pop(run.id, None)
             return None
         # The row carries a write token of this begin: if the connection is lost while
         # it commits, begun again on a new one, it finds the row its first try wrote.
@@ -566,7 +568,7 @@ class PostgresStore:
             return earlier
         self._fences[run.id] = fence
         self._orders[run.id] = 0  # a new row, or an earlier run's records deleted
-        self._lost.discard(run.id)
+        self._lost.pop(run.id, None)
         return None
 
     async def _unbegin(self, saga_id: str, params: dict[str, Any]) -> None:
@@ -646,7 +648,7 @@ class PostgresStore:
         fence = self._fences.get(saga_id)
         if fence is None:
             if saga_id in self._lost:
-                raise LeaseLost(saga_id)
+                raise LeaseLost(saga_id, self._lost[saga_id])
             raise StoreError(
                 f"saga {saga_id!r} was neither begun nor claimed by this store; "
                 "a store records only the sagas it owns"
@@ -720,7 +722,10 @@ class PostgresStore:
             if self._fences.get(saga_id) == writes[-1].fence:
                 del self._fences[saga_id]
             self._claimed.discard(saga_id)
-            self._lost.add(saga_id)
+            if self._lost.setdefault(saga_id, False):
+                # Refused because this store released the saga while the write was on
+                # its way: say so, not that the lease ran out.
+                raise LeaseLost(saga_id, released=True) from None
             raise
         except IdTaken:
             self._unlogged.add(saga_id)  # another saga's id: nothing may be written under it
@@ -912,7 +917,7 @@ class PostgresStore:
             self._fences.pop(run.id, None)
             self._orders.pop(run.id, None)
             self._claimed.discard(run.id)
-            self._lost.discard(run.id)
+            self._lost.pop(run.id, None)
 
     async def _release(self, saga_id: str, saga_name: str) -> None:
         """Give up the lease of ``saga_id`` if this store still holds it (best effort)."""
@@ -1117,7 +1122,7 @@ class PostgresStore:
         for row in alive:
             self._fences[row[0]] = row[12]
             self._claimed.add(row[0])
-            self._lost.discard(row[0])
+            self._lost.pop(row[0], None)
             taken.append(row[0])
         found = await self._run(self._sql.claimed_steps, ([r[0] for r in alive],))
         for row in alive:
@@ -1151,7 +1156,7 @@ class PostgresStore:
             # heartbeat must not keep its lease alive, so its next claim can park it.
             self._unclaim((saga_id,))
         if not found:
-            raise LeaseLost(saga_id)
+            raise LeaseLost(saga_id, self._lost.get(saga_id, False))
 
     async def dead_letters(self) -> list[DeadLetter]:
         return [rows.dead_letter(row) for row in await self._run(self._sql.dead_letters)]
