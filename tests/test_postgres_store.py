@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import pickle
 import random
 import re
@@ -46,6 +47,7 @@ from sagakit._recovery import _recover_one
 from sagakit.cli import main as cli_main
 from sagakit.stores import RecoverableStore, _pg_schema
 from sagakit.stores._pg_schema import SCHEMA_VERSION
+from sagakit.transitions import Transition, TransitionKind
 
 RAN: Counter[tuple[str, int, str]] = Counter()
 GATES: dict[str, asyncio.Event] = {}
@@ -1685,3 +1687,33 @@ async def test_a_saga_the_store_released_says_so_not_that_its_lease_ran_out(
         with pytest.raises(LeaseLost, match="paused or cut off past its lease") as raised:
             await task
         assert not raised.value.released
+
+
+@pytest.mark.asyncio
+async def test_cancelling_a_released_saga_stops_it_quietly_for_its_new_owner(
+    dsn: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The shutdown of docs/postgres.md: release_leases(), then cancel the execute() calls.
+    # Fenced out, the run stops as any fenced-out run does (SAGA_STOPPED, at INFO), with
+    # nothing undone; it logged two WARNINGs per saga ("could not record the end of step",
+    # "the end of saga ... could not be recorded") and told no SAGA_STOPPED.
+    heard: list[Transition] = []
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        orchestrator.add_listener(heard.append)
+        task = await hang_at(orchestrator, "shut-down", 1)
+        assert await store.release_leases() == 1
+        caplog.set_level(logging.INFO, logger="sagakit")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        (stopped,) = [t for t in heard if t.kind is TransitionKind.SAGA_STOPPED]
+        assert isinstance(stopped.error, LeaseLost)
+        assert stopped.error.released
+        assert stopped.status is SagaStatus.EXECUTING
+        assert TransitionKind.SAGA_FINISHED not in [t.kind for t in heard]
+        assert not [key for key in RAN if key[0] == "shut-down" and key[2] == "undo"]
+    async with opened(dsn, schema) as other:  # its new owner takes it at once
+        (orphan,) = await other.claim_orphans(saga_ids=["shut-down"])
+        assert orphan.status is SagaStatus.EXECUTING

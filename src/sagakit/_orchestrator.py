@@ -739,6 +739,13 @@ class SagaOrchestrator:
             except SimulatedCrash as crash:
                 self._crashed(run, crash)
                 raise  # "the process died": nothing more is run or recorded
+            except LeaseLost as lost:
+                # Fenced out (its lease released, as a process shutting down does, or
+                # taken over): the saga's owner finishes it. It stops here as it does on
+                # the way forward: nothing more undone or recorded, SAGA_STOPPED told.
+                await self._stopped(run, lost)
+                _chain(cancelled, lost)
+                raise cancelled from None  # (its __context__: the LeaseLost, chained above)
             except Exception as unrecorded:  # a compensation's transition: the run ends FAILED
                 run.status = SAGA_FAILED
                 _chain(cancelled, unrecorded)
@@ -1092,6 +1099,8 @@ class SagaOrchestrator:
                     interrupted.attempts,
                     error=asyncio.CancelledError(why),
                 )
+            except LeaseLost:
+                raise  # fenced out: another worker owns the saga, nothing is undone here
             except Exception as unrecorded:  # StoreError: the run's end writes it again
                 run.unwritten = None  # told here
                 _warn(
