@@ -224,7 +224,8 @@ _FAULTS_NOTED = pytest.StashKey[bool]()
 
 def _note_faults_never_fired(item: pytest.Item, error: BaseException) -> None:
     """Note on a failing test's error that a fault of ``saga_faults`` names no step (a
-    typo, say), or never fired at its ``index``: the likely reason its
+    typo, say), or never fired (its step never ran, or not at its ``index``): the likely
+    reason its
     ``pytest.raises(StepFailed)`` saw nothing raised.
     Not on a skip or an expected failure, whose error is not shown: its teardown says it."""
     if isinstance(error, pytest.skip.Exception | pytest.xfail.Exception):
