@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -673,7 +674,7 @@ def test_the_plugin_is_switched_on_and_off_as_the_testing_page_says(
 ) -> None:
     # docs/testing.md: active through its entry point, `-p no:sagakit` turns it off; with
     # autoloading off, `-p sagakit` or `pytest_plugins` turn it on; listing it in a
-    # conftest while it is autoloaded is refused by pytest as a plugin registered twice.
+    # conftest while it is autoloaded too is harmless (see the test after this one).
     pytester.makepyfile("def test_fixture(saga_recorder):\n    assert saga_recorder.runs == []\n")
     flags = ["-p", "no:cacheprovider"]
     pytester.runpytest_subprocess(*flags).assert_outcomes(passed=1)
@@ -681,9 +682,7 @@ def test_the_plugin_is_switched_on_and_off_as_the_testing_page_says(
     off.assert_outcomes(errors=1)
     off.stdout.fnmatch_lines(["*fixture 'saga_recorder' not found*"])
     pytester.makeconftest('pytest_plugins = ["sagakit.pytest_plugin"]')
-    twice = pytester.runpytest_subprocess(*flags)
-    assert twice.ret != 0
-    twice.stderr.fnmatch_lines(["*ValueError: Plugin already registered under a different name*"])
+    pytester.runpytest_subprocess(*flags).assert_outcomes(passed=1)
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     pytester.runpytest_subprocess(*flags).assert_outcomes(passed=1)  # the conftest's
     pytester.makeconftest("")
@@ -712,6 +711,43 @@ def test_the_plugin_is_switched_on_and_off_as_the_testing_page_says(
         pytester.makeconftest(f"pytest_plugins = [{plugins}]")
         listed = pytester.runpytest_subprocess(*flags, "-W", rewrite)
         listed.assert_outcomes(passed=1)
+
+
+def test_the_plugin_named_by_its_module_while_autoloaded_is_registered_once(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: a conftest listing `pytest_plugins = ["sagakit.pytest_plugin"]` (so that
+    # it works with autoloading off too), or `-p sagakit.pytest_plugin`, made pytest stop
+    # before running anything once the entry point had loaded the plugin as `sagakit`
+    # (or the other way round): "ValueError: Plugin already registered under a different
+    # name", with a dump of every plugin. The module is registered once, whichever name
+    # came first, and asked no more under the other.
+    _ini(pytester)  # filterwarnings = error: no warning either
+    pytester.makepyfile("def test_fixture(saga_recorder):\n    assert saga_recorder.runs == []\n")
+    flags = ["-p", "no:cacheprovider", "--trace-config"]
+    registered = "PLUGIN registered: <module 'sagakit.pytest_plugin' from *"
+
+    def once(*args: str) -> None:
+        result = pytester.runpytest_subprocess(*flags, *args)
+        result.assert_outcomes(passed=1)
+        lines = [line for line in result.outlines if fnmatch(line, registered)]
+        assert len(lines) == 1, result.outlines
+
+    once("-p", "sagakit.pytest_plugin")  # before the entry point is loaded
+    pytester.makeconftest('pytest_plugins = ["sagakit.pytest_plugin"]')
+    once()  # after it
+    once("-p", "sagakit")
+    once("-p", "sagakit.pytest_plugin")
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    asyncio = ("-p", "pytest_asyncio.plugin")  # its ini keys are known then
+    once(*asyncio)
+    once(*asyncio, "-p", "sagakit")
+    pytester.makeconftest("")
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
+    # `-p no:sagakit` still turns the autoloaded plugin off.
+    off = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:sagakit")
+    off.assert_outcomes(errors=1)
+    off.stdout.fnmatch_lines(["*fixture 'saga_recorder' not found*"])
 
 
 def test_the_orchestrator_fixture_without_pytest_asyncio_says_what_to_do(

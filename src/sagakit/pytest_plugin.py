@@ -51,6 +51,24 @@ _SETTINGS = {
 _MATRIX_KWARGS = ("failures", "timeouts", "error")
 
 
+# The names pytest registers this module under: its entry point's (autoloaded, `-p sagakit`)
+# and its own (`pytest_plugins = ["sagakit.pytest_plugin"]`, `-p sagakit.pytest_plugin`).
+_NAMES = ("sagakit", __name__)
+
+
+def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
+    """Registered under one of its names, block the other, so that a conftest listing the
+    module (for runs with autoloading off) also works with it on: pytest would register
+    the module a second time and stop ("Plugin already registered under a different
+    name"). A block only keeps pytest from loading it again; ``-p no:sagakit`` still
+    turns the autoloaded plugin off."""
+    if plugin is not sys.modules[__name__]:
+        return
+    for name in _NAMES:
+        if manager.get_plugin(name) is None and not manager.is_blocked(name):
+            manager.set_blocked(name)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("sagakit", "sagakit saga testing")
     for ini, help_text in _SETTINGS.values():
@@ -206,7 +224,8 @@ _FAULTS_NOTED = pytest.StashKey[bool]()
 
 def _note_faults_never_fired(item: pytest.Item, error: BaseException) -> None:
     """Note on a failing test's error that a fault of ``saga_faults`` names no step (a
-    typo, say), or never fired at its ``index``: the likely reason its
+    typo, say), or never fired (its step never ran, or not at its ``index``): the likely
+    reason its
     ``pytest.raises(StepFailed)`` saw nothing raised.
     Not on a skip or an expected failure, whose error is not shown: its teardown says it."""
     if isinstance(error, pytest.skip.Exception | pytest.xfail.Exception):

@@ -178,10 +178,23 @@ class _Scope:
             else:
                 fault = inner.fault_for(step, attempt, compensation=compensation)
             if fault is not None:
+                _note_ran_around(self.outer, step, attempt, compensation)
                 return fault
         if self.outer is None:
             return None
         return self.outer.fault_for(step, attempt, compensation=compensation)
+
+
+def _note_ran_around(
+    scope: FaultPlan | None, step: Step[Any, Any], attempt: int, compensation: bool
+) -> None:
+    """Tell the injectors of the open scopes around one that answered a fault for this
+    attempt (so asked them nothing) that it ran: their faults on it did not fire because
+    it never ran, but because a fault nearer came first."""
+    while isinstance(scope, _Scope):
+        if scope.open and isinstance(scope.inner, FaultInjector):
+            scope.inner._ran.setdefault((id(step), attempt, compensation), step)
+        scope = scope.outer
 
 
 _scopes: ContextVar[tuple[tuple[Token[FaultPlan | None], _Scope], ...]] = ContextVar(
@@ -211,6 +224,9 @@ class FaultInjector:
         # (its position; whether in the saga under test), and the faults that fired.
         self._missed: dict[int, dict[tuple[int | None, bool], None]] = {}
         self._hit: set[int] = set()
+        # Every attempt of a step or compensation asked about while active, by (id of the
+        # step, attempt, compensation): why a fault that never fired did not.
+        self._ran: dict[tuple[int, int, bool], Step[Any, Any]] = {}
 
     def _add(
         self,
@@ -302,6 +318,7 @@ class FaultInjector:
         self.fired.clear()
         self._missed.clear()
         self._hit.clear()
+        self._ran.clear()
 
     def _unknown_steps(self) -> str | None:
         """What is wrong if a fault names a step no ``@step`` defines (a typo, say), or
@@ -372,9 +389,53 @@ class FaultInjector:
             )
         return "FaultInjector: " + "; ".join(misses) if misses else None
 
+    def _never_fired(self) -> str | None:
+        """What is likely wrong if a fault on a real step never fired, its step (or
+        compensation) having never run — not in this saga, or not reached — or having run
+        only where an earlier fault came first: said on a failure, never an error itself
+        (a fault on a step the saga did not reach is a fine thing to set up)."""
+        misses = []
+        for rule in self._rules:
+            target = rule.target
+            if id(rule) in self._hit or id(rule) in self._missed:  # fired, or said where
+                continue
+            if isinstance(target, str) and target not in DEFINED_NAMES:
+                continue  # said by _unknown_steps
+            name = target if isinstance(target, str) else target.name
+            runs = [
+                (step, attempt)
+                for (_, attempt, compensation), step in self._ran.items()
+                if compensation is rule.compensation
+                and (step.name == target if isinstance(target, str) else step is target)
+            ]
+            if rule.compensation and (
+                target.compensation is None
+                if isinstance(target, Step)
+                else target not in COMPENSATED_NAMES
+            ):
+                continue  # no compensation: said by _unknown_steps
+            what = f"compensation of step {name!r}" if rule.compensation else f"step {name!r}"
+            if not runs:
+                why = (
+                    "the step was never compensated where the injector is active"
+                    if rule.compensation
+                    else "the step never ran where the injector is active (is it a step "
+                    "of the saga under test?)"
+                )
+            elif any(rule.matches_step(step, attempt, rule.compensation) for step, attempt in runs):
+                why = (
+                    "another fault on it was injected first (the first matching fault "
+                    "wins, and an injector entered inside this one's block is asked first)"
+                )
+            else:
+                why = f"it ran only at attempts past times={rule.times}"
+            misses.append(f"the fault on {what} never fired: {why}")
+        return "FaultInjector: " + "; ".join(misses) if misses else None
+
     def _failure_notes(self) -> list[str]:
         """Why a block (or a test) that failed may have: its faults that never fired."""
-        return [note for note in (self._unknown_steps(), self._index_misses()) if note]
+        notes = (self._unknown_steps(), self._index_misses(), self._never_fired())
+        return [note for note in notes if note]
 
     def _check_steps(self, error: BaseException | None) -> None:
         """At the end of a block: refuse faults on unknown steps (noted on ``error``)."""
@@ -399,6 +460,7 @@ class FaultInjector:
         self, step: Step[Any, Any], attempt: int, compensation: bool, *, aimed: bool
     ) -> BaseException | SimulatedTimeout | CrashAfter | None:
         """The fault for this attempt; ``aimed``: the running saga is the one under test."""
+        self._ran.setdefault((id(step), attempt, compensation), step)
         for rule in self._rules:
             if not rule.matches(step, attempt, compensation, aimed):
                 if rule.index is not None and rule.matches_step(step, attempt, compensation):
