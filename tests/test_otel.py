@@ -133,6 +133,12 @@ async def test_failure_records_the_exception_and_compensation_spans() -> None:
     assert charge_span.attributes is not None
     assert charge_span.attributes["sagakit.step.attempts"] == 2
     assert [e.name for e in charge_span.events] == ["exception", "sagakit.retry"]
+    exception, retry = charge_span.events  # both name the attempt that failed (as documented)
+    assert exception.attributes is not None
+    assert retry.attributes is not None
+    assert exception.attributes["sagakit.step.attempt"] == 1
+    assert retry.attributes["sagakit.step.attempt"] == 1
+    assert retry.attributes["error"].startswith(exception.attributes["exception.type"])
     finished = exporter.get_finished_spans()
     compensations = [s.name for s in finished if s.name.startswith("compensate")]
     assert compensations == ["compensate charge", "compensate reserve"]  # in the order they ran
