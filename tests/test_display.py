@@ -260,3 +260,21 @@ def test_a_dead_letter_shows_why_it_was_parked_beside_its_own_error() -> None:
     running = SagaMetadata("o-2", "order", SagaStatus.EXECUTING, 1, 3, now, now)
     assert "dead-lettered" not in repr(running)
     assert "dead-lettered" not in running._repr_html_()
+
+
+def test_a_step_call_shows_even_arguments_that_cannot_be_shown_in_full() -> None:
+    # Regression: a step call's repr (a notebook cell's value, the "got <StepCall ...>" of
+    # a misuse error) was the whole repr() of every argument: 700 kB for a list of 100,000
+    # numbers, and it raised when an argument's repr() raised.
+    looped: list[Any] = [1]
+    looped.append(looped)
+    for argument in (_Unprintable(), list(range(100_000)), "x" * 100_000, looped):
+        text = repr(reserve(argument))
+        assert len(text) < 200
+        assert text.startswith("<StepCall reserve(")
+    assert "_Unprintable" in repr(reserve(_Unprintable()))
+    assert repr(reserve(list(range(100_000)))).startswith("<StepCall reserve([0, 1, 2")
+    assert (
+        repr(charge(item=["a"] * 1_000))
+        == "<StepCall charge(item=['a', 'a', 'a', 'a', 'a', 'a', ...])>"
+    )

@@ -6,7 +6,7 @@ Plain strings, every value escaped; nothing from IPython is imported.
 from __future__ import annotations
 
 import reprlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from html import escape
 from typing import TYPE_CHECKING, Any
 
@@ -119,13 +119,15 @@ def step_record_html(record: StepRecord) -> str:
 
 
 # An argument is shown shortened (a long list or text is cut, a nested one stops at a
-# depth), and one whose repr() raises by its type: a cell never fails or grows unbounded.
+# depth), and one whose repr() raises by its type: a cell, or a step call's repr, never
+# fails or grows unbounded.
 _ARGUMENT = reprlib.Repr()
 _ARGUMENT.maxstring = _ARGUMENT.maxother = 80
 _ARGUMENT.maxlevel = 3
 
 
-def _describe_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+def describe_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+    """A call's arguments as written, each shortened: ``'A', amount=10.0``."""
     shown = _ARGUMENT.repr
     parts = [shown(a) for a in args] + [f"{k}={shown(v)}" for k, v in kwargs.items()]
     return ", ".join(parts)
@@ -135,7 +137,7 @@ def definition_html(definition: SagaDefinition) -> str:
     """A definition: its steps with timeout, retries and compensation, before any run."""
     head = f"<strong>saga {escape(definition.name)}</strong>"
     if definition.factory is not None:
-        args = _describe_args(definition.args, definition.kwargs)
+        args = describe_args(definition.args, definition.kwargs)
         head = f"<strong>saga {escape(definition.name)}({escape(args)})</strong>"
     if definition.saga_id is not None:
         head += f" <code>{escape(definition.saga_id)}</code>"
@@ -154,7 +156,7 @@ def definition_html(definition: SagaDefinition) -> str:
                 (
                     str(index),
                     escape(step.name),
-                    escape(_describe_args(call._args, call._kwargs)),
+                    escape(describe_args(call._args, call._kwargs)),
                     f"{step.timeout:g} s",
                     str(step.retry.attempts),
                     escape(getattr(compensation, "__name__", "—") if compensation else "—"),
@@ -165,4 +167,4 @@ def definition_html(definition: SagaDefinition) -> str:
     return f'<div class="sagakit-definition">{head}{table}</div>'
 
 
-__all__ = ["definition_html", "metadata_html", "step_record_html"]
+__all__ = ["definition_html", "describe_args", "metadata_html", "step_record_html"]

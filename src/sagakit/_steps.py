@@ -17,6 +17,7 @@ from typing_extensions import ParamSpec
 
 from ._checks import check_flag, check_seconds, not_the_class
 from ._deadlines import timeout_error
+from ._display import describe_args
 from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, active_faults, raised_by_step
 from ._names import by_reference, declared_name, qualname_of
 from ._retry import NO_RETRY, Retry
@@ -274,9 +275,9 @@ class StepCall(Generic[R_co]):
         return _call_again, (self._step, self._instance, self._args, self._kwargs)
 
     def __repr__(self) -> str:
-        parts = [repr(a) for a in self._args]
-        parts += [f"{k}={v!r}" for k, v in self._kwargs.items()]
-        return f"<StepCall {self._step.name}({', '.join(parts)})>"
+        # Each argument shortened, as in a definition's notebook table: a list of a
+        # million rows, or an argument whose repr() raises, still shows in one line.
+        return f"<StepCall {self._step.name}({describe_args(self._args, self._kwargs)})>"
 
 
 def _how_to_declare(fn: object) -> str:
