@@ -278,3 +278,56 @@ def test_a_step_call_shows_even_arguments_that_cannot_be_shown_in_full() -> None
         repr(charge(item=["a"] * 1_000))
         == "<StepCall charge(item=['a', 'a', 'a', 'a', 'a', 'a', ...])>"
     )
+
+
+@saga(name="display.many")
+def many(count: int) -> list[Any]:
+    return [reserve(str(index)) for index in range(count)]
+
+
+def _huge_run(count: int) -> SagaMetadata:
+    """A run of ``count`` steps, the last failed, then ``count - 1`` compensations."""
+    from datetime import UTC, datetime
+
+    steps = [StepRecord(i, f"s{i}", StepStatus.COMPLETED, 1, 0.001) for i in range(count)]
+    steps[-1] = StepRecord(count - 1, f"s{count - 1}", StepStatus.FAILED, 1, 0.001, "boom")
+    undone = tuple(
+        StepRecord(i, f"s{i}", StepStatus.COMPLETED, 1, 0.001, compensation=True)
+        for i in reversed(range(count - 1))
+    )
+    now = datetime.now(UTC)
+    return SagaMetadata(
+        "h-1", "huge", SagaStatus.COMPENSATED, count, count, now, now, now, "StepFailed: boom",
+        tuple(steps), undone,
+    )  # fmt: skip
+
+
+def test_a_huge_run_shows_its_first_and_last_steps_and_compensations() -> None:
+    # Regression: a row per step and per compensation, however many: 3 MB of HTML for a
+    # run of 5,000 steps, kept in the notebook's file and slow to draw.
+    html = _huge_run(5_000)._repr_html_()
+    assert len(html) < 50_000
+    rows = _rows(html)
+    split = rows.index(["compensations, in the order they ran"])
+    steps, compensations = rows[1:split], rows[split + 1 :]
+    assert [row[0] for row in steps[:2]] == ["0", "1"]
+    assert steps[20] == ["… 4,960 more steps"]
+    assert steps[-1][:3] == ["4999", "s4999", "failed"]  # the failed step is shown
+    assert len(steps) == 41
+    assert compensations[0][:2] == ["↩1", "s4998"]  # the first to run
+    assert compensations[20] == ["… 4,959 more compensations"]
+    assert compensations[-1][:2] == ["↩4999", "s0"]  # the last to run
+    assert len(compensations) == 41
+    # Up to 50 rows are all shown.
+    assert len(_rows(_huge_run(50)._repr_html_())) == 1 + 50 + 1 + 49
+
+
+def test_a_huge_definition_shows_its_first_and_last_steps() -> None:
+    html = many(5_000)._repr_html_()
+    assert len(html) < 50_000
+    rows = _rows(html)[1:]
+    assert [row[0] for row in rows[:2]] == ["0", "1"]
+    assert rows[20] == ["… 4,960 more steps"]
+    assert rows[-1][:3] == ["4999", "reserve", "'4999'"]
+    assert len(rows) == 41
+    assert len(_rows(many(50)._repr_html_())) == 51
