@@ -280,6 +280,19 @@ class StepCall(Generic[R_co]):
         return f"<StepCall {self._step.name}({describe_args(self._args, self._kwargs)})>"
 
 
+def _declared_again(earlier: object, fn: object) -> bool:
+    """Whether ``fn`` is ``earlier``'s declaration run again — the same module and
+    qualified name: a notebook cell re-run, a module reloaded (``importlib.reload``,
+    IPython's ``%autoreload``) that compensates a step of another module. It replaces
+    ``earlier``, as running a ``def`` again replaces a function."""
+    qualname = getattr(fn, "__qualname__", None)
+    return (
+        isinstance(qualname, str)
+        and qualname == getattr(earlier, "__qualname__", None)
+        and getattr(fn, "__module__", None) == getattr(earlier, "__module__", None)
+    )
+
+
 def _how_to_declare(fn: object) -> str:
     """The fix for ``fn``, not a coroutine function: an object whose ``__call__`` is
     async is wrapped in one (the decorators need a function to keep and introspect)."""
@@ -518,7 +531,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
                 f"compensation_retry=...))"
             )
         spec = self._self_spec
-        if spec.compensation is not None:
+        if spec.compensation is not None and not _declared_again(spec.compensation, fn):
             raise CompensationAlreadySetError(
                 f"step {self.name!r} already has the compensation "
                 f"{qualname_of(spec.compensation)!r}; a step has at most one — "
