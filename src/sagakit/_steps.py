@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, SupportsIndex, Type
 import wrapt
 from typing_extensions import ParamSpec
 
-from ._checks import check_flag, check_seconds, not_the_class
+from ._checks import asyncio_loop, check_flag, check_seconds, not_the_class
 from ._deadlines import timeout_error
 from ._display import describe_args
 from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, active_faults, raised_by_step
@@ -199,7 +199,7 @@ class StepCall(Generic[R_co]):
     async def _run_alone(self) -> R_co:
         step = self._step
         policy = step.retry
-        loop = asyncio.get_running_loop()
+        loop = asyncio_loop("a step call")
         task = asyncio.current_task(loop)
         assert task is not None, "a step call is awaited inside an asyncio task"
         cancelling = task.cancelling()  # more later: the caller's task was cancelled too
