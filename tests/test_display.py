@@ -331,3 +331,23 @@ def test_a_huge_definition_shows_its_first_and_last_steps() -> None:
     assert rows[-1][:3] == ["4999", "reserve", "'4999'"]
     assert len(rows) == 41
     assert len(_rows(many(50)._repr_html_())) == 51
+
+
+def test_a_long_recovery_error_or_dead_letter_reason_is_cut_in_reprs() -> None:
+    # Regression: recover()'s outcomes (a notebook cell's value) and the store's dead
+    # letters showed their whole error in their repr — up to 64 kB each — where a run's
+    # repr shows the first 200 characters.
+    from sagakit import DeadLetter, RecoveryOutcome
+
+    error = "ValueError: " + "x" * 5_000
+    outcome = RecoveryOutcome("o-1", "order", "compensated", SagaStatus.COMPENSATED, error)
+    letter = DeadLetter("o-1", "order", SagaStatus.EXECUTING, 3, f"replaying raised {error}")
+    for text in (repr(outcome), repr(letter)):
+        assert len(text) < 400
+        assert text.endswith("…)>" if text.startswith("<Recovery") else "…>")
+    assert repr(outcome).startswith("<RecoveryOutcome order id='o-1' compensated -> ")
+    assert repr(letter).startswith(
+        "<DeadLetter order id='o-1' executing after 3 attempts: replaying raised ValueError: x"
+    )
+    assert outcome.error == error  # the records keep it whole
+    assert letter.reason == f"replaying raised {error}"

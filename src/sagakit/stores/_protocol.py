@@ -12,6 +12,7 @@ from .._checks import MAX_COUNT, check_count, not_the_class
 from .._sagas import RecoveryPolicy
 from .._serialization import JsonSerializer
 from ..exceptions import SagaDefinitionError, StoreConfigError
+from ..records import shown_error
 from ..status import SagaStatus, StepStatus
 
 if TYPE_CHECKING:
@@ -266,7 +267,7 @@ class DeadLetter:
     def __repr__(self) -> str:
         return (
             f"<DeadLetter {self.name} id={self.saga_id!r} {self.status} after "
-            f"{self.recovery_attempts} attempts: {self.reason}>"
+            f"{self.recovery_attempts} attempts: {shown_error(self.reason)}>"
         )
 
 
