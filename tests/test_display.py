@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
@@ -351,3 +352,23 @@ def test_a_long_recovery_error_or_dead_letter_reason_is_cut_in_reprs() -> None:
     )
     assert outcome.error == error  # the records keep it whole
     assert letter.reason == f"replaying raised {error}"
+
+
+async def forget(cache: str, item: str) -> None:
+    return None
+
+
+@step(name="display.lookup")
+async def lookup(item: str) -> str:
+    return item
+
+
+lookup.compensate(functools.partial(forget, "cache-1"))
+
+
+def test_a_partial_compensation_is_named_by_its_function() -> None:
+    # Regression: a compensation without a __name__ (a functools.partial) was shown as "—",
+    # as a step without one is, and drawn as "compensation".
+    definition = SagaDefinition("p-1").add_step(lookup("x"))
+    assert _rows(definition._repr_html_())[1][5] == "forget"
+    assert '    s0 -. on failure .-> c0[/"forget"/]' in definition.to_mermaid().splitlines()

@@ -5,6 +5,7 @@ Plain strings, every value escaped; nothing from IPython is imported.
 
 from __future__ import annotations
 
+import functools
 import reprlib
 from collections.abc import Iterable, Mapping, Sequence
 from html import escape
@@ -162,6 +163,15 @@ def describe_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def compensation_name(compensation: object) -> str:
+    """How a table or diagram names a compensation: by its function's name, a
+    ``functools.partial``'s included (which has no ``__name__`` of its own)."""
+    while isinstance(compensation, functools.partial):
+        compensation = compensation.func
+    name = getattr(compensation, "__name__", None)
+    return name if isinstance(name, str) else type(compensation).__name__
+
+
 def _call_row(index: int, call: StepCall[Any]) -> str:
     step = call._step
     compensation = step.compensation
@@ -172,7 +182,7 @@ def _call_row(index: int, call: StepCall[Any]) -> str:
             escape(describe_args(call._args, call._kwargs)),
             f"{step.timeout:g} s",
             str(step.retry.attempts),
-            escape(getattr(compensation, "__name__", "—") if compensation else "—"),
+            escape(compensation_name(compensation) if compensation else "—"),
         )
     )
 
@@ -204,6 +214,7 @@ def definition_html(definition: SagaDefinition) -> str:
 
 __all__ = [
     "SHOWN_ROWS",
+    "compensation_name",
     "definition_html",
     "describe_args",
     "metadata_html",

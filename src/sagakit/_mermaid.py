@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any
 
-from ._display import shown_rows
+from ._display import compensation_name, shown_rows
 from .records import shown_error
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def definition_mermaid(definition: SagaDefinition) -> str:
         previous = f"s{index}"
         compensation = call._step.compensation
         if compensation is not None:
-            name = getattr(compensation, "__name__", "compensation")
+            name = compensation_name(compensation)
             lines.append(f"    s{index} -. on failure .-> c{index}[/{_text(name)}/]")
             undo.append(f"c{index}")
 
