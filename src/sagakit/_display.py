@@ -36,14 +36,16 @@ SHOWN_ROWS = 50
 _ENDS = 20
 
 
-def shown_rows(items: Sequence[T]) -> tuple[Sequence[T], int, Sequence[T]]:
-    """``items`` as shown: all of them, or past :data:`SHOWN_ROWS` their first and last
-    20 with how many between are left out. A saga of thousands of steps would otherwise
-    be megabytes of HTML in the notebook's file, or a diagram too big for Mermaid to draw;
+def shown_rows(
+    items: Sequence[T], limit: int = SHOWN_ROWS, ends: int = _ENDS
+) -> tuple[Sequence[T], int, Sequence[T]]:
+    """``items`` as shown: all of them, or past ``limit`` their first and last ``ends``
+    with how many between are left out. A saga of thousands of steps would otherwise be
+    megabytes of HTML in the notebook's file, or a diagram too big for Mermaid to draw;
     the record keeps every step."""
-    if len(items) <= SHOWN_ROWS:
+    if len(items) <= limit:
         return items, 0, ()
-    return items[:_ENDS], len(items) - 2 * _ENDS, items[-_ENDS:]
+    return items[:ends], len(items) - 2 * ends, items[-ends:]
 
 
 _TABLE = 'style="border-collapse:collapse;font-size:0.9em;text-align:left"'
