@@ -158,9 +158,13 @@ _ARGUMENT.maxstring = _ARGUMENT.maxother = 80
 _ARGUMENT.maxlevel = 3
 
 
+short_repr = _ARGUMENT.repr
+"""``repr(value)`` shortened as an argument is, never raising."""
+
+
 def describe_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
     """A call's arguments as written, each shortened: ``'A', amount=10.0``."""
-    shown = _ARGUMENT.repr
+    shown = short_repr
     parts = [shown(a) for a in args] + [f"{k}={shown(v)}" for k, v in kwargs.items()]
     return ", ".join(parts)
 
@@ -220,6 +224,7 @@ __all__ = [
     "definition_html",
     "describe_args",
     "metadata_html",
+    "short_repr",
     "shown_rows",
     "step_record_html",
 ]
