@@ -372,3 +372,17 @@ def test_a_partial_compensation_is_named_by_its_function() -> None:
     definition = SagaDefinition("p-1").add_step(lookup("x"))
     assert _rows(definition._repr_html_())[1][5] == "forget"
     assert '    s0 -. on failure .-> c0[/"forget"/]' in definition.to_mermaid().splitlines()
+
+
+def test_a_stored_events_repr_shortens_the_event() -> None:
+    # Regression: read_events()'s records (a notebook cell's value) showed each event's
+    # whole repr(), and raised when it raised.
+    from sagakit import StoredEvent
+
+    record = StoredEvent(7, "o-1", "order", 0, "reserve", False, {"rows": list(range(10**5))})
+    assert (
+        repr(record)
+        == "<StoredEvent #7 order 'o-1' step 0 reserve: {'rows': [0, 1, 2, 3, 4, 5, ...]}>"
+    )
+    odd = StoredEvent(8, "o-1", "order", 0, "reserve", False, _Unprintable())
+    assert "_Unprintable" in repr(odd)
