@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
@@ -260,3 +261,128 @@ def test_a_dead_letter_shows_why_it_was_parked_beside_its_own_error() -> None:
     running = SagaMetadata("o-2", "order", SagaStatus.EXECUTING, 1, 3, now, now)
     assert "dead-lettered" not in repr(running)
     assert "dead-lettered" not in running._repr_html_()
+
+
+def test_a_step_call_shows_even_arguments_that_cannot_be_shown_in_full() -> None:
+    # Regression: a step call's repr (a notebook cell's value, the "got <StepCall ...>" of
+    # a misuse error) was the whole repr() of every argument: 700 kB for a list of 100,000
+    # numbers, and it raised when an argument's repr() raised.
+    looped: list[Any] = [1]
+    looped.append(looped)
+    for argument in (_Unprintable(), list(range(100_000)), "x" * 100_000, looped):
+        text = repr(reserve(argument))
+        assert len(text) < 200
+        assert text.startswith("<StepCall reserve(")
+    assert "_Unprintable" in repr(reserve(_Unprintable()))
+    assert repr(reserve(list(range(100_000)))).startswith("<StepCall reserve([0, 1, 2")
+    assert (
+        repr(charge(item=["a"] * 1_000))
+        == "<StepCall charge(item=['a', 'a', 'a', 'a', 'a', 'a', ...])>"
+    )
+
+
+@saga(name="display.many")
+def many(count: int) -> list[Any]:
+    return [reserve(str(index)) for index in range(count)]
+
+
+def _huge_run(count: int) -> SagaMetadata:
+    """A run of ``count`` steps, the last failed, then ``count - 1`` compensations."""
+    from datetime import UTC, datetime
+
+    steps = [StepRecord(i, f"s{i}", StepStatus.COMPLETED, 1, 0.001) for i in range(count)]
+    steps[-1] = StepRecord(count - 1, f"s{count - 1}", StepStatus.FAILED, 1, 0.001, "boom")
+    undone = tuple(
+        StepRecord(i, f"s{i}", StepStatus.COMPLETED, 1, 0.001, compensation=True)
+        for i in reversed(range(count - 1))
+    )
+    now = datetime.now(UTC)
+    return SagaMetadata(
+        "h-1", "huge", SagaStatus.COMPENSATED, count, count, now, now, now, "StepFailed: boom",
+        tuple(steps), undone,
+    )  # fmt: skip
+
+
+def test_a_huge_run_shows_its_first_and_last_steps_and_compensations() -> None:
+    # Regression: a row per step and per compensation, however many: 3 MB of HTML for a
+    # run of 5,000 steps, kept in the notebook's file and slow to draw.
+    html = _huge_run(5_000)._repr_html_()
+    assert len(html) < 50_000
+    rows = _rows(html)
+    split = rows.index(["compensations, in the order they ran"])
+    steps, compensations = rows[1:split], rows[split + 1 :]
+    assert [row[0] for row in steps[:2]] == ["0", "1"]
+    assert steps[20] == ["… 4,960 more steps"]
+    assert steps[-1][:3] == ["4999", "s4999", "failed"]  # the failed step is shown
+    assert len(steps) == 41
+    assert compensations[0][:2] == ["↩1", "s4998"]  # the first to run
+    assert compensations[20] == ["… 4,959 more compensations"]
+    assert compensations[-1][:2] == ["↩4999", "s0"]  # the last to run
+    assert len(compensations) == 41
+    # Up to 50 rows are all shown.
+    assert len(_rows(_huge_run(50)._repr_html_())) == 1 + 50 + 1 + 49
+
+
+def test_a_huge_definition_shows_its_first_and_last_steps() -> None:
+    html = many(5_000)._repr_html_()
+    assert len(html) < 50_000
+    rows = _rows(html)[1:]
+    assert [row[0] for row in rows[:2]] == ["0", "1"]
+    assert rows[20] == ["… 4,960 more steps"]
+    assert rows[-1][:3] == ["4999", "reserve", "'4999'"]
+    assert len(rows) == 41
+    assert len(_rows(many(50)._repr_html_())) == 51
+
+
+def test_a_long_recovery_error_or_dead_letter_reason_is_cut_in_reprs() -> None:
+    # Regression: recover()'s outcomes (a notebook cell's value) and the store's dead
+    # letters showed their whole error in their repr — up to 64 kB each — where a run's
+    # repr shows the first 200 characters.
+    from sagakit import DeadLetter, RecoveryOutcome
+
+    error = "ValueError: " + "x" * 5_000
+    outcome = RecoveryOutcome("o-1", "order", "compensated", SagaStatus.COMPENSATED, error)
+    letter = DeadLetter("o-1", "order", SagaStatus.EXECUTING, 3, f"replaying raised {error}")
+    for text in (repr(outcome), repr(letter)):
+        assert len(text) < 400
+        assert text.endswith("…)>" if text.startswith("<Recovery") else "…>")
+    assert repr(outcome).startswith("<RecoveryOutcome order id='o-1' compensated -> ")
+    assert repr(letter).startswith(
+        "<DeadLetter order id='o-1' executing after 3 attempts: replaying raised ValueError: x"
+    )
+    assert outcome.error == error  # the records keep it whole
+    assert letter.reason == f"replaying raised {error}"
+
+
+async def forget(cache: str, item: str) -> None:
+    return None
+
+
+@step(name="display.lookup")
+async def lookup(item: str) -> str:
+    return item
+
+
+lookup.compensate(functools.partial(forget, "cache-1"))
+
+
+def test_a_partial_compensation_is_named_by_its_function() -> None:
+    # Regression: a compensation without a __name__ (a functools.partial) was shown as "—",
+    # as a step without one is, and drawn as "compensation".
+    definition = SagaDefinition("p-1").add_step(lookup("x"))
+    assert _rows(definition._repr_html_())[1][5] == "forget"
+    assert '    s0 -. on failure .-> c0[/"forget"/]' in definition.to_mermaid().splitlines()
+
+
+def test_a_stored_events_repr_shortens_the_event() -> None:
+    # Regression: read_events()'s records (a notebook cell's value) showed each event's
+    # whole repr(), and raised when it raised.
+    from sagakit import StoredEvent
+
+    record = StoredEvent(7, "o-1", "order", 0, "reserve", False, {"rows": list(range(10**5))})
+    assert (
+        repr(record)
+        == "<StoredEvent #7 order 'o-1' step 0 reserve: {'rows': [0, 1, 2, 3, 4, 5, ...]}>"
+    )
+    odd = StoredEvent(8, "o-1", "order", 0, "reserve", False, _Unprintable())
+    assert "_Unprintable" in repr(odd)

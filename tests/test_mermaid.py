@@ -177,3 +177,51 @@ async def test_a_long_error_is_cut_as_in_the_html_table() -> None:
     assert f'    s0 --> s1["charge<br/>ValueError: #lt;html#gt;{shown}…"]:::failed' in lines
     undo = f'    s1 ==>|1| c1[/"undo reserve<br/>OSError: #lt;html#gt;{shown}xxx…"/]:::failed'
     assert undo in lines
+
+
+@saga(name="mermaid.many")
+def many(count: int) -> list[Any]:
+    return [reserve(str(index)) for index in range(count)]
+
+
+def test_a_huge_saga_draws_its_first_and_last_steps() -> None:
+    # Regression: a node per step, however many: 460 kB for a definition of 5,000 steps,
+    # past Mermaid's limit on a diagram's size (50,000 characters), so it drew nothing.
+    lines = many(5_000).to_mermaid().splitlines()
+    assert len("\n".join(lines)) < 50_000
+    assert '    s19 --> s_more["… 4,960 more steps"]' in lines
+    assert '    s_more -. on failure .-> c_more[/"… 4,960 more compensations"/]' in lines
+    assert '    s_more --> s4980["reserve"]' in lines
+    assert "    s4999 --> done([completed])" in lines
+    assert "    c_more -.-> c19" in lines
+    assert "    c4980 -.-> c_more" in lines
+    assert sum(" --> s" in line for line in lines) == 41
+    assert "s_more" not in many(50).to_mermaid()
+
+
+def test_a_huge_run_draws_its_first_and_last_steps_and_compensations() -> None:
+    from datetime import UTC, datetime
+
+    from sagakit import SagaMetadata, StepRecord, StepStatus
+
+    count = 5_000
+    steps = [StepRecord(i, "reserve", StepStatus.COMPLETED, 1, 0.001) for i in range(count)]
+    steps[-1] = StepRecord(count - 1, "reserve", StepStatus.FAILED, 1, 0.001, "boom")
+    undone = tuple(
+        StepRecord(i, "reserve", StepStatus.COMPLETED, 1, 0.001, compensation=True)
+        for i in reversed(range(count - 1))
+    )
+    now = datetime.now(UTC)
+    run = SagaMetadata(
+        "h-1", "huge", SagaStatus.COMPENSATED, count, count, now, now, now, "boom",
+        tuple(steps), undone,
+    )  # fmt: skip
+    lines = run.to_mermaid().splitlines()
+    assert len("\n".join(lines)) < 50_000
+    assert '    s19 --> s_more["… 4,960 more steps"]' in lines
+    assert '    s_more --> s4980["reserve"]:::completed' in lines
+    assert '    s4998 --> s4999["reserve<br/>boom"]:::failed' in lines
+    assert '    s4999 ==>|1| c1[/"undo reserve"/]:::compensated' in lines
+    assert '    c20 ==> c_more[/"… 4,959 more compensations"/]' in lines
+    assert '    c_more ==>|4980| c4980[/"undo reserve"/]:::compensated' in lines
+    assert '    c4999 --> finish(["compensated"])' in lines

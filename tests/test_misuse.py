@@ -336,3 +336,34 @@ async def test_a_listener_taking_the_transition_is_accepted(listener: Any) -> No
 @step
 async def _echo(x: int) -> int:
     return x
+
+
+@step
+async def misuse_noop(x: int) -> int:
+    return x
+
+
+@saga(name="misuse.one_step")
+def misuse_one_step(x: int) -> list[Any]:
+    return [misuse_noop(x)]
+
+
+def test_awaited_outside_asyncio_says_sagakit_runs_on_asyncio() -> None:
+    # Regression: awaited by another event loop — trio, say, as IPython's %autoawait trio
+    # runs a notebook cell — sagakit raised asyncio's bare "no running event loop". A
+    # coroutine driven by send(), with no asyncio loop running, is what such a loop does.
+    orchestrator = SagaOrchestrator()
+    awaited = {
+        "execute()": orchestrator.execute(misuse_one_step(1)),
+        "a step call": misuse_noop(1).__await__(),
+        "recover()": orchestrator.recover(),
+        "run_worker()": orchestrator.run_worker(handle_signals=False),
+    }
+    for what, coroutine in awaited.items():
+        with pytest.raises(RuntimeError) as caught:
+            coroutine.send(None)
+        assert str(caught.value) == (
+            f"{what} was awaited with no asyncio event loop running: sagakit runs on "
+            "asyncio (under trio or another event loop, run it in asyncio; in IPython or "
+            "Jupyter, %autoawait asyncio)"
+        )

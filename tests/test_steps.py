@@ -407,6 +407,56 @@ def test_second_compensation_is_refused() -> None:
     assert debit.compensation is undo
 
 
+def test_the_same_compensation_declared_again_replaces_it(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: running a compensation's declaration again raised
+    # CompensationAlreadySetError ("remove one of the @debit.compensate declarations", of
+    # which there is one): a notebook cell re-run after fixing the compensation, or a
+    # module reloaded (importlib.reload, IPython's %autoreload) that compensates a step
+    # of another module.
+    (tmp_path / "redeclared_steps.py").write_text(
+        "from sagakit import step\n\n@step\nasync def debit(account: str) -> None: ...\n"
+    )
+    source = (
+        "from redeclared_steps import debit\n\n"
+        "@debit.compensate\nasync def refund(account: str) -> str:\n    return {version!r}\n"
+    )
+    (tmp_path / "redeclared_undo.py").write_text(source.format(version="v1"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+    import sys
+
+    for name in ("redeclared_steps", "redeclared_undo"):  # both unloaded afterwards
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    undo_module = importlib.import_module("redeclared_undo")
+    # Not the same size: a cached bytecode of the same size and second would be reused.
+    (tmp_path / "redeclared_undo.py").write_text(source.format(version="version 2"))
+    importlib.invalidate_caches()
+    reloaded = importlib.reload(undo_module)
+    debit = sys.modules["redeclared_steps"].debit
+    assert debit.compensation is reloaded.refund
+    assert asyncio.run(debit.compensation("A")) == "version 2"
+
+    # Another function is still a second compensation.
+    async def refund(account: str) -> None: ...
+
+    with pytest.raises(CompensationAlreadySetError, match="already has the compensation"):
+        debit.compensate(refund)
+    assert debit.compensation is reloaded.refund
+
+    # A notebook cell declaring a compensation, run twice.
+    @step
+    async def credit(account: str) -> None: ...
+
+    for _ in range(2):
+
+        @credit.compensate
+        async def take_back(account: str) -> None: ...
+
+    assert credit.compensation is take_back
+
+
 @pytest.mark.parametrize(
     "source",
     [

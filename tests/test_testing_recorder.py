@@ -471,3 +471,41 @@ async def test_a_run_a_simulated_crash_ended_says_so() -> None:
     )
     await _run(recorder, FaultInjector(), "c-2")  # a run not crashed has none
     assert recorder.run("c-2").crash is None
+
+
+def test_a_huge_run_shows_in_ipython_its_first_and_last_transitions_errors_cut() -> None:
+    # Regression: as a notebook cell's value a run showed its whole trail — 10,000 lines
+    # for a saga of 5,000 steps — and each error whole (up to 64 kB a line, once per
+    # retry), where a saga's own display shows its first and last rows and 200 characters
+    # of an error. describe() still gives it all.
+    executing, failed = SagaStatus.EXECUTING, SagaStatus.FAILED
+    transitions = [Transition(TransitionKind.SAGA_STARTED, "h-1", "huge", executing)]
+    for index in range(5_000):
+        transitions.append(
+            Transition(TransitionKind.STEP_COMPLETED, "h-1", "huge", executing, index, "debit", 1)
+        )
+    error = ValueError("x" * 5_000)
+    transitions.append(
+        Transition(TransitionKind.STEP_FAILED, "h-1", "huge", failed, 5_000, "credit", 1,
+                   error=error)
+    )  # fmt: skip
+    transitions.append(Transition(TransitionKind.SAGA_FINISHED, "h-1", "huge", failed))
+    run = RecordedRun("h-1", "huge", transitions)
+    shown: list[str] = []
+
+    class Printer:
+        def text(self, text: str) -> None:
+            shown.append(text)
+
+    run._repr_pretty_(Printer(), False)
+    lines = "".join(shown).splitlines()
+    assert lines[0] == "saga 'huge' (id h-1): failed, 5003 transitions"
+    assert lines[1:3] == ["  saga_started", "  step_completed debit (step 0, attempt 1)"]
+    assert lines[41] == "  … 4,923 more transitions (describe() gives them all)"
+    assert lines[-2].startswith("  step_failed credit (step 5000, attempt 1): ValueError: xxx")
+    assert lines[-2].endswith("x…")
+    assert len(lines[-2]) < 300
+    assert lines[-1] == "  saga_finished failed"
+    assert len(lines) == 1 + 40 + 1 + 40
+    assert len(run.describe().splitlines()) == 5_003  # all of it, errors whole
+    assert "x" * 5_000 in run.describe()

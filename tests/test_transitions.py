@@ -57,3 +57,36 @@ def test_make_transition_of_the_saga_has_no_step() -> None:
         TransitionKind.SAGA_STOPPED, "s-1", "order", SagaStatus.EXECUTING, run_number=7
     )
     assert fast.idempotency_key is None
+
+
+def test_a_transitions_repr_shortens_a_huge_result_events_and_error() -> None:
+    # Regression: the dataclass repr showed the whole result and events — 1.4 MB for a
+    # step that returned a list of 100,000 numbers, as a notebook cell's value or printed
+    # by a listener — and raised when one's repr() raised.
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    huge = list(range(100_000))
+    transition = Transition(
+        TransitionKind.STEP_COMPLETED, "t-1", "order", SagaStatus.EXECUTING, 0, "reserve", 1,
+        huge, tuple(huge), ValueError("x" * 100_000), 0.5, 1,
+    )  # fmt: skip
+    text = repr(transition)
+    assert len(text) < 1_000
+    assert text.startswith(
+        "Transition(kind=<TransitionKind.STEP_COMPLETED: 'step_completed'>, saga_id='t-1', "
+        "saga_name='order', status=<SagaStatus.EXECUTING: 'executing'>, step_index=0, "
+        "step_name='reserve', attempt=1, result=[0, 1, 2, 3, 4, 5, ...], "
+        "events=(0, 1, 2, 3, 4, 5, ...), error=ValueError("
+    )
+    assert text.endswith(", duration=0.5, run_number=1)")
+    odd = Transition(TransitionKind.STEP_COMPLETED, "t-1", "o", SagaStatus.EXECUTING)
+    assert "Unprintable" in repr(dataclasses.replace(odd, result=Unprintable()))
+    small = Transition(TransitionKind.SAGA_FINISHED, "t-1", "order", SagaStatus.COMPLETED)
+    assert repr(small) == (
+        "Transition(kind=<TransitionKind.SAGA_FINISHED: 'saga_finished'>, saga_id='t-1', "
+        "saga_name='order', status=<SagaStatus.COMPLETED: 'completed'>, step_index=None, "
+        "step_name=None, attempt=0, result=None, events=(), error=None, duration=None, "
+        "run_number=0)"
+    )  # as the dataclass repr, for what is small

@@ -3,6 +3,7 @@ option, the value and what it must be."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import TypeGuard
 
@@ -14,6 +15,20 @@ __tracebackhide__ = hide_from_pytest
 
 MAX_COUNT = 2**63 - 1
 """The largest count sagakit passes to a database (a 64-bit integer): attempts, a limit."""
+
+
+def asyncio_loop(what: str) -> asyncio.AbstractEventLoop:
+    """The running asyncio loop, or a clear error for ``what`` awaited without one: by
+    trio (IPython's ``%autoawait trio``, say), where asyncio says only "no running event
+    loop"."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            f"{what} was awaited with no asyncio event loop running: sagakit runs on "
+            "asyncio (under trio or another event loop, run it in asyncio; in IPython or "
+            "Jupyter, %autoawait asyncio)"
+        ) from None
 
 
 def is_number(value: object) -> TypeGuard[int | float]:

@@ -5,15 +5,17 @@ Plain strings, every value escaped; nothing from IPython is imported.
 
 from __future__ import annotations
 
+import functools
 import reprlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .records import shown_error
 
 if TYPE_CHECKING:
     from ._sagas import SagaDefinition
+    from ._steps import StepCall
     from .records import SagaMetadata, StepRecord
 
 _COLOURS = {
@@ -27,6 +29,25 @@ _COLOURS = {
     "pending": "#6e7781",
     "not_started": "#6e7781",
 }
+T = TypeVar("T")
+
+SHOWN_ROWS = 50
+"""A table or diagram shows up to this many steps (and as many compensations) in full."""
+_ENDS = 20
+
+
+def shown_rows(
+    items: Sequence[T], limit: int = SHOWN_ROWS, ends: int = _ENDS
+) -> tuple[Sequence[T], int, Sequence[T]]:
+    """``items`` as shown: all of them, or past ``limit`` their first and last ``ends``
+    with how many between are left out. A saga of thousands of steps would otherwise be
+    megabytes of HTML in the notebook's file, or a diagram too big for Mermaid to draw;
+    the record keeps every step."""
+    if len(items) <= limit:
+        return items, 0, ()
+    return items[:ends], len(items) - 2 * ends, items[-ends:]
+
+
 _TABLE = 'style="border-collapse:collapse;font-size:0.9em;text-align:left"'
 _CELL = 'style="padding:2px 8px;border-bottom:1px solid #d0d7de"'
 
@@ -49,6 +70,11 @@ def _bar(seconds: float | None, longest: float) -> str:
         return ""
     width = max(1, round(120 * seconds / longest))
     return f'<div style="background:#8c959f;height:0.7em;width:{width}px"></div>'
+
+
+def _gap(hidden: int, what: str, columns: int) -> str:
+    """The row standing for the rows left out."""
+    return f'<tr><td colspan="{columns}" {_CELL}><em>… {hidden:,} more {what}</em></td></tr>'
 
 
 def _row(cells: Iterable[str], header: bool = False) -> str:
@@ -97,16 +123,22 @@ def metadata_html(metadata: SagaMetadata) -> str:
         return f'<div class="sagakit-saga">{head}<br><em>no step has run</em></div>'
     longest = max((r.duration or 0.0 for r in records), default=0.0)
     rows = [_row(_HEAD, header=True)]
-    rows += [_row(_record_cells(r, str(r.index), longest)) for r in metadata.steps]
+    first, hidden, last = shown_rows(metadata.steps)
+    rows += [_row(_record_cells(r, str(r.index), longest)) for r in first]
+    if hidden:
+        rows.append(_gap(hidden, "steps", len(_HEAD)))
+    rows += [_row(_record_cells(r, str(r.index), longest)) for r in last]
     if metadata.compensations:
         rows.append(
             f'<tr><td colspan="{len(_HEAD)}" {_CELL}><em>compensations, '
             "in the order they ran</em></td></tr>"
         )
-        rows += [
-            _row(_record_cells(r, f"↩{order}", longest))
-            for order, r in enumerate(metadata.compensations, 1)
-        ]
+        numbered = tuple(enumerate(metadata.compensations, 1))
+        first_undone, hidden, last_undone = shown_rows(numbered)
+        rows += [_row(_record_cells(r, f"↩{order}", longest)) for order, r in first_undone]
+        if hidden:
+            rows.append(_gap(hidden, "compensations", len(_HEAD)))
+        rows += [_row(_record_cells(r, f"↩{order}", longest)) for order, r in last_undone]
     table = f"<table {_TABLE}>{''.join(rows)}</table>"
     return f'<div class="sagakit-saga">{head}{table}</div>'
 
@@ -119,23 +151,53 @@ def step_record_html(record: StepRecord) -> str:
 
 
 # An argument is shown shortened (a long list or text is cut, a nested one stops at a
-# depth), and one whose repr() raises by its type: a cell never fails or grows unbounded.
+# depth), and one whose repr() raises by its type: a cell, or a step call's repr, never
+# fails or grows unbounded.
 _ARGUMENT = reprlib.Repr()
 _ARGUMENT.maxstring = _ARGUMENT.maxother = 80
 _ARGUMENT.maxlevel = 3
 
 
-def _describe_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    shown = _ARGUMENT.repr
+short_repr = _ARGUMENT.repr
+"""``repr(value)`` shortened as an argument is, never raising."""
+
+
+def describe_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+    """A call's arguments as written, each shortened: ``'A', amount=10.0``."""
+    shown = short_repr
     parts = [shown(a) for a in args] + [f"{k}={shown(v)}" for k, v in kwargs.items()]
     return ", ".join(parts)
+
+
+def compensation_name(compensation: object) -> str:
+    """How a table or diagram names a compensation: by its function's name, a
+    ``functools.partial``'s included (which has no ``__name__`` of its own)."""
+    while isinstance(compensation, functools.partial):
+        compensation = compensation.func
+    name = getattr(compensation, "__name__", None)
+    return name if isinstance(name, str) else type(compensation).__name__
+
+
+def _call_row(index: int, call: StepCall[Any]) -> str:
+    step = call._step
+    compensation = step.compensation
+    return _row(
+        (
+            str(index),
+            escape(step.name),
+            escape(describe_args(call._args, call._kwargs)),
+            f"{step.timeout:g} s",
+            str(step.retry.attempts),
+            escape(compensation_name(compensation) if compensation else "—"),
+        )
+    )
 
 
 def definition_html(definition: SagaDefinition) -> str:
     """A definition: its steps with timeout, retries and compensation, before any run."""
     head = f"<strong>saga {escape(definition.name)}</strong>"
     if definition.factory is not None:
-        args = _describe_args(definition.args, definition.kwargs)
+        args = describe_args(definition.args, definition.kwargs)
         head = f"<strong>saga {escape(definition.name)}({escape(args)})</strong>"
     if definition.saga_id is not None:
         head += f" <code>{escape(definition.saga_id)}</code>"
@@ -145,24 +207,24 @@ def definition_html(definition: SagaDefinition) -> str:
             f'<div class="sagakit-definition">{head}<br><em>a generator saga: its steps '
             "are known only when it runs</em></div>"
         )
-    rows = [_row(("#", "step", "arguments", "timeout", "attempts", "compensation"), True)]
-    for index, call in enumerate(calls):
-        step = call._step
-        compensation = step.compensation
-        rows.append(
-            _row(
-                (
-                    str(index),
-                    escape(step.name),
-                    escape(_describe_args(call._args, call._kwargs)),
-                    f"{step.timeout:g} s",
-                    str(step.retry.attempts),
-                    escape(getattr(compensation, "__name__", "—") if compensation else "—"),
-                )
-            )
-        )
+    columns = ("#", "step", "arguments", "timeout", "attempts", "compensation")
+    rows = [_row(columns, True)]
+    first, hidden, last = shown_rows(tuple(enumerate(calls)))
+    rows += [_call_row(index, call) for index, call in first]
+    if hidden:
+        rows.append(_gap(hidden, "steps", len(columns)))
+    rows += [_call_row(index, call) for index, call in last]
     table = f"<table {_TABLE}>{''.join(rows)}</table>"
     return f'<div class="sagakit-definition">{head}{table}</div>'
 
 
-__all__ = ["definition_html", "metadata_html", "step_record_html"]
+__all__ = [
+    "SHOWN_ROWS",
+    "compensation_name",
+    "definition_html",
+    "describe_args",
+    "metadata_html",
+    "short_repr",
+    "shown_rows",
+    "step_record_html",
+]

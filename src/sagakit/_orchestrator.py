@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Self
 
-from ._checks import check_count, check_flag, not_the_class
+from ._checks import asyncio_loop, check_count, check_flag, not_the_class
 from ._commands import command_line
 from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout, timeout_error
 from ._hooks import (
@@ -350,7 +350,7 @@ class SagaOrchestrator:
         else:
             saga_id = definition._state[0]  # its saga_id, without a property call
         explicit = saga_id is not None
-        loop = asyncio.get_running_loop()
+        loop = asyncio_loop("execute()")
         watchdog = self._watchdog
         if watchdog is None or watchdog.loop is not loop:
             watchdog = self._first_run_on(loop)
@@ -1579,6 +1579,7 @@ class SagaOrchestrator:
         :class:`~sagakit.stores.RecoverableStore`.
         Cancelled, it leaves the saga it was resuming as a crash would, for the next one.
         """
+        asyncio_loop("recover()")
         attempts = self._max_recovery_attempts if max_attempts is None else max_attempts
         return await recover(self, max_attempts=attempts, limit=limit)
 
@@ -1596,6 +1597,7 @@ class SagaOrchestrator:
         On the way out the worker releases the leases it holds, so other workers take
         its sagas over at once (see ``docs/postgres.md``).
         """
+        asyncio_loop("run_worker()")
         attempts = self._max_recovery_attempts if max_attempts is None else max_attempts
         await run_worker(
             self,

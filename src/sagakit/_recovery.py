@@ -53,6 +53,7 @@ from .exceptions import (
     StoreError,
     _LoggedError,
 )
+from .records import shown_error
 from .status import SagaStatus, StepStatus
 from .stores._protocol import LoggedStep, OrphanedSaga, RecoverableStore
 from .stores.sqlite import definition_fingerprint
@@ -88,7 +89,7 @@ class RecoveryOutcome:
 
     def __repr__(self) -> str:
         text = f"<RecoveryOutcome {self.name} id={self.saga_id!r} {self.action} -> {self.status}"
-        return text + (f" ({self.error})" if self.error else "") + ">"
+        return text + (f" ({shown_error(self.error)})" if self.error else "") + ">"
 
 
 def _fields(orphan: OrphanedSaga) -> dict[str, Any]:

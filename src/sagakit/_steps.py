@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, SupportsIndex, Type
 import wrapt
 from typing_extensions import ParamSpec
 
-from ._checks import check_flag, check_seconds, not_the_class
+from ._checks import asyncio_loop, check_flag, check_seconds, not_the_class
 from ._deadlines import timeout_error
+from ._display import describe_args
 from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, active_faults, raised_by_step
 from ._names import by_reference, declared_name, qualname_of
 from ._retry import NO_RETRY, Retry
@@ -198,7 +199,7 @@ class StepCall(Generic[R_co]):
     async def _run_alone(self) -> R_co:
         step = self._step
         policy = step.retry
-        loop = asyncio.get_running_loop()
+        loop = asyncio_loop("a step call")
         task = asyncio.current_task(loop)
         assert task is not None, "a step call is awaited inside an asyncio task"
         cancelling = task.cancelling()  # more later: the caller's task was cancelled too
@@ -274,9 +275,22 @@ class StepCall(Generic[R_co]):
         return _call_again, (self._step, self._instance, self._args, self._kwargs)
 
     def __repr__(self) -> str:
-        parts = [repr(a) for a in self._args]
-        parts += [f"{k}={v!r}" for k, v in self._kwargs.items()]
-        return f"<StepCall {self._step.name}({', '.join(parts)})>"
+        # Each argument shortened, as in a definition's notebook table: a list of a
+        # million rows, or an argument whose repr() raises, still shows in one line.
+        return f"<StepCall {self._step.name}({describe_args(self._args, self._kwargs)})>"
+
+
+def _declared_again(earlier: object, fn: object) -> bool:
+    """Whether ``fn`` is ``earlier``'s declaration run again — the same module and
+    qualified name: a notebook cell re-run, a module reloaded (``importlib.reload``,
+    IPython's ``%autoreload``) that compensates a step of another module. It replaces
+    ``earlier``, as running a ``def`` again replaces a function."""
+    qualname = getattr(fn, "__qualname__", None)
+    return (
+        isinstance(qualname, str)
+        and qualname == getattr(earlier, "__qualname__", None)
+        and getattr(fn, "__module__", None) == getattr(earlier, "__module__", None)
+    )
 
 
 def _how_to_declare(fn: object) -> str:
@@ -517,7 +531,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
                 f"compensation_retry=...))"
             )
         spec = self._self_spec
-        if spec.compensation is not None:
+        if spec.compensation is not None and not _declared_again(spec.compensation, fn):
             raise CompensationAlreadySetError(
                 f"step {self.name!r} already has the compensation "
                 f"{qualname_of(spec.compensation)!r}; a step has at most one — "

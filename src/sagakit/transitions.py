@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from ._display import short_repr
 from .status import SagaStatus
 
 if TYPE_CHECKING:
@@ -33,7 +35,7 @@ class TransitionKind(StrEnum):
     SAGA_STOPPED = "saga_stopped"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Transition:
     """One state change of one saga run.
 
@@ -58,6 +60,13 @@ class Transition:
     duration: float | None = None
     run_number: int = 0
 
+    def __repr__(self) -> str:
+        # As the dataclass repr, but each value shortened (a result of a million rows, an
+        # error of a kilobyte) and never raising: a notebook cell's value, a listener's
+        # print(transition).
+        fields = ", ".join(f"{name}={short_repr(getattr(self, name))}" for name in _FIELDS)
+        return f"Transition({fields})"
+
     @property
     def idempotency_key(self) -> str | None:
         """``"<saga id>:<step index>"`` for step changes, else ``None``."""
@@ -65,6 +74,8 @@ class Transition:
             return None
         return f"{self.saga_id}:{self.step_index}"
 
+
+_FIELDS = tuple(field.name for field in dataclasses.fields(Transition))
 
 _SETTERS = tuple(
     getattr(Transition, name).__set__

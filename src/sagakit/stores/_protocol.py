@@ -9,9 +9,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .._checks import MAX_COUNT, check_count, not_the_class
+from .._display import short_repr
 from .._sagas import RecoveryPolicy
 from .._serialization import JsonSerializer
 from ..exceptions import SagaDefinitionError, StoreConfigError
+from ..records import shown_error
 from ..status import SagaStatus, StepStatus
 
 if TYPE_CHECKING:
@@ -266,7 +268,7 @@ class DeadLetter:
     def __repr__(self) -> str:
         return (
             f"<DeadLetter {self.name} id={self.saga_id!r} {self.status} after "
-            f"{self.recovery_attempts} attempts: {self.reason}>"
+            f"{self.recovery_attempts} attempts: {shown_error(self.reason)}>"
         )
 
 
@@ -291,7 +293,7 @@ class StoredEvent:
         kind = "compensation" if self.compensation else "step"
         return (
             f"<StoredEvent #{self.position} {self.saga_name} {self.saga_id!r} "
-            f"{kind} {self.step_index} {self.step_name}: {self.event!r}>"
+            f"{kind} {self.step_index} {self.step_name}: {short_repr(self.event)}>"
         )
 
 

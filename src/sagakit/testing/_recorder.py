@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from .._display import shown_rows
 from .._runs import current_run, describe_error
 from .._tracebacks import hide_from_pytest
 from ..exceptions import SagaDefinitionError
+from ..records import shown_error
 from ..status import SagaStatus
 from ..transitions import Transition, TransitionKind
 from ._faults import StepTarget, step_names
@@ -46,7 +48,7 @@ def _member(kind: type[E], value: E | str, where: str, what: str) -> E:
         ) from None
 
 
-def _line(transition: Transition, *, detail: bool = False) -> str:
+def _line(transition: Transition, *, detail: bool = False, cut: bool = False) -> str:
     kind = transition.kind
     if kind is TransitionKind.SAGA_STARTED:
         return str(kind)
@@ -59,7 +61,8 @@ def _line(transition: Transition, *, detail: bool = False) -> str:
     if detail:
         text += f" (step {transition.step_index}, attempt {transition.attempt})"
         if transition.error is not None:  # on one line, even if its str() raises
-            text += f": {describe_error(transition.error)}"
+            described = describe_error(transition.error)
+            text += f": {shown_error(described) if cut else described}"
     return text
 
 
@@ -178,8 +181,16 @@ class RecordedRun:
         return f"<RecordedRun {self.saga_name} id={self.saga_id!r} {self._state()}>"
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        """IPython (a notebook cell's value, the REPL): the run's state, then :meth:`describe`."""
-        printer.text(f"{self.label}: {self._state()}\n{self.describe(indent='  ')}")
+        """IPython (a notebook cell's value, the REPL): the run's state, then its trail as
+        :meth:`describe` gives it, each error cut to 200 characters as a run's repr cuts
+        it, and past 100 transitions the first and last 40 (a saga of thousands of steps
+        would be thousands of lines)."""
+        first, hidden, last = shown_rows(self.transitions, limit=100, ends=40)
+        lines = [f"  {_line(t, detail=True, cut=True)}" for t in first]
+        if hidden:
+            lines.append(f"  … {hidden:,} more transitions (describe() gives them all)")
+        lines += [f"  {_line(t, detail=True, cut=True)}" for t in last]
+        printer.text("\n".join([f"{self.label}: {self._state()}", *lines]))
 
 
 class SagaRecorder:
