@@ -350,7 +350,11 @@ class SagaOrchestrator:
         else:
             saga_id = definition._state[0]  # its saga_id, without a property call
         explicit = saga_id is not None
-        loop = asyncio_loop("execute()")
+        try:
+            loop = asyncio.get_running_loop()  # asyncio_loop("execute()"), without the call
+        except RuntimeError:
+            asyncio_loop("execute()")  # raises the error that says what to do
+            raise
         watchdog = self._watchdog
         if watchdog is None or watchdog.loop is not loop:
             watchdog = self._first_run_on(loop)
