@@ -249,7 +249,7 @@ def test_recover_reports_the_sagas_it_dead_lettered(tmp_path: Path) -> None:
         ["t1", "transfer", "dead_lettered", "executing"],
         ["t2", "transfer", "resumed", "completed"],
     ]
-    assert "recovery attempts" in out
+    assert "1 recovery attempt finished" in out
     assert child(db, log, "run", db, "transfer", "t3", "B", crash="in_step:credit") == (
         -signal.SIGKILL
     )
@@ -259,7 +259,7 @@ def test_recover_reports_the_sagas_it_dead_lettered(tmp_path: Path) -> None:
     [parked] = json.loads(out)
     assert parked["id"] == "t3"
     assert parked["action"] == "dead_lettered"
-    assert "recovery attempts" in parked["error"]
+    assert "1 recovery attempt finished" in parked["error"]
 
 
 def test_recover_reports_a_module_that_does_not_import(
@@ -2127,7 +2127,7 @@ def test_a_saga_parked_after_interrupted_recoveries_is_not_said_to_have_crashed_
     [parked] = json.loads(again.stdout)
     assert (parked["id"], parked["action"]) == ("int-1", "dead_lettered")
     assert parked["error"] == (
-        "none of its 1 recovery attempts finished it: each time its process died or was "
+        "none of its 1 recovery attempt finished it: each time its process died or was "
         "stopped (max_attempts=1)"
     )
 

@@ -350,6 +350,8 @@ def test_a_long_recovery_error_or_dead_letter_reason_is_cut_in_reprs() -> None:
     assert repr(letter).startswith(
         "<DeadLetter order id='o-1' executing after 3 attempts: replaying raised ValueError: x"
     )
+    one = DeadLetter("o-2", "order", SagaStatus.EXECUTING, 1, "parked")
+    assert repr(one) == "<DeadLetter order id='o-2' executing after 1 attempt: parked>"
     assert outcome.error == error  # the records keep it whole
     assert letter.reason == f"replaying raised {error}"
 

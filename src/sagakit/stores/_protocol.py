@@ -268,7 +268,8 @@ class DeadLetter:
     def __repr__(self) -> str:
         return (
             f"<DeadLetter {self.name} id={self.saga_id!r} {self.status} after "
-            f"{self.recovery_attempts} attempts: {shown_error(self.reason)}>"
+            f"{self.recovery_attempts} attempt{'s' * (self.recovery_attempts != 1)}: "
+            f"{shown_error(self.reason)}>"
         )
 
 

@@ -917,7 +917,8 @@ class SQLiteStore:
                         (
                             # (Stopped, not only dead: a Ctrl-C on `sagakit recover`
                             # counts as an attempt too.)
-                            f"none of its {attempts} recovery attempts finished it: each "
+                            f"none of its {attempts} recovery attempt{'s' * (attempts != 1)} "
+                            "finished it: each "
                             f"time its process died or was stopped (max_attempts={max_attempts})",
                             now,
                             saga_id,
