@@ -67,7 +67,7 @@ from ._runs import (
 from ._sagas import SagaDefinition, SagaFunction, StepDriver, _check_call, _check_id, close_driver
 from ._shielding import CancellationWatch, wait_out
 from ._steps import StepCall
-from ._tracebacks import hide_from_pytest
+from ._tracebacks import compensation_notes, hide_from_pytest
 from ._worker import run_worker, worker_nested
 from .exceptions import (
     CompensationFailed,
@@ -1425,6 +1425,9 @@ class SagaOrchestrator:
         failure.events = list(run.events)
         failure.compensation_events = list(run.compensation_events)
         run.error = storable_text(cut(str(failure)))
+        # Its __cause__ is the trigger: the compensations' own lines are shown in notes.
+        for note in compensation_notes(errors, trigger):
+            failure.add_note(note)
         # The errors' tracebacks hold this frame: drop them from its locals (no cycles).
         error = None
         errors.clear()

@@ -104,7 +104,8 @@ def _started_in(base: SagaRun | None) -> bool:
     return run is not None and run.parent is base
 
 
-def _check_target(target: object) -> str | Step[Any, Any]:
+def _check_target(target: object, method: str) -> str | Step[Any, Any]:
+    """The step ``target`` names, for ``method`` (``"fail"``, ``"assert_completed"``...)."""
     if isinstance(target, str) and target:
         return target
     if isinstance(target, Step):
@@ -114,14 +115,35 @@ def _check_target(target: object) -> str | Step[Any, Any]:
         return parent
     if isinstance(target, MethodType) and isinstance(target.__func__, Step):
         return target.__func__  # a class method step looked up, from Python 3.13
+    if isinstance(target, StepCall):
+        raise SagaDefinitionError(_step_call_given(target, method))
     raise SagaDefinitionError(
         f"name a step by name ('debit') or by its @step object (debit), got {target!r}"
     )
 
 
-def step_names(steps: tuple[object, ...]) -> list[str]:
-    """The names of steps given by name or as ``@step`` objects (as faults take them)."""
-    targets = [_check_target(step) for step in steps]
+def _step_call_given(call: StepCall[Any], method: str) -> str:
+    """The fix for ``method(debit("alice", 10))``: a step call where a step is wanted."""
+    qualname = getattr(call.step, "__qualname__", None) or call.name
+    written = qualname.rpartition("<locals>.")[2]  # a step defined in a function: its name
+    arguments = [repr(a) for a in call.args]
+    arguments += [f"{k}={v!r}" for k, v in call.kwargs.items()]
+    text = (
+        f"{method}() got a step call {written}({', '.join(arguments)}); pass the step itself: "
+        f"{method}({written}) (or its name, {call.name!r})"
+    )
+    if method.startswith("assert_"):
+        return text
+    return (
+        f"{text}. A fault hits the step whatever its arguments; to aim it at one use of a "
+        f"step the saga runs more than once, give its position: {method}({written}, index=N)"
+    )
+
+
+def step_names(steps: tuple[object, ...], method: str) -> list[str]:
+    """The names of steps given by name or as ``@step`` objects (as faults take them), to
+    ``method``."""
+    targets = [_check_target(step, method) for step in steps]
     return [target if isinstance(target, str) else target.name for target in targets]
 
 
@@ -230,6 +252,7 @@ class FaultInjector:
 
     def _add(
         self,
+        method: str,
         target: object,
         fault: Fault | SimulatedTimeout | CrashAfter,
         *,
@@ -239,7 +262,7 @@ class FaultInjector:
     ) -> FaultInjector:
         self._rules.append(
             _Rule(
-                _check_target(target),
+                _check_target(target, method),
                 fault,
                 compensation,
                 _check_count(times, "times", least=1),
@@ -257,13 +280,17 @@ class FaultInjector:
         index: int | None = None,
     ) -> FaultInjector:
         """Make ``step`` raise ``error`` instead of running (only its first ``times`` attempts)."""
-        return self._add(step, _check_fault(error), compensation=False, times=times, index=index)
+        return self._add(
+            "fail", step, _check_fault(error), compensation=False, times=times, index=index
+        )
 
     def timeout(
         self, step: StepTarget, *, times: int | None = None, index: int | None = None
     ) -> FaultInjector:
         """Make ``step`` time out at once, without waiting for its timeout."""
-        return self._add(step, SIMULATED_TIMEOUT, compensation=False, times=times, index=index)
+        return self._add(
+            "timeout", step, SIMULATED_TIMEOUT, compensation=False, times=times, index=index
+        )
 
     def fail_compensation(
         self,
@@ -274,13 +301,27 @@ class FaultInjector:
         index: int | None = None,
     ) -> FaultInjector:
         """Make the compensation of ``step`` raise ``error`` instead of running."""
-        return self._add(step, _check_fault(error), compensation=True, times=times, index=index)
+        return self._add(
+            "fail_compensation",
+            step,
+            _check_fault(error),
+            compensation=True,
+            times=times,
+            index=index,
+        )
 
     def timeout_compensation(
         self, step: StepTarget, *, times: int | None = None, index: int | None = None
     ) -> FaultInjector:
         """Make the compensation of ``step`` time out at once."""
-        return self._add(step, SIMULATED_TIMEOUT, compensation=True, times=times, index=index)
+        return self._add(
+            "timeout_compensation",
+            step,
+            SIMULATED_TIMEOUT,
+            compensation=True,
+            times=times,
+            index=index,
+        )
 
     def crash(
         self,
@@ -304,13 +345,13 @@ class FaultInjector:
                 raise SagaDefinitionError(
                     f"crash({option}=...) must be True or False, got {value!r}"
                 )
-        [name] = step_names((step,))
+        [name] = step_names((step,), "crash")
         where = "compensation of step" if compensation else "step"
         crash = SimulatedCrash(
             f"simulated crash at {where} {name!r}{' after it acted' if after else ''}"
         )
         fault: SimulatedCrash | CrashAfter = CrashAfter(crash) if after else crash
-        return self._add(step, fault, compensation=compensation, times=None, index=index)
+        return self._add("crash", step, fault, compensation=compensation, times=None, index=index)
 
     def clear(self) -> None:
         """Forget every fault (and what fired)."""

@@ -153,14 +153,14 @@ class RecordedRun:
     def assert_compensated(self, *steps: StepTarget) -> None:
         """Assert exactly these steps were compensated, in this order (none if empty)."""
         __tracebackhide__ = True
-        names = step_names(steps)
+        names = step_names(steps, "assert_compensated")
         if self.compensated != names:
             raise AssertionError(_mismatch("compensations", names, self.compensated, self))
 
     def assert_completed(self, *steps: StepTarget) -> None:
         """Assert exactly these forward steps completed, in this order."""
         __tracebackhide__ = True
-        names = step_names(steps)
+        names = step_names(steps, "assert_completed")
         if self.completed != names:
             raise AssertionError(_mismatch("completed steps", names, self.completed, self))
 
