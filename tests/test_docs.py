@@ -210,6 +210,30 @@ def test_page_tests_pass_under_pytest(page: str, tmp_path: Path) -> None:
     assert f"{tests} passed" in result.stdout, result.stdout
 
 
+def test_getting_started_leads_to_every_example_and_page() -> None:
+    # The docs site has no README: the page a newcomer starts from names every example,
+    # and its next steps link the pages of the site's navigation that go beyond it.
+    page = (ROOT / "docs" / "getting-started.md").read_text(encoding="utf-8")
+    examples = sorted(
+        p.name for p in (ROOT / "examples").iterdir() if p.suffix in {".py", ".ipynb"}
+    )
+    unnamed = [name for name in examples if f"examples/{name}" not in page]
+    assert not unnamed, f"docs/getting-started.md does not name {unnamed}"
+    following = page.split("\n## Next", 1)[1]
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8").split("\nnav:", 1)[1]
+    pages = re.findall(r"^ +- [^:]+: (\S+\.md)$", nav, re.M)
+    assert "getting-started.md" in pages
+    unlinked = [
+        name
+        for name in pages
+        if name not in {"index.md", "getting-started.md"}
+        and not name.startswith("concepts/")  # the concepts are one entry, linked from here
+        and f"]({name})" not in following
+    ]
+    assert not unlinked, f"docs/getting-started.md's next steps do not link {unlinked}"
+    assert "](concepts/steps.md)" in following
+
+
 def test_readme_quick_start_is_two_commands_matching_ci() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
