@@ -282,10 +282,18 @@ def test_api_reference_names_every_public_name() -> None:
     # The modules' names it lists (classes, constants, type aliases) are theirs.
     modules = reference.split("\n## Modules", 1)[1].split("\n## ", 1)[0]
     testing_part, otel_part = modules.split("- `sagakit.otel`", 1)
+    otel_part = otel_part.split("- `sagakit.cli`", 1)[0]
     for part, exported in [(testing_part, sagakit.testing.__all__), (otel_part, otel.__all__)]:
         listed = set(re.findall(r"`([A-Z]\w*)`", part))
         stale = sorted(listed - set(exported) - set(sagakit.__all__))
         assert not stale, f"docs/api.md lists {stale} in a module that does not export it"
+    # sagakit.cli, which the examples import, is listed with what it exports.
+    import sagakit.cli
+
+    assert "- `sagakit.cli`" in modules, "docs/api.md does not list the sagakit.cli module"
+    cli_part = modules.split("- `sagakit.cli`", 1)[1]
+    undocumented = [name for name in sagakit.cli.__all__ if f"`{name}(" not in cli_part]
+    assert not undocumented, f"docs/api.md does not document sagakit.cli's {undocumented}"
 
 
 def test_documented_command_lines_parse() -> None:
