@@ -216,6 +216,7 @@ def main() -> None:
 
     print("2. the bug is fixed; transfer-7 goes back to recovery")
     bank["fixed"] = True
+    print("  (release is for a saga whose owner is gone, not a dead letter: it refuses)")
     cli("release", "transfer-7")
     cli("resume", "transfer-7")
     asyncio.run(recover_once())

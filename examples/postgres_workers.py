@@ -14,8 +14,9 @@ key. Three processes share one saga log (``PostgresStore``, 1 s leases):
 the ledger ignores the duplicate, so no money is lost or created.
 
 Run it with ``python examples/postgres_workers.py`` (DSN from SAGAKIT_POSTGRES_DSN or
-SAGAKIT_TEST_POSTGRES_DSN, default ``postgresql://postgres@127.0.0.1:5432/test``).
-It uses a throwaway schema and drops it at the end.
+SAGAKIT_TEST_POSTGRES_DSN, default ``postgresql://postgres@127.0.0.1:5432/test``;
+without a reachable server, or without psycopg, it says so and stops). It uses a throwaway
+schema and drops it at the end.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ from typing import Any
 
 from sagakit import PostgresStore, SagaOrchestrator, StepCall, current_step, saga, step
 
-DSN = (
-    os.environ.get("SAGAKIT_POSTGRES_DSN")
-    or os.environ.get("SAGAKIT_TEST_POSTGRES_DSN")
-    or "postgresql://postgres@127.0.0.1:5432/test"
-)
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+# The variable the DSN comes from, if any: messages name it, never the DSN (it may hold a password).
+DSN_VARIABLES = ("SAGAKIT_POSTGRES_DSN", "SAGAKIT_TEST_POSTGRES_DSN")
+DSN_FROM = next((name for name in DSN_VARIABLES if os.environ.get(name)), None)
+DSN = os.environ[DSN_FROM] if DSN_FROM is not None else DEFAULT_DSN
 ACCOUNTS = 10
 
 
@@ -141,10 +142,17 @@ async def report(schema: str) -> None:
 
 def main() -> None:
     try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        print("this example needs psycopg: pip install 'sagakit[postgres]' (in a checkout,")
+        print("pip install -e '.[postgres]'; the dev extra has it too)")
+        return
+    try:
         sql("SELECT 1")
     except Exception as error:
+        where = DEFAULT_DSN if DSN_FROM is None else f"the DSN in {DSN_FROM}"
         name = type(error).__name__
-        print(f"PostgreSQL is not reachable at {DSN} ({name}); set SAGAKIT_POSTGRES_DSN")
+        print(f"PostgreSQL is not reachable at {where} ({name}); set SAGAKIT_POSTGRES_DSN")
         return
     schema = "sagakit_example_" + uuid.uuid4().hex[:8]
     sql(f'CREATE SCHEMA "{schema}"')

@@ -210,6 +210,30 @@ def test_page_tests_pass_under_pytest(page: str, tmp_path: Path) -> None:
     assert f"{tests} passed" in result.stdout, result.stdout
 
 
+def test_getting_started_leads_to_every_example_and_page() -> None:
+    # The docs site has no README: the page a newcomer starts from names every example,
+    # and its next steps link the pages of the site's navigation that go beyond it.
+    page = (ROOT / "docs" / "getting-started.md").read_text(encoding="utf-8")
+    examples = sorted(
+        p.name for p in (ROOT / "examples").iterdir() if p.suffix in {".py", ".ipynb"}
+    )
+    unnamed = [name for name in examples if f"examples/{name}" not in page]
+    assert not unnamed, f"docs/getting-started.md does not name {unnamed}"
+    following = page.split("\n## Next", 1)[1]
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8").split("\nnav:", 1)[1]
+    pages = re.findall(r"^ +- [^:]+: (\S+\.md)$", nav, re.M)
+    assert "getting-started.md" in pages
+    unlinked = [
+        name
+        for name in pages
+        if name not in {"index.md", "getting-started.md"}
+        and not name.startswith("concepts/")  # the concepts are one entry, linked from here
+        and f"]({name})" not in following
+    ]
+    assert not unlinked, f"docs/getting-started.md's next steps do not link {unlinked}"
+    assert "](concepts/steps.md)" in following
+
+
 def test_readme_quick_start_is_two_commands_matching_ci() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
@@ -258,10 +282,18 @@ def test_api_reference_names_every_public_name() -> None:
     # The modules' names it lists (classes, constants, type aliases) are theirs.
     modules = reference.split("\n## Modules", 1)[1].split("\n## ", 1)[0]
     testing_part, otel_part = modules.split("- `sagakit.otel`", 1)
+    otel_part = otel_part.split("- `sagakit.cli`", 1)[0]
     for part, exported in [(testing_part, sagakit.testing.__all__), (otel_part, otel.__all__)]:
         listed = set(re.findall(r"`([A-Z]\w*)`", part))
         stale = sorted(listed - set(exported) - set(sagakit.__all__))
         assert not stale, f"docs/api.md lists {stale} in a module that does not export it"
+    # sagakit.cli, which the examples import, is listed with what it exports.
+    import sagakit.cli
+
+    assert "- `sagakit.cli`" in modules, "docs/api.md does not list the sagakit.cli module"
+    cli_part = modules.split("- `sagakit.cli`", 1)[1]
+    undocumented = [name for name in sagakit.cli.__all__ if f"`{name}(" not in cli_part]
+    assert not undocumented, f"docs/api.md does not document sagakit.cli's {undocumented}"
 
 
 def test_documented_command_lines_parse() -> None:

@@ -125,6 +125,7 @@ EXPECTED: dict[str, list[str]] = {
         "  parked: transfer-8 (executing, 2 attempts): none of its 2 recovery attempts "
         "finished it: each time its process died or was stopped (max_attempts=2)",
         "  $ sagakit --db sagas.db dead-letters",
+        "  (release is for a saga whose owner is gone, not a dead letter: it refuses)",
         "  $ sagakit --db sagas.db release transfer-7",
         "    (exit status 1)",
         "  $ sagakit --db sagas.db resume transfer-7",

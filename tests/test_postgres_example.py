@@ -1,4 +1,7 @@
-"""examples/postgres_workers.py against the real server: it prints what it promises."""
+"""examples/postgres_workers.py against the real server: it prints what it promises.
+
+Without a server, or without psycopg, it says so (never the DSN's password).
+"""
 
 from __future__ import annotations
 
@@ -41,3 +44,38 @@ def test_postgres_workers_example_finishes_a_killed_process_sagas(tmp_path: Path
     ]:
         assert expected in lines, result.stdout
     assert lines.count("  worker released its leases and stopped (exit code 0)") == 2
+
+
+def _run_without_server(tmp_path: Path, code: str, dsn: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("POSTGRES_DSN")}
+    return subprocess.run(
+        [sys.executable, "-c", code, str(EXAMPLE)],
+        cwd=tmp_path,
+        env={**env, "SAGAKIT_POSTGRES_DSN": dsn},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+RUN_EXAMPLE = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__')"
+
+
+def test_an_unreachable_server_is_said_without_the_dsn_password(tmp_path: Path) -> None:
+    pytest.importorskip("psycopg")
+    # Port 1: nothing listens there, and the connection is refused at once.
+    result = _run_without_server(tmp_path, RUN_EXAMPLE, "postgresql://app:S3cr3t@127.0.0.1:1/db")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(
+        "PostgreSQL is not reachable at the DSN in SAGAKIT_POSTGRES_DSN (OperationalError)"
+    ), result.stdout
+    assert "S3cr3t" not in result.stdout + result.stderr
+
+
+def test_without_psycopg_the_example_says_what_to_install(tmp_path: Path) -> None:
+    blocked = "import sys; sys.modules['psycopg'] = None; " + RUN_EXAMPLE
+    result = _run_without_server(tmp_path, blocked, "postgresql://postgres@127.0.0.1:1/test")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("this example needs psycopg: pip install 'sagakit[postgres]'")
+    assert "not reachable" not in result.stdout
