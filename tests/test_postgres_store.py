@@ -174,6 +174,9 @@ def test_importing_sagakit_does_not_import_psycopg() -> None:
     [
         ({"schema": "bad-name"}, "plain identifier"),
         ({"schema": '"; DROP TABLE x; --'}, "plain identifier"),
+        # Regression: taken, and the first use failed with PostgreSQL's "unacceptable
+        # schema name", told to check the DSN and that the server is up.
+        ({"schema": "pg_sagas"}, "reserved for PostgreSQL's system schemas"),
         ({"lease": 0}, "lease must be a positive"),
         ({"lease": float("inf"), "heartbeat": 10}, "lease must be a positive, finite"),
         # Regression: finite but past what PostgreSQL adds to now(): every execute() then
