@@ -102,6 +102,15 @@ async def test_a_sleep_returning_no_awaitable_is_named_when_a_retry_waits(retrie
         await orchestrator.execute(SagaDefinition(steps=[flaky(), fail()]))
 
 
+def test_a_sleep_class_instead_of_an_instance_is_refused_when_the_orchestrator_is_made() -> None:
+    # Regression: sleep=InstantSleep (the class) was taken, and the first retry failed in
+    # execute(), the call InstantSleep(seconds) having made an InstantSleep, not a wait.
+    from sagakit.testing import InstantSleep
+
+    with pytest.raises(SagaDefinitionError, match=r"not the class InstantSleep.*InstantSleep\("):
+        SagaOrchestrator(sleep=InstantSleep)  # type: ignore[arg-type]
+
+
 class _AsyncCallable:
     async def __call__(self, item: str) -> str:
         return item

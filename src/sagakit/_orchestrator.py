@@ -259,6 +259,8 @@ class SagaOrchestrator:
             )
         for listener in listeners:
             self.add_listener(listener)
+        if isinstance(sleep, type):  # sleep=InstantSleep: called, it makes one, not a wait
+            raise not_the_class(sleep, "sleep")
         if not callable(sleep) or inspect.isbuiltin(sleep):  # time.sleep: awaits nothing
             raise SagaDefinitionError(
                 f"sleep must be an async function taking seconds, like asyncio.sleep, got {sleep!r}"
