@@ -205,6 +205,36 @@ async def test_a_generator_saga_yielding_a_list_is_told_steps_run_one_at_a_time(
         await SagaOrchestrator().execute(both("pen"))
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("calls", [list, tuple, iter, lambda calls: map(lambda c: c, calls)])
+async def test_a_generator_saga_yielding_from_a_list_is_told_to_yield_each_call(
+    calls: Callable[[list[Any]], Any],
+) -> None:
+    # Regression: `yield from [reserve(a), reserve(b)]` ran the first step, then failed with
+    # a bare "AttributeError: 'list_iterator' object has no attribute 'send'": sagakit sends
+    # each step's result into the saga, which only a generator takes.
+    undone: list[str] = []
+
+    @step
+    async def reserve(item: str) -> str:
+        return item
+
+    @reserve.compensate
+    async def release(item: str) -> None:
+        undone.append(item)
+
+    @saga
+    def both(first: str, second: str) -> Generator[Any, Any, None]:
+        yield reserve("box")
+        yield from calls([reserve(first), reserve(second)])
+
+    fix = r"`yield from` .*; yield the step calls one at a time: `for call in calls: yield call`"
+    with pytest.raises(SagaDefinitionError, match=fix) as caught:
+        await SagaOrchestrator().execute(both("pen", "ink"))
+    assert isinstance(caught.value.__cause__, AttributeError)
+    assert undone == ["pen", "box"]  # the steps that ran are compensated, as for any misuse
+
+
 @saga
 def _inner(item: str) -> Generator[Any, Any, None]:
     yield _reserve(item)

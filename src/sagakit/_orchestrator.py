@@ -64,7 +64,15 @@ from ._runs import (
     handed_back_with,
     storable_text,
 )
-from ._sagas import SagaDefinition, SagaFunction, StepDriver, _check_call, _check_id, close_driver
+from ._sagas import (
+    SagaDefinition,
+    SagaFunction,
+    StepDriver,
+    _check_call,
+    _check_id,
+    close_driver,
+    delegation_error,
+)
 from ._shielding import CancellationWatch, wait_out
 from ._steps import StepCall
 from ._tracebacks import hide_from_pytest
@@ -477,6 +485,9 @@ class SagaOrchestrator:
                     except StopIteration:
                         break
                     except Exception as broke:
+                        misuse = delegation_error(broke, run.name)
+                        if misuse is not None:  # a definition error, as yielding a list is
+                            raise misuse from broke
                         # No transition tells it (no step failed): logged here, once.
                         _warn(
                             run,
