@@ -49,6 +49,20 @@ def test_history_limit_with_an_explicit_store_is_refused() -> None:
         SagaOrchestrator(MemoryStore(), history_limit=5)
 
 
+@pytest.mark.parametrize(
+    ("value", "fix"),
+    [(3, r"Retry\(attempts=3\)"), (None, r"e\.g\. Retry\(attempts=3\)"), ("3", r"e\.g\. Retry")],
+)
+def test_an_orchestrator_compensation_retry_that_is_no_retry_names_the_fix(
+    value: object, fix: str
+) -> None:
+    # Regression: "compensation_retry must be a sagakit.Retry, got 3", without the fix,
+    # where @step(compensation_retry=3) takes a number of attempts.
+    problem = "compensation_retry must be a sagakit.Retry"
+    with pytest.raises(SagaDefinitionError, match=f"{problem}.*{fix}"):
+        SagaOrchestrator(compensation_retry=value)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("option", ["continue_on_compensation_failure", "recover_on_start"])
 @pytest.mark.parametrize("value", ["no", "false", 0, 1, None])
 def test_a_yes_or_no_orchestrator_option_must_be_a_bool(option: str, value: object) -> None:

@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Self
 
-from ._checks import asyncio_loop, check_count, check_flag, not_the_class
+from ._checks import asyncio_loop, check_count, check_flag, is_number, not_the_class
 from ._commands import command_line
 from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout, timeout_error
 from ._hooks import (
@@ -235,8 +235,12 @@ class SagaOrchestrator:
         if not isinstance(compensation_retry, Retry):
             if isinstance(compensation_retry, type) and issubclass(compensation_retry, Retry):
                 raise not_the_class(compensation_retry, "compensation_retry")
+            attempts = 3  # or the number of attempts given, as @step(compensation_retry=3) takes
+            if is_number(compensation_retry) and compensation_retry in range(1, 1000):
+                attempts = int(compensation_retry)
             raise SagaDefinitionError(
-                f"compensation_retry must be a sagakit.Retry, got {compensation_retry!r}"
+                f"compensation_retry must be a sagakit.Retry, got {compensation_retry!r}; "
+                f"pass one, e.g. Retry(attempts={attempts})"
             )
         self._store = store
         self._durable = bool(store.durable)
