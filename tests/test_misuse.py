@@ -49,6 +49,20 @@ def test_history_limit_with_an_explicit_store_is_refused() -> None:
         SagaOrchestrator(MemoryStore(), history_limit=5)
 
 
+@pytest.mark.parametrize(
+    ("value", "fix"),
+    [(3, r"Retry\(attempts=3\)"), (None, r"e\.g\. Retry\(attempts=3\)"), ("3", r"e\.g\. Retry")],
+)
+def test_an_orchestrator_compensation_retry_that_is_no_retry_names_the_fix(
+    value: object, fix: str
+) -> None:
+    # Regression: "compensation_retry must be a sagakit.Retry, got 3", without the fix,
+    # where @step(compensation_retry=3) takes a number of attempts.
+    problem = "compensation_retry must be a sagakit.Retry"
+    with pytest.raises(SagaDefinitionError, match=f"{problem}.*{fix}"):
+        SagaOrchestrator(compensation_retry=value)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("option", ["continue_on_compensation_failure", "recover_on_start"])
 @pytest.mark.parametrize("value", ["no", "false", 0, 1, None])
 def test_a_yes_or_no_orchestrator_option_must_be_a_bool(option: str, value: object) -> None:
@@ -100,6 +114,15 @@ async def test_a_sleep_returning_no_awaitable_is_named_when_a_retry_waits(retrie
     orchestrator = SagaOrchestrator(sleep=lambda seconds: None)
     with pytest.raises(SagaDefinitionError, match=r"sleep=\.\.\.\) must return an awaitable"):
         await orchestrator.execute(SagaDefinition(steps=[flaky(), fail()]))
+
+
+def test_a_sleep_class_instead_of_an_instance_is_refused_when_the_orchestrator_is_made() -> None:
+    # Regression: sleep=InstantSleep (the class) was taken, and the first retry failed in
+    # execute(), the call InstantSleep(seconds) having made an InstantSleep, not a wait.
+    from sagakit.testing import InstantSleep
+
+    with pytest.raises(SagaDefinitionError, match=r"not the class InstantSleep.*InstantSleep\("):
+        SagaOrchestrator(sleep=InstantSleep)  # type: ignore[arg-type]
 
 
 class _AsyncCallable:
@@ -194,6 +217,36 @@ async def test_a_generator_saga_yielding_a_list_is_told_steps_run_one_at_a_time(
 
     with pytest.raises(SagaDefinitionError, match="steps run one at a time: give each step call"):
         await SagaOrchestrator().execute(both("pen"))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("calls", [list, tuple, iter, lambda calls: map(lambda c: c, calls)])
+async def test_a_generator_saga_yielding_from_a_list_is_told_to_yield_each_call(
+    calls: Callable[[list[Any]], Any],
+) -> None:
+    # Regression: `yield from [reserve(a), reserve(b)]` ran the first step, then failed with
+    # a bare "AttributeError: 'list_iterator' object has no attribute 'send'": sagakit sends
+    # each step's result into the saga, which only a generator takes.
+    undone: list[str] = []
+
+    @step
+    async def reserve(item: str) -> str:
+        return item
+
+    @reserve.compensate
+    async def release(item: str) -> None:
+        undone.append(item)
+
+    @saga
+    def both(first: str, second: str) -> Generator[Any, Any, None]:
+        yield reserve("box")
+        yield from calls([reserve(first), reserve(second)])
+
+    fix = r"`yield from` .*; yield the step calls one at a time: `for call in calls: yield call`"
+    with pytest.raises(SagaDefinitionError, match=fix) as caught:
+        await SagaOrchestrator().execute(both("pen", "ink"))
+    assert isinstance(caught.value.__cause__, AttributeError)
+    assert undone == ["pen", "box"]  # the steps that ran are compensated, as for any misuse
 
 
 @saga

@@ -174,6 +174,9 @@ def test_importing_sagakit_does_not_import_psycopg() -> None:
     [
         ({"schema": "bad-name"}, "plain identifier"),
         ({"schema": '"; DROP TABLE x; --'}, "plain identifier"),
+        # Regression: taken, and the first use failed with PostgreSQL's "unacceptable
+        # schema name", told to check the DSN and that the server is up.
+        ({"schema": "pg_sagas"}, "reserved for PostgreSQL's system schemas"),
         ({"lease": 0}, "lease must be a positive"),
         ({"lease": float("inf"), "heartbeat": 10}, "lease must be a positive, finite"),
         # Regression: finite but past what PostgreSQL adds to now(): every execute() then
@@ -182,6 +185,9 @@ def test_importing_sagakit_does_not_import_psycopg() -> None:
         ({"lease": 10**20, "heartbeat": 10}, "got 100000000000000000000"),
         ({"lease": 30, "heartbeat": float("nan")}, "heartbeat must be a positive"),
         ({"lease": 2, "heartbeat": 2}, "heartbeat (2 s) must be shorter"),
+        # Regression: taken, and the store's first use failed with a bare OverflowError
+        # ("cannot convert float infinity to integer") from its migration's lock timeout.
+        ({"connect_timeout": float("inf")}, "connect_timeout must be a finite number"),
         ({"min_size": 0}, "min_size must be"),
         ({"min_size": 4, "max_size": 2}, "max_size (2) must be >= min_size (4)"),
         # Regression: taken, and the first execute() failed with an AttributeError.

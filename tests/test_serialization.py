@@ -597,6 +597,12 @@ def test_per_serializer_codecs_are_checked_as_register_codec_checks() -> None:
         JsonSerializer(codecs=Codec(Kelvin, "k", str, str))  # type: ignore[arg-type]
     with pytest.raises(SerializationError, match=r"a list of Codec objects, got 3"):
         JsonSerializer(codecs=3)  # type: ignore[arg-type]  # was a bare TypeError
+    # Regression: a string was taken as a list of its characters ("codecs must be sagakit
+    # Codec objects, got 'c'"), and an item that is no Codec was refused without the fix.
+    with pytest.raises(SerializationError, match=r"a list of Codec objects, got 'celsius'"):
+        JsonSerializer(codecs="celsius")  # type: ignore[arg-type]
+    with pytest.raises(SerializationError, match=r"got Celsius; .*Codec\(cls, name, encode"):
+        JsonSerializer(codecs=[Celsius])  # type: ignore[list-item]
     # The same class twice (a module reloaded, say) is no clash.
     again = Codec(Celsius, "celsius-global", lambda c: c.degrees, Celsius)
     serializer = JsonSerializer(codecs=[again, again])

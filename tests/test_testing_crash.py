@@ -13,12 +13,14 @@ import pytest
 
 from sagakit import (
     MemoryStore,
+    PostgresStore,
     Retry,
     SagaAlreadyResolved,
     SagaDefinition,
     SagaDefinitionError,
     SagaOrchestrator,
     SagaStatus,
+    SagaStore,
     SQLiteStore,
     StoreError,
     Transition,
@@ -227,6 +229,17 @@ async def test_simulate_restart_refuses_what_is_not_a_store(tmp_path: Path) -> N
     with pytest.raises(SagaDefinitionError, match=r"\(SQLiteStore\(\.\.\.\)\), got Posix"):
         await simulate_restart(tmp_path / "t.db")  # type: ignore[arg-type]
     await orchestrator.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("cls", [SQLiteStore, PostgresStore, MemoryStore])
+async def test_simulate_restart_refuses_a_store_class(cls: type[SagaStore]) -> None:
+    # Regression: the class passed the store check (it has the protocol's methods), then
+    # failed with "SQLiteStore.running() missing 1 required positional argument: 'self'"
+    # (PostgresStore: release_leases()), or said "type keeps sagas in memory".
+    name = cls.__name__
+    with pytest.raises(SagaDefinitionError, match=rf"not the class {name}; .*{name}\("):
+        await simulate_restart(cls)  # type: ignore[arg-type]
 
 
 @pytest.mark.asyncio

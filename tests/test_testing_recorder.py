@@ -142,8 +142,28 @@ async def test_steps_are_named_as_faults_name_them() -> None:
     recorder.assert_completed(debit, credit)
     with pytest.raises(AssertionError, match=r"\n  \+ debit\n"):
         recorder.assert_compensated(credit)
-    with pytest.raises(SagaDefinitionError, match=r"by name .* got \['debit'\]"):
+    with pytest.raises(SagaDefinitionError, match=r"got the list \['debit'\]; unpack it"):
         recorder.assert_completed(["debit"])  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_a_trail_given_as_a_list_or_not_as_lines_is_a_mistake_in_the_test() -> None:
+    # Regression: assert_trail(["saga_started", ...]) failed with a bare "TypeError:
+    # unhashable type: 'list'" from the diff, assert_trail(5) with "object of type 'int'
+    # has no len()"; a list of steps to assert_compensated() was told only to name a step.
+    recorder = SagaRecorder()
+    await _run(recorder, FaultInjector().fail("debit"), "t-lines")
+    trail = recorder.last.trail()
+    fix = r"takes the lines one per argument, got the list \[.*\]; unpack it: assert_trail\(\*"
+    with pytest.raises(SagaDefinitionError, match=fix):
+        recorder.assert_trail(trail)  # type: ignore[arg-type]
+    with pytest.raises(SagaDefinitionError, match=fix):
+        recorder.last.assert_trail(trail)  # type: ignore[arg-type]
+    with pytest.raises(SagaDefinitionError, match=r"lines of the trail .*'saga_started'.*got 5"):
+        recorder.assert_trail(5)  # type: ignore[arg-type]
+    with pytest.raises(SagaDefinitionError, match=r"assert_compensated\(\) takes the steps one"):
+        recorder.assert_compensated(("debit",))  # type: ignore[arg-type]
+    recorder.assert_trail(*trail)
 
 
 @pytest.mark.asyncio

@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Self
 
-from ._checks import asyncio_loop, check_count, check_flag, not_the_class
+from ._checks import asyncio_loop, check_count, check_flag, is_number, not_the_class
 from ._commands import command_line
 from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout, timeout_error
 from ._hooks import (
@@ -64,7 +64,15 @@ from ._runs import (
     handed_back_with,
     storable_text,
 )
-from ._sagas import SagaDefinition, SagaFunction, StepDriver, _check_call, _check_id, close_driver
+from ._sagas import (
+    SagaDefinition,
+    SagaFunction,
+    StepDriver,
+    _check_call,
+    _check_id,
+    close_driver,
+    delegation_error,
+)
 from ._shielding import CancellationWatch, wait_out
 from ._steps import StepCall
 from ._tracebacks import compensation_notes, hide_from_pytest
@@ -227,8 +235,12 @@ class SagaOrchestrator:
         if not isinstance(compensation_retry, Retry):
             if isinstance(compensation_retry, type) and issubclass(compensation_retry, Retry):
                 raise not_the_class(compensation_retry, "compensation_retry")
+            attempts = 3  # or the number of attempts given, as @step(compensation_retry=3) takes
+            if is_number(compensation_retry) and compensation_retry in range(1, 1000):
+                attempts = int(compensation_retry)
             raise SagaDefinitionError(
-                f"compensation_retry must be a sagakit.Retry, got {compensation_retry!r}"
+                f"compensation_retry must be a sagakit.Retry, got {compensation_retry!r}; "
+                f"pass one, e.g. Retry(attempts={attempts})"
             )
         self._store = store
         self._durable = bool(store.durable)
@@ -259,6 +271,8 @@ class SagaOrchestrator:
             )
         for listener in listeners:
             self.add_listener(listener)
+        if isinstance(sleep, type):  # sleep=InstantSleep: called, it makes one, not a wait
+            raise not_the_class(sleep, "sleep")
         if not callable(sleep) or inspect.isbuiltin(sleep):  # time.sleep: awaits nothing
             raise SagaDefinitionError(
                 f"sleep must be an async function taking seconds, like asyncio.sleep, got {sleep!r}"
@@ -475,6 +489,9 @@ class SagaOrchestrator:
                     except StopIteration:
                         break
                     except Exception as broke:
+                        misuse = delegation_error(broke, run.name)
+                        if misuse is not None:  # a definition error, as yielding a list is
+                            raise misuse from broke
                         # No transition tells it (no step failed): logged here, once.
                         _warn(
                             run,

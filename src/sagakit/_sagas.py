@@ -234,6 +234,28 @@ def close_driver(driver: StepDriver | None, name: str, saga_id: str) -> None:
         )
 
 
+def delegation_error(error: BaseException, name: str) -> SagaDefinitionError | None:
+    """The definition error for ``error`` when saga ``name``'s generator delegated with
+    ``yield from`` to an iterator that is no generator (a list): sagakit sends each step's
+    result into the saga, and such an iterator has no ``send()``. ``None`` for any other
+    error, found only once the body raised it (nothing is checked per step)."""
+    if not isinstance(error, AttributeError) or error.name != "send":
+        return None
+    target = getattr(error, "obj", None)
+    if not isinstance(target, Iterator) or hasattr(target, "send"):
+        return None
+    traceback = error.__traceback__
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    if traceback is None or not traceback.tb_frame.f_code.co_flags & inspect.CO_GENERATOR:
+        return None  # not raised by a generator's ``yield from``
+    return SagaDefinitionError(
+        f"saga {name!r} delegated with `yield from` to a {type(target).__name__}, which "
+        "cannot take the step results sagakit sends back into the saga; yield the step "
+        "calls one at a time: `for call in calls: yield call`"
+    )
+
+
 def _iterate(calls: tuple[StepCall[Any], ...]) -> StepDriver:
     # Not ``yield from``: the orchestrator send()s results, which a tuple iterator refuses.
     for call in calls:  # noqa: UP028
@@ -564,6 +586,7 @@ def registered_sagas() -> Iterator[SagaFunction[...]]:
 
 __all__ = [
     "close_driver",
+    "delegation_error",
     "RecoveryPolicy",
     "SagaDefinition",
     "SagaFunction",

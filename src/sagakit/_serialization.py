@@ -427,6 +427,10 @@ class JsonSerializer:
         self.allow_pickle = allow_pickle
         if isinstance(codecs, Codec):
             raise SerializationError("codecs must be a list of Codec objects: codecs=[codec]")
+        if isinstance(codecs, str | bytes):  # a list of its characters
+            raise SerializationError(
+                f"codecs must be a list of Codec objects, got {codecs!r}: codecs=[codec]"
+            )
         try:
             self._codecs = tuple(codecs)
         except TypeError:
@@ -436,7 +440,11 @@ class JsonSerializer:
         self._decoders: dict[str, Codec] = {}
         for codec in self._codecs:
             if not isinstance(codec, Codec):
-                raise SerializationError(f"codecs must be sagakit Codec objects, got {codec!r}")
+                shown = codec.__name__ if isinstance(codec, type) else repr(codec)
+                raise SerializationError(
+                    f"codecs must be sagakit Codec objects, got {shown}; make one with "
+                    "Codec(cls, name, encode, decode)"
+                )
             _check_codec("Codec", codec.type, codec.encode, codec.decode, codec.name, named=True)
             # Decoding takes this codec's name before a global one's: a clash with either
             # would read values of one class back as the other.

@@ -27,6 +27,11 @@ def check_schema_name(schema: object) -> str:
             f"schema must be a plain identifier (letters, digits, underscores; at most 63 "
             f"characters; not starting with a digit), got {schema!r}"
         )
+    if schema.startswith("pg_"):  # refused by PostgreSQL only once the store first connects
+        raise StoreConfigError(
+            f"schema {schema!r} starts with 'pg_', a prefix reserved for PostgreSQL's system "
+            "schemas; name the log's schema without it, e.g. 'sagakit'"
+        )
     return schema
 
 

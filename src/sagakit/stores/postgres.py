@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
@@ -234,6 +235,11 @@ class PostgresStore:
         self.min_size = min_size
         self.max_size = max_size
         self.connect_timeout = _positive("connect_timeout", connect_timeout)
+        if math.isinf(self.connect_timeout):  # the migration's lock_timeout is a whole number
+            raise StoreConfigError(
+                f"connect_timeout must be a finite number of seconds, got {connect_timeout!r}; "
+                "give a long one (3600) to wait that long for the server"
+            )
         self.serializer = store_serializer(serializer)
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{os.urandom(4).hex()}"
         self._sql = statements(self.schema)

@@ -12,6 +12,7 @@ from typing import Any
 
 from wrapt import BoundFunctionWrapper
 
+from .._checks import not_the_class
 from .._hooks import (
     SIMULATED_TIMEOUT,
     CrashAfter,
@@ -583,6 +584,8 @@ async def simulate_restart(store: SagaStore) -> None:
     in its file. An in-memory store loses its sagas in a real crash and cannot be
     restarted.
     """
+    if isinstance(store, type):  # a class has the protocol's methods, unbound
+        raise not_the_class(store, "simulate_restart()'s store")
     if not isinstance(store, SagaStore):
         fix = "orchestrator.store" if hasattr(store, "store") else "SQLiteStore(...)"
         raise SagaDefinitionError(

@@ -48,6 +48,30 @@ def _member(kind: type[E], value: E | str, where: str, what: str) -> E:
         ) from None
 
 
+def _one_per_argument(values: tuple[object, ...], where: str, what: str) -> None:
+    """Refuse ``values`` given as one list (``assert_trail(run.trail())``): the assertion
+    takes them one per argument."""
+    if len(values) == 1 and isinstance(values[0], list | tuple):
+        raise SagaDefinitionError(
+            f"{where}() takes the {what} one per argument, got the "
+            f"{type(values[0]).__name__} {values[0]!r}; unpack it: {where}(*{what})"
+        )
+
+
+def _check_lines(lines: tuple[object, ...]) -> list[str]:
+    """``lines`` for ``assert_trail()``: strings, one per argument."""
+    _one_per_argument(lines, "assert_trail", "lines")
+    checked: list[str] = []
+    for line in lines:
+        if not isinstance(line, str):
+            raise SagaDefinitionError(
+                "assert_trail() takes the lines of the trail as strings, such as "
+                f"'saga_started' or 'step_failed ship' (as trail() gives them), got {line!r}"
+            )
+        checked.append(line)
+    return checked
+
+
 def _line(transition: Transition, *, detail: bool = False, cut: bool = False) -> str:
     kind = transition.kind
     if kind is TransitionKind.SAGA_STARTED:
@@ -153,6 +177,7 @@ class RecordedRun:
     def assert_compensated(self, *steps: StepTarget) -> None:
         """Assert exactly these steps were compensated, in this order (none if empty)."""
         __tracebackhide__ = True
+        _one_per_argument(steps, "assert_compensated", "steps")
         names = step_names(steps, "assert_compensated")
         if self.compensated != names:
             raise AssertionError(_mismatch("compensations", names, self.compensated, self))
@@ -160,6 +185,7 @@ class RecordedRun:
     def assert_completed(self, *steps: StepTarget) -> None:
         """Assert exactly these forward steps completed, in this order."""
         __tracebackhide__ = True
+        _one_per_argument(steps, "assert_completed", "steps")
         names = step_names(steps, "assert_completed")
         if self.completed != names:
             raise AssertionError(_mismatch("completed steps", names, self.completed, self))
@@ -167,8 +193,9 @@ class RecordedRun:
     def assert_trail(self, *lines: str) -> None:
         """Assert the whole trail, as :meth:`trail` lines, is exactly ``lines``."""
         __tracebackhide__ = True
-        if self.trail() != list(lines):
-            raise AssertionError(_mismatch("trails", list(lines), self.trail(), self))
+        expected = _check_lines(lines)
+        if self.trail() != expected:
+            raise AssertionError(_mismatch("trails", expected, self.trail(), self))
 
     def _state(self) -> str:
         if not self.transitions:  # made by hand
