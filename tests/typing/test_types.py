@@ -112,6 +112,47 @@ undo_callable: Callable[[str, float], Awaitable[Any]] = undo_debit
 refund_callable: Callable[[str, str, float], Awaitable[Any]] = refund
 undo_wrong: Callable[[int], Awaitable[Any]] = undo_debit  # type: ignore[assignment]
 
+
+def compensations_called_on_their_own() -> None:
+    # ... and it keeps its own result, as a coroutine: asyncio.run() and create_task() take
+    # it (regression: typed Awaitable[Any], so the result was Any and both needed a cast).
+    assert_type(asyncio.run(undo_debit("A", 1.0)), list[Credited])
+    assert_type(asyncio.run(refund(None, "o-1", 2.0)), None)
+
+
+async def compensation_tasks() -> None:
+    assert_type(asyncio.create_task(undo_debit("A", 1.0)), asyncio.Task[list[Credited]])
+    assert_type(await undo_debit("A", 1.0), list[Credited])
+    # Known limit: the function's type is the step's parameters with its own result (no
+    # type can both be checked against the step's parameters and keep the function's
+    # own), so the result form's first parameter is positional-only to type checkers, and
+    # parameters the compensation adds are not seen. Registered with a call instead of as a
+    # decorator, a compensation keeps its own type and is checked all the same.
+    await refund(payment_id=None, order_id="o-1", amount=2.0)  # type: ignore[call-arg]
+    await undo_reserve_noted("r-1", "o-1", note="manual")
+
+
+async def undo_reserve_noted(reservation: str | None, order_id: str, note: str = "") -> None:
+    return None
+
+
+async def undo_hold_noted(reservation: str, order_id: str) -> None:  # no None
+    return None
+
+
+@step
+async def reserve_noted(order_id: str) -> str:
+    return f"reservation-{order_id}"
+
+
+@step
+async def hold_noted(order_id: str) -> str:
+    return f"hold-{order_id}"
+
+
+reserve_noted.compensate(undo_reserve_noted)
+hold_noted.compensate(undo_hold_noted)  # type: ignore[arg-type]
+
 # Saga functions keep their parameters and return definitions.
 transfer_fn: SagaFunction[[str, str, float]] = transfer_list
 transfer_wrong: SagaFunction[[int]] = transfer_list  # type: ignore[assignment]
