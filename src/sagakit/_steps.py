@@ -583,6 +583,10 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         def __get__(
             self, instance: None, owner: type[Any] | None = None, /
         ) -> wrapt.BoundFunctionWrapper[P, StepCall[R]]: ...
+        @overload  # mypy runs __get__ on what a property returns: StepCall.step is the step
+        def __get__(
+            self, instance: StepCall[Any], owner: type[Any] | None = None, /
+        ) -> Step[P, R]: ...
         @overload
         def __get__(
             self: Callable[Concatenate[S, Q], StepCall[R]],

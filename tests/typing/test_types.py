@@ -99,6 +99,12 @@ wrong_result: Step[[str, float], list[Credited]] = debit  # type: ignore[assignm
 assert_type(debit("A", 1.0), StepCall[list[Debited]])
 assert_type(charge("o-1", 9.5), StepCall[str])
 assert_type(debit.name, str)
+# A call's step and spec are the Step (regression: mypy runs a descriptor's __get__ on what
+# a property returns, so they were typed as a bound step and every attribute was Any).
+assert_type(debit("A", 1.0).step, Step[Any, Any])
+assert_type(debit("A", 1.0).step.name, str)
+assert_type(debit("A", 1.0).spec.timeout, float)
+assert_type(debit("A", 1.0).spec.compensation, Callable[..., Awaitable[Any]] | None)
 
 # Retry(on=...) takes one exception class or a tuple of them, as documented.
 one_class = Retry(attempts=3, on=ConnectionError)
