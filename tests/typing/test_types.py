@@ -20,6 +20,7 @@ from sagakit import (
     Step,
     StepCall,
     StepStatus,
+    Transition,
     register_codec,
     saga,
     step,
@@ -462,3 +463,34 @@ class _MyOrchestrator(SagaOrchestrator):
 async def _subclass_keeps_its_type_in_async_with() -> None:
     async with _MyOrchestrator() as mine:
         assert_type(mine, _MyOrchestrator)
+
+
+# A listener is any callable taking the transition, sync or async; what it returns is
+# ignored (regression: it had to return None, so an async publisher returning its message
+# id, or a sync one returning whether it sent, needed a wrapper or a cast).
+async def publish(transition: Transition) -> str:
+    return "message-1"
+
+
+def sent(transition: Transition) -> bool:
+    return True
+
+
+def printed(transition: Transition) -> None:
+    print(transition)
+
+
+def listeners(orchestrator: SagaOrchestrator) -> None:
+    SagaOrchestrator(listeners=[publish, sent, printed])
+    orchestrator.add_listener(publish)
+    orchestrator.remove_listener(sent)
+    SagaOrchestrator(listeners=[print_twice])  # type: ignore[list-item]
+    orchestrator.add_listener(print_nothing)  # type: ignore[arg-type]
+
+
+def print_twice(transition: Transition, again: Transition) -> None:
+    print(transition, again)
+
+
+def print_nothing() -> None:
+    print()
