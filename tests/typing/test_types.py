@@ -9,6 +9,7 @@ from typing import Any, Generic, Self, TypeVar, assert_type
 
 from sagakit import (
     Codec,
+    JsonSerializer,
     LoggedStep,
     OrphanedSaga,
     Retry,
@@ -436,9 +437,16 @@ class Money:
 
 # A codec's encode takes the registered class and its decode gives one back.
 money_codec = register_codec(Money, encode=lambda m: m.cents, decode=lambda d: Money(int(d)))
-assert_type(money_codec, Codec)
+assert_type(money_codec, Codec[Money])
 register_codec(Money, encode=lambda m: m.amount, decode=Money)  # type: ignore[attr-defined]
 register_codec(Money, encode=str, decode=str)  # type: ignore[arg-type]
+# So does a Codec made for a serializer of its own (regression: its encode took Any, so a
+# misspelt attribute passed).
+money_local = Codec(Money, "money", encode=lambda m: m.cents, decode=lambda d: Money(int(d)))
+assert_type(money_local, Codec[Money])
+Codec(Money, "money", encode=lambda m: m.amount, decode=Money)  # type: ignore[attr-defined]
+Codec(Money, "money", encode=str, decode=str)  # type: ignore[arg-type]
+JsonSerializer(codecs=[money_codec, money_local, Codec(int, "int", str, int)])
 
 
 def orphan_steps(orphan: OrphanedSaga) -> None:
