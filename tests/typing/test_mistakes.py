@@ -121,7 +121,7 @@ SagaDefinition("o-1").add_step(reserve)  # type: ignore[arg-type]
 
 # An async generator is not a saga: 'Argument 1 to "saga" has incompatible type
 # "Callable[[str], AsyncIterator[StepCall[Any]]]"; expected "Callable[[str], Generator[...] |
-# Iterator[...] | Sequence[...]]"'.
+# Iterator[...] | Iterable[...] | Sequence[...]]"'.
 @saga  # type: ignore[arg-type]
 async def async_order(sku: str) -> AsyncIterator[StepCall[Any]]:
     yield reserve(sku)

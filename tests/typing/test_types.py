@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Generator, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, Self, TypeVar, assert_type
 
@@ -417,9 +417,18 @@ def transfer_iter(src: str, dst: str, amount: float) -> Iterator[StepCall[Any]]:
     yield credit(dst, amount)
 
 
+# Or as an Iterable, as usual for a generator too (regression: refused by @saga).
+@saga
+def transfer_iterable(src: str, dst: str, amount: float) -> Iterable[StepCall[Any]]:
+    yield debit(src, amount)
+    yield credit(dst, amount)
+
+
 assert_type(transfer_typed("A", "B", 1.0), SagaDefinition)
 assert_type(transfer_iter("A", "B", 1.0), SagaDefinition)
+assert_type(transfer_iterable("A", "B", 1.0), SagaDefinition)
 transfer_iter("A", "B", "C")  # type: ignore[arg-type]
+transfer_iterable("A", "B", "C")  # type: ignore[arg-type]
 
 
 async def fault_matrix_fixture(saga_fault_matrix: FaultMatrix) -> None:
