@@ -146,6 +146,18 @@ def test_per_serializer_codec_unknown_elsewhere() -> None:
         JsonSerializer().loads(text)
 
 
+def test_a_codec_is_generic_and_made_through_its_alias() -> None:
+    # Codec[T] types encode and decode by the class (tests/typing/test_types.py); made
+    # through the alias it is the same codec (typing's alias set __orig_class__ on the
+    # frozen slotted codec: a TypeError on Python 3.11 and 3.12).
+    typed = Codec[Opaque](Opaque, "opaque", lambda o: None, lambda v: Opaque())
+    assert typed == Codec(Opaque, "opaque", typed.encode, typed.decode)
+    assert Codec[Opaque] == Codec[Opaque]
+    assert isinstance(
+        JsonSerializer(codecs=[typed]).loads(JsonSerializer(codecs=[typed]).dumps(Opaque())), Opaque
+    )
+
+
 def test_size_limit_gives_a_clear_error() -> None:
     serializer = JsonSerializer(max_size=100)
     serializer.dumps("x" * 50)

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 import unicodedata
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._members import (
@@ -85,8 +85,9 @@ class _StructuredFields(logging.Filter):
 
 logger.addFilter(_StructuredFields())
 
-Listener = Callable[[Transition], Awaitable[None] | None]
-"""A callable told of every state change; it may be sync or async."""
+Listener = Callable[[Transition], object]
+"""A callable told of every state change; it may be sync or async. What it returns is
+ignored (awaited first when it is awaitable), so it may return anything."""
 
 _LEVELS = {
     ON_SAGA_STARTED: logging.INFO,

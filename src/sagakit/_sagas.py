@@ -28,10 +28,14 @@ S = TypeVar("S")
 T = TypeVar("T")
 
 RecoveryPolicy: TypeAlias = Literal["resume", "compensate"]
-# A generator function may be annotated ``Iterator[StepCall[Any]]`` when it uses no step's
-# result (as ``contextlib.contextmanager`` takes); it is still driven with ``send()``.
+# A generator function may be annotated ``Iterator[StepCall[Any]]`` or
+# ``Iterable[StepCall[Any]]`` when it uses no step's result (both are usual for a
+# generator); it is still driven with ``send()``.
 SagaBody: TypeAlias = (
-    Generator[StepCall[Any], Any, Any] | Iterator[StepCall[Any]] | Sequence[StepCall[Any]]
+    Generator[StepCall[Any], Any, Any]
+    | Iterator[StepCall[Any]]
+    | Iterable[StepCall[Any]]
+    | Sequence[StepCall[Any]]
 )
 StepDriver: TypeAlias = Generator[StepCall[Any], Any, Any]
 

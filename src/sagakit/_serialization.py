@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterable
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from enum import Enum
-from typing import Any, TypeVar, cast
+from types import GenericAlias
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -82,14 +83,23 @@ _BUILT_IN = (*_PRIMITIVES, list, dict, tuple)  # stored before any codec is look
 _CONTAINING = (dict, list, tuple, set, frozenset, str, bytes, bytearray, int, float, complex)
 
 
+T = TypeVar("T")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
-class Codec:
+class Codec(Generic[T]):
     """How to store values of one type: ``encode`` to JSON-able data, ``decode`` back."""
 
-    type: type
+    type: type[T]
     name: str
-    encode: Callable[[Any], Any]
-    decode: Callable[[Any], Any]
+    encode: Callable[[T], Any]
+    decode: Callable[[Any], T]
+
+    if not TYPE_CHECKING:
+        # ``Codec[Money](...)`` as a plain generic alias makes it: typing's alias sets
+        # ``__orig_class__`` on the new codec, which a frozen slotted dataclass refuses with
+        # a TypeError on Python 3.11 and 3.12 (the C alias ignores that refusal).
+        __class_getitem__ = classmethod(GenericAlias)
 
 
 # Copy-on-write: register_codec() builds a new dict under the lock and swaps it in with one
@@ -98,7 +108,7 @@ class Codec:
 # serializer is iterating ("dictionary changed size during iteration" failing a step) nor
 # hide a codec it is replacing from a lookup.
 _codecs_lock = threading.Lock()
-_global_codecs: dict[str, Codec] = {}
+_global_codecs: dict[str, Codec[Any]] = {}
 
 
 def _type_name(cls: type) -> str:
@@ -168,9 +178,6 @@ def _importable_name(cls: type) -> str:
     return name
 
 
-T = TypeVar("T")
-
-
 def _check_codec(
     where: str, cls: object, encode: object, decode: object, name: object, *, named: bool
 ) -> None:
@@ -201,7 +208,7 @@ def register_codec(
     encode: Callable[[T], Any],
     decode: Callable[[Any], T],
     name: str | None = None,
-) -> Codec:
+) -> Codec[T]:
     """Teach every serializer to store ``cls``: ``encode(obj)`` gives JSON-able data.
 
     ``name`` (default ``"module:QualName"``) is what the log records; keep it stable
@@ -413,7 +420,7 @@ class JsonSerializer:
     def __init__(
         self,
         *,
-        codecs: Iterable[Codec] = (),
+        codecs: Iterable[Codec[Any]] = (),
         max_size: int = DEFAULT_MAX_SIZE,
         allow_pickle: bool = False,
     ) -> None:
@@ -437,7 +444,7 @@ class JsonSerializer:
             raise SerializationError(
                 f"codecs must be a list of Codec objects, got {codecs!r}: codecs=[codec]"
             ) from None
-        self._decoders: dict[str, Codec] = {}
+        self._decoders: dict[str, Codec[Any]] = {}
         for codec in self._codecs:
             if not isinstance(codec, Codec):
                 shown = codec.__name__ if isinstance(codec, type) else repr(codec)
@@ -558,7 +565,7 @@ class JsonSerializer:
             "or pass plain data (str, int, float, bool, None, lists and dicts of them)"
         )
 
-    def _codec_for(self, cls: type) -> Codec | None:
+    def _codec_for(self, cls: type) -> Codec[Any] | None:
         for codec in self._codecs:
             if codec.type is cls:
                 return codec

@@ -503,18 +503,20 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
     # The arguments form first: it is the runtime's choice when both forms fit, and mypy
     # words a mismatch against the first overload (tests/typing/test_mistakes.py). The
     # result form's first parameter must accept None: a step that timed out (or raised,
-    # with compensate_on_failure) is compensated without a result.
+    # with compensate_on_failure) is compensated without a result. What it returns keeps
+    # the function's result, as a coroutine (declaring a function that is not one raises),
+    # but has the step's parameters: no type is both checked against them and the function's.
     @overload
-    def compensate(self, fn: Callable[P, Awaitable[Any]]) -> Callable[P, Awaitable[Any]]: ...
+    def compensate(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]: ...
     @overload
     def compensate(
-        self, fn: Callable[Concatenate[R | None, P], Awaitable[Any]]
-    ) -> Callable[Concatenate[R | None, P], Awaitable[Any]]: ...
+        self, fn: Callable[Concatenate[R | None, P], Awaitable[T]]
+    ) -> Callable[Concatenate[R | None, P], Coroutine[Any, Any, T]]: ...
     @overload
     def compensate(  # a method step's, result form: self, the result, then the arguments
         self: Step[Concatenate[S, Q], R],
-        fn: Callable[Concatenate[S, R | None, Q], Awaitable[Any]],
-    ) -> Callable[Concatenate[S, R | None, Q], Awaitable[Any]]: ...
+        fn: Callable[Concatenate[S, R | None, Q], Awaitable[T]],
+    ) -> Callable[Concatenate[S, R | None, Q], Coroutine[Any, Any, T]]: ...
     def compensate(
         self, fn: Callable[..., Awaitable[Any]] = _NO_FUNCTION
     ) -> Callable[..., Awaitable[Any]]:
@@ -581,6 +583,10 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         def __get__(
             self, instance: None, owner: type[Any] | None = None, /
         ) -> wrapt.BoundFunctionWrapper[P, StepCall[R]]: ...
+        @overload  # mypy runs __get__ on what a property returns: StepCall.step is the step
+        def __get__(
+            self, instance: StepCall[Any], owner: type[Any] | None = None, /
+        ) -> Step[P, R]: ...
         @overload
         def __get__(
             self: Callable[Concatenate[S, Q], StepCall[R]],

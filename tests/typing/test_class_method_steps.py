@@ -44,7 +44,7 @@ class Inventory:
 
     # Mistakes are flagged: 'Argument 1 to "compensate" of "Step" has incompatible type
     # "Callable[[type[Inventory], str, str], Coroutine[Any, Any, None]]"; expected
-    # "Callable[[type[Inventory], str], Awaitable[Any]]"'.
+    # "Callable[[type[Inventory], str], Awaitable[None]]"'.
     @step
     async def _count(cls: type[Inventory], sku: str) -> str:
         return sku
@@ -110,7 +110,7 @@ async def class_method_steps() -> None:
     # The compensation is a class method, as it runs: the class is bound.
     await Inventory.unhold("book", 2)
     await Warehouse().release(None, "book")
-    Inventory.release(None, 1)  # type: ignore[arg-type]
+    await Inventory.release(None, 1)  # type: ignore[arg-type]
 
 
 release: Callable[[str | None, str], Awaitable[Any]] = Inventory.release

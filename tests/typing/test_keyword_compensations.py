@@ -35,7 +35,7 @@ async def label(item: str, **labels: str) -> int:
 
 # 'Argument 1 to "compensate" of "Step" has incompatible type "def unlabel(tag_id: int |
 # None, item: str, **labels: str) -> Coroutine[Any, Any, None]"; expected "def (item: str,
-# **labels: str) -> Awaitable[Any]"'.
+# **labels: str) -> Awaitable[None]"'.
 @label.compensate  # type: ignore[arg-type]
 async def unlabel(tag_id: int | None, item: str, **labels: str) -> None:
     return None
@@ -77,7 +77,7 @@ class Shelf:
 # (call_api(1, note="x")). mypy refuses it when the step's *args and **kwargs have types:
 # 'Argument 1 to "compensate" of "Step" has incompatible type "def undo_call(note: str |
 # None = ..., *args: int, **kwargs: str) -> Coroutine[Any, Any, None]"; expected "def
-# (*args: int, **kwargs: str) -> Awaitable[Any]"'.
+# (*args: int, **kwargs: str) -> Awaitable[None]"'.
 @step
 async def call_api(*args: int, **kwargs: str) -> int:
     return 1

@@ -70,7 +70,7 @@ reserve(sku="a", qty=2)  # type: ignore[call-arg]
 
 # A compensation that is not async, worded against the arguments form (the first variant):
 # 'Argument 1 to "compensate" of "Step" has incompatible type "Callable[[str], None]";
-# expected "Callable[[str], Awaitable[Any]]"'.
+# expected "Callable[[str], Awaitable[Never]]"'.
 @reserve.compensate  # type: ignore[arg-type]
 def sync_release(sku: str) -> None:
     return None
@@ -83,7 +83,7 @@ async def hold(sku: str) -> int:
 
 # The result form without None (a timed-out step is compensated without a result) is
 # refused too, but worded against the arguments form: 'expected "Callable[[str],
-# Awaitable[Any]]"'. (With the result form first, every arguments-form mistake said
+# Awaitable[None]]"'. (With the result form first, every arguments-form mistake said
 # 'expected "Callable[[int | None, str], ...]"' with a note to make parameters
 # positional-only, and a method step's added a spurious '"self" parameter missing'.)
 @hold.compensate  # type: ignore[arg-type]
@@ -121,7 +121,7 @@ SagaDefinition("o-1").add_step(reserve)  # type: ignore[arg-type]
 
 # An async generator is not a saga: 'Argument 1 to "saga" has incompatible type
 # "Callable[[str], AsyncIterator[StepCall[Any]]]"; expected "Callable[[str], Generator[...] |
-# Iterator[...] | Sequence[...]]"'.
+# Iterator[...] | Iterable[...] | Sequence[...]]"'.
 @saga  # type: ignore[arg-type]
 async def async_order(sku: str) -> AsyncIterator[StepCall[Any]]:
     yield reserve(sku)
