@@ -14,10 +14,16 @@ import asyncio
 from collections.abc import Generator
 from typing import Any
 
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import get_current_span
+try:
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import get_current_span
+except ModuleNotFoundError as missing:
+    raise SystemExit(
+        f"this example needs the OpenTelemetry SDK ({missing.name} is missing): "
+        'pip install opentelemetry-sdk (or pip install -e ".[dev]" in a checkout)'
+    ) from None
 
 from sagakit import Retry, SagaOrchestrator, StepCall, StepFailed, saga, step
 from sagakit.otel import instrument

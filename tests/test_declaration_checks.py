@@ -184,8 +184,12 @@ def test_errors_about_a_partial_compensation_name_it() -> None:
     with pytest.raises(SagaDefinitionError, match="cannot take the arguments of step 'dc_get'"):
         dc_get.compensate(functools.partial(dc_forget, "c1", "k"))  # takes nothing more
     dc_get.compensate(functools.partial(dc_forget, "c1"))
-    with pytest.raises(CompensationAlreadySetError, match="dc_forget"):
+    with pytest.raises(CompensationAlreadySetError, match="dc_forget") as raised:
         dc_get.compensate(dc_forget)
+    # A compensation renamed in a notebook is refused too: the message says what to do.
+    assert "in a notebook, after renaming a compensation, run the step's cell again" in str(
+        raised.value
+    )
 
 
 def dc_partial_body(order: int):  # type: ignore[no-untyped-def]

@@ -216,3 +216,25 @@ def test_example_script_runs(path: Path, tmp_path: Path) -> None:
             f"{path.name}: missing (in order) {line!r}\n{result.stdout}"
         )
         position = lines.index(line, position) + 1
+
+
+def test_the_tracing_example_without_the_sdk_says_what_to_install(tmp_path: Path) -> None:
+    # The sagakit[otel] extra installs the OpenTelemetry API only; the example stopped
+    # with a bare ModuleNotFoundError traceback without the SDK.
+    blocked = (
+        "import runpy, sys; sys.modules['opentelemetry.sdk.trace'] = None; "
+        "runpy.run_path(sys.argv[1], run_name='__main__')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", blocked, str(EXAMPLES / "tracing.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        "this example needs the OpenTelemetry SDK (opentelemetry.sdk.trace is missing): "
+        "pip install opentelemetry-sdk"
+    ), result.stderr
+    assert "Traceback" not in result.stderr

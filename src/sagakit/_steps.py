@@ -537,7 +537,9 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
             raise CompensationAlreadySetError(
                 f"step {self.name!r} already has the compensation "
                 f"{qualname_of(spec.compensation)!r}; a step has at most one — "
-                f"remove one of the @{self.name}.compensate declarations"
+                f"remove one of the @{self.name}.compensate declarations (in a notebook, "
+                "after renaming a compensation, run the step's cell again: a new step "
+                "starts with none)"
             )
         if not inspect.iscoroutinefunction(fn):
             what = qualname_of(fn)
