@@ -194,9 +194,13 @@ async def _finish_orphan(
     worker finishes it)."""
     try:
         return await _recover_one(orchestrator, store, orphan)
-    except LeaseLost as lost:
-        logger.warning(
-            "sagakit recovery stopped saga %s: %s", orphan.saga_id, lost, extra=_fields(orphan)
+    except LeaseLost as lost:  # released by this store (a stop, an exit): no warning
+        logger.log(
+            logging.INFO if lost.released else logging.WARNING,
+            "sagakit recovery stopped saga %s: %s",
+            orphan.saga_id,
+            lost,
+            extra=_fields(orphan),
         )
         return None
 
@@ -462,7 +466,10 @@ async def _finish_claimed(
         close_driver(body, orphan.name, orphan.saga_id)  # only its step calls are needed
     run = _rebuild(orchestrator, definition, orphan, done)
     run.listeners = orchestrator._listeners  # told of the whole recovered run
-    logger.warning(
+    # Attempt 0: this claim counted no crash, the saga was handed over (its lease released
+    # by a stopping worker or an exiting process): the normal lifecycle of a deploy.
+    logger.log(
+        logging.INFO if orphan.recovery_attempts == 0 else logging.WARNING,
         "sagakit recovery %s saga %s (%s) after %d completed steps (attempt %d)",
         "compensates" if compensate else "resumes",
         orphan.name,

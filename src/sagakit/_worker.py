@@ -154,9 +154,13 @@ async def _finish_one(
     worker_nested.set(nested)  # this task's context: what its steps execute() joins it
     try:
         outcome = await _recover_one(orchestrator, store, orphan)
-    except LeaseLost as lost:
-        logger.warning(
-            "sagakit worker stopped saga %s: %s", orphan.saga_id, lost, extra=_fields(orphan)
+    except LeaseLost as lost:  # released by this store (a stop, an exit): no warning
+        logger.log(
+            logging.INFO if lost.released else logging.WARNING,
+            "sagakit worker stopped saga %s: %s",
+            orphan.saga_id,
+            lost,
+            extra=_fields(orphan),
         )
     except SimulatedCrash as crash:
         # sagakit.testing's crash, in a saga this worker was finishing: that saga is left

@@ -1,0 +1,120 @@
+"""PostgreSQL: a saga handed over in an orderly way is logged at INFO, not WARNING.
+
+A worker stopping on a deploy releases the leases of the sagas it runs, and the process
+exiting hands over its ``execute()`` calls (``release_leases()``): another worker takes
+them over at once. That is the normal lifecycle, on every deploy; it used to log a
+``WARNING`` for each saga twice over — ``sagakit worker stopped saga ...`` on the stopped
+side (already told at ``INFO`` by ``saga_stopped``) and ``sagakit recovery resumes saga
+...`` on the side taking it over — as if a process had crashed. A lease lost to another
+worker, and a saga recovered after a crash, still warn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from pg_helpers.db import opened
+from sagakit import LeaseLost, SagaOrchestrator, SQLiteStore, saga, step
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+
+pytestmark = pytest.mark.asyncio
+
+STARTED = asyncio.Event()
+GO = asyncio.Event()
+
+
+@step
+async def ho_wait(n: int) -> int:
+    STARTED.set()
+    await GO.wait()
+    return n
+
+
+@saga
+def ho_saga(n: int):  # type: ignore[no-untyped-def]
+    yield ho_wait(n)
+
+
+def _sagakit_records(caplog: pytest.LogCaptureFixture, saga_id: str) -> list[logging.LogRecord]:
+    return [
+        record
+        for record in caplog.records
+        if record.name == "sagakit" and getattr(record, "saga_id", None) == saga_id
+    ]
+
+
+async def test_a_released_saga_is_handed_over_without_warnings(
+    dsn: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    STARTED.clear()
+    GO.clear()
+    caplog.set_level(logging.INFO, logger="sagakit")
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        first = asyncio.create_task(orchestrator.execute(ho_saga(1), saga_id="ho-1"))
+        await STARTED.wait()
+        STARTED.clear()
+        await store.release_leases()  # the process exits: its execute() is handed over
+        GO.set()
+        with pytest.raises(LeaseLost):
+            await first
+        GO.clear()
+        stop = asyncio.Event()
+        worker = asyncio.create_task(
+            orchestrator.run_worker(stop=stop, poll_interval=0.01, handle_signals=False)
+        )
+        await STARTED.wait()  # the worker took it over and runs its step
+        STARTED.clear()
+        await store.release_leases()  # its process exits in turn
+        GO.set()  # the step returns; its end is fenced out, and the worker takes it again
+        await asyncio.wait_for(STARTED.wait(), 60)  # (a guard, not a measurement)
+        stop.set()
+        await worker
+        # The same in the middle of recover(), of a saga another process handed over.
+        GO.clear()
+        STARTED.clear()
+        third = asyncio.create_task(orchestrator.execute(ho_saga(3), saga_id="ho-3"))
+        await STARTED.wait()
+        STARTED.clear()
+        await store.release_leases()
+        GO.set()
+        with pytest.raises(LeaseLost):
+            await third
+        GO.clear()
+        recovering = asyncio.create_task(orchestrator.recover())
+        await STARTED.wait()  # recover() took it over and runs its step
+        await store.release_leases()  # the process exits in the middle of recover()
+        GO.set()
+        await recovering
+    records = _sagakit_records(caplog, "ho-1") + _sagakit_records(caplog, "ho-3")
+    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []
+    messages = [r.getMessage() for r in records]
+    assert any(m.startswith("sagakit recovery resumes saga ho_saga (ho-1)") for m in messages)
+    assert any(m.startswith("sagakit worker stopped saga ho-1") for m in messages)
+    assert any(m.startswith("sagakit recovery resumes saga ho_saga (ho-3)") for m in messages)
+    assert any(m.startswith("sagakit recovery stopped saga ho-3") for m in messages)
+
+
+async def test_a_saga_recovered_after_a_crash_still_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    GO.set()
+    caplog.set_level(logging.INFO, logger="sagakit")
+    store = SQLiteStore(tmp_path / "s.db")
+    with FaultInjector().crash(ho_wait), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(ho_saga(2), saga_id="ho-2")
+    await simulate_restart(store)
+    await store.close()
+    restarted = SagaOrchestrator(SQLiteStore(tmp_path / "s.db"))
+    await restarted.recover()
+    await restarted.close()
+    resumed = [
+        r
+        for r in _sagakit_records(caplog, "ho-2")
+        if r.getMessage().startswith("sagakit recovery resumes")
+    ]
+    assert [r.levelno for r in resumed] == [logging.WARNING], [r.getMessage() for r in resumed]
