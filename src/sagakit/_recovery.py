@@ -194,15 +194,22 @@ async def _finish_orphan(
     worker finishes it)."""
     try:
         return await _recover_one(orchestrator, store, orphan)
-    except LeaseLost as lost:  # released by this store (a stop, an exit): no warning
-        logger.log(
-            logging.INFO if lost.released else logging.WARNING,
-            "sagakit recovery stopped saga %s: %s",
-            orphan.saga_id,
-            lost,
-            extra=_fields(orphan),
-        )
+    except LeaseLost as lost:
+        log_stopped("recovery", orphan, lost)
         return None
+
+
+def log_stopped(who: str, orphan: OrphanedSaga, lost: LeaseLost) -> None:
+    """Log that ``who`` (recovery, a worker) stopped finishing ``orphan``, fenced out:
+    at INFO when this store released it (a stop, an exit), else at WARNING."""
+    logger.log(
+        logging.INFO if lost.released else logging.WARNING,
+        "sagakit %s stopped saga %s: %s",
+        who,
+        orphan.saga_id,
+        lost,
+        extra=_fields(orphan),
+    )
 
 
 async def adopt(orchestrator: SagaOrchestrator, saga_id: str, name: str) -> bool:

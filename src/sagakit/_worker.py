@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._checks import check_count, check_flag, check_seconds
 from ._hooks import SimulatedCrash
-from ._recovery import _fields, _recover_one, _recoverable, give_back
+from ._recovery import _fields, _recover_one, _recoverable, give_back, log_stopped
 from ._sagas import registered_sagas
 from ._shielding import CancellationWatch
 from ._tracebacks import hide_from_pytest
@@ -154,14 +154,8 @@ async def _finish_one(
     worker_nested.set(nested)  # this task's context: what its steps execute() joins it
     try:
         outcome = await _recover_one(orchestrator, store, orphan)
-    except LeaseLost as lost:  # released by this store (a stop, an exit): no warning
-        logger.log(
-            logging.INFO if lost.released else logging.WARNING,
-            "sagakit worker stopped saga %s: %s",
-            orphan.saga_id,
-            lost,
-            extra=_fields(orphan),
-        )
+    except LeaseLost as lost:
+        log_stopped("worker", orphan, lost)
     except SimulatedCrash as crash:
         # sagakit.testing's crash, in a saga this worker was finishing: that saga is left
         # as a crash leaves it, for the next recovery; the worker goes on (nobody awaits
