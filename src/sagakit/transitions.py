@@ -76,24 +76,9 @@ class Transition:
 
 
 _FIELDS = tuple(field.name for field in dataclasses.fields(Transition))
+"""Its fields, in declaration order: what its repr shows, what make_transition() sets."""
 
-_SETTERS = tuple(
-    getattr(Transition, name).__set__
-    for name in (
-        "kind",
-        "saga_id",
-        "saga_name",
-        "status",
-        "step_index",
-        "step_name",
-        "attempt",
-        "result",
-        "events",
-        "error",
-        "duration",
-        "run_number",
-    )
-)
+_SETTERS = tuple(getattr(Transition, name).__set__ for name in _FIELDS)
 _new = object.__new__
 
 
