@@ -13,6 +13,7 @@ from typing import Any
 from wrapt import BoundFunctionWrapper
 
 from .._checks import not_the_class
+from .._display import describe_args
 from .._hooks import (
     SIMULATED_TIMEOUT,
     CrashAfter,
@@ -127,10 +128,9 @@ def _step_call_given(call: StepCall[Any], method: str) -> str:
     """The fix for ``method(debit("alice", 10))``: a step call where a step is wanted."""
     qualname = getattr(call.step, "__qualname__", None) or call.name
     written = qualname.rpartition("<locals>.")[2]  # a step defined in a function: its name
-    arguments = [repr(a) for a in call.args]
-    arguments += [f"{k}={v!r}" for k, v in call.kwargs.items()]
+    arguments = describe_args(call.args, call.kwargs)  # as the call's repr writes them
     text = (
-        f"{method}() got a step call {written}({', '.join(arguments)}); pass the step itself: "
+        f"{method}() got a step call {written}({arguments}); pass the step itself: "
         f"{method}({written}) (or its name, {call.name!r})"
     )
     if method.startswith("assert_"):
