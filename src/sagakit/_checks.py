@@ -17,18 +17,22 @@ MAX_COUNT = 2**63 - 1
 """The largest count sagakit passes to a database (a 64-bit integer): attempts, a limit."""
 
 
+def no_asyncio_loop(what: str) -> RuntimeError:
+    """The error for ``what`` awaited with no asyncio loop running: by trio (IPython's
+    ``%autoawait trio``, say), where asyncio says only "no running event loop"."""
+    return RuntimeError(
+        f"{what} was awaited with no asyncio event loop running: sagakit runs on "
+        "asyncio (under trio or another event loop, run it in asyncio; in IPython or "
+        "Jupyter, %autoawait asyncio)"
+    )
+
+
 def asyncio_loop(what: str) -> asyncio.AbstractEventLoop:
-    """The running asyncio loop, or a clear error for ``what`` awaited without one: by
-    trio (IPython's ``%autoawait trio``, say), where asyncio says only "no running event
-    loop"."""
+    """The running asyncio loop, or :func:`no_asyncio_loop`'s error for ``what``."""
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
-        raise RuntimeError(
-            f"{what} was awaited with no asyncio event loop running: sagakit runs on "
-            "asyncio (under trio or another event loop, run it in asyncio; in IPython or "
-            "Jupyter, %autoawait asyncio)"
-        ) from None
+        raise no_asyncio_loop(what) from None
 
 
 def is_number(value: object) -> TypeGuard[int | float]:

@@ -10,7 +10,14 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Self
 
-from ._checks import asyncio_loop, check_count, check_flag, is_number, not_the_class
+from ._checks import (
+    asyncio_loop,
+    check_count,
+    check_flag,
+    is_number,
+    no_asyncio_loop,
+    not_the_class,
+)
 from ._commands import command_line
 from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout, timeout_error
 from ._hooks import (
@@ -367,8 +374,7 @@ class SagaOrchestrator:
         try:
             loop = asyncio.get_running_loop()  # asyncio_loop("execute()"), without the call
         except RuntimeError:
-            asyncio_loop("execute()")  # raises the error that says what to do
-            raise
+            raise no_asyncio_loop("execute()") from None
         watchdog = self._watchdog
         if watchdog is None or watchdog.loop is not loop:
             watchdog = self._first_run_on(loop)
