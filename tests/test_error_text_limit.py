@@ -123,3 +123,25 @@ async def test_a_huge_compensation_failure_is_stored_cut(
         assert meta.compensations[0].error.endswith(" more characters)")
     finally:
         await orchestrator.close()
+
+
+async def test_an_error_without_a_message_is_named_without_a_dangling_colon(
+    durable_store: Callable[..., Any],
+) -> None:
+    @step
+    async def et_bare() -> None:
+        raise LookupError
+
+    orchestrator = SagaOrchestrator(durable_store())
+    try:
+        with pytest.raises(StepFailed) as raised:
+            await orchestrator.execute(
+                SagaDefinition(name="error_text_limit.bare").add_step(et_bare()), saga_id="bare-1"
+            )
+        meta = await orchestrator.get_saga("bare-1")
+        assert meta is not None
+        assert meta.steps[0].error == "LookupError"
+        assert meta.error is not None and meta.error.endswith("LookupError")
+        assert "LookupError:" not in str(raised.value)
+    finally:
+        await orchestrator.close()

@@ -41,7 +41,7 @@ from ._notify import one_line
 from ._orchestrator import SagaOrchestrator
 from ._recovery import RecoveryOutcome
 from ._sagas import registered_saga, registered_sagas
-from .exceptions import SagaError, StoreError
+from .exceptions import SagaError, StoreError, error_text
 from .records import SagaMetadata, StepRecord
 from .status import SagaStatus
 from .stores._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
@@ -257,7 +257,7 @@ def _import(module: str) -> None:
     try:
         importlib.import_module(module)
     except Exception as error:
-        message = f"cannot import {module!r}: {type(error).__name__}: {error}"
+        message = f"cannot import {module!r}: {error_text(error)}"
         meant = _module_of_path(module)
         if meant is not None:
             # `--import myapp/sagas.py`: the hints below (the current directory, a

@@ -16,14 +16,15 @@ from ._commands import command_line
 
 
 def error_text(error: BaseException) -> str:
-    """``"ValueError: boom"`` on one line, even for an exception whose ``str()`` raises."""
+    """``"ValueError: boom"`` on one line (``"KeyboardInterrupt"`` for no message), even
+    for an exception whose ``str()`` raises."""
     if error.__class__ is _LoggedError:
         return str(error)  # "ValueError: boom", as it was logged
     try:
         message = str(error)
     except Exception as broken:  # any failure to print it
         message = f"<str() raised {type(broken).__name__}>"
-    text = f"{type(error).__name__}: {message}"
+    text = f"{type(error).__name__}: {message}" if message else type(error).__name__
     if "\n" in text or "\r" in text:
         text = " ".join(line.strip() for line in text.splitlines() if line.strip())
     return text

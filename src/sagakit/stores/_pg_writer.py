@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._runs import describe_optional, storable_text
-from ..exceptions import LeaseLost, SerializationError, StepTimeout, StoreError
+from ..exceptions import LeaseLost, SerializationError, StepTimeout, StoreError, error_text
 from ..status import SagaStatus, StepStatus
 from ..transitions import Transition, TransitionKind
 
@@ -313,7 +313,7 @@ class GroupWriter:
         for _, future in batch:
             if not future.done():
                 failure = StoreError(
-                    f"cannot write the saga log to PostgreSQL: {type(error).__name__}: {error}"
+                    f"cannot write the saga log to PostgreSQL: {error_text(error)}"
                 )
                 failure.__cause__ = error
                 future.set_exception(failure)

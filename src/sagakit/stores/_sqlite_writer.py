@@ -22,7 +22,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from .._shielding import wait_out
-from ..exceptions import StoreError
+from ..exceptions import StoreError, error_text
 from ._protocol import CommittedThenCancelled
 
 T = TypeVar("T")
@@ -134,7 +134,7 @@ class GroupWriter:
     def _failure(self, error: BaseException) -> StoreError:
         if isinstance(error, StoreError):
             return error
-        text = f"cannot write saga log {self._path!r}: {type(error).__name__}: {error}"
+        text = f"cannot write saga log {self._path!r}: {error_text(error)}"
         if isinstance(error, sqlite3.OperationalError) and _is_busy(error):
             text += (
                 f" (another connection held its write lock longer than busy_timeout, "

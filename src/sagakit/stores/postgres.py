@@ -32,6 +32,7 @@ from ..exceptions import (
     SerializationError,
     StoreConfigError,
     StoreError,
+    error_text,
 )
 from ..status import SagaStatus
 from ..transitions import TransitionKind
@@ -301,7 +302,7 @@ class PostgresStore:
                 await pool.open(wait=True, timeout=self.connect_timeout)
             except (psycopg.Error, psycopg_pool.PoolTimeout, TimeoutError) as error:
                 await pool.close()
-                said = f"{type(error).__name__}: {error}".rstrip()
+                said = error_text(error)
                 if isinstance(error, TimeoutError):
                     said = f"no connection after {self.connect_timeout:g} s"
                 # libpq repeats a piece of a DSN it cannot parse, which may be the password.
