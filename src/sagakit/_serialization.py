@@ -434,11 +434,9 @@ class JsonSerializer:
         self.allow_pickle = allow_pickle
         if isinstance(codecs, Codec):
             raise SerializationError("codecs must be a list of Codec objects: codecs=[codec]")
-        if isinstance(codecs, str | bytes):  # a list of its characters
-            raise SerializationError(
-                f"codecs must be a list of Codec objects, got {codecs!r}: codecs=[codec]"
-            )
         try:
+            if isinstance(codecs, str | bytes):  # a list of its characters
+                raise TypeError(codecs)
             self._codecs = tuple(codecs)
         except TypeError:
             raise SerializationError(
