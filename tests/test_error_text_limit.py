@@ -141,7 +141,8 @@ async def test_an_error_without_a_message_is_named_without_a_dangling_colon(
         meta = await orchestrator.get_saga("bare-1")
         assert meta is not None
         assert meta.steps[0].error == "LookupError"
-        assert meta.error is not None and meta.error.endswith("LookupError")
+        assert meta.error is not None
+        assert meta.error.endswith("LookupError")
         assert "LookupError:" not in str(raised.value)
     finally:
         await orchestrator.close()
