@@ -255,3 +255,103 @@ async def test_a_nan_argument_is_the_same_nan(opener: Opener) -> None:
     async with opener() as orchestrator:
         assert await orchestrator.execute(measured(float("nan")), saga_id="m") == ["measured"]
     assert CALLS == ["measure nan"]
+
+
+@pytest.mark.asyncio
+async def test_a_builder_saga_with_other_steps_or_arguments_is_refused(opener: Opener) -> None:
+    # A builder saga's steps are what its id stands for (it has no arguments of its own):
+    # other steps, or other arguments to them, were silently given the recorded events.
+    def booked(money: Money, tags: frozenset[str]) -> SagaDefinition:
+        return SagaDefinition("b-1").add_step(charge("o-1", money, tags)).add_step(refund("o-1"))
+
+    async with opener() as orchestrator:
+        first = await orchestrator.execute(booked(EUR10, frozenset({"a", "b", "c"})))
+    async with opener() as orchestrator:
+        # Equal values, a set listed in another order: the same operation.
+        assert await orchestrator.execute(booked(Money(10, "EUR"), frozenset("cba"))) == first
+        for other in (
+            booked(Money(20, "EUR"), frozenset("abc")),  # another amount
+            booked(EUR10, frozenset("ab")),  # another tag set
+            SagaDefinition("b-1").add_step(refund("o-1")),  # a step fewer
+            SagaDefinition("b-1").add_step(refund("o-1")).add_step(charge("o-1", EUR10, "")),
+        ):
+            with pytest.raises(
+                SagaIdReused, match=r"^saga id 'b-1' is reused for saga 'b-1' "
+            ) as caught:
+                await orchestrator.execute(other)
+            assert caught.value.arguments, "says what differs"
+        meta = await orchestrator.get_saga("b-1")
+        assert meta is not None
+        assert meta.events == tuple(first)
+    assert CALLS == ["charge o-1 10", "refund o-1"]  # ran once
+
+
+@pytest.mark.asyncio
+async def test_the_memory_store_names_the_builder_step_that_differs() -> None:
+    async with SagaOrchestrator(MemoryStore()) as orchestrator:
+        await orchestrator.execute(
+            SagaDefinition("b-1").add_step(refund("o-1")).add_step(refund("o-2"))
+        )
+        with pytest.raises(SagaIdReused, match=r"\(differing: step 1 \(refund\)\)"):
+            await orchestrator.execute(
+                SagaDefinition("b-1").add_step(refund("o-1")).add_step(refund("o-3"))
+            )
+        with pytest.raises(SagaIdReused, match=r"\(differing: its steps\)"):
+            await orchestrator.execute(SagaDefinition("b-1").add_step(refund("o-1")))
+
+
+_FINGERPRINT = """
+from sagakit import SagaDefinition, JsonSerializer, step
+from sagakit.stores._fingerprint import definition_fingerprint
+
+@step
+async def tag(labels: frozenset[str], counts: dict[str, int]) -> None: ...
+
+labels = frozenset(["apple", "banana", "cherry", "kiwi", "lemon", "mango"])
+definition = SagaDefinition("b-1").add_step(tag(labels, {"b": 2, "a": 1}))
+print(definition_fingerprint(definition, JsonSerializer().dumps))
+"""
+
+
+def test_a_builder_fingerprint_is_the_same_in_every_process() -> None:
+    # A set of strings is iterated (so written) in another order under another hash seed:
+    # the same builder saga retried by another process must not be refused.
+    import os
+    import subprocess
+    import sys
+
+    printed = set()
+    for seed in ("1", "2", "3", "4"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run(
+            [sys.executable, "-c", _FINGERPRINT],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        printed.add(done.stdout.strip())
+    assert len(printed) == 1, printed
+
+
+@pytest.mark.asyncio
+async def test_a_log_from_before_builder_arguments_were_fingerprinted(tmp_path: Path) -> None:
+    # A completed builder run recorded with the fingerprint of its step names alone (as
+    # earlier versions wrote it) still answers the same steps; other steps are refused.
+    import sqlite3
+
+    from sagakit.stores._fingerprint import definition_fingerprint
+
+    definition = SagaDefinition("b-1").add_step(refund("o-1"))
+    async with SagaOrchestrator(SQLiteStore(tmp_path / "old.db")) as orchestrator:
+        first = await orchestrator.execute(definition)
+    with sqlite3.connect(tmp_path / "old.db") as conn:
+        conn.execute(
+            "UPDATE sagakit_sagas SET fingerprint = ?", (definition_fingerprint(definition),)
+        )
+    conn.close()
+    async with SagaOrchestrator(SQLiteStore(tmp_path / "old.db")) as orchestrator:
+        assert await orchestrator.execute(SagaDefinition("b-1").add_step(refund("o-1"))) == first
+        with pytest.raises(SagaIdReused):
+            await orchestrator.execute(SagaDefinition("b-1").add_step(charge("o-1", EUR10, "")))
+    assert CALLS == ["refund o-1"]

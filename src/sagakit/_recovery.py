@@ -55,8 +55,8 @@ from .exceptions import (
 )
 from .records import shown_error
 from .status import SagaStatus, StepStatus
+from .stores._fingerprint import definition_fingerprint
 from .stores._protocol import LoggedStep, OrphanedSaga, RecoverableStore
-from .stores.sqlite import definition_fingerprint
 
 if TYPE_CHECKING:
     from ._orchestrator import SagaOrchestrator

@@ -103,7 +103,8 @@ def statements(schema: str) -> Statements:
         # finds its own row (or restart) there if it committed (see PostgresStore.begin).
         conflict=(
             f"SELECT status, finished_at IS NULL, resolved, dead_reason, owner, fence, "
-            f"last_write, name, args, kwargs FROM {s}.sagas WHERE saga_id = %s FOR UPDATE"
+            f"last_write, name, args, kwargs, fingerprint FROM {s}.sagas "
+            "WHERE saga_id = %s FOR UPDATE"
         ),
         restart=(
             f"UPDATE {s}.sagas SET name = %(name)s, status = 'executing', "

@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from .._serialization import JsonSerializer
 from ..exceptions import SagaIdReused
+from ._fingerprint import definition_fingerprint
 
 if TYPE_CHECKING:
     from .._sagas import SagaDefinition
+    from .._steps import StepCall
 
 Same = Callable[[Any, Any], bool]
 
@@ -96,6 +98,21 @@ def _differing(
     return differ
 
 
+def _differing_steps(
+    recorded: Sequence[StepCall[Any]], now: Sequence[StepCall[Any]], same: Same
+) -> list[str]:
+    """A builder-form definition's steps that differ from the completed run's (its steps
+    are what its id stands for): ``"step 1 (credit)"``, or ``"its steps"`` when they are
+    other steps or as many."""
+    if [call._spec.name for call in recorded] != [call._spec.name for call in now]:
+        return ["its steps"]
+    return [
+        f"step {index} ({call._spec.name})"
+        for index, (old, call) in enumerate(zip(recorded, now, strict=True))
+        if not same(list(old._args), list(call._args)) or not same(old._kwargs, call._kwargs)
+    ]
+
+
 def check_same_run(
     saga_id: str,
     definition: SagaDefinition,
@@ -113,6 +130,18 @@ def check_same_run(
         raise SagaIdReused(saga_id, recorded_name, definition.name, tuple(differ))
 
 
+def check_same_steps(
+    saga_id: str, definition: SagaDefinition, recorded: SagaDefinition, same: Same
+) -> None:
+    """:func:`check_same_run` for the in-memory store, which keeps the completed run's
+    definition: a builder-form one's steps and their arguments are compared too."""
+    check_same_run(saga_id, definition, recorded.name, recorded.args, recorded.kwargs, same)
+    if definition.factory is None and definition.steps is not None and recorded.steps:
+        differ = _differing_steps(recorded.steps, definition.steps, same)
+        if differ:
+            raise SagaIdReused(saga_id, recorded.name, definition.name, tuple(differ))
+
+
 def check_same_stored_run(
     saga_id: str,
     definition: SagaDefinition,
@@ -120,13 +149,25 @@ def check_same_stored_run(
     recorded: Sequence[str],
     now: Sequence[str],
     serializer: JsonSerializer,
+    fingerprint: str | None,
 ) -> None:
     """:func:`check_same_run` for a durable store, from the texts its ``serializer``
     wrote: ``recorded``, the completed run's arguments, and ``now``, this run's (each
     ``[args, kwargs]`` in one text, or the two in two). Arguments that can no longer be
-    read (a class renamed since they were written) are compared as written."""
+    read (a class renamed since they were written) are compared as written.
+
+    A builder-form definition's steps and their arguments are compared by the run's
+    recorded ``fingerprint`` (a log written before fingerprints covered the arguments
+    holds one of the step names only: then those are compared)."""
     if definition.name != recorded_name:
         raise SagaIdReused(saga_id, recorded_name, definition.name)
+    if definition.factory is None and fingerprint not in (
+        None,
+        definition_fingerprint(definition, serializer.dumps),
+        definition_fingerprint(definition),
+    ):
+        which = ("its steps or their arguments",)
+        raise SagaIdReused(saga_id, recorded_name, definition.name, which)
     if tuple(recorded) == tuple(now):  # written the same: nothing to decode
         return
     try:
@@ -140,4 +181,4 @@ def check_same_stored_run(
     check_same_run(saga_id, definition, recorded_name, args, kwargs, same_values(serializer.dumps))
 
 
-__all__ = ["check_same_run", "check_same_stored_run", "same_values"]
+__all__ = ["check_same_run", "check_same_steps", "check_same_stored_run", "same_values"]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from ..exceptions import SagaAlreadyExecuting, SagaAlreadyFailed, StoreConfigError
 from ..status import SagaStatus
 from ._protocol import check_saga_id, row_limit
-from ._reused import check_same_run, same_values
+from ._reused import check_same_steps, same_values
 
 if TYPE_CHECKING:
     from ..records import SagaMetadata
@@ -58,9 +58,7 @@ class MemoryStore:
                 if earlier.status is SagaStatus.COMPLETED:
                     done = earlier.definition
                     if done is not run.definition:  # (the same definition executed again)
-                        check_same_run(
-                            saga_id, run.definition, earlier.name, done.args, done.kwargs, _SAME
-                        )
+                        check_same_steps(saga_id, run.definition, done, _SAME)
                     return earlier.snapshot()
                 if earlier.status is SagaStatus.FAILED:
                     raise SagaAlreadyFailed(saga_id, in_memory=True)

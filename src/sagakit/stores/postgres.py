@@ -38,6 +38,7 @@ from ..status import SagaStatus
 from ..transitions import TransitionKind
 from . import _pg_rows as rows
 from ._dsn import redacted
+from ._fingerprint import definition_fingerprint
 from ._pg_schema import check_schema_name, migrate
 from ._pg_settle import Doubt, Settled, settle
 from ._pg_sql import statements
@@ -68,7 +69,6 @@ from ._protocol import (
 )
 from ._records import status_filter
 from ._reused import check_same_stored_run
-from .sqlite import definition_fingerprint
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -510,7 +510,7 @@ class PostgresStore:
             "explicit": run.explicit_id,
             "factory": definition.factory is not None,
             "policy": definition.recovery,
-            "fingerprint": definition_fingerprint(definition),
+            "fingerprint": definition_fingerprint(definition, self.serializer.dumps),
             "args": args_text,
             "kwargs": kwargs_text,
             "total": run.total_steps,
@@ -565,10 +565,10 @@ class PostgresStore:
             raise
         if fence is None:
             if recorded is not None:  # refuse the id to another saga, or other arguments
-                name, args, kwargs = recorded
+                name, args, kwargs, fingerprint = recorded
                 now: tuple[str, str] = (params["args"], params["kwargs"])  # type: ignore[assignment]
                 check_same_stored_run(
-                    run.id, definition, name, (args, kwargs), now, self.serializer
+                    run.id, definition, name, (args, kwargs), now, self.serializer, fingerprint
                 )
             if isinstance(earlier, SerializationError):
                 raise earlier
@@ -586,11 +586,13 @@ class PostgresStore:
 
     async def _begin_row(
         self, saga_id: str, params: dict[str, Any]
-    ) -> tuple[int | None, SagaMetadata | SerializationError | None, tuple[str, str, str] | None]:
+    ) -> tuple[
+        int | None, SagaMetadata | SerializationError | None, tuple[str, str, str, str] | None
+    ]:
         """Insert (or restart) the row of an explicit id: its fencing token, or ``None``,
         the earlier run that completed (or the :class:`SerializationError` of reading its
-        events exactly), and its name, arguments and keyword arguments as written. Safe to
-        do again after a lost connection."""
+        events exactly), and its name, arguments, keyword arguments and fingerprint as
+        written. Safe to do again after a lost connection."""
         found = await self._run(self._sql.begin, params)
         if found:
             return int(found[0][0]), None, None
@@ -607,9 +609,9 @@ class PostgresStore:
 
     async def _begin_again(
         self, saga_id: str, params: dict[str, Any]
-    ) -> int | tuple[str, str, str]:
+    ) -> int | tuple[str, str, str, str]:
         """The id exists: refuse it, report it completed (its name, arguments and keyword
-        arguments as written), or restart it.
+        arguments as written, and its fingerprint), or restart it.
 
         A row this very begin wrote (its write token is there: its first try committed
         but its connection was lost) is this run's: its fencing token is returned."""
@@ -624,13 +626,13 @@ class PostgresStore:
                 cursor = await conn.execute(sql.begin, params)
             else:
                 (status, running, resolved, dead_reason, owner, fence, last_write, name, args,
-                 kwargs) = row  # fmt: skip
+                 kwargs, fingerprint) = row  # fmt: skip
                 if running and last_write == params["token"] and owner == self.owner:
                     return int(fence)  # (FOR UPDATE waited for it, if still committing)
                 if running:
                     raise SagaAlreadyExecuting(saga_id, dead_reason)
                 if status == SagaStatus.COMPLETED:
-                    return (name, args, kwargs)
+                    return (name, args, kwargs, fingerprint)
                 if status == SagaStatus.FAILED and not resolved:
                     raise SagaAlreadyFailed(saga_id)
                 await conn.execute(sql.delete_steps, (saga_id,))

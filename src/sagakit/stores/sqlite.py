@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
 import math
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Collection
-from types import CodeType
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .._checks import check_flag, check_seconds
@@ -50,6 +48,7 @@ from ..exceptions import (
 )
 from ..records import SagaMetadata
 from ..status import SagaStatus
+from ._fingerprint import definition_fingerprint
 from ._protocol import (
     DeadLetter,
     OrphanedSaga,
@@ -99,7 +98,6 @@ from ._sqlite_writer import CommittedThenCancelled, GroupWriter, Job, Statements
 
 if TYPE_CHECKING:
     from .._runs import SagaRun
-    from .._sagas import SagaDefinition
     from ..transitions import Transition
 
 DEFAULT_BUSY_TIMEOUT = 5.0
@@ -108,32 +106,6 @@ CLAIM_PAGE = 256
 """Running sagas a claim reads at a time (more when its ``limit`` is higher)."""
 
 logger = logging.getLogger("sagakit")
-
-
-_FINGERPRINTS: dict[tuple[str, CodeType], str] = {}
-"""Fingerprints of generator sagas by name and code (computed once per saga function)."""
-
-
-def definition_fingerprint(definition: SagaDefinition) -> str:
-    """A short hash of what a definition runs: its step names, or its generator's code."""
-    steps = definition.steps
-    code = None
-    if steps is None and definition.factory is not None:
-        code = definition.factory.__wrapped__.__code__
-        known = _FINGERPRINTS.get((definition.name, code))
-        if known is not None:
-            return known
-    digest = hashlib.sha256(definition.name.encode())
-    if steps is not None:
-        for call in steps:
-            digest.update(b"\0" + call._spec.name.encode())
-    elif code is not None:
-        digest.update(code.co_code)
-        digest.update(repr(code.co_names).encode())
-    fingerprint = digest.hexdigest()[:16]
-    if code is not None:
-        _FINGERPRINTS[definition.name, code] = fingerprint
-    return fingerprint
 
 
 def _done(problem: str | SagaAlreadyResolved | None) -> bool:
@@ -326,7 +298,7 @@ class SQLiteStore:
             int(run.explicit_id),
             int(definition.factory is not None),
             definition.recovery,
-            definition_fingerprint(definition),
+            definition_fingerprint(definition, self.serializer.dumps),
             arguments,
             self._owner,
             run.total_steps,
@@ -339,12 +311,12 @@ class SQLiteStore:
 
         def job(conn: sqlite3.Connection) -> tuple[str, Any]:
             row = conn.execute(
-                "SELECT status, resolved, dead_letter, name, arguments FROM sagakit_sagas "
-                "WHERE id = ?",
+                "SELECT status, resolved, dead_letter, name, arguments, fingerprint "
+                "FROM sagakit_sagas WHERE id = ?",
                 (saga_id,),
             ).fetchone()
             if row is not None:
-                status, resolved, dead_letter, name, recorded = row
+                status, resolved, dead_letter, name, *recorded = row
                 if status in ("executing", "compensating"):
                     return ("running", dead_letter)
                 if status == "completed":
@@ -397,8 +369,10 @@ class SQLiteStore:
             raise SagaAlreadyExecuting(saga_id, earlier)  # earlier: why it is parked, if it is
         if outcome == "failed":
             raise SagaAlreadyFailed(saga_id)
-        done, name, recorded = earlier
-        check_same_stored_run(saga_id, definition, name, (recorded,), (arguments,), self.serializer)
+        done, name, (recorded, fingerprint) = earlier
+        check_same_stored_run(
+            saga_id, definition, name, (recorded,), (arguments,), self.serializer, fingerprint
+        )
         if outcome == "unreadable":
             raise done
         return done  # type: ignore[no-any-return]
