@@ -118,3 +118,46 @@ async def test_a_saga_recovered_after_a_crash_still_warns(
         if r.getMessage().startswith("sagakit recovery resumes")
     ]
     assert [r.levelno for r in resumed] == [logging.WARNING], [r.getMessage() for r in resumed]
+
+
+HOLD: dict[str, asyncio.Event] = {}
+
+
+@step
+async def ho_hold(n: int) -> int:
+    HOLD["started"].set()
+    await HOLD["go"].wait()
+    return n
+
+
+@saga
+def ho_held(n: int):  # type: ignore[no-untyped-def]
+    yield ho_hold(n)
+
+
+async def test_a_crashed_saga_handed_over_later_is_resumed_at_info(
+    dsn: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: whether the claim was a handover was read from the attempt count, so a
+    # saga that had crashed once (attempt 1) and was later released by a stopping worker
+    # logged "recovery resumes ... (attempt 1)" at WARNING again, as for a second crash.
+    HOLD.update(started=asyncio.Event(), go=asyncio.Event())
+    caplog.set_level(logging.INFO, logger="sagakit")
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        with FaultInjector().crash(ho_hold), pytest.raises(SimulatedCrash):
+            await orchestrator.execute(ho_held(4), saga_id="ho-4")
+        await simulate_restart(store)  # its process died: the next claim counts attempt 1
+        recovering = asyncio.create_task(orchestrator.recover())
+        await HOLD["started"].wait()  # recovered after the crash, it runs its step
+        await store.release_leases()  # that process stops in an orderly way
+        HOLD["go"].set()  # its end is fenced out; a claim takes it over, released
+        outcomes = await recovering
+    assert [outcome.saga_id for outcome in outcomes] == ["ho-4"]
+    resumed = [
+        (r.levelno, r.getMessage())
+        for r in _sagakit_records(caplog, "ho-4")
+        if r.getMessage().startswith("sagakit recovery resumes")
+    ]
+    assert [level for level, _ in resumed] == [logging.WARNING, logging.INFO], resumed
+    assert all(message.endswith("(attempt 1)") for _, message in resumed), resumed
