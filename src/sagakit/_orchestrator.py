@@ -1050,6 +1050,8 @@ class SagaOrchestrator:
         self._held.pop(run, None)
         self._tell_left_by_hand(run, False)
         transition = make_transition(ON_SAGA_STOPPED, run, status, None, 0, None, (), why, None)
+        if isinstance(why, LeaseLost):
+            why._stop_told = run.id  # recovery and workers need not tell it again
         await tell(run.listeners, level_of(ON_SAGA_STOPPED, status), transition, run)
 
     async def _finish(self, run: SagaRun) -> None:

@@ -201,7 +201,11 @@ async def _finish_orphan(
 
 def log_stopped(who: str, orphan: OrphanedSaga, lost: LeaseLost) -> None:
     """Log that ``who`` (recovery, a worker) stopped finishing ``orphan``, fenced out:
-    at INFO when this store released it (a stop, an exit), else at WARNING."""
+    at WARNING when its lease was lost to another worker. Released by this store (a
+    stop, an exit), an orderly handover, its ``SAGA_STOPPED`` record (at INFO) is the
+    one telling it; logged here at INFO only if no run told one (fenced out before)."""
+    if lost.released and lost._stop_told == orphan.saga_id:
+        return
     logger.log(
         logging.INFO if lost.released else logging.WARNING,
         "sagakit %s stopped saga %s: %s",
