@@ -952,19 +952,16 @@ class SagaOrchestrator:
     def _compensation_unwritten(self, run: SagaRun, unrecorded: Exception, left: list[str]) -> None:
         """The log could not record a transition of a compensation (``unrecorded``, a
         ``StoreError``): compensating stops and the saga ends ``FAILED`` with ``left``
-        uncompensated. Logged at ``ERROR``, in the saga's error, and noted on
-        ``unrecorded``, which is raised, with what the operator must do."""
-        names = ", ".join(left) or "none"
-        resolve = command_line("LOG", "resolve", run.id, options=("--note", "..."))
-        fix = f"undo those steps by hand, then mark the saga resolved (`{resolve}`)"
-        unwritten = self._unwritten(
-            run,
-            logging.ERROR,
-            f"compensating stopped there and the saga ends FAILED, left uncompensated: "
-            f"{names}; {fix}",
-        )
+        uncompensated, in the saga's error. Once that end commits, it is logged at
+        ``ERROR`` and noted on ``unrecorded`` (which is raised) with what the operator
+        must do (:meth:`_tell_left_by_hand`); an end the log cannot record either leaves
+        the saga running there, for recovery: only the store says so then."""
+        unwritten = run.unwritten
+        run.unwritten = None
         if unwritten is None:
             return
+        names = ", ".join(left) or "none"
+        run.left_by_hand = (unwritten[0], unwritten[1], names, unrecorded)
         transition, stored = unwritten
         prefix = "" if run.error is None else f"{run.error}; then "
         run.error = storable_text(
@@ -973,6 +970,23 @@ class SagaOrchestrator:
                 f"({stored}): compensating stopped, left uncompensated: {names}"
             )
         )
+
+    def _tell_left_by_hand(self, run: SagaRun, ended: bool) -> None:
+        """The ``FAILED`` end of a run that :meth:`_compensation_unwritten` stopped was
+        recorded (``ended``), or not: tell the operator what to undo by hand only if it
+        was. Not recorded, the log still has the saga running and recovery finishes it
+        (the store, and ``SAGA_STOPPED``, say so): an ``ERROR`` saying it ended would lie."""
+        left = run.left_by_hand
+        if left is None:
+            return
+        run.left_by_hand = None
+        if not ended:
+            return
+        transition, stored, names, unrecorded = left
+        resolve = command_line("LOG", "resolve", run.id, options=("--note", "..."))
+        fix = f"undo those steps by hand, then mark the saga resolved (`{resolve}`)"
+        then = f"compensating stopped there and the saga ends FAILED, left uncompensated: {names}"
+        log_unwritten(run, logging.ERROR, transition, stored, f"{then}; {fix}")
         note = f"sagakit: saga {run.name} ({run.id}) ended FAILED: {run.error}; {fix}"
         if note not in getattr(unrecorded, "__notes__", ()):  # a store may raise one twice
             unrecorded.add_note(note)
@@ -1034,7 +1048,10 @@ class SagaOrchestrator:
         """Tell ``SAGA_STOPPED`` (``status``: the run's as the log may still have it); what
         the run holds untold is dropped: it may never have committed."""
         self._held.pop(run, None)
+        self._tell_left_by_hand(run, False)
         transition = make_transition(ON_SAGA_STOPPED, run, status, None, 0, None, (), why, None)
+        if isinstance(why, LeaseLost):
+            why._stop_told = run.id  # recovery and workers need not tell it again
         await tell(run.listeners, level_of(ON_SAGA_STOPPED, status), transition, run)
 
     async def _finish(self, run: SagaRun) -> None:
@@ -1531,6 +1548,8 @@ class SagaOrchestrator:
                 # cancellation goes on, as it would have once they were told.
                 committed = cancelled
             except BaseException as unrecorded:
+                if kind is ON_SAGA_FINISHED:
+                    self._tell_left_by_hand(run, False)  # the log may still have it running
                 if kind is ON_STEP_STARTED:
                     run.unlogged_start = record  # nor told: neither is its end
                 if kind is ON_SAGA_FINISHED and isinstance(
@@ -1553,6 +1572,8 @@ class SagaOrchestrator:
                         # (_unwritten): no listener hears of a transition not recorded.
                         run.unwritten = (transition, describe_error(unrecorded))
                 raise
+            if kind is ON_SAGA_FINISHED and run.left_by_hand is not None:
+                self._tell_left_by_hand(run, True)  # its FAILED end is in the log
             if held is not None:
                 if logged or run.listeners:
                     held.append((level, transition))

@@ -201,7 +201,11 @@ async def _finish_orphan(
 
 def log_stopped(who: str, orphan: OrphanedSaga, lost: LeaseLost) -> None:
     """Log that ``who`` (recovery, a worker) stopped finishing ``orphan``, fenced out:
-    at INFO when this store released it (a stop, an exit), else at WARNING."""
+    at WARNING when its lease was lost to another worker. Released by this store (a
+    stop, an exit), an orderly handover, its ``SAGA_STOPPED`` record (at INFO) is the
+    one telling it; logged here at INFO only if no run told one (fenced out before)."""
+    if lost.released and lost._stop_told == orphan.saga_id:
+        return
     logger.log(
         logging.INFO if lost.released else logging.WARNING,
         "sagakit %s stopped saga %s: %s",
@@ -473,10 +477,11 @@ async def _finish_claimed(
         close_driver(body, orphan.name, orphan.saga_id)  # only its step calls are needed
     run = _rebuild(orchestrator, definition, orphan, done)
     run.listeners = orchestrator._listeners  # told of the whole recovered run
-    # Attempt 0: this claim counted no crash, the saga was handed over (its lease released
-    # by a stopping worker or an exiting process): the normal lifecycle of a deploy.
+    # Released: the saga was handed over (its lease given up by a stopping worker or an
+    # exiting process), the normal lifecycle of a deploy, whatever crashes it had before.
+    # (Attempt 0: a store that does not say so, but whose claim counted no crash.)
     logger.log(
-        logging.INFO if orphan.recovery_attempts == 0 else logging.WARNING,
+        logging.INFO if orphan.released or orphan.recovery_attempts == 0 else logging.WARNING,
         "sagakit recovery %s saga %s (%s) after %d completed steps (attempt %d)",
         "compensates" if compensate else "resumes",
         orphan.name,

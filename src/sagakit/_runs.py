@@ -299,6 +299,7 @@ class SagaRun:
         "finished_mono",
         "handing_back",
         "id",
+        "left_by_hand",
         "listeners",
         "name",
         "number",
@@ -361,6 +362,9 @@ class SagaRun:
         # The last transition whose write the store refused (StoreError), until the run
         # tells the operator what that changed (see SagaOrchestrator._unwritten).
         self.unwritten: tuple[Transition, str] | None = None
+        # What a compensation's unrecorded transition left for the operator to undo: told
+        # once the run's FAILED end commits (see SagaOrchestrator._compensation_unwritten).
+        self.left_by_hand: tuple[Transition, str, str, Exception] | None = None
         self.deadline = math.inf  # loop time the running step must finish by
         self.timed_out = False  # the watchdog cancelled ``task`` for ``deadline``
         self.queued = False  # in its watchdog's ``fresh``: it looks at ``deadline`` next firing

@@ -329,6 +329,10 @@ class LeaseLost(StoreError):
     compensation; the saga's new owner finishes it.
     """
 
+    _stop_told: str | None = None
+    """The id of the saga whose ``SAGA_STOPPED`` told this (internal: recovery and workers
+    then log no record of their own for a released lease, see ``log_stopped``)."""
+
     def __init__(self, saga_id: str, released: bool = False) -> None:
         if released:
             # release_leases(), a stopping worker or close(): no advice on leases is due.

@@ -100,7 +100,7 @@ def logged_step(row: Row, serializer: JsonSerializer) -> LoggedStep:
 def orphan(claimed: Row, steps: Sequence[Row], serializer: JsonSerializer) -> OrphanedSaga:
     """An :class:`OrphanedSaga` from a claimed row; raises :class:`SerializationError`."""
     (saga_id, name, status, args, kwargs, policy, attempts, explicit, factory, fingerprint,
-     error, started, _fence, _dead) = claimed  # fmt: skip
+     error, started, _fence, _dead, released) = claimed  # fmt: skip
     logged = [logged_step(row, serializer) for row in steps]
     return OrphanedSaga(
         saga_id=saga_id,
@@ -117,6 +117,7 @@ def orphan(claimed: Row, steps: Sequence[Row], serializer: JsonSerializer) -> Or
         fingerprint=fingerprint,
         error=error,
         started_at=utc(started),
+        released=released,
     )
 
 

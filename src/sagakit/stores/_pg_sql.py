@@ -141,7 +141,7 @@ def statements(schema: str) -> Statements:
             f"AND fence = %(fence)s AND {active} RETURNING saga_id"
         ),
         claim=(
-            f"WITH c AS (SELECT saga_id, "
+            f"WITH c AS (SELECT saga_id, released AS handed, "
             "recovery_attempts + CASE WHEN released THEN 0 ELSE 1 END AS attempts "
             f"FROM {s}.sagas WHERE {active} AND lease_until <= now() "
             "AND (%(all)s OR name = ANY(%(names)s::text[]) OR NOT factory) "
@@ -150,7 +150,7 @@ def statements(schema: str) -> Statements:
             # was unreachable): the run would go on beside its own recovery.
             "AND NOT (saga_id = ANY(%(mine)s::text[])) "
             "ORDER BY started_at, saga_id LIMIT %(limit)s FOR UPDATE SKIP LOCKED), "
-            "d AS (SELECT saga_id, attempts, attempts > %(max)s AS dead FROM c) "
+            "d AS (SELECT saga_id, attempts, attempts > %(max)s AS dead, handed FROM c) "
             f"UPDATE {s}.sagas s SET "
             "owner = CASE WHEN d.dead THEN NULL ELSE %(owner)s END, "
             "fence = s.fence + 1, released = false, recovery_attempts = d.attempts, "
@@ -162,7 +162,7 @@ def statements(schema: str) -> Statements:
             "FROM d WHERE s.saga_id = d.saga_id "
             "RETURNING s.saga_id, s.name, s.status, s.args, s.kwargs, s.policy, "
             "s.recovery_attempts, s.explicit_id, s.factory, s.fingerprint, s.error, "
-            "s.started_at, s.fence, d.dead"
+            "s.started_at, s.fence, d.dead, d.handed"
         ),
         # A claim that only renewed the lease of a saga this store runs (see _claim in
         # postgres.py): it counted a recovery attempt (the row was not released), which

@@ -216,7 +216,10 @@ class OrphanedSaga:
     ``steps`` holds the forward steps in index order (completed ones first, then
     at most one that failed or was interrupted); ``compensations`` the
     compensations in the order they ran. ``recovery_attempts`` counts claims,
-    this one included. ``policy`` is the saga's recovery policy when it started.
+    this one included. ``released``: its last owner gave its lease up (a stopping
+    worker, ``release_leases()``, ``close()``), so this claim is an orderly handover,
+    not a recovery after a crash (which it counted no attempt for). ``policy`` is the
+    saga's recovery policy when it started.
     ``factory`` is ``False`` for builder-form definitions
     (``SagaDefinition("id").add_step(...)``), which recovery cannot rebuild: stores
     return those whatever ``names`` says, so recovery can dead-letter them.
@@ -236,6 +239,7 @@ class OrphanedSaga:
     fingerprint: str | None = None
     error: str | None = None
     started_at: datetime | None = None
+    released: bool = False
 
     @property
     def completed_steps(self) -> tuple[LoggedStep, ...]:
