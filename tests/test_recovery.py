@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import sqlite3
 import subprocess
@@ -551,6 +552,38 @@ async def test_a_saga_extended_with_add_step_is_not_resumed_without_its_added_st
         assert "add_step" in outcome.error
         assert await orchestrator.running_count() == 0
     assert effects == ["book pen o-extended:0"]  # nothing ran on a half-rebuilt saga
+
+
+@pytest.mark.asyncio
+async def test_a_saga_the_log_refused_to_park_is_not_logged_parked(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: recovery logged "parked saga" at ERROR before the dead letter was
+    # written; a write refused (a lost lease, a full disk) left an ERROR saying the
+    # saga was parked beside a saga still running in the log.
+    await crash(
+        db,
+        rec_list_order("cup").add_step(book("lid")),
+        "o-unparked",
+        at(TransitionKind.STEP_STARTED, "pay"),
+    )
+    store = SQLiteStore(db)
+
+    async def dead_letter(saga_id: str, reason: str) -> None:
+        raise StoreError("disk full")
+
+    store.dead_letter = dead_letter  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO, logger="sagakit")
+    async with SagaOrchestrator(store) as orchestrator:
+        with pytest.raises(StoreError, match="disk full"):
+            await orchestrator.recover()
+        assert not [r for r in caplog.records if "parked saga" in r.getMessage()]
+        store.dead_letter = SQLiteStore.dead_letter.__get__(store)  # type: ignore[method-assign]
+        (outcome,) = await orchestrator.recover()  # given back: the next claim parks it
+        assert outcome.action == "dead_lettered"
+    [parked] = [r for r in caplog.records if "parked saga" in r.getMessage()]
+    assert parked.levelno == logging.ERROR
+    assert "o-unparked" in parked.getMessage()
 
 
 holding: asyncio.Event | None = None

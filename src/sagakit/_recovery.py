@@ -267,6 +267,15 @@ async def adopt(orchestrator: SagaOrchestrator, saga_id: str, name: str) -> bool
 
 
 async def _park(store: RecoverableStore, orphan: OrphanedSaga, reason: str) -> RecoveryOutcome:
+    try:
+        await store.dead_letter(orphan.saga_id, reason)
+    except BaseException:
+        # Not parked (the log refused it, its lease was lost, or recovery was cancelled
+        # while it was written), so not logged as parked: give it back, or SQLite's claim
+        # kept it this live process's, which no recovery takes until it exits. The next
+        # claim parks it.
+        await give_back(store, (orphan,))
+        raise
     logger.error(
         "sagakit recovery parked saga %s (%s): %s",
         orphan.name,
@@ -274,14 +283,6 @@ async def _park(store: RecoverableStore, orphan: OrphanedSaga, reason: str) -> R
         reason,
         extra=_fields(orphan),
     )
-    try:
-        await store.dead_letter(orphan.saga_id, reason)
-    except BaseException:
-        # Not parked (the log refused it, or recovery was cancelled while it was written):
-        # give it back, or SQLite's claim kept it this live process's, which no recovery
-        # takes until it exits. The next claim parks it.
-        await give_back(store, (orphan,))
-        raise
     return RecoveryOutcome(orphan.saga_id, orphan.name, "dead_lettered", orphan.status, reason)
 
 
