@@ -233,3 +233,40 @@ async def test_a_step_start_the_log_could_not_record_is_logged(
         "started: StoreError: the disk is full; the saga fails, and its completed steps "
         "are compensated"
     )
+
+
+async def test_a_stopped_compensation_whose_end_is_unrecorded_is_left_to_recovery(
+    durable_store: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Neither a compensation's start nor the saga's end could be written (a lock held
+    # past the role's statement_timeout, say): the log still shows the saga running, and
+    # recovery compensates it. But an ERROR record and a note on the raised error said the
+    # saga "ended FAILED" and to undo its steps by hand: an operator who did so had them
+    # undone twice once recovery ran.
+    caplog.set_level(logging.WARNING, logger="sagakit")
+    store = await _opened(durable_store())
+    refuse_record(store, TransitionKind.COMPENSATION_STARTED, 0, after=False, message="timed out")
+    refuse_record(store, TransitionKind.SAGA_FINISHED, after=False, message="timed out")
+    calls.clear()
+    with pytest.raises(StoreError, match="timed out") as raised:
+        await SagaOrchestrator(store).execute(uf_order("a"), saga_id="uf-left")
+    await store.close()
+    said = [r.getMessage() for r in caplog.records] + [
+        note for e in _chain(raised.value) for note in getattr(e, "__notes__", ())
+    ]
+    wrong = ("undo those steps by hand", "ends FAILED", "ended FAILED")
+    assert not [text for text in said if any(w in text for w in wrong)], said
+    [told] = [r for r in caplog.records if "could not record that compensation" in r.getMessage()]
+    assert told.levelno == logging.WARNING
+    assert "left for recovery" in told.getMessage()
+    assert any("left for recovery" in note for note in raised.value.__notes__)
+    meta = await _logged(durable_store, "uf-left")
+    assert meta is not None
+    assert meta.finished_at is None  # what the message says: still running
+    recovering = await _opened(durable_store())
+    try:
+        [outcome] = await SagaOrchestrator(recovering).recover()
+    finally:
+        await recovering.close()
+    assert outcome.status is SagaStatus.COMPENSATED
+    assert calls == ["take a", "untake a"]  # undone once, by recovery

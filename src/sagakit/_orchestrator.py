@@ -952,20 +952,14 @@ class SagaOrchestrator:
     def _compensation_unwritten(self, run: SagaRun, unrecorded: Exception, left: list[str]) -> None:
         """The log could not record a transition of a compensation (``unrecorded``, a
         ``StoreError``): compensating stops and the saga ends ``FAILED`` with ``left``
-        uncompensated. Logged at ``ERROR``, in the saga's error, and noted on
-        ``unrecorded``, which is raised, with what the operator must do."""
-        names = ", ".join(left) or "none"
-        resolve = command_line("LOG", "resolve", run.id, options=("--note", "..."))
-        fix = f"undo those steps by hand, then mark the saga resolved (`{resolve}`)"
-        unwritten = self._unwritten(
-            run,
-            logging.ERROR,
-            f"compensating stopped there and the saga ends FAILED, left uncompensated: "
-            f"{names}; {fix}",
-        )
+        uncompensated, in its error. What the operator must do depends on whether that
+        end is written: told then (:meth:`_tell_undo_left`)."""
+        unwritten = run.unwritten
         if unwritten is None:
             return
+        run.unwritten = None
         transition, stored = unwritten
+        names = ", ".join(left) or "none"
         prefix = "" if run.error is None else f"{run.error}; then "
         run.error = storable_text(
             cut(
@@ -973,9 +967,52 @@ class SagaOrchestrator:
                 f"({stored}): compensating stopped, left uncompensated: {names}"
             )
         )
-        note = f"sagakit: saga {run.name} ({run.id}) ended FAILED: {run.error}; {fix}"
-        if note not in getattr(unrecorded, "__notes__", ()):  # a store may raise one twice
-            unrecorded.add_note(note)
+        run.undo_left = (transition, stored, names, unrecorded)
+        if not self._durable:  # no end to write
+            self._tell_undo_left(run, None)
+
+    def _tell_undo_left(self, run: SagaRun, unended: BaseException | None) -> None:
+        """Tell what :meth:`_compensation_unwritten` left undone, once the run's end is
+        written (``unended`` ``None``; at ``ERROR``, with a note on the compensation's
+        error: the operator undoes the steps) or could not be (``unended``, the end's
+        error: at ``WARNING``, with a note on it: the log still shows the saga running,
+        and recovery finishes it, so undoing its steps by hand would undo them twice)."""
+        left = run.undo_left
+        if left is None:
+            return
+        run.undo_left = None
+        transition, stored, names, unrecorded = left
+        if unended is None:
+            resolve = command_line("LOG", "resolve", run.id, options=("--note", "..."))
+            fix = f"undo those steps by hand, then mark the saga resolved (`{resolve}`)"
+            log_unwritten(
+                run,
+                logging.ERROR,
+                transition,
+                stored,
+                f"compensating stopped there and the saga ends FAILED, left uncompensated: "
+                f"{names}; {fix}",
+            )
+            note = f"sagakit: saga {run.name} ({run.id}) ended FAILED: {run.error}; {fix}"
+            told = unrecorded
+        else:
+            log_unwritten(
+                run,
+                logging.WARNING,
+                transition,
+                stored,
+                "compensating stopped there, and the saga's end could not be recorded either: "
+                "the log still shows it running, left for recovery, which finishes it from "
+                "what the log holds (do not undo its steps by hand); check the saga log's storage",
+            )
+            note = (
+                f"sagakit: saga {run.name} ({run.id}) is left for recovery: the log could not "
+                f"record {unwritten_what(transition)} ({stored}), nor the saga's end; recovery "
+                "finishes it from what the log holds (do not undo its steps by hand)"
+            )
+            told = unended
+        if note not in getattr(told, "__notes__", ()):  # a store may raise one twice
+            told.add_note(note)
 
     async def _tell_fatal(
         self, run: SagaRun, kind: TransitionKind, record: StepRun, fatal: BaseException
@@ -1531,6 +1568,8 @@ class SagaOrchestrator:
                 # cancellation goes on, as it would have once they were told.
                 committed = cancelled
             except BaseException as unrecorded:
+                if kind is ON_SAGA_FINISHED and run.undo_left is not None:
+                    self._tell_undo_left(run, unrecorded)
                 if kind is ON_STEP_STARTED:
                     run.unlogged_start = record  # nor told: neither is its end
                 if kind is ON_SAGA_FINISHED and isinstance(
@@ -1553,6 +1592,8 @@ class SagaOrchestrator:
                         # (_unwritten): no listener hears of a transition not recorded.
                         run.unwritten = (transition, describe_error(unrecorded))
                 raise
+            if kind is ON_SAGA_FINISHED and run.undo_left is not None:
+                self._tell_undo_left(run, None)
             if held is not None:
                 if logged or run.listeners:
                     held.append((level, transition))
