@@ -356,11 +356,20 @@ class PostgresStore:
         statement it stopped in), with the grants to add when the role lacks a right."""
         reason = str(error).strip().partition("\n")[0]
         text = f"PostgreSQL saga log (schema {self.schema!r}): {type(error).__name__}: {reason}"
-        if getattr(error, "sqlstate", None) == "42501":  # insufficient privilege
+        state = getattr(error, "sqlstate", None)
+        if state == "42501":  # insufficient privilege
             text += (
                 f"; the store's role needs USAGE on schema {self.schema} and SELECT, INSERT, "
                 f"UPDATE, DELETE on its tables (GRANT ... ON ALL TABLES IN SCHEMA "
                 f"{self.schema} TO <role>)"
+            )
+        elif state == "57014" and "statement timeout" in reason:  # query_canceled
+            text += (
+                "; the connection's statement_timeout cancelled it (a write waits for the "
+                "saga rows another session holds: another worker's write, a migration, an "
+                "open transaction): give the store's role a longer one, or none "
+                "(ALTER ROLE <role> SET statement_timeout = 0, or options=-c "
+                "statement_timeout=0 in the DSN)"
             )
         return text
 
