@@ -129,6 +129,31 @@ def _end_running_step(steps: list[StepRun], acted: StepRun | None, failure: Base
         _end_running(steps, described if steps[-1] is acted else f"not started: {described}")
 
 
+_LEFT_FOR_RECOVERY = "left for recovery"
+"""In the note on a store's error that says the saga's end is not in the log (logged)."""
+
+
+def _end_unwritten(run: SagaRun, transition: Transition, unrecorded: Exception) -> None:
+    """The log could not record the run's end (``unrecorded``, a ``StoreError``): it still
+    shows the saga running, for recovery to finish. Logged at ``WARNING`` and noted on
+    ``unrecorded``, which ``execute()`` raises, with how its caller learns the outcome."""
+    log_unwritten(
+        run,
+        logging.WARNING,
+        transition,
+        describe_error(unrecorded),
+        "the log still shows it running, left for recovery, which finishes it from what the "
+        "log holds (a step recorded completed is not run again); check the saga log's storage",
+    )
+    note = (
+        f"sagakit: saga {run.name} ({run.id}) ended {run.status}, but the saga log could not "
+        f"record it: it is {_LEFT_FOR_RECOVERY}, which finishes it from what the log holds; "
+        f"get_saga({run.id!r}) tells how it ends"
+    )
+    if note not in getattr(unrecorded, "__notes__", ()):
+        unrecorded.add_note(note)
+
+
 def _chain(pending: BaseException, error: BaseException) -> None:
     """Make ``error`` (raised while ``pending`` was on its way out, and not raised in
     its place) the ``__context__`` of ``pending``, before what was there."""
@@ -1006,7 +1031,7 @@ class SagaOrchestrator:
                 "what the log holds (do not undo its steps by hand); check the saga log's storage",
             )
             note = (
-                f"sagakit: saga {run.name} ({run.id}) is left for recovery: the log could not "
+                f"sagakit: saga {run.name} ({run.id}) is {_LEFT_FOR_RECOVERY}: the log could not "
                 f"record {unwritten_what(transition)} ({stored}), nor the saga's end; recovery "
                 "finishes it from what the log holds (do not undo its steps by hand)"
             )
@@ -1121,13 +1146,15 @@ class SagaOrchestrator:
         try:
             await self._finish(run)
         except Exception as unrecorded:
-            _warn(
-                run,
-                "sagakit: the end of saga %s (%s) could not be recorded: %s",
-                run.name,
-                run.id,
-                describe_error(unrecorded),
-            )
+            notes = getattr(unrecorded, "__notes__", ())
+            if not any(_LEFT_FOR_RECOVERY in note for note in notes):  # else logged already
+                _warn(
+                    run,
+                    "sagakit: the end of saga %s (%s) could not be recorded: %s",
+                    run.name,
+                    run.id,
+                    describe_error(unrecorded),
+                )
             _chain(pending, unrecorded)
 
     async def _unrecorded_end(self, run: SagaRun, why: BaseException) -> None:
@@ -1568,8 +1595,13 @@ class SagaOrchestrator:
                 # cancellation goes on, as it would have once they were told.
                 committed = cancelled
             except BaseException as unrecorded:
-                if kind is ON_SAGA_FINISHED and run.undo_left is not None:
-                    self._tell_undo_left(run, unrecorded)
+                if kind is ON_SAGA_FINISHED:
+                    if run.undo_left is not None:
+                        self._tell_undo_left(run, unrecorded)
+                    elif isinstance(unrecorded, Exception) and not isinstance(
+                        unrecorded, LeaseLost
+                    ):
+                        _end_unwritten(run, transition, unrecorded)
                 if kind is ON_STEP_STARTED:
                     run.unlogged_start = record  # nor told: neither is its end
                 if kind is ON_SAGA_FINISHED and isinstance(
