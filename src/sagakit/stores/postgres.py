@@ -446,7 +446,8 @@ class PostgresStore:
                 raise asyncio.CancelledError
 
     async def renew(self) -> int:
-        """Extend the lease of every saga this store owns (one statement); returns how many."""
+        """Extend the lease of every saga this store owns (one statement); returns how many.
+        A saga whose row another session holds locked is left for the next renewal."""
         ids = list(self._fences)
         if not ids:
             return 0
