@@ -589,3 +589,42 @@ async def test_release_leases_refuses_an_as_crash_that_is_not_a_bool(dsn: str, s
     async with opened(dsn, schema) as store:
         with pytest.raises(SagaDefinitionError, match=r"as_crash=...\) must be True or False"):
             await store.release_leases(as_crash="no")  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_a_saga_row_another_session_holds_does_not_stop_the_other_leases_renewing(
+    dsn: str, schema: str
+) -> None:
+    # Regression: the heartbeat renews every lease of the store in one statement, which
+    # waited for every row: one saga's row held by another session (an operator's open
+    # transaction) stopped the renewal of all of them. The worker's other sagas' leases
+    # ran out while it ran them; another worker took them over, ran their steps again,
+    # and the first got LeaseLost ("this worker was paused or cut off"), with nothing
+    # logged about the stuck heartbeat.
+    psycopg = pytest.importorskip("psycopg")
+    async with opened(dsn, schema) as store:
+        runs = []
+        for saga_id in ("held", "free"):
+            GATES[f"{saga_id}:1"] = asyncio.Event()
+            ENTERED[f"{saga_id}:1"] = asyncio.Event()
+            runs.append(
+                asyncio.create_task(
+                    SagaOrchestrator(store).execute(pl_gated_three(), saga_id=saga_id)
+                )
+            )
+            await ENTERED[f"{saga_id}:1"].wait()
+        leases = f'SELECT saga_id, lease_until FROM "{schema}".sagas ORDER BY saga_id'
+        before = dict(query(dsn, leases))
+        async with await psycopg.AsyncConnection.connect(dsn) as holder:
+            await holder.execute(
+                f'SELECT 1 FROM "{schema}".sagas WHERE saga_id = %s FOR UPDATE', ("held",)
+            )
+            renewed = await asyncio.wait_for(store.renew(), 10)  # (it waited for the row)
+            await holder.rollback()
+        after = dict(query(dsn, leases))
+        assert renewed == 1
+        assert after["free"] > before["free"]
+        assert after["held"] == before["held"]  # held: renewed at the next beat
+        for gate in GATES.values():
+            gate.set()
+        assert await asyncio.gather(*runs) == [[0, 1, 2], [0, 1, 2]]

@@ -115,7 +115,9 @@ async def test_no_error_for_an_end_the_log_refused_too(
         await orchestrator.close()
     records = _records(caplog, "sl-2")
     assert [r.getMessage() for r in records if r.levelno >= logging.ERROR] == []
-    assert not any("by hand" in note for note in getattr(raised.value, "__notes__", ()))
+    notes = getattr(raised.value, "__notes__", ())
+    assert not any("undo those steps by hand" in note for note in notes)
+    assert any("left for recovery" in note for note in notes)
     assert meta is not None
     assert meta.status is SagaStatus.EXECUTING
 

@@ -233,3 +233,108 @@ async def test_a_step_start_the_log_could_not_record_is_logged(
         "started: StoreError: the disk is full; the saga fails, and its completed steps "
         "are compensated"
     )
+
+
+async def test_a_stopped_compensation_whose_end_is_unrecorded_is_left_to_recovery(
+    durable_store: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Neither a compensation's start nor the saga's end could be written (a lock held
+    # past the role's statement_timeout, say): the log still shows the saga running, and
+    # recovery compensates it. But an ERROR record and a note on the raised error said the
+    # saga "ended FAILED" and to undo its steps by hand: an operator who did so had them
+    # undone twice once recovery ran.
+    caplog.set_level(logging.WARNING, logger="sagakit")
+    store = await _opened(durable_store())
+    refuse_record(store, TransitionKind.COMPENSATION_STARTED, 0, after=False, message="timed out")
+    refuse_record(store, TransitionKind.SAGA_FINISHED, after=False, message="timed out")
+    calls.clear()
+    with pytest.raises(StoreError, match="timed out") as raised:
+        await SagaOrchestrator(store).execute(uf_order("a"), saga_id="uf-left")
+    await store.close()
+    said = [r.getMessage() for r in caplog.records] + [
+        note for e in _chain(raised.value) for note in getattr(e, "__notes__", ())
+    ]
+    wrong = ("undo those steps by hand", "ends FAILED", "ended FAILED")
+    assert not [text for text in said if any(w in text for w in wrong)], said
+    [told] = [r for r in caplog.records if "could not record that compensation" in r.getMessage()]
+    assert told.levelno == logging.WARNING
+    assert "left for recovery" in told.getMessage()
+    assert any("left for recovery" in note for note in raised.value.__notes__)
+    meta = await _logged(durable_store, "uf-left")
+    assert meta is not None
+    assert meta.finished_at is None  # what the message says: still running
+    recovering = await _opened(durable_store())
+    try:
+        [outcome] = await SagaOrchestrator(recovering).recover()
+    finally:
+        await recovering.close()
+    assert outcome.status is SagaStatus.COMPENSATED
+    assert calls == ["take a", "untake a"]  # undone once, by recovery
+
+
+@saga(name="uf_single")
+def uf_single(account: str):  # type: ignore[no-untyped-def]
+    yield uf_take(account)
+
+
+async def test_an_end_the_log_could_not_record_is_told_and_left_to_recovery(
+    durable_store: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The saga ran to its end, but the log refused to record it (a connection lost for
+    # good, a disk full): execute() raised the bare StoreError and only an INFO
+    # "saga_stopped" record told of it; nothing said that the saga is left for recovery,
+    # nor how its caller learns how it ends.
+    caplog.set_level(logging.INFO, logger="sagakit")
+    store = await _opened(durable_store())
+    refuse_record(store, TransitionKind.SAGA_FINISHED, after=False, message="the disk is full")
+    calls.clear()
+    with pytest.raises(StoreError, match="the disk is full") as raised:
+        await SagaOrchestrator(store).execute(uf_single("a"), saga_id="uf-end")
+    await store.close()
+    [told] = [r for r in caplog.records if "could not record" in r.getMessage()]
+    message = told.getMessage()
+    assert told.levelno == logging.WARNING
+    assert "uf-end" in message
+    assert "completed" in message
+    assert "StoreError: the disk is full" in message
+    assert "left for recovery" in message
+    [note] = raised.value.__notes__
+    assert "left for recovery" in note
+    assert "get_saga('uf-end')" in note
+    recovering = await _opened(durable_store())
+    try:
+        [outcome] = await SagaOrchestrator(recovering).recover()
+    finally:
+        await recovering.close()
+    assert outcome.status is SagaStatus.COMPLETED
+    assert calls == ["take a"]  # as the message says: finished from the log, not run again
+
+
+async def test_a_cancelled_run_whose_end_the_log_could_not_record_is_told_once(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sagakit import SQLiteStore
+
+    entered = asyncio.Event()
+
+    @step
+    async def uf_wait() -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    @saga(name="uf_waiting")
+    def uf_waiting():  # type: ignore[no-untyped-def]
+        yield uf_wait()
+
+    caplog.set_level(logging.WARNING, logger="sagakit")
+    store = SQLiteStore(tmp_path / "sagas.db")
+    refuse_record(store, TransitionKind.SAGA_FINISHED, after=False, message="the disk is full")
+    run = asyncio.create_task(SagaOrchestrator(store).execute(uf_waiting(), saga_id="uf-cut"))
+    await entered.wait()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    await store.close()
+    told = [r.getMessage() for r in caplog.records if "the disk is full" in r.getMessage()]
+    assert len(told) == 1, told
+    assert "left for recovery" in told[0]

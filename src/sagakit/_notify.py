@@ -220,6 +220,8 @@ def unwritten_what(transition: Transition) -> str:
     """What ``transition`` (which the log could not record) told, for a message:
     ``"that step 1 ('ship') failed (ValueError: boom)"``."""
     kind = transition.kind
+    if kind is ON_SAGA_FINISHED:
+        return f"that the saga finished {transition.status}"
     verb = _UNWRITTEN_VERBS.get(kind, str(kind))
     if transition.step_index is None:
         return f"that the saga {verb}"

@@ -129,6 +129,31 @@ def _end_running_step(steps: list[StepRun], acted: StepRun | None, failure: Base
         _end_running(steps, described if steps[-1] is acted else f"not started: {described}")
 
 
+_LEFT_FOR_RECOVERY = "left for recovery"
+"""In the note on a store's error that says the saga's end is not in the log (logged)."""
+
+
+def _end_unwritten(run: SagaRun, transition: Transition, unrecorded: Exception) -> None:
+    """The log could not record the run's end (``unrecorded``, a ``StoreError``): it still
+    shows the saga running, for recovery to finish. Logged at ``WARNING`` and noted on
+    ``unrecorded``, which ``execute()`` raises, with how its caller learns the outcome."""
+    log_unwritten(
+        run,
+        logging.WARNING,
+        transition,
+        describe_error(unrecorded),
+        "the log still shows it running, left for recovery, which finishes it from what the "
+        "log holds (a step recorded completed is not run again); check the saga log's storage",
+    )
+    note = (
+        f"sagakit: saga {run.name} ({run.id}) ended {run.status}, but the saga log could not "
+        f"record it: it is {_LEFT_FOR_RECOVERY}, which finishes it from what the log holds; "
+        f"get_saga({run.id!r}) tells how it ends"
+    )
+    if note not in getattr(unrecorded, "__notes__", ()):
+        unrecorded.add_note(note)
+
+
 def _chain(pending: BaseException, error: BaseException) -> None:
     """Make ``error`` (raised while ``pending`` was on its way out, and not raised in
     its place) the ``__context__`` of ``pending``, before what was there."""
@@ -952,17 +977,14 @@ class SagaOrchestrator:
     def _compensation_unwritten(self, run: SagaRun, unrecorded: Exception, left: list[str]) -> None:
         """The log could not record a transition of a compensation (``unrecorded``, a
         ``StoreError``): compensating stops and the saga ends ``FAILED`` with ``left``
-        uncompensated, in the saga's error. Once that end commits, it is logged at
-        ``ERROR`` and noted on ``unrecorded`` (which is raised) with what the operator
-        must do (:meth:`_tell_left_by_hand`); an end the log cannot record either leaves
-        the saga running there, for recovery: only the store says so then."""
+        uncompensated, in its error. What the operator must do depends on whether that
+        end is written: told then (:meth:`_tell_undo_left`)."""
         unwritten = run.unwritten
-        run.unwritten = None
         if unwritten is None:
             return
-        names = ", ".join(left) or "none"
-        run.left_by_hand = (unwritten[0], unwritten[1], names, unrecorded)
+        run.unwritten = None
         transition, stored = unwritten
+        names = ", ".join(left) or "none"
         prefix = "" if run.error is None else f"{run.error}; then "
         run.error = storable_text(
             cut(
@@ -970,26 +992,52 @@ class SagaOrchestrator:
                 f"({stored}): compensating stopped, left uncompensated: {names}"
             )
         )
+        run.undo_left = (transition, stored, names, unrecorded)
+        if not self._durable:  # no end to write
+            self._tell_undo_left(run, None)
 
-    def _tell_left_by_hand(self, run: SagaRun, ended: bool) -> None:
-        """The ``FAILED`` end of a run that :meth:`_compensation_unwritten` stopped was
-        recorded (``ended``), or not: tell the operator what to undo by hand only if it
-        was. Not recorded, the log still has the saga running and recovery finishes it
-        (the store, and ``SAGA_STOPPED``, say so): an ``ERROR`` saying it ended would lie."""
-        left = run.left_by_hand
+    def _tell_undo_left(self, run: SagaRun, unended: BaseException | None) -> None:
+        """Tell what :meth:`_compensation_unwritten` left undone, once the run's end is
+        written (``unended`` ``None``; at ``ERROR``, with a note on the compensation's
+        error: the operator undoes the steps) or could not be (``unended``, the end's
+        error: at ``WARNING``, with a note on it: the log still shows the saga running,
+        and recovery finishes it, so undoing its steps by hand would undo them twice)."""
+        left = run.undo_left
         if left is None:
             return
-        run.left_by_hand = None
-        if not ended:
-            return
+        run.undo_left = None
         transition, stored, names, unrecorded = left
-        resolve = command_line("LOG", "resolve", run.id, options=("--note", "..."))
-        fix = f"undo those steps by hand, then mark the saga resolved (`{resolve}`)"
-        then = f"compensating stopped there and the saga ends FAILED, left uncompensated: {names}"
-        log_unwritten(run, logging.ERROR, transition, stored, f"{then}; {fix}")
-        note = f"sagakit: saga {run.name} ({run.id}) ended FAILED: {run.error}; {fix}"
-        if note not in getattr(unrecorded, "__notes__", ()):  # a store may raise one twice
-            unrecorded.add_note(note)
+        if unended is None:
+            resolve = command_line("LOG", "resolve", run.id, options=("--note", "..."))
+            fix = f"undo those steps by hand, then mark the saga resolved (`{resolve}`)"
+            log_unwritten(
+                run,
+                logging.ERROR,
+                transition,
+                stored,
+                f"compensating stopped there and the saga ends FAILED, left uncompensated: "
+                f"{names}; {fix}",
+            )
+            note = f"sagakit: saga {run.name} ({run.id}) ended FAILED: {run.error}; {fix}"
+            told = unrecorded
+        else:
+            log_unwritten(
+                run,
+                logging.WARNING,
+                transition,
+                stored,
+                "compensating stopped there, and the saga's end could not be recorded either: "
+                "the log still shows it running, left for recovery, which finishes it from "
+                "what the log holds (do not undo its steps by hand); check the saga log's storage",
+            )
+            note = (
+                f"sagakit: saga {run.name} ({run.id}) is {_LEFT_FOR_RECOVERY}: the log could not "
+                f"record {unwritten_what(transition)} ({stored}), nor the saga's end; recovery "
+                "finishes it from what the log holds (do not undo its steps by hand)"
+            )
+            told = unended
+        if note not in getattr(told, "__notes__", ()):  # a store may raise one twice
+            told.add_note(note)
 
     async def _tell_fatal(
         self, run: SagaRun, kind: TransitionKind, record: StepRun, fatal: BaseException
@@ -1048,7 +1096,6 @@ class SagaOrchestrator:
         """Tell ``SAGA_STOPPED`` (``status``: the run's as the log may still have it); what
         the run holds untold is dropped: it may never have committed."""
         self._held.pop(run, None)
-        self._tell_left_by_hand(run, False)
         transition = make_transition(ON_SAGA_STOPPED, run, status, None, 0, None, (), why, None)
         if isinstance(why, LeaseLost):
             why._stop_told = run.id  # recovery and workers need not tell it again
@@ -1101,13 +1148,15 @@ class SagaOrchestrator:
         try:
             await self._finish(run)
         except Exception as unrecorded:
-            _warn(
-                run,
-                "sagakit: the end of saga %s (%s) could not be recorded: %s",
-                run.name,
-                run.id,
-                describe_error(unrecorded),
-            )
+            notes = getattr(unrecorded, "__notes__", ())
+            if not any(_LEFT_FOR_RECOVERY in note for note in notes):  # else logged already
+                _warn(
+                    run,
+                    "sagakit: the end of saga %s (%s) could not be recorded: %s",
+                    run.name,
+                    run.id,
+                    describe_error(unrecorded),
+                )
             _chain(pending, unrecorded)
 
     async def _unrecorded_end(self, run: SagaRun, why: BaseException) -> None:
@@ -1549,7 +1598,12 @@ class SagaOrchestrator:
                 committed = cancelled
             except BaseException as unrecorded:
                 if kind is ON_SAGA_FINISHED:
-                    self._tell_left_by_hand(run, False)  # the log may still have it running
+                    if run.undo_left is not None:
+                        self._tell_undo_left(run, unrecorded)
+                    elif isinstance(unrecorded, Exception) and not isinstance(
+                        unrecorded, LeaseLost
+                    ):
+                        _end_unwritten(run, transition, unrecorded)
                 if kind is ON_STEP_STARTED:
                     run.unlogged_start = record  # nor told: neither is its end
                 if kind is ON_SAGA_FINISHED and isinstance(
@@ -1572,8 +1626,8 @@ class SagaOrchestrator:
                         # (_unwritten): no listener hears of a transition not recorded.
                         run.unwritten = (transition, describe_error(unrecorded))
                 raise
-            if kind is ON_SAGA_FINISHED and run.left_by_hand is not None:
-                self._tell_left_by_hand(run, True)  # its FAILED end is in the log
+            if kind is ON_SAGA_FINISHED and run.undo_left is not None:
+                self._tell_undo_left(run, None)
             if held is not None:
                 if logged or run.listeners:
                     held.append((level, transition))

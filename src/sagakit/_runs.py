@@ -299,7 +299,6 @@ class SagaRun:
         "finished_mono",
         "handing_back",
         "id",
-        "left_by_hand",
         "listeners",
         "name",
         "number",
@@ -314,6 +313,7 @@ class SagaRun:
         "task",
         "timed_out",
         "total_steps",
+        "undo_left",
         "unlogged_start",
         "unrecorded",
         "unwritten",
@@ -362,9 +362,11 @@ class SagaRun:
         # The last transition whose write the store refused (StoreError), until the run
         # tells the operator what that changed (see SagaOrchestrator._unwritten).
         self.unwritten: tuple[Transition, str] | None = None
-        # What a compensation's unrecorded transition left for the operator to undo: told
-        # once the run's FAILED end commits (see SagaOrchestrator._compensation_unwritten).
-        self.left_by_hand: tuple[Transition, str, str, Exception] | None = None
+        # A compensation's transition that the store refused, which stopped compensating
+        # (the transition, the store's error, the steps left undone, the error raised):
+        # told once the run's end is known to be in the log or not (see
+        # SagaOrchestrator._tell_undo_left).
+        self.undo_left: tuple[Transition, str, str, BaseException] | None = None
         self.deadline = math.inf  # loop time the running step must finish by
         self.timed_out = False  # the watchdog cancelled ``task`` for ``deadline``
         self.queued = False  # in its watchdog's ``fresh``: it looks at ``deadline`` next firing

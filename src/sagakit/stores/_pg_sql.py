@@ -118,10 +118,14 @@ def statements(schema: str) -> Statements:
         ),
         delete_steps=f"DELETE FROM {s}.steps WHERE saga_id = %s",
         apply=f"SELECT * FROM {s}.apply_writes(%s::jsonb, %s::jsonb, %s::jsonb)",
-        # Rows are locked in saga id order, like apply_writes does, so they never deadlock.
+        # A row another session holds is skipped (renewed at the next beat), not waited
+        # for: one row held by an open transaction stopped every lease of the store
+        # renewing, and other workers took its other sagas over. (No claim takes a row
+        # while it is held either.)
         heartbeat=(
             f"WITH l AS (SELECT saga_id FROM {s}.sagas WHERE owner = %(owner)s "
-            f"AND saga_id = ANY(%(ids)s::text[]) AND {active} ORDER BY saga_id FOR UPDATE) "
+            f"AND saga_id = ANY(%(ids)s::text[]) AND {active} ORDER BY saga_id "
+            "FOR UPDATE SKIP LOCKED) "
             f"UPDATE {s}.sagas s SET lease_until = {lease} FROM l "
             "WHERE s.saga_id = l.saga_id RETURNING s.saga_id"
         ),

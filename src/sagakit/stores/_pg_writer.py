@@ -310,11 +310,11 @@ class GroupWriter:
     def _fail(
         batch: list[tuple[Sequence[Write], asyncio.Future[None]]], error: BaseException
     ) -> None:
+        # A StoreError or Rejected says what the server said already, with the schema.
+        said = str(error) if isinstance(error, StoreError | Rejected) else error_text(error)
         for _, future in batch:
             if not future.done():
-                failure = StoreError(
-                    f"cannot write the saga log to PostgreSQL: {error_text(error)}"
-                )
+                failure = StoreError(f"cannot write the saga log to PostgreSQL: {said}")
                 failure.__cause__ = error
                 future.set_exception(failure)
 

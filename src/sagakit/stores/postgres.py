@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import os
+import select
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
@@ -166,6 +167,32 @@ def _connection_lost(error: StoreError) -> bool:
         return False
     state = cause.sqlstate  # None: the client lost the connection (or the pool had none)
     return state is None or state.startswith(("08", "57P"))  # connection, shutdown
+
+
+def _ended_by_server(conn: AsyncConnection[Any]) -> bool:
+    """Whether the server ended ``conn`` while it sat idle in the pool (a restart, a
+    fail-over, ``idle_session_timeout``, ``pg_terminate_backend()``): it then sent its
+    error and closed the socket, which an idle connection's is readable for. Found
+    without a round trip; a statement sent on it failed, though the server was up."""
+    psycopg, _ = _import_driver()
+    pgconn = conn.pgconn
+    try:
+        for _ in range(2):  # the server's message, then the end of the connection
+            if not _readable(pgconn.socket):
+                break
+            pgconn.consume_input()
+    except psycopg.OperationalError:  # consume_input() met the end, or no socket
+        return True
+    return bool(pgconn.status != psycopg.pq.ConnStatus.OK)
+
+
+def _readable(fd: int) -> bool:
+    """Whether socket ``fd`` has something to read (or its end), without waiting."""
+    if hasattr(select, "poll"):  # select() refuses descriptors past 1023
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])  # pragma: no cover - Windows
 
 
 async def _wait_for_locks(conn: AsyncConnection[Any]) -> None:
@@ -337,16 +364,21 @@ class PostgresStore:
         used: AsyncConnection[Any] | None = None
         watch = CancellationWatch()
         try:
-            async with pool.connection() as conn:
-                if watch.came():
-                    # Cancelled while waiting for the connection, and the cancellation was
-                    # lost on the way (Python 3.11's asyncio.wait_for, in the pool, returns
-                    # the connection when it arrives just as it is handed over): raise it
-                    # here, before anything is sent, or the caller runs on as if not
-                    # cancelled. (The connection goes back to the pool.)
-                    raise asyncio.CancelledError
-                used = conn
-                yield conn
+            for tries_left in reversed(range(pool.max_size + 1)):
+                async with pool.connection() as conn:
+                    if watch.came():
+                        # Cancelled while waiting for the connection, and the cancellation
+                        # was lost on the way (Python 3.11's asyncio.wait_for, in the pool,
+                        # returns the connection when it arrives just as it is handed over):
+                        # raise it here, before anything is sent, or the caller runs on as if
+                        # not cancelled. (The connection goes back to the pool.)
+                        raise asyncio.CancelledError
+                    if tries_left and _ended_by_server(conn):
+                        await conn.close()  # the pool drops it; take another
+                        continue
+                    used = conn
+                    yield conn
+                    break
         except psycopg.Error as error:
             if used is not None and used.broken:
                 await self._check_pool(pool)
@@ -357,11 +389,20 @@ class PostgresStore:
         statement it stopped in), with the grants to add when the role lacks a right."""
         reason = str(error).strip().partition("\n")[0]
         text = f"PostgreSQL saga log (schema {self.schema!r}): {type(error).__name__}: {reason}"
-        if getattr(error, "sqlstate", None) == "42501":  # insufficient privilege
+        state = getattr(error, "sqlstate", None)
+        if state == "42501":  # insufficient privilege
             text += (
                 f"; the store's role needs USAGE on schema {self.schema} and SELECT, INSERT, "
                 f"UPDATE, DELETE on its tables (GRANT ... ON ALL TABLES IN SCHEMA "
                 f"{self.schema} TO <role>)"
+            )
+        elif state == "57014" and "statement timeout" in reason:  # query_canceled
+            text += (
+                "; the connection's statement_timeout cancelled it (a write waits for the "
+                "saga rows another session holds: another worker's write, a migration, an "
+                "open transaction): give the store's role a longer one, or none "
+                "(ALTER ROLE <role> SET statement_timeout = 0, or options=-c "
+                "statement_timeout=0 in the DSN)"
             )
         return text
 
@@ -406,7 +447,8 @@ class PostgresStore:
                 raise asyncio.CancelledError
 
     async def renew(self) -> int:
-        """Extend the lease of every saga this store owns (one statement); returns how many."""
+        """Extend the lease of every saga this store owns (one statement); returns how many.
+        A saga whose row another session holds locked is left for the next renewal."""
         ids = list(self._fences)
         if not ids:
             return 0
