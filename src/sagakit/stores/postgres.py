@@ -1261,7 +1261,11 @@ class PostgresStore:
             if not writes and doubt is not None:
                 writes = doubt.writes
             name = writes[0].saga_name if writes else None
-            logger.warning(
+            released = isinstance(error, LeaseLost) and self._lost.get(saga_id, False)
+            if released:  # refused because this store released it: a handover
+                error = LeaseLost(saga_id, released=True)
+            logger.log(
+                logging.INFO if released else logging.WARNING,
                 "sagakit could not write a staged transition of saga %s (%s): %s",
                 name,
                 saga_id,
