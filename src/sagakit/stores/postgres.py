@@ -484,7 +484,13 @@ class PostgresStore:
         mine = [saga_id for saga_id in dict.fromkeys(saga_ids) if saga_id in self._claimed]
         if not mine:
             return 0
-        return await self.release_leases(saga_ids=mine)
+        try:
+            return await self.release_leases(saga_ids=mine)
+        finally:
+            # No run of them here writes, so nothing is kept to fence (kept for good:
+            # a long-running worker's store grew with each claim given back).
+            for saga_id in mine:
+                self._lost.pop(saga_id, None)
 
     def owns(self, saga_id: str) -> bool:
         """Whether this store holds the lease of ``saga_id`` (as far as it knows)."""
