@@ -37,6 +37,7 @@ from ..status import SagaStatus
 from ..transitions import TransitionKind
 from . import _pg_rows as rows
 from ._dsn import redacted
+from ._pg_loop import other_loop
 from ._pg_schema import check_schema_name, migrate
 from ._pg_settle import Doubt, Settled, settle
 from ._pg_sql import statements
@@ -244,6 +245,7 @@ class PostgresStore:
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{os.urandom(4).hex()}"
         self._sql = statements(self.schema)
         self._pool: AsyncConnectionPool[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the pool was opened
         self._closed = False  # by close(): no implicit reopening on the next use
         self._opening = asyncio.Lock()
         self._heartbeat: asyncio.Task[None] | None = None
@@ -271,9 +273,25 @@ class PostgresStore:
     async def open(self) -> None:
         """Connect, migrate the schema and start the heartbeat (done on first use;
         after :meth:`close` only when called again)."""
+        self._check_loop()
         self._closed = False
         if self._pool is not None:
             return
+        self._loop = asyncio.get_running_loop()  # (refused to others while it opens)
+        try:
+            await self._open()
+        except BaseException:
+            if self._pool is None:
+                self._loop = None
+            raise
+
+    def _check_loop(self) -> None:
+        """Refuse use from a loop other than the one that opened the store (see _pg_loop)."""
+        refused = other_loop(self.schema, self._loop)
+        if refused is not None:
+            raise refused
+
+    async def _open(self) -> None:
         async with self._opening:
             if self._pool is not None:
                 return
@@ -323,6 +341,7 @@ class PostgresStore:
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[AsyncConnection[Any]]:
+        self._check_loop()
         if self._pool is None:
             if self._closed:
                 raise StoreError(
@@ -789,6 +808,7 @@ class PostgresStore:
         durable, exactly once. If that cannot be found out (the log is still
         unreachable, or the caller was cancelled), they stay in doubt and raise.
         """
+        self._check_loop()  # (the writer's task would be another loop's)
         for tries_left in reversed(range(_SENDS)):
             self._token += 1
             token = writes[-1].token = self._token
@@ -1214,6 +1234,12 @@ class PostgresStore:
 
     async def close(self) -> None:
         """Stop the heartbeat, release the leases still held and close the pool."""
+        refused = other_loop(self.schema, self._loop)
+        if refused is not None:
+            if not self._loop_runs():  # it ended: its pool cannot be closed from here
+                self._pool, self._heartbeat, self._loop = None, None, None
+                self._closed = True
+            raise refused
         heartbeat, self._heartbeat = self._heartbeat, None
         cancelled = False  # close() itself, while the heartbeat stopped
         if heartbeat is not None:
@@ -1236,9 +1262,15 @@ class PostgresStore:
             finally:
                 self._pool = None
                 self._closed = True
+                self._loop = None
                 await pool.close()
         if cancelled:
             raise asyncio.CancelledError
+
+    def _loop_runs(self) -> bool:
+        """Whether the loop that opened the store still runs (in another thread)."""
+        loop = self._loop
+        return loop is not None and loop.is_running() and not loop.is_closed()
 
     async def _flush_staged(self) -> None:
         """Write what is still staged or in doubt (of sagas stopped mid-flight)."""
