@@ -147,6 +147,29 @@ async def test_the_same_store_recovers_what_it_gave_back(
 
 
 @pytest.mark.asyncio
+async def test_a_store_keeps_nothing_of_the_sagas_it_gave_back(
+    durable_store: Callable[..., Any],
+) -> None:
+    # Regression: PostgresStore kept each given-back id (as released, to refuse its
+    # writes) for as long as it lived, though no run of it was made here to write: a
+    # long-running worker's store grew with every claim a cancellation gave back.
+    await _orphan(durable_store)
+    store = durable_store()
+    try:
+        orphans = await store.claim_orphans()
+        assert await store.give_back([orphan.saga_id for orphan in orphans]) == 1
+        kept = [
+            name
+            for name, value in vars(store).items()
+            if isinstance(value, dict | set) and "o1" in value
+        ]
+        assert kept == []
+    finally:
+        await store.close()
+    await _recovered_once_more(durable_store)
+
+
+@pytest.mark.asyncio
 async def test_give_back_leaves_sagas_it_did_not_claim_alone(
     durable_store: Callable[..., Any],
 ) -> None:

@@ -821,6 +821,22 @@ async def test_close_commits_pending_writes_then_refuses_more(db: str) -> None:
         await reopened.close()
 
 
+def test_an_orchestrator_entered_again_in_a_later_loop_says_to_make_a_new_store(db: str) -> None:
+    # A script or notebook pattern: the orchestrator made once, `async with` it in each
+    # asyncio.run(). The first block closed the store; the error said only "is closed".
+    orchestrator = SagaOrchestrator(SQLiteStore(db))
+
+    async def block() -> list[Any]:
+        async with orchestrator:
+            return await orchestrator.execute(sqlite_move("A", "B", 1))
+
+    assert asyncio.run(block())
+    with pytest.raises(StoreError, match="is closed") as refused:
+        asyncio.run(block())
+    assert "`async with SagaOrchestrator(store)`" in str(refused.value)
+    assert "make a new SQLiteStore on the file" in str(refused.value)
+
+
 @pytest.mark.asyncio
 async def test_retries_and_timeouts_are_in_the_log(db: str) -> None:
     from sagakit import Retry, StepTimeout

@@ -167,6 +167,14 @@ def _warn(run: SagaRun, message: str, *args: object) -> None:
     logger.warning(message, *args, extra={"saga_id": run.id, "saga_name": run.name})
 
 
+def _warn_unless_released(run: SagaRun, error: Exception, message: str, *args: object) -> None:
+    """:func:`_warn`, but at INFO when ``error`` is the :class:`LeaseLost` of a lease this
+    store released (a stopping worker, an exiting process): a handover, not a failure."""
+    released = isinstance(error, LeaseLost) and error.released
+    level = logging.INFO if released else logging.WARNING
+    logger.log(level, message, *args, extra={"saga_id": run.id, "saga_name": run.name})
+
+
 def _gave_up(
     done: list[_Done],
     errors: list[tuple[int, str, BaseException]],
@@ -1150,8 +1158,9 @@ class SagaOrchestrator:
         except Exception as unrecorded:
             notes = getattr(unrecorded, "__notes__", ())
             if not any(_LEFT_FOR_RECOVERY in note for note in notes):  # else logged already
-                _warn(
+                _warn_unless_released(
                     run,
+                    unrecorded,
                     "sagakit: the end of saga %s (%s) could not be recorded: %s",
                     run.name,
                     run.id,
@@ -1249,8 +1258,9 @@ class SagaOrchestrator:
             except Exception as unrecorded:  # not recorded: the run ends FAILED
                 # Logged, not raised: the cancellation goes on. (Not chained either: the
                 # frames it passes through on its way out reset its __context__.)
-                _warn(
+                _warn_unless_released(
                     run,
+                    unrecorded,
                     "sagakit: saga %s (%s), cancelled, could not record its compensation: %s",
                     run.name,
                     run.id,

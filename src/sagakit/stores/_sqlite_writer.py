@@ -92,7 +92,11 @@ class GroupWriter:
 
     def _check_usable(self) -> None:
         if self._closed:
-            raise StoreError(f"saga log {self._path!r} is closed")
+            raise StoreError(
+                f"saga log {self._path!r} is closed (by close(), or at the end of "
+                "`async with SagaOrchestrator(store)`), and a SQLiteStore is not opened "
+                "again: make a new SQLiteStore on the file (and an orchestrator for it)"
+            )
         if os.getpid() != self._pid:  # its thread is gone, its connections are the parent's
             raise StoreError(
                 f"saga log {self._path!r} was opened by process {self._pid} before a fork(); "

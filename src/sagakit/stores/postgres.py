@@ -40,6 +40,7 @@ from ..transitions import TransitionKind
 from . import _pg_rows as rows
 from ._dsn import redacted
 from ._fingerprint import definition_fingerprint
+from ._pg_loop import other_loop
 from ._pg_schema import check_schema_name, migrate
 from ._pg_settle import Doubt, Settled, settle
 from ._pg_sql import statements
@@ -272,6 +273,7 @@ class PostgresStore:
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{os.urandom(4).hex()}"
         self._sql = statements(self.schema)
         self._pool: AsyncConnectionPool[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the pool was opened
         self._closed = False  # by close(): no implicit reopening on the next use
         self._opening = asyncio.Lock()
         self._heartbeat: asyncio.Task[None] | None = None
@@ -299,9 +301,25 @@ class PostgresStore:
     async def open(self) -> None:
         """Connect, migrate the schema and start the heartbeat (done on first use;
         after :meth:`close` only when called again)."""
+        self._check_loop()
         self._closed = False
         if self._pool is not None:
             return
+        self._loop = asyncio.get_running_loop()  # (refused to others while it opens)
+        try:
+            await self._open()
+        except BaseException:
+            if self._pool is None:
+                self._loop = None
+            raise
+
+    def _check_loop(self) -> None:
+        """Refuse use from a loop other than the one that opened the store (see _pg_loop)."""
+        refused = other_loop(self.schema, self._loop)
+        if refused is not None:
+            raise refused
+
+    async def _open(self) -> None:
         async with self._opening:
             if self._pool is not None:
                 return
@@ -351,6 +369,7 @@ class PostgresStore:
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[AsyncConnection[Any]]:
+        self._check_loop()
         if self._pool is None:
             if self._closed:
                 raise StoreError(
@@ -527,7 +546,13 @@ class PostgresStore:
         mine = [saga_id for saga_id in dict.fromkeys(saga_ids) if saga_id in self._claimed]
         if not mine:
             return 0
-        return await self.release_leases(saga_ids=mine)
+        try:
+            return await self.release_leases(saga_ids=mine)
+        finally:
+            # No run of them here writes, so nothing is kept to fence (kept for good:
+            # a long-running worker's store grew with each claim given back).
+            for saga_id in mine:
+                self._lost.pop(saga_id, None)
 
     def owns(self, saga_id: str) -> bool:
         """Whether this store holds the lease of ``saga_id`` (as far as it knows)."""
@@ -828,6 +853,7 @@ class PostgresStore:
         durable, exactly once. If that cannot be found out (the log is still
         unreachable, or the caller was cancelled), they stay in doubt and raise.
         """
+        self._check_loop()  # (the writer's task would be another loop's)
         for tries_left in reversed(range(_SENDS)):
             self._token += 1
             token = writes[-1].token = self._token
@@ -1253,6 +1279,12 @@ class PostgresStore:
 
     async def close(self) -> None:
         """Stop the heartbeat, release the leases still held and close the pool."""
+        refused = other_loop(self.schema, self._loop)
+        if refused is not None:
+            if not self._loop_runs():  # it ended: its pool cannot be closed from here
+                self._pool, self._heartbeat, self._loop = None, None, None
+                self._closed = True
+            raise refused
         heartbeat, self._heartbeat = self._heartbeat, None
         cancelled = False  # close() itself, while the heartbeat stopped
         if heartbeat is not None:
@@ -1275,9 +1307,15 @@ class PostgresStore:
             finally:
                 self._pool = None
                 self._closed = True
+                self._loop = None
                 await pool.close()
         if cancelled:
             raise asyncio.CancelledError
+
+    def _loop_runs(self) -> bool:
+        """Whether the loop that opened the store still runs (in another thread)."""
+        loop = self._loop
+        return loop is not None and loop.is_running() and not loop.is_closed()
 
     async def _flush_staged(self) -> None:
         """Write what is still staged or in doubt (of sagas stopped mid-flight)."""
@@ -1306,7 +1344,11 @@ class PostgresStore:
             if not writes and doubt is not None:
                 writes = doubt.writes
             name = writes[0].saga_name if writes else None
-            logger.warning(
+            released = isinstance(error, LeaseLost) and self._lost.get(saga_id, False)
+            if released:  # refused because this store released it: a handover
+                error = LeaseLost(saga_id, released=True)
+            logger.log(
+                logging.INFO if released else logging.WARNING,
                 "sagakit could not write a staged transition of saga %s (%s): %s",
                 name,
                 saga_id,

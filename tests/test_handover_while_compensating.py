@@ -1,0 +1,78 @@
+"""PostgreSQL: a worker stopped while a saga it recovers is compensating hands it over quietly.
+
+The stopping worker releases the saga's lease, then cancels its task; the cancelled
+compensation restarts (a cancellation never leaves one half done) and its first write is
+fenced out. That is the normal lifecycle of a deploy, logged at INFO like a handover in
+a step (tests/test_handover_log_levels.py); it used to log two WARNINGs per saga — its
+compensation and its end "could not be recorded: LeaseLost" — as if the log were failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from pg_helpers.db import opened
+from sagakit import SagaOrchestrator, saga, step
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+
+pytestmark = pytest.mark.asyncio
+
+UNDOING = asyncio.Event()
+undone: list[int] = []
+
+
+@step
+async def hc_book(n: int) -> int:
+    return n
+
+
+@hc_book.compensate
+async def hc_unbook(n: int) -> None:
+    undone.append(n)
+    UNDOING.set()
+    await asyncio.Event().wait()  # until the stopping worker cancels it
+
+
+@step
+async def hc_pay(n: int) -> int:
+    raise ValueError("declined")
+
+
+@saga
+def hc_saga(n: int):  # type: ignore[no-untyped-def]
+    yield hc_book(n)
+    yield hc_pay(n)
+
+
+async def test_a_worker_stopped_mid_compensation_hands_over_without_warnings(
+    dsn: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    UNDOING.clear()
+    undone.clear()
+    caplog.set_level(logging.INFO, logger="sagakit")
+    async with opened(dsn, schema) as store:
+        with FaultInjector().crash(hc_book, compensation=True), pytest.raises(SimulatedCrash):
+            await SagaOrchestrator(store).execute(hc_saga(1), saga_id="hc-1")
+        await simulate_restart(store)
+    caplog.clear()  # what the worker logs
+    async with opened(dsn, schema) as store:
+        stop = asyncio.Event()
+        worker = asyncio.create_task(
+            SagaOrchestrator(store).run_worker(stop=stop, poll_interval=0.01, handle_signals=False)
+        )
+        await UNDOING.wait()  # the worker compensates the saga
+        stop.set()
+        await worker
+        assert store._lost == {}  # nothing kept of a saga this store no longer runs
+    assert undone == [1]  # the fenced-out restart never ran the compensation again
+    records = [
+        r for r in caplog.records if r.name == "sagakit" and getattr(r, "saga_id", None) == "hc-1"
+    ]
+    warned = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+    assert warned == [  # (a crash left it: its recovery warns, as after any crash)
+        "sagakit recovery compensates saga hc_saga (hc-1) after 1 completed steps (attempt 1)"
+    ]
+    assert any(r.getMessage().startswith("saga hc_saga (hc-1) saga_stopped") for r in records)
