@@ -408,12 +408,15 @@ class SagaOrchestrator:
                 earlier = (
                     memory._begin_now(run) if memory is not None else await self._store.begin(run)
                 )
+                orphan = False
             except SagaAlreadyExecuting as running:
                 # An orphan (its process died mid-run) is finished here first, as recovery
                 # would; then begin() decides as for any finished id. One not taken (its
                 # owner lives, or the claim parked it past its attempts): begin() says which.
                 if not explicit or running.dead_letter is not None or not self._store.durable:
                     raise
+                orphan = True
+            if orphan:  # out of the except: begin()'s second refusal is not chained to its first
                 await self._adopt(run.id, run.name)
                 earlier = await self._store.begin(run)
             if earlier is not None:
