@@ -26,6 +26,8 @@ from ._hooks import (
     FaultPlan,
     SimulatedCrash,
     active_faults,
+    crash_hint,
+    note_crash,
     raised_by_step,
 )
 from ._ids import new_saga_id
@@ -424,6 +426,11 @@ class SagaOrchestrator:
                     driver.close()
                 return list(earlier.events)
             return await self._drive(run, driver)
+        except SagaAlreadyExecuting as refused:
+            hint = crash_hint(self._store, (run.id,)) if refused.saga_id == run.id else None
+            if hint is not None:
+                refused.add_note(hint)
+            raise
         finally:
             if nested is not None:
                 nested.discard(run.id)
@@ -1010,6 +1017,7 @@ class SagaOrchestrator:
         instrumentation of this process, which a real crash takes with it, ends the run's
         spans and restores the context it set, rather than hold them open for good."""
         self._held.pop(run, None)
+        note_crash(self._store, run.id)  # for the error of running it again here (crash_hint)
         for listener in run.listeners:
             crashed = getattr(listener, "_sagakit_crashed", None)
             if crashed is None:
