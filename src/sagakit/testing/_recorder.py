@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from .._display import shown_rows
 from .._runs import current_run, describe_error
+from .._steps import COMPENSATED_NAMES, DEFINED_NAMES
 from .._tracebacks import hide_from_pytest
 from ..exceptions import SagaDefinitionError
 from ..records import shown_error
@@ -90,12 +92,29 @@ def _line(transition: Transition, *, detail: bool = False, cut: bool = False) ->
     return text
 
 
-def _mismatch(what: str, expected: list[str], actual: list[str], run: RecordedRun) -> str:
+def _unmatchable(names: Iterable[str], *, compensated: bool = False) -> list[str]:
+    """Why a run could match none of ``names``: no step has that name (a typo), or, for
+    ``compensated``, that step has no compensation (as fault injection says)."""
+    why = []
+    for name in dict.fromkeys(names):
+        if name not in DEFINED_NAMES:
+            close = difflib.get_close_matches(name, DEFINED_NAMES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            why.append(f"no step is named {name!r}{hint}")
+        elif compensated and name not in COMPENSATED_NAMES:
+            why.append(f"step {name!r} has no compensation, so it is never compensated")
+    return why
+
+
+def _mismatch(
+    what: str, expected: list[str], actual: list[str], run: RecordedRun, why: Iterable[str] = ()
+) -> str:
     diff = "\n".join(
         f"  {line}" for line in difflib.ndiff(expected, actual) if not line.startswith("?")
     )
+    notes = "".join(f"{line}\n" for line in why)
     return (
-        f"{run.label}: {what} differ (- expected, + actual):\n{diff}\n"
+        f"{run.label}: {what} differ (- expected, + actual):\n{diff}\n{notes}"
         f"trail:\n{run.describe(indent='  ')}"
     )
 
@@ -180,7 +199,8 @@ class RecordedRun:
         _one_per_argument(steps, "assert_compensated", "steps")
         names = step_names(steps, "assert_compensated")
         if self.compensated != names:
-            raise AssertionError(_mismatch("compensations", names, self.compensated, self))
+            why = _unmatchable(names, compensated=True)
+            raise AssertionError(_mismatch("compensations", names, self.compensated, self, why))
 
     def assert_completed(self, *steps: StepTarget) -> None:
         """Assert exactly these forward steps completed, in this order."""
@@ -188,7 +208,8 @@ class RecordedRun:
         _one_per_argument(steps, "assert_completed", "steps")
         names = step_names(steps, "assert_completed")
         if self.completed != names:
-            raise AssertionError(_mismatch("completed steps", names, self.completed, self))
+            why = _unmatchable(names)
+            raise AssertionError(_mismatch("completed steps", names, self.completed, self, why))
 
     def assert_trail(self, *lines: str) -> None:
         """Assert the whole trail, as :meth:`trail` lines, is exactly ``lines``."""
