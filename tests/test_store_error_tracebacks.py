@@ -4,14 +4,14 @@ the test's line: not twice, chained to itself, and without the store's frames.""
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 import sagakit
-from sagakit import MemoryStore, SagaAlreadyExecuting, SagaOrchestrator, SQLiteStore, saga, step
+from sagakit import MemoryStore, SagaAlreadyExecuting, SagaOrchestrator, saga, step
 from sagakit.stores import SagaStore
-from sagakit.testing import FaultInjector, SimulatedCrash
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
 
 @step
@@ -24,10 +24,6 @@ def _order(item: str) -> list[object]:
     return [_reserve(item)]
 
 
-def _store(kind: str, tmp_path: Path) -> SagaStore:
-    return MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "sagas.db")
-
-
 async def _already_executing(store: SagaStore) -> pytest.ExceptionInfo[SagaAlreadyExecuting]:
     """The error of running an id again that a simulated crash left running here."""
     async with SagaOrchestrator(store) as orchestrator:
@@ -35,22 +31,28 @@ async def _already_executing(store: SagaStore) -> pytest.ExceptionInfo[SagaAlrea
             await orchestrator.execute(_order("book"), saga_id="o-1")
         with pytest.raises(SagaAlreadyExecuting) as info:
             await orchestrator.execute(_order("book"), saga_id="o-1")
+        if store.durable:
+            await simulate_restart(store)  # leaves no lease held (PostgreSQL)
     return info
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.fixture(params=["memory", "durable"])
+def store(request: pytest.FixtureRequest, durable_store: Callable[[], SagaStore]) -> SagaStore:
+    """A MemoryStore, then each durable store (SQLite, PostgreSQL) of ``durable_store``."""
+    return MemoryStore() if request.param == "memory" else durable_store()
+
+
 @pytest.mark.asyncio
-async def test_an_id_already_running_is_raised_once(kind: str, tmp_path: Path) -> None:
-    info = await _already_executing(_store(kind, tmp_path))
+async def test_an_id_already_running_is_raised_once(store: SagaStore) -> None:
+    info = await _already_executing(store)
     # A durable store's first refusal (before the orchestrator tried to adopt the id as an
     # orphan) was the context of its second: pytest showed the error twice.
     assert not isinstance(info.value.__context__, SagaAlreadyExecuting)
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
 @pytest.mark.asyncio
-async def test_the_store_s_frames_are_hidden_from_pytest(kind: str, tmp_path: Path) -> None:
-    info = await _already_executing(_store(kind, tmp_path))
+async def test_the_store_s_frames_are_hidden_from_pytest(store: SagaStore) -> None:
+    info = await _already_executing(store)
     package = os.path.dirname(sagakit.__file__)
     frames = [entry for entry in info.traceback if str(entry.path).startswith(package)]
     assert any("stores" in str(entry.path) for entry in frames), "raised by the store"
