@@ -158,7 +158,7 @@ async def test_a_step_no_run_could_match_is_named_under_the_diff() -> None:
     with pytest.raises(AssertionError) as caught:
         recorder.assert_completed("debit", "credit", "notfy")
     assert "no step is named 'notfy' (did you mean 'notify'?)" in str(caught.value)
-    with pytest.raises(AssertionError) as caught:
+    with pytest.raises(AssertionError) as caught:  # this notify: another module's has one
         recorder.assert_compensated(notify, credit, debit, saga_id="t-5")
     assert "step 'notify' has no compensation, so it is never compensated" in str(caught.value)
     with pytest.raises(AssertionError) as caught:

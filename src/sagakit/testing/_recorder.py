@@ -16,7 +16,7 @@ from ..exceptions import SagaDefinitionError
 from ..records import shown_error
 from ..status import SagaStatus
 from ..transitions import Transition, TransitionKind
-from ._faults import StepTarget, step_names
+from ._faults import StepTarget, _check_target, step_names
 
 # pytest shows a failing test's line, not this module's code (see _tracebacks).
 __tracebackhide__ = hide_from_pytest
@@ -92,18 +92,27 @@ def _line(transition: Transition, *, detail: bool = False, cut: bool = False) ->
     return text
 
 
-def _unmatchable(names: Iterable[str], *, compensated: bool = False) -> list[str]:
-    """Why a run could match none of ``names``: no step has that name (a typo), or, for
-    ``compensated``, that step has no compensation (as fault injection says)."""
-    why = []
-    for name in dict.fromkeys(names):
-        if name not in DEFINED_NAMES:
-            close = difflib.get_close_matches(name, DEFINED_NAMES, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            why.append(f"no step is named {name!r}{hint}")
-        elif compensated and name not in COMPENSATED_NAMES:
-            why.append(f"step {name!r} has no compensation, so it is never compensated")
-    return why
+def _unmatchable(steps: tuple[StepTarget, ...], *, compensated: bool = False) -> list[str]:
+    """Why a run could match none of ``steps``: no step has that name (a typo), or, for
+    ``compensated``, the step has no compensation (as fault injection says). A step given
+    by name is looked up among the names of every step defined in this process."""
+    why: dict[str, None] = {}
+    for step in steps:
+        target = _check_target(step, "")  # a Step, for a method step looked up
+        if isinstance(target, str):
+            name = target
+            if name not in DEFINED_NAMES:
+                close = difflib.get_close_matches(name, DEFINED_NAMES, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                why[f"no step is named {name!r}{hint}"] = None
+                continue
+            uncompensated = name not in COMPENSATED_NAMES
+        else:
+            name = target.name
+            uncompensated = target.compensation is None
+        if compensated and uncompensated:
+            why[f"step {name!r} has no compensation, so it is never compensated"] = None
+    return list(why)
 
 
 def _mismatch(
@@ -199,7 +208,7 @@ class RecordedRun:
         _one_per_argument(steps, "assert_compensated", "steps")
         names = step_names(steps, "assert_compensated")
         if self.compensated != names:
-            why = _unmatchable(names, compensated=True)
+            why = _unmatchable(steps, compensated=True)
             raise AssertionError(_mismatch("compensations", names, self.compensated, self, why))
 
     def assert_completed(self, *steps: StepTarget) -> None:
@@ -208,7 +217,7 @@ class RecordedRun:
         _one_per_argument(steps, "assert_completed", "steps")
         names = step_names(steps, "assert_completed")
         if self.completed != names:
-            why = _unmatchable(names)
+            why = _unmatchable(steps)
             raise AssertionError(_mismatch("completed steps", names, self.completed, self, why))
 
     def assert_trail(self, *lines: str) -> None:
