@@ -7,11 +7,13 @@ from typing import Any
 import pytest
 
 from sagakit import (
+    CompensationFailed,
     Retry,
     SagaDefinition,
     SagaDefinitionError,
     SagaOrchestrator,
     SagaStatus,
+    StepFailed,
     saga,
     step,
 )
@@ -335,3 +337,60 @@ async def test_the_steps_of_a_saga_run_by_a_step_are_not_the_matrix_cases() -> N
     # Discovery ran all five audits; each of the two cases faulting the outer audit, the
     # inner four (the pay cases fault pay itself, so its saga never runs).
     assert ran.count("audit") == 5 + 4 + 4
+
+
+@pytest.mark.asyncio
+async def test_a_failure_no_fault_explains_is_the_cause_pytest_shows_above_the_report() -> None:
+    # The report gave a failing compensation's message, not where it raised: a
+    # compensation's code has many lines, and the matrix ran it in memory, out of sight.
+    @step
+    async def hold(item: str) -> str:
+        return f"held {item}"
+
+    @hold.compensate
+    async def unhold(held: str | None, item: str) -> None:
+        if held is None:  # the timeout case: nothing to undo by id
+            raise LookupError(f"no hold of {item} to undo")
+
+    @saga
+    def holding(item: str) -> list[Any]:
+        return [hold(item), notify(item)]
+
+    with pytest.raises(AssertionError, match="FAIL step 0 'hold' times out") as caught:
+        await run_fault_matrix(holding("x"), failures=False)
+    cause = caught.value.__cause__
+    assert isinstance(cause, CompensationFailed)
+    assert 'raise LookupError(f"no hold of {item} to undo")' in "".join(cause.__notes__)
+
+    # Another step raising for real (the fault on step 1 never fired: flaky took its place).
+    runs: list[int] = []
+
+    @step
+    async def flaky(item: str) -> None:
+        raise ValueError("only fails after the first run")
+
+    @saga
+    def shifting(item: str) -> Any:
+        runs.append(1)
+        yield reserve(item)
+        yield charge(item) if len(runs) == 1 else flaky(item)
+
+    with pytest.raises(AssertionError) as caught:
+        await run_fault_matrix(shifting("x"), timeouts=False)
+    cause = caught.value.__cause__
+    assert isinstance(cause, StepFailed)
+    assert isinstance(cause.error, ValueError)
+
+    # A failing case whose error is its own fault's has no cause: the report says it all.
+    runs.clear()
+
+    @saga
+    def shrinking(item: str) -> Any:
+        runs.append(1)
+        yield reserve(item)
+        if len(runs) == 1:
+            yield notify(item)
+
+    with pytest.raises(AssertionError, match="the saga completed") as caught:
+        await run_fault_matrix(shrinking("x"), failures=False)
+    assert caught.value.__cause__ is None

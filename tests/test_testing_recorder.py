@@ -147,6 +147,27 @@ async def test_steps_are_named_as_faults_name_them() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_step_no_run_could_match_is_named_under_the_diff() -> None:
+    # A misspelt step showed only as "- crdit" in the diff, the fault injector's "did you
+    # mean" not said; a step without a compensation, expected compensated, as "- notify".
+    recorder = SagaRecorder()
+    await _run(recorder, FaultInjector().fail(notify), "t-5")
+    with pytest.raises(AssertionError) as caught:
+        recorder.assert_compensated("crdit", "debit")
+    assert "\nno step is named 'crdit' (did you mean 'credit'?)\ntrail:" in str(caught.value)
+    with pytest.raises(AssertionError) as caught:
+        recorder.assert_completed("debit", "credit", "notfy")
+    assert "no step is named 'notfy' (did you mean 'notify'?)" in str(caught.value)
+    with pytest.raises(AssertionError) as caught:  # this notify: another module's has one
+        recorder.assert_compensated(notify, credit, debit, saga_id="t-5")
+    assert "step 'notify' has no compensation, so it is never compensated" in str(caught.value)
+    with pytest.raises(AssertionError) as caught:
+        recorder.assert_compensated(credit, saga_id="t-5")  # a plain mismatch: no hint
+    assert "no step is named" not in str(caught.value)
+    assert "has no compensation" not in str(caught.value)
+
+
+@pytest.mark.asyncio
 async def test_a_trail_given_as_a_list_or_not_as_lines_is_a_mistake_in_the_test() -> None:
     # Regression: assert_trail(["saga_started", ...]) failed with a bare "TypeError:
     # unhashable type: 'list'" from the diff, assert_trail(5) with "object of type 'int'

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import weakref
+from collections.abc import Iterable
 from contextvars import ContextVar
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
@@ -69,6 +72,58 @@ class FaultPlan(Protocol):
 active_faults: ContextVar[FaultPlan | None] = ContextVar("sagakit_faults", default=None)
 
 
+# The saga ids a simulated crash stopped, per store: still running in this process as
+# far as the store knows ("the process died" holding them), until simulate_restart().
+_crashed: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+
+
+def note_crash(store: object, saga_id: str) -> None:
+    """Remember that a simulated crash stopped ``saga_id`` on ``store``."""
+    with contextlib.suppress(TypeError):  # a store class of one's own without weak references
+        _crashed.setdefault(store, set()).add(saga_id)
+
+
+def forget_crashes(store: object, saga_ids: Iterable[str] | None = None) -> None:
+    """Forget ``saga_ids`` (all, if ``None``) of ``store``: restarted, or claimed again."""
+    try:
+        crashed = _crashed.get(store)
+    except TypeError:
+        return
+    if crashed is not None:
+        crashed.difference_update(crashed.copy() if saga_ids is None else saga_ids)
+
+
+def crash_hint(store: object, saga_ids: Iterable[str] | None = None) -> str | None:
+    """What to do about those of ``saga_ids`` (all, if ``None``) a simulated crash left
+    running on ``store`` (``None`` if none): the store refuses them to this process, which
+    it sees running them."""
+    try:
+        crashed = _crashed.get(store, set())
+    except TypeError:
+        return None
+    stopped = sorted(crashed if saga_ids is None else crashed.intersection(saga_ids))
+    if not stopped:
+        return None
+    which = ", ".join(repr(saga_id) for saga_id in stopped[:5])
+    if len(stopped) > 5:
+        which += f" and {len(stopped) - 5} more"
+    sagas = f"saga{'s' if len(stopped) > 1 else ''} {which} {'were' if len(stopped) > 1 else 'was'}"
+    if not getattr(store, "durable", True):
+        return (
+            f"{sagas} stopped by a simulated crash (FaultInjector.crash) on an in-memory "
+            "store, which keeps it running and cannot recover it (a real crash would have "
+            "lost it): simulate crashes on a durable store, such as SQLiteStore(tmp_path / "
+            "'sagas.db'), or run the saga again under another id"
+        )
+    return (
+        f"{sagas} stopped by a simulated crash (FaultInjector.crash) in this process, which "
+        "the store still sees running it (as a killed process's log does until a restart), "
+        "so this process neither runs nor recovers it: simulate the restart, `await "
+        "simulate_restart(store)`, then recover() it, best with a new store on the same log "
+        "(see 'Crash simulation' in docs/testing.md)"
+    )
+
+
 def raised_by_step(fault: Exception) -> Exception:
     """What a step (an ``async def``) raising ``fault`` raises: ``fault`` itself, but a
     ``StopIteration`` becomes ``RuntimeError("coroutine raised StopIteration")`` (PEP 479),
@@ -92,5 +147,8 @@ __all__ = [
     "FaultPlan",
     "SimulatedCrash",
     "active_faults",
+    "crash_hint",
+    "forget_crashes",
+    "note_crash",
     "raised_by_step",
 ]

@@ -26,6 +26,8 @@ from ._hooks import (
     FaultPlan,
     SimulatedCrash,
     active_faults,
+    crash_hint,
+    note_crash,
     raised_by_step,
 )
 from ._ids import new_saga_id
@@ -441,12 +443,15 @@ class SagaOrchestrator:
                 earlier = (
                     memory._begin_now(run) if memory is not None else await self._store.begin(run)
                 )
+                orphan = False
             except SagaAlreadyExecuting as running:
                 # An orphan (its process died mid-run) is finished here first, as recovery
                 # would; then begin() decides as for any finished id. One not taken (its
                 # owner lives, or the claim parked it past its attempts): begin() says which.
                 if not explicit or running.dead_letter is not None or not self._store.durable:
                     raise
+                orphan = True
+            if orphan:  # out of the except: begin()'s second refusal is not chained to its first
                 await self._adopt(run.id, run.name)
                 earlier = await self._store.begin(run)
             if earlier is not None:
@@ -454,6 +459,11 @@ class SagaOrchestrator:
                     driver.close()
                 return list(earlier.events)
             return await self._drive(run, driver)
+        except SagaAlreadyExecuting as refused:
+            hint = crash_hint(self._store, (run.id,)) if refused.saga_id == run.id else None
+            if hint is not None:
+                refused.add_note(hint)
+            raise
         finally:
             if nested is not None:
                 nested.discard(run.id)
@@ -1077,6 +1087,7 @@ class SagaOrchestrator:
         instrumentation of this process, which a real crash takes with it, ends the run's
         spans and restores the context it set, rather than hold them open for good."""
         self._held.pop(run, None)
+        note_crash(self._store, run.id)  # for the error of running it again here (crash_hint)
         for listener in run.listeners:
             crashed = getattr(listener, "_sagakit_crashed", None)
             if crashed is None:

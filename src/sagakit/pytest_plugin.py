@@ -176,6 +176,7 @@ def pytest_fixture_setup(
     fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
 ) -> Generator[None, object, object]:
     """Note the fault scopes a fixture enters, for :func:`pytest_fixture_post_finalizer`."""
+    __tracebackhide__ = True  # a fixture's error passes through: not a frame of its traceback
     before = _open_scopes()
     try:
         try:

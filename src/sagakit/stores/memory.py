@@ -5,10 +5,15 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+from .._tracebacks import hide_from_pytest
 from ..exceptions import SagaAlreadyExecuting, SagaAlreadyFailed, StoreConfigError
 from ..status import SagaStatus
 from ._protocol import check_saga_id, row_limit
 from ._reused import check_same_steps, same_values
+
+# pytest shows a failing test's line, not this module's code, for an error this store
+# raises on purpose (a saga id already running, reused; see _tracebacks).
+__tracebackhide__ = hide_from_pytest
 
 if TYPE_CHECKING:
     from ..records import SagaMetadata

@@ -25,6 +25,7 @@ from .._checks import check_flag
 from .._runs import unended
 from .._serialization import JsonSerializer
 from .._shielding import CancellationWatch, wait_out
+from .._tracebacks import hide_from_pytest
 from ..exceptions import (
     LeaseLost,
     SagaAlreadyExecuting,
@@ -71,6 +72,10 @@ from ._protocol import (
 )
 from ._records import status_filter
 from ._reused import check_same_stored_run
+
+# pytest shows a failing test's line, not this module's code, for an error this store
+# raises on purpose (a saga id already running, reused; see _tracebacks).
+__tracebackhide__ = hide_from_pytest
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection

@@ -37,6 +37,7 @@ from .._members import (
 from .._runs import describe_optional, storable_text, unended
 from .._serialization import JsonSerializer
 from .._shielding import CancellationWatch, wait_out
+from .._tracebacks import hide_from_pytest
 from ..exceptions import (
     SagaAlreadyExecuting,
     SagaAlreadyFailed,
@@ -95,6 +96,10 @@ from ._sqlite_sql import (
     UPSERT_STEP,
 )
 from ._sqlite_writer import CommittedThenCancelled, GroupWriter, Job, Statements
+
+# pytest shows a failing test's line, not this module's code, for an error this store
+# raises on purpose (a saga id already running, reused; see _tracebacks).
+__tracebackhide__ = hide_from_pytest
 
 if TYPE_CHECKING:
     from .._runs import SagaRun

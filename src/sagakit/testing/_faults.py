@@ -21,6 +21,7 @@ from .._hooks import (
     SimulatedCrash,
     SimulatedTimeout,
     active_faults,
+    forget_crashes,
 )
 from .._runs import SagaRun, current_run
 from .._steps import COMPENSATED_NAMES, DEFINED_NAMES, Step, StepCall
@@ -597,6 +598,7 @@ async def simulate_restart(store: SagaStore) -> None:
             f"{type(store).__name__} keeps sagas in memory, which a crash loses; simulate "
             "crashes and recovery with a durable store such as SQLiteStore(tmp_path / 'sagas.db')"
         )
+    forget_crashes(store)  # restarted: what the crashes stopped is recovery's to take
     if isinstance(store, SQLiteStore) and not store._writer.usable:
         # Closed already, as `async with SagaOrchestrator(store)` leaves it after the crash:
         # this process's claim is in the file, so give it up through a store of its own.

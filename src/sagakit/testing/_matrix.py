@@ -173,7 +173,8 @@ async def _run_case(
     mode: FaultMode,
     fault: Fault,
     run_id: str,
-) -> FaultCase:
+) -> tuple[FaultCase, BaseException | None]:
+    """The case, and its error if the case failed and its fault does not explain it."""
     recorder = SagaRecorder()
     injector = FaultInjector()
     if mode == "fail":
@@ -226,7 +227,7 @@ async def _run_case(
         problems.append(f"status {status}, expected {SagaStatus.COMPENSATED}")
     if problems and run is not None:
         problems.append("trail:\n" + run.describe(indent="      "))
-    return FaultCase(
+    case = FaultCase(
         index,
         steps[index].name,
         mode,
@@ -236,6 +237,8 @@ async def _run_case(
         error,
         tuple(problems),
     )
+    explained = isinstance(error, StepFailed) and error.step_index == index and bool(injector.fired)
+    return case, (None if not problems or explained else error)
 
 
 def check_matrix_error(error: object, where: str) -> Fault:
@@ -276,7 +279,8 @@ async def run_fault_matrix(
     ``compensate_on_failure``/``compensate_on_timeout`` says so) were compensated, in
     reverse order, that the saga raised ``StepFailed``/``StepTimeout`` naming that step,
     and that it ended ``COMPENSATED``. With ``check`` (the default) any problem raises
-    an ``AssertionError`` listing every failing case; the report is returned otherwise.
+    an ``AssertionError`` listing every failing case (caused by the first error no
+    injected fault explains: a compensation's, say); the report is returned otherwise.
 
     Without ``orchestrator`` a fresh in-memory one with :class:`InstantSleep` is used.
     Faults active around the call still apply (an inner scope is asked first).
@@ -337,7 +341,7 @@ async def run_fault_matrix(
             modes.append("fail")
         if timeouts:
             modes.append("timeout")
-        cases = [
+        runs = [
             await _run_case(orchestrator, definition, steps, index, mode, fault, run_id)
             for index in range(len(steps))
             for mode in modes
@@ -345,7 +349,11 @@ async def run_fault_matrix(
     finally:
         if own:
             await orchestrator.close()
-    report = FaultMatrixReport(definition.name, tuple(s.name for s in steps), tuple(cases))
+    cases = tuple(case for case, _ in runs)
+    report = FaultMatrixReport(definition.name, tuple(s.name for s in steps), cases)
     if check and not report.ok:
-        raise AssertionError(str(report))
+        # The first error no injected fault explains (a compensation's, another step's, the
+        # saga body's) is the cause: pytest shows it, and where it was raised, above.
+        unexplained = next((error for _, error in runs if error is not None), None)
+        raise AssertionError(str(report)) from unexplained
     return report

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from .._display import shown_rows
 from .._runs import current_run, describe_error
+from .._steps import COMPENSATED_NAMES, DEFINED_NAMES
 from .._tracebacks import hide_from_pytest
 from ..exceptions import SagaDefinitionError
 from ..records import shown_error
 from ..status import SagaStatus
 from ..transitions import Transition, TransitionKind
-from ._faults import StepTarget, step_names
+from ._faults import StepTarget, _check_target, step_names
 
 # pytest shows a failing test's line, not this module's code (see _tracebacks).
 __tracebackhide__ = hide_from_pytest
@@ -90,12 +92,38 @@ def _line(transition: Transition, *, detail: bool = False, cut: bool = False) ->
     return text
 
 
-def _mismatch(what: str, expected: list[str], actual: list[str], run: RecordedRun) -> str:
+def _unmatchable(steps: tuple[StepTarget, ...], *, compensated: bool = False) -> list[str]:
+    """Why a run could match none of ``steps``: no step has that name (a typo), or, for
+    ``compensated``, the step has no compensation (as fault injection says). A step given
+    by name is looked up among the names of every step defined in this process."""
+    why: dict[str, None] = {}
+    for step in steps:
+        target = _check_target(step, "")  # a Step, for a method step looked up
+        if isinstance(target, str):
+            name = target
+            if name not in DEFINED_NAMES:
+                close = difflib.get_close_matches(name, DEFINED_NAMES, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                why[f"no step is named {name!r}{hint}"] = None
+                continue
+            uncompensated = name not in COMPENSATED_NAMES
+        else:
+            name = target.name
+            uncompensated = target.compensation is None
+        if compensated and uncompensated:
+            why[f"step {name!r} has no compensation, so it is never compensated"] = None
+    return list(why)
+
+
+def _mismatch(
+    what: str, expected: list[str], actual: list[str], run: RecordedRun, why: Iterable[str] = ()
+) -> str:
     diff = "\n".join(
         f"  {line}" for line in difflib.ndiff(expected, actual) if not line.startswith("?")
     )
+    notes = "".join(f"{line}\n" for line in why)
     return (
-        f"{run.label}: {what} differ (- expected, + actual):\n{diff}\n"
+        f"{run.label}: {what} differ (- expected, + actual):\n{diff}\n{notes}"
         f"trail:\n{run.describe(indent='  ')}"
     )
 
@@ -180,7 +208,8 @@ class RecordedRun:
         _one_per_argument(steps, "assert_compensated", "steps")
         names = step_names(steps, "assert_compensated")
         if self.compensated != names:
-            raise AssertionError(_mismatch("compensations", names, self.compensated, self))
+            why = _unmatchable(steps, compensated=True)
+            raise AssertionError(_mismatch("compensations", names, self.compensated, self, why))
 
     def assert_completed(self, *steps: StepTarget) -> None:
         """Assert exactly these forward steps completed, in this order."""
@@ -188,7 +217,8 @@ class RecordedRun:
         _one_per_argument(steps, "assert_completed", "steps")
         names = step_names(steps, "assert_completed")
         if self.completed != names:
-            raise AssertionError(_mismatch("completed steps", names, self.completed, self))
+            why = _unmatchable(steps)
+            raise AssertionError(_mismatch("completed steps", names, self.completed, self, why))
 
     def assert_trail(self, *lines: str) -> None:
         """Assert the whole trail, as :meth:`trail` lines, is exactly ``lines``."""
