@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -194,3 +196,70 @@ async def test_one_record_per_orderly_handover(
         (logging.INFO, "saga_stopped"),
         (logging.INFO, "saga_stopped"),
     ], [r.getMessage() for r in stopped]
+
+
+@step
+async def gb_step(n: int) -> int:
+    return n
+
+
+@saga
+def gb_saga(n: int):  # type: ignore[no-untyped-def]
+    yield gb_step(n)
+
+
+def _resumed(caplog: pytest.LogCaptureFixture, saga_id: str) -> list[tuple[int, str]]:
+    return [
+        (r.levelno, r.getMessage())
+        for r in _sagakit_records(caplog, saga_id)
+        if r.getMessage().startswith("sagakit recovery resumes")
+    ]
+
+
+async def test_a_crash_given_back_unrun_still_warns_when_recovered(
+    durable_store: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression (PostgreSQL): give_back() released the claim as a handover, so the claim
+    # of the recovery that ran the saga read it as one and logged it at INFO: the crash
+    # was reported at WARNING nowhere.
+    caplog.set_level(logging.INFO, logger="sagakit")
+    store = durable_store()
+    with FaultInjector().crash(gb_step), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(gb_saga(1), saga_id="gb-1")
+    await simulate_restart(store)  # its process died
+    await store.close()
+    claimer = durable_store()
+    [orphan] = await claimer.claim_orphans(saga_ids=["gb-1"])
+    assert (orphan.recovery_attempts, orphan.released) == (1, False)
+    assert await claimer.give_back(["gb-1"]) == 1  # a cancelled recovery, unrun
+    await claimer.close()
+    async with SagaOrchestrator(durable_store()) as recovering:
+        [outcome] = await recovering.recover(max_attempts=1)  # the give-back counted none
+    assert outcome.saga_id == "gb-1"
+    assert _resumed(caplog, "gb-1") == [
+        (
+            logging.WARNING,
+            "sagakit recovery resumes saga gb_saga (gb-1) after 0 completed steps (attempt 1)",
+        )
+    ]
+
+
+async def test_a_handover_given_back_unrun_stays_info(
+    dsn: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    HOLD.update(started=asyncio.Event(), go=asyncio.Event())
+    caplog.set_level(logging.INFO, logger="sagakit")
+    async with opened(dsn, schema) as store:
+        running = asyncio.create_task(SagaOrchestrator(store).execute(ho_held(7), saga_id="ho-7"))
+        await HOLD["started"].wait()
+        await store.release_leases()  # the process exits: its execute() is handed over
+        HOLD["go"].set()
+        with pytest.raises(LeaseLost):
+            await running
+    async with opened(dsn, schema) as claimer:
+        [orphan] = await claimer.claim_orphans(saga_ids=["ho-7"])
+        assert (orphan.recovery_attempts, orphan.released) == (0, True)
+        assert await claimer.give_back(["ho-7"]) == 1
+    async with opened(dsn, schema) as store:
+        [orphan] = await store.claim_orphans(saga_ids=["ho-7"])
+        assert (orphan.recovery_attempts, orphan.released) == (0, True)

@@ -35,6 +35,7 @@ class Statements:
     heartbeat: str
     release: str
     release_one: str
+    give_back: str
     claim: str
     renewed: str
     claimed_steps: str
@@ -143,6 +144,20 @@ def statements(schema: str) -> Statements:
             f"UPDATE {s}.sagas SET owner = NULL, lease_until = now(), fence = fence + 1, "
             "released = false WHERE saga_id = %(id)s AND owner = %(owner)s "
             f"AND fence = %(fence)s AND {active} RETURNING saga_id"
+        ),
+        # Claims of ids=fences that no run made since (give_back()): the row as before
+        # the claim, so the next claim reads what this one read. A crash's claim counted
+        # an attempt and stays unreleased (its recovery warns); a handover's stays released.
+        give_back=(
+            f"WITH g AS (SELECT saga_id FROM {s}.sagas WHERE owner = %(owner)s AND {active} "
+            "AND saga_id = ANY(%(ids)s::text[]) AND (saga_id, fence) IN "
+            "(SELECT * FROM unnest(%(ids)s::text[], "
+            "%(fences)s::bigint[])) ORDER BY saga_id FOR UPDATE) "
+            f"UPDATE {s}.sagas s SET owner = NULL, lease_until = now(), fence = s.fence + 1, "
+            "released = s.saga_id = ANY(%(handed)s::text[]), recovery_attempts = CASE "
+            "WHEN s.saga_id = ANY(%(handed)s::text[]) THEN s.recovery_attempts "
+            "ELSE greatest(s.recovery_attempts - 1, 0) END "
+            "FROM g WHERE s.saga_id = g.saga_id RETURNING s.saga_id"
         ),
         claim=(
             f"WITH c AS (SELECT saga_id, released AS handed, "

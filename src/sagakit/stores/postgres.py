@@ -289,7 +289,9 @@ class PostgresStore:
         self._orders: dict[str, int] = {}
         self._new: dict[str, dict[str, Any]] = {}  # generated ids' rows, not yet sent
         self._unlogged: set[str] = set()  # generated ids found taken: never written
-        self._claimed: set[str] = set()  # of those, taken over from another owner
+        # Of those, taken over from another owner -> whether that claim was a handover
+        # (the row was released), for give_back() to leave the row as it found it.
+        self._claimed: dict[str, bool] = {}
         # Fenced out: refuse further writes locally. True for a saga this store released
         # itself (release_leases(), close()), whose LeaseLost says so.
         self._lost: dict[str, bool] = {}
@@ -510,8 +512,8 @@ class PostgresStore:
         }
         released = fences.keys() - kept.keys()
         self._lost.update(dict.fromkeys(released, not as_crash))
-        self._claimed.difference_update(released)
         for saga_id in released:
+            self._claimed.pop(saga_id, None)
             self._orders.pop(saga_id, None)
         fences.clear()
         fences.update(kept)
@@ -538,9 +540,10 @@ class PostgresStore:
 
     async def give_back(self, saga_ids: Collection[str]) -> int:
         """Give back sagas this store claimed (:meth:`claim_orphans`) and has not run
-        since: their leases are given up, so any worker claims them at once, and
-        their claim here is not counted as a recovery attempt (no run of them was
-        made), as for :meth:`release_leases`. Returns how many it gave back.
+        since: their leases are given up, so any worker claims them at once, and each
+        row is left as the claim found it, so the next claim reads the same: a saga a
+        crash left still counts that crash once (and its recovery warns), a saga
+        handed over stays released. Returns how many it gave back.
 
         A cancelled ``recover()`` or worker calls it for the sagas a claim returned
         after swallowing the cancellation. Ids this store did not claim, or whose run
@@ -548,16 +551,27 @@ class PostgresStore:
         next claim then counts an attempt, as after a crash).
         """
         check_given_ids(saga_ids, "give_back()")
-        mine = [saga_id for saga_id in dict.fromkeys(saga_ids) if saga_id in self._claimed]
+        mine = {
+            saga_id: (self._fences[saga_id], self._claimed[saga_id])
+            for saga_id in dict.fromkeys(saga_ids)
+            if saga_id in self._claimed and saga_id in self._fences
+        }
         if not mine:
             return 0
-        try:
-            return await self.release_leases(saga_ids=mine)
-        finally:
-            # No run of them here writes, so nothing is kept to fence (kept for good:
-            # a long-running worker's store grew with each claim given back).
-            for saga_id in mine:
-                self._lost.pop(saga_id, None)
+        # No run of them here writes, so nothing is kept to fence (kept for good: a
+        # long-running worker's store grew with each claim given back).
+        self._unclaim(mine)
+        for saga_id in mine:
+            self._lost.pop(saga_id, None)
+        if self._pool is None:
+            return 0
+        params = {
+            "owner": self.owner,
+            "ids": list(mine),
+            "fences": [fence for fence, _ in mine.values()],
+            "handed": [saga_id for saga_id, (_, handed) in mine.items() if handed],
+        }
+        return len(await self._run(self._sql.give_back, params))
 
     def owns(self, saga_id: str) -> bool:
         """Whether this store holds the lease of ``saga_id`` (as far as it knows)."""
@@ -802,7 +816,7 @@ class PostgresStore:
         except LeaseLost:
             if self._fences.get(saga_id) == writes[-1].fence:
                 del self._fences[saga_id]
-            self._claimed.discard(saga_id)
+            self._claimed.pop(saga_id, None)
             if self._lost.setdefault(saga_id, False):
                 # Refused because this store released the saga while the write was on
                 # its way: say so, not that the lease ran out.
@@ -846,7 +860,7 @@ class PostgresStore:
         this store's no more."""
         if writes[-1].final:
             self._fences.pop(saga_id, None)
-            self._claimed.discard(saga_id)
+            self._claimed.pop(saga_id, None)
 
     async def _send(
         self, saga_id: str, writes: list[Write], carried: int, new: dict[str, Any] | None
@@ -998,7 +1012,7 @@ class PostgresStore:
             self._unlogged.discard(run.id)
             self._fences.pop(run.id, None)
             self._orders.pop(run.id, None)
-            self._claimed.discard(run.id)
+            self._claimed.pop(run.id, None)
             self._lost.pop(run.id, None)
 
     async def _release(self, saga_id: str, saga_name: str) -> None:
@@ -1144,7 +1158,7 @@ class PostgresStore:
         for saga_id in saga_ids:
             self._fences.pop(saga_id, None)
             self._orders.pop(saga_id, None)
-            self._claimed.discard(saga_id)
+            self._claimed.pop(saga_id, None)
 
     async def _claim(
         self,
@@ -1203,7 +1217,7 @@ class PostgresStore:
             return len(claimed)
         for row in alive:
             self._fences[row[0]] = row[12]
-            self._claimed.add(row[0])
+            self._claimed[row[0]] = row[14]
             self._lost.pop(row[0], None)
             taken.append(row[0])
         found = await self._run(self._sql.claimed_steps, ([r[0] for r in alive],))
