@@ -1264,11 +1264,15 @@ class PostgresStore:
             if not writes and doubt is not None:
                 writes = doubt.writes
             name = writes[0].saga_name if writes else None
-            logger.warning(
+            # Fenced out by this store's own release_leases() (a stopping worker cancels
+            # its runs after it): an orderly handover, which the run's saga_stopped told.
+            released = isinstance(error, LeaseLost) and self._lost.get(saga_id, False)
+            logger.log(
+                logging.DEBUG if released else logging.WARNING,
                 "sagakit could not write a staged transition of saga %s (%s): %s",
                 name,
                 saga_id,
-                error,
+                LeaseLost(saga_id, released=True) if released else error,
                 extra={"saga_id": saga_id, "saga_name": name},
             )
 
