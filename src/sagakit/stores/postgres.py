@@ -296,6 +296,13 @@ class PostgresStore:
         # itself (release_leases(), close()), whose LeaseLost says so.
         self._lost: dict[str, bool] = {}
         self._staged: dict[str, list[Write]] = {}  # written with the saga's next record()
+        # Sagas this store owns -> the run their lease is for (None: claimed, bound to the
+        # first run that writes it). The per-saga state above is that run's alone.
+        self._runs: dict[str, SagaRunView | None] = {}
+        # Runs fenced out whose saga this store took anew (a claim, a begin) while they
+        # wound down, by id() -> the run, and whether this store released it (LeaseLost's
+        # ``released``): they write nothing more, and their finish() clears nothing.
+        self._retired: dict[int, tuple[SagaRunView, bool]] = {}
         self._doubts: dict[str, Doubt] = {}  # submissions that may have committed or not
         self._token = int.from_bytes(os.urandom(7), "big")  # the last write token handed out
         self._statements = 0
@@ -619,9 +626,9 @@ class PostgresStore:
                 "owner": self.owner,
                 "lease": self.lease,
             }
+            self._take(run.id, run)
             self._fences[run.id] = 1  # a new row's fencing token
             self._orders[run.id] = 0
-            self._lost.pop(run.id, None)
             return None
         # The row carries a write token of this begin: if the connection is lost while
         # it commits, begun again on a new one, it finds the row its first try wrote.
@@ -659,9 +666,9 @@ class PostgresStore:
             if isinstance(earlier, SerializationError):
                 raise earlier
             return earlier
+        self._take(run.id, run)
         self._fences[run.id] = fence
         self._orders[run.id] = 0  # a new row, or an earlier run's records deleted
-        self._lost.pop(run.id, None)
         return None
 
     async def _unbegin(self, saga_id: str, params: dict[str, Any]) -> None:
@@ -739,6 +746,7 @@ class PostgresStore:
         kind = transition.kind
         if kind not in WRITTEN:
             return None
+        self._check_current(run)
         saga_id = run.id
         fence = self._fences.get(saga_id)
         if fence is None:
@@ -773,6 +781,7 @@ class PostgresStore:
 
     async def record(self, run: SagaRunView, transition: Transition) -> None:
         saga_id = run.id
+        self._check_current(run)
         if self._unlogged and saga_id in self._unlogged:
             # The run's generated id belongs to another saga in the log: nothing of
             # the run is there, and nothing may be written under its id.
@@ -814,6 +823,9 @@ class PostgresStore:
         try:
             await self._send(saga_id, writes, carried, new)
         except LeaseLost:
+            released = self._retired_run(run)
+            if released is not None:  # its saga was taken anew meanwhile: leave that be
+                raise LeaseLost(saga_id, released) from None
             if self._fences.get(saga_id) == writes[-1].fence:
                 del self._fences[saga_id]
             self._claimed.pop(saga_id, None)
@@ -873,6 +885,7 @@ class PostgresStore:
         unreachable, or the caller was cancelled), they stay in doubt and raise.
         """
         self._check_loop()  # (the writer's task would be another loop's)
+        holder = self._runs.get(saga_id)
         for tries_left in reversed(range(_SENDS)):
             self._token += 1
             token = writes[-1].token = self._token
@@ -885,7 +898,11 @@ class PostgresStore:
                         return
                     except LeaseLost:
                         fence = self._fences.get(saga_id)
-                        if fence is None or fence <= writes[-1].fence:
+                        if (
+                            fence is None
+                            or fence <= writes[-1].fence
+                            or self._runs.get(saga_id) is not holder  # taken anew: not ours
+                        ):
                             raise
                         # Refused whole (nothing applied) because a claim of this store
                         # only renewed the lease while the write was on its way, moving
@@ -923,7 +940,16 @@ class PostgresStore:
         """Settle the saga's submission in doubt: whether it committed. If it did not,
         its staged transitions are staged again (``stage``) for the next write."""
         doubt = self._doubts[saga_id]
+        holder = self._runs.get(saga_id)
         settled = await self._look_up(saga_id, doubt)
+        if self._runs.get(saga_id) is not holder:
+            # Taken anew meanwhile (its doubt dropped: that lease is over): settling moved
+            # the new lease's fencing token on, if it is this store's. Nothing is staged.
+            if settled.fence is not None and saga_id in self._fences:
+                self._fences[saga_id] = settled.fence
+                for write in self._staged.get(saga_id, ()):
+                    write.fence = settled.fence
+            return settled.committed
         del self._doubts[saga_id]
         # With ``stage``, the writes in doubt may still be queued in the writer (their
         # caller was cancelled): they must go out unchanged, to be refused, so what is
@@ -1003,17 +1029,59 @@ class PostgresStore:
         the lease up, so any worker's next claim takes the saga at once; if that fails
         too, the lease runs out.
         """
+        if not self._holds(run):
+            # Fenced out, and its saga taken anew by this store: what is kept of the saga
+            # is the new lease's (what the run staged was dropped then, never writable).
+            self._retired.pop(id(run), None)
+            return
         try:
-            await self._flush(run.id)
-            await self._release(run.id, run.name)
+            await self._flush(run.id, run)
+            if self._holds(run):
+                await self._release(run.id, run.name)
         finally:
-            self._doubts.pop(run.id, None)
-            self._new.pop(run.id, None)
-            self._unlogged.discard(run.id)
-            self._fences.pop(run.id, None)
-            self._orders.pop(run.id, None)
-            self._claimed.pop(run.id, None)
-            self._lost.pop(run.id, None)
+            if self._holds(run):
+                self._doubts.pop(run.id, None)
+                self._new.pop(run.id, None)
+                self._unlogged.discard(run.id)
+                self._fences.pop(run.id, None)
+                self._orders.pop(run.id, None)
+                self._claimed.pop(run.id, None)
+                self._lost.pop(run.id, None)
+                self._runs.pop(run.id, None)
+            self._retired.pop(id(run), None)
+
+    def _take(self, saga_id: str, run: SagaRunView | None) -> None:
+        """This store holds the lease of ``saga_id`` anew, for ``run`` (``None``: a claim,
+        for the run recovery makes of it). A run of the saga still winding down here,
+        fenced out, is retired: it writes nothing more, and its finish() leaves the new
+        lease alone. What it staged or left in doubt is dropped: its lease is over (its
+        fencing token moved on), so none of it could commit any more."""
+        old = self._runs.get(saga_id)
+        if old is not None and old is not run:
+            self._retired[id(old)] = (old, self._lost.get(saga_id, False))
+            self._staged.pop(saga_id, None)
+            self._doubts.pop(saga_id, None)
+        self._runs[saga_id] = run
+        self._lost.pop(saga_id, None)
+
+    def _holds(self, run: SagaRunView) -> bool:
+        """Whether what this store keeps of the saga of ``run`` is that run's."""
+        holder = self._runs.get(run.id, run)
+        return self._retired_run(run) is None and (holder is run or holder is None)
+
+    def _retired_run(self, run: SagaRunView) -> bool | None:
+        """Whether this store released the lease of retired ``run`` (``None``: not retired)."""
+        found = self._retired.get(id(run))
+        return found[1] if found is not None and found[0] is run else None
+
+    def _check_current(self, run: SagaRunView) -> None:
+        """Refuse a write of a retired run (:class:`~sagakit.LeaseLost`); bind a claim's
+        lease to the first run that writes its saga."""
+        released = self._retired_run(run)
+        if released is not None:
+            raise LeaseLost(run.id, released)
+        if run.id in self._runs and self._runs[run.id] is None:
+            self._runs[run.id] = run
 
     async def _release(self, saga_id: str, saga_name: str) -> None:
         """Give up the lease of ``saga_id`` if this store still holds it (best effort)."""
@@ -1159,6 +1227,8 @@ class PostgresStore:
             self._fences.pop(saga_id, None)
             self._orders.pop(saga_id, None)
             self._claimed.pop(saga_id, None)
+            if saga_id in self._runs and self._runs[saga_id] is None:
+                del self._runs[saga_id]  # no run of this claim began
 
     async def _claim(
         self,
@@ -1216,9 +1286,9 @@ class PostgresStore:
         if not alive:
             return len(claimed)
         for row in alive:
+            self._take(row[0], None)
             self._fences[row[0]] = row[12]
             self._claimed[row[0]] = row[14]
-            self._lost.pop(row[0], None)
             taken.append(row[0])
         found = await self._run(self._sql.claimed_steps, ([r[0] for r in alive],))
         for row in alive:
@@ -1344,34 +1414,43 @@ class PostgresStore:
         self._staged.clear()
         self._doubts.clear()
 
-    async def _flush(self, saga_id: str) -> None:
-        """Write what the saga has staged, after settling its write in doubt, if any."""
+    async def _flush(self, saga_id: str, run: SagaRunView | None = None) -> None:
+        """Write what the saga has staged, after settling its write in doubt, if any
+        (``run``: the saga's run whose lease this is, if known)."""
         if self._pool is None:
             self._staged.pop(saga_id, None)
             return
+        holder = self._runs.get(saga_id)
         staged: list[Write] | None = None
         try:
             if saga_id in self._doubts:
                 await self._settle(saga_id)
+                if self._runs.get(saga_id) is not holder:
+                    return  # taken anew meanwhile: what it staged is of a lease that is over
             staged = self._staged.pop(saga_id, None)
             unsent = saga_id in self._unlogged or saga_id in self._new  # no row of it in the log
             if staged and not unsent:
                 await self._send(saga_id, staged, len(staged), None)
         except Exception as error:  # fenced out, or the log still cannot be written
-            writes = self._staged.pop(saga_id, None) or staged
-            doubt = self._doubts.get(saga_id)
-            if not writes and doubt is not None:
-                writes = doubt.writes
+            retired = None if run is None else self._retired_run(run)
+            writes = staged
+            if retired is None:  # (else what is staged or in doubt is the new lease's)
+                writes = self._staged.pop(saga_id, None) or staged
+                doubt = self._doubts.get(saga_id)
+                if not writes and doubt is not None:
+                    writes = doubt.writes
             name = writes[0].saga_name if writes else None
-            released = isinstance(error, LeaseLost) and self._lost.get(saga_id, False)
-            if released:  # refused because this store released it: a handover
-                error = LeaseLost(saga_id, released=True)
+            # Fenced out by this store's own release_leases() (a stopping worker cancels
+            # its runs after it): an orderly handover, which the run's saga_stopped told.
+            released = isinstance(error, LeaseLost) and (
+                retired if retired is not None else self._lost.get(saga_id, False)
+            )
             logger.log(
-                logging.INFO if released else logging.WARNING,
+                logging.DEBUG if released else logging.WARNING,
                 "sagakit could not write a staged transition of saga %s (%s): %s",
                 name,
                 saga_id,
-                error,
+                LeaseLost(saga_id, released=True) if released else error,
                 extra={"saga_id": saga_id, "saga_name": name},
             )
 
