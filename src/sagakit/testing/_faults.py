@@ -77,6 +77,7 @@ class _Rule:
     compensation: bool
     times: int | None
     index: int | None
+    skip: int
 
     def matches(self, step: Step[Any, Any], attempt: int, compensation: bool, aimed: bool) -> bool:
         return self.matches_step(step, attempt, compensation) and (
@@ -177,6 +178,15 @@ def _check_count(value: object, what: str, *, least: int = 0) -> int | None:
     return value
 
 
+def _check_skip(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SagaDefinitionError(
+            f"skip must be a whole number >= 0 (how many attempts the fault lets through "
+            f"before it hits), got {value!r}"
+        )
+    return value
+
+
 class _Scope:
     """The faults of one ``with injector:`` block, consulted first, then those active
     around it. Tasks started in the block keep this object: once the block ends
@@ -218,6 +228,8 @@ def _note_ran_around(
     while isinstance(scope, _Scope):
         if scope.open and isinstance(scope.inner, FaultInjector):
             scope.inner._ran.setdefault((id(step), attempt, compensation), step)
+            aimed = _started_in(scope.base)
+            scope.inner._count_skipped(step, attempt, compensation, aimed=aimed)
         scope = scope.outer
 
 
@@ -234,11 +246,13 @@ class FaultInjector:
     sagas inside ``with injector:``. The scope is a context variable: it covers the
     current task and tasks started from it, never concurrently running tests or tasks
     that did not enter it. Scopes nest; an inner injector is asked first. The first
-    matching fault wins; a fault fires on every attempt, or only on the first ``times``.
-    ``index`` restricts a fault to the step at that position in the saga under test (for
-    a step used twice): a saga run in the block, not one a step of it runs (a nested
-    saga, whose steps have positions of their own); a fault without ``index`` hits its
-    step in nested sagas too. :attr:`fired` lists every fault injected, in order.
+    matching fault wins; a fault fires on every attempt, or only on the first ``times``;
+    ``skip`` lets through the first attempts it would hit, counted over every saga run
+    while the injector is active (until :meth:`clear`). ``index`` restricts a fault to
+    the step at that position in the saga under test (for a step used twice): a saga run
+    in the block, not one a step of it runs (a nested saga, whose steps have positions of
+    their own); a fault without ``index`` hits its step in nested sagas too.
+    :attr:`fired` lists every fault injected, in order.
     """
 
     def __init__(self) -> None:
@@ -251,6 +265,8 @@ class FaultInjector:
         # Every attempt of a step or compensation asked about while active, by (id of the
         # step, attempt, compensation): why a fault that never fired did not.
         self._ran: dict[tuple[int, int, bool], Step[Any, Any]] = {}
+        # By id() of a `skip` fault: how many attempts it would have hit so far.
+        self._seen: dict[int, int] = {}
 
     def _add(
         self,
@@ -261,6 +277,7 @@ class FaultInjector:
         compensation: bool,
         times: int | None,
         index: int | None,
+        skip: int,
     ) -> FaultInjector:
         self._rules.append(
             _Rule(
@@ -269,6 +286,7 @@ class FaultInjector:
                 compensation,
                 _check_count(times, "times", least=1),
                 _check_count(index, "index"),
+                _check_skip(skip),
             )
         )
         return self
@@ -280,18 +298,37 @@ class FaultInjector:
         *,
         times: int | None = None,
         index: int | None = None,
+        skip: int = 0,
     ) -> FaultInjector:
-        """Make ``step`` raise ``error`` instead of running (only its first ``times`` attempts)."""
+        """Make ``step`` raise ``error`` instead of running (only its first ``times``
+        attempts; letting the first ``skip`` attempts it would hit run)."""
         return self._add(
-            "fail", step, _check_fault(error), compensation=False, times=times, index=index
+            "fail",
+            step,
+            _check_fault(error),
+            compensation=False,
+            times=times,
+            index=index,
+            skip=skip,
         )
 
     def timeout(
-        self, step: StepTarget, *, times: int | None = None, index: int | None = None
+        self,
+        step: StepTarget,
+        *,
+        times: int | None = None,
+        index: int | None = None,
+        skip: int = 0,
     ) -> FaultInjector:
         """Make ``step`` time out at once, without waiting for its timeout."""
         return self._add(
-            "timeout", step, SIMULATED_TIMEOUT, compensation=False, times=times, index=index
+            "timeout",
+            step,
+            SIMULATED_TIMEOUT,
+            compensation=False,
+            times=times,
+            index=index,
+            skip=skip,
         )
 
     def fail_compensation(
@@ -301,6 +338,7 @@ class FaultInjector:
         *,
         times: int | None = None,
         index: int | None = None,
+        skip: int = 0,
     ) -> FaultInjector:
         """Make the compensation of ``step`` raise ``error`` instead of running."""
         return self._add(
@@ -310,10 +348,16 @@ class FaultInjector:
             compensation=True,
             times=times,
             index=index,
+            skip=skip,
         )
 
     def timeout_compensation(
-        self, step: StepTarget, *, times: int | None = None, index: int | None = None
+        self,
+        step: StepTarget,
+        *,
+        times: int | None = None,
+        index: int | None = None,
+        skip: int = 0,
     ) -> FaultInjector:
         """Make the compensation of ``step`` time out at once."""
         return self._add(
@@ -323,6 +367,7 @@ class FaultInjector:
             compensation=True,
             times=times,
             index=index,
+            skip=skip,
         )
 
     def crash(
@@ -332,20 +377,24 @@ class FaultInjector:
         after: bool = False,
         compensation: bool = False,
         index: int | None = None,
+        skip: int = 0,
     ) -> FaultInjector:
         """Stop the saga at ``step`` once, as if its process were killed there.
 
         Before the step runs, or with ``after=True`` once it has acted but before its
         outcome (completion or failure) is recorded; with ``compensation=True`` at the
-        step's compensation instead. :class:`SimulatedCrash` propagates out of
-        ``execute()``; the orchestrator runs and records nothing more, so a durable store
-        keeps the saga for recovery: call :func:`simulate_restart` on the store, then
-        ``recover()`` with a new orchestrator and store, as a restarted process would.
+        step's compensation instead; with ``skip=N`` at the attempt after the first ``N``
+        it would stop. :class:`SimulatedCrash` propagates out of ``execute()``; the
+        orchestrator runs and records nothing more, so a durable store keeps the saga for
+        recovery: call :func:`simulate_restart` on the store, then ``recover()`` with a
+        new orchestrator and store, as a restarted process would.
         """
         for option, value in (("after", after), ("compensation", compensation)):
             if not isinstance(value, bool):
+                later = option == "after" and isinstance(value, int)  # "after 2 calls"
+                hint = f" (to crash at a later attempt, pass skip={value})" if later else ""
                 raise SagaDefinitionError(
-                    f"crash({option}=...) must be True or False, got {value!r}"
+                    f"crash({option}=...) must be True or False, got {value!r}{hint}"
                 )
         [name] = step_names((step,), "crash")
         where = "compensation of step" if compensation else "step"
@@ -353,15 +402,18 @@ class FaultInjector:
             f"simulated crash at {where} {name!r}{' after it acted' if after else ''}"
         )
         fault: SimulatedCrash | CrashAfter = CrashAfter(crash) if after else crash
-        return self._add("crash", step, fault, compensation=compensation, times=None, index=index)
+        return self._add(
+            "crash", step, fault, compensation=compensation, times=None, index=index, skip=skip
+        )
 
     def clear(self) -> None:
-        """Forget every fault (and what fired)."""
+        """Forget every fault (and what fired; ``skip`` counts start over)."""
         self._rules.clear()
         self.fired.clear()
         self._missed.clear()
         self._hit.clear()
         self._ran.clear()
+        self._seen.clear()
 
     def _unknown_steps(self) -> str | None:
         """What is wrong if a fault names a step no ``@step`` defines (a typo, say), or
@@ -427,8 +479,11 @@ class FaultInjector:
             if not ran:
                 ran.append("outside any saga, where index= never hits")
             ran_at = " and ".join(ran)
+            skipped = self._skipped_all(rule)
+            at_index = f"; at index {rule.index}, {skipped}" if skipped else ""
             misses.append(
                 f"the fault on {what} with index={rule.index} never fired: it ran {ran_at}"
+                f"{at_index}"
             )
         return "FaultInjector: " + "; ".join(misses) if misses else None
 
@@ -465,6 +520,8 @@ class FaultInjector:
                     else "the step never ran where the injector is active (is it a step "
                     "of the saga under test?)"
                 )
+            elif skipped := self._skipped_all(rule):
+                why = skipped
             elif any(rule.matches_step(step, attempt, rule.compensation) for step, attempt in runs):
                 why = (
                     "another fault on it was injected first (the first matching fault "
@@ -474,6 +531,26 @@ class FaultInjector:
                 why = f"it ran only at attempts past times={rule.times}"
             misses.append(f"the fault on {what} never fired: {why}")
         return "FaultInjector: " + "; ".join(misses) if misses else None
+
+    def _skipped_all(self, rule: _Rule) -> str | None:
+        """Why ``rule`` never fired if its ``skip`` let through every attempt it would hit."""
+        seen = self._seen.get(id(rule), 0)
+        if not seen or seen > rule.skip:
+            return None
+        ran = "1 attempt" if seen == 1 else f"{seen} attempts"
+        why = (
+            f"only {ran} it would hit ran (counted over every saga run where the injector is "
+            f"active), {'' if seen == 1 else 'all '}let through by skip={rule.skip}"
+        )
+        times = rule.times
+        if times is not None and times <= rule.skip:  # a window one use of the step never reaches
+            last = rule.skip + times
+            which = f"attempt {last}" if times == 1 else f"attempts {rule.skip + 1} to {last}"
+            why += (
+                f"; only attempts up to times={times} of each use of the step count (to fault "
+                f"{which} of one use, give times={last}, skip={rule.skip})"
+            )
+        return why
 
     def _failure_notes(self) -> list[str]:
         """Why a block (or a test) that failed may have: its faults that never fired."""
@@ -504,15 +581,20 @@ class FaultInjector:
     ) -> BaseException | SimulatedTimeout | CrashAfter | None:
         """The fault for this attempt; ``aimed``: the running saga is the one under test."""
         self._ran.setdefault((id(step), attempt, compensation), step)
-        for rule in self._rules:
+        for position, rule in enumerate(self._rules):
             if not rule.matches(step, attempt, compensation, aimed):
                 if rule.index is not None and rule.matches_step(step, attempt, compensation):
                     self._missed.setdefault(id(rule), {})[_running_index(), aimed] = None
                 continue
+            if self._let_through(rule):
+                continue
+            # The attempt is this fault's: the `skip` faults after it count it all the same.
+            self._count_skipped(step, attempt, compensation, aimed=aimed, start=position + 1)
             self._hit.add(id(rule))
             fault = rule.fault
             if isinstance(fault, SimulatedCrash | CrashAfter):
                 self._rules.remove(rule)  # a process dies once
+                self._seen.pop(id(rule), None)
                 crash = fault if isinstance(fault, SimulatedCrash) else fault.crash
                 self.fired.append(
                     FiredFault(step.name, _running_index(), attempt, compensation, crash)
@@ -524,6 +606,21 @@ class FaultInjector:
             self.fired.append(FiredFault(step.name, _running_index(), attempt, compensation, fault))
             return fault
         return None
+
+    def _let_through(self, rule: _Rule) -> bool:
+        """Count an attempt ``rule`` would hit; whether its ``skip`` lets this one run."""
+        if not rule.skip:
+            return False
+        seen = self._seen[id(rule)] = self._seen.get(id(rule), 0) + 1
+        return seen <= rule.skip
+
+    def _count_skipped(
+        self, step: Step[Any, Any], attempt: int, compensation: bool, *, aimed: bool, start: int = 0
+    ) -> None:
+        """Count, for its ``skip`` faults from ``start`` on, an attempt another fault took."""
+        for rule in self._rules[start:]:
+            if rule.skip and rule.matches(step, attempt, compensation, aimed):
+                self._let_through(rule)
 
     @contextmanager
     def activate(self) -> Iterator[FaultInjector]:
