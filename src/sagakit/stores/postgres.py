@@ -183,13 +183,15 @@ def _ended_by_server(conn: AsyncConnection[Any]) -> bool:
     psycopg, _ = _import_driver()
     pgconn = conn.pgconn
     try:
-        for _ in range(2):  # the server's message, then the end of the connection
-            if not _readable(pgconn.socket):
-                break
-            pgconn.consume_input()
+        if not _readable(pgconn.socket):
+            return bool(pgconn.status != psycopg.pq.ConnStatus.OK)
+        pgconn.consume_input()
     except psycopg.OperationalError:  # consume_input() met the end, or no socket
         return True
-    return bool(pgconn.status != psycopg.pq.ConnStatus.OK)
+    # The server wrote to a connection that sent nothing (the store listens to no
+    # channel): its FATAL message, whose end of connection may still be on its way (the
+    # status is still OK then). Taken as ended: at worst a live one is replaced.
+    return True
 
 
 def _readable(fd: int) -> bool:
