@@ -18,6 +18,7 @@ import pytest
 from pg_helpers.db import opened
 from sagakit import LeaseLost, SagaOrchestrator, SagaStatus, StepStatus, saga, step
 from sagakit._recovery import _recover_one
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
 pytestmark = pytest.mark.asyncio
 
@@ -177,3 +178,20 @@ async def test_a_claim_released_before_its_run_began_leaves_the_next_claim_alone
         assert meta.status == SagaStatus.EXECUTING  # for the claim's run to finish
         assert [step.status for step in meta.steps] == [StepStatus.RUNNING]
         assert orphan.saga_id == "rr-4"
+
+
+async def test_a_run_a_simulated_crash_stopped_is_forgotten_by_the_restart(
+    dsn: str, schema: str
+) -> None:
+    # Regression: a run stopped by FaultInjector.crash() never calls finish(), so the
+    # store kept it as its saga's run; recovered by this same store after
+    # simulate_restart(), it was retired, and kept (steps, results) for good.
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        with FaultInjector().crash(rr_quick), pytest.raises(SimulatedCrash):
+            await orchestrator.execute(rr_saga(5), saga_id="rr-5")
+        await simulate_restart(store)
+        [outcome] = await orchestrator.recover()
+        assert outcome.status is SagaStatus.COMPLETED
+        assert store._runs == {}
+        assert store._retired == {}

@@ -1073,6 +1073,18 @@ class PostgresStore:
         self._runs[saga_id] = run
         self._lost.pop(saga_id, None)
 
+    def _forget_runs(self, saga_ids: Collection[str]) -> None:
+        """Forget the runs of ``saga_ids`` that a simulated crash stopped (``"the process
+        died"``: they never call finish()), and what they staged or left in doubt, as
+        their next claim by this store would have, retiring them for good."""
+        for saga_id in saga_ids:
+            run = self._runs.get(saga_id)
+            if run is not None and not _unbound(run) and saga_id not in self._fences:
+                del self._runs[saga_id]
+                self._staged.pop(saga_id, None)
+                self._doubts.pop(saga_id, None)
+                self._lost.pop(saga_id, None)
+
     def _forget_claims(self, saga_id: str) -> None:
         """Forget the claims of ``saga_id`` retired unbound (a run recovery makes of one
         later finds its saga not held for it, and is fenced out all the same)."""

@@ -695,7 +695,7 @@ async def simulate_restart(store: SagaStore) -> None:
             f"{type(store).__name__} keeps sagas in memory, which a crash loses; simulate "
             "crashes and recovery with a durable store such as SQLiteStore(tmp_path / 'sagas.db')"
         )
-    forget_crashes(store)  # restarted: what the crashes stopped is recovery's to take
+    crashed = forget_crashes(store)  # restarted: what the crashes stopped is recovery's
     if isinstance(store, SQLiteStore) and not store._writer.usable:
         # Closed already, as `async with SagaOrchestrator(store)` leaves it after the crash:
         # this process's claim is in the file, so give it up through a store of its own.
@@ -712,6 +712,9 @@ async def simulate_restart(store: SagaStore) -> None:
     release_leases = getattr(store, "release_leases", None)
     if release_leases is not None:  # leases: give them up so another worker claims at once,
         await release_leases(as_crash=True)  # counting that claim as a recovery attempt
+        forget_runs: Callable[[set[str]], None] | None = getattr(store, "_forget_runs", None)
+        if forget_runs is not None:  # the crashed runs never finish(): drop what it keeps of them
+            forget_runs(crashed)
         return
     release = getattr(store, "release", None)
     if release is None:
