@@ -17,6 +17,8 @@ import pytest
 
 from pg_helpers.db import opened
 from sagakit import LeaseLost, SagaOrchestrator, SagaStatus, StepStatus, saga, step
+from sagakit._recovery import _recover_one
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
 pytestmark = pytest.mark.asyncio
 
@@ -146,3 +148,50 @@ async def test_a_fenced_out_runs_finish_leaves_its_sagas_next_claim_alone(
         # under the new one (the claim's run runs that step again).
         assert [step.status for step in meta.steps] == [StepStatus.RUNNING]
         assert orphan.saga_id == "rr-3"
+
+
+async def test_a_claim_released_before_its_run_began_leaves_the_next_claim_alone(
+    dsn: str, schema: str
+) -> None:
+    # Regression: a claim was bound to its run only at that run's first write. A saga a
+    # worker claimed and released (stopping) before the task finishing it began, then
+    # claimed again by this same store, had that task's run bind to the new claim: it
+    # wrote under the new claim's lease and ran the saga to its end behind its run.
+    GATES.update(started=asyncio.Event(), go=asyncio.Event())
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        first = asyncio.create_task(orchestrator.execute(rr_held_saga(4), saga_id="rr-4"))
+        await GATES["started"].wait()
+        await store.release_leases()  # handed over with its step running: an orphan
+        GATES["go"].set()
+        with pytest.raises(LeaseLost):
+            await first
+        [stale] = await store.claim_orphans(saga_ids=["rr-4"])  # a worker's claim ...
+        assert await store.release_leases() == 1  # ... that stops before running it
+        [orphan] = await store.claim_orphans(saga_ids=["rr-4"])  # taken anew
+        with pytest.raises(LeaseLost) as lost:  # the stopped worker's task begins late
+            await _recover_one(orchestrator, store, stale)
+        assert lost.value.released
+        assert store.owns("rr-4")  # the claim's lease is untouched
+        meta = await store.get("rr-4")
+        assert meta is not None
+        assert meta.status == SagaStatus.EXECUTING  # for the claim's run to finish
+        assert [step.status for step in meta.steps] == [StepStatus.RUNNING]
+        assert orphan.saga_id == "rr-4"
+
+
+async def test_a_run_a_simulated_crash_stopped_is_forgotten_by_the_restart(
+    dsn: str, schema: str
+) -> None:
+    # Regression: a run stopped by FaultInjector.crash() never calls finish(), so the
+    # store kept it as its saga's run; recovered by this same store after
+    # simulate_restart(), it was retired, and kept (steps, results) for good.
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        with FaultInjector().crash(rr_quick), pytest.raises(SimulatedCrash):
+            await orchestrator.execute(rr_saga(5), saga_id="rr-5")
+        await simulate_restart(store)
+        [outcome] = await orchestrator.recover()
+        assert outcome.status is SagaStatus.COMPLETED
+        assert store._runs == {}
+        assert store._retired == {}

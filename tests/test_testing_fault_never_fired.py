@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sagakit import CompensationFailed, SagaOrchestrator, StepFailed, saga, step
-from sagakit.testing import FaultInjector
+from sagakit.testing import FaultInjector, SimulatedCrash, _faults
 
 pytest_plugins = ["pytester"]
 
@@ -183,3 +183,29 @@ async def test_a_step_not_reached_is_no_error(saga_orchestrator, saga_faults):
             "ran where the injector is active (is it a step of the saga under test?)",
         ]
     )
+
+
+@pytest.mark.asyncio
+async def test_a_fault_added_after_a_crash_fired_is_noted_when_it_never_fires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Regression: what a fault did (fired, ran at other indexes, attempts let through)
+    # was kept by id() of its rule, and a fired crash's rule, removed, left its id there:
+    # a fault added later whose rule reused that id (CPython reuses a freed object's)
+    # counted as fired, so the note saying it never fired was left out. Every rule is
+    # given one id here, as reuse would.
+    real_id = id
+    monkeypatch.setattr(
+        _faults,
+        "id",
+        lambda obj: 1 if isinstance(obj, _faults._Rule) else real_id(obj),
+        raising=False,
+    )
+    faults = FaultInjector().crash(nf_reserve)
+    with pytest.raises(SimulatedCrash), faults:
+        await SagaOrchestrator().execute(nf_order("book"))
+    faults.fail(nf_elsewhere)
+    assert await _notes(faults) == [
+        "FaultInjector: the fault on step 'never_fired.elsewhere' never fired: the step never "
+        "ran where the injector is active (is it a step of the saga under test?)"
+    ]

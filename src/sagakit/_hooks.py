@@ -83,14 +83,18 @@ def note_crash(store: object, saga_id: str) -> None:
         _crashed.setdefault(store, set()).add(saga_id)
 
 
-def forget_crashes(store: object, saga_ids: Iterable[str] | None = None) -> None:
-    """Forget ``saga_ids`` (all, if ``None``) of ``store``: restarted, or claimed again."""
+def forget_crashes(store: object, saga_ids: Iterable[str] | None = None) -> set[str]:
+    """Forget ``saga_ids`` (all, if ``None``) of ``store``: restarted, or claimed again.
+    Returns those a simulated crash had stopped."""
     try:
         crashed = _crashed.get(store)
     except TypeError:
-        return
-    if crashed is not None:
-        crashed.difference_update(crashed.copy() if saga_ids is None else saga_ids)
+        return set()
+    if crashed is None:
+        return set()
+    forgotten = crashed.copy() if saga_ids is None else crashed.intersection(saga_ids)
+    crashed.difference_update(forgotten)
+    return forgotten
 
 
 def crash_hint(store: object, saga_ids: Iterable[str] | None = None) -> str | None:

@@ -490,6 +490,9 @@ async def _finish_claimed(
     if compensate:
         close_driver(body, orphan.name, orphan.saga_id)  # only its step calls are needed
     run = _rebuild(orchestrator, definition, orphan, done)
+    bind: Callable[[OrphanedSaga, SagaRun], None] | None = getattr(store, "_bind_claim", None)
+    if bind is not None:  # its claim's lease is this run's, whatever happens to it later
+        bind(orphan, run)
     run.listeners = orchestrator._listeners  # told of the whole recovered run
     # Released: the saga was handed over (its lease given up by a stopping worker or an
     # exiting process), the normal lifecycle of a deploy, whatever crashes it had before.

@@ -119,6 +119,11 @@ class PostgresStats:
         )
 
 
+def _unbound(holder: SagaRunView | OrphanedSaga | None) -> bool:
+    """Whether a claim's lease is bound to no run yet (see ``PostgresStore._runs``)."""
+    return holder is None or isinstance(holder, OrphanedSaga)
+
+
 def _positive(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise StoreConfigError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -298,13 +303,15 @@ class PostgresStore:
         # itself (release_leases(), close()), whose LeaseLost says so.
         self._lost: dict[str, bool] = {}
         self._staged: dict[str, list[Write]] = {}  # written with the saga's next record()
-        # Sagas this store owns -> the run their lease is for (None: claimed, bound to the
-        # first run that writes it). The per-saga state above is that run's alone.
-        self._runs: dict[str, SagaRunView | None] = {}
-        # Runs fenced out whose saga this store took anew (a claim, a begin) while they
-        # wound down, by id() -> the run, and whether this store released it (LeaseLost's
-        # ``released``): they write nothing more, and their finish() clears nothing.
-        self._retired: dict[int, tuple[SagaRunView, bool]] = {}
+        # Sagas this store owns -> the run their lease is for; claimed, the orphan the
+        # claim returned (None until then), which recovery binds to the run it makes of
+        # it (_bind_claim), else its first run writing it does. The per-saga state above
+        # is that run's alone.
+        self._runs: dict[str, SagaRunView | OrphanedSaga | None] = {}
+        # Runs (or claims' orphans) fenced out whose saga this store took anew (a claim,
+        # a begin) meanwhile, by id() -> the run, and whether this store released it
+        # (LeaseLost's ``released``): they write nothing more, their finish() clears nothing.
+        self._retired: dict[int, tuple[SagaRunView | OrphanedSaga, bool]] = {}
         self._doubts: dict[str, Doubt] = {}  # submissions that may have committed or not
         self._token = int.from_bytes(os.urandom(7), "big")  # the last write token handed out
         self._statements = 0
@@ -1050,6 +1057,7 @@ class PostgresStore:
                 self._claimed.pop(run.id, None)
                 self._lost.pop(run.id, None)
                 self._runs.pop(run.id, None)
+                self._forget_claims(run.id)
             self._retired.pop(id(run), None)
 
     def _take(self, saga_id: str, run: SagaRunView | None) -> None:
@@ -1060,16 +1068,50 @@ class PostgresStore:
         fencing token moved on), so none of it could commit any more."""
         old = self._runs.get(saga_id)
         if old is not None and old is not run:
+            self._forget_claims(saga_id)  # older claims': no run binds those now
             self._retired[id(old)] = (old, self._lost.get(saga_id, False))
             self._staged.pop(saga_id, None)
             self._doubts.pop(saga_id, None)
         self._runs[saga_id] = run
         self._lost.pop(saga_id, None)
 
+    def _forget_runs(self, saga_ids: Collection[str]) -> None:
+        """Forget the runs of ``saga_ids`` that a simulated crash stopped (``"the process
+        died"``: they never call finish()), and what they staged or left in doubt, as
+        their next claim by this store would have, retiring them for good."""
+        for saga_id in saga_ids:
+            run = self._runs.get(saga_id)
+            if run is not None and not _unbound(run) and saga_id not in self._fences:
+                del self._runs[saga_id]
+                self._staged.pop(saga_id, None)
+                self._doubts.pop(saga_id, None)
+                self._lost.pop(saga_id, None)
+
+    def _forget_claims(self, saga_id: str) -> None:
+        """Forget the claims of ``saga_id`` retired unbound (a run recovery makes of one
+        later finds its saga not held for it, and is fenced out all the same)."""
+        for key, (retired, _) in list(self._retired.items()):
+            if isinstance(retired, OrphanedSaga) and retired.saga_id == saga_id:
+                del self._retired[key]
+
     def _holds(self, run: SagaRunView) -> bool:
         """Whether what this store keeps of the saga of ``run`` is that run's."""
         holder = self._runs.get(run.id, run)
-        return self._retired_run(run) is None and (holder is run or holder is None)
+        return self._retired_run(run) is None and (holder is run or _unbound(holder))
+
+    def _bind_claim(self, orphan: OrphanedSaga, run: SagaRunView) -> None:
+        """Bind the lease of ``orphan``'s claim to ``run``, the run recovery made of it
+        (before it writes, or awaits anything). That claim over and its saga taken anew
+        by this store meanwhile, ``run`` is retired at once: it writes nothing under the
+        new lease (released as that claim was)."""
+        if self._runs.get(orphan.saga_id) is orphan:
+            self._runs[orphan.saga_id] = run
+            return
+        found = self._retired.pop(id(orphan), None)
+        if found is not None and found[0] is orphan:
+            self._retired[id(run)] = (run, found[1])
+        elif orphan.saga_id in self._runs:  # (taken anew twice since: released or not)
+            self._retired[id(run)] = (run, False)
 
     def _retired_run(self, run: SagaRunView) -> bool | None:
         """Whether this store released the lease of retired ``run`` (``None``: not retired)."""
@@ -1082,7 +1124,7 @@ class PostgresStore:
         released = self._retired_run(run)
         if released is not None:
             raise LeaseLost(run.id, released)
-        if run.id in self._runs and self._runs[run.id] is None:
+        if run.id in self._runs and _unbound(self._runs[run.id]):
             self._runs[run.id] = run
 
     async def _release(self, saga_id: str, saga_name: str) -> None:
@@ -1229,8 +1271,9 @@ class PostgresStore:
             self._fences.pop(saga_id, None)
             self._orders.pop(saga_id, None)
             self._claimed.pop(saga_id, None)
-            if saga_id in self._runs and self._runs[saga_id] is None:
+            if saga_id in self._runs and _unbound(self._runs[saga_id]):
                 del self._runs[saga_id]  # no run of this claim began
+                self._forget_claims(saga_id)
 
     async def _claim(
         self,
@@ -1301,9 +1344,13 @@ class PostgresStore:
         steps = rows.steps_by_saga(step_row[:10] for step_row in found)
         for row in alive:
             try:
-                orphans.append(rows.orphan(row, steps.get(row[0], ()), self.serializer))
+                orphan = rows.orphan(row, steps.get(row[0], ()), self.serializer)
             except (SerializationError, ValueError, TypeError) as error:
                 await self.dead_letter(row[0], f"its log cannot be read back: {error}")
+                continue
+            if row[0] in self._runs and self._runs[row[0]] is None:
+                self._runs[row[0]] = orphan  # this claim's, for recovery to bind (_bind_claim)
+            orphans.append(orphan)
         return len(claimed)
 
     async def dead_letter(self, saga_id: str, reason: str) -> None:

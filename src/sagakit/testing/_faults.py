@@ -70,7 +70,7 @@ class FiredFault:
     fault: BaseException | SimulatedTimeout
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # each fault is its own: keyed by identity
 class _Rule:
     target: str | Step[Any, Any]
     fault: Fault | SimulatedTimeout | CrashAfter
@@ -258,15 +258,16 @@ class FaultInjector:
     def __init__(self) -> None:
         self._rules: list[_Rule] = []
         self.fired: list[FiredFault] = []
-        # By id() of an `index` fault: where its step ran when that index was not the one
-        # (its position; whether in the saga under test), and the faults that fired.
-        self._missed: dict[int, dict[tuple[int | None, bool], None]] = {}
-        self._hit: set[int] = set()
+        # Of an `index` fault: where its step ran when that index was not the one (its
+        # position; whether in the saga under test); and the faults that fired. Keyed by
+        # the rule itself (compared by identity), never by an id() a later rule may reuse.
+        self._missed: dict[_Rule, dict[tuple[int | None, bool], None]] = {}
+        self._hit: set[_Rule] = set()
         # Every attempt of a step or compensation asked about while active, by (id of the
         # step, attempt, compensation): why a fault that never fired did not.
         self._ran: dict[tuple[int, int, bool], Step[Any, Any]] = {}
-        # By id() of a `skip` fault: how many attempts it would have hit so far.
-        self._seen: dict[int, int] = {}
+        # Of a `skip` fault: how many attempts it would have hit so far.
+        self._seen: dict[_Rule, int] = {}
 
     def _add(
         self,
@@ -461,8 +462,8 @@ class FaultInjector:
         (a saga may run a step elsewhere in one test and at that index in another)."""
         misses = []
         for rule in self._rules:
-            where = self._missed.get(id(rule))
-            if where is None or id(rule) in self._hit:
+            where = self._missed.get(rule)
+            if where is None or rule in self._hit:
                 continue
             name = rule.target if isinstance(rule.target, str) else rule.target.name
             what = f"compensation of step {name!r}" if rule.compensation else f"step {name!r}"
@@ -495,7 +496,7 @@ class FaultInjector:
         misses = []
         for rule in self._rules:
             target = rule.target
-            if id(rule) in self._hit or id(rule) in self._missed:  # fired, or said where
+            if rule in self._hit or rule in self._missed:  # fired, or said where
                 continue
             if isinstance(target, str) and target not in DEFINED_NAMES:
                 continue  # said by _unknown_steps
@@ -534,7 +535,7 @@ class FaultInjector:
 
     def _skipped_all(self, rule: _Rule) -> str | None:
         """Why ``rule`` never fired if its ``skip`` let through every attempt it would hit."""
-        seen = self._seen.get(id(rule), 0)
+        seen = self._seen.get(rule, 0)
         if not seen or seen > rule.skip:
             return None
         ran = "1 attempt" if seen == 1 else f"{seen} attempts"
@@ -584,22 +585,23 @@ class FaultInjector:
         for position, rule in enumerate(self._rules):
             if not rule.matches(step, attempt, compensation, aimed):
                 if rule.index is not None and rule.matches_step(step, attempt, compensation):
-                    self._missed.setdefault(id(rule), {})[_running_index(), aimed] = None
+                    self._missed.setdefault(rule, {})[_running_index(), aimed] = None
                 continue
             if self._let_through(rule):
                 continue
             # The attempt is this fault's: the `skip` faults after it count it all the same.
             self._count_skipped(step, attempt, compensation, aimed=aimed, start=position + 1)
-            self._hit.add(id(rule))
             fault = rule.fault
             if isinstance(fault, SimulatedCrash | CrashAfter):
-                self._rules.remove(rule)  # a process dies once
-                self._seen.pop(id(rule), None)
+                self._rules.remove(rule)  # a process dies once: nothing is kept of it
+                self._missed.pop(rule, None)
+                self._seen.pop(rule, None)
                 crash = fault if isinstance(fault, SimulatedCrash) else fault.crash
                 self.fired.append(
                     FiredFault(step.name, _running_index(), attempt, compensation, crash)
                 )
                 return fault
+            self._hit.add(rule)
             if isinstance(fault, type):
                 what = "compensation of step" if compensation else "step"
                 fault = fault(f"injected into {what} {step.name!r}, attempt {attempt}")
@@ -611,7 +613,7 @@ class FaultInjector:
         """Count an attempt ``rule`` would hit; whether its ``skip`` lets this one run."""
         if not rule.skip:
             return False
-        seen = self._seen[id(rule)] = self._seen.get(id(rule), 0) + 1
+        seen = self._seen[rule] = self._seen.get(rule, 0) + 1
         return seen <= rule.skip
 
     def _count_skipped(
@@ -695,7 +697,7 @@ async def simulate_restart(store: SagaStore) -> None:
             f"{type(store).__name__} keeps sagas in memory, which a crash loses; simulate "
             "crashes and recovery with a durable store such as SQLiteStore(tmp_path / 'sagas.db')"
         )
-    forget_crashes(store)  # restarted: what the crashes stopped is recovery's to take
+    crashed = forget_crashes(store)  # restarted: what the crashes stopped is recovery's
     if isinstance(store, SQLiteStore) and not store._writer.usable:
         # Closed already, as `async with SagaOrchestrator(store)` leaves it after the crash:
         # this process's claim is in the file, so give it up through a store of its own.
@@ -712,6 +714,9 @@ async def simulate_restart(store: SagaStore) -> None:
     release_leases = getattr(store, "release_leases", None)
     if release_leases is not None:  # leases: give them up so another worker claims at once,
         await release_leases(as_crash=True)  # counting that claim as a recovery attempt
+        forget_runs: Callable[[set[str]], None] | None = getattr(store, "_forget_runs", None)
+        if forget_runs is not None:  # the crashed runs never finish(): drop what it keeps of them
+            forget_runs(crashed)
         return
     release = getattr(store, "release", None)
     if release is None:
