@@ -84,6 +84,7 @@ def test_a_claim_takes_the_oldest_orphans_without_sorting_every_one(dsn: str, lo
         "limit": 100,
         "max": 3,
         "lease": 30.0,
+        "token": 1,
     }
     shown = plan(dsn, statements(log).claim, params)
     assert "sagas_started" in shown, shown

@@ -37,6 +37,7 @@ class Statements:
     release_one: str
     give_back: str
     claim: str
+    claimed_by: str
     renewed: str
     claimed_steps: str
     get: str
@@ -177,11 +178,22 @@ def statements(schema: str) -> Statements:
             "dead_reason = CASE WHEN d.dead THEN 'recovery attempted ' || d.attempts || "
             "' times (more than max_attempts=' || %(max)s || '); the saga may crash its "
             "worker every time' END, "
-            "parked_at = CASE WHEN d.dead THEN now() END "
+            "parked_at = CASE WHEN d.dead THEN now() END, "
+            # The claim's write token (the next one for a handover), for claimed_by.
+            "last_write = CASE WHEN d.dead THEN s.last_write "
+            "WHEN d.handed THEN %(token)s + 1 ELSE %(token)s END "
             "FROM d WHERE s.saga_id = d.saga_id "
             "RETURNING s.saga_id, s.name, s.status, s.args, s.kwargs, s.policy, "
             "s.recovery_attempts, s.explicit_id, s.factory, s.fingerprint, s.error, "
             "s.started_at, s.fence, d.dead, d.handed"
+        ),
+        # The rows a claim whose reply was lost took, by its write token (as the claim
+        # returns them; a parked one has no owner, so it is not among them).
+        claimed_by=(
+            "SELECT saga_id, name, status, args, kwargs, policy, recovery_attempts, "
+            "explicit_id, factory, fingerprint, error, started_at, fence, false, "
+            f"last_write = %(token)s + 1 FROM {s}.sagas WHERE owner = %(owner)s "
+            f"AND last_write IN (%(token)s, %(token)s + 1) AND {active}"
         ),
         # A claim that only renewed the lease of a saga this store runs (see _claim in
         # postgres.py): it counted a recovery attempt (the row was not released), which

@@ -1286,8 +1286,9 @@ class PostgresStore:
     ) -> int:
         """Claim up to ``limit`` rows, add the runnable ones to ``orphans`` (and their ids
         to ``taken``); how many rows."""
-        claimed = await self._run(
-            self._sql.claim,
+        self._token += 2  # the claim's write token, and the next one for a handover
+        token = self._token - 1
+        claimed = await self._claim_rows(
             {
                 "all": names is None,
                 "names": sorted(names) if names is not None else [],
@@ -1298,6 +1299,7 @@ class PostgresStore:
                 "owner": self.owner,
                 "lease": self.lease,
                 "mine": list(self._fences),
+                "token": token,
             },
         )
         alive = []
@@ -1352,6 +1354,27 @@ class PostgresStore:
                 self._runs[row[0]] = orphan  # this claim's, for recovery to bind (_bind_claim)
             orphans.append(orphan)
         return len(claimed)
+
+    async def _claim_rows(self, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """The rows the claim takes. If its connection is lost, it may have committed: the
+        rows it took are read back on a new connection (by the claim's write token, as
+        :meth:`_again` tries), so they are recovered now, not once their lease runs out
+        (its recovery attempt counted for nothing). None found: the error is raised."""
+        try:
+            return await self._run(self._sql.claim, params)
+        except StoreError as error:
+            if not _connection_lost(error):
+                raise
+            lost = error
+        found = await self._again(
+            lambda: self._run(
+                self._sql.claimed_by, {"owner": self.owner, "token": params["token"]}
+            ),
+            "reading back a claim whose connection was lost",
+        )
+        if not found:
+            raise lost
+        return found
 
     async def dead_letter(self, saga_id: str, reason: str) -> None:
         check_saga_id(saga_id, "dead_letter()")
