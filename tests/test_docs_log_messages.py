@@ -1,0 +1,123 @@
+"""The log records the docs quote are ones sagakit writes.
+
+Every inline example of a log message in the pages below (`sagakit recovery resumes saga
+order (o-1) ...`, `sagakit: saga order (o-1) could not record ...`), ``...`` standing for
+any text, must fit a message format of the code (its ``%s``, ``%r``, ``%d`` standing for any
+text too: a quote's text before its first ``...`` is what is checked best). The formatted log
+line docs/observability.md shows is checked against a real run.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = ["docs/observability.md", "docs/durability.md", "docs/postgres.md"]
+
+# An inline code span (any number of backticks), as Markdown reads one.
+_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.S)
+_FENCE = re.compile(r"^ *```.*?^ *```", re.S | re.M)
+# What a quoted log message starts with (not a command line such as `sagakit recover`).
+_MESSAGE = re.compile(
+    r"(sagakit(: | recovery | worker | could | parked )|\.\.\. could |saga \S+ \()"
+)
+_WILD = "\0"  # stands for any text, on either side
+
+
+def _examples(page: str) -> list[str]:
+    text = _FENCE.sub("", (ROOT / page).read_text(encoding="utf-8"))
+    spans = (" ".join(match.group(2).split()) for match in _SPAN.finditer(text))
+    return [span for span in spans if _MESSAGE.match(span)]
+
+
+def _formats() -> set[str]:
+    """Every string constant of the code with a %-placeholder: log formats among them."""
+    found: set[str] = set()
+    for path in (ROOT / "src" / "sagakit").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and re.search(r"%[srd]", node.value)
+            ):
+                found.add(node.value)
+    return found
+
+
+def _fits(example: str, form: str) -> bool:
+    """Whether some message is both ``example`` (``...`` any text) and ``form`` filled in."""
+    a = example.replace("...", _WILD)
+    b = re.sub(r"%[srd]", _WILD, form).replace("%%", "%")
+
+    @functools.cache
+    def fits(i: int, j: int) -> bool:
+        if i < len(a) and a[i] == _WILD and (fits(i + 1, j) or (j < len(b) and fits(i, j + 1))):
+            return True
+        if j < len(b) and b[j] == _WILD and (fits(i, j + 1) or (i < len(a) and fits(i + 1, j))):
+            return True
+        if i == len(a) or j == len(b):
+            return i == len(a) and j == len(b)
+        return a[i] == b[j] != _WILD and fits(i + 1, j + 1)
+
+    return fits(0, 0)
+
+
+def test_the_pages_quote_log_messages() -> None:
+    # A guard: a change to how examples are found must not make the next test vacuous.
+    assert len(_examples("docs/observability.md")) >= 6
+    assert _fits("sagakit worker stopped saga ...", "sagakit %s stopped saga %s: %s")
+    assert not _fits("sagakit worker stops saga o-1: boom", "sagakit %s stopped saga %s: %s")
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_quoted_log_messages_are_real(page: str) -> None:
+    formats = _formats()
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    unknown = [
+        example for example in _examples(page) if not any(_fits(example, form) for form in formats)
+    ]
+    assert unknown == [], f"{page} quotes log messages sagakit does not write: {unknown}"
+
+
+_RUN = """
+import asyncio, logging
+from sagakit import SagaOrchestrator, StepFailed
+from sagakit.testing import FaultInjector
+
+async def main():
+    with FaultInjector().fail(send_receipt, ConnectionRefusedError("smtp down")):
+        try:
+            await SagaOrchestrator().execute(transfer("alice", "bob", 30), saga_id="transfer-2")
+        except StepFailed:
+            pass
+
+asyncio.run(main())
+"""
+
+
+def test_the_formatted_log_line_shown_is_what_a_run_logs(tmp_path: Path) -> None:
+    # The logging block: its formatter, and the line it shows for a failed send_receipt.
+    page = (ROOT / "docs/observability.md").read_text(encoding="utf-8")
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "Formatter(" in b]
+    [shown] = re.findall(r"^# (WARNING .*)$", block, re.M)
+    saga = re.findall(r"```python\n(.*?)```", (ROOT / "docs/testing.md").read_text("utf-8"), re.S)
+    script = tmp_path / "run.py"
+    script.write_text("\n\n".join([saga[0], block, textwrap.dedent(_RUN)]), encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert shown in result.stderr.splitlines(), result.stderr
