@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import logging
 import re
 import subprocess
 import sys
@@ -18,6 +19,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from sagakit import SagaStatus, TransitionKind
+from sagakit._notify import level_of
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = ["docs/observability.md", "docs/durability.md", "docs/postgres.md"]
@@ -121,3 +125,44 @@ def test_the_formatted_log_line_shown_is_what_a_run_logs(tmp_path: Path) -> None
     )
     assert result.returncode == 0, result.stderr
     assert shown in result.stderr.splitlines(), result.stderr
+
+
+# The phrases of docs/observability.md's table of levels, and the transitions they name
+# (with the saga's status for SAGA_FINISHED).
+_K = TransitionKind
+_PHRASES: dict[str, list[tuple[TransitionKind, SagaStatus | None]]] = {
+    "step and compensation started and completed": [
+        (_K.STEP_STARTED, None),
+        (_K.STEP_COMPLETED, None),
+        (_K.COMPENSATION_STARTED, None),
+        (_K.COMPENSATION_COMPLETED, None),
+    ],
+    "saga started": [(_K.SAGA_STARTED, None)],
+    "step retrying": [(_K.STEP_RETRYING, None)],
+    "saga finished `COMPLETED`": [(_K.SAGA_FINISHED, SagaStatus.COMPLETED)],
+    "saga stopped (`SAGA_STOPPED`)": [(_K.SAGA_STOPPED, None)],
+    "step failed": [(_K.STEP_FAILED, None)],
+    "step timed out": [(_K.STEP_TIMED_OUT, None)],
+    "compensation retrying": [(_K.COMPENSATION_RETRYING, None)],
+    "saga finished `COMPENSATED`": [(_K.SAGA_FINISHED, SagaStatus.COMPENSATED)],
+    "compensation failed": [(_K.COMPENSATION_FAILED, None)],
+    "saga finished `FAILED`": [(_K.SAGA_FINISHED, SagaStatus.FAILED)],
+    "a listener raised (with its traceback)": [],  # not a transition
+}
+
+
+def test_the_table_of_levels_is_the_code_s() -> None:
+    page = (ROOT / "docs/observability.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `(DEBUG|INFO|WARNING|ERROR)` \| (.+?) \|$", page, re.M)
+    assert [level for level, _ in rows] == ["DEBUG", "INFO", "WARNING", "ERROR"]
+    told: list[tuple[TransitionKind, SagaStatus | None]] = []
+    for level, text in rows:
+        for phrase in text.split("; "):
+            assert phrase in _PHRASES, f"add {phrase!r} to this test's _PHRASES"
+            for kind, status in _PHRASES[phrase]:
+                real = level_of(kind, status or SagaStatus.EXECUTING)
+                assert logging.getLevelName(real) == level, (phrase, kind, status)
+                told.append((kind, status))
+    finished = [(_K.SAGA_FINISHED, status) for status in SagaStatus if status.is_finished]
+    every = [(kind, None) for kind in TransitionKind if kind is not _K.SAGA_FINISHED] + finished
+    assert sorted(told, key=str) == sorted(every, key=str)  # each transition in one row, once
