@@ -166,3 +166,25 @@ def test_the_table_of_levels_is_the_code_s() -> None:
     finished = [(_K.SAGA_FINISHED, status) for status in SagaStatus if status.is_finished]
     every = [(kind, None) for kind in TransitionKind if kind is not _K.SAGA_FINISHED] + finished
     assert sorted(told, key=str) == sorted(every, key=str)  # each transition in one row, once
+
+
+def test_the_monitoring_page_s_table_of_levels_is_the_code_s() -> None:
+    page = (ROOT / "docs/concepts/monitoring.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `(DEBUG|INFO|WARNING|ERROR)` \| (.+?) \|$", page, re.M)
+    assert sorted(level for level, _ in rows) == ["DEBUG", "ERROR", "INFO", "WARNING"]
+    named: set[tuple[TransitionKind, SagaStatus]] = set()
+    for level, text in rows:
+        if level == "DEBUG":
+            assert text.startswith("every other transition"), text
+            continue
+        for item in text.split(", "):
+            match = re.fullmatch(r"`(\w+)`(?: when (\w+))?", item)
+            assert match is not None, item
+            kind = TransitionKind[match.group(1)]
+            status = SagaStatus(match.group(2)) if match.group(2) else SagaStatus.EXECUTING
+            assert logging.getLevelName(level_of(kind, status)) == level, item
+            named.add((kind, status))
+    for kind in TransitionKind:
+        for status in [SagaStatus.EXECUTING, *(s for s in SagaStatus if s.is_finished)]:
+            if (kind, status) not in named and (kind is _K.SAGA_FINISHED) == status.is_finished:
+                assert level_of(kind, status) == logging.DEBUG, ("every other", kind, status)
