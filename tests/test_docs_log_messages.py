@@ -10,7 +10,6 @@ line docs/observability.md shows is checked against a real run.
 from __future__ import annotations
 
 import ast
-import functools
 import logging
 import re
 import subprocess
@@ -61,17 +60,18 @@ def _fits(example: str, form: str) -> bool:
     a = example.replace("...", _WILD)
     b = re.sub(r"%[srd]", _WILD, form).replace("%%", "%")
 
-    @functools.cache
-    def fits(i: int, j: int) -> bool:
-        if i < len(a) and a[i] == _WILD and (fits(i + 1, j) or (j < len(b) and fits(i, j + 1))):
-            return True
-        if j < len(b) and b[j] == _WILD and (fits(i, j + 1) or (i < len(a) and fits(i + 1, j))):
-            return True
-        if i == len(a) or j == len(b):
-            return i == len(a) and j == len(b)
-        return a[i] == b[j] != _WILD and fits(i + 1, j + 1)
-
-    return fits(0, 0)
+    # fits[i][j]: whether a[i:] and b[j:] have a message in common (filled from the ends).
+    fits = [[False] * (len(b) + 1) for _ in range(len(a) + 1)]
+    fits[len(a)][len(b)] = True
+    for i in range(len(a), -1, -1):
+        for j in range(len(b), -1, -1):
+            if i < len(a) and a[i] == _WILD:
+                fits[i][j] = fits[i + 1][j] or (j < len(b) and fits[i][j + 1])
+            elif j < len(b) and b[j] == _WILD:
+                fits[i][j] = fits[i][j + 1] or (i < len(a) and fits[i + 1][j])
+            elif i < len(a) and j < len(b):
+                fits[i][j] = a[i] == b[j] and fits[i + 1][j + 1]
+    return fits[0][0]
 
 
 def test_the_pages_quote_log_messages() -> None:
@@ -84,7 +84,6 @@ def test_the_pages_quote_log_messages() -> None:
 @pytest.mark.parametrize("page", PAGES)
 def test_quoted_log_messages_are_real(page: str) -> None:
     formats = _formats()
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
     unknown = [
         example for example in _examples(page) if not any(_fits(example, form) for form in formats)
     ]
