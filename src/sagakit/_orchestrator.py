@@ -170,10 +170,11 @@ def _warn(run: SagaRun, message: str, *args: object) -> None:
 
 
 def _warn_unless_released(run: SagaRun, error: Exception, message: str, *args: object) -> None:
-    """:func:`_warn`, but at INFO when ``error`` is the :class:`LeaseLost` of a lease this
-    store released (a stopping worker, an exiting process): a handover, not a failure."""
+    """:func:`_warn`, but at DEBUG when ``error`` is the :class:`LeaseLost` of a lease this
+    store released (a stopping worker, an exiting process): a handover, not a failure,
+    which the run's ``SAGA_STOPPED`` record (at INFO) tells once."""
     released = isinstance(error, LeaseLost) and error.released
-    level = logging.INFO if released else logging.WARNING
+    level = logging.DEBUG if released else logging.WARNING
     logger.log(level, message, *args, extra={"saga_id": run.id, "saga_name": run.name})
 
 
