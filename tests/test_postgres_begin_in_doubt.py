@@ -284,9 +284,9 @@ async def test_a_backend_killed_during_a_begin_does_not_fail_the_execute(
 async def test_a_begin_that_cannot_reach_the_log_still_raises_store_error(
     dsn: str, schema: str
 ) -> None:
-    # Tried again only while connections are lost, a bounded number of times: a log
-    # that stays unreachable still fails the execute, and nothing runs.
-    async with opened(dsn, schema) as store:
+    # Tried again only while connections are lost, until connect_timeout: a log that
+    # stays unreachable still fails the execute, and nothing runs.
+    async with opened(dsn, schema, connect_timeout=0.5) as store:
         loss = LostBegin(store, "insert", "before")
         loss.lost = 0
 
@@ -298,7 +298,8 @@ async def test_a_begin_that_cannot_reach_the_log_still_raises_store_error(
                 yield lossy
 
         store._conn = always_lost  # type: ignore[method-assign]
-        with pytest.raises(StoreError, match="server closed the connection"):
+        with pytest.raises(StoreError, match="server closed the connection") as raised:
             await SagaOrchestrator(store).execute(bd_two(), saga_id="s")
+        assert "within 0.5 s (connect_timeout)" in str(raised.value)
         assert not RAN
         assert not store.owns("s")

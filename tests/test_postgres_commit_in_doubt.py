@@ -31,8 +31,8 @@ from sagakit import (
     step,
 )
 from sagakit.stores import _pg_settle
+from sagakit.stores._pg_patience import Patience
 from sagakit.stores._pg_writer import Write
-from sagakit.stores.postgres import _SETTLE_BACKOFF, _SETTLES
 from sagakit.transitions import Transition, TransitionKind
 
 RAN: Counter[tuple[str, int]] = Counter()
@@ -175,6 +175,22 @@ def _refused() -> StoreError:
     return error
 
 
+def _giving_up(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Records (the loop's time) whenever the store stops trying again: its patience,
+    ``connect_timeout`` after the loss, ran out."""
+    gave_up: list[float] = []
+    real = Patience.wait
+
+    async def wait(self: Patience) -> bool:
+        if await real(self):
+            return True
+        gave_up.append(asyncio.get_running_loop().time())
+        return False
+
+    monkeypatch.setattr(Patience, "wait", wait)
+    return gave_up
+
+
 async def _events(store: PostgresStore) -> list[Any]:
     return [e.event for e in await store.read_events()]
 
@@ -309,38 +325,43 @@ async def test_a_run_cancelled_while_its_write_is_settled_again_leaves_it_in_dou
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("when", ["before", "after"])
-@pytest.mark.parametrize("why", ["unreachable", "refused", "past connect_timeout"])
+@pytest.mark.parametrize("why", ["unreachable", "refused"])
 async def test_a_lost_commit_that_cannot_be_settled_yet_is_settled_by_the_next_write(
     dsn: str, schema: str, when: str, why: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The store cannot settle the write: the log stays unreachable while it tries again
-    # (_SETTLES times), refuses the statement (not tried again), or is unreachable for
-    # longer than connect_timeout. Step 1's start is not known to be durable, so step 1
-    # never runs and step 0 is undone. The compensation's start settles the write first:
-    # step 0's completion is in the log once, and listeners hear it once, before its
-    # compensation.
+    # The store cannot settle the write: the log stays unreachable for longer than
+    # connect_timeout while it tries again, or refuses the statement (not tried again).
+    # Step 1's start is not known to be durable, so step 1 never runs and step 0 is
+    # undone. The compensation's start settles the write first: step 0's completion is
+    # in the log once, and listeners hear it once, before its compensation.
     async with opened(dsn, schema) as store:
         lost = LostCommit(store, when, monkeypatch)
         real = _pg_settle.settle
-        tries = _SETTLES if why == "unreachable" else 1
-        if why == "past connect_timeout":
-            store.connect_timeout = _SETTLE_BACKOFF / 2  # no time to try again
+        gave_up = _giving_up(monkeypatch)
+        store.connect_timeout = 0.2
         calls = 0
 
         async def unsettled(*args: Any) -> _pg_settle.Settled:
             nonlocal calls
             calls += 1
-            if calls <= tries:
-                raise _refused() if why == "refused" else _unreachable()
+            if why == "refused" and calls == 1:
+                raise _refused()
+            if why == "unreachable" and not gave_up:
+                raise _unreachable()
             return await real(*args)
 
         monkeypatch.setattr("sagakit.stores.postgres.settle", unsettled)
         heard: list[Transition] = []
         orchestrator = SagaOrchestrator(store, listeners=[heard.append])
-        with pytest.raises(StoreError, match="server closed the connection"):
+        with pytest.raises(StoreError, match="server closed the connection") as raised:
             await orchestrator.execute(three(), saga_id="s")
         assert lost.lost
-        assert calls == tries + 1
+        if why == "unreachable":
+            assert "within 0.2 s (connect_timeout)" in str(raised.value)
+            assert calls > 2  # tried again until connect_timeout, then by the next write
+        else:
+            assert calls == 2
+            assert not gave_up
         assert dict(RAN) == {("s", 0): 1}
         assert dict(UNDONE) == {("s", 0): 1}
         assert await _events(store) == ["s:0"]
@@ -436,12 +457,14 @@ async def test_leases_released_while_a_first_write_is_in_doubt_are_released_at_o
     async with opened(dsn, schema, lease=60.0, heartbeat=20.0) as store:
         LostCommit(store, when, monkeypatch, index=0)
         real = _pg_settle.settle
+        gave_up = _giving_up(monkeypatch)
+        store.connect_timeout = 0.2
         calls = 0
 
         async def unreachable_then_released(*args: Any) -> _pg_settle.Settled:
             nonlocal calls
             calls += 1
-            if calls <= _SETTLES:
+            if not gave_up:
                 raise _unreachable()
             await store.release_leases()  # the process stops, as the next write settles
             return await real(*args)
@@ -452,7 +475,8 @@ async def test_leases_released_while_a_first_write_is_in_doubt_are_released_at_o
         with pytest.raises(StoreError):
             await orchestrator.execute(three())
         saga_id = heard[0].saga_id
-        assert calls == _SETTLES + 1
+        assert gave_up
+        assert calls > 2  # tried again until connect_timeout, then by finish()
         assert not RAN  # step 0's start was never known to be durable
     async with opened(dsn, schema, lease=60.0, heartbeat=20.0) as other:
         (orphan,) = await other.claim_orphans()  # at once: released, not leased

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -78,8 +79,8 @@ async def test_a_write_queued_when_its_caller_was_cancelled_cannot_commit_once_s
         settle = a._settle
         settled: list[bool] = []
 
-        async def settled_then_sent(saga_id: str, *, stage: bool = True) -> bool:
-            settled.append(await settle(saga_id, stage=stage))
+        async def settled_then_sent(saga_id: str, **options: Any) -> bool:
+            settled.append(await settle(saga_id, **options))
             go.set()
             return settled[-1]
 

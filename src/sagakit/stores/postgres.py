@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -42,6 +43,7 @@ from . import _pg_rows as rows
 from ._dsn import redacted
 from ._fingerprint import definition_fingerprint
 from ._pg_loop import other_loop
+from ._pg_patience import BRIEF, Outage, Patience
 from ._pg_schema import check_schema_name, migrate
 from ._pg_settle import Doubt, Settled, settle
 from ._pg_sql import statements
@@ -97,10 +99,6 @@ MAX_LEASE = 1e12
 MAX_ID_BYTES = 2048
 """The longest saga id, in UTF-8 bytes: the tables' indexes hold whole ids, and
 PostgreSQL refuses an index entry over 2,704 bytes (a third of a page)."""
-
-_SENDS = 3  # times a write whose commit was lost is sent, before it is left in doubt
-_SETTLES = 5  # times a write in doubt is looked up (a begin tried) while connections are lost
-_SETTLE_BACKOFF = 0.05  # seconds before looking it up again; doubled each time
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +176,13 @@ def _connection_lost(error: StoreError) -> bool:
         return False
     state = cause.sqlstate  # None: the client lost the connection (or the pool had none)
     return state is None or state.startswith(("08", "57P"))  # connection, shutdown
+
+
+def _write_lost(error: StoreError) -> bool:
+    """Whether a write's ``error`` says its connection was lost (the writer raises its
+    own, caused by the batch's)."""
+    cause = error.__cause__
+    return _connection_lost(cause if isinstance(cause, StoreError) else error)
 
 
 def _ended_by_server(conn: AsyncConnection[Any]) -> bool:
@@ -313,6 +318,7 @@ class PostgresStore:
         # (LeaseLost's ``released``): they write nothing more, their finish() clears nothing.
         self._retired: dict[int, tuple[SagaRunView | OrphanedSaga, bool]] = {}
         self._doubts: dict[str, Doubt] = {}  # submissions that may have committed or not
+        self._outage = Outage(self.schema)  # logs the store's waits for the server
         self._token = int.from_bytes(os.urandom(7), "big")  # the last write token handed out
         self._statements = 0
         self._round_trips = 0
@@ -861,10 +867,11 @@ class PostgresStore:
             # settled now instead (the run's next write or finish() would), so that
             # one that committed is reported so, and the orchestrator tells listeners
             # what the log holds. If that fails (cancelled again, the log unreachable),
-            # it stays in doubt.
+            # it stays in doubt. (Briefly: the caller is gone, and is not kept waiting
+            # connect_timeout for the server.)
             elif isinstance(error, asyncio.CancelledError) and saga_id in self._doubts:
                 try:
-                    committed = await self._settle(saga_id)
+                    committed = await self._settle(saga_id, patience=Patience.lasting(BRIEF))
                 except Exception:
                     committed = False
                 if committed:
@@ -884,73 +891,112 @@ class PostgresStore:
             self._claimed.pop(saga_id, None)
 
     async def _send(
-        self, saga_id: str, writes: list[Write], carried: int, new: dict[str, Any] | None
+        self,
+        saga_id: str,
+        writes: list[Write],
+        carried: int,
+        new: dict[str, Any] | None,
+        patience: Patience | None = None,
     ) -> None:
         """Submit one saga's ``writes`` (the first ``carried`` of them staged ones).
 
         If the connection is lost while they commit, find out (once reconnected)
         whether they did, and send them again if not: the call returns once they are
-        durable, exactly once. If that cannot be found out (the log is still
-        unreachable, or the caller was cancelled), they stay in doubt and raise.
+        durable, exactly once. The store keeps trying while connections are lost, up
+        to ``patience``'s deadline (by default ``connect_timeout`` seconds after the
+        first loss). If it cannot be found out by then (the log is still unreachable),
+        or the caller was cancelled, they stay in doubt and raise.
         """
         self._check_loop()  # (the writer's task would be another loop's)
         holder = self._runs.get(saga_id)
-        for tries_left in reversed(range(_SENDS)):
-            self._token += 1
-            token = writes[-1].token = self._token
-            if new is not None:
-                writes[0].new = new
-            try:
-                while True:
-                    try:
-                        await self._writer.submit(writes)
-                        return
-                    except LeaseLost:
-                        fence = self._fences.get(saga_id)
-                        if (
-                            fence is None
-                            or fence <= writes[-1].fence
-                            or self._runs.get(saga_id) is not holder  # taken anew: not ours
-                        ):
-                            raise
-                        # Refused whole (nothing applied) because a claim of this store
-                        # only renewed the lease while the write was on its way, moving
-                        # the token on (see _claim): still ours, sent with the new token.
-                        for write in writes:
-                            write.fence = fence
-            except (LeaseLost, IdTaken):
-                raise
-            except BaseException as error:
-                if isinstance(error.__cause__, Rejected):
-                    raise  # rolled back: nothing of it was applied
-                # This submission's token: the store's may have moved on with other sagas'.
-                self._doubts[saga_id] = Doubt(token, writes, carried, new)
-                if not isinstance(error, StoreError) or not tries_left:
-                    raise  # (cancelled) settled by the saga's next write
+        waiting = False  # for the server, since this call lost its connection
+        try:
+            for sent in itertools.count():
+                self._token += 1
+                token = writes[-1].token = self._token
+                if new is not None:
+                    writes[0].new = new
                 try:
-                    committed = await self._settle(saga_id, stage=False)
-                except StoreError as unsettled:
-                    name = writes[0].saga_name
-                    logger.warning(
-                        "sagakit could not settle a write in doubt of saga %s (%s): %s",
-                        name,
-                        saga_id,
-                        unsettled,
-                        extra={"saga_id": saga_id, "saga_name": name},
-                    )
-                    committed = None
-                if committed is None:
+                    await self._submit(saga_id, writes, holder)
+                    break
+                except (LeaseLost, IdTaken):
+                    if waiting:  # refused: the server answered
+                        waiting = False
+                        self._outage.end(reached=True)
                     raise
-                if committed:
-                    return
-                new = writes[0].new  # still to send if the id may be another saga's
+                except BaseException as error:
+                    if isinstance(error.__cause__, Rejected):
+                        raise  # rolled back: nothing of it was applied
+                    # This submission's token: the store's may have moved on with others'.
+                    self._doubts[saga_id] = Doubt(token, writes, carried, new)
+                    if not isinstance(error, StoreError):
+                        raise  # (cancelled) settled by the saga's next write
+                    lost = _write_lost(error)
+                    if lost and not waiting:
+                        waiting = True
+                        self._outage.begin(error, self.connect_timeout)
+                    if patience is None:
+                        patience = Patience.lasting(self.connect_timeout)
+                    # The first loss is settled at once; only a lost connection is waited
+                    # out (another error is sent again once, as before).
+                    if sent and (not lost or not await patience.wait()):
+                        if lost:
+                            raise self._gave_up(error) from error.__cause__
+                        raise
+                    try:
+                        committed = await self._settle(saga_id, stage=False, patience=patience)
+                    except StoreError as unsettled:
+                        name = writes[0].saga_name
+                        logger.warning(
+                            "sagakit could not settle a write in doubt of saga %s (%s): %s",
+                            name,
+                            saga_id,
+                            unsettled,
+                            extra={"saga_id": saga_id, "saga_name": name},
+                        )
+                        if _connection_lost(unsettled):  # for connect_timeout
+                            raise self._gave_up(error) from error.__cause__
+                        raise error from error.__cause__
+                    if committed:
+                        break
+                    new = writes[0].new  # still to send if the id may be another saga's
+            if waiting:
+                waiting = False
+                self._outage.end(reached=True)
+        finally:
+            if waiting:
+                self._outage.end(reached=False)
 
-    async def _settle(self, saga_id: str, *, stage: bool = True) -> bool:
+    async def _submit(self, saga_id: str, writes: list[Write], holder: object) -> None:
+        """Submit ``writes`` once (again with the fencing token a claim of this store
+        moved on meanwhile, while the lease is still ``holder``'s run's)."""
+        while True:
+            try:
+                await self._writer.submit(writes)
+                return
+            except LeaseLost:
+                fence = self._fences.get(saga_id)
+                if (
+                    fence is None
+                    or fence <= writes[-1].fence
+                    or self._runs.get(saga_id) is not holder  # taken anew: not ours
+                ):
+                    raise
+                # Refused whole (nothing applied) because a claim of this store only
+                # renewed the lease while the write was on its way, moving the token
+                # on (see _claim): still ours, sent with the new token.
+                for write in writes:
+                    write.fence = fence
+
+    async def _settle(
+        self, saga_id: str, *, stage: bool = True, patience: Patience | None = None
+    ) -> bool:
         """Settle the saga's submission in doubt: whether it committed. If it did not,
-        its staged transitions are staged again (``stage``) for the next write."""
+        its staged transitions are staged again (``stage``) for the next write. While
+        connections are lost it is looked up again, until ``patience``'s deadline."""
         doubt = self._doubts[saga_id]
         holder = self._runs.get(saga_id)
-        settled = await self._look_up(saga_id, doubt)
+        settled = await self._look_up(saga_id, doubt, patience)
         if self._runs.get(saga_id) is not holder:
             # Taken anew meanwhile (its doubt dropped: that lease is over): settling moved
             # the new lease's fencing token on, if it is this store's. Nothing is staged.
@@ -979,35 +1025,63 @@ class PostgresStore:
             self._staged[saga_id] = [*writes, *self._staged.get(saga_id, ())]
         return settled.committed
 
-    async def _look_up(self, saga_id: str, doubt: Doubt) -> Settled:
+    async def _look_up(
+        self, saga_id: str, doubt: Doubt, patience: Patience | None = None
+    ) -> Settled:
         """:func:`settle` ``doubt`` (again on a new connection while the one it used is
         lost: see :meth:`_again`). Settling again is safe: it moves the fencing token on
         once more and reads the same token."""
         return await self._again(
             lambda: settle(self._run, self._sql, self.owner, saga_id, doubt),
             "settling a write in doubt",
+            patience,
         )
 
-    async def _again(self, attempt: Callable[[], Awaitable[_T]], what: str) -> _T:
+    async def _again(
+        self,
+        attempt: Callable[[], Awaitable[_T]],
+        what: str,
+        patience: Patience | None = None,
+    ) -> _T:
         """``attempt()``, again on a new connection while the one it used is lost (a
-        server killing connections, a fail-over): up to ``_SETTLES`` times, with a short
-        backoff, none begun ``connect_timeout`` seconds after the first. An error that is
-        not a lost connection (a statement the server refused) is raised at once."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.connect_timeout
-        delay = _SETTLE_BACKOFF
-        tries_left = _SETTLES
-        while True:
-            tries_left -= 1
-            try:
-                return await attempt()
-            except StoreError as error:
-                again = tries_left and loop.time() + delay <= deadline
-                if not again or not _connection_lost(error):
-                    raise  # (cancelled: raised as it is)
-                logger.debug("sagakit: %s again: %s", what, error)
-            await asyncio.sleep(delay)
-            delay *= 2
+        server killing connections, a fail-over): after a backoff (see
+        :class:`Patience`), none begun after ``patience``'s deadline (by default
+        ``connect_timeout`` seconds after the first loss). An error that is not a lost
+        connection (a statement the server refused) is raised at once."""
+        waiting = False
+        try:
+            while True:
+                try:
+                    result = await attempt()
+                except StoreError as error:
+                    if not _connection_lost(error):
+                        raise  # (cancelled: raised as it is)
+                    if patience is None:
+                        patience = Patience.lasting(self.connect_timeout)
+                    if not waiting:
+                        waiting = True
+                        self._outage.begin(error, self.connect_timeout)
+                    if not await patience.wait():
+                        raise self._gave_up(error) from error.__cause__
+                    logger.debug("sagakit: %s again: %s", what, error)
+                    continue
+                if waiting:
+                    waiting = False
+                    self._outage.end(reached=True)
+                return result
+        finally:
+            if waiting:
+                self._outage.end(reached=False)
+
+    def _gave_up(self, error: StoreError) -> StoreError:
+        """``error``, a lost connection, once the store stopped trying again."""
+        if "connect_timeout" in str(error):
+            return error  # (said already, by a settling given up on)
+        return StoreError(
+            f"{error}; no connection to the server within {self.connect_timeout:g} s "
+            "(connect_timeout): check that it is up and reachable, or give the store a "
+            "longer connect_timeout to ride out longer outages"
+        )
 
     async def _apply(self, writes: list[Write]) -> dict[str, str]:
         params = batch_params(writes)
@@ -1482,13 +1556,19 @@ class PostgresStore:
         """Write what is still staged or in doubt (of sagas stopped mid-flight)."""
         sagas = {*self._staged, *self._doubts}
         if sagas and self._pool is not None:
-            await asyncio.gather(*(self._flush(saga_id) for saga_id in sagas))
+            # Briefly: close() does not wait connect_timeout for the server (what stays
+            # in doubt is recovered, as after a crash).
+            patience = Patience.lasting(BRIEF)
+            await asyncio.gather(*(self._flush(saga_id, patience=patience) for saga_id in sagas))
         self._staged.clear()
         self._doubts.clear()
 
-    async def _flush(self, saga_id: str, run: SagaRunView | None = None) -> None:
+    async def _flush(
+        self, saga_id: str, run: SagaRunView | None = None, patience: Patience | None = None
+    ) -> None:
         """Write what the saga has staged, after settling its write in doubt, if any
-        (``run``: the saga's run whose lease this is, if known)."""
+        (``run``: the saga's run whose lease this is, if known; trying again while
+        connections are lost until ``patience``'s deadline)."""
         if self._pool is None:
             self._staged.pop(saga_id, None)
             return
@@ -1496,13 +1576,13 @@ class PostgresStore:
         staged: list[Write] | None = None
         try:
             if saga_id in self._doubts:
-                await self._settle(saga_id)
+                await self._settle(saga_id, patience=patience)
                 if self._runs.get(saga_id) is not holder:
                     return  # taken anew meanwhile: what it staged is of a lease that is over
             staged = self._staged.pop(saga_id, None)
             unsent = saga_id in self._unlogged or saga_id in self._new  # no row of it in the log
             if staged and not unsent:
-                await self._send(saga_id, staged, len(staged), None)
+                await self._send(saga_id, staged, len(staged), None, patience)
         except Exception as error:  # fenced out, or the log still cannot be written
             retired = None if run is None else self._retired_run(run)
             writes = staged

@@ -1,0 +1,89 @@
+"""Riding out a lost PostgreSQL connection (a fail-over, a server restarting or killing
+connections): the store tries again until ``connect_timeout`` seconds after the loss,
+and logs the wait once, not once per try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+logger = logging.getLogger("sagakit")
+
+BACKOFF = 0.05
+"""Seconds before the first try again; doubled after each, up to :data:`MAX_BACKOFF`."""
+
+MAX_BACKOFF = 1.0
+"""The longest wait, in seconds, between two tries."""
+
+BRIEF = 0.75
+"""Seconds a cancelled caller's or a closing store's settling tries for: a caller that
+is gone, or ``close()``, does not wait ``connect_timeout`` for the server."""
+
+
+class Patience:
+    """Tries again until ``deadline`` (the running loop's clock), after a backoff
+    doubling from :data:`BACKOFF` up to :data:`MAX_BACKOFF`, give or take a fifth."""
+
+    __slots__ = ("_delay", "deadline")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self._delay = BACKOFF
+
+    @classmethod
+    def lasting(cls, seconds: float) -> Patience:
+        return cls(asyncio.get_running_loop().time() + seconds)
+
+    async def wait(self) -> bool:
+        """Sleep until the next try: ``False`` at once if the deadline has passed (the
+        last try may begin at the deadline). A cancellation goes through at once."""
+        left = self.deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return False
+        delay = self._delay * random.uniform(0.8, 1.2)
+        self._delay = min(self._delay * 2, MAX_BACKOFF)
+        await asyncio.sleep(min(delay, left))
+        return True
+
+
+class Outage:
+    """A store's wait for the server, logged once: a ``WARNING`` when the first of its
+    writes finds the connection lost, an ``INFO`` when the last one waiting gets
+    through. One that gives up ends the wait without the ``INFO`` (it raises)."""
+
+    __slots__ = ("_schema", "_since", "_waiting")
+
+    def __init__(self, schema: str) -> None:
+        self._schema = schema
+        self._since: float | None = None
+        self._waiting = 0
+
+    def begin(self, error: Exception, seconds: float) -> None:
+        self._waiting += 1
+        if self._since is None:
+            self._since = time.monotonic()
+            logger.warning(
+                "sagakit lost its connection to the PostgreSQL saga log (schema %r); "
+                "trying again for up to %g s (connect_timeout): %s",
+                self._schema,
+                seconds,
+                error,
+            )
+
+    def end(self, *, reached: bool) -> None:
+        self._waiting -= 1
+        if self._waiting or self._since is None:
+            return
+        if reached:
+            logger.info(
+                "sagakit reached the PostgreSQL saga log (schema %r) again after %.1f s",
+                self._schema,
+                time.monotonic() - self._since,
+            )
+        self._since = None
+
+
+__all__ = ["BACKOFF", "BRIEF", "MAX_BACKOFF", "Outage", "Patience"]
