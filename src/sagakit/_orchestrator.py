@@ -1217,13 +1217,15 @@ class SagaOrchestrator:
                 raise  # fenced out: another worker owns the saga, nothing is undone here
             except Exception as unrecorded:  # StoreError: the run's end writes it again
                 run.unwritten = None  # told here
-                _warn(
-                    run,
+                # At DEBUG: the run's end writes it again, and tells at WARNING if the log
+                # refuses that too (one record for one failure of the log).
+                logger.debug(
                     "sagakit: saga %s (%s), cancelled, could not record the end of step %d: %s",
                     run.name,
                     run.id,
                     interrupted.index,
                     describe_error(unrecorded),
+                    extra={"saga_id": run.id, "saga_name": run.name},
                 )
         return await self._compensate(run, done, None, faults, observe)
 
