@@ -1271,14 +1271,15 @@ class SagaOrchestrator:
                 raise
             except Exception as unrecorded:  # not recorded: the run ends FAILED
                 # Logged, not raised: the cancellation goes on. (Not chained either: the
-                # frames it passes through on its way out reset its __context__.)
-                _warn_unless_released(
-                    run,
-                    unrecorded,
+                # frames it passes through on its way out reset its __context__.) A lost
+                # lease at DEBUG: the run's end is refused with it too, and warned once.
+                logger.log(
+                    logging.DEBUG if isinstance(unrecorded, LeaseLost) else logging.WARNING,
                     "sagakit: saga %s (%s), cancelled, could not record its compensation: %s",
                     run.name,
                     run.id,
                     describe_error(unrecorded),
+                    extra={"saga_id": run.id, "saga_name": run.name},
                 )
             raise
 
