@@ -1020,7 +1020,9 @@ class SagaOrchestrator:
         written (``unended`` ``None``; at ``ERROR``, with a note on the compensation's
         error: the operator undoes the steps) or could not be (``unended``, the end's
         error: at ``WARNING``, with a note on it: the log still shows the saga running,
-        and recovery finishes it, so undoing its steps by hand would undo them twice)."""
+        and recovery finishes it, so undoing its steps by hand would undo them twice; at
+        ``DEBUG``, with no note, if this store released the lease: a handover, which the
+        run's ``SAGA_STOPPED`` tells)."""
         left = run.undo_left
         if left is None:
             return
@@ -1039,6 +1041,18 @@ class SagaOrchestrator:
             )
             note = f"sagakit: saga {run.name} ({run.id}) ended FAILED: {run.error}; {fix}"
             told = unrecorded
+        elif isinstance(unended, LeaseLost) and unended.released:
+            # An orderly handover, told once by the run's SAGA_STOPPED (at INFO): the
+            # worker taking the saga over finishes it from what the log holds.
+            log_unwritten(
+                run,
+                logging.DEBUG,
+                transition,
+                stored,
+                "compensating stopped there, and this store released the saga's lease: the "
+                "worker taking it over finishes it from what the log holds",
+            )
+            return
         else:
             log_unwritten(
                 run,
