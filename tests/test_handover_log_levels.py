@@ -20,7 +20,15 @@ from typing import Any
 import pytest
 
 from pg_helpers.db import opened
-from sagakit import LeaseLost, SagaOrchestrator, SQLiteStore, saga, step
+from sagakit import (
+    LeaseLost,
+    SagaOrchestrator,
+    SQLiteStore,
+    StoreError,
+    TransitionKind,
+    saga,
+    step,
+)
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
 pytestmark = pytest.mark.asyncio
@@ -263,3 +271,57 @@ async def test_a_handover_given_back_unrun_stays_info(
     async with opened(dsn, schema) as store:
         [orphan] = await store.claim_orphans(saga_ids=["ho-7"])
         assert (orphan.recovery_attempts, orphan.released) == (0, True)
+
+
+@step
+async def ho_book(n: int) -> int:
+    return n
+
+
+@ho_book.compensate
+async def ho_unbook(n: int) -> None:
+    pass
+
+
+@step
+async def ho_decline(n: int) -> int:
+    raise ValueError("declined")
+
+
+@saga
+def ho_declined(n: int):  # type: ignore[no-untyped-def]
+    yield ho_book(n)
+    yield ho_decline(n)
+
+
+async def test_a_refused_compensation_then_handed_over_is_told_as_a_handover(
+    dsn: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: the log refused a compensation's start (StoreError), then the process
+    # exited releasing the lease, so the run's end was fenced out as released: that was
+    # logged at WARNING as "... left for recovery" (and noted so on the LeaseLost), not
+    # told as the handover it is, by its saga_stopped record at INFO.
+    caplog.set_level(logging.INFO, logger="sagakit")
+    async with opened(dsn, schema) as store:
+        record = store.record
+
+        async def refusing(run: Any, transition: Any) -> None:
+            if transition.kind is TransitionKind.COMPENSATION_STARTED:
+                await store.release_leases()  # the process exits meanwhile
+                raise StoreError("the log cannot be written")
+            await record(run, transition)
+
+        store.record = refusing  # type: ignore[method-assign]
+        with pytest.raises(LeaseLost) as raised:
+            await SagaOrchestrator(store).execute(ho_declined(8), saga_id="ho-8")
+    assert raised.value.released
+    notes = getattr(raised.value, "__notes__", ())
+    assert not any("left for recovery" in note for note in notes), notes
+    records = _sagakit_records(caplog, "ho-8")
+    assert not any("left for recovery" in r.getMessage() for r in records)
+    warned = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+    assert warned == [
+        "saga ho_declined (ho-8) step_failed step 1 'ho_decline': ValueError: declined"
+    ]
+    stopped = [r for r in records if getattr(r, "transition", None) == "saga_stopped"]
+    assert [r.levelno for r in stopped] == [logging.INFO]

@@ -15,7 +15,7 @@ import logging
 
 import pytest
 
-from pg_helpers.db import opened
+from pg_helpers.db import expire, opened
 from sagakit import SagaOrchestrator, saga, step
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
@@ -85,3 +85,56 @@ async def test_a_worker_stopped_mid_compensation_hands_over_without_warnings(
     ]
     assert len(told) == 1, told
     assert told[0].startswith("saga hc_saga (hc-1) saga_stopped: LeaseLost: gave up the lease")
+
+
+HOLD: dict[str, asyncio.Event] = {}
+
+
+@step
+async def hc_reserve(n: int) -> int:
+    return n
+
+
+@hc_reserve.compensate
+async def hc_unreserve(n: int) -> None:
+    HOLD["undoing"].set()
+    await HOLD["go"].wait()
+
+
+@saga
+def hc_reserved(n: int):  # type: ignore[no-untyped-def]
+    yield hc_reserve(n)
+    yield hc_pay(n)
+
+
+async def test_a_lease_lost_mid_compensation_warns_once(
+    dsn: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: an execute() cancelled mid-compensation after another worker took its
+    # lease warned twice for that one loss: "cancelled, could not record its compensation:
+    # LeaseLost" (the restarted compensation fenced out), then "the end ... could not be
+    # recorded: LeaseLost". The first is at DEBUG now: the end's warning tells the loss.
+    HOLD.update(undoing=asyncio.Event(), go=asyncio.Event())
+    caplog.set_level(logging.INFO, logger="sagakit")
+    async with opened(dsn, schema) as store, opened(dsn, schema) as other:
+        running = asyncio.create_task(
+            SagaOrchestrator(store).execute(hc_reserved(2), saga_id="hc-2")
+        )
+        await HOLD["undoing"].wait()  # compensating
+        expire(dsn, schema, "hc-2")  # this worker was paused past its lease...
+        assert [o.saga_id for o in await other.claim_orphans(saga_ids=["hc-2"])] == ["hc-2"]
+        running.cancel()  # ...and is cancelled: the compensation restarts, fenced out
+        HOLD["go"].set()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        await other.give_back(["hc-2"])
+    records = [
+        r for r in caplog.records if r.name == "sagakit" and getattr(r, "saga_id", None) == "hc-2"
+    ]
+    warned = [
+        r.getMessage()
+        for r in records
+        if r.levelno >= logging.WARNING and "lost the lease" in r.getMessage()
+    ]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith("sagakit: the end of saga hc_reserved (hc-2) could not be")

@@ -1020,7 +1020,9 @@ class SagaOrchestrator:
         written (``unended`` ``None``; at ``ERROR``, with a note on the compensation's
         error: the operator undoes the steps) or could not be (``unended``, the end's
         error: at ``WARNING``, with a note on it: the log still shows the saga running,
-        and recovery finishes it, so undoing its steps by hand would undo them twice)."""
+        and recovery finishes it, so undoing its steps by hand would undo them twice; at
+        ``DEBUG``, with no note, if this store released the lease: a handover, which the
+        run's ``SAGA_STOPPED`` tells)."""
         left = run.undo_left
         if left is None:
             return
@@ -1039,6 +1041,18 @@ class SagaOrchestrator:
             )
             note = f"sagakit: saga {run.name} ({run.id}) ended FAILED: {run.error}; {fix}"
             told = unrecorded
+        elif isinstance(unended, LeaseLost) and unended.released:
+            # An orderly handover, told once by the run's SAGA_STOPPED (at INFO): the
+            # worker taking the saga over finishes it from what the log holds.
+            log_unwritten(
+                run,
+                logging.DEBUG,
+                transition,
+                stored,
+                "compensating stopped there, and this store released the saga's lease: the "
+                "worker taking it over finishes it from what the log holds",
+            )
+            return
         else:
             log_unwritten(
                 run,
@@ -1217,13 +1231,15 @@ class SagaOrchestrator:
                 raise  # fenced out: another worker owns the saga, nothing is undone here
             except Exception as unrecorded:  # StoreError: the run's end writes it again
                 run.unwritten = None  # told here
-                _warn(
-                    run,
+                # At DEBUG: the run's end writes it again, and tells at WARNING if the log
+                # refuses that too (one record for one failure of the log).
+                logger.debug(
                     "sagakit: saga %s (%s), cancelled, could not record the end of step %d: %s",
                     run.name,
                     run.id,
                     interrupted.index,
                     describe_error(unrecorded),
+                    extra={"saga_id": run.id, "saga_name": run.name},
                 )
         return await self._compensate(run, done, None, faults, observe)
 
@@ -1269,14 +1285,15 @@ class SagaOrchestrator:
                 raise
             except Exception as unrecorded:  # not recorded: the run ends FAILED
                 # Logged, not raised: the cancellation goes on. (Not chained either: the
-                # frames it passes through on its way out reset its __context__.)
-                _warn_unless_released(
-                    run,
-                    unrecorded,
+                # frames it passes through on its way out reset its __context__.) A lost
+                # lease at DEBUG: the run's end is refused with it too, and warned once.
+                logger.log(
+                    logging.DEBUG if isinstance(unrecorded, LeaseLost) else logging.WARNING,
                     "sagakit: saga %s (%s), cancelled, could not record its compensation: %s",
                     run.name,
                     run.id,
                     describe_error(unrecorded),
+                    extra={"saga_id": run.id, "saga_name": run.name},
                 )
             raise
 

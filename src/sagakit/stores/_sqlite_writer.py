@@ -95,7 +95,10 @@ class GroupWriter:
             raise StoreError(
                 f"saga log {self._path!r} is closed (by close(), or at the end of "
                 "`async with SagaOrchestrator(store)`), and a SQLiteStore is not opened "
-                "again: make a new SQLiteStore on the file (and an orchestrator for it)"
+                "again: make a new SQLiteStore on the file (and an orchestrator for it); a "
+                "saga it was running stays executing under this process, and recovery "
+                "finishes it once the process exits: close the store only once its sagas "
+                "have finished"
             )
         if os.getpid() != self._pid:  # its thread is gone, its connections are the parent's
             raise StoreError(

@@ -254,6 +254,8 @@ class SQLiteStore:
         self._staged: dict[str, Statements] = {}
         self._unlogged: set[str] = set()  # generated ids whose row has not committed
         self._ended: set[str] = set()  # runs whose end committed (until finish())
+        # Runs whose end this store refused as closed: the run logged that at WARNING.
+        self._end_refused: set[str] = set()
         # Sagas whose end could not be written, still to hand over to recovery (with
         # what they had staged), and the task doing it after a successful commit.
         self._unreleased: dict[str, Statements] = {}
@@ -420,6 +422,8 @@ class SQLiteStore:
                 if not done.cancelled() and done.exception() is None:
                     self._committed(run.id, transition)
                     raise CommittedThenCancelled(None) from None
+            if transition.kind is ON_SAGA_FINISHED and not self._writer.usable:
+                self._end_refused.add(run.id)
             if carried and not unlogged:
                 # Not committed (dropped as its caller was cancelled, or rolled back): the
                 # staged transitions happened all the same; they go with the next write.
@@ -606,8 +610,11 @@ class SQLiteStore:
                 and not unlogged  # nothing of it is in the log: nothing to hand over
             ):
                 if not self._writer.usable:
-                    # close() came while it ran: nothing will hand it over any more.
-                    logger.warning(
+                    # close() came while it ran: nothing will hand it over any more. Its
+                    # run told it already if its end was refused (with the store's error).
+                    told = saga_id in self._end_refused
+                    logger.log(
+                        logging.DEBUG if told else logging.WARNING,
                         "sagakit: saga %s (%s) stopped here, but %r was closed while it "
                         "ran: it stays executing under this process, and recovery "
                         "finishes it once the process exits; close the store only once "
@@ -632,6 +639,7 @@ class SQLiteStore:
                 await self._write(staged)  # not left behind by any path that reached here
         finally:
             self._ended.discard(saga_id)
+            self._end_refused.discard(saga_id)
             self._unlogged.discard(saga_id)
             self._live.discard(saga_id)
             self._claimed.discard(saga_id)
