@@ -325,3 +325,32 @@ async def test_a_refused_compensation_then_handed_over_is_told_as_a_handover(
     ]
     stopped = [r for r in records if getattr(r, "transition", None) == "saga_stopped"]
     assert [r.levelno for r in stopped] == [logging.INFO]
+
+
+async def test_a_lease_another_worker_took_is_not_told_released_by_a_later_release(
+    dsn: str, schema: str
+) -> None:
+    # Regression: release_leases() marked every saga this store held as released by it,
+    # whether or not its row was still this store's: a lease another worker had taken
+    # (this one paused past it) was then told as an orderly handover (released=True,
+    # no advice, no warning from a worker) when the process stopped afterwards.
+    from pg_helpers.db import query
+
+    HOLD.update(started=asyncio.Event(), go=asyncio.Event())
+
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        running = asyncio.create_task(orchestrator.execute(ho_held(9), saga_id="ho-9"))
+        await HOLD["started"].wait()
+        # Another worker claims it (this one paused past its lease): owner and token move.
+        query(
+            dsn,
+            f'UPDATE "{schema}".sagas SET owner = %s, fence = fence + 1 WHERE saga_id = %s',
+            ("another-worker", "ho-9"),
+        )
+        assert await store.release_leases() == 0  # this process stops: nothing was its own
+        HOLD["go"].set()
+        with pytest.raises(LeaseLost) as caught:
+            await running
+    assert caught.value.released is False
+    assert "another worker" in str(caught.value)

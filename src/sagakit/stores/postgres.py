@@ -558,6 +558,13 @@ class PostgresStore:
             "ids": sorted(ids or ()),
         }
         found = await self._run(self._sql.release, params)
+        if not as_crash:
+            # A row the release did not match was no longer this store's (another worker
+            # took it while this one was paused past its lease, or it ended): not handed
+            # over by this store, so its run's refused writes say the lease was lost.
+            for saga_id in released.difference(row[0] for row in found):
+                if saga_id in self._lost:
+                    self._lost[saga_id] = False
         return len(found)
 
     async def give_back(self, saga_ids: Collection[str]) -> int:
