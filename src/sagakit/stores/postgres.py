@@ -192,16 +192,12 @@ def _ended_by_server(conn: AsyncConnection[Any]) -> bool:
     without a round trip; a statement sent on it failed, though the server was up."""
     psycopg, _ = _import_driver()
     pgconn = conn.pgconn
-    try:
-        if not _readable(pgconn.socket):
-            return bool(pgconn.status != psycopg.pq.ConnStatus.OK)
-        pgconn.consume_input()
-    except psycopg.OperationalError:  # consume_input() met the end, or no socket
+    if pgconn.status != psycopg.pq.ConnStatus.OK:
         return True
-    # The server wrote to a connection that sent nothing (the store listens to no
-    # channel): its FATAL message, whose end of connection may still be on its way (the
-    # status is still OK then). Taken as ended: at worst a live one is replaced.
-    return True
+    # Anything to read on a connection that sent nothing (the store listens to no
+    # channel) is the server's FATAL message, whose end of connection may still be on
+    # its way. Taken as ended: at worst a live one is replaced.
+    return _readable(pgconn.socket)
 
 
 def _readable(fd: int) -> bool:
