@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from .._serialization import JsonSerializer
-from ..exceptions import SagaDefinitionError, SerializationError
+from ..exceptions import SagaDefinitionError, SerializationError, StoreError
 from ..records import SagaMetadata, StepRecord
 from ..status import SagaStatus, StepStatus
 
@@ -24,6 +25,26 @@ def status_filter(status: SagaStatus | str) -> str:
         choices = ", ".join(str(s) for s in SagaStatus)
         raise SagaDefinitionError(
             f"list_sagas(status=...) must be a SagaStatus or one of {choices}; got {status!r}"
+        ) from None
+
+
+_Status = TypeVar("_Status", bound=StrEnum)
+
+
+def known_status(kind: type[_Status], stored: Any, saga_id: str, step: str = "") -> _Status:
+    """``stored``, a status read from the log, as a :class:`SagaStatus` or
+    :class:`StepStatus`; one this sagakit does not know (an operator's hand edit, such as
+    ``'FAILED'``; a newer sagakit's) is a :class:`StoreError` naming the saga (and
+    ``step``), not a bare ``ValueError`` that ended ``sagakit list`` in a traceback."""
+    try:
+        return kind(stored)
+    except ValueError:
+        known = ", ".join(repr(str(status)) for status in kind)
+        of = f"{step} of saga" if step else "saga"
+        raise StoreError(
+            f"{of} {saga_id!r} has status {stored!r} in the saga log, which this sagakit "
+            f"does not know (it knows {known}): the row was edited by hand, or written by "
+            "a newer sagakit; set it to one of those, or read the log with that sagakit"
         ) from None
 
 
@@ -95,7 +116,7 @@ def saga_metadata(
     return SagaMetadata(
         id=saga_id,
         name=name,
-        status=SagaStatus(status),
+        status=known_status(SagaStatus, status, saga_id),
         steps_executed=sum(1 for record in forward if record.status is completed),
         total_steps=total_steps,
         started_at=started_at,
@@ -110,4 +131,4 @@ def saga_metadata(
     )
 
 
-__all__ = ["exactly", "lenient", "loads_as", "saga_metadata", "step_value"]
+__all__ = ["exactly", "known_status", "lenient", "loads_as", "saga_metadata", "step_value"]

@@ -11,13 +11,17 @@ from .._serialization import JsonSerializer
 from ..records import SagaMetadata, StepRecord
 from ..status import SagaStatus, StepStatus
 from ._protocol import LoggedStep, OrphanedSaga
-from ._records import exactly, loads_as, saga_metadata, step_value
+from ._records import exactly, known_status, loads_as, saga_metadata, step_value
 from ._sqlite_sql import SELECT_ORPHAN, SELECT_ORPHAN_STEPS, SELECT_SAGA, SELECT_STEPS
 
 
 def when(stamp: float | None) -> datetime | None:
     """A stored Unix time as a UTC datetime."""
     return None if stamp is None else datetime.fromtimestamp(stamp, UTC)
+
+
+def _record_name(compensation: object, name: str) -> str:
+    return f"{'compensation' if compensation else 'step'} {name!r}"
 
 
 def load_metadata(
@@ -47,7 +51,9 @@ def load_metadata(
             StepRecord(
                 index=idx,
                 name=step_name,
-                status=StepStatus(step_status),
+                status=known_status(
+                    StepStatus, step_status, saga_id, _record_name(comp, step_name)
+                ),
                 attempts=attempts,
                 duration=duration,
                 error=step_error,

@@ -63,7 +63,7 @@ from ._protocol import (
     row_limit,
     store_serializer,
 )
-from ._records import status_filter
+from ._records import known_status, status_filter
 from ._reused import check_same_stored_run
 from ._sqlite_owner import current_owner, owner_alive, owner_elsewhere, owner_running_here
 from ._sqlite_rows import decode_orphan, load_metadata, load_orphan_rows, number_unordered, when
@@ -1041,7 +1041,14 @@ class SQLiteStore:
                 "ORDER BY parked_at, rowid"
             ).fetchall()
             return [
-                DeadLetter(row[0], row[1], SagaStatus(row[2]), row[3], row[4], when(row[5]))
+                DeadLetter(
+                    row[0],
+                    row[1],
+                    known_status(SagaStatus, row[2], row[0]),
+                    row[3],
+                    row[4],
+                    when(row[5]),
+                )
                 for row in rows
             ]
 
