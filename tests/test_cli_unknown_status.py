@@ -26,7 +26,7 @@ async def hold(item: str) -> str:
     return item
 
 
-@saga
+@saga(name="unknown_status_order")
 def order(item: str):  # type: ignore[no-untyped-def]
     yield hold(item)
 
