@@ -8,6 +8,7 @@ from typing import Any
 
 from .._runs import events_of
 from .._serialization import JsonSerializer
+from ..exceptions import StoreError
 from ..records import SagaMetadata, StepRecord
 from ..status import SagaStatus, StepStatus
 from ._protocol import LoggedStep, OrphanedSaga
@@ -15,9 +16,24 @@ from ._records import exactly, known_status, loads_as, saga_metadata, step_value
 from ._sqlite_sql import SELECT_ORPHAN, SELECT_ORPHAN_STEPS, SELECT_SAGA, SELECT_STEPS
 
 
-def when(stamp: float | None) -> datetime | None:
-    """A stored Unix time as a UTC datetime."""
-    return None if stamp is None else datetime.fromtimestamp(stamp, UTC)
+def when(stamp: float | None, saga_id: str | None = None) -> datetime | None:
+    """A stored Unix time as a UTC datetime; anything else (a row edited by hand with
+    ``datetime('now')``) is a :class:`StoreError` naming ``saga_id``, not a ``TypeError``."""
+    if stamp is None:
+        return None
+    if isinstance(stamp, int | float) and not isinstance(stamp, bool):
+        try:
+            return datetime.fromtimestamp(stamp, UTC)
+        except (ValueError, OverflowError, OSError):
+            pass
+    of = "" if saga_id is None else f" of saga {saga_id!r}"
+    raise StoreError(
+        f"a time{of} in the saga log is {stamp!r}, not a Unix time in seconds, as sagakit "
+        "writes them: the row was edited by hand; set it to a number (unixepoch() in SQLite)"
+    )
+
+
+_NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 def _record_name(compensation: object, name: str) -> str:
@@ -34,6 +50,7 @@ def load_metadata(
         return None
     sid, name, status, _, total, started, updated, finished, error, parked = row
     records: list[StepRecord] = []
+    stamps = [updated]  # when it changed last: its row, or a step's start
     for (
         idx,
         step_name,
@@ -45,7 +62,7 @@ def load_metadata(
         comp,
         step_started,
     ) in conn.execute(SELECT_STEPS, (saga_id,)):
-        updated = max(updated, step_started)
+        stamps.append(step_started)
         completed = step_status == "completed"
         records.append(
             StepRecord(
@@ -78,9 +95,9 @@ def load_metadata(
         name=name,
         status=status,
         total_steps=total,
-        started_at=when(started),
-        updated_at=when(updated),
-        finished_at=when(finished),
+        started_at=when(started, saga_id),
+        updated_at=max(when(stamp, saga_id) or _NEVER for stamp in stamps),
+        finished_at=when(finished, saga_id),
         error=error,
         records=records,
         dead_letter=parked,

@@ -1047,7 +1047,7 @@ class SQLiteStore:
                     known_status(SagaStatus, row[2], row[0]),
                     row[3],
                     row[4],
-                    when(row[5]),
+                    when(row[5], row[0]),
                 )
                 for row in rows
             ]
