@@ -388,3 +388,31 @@ def test_a_stored_events_repr_shortens_the_event() -> None:
     )
     odd = StoredEvent(8, "o-1", "order", 0, "reserve", False, _Unprintable())
     assert "_Unprintable" in repr(odd)
+
+
+class _Bank:
+    def __repr__(self) -> str:
+        return "<bank>"
+
+    @step(timeout=7)
+    async def move(self, amount: int) -> int:
+        return amount
+
+
+def test_a_bound_step_shows_as_a_step_in_ipython() -> None:
+    # Regression: a step looked up on an instance (the last expression of a cell, print(),
+    # an f-string) showed wrapt's "<_wrappers.BoundFunctionWrapper at 0x... for method at
+    # 0x...>".
+    formatter = pytest.importorskip("IPython.core.formatters", reason="IPython is in the dev extra")
+    shown = formatter.DisplayFormatter().format(_Bank().move)[0]
+    assert shown == {"text/plain": "<bound Step move timeout=7s of <bank>>"}
+
+
+def test_a_bound_step_says_what_it_is_bound_to() -> None:
+    bound = _Bank().move
+    assert repr(bound) == str(bound) == f"{bound}" == "<bound Step move timeout=7s of <bank>>"
+    assert repr(_Bank.move) == "<Step move timeout=7s>"  # looked up on the class
+    bank = _Bank()
+    bank.__class__ = type("_Unshown", (_Bank,), {"__repr__": _Unprintable.__repr__})
+    unshown = f"<_Unshown instance at {id(bank):#x}>"
+    assert repr(bank.move) == f"<bound Step move timeout=7s of {unshown}>"
