@@ -17,7 +17,7 @@ from typing_extensions import ParamSpec
 
 from ._checks import asyncio_loop, check_flag, check_seconds, not_the_class
 from ._deadlines import timeout_error
-from ._display import describe_args, short_repr
+from ._display import describe_args, short_repr, step_html
 from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, active_faults, raised_by_step
 from ._names import by_reference, declared_name, qualname_of
 from ._retry import NO_RETRY, Retry
@@ -650,6 +650,11 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
 
     def __format__(self, format_spec: str) -> str:
         return format(self.__repr__(), format_spec)
+
+    # IPython draws a step's text by the class its proxy claims, the function's (as
+    # "<function debit(...)>"): in a notebook this table says it is a step, and how.
+    def _repr_html_(self) -> str:
+        return step_html(self, _shown(self._self_spec.signature))
 
 
 def _call_again(
