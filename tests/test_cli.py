@@ -2615,3 +2615,25 @@ def test_list_marks_a_saga_parked_while_it_lists_by_its_own_row(
     header, row = out.splitlines()
     assert row.split()[2:4] == ["executing", "(dead"], out
     assert row[header.index("ERROR") :] == "dead-lettered: parked meanwhile"
+
+
+def test_main_in_a_running_event_loop_says_to_run_the_command(tmp_path: Path) -> None:
+    # Regression: called from a notebook cell (or any coroutine), main() raised asyncio's
+    # "asyncio.run() cannot be called from a running event loop", and the coroutine it had
+    # made was reported as never awaited.
+    db = str(tmp_path / "sagas.db")
+    url = "postgresql://sagas:s3cret@db.internal/sagas"
+
+    async def in_a_cell() -> None:
+        await SQLiteStore(db).close()
+        for argv in (["--db", db, "list"], ["--db", url, "list"]):
+            with pytest.raises(RuntimeError) as raised:
+                main(argv)
+            assert str(raised.value) == (
+                "sagakit.cli.main() runs its own event loop, so it cannot be called where one "
+                "is running (a notebook cell, a coroutine); run the sagakit command instead "
+                "(in a notebook cell: !sagakit --db ... COMMAND), or call main() from "
+                "synchronous code"
+            )
+
+    asyncio.run(in_a_cell())

@@ -388,3 +388,54 @@ def test_a_stored_events_repr_shortens_the_event() -> None:
     )
     odd = StoredEvent(8, "o-1", "order", 0, "reserve", False, _Unprintable())
     assert "_Unprintable" in repr(odd)
+
+
+class _Bank:
+    def __repr__(self) -> str:
+        return "<bank>"
+
+    @step(timeout=7)
+    async def move(self, amount: int) -> int:
+        return amount
+
+
+def test_a_bound_step_shows_as_a_step_in_ipython() -> None:
+    # Regression: a step looked up on an instance (the last expression of a cell, print(),
+    # an f-string) showed wrapt's "<_wrappers.BoundFunctionWrapper at 0x... for method at
+    # 0x...>".
+    formatter = pytest.importorskip("IPython.core.formatters", reason="IPython is in the dev extra")
+    shown = formatter.DisplayFormatter().format(_Bank().move)[0]
+    assert shown["text/plain"] == "<bound Step move timeout=7s of <bank>>"
+
+
+def test_a_bound_step_says_what_it_is_bound_to() -> None:
+    bound = _Bank().move
+    assert repr(bound) == str(bound) == f"{bound}" == "<bound Step move timeout=7s of <bank>>"
+    assert repr(_Bank.move) == "<Step move timeout=7s>"  # looked up on the class
+    bank = _Bank()
+    bank.__class__ = type("_Unshown", (_Bank,), {"__repr__": _Unprintable.__repr__})
+    unshown = f"<_Unshown instance at {id(bank):#x}>"
+    assert repr(bank.move) == f"<bound Step move timeout=7s of {unshown}>"
+
+
+def test_a_step_shows_its_options_in_a_notebook() -> None:
+    # Regression: IPython drew a step, the last expression of a cell, by the class its proxy
+    # claims (the function's): "<function reserve(item: 'str') -> 'str'>", as if @step had
+    # not applied; a notebook now shows the step's table, and its text is unchanged.
+    html = charge._repr_html_()
+    assert _rows(html) == [
+        ["step", "parameters", "timeout", "attempts", "compensation"],
+        ["charge", "(item: str)", "5 s", "3", "refund"],
+    ]
+    assert _rows(reserve._repr_html_())[1][-1] == "release"
+    assert _rows(ship._repr_html_())[1][-1] == "—"
+
+    @step(name="<b>x</b>")
+    async def tagged(label: "<script>") -> None:  # type: ignore[valid-type]  # noqa: F722
+        return None
+
+    shown = tagged._repr_html_()
+    assert "<b>" not in shown
+    assert _rows(shown)[1][:2] == ["<b>x</b>", "(label: '<script>')"]  # _rows: no script tag
+    formatter = pytest.importorskip("IPython.core.formatters", reason="IPython is in the dev extra")
+    assert formatter.DisplayFormatter().format(charge)[0]["text/html"] == html

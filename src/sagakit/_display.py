@@ -1,4 +1,4 @@
-"""HTML for notebooks: the ``_repr_html_`` of runs, step records and definitions.
+"""HTML for notebooks: the ``_repr_html_`` of runs, step records, definitions and steps.
 
 Plain strings, every value escaped; nothing from IPython is imported.
 """
@@ -15,7 +15,7 @@ from .records import shown_error
 
 if TYPE_CHECKING:
     from ._sagas import SagaDefinition
-    from ._steps import StepCall
+    from ._steps import Step, StepCall
     from .records import SagaMetadata, StepRecord
 
 _COLOURS = {
@@ -193,6 +193,22 @@ def _call_row(index: int, call: StepCall[Any]) -> str:
     )
 
 
+def step_html(step: Step[Any, Any], parameters: str) -> str:
+    """A step, as a definition's table shows it, with its ``parameters`` in place of a
+    call's arguments."""
+    compensation = step.compensation
+    columns = ("step", "parameters", "timeout", "attempts", "compensation")
+    cells = (
+        escape(step.name),
+        escape(parameters),
+        f"{step.timeout:g} s",
+        str(step.retry.attempts),
+        escape(compensation_name(compensation) if compensation else "—"),
+    )
+    table = f"<table {_TABLE}>{_row(columns, True)}{_row(cells)}</table>"
+    return f'<div class="sagakit-step">{table}</div>'
+
+
 def definition_html(definition: SagaDefinition) -> str:
     """A definition: its steps with timeout, retries and compensation, before any run."""
     head = f"<strong>saga {escape(definition.name)}</strong>"
@@ -226,5 +242,6 @@ __all__ = [
     "metadata_html",
     "short_repr",
     "shown_rows",
+    "step_html",
     "step_record_html",
 ]

@@ -17,7 +17,7 @@ from typing_extensions import ParamSpec
 
 from ._checks import asyncio_loop, check_flag, check_seconds, not_the_class
 from ._deadlines import timeout_error
-from ._display import describe_args
+from ._display import describe_args, short_repr, step_html
 from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, active_faults, raised_by_step
 from ._names import by_reference, declared_name, qualname_of
 from ._retry import NO_RETRY, Retry
@@ -322,6 +322,22 @@ _CAN_MARK = sys.version_info >= (3, 12)
 """Whether ``inspect.markcoroutinefunction`` exists."""
 
 
+class _BoundStep(wrapt.BoundFunctionWrapper[P, StepCall[R]]):
+    """A step looked up on a class or an instance, which shows as the step it binds."""
+
+    def __repr__(self) -> str:
+        shown = repr(self._self_parent)
+        if self._self_instance is None:
+            return shown
+        return f"<bound {shown[1:-1]} of {short_repr(self._self_instance)}>"
+
+    def __str__(self) -> str:
+        return self.__repr__()
+
+    def __format__(self, format_spec: str) -> str:
+        return format(self.__repr__(), format_spec)
+
+
 class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
     """An ``async def`` declared with ``@step``: calling it gives a :class:`StepCall`.
 
@@ -330,6 +346,8 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
     """
 
     _self_spec: StepSpec
+    # A step looked up on an instance showed wrapt's "<BoundFunctionWrapper at 0x...>".
+    __bound_function_wrapper__ = _BoundStep  # type: ignore[assignment]  # P, R unbound here
 
     if TYPE_CHECKING:
         # The decorated ``async def`` itself (wrapt's stubs give it the StepCall result).
@@ -632,6 +650,11 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
 
     def __format__(self, format_spec: str) -> str:
         return format(self.__repr__(), format_spec)
+
+    # IPython draws a step's text by the class its proxy claims, the function's (as
+    # "<function debit(...)>"): in a notebook this table says it is a step, and how.
+    def _repr_html_(self) -> str:
+        return step_html(self, _shown(self._self_spec.signature))
 
 
 def _call_again(

@@ -846,8 +846,24 @@ async def _stoppable(args: argparse.Namespace, out: TextIO) -> int:
             loop.remove_signal_handler(signal.SIGTERM)
 
 
+def _refuse_a_running_loop() -> None:
+    """A clear error for ``main()`` called inside a running event loop (a notebook cell), where
+    ``asyncio.run`` would fail with a coroutine left never awaited. It does not repeat the
+    command line, whose URL may hold a password."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        "sagakit.cli.main() runs its own event loop, so it cannot be called where one is "
+        "running (a notebook cell, a coroutine); run the sagakit command instead (in a "
+        "notebook cell: !sagakit --db ... COMMAND), or call main() from synchronous code"
+    )
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the CLI; returns the exit status (1 with a message for sagakit errors)."""
+    _refuse_a_running_loop()
     parser = _parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "db"):
