@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +27,22 @@ from versions import effect
 
 @step
 async def a(n: int) -> int:
-    effect("a")
+    await effect("a")
     return n
 
 @step
 async def b(n: int) -> int:
-    effect("b")
+    await effect("b")
     return n
 
 @step
 async def c(n: int) -> int:
-    effect("c")
+    await effect("c")
     return n
 
 @step
 async def x(n: int) -> int:
-    effect("x")
+    await effect("x")
     return n
 """
 
@@ -48,7 +51,7 @@ def compensation(name: str) -> str:
     return f"""
 @{name}.compensate
 async def undo_{name}(result: int, n: int) -> None:
-    effect("undo-{name}")
+    await effect("undo-{name}")
 """
 
 
@@ -67,18 +70,21 @@ class Deploy:
         (code / "deploymod.py").write_text(text)
         return str(code)
 
-    def child(self, code: str, *argv: str, die_in: str = "") -> subprocess.CompletedProcess[str]:
-        env = {
+    def env(self, die_in: str = "", block_in: str = "") -> dict[str, str]:
+        return {
             **os.environ,
             "SAGAKIT_CRASH_LOG": str(self.effects),
             "SAGAKIT_DIE_IN": die_in,
+            "SAGAKIT_BLOCK_IN": block_in,
             "PYTHONPATH": os.pathsep.join(
                 [str(HELPER.parent), str(Path(__file__).resolve().parents[1] / "src")]
             ),
         }
+
+    def child(self, code: str, *argv: str, die_in: str = "") -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             [sys.executable, str(HELPER), code, *argv],
-            env=env,
+            env=self.env(die_in),
             capture_output=True,
             text=True,
             timeout=120,
@@ -196,6 +202,33 @@ def test_a_compensation_added_is_run_by_the_recovery_of_a_run_that_started_witho
     assert deploy.ran() == ["a", "b", "c", "undo-c", "undo-b", "undo-a"]
 
 
+def test_a_step_renamed_under_its_old_name_with_new_parameters_is_replayed_and_undone(
+    deploy: Deploy,
+) -> None:
+    compensate = "@saga(recovery='compensate')"
+    v1 = deploy.version("v1", generator("a", "b", "c").replace("@saga", compensate))
+    v2 = deploy.version(
+        "v2",
+        """
+@step(name="b")
+async def debit(n: int, fee: int) -> int:
+    await effect("debit")
+    return n + fee
+
+@debit.compensate
+async def refund(result: int, n: int, fee: int) -> None:
+    await effect(f"refund-{result}-{n}-{fee}")
+"""
+        + generator("a", "debit", "c")
+        .replace("debit(n)", "debit(n, 5)")
+        .replace("@saga", compensate),
+    )
+    deploy.crash(v1, "transfer", "old-1", "c")
+    assert deploy.recover(v2) == [["old-1", "compensated", "compensated"]]
+    # v2's compensation, given v1's logged result and v2's arguments.
+    assert deploy.ran() == ["a", "b", "c", "undo-c", "refund-1-1-5", "undo-a"]
+
+
 def test_a_saga_whose_arguments_changed_is_parked_unrun(deploy: Deploy) -> None:
     v1 = deploy.version("v1", generator("a", "b"))
     v2 = deploy.version("v2", generator("a", "b").replace("(n: int)", "(n: int, m: int)"))
@@ -225,16 +258,61 @@ def test_a_saga_only_the_new_version_declares_is_left_for_it(deploy: Deploy) -> 
 NOTICE = "sagakit recovery: the log holds 1 unfinished saga(s) named 'transfer_v2'"
 
 
-def test_a_postgres_worker_of_the_old_version_leaves_a_new_saga_and_says_so_once(
-    tmp_path: Path, dsn: str, schema: str
-) -> None:
-    deploy = Deploy(tmp_path, f"{dsn}#{schema}")
+def an_old_worker_leaves_a_new_saga_and_says_so_once(deploy: Deploy) -> None:
     v1 = deploy.version("v1", generator("a", "b"))
     v2 = deploy.version("v2", generator("a", "b").replace("def transfer", "def transfer_v2"))
     deploy.crash(v2, "transfer_v2", "new-1", "b")
-    # The old version's worker, for many claims (its lease runs out after 1 s).
+    # The old version's worker, for many claims (a PostgreSQL lease runs out after 1 s).
     done = deploy.child(v1, "work", deploy.db, "2.5")
     assert done.returncode == 0, done.stderr
     assert done.stderr.count(NOTICE) == 1, done.stderr  # regression: never said
     assert deploy.recover(v2) == [["new-1", "resumed", "completed"]]
     assert deploy.ran() == ["a", "b", "b"]
+
+
+def test_a_sqlite_worker_of_the_old_version_leaves_a_new_saga_and_says_so_once(
+    deploy: Deploy,
+) -> None:
+    an_old_worker_leaves_a_new_saga_and_says_so_once(deploy)
+
+
+def test_a_postgres_worker_of_the_old_version_leaves_a_new_saga_and_says_so_once(
+    tmp_path: Path, dsn: str, schema: str
+) -> None:
+    an_old_worker_leaves_a_new_saga_and_says_so_once(Deploy(tmp_path, f"{dsn}#{schema}"))
+
+
+def test_a_saga_handed_over_by_each_worker_a_rolling_deploy_stops_is_never_parked(
+    tmp_path: Path, dsn: str, schema: str
+) -> None:
+    deploy = Deploy(tmp_path, f"{dsn}#{schema}")
+    v1 = deploy.version("v1", generator("a", "b"))
+    v2 = deploy.version("v2", generator("a", "b", "c"))
+    deploy.crash(v1, "transfer", "s-1", "b")  # the one recovery attempt counted
+    # Old and new workers, each stopped (SIGTERM) while the saga's step b runs in it: more
+    # handovers than max_attempts (3), which count no recovery attempt.
+    for turn, code in enumerate([v1, v2, v1, v2]):
+        worker = subprocess.Popen(
+            [sys.executable, str(HELPER), code, "work", deploy.db, "600"],
+            env=deploy.env(block_in="b"),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            until(lambda turn=turn: deploy.ran().count("b") == turn + 2)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            _, stderr = worker.communicate(timeout=60)
+        assert worker.returncode == 0, stderr
+        assert "released 1 saga leases" in stderr
+    Path(f"{deploy.effects}.go").touch()
+    assert deploy.recover(v2) == [["s-1", "resumed", "completed"]]
+    assert deploy.ran() == ["a", "b", "b", "b", "b", "b", "b", "c"]
+
+
+def until(condition: Callable[[], bool]) -> None:
+    """Wait for ``condition`` (another process's progress), up to a minute."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, "waited a minute"
+        time.sleep(0.02)

@@ -3,12 +3,13 @@
 
 Each step appends ``<step> <idempotency key>`` to the file ``SAGAKIT_CRASH_LOG``, each
 compensation ``undo-<step> ...``; ``SAGAKIT_DIE_IN=<step>`` SIGKILLs the process in that
-step, once it has acted. Outcomes and the log's state are printed as JSON.
+step, once it has acted; ``SAGAKIT_BLOCK_IN=<step>`` blocks it in that step, once it has acted,
+until the file ``<SAGAKIT_CRASH_LOG>.go`` exists. Outcomes and the log's state are printed as JSON.
 
     python versions.py CODE run DB SAGA SAGA_ID [ARG...]
     python versions.py CODE recover DB
     python versions.py CODE resume DB SAGA_ID
-    python versions.py CODE work DB SECONDS     # a PostgreSQL worker, stopped after SECONDS
+    python versions.py CODE work DB SECONDS     # a worker, stopped after SECONDS or SIGTERM
 """
 
 from __future__ import annotations
@@ -24,13 +25,24 @@ from typing import Any
 from sagakit import PostgresStore, SagaOrchestrator, SQLiteStore, current_step
 
 
-def effect(text: str) -> None:
+def write(text: str) -> str:
+    """Append ``text`` and the step's idempotency key to the effects file; its path."""
     context = current_step()
     key = context.idempotency_key if context is not None else "-"
-    with open(os.environ["SAGAKIT_CRASH_LOG"], "a") as log:
+    path = os.environ["SAGAKIT_CRASH_LOG"]
+    with open(path, "a") as log:
         log.write(f"{text} {key}\n")
+    return path
+
+
+async def effect(text: str) -> None:
+    path = write(text)
     if os.environ.get("SAGAKIT_DIE_IN") == text:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("SAGAKIT_BLOCK_IN") == text:
+        # The test process makes the file: no event of this process tells.
+        while not os.path.exists(path + ".go"):  # noqa: ASYNC110, ASYNC240
+            await asyncio.sleep(0.02)
 
 
 def open_store(db: str) -> Any:
@@ -60,7 +72,7 @@ async def main(argv: list[str]) -> None:
         else:
             stop = asyncio.Event()
             asyncio.get_running_loop().call_later(float(rest[0]), stop.set)
-            await orchestrator.run_worker(poll_interval=0.05, stop=stop, handle_signals=False)
+            await orchestrator.run_worker(poll_interval=0.05, stop=stop)
     finally:
         await store.close()
 
