@@ -143,8 +143,36 @@ async def recover(
                 # Its cancellation, caught and swallowed (by a compensation, which runs to
                 # its end): the saga is finished, and recovery stops there all the same.
                 raise asyncio.CancelledError
+    await tell_unregistered(recoverable, set())
     _warn_crashed_left(store)
     return outcomes
+
+
+async def tell_unregistered(store: RecoverableStore, told: set[str]) -> None:
+    """Say, once per name (``told`` holds the names said already), that the log holds
+    unfinished sagas of a name no ``@saga`` here declares: claims never take them (a saga
+    only a newer version of the code declares, in a rolling deploy), so a process that
+    declares it must. Without that word, an operator sees them wait and nothing said."""
+    running: Callable[[], Awaitable[list[tuple[str, int, str]]]] | None = getattr(
+        store, "_running_names", None
+    )
+    if running is None:
+        return
+    try:
+        found = await running()
+    except StoreError:
+        return  # the database is away: the next claim says so
+    known = {function.name for function in registered_sagas()}
+    for name, count, _ in found:
+        if name in known or name in told:
+            continue
+        told.add(name)
+        logger.info(
+            "sagakit recovery: the log holds %d unfinished saga(s) named %r, and no @saga "
+            "of that name is registered here: they are left for a process that declares it",
+            count,
+            name,
+        )
 
 
 def _warn_crashed_left(store: SagaStore) -> None:
@@ -607,4 +635,11 @@ async def _finish_claimed(
     return RecoveryOutcome(orphan.saga_id, orphan.name, "compensated", run.status, problem)
 
 
-__all__ = ["DEFAULT_MAX_ATTEMPTS", "RecoveryAction", "RecoveryOutcome", "adopt", "recover"]
+__all__ = [
+    "DEFAULT_MAX_ATTEMPTS",
+    "RecoveryAction",
+    "RecoveryOutcome",
+    "adopt",
+    "recover",
+    "tell_unregistered",
+]

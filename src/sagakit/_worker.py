@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from ._checks import check_count, check_flag, check_seconds
 from ._hooks import SimulatedCrash
-from ._recovery import _fields, _recover_one, _recoverable, give_back, log_stopped
+from ._recovery import (
+    _fields,
+    _recover_one,
+    _recoverable,
+    give_back,
+    log_stopped,
+    tell_unregistered,
+)
 from ._sagas import registered_sagas
 from ._shielding import CancellationWatch
 from ._tracebacks import hide_from_pytest
@@ -174,6 +181,10 @@ async def _finish_one(
         logger.info("sagakit worker finished %r", outcome, extra=_fields(orphan))
 
 
+UNREGISTERED_EVERY = 60.0
+"""Seconds between two looks for unfinished sagas of names no ``@saga`` here declares
+(each name is told once; the look counts the running sagas by name)."""
+
 MAX_BACKOFF = 30.0
 """The longest wait between two claims while the store keeps failing."""
 
@@ -235,7 +246,8 @@ async def run_worker(
 
     Polls every ``poll_interval`` seconds (at once while orphans keep coming and
     capacity is free; while claims keep failing, the wait doubles up to 30 s). Only
-    sagas registered with ``@saga`` in this process are claimed. Stops when
+    sagas registered with ``@saga`` in this process are claimed (the others are named
+    once each, at INFO, as left for a process that declares them). Stops when
     cancelled, when ``stop`` is set, or on SIGTERM (with ``handle_signals``, in the
     main thread); a stopped worker releases its leases.
     """
@@ -246,6 +258,8 @@ async def run_worker(
     tasks: dict[asyncio.Task[None], str] = {}  # the sagas in flight, with their ids
     nested: set[str] = set()  # the sagas their steps run with execute()
     failures = 0  # claims failed in a row
+    told: set[str] = set()  # the unregistered saga names told of (tell_unregistered)
+    next_look = 0.0  # when to look for them again (the loop's time)
 
     def done(task: asyncio.Task[None]) -> None:
         tasks.pop(task, None)
@@ -295,6 +309,9 @@ async def run_worker(
                         task.add_done_callback(done)
                 if claimed and claimed == free:
                     continue  # more may be waiting: claim again while capacity lasts
+                if not failures and asyncio.get_running_loop().time() >= next_look:
+                    next_look = asyncio.get_running_loop().time() + UNREGISTERED_EVERY
+                    await tell_unregistered(store, told)
                 freed.clear()
                 wait = _backoff(poll_interval, failures)
                 await _wait((stop, freed) if len(tasks) >= concurrency else (stop,), wait)
