@@ -99,7 +99,8 @@ class Proxy:
             try:
                 action()  # type: ignore[operator]
             finally:
-                done.set()
+                # Once the sockets it aborted are closed (asyncio closes them soon after).
+                self._loop.call_soon(self._loop.call_soon, done.set)
 
         self._loop.call_soon_threadsafe(run)
         done.wait()
