@@ -2,8 +2,10 @@
 
 The server is shared: a test may not restart it, nor refuse other sessions. A store
 connected through a :class:`Proxy` sees what a restart or a network outage does to
-it alone: ``cut()`` drops its connections and refuses new ones (accepted, then closed
-at once, as a server still starting up does) until ``restore()``.
+it alone: ``cut()`` drops its connections and, until ``restore()``, treats new ones
+as ``mode`` says: ``"reset"`` accepts and closes them at once (a server still starting
+up), ``"refused"`` stops listening (nothing on the port: connection refused),
+``"blackholed"`` accepts them and never answers (a host gone from the network).
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ class Proxy:
         self._dsn = parts
         self._target = (parts.hostname or "127.0.0.1", parts.port or 5432)
         self.refusing = False
-        self.refused = 0  # connections refused while cut off
+        self.mode = "reset"
+        self.refused = 0  # connections refused (reset or held unanswered) while cut off
+        self._held: set[asyncio.StreamWriter] = set()  # blackholed connections
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(64)
         self.port = self._sock.getsockname()[1]
@@ -59,7 +64,10 @@ class Proxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.refusing:
             self.refused += 1
-            writer.transport.abort()
+            if self.mode == "blackholed":
+                self._held.add(writer)  # never answered; dropped at restore()
+            else:
+                writer.transport.abort()
             return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
@@ -91,16 +99,23 @@ class Proxy:
             try:
                 action()  # type: ignore[operator]
             finally:
-                done.set()
+                # Once the sockets it aborted are closed (asyncio closes them soon after).
+                self._loop.call_soon(self._loop.call_soon, done.set)
 
         self._loop.call_soon_threadsafe(run)
         done.wait()
 
-    def cut(self) -> None:
-        """Drop every connection through the proxy and refuse new ones."""
+    def cut(self, mode: str = "reset") -> None:
+        """Drop every connection through the proxy and, until :meth:`restore`, reset
+        new ones (``"reset"``), refuse them (``"refused"``: the port is closed) or hold
+        them unanswered (``"blackholed"``)."""
+        assert mode in ("reset", "refused", "blackholed"), mode
 
         def drop() -> None:
             self.refusing = True
+            self.mode = mode
+            if mode == "refused":
+                self._server.close()  # the listening socket: connections are refused
             for writer, up_writer in list(self._pairs):
                 writer.transport.abort()
                 up_writer.transport.abort()
@@ -108,14 +123,25 @@ class Proxy:
         self._call(drop)
 
     def restore(self) -> None:
-        """Accept and forward connections again."""
+        """Accept and forward connections again (on the same port)."""
 
-        def accept() -> None:
+        async def accept() -> None:
+            if self.mode == "refused":
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("127.0.0.1", self.port))
+                sock.listen(64)
+                self._server = await asyncio.start_server(self._handle, sock=sock)
+            for writer in list(self._held):
+                writer.transport.abort()
+            self._held.clear()
             self.refusing = False
+            self.mode = "reset"
 
-        self._call(accept)
+        asyncio.run_coroutine_threadsafe(accept(), self._loop).result(timeout=10)
 
     def close(self) -> None:
+        self.restore()
         self.cut()
 
         async def stop() -> None:

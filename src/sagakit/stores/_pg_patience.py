@@ -1,14 +1,18 @@
 """Riding out a lost PostgreSQL connection (a fail-over, a server restarting or killing
 connections): the store tries again until ``connect_timeout`` seconds after the loss,
-and logs the wait once, not once per try.
+and logs the wait once, not once per try. A try's wait for a pooled connection ends
+at the deadline too (:func:`pool_wait`): while the server is down, the pool has none.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 logger = logging.getLogger("sagakit")
 
@@ -21,6 +25,22 @@ MAX_BACKOFF = 1.0
 BRIEF = 0.75
 """Seconds a cancelled caller's or a closing store's settling tries for: a caller that
 is gone, or ``close()``, does not wait ``connect_timeout`` for the server."""
+
+LAST_TRY = 0.01
+"""Seconds a try begun at (or past) its deadline waits for a pooled connection: one
+that is ready is taken, none is waited for."""
+
+_deadline: ContextVar[float | None] = ContextVar("sagakit_pg_deadline", default=None)
+
+
+def pool_wait(seconds: float) -> float:
+    """How long a statement waits for a pooled connection: ``seconds``
+    (``connect_timeout``), or less, up to the deadline of the tries it is one of."""
+    deadline = _deadline.get()
+    if deadline is None:
+        return seconds
+    left = deadline - asyncio.get_running_loop().time()
+    return max(min(seconds, left), LAST_TRY)
 
 
 class Patience:
@@ -36,6 +56,15 @@ class Patience:
     @classmethod
     def lasting(cls, seconds: float) -> Patience:
         return cls(asyncio.get_running_loop().time() + seconds)
+
+    @contextlib.contextmanager
+    def bounding(self) -> Iterator[None]:
+        """Inside, statements wait for a pooled connection until the deadline at most."""
+        token = _deadline.set(self.deadline)
+        try:
+            yield
+        finally:
+            _deadline.reset(token)
 
     async def wait(self) -> bool:
         """Sleep until the next try: ``False`` at once if the deadline has passed (the
@@ -86,4 +115,4 @@ class Outage:
         self._since = None
 
 
-__all__ = ["BACKOFF", "BRIEF", "MAX_BACKOFF", "Outage", "Patience"]
+__all__ = ["BACKOFF", "BRIEF", "LAST_TRY", "MAX_BACKOFF", "Outage", "Patience", "pool_wait"]

@@ -43,7 +43,7 @@ from . import _pg_rows as rows
 from ._dsn import redacted
 from ._fingerprint import definition_fingerprint
 from ._pg_loop import other_loop
-from ._pg_patience import BRIEF, Outage, Patience
+from ._pg_patience import BRIEF, Outage, Patience, pool_wait
 from ._pg_schema import check_schema_name, migrate
 from ._pg_settle import Doubt, Settled, settle
 from ._pg_sql import statements
@@ -176,6 +176,13 @@ def _connection_lost(error: StoreError) -> bool:
         return False
     state = cause.sqlstate  # None: the client lost the connection (or the pool had none)
     return state is None or state.startswith(("08", "57P"))  # connection, shutdown
+
+
+def _never_sent(error: StoreError) -> bool:
+    """Whether ``error`` says no connection could be had (the server is down): nothing
+    was sent, so nothing may have committed."""
+    _, psycopg_pool = _import_driver()
+    return isinstance(error.__cause__, psycopg_pool.PoolTimeout)
 
 
 def _write_lost(error: StoreError) -> bool:
@@ -355,6 +362,8 @@ class PostgresStore:
                 self.dsn,
                 min_size=self.min_size,
                 max_size=self.max_size,
+                # A statement waits connect_timeout for a connection, not the pool's 30 s.
+                timeout=self.connect_timeout,
                 kwargs={"autocommit": True},
                 configure=_wait_for_locks,
                 open=False,
@@ -404,12 +413,12 @@ class PostgresStore:
             await self.open()
         pool = self._pool
         assert pool is not None
-        psycopg, _ = _import_driver()
+        psycopg, psycopg_pool = _import_driver()
         used: AsyncConnection[Any] | None = None
         watch = CancellationWatch()
         try:
             for tries_left in reversed(range(pool.max_size + 1)):
-                async with pool.connection() as conn:
+                async with pool.connection(pool_wait(self.connect_timeout)) as conn:
                     if watch.came():
                         # Cancelled while waiting for the connection, and the cancellation
                         # was lost on the way (Python 3.11's asyncio.wait_for, in the pool,
@@ -423,6 +432,14 @@ class PostgresStore:
                     used = conn
                     yield conn
                     break
+        except psycopg_pool.PoolTimeout as error:
+            # The server is down or unreachable (or every connection stayed busy).
+            raise StoreError(
+                f"PostgreSQL saga log (schema {self.schema!r}): no connection within "
+                f"{self.connect_timeout:g} s (connect_timeout): check that the server is "
+                "up and reachable (or that max_size connections are enough), or give the "
+                "store a longer connect_timeout to ride out longer outages"
+            ) from error
         except psycopg.Error as error:
             if used is not None and used.broken:
                 await self._check_pool(pool)
@@ -913,6 +930,7 @@ class PostgresStore:
         self._check_loop()  # (the writer's task would be another loop's)
         holder = self._runs.get(saga_id)
         waiting = False  # for the server, since this call lost its connection
+        began = asyncio.get_running_loop().time()
         try:
             for sent in itertools.count():
                 self._token += 1
@@ -939,7 +957,9 @@ class PostgresStore:
                         waiting = True
                         self._outage.begin(error, self.connect_timeout)
                     if patience is None:
-                        patience = Patience.lasting(self.connect_timeout)
+                        # From the first submission: it may have waited connect_timeout
+                        # for a connection already, while the server was down.
+                        patience = Patience(began + self.connect_timeout)
                     # The first loss is settled at once; only a lost connection is waited
                     # out (another error is sent again once, as before).
                     if sent and (not lost or not await patience.wait()):
@@ -1054,13 +1074,20 @@ class PostgresStore:
         waiting = False
         try:
             while True:
+                began = asyncio.get_running_loop().time()
                 try:
-                    result = await attempt()
+                    if patience is None:
+                        result = await attempt()
+                    else:
+                        with patience.bounding():  # its wait for a connection too
+                            result = await attempt()
                 except StoreError as error:
                     if not _connection_lost(error):
                         raise  # (cancelled: raised as it is)
                     if patience is None:
-                        patience = Patience.lasting(self.connect_timeout)
+                        # From the try's start: it may have waited connect_timeout for
+                        # a connection already, while the server was down.
+                        patience = Patience(began + self.connect_timeout)
                     if not waiting:
                         waiting = True
                         self._outage.begin(error, self.connect_timeout)
@@ -1440,7 +1467,7 @@ class PostgresStore:
         try:
             return await self._run(self._sql.claim, params)
         except StoreError as error:
-            if not _connection_lost(error):
+            if not _connection_lost(error) or _never_sent(error):
                 raise
             lost = error
         found = await self._again(
