@@ -8,6 +8,7 @@ and never answers, both after dropping every connection already open.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -55,7 +56,9 @@ async def test_a_call_fails_naming_connect_timeout_when_the_server_stays_down(
             proxy.cut(mode)
             try:
                 async with asyncio.timeout(WELL_UNDER_THE_POOLS_30_S):
-                    with pytest.raises(StoreError, match=r"within 2 s \(connect_timeout\)"):
+                    # (execute() raises its last write's: the store knew the server down)
+                    named = r"within 2 s \(connect_timeout\)|waited 2 s for one, connect_timeout"
+                    with pytest.raises(StoreError, match=named):
                         await _calls(store)[call]()
             finally:
                 proxy.restore()
@@ -136,3 +139,69 @@ async def test_a_worker_rides_out_an_outage_shorter_than_its_lease(
         assert done is not None
         assert done.status == "completed"
         assert RAN == ["fo_first", "fo_slow"]  # nothing run again
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", ["refused", "blackholed"])
+async def test_once_a_call_gave_up_on_the_server_the_next_ones_try_briefly(
+    dsn: str, schema: str, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: every statement waited connect_timeout for a connection in turn, so a
+    # saga failing during an outage took about four times connect_timeout (its write,
+    # the settling, the compensation's start, the end), a cancelled one five.
+    from sagakit.stores._pg_patience import KNOWN_DOWN
+
+    waits: list[float] = []
+    with proxied(dsn) as proxy:
+        async with opened(proxy.dsn(), schema, connect_timeout=6.0) as store:
+            await SagaOrchestrator(store).execute(fo_one(1), saga_id="fo-down")
+            pool = store._pool
+            assert pool is not None
+            connection = pool.connection
+
+            def spied(timeout: float | None = None) -> Any:
+                waits.append(timeout if timeout is not None else pool.timeout)
+                return connection(timeout)
+
+            pool.connection = spied  # type: ignore[method-assign]
+            proxy.cut(mode)
+            caplog.set_level(logging.INFO, logger="sagakit")
+            try:
+                with pytest.raises(StoreError, match=r"within 6 s \(connect_timeout\)"):
+                    await SagaOrchestrator(store).get_saga("fo-down")
+                assert set(waits) == {6.0}  # the first call: connect_timeout
+                first = len(waits)  # (a connection the server ended, then none)
+                with pytest.raises(StoreError, match="still unreachable"):
+                    await SagaOrchestrator(store).execute(fo_one(2))
+                later = waits[first:]
+                assert later  # it did try
+                assert all(wait <= KNOWN_DOWN for wait in later), later
+            finally:
+                proxy.restore()
+            # Once the server is back, a call gets the pool's next connection (it tries
+            # for longer than the pool waits between two tries to reconnect).
+            async with asyncio.timeout(GIVE_UP):
+                while True:
+                    try:
+                        found = await SagaOrchestrator(store).get_saga("fo-down")
+                        break
+                    except StoreError:
+                        if mode == "refused":
+                            raise  # nothing in flight to wait out: the first try gets it
+                        # (blackholed: the pool's connection attempts made meanwhile
+                        # wait out connect_timeout before it tries again)
+            assert found is not None
+            assert found.status == "completed"
+            assert await SagaOrchestrator(store).execute(fo_one(3)) == [3]
+            assert not store._down
+        told = [r.getMessage() for r in caplog.records if r.name == "sagakit"]
+        # One outage, told once, however many calls gave up during it (each told its own).
+        assert len([m for m in told if "lost its connection" in m]) == 1, told
+        assert len([m for m in told if "again after" in m]) == 1, told
+
+
+def test_a_known_down_try_outlasts_the_pools_reconnect_delay() -> None:
+    from sagakit.stores._pg_patience import KNOWN_DOWN
+    from sagakit.stores._pg_pool import MAX_RECONNECT_DELAY
+
+    assert KNOWN_DOWN > MAX_RECONNECT_DELAY

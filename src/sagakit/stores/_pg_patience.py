@@ -26,6 +26,12 @@ BRIEF = 0.75
 """Seconds a cancelled caller's or a closing store's settling tries for: a caller that
 is gone, or ``close()``, does not wait ``connect_timeout`` for the server."""
 
+KNOWN_DOWN = 3.0
+"""Seconds a call tries for the server (``connect_timeout`` at most) once another call
+gave up on it and no statement has had a connection since: longer than the pool's
+wait between two tries to reconnect (``_pg_pool.MAX_RECONNECT_DELAY``), so a call made
+once the server is back gets the pool's next connection, not a quick failure."""
+
 LAST_TRY = 0.01
 """Seconds a try begun at (or past) its deadline waits for a pooled connection: one
 that is ready is taken, none is waited for."""
@@ -80,20 +86,23 @@ class Patience:
 
 class Outage:
     """A store's wait for the server, logged once: a ``WARNING`` when the first of its
-    writes finds the connection lost, an ``INFO`` when the last one waiting gets
-    through. One that gives up ends the wait without the ``INFO`` (it raises)."""
+    calls finds the connection lost, an ``INFO`` when the server answers again (a call
+    waiting gets through, or, once every call waiting gave up, the next statement that
+    gets a connection: :meth:`back`). A call that gives up leaves the outage on, so the
+    next ones to wait do not warn again."""
 
-    __slots__ = ("_schema", "_since", "_waiting")
+    __slots__ = ("_schema", "_waiting", "since")
 
     def __init__(self, schema: str) -> None:
         self._schema = schema
-        self._since: float | None = None
+        self.since: float | None = None
+        """When the outage began (``time.monotonic()``), while it lasts."""
         self._waiting = 0
 
     def begin(self, error: Exception, seconds: float) -> None:
         self._waiting += 1
-        if self._since is None:
-            self._since = time.monotonic()
+        if self.since is None:
+            self.since = time.monotonic()
             logger.warning(
                 "sagakit lost its connection to the PostgreSQL saga log (schema %r); "
                 "trying again for up to %g s (connect_timeout): %s",
@@ -104,15 +113,28 @@ class Outage:
 
     def end(self, *, reached: bool) -> None:
         self._waiting -= 1
-        if self._waiting or self._since is None:
+        if reached and not self._waiting:
+            self.back()
+
+    def back(self) -> None:
+        """The server answered: the outage, if one was told, is over."""
+        if self.since is None:
             return
-        if reached:
-            logger.info(
-                "sagakit reached the PostgreSQL saga log (schema %r) again after %.1f s",
-                self._schema,
-                time.monotonic() - self._since,
-            )
-        self._since = None
+        logger.info(
+            "sagakit reached the PostgreSQL saga log (schema %r) again after %.1f s",
+            self._schema,
+            time.monotonic() - self.since,
+        )
+        self.since = None
 
 
-__all__ = ["BACKOFF", "BRIEF", "LAST_TRY", "MAX_BACKOFF", "Outage", "Patience", "pool_wait"]
+__all__ = [
+    "BACKOFF",
+    "BRIEF",
+    "KNOWN_DOWN",
+    "LAST_TRY",
+    "MAX_BACKOFF",
+    "Outage",
+    "Patience",
+    "pool_wait",
+]

@@ -43,7 +43,7 @@ from . import _pg_rows as rows
 from ._dsn import redacted
 from ._fingerprint import definition_fingerprint
 from ._pg_loop import other_loop
-from ._pg_patience import BRIEF, Outage, Patience, pool_wait
+from ._pg_patience import BRIEF, KNOWN_DOWN, Outage, Patience, pool_wait
 from ._pg_schema import check_schema_name, migrate
 from ._pg_settle import Doubt, Settled, settle
 from ._pg_sql import statements
@@ -322,6 +322,10 @@ class PostgresStore:
         self._retired: dict[int, tuple[SagaRunView | OrphanedSaga, bool]] = {}
         self._doubts: dict[str, Doubt] = {}  # submissions that may have committed or not
         self._outage = Outage(self.schema)  # logs the store's waits for the server
+        # A call gave up on the server (connect_timeout without a connection): until a
+        # statement gets one again, the next ones try for KNOWN_DOWN, not connect_timeout
+        # each (a failing saga's later writes, one after another, each waited that).
+        self._down = False
         self._token = int.from_bytes(os.urandom(7), "big")  # the last write token handed out
         self._statements = 0
         self._round_trips = 0
@@ -418,7 +422,7 @@ class PostgresStore:
         watch = CancellationWatch()
         try:
             for tries_left in reversed(range(pool.max_size + 1)):
-                async with pool.connection(pool_wait(self.connect_timeout)) as conn:
+                async with pool.connection(pool_wait(self._patience())) as conn:
                     if watch.came():
                         # Cancelled while waiting for the connection, and the cancellation
                         # was lost on the way (Python 3.11's asyncio.wait_for, in the pool,
@@ -431,14 +435,25 @@ class PostgresStore:
                         continue
                     used = conn
                     yield conn
+                    self._down = False  # the server answered
+                    if self._outage.since is not None:
+                        self._outage.back()
                     break
         except psycopg_pool.PoolTimeout as error:
-            # The server is down or unreachable (or every connection stayed busy).
+            # The server is down or unreachable (or every connection stayed busy: then
+            # the next statement to get one ends the down state at once).
+            if self._down:  # waited KNOWN_DOWN
+                waited = (
+                    "no connection: the server is still unreachable (an earlier call "
+                    f"waited {self.connect_timeout:g} s for one, connect_timeout)"
+                )
+            else:
+                self._down = True
+                waited = f"no connection within {self.connect_timeout:g} s (connect_timeout)"
             raise StoreError(
-                f"PostgreSQL saga log (schema {self.schema!r}): no connection within "
-                f"{self.connect_timeout:g} s (connect_timeout): check that the server is "
-                "up and reachable (or that max_size connections are enough), or give the "
-                "store a longer connect_timeout to ride out longer outages"
+                f"PostgreSQL saga log (schema {self.schema!r}): {waited}: check that the "
+                "server is up and reachable (or that max_size connections are enough), "
+                "or give the store a longer connect_timeout to ride out longer outages"
             ) from error
         except psycopg.Error as error:
             if used is not None and used.broken:
@@ -959,7 +974,7 @@ class PostgresStore:
                     if patience is None:
                         # From the first submission: it may have waited connect_timeout
                         # for a connection already, while the server was down.
-                        patience = Patience(began + self.connect_timeout)
+                        patience = Patience(began + self._patience())
                     # The first loss is settled at once; only a lost connection is waited
                     # out (another error is sent again once, as before).
                     if sent and (not lost or not await patience.wait()):
@@ -1087,7 +1102,7 @@ class PostgresStore:
                     if patience is None:
                         # From the try's start: it may have waited connect_timeout for
                         # a connection already, while the server was down.
-                        patience = Patience(began + self.connect_timeout)
+                        patience = Patience(began + self._patience())
                     if not waiting:
                         waiting = True
                         self._outage.begin(error, self.connect_timeout)
@@ -1103,8 +1118,17 @@ class PostgresStore:
             if waiting:
                 self._outage.end(reached=False)
 
+    def _patience(self) -> float:
+        """Seconds a call tries for the server: ``connect_timeout``, or less
+        (:data:`KNOWN_DOWN`) while the server is known to be down (a call gave up on
+        it, and no statement has had a connection since)."""
+        if self._down:
+            return min(KNOWN_DOWN, self.connect_timeout)
+        return self.connect_timeout
+
     def _gave_up(self, error: StoreError) -> StoreError:
         """``error``, a lost connection, once the store stopped trying again."""
+        self._down = True
         if "connect_timeout" in str(error):
             return error  # (said already, by a settling given up on)
         return StoreError(
