@@ -10,7 +10,7 @@ from .._serialization import JsonSerializer
 from ..records import SagaMetadata, StepRecord
 from ..status import SagaStatus, StepStatus
 from ._protocol import DeadLetter, LoggedStep, OrphanedSaga, StoredEvent
-from ._records import exactly, known_status, loads_as, saga_metadata, step_value
+from ._records import exactly, known_status, loads_as, record_name, saga_metadata, step_value
 
 Row = Sequence[Any]
 
@@ -28,10 +28,6 @@ def steps_by_saga(rows: Iterable[Row]) -> dict[str, list[Row]]:
     return grouped
 
 
-def _record_name(compensation: object, name: str) -> str:
-    return f"{'compensation' if compensation else 'step'} {name!r}"
-
-
 def metadata(saga: Row, serializer: JsonSerializer, *, exact: bool = False) -> SagaMetadata:
     """A :class:`SagaMetadata` from a ``sagas`` row read with its step records (the
     JSON array of ``steps_of`` in ``_pg_sql``, ``None`` when it has none); ``exact``:
@@ -42,7 +38,7 @@ def metadata(saga: Row, serializer: JsonSerializer, *, exact: bool = False) -> S
         StepRecord(
             index=index,
             name=step_name,
-            status=known_status(StepStatus, step_status, saga_id, _record_name(comp, step_name)),
+            status=known_status(StepStatus, step_status, saga_id, record_name(comp, step_name)),
             attempts=attempts,
             duration=duration,
             error=step_error,

@@ -48,6 +48,11 @@ def known_status(kind: type[_Status], stored: Any, saga_id: str, step: str = "")
         ) from None
 
 
+def record_name(compensation: object, name: str) -> str:
+    """How an error names a step record: ``"step 'debit'"``, ``"compensation 'debit'"``."""
+    return f"{'compensation' if compensation else 'step'} {name!r}"
+
+
 def lenient(serializer: JsonSerializer, text: str | None) -> Any:
     """Decode for display: a value whose class cannot be loaded shows as raw JSON."""
     if text is None:
@@ -131,4 +136,12 @@ def saga_metadata(
     )
 
 
-__all__ = ["exactly", "known_status", "lenient", "loads_as", "saga_metadata", "step_value"]
+__all__ = [
+    "exactly",
+    "known_status",
+    "lenient",
+    "loads_as",
+    "record_name",
+    "saga_metadata",
+    "step_value",
+]

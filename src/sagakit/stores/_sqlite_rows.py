@@ -12,7 +12,7 @@ from ..exceptions import StoreError
 from ..records import SagaMetadata, StepRecord
 from ..status import SagaStatus, StepStatus
 from ._protocol import LoggedStep, OrphanedSaga
-from ._records import exactly, known_status, loads_as, saga_metadata, step_value
+from ._records import exactly, known_status, loads_as, record_name, saga_metadata, step_value
 from ._sqlite_sql import SELECT_ORPHAN, SELECT_ORPHAN_STEPS, SELECT_SAGA, SELECT_STEPS
 
 
@@ -34,10 +34,6 @@ def when(stamp: float | None, saga_id: str | None = None) -> datetime | None:
 
 
 _NEVER = datetime.min.replace(tzinfo=UTC)
-
-
-def _record_name(compensation: object, name: str) -> str:
-    return f"{'compensation' if compensation else 'step'} {name!r}"
 
 
 def load_metadata(
@@ -68,9 +64,7 @@ def load_metadata(
             StepRecord(
                 index=idx,
                 name=step_name,
-                status=known_status(
-                    StepStatus, step_status, saga_id, _record_name(comp, step_name)
-                ),
+                status=known_status(StepStatus, step_status, saga_id, record_name(comp, step_name)),
                 attempts=attempts,
                 duration=duration,
                 error=step_error,
