@@ -315,6 +315,25 @@ async def test_concurrent_openers_under_a_short_statement_timeout_migrate_the_sc
     assert versions == [(version,) for version in range(1, SCHEMA_VERSION + 1)]
 
 
+@pytest.mark.parametrize(
+    "setting",
+    ["0", "1", "20", "999", "1000", "1500", "60000", "90000", "3600000", "86400000", "2147483647"],
+)
+def test_a_statement_timeout_as_show_gives_it_is_read_in_milliseconds(
+    dsn: str, setting: str
+) -> None:
+    # The migration lengthens a role's short statement_timeout, read with SHOW (cheap,
+    # where the pg_settings scan it replaced outlasted a 20 ms timeout on a loaded server).
+    from sagakit.stores._pg_schema import shown_milliseconds
+
+    psycopg = pytest.importorskip("psycopg")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"SET statement_timeout = {setting}")
+        row = conn.execute("SHOW statement_timeout").fetchone()
+    assert row is not None
+    assert shown_milliseconds(row[0]) == int(setting), row[0]
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("role_timeout", "value"),

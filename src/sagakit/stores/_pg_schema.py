@@ -442,6 +442,20 @@ def _newer(schema: str, current: int, known: int) -> StoreError:
 
 
 MAX_LOCK_TIMEOUT_MS = 2_147_483_647
+
+_UNIT_MS = {"": 1, "ms": 1, "s": 1_000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+_SHOWN = re.compile(r"(\d+)\s*(ms|s|min|h|d)?")
+
+
+def shown_milliseconds(shown: str) -> int | None:
+    """A time setting as ``SHOW`` gives it (``"20ms"``, ``"5min"``, ``"0"``) in
+    milliseconds; ``None`` for a form it does not give."""
+    match = _SHOWN.fullmatch(shown.strip())
+    if match is None:
+        return None
+    return int(match[1]) * _UNIT_MS[match[2] or ""]
+
+
 """The longest ``lock_timeout`` PostgreSQL takes (a 32-bit count of milliseconds)."""
 
 
@@ -504,12 +518,13 @@ async def _migrate_locked(
         # So did a role's statement_timeout: one shorter than that wait is lengthened
         # (a second past it, so that a lock waited for too long says so, as above).
         longer = min(timeout + 1000, MAX_LOCK_TIMEOUT_MS)
-        await conn.execute(
-            "SELECT set_config('statement_timeout', %s, true) "
-            "FROM pg_settings WHERE name = 'statement_timeout' "
-            "AND setting::bigint BETWEEN 1 AND %s",
-            (str(longer), longer - 1),
-        )
+        # Read with SHOW, not from pg_settings, whose scan of every setting (about 1 ms,
+        # 20 times SHOW's) a loaded server made outlast a 20 ms statement_timeout.
+        cursor = await conn.execute("SHOW statement_timeout")
+        shown = await cursor.fetchone()
+        role_ms = shown_milliseconds(str(shown[0])) if shown else None  # type: ignore[index]
+        if role_ms is not None and 1 <= role_ms < longer:
+            await conn.execute(f"SET LOCAL statement_timeout = {longer}")
         await conn.execute(f"SELECT pg_advisory_xact_lock({lock_key(schema, 'migrate')})")
         # CREATE SCHEMA IF NOT EXISTS needs the right to create schemas in the database
         # even when the schema exists: a role that owns the schema but has no such right
@@ -534,4 +549,11 @@ async def _migrate_locked(
     return len(scripts) - current
 
 
-__all__ = ["SCHEMA_VERSION", "check_schema_name", "lock_key", "migrate", "migrations"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "check_schema_name",
+    "lock_key",
+    "migrate",
+    "migrations",
+    "shown_milliseconds",
+]
