@@ -442,6 +442,8 @@ def _newer(schema: str, current: int, known: int) -> StoreError:
 
 
 MAX_LOCK_TIMEOUT_MS = 2_147_483_647
+"""The longest ``lock_timeout`` PostgreSQL takes (a 32-bit count of milliseconds)."""
+
 
 _UNIT_MS = {"": 1, "ms": 1, "s": 1_000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
 _SHOWN = re.compile(r"(\d+)\s*(ms|s|min|h|d)?")
@@ -454,9 +456,6 @@ def shown_milliseconds(shown: str) -> int | None:
     if match is None:
         return None
     return int(match[1]) * _UNIT_MS[match[2] or ""]
-
-
-"""The longest ``lock_timeout`` PostgreSQL takes (a 32-bit count of milliseconds)."""
 
 
 async def migrate(conn: AsyncConnection[object], schema: str, *, wait: float = 10.0) -> int:
