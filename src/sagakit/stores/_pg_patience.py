@@ -99,6 +99,10 @@ class Outage:
         """When the outage began (``time.monotonic()``), while it lasts."""
         self._waiting = 0
 
+    def waiting(self, seconds: float) -> Waiting:
+        """One call's part in the outage (``seconds``: how long it tries, as told)."""
+        return Waiting(self, seconds)
+
     def begin(self, error: Exception, seconds: float) -> None:
         self._waiting += 1
         if self.since is None:
@@ -128,6 +132,38 @@ class Outage:
         self.since = None
 
 
+class Waiting:
+    """One call's part in its store's :class:`Outage`, used as a context manager: it
+    joins the outage when it first finds the connection lost (:meth:`lost`), leaves it
+    when it reaches the server (:meth:`reached`), and otherwise (it gave up, or was
+    cancelled) when the block ends."""
+
+    __slots__ = ("_on", "_outage", "_seconds")
+
+    def __init__(self, outage: Outage, seconds: float) -> None:
+        self._outage = outage
+        self._seconds = seconds
+        self._on = False
+
+    def lost(self, error: Exception) -> None:
+        if not self._on:
+            self._on = True
+            self._outage.begin(error, self._seconds)
+
+    def reached(self) -> None:
+        if self._on:
+            self._on = False
+            self._outage.end(reached=True)
+
+    def __enter__(self) -> Waiting:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._on:
+            self._on = False
+            self._outage.end(reached=False)
+
+
 __all__ = [
     "BACKOFF",
     "BRIEF",
@@ -136,5 +172,6 @@ __all__ = [
     "MAX_BACKOFF",
     "Outage",
     "Patience",
+    "Waiting",
     "pool_wait",
 ]

@@ -944,9 +944,8 @@ class PostgresStore:
         """
         self._check_loop()  # (the writer's task would be another loop's)
         holder = self._runs.get(saga_id)
-        waiting = False  # for the server, since this call lost its connection
         began = asyncio.get_running_loop().time()
-        try:
+        with self._outage.waiting(self.connect_timeout) as waiting:  # for the server
             for sent in itertools.count():
                 self._token += 1
                 token = writes[-1].token = self._token
@@ -956,9 +955,7 @@ class PostgresStore:
                     await self._submit(saga_id, writes, holder)
                     break
                 except (LeaseLost, IdTaken):
-                    if waiting:  # refused: the server answered
-                        waiting = False
-                        self._outage.end(reached=True)
+                    waiting.reached()  # refused: the server answered
                     raise
                 except BaseException as error:
                     if isinstance(error.__cause__, Rejected):
@@ -968,9 +965,8 @@ class PostgresStore:
                     if not isinstance(error, StoreError):
                         raise  # (cancelled) settled by the saga's next write
                     lost = _write_lost(error)
-                    if lost and not waiting:
-                        waiting = True
-                        self._outage.begin(error, self.connect_timeout)
+                    if lost:
+                        waiting.lost(error)
                     if patience is None:
                         # From the first submission: it may have waited connect_timeout
                         # for a connection already, while the server was down.
@@ -998,12 +994,7 @@ class PostgresStore:
                     if committed:
                         break
                     new = writes[0].new  # still to send if the id may be another saga's
-            if waiting:
-                waiting = False
-                self._outage.end(reached=True)
-        finally:
-            if waiting:
-                self._outage.end(reached=False)
+            waiting.reached()
 
     async def _submit(self, saga_id: str, writes: list[Write], holder: object) -> None:
         """Submit ``writes`` once (again with the fencing token a claim of this store
@@ -1086,8 +1077,7 @@ class PostgresStore:
         :class:`Patience`), none begun after ``patience``'s deadline (by default
         ``connect_timeout`` seconds after the first loss). An error that is not a lost
         connection (a statement the server refused) is raised at once."""
-        waiting = False
-        try:
+        with self._outage.waiting(self.connect_timeout) as waiting:
             while True:
                 began = asyncio.get_running_loop().time()
                 try:
@@ -1103,20 +1093,13 @@ class PostgresStore:
                         # From the try's start: it may have waited connect_timeout for
                         # a connection already, while the server was down.
                         patience = Patience(began + self._patience())
-                    if not waiting:
-                        waiting = True
-                        self._outage.begin(error, self.connect_timeout)
+                    waiting.lost(error)
                     if not await patience.wait():
                         raise self._gave_up(error) from error.__cause__
                     logger.debug("sagakit: %s again: %s", what, error)
                     continue
-                if waiting:
-                    waiting = False
-                    self._outage.end(reached=True)
+                waiting.reached()
                 return result
-        finally:
-            if waiting:
-                self._outage.end(reached=False)
 
     def _patience(self) -> float:
         """Seconds a call tries for the server: ``connect_timeout``, or less
@@ -1127,7 +1110,8 @@ class PostgresStore:
         return self.connect_timeout
 
     def _gave_up(self, error: StoreError) -> StoreError:
-        """``error``, a lost connection, once the store stopped trying again."""
+        """``error``, a lost connection, once the store stopped trying again; from now
+        on the server is known to be down (see :meth:`_patience`)."""
         self._down = True
         if "connect_timeout" in str(error):
             return error  # (said already, by a settling given up on)
