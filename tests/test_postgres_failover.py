@@ -56,6 +56,18 @@ def _unreachable() -> StoreError:
     return error
 
 
+class _Unreachable:
+    """A store call while the server is unreachable: raises a lost connection, counting
+    its calls."""
+
+    def __init__(self) -> None:
+        self.tries = 0
+
+    async def __call__(self, *args: Any) -> Any:
+        self.tries += 1
+        raise _unreachable()
+
+
 @pytest.mark.asyncio
 async def test_sagas_ride_out_a_second_of_killed_connections(
     dsn: str, schema: str, caplog: pytest.LogCaptureFixture
@@ -105,17 +117,11 @@ async def test_an_outage_longer_than_connect_timeout_fails_the_saga_with_a_clear
     dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with opened(dsn, schema, connect_timeout=0.3) as store:
-        tries = 0
-
-        async def unreachable(*args: Any) -> Any:
-            nonlocal tries
-            tries += 1
-            raise _unreachable()
-
+        unreachable = _Unreachable()
         monkeypatch.setattr(store, "_begin_row", unreachable)
         with pytest.raises(StoreError, match=r"within 0\.3 s \(connect_timeout\)"):
             await SagaOrchestrator(store).execute(fo_three(1), saga_id="s")
-        assert tries > 2  # tried again, then gave up
+        assert unreachable.tries > 2  # tried again, then gave up
         assert not RAN
 
 
@@ -144,18 +150,12 @@ async def test_an_execute_cancelled_while_the_store_waits_for_the_server_ends_at
 async def test_close_does_not_wait_connect_timeout_to_settle_a_write_in_doubt(
     dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    unreachable = _Unreachable()
     async with opened(dsn, schema, connect_timeout=3600) as store:
-        tries = 0
-
-        async def unreachable(*args: Any) -> Any:
-            nonlocal tries
-            tries += 1
-            raise _unreachable()
-
         monkeypatch.setattr("sagakit.stores.postgres.settle", unreachable)
         write = Write("s", "fo_three", 1, str(SagaStatus.EXECUTING))
         store._doubts["s"] = Doubt(1, [write], 1, None)  # a run stopped mid-write
         async with asyncio.timeout(GIVE_UP):  # (a guard: it waited an hour)
             await store.close()
-    assert tries > 1  # tried again briefly
+    assert unreachable.tries > 1  # tried again briefly
     assert any("could not write a staged transition" in r.message for r in caplog.records)
