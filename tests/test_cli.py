@@ -242,7 +242,7 @@ def test_recover_reports_the_sagas_it_dead_lettered(tmp_path: Path) -> None:
     assert child(db, log, "recover", db, "1", crash="in_step:credit") == -signal.SIGKILL
     with bank_importable(log):
         code, out = cli("--db", db, "recover", "--import", "bank", "--max-attempts", "1")
-    assert code == 0
+    assert code == 3  # a saga parked: an operator is needed
     rows = [line.split()[:4] for line in out.splitlines()]
     assert rows[0] == ["ID", "NAME", "ACTION", "STATUS"]
     assert sorted(rows[1:]) == [
@@ -255,7 +255,7 @@ def test_recover_reports_the_sagas_it_dead_lettered(tmp_path: Path) -> None:
     )
     assert child(db, log, "recover", db, "1", crash="in_step:credit") == -signal.SIGKILL
     code, out = cli("--db", db, "recover", "--max-attempts", "1", "--json")
-    assert code == 0
+    assert code == 3
     [parked] = json.loads(out)
     assert parked["id"] == "t3"
     assert parked["action"] == "dead_lettered"
@@ -2156,9 +2156,10 @@ def test_recover_names_the_dead_letters_it_leaves_alone(
         f"`sagakit --db {shlex.quote(db)} resume parked` hands one back to recovery, "
         "`sagakit resolve` settles it"
     )
-    assert cli("--db", db, "recover") == (0, f"nothing to recover\n{note}\n")
+    # Status 3: the dead letter still waits for an operator.
+    assert cli("--db", db, "recover") == (3, f"nothing to recover\n{note}\n")
     code, out = cli("--db", db, "recover", "--json")
-    assert (code, json.loads(out)) == (0, [])
+    assert (code, json.loads(out)) == (3, [])
     assert capsys.readouterr().err == f"sagakit: {note}\n"
 
 

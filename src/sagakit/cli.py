@@ -11,6 +11,10 @@
 ``--db`` also takes a PostgreSQL URL (``postgresql://user@host/db``, with
 ``--schema`` if the log is not in schema ``sagakit``); a SQLite log another process holds
 locked is waited for ``--busy-timeout SECONDS`` (5). Every command prints JSON with ``--json``.
+
+Exit status: 0 on success; 1 for an error (a message on stderr); 2 for a usage error; 3 for a
+``recover`` after which a saga needs an operator (parked as a dead letter, by this run or
+still from an earlier one, or recovered to FAILED), for a cron job to notice.
 """
 
 from __future__ import annotations
@@ -161,7 +165,10 @@ def _parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="one saga with its step trail", parents=[printing])
     show.add_argument("saga_id")
     recover = commands.add_parser(
-        "recover", help="finish sagas left running by dead processes", parents=[printing]
+        "recover",
+        help="finish sagas left running by dead processes",
+        epilog="exit status 3: a saga needs an operator (a dead letter, or recovered to failed)",
+        parents=[printing],
     )
     recover.add_argument(
         "--import",
@@ -715,6 +722,12 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                     + "\n"
                 )
                 _side_note(args, out, note)
+            # Status 3 while a saga needs an operator: a cron job's only signal. A dead letter
+            # parked before counts until resumed or resolved, as nothing else tells of it.
+            if waiting or any(
+                o.action == "dead_lettered" or o.status is SagaStatus.FAILED for o in outcomes
+            ):
+                return 3
             return 0
         if args.command == "dead-letters":
             letters = await store.dead_letters()
@@ -862,7 +875,8 @@ def _refuse_a_running_loop() -> None:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    """Run the CLI; returns the exit status (1 with a message for sagakit errors)."""
+    """Run the CLI; returns the exit status (1 with a message for sagakit errors; 3 for a
+    ``recover`` that leaves a saga needing an operator)."""
     _refuse_a_running_loop()
     parser = _parser()
     args = parser.parse_args(argv)
