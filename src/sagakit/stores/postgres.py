@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._cadence import failure_level
 from .._checks import check_flag
 from .._runs import unended
 from .._serialization import JsonSerializer
@@ -515,14 +516,29 @@ class PostgresStore:
     async def _beat(self) -> None:
         task = asyncio.current_task()
         assert task is not None
+        failures = 0  # renewals failed in a row
         while True:
             await asyncio.sleep(self.heartbeat)
+            held = bool(self._fences)  # (else renew() sends nothing: no sign of the server)
             try:
                 await self.renew()
             except Exception as error:  # keep beating: the next renewal may succeed
                 if task.cancelling():  # close() cancelled us and it came out as an error
                     raise asyncio.CancelledError from error
-                logger.warning("sagakit heartbeat could not renew leases: %s", error)
+                failures += 1
+                logger.log(
+                    failure_level(failures),
+                    "sagakit heartbeat could not renew leases (%d in a row): %s",
+                    failures,
+                    error,
+                )
+            else:
+                if failures and held:
+                    logger.info(
+                        "sagakit heartbeat renews leases again (after %d failed renewals)",
+                        failures,
+                    )
+                    failures = 0
             if task.cancelling():
                 # Cancelled during the renewal, and the cancellation was lost on the way
                 # (in the driver or the pool): stop anyway, or close() waits forever.
