@@ -1535,6 +1535,8 @@ class PostgresStore:
 
     async def resume_dead_letter(self, saga_id: str) -> None:
         check_saga_id(saga_id, "resume_dead_letter()")
+        # Sent once: if its connection is lost, it may have committed, and sent again it
+        # would match nothing and say the saga is not dead-lettered (so resolve's too).
         if not await self._run(self._sql.resume, (saga_id,)):
             raise StoreError(
                 f"saga {saga_id!r} is not dead-lettered; `sagakit dead-letters` lists those"
