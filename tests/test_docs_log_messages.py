@@ -30,7 +30,7 @@ _SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.S)
 _FENCE = re.compile(r"^ *```.*?^ *```", re.S | re.M)
 # What a quoted log message starts with (not a command line such as `sagakit recover`).
 _MESSAGE = re.compile(
-    r"(sagakit(: | recovery | worker | could | parked )|\.\.\. could |saga \S+ \()"
+    r"(sagakit(: | recovery | worker | heartbeat | could | parked )|\.\.\. could |saga \S+ \()"
 )
 _WILD = "\0"  # stands for any text, on either side
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from ._cadence import failure_level
 from ._checks import check_count, check_flag, check_seconds
 from ._hooks import SimulatedCrash
 from ._recovery import (
@@ -279,7 +280,8 @@ async def run_worker(
                         )
                     except StoreError as error:  # the database is away: try again later
                         failures += 1
-                        logger.warning(
+                        logger.log(
+                            failure_level(failures),
                             "sagakit worker could not claim sagas (%d in a row; next try in "
                             "%.3g s): %s",
                             failures,
@@ -289,7 +291,10 @@ async def run_worker(
                         orphans = []
                     else:
                         if failures:
-                            logger.info("sagakit worker claims sagas again")
+                            logger.info(
+                                "sagakit worker claims sagas again (after %d failed claims)",
+                                failures,
+                            )
                         failures = 0
                     if watch.came():
                         # Cancelled while claiming, and the cancellation was lost on the

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._cadence import failure_level
 from .._checks import check_flag
 from .._runs import unended
 from .._serialization import JsonSerializer
@@ -499,6 +500,12 @@ class PostgresStore:
             self._round_trips += 1
             return await cursor.fetchall() if cursor.description is not None else []
 
+    async def _read(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """One statement that writes nothing, again on a new connection while the one it
+        used is lost (see :meth:`_again`): reading twice is safe, unlike an ``UPDATE``
+        whose commit is in doubt."""
+        return await self._again(lambda: self._run(sql, params), "reading the saga log")
+
     @property
     def stats(self) -> PostgresStats:
         """Counters of what this store sent, for benchmarks and monitoring."""
@@ -509,14 +516,29 @@ class PostgresStore:
     async def _beat(self) -> None:
         task = asyncio.current_task()
         assert task is not None
+        failures = 0  # renewals failed in a row
         while True:
             await asyncio.sleep(self.heartbeat)
+            held = bool(self._fences)  # (else renew() sends nothing: no sign of the server)
             try:
                 await self.renew()
             except Exception as error:  # keep beating: the next renewal may succeed
                 if task.cancelling():  # close() cancelled us and it came out as an error
                     raise asyncio.CancelledError from error
-                logger.warning("sagakit heartbeat could not renew leases: %s", error)
+                failures += 1
+                logger.log(
+                    failure_level(failures),
+                    "sagakit heartbeat could not renew leases (%d in a row): %s",
+                    failures,
+                    error,
+                )
+            else:
+                if failures and held:
+                    logger.info(
+                        "sagakit heartbeat renews leases again (after %d failed renewals)",
+                        failures,
+                    )
+                    failures = 0
             if task.cancelling():
                 # Cancelled during the renewal, and the cancellation was lost on the way
                 # (in the driver or the pool): stop anyway, or close() waits forever.
@@ -744,7 +766,8 @@ class PostgresStore:
             # Its events go back to execute()'s caller as the steps' own: read exactly (an
             # error handed back, raised once the id is known to be this saga's).
             try:
-                earlier = await self._with_steps(self._sql.get, (saga_id,), exact=True)
+                found = await self._run(self._sql.get, (saga_id,))  # (begin tries again)
+                earlier = self._sagas(found, exact=True)
             except SerializationError as unreadable:
                 return None, unreadable, fence
             return None, earlier[0] if earlier else None, fence
@@ -1265,13 +1288,11 @@ class PostgresStore:
     # write committing between two statements would make the saga and its records
     # disagree (EXECUTING with every step completed, finished with a step running).
 
-    async def _with_steps(
-        self, sql: str, params: Any = None, *, exact: bool = False
-    ) -> list[SagaMetadata]:
-        return [
-            rows.metadata(saga, self.serializer, exact=exact)
-            for saga in await self._run(sql, params)
-        ]
+    async def _with_steps(self, sql: str, params: Any = None) -> list[SagaMetadata]:
+        return self._sagas(await self._read(sql, params))
+
+    def _sagas(self, found: list[tuple[Any, ...]], *, exact: bool = False) -> list[SagaMetadata]:
+        return [rows.metadata(saga, self.serializer, exact=exact) for saga in found]
 
     async def get(self, saga_id: str) -> SagaMetadata | None:
         check_saga_id(saga_id, "get()")
@@ -1314,28 +1335,27 @@ class PostgresStore:
             query = sql.newest if status is None else sql.newest_with_status
         else:
             query = sql.newest_before if status is None else sql.newest_with_status_before
-        found = await self._run(query, (*wanted, *(after or ()), limit))
+        found = await self._read(query, (*wanted, *(after or ()), limit))
         last = (found[-1][11], found[-1][0]) if len(found) == limit else None  # started_at, id
-        return [rows.metadata(saga, self.serializer) for saga in found], last
+        return self._sagas(found), last
 
     async def running_count(self) -> int:
-        return int((await self._run(self._sql.running_count))[0][0])
+        return int((await self._read(self._sql.running_count))[0][0])
 
     async def _running_names(self) -> list[tuple[str, int, str]]:
         """The names of the running sagas, each with how many and the id of one (one
         with a completed step where there is one), for the CLI's ``recover``: counted
         without reading every saga's records."""
-        return [
-            (name, int(count), one) for name, count, one in await self._run(self._sql.running_names)
-        ]
+        found = await self._read(self._sql.running_names)
+        return [(name, int(count), one) for name, count, one in found]
 
     async def _leased_count(self) -> int:
         """How many running sagas are under a lease that has not expired (for the CLI's
         ``recover``: those it cannot claim yet). One count over an index."""
-        return int((await self._run(self._sql.leased_count))[0][0])
+        return int((await self._read(self._sql.leased_count))[0][0])
 
     async def history_count(self) -> int:
-        return int((await self._run(self._sql.history_count))[0][0])
+        return int((await self._read(self._sql.history_count))[0][0])
 
     # ------------------------------------------------------------ recovery
 
@@ -1449,7 +1469,9 @@ class PostgresStore:
             self._fences[row[0]] = row[12]
             self._claimed[row[0]] = row[14]
             taken.append(row[0])
-        found = await self._run(self._sql.claimed_steps, ([r[0] for r in alive],))
+        # Read after the claim committed: a lost connection is tried again, or the claim
+        # failed, its sagas waiting until their leases ran out.
+        found = await self._read(self._sql.claimed_steps, ([r[0] for r in alive],))
         for row in alive:
             self._orders[row[0]] = 0
         for step_row in found:  # the log's highest start_order: where the count goes on
@@ -1509,10 +1531,12 @@ class PostgresStore:
             raise LeaseLost(saga_id, self._lost.get(saga_id, False))
 
     async def dead_letters(self) -> list[DeadLetter]:
-        return [rows.dead_letter(row) for row in await self._run(self._sql.dead_letters)]
+        return [rows.dead_letter(row) for row in await self._read(self._sql.dead_letters)]
 
     async def resume_dead_letter(self, saga_id: str) -> None:
         check_saga_id(saga_id, "resume_dead_letter()")
+        # Sent once: if its connection is lost, it may have committed, and sent again it
+        # would match nothing and say the saga is not dead-lettered (so resolve's too).
         if not await self._run(self._sql.resume, (saga_id,)):
             raise StoreError(
                 f"saga {saga_id!r} is not dead-lettered; `sagakit dead-letters` lists those"
@@ -1523,7 +1547,7 @@ class PostgresStore:
         check_text(note, "note", "resolve()", "say how the saga was settled")
         if await self._run(self._sql.resolve, {"id": saga_id, "note": storable(note)}):
             return
-        for updated, error in await self._run(self._sql.resolved, (saga_id,)):
+        for updated, error in await self._read(self._sql.resolved, (saga_id,)):
             # Once is enough: again, it nested the first note in the second's "(was:".
             raise SagaAlreadyResolved(saga_id, rows.utc(updated), error)
         known = await self.get(saga_id)
@@ -1542,10 +1566,10 @@ class PostgresStore:
     ) -> list[StoredEvent]:
         check_event_window(after, limit)  # as SQLite: limit=0 read as the end of the stream
         if saga_id is None:
-            found = await self._run(self._sql.events, (after, limit))
+            found = await self._read(self._sql.events, (after, limit))
         else:
             check_saga_id(saga_id, "read_events(saga_id=...)")
-            found = await self._run(self._sql.events_of, (saga_id, after, limit))
+            found = await self._read(self._sql.events_of, (saga_id, after, limit))
         return [rows.stored_event(row, self.serializer) for row in found]
 
     # ------------------------------------------------------------ closing
