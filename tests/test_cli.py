@@ -1844,6 +1844,24 @@ def sagas_read(kind: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return read
 
 
+def sagas_listed(kind: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the sagas ``list`` reads from now on (the rows of its pages)."""
+    import sagakit.stores.postgres as postgres_module
+    import sagakit.stores.sqlite as sqlite_module
+
+    read: list[str] = []
+    module: Any = postgres_module.rows if kind == "postgres" else sqlite_module
+    load = module.listed
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        found = load(*args, **kwargs)
+        read.append(found.id)
+        return found
+
+    monkeypatch.setattr(module, "listed", counted)
+    return read
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_list_json_stops_reading_the_log_when_its_reader_is_gone(
     tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
@@ -1852,7 +1870,7 @@ def test_list_json_stops_reading_the_log_when_its_reader_is_gone(
     # events, before writing the first (3 GB for `list --limit 100000` on PostgreSQL);
     # Ctrl-C and `| head` waited for the whole read. It reads them a page at a time.
     monkeypatch.setattr(cli_module, "_PAGE", 4, raising=False)
-    read = sagas_read(kind, monkeypatch)
+    read = sagas_listed(kind, monkeypatch)
 
     class ReaderGone(io.StringIO):
         def write(self, text: str) -> int:

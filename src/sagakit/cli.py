@@ -44,6 +44,7 @@ from ._sagas import registered_saga, registered_sagas
 from .exceptions import SagaError, StoreError, error_text
 from .records import SagaMetadata, StepRecord
 from .status import SagaStatus
+from .stores._cli_records import ListedSaga
 from .stores._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from .stores._protocol import CommittedThenCancelled, DeadLetter
 from .stores._sqlite_schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
@@ -276,13 +277,13 @@ def _import(module: str) -> None:
 
 
 _PAGE = 500
-"""Sagas ``list`` reads at a time: it holds no more of their records (steps, events)
-at once, and Ctrl-C stops it after the page being read."""
+"""Sagas ``list`` reads at a time (one query): it holds no more of them at once, and
+Ctrl-C stops it after the page being read."""
 
 
 async def _newest(
     store: SQLiteStore | PostgresStore, status: str | None, limit: int
-) -> AsyncIterator[list[SagaMetadata]]:
+) -> AsyncIterator[list[ListedSaga]]:
     """The ``limit`` newest sagas (of ``status``), a page at a time."""
     after = None
     while limit > 0:
@@ -422,8 +423,9 @@ def _string_keys(value: Any) -> bool:
     return True
 
 
-def _saga_json(meta: SagaMetadata, steps: bool, dead_letter: bool) -> dict[str, Any]:
-    data: dict[str, Any] = {
+def _saga_json(meta: SagaMetadata | ListedSaga, dead_letter: bool) -> dict[str, Any]:
+    """A saga's keys of ``list --json`` (``show --json`` adds its records)."""
+    return {
         "id": meta.id,
         "name": meta.name,
         "status": str(meta.status),
@@ -436,11 +438,15 @@ def _saga_json(meta: SagaMetadata, steps: bool, dead_letter: bool) -> dict[str, 
         # Why it is parked, beside its own error (which the reason used to replace).
         "dead_letter_reason": meta.dead_letter,
     }
-    if steps:
-        data["steps"] = [_step_json(record) for record in meta.steps]
-        data["compensations"] = [_step_json(record) for record in meta.compensations]
-        data["events"] = [_plain(event) for event in meta.events]
-    return data
+
+
+def _shown_json(meta: SagaMetadata, dead_letter: bool) -> dict[str, Any]:
+    """``show --json``: the saga's keys of ``list --json`` and its records."""
+    return _saga_json(meta, dead_letter) | {
+        "steps": [_step_json(record) for record in meta.steps],
+        "compensations": [_step_json(record) for record in meta.compensations],
+        "events": [_plain(event) for event in meta.events],
+    }
 
 
 def _parked_json(letter: DeadLetter) -> dict[str, Any]:
@@ -452,7 +458,7 @@ def _parked_json(letter: DeadLetter) -> dict[str, Any]:
     }
 
 
-def _error_of(meta: SagaMetadata) -> str:
+def _error_of(meta: SagaMetadata | ListedSaga) -> str:
     """A saga's error for ``list``'s table: a dead letter's says why it is parked, then
     the saga's own error (``show`` prints them on lines of their own)."""
     if meta.dead_letter is None:
@@ -461,7 +467,7 @@ def _error_of(meta: SagaMetadata) -> str:
     return f"dead-lettered: {meta.dead_letter}{own}"
 
 
-def _status_of(meta: SagaMetadata, dead_letter: bool) -> str:
+def _status_of(meta: SagaMetadata | ListedSaga, dead_letter: bool) -> str:
     """A saga's status for a table: a dead letter keeps the status it was parked in."""
     return f"{meta.status} (dead letter)" if dead_letter else str(meta.status)
 
@@ -530,21 +536,21 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             rows: list[list[str]] = []
             listed = 0
             async for page in _newest(store, args.status, args.limit):
-                for meta in page:
-                    parked = meta.dead_letter is not None
+                for saga in page:
+                    parked = saga.dead_letter is not None
                     if args.json:  # written as read: a long listing is never held whole
-                        item = json.dumps(_saga_json(meta, False, parked), indent=2)
+                        item = json.dumps(_saga_json(saga, parked), indent=2)
                         out.write(("[\n" if not listed else ",\n") + _indented(item))
                     else:  # (its text only: the widths of the table's columns)
-                        total = "?" if meta.total_steps is None else str(meta.total_steps)
+                        total = "?" if saga.total_steps is None else str(saga.total_steps)
                         rows.append(
                             [
-                                str(meta.id),
-                                meta.name,
-                                _status_of(meta, parked),
-                                f"{meta.steps_executed}/{total}",
-                                _when(meta.started_at),
-                                _cut(_error_of(meta), 60),
+                                str(saga.id),
+                                saga.name,
+                                _status_of(saga, parked),
+                                f"{saga.steps_executed}/{total}",
+                                _when(saga.started_at),
+                                _cut(_error_of(saga), 60),
                             ]
                         )
                     listed += 1
@@ -572,7 +578,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 else next((d for d in await store.dead_letters() if d.saga_id == meta.id), None)
             )
             if args.json:
-                shown = _saga_json(meta, True, letter is not None)
+                shown = _shown_json(meta, letter is not None)
                 shown["parked"] = None if letter is None else _parked_json(letter)
                 json.dump(shown, out, indent=2)
                 out.write("\n")
