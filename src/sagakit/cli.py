@@ -44,7 +44,7 @@ from ._sagas import registered_saga, registered_sagas
 from .exceptions import SagaError, StoreError, error_text
 from .records import SagaMetadata, StepRecord
 from .status import SagaStatus
-from .stores._cli_records import ListedSaga
+from .stores._cli_records import ListedSaga, StoredArguments
 from .stores._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from .stores._protocol import CommittedThenCancelled, DeadLetter
 from .stores._sqlite_schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
@@ -440,13 +440,39 @@ def _saga_json(meta: SagaMetadata | ListedSaga, dead_letter: bool) -> dict[str, 
     }
 
 
-def _shown_json(meta: SagaMetadata, dead_letter: bool) -> dict[str, Any]:
-    """``show --json``: the saga's keys of ``list --json`` and its records."""
+def _shown_json(
+    meta: SagaMetadata, dead_letter: bool, arguments: StoredArguments | None
+) -> dict[str, Any]:
+    """``show --json``: the saga's keys of ``list --json``, its records, its arguments."""
     return _saga_json(meta, dead_letter) | {
         "steps": [_step_json(record) for record in meta.steps],
         "compensations": [_step_json(record) for record in meta.compensations],
         "events": [_plain(event) for event in meta.events],
+        "arguments": None if arguments is None else _arguments_json(arguments),
     }
+
+
+def _arguments_json(arguments: StoredArguments) -> dict[str, Any]:
+    """A saga's arguments for ``show --json``: ``args`` and ``kwargs`` (each value as
+    :func:`_plain` gives it), or, where they cannot be read, ``null`` with ``raw`` (the
+    text as stored) and ``error`` (why)."""
+    args, kwargs = arguments.args, arguments.kwargs
+    return {
+        "args": None if args is None else [_plain(value) for value in args],
+        "kwargs": None if kwargs is None else {key: _plain(v) for key, v in kwargs.items()},
+        "raw": arguments.raw,
+        "error": arguments.error,
+    }
+
+
+def _arguments_line(arguments: StoredArguments) -> str:
+    """A saga's arguments for ``show``: as a call's argument list, the keywords apart
+    (``('A', 10), keywords: {'note': 'x'}``), or, where they cannot be read, why and
+    the text as stored."""
+    if arguments.args is None or arguments.kwargs is None:
+        return f"cannot be read: {arguments.error}; as stored: {arguments.raw}"
+    line = f"({', '.join(repr(value) for value in arguments.args)})"
+    return line + (f", keywords: {arguments.kwargs!r}" if arguments.kwargs else "")
 
 
 def _parked_json(letter: DeadLetter) -> dict[str, Any]:
@@ -577,8 +603,9 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 if meta.dead_letter is None
                 else next((d for d in await store.dead_letters() if d.saga_id == meta.id), None)
             )
+            arguments = await store._arguments(args.saga_id)
             if args.json:
-                shown = _shown_json(meta, letter is not None)
+                shown = _shown_json(meta, letter is not None, arguments)
                 shown["parked"] = None if letter is None else _parked_json(letter)
                 json.dump(shown, out, indent=2)
                 out.write("\n")
@@ -587,6 +614,8 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             out.write(f"saga {one_line(str(meta.id))} ({one_line(meta.name)}): {status}\n")
             ended = "" if meta.finished_at is None else f"  finished {_when(meta.finished_at)}"
             out.write(f"started {_when(meta.started_at)}{ended}\n")
+            if arguments is not None:
+                out.write(f"arguments: {one_line(_arguments_line(arguments))}\n")
             if letter is not None:
                 out.write(
                     f"parked {_when(letter.parked_at)} after {letter.recovery_attempts} "

@@ -52,6 +52,7 @@ class Statements:
     listed_with_status: str
     listed_before: str
     listed_with_status_before: str
+    arguments: str
     running_count: str
     running_names: str
     leased_count: str
@@ -256,6 +257,7 @@ def statements(schema: str) -> Statements:
         listed_with_status=listed("WHERE status = %s"),
         listed_before=listed("WHERE (started_at, saga_id) < (%s, %s)"),
         listed_with_status_before=listed("WHERE status = %s AND (started_at, saga_id) < (%s, %s)"),
+        arguments=f"SELECT args, kwargs FROM {s}.sagas WHERE saga_id = %s",
         running_count=f"SELECT count(*) FROM {s}.sagas WHERE {active}",
         # The names of the running sagas, how many of each and one's id (one with a
         # completed step, whose events' class is the saga module's, where there is one).

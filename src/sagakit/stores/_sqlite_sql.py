@@ -98,6 +98,8 @@ LISTED = (
 """A page of ``sagakit list`` (followed by a ``WHERE`` and :data:`LIST_NEWEST`): the
 columns it shows, its completed forward steps counted from the steps' primary key, and
 the page's key (``started_at``, ``rowid``)."""
+SELECT_ARGUMENTS = "SELECT arguments FROM sagakit_sagas WHERE id = ?"
+"""A saga's call arguments, for ``sagakit show``: ``[args, kwargs]`` as one JSON array."""
 RUNNING_NAMES = (
     "SELECT name, count(*), coalesce(max(CASE WHEN EXISTS (SELECT 1 FROM sagakit_steps st "
     "WHERE st.saga_id = s.id AND st.status = 'completed') THEN s.id END), max(s.id)) "
@@ -137,6 +139,7 @@ __all__ = [
     "RESOLVE_INTERRUPTED",
     "RETRY_STEP",
     "SAGA_ERROR",
+    "SELECT_ARGUMENTS",
     "SELECT_ORPHAN",
     "SELECT_ORPHAN_STEPS",
     "SELECT_SAGA",

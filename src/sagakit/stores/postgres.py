@@ -40,7 +40,7 @@ from ..exceptions import (
 from ..status import SagaStatus
 from ..transitions import TransitionKind
 from . import _pg_rows as rows
-from ._cli_records import ListedSaga
+from ._cli_records import ListedSaga, StoredArguments, stored_arguments
 from ._dsn import redacted
 from ._fingerprint import definition_fingerprint
 from ._pg_loop import other_loop
@@ -1319,6 +1319,16 @@ class PostgresStore:
         found = await self._run(query, (*wanted, *(after or ()), limit))
         last = (found[-1][4], found[-1][0]) if len(found) == limit else None  # started_at, id
         return [rows.listed(row) for row in found], last
+
+    async def _arguments(self, saga_id: str) -> StoredArguments | None:
+        """The call arguments ``saga_id`` was started with (``sagakit show``), as decoded
+        as they can be; ``None``: no such saga. Stored in two columns, read as the one
+        JSON array ``[args, kwargs]`` a SQLite log stores."""
+        found = await self._run(self._sql.arguments, (saga_id,))
+        if not found:
+            return None
+        args, kwargs = found[0]
+        return stored_arguments(self.serializer, f"[{args},{kwargs}]")
 
     async def running_count(self) -> int:
         return int((await self._run(self._sql.running_count))[0][0])

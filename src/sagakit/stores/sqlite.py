@@ -49,7 +49,7 @@ from ..exceptions import (
 )
 from ..records import SagaMetadata
 from ..status import SagaStatus
-from ._cli_records import ListedSaga
+from ._cli_records import ListedSaga, StoredArguments, stored_arguments
 from ._fingerprint import definition_fingerprint
 from ._protocol import (
     DeadLetter,
@@ -101,6 +101,7 @@ from ._sqlite_sql import (
     RETRY_STEP,
     RUNNING_NAMES,
     SAGA_ERROR,
+    SELECT_ARGUMENTS,
     UNCOUNT_ATTEMPT,
     UPSERT_STEP,
 )
@@ -766,6 +767,14 @@ class SQLiteStore:
         found = await self._writer.read(lambda conn: conn.execute(sql, (*params, limit)).fetchall())
         last = (found[-1][4], found[-1][-1]) if len(found) == limit else None  # started_at, rowid
         return [listed(row) for row in found], last
+
+    async def _arguments(self, saga_id: str) -> StoredArguments | None:
+        """The call arguments ``saga_id`` was started with (``sagakit show``), as decoded
+        as they can be; ``None``: no such saga."""
+        found = await self._writer.read(
+            lambda conn: conn.execute(SELECT_ARGUMENTS, (saga_id,)).fetchone()
+        )
+        return None if found is None else stored_arguments(self.serializer, found[0])
 
     async def _list(self, where: str, params: tuple[Any, ...]) -> list[SagaMetadata]:
         serializer = self.serializer
