@@ -114,7 +114,8 @@ def test_show_gives_the_step_trail(log_db: tuple[str, Path]) -> None:
     code, out = cli("--db", db, "show", "refused-1")
     assert code == 0
     assert "saga refused-1 (transfer): compensated" in out
-    rows = [line.split()[:4] for line in out.splitlines()[4:]]
+    assert out.splitlines()[2] == "arguments: ('A', 'REFUSE', 10)"
+    rows = [line.split()[:4] for line in out.splitlines()[5:]]
     assert rows == [
         ["step", "0", "debit", "completed"],
         ["step", "1", "reserve", "completed"],
@@ -1210,7 +1211,9 @@ def test_json_keys_are_the_documented_ones(tmp_path: Path) -> None:
     [listed] = json.loads(cli("--db", db, "list", "--json")[1])
     assert list(listed) == saga_keys
     shown = json.loads(cli("--db", db, "show", "t1", "--json")[1])
-    assert list(shown) == [*saga_keys, "steps", "compensations", "events", "parked"]
+    assert list(shown) == [*saga_keys, "steps", "compensations", "events", "arguments", "parked"]
+    arguments = {"args": ["A", "B", 10], "kwargs": {}, "raw": None, "error": None}
+    assert shown["arguments"] == arguments
     assert [list(record) for record in shown["steps"]] == [step_keys] * 3
     assert (shown["finished_at"], shown["steps"][2]["duration"]) == (None, None)
     [letter] = json.loads(cli("--db", db, "dead-letters", "--json")[1])
@@ -1229,7 +1232,7 @@ def test_json_keys_are_the_documented_ones(tmp_path: Path) -> None:
     undocumented = sorted(
         {
             key
-            for key in [*saga_keys, *step_keys, *letter, *recover_keys]
+            for key in [*saga_keys, *step_keys, *letter, *recover_keys, "arguments", *arguments]
             if f"`{key}`" not in section
         }
     )
@@ -1321,8 +1324,8 @@ def test_control_characters_in_names_and_errors_are_escaped_in_tables(tmp_path: 
     assert code == 0
     lines = shown.splitlines()
     assert lines[0] == "saga odd\\n1 (cli\\todd\\nsaga): compensated"
-    assert lines[2].endswith("bad input \\x1b]0;owned\\x07 \\u202etxt.exe")
-    assert [line.split()[:3] for line in lines[4:]] == [
+    assert lines[3].endswith("bad input \\x1b]0;owned\\x07 \\u202etxt.exe")
+    assert [line.split()[:3] for line in lines[5:]] == [
         ["step", "0", "cli\\nstep\\x1b[31m"],
         ["step", "1", "cli_odd_failure"],
         ["undo", "0", "cli\\nstep\\x1b[31m"],
@@ -1844,6 +1847,24 @@ def sagas_read(kind: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return read
 
 
+def sagas_listed(kind: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the sagas ``list`` reads from now on (the rows of its pages)."""
+    import sagakit.stores.postgres as postgres_module
+    import sagakit.stores.sqlite as sqlite_module
+
+    read: list[str] = []
+    module: Any = postgres_module.rows if kind == "postgres" else sqlite_module
+    load = module.listed
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        found = load(*args, **kwargs)
+        read.append(found.id)
+        return found
+
+    monkeypatch.setattr(module, "listed", counted)
+    return read
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_list_json_stops_reading_the_log_when_its_reader_is_gone(
     tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
@@ -1852,7 +1873,7 @@ def test_list_json_stops_reading_the_log_when_its_reader_is_gone(
     # events, before writing the first (3 GB for `list --limit 100000` on PostgreSQL);
     # Ctrl-C and `| head` waited for the whole read. It reads them a page at a time.
     monkeypatch.setattr(cli_module, "_PAGE", 4, raising=False)
-    read = sagas_read(kind, monkeypatch)
+    read = sagas_listed(kind, monkeypatch)
 
     class ReaderGone(io.StringIO):
         def write(self, text: str) -> int:
@@ -2530,7 +2551,7 @@ def test_tables_fit_the_terminal_cutting_names_and_errors_never_ids(
     # show's table too: the events and errors column cut, the step names short already.
     monkeypatch.setenv("COLUMNS", "60")
     out = cli("--db", db, "show", "refused-1")[1]
-    table = out.splitlines()[3:]
+    table = out.splitlines()[4:]
     assert max(_width(line) for line in table) <= 60
     assert table[3].endswith("…")
 
@@ -2582,7 +2603,7 @@ def test_times_in_tables_say_they_are_utc(tmp_path: Path) -> None:
     assert rows[1][header.index("STARTED") :].startswith(expected + "  ")
     shown = cli("--db", db, "show", "parked")[1].splitlines()
     assert shown[1] == f"started {expected}"
-    assert shown[2].startswith("parked 1970-01-01 00:00:00Z after 0 recovery attempt(s)")
+    assert shown[3].startswith("parked 1970-01-01 00:00:00Z after 0 recovery attempt(s)")
     assert re.fullmatch(
         f"started {stamp}  finished {stamp}", cli("--db", db, "show", "ok")[1].splitlines()[1]
     )

@@ -57,6 +57,11 @@ def log(dsn: str, schema: str) -> str:
     [
         ("newest", (100,), "sagas_started"),
         ("newest_with_status", ("failed", 100), "sagas_status"),
+        # `sagakit list`'s pages: each step count from the steps' primary key.
+        ("listed", (100,), "sagas_started"),
+        ("listed_with_status", ("failed", 100), "sagas_status"),
+        ("listed_before", ("2030-01-01", "x", 100), "sagas_started"),
+        ("listed_with_status_before", ("failed", "2030-01-01", "x", 100), "sagas_status"),
         ("dead_letters", (), "sagas_parked"),
     ],
 )

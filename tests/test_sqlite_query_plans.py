@@ -64,6 +64,29 @@ def test_list_sagas_reads_the_newest_from_an_index(
     assert not any("TEMP B-TREE" in step for step in steps), steps  # no sort of every row
 
 
+@pytest.mark.parametrize(
+    ("where", "params", "index"),
+    [
+        ("", (), "sagakit_sagas_started"),
+        ("WHERE (started_at, rowid) < (?, ?)", (1e10, 9), "sagakit_sagas_started"),
+        ("WHERE status = ?", ("failed",), "sagakit_sagas_status"),
+        (
+            "WHERE status = ? AND (started_at, rowid) < (?, ?)",
+            ("failed", 1e10, 9),
+            "sagakit_sagas_status",
+        ),
+    ],
+    ids=["first", "next", "of-a-status", "next-of-a-status"],
+)
+def test_a_page_of_sagakit_list_reads_an_index_and_counts_steps_from_the_key(
+    log: Path, where: str, params: tuple[object, ...], index: str
+) -> None:
+    steps = plan(log, f"{_sqlite_sql.LISTED} {where} {_sqlite_sql.LIST_NEWEST}", (*params, 500))
+    assert any(index in step for step in steps), steps
+    assert not any("TEMP B-TREE" in step for step in steps), steps
+    assert any("SEARCH st USING PRIMARY KEY" in step for step in steps), steps  # not a scan
+
+
 def test_the_listings_the_store_runs_are_those_planned(
     log: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

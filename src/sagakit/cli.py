@@ -48,6 +48,7 @@ from ._sagas import registered_saga, registered_sagas
 from .exceptions import SagaError, StoreError, error_text
 from .records import SagaMetadata, StepRecord
 from .status import SagaStatus
+from .stores._cli_records import ListedSaga, StoredArguments
 from .stores._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from .stores._protocol import CommittedThenCancelled, DeadLetter
 from .stores._sqlite_schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
@@ -283,13 +284,13 @@ def _import(module: str) -> None:
 
 
 _PAGE = 500
-"""Sagas ``list`` reads at a time: it holds no more of their records (steps, events)
-at once, and Ctrl-C stops it after the page being read."""
+"""Sagas ``list`` reads at a time (one query): it holds no more of them at once, and
+Ctrl-C stops it after the page being read."""
 
 
 async def _newest(
     store: SQLiteStore | PostgresStore, status: str | None, limit: int
-) -> AsyncIterator[list[SagaMetadata]]:
+) -> AsyncIterator[list[ListedSaga]]:
     """The ``limit`` newest sagas (of ``status``), a page at a time."""
     after = None
     while limit > 0:
@@ -429,8 +430,9 @@ def _string_keys(value: Any) -> bool:
     return True
 
 
-def _saga_json(meta: SagaMetadata, steps: bool, dead_letter: bool) -> dict[str, Any]:
-    data: dict[str, Any] = {
+def _saga_json(meta: SagaMetadata | ListedSaga, dead_letter: bool) -> dict[str, Any]:
+    """A saga's keys of ``list --json`` (``show --json`` adds its records)."""
+    return {
         "id": meta.id,
         "name": meta.name,
         "status": str(meta.status),
@@ -443,11 +445,41 @@ def _saga_json(meta: SagaMetadata, steps: bool, dead_letter: bool) -> dict[str, 
         # Why it is parked, beside its own error (which the reason used to replace).
         "dead_letter_reason": meta.dead_letter,
     }
-    if steps:
-        data["steps"] = [_step_json(record) for record in meta.steps]
-        data["compensations"] = [_step_json(record) for record in meta.compensations]
-        data["events"] = [_plain(event) for event in meta.events]
-    return data
+
+
+def _shown_json(
+    meta: SagaMetadata, dead_letter: bool, arguments: StoredArguments | None
+) -> dict[str, Any]:
+    """``show --json``: the saga's keys of ``list --json``, its records, its arguments."""
+    return _saga_json(meta, dead_letter) | {
+        "steps": [_step_json(record) for record in meta.steps],
+        "compensations": [_step_json(record) for record in meta.compensations],
+        "events": [_plain(event) for event in meta.events],
+        "arguments": None if arguments is None else _arguments_json(arguments),
+    }
+
+
+def _arguments_json(arguments: StoredArguments) -> dict[str, Any]:
+    """A saga's arguments for ``show --json``: ``args`` and ``kwargs`` (each value as
+    :func:`_plain` gives it), or, where they cannot be read, ``null`` with ``raw`` (the
+    text as stored) and ``error`` (why)."""
+    args, kwargs = arguments.args, arguments.kwargs
+    return {
+        "args": None if args is None else [_plain(value) for value in args],
+        "kwargs": None if kwargs is None else {key: _plain(v) for key, v in kwargs.items()},
+        "raw": arguments.raw,
+        "error": arguments.error,
+    }
+
+
+def _arguments_line(arguments: StoredArguments) -> str:
+    """A saga's arguments for ``show``: as a call's argument list, the keywords apart
+    (``('A', 10), keywords: {'note': 'x'}``), or, where they cannot be read, why and
+    the text as stored."""
+    if arguments.args is None or arguments.kwargs is None:
+        return f"cannot be read: {arguments.error}; as stored: {arguments.raw}"
+    line = f"({', '.join(repr(value) for value in arguments.args)})"
+    return line + (f", keywords: {arguments.kwargs!r}" if arguments.kwargs else "")
 
 
 def _parked_json(letter: DeadLetter) -> dict[str, Any]:
@@ -459,7 +491,7 @@ def _parked_json(letter: DeadLetter) -> dict[str, Any]:
     }
 
 
-def _error_of(meta: SagaMetadata) -> str:
+def _error_of(meta: SagaMetadata | ListedSaga) -> str:
     """A saga's error for ``list``'s table: a dead letter's says why it is parked, then
     the saga's own error (``show`` prints them on lines of their own)."""
     if meta.dead_letter is None:
@@ -468,7 +500,7 @@ def _error_of(meta: SagaMetadata) -> str:
     return f"dead-lettered: {meta.dead_letter}{own}"
 
 
-def _status_of(meta: SagaMetadata, dead_letter: bool) -> str:
+def _status_of(meta: SagaMetadata | ListedSaga, dead_letter: bool) -> str:
     """A saga's status for a table: a dead letter keeps the status it was parked in."""
     return f"{meta.status} (dead letter)" if dead_letter else str(meta.status)
 
@@ -537,21 +569,21 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             rows: list[list[str]] = []
             listed = 0
             async for page in _newest(store, args.status, args.limit):
-                for meta in page:
-                    parked = meta.dead_letter is not None
+                for saga in page:
+                    parked = saga.dead_letter is not None
                     if args.json:  # written as read: a long listing is never held whole
-                        item = json.dumps(_saga_json(meta, False, parked), indent=2)
+                        item = json.dumps(_saga_json(saga, parked), indent=2)
                         out.write(("[\n" if not listed else ",\n") + _indented(item))
                     else:  # (its text only: the widths of the table's columns)
-                        total = "?" if meta.total_steps is None else str(meta.total_steps)
+                        total = "?" if saga.total_steps is None else str(saga.total_steps)
                         rows.append(
                             [
-                                str(meta.id),
-                                meta.name,
-                                _status_of(meta, parked),
-                                f"{meta.steps_executed}/{total}",
-                                _when(meta.started_at),
-                                _cut(_error_of(meta), 60),
+                                str(saga.id),
+                                saga.name,
+                                _status_of(saga, parked),
+                                f"{saga.steps_executed}/{total}",
+                                _when(saga.started_at),
+                                _cut(_error_of(saga), 60),
                             ]
                         )
                     listed += 1
@@ -578,8 +610,9 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 if meta.dead_letter is None
                 else next((d for d in await store.dead_letters() if d.saga_id == meta.id), None)
             )
+            arguments = await store._arguments(args.saga_id)
             if args.json:
-                shown = _saga_json(meta, True, letter is not None)
+                shown = _shown_json(meta, letter is not None, arguments)
                 shown["parked"] = None if letter is None else _parked_json(letter)
                 json.dump(shown, out, indent=2)
                 out.write("\n")
@@ -588,6 +621,8 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             out.write(f"saga {one_line(str(meta.id))} ({one_line(meta.name)}): {status}\n")
             ended = "" if meta.finished_at is None else f"  finished {_when(meta.finished_at)}"
             out.write(f"started {_when(meta.started_at)}{ended}\n")
+            if arguments is not None:
+                out.write(f"arguments: {one_line(_arguments_line(arguments))}\n")
             if letter is not None:
                 out.write(
                     f"parked {_when(letter.parked_at)} after {letter.recovery_attempts} "

@@ -9,6 +9,7 @@ from typing import Any
 from .._serialization import JsonSerializer
 from ..records import SagaMetadata, StepRecord
 from ..status import SagaStatus, StepStatus
+from ._cli_records import ListedSaga
 from ._protocol import DeadLetter, LoggedStep, OrphanedSaga, StoredEvent
 from ._records import exactly, known_status, loads_as, record_name, saga_metadata, step_value
 
@@ -67,6 +68,22 @@ def metadata(saga: Row, serializer: JsonSerializer, *, exact: bool = False) -> S
         finished_at=utc(finished),
         error=error,
         records=records,
+        dead_letter=dead_reason,
+    )
+
+
+def listed(row: Row) -> ListedSaga:
+    """A :class:`ListedSaga` from a row of a ``listed`` statement (``_pg_sql``)."""
+    saga_id, name, status, total, started, finished, error, dead_reason, executed = row
+    return ListedSaga(
+        id=saga_id,
+        name=name,
+        status=known_status(SagaStatus, status, saga_id),
+        steps_executed=executed,
+        total_steps=total,
+        started_at=utc(started),
+        finished_at=utc(finished),
+        error=error,
         dead_letter=dead_reason,
     )
 
@@ -145,6 +162,7 @@ def stored_event(row: Row, serializer: JsonSerializer) -> StoredEvent:
 
 __all__ = [
     "dead_letter",
+    "listed",
     "logged_step",
     "metadata",
     "orphan",

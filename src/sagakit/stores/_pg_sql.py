@@ -17,6 +17,8 @@ _SAGA_COLUMNS = (
 _FINISH_ORDER = "finished_at, finish_order NULLS FIRST, saga_id"
 """The history's order: sagas that finished in one batch (one ``finished_at``) in the
 order they finished in it; rows from before schema version 4 by saga id."""
+_LISTED_COLUMNS = "saga_id, name, status, total_steps, started_at, finished_at, error, dead_reason"
+"""The columns of a saga ``sagakit list`` shows (``_pg_rows.listed`` reads them)."""
 _STEP_COLUMNS = (
     "saga_id, compensation, step_index, name, status, attempts, duration, error, result, events"
 )
@@ -46,8 +48,11 @@ class Statements:
     history_newest: str
     newest: str
     newest_with_status: str
-    newest_before: str
-    newest_with_status_before: str
+    listed: str
+    listed_with_status: str
+    listed_before: str
+    listed_with_status_before: str
+    arguments: str
     running_count: str
     running_names: str
     leased_count: str
@@ -86,6 +91,19 @@ def statements(schema: str) -> Statements:
             "(SELECT json_agg(json_build_array(compensation, step_index, name, status, "
             f"attempts, duration, error, events) ORDER BY {record_order}) "
             f"FROM {s}.steps st WHERE st.saga_id = {saga}.saga_id)"
+        )
+
+    def listed(where: str) -> str:
+        """A page of ``sagakit list``: the newest sagas ``where`` says (the newest of a
+        status, before the last of the page before), the columns it shows, and their
+        completed forward steps counted from the steps' primary key, for the rows the
+        LIMIT keeps only (a subquery, so it runs first); no step record is read."""
+        return (
+            f"SELECT {_LISTED_COLUMNS}, (SELECT count(*) FROM {s}.steps st "
+            "WHERE st.saga_id = page.saga_id AND NOT st.compensation "
+            f"AND st.status = 'completed') FROM (SELECT {_LISTED_COLUMNS} FROM {s}.sagas "
+            f"{where} ORDER BY started_at DESC, saga_id DESC LIMIT %s) AS page "
+            "ORDER BY started_at DESC, saga_id DESC"
         )
 
     return Statements(
@@ -235,19 +253,11 @@ def statements(schema: str) -> Statements:
             f"FROM {s}.sagas WHERE status = %s ORDER BY started_at DESC, saga_id DESC "
             "LIMIT %s) AS newest ORDER BY started_at DESC, saga_id DESC"
         ),
-        # A page of the CLI's listing: the newest before the last of the page before.
-        newest_before=(
-            f"SELECT {_SAGA_COLUMNS}, {steps_of('newest')} FROM (SELECT {_SAGA_COLUMNS} "
-            f"FROM {s}.sagas WHERE (started_at, saga_id) < (%s, %s) "
-            "ORDER BY started_at DESC, saga_id DESC LIMIT %s) AS newest "
-            "ORDER BY started_at DESC, saga_id DESC"
-        ),
-        newest_with_status_before=(
-            f"SELECT {_SAGA_COLUMNS}, {steps_of('newest')} FROM (SELECT {_SAGA_COLUMNS} "
-            f"FROM {s}.sagas WHERE status = %s AND (started_at, saga_id) < (%s, %s) "
-            "ORDER BY started_at DESC, saga_id DESC LIMIT %s) AS newest "
-            "ORDER BY started_at DESC, saga_id DESC"
-        ),
+        listed=listed(""),
+        listed_with_status=listed("WHERE status = %s"),
+        listed_before=listed("WHERE (started_at, saga_id) < (%s, %s)"),
+        listed_with_status_before=listed("WHERE status = %s AND (started_at, saga_id) < (%s, %s)"),
+        arguments=f"SELECT args, kwargs FROM {s}.sagas WHERE saga_id = %s",
         running_count=f"SELECT count(*) FROM {s}.sagas WHERE {active}",
         # The names of the running sagas, how many of each and one's id (one with a
         # completed step, whose events' class is the saga module's, where there is one).

@@ -11,6 +11,7 @@ from .._serialization import JsonSerializer
 from ..exceptions import StoreError
 from ..records import SagaMetadata, StepRecord
 from ..status import SagaStatus, StepStatus
+from ._cli_records import ListedSaga
 from ._protocol import LoggedStep, OrphanedSaga
 from ._records import exactly, known_status, loads_as, record_name, saga_metadata, step_value
 from ._sqlite_sql import SELECT_ORPHAN, SELECT_ORPHAN_STEPS, SELECT_SAGA, SELECT_STEPS
@@ -94,6 +95,22 @@ def load_metadata(
         finished_at=when(finished, saga_id),
         error=error,
         records=records,
+        dead_letter=parked,
+    )
+
+
+def listed(row: tuple[Any, ...]) -> ListedSaga:
+    """A :class:`ListedSaga` from a row of :data:`~._sqlite_sql.LISTED`."""
+    saga_id, name, status, total, started, finished, error, parked, executed, _ = row
+    return ListedSaga(
+        id=saga_id,
+        name=name,
+        status=known_status(SagaStatus, status, saga_id),
+        steps_executed=executed,
+        total_steps=total,
+        started_at=when(started, saga_id),
+        finished_at=when(finished, saga_id),
+        error=error,
         dead_letter=parked,
     )
 
@@ -185,4 +202,11 @@ def decode_orphan(rows: tuple[Any, ...], serializer: JsonSerializer) -> Orphaned
     )
 
 
-__all__ = ["decode_orphan", "load_metadata", "load_orphan_rows", "number_unordered", "when"]
+__all__ = [
+    "decode_orphan",
+    "listed",
+    "load_metadata",
+    "load_orphan_rows",
+    "number_unordered",
+    "when",
+]

@@ -90,6 +90,16 @@ LIST_NEWEST = "ORDER BY started_at DESC, rowid DESC LIMIT ?"
 """``list_sagas()``: the newest sagas (an index read backwards: ``sagakit_sagas_started``)."""
 LIST_NEWEST_OF_STATUS = "WHERE status = ? ORDER BY started_at DESC, rowid DESC LIMIT ?"
 """``list_sagas(status=...)``: the newest of one status (``sagakit_sagas_status``)."""
+LISTED = (
+    "SELECT id, name, status, total_steps, started_at, finished_at, error, dead_letter, "
+    "(SELECT count(*) FROM sagakit_steps st WHERE st.saga_id = s.id AND st.compensation = 0 "
+    "AND st.status = 'completed'), rowid FROM sagakit_sagas s"
+)
+"""A page of ``sagakit list`` (followed by a ``WHERE`` and :data:`LIST_NEWEST`): the
+columns it shows, its completed forward steps counted from the steps' primary key, and
+the page's key (``started_at``, ``rowid``)."""
+SELECT_ARGUMENTS = "SELECT arguments FROM sagakit_sagas WHERE id = ?"
+"""A saga's call arguments, for ``sagakit show``: ``[args, kwargs]`` as one JSON array."""
 RUNNING_NAMES = (
     "SELECT name, count(*), coalesce(max(CASE WHEN EXISTS (SELECT 1 FROM sagakit_steps st "
     "WHERE st.saga_id = s.id AND st.status = 'completed') THEN s.id END), max(s.id)) "
@@ -121,6 +131,7 @@ __all__ = [
     "INSERT_SAGA",
     "INTERRUPTED_STEP",
     "LET_GO",
+    "LISTED",
     "LIST_NEWEST",
     "LIST_NEWEST_OF_STATUS",
     "RUNNING_NAMES",
@@ -128,6 +139,7 @@ __all__ = [
     "RESOLVE_INTERRUPTED",
     "RETRY_STEP",
     "SAGA_ERROR",
+    "SELECT_ARGUMENTS",
     "SELECT_ORPHAN",
     "SELECT_ORPHAN_STEPS",
     "SELECT_SAGA",

@@ -41,6 +41,7 @@ from ..exceptions import (
 from ..status import SagaStatus
 from ..transitions import TransitionKind
 from . import _pg_rows as rows
+from ._cli_records import ListedSaga, StoredArguments, stored_arguments
 from ._dsn import redacted
 from ._fingerprint import definition_fingerprint
 from ._pg_loop import other_loop
@@ -1324,20 +1325,31 @@ class PostgresStore:
 
     async def _list_page(
         self, status: str | None, limit: int, after: tuple[Any, ...] | None
-    ) -> tuple[list[SagaMetadata], tuple[Any, ...] | None]:
-        """A page of :meth:`list_sagas`, for the CLI, which prints a long listing page by
-        page instead of holding every saga of it: the ``limit`` newest sagas (of
-        ``status``) that started before ``after``, the key the page before returned; and
-        the key of this page's last saga (``None``: this page is the last)."""
+    ) -> tuple[list[ListedSaga], tuple[Any, ...] | None]:
+        """A page of ``sagakit list``, which prints a long listing page by page instead of
+        holding every saga of it: the ``limit`` newest sagas (of ``status``) that started
+        before ``after``, the key the page before returned, as :meth:`list_sagas` lists
+        them; and the key of this page's last saga (``None``: this page is the last).
+        One query, of the columns the listing shows (no step record is read)."""
         sql = self._sql
         wanted = () if status is None else (status_filter(status),)
         if after is None:
-            query = sql.newest if status is None else sql.newest_with_status
+            query = sql.listed if status is None else sql.listed_with_status
         else:
-            query = sql.newest_before if status is None else sql.newest_with_status_before
+            query = sql.listed_before if status is None else sql.listed_with_status_before
         found = await self._read(query, (*wanted, *(after or ()), limit))
-        last = (found[-1][11], found[-1][0]) if len(found) == limit else None  # started_at, id
-        return self._sagas(found), last
+        last = (found[-1][4], found[-1][0]) if len(found) == limit else None  # started_at, id
+        return [rows.listed(row) for row in found], last
+
+    async def _arguments(self, saga_id: str) -> StoredArguments | None:
+        """The call arguments ``saga_id`` was started with (``sagakit show``), as decoded
+        as they can be; ``None``: no such saga. Stored in two columns, read as the one
+        JSON array ``[args, kwargs]`` a SQLite log stores."""
+        found = await self._read(self._sql.arguments, (saga_id,))
+        if not found:
+            return None
+        args, kwargs = found[0]
+        return stored_arguments(self.serializer, f"[{args},{kwargs}]")
 
     async def running_count(self) -> int:
         return int((await self._read(self._sql.running_count))[0][0])

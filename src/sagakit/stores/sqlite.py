@@ -49,6 +49,7 @@ from ..exceptions import (
 )
 from ..records import SagaMetadata
 from ..status import SagaStatus
+from ._cli_records import ListedSaga, StoredArguments, stored_arguments
 from ._fingerprint import definition_fingerprint
 from ._protocol import (
     DeadLetter,
@@ -66,7 +67,14 @@ from ._protocol import (
 from ._records import known_status, status_filter
 from ._reused import check_same_stored_run
 from ._sqlite_owner import current_owner, owner_alive, owner_elsewhere, owner_running_here
-from ._sqlite_rows import decode_orphan, load_metadata, load_orphan_rows, number_unordered, when
+from ._sqlite_rows import (
+    decode_orphan,
+    listed,
+    load_metadata,
+    load_orphan_rows,
+    number_unordered,
+    when,
+)
 from ._sqlite_schema import (
     Synchronous,
     check_file,
@@ -87,11 +95,13 @@ from ._sqlite_sql import (
     LET_GO,
     LIST_NEWEST,
     LIST_NEWEST_OF_STATUS,
+    LISTED,
     NEXT_FINISH,
     RESOLVE_INTERRUPTED,
     RETRY_STEP,
     RUNNING_NAMES,
     SAGA_ERROR,
+    SELECT_ARGUMENTS,
     UNCOUNT_ATTEMPT,
     UPSERT_STEP,
 )
@@ -737,11 +747,14 @@ class SQLiteStore:
 
     async def _list_page(
         self, status: str | None, limit: int, after: tuple[Any, ...] | None
-    ) -> tuple[list[SagaMetadata], tuple[Any, ...] | None]:
-        """A page of :meth:`list_sagas`, for the CLI, which prints a long listing page by
-        page instead of holding every saga of it: the ``limit`` newest sagas (of
-        ``status``) that started before ``after``, the key the page before returned; and
-        the key of this page's last saga (``None``: this page is the last)."""
+    ) -> tuple[list[ListedSaga], tuple[Any, ...] | None]:
+        """A page of ``sagakit list``, which prints a long listing page by page instead of
+        holding every saga of it: the ``limit`` newest sagas (of ``status``) that started
+        before ``after``, the key the page before returned, as :meth:`list_sagas` lists
+        them; and the key of this page's last saga (``None``: this page is the last).
+
+        One query, of the columns the listing shows: not every saga whole (its row, then
+        its step records, their results decoded), two queries a saga."""
         conditions, params = [], []
         if status is not None:
             conditions.append("status = ?")
@@ -749,17 +762,19 @@ class SQLiteStore:
         if after is not None:  # (read from the same indexes as list_sagas())
             conditions.append("(started_at, rowid) < (?, ?)")
             params += after
-        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
-        sql = f"SELECT id, started_at, rowid FROM sagakit_sagas {where}{LIST_NEWEST}"
-        serializer = self.serializer
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        sql = f"{LISTED}{where} {LIST_NEWEST}"
+        found = await self._writer.read(lambda conn: conn.execute(sql, (*params, limit)).fetchall())
+        last = (found[-1][4], found[-1][-1]) if len(found) == limit else None  # started_at, rowid
+        return [listed(row) for row in found], last
 
-        def read(conn: sqlite3.Connection) -> tuple[list[SagaMetadata], tuple[Any, ...] | None]:
-            keys = conn.execute(sql, (*params, limit)).fetchall()
-            found = (load_metadata(conn, saga_id, serializer) for saga_id, _, _ in keys)
-            last = tuple(keys[-1][1:]) if len(keys) == limit else None
-            return [meta for meta in found if meta is not None], last
-
-        return await self._writer.read(read)
+    async def _arguments(self, saga_id: str) -> StoredArguments | None:
+        """The call arguments ``saga_id`` was started with (``sagakit show``), as decoded
+        as they can be; ``None``: no such saga."""
+        found = await self._writer.read(
+            lambda conn: conn.execute(SELECT_ARGUMENTS, (saga_id,)).fetchone()
+        )
+        return None if found is None else stored_arguments(self.serializer, found[0])
 
     async def _list(self, where: str, params: tuple[Any, ...]) -> list[SagaMetadata]:
         serializer = self.serializer
