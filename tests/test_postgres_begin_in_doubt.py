@@ -160,7 +160,7 @@ async def test_a_begin_whose_connection_is_lost_is_begun_again_and_runs_once(
         assert meta.status is SagaStatus.COMPLETED
         assert [s.status for s in meta.steps] == [StepStatus.COMPLETED] * 2
         assert not meta.compensations  # an earlier run's records are gone
-        assert not store._fences  # its lease is this store's no more
+        assert not store._held  # its lease is this store's no more
         # Executing it again gives the recorded events: no phantom run is left.
         assert await orchestrator.execute(bd_two(), saga_id="s") == ["s:0", "s:1"]
         assert dict(RAN) == {("s", 0): 1, ("s", 1): 1}

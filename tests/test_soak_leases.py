@@ -217,7 +217,7 @@ class Soak:
             f"parked {dead!r}"
         )
         stores = "; ".join(
-            f"{w.name}: owns {dict(w.store._fences)}, frozen {sorted(w.store.frozen)}, "
+            f"{w.name}: owns {w.store._held}, frozen {sorted(w.store.frozen)}, "
             f"outages {sorted(w.store.outages)}"
             for w in self.workers
         )
@@ -234,7 +234,8 @@ class Soak:
         assert context is not None
         saga_id = context.saga_id
         worker = WORKER.get()
-        fence = worker.store._fences.get(saga_id)
+        held = worker.store._held.get(saga_id)
+        fence = None if held is None else held.fence
         seq = self.tick()
         self.entries.append(Entry(seq, saga_id, kind, index, worker.name, fence))
         fault = self.faults.get(saga_id)
@@ -382,7 +383,7 @@ class SoakStore(PostgresStore):
             yield conn
 
     async def renew(self) -> int:
-        ids = [saga_id for saga_id in self._fences if saga_id not in self.frozen]
+        ids = [saga_id for saga_id in self._held if saga_id not in self.frozen]
         if self.dead or self.outages or not ids:
             return 0
         found = await self._run(
@@ -399,8 +400,9 @@ class SoakStore(PostgresStore):
     async def claim_orphans(self, **options: Any) -> Any:
         found = await super().claim_orphans(**options)
         for orphan in found:
-            fence = self._fences.get(orphan.saga_id)
-            assert fence is not None
+            held = self._held.get(orphan.saga_id)
+            assert held is not None
+            fence = held.fence
             seq = self.soak.tick()
             self.soak.claims.append((seq, self.name, orphan.saga_id, fence))
             self.soak.events.append((seq, self.name, f"claims {orphan.saga_id} (fence {fence})"))

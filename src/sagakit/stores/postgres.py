@@ -44,6 +44,7 @@ from . import _pg_rows as rows
 from ._cli_records import ListedSaga, StoredArguments, stored_arguments
 from ._dsn import redacted
 from ._fingerprint import definition_fingerprint
+from ._pg_held import Held
 from ._pg_loop import other_loop
 from ._pg_patience import BRIEF, KNOWN_DOWN, Outage, Patience, pool_wait
 from ._pg_schema import check_schema_name, migrate
@@ -300,15 +301,11 @@ class PostgresStore:
         self._opening = asyncio.Lock()
         self._heartbeat: asyncio.Task[None] | None = None
         self._writer = GroupWriter(self._apply)
-        self._fences: dict[str, int] = {}  # sagas this store owns -> fencing token
-        # Sagas this store owns -> the start_order of their latest start (see _v5 in
-        # _pg_schema): from 0 when it begins one, from the log's highest when it claims one.
-        self._orders: dict[str, int] = {}
+        # Sagas this store owns -> their lease (fencing token, start count, claim), taken
+        # and given up whole: the heartbeat renews these, and only these are written.
+        self._held: dict[str, Held] = {}
         self._new: dict[str, dict[str, Any]] = {}  # generated ids' rows, not yet sent
         self._unlogged: set[str] = set()  # generated ids found taken: never written
-        # Of those, taken over from another owner -> whether that claim was a handover
-        # (the row was released), for give_back() to leave the row as it found it.
-        self._claimed: dict[str, bool] = {}
         # Fenced out: refuse further writes locally. True for a saga this store released
         # itself (release_leases(), close()), whose LeaseLost says so.
         self._lost: dict[str, bool] = {}
@@ -520,7 +517,7 @@ class PostgresStore:
         failures = 0  # renewals failed in a row
         while True:
             await asyncio.sleep(self.heartbeat)
-            held = bool(self._fences)  # (else renew() sends nothing: no sign of the server)
+            holding = bool(self._held)  # (else renew() sends nothing: no sign of the server)
             try:
                 await self.renew()
             except Exception as error:  # keep beating: the next renewal may succeed
@@ -534,7 +531,7 @@ class PostgresStore:
                     error,
                 )
             else:
-                if failures and held:
+                if failures and holding:
                     logger.info(
                         "sagakit heartbeat renews leases again (after %d failed renewals)",
                         failures,
@@ -548,7 +545,7 @@ class PostgresStore:
     async def renew(self) -> int:
         """Extend the lease of every saga this store owns (one statement); returns how many.
         A saga whose row another session holds locked is left for the next renewal."""
-        ids = list(self._fences)
+        ids = list(self._held)
         if not ids:
             return 0
         found = await self._run(
@@ -577,19 +574,14 @@ class PostgresStore:
         check_saga_ids(saga_ids, "release_leases(saga_ids=...)")
         check_flag(as_crash, "release_leases(as_crash=...)")
         ids = None if saga_ids is None else set(saga_ids)
-        fences = self._fences
-        kept = {
-            i: f
-            for i, f in fences.items()
-            if (ids is not None and i not in ids) or (not as_crash and i in self._new)
+        released = {
+            saga_id
+            for saga_id in self._held
+            if (ids is None or saga_id in ids) and (as_crash or saga_id not in self._new)
         }
-        released = fences.keys() - kept.keys()
-        self._lost.update(dict.fromkeys(released, not as_crash))
         for saga_id in released:
-            self._claimed.pop(saga_id, None)
-            self._orders.pop(saga_id, None)
-        fences.clear()
-        fences.update(kept)
+            del self._held[saga_id]
+        self._lost.update(dict.fromkeys(released, not as_crash))
         if self._pool is None:
             return 0
         for saga_id in released:
@@ -632,9 +624,9 @@ class PostgresStore:
         """
         check_given_ids(saga_ids, "give_back()")
         mine = {
-            saga_id: (self._fences[saga_id], self._claimed[saga_id])
+            saga_id: held
             for saga_id in dict.fromkeys(saga_ids)
-            if saga_id in self._claimed and saga_id in self._fences
+            if (held := self._held.get(saga_id)) is not None and held.claimed
         }
         if not mine:
             return 0
@@ -648,15 +640,15 @@ class PostgresStore:
         params = {
             "owner": self.owner,
             "ids": list(mine),
-            "fences": [fence for fence, _ in mine.values()],
-            "handed": [saga_id for saga_id, (_, handed) in mine.items() if handed],
+            "fences": [held.fence for held in mine.values()],
+            "handed": [saga_id for saga_id, held in mine.items() if held.handover],
         }
         return len(await self._run(self._sql.give_back, params))
 
     def owns(self, saga_id: str) -> bool:
         """Whether this store holds the lease of ``saga_id`` (as far as it knows)."""
         check_saga_id(saga_id, "owns()")
-        return saga_id in self._fences
+        return saga_id in self._held
 
     # ------------------------------------------------------------ the protocol
 
@@ -699,9 +691,7 @@ class PostgresStore:
                 "owner": self.owner,
                 "lease": self.lease,
             }
-            self._take(run.id, run)
-            self._fences[run.id] = 1  # a new row's fencing token
-            self._orders[run.id] = 0
+            self._take(run.id, run, Held(fence=1))  # a new row's fencing token
             return None
         # The row carries a write token of this begin: if the connection is lost while
         # it commits, begun again on a new one, it finds the row its first try wrote.
@@ -739,9 +729,7 @@ class PostgresStore:
             if isinstance(earlier, SerializationError):
                 raise earlier
             return earlier
-        self._take(run.id, run)
-        self._fences[run.id] = fence
-        self._orders[run.id] = 0  # a new row, or an earlier run's records deleted
+        self._take(run.id, run, Held(fence))  # a new row, or an earlier run's records deleted
         return None
 
     async def _unbegin(self, saga_id: str, params: dict[str, Any]) -> None:
@@ -822,23 +810,25 @@ class PostgresStore:
             return None
         self._check_current(run)
         saga_id = run.id
-        fence = self._fences.get(saga_id)
-        if fence is None:
+        held = self._held.get(saga_id)
+        if held is None:
             if saga_id in self._lost:
                 raise LeaseLost(saga_id, self._lost[saga_id])
             raise StoreError(
                 f"saga {saga_id!r} was neither begun nor claimed by this store; "
                 "a store records only the sagas it owns"
             )
-        if kind is TransitionKind.SAGA_STARTED and saga_id not in self._claimed:
+        if kind is TransitionKind.SAGA_STARTED and not held.claimed:
             return None  # begin() already recorded the start
         write = write_for(
-            transition, fence, self.serializer.dumps, run_error=run.error, total=run.total_steps
+            transition,
+            held.fence,
+            self.serializer.dumps,
+            run_error=run.error,
+            total=run.total_steps,
         )
         if kind is TransitionKind.STEP_STARTED or kind is TransitionKind.COMPENSATION_STARTED:
-            order = self._orders.get(saga_id)
-            if order is not None:  # (else apply_writes reads the log's highest)
-                write.start_order = self._orders[saga_id] = order + 1
+            write.start_order = held.next_start()
         return write
 
     def stage(self, run: SagaRunView, transition: Transition) -> None:
@@ -900,9 +890,9 @@ class PostgresStore:
             released = self._retired_run(run)
             if released is not None:  # its saga was taken anew meanwhile: leave that be
                 raise LeaseLost(saga_id, released) from None
-            if self._fences.get(saga_id) == writes[-1].fence:
-                del self._fences[saga_id]
-            self._claimed.pop(saga_id, None)
+            held = self._held.get(saga_id)
+            if held is not None and held.fence == writes[-1].fence:
+                del self._held[saga_id]  # (else a newer lease of this store's: left alone)
             if self._lost.setdefault(saga_id, False):
                 # Refused because this store released the saga while the write was on
                 # its way: say so, not that the lease ran out.
@@ -946,8 +936,7 @@ class PostgresStore:
         """``writes`` of ``saga_id`` are in the log: after the run's end, its lease is
         this store's no more."""
         if writes[-1].final:
-            self._fences.pop(saga_id, None)
-            self._claimed.pop(saga_id, None)
+            self._held.pop(saga_id, None)
 
     async def _send(
         self,
@@ -1028,10 +1017,10 @@ class PostgresStore:
                 await self._writer.submit(writes)
                 return
             except LeaseLost:
-                fence = self._fences.get(saga_id)
+                held = self._held.get(saga_id)
                 if (
-                    fence is None
-                    or fence <= writes[-1].fence
+                    held is None
+                    or held.fence <= writes[-1].fence
                     or self._runs.get(saga_id) is not holder  # taken anew: not ours
                 ):
                     raise
@@ -1039,7 +1028,7 @@ class PostgresStore:
                 # renewed the lease while the write was on its way, moving the token
                 # on (see _claim): still ours, sent with the new token.
                 for write in writes:
-                    write.fence = fence
+                    write.fence = held.fence
 
     async def _settle(
         self, saga_id: str, *, stage: bool = True, patience: Patience | None = None
@@ -1050,11 +1039,12 @@ class PostgresStore:
         doubt = self._doubts[saga_id]
         holder = self._runs.get(saga_id)
         settled = await self._look_up(saga_id, doubt, patience)
+        held = self._held.get(saga_id)
         if self._runs.get(saga_id) is not holder:
             # Taken anew meanwhile (its doubt dropped: that lease is over): settling moved
             # the new lease's fencing token on, if it is this store's. Nothing is staged.
-            if settled.fence is not None and saga_id in self._fences:
-                self._fences[saga_id] = settled.fence
+            if settled.fence is not None and held is not None:
+                held.fence = settled.fence
                 for write in self._staged.get(saga_id, ()):
                     write.fence = settled.fence
             return settled.committed
@@ -1065,8 +1055,8 @@ class PostgresStore:
         writes = [replace(w) for w in doubt.writes[: doubt.carried]] if stage else doubt.writes
         if settled.fence is not None:
             # The fencing token moved on, so that the write in doubt cannot commit late.
-            if saga_id in self._fences:
-                self._fences[saga_id] = settled.fence
+            if held is not None:
+                held.fence = settled.fence
             for write in (*writes, *self._staged.get(saga_id, ())):
                 write.fence = settled.fence
                 write.new = None  # the row is there
@@ -1188,19 +1178,17 @@ class PostgresStore:
                 self._doubts.pop(run.id, None)
                 self._new.pop(run.id, None)
                 self._unlogged.discard(run.id)
-                self._fences.pop(run.id, None)
-                self._orders.pop(run.id, None)
-                self._claimed.pop(run.id, None)
+                self._held.pop(run.id, None)
                 self._lost.pop(run.id, None)
                 self._runs.pop(run.id, None)
                 self._forget_claims(run.id)
             self._retired.pop(id(run), None)
 
-    def _take(self, saga_id: str, run: SagaRunView | None) -> None:
-        """This store holds the lease of ``saga_id`` anew, for ``run`` (``None``: a claim,
-        for the run recovery makes of it). A run of the saga still winding down here,
-        fenced out, is retired: it writes nothing more, and its finish() leaves the new
-        lease alone. What it staged or left in doubt is dropped: its lease is over (its
+    def _take(self, saga_id: str, run: SagaRunView | None, held: Held) -> None:
+        """This store holds the lease of ``saga_id`` anew, ``held``, for ``run`` (``None``:
+        a claim, for the run recovery makes of it). A run of the saga still winding down
+        here, fenced out, is retired: it writes nothing more, and its finish() leaves the
+        new lease alone. What it staged or left in doubt is dropped: its lease is over (its
         fencing token moved on), so none of it could commit any more."""
         old = self._runs.get(saga_id)
         if old is not None and old is not run:
@@ -1209,6 +1197,7 @@ class PostgresStore:
             self._staged.pop(saga_id, None)
             self._doubts.pop(saga_id, None)
         self._runs[saga_id] = run
+        self._held[saga_id] = held
         self._lost.pop(saga_id, None)
 
     def _forget_runs(self, saga_ids: Collection[str]) -> None:
@@ -1217,7 +1206,7 @@ class PostgresStore:
         their next claim by this store would have, retiring them for good."""
         for saga_id in saga_ids:
             run = self._runs.get(saga_id)
-            if run is not None and not _unbound(run) and saga_id not in self._fences:
+            if run is not None and not _unbound(run) and saga_id not in self._held:
                 del self._runs[saga_id]
                 self._staged.pop(saga_id, None)
                 self._doubts.pop(saga_id, None)
@@ -1265,14 +1254,14 @@ class PostgresStore:
 
     async def _release(self, saga_id: str, saga_name: str) -> None:
         """Give up the lease of ``saga_id`` if this store still holds it (best effort)."""
-        fence = self._fences.get(saga_id)
-        if fence is None or saga_id in self._new or saga_id in self._unlogged:
+        held = self._held.get(saga_id)
+        if held is None or saga_id in self._new or saga_id in self._unlogged:
             return  # its end was written, it was fenced out, or it has no row
         if self._pool is None:
             return  # closed: close() released every lease
         try:
             await self._run(
-                self._sql.release_one, {"id": saga_id, "owner": self.owner, "fence": fence}
+                self._sql.release_one, {"id": saga_id, "owner": self.owner, "fence": held.fence}
             )
         except Exception as error:
             logger.warning(
@@ -1412,9 +1401,7 @@ class PostgresStore:
         """Forget that this store holds the leases of ``saga_ids`` (let go of, parked): it
         runs none of them now, and the heartbeat renews none of them."""
         for saga_id in saga_ids:
-            self._fences.pop(saga_id, None)
-            self._orders.pop(saga_id, None)
-            self._claimed.pop(saga_id, None)
+            self._held.pop(saga_id, None)
             if saga_id in self._runs and _unbound(self._runs[saga_id]):
                 del self._runs[saga_id]  # no run of this claim began
                 self._forget_claims(saga_id)
@@ -1442,19 +1429,20 @@ class PostgresStore:
                 "max": max_attempts,
                 "owner": self.owner,
                 "lease": self.lease,
-                "mine": list(self._fences),
+                "mine": list(self._held),
                 "token": token,
             },
         )
         alive = []
         renewed = []
         for row in sorted((row for row in claimed if not row[13]), key=lambda row: row[11]):
-            if row[0] in self._fences:
+            held = self._held.get(row[0])
+            if held is not None:
                 # This store began it (an execute()) after the claim was sent ("mine"
                 # did not list it yet), and its lease ran out before the claim ran: the
                 # claim only renewed its lease. The run goes on with the new token (a
                 # write of it on its way meanwhile is sent again with it, see _send).
-                self._fences[row[0]] = row[12]
+                held.fence = row[12]
                 for write in self._staged.get(row[0], ()):
                     write.fence = row[12]
                 renewed.append(row[0])
@@ -1477,18 +1465,19 @@ class PostgresStore:
         if not alive:
             return len(claimed)
         for row in alive:
-            self._take(row[0], None)
-            self._fences[row[0]] = row[12]
-            self._claimed[row[0]] = row[14]
+            # Its start count goes on from the log's highest, read below.
+            self._take(row[0], None, Held(row[12], order=None, handover=row[14]))
             taken.append(row[0])
         # Read after the claim committed: a lost connection is tried again, or the claim
         # failed, its sagas waiting until their leases ran out.
         found = await self._read(self._sql.claimed_steps, ([r[0] for r in alive],))
-        for row in alive:
-            self._orders[row[0]] = 0
-        for step_row in found:  # the log's highest start_order: where the count goes on
-            if step_row[10] is not None and step_row[10] > self._orders[step_row[0]]:
-                self._orders[step_row[0]] = step_row[10]
+        highest = dict.fromkeys((row[0] for row in alive), 0)  # start_order
+        for step_row in found:
+            if step_row[10] is not None:
+                highest[step_row[0]] = max(highest[step_row[0]], step_row[10])
+        for saga_id, order in highest.items():
+            if (held := self._held.get(saga_id)) is not None:
+                held.order = order
         steps = rows.steps_by_saga(step_row[:10] for step_row in found)
         for row in alive:
             try:
@@ -1525,15 +1514,15 @@ class PostgresStore:
     async def dead_letter(self, saga_id: str, reason: str) -> None:
         check_saga_id(saga_id, "dead_letter()")
         check_text(reason, "reason", "dead_letter()", "say why the saga is parked")
-        fence = self._fences.get(saga_id)
-        if fence is None:
+        held = self._held.get(saga_id)
+        if held is None:
             raise StoreError(
                 f"saga {saga_id!r} is not owned by this store; claim it before dead-lettering it"
             )
         try:
             found = await self._run(
                 self._sql.dead_letter,
-                {"id": saga_id, "reason": storable(reason), "fence": fence},
+                {"id": saga_id, "reason": storable(reason), "fence": held.fence},
             )
         finally:
             # Parked or not (the write may have failed), this store no longer runs it: the
@@ -1611,7 +1600,7 @@ class PostgresStore:
         pool = self._pool
         if pool is not None:
             try:
-                if self._fences:
+                if self._held:
                     await self.release_leases()
             finally:
                 self._pool = None
@@ -1684,7 +1673,7 @@ class PostgresStore:
         state = "open" if self._pool is not None else "closed"
         return (
             f"<PostgresStore schema={self.schema!r} lease={self.lease:g}s "
-            f"owns={len(self._fences)} {state}>"
+            f"owns={len(self._held)} {state}>"
         )
 
 
