@@ -7,6 +7,7 @@ import asyncio
 import math
 from typing import TypeGuard
 
+from ._names import qualname_of
 from ._tracebacks import hide_from_pytest
 from .exceptions import SagaDefinitionError
 
@@ -91,10 +92,21 @@ def not_the_class(
     return error(f"{what} must be an instance, not the class {name}; pass an instance: {name}(...)")
 
 
+def check_not_method_object(fn: object, decorator: str) -> None:
+    """Refuse a ``staticmethod`` or ``classmethod`` given to ``@decorator``: it goes below them."""
+    if isinstance(fn, staticmethod | classmethod):
+        kind = type(fn).__name__
+        raise SagaDefinitionError(
+            f"@{decorator} needs the function itself, but got the {kind} "
+            f"{qualname_of(fn.__func__)}; put @{decorator} below @{kind}"
+        )
+
+
 __all__ = [
     "MAX_COUNT",
     "check_count",
     "check_flag",
+    "check_not_method_object",
     "check_seconds",
     "is_number",
     "not_the_class",

@@ -11,6 +11,7 @@ from typing import Any, Concatenate, Generic, Literal, TypeAlias, TypeVar, overl
 
 from typing_extensions import ParamSpec
 
+from ._checks import check_not_method_object
 from ._names import by_reference, check_storable, declared_name, qualname_of
 from ._steps import _POSITIONAL, Step, StepCall, _shown
 from ._tracebacks import hide_from_pytest
@@ -389,12 +390,7 @@ class SagaFunction(Generic[P]):
         name: str | None = None,
         recovery: RecoveryPolicy = "resume",
     ) -> None:
-        if isinstance(fn, staticmethod | classmethod):
-            kind = type(fn).__name__
-            raise SagaDefinitionError(
-                f"@saga needs the function itself, but got the {kind} "
-                f"{qualname_of(fn.__func__)}; put @saga below @{kind}"
-            )
+        check_not_method_object(fn, "saga")
         if not callable(fn):
             fix = ""
             if isinstance(fn, list | tuple):

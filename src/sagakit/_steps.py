@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, SupportsIndex, Type
 import wrapt
 from typing_extensions import ParamSpec
 
-from ._checks import asyncio_loop, check_flag, check_seconds, not_the_class
+from ._checks import asyncio_loop, check_flag, check_not_method_object, check_seconds, not_the_class
 from ._deadlines import timeout_error
 from ._display import describe_args, short_repr, step_html
 from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, active_faults, raised_by_step
@@ -376,12 +376,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         compensate_on_timeout: bool = True,
         compensate_on_failure: bool = False,
     ) -> None:
-        if isinstance(fn, staticmethod | classmethod):
-            kind = type(fn).__name__
-            raise SagaDefinitionError(
-                f"@step needs the function itself, but got the {kind} "
-                f"{qualname_of(fn.__func__)}; put @step below @{kind}"
-            )
+        check_not_method_object(fn, "step")
         if isinstance(fn, Step):
             # Its compensation and options would be ignored by sagas running this step.
             raise SagaDefinitionError(

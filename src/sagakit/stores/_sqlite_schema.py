@@ -14,6 +14,7 @@ import errno
 import os
 import secrets
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
@@ -290,7 +291,7 @@ def connect_read_only(path: str, *, busy_timeout: float) -> sqlite3.Connection:
 
 def check_read_only(conn: sqlite3.Connection, path: str) -> None:
     """Check, without writing, that ``conn`` reads a sagakit log of the current schema."""
-    try:
+    with _closed_on_failure(conn, path, writing=False):
         version = _logged_version(conn, path)
         if version is None:
             raise StoreError(
@@ -304,15 +305,38 @@ def check_read_only(conn: sqlite3.Connection, path: str) -> None:
                 "(or open it once with a writable SQLiteStore)"
             )
         _probe(conn)
+
+
+@contextlib.contextmanager
+def _closed_on_failure(conn: sqlite3.Connection, path: str, *, writing: bool) -> Iterator[None]:
+    """Close ``conn`` if opening the log in it fails; a database error as a :class:`StoreError`."""
+    try:
+        yield
     except StoreError:
         conn.close()
         raise
     except sqlite3.DatabaseError as error:
         conn.close()
-        raise StoreError(
-            f"saga log {path!r} is corrupt or not a sagakit log ({error}); restore it from "
-            "a backup or point SQLiteStore at another path"
-        ) from error
+        raise StoreError(_unusable(path, error, writing=writing)) from error
+
+
+def _unusable(path: str, error: sqlite3.DatabaseError, *, writing: bool) -> str:
+    """What to say when SQLite fails to open the log (``writing``: to create or migrate it)."""
+    if writing:
+        code = getattr(error, "sqlite_errorcode", None) or 0
+        if code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            # Creating the schema takes the write lock: a busy file is not a damaged one.
+            return (
+                f"saga log {path!r} is locked by another connection that kept its write "
+                f"lock longer than busy_timeout ({error}); try again, or raise busy_timeout"
+            )
+        unwritable = _unwritable(path, error)
+        if unwritable is not None:
+            return unwritable
+    return (
+        f"saga log {path!r} is corrupt or not a sagakit log ({error}); restore it from "
+        "a backup or point SQLiteStore at another path"
+    )
 
 
 def stored_schema_version(conn: sqlite3.Connection) -> tuple[bool, Any]:
@@ -474,7 +498,7 @@ def rename_no_replace(source: str, target: str) -> bool:
 
 def prepare(conn: sqlite3.Connection, path: str) -> None:
     """Switch to WAL, create or check the schema; :class:`StoreError` on a bad file."""
-    try:
+    with _closed_on_failure(conn, path, writing=True):
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal" and path != ":memory:":
             raise StoreError(f"saga log {path!r} cannot use WAL journaling (got {mode!r})")
@@ -491,23 +515,6 @@ def prepare(conn: sqlite3.Connection, path: str) -> None:
                     conn.execute("ROLLBACK")
                 raise
         _probe(conn)
-    except StoreError:
-        conn.close()
-        raise
-    except sqlite3.DatabaseError as error:
-        conn.close()
-        code = getattr(error, "sqlite_errorcode", None) or 0
-        if code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            # Creating the schema takes the write lock: a busy file is not a damaged one.
-            raise StoreError(
-                f"saga log {path!r} is locked by another connection that kept its write "
-                f"lock longer than busy_timeout ({error}); try again, or raise busy_timeout"
-            ) from error
-        raise StoreError(
-            _unwritable(path, error)
-            or f"saga log {path!r} is corrupt or not a sagakit log ({error}); restore it "
-            "from a backup or point SQLiteStore at another path"
-        ) from error
 
 
 __all__ = [
