@@ -105,8 +105,9 @@ async def credit(account: str, amount: float) -> list[Credited]:
 
 @saga
 def transfer(src: str, dst: str, amount: float) -> Generator[StepCall[Any], Any, None]:
-    """Generator form: each ``yield`` runs a step and gets back its result."""
-    debited = yield debit(src, amount)
+    """Generator form: each ``yield`` runs a step and gets back its result
+    (``yield from`` gets it typed as the step returns it: here ``list[Debited]``)."""
+    debited = yield from debit(src, amount)
     yield credit(dst, debited[0].amount)
 
 

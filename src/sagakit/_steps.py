@@ -196,6 +196,11 @@ class StepCall(Generic[R_co]):
     def __await__(self) -> Generator[Any, None, R_co]:
         return self._run_alone().__await__()
 
+    def __iter__(self) -> Generator[StepCall[R_co], Any, R_co]:
+        """``result = yield from call`` in a generator saga: yields the call and returns
+        the step's result, typed as the step returns it (a bare ``yield`` gives ``Any``)."""
+        return (yield self)  # type: ignore[no-any-return]
+
     async def _run_alone(self) -> R_co:
         step = self._step
         policy = step.retry

@@ -102,6 +102,14 @@ def order(sku: str) -> Generator[StepCall[Any], Any, None]:
     yield reserve(1)  # type: ignore[arg-type]
 
 
+# A step's result taken with `yield from` is typed as the step returns it: 'Incompatible
+# types in assignment (expression has type "int", variable has type "str")'.
+@saga
+def mistyped_result(sku: str) -> Generator[StepCall[Any], Any, None]:
+    held: str = yield from reserve(sku)  # type: ignore[assignment]
+    yield reserve(held)
+
+
 # Only there: an unannotated saga is not checked inside (under --strict it is itself an
 # error, no-untyped-def), so its yields are not either.
 @saga

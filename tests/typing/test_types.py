@@ -511,3 +511,16 @@ def print_twice(transition: Transition, again: Transition) -> None:
 
 def print_nothing() -> None:
     print()
+
+
+# `yield from` a step call gives the step's result typed as the step returns it.
+@saga
+def transfer_yield_from(src: str, dst: str, amount: float) -> Generator[StepCall[Any], Any, None]:
+    debited = yield from debit(src, amount)
+    assert_type(debited, list[Debited])
+    payment = yield from charge("order-1", debited[0].amount)
+    assert_type(payment, str)
+    yield from credit(dst, amount)
+
+
+assert_type(transfer_yield_from("A", "B", 1.0), SagaDefinition)
