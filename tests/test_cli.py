@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import sagakit.cli as cli_module
+from cli_helpers.run import cli
 from pg_helpers.db import dsn_or_skip, query
 from sagakit import SagaAlreadyFailed, SagaError, SagaOrchestrator, SQLiteStore, saga, step
 from sagakit.cli import main
@@ -37,12 +38,6 @@ def child(db: str, log: Path, *args: str, crash: str = "") -> int:
         check=False,
         timeout=60,
     ).returncode
-
-
-def cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    code = main(list(argv), out)
-    return code, out.getvalue()
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import sagakit.cli as cli_module
+from cli_helpers.run import cli
 from pg_helpers.db import dsn_or_skip, query
 from sagakit import (
     JsonSerializer,
@@ -33,7 +34,6 @@ from sagakit import (
     saga,
     step,
 )
-from sagakit.cli import main
 
 
 @dataclass(frozen=True)
@@ -166,11 +166,6 @@ def listing_log(tmp_path: Path, kind: str) -> Iterator[Log]:
     finally:
         if kind == "postgres":
             query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-def cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    return main(list(argv), out), out.getvalue()
 
 
 def reported(log: Log, status: str | None = None) -> list[SagaMetadata]:

@@ -7,7 +7,6 @@ saga as ever: not an error of the whole command."""
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import sqlite3
 import uuid
@@ -19,9 +18,9 @@ from typing import Any
 
 import pytest
 
+from cli_helpers.run import cli
 from pg_helpers.db import dsn_or_skip, query
 from sagakit import SagaOrchestrator, SQLiteStore, saga, step
-from sagakit.cli import main
 
 
 @dataclass(frozen=True)
@@ -109,11 +108,6 @@ def shown_log(tmp_path: Path, kind: str) -> Iterator[Log]:
     finally:
         if kind == "postgres":
             query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-def cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    return main(list(argv), out), out.getvalue()
 
 
 def arguments_line(log: Log, saga_id: str) -> str:

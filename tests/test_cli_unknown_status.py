@@ -8,7 +8,6 @@ listing), ``show`` and ``dead-letters`` end in a ``ValueError`` traceback.
 from __future__ import annotations
 
 import asyncio
-import io
 import sqlite3
 import uuid
 from contextlib import closing
@@ -16,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers.run import cli
 from pg_helpers.db import dsn_or_skip, query
 from sagakit import PostgresStore, SagaOrchestrator, SQLiteStore, StoreError, saga, step
-from sagakit.cli import main
 
 
 @step
@@ -43,11 +42,6 @@ def _names(err: str, *words: str) -> None:
         assert word in err, err
 
 
-def _cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    return main(list(argv), out), out.getvalue()
-
-
 @pytest.fixture
 def sqlite_log(tmp_path: Path) -> str:
     db = str(tmp_path / "sagas.db")
@@ -65,7 +59,7 @@ def test_a_saga_status_edited_by_hand_is_named(
     sqlite_log: str, command: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     _edit(sqlite_log, "UPDATE sagakit_sagas SET status = 'FAILED' WHERE id = 'o-1'")
-    code, _ = _cli("--db", sqlite_log, *command)
+    code, _ = cli("--db", sqlite_log, *command)
     err = capsys.readouterr().err
     assert code == 1
     assert err.count("\n") == 1, err
@@ -77,7 +71,7 @@ def test_a_step_status_sagakit_does_not_know_is_named(
     sqlite_log: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _edit(sqlite_log, "UPDATE sagakit_steps SET status = 'skipped' WHERE saga_id = 'o-1'")
-    code, _ = _cli("--db", sqlite_log, "show", "o-1")
+    code, _ = cli("--db", sqlite_log, "show", "o-1")
     err = capsys.readouterr().err
     assert code == 1
     _names(err, "'o-1'", "'skipped'", "'hold'")
@@ -91,7 +85,7 @@ def test_a_dead_letter_of_an_unknown_status_is_named(
         "UPDATE sagakit_sagas SET status = 'paused', dead_letter = 'stuck', parked_at = 0,"
         " finished_at = NULL WHERE id = 'o-1'",
     )
-    code, _ = _cli("--db", sqlite_log, "dead-letters")
+    code, _ = cli("--db", sqlite_log, "dead-letters")
     err = capsys.readouterr().err
     assert code == 1
     _names(err, "'o-1'", "'paused'")
@@ -118,7 +112,7 @@ def test_postgres_names_an_unknown_status_too(capsys: pytest.CaptureFixture[str]
         asyncio.run(_run_one(PostgresStore(dsn, schema=schema)))
         query(dsn, f"UPDATE \"{schema}\".sagas SET status = 'FAILED' WHERE saga_id = 'o-1'")
         for command in (["list"], ["show", "o-1"]):
-            code, _ = _cli("--db", dsn, "--schema", schema, *command)
+            code, _ = cli("--db", dsn, "--schema", schema, *command)
             err = capsys.readouterr().err
             assert code == 1, command
             _names(err, "'o-1'", "'FAILED'")
@@ -127,7 +121,7 @@ def test_postgres_names_an_unknown_status_too(capsys: pytest.CaptureFixture[str]
             f"UPDATE \"{schema}\".sagas SET status = 'paused', dead_reason = 'stuck', "
             "parked_at = now(), finished_at = NULL WHERE saga_id = 'o-1'",
         )
-        code, _ = _cli("--db", dsn, "--schema", schema, "dead-letters")
+        code, _ = cli("--db", dsn, "--schema", schema, "dead-letters")
         err = capsys.readouterr().err
         assert code == 1
         _names(err, "'o-1'", "'paused'")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import sqlite3
 import stat
@@ -12,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers.run import cli
 from sagakit import SagaOrchestrator, SQLiteStore, StoreError, saga, step
-from sagakit.cli import main
 from sagakit.stores import _sqlite_schema
 
 
@@ -33,11 +32,6 @@ def make_log(path: Path) -> None:
             await orchestrator.execute(hops(1), saga_id="ro-1")
 
     asyncio.run(run())
-
-
-def cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    return main(list(argv), out), out.getvalue()
 
 
 def snapshot(path: Path) -> tuple[bytes, int]:
