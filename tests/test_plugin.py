@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from pytester_helpers.ini import write_ini
+
 pytest_plugins = ["pytester"]
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "test_plugin_example.py"
@@ -35,20 +37,8 @@ def order(item):
 """
 
 
-def _ini(pytester: pytest.Pytester, mode: str = "strict", extra: str = "") -> None:
-    pytester.makeini(
-        f"""
-        [pytest]
-        asyncio_mode = {mode}
-        asyncio_default_fixture_loop_scope = function
-        filterwarnings = error
-        {extra}
-        """
-    )
-
-
 def test_the_example_file_passes_in_strict_mode(pytester: pytest.Pytester) -> None:
-    _ini(pytester)
+    write_ini(pytester)
     pytester.makepyfile(test_example=EXAMPLE.read_text())
     # In a process of its own, as a user runs it: its saga names are its own.
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--strict-markers")
@@ -56,7 +46,7 @@ def test_the_example_file_passes_in_strict_mode(pytester: pytest.Pytester) -> No
 
 
 def test_auto_mode_needs_no_asyncio_marks(pytester: pytest.Pytester) -> None:
-    _ini(pytester, mode="auto")
+    write_ini(pytester, mode="auto")
     pytester.makepyfile(
         SAGA
         + """
@@ -78,7 +68,7 @@ def test_strict_mode_without_the_asyncio_mark_is_not_run_by_the_plugin(
     pytester: pytest.Pytester,
 ) -> None:
     # The plugin never runs a loop itself: an unmarked async test is pytest-asyncio's call.
-    _ini(pytester)
+    write_ini(pytester)
     pytester.makepyfile(
         SAGA
         + """
@@ -92,7 +82,7 @@ async def test_unmarked(saga_orchestrator):
 
 
 def test_faults_apply_only_to_the_test_that_set_them(pytester: pytest.Pytester) -> None:
-    _ini(pytester)
+    write_ini(pytester)
     pytester.makepyfile(
         SAGA
         + """
@@ -151,7 +141,7 @@ async def test_marked_on(saga_fault_matrix):
 def test_marker_beats_option_beats_ini(
     pytester: pytest.Pytester, ini: str, args: list[str], plain: str
 ) -> None:
-    _ini(pytester, extra=ini)
+    write_ini(pytester, extra=ini)
     pytester.makepyfile(MATRIX_CASES)
     result = pytester.runpytest("-p", "no:cacheprovider", "-s", *args)
     result.assert_outcomes(passed=3)
@@ -164,7 +154,7 @@ def test_marker_beats_option_beats_ini(
 
 @pytest.mark.parametrize(("option", "waits"), [([], False), (["--saga-instant-sleep=no"], True)])
 def test_instant_sleep_option(pytester: pytest.Pytester, option: list[str], waits: bool) -> None:
-    _ini(pytester)
+    write_ini(pytester)
     pytester.makepyfile(
         SAGA
         + f"""
@@ -180,7 +170,7 @@ async def test_backoff(saga_orchestrator, saga_faults, saga_sleep):
 
 
 def test_ini_key_for_instant_sleep(pytester: pytest.Pytester) -> None:
-    _ini(pytester, extra="saga_instant_sleep = false")
+    write_ini(pytester, extra="saga_instant_sleep = false")
     pytester.makepyfile(
         SAGA
         + """
@@ -196,7 +186,7 @@ async def test_backoff(saga_orchestrator, saga_faults, saga_sleep):
 
 
 def test_a_failing_matrix_reads_well_in_the_report(pytester: pytest.Pytester) -> None:
-    _ini(pytester)
+    write_ini(pytester)
     pytester.makepyfile(
         """
 import pytest
@@ -236,7 +226,7 @@ async def test_trip(saga_fault_matrix):
 
 
 def test_markers_on_the_module_class_and_test_combine(pytester: pytest.Pytester) -> None:
-    _ini(pytester)
+    write_ini(pytester)
     pytester.makepyfile(
         SAGA
         + """
@@ -262,7 +252,7 @@ async def test_the_closest_keyword_wins(saga_fault_matrix):
 
 
 def test_bad_marker_use_is_a_clear_error(pytester: pytest.Pytester) -> None:
-    _ini(pytester)
+    write_ini(pytester)
     pytester.makepyfile(
         SAGA
         + """
@@ -318,7 +308,7 @@ async def test_not_compensated(saga_fault_matrix):
 
 
 def test_marker_and_options_are_documented(pytester: pytest.Pytester) -> None:
-    _ini(pytester)
+    write_ini(pytester)
     result = pytester.runpytest("--markers")
     result.stdout.fnmatch_lines(["@pytest.mark.saga_fault_matrix(failures=True, timeouts=True*"])
     result = pytester.runpytest("--help")
@@ -346,7 +336,7 @@ def test_importing_the_plugin_stays_light() -> None:
 
 
 def test_faults_work_with_module_and_session_scoped_loops(pytester: pytest.Pytester) -> None:
-    _ini(pytester)
+    write_ini(pytester)
     pytester.makepyfile(
         SAGA
         + """
@@ -375,7 +365,7 @@ async def test_4(saga_orchestrator):
 
 
 def test_a_fault_on_a_misspelt_step_errors_at_teardown(pytester: pytest.Pytester) -> None:
-    _ini(pytester)
+    write_ini(pytester)
     pytester.makepyfile(
         SAGA
         + """
@@ -396,7 +386,7 @@ async def test_typo(saga_orchestrator, saga_faults):
 def test_a_misspelt_step_is_named_on_the_failure_it_caused(pytester: pytest.Pytester) -> None:
     # The fault never fired, so pytest.raises saw nothing: the test's own failure says
     # why, once, rather than a separate error at teardown with the fixture's internals.
-    _ini(pytester)
+    write_ini(pytester)
     pytester.makepyfile(
         SAGA
         + """
@@ -431,7 +421,7 @@ def test_skipped(saga_faults):
 def test_an_index_fault_that_never_fired_is_noted_on_the_test_failure(
     pytester: pytest.Pytester,
 ) -> None:
-    _ini(pytester)
+    write_ini(pytester)
     pytester.makepyfile(
         SAGA
         + """
@@ -458,7 +448,7 @@ def test_sagas_and_step_calls_parametrizing_a_test_are_named_in_its_ids(
 ) -> None:
     # Regression: `parametrize("definition", [order("x"), ...])` gave test ids such as
     # test_matrix[definition0]: a failing case did not say which saga it was.
-    _ini(pytester)
+    write_ini(pytester)
     pytester.makepyfile(
         SAGA
         + """
@@ -497,7 +487,7 @@ def test_a_test_leaving_a_fault_injector_active_fails_not_the_next_one(
     pytester: pytest.Pytester,
 ) -> None:
     # Its faults stayed active, and a later, innocent test failed instead.
-    _ini(pytester)
+    write_ini(pytester)
     pytester.makepyfile(
         SAGA
         + """
@@ -540,7 +530,7 @@ def test_a_fixture_leaving_a_fault_injector_active_errors_not_the_next_test(
     pytester: pytest.Pytester,
 ) -> None:
     # The check saw only the test body: a fixture's injector hit every later test.
-    _ini(pytester)
+    write_ini(pytester)
     pytester.makepyfile(
         SAGA
         + """
@@ -662,7 +652,7 @@ def test_an_ini_value_that_is_not_true_or_false_is_a_usage_error_naming_its_key(
 ) -> None:
     # Regression: pytest's "invalid truth value 'maybe'" named no key, and came as an
     # error at the setup of each test using the fixture (none for a session without one).
-    _ini(pytester, extra=f"{ini} = maybe")
+    write_ini(pytester, extra=f"{ini} = maybe")
     pytester.makepyfile("def test_nothing_to_do_with_sagas():\n    pass\n")
     result = pytester.runpytest("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -722,7 +712,7 @@ def test_the_plugin_named_by_its_module_while_autoloaded_is_registered_once(
     # (or the other way round): "ValueError: Plugin already registered under a different
     # name", with a dump of every plugin. The module is registered once, whichever name
     # came first, and asked no more under the other.
-    _ini(pytester)  # filterwarnings = error: no warning either
+    write_ini(pytester)  # filterwarnings = error: no warning either
     pytester.makepyfile("def test_fixture(saga_recorder):\n    assert saga_recorder.runs == []\n")
     flags = ["-p", "no:cacheprovider", "--trace-config"]
     registered = "PLUGIN registered: <module 'sagakit.pytest_plugin' from *"
@@ -792,7 +782,7 @@ def test_the_orchestrator_fixture_closes_its_orchestrator(
 ) -> None:
     # Regression: saga_orchestrator was a plain function whose orchestrator (and store)
     # nothing ever closed: a store holding connections or files leaked one per test.
-    _ini(pytester, mode=mode)
+    write_ini(pytester, mode=mode)
     pytester.makeconftest(
         """
 import pytest
@@ -846,7 +836,7 @@ def test_a_failing_helper_shows_the_test_line_not_sagakit_internals(
 ) -> None:
     # Regression: a failed assert_* helper showed two frames of sagakit's recorder, and a
     # failed fault matrix printed the whole source of run_fault_matrix, before the message.
-    _ini(pytester)
+    write_ini(pytester)
     pytester.makepyfile(
         SAGA
         + """

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from pytester_helpers.ini import write_ini
+
 pytest_plugins = ["pytester"]
 
 SAGA = """
@@ -25,24 +27,13 @@ def order(item):
 """
 
 
-def _ini(pytester: pytest.Pytester, mode: str) -> None:
-    pytester.makeini(
-        f"""
-        [pytest]
-        asyncio_mode = {mode}
-        asyncio_default_fixture_loop_scope = function
-        filterwarnings = error
-        """
-    )
-
-
 @pytest.mark.parametrize("mode", ["strict", "auto"])
 def test_a_misspelt_keyword_errors_a_test_without_the_fixture(
     pytester: pytest.Pytester, mode: str
 ) -> None:
     # Regression: the keywords were checked by the fixture only, so on a test calling
     # run_fault_matrix itself the misspelt `timeout=` was silently ignored.
-    _ini(pytester, mode)
+    write_ini(pytester, mode)
     pytester.makepyfile(
         SAGA
         + """
@@ -79,7 +70,7 @@ def test_not_compensated():
 def test_a_marker_on_a_test_without_the_fixture_is_an_error(pytester: pytest.Pytester) -> None:
     # Regression: a marker that configures nothing (the test runs the matrix itself, or
     # not at all) was silently ignored.
-    _ini(pytester, "strict")
+    write_ini(pytester, "strict")
     pytester.makepyfile(
         SAGA
         + """
@@ -116,7 +107,7 @@ def test_module_and_class_markers_may_cover_tests_without_the_fixture(
 ) -> None:
     # Defaults for a module's or class's tests that use the fixture are no mistake on its
     # other tests; a test using the fixture through another fixture uses it too.
-    _ini(pytester, "auto")
+    write_ini(pytester, "auto")
     pytester.makepyfile(
         SAGA
         + """
@@ -148,7 +139,7 @@ async def test_through_a_fixture(matrix):
 
 
 def test_a_misspelt_module_marker_errors_every_test_it_covers(pytester: pytest.Pytester) -> None:
-    _ini(pytester, "strict")
+    write_ini(pytester, "strict")
     pytester.makepyfile(
         SAGA
         + """

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pg_helpers.db import dsn_or_skip, query
+from pytester_helpers.ini import write_ini
 
 pytest_plugins = ["pytester"]
 
@@ -60,17 +61,6 @@ async def test_faults_and_the_matrix_work_on_it(saga_orchestrator, saga_faults, 
 """
 
 
-def _ini(pytester: pytest.Pytester, mode: str) -> None:
-    pytester.makeini(
-        f"""
-        [pytest]
-        asyncio_mode = {mode}
-        asyncio_default_fixture_loop_scope = function
-        filterwarnings = error
-        """
-    )
-
-
 def _doc_conftest(heading: str) -> str:
     """The ``py`` block following ``heading`` in docs/testing.md (a conftest.py)."""
     text = TESTING_MD.read_text(encoding="utf-8")
@@ -83,7 +73,7 @@ def _doc_conftest(heading: str) -> str:
 
 @pytest.mark.parametrize("mode", ["strict", "auto"])
 def test_the_default_is_a_fresh_memory_store_per_test(pytester: pytest.Pytester, mode: str) -> None:
-    _ini(pytester, mode)
+    write_ini(pytester, mode)
     pytester.makepyfile(
         SAGA
         + """
@@ -110,7 +100,7 @@ def test_3_sync(saga_orchestrator):
 
 @pytest.mark.parametrize("mode", ["strict", "auto"])
 def test_the_documented_sqlite_override(pytester: pytest.Pytester, mode: str) -> None:
-    _ini(pytester, mode)
+    write_ini(pytester, mode)
     pytester.makeconftest(
         _doc_conftest("### On a durable store")
         + """
@@ -137,7 +127,7 @@ def closed_at_teardown(saga_store):
 def test_a_yielding_async_override_that_closes_the_store_itself(
     pytester: pytest.Pytester, mode: str
 ) -> None:
-    _ini(pytester, mode)
+    write_ini(pytester, mode)
     decorator = "pytest_asyncio.fixture" if mode == "strict" else "pytest.fixture"
     pytester.makeconftest(
         f"""
@@ -159,7 +149,7 @@ async def saga_store(tmp_path):
 
 
 def test_a_module_scoped_store_is_left_open_between_tests(pytester: pytest.Pytester) -> None:
-    _ini(pytester, "strict")
+    write_ini(pytester, "strict")
     pytester.makepyfile(
         SAGA
         + """
@@ -215,7 +205,7 @@ def test_an_override_giving_no_store_is_a_clear_error(
     pytester: pytest.Pytester, mode: str, case: str
 ) -> None:
     body, message = BAD_STORES[case]
-    _ini(pytester, mode)
+    write_ini(pytester, mode)
     pytester.makeconftest(
         f"""
 import pytest
@@ -247,7 +237,7 @@ async def test_it(saga_orchestrator):
 def test_an_undecorated_async_override_in_strict_mode_names_the_fix(
     pytester: pytest.Pytester,
 ) -> None:
-    _ini(pytester, "strict")
+    write_ini(pytester, "strict")
     pytester.makeconftest(
         """
 import pytest
@@ -284,7 +274,7 @@ def test_the_documented_postgres_override(
 ) -> None:
     dsn = dsn_or_skip()
     monkeypatch.setenv("TEST_POSTGRES_DSN", dsn)
-    _ini(pytester, mode)
+    write_ini(pytester, mode)
     pytester.makeconftest(_doc_conftest("#### On PostgreSQL"))
     pytester.makepyfile(
         SAGA
@@ -312,7 +302,7 @@ def test_the_documented_postgres_override_skips_without_a_dsn(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("TEST_POSTGRES_DSN", raising=False)
-    _ini(pytester, "strict")
+    write_ini(pytester, "strict")
     pytester.makeconftest(_doc_conftest("#### On PostgreSQL"))
     pytester.makepyfile(SAGA + DURABLE_TESTS)
     result = pytester.runpytest("-p", "no:cacheprovider", "-rs")

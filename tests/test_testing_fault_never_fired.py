@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from pytester_helpers.ini import write_ini
 from sagakit import CompensationFailed, SagaOrchestrator, StepFailed, saga, step
 from sagakit.testing import FaultInjector, SimulatedCrash, _faults
 
@@ -135,14 +136,7 @@ async def test_faults_that_did_not_fire_are_no_error_and_fired_ones_no_note() ->
 
 
 def test_the_saga_faults_fixture_notes_it_on_the_test_failure(pytester: pytest.Pytester) -> None:
-    pytester.makeini(
-        """
-        [pytest]
-        asyncio_mode = strict
-        asyncio_default_fixture_loop_scope = function
-        filterwarnings = error
-        """
-    )
+    write_ini(pytester)
     pytester.makepyfile(
         """
 import pytest
