@@ -257,18 +257,6 @@ async def test_a_bad_dsn_gives_its_reason_without_waiting(
 # ---------------------------------------------------------------- schema
 
 
-@pytest.mark.asyncio
-async def test_concurrent_openers_migrate_the_schema_once(dsn: str, schema: str) -> None:
-    stores = [PostgresStore(dsn, schema=schema) for _ in range(4)]
-    try:
-        await asyncio.gather(*(store.open() for store in stores))
-    finally:
-        for store in stores:
-            await store.close()
-    versions = query(dsn, f'SELECT version FROM "{schema}".schema_migrations ORDER BY version')
-    assert versions == [(version,) for version in range(1, SCHEMA_VERSION + 1)]
-
-
 def _with_lock_timeout(dsn: str, timeout: str) -> str:
     """``dsn`` for a session whose ``lock_timeout`` is ``timeout`` (as a role's would be)."""
     from psycopg.conninfo import make_conninfo
@@ -276,36 +264,29 @@ def _with_lock_timeout(dsn: str, timeout: str) -> str:
     return make_conninfo(dsn, options=f"-c lock_timeout={timeout}")
 
 
+@pytest.mark.parametrize(
+    "role_setting",
+    [
+        None,
+        # Regression: a role's lock_timeout (below the time a migration takes, ~40 ms) made
+        # every opener but the first fail on the migration's advisory lock, with a StoreError
+        # telling to check the DSN and that the server is up.
+        "lock_timeout=1ms",
+        # Regression: as under a short lock_timeout, a role's statement_timeout (below the
+        # time another opener's migration takes) cancelled every opener's wait for the
+        # migration's lock but the first one's, with a StoreError telling to check the DSN
+        # and that the server is up. The migration now waits as long as connect_timeout.
+        "statement_timeout=20ms",
+    ],
+)
 @pytest.mark.asyncio
-async def test_concurrent_openers_under_a_short_lock_timeout_migrate_the_schema_once(
-    dsn: str, schema: str
+async def test_concurrent_openers_migrate_the_schema_once(
+    dsn: str, schema: str, role_setting: str | None
 ) -> None:
-    # Regression: a role's lock_timeout (below the time a migration takes, ~40 ms) made
-    # every opener but the first fail on the migration's advisory lock, with a StoreError
-    # telling to check the DSN and that the server is up.
-    short = _with_lock_timeout(dsn, "1ms")
-    stores = [PostgresStore(short, schema=schema) for _ in range(4)]
-    try:
-        await asyncio.gather(*(store.open() for store in stores))
-    finally:
-        for store in stores:
-            await store.close()
-    versions = query(dsn, f'SELECT version FROM "{schema}".schema_migrations ORDER BY version')
-    assert versions == [(version,) for version in range(1, SCHEMA_VERSION + 1)]
-
-
-@pytest.mark.asyncio
-async def test_concurrent_openers_under_a_short_statement_timeout_migrate_the_schema_once(
-    dsn: str, schema: str
-) -> None:
-    # Regression: as under a short lock_timeout, a role's statement_timeout (below the
-    # time another opener's migration takes) cancelled every opener's wait for the
-    # migration's lock but the first one's, with a StoreError telling to check the DSN
-    # and that the server is up. The migration now waits as long as connect_timeout.
     from psycopg.conninfo import make_conninfo
 
-    short = make_conninfo(dsn, options="-c statement_timeout=20ms")
-    stores = [PostgresStore(short, schema=schema) for _ in range(4)]
+    session = dsn if role_setting is None else make_conninfo(dsn, options=f"-c {role_setting}")
+    stores = [PostgresStore(session, schema=schema) for _ in range(4)]
     try:
         await asyncio.gather(*(store.open() for store in stores))
     finally:
