@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from pg_helpers.db import dsn_or_skip, fresh_schema
+from pg_helpers.roles import fresh_role
 from sagakit import SQLiteStore
 
 # tests/typing holds assert_type checks for mypy; they are never run by pytest.
@@ -57,6 +58,12 @@ def dsn() -> str:
 def schema(dsn: str) -> Iterator[str]:
     """A fresh PostgreSQL schema for one test, dropped after it."""
     yield from fresh_schema(dsn)
+
+
+@pytest.fixture
+def role(dsn: str) -> Iterator[str]:
+    """A new PostgreSQL login role without the right to create schemas; dropped afterwards."""
+    yield from fresh_role(dsn)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -22,6 +22,7 @@ import pytest
 import sagakit.cli as cli_module
 from cli_helpers.run import cli
 from pg_helpers.db import dsn_or_skip, query
+from pg_helpers.roles import as_role, grant_reading
 from sagakit import SagaAlreadyFailed, SagaError, SagaOrchestrator, SQLiteStore, saga, step
 from sagakit.cli import main
 
@@ -1235,16 +1236,12 @@ def test_json_keys_are_the_documented_ones(tmp_path: Path) -> None:
 
 
 def test_a_postgres_role_that_may_only_read_the_log_can_inspect_it(
-    capsys: pytest.CaptureFixture[str],
+    dsn: str, schema: str, role: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Regression: opening the store ran CREATE SCHEMA/TABLE IF NOT EXISTS under a lock
     # even for a log at the current version, so a read-only role (what an operator
     # should inspect production with) got "permission denied for database".
-    from urllib.parse import urlsplit, urlunsplit
-
     from sagakit import PostgresStore, SagaOrchestrator, saga, step
-
-    dsn = dsn_or_skip()
 
     @step
     async def cli_pg_note(x: str) -> str:
@@ -1254,31 +1251,20 @@ def test_a_postgres_role_that_may_only_read_the_log_can_inspect_it(
     def cli_pg_noted(x: str):  # type: ignore[no-untyped-def]
         yield cli_pg_note(x)
 
-    suffix = uuid.uuid4().hex[:8]
-    schema, role = f"sk_cli_ro_{suffix}", f"sk_cli_reader_{suffix}"
-
     async def write_log() -> None:
         async with SagaOrchestrator(PostgresStore(dsn, schema=schema)) as orchestrator:
             await orchestrator.execute(cli_pg_noted("n"), saga_id="noted-1")
 
-    try:
-        asyncio.run(write_log())
-        query(dsn, f'CREATE ROLE "{role}" LOGIN')
-        query(dsn, f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
-        query(dsn, f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
-        parts = urlsplit(dsn)
-        host = parts.netloc.rpartition("@")[2]
-        reader = urlunsplit(parts._replace(netloc=f"{role}@{host}"))
-        code, out = cli("--db", reader, "--schema", schema, "list", "--json")
-        assert (code, capsys.readouterr().err) == (0, "")
-        assert [saga["id"] for saga in json.loads(out)] == ["noted-1"]
-        code, out = cli("--db", reader, "--schema", schema, "show", "noted-1")
-        assert (code, capsys.readouterr().err) == (0, "")
-        assert out.startswith("saga noted-1 (cli_pg_noted): completed\n")
-        assert cli("--db", reader, "--schema", schema, "dead-letters") == (0, "no dead letters\n")
-    finally:
-        query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        query(dsn, f'DROP ROLE IF EXISTS "{role}"')
+    asyncio.run(write_log())
+    grant_reading(dsn, schema, role)
+    reader = as_role(dsn, role)
+    code, out = cli("--db", reader, "--schema", schema, "list", "--json")
+    assert (code, capsys.readouterr().err) == (0, "")
+    assert [saga["id"] for saga in json.loads(out)] == ["noted-1"]
+    code, out = cli("--db", reader, "--schema", schema, "show", "noted-1")
+    assert (code, capsys.readouterr().err) == (0, "")
+    assert out.startswith("saga noted-1 (cli_pg_noted): completed\n")
+    assert cli("--db", reader, "--schema", schema, "dead-letters") == (0, "no dead letters\n")
 
 
 def test_control_characters_in_names_and_errors_are_escaped_in_tables(tmp_path: Path) -> None:

@@ -21,11 +21,11 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from pg_helpers.db import expire, opened, query
+from pg_helpers.roles import as_role, grant_reading
 from sagakit import (
     LeaseLost,
     PostgresStore,
@@ -453,24 +453,6 @@ async def test_read_events_refuses_a_window_that_is_no_position_and_page_as_sqli
         await store.close()
 
 
-def as_role(dsn: str, role: str) -> str:
-    """``dsn`` logging in as ``role`` (no password: the test server trusts local users)."""
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
-
-
-@pytest.fixture
-def role(dsn: str) -> Iterator[str]:
-    """A new login role without the right to create schemas; dropped afterwards."""
-    name = f"sk_role_{uuid.uuid4().hex[:8]}"
-    query(dsn, f'CREATE ROLE "{name}" LOGIN')
-    try:
-        yield name
-    finally:
-        query(dsn, f'DROP OWNED BY "{name}" CASCADE')
-        query(dsn, f'DROP ROLE IF EXISTS "{name}"')
-
-
 @pytest.mark.asyncio
 async def test_a_role_owning_an_existing_schema_opens_it_without_the_right_to_create_one(
     dsn: str, role: str
@@ -499,8 +481,7 @@ async def test_a_reader_of_a_schema_from_a_newer_sagakit_is_told_to_upgrade(
     async with opened(dsn, schema):
         pass
     query(dsn, f'INSERT INTO "{schema}".schema_migrations (version) VALUES (99) RETURNING 1')
-    query(dsn, f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
-    query(dsn, f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+    grant_reading(dsn, schema, role)
     store = PostgresStore(as_role(dsn, role), schema=schema)
     with pytest.raises(StoreError, match=r"version 99, newer than this sagakit.*upgrade sagakit"):
         await store.open()
@@ -514,8 +495,7 @@ async def test_a_role_that_may_only_read_the_log_is_told_the_grants_to_write(
     # server's PL/pgSQL context (twenty lines of SQL), and named no grant.
     async with opened(dsn, schema):
         pass
-    query(dsn, f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
-    query(dsn, f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+    grant_reading(dsn, schema, role)
     async with opened(as_role(dsn, role), schema) as store:
         for saga_id in ("ro-explicit", None):  # its start alone, or staged with its first step
             with pytest.raises(
@@ -554,8 +534,7 @@ async def test_a_reader_of_a_schema_from_an_older_sagakit_is_told_to_upgrade_it(
     async with opened(dsn, schema):
         pass
     query(dsn, f'DELETE FROM "{schema}".schema_migrations WHERE version = %s', (SCHEMA_VERSION,))
-    query(dsn, f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
-    query(dsn, f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+    grant_reading(dsn, schema, role)
     store = PostgresStore(as_role(dsn, role), schema=schema)
     with pytest.raises(StoreError, match=rf"--schema {schema} upgrade") as raised:
         await store.open()
