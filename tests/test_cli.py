@@ -478,7 +478,7 @@ def test_a_bad_postgres_url_is_one_line_naming_the_cause() -> None:
 
 
 def test_an_unknown_saga_on_postgres_does_not_print_the_password(
-    capsys: pytest.CaptureFixture[str],
+    dsn: str, schema: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Regression: "no saga 'x' in <--db>" echoed the whole URL, password included.
     import asyncio
@@ -486,7 +486,6 @@ def test_an_unknown_saga_on_postgres_does_not_print_the_password(
 
     from sagakit import PostgresStore
 
-    dsn = dsn_or_skip()
     parts = urlsplit(dsn)
     if parts.password is None:  # trust authentication ignores a password it gets
         user, _, host = parts.netloc.rpartition("@")
@@ -494,27 +493,23 @@ def test_an_unknown_saga_on_postgres_does_not_print_the_password(
     secret_dsn = urlunsplit(parts)
     password = urlsplit(secret_dsn).password
     assert password
-    schema = "sk_cli_pw_" + uuid.uuid4().hex[:8]
 
     async def create_log() -> None:
         store = PostgresStore(dsn, schema=schema)
         await store.open()
         await store.close()
 
-    try:
-        asyncio.run(create_log())
-        assert cli("--db", secret_dsn, "--schema", schema, "show", "nope")[0] == 1
-        err = capsys.readouterr().err
-        assert "no saga 'nope'" in err
-        assert schema in err
-        assert "`sagakit list` lists its sagas" in err
-        assert password not in err, err
-        assert cli("--db", secret_dsn, "--schema", schema, "resolve", "nope", "--note", "x")[0] == 1
-        err = capsys.readouterr().err
-        assert "no saga with id 'nope'" in err
-        assert "`sagakit list` lists its sagas" in err
-    finally:
-        query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    asyncio.run(create_log())
+    assert cli("--db", secret_dsn, "--schema", schema, "show", "nope")[0] == 1
+    err = capsys.readouterr().err
+    assert "no saga 'nope'" in err
+    assert schema in err
+    assert "`sagakit list` lists its sagas" in err
+    assert password not in err, err
+    assert cli("--db", secret_dsn, "--schema", schema, "resolve", "nope", "--note", "x")[0] == 1
+    err = capsys.readouterr().err
+    assert "no saga with id 'nope'" in err
+    assert "`sagakit list` lists its sagas" in err
 
 
 APP_MODULE = """
@@ -1488,14 +1483,12 @@ def test_list_and_show_mark_a_dead_letter(tmp_path: Path) -> None:
 
 
 def test_recover_on_postgres_names_the_sagas_waiting_for_their_lease(
-    capsys: pytest.CaptureFixture[str],
+    dsn: str, schema: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Regression: `recover` said only "nothing to recover" while orphans waited for their
     # owner's lease to expire; the operator could not tell it from a log with no orphan.
     from sagakit import PostgresStore, SagaOrchestrator, saga, step
     from sagakit.testing import FaultInjector, SimulatedCrash
-
-    dsn = dsn_or_skip()
 
     @step
     async def cli_pg_leased_step(x: str) -> str:
@@ -1505,8 +1498,6 @@ def test_recover_on_postgres_names_the_sagas_waiting_for_their_lease(
     def cli_pg_leased(x: str):  # type: ignore[no-untyped-def]
         yield cli_pg_leased_step(x)
 
-    schema = "sk_cli_lease_" + uuid.uuid4().hex[:8]
-
     async def crash() -> None:
         async with SagaOrchestrator(PostgresStore(dsn, schema=schema)) as orchestrator:
             faults = FaultInjector()
@@ -1514,35 +1505,32 @@ def test_recover_on_postgres_names_the_sagas_waiting_for_their_lease(
             with faults, pytest.raises(SimulatedCrash):
                 await orchestrator.execute(cli_pg_leased("x"), saga_id="held-1")
 
-    try:
-        asyncio.run(crash())
-        # Another worker holds it, its lease an hour away from expiring.
-        query(
-            dsn,
-            f"UPDATE \"{schema}\".sagas SET owner = 'elsewhere', "
-            "lease_until = now() + interval '1 hour' WHERE saga_id = 'held-1'",
-        )
-        assert cli("--db", dsn, "--schema", schema, "recover") == (
-            0,
-            "nothing to recover\n"
-            "1 saga(s) are running under a lease; they are recovered once it expires (a "
-            "later recover, or any worker, claims them), or finished by the workers holding "
-            "them\n",
-        )
-        assert cli("--db", dsn, "--schema", schema, "recover", "--json") == (0, "[]\n")
-        assert "sagakit: 1 saga(s) are running under a lease;" in capsys.readouterr().err
-        query(dsn, f"UPDATE \"{schema}\".sagas SET lease_until = now() WHERE saga_id = 'held-1'")
-        code, out = cli("--db", dsn, "--schema", schema, "recover")
-        assert code == 0
-        assert out.splitlines()[1].split()[:4] == [
-            "held-1",
-            "cli_pg_leased",
-            "resumed",
-            "completed",
-        ]
-        assert "under a lease" not in out
-    finally:
-        query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    asyncio.run(crash())
+    # Another worker holds it, its lease an hour away from expiring.
+    query(
+        dsn,
+        f"UPDATE \"{schema}\".sagas SET owner = 'elsewhere', "
+        "lease_until = now() + interval '1 hour' WHERE saga_id = 'held-1'",
+    )
+    assert cli("--db", dsn, "--schema", schema, "recover") == (
+        0,
+        "nothing to recover\n"
+        "1 saga(s) are running under a lease; they are recovered once it expires (a "
+        "later recover, or any worker, claims them), or finished by the workers holding "
+        "them\n",
+    )
+    assert cli("--db", dsn, "--schema", schema, "recover", "--json") == (0, "[]\n")
+    assert "sagakit: 1 saga(s) are running under a lease;" in capsys.readouterr().err
+    query(dsn, f"UPDATE \"{schema}\".sagas SET lease_until = now() WHERE saga_id = 'held-1'")
+    code, out = cli("--db", dsn, "--schema", schema, "recover")
+    assert code == 0
+    assert out.splitlines()[1].split()[:4] == [
+        "held-1",
+        "cli_pg_leased",
+        "resumed",
+        "completed",
+    ]
+    assert "under a lease" not in out
 
 
 @pytest.mark.asyncio
@@ -2439,11 +2427,10 @@ def test_a_dead_letter_shows_its_own_error_beside_why_it_is_parked(tmp_path: Pat
     assert json.loads(cli("--db", db, "show", "parked", "--json")[1])["status"] == "executing"
 
 
-def test_a_dead_letter_on_postgres_shows_its_own_error_beside_why_it_is_parked() -> None:
+def test_a_dead_letter_on_postgres_shows_its_own_error_beside_why_it_is_parked(
+    dsn: str, schema: str
+) -> None:
     from sagakit import PostgresStore
-
-    dsn = dsn_or_skip()
-    schema = "cliview_" + uuid.uuid4().hex[:8]
 
     @step
     async def refuse() -> None:
@@ -2458,16 +2445,13 @@ def test_a_dead_letter_on_postgres_shows_its_own_error_beside_why_it_is_parked()
             with pytest.raises(SagaError, match="the bank is down"):
                 await orchestrator.execute(refused().with_id("parked"))
 
-    try:
-        asyncio.run(run())
-        query(
-            dsn,
-            f"UPDATE \"{schema}\".sagas SET status = 'compensating', finished_at = NULL, "
-            "error = 'ValueError: the bank is down', dead_reason = 'stuck', parked_at = now()",
-        )
-        _shows_a_dead_letter_s_error_and_reason(dsn, "--schema", schema)
-    finally:
-        query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    asyncio.run(run())
+    query(
+        dsn,
+        f"UPDATE \"{schema}\".sagas SET status = 'compensating', finished_at = NULL, "
+        "error = 'ValueError: the bank is down', dead_reason = 'stuck', parked_at = now()",
+    )
+    _shows_a_dead_letter_s_error_and_reason(dsn, "--schema", schema)
 
 
 @pytest.mark.parametrize("as_json", [False, True])
