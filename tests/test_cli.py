@@ -964,13 +964,16 @@ def cli_interruptible(x: str):
 """
 
 _CRASH_IT = """
-import asyncio
-from sagakit import SagaOrchestrator, SQLiteStore
+import asyncio, sys
+from sagakit import PostgresStore, SagaOrchestrator, SQLiteStore
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 from interruptible_app import cli_interruptible, cli_slow
 
 async def main():
-    store = SQLiteStore("sagas.db")
+    if len(sys.argv) > 1:
+        store = PostgresStore(sys.argv[1], schema=sys.argv[2])
+    else:
+        store = SQLiteStore("sagas.db")
     try:
         with FaultInjector().crash(cli_slow):
             await SagaOrchestrator(store).execute(cli_interruptible("a"), saga_id="int-1")
@@ -983,35 +986,53 @@ asyncio.run(main())
 """
 
 
-def test_ctrl_c_on_recover_leaves_the_saga_for_the_next_recover(tmp_path: Path) -> None:
-    # Ctrl-C on `sagakit recover` compensated the saga it was resuming (and printed a
-    # KeyboardInterrupt traceback); the saga is now left for the next recover.
+def _crash_in_the_slow_step(tmp_path: Path, *where: str) -> None:
+    """``interruptible_app.py`` in ``tmp_path``, its saga ``int-1`` crashed inside ``cli_slow``
+    (on ``sagas.db``, or on PostgreSQL where ``where`` is ``dsn, schema``), and ``hang`` made:
+    the next run of ``cli_slow`` prints ``slow a`` and waits."""
     (tmp_path / "interruptible_app.py").write_text(_INTERRUPTIBLE_APP, encoding="utf-8")
     (tmp_path / "crash_it.py").write_text(_CRASH_IT, encoding="utf-8")
-    subprocess.run([sys.executable, "crash_it.py"], cwd=tmp_path, check=True, timeout=60)
+    subprocess.run([sys.executable, "crash_it.py", *where], cwd=tmp_path, check=True, timeout=60)
     (tmp_path / "hang").touch()
-    command = [sys.executable, "-m", "sagakit", "--db", "sagas.db", "recover"]
-    command += ["--import", "interruptible_app"]
-    recovering = subprocess.Popen(
+
+
+def _sagakit_child(cwd: Path, command: list[str], hears: signal.Signals) -> subprocess.Popen[str]:
+    """``command`` (``python -m sagakit ...``) in a child that hears ``hears`` as it would
+    from a terminal: a test run started in the background of a shell without job control
+    inherits SIGINT ignored, and Python then never hears it."""
+    return subprocess.Popen(
         # -X faulthandler: should it hang, SIGABRT makes it print where each thread is.
         [sys.executable, "-X", "faulthandler", *command[1:]],
-        cwd=tmp_path,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        # Ctrl-C as a terminal sends it: a test run started in the background of a shell
-        # without job control inherits SIGINT ignored, and Python then never hears it.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=lambda: signal.signal(hears, signal.SIG_DFL),
     )
+
+
+def _stopped(child: subprocess.Popen[str], by: signal.Signals) -> tuple[str, str]:
+    """Send ``by`` to ``child`` and wait for it: its stdout and stderr. Should it not stop
+    (seen once, under heavy load) the test fails with where each of its threads was."""
+    child.send_signal(by)
+    try:
+        return child.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGABRT)
+        _, err = child.communicate(timeout=30)
+        pytest.fail(f"`sagakit recover` did not stop on {by.name}; its threads:\n{err}")
+
+
+def test_ctrl_c_on_recover_leaves_the_saga_for_the_next_recover(tmp_path: Path) -> None:
+    # Ctrl-C on `sagakit recover` compensated the saga it was resuming (and printed a
+    # KeyboardInterrupt traceback); the saga is now left for the next recover.
+    _crash_in_the_slow_step(tmp_path)
+    command = [sys.executable, "-m", "sagakit", "--db", "sagas.db", "recover"]
+    command += ["--import", "interruptible_app"]
+    recovering = _sagakit_child(tmp_path, command, hears=signal.SIGINT)
     assert recovering.stdout is not None
     assert recovering.stdout.readline() == "slow a\n"  # inside the step it resumes
-    recovering.send_signal(signal.SIGINT)
-    try:
-        out, err = recovering.communicate(timeout=60)
-    except subprocess.TimeoutExpired:  # seen once, under heavy load: say where it hung
-        recovering.send_signal(signal.SIGABRT)
-        out, err = recovering.communicate(timeout=30)
-        pytest.fail(f"`sagakit recover` did not stop on SIGINT; its threads:\n{err}")
+    out, err = _stopped(recovering, by=signal.SIGINT)
     assert recovering.returncode == 130
     assert "Traceback" not in err, err
     assert err == (
@@ -2054,28 +2075,13 @@ def test_ctrl_c_on_recover_names_the_sagas_it_finished_before(tmp_path: Path) ->
     (tmp_path / "crash_it.py").write_text(crash, encoding="utf-8")
     subprocess.run([sys.executable, "crash_it.py"], cwd=tmp_path, check=True, timeout=60)
     (tmp_path / "hang-b").touch()
-    recovering = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sagakit",
-            "--db",
-            "sagas.db",
-            "recover",
-            "--import",
-            "interruptible_app",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    command = [sys.executable, "-m", "sagakit", "--db", "sagas.db", "recover"]
+    command += ["--import", "interruptible_app"]
+    recovering = _sagakit_child(tmp_path, command, hears=signal.SIGINT)
     assert recovering.stdout is not None
     assert recovering.stdout.readline() == "slow a\n"
     assert recovering.stdout.readline() == "slow b\n"  # int-a finished, int-b hangs
-    recovering.send_signal(signal.SIGINT)
-    _, err = recovering.communicate(timeout=60)
+    _, err = _stopped(recovering, by=signal.SIGINT)
     assert recovering.returncode == 130
     assert err == (
         "sagakit: interrupted after finishing 1 saga(s) (int-a completed); a saga being "
@@ -2091,24 +2097,13 @@ def test_a_saga_parked_after_interrupted_recoveries_is_not_said_to_have_crashed_
     # documented), but the CLI said only that the saga was left for the next recover,
     # and the one that parked it past --max-attempts gave as the reason "its process
     # died during each of 1 recovery attempts": the operator looked for a crash.
-    (tmp_path / "interruptible_app.py").write_text(_INTERRUPTIBLE_APP, encoding="utf-8")
-    (tmp_path / "crash_it.py").write_text(_CRASH_IT, encoding="utf-8")
-    subprocess.run([sys.executable, "crash_it.py"], cwd=tmp_path, check=True, timeout=60)
-    (tmp_path / "hang").touch()
+    _crash_in_the_slow_step(tmp_path)
     command = [sys.executable, "-m", "sagakit", "--db", "sagas.db", "recover"]
     command += ["--import", "interruptible_app", "--max-attempts", "1"]
-    recovering = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    recovering = _sagakit_child(tmp_path, command, hears=signal.SIGINT)
     assert recovering.stdout is not None
     assert recovering.stdout.readline() == "slow a\n"
-    recovering.send_signal(signal.SIGINT)
-    _, err = recovering.communicate(timeout=60)
+    _, err = _stopped(recovering, by=signal.SIGINT)
     assert recovering.returncode == 130
     assert "counts toward --max-attempts" in err
     again = subprocess.run(
@@ -2153,98 +2148,46 @@ def test_recover_names_the_dead_letters_it_leaves_alone(
     assert capsys.readouterr().err == f"sagakit: {note}\n"
 
 
-_CRASH_IT_ON = """
-import asyncio, sys
-from sagakit import PostgresStore, SagaOrchestrator, SQLiteStore
-from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
-from interruptible_app import cli_interruptible, cli_slow
-
-async def main():
-    if len(sys.argv) > 1:
-        store = PostgresStore(sys.argv[1], schema=sys.argv[2])
-    else:
-        store = SQLiteStore("sagas.db")
-    try:
-        with FaultInjector().crash(cli_slow):
-            await SagaOrchestrator(store).execute(cli_interruptible("a"), saga_id="int-1")
-    except SimulatedCrash:
-        pass
-    await simulate_restart(store)
-    await store.close()
-
-asyncio.run(main())
-"""
-
-
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-def test_sigterm_on_recover_gives_the_saga_back_and_says_so(tmp_path: Path, kind: str) -> None:
+def test_sigterm_on_recover_gives_the_saga_back_and_says_so(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
     # Regression: SIGTERM (what `timeout`, systemd and Kubernetes send) killed `sagakit
     # recover` with no word, and on PostgreSQL the saga it was resuming stayed leased
     # until its lease ran out: the next recover left it alone ("running under a lease").
     # It now stops as on Ctrl-C: the saga given back, a message, status 143.
-    (tmp_path / "interruptible_app.py").write_text(_INTERRUPTIBLE_APP, encoding="utf-8")
-    (tmp_path / "crash_it.py").write_text(_CRASH_IT_ON, encoding="utf-8")
     log = ["--db", "sagas.db"]
     where: list[str] = []
     if kind == "postgres":
-        dsn = dsn_or_skip()
-        schema = "sk_cli_term_" + uuid.uuid4().hex[:8]
+        dsn, schema = request.getfixturevalue("dsn"), request.getfixturevalue("schema")
         log = ["--db", dsn, "--schema", schema]
         where = [dsn, schema]
-    try:
-        subprocess.run(
-            [sys.executable, "crash_it.py", *where], cwd=tmp_path, check=True, timeout=60
-        )
-        (tmp_path / "hang").touch()
-        command = [
-            sys.executable,
-            "-m",
-            "sagakit",
-            *log,
-            "recover",
-            "--import",
-            "interruptible_app",
-        ]
-        recovering = subprocess.Popen(
-            [sys.executable, "-X", "faulthandler", *command[1:]],
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
-        )
-        assert recovering.stdout is not None
-        assert recovering.stdout.readline() == "slow a\n"  # inside the step it resumes
-        recovering.send_signal(signal.SIGTERM)
-        try:
-            out, err = recovering.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            recovering.send_signal(signal.SIGABRT)
-            out, err = recovering.communicate(timeout=30)
-            pytest.fail(f"`sagakit recover` did not stop on SIGTERM; its threads:\n{err}")
-        assert recovering.returncode == 143, err
-        assert err == (
-            "sagakit: terminated (SIGTERM); a saga being recovered is left for the next "
-            "`recover` (if it had started, this attempt counts toward --max-attempts)\n"
-        )
-        assert "UNDO" not in out  # not compensated
+    _crash_in_the_slow_step(tmp_path, *where)
+    command = [sys.executable, "-m", "sagakit", *log, "recover", "--import", "interruptible_app"]
+    recovering = _sagakit_child(tmp_path, command, hears=signal.SIGTERM)
+    assert recovering.stdout is not None
+    assert recovering.stdout.readline() == "slow a\n"  # inside the step it resumes
+    out, err = _stopped(recovering, by=signal.SIGTERM)
+    assert recovering.returncode == 143, err
+    assert err == (
+        "sagakit: terminated (SIGTERM); a saga being recovered is left for the next "
+        "`recover` (if it had started, this attempt counts toward --max-attempts)\n"
+    )
+    assert "UNDO" not in out  # not compensated
 
-        (tmp_path / "hang").unlink()
-        again = subprocess.run(
-            [*command, "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=60
-        )
-        assert again.returncode == 0, again.stderr
-        # At once, not once a lease runs out: nothing is left "running under a lease".
-        assert again.stderr == ""
-        [outcome] = json.loads(again.stdout.removeprefix("slow a\n"))  # the step, run again
-        assert (outcome["id"], outcome["action"], outcome["status"]) == (
-            "int-1",
-            "resumed",
-            "completed",
-        )
-    finally:
-        if kind == "postgres":
-            query(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    (tmp_path / "hang").unlink()
+    again = subprocess.run(
+        [*command, "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 0, again.stderr
+    # At once, not once a lease runs out: nothing is left "running under a lease".
+    assert again.stderr == ""
+    [outcome] = json.loads(again.stdout.removeprefix("slow a\n"))  # the step, run again
+    assert (outcome["id"], outcome["action"], outcome["status"]) == (
+        "int-1",
+        "resumed",
+        "completed",
+    )
 
 
 SIGTERM_WHILE_LISTING = """
