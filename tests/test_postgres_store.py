@@ -60,16 +60,20 @@ def _ran(kind: str) -> None:
     RAN[(ctx.saga_id, ctx.step_index, kind)] += 1
 
 
+async def _held_at_gate(key: str) -> None:
+    """Wait at the gate a test set at ``GATES[key]``, if any, saying so in ``ENTERED[key]``."""
+    gate = GATES.get(key)
+    if gate is not None:
+        ENTERED[key].set()
+        await gate.wait()
+
+
 @step
 async def act(n: int) -> list[str]:
     _ran("do")
     ctx = current_step()
     assert ctx is not None
-    key = f"{ctx.saga_id}:{ctx.step_index}"
-    gate = GATES.get(key)
-    if gate is not None:
-        ENTERED[key].set()
-        await gate.wait()
+    await _held_at_gate(f"{ctx.saga_id}:{ctx.step_index}")
     return [f"{ctx.saga_id}:{n}"]
 
 
@@ -78,11 +82,7 @@ async def unact(result: list[str], n: int) -> list[str]:
     _ran("undo")
     ctx = current_step()
     assert ctx is not None
-    key = f"{ctx.saga_id}:undo{ctx.step_index}"
-    gate = GATES.get(key)
-    if gate is not None:
-        ENTERED[key].set()
-        await gate.wait()
+    await _held_at_gate(f"{ctx.saga_id}:undo{ctx.step_index}")
     return [f"undo {n}"]
 
 
