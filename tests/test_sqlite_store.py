@@ -504,6 +504,19 @@ def test_wal_restarts_are_counted_whichever_connection_restarts(db: str) -> None
     second.close()
 
 
+@step
+async def wal_tick(n: int) -> int:
+    await asyncio.sleep(0)
+    return n
+
+
+@saga
+def wal_ticks(n: int):  # type: ignore[no-untyped-def]
+    """Two steps, so two commits or more a saga: the load the WAL tests put on the log."""
+    yield wal_tick(n)
+    yield wal_tick(n + 1)
+
+
 @pytest.mark.asyncio
 async def test_the_wal_stays_bounded_under_steady_load(
     db: str, monkeypatch: pytest.MonkeyPatch
@@ -512,24 +525,13 @@ async def test_the_wal_stays_bounded_under_steady_load(
     # committing, so none ever caught up with the end of the WAL, which SQLite then
     # never restarted: the -wal file grew by every commit (1.6 GB for 20,000 sagas).
     monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", 16)
-
-    @step
-    async def tick(n: int) -> int:
-        await asyncio.sleep(0)
-        return n
-
-    @saga
-    def sqlite_ticks(n: int):  # type: ignore[no-untyped-def]
-        yield tick(n)
-        yield tick(n + 1)
-
     store = SQLiteStore(db)
     async with SagaOrchestrator(store) as orchestrator:
         for n in range(40):
-            await orchestrator.execute(sqlite_ticks(n))
+            await orchestrator.execute(wal_ticks(n))
         early = _wal_size(db)
         for n in range(400):
-            await orchestrator.execute(sqlite_ticks(n))
+            await orchestrator.execute(wal_ticks(n))
         assert store.commits > 40 * 16  # many checkpoints were due
         assert _wal_size(db) <= 2 * early
         assert await orchestrator.history_count() == 440
@@ -543,19 +545,9 @@ async def test_the_wal_stays_bounded_with_several_writers(
     # other's commits, never completed, and the WAL grew by every commit.
     monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", 16)
 
-    @step
-    async def tock(n: int) -> int:
-        await asyncio.sleep(0)
-        return n
-
-    @saga
-    def sqlite_tocks(n: int):  # type: ignore[no-untyped-def]
-        yield tock(n)
-        yield tock(n + 1)
-
     async def run(orchestrator: SagaOrchestrator, sagas: int) -> None:
         for n in range(sagas):
-            await orchestrator.execute(sqlite_tocks(n))
+            await orchestrator.execute(wal_ticks(n))
 
     stores = SQLiteStore(db), SQLiteStore(db)
     async with SagaOrchestrator(stores[0]) as first, SagaOrchestrator(stores[1]) as second:
