@@ -73,15 +73,20 @@ def _clear() -> None:
     gates.clear()
 
 
+async def _crashed_in(durable_store: Callable[[], Any], saga: Any, step: Any) -> None:
+    """``saga`` ("order-1") started, and its process died as ``step`` began."""
+    store = durable_store()
+    with FaultInjector().crash(step), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(saga, saga_id="order-1")
+    await simulate_restart(store)
+    await store.close()
+
+
 async def _crashed_before_paying(
     durable_store: Callable[[], Any], saga: Any, pay: Any = cnr_pay
 ) -> None:
     """``saga`` ("order-1") started, and its process died as its ``pay`` step began."""
-    store = durable_store()
-    with FaultInjector().crash(pay), pytest.raises(SimulatedCrash):
-        await SagaOrchestrator(store).execute(saga, saga_id="order-1")
-    await simulate_restart(store)
-    await store.close()
+    await _crashed_in(durable_store, saga, pay)
     assert effects == []
 
 
@@ -163,11 +168,7 @@ async def test_an_adopted_inner_saga_cut_short_by_its_steps_timeout_is_compensat
     # the inner saga's recovery took the timeout's cancellation for its caller's and
     # handed the inner saga back, while the order was compensated; the next recovery
     # then resumed the inner saga and captured the payment of a compensated order.
-    store = durable_store()
-    with FaultInjector().crash(cnr_capture), pytest.raises(SimulatedCrash):
-        await SagaOrchestrator(store).execute(cnr_brief_order("o3"), saga_id="order-1")
-    await simulate_restart(store)
-    await store.close()
+    await _crashed_in(durable_store, cnr_brief_order("o3"), cnr_capture)
     gates["capture"] = asyncio.Event()  # never set: the capture outlasts the step's timeout
     gates["capturing"] = asyncio.Event()
     async with SagaOrchestrator(durable_store()) as recovering:
@@ -193,11 +194,7 @@ async def test_an_inner_orphan_claimed_as_its_step_timed_out_is_not_left_for_lat
     # execute() would have (the order is compensated after it, by the step's timeout).
     import contextlib
 
-    store = durable_store()
-    with FaultInjector().crash(cnr_capture), pytest.raises(SimulatedCrash):
-        await SagaOrchestrator(store).execute(cnr_brief_order("o4"), saga_id="order-1")
-    await simulate_restart(store)
-    await store.close()
+    await _crashed_in(durable_store, cnr_brief_order("o4"), cnr_capture)
 
     recovering_store = durable_store()
     claim = recovering_store.claim_orphans
@@ -229,11 +226,7 @@ async def test_an_inner_orphan_claimed_as_the_recovery_is_cancelled_is_handed_ba
     # end (captured) while its order was handed back. It is given back unrun with it.
     import contextlib
 
-    store = durable_store()
-    with FaultInjector().crash(cnr_capture), pytest.raises(SimulatedCrash):
-        await SagaOrchestrator(store).execute(cnr_order("o5"), saga_id="order-1")
-    await simulate_restart(store)
-    await store.close()
+    await _crashed_in(durable_store, cnr_order("o5"), cnr_capture)
 
     recovering_store = durable_store()
     claim = recovering_store.claim_orphans

@@ -109,6 +109,17 @@ def _clear() -> None:
     gates.clear()
 
 
+async def _crashed_capturing(durable_store: Callable[[], Any], saga: Any, saga_id: str) -> None:
+    """``saga`` started as ``saga_id``, and its process died as its inner saga's
+    ``nr_capture`` step began."""
+    store = durable_store()
+    orchestrators["current"] = SagaOrchestrator(store)
+    with FaultInjector().crash(nr_capture), pytest.raises(SimulatedCrash):
+        await orchestrators["current"].execute(saga, saga_id=saga_id)
+    await simulate_restart(store)
+    await store.close()
+
+
 @pytest.mark.asyncio
 async def test_a_crash_inside_an_inner_saga_is_finished_by_the_outer_ones_recovery(
     durable_store: Callable[[], Any],
@@ -117,12 +128,7 @@ async def test_a_crash_inside_an_inner_saga_is_finished_by_the_outer_ones_recove
     # inner saga's id again, and the log still had that id executing (its process had
     # died): SagaAlreadyExecuting failed the step, the outer saga was compensated, and
     # the inner one was resumed afterwards and captured the payment of a cancelled order.
-    store = durable_store()
-    orchestrators["current"] = SagaOrchestrator(store)
-    with FaultInjector().crash(nr_capture), pytest.raises(SimulatedCrash):
-        await orchestrators["current"].execute(nr_order("o1"), saga_id="order-1")
-    await simulate_restart(store)
-    await store.close()
+    await _crashed_capturing(durable_store, nr_order("o1"), "order-1")
     assert effects == ["reserve o1", "authorize o1"]
 
     async with SagaOrchestrator(durable_store()) as restarted:
@@ -150,12 +156,7 @@ async def test_a_worker_claiming_the_outer_and_the_inner_saga_together_finishes_
     # executed the inner id while the inner one's recovery was still capturing: the
     # claim of adopt() found it held (by this very store), SagaAlreadyExecuting failed
     # the step, and the order was cancelled while its payment was captured.
-    store = durable_store()
-    orchestrators["current"] = SagaOrchestrator(store)
-    with FaultInjector().crash(nr_capture), pytest.raises(SimulatedCrash):
-        await orchestrators["current"].execute(nr_order("o1"), saga_id="order-1")
-    await simulate_restart(store)
-    await store.close()
+    await _crashed_capturing(durable_store, nr_order("o1"), "order-1")
     gates["capture"] = asyncio.Event()  # the inner saga's recovery captures, slowly
 
     def let_capture_end(transition: Transition) -> None:
@@ -233,12 +234,7 @@ async def test_executing_a_dead_lettered_id_says_it_is_parked(
 ) -> None:
     # It said "already executing; wait for it to finish": nothing ever finishes a parked
     # saga until someone resumes or resolves it.
-    store = durable_store()
-    orchestrators["current"] = SagaOrchestrator(store)
-    with FaultInjector().crash(nr_capture), pytest.raises(SimulatedCrash):
-        await orchestrators["current"].execute(nr_payment("o2"), saga_id="pay-2")
-    await simulate_restart(store)
-    await store.close()
+    await _crashed_capturing(durable_store, nr_payment("o2"), "pay-2")
     async with SagaOrchestrator(durable_store()) as restarted:
         parked = restarted.store
         assert isinstance(parked, RecoverableStore)
