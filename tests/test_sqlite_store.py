@@ -729,6 +729,26 @@ async def test_a_corrupt_log_is_refused(tmp_path: Path) -> None:
         SQLiteStore(path)
 
 
+def _connections_opened(monkeypatch: pytest.MonkeyPatch) -> list[sqlite3.Connection]:
+    """Every ``sqlite3`` connection opened from now on, as it is opened."""
+    opened: list[sqlite3.Connection] = []
+    connect = sqlite3.connect
+
+    def tracked(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        opened.append(connect(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(sqlite3, "connect", tracked)
+    return opened
+
+
+def _all_closed(opened: list[sqlite3.Connection]) -> None:
+    assert opened
+    for conn in opened:
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            conn.execute("SELECT 1")
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("read_only", [False, True])
 async def test_a_log_refused_when_opened_leaves_no_connection_open(
@@ -740,20 +760,10 @@ async def test_a_log_refused_when_opened_leaves_no_connection_open(
     data = bytearray(path.read_bytes())
     data[100:] = b"\xff" * (len(data) - 100)
     path.write_bytes(bytes(data))
-    opened: list[sqlite3.Connection] = []
-    connect = sqlite3.connect
-
-    def tracked(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        opened.append(connect(*args, **kwargs))
-        return opened[-1]
-
-    monkeypatch.setattr(sqlite3, "connect", tracked)
+    opened = _connections_opened(monkeypatch)
     with pytest.raises(StoreError, match=r"corrupt|cannot open"):
         SQLiteStore(path, read_only=read_only)
-    assert opened
-    for conn in opened:
-        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
-            conn.execute("SELECT 1")
+    _all_closed(opened)
 
 
 @pytest.mark.asyncio
@@ -779,20 +789,10 @@ async def test_a_schema_version_that_is_not_a_number_is_a_store_error(
     with closing(sqlite3.connect(path)) as conn:
         conn.execute("UPDATE sagakit_meta SET value = 'two' WHERE key = 'schema_version'")
         conn.commit()
-    opened: list[sqlite3.Connection] = []
-    connect = sqlite3.connect
-
-    def tracked(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        opened.append(connect(*args, **kwargs))
-        return opened[-1]
-
-    monkeypatch.setattr(sqlite3, "connect", tracked)
+    opened = _connections_opened(monkeypatch)
     with pytest.raises(StoreError, match=r"no valid schema version \('two'\)"):
         SQLiteStore(path, read_only=read_only)
-    assert opened
-    for conn in opened:
-        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
-            conn.execute("SELECT 1")
+    _all_closed(opened)
 
 
 @pytest.mark.asyncio
