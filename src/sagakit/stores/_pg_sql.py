@@ -66,6 +66,7 @@ class Statements:
     events_of: str
     settle: str
     last_write: str
+    last_write_shared: str
 
 
 def statements(schema: str) -> Statements:
@@ -282,8 +283,9 @@ def statements(schema: str) -> Statements:
         ),
         resume=(
             f"UPDATE {s}.sagas SET dead_reason = NULL, parked_at = NULL, recovery_attempts = 0, "
-            "released = false, lease_until = now(), updated_at = now() "
-            "WHERE saga_id = %s AND dead_reason IS NOT NULL AND finished_at IS NULL "
+            "released = false, lease_until = now(), updated_at = now(), "
+            "last_write = %(token)s "
+            "WHERE saga_id = %(id)s AND dead_reason IS NOT NULL AND finished_at IS NULL "
             "RETURNING saga_id"
         ),
         # The steps the run left running will never end now: they are failed too.
@@ -293,7 +295,8 @@ def statements(schema: str) -> Statements:
             "coalesce(' (was: ' || coalesce(dead_reason || "
             "coalesce('; error: ' || error, ''), error) || ')', ''), "
             "finished_at = coalesce(finished_at, now()), updated_at = now(), owner = NULL, "
-            "lease_until = NULL, fence = fence + 1, dead_reason = NULL, parked_at = NULL "
+            "lease_until = NULL, fence = fence + 1, dead_reason = NULL, parked_at = NULL, "
+            "last_write = %(token)s "
             "WHERE saga_id = %(id)s AND ("
             "dead_reason IS NOT NULL "
             "OR (finished_at IS NOT NULL AND status = 'failed' AND NOT resolved) "
@@ -325,6 +328,9 @@ def statements(schema: str) -> Statements:
             "AND owner = %(owner)s AND finished_at IS NULL RETURNING fence, last_write"
         ),
         last_write=f"SELECT last_write FROM {s}.sagas WHERE saga_id = %s",
+        # An operator's call in doubt reads back its token: FOR SHARE waits for the call,
+        # if it is still committing, and then reads the row as it left it.
+        last_write_shared=f"SELECT last_write FROM {s}.sagas WHERE saga_id = %s FOR SHARE",
     )
 
 

@@ -46,6 +46,7 @@ from ._dsn import redacted
 from ._fingerprint import definition_fingerprint
 from ._pg_held import Held
 from ._pg_loop import other_loop
+from ._pg_operator import OperatorUpdate
 from ._pg_patience import BRIEF, KNOWN_DOWN, Outage, Patience, pool_wait
 from ._pg_schema import check_schema_name, migrate
 from ._pg_settle import Doubt, Settled, settle
@@ -186,6 +187,17 @@ def _never_sent(error: StoreError) -> bool:
     was sent, so nothing may have committed."""
     _, psycopg_pool = _import_driver()
     return isinstance(error.__cause__, psycopg_pool.PoolTimeout)
+
+
+def _maybe_committed(error: StoreError) -> bool:
+    """Whether a statement that raised ``error`` may have committed all the same: its
+    connection was lost after it was sent (not refused by the server, nor never sent)."""
+    return _connection_lost(error) and not _never_sent(error)
+
+
+def _with_doubt(text: str, doubt: str | None) -> str:
+    """``text``, an error, and what a call in doubt adds to it, if it was."""
+    return text if doubt is None else f"{text}; {doubt}"
 
 
 def _write_lost(error: StoreError) -> bool:
@@ -1536,30 +1548,64 @@ class PostgresStore:
 
     async def resume_dead_letter(self, saga_id: str) -> None:
         check_saga_id(saga_id, "resume_dead_letter()")
-        # Sent once: if its connection is lost, it may have committed, and sent again it
-        # would match nothing and say the saga is not dead-lettered (so resolve's too).
-        if not await self._run(self._sql.resume, (saga_id,)):
+        update = self._operator_update(self._sql.resume, saga_id, {})
+        if not await self._operator_call(update, "resume_dead_letter()"):
             raise StoreError(
-                f"saga {saga_id!r} is not dead-lettered; `sagakit dead-letters` lists those"
+                _with_doubt(
+                    f"saga {saga_id!r} is not dead-lettered; `sagakit dead-letters` lists those",
+                    update.doubt("resume_dead_letter()"),
+                )
             )
 
     async def resolve(self, saga_id: str, note: str) -> None:
         check_saga_id(saga_id, "resolve()")
         check_text(note, "note", "resolve()", "say how the saga was settled")
-        if await self._run(self._sql.resolve, {"id": saga_id, "note": storable(note)}):
+        update = self._operator_update(self._sql.resolve, saga_id, {"note": storable(note)})
+        if await self._operator_call(update, "resolve()"):
             return
+        doubt = update.doubt("resolve()")
         for updated, error in await self._read(self._sql.resolved, (saga_id,)):
             # Once is enough: again, it nested the first note in the second's "(was:".
-            raise SagaAlreadyResolved(saga_id, rows.utc(updated), error)
+            resolved = SagaAlreadyResolved(saga_id, rows.utc(updated), error)
+            if doubt is not None:
+                resolved.add_note(doubt)
+            raise resolved
         known = await self.get(saga_id)
         if known is None:
             raise StoreError(
-                f"no saga with id {saga_id!r} in schema {self.schema!r}; "
-                "`sagakit list` lists its sagas"
+                _with_doubt(
+                    f"no saga with id {saga_id!r} in schema {self.schema!r}; "
+                    "`sagakit list` lists its sagas",
+                    doubt,
+                )
             )
         raise StoreError(
-            f"saga {saga_id!r} is {known.status} and not dead-lettered; only dead-lettered "
-            "or FAILED sagas, or running ones whose owner's lease expired, can be resolved"
+            _with_doubt(
+                f"saga {saga_id!r} is {known.status} and not dead-lettered; only "
+                "dead-lettered or FAILED sagas, or running ones whose owner's lease "
+                "expired, can be resolved",
+                doubt,
+            )
+        )
+
+    async def _operator_call(self, update: OperatorUpdate, call: str) -> bool:
+        """Whether ``update`` was applied, tried again while its connection is lost
+        (see :meth:`_again`). An error raised once a try was in doubt says that the call
+        may have been applied."""
+        try:
+            return await self._again(update.attempt, f"sending {call}")
+        except StoreError as error:
+            doubt = update.doubt(call)
+            if doubt is None:
+                raise
+            raise StoreError(_with_doubt(str(error), doubt)) from error
+
+    def _operator_update(self, sql: str, saga_id: str, params: dict[str, Any]) -> OperatorUpdate:
+        """An operator's ``UPDATE`` of ``saga_id``, for :meth:`_again` to try: after a
+        lost connection, a try reads back the call's token before sending it again (see
+        :class:`OperatorUpdate`)."""
+        return OperatorUpdate(
+            self._run, sql, self._sql.last_write_shared, saga_id, params, _maybe_committed
         )
 
     async def read_events(
