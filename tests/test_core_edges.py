@@ -17,6 +17,7 @@ from sagakit import (
     SagaDefinitionError,
     SagaOrchestrator,
     SerializationError,
+    StepFailed,
     register_codec,
     step,
 )
@@ -109,3 +110,48 @@ async def test_a_step_returning_a_task_is_refused_naming_the_task() -> None:
     with pytest.raises(SagaDefinitionError, match=r"returned a task \(background-work\)"):
         await SagaOrchestrator().execute(SagaDefinition(steps=[launches()]))
     await started[0]
+
+
+@pytest.mark.asyncio
+async def test_an_error_text_with_a_nul_or_a_bare_cr_is_stored_escaped_on_one_line() -> None:
+    @step
+    async def nul() -> None:
+        raise ValueError("before\x00after")
+
+    @step
+    async def carriage() -> None:
+        raise ValueError("first\rsecond")
+
+    orchestrator = SagaOrchestrator()
+    for saga_id, call in (("nul-1", nul()), ("cr-1", carriage())):
+        with pytest.raises(StepFailed):
+            await orchestrator.execute(SagaDefinition(saga_id, steps=[call]))
+    nul_meta = await orchestrator.get_saga("nul-1")
+    cr_meta = await orchestrator.get_saga("cr-1")
+    assert nul_meta is not None
+    assert cr_meta is not None
+    assert nul_meta.steps[0].error == "ValueError: before\\x00after"
+    assert cr_meta.steps[0].error == "ValueError: first second"
+    assert cr_meta.error is not None
+    assert "first second" in cr_meta.error
+
+
+class Events(list[str]):
+    """A list subclass: a step's events, copied when the step returns it as any list is."""
+
+
+@pytest.mark.asyncio
+async def test_events_returned_as_a_list_subclass_are_copied_when_the_step_returns() -> None:
+    returned = Events(["reserved"])
+
+    @step
+    async def reserve() -> Events:
+        return returned
+
+    orchestrator = SagaOrchestrator()
+    events = await orchestrator.execute(SagaDefinition("ev-1", steps=[reserve()]))
+    returned.append("changed later")
+    meta = await orchestrator.get_saga("ev-1")
+    assert meta is not None
+    assert events == ["reserved"]
+    assert list(meta.steps[0].events) == ["reserved"]
