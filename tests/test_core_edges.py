@@ -155,3 +155,9 @@ async def test_events_returned_as_a_list_subclass_are_copied_when_the_step_retur
     assert meta is not None
     assert events == ["reserved"]
     assert list(meta.steps[0].events) == ["reserved"]
+
+
+@pytest.mark.asyncio
+async def test_executing_something_that_is_no_definition_says_to_call_the_saga_function() -> None:
+    with pytest.raises(SagaDefinitionError, match=r"got 42; call your @saga function first"):
+        await SagaOrchestrator().execute(42)  # type: ignore[arg-type]
