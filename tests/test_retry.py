@@ -129,6 +129,13 @@ def test_jitter_spreads_delays_within_its_fraction() -> None:
     assert len(set(delays)) > 100  # really spread, not a constant
 
 
+def test_full_jitter_is_accepted_and_never_gives_a_negative_delay() -> None:
+    random.seed(1234)
+    policy = Retry(backoff=1.0, multiplier=2, jitter=1)  # the fraction's upper bound
+    delays = [policy.delay(1) for _ in range(200)]
+    assert all(0.0 <= d <= 2.0 for d in delays)
+
+
 def test_on_accepts_one_class_or_a_tuple() -> None:
     assert Retry(on=KeyError).on == (KeyError,)
     assert Retry(on=(KeyError, OSError)).retries(ConnectionError())
