@@ -255,3 +255,24 @@ async def test_an_inner_orphan_claimed_as_the_recovery_is_cancelled_is_handed_ba
         assert inner is not None
         assert inner.status is SagaStatus.COMPLETED
     assert effects == ["authorize o5", "capture o5", "ship o5"]
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_first_run_compensates_the_inner_saga_of_its_step(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Not a recovery: nothing is handed back. The cancellation undoes the inner saga
+    # (voided), then the outer step (refunded), as it undoes any saga its caller cancels.
+    gates["capture"] = asyncio.Event()
+    gates["capturing"] = asyncio.Event()
+    async with SagaOrchestrator(durable_store()) as orchestrator:
+        task = asyncio.create_task(orchestrator.execute(cnr_order("o1"), saga_id="order-1"))
+        await gates["capturing"].wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        inner = await orchestrator.get_saga("order-1:0/payment")
+        assert inner is not None
+        assert inner.status is SagaStatus.COMPENSATED
+        assert await orchestrator.recover() == []
+    assert effects == ["authorize o1", "capture o1", "void o1", "refund o1"]

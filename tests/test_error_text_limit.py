@@ -146,3 +146,18 @@ async def test_an_error_without_a_message_is_named_without_a_dangling_colon(
         assert "LookupError:" not in str(raised.value)
     finally:
         await orchestrator.close()
+
+
+async def test_an_error_text_of_exactly_the_limit_is_kept_whole() -> None:
+    message = "x" * (MAX_ERROR_TEXT - len("ValueError: "))
+
+    @step
+    async def at_limit() -> None:
+        raise ValueError(message)
+
+    orchestrator = SagaOrchestrator()
+    with pytest.raises(StepFailed):
+        await orchestrator.execute(SagaDefinition("exact-1", steps=[at_limit()]))
+    meta = await orchestrator.get_saga("exact-1")
+    assert meta is not None
+    assert meta.steps[0].error == f"ValueError: {message}"

@@ -51,7 +51,13 @@ def test_history_limit_with_an_explicit_store_is_refused() -> None:
 
 @pytest.mark.parametrize(
     ("value", "fix"),
-    [(3, r"Retry\(attempts=3\)"), (None, r"e\.g\. Retry\(attempts=3\)"), ("3", r"e\.g\. Retry")],
+    [
+        (3, r"Retry\(attempts=3\)"),
+        (5, r"Retry\(attempts=5\)"),
+        (0, r"Retry\(attempts=3\)"),  # not attempts=0, which Retry refuses
+        (None, r"e\.g\. Retry\(attempts=3\)"),
+        ("3", r"e\.g\. Retry"),
+    ],
 )
 def test_an_orchestrator_compensation_retry_that_is_no_retry_names_the_fix(
     value: object, fix: str

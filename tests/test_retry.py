@@ -129,6 +129,13 @@ def test_jitter_spreads_delays_within_its_fraction() -> None:
     assert len(set(delays)) > 100  # really spread, not a constant
 
 
+def test_full_jitter_is_accepted_and_never_gives_a_negative_delay() -> None:
+    random.seed(1234)
+    policy = Retry(backoff=1.0, multiplier=2, jitter=1)  # the fraction's upper bound
+    delays = [policy.delay(1) for _ in range(200)]
+    assert all(0.0 <= d <= 2.0 for d in delays)
+
+
 def test_on_accepts_one_class_or_a_tuple() -> None:
     assert Retry(on=KeyError).on == (KeyError,)
     assert Retry(on=(KeyError, OSError)).retries(ConnectionError())
@@ -522,3 +529,58 @@ def test_delay_refuses_what_is_not_an_attempt_number(attempt: Any) -> None:
     # two attempts, and delay("2") a bare TypeError from inside the arithmetic.
     with pytest.raises(SagaDefinitionError, match=r"Retry\.delay\(attempt\) .* whole number >= 1"):
         Retry(backoff=1.0, jitter=0).delay(attempt)
+
+
+@pytest.mark.asyncio
+async def test_a_retried_steps_record_drops_the_last_error_when_the_next_attempt_starts(
+    sleep: RecordingSleep,
+) -> None:
+    orchestrator = SagaOrchestrator(sleep=sleep)
+    seen: list[str | None] = []
+
+    @step(retry=Retry(attempts=2, backoff=0))
+    async def flaky() -> str:
+        meta = await orchestrator.get_saga("r")
+        assert meta is not None
+        seen.append(meta.steps[0].error)
+        if len(seen) == 1:
+            raise ConnectionError("reset")
+        return "ok"
+
+    await orchestrator.execute(SagaDefinition("r").add_step(flaky()))
+
+    # The second attempt runs with no error on its record (the first's is gone).
+    assert seen == [None, None]
+    meta = await orchestrator.get_saga("r")
+    assert meta is not None
+    assert meta.steps[0].error is None
+    assert meta.steps[0].attempts == 2
+
+
+@pytest.mark.asyncio
+async def test_a_retried_compensations_record_drops_the_last_error_when_it_runs_again(
+    sleep: RecordingSleep,
+) -> None:
+    orchestrator = SagaOrchestrator(sleep=sleep)
+    seen: list[str | None] = []
+
+    @step
+    async def acts() -> None:
+        pass
+
+    @acts.compensate
+    async def undo() -> None:
+        meta = await orchestrator.get_saga("u")
+        assert meta is not None
+        seen.append(meta.compensations[0].error)
+        if len(seen) == 1:
+            raise ConnectionError("reset")
+
+    with pytest.raises(StepFailed):
+        await orchestrator.execute(SagaDefinition("u").add_step(acts()).add_step(boom()))
+
+    assert seen == [None, None]
+    meta = await orchestrator.get_saga("u")
+    assert meta is not None
+    assert meta.compensations[0].error is None
+    assert meta.compensations[0].attempts == 2

@@ -140,6 +140,8 @@ async def test_awaited_step_that_swallows_cancellation_still_times_out() -> None
         await stubborn()
     # Regression: the error used to be its own __cause__.
     assert info.value.__cause__ is not info.value
+    # One timeout error, not a second one wrapping the first.
+    assert not isinstance(info.value.__cause__, StepTimeout)
 
 
 @pytest.mark.asyncio

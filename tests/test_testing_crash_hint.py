@@ -100,3 +100,19 @@ async def test_an_id_running_for_real_gets_no_crash_note(kind: str, tmp_path: Pa
         finally:
             gate = started = None
     assert not getattr(info.value, "__notes__", [])
+
+
+async def test_recovery_names_five_crashed_sagas_and_counts_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SQLiteStore(tmp_path / "sagas.db")
+    async with SagaOrchestrator(store) as orchestrator:
+        for number in range(6):
+            await _crash(orchestrator, f"o-{number}")
+        with caplog.at_level(logging.WARNING, logger="sagakit"):
+            assert await orchestrator.recover() == []
+        (record,) = [r for r in caplog.records if "simulated crash" in r.getMessage()]
+        message = record.getMessage()
+        assert "sagas 'o-0', 'o-1', 'o-2', 'o-3', 'o-4' and 1 more were stopped" in message
+        assert "'o-5'" not in message
+        await simulate_restart(store)

@@ -90,3 +90,12 @@ def test_a_transitions_repr_shortens_a_huge_result_events_and_error() -> None:
         "step_name=None, attempt=0, result=None, events=(), error=None, duration=None, "
         "run_number=0)"
     )  # as the dataclass repr, for what is small
+
+
+def test_the_first_steps_idempotency_key_names_index_zero() -> None:
+    first = Transition(
+        TransitionKind.STEP_STARTED, "s-1", "order", SagaStatus.EXECUTING, step_index=0
+    )
+    saga = Transition(TransitionKind.SAGA_STARTED, "s-1", "order", SagaStatus.EXECUTING)
+    assert first.idempotency_key == "s-1:0"
+    assert saga.idempotency_key is None
