@@ -1,0 +1,241 @@
+"""Durability edges of the SQLite store and recovery that hand mutation testing found
+unchecked: parking and resuming dead letters, sagas recovery cannot rebuild or replay,
+a write that fails inside its transaction, unreadable stored values."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+import sagakit._orchestrator
+from sagakit import (
+    SagaOrchestrator,
+    SagaStatus,
+    SerializationError,
+    SQLiteStore,
+    StoreError,
+    Transition,
+    TransitionKind,
+    saga,
+    step,
+)
+from sagakit._runs import SagaRun
+
+effects: list[str] = []
+REPLAY_RAISES = False  # the saga body's outside state, which changes between runs
+
+
+class Crash(BaseException):
+    """The process 'dies': nothing after it reaches the log."""
+
+
+def dead_owner() -> str:
+    import socket
+
+    probe = subprocess.Popen([sys.executable, "-c", "pass"])
+    probe.wait()
+    return f"{socket.gethostname()}/{probe.pid}/0"
+
+
+class CrashingStore(SQLiteStore):
+    """Records normally until ``crash_at(transition)``; then records nothing, ever."""
+
+    def __init__(self, path: str, crash_at: Callable[[Transition], bool]) -> None:
+        super().__init__(path, owner=dead_owner())
+        self.crash_at = crash_at
+        self.crashed = False
+
+    async def record(self, run: SagaRun, transition: Transition) -> None:
+        if self.crashed or self.crash_at(transition):
+            self.crashed = True
+            raise Crash
+        await super().record(run, transition)
+
+    def stage(self, run: SagaRun, transition: Transition) -> None:
+        if self.crashed or self.crash_at(transition):
+            self.crashed = True
+            raise Crash
+        super().stage(run, transition)
+
+
+def before_start_of(step_name: str) -> Callable[[Transition], bool]:
+    return lambda t: t.kind is TransitionKind.STEP_STARTED and t.step_name == step_name
+
+
+def ship_completes(t: Transition) -> bool:
+    return t.kind is TransitionKind.STEP_COMPLETED and t.step_name == "dur_ship"
+
+
+@step
+async def dur_reserve(item: str) -> str:
+    effects.append(f"reserve {item}")
+    return f"reserved-{item}"
+
+
+@dur_reserve.compensate
+async def dur_unreserve(reservation: str, item: str) -> None:
+    effects.append(f"unreserve {reservation}")
+
+
+@step
+async def dur_ship(item: str) -> str:
+    effects.append(f"ship {item}")
+    return f"shipped-{item}"
+
+
+@saga
+def dur_order(item: str):  # type: ignore[no-untyped-def]
+    reservation = yield dur_reserve(item)
+    if REPLAY_RAISES:
+        raise LookupError(f"no warehouse for {reservation}")
+    yield dur_ship(item)
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    global REPLAY_RAISES
+    effects.clear()
+    REPLAY_RAISES = False
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return str(tmp_path / "sagas.db")
+
+
+async def crash_before_ship(db: str, saga_id: str, *, in_ship: bool = False) -> None:
+    """Run ``dur_order("desk")`` until the process dies before ``dur_ship`` starts (or,
+    ``in_ship``, while it runs: its start logged, its completion not)."""
+    when = ship_completes if in_ship else before_start_of("dur_ship")
+    orchestrator = SagaOrchestrator(CrashingStore(db, when))
+    with pytest.raises(Crash):
+        await orchestrator.execute(dur_order("desk"), saga_id=saga_id)
+    await orchestrator.close()
+    effects.clear()
+
+
+def edit(db: str, sql: str, *params: object) -> None:
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute(sql, params)
+
+
+@pytest.mark.asyncio
+async def test_a_resumed_dead_letter_gets_its_recovery_attempts_back(db: str) -> None:
+    # A saga parked for using up its recovery attempts, then resumed by an operator
+    # (`sagakit resume`), is run by the next recovery: not parked again at once for
+    # the attempts it had used before it was parked.
+    await crash_before_ship(db, "worn")
+    edit(db, "UPDATE sagakit_sagas SET recovery_attempts = 3 WHERE id = 'worn'")
+    store = SQLiteStore(db)
+    async with SagaOrchestrator(store) as orchestrator:
+        assert await orchestrator.recover(max_attempts=3) == []  # parked by the claim
+        (letter,) = await store.dead_letters()
+        assert (letter.saga_id, letter.recovery_attempts) == ("worn", 3)
+        await store.resume_dead_letter("worn")
+        assert await store.dead_letters() == []
+        (outcome,) = await orchestrator.recover(max_attempts=3)
+        assert (outcome.action, outcome.status) == ("resumed", SagaStatus.COMPLETED)
+    assert effects == ["ship desk"]
+
+
+@pytest.mark.asyncio
+async def test_dead_letter_leaves_a_finished_saga_as_it_ended(db: str) -> None:
+    # Parking races the saga's end (an operator's tool, a recovery giving up): a saga
+    # that finished meanwhile stays finished, and is neither parked nor listed as parked.
+    store = SQLiteStore(db)
+    async with SagaOrchestrator(store) as orchestrator:
+        await orchestrator.execute(dur_order("lamp"), saga_id="done")
+        await store.dead_letter("done", "given up on")
+        meta = await orchestrator.get_saga("done")
+        assert meta is not None
+        assert (meta.status, meta.dead_letter) == (SagaStatus.COMPLETED, None)
+        assert await store.dead_letters() == []
+
+
+@pytest.mark.asyncio
+async def test_an_orphan_whose_logged_arguments_no_longer_fit_is_parked_unrun(db: str) -> None:
+    await crash_before_ship(db, "misfit")
+    edit(db, 'UPDATE sagakit_sagas SET arguments = \'[["desk", "extra"], {}]\'')
+    store = SQLiteStore(db)
+    async with SagaOrchestrator(store) as orchestrator:
+        (outcome,) = await orchestrator.recover()
+        (letter,) = await store.dead_letters()
+    assert (outcome.action, outcome.saga_id, letter.saga_id) == (
+        "dead_lettered",
+        "misfit",
+        "misfit",
+    )
+    assert letter.reason.startswith("calling dur_order(...) with its logged arguments raised ")
+    assert "too many positional arguments" in letter.reason
+    assert effects == []  # nothing ran again, nothing was undone
+
+
+@pytest.mark.asyncio
+async def test_an_orphan_whose_body_raises_on_replay_is_parked_unrun(db: str) -> None:
+    global REPLAY_RAISES
+    await crash_before_ship(db, "lost-warehouse", in_ship=True)
+    REPLAY_RAISES = True  # the body's outside state changed while the process was down
+    store = SQLiteStore(db)
+    async with SagaOrchestrator(store) as orchestrator:
+        (outcome,) = await orchestrator.recover()
+        (letter,) = await store.dead_letters()
+        meta = await orchestrator.get_saga("lost-warehouse")
+    assert (outcome.action, outcome.status) == ("dead_lettered", SagaStatus.EXECUTING)
+    assert letter.reason == (
+        "replaying its saga body raised LookupError('no warehouse for reserved-desk')"
+    )
+    assert meta is not None
+    assert meta.status is SagaStatus.EXECUTING
+    assert meta.dead_letter == letter.reason
+    assert effects == []  # neither the completed step nor its compensation ran
+
+
+@pytest.mark.asyncio
+async def test_a_write_refused_inside_its_transaction_leaves_the_log_writable(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A generated id that is already in the log: the first write of its run (its row
+    # with its first step's start) fails inside the transaction. The transaction is
+    # rolled back: the saga already logged is untouched, and later writes commit.
+    store = SQLiteStore(db)
+    async with SagaOrchestrator(store) as orchestrator:
+        await orchestrator.execute(dur_order("chair"), saga_id="taken")
+        monkeypatch.setattr(sagakit._orchestrator, "new_saga_id", lambda: "taken")
+        with pytest.raises(StoreError):
+            await orchestrator.execute(dur_order("sofa"))
+        monkeypatch.undo()
+        await orchestrator.execute(dur_order("stool"), saga_id="after")
+        taken = await orchestrator.get_saga("taken")
+        after = await orchestrator.get_saga("after")
+    assert taken is not None
+    assert after is not None
+    assert (taken.status, taken.events) == (
+        SagaStatus.COMPLETED,
+        ("reserved-chair", "shipped-chair"),
+    )
+    assert (after.status, after.events) == (
+        SagaStatus.COMPLETED,
+        ("reserved-stool", "shipped-stool"),
+    )
+
+
+@pytest.mark.asyncio
+async def test_read_events_names_the_event_it_cannot_read_back(db: str) -> None:
+    store = SQLiteStore(db)
+    async with SagaOrchestrator(store) as orchestrator:
+        await orchestrator.execute(dur_order("bench"), saga_id="garbled")
+    edit(db, 'UPDATE sagakit_events SET data = \'{"__sk__": "nope"}\' WHERE position = 2')
+    store = SQLiteStore(db)
+    try:
+        (first,) = await store.read_events(limit=1)
+        assert (first.position, first.event) == (1, "reserved-bench")
+        with pytest.raises(SerializationError, match=r"^event #2 of saga 'garbled': "):
+            await store.read_events()
+    finally:
+        await store.close()
