@@ -239,3 +239,40 @@ async def test_read_events_names_the_event_it_cannot_read_back(db: str) -> None:
             await store.read_events()
     finally:
         await store.close()
+
+
+def test_a_log_cut_inside_its_header_is_refused_as_truncated(db: str) -> None:
+    with open(db, "wb") as file:
+        file.write(b"SQLite format 3\x00" + b"\x10\x00")  # 18 bytes of a 100-byte header
+    with pytest.raises(StoreError, match=r"is truncated \(18 bytes\); restore it from a backup"):
+        SQLiteStore(db)
+
+
+@pytest.mark.parametrize("version", ["0", None])
+@pytest.mark.asyncio
+async def test_a_log_without_a_valid_schema_version_is_refused_not_migrated(
+    db: str, version: str | None
+) -> None:
+    # Its tables exist: migrating it "from version 0" would create them again over them.
+    await SQLiteStore(db).close()
+    if version is None:
+        edit(db, "DELETE FROM sagakit_meta WHERE key = 'schema_version'")
+    else:
+        edit(db, "UPDATE sagakit_meta SET value = ? WHERE key = 'schema_version'", version)
+    for read_only in (False, True):
+        with pytest.raises(StoreError, match=r"has no valid schema version$"):
+            SQLiteStore(db, read_only=read_only)
+
+
+@pytest.mark.asyncio
+async def test_a_hand_edited_time_out_of_range_is_a_store_error(db: str) -> None:
+    store = SQLiteStore(db)
+    async with SagaOrchestrator(store) as orchestrator:
+        await orchestrator.execute(dur_order("shelf"), saga_id="far")
+    edit(db, "UPDATE sagakit_sagas SET started_at = 1e300 WHERE id = 'far'")
+    store = SQLiteStore(db, read_only=True)
+    try:
+        with pytest.raises(StoreError, match=r"a time of saga 'far' in the saga log is 1e\+300"):
+            await store.get("far")
+    finally:
+        await store.close()
