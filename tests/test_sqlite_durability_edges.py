@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from contextlib import closing
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from sagakit import (
     step,
 )
 from sagakit._runs import SagaRun
+from sagakit.stores._sqlite_owner import current_owner
 
 effects: list[str] = []
 REPLAY_RAISES = False  # the saga body's outside state, which changes between runs
@@ -33,6 +35,12 @@ REPLAY_RAISES = False  # the saga body's outside state, which changes between ru
 
 class Crash(BaseException):
     """The process 'dies': nothing after it reaches the log."""
+
+
+def live_process() -> subprocess.Popen[bytes]:
+    """A process that runs until its stdin is closed."""
+    return subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE)  # fmt: skip
 
 
 def dead_owner() -> str:
@@ -276,3 +284,36 @@ async def test_a_hand_edited_time_out_of_range_is_a_store_error(db: str) -> None
             await store.get("far")
     finally:
         await store.close()
+
+
+@pytest.mark.asyncio
+async def test_an_owner_pid_reused_by_another_live_process_is_recovered(db: str) -> None:
+    # The owner died, and a new process got its pid: its start time differs from the
+    # one the token recorded, so it is not the owner, and the saga is recovered.
+    await crash_before_ship(db, "reused-pid")
+    host, _, _, namespace = current_owner().split("/")
+    with live_process() as stranger:
+        try:
+            edit(db, "UPDATE sagakit_sagas SET owner = ?", f"{host}/{stranger.pid}/1/{namespace}")
+            async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+                (outcome,) = await orchestrator.recover()
+        finally:
+            assert stranger.stdin is not None
+            stranger.stdin.close()
+    assert (outcome.saga_id, outcome.status) == ("reused-pid", SagaStatus.COMPLETED)
+    assert effects == ["ship desk"]
+
+
+@pytest.mark.asyncio
+async def test_a_running_saga_was_updated_when_its_latest_step_started(db: str) -> None:
+    await crash_before_ship(db, "stamped", in_ship=True)
+    edit(db, "UPDATE sagakit_sagas SET started_at = 1000, updated_at = 1000")
+    edit(db, "UPDATE sagakit_steps SET started_at = 2000 + idx")  # dur_ship: 2001
+    store = SQLiteStore(db, read_only=True)
+    try:
+        meta = await store.get("stamped")
+    finally:
+        await store.close()
+    assert meta is not None
+    assert meta.updated_at == datetime.fromtimestamp(2001, UTC)
+    assert meta.duration == 1001.0
