@@ -317,3 +317,29 @@ async def test_a_running_saga_was_updated_when_its_latest_step_started(db: str) 
     assert meta is not None
     assert meta.updated_at == datetime.fromtimestamp(2001, UTC)
     assert meta.duration == 1001.0
+
+
+@saga(recovery="compensate")
+def dur_careful_order(item: str):  # type: ignore[no-untyped-def]
+    yield dur_reserve(item)
+    yield dur_ship(item)
+
+
+@pytest.mark.asyncio
+async def test_a_saga_recovery_compensates_for_its_policy_says_why_it_was_undone(db: str) -> None:
+    # Nothing failed in it (the process died between two steps): the saga's error says
+    # why it ended COMPENSATED, in the recovery's outcome and in the log.
+    orchestrator = SagaOrchestrator(CrashingStore(db, before_start_of("dur_ship")))
+    with pytest.raises(Crash):
+        await orchestrator.execute(dur_careful_order("vase"), saga_id="careful")
+    await orchestrator.close()
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        (outcome,) = await orchestrator.recover()
+        meta = await orchestrator.get_saga("careful")
+    assert (outcome.action, outcome.status) == ("compensated", SagaStatus.COMPENSATED)
+    assert meta is not None
+    assert (meta.status, meta.error) == (
+        SagaStatus.COMPENSATED,
+        "its process died; compensated by recovery",
+    )
+    assert effects == ["reserve vase", "unreserve reserved-vase"]
