@@ -36,3 +36,9 @@ def test_a_step_record_names_its_attempts_only_when_it_was_retried() -> None:
     twice = StepRecord(0, "pay", StepStatus.COMPLETED, attempts=2)
     assert repr(once) == "<step 0 pay: completed>"
     assert repr(twice) == "<step 0 pay: completed after 2 attempts>"
+
+
+def test_an_error_is_cut_in_a_repr_only_past_its_shown_length() -> None:
+    fits, longer = "e" * 200, "e" * 201
+    assert repr(StepRecord(0, "pay", StepStatus.FAILED, error=fits)).endswith(f"({fits})>")
+    assert repr(StepRecord(0, "pay", StepStatus.FAILED, error=longer)).endswith(f"({'e' * 199}…)>")
