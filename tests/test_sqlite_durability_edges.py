@@ -343,3 +343,24 @@ async def test_a_saga_recovery_compensates_for_its_policy_says_why_it_was_undone
         "its process died; compensated by recovery",
     )
     assert effects == ["reserve vase", "unreserve reserved-vase"]
+
+
+@pytest.mark.asyncio
+async def test_a_write_failing_with_an_operational_error_is_rolled_back(db: str) -> None:
+    # An error SQLite raises mid-transaction (here: a trigger reading a table that is
+    # gone) fails that write only; the transaction is rolled back, its lock let go.
+    store = SQLiteStore(db)
+    async with SagaOrchestrator(store) as orchestrator:
+        edit(db, "CREATE TRIGGER broken BEFORE INSERT ON sagakit_events "
+                 "BEGIN SELECT * FROM gone; END")  # fmt: skip
+        with pytest.raises(StoreError, match=r"no such table: (main\.)?gone"):
+            await orchestrator.execute(dur_order("mirror"), saga_id="refused")
+        with closing(sqlite3.connect(db, timeout=0)) as conn, conn:  # the lock is free
+            conn.execute("DROP TRIGGER broken")
+        await orchestrator.execute(dur_order("clock"), saga_id="after")
+        after = await orchestrator.get_saga("after")
+    assert after is not None
+    assert (after.status, after.events) == (
+        SagaStatus.COMPLETED,
+        ("reserved-clock", "shipped-clock"),
+    )
