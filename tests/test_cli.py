@@ -1948,6 +1948,12 @@ sys.exit(main(["--db", db, *sys.argv[2:]]))
 """
 
 
+def _hearing_ctrl_c() -> None:
+    """In a child: hear SIGINT, which a test run started in the background of a shell
+    without job control inherits ignored (Python then never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(
     ("command", "made"),
     [(["resolve", "parked", "--note", "refunded"], "resolved"), (["resume", "parked"], "resumed")],
@@ -1968,6 +1974,7 @@ def test_ctrl_c_on_a_write_that_is_made_all_the_same_says_it_was_made(
         text=True,
         timeout=60,
         check=False,
+        preexec_fn=_hearing_ctrl_c,
     )
     assert (result.returncode, result.stdout) == (130, "")
     assert result.stderr == (
@@ -1982,6 +1989,7 @@ def test_ctrl_c_on_a_write_that_is_made_all_the_same_says_it_was_made(
         text=True,
         timeout=60,
         check=False,
+        preexec_fn=_hearing_ctrl_c,
     )
     assert (result.returncode, result.stderr) == (130, "sagakit: interrupted\n")
 
