@@ -6,10 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -35,39 +32,9 @@ from sagakit import (
 )
 from sagakit._runs import SagaRun
 from sagakit.testing import simulate_restart
+from store_helpers.crashing import Crash, CrashingStore
 
 effects: list[str] = []
-
-
-class Crash(BaseException):
-    """The process 'dies': nothing after it reaches the log."""
-
-
-def dead_owner() -> str:
-    probe = subprocess.Popen([sys.executable, "-c", "pass"])
-    probe.wait()
-    return f"{socket.gethostname()}/{probe.pid}/0"
-
-
-class CrashingStore(SQLiteStore):
-    """Records normally until ``crash_at(transition)``; then records nothing, ever."""
-
-    def __init__(self, path: str, crash_at: Callable[[Transition], bool]) -> None:
-        super().__init__(path, owner=dead_owner())
-        self.crash_at = crash_at
-        self.crashed = False
-
-    async def record(self, run: SagaRun, transition: Transition) -> None:
-        if self.crashed or self.crash_at(transition):
-            self.crashed = True
-            raise Crash
-        await super().record(run, transition)
-
-    def stage(self, run: SagaRun, transition: Transition) -> None:
-        if self.crashed or self.crash_at(transition):
-            self.crashed = True
-            raise Crash
-        super().stage(run, transition)
 
 
 def at(kind: TransitionKind, step_name: str | None = None) -> Callable[[Transition], bool]:

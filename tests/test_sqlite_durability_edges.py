@@ -26,50 +26,17 @@ from sagakit import (
     saga,
     step,
 )
-from sagakit._runs import SagaRun
 from sagakit.stores._sqlite_owner import current_owner
+from store_helpers.crashing import Crash, CrashingStore
 
 effects: list[str] = []
 REPLAY_RAISES = False  # the saga body's outside state, which changes between runs
-
-
-class Crash(BaseException):
-    """The process 'dies': nothing after it reaches the log."""
 
 
 def live_process() -> subprocess.Popen[bytes]:
     """A process that runs until its stdin is closed."""
     return subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
                             stdin=subprocess.PIPE)  # fmt: skip
-
-
-def dead_owner() -> str:
-    import socket
-
-    probe = subprocess.Popen([sys.executable, "-c", "pass"])
-    probe.wait()
-    return f"{socket.gethostname()}/{probe.pid}/0"
-
-
-class CrashingStore(SQLiteStore):
-    """Records normally until ``crash_at(transition)``; then records nothing, ever."""
-
-    def __init__(self, path: str, crash_at: Callable[[Transition], bool]) -> None:
-        super().__init__(path, owner=dead_owner())
-        self.crash_at = crash_at
-        self.crashed = False
-
-    async def record(self, run: SagaRun, transition: Transition) -> None:
-        if self.crashed or self.crash_at(transition):
-            self.crashed = True
-            raise Crash
-        await super().record(run, transition)
-
-    def stage(self, run: SagaRun, transition: Transition) -> None:
-        if self.crashed or self.crash_at(transition):
-            self.crashed = True
-            raise Crash
-        super().stage(run, transition)
 
 
 def before_start_of(step_name: str) -> Callable[[Transition], bool]:
