@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Self, TypeVar, assert_type
 
@@ -424,9 +424,23 @@ def transfer_iterable(src: str, dst: str, amount: float) -> Iterable[StepCall[An
     yield credit(dst, amount)
 
 
+# A list saga returns a list (above) or a tuple, annotated as such or as a Sequence.
+@saga
+def transfer_tuple(src: str, dst: str, amount: float) -> tuple[StepCall[Any], ...]:
+    return debit(src, amount), credit(dst, amount)
+
+
+@saga
+def transfer_sequence(src: str, dst: str, amount: float) -> Sequence[StepCall[Any]]:
+    return [debit(src, amount), credit(dst, amount)]
+
+
 assert_type(transfer_typed("A", "B", 1.0), SagaDefinition)
 assert_type(transfer_iter("A", "B", 1.0), SagaDefinition)
 assert_type(transfer_iterable("A", "B", 1.0), SagaDefinition)
+assert_type(transfer_tuple("A", "B", 1.0), SagaDefinition)
+assert_type(transfer_sequence("A", "B", 1.0), SagaDefinition)
+transfer_tuple("A", "B", "C")  # type: ignore[arg-type]
 transfer_iter("A", "B", "C")  # type: ignore[arg-type]
 transfer_iterable("A", "B", "C")  # type: ignore[arg-type]
 
