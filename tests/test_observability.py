@@ -9,6 +9,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from sagakit import (
     Retry,
     SagaDefinition,
     SagaOrchestrator,
+    SQLiteStore,
     StepFailed,
     Transition,
     TransitionKind,
@@ -389,6 +391,51 @@ async def test_a_cancelled_saga_still_stops_while_a_listener_is_awaited() -> Non
     with pytest.raises(asyncio.CancelledError):
         await running
     recorder.assert_status("compensated")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])
+async def test_a_cancellation_while_a_listener_is_awaited_is_heard_by_the_later_listeners(
+    durable: bool, tmp_path: Path
+) -> None:
+    # The saga's task is cancelled while the first listener hears the last step's
+    # completion: the second listener still hears it, and what follows (a durable store
+    # tells the saga's end together with it: the end too), before the cancellation goes on.
+    entered = asyncio.Event()
+
+    async def slow(transition: Transition) -> None:
+        if transition.kind is K.STEP_COMPLETED and transition.step_name == "ship":
+            entered.set()
+            await asyncio.Event().wait()  # until cancelled
+
+    heard: list[tuple[TransitionKind, str | None, str]] = []
+
+    def later(transition: Transition) -> None:
+        heard.append((transition.kind, transition.step_name, transition.status))
+
+    store = SQLiteStore(tmp_path / "sagas.db") if durable else MemoryStore()
+    async with SagaOrchestrator(store, listeners=[slow, later]) as orchestrator:
+        running = asyncio.ensure_future(orchestrator.execute(order("x"), saga_id="o-e"))
+        await entered.wait()
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+    if durable:  # its end was recorded with the step's completion
+        after = [(K.SAGA_FINISHED, None, "completed")]
+    else:  # cancelled, it compensates
+        after = [
+            (K.COMPENSATION_STARTED, "reserve", "compensating"),
+            (K.COMPENSATION_COMPLETED, "reserve", "compensating"),
+            (K.SAGA_FINISHED, None, "compensated"),
+        ]
+    assert heard == [
+        (K.SAGA_STARTED, None, "executing"),
+        (K.STEP_STARTED, "reserve", "executing"),
+        (K.STEP_COMPLETED, "reserve", "executing"),
+        (K.STEP_STARTED, "ship", "executing"),
+        (K.STEP_COMPLETED, "ship", "executing"),  # heard as slow() was cancelled
+        *after,
+    ]
 
 
 def test_nothing_is_printed_without_logging_configured() -> None:

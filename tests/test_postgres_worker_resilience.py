@@ -546,12 +546,18 @@ async def test_a_stopping_worker_hands_over_the_inner_saga_of_its_saga_not_compe
             stop.set()
             await asyncio.wait_for(worker, GIVE_UP)
             assert not UNDONE
+            # Both handed over by the worker (released: their next claim counts no
+            # recovery attempt), the inner saga too: not only given up by its own handed
+            # back run, as a crash leaves a saga (its next claim counting an attempt).
             handed = query(
                 dsn,
-                f'SELECT saga_id, status, owner, lease_until <= now() FROM "{schema}".sagas '
-                "ORDER BY saga_id",
+                "SELECT saga_id, status, owner, lease_until <= now(), released "
+                f'FROM "{schema}".sagas ORDER BY saga_id',
             )
-            assert handed == [("outer", "executing", None, True), (inner, "executing", None, True)]
+            assert handed == [
+                ("outer", "executing", None, True, True),
+                (inner, "executing", None, True, True),
+            ]
             # Another worker finishes both, running each step of the inner saga once.
             stop = asyncio.Event()
             finishing = asyncio.create_task(
@@ -567,6 +573,10 @@ async def test_a_stopping_worker_hands_over_the_inner_saga_of_its_saga_not_compe
             assert statuses == [("completed",)]
             assert not UNDONE
             assert [RAN[(inner, n)] for n in range(3)] == [1, 2, 1]  # step 1: interrupted once
+            attempts = query(
+                dsn, f'SELECT saga_id, recovery_attempts FROM "{schema}".sagas ORDER BY saga_id'
+            )
+            assert attempts == [("outer", 1), (inner, 0)]  # outer: a's lease ran out
         finally:
             for gate in GATES.values():
                 gate.set()

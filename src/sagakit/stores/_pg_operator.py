@@ -9,13 +9,12 @@ after a lost connection first reads the token back: there, the call was applied.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..exceptions import StoreError
-
-Run = Callable[[str, Any], Awaitable[list[tuple[Any, ...]]]]
+from ._pg_sql import Run
 
 
 def call_token() -> int:

@@ -10,11 +10,10 @@ log never misses a write, nor holds one twice (events are appended, not upserted
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._pg_sql import Statements
+from ._pg_sql import Run, Statements
 from ._pg_writer import Write
 
 
@@ -39,7 +38,7 @@ class Settled:
 
 
 async def settle(
-    run: Callable[[str, Any], Awaitable[list[tuple[Any, ...]]]],
+    run: Run,
     sql: Statements,
     owner: str,
     saga_id: str,

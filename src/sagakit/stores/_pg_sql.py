@@ -5,9 +5,15 @@ Lease times are always the database's ``now()``; durations travel as seconds.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 from ._pg_schema import check_schema_name
+
+Run: TypeAlias = Callable[[str, Any], Awaitable[list[tuple[Any, ...]]]]
+"""Sends one statement with its parameters, in its own transaction, and returns its rows
+(the store's ``_run``)."""
 
 _SAGA_COLUMNS = (
     "saga_id, name, status, explicit_id, factory, policy, fingerprint, args, kwargs, "
@@ -334,4 +340,4 @@ def statements(schema: str) -> Statements:
     )
 
 
-__all__ = ["Statements", "statements"]
+__all__ = ["Run", "Statements", "statements"]

@@ -1510,7 +1510,7 @@ class PostgresStore:
         try:
             return await self._run(self._sql.claim, params)
         except StoreError as error:
-            if not _connection_lost(error) or _never_sent(error):
+            if not _maybe_committed(error):
                 raise
             lost = error
         found = await self._again(
