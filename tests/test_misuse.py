@@ -281,6 +281,37 @@ async def test_a_saga_given_as_a_step_is_told_how_to_nest_it() -> None:
     )
 
 
+@pytest.mark.asyncio
+async def test_a_saga_delegated_to_with_yield_from_is_told_how_to_nest_it() -> None:
+    # `yield from` works for a step call; for a saga it raised a bare TypeError,
+    # "'SagaDefinition' object is not iterable", from the saga's body.
+    undone: list[str] = []
+
+    @step
+    async def reserve(item: str) -> str:
+        return item
+
+    @reserve.compensate
+    async def release(item: str) -> None:
+        undone.append(item)
+
+    @saga
+    def outer(item: str) -> Generator[Any, Any, None]:
+        yield reserve("box")
+        yield from _inner(item)  # type: ignore[misc]
+
+    with pytest.raises(SagaDefinitionError) as info:
+        await SagaOrchestrator().execute(outer("pen"))
+    assert str(info.value) == (
+        "`yield from` a saga, <SagaDefinition _inner steps=?>: a saga is not a step; run it "
+        "as a nested saga from a step: an @step that awaits orchestrator.execute(_inner(...)), "
+        "or yield its steps as this saga's own: `yield from _inner.__wrapped__(...)`"
+    )
+    assert undone == ["box"]
+    with pytest.raises(SagaDefinitionError, match=r"must be an iterable of step calls, got <Saga"):
+        SagaDefinition("o", steps=_inner("pen"))  # type: ignore[arg-type]
+
+
 def test_saga_given_a_list_points_to_the_builder() -> None:
     with pytest.raises(SagaDefinitionError, match=r"takes a function.*SagaDefinition\(steps="):
         saga([_reserve("pen")])  # type: ignore[call-overload]

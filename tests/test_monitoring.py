@@ -184,6 +184,70 @@ async def test_current_step_is_none_between_steps() -> None:
 
 
 @pytest.mark.asyncio
+async def test_current_step_is_none_in_a_step_awaited_alone_inside_a_saga_step() -> None:
+    # A step awaited on its own inside a saga's step saw that step's context: its name,
+    # attempt and idempotency key, so two charges awaited by one step sent one key (a
+    # payment service answers the second with the first) and a retry kept attempt 1.
+    seen: list[Any] = []
+
+    @step(retry=Retry(attempts=2, backoff=0))
+    async def charge(item: str) -> str:
+        seen.append((item, current_step()))
+        if len(seen) == 1:
+            raise ConnectionError("once")
+        return item
+
+    @step
+    async def checkout() -> list[str]:
+        outer = current_step()
+        items = [await charge("pen"), await charge("ink")]
+        assert current_step() == outer  # the saga's step again, once they returned
+        return items
+
+    @step
+    async def refund() -> None:
+        seen.append(("refund", current_step()))
+
+    @checkout.compensate
+    async def undo_checkout() -> None:
+        await refund()
+
+    @step
+    async def boom() -> None:
+        raise ValueError("x")
+
+    with pytest.raises(StepFailed):
+        await SagaOrchestrator().execute(SagaDefinition("co").add_step(checkout()).add_step(boom()))
+    assert seen == [("pen", None), ("pen", None), ("ink", None), ("refund", None)]
+
+
+@pytest.mark.asyncio
+async def test_a_step_declared_as_a_compensation_is_that_compensation() -> None:
+    # It is not awaited on its own inside one: current_step() describes the compensation.
+    seen: list[Any] = []
+
+    @step
+    async def charge(order: str) -> str:
+        return order
+
+    @step
+    async def refund(order: str) -> None:
+        seen.append(current_step())
+
+    charge.compensate(refund)
+
+    @step
+    async def boom() -> None:
+        raise ValueError("x")
+
+    with pytest.raises(StepFailed):
+        await SagaOrchestrator().execute(SagaDefinition("r").add_step(charge("o")).add_step(boom()))
+    [ctx] = seen
+    assert ctx is not None
+    assert (ctx.step_name, ctx.compensating, ctx.idempotency_key) == ("charge", True, "r:0")
+
+
+@pytest.mark.asyncio
 async def test_generator_total_steps_is_known_once_finished() -> None:
     @step
     async def one() -> int:

@@ -446,6 +446,10 @@ class StepContext:
 
 current_run: ContextVar[SagaRun | None] = ContextVar("sagakit_current_run", default=None)
 
+alone_in: ContextVar[SagaRun | None] = ContextVar("sagakit_alone_in", default=None)
+"""The run whose step awaits a step on its own here (``await charge(...)`` inside a saga's
+step): that step is not the saga's, so :func:`current_step` describes none."""
+
 
 def enter_run(run: SagaRun) -> Token[SagaRun | None]:
     """Make ``run`` this task's current run, noting the run it was started in."""
@@ -466,7 +470,7 @@ def current_step() -> StepContext | None:
     >>> await payments.charge(amount, idempotency_key=ctx.idempotency_key)
     """
     run = current_run.get()
-    if run is None:
+    if run is None or run is alone_in.get():  # none, or a step awaited on its own in it
         return None
     step = run.step
     if step is None or step.status is not STEP_RUNNING:  # between steps: none runs

@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from types import MethodType
-from typing import Any, Concatenate, Generic, Literal, TypeAlias, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, TypeAlias, TypeVar, overload
 
 from typing_extensions import ParamSpec
 
@@ -73,7 +73,7 @@ class SagaDefinition:
             )
         if name is not None:
             check_storable(name, "SagaDefinition(name=...)")
-        if isinstance(steps, StepCall) or not isinstance(steps, Iterable):
+        if isinstance(steps, StepCall | SagaDefinition) or not isinstance(steps, Iterable):
             hint = " (put a single step call in a list)" if isinstance(steps, StepCall) else ""
             raise SagaDefinitionError(
                 f"SagaDefinition(steps=...) must be an iterable of step calls, got {steps!r}{hint}"
@@ -194,6 +194,22 @@ class SagaDefinition:
         return self._state == other._state
 
     __hash__ = None  # type: ignore[assignment]
+
+    if not TYPE_CHECKING:  # not iterable to type checkers, which flag the `yield from`
+
+        def __iter__(self):
+            """``yield from inner(...)`` in a generator saga: say how to nest a saga."""
+            calls, factory = self._state[2:4]
+            made = "definition" if factory is None else f"{factory.__name__}(...)"
+            if calls is None and factory is not None:
+                inline = f"`yield from {factory.__name__}.__wrapped__(...)`"
+            else:
+                inline = f"`for call in {made}.steps: yield call`"
+            raise SagaDefinitionError(
+                f"`yield from` a saga, {self!r}: a saga is not a step; run it as a nested "
+                f"saga from a step: an @step that awaits orchestrator.execute({made}), or "
+                f"yield its steps as this saga's own: {inline}"
+            )
 
 
 _State: TypeAlias = tuple[

@@ -21,7 +21,7 @@ from ._display import describe_args, short_repr, step_html
 from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, active_faults, raised_by_step
 from ._names import by_reference, declared_name, qualname_of
 from ._retry import NO_RETRY, Retry
-from ._runs import awaitable_returned_by, current_run
+from ._runs import alone_in, awaitable_returned_by, current_run
 from ._tracebacks import hide_from_pytest
 from .exceptions import CompensationAlreadySetError, SagaDefinitionError, StepTimeout
 
@@ -189,19 +189,37 @@ class StepCall(Generic[R_co]):
                 args, kwargs = bound.args, bound.kwargs
         if spec.compensation_takes_result:
             if args and spec.is_method:
-                return compensation(args[0], result, *args[1:], **kwargs)
-            return compensation(result, *args, **kwargs)
-        return compensation(*args, **kwargs)
+                undo = compensation(args[0], result, *args[1:], **kwargs)
+            else:
+                undo = compensation(result, *args, **kwargs)
+        else:
+            undo = compensation(*args, **kwargs)
+        if isinstance(undo, StepCall):  # a step declared as the compensation: it is that
+            return undo._run_alone(alone=False)  # compensation, which current_step() tells
+        return undo
 
     def __await__(self) -> Generator[Any, None, R_co]:
         return self._run_alone().__await__()
+
+    async def _call_alone(self, alone: bool) -> Any:
+        """The step's function, as a step awaited on its own: inside a saga's step too,
+        :func:`current_step` is ``None`` in it, not that step's (whose idempotency key two
+        charges awaited by the step would otherwise share) — unless not ``alone``: the
+        step was declared as the compensation running."""
+        if not alone:
+            return await self._fn(*self._args, **self._kwargs)
+        token = alone_in.set(current_run.get())
+        try:
+            return await self._fn(*self._args, **self._kwargs)
+        finally:
+            alone_in.reset(token)
 
     def __iter__(self) -> Generator[StepCall[R_co], Any, R_co]:
         """``result = yield from call`` in a generator saga: yields the call and returns
         the step's result, typed as the step returns it (a bare ``yield`` gives ``Any``)."""
         return (yield self)  # type: ignore[no-any-return]
 
-    async def _run_alone(self) -> R_co:
+    async def _run_alone(self, *, alone: bool = True) -> R_co:
         step = self._step
         policy = step.retry
         loop = asyncio_loop("a step call")
@@ -215,7 +233,7 @@ class StepCall(Generic[R_co]):
             started = time.monotonic()
             deadline = asyncio.timeout(step.timeout)
             if faults is not None:
-                injected = await self._injected(faults, attempt)
+                injected = await self._injected(faults, attempt, alone)
                 if injected is not None:
                     if attempt >= policy.attempts or not policy.retries(injected):
                         raise injected
@@ -223,7 +241,7 @@ class StepCall(Generic[R_co]):
                     continue
             try:
                 async with deadline:
-                    result = await self._fn(*self._args, **self._kwargs)
+                    result = await self._call_alone(alone)
                 # It swallowed its cancellation, or blocked past the deadline without awaiting.
                 when = deadline.when()
                 if deadline.expired() or (when is not None and loop.time() >= when):
@@ -249,7 +267,7 @@ class StepCall(Generic[R_co]):
                 return result  # type: ignore[return-value]
             await asyncio.sleep(policy.delay(attempt))
 
-    async def _injected(self, faults: FaultPlan, attempt: int) -> Exception | None:
+    async def _injected(self, faults: FaultPlan, attempt: int, alone: bool) -> Exception | None:
         """The failure a fault plan injects into this attempt of the step awaited on its
         own, if any (a crash or an injected ``BaseException`` is raised here).
 
@@ -269,7 +287,7 @@ class StepCall(Generic[R_co]):
         if isinstance(fault, CrashAfter):  # the step acts, then "the process dies"
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(step.timeout):
-                    await self._fn(*self._args, **self._kwargs)
+                    await self._call_alone(alone)
             raise fault.crash
         if not isinstance(fault, Exception):  # a crash, KeyboardInterrupt, CancelledError...
             raise fault
@@ -582,7 +600,8 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         _check_no_keyword_twice(self, fn, takes_result)
         spec.compensation_takes_result = takes_result
         spec.is_method = is_method
-        spec.plain_compensation = not (spec.compensation_takes_result or spec.is_method)
+        # A step declared as the compensation is run as it, by compensation_call().
+        spec.plain_compensation = not (takes_result or is_method or isinstance(fn, Step))
         spec.compensation = fn
         COMPENSATED_NAMES.add(spec.name)
         return fn
