@@ -637,7 +637,8 @@ def test_bad_options() -> None:
         SQLiteStore("x.db", busy_timeout=-1)
     # NaN made int(nan * 1000) raise ValueError deep in the writer; infinity an
     # OverflowError there; a string compared with 0 raised TypeError.
-    for odd in (float("nan"), float("inf"), "5"):
+    # 10**400 (too large for a float) a bare OverflowError.
+    for odd in (float("nan"), float("inf"), 10**400, "5"):
         with pytest.raises(StoreConfigError, match="busy_timeout must be a"):
             SQLiteStore("x.db", busy_timeout=odd)  # type: ignore[arg-type]
     with pytest.raises(StoreConfigError, match="file path"):
