@@ -184,6 +184,10 @@ def test_importing_sagakit_does_not_import_psycopg() -> None:
         ({"lease": 1e13, "heartbeat": 10}, "about 31,000 years"),
         ({"lease": 10**20, "heartbeat": 10}, "got 100000000000000000000"),
         ({"lease": 30, "heartbeat": float("nan")}, "heartbeat must be a positive"),
+        # Too large for a float: each raised a bare OverflowError.
+        ({"lease": 10**400, "heartbeat": 10}, "lease must be a positive, finite"),
+        ({"lease": 30, "heartbeat": 10**400}, "heartbeat (inf s) must be shorter"),
+        ({"connect_timeout": 10**400}, "connect_timeout must be a finite number"),
         ({"lease": 2, "heartbeat": 2}, "heartbeat (2 s) must be shorter"),
         # Regression: taken, and the store's first use failed with a bare OverflowError
         # ("cannot convert float infinity to integer") from its migration's lock timeout.
@@ -1247,6 +1251,7 @@ async def test_run_worker_stops_when_told(dsn: str, schema: str) -> None:
         # Infinity claimed once, then never again (orphans waited for a restart).
         ({"poll_interval": float("inf")}, "poll_interval must be a finite number of seconds"),
         ({"poll_interval": "1"}, "poll_interval must be a number of seconds"),
+        ({"poll_interval": 10**400}, "poll_interval must be a finite number of seconds"),
         # A threading.Event's wait() blocked the event loop, then the worker died with
         # a TypeError from asyncio.
         ({"stop": threading.Event()}, "stop must be an asyncio.Event"),

@@ -153,6 +153,10 @@ def test_on_accepts_one_class_or_a_tuple() -> None:
         ({"max_backoff": float("inf")}, "finite"),
         ({"multiplier": 0.5}, ">= 1"),
         ({"multiplier": float("inf")}, "finite"),  # its delays came out as nan
+        # Too large for a float: each raised a bare OverflowError.
+        ({"backoff": 10**400}, "finite"),
+        ({"max_backoff": 10**400}, "finite"),
+        ({"multiplier": 10**400}, "finite"),
         ({"multiplier": True}, ">= 1"),
         ({"jitter": 2}, "between 0 and 1"),
         ({"jitter": True}, "between 0 and 1"),

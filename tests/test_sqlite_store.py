@@ -637,11 +637,21 @@ def test_bad_options() -> None:
         SQLiteStore("x.db", busy_timeout=-1)
     # NaN made int(nan * 1000) raise ValueError deep in the writer; infinity an
     # OverflowError there; a string compared with 0 raised TypeError.
-    for odd in (float("nan"), float("inf"), "5"):
+    # 10**400 (too large for a float) a bare OverflowError.
+    for odd in (float("nan"), float("inf"), 10**400, "5"):
         with pytest.raises(StoreConfigError, match="busy_timeout must be a"):
             SQLiteStore("x.db", busy_timeout=odd)  # type: ignore[arg-type]
-    with pytest.raises(StoreConfigError, match="file path"):
+    with pytest.raises(StoreConfigError, match="file path") as memory:
         SQLiteStore(":memory:")
+    assert "use MemoryStore() for an in-memory store" in str(memory.value)
+    # A SQLite URI was told to use MemoryStore(), the wrong fix for a file: name the path.
+    with pytest.raises(StoreConfigError, match="not a SQLite URI") as uri:
+        SQLiteStore("file:logs/x.db?mode=ro")
+    assert "SQLiteStore('logs/x.db')" in str(uri.value)
+    assert "read_only=True" in str(uri.value)
+    for in_memory in ("file::memory:", "file:x?mode=memory&cache=shared"):
+        with pytest.raises(StoreConfigError, match="use MemoryStore"):
+            SQLiteStore(in_memory)
     # Their truth was taken: read_only="no" opened the log read-only.
     with pytest.raises(StoreConfigError, match="read_only must be True or False"):
         SQLiteStore("x.db", read_only="no")  # type: ignore[arg-type]

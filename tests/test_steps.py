@@ -580,6 +580,8 @@ def test_non_callable_is_refused() -> None:
         (math.nan, "finite"),
         (math.inf, "finite"),
         (-math.inf, "finite"),
+        # Too large for a float: it raised a bare OverflowError.
+        pytest.param(10**400, "finite", id="10**400"),
         ("x", "number of seconds"),
         (None, "number of seconds"),
         (True, "number of seconds"),

@@ -288,6 +288,8 @@ async def test_instant_sleep_scale_and_validation() -> None:
         InstantSleep(scale=-1)
     with pytest.raises(SagaDefinitionError, match="finite number >= 0, got inf"):
         InstantSleep(scale=float("inf"))  # every retry would wait forever
+    with pytest.raises(SagaDefinitionError, match="finite number >= 0, got 1000"):
+        InstantSleep(scale=10**400)  # too large for a float: a bare OverflowError
 
 
 class Bank:

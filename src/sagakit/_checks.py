@@ -41,6 +41,15 @@ def is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def as_float(value: int | float) -> float:
+    """``value`` as a float; an int too large for one (``10**400``) is infinity, which
+    the checks refuse as not finite (``float()`` raised a bare ``OverflowError``)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def check_seconds(
     value: object,
     what: str,
@@ -52,7 +61,7 @@ def check_seconds(
     (``error``: a store's settings raise ``StoreConfigError``)."""
     if not is_number(value):
         raise error(f"{what} must be a number of seconds, got {value!r}")
-    seconds = float(value)
+    seconds = as_float(value)
     if math.isnan(seconds) or math.isinf(seconds):
         raise error(f"{what} must be a finite number of seconds, got {value!r}")
     if seconds < 0 or (seconds == 0 and not allow_zero):
@@ -104,6 +113,7 @@ def check_not_method_object(fn: object, decorator: str) -> None:
 
 __all__ = [
     "MAX_COUNT",
+    "as_float",
     "check_count",
     "check_flag",
     "check_not_method_object",

@@ -6,7 +6,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from ._checks import check_seconds, is_number
+from ._checks import as_float, check_seconds, is_number
 from ._tracebacks import hide_from_pytest
 from .exceptions import SagaDefinitionError
 
@@ -45,7 +45,9 @@ class Retry:
         check_seconds(self.backoff, "Retry(backoff=...)", allow_zero=True)
         check_seconds(self.max_backoff, "Retry(max_backoff=...)", allow_zero=True)
         if not (
-            is_number(self.multiplier) and self.multiplier >= 1 and math.isfinite(self.multiplier)
+            is_number(self.multiplier)
+            and self.multiplier >= 1
+            and math.isfinite(as_float(self.multiplier))
         ):
             raise SagaDefinitionError(
                 f"Retry(multiplier=...) must be a finite number >= 1, got {self.multiplier!r}"

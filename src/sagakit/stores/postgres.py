@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._cadence import failure_level
-from .._checks import check_flag
+from .._checks import as_float, check_flag
 from .._runs import unended
 from .._serialization import JsonSerializer
 from .._shielding import CancellationWatch, wait_out
@@ -129,7 +129,7 @@ def _unbound(holder: SagaRunView | OrphanedSaga | None) -> bool:
 def _positive(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise StoreConfigError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
+    return as_float(value)  # 10**400: infinity, refused as such below
 
 
 def _check_id(saga_id: str) -> None:

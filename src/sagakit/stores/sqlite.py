@@ -16,6 +16,7 @@ import math
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -139,6 +140,20 @@ def _forget_new(saga_id: str) -> Job:
     return job
 
 
+def _uri_path(uri: str) -> str:
+    """The file path of a ``file:`` SQLite URI (its query and fragment left out)."""
+    path = uri.removeprefix("file:").split("?", 1)[0].split("#", 1)[0]
+    if path.startswith("//"):  # file://host/path: the path starts at the host's end
+        path = path[2:].partition("/")[1] + path[2:].partition("/")[2]
+    return urllib.parse.unquote(path)
+
+
+def _in_memory_uri(uri: str) -> bool:
+    """Whether a ``file:`` SQLite URI names an in-memory database."""
+    query = urllib.parse.parse_qs(uri.partition("?")[2])
+    return _uri_path(uri) == ":memory:" or "memory" in query.get("mode", [])
+
+
 class SQLiteStore:
     """A durable saga log in one SQLite file; sagas survive the process.
 
@@ -209,6 +224,11 @@ class SQLiteStore:
             raise StoreConfigError(
                 f"SQLiteStore's path {path!r} contains a NUL character, which no file path "
                 "can hold; pass where the log lives: SQLiteStore('sagas.db')"
+            )
+        if path.startswith("file:") and not _in_memory_uri(path):
+            raise StoreConfigError(
+                f"SQLiteStore takes a file path, not a SQLite URI, got {path!r}; pass the "
+                f"path: SQLiteStore({_uri_path(path)!r}) (read_only=True to open it read-only)"
             )
         if path == ":memory:" or path.startswith("file:"):
             raise StoreConfigError(

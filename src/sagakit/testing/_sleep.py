@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 
+from .._checks import as_float
 from ..exceptions import SagaDefinitionError
 
 
@@ -20,12 +21,12 @@ class InstantSleep:
         if (
             isinstance(scale, bool)
             or not isinstance(scale, int | float)
-            or not 0 <= scale < math.inf
+            or not 0 <= as_float(scale) < math.inf
         ):
             raise SagaDefinitionError(
                 f"InstantSleep(scale=...) must be a finite number >= 0, got {scale!r}"
             )
-        self.scale = float(scale)
+        self.scale = as_float(scale)
         self.delays: list[float] = []
 
     async def __call__(self, seconds: float) -> None:
