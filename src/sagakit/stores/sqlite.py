@@ -454,9 +454,12 @@ class SQLiteStore:
                     raise CommittedThenCancelled(None) from None
             if transition.kind is ON_SAGA_FINISHED and not self._writer.usable:
                 self._end_refused.add(run.id)
-            if carried and not unlogged:
+            if carried and (not unlogged or isinstance(error, asyncio.CancelledError)):
                 # Not committed (dropped as its caller was cancelled, or rolled back): the
                 # staged transitions happened all the same; they go with the next write.
+                # So does the row of a run whose first write was dropped unsent: its end
+                # is told, and must be in the log (only a row that failed to commit
+                # leaves the id unwritten).
                 self._staged[run.id] = job[:carried]
             raise
         self._committed(run.id, transition)
