@@ -247,6 +247,24 @@ async def test_lowering_a_memory_store_history_limit_trims_the_history() -> None
     assert await orchestrator.history_count() == 0
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("limit", [-1, None, "5", 1.5, True])
+async def test_a_memory_store_history_limit_set_to_no_whole_number_is_refused(
+    limit: Any,
+) -> None:
+    # Regression: the attribute took it, and the next saga's end failed after its steps
+    # had run: execute() raised a bare TypeError (None, "5") or KeyError (-1, which also
+    # emptied the history, that saga included); 1.5 kept one run.
+    store = MemoryStore(history_limit=10)
+    orchestrator = SagaOrchestrator(store)
+    await orchestrator.execute(SagaDefinition("dc-l0").add_step(dc_ga_step(0)))
+    with pytest.raises(StoreConfigError, match="history_limit must be a whole number >= 0"):
+        store.history_limit = limit
+    assert store.history_limit == 10
+    await orchestrator.execute(SagaDefinition("dc-l1").add_step(dc_ga_step(1)))
+    assert [m.id for m in await orchestrator.get_history()] == ["dc-l0", "dc-l1"]
+
+
 @pytest.mark.parametrize("steps", [dc_ga_step(1), 5, None])
 def test_a_builder_definition_refuses_steps_that_are_not_a_collection(steps: object) -> None:
     # A single step call (or any non-iterable) was a bare "'StepCall' object is not iterable".

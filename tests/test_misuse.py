@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any
 
 import pytest
@@ -389,6 +389,52 @@ def test_a_listener_that_cannot_take_the_transition_is_refused_when_added(
     message = str(raised.value)
     assert f"called with one argument, the Transition, but {name} cannot take it" in message
     assert "def listener(transition)" in message
+
+
+def _generator_listener(transition: object) -> Iterator[None]:
+    yield
+
+
+async def _async_generator_listener(transition: object) -> AsyncIterator[None]:
+    yield
+
+
+class _AsyncGeneratorCall:
+    async def __call__(self, transition: object) -> AsyncIterator[None]:
+        yield
+
+
+class _GeneratorMethod:
+    def method(self, transition: object) -> Iterator[None]:
+        yield
+
+
+@pytest.mark.parametrize(
+    ("listener", "name", "kind"),
+    [
+        (_generator_listener, "_generator_listener", "a generator"),
+        (_async_generator_listener, "_async_generator_listener", "an async generator"),
+        (_AsyncGeneratorCall(), "_AsyncGeneratorCall.__call__", "an async generator"),
+        (_GeneratorMethod().method, "_GeneratorMethod.method", "a generator"),
+        (functools.partial(_generator_listener), "_generator_listener", "a generator"),
+    ],
+)
+@pytest.mark.parametrize("how", ["add_listener", "listeners="])
+def test_a_generator_listener_is_refused_when_added(
+    listener: Any, name: str, kind: str, how: str
+) -> None:
+    # Regression: it was accepted, and each call only made a generator, never run, so the
+    # listener heard nothing, silently (what a listener returns is ignored unless awaitable).
+    add: Callable[[Any], object] = (
+        SagaOrchestrator().add_listener
+        if how == "add_listener"
+        else lambda one: SagaOrchestrator(listeners=[one])
+    )
+    with pytest.raises(SagaDefinitionError) as raised:
+        add(listener)
+    message = str(raised.value)
+    assert f"a listener is called once per transition, but {name} is {kind} function" in message
+    assert "remove the 'yield'" in message
 
 
 def _with_defaults(transition: object, extra: object = None, *, more: object = None) -> None:

@@ -106,6 +106,36 @@ async def test_generated_id_cancelled_during_its_first_write_is_not_left_executi
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])  # FULL: on the writer thread
+async def test_a_generated_id_cancelled_during_its_first_write_is_told_as_the_log_has_it(
+    tmp_path: Path, synchronous: Any
+) -> None:
+    # Regression: the dropped first write carried the saga's row, which the store then
+    # forgot; its end wrote nothing, yet listeners and the log heard it start and finish
+    # COMPENSATED while get_saga() and the history knew nothing of it.
+    RAN.clear()
+    recorder = SagaRecorder()
+    store = SQLiteStore(tmp_path / "sagas.db", synchronous=synchronous)
+    async with SagaOrchestrator(store, listeners=[recorder]) as orchestrator:
+        blocker = await _start_blocker(orchestrator)
+        task = asyncio.create_task(orchestrator.execute(cw_pair()))
+        await _cancel_while_first_write_is_queued(task)
+        GATE["blocker"].set()
+        await blocker
+        [saga_id] = [t.saga_id for t in recorder.transitions if t.saga_name == "cw_pair"][:1]
+        meta = await orchestrator.get_saga(saga_id)
+        history = [m.id for m in await orchestrator.get_history()]
+    recorder.run(saga_id).assert_trail("saga_started", "saga_finished compensated")
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert [(s.name, s.status, s.error) for s in meta.steps] == [
+        ("cw_act", "failed", "CancelledError: cancelled before the step started")
+    ]
+    assert saga_id in history
+    assert RAN == []  # step 0 never started: nothing ran, nothing was undone
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])  # FULL: on the writer thread
 async def test_explicit_id_cancelled_during_begin_is_not_left_executing(
     tmp_path: Path, synchronous: Any
 ) -> None:

@@ -1004,6 +1004,63 @@ async def test_a_lost_commit_of_a_staged_completion_undoes_that_step(db: str) ->
     assert _logged_steps(db, "lost-1") == [(0, "completed"), (1, "failed")]
 
 
+def _fail_first_writes(store: SQLiteStore, failures: int) -> None:
+    """Fail the first ``failures`` commits (rolled back: nothing of them is written)."""
+    submit = store._writer.submit
+    left = [failures]
+
+    async def failing(job: Job, *, alone: bool) -> Any:
+        if left[0] > 0:
+            left[0] -= 1
+            raise StoreError("disk full")
+        return await submit(job, alone=alone)
+
+    store._writer.submit = failing  # type: ignore[method-assign]
+
+
+@pytest.mark.asyncio
+async def test_a_generated_id_whose_first_commit_fails_is_logged_as_it_is_told(db: str) -> None:
+    # Regression: the failed commit carried the saga's row, which the store then forgot;
+    # the run's end wrote nothing, yet listeners heard it finish COMPENSATED while
+    # get_saga() and the history knew nothing of it.
+    heard: list[Transition] = []
+    store = SQLiteStore(db)
+    _fail_first_writes(store, 1)
+    async with SagaOrchestrator(store, listeners=[heard.append]) as orchestrator:
+        with pytest.raises(StoreError, match="disk full"):
+            await orchestrator.execute(sqlite_move("A", "B", 5))
+        saga_id = heard[0].saga_id
+        meta = await orchestrator.get_saga(saga_id)
+        history = [m.id for m in await orchestrator.get_history()]
+    assert calls == []  # step 0's start was not written: it never ran
+    assert [(str(t.kind), t.status) for t in heard] == [
+        ("saga_started", SagaStatus.EXECUTING),
+        ("saga_finished", SagaStatus.COMPENSATED),
+    ]
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert history == [saga_id]
+    assert _logged_steps(db, saga_id) == [(0, "failed")]
+
+
+@pytest.mark.asyncio
+async def test_a_generated_id_whose_writes_all_fail_is_stopped_not_finished(db: str) -> None:
+    # Its end cannot be written either: listeners hear SAGA_STOPPED, as for any run whose
+    # end the log could not record, and nothing of it is written once it is forgotten
+    # (its row alone would leave it executing under this live process).
+    heard: list[str] = []
+    store = SQLiteStore(db)
+    _fail_first_writes(store, 2)
+    async with SagaOrchestrator(store, listeners=[lambda t: heard.append(str(t.kind))]) as orch:
+        with pytest.raises(StoreError, match="disk full"):
+            await orch.execute(sqlite_move("A", "B", 5))
+        running = await orch.get_running_sagas()
+        history = await orch.get_history()
+    assert calls == []
+    assert heard == ["saga_stopped"]
+    assert (running, history) == ([], [])
+
+
 def test_group_commit_keeps_each_jobs_statements_in_order() -> None:
     # Statements of a batch are grouped by SQL text across jobs; a job's own order
     # (insert a row, then update it) must survive, even when another job of the batch

@@ -103,9 +103,8 @@ async def test_get_saga_refuses_an_id_that_is_no_string(
         await orchestrator.close()
 
 
-def _id_methods(store: Any) -> dict[str, Callable[[], Any]]:
-    """Every public method of ``store`` taking a saga id, called with the number 123."""
-    bad: Any = 123
+def _id_methods(store: Any, bad: Any = 123) -> dict[str, Callable[[], Any]]:
+    """Every public method of ``store`` taking a saga id, called with ``bad`` for it."""
     calls: dict[str, Callable[[], Any]] = {"get()": lambda: store.get(bad)}
     if store.durable:
         calls |= {
@@ -144,6 +143,32 @@ async def test_store_methods_refuse_an_id_that_is_no_string_alike(
         assert found.id == "123"
         with pytest.raises(SagaDefinitionError, match=re.escape("get_saga() takes a saga id")):
             await orchestrator.get_saga(123)  # type: ignore[arg-type]
+    finally:
+        await orchestrator.close()
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "durable"])
+async def test_store_methods_refuse_an_id_that_is_no_valid_text_alike(
+    durable_store: Callable[[], Any], store_kind: str
+) -> None:
+    # Regression: get_saga() of an id with a lone surrogate (bytes decoded with
+    # errors="surrogateescape", as sys.argv is; execute() refuses such an id) found
+    # nothing in memory, and failed with the driver's UnicodeEncodeError in SQLite and
+    # PostgreSQL (`sagakit show` printed its traceback), as did every other id method.
+    store = MemoryStore() if store_kind == "memory" else durable_store()
+    orchestrator = await _two_finished(store)
+    try:
+        for where, call in _id_methods(store, "o-\udcff").items():
+            with pytest.raises(SagaDefinitionError) as caught:
+                await call() if where != "owns()" else call()
+            assert str(caught.value).startswith(
+                f"{where} takes a saga id of valid Unicode text, got 'o-\\udcff'"
+            )
+        with pytest.raises(
+            SagaDefinitionError, match=re.escape("get_saga() takes a saga id of valid Unicode")
+        ):
+            await orchestrator.get_saga("o-\udcff")
+        assert await orchestrator.get_saga("o-\ufffd") is None  # decoded with "replace"
     finally:
         await orchestrator.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import weakref
@@ -54,6 +55,7 @@ from ._members import (
     STEP_RUNNING,
     STEP_TIMED_OUT,
 )
+from ._names import qualname_of
 from ._notify import Listener, level_of, log_unwritten, logger, tell, tell_each, unwritten_what
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
@@ -195,6 +197,26 @@ def _gave_up(
             r.name for r, c, _ in reversed(done) if c._spec.compensation is not None
         )
         done.clear()
+
+
+def _check_listener_not_a_generator(listener: Listener) -> None:
+    """Refuse a generator (or async generator) function as a listener: each call would
+    only make a generator, which nothing runs, so it would hear nothing, silently."""
+    called: object = listener
+    if not (inspect.isroutine(listener) or isinstance(listener, functools.partial)):
+        called = type(listener).__call__  # an instance: its __call__ method
+    if inspect.isasyncgenfunction(called):
+        kind = "an async generator"
+    elif inspect.isgeneratorfunction(called):
+        kind = "a generator"
+    else:
+        return
+    function = listener.func if isinstance(listener, functools.partial) else called
+    raise SagaDefinitionError(
+        f"a listener is called once per transition, but {qualname_of(function)} is {kind} "
+        "function: a call only makes a generator, which nothing runs, so it would hear "
+        "nothing; remove the 'yield' (an 'async def' listener is awaited)"
+    )
 
 
 def _check_listener_signature(listener: Listener) -> None:
@@ -369,6 +391,7 @@ class SagaOrchestrator:
             raise SagaDefinitionError(f"a listener must be callable, got {listener!r}")
         if isinstance(listener, type):  # it would be called to make one, per transition
             raise not_the_class(listener, "a listener")
+        _check_listener_not_a_generator(listener)
         _check_listener_signature(listener)
         self._listeners = (*self._listeners, listener)
 

@@ -435,11 +435,22 @@ def store_serializer(serializer: object) -> JsonSerializer:
 def check_saga_id(saga_id: object, where: str) -> None:
     """Refuse a saga id that is not a string, given to the store method ``where``
     (``"get()"``), alike on every store: a dict or SQLite found nothing (or, through
-    SQLite's type affinity, the saga ``"123"`` for ``123``), PostgreSQL's driver failed."""
+    SQLite's type affinity, the saga ``"123"`` for ``123``), PostgreSQL's driver failed.
+    So is one with a lone surrogate, which ``execute()`` refuses (a dict found nothing,
+    the drivers failed to encode it)."""
     if not isinstance(saga_id, str):
         raise SagaDefinitionError(
             f"{where} takes a saga id string, got {saga_id!r}; pass the id as text"
         )
+    if not saga_id.isascii():
+        try:
+            saga_id.encode()
+        except UnicodeEncodeError as error:  # a lone surrogate: no saga has this id
+            raise SagaDefinitionError(
+                f"{where} takes a saga id of valid Unicode text, got {saga_id!r} "
+                f"({error.reason}), which no saga can have; decode it from bytes with "
+                "errors='replace'"
+            ) from None
 
 
 def check_text(text: object, what: str, where: str, fix: str) -> None:

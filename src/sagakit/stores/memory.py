@@ -36,6 +36,18 @@ class MemoryStore:
     durable = False
 
     def __init__(self, *, history_limit: int = DEFAULT_HISTORY_LIMIT) -> None:
+        self.history_limit = history_limit
+        self._running: dict[str, SagaRunView] = {}
+        self._history: OrderedDict[str, SagaRunView] = OrderedDict()
+
+    @property
+    def history_limit(self) -> int:
+        """How many finished runs are kept; lowered, the history is trimmed at the next end."""
+        return self._history_limit
+
+    @history_limit.setter
+    def history_limit(self, history_limit: int) -> None:
+        # Checked when set, not when the next saga ends (after its steps ran).
         if (
             isinstance(history_limit, bool)
             or not isinstance(history_limit, int)
@@ -44,9 +56,7 @@ class MemoryStore:
             raise StoreConfigError(
                 f"history_limit must be a whole number >= 0, got {history_limit!r}"
             )
-        self.history_limit = history_limit
-        self._running: dict[str, SagaRunView] = {}
-        self._history: OrderedDict[str, SagaRunView] = OrderedDict()
+        self._history_limit = history_limit
 
     async def begin(self, run: SagaRunView) -> SagaMetadata | None:
         return self._begin_now(run)
@@ -81,12 +91,13 @@ class MemoryStore:
         """:meth:`finish` without a coroutine (see :meth:`_begin_now`)."""
         self._running.pop(run.id, None)
         history = self._history
-        if self.history_limit == 0:
+        limit = self._history_limit
+        if limit == 0:
             history.clear()
             return
         history.pop(run.id, None)
         history[run.id] = run
-        while len(history) > self.history_limit:  # the limit may have been lowered
+        while len(history) > limit:  # the limit may have been lowered
             history.popitem(last=False)
 
     async def get(self, saga_id: str) -> SagaMetadata | None:

@@ -454,9 +454,10 @@ class SQLiteStore:
                     raise CommittedThenCancelled(None) from None
             if transition.kind is ON_SAGA_FINISHED and not self._writer.usable:
                 self._end_refused.add(run.id)
-            if carried and not unlogged:
+            if carried:
                 # Not committed (dropped as its caller was cancelled, or rolled back): the
-                # staged transitions happened all the same; they go with the next write.
+                # staged transitions happened all the same; they go with the next write,
+                # and so does the row of a run whose first write this was.
                 self._staged[run.id] = job[:carried]
             raise
         self._committed(run.id, transition)
@@ -665,8 +666,11 @@ class SQLiteStore:
                         saga_id,
                         extra={"saga_id": saga_id, "saga_name": run.name},
                     )
-            elif staged and not (unlogged and staged[0][0] is not INSERT_SAGA):
-                await self._write(staged)  # not left behind by any path that reached here
+            elif staged and not unlogged:
+                # Not left behind by any path that reached here. (The row of a run that
+                # never committed one is not written now: its end was not, and the row
+                # alone would leave it executing under this live process.)
+                await self._write(staged)
         finally:
             self._ended.discard(saga_id)
             self._end_refused.discard(saga_id)
