@@ -6,12 +6,17 @@
   run time: now refused when declared.
 - compensate_on_timeout / compensate_on_failure took any value through bool(): now only
   True or False.
+- A step call made as a statement in a saga (a forgotten ``yield``, a call left out of a
+  list saga's list) was dropped silently: now refused, naming the line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -345,3 +350,199 @@ def test_a_class_given_for_an_instance_is_refused_in_one_wording(
     assert str(info.value) == (
         f"{what} must be an instance, not the class {cls}; pass an instance: {cls}(...)"
     )
+
+
+# A step call made as a statement (a forgotten ``yield``, or a call left out of a list
+# saga's list) only builds the step: the saga skipped it silently. Now refused.
+
+
+@step
+async def dc_credit(account: str, amount: int) -> int:
+    return amount
+
+
+dc_bank = types.SimpleNamespace(credit=dc_credit)
+
+
+class DcAccount:
+    @step
+    async def dc_deposit(self, amount: int) -> int:
+        return amount
+
+
+dc_account = DcAccount()
+
+
+def _line(marker: str) -> str:
+    """``file:line`` of the line of this file ending with the comment ``# marker``."""
+    with open(__file__, encoding="utf-8") as source:
+        for number, text in enumerate(source, start=1):
+            if text.rstrip().endswith(f"# {marker}"):
+                return f"{os.path.basename(__file__)}:{number}"
+    raise AssertionError(marker)
+
+
+def test_a_generator_saga_calling_a_step_without_yield_is_refused_when_declared() -> None:
+    def dc_transfer(src: str, dst: str, amount: int) -> Any:
+        yield dc_credit(src, -amount)
+        dc_credit(dst, amount)  # forgotten-yield
+
+    with pytest.raises(SagaDefinitionError) as refused:
+        saga(dc_transfer)
+    message = str(refused.value)
+    assert "saga 'dc_transfer'" in message
+    assert "step 'dc_credit'" in message
+    assert _line("forgotten-yield") in message
+    assert "yield it: `yield dc_credit(...)`" in message
+
+
+def test_a_list_saga_with_a_step_call_left_out_of_its_list_is_refused() -> None:
+    def dc_transfer_list(src: str, dst: str, amount: int) -> list[StepCall[Any]]:
+        dc_credit(dst, amount)  # left-out
+        return [dc_credit(src, -amount)]
+
+    with pytest.raises(SagaDefinitionError) as refused:
+        saga(name="dc_transfer_list")(dc_transfer_list)
+    message = str(refused.value)
+    assert "saga 'dc_transfer_list'" in message
+    assert _line("left-out") in message
+    assert "put it in the returned list" in message
+
+
+def _dc_in_a_branch(flag: bool) -> Any:
+    if flag:
+        dc_credit("A", 1)  # in-a-branch
+    yield dc_credit("B", 1)
+
+
+def _dc_in_a_loop(accounts: list[str]) -> Any:
+    for account in accounts:
+        with contextlib.suppress(KeyError):
+            try:
+                yield dc_credit(account, 1)
+            finally:
+                dc_credit(account, 2)  # in-a-loop
+
+
+def _dc_through_a_namespace() -> Any:
+    dc_bank.credit("A", 1)  # through-a-namespace
+    yield dc_credit("B", 1)
+
+
+def _dc_through_an_instance() -> Any:
+    dc_account.dc_deposit(1)  # through-an-instance
+    yield dc_account.dc_deposit(2)
+
+
+def _dc_list_in_a_loop(accounts: list[str]) -> list[StepCall[Any]]:
+    calls = []
+    for account in accounts:
+        dc_credit(account, 1)  # list-in-a-loop
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("fn", "marker"),
+    [
+        (_dc_in_a_branch, "in-a-branch"),
+        (_dc_in_a_loop, "in-a-loop"),
+        (_dc_through_a_namespace, "through-a-namespace"),
+        (_dc_through_an_instance, "through-an-instance"),
+        (_dc_list_in_a_loop, "list-in-a-loop"),
+    ],
+)
+def test_a_discarded_step_call_is_found_in_any_statement(
+    fn: Callable[..., Any], marker: str
+) -> None:
+    with pytest.raises(SagaDefinitionError, match=r"step 'dc_(credit|deposit)'") as refused:
+        saga(fn)
+    assert _line(marker) in str(refused.value)
+
+
+@saga
+def dc_late_saga(amount: int) -> Any:
+    dc_late_step(amount)  # late-step
+    yield dc_credit("A", amount)
+
+
+@step
+async def dc_late_step(amount: int) -> int:
+    return amount
+
+
+def test_a_step_declared_after_its_saga_is_checked_when_the_saga_is_first_called() -> None:
+    for _ in range(2):  # refused every time, not only the first
+        with pytest.raises(SagaDefinitionError, match="step 'dc_late_step'") as refused:
+            dc_late_saga(1)
+        assert _line("late-step") in str(refused.value)
+
+
+def test_a_step_from_the_enclosing_function_declared_after_the_saga_is_checked() -> None:
+    @saga
+    def dc_closure_saga() -> list[StepCall[Any]]:
+        dc_later("A", 1)  # later-in-closure
+        return [dc_credit("A", 1)]
+
+    @step
+    async def dc_later(account: str, amount: int) -> int:
+        return amount
+
+    with pytest.raises(SagaDefinitionError, match="step 'dc_later'") as refused:
+        dc_closure_saga()
+    assert _line("later-in-closure") in str(refused.value)
+    assert "put it in the returned list" in str(refused.value)
+
+
+@pytest.mark.asyncio
+async def test_sagas_that_keep_every_step_call_are_not_refused() -> None:
+    log: list[str] = []
+
+    @saga
+    def dc_good_generator(accounts: list[str]) -> Any:
+        print("start")  # a call that is no step
+        log.append("start")
+        first = dc_credit(accounts[0], 1)
+        yield first
+        total = yield from dc_credit(accounts[1], 2)
+        if total:
+            yield dc_bank.credit(accounts[0], 3)
+        else:
+            yield dc_credit(accounts[0], 4)
+
+        def not_the_saga_body() -> None:
+            dc_credit("X", 9)  # a nested function's statement is its own
+
+        class NotTheSagaBody:
+            dc_credit("X", 9)  # nor a class body's
+
+    @saga
+    def dc_good_list(accounts: list[str]) -> list[StepCall[Any]]:
+        calls = []
+        for account in accounts:
+            calls.append(dc_credit(account, 1))
+        (lambda: dc_credit("X", 9))()
+        return calls if accounts else [dc_credit("A", 1)]
+
+    @saga
+    def dc_shadowing(dc_credit: Callable[..., Any] = log.append) -> Any:
+        dc_credit("a parameter named as a step is not the step")
+        yield dc_bank.credit("A", 1)
+
+    orchestrator = SagaOrchestrator()
+    assert await orchestrator.execute(dc_shadowing()) == [1]
+    assert await orchestrator.execute(dc_good_generator(["A", "B"])) == [1, 2, 3]
+    assert await orchestrator.execute(dc_good_list(["A", "B"])) == [1, 1]
+
+
+@pytest.mark.asyncio
+async def test_a_saga_whose_source_cannot_be_read_is_not_checked() -> None:
+    namespace = {"dc_credit": dc_credit, "saga": saga}
+    exec(  # no source file: inspect.getsource fails
+        "@saga\n"
+        "def dc_exec_saga(amount):\n"
+        "    dc_credit('A', amount)\n"
+        "    yield dc_credit('B', amount)\n",
+        namespace,
+    )
+    dc_exec_saga = namespace["dc_exec_saga"]
+    assert await SagaOrchestrator().execute(dc_exec_saga(5)) == [5]

@@ -1,0 +1,178 @@
+"""Step calls a saga's function makes as statements, found in its source.
+
+Calling a step only builds a step call: the saga runs what its generator yields or what
+its list function returns. ``credit(dst, amount)`` written as a statement (a forgotten
+``yield``, or a call left out of the returned list) is dropped, and the saga completes
+one step short. Read once per ``@saga`` function with :mod:`ast`, never per run.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import inspect
+import weakref
+from collections.abc import Callable
+from types import CodeType, FunctionType
+from typing import Any, NamedTuple
+
+from ._steps import Step, _BoundStep
+from ._tracebacks import hide_from_pytest
+from .exceptions import SagaDefinitionError
+
+# pytest shows a failing test's line, not this module's code (see _tracebacks).
+__tracebackhide__ = hide_from_pytest
+
+
+class CallStatement(NamedTuple):
+    """A statement ``a.b.c(...)`` in a saga's body: the dotted name called, and its line."""
+
+    path: tuple[str, ...]
+    line: int
+
+
+_UNRESOLVED = object()
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_STATEMENTS = (ast.stmt, ast.excepthandler, ast.match_case)
+# Per code object: a saga declared inside a function is declared again on every call.
+_statements_of: weakref.WeakKeyDictionary[CodeType, tuple[CallStatement, ...]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def check_discarded_steps(
+    fn: Callable[..., Any], saga_name: str, statements: tuple[CallStatement, ...] | None = None
+) -> tuple[CallStatement, ...]:
+    """Raise :class:`SagaDefinitionError` for a statement of ``fn`` calling a step.
+
+    ``statements``: those left to check (``None``: all of ``fn``'s). Returns the ones
+    whose name does not resolve yet (a step declared below the saga), to check again at
+    the saga's first call; a function whose source cannot be read is not checked.
+    """
+    try:
+        function = inspect.unwrap(fn)
+    except ValueError:  # a cycle of __wrapped__
+        return ()
+    if not isinstance(function, FunctionType):
+        return ()
+    if statements is None:
+        statements = _call_statements(function)
+    unresolved = []
+    for statement in statements:
+        found = _resolve(function, statement.path)
+        if found is _UNRESOLVED:
+            unresolved.append(statement)
+        elif isinstance(found, Step | _BoundStep):
+            raise _discarded(function, saga_name, statement, found)
+    return tuple(unresolved)
+
+
+def _discarded(
+    function: FunctionType,
+    saga_name: str,
+    statement: CallStatement,
+    found: Step[Any, Any] | _BoundStep[Any, Any],
+) -> SagaDefinitionError:
+    called = ".".join(statement.path)
+    fix = (
+        f"yield it: `yield {called}(...)`"
+        if inspect.isgeneratorfunction(function)
+        else f"put it in the returned list: `return [..., {called}(...)]`"
+    )
+    step_name = found._self_parent.name if isinstance(found, _BoundStep) else found.name
+    return SagaDefinitionError(
+        f"saga {saga_name!r} calls step {step_name!r} as a statement at "
+        f"{function.__code__.co_filename}:{statement.line}: calling a step only builds "
+        f"the step call, so the saga would skip it; {fix}"
+    )
+
+
+def _call_statements(function: FunctionType) -> tuple[CallStatement, ...]:
+    """The statements of ``function``'s own body (not of functions or classes in it)
+    calling a dotted name that is not one of its local variables."""
+    code = function.__code__
+    known = _statements_of.get(code)
+    if known is None:
+        known = _statements_of[code] = tuple(_find_call_statements(function))
+    return known
+
+
+def _find_call_statements(function: FunctionType) -> list[CallStatement]:
+    found = _parsed(function)
+    if found is None:
+        return []
+    body, first_line = found
+    code = function.__code__
+    local = {*code.co_varnames, *code.co_cellvars}
+    statements = []
+    pending: list[ast.AST] = list(body.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+            path = _dotted(node.value.func)
+            if path and path[0] not in local:
+                statements.append(CallStatement(path, first_line + node.lineno - 1))
+        elif not isinstance(node, _SCOPES):
+            pending.extend(n for n in ast.iter_child_nodes(node) if isinstance(n, _STATEMENTS))
+    return sorted(statements, key=lambda statement: statement.line)
+
+
+def _parsed(function: FunctionType) -> tuple[ast.FunctionDef, int] | None:
+    """``function``'s syntax tree and the line it starts on, or ``None`` without source."""
+    try:
+        lines, first_line = inspect.getsourcelines(function)
+        source = "".join(lines)
+        if source[:1].isspace():  # declared in a block: parse it in one
+            source, first_line = "if True:\n" + source, first_line - 1
+        tree = ast.parse(source)
+    except Exception:  # no source (exec'd code, a REPL) or none Python can parse
+        return None
+    node = tree.body[0] if tree.body else None
+    if isinstance(node, ast.If):
+        node = node.body[0]
+    if not isinstance(node, ast.FunctionDef) or node.name != function.__code__.co_name:
+        return None  # a lambda, or a source file changed since it was imported
+    return node, first_line
+
+
+def _dotted(node: ast.expr) -> tuple[str, ...]:
+    """``("a", "b", "c")`` for the expression ``a.b.c``; empty for anything else."""
+    names: list[str] = []
+    while isinstance(node, ast.Attribute):
+        names.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return ()
+    names.append(node.id)
+    return tuple(reversed(names))
+
+
+def _resolve(function: FunctionType, path: tuple[str, ...]) -> object:
+    """What the dotted name ``path`` is in ``function`` now, read without running any
+    code (no property or ``__getattr__``); ``_UNRESOLVED`` if not there yet."""
+    root, *attributes = path
+    value: object = _UNRESOLVED
+    code = function.__code__
+    if root in code.co_freevars:
+        cell = (function.__closure__ or ())[code.co_freevars.index(root)]
+        try:
+            value = cell.cell_contents
+        except ValueError:  # assigned below the saga in the enclosing function
+            return _UNRESOLVED
+    elif root in function.__globals__:
+        value = function.__globals__[root]
+    else:
+        value = vars(builtins).get(root, _UNRESOLVED)
+    for attribute in attributes:
+        if value is _UNRESOLVED:
+            break
+        try:
+            value = inspect.getattr_static(value, attribute, _UNRESOLVED)
+        except Exception:  # an object that cannot be looked into: not a step
+            return None
+        if isinstance(value, staticmethod | classmethod):
+            value = value.__func__
+    return value
+
+
+__all__ = ["CallStatement", "check_discarded_steps"]
