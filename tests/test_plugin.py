@@ -418,6 +418,46 @@ def test_skipped(saga_faults):
     result.stdout.no_fnmatch_line("*contextlib*")
 
 
+def test_a_fault_never_fired_is_shown_on_a_failure_pytest_shows_by_its_message_alone(
+    pytester: pytest.Pytester,
+) -> None:
+    # Regression: pytest shows a `pytest.fail(..., pytrace=False)` by its message alone,
+    # without its notes, so the note saying why (a misspelt step) was lost, and the test's
+    # teardown, told it was said, said nothing either. The same with a `with` block.
+    write_ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+from sagakit.testing import FaultInjector
+
+def check_failed(saga_orchestrator):
+    pytest.fail("the order should have failed", pytrace=False)
+
+@pytest.mark.asyncio
+async def test_fixture(saga_orchestrator, saga_faults):
+    saga_faults.fail("shpi")
+    await saga_orchestrator.execute(order("x"))
+    check_failed(saga_orchestrator)
+
+@pytest.mark.asyncio
+async def test_block(saga_orchestrator):
+    with FaultInjector().fail("shpi", index=1):
+        await saga_orchestrator.execute(order("x"))
+        check_failed(saga_orchestrator)
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=2)
+    for test in ("test_fixture", "test_block"):
+        result.stdout.fnmatch_lines(
+            [
+                f"*_ {test} _*",
+                "the order should have failed",
+                "FaultInjector: no step is named 'shpi' (did you mean 'ship'?)*",
+            ]
+        )
+
+
 def test_an_index_fault_that_never_fired_is_noted_on_the_test_failure(
     pytester: pytest.Pytester,
 ) -> None:

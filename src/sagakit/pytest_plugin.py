@@ -237,10 +237,7 @@ def _note_faults_never_fired(item: pytest.Item, error: BaseException) -> None:
     faults = sys.modules.get("sagakit.testing._faults")  # imported if the fixture ran
     if faults is None or not isinstance(injector, faults.FaultInjector):
         return
-    notes = injector._failure_notes()
-    for note in notes:
-        error.add_note(note)
-    if notes:
+    if injector._note_failure(error):
         item.stash[_FAULTS_NOTED] = True  # said once: the fixture's teardown says no more
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
@@ -185,6 +186,19 @@ def _check_skip(value: object) -> int:
             f"before it hits), got {value!r}"
         )
     return value
+
+
+def add_notes(error: BaseException, notes: list[str]) -> None:
+    """Add ``notes`` to ``error``; to its message if it is a ``pytest.fail(...,
+    pytrace=False)``, which pytest shows by its message alone, without notes."""
+    if notes and "pytest" in sys.modules:
+        import pytest
+
+        if isinstance(error, pytest.fail.Exception) and not error.pytrace:
+            error.msg = "\n".join([error.msg, *notes] if error.msg else notes)
+            return
+    for note in notes:
+        error.add_note(note)
 
 
 class _Scope:
@@ -558,12 +572,18 @@ class FaultInjector:
         notes = (self._unknown_steps(), self._index_misses(), self._never_fired())
         return [note for note in notes if note]
 
+    def _note_failure(self, error: BaseException) -> bool:
+        """Note on ``error``, the failure of a block (or test), its faults that never
+        fired; whether there were any."""
+        notes = self._failure_notes()
+        add_notes(error, notes)
+        return bool(notes)
+
     def _check_steps(self, error: BaseException | None) -> None:
         """At the end of a block: refuse faults on unknown steps (noted on ``error``)."""
         __tracebackhide__ = True  # pytest shows the test's `with` line
         if error is not None:  # the block failed, perhaps because a fault never fired
-            for note in self._failure_notes():
-                error.add_note(note)
+            self._note_failure(error)
             return
         problem = self._unknown_steps()
         if problem is not None:
