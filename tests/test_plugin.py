@@ -418,6 +418,33 @@ def test_skipped(saga_faults):
     result.stdout.no_fnmatch_line("*contextlib*")
 
 
+def test_the_saga_faults_injector_entered_again_says_a_misspelt_step_once(
+    pytester: pytest.Pytester,
+) -> None:
+    # Regression: `with saga_faults.fail("shpi"):` raised the misspelt step at the end of
+    # its block, and the fixture noted the same line again on that error (or, when the
+    # block failed, both noted it).
+    write_ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+@pytest.mark.asyncio
+async def test_block_passes(saga_orchestrator, saga_faults):
+    with saga_faults.fail("shpi"):
+        await saga_orchestrator.execute(order("x"))
+
+@pytest.mark.asyncio
+async def test_block_fails(saga_orchestrator, saga_faults):
+    with saga_faults.fail("shpi"), pytest.raises(StepFailed):
+        await saga_orchestrator.execute(order("x"))
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--tb=short")
+    result.assert_outcomes(failed=2)
+    said = [line for line in result.outlines if "no step is named 'shpi'" in line]
+    assert len(said) == 2, result.outlines  # once per test
+
+
 def test_a_fault_never_fired_is_shown_on_a_failure_pytest_shows_by_its_message_alone(
     pytester: pytest.Pytester,
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from difflib import get_close_matches
@@ -189,15 +189,20 @@ def _check_skip(value: object) -> int:
 
 
 def add_notes(error: BaseException, notes: list[str]) -> None:
-    """Add ``notes`` to ``error``; to its message if it is a ``pytest.fail(...,
-    pytrace=False)``, which pytest shows by its message alone, without notes."""
-    if notes and "pytest" in sys.modules:
+    """Add to ``error`` those of ``notes`` it does not say yet (its message, or a block
+    around it, may); to its message if it is a ``pytest.fail(..., pytrace=False)``, which
+    pytest shows by its message alone, without notes."""
+    said = [note for note in getattr(error, "__notes__", ()) if isinstance(note, str)]
+    with suppress(Exception):  # an exception whose str() raises says nothing
+        said.append(str(error))
+    new = [note for note in notes if not any(note in text for text in said)]
+    if new and "pytest" in sys.modules:
         import pytest
 
         if isinstance(error, pytest.fail.Exception) and not error.pytrace:
-            error.msg = "\n".join([error.msg, *notes] if error.msg else notes)
+            error.msg = "\n".join([error.msg, *new] if error.msg else new)
             return
-    for note in notes:
+    for note in new:
         error.add_note(note)
 
 
@@ -218,32 +223,53 @@ class _Scope:
     def fault_for(
         self, step: Step[Any, Any], attempt: int, *, compensation: bool
     ) -> BaseException | SimulatedTimeout | CrashAfter | None:
-        if self.open:
-            inner = self.inner
+        return self._ask(step, attempt, compensation, ())
+
+    def _ask(
+        self,
+        step: Step[Any, Any],
+        attempt: int,
+        compensation: bool,
+        asked: tuple[FaultInjector, ...],
+    ) -> BaseException | SimulatedTimeout | CrashAfter | None:
+        """The fault for this attempt; ``asked``: the injectors of the blocks inside this
+        one, asked already (an injector entered again in its own block, as with
+        ``with saga_faults.fail(...):``, is asked once, by its innermost block)."""
+        inner = self.inner
+        if self.open and not any(inner is injector for injector in asked):
             if isinstance(inner, FaultInjector):
                 aimed = _started_in(self.base)
                 fault = inner._fault_for(step, attempt, compensation, aimed=aimed)
+                asked = (*asked, inner)
             else:
                 fault = inner.fault_for(step, attempt, compensation=compensation)
             if fault is not None:
-                _note_ran_around(self.outer, step, attempt, compensation)
+                _note_ran_around(self.outer, step, attempt, compensation, asked)
                 return fault
-        if self.outer is None:
-            return None
-        return self.outer.fault_for(step, attempt, compensation=compensation)
+        outer = self.outer
+        if isinstance(outer, _Scope):
+            return outer._ask(step, attempt, compensation, asked)
+        return None if outer is None else outer.fault_for(step, attempt, compensation=compensation)
 
 
 def _note_ran_around(
-    scope: FaultPlan | None, step: Step[Any, Any], attempt: int, compensation: bool
+    scope: FaultPlan | None,
+    step: Step[Any, Any],
+    attempt: int,
+    compensation: bool,
+    asked: tuple[FaultInjector, ...],
 ) -> None:
     """Tell the injectors of the open scopes around one that answered a fault for this
     attempt (so asked them nothing) that it ran: their faults on it did not fire because
-    it never ran, but because a fault nearer came first."""
+    it never ran, but because a fault nearer came first. Those in ``asked`` know."""
     while isinstance(scope, _Scope):
-        if scope.open and isinstance(scope.inner, FaultInjector):
-            scope.inner._ran.setdefault((id(step), attempt, compensation), step)
+        inner = scope.inner
+        known = any(inner is injector for injector in asked)
+        if scope.open and isinstance(inner, FaultInjector) and not known:
+            asked = (*asked, inner)
+            inner._ran.setdefault((id(step), attempt, compensation), step)
             aimed = _started_in(scope.base)
-            scope.inner._count_skipped(step, attempt, compensation, aimed=aimed)
+            inner._count_skipped(step, attempt, compensation, aimed=aimed)
         scope = scope.outer
 
 
