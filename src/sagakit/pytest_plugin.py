@@ -436,9 +436,11 @@ def _async_fixtures(config: pytest.Config) -> object:
         ) -> AsyncIterator[SagaOrchestrator]:
             """A fresh orchestrator on ``saga_store``, recorded by ``saga_recorder``,
             sleeping ``saga_sleep``. It opens the store (if it has an ``open()``) and closes
-            it at the test's teardown, before the teardown of ``saga_store`` runs (a
-            ``saga_store`` of a wider scope is left open for the tests after; its fixture
-            closes it). A synchronous test may use it."""
+            it at the test's teardown, before the teardown of ``saga_store`` runs. A
+            ``saga_store`` of a wider scope is its own fixture's: opened there or on first
+            use, in the loop of the test using it (not this fixture's loop, which a
+            ``PostgresStore`` would bind to), and closed there. A synchronous test may use
+            it."""
             from sagakit import SagaOrchestrator
 
             problem = _store_problem(saga_store)
@@ -446,7 +448,6 @@ def _async_fixtures(config: pytest.Config) -> object:
                 pytest.fail(problem, pytrace=False)
             orchestrator = SagaOrchestrator(saga_store, listeners=[saga_recorder], sleep=saga_sleep)
             if _store_scope(request) != "function":
-                await _open(saga_store)
                 yield orchestrator
                 return
             async with orchestrator:
