@@ -25,7 +25,7 @@ from .._hooks import (
     forget_crashes,
 )
 from .._runs import SagaRun, current_run
-from .._steps import COMPENSATED_NAMES, DEFINED_NAMES, Step, StepCall
+from .._steps import COMPENSATED_NAMES, COMPENSATION_OF, DEFINED_NAMES, Step, StepCall
 from .._tracebacks import hide_from_pytest
 from ..exceptions import SagaDefinitionError
 from ..stores import SagaStore, SQLiteStore
@@ -122,6 +122,8 @@ def _check_target(target: object, method: str) -> str | Step[Any, Any]:
         return target.__func__  # a class method step looked up, from Python 3.13
     if isinstance(target, StepCall):
         raise SagaDefinitionError(_step_call_given(target, method))
+    if (given := _compensation_given(target, method)) is not None:
+        raise SagaDefinitionError(given)
     raise SagaDefinitionError(
         f"name a step by name ('debit') or by its @step object (debit), got {target!r}"
     )
@@ -141,6 +143,34 @@ def _step_call_given(call: StepCall[Any], method: str) -> str:
     return (
         f"{text}. A fault hits the step whatever its arguments; to aim it at one use of a "
         f"step the saga runs more than once, give its position: {method}({written}, index=N)"
+    )
+
+
+# The call that faults (or checks) a compensation, for a method given one.
+_FOR_COMPENSATION = {
+    "fail": "fail_compensation({})",
+    "timeout": "timeout_compensation({})",
+    "crash": "crash({}, compensation=True)",
+}
+
+
+def _compensation_given(target: object, method: str) -> str | None:
+    """The fix for ``method(refund)``: a compensation function where a step is wanted."""
+    function = target.__func__ if isinstance(target, MethodType) else target
+    if not callable(function):
+        return None
+    try:
+        step = COMPENSATION_OF.get(function)
+    except TypeError:  # not weakly referenceable: no compensation
+        return None
+    if step is None:
+        return None
+    name, written = step
+    fix = _FOR_COMPENSATION.get(method, f"{method}({{}})").format(written)
+    qualname = getattr(function, "__qualname__", repr(function)).rpartition("<locals>.")[2]
+    return (
+        f"{method}() got {qualname}, the compensation of step {name!r}, where a step is "
+        f"wanted; pass the step: {fix}"
     )
 
 
