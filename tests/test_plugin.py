@@ -807,6 +807,35 @@ def test_the_plugin_named_by_its_module_while_autoloaded_is_registered_once(
     off.stdout.fnmatch_lines(["*fixture 'saga_recorder' not found*"])
 
 
+def test_a_conftest_importing_the_fault_matrix_type_may_list_the_plugin(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: with autoloading off, a conftest importing FaultMatrix (the type the
+    # testing page gives for annotations) and listing the plugin in pytest_plugins made
+    # pytest warn "Module already imported so cannot be rewritten; sagakit.pytest_plugin",
+    # which stopped the run under `filterwarnings = error`: the module has no assert to
+    # rewrite, and says so.
+    write_ini(pytester)
+    pytester.makeconftest(
+        """
+import pytest
+from sagakit.pytest_plugin import FaultMatrix
+
+pytest_plugins = ["sagakit.pytest_plugin"]
+
+@pytest.fixture
+def matrix(saga_fault_matrix: FaultMatrix) -> FaultMatrix:
+    return saga_fault_matrix
+"""
+    )
+    pytester.makepyfile("def test_it(matrix):\n    assert matrix.options\n")
+    flags = ["-p", "no:cacheprovider"]
+    pytester.runpytest_subprocess(*flags).assert_outcomes(passed=1)
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    result = pytester.runpytest_subprocess(*flags, "-p", "pytest_asyncio.plugin")
+    result.assert_outcomes(passed=1)
+
+
 def test_the_orchestrator_fixture_without_pytest_asyncio_says_what_to_do(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:

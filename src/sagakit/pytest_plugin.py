@@ -12,6 +12,9 @@ leaving a fault injector active fails, and a fixture doing so errors at its tear
 faults would hit the tests after it). A saga definition or step call parametrizing a test
 is named by its saga's or step's name in the test's id. A ``saga_fault_matrix`` marker with
 a bad keyword, or placed on a test that does not use the fixture, errors the test's setup.
+
+PYTEST_DONT_REWRITE: it has no assert for pytest to rewrite, so a conftest may import from it
+(``FaultMatrix``) and list it in ``pytest_plugins`` without pytest warning that it cannot.
 """
 
 from __future__ import annotations
