@@ -740,8 +740,15 @@ def test_the_plugin_is_switched_on_and_off_as_the_testing_page_says(
     off.stdout.fnmatch_lines(["*fixture 'saga_recorder' not found*"])
     pytester.makeconftest('pytest_plugins = ["sagakit.pytest_plugin"]')
     pytester.runpytest_subprocess(*flags).assert_outcomes(passed=1)
+    # Listed by a conftest, it is registered by its module's name: `-p no:sagakit` alone
+    # (the entry point's name) leaves it on; with the module's name too, it is off.
+    pytester.runpytest_subprocess(*flags, "-p", "no:sagakit").assert_outcomes(passed=1)
+    both = ("-p", "no:sagakit", "-p", "no:sagakit.pytest_plugin")
+    pytester.runpytest_subprocess(*flags, *both).assert_outcomes(errors=1)
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     pytester.runpytest_subprocess(*flags).assert_outcomes(passed=1)  # the conftest's
+    off = ("-p", "no:sagakit.pytest_plugin")
+    pytester.runpytest_subprocess(*flags, *off).assert_outcomes(errors=1)
     pytester.makeconftest("")
     pytester.runpytest_subprocess(*flags).assert_outcomes(errors=1)
     pytester.runpytest_subprocess(*flags, "-p", "sagakit").assert_outcomes(passed=1)

@@ -64,7 +64,8 @@ def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager
     module (for runs with autoloading off) also works with it on: pytest would register
     the module a second time and stop ("Plugin already registered under a different
     name"). A block only keeps pytest from loading it again; ``-p no:sagakit`` still
-    turns the autoloaded plugin off."""
+    turns the autoloaded plugin off (listed by a conftest, ``-p no:sagakit.pytest_plugin``
+    turns that off: a block by one name does not stop a registration by the other)."""
     if plugin is not sys.modules[__name__]:
         return
     for name in _NAMES:
