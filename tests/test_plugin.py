@@ -510,6 +510,31 @@ async def test_wrong_index(saga_orchestrator, saga_faults):
     )
 
 
+def test_an_expected_failure_run_with_runxfail_is_noted_as_any_failure(
+    pytester: pytest.Pytester,
+) -> None:
+    # Regression: an xfail test's failure was never noted (pytest shows none), but with
+    # --runxfail pytest shows it as any failure, and the note saying why was missing.
+    write_ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+@pytest.mark.xfail(reason="a known bug")
+@pytest.mark.asyncio
+async def test_wrong_index(saga_orchestrator, saga_faults):
+    saga_faults.fail("ship", index=0)  # ship is step 1
+    with pytest.raises(StepFailed):
+        await saga_orchestrator.execute(order("x"))
+"""
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(xfailed=1)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--runxfail")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["E       FaultInjector: the fault on step 'ship' with index=0 never fired: *"]
+    )
+
+
 def test_sagas_and_step_calls_parametrizing_a_test_are_named_in_its_ids(
     pytester: pytest.Pytester,
 ) -> None:

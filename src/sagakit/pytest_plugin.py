@@ -232,10 +232,12 @@ def _note_faults_never_fired(item: pytest.Item, error: BaseException) -> None:
     typo, say), or never fired (its step never ran, or not at its ``index``): the likely
     reason its
     ``pytest.raises(StepFailed)`` saw nothing raised.
-    Not on a skip or an expected failure, whose error is not shown: its teardown says it."""
+    Not on a skip or an expected failure, whose error is not shown: its teardown says it
+    (with ``--runxfail`` an xfail test's failure is shown, so it is noted)."""
     if isinstance(error, pytest.skip.Exception | pytest.xfail.Exception):
         return
-    if item.get_closest_marker("xfail") is not None:
+    shown = item.config.getoption("runxfail", False)  # --runxfail: shown as any failure
+    if item.get_closest_marker("xfail") is not None and not shown:
         return
     injector = getattr(item, "funcargs", {}).get("saga_faults")
     faults = sys.modules.get("sagakit.testing._faults")  # imported if the fixture ran
