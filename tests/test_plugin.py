@@ -418,6 +418,73 @@ def test_skipped(saga_faults):
     result.stdout.no_fnmatch_line("*contextlib*")
 
 
+def test_the_saga_faults_injector_entered_again_says_a_misspelt_step_once(
+    pytester: pytest.Pytester,
+) -> None:
+    # Regression: `with saga_faults.fail("shpi"):` raised the misspelt step at the end of
+    # its block, and the fixture noted the same line again on that error (or, when the
+    # block failed, both noted it).
+    write_ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+@pytest.mark.asyncio
+async def test_block_passes(saga_orchestrator, saga_faults):
+    with saga_faults.fail("shpi"):
+        await saga_orchestrator.execute(order("x"))
+
+@pytest.mark.asyncio
+async def test_block_fails(saga_orchestrator, saga_faults):
+    with saga_faults.fail("shpi"), pytest.raises(StepFailed):
+        await saga_orchestrator.execute(order("x"))
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--tb=short")
+    result.assert_outcomes(failed=2)
+    said = [line for line in result.outlines if "no step is named 'shpi'" in line]
+    assert len(said) == 2, result.outlines  # once per test
+
+
+def test_a_fault_never_fired_is_shown_on_a_failure_pytest_shows_by_its_message_alone(
+    pytester: pytest.Pytester,
+) -> None:
+    # Regression: pytest shows a `pytest.fail(..., pytrace=False)` by its message alone,
+    # without its notes, so the note saying why (a misspelt step) was lost, and the test's
+    # teardown, told it was said, said nothing either. The same with a `with` block.
+    write_ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+from sagakit.testing import FaultInjector
+
+def check_failed(saga_orchestrator):
+    pytest.fail("the order should have failed", pytrace=False)
+
+@pytest.mark.asyncio
+async def test_fixture(saga_orchestrator, saga_faults):
+    saga_faults.fail("shpi")
+    await saga_orchestrator.execute(order("x"))
+    check_failed(saga_orchestrator)
+
+@pytest.mark.asyncio
+async def test_block(saga_orchestrator):
+    with FaultInjector().fail("shpi", index=1):
+        await saga_orchestrator.execute(order("x"))
+        check_failed(saga_orchestrator)
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=2)
+    for test in ("test_fixture", "test_block"):
+        result.stdout.fnmatch_lines(
+            [
+                f"*_ {test} _*",
+                "the order should have failed",
+                "FaultInjector: no step is named 'shpi' (did you mean 'ship'?)*",
+            ]
+        )
+
+
 def test_an_index_fault_that_never_fired_is_noted_on_the_test_failure(
     pytester: pytest.Pytester,
 ) -> None:
@@ -440,6 +507,31 @@ async def test_wrong_index(saga_orchestrator, saga_faults):
             "E       FaultInjector: the fault on step 'ship' with index=0 never fired: it ran at "
             "index 1 of the saga under test",
         ]
+    )
+
+
+def test_an_expected_failure_run_with_runxfail_is_noted_as_any_failure(
+    pytester: pytest.Pytester,
+) -> None:
+    # Regression: an xfail test's failure was never noted (pytest shows none), but with
+    # --runxfail pytest shows it as any failure, and the note saying why was missing.
+    write_ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+@pytest.mark.xfail(reason="a known bug")
+@pytest.mark.asyncio
+async def test_wrong_index(saga_orchestrator, saga_faults):
+    saga_faults.fail("ship", index=0)  # ship is step 1
+    with pytest.raises(StepFailed):
+        await saga_orchestrator.execute(order("x"))
+"""
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(xfailed=1)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--runxfail")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["E       FaultInjector: the fault on step 'ship' with index=0 never fired: *"]
     )
 
 
@@ -673,8 +765,15 @@ def test_the_plugin_is_switched_on_and_off_as_the_testing_page_says(
     off.stdout.fnmatch_lines(["*fixture 'saga_recorder' not found*"])
     pytester.makeconftest('pytest_plugins = ["sagakit.pytest_plugin"]')
     pytester.runpytest_subprocess(*flags).assert_outcomes(passed=1)
+    # Listed by a conftest, it is registered by its module's name: `-p no:sagakit` alone
+    # (the entry point's name) leaves it on; with the module's name too, it is off.
+    pytester.runpytest_subprocess(*flags, "-p", "no:sagakit").assert_outcomes(passed=1)
+    both = ("-p", "no:sagakit", "-p", "no:sagakit.pytest_plugin")
+    pytester.runpytest_subprocess(*flags, *both).assert_outcomes(errors=1)
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     pytester.runpytest_subprocess(*flags).assert_outcomes(passed=1)  # the conftest's
+    off = ("-p", "no:sagakit.pytest_plugin")
+    pytester.runpytest_subprocess(*flags, *off).assert_outcomes(errors=1)
     pytester.makeconftest("")
     pytester.runpytest_subprocess(*flags).assert_outcomes(errors=1)
     pytester.runpytest_subprocess(*flags, "-p", "sagakit").assert_outcomes(passed=1)
@@ -738,6 +837,35 @@ def test_the_plugin_named_by_its_module_while_autoloaded_is_registered_once(
     off = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:sagakit")
     off.assert_outcomes(errors=1)
     off.stdout.fnmatch_lines(["*fixture 'saga_recorder' not found*"])
+
+
+def test_a_conftest_importing_the_fault_matrix_type_may_list_the_plugin(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: with autoloading off, a conftest importing FaultMatrix (the type the
+    # testing page gives for annotations) and listing the plugin in pytest_plugins made
+    # pytest warn "Module already imported so cannot be rewritten; sagakit.pytest_plugin",
+    # which stopped the run under `filterwarnings = error`: the module has no assert to
+    # rewrite, and says so.
+    write_ini(pytester)
+    pytester.makeconftest(
+        """
+import pytest
+from sagakit.pytest_plugin import FaultMatrix
+
+pytest_plugins = ["sagakit.pytest_plugin"]
+
+@pytest.fixture
+def matrix(saga_fault_matrix: FaultMatrix) -> FaultMatrix:
+    return saga_fault_matrix
+"""
+    )
+    pytester.makepyfile("def test_it(matrix):\n    assert matrix.options\n")
+    flags = ["-p", "no:cacheprovider"]
+    pytester.runpytest_subprocess(*flags).assert_outcomes(passed=1)
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    result = pytester.runpytest_subprocess(*flags, "-p", "pytest_asyncio.plugin")
+    result.assert_outcomes(passed=1)
 
 
 def test_the_orchestrator_fixture_without_pytest_asyncio_says_what_to_do(

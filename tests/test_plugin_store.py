@@ -308,3 +308,46 @@ def test_the_documented_postgres_override_skips_without_a_dsn(
     result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
     result.assert_outcomes(skipped=2)
     result.stdout.fnmatch_lines(["*set TEST_POSTGRES_DSN to run the saga tests on PostgreSQL*"])
+
+
+@pytest.mark.parametrize("opens", [False, True])
+def test_a_module_scoped_postgres_store_in_a_module_loop(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, opens: bool
+) -> None:
+    # Regression: saga_orchestrator opened a store of a wider scope in its own loop, that of
+    # asyncio_default_fixture_loop_scope (function), where a PostgresStore binds to the
+    # loop that opens it: the tests, in the store's module loop, failed "opened in an event
+    # loop that has ended", and with a store its fixture had opened, every setup failed.
+    monkeypatch.setenv("TEST_POSTGRES_DSN", dsn_or_skip())
+    write_ini(pytester, "strict")
+    pytester.makepyfile(
+        SAGA
+        + f"""
+import os
+import uuid
+import psycopg
+import pytest_asyncio
+from sagakit import PostgresStore
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def saga_store():
+    dsn = os.environ["TEST_POSTGRES_DSN"]
+    schema = f"test_sagas_{{uuid.uuid4().hex[:12]}}"
+    store = PostgresStore(dsn, schema=schema)
+    if {opens}:
+        await store.open()
+    yield store
+    await store.close()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{{schema}}" CASCADE')
+
+async def test_1(saga_orchestrator):
+    await saga_orchestrator.execute(order("x").with_id("o-1"))
+
+async def test_2(saga_orchestrator):
+    assert (await saga_orchestrator.get_saga("o-1")).status == "completed"
+"""
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)

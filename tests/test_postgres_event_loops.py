@@ -75,3 +75,25 @@ async def test_a_store_used_from_a_loop_in_another_thread_says_so(dsn: str, sche
         assert await SagaOrchestrator(store).execute(el_saga(3)) == [3]  # unharmed here
     finally:
         await store.close()
+
+
+def test_a_store_used_while_the_loop_that_opened_it_is_idle_says_so(dsn: str, schema: str) -> None:
+    # Regression: a loop neither running nor closed (pytest-asyncio's loop of a fixture of
+    # another loop scope than the test's, between uses) was said to have ended, "an
+    # earlier asyncio.run()", which named neither the cause nor the fix.
+    store = PostgresStore(dsn, schema=schema)
+    opened_in = asyncio.new_event_loop()
+    try:
+        assert opened_in.run_until_complete(SagaOrchestrator(store).execute(el_saga(1))) == [1]
+        with pytest.raises(StoreError) as used:
+            asyncio.run(SagaOrchestrator(store).execute(el_saga(2)))
+        assert "opened in another event loop, not running now" in str(used.value)
+        assert "loop_scope" in str(used.value)  # pytest-asyncio's fix
+        pool = store._pool
+        with pytest.raises(StoreError, match="opened in another event loop, not running now"):
+            asyncio.run(store.close())
+        assert store._pool is pool  # kept for its loop to close (not forgotten, left open)
+        assert opened_in.run_until_complete(SagaOrchestrator(store).execute(el_saga(3))) == [3]
+    finally:
+        opened_in.run_until_complete(store.close())
+        opened_in.close()

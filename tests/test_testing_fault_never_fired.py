@@ -203,3 +203,13 @@ async def test_a_fault_added_after_a_crash_fired_is_noted_when_it_never_fires(
         "FaultInjector: the fault on step 'never_fired.elsewhere' never fired: the step never "
         "ran where the injector is active (is it a step of the saga under test?)"
     ]
+
+
+@pytest.mark.asyncio
+async def test_an_injector_entered_again_in_its_own_block_notes_a_failure_once() -> None:
+    # Regression: each block left noted it (`with saga_faults.fail(...):` in a test using
+    # the fixture: the block, then the fixture), so the failure showed each note twice.
+    faults = FaultInjector().fail(nf_elsewhere)
+    with pytest.raises(AssertionError) as caught, faults, faults:
+        await _expect_a_failure(SagaOrchestrator().execute(nf_order("book")))
+    assert len(caught.value.__notes__) == 1

@@ -256,3 +256,33 @@ async def test_an_index_fault_skipped_at_its_index_says_so_with_where_else_it_ra
         "(counted over every saga run where the injector is active), let through by "
         "skip=1"
     ]
+
+
+@pytest.mark.asyncio
+async def test_an_injector_entered_again_in_its_own_block_counts_each_attempt_once() -> None:
+    # Regression: an injector active twice (`with faults:` inside `with faults:`) was asked
+    # once per block, so each attempt counted twice toward `skip`: skip=1 let nothing through.
+    orchestrator = _orchestrator()
+    faults = FaultInjector().fail(ship, ValueError("jammed"), skip=1)
+    with faults, faults:
+        first = await _outcome(orchestrator.execute(order("a")))
+        second = await _outcome(orchestrator.execute(order("b")))
+    assert (first, second) == ("completed", "failed at skip.ship: ValueError('jammed')")
+    # An attempt another of its faults took counts once too: skip=2 lets attempt 2 through.
+    taken = FaultInjector().fail(charge, ConnectionError("busy"), times=1)
+    taken.fail(charge, ValueError("blocked"), skip=2)
+    with taken, taken:
+        assert await _outcome(orchestrator.execute(order("c"))) == "completed"
+    assert [(f.attempt, type(f.fault)) for f in taken.fired] == [(1, ConnectionError)]
+
+
+@pytest.mark.asyncio
+async def test_the_saga_faults_fixture_entered_again_counts_each_attempt_once(
+    saga_faults: FaultInjector,
+) -> None:
+    # `with saga_faults.fail(...):` enters the fixture's injector, active for the test, again.
+    orchestrator = _orchestrator()
+    with saga_faults.fail(ship, ValueError("jammed"), skip=1):
+        first = await _outcome(orchestrator.execute(order("a")))
+        second = await _outcome(orchestrator.execute(order("b")))
+    assert (first, second) == ("completed", "failed at skip.ship: ValueError('jammed')")

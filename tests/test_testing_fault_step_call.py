@@ -82,3 +82,52 @@ async def test_the_recorder_says_to_pass_the_step_not_a_call() -> None:
         "assert_completed(charge) (or its name, 'fsc.billing.charge')"
     )
     recorder.assert_completed(charge)  # as it says
+
+
+class Ledger:
+    @step(name="fsc.ledger.book")
+    async def book(self, who: str) -> str:
+        return who
+
+    @book.compensate
+    async def unbook(self, who: str) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("method", "add", "fix"),
+    [
+        ("fail", lambda f, c: f.fail(c), "fail_compensation({step})"),
+        ("timeout", lambda f, c: f.timeout(c), "timeout_compensation({step})"),
+        ("fail_compensation", lambda f, c: f.fail_compensation(c), "fail_compensation({step})"),
+        (
+            "timeout_compensation",
+            lambda f, c: f.timeout_compensation(c),
+            "timeout_compensation({step})",
+        ),
+        ("crash", lambda f, c: f.crash(c), "crash({step}, compensation=True)"),
+        ("assert_compensated", lambda r, c: r.assert_compensated(c), "assert_compensated({step})"),
+    ],
+)
+@pytest.mark.asyncio
+async def test_a_compensation_given_where_a_step_is_wanted_names_its_step(
+    method: str, add: Callable[[Any, Any], object], fix: str
+) -> None:
+    # Regression: `fail_compensation(refund)`, or `assert_compensated(refund)`, got the
+    # generic "name a step by name ('debit') or by its @step object (debit), got <function
+    # refund at 0x...>", which did not say that refund is the compensation, nor of which step.
+    target: object = FaultInjector()
+    if method.startswith("assert_"):
+        target = SagaRecorder()
+        await SagaOrchestrator(listeners=[target]).execute(pay())
+    for compensation, written, name in (
+        (refund, "charge", "fsc.billing.charge"),
+        (Ledger.unbook, "Ledger.book", "fsc.ledger.book"),
+        (Ledger().unbook, "Ledger.book", "fsc.ledger.book"),
+    ):
+        with pytest.raises(SagaDefinitionError) as caught:
+            add(target, compensation)
+        qualname = compensation.__qualname__
+        assert str(caught.value) == (
+            f"{method}() got {qualname}, the compensation of step {name!r}, where a step is "
+            f"wanted; pass the step: {fix.format(step=written)}"
+        )

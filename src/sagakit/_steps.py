@@ -45,6 +45,11 @@ DEFINED_NAMES: set[str] = set()
 COMPENSATED_NAMES: set[str] = set()
 """The name of every step given a compensation in this process (fault injection tells a
 fault aimed at a compensation no step of that name has)."""
+COMPENSATION_OF: weakref.WeakKeyDictionary[Callable[..., Any], tuple[str, str]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Each compensation function's step: its name, and how code names it (``Bank.debit``), for
+fault injection to tell a test that passes the compensation where a step is wanted."""
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _BY_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 _RESULT = object()
@@ -604,6 +609,9 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         spec.plain_compensation = not (takes_result or is_method or isinstance(fn, Step))
         spec.compensation = fn
         COMPENSATED_NAMES.add(spec.name)
+        with contextlib.suppress(TypeError):  # a callable object without weak references
+            written = (getattr(self, "__qualname__", None) or spec.name).rpartition("<locals>.")
+            COMPENSATION_OF[fn] = (spec.name, written[2])
         return fn
 
     if TYPE_CHECKING:

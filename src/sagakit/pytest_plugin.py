@@ -12,6 +12,9 @@ leaving a fault injector active fails, and a fixture doing so errors at its tear
 faults would hit the tests after it). A saga definition or step call parametrizing a test
 is named by its saga's or step's name in the test's id. A ``saga_fault_matrix`` marker with
 a bad keyword, or placed on a test that does not use the fixture, errors the test's setup.
+
+PYTEST_DONT_REWRITE: it has no assert for pytest to rewrite, so a conftest may import from it
+(``FaultMatrix``) and list it in ``pytest_plugins`` without pytest warning that it cannot.
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager
     module (for runs with autoloading off) also works with it on: pytest would register
     the module a second time and stop ("Plugin already registered under a different
     name"). A block only keeps pytest from loading it again; ``-p no:sagakit`` still
-    turns the autoloaded plugin off."""
+    turns the autoloaded plugin off (listed by a conftest, ``-p no:sagakit.pytest_plugin``
+    turns that off: a block by one name does not stop a registration by the other)."""
     if plugin is not sys.modules[__name__]:
         return
     for name in _NAMES:
@@ -228,19 +232,18 @@ def _note_faults_never_fired(item: pytest.Item, error: BaseException) -> None:
     typo, say), or never fired (its step never ran, or not at its ``index``): the likely
     reason its
     ``pytest.raises(StepFailed)`` saw nothing raised.
-    Not on a skip or an expected failure, whose error is not shown: its teardown says it."""
+    Not on a skip or an expected failure, whose error is not shown: its teardown says it
+    (with ``--runxfail`` an xfail test's failure is shown, so it is noted)."""
     if isinstance(error, pytest.skip.Exception | pytest.xfail.Exception):
         return
-    if item.get_closest_marker("xfail") is not None:
+    shown = item.config.getoption("runxfail", False)  # --runxfail: shown as any failure
+    if item.get_closest_marker("xfail") is not None and not shown:
         return
     injector = getattr(item, "funcargs", {}).get("saga_faults")
     faults = sys.modules.get("sagakit.testing._faults")  # imported if the fixture ran
     if faults is None or not isinstance(injector, faults.FaultInjector):
         return
-    notes = injector._failure_notes()
-    for note in notes:
-        error.add_note(note)
-    if notes:
+    if injector._note_failure(error):
         item.stash[_FAULTS_NOTED] = True  # said once: the fixture's teardown says no more
 
 
@@ -439,9 +442,11 @@ def _async_fixtures(config: pytest.Config) -> object:
         ) -> AsyncIterator[SagaOrchestrator]:
             """A fresh orchestrator on ``saga_store``, recorded by ``saga_recorder``,
             sleeping ``saga_sleep``. It opens the store (if it has an ``open()``) and closes
-            it at the test's teardown, before the teardown of ``saga_store`` runs (a
-            ``saga_store`` of a wider scope is left open for the tests after; its fixture
-            closes it). A synchronous test may use it."""
+            it at the test's teardown, before the teardown of ``saga_store`` runs. A
+            ``saga_store`` of a wider scope is its own fixture's: opened there or on first
+            use, in the loop of the test using it (not this fixture's loop, which a
+            ``PostgresStore`` would bind to), and closed there. A synchronous test may use
+            it."""
             from sagakit import SagaOrchestrator
 
             problem = _store_problem(saga_store)
@@ -449,7 +454,6 @@ def _async_fixtures(config: pytest.Config) -> object:
                 pytest.fail(problem, pytrace=False)
             orchestrator = SagaOrchestrator(saga_store, listeners=[saga_recorder], sleep=saga_sleep)
             if _store_scope(request) != "function":
-                await _open(saga_store)
                 yield orchestrator
                 return
             async with orchestrator:

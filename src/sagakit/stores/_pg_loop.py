@@ -19,15 +19,22 @@ def other_loop(schema: str, opened_in: asyncio.AbstractEventLoop | None) -> Stor
     running loop; ``None`` if that is the loop it belongs to (or it is not open)."""
     if opened_in is None or opened_in is asyncio.get_running_loop():
         return None
-    if opened_in.is_running() and not opened_in.is_closed():
-        where = "an event loop still running in another thread"
-    else:
+    fix = "make one in each thread's event loop, and open and close it within one asyncio.run()"
+    if opened_in.is_closed():
         where = "an event loop that has ended (an earlier asyncio.run())"
+    elif opened_in.is_running():
+        where = "an event loop still running in another thread"
+    else:  # idle: run again later (pytest-asyncio runs each loop scope's loop in turn)
+        where = "another event loop, not running now"
+        fix = (
+            "use it in that loop; under pytest-asyncio, run the fixture that opens it and "
+            "the tests using it in one loop (the same loop_scope; saga_orchestrator runs in "
+            "that of asyncio_default_fixture_loop_scope)"
+        )
     return StoreError(
         f"the PostgreSQL saga log (schema {schema!r}) was opened in {where}, to which "
         "its connection pool and lease heartbeat belong; a PostgresStore serves only the "
-        "event loop that opened it: make one in each thread's event loop, and open and "
-        "close it within one asyncio.run()"
+        f"event loop that opened it: {fix}"
     )
 
 

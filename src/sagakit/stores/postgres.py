@@ -1625,7 +1625,7 @@ class PostgresStore:
         """Stop the heartbeat, release the leases still held and close the pool."""
         refused = other_loop(self.schema, self._loop)
         if refused is not None:
-            if not self._loop_runs():  # it ended: its pool cannot be closed from here
+            if self._loop_ended():  # its pool cannot be closed from here, nor there
                 self._pool, self._heartbeat, self._loop = None, None, None
                 self._closed = True
             raise refused
@@ -1656,10 +1656,11 @@ class PostgresStore:
         if cancelled:
             raise asyncio.CancelledError
 
-    def _loop_runs(self) -> bool:
-        """Whether the loop that opened the store still runs (in another thread)."""
+    def _loop_ended(self) -> bool:
+        """Whether the loop that opened the store is closed (not just idle: run again, it
+        can close the store)."""
         loop = self._loop
-        return loop is not None and loop.is_running() and not loop.is_closed()
+        return loop is not None and loop.is_closed()
 
     async def _flush_staged(self) -> None:
         """Write what is still staged or in doubt (of sagas stopped mid-flight)."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from difflib import get_close_matches
@@ -24,7 +25,7 @@ from .._hooks import (
     forget_crashes,
 )
 from .._runs import SagaRun, current_run
-from .._steps import COMPENSATED_NAMES, DEFINED_NAMES, Step, StepCall
+from .._steps import COMPENSATED_NAMES, COMPENSATION_OF, DEFINED_NAMES, Step, StepCall
 from .._tracebacks import hide_from_pytest
 from ..exceptions import SagaDefinitionError
 from ..stores import SagaStore, SQLiteStore
@@ -121,6 +122,8 @@ def _check_target(target: object, method: str) -> str | Step[Any, Any]:
         return target.__func__  # a class method step looked up, from Python 3.13
     if isinstance(target, StepCall):
         raise SagaDefinitionError(_step_call_given(target, method))
+    if (given := _compensation_given(target, method)) is not None:
+        raise SagaDefinitionError(given)
     raise SagaDefinitionError(
         f"name a step by name ('debit') or by its @step object (debit), got {target!r}"
     )
@@ -140,6 +143,34 @@ def _step_call_given(call: StepCall[Any], method: str) -> str:
     return (
         f"{text}. A fault hits the step whatever its arguments; to aim it at one use of a "
         f"step the saga runs more than once, give its position: {method}({written}, index=N)"
+    )
+
+
+# The call that faults (or checks) a compensation, for a method given one.
+_FOR_COMPENSATION = {
+    "fail": "fail_compensation({})",
+    "timeout": "timeout_compensation({})",
+    "crash": "crash({}, compensation=True)",
+}
+
+
+def _compensation_given(target: object, method: str) -> str | None:
+    """The fix for ``method(refund)``: a compensation function where a step is wanted."""
+    function = target.__func__ if isinstance(target, MethodType) else target
+    if not callable(function):
+        return None
+    try:
+        step = COMPENSATION_OF.get(function)
+    except TypeError:  # not weakly referenceable: no compensation
+        return None
+    if step is None:
+        return None
+    name, written = step
+    fix = _FOR_COMPENSATION.get(method, f"{method}({{}})").format(written)
+    qualname = getattr(function, "__qualname__", repr(function)).rpartition("<locals>.")[2]
+    return (
+        f"{method}() got {qualname}, the compensation of step {name!r}, where a step is "
+        f"wanted; pass the step: {fix}"
     )
 
 
@@ -187,6 +218,24 @@ def _check_skip(value: object) -> int:
     return value
 
 
+def add_notes(error: BaseException, notes: list[str]) -> None:
+    """Add to ``error`` those of ``notes`` it does not say yet (its message, or a block
+    around it, may); to its message if it is a ``pytest.fail(..., pytrace=False)``, which
+    pytest shows by its message alone, without notes."""
+    said = [note for note in getattr(error, "__notes__", ()) if isinstance(note, str)]
+    with suppress(Exception):  # an exception whose str() raises says nothing
+        said.append(str(error))
+    new = [note for note in notes if not any(note in text for text in said)]
+    if new and "pytest" in sys.modules:
+        import pytest
+
+        if isinstance(error, pytest.fail.Exception) and not error.pytrace:
+            error.msg = "\n".join([error.msg, *new] if error.msg else new)
+            return
+    for note in new:
+        error.add_note(note)
+
+
 class _Scope:
     """The faults of one ``with injector:`` block, consulted first, then those active
     around it. Tasks started in the block keep this object: once the block ends
@@ -204,32 +253,53 @@ class _Scope:
     def fault_for(
         self, step: Step[Any, Any], attempt: int, *, compensation: bool
     ) -> BaseException | SimulatedTimeout | CrashAfter | None:
-        if self.open:
-            inner = self.inner
+        return self._ask(step, attempt, compensation, ())
+
+    def _ask(
+        self,
+        step: Step[Any, Any],
+        attempt: int,
+        compensation: bool,
+        asked: tuple[FaultInjector, ...],
+    ) -> BaseException | SimulatedTimeout | CrashAfter | None:
+        """The fault for this attempt; ``asked``: the injectors of the blocks inside this
+        one, asked already (an injector entered again in its own block, as with
+        ``with saga_faults.fail(...):``, is asked once, by its innermost block)."""
+        inner = self.inner
+        if self.open and not any(inner is injector for injector in asked):
             if isinstance(inner, FaultInjector):
                 aimed = _started_in(self.base)
                 fault = inner._fault_for(step, attempt, compensation, aimed=aimed)
+                asked = (*asked, inner)
             else:
                 fault = inner.fault_for(step, attempt, compensation=compensation)
             if fault is not None:
-                _note_ran_around(self.outer, step, attempt, compensation)
+                _note_ran_around(self.outer, step, attempt, compensation, asked)
                 return fault
-        if self.outer is None:
-            return None
-        return self.outer.fault_for(step, attempt, compensation=compensation)
+        outer = self.outer
+        if isinstance(outer, _Scope):
+            return outer._ask(step, attempt, compensation, asked)
+        return None if outer is None else outer.fault_for(step, attempt, compensation=compensation)
 
 
 def _note_ran_around(
-    scope: FaultPlan | None, step: Step[Any, Any], attempt: int, compensation: bool
+    scope: FaultPlan | None,
+    step: Step[Any, Any],
+    attempt: int,
+    compensation: bool,
+    asked: tuple[FaultInjector, ...],
 ) -> None:
     """Tell the injectors of the open scopes around one that answered a fault for this
     attempt (so asked them nothing) that it ran: their faults on it did not fire because
-    it never ran, but because a fault nearer came first."""
+    it never ran, but because a fault nearer came first. Those in ``asked`` know."""
     while isinstance(scope, _Scope):
-        if scope.open and isinstance(scope.inner, FaultInjector):
-            scope.inner._ran.setdefault((id(step), attempt, compensation), step)
+        inner = scope.inner
+        known = any(inner is injector for injector in asked)
+        if scope.open and isinstance(inner, FaultInjector) and not known:
+            asked = (*asked, inner)
+            inner._ran.setdefault((id(step), attempt, compensation), step)
             aimed = _started_in(scope.base)
-            scope.inner._count_skipped(step, attempt, compensation, aimed=aimed)
+            inner._count_skipped(step, attempt, compensation, aimed=aimed)
         scope = scope.outer
 
 
@@ -558,12 +628,18 @@ class FaultInjector:
         notes = (self._unknown_steps(), self._index_misses(), self._never_fired())
         return [note for note in notes if note]
 
+    def _note_failure(self, error: BaseException) -> bool:
+        """Note on ``error``, the failure of a block (or test), its faults that never
+        fired; whether there were any."""
+        notes = self._failure_notes()
+        add_notes(error, notes)
+        return bool(notes)
+
     def _check_steps(self, error: BaseException | None) -> None:
         """At the end of a block: refuse faults on unknown steps (noted on ``error``)."""
         __tracebackhide__ = True  # pytest shows the test's `with` line
         if error is not None:  # the block failed, perhaps because a fault never fired
-            for note in self._failure_notes():
-                error.add_note(note)
+            self._note_failure(error)
             return
         problem = self._unknown_steps()
         if problem is not None:
