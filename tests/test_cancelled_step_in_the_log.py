@@ -209,3 +209,100 @@ async def test_the_cancelled_step_is_in_the_log_before_its_compensations(
     # The interrupted step was undone before the crash, and not again; the refund the
     # crash interrupted runs again.
     assert effects == ["charge", "release hold", "refund"]
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], SagaStore]]:
+    """Makes a store of each kind on one fresh log."""
+    if request.param == "memory":
+        memory = MemoryStore()
+        yield lambda: memory
+    elif request.param == "sqlite":
+        yield lambda: SQLiteStore(tmp_path / "sagas.db")
+    else:
+        dsn = dsn_or_skip()
+        schemas = fresh_schema(dsn)
+        schema = next(schemas)
+        yield lambda: PostgresStore(dsn, schema=schema)
+        for _ in schemas:  # drops the schema
+            pass
+
+
+@pytest.mark.asyncio
+async def test_the_cancelled_step_has_a_duration(any_store: Callable[[], SagaStore]) -> None:
+    # Regression: a step ended by a timeout or a KeyboardInterrupt had its duration (in
+    # its record and its STEP_FAILED transition), one interrupted by cancellation none.
+    global waiting
+    waiting = asyncio.Event()
+    heard: list[Transition] = []
+    async with SagaOrchestrator(any_store(), listeners=[heard.append]) as orchestrator:
+        task = asyncio.create_task(orchestrator.execute(csl_order("book"), saga_id="timed-1"))
+        await waiting.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        metadata = await orchestrator.get_saga("timed-1")
+    failed = next(t for t in heard if t.kind is TransitionKind.STEP_FAILED)
+    assert failed.duration is not None
+    assert failed.duration >= 0
+    assert metadata is not None
+    assert metadata.steps[1].duration == failed.duration
+    async with SagaOrchestrator(any_store()) as reopened:  # as the log keeps it
+        logged = await reopened.get_saga("timed-1")
+    assert logged is not None
+    assert logged.steps[1].duration == pytest.approx(failed.duration)
+
+
+undoings: list[str] = []
+
+
+@step
+async def csl_book(item: str) -> str:
+    return f"booked {item}"
+
+
+@csl_book.compensate
+async def csl_unbook(item: str) -> None:
+    undoings.append(item)
+    if len(undoings) == 1:
+        assert waiting is not None
+        waiting.set()
+        await asyncio.sleep(10)  # the caller cancels the saga here
+    raise asyncio.CancelledError  # its restart is cancelled too (as its own code does)
+
+
+@step
+async def csl_pay(item: str) -> None:
+    raise ValueError("card declined")
+
+
+@saga
+def csl_booking(item: str):  # type: ignore[no-untyped-def]
+    yield csl_book(item)
+    yield csl_pay(item)
+
+
+@pytest.mark.asyncio
+async def test_the_cancelled_compensation_has_a_duration(
+    any_store: Callable[[], SagaStore],
+) -> None:
+    # Regression: as a cancelled step, a compensation ended by cancellation had none.
+    global waiting
+    waiting = asyncio.Event()
+    undoings.clear()
+    async with SagaOrchestrator(any_store()) as orchestrator:
+        task = asyncio.create_task(orchestrator.execute(csl_booking("room"), saga_id="timed-2"))
+        await waiting.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        metadata = await orchestrator.get_saga("timed-2")
+    assert metadata is not None
+    [compensation] = metadata.compensations
+    assert compensation.status is StepStatus.FAILED
+    assert compensation.duration is not None
+    assert compensation.duration >= 0
+    async with SagaOrchestrator(any_store()) as reopened:  # as the log keeps it
+        logged = await reopened.get_saga("timed-2")
+    assert logged is not None
+    assert logged.compensations[0].duration == pytest.approx(compensation.duration)

@@ -9,6 +9,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -673,3 +674,47 @@ async def test_the_structured_fields_keep_the_text_a_message_escapes(
     (started, *_) = _records(caplog)
     assert started.getMessage() == "saga observability.order (é 中\\t1) saga_started"
     assert started.saga_id == "é 中\t1"  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_a_listener_raising_while_compensating_is_logged_without_the_sagas_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The listener is called while sagakit handles the step's error: its own error must
+    # not be logged as raised "during handling of" that one (a huge, misleading record).
+    caplog.set_level(logging.ERROR, logger="sagakit")
+
+    def broken(transition: Transition) -> None:
+        if transition.status != "executing":
+            raise ValueError(f"listener broke on {transition.kind}")
+
+    def broken_in_its_handler(transition: Transition) -> None:
+        if transition.status != "executing":
+            try:
+                raise KeyError("listener's own lookup")
+            except KeyError:
+                raise ValueError(f"listener broke on {transition.kind}")  # noqa: B904
+
+    orchestrator = SagaOrchestrator(listeners=[broken, broken_in_its_handler])
+    step_error = RuntimeError("step exploded " + "x" * 50)
+    with FaultInjector().fail("ship", step_error), pytest.raises(StepFailed) as failed:
+        await orchestrator.execute(order("book"), saga_id="o-ctx")
+    errors = [r for r in _records(caplog) if "raised on" in r.getMessage()]
+    assert {r.transition for r in errors} >= {"compensation_started", "saga_finished"}  # type: ignore[attr-defined]
+    formatter = logging.Formatter()
+    for record in errors:
+        assert record.exc_info is not None
+        text = formatter.format(record)
+        assert "listener broke on" in text
+        assert "step exploded" not in text
+        assert "StepFailed" not in text
+        # as any handler formatting the record's exception itself shows it
+        shown = "".join(traceback.format_exception(record.exc_info[1]))
+        assert "step exploded" not in shown
+        assert "StepFailed" not in shown
+    for record in errors[1::2]:  # the context the listener itself created is kept
+        text = formatter.format(record)
+        assert text.count("During handling of the above exception") == 1
+        assert "listener's own lookup" in text
+    assert not step_error.__suppress_context__  # the saga's errors are left as they were
+    assert failed.value.__cause__ is step_error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 from typing import Any
@@ -355,3 +356,31 @@ def test_what_is_not_a_tracer_provider_is_refused_naming_the_fix() -> None:
     # A provider of any kind is taken, and None means the global one.
     assert isinstance(SagaTracer(trace.NoOpTracerProvider()), SagaTracer)
     assert isinstance(instrument(SagaOrchestrator()), SagaTracer)
+
+
+@pytest.mark.asyncio
+async def test_instrumenting_twice_adds_no_second_tracer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Regression: a second instrument() added a second tracer, so every span was made twice.
+    orchestrator = _orchestrator()
+    [tracer] = orchestrator._listeners
+    with caplog.at_level(logging.WARNING, logger="sagakit"):
+        assert instrument(orchestrator, tracer_provider=provider) is tracer
+    assert orchestrator._listeners == (tracer,)
+    assert "already instrumented" in caplog.text
+    await orchestrator.execute(order("book"), saga_id="twice-1")
+    names = [span.name for span in exporter.get_finished_spans()]
+    assert names.count("saga otel.order") == 1
+    assert names.count("step ship") == 1
+
+
+def test_instrumenting_again_with_another_provider_is_refused() -> None:
+    from sagakit import SagaDefinitionError
+
+    orchestrator = SagaOrchestrator(listeners=[SagaTracer(provider)])
+    with pytest.raises(SagaDefinitionError, match=r"already instrumented.*remove_listener"):
+        instrument(orchestrator, tracer_provider=TracerProvider())
+    with pytest.raises(SagaDefinitionError, match="already instrumented"):
+        instrument(orchestrator)  # the global provider: another one too
+    assert len(orchestrator._listeners) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import sys
 import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -122,6 +123,7 @@ async def tell(
     """
     if logger.isEnabledFor(level):
         _log(level, transition)
+    in_flight = sys.exception()  # what sagakit handles while it tells (a step's error...)
     cancelled: asyncio.CancelledError | None = None
     for listener in listeners:
         try:
@@ -134,9 +136,10 @@ async def tell(
             if task is None or task.cancelling() > base:
                 cancelled = cancellation
             else:  # not the saga's task cancelled: the listener's own (it awaited something
-                _listener_failed(listener, transition)  # cancelled), an error like any other
-        except Exception:
-            _listener_failed(listener, transition)
+                _listener_failed(listener, transition, in_flight)  # cancelled), an error
+        except Exception:  # like any other
+            _listener_failed(listener, transition, in_flight)
+    in_flight = None  # its traceback holds our caller's frame: no cycle through this one
     if cancelled is not None:
         try:
             raise cancelled
@@ -164,14 +167,43 @@ async def tell_each(
             cancelled = None
 
 
-def _listener_failed(listener: object, transition: Transition) -> None:
-    """Log the exception ``listener`` raised on ``transition`` (being handled)."""
+def _listener_failed(
+    listener: object, transition: Transition, in_flight: BaseException | None
+) -> None:
+    """Log the exception ``listener`` raised on ``transition`` (being handled), without
+    ``in_flight``, what sagakit was handling when it called the listener (see
+    :func:`_unchain`)."""
+    if in_flight is not None:
+        _unchain(sys.exception(), in_flight)
     logger.exception(
         "sagakit listener %s raised on %s; the saga goes on",
         _name_of(listener),
         transition.kind,
         extra=_extra(transition),
     )
+
+
+def _unchain(error: BaseException | None, in_flight: BaseException) -> None:
+    """Stop the traceback of ``error`` (a listener's) at ``in_flight``: a link the
+    listener raised while sagakit handled ``in_flight`` (the step's error of a saga being
+    compensated...) gets ``__suppress_context__``, as ``raise ... from None`` would, so it
+    is not shown as raised "during handling of" an error that was never the listener's.
+
+    Only links whose implicit ``__context__`` is ``in_flight`` change, and only that flag
+    (``__context__`` itself is kept); ``in_flight`` and its own chain, and a cause the
+    listener gave (``raise ... from error``), are left as they are."""
+    seen: set[int] = set()
+    while error is not None and error is not in_flight and id(error) not in seen:
+        seen.add(id(error))
+        if error.__cause__ is not None:
+            error = error.__cause__
+        elif error.__suppress_context__:
+            return
+        elif error.__context__ is in_flight:
+            error.__suppress_context__ = True
+            return
+        else:
+            error = error.__context__
 
 
 def _name_of(listener: object) -> str:

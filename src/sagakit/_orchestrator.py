@@ -809,6 +809,7 @@ class SagaOrchestrator:
                     # Interrupted mid-step (``call`` is that step's): its effect is
                     # unknown, so it is undone like a timed-out step.
                     record.error = CANCELLED_ERROR
+                    record.duration = now() - started
                     interrupted = record
                     if call._spec.compensate_on_timeout:
                         done.append((record, call, None))
@@ -1249,6 +1250,7 @@ class SagaOrchestrator:
                     interrupted,
                     interrupted.attempts,
                     error=asyncio.CancelledError(why),
+                    duration=interrupted.duration,
                 )
             except LeaseLost:
                 raise  # fenced out: another worker owns the saga, nothing is undone here
@@ -1546,8 +1548,14 @@ class SagaOrchestrator:
                 ]
                 self._compensation_unwritten(run, unrecorded, left)
             raise
-        except (asyncio.CancelledError, SimulatedCrash):
-            raise  # _compensate restarts a cancelled one; a crash records nothing more
+        except asyncio.CancelledError:
+            # _compensate ends its record and restarts it: how long it ran, as a fatal's.
+            running = run.compensations[-1] if run.compensations else None
+            if running is not None and running is calling and running.status is STEP_RUNNING:
+                running.duration = now() - started
+            raise
+        except SimulatedCrash:
+            raise  # a crash records nothing more
         except BaseException as fatal:  # KeyboardInterrupt, SystemExit: it ended there
             running = run.compensations[-1] if run.compensations else None
             if running is not None and running.status is not STEP_RUNNING:

@@ -28,6 +28,7 @@ except ModuleNotFoundError as missing:  # pragma: no cover - tested in a subproc
     ) from missing
 
 from ._checks import not_the_class
+from ._notify import logger
 from ._runs import describe_error
 from .exceptions import SagaDefinitionError, StepTimeout
 from .status import SagaStatus
@@ -87,6 +88,7 @@ class SagaTracer:
         from . import __version__
 
         _check_provider(tracer_provider)
+        self._provider = tracer_provider  # as given: instrument() compares it
         self._tracer = trace.get_tracer("sagakit", __version__, tracer_provider=tracer_provider)
         # By saga id and run number: orchestrators with stores of their own may run one id
         # at the same time, and each run has spans of its own.
@@ -281,7 +283,12 @@ def _check_provider(provider: object) -> None:
 def instrument(
     orchestrator: SagaOrchestrator, tracer_provider: trace.TracerProvider | None = None
 ) -> SagaTracer:
-    """Add a :class:`SagaTracer` to ``orchestrator`` and return it."""
+    """Add a :class:`SagaTracer` to ``orchestrator`` and return it.
+
+    Already instrumented (a tracer of the same ``tracer_provider`` among its listeners),
+    it adds none and returns that one, with a warning, as OpenTelemetry's instrumentors
+    do: a second tracer would make every span twice. One of another provider is refused
+    (:class:`~sagakit.SagaDefinitionError`): remove it first."""
     from ._orchestrator import SagaOrchestrator
 
     if not isinstance(orchestrator, SagaOrchestrator):
@@ -293,6 +300,22 @@ def instrument(
         raise SagaDefinitionError(
             f"instrument() takes the SagaOrchestrator to trace first, got {orchestrator!r}{fix}"
         )
+    _check_provider(tracer_provider)
+    for listener in orchestrator._listeners:
+        if not isinstance(listener, SagaTracer):
+            continue
+        if listener._provider is not tracer_provider:
+            raise SagaDefinitionError(
+                f"{orchestrator!r} is already instrumented, by {listener!r} of another tracer "
+                "provider; a second tracer would make every span twice: call "
+                "orchestrator.remove_listener(tracer) with the one it has first"
+            )
+        logger.warning(
+            "sagakit: %r is already instrumented; instrument() returns its tracer and adds "
+            "no second one",
+            orchestrator,
+        )
+        return listener
     tracer = SagaTracer(tracer_provider)
     orchestrator.add_listener(tracer)
     return tracer
