@@ -225,6 +225,33 @@ async def test_trip(saga_fault_matrix):
     )
 
 
+def test_a_crash_around_the_matrix_fails_its_discovery_with_an_explanation(
+    pytester: pytest.Pytester,
+) -> None:
+    # Regression: a crash fault (a SimulatedCrash, a BaseException) that stopped the
+    # discovery run came out raw, not as the explanatory AssertionError other faults get.
+    write_ini(pytester)
+    pytester.makepyfile(
+        SAGA
+        + """
+@pytest.mark.asyncio
+async def test_matrix(saga_faults, saga_fault_matrix):
+    saga_faults.crash(reserve)
+    await saga_fault_matrix(order("x"))
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E*AssertionError: the fault matrix runs saga 'order' once without faults of its "
+            'own to discover its steps, but that run failed: SimulatedCrash("simulated crash '
+            "at step 'reserve'\"); a fault active around the call fired in it "
+            "(at step 'reserve')*",
+        ]
+    )
+
+
 def test_markers_on_the_module_class_and_test_combine(pytester: pytest.Pytester) -> None:
     write_ini(pytester)
     pytester.makepyfile(

@@ -191,6 +191,37 @@ async def test_a_fault_around_the_matrix_that_stops_its_discovery_is_named() -> 
 
 
 @pytest.mark.asyncio
+async def test_a_crash_around_the_matrix_that_stops_its_discovery_is_named() -> None:
+    # Regression: the crash (a BaseException) came out raw, without the explanation.
+    outer = FaultInjector().crash(reserve, after=True)
+    with outer, pytest.raises(AssertionError) as info:
+        await run_fault_matrix(order("x"))
+    [crash] = outer.fired
+    assert info.value.__cause__ is crash.fault
+    assert "but that run failed: SimulatedCrash(\"simulated crash at step 'reserve' after it " in (
+        str(info.value)
+    )
+    assert "a fault active around the call fired in it (at step 'reserve')" in str(info.value)
+
+
+@pytest.mark.asyncio
+async def test_a_base_exception_no_fault_raised_in_discovery_passes_through() -> None:
+    class Stop(BaseException):
+        pass
+
+    @step
+    async def halt(item: str) -> None:
+        raise Stop
+
+    @saga
+    def halted(item: str) -> list[Any]:
+        return [reserve(item), halt(item)]
+
+    with FaultInjector(), pytest.raises(Stop):  # no fault around raised it
+        await run_fault_matrix(halted("x"))
+
+
+@pytest.mark.asyncio
 async def test_a_given_orchestrator_is_used_and_its_listeners_left_as_they_were() -> None:
     recorder = SagaRecorder()
     sleep = InstantSleep()

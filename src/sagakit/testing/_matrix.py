@@ -317,12 +317,15 @@ async def run_fault_matrix(
         try:
             with _active(spy):
                 await orchestrator.execute(definition, saga_id=spy.saga_id)
-        except Exception as failure:
+        except BaseException as failure:
             fired = [
                 fault
                 for injector, before in zip(around, fired_before, strict=True)
                 for fault in injector.fired[before:]
             ]
+            # A BaseException passes through, unless an injected fault raised it (a crash).
+            if not isinstance(failure, Exception) and all(f.fault is not failure for f in fired):
+                raise
             cause = (
                 f"; a fault active around the call fired in it (at step {fired[0].step_name!r}"
                 f"{' compensation' if fired[0].compensation else ''}): run the matrix "
