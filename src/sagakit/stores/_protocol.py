@@ -42,6 +42,22 @@ class CommittedThenCancelled(asyncio.CancelledError):
         self.result = result
 
 
+_NOTHING_LOGGED = "_sagakit_nothing_logged"
+
+
+def mark_nothing_logged(error: BaseException) -> None:
+    """Mark ``error``, a store's error raised by :meth:`SagaStore.record` for a run's
+    end, as leaving nothing of the run in the log (no write of it ever committed, such
+    as a generated-id saga whose row went with its writes that all failed): there is
+    nothing for recovery to finish, and the orchestrator says so."""
+    setattr(error, _NOTHING_LOGGED, True)
+
+
+def nothing_logged(error: BaseException) -> bool:
+    """Whether :func:`mark_nothing_logged` marked ``error``."""
+    return getattr(error, _NOTHING_LOGGED, False) is True
+
+
 class SagaRunView(Protocol):
     """The run a store's :meth:`~SagaStore.begin`, :meth:`~SagaStore.record` and
     :meth:`~SagaStore.finish` receive: one execution of a saga, owned and changed by
