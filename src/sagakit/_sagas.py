@@ -17,7 +17,7 @@ from ._names import by_reference, check_storable, declared_name, qualname_of
 from ._steps import _POSITIONAL, Step, StepCall, _shown
 from ._tracebacks import hide_from_pytest
 from .exceptions import SagaDefinitionError
-from .records import SagaMetadata
+from .records import SagaMetadata, one_line
 from .status import SagaStatus
 
 # pytest shows a failing test's line, not this module's code (see _tracebacks).
@@ -187,7 +187,7 @@ class SagaDefinition:
         saga_id, name, calls = self._state[:3]
         steps = "?" if calls is None else len(calls)
         ident = f" id={saga_id!r}" if saga_id else ""
-        return f"<SagaDefinition {name}{ident} steps={steps}>"
+        return f"<SagaDefinition {one_line(name)}{ident} steps={steps}>"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SagaDefinition):

@@ -13,7 +13,7 @@ from .._display import short_repr
 from .._sagas import RecoveryPolicy
 from .._serialization import JsonSerializer
 from ..exceptions import SagaDefinitionError, StoreConfigError
-from ..records import shown_error
+from ..records import one_line, shown_error
 from ..status import SagaStatus, StepStatus
 
 if TYPE_CHECKING:
@@ -222,7 +222,7 @@ class LoggedStep:
 
     def __repr__(self) -> str:
         kind = "compensation" if self.compensation else "step"
-        return f"<Logged{kind} {self.index} {self.name}: {self.status}>"
+        return f"<Logged{kind} {self.index} {one_line(self.name)}: {self.status}>"
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -269,7 +269,7 @@ class OrphanedSaga:
 
     def __repr__(self) -> str:
         return (
-            f"<OrphanedSaga {self.name} id={self.saga_id!r} {self.status} "
+            f"<OrphanedSaga {one_line(self.name)} id={self.saga_id!r} {self.status} "
             f"{len(self.completed_steps)} steps done, attempt {self.recovery_attempts}>"
         )
 
@@ -287,9 +287,9 @@ class DeadLetter:
 
     def __repr__(self) -> str:
         return (
-            f"<DeadLetter {self.name} id={self.saga_id!r} {self.status} after "
+            f"<DeadLetter {one_line(self.name)} id={self.saga_id!r} {self.status} after "
             f"{self.recovery_attempts} attempt{'s' * (self.recovery_attempts != 1)}: "
-            f"{shown_error(self.reason)}>"
+            f"{one_line(shown_error(self.reason))}>"
         )
 
 
@@ -313,8 +313,8 @@ class StoredEvent:
     def __repr__(self) -> str:
         kind = "compensation" if self.compensation else "step"
         return (
-            f"<StoredEvent #{self.position} {self.saga_name} {self.saga_id!r} "
-            f"{kind} {self.step_index} {self.step_name}: {short_repr(self.event)}>"
+            f"<StoredEvent #{self.position} {one_line(self.saga_name)} {self.saga_id!r} "
+            f"{kind} {self.step_index} {one_line(self.step_name)}: {short_repr(self.event)}>"
         )
 
 
