@@ -7,7 +7,8 @@
 - compensate_on_timeout / compensate_on_failure took any value through bool(): now only
   True or False.
 - A step call made as a statement in a saga (a forgotten ``yield``, a call left out of a
-  list saga's list) was dropped silently: now refused, naming the line.
+  list saga's list) was dropped silently: now refused, naming the line. So is a call of
+  a ``@saga`` function made as a statement (its definition built and dropped).
 """
 
 from __future__ import annotations
@@ -491,6 +492,83 @@ def test_a_step_from_the_enclosing_function_declared_after_the_saga_is_checked()
         dc_closure_saga()
     assert _line("later-in-closure") in str(refused.value)
     assert "put it in the returned list" in str(refused.value)
+
+
+@saga
+def dc_inner(account: str) -> Any:
+    yield dc_credit(account, 1)
+
+
+@saga
+def dc_inner_list(account: str) -> list[StepCall[Any]]:
+    return [dc_credit(account, 1)]
+
+
+def test_a_saga_called_as_a_statement_in_a_generator_saga_is_refused() -> None:
+    # Calling a @saga function only builds its definition: dropped, like a step call.
+    def dc_outer(account: str) -> Any:
+        yield dc_credit(account, 2)
+        dc_inner(account)  # saga-statement
+
+    with pytest.raises(SagaDefinitionError) as refused:
+        saga(dc_outer)
+    message = str(refused.value)
+    assert message == (
+        f"saga 'dc_outer' calls saga 'dc_inner' as a statement at "
+        f"{__file__}:{_line('saga-statement').rpartition(':')[2]}: calling a saga only "
+        "builds its definition, so this saga would skip it; run it as a nested saga from a "
+        "step: an @step that awaits orchestrator.execute(dc_inner(...)), or yield its steps "
+        "as this saga's own: `yield from dc_inner.__wrapped__(...)`"
+    )
+
+
+def test_a_list_saga_called_as_a_statement_is_refused_with_the_fitting_fix() -> None:
+    def dc_outer_of_list(account: str) -> Any:
+        dc_inner_list(account)  # list-saga-statement
+        yield dc_credit(account, 2)
+
+    def dc_list_outer(account: str) -> list[StepCall[Any]]:
+        dc_inner_list(account)
+        return [dc_credit(account, 2)]
+
+    def dc_list_outer_of_generator(account: str) -> list[StepCall[Any]]:
+        dc_inner(account)
+        return [dc_credit(account, 2)]
+
+    with pytest.raises(SagaDefinitionError, match="saga 'dc_inner_list'") as refused:
+        saga(dc_outer_of_list)
+    assert _line("list-saga-statement") in str(refused.value)
+    assert str(refused.value).endswith(
+        "yield its steps as this saga's own: `for call in dc_inner_list(...).steps: yield call`"
+    )
+    with pytest.raises(SagaDefinitionError) as refused:
+        saga(dc_list_outer)
+    assert str(refused.value).endswith(
+        "or put its steps in the returned list: `return [..., *dc_inner_list(...).steps]`"
+    )
+    with pytest.raises(SagaDefinitionError) as refused:
+        saga(dc_list_outer_of_generator)
+    assert str(refused.value).endswith(
+        "run it as a nested saga from a step: an @step that awaits "
+        "orchestrator.execute(dc_inner(...))"
+    )
+
+
+@saga
+def dc_late_outer() -> Any:
+    dc_late_inner()  # late-saga
+    yield dc_credit("A", 1)
+
+
+@saga
+def dc_late_inner() -> Any:
+    yield dc_credit("B", 1)
+
+
+def test_a_saga_declared_after_the_saga_calling_it_is_checked_at_the_first_call() -> None:
+    with pytest.raises(SagaDefinitionError, match="calls saga 'dc_late_inner'") as refused:
+        dc_late_outer()
+    assert _line("late-saga") in str(refused.value)
 
 
 @pytest.mark.asyncio

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from contextlib import closing
@@ -1059,6 +1060,28 @@ async def test_a_generated_id_whose_writes_all_fail_is_stopped_not_finished(db: 
     assert calls == []
     assert heard == ["saga_stopped"]
     assert (running, history) == ([], [])
+
+
+@pytest.mark.asyncio
+async def test_a_saga_with_nothing_in_the_log_is_not_said_left_for_recovery(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its row never reached the log and its end could not be written: the warning said
+    # "the log still shows it running, left for recovery", with nothing in the log and
+    # nothing to recover. It says what is true; so does the note on the error raised.
+    store = SQLiteStore(db)
+    _fail_first_writes(store, 2)
+    caplog.set_level(logging.WARNING, logger="sagakit")
+    async with SagaOrchestrator(store) as orchestrator:
+        with pytest.raises(StoreError, match="disk full") as raised:
+            await orchestrator.execute(sqlite_move("A", "B", 5))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    [message] = [m for m in warnings if "could not record that the saga finished" in m]
+    notes = raised.value.__notes__
+    assert "left for recovery" not in message, message
+    assert "nothing of the saga is in the log" in message, message
+    assert not any("left for recovery" in note for note in notes), notes
+    assert any("nothing of the saga is in the log" in note for note in notes), notes
 
 
 def test_group_commit_keeps_each_jobs_statements_in_order() -> None:

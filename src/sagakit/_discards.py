@@ -1,9 +1,10 @@
-"""Step calls a saga's function makes as statements, found in its source.
+"""Step and saga calls a saga's function makes as statements, found in its source.
 
 Calling a step only builds a step call: the saga runs what its generator yields or what
 its list function returns. ``credit(dst, amount)`` written as a statement (a forgotten
 ``yield``, or a call left out of the returned list) is dropped, and the saga completes
-one step short. Read once per ``@saga`` function with :mod:`ast`, never per run.
+one step short. So is a call of a ``@saga`` function, which only builds a definition.
+Read once per ``@saga`` function with :mod:`ast`, never per run.
 """
 
 from __future__ import annotations
@@ -40,10 +41,15 @@ _statements_of: weakref.WeakKeyDictionary[CodeType, tuple[CallStatement, ...]] =
 )
 
 
-def check_discarded_steps(
-    fn: Callable[..., Any], saga_name: str, statements: tuple[CallStatement, ...] | None = None
+def check_discarded_calls(
+    fn: Callable[..., Any],
+    saga_name: str,
+    statements: tuple[CallStatement, ...] | None = None,
+    *,
+    saga_type: type[Any],
 ) -> tuple[CallStatement, ...]:
-    """Raise :class:`SagaDefinitionError` for a statement of ``fn`` calling a step.
+    """Raise :class:`SagaDefinitionError` for a statement of ``fn`` calling a step, or a
+    saga function (of ``saga_type``: ``SagaFunction``, passed in as it imports this).
 
     ``statements``: those left to check (``None``: all of ``fn``'s). Returns the ones
     whose name does not resolve yet (a step declared below the saga), to check again at
@@ -64,6 +70,8 @@ def check_discarded_steps(
             unresolved.append(statement)
         elif isinstance(found, Step | _BoundStep):
             raise _discarded(function, saga_name, statement, found)
+        elif isinstance(found, saga_type):
+            raise _discarded_saga(function, saga_name, statement, found)
     return tuple(unresolved)
 
 
@@ -84,6 +92,32 @@ def _discarded(
         f"saga {saga_name!r} calls step {step_name!r} as a statement at "
         f"{function.__code__.co_filename}:{statement.line}: calling a step only builds "
         f"the step call, so the saga would skip it; {fix}"
+    )
+
+
+def _discarded_saga(
+    function: FunctionType, saga_name: str, statement: CallStatement, found: Any
+) -> SagaDefinitionError:
+    """``found``, a ``SagaFunction``, called as a statement: its definition is dropped."""
+    called = ".".join(statement.path)
+    if not inspect.isgeneratorfunction(function):
+        inline = (
+            ""
+            if found.is_generator  # its steps are known only by running it
+            else f", or put its steps in the returned list: `return [..., *{called}(...).steps]`"
+        )
+    else:
+        steps = (
+            f"`yield from {called}.__wrapped__(...)`"
+            if found.is_generator
+            else f"`for call in {called}(...).steps: yield call`"
+        )
+        inline = f", or yield its steps as this saga's own: {steps}"
+    return SagaDefinitionError(
+        f"saga {saga_name!r} calls saga {found.name!r} as a statement at "
+        f"{function.__code__.co_filename}:{statement.line}: calling a saga only builds its "
+        f"definition, so this saga would skip it; run it as a nested saga from a step: an "
+        f"@step that awaits orchestrator.execute({called}(...)){inline}"
     )
 
 
@@ -175,4 +209,4 @@ def _resolve(function: FunctionType, path: tuple[str, ...]) -> object:
     return value
 
 
-__all__ = ["CallStatement", "check_discarded_steps"]
+__all__ = ["CallStatement", "check_discarded_calls"]

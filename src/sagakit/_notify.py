@@ -6,7 +6,6 @@ import asyncio
 import inspect
 import logging
 import sys
-import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,6 +27,7 @@ from ._members import (
 )
 from ._runs import SagaRun, describe_error
 from ._tracebacks import hide_from_pytest
+from .records import one_line
 from .status import SagaStatus
 from .transitions import Transition, TransitionKind
 
@@ -47,21 +47,6 @@ _FIELDS = (
     "attempt",
     "transition",
 )
-
-
-_CONTROLS = frozenset({"Cc", "Cf", "Zl", "Zp"})
-
-
-def one_line(text: str) -> str:
-    """``text`` with its control characters escaped as ``repr()`` does (``\\n``,
-    ``\\x1b``), for a log message or a line of the CLI's output: a saga id, name or error
-    quoted there cannot end the line (forging the next one, or breaking a table's row)
-    nor send an escape sequence to a terminal."""
-    if text.isprintable():
-        return text
-    return "".join(
-        repr(char)[1:-1] if unicodedata.category(char) in _CONTROLS else char for char in text
-    )
 
 
 class _StructuredFields(logging.Filter):

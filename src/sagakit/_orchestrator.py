@@ -102,7 +102,7 @@ from .exceptions import (
 from .records import SagaMetadata
 from .status import SagaStatus
 from .stores import MemoryStore, SagaStore
-from .stores._protocol import CommittedThenCancelled, check_saga_id
+from .stores._protocol import CommittedThenCancelled, check_saga_id, nothing_logged
 from .stores.memory import DEFAULT_HISTORY_LIMIT
 from .transitions import Transition, TransitionKind, make_transition
 
@@ -135,12 +135,32 @@ def _end_running_step(steps: list[StepRun], acted: StepRun | None, failure: Base
 
 _LEFT_FOR_RECOVERY = "left for recovery"
 """In the note on a store's error that says the saga's end is not in the log (logged)."""
+_NOTHING_LOGGED = "nothing of the saga is in the log"
+"""In that note instead when no write of the saga ever reached the log (logged)."""
 
 
 def _end_unwritten(run: SagaRun, transition: Transition, unrecorded: Exception) -> None:
     """The log could not record the run's end (``unrecorded``, a ``StoreError``): it still
-    shows the saga running, for recovery to finish. Logged at ``WARNING`` and noted on
+    shows the saga running, for recovery to finish (unless the store marked the error:
+    nothing of the saga is in the log). Logged at ``WARNING`` and noted on
     ``unrecorded``, which ``execute()`` raises, with how its caller learns the outcome."""
+    if nothing_logged(unrecorded):
+        log_unwritten(
+            run,
+            logging.WARNING,
+            transition,
+            describe_error(unrecorded),
+            f"{_NOTHING_LOGGED} (none of its writes could be made), so there is nothing "
+            "for recovery to finish; check the saga log's storage",
+        )
+        note = (
+            f"sagakit: saga {run.name} ({run.id}) ended {run.status}, but the saga log could not "
+            f"record it: {_NOTHING_LOGGED} (none of its writes could be made), so recovery has "
+            "nothing of it to finish"
+        )
+        if note not in getattr(unrecorded, "__notes__", ()):
+            unrecorded.add_note(note)
+        return
     log_unwritten(
         run,
         logging.WARNING,
@@ -1207,7 +1227,9 @@ class SagaOrchestrator:
             await self._finish(run)
         except Exception as unrecorded:
             notes = getattr(unrecorded, "__notes__", ())
-            if not any(_LEFT_FOR_RECOVERY in note for note in notes):  # else logged already
+            if not any(  # else logged already
+                _LEFT_FOR_RECOVERY in note or _NOTHING_LOGGED in note for note in notes
+            ):
                 _warn_unless_released(
                     run,
                     unrecorded,

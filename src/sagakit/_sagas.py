@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, TypeAlias,
 from typing_extensions import ParamSpec
 
 from ._checks import check_not_method_object
-from ._discards import check_discarded_steps
+from ._discards import check_discarded_calls
 from ._names import by_reference, check_storable, declared_name, qualname_of
 from ._steps import _POSITIONAL, Step, StepCall, _shown
 from ._tracebacks import hide_from_pytest
 from .exceptions import SagaDefinitionError
-from .records import SagaMetadata
+from .records import SagaMetadata, one_line
 from .status import SagaStatus
 
 # pytest shows a failing test's line, not this module's code (see _tracebacks).
@@ -187,7 +187,7 @@ class SagaDefinition:
         saga_id, name, calls = self._state[:3]
         steps = "?" if calls is None else len(calls)
         ident = f" id={saga_id!r}" if saga_id else ""
-        return f"<SagaDefinition {name}{ident} steps={steps}>"
+        return f"<SagaDefinition {one_line(name)}{ident} steps={steps}>"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SagaDefinition):
@@ -429,9 +429,9 @@ class SagaFunction(Generic[P]):
         self._name = name
         self._recovery: RecoveryPolicy = recovery
         self._is_generator = inspect.isgeneratorfunction(fn)
-        # Step calls made as statements: refused now, or at the first call for names
-        # not declared yet (one falsy attribute read per call after that).
-        self._unchecked = check_discarded_steps(fn, name)
+        # Step or saga calls made as statements: refused now, or at the first call for
+        # names not declared yet (one falsy attribute read per call after that).
+        self._unchecked = check_discarded_calls(fn, name, saga_type=SagaFunction)
         self._positional: tuple[int, int] | None = (
             _positional_range(fn) if self._is_generator else None
         )
@@ -500,8 +500,10 @@ class SagaFunction(Generic[P]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> SagaDefinition:
         if self._unchecked:
-            check_discarded_steps(self.__wrapped__, self._name, self._unchecked)
-            self._unchecked = ()  # still undeclared: not a step this saga could run
+            check_discarded_calls(
+                self.__wrapped__, self._name, self._unchecked, saga_type=SagaFunction
+            )
+            self._unchecked = ()  # still undeclared: no step or saga this saga could run
         calls: tuple[StepCall[Any], ...] | None = None
         if self._is_generator:
             fits = self._positional  # plain positional arguments that fit need no binding

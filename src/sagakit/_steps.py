@@ -24,6 +24,7 @@ from ._retry import NO_RETRY, Retry
 from ._runs import alone_in, awaitable_returned_by, current_run
 from ._tracebacks import hide_from_pytest
 from .exceptions import CompensationAlreadySetError, SagaDefinitionError, StepTimeout
+from .records import one_line
 
 # pytest shows a failing test's line, not this module's code (see _tracebacks).
 __tracebackhide__ = hide_from_pytest
@@ -305,7 +306,8 @@ class StepCall(Generic[R_co]):
     def __repr__(self) -> str:
         # Each argument shortened, as in a definition's notebook table: a list of a
         # million rows, or an argument whose repr() raises, still shows in one line.
-        return f"<StepCall {self._step.name}({describe_args(self._args, self._kwargs)})>"
+        name = one_line(self._step.name)
+        return f"<StepCall {name}({describe_args(self._args, self._kwargs)})>"
 
 
 def _declared_again(earlier: object, fn: object) -> bool:
@@ -668,7 +670,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         return by_reference(self, f"step {self.name!r}")
 
     def __repr__(self) -> str:
-        return f"<Step {self.name} timeout={self.timeout:g}s>"
+        return f"<Step {one_line(self.name)} timeout={self.timeout:g}s>"
 
     # As for a function, str() and format() give the repr (wrapt's proxy would give the
     # function's: "<function debit at 0x...>").

@@ -6,6 +6,7 @@ changes under the code that holds it and concurrent runs never share one.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,11 +17,31 @@ SHOWN_ERROR = 200
 """How many characters of an error a repr shows (the record keeps it whole)."""
 
 
+_CONTROLS = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped as ``repr()`` does (``\\n``,
+    ``\\x1b``), for a repr, a log message or a line of the CLI's output: a saga id, name
+    or error quoted there cannot end the line (forging the next one, or breaking a
+    table's row) nor send an escape sequence to a terminal."""
+    if text.isprintable():
+        return text
+    return "".join(
+        repr(char)[1:-1] if unicodedata.category(char) in _CONTROLS else char for char in text
+    )
+
+
 def shown_error(error: str) -> str:
     """``error`` cut to :data:`SHOWN_ERROR` characters, marked when cut."""
     if len(error) <= SHOWN_ERROR:
         return error
     return f"{error[: SHOWN_ERROR - 1]}…"
+
+
+def _shown(error: str) -> str:
+    """``error`` as a repr shows it: cut, on one line."""
+    return one_line(shown_error(error))
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -38,13 +59,13 @@ class StepRecord:
 
     def __repr__(self) -> str:
         kind = "compensation" if self.compensation else "step"
-        text = f"<{kind} {self.index} {self.name}: {self.status}"
+        text = f"<{kind} {self.index} {one_line(self.name)}: {self.status}"
         if self.attempts > 1:
             text += f" after {self.attempts} attempts"
         if self.duration is not None:
             text += f" in {self.duration * 1000:.1f} ms"
         if self.error:
-            text += f" ({shown_error(self.error)})"
+            text += f" ({_shown(self.error)})"
         return text + ">"
 
     def _repr_html_(self) -> str:
@@ -89,14 +110,14 @@ class SagaMetadata:
 
     def __repr__(self) -> str:
         total = "?" if self.total_steps is None else self.total_steps
-        text = f"<SagaMetadata {self.name} id={self.id!r} {self.status}"
+        text = f"<SagaMetadata {one_line(self.name)} id={self.id!r} {self.status}"
         text += f" {self.steps_executed}/{total} steps"
         if self.duration is not None:
             text += f" in {self.duration * 1000:.1f} ms"
         if self.error:
-            text += f" ({shown_error(self.error)})"
+            text += f" ({_shown(self.error)})"
         if self.dead_letter is not None:
-            text += f" dead-lettered ({shown_error(self.dead_letter)})"
+            text += f" dead-lettered ({_shown(self.dead_letter)})"
         return text + ">"
 
     def _repr_html_(self) -> str:

@@ -13,7 +13,7 @@ from .._display import short_repr
 from .._sagas import RecoveryPolicy
 from .._serialization import JsonSerializer
 from ..exceptions import SagaDefinitionError, StoreConfigError
-from ..records import shown_error
+from ..records import one_line, shown_error
 from ..status import SagaStatus, StepStatus
 
 if TYPE_CHECKING:
@@ -40,6 +40,22 @@ class CommittedThenCancelled(asyncio.CancelledError):
     def __init__(self, result: Any = None) -> None:
         super().__init__()
         self.result = result
+
+
+_NOTHING_LOGGED = "_sagakit_nothing_logged"
+
+
+def mark_nothing_logged(error: BaseException) -> None:
+    """Mark ``error``, a store's error raised by :meth:`SagaStore.record` for a run's
+    end, as leaving nothing of the run in the log (no write of it ever committed, such
+    as a generated-id saga whose row went with its writes that all failed): there is
+    nothing for recovery to finish, and the orchestrator says so."""
+    setattr(error, _NOTHING_LOGGED, True)
+
+
+def nothing_logged(error: BaseException) -> bool:
+    """Whether :func:`mark_nothing_logged` marked ``error``."""
+    return getattr(error, _NOTHING_LOGGED, False) is True
 
 
 class SagaRunView(Protocol):
@@ -206,7 +222,7 @@ class LoggedStep:
 
     def __repr__(self) -> str:
         kind = "compensation" if self.compensation else "step"
-        return f"<Logged{kind} {self.index} {self.name}: {self.status}>"
+        return f"<Logged{kind} {self.index} {one_line(self.name)}: {self.status}>"
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -253,7 +269,7 @@ class OrphanedSaga:
 
     def __repr__(self) -> str:
         return (
-            f"<OrphanedSaga {self.name} id={self.saga_id!r} {self.status} "
+            f"<OrphanedSaga {one_line(self.name)} id={self.saga_id!r} {self.status} "
             f"{len(self.completed_steps)} steps done, attempt {self.recovery_attempts}>"
         )
 
@@ -271,9 +287,9 @@ class DeadLetter:
 
     def __repr__(self) -> str:
         return (
-            f"<DeadLetter {self.name} id={self.saga_id!r} {self.status} after "
+            f"<DeadLetter {one_line(self.name)} id={self.saga_id!r} {self.status} after "
             f"{self.recovery_attempts} attempt{'s' * (self.recovery_attempts != 1)}: "
-            f"{shown_error(self.reason)}>"
+            f"{one_line(shown_error(self.reason))}>"
         )
 
 
@@ -297,8 +313,8 @@ class StoredEvent:
     def __repr__(self) -> str:
         kind = "compensation" if self.compensation else "step"
         return (
-            f"<StoredEvent #{self.position} {self.saga_name} {self.saga_id!r} "
-            f"{kind} {self.step_index} {self.step_name}: {short_repr(self.event)}>"
+            f"<StoredEvent #{self.position} {one_line(self.saga_name)} {self.saga_id!r} "
+            f"{kind} {self.step_index} {one_line(self.step_name)}: {short_repr(self.event)}>"
         )
 
 

@@ -62,6 +62,7 @@ from ._protocol import (
     check_saga_id,
     check_text,
     claim_limit,
+    mark_nothing_logged,
     row_limit,
     store_serializer,
 )
@@ -452,8 +453,11 @@ class SQLiteStore:
                 if not done.cancelled() and done.exception() is None:
                     self._committed(run.id, transition)
                     raise CommittedThenCancelled(None) from None
-            if transition.kind is ON_SAGA_FINISHED and not self._writer.usable:
-                self._end_refused.add(run.id)
+            if transition.kind is ON_SAGA_FINISHED:
+                if not self._writer.usable:
+                    self._end_refused.add(run.id)
+                if unlogged:  # its row went with it, rolled back: none of its writes did
+                    mark_nothing_logged(error)
             if carried:
                 # Not committed (dropped as its caller was cancelled, or rolled back): the
                 # staged transitions happened all the same; they go with the next write,
