@@ -73,6 +73,7 @@ from ._protocol import (
     check_saga_ids,
     check_text,
     claim_limit,
+    mark_nothing_logged,
     row_limit,
     store_serializer,
 )
@@ -921,6 +922,8 @@ class PostgresStore:
                 if new is not None:
                     writes[0].new = None
                     new = None  # left in self._new
+                    if writes[-1].final:  # its row went with it: none of its writes did
+                        mark_nothing_logged(error)
                 if carried:
                     self._staged[saga_id] = [*writes[:carried], *self._staged.get(saga_id, ())]
             # Otherwise it may have committed or not: it is in self._doubts, settled
