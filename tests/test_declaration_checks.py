@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import linecache
 import os
 import time
 import types
@@ -435,6 +436,50 @@ def _dc_through_an_instance() -> Any:
     yield dc_account.dc_deposit(2)
 
 
+dc_deposit_bound = dc_account.dc_deposit  # a step bound to its instance, held in a global
+
+
+def _dc_through_a_bound_step() -> Any:
+    dc_deposit_bound(1)  # through-a-bound-step
+    yield dc_credit("B", 1)
+
+
+class DcShop:
+    @staticmethod
+    @step
+    async def dc_price(sku: str) -> int:
+        return 1
+
+    @classmethod
+    @step
+    async def dc_stock(cls, sku: str) -> int:
+        return 2
+
+
+def _dc_through_a_staticmethod() -> Any:
+    DcShop.dc_price("a")  # through-a-staticmethod
+    yield dc_credit("B", 1)
+
+
+def _dc_through_a_classmethod() -> Any:
+    DcShop.dc_stock("a")  # through-a-classmethod
+    yield dc_credit("B", 1)
+
+
+def _dc_in_an_except_clause() -> Any:
+    try:
+        yield dc_credit("A", 1)
+    except KeyError:
+        dc_credit("A", 2)  # in-an-except-clause
+
+
+def _dc_in_a_match_case(kind: str) -> Any:
+    match kind:
+        case "refund":
+            dc_credit("A", 2)  # in-a-match-case
+    yield dc_credit("B", 1)
+
+
 def _dc_list_in_a_loop(accounts: list[str]) -> list[StepCall[Any]]:
     calls = []
     for account in accounts:
@@ -450,12 +495,19 @@ def _dc_list_in_a_loop(accounts: list[str]) -> list[StepCall[Any]]:
         (_dc_through_a_namespace, "through-a-namespace"),
         (_dc_through_an_instance, "through-an-instance"),
         (_dc_list_in_a_loop, "list-in-a-loop"),
+        (_dc_through_a_bound_step, "through-a-bound-step"),
+        (_dc_through_a_staticmethod, "through-a-staticmethod"),
+        (_dc_through_a_classmethod, "through-a-classmethod"),
+        (_dc_in_an_except_clause, "in-an-except-clause"),
+        (_dc_in_a_match_case, "in-a-match-case"),
     ],
 )
 def test_a_discarded_step_call_is_found_in_any_statement(
     fn: Callable[..., Any], marker: str
 ) -> None:
-    with pytest.raises(SagaDefinitionError, match=r"step 'dc_(credit|deposit)'") as refused:
+    with pytest.raises(
+        SagaDefinitionError, match=r"step 'dc_(credit|deposit|price|stock)'"
+    ) as refused:
         saga(fn)
     assert _line(marker) in str(refused.value)
 
@@ -610,6 +662,38 @@ async def test_sagas_that_keep_every_step_call_are_not_refused() -> None:
     assert await orchestrator.execute(dc_shadowing()) == [1]
     assert await orchestrator.execute(dc_good_generator(["A", "B"])) == [1, 2, 3]
     assert await orchestrator.execute(dc_good_list(["A", "B"])) == [1, 1]
+
+
+@pytest.mark.asyncio
+async def test_a_local_named_as_a_step_and_used_by_a_nested_function_is_not_the_step() -> None:
+    heard: list[str] = []
+
+    @saga
+    def dc_cell_shadowing() -> Any:
+        dc_credit = heard.append  # a local (a cell: the lambda below reads it)
+        dc_credit("not the step")
+        (lambda: dc_credit)()
+        yield dc_bank.credit("A", 1)
+
+    assert await SagaOrchestrator().execute(dc_cell_shadowing()) == [1]
+    assert heard == ["not the step"]
+
+
+def test_a_saga_whose_source_changed_since_it_was_compiled_is_not_checked() -> None:
+    # The source read for it is another function's (its file edited since): not checked
+    # against code that is not the saga's, rather than refused for a call it never makes.
+    filename = "<dc-edited-source>"
+    namespace = {"dc_credit": dc_credit}
+    exec(
+        compile("def dc_now(amount):\n    yield dc_credit('B', amount)\n", filename, "exec"),
+        namespace,
+    )
+    edited = ["def dc_before(amount):\n", "    dc_credit('A', amount)\n"]
+    linecache.cache[filename] = (len("".join(edited)), None, edited, filename)
+    try:
+        saga(namespace["dc_now"])
+    finally:
+        del linecache.cache[filename]
 
 
 @pytest.mark.asyncio
