@@ -650,6 +650,16 @@ def test_bad_options() -> None:
         SQLiteStore("file:logs/x.db?mode=ro")
     assert "SQLiteStore('logs/x.db')" in str(uri.value)
     assert "read_only=True" in str(uri.value)
+    # Its path as SQLite reads it: after an authority, percent-decoded, without a fragment.
+    for uri, path in [
+        ("file:///var/lib/sagas.db?mode=rw", "/var/lib/sagas.db"),
+        ("file://localhost/var/lib/sagas.db", "/var/lib/sagas.db"),
+        ("file:my%20sagas.db", "my sagas.db"),
+        ("file:sagas.db#top", "sagas.db"),
+    ]:
+        with pytest.raises(StoreConfigError, match="not a SQLite URI") as uri_error:
+            SQLiteStore(uri)
+        assert f"SQLiteStore({path!r})" in str(uri_error.value)
     for in_memory in ("file::memory:", "file:x?mode=memory&cache=shared"):
         with pytest.raises(StoreConfigError, match="use MemoryStore"):
             SQLiteStore(in_memory)
