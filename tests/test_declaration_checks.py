@@ -696,6 +696,68 @@ def test_a_saga_whose_source_changed_since_it_was_compiled_is_not_checked() -> N
         del linecache.cache[filename]
 
 
+def test_the_first_of_several_discarded_step_calls_is_named() -> None:
+    def dc_two_dropped() -> Any:
+        dc_credit("A", 1)  # first-dropped
+        dc_credit("B", 1)
+        yield dc_credit("C", 1)
+
+    with pytest.raises(SagaDefinitionError) as refused:
+        saga(dc_two_dropped)
+    assert _line("first-dropped") in str(refused.value)
+
+
+class _DcLazyProxy:
+    """A lazy proxy (werkzeug's ``LocalProxy``): its ``__class__`` runs code, which fails
+    outside the context it needs (here, while ``outside`` is set)."""
+
+    outside = False
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type[Any]:  # type: ignore[override]
+        if _DcLazyProxy.outside:
+            raise RuntimeError("working outside of application context")
+        return _DcLazyProxy
+
+    def __call__(self) -> None:
+        pass
+
+
+dc_lazy = _DcLazyProxy()
+
+
+class DcLazyHolder:
+    lazy = dc_lazy
+
+
+def test_a_call_of_a_lazy_proxy_as_a_statement_runs_none_of_its_code() -> None:
+    # Regression: isinstance() read the proxy's __class__, so declaring the saga (at import)
+    # raised the proxy's RuntimeError.
+    def dc_through_a_proxy() -> Any:
+        dc_lazy()
+        yield dc_credit("A", 1)
+
+    def dc_through_a_class_attribute_proxy() -> Any:
+        DcLazyHolder.lazy()
+        yield dc_credit("A", 1)
+
+    _DcLazyProxy.outside = True
+    try:
+        assert saga(dc_through_a_proxy).name == "dc_through_a_proxy"
+        assert saga(dc_through_a_class_attribute_proxy)() is not None
+    finally:
+        _DcLazyProxy.outside = False
+
+
+def test_a_saga_function_whose_wrapped_chain_is_a_cycle_is_not_checked() -> None:
+    def dc_cycle() -> Any:
+        dc_credit("A", 1)
+        yield dc_credit("B", 1)
+
+    dc_cycle.__wrapped__ = dc_cycle  # type: ignore[attr-defined]
+    assert saga(dc_cycle).name == "dc_cycle"
+
+
 @pytest.mark.asyncio
 async def test_a_saga_whose_source_cannot_be_read_is_not_checked() -> None:
     namespace = {"dc_credit": dc_credit, "saga": saga}
