@@ -39,6 +39,7 @@ from sagakit import (
     saga,
     step,
 )
+from sagakit import _sagas as sagakit_sagas
 from sagakit.testing import SagaRecorder
 
 
@@ -528,6 +529,31 @@ def test_a_step_declared_after_its_saga_is_checked_when_the_saga_is_first_called
         with pytest.raises(SagaDefinitionError, match="step 'dc_late_step'") as refused:
             dc_late_saga(1)
         assert _line("late-step") in str(refused.value)
+
+
+def test_a_sagas_body_is_checked_at_its_first_call_not_at_every_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checks: list[object] = []
+    check = sagakit_sagas.check_discarded_calls
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        checks.append(args[0])
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(sagakit_sagas, "check_discarded_calls", counted)
+
+    @saga
+    def dc_checked_once() -> Any:
+        dc_later()  # declared below: checked at the first call
+        yield dc_credit("A", 1)
+
+    def dc_later() -> None:
+        pass
+
+    for _ in range(3):
+        dc_checked_once()
+    assert len(checks) == 2  # declared, then first called; never per call after that
 
 
 def test_a_step_from_the_enclosing_function_declared_after_the_saga_is_checked() -> None:
