@@ -278,8 +278,10 @@ def test_a_builder_definition_refuses_steps_that_are_not_a_collection(steps: obj
     # A single step call (or any non-iterable) was a bare "'StepCall' object is not iterable".
     with pytest.raises(
         SagaDefinitionError, match=r"steps=\.\.\.\) must be an iterable of step calls"
-    ):
+    ) as refused:
         SagaDefinition("dc-steps", steps=steps)  # type: ignore[arg-type]
+    hinted = "(put a single step call in a list)" in str(refused.value)
+    assert hinted is isinstance(steps, StepCall)  # only a single step call is hinted so
 
 
 async def _plain() -> None:
