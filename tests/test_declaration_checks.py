@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import linecache
 import os
 import time
 import types
@@ -38,6 +39,7 @@ from sagakit import (
     saga,
     step,
 )
+from sagakit import _sagas as sagakit_sagas
 from sagakit.testing import SagaRecorder
 
 
@@ -276,8 +278,10 @@ def test_a_builder_definition_refuses_steps_that_are_not_a_collection(steps: obj
     # A single step call (or any non-iterable) was a bare "'StepCall' object is not iterable".
     with pytest.raises(
         SagaDefinitionError, match=r"steps=\.\.\.\) must be an iterable of step calls"
-    ):
+    ) as refused:
         SagaDefinition("dc-steps", steps=steps)  # type: ignore[arg-type]
+    hinted = "(put a single step call in a list)" in str(refused.value)
+    assert hinted is isinstance(steps, StepCall)  # only a single step call is hinted so
 
 
 async def _plain() -> None:
@@ -435,6 +439,50 @@ def _dc_through_an_instance() -> Any:
     yield dc_account.dc_deposit(2)
 
 
+dc_deposit_bound = dc_account.dc_deposit  # a step bound to its instance, held in a global
+
+
+def _dc_through_a_bound_step() -> Any:
+    dc_deposit_bound(1)  # through-a-bound-step
+    yield dc_credit("B", 1)
+
+
+class DcShop:
+    @staticmethod
+    @step
+    async def dc_price(sku: str) -> int:
+        return 1
+
+    @classmethod
+    @step
+    async def dc_stock(cls, sku: str) -> int:
+        return 2
+
+
+def _dc_through_a_staticmethod() -> Any:
+    DcShop.dc_price("a")  # through-a-staticmethod
+    yield dc_credit("B", 1)
+
+
+def _dc_through_a_classmethod() -> Any:
+    DcShop.dc_stock("a")  # through-a-classmethod
+    yield dc_credit("B", 1)
+
+
+def _dc_in_an_except_clause() -> Any:
+    try:
+        yield dc_credit("A", 1)
+    except KeyError:
+        dc_credit("A", 2)  # in-an-except-clause
+
+
+def _dc_in_a_match_case(kind: str) -> Any:
+    match kind:
+        case "refund":
+            dc_credit("A", 2)  # in-a-match-case
+    yield dc_credit("B", 1)
+
+
 def _dc_list_in_a_loop(accounts: list[str]) -> list[StepCall[Any]]:
     calls = []
     for account in accounts:
@@ -450,12 +498,19 @@ def _dc_list_in_a_loop(accounts: list[str]) -> list[StepCall[Any]]:
         (_dc_through_a_namespace, "through-a-namespace"),
         (_dc_through_an_instance, "through-an-instance"),
         (_dc_list_in_a_loop, "list-in-a-loop"),
+        (_dc_through_a_bound_step, "through-a-bound-step"),
+        (_dc_through_a_staticmethod, "through-a-staticmethod"),
+        (_dc_through_a_classmethod, "through-a-classmethod"),
+        (_dc_in_an_except_clause, "in-an-except-clause"),
+        (_dc_in_a_match_case, "in-a-match-case"),
     ],
 )
 def test_a_discarded_step_call_is_found_in_any_statement(
     fn: Callable[..., Any], marker: str
 ) -> None:
-    with pytest.raises(SagaDefinitionError, match=r"step 'dc_(credit|deposit)'") as refused:
+    with pytest.raises(
+        SagaDefinitionError, match=r"step 'dc_(credit|deposit|price|stock)'"
+    ) as refused:
         saga(fn)
     assert _line(marker) in str(refused.value)
 
@@ -476,6 +531,31 @@ def test_a_step_declared_after_its_saga_is_checked_when_the_saga_is_first_called
         with pytest.raises(SagaDefinitionError, match="step 'dc_late_step'") as refused:
             dc_late_saga(1)
         assert _line("late-step") in str(refused.value)
+
+
+def test_a_sagas_body_is_checked_at_its_first_call_not_at_every_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checks: list[object] = []
+    check = sagakit_sagas.check_discarded_calls
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        checks.append(args[0])
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(sagakit_sagas, "check_discarded_calls", counted)
+
+    @saga
+    def dc_checked_once() -> Any:
+        dc_later()  # declared below: checked at the first call
+        yield dc_credit("A", 1)
+
+    def dc_later() -> None:
+        pass
+
+    for _ in range(3):
+        dc_checked_once()
+    assert len(checks) == 2  # declared, then first called; never per call after that
 
 
 def test_a_step_from_the_enclosing_function_declared_after_the_saga_is_checked() -> None:
@@ -610,6 +690,100 @@ async def test_sagas_that_keep_every_step_call_are_not_refused() -> None:
     assert await orchestrator.execute(dc_shadowing()) == [1]
     assert await orchestrator.execute(dc_good_generator(["A", "B"])) == [1, 2, 3]
     assert await orchestrator.execute(dc_good_list(["A", "B"])) == [1, 1]
+
+
+@pytest.mark.asyncio
+async def test_a_local_named_as_a_step_and_used_by_a_nested_function_is_not_the_step() -> None:
+    heard: list[str] = []
+
+    @saga
+    def dc_cell_shadowing() -> Any:
+        dc_credit = heard.append  # a local (a cell: the lambda below reads it)
+        dc_credit("not the step")
+        (lambda: dc_credit)()
+        yield dc_bank.credit("A", 1)
+
+    assert await SagaOrchestrator().execute(dc_cell_shadowing()) == [1]
+    assert heard == ["not the step"]
+
+
+def test_a_saga_whose_source_changed_since_it_was_compiled_is_not_checked() -> None:
+    # The source read for it is another function's (its file edited since): not checked
+    # against code that is not the saga's, rather than refused for a call it never makes.
+    filename = "<dc-edited-source>"
+    namespace = {"dc_credit": dc_credit}
+    exec(
+        compile("def dc_now(amount):\n    yield dc_credit('B', amount)\n", filename, "exec"),
+        namespace,
+    )
+    edited = ["def dc_before(amount):\n", "    dc_credit('A', amount)\n"]
+    linecache.cache[filename] = (len("".join(edited)), None, edited, filename)
+    try:
+        saga(namespace["dc_now"])
+    finally:
+        del linecache.cache[filename]
+
+
+def test_the_first_of_several_discarded_step_calls_is_named() -> None:
+    def dc_two_dropped() -> Any:
+        dc_credit("A", 1)  # first-dropped
+        dc_credit("B", 1)
+        yield dc_credit("C", 1)
+
+    with pytest.raises(SagaDefinitionError) as refused:
+        saga(dc_two_dropped)
+    assert _line("first-dropped") in str(refused.value)
+
+
+class _DcLazyProxy:
+    """A lazy proxy (werkzeug's ``LocalProxy``): its ``__class__`` runs code, which fails
+    outside the context it needs (here, while ``outside`` is set)."""
+
+    outside = False
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type[Any]:  # type: ignore[override]
+        if _DcLazyProxy.outside:
+            raise RuntimeError("working outside of application context")
+        return _DcLazyProxy
+
+    def __call__(self) -> None:
+        pass
+
+
+dc_lazy = _DcLazyProxy()
+
+
+class DcLazyHolder:
+    lazy = dc_lazy
+
+
+def test_a_call_of_a_lazy_proxy_as_a_statement_runs_none_of_its_code() -> None:
+    # Regression: isinstance() read the proxy's __class__, so declaring the saga (at import)
+    # raised the proxy's RuntimeError.
+    def dc_through_a_proxy() -> Any:
+        dc_lazy()
+        yield dc_credit("A", 1)
+
+    def dc_through_a_class_attribute_proxy() -> Any:
+        DcLazyHolder.lazy()
+        yield dc_credit("A", 1)
+
+    _DcLazyProxy.outside = True
+    try:
+        assert saga(dc_through_a_proxy).name == "dc_through_a_proxy"
+        assert saga(dc_through_a_class_attribute_proxy)() is not None
+    finally:
+        _DcLazyProxy.outside = False
+
+
+def test_a_saga_function_whose_wrapped_chain_is_a_cycle_is_not_checked() -> None:
+    def dc_cycle() -> Any:
+        dc_credit("A", 1)
+        yield dc_credit("B", 1)
+
+    dc_cycle.__wrapped__ = dc_cycle  # type: ignore[attr-defined]
+    assert saga(dc_cycle).name == "dc_cycle"
 
 
 @pytest.mark.asyncio

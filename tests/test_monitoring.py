@@ -35,6 +35,7 @@ from sagakit import (
     step,
 )
 from sagakit._runs import SagaRun
+from sagakit.testing import FaultInjector, SimulatedCrash
 
 # ------------------------------------------------------------------ statuses
 
@@ -242,6 +243,33 @@ async def test_a_step_declared_as_a_compensation_is_that_compensation() -> None:
 
     with pytest.raises(StepFailed):
         await SagaOrchestrator().execute(SagaDefinition("r").add_step(charge("o")).add_step(boom()))
+    [ctx] = seen
+    assert ctx is not None
+    assert (ctx.step_name, ctx.compensating, ctx.idempotency_key) == ("charge", True, "r:0")
+
+
+@pytest.mark.asyncio
+async def test_a_step_declared_as_a_compensation_is_that_compensation_when_crashed_after() -> None:
+    # An injected crash-after runs the step before "the process dies": as the compensation.
+    seen: list[Any] = []
+
+    @step
+    async def charge(order: str) -> str:
+        return order
+
+    @step
+    async def refund(order: str) -> None:
+        seen.append(current_step())
+
+    charge.compensate(refund)
+
+    @step
+    async def boom() -> None:
+        raise ValueError("x")
+
+    definition = SagaDefinition("r").add_step(charge("o")).add_step(boom())
+    with FaultInjector().crash(refund, after=True), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator().execute(definition)
     [ctx] = seen
     assert ctx is not None
     assert (ctx.step_name, ctx.compensating, ctx.idempotency_key) == ("charge", True, "r:0")

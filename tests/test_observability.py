@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -718,3 +719,33 @@ async def test_a_listener_raising_while_compensating_is_logged_without_the_sagas
         assert "listener's own lookup" in text
     assert not step_error.__suppress_context__  # the saga's errors are left as they were
     assert failed.value.__cause__ is step_error
+
+
+def _raises_from_its_own_error(transition: Transition) -> None:
+    try:
+        raise KeyError("listener's own lookup")
+    except KeyError as lookup:
+        raise ValueError(f"listener broke on {transition.kind}") from lookup
+
+
+async def _cancelled_on_its_own(transition: Transition) -> None:
+    raise asyncio.CancelledError(f"listener broke on {transition.kind}")  # not the saga's
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("listener", [_raises_from_its_own_error, _cancelled_on_its_own])
+async def test_a_listeners_chained_or_cancelled_error_is_logged_without_the_sagas_error(
+    caplog: pytest.LogCaptureFixture, listener: Callable[[Transition], Any]
+) -> None:
+    # The cause a listener gives, and a cancellation of its own, are unchained as well.
+    caplog.set_level(logging.ERROR, logger="sagakit")
+    orchestrator = SagaOrchestrator(listeners=[listener])
+    with FaultInjector().fail("ship", RuntimeError("step exploded")), pytest.raises(StepFailed):
+        await orchestrator.execute(order("book"), saga_id="o-chain")
+    errors = [r for r in _records(caplog) if "raised on" in r.getMessage()]
+    assert {r.transition for r in errors} >= {"compensation_started", "saga_finished"}  # type: ignore[attr-defined]
+    for record in errors:
+        assert record.exc_info is not None
+        shown = "".join(traceback.format_exception(record.exc_info[1]))
+        assert "listener broke on" in shown
+        assert "step exploded" not in shown

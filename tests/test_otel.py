@@ -384,3 +384,21 @@ def test_instrumenting_again_with_another_provider_is_refused() -> None:
     with pytest.raises(SagaDefinitionError, match="already instrumented"):
         instrument(orchestrator)  # the global provider: another one too
     assert len(orchestrator._listeners) == 1
+
+
+def test_instrumenting_an_orchestrator_with_other_listeners_adds_the_tracer() -> None:
+    heard: list[Any] = []
+    orchestrator = SagaOrchestrator(listeners=[heard.append])
+    tracer = instrument(orchestrator, tracer_provider=provider)
+    assert orchestrator._listeners == (heard.append, tracer)
+
+
+def test_instrumenting_again_with_what_is_no_provider_says_so() -> None:
+    # The provider is checked first: not "already instrumented by another provider".
+    from sagakit import SagaDefinitionError
+
+    orchestrator = SagaOrchestrator(listeners=[SagaTracer(provider)])
+    with pytest.raises(SagaDefinitionError, match="must be a tracer provider"):
+        instrument(orchestrator, tracer_provider="not a provider")  # type: ignore[arg-type]
+    with pytest.raises(SagaDefinitionError, match="not the class"):
+        instrument(orchestrator, tracer_provider=TracerProvider)  # type: ignore[arg-type]

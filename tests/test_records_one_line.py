@@ -22,6 +22,7 @@ from sagakit import (
     saga,
     step,
 )
+from sagakit.records import SHOWN_ERROR
 from sagakit.stores import DeadLetter, LoggedStep, OrphanedSaga, StoredEvent
 
 NAME = "pay\nout\x1b[31m"
@@ -67,3 +68,10 @@ def test_a_repr_with_a_control_character_in_a_name_stays_on_one_line(record: obj
 
 def test_a_printable_name_is_shown_as_it_is() -> None:
     assert repr(StepRecord(0, "débit ✓", StepStatus.COMPLETED)) == "<step 0 débit ✓: completed>"
+
+
+def test_an_error_cut_in_a_repr_keeps_its_escapes_whole() -> None:
+    # Cut first, then escaped: a cut never splits an escape ("\\" left before the "…").
+    error = "a" * (SHOWN_ERROR - 2) + "\n" + "b" * 10
+    shown = repr(StepRecord(0, "pay", StepStatus.FAILED, error=error))
+    assert shown.endswith("a\\n…)>"), shown

@@ -10,6 +10,7 @@ store (``CommittedThenCancelled``), which accounts for it. Either way nothing is
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from pathlib import Path
@@ -23,11 +24,12 @@ from sagakit import (
     SagaOrchestrator,
     SagaStatus,
     SQLiteStore,
+    StoreError,
     saga,
     step,
 )
 from sagakit.stores._sqlite_schema import connect
-from sagakit.stores._sqlite_writer import CommittedThenCancelled, GroupWriter
+from sagakit.stores._sqlite_writer import CommittedThenCancelled, GroupWriter, Job
 from sagakit.testing import FaultInjector, SagaRecorder, SimulatedCrash, simulate_restart
 
 RAN: list[str] = []
@@ -132,6 +134,38 @@ async def test_a_generated_id_cancelled_during_its_first_write_is_told_as_the_lo
     ]
     assert saga_id in history
     assert RAN == []  # step 0 never started: nothing ran, nothing was undone
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_saga_with_nothing_in_the_log_warns_of_its_end_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its first write dropped by the cancellation, its end (carrying its row) fails: one
+    # warning, that nothing of it is in the log, not a second one for the cancelled end.
+    RAN.clear()
+    caplog.set_level(logging.WARNING, logger="sagakit")
+    store = SQLiteStore(tmp_path / "sagas.db")
+    submit = store._writer.submit
+    rows: list[Job] = []
+
+    async def fail_the_row_written_again(job: Job, *, alone: bool) -> Any:
+        if any("INSERT INTO sagakit_sagas" in sql for sql, *_ in job):
+            rows.append(job)
+            if len(rows) > 2:  # the blocker's row, the pair's first write, then its end
+                raise StoreError("disk full")
+        return await submit(job, alone=alone)
+
+    store._writer.submit = fail_the_row_written_again  # type: ignore[method-assign]
+    async with SagaOrchestrator(store) as orchestrator:
+        blocker = await _start_blocker(orchestrator)
+        task = asyncio.create_task(orchestrator.execute(cw_pair()))
+        await _cancel_while_first_write_is_queued(task)
+        GATE["blocker"].set()
+        await blocker
+    ends = [r.getMessage() for r in caplog.records if "record" in r.getMessage()]
+    assert len(ends) == 1, ends
+    assert "nothing of the saga is in the log" in ends[0]
+    assert RAN == []
 
 
 @pytest.mark.asyncio

@@ -34,7 +34,7 @@ from sagakit import (
 )
 from sagakit.stores import _sqlite_writer as sqlite_writer
 from sagakit.stores import sqlite as sqlite_store
-from sagakit.stores._sqlite_sql import UPSERT_STEP
+from sagakit.stores._sqlite_sql import FINISHED, UPSERT_STEP
 from sagakit.stores._sqlite_writer import Job, _run_jobs
 
 
@@ -650,6 +650,16 @@ def test_bad_options() -> None:
         SQLiteStore("file:logs/x.db?mode=ro")
     assert "SQLiteStore('logs/x.db')" in str(uri.value)
     assert "read_only=True" in str(uri.value)
+    # Its path as SQLite reads it: after an authority, percent-decoded, without a fragment.
+    for uri, path in [
+        ("file:///var/lib/sagas.db?mode=rw", "/var/lib/sagas.db"),
+        ("file://localhost/var/lib/sagas.db", "/var/lib/sagas.db"),
+        ("file:my%20sagas.db", "my sagas.db"),
+        ("file:sagas.db#top", "sagas.db"),
+    ]:
+        with pytest.raises(StoreConfigError, match="not a SQLite URI") as uri_error:
+            SQLiteStore(uri)
+        assert f"SQLiteStore({path!r})" in str(uri_error.value)
     for in_memory in ("file::memory:", "file:x?mode=memory&cache=shared"):
         with pytest.raises(StoreConfigError, match="use MemoryStore"):
             SQLiteStore(in_memory)
@@ -1082,6 +1092,45 @@ async def test_a_saga_with_nothing_in_the_log_is_not_said_left_for_recovery(
     assert "nothing of the saga is in the log" in message, message
     assert not any("left for recovery" in note for note in notes), notes
     assert any("nothing of the saga is in the log" in note for note in notes), notes
+
+
+@pytest.mark.asyncio
+async def test_a_logged_saga_whose_end_failed_with_one_of_nothing_logged_is_left_for_recovery(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A failed group commit raises one error to each saga whose write it held. A saga none
+    # of whose writes reached the log marked that error as such, and a saga in the log
+    # whose end was in the same commit was then told nothing of it is in the log.
+    store = SQLiteStore(db)
+    submit = store._writer.submit
+    one_commit = StoreError("disk full")
+    first = [True]
+
+    async def failing(job: Job, *, alone: bool) -> Any:
+        if first[0]:
+            first[0] = False
+            raise StoreError("disk full")  # the first saga's row never reaches the log
+        if not callable(job) and any(sql == FINISHED for sql, _ in job):
+            raise one_commit  # each end: as one failed commit holding both fails each
+        return await submit(job, alone=alone)
+
+    store._writer.submit = failing  # type: ignore[method-assign]
+    caplog.set_level(logging.WARNING, logger="sagakit")
+    async with SagaOrchestrator(store) as orchestrator:
+        with pytest.raises(StoreError):
+            await orchestrator.execute(sqlite_move("A", "B", 5))
+        with pytest.raises(StoreError):
+            await orchestrator.execute(sqlite_move("C", "D", 5), saga_id="in-the-log")
+        meta = await orchestrator.get_saga("in-the-log")
+    assert meta is not None
+    assert meta.status is SagaStatus.EXECUTING  # in the log, for recovery to finish
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    [message] = [m for m in warnings if "finished" in m and "(in-the-log)" in m]
+    assert "left for recovery" in message, message
+    assert "nothing of the saga is in the log" not in message, message
+    notes = [note for note in one_commit.__notes__ if "(in-the-log)" in note]
+    assert notes
+    assert all("nothing of the saga" not in note for note in notes), notes
 
 
 def test_group_commit_keeps_each_jobs_statements_in_order() -> None:

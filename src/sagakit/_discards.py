@@ -15,7 +15,7 @@ import inspect
 import weakref
 from collections.abc import Callable
 from types import CodeType, FunctionType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from ._steps import Step, _BoundStep
 from ._tracebacks import hide_from_pytest
@@ -66,11 +66,12 @@ def check_discarded_calls(
     unresolved = []
     for statement in statements:
         found = _resolve(function, statement.path)
+        kind = type(found)  # not isinstance(), which runs a __class__ property (a proxy's)
         if found is _UNRESOLVED:
             unresolved.append(statement)
-        elif isinstance(found, Step | _BoundStep):
-            raise _discarded(function, saga_name, statement, found)
-        elif isinstance(found, saga_type):
+        elif issubclass(kind, Step | _BoundStep):
+            raise _discarded(function, saga_name, statement, cast(Step[Any, Any], found))
+        elif issubclass(kind, saga_type):
             raise _discarded_saga(function, saga_name, statement, found)
     return tuple(unresolved)
 
@@ -204,8 +205,8 @@ def _resolve(function: FunctionType, path: tuple[str, ...]) -> object:
             value = inspect.getattr_static(value, attribute, _UNRESOLVED)
         except Exception:  # an object that cannot be looked into: not a step
             return None
-        if isinstance(value, staticmethod | classmethod):
-            value = value.__func__
+        if issubclass(type(value), staticmethod | classmethod):
+            value = value.__func__  # type: ignore[attr-defined]
     return value
 
 

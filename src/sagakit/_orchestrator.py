@@ -144,7 +144,7 @@ def _end_unwritten(run: SagaRun, transition: Transition, unrecorded: Exception) 
     shows the saga running, for recovery to finish (unless the store marked the error:
     nothing of the saga is in the log). Logged at ``WARNING`` and noted on
     ``unrecorded``, which ``execute()`` raises, with how its caller learns the outcome."""
-    if nothing_logged(unrecorded):
+    if nothing_logged(unrecorded, run.id):
         log_unwritten(
             run,
             logging.WARNING,

@@ -45,17 +45,25 @@ class CommittedThenCancelled(asyncio.CancelledError):
 _NOTHING_LOGGED = "_sagakit_nothing_logged"
 
 
-def mark_nothing_logged(error: BaseException) -> None:
-    """Mark ``error``, a store's error raised by :meth:`SagaStore.record` for a run's
-    end, as leaving nothing of the run in the log (no write of it ever committed, such
-    as a generated-id saga whose row went with its writes that all failed): there is
-    nothing for recovery to finish, and the orchestrator says so."""
-    setattr(error, _NOTHING_LOGGED, True)
+def mark_nothing_logged(error: BaseException, saga_id: str) -> None:
+    """Mark ``error``, a store's error raised by :meth:`SagaStore.record` for the end of
+    the run ``saga_id``, as leaving nothing of that run in the log (no write of it ever
+    committed, such as a generated-id saga whose row went with its writes that all
+    failed): there is nothing for recovery to finish, and the orchestrator says so.
+
+    Marked for that run only: one failed group commit raises the same error to every
+    run whose write it held, and the others may be in the log."""
+    marked = getattr(error, _NOTHING_LOGGED, None)
+    if not isinstance(marked, set):
+        marked = set()
+        setattr(error, _NOTHING_LOGGED, marked)
+    marked.add(saga_id)
 
 
-def nothing_logged(error: BaseException) -> bool:
-    """Whether :func:`mark_nothing_logged` marked ``error``."""
-    return getattr(error, _NOTHING_LOGGED, False) is True
+def nothing_logged(error: BaseException, saga_id: str) -> bool:
+    """Whether :func:`mark_nothing_logged` marked ``error`` for the run ``saga_id``."""
+    marked = getattr(error, _NOTHING_LOGGED, None)
+    return isinstance(marked, set) and saga_id in marked
 
 
 class SagaRunView(Protocol):

@@ -457,7 +457,7 @@ class SQLiteStore:
                 if not self._writer.usable:
                     self._end_refused.add(run.id)
                 if unlogged:  # its row went with it, rolled back: none of its writes did
-                    mark_nothing_logged(error)
+                    mark_nothing_logged(error, run.id)
             if carried:
                 # Not committed (dropped as its caller was cancelled, or rolled back): the
                 # staged transitions happened all the same; they go with the next write,
