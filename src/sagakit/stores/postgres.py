@@ -923,7 +923,7 @@ class PostgresStore:
                     writes[0].new = None
                     new = None  # left in self._new
                     if writes[-1].final:  # its row went with it: none of its writes did
-                        mark_nothing_logged(error)
+                        mark_nothing_logged(error, saga_id)
                 if carried:
                     self._staged[saga_id] = [*writes[:carried], *self._staged.get(saga_id, ())]
             # Otherwise it may have committed or not: it is in self._doubts, settled
