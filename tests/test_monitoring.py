@@ -223,34 +223,10 @@ async def test_current_step_is_none_in_a_step_awaited_alone_inside_a_saga_step()
 
 
 @pytest.mark.asyncio
-async def test_a_step_declared_as_a_compensation_is_that_compensation() -> None:
-    # It is not awaited on its own inside one: current_step() describes the compensation.
-    seen: list[Any] = []
-
-    @step
-    async def charge(order: str) -> str:
-        return order
-
-    @step
-    async def refund(order: str) -> None:
-        seen.append(current_step())
-
-    charge.compensate(refund)
-
-    @step
-    async def boom() -> None:
-        raise ValueError("x")
-
-    with pytest.raises(StepFailed):
-        await SagaOrchestrator().execute(SagaDefinition("r").add_step(charge("o")).add_step(boom()))
-    [ctx] = seen
-    assert ctx is not None
-    assert (ctx.step_name, ctx.compensating, ctx.idempotency_key) == ("charge", True, "r:0")
-
-
-@pytest.mark.asyncio
-async def test_a_step_declared_as_a_compensation_is_that_compensation_when_crashed_after() -> None:
-    # An injected crash-after runs the step before "the process dies": as the compensation.
+@pytest.mark.parametrize("crashed_after", [False, True], ids=["failed", "crashed-after"])
+async def test_a_step_declared_as_a_compensation_is_that_compensation(crashed_after: bool) -> None:
+    # It is not awaited on its own inside one: current_step() describes the compensation;
+    # an injected crash-after runs the step before "the process dies", as the compensation.
     seen: list[Any] = []
 
     @step
@@ -268,8 +244,12 @@ async def test_a_step_declared_as_a_compensation_is_that_compensation_when_crash
         raise ValueError("x")
 
     definition = SagaDefinition("r").add_step(charge("o")).add_step(boom())
-    with FaultInjector().crash(refund, after=True), pytest.raises(SimulatedCrash):
-        await SagaOrchestrator().execute(definition)
+    if crashed_after:
+        with FaultInjector().crash(refund, after=True), pytest.raises(SimulatedCrash):
+            await SagaOrchestrator().execute(definition)
+    else:
+        with pytest.raises(StepFailed):
+            await SagaOrchestrator().execute(definition)
     [ctx] = seen
     assert ctx is not None
     assert (ctx.step_name, ctx.compensating, ctx.idempotency_key) == ("charge", True, "r:0")
