@@ -51,8 +51,9 @@ def mark_nothing_logged(error: BaseException, saga_id: str) -> None:
     committed, such as a generated-id saga whose row went with its writes that all
     failed): there is nothing for recovery to finish, and the orchestrator says so.
 
-    Marked for that run only: one failed group commit raises the same error to every
-    run whose write it held, and the others may be in the log."""
+    Marked for that run only: a store may raise one error object to several runs (the
+    built-in stores give each run of a failed group commit its own), and the others may
+    be in the log."""
     marked = getattr(error, _NOTHING_LOGGED, None)
     if not isinstance(marked, set):
         marked = set()

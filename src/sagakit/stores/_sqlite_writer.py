@@ -14,6 +14,7 @@ every :data:`CHECKPOINT_EVERY` commits, while this store's writes queue behind t
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import sqlite3
 from collections.abc import Callable
@@ -471,16 +472,42 @@ def _in_order(before: dict[str, set[str]]) -> list[str] | None:
 
 
 def _settle(
-    futures: list[asyncio.Future[Any]], results: list[Any] | None, error: BaseException | None
+    futures: list[asyncio.Future[Any]], results: list[Any] | None, error: StoreError | None
 ) -> None:
+    if error is not None:
+        _fail(futures, error)
+        return
+    assert results is not None
     for index, future in enumerate(futures):
-        if future.done():
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            assert results is not None
+        if not future.done():
             future.set_result(results[index])
+
+
+def _fail(futures: list[asyncio.Future[Any]], error: StoreError) -> None:
+    """Fail each of ``futures`` with ``error``, each caller with an object of its own:
+    the writes of many sagas failed together, and each caller adds its saga's notes (and
+    marks) to the error it raises."""
+    first = True
+    for future in futures:
+        if not future.done():
+            future.set_exception(error if first else _twin(error))
+            first = False
+
+
+def _twin(error: StoreError) -> StoreError:
+    """A new ``error``: its class, message and attributes, notes of its own (a copy of
+    its list), the same cause, context and traceback."""
+    try:
+        twin = copy.copy(error)
+    except Exception:  # a subclass not made again from its args: its message, at least
+        twin = StoreError(*error.args)
+    notes = getattr(error, "__notes__", None)
+    if isinstance(notes, list):
+        twin.__notes__ = list(notes)
+    twin.__cause__ = error.__cause__
+    twin.__context__ = error.__context__
+    twin.__suppress_context__ = error.__suppress_context__
+    return twin.with_traceback(error.__traceback__)
 
 
 __all__ = [
