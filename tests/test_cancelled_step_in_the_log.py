@@ -351,9 +351,10 @@ async def csl_pause(seconds: float) -> None:
     raise asyncio.CancelledError
 
 
+@pytest.mark.parametrize("fault", ["fail_compensation", "timeout_compensation"])
 @pytest.mark.asyncio
 async def test_a_compensation_cancelled_waiting_to_retry_has_a_duration(
-    any_store: Callable[[], SagaStore],
+    any_store: Callable[[], SagaStore], fault: str
 ) -> None:
     # Regression: cancelled while waiting to retry it after an injected failure, as a
     # step waiting to retry is, it had no duration (how long since its last attempt began).
@@ -361,7 +362,12 @@ async def test_a_compensation_cancelled_waiting_to_retry_has_a_duration(
     waiting = asyncio.Event()
     pauses.clear()
     async with SagaOrchestrator(any_store(), sleep=csl_pause) as orchestrator:
-        with FaultInjector().fail_compensation(csl_book, ValueError("busy")):
+        faults = FaultInjector()
+        if fault == "fail_compensation":
+            faults.fail_compensation(csl_book, ValueError("busy"))
+        else:
+            faults.timeout_compensation(csl_book)
+        with faults:
             task = asyncio.create_task(orchestrator.execute(csl_booking("room"), saga_id="t-4"))
             await waiting.wait()
             task.cancel()
