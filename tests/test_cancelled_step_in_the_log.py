@@ -306,3 +306,81 @@ async def test_the_cancelled_compensation_has_a_duration(
         logged = await reopened.get_saga("timed-2")
     assert logged is not None
     assert logged.compensations[0].duration == pytest.approx(compensation.duration)
+
+
+@pytest.mark.asyncio
+async def test_a_compensation_cancelled_in_its_crash_after_call_has_a_duration(
+    any_store: Callable[[], SagaStore],
+) -> None:
+    # Regression: cancelled in a crash-after fault's call of it (its restart here, the
+    # first run of it let through), as a step is there, it had no duration.
+    global waiting
+    waiting = asyncio.Event()
+    undoings.clear()
+    async with SagaOrchestrator(any_store()) as orchestrator:
+        with FaultInjector().crash(csl_book, compensation=True, after=True, skip=1) as faults:
+            task = asyncio.create_task(orchestrator.execute(csl_booking("room"), saga_id="t-3"))
+            await waiting.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        metadata = await orchestrator.get_saga("t-3")
+    assert [f.compensation for f in faults.fired] == [True]  # in the restart
+    assert metadata is not None
+    [compensation] = metadata.compensations
+    assert compensation.error == "CancelledError: interrupted (not compensated)"
+    assert compensation.duration is not None
+    assert compensation.duration >= 0
+    async with SagaOrchestrator(any_store()) as reopened:  # as the log keeps it
+        logged = await reopened.get_saga("t-3")
+    assert logged is not None
+    assert logged.compensations[0].duration == pytest.approx(compensation.duration)
+
+
+pauses: list[float] = []
+
+
+async def csl_pause(seconds: float) -> None:
+    """The orchestrator's sleep: the caller cancels the first wait, the second is
+    cancelled too (the restart's)."""
+    pauses.append(seconds)
+    if len(pauses) == 1:
+        assert waiting is not None
+        waiting.set()
+        await asyncio.sleep(10)
+    raise asyncio.CancelledError
+
+
+@pytest.mark.parametrize("fault", ["fail_compensation", "timeout_compensation"])
+@pytest.mark.asyncio
+async def test_a_compensation_cancelled_waiting_to_retry_has_a_duration(
+    any_store: Callable[[], SagaStore], fault: str
+) -> None:
+    # Regression: cancelled while waiting to retry it after an injected failure, as a
+    # step waiting to retry is, it had no duration (how long since its last attempt began).
+    global waiting
+    waiting = asyncio.Event()
+    pauses.clear()
+    async with SagaOrchestrator(any_store(), sleep=csl_pause) as orchestrator:
+        faults = FaultInjector()
+        if fault == "fail_compensation":
+            faults.fail_compensation(csl_book, ValueError("busy"))
+        else:
+            faults.timeout_compensation(csl_book)
+        with faults:
+            task = asyncio.create_task(orchestrator.execute(csl_booking("room"), saga_id="t-4"))
+            await waiting.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        metadata = await orchestrator.get_saga("t-4")
+    assert len(pauses) == 2  # the first run's wait, then its restart's
+    assert metadata is not None
+    [compensation] = metadata.compensations
+    assert compensation.error == "CancelledError: interrupted (not compensated)"
+    assert compensation.duration is not None
+    assert compensation.duration >= 0
+    async with SagaOrchestrator(any_store()) as reopened:  # as the log keeps it
+        logged = await reopened.get_saga("t-4")
+    assert logged is not None
+    assert logged.compensations[0].duration == pytest.approx(compensation.duration)

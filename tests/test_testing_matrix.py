@@ -222,6 +222,45 @@ async def test_a_base_exception_no_fault_raised_in_discovery_passes_through() ->
 
 
 @pytest.mark.asyncio
+async def test_a_crash_around_the_matrix_in_one_of_its_cases_is_named() -> None:
+    # Regression: a crash from a fault active around the matrix that fired in one of its
+    # faulty runs (not its discovery) came out raw, without the explanation.
+    outer = FaultInjector().crash(reserve, compensation=True)
+    with outer, pytest.raises(AssertionError) as info:
+        await run_fault_matrix(order("x"))
+    [crash] = outer.fired
+    assert info.value.__cause__ is crash.fault
+    assert str(info.value) == (
+        "the fault matrix runs saga 'testing_matrix.order' with step 0 'reserve' timing "
+        "out (its case \"step 0 'reserve' times out\"), but that run failed: SimulatedCrash("
+        "\"simulated crash at compensation of step 'reserve'\"); a fault active around the "
+        "call fired in it (at step 'reserve' compensation): run the matrix without that "
+        "fault, outside its `with injector:` block or before adding it to saga_faults"
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_base_exception_no_fault_raised_in_a_case_passes_through() -> None:
+    class Stop(BaseException):
+        pass
+
+    @step
+    async def hold(item: str) -> str:
+        return "held"
+
+    @hold.compensate
+    async def unhold(item: str) -> None:
+        raise Stop  # only a faulty run compensates
+
+    @saga
+    def held(item: str) -> list[Any]:
+        return [hold(item), reserve(item)]
+
+    with FaultInjector(), pytest.raises(Stop):  # no fault around raised it
+        await run_fault_matrix(held("x"))
+
+
+@pytest.mark.asyncio
 async def test_a_given_orchestrator_is_used_and_its_listeners_left_as_they_were() -> None:
     recorder = SagaRecorder()
     sleep = InstantSleep()

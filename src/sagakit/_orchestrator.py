@@ -1491,10 +1491,15 @@ class SagaOrchestrator:
                             record.duration = finished - started
                             break
                     elif fault is SIMULATED_TIMEOUT:
+                        calling = record  # a faulted attempt stands for a call (see below)
                         error = StepTimeout(
                             record.index, record.name, timeout, timeout, compensation=True
                         )
                     else:
+                        # A faulted attempt stands for a call of it: ended by a cancellation
+                        # (or a KeyboardInterrupt) in it or while waiting to retry it, it ran
+                        # since ``started``, as one called does.
+                        calling = record
                         if isinstance(fault, CrashAfter):
                             with contextlib.suppress(Exception):  # as for a step, above
                                 async with asyncio.timeout(timeout):
@@ -1503,7 +1508,6 @@ class SagaOrchestrator:
                         if isinstance(fault, SimulatedCrash):
                             raise fault
                         if not isinstance(fault, Exception):
-                            calling = record
                             raise fault  # as if the compensation raised it
                         error = raised_by_step(fault)  # as the compensation's raise
                     policy = spec.compensation_retry or self._compensation_retry

@@ -17,7 +17,15 @@ from .._tracebacks import hide_from_pytest
 from ..exceptions import CompensationFailed, SagaDefinitionError, StepFailed, StepTimeout
 from ..status import SagaStatus
 from ..transitions import TransitionKind
-from ._faults import Fault, FaultInjector, InjectedFault, _check_fault, _running_index, _Scope
+from ._faults import (
+    Fault,
+    FaultInjector,
+    FiredFault,
+    InjectedFault,
+    _check_fault,
+    _running_index,
+    _Scope,
+)
 from ._recorder import SagaRecorder
 from ._sleep import InstantSleep
 
@@ -150,6 +158,25 @@ def _injectors_around() -> list[FaultInjector]:
     return found
 
 
+def _fired_around(around: list[FaultInjector], before: list[int]) -> list[FiredFault]:
+    """The faults ``around`` fired since they had fired ``before`` (their counts then)."""
+    return [
+        fault
+        for injector, count in zip(around, before, strict=True)
+        for fault in injector.fired[count:]
+    ]
+
+
+def _around_note(fired: FiredFault) -> str:
+    """Why a run of the matrix failed: a fault active around it fired in it."""
+    return (
+        f"; a fault active around the call fired in it (at step {fired.step_name!r}"
+        f"{' compensation' if fired.compensation else ''}): run the matrix "
+        "without that fault, outside its `with injector:` block or before adding "
+        "it to saga_faults"
+    )
+
+
 def _label(index: int, step: Step[Any, Any]) -> str:
     return f"{index}:{step.name}"
 
@@ -183,12 +210,27 @@ async def _run_case(
         injector.timeout(steps[index], index=index)
     saga_id = f"{run_id}-{mode}-{index}"
     error: BaseException | None = None
+    around = _injectors_around()
+    fired_before = [len(outer.fired) for outer in around]
     orchestrator.add_listener(recorder)
     try:
         with _active(_OnlyIn(injector, saga_id)):  # not the sagas its steps run
             await orchestrator.execute(definition, saga_id=saga_id)
     except Exception as raised:
         error = raised
+    except BaseException as stopped:
+        # A crash a fault around the matrix injected fails it, as in its discovery run;
+        # another BaseException (KeyboardInterrupt, a cancellation) passes through.
+        crashed = [f for f in _fired_around(around, fired_before) if f.fault is stopped]
+        if not crashed:
+            raise
+        faulted = f"step {index} {steps[index].name!r}"
+        doing, does = ("failing", "fails") if mode == "fail" else ("timing out", "times out")
+        raise AssertionError(
+            f"the fault matrix runs saga {definition.name!r} with {faulted} {doing} (its "
+            f'case "{faulted} {does}"), but that run failed: {stopped!r}'
+            f"{_around_note(crashed[0])}"
+        ) from stopped
     finally:
         orchestrator.remove_listener(recorder)
     problems: list[str] = []
@@ -318,22 +360,11 @@ async def run_fault_matrix(
             with _active(spy):
                 await orchestrator.execute(definition, saga_id=spy.saga_id)
         except BaseException as failure:
-            fired = [
-                fault
-                for injector, before in zip(around, fired_before, strict=True)
-                for fault in injector.fired[before:]
-            ]
+            fired = _fired_around(around, fired_before)
             # A BaseException passes through, unless an injected fault raised it (a crash).
             if not isinstance(failure, Exception) and all(f.fault is not failure for f in fired):
                 raise
-            cause = (
-                f"; a fault active around the call fired in it (at step {fired[0].step_name!r}"
-                f"{' compensation' if fired[0].compensation else ''}): run the matrix "
-                "without that fault, outside its `with injector:` block or before adding "
-                "it to saga_faults"
-                if fired
-                else ""
-            )
+            cause = _around_note(fired[0]) if fired else ""
             raise AssertionError(
                 f"the fault matrix runs saga {definition.name!r} once without faults of its "
                 f"own to discover its steps, but that run failed: {failure!r}{cause}"
