@@ -53,7 +53,7 @@ from .exceptions import (
     StoreError,
     _LoggedError,
 )
-from .records import one_line, shown_error
+from .records import one_line, shown_line
 from .status import SagaStatus, StepStatus
 from .stores._fingerprint import definition_fingerprint
 from .stores._protocol import LoggedStep, OrphanedSaga, RecoverableStore
@@ -91,7 +91,7 @@ class RecoveryOutcome:
     def __repr__(self) -> str:
         name = one_line(self.name)
         text = f"<RecoveryOutcome {name} id={self.saga_id!r} {self.action} -> {self.status}"
-        return text + (f" ({one_line(shown_error(self.error))})" if self.error else "") + ">"
+        return text + (f" ({shown_line(self.error)})" if self.error else "") + ">"
 
 
 def _fields(orphan: OrphanedSaga) -> dict[str, Any]:

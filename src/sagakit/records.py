@@ -39,8 +39,8 @@ def shown_error(error: str) -> str:
     return f"{error[: SHOWN_ERROR - 1]}…"
 
 
-def _shown(error: str) -> str:
-    """``error`` as a repr shows it: cut, on one line."""
+def shown_line(error: str) -> str:
+    """``error`` as a repr shows it: cut (:func:`shown_error`), on one line (:func:`one_line`)."""
     return one_line(shown_error(error))
 
 
@@ -65,7 +65,7 @@ class StepRecord:
         if self.duration is not None:
             text += f" in {self.duration * 1000:.1f} ms"
         if self.error:
-            text += f" ({_shown(self.error)})"
+            text += f" ({shown_line(self.error)})"
         return text + ">"
 
     def _repr_html_(self) -> str:
@@ -115,9 +115,9 @@ class SagaMetadata:
         if self.duration is not None:
             text += f" in {self.duration * 1000:.1f} ms"
         if self.error:
-            text += f" ({_shown(self.error)})"
+            text += f" ({shown_line(self.error)})"
         if self.dead_letter is not None:
-            text += f" dead-lettered ({_shown(self.dead_letter)})"
+            text += f" dead-lettered ({shown_line(self.dead_letter)})"
         return text + ">"
 
     def _repr_html_(self) -> str:

@@ -13,7 +13,7 @@ from .._display import short_repr
 from .._sagas import RecoveryPolicy
 from .._serialization import JsonSerializer
 from ..exceptions import SagaDefinitionError, StoreConfigError
-from ..records import one_line, shown_error
+from ..records import one_line, shown_line
 from ..status import SagaStatus, StepStatus
 
 if TYPE_CHECKING:
@@ -298,7 +298,7 @@ class DeadLetter:
         return (
             f"<DeadLetter {one_line(self.name)} id={self.saga_id!r} {self.status} after "
             f"{self.recovery_attempts} attempt{'s' * (self.recovery_attempts != 1)}: "
-            f"{one_line(shown_error(self.reason))}>"
+            f"{shown_line(self.reason)}>"
         )
 
 
