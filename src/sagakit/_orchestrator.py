@@ -145,34 +145,28 @@ def _end_unwritten(run: SagaRun, transition: Transition, unrecorded: Exception) 
     nothing of the saga is in the log). Logged at ``WARNING`` and noted on
     ``unrecorded``, which ``execute()`` raises, with how its caller learns the outcome."""
     if nothing_logged(unrecorded, run.id):
-        log_unwritten(
-            run,
-            logging.WARNING,
-            transition,
-            describe_error(unrecorded),
-            f"{_NOTHING_LOGGED} (none of its writes could be made), so there is nothing "
-            "for recovery to finish; check the saga log's storage",
+        why = f"{_NOTHING_LOGGED} (none of its writes could be made)"
+        logged = f"{why}, so there is nothing for recovery to finish"
+        noted = f"{why}, so recovery has nothing of it to finish"
+    else:
+        logged = (
+            "the log still shows it running, left for recovery, which finishes it from what "
+            "the log holds (a step recorded completed is not run again)"
         )
-        note = (
-            f"sagakit: saga {run.name} ({run.id}) ended {run.status}, but the saga log could not "
-            f"record it: {_NOTHING_LOGGED} (none of its writes could be made), so recovery has "
-            "nothing of it to finish"
+        noted = (
+            f"it is {_LEFT_FOR_RECOVERY}, which finishes it from what the log holds; "
+            f"get_saga({run.id!r}) tells how it ends"
         )
-        if note not in getattr(unrecorded, "__notes__", ()):
-            unrecorded.add_note(note)
-        return
     log_unwritten(
         run,
         logging.WARNING,
         transition,
         describe_error(unrecorded),
-        "the log still shows it running, left for recovery, which finishes it from what the "
-        "log holds (a step recorded completed is not run again); check the saga log's storage",
+        f"{logged}; check the saga log's storage",
     )
     note = (
         f"sagakit: saga {run.name} ({run.id}) ended {run.status}, but the saga log could not "
-        f"record it: it is {_LEFT_FOR_RECOVERY}, which finishes it from what the log holds; "
-        f"get_saga({run.id!r}) tells how it ends"
+        f"record it: {noted}"
     )
     if note not in getattr(unrecorded, "__notes__", ()):
         unrecorded.add_note(note)
