@@ -20,6 +20,13 @@ def qualname_of(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
+def written_name(obj: object, fallback: str) -> str:
+    """How code names ``obj``: its qualified name, without the ``<locals>.`` path of a
+    function it is defined in (``fallback`` if it has no qualified name)."""
+    qualname = getattr(obj, "__qualname__", None) or fallback
+    return qualname.rpartition("<locals>.")[2]
+
+
 def declared_name(fn: object, name: object, *, what: str, fix: str) -> str:
     """``name``, else ``fn.__name__``; a clear error for neither (``what``: "step", "saga")."""
     own_name = getattr(fn, "__name__", None)
@@ -90,4 +97,5 @@ __all__ = [
     "declared_name",
     "find_by_qualname",
     "qualname_of",
+    "written_name",
 ]

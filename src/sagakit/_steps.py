@@ -19,7 +19,7 @@ from ._checks import asyncio_loop, check_flag, check_not_method_object, check_se
 from ._deadlines import timeout_error
 from ._display import describe_args, short_repr, step_html
 from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, active_faults, raised_by_step
-from ._names import by_reference, declared_name, qualname_of
+from ._names import by_reference, declared_name, qualname_of, written_name
 from ._retry import NO_RETRY, Retry
 from ._runs import alone_in, awaitable_returned_by, current_run
 from ._tracebacks import hide_from_pytest
@@ -612,8 +612,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         spec.compensation = fn
         COMPENSATED_NAMES.add(spec.name)
         with contextlib.suppress(TypeError):  # a callable object without weak references
-            written = (getattr(self, "__qualname__", None) or spec.name).rpartition("<locals>.")
-            COMPENSATION_OF[fn] = (spec.name, written[2])
+            COMPENSATION_OF[fn] = (spec.name, written_name(self, spec.name))
         return fn
 
     if TYPE_CHECKING:

@@ -24,6 +24,7 @@ from .._hooks import (
     active_faults,
     forget_crashes,
 )
+from .._names import written_name
 from .._runs import SagaRun, current_run
 from .._steps import COMPENSATED_NAMES, COMPENSATION_OF, DEFINED_NAMES, Step, StepCall
 from .._tracebacks import hide_from_pytest
@@ -131,8 +132,7 @@ def _check_target(target: object, method: str) -> str | Step[Any, Any]:
 
 def _step_call_given(call: StepCall[Any], method: str) -> str:
     """The fix for ``method(debit("alice", 10))``: a step call where a step is wanted."""
-    qualname = getattr(call.step, "__qualname__", None) or call.name
-    written = qualname.rpartition("<locals>.")[2]  # a step defined in a function: its name
+    written = written_name(call.step, call.name)  # a step defined in a function: its name
     arguments = describe_args(call.args, call.kwargs)  # as the call's repr writes them
     text = (
         f"{method}() got a step call {written}({arguments}); pass the step itself: "
@@ -167,9 +167,9 @@ def _compensation_given(target: object, method: str) -> str | None:
         return None
     name, written = step
     fix = _FOR_COMPENSATION.get(method, f"{method}({{}})").format(written)
-    qualname = getattr(function, "__qualname__", repr(function)).rpartition("<locals>.")[2]
+    given = written_name(function, repr(function))
     return (
-        f"{method}() got {qualname}, the compensation of step {name!r}, where a step is "
+        f"{method}() got {given}, the compensation of step {name!r}, where a step is "
         f"wanted; pass the step: {fix}"
     )
 
