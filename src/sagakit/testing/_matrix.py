@@ -158,13 +158,19 @@ def _injectors_around() -> list[FaultInjector]:
     return found
 
 
-def _fired_around(around: list[FaultInjector], before: list[int]) -> list[FiredFault]:
-    """The faults ``around`` fired since they had fired ``before`` (their counts then)."""
-    return [
-        fault
-        for injector, count in zip(around, before, strict=True)
-        for fault in injector.fired[count:]
-    ]
+class _FiredAround:
+    """The faults the injectors active around the matrix fire from now on."""
+
+    def __init__(self) -> None:
+        self._counts = [(injector, len(injector.fired)) for injector in _injectors_around()]
+
+    def since(self) -> list[FiredFault]:
+        """The faults they fired since this was made."""
+        return [fault for injector, count in self._counts for fault in injector.fired[count:]]
+
+    def raised(self, error: BaseException) -> FiredFault | None:
+        """The fault of theirs that raised ``error`` (a crash), if one did."""
+        return next((fault for fault in self.since() if fault.fault is error), None)
 
 
 def _around_note(fired: FiredFault) -> str:
@@ -210,8 +216,7 @@ async def _run_case(
         injector.timeout(steps[index], index=index)
     saga_id = f"{run_id}-{mode}-{index}"
     error: BaseException | None = None
-    around = _injectors_around()
-    fired_before = [len(outer.fired) for outer in around]
+    around = _FiredAround()
     orchestrator.add_listener(recorder)
     try:
         with _active(_OnlyIn(injector, saga_id)):  # not the sagas its steps run
@@ -221,15 +226,15 @@ async def _run_case(
     except BaseException as stopped:
         # A crash a fault around the matrix injected fails it, as in its discovery run;
         # another BaseException (KeyboardInterrupt, a cancellation) passes through.
-        crashed = [f for f in _fired_around(around, fired_before) if f.fault is stopped]
-        if not crashed:
+        crashed = around.raised(stopped)
+        if crashed is None:
             raise
         faulted = f"step {index} {steps[index].name!r}"
         doing, does = ("failing", "fails") if mode == "fail" else ("timing out", "times out")
         raise AssertionError(
             f"the fault matrix runs saga {definition.name!r} with {faulted} {doing} (its "
             f'case "{faulted} {does}"), but that run failed: {stopped!r}'
-            f"{_around_note(crashed[0])}"
+            f"{_around_note(crashed)}"
         ) from stopped
     finally:
         orchestrator.remove_listener(recorder)
@@ -353,17 +358,16 @@ async def run_fault_matrix(
         orchestrator = SagaOrchestrator(sleep=InstantSleep(), history_limit=0)
     run_id = f"fault-matrix-{os.urandom(4).hex()}"
     spy = _StepSpy(f"{run_id}-discover")
-    around = _injectors_around()
-    fired_before = [len(injector.fired) for injector in around]
+    around = _FiredAround()
     try:
         try:
             with _active(spy):
                 await orchestrator.execute(definition, saga_id=spy.saga_id)
         except BaseException as failure:
-            fired = _fired_around(around, fired_before)
             # A BaseException passes through, unless an injected fault raised it (a crash).
-            if not isinstance(failure, Exception) and all(f.fault is not failure for f in fired):
+            if not isinstance(failure, Exception) and around.raised(failure) is None:
                 raise
+            fired = around.since()
             cause = _around_note(fired[0]) if fired else ""
             raise AssertionError(
                 f"the fault matrix runs saga {definition.name!r} once without faults of its "
