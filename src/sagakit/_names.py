@@ -43,21 +43,29 @@ def declared_name(fn: object, name: object, *, what: str, fix: str) -> str:
     return name
 
 
+def unencodable(text: str) -> str | None:
+    """Why ``text`` cannot be stored as UTF-8 (a lone surrogate, an undecodable byte of
+    ``sys.argv`` or a file name), as the codec says it; ``None`` if it can."""
+    if text.isascii():
+        return None
+    try:
+        text.encode()
+    except UnicodeEncodeError as error:
+        return error.reason
+    return None
+
+
 def check_storable(name: str, where: str) -> None:
     """Refuse a step or saga name no saga log can store: a NUL (PostgreSQL text cannot
     hold one) or a lone surrogate (not UTF-8: neither SQLite nor PostgreSQL takes it).
     Found only when written, it failed the saga's records (on PostgreSQL, leaving it
     compensating for good)."""
-    if name.isascii() and "\x00" not in name:
-        return
     if "\x00" in name:
         problem = "a NUL character"
+    elif unencodable(name) is not None:
+        problem = "a lone surrogate (not valid Unicode text)"
     else:
-        try:
-            name.encode()
-            return
-        except UnicodeEncodeError:
-            problem = "a lone surrogate (not valid Unicode text)"
+        return
     raise SagaDefinitionError(
         f"{where} {name!r} contains {problem}, which a saga log cannot store; "
         "give it a name without one"
@@ -97,5 +105,6 @@ __all__ = [
     "declared_name",
     "find_by_qualname",
     "qualname_of",
+    "unencodable",
     "written_name",
 ]

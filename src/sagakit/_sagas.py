@@ -13,7 +13,7 @@ from typing_extensions import ParamSpec
 
 from ._checks import check_not_method_object
 from ._discards import check_discarded_calls
-from ._names import by_reference, check_storable, declared_name, qualname_of
+from ._names import by_reference, check_storable, declared_name, qualname_of, unencodable
 from ._steps import _POSITIONAL, Step, StepCall, _shown
 from ._tracebacks import hide_from_pytest
 from .exceptions import SagaDefinitionError
@@ -287,14 +287,12 @@ def _iterate(calls: tuple[StepCall[Any], ...]) -> StepDriver:
 def _check_id(saga_id: object) -> None:
     if not isinstance(saga_id, str) or not saga_id:
         raise SagaDefinitionError(f"a saga id must be a non-empty string, got {saga_id!r}")
-    if not saga_id.isascii():
-        try:
-            saga_id.encode()
-        except UnicodeEncodeError as error:  # a lone surrogate: no log can store it
-            raise SagaDefinitionError(
-                f"a saga id must be valid Unicode text, got {saga_id!r} ({error.reason}); "
-                "decode it from bytes with errors='replace', or use another id"
-            ) from None
+    reason = unencodable(saga_id)
+    if reason is not None:  # a lone surrogate: no log can store it
+        raise SagaDefinitionError(
+            f"a saga id must be valid Unicode text, got {saga_id!r} ({reason}); "
+            "decode it from bytes with errors='replace', or use another id"
+        )
 
 
 def _check_recovery(recovery: object, option: str) -> RecoveryPolicy:

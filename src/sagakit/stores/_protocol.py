@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .._checks import MAX_COUNT, check_count, not_the_class
 from .._display import short_repr
+from .._names import unencodable
 from .._sagas import RecoveryPolicy
 from .._serialization import JsonSerializer
 from ..exceptions import SagaDefinitionError, StoreConfigError
@@ -467,15 +468,12 @@ def check_saga_id(saga_id: object, where: str) -> None:
         raise SagaDefinitionError(
             f"{where} takes a saga id string, got {saga_id!r}; pass the id as text"
         )
-    if not saga_id.isascii():
-        try:
-            saga_id.encode()
-        except UnicodeEncodeError as error:  # a lone surrogate: no saga has this id
-            raise SagaDefinitionError(
-                f"{where} takes a saga id of valid Unicode text, got {saga_id!r} "
-                f"({error.reason}), which no saga can have; decode it from bytes with "
-                "errors='replace'"
-            ) from None
+    reason = unencodable(saga_id)
+    if reason is not None:  # a lone surrogate: no saga has this id
+        raise SagaDefinitionError(
+            f"{where} takes a saga id of valid Unicode text, got {saga_id!r} ({reason}), "
+            "which no saga can have; decode it from bytes with errors='replace'"
+        )
 
 
 def check_text(text: object, what: str, where: str, fix: str) -> None:
