@@ -362,6 +362,13 @@ class _Listeners:
         pass
 
 
+def _adding_listener(how: str) -> Callable[[Any], object]:
+    """How a test gives a listener: ``add_listener()`` or ``SagaOrchestrator(listeners=...)``."""
+    if how == "add_listener":
+        return SagaOrchestrator().add_listener
+    return lambda listener: SagaOrchestrator(listeners=[listener])
+
+
 @pytest.mark.parametrize(
     ("listener", "name"),
     [
@@ -379,13 +386,8 @@ def test_a_listener_that_cannot_take_the_transition_is_refused_when_added(
 ) -> None:
     # Regression: it was accepted, and failed on every transition, each failure logged to
     # the "sagakit" logger, which shows nothing unless the application configured logging.
-    add: Callable[[Any], object] = (
-        SagaOrchestrator().add_listener
-        if how == "add_listener"
-        else lambda one: SagaOrchestrator(listeners=[one])
-    )
     with pytest.raises(SagaDefinitionError) as raised:
-        add(listener)
+        _adding_listener(how)(listener)
     message = str(raised.value)
     assert f"called with one argument, the Transition, but {name} cannot take it" in message
     assert "def listener(transition)" in message
@@ -425,13 +427,8 @@ def test_a_generator_listener_is_refused_when_added(
 ) -> None:
     # Regression: it was accepted, and each call only made a generator, never run, so the
     # listener heard nothing, silently (what a listener returns is ignored unless awaitable).
-    add: Callable[[Any], object] = (
-        SagaOrchestrator().add_listener
-        if how == "add_listener"
-        else lambda one: SagaOrchestrator(listeners=[one])
-    )
     with pytest.raises(SagaDefinitionError) as raised:
-        add(listener)
+        _adding_listener(how)(listener)
     message = str(raised.value)
     assert f"a listener is called once per transition, but {name} is {kind} function" in message
     assert "remove the 'yield'" in message
