@@ -17,9 +17,12 @@ import pytest
 from pg_helpers.db import dsn_or_skip, fresh_schema
 from sagakit import (
     PostgresStore,
+    SagaDefinition,
+    SagaMetadata,
     SagaOrchestrator,
     SagaStatus,
     SQLiteStore,
+    StepRecord,
     StepStatus,
     Transition,
     TransitionKind,
@@ -30,6 +33,33 @@ from sagakit.stores import MemoryStore, SagaStore
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
 waiting: asyncio.Event | None = None
+
+
+async def _cancel_once_waiting(
+    orchestrator: SagaOrchestrator, definition: SagaDefinition, saga_id: str
+) -> None:
+    """Execute ``definition`` and cancel it once it waits (``waiting`` set)."""
+    task = asyncio.create_task(orchestrator.execute(definition, saga_id=saga_id))
+    assert waiting is not None
+    await waiting.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def _kept_compensation(
+    any_store: Callable[[], SagaStore], metadata: SagaMetadata | None, saga_id: str
+) -> StepRecord:
+    """The saga's one compensation, which has a duration, kept so by its log."""
+    assert metadata is not None
+    [compensation] = metadata.compensations
+    assert compensation.duration is not None
+    assert compensation.duration >= 0
+    async with SagaOrchestrator(any_store()) as reopened:  # as the log keeps it
+        logged = await reopened.get_saga(saga_id)
+    assert logged is not None
+    assert logged.compensations[0].duration == pytest.approx(compensation.duration)
+    return compensation
 
 
 @step
@@ -60,11 +90,7 @@ async def _cancelled_step(store: SagaStore) -> tuple[SagaStatus, StepStatus, str
     waiting = asyncio.Event()
     orchestrator = SagaOrchestrator(store)
     try:
-        task = asyncio.create_task(orchestrator.execute(csl_order("book"), saga_id="cancelled-1"))
-        await waiting.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await _cancel_once_waiting(orchestrator, csl_order("book"), "cancelled-1")
         metadata = await orchestrator.get_saga("cancelled-1")
         assert metadata is not None
         return metadata.status, metadata.steps[1].status, metadata.steps[1].error
@@ -117,11 +143,7 @@ async def test_listeners_hear_the_cancelled_step_fail_before_it_is_compensated()
     waiting = asyncio.Event()
     heard: list[Transition] = []
     orchestrator = SagaOrchestrator(listeners=[heard.append])
-    task = asyncio.create_task(orchestrator.execute(csl_order("book"), saga_id="cancelled-2"))
-    await waiting.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await _cancel_once_waiting(orchestrator, csl_order("book"), "cancelled-2")
     after_start = [
         (t.kind, t.step_name) for t in heard if t.kind is not TransitionKind.SAGA_STARTED
     ]
@@ -236,11 +258,7 @@ async def test_the_cancelled_step_has_a_duration(any_store: Callable[[], SagaSto
     waiting = asyncio.Event()
     heard: list[Transition] = []
     async with SagaOrchestrator(any_store(), listeners=[heard.append]) as orchestrator:
-        task = asyncio.create_task(orchestrator.execute(csl_order("book"), saga_id="timed-1"))
-        await waiting.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await _cancel_once_waiting(orchestrator, csl_order("book"), "timed-1")
         metadata = await orchestrator.get_saga("timed-1")
     failed = next(t for t in heard if t.kind is TransitionKind.STEP_FAILED)
     assert failed.duration is not None
@@ -291,21 +309,10 @@ async def test_the_cancelled_compensation_has_a_duration(
     waiting = asyncio.Event()
     undoings.clear()
     async with SagaOrchestrator(any_store()) as orchestrator:
-        task = asyncio.create_task(orchestrator.execute(csl_booking("room"), saga_id="timed-2"))
-        await waiting.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await _cancel_once_waiting(orchestrator, csl_booking("room"), "timed-2")
         metadata = await orchestrator.get_saga("timed-2")
-    assert metadata is not None
-    [compensation] = metadata.compensations
+    compensation = await _kept_compensation(any_store, metadata, "timed-2")
     assert compensation.status is StepStatus.FAILED
-    assert compensation.duration is not None
-    assert compensation.duration >= 0
-    async with SagaOrchestrator(any_store()) as reopened:  # as the log keeps it
-        logged = await reopened.get_saga("timed-2")
-    assert logged is not None
-    assert logged.compensations[0].duration == pytest.approx(compensation.duration)
 
 
 @pytest.mark.asyncio
@@ -319,22 +326,12 @@ async def test_a_compensation_cancelled_in_its_crash_after_call_has_a_duration(
     undoings.clear()
     async with SagaOrchestrator(any_store()) as orchestrator:
         with FaultInjector().crash(csl_book, compensation=True, after=True, skip=1) as faults:
-            task = asyncio.create_task(orchestrator.execute(csl_booking("room"), saga_id="t-3"))
-            await waiting.wait()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+            await _cancel_once_waiting(orchestrator, csl_booking("room"), "t-3")
         metadata = await orchestrator.get_saga("t-3")
     assert [f.compensation for f in faults.fired] == [True]  # in the restart
     assert metadata is not None
-    [compensation] = metadata.compensations
+    compensation = await _kept_compensation(any_store, metadata, "t-3")
     assert compensation.error == "CancelledError: interrupted (not compensated)"
-    assert compensation.duration is not None
-    assert compensation.duration >= 0
-    async with SagaOrchestrator(any_store()) as reopened:  # as the log keeps it
-        logged = await reopened.get_saga("t-3")
-    assert logged is not None
-    assert logged.compensations[0].duration == pytest.approx(compensation.duration)
 
 
 pauses: list[float] = []
@@ -368,19 +365,9 @@ async def test_a_compensation_cancelled_waiting_to_retry_has_a_duration(
         else:
             faults.timeout_compensation(csl_book)
         with faults:
-            task = asyncio.create_task(orchestrator.execute(csl_booking("room"), saga_id="t-4"))
-            await waiting.wait()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+            await _cancel_once_waiting(orchestrator, csl_booking("room"), "t-4")
         metadata = await orchestrator.get_saga("t-4")
     assert len(pauses) == 2  # the first run's wait, then its restart's
     assert metadata is not None
-    [compensation] = metadata.compensations
+    compensation = await _kept_compensation(any_store, metadata, "t-4")
     assert compensation.error == "CancelledError: interrupted (not compensated)"
-    assert compensation.duration is not None
-    assert compensation.duration >= 0
-    async with SagaOrchestrator(any_store()) as reopened:  # as the log keeps it
-        logged = await reopened.get_saga("t-4")
-    assert logged is not None
-    assert logged.compensations[0].duration == pytest.approx(compensation.duration)
