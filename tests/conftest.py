@@ -29,6 +29,20 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"SAGAKIT_TEST_LOOP must be 'asyncio' or 'uvloop', got {loop!r}")
 
 
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """An inner pytest that prints the same wherever the suite runs.
+
+    pytest prints whole short-summary lines when ``CI`` or ``BUILD_NUMBER`` is set, and cuts
+    them at the terminal width (``COLUMNS``) otherwise, so tests reading its output would
+    pass or fail by where they run.
+    """
+    for name in ("CI", "BUILD_NUMBER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COLUMNS", "80")
+    return pytester
+
+
 class RecordingSleep:
     """A ``sleep`` for the orchestrator that records the delays and does not wait."""
 
