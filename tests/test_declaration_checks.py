@@ -707,6 +707,76 @@ async def test_a_local_named_as_a_step_and_used_by_a_nested_function_is_not_the_
     assert heard == ["not the step"]
 
 
+dc_handler = dc_credit  # a module default that a saga below rebinds before calling it
+
+
+@pytest.mark.asyncio
+async def test_a_name_the_saga_declares_global_or_nonlocal_is_not_the_step_it_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Regression: the name was resolved to what it held when the saga was declared (a
+    # step), though the saga rebinds it before the call: a valid saga was refused.
+    monkeypatch.setitem(globals(), "dc_handler", dc_credit)  # restored after the test
+    heard: list[str] = []
+    dc_current = dc_credit
+
+    @saga
+    def dc_rebinds_a_global() -> Any:
+        global dc_handler
+        dc_handler = heard.append
+        dc_handler("global")
+        yield dc_bank.credit("A", 1)
+
+    @saga
+    def dc_rebinds_a_nonlocal() -> list[StepCall[Any]]:
+        nonlocal dc_current
+        dc_current = heard.append
+        dc_current("nonlocal")
+        return [dc_bank.credit("A", 2)]
+
+    orchestrator = SagaOrchestrator()
+    assert await orchestrator.execute(dc_rebinds_a_global()) == [1]
+    assert await orchestrator.execute(dc_rebinds_a_nonlocal()) == [2]
+    assert heard == ["global", "nonlocal"]
+
+
+__dc_audit = dc_credit  # a step under the unmangled name of a class-private call below
+_DcMangled__dc_audit = print  # what DcMangled's methods call as ``__dc_audit``
+
+
+def test_a_class_private_name_called_in_a_method_saga_is_not_the_unmangled_global() -> None:
+    # Regression: ``__dc_audit`` in a class is ``_DcMangled__dc_audit`` (Python mangles
+    # it), but was looked up unmangled, found the step, and the saga was refused.
+    class DcMangled:
+        @saga
+        def dc_order(self, account: str) -> Any:
+            __dc_audit(account)
+            yield dc_credit(account, 1)
+
+    assert DcMangled.dc_order.name == "dc_order"
+
+
+def test_a_saga_whose_source_gained_lines_since_it_was_compiled_is_not_refused_for_them() -> None:
+    # The source read for it is the same function edited since (a call added on a new
+    # line): not refused for a call the code it runs never makes.
+    filename = "<dc-edited-body>"
+    namespace = {"dc_credit": dc_credit}
+    exec(
+        compile("def dc_grown(amount):\n    yield dc_credit('B', amount)\n", filename, "exec"),
+        namespace,
+    )
+    edited = [
+        "def dc_grown(amount):\n",
+        "    yield dc_credit('B', amount)\n",
+        "    dc_credit('A', amount)\n",
+    ]
+    linecache.cache[filename] = (len("".join(edited)), None, edited, filename)
+    try:
+        assert saga(namespace["dc_grown"]).name == "dc_grown"
+    finally:
+        del linecache.cache[filename]
+
+
 def test_a_saga_whose_source_changed_since_it_was_compiled_is_not_checked() -> None:
     # The source read for it is another function's (its file edited since): not checked
     # against code that is not the saga's, rather than refused for a call it never makes.

@@ -124,7 +124,10 @@ def _discarded_saga(
 
 def _call_statements(function: FunctionType) -> tuple[CallStatement, ...]:
     """The statements of ``function``'s own body (not of functions or classes in it)
-    calling a dotted name that is not one of its local variables."""
+    calling a dotted name that is not one of its local variables, nor a name it declares
+    ``global`` or ``nonlocal`` (it may rebind it before the call). Only those its compiled
+    code makes, on a line and with names the code has: a class-private ``__name`` is
+    another name once Python mangles it, and a file edited since import, another body."""
     code = function.__code__
     known = _statements_of.get(code)
     if known is None:
@@ -139,17 +142,24 @@ def _find_call_statements(function: FunctionType) -> list[CallStatement]:
     body, first_line = found
     code = function.__code__
     local = {*code.co_varnames, *code.co_cellvars}
+    loaded = {*code.co_names, *code.co_freevars}
+    lines = {line for *_, line in code.co_lines()}
+    rebound: set[str] = set()
     statements = []
     pending: list[ast.AST] = list(body.body)
     while pending:
         node = pending.pop()
-        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        if isinstance(node, ast.Global | ast.Nonlocal):
+            rebound.update(node.names)
+        elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
             path = _dotted(node.value.func)
-            if path and path[0] not in local:
-                statements.append(CallStatement(path, first_line + node.lineno - 1))
+            line = first_line + node.lineno - 1
+            if path and path[0] not in local and line in lines and loaded.issuperset(path):
+                statements.append(CallStatement(path, line))
         elif not isinstance(node, _SCOPES):
             pending.extend(n for n in ast.iter_child_nodes(node) if isinstance(n, _STATEMENTS))
-    return sorted(statements, key=lambda statement: statement.line)
+    kept = (statement for statement in statements if statement.path[0] not in rebound)
+    return sorted(kept, key=lambda statement: statement.line)
 
 
 def _parsed(function: FunctionType) -> tuple[ast.FunctionDef, int] | None:
