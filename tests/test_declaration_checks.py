@@ -483,6 +483,13 @@ def _dc_in_a_match_case(kind: str) -> Any:
     yield dc_credit("B", 1)
 
 
+def _dc_in_parentheses() -> Any:
+    (  # in-parentheses
+        dc_credit("A", 2)
+    )
+    yield dc_credit("B", 1)
+
+
 def _dc_list_in_a_loop(accounts: list[str]) -> list[StepCall[Any]]:
     calls = []
     for account in accounts:
@@ -503,6 +510,7 @@ def _dc_list_in_a_loop(accounts: list[str]) -> list[StepCall[Any]]:
         (_dc_through_a_classmethod, "through-a-classmethod"),
         (_dc_in_an_except_clause, "in-an-except-clause"),
         (_dc_in_a_match_case, "in-a-match-case"),
+        (_dc_in_parentheses, "in-parentheses"),
     ],
 )
 def test_a_discarded_step_call_is_found_in_any_statement(

@@ -154,7 +154,9 @@ def _find_call_statements(function: FunctionType) -> list[CallStatement]:
         elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
             path = _dotted(node.value.func)
             line = first_line + node.lineno - 1
-            if path and path[0] not in local and line in lines and loaded.issuperset(path):
+            last = first_line + (node.end_lineno or node.lineno) - 1
+            compiled = not lines.isdisjoint(range(line, last + 1))  # the code has its lines
+            if path and path[0] not in local and compiled and loaded.issuperset(path):
                 statements.append(CallStatement(path, line))
         elif not isinstance(node, _SCOPES):
             pending.extend(n for n in ast.iter_child_nodes(node) if isinstance(n, _STATEMENTS))
