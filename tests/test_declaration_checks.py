@@ -9,6 +9,9 @@
 - A step call made as a statement in a saga (a forgotten ``yield``, a call left out of a
   list saga's list) was dropped silently: now refused, naming the line. So is a call of
   a ``@saga`` function made as a statement (its definition built and dropped).
+- That check refused valid sagas whose statement calls something else than the step its
+  name held: a name declared ``global`` or ``nonlocal`` and rebound, a class-private
+  ``__name`` (mangled), a line added to the source file since it was compiled.
 """
 
 from __future__ import annotations
