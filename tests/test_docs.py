@@ -420,7 +420,9 @@ def test_api_reference_signatures_match_the_code() -> None:
     import sagakit
     from sagakit._steps import _DEFAULT_OPTIONS
 
-    namespace: dict[str, object] = {**vars(sagakit), "asyncio": asyncio}
+    # The public names: vars(sagakit) does not hold them, imported when used (PEP 562).
+    namespace: dict[str, object] = {name: getattr(sagakit, name) for name in sagakit.__all__}
+    namespace["asyncio"] = asyncio
     reference = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
     problems: list[str] = []
     checked = 0

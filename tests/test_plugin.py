@@ -817,7 +817,7 @@ def test_the_plugin_is_switched_on_and_off_as_the_testing_page_says(
     )
     # Regression: the page said `-p asyncio`, which pytest warns about once sagakit is
     # loaded (PytestAssertRewriteWarning: Module already imported so cannot be rewritten;
-    # asyncio -- the standard library's, which sagakit imports), failing a suite with
+    # asyncio -- the standard library's, which sagakit imported then), failing a suite with
     # `filterwarnings = error`. `-p pytest_asyncio.plugin` names the plugin's module.
     rewrite = "error::pytest.PytestAssertRewriteWarning"
     for order in (("sagakit", "pytest_asyncio.plugin"), ("pytest_asyncio.plugin", "sagakit")):

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._logger import logger
 from ._members import (
     ON_COMPENSATION_COMPLETED,
     ON_COMPENSATION_FAILED,
@@ -34,42 +35,6 @@ from .transitions import Transition, TransitionKind
 # pytest shows a failing test's line, not this module's code (see _tracebacks).
 __tracebackhide__ = hide_from_pytest
 
-
-logger = logging.getLogger("sagakit")
-logger.addHandler(logging.NullHandler())
-
-_FIELDS = (
-    "saga_id",
-    "saga_name",
-    "saga_status",
-    "step_name",
-    "step_index",
-    "attempt",
-    "transition",
-)
-
-
-class _StructuredFields(logging.Filter):
-    """Give every record of the ``sagakit`` logger all the structured fields (``None``
-    where they do not apply), so one formatter using them works for every record —
-    recovery's, workers' and stores' too, not only the transitions'.
-
-    The texts a message quotes (saga ids and names, errors) are given on one line, control
-    characters escaped; the structured fields keep them as they are."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        fields = record.__dict__
-        for name in _FIELDS:
-            fields.setdefault(name, None)
-        args = record.args
-        if isinstance(args, tuple) and any(
-            isinstance(arg, str) and not arg.isprintable() for arg in args
-        ):
-            record.args = tuple(one_line(arg) if isinstance(arg, str) else arg for arg in args)
-        return True
-
-
-logger.addFilter(_StructuredFields())
 
 Listener = Callable[[Transition], object]
 """A callable told of every state change; it may be sync or async. What it returns is

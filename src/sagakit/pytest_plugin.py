@@ -13,6 +13,10 @@ faults would hit the tests after it). A saga definition or step call parametrizi
 is named by its saga's or step's name in the test's id. A ``saga_fault_matrix`` marker with
 a bad keyword, or placed on a test that does not use the fixture, errors the test's setup.
 
+pytest imports this module at every start wherever sagakit is installed, so it imports
+sagakit's library only in the fixtures and hooks using it, never at import or in the
+hooks every session and test run (``sys.modules`` tells those whether sagakit is in use).
+
 PYTEST_DONT_REWRITE: it has no assert for pytest to rewrite, so a conftest may import from it
 (``FaultMatrix``) and list it in ``pytest_plugins`` without pytest warning that it cannot.
 """
@@ -299,7 +303,7 @@ def _marker_problem(item: pytest.Item) -> str | None:
             if not isinstance(value, bool):
                 return f"@pytest.mark.{_MARKER}({option}=...) must be True or False, got {value!r}"
         if "error" in marker.kwargs:
-            from sagakit import SagaDefinitionError
+            from sagakit.exceptions import SagaDefinitionError
             from sagakit.testing._matrix import check_matrix_error
 
             try:
@@ -332,7 +336,7 @@ def saga_store() -> SagaStore:
     """The store of ``saga_orchestrator``: a fresh in-memory one. Override it in a
     conftest.py to run the tests on a durable store (``SQLiteStore(tmp_path / "sagas.db")``);
     ``saga_orchestrator`` opens it and closes it at the test's teardown."""
-    from sagakit import MemoryStore
+    from sagakit.stores import MemoryStore
 
     return MemoryStore()
 
@@ -447,7 +451,7 @@ def _async_fixtures(config: pytest.Config) -> object:
             use, in the loop of the test using it (not this fixture's loop, which a
             ``PostgresStore`` would bind to), and closed there. A synchronous test may use
             it."""
-            from sagakit import SagaOrchestrator
+            from sagakit._orchestrator import SagaOrchestrator
 
             problem = _store_problem(saga_store)
             if problem is not None:
