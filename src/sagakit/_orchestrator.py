@@ -674,6 +674,7 @@ class SagaOrchestrator:
                             record.duration = finished - started
                             break
                     elif fault is SIMULATED_TIMEOUT:
+                        acted = record  # a faulted attempt stands for a call (see below)
                         failure, error = StepTimeout(index, spec.name, timeout, timeout), None
                     else:
                         if isinstance(fault, CrashAfter):  # the step acts, then "the process dies"
@@ -690,6 +691,9 @@ class SagaOrchestrator:
                             # the step itself raises it (see the call above)
                             acted = record
                             raise fault
+                        # A faulted attempt stands for a call: ended by a cancellation (or a
+                        # KeyboardInterrupt) while waiting to retry it, it ran since ``started``.
+                        acted = record
                         failure, error = None, raised_by_step(fault)  # as the step's own raise
                     if failure is None:
                         assert error is not None
