@@ -73,6 +73,7 @@ from ._runs import (
     describe_error,
     events_of,
     handed_back_with,
+    running_step,
     storable_text,
 )
 from ._sagas import (
@@ -550,6 +551,7 @@ class SagaOrchestrator:
         faults = active_faults.get()
         run.parent = current_run.get()  # enter_run(run), inline: once per saga
         token = current_run.set(run)
+        step_token = running_step.set(None)
         steps = run.steps
         events = run.events
         done: list[_Done] = []
@@ -608,6 +610,7 @@ class SagaOrchestrator:
                 record.result = None
                 steps.append(record)
                 run.step = record
+                running_step.set(record)  # (a task the step creates keeps it)
                 timeout = spec.timeout
                 attempt = 1  # counted up where a retry goes back to the loop's top
                 acted_unknown = False  # an earlier attempt timed out: it may have acted
@@ -957,6 +960,7 @@ class SagaOrchestrator:
             run.task = None  # a finished run in the history must not keep its task alive
             run.parent = None  # leave_run(run, token), inline
             current_run.reset(token)
+            running_step.reset(step_token)
         run.status = SAGA_COMPLETED
         run.total_steps = index
         run.finished_mono = run.updated_mono = now()
@@ -1414,6 +1418,7 @@ class SagaOrchestrator:
                 else:
                     records.append(record)
                 run.step = record
+                running_step.set(record)
                 timeout = spec.compensation_timeout
                 attempt = 1  # counted up where a retry goes back to the loop's top
                 while True:
