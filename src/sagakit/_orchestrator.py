@@ -134,6 +134,9 @@ def _end_running_step(steps: list[StepRun], acted: StepRun | None, failure: Base
         _end_running(steps, described if steps[-1] is acted else f"not started: {described}")
 
 
+set_running_step = running_step.set
+"""``running_step.set``, bound once: called as each step and compensation starts."""
+
 _LEFT_FOR_RECOVERY = "left for recovery"
 """In the note on a store's error that says the saga's end is not in the log (logged)."""
 _NOTHING_LOGGED = "nothing of the saga is in the log"
@@ -610,7 +613,7 @@ class SagaOrchestrator:
                 record.result = None
                 steps.append(record)
                 run.step = record
-                running_step.set(record)  # (a task the step creates keeps it)
+                set_running_step(record)  # (a task the step creates keeps it)
                 timeout = spec.timeout
                 attempt = 1  # counted up where a retry goes back to the loop's top
                 acted_unknown = False  # an earlier attempt timed out: it may have acted
@@ -1418,7 +1421,7 @@ class SagaOrchestrator:
                 else:
                     records.append(record)
                 run.step = record
-                running_step.set(record)
+                set_running_step(record)
                 timeout = spec.compensation_timeout
                 attempt = 1  # counted up where a retry goes back to the loop's top
                 while True:
