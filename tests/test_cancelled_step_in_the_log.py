@@ -371,3 +371,49 @@ async def test_a_compensation_cancelled_waiting_to_retry_has_a_duration(
     assert metadata is not None
     compensation = await _kept_compensation(any_store, metadata, "t-4")
     assert compensation.error == "CancelledError: interrupted (not compensated)"
+
+
+untried: list[str] = []
+
+
+@step(retry=2)
+async def csl_try(item: str) -> str:
+    return f"tried {item}"
+
+
+@csl_try.compensate
+async def csl_untry(item: str) -> None:
+    untried.append(item)
+
+
+@saga
+def csl_trying(item: str):  # type: ignore[no-untyped-def]
+    yield csl_try(item)
+
+
+@pytest.mark.parametrize("fault", ["fail", "timeout"])
+@pytest.mark.asyncio
+async def test_a_step_cancelled_waiting_to_retry_after_a_fault_is_interrupted(fault: str) -> None:
+    # Regression: cancelled while waiting to retry it after an injected failure or
+    # timeout, a step was recorded "cancelled before the step started", with no duration,
+    # and not compensated; after a real failure or timeout it is interrupted, lasted, and
+    # undone (compensate_on_timeout). A faulted attempt stands for a call of the step.
+    global waiting
+    waiting = asyncio.Event()
+    pauses.clear()
+    untried.clear()
+    faults = FaultInjector()
+    if fault == "fail":
+        faults.fail(csl_try, ValueError("busy"))
+    else:
+        faults.timeout(csl_try)
+    async with SagaOrchestrator(sleep=csl_pause) as orchestrator:
+        with faults:
+            await _cancel_once_waiting(orchestrator, csl_trying("seat"), "t-5")
+        metadata = await orchestrator.get_saga("t-5")
+    assert len(pauses) == 1  # cancelled in its one wait to retry
+    assert metadata is not None
+    [interrupted] = metadata.steps
+    assert interrupted.error == "CancelledError: the saga was cancelled"
+    assert interrupted.duration is not None
+    assert untried == ["seat"]

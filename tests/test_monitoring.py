@@ -185,6 +185,57 @@ async def test_current_step_is_none_between_steps() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_task_a_step_created_never_sees_a_later_step() -> None:
+    # Regression: current_step() in a task a step created (asyncio.create_task copies its
+    # context) described whatever step of the saga ran when it was asked: still running
+    # after its step had returned, the task got the next step's idempotency key, which a
+    # service then took for that step's (answering that step's own call as a repeat).
+    seen: dict[str, Any] = {}
+    later: list[asyncio.Task[None]] = []
+    second_runs = asyncio.Event()
+    compensating = asyncio.Event()
+
+    async def background(where: str, then: asyncio.Event) -> None:
+        seen[f"{where}: at once"] = current_step()
+        await then.wait()
+        seen[f"{where}: later"] = current_step()
+
+    @step
+    async def first() -> None:
+        seen["first"] = current_step()
+        later.append(asyncio.create_task(background("first", second_runs)))
+        await asyncio.sleep(0)  # (the task starts while its step runs)
+
+    @first.compensate
+    async def undo_first() -> None:
+        seen["undo"] = current_step()
+        compensating.set()
+        await later[-1]
+
+    @step
+    async def second() -> None:
+        later.append(asyncio.create_task(background("second", compensating)))
+        await asyncio.sleep(0)
+        second_runs.set()
+        await later[0]
+        raise ValueError("declined")
+
+    with pytest.raises(StepFailed):
+        await SagaOrchestrator().execute(
+            SagaDefinition("bg").add_step(first()).add_step(second()), saga_id="bg-1"
+        )
+    keys = {where: ctx and ctx.idempotency_key for where, ctx in seen.items()}
+    assert keys == {
+        "first": "bg-1:0",
+        "first: at once": "bg-1:0",  # while its step runs: that step's
+        "first: later": None,  # the second step runs: not its step
+        "second: at once": "bg-1:1",
+        "undo": "bg-1:0",
+        "second: later": None,  # the compensation of the first step runs
+    }
+
+
+@pytest.mark.asyncio
 async def test_current_step_is_none_in_a_step_awaited_alone_inside_a_saga_step() -> None:
     # A step awaited on its own inside a saga's step saw that step's context: its name,
     # attempt and idempotency key, so two charges awaited by one step sent one key (a

@@ -386,6 +386,17 @@ def test_instrumenting_again_with_another_provider_is_refused() -> None:
     assert len(orchestrator._listeners) == 1
 
 
+def test_instrumenting_again_with_the_global_provider_named_adds_no_second_tracer() -> None:
+    # Regression: a tracer of no provider given (the global one) and the global provider
+    # given by name were told "of another tracer provider" and refused, though their
+    # spans go to one provider; and the other way round.
+    for first, then in ((None, trace.get_tracer_provider()), (trace.get_tracer_provider(), None)):
+        orchestrator = SagaOrchestrator()
+        tracer = instrument(orchestrator, tracer_provider=first)
+        assert instrument(orchestrator, tracer_provider=then) is tracer
+        assert orchestrator._listeners == (tracer,)
+
+
 def test_instrumenting_an_orchestrator_with_other_listeners_adds_the_tracer() -> None:
     heard: list[Any] = []
     orchestrator = SagaOrchestrator(listeners=[heard.append])

@@ -99,6 +99,14 @@ class _Odd(StoreError):
         self.saga_id = saga_id
 
 
+class _Formatted(StoreError):
+    """A store error whose ``__init__`` makes its message from another argument."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"cannot write {path!r}")
+        self.path = path
+
+
 def _raised(error: StoreError) -> StoreError:
     try:
         try:
@@ -115,8 +123,9 @@ def _raised(error: StoreError) -> StoreError:
         StoreError("disk full"),
         SagaAlreadyResolved("ge-1", None, "resolved by an operator: paid"),
         _Odd(saga_id="ge-2"),
+        _Formatted("sagas.db"),
     ],
-    ids=["plain", "subclass", "odd"],
+    ids=["plain", "subclass", "odd", "formatted"],
 )
 async def test_each_caller_of_a_failed_batch_is_failed_with_a_twin(error: StoreError) -> None:
     error = _raised(error)
@@ -132,9 +141,14 @@ async def test_each_caller_of_a_failed_batch_is_failed_with_a_twin(error: StoreE
         assert str(other) == str(error)
         assert other.__cause__ is error.__cause__
         assert other.__traceback__ is error.__traceback__
+        assert other.args == error.args
         other.add_note("its own")
         assert other.__notes__ == ["said before", "its own"]
-        if not isinstance(error, _Odd):  # (the odd one keeps its message, as a StoreError)
-            assert type(other) is type(error)
-            assert vars(other).keys() == vars(error).keys()
+        # Regression: copy.copy() made it again from its args, calling its __init__ with
+        # its message: the odd one (keyword-only) came back a plain StoreError, and the
+        # formatted one said "cannot write \"cannot write 'sagas.db'\"" with that path.
+        assert type(other) is type(error)
+        assert {k: v for k, v in vars(other).items() if k != "__notes__"} == {
+            k: v for k, v in vars(error).items() if k != "__notes__"
+        }
     assert error.__notes__ == ["said before"]

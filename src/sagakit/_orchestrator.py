@@ -73,6 +73,7 @@ from ._runs import (
     describe_error,
     events_of,
     handed_back_with,
+    running_step,
     storable_text,
 )
 from ._sagas import (
@@ -132,6 +133,9 @@ def _end_running_step(steps: list[StepRun], acted: StepRun | None, failure: Base
         described = describe_error(failure)
         _end_running(steps, described if steps[-1] is acted else f"not started: {described}")
 
+
+set_running_step = running_step.set
+"""``running_step.set``, bound once: called as each step and compensation starts."""
 
 _LEFT_FOR_RECOVERY = "left for recovery"
 """In the note on a store's error that says the saga's end is not in the log (logged)."""
@@ -550,6 +554,7 @@ class SagaOrchestrator:
         faults = active_faults.get()
         run.parent = current_run.get()  # enter_run(run), inline: once per saga
         token = current_run.set(run)
+        step_token = running_step.set(None)
         steps = run.steps
         events = run.events
         done: list[_Done] = []
@@ -608,6 +613,7 @@ class SagaOrchestrator:
                 record.result = None
                 steps.append(record)
                 run.step = record
+                set_running_step(record)  # (a task the step creates keeps it)
                 timeout = spec.timeout
                 attempt = 1  # counted up where a retry goes back to the loop's top
                 acted_unknown = False  # an earlier attempt timed out: it may have acted
@@ -674,6 +680,7 @@ class SagaOrchestrator:
                             record.duration = finished - started
                             break
                     elif fault is SIMULATED_TIMEOUT:
+                        acted = record  # a faulted attempt stands for a call (see below)
                         failure, error = StepTimeout(index, spec.name, timeout, timeout), None
                     else:
                         if isinstance(fault, CrashAfter):  # the step acts, then "the process dies"
@@ -690,6 +697,9 @@ class SagaOrchestrator:
                             # the step itself raises it (see the call above)
                             acted = record
                             raise fault
+                        # A faulted attempt stands for a call: ended by a cancellation (or a
+                        # KeyboardInterrupt) while waiting to retry it, it ran since ``started``.
+                        acted = record
                         failure, error = None, raised_by_step(fault)  # as the step's own raise
                     if failure is None:
                         assert error is not None
@@ -953,6 +963,7 @@ class SagaOrchestrator:
             run.task = None  # a finished run in the history must not keep its task alive
             run.parent = None  # leave_run(run, token), inline
             current_run.reset(token)
+            running_step.reset(step_token)
         run.status = SAGA_COMPLETED
         run.total_steps = index
         run.finished_mono = run.updated_mono = now()
@@ -1410,6 +1421,7 @@ class SagaOrchestrator:
                 else:
                     records.append(record)
                 run.step = record
+                set_running_step(record)
                 timeout = spec.compensation_timeout
                 attempt = 1  # counted up where a retry goes back to the loop's top
                 while True:

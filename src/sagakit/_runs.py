@@ -446,21 +446,29 @@ class StepContext:
 
 current_run: ContextVar[SagaRun | None] = ContextVar("sagakit_current_run", default=None)
 
+running_step: ContextVar[StepRun | None] = ContextVar("sagakit_running_step", default=None)
+"""The step (or compensation) record this context runs, set as each starts: a task the step
+creates keeps it, so :func:`current_step` there describes no later step of the run."""
+
 alone_in: ContextVar[SagaRun | None] = ContextVar("sagakit_alone_in", default=None)
 """The run whose step awaits a step on its own here (``await charge(...)`` inside a saga's
 step): that step is not the saga's, so :func:`current_step` describes none."""
 
 
-def enter_run(run: SagaRun) -> Token[SagaRun | None]:
+RunTokens = tuple[Token[SagaRun | None], Token[StepRun | None]]
+
+
+def enter_run(run: SagaRun) -> RunTokens:
     """Make ``run`` this task's current run, noting the run it was started in."""
     run.parent = current_run.get()
-    return current_run.set(run)
+    return current_run.set(run), running_step.set(None)
 
 
-def leave_run(run: SagaRun, token: Token[SagaRun | None]) -> None:
+def leave_run(run: SagaRun, tokens: RunTokens) -> None:
     """Undo :func:`enter_run` (the run keeps no reference to its parent once ended)."""
     run.parent = None
-    current_run.reset(token)
+    current_run.reset(tokens[0])
+    running_step.reset(tokens[1])
 
 
 def current_step() -> StepContext | None:
@@ -474,6 +482,8 @@ def current_step() -> StepContext | None:
         return None
     step = run.step
     if step is None or step.status is not STEP_RUNNING:  # between steps: none runs
+        return None
+    if step is not running_step.get():  # a task an earlier step created: not this step's
         return None
     orchestrator = run.orchestrator()
     if orchestrator is None:  # a task a step started, outliving the orchestrator

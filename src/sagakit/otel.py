@@ -280,6 +280,12 @@ def _check_provider(provider: object) -> None:
     )
 
 
+def _provider_of(tracer_provider: trace.TracerProvider | None) -> trace.TracerProvider:
+    """The provider a tracer given ``tracer_provider`` makes its spans with (``None``: the
+    global one, as it is now)."""
+    return trace.get_tracer_provider() if tracer_provider is None else tracer_provider
+
+
 def instrument(
     orchestrator: SagaOrchestrator, tracer_provider: trace.TracerProvider | None = None
 ) -> SagaTracer:
@@ -304,7 +310,7 @@ def instrument(
     for listener in orchestrator._listeners:
         if not isinstance(listener, SagaTracer):
             continue
-        if listener._provider is not tracer_provider:
+        if _provider_of(listener._provider) is not _provider_of(tracer_provider):
             raise SagaDefinitionError(
                 f"{orchestrator!r} is already instrumented, by {listener!r} of another tracer "
                 "provider; a second tracer would make every span twice: call "

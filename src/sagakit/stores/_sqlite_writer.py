@@ -14,7 +14,6 @@ every :data:`CHECKPOINT_EVERY` commits, while this store's writes queue behind t
 from __future__ import annotations
 
 import asyncio
-import copy
 import os
 import sqlite3
 from collections.abc import Callable
@@ -495,11 +494,16 @@ def _fail(futures: list[asyncio.Future[Any]], error: StoreError) -> None:
 
 
 def _twin(error: StoreError) -> StoreError:
-    """A new ``error``: its class, message and attributes, notes of its own (a copy of
-    its list), the same cause, context and traceback."""
+    """A new ``error``: its class, args and attributes, notes of its own (a copy of
+    its list), the same cause, context and traceback.
+
+    Made without its ``__init__`` (which ``copy.copy()`` calls with its args: one taking
+    other arguments than its message failed, or made the message again from the message)."""
+    cls = type(error)
     try:
-        twin = copy.copy(error)
-    except Exception:  # a subclass not made again from its args: its message, at least
+        twin = cls.__new__(cls, *error.args)
+        twin.__dict__.update(error.__dict__)
+    except Exception:  # a class of its own making (its own __new__): its message, at least
         twin = StoreError(*error.args)
     notes = getattr(error, "__notes__", None)
     if isinstance(notes, list):
