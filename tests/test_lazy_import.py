@@ -129,6 +129,51 @@ def test_a_name_is_the_module_sagakit_uses_after_a_reimport() -> None:
     assert found == [False, True]
 
 
+def test_a_name_used_while_another_thread_imports_its_module_waits_for_it() -> None:
+    # Regression: the name was taken from the module found in sys.modules, half-initialised
+    # while another thread imported it: 16 threads starting with `from sagakit import
+    # SagaOrchestrator, SQLiteStore, step` raised ImportError in 38 processes of 40.
+    # Here the first thread's import is held while the second uses the name; it is let go
+    # once the second is done (the error) or waiting in the import system.
+    found = _run(
+        "import json, sys, threading, time\n"
+        "import sagakit\n"
+        "importing, go = threading.Event(), threading.Event()\n"
+        "class HoldTheImport:  # the first import _orchestrator makes waits for `go`\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if 'sagakit._orchestrator' in sys.modules and not importing.is_set():\n"
+        "            importing.set()\n"
+        "            go.wait()\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, HoldTheImport())\n"
+        "first = threading.Thread(target=__import__, args=('sagakit._orchestrator',))\n"
+        "first.start()\n"
+        "importing.wait()\n"
+        "used = []\n"
+        "def use():\n"
+        "    try:\n"
+        "        used.append(sagakit.SagaOrchestrator.__name__)\n"
+        "    except AttributeError as error:\n"
+        "        used.append(str(error))\n"
+        "second = threading.Thread(target=use)\n"
+        "second.start()\n"
+        "def in_the_import_system(thread):\n"
+        "    frame = sys._current_frames().get(thread.ident)\n"
+        "    while frame is not None:\n"
+        "        if frame.f_code.co_filename == '<frozen importlib._bootstrap>':\n"
+        "            return True\n"
+        "        frame = frame.f_back\n"
+        "    return False\n"
+        "while second.is_alive() and not in_the_import_system(second):\n"
+        "    time.sleep(0.001)\n"
+        "go.set()\n"
+        "first.join()\n"
+        "second.join()\n"
+        "print(json.dumps(used))\n"
+    )
+    assert found == ["SagaOrchestrator"]
+
+
 def test_the_type_checkers_names_are_those_loaded() -> None:
     # mypy and IDEs read the imports under TYPE_CHECKING; the names and modules they give
     # are those __getattr__ loads.

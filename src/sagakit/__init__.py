@@ -124,10 +124,15 @@ if not TYPE_CHECKING:  # type checkers see the imports above, and no other name
         Not kept here: a module dropped from ``sys.modules`` (as pytester's in-process runs
         do with those they imported) is imported afresh when used again, and the name must
         then be the new module's, the one the rest of sagakit uses. Finding it in
-        ``sys.modules`` is a dictionary lookup; sagakit's own modules never come here."""
+        ``sys.modules`` is a dictionary lookup; sagakit's own modules never come here.
+
+        A module there that another thread is still importing lacks the name yet: the
+        import system then waits for that thread, as ``import`` statements do."""
         module_name = _MODULE_OF.get(name)
         if module_name is not None:
-            module = sys.modules.get(module_name) or importlib.import_module(module_name)
+            module = sys.modules.get(module_name)
+            if module is None or getattr(module.__spec__, "_initializing", False):
+                module = importlib.import_module(module_name)
             return getattr(module, name)
         if name == "__version__":
             globals()[name] = version = _version()  # a string: kept, no module behind it
