@@ -110,6 +110,21 @@ def test_the_public_names_are_listed_before_they_are_loaded() -> None:
     assert star == sorted(sagakit.__all__)
 
 
+def test_the_public_submodules_are_listed_before_they_are_loaded() -> None:
+    # Regression: dir(sagakit) listed `stores` and the others only once imported, so a
+    # shell's completion of `sagakit.sto` after `import sagakit` offered nothing, where it
+    # offered `stores` when the package imported them all.
+    found = _run(
+        "import json, sys\n"
+        "import sagakit\n"
+        "names = dir(sagakit)\n"
+        "print(json.dumps([names, 'sagakit.stores' in sys.modules]))\n"
+    )
+    names, loaded = found
+    assert {"exceptions", "records", "status", "stores", "transitions"} <= set(names)
+    assert not loaded
+
+
 def test_a_name_is_the_module_sagakit_uses_after_a_reimport() -> None:
     # Regression: kept in the package once loaded, a name outlived its module. pytester's
     # in-process runs drop the modules they imported from sys.modules; the next run

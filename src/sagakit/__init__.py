@@ -143,7 +143,7 @@ if not TYPE_CHECKING:  # type checkers see the imports above, and no other name
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    return sorted({*globals(), *__all__, *_SUBMODULES})
 
 
 __all__ = [
