@@ -254,6 +254,19 @@ def test_readme_quick_start_is_two_commands_matching_ci() -> None:
     assert test_command in ci_lines, "CI must run the README's test command as written"
 
 
+def test_readme_development_names_every_check_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = " ".join(readme.split("## Development", 1)[1].split("\n## ", 1)[0].split())
+    checks = [
+        re.sub(r" --site-dir \S+", "", line.strip())
+        for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+        if line.strip().split(" ", 1)[0] in {"ruff", "mypy", "mkdocs"}
+    ]
+    assert len(checks) == 4, checks
+    unnamed = [check for check in checks if f"`{check}`" not in section]
+    assert not unnamed, f"README.md's Development does not name what .ci/run runs: {unnamed}"
+
+
 def test_api_reference_names_every_public_name() -> None:
     import sagakit
     import sagakit.stores
