@@ -254,6 +254,19 @@ def test_readme_quick_start_is_two_commands_matching_ci() -> None:
     assert test_command in ci_lines, "CI must run the README's test command as written"
 
 
+def test_readme_development_names_every_check_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = " ".join(readme.split("## Development", 1)[1].split("\n## ", 1)[0].split())
+    checks = [
+        re.sub(r" --site-dir \S+", "", line.strip())
+        for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+        if line.strip().split(" ", 1)[0] in {"ruff", "mypy", "mkdocs"}
+    ]
+    assert len(checks) == 4, checks
+    unnamed = [check for check in checks if f"`{check}`" not in section]
+    assert not unnamed, f"README.md's Development does not name what .ci/run runs: {unnamed}"
+
+
 def test_api_reference_names_every_public_name() -> None:
     import sagakit
     import sagakit.stores
@@ -673,3 +686,43 @@ def test_statuses_diagram_has_every_change_of_status_a_run_makes() -> None:
         made.update((a.name, b.name) for a, b in itertools.pairwise(statuses))
     missing = sorted(made - drawn)
     assert not missing, f"docs/concepts/statuses.md's diagram does not draw {missing}"
+
+
+def _table_rows(page: str) -> dict[str, list[str]]:
+    """The rows of a page's tables, by their first cell without backticks."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    rows: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.startswith("| `"):
+            cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+            rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def test_documented_defaults_are_the_code_s() -> None:
+    from sagakit import DEFAULT_TIMEOUT, Retry, SagaOrchestrator
+    from sagakit.stores import MemoryStore
+
+    policy = Retry()
+    retry_table = _table_rows("docs/concepts/retries.md")
+    for field in ("attempts", "backoff", "multiplier", "max_backoff", "jitter"):
+        assert retry_table[field][0] == f"`{getattr(policy, field)!r}`", field
+    assert retry_table["on"][0] == f"`({policy.on[0].__name__},)`"
+
+    steps_table = _table_rows("docs/concepts/steps.md")
+    assert steps_table["timeout"][0].startswith(f"`{DEFAULT_TIMEOUT!r}`")
+    compensation = inspect.signature(SagaOrchestrator).parameters["compensation_retry"].default
+    assert (
+        steps_table["compensation_retry"][0]
+        == f"the orchestrator's ({compensation.attempts} attempts)"
+    )
+    retries = (ROOT / "docs" / "concepts" / "retries.md").read_text(encoding="utf-8")
+    said = (
+        f"`Retry(attempts={compensation.attempts}, backoff={compensation.backoff}, "
+        f"max_backoff={compensation.max_backoff})`"
+    )
+    assert said in retries, said
+
+    limit = inspect.signature(MemoryStore).parameters["history_limit"].default
+    monitoring = (ROOT / "docs" / "concepts" / "monitoring.md").read_text(encoding="utf-8")
+    assert f"keeps the last **{limit:,}** finished runs" in monitoring
