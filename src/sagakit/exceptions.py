@@ -65,7 +65,8 @@ class SagaRunError(SagaError):
 class StepFailed(SagaRunError):
     """A step raised; ``error`` is the original exception (also ``__cause__``).
 
-    ``step_index`` is -1 for a step awaited on its own, outside any saga.
+    ``step_index`` is -1 only in the :class:`StepTimeout` of a step awaited on its own,
+    outside any saga; a failure there raises the step's own exception, not ``StepFailed``.
     """
 
     def __init__(self, step_index: int, step_name: str, error: BaseException) -> None:
@@ -75,7 +76,7 @@ class StepFailed(SagaRunError):
         self.error = error
 
     def _which(self) -> str:
-        if self.step_index < 0:  # awaited on its own, outside any saga
+        if self.step_index < 0:  # a StepTimeout of a step awaited on its own
             return f"step {self.step_name!r}"
         return f"step {self.step_index} ({self.step_name!r})"
 
