@@ -718,6 +718,49 @@ async def test_a_local_named_as_a_step_and_used_by_a_nested_function_is_not_the_
     assert heard == ["not the step"]
 
 
+def test_a_comprehension_variable_named_as_a_step_does_not_hide_a_discarded_call() -> None:
+    # Regression (Python 3.12+ only; 3.11 found it already): PEP 709 inlines a list, set
+    # or dict comprehension, so its variable is among the function's co_varnames, and the
+    # step of that name, called as a statement, was taken for a local and let through.
+    def dc_labels(accounts: list[str]) -> Any:
+        yield dc_credit(accounts[0], 1)
+        labels = [dc_credit for dc_credit in accounts]
+        dc_credit(labels[0], 2)  # comprehension-named
+
+    with pytest.raises(SagaDefinitionError, match="calls step 'dc_credit'") as refused:
+        saga(dc_labels)
+    assert _line("comprehension-named") in str(refused.value)
+
+
+@pytest.mark.asyncio
+async def test_a_local_also_named_by_a_comprehension_variable_is_not_the_step() -> None:
+    heard: list[str] = []
+
+    @saga
+    def dc_assigned_local(accounts: list[str]) -> Any:
+        dc_credit = heard.append
+        dc_credit(str([dc_credit for dc_credit in accounts]))
+        yield dc_bank.credit("A", 1)
+
+    @saga
+    def dc_walrus_local(accounts: list[str]) -> Any:
+        # An assignment expression in a comprehension binds in the saga's own scope.
+        [(dc_credit := heard.append) for _ in accounts[:1]]
+        dc_credit(str({dc_credit: 0 for dc_credit in accounts}))
+        yield dc_bank.credit("A", 2)
+
+    @saga
+    def dc_parameter(dc_credit: Callable[..., Any] = heard.append) -> Any:
+        dc_credit(str({dc_credit for dc_credit in "B"}))
+        yield dc_bank.credit("A", 3)
+
+    orchestrator = SagaOrchestrator()
+    assert await orchestrator.execute(dc_assigned_local(["B"])) == [1]
+    assert await orchestrator.execute(dc_walrus_local(["B"])) == [2]
+    assert await orchestrator.execute(dc_parameter()) == [3]
+    assert heard == ["['B']", "{'B': 0}", "{'B'}"]
+
+
 dc_handler = dc_credit  # a module default that a saga below rebinds before calling it
 
 

@@ -35,6 +35,9 @@ class CallStatement(NamedTuple):
 _UNRESOLVED = object()
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 _STATEMENTS = (ast.stmt, ast.excepthandler, ast.match_case)
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+_NAMED = (*_SCOPES, ast.ExceptHandler, ast.MatchAs, ast.MatchStar)  # bind their .name
+_NESTED = (*_SCOPES, ast.Lambda)  # whose body has names of its own
 # Per code object: a saga declared inside a function is declared again on every call.
 _statements_of: weakref.WeakKeyDictionary[CodeType, tuple[CallStatement, ...]] = (
     weakref.WeakKeyDictionary()
@@ -141,7 +144,7 @@ def _find_call_statements(function: FunctionType) -> list[CallStatement]:
         return []
     body, first_line = found
     code = function.__code__
-    local = {*code.co_varnames, *code.co_cellvars}
+    local = {*code.co_varnames, *code.co_cellvars} - _comprehension_variables(body)
     loaded = {*code.co_names, *code.co_freevars}
     lines = {line for *_, line in code.co_lines()}
     rebound: set[str] = set()
@@ -162,6 +165,39 @@ def _find_call_statements(function: FunctionType) -> list[CallStatement]:
             pending.extend(n for n in ast.iter_child_nodes(node) if isinstance(n, _STATEMENTS))
     kept = (statement for statement in statements if statement.path[0] not in rebound)
     return sorted(kept, key=lambda statement: statement.line)
+
+
+def _comprehension_variables(function: ast.FunctionDef) -> set[str]:
+    """The names ``function``'s comprehensions bind that its own scope does not.
+
+    Python 3.12+ inlines a list, set or dict comprehension (PEP 709), listing its
+    variables among the function's ``co_varnames``: a step named like one is no local.
+    """
+    own = {argument.arg for argument in ast.walk(function.args) if isinstance(argument, ast.arg)}
+    comprehended: set[str] = set()
+    pending: list[tuple[ast.AST, bool]] = [(node, False) for node in function.body]
+    while pending:
+        node, in_comprehension = pending.pop()
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            (comprehended if in_comprehension else own).add(node.id)
+        elif isinstance(node, ast.NamedExpr):  # binds in the function, even in a comprehension
+            own.add(node.target.id)
+            pending.append((node.value, in_comprehension))
+            continue
+        elif isinstance(node, ast.alias):  # import a.b (binds a), import a.b as c
+            own.add((node.asname or node.name).partition(".")[0])
+        elif isinstance(node, _NAMED):
+            if node.name:
+                own.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            own.add(node.rest)
+        inner = in_comprehension or isinstance(node, _COMPREHENSIONS)
+        for field, value in ast.iter_fields(node):
+            if field == "body" and isinstance(node, _NESTED):
+                continue  # a nested scope's own names (its decorators, defaults are ours)
+            children = value if isinstance(value, list) else [value]
+            pending.extend((child, inner) for child in children if isinstance(child, ast.AST))
+    return comprehended - own
 
 
 def _parsed(function: FunctionType) -> tuple[ast.FunctionDef, int] | None:
