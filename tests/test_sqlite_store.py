@@ -1128,6 +1128,88 @@ async def test_a_logged_saga_whose_end_failed_with_one_of_nothing_logged_is_left
     assert all("nothing of the saga" not in note for note in notes), notes
 
 
+def _hold_then_fail_the_end(
+    store: SQLiteStore, first_fails: bool
+) -> tuple[asyncio.Event, StoreError]:
+    """The run's first commit fails if ``first_fails``; its end's write is held (the
+    caller is cancelled there: set the event returned), and fails when written again
+    with the error returned (once: later ends are written)."""
+    submit = store._writer.submit
+    first = [first_fails]
+    ends: list[bool] = []
+    end_held = asyncio.Event()
+    refused = StoreError("disk still full")
+
+    async def failing(job: Job, *, alone: bool) -> Any:
+        if first[0]:
+            first[0] = False
+            raise StoreError("disk full")
+        if not callable(job) and any(sql == FINISHED for sql, _ in job):
+            ends.append(True)
+            if len(ends) == 1:
+                end_held.set()
+                await asyncio.Event().wait()
+            if len(ends) == 2:
+                raise refused
+        return await submit(job, alone=alone)
+
+    store._writer.submit = failing  # type: ignore[method-assign]
+    return end_held, refused
+
+
+async def _cancelled_at_its_end(
+    orchestrator: SagaOrchestrator, end_held: asyncio.Event, saga_id: str | None
+) -> BaseException:
+    """What ``execute()`` raised, cancelled while the saga's end is written."""
+    task = asyncio.create_task(orchestrator.execute(sqlite_move("A", "B", 5), saga_id=saga_id))
+    await end_held.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError) as raised:
+        await task
+    return raised.value
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_end_of_a_saga_with_nothing_in_the_log_that_fails_again_is_told(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: cancelled while its end was written, the end is written again (the run
+    # has ended); that failing too, the store's error was dropped, not logged, and the
+    # mark "nothing of the saga is in the log" was put on the CancelledError, where
+    # nothing reads it. Its error is now told as a refused end's is, with that mark.
+    store = SQLiteStore(db)
+    end_held, refused = _hold_then_fail_the_end(store, first_fails=True)
+    caplog.set_level(logging.WARNING, logger="sagakit")
+    async with SagaOrchestrator(store) as orchestrator:
+        await _cancelled_at_its_end(orchestrator, end_held, None)
+        running = await orchestrator.get_running_sagas()
+        history = await orchestrator.get_history()
+    assert_told_nothing_logged(caplog, refused)
+    assert (running, history) == ([], [])
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_end_that_fails_again_is_told_and_left_for_recovery(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: as above, for a saga in the log: no warning said that its end is not,
+    # and the store's error was not the cancellation's __context__.
+    store = SQLiteStore(db)
+    end_held, refused = _hold_then_fail_the_end(store, first_fails=False)
+    caplog.set_level(logging.WARNING, logger="sagakit")
+    async with SagaOrchestrator(store) as orchestrator:
+        cancelled = await _cancelled_at_its_end(orchestrator, end_held, "held-end")
+        assert cancelled.__context__ is refused
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        [message] = [m for m in warnings if "could not record that the saga finished" in m]
+        assert "StoreError: disk still full" in message, message
+        assert "left for recovery" in message, message
+        assert any("left for recovery" in note for note in refused.__notes__)
+        (outcome,) = await orchestrator.recover()
+    assert (outcome.saga_id, outcome.status) == ("held-end", SagaStatus.COMPLETED)
+    assert calls == ["take A", "put B"]  # finished from the log: nothing run twice
+
+
 def test_group_commit_keeps_each_jobs_statements_in_order() -> None:
     # Statements of a batch are grouped by SQL text across jobs; a job's own order
     # (insert a row, then update it) must survive, even when another job of the batch

@@ -103,7 +103,12 @@ from .exceptions import (
 from .records import SagaMetadata
 from .status import SagaStatus
 from .stores import MemoryStore, SagaStore
-from .stores._protocol import CommittedThenCancelled, check_saga_id, nothing_logged
+from .stores._protocol import (
+    CommittedThenCancelled,
+    check_saga_id,
+    end_unwritten,
+    nothing_logged,
+)
 from .stores.memory import DEFAULT_HISTORY_LIMIT
 from .transitions import Transition, TransitionKind, make_transition
 
@@ -1706,6 +1711,8 @@ class SagaOrchestrator:
                         unrecorded, LeaseLost
                     ):
                         _end_unwritten(run, transition, unrecorded)
+                    elif (refused := end_unwritten(unrecorded, run.id)) is not None:
+                        _end_unwritten(run, transition, refused)  # cancelled, written again
                 if kind is ON_STEP_STARTED:
                     run.unlogged_start = record  # nor told: neither is its end
                 if kind is ON_SAGA_FINISHED and isinstance(

@@ -68,6 +68,28 @@ def nothing_logged(error: BaseException, saga_id: str) -> bool:
     return isinstance(marked, set) and saga_id in marked
 
 
+_END_UNWRITTEN = "_sagakit_end_unwritten"
+
+
+def mark_end_unwritten(cancelled: BaseException, error: Exception, saga_id: str) -> None:
+    """Mark ``cancelled``, the ``CancelledError`` a store raises from
+    :meth:`SagaStore.record` for the end of the run ``saga_id``, as raised after that end
+    was written again (the run has ended) and ``error`` refused it: the orchestrator tells
+    ``error`` as an end the store refused, and it becomes ``cancelled``'s ``__context__``."""
+    setattr(cancelled, _END_UNWRITTEN, (saga_id, error))
+    if error.__context__ is None or error.__context__ is cancelled:
+        error.__context__ = cancelled.__context__
+    cancelled.__context__ = error
+
+
+def end_unwritten(cancelled: BaseException, saga_id: str) -> Exception | None:
+    """The error :func:`mark_end_unwritten` marked ``cancelled`` with for ``saga_id``."""
+    marked = getattr(cancelled, _END_UNWRITTEN, None)
+    if isinstance(marked, tuple) and marked[0] == saga_id:
+        return marked[1]  # type: ignore[no-any-return]
+    return None
+
+
 class SagaRunView(Protocol):
     """The run a store's :meth:`~SagaStore.begin`, :meth:`~SagaStore.record` and
     :meth:`~SagaStore.finish` receive: one execution of a saga, owned and changed by

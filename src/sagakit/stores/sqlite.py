@@ -62,6 +62,7 @@ from ._protocol import (
     check_saga_id,
     check_text,
     claim_limit,
+    mark_end_unwritten,
     mark_nothing_logged,
     row_limit,
     store_serializer,
@@ -445,6 +446,7 @@ class SQLiteStore:
             self._committed(run.id, transition)
             raise
         except BaseException as error:
+            failed: BaseException | None = error  # what refused the end
             if isinstance(error, asyncio.CancelledError) and transition.kind is ON_SAGA_FINISHED:
                 # Dropped unsent, its caller cancelled: but the run has ended all the
                 # same, and without its end the log would show it running until some
@@ -453,11 +455,15 @@ class SQLiteStore:
                 if not done.cancelled() and done.exception() is None:
                     self._committed(run.id, transition)
                     raise CommittedThenCancelled(None) from None
+                failed = None if done.cancelled() else done.exception()
+                if isinstance(failed, Exception):  # told as the end's failure, then
+                    mark_end_unwritten(error, failed, run.id)
             if transition.kind is ON_SAGA_FINISHED:
                 if not self._writer.usable:
                     self._end_refused.add(run.id)
-                if unlogged:  # its row went with it, rolled back: none of its writes did
-                    mark_nothing_logged(error, run.id)
+                if unlogged and isinstance(failed, Exception):
+                    mark_nothing_logged(failed, run.id)  # its row went with it: none did
+            failed = None  # no cycle through this frame (its traceback holds it)
             if carried:
                 # Not committed (dropped as its caller was cancelled, or rolled back): the
                 # staged transitions happened all the same; they go with the next write,
