@@ -552,7 +552,9 @@ class SagaOrchestrator:
         )
         announce = observe or info
         faults = active_faults.get()
-        run.parent = current_run.get()  # enter_run(run), inline: once per saga
+        run.parent = parent = current_run.get()  # enter_run(run), inline: once per saga
+        if parent is not None:
+            run.parent_step = running_step.get()
         token = current_run.set(run)
         step_token = running_step.set(None)
         steps = run.steps
@@ -961,7 +963,7 @@ class SagaOrchestrator:
                 run.queued = False
                 watchdog.fresh.discard(run)
             run.task = None  # a finished run in the history must not keep its task alive
-            run.parent = None  # leave_run(run, token), inline
+            run.parent = run.parent_step = None  # leave_run(run, token), inline
             current_run.reset(token)
             running_step.reset(step_token)
         run.status = SAGA_COMPLETED
