@@ -74,6 +74,7 @@ from ._runs import (
     events_of,
     handed_back_with,
     running_step,
+    still_running,
     storable_text,
 )
 from ._sagas import (
@@ -475,10 +476,16 @@ class SagaOrchestrator:
                 f"saga {definition.name!r} has no steps; add at least one with "
                 ".add_step(step_call) before executing it"
             )
-        # Run by a step of a saga a worker runs: a stopping worker hands it over too.
+        # Run by a step of a saga a worker runs: a stopping worker hands it over too. Not
+        # one a task the step left running starts after the step ended: as one executed
+        # beside the worker, it is not cancelled with the worker's sagas, and keeps its lease.
         nested = worker_nested.get()
         if nested is not None:
-            nested.add(run.id)
+            enclosing = current_run.get()
+            if enclosing is not None and still_running(running_step.get(), enclosing):
+                nested.add(run.id)
+            else:
+                nested = None
         try:
             memory = self._memory
             try:
