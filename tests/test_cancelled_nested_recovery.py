@@ -276,3 +276,101 @@ async def test_a_cancelled_first_run_compensates_the_inner_saga_of_its_step(
         assert inner.status is SagaStatus.COMPENSATED
         assert await orchestrator.recover() == []
     assert effects == ["authorize o1", "capture o1", "void o1", "refund o1"]
+
+
+left_running: list[asyncio.Task[Any]] = []
+
+
+@step
+async def cnr_pay_in_the_background(order: str) -> None:
+    context = current_step()
+    assert context is not None
+    inner = f"{context.idempotency_key}/payment"
+    paying = context.orchestrator.execute(cnr_payment(order), saga_id=inner)
+    left_running.append(asyncio.create_task(paying))  # not awaited: it outlives the step
+
+
+@step
+async def cnr_hold(order: str) -> None:
+    gates["holding"].set()
+    await asyncio.Event().wait()  # until the recovery is cancelled
+
+
+@saga
+def cnr_background_order(order: str) -> Any:
+    yield cnr_pay_in_the_background(order)
+    yield cnr_hold(order)
+
+
+@pytest.mark.asyncio
+async def test_an_inner_saga_a_task_left_running_executes_is_not_handed_back_with_the_outer(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Regression: the inner saga, executed by a task the payment step created and did not
+    # await, was linked to the outer saga for good; once the outer one was handed back (its
+    # recovery cancelled in a later step), cancelling that task left the inner saga
+    # EXECUTING, as a crash leaves it, though no rerun of the completed step would finish
+    # it. Its caller's cancellation undoes it, as for any saga not run inside the step.
+    await _crashed_in(durable_store, cnr_background_order("o6"), cnr_pay_in_the_background)
+    gates["capture"] = asyncio.Event()
+    gates["capturing"] = asyncio.Event()
+    gates["holding"] = asyncio.Event()
+    left_running.clear()
+    async with SagaOrchestrator(durable_store()) as recovering:
+        task = asyncio.create_task(recovering.recover())
+        await gates["capturing"].wait()
+        await gates["holding"].wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        (paying,) = left_running
+        paying.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await paying
+        inner = await recovering.get_saga("order-1:0/payment")
+        assert inner is not None
+        assert inner.status is SagaStatus.COMPENSATED
+    assert effects == ["authorize o6", "capture o6", "void o6"]
+
+
+@step
+async def cnr_resume_payment_in_the_background(order: str) -> None:
+    context = current_step()
+    assert context is not None
+    paying = context.orchestrator.execute(cnr_payment(order), saga_id="order-1")
+    left_running.append(asyncio.create_task(paying))  # not awaited: it outlives the step
+
+
+@saga
+def cnr_resuming_order(order: str) -> Any:
+    yield cnr_resume_payment_in_the_background(order)
+
+
+@pytest.mark.asyncio
+async def test_an_orphan_a_task_left_running_adopts_is_handed_back_when_that_task_is_cancelled(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Regression: the orphan's recovery, run by a task a finished saga's step created,
+    # took that saga for the step it was started in: cancelling the task compensated the
+    # orphan (voided) against its recovery policy, as a timeout inside that step would.
+    # The step had ended: the task's cancellation is its caller's, as at the top level,
+    # and hands the orphan back for the next recovery to finish.
+    await _crashed_in(durable_store, cnr_payment("o7"), cnr_capture)
+    gates["capture"] = asyncio.Event()
+    gates["capturing"] = asyncio.Event()
+    left_running.clear()
+    async with SagaOrchestrator(durable_store()) as orchestrator:
+        await orchestrator.execute(cnr_resuming_order("o7"))
+        await gates["capturing"].wait()
+        (paying,) = left_running
+        paying.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await paying
+        inner = await orchestrator.get_saga("order-1")
+        assert inner is not None
+        assert inner.status is SagaStatus.EXECUTING  # handed back: not compensated
+    gates.clear()
+    async with SagaOrchestrator(durable_store()) as restarted:
+        outcomes = await restarted.recover()
+        assert [(o.saga_id, o.status) for o in outcomes] == [("order-1", SagaStatus.COMPLETED)]
+    assert effects == ["authorize o7", "capture o7", "capture o7"]

@@ -1227,6 +1227,77 @@ async def test_run_worker_finishes_orphans_and_leaves_the_execute_calls_beside_i
             await stuck
 
 
+LEFT_RUNNING: list[asyncio.Task[Any]] = []
+
+
+@step
+async def start_beside(n: int) -> None:
+    ctx = current_step()
+    assert ctx is not None
+    beside = ctx.orchestrator.execute(pg_five(), saga_id="beside")
+    LEFT_RUNNING.append(asyncio.create_task(beside))  # not awaited: it outlives the step
+
+
+@saga
+def pg_starts_beside():  # type: ignore[no-untyped-def]
+    yield act(0)
+    yield start_beside(1)
+
+
+@pytest.mark.asyncio
+async def test_a_stopping_worker_keeps_the_lease_of_a_saga_a_task_its_step_left_running_runs(
+    dsn: str, schema: str
+) -> None:
+    # Regression: a task that a step of a saga the worker finished created, and left
+    # running, executes a saga after that step ended. The worker counted it as that
+    # step's inner saga and released its lease as it stopped, though it does not cancel
+    # it: the saga went on here while any worker could take it over and run it too. Like
+    # an execute() beside the worker, it keeps its lease and goes on to its end.
+    LEFT_RUNNING.clear()
+    async with opened(dsn, schema) as dead, opened(dsn, schema, lease=60.0, heartbeat=20) as live:
+        key = "starter:0"
+        GATES[key] = asyncio.Event()
+        ENTERED[key] = asyncio.Event()
+        stuck = asyncio.create_task(
+            SagaOrchestrator(dead).execute(pg_starts_beside(), saga_id="starter")
+        )
+        await ENTERED[key].wait()
+        dead_gate = GATES.pop(key)  # the re-run of step 0 does not hang
+        expire(dsn, schema, "starter")
+        GATES["beside:3"] = asyncio.Event()
+        ENTERED["beside:3"] = asyncio.Event()
+        orchestrator = SagaOrchestrator(live)
+        worker = asyncio.create_task(orchestrator.run_worker(poll_interval=0.05))
+        await ENTERED["beside:3"].wait()
+        await wait_for_status(live, "starter", SagaStatus.COMPLETED)
+        worker.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await worker
+        (row,) = query(
+            dsn,
+            f'SELECT owner, released, lease_until > now() FROM "{schema}".sagas '
+            "WHERE saga_id = 'beside'",
+        )
+        assert row == (live.owner, False, True)
+        GATES["beside:3"].set()
+        (beside,) = LEFT_RUNNING
+        await beside
+        assert RAN[("beside", 4, "do")] == 1
+        assert not [key for key in RAN if key[2] == "undo"]
+        dead_gate.set()
+        with pytest.raises(LeaseLost):
+            await stuck
+
+
+async def wait_for_status(store: Any, saga_id: str, status: SagaStatus) -> None:
+    """Until ``saga_id``'s row says ``status`` (read every 10 ms)."""
+    while True:
+        meta = await store.get(saga_id)
+        if meta is not None and meta.status is status:
+            return
+        await asyncio.sleep(0.01)
+
+
 @pytest.mark.asyncio
 async def test_run_worker_stops_when_told(dsn: str, schema: str) -> None:
     async with opened(dsn, schema) as store:

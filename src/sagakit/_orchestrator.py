@@ -74,6 +74,7 @@ from ._runs import (
     events_of,
     handed_back_with,
     running_step,
+    still_running,
     storable_text,
 )
 from ._sagas import (
@@ -480,10 +481,16 @@ class SagaOrchestrator:
                 f"saga {definition.name!r} has no steps; add at least one with "
                 ".add_step(step_call) before executing it"
             )
-        # Run by a step of a saga a worker runs: a stopping worker hands it over too.
+        # Run by a step of a saga a worker runs: a stopping worker hands it over too. Not
+        # one a task the step left running starts after the step ended: as one executed
+        # beside the worker, it is not cancelled with the worker's sagas, and keeps its lease.
         nested = worker_nested.get()
         if nested is not None:
-            nested.add(run.id)
+            enclosing = current_run.get()
+            if enclosing is not None and still_running(running_step.get(), enclosing):
+                nested.add(run.id)
+            else:
+                nested = None
         try:
             memory = self._memory
             try:
@@ -557,7 +564,9 @@ class SagaOrchestrator:
         )
         announce = observe or info
         faults = active_faults.get()
-        run.parent = current_run.get()  # enter_run(run), inline: once per saga
+        run.parent = parent = current_run.get()  # enter_run(run), inline: once per saga
+        if parent is not None:
+            run.parent_step = running_step.get()
         token = current_run.set(run)
         step_token = running_step.set(None)
         steps = run.steps
@@ -966,7 +975,7 @@ class SagaOrchestrator:
                 run.queued = False
                 watchdog.fresh.discard(run)
             run.task = None  # a finished run in the history must not keep its task alive
-            run.parent = None  # leave_run(run, token), inline
+            run.parent = run.parent_step = None  # leave_run(run, token), inline
             current_run.reset(token)
             running_step.reset(step_token)
         run.status = SAGA_COMPLETED

@@ -34,6 +34,8 @@ from ._runs import (
     handed_back_with,
     leave_run,
     new_step_run,
+    running_step,
+    still_running,
 )
 from ._sagas import (
     SagaDefinition,
@@ -292,7 +294,7 @@ async def adopt(orchestrator: SagaOrchestrator, saga_id: str, name: str) -> bool
     # The orchestrator's limit, as its recover() would apply: a claim past it parks the saga.
     watch = CancellationWatch()
     orphans = await _claim_next(store, orchestrator._max_recovery_attempts, (saga_id,))
-    if watch.came() and _hands_back(run):
+    if watch.came() and _hands_back(run, running_step.get()):
         # Cancelled while claiming, and the claim swallowed it (see recover()): execute()
         # ran the orphan to its end, then returned as if never cancelled. (Cancelled from
         # inside the step executing it — its timeout — the orphan is finished below, as
@@ -439,11 +441,15 @@ def _rebuild(
     return run
 
 
-def _hands_back(enclosing: SagaRun | None) -> bool:
+def _hands_back(enclosing: SagaRun | None, started_in: StepRun | None) -> bool:
     """Whether a cancellation of this task hands back what it recovers: at the top level
     (its caller's), or inside a run (a step executing an orphan's id) that its own
-    recovery's cancellation hands back — not one from inside that step (its timeout)."""
-    return enclosing is None or enclosing.handing_back is True or handed_back_with(enclosing)
+    recovery's cancellation hands back — not one from inside that step (its timeout).
+    ``started_in``: the step of ``enclosing`` it was started in; a task that step left
+    running, after it ended, is at the top level."""
+    if enclosing is None or not still_running(started_in, enclosing):
+        return True
+    return enclosing.handing_back is True or handed_back_with(enclosing)
 
 
 async def _drive_recovered(
@@ -460,13 +466,14 @@ async def _drive_recovered(
     afresh: handed back, it would be resumed later behind that run's back."""
     watch = CancellationWatch()
     enclosing = current_run.get()
+    started_in = running_step.get()
     driving = asyncio.ensure_future(orchestrator._drive(run, driver, replay, hand_back=True))
     try:
         await asyncio.shield(driving)
     except asyncio.CancelledError:
         if not watch.came():
             raise  # the run's own outcome: it was not this task that was cancelled
-        run.handing_back = _hands_back(enclosing)
+        run.handing_back = _hands_back(enclosing, started_in)
         driving.cancel()
         await wait_out(driving)  # until it has handed the saga back, whatever cancels us
         if not driving.cancelled():

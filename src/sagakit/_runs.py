@@ -273,10 +273,19 @@ def handed_back_with(run: SagaRun) -> bool:
     ``asyncio.timeout`` around the inner ``execute()`` — is not such a one)."""
     parent = run.parent
     while parent is not None:
+        if not still_running(run.parent_step, parent):
+            return False  # by a task a step left running: no rerun of that step finishes it
         if parent.handing_back is True:
             return True
-        parent = parent.parent
+        run = parent
+        parent = run.parent
     return False
+
+
+def still_running(step: StepRun | None, run: SagaRun) -> bool:
+    """Whether ``step`` (the context's ``running_step`` when a saga was started in ``run``)
+    is the step ``run`` runs now: not one a task it created outlived."""
+    return step is not None and step is run.step and step.status is STEP_RUNNING
 
 
 _next_number = itertools.count(1).__next__
@@ -304,6 +313,7 @@ class SagaRun:
         "number",
         "orchestrator",
         "parent",
+        "parent_step",
         "queued",
         "started_mono",
         "started_wall",
@@ -376,6 +386,9 @@ class SagaRun:
         # While it runs: the run in whose step (or a task started there) it was started,
         # None at the top level. Fault injection aims ``index`` faults by it.
         self.parent: SagaRun | None = None
+        # The step (or compensation) record of ``parent`` it was started in: a task that
+        # step created may start it after the step ended (see handed_back_with).
+        self.parent_step: StepRun | None = None
         # A recovered run whose recovery was cancelled by its caller: it is being handed
         # back (True), and so is any saga a step of it executes on a durable store (see
         # handed_back_with); False: a recovered run cancelled from inside
@@ -461,12 +474,13 @@ RunTokens = tuple[Token[SagaRun | None], Token[StepRun | None]]
 def enter_run(run: SagaRun) -> RunTokens:
     """Make ``run`` this task's current run, noting the run it was started in."""
     run.parent = current_run.get()
+    run.parent_step = running_step.get()
     return current_run.set(run), running_step.set(None)
 
 
 def leave_run(run: SagaRun, tokens: RunTokens) -> None:
     """Undo :func:`enter_run` (the run keeps no reference to its parent once ended)."""
-    run.parent = None
+    run.parent = run.parent_step = None
     current_run.reset(tokens[0])
     running_step.reset(tokens[1])
 
