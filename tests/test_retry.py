@@ -588,3 +588,32 @@ async def test_a_retried_compensations_record_drops_the_last_error_when_it_runs_
     assert meta is not None
     assert meta.compensations[0].error is None
     assert meta.compensations[0].attempts == 2
+
+
+@pytest.mark.asyncio
+async def test_a_step_given_as_a_compensation_keeps_its_retry_inside_the_compensations(
+    sleep: RecordingSleep,
+) -> None:
+    # As docs/concepts/compensation.md says: each of the compensation's attempts awaits the
+    # step, which makes its own attempts, so the tries multiply (2 x 3 here).
+    calls: list[str] = []
+
+    @step
+    async def charge(order: str) -> str:
+        return order
+
+    @step(retry=Retry(attempts=2, backoff=0, jitter=0))
+    async def refund(order: str) -> None:
+        calls.append(order)
+        raise ConnectionError("refunds are down")
+
+    charge.compensate(refund)
+
+    @step
+    async def boom() -> None:
+        raise ValueError("boom")
+
+    definition = SagaDefinition("r").add_step(charge("o")).add_step(boom())
+    with pytest.raises(CompensationFailed):
+        await SagaOrchestrator(sleep=sleep).execute(definition)
+    assert len(calls) == 2 * 3  # the step's 2 attempts in each of the compensation's 3
