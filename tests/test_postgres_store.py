@@ -1289,6 +1289,65 @@ async def test_a_stopping_worker_keeps_the_lease_of_a_saga_a_task_its_step_left_
             await stuck
 
 
+@step
+async def start_unawaited(n: int) -> None:
+    ctx = current_step()
+    assert ctx is not None
+    inner = ctx.orchestrator.execute(pg_five(), saga_id="unawaited")
+    LEFT_RUNNING.append(asyncio.create_task(inner))  # not awaited: it outlives the step
+    await ENTERED["unawaited:3"].wait()  # started while this step runs: its inner saga
+
+
+@saga
+def pg_starts_unawaited():  # type: ignore[no-untyped-def]
+    yield act(0)
+    yield start_unawaited(1)
+
+
+@pytest.mark.asyncio
+async def test_a_stopping_worker_keeps_the_lease_of_an_inner_saga_its_step_left_running(
+    dsn: str, schema: str
+) -> None:
+    # Regression: a step of a saga the worker finished started an inner saga in a task
+    # and returned without awaiting it. The worker still counted it as the step's inner
+    # saga and released its lease as it stopped, though it does not cancel it: the saga
+    # went on here while any worker could take it over and run its steps again. Once its
+    # step has ended it is no inner saga: it keeps its lease and goes on to its end.
+    LEFT_RUNNING.clear()
+    async with opened(dsn, schema) as dead, opened(dsn, schema, lease=60.0, heartbeat=20) as live:
+        key = "outer:0"
+        GATES[key] = asyncio.Event()
+        ENTERED[key] = asyncio.Event()
+        stuck = asyncio.create_task(
+            SagaOrchestrator(dead).execute(pg_starts_unawaited(), saga_id="outer")
+        )
+        await ENTERED[key].wait()
+        dead_gate = GATES.pop(key)  # the re-run of step 0 does not hang
+        expire(dsn, schema, "outer")
+        GATES["unawaited:3"] = asyncio.Event()
+        ENTERED["unawaited:3"] = asyncio.Event()
+        orchestrator = SagaOrchestrator(live)
+        worker = asyncio.create_task(orchestrator.run_worker(poll_interval=0.05))
+        await wait_for_status(live, "outer", SagaStatus.COMPLETED)
+        worker.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await worker
+        (row,) = query(
+            dsn,
+            f'SELECT owner, released, lease_until > now() FROM "{schema}".sagas '
+            "WHERE saga_id = 'unawaited'",
+        )
+        assert row == (live.owner, False, True)
+        GATES["unawaited:3"].set()
+        (inner,) = LEFT_RUNNING
+        await inner
+        assert RAN[("unawaited", 4, "do")] == 1
+        assert not [key for key in RAN if key[2] == "undo"]
+        dead_gate.set()
+        with pytest.raises(LeaseLost):
+            await stuck
+
+
 async def wait_for_status(store: Any, saga_id: str, status: SagaStatus) -> None:
     """Until ``saga_id``'s row says ``status`` (read every 10 ms)."""
     while True:

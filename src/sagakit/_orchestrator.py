@@ -481,14 +481,16 @@ class SagaOrchestrator:
                 f"saga {definition.name!r} has no steps; add at least one with "
                 ".add_step(step_call) before executing it"
             )
-        # Run by a step of a saga a worker runs: a stopping worker hands it over too. Not
-        # one a task the step left running starts after the step ended: as one executed
-        # beside the worker, it is not cancelled with the worker's sagas, and keeps its lease.
+        # Run by a step of a saga a worker runs: a stopping worker hands it over too, while
+        # that step runs. Not one a task the step left running starts after the step ended:
+        # as one executed beside the worker, it is not cancelled with the worker's sagas,
+        # and keeps its lease (as one the step started there does once the step ended).
         nested = worker_nested.get()
         if nested is not None:
             enclosing = current_run.get()
-            if enclosing is not None and still_running(running_step.get(), enclosing):
-                nested.add(run.id)
+            started_in = running_step.get()
+            if enclosing is not None and still_running(started_in, enclosing):
+                nested[run.id] = (enclosing, started_in)
             else:
                 nested = None
         try:
@@ -520,7 +522,7 @@ class SagaOrchestrator:
             raise
         finally:
             if nested is not None:
-                nested.discard(run.id)
+                nested.pop(run.id, None)
 
     async def _adopt(self, saga_id: str, name: str) -> bool:
         from ._recovery import adopt

@@ -31,6 +31,7 @@ from ._recovery import (
     log_stopped,
     tell_unregistered,
 )
+from ._runs import SagaRun, StepRun, still_running
 from ._sagas import registered_sagas
 from ._shielding import CancellationWatch
 from ._tracebacks import hide_from_pytest
@@ -46,9 +47,13 @@ __tracebackhide__ = hide_from_pytest
 
 logger = logging.getLogger("sagakit")
 
-worker_nested: ContextVar[set[str] | None] = ContextVar("sagakit_worker_nested", default=None)
-"""In a worker's saga tasks: the ids of the sagas that ``execute()`` runs there (a step
-starting an inner saga), which the worker hands over with its own when it stops."""
+Nested = dict[str, tuple[SagaRun, StepRun | None]]
+"""The sagas that ``execute()`` runs in a worker's saga tasks (a step starting an inner
+saga), by id: with the run and the step record they were started in."""
+
+worker_nested: ContextVar[Nested | None] = ContextVar("sagakit_worker_nested", default=None)
+"""In a worker's saga tasks: the inner sagas their steps run, which the worker hands over
+with its own when it stops, while the step that started each one runs."""
 
 
 def _check(
@@ -157,7 +162,7 @@ async def _finish_one(
     orchestrator: SagaOrchestrator,
     store: RecoverableStore,
     orphan: OrphanedSaga,
-    nested: set[str],
+    nested: Nested,
 ) -> None:
     worker_nested.set(nested)  # this task's context: what its steps execute() joins it
     try:
@@ -209,10 +214,12 @@ async def _wait(events: tuple[asyncio.Event, ...], seconds: float) -> None:
 
 
 async def _shutdown(
-    store: RecoverableStore, tasks: dict[asyncio.Task[None], str], nested: set[str]
+    store: RecoverableStore, tasks: dict[asyncio.Task[None], str], nested: Nested
 ) -> None:
     """Release the leases of the sagas in flight (``tasks``: their ids; ``nested``: the
-    inner sagas their steps run), then stop them (they are fenced out)."""
+    inner sagas their steps run), then stop them (they are fenced out). An inner saga
+    whose step has ended (it left it running in a task) is no longer theirs: cancelling
+    them does not stop it, so it keeps its lease and goes on here."""
     release: Callable[..., Any] | None = getattr(store, "release_leases", None)
     if release is None:
         # No leases to hand over: let the sagas in flight finish here.
@@ -222,7 +229,8 @@ async def _shutdown(
     try:
         # The inner sagas too: cancelled with their outer saga's task, they would
         # compensate what the next owner of the outer saga runs on from the log.
-        released = await release(saga_ids=sorted({*tasks.values(), *nested}))
+        inner = {saga_id for saga_id, (run, step) in nested.items() if still_running(step, run)}
+        released = await release(saga_ids=sorted({*tasks.values(), *inner}))
     except Exception as error:  # the database is away: the leases run out by themselves
         logger.warning("sagakit worker could not release its saga leases: %s", error)
     else:
@@ -257,7 +265,7 @@ async def run_worker(
     stop = stop if stop is not None else asyncio.Event()
     freed = asyncio.Event()
     tasks: dict[asyncio.Task[None], str] = {}  # the sagas in flight, with their ids
-    nested: set[str] = set()  # the sagas their steps run with execute()
+    nested: Nested = {}  # the sagas their steps run with execute()
     failures = 0  # claims failed in a row
     told: set[str] = set()  # the unregistered saga names told of (tell_unregistered)
     next_look = 0.0  # when to look for them again (the loop's time)
