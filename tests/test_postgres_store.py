@@ -1244,51 +1244,6 @@ def pg_starts_beside():  # type: ignore[no-untyped-def]
     yield start_beside(1)
 
 
-@pytest.mark.asyncio
-async def test_a_stopping_worker_keeps_the_lease_of_a_saga_a_task_its_step_left_running_runs(
-    dsn: str, schema: str
-) -> None:
-    # Regression: a task that a step of a saga the worker finished created, and left
-    # running, executes a saga after that step ended. The worker counted it as that
-    # step's inner saga and released its lease as it stopped, though it does not cancel
-    # it: the saga went on here while any worker could take it over and run it too. Like
-    # an execute() beside the worker, it keeps its lease and goes on to its end.
-    LEFT_RUNNING.clear()
-    async with opened(dsn, schema) as dead, opened(dsn, schema, lease=60.0, heartbeat=20) as live:
-        key = "starter:0"
-        GATES[key] = asyncio.Event()
-        ENTERED[key] = asyncio.Event()
-        stuck = asyncio.create_task(
-            SagaOrchestrator(dead).execute(pg_starts_beside(), saga_id="starter")
-        )
-        await ENTERED[key].wait()
-        dead_gate = GATES.pop(key)  # the re-run of step 0 does not hang
-        expire(dsn, schema, "starter")
-        GATES["beside:3"] = asyncio.Event()
-        ENTERED["beside:3"] = asyncio.Event()
-        orchestrator = SagaOrchestrator(live)
-        worker = asyncio.create_task(orchestrator.run_worker(poll_interval=0.05))
-        await ENTERED["beside:3"].wait()
-        await wait_for_status(live, "starter", SagaStatus.COMPLETED)
-        worker.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await worker
-        (row,) = query(
-            dsn,
-            f'SELECT owner, released, lease_until > now() FROM "{schema}".sagas '
-            "WHERE saga_id = 'beside'",
-        )
-        assert row == (live.owner, False, True)
-        GATES["beside:3"].set()
-        (beside,) = LEFT_RUNNING
-        await beside
-        assert RAN[("beside", 4, "do")] == 1
-        assert not [key for key in RAN if key[2] == "undo"]
-        dead_gate.set()
-        with pytest.raises(LeaseLost):
-            await stuck
-
-
 @step
 async def start_unawaited(n: int) -> None:
     ctx = current_step()
@@ -1305,43 +1260,49 @@ def pg_starts_unawaited():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.asyncio
-async def test_a_stopping_worker_keeps_the_lease_of_an_inner_saga_its_step_left_running(
-    dsn: str, schema: str
+@pytest.mark.parametrize(
+    ("outer_saga", "outer_id", "inner_id"),
+    [(pg_starts_beside, "starter", "beside"), (pg_starts_unawaited, "outer", "unawaited")],
+    ids=["started-after-its-step", "started-by-its-step"],
+)
+async def test_a_stopping_worker_keeps_the_lease_of_a_saga_a_task_its_step_left_running_runs(
+    dsn: str, schema: str, outer_saga: Any, outer_id: str, inner_id: str
 ) -> None:
-    # Regression: a step of a saga the worker finished started an inner saga in a task
-    # and returned without awaiting it. The worker still counted it as the step's inner
-    # saga and released its lease as it stopped, though it does not cancel it: the saga
-    # went on here while any worker could take it over and run its steps again. Once its
-    # step has ended it is no inner saga: it keeps its lease and goes on to its end.
+    # Regression: a step of a saga the worker finished left a task running that executes
+    # a saga — started after that step ended, or by the step, which returned without
+    # awaiting it. The worker counted it as that step's inner saga and released its lease
+    # as it stopped, though it does not cancel it: the saga went on here while any worker
+    # could take it over and run its steps again. Once its step has ended it is no inner
+    # saga: like an execute() beside the worker, it keeps its lease and goes on to its end.
     LEFT_RUNNING.clear()
     async with opened(dsn, schema) as dead, opened(dsn, schema, lease=60.0, heartbeat=20) as live:
-        key = "outer:0"
+        key = f"{outer_id}:0"
         GATES[key] = asyncio.Event()
         ENTERED[key] = asyncio.Event()
-        stuck = asyncio.create_task(
-            SagaOrchestrator(dead).execute(pg_starts_unawaited(), saga_id="outer")
-        )
+        stuck = asyncio.create_task(SagaOrchestrator(dead).execute(outer_saga(), saga_id=outer_id))
         await ENTERED[key].wait()
         dead_gate = GATES.pop(key)  # the re-run of step 0 does not hang
-        expire(dsn, schema, "outer")
-        GATES["unawaited:3"] = asyncio.Event()
-        ENTERED["unawaited:3"] = asyncio.Event()
+        expire(dsn, schema, outer_id)
+        inner_key = f"{inner_id}:3"
+        GATES[inner_key] = asyncio.Event()
+        ENTERED[inner_key] = asyncio.Event()
         orchestrator = SagaOrchestrator(live)
         worker = asyncio.create_task(orchestrator.run_worker(poll_interval=0.05))
-        await wait_for_status(live, "outer", SagaStatus.COMPLETED)
+        await ENTERED[inner_key].wait()
+        await wait_for_status(live, outer_id, SagaStatus.COMPLETED)
         worker.cancel()
         with pytest.raises(asyncio.CancelledError):
             await worker
         (row,) = query(
             dsn,
             f'SELECT owner, released, lease_until > now() FROM "{schema}".sagas '
-            "WHERE saga_id = 'unawaited'",
+            f"WHERE saga_id = '{inner_id}'",
         )
         assert row == (live.owner, False, True)
-        GATES["unawaited:3"].set()
+        GATES[inner_key].set()
         (inner,) = LEFT_RUNNING
         await inner
-        assert RAN[("unawaited", 4, "do")] == 1
+        assert RAN[(inner_id, 4, "do")] == 1
         assert not [key for key in RAN if key[2] == "undo"]
         dead_gate.set()
         with pytest.raises(LeaseLost):
