@@ -12,6 +12,9 @@
 - That check refused valid sagas whose statement calls something else than the step its
   name held: a name declared ``global`` or ``nonlocal`` and rebound, a class-private
   ``__name`` (mangled), a line added to the source file since it was compiled.
+- A generator saga *returning* a step call (``return credit(...)`` for ``yield
+  credit(...)``) completed one step short, silently: now refused when declared, or, where
+  its source cannot be read, when the generator returns it (the completed steps undone).
 """
 
 from __future__ import annotations
@@ -922,3 +925,104 @@ async def test_a_saga_whose_source_cannot_be_read_is_not_checked() -> None:
     )
     dc_exec_saga = namespace["dc_exec_saga"]
     assert await SagaOrchestrator().execute(dc_exec_saga(5)) == [5]
+
+
+# A generator saga's return value is never run: ``return credit(...)`` in one drops the step
+# just as a forgotten ``yield`` does (the saga completed one step short, silently).
+
+
+def test_a_generator_saga_returning_a_step_call_is_refused_when_declared() -> None:
+    def dc_returning(src: str, dst: str, amount: int) -> Any:
+        yield dc_credit(src, -amount)
+        return dc_credit(dst, amount)  # returned-call
+
+    with pytest.raises(SagaDefinitionError) as refused:
+        saga(dc_returning)
+    assert str(refused.value) == (
+        f"saga 'dc_returning' returns a call of step 'dc_credit' at "
+        f"{__file__}:{_line('returned-call').rpartition(':')[2]}: a generator saga runs only "
+        "the step calls it yields, so the saga would skip it; yield it: `yield dc_credit(...)`"
+    )
+
+
+def test_a_generator_saga_returning_a_list_of_step_calls_or_a_saga_call_is_refused() -> None:
+    def dc_returning_list(account: str) -> Any:
+        yield dc_credit(account, 1)
+        return [dc_bank.credit(account, 2), dc_credit(account, 3)]  # returned-list
+
+    def dc_returning_saga(account: str) -> Any:
+        yield dc_credit(account, 1)
+        if account:
+            return dc_inner(account)  # returned-saga
+        return None
+
+    with pytest.raises(SagaDefinitionError, match="returns a call of step 'dc_credit'") as refused:
+        saga(dc_returning_list)
+    assert _line("returned-list") in str(refused.value)
+    assert "`yield dc_bank.credit(...)`" in str(refused.value)
+    with pytest.raises(SagaDefinitionError) as refused:
+        saga(dc_returning_saga)
+    message = str(refused.value)
+    assert message.startswith("saga 'dc_returning_saga' returns a call of saga 'dc_inner' at ")
+    assert _line("returned-saga") in message
+    assert message.endswith(
+        "a generator saga runs only the step calls it yields, so this saga would skip it; "
+        "run it as a nested saga from a step: an @step that awaits "
+        "orchestrator.execute(dc_inner(...)), or yield its steps as this saga's own: "
+        "`yield from dc_inner.__wrapped__(...)`"
+    )
+
+
+@pytest.mark.asyncio
+async def test_generator_sagas_returning_other_values_are_not_refused() -> None:
+    @saga
+    def dc_inner_total(account: str) -> Any:
+        first = yield dc_credit(account, 1)
+        return first + 1  # a value for `yield from`, not a step call
+
+    @saga
+    def dc_outer_total(account: str) -> Any:
+        total = yield from dc_inner_total.__wrapped__(account)
+        yield dc_credit(account, total)
+        return [total, dc_credit]  # no call: nothing dropped
+
+    @saga
+    def dc_list_returning(account: str) -> list[StepCall[Any]]:
+        return [dc_credit(account, 1)]  # a list saga returns its steps
+
+    orchestrator = SagaOrchestrator()
+    assert await orchestrator.execute(dc_outer_total("A")) == [1, 2]
+    assert await orchestrator.execute(dc_list_returning("A")) == [1]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "returned",
+    ["dc_credit('B', 2)", "(dc_credit('B', 2), 3)", "dc_inner('B')"],
+)
+async def test_a_generator_saga_returning_a_step_call_unseen_when_declared_fails_when_run(
+    returned: str,
+) -> None:
+    # Without source (exec'd code) nothing is checked when declared: the returned value is
+    # refused when the generator returns it, and the completed steps are compensated.
+    undone: list[int] = []
+
+    @step
+    async def dc_undoable(amount: int) -> int:
+        return amount
+
+    @dc_undoable.compensate
+    async def dc_undo(amount: int) -> None:
+        undone.append(amount)
+
+    namespace = {"dc_credit": dc_credit, "dc_inner": dc_inner, "dc_undoable": dc_undoable}
+    exec(f"def dc_exec_returning():\n    yield dc_undoable(1)\n    return {returned}\n", namespace)
+    dc_exec_returning = saga(namespace["dc_exec_returning"])
+    orchestrator = SagaOrchestrator()
+    with pytest.raises(SagaDefinitionError) as refused:
+        await orchestrator.execute(dc_exec_returning())
+    assert str(refused.value).startswith("saga 'dc_exec_returning' returned ")
+    assert "a generator saga runs only the step calls it yields" in str(refused.value)
+    assert undone == [1]
+    (meta,) = await orchestrator.get_history()
+    assert meta.status.name == "COMPENSATED"

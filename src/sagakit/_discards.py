@@ -26,13 +26,16 @@ __tracebackhide__ = hide_from_pytest
 
 
 class CallStatement(NamedTuple):
-    """A statement ``a.b.c(...)`` in a saga's body: the dotted name called, and its line."""
+    """A statement ``a.b.c(...)`` in a saga's body: the dotted name called, and its line;
+    ``returned``: the call is a generator saga's return value (or an item of it)."""
 
     path: tuple[str, ...]
     line: int
+    returned: bool = False
 
 
 _UNRESOLVED = object()
+_RETURNED = "a generator saga runs only the step calls it yields"
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 _STATEMENTS = (ast.stmt, ast.excepthandler, ast.match_case)
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
@@ -92,10 +95,15 @@ def _discarded(
         else f"put it in the returned list: `return [..., {called}(...)]`"
     )
     step_name = found._self_parent.name if isinstance(found, _BoundStep) else found.name
+    where = f"{function.__code__.co_filename}:{statement.line}"
+    if statement.returned:
+        return SagaDefinitionError(
+            f"saga {saga_name!r} returns a call of step {step_name!r} at {where}: "
+            f"{_RETURNED}, so the saga would skip it; {fix}"
+        )
     return SagaDefinitionError(
-        f"saga {saga_name!r} calls step {step_name!r} as a statement at "
-        f"{function.__code__.co_filename}:{statement.line}: calling a step only builds "
-        f"the step call, so the saga would skip it; {fix}"
+        f"saga {saga_name!r} calls step {step_name!r} as a statement at {where}: calling "
+        f"a step only builds the step call, so the saga would skip it; {fix}"
     )
 
 
@@ -117,11 +125,19 @@ def _discarded_saga(
             else f"`for call in {called}(...).steps: yield call`"
         )
         inline = f", or yield its steps as this saga's own: {steps}"
+    where = f"{function.__code__.co_filename}:{statement.line}"
+    fix = (
+        "run it as a nested saga from a step: an @step that awaits "
+        f"orchestrator.execute({called}(...)){inline}"
+    )
+    if statement.returned:
+        return SagaDefinitionError(
+            f"saga {saga_name!r} returns a call of saga {found.name!r} at {where}: "
+            f"{_RETURNED}, so this saga would skip it; {fix}"
+        )
     return SagaDefinitionError(
-        f"saga {saga_name!r} calls saga {found.name!r} as a statement at "
-        f"{function.__code__.co_filename}:{statement.line}: calling a saga only builds its "
-        f"definition, so this saga would skip it; run it as a nested saga from a step: an "
-        f"@step that awaits orchestrator.execute({called}(...)){inline}"
+        f"saga {saga_name!r} calls saga {found.name!r} as a statement at {where}: calling "
+        f"a saga only builds its definition, so this saga would skip it; {fix}"
     )
 
 
@@ -147,20 +163,31 @@ def _find_call_statements(function: FunctionType) -> list[CallStatement]:
     local = {*code.co_varnames, *code.co_cellvars} - _comprehension_variables(body)
     loaded = {*code.co_names, *code.co_freevars}
     lines = {line for *_, line in code.co_lines()}
+    generator = bool(code.co_flags & inspect.CO_GENERATOR)
     rebound: set[str] = set()
     statements = []
+
+    def note(call: ast.Call, at: ast.expr | ast.stmt, returned: bool) -> None:
+        path = _dotted(call.func)
+        line = first_line + at.lineno - 1
+        last = first_line + (at.end_lineno or at.lineno) - 1
+        compiled = not lines.isdisjoint(range(line, last + 1))  # the code has its lines
+        if path and path[0] not in local and compiled and loaded.issuperset(path):
+            statements.append(CallStatement(path, line, returned))
+
     pending: list[ast.AST] = list(body.body)
     while pending:
         node = pending.pop()
         if isinstance(node, ast.Global | ast.Nonlocal):
             rebound.update(node.names)
         elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
-            path = _dotted(node.value.func)
-            line = first_line + node.lineno - 1
-            last = first_line + (node.end_lineno or node.lineno) - 1
-            compiled = not lines.isdisjoint(range(line, last + 1))  # the code has its lines
-            if path and path[0] not in local and compiled and loaded.issuperset(path):
-                statements.append(CallStatement(path, line))
+            note(node.value, node, returned=False)
+        elif generator and isinstance(node, ast.Return) and node.value is not None:
+            value = node.value
+            items = value.elts if isinstance(value, ast.List | ast.Tuple) else [value]
+            for item in items:
+                if isinstance(item, ast.Call):
+                    note(item, item, returned=True)
         elif not isinstance(node, _SCOPES):
             pending.extend(n for n in ast.iter_child_nodes(node) if isinstance(n, _STATEMENTS))
     kept = (statement for statement in statements if statement.path[0] not in rebound)

@@ -85,6 +85,7 @@ from ._sagas import (
     _check_id,
     close_driver,
     delegation_error,
+    returned_error,
 )
 from ._shielding import CancellationWatch, wait_out
 from ._steps import StepCall
@@ -594,7 +595,11 @@ class SagaOrchestrator:
                     assert driver is not None
                     try:
                         call = driver.send(value)
-                    except StopIteration:
+                    except StopIteration as stopped:
+                        if stopped.value is not None:  # (a step call returned is never run)
+                            misuse = returned_error(stopped.value, run.name)
+                            if misuse is not None:
+                                raise misuse from None
                         break
                     except Exception as broke:
                         misuse = delegation_error(broke, run.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import reprlib
 import sys
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from types import MethodType
@@ -254,6 +255,26 @@ def close_driver(driver: StepDriver | None, name: str, saga_id: str) -> None:
             saga_id,
             extra={"saga_id": saga_id, "saga_name": name},
         )
+
+
+def returned_error(value: object, name: str) -> SagaDefinitionError | None:
+    """The definition error for saga ``name``'s generator returning ``value`` when that is
+    a step call, a saga definition, or a list or tuple holding one: a generator's return
+    value is never run. ``None`` for anything else (a value for ``yield from``)."""
+    items = value if isinstance(value, list | tuple) else (value,)
+    calls = [item for item in items if isinstance(item, StepCall | SagaDefinition)]
+    if not calls:
+        return None
+    first = calls[0]
+    if isinstance(first, SagaDefinition):
+        fix = "run it as a nested saga from a step: an @step that awaits orchestrator.execute(...)"
+    else:
+        fix = f"yield {'each' if len(calls) > 1 else 'it'}: `yield {first._spec.name}(...)`"
+    skipped = "them" if len(calls) > 1 else "it"
+    return SagaDefinitionError(
+        f"saga {name!r} returned {reprlib.repr(value)} from its generator: a generator saga "
+        f"runs only the step calls it yields, so the saga would skip {skipped}; {fix}"
+    )
 
 
 def delegation_error(error: BaseException, name: str) -> SagaDefinitionError | None:
