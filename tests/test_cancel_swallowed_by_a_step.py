@@ -218,3 +218,23 @@ async def test_the_cancel_count_is_left_to_the_caller() -> None:
     current = asyncio.current_task()
     assert current is not None
     assert current.cancelling() == 0
+
+
+@pytest.mark.asyncio
+async def test_an_awaited_step_turning_the_callers_cancellation_into_an_error_is_not_retried() -> (
+    None
+):
+    # Regression: awaited on its own (outside a saga), such a step was retried as for any
+    # ConnectionError: it ran again after its caller was cancelled, and the caller got its
+    # result (or the error) instead of its CancelledError.
+    async def caller() -> str:
+        return await sc_swallows_then_raises()
+
+    assert entered is not None
+    task = asyncio.create_task(caller())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError) as raised:
+        await task
+    assert log == ["attempt", "swallowed"]
+    assert isinstance(raised.value.__cause__, ConnectionError)

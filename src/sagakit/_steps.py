@@ -262,6 +262,10 @@ class StepCall(Generic[R_co]):
                     if task.cancelling() > cancelling:
                         raise asyncio.CancelledError from error
                     failure = timeout_error(-1, step.name, time.monotonic() - started, step.timeout)
+                elif task.cancelling() > cancelling:
+                    # It turned the caller's cancellation into an error: interrupted by
+                    # that cancellation, not retried (as in a saga).
+                    raise asyncio.CancelledError from error
                 if attempt >= policy.attempts or not policy.retries(failure):
                     if failure is error:
                         raise
