@@ -257,3 +257,64 @@ async def test_postgres_names_the_saga_whose_staged_transition_it_could_not_writ
     [record] = [r for r in caplog.records if "staged transition" in r.getMessage()]
     assert "unflushed-pg" in record.getMessage()
     assert (record.saga_id, record.saga_name) == ("unflushed-pg", "wf_move")  # type: ignore[attr-defined]
+
+
+@step(retry=Retry(attempts=3, backoff=0))
+async def wf_flaky(account: str) -> str:
+    calls.append(f"flaky {account}")
+    raise ConnectionError(f"{account} busy")
+
+
+@wf_flaky.compensate
+async def wf_unflaky(account: str) -> None:
+    calls.append(f"unflaky {account}")
+
+
+@pytest.mark.parametrize("after", [False, True])
+@pytest.mark.parametrize(
+    ("outcome", "undone"),
+    [("timed out", True), ("raised", False), ("raised, compensate_on_failure", True)],
+)
+async def test_a_step_whose_retry_cannot_be_recorded_is_compensated_as_a_failed_one(
+    tmp_path: Path, after: bool, outcome: str, undone: bool
+) -> None:
+    # Regression: an attempt that timed out (its effect unknown) and whose retry could
+    # not be recorded failed the saga with the StoreError, and the step was never
+    # compensated (nor one declared compensate_on_failure=True that raised).
+    from sagakit import SQLiteStore
+    from sagakit.testing import FaultInjector
+
+    flaky = wf_flaky
+    if outcome == "raised, compensate_on_failure":
+        flaky = step(retry=Retry(attempts=3, backoff=0), compensate_on_failure=True)(
+            wf_flaky.__wrapped__
+        )
+        flaky.compensate(wf_unflaky)
+
+    @saga(name=f"wf_retry_refused_{outcome}")
+    def refused(source: str):  # type: ignore[no-untyped-def]
+        yield wf_take(source)
+        yield flaky(source)
+
+    async def no_wait(seconds: float) -> None:
+        pass
+
+    store = SQLiteStore(tmp_path / "sagas.db")
+    refuse_record(store, TransitionKind.STEP_RETRYING, 1, after=after)
+    calls.clear()
+    orchestrator = SagaOrchestrator(store, sleep=no_wait)
+    faults = FaultInjector()
+    if outcome == "timed out":
+        faults.timeout(flaky, times=1)
+    with faults, pytest.raises(StoreError, match="cannot be written"):
+        await orchestrator.execute(refused("a"), saga_id="unrecorded-retry")
+    meta = await orchestrator.get_saga("unrecorded-retry")
+    await store.close()
+    flaky_ran = [] if outcome == "timed out" else ["flaky a"]  # a faulted attempt: no call
+    assert calls == ["take a", *flaky_ran, *(["unflaky a"] if undone else []), "untake a"]
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert [c.name for c in meta.compensations] == [
+        *([flaky.name] if undone else []),
+        "wf_take",
+    ]

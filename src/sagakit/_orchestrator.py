@@ -733,11 +733,24 @@ class SagaOrchestrator:
                         # Why it is retried, in its record until the next attempt starts
                         # (as a durable store keeps it).
                         record.error = describe_error(error or failure)
-                        if announce:
-                            await self._emit(
-                                run, ON_STEP_RETRYING, record, attempt, error=error or failure
-                            )
-                        await self._pause(policy.delay(attempt))
+                        try:
+                            if announce:
+                                await self._emit(
+                                    run, ON_STEP_RETRYING, record, attempt, error=error or failure
+                                )
+                            await self._pause(policy.delay(attempt))
+                        except LeaseLost:
+                            raise  # another worker owns the saga: nothing more here
+                        except Exception:
+                            # The retry could not be recorded (or waited for): the step
+                            # fails after this attempt, compensated as one failed for good.
+                            if (
+                                spec.compensate_on_timeout
+                                if acted_unknown
+                                else spec.compensate_on_failure
+                            ):
+                                done.append((record, call, None))
+                            raise
                         if task.cancelling() > cancel_base:  # the sleep swallowed it
                             raise asyncio.CancelledError
                         attempt += 1
