@@ -318,3 +318,50 @@ async def test_a_step_whose_retry_cannot_be_recorded_is_compensated_as_a_failed_
         *([flaky.name] if undone else []),
         "wf_take",
     ]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("after", [False, True])
+async def test_a_step_whose_next_attempt_cannot_be_recorded_is_compensated(
+    tmp_path: Path, after: bool, kind: str, request: pytest.FixtureRequest
+) -> None:
+    # Regression: an attempt timed out (its effect unknown), and the next attempt's start
+    # could not be recorded (the one write of a retry in a PostgreSQL log): the saga failed
+    # with the StoreError, and the step was never compensated.
+    from sagakit import PostgresStore, SQLiteStore, StoreError, Transition
+    from sagakit.testing import FaultInjector
+
+    @saga(name="wf_next_attempt_refused")
+    def refused(source: str):  # type: ignore[no-untyped-def]
+        yield wf_take(source)
+        yield wf_flaky(source)
+
+    async def no_wait(seconds: float) -> None:
+        pass
+
+    store: SQLiteStore | PostgresStore
+    if kind == "sqlite":
+        store = SQLiteStore(tmp_path / "sagas.db")
+    else:
+        dsn = request.getfixturevalue("dsn")
+        store = PostgresStore(dsn, schema=request.getfixturevalue("schema"))
+    record = store.record
+
+    async def refusing(run: Any, transition: Transition) -> None:
+        second_start = transition.kind is TransitionKind.STEP_STARTED and transition.attempt == 2
+        if not second_start or after:
+            await record(run, transition)
+        if second_start:
+            raise StoreError("the log cannot be written")
+
+    store.record = refusing  # type: ignore[method-assign]
+    calls.clear()
+    orchestrator = SagaOrchestrator(store, sleep=no_wait)
+    with FaultInjector().timeout(wf_flaky, times=1), pytest.raises(StoreError):
+        await orchestrator.execute(refused("a"), saga_id="unrecorded-next-attempt")
+    meta = await orchestrator.get_saga("unrecorded-next-attempt")
+    await store.close()
+    assert calls == ["take a", "unflaky a", "untake a"]
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
+    assert meta.steps[1].status is StepStatus.FAILED

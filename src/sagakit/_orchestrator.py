@@ -88,7 +88,7 @@ from ._sagas import (
     returned_error,
 )
 from ._shielding import CancellationWatch, wait_out
-from ._steps import StepCall
+from ._steps import StepCall, StepSpec
 from ._tracebacks import compensation_notes, hide_from_pytest
 from ._worker import run_worker, worker_nested
 from .exceptions import (
@@ -139,6 +139,13 @@ def _end_running_step(steps: list[StepRun], acted: StepRun | None, failure: Base
     if steps and steps[-1].status is STEP_RUNNING:
         described = describe_error(failure)
         _end_running(steps, described if steps[-1] is acted else f"not started: {described}")
+
+
+def _undone_between_attempts(spec: StepSpec, acted_unknown: bool) -> bool:
+    """Whether a step that failed between two attempts (its retry, or its next start, not
+    recorded) is compensated: as one failed for good after the attempt before (by
+    ``compensate_on_timeout`` if an attempt of it timed out: ``acted_unknown``)."""
+    return spec.compensate_on_timeout if acted_unknown else spec.compensate_on_failure
 
 
 set_running_step = running_step.set
@@ -640,7 +647,15 @@ class SagaOrchestrator:
                 acted_unknown = False  # an earlier attempt timed out: it may have acted
                 while True:
                     if observe:
-                        await self._emit(run, ON_STEP_STARTED, record, attempt)
+                        try:
+                            await self._emit(run, ON_STEP_STARTED, record, attempt)
+                        except LeaseLost:
+                            raise  # another worker owns the saga: nothing more here
+                        except Exception:
+                            # A retry's start not recorded: failed after the attempt before.
+                            if attempt > 1 and _undone_between_attempts(spec, acted_unknown):
+                                done.append((record, call, None))
+                            raise
                         if task.cancelling() > cancel_base:  # a listener swallowed it
                             raise asyncio.CancelledError
                     # ``failure`` (a StepFailed or StepTimeout to raise) and ``error``
@@ -742,13 +757,8 @@ class SagaOrchestrator:
                         except LeaseLost:
                             raise  # another worker owns the saga: nothing more here
                         except Exception:
-                            # The retry could not be recorded (or waited for): the step
-                            # fails after this attempt, compensated as one failed for good.
-                            if (
-                                spec.compensate_on_timeout
-                                if acted_unknown
-                                else spec.compensate_on_failure
-                            ):
+                            # The retry could not be recorded (or waited for).
+                            if _undone_between_attempts(spec, acted_unknown):
                                 done.append((record, call, None))
                             raise
                         if task.cancelling() > cancel_base:  # the sleep swallowed it
