@@ -20,6 +20,7 @@ from sagakit import (
     SagaOrchestrator,
     SagaStatus,
     SQLiteStore,
+    StepFailed,
     StepStatus,
     Transition,
     TransitionKind,
@@ -203,6 +204,34 @@ async def test_a_listener_swallowing_the_callers_cancellation_at_the_end_still_r
     meta = await orchestrator.get_saga("sc-6")
     assert meta is not None
     assert meta.status is SagaStatus.COMPLETED
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_listener_swallowing_the_callers_cancellation_at_a_failed_end_still_raises_it(
+    kind: str, tmp_path: Path
+) -> None:
+    # As above for a saga that failed and was compensated: the caller gets its
+    # CancelledError, not the StepFailed (which would leave its cancellation lost).
+    async def swallowing_listener(transition: Transition) -> None:
+        if transition.kind is TransitionKind.SAGA_FINISHED:
+            await _swallow_once()
+
+    store: SagaStore = MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "s.db")
+    async with SagaOrchestrator(store, listeners=[swallowing_listener]) as orchestrator:
+        task = asyncio.create_task(
+            orchestrator.execute(SagaDefinition("sc-8", steps=[sc_first(), sc_fails()]))
+        )
+        assert entered is not None
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError) as raised:
+            await task
+        meta = await orchestrator.get_saga("sc-8")
+    assert isinstance(raised.value.__cause__, StepFailed)
+    assert log == ["first", "undo first", "swallowed"]
+    assert meta is not None
+    assert meta.status is SagaStatus.COMPENSATED
 
 
 @pytest.mark.asyncio

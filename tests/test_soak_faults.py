@@ -6,8 +6,9 @@
 - ``KeyboardInterrupt`` / ``SystemExit`` raised by a step (FAILED, not compensated),
   among ordinary sagas told to listeners that raise and to a slow async one.
 
-(Not covered yet: listeners cancelled with their saga's task. ``LeaseLost`` among several
-PostgreSQL stores and workers of one process is ``test_soak_leases.py``'s.)
+(Listeners told the transitions of sagas whose tasks are cancelled, mid-listener too, are
+``test_soak_listeners.py``'s; ``LeaseLost`` among several PostgreSQL stores and workers of
+one process is ``test_soak_leases.py``'s.)
 
 The steps record what they really did in :data:`EFFECTS`; each test compares that,
 what ``execute()`` gave, what the log holds (re-read by a new store object) and what

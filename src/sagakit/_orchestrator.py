@@ -971,6 +971,18 @@ class SagaOrchestrator:
                 failure.events = list(run.events)
                 failure.compensation_events = list(run.compensation_events)
             if compensation_failure is not None:
+                compensation_failure.__cause__ = failure
+            if task.cancelling() > cancel_base:
+                # Cancelled while its end was told (a listener of it swallowed that, or a
+                # sync one left it pending): as for a completed saga, the caller gets its
+                # CancelledError, the failure chained to it.
+                late: asyncio.CancelledError | None = asyncio.CancelledError()
+                assert late is not None
+                try:
+                    raise late from compensation_failure or failure
+                finally:
+                    late = compensation_failure = None
+            if compensation_failure is not None:
                 try:
                     raise compensation_failure from failure
                 finally:
