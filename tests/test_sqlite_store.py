@@ -1466,6 +1466,56 @@ def test_a_store_goes_on_in_the_next_event_loop_after_one_ended_mid_checkpoint(
     assert results == [[Moved("b", -1)]]
 
 
+def test_a_write_cancelled_while_the_next_loop_waits_out_a_checkpoint_leaves_none_stuck(
+    db: str,
+) -> None:
+    # Regression: a saga cancelled while its first write in a new event loop waited for
+    # the checkpoint the loop before left on the writer thread (asyncio.run() per call,
+    # a request's saga cancelled early) left the store taken by the new loop but the
+    # checkpoint still marked running: every later write of that loop queued behind it
+    # for good, the cancelled saga's own end among them (found running one saga per asyncio.run()).
+    store = SQLiteStore(db)
+    orchestrator = SagaOrchestrator(store)
+    checkpoint = store._writer._checkpoint
+    release = threading.Event()
+
+    def slow_checkpoint() -> None:
+        release.wait(60)
+        checkpoint()
+
+    store._writer._checkpoint = slow_checkpoint  # type: ignore[method-assign]
+
+    async def ends_as_a_checkpoint_runs() -> None:
+        await orchestrator.execute(sqlite_move("a", "b", 1))
+        writer = store._writer
+        writer._since_checkpoint = sqlite_writer.CHECKPOINT_EVERY
+        writer._maybe_checkpoint()
+        assert writer._thread_busy
+
+    asyncio.run(ends_as_a_checkpoint_runs())
+
+    async def next_loop() -> list[Any]:
+        cancelled = asyncio.create_task(orchestrator.execute(sqlite_move("c", "d", 1)))
+        for _ in range(100):  # until its first write waits out the checkpoint
+            await asyncio.sleep(0)
+            if store._writer._loop is asyncio.get_running_loop():
+                break
+        assert store._writer._thread_busy
+        cancelled.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        return await orchestrator.execute(SagaDefinition("second").add_step(take("b", 1)))
+
+    # In a thread only to fail, not hang, without the fix (not a timing check).
+    results: list[Any] = []
+    thread = threading.Thread(target=lambda: results.append(asyncio.run(next_loop())))
+    thread.daemon = True
+    thread.start()
+    thread.join(60)
+    assert results == [[Moved("b", -1)]]
+
+
 def test_a_store_in_use_by_a_loop_of_another_thread_refuses_a_second_loop(db: str) -> None:
     # Regression: a store written from two event loops at once (a shared store, each
     # thread running its own asyncio.run()) mixed their transactions on its one

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
-from .._shielding import wait_out
+from .._shielding import CancellationWatch, wait_out
 from ..exceptions import StoreError, error_text
 from ._protocol import CommittedThenCancelled
 
@@ -209,9 +209,13 @@ class GroupWriter:
         self._check_loop(loop)
         self._loop = loop
         job = self._thread_job
+        watch = None
         if self._thread_busy and (job is None or job.get_loop() is not loop):
             # The thread runs its jobs in order: once this one has run, so has that.
-            await loop.run_in_executor(self._executor, _nothing)
+            # Waited out even by a cancelled caller: left half adopted (the loop taken,
+            # that job still marked running), every later write here queued for good.
+            watch = CancellationWatch()
+            await wait_out(loop.run_in_executor(self._executor, _nothing))
             self._thread_busy = False
             self._thread_job = None
             self._thread_futures = []
@@ -226,6 +230,8 @@ class GroupWriter:
             self._futures = [future for _, future in kept]
         self._scheduled = False  # (a flush the ended loop was to run never will)
         self._flush_later()
+        if watch is not None and watch.came():
+            raise asyncio.CancelledError  # (its write was not queued: never committed)
 
     async def _settle_cancelled(self, future: asyncio.Future[Any]) -> None:
         """The caller of a write was cancelled: make its fate known before it leaves.
