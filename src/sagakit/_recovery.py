@@ -615,6 +615,7 @@ async def _finish_claimed(
             gave_up[logged.index] = _LoggedError(logged.error or f"{logged.status}")
     if run.error is None:
         run.error = "its process died; compensated by recovery"
+    watch = CancellationWatch()
     token = enter_run(run)
     try:
         failure = await orchestrator._compensate(
@@ -638,6 +639,17 @@ async def _finish_claimed(
         raise
     finally:
         leave_run(run, token)
+    if watch.came():
+        # A compensation swallowed the caller's cancellation, and ran to its end: as in
+        # execute(), the end is recorded and the cancellation raised (an end the log
+        # refuses logged and chained to it, not raised in its place).
+        swallowed: asyncio.CancelledError | None = asyncio.CancelledError()
+        assert swallowed is not None
+        await orchestrator._finish_before(run, swallowed)
+        try:
+            raise swallowed
+        finally:
+            swallowed = None  # no exception kept in this frame's locals (a cycle)
     await orchestrator._finish(run)
     problem = None if failure is None else str(failure)
     return RecoveryOutcome(orphan.saga_id, orphan.name, "compensated", run.status, problem)
