@@ -632,6 +632,10 @@ async def _finish_claimed(
         # hands the saga back (its lease runs out) instead of keeping it forever.
         if run.status is SagaStatus.COMPENSATING:
             run.status = SagaStatus.FAILED
+        if isinstance(failure, Exception) and watch.came():
+            # A compensation swallowed the caller's cancellation, then the log refused a
+            # write: the cancellation is raised, as execute() raises it.
+            await orchestrator._raise_swallowed(run, failure)
         if isinstance(failure, Exception):
             await orchestrator._finish(run)
         else:  # a cancellation: an end that cannot be recorded must not replace it
@@ -643,13 +647,7 @@ async def _finish_claimed(
         # A compensation swallowed the caller's cancellation, and ran to its end: as in
         # execute(), the end is recorded and the cancellation raised (an end the log
         # refuses logged and chained to it, not raised in its place).
-        swallowed: asyncio.CancelledError | None = asyncio.CancelledError()
-        assert swallowed is not None
-        await orchestrator._finish_before(run, swallowed)
-        try:
-            raise swallowed
-        finally:
-            swallowed = None  # no exception kept in this frame's locals (a cycle)
+        await orchestrator._raise_swallowed(run)
     await orchestrator._finish(run)
     problem = None if failure is None else str(failure)
     return RecoveryOutcome(orphan.saga_id, orphan.name, "compensated", run.status, problem)
