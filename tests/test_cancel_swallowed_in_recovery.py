@@ -14,8 +14,17 @@ from typing import Any
 
 import pytest
 
-from sagakit import SagaOrchestrator, SagaStatus, saga, step
+from sagakit import (
+    SagaOrchestrator,
+    SagaStatus,
+    StoreError,
+    Transition,
+    TransitionKind,
+    saga,
+    step,
+)
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+from store_helpers.refusing import refuse_record
 
 effects: list[str] = []
 undoing: asyncio.Event | None = None
@@ -115,3 +124,45 @@ async def test_recover_cancelled_in_a_claim_that_swallows_it_raises_it(
     assert task.cancelled(), went_on
     assert went_on == []
     await store.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["recover", "adopt"])
+async def test_a_swallowed_cancellation_of_a_compensating_recovery_is_raised_if_its_end_is_refused(
+    durable_store: Callable[[], Any], how: str
+) -> None:
+    # Regression: as execute() does, the caller gets its CancelledError (the store's error
+    # as its __context__) when the log refuses the end of a saga whose compensation
+    # swallowed it; recover() and execute() of the orphan's id raised the StoreError: the
+    # caller's cancellation was lost.
+    global undoing
+    undoing = asyncio.Event()
+    effects.clear()
+    store = durable_store()
+    with FaultInjector().crash(csr_ship), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(csr_order("o1"), saga_id="o1")
+    await simulate_restart(store)
+    await store.close()
+
+    store = durable_store()
+    refuse_record(store, TransitionKind.SAGA_FINISHED, after=False)
+    heard: list[TransitionKind] = []
+
+    def listener(transition: Transition) -> None:
+        heard.append(transition.kind)
+
+    async with SagaOrchestrator(store, listeners=[listener]) as recovering:
+        finishing = (
+            recovering.recover()
+            if how == "recover"
+            else recovering.execute(csr_order("o1"), saga_id="o1")
+        )
+        task = asyncio.create_task(finishing)
+        await undoing.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError) as raised:
+            await task
+    assert isinstance(raised.value.__context__, StoreError)
+    assert effects == ["book o1", "swallowed while unbooking o1", "unbook o1"]
+    assert heard[-1] is TransitionKind.SAGA_STOPPED  # left for the next recovery
+    assert TransitionKind.SAGA_FINISHED not in heard

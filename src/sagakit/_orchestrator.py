@@ -9,7 +9,7 @@ import inspect
 import logging
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 
 from ._checks import (
     asyncio_loop,
@@ -950,6 +950,10 @@ class SagaOrchestrator:
                 raise  # "the process died": nothing more is run or recorded
             except BaseException as stopped:
                 run.status = SAGA_FAILED
+                if isinstance(stopped, Exception) and task.cancelling() > cancel_base:
+                    # A compensation swallowed the caller's cancellation, then the log
+                    # refused a write: the cancellation is raised, as if it had come through.
+                    await self._raise_swallowed(run, stopped)
                 if isinstance(stopped, Exception):
                     await self._finish(run)
                 else:  # KeyboardInterrupt, SystemExit: an unrecorded end must not replace it
@@ -1300,6 +1304,20 @@ class SagaOrchestrator:
                     describe_error(unrecorded),
                 )
             _chain(pending, unrecorded)
+
+    async def _raise_swallowed(self, run: SagaRun, unrecorded: Exception | None = None) -> NoReturn:
+        """End ``run``, whose caller's cancellation a compensation swallowed, and raise a
+        ``CancelledError`` for it: ``unrecorded`` (a write the log refused after that) and an
+        end the log refuses are chained to it (``__context__``), never raised in its place."""
+        swallowed: asyncio.CancelledError | None = asyncio.CancelledError()
+        assert swallowed is not None
+        if unrecorded is not None:
+            _chain(swallowed, unrecorded)
+        await self._finish_before(run, swallowed)
+        try:
+            raise swallowed
+        finally:
+            swallowed = None  # no exception kept in this frame's locals (a cycle)
 
     async def _unrecorded_end(self, run: SagaRun, why: BaseException) -> None:
         """The run's end could not be recorded (``StoreError``, ``LeaseLost``, or the run

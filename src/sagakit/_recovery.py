@@ -615,6 +615,7 @@ async def _finish_claimed(
             gave_up[logged.index] = _LoggedError(logged.error or f"{logged.status}")
     if run.error is None:
         run.error = "its process died; compensated by recovery"
+    watch = CancellationWatch()
     token = enter_run(run)
     try:
         failure = await orchestrator._compensate(
@@ -631,6 +632,10 @@ async def _finish_claimed(
         # hands the saga back (its lease runs out) instead of keeping it forever.
         if run.status is SagaStatus.COMPENSATING:
             run.status = SagaStatus.FAILED
+        if isinstance(failure, Exception) and watch.came():
+            # A compensation swallowed the caller's cancellation, then the log refused a
+            # write: the cancellation is raised, as execute() raises it.
+            await orchestrator._raise_swallowed(run, failure)
         if isinstance(failure, Exception):
             await orchestrator._finish(run)
         else:  # a cancellation: an end that cannot be recorded must not replace it
@@ -638,6 +643,11 @@ async def _finish_claimed(
         raise
     finally:
         leave_run(run, token)
+    if watch.came():
+        # A compensation swallowed the caller's cancellation, and ran to its end: as in
+        # execute(), the end is recorded and the cancellation raised (an end the log
+        # refuses logged and chained to it, not raised in its place).
+        await orchestrator._raise_swallowed(run)
     await orchestrator._finish(run)
     problem = None if failure is None else str(failure)
     return RecoveryOutcome(orphan.saga_id, orphan.name, "compensated", run.status, problem)

@@ -1,0 +1,103 @@
+"""A compensation swallows the caller's cancellation, then the log refuses the start of the
+next one: the caller still gets its ``CancelledError``.
+
+Regression: compensating stopped there and the saga ended ``FAILED``, as it should, but
+``execute()`` (and ``recover()``, or ``execute()`` of an orphan's id, compensating it)
+raised the ``StoreError``: the caller's cancellation was lost. A cancellation that reached
+the orchestrator raised the ``CancelledError``, the ``StoreError`` its ``__context__``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sagakit import SagaOrchestrator, SagaStatus, StoreError, TransitionKind, saga, step
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+from store_helpers.refusing import refuse_record
+
+effects: list[str] = []
+undoing: asyncio.Event | None = None
+failing = False
+
+
+@step
+async def csu_reserve(order: str) -> str:
+    return order
+
+
+@csu_reserve.compensate
+async def csu_release(order: str) -> None:
+    effects.append(f"release {order}")
+
+
+@step
+async def csu_charge(order: str) -> str:
+    return order
+
+
+@csu_charge.compensate
+async def csu_refund(order: str) -> None:
+    assert undoing is not None
+    undoing.set()
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        effects.append("swallowed")
+    effects.append(f"refund {order}")
+
+
+@step
+async def csu_ship(order: str) -> str:
+    if failing:
+        raise ValueError("no courier")
+    return order
+
+
+@saga(recovery="compensate")
+def csu_order(order: str) -> Any:
+    yield csu_reserve(order)
+    yield csu_charge(order)
+    yield csu_ship(order)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["execute", "recover", "adopt"])
+async def test_a_refused_compensation_after_a_swallowed_cancellation_still_raises_it(
+    durable_store: Callable[[], Any], how: str
+) -> None:
+    global undoing, failing
+    undoing = asyncio.Event()
+    effects.clear()
+    failing = False
+    if how != "execute":  # an orphan left after its last step started
+        store = durable_store()
+        with FaultInjector().crash(csu_ship), pytest.raises(SimulatedCrash):
+            await SagaOrchestrator(store).execute(csu_order("o1"), saga_id="o1")
+        await simulate_restart(store)
+        await store.close()
+    failing = True
+    store = durable_store()
+    refuse_record(store, TransitionKind.COMPENSATION_STARTED, 0, after=False)
+    try:
+        async with SagaOrchestrator(store) as orchestrator:
+            running = (
+                orchestrator.recover()
+                if how == "recover"
+                else orchestrator.execute(csu_order("o1"), saga_id="o1")
+            )
+            task = asyncio.create_task(running)
+            await undoing.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError) as raised:
+                await task
+            meta = await orchestrator.get_saga("o1")
+    finally:
+        failing = False
+    assert isinstance(raised.value.__context__, StoreError)
+    assert effects == ["swallowed", "refund o1"]  # release never started: not in the log
+    assert meta is not None
+    assert meta.status is SagaStatus.FAILED
