@@ -1602,3 +1602,32 @@ def test_a_loop_stopped_with_writes_queued_keeps_them_from_the_next_loop(db: str
             return done
 
     assert asyncio.run(after()) == [["b", "b"], *[SagaStatus.COMPLETED] * 4]
+
+
+def test_a_worker_refused_by_a_loop_of_another_thread_raises_rather_than_retry(db: str) -> None:
+    # Regression: run_worker() took the refusal for a database locked for a while: it
+    # logged "could not claim sagas (N in a row)" and tried again, backing off, for good.
+    store = SQLiteStore(db)
+    orchestrator = SagaOrchestrator(store)
+    used, release = threading.Event(), threading.Event()
+
+    async def first_loop() -> None:
+        await orchestrator.execute(sqlite_move("a", "b", 1))
+        used.set()
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, 60)
+
+    thread = threading.Thread(target=lambda: asyncio.run(first_loop()), daemon=True)
+    thread.start()
+    assert used.wait(60)
+
+    async def work() -> None:  # (bounded: fails, not hangs, without the fix)
+        await asyncio.wait_for(
+            orchestrator.run_worker(poll_interval=0.01, handle_signals=False), 60
+        )
+
+    try:
+        with pytest.raises(StoreError, match="event loop still running in another thread"):
+            asyncio.run(work())
+    finally:
+        release.set()
+        thread.join(60)

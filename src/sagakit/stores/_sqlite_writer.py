@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from .._shielding import CancellationWatch, wait_out
 from ..exceptions import StoreError, error_text
+from ._loop_refusal import refusing_this_loop
 from ._protocol import CommittedThenCancelled
 
 T = TypeVar("T")
@@ -197,14 +198,14 @@ class GroupWriter:
         if earlier is None or earlier is loop or earlier.is_closed():
             return
         if earlier.is_running():
-            raise StoreError(
+            raise refusing_this_loop(
                 f"saga log {self._path!r}: this SQLiteStore is in use by an event loop "
                 "still running in another thread; a store serves one event loop at a time: "
                 "open a SQLiteStore on the same file for each thread's event loop"
             )
         waiting = [*self._futures, *(self._thread_futures if self._thread_busy else ())]
         if any(not future.done() for future in waiting):
-            raise StoreError(
+            raise refusing_this_loop(
                 f"saga log {self._path!r}: this SQLiteStore has writes queued by an event "
                 "loop that has not ended (stopped, to be run again); a store serves one "
                 "event loop at a time: run that loop until its sagas finish, or open a "
