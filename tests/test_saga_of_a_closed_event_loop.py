@@ -224,3 +224,25 @@ def test_a_recovery_compensating_when_its_loop_closed_leaves_the_saga_compensati
     assert status is SagaStatus.COMPENSATING
     assert error == "StepFailed: step 1 ('cel_fail') failed: ValueError: out of stock"
     assert raised == []
+
+
+def test_a_step_awaited_on_its_own_when_its_loop_closed_closes_cleanly() -> None:
+    # Closing it raised ValueError too (its own context variable's token).
+    loop = asyncio.new_event_loop()
+
+    async def direct() -> None:
+        await cel_wait("z")
+
+    waiting = loop.create_task(direct())
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    raised: list[str] = []
+
+    async def later() -> None:
+        try:
+            waiting.get_coro().close()  # type: ignore[union-attr]
+        except BaseException as error:
+            raised.append(describe(error))
+
+    asyncio.run(later())
+    assert raised == []
