@@ -97,3 +97,24 @@ def test_a_store_used_while_the_loop_that_opened_it_is_idle_says_so(dsn: str, sc
     finally:
         opened_in.run_until_complete(store.close())
         opened_in.close()
+
+
+def test_a_worker_in_a_later_loop_raises_the_error_rather_than_retry_it(
+    dsn: str, schema: str
+) -> None:
+    # Regression: run_worker() took the refusal for a database away for a while: it
+    # logged "could not claim sagas (N in a row)" and tried again, backing off, for good,
+    # a worker that never worked and never stopped.
+    store = PostgresStore(dsn, schema=schema)
+    orchestrator = SagaOrchestrator(store)
+    assert asyncio.run(orchestrator.execute(el_saga(1))) == [1]
+
+    async def work() -> None:  # (bounded: fails, not hangs, without the fix)
+        await asyncio.wait_for(
+            orchestrator.run_worker(poll_interval=0.01, handle_signals=False), 60
+        )
+
+    with pytest.raises(StoreError, match="opened in an event loop that has ended"):
+        asyncio.run(work())
+    with pytest.raises(StoreError):
+        asyncio.run(store.close())  # (forgets the pool it cannot close)

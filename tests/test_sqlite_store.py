@@ -1549,3 +1549,85 @@ def test_a_store_in_use_by_a_loop_of_another_thread_refuses_a_second_loop(db: st
             return None if meta is None else meta.status
 
     assert asyncio.run(after()) is SagaStatus.COMPLETED
+
+
+@step
+async def take_a_turn(account: str) -> str:
+    await asyncio.sleep(0)  # (the sagas' next writes go in one batch)
+    return account
+
+
+@saga
+def turn_taking(account: str):  # type: ignore[no-untyped-def]
+    yield take_a_turn(account)
+    yield take_a_turn(account)
+
+
+def test_a_loop_stopped_with_writes_queued_keeps_them_from_the_next_loop(db: str) -> None:
+    # Regression: a store whose loop stopped (not closed: run_until_complete() again
+    # later, pytest-asyncio's module loop idle while a test runs in its own) with writes
+    # still queued was taken by the next loop to write, which dropped them as if that
+    # loop had ended: resumed, its sagas waited for good on writes never made, not in
+    # the log at all. The next loop is refused instead, saying so.
+    store = SQLiteStore(db)
+    orchestrator = SagaOrchestrator(store)
+    first = asyncio.new_event_loop()
+    runs = [
+        first.create_task(orchestrator.execute(turn_taking(f"a{n}"), saga_id=f"a{n}"))
+        for n in range(3)
+    ]
+    for _ in range(50):  # one turn at a time, until writes are queued
+        first.call_soon(first.stop)
+        first.run_forever()
+        if store._writer._futures:
+            break
+    assert store._writer._futures
+    try:
+        with pytest.raises(StoreError, match="writes queued by an event loop that has not"):
+            asyncio.run(orchestrator.execute(turn_taking("b"), saga_id="b"))
+
+        async def resumed() -> list[Any]:  # (bounded: fails, not hangs, without the fix)
+            return await asyncio.wait_for(asyncio.gather(*runs), 60)
+
+        assert first.run_until_complete(resumed()) == [[f"a{n}"] * 2 for n in range(3)]
+    finally:
+        first.close()
+
+    async def after() -> list[Any]:  # once it has nothing in flight: fine
+        async with orchestrator:
+            done = [await orchestrator.execute(turn_taking("b"), saga_id="b")]
+            for saga_id in ("a0", "a1", "a2", "b"):
+                meta = await store.get(saga_id)
+                done.append(None if meta is None else meta.status)
+            return done
+
+    assert asyncio.run(after()) == [["b", "b"], *[SagaStatus.COMPLETED] * 4]
+
+
+def test_a_worker_refused_by_a_loop_of_another_thread_raises_rather_than_retry(db: str) -> None:
+    # Regression: run_worker() took the refusal for a database locked for a while: it
+    # logged "could not claim sagas (N in a row)" and tried again, backing off, for good.
+    store = SQLiteStore(db)
+    orchestrator = SagaOrchestrator(store)
+    used, release = threading.Event(), threading.Event()
+
+    async def first_loop() -> None:
+        await orchestrator.execute(sqlite_move("a", "b", 1))
+        used.set()
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, 60)
+
+    thread = threading.Thread(target=lambda: asyncio.run(first_loop()), daemon=True)
+    thread.start()
+    assert used.wait(60)
+
+    async def work() -> None:  # (bounded: fails, not hangs, without the fix)
+        await asyncio.wait_for(
+            orchestrator.run_worker(poll_interval=0.01, handle_signals=False), 60
+        )
+
+    try:
+        with pytest.raises(StoreError, match="event loop still running in another thread"):
+            asyncio.run(work())
+    finally:
+        release.set()
+        thread.join(60)

@@ -902,6 +902,9 @@ class SagaOrchestrator:
             except SimulatedCrash as crash:
                 self._crashed(run, crash)
                 raise  # "the process died": nothing more is run or recorded
+            except GeneratorExit:
+                self._abandoned(run)
+                raise
             except LeaseLost as lost:
                 # Fenced out (its lease released, as a process shutting down does, or
                 # taken over): the saga's owner finishes it. It stops here as it does on
@@ -948,6 +951,9 @@ class SagaOrchestrator:
             except SimulatedCrash as crash:
                 self._crashed(run, crash)
                 raise  # "the process died": nothing more is run or recorded
+            except GeneratorExit:
+                self._abandoned(run)
+                raise
             except BaseException as stopped:
                 run.status = SAGA_FAILED
                 if isinstance(stopped, Exception) and task.cancelling() > cancel_base:
@@ -997,6 +1003,10 @@ class SagaOrchestrator:
             close_driver(driver, run.name, run.id)
             self._crashed(run, crash)
             raise
+        except GeneratorExit:
+            close_driver(driver, run.name, run.id)
+            self._abandoned(run)
+            raise
         except BaseException as failure:  # KeyboardInterrupt, SystemExit: no time to undo
             run.deadline = NO_DEADLINE  # raised by a step: its deadline must not cut _finish
             if run.timed_out:  # it caught its timeout's cancellation: take that back
@@ -1022,8 +1032,11 @@ class SagaOrchestrator:
                 watchdog.fresh.discard(run)
             run.task = None  # a finished run in the history must not keep its task alive
             run.parent = run.parent_step = None  # leave_run(run, token), inline
-            current_run.reset(token)
-            running_step.reset(step_token)
+            try:
+                current_run.reset(token)
+                running_step.reset(step_token)
+            except ValueError:  # closed by the garbage collector (see _abandoned): in
+                pass  # another context, which these never changed
         run.status = SAGA_COMPLETED
         run.total_steps = index
         run.finished_mono = run.updated_mono = now()
@@ -1226,6 +1239,14 @@ class SagaOrchestrator:
                     run.id,
                     describe_error(error),
                 )
+
+    def _abandoned(self, run: SagaRun) -> None:
+        """The run's coroutine is being closed (``GeneratorExit``): its task was destroyed
+        pending, with the event loop it ran in, and the garbage collector closes it. It
+        can await nothing more, so, as after a crash, nothing more is run, recorded or
+        told: the log shows the saga as it was, for recovery (a ``KeyboardInterrupt``
+        instead ends it ``FAILED``, never to be recovered)."""
+        self._held.pop(run, None)
 
     async def _stopped(self, run: SagaRun, why: BaseException) -> None:
         """The run stops here unfinished (``why``: ``LeaseLost``, or a cancelled recovery
@@ -1660,8 +1681,8 @@ class SagaOrchestrator:
             if running is not None and running is calling and running.status is STEP_RUNNING:
                 running.duration = now() - started
             raise
-        except SimulatedCrash:
-            raise  # a crash records nothing more
+        except (SimulatedCrash, GeneratorExit):
+            raise  # a crash records nothing more, nor does a closed run (see _abandoned)
         except BaseException as fatal:  # KeyboardInterrupt, SystemExit: it ended there
             running = run.compensations[-1] if run.compensations else None
             if running is not None and running.status is not STEP_RUNNING:

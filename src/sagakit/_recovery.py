@@ -624,6 +624,9 @@ async def _finish_claimed(
     except SimulatedCrash as crash:
         orchestrator._crashed(run, crash)  # "the process died": nothing more is recorded
         raise
+    except GeneratorExit:
+        orchestrator._abandoned(run)  # closed with its event loop: nor is anything here
+        raise
     except LeaseLost as lost:
         await orchestrator._stopped(run, lost)  # another worker owns it now
         raise

@@ -481,8 +481,11 @@ def enter_run(run: SagaRun) -> RunTokens:
 def leave_run(run: SagaRun, tokens: RunTokens) -> None:
     """Undo :func:`enter_run` (the run keeps no reference to its parent once ended)."""
     run.parent = run.parent_step = None
-    current_run.reset(tokens[0])
-    running_step.reset(tokens[1])
+    try:
+        current_run.reset(tokens[0])
+        running_step.reset(tokens[1])
+    except ValueError:  # its coroutine closed by the garbage collector, in another context
+        pass
 
 
 def current_step() -> StepContext | None:

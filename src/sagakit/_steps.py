@@ -218,7 +218,10 @@ class StepCall(Generic[R_co]):
         try:
             return await self._fn(*self._args, **self._kwargs)
         finally:
-            alone_in.reset(token)
+            # Closed by the garbage collector, its loop gone: in another context, which
+            # this never changed.
+            with contextlib.suppress(ValueError):
+                alone_in.reset(token)
 
     def __iter__(self) -> Generator[StepCall[R_co], Any, R_co]:
         """``result = yield from call`` in a generator saga: yields the call and returns

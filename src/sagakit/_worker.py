@@ -36,6 +36,7 @@ from ._sagas import registered_sagas
 from ._shielding import CancellationWatch
 from ._tracebacks import hide_from_pytest
 from .exceptions import LeaseLost, SagaDefinitionError, StoreError
+from .stores._loop_refusal import refuses_this_loop
 
 if TYPE_CHECKING:
     from ._orchestrator import SagaOrchestrator
@@ -287,6 +288,8 @@ async def run_worker(
                             names=names, limit=free, max_attempts=max_attempts
                         )
                     except StoreError as error:  # the database is away: try again later
+                        if refuses_this_loop(error):  # (never better from this loop)
+                            raise
                         failures += 1
                         logger.log(
                             failure_level(failures),

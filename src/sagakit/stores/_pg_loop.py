@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from ..exceptions import StoreError
+from ._loop_refusal import refusing_this_loop
 
 
 def other_loop(schema: str, opened_in: asyncio.AbstractEventLoop | None) -> StoreError | None:
@@ -31,7 +32,7 @@ def other_loop(schema: str, opened_in: asyncio.AbstractEventLoop | None) -> Stor
             "the tests using it in one loop (the same loop_scope; saga_orchestrator runs in "
             "that of asyncio_default_fixture_loop_scope)"
         )
-    return StoreError(
+    return refusing_this_loop(
         f"the PostgreSQL saga log (schema {schema!r}) was opened in {where}, to which "
         "its connection pool and lease heartbeat belong; a PostgresStore serves only the "
         f"event loop that opened it: {fix}"

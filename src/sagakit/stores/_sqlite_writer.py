@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from .._shielding import CancellationWatch, wait_out
 from ..exceptions import StoreError, error_text
+from ._loop_refusal import refusing_this_loop
 from ._protocol import CommittedThenCancelled
 
 T = TypeVar("T")
@@ -190,13 +191,25 @@ class GroupWriter:
         """Refuse a write from ``loop`` while the loop that wrote last still runs (in
         another thread): the two would share one connection and one write queue, whose
         transactions and wake-ups then mix (writes failing with "not an error", or never
-        answered)."""
+        answered). Refused too while that loop, stopped but not closed (to be run
+        again), has writes queued or committing: taken over, they were dropped, and its
+        sagas waited for them for good once it ran again."""
         earlier = self._loop
-        if earlier is not None and earlier.is_running() and not earlier.is_closed():
-            raise StoreError(
+        if earlier is None or earlier is loop or earlier.is_closed():
+            return
+        if earlier.is_running():
+            raise refusing_this_loop(
                 f"saga log {self._path!r}: this SQLiteStore is in use by an event loop "
                 "still running in another thread; a store serves one event loop at a time: "
                 "open a SQLiteStore on the same file for each thread's event loop"
+            )
+        waiting = [*self._futures, *(self._thread_futures if self._thread_busy else ())]
+        if any(not future.done() for future in waiting):
+            raise refusing_this_loop(
+                f"saga log {self._path!r}: this SQLiteStore has writes queued by an event "
+                "loop that has not ended (stopped, to be run again); a store serves one "
+                "event loop at a time: run that loop until its sagas finish, or open a "
+                "SQLiteStore on the same file for each event loop"
             )
 
     async def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -1,0 +1,248 @@
+"""A saga whose task is destroyed with its event loop is left as a crash leaves it.
+
+Regression: an event loop closed while a saga's task was still pending (``loop.close()``
+after ``run_until_complete``, a framework's loop per request torn down early) leaves the
+task to the garbage collector, which closes its coroutine: ``GeneratorExit`` at the
+``await`` it waited in, often while a later ``asyncio.run()`` is running. sagakit took it
+for a ``KeyboardInterrupt``: it recorded the saga ``FAILED`` (``"GeneratorExit (not
+compensated)"``, a step that never ran ``"not started: GeneratorExit"``), a terminal
+status recovery never finishes, its completed steps never undone, and told listeners of
+that end from the collector; or, where it had to wait for the log, the close raised
+``RuntimeError: coroutine ignored GeneratorExit``. Closing then raised ``ValueError``
+(a context variable's token reset in another context). Now nothing more is run, recorded
+or told: the log shows the saga as the closed loop left it, for recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sagakit import (
+    MemoryStore,
+    SagaOrchestrator,
+    SagaStatus,
+    SagaStore,
+    SQLiteStore,
+    StepStatus,
+    Transition,
+    TransitionKind,
+    saga,
+    step,
+)
+from store_helpers.crashing import Crash, CrashingStore
+
+undone: list[str] = []
+
+
+@step
+async def cel_reserve(item: str) -> str:
+    return item
+
+
+@cel_reserve.compensate
+async def cel_release(item: str) -> None:
+    undone.append(item)
+    await asyncio.sleep(3600)  # still undoing when the loop is closed
+
+
+@step
+async def cel_wait(item: str) -> None:
+    await asyncio.sleep(3600)
+
+
+@saga
+def cel_order(item: str):  # type: ignore[no-untyped-def]
+    yield cel_reserve(item)
+    yield cel_wait(item)
+
+
+Stores = Callable[[Path], SagaStore]
+STORES: dict[str, Stores] = {
+    "memory": lambda _: MemoryStore(),
+    "sqlite": lambda tmp_path: SQLiteStore(tmp_path / "s.db"),
+}
+
+
+def abandon(
+    orchestrator: SagaOrchestrator,
+    ids: list[str],
+    then: Callable[[list[asyncio.Task[Any]]], Awaitable[None]],
+    turns: int = 50,
+) -> list[asyncio.Task[Any]]:
+    """Start ``ids`` in a loop, run it ``turns`` turns (by then each saga waits),
+    ``then(tasks)``, and close the loop with the tasks still pending: return every task
+    it left pending (those of the sagas, and any they started)."""
+    loop = asyncio.new_event_loop()
+    tasks = [loop.create_task(orchestrator.execute(cel_order(i), saga_id=i)) for i in ids]
+
+    async def until_waiting() -> None:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await then(tasks)
+
+    loop.run_until_complete(until_waiting())
+    left = list(asyncio.all_tasks(loop))
+    loop.close()
+    return left
+
+
+async def nothing(tasks: list[asyncio.Task[Any]]) -> None:
+    pass
+
+
+async def cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for _ in range(50):  # until each compensates (and waits in cel_release)
+        await asyncio.sleep(0)
+
+
+def close_in_a_later_loop(
+    orchestrator: SagaOrchestrator, tasks: list[asyncio.Task[Any]], ids: list[str]
+) -> tuple[list[Any], list[str]]:
+    """What the garbage collector does to the pending tasks of a closed loop, during
+    the next ``asyncio.run()``: close their coroutines. Then read the sagas back.
+    Returns them and what closing raised (it must raise nothing)."""
+    raised: list[BaseException] = []
+
+    async def later() -> list[Any]:
+        for task in tasks:
+            try:
+                task.get_coro().close()  # type: ignore[union-attr]
+            except BaseException as error:  # (not raised from a test's own frame)
+                raised.append(error)
+        found = []
+        for saga_id in ids:
+            meta = await orchestrator.get_saga(saga_id)
+            assert meta is not None
+            found.append(
+                (meta.status, meta.error, [(s.name, s.status, s.error) for s in meta.steps])
+            )
+        await orchestrator.close()
+        return found
+
+    found = asyncio.run(later())
+    return found, [describe(error) for error in raised]
+
+
+def describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+@pytest.mark.parametrize("store", STORES.values(), ids=STORES.keys())
+def test_a_saga_waiting_in_a_step_when_its_loop_closed_stays_executing(
+    store: Stores, tmp_path: Path
+) -> None:
+    heard: list[Transition] = []
+    orchestrator = SagaOrchestrator(store(tmp_path), listeners=[heard.append])
+    ids = ["a", "b", "c"]  # at once: the SQLite store queues their writes
+    tasks = abandon(orchestrator, ids, nothing)
+    told = len(heard)
+    found, raised = close_in_a_later_loop(orchestrator, tasks, ids)
+    waiting = [
+        ("cel_reserve", StepStatus.COMPLETED, None),
+        ("cel_wait", StepStatus.RUNNING, None),
+    ]
+    assert found == [(SagaStatus.EXECUTING, None, waiting)] * len(ids)
+    assert len(heard) == told  # nothing told by the collector
+    assert undone == []
+    assert raised == []
+
+
+@pytest.mark.parametrize("store", STORES.values(), ids=STORES.keys())
+def test_a_saga_waiting_on_its_log_when_its_loop_closed_is_not_failed(
+    store: Stores, tmp_path: Path
+) -> None:
+    orchestrator = SagaOrchestrator(store(tmp_path))
+    ids = [f"s{n}" for n in range(20)]  # at once: the SQLite store queues their writes
+    tasks = abandon(orchestrator, ids, nothing, turns=1)  # each at its first write
+    found, raised = close_in_a_later_loop(orchestrator, tasks, ids)
+    assert {status for status, _, _ in found} == {SagaStatus.EXECUTING}
+    assert [s for *_, steps in found for s in steps if s[1] is StepStatus.FAILED] == []
+    assert raised == []
+
+
+@pytest.mark.parametrize("store", STORES.values(), ids=STORES.keys())
+def test_a_saga_compensating_when_its_loop_closed_stays_compensating(
+    store: Stores, tmp_path: Path
+) -> None:
+    orchestrator = SagaOrchestrator(store(tmp_path))
+    tasks = abandon(orchestrator, ["x"], cancel)
+    assert undone == ["x"]
+    undone.clear()
+    [(status, error, steps)], raised = close_in_a_later_loop(orchestrator, tasks, ["x"])
+    assert (status, error) == (SagaStatus.COMPENSATING, "CancelledError: the saga was cancelled")
+    assert [(name, step_status) for name, step_status, _ in steps] == [
+        ("cel_reserve", StepStatus.COMPLETED),
+        ("cel_wait", StepStatus.FAILED),
+    ]
+    assert raised == []
+
+
+@step
+async def cel_fail(item: str) -> None:
+    raise ValueError("out of stock")
+
+
+@saga
+def cel_failing(item: str):  # type: ignore[no-untyped-def]
+    yield cel_reserve(item)
+    yield cel_fail(item)
+
+
+def test_a_recovery_compensating_when_its_loop_closed_leaves_the_saga_compensating(
+    tmp_path: Path,
+) -> None:
+    db = str(tmp_path / "s.db")
+    crashing = CrashingStore(db, lambda t: t.kind is TransitionKind.COMPENSATION_STARTED)
+
+    async def crashed() -> None:
+        orchestrator = SagaOrchestrator(crashing)
+        with pytest.raises(Crash):
+            await orchestrator.execute(cel_failing("y"), saga_id="y")
+        await orchestrator.close()
+
+    asyncio.run(crashed())  # its log: COMPENSATING, its process "dead"
+    orchestrator = SagaOrchestrator(SQLiteStore(db))
+    loop = asyncio.new_event_loop()
+    recovering = loop.create_task(orchestrator.recover())
+    for _ in range(50):  # until the compensation waits
+        loop.run_until_complete(asyncio.sleep(0))
+        if undone:
+            break
+    assert undone == ["y"]
+    assert not recovering.done()
+    undone.clear()
+    left = list(asyncio.all_tasks(loop))
+    loop.close()
+    [(status, error, _)], raised = close_in_a_later_loop(orchestrator, left, ["y"])
+    assert status is SagaStatus.COMPENSATING
+    assert error == "StepFailed: step 1 ('cel_fail') failed: ValueError: out of stock"
+    assert raised == []
+
+
+def test_a_step_awaited_on_its_own_when_its_loop_closed_closes_cleanly() -> None:
+    # Closing it raised ValueError too (its own context variable's token).
+    loop = asyncio.new_event_loop()
+
+    async def direct() -> None:
+        await cel_wait("z")
+
+    waiting = loop.create_task(direct())
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    raised: list[str] = []
+
+    async def later() -> None:
+        try:
+            waiting.get_coro().close()  # type: ignore[union-attr]
+        except BaseException as error:
+            raised.append(describe(error))
+
+    asyncio.run(later())
+    assert raised == []
