@@ -7,6 +7,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, NoReturn, Self
@@ -1245,8 +1246,23 @@ class SagaOrchestrator:
         pending, with the event loop it ran in, and the garbage collector closes it. It
         can await nothing more, so, as after a crash, nothing more is run, recorded or
         told: the log shows the saga as it was, for recovery (a ``KeyboardInterrupt``
-        instead ends it ``FAILED``, never to be recovered)."""
+        instead ends it ``FAILED``, never to be recovered). The default in-memory store,
+        which nothing recovers, ends it ``FAILED`` (not compensated) there and then, rather
+        than keep it running for good."""
         self._held.pop(run, None)
+        memory = self._memory
+        if memory is None or self._durable:
+            return
+        why = "its event loop was closed while it ran"
+        for record in (*run.steps, *run.compensations):
+            if record.status is STEP_RUNNING:
+                record.status = STEP_FAILED
+                record.error = f"interrupted: {why}"
+        run.status = SAGA_FAILED
+        if run.error is None:
+            run.error = f"abandoned: {why} (not compensated)"
+        run.finished_mono = run.updated_mono = time.monotonic()  # (what loop.time() reads)
+        memory._finish_now(run)
 
     async def _stopped(self, run: SagaRun, why: BaseException) -> None:
         """The run stops here unfinished (``why``: ``LeaseLost``, or a cancelled recovery
