@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable, Coroutine
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -1423,14 +1424,9 @@ def test_an_interrupted_open_closes_its_connection(
         opened[0].execute("SELECT 1")
 
 
-def test_a_store_goes_on_in_the_next_event_loop_after_one_ended_mid_checkpoint(
-    db: str,
-) -> None:
-    # Regression: a store used by one asyncio.run() and then another (a script's two
-    # phases; pytest-asyncio's loop per test with a store kept across tests) hung for
-    # good when the first loop ended while a WAL checkpoint ran on the writer thread:
-    # the callback that marks it done was for the closed loop, so every later write
-    # queued behind a checkpoint that, for the store, never ended.
+def _ended_mid_checkpoint(db: str) -> tuple[SQLiteStore, SagaOrchestrator, threading.Event]:
+    """A store and its orchestrator after an ``asyncio.run()`` that ended while a WAL
+    checkpoint ran on the writer thread: it runs until the event returned is set."""
     store = SQLiteStore(db)
     orchestrator = SagaOrchestrator(store)
     checkpoint = store._writer._checkpoint
@@ -1451,19 +1447,36 @@ def test_a_store_goes_on_in_the_next_event_loop_after_one_ended_mid_checkpoint(
         assert writer._thread_busy
 
     asyncio.run(ends_as_a_checkpoint_runs())
+    return store, orchestrator, release
+
+
+def _run_in_a_thread(main: Callable[[], Coroutine[Any, Any, list[Any]]]) -> list[Any]:
+    """``asyncio.run(main())`` in a thread, given 60 s: only to fail, not hang, when a
+    write is stuck (not a timing check). Its result, or nothing."""
+    results: list[Any] = []
+    thread = threading.Thread(target=lambda: results.append(asyncio.run(main())))
+    thread.daemon = True
+    thread.start()
+    thread.join(60)
+    return results
+
+
+def test_a_store_goes_on_in_the_next_event_loop_after_one_ended_mid_checkpoint(
+    db: str,
+) -> None:
+    # Regression: a store used by one asyncio.run() and then another (a script's two
+    # phases; pytest-asyncio's loop per test with a store kept across tests) hung for
+    # good when the first loop ended while a WAL checkpoint ran on the writer thread:
+    # the callback that marks it done was for the closed loop, so every later write
+    # queued behind a checkpoint that, for the store, never ended.
+    _, orchestrator, release = _ended_mid_checkpoint(db)
     release.set()
 
     async def next_loop() -> list[Any]:
         async with orchestrator:
             return await orchestrator.execute(SagaDefinition("second").add_step(take("b", 1)))
 
-    # In a thread only to fail, not hang, without the fix (not a timing check).
-    results: list[Any] = []
-    thread = threading.Thread(target=lambda: results.append(asyncio.run(next_loop())))
-    thread.daemon = True
-    thread.start()
-    thread.join(60)
-    assert results == [[Moved("b", -1)]]
+    assert _run_in_a_thread(next_loop) == [[Moved("b", -1)]]
 
 
 def test_a_write_cancelled_while_the_next_loop_waits_out_a_checkpoint_leaves_none_stuck(
@@ -1474,25 +1487,7 @@ def test_a_write_cancelled_while_the_next_loop_waits_out_a_checkpoint_leaves_non
     # a request's saga cancelled early) left the store taken by the new loop but the
     # checkpoint still marked running: every later write of that loop queued behind it
     # for good, the cancelled saga's own end among them (found running one saga per asyncio.run()).
-    store = SQLiteStore(db)
-    orchestrator = SagaOrchestrator(store)
-    checkpoint = store._writer._checkpoint
-    release = threading.Event()
-
-    def slow_checkpoint() -> None:
-        release.wait(60)
-        checkpoint()
-
-    store._writer._checkpoint = slow_checkpoint  # type: ignore[method-assign]
-
-    async def ends_as_a_checkpoint_runs() -> None:
-        await orchestrator.execute(sqlite_move("a", "b", 1))
-        writer = store._writer
-        writer._since_checkpoint = sqlite_writer.CHECKPOINT_EVERY
-        writer._maybe_checkpoint()
-        assert writer._thread_busy
-
-    asyncio.run(ends_as_a_checkpoint_runs())
+    store, orchestrator, release = _ended_mid_checkpoint(db)
 
     async def next_loop() -> list[Any]:
         cancelled = asyncio.create_task(orchestrator.execute(sqlite_move("c", "d", 1)))
@@ -1507,13 +1502,7 @@ def test_a_write_cancelled_while_the_next_loop_waits_out_a_checkpoint_leaves_non
             await cancelled
         return await orchestrator.execute(SagaDefinition("second").add_step(take("b", 1)))
 
-    # In a thread only to fail, not hang, without the fix (not a timing check).
-    results: list[Any] = []
-    thread = threading.Thread(target=lambda: results.append(asyncio.run(next_loop())))
-    thread.daemon = True
-    thread.start()
-    thread.join(60)
-    assert results == [[Moved("b", -1)]]
+    assert _run_in_a_thread(next_loop) == [[Moved("b", -1)]]
 
 
 def test_a_store_in_use_by_a_loop_of_another_thread_refuses_a_second_loop(db: str) -> None:
