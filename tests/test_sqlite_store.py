@@ -1490,17 +1490,18 @@ def test_a_write_cancelled_while_the_next_loop_waits_out_a_checkpoint_leaves_non
     store, orchestrator, release = _ended_mid_checkpoint(db)
 
     async def next_loop() -> list[Any]:
-        cancelled = asyncio.create_task(orchestrator.execute(sqlite_move("c", "d", 1)))
-        for _ in range(100):  # until its first write waits out the checkpoint
-            await asyncio.sleep(0)
-            if store._writer._loop is asyncio.get_running_loop():
-                break
-        assert store._writer._thread_busy
-        cancelled.cancel()
-        release.set()
-        with pytest.raises(asyncio.CancelledError):
-            await cancelled
-        return await orchestrator.execute(SagaDefinition("second").add_step(take("b", 1)))
+        async with orchestrator:  # (closed in the end: no connection left to the collector)
+            cancelled = asyncio.create_task(orchestrator.execute(sqlite_move("c", "d", 1)))
+            for _ in range(100):  # until its first write waits out the checkpoint
+                await asyncio.sleep(0)
+                if store._writer._loop is asyncio.get_running_loop():
+                    break
+            assert store._writer._thread_busy
+            cancelled.cancel()
+            release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+            return await orchestrator.execute(SagaDefinition("second").add_step(take("b", 1)))
 
     assert _run_in_a_thread(next_loop) == [[Moved("b", -1)]]
 
@@ -1604,6 +1605,7 @@ def test_a_worker_refused_by_a_loop_of_another_thread_raises_rather_than_retry(d
         await orchestrator.execute(sqlite_move("a", "b", 1))
         used.set()
         await asyncio.get_running_loop().run_in_executor(None, release.wait, 60)
+        await orchestrator.close()  # (no connection left to the collector)
 
     thread = threading.Thread(target=lambda: asyncio.run(first_loop()), daemon=True)
     thread.start()
