@@ -969,13 +969,7 @@ class SagaOrchestrator:
             if task.cancelling() > cancel_base:
                 # A compensation (or a listener) swallowed the caller's cancellation: the
                 # work is done, and the caller gets its CancelledError, not the failure.
-                swallowed: asyncio.CancelledError | None = asyncio.CancelledError()
-                assert swallowed is not None
-                await self._finish_before(run, swallowed)
-                try:
-                    raise swallowed from failure
-                finally:
-                    swallowed = None  # as failure: no exception kept in this frame's locals
+                await self._raise_swallowed(run, cause=failure)
             await self._finish(run)
             if isinstance(failure, SagaRunError):
                 failure.saga_id = run.id
@@ -1254,10 +1248,8 @@ class SagaOrchestrator:
         if memory is None or self._durable:
             return
         why = "its event loop was closed while it ran"
-        for record in (*run.steps, *run.compensations):
-            if record.status is STEP_RUNNING:
-                record.status = STEP_FAILED
-                record.error = f"interrupted: {why}"
+        _end_running(run.steps, f"interrupted: {why}")
+        _end_running(run.compensations, f"interrupted: {why}")
         run.status = SAGA_FAILED
         if run.error is None:
             run.error = f"abandoned: {why} (not compensated)"
@@ -1342,19 +1334,28 @@ class SagaOrchestrator:
                 )
             _chain(pending, unrecorded)
 
-    async def _raise_swallowed(self, run: SagaRun, unrecorded: Exception | None = None) -> NoReturn:
+    async def _raise_swallowed(
+        self,
+        run: SagaRun,
+        unrecorded: Exception | None = None,
+        *,
+        cause: BaseException | None = None,
+    ) -> NoReturn:
         """End ``run``, whose caller's cancellation a compensation swallowed, and raise a
         ``CancelledError`` for it: ``unrecorded`` (a write the log refused after that) and an
-        end the log refuses are chained to it (``__context__``), never raised in its place."""
+        end the log refuses are chained to it (``__context__``), never raised in its place;
+        ``cause``: the failure the run was compensated for (its ``__cause__``)."""
         swallowed: asyncio.CancelledError | None = asyncio.CancelledError()
         assert swallowed is not None
         if unrecorded is not None:
             _chain(swallowed, unrecorded)
+        if cause is not None:
+            swallowed.__cause__ = cause  # as ``raise ... from cause``
         await self._finish_before(run, swallowed)
         try:
             raise swallowed
         finally:
-            swallowed = None  # no exception kept in this frame's locals (a cycle)
+            swallowed = cause = None  # no exception kept in this frame's locals (a cycle)
 
     async def _unrecorded_end(self, run: SagaRun, why: BaseException) -> None:
         """The run's end could not be recorded (``StoreError``, ``LeaseLost``, or the run
