@@ -325,3 +325,29 @@ async def test_step_with_empty_parentheses_is_the_bare_form() -> None:
 
     assert reserve.timeout == 30
     assert await SagaOrchestrator().execute(SagaDefinition(steps=[reserve("x")])) == ["reserved x"]
+
+
+@pytest.mark.parametrize("kind", [staticmethod, classmethod])
+def test_compensate_above_staticmethod_or_classmethod_says_to_swap_them(kind: Any) -> None:
+    # The compensation given as a staticmethod said it was "an 'async def' wrapped by a
+    # decorator whose wrapper is a plain 'def'", and as a classmethod that it was "not a
+    # coroutine function; declare it with 'async def'": both of an 'async def'. As for @step,
+    # the order is named.
+    @step
+    async def post(entry: str) -> int:
+        return 1
+
+    async def unpost(entry: str) -> None:
+        return None
+
+    with pytest.raises(SagaDefinitionError) as info:
+        post.compensate(kind(unpost))
+    name = kind.__name__
+    assert str(info.value) == (
+        f"@post.compensate needs the function itself, but got the {name} "
+        "test_compensate_above_staticmethod_or_classmethod_says_to_swap_them.<locals>.unpost; "
+        f"put @post.compensate below @{name}"
+    )
+    assert post.compensation is None  # nothing registered: the fixed order still works
+    post.compensate(unpost)
+    assert post.compensation is unpost

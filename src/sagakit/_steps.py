@@ -574,14 +574,16 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
 
         ``fn`` takes the step's arguments, or the step's result followed by them.
         """
+        written = getattr(self.__wrapped__, "__name__", self.name)  # as in @debit.compensate
         if fn is _NO_FUNCTION:  # @debit.compensate(): it takes no options
-            name = getattr(self.__wrapped__, "__name__", self.name)
             raise SagaDefinitionError(
-                f"@{name}.compensate() takes no arguments: write it without parentheses, "
-                f"@{name}.compensate, above the compensation (the compensation's "
+                f"@{written}.compensate() takes no arguments: write it without parentheses, "
+                f"@{written}.compensate, above the compensation (the compensation's "
                 f"options go in the step's @step(compensation_timeout=..., "
                 f"compensation_retry=...))"
             )
+        # Above @staticmethod or @classmethod: the function is in there, an 'async def'.
+        check_not_method_object(fn, f"{written}.compensate")
         spec = self._self_spec
         if spec.compensation is not None and not _declared_again(spec.compensation, fn):
             raise CompensationAlreadySetError(
