@@ -359,6 +359,56 @@ def test_async_saga_function_is_refused() -> None:
         saga(agen)
 
 
+def test_saga_on_a_class_is_refused_when_declared() -> None:
+    # It was taken for a list saga (and registered for recovery under the class's name):
+    # only calling it said "must return a list or tuple of step calls ..., got Flow".
+    class Flow:
+        def __init__(self, account: str) -> None:
+            self.account = account
+
+    with pytest.raises(SagaDefinitionError) as info:
+        saga(Flow)  # type: ignore[arg-type]  # mypy refuses it too
+    assert str(info.value) == (
+        "@saga takes a function, got the class "
+        "test_saga_on_a_class_is_refused_when_declared.<locals>.Flow; decorate a generator "
+        "function that yields step calls, or a function that returns a list of them"
+    )
+    with pytest.raises(SagaDefinitionError, match="got the class"):
+        saga(name="flow")(Flow)  # type: ignore[arg-type]
+
+
+def test_a_saga_decorated_again_is_refused() -> None:
+    # The outer saga called the inner one, which gave a definition, not a list: only calling
+    # it said "must return a list or tuple of step calls ..., got SagaDefinition", and the
+    # inner one's options were lost. As for a step decorated again, the fix is named.
+    def refund(account: str) -> Generator[StepCall[Any], Any, None]:
+        yield credit(account, 1.0)
+
+    inner = saga(name="sagas.refund")(refund)
+    with pytest.raises(SagaDefinitionError) as info:
+        saga(name="sagas.refund-again")(inner)  # type: ignore[arg-type]  # mypy too
+    assert str(info.value) == (
+        "'sagas.refund' is already a saga; give all its options in one @saga(...), or "
+        "declare another saga from the same function: saga(name=...)(refund.__wrapped__)"
+    )
+    with pytest.raises(SagaDefinitionError, match="already a saga"):
+        saga(inner)  # type: ignore[arg-type]
+    again = saga(name="sagas.refund-fast")(inner.__wrapped__)
+    assert again("A").name == "sagas.refund-fast"
+
+
+def test_saga_on_a_step_says_a_saga_yields_step_calls() -> None:
+    # It said "debit is async — drop 'async'", of a step. (mypy takes it: a step call is
+    # itself an iterable of step calls, what types `result = yield from call`.)
+    with pytest.raises(SagaDefinitionError) as info:
+        saga(debit)
+    assert str(info.value) == (
+        "@saga needs a plain generator function (yield each step call) or a function "
+        "returning a list of step calls; debit is a step, which a saga runs: "
+        "yield debit(...) from a saga, or list it"
+    )
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("first", "hint"),

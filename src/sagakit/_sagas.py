@@ -435,6 +435,26 @@ class SagaFunction(Generic[P]):
                     "or decorate a function that returns the list"
                 )
             raise SagaDefinitionError(f"@saga takes a function, got {fn!r}{fix}")
+        if isinstance(fn, type):  # callable, but calling it makes an instance, not steps
+            raise SagaDefinitionError(
+                f"@saga takes a function, got the class {qualname_of(fn)}; decorate a "
+                "generator function that yields step calls, or a function that returns a "
+                "list of them"
+            )
+        if isinstance(fn, SagaFunction):
+            # Its options would be lost, and calling it gives a definition, not steps.
+            raise SagaDefinitionError(
+                f"{fn.name!r} is already a saga; give all its options in one @saga(...), or "
+                "declare another saga from the same function: "
+                f"saga(name=...)({fn.__name__}.__wrapped__)"
+            )
+        if isinstance(fn, Step):
+            written = getattr(fn.__wrapped__, "__name__", fn.name)  # as code calls it
+            raise SagaDefinitionError(
+                "@saga needs a plain generator function (yield each step call) or a function "
+                f"returning a list of step calls; {written} is a step, which a saga runs: "
+                f"yield {written}(...) from a saga, or list it"
+            )
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
             raise SagaDefinitionError(
                 f"@saga needs a plain generator function (yield each step call) or a function "
