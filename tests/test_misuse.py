@@ -35,6 +35,14 @@ def test_unknown_step_option_names_the_known_ones() -> None:
         step(timout=5)  # type: ignore[call-overload]
 
 
+def test_unknown_saga_option_names_the_known_ones() -> None:
+    # It was Python's own "saga() got an unexpected keyword argument 'nmae'", without the
+    # options, where @step names them.
+    with pytest.raises(SagaDefinitionError) as info:
+        saga(nmae="order")  # type: ignore[call-overload]
+    assert str(info.value) == ("@saga got unknown option(s) nmae; the options are name, recovery")
+
+
 @pytest.mark.parametrize("listeners", [print, None, 5, "recorder", b"x"])
 def test_one_listener_instead_of_a_list_is_refused(listeners: object) -> None:
     # Regression: listeners=recorder (one listener) failed with "TypeError: 'SagaRecorder'

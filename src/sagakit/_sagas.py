@@ -606,6 +606,9 @@ class SagaFunction(Generic[P]):
         return f"<saga {self.name}>"
 
 
+_SAGA_OPTIONS: dict[str, Any] = {"name": None, "recovery": "resume"}  # and their defaults
+
+
 @overload
 def saga(fn: Callable[P, SagaBody], /) -> SagaFunction[P]: ...
 @overload
@@ -613,11 +616,7 @@ def saga(
     fn: None = None, /, *, name: str | None = None, recovery: RecoveryPolicy = "resume"
 ) -> Callable[[Callable[P, SagaBody]], SagaFunction[P]]: ...
 def saga(
-    fn: Callable[P, SagaBody] | None = None,
-    /,
-    *,
-    name: str | None = None,
-    recovery: RecoveryPolicy = "resume",
+    fn: Callable[P, SagaBody] | None = None, /, **options: Any
 ) -> SagaFunction[P] | Callable[[Callable[P, SagaBody]], SagaFunction[P]]:
     """Declare a saga from a generator function (yielding step calls) or a list function.
 
@@ -625,6 +624,14 @@ def saga(
     ``"resume"`` (default) continues with the first unfinished step, ``"compensate"``
     undoes the completed ones.
     """
+    unknown = sorted(set(options) - set(_SAGA_OPTIONS))
+    if unknown:  # as @step names its options (Python's own error would not)
+        raise SagaDefinitionError(
+            f"@saga got unknown option(s) {', '.join(unknown)}; "
+            f"the options are {', '.join(_SAGA_OPTIONS)}"
+        )
+    name: str | None = options.get("name", _SAGA_OPTIONS["name"])
+    recovery: RecoveryPolicy = options.get("recovery", _SAGA_OPTIONS["recovery"])
     if fn is None:
 
         def decorate(fn: Callable[P, SagaBody]) -> SagaFunction[P]:
