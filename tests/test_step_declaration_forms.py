@@ -351,3 +351,23 @@ def test_compensate_above_staticmethod_or_classmethod_says_to_swap_them(kind: An
     assert post.compensation is None  # nothing registered: the fixed order still works
     post.compensate(unpost)
     assert post.compensation is unpost
+
+
+def test_step_on_a_saga_says_to_run_it_from_a_step() -> None:
+    # It said the saga "is not a coroutine function; declare it with 'async def'".
+    @step
+    async def debit(account: str) -> None: ...
+
+    @saga(name="step_declaration_forms.refund")
+    def refund(account: str) -> list[Any]:
+        return [debit(account)]
+
+    with pytest.raises(SagaDefinitionError) as info:
+        step(refund)  # type: ignore[arg-type]  # mypy refuses it too
+    message = str(info.value)
+    assert message == (
+        "@step needs an 'async def' function, but "
+        "test_step_on_a_saga_says_to_run_it_from_a_step.<locals>.refund is not a coroutine "
+        "function; it is a @saga function: run it as a nested saga from a step: an @step "
+        "that awaits orchestrator.execute(refund(...))"
+    )

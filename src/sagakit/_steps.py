@@ -333,6 +333,13 @@ def _declared_again(earlier: object, fn: object) -> bool:
 def _how_to_declare(fn: object) -> str:
     """The fix for ``fn``, not a coroutine function: an object whose ``__call__`` is
     async is wrapped in one (the decorators need a function to keep and introspect)."""
+    from ._sagas import SagaFunction  # which imports this module
+
+    if isinstance(fn, SagaFunction):
+        return (
+            "it is a @saga function: run it as a nested saga from a step: an @step that "
+            f"awaits orchestrator.execute({fn.__name__}(...))"
+        )
     if (
         callable(fn)
         and not inspect.isroutine(fn)
