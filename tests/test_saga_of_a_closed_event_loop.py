@@ -18,12 +18,14 @@ it running for good).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from loop_helpers import closed
+from loop_helpers.closed import Then, nothing
 from sagakit import (
     MemoryStore,
     SagaOrchestrator,
@@ -73,30 +75,10 @@ STORES: dict[str, Stores] = {
 
 
 def abandon(
-    orchestrator: SagaOrchestrator,
-    ids: list[str],
-    then: Callable[[list[asyncio.Task[Any]]], Awaitable[None]],
-    turns: int = 50,
+    orchestrator: SagaOrchestrator, ids: list[str], then: Then = nothing, turns: int = 50
 ) -> list[asyncio.Task[Any]]:
-    """Start ``ids`` in a loop, run it ``turns`` turns (by then each saga waits),
-    ``then(tasks)``, and close the loop with the tasks still pending: return every task
-    it left pending (those of the sagas, and any they started)."""
-    loop = asyncio.new_event_loop()
-    tasks = [loop.create_task(orchestrator.execute(cel_order(i), saga_id=i)) for i in ids]
-
-    async def until_waiting() -> None:
-        for _ in range(turns):
-            await asyncio.sleep(0)
-        await then(tasks)
-
-    loop.run_until_complete(until_waiting())
-    left = list(asyncio.all_tasks(loop))
-    loop.close()
-    return left
-
-
-async def nothing(tasks: list[asyncio.Task[Any]]) -> None:
-    pass
+    """Start ``ids`` in a loop closed while they wait (see ``closed.abandon``)."""
+    return closed.abandon([orchestrator.execute(cel_order(i), saga_id=i) for i in ids], then, turns)
 
 
 async def cancel(tasks: list[asyncio.Task[Any]]) -> None:
@@ -109,17 +91,10 @@ async def cancel(tasks: list[asyncio.Task[Any]]) -> None:
 def close_in_a_later_loop(
     orchestrator: SagaOrchestrator, tasks: list[asyncio.Task[Any]], ids: list[str]
 ) -> tuple[list[Any], list[str]]:
-    """What the garbage collector does to the pending tasks of a closed loop, during
-    the next ``asyncio.run()``: close their coroutines. Then read the sagas back.
-    Returns them and what closing raised (it must raise nothing)."""
-    raised: list[BaseException] = []
+    """Close the pending ``tasks`` as the garbage collector does, in the next
+    ``asyncio.run()``, then read the sagas back. Returns them and what closing raised."""
 
-    async def later() -> list[Any]:
-        for task in tasks:
-            try:
-                task.get_coro().close()  # type: ignore[union-attr]
-            except BaseException as error:  # (not raised from a test's own frame)
-                raised.append(error)
+    async def read() -> list[Any]:
         found = []
         for saga_id in ids:
             meta = await orchestrator.get_saga(saga_id)
@@ -130,12 +105,7 @@ def close_in_a_later_loop(
         await orchestrator.close()
         return found
 
-    found = asyncio.run(later())
-    return found, [describe(error) for error in raised]
-
-
-def describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+    return closed.close_in_a_later_loop(tasks, read)
 
 
 @pytest.mark.parametrize("store", STORES.values(), ids=STORES.keys())
@@ -251,21 +221,11 @@ def test_a_recovery_compensating_when_its_loop_closed_leaves_the_saga_compensati
 
 def test_a_step_awaited_on_its_own_when_its_loop_closed_closes_cleanly() -> None:
     # Closing it raised ValueError too (its own context variable's token).
-    loop = asyncio.new_event_loop()
-
     async def direct() -> None:
         await cel_wait("z")
 
-    waiting = loop.create_task(direct())
-    loop.run_until_complete(asyncio.sleep(0))
-    loop.close()
-    raised: list[str] = []
-
     async def later() -> None:
-        try:
-            waiting.get_coro().close()  # type: ignore[union-attr]
-        except BaseException as error:
-            raised.append(describe(error))
+        pass
 
-    asyncio.run(later())
+    _, raised = closed.close_in_a_later_loop(closed.abandon([direct()], turns=1), later)
     assert raised == []
