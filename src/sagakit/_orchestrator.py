@@ -61,8 +61,10 @@ from ._notify import Listener, level_of, log_unwritten, logger, tell, tell_each,
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import (
+    ABANDONED,
     CANCELLED,
     CANCELLED_ERROR,
+    LOOP_CLOSED,
     NOT_COMPENSATED,
     UNRECORDED,
     UNSTARTED,
@@ -1220,17 +1222,24 @@ class SagaOrchestrator:
         spans and restores the context it set, rather than hold them open for good."""
         self._held.pop(run, None)
         note_crash(self._store, run.id)  # for the error of running it again here (crash_hint)
+        self._tell_instruments(run, "the simulated crash", "_sagakit_crashed", crash)
+
+    def _tell_instruments(self, run: SagaRun, what: str, hook: str, *args: object) -> None:
+        """Call ``hook(run.id, *args, run.number)`` of the listeners that have it
+        (tracers, test recorders): ``run`` stops here, ``what`` stopped it, and no
+        transition will tell them. One that raises is logged, never raised."""
         for listener in run.listeners:
-            crashed = getattr(listener, "_sagakit_crashed", None)
-            if crashed is None:
+            told = getattr(listener, hook, None)
+            if told is None:
                 continue
             try:
-                crashed(run.id, crash, run.number)
-            except Exception as error:  # a tracer's bug must not replace the crash
+                told(run.id, *args, run.number)
+            except Exception as error:  # a tracer's bug must not replace what stopped it
                 _warn(
                     run,
-                    "sagakit: listener %r failed on the simulated crash of saga %s: %s",
+                    "sagakit: listener %r failed on %s of saga %s: %s",
                     listener,
+                    what,
                     run.id,
                     describe_error(error),
                 )
@@ -1240,19 +1249,20 @@ class SagaOrchestrator:
         pending, with the event loop it ran in, and the garbage collector closes it. It
         can await nothing more, so, as after a crash, nothing more is run, recorded or
         told: the log shows the saga as it was, for recovery (a ``KeyboardInterrupt``
-        instead ends it ``FAILED``, never to be recovered). The default in-memory store,
+        instead ends it ``FAILED``, never to be recovered). Its tracers end its spans
+        (``_sagakit_abandoned``), as after a simulated crash. The default in-memory store,
         which nothing recovers, ends it ``FAILED`` (not compensated) there and then, rather
         than keep it running for good."""
         self._held.pop(run, None)
+        self._tell_instruments(run, "the closed event loop", "_sagakit_abandoned")
         memory = self._memory
         if memory is None or self._durable:
             return
-        why = "its event loop was closed while it ran"
-        _end_running(run.steps, f"interrupted: {why}")
-        _end_running(run.compensations, f"interrupted: {why}")
+        _end_running(run.steps, f"interrupted: {LOOP_CLOSED}")
+        _end_running(run.compensations, f"interrupted: {LOOP_CLOSED}")
         run.status = SAGA_FAILED
         if run.error is None:
-            run.error = f"abandoned: {why} (not compensated)"
+            run.error = ABANDONED + NOT_COMPENSATED
         run.finished_mono = run.updated_mono = time.monotonic()  # (what loop.time() reads)
         memory._finish_now(run)
 
