@@ -29,6 +29,7 @@ from loop_helpers.closed import Then, nothing
 from sagakit import (
     MemoryStore,
     SagaOrchestrator,
+    SagaRunView,
     SagaStatus,
     SagaStore,
     SQLiteStore,
@@ -39,6 +40,7 @@ from sagakit import (
     step,
 )
 from store_helpers.crashing import Crash, CrashingStore
+from store_helpers.plain import PlainStore
 
 undone: list[str] = []
 
@@ -70,6 +72,7 @@ CLOSED = "its event loop was closed while it ran"
 Stores = Callable[[Path], SagaStore]
 STORES: dict[str, Stores] = {
     "memory": lambda _: MemoryStore(),
+    "custom": lambda _: PlainStore(),  # of one's own, not durable either
     "sqlite": lambda tmp_path: SQLiteStore(tmp_path / "s.db"),
 }
 
@@ -118,7 +121,7 @@ def test_a_saga_waiting_in_a_step_when_its_loop_closed_stays_executing(
     tasks = abandon(orchestrator, ids, nothing)
     told = len(heard)
     found, raised = close_in_a_later_loop(orchestrator, tasks, ids)
-    if isinstance(orchestrator.store, MemoryStore):  # nothing would recover it: ended
+    if not orchestrator.store.durable:  # nothing would recover it: ended
         waiting = [
             ("cel_reserve", StepStatus.COMPLETED, None),
             ("cel_wait", StepStatus.FAILED, f"interrupted: {CLOSED}"),
@@ -131,7 +134,7 @@ def test_a_saga_waiting_in_a_step_when_its_loop_closed_stays_executing(
         ]
         expected = (SagaStatus.EXECUTING, None, waiting)
     assert found == [expected] * len(ids)
-    if isinstance(orchestrator.store, MemoryStore):
+    if not orchestrator.store.durable:
         assert asyncio.run(orchestrator.store.running()) == []  # not running for good
     assert len(heard) == told  # nothing told by the collector
     assert undone == []
@@ -146,7 +149,7 @@ def test_a_saga_waiting_on_its_log_when_its_loop_closed_is_not_failed(
     ids = [f"s{n}" for n in range(20)]  # at once: the SQLite store queues their writes
     tasks = abandon(orchestrator, ids, nothing, turns=1)  # each at its first write
     found, raised = close_in_a_later_loop(orchestrator, tasks, ids)
-    memory = isinstance(orchestrator.store, MemoryStore)  # nothing would recover it: ended
+    memory = not orchestrator.store.durable  # nothing would recover it: ended
     assert {status for status, _, _ in found} == {
         SagaStatus.FAILED if memory else SagaStatus.EXECUTING
     }
@@ -165,7 +168,7 @@ def test_a_saga_compensating_when_its_loop_closed_stays_compensating(
     assert undone == ["x"]
     undone.clear()
     [(status, error, steps)], raised = close_in_a_later_loop(orchestrator, tasks, ["x"])
-    memory = isinstance(orchestrator.store, MemoryStore)  # nothing would recover it: ended
+    memory = not orchestrator.store.durable  # nothing would recover it: ended
     assert (status, error) == (
         SagaStatus.FAILED if memory else SagaStatus.COMPENSATING,
         "CancelledError: the saga was cancelled",
@@ -229,3 +232,57 @@ def test_a_step_awaited_on_its_own_when_its_loop_closed_closes_cleanly() -> None
 
     _, raised = closed.close_in_a_later_loop(closed.abandon([direct()], turns=1), later)
     assert raised == []
+
+
+class TurningStore(PlainStore):
+    """Its ``finish()`` first gives the loop a turn (``asyncio.sleep(0)``)."""
+
+    async def finish(self, run: SagaRunView) -> None:
+        await asyncio.sleep(0)
+        await super().finish(run)
+
+
+class WaitingStore(PlainStore):
+    """Its ``finish()`` waits on something (as for a lock, a connection)."""
+
+    async def finish(self, run: SagaRunView) -> None:
+        await asyncio.sleep(1)
+        await super().finish(run)
+
+
+class RaisingStore(PlainStore):
+    async def finish(self, run: SagaRunView) -> None:
+        raise RuntimeError("the store is broken")
+
+
+def test_a_store_whose_finish_gives_a_turn_ends_the_saga() -> None:
+    orchestrator = SagaOrchestrator(TurningStore())
+    [(status, _, _)], raised = close_in_a_later_loop(
+        orchestrator, abandon(orchestrator, ["t"]), ["t"]
+    )
+    assert status is SagaStatus.FAILED
+    assert raised == []
+
+
+@pytest.mark.parametrize(
+    ("store", "why"),
+    [
+        (WaitingStore, "its finish() waited, and nothing can wait once the loop is closed"),
+        (RaisingStore, "its finish() raised RuntimeError: the store is broken"),
+    ],
+    ids=["waiting", "raising"],
+)
+def test_a_store_whose_finish_cannot_end_the_saga_says_so(
+    store: type[PlainStore], why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    orchestrator = SagaOrchestrator(store())
+    tasks = abandon(orchestrator, ["w"])
+    [(status, _, _)], raised = close_in_a_later_loop(orchestrator, tasks, ["w"])
+    assert status is SagaStatus.FAILED  # its record ended, but the store keeps it running
+    assert asyncio.run(orchestrator.store.running_count()) == 1
+    assert raised == []
+    [message] = [r.getMessage() for r in caplog.records if "abandoned" in r.getMessage()]
+    assert message == (
+        f"sagakit: saga cel_order (w), abandoned ({CLOSED}), stays running in "
+        f"{orchestrator.store!r}: {why}"
+    )

@@ -201,6 +201,36 @@ def _chain(pending: BaseException, error: BaseException) -> None:
     pending.__context__ = error
 
 
+def _finish_unawaited(store: SagaStore, run: SagaRun) -> None:
+    """``store.finish(run)`` for a run whose event loop is closed (see
+    ``SagaOrchestrator._abandoned``), run to its end here, without a loop: a store that is
+    not durable moves the run to its history at once, waiting on nothing. One that waits
+    on something (a lock, a connection) cannot go on: it is closed there, and the run
+    stays running in it, which is logged, as is an error it raises (never raised: the
+    garbage collector is closing the run)."""
+    steps = store.finish(run).__await__()
+    try:
+        for _ in range(100):  # bare yields (asyncio.sleep(0)) ask only for a turn
+            if steps.send(None) is not None:
+                break
+    except StopIteration:
+        return
+    except Exception as error:
+        why = f"its finish() raised {describe_error(error)}"
+    else:
+        getattr(steps, "close", lambda: None)()
+        why = "its finish() waited, and nothing can wait once the loop is closed"
+    _warn(
+        run,
+        "sagakit: saga %s (%s), abandoned (%s), stays running in %r: %s",
+        run.name,
+        run.id,
+        LOOP_CLOSED,
+        store,
+        why,
+    )
+
+
 def _warn(run: SagaRun, message: str, *args: object) -> None:
     """Log ``message`` at WARNING with the run's saga id and name as record fields."""
     logger.warning(message, *args, extra={"saga_id": run.id, "saga_name": run.name})
@@ -1250,13 +1280,13 @@ class SagaOrchestrator:
         can await nothing more, so, as after a crash, nothing more is run, recorded or
         told: the log shows the saga as it was, for recovery (a ``KeyboardInterrupt``
         instead ends it ``FAILED``, never to be recovered). Its tracers end its spans
-        (``_sagakit_abandoned``), as after a simulated crash. The default in-memory store,
-        which nothing recovers, ends it ``FAILED`` (not compensated) there and then, rather
-        than keep it running for good."""
+        (``_sagakit_abandoned``), as after a simulated crash. A store that is not durable
+        (the default in-memory one, or one of the user's), which nothing recovers, ends it
+        ``FAILED`` (not compensated) there and then, rather than keep it running for good:
+        its ``finish()`` is run without an event loop (see :func:`_finish_unawaited`)."""
         self._held.pop(run, None)
         self._tell_instruments(run, "the closed event loop", "_sagakit_abandoned")
-        memory = self._memory
-        if memory is None or self._durable:
+        if self._durable:
             return
         _end_running(run.steps, f"interrupted: {LOOP_CLOSED}")
         _end_running(run.compensations, f"interrupted: {LOOP_CLOSED}")
@@ -1264,7 +1294,11 @@ class SagaOrchestrator:
         if run.error is None:
             run.error = ABANDONED + NOT_COMPENSATED
         run.finished_mono = run.updated_mono = time.monotonic()  # (what loop.time() reads)
-        memory._finish_now(run)
+        memory = self._memory
+        if memory is not None:
+            memory._finish_now(run)
+        else:
+            _finish_unawaited(self._store, run)
 
     async def _stopped(self, run: SagaRun, why: BaseException) -> None:
         """The run stops here unfinished (``why``: ``LeaseLost``, or a cancelled recovery
