@@ -18,6 +18,7 @@ it running for good).
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,8 +57,12 @@ async def cel_release(item: str) -> None:
     await asyncio.sleep(3600)  # still undoing when the loop is closed
 
 
+waiting: list[str] = []
+
+
 @step
 async def cel_wait(item: str) -> None:
+    waiting.append(item)
     await asyncio.sleep(3600)
 
 
@@ -286,3 +291,46 @@ def test_a_store_whose_finish_cannot_end_the_saga_says_so(
         f"sagakit: saga cel_order (w), abandoned ({CLOSED}), stays running in "
         f"{orchestrator.store!r}: {why}"
     )
+
+
+@pytest.mark.parametrize("handle_signals", [False, True], ids=["no-signals", "signals"])
+def test_a_worker_whose_loop_closed_leaves_its_sagas_as_a_crash_does(
+    handle_signals: bool, tmp_path: Path
+) -> None:
+    # Closing the worker raised "RuntimeError: coroutine ignored GeneratorExit": its
+    # shutdown waited for the sagas it was finishing, in a loop already closed.
+    db = str(tmp_path / "s.db")
+    crashing = CrashingStore(db, lambda t: t.kind is TransitionKind.STEP_STARTED)
+
+    async def crashed() -> None:  # its log: cel_wait started, its process "dead"
+        orchestrator = SagaOrchestrator(crashing)
+        with pytest.raises(Crash):
+            await orchestrator.execute(cel_order("w"), saga_id="w")
+        await orchestrator.close()
+
+    asyncio.run(crashed())
+    orchestrator = SagaOrchestrator(SQLiteStore(db))
+    sigterm = signal.getsignal(signal.SIGTERM)
+
+    def worker_waits() -> bool:  # for its next poll, in _wait(), the saga in cel_wait
+        polling = [task.get_coro() for task in asyncio.all_tasks()]
+        return bool(waiting) and "Event.wait" in [c.__qualname__ for c in polling]  # type: ignore[union-attr]
+
+    async def until_worker_waits(tasks: list[asyncio.Task[Any]]) -> None:
+        for _ in range(1000):  # (the claim is written on the store's thread)
+            if worker_waits():
+                break
+            await asyncio.sleep(0.01)
+
+    waiting.clear()
+    worker = orchestrator.run_worker(poll_interval=3600, handle_signals=handle_signals)
+    tasks = closed.abandon([worker], until_worker_waits)
+    assert waiting == ["w"]
+    [(status, error, steps)], raised = close_in_a_later_loop(orchestrator, tasks, ["w"])
+    assert (status, error) == (SagaStatus.EXECUTING, None)  # for the next recovery
+    assert [(name, step_status) for name, step_status, _ in steps] == [
+        ("cel_reserve", StepStatus.COMPLETED),
+        ("cel_wait", StepStatus.RUNNING),
+    ]
+    assert raised == []
+    assert signal.getsignal(signal.SIGTERM) == sigterm
