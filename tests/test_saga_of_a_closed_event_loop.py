@@ -334,3 +334,21 @@ def test_a_worker_whose_loop_closed_leaves_its_sagas_as_a_crash_does(
     ]
     assert raised == []
     assert signal.getsignal(signal.SIGTERM) == sigterm
+
+
+def test_async_with_an_orchestrator_whose_loop_closed_leaves_its_store_open(
+    tmp_path: Path,
+) -> None:
+    # Leaving the block closed the store, which awaited its thread, in a coroutine the
+    # garbage collector closes: "RuntimeError: coroutine ignored GeneratorExit".
+    orchestrator = SagaOrchestrator(SQLiteStore(tmp_path / "s.db"))
+
+    async def main() -> None:
+        async with orchestrator:
+            await orchestrator.execute(cel_order("aw"), saga_id="aw")
+
+    [(status, _, _)], raised = close_in_a_later_loop(
+        orchestrator, closed.abandon([main()]), ["aw"]
+    )  # (which reads the saga with the store still open, then closes it)
+    assert status is SagaStatus.EXECUTING
+    assert raised == []
