@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sagakit import SagaMetadata, SagaRunView
+from sagakit import SagaMetadata, SagaRunView, Transition
 
 
 class PlainStore:
@@ -18,7 +18,7 @@ class PlainStore:
         self._running[run.id] = run
         return None
 
-    async def record(self, run: SagaRunView, transition: object) -> None:
+    async def record(self, run: SagaRunView, transition: Transition) -> None:
         return None
 
     async def finish(self, run: SagaRunView) -> None:
