@@ -10,9 +10,11 @@ status recovery never finishes, its completed steps never undone, and told liste
 that end from the collector; or, where it had to wait for the log, the close raised
 ``RuntimeError: coroutine ignored GeneratorExit``. Closing then raised ``ValueError``
 (a context variable's token reset in another context). Now nothing more is run, recorded
-or told: the log shows the saga as the closed loop left it, for recovery (the default
-in-memory store, which nothing recovers, ends it FAILED, not compensated, rather than keep
-it running for good).
+or told: the log shows the saga as the closed loop left it, for recovery (a SQLite store
+hands it over, so a recovery of this live process takes it too; a store that is not
+durable, which nothing recovers, ends it FAILED, not compensated, rather than keep it
+running for good). A worker, and an ``async with`` block of the orchestrator, closed the
+same way stop where they waited too, awaiting nothing more.
 """
 
 from __future__ import annotations
@@ -351,4 +353,45 @@ def test_async_with_an_orchestrator_whose_loop_closed_leaves_its_store_open(
         orchestrator, closed.abandon([main()]), ["aw"]
     )  # (which reads the saga with the store still open, then closes it)
     assert status is SagaStatus.EXECUTING
+    assert raised == []
+
+
+held: list[str] = []
+
+
+@step
+async def cel_hold_once(item: str) -> str:
+    if item not in held:  # the first run waits, until its loop is closed
+        held.append(item)
+        await asyncio.sleep(3600)
+    return item
+
+
+@saga
+def cel_held(item: str):  # type: ignore[no-untyped-def]
+    yield cel_reserve(item)
+    yield cel_hold_once(item)
+
+
+@pytest.mark.parametrize("turns", [50, 1], ids=["in-a-step", "at-its-first-write"])
+def test_a_sqlite_saga_whose_loop_closed_is_recovered_by_this_live_process(
+    turns: int, tmp_path: Path
+) -> None:
+    # It stayed executing under this process, which no recovery takes, until the
+    # process exited: a service tearing its loops down early never finished it.
+    orchestrator = SagaOrchestrator(SQLiteStore(tmp_path / "s.db"))
+    held.clear()
+    tasks = closed.abandon([orchestrator.execute(cel_held("h"), saga_id="h")], turns=turns)
+
+    async def recover() -> tuple[list[Any], Any]:
+        try:
+            recovered = [(o.saga_id, o.status) for o in await orchestrator.recover()]
+            meta = await orchestrator.get_saga("h")
+            return recovered, None if meta is None else meta.status
+        finally:
+            await orchestrator.close()
+
+    (recovered, status), raised = closed.close_in_a_later_loop(tasks, recover)
+    if turns > 1 or status is not None:  # (its first write may never have been made)
+        assert (recovered, status) == ([("h", SagaStatus.COMPLETED)], SagaStatus.COMPLETED)
     assert raised == []

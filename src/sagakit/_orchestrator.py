@@ -1287,6 +1287,11 @@ class SagaOrchestrator:
         self._held.pop(run, None)
         self._tell_instruments(run, "the closed event loop", "_sagakit_abandoned")
         if self._durable:
+            # A store whose runs' owner is this live process (SQLite) hands the saga
+            # over to recovery, which would otherwise not take it until the process exits.
+            abandoned = getattr(self._store, "_abandoned", None)
+            if abandoned is not None:
+                abandoned(run)
             return
         _end_running(run.steps, f"interrupted: {LOOP_CLOSED}")
         _end_running(run.compensations, f"interrupted: {LOOP_CLOSED}")
