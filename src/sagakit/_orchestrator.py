@@ -61,8 +61,10 @@ from ._notify import Listener, level_of, log_unwritten, logger, tell, tell_each,
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import (
+    ABANDONED,
     CANCELLED,
     CANCELLED_ERROR,
+    LOOP_CLOSED,
     NOT_COMPENSATED,
     UNRECORDED,
     UNSTARTED,
@@ -197,6 +199,36 @@ def _chain(pending: BaseException, error: BaseException) -> None:
     if error.__context__ is pending or error.__context__ is None:
         error.__context__ = pending.__context__
     pending.__context__ = error
+
+
+def _finish_unawaited(store: SagaStore, run: SagaRun) -> None:
+    """``store.finish(run)`` for a run whose event loop is closed (see
+    ``SagaOrchestrator._abandoned``), run to its end here, without a loop: a store that is
+    not durable moves the run to its history at once, waiting on nothing. One that waits
+    on something (a lock, a connection) cannot go on: it is closed there, and the run
+    stays running in it, which is logged, as is an error it raises (never raised: the
+    garbage collector is closing the run)."""
+    steps = store.finish(run).__await__()
+    try:
+        for _ in range(100):  # bare yields (asyncio.sleep(0)) ask only for a turn
+            if steps.send(None) is not None:
+                break
+    except StopIteration:
+        return
+    except Exception as error:
+        why = f"its finish() raised {describe_error(error)}"
+    else:
+        getattr(steps, "close", lambda: None)()
+        why = "its finish() waited, and nothing can wait once the loop is closed"
+    _warn(
+        run,
+        "sagakit: saga %s (%s), abandoned (%s), stays running in %r: %s",
+        run.name,
+        run.id,
+        LOOP_CLOSED,
+        store,
+        why,
+    )
 
 
 def _warn(run: SagaRun, message: str, *args: object) -> None:
@@ -1220,17 +1252,24 @@ class SagaOrchestrator:
         spans and restores the context it set, rather than hold them open for good."""
         self._held.pop(run, None)
         note_crash(self._store, run.id)  # for the error of running it again here (crash_hint)
+        self._tell_instruments(run, "the simulated crash", "_sagakit_crashed", crash)
+
+    def _tell_instruments(self, run: SagaRun, what: str, hook: str, *args: object) -> None:
+        """Call ``hook(run.id, *args, run.number)`` of the listeners that have it
+        (tracers, test recorders): ``run`` stops here, ``what`` stopped it, and no
+        transition will tell them. One that raises is logged, never raised."""
         for listener in run.listeners:
-            crashed = getattr(listener, "_sagakit_crashed", None)
-            if crashed is None:
+            told = getattr(listener, hook, None)
+            if told is None:
                 continue
             try:
-                crashed(run.id, crash, run.number)
-            except Exception as error:  # a tracer's bug must not replace the crash
+                told(run.id, *args, run.number)
+            except Exception as error:  # a tracer's bug must not replace what stopped it
                 _warn(
                     run,
-                    "sagakit: listener %r failed on the simulated crash of saga %s: %s",
+                    "sagakit: listener %r failed on %s of saga %s: %s",
                     listener,
+                    what,
                     run.id,
                     describe_error(error),
                 )
@@ -1240,21 +1279,31 @@ class SagaOrchestrator:
         pending, with the event loop it ran in, and the garbage collector closes it. It
         can await nothing more, so, as after a crash, nothing more is run, recorded or
         told: the log shows the saga as it was, for recovery (a ``KeyboardInterrupt``
-        instead ends it ``FAILED``, never to be recovered). The default in-memory store,
-        which nothing recovers, ends it ``FAILED`` (not compensated) there and then, rather
-        than keep it running for good."""
+        instead ends it ``FAILED``, never to be recovered). Its tracers end its spans
+        (``_sagakit_abandoned``), as after a simulated crash. A store that is not durable
+        (the default in-memory one, or one of the user's), which nothing recovers, ends it
+        ``FAILED`` (not compensated) there and then, rather than keep it running for good:
+        its ``finish()`` is run without an event loop (see :func:`_finish_unawaited`)."""
         self._held.pop(run, None)
-        memory = self._memory
-        if memory is None or self._durable:
+        self._tell_instruments(run, "the closed event loop", "_sagakit_abandoned")
+        if self._durable:
+            # A store whose runs' owner is this live process (SQLite) hands the saga
+            # over to recovery, which would otherwise not take it until the process exits.
+            abandoned = getattr(self._store, "_abandoned", None)
+            if abandoned is not None:
+                abandoned(run)
             return
-        why = "its event loop was closed while it ran"
-        _end_running(run.steps, f"interrupted: {why}")
-        _end_running(run.compensations, f"interrupted: {why}")
+        _end_running(run.steps, f"interrupted: {LOOP_CLOSED}")
+        _end_running(run.compensations, f"interrupted: {LOOP_CLOSED}")
         run.status = SAGA_FAILED
         if run.error is None:
-            run.error = f"abandoned: {why} (not compensated)"
+            run.error = ABANDONED + NOT_COMPENSATED
         run.finished_mono = run.updated_mono = time.monotonic()  # (what loop.time() reads)
-        memory._finish_now(run)
+        memory = self._memory
+        if memory is not None:
+            memory._finish_now(run)
+        else:
+            _finish_unawaited(self._store, run)
 
     async def _stopped(self, run: SagaRun, why: BaseException) -> None:
         """The run stops here unfinished (``why``: ``LeaseLost``, or a cancelled recovery
@@ -1952,7 +2001,12 @@ class SagaOrchestrator:
         """Close the store on the way out of ``async with``. After a simulated crash "the
         process died": its leases are given up as a crash's (as ``simulate_restart()``
         does), not handed back as a shutdown's, or the next claim of those sagas would
-        not count as a recovery attempt."""
+        not count as a recovery attempt. Left by a ``GeneratorExit`` (the block's task
+        destroyed with its closed event loop, its coroutine closed by the garbage
+        collector: see :meth:`_abandoned`), nothing can be awaited: the store is left
+        open, for ``close()`` from a loop that runs."""
+        if isinstance(error, GeneratorExit):
+            return
         release_leases = getattr(self._store, "release_leases", None)
         watch = CancellationWatch()
         try:

@@ -211,6 +211,14 @@ NOT_COMPENSATED = " (not compensated)"
 """The end of the error of a compensation (or saga) a ``KeyboardInterrupt`` or
 ``SystemExit`` stopped: nothing more was undone."""
 
+LOOP_CLOSED = "its event loop was closed while it ran"
+"""Why a run whose task was destroyed pending, with its event loop, stopped where it
+waited (its coroutine closed by the garbage collector: ``GeneratorExit``)."""
+
+ABANDONED = f"abandoned: {LOOP_CLOSED}"
+"""The error of a run :data:`LOOP_CLOSED` stopped, where the store ends it (one that is
+not durable, which nothing recovers), and the status of its tracer spans."""
+
 
 def interrupted_compensations(run: SagaRun) -> list[StepRun]:
     """The compensations of an ended run whose end no transition carried, for a durable

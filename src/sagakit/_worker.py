@@ -211,7 +211,8 @@ async def _wait(events: tuple[asyncio.Event, ...], seconds: float) -> None:
         await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiter in waiters:
-            waiter.cancel()
+            if not waiter.get_loop().is_closed():  # (closed under the worker: see run_worker)
+                waiter.cancel()
 
 
 async def _shutdown(
@@ -276,6 +277,7 @@ async def run_worker(
         freed.set()
 
     watch = CancellationWatch()
+    abandoned = False  # its task destroyed with its closed event loop (GeneratorExit)
     with _on_sigterm(stop, handle_signals):
         try:
             while not stop.is_set():
@@ -331,8 +333,15 @@ async def run_worker(
                 freed.clear()
                 wait = _backoff(poll_interval, failures)
                 await _wait((stop, freed) if len(tasks) >= concurrency else (stop,), wait)
+        except GeneratorExit:
+            # The garbage collector closes it, its event loop closed under it: nothing
+            # can be awaited. Its sagas stop as their own tasks are closed, left as a
+            # crash leaves them (see SagaOrchestrator._abandoned), their leases to run out.
+            abandoned = True
+            raise
         finally:
-            await _shutdown(store, tasks, nested)
+            if not abandoned:
+                await _shutdown(store, tasks, nested)
     if watch.came():
         # Stopped, then cancelled while handing its sagas back, and the cancellation was
         # caught on the way (by the store's release_leases(): a driver's pool can): never

@@ -29,7 +29,7 @@ except ModuleNotFoundError as missing:  # pragma: no cover - tested in a subproc
 
 from ._checks import not_the_class
 from ._notify import logger
-from ._runs import describe_error
+from ._runs import ABANDONED, describe_error
 from .exceptions import SagaDefinitionError, StepTimeout
 from .status import SagaStatus
 from .transitions import Transition, TransitionKind
@@ -213,13 +213,30 @@ class SagaTracer:
         """A simulated crash stopped the run (the orchestrator tells nothing more): end
         its spans, ``ERROR`` ``"process crashed (simulated)"``, and restore the context
         they were current in, rather than hold them open for good."""
+        self._end_run(saga_id, run_number, CRASHED, crash)
+
+    def _sagakit_abandoned(self, saga_id: str, run_number: int) -> None:
+        """The run's task was destroyed with its closed event loop, and it stopped where
+        it waited (the orchestrator tells nothing more): end its spans, ``ERROR``
+        ``"abandoned: its event loop was closed while it ran"``, as after a crash. No
+        exception is recorded: none was raised (the ``GeneratorExit`` closing its
+        coroutine is the garbage collector's)."""
+        self._end_run(saga_id, run_number, ABANDONED, None)
+
+    def _end_run(
+        self, saga_id: str, run_number: int, why: str, error: BaseException | None
+    ) -> None:
+        """End the spans of a run that stopped untold, ``ERROR`` ``why`` (``error``
+        recorded on the saga span, if given), and restore the context they were current
+        in, where that is the context here."""
         saga = self._sagas.pop((saga_id, run_number), None)
         if saga is None:
             return
-        self._end_children(saga, CRASHED)
+        self._end_children(saga, why)
         span = saga.span.span
-        span.record_exception(crash)
-        span.set_status(Status(StatusCode.ERROR, CRASHED))
+        if error is not None:
+            span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, why))
         saga.span.detach()
         span.end()
 

@@ -682,12 +682,30 @@ class SQLiteStore:
                 # alone would leave it executing under this live process.)
                 await self._write(staged)
         finally:
-            self._ended.discard(saga_id)
-            self._end_refused.discard(saga_id)
-            self._unlogged.discard(saga_id)
-            self._live.discard(saga_id)
-            self._claimed.discard(saga_id)
-            self._orders.pop(saga_id, None)
+            self._forget(saga_id)
+
+    def _forget(self, saga_id: str) -> None:
+        """Forget what this store keeps of ``saga_id``'s run, which ended here."""
+        self._ended.discard(saga_id)
+        self._end_refused.discard(saga_id)
+        self._unlogged.discard(saga_id)
+        self._live.discard(saga_id)
+        self._claimed.discard(saga_id)
+        self._orders.pop(saga_id, None)
+
+    def _abandoned(self, run: SagaRunView) -> None:
+        """:meth:`finish` for a run whose task was destroyed with its closed event loop
+        (the orchestrator calls it where the garbage collector closes the run, which can
+        await nothing more): nothing is written now. Its hand-over to recovery (owner
+        cleared, with what it had staged) goes with the store's next write, before a
+        recovery here claims sagas, or at :meth:`close`, so that a recovery in this live
+        process finishes it as after a crash, rather than none until the process exits.
+        A run whose row never committed, or whose end did, is left as it is then."""
+        saga_id = run.id
+        staged = self._staged.pop(saga_id, None)
+        if self._writer.usable and not self.read_only:
+            self._unreleased[saga_id] = staged or []  # (written only if still ours, unended)
+        self._forget(saga_id)
 
     def _retry_soon(self) -> None:
         """After a successful commit: hand over the sagas :meth:`finish` could not."""
