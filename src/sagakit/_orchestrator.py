@@ -1701,6 +1701,11 @@ class SagaOrchestrator:
         except (SimulatedCrash, GeneratorExit):
             raise  # a crash records nothing more, nor does a closed run (see _abandoned)
         except BaseException as fatal:  # KeyboardInterrupt, SystemExit: it ended there
+            # As for a step's (see _drive): its deadline must not cut telling its end, and
+            # a timeout's cancellation it turned into this is taken back.
+            run.deadline = NO_DEADLINE
+            if run.timed_out:
+                claim_timeout(run)
             running = run.compensations[-1] if run.compensations else None
             if running is not None and running.status is not STEP_RUNNING:
                 running = None  # it had ended: raised while its end was told
