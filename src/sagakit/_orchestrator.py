@@ -387,6 +387,10 @@ class SagaOrchestrator:
         # attribute, so that threads sharing the orchestrator (each with its own loop) never
         # read one loop's clock or watchdog paired with another loop.
         self._watchdog: Watchdog | None = None
+        # Every loop's watchdog, so that a loop used again gets its own back: a second one
+        # for the same loop would not know the runs the first watches (their compensations'
+        # deadlines went unenforced until the first woke for another).
+        self._watchdogs: dict[asyncio.AbstractEventLoop, Watchdog] = {}
         # What a run holds of its orchestrator (current_step().orchestrator): a weak
         # reference, or each run kept in the history would keep this orchestrator alive
         # through a reference cycle, past its last use.
@@ -404,8 +408,17 @@ class SagaOrchestrator:
         return self._use_loop(loop)
 
     def _use_loop(self, loop: asyncio.AbstractEventLoop) -> Watchdog:
-        """Start a watchdog for ``loop`` (the running one) and remember it."""
-        self._watchdog = watchdog = Watchdog(loop)
+        """Switch to the watchdog of ``loop`` (the running one), started on its first use."""
+        watchdogs = self._watchdogs
+        watchdog = watchdogs.get(loop)
+        if watchdog is None:
+            # Those of closed loops are forgotten (list(): another thread's loop may add
+            # its own meanwhile; each thread adds only its own loop's).
+            for old in list(watchdogs):
+                if old.is_closed():
+                    watchdogs.pop(old, None)
+            watchdog = watchdogs[loop] = Watchdog(loop)
+        self._watchdog = watchdog
         return watchdog
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> Watchdog:
