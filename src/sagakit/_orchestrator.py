@@ -412,10 +412,15 @@ class SagaOrchestrator:
         watchdogs = self._watchdogs
         watchdog = watchdogs.get(loop)
         if watchdog is None:
-            # Those of closed loops are forgotten (list(): another thread's loop may add
-            # its own meanwhile; each thread adds only its own loop's).
+            # Forget those watching nothing on a loop that is not running (closed, or left
+            # unclosed and dropped: kept, it would keep that loop and its sockets alive),
+            # as a later use starts one afresh. (list(): another thread's loop may add its
+            # own meanwhile; each thread adds only its own loop's.)
             for old in list(watchdogs):
-                if old.is_closed():
+                kept = watchdogs.get(old)
+                if kept is not None and (
+                    old.is_closed() or (not old.is_running() and not kept.runs)
+                ):
                     watchdogs.pop(old, None)
             watchdog = watchdogs[loop] = Watchdog(loop)
         self._watchdog = watchdog
