@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from sagakit import Retry, SagaDefinition, SagaOrchestrator, SagaStatus, StepStatus, step
+from sagakit import (
+    Retry,
+    SagaDefinition,
+    SagaOrchestrator,
+    SagaStatus,
+    StepStatus,
+    TransitionKind,
+    step,
+)
 
 log: list[str] = []
 
@@ -166,3 +174,52 @@ async def test_an_awaited_step_swallowing_its_timeout_and_the_callers_cancel_is_
     with pytest.raises(asyncio.CancelledError):
         await task
     assert log.count("ran") == 1
+
+
+@step(compensation_timeout=0.02)
+async def sw_undone_by_an_exit() -> str:
+    return "done"
+
+
+@sw_undone_by_an_exit.compensate
+async def sw_undo_exits() -> None:
+    if "exit at once" in log:
+        raise Shutdown
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        raise Shutdown from None  # its timeout's cancellation turned into a BaseException
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("when", ["on its timeout", "at once"])
+async def test_a_compensation_turning_its_timeout_into_a_base_exception_leaves_no_cancel_count(
+    when: str,
+) -> None:
+    # Regression: a compensation's twin of the step's case above. The watchdog's
+    # cancellation was never taken back (the caller's task stayed "cancelling"); and one
+    # that raised at once left its deadline in force while its end was told, so a slow
+    # listener was cancelled by that deadline, which stayed counted too.
+    log.clear()
+    if when == "at once":
+        log.append("exit at once")
+
+    async def slow_listener(transition: Any) -> None:
+        if transition.kind is TransitionKind.COMPENSATION_FAILED:
+            await asyncio.sleep(0.1)  # past the compensation's 0.02 s deadline
+            log.append("told")
+
+    orchestrator = SagaOrchestrator(listeners=[slow_listener])
+    definition = SagaDefinition("sw4").add_step(sw_undone_by_an_exit()).add_step(sw_fail())
+    with pytest.raises(Shutdown):
+        await orchestrator.execute(definition)
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0
+    assert log[-1] == "told"  # the listener heard the compensation's end, not cut short
+    (meta,) = await orchestrator.get_history()
+    assert meta.status is SagaStatus.FAILED
+    (compensation,) = meta.compensations
+    assert compensation.status is StepStatus.FAILED
+    assert compensation.error is not None
+    assert compensation.error.startswith("Shutdown")

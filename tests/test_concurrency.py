@@ -15,6 +15,8 @@ import pytest
 
 import sagakit._orchestrator
 from sagakit import (
+    CompensationFailed,
+    Retry,
     SagaDefinition,
     SagaOrchestrator,
     SagaStatus,
@@ -218,6 +220,68 @@ def test_two_threads_switching_one_orchestrator_keep_their_own_loops_watchdog(
         loop_b.call_soon_threadsafe(loop_b.stop)
         thread_b.join()
         loop_b.close()
+
+
+@step(compensation_timeout=0.05)
+async def booked() -> str:
+    return "booked"
+
+
+@booked.compensate
+async def unbook_forever() -> None:
+    await asyncio.Event().wait()  # until its timeout cancels it
+
+
+def test_a_compensation_after_another_thread_used_the_orchestrator_keeps_its_timeout() -> None:
+    # Regression: thread B running a saga switched the orchestrator to a watchdog of its
+    # loop; the main thread's compensation then started a second watchdog for the main
+    # loop, which did not know the run (noted by the first one already), so the
+    # compensation's 0.05 s timeout went unenforced until the first watchdog woke for the
+    # failed step's deadline (30 s later).
+    orchestrator = SagaOrchestrator(compensation_retry=Retry(attempts=1))
+    loop_b = asyncio.new_event_loop()
+    thread_b = threading.Thread(target=loop_b.run_forever, daemon=True)
+    thread_b.start()
+
+    @step
+    async def fails_after_thread_b_ran_a_saga() -> None:
+        run = asyncio.wait_for(orchestrator.execute(SagaDefinition().add_step(quick())), 5)
+        assert asyncio.run_coroutine_threadsafe(run, loop_b).result(10) == ["quick"]
+        raise ValueError("declined")
+
+    async def main() -> CompensationFailed:
+        definition = SagaDefinition().add_step(booked()).add_step(fails_after_thread_b_ran_a_saga())
+        with pytest.raises(CompensationFailed) as info:
+            # A guard against the hang: far longer than the compensation's timeout, far
+            # shorter than the step's.
+            await asyncio.wait_for(orchestrator.execute(definition), 5)
+        return info.value
+
+    try:
+        failure = asyncio.run(main())
+    finally:
+        loop_b.call_soon_threadsafe(loop_b.stop)
+        thread_b.join()
+        loop_b.close()
+    assert isinstance(failure.error, StepTimeout)
+    assert failure.error.compensation
+
+
+def test_the_orchestrator_lets_go_of_loops_it_is_done_with() -> None:
+    # Regression (of keeping each loop's watchdog, above): every loop's watchdog was kept
+    # until that loop was closed, so a loop its user never closed (new_event_loop() per
+    # call) stayed alive, with its sockets, as long as the orchestrator.
+    orchestrator = SagaOrchestrator()
+    loops = [asyncio.new_event_loop() for _ in range(3)]
+    try:
+        for loop in loops:
+            done = loop.run_until_complete(orchestrator.execute(SagaDefinition().add_step(quick())))
+            assert done == ["quick"]
+        # None is closed, none is running: only the one used last is still known.
+        assert list(orchestrator._watchdogs) == [loops[-1]]
+    finally:
+        for loop in loops:
+            loop.close()
 
 
 def test_generated_ids_have_an_80_bit_random_prefix_per_process() -> None:

@@ -595,6 +595,35 @@ def test_bad_timeouts_are_refused(timeout: Any, complaint: str) -> None:
     assert "'debit'" in str(info.value)
 
 
+@pytest.mark.parametrize("option", ["timeout", "compensation_timeout"])
+@pytest.mark.parametrize("value", [None, math.inf, pytest.param(10**400, id="10**400")])
+def test_no_timeout_meant_by_none_or_infinity_is_refused_saying_what_to_give(
+    option: str, value: Any
+) -> None:
+    # Regression: "must be a finite number of seconds, got inf" (or "a number of seconds,
+    # got None") named the problem, not the fix for one who meant "no timeout".
+    async def debit() -> None: ...
+
+    if option == "compensation_timeout" and value is None:
+        assert step(compensation_timeout=None)(debit).compensation_timeout == DEFAULT_TIMEOUT
+        return  # None is the step's timeout there
+    with pytest.raises(SagaDefinitionError) as info:
+        step(**{option: value})(debit)
+    message = str(info.value)
+    assert message.startswith(f"@step({option}=...) of 'debit' must be"), message
+    assert "every step runs under a timeout" in message
+    assert "give a large number of seconds" in message
+
+
+@pytest.mark.parametrize("timeout", [0, -1, math.nan, -math.inf, "x"])
+def test_other_bad_timeouts_say_no_more_than_the_problem(timeout: Any) -> None:
+    async def debit() -> None: ...
+
+    with pytest.raises(SagaDefinitionError) as info:
+        step(timeout=timeout)(debit)
+    assert "every step runs under a timeout" not in str(info.value)
+
+
 @pytest.mark.parametrize("name", ["", 3])
 def test_bad_names_are_refused(name: Any) -> None:
     async def debit() -> None: ...

@@ -56,14 +56,18 @@ def check_seconds(
     *,
     allow_zero: bool = False,
     error: type[SagaDefinitionError] = SagaDefinitionError,
+    unlimited: str = "",
 ) -> float:
     """Return ``value`` as a finite positive float, or raise a clear definition error
-    (``error``: a store's settings raise ``StoreConfigError``)."""
+    (``error``: a store's settings raise ``StoreConfigError``). ``unlimited``: what to
+    give instead of ``None`` or infinity (meant as "no limit"), said when either is."""
     if not is_number(value):
-        raise error(f"{what} must be a number of seconds, got {value!r}")
+        fix = f" ({unlimited})" if unlimited and value is None else ""
+        raise error(f"{what} must be a number of seconds, got {value!r}{fix}")
     seconds = as_float(value)
     if math.isnan(seconds) or math.isinf(seconds):
-        raise error(f"{what} must be a finite number of seconds, got {value!r}")
+        fix = f" ({unlimited})" if unlimited and seconds > 0 else ""
+        raise error(f"{what} must be a finite number of seconds, got {value!r}{fix}")
     if seconds < 0 or (seconds == 0 and not allow_zero):
         bound = "zero or more" if allow_zero else "greater than zero"
         raise error(f"{what} must be {bound} seconds, got {value!r}")

@@ -419,6 +419,10 @@ class SagaOrchestrator:
         # attribute, so that threads sharing the orchestrator (each with its own loop) never
         # read one loop's clock or watchdog paired with another loop.
         self._watchdog: Watchdog | None = None
+        # Every loop's watchdog, so that a loop used again gets its own back: a second one
+        # for the same loop would not know the runs the first watches (their compensations'
+        # deadlines went unenforced until the first woke for another).
+        self._watchdogs: dict[asyncio.AbstractEventLoop, Watchdog] = {}
         # What a run holds of its orchestrator (current_step().orchestrator): a weak
         # reference, or each run kept in the history would keep this orchestrator alive
         # through a reference cycle, past its last use.
@@ -436,8 +440,22 @@ class SagaOrchestrator:
         return self._use_loop(loop)
 
     def _use_loop(self, loop: asyncio.AbstractEventLoop) -> Watchdog:
-        """Start a watchdog for ``loop`` (the running one) and remember it."""
-        self._watchdog = watchdog = Watchdog(loop)
+        """Switch to the watchdog of ``loop`` (the running one), started on its first use."""
+        watchdogs = self._watchdogs
+        watchdog = watchdogs.get(loop)
+        if watchdog is None:
+            # Forget those watching nothing on a loop that is not running (closed, or left
+            # unclosed and dropped: kept, it would keep that loop and its sockets alive),
+            # as a later use starts one afresh. (list(): another thread's loop may add its
+            # own meanwhile; each thread adds only its own loop's.)
+            for old in list(watchdogs):
+                kept = watchdogs.get(old)
+                if kept is not None and (
+                    old.is_closed() or (not old.is_running() and not kept.runs)
+                ):
+                    watchdogs.pop(old, None)
+            watchdog = watchdogs[loop] = Watchdog(loop)
+        self._watchdog = watchdog
         return watchdog
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> Watchdog:
@@ -1750,6 +1768,11 @@ class SagaOrchestrator:
         except (SimulatedCrash, GeneratorExit):
             raise  # a crash records nothing more, nor does a closed run (see _abandoned)
         except BaseException as fatal:  # KeyboardInterrupt, SystemExit: it ended there
+            # As for a step's (see _drive): its deadline must not cut telling its end, and
+            # a timeout's cancellation it turned into this is taken back.
+            run.deadline = NO_DEADLINE
+            if run.timed_out:
+                claim_timeout(run)
             running = run.compensations[-1] if run.compensations else None
             if running is not None and running.status is not STEP_RUNNING:
                 running = None  # it had ended: raised while its end was told

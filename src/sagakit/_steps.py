@@ -40,6 +40,11 @@ C = TypeVar("C", bound=Callable[..., Awaitable[Any]])
 
 DEFAULT_TIMEOUT = 30.0
 _new_call = object.__new__
+# Said to a step declared with timeout=None or infinity, meant as "no timeout".
+_NO_UNLIMITED_TIMEOUT = (
+    "every step runs under a timeout; for one that may take very long, give a large "
+    "number of seconds, e.g. 86400 for a day"
+)
 
 DEFINED_NAMES: set[str] = set()
 """The name of every step defined in this process (fault injection tells a misspelt one)."""
@@ -460,7 +465,9 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         spec.name = name
         DEFINED_NAMES.add(name)
         spec.fn = fn
-        spec.timeout = check_seconds(timeout, f"@step(timeout=...) of {name!r}")
+        spec.timeout = check_seconds(
+            timeout, f"@step(timeout=...) of {name!r}", unlimited=_NO_UNLIMITED_TIMEOUT
+        )
         spec.retry = _as_retry(retry, f"@step(retry=...) of {name!r}") or NO_RETRY
         spec.compensation_retry = _as_retry(
             compensation_retry, f"@step(compensation_retry=...) of {name!r}"
@@ -468,7 +475,11 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         spec.compensation_timeout = (
             spec.timeout
             if compensation_timeout is None
-            else check_seconds(compensation_timeout, f"@step(compensation_timeout=...) of {name!r}")
+            else check_seconds(
+                compensation_timeout,
+                f"@step(compensation_timeout=...) of {name!r}",
+                unlimited=_NO_UNLIMITED_TIMEOUT,
+            )
         )
         spec.compensate_on_timeout = check_flag(
             compensate_on_timeout, f"@step(compensate_on_timeout=...) of {name!r}"
