@@ -5,6 +5,9 @@ Regression: compensating stopped there and the saga ended ``FAILED``, as it shou
 ``execute()`` (and ``recover()``, or ``execute()`` of an orphan's id, compensating it)
 raised the ``StoreError``: the caller's cancellation was lost. A cancellation that reached
 the orchestrator raised the ``CancelledError``, the ``StoreError`` its ``__context__``.
+
+Regression too: a saga recovery resumed, which then failed and was compensated, raised the
+``CancelledError`` without the ``StoreError`` chained (only logged).
 """
 
 from __future__ import annotations
@@ -15,7 +18,14 @@ from typing import Any
 
 import pytest
 
-from sagakit import SagaOrchestrator, SagaStatus, StoreError, TransitionKind, saga, step
+from sagakit import (
+    SagaOrchestrator,
+    SagaStatus,
+    StoreError,
+    TransitionKind,
+    saga,
+    step,
+)
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 from store_helpers.refusing import refuse_record
 
@@ -99,5 +109,54 @@ async def test_a_refused_compensation_after_a_swallowed_cancellation_still_raise
         failing = False
     assert isinstance(raised.value.__context__, StoreError)
     assert effects == ["swallowed", "refund o1"]  # release never started: not in the log
+    assert meta is not None
+    assert meta.status is SagaStatus.FAILED
+
+
+@saga
+def csu_resumed_order(order: str) -> Any:
+    yield csu_reserve(order)
+    yield csu_charge(order)
+    yield csu_ship(order)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["recover", "adopt"])
+async def test_a_resumed_saga_that_fails_chains_the_refused_write_to_the_cancellation(
+    durable_store: Callable[[], Any], how: str
+) -> None:
+    # Resumed by recovery, the saga fails and is compensated in the task that resumes it;
+    # a compensation swallows the cancellation of the caller, then the log refuses the
+    # next one's start. Regression: the StoreError was logged, and the CancelledError
+    # raised without it (execute() and a compensating recovery chain it).
+    global undoing, failing
+    undoing = asyncio.Event()
+    effects.clear()
+    failing = False
+    store = durable_store()
+    with FaultInjector().crash(csu_ship), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(csu_resumed_order("o2"), saga_id="o2")
+    await simulate_restart(store)
+    await store.close()
+    failing = True
+    store = durable_store()
+    refuse_record(store, TransitionKind.COMPENSATION_STARTED, 0, after=False)
+    try:
+        async with SagaOrchestrator(store) as orchestrator:
+            running = (
+                orchestrator.recover()
+                if how == "recover"
+                else orchestrator.execute(csu_resumed_order("o2"), saga_id="o2")
+            )
+            task = asyncio.create_task(running)
+            await undoing.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError) as raised:
+                await task
+            meta = await orchestrator.get_saga("o2")
+    finally:
+        failing = False
+    assert isinstance(raised.value.__context__, StoreError)
+    assert effects == ["swallowed", "refund o2"]  # release never started: not in the log
     assert meta is not None
     assert meta.status is SagaStatus.FAILED

@@ -467,10 +467,19 @@ async def _drive_recovered(
     watch = CancellationWatch()
     enclosing = current_run.get()
     started_in = running_step.get()
-    driving = asyncio.ensure_future(orchestrator._drive(run, driver, replay, hand_back=True))
+    ran: list[asyncio.CancelledError] = []  # the CancelledError the run raised, if it did
+
+    async def drive() -> None:
+        try:
+            await orchestrator._drive(run, driver, replay, hand_back=True)
+        except asyncio.CancelledError as cancelled:
+            ran.append(cancelled)
+            raise
+
+    driving = asyncio.ensure_future(drive())
     try:
         await asyncio.shield(driving)
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as caught:
         if not watch.came():
             raise  # the run's own outcome: it was not this task that was cancelled
         run.handing_back = _hands_back(enclosing, started_in)
@@ -480,7 +489,17 @@ async def _drive_recovered(
             ended = driving.exception()
             if ended is not None and not isinstance(ended, Exception):
                 raise ended from None  # "the process died" (a simulated crash) meanwhile
+        elif ran:
+            # What the run chained to its cancellation (a write the log refused after a
+            # compensation swallowed it, an end it refused; the failure it was undone
+            # for), as execute() chains it to the caller's: chained to this one.
+            if ran[0].__context__ is not None:
+                caught.__context__ = ran[0].__context__
+            if ran[0].__cause__ is not None:
+                caught.__cause__ = ran[0].__cause__
         raise
+    finally:
+        ran.clear()  # (its traceback holds this frame: no cycle left for the collector)
 
 
 async def _recover_one(
