@@ -1401,10 +1401,15 @@ class SagaOrchestrator:
         if cause is not None:
             swallowed.__cause__ = cause  # as ``raise ... from cause``
         await self._finish_before(run, swallowed)
+        chained = swallowed.__context__
         try:
             raise swallowed
         finally:
-            swallowed = cause = None  # no exception kept in this frame's locals (a cycle)
+            if chained is not None:
+                # Raised in the handler of another exception (the failure), which Python
+                # makes its __context__ in place of what was chained above: put back.
+                swallowed.__context__ = chained
+            swallowed = cause = chained = None  # no exception kept in this frame's locals
 
     async def _unrecorded_end(self, run: SagaRun, why: BaseException) -> None:
         """The run's end could not be recorded (``StoreError``, ``LeaseLost``, or the run
