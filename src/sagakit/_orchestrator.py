@@ -685,9 +685,12 @@ class SagaOrchestrator:
                         except LeaseLost:
                             raise  # another worker owns the saga: nothing more here
                         except Exception:
-                            # A retry's start not recorded: failed after the attempt before.
-                            if attempt > 1 and _undone_between_attempts(spec, acted_unknown):
-                                done.append((record, call, None))
+                            # A retry's start not recorded: failed after the attempt before,
+                            # the last its record counts (as the log does: this one never ran).
+                            if attempt > 1:
+                                record.attempts = attempt - 1
+                                if _undone_between_attempts(spec, acted_unknown):
+                                    done.append((record, call, None))
                             raise
                         if task.cancelling() > cancel_base:  # a listener swallowed it
                             raise asyncio.CancelledError
@@ -1592,7 +1595,12 @@ class SagaOrchestrator:
                 attempt = 1  # counted up where a retry goes back to the loop's top
                 while True:
                     if observe:
-                        await self._emit(run, ON_COMPENSATION_STARTED, record, attempt)
+                        try:
+                            await self._emit(run, ON_COMPENSATION_STARTED, record, attempt)
+                        except Exception:
+                            if attempt > 1:  # a retry's start not recorded: it never ran
+                                record.attempts = attempt - 1  # (the log's count)
+                            raise
                     started = run.updated_mono = now()  # updated_at: the compensation's start
                     deadline = started + timeout
                     if faults is None or (
