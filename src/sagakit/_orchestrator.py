@@ -58,7 +58,7 @@ from ._members import (
 )
 from ._names import qualname_of
 from ._notify import Listener, level_of, log_unwritten, logger, tell, tell_each, unwritten_what
-from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
+from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, hands_back, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import (
     ABANDONED,
@@ -887,6 +887,11 @@ class SagaOrchestrator:
             await self._stopped(run, lost)
             raise
         except asyncio.CancelledError as cancelled:
+            if hand_back and run.handing_back is None:
+                # Code in the run cancelled the task it runs in (a listener, a step):
+                # _drive_recovered cancels its caller then, as execute()'s is; handed back
+                # (or undone) as that caller's cancellation would have it.
+                run.handing_back = hands_back(run.parent, run.parent_step)
             if (hand_back and run.handing_back is not False) or (
                 self._durable and handed_back_with(run)
             ):
