@@ -11,9 +11,12 @@ import pytest
 from sagakit import (
     CompensationFailed,
     Retry,
+    SagaAlreadyExecuting,
     SagaDefinition,
     SagaDefinitionError,
+    SagaError,
     SagaOrchestrator,
+    SagaRunError,
     SagaStatus,
     Step,
     StepFailed,
@@ -617,3 +620,63 @@ async def test_a_step_given_as_a_compensation_keeps_its_retry_inside_the_compens
     with pytest.raises(CompensationFailed):
         await SagaOrchestrator(sleep=sleep).execute(definition)
     assert len(calls) == 2 * 3  # the step's 2 attempts in each of the compensation's 3
+
+
+# ------------------------------------------------------- on= naming sagakit errors
+
+
+@pytest.mark.parametrize(
+    ("on", "named"),
+    [
+        (StepFailed, "StepFailed"),
+        (SagaRunError, "SagaRunError"),
+        (CompensationFailed, "CompensationFailed"),
+        ((ConnectionError, StepFailed), "StepFailed"),
+    ],
+)
+def test_retry_on_the_error_a_failed_step_raises_is_refused(on: Any, named: str) -> None:
+    # Regression: on= is matched against what an attempt raised (the step's own error;
+    # a timeout as a StepTimeout). StepFailed (and its base SagaRunError) wraps that error
+    # only once the step has failed for good, so Retry(on=StepFailed), read as "retry
+    # when the step fails", retried timeouts only (a StepTimeout is a StepFailed) and
+    # never a step that raised; CompensationFailed, nothing a compensation raises.
+    with pytest.raises(SagaDefinitionError) as refused:
+
+        @step(retry=Retry(attempts=3, on=on))
+        async def charge() -> None:
+            pass
+
+    message = str(refused.value)
+    assert f"Retry(on=...) lists {named}" in message
+    assert "on=Exception" in message  # the fix: every failure
+    assert "on=TimeoutError" in message  # timeouts only
+
+
+@pytest.mark.asyncio
+async def test_retry_on_step_timeout_retries_timeouts_and_not_errors(sleep: RecordingSleep) -> None:
+    from sagakit.testing import FaultInjector
+
+    policy = Retry(attempts=3, backoff=0, on=StepTimeout)
+    slow = failing_times("slow", 0, KeyError, retry=policy)
+    with FaultInjector().timeout(slow, times=1):  # the first attempt times out
+        assert await SagaOrchestrator(sleep=sleep).execute(SagaDefinition("st").add_step(slow()))
+    assert log == ["slow #1"]  # the timed-out attempt was faulted, not called
+    log.clear()
+    failing = failing_times("failing", 99, KeyError, retry=policy)
+    with pytest.raises(StepFailed):
+        await SagaOrchestrator(sleep=sleep).execute(SagaDefinition("sf").add_step(failing()))
+    assert log == ["failing #1"]  # a step's own error is not a StepTimeout
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("on", [SagaAlreadyExecuting, SagaError])
+async def test_retry_on_a_sagakit_error_the_step_raises_retries_it(
+    sleep: RecordingSleep, on: type[SagaError]
+) -> None:
+    # What a step's own code raises (execute() of an inner saga another worker is
+    # finishing: docs/durability.md) is matched as any exception is.
+    busy = failing_times("busy", 2, SagaAlreadyExecuting, retry=Retry(attempts=3, backoff=0, on=on))
+    assert await SagaOrchestrator(sleep=sleep).execute(SagaDefinition("sa").add_step(busy())) == [
+        "busy"
+    ]
+    assert log == ["busy #1", "busy #2", "busy #3"]

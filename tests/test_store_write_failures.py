@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from sagakit import (
     Retry,
+    SagaMetadata,
     SagaOrchestrator,
     SagaStatus,
     StepStatus,
@@ -18,6 +20,7 @@ from sagakit import (
     saga,
     step,
 )
+from sagakit.stores import SagaRunView
 from sagakit.testing import SagaRecorder
 from store_helpers.refusing import refuse_record
 
@@ -365,3 +368,69 @@ async def test_a_step_whose_next_attempt_cannot_be_recorded_is_compensated(
     assert meta is not None
     assert meta.status is SagaStatus.COMPENSATED
     assert meta.steps[1].status is StepStatus.FAILED
+
+
+@step
+async def wf_unavailable(account: str) -> str:
+    calls.append(f"unavailable {account}")
+    raise LookupError(f"{account} unknown")
+
+
+@step(compensation_retry=Retry(attempts=3, backoff=0))
+async def wf_lock(account: str) -> str:
+    return f"locked {account}"
+
+
+@wf_lock.compensate
+async def wf_unlock(account: str) -> None:
+    calls.append(f"unlock {account}")
+    raise ConnectionError(f"{account} busy")
+
+
+@pytest.mark.parametrize("retried", ["step", "compensation"])
+async def test_a_retry_whose_start_is_refused_is_not_counted_as_an_attempt(
+    durable_store: Callable[[], Any], retried: str
+) -> None:
+    # Regression: the second attempt's start was refused (the attempt never ran), but the
+    # run's record of the step (or compensation) counted attempts=2, which the store's
+    # finish() (and a custom store writing the end from it) saw, while the log said 1.
+    @saga(name=f"wf_retry_start_refused_{retried}")
+    def refused(source: str):  # type: ignore[no-untyped-def]
+        if retried == "step":
+            yield wf_take(source)
+            yield wf_flaky(source)
+        else:
+            yield wf_lock(source)
+            yield wf_unavailable(source)
+
+    async def no_wait(seconds: float) -> None:
+        pass
+
+    store = durable_store()
+    if retried == "step":
+        refuse_record(store, TransitionKind.STEP_STARTED, 1, after=False, attempt=2)
+    else:
+        refuse_record(store, TransitionKind.COMPENSATION_STARTED, 0, after=False, attempt=2)
+    finish = store.finish
+    ended: list[SagaMetadata] = []
+
+    async def finishing(run: SagaRunView) -> None:
+        ended.append(run.snapshot())  # the run's own record, as it ends
+        await finish(run)
+
+    store.finish = finishing
+    calls.clear()
+    async with SagaOrchestrator(store, sleep=no_wait) as orchestrator:
+        with pytest.raises(StoreError, match="cannot be written"):
+            await orchestrator.execute(refused("a"), saga_id="unrecorded-retry-start")
+        logged = await orchestrator.get_saga("unrecorded-retry-start")
+    assert logged is not None
+    [run] = ended
+    if retried == "step":
+        assert calls == ["take a", "flaky a", "untake a"]  # the second attempt never ran
+        assert [s.attempts for s in logged.steps] == [1, 1]
+        assert [s.attempts for s in run.steps] == [1, 1]
+    else:
+        assert calls == ["unavailable a", "unlock a"]
+        assert [c.attempts for c in logged.compensations] == [1]
+        assert [c.attempts for c in run.compensations] == [1]

@@ -58,7 +58,7 @@ from ._members import (
 )
 from ._names import qualname_of
 from ._notify import Listener, level_of, log_unwritten, logger, tell, tell_each, unwritten_what
-from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, recover
+from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, hands_back, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import (
     ABANDONED,
@@ -703,9 +703,12 @@ class SagaOrchestrator:
                         except LeaseLost:
                             raise  # another worker owns the saga: nothing more here
                         except Exception:
-                            # A retry's start not recorded: failed after the attempt before.
-                            if attempt > 1 and _undone_between_attempts(spec, acted_unknown):
-                                done.append((record, call, None))
+                            # A retry's start not recorded: failed after the attempt before,
+                            # the last its record counts (as the log does: this one never ran).
+                            if attempt > 1:
+                                record.attempts = attempt - 1
+                                if _undone_between_attempts(spec, acted_unknown):
+                                    done.append((record, call, None))
                             raise
                         if task.cancelling() > cancel_base:  # a listener swallowed it
                             raise asyncio.CancelledError
@@ -902,6 +905,11 @@ class SagaOrchestrator:
             await self._stopped(run, lost)
             raise
         except asyncio.CancelledError as cancelled:
+            if hand_back and run.handing_back is None:
+                # Code in the run cancelled the task it runs in (a listener, a step):
+                # _drive_recovered cancels its caller then, as execute()'s is; handed back
+                # (or undone) as that caller's cancellation would have it.
+                run.handing_back = hands_back(run.parent, run.parent_step)
             if (hand_back and run.handing_back is not False) or (
                 self._durable and handed_back_with(run)
             ):
@@ -1419,10 +1427,15 @@ class SagaOrchestrator:
         if cause is not None:
             swallowed.__cause__ = cause  # as ``raise ... from cause``
         await self._finish_before(run, swallowed)
+        chained = swallowed.__context__
         try:
             raise swallowed
         finally:
-            swallowed = cause = None  # no exception kept in this frame's locals (a cycle)
+            if chained is not None:
+                # Raised in the handler of another exception (the failure), which Python
+                # makes its __context__ in place of what was chained above: put back.
+                swallowed.__context__ = chained
+            swallowed = cause = chained = None  # no exception kept in this frame's locals
 
     async def _unrecorded_end(self, run: SagaRun, why: BaseException) -> None:
         """The run's end could not be recorded (``StoreError``, ``LeaseLost``, or the run
@@ -1605,7 +1618,12 @@ class SagaOrchestrator:
                 attempt = 1  # counted up where a retry goes back to the loop's top
                 while True:
                     if observe:
-                        await self._emit(run, ON_COMPENSATION_STARTED, record, attempt)
+                        try:
+                            await self._emit(run, ON_COMPENSATION_STARTED, record, attempt)
+                        except Exception:
+                            if attempt > 1:  # a retry's start not recorded: it never ran
+                                record.attempts = attempt - 1  # (the log's count)
+                            raise
                     started = run.updated_mono = now()  # updated_at: the compensation's start
                     deadline = started + timeout
                     if faults is None or (

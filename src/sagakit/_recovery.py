@@ -294,7 +294,7 @@ async def adopt(orchestrator: SagaOrchestrator, saga_id: str, name: str) -> bool
     # The orchestrator's limit, as its recover() would apply: a claim past it parks the saga.
     watch = CancellationWatch()
     orphans = await _claim_next(store, orchestrator._max_recovery_attempts, (saga_id,))
-    if watch.came() and _hands_back(run, running_step.get()):
+    if watch.came() and hands_back(run, running_step.get()):
         # Cancelled while claiming, and the claim swallowed it (see recover()): execute()
         # ran the orphan to its end, then returned as if never cancelled. (Cancelled from
         # inside the step executing it — its timeout — the orphan is finished below, as
@@ -441,7 +441,7 @@ def _rebuild(
     return run
 
 
-def _hands_back(enclosing: SagaRun | None, started_in: StepRun | None) -> bool:
+def hands_back(enclosing: SagaRun | None, started_in: StepRun | None) -> bool:
     """Whether a cancellation of this task hands back what it recovers: at the top level
     (its caller's), or inside a run (a step executing an orphan's id) that its own
     recovery's cancellation hands back — not one from inside that step (its timeout).
@@ -463,24 +463,75 @@ async def _drive_recovered(
     Recovered by a step (``execute()`` of an orphan's id, see :func:`adopt`), ``run`` is
     handed back only with the run of that step; a cancellation from inside that step (its
     timeout, an ``asyncio.timeout``) undoes it, as it would a saga the step executed
-    afresh: handed back, it would be resumed later behind that run's back."""
+    afresh: handed back, it would be resumed later behind that run's back.
+
+    Code in the run that cancels the task it runs in (a sync listener, a step calling
+    ``asyncio.current_task().cancel()``) cancels this one, as it cancels the caller of
+    ``execute()`` running the saga afresh: the ``CancelledError`` raised here is this
+    task's own, not one its caller never asked for."""
     watch = CancellationWatch()
     enclosing = current_run.get()
     started_in = running_step.get()
-    driving = asyncio.ensure_future(orchestrator._drive(run, driver, replay, hand_back=True))
+    ran: list[asyncio.CancelledError] = []  # the CancelledError the run raised, if it did
+
+    async def drive() -> None:
+        try:
+            await orchestrator._drive(run, driver, replay, hand_back=True)
+        except asyncio.CancelledError as cancelled:
+            ran.append(cancelled)
+            raise
+
+    driving = asyncio.ensure_future(drive())
+    cancelled: asyncio.CancelledError | None = None
     try:
-        await asyncio.shield(driving)
-    except asyncio.CancelledError:
-        if not watch.came():
-            raise  # the run's own outcome: it was not this task that was cancelled
-        run.handing_back = _hands_back(enclosing, started_in)
-        driving.cancel()
-        await wait_out(driving)  # until it has handed the saga back, whatever cancels us
-        if not driving.cancelled():
-            ended = driving.exception()
-            if ended is not None and not isinstance(ended, Exception):
-                raise ended from None  # "the process died" (a simulated crash) meanwhile
-        raise
+        try:
+            await asyncio.shield(driving)
+            return
+        except asyncio.CancelledError as caught:
+            if watch.came():
+                run.handing_back = hands_back(enclosing, started_in)
+                driving.cancel()
+                await wait_out(driving)  # until it has handed the saga back, whatever cancels us
+                if not driving.cancelled():
+                    ended = driving.exception()
+                    if ended is not None and not isinstance(ended, Exception):
+                        raise ended from None  # "the process died" (a simulated crash) meanwhile
+                cancelled = caught
+            elif not driving.cancelling():
+                # The run's own outcome, with no cancellation of its task (a step raised
+                # CancelledError itself): raised as execute() raises it.
+                raise
+        if cancelled is None:
+            # Code in the run cancelled its task (handed back, as it saw a cancellation
+            # of this one): in execute() that task is the caller's, cancelled. So is it.
+            cancelled = await _cancel_current_task()
+        if ran:
+            # What the run chained to its cancellation (a write the log refused after a
+            # compensation swallowed it, an end it refused; the failure it was undone
+            # for), as execute() chains it to the caller's: chained to this one.
+            if ran[0].__context__ is not None:
+                cancelled.__context__ = ran[0].__context__
+            if ran[0].__cause__ is not None:
+                cancelled.__cause__ = ran[0].__cause__
+        raise cancelled
+    finally:
+        # Their tracebacks hold this frame: no cycle left for the garbage collector.
+        ran.clear()
+        cancelled = None
+
+
+async def _cancel_current_task() -> asyncio.CancelledError:
+    """Cancel the current task, as code in a run does ``execute()``'s caller's; the
+    ``CancelledError`` that then lands, once (to raise: a request left pending would land
+    again at its caller's next ``await``)."""
+    task = asyncio.current_task()
+    assert task is not None
+    task.cancel()
+    try:
+        await asyncio.sleep(0)
+    except asyncio.CancelledError as landed:
+        return landed
+    raise AssertionError("a cancelled task's await returned")  # pragma: no cover
 
 
 async def _recover_one(

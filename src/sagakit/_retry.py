@@ -8,10 +8,21 @@ from dataclasses import dataclass, field
 
 from ._checks import as_float, check_seconds, is_number
 from ._tracebacks import hide_from_pytest
-from .exceptions import SagaDefinitionError
+from .exceptions import (
+    CompensationFailed,
+    SagaDefinitionError,
+    SagaRunError,
+    StepFailed,
+    StepTimeout,
+)
 
 # pytest shows a failing test's line, not this module's code (see _tracebacks).
 __tracebackhide__ = hide_from_pytest
+
+
+_FAILED_FOR_GOOD = (StepFailed, SagaRunError, CompensationFailed)
+"""What ``execute()`` raises once a step or compensation failed for good (its last attempt's
+error wrapped): never what an attempt raises, which ``Retry(on=...)`` is matched against."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,8 +31,11 @@ class Retry:
 
     The delay before attempt ``n + 1`` is ``backoff * multiplier ** (n - 1)``, capped
     at ``max_backoff``, then spread by up to ``jitter`` (a fraction) either way.
-    Only exceptions that are instances of ``on`` are retried; a timeout counts as a
-    ``TimeoutError``. Every attempt gets a fresh timeout.
+    Only exceptions that are instances of ``on`` are retried, matched against what each
+    attempt raised (the step's own exception; a timeout as a ``StepTimeout``, a
+    ``TimeoutError``): never ``StepFailed``, ``SagaRunError`` or ``CompensationFailed``,
+    which wrap the last attempt's error once it failed for good (refused in ``on``).
+    Every attempt gets a fresh timeout.
 
     >>> Retry(attempts=3, backoff=0.5, on=(ConnectionError, TimeoutError))
     Retry(attempts=3, backoff=0.5, multiplier=2.0, max_backoff=30.0, jitter=0.1, on=(...))
@@ -74,6 +88,19 @@ class Retry:
                 raise SagaDefinitionError(
                     f"Retry(on=...) lists {kind.__name__}, which is not an Exception and is "
                     "never retried (it stops the saga); list Exception subclasses only"
+                )
+            if kind in _FAILED_FOR_GOOD:
+                retried = (
+                    "timeouts only" if issubclass(StepTimeout, kind) else "none of its failures"
+                )
+                raise SagaDefinitionError(
+                    f"Retry(on=...) lists {kind.__name__}, which execute() raises once a step "
+                    "or compensation has failed for good, wrapping its last attempt's error; "
+                    "on= is matched against what each attempt raised (a timeout as a "
+                    f"StepTimeout), so it would retry {retried}. Use on=Exception (the "
+                    "default) to retry every failure, on=TimeoutError for timeouts only, or "
+                    "the exception classes the step raises (an inner saga's error, raised "
+                    "by a step that executes it: catch it there and raise your own)"
                 )
 
     def retries(self, error: BaseException) -> bool:
