@@ -30,7 +30,7 @@ import threading
 import unicodedata
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from ._checks import MAX_COUNT
 from ._cli_logs import (
@@ -847,6 +847,62 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         await store.close()
 
 
+class _OutputFailed(Exception):
+    """Writing the command's output failed (a full disk, ``> /dev/full``, an I/O error):
+    its ``__cause__`` is the ``OSError``. Told apart from an error of the log."""
+
+
+class _Output:
+    """The output stream ``out`` of a command: an ``OSError`` writing or flushing it
+    becomes :class:`_OutputFailed` (a ``BrokenPipeError`` stays one: its reader went
+    away, which ends the command quietly). Anything else is ``out``'s own."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def write(self, text: str) -> int:
+        try:
+            return self._out.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise _OutputFailed from error
+
+    def flush(self) -> None:
+        try:
+            self._out.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise _OutputFailed from error
+
+    def __getattr__(self, name: str) -> Any:  # isatty(), fileno(), ...
+        return getattr(self._out, name)
+
+
+def _output_failed(args: argparse.Namespace, error: BaseException | None) -> str:
+    """What ``main`` says when the output could not be written: why, and, where the
+    command changed sagas before it wrote what it did, that it was done (run again, it
+    would say there is nothing to do; ``upgrade`` run again says where the log is)."""
+    said = f"cannot write its output: {error}"
+    db = "..." if _is_postgres(args.db) else args.db  # never a URL, which may hold a password
+    if args.command in ("resolve", "resume", "release"):
+        shows = f"`{command_line(db, 'show', args.saga_id)}` shows the saga"
+    elif args.command == "recover":
+        shows = f"`{command_line(db, 'list')}` shows the sagas"
+    else:
+        return said
+    return f"{said} ({args.command} was done all the same: {shows})"
+
+
+def _stop_writing_stdout() -> None:
+    """Standard output onto ``/dev/null``: what it still buffers is flushed there at exit,
+    not again where it failed (Python's "Exception ignored" complaint)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 class _Terminated(BaseException):
     """SIGTERM stopped the command (``timeout``, systemd, Kubernetes): as Ctrl-C's
     ``KeyboardInterrupt``, after the cancelled command released what it held."""
@@ -932,6 +988,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         )
     args.busy_timeout = getattr(args, "busy_timeout", DEFAULT_BUSY_TIMEOUT)
     args.json = getattr(args, "json", False)
+    if out is None and sys.stdout is None:
+        # Started with its standard output closed (`>&-`, a service without one): refused
+        # before a command that changes the log does so, then fails to say it did.
+        sys.stderr.write(
+            "sagakit: standard output is closed: give it one (a file, /dev/null) to write to\n"
+        )
+        return 1
     # Like `python -m sagakit`, the `sagakit` command finds `--import` modules, and the
     # classes of stored values, in the current directory (its own sys.path[0] is bin/).
     cwd = os.getcwd()
@@ -955,10 +1018,16 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             )
         else:
             args.version_found = check_sqlite_log(args.db, args.busy_timeout)
-        status = asyncio.run(_stoppable(args, out or sys.stdout))
-        if out is None:
-            sys.stdout.flush()  # here, where a closed pipe is caught below
+        # (A cast: _Output passes for the stream it wraps.)
+        output = _Output(out or sys.stdout)
+        status = asyncio.run(_stoppable(args, cast(TextIO, output)))
+        output.flush()  # here, where a closed pipe or a full disk is caught below
         return status
+    except _OutputFailed as failed:
+        sys.stderr.write(f"sagakit: {one_line(_output_failed(args, failed.__cause__))}\n")
+        if out is None:
+            _stop_writing_stdout()
+        return 1
     except (SagaError, ImportError) as error:
         said = str(error)
         if not _is_postgres(args.db) and is_locked(error):
@@ -1002,8 +1071,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         # 143; not 1, which says the command failed (and `set -o pipefail` scripts
         # check for 141 to ignore a reader that stopped early).
         if out is None:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
+            _stop_writing_stdout()
         return 141
     finally:
         if added and cwd in sys.path:
