@@ -250,7 +250,10 @@ def _module_of_path(text: str) -> str | None:
     name, ``myapp.sagas``), or None if ``text`` does not look like one."""
     if not (text.endswith(".py") or "/" in text or os.sep in text):
         return None
-    path = os.path.relpath(os.path.abspath(text.removesuffix(".py")))
+    try:
+        path = os.path.relpath(os.path.abspath(text.removesuffix(".py")))
+    except OSError:  # the current directory was deleted: no path is relative to it
+        path = ""
     parts = path.replace(os.sep, ".").replace("/", ".").split(".")
     if not all(part.isidentifier() for part in parts):  # outside the current directory
         return (
@@ -258,6 +261,15 @@ def _module_of_path(text: str) -> str | None:
             "dotted name, as an import statement names it"
         )
     return f"--import {'.'.join(parts)}"
+
+
+def _current_directory() -> str | None:
+    """The current directory, or ``None`` where it was deleted under the shell (a deploy
+    that removed the release directory an operator's shell sits in)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
 
 
 def _import(module: str) -> None:
@@ -276,8 +288,12 @@ def _import(module: str) -> None:
         elif module and not isinstance(error, ImportError):
             message += f" (python -c 'import {module}' shows the traceback)"
         elif isinstance(error, ModuleNotFoundError) and module.startswith(str(error.name)):
+            cwd = _current_directory()
             message += (
-                f" (the current directory is {os.getcwd()!r}: run sagakit from your "
+                " (the current directory was deleted: cd to your application's directory, "
+                "or add it to PYTHONPATH)"
+                if cwd is None
+                else f" (the current directory is {cwd!r}: run sagakit from your "
                 "application's directory, or add it to PYTHONPATH)"
             )
         raise ImportError(message) from error
@@ -997,8 +1013,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return 1
     # Like `python -m sagakit`, the `sagakit` command finds `--import` modules, and the
     # classes of stored values, in the current directory (its own sys.path[0] is bin/).
-    cwd = os.getcwd()
-    added = "" not in sys.path and cwd not in sys.path
+    # (None where it was deleted: there is nothing to find there.)
+    cwd = _current_directory() or ""
+    added = cwd != "" and "" not in sys.path and cwd not in sys.path
     if added:
         sys.path.insert(0, cwd)
     # A name or error the output's encoding lacks (a file on Windows, PYTHONIOENCODING=
