@@ -627,6 +627,13 @@ def test_list_takes_a_limit_larger_than_the_database_can_count(
     [
         ("raise RuntimeError('no config')", "RuntimeError: no config"),
         ("def broken(:\n", "SyntaxError: "),
+        # Regression: a module that exits when imported (a script's `sys.exit()`) ended
+        # sagakit with its status and message, which did not say where they came from.
+        (
+            "import sys\nsys.exit('config missing')",
+            "SystemExit: config missing (the module exits when imported, as a script does: "
+            'sagakit imports it, so put what runs it under `if __name__ == "__main__":`)',
+        ),
     ],
 )
 def test_recover_reports_a_module_that_fails_to_import_in_one_line(
@@ -651,6 +658,31 @@ def test_recover_reports_a_module_that_fails_to_import_in_one_line(
         assert line.startswith(f"sagakit: cannot import {module!r}: ")
         if module:
             assert expected in line
+
+
+def test_recover_says_a_module_parsing_the_command_line_at_import_exits(
+    log_db: tuple[str, Path], tmp_path: Path
+) -> None:
+    # Regression: `--import app`, a script parsing its command line when imported, printed
+    # the script's usage error, "unrecognized arguments: --db ... recover --import app",
+    # as if sagakit's, and sagakit exited with the script's status 2, a usage error.
+    db, _ = log_db
+    source = "import argparse\nparser = argparse.ArgumentParser()\nparser.parse_args()\n"
+    (tmp_path / "script_app.py").write_text(source, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "sagakit", "--db", db, "recover", "--import", "script_app"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "sagakit: cannot import 'script_app': SystemExit: 2 (the module exits when imported, "
+        "as a script does: sagakit imports it, so put what runs it under "
+        '`if __name__ == "__main__":`)'
+    )
 
 
 def test_recover_given_a_file_path_for_import_names_the_module_to_pass(

@@ -273,10 +273,11 @@ def _current_directory() -> str | None:
 
 
 def _import(module: str) -> None:
-    """Import an ``--import`` module; whatever it raises becomes one ``ImportError`` line."""
+    """Import an ``--import`` module; whatever it raises becomes one ``ImportError`` line
+    (a ``SystemExit`` too: a script that exits, or parses its command line, when imported)."""
     try:
         importlib.import_module(module)
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         message = f"cannot import {module!r}: {error_text(error)}"
         meant = _module_of_path(module)
         if meant is not None:
@@ -284,6 +285,12 @@ def _import(module: str) -> None:
             # traceback from `python -c 'import myapp/sagas.py'`) would mislead.
             message = (
                 f"cannot import {module!r}: --import takes a module name, not a file path: {meant}"
+            )
+        elif isinstance(error, SystemExit):
+            # sys.exit() or argparse's usage error in the module: its status was sagakit's.
+            message += (
+                " (the module exits when imported, as a script does: sagakit imports it, so "
+                'put what runs it under `if __name__ == "__main__":`)'
             )
         elif module and not isinstance(error, ImportError):
             message += f" (python -c 'import {module}' shows the traceback)"
