@@ -685,6 +685,32 @@ def test_recover_says_a_module_parsing_the_command_line_at_import_exits(
     )
 
 
+@pytest.mark.parametrize(
+    ("given", "fix"), [("colon_app:main", "colon_app"), ("colon_pkg.sagas:app", "colon_pkg.sagas")]
+)
+def test_recover_given_a_module_and_attribute_for_import_names_the_module_to_pass(
+    log_db: tuple[str, Path], tmp_path: Path, given: str, fix: str
+) -> None:
+    # Regression: `--import app:main`, as uvicorn and gunicorn take an application, said
+    # "No module named 'app:main'" and to run sagakit from the application's directory,
+    # where it already ran.
+    db, _ = log_db
+    (tmp_path / "colon_app.py").write_text("", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "sagakit", "--db", db, "recover", "--import", given],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"sagakit: cannot import {given!r}: --import takes a module name, not a "
+        f"module:attribute reference: --import {fix}\n",
+    )
+
+
 def test_recover_given_a_file_path_for_import_names_the_module_to_pass(
     log_db: tuple[str, Path], tmp_path: Path
 ) -> None:

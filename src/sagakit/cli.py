@@ -280,7 +280,14 @@ def _import(module: str) -> None:
     except (Exception, SystemExit) as error:
         message = f"cannot import {module!r}: {error_text(error)}"
         meant = _module_of_path(module)
-        if meant is not None:
+        named, colon, _ = module.partition(":")
+        if colon and named and meant is None:
+            # `--import app:main`, as uvicorn and gunicorn name an application.
+            message = (
+                f"cannot import {module!r}: --import takes a module name, not a "
+                f"module:attribute reference: --import {named}"
+            )
+        elif meant is not None:
             # `--import myapp/sagas.py`: the hints below (the current directory, a
             # traceback from `python -c 'import myapp/sagas.py'`) would mislead.
             message = (
