@@ -711,6 +711,21 @@ def test_recover_given_a_module_and_attribute_for_import_names_the_module_to_pas
     )
 
 
+@pytest.mark.parametrize("given", [".sagas", "..pkg.sagas"])
+def test_recover_given_a_relative_module_name_says_to_give_it_whole(
+    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str], given: str
+) -> None:
+    # Regression: `--import .sagas` said "TypeError: the 'package' argument is required to
+    # perform a relative import" and that `python -c 'import .sagas'` shows the traceback:
+    # a SyntaxError, whatever the module.
+    db, _ = log_db
+    assert cli("--db", db, "recover", "--import", given) == (1, "")
+    assert capsys.readouterr().err == (
+        f"sagakit: cannot import {given!r}: --import takes a module's whole dotted name, as "
+        "an import statement outside its package names it (myapp.sagas), not a relative one\n"
+    )
+
+
 def test_recover_given_a_file_path_for_import_names_the_module_to_pass(
     log_db: tuple[str, Path], tmp_path: Path
 ) -> None:

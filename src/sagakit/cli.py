@@ -287,6 +287,12 @@ def _import(module: str) -> None:
                 f"cannot import {module!r}: --import takes a module name, not a "
                 f"module:attribute reference: --import {named}"
             )
+        elif module.startswith(".") and meant is None:
+            # A relative name: the hint below, `python -c 'import .sagas'`, is a SyntaxError.
+            message = (
+                f"cannot import {module!r}: --import takes a module's whole dotted name, as an "
+                "import statement outside its package names it (myapp.sagas), not a relative one"
+            )
         elif meant is not None:
             # `--import myapp/sagas.py`: the hints below (the current directory, a
             # traceback from `python -c 'import myapp/sagas.py'`) would mislead.
