@@ -627,6 +627,13 @@ def test_list_takes_a_limit_larger_than_the_database_can_count(
     [
         ("raise RuntimeError('no config')", "RuntimeError: no config"),
         ("def broken(:\n", "SyntaxError: "),
+        # Regression: a module that exits when imported (a script's `sys.exit()`) ended
+        # sagakit with its status and message, which did not say where they came from.
+        (
+            "import sys\nsys.exit('config missing')",
+            "SystemExit: config missing (the module exits when imported, as a script does: "
+            'sagakit imports it, so put what runs it under `if __name__ == "__main__":`)',
+        ),
     ],
 )
 def test_recover_reports_a_module_that_fails_to_import_in_one_line(
@@ -651,6 +658,72 @@ def test_recover_reports_a_module_that_fails_to_import_in_one_line(
         assert line.startswith(f"sagakit: cannot import {module!r}: ")
         if module:
             assert expected in line
+
+
+def test_recover_says_a_module_parsing_the_command_line_at_import_exits(
+    log_db: tuple[str, Path], tmp_path: Path
+) -> None:
+    # Regression: `--import app`, a script parsing its command line when imported, printed
+    # the script's usage error, "unrecognized arguments: --db ... recover --import app",
+    # as if sagakit's, and sagakit exited with the script's status 2, a usage error.
+    db, _ = log_db
+    source = "import argparse\nparser = argparse.ArgumentParser()\nparser.parse_args()\n"
+    (tmp_path / "script_app.py").write_text(source, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "sagakit", "--db", db, "recover", "--import", "script_app"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "sagakit: cannot import 'script_app': SystemExit: 2 (the module exits when imported, "
+        "as a script does: sagakit imports it, so put what runs it under "
+        '`if __name__ == "__main__":`)'
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "fix"), [("colon_app:main", "colon_app"), ("colon_pkg.sagas:app", "colon_pkg.sagas")]
+)
+def test_recover_given_a_module_and_attribute_for_import_names_the_module_to_pass(
+    log_db: tuple[str, Path], tmp_path: Path, given: str, fix: str
+) -> None:
+    # Regression: `--import app:main`, as uvicorn and gunicorn take an application, said
+    # "No module named 'app:main'" and to run sagakit from the application's directory,
+    # where it already ran.
+    db, _ = log_db
+    (tmp_path / "colon_app.py").write_text("", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "sagakit", "--db", db, "recover", "--import", given],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"sagakit: cannot import {given!r}: --import takes a module name, not a "
+        f"module:attribute reference: --import {fix}\n",
+    )
+
+
+@pytest.mark.parametrize("given", [".sagas", "..pkg.sagas"])
+def test_recover_given_a_relative_module_name_says_to_give_it_whole(
+    log_db: tuple[str, Path], capsys: pytest.CaptureFixture[str], given: str
+) -> None:
+    # Regression: `--import .sagas` said "TypeError: the 'package' argument is required to
+    # perform a relative import" and that `python -c 'import .sagas'` shows the traceback:
+    # a SyntaxError, whatever the module.
+    db, _ = log_db
+    assert cli("--db", db, "recover", "--import", given) == (1, "")
+    assert capsys.readouterr().err == (
+        f"sagakit: cannot import {given!r}: --import takes a module's whole dotted name, as "
+        "an import statement outside its package names it (myapp.sagas), not a relative one\n"
+    )
 
 
 def test_recover_given_a_file_path_for_import_names_the_module_to_pass(

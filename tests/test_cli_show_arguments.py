@@ -200,3 +200,21 @@ def test_arguments_that_cannot_be_read_are_shown_as_stored_with_why(
         assert line.endswith(f"; as stored: {raw}"), line
         # The other sagas' arguments read as ever.
         assert arguments_line(log, "plain") == "arguments: ('book', 2)"
+
+
+def test_values_whose_class_module_exits_when_imported_are_shown_as_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: `show` of a saga holding a value of such a class (its module exits when
+    # imported, as a script does) ended sagakit with that module's message and status.
+    (tmp_path / "sk_exits_shown.py").write_text("import sys\nsys.exit('set APP_ENV first')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with shown_log(tmp_path, "sqlite") as log:
+        log.edit(
+            "keywords",
+            'arguments = replace(arguments, \'"t":"\', \'"t":"sk_exits_shown:X","was":"\')',
+            "",
+        )
+        line = arguments_line(log, "keywords")
+    assert line.startswith("arguments: cannot be read: "), line
+    assert "its module exits when imported (SystemExit: set APP_ENV first)" in line

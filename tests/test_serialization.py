@@ -226,6 +226,25 @@ def test_unimportable_type_names_the_module() -> None:
         JsonSerializer().loads(text)
 
 
+def test_a_type_whose_module_exits_when_imported_is_a_serialization_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: reading a value whose class's module exits when imported (a script's
+    # `sys.exit()`, `argparse` reading the reader's command line) raised its SystemExit:
+    # `sagakit show` ended with the module's message and status, as would a worker or
+    # `recover()` reading the saga. It cannot be read, as a module that fails to import.
+    (tmp_path / "sk_exits_when_imported.py").write_text(
+        "import sys\nsys.exit('set APP_ENV first')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    text = '{"__sk__":"dataclass","t":"sk_exits_when_imported:Parcel","v":{}}'
+    with pytest.raises(SerializationError) as raised:
+        JsonSerializer().loads(text)
+    assert "'sk_exits_when_imported:Parcel', which cannot be imported" in str(raised.value)
+    assert "its module exits when imported (SystemExit: set APP_ENV first)" in str(raised.value)
+    assert "sk_exits_when_imported" not in sys.modules
+
+
 def test_bad_options_and_bad_text() -> None:
     with pytest.raises(SerializationError, match="max_size"):
         JsonSerializer(max_size=0)

@@ -237,14 +237,25 @@ def check_postgres_log(
     version: int | None = None
     try:
         with psycopg.connect(dsn, connect_timeout=max(1, int(connect_timeout))) as conn:
-            row: Any = conn.execute(
-                "SELECT to_regclass(%s)", (f'"{schema}".schema_migrations',)
-            ).fetchone()
-            if row is not None and row[0] is not None:
-                latest: Any = conn.execute(
-                    f'SELECT coalesce(max(version), 0) FROM "{schema}".schema_migrations'
+            try:
+                row: Any = conn.execute(
+                    "SELECT to_regclass(%s)", (f'"{schema}".schema_migrations',)
                 ).fetchone()
-                version = int(latest[0])
+                if row is not None and row[0] is not None:
+                    latest: Any = conn.execute(
+                        f'SELECT coalesce(max(version), 0) FROM "{schema}".schema_migrations'
+                    ).fetchone()
+                    version = int(latest[0])
+            except psycopg.errors.InsufficientPrivilege as error:
+                # Connected, but the role may not read the schema: not "cannot connect".
+                raise StoreError(
+                    f"cannot read the saga log in schema {schema!r} of that PostgreSQL "
+                    f"database: {_one_line(error)}; the role needs USAGE on schema {schema} "
+                    "and SELECT on its tables for `list`, `show` and `dead-letters` (GRANT "
+                    f"USAGE ON SCHEMA {schema} TO <role>; GRANT SELECT ON ALL TABLES IN "
+                    f"SCHEMA {schema} TO <role>), and INSERT, UPDATE, DELETE too for the "
+                    "other commands"
+                ) from error
     except psycopg.Error as error:
         said = _one_line(error)
         if redacted(said, dsn) == said:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .exceptions import SerializationError
+from .exceptions import SerializationError, error_text
 
 DEFAULT_MAX_SIZE = 1 << 20
 """Largest stored value, in bytes of encoded text (1 MiB)."""
@@ -234,7 +234,14 @@ def _resolve(name: str) -> Any:
     try:
         if module_name == _main_name():  # stored by this very script (see _type_name)
             module_name = "__main__"
-        target: Any = importlib.import_module(module_name)
+        try:
+            target: Any = importlib.import_module(module_name)
+        except SystemExit as exited:
+            # A script's sys.exit() (or argparse reading the reader's command line) at
+            # import: it would end the reading process (`sagakit show`, a worker).
+            raise ImportError(
+                f"its module exits when imported ({error_text(exited)})", name=module_name
+            ) from exited
         for part in qualname.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError, ValueError) as error:

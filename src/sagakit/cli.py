@@ -30,7 +30,7 @@ import threading
 import unicodedata
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from ._checks import MAX_COUNT
 from ._cli_logs import (
@@ -250,7 +250,10 @@ def _module_of_path(text: str) -> str | None:
     name, ``myapp.sagas``), or None if ``text`` does not look like one."""
     if not (text.endswith(".py") or "/" in text or os.sep in text):
         return None
-    path = os.path.relpath(os.path.abspath(text.removesuffix(".py")))
+    try:
+        path = os.path.relpath(os.path.abspath(text.removesuffix(".py")))
+    except OSError:  # the current directory was deleted: no path is relative to it
+        path = ""
     parts = path.replace(os.sep, ".").replace("/", ".").split(".")
     if not all(part.isidentifier() for part in parts):  # outside the current directory
         return (
@@ -260,24 +263,57 @@ def _module_of_path(text: str) -> str | None:
     return f"--import {'.'.join(parts)}"
 
 
+def _current_directory() -> str | None:
+    """The current directory, or ``None`` where it was deleted under the shell (a deploy
+    that removed the release directory an operator's shell sits in)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
 def _import(module: str) -> None:
-    """Import an ``--import`` module; whatever it raises becomes one ``ImportError`` line."""
+    """Import an ``--import`` module; whatever it raises becomes one ``ImportError`` line
+    (a ``SystemExit`` too: a script that exits, or parses its command line, when imported)."""
     try:
         importlib.import_module(module)
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         message = f"cannot import {module!r}: {error_text(error)}"
         meant = _module_of_path(module)
-        if meant is not None:
+        named, colon, _ = module.partition(":")
+        if colon and named and meant is None:
+            # `--import app:main`, as uvicorn and gunicorn name an application.
+            message = (
+                f"cannot import {module!r}: --import takes a module name, not a "
+                f"module:attribute reference: --import {named}"
+            )
+        elif module.startswith(".") and meant is None:
+            # A relative name: the hint below, `python -c 'import .sagas'`, is a SyntaxError.
+            message = (
+                f"cannot import {module!r}: --import takes a module's whole dotted name, as an "
+                "import statement outside its package names it (myapp.sagas), not a relative one"
+            )
+        elif meant is not None:
             # `--import myapp/sagas.py`: the hints below (the current directory, a
             # traceback from `python -c 'import myapp/sagas.py'`) would mislead.
             message = (
                 f"cannot import {module!r}: --import takes a module name, not a file path: {meant}"
             )
+        elif isinstance(error, SystemExit):
+            # sys.exit() or argparse's usage error in the module: its status was sagakit's.
+            message += (
+                " (the module exits when imported, as a script does: sagakit imports it, so "
+                'put what runs it under `if __name__ == "__main__":`)'
+            )
         elif module and not isinstance(error, ImportError):
             message += f" (python -c 'import {module}' shows the traceback)"
         elif isinstance(error, ModuleNotFoundError) and module.startswith(str(error.name)):
+            cwd = _current_directory()
             message += (
-                f" (the current directory is {os.getcwd()!r}: run sagakit from your "
+                " (the current directory was deleted: cd to your application's directory, "
+                "or add it to PYTHONPATH)"
+                if cwd is None
+                else f" (the current directory is {cwd!r}: run sagakit from your "
                 "application's directory, or add it to PYTHONPATH)"
             )
         raise ImportError(message) from error
@@ -847,6 +883,62 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         await store.close()
 
 
+class _OutputFailed(Exception):
+    """Writing the command's output failed (a full disk, ``> /dev/full``, an I/O error):
+    its ``__cause__`` is the ``OSError``. Told apart from an error of the log."""
+
+
+class _Output:
+    """The output stream ``out`` of a command: an ``OSError`` writing or flushing it
+    becomes :class:`_OutputFailed` (a ``BrokenPipeError`` stays one: its reader went
+    away, which ends the command quietly). Anything else is ``out``'s own."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def write(self, text: str) -> int:
+        try:
+            return self._out.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise _OutputFailed from error
+
+    def flush(self) -> None:
+        try:
+            self._out.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise _OutputFailed from error
+
+    def __getattr__(self, name: str) -> Any:  # isatty(), fileno(), ...
+        return getattr(self._out, name)
+
+
+def _output_failed(args: argparse.Namespace, error: BaseException | None) -> str:
+    """What ``main`` says when the output could not be written: why, and, where the
+    command changed sagas before it wrote what it did, that it was done (run again, it
+    would say there is nothing to do; ``upgrade`` run again says where the log is)."""
+    said = f"cannot write its output: {error}"
+    db = "..." if _is_postgres(args.db) else args.db  # never a URL, which may hold a password
+    if args.command in ("resolve", "resume", "release"):
+        shows = f"`{command_line(db, 'show', args.saga_id)}` shows the saga"
+    elif args.command == "recover":
+        shows = f"`{command_line(db, 'list')}` shows the sagas"
+    else:
+        return said
+    return f"{said} ({args.command} was done all the same: {shows})"
+
+
+def _stop_writing_stdout() -> None:
+    """Standard output onto ``/dev/null``: what it still buffers is flushed there at exit,
+    not again where it failed (Python's "Exception ignored" complaint)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 class _Terminated(BaseException):
     """SIGTERM stopped the command (``timeout``, systemd, Kubernetes): as Ctrl-C's
     ``KeyboardInterrupt``, after the cancelled command released what it held."""
@@ -932,10 +1024,18 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         )
     args.busy_timeout = getattr(args, "busy_timeout", DEFAULT_BUSY_TIMEOUT)
     args.json = getattr(args, "json", False)
+    if out is None and sys.stdout is None:
+        # Started with its standard output closed (`>&-`, a service without one): refused
+        # before a command that changes the log does so, then fails to say it did.
+        sys.stderr.write(
+            "sagakit: standard output is closed: give it one (a file, /dev/null) to write to\n"
+        )
+        return 1
     # Like `python -m sagakit`, the `sagakit` command finds `--import` modules, and the
     # classes of stored values, in the current directory (its own sys.path[0] is bin/).
-    cwd = os.getcwd()
-    added = "" not in sys.path and cwd not in sys.path
+    # (None where it was deleted: there is nothing to find there.)
+    cwd = _current_directory() or ""
+    added = cwd != "" and "" not in sys.path and cwd not in sys.path
     if added:
         sys.path.insert(0, cwd)
     # A name or error the output's encoding lacks (a file on Windows, PYTHONIOENCODING=
@@ -955,10 +1055,16 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             )
         else:
             args.version_found = check_sqlite_log(args.db, args.busy_timeout)
-        status = asyncio.run(_stoppable(args, out or sys.stdout))
-        if out is None:
-            sys.stdout.flush()  # here, where a closed pipe is caught below
+        # (A cast: _Output passes for the stream it wraps.)
+        output = _Output(out or sys.stdout)
+        status = asyncio.run(_stoppable(args, cast(TextIO, output)))
+        output.flush()  # here, where a closed pipe or a full disk is caught below
         return status
+    except _OutputFailed as failed:
+        sys.stderr.write(f"sagakit: {one_line(_output_failed(args, failed.__cause__))}\n")
+        if out is None:
+            _stop_writing_stdout()
+        return 1
     except (SagaError, ImportError) as error:
         said = str(error)
         if not _is_postgres(args.db) and is_locked(error):
@@ -1002,8 +1108,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         # 143; not 1, which says the command failed (and `set -o pipefail` scripts
         # check for 141 to ignore a reader that stopped early).
         if out is None:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
+            _stop_writing_stdout()
         return 141
     finally:
         if added and cwd in sys.path:

@@ -272,7 +272,8 @@ def statements(schema: str) -> Statements:
             "SELECT name, count(*), coalesce(max(CASE WHEN EXISTS (SELECT 1 FROM "
             f"{s}.steps st WHERE st.saga_id = r.saga_id AND st.status = 'completed') "
             f"THEN r.saga_id END), max(r.saga_id)) FROM {s}.sagas r WHERE {active} "
-            "GROUP BY name ORDER BY name"
+            # Not those under a lease (leased_count's): no recovery here claims them.
+            "AND (lease_until IS NULL OR lease_until <= now()) GROUP BY name ORDER BY name"
         ),
         # The running sagas no claim takes yet: their owner's lease has not run out.
         leased_count=f"SELECT count(*) FROM {s}.sagas WHERE {active} AND lease_until > now()",

@@ -101,13 +101,14 @@ the page's key (``started_at``, ``rowid``)."""
 SELECT_ARGUMENTS = "SELECT arguments FROM sagakit_sagas WHERE id = ?"
 """A saga's call arguments, for ``sagakit show``: ``[args, kwargs]`` as one JSON array."""
 RUNNING_NAMES = (
-    "SELECT name, count(*), coalesce(max(CASE WHEN EXISTS (SELECT 1 FROM sagakit_steps st "
-    "WHERE st.saga_id = s.id AND st.status = 'completed') THEN s.id END), max(s.id)) "
-    "FROM sagakit_sagas s WHERE finished_at IS NULL AND dead_letter IS NULL GROUP BY name "
-    "ORDER BY name"
+    "SELECT name, owner, count(*), max(CASE WHEN EXISTS (SELECT 1 FROM sagakit_steps st "
+    "WHERE st.saga_id = s.id AND st.status = 'completed') THEN s.id END), max(s.id) "
+    "FROM sagakit_sagas s WHERE finished_at IS NULL AND dead_letter IS NULL "
+    "GROUP BY name, owner ORDER BY name"
 )
-"""The names of the running sagas, how many of each and one's id (one with a completed
-step, whose result's class is the saga module's, where there is one)."""
+"""The running sagas by name and owner (a process: few of them), how many of each, the id
+of one with a completed step (whose result's class is the saga module's; NULL where none
+has one) and of any one."""
 _RECORD_ORDER = "ORDER BY compensation, start_order IS NULL, start_order, started_at, idx"
 """Steps, then compensations, each in the order they last started (not by the clock).
 Records an older sagakit wrote into this schema have no ``start_order``: they come after

@@ -842,10 +842,18 @@ class SQLiteStore:
         return await self._count("finished_at IS NULL AND dead_letter IS NULL")
 
     async def _running_names(self) -> list[tuple[str, int, str]]:
-        """The names of the running sagas, each with how many and the id of one (one
+        """The names of the running sagas a recovery here could claim (not those a live
+        process runs, of this host or another), each with how many and the id of one (one
         with a completed step where there is one), for the CLI's ``recover``: counted
         without reading every saga's records."""
-        return await self._writer.read(lambda conn: conn.execute(RUNNING_NAMES).fetchall())
+        rows = await self._writer.read(lambda conn: conn.execute(RUNNING_NAMES).fetchall())
+        found: dict[str, tuple[int, str | None, str]] = {}
+        for name, owner, count, stepped, one in rows:
+            if owner_alive(owner):  # (a claim skips it)
+                continue
+            total, had, any_one = found.get(name, (0, None, one))
+            found[name] = (total + count, had or stepped, any_one)
+        return [(name, total, had or one) for name, (total, had, one) in found.items()]
 
     async def _held_elsewhere(self) -> list[str]:
         """The ids of the running sagas owned by a process of another host or container,
