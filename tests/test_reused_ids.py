@@ -286,6 +286,48 @@ async def test_a_builder_saga_with_other_steps_or_arguments_is_refused(opener: O
     assert CALLS == ["charge o-1 10", "refund o-1"]  # ran once
 
 
+@step
+async def pack(order: str, items: list[str]) -> str:
+    CALLS.append(f"pack {order} {'+'.join(items)}")
+    return f"packed {order} {'+'.join(items)}"
+
+
+@saga(name="reused_ids.basket")
+def basket(order: str, items: list[str]):  # type: ignore[no-untyped-def]
+    yield pack(order, items)
+
+
+@pytest.mark.asyncio
+async def test_an_argument_changed_in_place_since_the_run_is_other_arguments(
+    opener: Opener,
+) -> None:
+    # A caller that keeps its list and adds to it calls again with other arguments: the
+    # in-memory store compared the list with itself (it keeps the run's definition, whose
+    # arguments are the caller's objects) and answered with the recorded events, where a
+    # durable store, which wrote the arguments when the run began, refused it.
+    items = ["book"]
+    definition = basket("o-1", items)
+    tags = ["a"]
+    builder = SagaDefinition("b-1").add_step(pack("o-2", tags))
+    async with opener() as orchestrator:
+        assert await orchestrator.execute(definition, saga_id="k") == ["packed o-1 book"]
+        assert await orchestrator.execute(builder) == ["packed o-2 a"]
+        items.append("pen")
+        tags.append("b")
+        for again in (basket("o-1", items), definition):  # a new definition, the same one
+            with pytest.raises(SagaIdReused, match=r"\(differing: items\)"):
+                await orchestrator.execute(again, saga_id="k")
+        with pytest.raises(SagaIdReused, match=r"^saga id 'b-1' is reused for saga 'b-1' "):
+            await orchestrator.execute(builder)
+        # Unchanged: the same call, answered from the log.
+        assert await orchestrator.execute(basket("o-1", ["book"]), saga_id="k") == [
+            "packed o-1 book"
+        ]
+        unchanged = SagaDefinition("b-1").add_step(pack("o-2", ["a"]))
+        assert await orchestrator.execute(unchanged) == ["packed o-2 a"]
+    assert CALLS == ["pack o-1 book", "pack o-2 a"]
+
+
 @pytest.mark.asyncio
 async def test_the_memory_store_names_the_builder_step_that_differs() -> None:
     async with SagaOrchestrator(MemoryStore()) as orchestrator:

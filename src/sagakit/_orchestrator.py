@@ -508,10 +508,8 @@ class SagaOrchestrator:
                 f"execute() takes a SagaDefinition, got {definition!r}; "
                 f"{_not_a_definition_fix(definition)}"
             )
-        if saga_id is not None:
-            _check_id(saga_id)
-        else:
-            saga_id = definition._state[0]  # its saga_id, without a property call
+        # A given id as plain text; else the definition's, without a property call.
+        saga_id = _check_id(saga_id) if saga_id is not None else definition._state[0]
         explicit = saga_id is not None
         try:
             loop = asyncio.get_running_loop()  # asyncio_loop("execute()"), without the call

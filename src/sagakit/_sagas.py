@@ -68,7 +68,7 @@ class SagaDefinition:
         recovery: RecoveryPolicy = "resume",
     ) -> None:
         if saga_id is not None:
-            _check_id(saga_id)
+            saga_id = _check_id(saga_id)
         if name is not None and (not isinstance(name, str) or not name):
             raise SagaDefinitionError(
                 f"SagaDefinition(name=...) must be a non-empty string, got {name!r}"
@@ -101,8 +101,7 @@ class SagaDefinition:
 
     def with_id(self, saga_id: str) -> SagaDefinition:
         """Return a copy with ``saga_id`` set; the id makes executions idempotent."""
-        _check_id(saga_id)
-        return _made(type(self), (saga_id, *self._state[1:]))
+        return _made(type(self), (_check_id(saga_id), *self._state[1:]))
 
     @property
     def name(self) -> str:
@@ -305,7 +304,11 @@ def _iterate(calls: tuple[StepCall[Any], ...]) -> StepDriver:
         yield call
 
 
-def _check_id(saga_id: object) -> None:
+def _check_id(saga_id: object) -> str:
+    """``saga_id`` as plain text, or a ``SagaDefinitionError`` for what is no id. A ``str``
+    subclass (a ``(str, Enum)`` member) gives the text it holds, which is what the logs
+    store: formatted as itself (``"Key.ORDER"`` on Python 3.11), it made the step's
+    idempotency key differ from the one recovery then derived from the log."""
     if not isinstance(saga_id, str) or not saga_id:
         raise SagaDefinitionError(f"a saga id must be a non-empty string, got {saga_id!r}")
     reason = unencodable(saga_id)
@@ -314,6 +317,7 @@ def _check_id(saga_id: object) -> None:
             f"a saga id must be valid Unicode text, got {saga_id!r} ({reason}); "
             "decode it from bytes with errors='replace', or use another id"
         )
+    return saga_id if type(saga_id) is str else str.__str__(saga_id)
 
 
 def _check_recovery(recovery: object, option: str) -> RecoveryPolicy:

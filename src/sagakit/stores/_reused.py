@@ -181,4 +181,64 @@ def check_same_stored_run(
     check_same_run(saga_id, definition, recorded_name, args, kwargs, same_values(serializer.dumps))
 
 
-__all__ = ["check_same_run", "check_same_steps", "check_same_stored_run", "same_values"]
+Written = tuple[str, str | None]
+"""A definition's arguments as the default serializer writes them, and (for a builder-form
+definition) its fingerprint over its steps' arguments: see :func:`written_arguments`."""
+
+
+_ATOMS = (str, int, float, complex, bytes, bool, type(None))
+
+
+def _unchanging(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
+    """Whether arguments are values that cannot change in place: text, numbers, ``None``
+    (the common case), or tuples and frozensets of them."""
+
+    def fixed(value: Any) -> bool:
+        kind = type(value)
+        if kind in _ATOMS:
+            return True
+        return (kind is tuple or kind is frozenset) and all(fixed(item) for item in value)
+
+    return all(fixed(value) for value in args) and all(fixed(value) for value in kwargs.values())
+
+
+def written_arguments(definition: SagaDefinition) -> Written | None:
+    """What ``definition`` is called with, written as a durable store writes it when its
+    run begins, or ``None`` when it cannot be written (the in-memory store keeps any
+    value) or need not be (no argument can change in place). The in-memory store keeps
+    this beside the run's definition, whose arguments are the caller's own objects: one
+    changed in place since (a list added to) is then told from the value the run was
+    called with, as a durable store tells it."""
+    steps = definition.steps if definition.factory is None else None
+    if _unchanging(definition.args, definition.kwargs) and (
+        steps is None or all(_unchanging(call._args, call._kwargs) for call in steps)
+    ):
+        return None  # nothing to change in place: compared as they are (and faster)
+    try:
+        arguments = _DEFAULT.dumps([list(definition.args), definition.kwargs])
+    except Exception:
+        return None
+    if definition.factory is not None:
+        return arguments, None
+    return arguments, definition_fingerprint(definition, _DEFAULT.dumps)
+
+
+def check_same_written(
+    saga_id: str, definition: SagaDefinition, recorded_name: str, recorded: Written, now: Written
+) -> None:
+    """:func:`check_same_stored_run` for what :func:`written_arguments` wrote of the
+    completed run when it began (``recorded``) and of ``definition`` (``now``)."""
+    check_same_stored_run(
+        saga_id, definition, recorded_name, (recorded[0],), (now[0],), _DEFAULT, recorded[1]
+    )
+
+
+__all__ = [
+    "Written",
+    "check_same_run",
+    "check_same_steps",
+    "check_same_stored_run",
+    "check_same_written",
+    "same_values",
+    "written_arguments",
+]

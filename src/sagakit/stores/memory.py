@@ -6,16 +6,28 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from .._tracebacks import hide_from_pytest
-from ..exceptions import SagaAlreadyExecuting, SagaAlreadyFailed, StoreConfigError
+from ..exceptions import (
+    SagaAlreadyExecuting,
+    SagaAlreadyFailed,
+    SagaIdReused,
+    StoreConfigError,
+)
 from ..status import SagaStatus
 from ._protocol import check_saga_id, row_limit
-from ._reused import check_same_steps, same_values
+from ._reused import (
+    Written,
+    check_same_steps,
+    check_same_written,
+    same_values,
+    written_arguments,
+)
 
 # pytest shows a failing test's line, not this module's code, for an error this store
 # raises on purpose (a saga id already running, reused; see _tracebacks).
 __tracebackhide__ = hide_from_pytest
 
 if TYPE_CHECKING:
+    from .._sagas import SagaDefinition
     from ..records import SagaMetadata
     from ..transitions import Transition
     from ._protocol import SagaRunView
@@ -39,6 +51,9 @@ class MemoryStore:
         self.history_limit = history_limit
         self._running: dict[str, SagaRunView] = {}
         self._history: OrderedDict[str, SagaRunView] = OrderedDict()
+        # An explicit id's arguments as written when its run began (see written_arguments),
+        # kept while the run is running or a COMPLETED run in the history.
+        self._written: dict[str, Written] = {}
 
     @property
     def history_limit(self) -> int:
@@ -71,15 +86,37 @@ class MemoryStore:
             earlier = self._history.get(saga_id)
             if earlier is not None:
                 if earlier.status is SagaStatus.COMPLETED:
-                    done = earlier.definition
-                    if done is not run.definition:  # (the same definition executed again)
-                        check_same_steps(saga_id, run.definition, done, _SAME)
+                    self._check_same(saga_id, run.definition, earlier.definition)
                     return earlier.snapshot()
                 if earlier.status is SagaStatus.FAILED:
                     raise SagaAlreadyFailed(saga_id, in_memory=True)
                 del self._history[saga_id]  # the id names the new run from now on
+            written = written_arguments(run.definition)
+            if written is not None:
+                self._written[saga_id] = written
         self._running[saga_id] = run
         return None
+
+    def _check_same(self, saga_id: str, definition: SagaDefinition, done: SagaDefinition) -> None:
+        """Raise :class:`SagaIdReused` unless ``definition`` is the saga that completed under
+        ``saga_id`` (``done``), called with the same arguments. Those are compared as
+        written when the run began, when they could be: ``done`` holds the caller's own
+        objects, which may have changed in place since (a list added to)."""
+        recorded = self._written.get(saga_id)
+        now = None if recorded is None else written_arguments(definition)
+        if recorded is None or now is None:
+            if definition is not done:  # (the same definition executed again)
+                check_same_steps(saga_id, definition, done, _SAME)
+            return
+        try:
+            check_same_written(saga_id, definition, done.name, recorded, now)
+        except SagaIdReused as reused:
+            refused = reused
+        else:
+            return
+        # Compared as objects too, to name the builder step that differs when it does.
+        check_same_steps(saga_id, definition, done, _SAME)
+        raise refused
 
     async def record(self, run: SagaRunView, transition: Transition) -> None:
         """Nothing to do: the live run is the record."""
@@ -90,15 +127,21 @@ class MemoryStore:
     def _finish_now(self, run: SagaRunView) -> None:
         """:meth:`finish` without a coroutine (see :meth:`_begin_now`)."""
         self._running.pop(run.id, None)
+        written = self._written
+        if written and run.status is not SagaStatus.COMPLETED:
+            written.pop(run.id, None)  # only a completed run's arguments are compared
         history = self._history
         limit = self._history_limit
         if limit == 0:
             history.clear()
+            written.pop(run.id, None)
             return
         history.pop(run.id, None)
         history[run.id] = run
         while len(history) > limit:  # the limit may have been lowered
-            history.popitem(last=False)
+            dropped, _ = history.popitem(last=False)
+            if written:
+                written.pop(dropped, None)
 
     async def get(self, saga_id: str) -> SagaMetadata | None:
         check_saga_id(saga_id, "get()")
