@@ -29,6 +29,7 @@ from ._hooks import (
     SimulatedCrash,
     active_faults,
     crash_hint,
+    crash_in,
     note_crash,
     raised_by_step,
 )
@@ -766,6 +767,10 @@ class SagaOrchestrator:
                                 error = None
                             else:  # and the caller's cancellation too: that one wins
                                 raise asyncio.CancelledError from raised
+                        except BaseExceptionGroup as group:  # not an Exception's group
+                            if (crash := crash_in(group)) is None:
+                                raise
+                            raise crash from group  # "the process died" in an inner saga
                         else:
                             record.duration = finished - started
                             break
@@ -1690,6 +1695,10 @@ class SagaOrchestrator:
                                     compensation=True,
                                 )
                                 error.__cause__ = raised
+                        except BaseExceptionGroup as group:  # not an Exception's group
+                            if (crash := crash_in(group)) is None:
+                                raise
+                            raise crash from group  # "the process died" in an inner saga
                         else:
                             record.duration = finished - started
                             break

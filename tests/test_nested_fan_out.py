@@ -1,0 +1,168 @@
+"""A step that runs several inner sagas at once (a fan-out), in an ``asyncio.TaskGroup``
+or with ``asyncio.gather``: failures, and a simulated crash inside one of them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sagakit import SagaOrchestrator, SagaStatus, current_step, saga, step
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+
+effects: list[str] = []
+
+
+@step
+async def fo_hold(item: str) -> str:
+    effects.append(f"hold {item}")
+    return f"held-{item}"
+
+
+@fo_hold.compensate
+async def fo_release(item: str) -> None:
+    effects.append(f"release {item}")
+
+
+@step
+async def fo_ship(item: str) -> str:
+    effects.append(f"ship {item}")
+    return f"shipped-{item}"
+
+
+@saga
+def fo_parcel(item: str) -> Any:
+    yield fo_hold(item)
+    yield fo_ship(item)
+
+
+def _inner_id(number: int) -> str:
+    context = current_step()
+    assert context is not None
+    return f"{context.idempotency_key}/parcel-{number}"
+
+
+@step
+async def fo_ship_all(items: list[str]) -> list[list[Any]]:
+    """Each parcel an inner saga, all at once, in a TaskGroup."""
+    context = current_step()
+    assert context is not None
+    async with asyncio.TaskGroup() as group:
+        tasks = [
+            group.create_task(context.orchestrator.execute(fo_parcel(item), saga_id=_inner_id(n)))
+            for n, item in enumerate(items)
+        ]
+    return [task.result() for task in tasks]
+
+
+@saga
+def fo_order(items: list[str]) -> Any:
+    yield fo_hold("order")
+    yield fo_ship_all(items)
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    effects.clear()
+
+
+@pytest.mark.asyncio
+async def test_a_crash_inside_one_inner_saga_of_a_task_group_stops_the_outer_saga_too(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Regression: the TaskGroup wrapped the SimulatedCrash in a BaseExceptionGroup, which
+    # the outer saga took for a KeyboardInterrupt-like stop: it recorded itself FAILED
+    # (nothing compensated, left for `sagakit resolve`) instead of stopping unrecorded as
+    # a killed process does, and execute() raised the group, not the SimulatedCrash.
+    store = durable_store()
+    orchestrator = SagaOrchestrator(store)
+    with FaultInjector().crash(fo_ship, after=True), pytest.raises(SimulatedCrash):
+        await orchestrator.execute(fo_order(["a", "b"]), saga_id="fan-1")
+    outer = await orchestrator.get_saga("fan-1")
+    assert outer is not None
+    assert outer.status is SagaStatus.EXECUTING  # as the crash left it, for recovery
+    assert [record.status for record in outer.steps] == ["completed", "running"]
+    await simulate_restart(store)
+    await orchestrator.close()
+
+    effects.clear()
+    async with SagaOrchestrator(durable_store()) as restarted:
+        outcomes = {o.saga_id: o.status for o in await restarted.recover()}
+        assert outcomes["fan-1"] is SagaStatus.COMPLETED
+        outer = await restarted.get_saga("fan-1")
+        assert outer is not None
+        assert outer.steps[1].events == (["held-a", "shipped-a"], ["held-b", "shipped-b"])
+        for number in (0, 1):
+            inner = await restarted.get_saga(f"fan-1:1/parcel-{number}")
+            assert inner is not None
+            assert inner.status is SagaStatus.COMPLETED
+        assert await restarted.recover() == []
+    assert "hold order" not in effects  # the outer saga's completed step is not run again
+    assert "release order" not in effects
+
+
+@step
+async def fo_refund(item: str) -> str:
+    effects.append(f"refund {item}")
+    return f"refunded-{item}"
+
+
+@saga
+def fo_return(item: str) -> Any:
+    yield fo_refund(item)
+
+
+@step
+async def fo_book(items: list[str]) -> None:
+    effects.append("book")
+
+
+@fo_book.compensate
+async def fo_unbook(items: list[str]) -> None:
+    """Each item's return an inner saga, all at once, in a TaskGroup."""
+    context = current_step()
+    assert context is not None
+    async with asyncio.TaskGroup() as group:
+        for item in items:
+            inner = fo_return(item)
+            group.create_task(
+                context.orchestrator.execute(inner, saga_id=f"{_inner_id(0)}-return-{item}")
+            )
+
+
+@step
+async def fo_refuse(items: list[str]) -> None:
+    raise LookupError("no courier")
+
+
+@saga
+def fo_booking(items: list[str]) -> Any:
+    yield fo_book(items)
+    yield fo_refuse(items)
+
+
+@pytest.mark.asyncio
+async def test_a_crash_inside_an_inner_saga_a_compensation_fans_out_leaves_it_compensating(
+    durable_store: Callable[[], Any],
+) -> None:
+    store = durable_store()
+    orchestrator = SagaOrchestrator(store)
+    with FaultInjector().crash(fo_refund, after=True), pytest.raises(SimulatedCrash):
+        await orchestrator.execute(fo_booking(["a", "b"]), saga_id="fan-2")
+    outer = await orchestrator.get_saga("fan-2")
+    assert outer is not None
+    assert outer.status is SagaStatus.COMPENSATING  # as the crash left it, for recovery
+    assert [record.status for record in outer.compensations] == ["running"]
+    await simulate_restart(store)
+    await orchestrator.close()
+
+    async with SagaOrchestrator(durable_store()) as restarted:
+        outcomes = {o.saga_id: o.status for o in await restarted.recover()}
+        assert outcomes["fan-2"] is SagaStatus.COMPENSATED
+        for item in ("a", "b"):
+            inner = await restarted.get_saga(f"fan-2:0/parcel-0-return-{item}")
+            assert inner is not None
+            assert inner.status is SagaStatus.COMPLETED
+        assert await restarted.recover() == []
