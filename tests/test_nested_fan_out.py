@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sagakit import SagaOrchestrator, SagaStatus, current_step, saga, step
+from sagakit import SagaOrchestrator, SagaStatus, StepFailed, current_step, saga, step
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
 effects: list[str] = []
@@ -166,3 +166,68 @@ async def test_a_crash_inside_an_inner_saga_a_compensation_fans_out_leaves_it_co
             assert inner is not None
             assert inner.status is SagaStatus.COMPLETED
         assert await restarted.recover() == []
+
+
+@step
+async def fo_pack(item: str) -> str:
+    if item == "broken":
+        raise ValueError(f"cannot pack {item}")
+    effects.append(f"pack {item}")
+    return f"packed-{item}"
+
+
+@saga
+def fo_packing(item: str) -> Any:
+    yield fo_hold(item)
+    yield fo_pack(item)
+
+
+@step(compensate_on_failure=True)
+async def fo_pack_all(items: list[str]) -> list[Any]:
+    """As docs/durability.md shows: gather, every inner saga to its end, then one failure."""
+    context = current_step()
+    assert context is not None
+    results = await asyncio.gather(
+        *(
+            context.orchestrator.execute(fo_packing(item), saga_id=_inner_id(n))
+            for n, item in enumerate(items)
+        ),
+        return_exceptions=True,
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+@fo_pack_all.compensate
+async def fo_unpack_all(items: list[str]) -> None:
+    effects.append(f"unpack {', '.join(items)}")
+
+
+@saga
+def fo_shipment(items: list[str]) -> Any:
+    yield fo_hold("order")
+    yield fo_pack_all(items)
+
+
+@pytest.mark.asyncio
+async def test_inner_sagas_gathered_by_a_step_fail_it_as_a_step_failure() -> None:
+    # The fan-out docs/durability.md recommends: a failed inner saga fails the step (not a
+    # CancelledError, as an asyncio.TaskGroup gives on Python < 3.12.3), the other inner
+    # sagas run to their end, and the step's compensation (compensate_on_failure) runs.
+    async with SagaOrchestrator() as orchestrator:
+        with pytest.raises(StepFailed) as failed:
+            await orchestrator.execute(fo_shipment(["a", "broken", "b"]), saga_id="fan-3")
+        assert failed.value.step_name == "fo_pack_all"
+        assert isinstance(failed.value.error, StepFailed)  # the inner saga's
+        statuses = []
+        for number in range(3):
+            inner = await orchestrator.get_saga(f"fan-3:1/parcel-{number}")
+            assert inner is not None
+            statuses.append(inner.status)
+        assert statuses == ["completed", "compensated", "completed"]
+        outer = await orchestrator.get_saga("fan-3")
+        assert outer is not None
+        assert outer.status is SagaStatus.COMPENSATED
+    assert effects[-2:] == ["unpack a, broken, b", "release order"]
