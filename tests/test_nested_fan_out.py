@@ -9,7 +9,16 @@ from typing import Any
 
 import pytest
 
-from sagakit import SagaOrchestrator, SagaStatus, StepFailed, current_step, saga, step
+from pg_helpers.db import query
+from sagakit import (
+    PostgresStore,
+    SagaOrchestrator,
+    SagaStatus,
+    StepFailed,
+    current_step,
+    saga,
+    step,
+)
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
 effects: list[str] = []
@@ -231,3 +240,27 @@ async def test_inner_sagas_gathered_by_a_step_fail_it_as_a_step_failure() -> Non
         assert outer is not None
         assert outer.status is SagaStatus.COMPENSATED
     assert effects[-2:] == ["unpack a, broken, b", "release order"]
+
+
+async def _two_parcels_in_a_task_group(store: PostgresStore) -> None:
+    async with SagaOrchestrator(store) as orchestrator, asyncio.TaskGroup() as group:
+        for item in ("a", "b"):
+            group.create_task(orchestrator.execute(fo_parcel(item), saga_id=f"tg-{item}"))
+
+
+@pytest.mark.asyncio
+async def test_a_crash_leaving_an_orchestrator_block_in_a_task_group_gives_up_leases_as_a_crash(
+    dsn: str, schema: str
+) -> None:
+    # Regression: sagas run at once in a TaskGroup inside `async with SagaOrchestrator(...)`
+    # left the block with the crash wrapped in a BaseExceptionGroup, and the store gave
+    # its leases up as a shutdown's, not a crash's: the next claim was not counted as a
+    # recovery attempt, as it is after the same crash of one saga.
+    with FaultInjector().crash(fo_ship, after=True), pytest.raises(BaseExceptionGroup) as left:
+        await _two_parcels_in_a_task_group(PostgresStore(dsn, schema=schema))
+    assert left.value.subgroup(SimulatedCrash) is not None
+    async with SagaOrchestrator(PostgresStore(dsn, schema=schema)) as restarted:
+        outcomes = await restarted.recover()
+        assert [o.saga_id for o in outcomes] == ["tg-a"]  # tg-b was cancelled: compensated
+    attempts = f'SELECT recovery_attempts FROM "{schema}".sagas WHERE saga_id = %s'
+    assert query(dsn, attempts, ("tg-a",)) == [(1,)]

@@ -2060,7 +2060,8 @@ class SagaOrchestrator:
         release_leases = getattr(self._store, "release_leases", None)
         watch = CancellationWatch()
         try:
-            if isinstance(error, SimulatedCrash) and release_leases is not None:
+            # (A crash in a TaskGroup of the block comes wrapped in its exception group.)
+            if error is not None and crash_in(error) is not None and release_leases is not None:
                 await release_leases(as_crash=True)
         finally:
             await self.close()
