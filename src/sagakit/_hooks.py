@@ -47,6 +47,20 @@ class SimulatedCrash(BaseException):
     __module__ = "sagakit.testing"
 
 
+def crash_in(error: BaseException) -> SimulatedCrash | None:
+    """The :class:`SimulatedCrash` that ``error``, a group of exceptions, holds (a step
+    fanning out inner sagas in an ``asyncio.TaskGroup`` gets the crash of one of them
+    wrapped in a ``BaseExceptionGroup``), if any: the run stops as at the crash itself."""
+    pending = [error]
+    while pending:
+        found = pending.pop()
+        if isinstance(found, SimulatedCrash):
+            return found
+        if isinstance(found, BaseExceptionGroup):
+            pending.extend(reversed(found.exceptions))  # the first one first
+    return None
+
+
 class CrashAfter:
     """A fault plan's answer (``FaultInjector.fault_for``): run the attempt, then crash
     with ``crash`` before its outcome is recorded (``FaultInjector.crash(..., after=True)``)."""

@@ -29,6 +29,7 @@ from ._hooks import (
     SimulatedCrash,
     active_faults,
     crash_hint,
+    crash_in,
     note_crash,
     raised_by_step,
 )
@@ -764,6 +765,10 @@ class SagaOrchestrator:
                                 error = None
                             else:  # and the caller's cancellation too: that one wins
                                 raise asyncio.CancelledError from raised
+                        except BaseExceptionGroup as group:  # not an Exception's group
+                            if (crash := crash_in(group)) is None:
+                                raise
+                            raise crash from group  # "the process died" in an inner saga
                         else:
                             record.duration = finished - started
                             break
@@ -1688,6 +1693,10 @@ class SagaOrchestrator:
                                     compensation=True,
                                 )
                                 error.__cause__ = raised
+                        except BaseExceptionGroup as group:  # not an Exception's group
+                            if (crash := crash_in(group)) is None:
+                                raise
+                            raise crash from group  # "the process died" in an inner saga
                         else:
                             record.duration = finished - started
                             break
@@ -2049,7 +2058,8 @@ class SagaOrchestrator:
         release_leases = getattr(self._store, "release_leases", None)
         watch = CancellationWatch()
         try:
-            if isinstance(error, SimulatedCrash) and release_leases is not None:
+            # (A crash in a TaskGroup of the block comes wrapped in its exception group.)
+            if error is not None and crash_in(error) is not None and release_leases is not None:
                 await release_leases(as_crash=True)
         finally:
             await self.close()
