@@ -162,7 +162,7 @@ def test_retries_are_not_written_and_completions_carry_results_and_events() -> N
         TransitionKind.STEP_COMPLETED, "id", "s", SagaStatus.EXECUTING, 2, "pay",
         attempt=3, result=("ok", 1), events=("ok", 1), duration=0.5,
     )  # fmt: skip
-    write = write_for(done, 7, serializer.dumps, run_error=None, total=None)
+    write = write_for(done, 7, serializer.dumps, run_error=None, total=None, step_error=None)
     assert (write.fence, write.index, write.attempts, write.step_status) == (7, 2, 3, "completed")
     assert serializer.loads(write.result or "") == ("ok", 1)
     writes_json, events_json, new_json = batch_params([write, _write("other")])
@@ -187,7 +187,7 @@ def test_an_unserializable_result_is_a_serialization_error() -> None:
         result=object(),
     )  # fmt: skip
     with pytest.raises(SerializationError, match="result of step 'pay'"):
-        write_for(done, 1, JsonSerializer().dumps, run_error=None, total=None)
+        write_for(done, 1, JsonSerializer().dumps, run_error=None, total=None, step_error=None)
 
 
 def test_each_start_says_which_of_its_sagas_starts_in_the_batch_it_is() -> None:

@@ -38,6 +38,8 @@ from sagakit import (
     saga,
     step,
 )
+from sagakit._runs import ACTED_UNKNOWN
+from sagakit.testing import FaultInjector
 
 pytestmark = pytest.mark.asyncio
 
@@ -639,6 +641,36 @@ async def test_timeouts_then_success(make: Callable[[], Any]) -> None:
 
     got = await same_as_memory(make, scenario)
     assert got["history"][0]["steps"][0]["attempts"] == 3
+
+
+@step(retry=Retry(attempts=2, backoff=0.0, jitter=0.0))
+async def charge_twice(key: str) -> str:
+    CALLS.append(f"charge {key}")
+    raise ValueError("duplicate charge")
+
+
+@charge_twice.compensate
+async def refund_twice(key: str) -> None:
+    CALLS.append(f"refund {key}")
+
+
+@saga
+def charged(key: str):  # type: ignore[no-untyped-def]
+    yield deposit("a", 1)
+    yield charge_twice(key)
+
+
+async def test_raised_after_a_timed_out_attempt(make: Callable[[], Any]) -> None:
+    # Its error says the timed-out attempt may have acted, on every store alike: recovery
+    # reads it in the log to compensate the step as the run does.
+    async def scenario(o: SagaOrchestrator) -> Any:
+        with FaultInjector().timeout(charge_twice, times=1):
+            return await o.execute(charged("c"), saga_id="ta-1")
+
+    got = await same_as_memory(make, scenario)
+    [failed] = [r for r in got["history"][0]["steps"] if r["name"] == "charge_twice"]
+    assert failed["error"] == "ValueError: duplicate charge" + ACTED_UNKNOWN
+    assert CALLS == ["deposit a", "charge c", "refund c", "withdraw a"]
 
 
 async def test_seen_while_compensating(make: Callable[[], Any]) -> None:

@@ -63,6 +63,7 @@ from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, hands_back, recove
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import (
     ABANDONED,
+    ACTED_UNKNOWN,
     CANCELLED,
     CANCELLED_ERROR,
     LOOP_CLOSED,
@@ -836,7 +837,11 @@ class SagaOrchestrator:
                     run.updated_mono = ended  # its metadata's updated_at: the failure
                     record.error = described = describe_error(error or failure)
                     # A step that raised in the end, after an attempt that timed out, may
-                    # have acted then: compensated as a timed-out step is.
+                    # have acted then: compensated as a timed-out step is. Its error says
+                    # so, for recovery to decide as this run does (the log keeps the last
+                    # attempt's error only) and for whoever reads the log.
+                    if acted_unknown and not timed_out:
+                        record.error = described + ACTED_UNKNOWN
                     if (
                         spec.compensate_on_timeout
                         if timed_out

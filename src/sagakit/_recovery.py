@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from ._checks import check_count
 from ._hooks import SimulatedCrash, active_faults, crash_hint, forget_crashes
 from ._runs import (
+    ACTED_UNKNOWN,
     CANCELLED_ERROR,
     CRASHED,
     UNSTARTED_ERROR,
@@ -617,7 +618,13 @@ async def _finish_claimed(
         if stopped.status is StepStatus.FAILED and stopped.error == UNSTARTED_ERROR:
             wanted = False  # cancelled before it started: it never ran
         elif stopped.status is StepStatus.FAILED and stopped.error != CANCELLED_ERROR:
-            wanted = step.compensate_on_failure
+            wanted = step.compensate_on_failure or (
+                # It raised in the end, after an attempt that timed out (which may have
+                # acted): the run compensates it as a timed-out step, and so does this.
+                step.compensate_on_timeout
+                and stopped.error is not None
+                and stopped.error.endswith(ACTED_UNKNOWN)
+            )
         else:
             wanted = step.compensate_on_timeout
         record = new_step_run(stopped.index, stopped.name)

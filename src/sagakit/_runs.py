@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from ._members import (
+    ON_STEP_FAILED,
     SAGA_COMPENSATED,
     SAGA_COMPENSATING,
     SAGA_COMPLETED,
@@ -211,6 +212,12 @@ NOT_COMPENSATED = " (not compensated)"
 """The end of the error of a compensation (or saga) a ``KeyboardInterrupt`` or
 ``SystemExit`` stopped: nothing more was undone."""
 
+ACTED_UNKNOWN = " (after an attempt that timed out: it may have acted)"
+"""The end of the error of a step that failed for good by raising after an attempt of it
+timed out: that attempt may have acted, so the run compensates the step as a timed-out
+one (``compensate_on_timeout``), and so does recovery, which reads it in the log (where
+the last attempt's error is all the step's record keeps)."""
+
 LOOP_CLOSED = "its event loop was closed while it ran"
 """Why a run whose task was destroyed pending, with its event loop, stopped where it
 waited (its coroutine closed by the garbage collector: ``GeneratorExit``)."""
@@ -259,6 +266,24 @@ def interrupted_step(run: SagaRun) -> StepRun | None:
     if last.status is STEP_RUNNING or last.status is STEP_COMPLETED:
         return None
     return last
+
+
+def step_end_error(view: SagaRunView, transition: Transition) -> str | None:
+    """The error a durable store records with ``transition``, the end of a step or
+    compensation: its exception described, as the run's own record has it, with
+    :data:`ACTED_UNKNOWN` where that record (of a step that failed for good) has it too.
+    The built-in stores get the orchestrator's own :class:`SagaRun` (see :func:`unended`)."""
+    described = describe_optional(transition.error)
+    if transition.kind is ON_STEP_FAILED and described is not None:
+        steps = cast("SagaRun", view).steps
+        record = steps[-1] if steps else None
+        if (
+            record is not None
+            and record.index == transition.step_index
+            and record.error == described + ACTED_UNKNOWN
+        ):
+            return record.error
+    return described
 
 
 def unended(view: SagaRunView) -> list[StepRun]:

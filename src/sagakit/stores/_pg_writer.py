@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .._runs import describe_optional, storable_text
+from .._runs import storable_text
 from ..exceptions import LeaseLost, SerializationError, StepTimeout, StoreError, error_text
 from ..status import SagaStatus, StepStatus
 from ..transitions import Transition, TransitionKind
@@ -85,8 +85,11 @@ def write_for(
     *,
     run_error: str | None,
     total: int | None,
+    step_error: str | None,
 ) -> Write:
-    """The :class:`Write` recording ``transition``; serializing may raise."""
+    """The :class:`Write` recording ``transition``; serializing may raise. ``step_error``:
+    the error it records for its step or compensation (see
+    :func:`~sagakit._runs.step_end_error`)."""
     t = transition
     kind = t.kind
     status = str(t.status)
@@ -110,7 +113,7 @@ def write_for(
         step_status=str(step_status),
         attempts=max(t.attempt, 1),
         duration=t.duration,
-        step_error=describe_optional(t.error),
+        step_error=step_error,
         # The failure being undone, or the one a step that failed gives the saga.
         error=run_error if compensation or kind in _STEP_ENDS else None,
     )

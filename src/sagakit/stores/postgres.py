@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._cadence import failure_level
 from .._checks import as_float, check_flag
-from .._runs import unended
+from .._runs import step_end_error, unended
 from .._serialization import JsonSerializer
 from .._shielding import CancellationWatch, wait_out
 from .._tracebacks import hide_from_pytest
@@ -839,6 +839,7 @@ class PostgresStore:
             self.serializer.dumps,
             run_error=run.error,
             total=run.total_steps,
+            step_error=step_end_error(run, transition),
         )
         if kind is TransitionKind.STEP_STARTED or kind is TransitionKind.COMPENSATION_STARTED:
             write.start_order = held.next_start()

@@ -35,7 +35,7 @@ from .._members import (
     ON_STEP_STARTED,
     ON_STEP_TIMED_OUT,
 )
-from .._runs import describe_optional, storable_text, unended
+from .._runs import describe_optional, step_end_error, storable_text, unended
 from .._serialization import JsonSerializer
 from .._shielding import CancellationWatch, wait_out
 from .._tracebacks import hide_from_pytest
@@ -534,7 +534,7 @@ class SQLiteStore:
             comp = int(kind is ON_COMPENSATION_FAILED)
             timed_out = kind is ON_STEP_TIMED_OUT or (comp and isinstance(t.error, StepTimeout))
             status = "timed_out" if timed_out else "failed"
-            described = describe_optional(t.error)
+            described = step_end_error(run, t)  # as the run's record has it
             return [
                 (
                     END_STEP,
