@@ -30,6 +30,8 @@ from ._hooks import (
     active_faults,
     crash_hint,
     crash_in,
+    crash_mark,
+    dead_process_crash,
     note_crash,
     raised_by_step,
 )
@@ -81,6 +83,7 @@ from ._runs import (
     still_running,
     storable_text,
 )
+from ._runs import _next_number as next_run_number
 from ._sagas import (
     SagaDefinition,
     SagaFunction,
@@ -378,6 +381,9 @@ class SagaOrchestrator:
         # The default store, called without awaiting a coroutine per run (not a subclass:
         # that may override begin() or finish()).
         self._memory = store if type(store) is MemoryStore else None
+        # Runs numbered below it were running when a simulated crash "killed the process"
+        # (this store's, shared with the other orchestrators on it): they stop unrecorded.
+        self._crash_mark = crash_mark(store)
         # A durable store may stage the transitions that no side effect follows; they
         # commit with the run's next record(), before the next step or compensation
         # runs or execute() returns.
@@ -644,6 +650,8 @@ class SagaOrchestrator:
                     # The caller's cancellation, caught and swallowed (by the step that
                     # just returned, or a listener): the saga stops all the same.
                     raise asyncio.CancelledError
+                if run.number < self._crash_mark[0]:  # its process "died" meanwhile
+                    self._die(run)
                 if listed is not None:
                     if index == len(listed):
                         break
@@ -1093,6 +1101,8 @@ class SagaOrchestrator:
                 running_step.reset(step_token)
             except ValueError:  # closed by the garbage collector (see _abandoned): in
                 pass  # another context, which these never changed
+        if run.number < self._crash_mark[0]:  # its process "died" meanwhile
+            self._die(run)
         run.status = SAGA_COMPLETED
         run.total_steps = index
         run.finished_mono = run.updated_mono = now()
@@ -1279,9 +1289,24 @@ class SagaOrchestrator:
         tracers (and test recorders) among its listeners hear of it (``_sagakit_crashed``):
         instrumentation of this process, which a real crash takes with it, ends the run's
         spans and restores the context it set, rather than hold them open for good."""
+        stopped: set[int] = crash.__dict__.setdefault("_sagakit_runs", set())
+        if run.number in stopped:  # (stopped by _die, then met by a handler of the crash)
+            return
+        stopped.add(run.number)
+        mark = self._crash_mark
+        if run.number >= mark[0]:  # the crash itself, in a run of the living process:
+            mark[0] = next_run_number()  # the runs beside it stop at their next move
         self._held.pop(run, None)
         note_crash(self._store, run.id)  # for the error of running it again here (crash_hint)
         self._tell_instruments(run, "the simulated crash", "_sagakit_crashed", crash)
+
+    def _die(self, run: SagaRun) -> NoReturn:
+        """Stop ``run`` where it is, unrecorded: a simulated crash of another saga on this
+        store "killed the process" running it (see ``crash_mark``), which would have
+        run, recorded and told nothing more of it."""
+        crash = dead_process_crash(run.id)
+        self._crashed(run, crash)
+        raise crash
 
     def _tell_instruments(self, run: SagaRun, what: str, hook: str, *args: object) -> None:
         """Call ``hook(run.id, *args, run.number)`` of the listeners that have it
@@ -1373,6 +1398,8 @@ class SagaOrchestrator:
         ``announce``): a durable store records the end first; any other store has the
         run in its history before the listeners hear of its end, as a durable one does
         once the end is recorded."""
+        if run.number < self._crash_mark[0]:  # its process "died" meanwhile
+            self._die(run)
         if not self._durable:
             memory = self._memory
             try:
@@ -1593,6 +1620,8 @@ class SagaOrchestrator:
                 if compensation is None:
                     done.pop()
                     continue
+                if run.number < self._crash_mark[0]:  # its process "died" meanwhile
+                    self._die(run)
                 # new_step_run(step_record.index, step_record.name, True), inline (as above)
                 record = StepRun()
                 record.index = step_record.index
@@ -1878,6 +1907,8 @@ class SagaOrchestrator:
         duration: float | None = None,
     ) -> None:
         """Record a transition durably (if the store is), log it, then tell listeners."""
+        if run.number < self._crash_mark[0]:  # its process "died" meanwhile
+            self._die(run)
         level = level_of(kind, run.status)
         logged = logger.isEnabledFor(level)
         if not (logged or self._durable or run.listeners):
