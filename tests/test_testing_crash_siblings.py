@@ -156,3 +156,54 @@ async def test_a_crash_on_a_memory_store_stops_the_sagas_beside_it_too() -> None
         sibling = await orchestrator.get_saga("m-b")
         assert sibling is not None
         assert sibling.status is SagaStatus.EXECUTING
+
+
+@saga
+def cs_last(item: str) -> Any:
+    yield cs_after(item)
+
+
+@step
+async def cs_nest(item: str) -> list[Any]:
+    """Runs an inner saga once the crashing saga let it go on: after the crash."""
+    context = current_step()
+    assert context is not None
+    events["waiting"].set()
+    await events["gate"].wait()
+    inner = f"{context.idempotency_key}/inner"
+    return await context.orchestrator.execute(cs_last(item), saga_id=inner)
+
+
+@saga
+def cs_nesting(item: str) -> Any:
+    yield cs_nest(item)
+
+
+@pytest.mark.asyncio
+async def test_an_inner_saga_a_stopped_saga_starts_after_the_crash_does_not_run(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Regression: the step of a saga running beside the crashed one ran to its end (as
+    # after a kill just after it acted), and an inner saga it started then ran and was
+    # recorded, as if the dead process had begun it.
+    store = durable_store()
+    orchestrator = SagaOrchestrator(store)
+    with FaultInjector().crash(cs_signal, after=True):
+        results = await asyncio.gather(
+            orchestrator.execute(cs_crashing("a"), saga_id="n-a"),
+            orchestrator.execute(cs_nesting("b"), saga_id="n-b"),
+            return_exceptions=True,
+        )
+    assert [type(result) for result in results] == [SimulatedCrash, SimulatedCrash]
+    assert "after b" not in effects
+    assert await orchestrator.get_saga("n-b:0/inner") is None  # never begun
+    await simulate_restart(store)
+    await orchestrator.close()
+
+    async with SagaOrchestrator(durable_store()) as restarted:
+        outcomes = {o.saga_id: o.status for o in await restarted.recover()}
+        assert outcomes == {"n-a": SagaStatus.COMPLETED, "n-b": SagaStatus.COMPLETED}
+        inner = await restarted.get_saga("n-b:0/inner")
+        assert inner is not None
+        assert inner.status is SagaStatus.COMPLETED
+    assert effects.count("after b") == 1

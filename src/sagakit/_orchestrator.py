@@ -132,6 +132,13 @@ HANDED_BACK = "recovery was cancelled; the next recovery finishes the saga"
 """Why a saga whose recovery was cancelled stopped (its ``SAGA_STOPPED`` error)."""
 
 
+def _died(run: SagaRun) -> bool:
+    """Whether a simulated crash on the store of ``run``'s orchestrator "killed the
+    process" while ``run`` ran (see ``crash_mark``)."""
+    owner = run.orchestrator()
+    return owner is not None and run.number < owner._crash_mark[0]
+
+
 def _end_running(records: list[StepRun], error: str) -> None:
     """Mark the last of ``records`` ``FAILED`` with ``error`` if the run left it running
     (no transition will end it)."""
@@ -533,6 +540,11 @@ class SagaOrchestrator:
             self._ref,
         )
         run.listeners = self._listeners
+        enclosing = current_run.get()
+        if enclosing is not None and _died(enclosing):
+            # Started by a step of a run a simulated crash stopped (the step runs to its
+            # end, as if killed just after it acted): the dead process begins nothing.
+            raise dead_process_crash(run.id)
         # Before begin(): whatever it raises leaves no run. A list or builder definition's
         # steps are read from its tuple, without a generator (see _drive).
         listed = definition._state[2]
