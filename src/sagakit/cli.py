@@ -226,7 +226,7 @@ async def _unregistered_running(
     (100,000 orphans: 9 s). One of each name left alone is read, for
     :func:`_declared_in`: its events import the module declaring the saga."""
     found: dict[str, int] = {}
-    for name, count, one in await store._running_names():
+    for name, count, one in await store._running_names(claimable=True):
         if name not in known:
             found[name] = count
             await store.get(one)

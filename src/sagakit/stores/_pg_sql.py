@@ -61,6 +61,7 @@ class Statements:
     arguments: str
     running_count: str
     running_names: str
+    claimable_running_names: str
     leased_count: str
     history_count: str
     dead_letter: str
@@ -80,6 +81,15 @@ def statements(schema: str) -> Statements:
     s = f'"{check_schema_name(schema)}"'
     lease = "now() + make_interval(secs => %(lease)s)"
     active = "finished_at IS NULL AND dead_reason IS NULL"
+
+    def running_names(only: str) -> str:
+        return (
+            "SELECT name, count(*), coalesce(max(CASE WHEN EXISTS (SELECT 1 FROM "
+            f"{s}.steps st WHERE st.saga_id = r.saga_id AND st.status = 'completed') "
+            f"THEN r.saga_id END), max(r.saga_id)) FROM {s}.sagas r WHERE {active} "
+            f"{only}GROUP BY name ORDER BY name"
+        )
+
     # Compensations in the order they last started (as SQLite lists them); rows from
     # before schema version 4 have no start_order and come first, by seq.
     record_order = (
@@ -268,13 +278,9 @@ def statements(schema: str) -> Statements:
         running_count=f"SELECT count(*) FROM {s}.sagas WHERE {active}",
         # The names of the running sagas, how many of each and one's id (one with a
         # completed step, whose events' class is the saga module's, where there is one).
-        running_names=(
-            "SELECT name, count(*), coalesce(max(CASE WHEN EXISTS (SELECT 1 FROM "
-            f"{s}.steps st WHERE st.saga_id = r.saga_id AND st.status = 'completed') "
-            f"THEN r.saga_id END), max(r.saga_id)) FROM {s}.sagas r WHERE {active} "
-            # Not those under a lease (leased_count's): no recovery here claims them.
-            "AND (lease_until IS NULL OR lease_until <= now()) GROUP BY name ORDER BY name"
-        ),
+        running_names=running_names(""),
+        # The same of those a claim could take: not under a lease (leased_count's).
+        claimable_running_names=running_names("AND (lease_until IS NULL OR lease_until <= now()) "),
         # The running sagas no claim takes yet: their owner's lease has not run out.
         leased_count=f"SELECT count(*) FROM {s}.sagas WHERE {active} AND lease_until > now()",
         history_count=f"SELECT count(*) FROM {s}.sagas WHERE finished_at IS NOT NULL",

@@ -1359,11 +1359,13 @@ class PostgresStore:
     async def running_count(self) -> int:
         return int((await self._read(self._sql.running_count))[0][0])
 
-    async def _running_names(self) -> list[tuple[str, int, str]]:
-        """The names of the running sagas, each with how many and the id of one (one
-        with a completed step where there is one), for the CLI's ``recover``: counted
-        without reading every saga's records."""
-        found = await self._read(self._sql.running_names)
+    async def _running_names(self, *, claimable: bool = False) -> list[tuple[str, int, str]]:
+        """The names of the running sagas (``claimable``: those a claim could take, not
+        under a lease), each with how many and the id of one (one with a completed step
+        where there is one), for recovery's word on names no ``@saga`` here declares and
+        the CLI's ``recover``: counted without reading every saga's records."""
+        sql = self._sql
+        found = await self._read(sql.claimable_running_names if claimable else sql.running_names)
         return [(name, int(count), one) for name, count, one in found]
 
     async def _leased_count(self) -> int:

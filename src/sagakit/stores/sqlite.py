@@ -841,15 +841,16 @@ class SQLiteStore:
     async def running_count(self) -> int:
         return await self._count("finished_at IS NULL AND dead_letter IS NULL")
 
-    async def _running_names(self) -> list[tuple[str, int, str]]:
-        """The names of the running sagas a recovery here could claim (not those a live
-        process runs, of this host or another), each with how many and the id of one (one
-        with a completed step where there is one), for the CLI's ``recover``: counted
+    async def _running_names(self, *, claimable: bool = False) -> list[tuple[str, int, str]]:
+        """The names of the running sagas (``claimable``: those a recovery here could
+        claim, not those a live process runs, of this host or another), each with how many
+        and the id of one (one with a completed step where there is one), for recovery's
+        word on names no ``@saga`` here declares and the CLI's ``recover``: counted
         without reading every saga's records."""
         rows = await self._writer.read(lambda conn: conn.execute(RUNNING_NAMES).fetchall())
         found: dict[str, tuple[int, str | None, str]] = {}
         for name, owner, count, stepped, one in rows:
-            if owner_alive(owner):  # (a claim skips it)
+            if claimable and owner_alive(owner):  # (a claim skips it)
                 continue
             total, had, any_one = found.get(name, (0, None, one))
             found[name] = (total + count, had or stepped, any_one)
