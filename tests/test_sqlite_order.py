@@ -323,6 +323,7 @@ async def test_a_version_1_log_is_upgraded_in_place_and_its_rows_list_as_before(
     # Two sagas ending at the same instant: version 1 listed them in the order their rows
     # were written (old-b first), though old-a ended first.
     store_clock(monkeypatch, lambda: 1_700_000_000.0)
+    monkeypatch.setattr("sagakit._runs.time", SimpleNamespace(time=lambda: 1_700_000_000.0))
     gate("old-b", "old-a")
     b = asyncio.create_task(orchestrator.execute(gated_take("old-b"), saga_id="old-b"))
     a = asyncio.create_task(orchestrator.execute(gated_take("old-a"), saga_id="old-a"))
@@ -377,21 +378,27 @@ async def test_a_version_1_log_is_upgraded_in_place_and_its_rows_list_as_before(
         assert records(crashed)[1] == [(2, "failed"), (1, "completed"), (0, "running")]
 
         # Recovery by this version runs give_back(0) again (not give_back(2), which failed
-        # for good), with the clock set back (years): it is listed last, where it last
-        # started.
+        # for good), with the clock set back (years, to before the saga started): it is
+        # listed last, where it last started, and the saga ends no earlier than it began.
         store_clock(monkeypatch, backwards(1_000_000_000.0))
         [outcome] = await upgraded.recover()
         assert outcome.status is SagaStatus.FAILED
         recovered = await upgraded.get_saga("old-crashed")
         assert recovered is not None
         assert records(recovered)[1] == [(2, "failed"), (1, "completed"), (0, "completed")]
+        assert recovered.started_at is not None
+        assert recovered.finished_at is not None
+        assert recovered.finished_at >= recovered.started_at
         # A saga ending at the instant two old ones ended is listed after them.
         store_clock(monkeypatch, lambda: 1_700_000_000.0)
+        monkeypatch.setattr("sagakit._runs.time", SimpleNamespace(time=lambda: 1_700_000_000.0))
         await upgraded.execute(take_seven(), saga_id="new")
         assert [m.id for m in await upgraded.get_history()] == [
-            "old-crashed",  # by the clock set back
             "old-b",
             "old-a",
+            # Ended at its start, the instant old-b and old-a ended (the clock set back to
+            # 2001 would end it before it began), before new.
+            "old-crashed",
             "new",
             "old-back",
         ]

@@ -1797,7 +1797,7 @@ class SagaOrchestrator:
                     else:
                         try:
                             comp_events = events_of(value, record)
-                        except SagaDefinitionError as misuse:  # it returned an awaitable
+                        except SagaDefinitionError as misuse:  # an awaitable or an iterator
                             error = misuse
                             _gave_up(done, errors, uncompensated, record, error, go_on)  # as above
                             await self._compensation_failed(run, record, error, finished - started)

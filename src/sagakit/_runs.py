@@ -8,7 +8,7 @@ import itertools
 import math
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -85,26 +85,45 @@ def events_of(result: Any, record: StepRun | None = None) -> Sequence[Any]:
     returned, and the run's records must keep the events as they were returned.
 
     ``record``: the step (or compensation) that just returned ``result``; an awaitable
-    it returned (a forgotten ``await``) raises :class:`SagaDefinitionError` instead.
+    it returned (a forgotten ``await``) raises :class:`SagaDefinitionError` instead, and
+    so does an iterator (a generator, ``map(...)``): read once, and stored by no log.
     """
     if result is None:
         return ()
     if isinstance(result, list | tuple) and not hasattr(result, "_fields"):
         # (A named tuple is one value, an event like a dataclass: not its fields.)
         return result if result.__class__ is tuple else tuple(result)
-    if record is not None and inspect.isawaitable(result):
-        raise returned_awaitable(record, result)
+    if record is not None:
+        if inspect.isawaitable(result):
+            raise returned_awaitable(record, result)
+        if isinstance(result, Iterator | AsyncIterator):
+            raise returned_iterator(record, result)
     return (result,)
+
+
+def _which(record: StepRun) -> str:
+    """``record`` as an error names it: ``"step 1 ('charge')"``, or its compensation."""
+    which = f"step {record.index} ({record.name!r})"
+    return f"the compensation of {which}" if record.compensation else which
+
+
+def returned_iterator(record: StepRun, result: Any) -> SagaDefinitionError:
+    """The error of a step or compensation that returned ``result``, an iterator, as its
+    events: the in-memory store would keep it as one event (read once, by whoever reads
+    the events first) and a durable store cannot write it."""
+    kind = result.__class__.__name__
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    return SagaDefinitionError(
+        f"{_which(record)} returned {article} {kind} instead of its events; an iterator is "
+        "read only once and no saga log can store it: return a list, `return list(...)`"
+    )
 
 
 def returned_awaitable(record: StepRun, result: Any) -> SagaDefinitionError:
     """The error of a step or compensation that returned ``result``, an awaitable, as its
     result: it forgot to ``await`` it. A coroutine is closed (it never runs, and Python
     would warn that it was never awaited)."""
-    which = f"step {record.index} ({record.name!r})"
-    if record.compensation:
-        which = f"the compensation of {which}"
-    return awaitable_returned_by(which, result)
+    return awaitable_returned_by(_which(record), result)
 
 
 def awaitable_returned_by(which: str, result: Any) -> SagaDefinitionError:

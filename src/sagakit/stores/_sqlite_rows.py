@@ -85,13 +85,16 @@ def load_metadata(
                 compensation=bool(comp),
             )
         )
+    latest = max(when(stamp, saga_id) or _NEVER for stamp in stamps)  # (each one checked)
     return saga_metadata(
         saga_id=sid,
         name=name,
         status=status,
         total_steps=total,
         started_at=when(started, saga_id),
-        updated_at=max(when(stamp, saga_id) or _NEVER for stamp in stamps),
+        # Ended: its end, written with finished_at (a step started before the clock was
+        # set back may be stamped after it). Running: its row's last change or a step's start.
+        updated_at=when(updated, saga_id) if finished is not None else latest,
         finished_at=when(finished, saga_id),
         error=error,
         records=records,

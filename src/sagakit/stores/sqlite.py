@@ -499,7 +499,9 @@ class SQLiteStore:
         """The statements recording ``t`` (``None``: nothing to write)."""
         kind = t.kind
         saga_id = run.id
-        now = time.time()
+        # Never before the run's start (begin()'s stamp, or the recovered run's): a wall
+        # clock set back while it ran would end it before it began, a negative duration.
+        now = max(time.time(), cast("SagaRun", run).started_wall)
         if kind is ON_STEP_STARTED:
             orders = self._orders
             order = orders.get(saga_id)
