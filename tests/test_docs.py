@@ -96,9 +96,12 @@ _PRINT_COMMENT = re.compile(r"^[ \t]*print\(.*\)[ \t]+# (.+)$", re.M)
 
 
 def _comment_pattern(comment: str) -> re.Pattern[str]:
-    """``...`` stands for anything, and a duration in ms for any duration."""
+    """``...`` stands for anything, and a duration (``12.5 ms``, ``25 µs``, ``400 ns``) for
+    any duration."""
     pattern = re.escape(comment).replace(re.escape("..."), ".*")
-    return re.compile(re.sub(r"\d+\\\.\d+\\ ms", r"[\\d.]+\\ ms", pattern))
+    return re.compile(
+        re.sub(r"\d+(?:\\\.\d+)?\\ (?:ms|µs|ns)\b", r"[\\d.]+\\ (?:ms|µs|ns)", pattern)
+    )
 
 
 def _check_printed_as_commented(page: str, blocks: list[str], stdout: str) -> None:

@@ -24,7 +24,7 @@ import heapq
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._tracebacks import hide_from_pytest
 from .exceptions import StepTimeout
@@ -138,12 +138,47 @@ def _expire(run: SagaRun) -> None:
 
 
 def claim_timeout(run: SagaRun) -> bool:
-    """After a ``CancelledError``: True when the watchdog caused it (it is then undone)."""
+    """After a ``CancelledError``: True when the watchdog caused it (it is then undone).
+
+    A task cancelled for this run's deadline and for those of enclosing runs on the same
+    task (a step awaiting an inner saga, both deadlines passed at one firing) gets one
+    ``CancelledError`` for all of them. That is this run's timeout: the enclosing runs'
+    cancellations are taken back and made again once the task runs on (``_redeliver``),
+    and each enclosing run claims its own timeout however its step ends. Read as the
+    caller's, they left the inner step recorded as cancelled though its deadline passed.
+    A cancellation by anyone else still wins, as before.
+    """
     if not run.timed_out:
         return False
     run.timed_out = False
-    assert run.task is not None
-    return run.task.uncancel() <= run.cancel_base
+    task = run.task
+    assert task is not None
+    if run.cancel_owed:  # taken back by an inner run's claim, not made again yet
+        run.cancel_owed = False
+        return task.cancelling() <= run.cancel_base
+    if task.uncancel() <= run.cancel_base:
+        return True
+    enclosing: list[SagaRun] = []
+    outer = run.parent
+    while outer is not None:
+        if outer.task is task and outer.timed_out and not outer.cancel_owed:
+            enclosing.append(outer)
+        outer = outer.parent
+    if task.cancelling() - run.cancel_base != len(enclosing):
+        return False  # cancelled by someone else too: that cancellation wins
+    for outer in enclosing:
+        task.uncancel()
+        outer.cancel_owed = True
+        task.get_loop().call_soon(_redeliver, outer, task, context=contextvars.Context())
+    return True
+
+
+def _redeliver(run: SagaRun, task: asyncio.Task[Any]) -> None:
+    """Make again the cancellation of ``run``'s timeout that an inner run's claim took
+    back, unless ``run`` claimed its timeout meanwhile: its step's timeout holds."""
+    if run.cancel_owed:
+        run.cancel_owed = False
+        task.cancel()
 
 
 def timeout_error(

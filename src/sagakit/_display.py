@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from html import escape
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._seconds import duration_ms, timeout_text
 from .records import shown_error
 
 if TYPE_CHECKING:
@@ -60,9 +61,7 @@ def _badge(status: str) -> str:
 def _ms(seconds: float | None) -> str:
     if seconds is None:
         return ""
-    if seconds < 0.0001:
-        return f"{seconds * 1_000_000:.0f} µs"
-    return f"{seconds * 1000:.1f} ms"
+    return duration_ms(seconds)
 
 
 def _bar(seconds: float | None, longest: float) -> str:
@@ -186,7 +185,7 @@ def _call_row(index: int, call: StepCall[Any]) -> str:
             str(index),
             escape(step.name),
             escape(describe_args(call._args, call._kwargs)),
-            f"{step.timeout:g} s",
+            timeout_text(step.timeout),
             str(step.retry.attempts),
             escape(compensation_name(compensation) if compensation else "—"),
         )
@@ -201,7 +200,7 @@ def step_html(step: Step[Any, Any], parameters: str) -> str:
     cells = (
         escape(step.name),
         escape(parameters),
-        f"{step.timeout:g} s",
+        timeout_text(step.timeout),
         str(step.retry.attempts),
         escape(compensation_name(compensation) if compensation else "—"),
     )

@@ -349,6 +349,7 @@ class SagaRun:
 
     __slots__ = (
         "cancel_base",
+        "cancel_owed",
         "compensating",
         "compensation_events",
         "compensations",
@@ -434,6 +435,10 @@ class SagaRun:
         self.queued = False  # in its watchdog's ``fresh``: it looks at ``deadline`` next firing
         self.task: asyncio.Task[Any] | None = None
         self.cancel_base = 0  # task.cancelling() when the run started
+        # Timed out (``timed_out``) with its cancellation taken back, not yet made again:
+        # an inner saga's step timed out with it and claimed the one delivery (see
+        # _deadlines.claim_timeout).
+        self.cancel_owed = False
         self.listeners: Sequence[Any] = ()  # told of this run: those there when it began
         # While it runs: the run in whose step (or a task started there) it was started,
         # None at the top level. Fault injection aims ``index`` faults by it.

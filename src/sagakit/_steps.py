@@ -22,6 +22,7 @@ from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, active_faults, rai
 from ._names import by_reference, declared_name, qualname_of, written_name
 from ._retry import NO_RETRY, Retry
 from ._runs import alone_in, awaitable_returned_by, current_run
+from ._seconds import timeout_text
 from ._tracebacks import hide_from_pytest
 from .exceptions import CompensationAlreadySetError, SagaDefinitionError, StepTimeout
 from .records import one_line
@@ -696,7 +697,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         return by_reference(self, f"step {self.name!r}")
 
     def __repr__(self) -> str:
-        return f"<Step {one_line(self.name)} timeout={self.timeout:g}s>"
+        return f"<Step {one_line(self.name)} timeout={timeout_text(self.timeout, '')}>"
 
     # As for a function, str() and format() give the repr (wrapt's proxy would give the
     # function's: "<function debit at 0x...>").

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from ._commands import command_line
+from ._seconds import duration_text, timeout_text
 
 
 def error_text(error: BaseException) -> str:
@@ -125,7 +126,7 @@ class StepTimeout(StepFailed, TimeoutError):
         self.step_index = step_index
         self.step_name = step_name
         what = "compensation" if compensation else "step"
-        self.error = TimeoutError(f"{what} exceeded its {timeout:g} s timeout")
+        self.error = TimeoutError(f"{what} exceeded its {timeout_text(timeout)} timeout")
         self.duration = duration
         self.timeout = timeout
         if compensation:
@@ -135,7 +136,8 @@ class StepTimeout(StepFailed, TimeoutError):
         which = self._which()
         if self.compensation:
             which = f"compensation of {which}"
-        return f"{which} timed out after {self.duration:.3f} s (timeout {self.timeout:g} s)"
+        duration, timeout = duration_text(self.duration), timeout_text(self.timeout)
+        return f"{which} timed out after {duration} (timeout {timeout})"
 
     def __reduce__(self) -> tuple[Any, ...]:
         args = (self.step_index, self.step_name, self.duration, self.timeout)

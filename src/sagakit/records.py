@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ._seconds import duration_ms
 from .status import SagaStatus, StepStatus
 
 SHOWN_ERROR = 200
@@ -63,7 +64,7 @@ class StepRecord:
         if self.attempts > 1:
             text += f" after {self.attempts} attempts"
         if self.duration is not None:
-            text += f" in {self.duration * 1000:.1f} ms"
+            text += f" in {duration_ms(self.duration)}"
         if self.error:
             text += f" ({shown_line(self.error)})"
         return text + ">"
@@ -113,7 +114,7 @@ class SagaMetadata:
         text = f"<SagaMetadata {one_line(self.name)} id={self.id!r} {self.status}"
         text += f" {self.steps_executed}/{total} steps"
         if self.duration is not None:
-            text += f" in {self.duration * 1000:.1f} ms"
+            text += f" in {duration_ms(self.duration)}"
         if self.error:
             text += f" ({shown_line(self.error)})"
         if self.dead_letter is not None:
