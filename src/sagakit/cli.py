@@ -7,6 +7,7 @@
     sagakit --db sagas.db resume SAGA_ID       # un-park; the next recover runs it
     sagakit --db sagas.db release SAGA_ID      # its owner is gone (another host/container)
     sagakit --db sagas.db resolve SAGA_ID --note "refunded by hand"
+    sagakit --version
 
 ``--db`` also takes a PostgreSQL URL (``postgresql://user@host/db``, with
 ``--schema`` if the log is not in schema ``sagakit``); a SQLite log another process holds
@@ -151,6 +152,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sagakit", description="Inspect and repair a saga log.", parents=[top]
     )
+    from . import __version__  # the installed distribution's, from importlib.metadata
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="list sagas, newest first", parents=[printing])
     statuses = [str(s) for s in SagaStatus if s is not SagaStatus.NOT_STARTED]
