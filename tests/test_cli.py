@@ -23,7 +23,15 @@ import sagakit.cli as cli_module
 from cli_helpers.run import cli
 from pg_helpers.db import dsn_or_skip, query
 from pg_helpers.roles import as_role, grant_reading
-from sagakit import SagaAlreadyFailed, SagaError, SagaOrchestrator, SQLiteStore, saga, step
+from sagakit import (
+    SagaAlreadyFailed,
+    SagaAlreadyResolved,
+    SagaError,
+    SagaOrchestrator,
+    SQLiteStore,
+    saga,
+    step,
+)
 from sagakit.cli import main
 
 HELPER = Path(__file__).parent / "crash_helpers" / "bank.py"
@@ -2499,6 +2507,40 @@ def test_resolving_a_saga_resolved_already_exits_1_saying_when_and_with_what_not
         " UTC (resolved by an operator: refunded by hand (was: stuck)); nothing is changed" in err
     )
     assert cli("--db", db, "show", "parked", "--json")[1] == shown
+
+
+def test_resolved_already_shows_the_start_of_a_long_note_and_where_to_read_it_all(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: "was resolved already (...)" repeated the saga's whole error, the first
+    # note and all: a 100 KB note made a 100 KB line on stderr.
+    db, _ = crashed_in_credit(
+        tmp_path, "parked", "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL"
+    )
+    note = "refunded by hand: " + "x" * 100_000
+    assert cli("--db", db, "resolve", "parked", "--note", note)[0] == 0
+    capsys.readouterr()
+    assert cli("--db", db, "resolve", "parked", "--note", "again") == (1, "")
+    [line] = capsys.readouterr().err.splitlines()
+    assert len(line) < 600
+    assert " UTC (resolved by an operator: refunded by hand: xxx" in line
+    assert "x...); nothing is changed" in line
+    assert line.endswith(
+        f"; `sagakit --db {shlex.quote(db)} show parked` shows its whole error (the note)"
+    )
+    # The saga's error is all there, as `show` prints it.
+    assert note in json.loads(cli("--db", db, "show", "parked", "--json")[1])["error"]
+
+
+def test_resolved_already_says_the_first_line_of_the_error_and_keeps_it_whole() -> None:
+    error = "resolved by an operator: refunded\nby hand (was: ValueError: boom)"
+    refused = SagaAlreadyResolved("parked", None, error)
+    assert str(refused).startswith(
+        "saga 'parked' was resolved already (resolved by an operator: refunded...); "
+    )
+    assert refused.error == error
+    short = SagaAlreadyResolved("parked", None, "resolved by an operator: done (was: stuck)")
+    assert "(resolved by an operator: done (was: stuck)); nothing" in str(short)
 
 
 def test_tables_fit_the_terminal_cutting_names_and_errors_never_ids(

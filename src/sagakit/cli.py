@@ -46,7 +46,7 @@ from ._notify import one_line
 from ._orchestrator import SagaOrchestrator
 from ._recovery import RecoveryOutcome
 from ._sagas import registered_saga, registered_sagas
-from .exceptions import SagaError, StoreError, error_text
+from .exceptions import SagaAlreadyResolved, SagaError, StoreError, _start_of, error_text
 from .records import SagaMetadata, StepRecord
 from .status import SagaStatus
 from .stores._cli_records import ListedSaga, StoredArguments
@@ -1075,6 +1075,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             # The store's message names SQLiteStore(busy_timeout=...): say what holds
             # the log, and --busy-timeout.
             said = locked_message(args.db, args.busy_timeout)
+        resolved = error.error if isinstance(error, SagaAlreadyResolved) else None
+        if resolved is not None and _start_of(resolved) != resolved:
+            # Its message repeats only the start of the saga's error, the note in it.
+            db = "..." if _is_postgres(args.db) else args.db  # never a URL: a password
+            said += f"; `{command_line(db, 'show', args.saga_id)}` shows its whole error (the note)"
         # Its control characters escaped: it may quote an id or a name from the log.
         sys.stderr.write(f"sagakit: {one_line(said)}\n")
         return 1
