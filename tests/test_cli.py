@@ -29,6 +29,7 @@ from sagakit import (
     SagaError,
     SagaOrchestrator,
     SQLiteStore,
+    StoreError,
     saga,
     step,
 )
@@ -426,6 +427,33 @@ def test_a_file_that_is_not_sqlite_is_refused_without_advice_to_create_a_log(
         "pass the path your application's SQLiteStore uses"
     )
     assert notes.read_text(encoding="utf-8") == "not a database\n"
+
+
+@pytest.mark.parametrize("command", [["list"], ["resolve", "x", "--note", "n"]])
+def test_a_corrupt_log_is_refused_with_advice_a_cli_user_can_follow(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    # Regression: the CLI said the store's advice, "restore it from a backup or point
+    # SQLiteStore at another path", which a CLI user has no SQLiteStore to follow.
+    db = str(tmp_path / "sagas.db")
+    asyncio.run(SQLiteStore(db).close())
+    with closing(sqlite3.connect(db)) as conn:
+        [page] = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'sagakit_meta'"
+        ).fetchone()
+        [size] = conn.execute("PRAGMA page_size").fetchone()
+    data = bytearray(Path(db).read_bytes())
+    data[(page - 1) * size : page * size] = b"\xff" * size  # its schema version's page
+    Path(db).write_bytes(bytes(data))
+    assert cli("--db", db, *command) == (1, "")
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"sagakit: saga log {db!r} is corrupt or not a sagakit log (database disk image is "
+        "malformed); restore it from a backup, or pass --db the path of another saga log"
+    )
+    # The library's own message keeps its advice, for a library user.
+    with pytest.raises(StoreError, match=r"or point SQLiteStore at another path$"):
+        SQLiteStore(db)
 
 
 @pytest.mark.parametrize("name", ["logs#1.db", "why?.db", "x%41.db"])

@@ -53,6 +53,7 @@ from .stores._cli_records import ListedSaga, StoredArguments
 from .stores._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from .stores._protocol import CommittedThenCancelled, DeadLetter
 from .stores._sqlite_schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
+from .stores._sqlite_schema import CorruptLog
 from .stores.postgres import PostgresStore
 from .stores.sqlite import DEFAULT_BUSY_TIMEOUT, SQLiteStore
 from .transitions import Transition, TransitionKind
@@ -1075,6 +1076,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             # The store's message names SQLiteStore(busy_timeout=...): say what holds
             # the log, and --busy-timeout.
             said = locked_message(args.db, args.busy_timeout)
+        if isinstance(error, CorruptLog):
+            # The store's message says to point SQLiteStore elsewhere: a CLI user has none.
+            said = (
+                f"saga log {error.path!r} is corrupt or not a sagakit log ({error.reason}); "
+                "restore it from a backup, or pass --db the path of another saga log"
+            )
         resolved = error.error if isinstance(error, SagaAlreadyResolved) else None
         if resolved is not None and _start_of(resolved) != resolved:
             # Its message repeats only the start of the saga's error, the note in it.
