@@ -456,6 +456,23 @@ def test_a_corrupt_log_is_refused_with_advice_a_cli_user_can_follow(
         SQLiteStore(db)
 
 
+def test_a_log_without_a_valid_schema_version_is_refused_saying_what_to_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: "has no valid schema version", and nothing of what to do about it.
+    db = str(tmp_path / "sagas.db")
+    asyncio.run(SQLiteStore(db).close())
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE sagakit_meta SET value = '0' WHERE key = 'schema_version'")
+    assert cli("--db", db, "list") == (1, "")
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"sagakit: saga log {db!r} has no valid schema version ('0'): ")
+    assert "it is not a sagakit log, or it is damaged" in line
+    assert line.endswith(
+        f"(`sqlite3 {shlex.quote(db)} 'PRAGMA integrity_check'`), then restore it from a backup"
+    )
+
+
 @pytest.mark.parametrize("name", ["logs#1.db", "why?.db", "x%41.db"])
 def test_a_log_whose_path_has_uri_characters_is_found(
     tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import secrets
+import shlex
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -372,17 +373,27 @@ def _logged_version(conn: sqlite3.Connection, path: str) -> int | None:
     try:
         version = int(row[0]) if row else 0
     except (TypeError, ValueError):
-        raise StoreError(
-            f"saga log {path!r} has no valid schema version ({row[0]!r}); restore it from a backup"
-        ) from None
+        raise StoreError(_no_valid_version(path, row)) from None
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"saga log {path!r} has schema version {version}, newer than this "
             f"sagakit understands ({SCHEMA_VERSION}); upgrade sagakit"
         )
     if version < 1:
-        raise StoreError(f"saga log {path!r} has no valid schema version")
+        raise StoreError(_no_valid_version(path, row))
     return version
+
+
+def _no_valid_version(path: str, row: Any) -> str:
+    """What to say of a log whose ``sagakit_meta`` holds no schema version it can be at
+    (``row``, as read: ``None`` where there is none); a library or a CLI user can act on it."""
+    stored = "none stored" if not row else repr(row[0])
+    return (
+        f"saga log {path!r} has no valid schema version ({stored}): it is not a sagakit log, "
+        "or it is damaged; check that it is the file your application's saga log is in, and "
+        f"whether it is damaged (`sqlite3 {shlex.quote(path)} 'PRAGMA integrity_check'`), "
+        "then restore it from a backup"
+    )
 
 
 def _probe(conn: sqlite3.Connection) -> None:
