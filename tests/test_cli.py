@@ -23,7 +23,16 @@ import sagakit.cli as cli_module
 from cli_helpers.run import cli
 from pg_helpers.db import dsn_or_skip, query
 from pg_helpers.roles import as_role, grant_reading
-from sagakit import SagaAlreadyFailed, SagaError, SagaOrchestrator, SQLiteStore, saga, step
+from sagakit import (
+    SagaAlreadyFailed,
+    SagaAlreadyResolved,
+    SagaError,
+    SagaOrchestrator,
+    SQLiteStore,
+    StoreError,
+    saga,
+    step,
+)
 from sagakit.cli import main
 
 HELPER = Path(__file__).parent / "crash_helpers" / "bank.py"
@@ -418,6 +427,50 @@ def test_a_file_that_is_not_sqlite_is_refused_without_advice_to_create_a_log(
         "pass the path your application's SQLiteStore uses"
     )
     assert notes.read_text(encoding="utf-8") == "not a database\n"
+
+
+@pytest.mark.parametrize("command", [["list"], ["resolve", "x", "--note", "n"]])
+def test_a_corrupt_log_is_refused_with_advice_a_cli_user_can_follow(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    # Regression: the CLI said the store's advice, "restore it from a backup or point
+    # SQLiteStore at another path", which a CLI user has no SQLiteStore to follow.
+    db = str(tmp_path / "sagas.db")
+    asyncio.run(SQLiteStore(db).close())
+    with closing(sqlite3.connect(db)) as conn:
+        [page] = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'sagakit_meta'"
+        ).fetchone()
+        [size] = conn.execute("PRAGMA page_size").fetchone()
+    data = bytearray(Path(db).read_bytes())
+    data[(page - 1) * size : page * size] = b"\xff" * size  # its schema version's page
+    Path(db).write_bytes(bytes(data))
+    assert cli("--db", db, *command) == (1, "")
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"sagakit: saga log {db!r} is corrupt or not a sagakit log (database disk image is "
+        "malformed); restore it from a backup, or pass --db the path of another saga log"
+    )
+    # The library's own message keeps its advice, for a library user.
+    with pytest.raises(StoreError, match=r"or point SQLiteStore at another path$"):
+        SQLiteStore(db)
+
+
+def test_a_log_without_a_valid_schema_version_is_refused_saying_what_to_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: "has no valid schema version", and nothing of what to do about it.
+    db = str(tmp_path / "sagas.db")
+    asyncio.run(SQLiteStore(db).close())
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE sagakit_meta SET value = '0' WHERE key = 'schema_version'")
+    assert cli("--db", db, "list") == (1, "")
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"sagakit: saga log {db!r} has no valid schema version ('0'): ")
+    assert "it is not a sagakit log, or it is damaged" in line
+    assert line.endswith(
+        f"(`sqlite3 {shlex.quote(db)} 'PRAGMA integrity_check'`), then restore it from a backup"
+    )
 
 
 @pytest.mark.parametrize("name", ["logs#1.db", "why?.db", "x%41.db"])
@@ -2499,6 +2552,40 @@ def test_resolving_a_saga_resolved_already_exits_1_saying_when_and_with_what_not
         " UTC (resolved by an operator: refunded by hand (was: stuck)); nothing is changed" in err
     )
     assert cli("--db", db, "show", "parked", "--json")[1] == shown
+
+
+def test_resolved_already_shows_the_start_of_a_long_note_and_where_to_read_it_all(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: "was resolved already (...)" repeated the saga's whole error, the first
+    # note and all: a 100 KB note made a 100 KB line on stderr.
+    db, _ = crashed_in_credit(
+        tmp_path, "parked", "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL"
+    )
+    note = "refunded by hand: " + "x" * 100_000
+    assert cli("--db", db, "resolve", "parked", "--note", note)[0] == 0
+    capsys.readouterr()
+    assert cli("--db", db, "resolve", "parked", "--note", "again") == (1, "")
+    [line] = capsys.readouterr().err.splitlines()
+    assert len(line) < 600
+    assert " UTC (resolved by an operator: refunded by hand: xxx" in line
+    assert "x...); nothing is changed" in line
+    assert line.endswith(
+        f"; `sagakit --db {shlex.quote(db)} show parked` shows its whole error (the note)"
+    )
+    # The saga's error is all there, as `show` prints it.
+    assert note in json.loads(cli("--db", db, "show", "parked", "--json")[1])["error"]
+
+
+def test_resolved_already_says_the_first_line_of_the_error_and_keeps_it_whole() -> None:
+    error = "resolved by an operator: refunded\nby hand (was: ValueError: boom)"
+    refused = SagaAlreadyResolved("parked", None, error)
+    assert str(refused).startswith(
+        "saga 'parked' was resolved already (resolved by an operator: refunded...); "
+    )
+    assert refused.error == error
+    short = SagaAlreadyResolved("parked", None, "resolved by an operator: done (was: stuck)")
+    assert "(resolved by an operator: done (was: stuck)); nothing" in str(short)
 
 
 def test_tables_fit_the_terminal_cutting_names_and_errors_never_ids(

@@ -4,6 +4,7 @@ a write that fails inside its transaction, unreadable stored values."""
 
 from __future__ import annotations
 
+import shlex
 import sqlite3
 import subprocess
 import sys
@@ -223,7 +224,7 @@ def test_a_log_cut_inside_its_header_is_refused_as_truncated(db: str) -> None:
         SQLiteStore(db)
 
 
-@pytest.mark.parametrize("version", ["0", None])
+@pytest.mark.parametrize("version", ["0", "two", None])
 @pytest.mark.asyncio
 async def test_a_log_without_a_valid_schema_version_is_refused_not_migrated(
     db: str, version: str | None
@@ -234,9 +235,17 @@ async def test_a_log_without_a_valid_schema_version_is_refused_not_migrated(
         edit(db, "DELETE FROM sagakit_meta WHERE key = 'schema_version'")
     else:
         edit(db, "UPDATE sagakit_meta SET value = ? WHERE key = 'schema_version'", version)
+    # It said only "has no valid schema version": nothing of what to do about it.
+    stored = "none stored" if version is None else repr(version)
     for read_only in (False, True):
-        with pytest.raises(StoreError, match=r"has no valid schema version$"):
+        with pytest.raises(StoreError) as refused:
             SQLiteStore(db, read_only=read_only)
+        assert str(refused.value) == (
+            f"saga log {db!r} has no valid schema version ({stored}): it is not a sagakit "
+            "log, or it is damaged; check that it is the file your application's saga log "
+            f"is in, and whether it is damaged (`sqlite3 {shlex.quote(db)} 'PRAGMA "
+            "integrity_check'`), then restore it from a backup"
+        )
 
 
 @pytest.mark.asyncio

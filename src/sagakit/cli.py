@@ -7,6 +7,7 @@
     sagakit --db sagas.db resume SAGA_ID       # un-park; the next recover runs it
     sagakit --db sagas.db release SAGA_ID      # its owner is gone (another host/container)
     sagakit --db sagas.db resolve SAGA_ID --note "refunded by hand"
+    sagakit --version
 
 ``--db`` also takes a PostgreSQL URL (``postgresql://user@host/db``, with
 ``--schema`` if the log is not in schema ``sagakit``); a SQLite log another process holds
@@ -45,13 +46,14 @@ from ._notify import one_line
 from ._orchestrator import SagaOrchestrator
 from ._recovery import RecoveryOutcome
 from ._sagas import registered_saga, registered_sagas
-from .exceptions import SagaError, StoreError, error_text
+from .exceptions import SagaAlreadyResolved, SagaError, StoreError, _start_of, error_text
 from .records import SagaMetadata, StepRecord
 from .status import SagaStatus
 from .stores._cli_records import ListedSaga, StoredArguments
 from .stores._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from .stores._protocol import CommittedThenCancelled, DeadLetter
 from .stores._sqlite_schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
+from .stores._sqlite_schema import CorruptLog
 from .stores.postgres import PostgresStore
 from .stores.sqlite import DEFAULT_BUSY_TIMEOUT, SQLiteStore
 from .transitions import Transition, TransitionKind
@@ -151,6 +153,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sagakit", description="Inspect and repair a saga log.", parents=[top]
     )
+    from . import __version__  # the installed distribution's, from importlib.metadata
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="list sagas, newest first", parents=[printing])
     statuses = [str(s) for s in SagaStatus if s is not SagaStatus.NOT_STARTED]
@@ -1071,6 +1076,17 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             # The store's message names SQLiteStore(busy_timeout=...): say what holds
             # the log, and --busy-timeout.
             said = locked_message(args.db, args.busy_timeout)
+        if isinstance(error, CorruptLog):
+            # The store's message says to point SQLiteStore elsewhere: a CLI user has none.
+            said = (
+                f"saga log {error.path!r} is corrupt or not a sagakit log ({error.reason}); "
+                "restore it from a backup, or pass --db the path of another saga log"
+            )
+        resolved = error.error if isinstance(error, SagaAlreadyResolved) else None
+        if resolved is not None and _start_of(resolved) != resolved:
+            # Its message repeats only the start of the saga's error, the note in it.
+            db = "..." if _is_postgres(args.db) else args.db  # never a URL: a password
+            said += f"; `{command_line(db, 'show', args.saga_id)}` shows its whole error (the note)"
         # Its control characters escaped: it may quote an id or a name from the log.
         sys.stderr.write(f"sagakit: {one_line(said)}\n")
         return 1

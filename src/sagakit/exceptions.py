@@ -280,19 +280,32 @@ class StoreError(SagaError):
     """A saga store could not be opened, read or written."""
 
 
+_ERROR_SHOWN = 200
+"""The most characters of a saga's error a :class:`SagaAlreadyResolved` message repeats."""
+
+
+def _start_of(error: str) -> str:
+    """The first line of ``error``, at most :data:`_ERROR_SHOWN` characters of it, ended
+    with "..." where anything was left off."""
+    first = error.split("\n", 1)[0].split("\r", 1)[0]
+    shown = first[:_ERROR_SHOWN]
+    return shown if shown == error else f"{shown}..."
+
+
 class SagaAlreadyResolved(StoreError):
     """``resolve()`` (``sagakit resolve``) of a saga an operator resolved already.
 
     Nothing is changed: the first resolution stands, note and all. ``resolved_at`` is
     when it was resolved (UTC), ``error`` the saga's error since, which holds the note
-    it was resolved with (``"resolved by an operator: <note> (was: ...)"``).
+    it was resolved with (``"resolved by an operator: <note> (was: ...)"``); the message
+    repeats its first line, up to 200 characters (``error`` holds it whole).
     """
 
     def __init__(
         self, saga_id: str, resolved_at: datetime | None = None, error: str | None = None
     ) -> None:
         when = "" if resolved_at is None else f" at {resolved_at:%Y-%m-%d %H:%M:%S} UTC"
-        said = "" if error is None else f" ({error})"
+        said = "" if error is None else f" ({_start_of(error)})"
         super().__init__(
             f"saga {saga_id!r} was resolved already{when}{said}; nothing is changed, as "
             "resolving it again would not: its id may be executed again"

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import secrets
+import shlex
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -317,26 +318,39 @@ def _closed_on_failure(conn: sqlite3.Connection, path: str, *, writing: bool) ->
         raise
     except sqlite3.DatabaseError as error:
         conn.close()
-        raise StoreError(_unusable(path, error, writing=writing)) from error
+        raise _unusable(path, error, writing=writing) from error
 
 
-def _unusable(path: str, error: sqlite3.DatabaseError, *, writing: bool) -> str:
-    """What to say when SQLite fails to open the log (``writing``: to create or migrate it)."""
+class CorruptLog(StoreError):
+    """SQLite found the log at ``path`` damaged, or not a sagakit log: ``reason`` is what
+    it said. The message advises a library user; the CLI says its own advice instead."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(
+            f"saga log {path!r} is corrupt or not a sagakit log ({reason}); restore it from "
+            "a backup or point SQLiteStore at another path"
+        )
+        self.path = path
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.reason))
+
+
+def _unusable(path: str, error: sqlite3.DatabaseError, *, writing: bool) -> StoreError:
+    """What to raise when SQLite fails to open the log (``writing``: to create or migrate it)."""
     if writing:
         code = getattr(error, "sqlite_errorcode", None) or 0
         if code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
             # Creating the schema takes the write lock: a busy file is not a damaged one.
-            return (
+            return StoreError(
                 f"saga log {path!r} is locked by another connection that kept its write "
                 f"lock longer than busy_timeout ({error}); try again, or raise busy_timeout"
             )
         unwritable = _unwritable(path, error)
         if unwritable is not None:
-            return unwritable
-    return (
-        f"saga log {path!r} is corrupt or not a sagakit log ({error}); restore it from "
-        "a backup or point SQLiteStore at another path"
-    )
+            return StoreError(unwritable)
+    return CorruptLog(path, str(error))
 
 
 def stored_schema_version(conn: sqlite3.Connection) -> tuple[bool, Any]:
@@ -359,17 +373,27 @@ def _logged_version(conn: sqlite3.Connection, path: str) -> int | None:
     try:
         version = int(row[0]) if row else 0
     except (TypeError, ValueError):
-        raise StoreError(
-            f"saga log {path!r} has no valid schema version ({row[0]!r}); restore it from a backup"
-        ) from None
+        raise StoreError(_no_valid_version(path, row)) from None
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"saga log {path!r} has schema version {version}, newer than this "
             f"sagakit understands ({SCHEMA_VERSION}); upgrade sagakit"
         )
     if version < 1:
-        raise StoreError(f"saga log {path!r} has no valid schema version")
+        raise StoreError(_no_valid_version(path, row))
     return version
+
+
+def _no_valid_version(path: str, row: Any) -> str:
+    """What to say of a log whose ``sagakit_meta`` holds no schema version it can be at
+    (``row``, as read: ``None`` where there is none); a library or a CLI user can act on it."""
+    stored = "none stored" if not row else repr(row[0])
+    return (
+        f"saga log {path!r} has no valid schema version ({stored}): it is not a sagakit log, "
+        "or it is damaged; check that it is the file your application's saga log is in, and "
+        f"whether it is damaged (`sqlite3 {shlex.quote(path)} 'PRAGMA integrity_check'`), "
+        "then restore it from a backup"
+    )
 
 
 def _probe(conn: sqlite3.Connection) -> None:
