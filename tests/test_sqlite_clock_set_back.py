@@ -20,27 +20,27 @@ SET_BACK = [0.0]  # seconds the store's clock is behind the real one
 
 
 @step
-async def cs_take(n: int) -> str:
+async def clock_take(n: int) -> str:
     SET_BACK[0] = 3600.0  # NTP sets the clock back an hour while the step runs
     return f"took {n}"
 
 
-@cs_take.compensate
-async def cs_give_back(result: str, n: int) -> str:
+@clock_take.compensate
+async def clock_give_back(result: str, n: int) -> str:
     return f"gave back {n}"
 
 
 @step
-async def cs_refuse() -> None:
+async def clock_refuse() -> None:
     raise ValueError("refused")
 
 
 @saga
-def cs_order(refused: bool):  # type: ignore[no-untyped-def]
-    yield cs_take(1)
-    yield cs_take(2)
+def clock_order(refused: bool):  # type: ignore[no-untyped-def]
+    yield clock_take(1)
+    yield clock_take(2)
     if refused:
-        yield cs_refuse()
+        yield clock_refuse()
 
 
 @pytest.fixture(autouse=True)
@@ -62,9 +62,9 @@ async def test_a_clock_set_back_mid_run_never_ends_a_saga_before_it_started(
     async with SagaOrchestrator(SQLiteStore(tmp_path / "s.db")) as orchestrator:
         if refused:
             with pytest.raises(StepFailed):
-                await orchestrator.execute(cs_order(True), saga_id="back")
+                await orchestrator.execute(clock_order(True), saga_id="back")
         else:
-            await orchestrator.execute(cs_order(False), saga_id="back")
+            await orchestrator.execute(clock_order(False), saga_id="back")
         meta = await orchestrator.get_saga("back")
         [listed] = await orchestrator.get_history()
     assert meta is not None
