@@ -40,9 +40,7 @@ class SimulatedCrash(BaseException):
 
     The orchestrator runs nothing more and records nothing more for the run, exactly as
     after a SIGKILL; a durable store keeps it ``EXECUTING`` or ``COMPENSATING`` for
-    recovery. The other runs on the same store, the rest of the "process", stop at their
-    next move with a ``SimulatedCrash`` of their own, unrecorded too. A ``BaseException``,
-    so that a step's ``except Exception`` cannot stop it.
+    recovery. A ``BaseException``, so that a step's ``except Exception`` cannot stop it.
     """
 
     # Where it is imported from, as tracebacks and pickles name it (not this private module).
@@ -113,31 +111,6 @@ def forget_crashes(store: object, saga_ids: Iterable[str] | None = None) -> set[
     return forgotten
 
 
-# Per store (a process's handle on its log, as simulate_restart() takes it): a cell holding
-# the lowest run number (Transition.run_number) started after the last simulated crash on
-# it. A run numbered below it was running in the process that "died": it stops unrecorded
-# where it is (see dead_process_crash), as the sagas of a killed process do.
-_crash_marks: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
-
-
-def crash_mark(store: object) -> list[int]:
-    """The crash mark of ``store``, shared by the orchestrators on it (one of their own
-    for a store class without weak references)."""
-    try:
-        return _crash_marks.setdefault(store, [0])
-    except TypeError:
-        return [0]
-
-
-def dead_process_crash(saga_id: str) -> SimulatedCrash:
-    """The crash that stops ``saga_id``, run beside a saga whose simulated crash killed
-    the process: nothing more of it runs or is recorded."""
-    return SimulatedCrash(
-        f"saga {saga_id!r} stopped by a simulated crash of its process (FaultInjector.crash "
-        "in another saga on the same store)"
-    )
-
-
 def crash_hint(store: object, saga_ids: Iterable[str] | None = None) -> str | None:
     """What to do about those of ``saga_ids`` (all, if ``None``) a simulated crash left
     running on ``store`` (``None`` if none): the store refuses them to this process, which
@@ -193,8 +166,6 @@ __all__ = [
     "SimulatedCrash",
     "active_faults",
     "crash_hint",
-    "crash_mark",
-    "dead_process_crash",
     "forget_crashes",
     "note_crash",
     "raised_by_step",

@@ -30,8 +30,6 @@ from ._hooks import (
     active_faults,
     crash_hint,
     crash_in,
-    crash_mark,
-    dead_process_crash,
     note_crash,
     raised_by_step,
 )
@@ -84,7 +82,6 @@ from ._runs import (
     still_running,
     storable_text,
 )
-from ._runs import _next_number as next_run_number
 from ._sagas import (
     SagaDefinition,
     SagaFunction,
@@ -131,13 +128,6 @@ _Done = tuple[StepRun, StepCall[Any], Any]
 
 HANDED_BACK = "recovery was cancelled; the next recovery finishes the saga"
 """Why a saga whose recovery was cancelled stopped (its ``SAGA_STOPPED`` error)."""
-
-
-def _died(run: SagaRun) -> bool:
-    """Whether a simulated crash on the store of ``run``'s orchestrator "killed the
-    process" while ``run`` ran (see ``crash_mark``)."""
-    owner = run.orchestrator()
-    return owner is not None and run.number < owner._crash_mark[0]
 
 
 def _end_running(records: list[StepRun], error: str) -> None:
@@ -389,9 +379,6 @@ class SagaOrchestrator:
         # The default store, called without awaiting a coroutine per run (not a subclass:
         # that may override begin() or finish()).
         self._memory = store if type(store) is MemoryStore else None
-        # Runs numbered below it were running when a simulated crash "killed the process"
-        # (this store's, shared with the other orchestrators on it): they stop unrecorded.
-        self._crash_mark = crash_mark(store)
         # A durable store may stage the transitions that no side effect follows; they
         # commit with the run's next record(), before the next step or compensation
         # runs or execute() returns.
@@ -541,11 +528,6 @@ class SagaOrchestrator:
             self._ref,
         )
         run.listeners = self._listeners
-        enclosing = current_run.get()
-        if enclosing is not None and _died(enclosing):
-            # Started by a step of a run a simulated crash stopped (the step runs to its
-            # end, as if killed just after it acted): the dead process begins nothing.
-            raise dead_process_crash(run.id)
         # Before begin(): whatever it raises leaves no run. A list or builder definition's
         # steps are read from its tuple, without a generator (see _drive).
         listed = definition._state[2]
@@ -663,8 +645,6 @@ class SagaOrchestrator:
                     # The caller's cancellation, caught and swallowed (by the step that
                     # just returned, or a listener): the saga stops all the same.
                     raise asyncio.CancelledError
-                if run.number < self._crash_mark[0]:  # its process "died" meanwhile
-                    self._die(run)
                 if listed is not None:
                     if index == len(listed):
                         break
@@ -1118,8 +1098,6 @@ class SagaOrchestrator:
                 running_step.reset(step_token)
             except ValueError:  # closed by the garbage collector (see _abandoned): in
                 pass  # another context, which these never changed
-        if run.number < self._crash_mark[0]:  # its process "died" meanwhile
-            self._die(run)
         run.status = SAGA_COMPLETED
         run.total_steps = index
         run.finished_mono = run.updated_mono = now()
@@ -1306,24 +1284,9 @@ class SagaOrchestrator:
         tracers (and test recorders) among its listeners hear of it (``_sagakit_crashed``):
         instrumentation of this process, which a real crash takes with it, ends the run's
         spans and restores the context it set, rather than hold them open for good."""
-        stopped: set[int] = crash.__dict__.setdefault("_sagakit_runs", set())
-        if run.number in stopped:  # (stopped by _die, then met by a handler of the crash)
-            return
-        stopped.add(run.number)
-        mark = self._crash_mark
-        if run.number >= mark[0]:  # the crash itself, in a run of the living process:
-            mark[0] = next_run_number()  # the runs beside it stop at their next move
         self._held.pop(run, None)
         note_crash(self._store, run.id)  # for the error of running it again here (crash_hint)
         self._tell_instruments(run, "the simulated crash", "_sagakit_crashed", crash)
-
-    def _die(self, run: SagaRun) -> NoReturn:
-        """Stop ``run`` where it is, unrecorded: a simulated crash of another saga on this
-        store "killed the process" running it (see ``crash_mark``), which would have
-        run, recorded and told nothing more of it."""
-        crash = dead_process_crash(run.id)
-        self._crashed(run, crash)
-        raise crash
 
     def _tell_instruments(self, run: SagaRun, what: str, hook: str, *args: object) -> None:
         """Call ``hook(run.id, *args, run.number)`` of the listeners that have it
@@ -1415,8 +1378,6 @@ class SagaOrchestrator:
         ``announce``): a durable store records the end first; any other store has the
         run in its history before the listeners hear of its end, as a durable one does
         once the end is recorded."""
-        if run.number < self._crash_mark[0]:  # its process "died" meanwhile
-            self._die(run)
         if not self._durable:
             memory = self._memory
             try:
@@ -1637,8 +1598,6 @@ class SagaOrchestrator:
                 if compensation is None:
                     done.pop()
                     continue
-                if run.number < self._crash_mark[0]:  # its process "died" meanwhile
-                    self._die(run)
                 # new_step_run(step_record.index, step_record.name, True), inline (as above)
                 record = StepRun()
                 record.index = step_record.index
@@ -1924,8 +1883,6 @@ class SagaOrchestrator:
         duration: float | None = None,
     ) -> None:
         """Record a transition durably (if the store is), log it, then tell listeners."""
-        if run.number < self._crash_mark[0]:  # its process "died" meanwhile
-            self._die(run)
         level = level_of(kind, run.status)
         logged = logger.isEnabledFor(level)
         if not (logged or self._durable or run.listeners):
