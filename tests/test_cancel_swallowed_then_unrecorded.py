@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from sagakit import (
+    SagaMetadata,
     SagaOrchestrator,
     SagaStatus,
     StepFailed,
@@ -77,11 +78,13 @@ def csu_order(order: str) -> Any:
     yield csu_ship(order)
 
 
-@pytest.mark.asyncio
-@pytest.mark.parametrize("how", ["execute", "recover", "adopt"])
-async def test_a_refused_compensation_after_a_swallowed_cancellation_still_raises_it(
-    durable_store: Callable[[], Any], how: str
-) -> None:
+async def refused_after_a_swallowed_cancellation(
+    durable_store: Callable[[], Any], how: str, order: Any, saga_id: str
+) -> tuple[BaseException, SagaMetadata | None]:
+    """Run ``order(saga_id)`` (``execute``), or recover it after a crash at its ship step
+    (``recover``, or ``adopt``: execute() of its id), cancel the caller while a
+    compensation swallows it, with the log refusing the next compensation's start: the
+    ``CancelledError`` raised and the saga's metadata then."""
     global undoing, failing
     undoing = asyncio.Event()
     effects.clear()
@@ -89,7 +92,7 @@ async def test_a_refused_compensation_after_a_swallowed_cancellation_still_raise
     if how != "execute":  # an orphan left after its last step started
         store = durable_store()
         with FaultInjector().crash(csu_ship), pytest.raises(SimulatedCrash):
-            await SagaOrchestrator(store).execute(csu_order("o1"), saga_id="o1")
+            await SagaOrchestrator(store).execute(order(saga_id), saga_id=saga_id)
         await simulate_restart(store)
         await store.close()
     failing = True
@@ -100,17 +103,26 @@ async def test_a_refused_compensation_after_a_swallowed_cancellation_still_raise
             running = (
                 orchestrator.recover()
                 if how == "recover"
-                else orchestrator.execute(csu_order("o1"), saga_id="o1")
+                else orchestrator.execute(order(saga_id), saga_id=saga_id)
             )
             task = asyncio.create_task(running)
             await undoing.wait()
             task.cancel()
             with pytest.raises(asyncio.CancelledError) as raised:
                 await task
-            meta = await orchestrator.get_saga("o1")
+            meta = await orchestrator.get_saga(saga_id)
     finally:
         failing = False
-    assert isinstance(raised.value.__context__, StoreError)
+    return raised.value, meta
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["execute", "recover", "adopt"])
+async def test_a_refused_compensation_after_a_swallowed_cancellation_still_raises_it(
+    durable_store: Callable[[], Any], how: str
+) -> None:
+    raised, meta = await refused_after_a_swallowed_cancellation(durable_store, how, csu_order, "o1")
+    assert isinstance(raised.__context__, StoreError)
     assert effects == ["swallowed", "refund o1"]  # release never started: not in the log
     assert meta is not None
     assert meta.status is SagaStatus.FAILED
@@ -132,34 +144,10 @@ async def test_a_resumed_saga_that_fails_chains_the_refused_write_to_the_cancell
     # a compensation swallows the cancellation of the caller, then the log refuses the
     # next one's start. Regression: the StoreError was logged, and the CancelledError
     # raised without it (execute() and a compensating recovery chain it).
-    global undoing, failing
-    undoing = asyncio.Event()
-    effects.clear()
-    failing = False
-    store = durable_store()
-    with FaultInjector().crash(csu_ship), pytest.raises(SimulatedCrash):
-        await SagaOrchestrator(store).execute(csu_resumed_order("o2"), saga_id="o2")
-    await simulate_restart(store)
-    await store.close()
-    failing = True
-    store = durable_store()
-    refuse_record(store, TransitionKind.COMPENSATION_STARTED, 0, after=False)
-    try:
-        async with SagaOrchestrator(store) as orchestrator:
-            running = (
-                orchestrator.recover()
-                if how == "recover"
-                else orchestrator.execute(csu_resumed_order("o2"), saga_id="o2")
-            )
-            task = asyncio.create_task(running)
-            await undoing.wait()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError) as raised:
-                await task
-            meta = await orchestrator.get_saga("o2")
-    finally:
-        failing = False
-    assert isinstance(raised.value.__context__, StoreError)
+    raised, meta = await refused_after_a_swallowed_cancellation(
+        durable_store, how, csu_resumed_order, "o2"
+    )
+    assert isinstance(raised.__context__, StoreError)
     assert effects == ["swallowed", "refund o2"]  # release never started: not in the log
     assert meta is not None
     assert meta.status is SagaStatus.FAILED
