@@ -33,7 +33,7 @@ from ._recovery import (
 )
 from ._runs import SagaRun, StepRun, still_running
 from ._sagas import registered_sagas
-from ._shielding import CancellationWatch
+from ._shielding import CancellationWatch, wait_out
 from ._tracebacks import hide_from_pytest
 from .exceptions import LeaseLost, SagaDefinitionError, StoreError
 from .stores._loop_refusal import refuses_this_loop
@@ -204,6 +204,44 @@ def _backoff(poll_interval: float, failures: int) -> float:
     return min(poll_interval * 2.0 ** min(failures - 1, 64), max(poll_interval, MAX_BACKOFF))
 
 
+async def _claim(
+    store: RecoverableStore, stop: asyncio.Event, **options: Any
+) -> list[OrphanedSaga]:
+    """``store.claim_orphans(**options)``, given up if ``stop`` is set before it answers.
+
+    A claim on a connection that went silent (a partition, with no reset) waits until
+    the kernel gives up, some 15 minutes: a worker told to stop does not wait for it.
+    The claim is cancelled, as a cancelled worker's is (the store gives back what it
+    had claimed); sagas it returns all the same are given back, unrun."""
+    claiming = asyncio.ensure_future(store.claim_orphans(**options))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((claiming, stopping), return_when=asyncio.FIRST_COMPLETED)
+    except GeneratorExit:
+        raise  # its event loop closed under the worker (see run_worker): nothing to await
+    except BaseException:
+        await _give_up(store, claiming)  # the worker was cancelled
+        raise
+    finally:
+        if not stopping.get_loop().is_closed():
+            stopping.cancel()
+    if claiming.done():
+        return claiming.result()
+    await _give_up(store, claiming)
+    return []
+
+
+async def _give_up(store: RecoverableStore, claiming: asyncio.Future[list[OrphanedSaga]]) -> None:
+    """Cancel a claim not answered yet and wait for its end, whatever cancels the caller;
+    give back what it claimed all the same (its driver swallowed the cancellation)."""
+    if claiming.done():
+        return
+    claiming.cancel()
+    await wait_out(claiming)
+    if not claiming.cancelled() and claiming.exception() is None:
+        await give_back(store, claiming.result())
+
+
 async def _wait(events: tuple[asyncio.Event, ...], seconds: float) -> None:
     """Until one of ``events`` is set or ``seconds`` pass."""
     waiters = [asyncio.ensure_future(event.wait()) for event in events]
@@ -286,8 +324,8 @@ async def run_worker(
                 if free > 0:
                     names = {function.name for function in registered_sagas()}
                     try:
-                        orphans = await store.claim_orphans(
-                            names=names, limit=free, max_attempts=max_attempts
+                        orphans = await _claim(
+                            store, stop, names=names, limit=free, max_attempts=max_attempts
                         )
                     except StoreError as error:  # the database is away: try again later
                         if refuses_this_loop(error):  # (never better from this loop)
