@@ -21,7 +21,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from ._cadence import failure_level
-from ._checks import check_count, check_flag, check_seconds
+from ._checks import check_count, check_flag, check_seconds, is_number
 from ._hooks import SimulatedCrash
 from ._recovery import (
     _fields,
@@ -266,13 +266,22 @@ async def _shutdown(
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         return
+    # A release on a pooled connection gone silent (a partition that resets nothing)
+    # waits for the kernel to give up, some 15 minutes: wait as long as the store waits
+    # for the server (its connect_timeout), then let the leases run out.
+    patience: object = getattr(store, "connect_timeout", None)
+    deadline = asyncio.timeout(float(patience) if is_number(patience) else None)
     try:
         # The inner sagas too: cancelled with their outer saga's task, they would
         # compensate what the next owner of the outer saga runs on from the log.
         inner = {saga_id for saga_id, (run, step) in nested.items() if still_running(step, run)}
-        released = await release(saga_ids=sorted({*tasks.values(), *inner}))
+        async with deadline:
+            released = await release(saga_ids=sorted({*tasks.values(), *inner}))
     except Exception as error:  # the database is away: the leases run out by themselves
-        logger.warning("sagakit worker could not release its saga leases: %s", error)
+        said: object = error
+        if isinstance(error, TimeoutError) and deadline.expired():
+            said = f"no answer within {patience:g} s (connect_timeout)"
+        logger.warning("sagakit worker could not release its saga leases: %s", said)
     else:
         logger.info("sagakit worker released %d saga leases", released)
     finally:
