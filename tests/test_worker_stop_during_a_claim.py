@@ -107,3 +107,33 @@ async def test_a_claim_answered_after_the_worker_was_told_to_stop_is_given_back_
         outcomes = await orchestrator.recover()
         assert [outcome.saga_id for outcome in outcomes] == ["sc-1"]  # given back
         assert ran == ["book o1", "ship o1"]
+
+
+async def test_a_worker_stopped_while_its_look_for_unregistered_names_gets_no_answer_returns(
+    tmp_path: Path,
+) -> None:
+    # The look for sagas of names no @saga here declares (once a minute) waited on the
+    # same silent connection as a claim can, stop or not.
+    async with SagaOrchestrator(SQLiteStore(tmp_path / "sagas.db")) as orchestrator:
+        store = orchestrator.store
+        looking = asyncio.Event()
+        cancelled: list[str] = []
+
+        async def silent_look() -> list[tuple[str, int, str]]:
+            looking.set()
+            try:
+                await asyncio.Event().wait()  # no answer, ever
+            except asyncio.CancelledError:
+                cancelled.append("look")
+                raise
+            return []
+
+        store._running_names = silent_look  # type: ignore[attr-defined]
+        stop = asyncio.Event()
+        worker = asyncio.create_task(
+            orchestrator.run_worker(poll_interval=0.01, stop=stop, handle_signals=False)
+        )
+        await looking.wait()
+        stop.set()
+        await asyncio.wait_for(worker, GIVE_UP)  # returns, as told
+        assert cancelled == ["look"]

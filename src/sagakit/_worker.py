@@ -204,42 +204,60 @@ def _backoff(poll_interval: float, failures: int) -> float:
     return min(poll_interval * 2.0 ** min(failures - 1, 64), max(poll_interval, MAX_BACKOFF))
 
 
-async def _claim(
-    store: RecoverableStore, stop: asyncio.Event, **options: Any
-) -> list[OrphanedSaga]:
-    """``store.claim_orphans(**options)``, given up if ``stop`` is set before it answers.
+async def _unless_stopped(stop: asyncio.Event, running: asyncio.Future[Any]) -> bool:
+    """Wait for ``running`` to end, unless ``stop`` is set first or the caller is
+    cancelled: then cancel it and wait it out, whatever cancels the caller. True if it
+    ended by itself.
 
-    A claim on a connection that went silent (a partition, with no reset) waits until
-    the kernel gives up, some 15 minutes: a worker told to stop does not wait for it.
-    The claim is cancelled, as a cancelled worker's is (the store gives back what it
-    had claimed); sagas it returns all the same are given back, unrun."""
-    claiming = asyncio.ensure_future(store.claim_orphans(**options))
+    A statement on a connection that went silent (a partition, with no reset) waits
+    until the kernel gives up, some 15 minutes: a worker told to stop does not wait."""
     stopping = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.wait((claiming, stopping), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((running, stopping), return_when=asyncio.FIRST_COMPLETED)
     except GeneratorExit:
         raise  # its event loop closed under the worker (see run_worker): nothing to await
     except BaseException:
-        await _give_up(store, claiming)  # the worker was cancelled
+        await _cancel(running)  # the worker was cancelled
         raise
     finally:
         if not stopping.get_loop().is_closed():
             stopping.cancel()
-    if claiming.done():
-        return claiming.result()
-    await _give_up(store, claiming)
+    if running.done():
+        return True
+    await _cancel(running)
+    return False
+
+
+async def _cancel(running: asyncio.Future[Any]) -> None:
+    """Cancel ``running`` and wait for its end, whatever cancels the caller meanwhile."""
+    running.cancel()
+    await wait_out(running)
+
+
+def _answered(claiming: asyncio.Future[list[OrphanedSaga]]) -> list[OrphanedSaga]:
+    """What a claim returned (``[]`` if it failed or was cancelled)."""
+    if claiming.cancelled() or claiming.exception() is not None:
+        return []
+    return claiming.result()
+
+
+async def _claim(
+    store: RecoverableStore, stop: asyncio.Event, **options: Any
+) -> list[OrphanedSaga]:
+    """``store.claim_orphans(**options)``, given up if ``stop`` is set before it answers
+    (``[]``): cancelled, as a cancelled worker's claim is (the store gives back what it
+    had claimed); sagas it returns all the same are given back, unrun."""
+    claiming = asyncio.ensure_future(store.claim_orphans(**options))
+    try:
+        if await _unless_stopped(stop, claiming):
+            return claiming.result()
+    except GeneratorExit:
+        raise
+    except BaseException:
+        await give_back(store, _answered(claiming))  # the worker was cancelled
+        raise
+    await give_back(store, _answered(claiming))
     return []
-
-
-async def _give_up(store: RecoverableStore, claiming: asyncio.Future[list[OrphanedSaga]]) -> None:
-    """Cancel a claim not answered yet and wait for its end, whatever cancels the caller;
-    give back what it claimed all the same (its driver swallowed the cancellation)."""
-    if claiming.done():
-        return
-    claiming.cancel()
-    await wait_out(claiming)
-    if not claiming.cancelled() and claiming.exception() is None:
-        await give_back(store, claiming.result())
 
 
 async def _wait(events: tuple[asyncio.Event, ...], seconds: float) -> None:
@@ -376,7 +394,9 @@ async def run_worker(
                     continue  # more may be waiting: claim again while capacity lasts
                 if not failures and asyncio.get_running_loop().time() >= next_look:
                     next_look = asyncio.get_running_loop().time() + UNREGISTERED_EVERY
-                    await tell_unregistered(store, told)
+                    looking = asyncio.ensure_future(tell_unregistered(store, told))
+                    if await _unless_stopped(stop, looking):
+                        looking.result()
                 freed.clear()
                 wait = _backoff(poll_interval, failures)
                 await _wait((stop, freed) if len(tasks) >= concurrency else (stop,), wait)
