@@ -36,7 +36,7 @@ from ._sagas import registered_sagas
 from ._shielding import CancellationWatch, wait_out
 from ._tracebacks import hide_from_pytest
 from .exceptions import LeaseLost, SagaDefinitionError, StoreError
-from .stores._loop_refusal import refuses_this_loop
+from .stores._loop_refusal import never_better
 
 if TYPE_CHECKING:
     from ._orchestrator import SagaOrchestrator
@@ -355,7 +355,7 @@ async def run_worker(
                             store, stop, names=names, limit=free, max_attempts=max_attempts
                         )
                     except StoreError as error:  # the database is away: try again later
-                        if refuses_this_loop(error):  # (never better from this loop)
+                        if never_better(error):  # (another loop's store, or closed)
                             raise
                         failures += 1
                         logger.log(
