@@ -76,6 +76,15 @@ def _check(
             "stop must be an asyncio.Event (set it from another thread with "
             f"loop.call_soon_threadsafe(stop.set)), got {stop!r}"
         )
+    # asyncio binds an Event to the loop that first waits for it: in any other, its
+    # wait() fails at once, and the worker claimed in a busy loop, never stopped.
+    bound = getattr(stop, "_loop", None)
+    if bound is not None and bound is not asyncio.get_running_loop():
+        raise SagaDefinitionError(
+            "stop is an asyncio.Event of another event loop (it was awaited there first, "
+            "as by an earlier asyncio.run()): make the Event in the loop that runs the "
+            "worker (from another thread, set it with loop.call_soon_threadsafe(stop.set))"
+        )
 
 
 class _Sigterm:
