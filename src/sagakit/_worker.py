@@ -213,16 +213,30 @@ def _backoff(poll_interval: float, failures: int) -> float:
     return min(poll_interval * 2.0 ** min(failures - 1, 64), max(poll_interval, MAX_BACKOFF))
 
 
-async def _unless_stopped(stop: asyncio.Event, running: asyncio.Future[Any]) -> bool:
-    """Wait for ``running`` to end, unless ``stop`` is set first or the caller is
-    cancelled: then cancel it and wait it out, whatever cancels the caller. True if it
-    ended by itself.
+def _patience(store: RecoverableStore) -> float | None:
+    """Seconds to wait for the store's answer once the worker is told to stop: as long
+    as the store waits for its server (``connect_timeout``), or for ever (a store
+    without one)."""
+    seconds: object = getattr(store, "connect_timeout", None)
+    return float(seconds) if is_number(seconds) else None
+
+
+async def _unless_stopped(
+    stop: asyncio.Event, running: asyncio.Future[Any], patience: float | None
+) -> bool:
+    """Wait for ``running`` to end; once ``stop`` is set, ``patience`` seconds more at
+    most. Past them, or when the caller is cancelled, cancel it and wait it out, whatever
+    cancels the caller. True if it ended by itself.
 
     A statement on a connection that went silent (a partition, with no reset) waits
-    until the kernel gives up, some 15 minutes: a worker told to stop does not wait."""
+    until the kernel gives up, some 15 minutes: a worker told to stop does not wait so
+    long. A statement that answers is not cancelled: a claim cancelled on its way may
+    have taken sagas that nobody runs, until their leases run out."""
     stopping = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait((running, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if not running.done():
+            await asyncio.wait((running,), timeout=patience)
     except GeneratorExit:
         raise  # its event loop closed under the worker (see run_worker): nothing to await
     except BaseException:
@@ -253,12 +267,13 @@ def _answered(claiming: asyncio.Future[list[OrphanedSaga]]) -> list[OrphanedSaga
 async def _claim(
     store: RecoverableStore, stop: asyncio.Event, **options: Any
 ) -> list[OrphanedSaga]:
-    """``store.claim_orphans(**options)``, given up if ``stop`` is set before it answers
-    (``[]``): cancelled, as a cancelled worker's claim is (the store gives back what it
-    had claimed); sagas it returns all the same are given back, unrun."""
+    """``store.claim_orphans(**options)``, given up if it has not answered ``patience``
+    seconds after ``stop`` is set (``[]``): cancelled, as a cancelled worker's claim is
+    (the store gives back what it had claimed); sagas it returns all the same are given
+    back, unrun."""
     claiming = asyncio.ensure_future(store.claim_orphans(**options))
     try:
-        if await _unless_stopped(stop, claiming):
+        if await _unless_stopped(stop, claiming, _patience(store)):
             return claiming.result()
     except GeneratorExit:
         raise
@@ -296,8 +311,8 @@ async def _shutdown(
     # A release on a pooled connection gone silent (a partition that resets nothing)
     # waits for the kernel to give up, some 15 minutes: wait as long as the store waits
     # for the server (its connect_timeout), then let the leases run out.
-    patience: object = getattr(store, "connect_timeout", None)
-    deadline = asyncio.timeout(float(patience) if is_number(patience) else None)
+    patience = _patience(store)
+    deadline = asyncio.timeout(patience)
     try:
         # The inner sagas too: cancelled with their outer saga's task, they would
         # compensate what the next owner of the outer saga runs on from the log.
@@ -404,7 +419,7 @@ async def run_worker(
                 if not failures and asyncio.get_running_loop().time() >= next_look:
                     next_look = asyncio.get_running_loop().time() + UNREGISTERED_EVERY
                     looking = asyncio.ensure_future(tell_unregistered(store, told))
-                    if await _unless_stopped(stop, looking):
+                    if await _unless_stopped(stop, looking, _patience(store)):
                         looking.result()
                 freed.clear()
                 wait = _backoff(poll_interval, failures)

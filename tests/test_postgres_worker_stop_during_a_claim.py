@@ -1,4 +1,5 @@
-"""A worker told to stop while its claim gets no answer stops: it gives the claim up.
+"""PostgreSQL: a worker told to stop while its claim gets no answer stops: it gives the
+claim up after the store's ``connect_timeout``.
 
 A claim on a connection that went silent (a network partition or a server host gone,
 with no reset: a pooled PostgreSQL connection then waits for the kernel to give up,
@@ -12,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sagakit import SagaOrchestrator, SQLiteStore, saga, step
+from pg_helpers.db import opened
+from sagakit import SagaOrchestrator, saga, step
 from sagakit.stores import OrphanedSaga
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
@@ -46,9 +47,11 @@ def sc_order(order: str) -> Any:
     yield sc_ship(order)
 
 
-async def test_a_worker_stopped_while_its_claim_gets_no_answer_returns(tmp_path: Path) -> None:
-    async with SagaOrchestrator(SQLiteStore(tmp_path / "sagas.db")) as orchestrator:
-        store = orchestrator.store
+async def test_a_worker_stopped_while_its_claim_gets_no_answer_returns(
+    dsn: str, schema: str
+) -> None:
+    async with opened(dsn, schema, connect_timeout=0.2) as store:
+        orchestrator = SagaOrchestrator(store)
         claiming = asyncio.Event()
         cancelled: list[str] = []
 
@@ -61,7 +64,7 @@ async def test_a_worker_stopped_while_its_claim_gets_no_answer_returns(tmp_path:
                 raise
             return []
 
-        store.claim_orphans = silent_claim  # type: ignore[attr-defined]
+        store.claim_orphans = silent_claim  # type: ignore[method-assign]
         stop = asyncio.Event()
         worker = asyncio.create_task(
             orchestrator.run_worker(poll_interval=0.01, stop=stop, handle_signals=False)
@@ -73,15 +76,15 @@ async def test_a_worker_stopped_while_its_claim_gets_no_answer_returns(tmp_path:
 
 
 async def test_a_claim_answered_after_the_worker_was_told_to_stop_is_given_back_unrun(
-    tmp_path: Path,
+    dsn: str, schema: str
 ) -> None:
     ran.clear()
-    async with SagaOrchestrator(SQLiteStore(tmp_path / "sagas.db")) as orchestrator:
+    async with opened(dsn, schema, connect_timeout=0.2) as store:
+        orchestrator = SagaOrchestrator(store)
         with FaultInjector().crash(sc_ship), pytest.raises(SimulatedCrash):
             await orchestrator.execute(sc_order("o1"), saga_id="sc-1")
-        await simulate_restart(orchestrator.store)
-        store = orchestrator.store
-        claim = store.claim_orphans  # type: ignore[attr-defined]
+        await simulate_restart(store)
+        claim = store.claim_orphans
         claiming = asyncio.Event()
 
         async def late_claim(**options: Any) -> list[OrphanedSaga]:
@@ -93,7 +96,7 @@ async def test_a_claim_answered_after_the_worker_was_told_to_stop_is_given_back_
                 await asyncio.Event().wait()
             return claimed
 
-        store.claim_orphans = late_claim  # type: ignore[attr-defined]
+        store.claim_orphans = late_claim  # type: ignore[method-assign]
         stop = asyncio.Event()
         worker = asyncio.create_task(
             orchestrator.run_worker(poll_interval=0.01, stop=stop, handle_signals=False)
@@ -102,20 +105,19 @@ async def test_a_claim_answered_after_the_worker_was_told_to_stop_is_given_back_
         stop.set()
         await asyncio.wait_for(worker, GIVE_UP)
         assert ran == ["book o1"]  # the saga claimed as the worker stopped was not run
-        store.claim_orphans = claim  # type: ignore[attr-defined]
-        await simulate_restart(store)
+        store.claim_orphans = claim  # type: ignore[method-assign]
         outcomes = await orchestrator.recover()
         assert [outcome.saga_id for outcome in outcomes] == ["sc-1"]  # given back
         assert ran == ["book o1", "ship o1"]
 
 
 async def test_a_worker_stopped_while_its_look_for_unregistered_names_gets_no_answer_returns(
-    tmp_path: Path,
+    dsn: str, schema: str
 ) -> None:
     # The look for sagas of names no @saga here declares (once a minute) waited on the
     # same silent connection as a claim can, stop or not.
-    async with SagaOrchestrator(SQLiteStore(tmp_path / "sagas.db")) as orchestrator:
-        store = orchestrator.store
+    async with opened(dsn, schema, connect_timeout=0.2) as store:
+        orchestrator = SagaOrchestrator(store)
         looking = asyncio.Event()
         cancelled: list[str] = []
 
@@ -128,7 +130,7 @@ async def test_a_worker_stopped_while_its_look_for_unregistered_names_gets_no_an
                 raise
             return []
 
-        store._running_names = silent_look  # type: ignore[attr-defined]
+        store._running_names = silent_look  # type: ignore[method-assign]
         stop = asyncio.Event()
         worker = asyncio.create_task(
             orchestrator.run_worker(poll_interval=0.01, stop=stop, handle_signals=False)
