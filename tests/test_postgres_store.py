@@ -1361,6 +1361,27 @@ async def test_run_worker_rejects_bad_options(options: dict[str, Any], message: 
 
 
 @pytest.mark.asyncio
+async def test_run_worker_refuses_a_stop_event_of_another_event_loop() -> None:
+    # Its wait() failed at once in this loop, every time: the worker claimed in a busy
+    # loop (thousands of claims a second), and stop.set() from its own loop never came.
+    stop = asyncio.Event()
+
+    async def bind() -> None:  # awaited in another loop: bound to it
+        waiting = asyncio.create_task(stop.wait())
+        await asyncio.sleep(0)
+        waiting.cancel()
+
+    thread = threading.Thread(target=lambda: asyncio.run(bind()))
+    thread.start()
+    thread.join()
+    orchestrator = SagaOrchestrator(PostgresStore("postgresql://localhost/x"))
+    with pytest.raises(
+        SagaDefinitionError, match=r"stop is an asyncio\.Event of another event loop"
+    ):
+        await orchestrator.run_worker(stop=stop)
+
+
+@pytest.mark.asyncio
 async def test_run_worker_needs_a_recoverable_store() -> None:
     with pytest.raises(StoreError, match="cannot recover sagas"):
         await SagaOrchestrator().run_worker()

@@ -388,6 +388,45 @@ async def test_a_worker_that_cannot_release_its_leases_still_stops_as_told(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["cancelled", "stopped"])
+async def test_a_worker_whose_release_gets_no_answer_still_stops_as_told(
+    dsn: str, schema: str, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: a release sent on a pooled connection gone silent (a partition that
+    # resets nothing) waited for the kernel to give up, some 15 minutes, and the worker
+    # with it, past the platform's grace period. It waits connect_timeout at most: the
+    # leases run out by themselves, as when the database cannot be reached.
+    async with opened(dsn, schema, connect_timeout=0.2) as store:
+        run = store._run
+        sent: list[Any] = []
+
+        async def silent_run(sql: str, params: Any = None) -> Any:
+            if sql == store._sql.release:
+                sent.append(params)
+                await asyncio.Event().wait()  # no answer, ever
+            return await run(sql, params)
+
+        store._run = silent_run  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        worker = asyncio.create_task(
+            SagaOrchestrator(store).run_worker(poll_interval=0.02, stop=stop, handle_signals=False)
+        )
+        await asyncio.sleep(0)  # the worker has started
+        if how == "cancelled":
+            worker.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(worker, GIVE_UP)
+        else:
+            stop.set()
+            await asyncio.wait_for(worker, GIVE_UP)  # returns
+        assert sent
+        assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+            "sagakit worker could not release its saga leases: no answer within 0.2 s "
+            "(connect_timeout)"
+        ]
+
+
+@pytest.mark.asyncio
 async def test_a_store_error_after_a_claim_does_not_strand_the_claimed_sagas(
     dsn: str, schema: str
 ) -> None:

@@ -21,7 +21,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from ._cadence import failure_level
-from ._checks import check_count, check_flag, check_seconds
+from ._checks import check_count, check_flag, check_seconds, is_number
 from ._hooks import SimulatedCrash
 from ._recovery import (
     _fields,
@@ -33,10 +33,10 @@ from ._recovery import (
 )
 from ._runs import SagaRun, StepRun, still_running
 from ._sagas import registered_sagas
-from ._shielding import CancellationWatch
+from ._shielding import CancellationWatch, wait_out
 from ._tracebacks import hide_from_pytest
 from .exceptions import LeaseLost, SagaDefinitionError, StoreError
-from .stores._loop_refusal import refuses_this_loop
+from .stores._loop_refusal import never_better
 
 if TYPE_CHECKING:
     from ._orchestrator import SagaOrchestrator
@@ -75,6 +75,15 @@ def _check(
         raise SagaDefinitionError(
             "stop must be an asyncio.Event (set it from another thread with "
             f"loop.call_soon_threadsafe(stop.set)), got {stop!r}"
+        )
+    # asyncio binds an Event to the loop that first waits for it: in any other, its
+    # wait() fails at once, and the worker claimed in a busy loop, never stopped.
+    bound = getattr(stop, "_loop", None)
+    if bound is not None and bound is not asyncio.get_running_loop():
+        raise SagaDefinitionError(
+            "stop is an asyncio.Event of another event loop (it was awaited there first, "
+            "as by an earlier asyncio.run()): make the Event in the loop that runs the "
+            "worker (from another thread, set it with loop.call_soon_threadsafe(stop.set))"
         )
 
 
@@ -204,6 +213,77 @@ def _backoff(poll_interval: float, failures: int) -> float:
     return min(poll_interval * 2.0 ** min(failures - 1, 64), max(poll_interval, MAX_BACKOFF))
 
 
+def _patience(store: RecoverableStore) -> float | None:
+    """Seconds to wait for the store's answer once the worker is told to stop: as long
+    as the store waits for its server (``connect_timeout``), or for ever (a store
+    without one)."""
+    seconds: object = getattr(store, "connect_timeout", None)
+    return float(seconds) if is_number(seconds) else None
+
+
+async def _unless_stopped(
+    stop: asyncio.Event, running: asyncio.Future[Any], patience: float | None
+) -> bool:
+    """Wait for ``running`` to end; once ``stop`` is set, ``patience`` seconds more at
+    most. Past them, or when the caller is cancelled, cancel it and wait it out, whatever
+    cancels the caller. True if it ended by itself.
+
+    A statement on a connection that went silent (a partition, with no reset) waits
+    until the kernel gives up, some 15 minutes: a worker told to stop does not wait so
+    long. A statement that answers is not cancelled: a claim cancelled on its way may
+    have taken sagas that nobody runs, until their leases run out."""
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((running, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if not running.done():
+            await asyncio.wait((running,), timeout=patience)
+    except GeneratorExit:
+        raise  # its event loop closed under the worker (see run_worker): nothing to await
+    except BaseException:
+        await _cancel(running)  # the worker was cancelled
+        raise
+    finally:
+        if not stopping.get_loop().is_closed():
+            stopping.cancel()
+    if running.done():
+        return True
+    await _cancel(running)
+    return False
+
+
+async def _cancel(running: asyncio.Future[Any]) -> None:
+    """Cancel ``running`` and wait for its end, whatever cancels the caller meanwhile."""
+    running.cancel()
+    await wait_out(running)
+
+
+def _answered(claiming: asyncio.Future[list[OrphanedSaga]]) -> list[OrphanedSaga]:
+    """What a claim returned (``[]`` if it failed or was cancelled)."""
+    if claiming.cancelled() or claiming.exception() is not None:
+        return []
+    return claiming.result()
+
+
+async def _claim(
+    store: RecoverableStore, stop: asyncio.Event, **options: Any
+) -> list[OrphanedSaga]:
+    """``store.claim_orphans(**options)``, given up if it has not answered ``patience``
+    seconds after ``stop`` is set (``[]``): cancelled, as a cancelled worker's claim is
+    (the store gives back what it had claimed); sagas it returns all the same are given
+    back, unrun."""
+    claiming = asyncio.ensure_future(store.claim_orphans(**options))
+    try:
+        if await _unless_stopped(stop, claiming, _patience(store)):
+            return claiming.result()
+    except GeneratorExit:
+        raise
+    except BaseException:
+        await give_back(store, _answered(claiming))  # the worker was cancelled
+        raise
+    await give_back(store, _answered(claiming))
+    return []
+
+
 async def _wait(events: tuple[asyncio.Event, ...], seconds: float) -> None:
     """Until one of ``events`` is set or ``seconds`` pass."""
     waiters = [asyncio.ensure_future(event.wait()) for event in events]
@@ -228,13 +308,22 @@ async def _shutdown(
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         return
+    # A release on a pooled connection gone silent (a partition that resets nothing)
+    # waits for the kernel to give up, some 15 minutes: wait as long as the store waits
+    # for the server (its connect_timeout), then let the leases run out.
+    patience = _patience(store)
+    deadline = asyncio.timeout(patience)
     try:
         # The inner sagas too: cancelled with their outer saga's task, they would
         # compensate what the next owner of the outer saga runs on from the log.
         inner = {saga_id for saga_id, (run, step) in nested.items() if still_running(step, run)}
-        released = await release(saga_ids=sorted({*tasks.values(), *inner}))
+        async with deadline:
+            released = await release(saga_ids=sorted({*tasks.values(), *inner}))
     except Exception as error:  # the database is away: the leases run out by themselves
-        logger.warning("sagakit worker could not release its saga leases: %s", error)
+        said: object = error
+        if isinstance(error, TimeoutError) and deadline.expired():
+            said = f"no answer within {patience:g} s (connect_timeout)"
+        logger.warning("sagakit worker could not release its saga leases: %s", said)
     else:
         logger.info("sagakit worker released %d saga leases", released)
     finally:
@@ -286,11 +375,11 @@ async def run_worker(
                 if free > 0:
                     names = {function.name for function in registered_sagas()}
                     try:
-                        orphans = await store.claim_orphans(
-                            names=names, limit=free, max_attempts=max_attempts
+                        orphans = await _claim(
+                            store, stop, names=names, limit=free, max_attempts=max_attempts
                         )
                     except StoreError as error:  # the database is away: try again later
-                        if refuses_this_loop(error):  # (never better from this loop)
+                        if never_better(error):  # (another loop's store, or closed)
                             raise
                         failures += 1
                         logger.log(
@@ -329,7 +418,9 @@ async def run_worker(
                     continue  # more may be waiting: claim again while capacity lasts
                 if not failures and asyncio.get_running_loop().time() >= next_look:
                     next_look = asyncio.get_running_loop().time() + UNREGISTERED_EVERY
-                    await tell_unregistered(store, told)
+                    looking = asyncio.ensure_future(tell_unregistered(store, told))
+                    if await _unless_stopped(stop, looking, _patience(store)):
+                        looking.result()
                 freed.clear()
                 wait = _backoff(poll_interval, failures)
                 await _wait((stop, freed) if len(tasks) >= concurrency else (stop,), wait)

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from .._shielding import CancellationWatch, wait_out
 from ..exceptions import StoreError, error_text
-from ._loop_refusal import refusing_this_loop
+from ._loop_refusal import closed_store, refusing_this_loop
 from ._protocol import CommittedThenCancelled
 
 T = TypeVar("T")
@@ -93,7 +93,7 @@ class GroupWriter:
 
     def _check_usable(self) -> None:
         if self._closed:
-            raise StoreError(
+            raise closed_store(
                 f"saga log {self._path!r} is closed (by close(), or at the end of "
                 "`async with SagaOrchestrator(store)`), and a SQLiteStore is not opened "
                 "again: make a new SQLiteStore on the file (and an orchestrator for it); a "
@@ -102,7 +102,7 @@ class GroupWriter:
                 "have finished"
             )
         if os.getpid() != self._pid:  # its thread is gone, its connections are the parent's
-            raise StoreError(
+            raise closed_store(
                 f"saga log {self._path!r} was opened by process {self._pid} before a fork(); "
                 "open a SQLiteStore in each process that uses it"
             )

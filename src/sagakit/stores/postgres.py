@@ -44,6 +44,7 @@ from . import _pg_rows as rows
 from ._cli_records import ListedSaga, StoredArguments, stored_arguments
 from ._dsn import redacted
 from ._fingerprint import definition_fingerprint
+from ._loop_refusal import closed_store
 from ._pg_held import Held
 from ._pg_loop import other_loop
 from ._pg_operator import OperatorUpdate
@@ -422,7 +423,7 @@ class PostgresStore:
         self._check_loop()
         if self._pool is None:
             if self._closed:
-                raise StoreError(
+                raise closed_store(
                     f"the PostgreSQL saga log (schema {self.schema!r}) is closed; "
                     "call open() to use this store again"
                 )

@@ -1,0 +1,141 @@
+"""PostgreSQL: a worker told to stop while its claim gets no answer stops: it gives the
+claim up after the store's ``connect_timeout``.
+
+A claim on a connection that went silent (a network partition or a server host gone,
+with no reset: a pooled PostgreSQL connection then waits for the kernel to give up,
+some 15 minutes) used to hold the worker: ``stop`` and ``SIGTERM`` were looked at only
+between two claims, so a worker told to stop went on waiting, and a platform's grace
+period ended in ``SIGKILL``. The claim is now given up as a cancelled worker gives it
+up: what it claimed is given back, unrun, for the next claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import pytest
+
+from pg_helpers.db import opened
+from sagakit import SagaOrchestrator, saga, step
+from sagakit.stores import OrphanedSaga
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+
+pytestmark = pytest.mark.asyncio
+
+GIVE_UP = 30.0  # seconds before the worker is declared hung (a guard, not a measurement)
+
+ran: list[str] = []
+
+
+@step
+async def sc_book(order: str) -> str:
+    ran.append(f"book {order}")
+    return order
+
+
+@step
+async def sc_ship(order: str) -> str:
+    ran.append(f"ship {order}")
+    return order
+
+
+@saga
+def sc_order(order: str) -> Any:
+    yield sc_book(order)
+    yield sc_ship(order)
+
+
+async def test_a_worker_stopped_while_its_claim_gets_no_answer_returns(
+    dsn: str, schema: str
+) -> None:
+    async with opened(dsn, schema, connect_timeout=0.2) as store:
+        orchestrator = SagaOrchestrator(store)
+        claiming = asyncio.Event()
+        cancelled: list[str] = []
+
+        async def silent_claim(**options: Any) -> list[OrphanedSaga]:
+            claiming.set()
+            try:
+                await asyncio.Event().wait()  # no answer, ever
+            except asyncio.CancelledError:
+                cancelled.append("claim")
+                raise
+            return []
+
+        store.claim_orphans = silent_claim  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        worker = asyncio.create_task(
+            orchestrator.run_worker(poll_interval=0.01, stop=stop, handle_signals=False)
+        )
+        await claiming.wait()
+        stop.set()
+        await asyncio.wait_for(worker, GIVE_UP)  # returns, as told
+        assert cancelled == ["claim"]
+
+
+async def test_a_claim_answered_after_the_worker_was_told_to_stop_is_given_back_unrun(
+    dsn: str, schema: str
+) -> None:
+    ran.clear()
+    async with opened(dsn, schema, connect_timeout=0.2) as store:
+        orchestrator = SagaOrchestrator(store)
+        with FaultInjector().crash(sc_ship), pytest.raises(SimulatedCrash):
+            await orchestrator.execute(sc_order("o1"), saga_id="sc-1")
+        await simulate_restart(store)
+        claim = store.claim_orphans
+        claiming = asyncio.Event()
+
+        async def late_claim(**options: Any) -> list[OrphanedSaga]:
+            claimed: list[OrphanedSaga] = await claim(**options)
+            claiming.set()
+            # Its answer on the way, slowly; answered all the same when cancelled (a
+            # driver can swallow the cancellation).
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()
+            return claimed
+
+        store.claim_orphans = late_claim  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        worker = asyncio.create_task(
+            orchestrator.run_worker(poll_interval=0.01, stop=stop, handle_signals=False)
+        )
+        await claiming.wait()
+        stop.set()
+        await asyncio.wait_for(worker, GIVE_UP)
+        assert ran == ["book o1"]  # the saga claimed as the worker stopped was not run
+        store.claim_orphans = claim  # type: ignore[method-assign]
+        outcomes = await orchestrator.recover()
+        assert [outcome.saga_id for outcome in outcomes] == ["sc-1"]  # given back
+        assert ran == ["book o1", "ship o1"]
+
+
+async def test_a_worker_stopped_while_its_look_for_unregistered_names_gets_no_answer_returns(
+    dsn: str, schema: str
+) -> None:
+    # The look for sagas of names no @saga here declares (once a minute) waited on the
+    # same silent connection as a claim can, stop or not.
+    async with opened(dsn, schema, connect_timeout=0.2) as store:
+        orchestrator = SagaOrchestrator(store)
+        looking = asyncio.Event()
+        cancelled: list[str] = []
+
+        async def silent_look() -> list[tuple[str, int, str]]:
+            looking.set()
+            try:
+                await asyncio.Event().wait()  # no answer, ever
+            except asyncio.CancelledError:
+                cancelled.append("look")
+                raise
+            return []
+
+        store._running_names = silent_look  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        worker = asyncio.create_task(
+            orchestrator.run_worker(poll_interval=0.01, stop=stop, handle_signals=False)
+        )
+        await looking.wait()
+        stop.set()
+        await asyncio.wait_for(worker, GIVE_UP)  # returns, as told
+        assert cancelled == ["look"]
