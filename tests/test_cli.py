@@ -456,6 +456,44 @@ def test_a_corrupt_log_is_refused_with_advice_a_cli_user_can_follow(
         SQLiteStore(db)
 
 
+@pytest.mark.parametrize(
+    ("damaged", "command"),
+    [
+        (None, ["list"]),  # every page past the header: opening read-only finds it
+        (None, ["resolve", "x", "--note", "n"]),  # opening read-write finds it
+        ("sagakit_sagas_started", ["list"]),  # an index page: the listing finds it
+    ],
+)
+def test_a_log_damaged_elsewhere_is_refused_with_advice_a_cli_user_can_follow(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    damaged: str | None,
+    command: list[str],
+) -> None:
+    # Regression: damage found opening the log ("cannot open saga log '...' read-only:
+    # database disk image is malformed") or reading it ("cannot read saga log '...': ...")
+    # was said with no advice at all.
+    db = str(tmp_path / "sagas.db")
+    asyncio.run(SQLiteStore(db).close())
+    data = bytearray(Path(db).read_bytes())
+    if damaged is None:
+        data[100:] = b"\xff" * (len(data) - 100)
+    else:
+        with closing(sqlite3.connect(db)) as conn:
+            [page] = conn.execute(
+                "SELECT rootpage FROM sqlite_master WHERE name = ?", (damaged,)
+            ).fetchone()
+            [size] = conn.execute("PRAGMA page_size").fetchone()
+        data[(page - 1) * size : page * size] = b"\xff" * size
+    Path(db).write_bytes(bytes(data))
+    assert cli("--db", db, *command) == (1, "")
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"sagakit: saga log {db!r} is corrupt or not a sagakit log (database disk image is "
+        "malformed); restore it from a backup, or pass --db the path of another saga log"
+    )
+
+
 def test_a_log_without_a_valid_schema_version_is_refused_saying_what_to_check(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

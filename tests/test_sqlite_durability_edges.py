@@ -4,6 +4,7 @@ a write that fails inside its transaction, unreadable stored values."""
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 import sqlite3
 import subprocess
@@ -28,6 +29,7 @@ from sagakit import (
     step,
 )
 from sagakit.stores._sqlite_owner import current_owner
+from sagakit.stores._sqlite_schema import CorruptLog
 from store_helpers.crashing import Crash, CrashingStore
 
 effects: list[str] = []
@@ -340,3 +342,68 @@ async def test_a_write_failing_with_an_operational_error_is_rolled_back(db: str)
         SagaStatus.COMPLETED,
         ("reserved-clock", "shipped-clock"),
     )
+
+
+def wreck(db: str, name: str | None) -> None:
+    """Overwrite with 0xff the root page of the table or index ``name`` of the log at
+    ``db``; with ``None``, every page after the header (the first 100 bytes)."""
+    data = bytearray(Path(db).read_bytes())
+    if name is None:
+        data[100:] = b"\xff" * (len(data) - 100)
+    else:
+        with closing(sqlite3.connect(db)) as conn:
+            [page] = conn.execute(
+                "SELECT rootpage FROM sqlite_master WHERE name = ?", (name,)
+            ).fetchone()
+            [size] = conn.execute("PRAGMA page_size").fetchone()
+        data[(page - 1) * size : page * size] = b"\xff" * size
+    Path(db).write_bytes(bytes(data))
+
+
+LIBRARY_ADVICE = r"restore it from a backup or point SQLiteStore at another path$"
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_log_damaged_past_its_header_is_refused_as_corrupt_with_advice(
+    db: str, read_only: bool
+) -> None:
+    # Regression: "cannot open saga log '...': database disk image is malformed" (and
+    # "... read-only: ..."), a plain StoreError with nothing to do about it.
+    asyncio.run(SQLiteStore(db).close())
+    wreck(db, None)
+    with pytest.raises(CorruptLog, match=LIBRARY_ADVICE) as refused:
+        SQLiteStore(db, read_only=read_only)
+    assert refused.value.path == db
+    assert refused.value.reason == "database disk image is malformed"
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+@pytest.mark.asyncio
+async def test_a_damaged_page_found_by_a_read_is_reported_as_corrupt_with_advice(
+    db: str, read_only: bool
+) -> None:
+    # Regression: a damaged index page that opening the log does not read failed
+    # list_sagas() with "cannot read saga log '...': database disk image is malformed".
+    await SQLiteStore(db).close()
+    wreck(db, "sagakit_sagas_started")  # the index listing the newest sagas first
+    store = SQLiteStore(db, read_only=read_only)
+    try:
+        with pytest.raises(CorruptLog, match=LIBRARY_ADVICE) as refused:
+            await store.list_sagas()
+    finally:
+        await store.close()
+    assert refused.value.path == db
+
+
+@pytest.mark.asyncio
+async def test_a_damaged_page_found_by_a_write_is_reported_as_corrupt_with_advice(
+    db: str,
+) -> None:
+    # Regression: a damaged index page a saga's first write updates failed it with
+    # "cannot write saga log '...': DatabaseError: database disk image is malformed".
+    await SQLiteStore(db).close()
+    wreck(db, "sagakit_sagas_status")  # updated by every saga's first write
+    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+        with pytest.raises(CorruptLog, match=LIBRARY_ADVICE) as refused:
+            await orchestrator.execute(dur_order("mirror"), saga_id="damaged")
+    assert refused.value.path == db

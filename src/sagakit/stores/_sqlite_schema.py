@@ -203,6 +203,9 @@ def connect(path: str, *, synchronous: Synchronous, busy_timeout: float) -> sqli
     except sqlite3.Error as error:
         if conn is not None:  # opened, but a pragma failed (not a database, say)
             conn.close()
+        damaged = corrupt_log(path, error)
+        if damaged is not None:
+            raise damaged from error
         raise StoreError(
             _unwritable(path, error) or f"cannot open saga log {path!r}: {error}"
         ) from error
@@ -280,6 +283,9 @@ def connect_read_only(path: str, *, busy_timeout: float) -> sqlite3.Connection:
     except (OSError, sqlite3.Error) as error:
         if conn is not None:  # opened, but the file could not be read
             conn.close()
+        damaged = corrupt_log(path, error) if isinstance(error, sqlite3.Error) else None
+        if damaged is not None:
+            raise damaged from error
         hint = ""
         if isinstance(error, sqlite3.OperationalError) and "unable to open" in str(error):
             hint = (
@@ -335,6 +341,18 @@ class CorruptLog(StoreError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.path, self.reason))
+
+
+_DAMAGED = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def corrupt_log(path: str, error: sqlite3.Error) -> CorruptLog | None:
+    """A :class:`CorruptLog` if SQLite's ``error`` says the log at ``path`` is damaged
+    (``SQLITE_CORRUPT``: "database disk image is malformed") or not a database
+    (``SQLITE_NOTADB``), by its error code, extended codes included; else ``None``.
+    Opening the log, a read and a write of a running store all say it so."""
+    code = (getattr(error, "sqlite_errorcode", None) or 0) & 0xFF
+    return CorruptLog(path, str(error)) if code in _DAMAGED else None
 
 
 def _unusable(path: str, error: sqlite3.DatabaseError, *, writing: bool) -> StoreError:
@@ -548,6 +566,7 @@ __all__ = [
     "check_file",
     "check_read_only",
     "connect",
+    "corrupt_log",
     "connect_read_only",
     "create",
     "migrations",

@@ -25,6 +25,7 @@ from .._shielding import CancellationWatch, wait_out
 from ..exceptions import StoreError, error_text
 from ._loop_refusal import closed_store, refusing_this_loop
 from ._protocol import CommittedThenCancelled
+from ._sqlite_schema import corrupt_log
 
 T = TypeVar("T")
 Statements = list[tuple[str, tuple[Any, ...]]]
@@ -142,6 +143,10 @@ class GroupWriter:
     def _failure(self, error: BaseException) -> StoreError:
         if isinstance(error, StoreError):
             return error
+        damaged = corrupt_log(self._path, error) if isinstance(error, sqlite3.Error) else None
+        if damaged is not None:
+            damaged.__cause__ = error
+            return damaged
         text = f"cannot write saga log {self._path!r}: {error_text(error)}"
         if isinstance(error, sqlite3.OperationalError) and _is_busy(error):
             text += (
@@ -382,6 +387,9 @@ class GroupWriter:
         try:
             return await loop.run_in_executor(self._executor, run)
         except sqlite3.Error as error:
+            damaged = corrupt_log(self._path, error)
+            if damaged is not None:
+                raise damaged from error
             raise StoreError(f"cannot read saga log {self._path!r}: {error}") from error
 
     async def close(self) -> None:
