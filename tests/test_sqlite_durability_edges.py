@@ -5,6 +5,7 @@ a write that fails inside its transaction, unreadable stored values."""
 from __future__ import annotations
 
 import asyncio
+import pickle
 import shlex
 import sqlite3
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 
 import sagakit._orchestrator
 from sagakit import (
+    CorruptLog,
     SagaOrchestrator,
     SagaStatus,
     SerializationError,
@@ -29,7 +31,6 @@ from sagakit import (
     step,
 )
 from sagakit.stores._sqlite_owner import current_owner
-from sagakit.stores._sqlite_schema import CorruptLog
 from store_helpers.crashing import Crash, CrashingStore
 
 effects: list[str] = []
@@ -375,6 +376,9 @@ def test_a_log_damaged_past_its_header_is_refused_as_corrupt_with_advice(
         SQLiteStore(db, read_only=read_only)
     assert refused.value.path == db
     assert refused.value.reason == "database disk image is malformed"
+    # Public and a StoreError, it crosses a process boundary whole (a worker pool's).
+    copied = pickle.loads(pickle.dumps(refused.value))
+    assert (type(copied), str(copied), copied.path) == (CorruptLog, str(refused.value), db)
 
 
 @pytest.mark.parametrize("read_only", [False, True])

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs read; the same names as _EXPORT
     from .exceptions import (
         CompensationAlreadySetError,
         CompensationFailed,
+        CorruptLog,
         LeaseLost,
         NonDeterminismError,
         SagaAlreadyExecuting,
@@ -71,6 +72,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "sagakit.exceptions": (
         "CompensationAlreadySetError",
         "CompensationFailed",
+        "CorruptLog",
         "LeaseLost",
         "NonDeterminismError",
         "SagaAlreadyExecuting",
@@ -151,6 +153,7 @@ __all__ = [
     "Codec",
     "CompensationAlreadySetError",
     "CompensationFailed",
+    "CorruptLog",
     "DeadLetter",
     "JsonSerializer",
     "LeaseLost",

@@ -46,14 +46,20 @@ from ._notify import one_line
 from ._orchestrator import SagaOrchestrator
 from ._recovery import RecoveryOutcome
 from ._sagas import registered_saga, registered_sagas
-from .exceptions import SagaAlreadyResolved, SagaError, StoreError, _start_of, error_text
+from .exceptions import (
+    CorruptLog,
+    SagaAlreadyResolved,
+    SagaError,
+    StoreError,
+    _start_of,
+    error_text,
+)
 from .records import SagaMetadata, StepRecord
 from .status import SagaStatus
 from .stores._cli_records import ListedSaga, StoredArguments
 from .stores._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from .stores._protocol import CommittedThenCancelled, DeadLetter
 from .stores._sqlite_schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
-from .stores._sqlite_schema import CorruptLog
 from .stores.postgres import PostgresStore
 from .stores.sqlite import DEFAULT_BUSY_TIMEOUT, SQLiteStore
 from .transitions import Transition, TransitionKind

@@ -318,6 +318,28 @@ class SagaAlreadyResolved(StoreError):
         return (type(self), (self.saga_id, self.resolved_at, self.error))
 
 
+class CorruptLog(StoreError):
+    """SQLite found the saga log at ``path`` damaged (``SQLITE_CORRUPT``, "database disk
+    image is malformed") or not a database (``SQLITE_NOTADB``), or it is not a sagakit log:
+    ``reason`` is what SQLite said. Raised opening the log, writable or read-only, or at a
+    read or a write of an open store that reaches a damaged page.
+
+    The message advises a library user (restore the log from a backup, or point
+    ``SQLiteStore`` at another path); the ``sagakit`` command says its own advice instead.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(
+            f"saga log {path!r} is corrupt or not a sagakit log ({reason}); restore it from "
+            "a backup or point SQLiteStore at another path"
+        )
+        self.path = path
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.reason))
+
+
 class StoreConfigError(SagaDefinitionError, StoreError):
     """A store was given a bad setting (``PostgresStore(lease=0)``); the message names the fix.
 
@@ -374,6 +396,7 @@ class LeaseLost(StoreError):
 __all__ = [
     "CompensationAlreadySetError",
     "CompensationFailed",
+    "CorruptLog",
     "LeaseLost",
     "NonDeterminismError",
     "SagaAlreadyExecuting",

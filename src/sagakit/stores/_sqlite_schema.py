@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
 from .._commands import command_line
-from ..exceptions import StoreError
+from ..exceptions import CorruptLog, StoreError
 
 _HEADER = b"SQLite format 3\x00"
 
@@ -325,22 +325,6 @@ def _closed_on_failure(conn: sqlite3.Connection, path: str, *, writing: bool) ->
     except sqlite3.DatabaseError as error:
         conn.close()
         raise _unusable(path, error, writing=writing) from error
-
-
-class CorruptLog(StoreError):
-    """SQLite found the log at ``path`` damaged, or not a sagakit log: ``reason`` is what
-    it said. The message advises a library user; the CLI says its own advice instead."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(
-            f"saga log {path!r} is corrupt or not a sagakit log ({reason}); restore it from "
-            "a backup or point SQLiteStore at another path"
-        )
-        self.path = path
-        self.reason = reason
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.path, self.reason))
 
 
 _DAMAGED = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
