@@ -411,3 +411,17 @@ async def test_a_damaged_page_found_by_a_write_is_reported_as_corrupt_with_advic
         with pytest.raises(CorruptLog, match=LIBRARY_ADVICE) as refused:
             await orchestrator.execute(dur_order("mirror"), saga_id="damaged")
     assert refused.value.path == db
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_damage_only_verify_finds_is_refused_as_corrupt_with_advice(
+    db: str, read_only: bool
+) -> None:
+    # Regression: SQLiteStore(verify=True) said "saga log '...' is corrupt: <what PRAGMA
+    # quick_check found>; restore it from a backup", a plain StoreError, not the
+    # CorruptLog every other damage SQLite finds raises.
+    asyncio.run(SQLiteStore(db).close())
+    wreck(db, "sagakit_sagas_status")  # a page opening the log does not read
+    with pytest.raises(CorruptLog, match=LIBRARY_ADVICE) as refused:
+        SQLiteStore(db, read_only=read_only, verify=True)
+    assert refused.value.reason.startswith("PRAGMA quick_check: ")

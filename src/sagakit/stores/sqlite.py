@@ -40,6 +40,7 @@ from .._serialization import JsonSerializer
 from .._shielding import CancellationWatch, wait_out
 from .._tracebacks import hide_from_pytest
 from ..exceptions import (
+    CorruptLog,
     SagaAlreadyExecuting,
     SagaAlreadyFailed,
     SagaAlreadyResolved,
@@ -263,10 +264,9 @@ class SQLiteStore:
                     problem = conn.execute("PRAGMA quick_check").fetchone()[0]
                 except sqlite3.DatabaseError as error:
                     problem = str(error)
-                if problem != "ok":
-                    raise StoreError(
-                        f"saga log {path!r} is corrupt: {problem}; restore it from a backup"
-                    )
+                if problem != "ok":  # (its first problem, on one line)
+                    said = " ".join(line.strip() for line in str(problem).splitlines())
+                    raise CorruptLog(path, f"PRAGMA quick_check: {said}")
             self._writer = GroupWriter(
                 conn,
                 path=path,
