@@ -494,6 +494,31 @@ def test_a_log_damaged_elsewhere_is_refused_with_advice_a_cli_user_can_follow(
     )
 
 
+def test_a_damaged_page_a_write_reaches_is_refused_with_advice_a_cli_user_can_follow(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: a damaged index page only `resolve`'s write reaches (opening the log
+    # and reading the saga do not) said "cannot write saga log '...': DatabaseError:
+    # database disk image is malformed", with no advice.
+    db, _ = crashed_in_credit(
+        tmp_path, "parked", "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL"
+    )
+    with closing(sqlite3.connect(db)) as conn:
+        [page] = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'sagakit_sagas_status'"
+        ).fetchone()
+        [size] = conn.execute("PRAGMA page_size").fetchone()
+    data = bytearray(Path(db).read_bytes())
+    data[(page - 1) * size : page * size] = b"\xff" * size  # updated with a saga's status
+    Path(db).write_bytes(bytes(data))
+    assert cli("--db", db, "resolve", "parked", "--note", "refunded by hand") == (1, "")
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"sagakit: saga log {db!r} is corrupt or not a sagakit log (database disk image is "
+        "malformed); restore it from a backup, or pass --db the path of another saga log"
+    )
+
+
 def test_a_log_without_a_valid_schema_version_is_refused_saying_what_to_check(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
