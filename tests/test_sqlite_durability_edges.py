@@ -31,6 +31,7 @@ from sagakit import (
     step,
 )
 from sagakit.stores._sqlite_owner import current_owner
+from sagakit.stores._sqlite_schema import Synchronous
 from store_helpers.crashing import Crash, CrashingStore
 
 effects: list[str] = []
@@ -399,15 +400,16 @@ async def test_a_damaged_page_found_by_a_read_is_reported_as_corrupt_with_advice
     assert refused.value.path == db
 
 
+@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])  # committed inline, on its thread
 @pytest.mark.asyncio
 async def test_a_damaged_page_found_by_a_write_is_reported_as_corrupt_with_advice(
-    db: str,
+    db: str, synchronous: Synchronous
 ) -> None:
     # Regression: a damaged index page a saga's first write updates failed it with
     # "cannot write saga log '...': DatabaseError: database disk image is malformed".
     await SQLiteStore(db).close()
     wreck(db, "sagakit_sagas_status")  # updated by every saga's first write
-    async with SagaOrchestrator(SQLiteStore(db)) as orchestrator:
+    async with SagaOrchestrator(SQLiteStore(db, synchronous=synchronous)) as orchestrator:
         with pytest.raises(CorruptLog, match=LIBRARY_ADVICE) as refused:
             await orchestrator.execute(dur_order("mirror"), saga_id="damaged")
     assert refused.value.path == db
