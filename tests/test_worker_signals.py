@@ -18,7 +18,7 @@ import pytest
 GIVE_UP = 60.0
 
 CHILD = """
-import asyncio, logging, signal, sys
+import asyncio, logging, os, signal, sys
 from sagakit import PostgresStore, SagaOrchestrator, SQLiteStore, saga, step
 from sagakit.testing import FaultInjector, SimulatedCrash
 
@@ -37,7 +37,7 @@ def stuck():
     yield hang()
 
 
-def app_handler(signum, frame):
+def app_handler(signum=signal.SIGTERM, frame=None):
     print("APP HANDLER", signum, flush=True)
 
 
@@ -54,10 +54,16 @@ async def main() -> None:
                     await orchestrator.execute(stuck(), saga_id="s-1")
                 except SimulatedCrash:
                     return
-    if how == "app-handler":
+    if how.startswith("app-handler"):  # the application's own SIGTERM handler
         signal.signal(signal.SIGTERM, app_handler)
+    if how == "app-loop-handler":  # ... set on the event loop
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, app_handler)
     before = signal.getsignal(signal.SIGTERM)
     async with SagaOrchestrator(store) as orchestrator:
+        if how == "app-handler-error":  # the worker stops with an error
+            async def failing_claim(**options):
+                raise RuntimeError("the claim broke")
+            store.claim_orphans = failing_claim
         if how == "silent-release":  # a release on a connection gone silent
             async def silent(**options):
                 print("RELEASING", flush=True)
@@ -73,6 +79,10 @@ async def main() -> None:
         print("RETURNED", flush=True)
         meta = await orchestrator.get_saga("s-1")
         print("STATUS", meta.status, flush=True)
+        if how.startswith("app"):  # the application's handler alone, once the worker stopped
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.sleep(0.1)
+            print("AFTER", flush=True)
 
 
 asyncio.run(main())
@@ -182,4 +192,33 @@ def test_a_second_sigterm_stops_a_postgres_worker_whose_release_gets_no_answer(
         "LOG sagakit worker could not release its saga leases: stopped by a second SIGTERM" in seen
     )
     assert "RETURNED" in seen
+    assert "HANDLER RESTORED True" in seen
+
+
+@pytest.mark.parametrize("sqlite_child", ["app-handler", "app-loop-handler"], indirect=True)
+def test_the_applications_sigterm_handler_is_called_while_a_worker_runs(
+    sqlite_child: Child,
+) -> None:
+    # Regression: while a worker ran, SIGTERM went to the worker alone: the application's
+    # own handler (a web server's shutdown, say) never heard of it, and the process
+    # kept serving once the worker had stopped.
+    sqlite_child.wait_for("HANGING")
+    sqlite_child.proc.send_signal(signal.SIGTERM)
+    sqlite_child.wait_for("waiting for 1 running sagas to end")
+    sqlite_child.proc.send_signal(signal.SIGTERM)
+    seen = sqlite_child.ended()
+    assert sqlite_child.proc.returncode == 0, seen
+    assert "HANDLER RESTORED True" in seen
+    # Once for each SIGTERM to the worker, and once more after it: put back.
+    assert seen.count("APP HANDLER 15") == 3, seen
+    assert seen.index("RETURNED") < seen.index("AFTER")
+
+
+@pytest.mark.parametrize("sqlite_child", ["app-handler-error"], indirect=True)
+def test_a_worker_stopped_by_an_error_puts_the_applications_sigterm_handler_back(
+    sqlite_child: Child,
+) -> None:
+    seen = sqlite_child.ended()
+    assert sqlite_child.proc.returncode == 1, seen
+    assert "RAISED RuntimeError" in seen
     assert "HANDLER RESTORED True" in seen

@@ -99,7 +99,8 @@ class _Told:
 
 
 class _Sigterm:
-    """The SIGTERM handler of one event loop, shared by the workers running in it."""
+    """The SIGTERM handler of one event loop, shared by the workers running in it, which
+    calls the handler in place before them too."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.workers: list[_Told] = []
@@ -117,6 +118,14 @@ class _Sigterm:
         for worker in self.workers:
             (worker.now if worker.heard else worker.stop).set()
             worker.heard = True
+        # The application hears of SIGTERM too (a web server serving beside the worker
+        # shuts down as without it): its handler on the loop, else its Python handler (not
+        # the default action, which would kill the process the worker is stopping).
+        handle = self.loop_handle
+        if handle is not None:
+            handle._run()  # in its context; an error goes to the loop's exception handler
+        elif callable(self.previous):
+            self.previous(signal.SIGTERM, None)
 
     def restore(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.remove_signal_handler(signal.SIGTERM)
@@ -381,7 +390,10 @@ async def run_worker(
     sagas registered with ``@saga`` in this process are claimed (the others are named
     once each, at INFO, as left for a process that declares them). Stops when
     cancelled, when ``stop`` is set, or on SIGTERM (with ``handle_signals``, in the
-    main thread); a stopped worker releases its leases.
+    main thread; each SIGTERM is passed on to the handler in place before, which is put
+    back when the worker stops); a stopped worker releases its leases. A second SIGTERM
+    while it stops gives up waiting: for its sagas (SQLite: they are handed back), or
+    for its store.
     """
     _check(poll_interval, concurrency, max_attempts, stop, handle_signals)
     store = _recoverable(orchestrator.store)
