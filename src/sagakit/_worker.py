@@ -18,6 +18,7 @@ import signal
 import threading
 from collections.abc import Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._cadence import failure_level
@@ -87,11 +88,22 @@ def _check(
         )
 
 
+@dataclass(eq=False)
+class _Told:
+    """What SIGTERM tells one worker: ``stop`` the first time; ``now`` the next, while
+    it is still stopping (it gives up waiting for its sagas, or for its store)."""
+
+    stop: asyncio.Event
+    now: asyncio.Event
+    heard: bool = False
+
+
 class _Sigterm:
-    """The SIGTERM handler of one event loop, shared by the workers running in it."""
+    """The SIGTERM handler of one event loop, shared by the workers running in it, which
+    calls the handler in place before them too."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.stops: list[asyncio.Event] = []
+        self.workers: list[_Told] = []
         # What to put back when the last worker stops: the handler the application set
         # on the loop itself, if any (asyncio has no public way to read it), else the
         # process's handler.
@@ -103,8 +115,17 @@ class _Sigterm:
         self.previous = signal.getsignal(signal.SIGTERM)
 
     def fire(self) -> None:
-        for stop in self.stops:
-            stop.set()
+        for worker in self.workers:
+            (worker.now if worker.heard else worker.stop).set()
+            worker.heard = True
+        # The application hears of SIGTERM too (a web server serving beside the worker
+        # shuts down as without it): its handler on the loop, else its Python handler (not
+        # the default action, which would kill the process the worker is stopping).
+        handle = self.loop_handle
+        if handle is not None:
+            handle._run()  # in its context; an error goes to the loop's exception handler
+        elif callable(self.previous):
+            self.previous(signal.SIGTERM, None)
 
     def restore(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.remove_signal_handler(signal.SIGTERM)
@@ -131,8 +152,9 @@ def _unreadable_loop_handler(loop: asyncio.AbstractEventLoop) -> bool:
 
 
 @contextlib.contextmanager
-def _on_sigterm(stop: asyncio.Event, enabled: bool) -> Any:
-    """Set ``stop`` on SIGTERM while inside (main thread only); restore the old handler.
+def _on_sigterm(stop: asyncio.Event, now: asyncio.Event, enabled: bool) -> Any:
+    """Set ``stop`` on SIGTERM while inside (main thread only), ``now`` on the next
+    SIGTERM; restore the old handler.
 
     Every worker of a loop is stopped by one SIGTERM; the handler in place before the
     first of them started is put back when the last one stops.
@@ -158,12 +180,13 @@ def _on_sigterm(stop: asyncio.Event, enabled: bool) -> Any:
             yield
             return
         _SIGTERM[loop] = hook
-    hook.stops.append(stop)
+    told = _Told(stop, now)
+    hook.workers.append(told)
     try:
         yield
     finally:
-        hook.stops.remove(stop)
-        if not hook.stops:
+        hook.workers.remove(told)
+        if not hook.workers:
             del _SIGTERM[loop]
             hook.restore(loop)
 
@@ -222,33 +245,39 @@ def _patience(store: RecoverableStore) -> float | None:
 
 
 async def _unless_stopped(
-    stop: asyncio.Event, running: asyncio.Future[Any], patience: float | None
+    stop: asyncio.Event, now: asyncio.Event, running: asyncio.Future[Any], patience: float | None
 ) -> bool:
     """Wait for ``running`` to end; once ``stop`` is set, ``patience`` seconds more at
-    most. Past them, or when the caller is cancelled, cancel it and wait it out, whatever
-    cancels the caller. True if it ended by itself.
+    most, and not past ``now`` (a second SIGTERM). Past them, or when the caller is
+    cancelled, cancel it and wait it out, whatever cancels the caller. True if it ended
+    by itself.
 
     A statement on a connection that went silent (a partition, with no reset) waits
     until the kernel gives up, some 15 minutes: a worker told to stop does not wait so
     long. A statement that answers is not cancelled: a claim cancelled on its way may
     have taken sagas that nobody runs, until their leases run out."""
-    stopping = asyncio.ensure_future(stop.wait())
+    if await _ends(running, stop, None) or await _ends(running, now, patience):
+        return True
+    await _cancel(running)
+    return False
+
+
+async def _ends(running: asyncio.Future[Any], until: asyncio.Event, seconds: float | None) -> bool:
+    """Wait for ``running`` to end, ``seconds`` at most (None: no limit), until ``until``
+    is set; when the caller is cancelled, cancel it and wait it out (whatever cancels the
+    caller then). True if it ended."""
+    waiter = asyncio.ensure_future(until.wait())
     try:
-        await asyncio.wait((running, stopping), return_when=asyncio.FIRST_COMPLETED)
-        if not running.done():
-            await asyncio.wait((running,), timeout=patience)
+        await asyncio.wait((running, waiter), timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     except GeneratorExit:
         raise  # its event loop closed under the worker (see run_worker): nothing to await
     except BaseException:
         await _cancel(running)  # the worker was cancelled
         raise
     finally:
-        if not stopping.get_loop().is_closed():
-            stopping.cancel()
-    if running.done():
-        return True
-    await _cancel(running)
-    return False
+        if not waiter.get_loop().is_closed():
+            waiter.cancel()
+    return running.done()
 
 
 async def _cancel(running: asyncio.Future[Any]) -> None:
@@ -265,15 +294,15 @@ def _answered(claiming: asyncio.Future[list[OrphanedSaga]]) -> list[OrphanedSaga
 
 
 async def _claim(
-    store: RecoverableStore, stop: asyncio.Event, **options: Any
+    store: RecoverableStore, stop: asyncio.Event, now: asyncio.Event, **options: Any
 ) -> list[OrphanedSaga]:
     """``store.claim_orphans(**options)``, given up if it has not answered ``patience``
-    seconds after ``stop`` is set (``[]``): cancelled, as a cancelled worker's claim is
-    (the store gives back what it had claimed); sagas it returns all the same are given
-    back, unrun."""
+    seconds after ``stop`` is set, or by ``now`` (``[]``): cancelled, as a cancelled
+    worker's claim is (the store gives back what it had claimed); sagas it returns all
+    the same are given back, unrun."""
     claiming = asyncio.ensure_future(store.claim_orphans(**options))
     try:
-        if await _unless_stopped(stop, claiming, _patience(store)):
+        if await _unless_stopped(stop, now, claiming, _patience(store)):
             return claiming.result()
     except GeneratorExit:
         raise
@@ -296,34 +325,46 @@ async def _wait(events: tuple[asyncio.Event, ...], seconds: float) -> None:
 
 
 async def _shutdown(
-    store: RecoverableStore, tasks: dict[asyncio.Task[None], str], nested: Nested
+    store: RecoverableStore,
+    tasks: dict[asyncio.Task[None], str],
+    nested: Nested,
+    now: asyncio.Event,
 ) -> None:
     """Release the leases of the sagas in flight (``tasks``: their ids; ``nested``: the
     inner sagas their steps run), then stop them (they are fenced out). An inner saga
     whose step has ended (it left it running in a task) is no longer theirs: cancelling
-    them does not stop it, so it keeps its lease and goes on here."""
+    them does not stop it, so it keeps its lease and goes on here. ``now`` (a second
+    SIGTERM) gives up waiting: for the release (the leases run out), or, with no leases,
+    for the sagas (they are cancelled, each handed back for the next recovery)."""
     release: Callable[..., Any] | None = getattr(store, "release_leases", None)
     if release is None:
         # No leases to hand over: let the sagas in flight finish here.
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            logger.info("sagakit worker stopping: waiting for %d running sagas to end", len(tasks))
+            running = asyncio.ensure_future(asyncio.gather(*tasks, return_exceptions=True))
+            if not await _ends(running, now, None):
+                await _cancel(running)  # cancels the sagas
         return
     # A release on a pooled connection gone silent (a partition that resets nothing)
     # waits for the kernel to give up, some 15 minutes: wait as long as the store waits
     # for the server (its connect_timeout), then let the leases run out.
     patience = _patience(store)
-    deadline = asyncio.timeout(patience)
     try:
         # The inner sagas too: cancelled with their outer saga's task, they would
         # compensate what the next owner of the outer saga runs on from the log.
         inner = {saga_id for saga_id, (run, step) in nested.items() if still_running(step, run)}
-        async with deadline:
-            released = await release(saga_ids=sorted({*tasks.values(), *inner}))
+        releasing = asyncio.ensure_future(release(saga_ids=sorted({*tasks.values(), *inner})))
+        if await _ends(releasing, now, patience):
+            released = releasing.result()
+        else:
+            await _cancel(releasing)
+            raise TimeoutError(
+                "stopped by a second SIGTERM"
+                if now.is_set()
+                else f"no answer within {patience:g} s (connect_timeout)"
+            )
     except Exception as error:  # the database is away: the leases run out by themselves
-        said: object = error
-        if isinstance(error, TimeoutError) and deadline.expired():
-            said = f"no answer within {patience:g} s (connect_timeout)"
-        logger.warning("sagakit worker could not release its saga leases: %s", said)
+        logger.warning("sagakit worker could not release its saga leases: %s", error)
     else:
         logger.info("sagakit worker released %d saga leases", released)
     finally:
@@ -349,11 +390,15 @@ async def run_worker(
     sagas registered with ``@saga`` in this process are claimed (the others are named
     once each, at INFO, as left for a process that declares them). Stops when
     cancelled, when ``stop`` is set, or on SIGTERM (with ``handle_signals``, in the
-    main thread); a stopped worker releases its leases.
+    main thread; each SIGTERM is passed on to the handler in place before, which is put
+    back when the worker stops); a stopped worker releases its leases. A second SIGTERM
+    while it stops gives up waiting: for its sagas (SQLite: they are handed back), or
+    for its store.
     """
     _check(poll_interval, concurrency, max_attempts, stop, handle_signals)
     store = _recoverable(orchestrator.store)
     stop = stop if stop is not None else asyncio.Event()
+    now = asyncio.Event()  # a second SIGTERM: stop waiting for the sagas, or the store
     freed = asyncio.Event()
     tasks: dict[asyncio.Task[None], str] = {}  # the sagas in flight, with their ids
     nested: Nested = {}  # the sagas their steps run with execute()
@@ -367,7 +412,7 @@ async def run_worker(
 
     watch = CancellationWatch()
     abandoned = False  # its task destroyed with its closed event loop (GeneratorExit)
-    with _on_sigterm(stop, handle_signals):
+    with _on_sigterm(stop, now, handle_signals):
         try:
             while not stop.is_set():
                 free = concurrency - len(tasks)
@@ -376,7 +421,7 @@ async def run_worker(
                     names = {function.name for function in registered_sagas()}
                     try:
                         orphans = await _claim(
-                            store, stop, names=names, limit=free, max_attempts=max_attempts
+                            store, stop, now, names=names, limit=free, max_attempts=max_attempts
                         )
                     except StoreError as error:  # the database is away: try again later
                         if never_better(error):  # (another loop's store, or closed)
@@ -419,7 +464,7 @@ async def run_worker(
                 if not failures and asyncio.get_running_loop().time() >= next_look:
                     next_look = asyncio.get_running_loop().time() + UNREGISTERED_EVERY
                     looking = asyncio.ensure_future(tell_unregistered(store, told))
-                    if await _unless_stopped(stop, looking, _patience(store)):
+                    if await _unless_stopped(stop, now, looking, _patience(store)):
                         looking.result()
                 freed.clear()
                 wait = _backoff(poll_interval, failures)
@@ -432,7 +477,7 @@ async def run_worker(
             raise
         finally:
             if not abandoned:
-                await _shutdown(store, tasks, nested)
+                await _shutdown(store, tasks, nested, now)
     if watch.came():
         # Stopped, then cancelled while handing its sagas back, and the cancellation was
         # caught on the way (by the store's release_leases(): a driver's pool can): never
