@@ -78,6 +78,12 @@ def _log_name(args: argparse.Namespace) -> str:
     return repr(args.db)
 
 
+def _db_argument(args: argparse.Namespace) -> str:
+    """``--db`` as a command line suggested in a message gives it: ``...`` for a
+    PostgreSQL URL, which may hold a password."""
+    return "..." if _is_postgres(args.db) else str(args.db)
+
+
 _READ_ONLY_COMMANDS = frozenset({"list", "show", "dead-letters"})
 """Commands that only read: a SQLite log is opened read-only for them (a backup listed
 keeps its journal mode, a log on a read-only mount can be inspected)."""
@@ -750,8 +756,7 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
             if waiting:
                 # Or the operator reads "nothing to recover" while sagas wait for them.
                 named = _first_few(waiting)
-                # (Never a PostgreSQL URL, which may hold a password.)
-                db = "..." if _is_postgres(args.db) else args.db
+                db = _db_argument(args)
                 note = (
                     f"{len(waiting)} dead-lettered saga(s) ({named}) were left alone, as "
                     "recovery leaves every dead letter: `sagakit dead-letters` says why each "
@@ -932,7 +937,7 @@ def _output_failed(args: argparse.Namespace, error: BaseException | None) -> str
     command changed sagas before it wrote what it did, that it was done (run again, it
     would say there is nothing to do; ``upgrade`` run again says where the log is)."""
     said = f"cannot write its output: {error}"
-    db = "..." if _is_postgres(args.db) else args.db  # never a URL, which may hold a password
+    db = _db_argument(args)
     if args.command in ("resolve", "resume", "release"):
         shows = f"`{command_line(db, 'show', args.saga_id)}` shows the saga"
     elif args.command == "recover":
@@ -1091,8 +1096,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         resolved = error.error if isinstance(error, SagaAlreadyResolved) else None
         if resolved is not None and _start_of(resolved) != resolved:
             # Its message repeats only the start of the saga's error, the note in it.
-            db = "..." if _is_postgres(args.db) else args.db  # never a URL: a password
-            said += f"; `{command_line(db, 'show', args.saga_id)}` shows its whole error (the note)"
+            shows = command_line(_db_argument(args), "show", args.saga_id)
+            said += f"; `{shows}` shows its whole error (the note)"
         # Its control characters escaped: it may quote an id or a name from the log.
         sys.stderr.write(f"sagakit: {one_line(said)}\n")
         return 1
