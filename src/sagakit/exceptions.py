@@ -14,6 +14,7 @@ from typing import Any
 
 from ._commands import command_line
 from ._seconds import duration_text, timeout_text
+from .records import SHOWN_ERROR
 
 
 def error_text(error: BaseException) -> str:
@@ -280,15 +281,12 @@ class StoreError(SagaError):
     """A saga store could not be opened, read or written."""
 
 
-_ERROR_SHOWN = 200
-"""The most characters of a saga's error a :class:`SagaAlreadyResolved` message repeats."""
-
-
 def _start_of(error: str) -> str:
-    """The first line of ``error``, at most :data:`_ERROR_SHOWN` characters of it, ended
-    with "..." where anything was left off."""
+    """The first line of ``error``, at most :data:`~sagakit.records.SHOWN_ERROR`
+    characters of it (as a repr shows an error), ended with "..." where anything was
+    left off."""
     first = error.split("\n", 1)[0].split("\r", 1)[0]
-    shown = first[:_ERROR_SHOWN]
+    shown = first[:SHOWN_ERROR]
     return shown if shown == error else f"{shown}..."
 
 
