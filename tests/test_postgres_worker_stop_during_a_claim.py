@@ -47,6 +47,32 @@ def sc_order(order: str) -> Any:
     yield sc_ship(order)
 
 
+def never_answering(reached: asyncio.Event, cancelled: list[str], what: str) -> Any:
+    """A store method that sets ``reached``, then never answers (a silent connection);
+    cancelled, it notes ``what`` in ``cancelled``."""
+
+    async def never_answer(**options: Any) -> Any:
+        reached.set()
+        try:
+            await asyncio.Event().wait()  # no answer, ever
+        except asyncio.CancelledError:
+            cancelled.append(what)
+            raise
+
+    return never_answer
+
+
+async def stop_once(orchestrator: SagaOrchestrator, reached: asyncio.Event) -> None:
+    """Run a worker until ``reached`` is set, then tell it to stop: it returns, as told."""
+    stop = asyncio.Event()
+    worker = asyncio.create_task(
+        orchestrator.run_worker(poll_interval=0.01, stop=stop, handle_signals=False)
+    )
+    await reached.wait()
+    stop.set()
+    await asyncio.wait_for(worker, GIVE_UP)
+
+
 async def test_a_worker_stopped_while_its_claim_gets_no_answer_returns(
     dsn: str, schema: str
 ) -> None:
@@ -55,23 +81,8 @@ async def test_a_worker_stopped_while_its_claim_gets_no_answer_returns(
         claiming = asyncio.Event()
         cancelled: list[str] = []
 
-        async def silent_claim(**options: Any) -> list[OrphanedSaga]:
-            claiming.set()
-            try:
-                await asyncio.Event().wait()  # no answer, ever
-            except asyncio.CancelledError:
-                cancelled.append("claim")
-                raise
-            return []
-
-        store.claim_orphans = silent_claim  # type: ignore[method-assign]
-        stop = asyncio.Event()
-        worker = asyncio.create_task(
-            orchestrator.run_worker(poll_interval=0.01, stop=stop, handle_signals=False)
-        )
-        await claiming.wait()
-        stop.set()
-        await asyncio.wait_for(worker, GIVE_UP)  # returns, as told
+        store.claim_orphans = never_answering(claiming, cancelled, "claim")  # type: ignore[method-assign]
+        await stop_once(orchestrator, claiming)
         assert cancelled == ["claim"]
 
 
@@ -97,13 +108,7 @@ async def test_a_claim_answered_after_the_worker_was_told_to_stop_is_given_back_
             return claimed
 
         store.claim_orphans = late_claim  # type: ignore[method-assign]
-        stop = asyncio.Event()
-        worker = asyncio.create_task(
-            orchestrator.run_worker(poll_interval=0.01, stop=stop, handle_signals=False)
-        )
-        await claiming.wait()
-        stop.set()
-        await asyncio.wait_for(worker, GIVE_UP)
+        await stop_once(orchestrator, claiming)
         assert ran == ["book o1"]  # the saga claimed as the worker stopped was not run
         store.claim_orphans = claim  # type: ignore[method-assign]
         outcomes = await orchestrator.recover()
@@ -121,21 +126,6 @@ async def test_a_worker_stopped_while_its_look_for_unregistered_names_gets_no_an
         looking = asyncio.Event()
         cancelled: list[str] = []
 
-        async def silent_look() -> list[tuple[str, int, str]]:
-            looking.set()
-            try:
-                await asyncio.Event().wait()  # no answer, ever
-            except asyncio.CancelledError:
-                cancelled.append("look")
-                raise
-            return []
-
-        store._running_names = silent_look  # type: ignore[method-assign]
-        stop = asyncio.Event()
-        worker = asyncio.create_task(
-            orchestrator.run_worker(poll_interval=0.01, stop=stop, handle_signals=False)
-        )
-        await looking.wait()
-        stop.set()
-        await asyncio.wait_for(worker, GIVE_UP)  # returns, as told
+        store._running_names = never_answering(looking, cancelled, "look")  # type: ignore[method-assign]
+        await stop_once(orchestrator, looking)
         assert cancelled == ["look"]

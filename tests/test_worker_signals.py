@@ -159,17 +159,23 @@ def postgres_child(dsn: str, schema: str, request: pytest.FixtureRequest) -> Ite
     yield from start(f"{dsn}#{schema}", getattr(request, "param", "plain"))
 
 
+def sigterm_twice(child: Child, stopping: str) -> list[str]:
+    """SIGTERM to ``child`` once its step hangs, again once it says ``stopping``: all it
+    said by its end."""
+    child.wait_for("HANGING")
+    child.proc.send_signal(signal.SIGTERM)
+    child.wait_for(stopping)
+    child.proc.send_signal(signal.SIGTERM)
+    return child.ended()
+
+
 def test_a_second_sigterm_hands_back_the_sagas_a_sqlite_worker_waits_for(
     sqlite_child: Child,
 ) -> None:
     # Regression: a SQLite worker stopped by SIGTERM waits for its running sagas to end;
     # the docs said to stop it again to hand them back, but a second SIGTERM (what a
     # process manager sends) was ignored: the worker waited on until SIGKILL.
-    sqlite_child.wait_for("HANGING")
-    sqlite_child.proc.send_signal(signal.SIGTERM)
-    sqlite_child.wait_for("waiting for 1 running sagas to end")
-    sqlite_child.proc.send_signal(signal.SIGTERM)
-    seen = sqlite_child.ended()
+    seen = sigterm_twice(sqlite_child, "waiting for 1 running sagas to end")
     assert sqlite_child.proc.returncode == 0, seen
     assert "RETURNED" in seen
     assert "HANDLER RESTORED True" in seen
@@ -182,11 +188,7 @@ def test_a_second_sigterm_stops_a_postgres_worker_whose_release_gets_no_answer(
 ) -> None:
     # Regression: a PostgreSQL worker stopped by SIGTERM whose release got no answer (a
     # connection gone silent) waited connect_timeout (here 600 s) whatever SIGTERM came next.
-    postgres_child.wait_for("HANGING")
-    postgres_child.proc.send_signal(signal.SIGTERM)
-    postgres_child.wait_for("RELEASING")
-    postgres_child.proc.send_signal(signal.SIGTERM)
-    seen = postgres_child.ended()
+    seen = sigterm_twice(postgres_child, "RELEASING")
     assert postgres_child.proc.returncode == 0, seen
     assert (
         "LOG sagakit worker could not release its saga leases: stopped by a second SIGTERM" in seen
@@ -202,11 +204,7 @@ def test_the_applications_sigterm_handler_is_called_while_a_worker_runs(
     # Regression: while a worker ran, SIGTERM went to the worker alone: the application's
     # own handler (a web server's shutdown, say) never heard of it, and the process
     # kept serving once the worker had stopped.
-    sqlite_child.wait_for("HANGING")
-    sqlite_child.proc.send_signal(signal.SIGTERM)
-    sqlite_child.wait_for("waiting for 1 running sagas to end")
-    sqlite_child.proc.send_signal(signal.SIGTERM)
-    seen = sqlite_child.ended()
+    seen = sigterm_twice(sqlite_child, "waiting for 1 running sagas to end")
     assert sqlite_child.proc.returncode == 0, seen
     assert "HANDLER RESTORED True" in seen
     # Once for each SIGTERM to the worker, and once more after it: put back.
