@@ -203,20 +203,20 @@ def _chain(pending: BaseException, error: BaseException) -> None:
     pending.__context__ = error
 
 
-def _finish_unawaited(store: SagaStore, run: SagaRun) -> None:
+def _finish_unawaited(store: SagaStore, run: SagaRun) -> bool:
     """``store.finish(run)`` for a run whose event loop is closed (see
     ``SagaOrchestrator._abandoned``), run to its end here, without a loop: a store that is
     not durable moves the run to its history at once, waiting on nothing. One that waits
     on something (a lock, a connection) cannot go on: it is closed there, and the run
     stays running in it, which is logged, as is an error it raises (never raised: the
-    garbage collector is closing the run)."""
+    garbage collector is closing the run). Returns whether the store ended the run."""
     steps = store.finish(run).__await__()
     try:
         for _ in range(100):  # bare yields (asyncio.sleep(0)) ask only for a turn
             if steps.send(None) is not None:
                 break
     except StopIteration:
-        return
+        return True
     except Exception as error:
         why = f"its finish() raised {describe_error(error)}"
     else:
@@ -231,6 +231,7 @@ def _finish_unawaited(store: SagaStore, run: SagaRun) -> None:
         store,
         why,
     )
+    return False
 
 
 def _warn(run: SagaRun, message: str, *args: object) -> None:
@@ -1313,31 +1314,39 @@ class SagaOrchestrator:
         pending, with the event loop it ran in, and the garbage collector closes it. It
         can await nothing more, so, as after a crash, nothing more is run, recorded or
         told: the log shows the saga as it was, for recovery (a ``KeyboardInterrupt``
-        instead ends it ``FAILED``, never to be recovered). Its tracers end its spans
-        (``_sagakit_abandoned``), as after a simulated crash. A store that is not durable
+        instead ends it ``FAILED``, never to be recovered). A store that is not durable
         (the default in-memory one, or one of the user's), which nothing recovers, ends it
         ``FAILED`` (not compensated) there and then, rather than keep it running for good:
-        its ``finish()`` is run without an event loop (see :func:`_finish_unawaited`)."""
+        its ``finish()`` is run without an event loop (see :func:`_finish_unawaited`).
+        Then its tracers and test recorders hear of its end as the store left it
+        (``_sagakit_abandoned``, with a ``SAGA_FINISHED`` ``FAILED`` where the store ended
+        it, else a ``SAGA_STOPPED`` with the status the log keeps)."""
         self._held.pop(run, None)
-        self._tell_instruments(run, "the closed event loop", "_sagakit_abandoned")
+        status = run.status
+        ended = False
         if self._durable:
             # A store whose runs' owner is this live process (SQLite) hands the saga
             # over to recovery, which would otherwise not take it until the process exits.
             abandoned = getattr(self._store, "_abandoned", None)
             if abandoned is not None:
                 abandoned(run)
-            return
-        _end_running(run.steps, f"interrupted: {LOOP_CLOSED}")
-        _end_running(run.compensations, f"interrupted: {LOOP_CLOSED}")
-        run.status = SAGA_FAILED
-        if run.error is None:
-            run.error = ABANDONED + NOT_COMPENSATED
-        run.finished_mono = run.updated_mono = time.monotonic()  # (what loop.time() reads)
-        memory = self._memory
-        if memory is not None:
-            memory._finish_now(run)
         else:
-            _finish_unawaited(self._store, run)
+            _end_running(run.steps, f"interrupted: {LOOP_CLOSED}")
+            _end_running(run.compensations, f"interrupted: {LOOP_CLOSED}")
+            run.status = SAGA_FAILED
+            if run.error is None:
+                run.error = ABANDONED + NOT_COMPENSATED
+            run.finished_mono = run.updated_mono = time.monotonic()  # (what loop.time() reads)
+            memory = self._memory
+            if memory is not None:
+                memory._finish_now(run)
+                ended = True
+            else:
+                ended = _finish_unawaited(self._store, run)
+        kind = ON_SAGA_FINISHED if ended else ON_SAGA_STOPPED
+        shown = run.status if ended else status  # (a store that could not end it keeps it)
+        end = make_transition(kind, run, shown, None, 0, None, (), None, None)
+        self._tell_instruments(run, "the closed event loop", "_sagakit_abandoned", end)
 
     async def _stopped(self, run: SagaRun, why: BaseException) -> None:
         """The run stops here unfinished (``why``: ``LeaseLost``, or a cancelled recovery

@@ -215,12 +215,12 @@ class SagaTracer:
         they were current in, rather than hold them open for good."""
         self._end_run(saga_id, run_number, CRASHED, crash)
 
-    def _sagakit_abandoned(self, saga_id: str, run_number: int) -> None:
+    def _sagakit_abandoned(self, saga_id: str, end: Transition, run_number: int) -> None:
         """The run's task was destroyed with its closed event loop, and it stopped where
-        it waited (the orchestrator tells nothing more): end its spans, ``ERROR``
-        ``"abandoned: its event loop was closed while it ran"``, as after a crash. No
-        exception is recorded: none was raised (the ``GeneratorExit`` closing its
-        coroutine is the garbage collector's)."""
+        it waited (the orchestrator tells nothing more; ``end`` is its end as the store
+        left it): end its spans, ``ERROR`` ``"abandoned: its event loop was closed while
+        it ran"``, as after a crash. No exception is recorded: none was raised (the
+        ``GeneratorExit`` closing its coroutine is the garbage collector's)."""
         self._end_run(saga_id, run_number, ABANDONED, None)
 
     def _end_run(

@@ -9,7 +9,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from .._display import shown_rows
-from .._runs import current_run, describe_error
+from .._runs import ABANDONED, current_run, describe_error
 from .._steps import COMPENSATED_NAMES, DEFINED_NAMES
 from .._tracebacks import hide_from_pytest
 from ..exceptions import SagaDefinitionError
@@ -137,6 +137,9 @@ class RecordedRun:
     transitions: list[Transition] = field(default_factory=list)
     # The simulated crash that ended the run, if one did (it tells no transition).
     crash: BaseException | None = None
+    # Whether its event loop was closed while it ran (its last transition: its end as
+    # the store left it, which no listener but a recorder or tracer hears).
+    abandoned: bool = False
 
     @property
     def label(self) -> str:
@@ -192,6 +195,7 @@ class RecordedRun:
         status = _member(SagaStatus, status, "assert_status()", "a saga status")
         if not self.finished:
             why = f": {self.crash}" if self.crash is not None else ""
+            why = f": {ABANDONED}" if self.abandoned else why
             raise AssertionError(
                 f"{self.label} has not finished (status {self.status}{why}), expected {status}\n"
                 f"trail:\n{self.describe('  ')}"
@@ -230,7 +234,12 @@ class RecordedRun:
     def _state(self) -> str:
         if not self.transitions:  # made by hand
             return "no transitions"
-        ended = "" if self.finished else " (crashed)" if self.crash else " (unfinished)"
+        if self.finished:
+            ended = ""
+        elif self.crash:
+            ended = " (crashed)"
+        else:
+            ended = " (abandoned)" if self.abandoned else " (unfinished)"
         count = len(self.transitions)
         return f"{self.status}{ended}, {count} transition{'' if count == 1 else 's'}"
 
@@ -324,6 +333,19 @@ class SagaRecorder:
         if key in self._runs:
             self._ended.add(key)
             self._runs[key].crash = crash
+
+    def _sagakit_abandoned(self, saga_id: str, end: Transition, run_number: int) -> None:
+        """The event loop of a run of ``saga_id`` was closed while it ran: it tells no
+        listener its end, ``end``, as the store left it (``SAGA_FINISHED`` ``FAILED`` from
+        a store that is not durable, else ``SAGA_STOPPED`` with the status the log keeps
+        for recovery). Recorded as told, for a run recorded here still going (of one the
+        recorder heard nothing of, nothing is made up)."""
+        key = (saga_id, run_number)
+        run = self._runs.get(key)
+        if run is None or run.finished or key in self._ended:
+            return
+        run.abandoned = True
+        self(end)
 
     def _last_of(self, saga_id: str) -> RecordedRun | None:
         """The most recently started run of ``saga_id`` still recorded, if any."""
