@@ -207,6 +207,14 @@ class IdTaken(StoreError):
     """A generated saga id that is already in the log: nothing of that saga was written."""
 
 
+def id_taken(saga_id: str) -> IdTaken:
+    """The :class:`IdTaken` of a run whose generated id ``saga_id`` is another saga's."""
+    return IdTaken(
+        f"generated saga id {saga_id!r} is already in the saga log; "
+        "nothing ran — execute the saga again for a new id"
+    )
+
+
 class Rejected(Exception):
     """Raised by ``send`` when the server refused a batch: nothing of it was applied."""
 
@@ -300,12 +308,7 @@ class GroupWriter:
             if reason is None:
                 future.set_result(None)
             elif reason == "exists":
-                future.set_exception(
-                    IdTaken(
-                        f"generated saga id {saga_id!r} is already in the saga log; "
-                        "nothing ran — execute the saga again for a new id"
-                    )
-                )
+                future.set_exception(id_taken(saga_id))
             else:
                 future.set_exception(LeaseLost(saga_id))
 
@@ -345,5 +348,6 @@ __all__ = [
     "Rejected",
     "Write",
     "batch_params",
+    "id_taken",
     "write_for",
 ]

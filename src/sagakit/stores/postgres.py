@@ -59,6 +59,7 @@ from ._pg_writer import (
     Rejected,
     Write,
     batch_params,
+    id_taken,
     storable,
     write_for,
 )
@@ -863,9 +864,13 @@ class PostgresStore:
         self._check_current(run)
         if self._unlogged and saga_id in self._unlogged:
             # The run's generated id belongs to another saga in the log: nothing of
-            # the run is there, and nothing may be written under its id.
+            # the run is there, and nothing may be written under its id. Refused, not
+            # taken for written: the orchestrator tells listeners only what the log has
+            # (of this run, its end unrecorded: SAGA_STOPPED).
             self._staged.pop(saga_id, None)
-            return
+            refused = id_taken(saga_id)
+            mark_nothing_logged(refused, saga_id)
+            raise refused
         if self._doubts and saga_id in self._doubts:
             # An earlier write may have committed or not: find out (and stage again what
             # did not) before anything more is written; raises while the log is unreachable.
@@ -913,8 +918,9 @@ class PostgresStore:
                 # its way: say so, not that the lease ran out.
                 raise LeaseLost(saga_id, released=True) from None
             raise
-        except IdTaken:
+        except IdTaken as taken:
             self._unlogged.add(saga_id)  # another saga's id: nothing may be written under it
+            mark_nothing_logged(taken, saga_id)  # (its end, when it was the run's first write)
             raise
         except BaseException as error:
             if isinstance(error.__cause__, Rejected):
