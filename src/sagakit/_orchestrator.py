@@ -714,6 +714,8 @@ class SagaOrchestrator:
                     if observe:
                         try:
                             await self._emit(run, ON_STEP_STARTED, record, attempt)
+                            if task.cancelling() > cancel_base:  # a listener swallowed it
+                                raise asyncio.CancelledError
                         except LeaseLost:
                             raise  # another worker owns the saga: nothing more here
                         except Exception:
@@ -724,8 +726,12 @@ class SagaOrchestrator:
                                 if _undone_between_attempts(spec, acted_unknown):
                                     done.append((record, call, None))
                             raise
-                        if task.cancelling() > cancel_base:  # a listener swallowed it
-                            raise asyncio.CancelledError
+                        except asyncio.CancelledError:
+                            # Cancelled before its call (while its start was written, or
+                            # told): a retry never ran either, and is not counted.
+                            if attempt > 1:
+                                record.attempts = attempt - 1
+                            raise
                     # ``failure`` (a StepFailed or StepTimeout to raise) and ``error``
                     # (what the step raised) are set by each way an attempt fails, not
                     # per attempt: a step that succeeds needs neither.
