@@ -19,6 +19,7 @@ from sagakit import (
     SagaOrchestrator,
     SagaStatus,
     StepStatus,
+    Transition,
     TransitionKind,
     saga,
     step,
@@ -85,3 +86,24 @@ async def test_a_retry_whose_start_write_is_cancelled_is_not_counted_as_an_attem
             (StepStatus.COMPLETED, 1),
             (StepStatus.FAILED, 1),
         ]
+
+
+@pytest.mark.asyncio
+async def test_a_retry_cancelled_while_a_listener_hears_its_start_is_not_counted() -> None:
+    def cancel_the_second_start(transition: Transition) -> None:
+        if transition.kind is TransitionKind.STEP_STARTED and transition.attempt == 2:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()  # a sync listener: the saga finds it pending once told
+
+    calls.clear()
+    async with SagaOrchestrator(sleep=no_wait, listeners=[cancel_the_second_start]) as orchestrator:
+        with pytest.raises(asyncio.CancelledError):
+            await orchestrator.execute(rsc_transfer("b"), saga_id="rsc-2")
+        meta = await orchestrator.get_saga("rsc-2")
+    assert calls == ["take b", "flaky b", "untake b"]
+    assert meta is not None
+    assert [(s.status, s.attempts) for s in meta.steps] == [
+        (StepStatus.COMPLETED, 1),
+        (StepStatus.FAILED, 1),
+    ]
