@@ -161,3 +161,58 @@ async def test_an_outer_saga_cancelled_runs_each_inner_compensation_once() -> No
         outer = await orchestrator.get_saga("ncc-2")
         assert outer is not None
         assert outer.status is SagaStatus.COMPENSATED
+
+
+# The outer step's own compensation runs after the inner saga compensated itself (the step
+# timed out, by default compensated): it reads the inner saga's outcome in the log and
+# undoes only what that left done, as docs/durability.md says (examples/nested_sagas.py).
+refunds: list[str] = []
+
+
+async def _refund_what_is_left(key: str) -> None:
+    context = current_step()
+    assert context is not None
+    assert context.idempotency_key == key  # the step's: it names the inner saga
+    payment = await context.orchestrator.get_saga(f"{key}/payment")
+    if payment is None or payment.status is SagaStatus.COMPENSATED:
+        return  # never began, or undid itself: nothing left to undo
+    assert payment.status is SagaStatus.COMPLETED, payment  # else an operator's to settle
+    refunds.append(key)
+
+
+@step(timeout=1)
+async def ncc_pay_undone() -> list[Any]:
+    context = current_step()
+    assert context is not None
+    return await context.orchestrator.execute(
+        ncc_payment(), saga_id=f"{context.idempotency_key}/payment"
+    )
+
+
+@ncc_pay_undone.compensate
+async def ncc_refund() -> None:
+    context = current_step()
+    assert context is not None
+    await _refund_what_is_left(context.idempotency_key)
+
+
+@saga
+def ncc_order_undone() -> Any:
+    yield ncc_pay_undone()
+
+
+@pytest.mark.asyncio
+async def test_the_outer_steps_compensation_undoes_nothing_the_inner_saga_undid() -> None:
+    global outer_task
+    refunds.clear()
+    async with SagaOrchestrator() as orchestrator:
+        outer_task = asyncio.create_task(orchestrator.execute(ncc_order_undone(), saga_id="ncc-3"))
+        with pytest.raises(StepTimeout):
+            await outer_task
+        outer = await orchestrator.get_saga("ncc-3")
+        assert outer is not None
+        assert [(c.name, c.status) for c in outer.compensations] == [
+            ("ncc_pay_undone", StepStatus.COMPLETED)  # it ran, and found nothing to undo
+        ]
+        await _inner_compensated_once(orchestrator, "ncc-3:0/payment")
+    assert refunds == []
