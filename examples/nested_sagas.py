@@ -27,6 +27,7 @@ from typing import Any
 
 from sagakit import (
     SagaOrchestrator,
+    SagaStatus,
     SQLiteStore,
     StepCall,
     StepFailed,
@@ -105,6 +106,16 @@ async def pay(order: str, amount: int) -> list[Any]:
 
 @pay.compensate
 async def refund(order: str, amount: int) -> None:
+    """Undo what the payment saga left done: it may have undone itself already (it failed,
+    or ``pay`` timed out while it ran: its completed steps were compensated then)."""
+    context = current_step()
+    assert context is not None
+    inner_id = f"{context.idempotency_key}/payment"  # the step's key: the same inner id
+    payment_saga = await context.orchestrator.get_saga(inner_id)
+    if payment_saga is None or payment_saga.status is SagaStatus.COMPENSATED:
+        return  # never began, or undid itself: refunding would pay out twice
+    if payment_saga.status is not SagaStatus.COMPLETED:
+        raise RuntimeError(f"payment {inner_id} is {payment_saga.status}: settle it by hand")
     calls.append(f"refund {amount} ({key()})")
 
 

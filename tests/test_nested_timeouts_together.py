@@ -124,7 +124,9 @@ def test_a_parent_step_that_carries_on_after_the_inner_timeout_is_still_cut_shor
         assert raised.value.step_name == "outer"
 
     run(main)
-    assert [type(error) for error in caught] == [StepTimeout]
+    # The parent's cancellation, made again, came while the inner saga compensated (in a
+    # task of its own, not interrupted): its execute() raised it once that was done.
+    assert caught == []
     assert undone == ["c"]
 
 

@@ -138,6 +138,20 @@ def _end_running(records: list[StepRun], error: str) -> None:
         records[-1].error = error
 
 
+def _cancelled_unrecorded(run: SagaRun, unrecorded: Exception) -> None:
+    """Log a compensation's transition the log refused while the run was cancelled (the
+    cancellation goes on, the run ends ``FAILED``). A lost lease at ``DEBUG``: the run's
+    end is refused with it too, and warned once."""
+    logger.log(
+        logging.DEBUG if isinstance(unrecorded, LeaseLost) else logging.WARNING,
+        "sagakit: saga %s (%s), cancelled, could not record its compensation: %s",
+        run.name,
+        run.id,
+        describe_error(unrecorded),
+        extra={"saga_id": run.id, "saga_name": run.name},
+    )
+
+
 def _end_running_step(steps: list[StepRun], acted: StepRun | None, failure: BaseException) -> None:
     """:func:`_end_running` for the run's steps, ended by ``failure`` raised in the step
     (``acted``: the record whose function was last called) or before it started."""
@@ -701,6 +715,8 @@ class SagaOrchestrator:
                     if observe:
                         try:
                             await self._emit(run, ON_STEP_STARTED, record, attempt)
+                            if task.cancelling() > cancel_base:  # a listener swallowed it
+                                raise asyncio.CancelledError
                         except LeaseLost:
                             raise  # another worker owns the saga: nothing more here
                         except Exception:
@@ -711,8 +727,12 @@ class SagaOrchestrator:
                                 if _undone_between_attempts(spec, acted_unknown):
                                     done.append((record, call, None))
                             raise
-                        if task.cancelling() > cancel_base:  # a listener swallowed it
-                            raise asyncio.CancelledError
+                        except asyncio.CancelledError:
+                            # Cancelled before its call (while its start was written, or
+                            # told): a retry never ran either, and is not counted.
+                            if attempt > 1:
+                                record.attempts = attempt - 1
+                            raise
                     # ``failure`` (a StepFailed or StepTimeout to raise) and ``error``
                     # (what the step raised) are set by each way an attempt fails, not
                     # per attempt: a step that succeeds needs neither.
@@ -1514,7 +1534,8 @@ class SagaOrchestrator:
         failed: Mapping[int, BaseException] | None = None,
         keep_going: bool = False,
     ) -> CompensationFailed | None:
-        """Compensate ``done`` in reverse order; finish in a shielded task if cancelled.
+        """Compensate ``done`` in reverse order; finish in a shielded task if cancelled (a
+        nested saga's, in a task of its own from the start).
 
         Recovery: ``failed`` are the compensations (by step index) that failed for good
         before the crash, not run again; ``keep_going``, the run had gone on past one.
@@ -1524,9 +1545,26 @@ class SagaOrchestrator:
         uncompensated: list[str] = []
         go_on = self._continue or keep_going
         try:
-            return await self._undo(
+            if run.parent is None:
+                return await self._undo(
+                    run, done, trigger, faults, observe, errors, uncompensated, failed, go_on
+                )
+            # Nested (run by a step of another saga, or a task it started): in a task of its
+            # own, to its end. The outer step's cancellation (its timeout, or the outer
+            # saga's caller) would interrupt the running compensation, which the restart
+            # below would then run again from its start: an external action done twice.
+            task = asyncio.current_task()
+            assert task is not None, "sagakit runs inside an asyncio task"
+            base = task.cancelling()
+            held, held_base = run.task, run.cancel_base
+            undo = self._undo(
                 run, done, trigger, faults, observe, errors, uncompensated, failed, go_on
             )
+            ended = await wait_out(undo)
+            run.task, run.cancel_base = held, held_base
+            if ended.cancelled() or task.cancelling() <= base:
+                outcome: CompensationFailed | None = ended.result()  # cancelled: the
+                return outcome  # compensation raised it itself, restarted below
         except asyncio.CancelledError:
             # Wherever it was cancelled (in the compensation's call, telling its start,
             # waiting to retry it), its record must not stay RUNNING; the restart retries it.
@@ -1546,17 +1584,16 @@ class SagaOrchestrator:
                 raise
             except Exception as unrecorded:  # not recorded: the run ends FAILED
                 # Logged, not raised: the cancellation goes on. (Not chained either: the
-                # frames it passes through on its way out reset its __context__.) A lost
-                # lease at DEBUG: the run's end is refused with it too, and warned once.
-                logger.log(
-                    logging.DEBUG if isinstance(unrecorded, LeaseLost) else logging.WARNING,
-                    "sagakit: saga %s (%s), cancelled, could not record its compensation: %s",
-                    run.name,
-                    run.id,
-                    describe_error(unrecorded),
-                    extra={"saga_id": run.id, "saga_name": run.name},
-                )
+                # frames it passes through on its way out reset its __context__.)
+                _cancelled_unrecorded(run, unrecorded)
             raise
+        # Nested, and cancelled while its compensations ran to their end: as after the
+        # restart above, what the log refused is logged, and the cancellation raised.
+        try:
+            ended.result()
+        except Exception as unrecorded:
+            _cancelled_unrecorded(run, unrecorded)
+        raise asyncio.CancelledError
 
     async def _undo(
         self,
