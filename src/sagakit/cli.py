@@ -503,11 +503,20 @@ def _saga_json(meta: SagaMetadata | ListedSaga, dead_letter: bool) -> dict[str, 
 def _shown_json(
     meta: SagaMetadata, dead_letter: bool, arguments: StoredArguments | None
 ) -> dict[str, Any]:
-    """``show --json``: the saga's keys of ``list --json``, its records, its arguments."""
-    return _saga_json(meta, dead_letter) | {
+    """``show --json``: the saga's keys of ``list --json`` with ``updated_at`` after
+    ``started_at`` (as :class:`~sagakit.SagaMetadata` orders them), its records, its
+    events, its arguments."""
+    shown: dict[str, Any] = {}
+    for key, value in _saga_json(meta, dead_letter).items():
+        shown[key] = value
+        if key == "started_at":
+            updated = meta.updated_at
+            shown["updated_at"] = None if updated is None else updated.isoformat()
+    return shown | {
         "steps": [_step_json(record) for record in meta.steps],
         "compensations": [_step_json(record) for record in meta.compensations],
         "events": [_plain(event) for event in meta.events],
+        "compensation_events": [_plain(event) for event in meta.compensation_events],
         "arguments": None if arguments is None else _arguments_json(arguments),
     }
 
