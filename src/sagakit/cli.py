@@ -46,6 +46,7 @@ from ._notify import one_line
 from ._orchestrator import SagaOrchestrator
 from ._recovery import RecoveryOutcome
 from ._sagas import registered_saga, registered_sagas
+from ._seconds import seconds_number
 from .exceptions import (
     CorruptLog,
     SagaAlreadyResolved,
@@ -149,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         metavar="SECONDS",
         help="how long to wait for a SQLite log another process holds locked "
-        f"(default {DEFAULT_BUSY_TIMEOUT:g})",
+        f"(default {seconds_number(DEFAULT_BUSY_TIMEOUT)})",
     )
     top = argparse.ArgumentParser(add_help=False, parents=[common])
     top.add_argument(
