@@ -13,6 +13,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from ._seconds import seconds_number, timeout_text
 from .exceptions import StoreError
 from .stores._dsn import redacted
 from .stores._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
@@ -151,10 +152,12 @@ def locked_message(path: str, busy_timeout: float) -> str:
         if holders
         else "another process holds"
     )
-    waited = f"waited {busy_timeout:g} s for it" if busy_timeout else "did not wait for it"
+    waited = (
+        f"waited {timeout_text(busy_timeout)} for it" if busy_timeout else "did not wait for it"
+    )
     return (
         f"saga log {path!r} is locked: {who} its write lock, and sagakit {waited} "
-        f"(--busy-timeout {busy_timeout:g}); that process is writing, or keeps a "
+        f"(--busy-timeout {seconds_number(busy_timeout)}); that process is writing, or keeps a "
         "transaction or an exclusive lock open (a `sqlite3` shell, a backup, PRAGMA "
         "locking_mode=EXCLUSIVE): let it finish or end it, then try again, or wait longer "
         "with --busy-timeout SECONDS"

@@ -34,6 +34,7 @@ from ._recovery import (
 )
 from ._runs import SagaRun, StepRun, still_running
 from ._sagas import registered_sagas
+from ._seconds import timeout_text
 from ._shielding import CancellationWatch, wait_out
 from ._tracebacks import hide_from_pytest
 from .exceptions import LeaseLost, SagaDefinitionError, StoreError
@@ -360,8 +361,8 @@ async def _shutdown(
             await _cancel(releasing)
             raise TimeoutError(
                 "stopped by a second SIGTERM"
-                if now.is_set()
-                else f"no answer within {patience:g} s (connect_timeout)"
+                if now.is_set() or patience is None  # (no patience: waited for SIGTERM)
+                else f"no answer within {timeout_text(patience)} (connect_timeout)"
             )
     except Exception as error:  # the database is away: the leases run out by themselves
         logger.warning("sagakit worker could not release its saga leases: %s", error)

@@ -46,6 +46,7 @@ from ._notify import one_line
 from ._orchestrator import SagaOrchestrator
 from ._recovery import RecoveryOutcome
 from ._sagas import registered_saga, registered_sagas
+from ._seconds import seconds_number
 from .exceptions import (
     CorruptLog,
     SagaAlreadyResolved,
@@ -149,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         metavar="SECONDS",
         help="how long to wait for a SQLite log another process holds locked "
-        f"(default {DEFAULT_BUSY_TIMEOUT:g})",
+        f"(default {seconds_number(DEFAULT_BUSY_TIMEOUT)})",
     )
     top = argparse.ArgumentParser(add_help=False, parents=[common])
     top.add_argument(
@@ -503,11 +504,20 @@ def _saga_json(meta: SagaMetadata | ListedSaga, dead_letter: bool) -> dict[str, 
 def _shown_json(
     meta: SagaMetadata, dead_letter: bool, arguments: StoredArguments | None
 ) -> dict[str, Any]:
-    """``show --json``: the saga's keys of ``list --json``, its records, its arguments."""
-    return _saga_json(meta, dead_letter) | {
+    """``show --json``: the saga's keys of ``list --json`` with ``updated_at`` after
+    ``started_at`` (as :class:`~sagakit.SagaMetadata` orders them), its records, its
+    events, its arguments."""
+    shown: dict[str, Any] = {}
+    for key, value in _saga_json(meta, dead_letter).items():
+        shown[key] = value
+        if key == "started_at":
+            updated = meta.updated_at
+            shown["updated_at"] = None if updated is None else updated.isoformat()
+    return shown | {
         "steps": [_step_json(record) for record in meta.steps],
         "compensations": [_step_json(record) for record in meta.compensations],
         "events": [_plain(event) for event in meta.events],
+        "compensation_events": [_plain(event) for event in meta.compensation_events],
         "arguments": None if arguments is None else _arguments_json(arguments),
     }
 

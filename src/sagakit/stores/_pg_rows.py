@@ -39,7 +39,9 @@ def metadata(saga: Row, serializer: JsonSerializer, *, exact: bool = False) -> S
         StepRecord(
             index=index,
             name=step_name,
-            status=known_status(StepStatus, step_status, saga_id, record_name(comp, step_name)),
+            status=known_status(
+                StepStatus, step_status, saga_id, record_name(comp, index, step_name)
+            ),
             attempts=attempts,
             duration=duration,
             error=step_error,
@@ -92,7 +94,7 @@ def logged_step(row: Row, serializer: JsonSerializer) -> LoggedStep:
     """A :class:`LoggedStep` from a step row; raises :class:`SerializationError`."""
     _, comp, index, name, status, attempts, duration, error, result, events = row
     completed = status == StepStatus.COMPLETED
-    what = f"{'compensation' if comp else 'step'} {index} ({name!r})"
+    what = record_name(comp, index, name)
     return LoggedStep(
         index=index,
         name=name,

@@ -12,6 +12,7 @@ import hashlib
 import re
 from typing import TYPE_CHECKING
 
+from .._seconds import timeout_text
 from ..exceptions import StoreConfigError, StoreError
 
 if TYPE_CHECKING:
@@ -486,10 +487,11 @@ async def migrate(conn: AsyncConnection[object], schema: str, *, wait: float = 1
         upgrade = f"`sagakit --db ... --schema {schema} upgrade`"
         if state == _LOCK_NOT_AVAILABLE:
             raise StoreError(
-                f"cannot migrate the PostgreSQL saga log (schema {schema!r}): waited {wait:g} s "
-                "for a lock held by another session (another process migrating the schema, "
-                "or a long transaction on its tables); try again once it is done, give the "
-                f"store a longer connect_timeout, or migrate ahead of the deploy with {upgrade}"
+                f"cannot migrate the PostgreSQL saga log (schema {schema!r}): waited "
+                f"{timeout_text(wait)} for a lock held by another session (another process "
+                "migrating the schema, or a long transaction on its tables); try again once it "
+                "is done, give the store a longer connect_timeout, or migrate ahead of the "
+                f"deploy with {upgrade}"
             ) from error
         if state == _INSUFFICIENT_PRIVILEGE:
             reason = str(error).partition("\n")[0]

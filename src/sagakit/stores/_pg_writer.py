@@ -20,6 +20,7 @@ from .._runs import storable_text
 from ..exceptions import LeaseLost, SerializationError, StepTimeout, StoreError, error_text
 from ..status import SagaStatus, StepStatus
 from ..transitions import Transition, TransitionKind
+from ._records import completion_texts
 
 MAX_BATCH = 500
 
@@ -118,10 +119,8 @@ def write_for(
         error=run_error if compensation or kind in _STEP_ENDS else None,
     )
     if step_status is StepStatus.COMPLETED:
-        what = f"the result of {'compensation' if compensation else 'step'} {t.step_name!r}"
         try:
-            write.result = dumps(t.result, what=what)
-            write.events = [dumps(event, what=f"an event of {t.step_name!r}") for event in t.events]
+            write.result, write.events = completion_texts(dumps, t, compensation)
         except SerializationError as unstored:
             if not compensation:
                 raise  # the step fails and is compensated: never "completed" unstored

@@ -1,17 +1,21 @@
-"""Building sagakit records back from a durable store's rows (shared by the stores)."""
+"""Building sagakit records back from a durable store's rows, and naming them alike in
+the errors of writing and reading their values (shared by the stores)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._serialization import JsonSerializer
 from ..exceptions import SagaDefinitionError, SerializationError, StoreError
 from ..records import SagaMetadata, StepRecord
 from ..status import SagaStatus, StepStatus
+
+if TYPE_CHECKING:
+    from ..transitions import Transition
 
 
 def status_filter(status: SagaStatus | str) -> str:
@@ -48,9 +52,29 @@ def known_status(kind: type[_Status], stored: Any, saga_id: str, step: str = "")
         ) from None
 
 
-def record_name(compensation: object, name: str) -> str:
-    """How an error names a step record: ``"step 'debit'"``, ``"compensation 'debit'"``."""
-    return f"{'compensation' if compensation else 'step'} {name!r}"
+def record_name(compensation: object, index: int, name: str) -> str:
+    """How an error names a step record, on every store, writing its values or reading
+    them: ``"step 3 ('gen')"``, ``"compensation 3 ('gen')"`` (the one undoing step 3)."""
+    return f"{'compensation' if compensation else 'step'} {index} ({name!r})"
+
+
+def completion_texts(
+    dumps: Callable[..., str], transition: Transition, compensation: object
+) -> tuple[str, list[str]]:
+    """A completed step's (or compensation's) result and events as text to store, by
+    ``dumps`` (a serializer's); a :class:`SerializationError` names the record as
+    :func:`record_name` does, on every store: ``"cannot store the result of step 3
+    ('gen'): ..."``, ``"cannot store an event of step 3 ('gen'): ..."``."""
+    t = transition
+
+    def which() -> str:  # only on failure: a completion's index and name are set
+        return record_name(compensation, cast(int, t.step_index), cast(str, t.step_name))
+
+    result = dumps(t.result, what=lambda: f"the result of {which()}")
+    events = t.events
+    if len(events) == 1 and events[0] is t.result:
+        return result, [result]  # the one event is the result: the same text
+    return result, [dumps(event, what=lambda: f"an event of {which()}") for event in events]
 
 
 def lenient(serializer: JsonSerializer, text: str | None) -> Any:
@@ -82,8 +106,7 @@ def exactly(
     """The ``exact_as`` of :func:`step_value`: ``None`` (lenient) unless ``exact``."""
     if not exact:
         return None
-    kind = "compensation" if compensation else "step"
-    return f"{part} of {kind} {index} ({name!r}) of saga {saga_id!r}"
+    return f"{part} of {record_name(compensation, index, name)} of saga {saga_id!r}"
 
 
 def loads_as(serializer: JsonSerializer, text: str, what: str) -> Any:
@@ -137,6 +160,7 @@ def saga_metadata(
 
 
 __all__ = [
+    "completion_texts",
     "exactly",
     "known_status",
     "lenient",

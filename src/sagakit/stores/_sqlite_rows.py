@@ -65,7 +65,9 @@ def load_metadata(
             StepRecord(
                 index=idx,
                 name=step_name,
-                status=known_status(StepStatus, step_status, saga_id, record_name(comp, step_name)),
+                status=known_status(
+                    StepStatus, step_status, saga_id, record_name(comp, idx, step_name)
+                ),
                 attempts=attempts,
                 duration=duration,
                 error=step_error,
@@ -172,7 +174,7 @@ def decode_orphan(rows: tuple[Any, ...], serializer: JsonSerializer) -> Orphaned
     forward: list[LoggedStep] = []
     compensations: list[LoggedStep] = []
     for idx, step_name, step_status, tries, duration, step_error, result, comp in steps:
-        what = f"the result of {'compensation' if comp else 'step'} {idx} ({step_name!r})"
+        what = f"the result of {record_name(comp, idx, step_name)}"
         value = None if result is None else loads_as(serializer, result, what)
         logged = LoggedStep(
             index=idx,

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
+from .._seconds import timeout_text
 from .._shielding import CancellationWatch, wait_out
 from ..exceptions import StoreError, error_text
 from ._loop_refusal import closed_store, refusing_this_loop
@@ -151,7 +152,7 @@ class GroupWriter:
         if isinstance(error, sqlite3.OperationalError) and _is_busy(error):
             text += (
                 f" (another connection held its write lock longer than busy_timeout, "
-                f"{self._wait_ms / 1000:g} s: a process keeping a transaction open, or "
+                f"{timeout_text(self._wait_ms / 1000)}: a process keeping a transaction open, or "
                 "a long write; end it, or raise SQLiteStore(busy_timeout=...))"
             )
         failure = StoreError(text)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .._cadence import failure_level
 from .._checks import as_float, check_flag
 from .._runs import step_end_error, unended
+from .._seconds import seconds_number, timeout_text
 from .._serialization import JsonSerializer
 from .._shielding import CancellationWatch, wait_out
 from .._tracebacks import hide_from_pytest
@@ -285,14 +286,15 @@ class PostgresStore:
         self.lease = _positive("lease", lease)
         if not self.lease <= MAX_LEASE:  # the database cannot add more to now()
             raise StoreConfigError(
-                f"lease must be a positive, finite number of seconds up to {MAX_LEASE:g} "
-                f"(about 31,000 years; the database adds it to now()), got {lease!r}"
+                "lease must be a positive, finite number of seconds up to "
+                f"{seconds_number(MAX_LEASE)} (about 31,000 years; the database adds it to "
+                f"now()), got {lease!r}"
             )
         self.heartbeat = _positive("heartbeat", heartbeat if heartbeat is not None else lease / 3)
         if self.heartbeat >= self.lease:
             raise StoreConfigError(
-                f"heartbeat ({self.heartbeat:g} s) must be shorter than the lease "
-                f"({self.lease:g} s), or leases expire between renewals"
+                f"heartbeat ({timeout_text(self.heartbeat)}) must be shorter than the lease "
+                f"({timeout_text(self.lease)}), or leases expire between renewals"
             )
         for name, size in (("min_size", min_size), ("max_size", max_size)):
             if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -401,7 +403,7 @@ class PostgresStore:
                 await pool.close()
                 said = error_text(error)
                 if isinstance(error, TimeoutError):
-                    said = f"no connection after {self.connect_timeout:g} s"
+                    said = f"no connection after {timeout_text(self.connect_timeout)}"
                 # libpq repeats a piece of a DSN it cannot parse, which may be the password.
                 reason = redacted(said, self.dsn)
                 failure = StoreError(
@@ -459,11 +461,13 @@ class PostgresStore:
             if self._down:  # waited KNOWN_DOWN
                 waited = (
                     "no connection: the server is still unreachable (an earlier call "
-                    f"waited {self.connect_timeout:g} s for one, connect_timeout)"
+                    f"waited {timeout_text(self.connect_timeout)} for one, connect_timeout)"
                 )
             else:
                 self._down = True
-                waited = f"no connection within {self.connect_timeout:g} s (connect_timeout)"
+                waited = (
+                    f"no connection within {timeout_text(self.connect_timeout)} (connect_timeout)"
+                )
             raise StoreError(
                 f"PostgreSQL saga log (schema {self.schema!r}): {waited}: check that the "
                 "server is up and reachable (or that max_size connections are enough), "
@@ -1153,7 +1157,7 @@ class PostgresStore:
         if "connect_timeout" in str(error):
             return error  # (said already, by a settling given up on)
         return StoreError(
-            f"{error}; no connection to the server within {self.connect_timeout:g} s "
+            f"{error}; no connection to the server within {timeout_text(self.connect_timeout)} "
             "(connect_timeout): check that it is up and reachable, or give the store a "
             "longer connect_timeout to ride out longer outages"
         )
@@ -1732,7 +1736,7 @@ class PostgresStore:
     def __repr__(self) -> str:
         state = "open" if self._pool is not None else "closed"
         return (
-            f"<PostgresStore schema={self.schema!r} lease={self.lease:g}s "
+            f"<PostgresStore schema={self.schema!r} lease={timeout_text(self.lease, '')} "
             f"owns={len(self._held)} {state}>"
         )
 

@@ -68,7 +68,7 @@ from ._protocol import (
     row_limit,
     store_serializer,
 )
-from ._records import known_status, status_filter
+from ._records import completion_texts, known_status, status_filter
 from ._reused import check_same_stored_run
 from ._sqlite_owner import current_owner, owner_alive, owner_elsewhere, owner_running_here
 from ._sqlite_rows import (
@@ -593,21 +593,10 @@ class SQLiteStore:
     def _completion(self, run: SagaRunView, t: Transition, now: float) -> Statements:
         """A step's (or compensation's) completion with its result and its events."""
         comp = int(t.kind is ON_COMPENSATION_COMPLETED)
-        what = "compensation" if comp else "step"
         note = None
-        dumps = self.serializer.dumps
+        result: str | None
         try:
-            result: str | None = dumps(
-                t.result, what=lambda: f"the result of {what} {t.step_index} ({t.step_name!r})"
-            )
-            events = t.events
-            if len(events) == 1 and events[0] is t.result:
-                texts = [result]
-            else:
-                texts = [
-                    dumps(event, what=lambda: f"an event of {what} {t.step_name!r}")
-                    for event in events
-                ]
+            result, texts = completion_texts(self.serializer.dumps, t, comp)
         except SerializationError as unstored:
             if not comp:
                 raise  # the step fails and is compensated: never "completed" unstored

@@ -6,6 +6,7 @@ import asyncio
 import math
 
 from .._checks import as_float
+from .._seconds import timeout_text
 from ..exceptions import SagaDefinitionError
 
 
@@ -39,4 +40,4 @@ class InstantSleep:
         return sum(self.delays)
 
     def __repr__(self) -> str:
-        return f"<InstantSleep {len(self.delays)} sleeps, {self.total:g} s skipped>"
+        return f"<InstantSleep {len(self.delays)} sleeps, {timeout_text(self.total)} skipped>"
