@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sagakit import SagaOrchestrator, SagaStatus, saga, step
+from sagakit import (
+    MemoryStore,
+    SagaDefinitionError,
+    SagaOrchestrator,
+    SagaStatus,
+    SQLiteStore,
+    saga,
+    step,
+)
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
 effects: list[str] = []
@@ -19,6 +28,7 @@ entered: dict[str, asyncio.Event] = {}  # "step order": set once the step waits
 
 async def _act(what: str) -> None:
     effects.append(what)
+    await asyncio.sleep(0)  # as a real step awaits: the sagas in flight interleave
     gate = gates.get(what)
     if gate is not None:
         entered[what].set()
@@ -65,6 +75,7 @@ def pc_order(name: str):  # type: ignore[no-untyped-def]
 @pytest.fixture(autouse=True)
 def _clean() -> None:
     effects.clear()
+    crashed_at.clear()
     gates.clear()
     entered.clear()
 
@@ -139,3 +150,91 @@ async def test_a_process_crash_stops_every_saga_of_the_store_and_recovery_finish
         assert effects.count(f"release {name}") == 1
     assert effects.count("reserve b") == 1  # run again: its completion was lost
     assert "release b" not in effects
+
+
+crashed_at: list[int] = []  # len(effects) when pc_die returned, the process dying then
+
+
+@step
+async def pc_die(order: str) -> None:
+    await _act(f"die {order}")
+    crashed_at.append(len(effects))
+
+
+@saga(name="process_crash_victim")
+def pc_victim(name: str):  # type: ignore[no-untyped-def]
+    yield pc_reserve(name)
+    yield pc_die(name)
+
+
+@pytest.mark.asyncio
+async def test_sagas_writing_together_all_stop_and_the_restarted_store_recovers_them(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Sagas whose writes share commits: the crash comes while some are queued.
+    store = durable_store()
+    orchestrator = SagaOrchestrator(store)
+    names = [f"n{i}" for i in range(7)]
+    runs = [orchestrator.execute(pc_order(name).with_id(f"o-{name}")) for name in names]
+    runs.insert(3, orchestrator.execute(pc_victim("v").with_id("o-v")))
+    with FaultInjector().crash(pc_die, after=True, process=True):
+        outcomes = await asyncio.gather(*runs, return_exceptions=True)
+    ids = ["o-v", *(f"o-{name}" for name in names)]
+    ids.insert(3, ids.pop(0))  # in the order of `runs`
+    # A saga whose end was written before the crash is done; every other one stopped.
+    crashed = {i for i, out in zip(ids, outcomes, strict=True) if isinstance(out, SimulatedCrash)}
+    assert all(isinstance(out, SimulatedCrash | list) for out in outcomes), outcomes
+    assert "o-v" in crashed
+    assert len(crashed) >= 4, outcomes  # with it, those in flight
+    assert effects[crashed_at[0] :] == []  # no step started after the crash
+    await simulate_restart(store)  # the same store object, "restarted", writes again
+    try:
+        recovered = await SagaOrchestrator(store).recover()
+        assert {o.saga_id: o.status for o in recovered} == dict.fromkeys(
+            crashed, SagaStatus.COMPLETED
+        )
+        assert await store.running() == []
+        for saga_id in ids:
+            finished = await store.get(saga_id)
+            assert finished is not None
+            assert finished.status is SagaStatus.COMPLETED
+    finally:
+        await store.close()
+    assert not any(effect.startswith(("release", "refund")) for effect in effects)
+
+
+@pytest.mark.asyncio
+async def test_a_crash_of_one_saga_leaves_the_others_running_by_default(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    orchestrator = SagaOrchestrator(store)
+    hold = _hold("reserve b")
+    b = asyncio.create_task(orchestrator.execute(pc_order("b").with_id("o-b")))
+    await entered["reserve b"].wait()
+    try:
+        with FaultInjector().crash(pc_ship), pytest.raises(SimulatedCrash):
+            await orchestrator.execute(pc_order("a").with_id("o-a"))
+        hold.set()
+        await b  # its process lives on
+        finished = await store.get("o-b")
+        assert finished is not None
+        assert finished.status is SagaStatus.COMPLETED
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_process_crash_on_an_in_memory_store_says_it_stopped_only_its_saga() -> None:
+    orchestrator = SagaOrchestrator(MemoryStore())
+    hold = _hold("reserve b")
+    b = asyncio.create_task(orchestrator.execute(pc_order("b").with_id("o-b")))
+    await entered["reserve b"].wait()
+    with FaultInjector().crash(pc_ship, process=True), pytest.raises(SimulatedCrash) as crashed:
+        await orchestrator.execute(pc_order("a").with_id("o-a"))
+    assert any("MemoryStore kept running its other sagas" in n for n in crashed.value.__notes__)
+    hold.set()
+    await b
+
+
+def test_crash_process_takes_true_or_false_only() -> None:
+    with pytest.raises(SagaDefinitionError, match=r"crash\(process=...\) must be True or False"):
+        FaultInjector().crash(pc_ship, process="yes")  # type: ignore[arg-type]

@@ -1184,8 +1184,13 @@ class PostgresStore:
         the lease up, so any worker's next claim takes the saga at once; if that fails
         too, the lease runs out.
         """
-        if self._writer.dead is not None:  # its process "died": nothing is written, nor
-            raise process_died(self._writer.dead)  # its lease forgotten (simulate_restart's)
+        dead = self._writer.dead
+        if dead is not None and (
+            run.id in self._held or run.id in self._staged or run.id in self._doubts
+        ):
+            # Its process "died" (crash(process=True)) before its end was written: nothing
+            # is written, nor its lease forgotten (simulate_restart() releases it).
+            raise process_died(dead)
         if not self._holds(run):
             # Fenced out, and its saga taken anew by this store: what is kept of the saga
             # is the new lease's (what the run staged was dropped then, never writable).

@@ -644,10 +644,12 @@ class SQLiteStore:
         as after a crash. If the log refuses that too, it is tried again after the next
         successful write, before a recovery here claims sagas, and at :meth:`close`.
         """
-        dead = self._writer.dead
-        if dead is not None:  # its process "died" (crash(process=True)): nothing is written
-            raise process_died(dead)
         saga_id = run.id
+        dead = self._writer.dead
+        if dead is not None and saga_id not in self._ended:
+            # Its process "died" (crash(process=True)) before its end was written: no
+            # hand-over, nothing staged is written (an ended run's finish writes nothing).
+            raise process_died(dead)
         staged = self._staged.pop(saga_id, None)
         unlogged = saga_id in self._unlogged
         try:
