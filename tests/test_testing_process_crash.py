@@ -106,10 +106,10 @@ async def test_a_process_crash_stops_every_saga_of_the_store_and_recovery_finish
     hold_d.set()
     # b's step returns, d's raises: each stops at its next write, as after a kill.
     for task in (b, d):
-        with pytest.raises(SimulatedCrash, match="process"):
+        with pytest.raises(SimulatedCrash, match="the process is dead"):
             await task
     # A saga started after the "death" writes nothing either.
-    with pytest.raises(SimulatedCrash, match="process"):
+    with pytest.raises(SimulatedCrash, match="the process is dead"):
         await orchestrator.execute(pc_order("e").with_id("o-e"))
     assert effects == [
         "reserve b",
@@ -238,3 +238,36 @@ async def test_a_process_crash_on_an_in_memory_store_says_it_stopped_only_its_sa
 def test_crash_process_takes_true_or_false_only() -> None:
     with pytest.raises(SagaDefinitionError, match=r"crash\(process=...\) must be True or False"):
         FaultInjector().crash(pc_ship, process="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_a_saga_outliving_the_async_with_its_process_crash_left_stops_uncompensated(
+    durable_store: Callable[[], Any],
+) -> None:
+    # Leaving `async with SagaOrchestrator(store)` on the crash closes the store: a saga
+    # still running then stops at its next write all the same, running no compensation
+    # (the store being closed is no failure to undo: its process is dead).
+    store = durable_store()
+    hold = _hold("charge b")
+    running: list[asyncio.Task[list[Any]]] = []
+
+    async def crash_inside() -> None:
+        async with SagaOrchestrator(store) as orchestrator:
+            running.append(asyncio.create_task(orchestrator.execute(pc_order("b").with_id("o-b"))))
+            await entered["charge b"].wait()
+            with FaultInjector().crash(pc_charge, process=True):
+                await orchestrator.execute(pc_order("a").with_id("o-a"))
+
+    with pytest.raises(SimulatedCrash, match="process crash at step 'pc_charge'"):
+        await crash_inside()
+    [b] = running
+    hold.set()
+    with pytest.raises(SimulatedCrash, match="the process is dead") as stopped:
+        await b
+    assert stopped.value.__context__ is None  # at its first write: no closed store's error
+    assert effects == ["reserve b", "charge b", "reserve a"]
+    await simulate_restart(store)
+    async with SagaOrchestrator(durable_store()) as restarted:
+        outcomes = {o.saga_id: o.status for o in await restarted.recover()}
+    assert outcomes == {"o-a": SagaStatus.COMPLETED, "o-b": SagaStatus.COMPLETED}
+    assert not any(effect.startswith(("release", "refund")) for effect in effects)

@@ -169,9 +169,9 @@ class GroupWriter:
         ``alone`` says no other saga of this store is in flight: the job then
         commits at once instead of waiting for companions.
         """
-        self._check_usable()
-        if self.dead is not None:
+        if self.dead is not None:  # (closed since, too: its process is dead all the same)
             raise process_died(self.dead)
+        self._check_usable()
         if self._read_only:
             raise StoreError(f"saga log {self._path!r} is opened read-only")
         loop = asyncio.get_running_loop()

@@ -857,11 +857,15 @@ class PostgresStore:
         returns, so a staged completion is durable before anything depends on it.
         Serializing happens here: an unstorable result fails at once.
         """
+        if self._writer.dead is not None:  # its process "died": lost with it (the saga
+            return  # stops at its next record())
         write = self._write(run, transition)
         if write is not None:
             self._staged.setdefault(run.id, []).append(write)
 
     async def record(self, run: SagaRunView, transition: Transition) -> None:
+        if self._writer.dead is not None:  # its process "died" (crash(process=True)): its
+            raise process_died(self._writer.dead)  # leases given up since are no failure
         saga_id = run.id
         self._check_current(run)
         if self._unlogged and saga_id in self._unlogged:
