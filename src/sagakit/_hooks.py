@@ -46,6 +46,38 @@ class SimulatedCrash(BaseException):
     # Where it is imported from, as tracebacks and pickles name it (not this private module).
     __module__ = "sagakit.testing"
 
+    process: bool = False
+    """A crash of the whole process (``FaultInjector.crash(..., process=True)``): every
+    saga of the store stops at its next write of the log, not only this one."""
+
+
+def process_died(what: str) -> SimulatedCrash:
+    """The crash a saga meets at a write of a store whose process a simulated crash
+    killed (``what``: that crash)."""
+    crash = SimulatedCrash(
+        f"{what}: the process is dead, so this saga stopped at its next write of the saga log"
+    )
+    crash.process = True
+    return crash
+
+
+def crash_process(store: object, crash: SimulatedCrash) -> None:
+    """``crash``, a process crash, stopped a saga of ``store``: from now on every saga of
+    ``store`` stops at its next write (the store's ``_crash_process``), until
+    ``simulate_restart(store)``. A store without that hook (in memory, or one of the
+    user's) keeps serving its other sagas: a note on ``crash`` says so."""
+    kill = getattr(store, "_crash_process", None)
+    if kill is not None:
+        kill(str(crash))
+        return
+    note = (
+        f"sagakit: crash(process=True) stops every saga of the store only on a durable "
+        f"built-in store (SQLiteStore, PostgresStore); {type(store).__name__} kept running "
+        "its other sagas: simulate process crashes on SQLiteStore(tmp_path / 'sagas.db')"
+    )
+    if note not in getattr(crash, "__notes__", ()):
+        crash.add_note(note)
+
 
 def crash_in(error: BaseException) -> SimulatedCrash | None:
     """The :class:`SimulatedCrash` that ``error``, a group of exceptions, holds (a step
@@ -166,7 +198,9 @@ __all__ = [
     "SimulatedCrash",
     "active_faults",
     "crash_hint",
+    "crash_process",
     "forget_crashes",
     "note_crash",
+    "process_died",
     "raised_by_step",
 ]

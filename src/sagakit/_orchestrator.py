@@ -30,6 +30,7 @@ from ._hooks import (
     active_faults,
     crash_hint,
     crash_in,
+    crash_process,
     note_crash,
     raised_by_step,
 )
@@ -1307,6 +1308,8 @@ class SagaOrchestrator:
         spans and restores the context it set, rather than hold them open for good."""
         self._held.pop(run, None)
         note_crash(self._store, run.id)  # for the error of running it again here (crash_hint)
+        if crash.process:  # the whole process: every saga of the store stops at its next write
+            crash_process(self._store, crash)
         self._tell_instruments(run, "the simulated crash", "_sagakit_crashed", crash)
 
     def _tell_instruments(self, run: SagaRun, what: str, hook: str, *args: object) -> None:
@@ -1419,11 +1422,15 @@ class SagaOrchestrator:
                     await self._emit(run, ON_SAGA_FINISHED)
             return
         try:
-            if announce:
-                await self._emit(run, ON_SAGA_FINISHED)
-        finally:
-            # Even if cancelled while a listener hears of it: the run has ended.
-            await self._store.finish(run)
+            try:
+                if announce:
+                    await self._emit(run, ON_SAGA_FINISHED)
+            finally:
+                # Even if cancelled while a listener hears of it: the run has ended.
+                await self._store.finish(run)
+        except SimulatedCrash as crash:  # its process died (crash(process=True)) meanwhile
+            self._crashed(run, crash)
+            raise
 
     async def _finish_before(self, run: SagaRun, pending: BaseException) -> None:
         """:meth:`_finish` a run that ends raising ``pending`` (a cancellation,

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._hooks import process_died
 from .._runs import storable_text
 from ..exceptions import LeaseLost, SerializationError, StepTimeout, StoreError, error_text
 from ..status import SagaStatus, StepStatus
@@ -236,11 +237,29 @@ class GroupWriter:
         self._send = send
         self._max_batch = max_batch
         self._pending: list[tuple[Sequence[Write], asyncio.Future[None]]] = []
+        self._sending: list[tuple[Sequence[Write], asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
+
+    dead: str | None = None
+    """The simulated process crash that killed this writer's process, if one did
+    (``crash()``): every write raises ``SimulatedCrash`` until it is set back to ``None``."""
+
+    def crash(self, what: str) -> None:
+        """A simulated crash of the process (``what``): refuse every write from now on,
+        and fail those queued, never to be sent. A batch on its way may commit, as at a
+        kill; its callers stop all the same."""
+        self.dead = what
+        waiting = [*self._pending, *self._sending]
+        self._pending = []
+        for _, future in waiting:
+            if not future.done():
+                future.set_exception(process_died(what))
 
     async def submit(self, writes: Sequence[Write]) -> None:
         """Queue the ``writes`` of one saga (in order) and wait until they are committed
         together (or refused)."""
+        if self.dead is not None:
+            raise process_died(self.dead)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((writes, future))
         if self._task is None:
@@ -284,6 +303,7 @@ class GroupWriter:
 
     async def _write(self, batch: list[tuple[Sequence[Write], asyncio.Future[None]]]) -> None:
         """Send ``batch`` as one statement and settle its futures."""
+        self._sending = batch
         try:
             refused = await self._send([w for writes, _ in batch for w in writes])
         except Rejected as rejected:

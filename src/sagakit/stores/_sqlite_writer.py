@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
+from .._hooks import process_died
 from .._seconds import timeout_text
 from .._shielding import CancellationWatch, wait_out
 from ..exceptions import StoreError, error_text
@@ -52,6 +53,10 @@ def _is_busy(error: sqlite3.OperationalError) -> bool:
 
 class GroupWriter:
     """Commits jobs in submission order, batching those submitted together."""
+
+    dead: str | None = None
+    """The simulated process crash that killed this writer's process, if one did
+    (``crash()``): every write raises ``SimulatedCrash`` until it is set back to ``None``."""
 
     def __init__(
         self,
@@ -165,6 +170,8 @@ class GroupWriter:
         ``alone`` says no other saga of this store is in flight: the job then
         commits at once instead of waiting for companions.
         """
+        if self.dead is not None:  # (closed since, too: its process is dead all the same)
+            raise process_died(self.dead)
         self._check_usable()
         if self._read_only:
             raise StoreError(f"saga log {self._path!r} is opened read-only")
@@ -192,6 +199,17 @@ class GroupWriter:
         except asyncio.CancelledError:
             await self._settle_cancelled(future)
             raise
+
+    def crash(self, what: str) -> None:
+        """A simulated crash of the process (``what``): refuse every write from now on,
+        and fail those queued, never to commit. A batch committing on the writer thread
+        may commit, as at a kill; its callers stop all the same."""
+        self.dead = what
+        waiting = [*self._futures, *(self._thread_futures if self._thread_busy else ())]
+        self._pending, self._futures = [], []
+        for future in waiting:
+            if not future.done():
+                future.set_exception(process_died(what))
 
     def _check_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Refuse a write from ``loop`` while the loop that wrote last still runs (in

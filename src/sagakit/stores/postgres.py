@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._cadence import failure_level
 from .._checks import as_float, check_flag
+from .._hooks import process_died
 from .._runs import step_end_error, unended
 from .._seconds import seconds_number, timeout_text
 from .._serialization import JsonSerializer
@@ -672,6 +673,8 @@ class PostgresStore:
     # ------------------------------------------------------------ the protocol
 
     async def begin(self, run: SagaRunView) -> SagaMetadata | None:
+        if self._writer.dead is not None:  # its process "died" (crash(process=True))
+            raise process_died(self._writer.dead)
         _check_id(run.id)
         definition = run.definition
         args_text = self.serializer.dumps(
@@ -859,11 +862,15 @@ class PostgresStore:
         returns, so a staged completion is durable before anything depends on it.
         Serializing happens here: an unstorable result fails at once.
         """
+        if self._writer.dead is not None:  # its process "died": lost with it (the saga
+            return  # stops at its next record())
         write = self._write(run, transition)
         if write is not None:
             self._staged.setdefault(run.id, []).append(write)
 
     async def record(self, run: SagaRunView, transition: Transition) -> None:
+        if self._writer.dead is not None:  # its process "died" (crash(process=True)): its
+            raise process_died(self._writer.dead)  # leases given up since are no failure
         saga_id = run.id
         self._check_current(run)
         if self._unlogged and saga_id in self._unlogged:
@@ -1191,6 +1198,13 @@ class PostgresStore:
         the lease up, so any worker's next claim takes the saga at once; if that fails
         too, the lease runs out.
         """
+        dead = self._writer.dead
+        if dead is not None and (
+            run.id in self._held or run.id in self._staged or run.id in self._doubts
+        ):
+            # Its process "died" (crash(process=True)) before its end was written: nothing
+            # is written, nor its lease forgotten (simulate_restart() releases it).
+            raise process_died(dead)
         if not self._holds(run):
             # Fenced out, and its saga taken anew by this store: what is kept of the saga
             # is the new lease's (what the run staged was dropped then, never writable).
@@ -1238,6 +1252,18 @@ class PostgresStore:
                 self._staged.pop(saga_id, None)
                 self._doubts.pop(saga_id, None)
                 self._lost.pop(saga_id, None)
+
+    def _crash_process(self, what: str) -> None:
+        """A simulated crash of this process (``FaultInjector.crash(..., process=True)``):
+        every saga of the store stops at its next write, and what they staged is lost."""
+        if self._writer.dead is not None:  # dead already (told again by each saga it stops)
+            return
+        self._writer.crash(what)
+        self._staged.clear()
+
+    def _restart_process(self) -> None:
+        """``simulate_restart()``: the store writes again, as a restarted process would."""
+        self._writer.dead = None
 
     def _forget_claims(self, saga_id: str) -> None:
         """Forget the claims of ``saga_id`` retired unbound (a run recovery makes of one
@@ -1658,13 +1684,17 @@ class PostgresStore:
                 # the heartbeat to end): that one is not swallowed. The store is closed
                 # all the same (its pool would be left open), then it is raised.
                 cancelled = watch.came()
+        dead = self._writer.dead is not None  # (crash(process=True)): nothing is written
+        if dead:
+            self._staged.clear()
+            self._doubts.clear()
         await self._flush_staged()
         await self._writer.close()
         pool = self._pool
         if pool is not None:
             try:
-                if self._held:
-                    await self.release_leases()
+                if self._held:  # a dead process's, as a crash's (as simulate_restart does)
+                    await self.release_leases(as_crash=dead)
             finally:
                 self._pool = None
                 self._closed = True

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .._checks import check_flag, check_seconds
 from .._commands import command_line
+from .._hooks import process_died
 from .._members import (
     ON_COMPENSATION_COMPLETED,
     ON_COMPENSATION_FAILED,
@@ -633,6 +634,11 @@ class SQLiteStore:
         successful write, before a recovery here claims sagas, and at :meth:`close`.
         """
         saga_id = run.id
+        dead = self._writer.dead
+        if dead is not None and saga_id not in self._ended:
+            # Its process "died" (crash(process=True)) before its end was written: no
+            # hand-over, nothing staged is written (an ended run's finish writes nothing).
+            raise process_died(dead)
         staged = self._staged.pop(saga_id, None)
         unlogged = saga_id in self._unlogged
         try:
@@ -713,6 +719,8 @@ class SQLiteStore:
         """Clear this process as the owner of ``saga_ids`` (unfinished), each in one
         transaction with the statements kept for it; whether all were written (the
         first failure stops: the log still refuses writes)."""
+        if self._writer.dead is not None:  # its process "died": nothing is handed over
+            return False
         owner = self._owner
         for saga_id in saga_ids:
             statements = self._unreleased.get(saga_id)
@@ -745,6 +753,19 @@ class SQLiteStore:
                 return False
             self._unreleased.pop(saga_id, None)
         return True
+
+    def _crash_process(self, what: str) -> None:
+        """A simulated crash of this process (``FaultInjector.crash(..., process=True)``):
+        every saga of the store stops at its next write, and what they staged is lost."""
+        if self._writer.dead is not None:  # dead already (told again by each saga it stops)
+            return
+        self._writer.crash(what)
+        self._staged.clear()
+        self._unreleased.clear()
+
+    def _restart_process(self) -> None:
+        """``simulate_restart()``: the store writes again, as a restarted process would."""
+        self._writer.dead = None
 
     # ---------------------------------------------------------------- monitoring
 

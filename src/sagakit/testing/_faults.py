@@ -449,6 +449,7 @@ class FaultInjector:
         compensation: bool = False,
         index: int | None = None,
         skip: int = 0,
+        process: bool = False,
     ) -> FaultInjector:
         """Stop the saga at ``step`` once, as if its process were killed there.
 
@@ -459,8 +460,14 @@ class FaultInjector:
         orchestrator runs and records nothing more, so a durable store keeps the saga for
         recovery: call :func:`simulate_restart` on the store, then ``recover()`` with a
         new orchestrator and store, as a restarted process would.
+
+        With ``process=True`` the whole process dies, not only this saga: every other
+        saga running on the same store object (a ``SQLiteStore`` or ``PostgresStore``)
+        stops at its next write of the log, raising :class:`SimulatedCrash` too, and
+        nothing more is written through that store until :func:`simulate_restart`.
         """
-        for option, value in (("after", after), ("compensation", compensation)):
+        options = (("after", after), ("compensation", compensation), ("process", process))
+        for option, value in options:
             if not isinstance(value, bool):
                 later = option == "after" and isinstance(value, int)  # "after 2 calls"
                 hint = f" (to crash at a later attempt, pass skip={value})" if later else ""
@@ -470,8 +477,10 @@ class FaultInjector:
         [name] = step_names((step,), "crash")
         where = "compensation of step" if compensation else "step"
         crash = SimulatedCrash(
-            f"simulated crash at {where} {name!r}{' after it acted' if after else ''}"
+            f"simulated {'process ' if process else ''}crash at {where} {name!r}"
+            f"{' after it acted' if after else ''}"
         )
+        crash.process = process
         fault: SimulatedCrash | CrashAfter = CrashAfter(crash) if after else crash
         return self._add(
             "crash", step, fault, compensation=compensation, times=None, index=index, skip=skip
@@ -774,6 +783,9 @@ async def simulate_restart(store: SagaStore) -> None:
             "crashes and recovery with a durable store such as SQLiteStore(tmp_path / 'sagas.db')"
         )
     crashed = forget_crashes(store)  # restarted: what the crashes stopped is recovery's
+    restart = getattr(store, "_restart_process", None)
+    if restart is not None:  # a process crash refused its writes: "the process" is back
+        restart()
     if isinstance(store, SQLiteStore) and not store._writer.usable:
         # Closed already, as `async with SagaOrchestrator(store)` leaves it after the crash:
         # this process's claim is in the file, so give it up through a store of its own.
