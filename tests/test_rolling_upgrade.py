@@ -1,8 +1,10 @@
-"""A rolling upgrade: a log of the schema version before this one (completed, running and
-dead-lettered sagas), opened by this sagakit while a store of the older version still has
-it open, and the upgrade and rollback procedures docs/durability.md and docs/postgres.md
-give. The older log is this version's rewound with the migrations' own statements: the
-version before only lacked the indexes the latest migration adds.
+"""A rolling upgrade: a log of the schema version the sagakit before this one wrote
+(completed, running and dead-lettered sagas), opened by this sagakit while a store of the
+older version still has it open, and the upgrade and rollback procedures
+docs/durability.md and docs/postgres.md give. The older log is this version's rewound with
+the migrations' own statements: the SQLite version before only lacked the indexes the
+latest migration adds; the PostgreSQL one (5) lacked version 6's indexes and had version
+5's ``apply_writes`` where version 7 has its own.
 """
 
 from __future__ import annotations
@@ -233,14 +235,19 @@ def pg_at(dsn: str, schema: str, version: int) -> None:
     at_version(dsn, schema, version)
 
 
+PG_BEFORE = 5
+"""The PostgreSQL schema version the sagakit before this one wrote (docs/postgres.md)."""
+
+
 def rewind_pg(dsn: str, schema: str) -> None:
-    names = re.findall(r"CREATE INDEX IF NOT EXISTS (\w+)", _pg_schema.migrations(schema)[-1])
+    """Take the migrations after :data:`PG_BEFORE` out: version 6's indexes, and version
+    7's ``apply_writes`` (version 5's script creates that of version 5 again)."""
+    scripts = _pg_schema.migrations(schema)
+    assert len(scripts) == 7  # a later version: rewind it here too
+    names = re.findall(r"CREATE INDEX IF NOT EXISTS (\w+)", scripts[5])
     query(dsn, "DROP INDEX " + ", ".join(f'"{schema}".{name}' for name in names))
-    query(
-        dsn,
-        f'DELETE FROM "{schema}".schema_migrations WHERE version = %s',
-        (_pg_schema.SCHEMA_VERSION,),
-    )
+    query(dsn, scripts[PG_BEFORE - 1])
+    query(dsn, f'DELETE FROM "{schema}".schema_migrations WHERE version > %s', (PG_BEFORE,))
 
 
 @pytest.mark.asyncio
@@ -249,7 +256,7 @@ async def test_a_postgres_log_of_the_version_before_is_migrated_under_a_worker_o
 ) -> None:
     await write_a_log(lambda: PostgresStore(dsn, schema=schema, lease=1.0))
     rewind_pg(dsn, schema)
-    previous = _pg_schema.SCHEMA_VERSION - 1
+    previous = PG_BEFORE
     for command in (["list"], ["show", "done-1"], ["dead-letters"]):
         argv = ["--db", dsn, "--schema", schema, *command]
         assert await asyncio.to_thread(main, argv, io.StringIO()) == 1
@@ -316,12 +323,12 @@ async def until_completed(store: PostgresStore, saga_id: str) -> None:
 def test_the_documented_postgres_prebuild_and_rollback(dsn: str, schema: str) -> None:
     import psycopg
 
-    built, before = f"{schema}_v6", f"{schema}_v5"
+    built, before = f"{schema}_new", f"{schema}_v{PG_BEFORE}"
     try:
         pg_at(dsn, built, _pg_schema.SCHEMA_VERSION)
-        pg_at(dsn, before, _pg_schema.SCHEMA_VERSION - 1)
+        pg_at(dsn, before, PG_BEFORE)
         # Building the indexes CONCURRENTLY ahead, then upgrading, gives the migration's.
-        pg_at(dsn, f"{schema}_pre", _pg_schema.SCHEMA_VERSION - 1)
+        pg_at(dsn, f"{schema}_pre", PG_BEFORE)
         prebuild = sql_block("postgres.md", "CONCURRENTLY").replace("sagakit.", f"{schema}_pre.")
         with psycopg.connect(dsn, autocommit=True) as conn:
             for statement in prebuild.split(";"):
@@ -351,10 +358,10 @@ def test_an_invalid_index_a_failed_concurrent_build_left_is_built_again(
     # reading the whole table.
     import psycopg
 
-    target, built = f"{schema}_pre", f"{schema}_v6"
+    target, built = f"{schema}_pre", f"{schema}_new"
     try:
         pg_at(dsn, built, _pg_schema.SCHEMA_VERSION)
-        pg_at(dsn, target, _pg_schema.SCHEMA_VERSION - 1)
+        pg_at(dsn, target, PG_BEFORE)
         asyncio.run(write_a_log(lambda: PostgresStore(dsn, schema=built)))
         query(dsn, f'INSERT INTO "{target}".sagas SELECT * FROM "{built}".sagas')
         # Two sagas of one status: a unique build fails, leaving the index invalid.

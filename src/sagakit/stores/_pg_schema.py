@@ -279,15 +279,31 @@ CREATE INDEX IF NOT EXISTS sagas_parked ON {s}.sagas (parked_at, saga_id)
     WHERE dead_reason IS NOT NULL AND finished_at IS NULL;"""
 
 
+def _v7(s: str, events_lock: int) -> str:
+    # A write was stamped with the server's now(): a server clock set back (NTP) while a
+    # saga ran ended it (finished_at, updated_at) before its started_at, a negative
+    # duration. apply_writes now stamps a saga's row and its events never before the
+    # saga's start, and a step's row never before its own last stamp. Apart from that, it
+    # is version 5's (same arguments: older workers call it as their own).
+    return _apply_writes(s, events_lock, tokens=True, order=True, counted=True, clamped=True)
+
+
 def _apply_writes(
-    s: str, events_lock: int, *, tokens: bool, order: bool = False, counted: bool = False
+    s: str,
+    events_lock: int,
+    *,
+    tokens: bool,
+    order: bool = False,
+    counted: bool = False,
+    clamped: bool = False,
 ) -> str:
     """``apply_writes`` as of version 2, of version 3 (``tokens``: each write's token
     kept in ``sagas.last_write``), of version 4 (``tokens`` and ``order``: records'
-    ``steps.start_order`` and sagas' ``sagas.finish_order``), or of version 5 (and
-    ``counted``: a start's ``start_order`` as its write says, if it does).
+    ``steps.start_order`` and sagas' ``sagas.finish_order``), of version 5 (and
+    ``counted``: a start's ``start_order`` as its write says, if it does), or of
+    version 7 (and ``clamped``: no stamp before the saga's start, see ``_v7``).
 
-    Versions 2 to 4 are applied migrations: their text must never change.
+    Versions 2 to 5 are applied migrations: their text must never change.
     """
     create = "CREATE OR REPLACE FUNCTION" if tokens or order else "CREATE FUNCTION"
     token_column = ", token bigint" if tokens else ""
@@ -310,6 +326,18 @@ def _apply_writes(
         if order
         else ""
     )
+    # The saga's stamps, its records' and its events', never before its start (``sg``:
+    # the saga's row); a record's end never before its start.
+    stamp = "greatest(now(), s.started_at)" if clamped else "now()"
+    saga_stamp = ",\n               greatest(now(), sg.started_at)" if clamped else ""
+    if clamped:
+        start_col += ", updated_at"
+    step_stamp = (
+        "\n            greatest(excluded.updated_at, st.updated_at)" if clamped else "now()"
+    )
+    step_saga = f"\n            JOIN {s}.sagas sg ON sg.saga_id = t.saga_id" if clamped else ""
+    event_column = ",\n                                    recorded_at" if clamped else ""
+    event_saga = f"\n            JOIN {s}.sagas sg ON sg.saga_id = e.saga_id" if clamped else ""
     return f"""
 -- One call applies the log writes of many sagas (one per saga) in one statement.
 -- Sagas with generated ids come with their row (p_new): nothing acted before their
@@ -365,10 +393,10 @@ BEGIN
     ), u AS (
         UPDATE {s}.sagas s SET
             status = b.status,{set_token}
-            updated_at = now(),
+            updated_at = {stamp},
             error = coalesce(b.error, s.error),
             total_steps = coalesce(b.total, s.total_steps),
-            finished_at = CASE WHEN b.final THEN now() ELSE s.finished_at END,{set_finish}
+            finished_at = CASE WHEN b.final THEN {stamp} ELSE s.finished_at END,{set_finish}
             owner = CASE WHEN b.final THEN NULL ELSE s.owner END,
             lease_until = CASE WHEN b.final THEN NULL ELSE s.lease_until END
         FROM b
@@ -382,29 +410,29 @@ BEGIN
                                       attempts, duration, error, result, events, fence{start_col})
         SELECT DISTINCT ON (t.saga_id, t.comp, t.idx)
                t.saga_id, t.comp, t.idx, t.name, t.sstatus, t.attempts, t.duration,
-               t.err, t.result, t.events, t.fence{start_order}
+               t.err, t.result, t.events, t.fence{start_order}{saga_stamp}
         FROM ROWS FROM (jsonb_to_recordset(p_writes) AS (saga_id text, fence bigint,
                 idx integer, comp boolean, name text, sstatus text, attempts integer,
                 duration double precision, err text, result text, events text{start_type}))
             WITH ORDINALITY AS t(saga_id, fence, idx, comp, name, sstatus, attempts,
-                                 duration, err, result, events{start_name}, ord)
+                                 duration, err, result, events{start_name}, ord){step_saga}
         WHERE t.idx IS NOT NULL AND t.saga_id = ANY(v_ok)
         ORDER BY t.saga_id, t.comp, t.idx, t.ord DESC
         ON CONFLICT (saga_id, compensation, step_index) DO UPDATE SET
             name = excluded.name, status = excluded.status, attempts = excluded.attempts,
             duration = excluded.duration, error = excluded.error, result = excluded.result,
-            events = excluded.events, fence = excluded.fence, updated_at = now(){keep_order};
+            events = excluded.events, fence = excluded.fence, updated_at = {step_stamp}{keep_order};
 
         IF jsonb_array_length(p_events) > 0 THEN
             -- Held until commit: event positions are handed out in commit order, so
             -- a reader that saw position p has seen every committed position below it.
             PERFORM pg_advisory_xact_lock({events_lock});
             INSERT INTO {s}.events (saga_id, saga_name, step_index, step_name,
-                                    compensation, data)
-            SELECT e.saga_id, e.sname, e.idx, e.step, e.comp, e.data
+                                    compensation, data{event_column})
+            SELECT e.saga_id, e.sname, e.idx, e.step, e.comp, e.data{saga_stamp}
             FROM ROWS FROM (jsonb_to_recordset(p_events) AS (saga_id text, sname text,
                     idx integer, step text, comp boolean, data text))
-                WITH ORDINALITY AS e(saga_id, sname, idx, step, comp, data, ord)
+                WITH ORDINALITY AS e(saga_id, sname, idx, step, comp, data, ord){event_saga}
             WHERE e.saga_id = ANY(v_ok)
             ORDER BY e.ord;
         END IF;
@@ -429,6 +457,7 @@ def migrations(schema: str) -> list[str]:
         _v4(s, events_lock),
         _v5(s, events_lock),
         _v6(s, events_lock),
+        _v7(s, events_lock),
     ]
 
 

@@ -1,6 +1,7 @@
 """The SQL the PostgreSQL store sends, built once per schema.
 
-Lease times are always the database's ``now()``; durations travel as seconds.
+Lease times are always the database's ``now()``; a saga's stamps are too, but never
+before its start (``greatest(now(), started_at)``); durations travel as seconds.
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ def statements(schema: str) -> Statements:
     """The statements of a store using ``schema``."""
     s = f'"{check_schema_name(schema)}"'
     lease = "now() + make_interval(secs => %(lease)s)"
+    # A saga's stamps, never before its start: a server clock set back (NTP) while it ran
+    # would end (or park, or update) it before it began, a negative duration.
+    stamp = "greatest(now(), started_at)"
     active = "finished_at IS NULL AND dead_reason IS NULL"
 
     def running_names(only: str) -> str:
@@ -213,7 +217,7 @@ def statements(schema: str) -> Statements:
             "dead_reason = CASE WHEN d.dead THEN 'recovery attempted ' || d.attempts || "
             "' times (more than max_attempts=' || %(max)s || '); the saga may crash its "
             "worker every time' END, "
-            "parked_at = CASE WHEN d.dead THEN now() END, "
+            "parked_at = CASE WHEN d.dead THEN greatest(now(), s.started_at) END, "
             # The claim's write token (the next one for a handover), for claimed_by.
             "last_write = CASE WHEN d.dead THEN s.last_write "
             "WHEN d.handed THEN %(token)s + 1 ELSE %(token)s END "
@@ -285,7 +289,7 @@ def statements(schema: str) -> Statements:
         leased_count=f"SELECT count(*) FROM {s}.sagas WHERE {active} AND lease_until > now()",
         history_count=f"SELECT count(*) FROM {s}.sagas WHERE finished_at IS NOT NULL",
         dead_letter=(
-            f"UPDATE {s}.sagas SET dead_reason = %(reason)s, parked_at = now(), owner = NULL, "
+            f"UPDATE {s}.sagas SET dead_reason = %(reason)s, parked_at = {stamp}, owner = NULL, "
             "lease_until = NULL, fence = fence + 1 "
             f"WHERE saga_id = %(id)s AND fence = %(fence)s AND {active} RETURNING saga_id"
         ),
@@ -296,7 +300,7 @@ def statements(schema: str) -> Statements:
         ),
         resume=(
             f"UPDATE {s}.sagas SET dead_reason = NULL, parked_at = NULL, recovery_attempts = 0, "
-            "released = false, lease_until = now(), updated_at = now(), "
+            f"released = false, lease_until = now(), updated_at = {stamp}, "
             "last_write = %(token)s "
             "WHERE saga_id = %(id)s AND dead_reason IS NOT NULL AND finished_at IS NULL "
             "RETURNING saga_id"
@@ -307,7 +311,9 @@ def statements(schema: str) -> Statements:
             "error = 'resolved by an operator: ' || %(note)s || "
             "coalesce(' (was: ' || coalesce(dead_reason || "
             "coalesce('; error: ' || error, ''), error) || ')', ''), "
-            "finished_at = coalesce(finished_at, now()), updated_at = now(), owner = NULL, "
+            f"finished_at = coalesce(finished_at, {stamp}), "
+            # (finished_at: the one it had, if any; greatest() skips a NULL.)
+            "updated_at = greatest(now(), started_at, finished_at), owner = NULL, "
             "lease_until = NULL, fence = fence + 1, dead_reason = NULL, parked_at = NULL, "
             "last_write = %(token)s "
             "WHERE saga_id = %(id)s AND ("
