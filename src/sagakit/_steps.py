@@ -745,7 +745,81 @@ def _call_maker(spec: StepSpec) -> Callable[..., StepCall[Any]]:
         call._kwargs = kwargs
         return call
 
+    if 0 <= arity <= _MAX_GENERATED_ARITY:
+        return _exact_call(spec, __call__)
     return __call__
+
+
+_MAX_GENERATED_ARITY = 16
+_UNGIVEN: Any = object()  # a generated __call__'s default: this argument was not given
+
+
+def _given(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The arguments a generated ``__call__`` was given positionally: those before the
+    first one left at its default."""
+    for index, value in enumerate(values):
+        if value is _UNGIVEN:
+            return values[:index]
+    return values
+
+
+def _exact_call(
+    spec: StepSpec, generic: Callable[..., StepCall[Any]]
+) -> Callable[..., StepCall[Any]]:
+    """``Step.__call__`` for a step whose parameters are all positional, with one
+    positional-only parameter per step parameter, as attrs generates ``__init__``: a call
+    with enough positional arguments and no keyword binds them without the ``*args`` tuple
+    and the count check of ``generic``, which takes every other call (keywords, too few or
+    too many arguments) and so decides it as before. The call's ``args`` are those given,
+    not the defaults left out, as ``generic`` keeps them."""
+    names = [f"_{index}" for index in range(spec.arity)]
+    required = spec.arity - len(spec.defaults)
+    # The last required argument left out: too few (or some given by keyword).
+    missing = f" or {names[required - 1]} is _UNGIVEN" if required else ""
+    args = f"({', '.join(names)},)" if names else "()"
+    for count in range(len(names) - 1, required - 1, -1):  # optional ones left out
+        given = f"({', '.join(names[:count])},)" if count else "()"
+        args = f"{given} if {names[count]} is _UNGIVEN else {args}"
+    bound_to_class = (
+        f"    if _class_method_of(step, {names[0]}):\n"
+        "        return _bound_to_class(step, args, kwargs)\n"
+        if CLASSMETHOD_CALLS_PLAINLY and required
+        else ""
+    )
+    parameters = "".join(f"{name}=_UNGIVEN, " for name in names)
+    source = (
+        f"def __call__(step, /, {parameters}*rest, **kwargs):\n"
+        f"    if rest or kwargs{missing}:\n"
+        f"        return generic(step, *_given(({''.join(n + ', ' for n in names)})), "
+        "*rest, **kwargs)\n"
+        f"    args = {args}\n"
+        f"{bound_to_class}"
+        "    call = _new_call(StepCall)  # no __init__ frame: this is per step\n"
+        "    call._step = step\n"
+        "    call._spec = spec\n"
+        "    call._fn = fn\n"
+        "    call._instance = None\n"
+        "    call._args = args\n"
+        "    call._kwargs = kwargs\n"
+        "    return call\n"
+    )
+    namespace: dict[str, Any] = {
+        "__tracebackhide__": hide_from_pytest,
+        "_UNGIVEN": _UNGIVEN,
+        "_given": _given,
+        "_new_call": _new_call,
+        "_class_method_of": _class_method_of,
+        "_bound_to_class": _bound_to_class,
+        "StepCall": StepCall,
+        "generic": generic,
+        "spec": spec,
+        "fn": spec.fn,
+    }
+    # Our own source, made from the parameter count only (attrs makes __init__ so).
+    exec(compile(source, f"<sagakit: __call__ of step {spec.name!r}>", "exec"), namespace)
+    made: Callable[..., StepCall[Any]] = namespace["__call__"]
+    made.__qualname__ = generic.__qualname__
+    return made
 
 
 CLASSMETHOD_CALLS_PLAINLY = sys.version_info >= (3, 13)
