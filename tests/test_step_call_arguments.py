@@ -59,6 +59,30 @@ def test_calls_the_step_can_take_are_accepted() -> None:
     assert sca_debit(account="B", amount=2.0).kwargs == {"account": "B", "amount": 2.0}
 
 
+@step
+async def sca_ping() -> None:
+    return None
+
+
+@step
+async def sca_page(first: int = 0, size: int = 10) -> list[int]:
+    return list(range(first, first + size))
+
+
+def test_a_call_keeps_the_arguments_given_not_the_defaults_left_out() -> None:
+    # Each parameter count, arguments left to defaults, by keyword, none, too many.
+    assert (sca_page().args, sca_page(5).args, sca_page(5, 2).args) == ((), (5,), (5, 2))
+    assert (sca_page(size=2).args, dict(sca_page(size=2).kwargs)) == ((), {"size": 2})
+    assert (sca_page(1, size=2).args, dict(sca_page(1, size=2).kwargs)) == ((1,), {"size": 2})
+    assert (sca_ping().args, dict(sca_ping().kwargs)) == ((), {})
+    with pytest.raises(SagaDefinitionError, match="too many positional arguments"):
+        sca_ping(1)
+    with pytest.raises(SagaDefinitionError, match="too many positional arguments"):
+        sca_page(1, 2, 3)
+    with pytest.raises(SagaDefinitionError, match="unexpected keyword argument 'x'"):
+        sca_ping(x=1)
+
+
 class ScaBank:
     @step
     async def withdraw(self, account: str, amount: int) -> int:
