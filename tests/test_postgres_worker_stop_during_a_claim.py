@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -47,9 +48,18 @@ def sc_order(order: str) -> Any:
     yield sc_ship(order)
 
 
-def never_answering(reached: asyncio.Event, cancelled: list[str], what: str) -> Any:
+def never_answering(
+    reached: asyncio.Event,
+    cancelled: list[str],
+    what: str,
+    *,
+    stubborn: bool = False,
+    on_cancel: Callable[[], None] | None = None,
+) -> Any:
     """A store method that sets ``reached``, then never answers (a silent connection);
-    cancelled, it notes ``what`` in ``cancelled``."""
+    cancelled, it notes ``what`` in ``cancelled`` and calls ``on_cancel``. ``stubborn``:
+    its cancellation gets no answer either (a driver asking the silent server to cancel
+    the statement), until it is cancelled again (notes ``what + " again"``)."""
 
     async def never_answer(**options: Any) -> Any:
         reached.set()
@@ -57,6 +67,16 @@ def never_answering(reached: asyncio.Event, cancelled: list[str], what: str) -> 
             await asyncio.Event().wait()  # no answer, ever
         except asyncio.CancelledError:
             cancelled.append(what)
+            if on_cancel is not None:
+                on_cancel()
+            if stubborn:
+                try:
+                    # The cancel request gets no answer (for long past the test's guard:
+                    # a worker that waits it out fails the test, not hangs it).
+                    await asyncio.sleep(2 * GIVE_UP)
+                except asyncio.CancelledError:
+                    cancelled.append(f"{what} again")
+                    raise
             raise
 
     return never_answer
@@ -129,3 +149,65 @@ async def test_a_worker_stopped_while_its_look_for_unregistered_names_gets_no_an
         store._running_names = never_answering(looking, cancelled, "look")  # type: ignore[method-assign]
         await stop_once(orchestrator, looking)
         assert cancelled == ["look"]
+
+
+async def test_a_claim_whose_cancellation_gets_no_answer_is_cancelled_again(
+    dsn: str, schema: str
+) -> None:
+    # Regression: a claim given up was cancelled, then awaited until it ended: a driver
+    # asking a silent server to cancel the statement (psycopg: up to 10 s) held the
+    # worker that long again. Cancelled a second time, psycopg drops the connection.
+    async with opened(dsn, schema, connect_timeout=0.2) as store:
+        orchestrator = SagaOrchestrator(store)
+        claiming = asyncio.Event()
+        cancelled: list[str] = []
+
+        store.claim_orphans = never_answering(claiming, cancelled, "claim", stubborn=True)  # type: ignore[method-assign]
+        await stop_once(orchestrator, claiming)
+        assert cancelled == ["claim", "claim again"]
+
+
+async def test_a_cancelled_worker_whose_claims_cancellation_gets_no_answer_ends(
+    dsn: str, schema: str
+) -> None:
+    async with opened(dsn, schema, connect_timeout=0.2) as store:
+        orchestrator = SagaOrchestrator(store)
+        claiming = asyncio.Event()
+        cancelled: list[str] = []
+
+        store.claim_orphans = never_answering(claiming, cancelled, "claim", stubborn=True)  # type: ignore[method-assign]
+        worker = asyncio.create_task(
+            orchestrator.run_worker(poll_interval=0.01, handle_signals=False)
+        )
+        await claiming.wait()
+        worker.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(worker, GIVE_UP)
+        assert cancelled == ["claim", "claim again"]
+
+
+async def test_a_stopping_worker_waits_for_its_store_connect_timeout_once_not_per_call(
+    dsn: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: a worker stopped while its claim got no answer waited connect_timeout
+    # for the claim, then connect_timeout again for its release (30 s by default with
+    # the claim's cancellation): past a platform's grace period. The stop has one
+    # budget: what the claim used up, the release does not get again (here the budget
+    # would be an hour from the claim's end on).
+    async with opened(dsn, schema, connect_timeout=0.2) as store:
+        orchestrator = SagaOrchestrator(store)
+        claiming = asyncio.Event()
+        releasing = asyncio.Event()
+        cancelled: list[str] = []
+
+        def longer() -> None:
+            store.connect_timeout = 3600.0
+
+        store.claim_orphans = never_answering(claiming, cancelled, "claim", on_cancel=longer)  # type: ignore[method-assign]
+        store.release_leases = never_answering(releasing, cancelled, "release")  # type: ignore[method-assign]
+        await stop_once(orchestrator, claiming)
+        assert cancelled == ["claim", "release"]
+        assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+            "sagakit worker could not release its saga leases: no answer within 0.2 s of "
+            "being told to stop (connect_timeout); they run out by themselves"
+        ]
