@@ -113,6 +113,18 @@ class _Sigterm:
             handle if isinstance(handle, asyncio.Handle) and not handle.cancelled() else None
         )
         self.previous = signal.getsignal(signal.SIGTERM)
+        self.ours: object = None  # the process's handler once the worker's is set
+
+    def in_place(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether the loop's SIGTERM handler is still this one (not removed, nor set
+        anew by the application since; a loop that does not show its handlers: yes)."""
+        handlers = getattr(loop, "_signal_handlers", None)
+        if not isinstance(handlers, dict):
+            return True
+        handle = handlers.get(signal.SIGTERM)
+        return (
+            isinstance(handle, asyncio.Handle) and getattr(handle, "_callback", None) == self.fire
+        )
 
     def fire(self) -> None:
         for worker in self.workers:
@@ -128,7 +140,16 @@ class _Sigterm:
             self.previous(signal.SIGTERM, None)
 
     def restore(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Put back the handler in place before the workers, if theirs is still in place:
+        a handler the application set or removed since (on the loop, or the process's
+        with ``signal.signal()``) is its last word, left as it is."""
+        if not self.in_place(loop):
+            return
+        current = signal.getsignal(signal.SIGTERM)
         loop.remove_signal_handler(signal.SIGTERM)
+        if current is not self.ours:  # signal.signal() since: the loop's no longer runs
+            signal.signal(signal.SIGTERM, current)
+            return
         handle = self.loop_handle
         if handle is not None:
             callback, args = getattr(handle, "_callback"), getattr(handle, "_args")  # noqa: B009
@@ -157,7 +178,8 @@ def _on_sigterm(stop: asyncio.Event, now: asyncio.Event, enabled: bool) -> Any:
     SIGTERM; restore the old handler.
 
     Every worker of a loop is stopped by one SIGTERM; the handler in place before the
-    first of them started is put back when the last one stops.
+    first of them started is put back when the last one stops, unless the application
+    set or removed one meanwhile (see :meth:`_Sigterm.restore`).
     """
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield
@@ -179,6 +201,7 @@ def _on_sigterm(stop: asyncio.Event, now: asyncio.Event, enabled: bool) -> Any:
         except (NotImplementedError, RuntimeError):  # pragma: no cover - e.g. Windows loops
             yield
             return
+        hook.ours = signal.getsignal(signal.SIGTERM)
         _SIGTERM[loop] = hook
     told = _Told(stop, now)
     hook.workers.append(told)
