@@ -6,7 +6,9 @@ with no reset: a pooled PostgreSQL connection then waits for the kernel to give 
 some 15 minutes) used to hold the worker: ``stop`` and ``SIGTERM`` were looked at only
 between two claims, so a worker told to stop went on waiting, and a platform's grace
 period ended in ``SIGKILL``. The claim is now given up as a cancelled worker gives it
-up: what it claimed is given back, unrun, for the next claim.
+up: what it claimed is given back, unrun, for the next claim. The whole stop waits
+``connect_timeout`` for the store once, not per call; and ``close()``, releasing what
+the store still holds, waits that long at most too.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 
 from pg_helpers.db import opened
-from sagakit import SagaOrchestrator, saga, step
+from sagakit import PostgresStore, SagaOrchestrator, saga, step
 from sagakit.stores import OrphanedSaga
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
@@ -211,3 +213,44 @@ async def test_a_stopping_worker_waits_for_its_store_connect_timeout_once_not_pe
             "sagakit worker could not release its saga leases: no answer within 0.2 s of "
             "being told to stop (connect_timeout); they run out by themselves"
         ]
+
+
+async def test_closing_a_store_whose_release_gets_no_answer_returns(
+    dsn: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: close() releases the leases its store still holds (a worker stopped
+    # without releasing them, its release given up): on a connection gone silent, that
+    # release waited for the kernel to give up, some 15 minutes, and close() with it. It
+    # waits connect_timeout at most; the leases then run out by themselves.
+    async with opened(dsn, schema) as setup:
+        with FaultInjector().crash(sc_ship), pytest.raises(SimulatedCrash):
+            await SagaOrchestrator(setup).execute(sc_order("o2"), saga_id="sc-close")
+        await simulate_restart(setup)
+    store = PostgresStore(dsn, schema=schema, connect_timeout=0.2)
+    await store.open()
+    try:
+        assert [o.saga_id for o in await store.claim_orphans()] == ["sc-close"]
+        releasing = asyncio.Event()
+        cancelled: list[str] = []
+        run = store._run
+
+        async def silent_release(sql: str, params: Any = None) -> Any:
+            if sql == store._sql.release:
+                return await never_answering(releasing, cancelled, "release", stubborn=True)()
+            return await run(sql, params)
+
+        store._run = silent_release  # type: ignore[method-assign]
+        closing = asyncio.create_task(store.close())
+        await asyncio.wait((closing,), timeout=GIVE_UP)
+        assert closing.done()
+        await closing
+        assert releasing.is_set()
+        assert cancelled == ["release", "release again"]
+        assert [r.getMessage() for r in caplog.records if r.name == "sagakit"] == [
+            "sagakit could not release the leases of 1 sagas on close: no answer within "
+            "0.2 s (connect_timeout); they run out by themselves"
+        ]
+    finally:
+        if not closing.done():
+            closing.cancel()
+            await asyncio.gather(closing, return_exceptions=True)
