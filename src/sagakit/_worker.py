@@ -480,7 +480,8 @@ async def run_worker(
     main thread; each SIGTERM is passed on to the handler in place before, which is put
     back when the worker stops); a stopped worker releases its leases. A second SIGTERM
     while it stops gives up waiting: for its sagas (SQLite: they are handed back), or
-    for its store.
+    for its store. Once stopping, it waits for its store's ``connect_timeout`` at most,
+    all calls together (see :class:`_Budget`); what it gives up on, the leases settle.
     """
     _check(poll_interval, concurrency, max_attempts, stop, handle_signals)
     store = _recoverable(orchestrator.store)
