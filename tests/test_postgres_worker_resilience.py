@@ -421,8 +421,8 @@ async def test_a_worker_whose_release_gets_no_answer_still_stops_as_told(
             await asyncio.wait_for(worker, GIVE_UP)  # returns
         assert sent
         assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
-            "sagakit worker could not release its saga leases: no answer within 0.2 s "
-            "(connect_timeout)"
+            "sagakit worker could not release its saga leases: no answer within 0.2 s of "
+            "being told to stop (connect_timeout); they run out by themselves"
         ]
 
 

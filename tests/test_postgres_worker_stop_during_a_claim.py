@@ -6,19 +6,22 @@ with no reset: a pooled PostgreSQL connection then waits for the kernel to give 
 some 15 minutes) used to hold the worker: ``stop`` and ``SIGTERM`` were looked at only
 between two claims, so a worker told to stop went on waiting, and a platform's grace
 period ended in ``SIGKILL``. The claim is now given up as a cancelled worker gives it
-up: what it claimed is given back, unrun, for the next claim.
+up: what it claimed is given back, unrun, for the next claim. The whole stop waits
+``connect_timeout`` for the store once, not per call; and ``close()``, releasing what
+the store still holds, waits that long at most too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from pg_helpers.db import opened
-from sagakit import SagaOrchestrator, saga, step
+from sagakit import PostgresStore, SagaOrchestrator, saga, step
 from sagakit.stores import OrphanedSaga
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
@@ -47,9 +50,18 @@ def sc_order(order: str) -> Any:
     yield sc_ship(order)
 
 
-def never_answering(reached: asyncio.Event, cancelled: list[str], what: str) -> Any:
+def never_answering(
+    reached: asyncio.Event,
+    cancelled: list[str],
+    what: str,
+    *,
+    stubborn: bool = False,
+    on_cancel: Callable[[], None] | None = None,
+) -> Any:
     """A store method that sets ``reached``, then never answers (a silent connection);
-    cancelled, it notes ``what`` in ``cancelled``."""
+    cancelled, it notes ``what`` in ``cancelled`` and calls ``on_cancel``. ``stubborn``:
+    its cancellation gets no answer either (a driver asking the silent server to cancel
+    the statement), until it is cancelled again (notes ``what + " again"``)."""
 
     async def never_answer(**options: Any) -> Any:
         reached.set()
@@ -57,6 +69,16 @@ def never_answering(reached: asyncio.Event, cancelled: list[str], what: str) -> 
             await asyncio.Event().wait()  # no answer, ever
         except asyncio.CancelledError:
             cancelled.append(what)
+            if on_cancel is not None:
+                on_cancel()
+            if stubborn:
+                try:
+                    # The cancel request gets no answer (for long past the test's guard:
+                    # a worker that waits it out fails the test, not hangs it).
+                    await asyncio.sleep(2 * GIVE_UP)
+                except asyncio.CancelledError:
+                    cancelled.append(f"{what} again")
+                    raise
             raise
 
     return never_answer
@@ -129,3 +151,106 @@ async def test_a_worker_stopped_while_its_look_for_unregistered_names_gets_no_an
         store._running_names = never_answering(looking, cancelled, "look")  # type: ignore[method-assign]
         await stop_once(orchestrator, looking)
         assert cancelled == ["look"]
+
+
+async def test_a_claim_whose_cancellation_gets_no_answer_is_cancelled_again(
+    dsn: str, schema: str
+) -> None:
+    # Regression: a claim given up was cancelled, then awaited until it ended: a driver
+    # asking a silent server to cancel the statement (psycopg: up to 10 s) held the
+    # worker that long again. Cancelled a second time, psycopg drops the connection.
+    async with opened(dsn, schema, connect_timeout=0.2) as store:
+        orchestrator = SagaOrchestrator(store)
+        claiming = asyncio.Event()
+        cancelled: list[str] = []
+
+        store.claim_orphans = never_answering(claiming, cancelled, "claim", stubborn=True)  # type: ignore[method-assign]
+        await stop_once(orchestrator, claiming)
+        assert cancelled == ["claim", "claim again"]
+
+
+async def test_a_cancelled_worker_whose_claims_cancellation_gets_no_answer_ends(
+    dsn: str, schema: str
+) -> None:
+    async with opened(dsn, schema, connect_timeout=0.2) as store:
+        orchestrator = SagaOrchestrator(store)
+        claiming = asyncio.Event()
+        cancelled: list[str] = []
+
+        store.claim_orphans = never_answering(claiming, cancelled, "claim", stubborn=True)  # type: ignore[method-assign]
+        worker = asyncio.create_task(
+            orchestrator.run_worker(poll_interval=0.01, handle_signals=False)
+        )
+        await claiming.wait()
+        worker.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(worker, GIVE_UP)
+        assert cancelled == ["claim", "claim again"]
+
+
+async def test_a_stopping_worker_waits_for_its_store_connect_timeout_once_not_per_call(
+    dsn: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: a worker stopped while its claim got no answer waited connect_timeout
+    # for the claim, then connect_timeout again for its release (30 s by default with
+    # the claim's cancellation): past a platform's grace period. The stop has one
+    # budget: what the claim used up, the release does not get again (here the budget
+    # would be an hour from the claim's end on).
+    async with opened(dsn, schema, connect_timeout=0.2) as store:
+        orchestrator = SagaOrchestrator(store)
+        claiming = asyncio.Event()
+        releasing = asyncio.Event()
+        cancelled: list[str] = []
+
+        def longer() -> None:
+            store.connect_timeout = 3600.0
+
+        store.claim_orphans = never_answering(claiming, cancelled, "claim", on_cancel=longer)  # type: ignore[method-assign]
+        store.release_leases = never_answering(releasing, cancelled, "release")  # type: ignore[method-assign]
+        await stop_once(orchestrator, claiming)
+        assert cancelled == ["claim", "release"]
+        assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+            "sagakit worker could not release its saga leases: no answer within 0.2 s of "
+            "being told to stop (connect_timeout); they run out by themselves"
+        ]
+
+
+async def test_closing_a_store_whose_release_gets_no_answer_returns(
+    dsn: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: close() releases the leases its store still holds (a worker stopped
+    # without releasing them, its release given up): on a connection gone silent, that
+    # release waited for the kernel to give up, some 15 minutes, and close() with it. It
+    # waits connect_timeout at most; the leases then run out by themselves.
+    async with opened(dsn, schema) as setup:
+        with FaultInjector().crash(sc_ship), pytest.raises(SimulatedCrash):
+            await SagaOrchestrator(setup).execute(sc_order("o2"), saga_id="sc-close")
+        await simulate_restart(setup)
+    store = PostgresStore(dsn, schema=schema, connect_timeout=0.2)
+    await store.open()
+    try:
+        assert [o.saga_id for o in await store.claim_orphans()] == ["sc-close"]
+        releasing = asyncio.Event()
+        cancelled: list[str] = []
+        run = store._run
+
+        async def silent_release(sql: str, params: Any = None) -> Any:
+            if sql == store._sql.release:
+                return await never_answering(releasing, cancelled, "release", stubborn=True)()
+            return await run(sql, params)
+
+        store._run = silent_release  # type: ignore[method-assign]
+        closing = asyncio.create_task(store.close())
+        await asyncio.wait((closing,), timeout=GIVE_UP)
+        assert closing.done()
+        await closing
+        assert releasing.is_set()
+        assert cancelled == ["release", "release again"]
+        assert [r.getMessage() for r in caplog.records if r.name == "sagakit"] == [
+            "sagakit could not release the leases of 1 sagas on close: no answer within "
+            "0.2 s (connect_timeout); they run out by themselves"
+        ]
+    finally:
+        if not closing.done():
+            closing.cancel()
+            await asyncio.gather(closing, return_exceptions=True)

@@ -26,8 +26,26 @@ logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="LOG %(message
 where, how = sys.argv[1], sys.argv[2]
 
 
+worker = None  # the worker's task
+
+
+def cancel_worker(signum=signal.SIGTERM, frame=None):  # an application's handler stopping it
+    print("APP HANDLER", signum, flush=True)
+    if worker is not None and not worker.done():
+        asyncio.get_running_loop().call_soon_threadsafe(worker.cancel)
+
+
+def remove_handler():  # an application's loop handler removing itself
+    print("APP HANDLER", signal.SIGTERM, flush=True)
+    asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+
+
 @step(timeout=600)
 async def hang() -> None:
+    if how == "later-loop-handler":  # set once the worker runs
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, cancel_worker)
+    if how == "later-handler":
+        signal.signal(signal.SIGTERM, cancel_worker)
     print("HANGING", flush=True)
     await asyncio.Event().wait()
 
@@ -58,6 +76,10 @@ async def main() -> None:
         signal.signal(signal.SIGTERM, app_handler)
     if how == "app-loop-handler":  # ... set on the event loop
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, app_handler)
+    if how == "app-removes-handler":  # ... which removes the loop's SIGTERM handler
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, remove_handler)
+    if how == "ignored":  # the process ignores SIGTERM
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     before = signal.getsignal(signal.SIGTERM)
     async with SagaOrchestrator(store) as orchestrator:
         if how == "app-handler-error":  # the worker stops with an error
@@ -69,17 +91,26 @@ async def main() -> None:
                 print("RELEASING", flush=True)
                 await asyncio.Event().wait()
             store.release_leases = silent
+        global worker
+        worker = asyncio.create_task(orchestrator.run_worker(poll_interval=0.05))
         try:
-            await orchestrator.run_worker(poll_interval=0.05)
+            await asyncio.wait([worker])
+            if how.startswith("later") and worker.cancelled():
+                print("WORKER CANCELLED", flush=True)
+            else:
+                worker.result()
         except BaseException as error:
             print("RAISED", type(error).__name__, flush=True)
             raise
         finally:
             print("HANDLER RESTORED", signal.getsignal(signal.SIGTERM) == before, flush=True)
+            handle = getattr(asyncio.get_running_loop(), "_signal_handlers", {}).get(signal.SIGTERM)
+            kept = getattr(handle, "_callback", signal.getsignal(signal.SIGTERM))
+            print("APP HANDLER KEPT", kept is cancel_worker, flush=True)
         print("RETURNED", flush=True)
         meta = await orchestrator.get_saga("s-1")
         print("STATUS", meta.status, flush=True)
-        if how.startswith("app"):  # the application's handler alone, once the worker stopped
+        if how.startswith(("app", "later")) or how == "ignored":  # once it stopped
             os.kill(os.getpid(), signal.SIGTERM)
             await asyncio.sleep(0.1)
             print("AFTER", flush=True)
@@ -220,3 +251,47 @@ def test_a_worker_stopped_by_an_error_puts_the_applications_sigterm_handler_back
     assert sqlite_child.proc.returncode == 1, seen
     assert "RAISED RuntimeError" in seen
     assert "HANDLER RESTORED True" in seen
+
+
+@pytest.mark.parametrize("sqlite_child", ["later-loop-handler", "later-handler"], indirect=True)
+def test_a_sigterm_handler_the_application_sets_while_a_worker_runs_stays_after_it(
+    sqlite_child: Child,
+) -> None:
+    # Regression: a handler the application set after the worker started (on the loop,
+    # which replaces the worker's there; or with signal.signal(), which the worker's
+    # hears along with it) was replaced, once the worker stopped, by the handler in place
+    # before the worker (here the default action): the next SIGTERM killed the process.
+    # The application's handler cancels the worker each time (the second time, the
+    # worker stops waiting for its saga).
+    seen = sigterm_twice(sqlite_child, "waiting for 1 running sagas to end")
+    assert sqlite_child.proc.returncode == 0, seen
+    assert "WORKER CANCELLED" in seen
+    assert "APP HANDLER KEPT True" in seen
+    assert seen.count("APP HANDLER 15") == 3, seen  # twice to stop the worker, once after it
+    assert "STATUS executing" in seen  # handed back, for the next recovery
+    assert seen.index("RETURNED") < seen.index("AFTER")
+
+
+@pytest.mark.parametrize("sqlite_child", ["app-removes-handler"], indirect=True)
+def test_an_application_handler_removing_the_loops_sigterm_handler_removes_the_workers(
+    sqlite_child: Child,
+) -> None:
+    # As documented: the loop has one SIGTERM handler, the worker's while it runs (it
+    # calls the application's). An application handler removing the loop's SIGTERM
+    # handler removes the worker's, and the next SIGTERM has the default action: here it
+    # kills the worker waiting for its saga (SQLite), which is left for the next recovery.
+    seen = sigterm_twice(sqlite_child, "waiting for 1 running sagas to end")
+    assert sqlite_child.proc.returncode == -signal.SIGTERM, seen
+    assert seen.count("APP HANDLER 15") == 1, seen
+
+
+@pytest.mark.parametrize("sqlite_child", ["ignored"], indirect=True)
+def test_a_worker_stops_on_sigterm_in_a_process_that_ignores_it(sqlite_child: Child) -> None:
+    # As documented: handle_signals=True (the default) stops the worker on SIGTERM even if
+    # the process ignores SIGTERM (SIG_IGN); the process ignores it again once the worker
+    # stopped. (handle_signals=False keeps the worker running through SIGTERM.)
+    seen = sigterm_twice(sqlite_child, "waiting for 1 running sagas to end")
+    assert sqlite_child.proc.returncode == 0, seen
+    assert "HANDLER RESTORED True" in seen
+    assert "STATUS executing" in seen
+    assert "AFTER" in seen  # the SIGTERM sent after the worker stopped was ignored

@@ -114,6 +114,18 @@ class _Sigterm:
             handle if isinstance(handle, asyncio.Handle) and not handle.cancelled() else None
         )
         self.previous = signal.getsignal(signal.SIGTERM)
+        self.ours: object = None  # the process's handler once the worker's is set
+
+    def in_place(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether the loop's SIGTERM handler is still this one (not removed, nor set
+        anew by the application since; a loop that does not show its handlers: yes)."""
+        handlers = getattr(loop, "_signal_handlers", None)
+        if not isinstance(handlers, dict):
+            return True
+        handle = handlers.get(signal.SIGTERM)
+        return (
+            isinstance(handle, asyncio.Handle) and getattr(handle, "_callback", None) == self.fire
+        )
 
     def fire(self) -> None:
         for worker in self.workers:
@@ -129,7 +141,16 @@ class _Sigterm:
             self.previous(signal.SIGTERM, None)
 
     def restore(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Put back the handler in place before the workers, if theirs is still in place:
+        a handler the application set or removed since (on the loop, or the process's
+        with ``signal.signal()``) is its last word, left as it is."""
+        if not self.in_place(loop):
+            return
+        current = signal.getsignal(signal.SIGTERM)
         loop.remove_signal_handler(signal.SIGTERM)
+        if current is not self.ours:  # signal.signal() since: the loop's no longer runs
+            signal.signal(signal.SIGTERM, current)
+            return
         handle = self.loop_handle
         if handle is not None:
             callback, args = getattr(handle, "_callback"), getattr(handle, "_args")  # noqa: B009
@@ -158,7 +179,8 @@ def _on_sigterm(stop: asyncio.Event, now: asyncio.Event, enabled: bool) -> Any:
     SIGTERM; restore the old handler.
 
     Every worker of a loop is stopped by one SIGTERM; the handler in place before the
-    first of them started is put back when the last one stops.
+    first of them started is put back when the last one stops, unless the application
+    set or removed one meanwhile (see :meth:`_Sigterm.restore`).
     """
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield
@@ -180,6 +202,7 @@ def _on_sigterm(stop: asyncio.Event, now: asyncio.Event, enabled: bool) -> Any:
         except (NotImplementedError, RuntimeError):  # pragma: no cover - e.g. Windows loops
             yield
             return
+        hook.ours = signal.getsignal(signal.SIGTERM)
         _SIGTERM[loop] = hook
     told = _Told(stop, now)
     hook.workers.append(told)
@@ -237,43 +260,86 @@ def _backoff(poll_interval: float, failures: int) -> float:
     return min(poll_interval * 2.0 ** min(failures - 1, 64), max(poll_interval, MAX_BACKOFF))
 
 
-def _patience(store: RecoverableStore) -> float | None:
-    """Seconds to wait for the store's answer once the worker is told to stop: as long
-    as the store waits for its server (``connect_timeout``), or for ever (a store
-    without one)."""
-    seconds: object = getattr(store, "connect_timeout", None)
-    return float(seconds) if is_number(seconds) else None
+class _Budget:
+    """How long a stopping worker waits for its store, all its calls together: the
+    store's ``connect_timeout`` (none: no limit) from when the worker is told to stop
+    or cancelled, up to a second SIGTERM (``now``). Not how long it waits for its
+    sagas (SQLite: they finish first).
+
+    A statement on a connection that went silent (a partition, with no reset) waits
+    until the kernel gives up, some 15 minutes, and so may the driver's request to
+    cancel it: a claim's answer, its cancellation and the release of the leases share
+    this one wait, so the worker stops within a platform's grace period. What it gives
+    up on is left to the leases: they run out by themselves."""
+
+    def __init__(self, store: RecoverableStore, now: asyncio.Event) -> None:
+        self.store = store
+        self.now = now
+        self.seconds: float | None = None
+        self.deadline: float | None = None
+        self.started = False
+
+    def start(self) -> None:
+        """The worker is stopping: the budget runs from now on (from the first call)."""
+        if self.started:
+            return
+        self.started = True
+        seconds: object = getattr(self.store, "connect_timeout", None)
+        if is_number(seconds):
+            self.seconds = float(seconds)
+            self.deadline = asyncio.get_running_loop().time() + self.seconds
+
+    def left(self) -> float | None:
+        """Seconds left of it (0 once spent, or after a second SIGTERM; None: no limit)."""
+        self.start()
+        if self.now.is_set():
+            return 0.0
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - asyncio.get_running_loop().time())
+
+    def spent(self) -> str:
+        """Why a call was given up (for the warning that says so)."""
+        if self.now.is_set():
+            return "stopped by a second SIGTERM"
+        return (
+            f"no answer within {timeout_text(self.seconds)} of being told to stop (connect_timeout)"
+        )
 
 
 async def _unless_stopped(
-    stop: asyncio.Event, now: asyncio.Event, running: asyncio.Future[Any], patience: float | None
+    stop: asyncio.Event, running: asyncio.Future[Any], budget: _Budget
 ) -> bool:
-    """Wait for ``running`` to end; once ``stop`` is set, ``patience`` seconds more at
-    most, and not past ``now`` (a second SIGTERM). Past them, or when the caller is
-    cancelled, cancel it and wait it out, whatever cancels the caller. True if it ended
-    by itself.
+    """Wait for ``running`` to end; once ``stop`` is set, within the ``budget`` (see
+    :class:`_Budget`). Past it, or when the caller is cancelled, cancel it and wait it
+    out, whatever cancels the caller. True if it ended by itself.
 
-    A statement on a connection that went silent (a partition, with no reset) waits
-    until the kernel gives up, some 15 minutes: a worker told to stop does not wait so
-    long. A statement that answers is not cancelled: a claim cancelled on its way may
-    have taken sagas that nobody runs, until their leases run out."""
-    if await _ends(running, stop, None) or await _ends(running, now, patience):
+    A statement that answers is not cancelled: a claim cancelled on its way may have
+    taken sagas that nobody runs, until their leases run out."""
+    if await _ends(running, stop, None, budget) or await _ends(
+        running, budget.now, budget.left(), budget
+    ):
         return True
-    await _cancel(running)
+    await _cancel(running, budget)
     return False
 
 
-async def _ends(running: asyncio.Future[Any], until: asyncio.Event, seconds: float | None) -> bool:
+async def _ends(
+    running: asyncio.Future[Any],
+    until: asyncio.Event,
+    seconds: float | None,
+    budget: _Budget | None,
+) -> bool:
     """Wait for ``running`` to end, ``seconds`` at most (None: no limit), until ``until``
-    is set; when the caller is cancelled, cancel it and wait it out (whatever cancels the
-    caller then). True if it ended."""
+    is set; when the caller is cancelled, cancel it and wait it out (within ``budget``,
+    see :func:`_cancel`). True if it ended."""
     waiter = asyncio.ensure_future(until.wait())
     try:
         await asyncio.wait((running, waiter), timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     except GeneratorExit:
         raise  # its event loop closed under the worker (see run_worker): nothing to await
     except BaseException:
-        await _cancel(running)  # the worker was cancelled
+        await _cancel(running, budget)  # the worker was cancelled
         raise
     finally:
         if not waiter.get_loop().is_closed():
@@ -281,10 +347,32 @@ async def _ends(running: asyncio.Future[Any], until: asyncio.Event, seconds: flo
     return running.done()
 
 
-async def _cancel(running: asyncio.Future[Any]) -> None:
-    """Cancel ``running`` and wait for its end, whatever cancels the caller meanwhile."""
+async def _cancel(running: asyncio.Future[Any], budget: _Budget | None) -> None:
+    """Cancel ``running`` and wait for its end, whatever cancels the caller meanwhile.
+
+    With a store's ``budget``: a call that has not ended by the end of it (a driver
+    asking a silent server to cancel the statement: psycopg waits up to 10 s) is
+    cancelled once more (psycopg then closes the connection) before it is waited out."""
     running.cancel()
+    if budget is not None:
+        budget.start()
+        await wait_out(_settled(running, budget))
+        if not running.done():
+            running.cancel()
     await wait_out(running)
+
+
+async def _settled(running: asyncio.Future[Any], budget: _Budget) -> None:
+    """Until ``running`` ends, or what is left of ``budget`` is spent (one turn of the
+    event loop at least, so that a call just started runs to its first wait)."""
+    waiter = asyncio.ensure_future(budget.now.wait())
+    try:
+        await asyncio.wait(
+            (running, waiter), timeout=budget.left(), return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        if not waiter.get_loop().is_closed():
+            waiter.cancel()
 
 
 def _answered(claiming: asyncio.Future[list[OrphanedSaga]]) -> list[OrphanedSaga]:
@@ -295,15 +383,15 @@ def _answered(claiming: asyncio.Future[list[OrphanedSaga]]) -> list[OrphanedSaga
 
 
 async def _claim(
-    store: RecoverableStore, stop: asyncio.Event, now: asyncio.Event, **options: Any
+    store: RecoverableStore, stop: asyncio.Event, budget: _Budget, **options: Any
 ) -> list[OrphanedSaga]:
-    """``store.claim_orphans(**options)``, given up if it has not answered ``patience``
-    seconds after ``stop`` is set, or by ``now`` (``[]``): cancelled, as a cancelled
-    worker's claim is (the store gives back what it had claimed); sagas it returns all
-    the same are given back, unrun."""
+    """``store.claim_orphans(**options)``, given up if it has not answered once ``stop``
+    is set and the ``budget`` is spent (``[]``): cancelled, as a cancelled worker's claim
+    is (the store gives back what it had claimed); sagas it returns all the same are
+    given back, unrun."""
     claiming = asyncio.ensure_future(store.claim_orphans(**options))
     try:
-        if await _unless_stopped(stop, now, claiming, _patience(store)):
+        if await _unless_stopped(stop, claiming, budget):
             return claiming.result()
     except GeneratorExit:
         raise
@@ -329,40 +417,41 @@ async def _shutdown(
     store: RecoverableStore,
     tasks: dict[asyncio.Task[None], str],
     nested: Nested,
-    now: asyncio.Event,
+    budget: _Budget,
 ) -> None:
     """Release the leases of the sagas in flight (``tasks``: their ids; ``nested``: the
     inner sagas their steps run), then stop them (they are fenced out). An inner saga
     whose step has ended (it left it running in a task) is no longer theirs: cancelling
     them does not stop it, so it keeps its lease and goes on here. ``now`` (a second
     SIGTERM) gives up waiting: for the release (the leases run out), or, with no leases,
-    for the sagas (they are cancelled, each handed back for the next recovery)."""
+    for the sagas (they are cancelled, each handed back for the next recovery). The
+    release waits for what is left of the ``budget`` at most (the leases then run out
+    by themselves)."""
+    now = budget.now
     release: Callable[..., Any] | None = getattr(store, "release_leases", None)
     if release is None:
         # No leases to hand over: let the sagas in flight finish here.
         if tasks:
             logger.info("sagakit worker stopping: waiting for %d running sagas to end", len(tasks))
             running = asyncio.ensure_future(asyncio.gather(*tasks, return_exceptions=True))
-            if not await _ends(running, now, None):
-                await _cancel(running)  # cancels the sagas
+            if not await _ends(running, now, None, None):
+                await _cancel(running, None)  # cancels the sagas
         return
     # A release on a pooled connection gone silent (a partition that resets nothing)
-    # waits for the kernel to give up, some 15 minutes: wait as long as the store waits
-    # for the server (its connect_timeout), then let the leases run out.
-    patience = _patience(store)
+    # waits for the kernel to give up, some 15 minutes: wait what is left of the budget
+    # (even nothing: the store stops renewing the leases as the release starts), then
+    # let the leases run out.
     try:
         # The inner sagas too: cancelled with their outer saga's task, they would
         # compensate what the next owner of the outer saga runs on from the log.
         inner = {saga_id for saga_id, (run, step) in nested.items() if still_running(step, run)}
         releasing = asyncio.ensure_future(release(saga_ids=sorted({*tasks.values(), *inner})))
-        if await _ends(releasing, now, patience):
+        if await _ends(releasing, now, budget.left(), budget):
             released = releasing.result()
         else:
-            await _cancel(releasing)
+            await _cancel(releasing, budget)
             raise TimeoutError(
-                "stopped by a second SIGTERM"
-                if now.is_set() or patience is None  # (no patience: waited for SIGTERM)
-                else f"no answer within {timeout_text(patience)} (connect_timeout)"
+                budget.spent() if now.is_set() else f"{budget.spent()}; they run out by themselves"
             )
     except Exception as error:  # the database is away: the leases run out by themselves
         logger.warning("sagakit worker could not release its saga leases: %s", error)
@@ -394,12 +483,14 @@ async def run_worker(
     main thread; each SIGTERM is passed on to the handler in place before, which is put
     back when the worker stops); a stopped worker releases its leases. A second SIGTERM
     while it stops gives up waiting: for its sagas (SQLite: they are handed back), or
-    for its store.
+    for its store. Once stopping, it waits for its store's ``connect_timeout`` at most,
+    all calls together (see :class:`_Budget`); what it gives up on, the leases settle.
     """
     _check(poll_interval, concurrency, max_attempts, stop, handle_signals)
     store = _recoverable(orchestrator.store)
     stop = stop if stop is not None else asyncio.Event()
     now = asyncio.Event()  # a second SIGTERM: stop waiting for the sagas, or the store
+    budget = _Budget(store, now)  # how long it waits for its store once stopping
     freed = asyncio.Event()
     tasks: dict[asyncio.Task[None], str] = {}  # the sagas in flight, with their ids
     nested: Nested = {}  # the sagas their steps run with execute()
@@ -422,7 +513,7 @@ async def run_worker(
                     names = {function.name for function in registered_sagas()}
                     try:
                         orphans = await _claim(
-                            store, stop, now, names=names, limit=free, max_attempts=max_attempts
+                            store, stop, budget, names=names, limit=free, max_attempts=max_attempts
                         )
                     except StoreError as error:  # the database is away: try again later
                         if never_better(error):  # (another loop's store, or closed)
@@ -462,10 +553,12 @@ async def run_worker(
                         task.add_done_callback(done)
                 if claimed and claimed == free:
                     continue  # more may be waiting: claim again while capacity lasts
+                if stop.is_set():
+                    break  # (told while claiming: no look, on what is left of the budget)
                 if not failures and asyncio.get_running_loop().time() >= next_look:
                     next_look = asyncio.get_running_loop().time() + UNREGISTERED_EVERY
                     looking = asyncio.ensure_future(tell_unregistered(store, told))
-                    if await _unless_stopped(stop, now, looking, _patience(store)):
+                    if await _unless_stopped(stop, looking, budget):
                         looking.result()
                 freed.clear()
                 wait = _backoff(poll_interval, failures)
@@ -478,7 +571,7 @@ async def run_worker(
             raise
         finally:
             if not abandoned:
-                await _shutdown(store, tasks, nested, now)
+                await _shutdown(store, tasks, nested, budget)
     if watch.came():
         # Stopped, then cancelled while handing its sagas back, and the cancellation was
         # caught on the way (by the store's release_leases(): a driver's pool can): never

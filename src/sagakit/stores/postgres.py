@@ -1665,7 +1665,8 @@ class PostgresStore:
     # ------------------------------------------------------------ closing
 
     async def close(self) -> None:
-        """Stop the heartbeat, release the leases still held and close the pool."""
+        """Stop the heartbeat, release the leases still held (``connect_timeout`` at
+        most: then they run out) and close the pool."""
         refused = other_loop(self.schema, self._loop)
         if refused is not None:
             if self._loop_ended():  # its pool cannot be closed from here, nor there
@@ -1694,7 +1695,7 @@ class PostgresStore:
         if pool is not None:
             try:
                 if self._held:  # a dead process's, as a crash's (as simulate_restart does)
-                    await self.release_leases(as_crash=dead)
+                    await self._release_on_close(as_crash=dead)
             finally:
                 self._pool = None
                 self._closed = True
@@ -1702,6 +1703,35 @@ class PostgresStore:
                 await pool.close()
         if cancelled:
             raise asyncio.CancelledError
+
+    async def _release_on_close(self, *, as_crash: bool) -> None:
+        """:meth:`release_leases`, ``connect_timeout`` seconds at most: on a connection
+        gone silent (a partition that resets nothing), a statement waits some 15 minutes
+        for the kernel to give up. Past them, the release is cancelled (again if its
+        cancellation gets no answer either: psycopg then closes the connection) and the
+        leases run out by themselves (the store no longer renews them)."""
+        held = len(self._held)
+        releasing = asyncio.ensure_future(self.release_leases(as_crash=as_crash))
+        try:
+            await asyncio.wait((releasing,), timeout=self.connect_timeout)
+        except BaseException:  # close() was cancelled: so is the release
+            releasing.cancel()
+            releasing.add_done_callback(_retrieved)
+            raise
+        if releasing.done():
+            releasing.result()  # its error, if any, as ever
+            return
+        releasing.cancel()
+        await wait_out(asyncio.wait((releasing,), timeout=BRIEF))
+        if not releasing.done():
+            releasing.cancel()
+        await wait_out(releasing)
+        logger.warning(
+            "sagakit could not release the leases of %d sagas on close: no answer within "
+            "%s (connect_timeout); they run out by themselves",
+            held,
+            timeout_text(self.connect_timeout),
+        )
 
     def _loop_ended(self) -> bool:
         """Whether the loop that opened the store is closed (not just idle: run again, it
@@ -1769,6 +1799,12 @@ class PostgresStore:
             f"<PostgresStore schema={self.schema!r} lease={timeout_text(self.lease, '')} "
             f"owns={len(self._held)} {state}>"
         )
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned task's outcome (else asyncio logs it as never retrieved)."""
+    if not task.cancelled():
+        task.exception()
 
 
 __all__ = ["DEFAULT_LEASE", "PostgresStats", "PostgresStore"]
