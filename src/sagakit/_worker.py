@@ -300,7 +300,7 @@ class _Budget:
 
     def spent(self) -> str:
         """Why a call was given up (for the warning that says so)."""
-        if self.now.is_set():
+        if self.now.is_set() or self.seconds is None:  # (no limit: given up at a SIGTERM)
             return "stopped by a second SIGTERM"
         return (
             f"no answer within {timeout_text(self.seconds)} of being told to stop (connect_timeout)"
