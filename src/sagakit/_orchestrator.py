@@ -156,6 +156,10 @@ def _undone_between_attempts(spec: StepSpec, acted_unknown: bool) -> bool:
 set_running_step = running_step.set
 """``running_step.set``, bound once: called as each step and compensation starts."""
 
+_STEP_FAILED_LEVEL = level_of(ON_STEP_FAILED, SAGA_EXECUTING)
+"""The log level of a step's failure and of its timeout: ``level_of()``'s, read once."""
+assert _STEP_FAILED_LEVEL == level_of(ON_STEP_TIMED_OUT, SAGA_EXECUTING)
+
 _LEFT_FOR_RECOVERY = "left for recovery"
 """In the note on a store's error that says the saga's end is not in the log (logged)."""
 _NOTHING_LOGGED = "nothing of the saga is in the log"
@@ -861,8 +865,9 @@ class SagaOrchestrator:
                             else f"StepFailed: step {index} ({spec.name!r}) failed: {described}"
                         )
                     kind = ON_STEP_TIMED_OUT if timed_out else ON_STEP_FAILED
-                    # What _emit() checks first, without its coroutine when it has nothing to do.
-                    if observe or logger.isEnabledFor(level_of(kind, run.status)):
+                    # What _emit() checks first, without its coroutine when it has nothing to
+                    # do; level_of(kind, run.status) without its call: a step's end warns.
+                    if observe or logger.isEnabledFor(_STEP_FAILED_LEVEL):
                         try:
                             await self._emit(
                                 run,
