@@ -1672,8 +1672,9 @@ class SagaOrchestrator:
                                 if missing == 0:
                                     value = await compensation(*args)
                                 elif 0 < missing <= len(spec.defaults):
-                                    # Only trailing defaults left out: pass the step's.
-                                    value = await compensation(*args, *spec.defaults[-missing:])
+                                    # Only trailing defaults left out: pass the step's
+                                    # (added to the call's tuple: no list made for them).
+                                    value = await compensation(*(args + spec.defaults[-missing:]))
                                 else:
                                     value = await call.compensation_call(result)  # type: ignore[misc]
                             else:
