@@ -1002,7 +1002,8 @@ class SagaOrchestrator:
             # This frame is in the failure's traceback: keep no exception in its locals,
             # or each failed run leaves a reference cycle for the garbage collector.
             error = None
-            close_driver(driver, run.name, run.id)
+            if driver is not None:  # (a list or builder saga's run has none: no call)
+                close_driver(driver, run.name, run.id)
             if run.error is None:
                 run.error = describe_error(failure)
             if run.unwritten is not None:  # a write of the log failed: the saga fails here
