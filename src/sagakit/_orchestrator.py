@@ -171,6 +171,10 @@ def _undone_between_attempts(spec: StepSpec, acted_unknown: bool) -> bool:
 set_running_step = running_step.set
 """``running_step.set``, bound once: called as each step and compensation starts."""
 
+_STEP_FAILED_LEVEL = level_of(ON_STEP_FAILED, SAGA_EXECUTING)
+"""The log level of a step's failure and of its timeout: ``level_of()``'s, read once."""
+assert _STEP_FAILED_LEVEL == level_of(ON_STEP_TIMED_OUT, SAGA_EXECUTING)
+
 _LEFT_FOR_RECOVERY = "left for recovery"
 """In the note on a store's error that says the saga's end is not in the log (logged)."""
 _NOTHING_LOGGED = "nothing of the saga is in the log"
@@ -883,8 +887,9 @@ class SagaOrchestrator:
                             else f"StepFailed: step {index} ({spec.name!r}) failed: {described}"
                         )
                     kind = ON_STEP_TIMED_OUT if timed_out else ON_STEP_FAILED
-                    # What _emit() checks first, without its coroutine when it has nothing to do.
-                    if observe or logger.isEnabledFor(level_of(kind, run.status)):
+                    # What _emit() checks first, without its coroutine when it has nothing to
+                    # do; level_of(kind, run.status) without its call: a step's end warns.
+                    if observe or logger.isEnabledFor(_STEP_FAILED_LEVEL):
                         try:
                             await self._emit(
                                 run,
@@ -1019,7 +1024,8 @@ class SagaOrchestrator:
             # This frame is in the failure's traceback: keep no exception in its locals,
             # or each failed run leaves a reference cycle for the garbage collector.
             error = None
-            close_driver(driver, run.name, run.id)
+            if driver is not None:  # (a list or builder saga's run has none: no call)
+                close_driver(driver, run.name, run.id)
             if run.error is None:
                 run.error = describe_error(failure)
             if run.unwritten is not None:  # a write of the log failed: the saga fails here
@@ -1058,7 +1064,23 @@ class SagaOrchestrator:
                 # A compensation (or a listener) swallowed the caller's cancellation: the
                 # work is done, and the caller gets its CancelledError, not the failure.
                 await self._raise_swallowed(run, cause=failure)
-            await self._finish(run)
+            memory = self._memory
+            if memory is not None:
+                # self._finish(run), inline for the default store (as a completed run's
+                # end, below): two coroutines less per failed saga.
+                run.finished_mono = run.updated_mono = now()
+                if run.status is SAGA_EXECUTING or run.status is SAGA_COMPENSATING:
+                    run.status = SAGA_FAILED
+                try:
+                    memory._finish_now(run)
+                finally:
+                    # level_of(ON_SAGA_FINISHED, status) for a run that did not complete
+                    if run.listeners or logger.isEnabledFor(
+                        logging.ERROR if run.status is SAGA_FAILED else logging.WARNING
+                    ):
+                        await self._emit(run, ON_SAGA_FINISHED)
+            else:
+                await self._finish(run)
             if isinstance(failure, SagaRunError):
                 failure.saga_id = run.id
                 failure.events = list(run.events)
@@ -1704,8 +1726,9 @@ class SagaOrchestrator:
                                 if missing == 0:
                                     value = await compensation(*args)
                                 elif 0 < missing <= len(spec.defaults):
-                                    # Only trailing defaults left out: pass the step's.
-                                    value = await compensation(*args, *spec.defaults[-missing:])
+                                    # Only trailing defaults left out: pass the step's
+                                    # (added to the call's tuple: no list made for them).
+                                    value = await compensation(*(args + spec.defaults[-missing:]))
                                 else:
                                     value = await call.compensation_call(result)  # type: ignore[misc]
                             else:
