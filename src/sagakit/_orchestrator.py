@@ -173,7 +173,7 @@ set_running_step = running_step.set
 
 _STEP_FAILED_LEVEL = level_of(ON_STEP_FAILED, SAGA_EXECUTING)
 """The log level of a step's failure and of its timeout: ``level_of()``'s, read once."""
-assert _STEP_FAILED_LEVEL == level_of(ON_STEP_TIMED_OUT, SAGA_EXECUTING)
+assert level_of(ON_STEP_TIMED_OUT, SAGA_EXECUTING) == _STEP_FAILED_LEVEL
 
 _LEFT_FOR_RECOVERY = "left for recovery"
 """In the note on a store's error that says the saga's end is not in the log (logged)."""
