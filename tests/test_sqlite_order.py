@@ -245,15 +245,17 @@ async def test_a_saga_resolved_at_the_instant_others_ended_is_listed_after_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # resolve() ends a saga too (it sets finished_at): it numbers its end like FINISHED.
+    # (The clock is frozen from the stuck saga's start: one frozen after it would be a
+    # clock set back, and resolve() never ends a saga before its start.)
+    frozen = 1_700_000_000.0
+    store_clock(monkeypatch, lambda: frozen)
+    monkeypatch.setattr("sagakit._runs.time", SimpleNamespace(time=lambda: frozen))
     path = tmp_path / "s.db"
     first = SQLiteStore(path)
     with FaultInjector().crash(take), pytest.raises(SimulatedCrash):
         await SagaOrchestrator(first).execute(take_seven(), saga_id="r-stuck")
     await simulate_restart(first)
     await first.close()
-    frozen = 1_700_000_000.0
-    store_clock(monkeypatch, lambda: frozen)
-    monkeypatch.setattr("sagakit._runs.time", SimpleNamespace(time=lambda: frozen))
     store = SQLiteStore(path)
     async with SagaOrchestrator(store) as orchestrator:
         await orchestrator.execute(take_seven(), saga_id="r-done")

@@ -978,7 +978,7 @@ class SQLiteStore:
             orders: dict[str, int],
             parked: list[tuple[str, str]],
         ) -> None:
-            for saga_id, name, holder, factory, attempts, _, _ in rows:
+            for saga_id, name, holder, factory, attempts, started, _ in rows:
                 if len(claimed) >= limit:
                     break
                 if factory and allowed is not None and name not in allowed:
@@ -995,7 +995,7 @@ class SQLiteStore:
                             f"none of its {attempts} recovery attempt{'s' * (attempts != 1)} "
                             "finished it: each "
                             f"time its process died or was stopped (max_attempts={max_attempts})",
-                            now,
+                            max(now, started),  # never before its start (a clock set back)
                             saga_id,
                         ),
                     )
@@ -1112,8 +1112,9 @@ class SQLiteStore:
         now = time.time()
         await self._writer.submit(
             lambda conn: conn.execute(
-                "UPDATE sagakit_sagas SET dead_letter = ?, parked_at = ?, owner = NULL "
-                "WHERE id = ? AND finished_at IS NULL",
+                # Never before its start: a wall clock set back would park it before then.
+                "UPDATE sagakit_sagas SET dead_letter = ?, parked_at = max(?, started_at), "
+                "owner = NULL WHERE id = ? AND finished_at IS NULL",
                 (storable_text(reason), now, saga_id),
             ),
             alone=False,
@@ -1216,13 +1217,13 @@ class SQLiteStore:
 
         def job(conn: sqlite3.Connection) -> str | SagaAlreadyResolved | None:
             row = conn.execute(
-                "SELECT status, owner, dead_letter, finished_at, resolved, updated_at, error "
-                "FROM sagakit_sagas WHERE id = ?",
+                "SELECT status, owner, dead_letter, finished_at, resolved, updated_at, error, "
+                "started_at FROM sagakit_sagas WHERE id = ?",
                 (saga_id,),
             ).fetchone()
             if row is None:
                 return f"saga {saga_id!r} is not in {self.path!r}; `sagakit list` lists its sagas"
-            status, holder, parked, finished, resolved, updated, error = row
+            status, holder, parked, finished, resolved, updated, error, started = row
             if resolved and finished is not None:
                 # Once is enough: again, it nested the first note in the second's "(was:".
                 return SagaAlreadyResolved(saga_id, when(updated), error)
@@ -1234,6 +1235,10 @@ class SQLiteStore:
                 )
             if status in ("completed", "compensated"):
                 return f"saga {saga_id!r} ended {status}; there is nothing to resolve"
+            # Never before its start (nor its end, if it had one): a wall clock set back
+            # would resolve it before it began, a negative duration.
+            end = max(now, started)
+            latest = end if finished is None else max(end, finished)
             conn.execute(
                 "UPDATE sagakit_sagas SET status = 'failed', resolved = 1, dead_letter = NULL, "
                 "owner = NULL, finished_at = coalesce(finished_at, ?), updated_at = ?, "
@@ -1242,7 +1247,7 @@ class SQLiteStore:
                 "coalesce('; error: ' || error, ''), error) || ')', ''), "
                 "finish_order = CASE WHEN finished_at IS NULL "
                 f"THEN {NEXT_FINISH.format(at='?')} ELSE finish_order END WHERE id = ?",
-                (now, now, storable_text(f"resolved by an operator: {note}"), now, saga_id),
+                (end, latest, storable_text(f"resolved by an operator: {note}"), end, saga_id),
             )
             conn.execute(RESOLVE_INTERRUPTED, (saga_id,))
             return None
