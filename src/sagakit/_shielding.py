@@ -29,6 +29,21 @@ async def wait_out(work: Awaitable[Any]) -> asyncio.Future[Any]:
     return future
 
 
+async def cancel_firmly(running: asyncio.Future[Any], grace: Awaitable[Any] | None) -> None:
+    """Cancel ``running`` and wait for its end, whatever cancels the caller meanwhile.
+
+    With a ``grace`` (a wait of how long its cancellation may take): if ``running`` has
+    not ended by the end of it (a driver asking a silent server to cancel a statement),
+    it is cancelled once more (psycopg then closes the connection) before it is waited
+    out."""
+    running.cancel()
+    if grace is not None:
+        await wait_out(grace)
+        if not running.done():
+            running.cancel()
+    await wait_out(running)
+
+
 class CancellationWatch:
     """The current task's cancellation requests, counted when made: :meth:`came` says
     whether one has come since — one that code below caught and did not re-raise (a
@@ -46,4 +61,4 @@ class CancellationWatch:
         return self._task is not None and self._task.cancelling() > self._base
 
 
-__all__ = ["CancellationWatch", "wait_out"]
+__all__ = ["CancellationWatch", "cancel_firmly", "wait_out"]

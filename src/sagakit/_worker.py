@@ -35,7 +35,7 @@ from ._recovery import (
 from ._runs import SagaRun, StepRun, still_running
 from ._sagas import registered_sagas
 from ._seconds import timeout_text
-from ._shielding import CancellationWatch, wait_out
+from ._shielding import CancellationWatch, cancel_firmly
 from ._tracebacks import hide_from_pytest
 from .exceptions import LeaseLost, SagaDefinitionError, StoreError
 from .stores._loop_refusal import never_better
@@ -348,18 +348,14 @@ async def _ends(
 
 
 async def _cancel(running: asyncio.Future[Any], budget: _Budget | None) -> None:
-    """Cancel ``running`` and wait for its end, whatever cancels the caller meanwhile.
-
-    With a store's ``budget``: a call that has not ended by the end of it (a driver
-    asking a silent server to cancel the statement: psycopg waits up to 10 s) is
-    cancelled once more (psycopg then closes the connection) before it is waited out."""
-    running.cancel()
-    if budget is not None:
-        budget.start()
-        await wait_out(_settled(running, budget))
-        if not running.done():
-            running.cancel()
-    await wait_out(running)
+    """:func:`cancel_firmly`, with what is left of a store's ``budget`` (if any) as the
+    grace of its cancellation (a driver asking a silent server to cancel the statement:
+    psycopg waits up to 10 s)."""
+    if budget is None:
+        await cancel_firmly(running, None)
+        return
+    budget.start()  # from the cancellation on, as before its grace is awaited
+    await cancel_firmly(running, _settled(running, budget))
 
 
 async def _settled(running: asyncio.Future[Any], budget: _Budget) -> None:

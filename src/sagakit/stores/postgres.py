@@ -28,7 +28,7 @@ from .._hooks import process_died
 from .._runs import step_end_error, unended
 from .._seconds import seconds_number, timeout_text
 from .._serialization import JsonSerializer
-from .._shielding import CancellationWatch, wait_out
+from .._shielding import CancellationWatch, cancel_firmly, wait_out
 from .._tracebacks import hide_from_pytest
 from ..exceptions import (
     LeaseLost,
@@ -1721,11 +1721,7 @@ class PostgresStore:
         if releasing.done():
             releasing.result()  # its error, if any, as ever
             return
-        releasing.cancel()
-        await wait_out(asyncio.wait((releasing,), timeout=BRIEF))
-        if not releasing.done():
-            releasing.cancel()
-        await wait_out(releasing)
+        await cancel_firmly(releasing, asyncio.wait((releasing,), timeout=BRIEF))
         logger.warning(
             "sagakit could not release the leases of %d sagas on close: no answer within "
             "%s (connect_timeout); they run out by themselves",
