@@ -201,6 +201,80 @@ def test_class_and_static_method_steps_with_compensations_as_the_docs_show() -> 
     ]
 
 
+# The form docs/concepts/steps.md shows for class and static method steps with a
+# compensation, which pyright accepts too: the step and its compensation are declared next
+# to the class (pyright refuses a plain function in a class body whose first parameter is
+# annotated as anything but the instance), then made class or static methods in it.
+@step
+async def _dfm_open(cls: type[Vault], owner: str) -> str:
+    return f"{cls.__name__}:{owner}"
+
+
+@_dfm_open.compensate
+async def _dfm_close(cls: type[Vault], account: str | None, owner: str) -> None:
+    vault_undone.append((cls, account, owner))
+
+
+@step
+async def _dfm_post(entry: str, amount: int) -> int:
+    return amount * 2
+
+
+@_dfm_post.compensate
+async def _dfm_unpost(posted: int | None, entry: str, amount: int) -> None:
+    vault_undone.append((posted, entry, amount))
+
+
+@step
+async def _dfm_refuse(entry: str) -> None:
+    raise RuntimeError(f"no {entry}")
+
+
+vault_undone: list[Any] = []
+
+
+class Vault:
+    open = classmethod(_dfm_open)
+    post = staticmethod(_dfm_post)
+    refuse = staticmethod(_dfm_refuse)
+
+
+class SubVault(Vault):
+    pass
+
+
+def test_class_and_static_method_steps_declared_next_to_their_class() -> None:
+    # The class method step's compensation names its first parameter cls, as the step
+    # does: it gets the class, then the result.
+    assert _dfm_open.compensation is _dfm_close
+    assert _dfm_open.compensation_takes_result
+    assert _dfm_post.compensation_takes_result
+
+    @saga(name="test_step_declaration_forms.vault_book")
+    def book(entry: str) -> list[Any]:
+        return [
+            Vault.open("ann"),
+            SubVault().open("bob"),
+            Vault.post(entry, 1),
+            Vault().post(entry, 2),
+            Vault.refuse(entry),
+        ]
+
+    async def run() -> None:
+        async with SagaOrchestrator() as orchestrator:
+            with pytest.raises(StepFailed, match="no rent"):
+                await orchestrator.execute(book("rent"))
+
+    vault_undone.clear()
+    asyncio.run(run())
+    assert vault_undone == [
+        (4, "rent", 2),
+        (2, "rent", 1),
+        (SubVault, "SubVault:bob", "bob"),
+        (Vault, "Vault:ann", "ann"),
+    ]
+
+
 def test_a_step_decorated_again_is_refused() -> None:
     # The outer step wrapped the inner one: the inner's compensation and options were
     # silently ignored by sagas running the outer one.
