@@ -1,5 +1,9 @@
-"""Class and static method steps with compensations, as docs/concepts/steps.md shows them,
-as mypy --strict sees them (read by mypy, never run).
+"""Class and static method steps with compensations declared in the class body, as
+docs/concepts/steps.md showed them, as mypy --strict sees them (read by mypy, never run).
+
+Pyright refuses this form (the step's first parameter, in a class body, must take an
+instance): the docs now show the one of test_method_steps_next_to_class.py, which both mypy
+and pyright accept. This one still runs, and mypy still accepts it.
 
 As in test_mistakes.py, each expected error carries its code (warn_unused_ignores makes every
 ignore a check) and a comment quotes the message as mypy 2.4 words it.
@@ -15,7 +19,7 @@ from sagakit.testing import FaultInjector, SagaRecorder
 
 
 class Inventory:
-    # The class method step of docs/concepts/steps.md: declared on the function, given its
+    # The class method step declared in the class body: declared on the function, given its
     # compensation (itself a class method), then made a class method. The step's ``cls`` is
     # annotated: mypy types an unannotated first parameter of a plain function in a class
     # body as an instance, and classmethod() then refuses the step.
@@ -117,7 +121,7 @@ release: Callable[[str | None, str], Awaitable[Any]] = Inventory.release
 
 
 class Journal:
-    # A static method step with a compensation, as docs/concepts/steps.md shows: the
+    # A static method step with a compensation, declared in the class body: the
     # compensation is a static method too (without @staticmethod mypy takes its first
     # parameter for self: '"self" parameter missing for a non-static method').
     @step
