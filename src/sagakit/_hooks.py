@@ -101,6 +101,8 @@ class CrashAfter:
 
     __slots__ = ("crash",)
 
+    crash: SimulatedCrash
+
     def __init__(self, crash: SimulatedCrash) -> None:
         self.crash = crash
 

@@ -31,7 +31,7 @@ from .records import SagaMetadata, StepRecord
 if TYPE_CHECKING:
     from ._orchestrator import SagaOrchestrator
     from ._sagas import SagaDefinition
-    from .status import StepStatus
+    from .status import SagaStatus, StepStatus
     from .stores._protocol import SagaRunView
     from .transitions import Transition
 
@@ -383,6 +383,40 @@ class SagaRun:
         "updated_mono",
     )
 
+    cancel_base: int
+    cancel_owed: bool
+    compensating: bool
+    compensation_events: list[Any]
+    compensations: list[StepRun]
+    deadline: float
+    definition: SagaDefinition
+    error: str | None
+    events: list[Any]
+    explicit_id: bool
+    finished_mono: float | None
+    handing_back: bool | None
+    id: str
+    listeners: Sequence[Any]
+    name: str
+    number: int
+    orchestrator: weakref.ref[SagaOrchestrator]
+    parent: SagaRun | None
+    parent_step: StepRun | None
+    queued: bool
+    started_mono: float
+    started_wall: float
+    status: SagaStatus
+    step: StepRun | None
+    steps: list[StepRun]
+    task: asyncio.Task[Any] | None
+    timed_out: bool
+    total_steps: int | None
+    undo_left: tuple[Transition, str, str, BaseException] | None
+    unlogged_start: StepRun | None
+    unrecorded: StepRun | None
+    unwritten: tuple[Transition, str] | None
+    updated_mono: float
+
     def __init__(
         self,
         saga_id: str,
@@ -405,52 +439,52 @@ class SagaRun:
         self.explicit_id = explicit_id
         self.status = SAGA_EXECUTING
         self.total_steps = None if calls is None else len(calls)
-        self.steps: list[StepRun] = []
-        self.compensations: list[StepRun] = []
-        self.events: list[Any] = []
-        self.compensation_events: list[Any] = []
-        self.error: str | None = None
+        self.steps = []
+        self.compensations = []
+        self.events = []
+        self.compensation_events = []
+        self.error = None
         self.started_wall = time.time()
         self.started_mono = mono
         self.updated_mono = mono
-        self.finished_mono: float | None = None
-        self.step: StepRun | None = None  # the step or compensation running now
+        self.finished_mono = None
+        self.step = None  # the step or compensation running now
         self.compensating = False
         # The compensation whose failure for good could not be recorded (StoreError): the
         # run ends FAILED there, and its end writes that record (interrupted_compensations).
-        self.unrecorded: StepRun | None = None
+        self.unrecorded = None
         # The step whose start the store did not record (its record() raised): its end
         # is not told either, the run's end writes it (see interrupted_step).
-        self.unlogged_start: StepRun | None = None
+        self.unlogged_start = None
         # The last transition whose write the store refused (StoreError), until the run
         # tells the operator what that changed (see SagaOrchestrator._unwritten).
-        self.unwritten: tuple[Transition, str] | None = None
+        self.unwritten = None
         # A compensation's transition that the store refused, which stopped compensating
         # (the transition, the store's error, the steps left undone, the error raised):
         # told once the run's end is known to be in the log or not (see
         # SagaOrchestrator._tell_undo_left).
-        self.undo_left: tuple[Transition, str, str, BaseException] | None = None
+        self.undo_left = None
         self.deadline = math.inf  # loop time the running step must finish by
         self.timed_out = False  # the watchdog cancelled ``task`` for ``deadline``
         self.queued = False  # in its watchdog's ``fresh``: it looks at ``deadline`` next firing
-        self.task: asyncio.Task[Any] | None = None
+        self.task = None
         self.cancel_base = 0  # task.cancelling() when the run started
         # Timed out (``timed_out``) with its cancellation taken back, not yet made again:
         # an inner saga's step timed out with it and claimed the one delivery (see
         # _deadlines.claim_timeout).
         self.cancel_owed = False
-        self.listeners: Sequence[Any] = ()  # told of this run: those there when it began
+        self.listeners = ()  # told of this run: those there when it began
         # While it runs: the run in whose step (or a task started there) it was started,
         # None at the top level. Fault injection aims ``index`` faults by it.
-        self.parent: SagaRun | None = None
+        self.parent = None
         # The step (or compensation) record of ``parent`` it was started in: a task that
         # step created may start it after the step ended (see handed_back_with).
-        self.parent_step: StepRun | None = None
+        self.parent_step = None
         # A recovered run whose recovery was cancelled by its caller: it is being handed
         # back (True), and so is any saga a step of it executes on a durable store (see
         # handed_back_with); False: a recovered run cancelled from inside
         # the step that recovers it (adopt), undone as that step's execute() would be.
-        self.handing_back: bool | None = None
+        self.handing_back = None
 
     @property
     def steps_executed(self) -> int:

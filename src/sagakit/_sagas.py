@@ -8,7 +8,17 @@ import reprlib
 import sys
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from types import MethodType
-from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, TypeAlias, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Concatenate,
+    Generic,
+    Literal,
+    TypeAlias,
+    TypeVar,
+    overload,
+)
 
 from typing_extensions import ParamSpec
 
@@ -194,7 +204,7 @@ class SagaDefinition:
             return NotImplemented
         return self._state == other._state
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__: ClassVar[None] = None  # type: ignore[assignment]
 
     if not TYPE_CHECKING:  # not iterable to type checkers, which flag the `yield from`
 
@@ -422,6 +432,9 @@ def _live(function: SagaFunction[...]) -> bool:
 
 class SagaFunction(Generic[P]):
     """A function declared with ``@saga``: calling it returns a :class:`SagaDefinition`."""
+
+    __name__: str
+    __qualname__: str
 
     def __init__(
         self,

@@ -424,6 +424,9 @@ class JsonSerializer:
 
     __slots__ = ("_codecs", "_decoders", "allow_pickle", "max_size")
 
+    allow_pickle: bool
+    max_size: int
+
     def __init__(
         self,
         *,

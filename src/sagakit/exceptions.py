@@ -71,6 +71,10 @@ class StepFailed(SagaRunError):
     outside any saga; a failure there raises the step's own exception, not ``StepFailed``.
     """
 
+    step_index: int
+    step_name: str
+    error: BaseException
+
     def __init__(self, step_index: int, step_name: str, error: BaseException) -> None:
         super().__init__()  # the message is made when read: failures are a hot path
         self.step_index = step_index
@@ -112,6 +116,11 @@ class StepTimeout(StepFailed, TimeoutError):
     error of a :class:`CompensationFailed`, or of a compensation's record).
     """
 
+    # A StepFailed whose error is always the TimeoutError describing the limit (pyright
+    # flags narrowing a mutable attribute where it is set; mypy accepts it).
+    error: TimeoutError
+    duration: float
+    timeout: float
     compensation: bool = False
 
     def __init__(
@@ -127,7 +136,8 @@ class StepTimeout(StepFailed, TimeoutError):
         self.step_index = step_index
         self.step_name = step_name
         what = "compensation" if compensation else "step"
-        self.error = TimeoutError(f"{what} exceeded its {timeout_text(timeout)} timeout")
+        error = TimeoutError(f"{what} exceeded its {timeout_text(timeout)} timeout")
+        self.error = error  # pyright: ignore[reportIncompatibleVariableOverride]
         self.duration = duration
         self.timeout = timeout
         if compensation:
@@ -153,6 +163,13 @@ class CompensationFailed(SagaRunError):
     of the completed steps whose compensation did not succeed, and ``errors`` every
     ``(step_index, step_name, error)`` when the orchestrator continues past failures.
     """
+
+    step_index: int
+    step_name: str
+    error: BaseException
+    trigger: BaseException | None
+    uncompensated: tuple[str, ...]
+    errors: tuple[tuple[int, str, BaseException], ...]
 
     def __init__(
         self,
@@ -187,6 +204,9 @@ class SagaAlreadyExecuting(SagaError):
     it until it is resumed (``sagakit resume``) or resolved (``sagakit resolve``).
     """
 
+    saga_id: str
+    dead_letter: str | None
+
     def __init__(self, saga_id: str, dead_letter: str | None = None) -> None:
         if dead_letter is None:
             message = (
@@ -213,6 +233,9 @@ class SagaAlreadyFailed(SagaError):
     (for example with ``sagakit resolve``) or use another id. ``in_memory`` says the
     run is in an in-memory store, which has no resolve: its message says so.
     """
+
+    saga_id: str
+    in_memory: bool
 
     def __init__(self, saga_id: str, in_memory: bool = False) -> None:
         if in_memory:
@@ -246,6 +269,11 @@ class SagaIdReused(SagaError):
     now; ``arguments`` names the arguments that differ (empty when the saga does).
     Nothing runs. An id is the idempotency key of one operation: give this one a new id.
     """
+
+    saga_id: str
+    recorded_name: str
+    name: str
+    arguments: tuple[str, ...]
 
     def __init__(
         self, saga_id: str, recorded_name: str, name: str, arguments: Sequence[str] = ()
@@ -299,6 +327,10 @@ class SagaAlreadyResolved(StoreError):
     repeats its first line, up to 200 characters (``error`` holds it whole).
     """
 
+    saga_id: str
+    resolved_at: datetime | None
+    error: str | None
+
     def __init__(
         self, saga_id: str, resolved_at: datetime | None = None, error: str | None = None
     ) -> None:
@@ -325,6 +357,9 @@ class CorruptLog(StoreError):
     The message advises a library user (restore the log from a backup, or point
     ``SQLiteStore`` at another path); the ``sagakit`` command says its own advice instead.
     """
+
+    path: str
+    reason: str
 
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(
@@ -368,6 +403,9 @@ class LeaseLost(StoreError):
     _stop_told: str | None = None
     """The id of the saga whose ``SAGA_STOPPED`` told this (internal: recovery and workers
     then log no record of their own for a released lease, see ``log_stopped``)."""
+
+    saga_id: str
+    released: bool
 
     def __init__(self, saga_id: str, released: bool = False) -> None:
         if released:

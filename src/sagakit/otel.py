@@ -21,11 +21,11 @@ try:
     from opentelemetry import context, trace
     from opentelemetry.context import Context
     from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-except ModuleNotFoundError as missing:  # pragma: no cover - tested in a subprocess
+except ModuleNotFoundError as _missing:  # pragma: no cover - tested in a subprocess
     raise ModuleNotFoundError(
-        f"sagakit.otel needs OpenTelemetry's API ({missing}): pip install 'sagakit[otel]'",
-        name=missing.name,
-    ) from missing
+        f"sagakit.otel needs OpenTelemetry's API ({_missing}): pip install 'sagakit[otel]'",
+        name=_missing.name,
+    ) from _missing
 
 from ._checks import not_the_class
 from ._notify import logger

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Self, TypeVar, assert_type
+from typing import Any, Generic, Literal, Self, TypeVar, assert_type
 
 from sagakit import (
     Codec,
+    CompensationFailed,
     JsonSerializer,
     LoggedStep,
     OrphanedSaga,
@@ -21,12 +22,14 @@ from sagakit import (
     Step,
     StepCall,
     StepStatus,
+    StepTimeout,
     Transition,
     register_codec,
     saga,
     step,
 )
 from sagakit.pytest_plugin import FaultMatrix
+from sagakit.stores import SQLiteStore
 from sagakit.testing import SIMULATED_TIMEOUT, FaultInjector, FaultMatrixReport
 
 T = TypeVar("T")
@@ -575,3 +578,16 @@ def transfer_yield_from(src: str, dst: str, amount: float) -> Generator[StepCall
 
 
 assert_type(transfer_yield_from("A", "B", 1.0), SagaDefinition)
+
+
+# Attributes declared in their class bodies: mypy and pyright read the same types (pyright
+# inferred ``SQLiteStore.synchronous`` as ``str``; mypy, ``StepTimeout.error`` as
+# ``BaseException``).
+def declared_attributes(
+    timeout: StepTimeout, failed: CompensationFailed, store: SQLiteStore
+) -> None:
+    assert_type(timeout.error, TimeoutError)
+    assert_type(timeout.duration, float)
+    assert_type(failed.uncompensated, tuple[str, ...])
+    assert_type(failed.errors, tuple[tuple[int, str, BaseException], ...])
+    assert_type(store.synchronous, Literal["NORMAL", "FULL"])

@@ -95,7 +95,7 @@ if TYPE_CHECKING:
     from ..records import SagaMetadata
     from ..transitions import Transition
 
-logger = logging.getLogger("sagakit")
+logger: logging.Logger = logging.getLogger("sagakit")
 
 _T = TypeVar("_T")
 
@@ -267,6 +267,15 @@ class PostgresStore:
     """
 
     durable = True
+    dsn: str
+    schema: str
+    lease: float
+    heartbeat: float
+    min_size: int
+    max_size: int
+    connect_timeout: float
+    serializer: JsonSerializer
+    owner: str
 
     def __init__(
         self,

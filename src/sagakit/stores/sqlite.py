@@ -125,7 +125,7 @@ DEFAULT_BUSY_TIMEOUT = 5.0
 CLAIM_PAGE = 256
 """Running sagas a claim reads at a time (more when its ``limit`` is higher)."""
 
-logger = logging.getLogger("sagakit")
+logger: logging.Logger = logging.getLogger("sagakit")
 
 
 def _done(problem: str | SagaAlreadyResolved | None) -> bool:
@@ -180,6 +180,11 @@ class SQLiteStore:
     """
 
     durable = True
+    path: str
+    synchronous: Literal["NORMAL", "FULL"]
+    busy_timeout: float
+    serializer: JsonSerializer
+    read_only: bool
 
     def __init__(
         self,

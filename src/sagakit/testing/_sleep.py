@@ -18,6 +18,9 @@ class InstantSleep:
     yields to the event loop once, so concurrent tasks interleave as they would.
     """
 
+    scale: float
+    delays: list[float]
+
     def __init__(self, scale: float = 0.0) -> None:
         if (
             isinstance(scale, bool)
@@ -28,7 +31,7 @@ class InstantSleep:
                 f"InstantSleep(scale=...) must be a finite number >= 0, got {scale!r}"
             )
         self.scale = as_float(scale)
-        self.delays: list[float] = []
+        self.delays = []
 
     async def __call__(self, seconds: float) -> None:
         self.delays.append(seconds)
