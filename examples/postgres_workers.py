@@ -30,9 +30,13 @@ import sys
 import time
 import uuid
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any, LiteralString
 
 from sagakit import PostgresStore, SagaOrchestrator, StepCall, current_step, saga, step
+
+if TYPE_CHECKING:  # psycopg is imported where it is used: without it, the example says so
+    from psycopg.abc import Query
+    from psycopg.sql import Composed
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 # The variable the DSN comes from, if any: messages name it, never the DSN (it may hold a password).
@@ -40,6 +44,18 @@ DSN_VARIABLES = ("SAGAKIT_POSTGRES_DSN", "SAGAKIT_TEST_POSTGRES_DSN")
 DSN_FROM = next((name for name in DSN_VARIABLES if os.environ.get(name)), None)
 DSN = os.environ[DSN_FROM] if DSN_FROM is not None else DEFAULT_DSN
 ACCOUNTS = 10
+
+
+def in_schema(schema: str, statement: LiteralString) -> Composed:
+    """``statement`` with ``{schema}`` replaced by the schema's quoted name.
+
+    psycopg takes a query as a literal string (values go in ``%s`` parameters) or composed
+    with ``psycopg.sql``; a name, which no parameter can stand for, goes in as an
+    ``Identifier`` (pyright refuses a query built with an f-string).
+    """
+    from psycopg import sql
+
+    return sql.SQL(statement).format(schema=sql.Identifier(schema))
 
 
 async def post(schema: str, account: str, amount: int) -> None:
@@ -50,12 +66,15 @@ async def post(schema: str, account: str, amount: int) -> None:
     assert ctx is not None
     async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as conn:
         await conn.execute(
-            f'INSERT INTO "{schema}".ledger (key, account, amount) VALUES (%s, %s, %s) '
-            "ON CONFLICT (key) DO NOTHING",
+            in_schema(
+                schema,
+                "INSERT INTO {schema}.ledger (key, account, amount) VALUES (%s, %s, %s) "
+                "ON CONFLICT (key) DO NOTHING",
+            ),
             (ctx.idempotency_key, account, amount),
         )
         await conn.execute(
-            f'INSERT INTO "{schema}".calls (step, worker) VALUES (%s, %s)',
+            in_schema(schema, "INSERT INTO {schema}.calls (step, worker) VALUES (%s, %s)"),
             (ctx.step_name, os.environ.get("ROLE", "?")),
         )
 
@@ -121,7 +140,7 @@ def spawn(role: str, schema: str) -> subprocess.Popen[str]:
     )
 
 
-def sql(statement: str) -> list[tuple[Any, ...]]:
+def run_sql(statement: Query) -> list[tuple[Any, ...]]:
     import psycopg
 
     with psycopg.connect(DSN, autocommit=True) as conn:
@@ -148,16 +167,21 @@ def main() -> None:
         print("pip install -e '.[postgres]'; the dev extra has it too)")
         return
     try:
-        sql("SELECT 1")
+        run_sql("SELECT 1")
     except Exception as error:
         where = DEFAULT_DSN if DSN_FROM is None else f"the DSN in {DSN_FROM}"
         name = type(error).__name__
         print(f"PostgreSQL is not reachable at {where} ({name}); set SAGAKIT_POSTGRES_DSN")
         return
     schema = "sagakit_example_" + uuid.uuid4().hex[:8]
-    sql(f'CREATE SCHEMA "{schema}"')
-    sql(f'CREATE TABLE "{schema}".ledger (key text PRIMARY KEY, account text, amount int)')
-    sql(f'CREATE TABLE "{schema}".calls (step text, worker text)')
+    run_sql(in_schema(schema, "CREATE SCHEMA {schema}"))
+    run_sql(
+        in_schema(
+            schema,
+            "CREATE TABLE {schema}.ledger (key text PRIMARY KEY, account text, amount int)",
+        )
+    )
+    run_sql(in_schema(schema, "CREATE TABLE {schema}.calls (step text, worker text)"))
     try:
         print("1. the submitter starts 10 transfers and is killed inside credit")
         victim = spawn("submitter", schema)
@@ -173,7 +197,10 @@ def main() -> None:
             assert proc.stdout is not None
             proc.stdout.readline()
         deadline = time.monotonic() + 60
-        while sql(f"SELECT count(*) FROM \"{schema}\".sagas WHERE status <> 'completed'") != [(0,)]:
+        unfinished = in_schema(
+            schema, "SELECT count(*) FROM {schema}.sagas WHERE status <> 'completed'"
+        )
+        while run_sql(unfinished) != [(0,)]:
             if time.monotonic() > deadline:
                 raise SystemExit("the workers did not finish the sagas")
             time.sleep(0.1)
@@ -184,14 +211,20 @@ def main() -> None:
             out, _ = proc.communicate(timeout=60)
             print(f"  {out.strip().splitlines()[-1]} (exit code {proc.returncode})")
         asyncio.run(report(schema))
-        calls = dict(sql(f'SELECT step, count(*) FROM "{schema}".calls GROUP BY 1'))
+        calls = dict(
+            run_sql(in_schema(schema, "SELECT step, count(*) FROM {schema}.calls GROUP BY 1"))
+        )
         print(f"step calls: debit={calls['debit']}, credit={calls['credit']}")
-        ((total, entries),) = sql(f'SELECT sum(amount), count(*) FROM "{schema}".ledger')
+        ((total, entries),) = run_sql(
+            in_schema(schema, "SELECT sum(amount), count(*) FROM {schema}.ledger")
+        )
         print(f"ledger entries: {entries}, money created or lost: {total}")
-        attempts = sql(f'SELECT DISTINCT recovery_attempts FROM "{schema}".sagas')
+        attempts = run_sql(
+            in_schema(schema, "SELECT DISTINCT recovery_attempts FROM {schema}.sagas")
+        )
         print(f"recovery attempts per saga: {json.dumps([a for (a,) in attempts])}")
     finally:
-        sql(f'DROP SCHEMA "{schema}" CASCADE')
+        run_sql(in_schema(schema, "DROP SCHEMA {schema} CASCADE"))
 
 
 if __name__ == "__main__":

@@ -731,3 +731,61 @@ def test_documented_defaults_are_the_code_s() -> None:
     limit = inspect.signature(MemoryStore).parameters["history_limit"].default
     monitoring = (ROOT / "docs" / "concepts" / "monitoring.md").read_text(encoding="utf-8")
     assert f"keeps the last **{limit:,}** finished runs" in monitoring
+
+
+def _sql_from_text(tree: ast.AST) -> list[str]:
+    """The calls of ``tree`` handing a query built from text (an f-string, ``+``, ``%`` or
+    ``str.format``) to ``execute``/``executemany``, to ``psycopg.sql.SQL`` or to a helper
+    named ``sql`` or ``*_sql``."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not node.args:
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if name not in ("execute", "executemany", "sql", "SQL") and not name.endswith("_sql"):
+            continue
+        query = node.args[0]
+        built = (
+            isinstance(query, ast.JoinedStr)
+            or (isinstance(query, ast.BinOp) and isinstance(query.op, ast.Add | ast.Mod))
+            or (
+                isinstance(query, ast.Call)
+                and isinstance(query.func, ast.Attribute)
+                and query.func.attr == "format"
+                and isinstance(query.func.value, ast.Constant)
+            )
+        )
+        if built:
+            found.append(ast.unparse(node))
+    return found
+
+
+def _shown_code() -> list[tuple[str, ast.Module]]:
+    """The examples, and the pages' code blocks (those that are Python: not signatures)."""
+    shown = [
+        (str(path.relative_to(ROOT)), ast.parse(path.read_text(encoding="utf-8")))
+        for path in sorted(ROOT.glob("examples/*.py"))
+    ]
+    for path in [ROOT / "README.md", *sorted(ROOT.glob("docs/**/*.md"))]:
+        text = path.read_text(encoding="utf-8")
+        for language in ("py", "python"):
+            for n, block in enumerate(_blocks(text, language)):
+                try:
+                    tree = ast.parse(block)
+                except SyntaxError:  # a signature: `*,` on a line of its own
+                    continue
+                shown.append((f"{path.relative_to(ROOT)} ({language} block {n})", tree))
+    return shown
+
+
+def test_shown_sql_is_never_built_from_text() -> None:
+    """The examples and the docs pass psycopg a query as a literal string (values as
+    parameters) or composed with ``psycopg.sql`` (names as ``Identifier``): psycopg types
+    queries as ``LiteralString``, so pyright refused ``execute(f"... {schema} ...")`` in
+    examples/postgres_workers.py and in docs/testing.md's PostgreSQL fixture."""
+    shown = _shown_code()
+    assert any(where.startswith("examples/postgres_workers.py") for where, _ in shown)
+    assert any(where.startswith("docs/testing.md (py") for where, _ in shown)
+    problems = [f"{where}: {call}" for where, tree in shown for call in _sql_from_text(tree)]
+    assert not problems, "\n".join(problems)
