@@ -624,7 +624,7 @@ def test_an_unknown_saga_on_postgres_does_not_print_the_password(
     assert password not in err, err
     assert cli("--db", secret_dsn, "--schema", schema, "resolve", "nope", "--note", "x")[0] == 1
     err = capsys.readouterr().err
-    assert "no saga with id 'nope'" in err
+    assert "no saga 'nope'" in err  # as `show` says it
     assert "`sagakit list` lists its sagas" in err
 
 
