@@ -2616,6 +2616,12 @@ def test_resolving_a_saga_resolved_already_exits_1_saying_when_and_with_what_not
     assert (
         " UTC (resolved by an operator: refunded by hand (was: stuck)); nothing is changed" in err
     )
+    # It said "nothing is changed, as resolving it again would not: its id may be executed
+    # again", which reads as if resolving it again were what frees the id.
+    assert err.endswith(
+        "; nothing is changed: the first note stands, and the saga's id may already be "
+        "executed again\n"
+    ), err
     assert cli("--db", db, "show", "parked", "--json")[1] == shown
 
 
