@@ -756,7 +756,8 @@ class FaultInjector:
         self._check_steps(error)
 
     def __repr__(self) -> str:
-        return f"<FaultInjector {len(self._rules)} faults, {len(self.fired)} fired>"
+        faults = f"{len(self._rules)} fault{'' if len(self._rules) == 1 else 's'}"
+        return f"<FaultInjector {faults}, {len(self.fired)} fired>"
 
 
 async def simulate_restart(store: SagaStore) -> None:
