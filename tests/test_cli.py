@@ -392,6 +392,24 @@ def test_resolve_of_a_saga_of_another_host_says_to_release_it_first(
     assert cli("--db", db, "resolve", "far", "--note", "refunded")[0] == 0
 
 
+def test_resolve_of_a_saga_a_live_process_of_this_host_runs_names_the_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: the refusal told a `sagakit resolve` user to "run recover() once its
+    # process is gone", a Python call, and not that resolve itself settles the saga then.
+    from sagakit.stores._sqlite_owner import current_owner
+
+    db, _ = crashed_in_credit(tmp_path, "near", "SELECT 1")
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE sagakit_sagas SET owner = ? WHERE id = 'near'", (current_owner(),))
+    assert cli("--db", db, "resolve", "near", "--note", "refunded") == (1, "")
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("sagakit: saga 'near' is still executing under a live process ")
+    assert "recover()" not in line, line
+    assert "once that process is gone, `sagakit resolve` settles it" in line, line
+    assert "`sagakit recover` finishes it" in line, line
+
+
 # ----------------------------------------------- logs that are not there
 
 

@@ -1235,8 +1235,9 @@ class SQLiteStore:
             if finished is None and parked is None and owner_alive(holder):
                 return (
                     f"saga {saga_id!r} is still {status} under a live process ({holder}); "
-                    "let it finish, or run recover() once its process is gone (a process of "
-                    "another host or container: `sagakit release` the saga first)"
+                    "let it finish: once that process is gone, `sagakit resolve` settles it "
+                    "and `sagakit recover` finishes it (a process of another host or "
+                    "container: `sagakit release` the saga first)"
                 )
             if status in ("completed", "compensated"):
                 return f"saga {saga_id!r} ended {status}; there is nothing to resolve"
