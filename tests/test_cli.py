@@ -392,6 +392,24 @@ def test_resolve_of_a_saga_of_another_host_says_to_release_it_first(
     assert cli("--db", db, "resolve", "far", "--note", "refunded")[0] == 0
 
 
+def test_resolve_of_a_saga_a_live_process_of_this_host_runs_names_the_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression: the refusal told a `sagakit resolve` user to "run recover() once its
+    # process is gone", a Python call, and not that resolve itself settles the saga then.
+    from sagakit.stores._sqlite_owner import current_owner
+
+    db, _ = crashed_in_credit(tmp_path, "near", "SELECT 1")
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE sagakit_sagas SET owner = ? WHERE id = 'near'", (current_owner(),))
+    assert cli("--db", db, "resolve", "near", "--note", "refunded") == (1, "")
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("sagakit: saga 'near' is still executing under a live process ")
+    assert "recover()" not in line, line
+    assert "once that process is gone, `sagakit resolve` settles it" in line, line
+    assert "`sagakit recover` finishes it" in line, line
+
+
 # ----------------------------------------------- logs that are not there
 
 
@@ -624,7 +642,7 @@ def test_an_unknown_saga_on_postgres_does_not_print_the_password(
     assert password not in err, err
     assert cli("--db", secret_dsn, "--schema", schema, "resolve", "nope", "--note", "x")[0] == 1
     err = capsys.readouterr().err
-    assert "no saga with id 'nope'" in err
+    assert "no saga 'nope'" in err  # as `show` says it
     assert "`sagakit list` lists its sagas" in err
 
 
@@ -2616,6 +2634,12 @@ def test_resolving_a_saga_resolved_already_exits_1_saying_when_and_with_what_not
     assert (
         " UTC (resolved by an operator: refunded by hand (was: stuck)); nothing is changed" in err
     )
+    # It said "nothing is changed, as resolving it again would not: its id may be executed
+    # again", which reads as if resolving it again were what frees the id.
+    assert err.endswith(
+        "; nothing is changed: the first note stands, and the saga's id may already be "
+        "executed again\n"
+    ), err
     assert cli("--db", db, "show", "parked", "--json")[1] == shown
 
 

@@ -1007,9 +1007,9 @@ async def test_dead_letters_resume_and_resolve(dsn: str, schema: str) -> None:
         assert again.recovery_attempts == 1
         await b.dead_letter("crashy", "operator wants it parked")
         assert [d.reason for d in await b.dead_letters()] == ["operator wants it parked"]
-        with pytest.raises(StoreError, match="not dead-lettered"):
+        with pytest.raises(StoreError, match="no saga 'nope'"):
             await b.resume_dead_letter("nope")
-        with pytest.raises(StoreError, match="no saga with id 'nope'"):
+        with pytest.raises(StoreError, match="no saga 'nope'"):
             await b.resolve("nope", "?")
         await b.resolve("crashy", "fixed by hand")
         assert await b.dead_letters() == []

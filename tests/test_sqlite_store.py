@@ -222,7 +222,7 @@ async def test_failed_id_is_refused_until_resolved(db: str) -> None:
             await orchestrator.execute(sqlite_fragile("B"), saga_id="f2")
         with pytest.raises(StoreError, match="nothing to resolve"):
             await store.resolve("f1", "no")
-        with pytest.raises(StoreError, match="not in"):
+        with pytest.raises(StoreError, match="no saga 'nope' in"):
             await store.resolve("nope", "no")
         await store.resolve("f2", "refunded by hand")
         meta = await orchestrator.get_saga("f2")

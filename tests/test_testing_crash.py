@@ -484,7 +484,7 @@ async def test_a_compensation_a_crash_interrupted_never_stays_running_on_every_s
     assert outcome.status is SagaStatus.FAILED
     assert final is not None
     assert final.status is SagaStatus.FAILED
-    injected = "InjectedFault: injected into compensation of step 'charge', attempt 1"
+    injected = "InjectedFault: injected into the compensation of step 'charge', attempt 1"
     assert [(c.name, str(c.status), c.error) for c in final.compensations] == [
         ("charge", "failed", injected),
         ("reserve", "completed", None),

@@ -64,8 +64,8 @@ async def test_a_fault_on_a_step_that_never_ran_is_noted_on_the_failing_block() 
     ]
     # Nothing failed, so nothing was compensated (expected: CompensationFailed).
     assert await _notes(FaultInjector().fail_compensation("never_fired.reserve")) == [
-        "FaultInjector: the fault on compensation of step 'never_fired.reserve' never fired: "
-        "the step was never compensated where the injector is active"
+        "FaultInjector: the fault on the compensation of step 'never_fired.reserve' never "
+        "fired: the step was never compensated where the injector is active"
     ]
 
 

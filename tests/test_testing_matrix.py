@@ -233,9 +233,9 @@ async def test_a_crash_around_the_matrix_in_one_of_its_cases_is_named() -> None:
     assert str(info.value) == (
         "the fault matrix runs saga 'testing_matrix.order' with step 0 'reserve' timing "
         "out (its case \"step 0 'reserve' times out\"), but that run failed: SimulatedCrash("
-        "\"simulated crash at compensation of step 'reserve'\"); a fault active around the "
-        "call fired in it (at step 'reserve' compensation): run the matrix without that "
-        "fault, outside its `with injector:` block or before adding it to saga_faults"
+        "\"simulated crash at the compensation of step 'reserve'\"); a fault active around "
+        "the call fired in it (at the compensation of step 'reserve'): run the matrix without "
+        "that fault, outside its `with injector:` block or before adding it to saga_faults"
     )
 
 

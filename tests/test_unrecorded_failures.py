@@ -173,7 +173,7 @@ async def test_a_compensation_the_log_could_not_record_is_told_in_the_saga_error
     message = told.getMessage()
     assert told.levelno == logging.ERROR
     assert "uf-undo" in message
-    assert "compensation 1 ('uf_hold')" in message
+    assert "that the compensation of step 1 ('uf_hold') " in message
     assert "StoreError: the disk is full" in message
     assert "left uncompensated: uf_hold, uf_take" in message
     assert "resolve" in message
@@ -256,7 +256,8 @@ async def test_a_stopped_compensation_whose_end_is_unrecorded_is_left_to_recover
     ]
     wrong = ("undo those steps by hand", "ends FAILED", "ended FAILED")
     assert not [text for text in said if any(w in text for w in wrong)], said
-    [told] = [r for r in caplog.records if "could not record that compensation" in r.getMessage()]
+    unrecorded = "could not record that the compensation of step"
+    [told] = [r for r in caplog.records if unrecorded in r.getMessage()]
     assert told.levelno == logging.WARNING
     assert "left for recovery" in told.getMessage()
     assert any("left for recovery" in note for note in raised.value.__notes__)

@@ -6,6 +6,10 @@ on both, worded differently ("an event of step 'gen'", "an event of 'gen'"). Bot
 name the record as the messages reading a log back do, from one place
 (``stores._records.record_name``), and keep the serializer's fix after it. (A
 ``MemoryStore`` keeps the objects themselves: nothing is serialized, so nothing fails.)
+
+A compensation's record was named "compensation 0 ('take')", which reads as the first
+compensation rather than the one undoing step 0: it is "the compensation of step 0
+('take')", as a compensation's other errors name it.
 """
 
 from __future__ import annotations
@@ -108,7 +112,8 @@ async def test_an_unstorable_result_names_the_step_by_index_and_name(
     assert undo.status is StepStatus.COMPLETED
     assert undo.error is not None
     assert undo.error.startswith(
-        "result not stored: cannot store the result of compensation 0 ('unstorable_take'): "
+        "result not stored: cannot store the result of the compensation of step 0 "
+        "('unstorable_take'): "
         f"{__name__}.Opaque {FIX}"
     ), undo.error
 

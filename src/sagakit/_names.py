@@ -20,6 +20,14 @@ def qualname_of(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
+def record_name(compensation: object, index: object, name: object) -> str:
+    """How an error or a log record names a step's record, wherever it is made (a run,
+    a store writing or reading it): ``"step 3 ('gen')"``, or ``"the compensation of step
+    3 ('gen')"`` for the one undoing step 3 (a compensation is numbered by its step)."""
+    which = f"step {index} ({name!r})"
+    return f"the compensation of {which}" if compensation else which
+
+
 def written_name(obj: object, fallback: str) -> str:
     """How code names ``obj``: its qualified name, without the ``<locals>.`` path of a
     function it is defined in (``fallback`` if it has no qualified name)."""

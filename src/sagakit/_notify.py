@@ -26,6 +26,7 @@ from ._members import (
     SAGA_COMPLETED,
     SAGA_FAILED,
 )
+from ._names import record_name
 from ._runs import SagaRun, describe_error
 from ._tracebacks import hide_from_pytest
 from .records import one_line
@@ -207,8 +208,8 @@ def unwritten_what(transition: Transition) -> str:
     verb = _UNWRITTEN_VERBS.get(kind, str(kind))
     if transition.step_index is None:
         return f"that the saga {verb}"
-    role = "compensation" if kind.startswith("compensation") else "step"
-    text = f"that {role} {transition.step_index} ({transition.step_name!r}) {verb}"
+    undo = kind.startswith("compensation")
+    text = f"that {record_name(undo, transition.step_index, transition.step_name)} {verb}"
     if transition.error is not None:  # a failure, or the attempt's that is retried
         text += f" ({describe_error(transition.error)})"
     return text

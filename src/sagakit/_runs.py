@@ -24,6 +24,7 @@ from ._members import (
     STEP_COMPLETED,
     STEP_RUNNING,
 )
+from ._names import record_name
 from ._tracebacks import hide_from_pytest
 from .exceptions import SagaDefinitionError, error_text
 from .records import SagaMetadata, StepRecord
@@ -103,8 +104,7 @@ def events_of(result: Any, record: StepRun | None = None) -> Sequence[Any]:
 
 def _which(record: StepRun) -> str:
     """``record`` as an error names it: ``"step 1 ('charge')"``, or its compensation."""
-    which = f"step {record.index} ({record.name!r})"
-    return f"the compensation of {which}" if record.compensation else which
+    return record_name(record.compensation, record.index, record.name)
 
 
 def returned_iterator(record: StepRun, result: Any) -> SagaDefinitionError:

@@ -337,8 +337,8 @@ class SagaAlreadyResolved(StoreError):
         when = "" if resolved_at is None else f" at {resolved_at:%Y-%m-%d %H:%M:%S} UTC"
         said = "" if error is None else f" ({_start_of(error)})"
         super().__init__(
-            f"saga {saga_id!r} was resolved already{when}{said}; nothing is changed, as "
-            "resolving it again would not: its id may be executed again"
+            f"saga {saga_id!r} was resolved already{when}{said}; nothing is changed: the "
+            "first note stands, and the saga's id may already be executed again"
         )
         self.saga_id = saga_id
         self.resolved_at = resolved_at

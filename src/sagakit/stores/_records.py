@@ -9,6 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from .._names import record_name
 from .._serialization import JsonSerializer
 from ..exceptions import SagaDefinitionError, SerializationError, StoreError
 from ..records import SagaMetadata, StepRecord
@@ -50,12 +51,6 @@ def known_status(kind: type[_Status], stored: Any, saga_id: str, step: str = "")
             f"does not know (it knows {known}): the row was edited by hand, or written by "
             "a newer sagakit; set it to one of those, or read the log with that sagakit"
         ) from None
-
-
-def record_name(compensation: object, index: int, name: str) -> str:
-    """How an error names a step record, on every store, writing its values or reading
-    them: ``"step 3 ('gen')"``, ``"compensation 3 ('gen')"`` (the one undoing step 3)."""
-    return f"{'compensation' if compensation else 'step'} {index} ({name!r})"
 
 
 def completion_texts(

@@ -1602,12 +1602,13 @@ class PostgresStore:
         check_saga_id(saga_id, "resume_dead_letter()")
         update = self._operator_update(self._sql.resume, saga_id, {})
         if not await self._operator_call(update, "resume_dead_letter()"):
-            raise StoreError(
-                _with_doubt(
-                    f"saga {saga_id!r} is not dead-lettered; `sagakit dead-letters` lists those",
-                    update.doubt("resume_dead_letter()"),
-                )
+            # A typo, or another log: no saga, not "not dead-lettered".
+            problem = (
+                f"saga {saga_id!r} is not dead-lettered; `sagakit dead-letters` lists those"
+                if await self.get(saga_id) is not None
+                else self._no_saga(saga_id)
             )
+            raise StoreError(_with_doubt(problem, update.doubt("resume_dead_letter()")))
 
     async def resolve(self, saga_id: str, note: str) -> None:
         check_saga_id(saga_id, "resolve()")
@@ -1624,13 +1625,7 @@ class PostgresStore:
             raise resolved
         known = await self.get(saga_id)
         if known is None:
-            raise StoreError(
-                _with_doubt(
-                    f"no saga with id {saga_id!r} in schema {self.schema!r}; "
-                    "`sagakit list` lists its sagas",
-                    doubt,
-                )
-            )
+            raise StoreError(_with_doubt(self._no_saga(saga_id), doubt))
         raise StoreError(
             _with_doubt(
                 f"saga {saga_id!r} is {known.status} and not dead-lettered; only "
@@ -1638,6 +1633,14 @@ class PostgresStore:
                 "expired, can be resolved",
                 doubt,
             )
+        )
+
+    def _no_saga(self, saga_id: str) -> str:
+        """What an operator's call on ``saga_id``, which the log does not hold, is told
+        (as ``sagakit show`` says it)."""
+        return (
+            f"no saga {saga_id!r} in schema {self.schema!r} of the PostgreSQL database; "
+            "`sagakit list` lists its sagas"
         )
 
     async def _operator_call(self, update: OperatorUpdate, call: str) -> bool:

@@ -1152,19 +1152,24 @@ class SQLiteStore:
         check_saga_id(saga_id, "resume_dead_letter()")
         self._refuse_writes()
 
-        def job(conn: sqlite3.Connection) -> int:
-            return conn.execute(
+        def job(conn: sqlite3.Connection) -> str | None:
+            if conn.execute(
                 "UPDATE sagakit_sagas SET dead_letter = NULL, parked_at = NULL, "
                 "recovery_attempts = 0, owner = NULL "
                 "WHERE id = ? AND dead_letter IS NOT NULL AND finished_at IS NULL",
                 (saga_id,),
-            ).rowcount
+            ).rowcount:
+                return None
+            if conn.execute("SELECT 1 FROM sagakit_sagas WHERE id = ?", (saga_id,)).fetchone():
+                return (
+                    f"saga {saga_id!r} is not dead-lettered in {self.path!r}; "
+                    "list them with `sagakit dead-letters`"
+                )
+            return self._no_saga(saga_id)  # a typo, or another log: not "not dead-lettered"
 
-        if not await self._operator_write(job, bool):
-            raise StoreError(
-                f"saga {saga_id!r} is not dead-lettered in {self.path!r}; "
-                "list them with `sagakit dead-letters`"
-            )
+        problem = await self._operator_write(job, _done)
+        if problem is not None:
+            raise StoreError(problem)
 
     async def release(self, saga_id: str) -> None:
         """Forget the owner of a running saga, so the next recovery claims it.
@@ -1227,7 +1232,7 @@ class SQLiteStore:
                 (saga_id,),
             ).fetchone()
             if row is None:
-                return f"saga {saga_id!r} is not in {self.path!r}; `sagakit list` lists its sagas"
+                return self._no_saga(saga_id)
             status, holder, parked, finished, resolved, updated, error, started = row
             if resolved and finished is not None:
                 # Once is enough: again, it nested the first note in the second's "(was:".
@@ -1235,8 +1240,9 @@ class SQLiteStore:
             if finished is None and parked is None and owner_alive(holder):
                 return (
                     f"saga {saga_id!r} is still {status} under a live process ({holder}); "
-                    "let it finish, or run recover() once its process is gone (a process of "
-                    "another host or container: `sagakit release` the saga first)"
+                    "let it finish: once that process is gone, `sagakit resolve` settles it "
+                    "and `sagakit recover` finishes it (a process of another host or "
+                    "container: `sagakit release` the saga first)"
                 )
             if status in ("completed", "compensated"):
                 return f"saga {saga_id!r} ended {status}; there is nothing to resolve"
@@ -1262,6 +1268,11 @@ class SQLiteStore:
             raise problem
         if problem is not None:
             raise StoreError(problem)
+
+    def _no_saga(self, saga_id: str) -> str:
+        """What an operator's call on ``saga_id``, which the log does not hold, is told
+        (as ``sagakit show`` says it)."""
+        return f"no saga {saga_id!r} in {self.path!r}; `sagakit list` lists its sagas"
 
     async def _operator_write(self, job: Job, changed: Callable[[Any], bool]) -> Any:
         """Commit the job of :meth:`resume_dead_letter`, :meth:`release` or :meth:`resolve`.

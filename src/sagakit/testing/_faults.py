@@ -475,7 +475,7 @@ class FaultInjector:
                     f"crash({option}=...) must be True or False, got {value!r}{hint}"
                 )
         [name] = step_names((step,), "crash")
-        where = "compensation of step" if compensation else "step"
+        where = "the compensation of step" if compensation else "step"
         crash = SimulatedCrash(
             f"simulated {'process ' if process else ''}crash at {where} {name!r}"
             f"{' after it acted' if after else ''}"
@@ -545,7 +545,7 @@ class FaultInjector:
             if where is None or rule in self._hit:
                 continue
             name = rule.target if isinstance(rule.target, str) else rule.target.name
-            what = f"compensation of step {name!r}" if rule.compensation else f"step {name!r}"
+            what = f"the compensation of step {name!r}" if rule.compensation else f"step {name!r}"
             under_test = sorted({i for i, aimed in where if aimed and i is not None})
             nested = sorted({i for i, aimed in where if not aimed and i is not None})
             ran = []
@@ -592,7 +592,7 @@ class FaultInjector:
                 else target not in COMPENSATED_NAMES
             ):
                 continue  # no compensation: said by _unknown_steps
-            what = f"compensation of step {name!r}" if rule.compensation else f"step {name!r}"
+            what = f"the compensation of step {name!r}" if rule.compensation else f"step {name!r}"
             if not runs:
                 why = (
                     "the step was never compensated where the injector is active"
@@ -688,7 +688,7 @@ class FaultInjector:
                 return fault
             self._hit.add(rule)
             if isinstance(fault, type):
-                what = "compensation of step" if compensation else "step"
+                what = "the compensation of step" if compensation else "step"
                 fault = fault(f"injected into {what} {step.name!r}, attempt {attempt}")
             self.fired.append(FiredFault(step.name, _running_index(), attempt, compensation, fault))
             return fault
@@ -756,7 +756,8 @@ class FaultInjector:
         self._check_steps(error)
 
     def __repr__(self) -> str:
-        return f"<FaultInjector {len(self._rules)} faults, {len(self.fired)} fired>"
+        faults = f"{len(self._rules)} fault{'' if len(self._rules) == 1 else 's'}"
+        return f"<FaultInjector {faults}, {len(self.fired)} fired>"
 
 
 async def simulate_restart(store: SagaStore) -> None:

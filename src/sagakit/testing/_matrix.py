@@ -175,9 +175,10 @@ class _FiredAround:
 
 def _around_note(fired: FiredFault) -> str:
     """Why a run of the matrix failed: a fault active around it fired in it."""
+    where = f"step {fired.step_name!r}"
     return (
-        f"; a fault active around the call fired in it (at step {fired.step_name!r}"
-        f"{' compensation' if fired.compensation else ''}): run the matrix "
+        "; a fault active around the call fired in it (at "
+        f"{f'the compensation of {where}' if fired.compensation else where}): run the matrix "
         "without that fault, outside its `with injector:` block or before adding "
         "it to saga_faults"
     )

@@ -411,4 +411,8 @@ class SagaRecorder:
         self.run(saga_id).assert_trail(*lines)
 
     def __repr__(self) -> str:
-        return f"<SagaRecorder {len(self._runs)} runs, {len(self.transitions)} transitions>"
+        runs, transitions = len(self._runs), len(self.transitions)
+        return (
+            f"<SagaRecorder {runs} run{'' if runs == 1 else 's'}, "
+            f"{transitions} transition{'' if transitions == 1 else 's'}>"
+        )
