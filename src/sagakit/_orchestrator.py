@@ -656,7 +656,11 @@ class SagaOrchestrator:
         acted: StepRun | None = None  # the step record whose function was last called
         index = 0
         value: Any = None
-        listed = run.definition._state[2] if driver is None else None
+        # Read when there is no driver (whose steps are the definition's tuple, never
+        # None then: see execute()); tested per step by ``driver``, without an assert.
+        listed: tuple[StepCall[Any], ...] = (
+            (run.definition._state[2] or ()) if driver is None else ()
+        )
         try:
             if announce:
                 await self._emit(run, ON_SAGA_STARTED)
@@ -665,12 +669,11 @@ class SagaOrchestrator:
                     # The caller's cancellation, caught and swallowed (by the step that
                     # just returned, or a listener): the saga stops all the same.
                     raise asyncio.CancelledError
-                if listed is not None:
+                if driver is None:
                     if index == len(listed):
                         break
                     call = listed[index]
                 else:
-                    assert driver is not None
                     try:
                         call = driver.send(value)
                     except StopIteration as stopped:

@@ -376,16 +376,17 @@ def _not_a_call_hint(call: object) -> str:
     return ""
 
 
-def _positional_range(fn: Callable[..., Any]) -> tuple[int, int] | None:
-    """How many positional arguments ``fn`` takes (fewest, most), when it takes only those."""
+def _positional_counts(fn: Callable[..., Any]) -> tuple[int, ...]:
+    """How many positional arguments ``fn`` may be called with, when it takes only those
+    (a tuple's ``in`` is cheaper than comparing with its bounds); else none."""
     try:
         parameters = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # no signature to read: bind every call
-        return None
+        return ()
     if any(p.kind not in _POSITIONAL for p in parameters):
-        return None
+        return ()
     required = sum(1 for p in parameters if p.default is p.empty)
-    return required, len(parameters)
+    return tuple(range(required, len(parameters) + 1))
 
 
 def _register(function: SagaFunction[...]) -> None:
@@ -488,9 +489,8 @@ class SagaFunction(Generic[P]):
         # Step or saga calls made as statements: refused now, or at the first call for
         # names not declared yet (one falsy attribute read per call after that).
         self._unchecked = check_discarded_calls(fn, name, saga_type=SagaFunction)
-        self._positional: tuple[int, int] | None = (
-            _positional_range(fn) if self._is_generator else None
-        )
+        # The positional argument counts that bind without a check (none: always checked).
+        self._counts: tuple[int, ...] = _positional_counts(fn) if self._is_generator else ()
         self.__name__ = getattr(fn, "__name__", name)
         self.__qualname__ = getattr(fn, "__qualname__", name)
         self.__doc__ = fn.__doc__
@@ -562,8 +562,8 @@ class SagaFunction(Generic[P]):
             self._unchecked = ()  # still undeclared: no step or saga this saga could run
         calls: tuple[StepCall[Any], ...] | None = None
         if self._is_generator:
-            fits = self._positional  # plain positional arguments that fit need no binding
-            if fits is None or kwargs or not fits[0] <= len(args) <= fits[1]:
+            # Plain positional arguments that fit need no binding.
+            if kwargs or len(args) not in self._counts:
                 self._check_arguments(args, kwargs)
         else:
             try:

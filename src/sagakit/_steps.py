@@ -727,23 +727,41 @@ def _call_maker(spec: StepSpec) -> Callable[..., StepCall[Any]]:
     """``Step.__call__`` for one step, with its options at hand (see ``Step.__new__``)."""
     fn = spec.fn
     arity = spec.arity
-    least = arity - len(spec.defaults)  # below zero when arity is -1: always checked
+    # The positional argument counts that bind without a check (none when arity is -1:
+    # always checked); a tuple's ``in`` costs less than a chained comparison.
+    counts = tuple(range(arity - len(spec.defaults), arity + 1)) if arity >= 0 else ()
 
-    plain_classmethods = CLASSMETHOD_CALLS_PLAINLY  # read once: this runs per step call
+    if CLASSMETHOD_CALLS_PLAINLY:
 
-    def __call__(self: Step[Any, Any], *args: Any, **kwargs: Any) -> StepCall[Any]:
-        if kwargs or not least <= len(args) <= arity:
-            check_arguments(spec, args, kwargs)
-        if plain_classmethods and args and _class_method_of(self, args[0]):
-            return _bound_to_class(self, args, kwargs)
-        call: StepCall[Any] = _new_call(StepCall)  # no __init__ frame: this is per step
-        call._step = self
-        call._spec = spec
-        call._fn = fn
-        call._instance = None
-        call._args = args
-        call._kwargs = kwargs
-        return call
+        def __call__(self: Step[Any, Any], *args: Any, **kwargs: Any) -> StepCall[Any]:
+            if kwargs or len(args) not in counts:
+                check_arguments(spec, args, kwargs)
+            if args and _class_method_of(self, args[0]):
+                return _bound_to_class(self, args, kwargs)
+            call: StepCall[Any] = _new_call(StepCall)  # no __init__ frame: this is per step
+            call._step = self
+            call._spec = spec
+            call._fn = fn
+            call._instance = None
+            call._args = args
+            call._kwargs = kwargs
+            return call
+
+    else:
+        # Before Python 3.13 ``classmethod`` binds through the step's ``__get__``: no
+        # class method to tell apart per call.
+
+        def __call__(self: Step[Any, Any], *args: Any, **kwargs: Any) -> StepCall[Any]:
+            if kwargs or len(args) not in counts:
+                check_arguments(spec, args, kwargs)
+            call: StepCall[Any] = _new_call(StepCall)  # no __init__ frame: this is per step
+            call._step = self
+            call._spec = spec
+            call._fn = fn
+            call._instance = None
+            call._args = args
+            call._kwargs = kwargs
+            return call
 
     return __call__
 
