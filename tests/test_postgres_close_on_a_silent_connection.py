@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from pg_helpers.db import opened
+from pg_helpers.proxy import proxied
 from pg_helpers.silent import never_answering
 from sagakit import PostgresStore, SagaOrchestrator, SagaStatus, StepStatus, saga, step
 from sagakit.stores._pg_writer import Write
@@ -188,3 +189,57 @@ async def test_a_close_cancelled_while_its_staged_writes_get_no_answer_ends_and_
         "sagakit could not write the staged transitions of 1 sagas on close: close() was "
         "cancelled; recovery finishes them from what the log holds: cs_order (cs-cancel)"
     )
+
+
+def staged_ship(store: PostgresStore, saga_id: str) -> None:
+    """As if the recovered run of ``saga_id`` completed ship and stopped before its next
+    write: the completion is staged, to go with that write (here close()'s)."""
+    fence = store._held[saga_id].fence
+    store._staged[saga_id] = [
+        Write(saga_id, "cs_order", fence, str(SagaStatus.EXECUTING), index=1,
+              step_name="cs_ship", step_status=str(StepStatus.COMPLETED), attempts=2,
+              duration=0.001, result='"o"')
+    ]  # fmt: skip
+
+
+async def test_closing_a_store_behind_a_proxy_that_stops_forwarding_returns(
+    dsn: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The same with psycopg itself on connections gone silent (a TCP proxy that stops
+    # forwarding and drops nothing): a renewal on its way, whose cancellation psycopg
+    # asks the server for in vain, a staged write, the release.
+    ran.clear()
+    await crashed_at_ship(dsn, schema, "cs-proxy")
+    with proxied(dsn) as proxy:
+        store = PostgresStore(
+            proxy.dsn(), schema=schema, connect_timeout=1.0, lease=1.0, heartbeat=0.1, min_size=2
+        )
+        await store.open()
+        assert [o.saga_id for o in await store.claim_orphans()] == ["cs-proxy"]
+        staged_ship(store, "cs-proxy")
+        renew = store.renew
+        renewing = asyncio.Event()
+
+        async def noted_renewal() -> int:
+            renewing.set()
+            return await renew()
+
+        store.renew = noted_renewal  # type: ignore[method-assign]
+        proxy.silence()
+        renewing.clear()
+        await renewing.wait()  # a renewal on its way, which gets no answer
+        await closed(store)
+        assert store._pool is None
+        [unwritten] = [m for m in warnings(caplog) if "staged" in m]
+        assert unwritten.endswith(
+            "recovery finishes them from what the log holds: cs_order (cs-proxy)"
+        )
+    async with opened(dsn, schema) as other:
+        async with asyncio.timeout(GIVE_UP):
+            while True:  # until the lease that close() could not release runs out
+                outcomes = await SagaOrchestrator(other).recover()
+                if outcomes:
+                    break
+                await asyncio.sleep(0.05)
+        assert [(o.saga_id, o.status) for o in outcomes] == [("cs-proxy", SagaStatus.COMPLETED)]
+    assert ran == ["book o", "ship o"]
