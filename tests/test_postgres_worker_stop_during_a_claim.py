@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from pg_helpers.db import opened
+from pg_helpers.silent import never_answering
 from sagakit import PostgresStore, SagaOrchestrator, saga, step
 from sagakit.stores import OrphanedSaga
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
@@ -48,40 +48,6 @@ async def sc_ship(order: str) -> str:
 def sc_order(order: str) -> Any:
     yield sc_book(order)
     yield sc_ship(order)
-
-
-def never_answering(
-    reached: asyncio.Event,
-    cancelled: list[str],
-    what: str,
-    *,
-    stubborn: bool = False,
-    on_cancel: Callable[[], None] | None = None,
-) -> Any:
-    """A store method that sets ``reached``, then never answers (a silent connection);
-    cancelled, it notes ``what`` in ``cancelled`` and calls ``on_cancel``. ``stubborn``:
-    its cancellation gets no answer either (a driver asking the silent server to cancel
-    the statement), until it is cancelled again (notes ``what + " again"``)."""
-
-    async def never_answer(**options: Any) -> Any:
-        reached.set()
-        try:
-            await asyncio.Event().wait()  # no answer, ever
-        except asyncio.CancelledError:
-            cancelled.append(what)
-            if on_cancel is not None:
-                on_cancel()
-            if stubborn:
-                try:
-                    # The cancel request gets no answer (for long past the test's guard:
-                    # a worker that waits it out fails the test, not hangs it).
-                    await asyncio.sleep(2 * GIVE_UP)
-                except asyncio.CancelledError:
-                    cancelled.append(f"{what} again")
-                    raise
-            raise
-
-    return never_answer
 
 
 async def stop_once(orchestrator: SagaOrchestrator, reached: asyncio.Event) -> None:

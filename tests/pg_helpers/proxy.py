@@ -6,6 +6,9 @@ it alone: ``cut()`` drops its connections and, until ``restore()``, treats new o
 as ``mode`` says: ``"reset"`` accepts and closes them at once (a server still starting
 up), ``"refused"`` stops listening (nothing on the port: connection refused),
 ``"blackholed"`` accepts them and never answers (a host gone from the network).
+``silence()`` keeps its connections open but stops forwarding anything on them, and holds
+new ones unanswered: a network partition that resets nothing, where a statement waits
+for the kernel to give up (some 15 minutes), and so does psycopg's request to cancel it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Proxy:
         self.refusing = False
         self.mode = "reset"
         self.refused = 0  # connections refused (reset or held unanswered) while cut off
+        self.silent = False  # by silence(): nothing is forwarded, no connection dropped
         self._held: set[asyncio.StreamWriter] = set()  # blackholed connections
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._sock = socket.socket()
@@ -80,6 +84,8 @@ class Proxy:
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
             try:
                 while data := await source.read(65536):
+                    if self.silent:
+                        continue  # lost on the way
                     sink.write(data)
                     await sink.drain()
             except OSError:
@@ -122,6 +128,17 @@ class Proxy:
 
         self._call(drop)
 
+    def silence(self) -> None:
+        """Until :meth:`restore`, forward nothing on the open connections (without closing
+        them) and hold new ones unanswered."""
+
+        def quiet() -> None:
+            self.silent = True
+            self.refusing = True
+            self.mode = "blackholed"
+
+        self._call(quiet)
+
     def restore(self) -> None:
         """Accept and forward connections again (on the same port)."""
 
@@ -135,6 +152,7 @@ class Proxy:
             for writer in list(self._held):
                 writer.transport.abort()
             self._held.clear()
+            self.silent = False
             self.refusing = False
             self.mode = "reset"
 

@@ -352,6 +352,11 @@ class GroupWriter:
                     StoreError("the PostgreSQL log writer was cancelled before this write")
                 )
 
+    @property
+    def sending(self) -> asyncio.Task[None] | None:
+        """The task sending the queued writes, while there are some."""
+        return self._task
+
     async def close(self) -> None:
         """Wait for queued writes to be sent."""
         task = self._task

@@ -28,7 +28,7 @@ from .._hooks import process_died
 from .._runs import step_end_error, unended
 from .._seconds import seconds_number, timeout_text
 from .._serialization import JsonSerializer
-from .._shielding import CancellationWatch, cancel_firmly, wait_out
+from .._shielding import CancellationWatch, wait_out
 from .._tracebacks import hide_from_pytest
 from ..exceptions import (
     LeaseLost,
@@ -47,6 +47,7 @@ from ._cli_records import ListedSaga, StoredArguments, stored_arguments
 from ._dsn import redacted
 from ._fingerprint import definition_fingerprint
 from ._loop_refusal import closed_store
+from ._pg_closing import Closing
 from ._pg_held import Held
 from ._pg_loop import other_loop
 from ._pg_operator import OperatorUpdate
@@ -1677,68 +1678,60 @@ class PostgresStore:
     # ------------------------------------------------------------ closing
 
     async def close(self) -> None:
-        """Stop the heartbeat, release the leases still held (``connect_timeout`` at
-        most: then they run out) and close the pool."""
+        """Stop the heartbeat, write what sagas staged, release the leases still held and
+        close the pool: ``connect_timeout`` at most for all of it (see :class:`Closing`).
+        What it could not write is left to recovery (a warning names those sagas); the
+        leases it could not release run out by themselves."""
         refused = other_loop(self.schema, self._loop)
         if refused is not None:
             if self._loop_ended():  # its pool cannot be closed from here, nor there
                 self._pool, self._heartbeat, self._loop = None, None, None
                 self._closed = True
             raise refused
-        heartbeat, self._heartbeat = self._heartbeat, None
-        cancelled = False  # close() itself, while the heartbeat stopped
-        if heartbeat is not None:
-            watch = CancellationWatch()
-            heartbeat.cancel()
-            try:
-                await heartbeat
-            except asyncio.CancelledError:
-                # The heartbeat's own end, or our caller's cancellation (which waited for
-                # the heartbeat to end): that one is not swallowed. The store is closed
-                # all the same (its pool would be left open), then it is raised.
-                cancelled = watch.came()
-        dead = self._writer.dead is not None  # (crash(process=True)): nothing is written
-        if dead:
-            self._staged.clear()
-            self._doubts.clear()
-        await self._flush_staged()
-        await self._writer.close()
+        # A cancellation of close() is not swallowed: the store is closed all the same
+        # (its pool would be left open), then it is raised.
+        closing = Closing(self.connect_timeout)
         pool = self._pool
-        if pool is not None:
-            try:
-                if self._held:  # a dead process's, as a crash's (as simulate_restart does)
-                    await self._release_on_close(as_crash=dead)
-            finally:
+        try:
+            heartbeat, self._heartbeat = self._heartbeat, None
+            if heartbeat is not None:
+                await closing.stopped(heartbeat)  # (a renewal may be on its way)
+                _retrieved(heartbeat)
+            dead = self._writer.dead is not None  # (crash(process=True)): nothing is written
+            if dead:
+                self._staged.clear()
+                self._doubts.clear()
+            await self._flush_staged(closing)
+            sending = self._writer.sending
+            if sending is not None:  # a batch on its way (its caller gone: cancelled)
+                await closing.ended(sending)
+            if pool is not None and self._held:  # a dead process's, as a crash's
+                await self._release_on_close(closing, as_crash=dead)  # (as simulate_restart)
+        finally:
+            if pool is not None:
                 self._pool = None
                 self._closed = True
                 self._loop = None
                 await pool.close()
-        if cancelled:
+        if closing.cancelled():
             raise asyncio.CancelledError
 
-    async def _release_on_close(self, *, as_crash: bool) -> None:
-        """:meth:`release_leases`, ``connect_timeout`` seconds at most: on a connection
+    async def _release_on_close(self, closing: Closing, *, as_crash: bool) -> None:
+        """:meth:`release_leases`, within what is left of ``closing``: on a connection
         gone silent (a partition that resets nothing), a statement waits some 15 minutes
-        for the kernel to give up. Past them, the release is cancelled (again if its
+        for the kernel to give up. Past it, the release is cancelled (again if its
         cancellation gets no answer either: psycopg then closes the connection) and the
         leases run out by themselves (the store no longer renews them)."""
         held = len(self._held)
         releasing = asyncio.ensure_future(self.release_leases(as_crash=as_crash))
-        try:
-            await asyncio.wait((releasing,), timeout=self.connect_timeout)
-        except BaseException:  # close() was cancelled: so is the release
-            releasing.cancel()
-            releasing.add_done_callback(_retrieved)
-            raise
-        if releasing.done():
+        if await closing.ended(releasing):
             releasing.result()  # its error, if any, as ever
             return
-        await cancel_firmly(releasing, asyncio.wait((releasing,), timeout=BRIEF))
         logger.warning(
-            "sagakit could not release the leases of %d sagas on close: no answer within "
-            "%s (connect_timeout); they run out by themselves",
+            "sagakit could not release the leases of %d sagas on close: %s; "
+            "they run out by themselves",
             held,
-            timeout_text(self.connect_timeout),
+            closing.why(),
         )
 
     def _loop_ended(self) -> bool:
@@ -1747,16 +1740,39 @@ class PostgresStore:
         loop = self._loop
         return loop is not None and loop.is_closed()
 
-    async def _flush_staged(self) -> None:
-        """Write what is still staged or in doubt (of sagas stopped mid-flight)."""
+    async def _flush_staged(self, closing: Closing) -> None:
+        """Write what is still staged or in doubt (of sagas stopped mid-flight), within
+        what is left of ``closing``; a warning names the sagas it could not write (nor
+        find out whether their write in doubt committed): their log shows what it holds,
+        from which their recovery goes on, as after a crash."""
         sagas = {*self._staged, *self._doubts}
         if sagas and self._pool is not None:
-            # Briefly: close() does not wait connect_timeout for the server (what stays
-            # in doubt is recovered, as after a crash).
-            patience = Patience.lasting(BRIEF)
-            await asyncio.gather(*(self._flush(saga_id, patience=patience) for saga_id in sagas))
+            names = {saga_id: self._staged_name(saga_id) for saga_id in sagas}
+            # Briefly: close() does not wait connect_timeout for a connection.
+            brief = asyncio.get_running_loop().time() + BRIEF
+            patience = Patience(min(brief, closing.deadline))
+            flushes = {
+                saga_id: asyncio.ensure_future(self._flush(saga_id, patience=patience))
+                for saga_id in sorted(sagas)
+            }
+            await closing.ended(asyncio.gather(*flushes.values(), return_exceptions=True))
+            unwritten = [saga_id for saga_id, flush in flushes.items() if flush.cancelled()]
+            if unwritten:
+                logger.warning(
+                    "sagakit could not write the staged transitions of %d sagas on close: "
+                    "%s; recovery finishes them from what the log holds: %s",
+                    len(unwritten),
+                    closing.why(),
+                    ", ".join(f"{names[saga_id]} ({saga_id})" for saga_id in unwritten),
+                )
         self._staged.clear()
         self._doubts.clear()
+
+    def _staged_name(self, saga_id: str) -> str | None:
+        """The name of saga ``saga_id``, from what it staged or has in doubt."""
+        doubt = self._doubts.get(saga_id)
+        writes = self._staged.get(saga_id) or (doubt.writes if doubt is not None else None)
+        return writes[0].saga_name if writes else None
 
     async def _flush(
         self, saga_id: str, run: SagaRunView | None = None, patience: Patience | None = None
