@@ -324,6 +324,25 @@ async def _unless_stopped(
     return False
 
 
+async def _first(
+    futures: tuple[asyncio.Future[Any], ...],
+    events: tuple[asyncio.Event, ...],
+    seconds: float | None,
+) -> None:
+    """Until one of ``futures`` ends or one of ``events`` is set, ``seconds`` at most
+    (None: no limit; 0: one turn of the event loop, so that a call just started runs to
+    its first wait)."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(
+            (*futures, *waiters), timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for waiter in waiters:
+            if not waiter.get_loop().is_closed():  # (closed under the worker: see run_worker)
+                waiter.cancel()
+
+
 async def _ends(
     running: asyncio.Future[Any],
     until: asyncio.Event,
@@ -333,17 +352,13 @@ async def _ends(
     """Wait for ``running`` to end, ``seconds`` at most (None: no limit), until ``until``
     is set; when the caller is cancelled, cancel it and wait it out (within ``budget``,
     see :func:`_cancel`). True if it ended."""
-    waiter = asyncio.ensure_future(until.wait())
     try:
-        await asyncio.wait((running, waiter), timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        await _first((running,), (until,), seconds)
     except GeneratorExit:
         raise  # its event loop closed under the worker (see run_worker): nothing to await
     except BaseException:
         await _cancel(running, budget)  # the worker was cancelled
         raise
-    finally:
-        if not waiter.get_loop().is_closed():
-            waiter.cancel()
     return running.done()
 
 
@@ -355,20 +370,7 @@ async def _cancel(running: asyncio.Future[Any], budget: _Budget | None) -> None:
         await cancel_firmly(running, None)
         return
     budget.start()  # from the cancellation on, as before its grace is awaited
-    await cancel_firmly(running, _settled(running, budget))
-
-
-async def _settled(running: asyncio.Future[Any], budget: _Budget) -> None:
-    """Until ``running`` ends, or what is left of ``budget`` is spent (one turn of the
-    event loop at least, so that a call just started runs to its first wait)."""
-    waiter = asyncio.ensure_future(budget.now.wait())
-    try:
-        await asyncio.wait(
-            (running, waiter), timeout=budget.left(), return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        if not waiter.get_loop().is_closed():
-            waiter.cancel()
+    await cancel_firmly(running, _first((running,), (budget.now,), budget.left()))
 
 
 def _answered(claiming: asyncio.Future[list[OrphanedSaga]]) -> list[OrphanedSaga]:
@@ -399,14 +401,8 @@ async def _claim(
 
 
 async def _wait(events: tuple[asyncio.Event, ...], seconds: float) -> None:
-    """Until one of ``events`` is set or ``seconds`` pass."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            if not waiter.get_loop().is_closed():  # (closed under the worker: see run_worker)
-                waiter.cancel()
+    """The pause between two claims: until one of ``events`` is set or ``seconds`` pass."""
+    await _first((), events, seconds)
 
 
 async def _shutdown(
