@@ -35,7 +35,7 @@ from ._recovery import (
 from ._runs import SagaRun, StepRun, still_running
 from ._sagas import registered_sagas
 from ._seconds import timeout_text
-from ._shielding import CancellationWatch, cancel_firmly
+from ._shielding import CancellationWatch, cancel_firmly, wait_out
 from ._tracebacks import hide_from_pytest
 from .exceptions import LeaseLost, SagaDefinitionError, StoreError
 from .stores._loop_refusal import never_better
@@ -268,9 +268,10 @@ class _Budget:
 
     A statement on a connection that went silent (a partition, with no reset) waits
     until the kernel gives up, some 15 minutes, and so may the driver's request to
-    cancel it: a claim's answer, its cancellation and the release of the leases share
-    this one wait, so the worker stops within a platform's grace period. What it gives
-    up on is left to the leases: they run out by themselves."""
+    cancel it: a claim's answer, its cancellation, the hand-back of what it claimed
+    all the same (see :func:`_hand_back`) and the release of the leases share this one
+    wait, so the worker stops within a platform's grace period. What it gives up on is
+    left to the leases: they run out by themselves."""
 
     def __init__(self, store: RecoverableStore, now: asyncio.Event) -> None:
         self.store = store
@@ -373,6 +374,24 @@ async def _cancel(running: asyncio.Future[Any], budget: _Budget | None) -> None:
     await cancel_firmly(running, _first((running,), (budget.now,), budget.left()))
 
 
+async def _within(running: asyncio.Future[Any], budget: _Budget) -> str | None:
+    """Wait for ``running`` within what is left of ``budget``, whatever cancels the
+    caller meanwhile (it re-raises its cancellation itself); past it, cancel it and
+    wait it out (see :func:`_cancel`). None if it ended by itself, else why not."""
+    await wait_out(_first((running,), (budget.now,), budget.left()))
+    if running.done():
+        return None
+    await _cancel(running, budget)
+    return budget.spent()
+
+
+async def _hand_back(store: RecoverableStore, orphans: list[OrphanedSaga], budget: _Budget) -> None:
+    """:func:`give_back` the ``orphans`` a stopping worker claimed and will not run,
+    within what is left of its ``budget`` (a silent connection does not hold the stop
+    longer): those it could not hand back stay claimed until their leases expire."""
+    await give_back(store, orphans, lambda giving: _within(giving, budget))
+
+
 def _answered(claiming: asyncio.Future[list[OrphanedSaga]]) -> list[OrphanedSaga]:
     """What a claim returned (``[]`` if it failed or was cancelled)."""
     if claiming.cancelled() or claiming.exception() is not None:
@@ -386,7 +405,7 @@ async def _claim(
     """``store.claim_orphans(**options)``, given up if it has not answered once ``stop``
     is set and the ``budget`` is spent (``[]``): cancelled, as a cancelled worker's claim
     is (the store gives back what it had claimed); sagas it returns all the same are
-    given back, unrun."""
+    given back, unrun, within what is left of the ``budget`` (see :func:`_hand_back`)."""
     claiming = asyncio.ensure_future(store.claim_orphans(**options))
     try:
         if await _unless_stopped(stop, claiming, budget):
@@ -394,9 +413,9 @@ async def _claim(
     except GeneratorExit:
         raise
     except BaseException:
-        await give_back(store, _answered(claiming))  # the worker was cancelled
+        await _hand_back(store, _answered(claiming), budget)  # the worker was cancelled
         raise
-    await give_back(store, _answered(claiming))
+    await _hand_back(store, _answered(claiming), budget)
     return []
 
 
@@ -476,7 +495,9 @@ async def run_worker(
     back when the worker stops); a stopped worker releases its leases. A second SIGTERM
     while it stops gives up waiting: for its sagas (SQLite: they are handed back), or
     for its store. Once stopping, it waits for its store's ``connect_timeout`` at most,
-    all calls together (see :class:`_Budget`); what it gives up on, the leases settle.
+    all calls together (see :class:`_Budget`); what it gives up on, the leases settle
+    (sagas a claim answered too late to run, and that it could not hand back in time,
+    stay claimed until their leases expire: then any worker claims them).
     """
     _check(poll_interval, concurrency, max_attempts, stop, handle_signals)
     store = _recoverable(orchestrator.store)
@@ -533,7 +554,7 @@ async def run_worker(
                         # pool, can swallow one): stop anyway, or the loop runs on; and
                         # give back what was just claimed, unrun (on SQLite, the shutdown
                         # below would let it run to its end).
-                        await give_back(store, orphans)
+                        await _hand_back(store, orphans, budget)
                         raise asyncio.CancelledError
                     claimed = len(orphans)
                     for orphan in orphans:
