@@ -180,13 +180,19 @@ def _on_sigterm(stop: asyncio.Event, now: asyncio.Event, enabled: bool) -> Any:
 
     Every worker of a loop is stopped by one SIGTERM; the handler in place before the
     first of them started is put back when the last one stops, unless the application
-    set or removed one meanwhile (see :meth:`_Sigterm.restore`).
+    set or removed one meanwhile (see :meth:`_Sigterm.restore`). A worker that starts
+    after the application did sets a handler of its own again, over the application's.
     """
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield
         return
     loop = asyncio.get_running_loop()
     hook = _SIGTERM.get(loop)
+    if hook is not None and not hook.in_place(loop):
+        # The application set or removed the loop's handler since the workers before
+        # this one started: its last word for them (they no longer hear SIGTERM), not
+        # for this one, which sets its own again (calling the application's).
+        hook = None
     if hook is None:
         if _unreadable_loop_handler(loop):
             logger.warning(
@@ -211,7 +217,8 @@ def _on_sigterm(stop: asyncio.Event, now: asyncio.Event, enabled: bool) -> Any:
     finally:
         hook.workers.remove(told)
         if not hook.workers:
-            del _SIGTERM[loop]
+            if _SIGTERM.get(loop) is hook:  # (not replaced by a later worker's: see above)
+                del _SIGTERM[loop]
             hook.restore(loop)
 
 
