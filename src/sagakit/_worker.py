@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._cadence import failure_level
 from ._checks import check_count, check_flag, check_seconds, is_number
-from ._hooks import SimulatedCrash
+from ._hooks import SimulatedCrash, dead_process
 from ._recovery import (
     _fields,
     _recover_one,
@@ -431,6 +431,15 @@ async def _wait(events: tuple[asyncio.Event, ...], seconds: float) -> None:
     await _first((), events, seconds)
 
 
+def _alive(store: RecoverableStore) -> None:
+    """Raise the :class:`SimulatedCrash` of ``store``'s process if a simulated crash
+    killed it (``crash(..., process=True)``): its worker dies with it, rather than claim
+    on as a dead process that polls (or fail at a claim as a saga would)."""
+    crash = dead_process(store)
+    if crash is not None:
+        raise crash
+
+
 async def _shutdown(
     store: RecoverableStore,
     tasks: dict[asyncio.Task[None], str],
@@ -447,6 +456,14 @@ async def _shutdown(
     by themselves)."""
     now = budget.now
     release: Callable[..., Any] | None = getattr(store, "release_leases", None)
+    if dead_process(store) is not None:
+        # A simulated crash killed the process: it releases nothing (its sagas stop at
+        # their next write), as a real crash would not.
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return
     if release is None:
         # No leases to hand over: let the sagas in flight finish here.
         if tasks:
@@ -527,6 +544,7 @@ async def run_worker(
     with _on_sigterm(stop, now, handle_signals):
         try:
             while not stop.is_set():
+                _alive(store)
                 free = concurrency - len(tasks)
                 claimed = 0
                 if free > 0:
@@ -563,6 +581,7 @@ async def run_worker(
                         # below would let it run to its end).
                         await _hand_back(store, orphans, budget)
                         raise asyncio.CancelledError
+                    _alive(store)  # (what it claimed stays claimed, as at a real crash)
                     claimed = len(orphans)
                     for orphan in orphans:
                         task = asyncio.create_task(
