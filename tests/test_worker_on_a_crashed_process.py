@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from pg_helpers.db import opened
 from sagakit import SagaOrchestrator, SagaStatus, saga, step
 from sagakit.stores import OrphanedSaga
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
@@ -113,3 +114,48 @@ async def test_a_worker_whose_saga_crashes_the_process_raises(
         await simulate_restart(store)
         outcomes = await orchestrator.recover()
         assert [(o.saga_id, o.status) for o in outcomes] == [("wcp-2", SagaStatus.COMPLETED)]
+
+
+hanging: list[asyncio.Event] = []  # set as wcp_hang starts, which then hangs (if any)
+
+
+@step
+async def wcp_hang(parcel: str) -> str:
+    if hanging:
+        hanging[0].set()
+        await asyncio.sleep(3600)  # until cancelled
+    return parcel
+
+
+@saga
+def wcp_slow_shipment(parcel: str) -> Any:
+    yield wcp_pack(parcel)
+    yield wcp_hang(parcel)
+
+
+async def test_a_worker_of_a_dead_process_releases_nothing(dsn: str, schema: str) -> None:
+    # A dead process writes nothing: the worker did not release the lease of the saga it
+    # was running when another saga of its store crashed the process (it is kept, as a
+    # crash's, until simulate_restart() or close()).
+    hanging[:] = []
+    async with opened(dsn, schema) as setup:
+        with FaultInjector().crash(wcp_hang), pytest.raises(SimulatedCrash):
+            await SagaOrchestrator(setup).execute(wcp_slow_shipment("p-3"), saga_id="wcp-3")
+        await simulate_restart(setup)
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        started = asyncio.Event()
+        hanging.append(started)
+        worker = asyncio.create_task(
+            orchestrator.run_worker(poll_interval=0.01, handle_signals=False)
+        )
+        await asyncio.wait_for(started.wait(), GIVE_UP)  # the worker runs wcp-3
+        with FaultInjector().crash(wcp_post, process=True), pytest.raises(SimulatedCrash):
+            await orchestrator.execute(wcp_shipment("p-4"), saga_id="wcp-4")
+        with pytest.raises(SimulatedCrash, match=DEAD):
+            (await ended(worker)).result()
+        assert store.owns("wcp-3")  # not released
+        hanging.clear()  # (recovered, it ends)
+        await simulate_restart(store)
+        outcomes = await orchestrator.recover()
+        assert sorted(o.saga_id for o in outcomes) == ["wcp-3", "wcp-4"]

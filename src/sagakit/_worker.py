@@ -440,6 +440,14 @@ def _alive(store: RecoverableStore) -> None:
         raise crash
 
 
+async def _cancel_all(tasks: dict[asyncio.Task[None], str]) -> None:
+    """Cancel the worker's saga ``tasks`` and wait for their ends."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _shutdown(
     store: RecoverableStore,
     tasks: dict[asyncio.Task[None], str],
@@ -453,16 +461,14 @@ async def _shutdown(
     SIGTERM) gives up waiting: for the release (the leases run out), or, with no leases,
     for the sagas (they are cancelled, each handed back for the next recovery). The
     release waits for what is left of the ``budget`` at most (the leases then run out
-    by themselves)."""
+    by themselves). A process that a simulated crash killed releases nothing."""
     now = budget.now
     release: Callable[..., Any] | None = getattr(store, "release_leases", None)
     if dead_process(store) is not None:
-        # A simulated crash killed the process: it releases nothing (its sagas stop at
-        # their next write), as a real crash would not.
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        # A simulated crash killed the process, which releases nothing, as a real crash
+        # does not: its sagas are cancelled, and stop at their next write (their leases
+        # kept, as a crash's, until simulate_restart() or close()).
+        await _cancel_all(tasks)
         return
     if release is None:
         # No leases to hand over: let the sagas in flight finish here.
@@ -493,10 +499,7 @@ async def _shutdown(
     else:
         logger.info("sagakit worker released %d saga leases", released)
     finally:
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancel_all(tasks)
 
 
 async def run_worker(
