@@ -7,7 +7,8 @@ some 15 minutes) used to hold the worker: ``stop`` and ``SIGTERM`` were looked a
 between two claims, so a worker told to stop went on waiting, and a platform's grace
 period ended in ``SIGKILL``. The claim is now given up as a cancelled worker gives it
 up: what it claimed is given back, unrun, for the next claim. The whole stop waits
-``connect_timeout`` for the store once, not per call; and ``close()``, releasing what
+``connect_timeout`` for the store once, not per call (the hand-back included: what it
+could not give back stays claimed until its lease expires); and ``close()``, releasing what
 the store still holds, waits that long at most too.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from pg_helpers.db import opened
+from pg_helpers.db import expire, opened
 from pg_helpers.silent import never_answering
 from sagakit import PostgresStore, SagaOrchestrator, saga, step
 from sagakit.stores import OrphanedSaga
@@ -99,8 +100,11 @@ async def test_a_claim_answered_after_the_worker_was_told_to_stop_is_given_back_
         await stop_once(orchestrator, claiming)
         assert ran == ["book o1"]  # the saga claimed as the worker stopped was not run
         store.claim_orphans = claim  # type: ignore[method-assign]
+        # Answered as the budget ran out, the hand-back had none left (one turn of the
+        # event loop): given back, or left until its lease expires, as here.
+        expire(dsn, schema, "sc-1")
         outcomes = await orchestrator.recover()
-        assert [outcome.saga_id for outcome in outcomes] == ["sc-1"]  # given back
+        assert [outcome.saga_id for outcome in outcomes] == ["sc-1"]
         assert ran == ["book o1", "ship o1"]
 
 
@@ -220,3 +224,69 @@ async def test_closing_a_store_whose_release_gets_no_answer_returns(
         if not closing.done():
             closing.cancel()
             await asyncio.gather(closing, return_exceptions=True)
+
+
+@pytest.mark.parametrize("how", ["stopped", "cancelled"])
+async def test_a_hand_back_that_gets_no_answer_stays_within_the_stops_budget(
+    dsn: str, schema: str, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    # Regression: a claim answered after the worker was told to stop (or cancelled)
+    # hands its sagas back, unrun; that hand-back waited outside the stop's budget
+    # (connect_timeout), so on a connection gone silent it held the stop until the
+    # kernel gave up, some 15 minutes. It now shares the budget; what it could not hand
+    # back stays claimed until its lease expires, then any worker claims it.
+    ran.clear()
+    async with opened(dsn, schema, connect_timeout=0.2) as store:
+        orchestrator = SagaOrchestrator(store)
+        with FaultInjector().crash(sc_ship), pytest.raises(SimulatedCrash):
+            await orchestrator.execute(sc_order("o3"), saga_id="sc-hand-back")
+        await simulate_restart(store)
+        claim = store.claim_orphans
+        claiming = asyncio.Event()
+
+        async def late_claim(**options: Any) -> list[OrphanedSaga]:
+            claimed: list[OrphanedSaga] = await claim(**options)
+            claiming.set()
+            # Answered only when cancelled (a driver can swallow the cancellation).
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()
+            return claimed
+
+        giving_back = asyncio.Event()
+        cancelled: list[str] = []
+        run = store._run
+
+        async def silent_give_back(sql: str, params: Any = None) -> Any:
+            if sql == store._sql.give_back:
+                return await never_answering(giving_back, cancelled, "give back", stubborn=True)()
+            return await run(sql, params)
+
+        store.claim_orphans = late_claim  # type: ignore[method-assign]
+        store._run = silent_give_back  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        worker = asyncio.create_task(
+            orchestrator.run_worker(poll_interval=0.01, stop=stop, handle_signals=False)
+        )
+        await claiming.wait()
+        if how == "stopped":
+            stop.set()
+        else:
+            worker.cancel()
+        await asyncio.wait((worker,), timeout=GIVE_UP)
+        assert worker.done()
+        assert worker.cancelled() is (how == "cancelled")
+        assert giving_back.is_set()
+        assert cancelled == ["give back", "give back again"]
+        assert ran == ["book o3"]  # claimed as the worker stopped: not run
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        # (then its release of the leases, which has no budget left either)
+        assert warned[0] == (
+            "sagakit worker could not hand back sagas ['sc-hand-back'] it claimed and did "
+            "not run: no answer within 0.2 s of being told to stop (connect_timeout); "
+            "they stay claimed until their leases expire, then any worker claims them"
+        )
+        store._run = run  # type: ignore[method-assign]
+        async with opened(dsn, schema) as other:
+            assert await other.claim_orphans() == []  # its lease still runs
+            expire(dsn, schema, "sc-hand-back")
+            assert [o.saga_id for o in await other.claim_orphans()] == ["sc-hand-back"]

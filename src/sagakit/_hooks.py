@@ -69,6 +69,8 @@ def crash_process(store: object, crash: SimulatedCrash) -> None:
     kill = getattr(store, "_crash_process", None)
     if kill is not None:
         kill(str(crash))
+        with contextlib.suppress(TypeError):  # a store class of one's own without weak references
+            _dead.setdefault(store, str(crash))
         return
     note = (
         f"sagakit: crash(process=True) stops every saga of the store only on a durable "
@@ -77,6 +79,36 @@ def crash_process(store: object, crash: SimulatedCrash) -> None:
     )
     if note not in getattr(crash, "__notes__", ()):
         crash.add_note(note)
+
+
+# The stores whose "process" a simulated crash killed (crash_process), with that crash,
+# until simulate_restart().
+_dead: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def dead_process(store: object) -> SimulatedCrash | None:
+    """The crash a worker of ``store`` meets, if a simulated crash killed the store's
+    process (``crash(..., process=True)``) and ``simulate_restart()`` has not brought it
+    back: a dead process runs no worker either (None: alive)."""
+    try:
+        what = _dead.get(store)
+    except TypeError:
+        return None
+    if what is None:
+        return None
+    crash = SimulatedCrash(
+        f"{what}: the process is dead, so its worker stopped and claims nothing more "
+        "(simulate_restart(store) brings the store back; then recover() or a worker "
+        "finishes what the crash left)"
+    )
+    crash.process = True
+    return crash
+
+
+def revive(store: object) -> None:
+    """``simulate_restart(store)``: its process is alive again."""
+    with contextlib.suppress(TypeError):
+        _dead.pop(store, None)
 
 
 def crash_in(error: BaseException) -> SimulatedCrash | None:
@@ -201,8 +233,10 @@ __all__ = [
     "active_faults",
     "crash_hint",
     "crash_process",
+    "dead_process",
     "forget_crashes",
     "note_crash",
     "process_died",
     "raised_by_step",
+    "revive",
 ]

@@ -203,12 +203,20 @@ async def _claim_next(
     return orphans
 
 
-async def give_back(store: RecoverableStore, orphans: Collection[OrphanedSaga]) -> None:
+async def give_back(
+    store: RecoverableStore,
+    orphans: Collection[OrphanedSaga],
+    within: Callable[[asyncio.Future[Any]], Awaitable[str | None]] | None = None,
+) -> None:
     """Give back claimed ``orphans`` that will not be run here (their claimer was
     cancelled), whatever cancels the caller meanwhile: the next recovery takes them,
     and their claim here counts no recovery attempt (see ``give_back()`` of the
     stores). A store without ``give_back()`` keeps them as this process's until it
-    sees this process gone (it exits, or a lease runs out), as after a crash."""
+    sees this process gone (it exits, or a lease runs out), as after a crash.
+
+    ``within`` (a stopping worker's budget): waits for the store's call, or gives it
+    up (cancels it and says why, a string); given up, the sagas stay claimed until
+    their leases expire, then any worker claims them."""
     if not orphans:
         return
     saga_ids = [orphan.saga_id for orphan in orphans]
@@ -221,7 +229,19 @@ async def give_back(store: RecoverableStore, orphans: Collection[OrphanedSaga]) 
             store,
         )
         return
-    done = await wait_out(giving(saga_ids))
+    if within is None:
+        done = await wait_out(giving(saga_ids))
+    else:
+        done = asyncio.ensure_future(giving(saga_ids))
+        given_up = await within(done)
+        if given_up is not None:
+            logger.warning(
+                "sagakit worker could not hand back sagas %s it claimed and did not run: "
+                "%s; they stay claimed until their leases expire, then any worker claims them",
+                saga_ids,
+                given_up,
+            )
+            return
     if not done.cancelled() and done.exception() is not None:
         logger.warning(
             "sagakit recovery could not give back sagas %s it claimed and did not run: %s",

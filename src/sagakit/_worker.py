@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._cadence import failure_level
 from ._checks import check_count, check_flag, check_seconds, is_number
-from ._hooks import SimulatedCrash
+from ._hooks import SimulatedCrash, dead_process
 from ._recovery import (
     _fields,
     _recover_one,
@@ -35,7 +35,7 @@ from ._recovery import (
 from ._runs import SagaRun, StepRun, still_running
 from ._sagas import registered_sagas
 from ._seconds import timeout_text
-from ._shielding import CancellationWatch, cancel_firmly
+from ._shielding import CancellationWatch, cancel_firmly, wait_out
 from ._tracebacks import hide_from_pytest
 from .exceptions import LeaseLost, SagaDefinitionError, StoreError
 from .stores._loop_refusal import never_better
@@ -180,13 +180,19 @@ def _on_sigterm(stop: asyncio.Event, now: asyncio.Event, enabled: bool) -> Any:
 
     Every worker of a loop is stopped by one SIGTERM; the handler in place before the
     first of them started is put back when the last one stops, unless the application
-    set or removed one meanwhile (see :meth:`_Sigterm.restore`).
+    set or removed one meanwhile (see :meth:`_Sigterm.restore`). A worker that starts
+    after the application did sets a handler of its own again, over the application's.
     """
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield
         return
     loop = asyncio.get_running_loop()
     hook = _SIGTERM.get(loop)
+    if hook is not None and not hook.in_place(loop):
+        # The application set or removed the loop's handler since the workers before
+        # this one started: its last word for them (they no longer hear SIGTERM), not
+        # for this one, which sets its own again (calling the application's).
+        hook = None
     if hook is None:
         if _unreadable_loop_handler(loop):
             logger.warning(
@@ -211,7 +217,8 @@ def _on_sigterm(stop: asyncio.Event, now: asyncio.Event, enabled: bool) -> Any:
     finally:
         hook.workers.remove(told)
         if not hook.workers:
-            del _SIGTERM[loop]
+            if _SIGTERM.get(loop) is hook:  # (not replaced by a later worker's: see above)
+                del _SIGTERM[loop]
             hook.restore(loop)
 
 
@@ -268,9 +275,10 @@ class _Budget:
 
     A statement on a connection that went silent (a partition, with no reset) waits
     until the kernel gives up, some 15 minutes, and so may the driver's request to
-    cancel it: a claim's answer, its cancellation and the release of the leases share
-    this one wait, so the worker stops within a platform's grace period. What it gives
-    up on is left to the leases: they run out by themselves."""
+    cancel it: a claim's answer, its cancellation, the hand-back of what it claimed
+    all the same (see :func:`_hand_back`) and the release of the leases share this one
+    wait, so the worker stops within a platform's grace period. What it gives up on is
+    left to the leases: they run out by themselves."""
 
     def __init__(self, store: RecoverableStore, now: asyncio.Event) -> None:
         self.store = store
@@ -324,6 +332,25 @@ async def _unless_stopped(
     return False
 
 
+async def _first(
+    futures: tuple[asyncio.Future[Any], ...],
+    events: tuple[asyncio.Event, ...],
+    seconds: float | None,
+) -> None:
+    """Until one of ``futures`` ends or one of ``events`` is set, ``seconds`` at most
+    (None: no limit; 0: one turn of the event loop, so that a call just started runs to
+    its first wait)."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(
+            (*futures, *waiters), timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for waiter in waiters:
+            if not waiter.get_loop().is_closed():  # (closed under the worker: see run_worker)
+                waiter.cancel()
+
+
 async def _ends(
     running: asyncio.Future[Any],
     until: asyncio.Event,
@@ -333,17 +360,13 @@ async def _ends(
     """Wait for ``running`` to end, ``seconds`` at most (None: no limit), until ``until``
     is set; when the caller is cancelled, cancel it and wait it out (within ``budget``,
     see :func:`_cancel`). True if it ended."""
-    waiter = asyncio.ensure_future(until.wait())
     try:
-        await asyncio.wait((running, waiter), timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        await _first((running,), (until,), seconds)
     except GeneratorExit:
         raise  # its event loop closed under the worker (see run_worker): nothing to await
     except BaseException:
         await _cancel(running, budget)  # the worker was cancelled
         raise
-    finally:
-        if not waiter.get_loop().is_closed():
-            waiter.cancel()
     return running.done()
 
 
@@ -355,20 +378,25 @@ async def _cancel(running: asyncio.Future[Any], budget: _Budget | None) -> None:
         await cancel_firmly(running, None)
         return
     budget.start()  # from the cancellation on, as before its grace is awaited
-    await cancel_firmly(running, _settled(running, budget))
+    await cancel_firmly(running, _first((running,), (budget.now,), budget.left()))
 
 
-async def _settled(running: asyncio.Future[Any], budget: _Budget) -> None:
-    """Until ``running`` ends, or what is left of ``budget`` is spent (one turn of the
-    event loop at least, so that a call just started runs to its first wait)."""
-    waiter = asyncio.ensure_future(budget.now.wait())
-    try:
-        await asyncio.wait(
-            (running, waiter), timeout=budget.left(), return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        if not waiter.get_loop().is_closed():
-            waiter.cancel()
+async def _within(running: asyncio.Future[Any], budget: _Budget) -> str | None:
+    """Wait for ``running`` within what is left of ``budget``, whatever cancels the
+    caller meanwhile (it re-raises its cancellation itself); past it, cancel it and
+    wait it out (see :func:`_cancel`). None if it ended by itself, else why not."""
+    await wait_out(_first((running,), (budget.now,), budget.left()))
+    if running.done():
+        return None
+    await _cancel(running, budget)
+    return budget.spent()
+
+
+async def _hand_back(store: RecoverableStore, orphans: list[OrphanedSaga], budget: _Budget) -> None:
+    """:func:`give_back` the ``orphans`` a stopping worker claimed and will not run,
+    within what is left of its ``budget`` (a silent connection does not hold the stop
+    longer): those it could not hand back stay claimed until their leases expire."""
+    await give_back(store, orphans, lambda giving: _within(giving, budget))
 
 
 def _answered(claiming: asyncio.Future[list[OrphanedSaga]]) -> list[OrphanedSaga]:
@@ -384,7 +412,7 @@ async def _claim(
     """``store.claim_orphans(**options)``, given up if it has not answered once ``stop``
     is set and the ``budget`` is spent (``[]``): cancelled, as a cancelled worker's claim
     is (the store gives back what it had claimed); sagas it returns all the same are
-    given back, unrun."""
+    given back, unrun, within what is left of the ``budget`` (see :func:`_hand_back`)."""
     claiming = asyncio.ensure_future(store.claim_orphans(**options))
     try:
         if await _unless_stopped(stop, claiming, budget):
@@ -392,21 +420,32 @@ async def _claim(
     except GeneratorExit:
         raise
     except BaseException:
-        await give_back(store, _answered(claiming))  # the worker was cancelled
+        await _hand_back(store, _answered(claiming), budget)  # the worker was cancelled
         raise
-    await give_back(store, _answered(claiming))
+    await _hand_back(store, _answered(claiming), budget)
     return []
 
 
 async def _wait(events: tuple[asyncio.Event, ...], seconds: float) -> None:
-    """Until one of ``events`` is set or ``seconds`` pass."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            if not waiter.get_loop().is_closed():  # (closed under the worker: see run_worker)
-                waiter.cancel()
+    """The pause between two claims: until one of ``events`` is set or ``seconds`` pass."""
+    await _first((), events, seconds)
+
+
+def _alive(store: RecoverableStore) -> None:
+    """Raise the :class:`SimulatedCrash` of ``store``'s process if a simulated crash
+    killed it (``crash(..., process=True)``): its worker dies with it, rather than claim
+    on as a dead process that polls (or fail at a claim as a saga would)."""
+    crash = dead_process(store)
+    if crash is not None:
+        raise crash
+
+
+async def _cancel_all(tasks: dict[asyncio.Task[None], str]) -> None:
+    """Cancel the worker's saga ``tasks`` and wait for their ends."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _shutdown(
@@ -422,9 +461,15 @@ async def _shutdown(
     SIGTERM) gives up waiting: for the release (the leases run out), or, with no leases,
     for the sagas (they are cancelled, each handed back for the next recovery). The
     release waits for what is left of the ``budget`` at most (the leases then run out
-    by themselves)."""
+    by themselves). A process that a simulated crash killed releases nothing."""
     now = budget.now
     release: Callable[..., Any] | None = getattr(store, "release_leases", None)
+    if dead_process(store) is not None:
+        # A simulated crash killed the process, which releases nothing, as a real crash
+        # does not: its sagas are cancelled, and stop at their next write (their leases
+        # kept, as a crash's, until simulate_restart() or close()).
+        await _cancel_all(tasks)
+        return
     if release is None:
         # No leases to hand over: let the sagas in flight finish here.
         if tasks:
@@ -454,10 +499,7 @@ async def _shutdown(
     else:
         logger.info("sagakit worker released %d saga leases", released)
     finally:
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancel_all(tasks)
 
 
 async def run_worker(
@@ -480,7 +522,9 @@ async def run_worker(
     back when the worker stops); a stopped worker releases its leases. A second SIGTERM
     while it stops gives up waiting: for its sagas (SQLite: they are handed back), or
     for its store. Once stopping, it waits for its store's ``connect_timeout`` at most,
-    all calls together (see :class:`_Budget`); what it gives up on, the leases settle.
+    all calls together (see :class:`_Budget`); what it gives up on, the leases settle
+    (sagas a claim answered too late to run, and that it could not hand back in time,
+    stay claimed until their leases expire: then any worker claims them).
     """
     _check(poll_interval, concurrency, max_attempts, stop, handle_signals)
     store = _recoverable(orchestrator.store)
@@ -503,6 +547,7 @@ async def run_worker(
     with _on_sigterm(stop, now, handle_signals):
         try:
             while not stop.is_set():
+                _alive(store)
                 free = concurrency - len(tasks)
                 claimed = 0
                 if free > 0:
@@ -537,8 +582,9 @@ async def run_worker(
                         # pool, can swallow one): stop anyway, or the loop runs on; and
                         # give back what was just claimed, unrun (on SQLite, the shutdown
                         # below would let it run to its end).
-                        await give_back(store, orphans)
+                        await _hand_back(store, orphans, budget)
                         raise asyncio.CancelledError
+                    _alive(store)  # (what it claimed stays claimed, as at a real crash)
                     claimed = len(orphans)
                     for orphan in orphans:
                         task = asyncio.create_task(

@@ -23,6 +23,7 @@ from .._hooks import (
     SimulatedTimeout,
     active_faults,
     forget_crashes,
+    revive,
 )
 from .._names import written_name
 from .._runs import SagaRun, current_run
@@ -787,6 +788,7 @@ async def simulate_restart(store: SagaStore) -> None:
     restart = getattr(store, "_restart_process", None)
     if restart is not None:  # a process crash refused its writes: "the process" is back
         restart()
+    revive(store)  # (its worker may run again)
     if isinstance(store, SQLiteStore) and not store._writer.usable:
         # Closed already, as `async with SagaOrchestrator(store)` leaves it after the crash:
         # this process's claim is in the file, so give it up through a store of its own.
