@@ -718,11 +718,15 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 if transition.kind is TransitionKind.SAGA_FINISHED:
                     finished.append(f"{transition.saga_id} {transition.status}")
 
-            orchestrator = SagaOrchestrator(store, listeners=[heard])
+            # Its limit too, not only recover()'s: an inner saga a resumed step executes
+            # again is claimed with the orchestrator's (else parked after 3, whatever N).
+            orchestrator = SagaOrchestrator(
+                store, listeners=[heard], max_recovery_attempts=args.max_attempts
+            )
             known = frozenset(function.name for function in registered_sagas())
             parked_before = {d.saga_id for d in await store.dead_letters()}
             try:
-                outcomes = await orchestrator.recover(max_attempts=args.max_attempts)
+                outcomes = await orchestrator.recover()
             except asyncio.CancelledError:
                 args.finished = finished
                 raise
