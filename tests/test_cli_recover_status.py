@@ -200,7 +200,7 @@ def test_recover_exits_3_while_a_dead_letter_waits_and_0_once_it_is_settled(
     assert sqlite_log.recover()[0] == NEEDS_OPERATOR
     code, out = sqlite_log.recover()
     assert code == NEEDS_OPERATOR
-    assert out.startswith("nothing to recover\n1 dead-lettered saga(s) (changed-1) were left alone")
+    assert out.startswith("nothing to recover\n1 dead-lettered saga (changed-1) was left alone")
     command = [sys.executable, "-m", "sagakit", *sqlite_log.args, "recover"]
     ran = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
     assert (ran.returncode, ran.stdout) == (NEEDS_OPERATOR, out), ran.stderr
