@@ -174,7 +174,8 @@ async def main() -> None:
         ctx = current_step()
         assert ctx is not None
         running = await orchestrator.get_running_sagas()
-        print(f"  inside {ctx.saga_id!r} step {ctx.step_name!r}: {len(running)} saga(s) running")
+        sagas = "1 saga" if len(running) == 1 else f"{len(running)} sagas"
+        print(f"  inside {ctx.saga_id!r} step {ctx.step_name!r}: {sagas} running")
         for meta in running:
             print(f"    {meta.id}: {meta.status}, {meta.steps_executed}/{meta.total_steps} steps")
 

@@ -313,15 +313,14 @@ def test_recover_names_the_sagas_of_another_host_it_leaves_for_release(
         assert code == 0
         assert out.splitlines() == [
             "nothing to recover",
-            "1 saga(s) (far) are run by a process of another host or container, which no "
+            "1 saga (far) is run by a process of another host or container, which no "
             f"recovery here takes over; once you know that process is gone, `sagakit --db "
-            f"{shlex.quote(db)} release far` hands it to the next recover (release each of "
-            "them)",
+            f"{shlex.quote(db)} release far` hands it to the next recover",
         ]
         capsys.readouterr()
         code, out = cli("--db", db, "recover", "--import", "bank", "--json")
         assert (code, json.loads(out)) == (0, [])
-        assert "1 saga(s) (far) are run by a process of another host" in capsys.readouterr().err
+        assert "1 saga (far) is run by a process of another host" in capsys.readouterr().err
         assert cli("--db", db, "release", "far")[0] == 0
         code, out = cli("--db", db, "recover", "--import", "bank")
     assert code == 0
@@ -923,8 +922,8 @@ def test_recover_names_the_orphans_it_left_alone_for_want_of_their_module(
     assert code == 0
     assert out.splitlines() == [
         "nothing to recover",
-        "1 unfinished saga(s) named cli_unimported_saga were left alone: no @saga of that name "
-        "is registered here; pass --import with the module that declares them",
+        "1 unfinished saga named cli_unimported_saga was left alone: no @saga of that name "
+        "is registered here; pass --import with the module that declares it",
     ]
     capsys.readouterr()
     # Regression: with --json the note was left out, and a script read "[]" (nothing to
@@ -933,8 +932,8 @@ def test_recover_names_the_orphans_it_left_alone_for_want_of_their_module(
     assert code == 0
     assert json.loads(out) == []
     assert capsys.readouterr().err == (
-        "sagakit: 1 unfinished saga(s) named cli_unimported_saga were left alone: no @saga of "
-        "that name is registered here; pass --import with the module that declares them\n"
+        "sagakit: 1 unfinished saga named cli_unimported_saga was left alone: no @saga of "
+        "that name is registered here; pass --import with the module that declares it\n"
     )
 
 
@@ -976,9 +975,9 @@ def test_recover_says_a_saga_renamed_since_its_orphans_started_needs_its_old_nam
     assert code == 0
     assert out.splitlines() == [
         "nothing to recover",
-        "1 unfinished saga(s) named cli_old_name were left alone: no @saga of that name is "
-        "registered here; pass --import with the module that declares them; if the saga was "
-        "renamed since they started, give it its old name back: @saga(name='cli_old_name')",
+        "1 unfinished saga named cli_old_name was left alone: no @saga of that name is "
+        "registered here; pass --import with the module that declares it; if the saga was "
+        "renamed since it started, give it its old name back: @saga(name='cli_old_name')",
     ]
 
 
@@ -1020,9 +1019,9 @@ def test_recover_names_the_orphans_it_left_alone_beside_those_it_recovered(
         ["t1", "transfer", "resumed", "completed"],
     ]
     assert lines[2:] == [
-        "1 unfinished saga(s) named cli_unimported_too were left alone: no @saga of that name "
-        "is registered here; pass --import with the module that declares them; if the saga "
-        "was renamed since they started, give it its old name back: "
+        "1 unfinished saga named cli_unimported_too was left alone: no @saga of that name "
+        "is registered here; pass --import with the module that declares it; if the saga "
+        "was renamed since it started, give it its old name back: "
         "@saga(name='cli_unimported_too')",
     ]
 
@@ -1077,8 +1076,8 @@ def test_recover_names_the_orphans_it_left_alone_when_reading_them_imports_their
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.splitlines() == [
         "nothing to recover",
-        "1 unfinished saga(s) named cli_event_saga were left alone: no @saga of that name "
-        "is registered here; pass --import with the module that declares them "
+        "1 unfinished saga named cli_event_saga was left alone: no @saga of that name "
+        "is registered here; pass --import with the module that declares it "
         "(cli_events_app)",
     ]
 
@@ -1707,7 +1706,7 @@ def test_list_and_show_mark_a_dead_letter(tmp_path: Path) -> None:
     ]
     code, out = cli("--db", db, "show", "parked")
     assert out.splitlines()[0] == "saga parked (transfer): executing (dead letter)"
-    assert "after 0 recovery attempt(s): stuck; `sagakit resume` or `sagakit resolve` it" in out
+    assert "after 0 recovery attempts: stuck; `sagakit resume` or `sagakit resolve` it" in out
     assert json.loads(cli("--db", db, "show", "parked", "--json")[1])["dead_letter"] is True
     assert json.loads(cli("--db", db, "show", "ok", "--json")[1])["dead_letter"] is False
 
@@ -1745,12 +1744,11 @@ def test_recover_on_postgres_names_the_sagas_waiting_for_their_lease(
     assert cli("--db", dsn, "--schema", schema, "recover") == (
         0,
         "nothing to recover\n"
-        "1 saga(s) are running under a lease; they are recovered once it expires (a "
-        "later recover, or any worker, claims them), or finished by the workers holding "
-        "them\n",
+        "1 saga is running under a lease; it is recovered once the lease expires (a "
+        "later recover, or any worker, claims it), or finished by the worker holding it\n",
     )
     assert cli("--db", dsn, "--schema", schema, "recover", "--json") == (0, "[]\n")
-    assert "sagakit: 1 saga(s) are running under a lease;" in capsys.readouterr().err
+    assert "sagakit: 1 saga is running under a lease;" in capsys.readouterr().err
     query(dsn, f"UPDATE \"{schema}\".sagas SET lease_until = now() WHERE saga_id = 'held-1'")
     code, out = cli("--db", dsn, "--schema", schema, "recover")
     assert code == 0
@@ -2112,7 +2110,7 @@ def test_recover_counts_the_orphans_it_leaves_alone_without_reading_each(
     assert code == 0
     assert out.splitlines() == [
         "nothing to recover",
-        "20 unfinished saga(s) named cli_gone_saga were left alone: no @saga of that name is "
+        "20 unfinished sagas named cli_gone_saga were left alone: no @saga of that name is "
         "registered here; pass --import with the module that declares them",
     ]
     assert len(read) == 1, read
@@ -2301,7 +2299,7 @@ def test_ctrl_c_on_recover_names_the_sagas_it_finished_before(tmp_path: Path) ->
     _, err = _stopped(recovering, by=signal.SIGINT)
     assert recovering.returncode == 130
     assert err == (
-        "sagakit: interrupted after finishing 1 saga(s) (int-a completed); a saga being "
+        "sagakit: interrupted after finishing 1 saga (int-a completed); a saga being "
         "recovered is left for the next `recover` (if it had started, this attempt counts "
         "toward --max-attempts)\n"
     )
@@ -2344,6 +2342,15 @@ def test_recover_notes_name_five_sagas_then_an_ellipsis() -> None:
     assert _first_few(["a", "b", "c", "d", "e", "f"]) == "a, b, c, d, e, ..."
 
 
+def test_recover_notes_count_in_words() -> None:
+    # Regression: the notes said "1 saga(s)" and "0 recovery attempt(s)".
+    from sagakit.cli import _counted
+
+    assert _counted(1, "saga") == "1 saga"
+    assert _counted(2, "saga") == "2 sagas"
+    assert _counted(0, "recovery attempt") == "0 recovery attempts"
+
+
 def test_recover_names_the_dead_letters_it_leaves_alone(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -2353,7 +2360,7 @@ def test_recover_names_the_dead_letters_it_leaves_alone(
         tmp_path, "parked", "UPDATE sagakit_sagas SET dead_letter = 'stuck', owner = NULL"
     )
     note = (
-        "1 dead-lettered saga(s) (parked) were left alone, as recovery leaves every dead "
+        "1 dead-lettered saga (parked) was left alone, as recovery leaves every dead "
         "letter: `sagakit dead-letters` says why each was parked; "
         f"`sagakit --db {shlex.quote(db)} resume parked` hands one back to recovery, "
         "`sagakit resolve` settles it"
@@ -2562,7 +2569,7 @@ def _shows_a_dead_letter_s_error_and_reason(db: str, *options: str) -> None:
     )
     code, out = cli("--db", db, *options, "show", "parked")
     assert code == 0
-    assert "recovery attempt(s): stuck; `sagakit resume`" in out
+    assert "recovery attempts: stuck; `sagakit resume`" in out
     assert "error: ValueError: the bank is down\n" in out
     assert out.count("stuck") == 1, out
     [listed] = [s for s in json.loads(cli("--db", db, *options, "list", "--json")[1])
@@ -2768,7 +2775,7 @@ def test_times_in_tables_say_they_are_utc(tmp_path: Path) -> None:
     assert rows[1][header.index("STARTED") :].startswith(expected + "  ")
     shown = cli("--db", db, "show", "parked")[1].splitlines()
     assert shown[1] == f"started {expected}"
-    assert shown[3].startswith("parked 1970-01-01 00:00:00Z after 0 recovery attempt(s)")
+    assert shown[3].startswith("parked 1970-01-01 00:00:00Z after 0 recovery attempts")
     assert re.fullmatch(
         f"started {stamp}  finished {stamp}", cli("--db", db, "show", "ok")[1].splitlines()[1]
     )

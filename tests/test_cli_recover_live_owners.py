@@ -2,7 +2,7 @@
 those recovery could take.
 
 It counted every running saga of a name not imported, those a live process runs (on
-SQLite) or a worker holds under its lease (on PostgreSQL) too: "2 unfinished saga(s) named
+SQLite) or a worker holds under its lease (on PostgreSQL) too: "2 unfinished sagas named
 ... were left alone: no @saga of that name is registered here; pass --import", where
 ``--import`` would have recovered one, and the other was (on PostgreSQL) also noted as
 running under a lease, for another reason.
@@ -61,8 +61,8 @@ def live_process() -> Iterator[int]:
 
 
 LEFT_ALONE = (
-    "1 unfinished saga(s) named not_imported_here were left alone: no @saga of that name is "
-    "registered here; pass --import with the module that declares them"
+    "1 unfinished saga named not_imported_here was left alone: no @saga of that name is "
+    "registered here; pass --import with the module that declares it"
 )
 
 
@@ -90,7 +90,7 @@ def test_postgres_counts_no_saga_a_worker_holds_under_its_lease(dsn: str, schema
     assert cli("--db", dsn, "--schema", schema, "recover") == (
         0,
         "nothing to recover\n"
-        "1 saga(s) are running under a lease; they are recovered once it expires (a later "
-        "recover, or any worker, claims them), or finished by the workers holding them\n"
+        "1 saga is running under a lease; it is recovered once the lease expires (a later "
+        "recover, or any worker, claims it), or finished by the worker holding it\n"
         f"{LEFT_ALONE}\n",
     )

@@ -19,7 +19,15 @@ from typing import Any
 import pytest
 
 from pg_helpers.db import dsn_or_skip, fresh_schema
-from sagakit import PostgresStore, Retry, SagaOrchestrator, SQLiteStore, saga, step
+from sagakit import (
+    PostgresStore,
+    Retry,
+    SagaOrchestrator,
+    SQLiteStore,
+    current_step,
+    saga,
+    step,
+)
 from sagakit.cli import main
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
@@ -192,7 +200,7 @@ def test_recover_exits_3_while_a_dead_letter_waits_and_0_once_it_is_settled(
     assert sqlite_log.recover()[0] == NEEDS_OPERATOR
     code, out = sqlite_log.recover()
     assert code == NEEDS_OPERATOR
-    assert out.startswith("nothing to recover\n1 dead-lettered saga(s) (changed-1) were left alone")
+    assert out.startswith("nothing to recover\n1 dead-lettered saga (changed-1) was left alone")
     command = [sys.executable, "-m", "sagakit", *sqlite_log.args, "recover"]
     ran = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
     assert (ran.returncode, ran.stdout) == (NEEDS_OPERATOR, out), ran.stderr
@@ -206,3 +214,74 @@ def test_recover_help_names_status_3(capsys: pytest.CaptureFixture[str]) -> None
     assert exited.value.code == 0
     said = " ".join(capsys.readouterr().out.split())
     assert "exit status 3: a saga needs an operator" in said
+
+
+@step
+async def cli_status_capture(item: str) -> str:
+    return f"captured-{item}"
+
+
+@saga
+def cli_status_payment(item: str):  # type: ignore[no-untyped-def]
+    yield cli_status_capture(item)
+
+
+@step
+async def cli_status_pay_inside(item: str) -> list[Any]:
+    context = current_step()
+    assert context is not None  # an inner saga under a derived id: recovery adopts it
+    inner = f"{context.idempotency_key}/payment"
+    return await context.orchestrator.execute(cli_status_payment(item), saga_id=inner)
+
+
+@saga
+def cli_status_nested(item: str):  # type: ignore[no-untyped-def]
+    yield cli_status_pay_inside(item)
+
+
+INNER = "nested-1:0/payment"
+
+
+def _recoveries_of_the_inner_saga_that_died(log: Log, times: int) -> None:
+    """``times`` recoveries claimed the inner saga (each an attempt), and their process died."""
+
+    async def die() -> None:
+        for _ in range(times):
+            store = log.store()
+            assert len(await store.claim_orphans(saga_ids=[INNER], max_attempts=10)) == 1
+            await simulate_restart(store)
+            await store.close()
+
+    asyncio.run(die())
+
+
+def test_max_attempts_applies_to_an_inner_saga_recovery_adopts(log: Log) -> None:
+    # Regression: `recover --max-attempts N` applied N to the sagas it claimed, but an
+    # inner saga that a resumed step executes again (adopted under its derived id) was
+    # claimed with the default limit, 3: raised, the inner saga was parked all the same,
+    # its reason saying "max_attempts=3"; lowered, it was not parked at all.
+    log.run((cli_status_nested("lamp"), "nested-1"), crash=cli_status_capture)
+    _recoveries_of_the_inner_saga_that_died(log, 3)
+    code, out = log.recover("--max-attempts", "5", "--json")
+    assert (code, json.loads(out)) == (
+        0,
+        [
+            {
+                "id": "nested-1",
+                "name": "cli_status_nested",
+                "action": "resumed",
+                "status": "completed",
+                "error": None,
+            }
+        ],
+    )
+
+
+def test_an_inner_saga_parked_by_recover_names_its_max_attempts(log: Log) -> None:
+    log.run((cli_status_nested("lamp"), "nested-1"), crash=cli_status_capture)
+    _recoveries_of_the_inner_saga_that_died(log, 2)
+    code, out = log.recover("--max-attempts", "2", "--json")
+    assert code == NEEDS_OPERATOR
+    parked = {o["id"]: o for o in json.loads(out)}
+    assert parked[INNER]["action"] == "dead_lettered"
+    assert "max_attempts=2" in parked[INNER]["error"]

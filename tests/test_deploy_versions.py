@@ -255,7 +255,7 @@ def test_a_saga_only_the_new_version_declares_is_left_for_it(deploy: Deploy) -> 
     assert deploy.ran() == ["a", "b", "b"]
 
 
-NOTICE = "sagakit recovery: the log holds 1 unfinished saga(s) named 'transfer_v2'"
+NOTICE = "sagakit recovery: the log holds 1 unfinished saga named 'transfer_v2'"
 
 
 def an_old_worker_leaves_a_new_saga_and_says_so_once(deploy: Deploy) -> None:

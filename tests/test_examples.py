@@ -35,7 +35,7 @@ EXPECTED: dict[str, list[str]] = {
         "  compensation events: [DebitReversed(account='alice', amount=25.0)]",
         "  failed: InsufficientFundsError: bob has 200.00, needs 1000.00",
         "  compensation events: []",
-        "  inside 'transfer-5' step 'audit': 1 saga(s) running",
+        "  inside 'transfer-5' step 'audit': 1 saga running",
         "    transfer-5: executing, 1/3 steps",
         "  running now: 0",
         "  finished sagas in history: 5",

@@ -310,6 +310,24 @@ def test_the_documented_postgres_override_skips_without_a_dsn(
     result.stdout.fnmatch_lines(["*set TEST_POSTGRES_DSN to run the saga tests on PostgreSQL*"])
 
 
+def test_the_documented_postgres_override_with_a_bad_dsn_errors_once(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: with a DSN no server answers, the setup error (saga_orchestrator opening
+    # the store) was followed by a second, raw one at teardown: the fixture connected to
+    # drop a schema that had never been created.
+    dsn_or_skip()  # psycopg and a server to test against: this DSN names another port
+    monkeypatch.setenv("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:1/test")
+    write_ini(pytester, "strict")
+    pytester.makeconftest(_doc_conftest("#### On PostgreSQL"))
+    pytester.makepyfile(SAGA + DURABLE_TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=2)
+    out = result.stdout.str()
+    assert out.count("ERROR at setup of") == 2, out
+    assert "ERROR at teardown" not in out, out
+
+
 @pytest.mark.parametrize("opens", [False, True])
 def test_a_module_scoped_postgres_store_in_a_module_loop(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, opens: bool

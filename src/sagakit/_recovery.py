@@ -172,10 +172,11 @@ async def tell_unregistered(store: RecoverableStore, told: set[str]) -> None:
             continue
         told.add(name)
         logger.info(
-            "sagakit recovery: the log holds %d unfinished saga(s) named %r, and no @saga "
-            "of that name is registered here: they are left for a process that declares it",
-            count,
+            "sagakit recovery: the log holds %s named %r, and no @saga of that name is "
+            "registered here: %s left for a process that declares it",
+            "1 unfinished saga" if count == 1 else f"{count} unfinished sagas",
             name,
+            "it is" if count == 1 else "they are",
         )
 
 

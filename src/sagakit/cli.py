@@ -568,6 +568,11 @@ def _status_of(meta: SagaMetadata | ListedSaga, dead_letter: bool) -> str:
     return f"{meta.status} (dead letter)" if dead_letter else str(meta.status)
 
 
+def _counted(count: int, noun: str) -> str:
+    """``count`` and ``noun`` in words: "1 saga", "2 sagas", "0 sagas"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def _first_few(names: Sequence[str]) -> str:
     """``names`` for a line of output: the first five, then ``...`` if there are more."""
     return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
@@ -688,8 +693,9 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 out.write(f"arguments: {one_line(_arguments_line(arguments))}\n")
             if letter is not None:
                 out.write(
-                    f"parked {_when(letter.parked_at)} after {letter.recovery_attempts} "
-                    f"recovery attempt(s): {one_line(letter.reason)}; `sagakit resume` or "
+                    f"parked {_when(letter.parked_at)} after "
+                    f"{_counted(letter.recovery_attempts, 'recovery attempt')}: "
+                    f"{one_line(letter.reason)}; `sagakit resume` or "
                     "`sagakit resolve` it\n"
                 )
             if meta.error:
@@ -718,11 +724,15 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 if transition.kind is TransitionKind.SAGA_FINISHED:
                     finished.append(f"{transition.saga_id} {transition.status}")
 
-            orchestrator = SagaOrchestrator(store, listeners=[heard])
+            # Its limit too, not only recover()'s: an inner saga a resumed step executes
+            # again is claimed with the orchestrator's (else parked after 3, whatever N).
+            orchestrator = SagaOrchestrator(
+                store, listeners=[heard], max_recovery_attempts=args.max_attempts
+            )
             known = frozenset(function.name for function in registered_sagas())
             parked_before = {d.saga_id for d in await store.dead_letters()}
             try:
-                outcomes = await orchestrator.recover(max_attempts=args.max_attempts)
+                outcomes = await orchestrator.recover()
             except asyncio.CancelledError:
                 args.finished = finished
                 raise
@@ -767,8 +777,10 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 # Or the operator reads "nothing to recover" while sagas wait for them.
                 named = _first_few(waiting)
                 db = _db_argument(args)
+                were = "was" if len(waiting) == 1 else "were"
                 note = (
-                    f"{len(waiting)} dead-lettered saga(s) ({named}) were left alone, as "
+                    f"{_counted(len(waiting), 'dead-lettered saga')} ({named}) {were} left "
+                    "alone, as "
                     "recovery leaves every dead letter: `sagakit dead-letters` says why each "
                     f"was parked; `{command_line(db, 'resume', waiting[0])}` hands one "
                     "back to recovery, `sagakit resolve` settles it\n"
@@ -780,7 +792,11 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 leased = await store._leased_count()
                 if leased:
                     note = (
-                        f"{leased} saga(s) are running under a lease; they are recovered "
+                        "1 saga is running under a lease; it is recovered once the lease "
+                        "expires (a later recover, or any worker, claims it), or finished "
+                        "by the worker holding it\n"
+                        if leased == 1
+                        else f"{leased} sagas are running under a lease; they are recovered "
                         "once it expires (a later recover, or any worker, claims them), "
                         "or finished by the workers holding them\n"
                     )
@@ -792,26 +808,30 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
                 far = await store._held_elsewhere()
                 if far:
                     named = _first_few(far)
+                    are = "is" if len(far) == 1 else "are"
                     note = (
-                        f"{len(far)} saga(s) ({one_line(named)}) are run by a process of another "
-                        "host or container, which no recovery here takes over; once you know "
-                        f"that process is gone, `{command_line(args.db, 'release', far[0])}` "
-                        "hands it to the next recover (release each of them)\n"
+                        f"{_counted(len(far), 'saga')} ({one_line(named)}) {are} run by a "
+                        "process of another host or container, which no recovery here takes "
+                        "over; once you know that process is gone, "
+                        f"`{command_line(args.db, 'release', far[0])}` hands it to the next "
+                        "recover" + ("" if len(far) == 1 else " (release each of them)") + "\n"
                     )
                     _side_note(args, out, note)
             unknown = await _unregistered_running(store, known)
             if unknown:
                 modules = _declared_in(sorted(unknown))
+                count = sum(unknown.values())
+                were, them, they = ("was", "it", "it") if count == 1 else ("were", "them", "they")
                 note = (
-                    f"{sum(unknown.values())} unfinished saga(s) named "
+                    f"{_counted(count, 'unfinished saga')} named "
                     f"{one_line(', '.join(sorted(unknown)))} "
-                    "were left alone: no @saga of that name is registered here; pass "
-                    "--import with the module that declares them"
+                    f"{were} left alone: no @saga of that name is registered here; pass "
+                    f"--import with the module that declares {them}"
                     + (f" ({one_line(', '.join(modules))})" if modules else "")
                     + (
                         # The modules imported declare none: the saga may have been
                         # renamed in a deployment since those sagas started.
-                        "; if the saga was renamed since they started, give it its old "
+                        f"; if the saga was renamed since {they} started, give it its old "
                         f"name back: @saga(name={one_line(repr(sorted(unknown)[0]))})"
                         if args.modules and not modules
                         else ""
@@ -1119,7 +1139,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             # What it finished before, or the operator learns of it only from `list`.
             finished = getattr(args, "finished", [])
             done = (
-                f" after finishing {len(finished)} saga(s) ({_first_few(finished)})"
+                f" after finishing {_counted(len(finished), 'saga')} ({_first_few(finished)})"
                 if finished
                 else ""
             )
