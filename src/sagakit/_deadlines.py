@@ -84,6 +84,14 @@ class Watchdog:
         # until the timer is due, and every timer set when it fires copies it again.
         self._context = contextvars.Context()
 
+    def forget(self, run: SagaRun) -> None:
+        """Stop watching ``run`` (its saga ended): out of ``runs``, and out of ``fresh``
+        if no firing looked at it since its last step."""
+        self.runs.discard(run)
+        if run.queued:
+            run.queued = False
+            self.fresh.discard(run)
+
     def wake_at(self, deadline: float) -> None:
         """Fire at ``deadline`` (sooner than the time the watchdog waits for now)."""
         if self._handle is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from difflib import get_close_matches
@@ -302,6 +302,19 @@ def _note_ran_around(
             aimed = _started_in(scope.base)
             inner._count_skipped(step, attempt, compensation, aimed=aimed)
         scope = scope.outer
+
+
+@contextmanager
+def _applied(plan: FaultPlan) -> Iterator[None]:
+    """Make ``plan`` apply first within the block, the faults active around it after
+    (checking nothing at its end); tasks started in the block keep it until it ends."""
+    scope = _Scope(plan, active_faults.get())
+    token = active_faults.set(scope)
+    try:
+        yield
+    finally:
+        scope.open = False  # also for the tasks started in the block
+        active_faults.reset(token)
 
 
 _scopes: ContextVar[tuple[tuple[Token[FaultPlan | None], _Scope], ...]] = ContextVar(
@@ -723,17 +736,10 @@ class FaultInjector:
             else:
                 self._check_steps(None)
 
-    @contextmanager
-    def _active(self) -> Iterator[None]:
+    def _active(self) -> AbstractContextManager[None]:
         """Make these faults apply within the block, checking nothing at its end (the
         ``saga_faults`` fixture checks the steps named itself)."""
-        scope = _Scope(self, active_faults.get())
-        token = active_faults.set(scope)
-        try:
-            yield
-        finally:
-            scope.open = False  # also for the tasks started in the block
-            active_faults.reset(token)
+        return _applied(self)
 
     def __enter__(self) -> FaultInjector:
         scope = _Scope(self, active_faults.get())

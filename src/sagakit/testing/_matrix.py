@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,6 +20,7 @@ from ._faults import (
     FaultInjector,
     FiredFault,
     InjectedFault,
+    _applied,
     _check_fault,
     _running_index,
     _Scope,
@@ -135,18 +134,6 @@ class _OnlyIn:
         return self.plan.fault_for(step, attempt, compensation=compensation)
 
 
-@contextmanager
-def _active(plan: FaultPlan) -> Iterator[None]:
-    """Make ``plan`` apply first within the block, the faults active around it after."""
-    scope = _Scope(plan, active_faults.get())
-    token = active_faults.set(scope)
-    try:
-        yield
-    finally:
-        scope.open = False
-        active_faults.reset(token)
-
-
 def _injectors_around() -> list[FaultInjector]:
     """The fault injectors whose ``with`` blocks (or ``saga_faults``) are active here."""
     found = []
@@ -220,7 +207,7 @@ async def _run_case(
     around = _FiredAround()
     orchestrator.add_listener(recorder)
     try:
-        with _active(_OnlyIn(injector, saga_id)):  # not the sagas its steps run
+        with _applied(_OnlyIn(injector, saga_id)):  # not the sagas its steps run
             await orchestrator.execute(definition, saga_id=saga_id)
     except Exception as raised:
         error = raised
@@ -362,7 +349,7 @@ async def run_fault_matrix(
     around = _FiredAround()
     try:
         try:
-            with _active(spy):
+            with _applied(spy):
                 await orchestrator.execute(definition, saga_id=spy.saga_id)
         except BaseException as failure:
             # A BaseException passes through, unless an injected fault raised it (a crash).
