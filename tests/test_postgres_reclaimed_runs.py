@@ -17,7 +17,7 @@ import pytest
 
 from pg_helpers.db import opened
 from sagakit import LeaseLost, SagaOrchestrator, SagaStatus, StepStatus, saga, step
-from sagakit._recovery import _recover_one
+from sagakit._recovery import DEFAULT_MAX_ATTEMPTS, _recover_one
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
 pytestmark = pytest.mark.asyncio
@@ -170,7 +170,7 @@ async def test_a_claim_released_before_its_run_began_leaves_the_next_claim_alone
         assert await store.release_leases() == 1  # ... that stops before running it
         [orphan] = await store.claim_orphans(saga_ids=["rr-4"])  # taken anew
         with pytest.raises(LeaseLost) as lost:  # the stopped worker's task begins late
-            await _recover_one(orchestrator, store, stale)
+            await _recover_one(orchestrator, store, stale, DEFAULT_MAX_ATTEMPTS)
         assert lost.value.released
         assert store.owns("rr-4")  # the claim's lease is untouched
         meta = await store.get("rr-4")

@@ -43,7 +43,7 @@ from sagakit import (
     saga,
     step,
 )
-from sagakit._recovery import _recover_one
+from sagakit._recovery import DEFAULT_MAX_ATTEMPTS, _recover_one
 from sagakit.cli import main as cli_main
 from sagakit.stores import RecoverableStore, _pg_schema
 from sagakit.stores._pg_schema import SCHEMA_VERSION
@@ -962,7 +962,7 @@ async def test_a_fenced_out_worker_stops_the_saga_without_compensating(
         (fence,) = query(dsn, f'SELECT DISTINCT fence FROM "{schema}".steps WHERE step_index = 2')
         assert fence == (1,)  # only the old owner's STEP_STARTED, written before the claim
         # The new owner finishes it from the log it claimed (step 2 was interrupted).
-        outcome = await _recover_one(SagaOrchestrator(b), b, orphan)
+        outcome = await _recover_one(SagaOrchestrator(b), b, orphan, DEFAULT_MAX_ATTEMPTS)
         assert (outcome.action, outcome.status) == ("resumed", SagaStatus.COMPLETED)
         assert [RAN[("fenced", n, "do")] for n in range(5)] == [1, 1, 2, 1, 1]
 
@@ -1411,7 +1411,7 @@ async def test_a_saga_taken_over_while_compensating_is_compensated_once(
         (orphan,) = await b.claim_orphans()
         assert orphan.status is SagaStatus.COMPENSATING
         assert [(c.index, str(c.status)) for c in orphan.compensations] == [(1, "running")]
-        outcome = await _recover_one(SagaOrchestrator(b), b, orphan)
+        outcome = await _recover_one(SagaOrchestrator(b), b, orphan, DEFAULT_MAX_ATTEMPTS)
         assert (outcome.action, outcome.status) == ("compensated", SagaStatus.COMPENSATED)
 
         stale_gate.set()  # the old owner finishes compensating step 1 and is fenced out

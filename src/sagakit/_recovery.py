@@ -14,9 +14,12 @@ have); one the crash interrupted runs again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Collection
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -72,6 +75,15 @@ __tracebackhide__ = hide_from_pytest
 logger = logging.getLogger("sagakit")
 
 DEFAULT_MAX_ATTEMPTS = 3
+
+recovery_limit: ContextVar[tuple[weakref.ref[SagaOrchestrator], int] | None] = ContextVar(
+    "sagakit_recovery_limit", default=None
+)
+"""While a recovery (``recover()``, a worker, :func:`adopt`) finishes an orphan: its
+orchestrator (a weak reference, as a run holds it) and the ``max_attempts`` it was
+given, which :func:`adopt` applies to the inner sagas the resumed steps execute again
+on that orchestrator (not its ``max_recovery_attempts``). Nothing is set on the
+``execute()`` path."""
 
 RecoveryAction: TypeAlias = Literal["resumed", "compensated", "dead_lettered"]
 """What recovery did with an orphaned saga (:attr:`RecoveryOutcome.action`)."""
@@ -140,7 +152,7 @@ async def recover(
         if not orphans:
             break
         for orphan in orphans:
-            outcome = await _finish_orphan(orchestrator, recoverable, orphan)
+            outcome = await _finish_orphan(orchestrator, recoverable, orphan, max_attempts)
             if outcome is not None:
                 outcomes.append(outcome)
             if watch.came():
@@ -254,12 +266,15 @@ async def give_back(
 
 
 async def _finish_orphan(
-    orchestrator: SagaOrchestrator, store: RecoverableStore, orphan: OrphanedSaga
+    orchestrator: SagaOrchestrator,
+    store: RecoverableStore,
+    orphan: OrphanedSaga,
+    max_attempts: int,
 ) -> RecoveryOutcome | None:
     """Recover a claimed orphan; ``None`` if another worker took it over meanwhile (that
     worker finishes it)."""
     try:
-        return await _recover_one(orchestrator, store, orphan)
+        return await _recover_one(orchestrator, store, orphan, max_attempts)
     except LeaseLost as lost:
         log_stopped("recovery", orphan, lost)
         return None
@@ -313,9 +328,17 @@ async def adopt(orchestrator: SagaOrchestrator, saga_id: str, name: str) -> bool
         )
         await recovering[1].wait()
         return True
-    # The orchestrator's limit, as its recover() would apply: a claim past it parks the saga.
+    # A claim past the limit parks the saga: that of the recovery (recover(), a worker)
+    # whose resumed step executes this inner saga again, else the orchestrator's, as its
+    # recover() would apply.
+    limit = recovery_limit.get()
+    max_attempts = (
+        limit[1]
+        if limit is not None and limit[0] is orchestrator._ref
+        else orchestrator._max_recovery_attempts
+    )
     watch = CancellationWatch()
-    orphans = await _claim_next(store, orchestrator._max_recovery_attempts, (saga_id,))
+    orphans = await _claim_next(store, max_attempts, (saga_id,))
     if watch.came() and hands_back(run, running_step.get()):
         # Cancelled while claiming, and the claim swallowed it (see recover()): execute()
         # ran the orphan to its end, then returned as if never cancelled. (Cancelled from
@@ -324,7 +347,7 @@ async def adopt(orchestrator: SagaOrchestrator, saga_id: str, name: str) -> bool
         await give_back(store, orphans)
         raise asyncio.CancelledError
     for orphan in orphans:
-        await _finish_orphan(orchestrator, store, orphan)
+        await _finish_orphan(orchestrator, store, orphan, max_attempts)
     if watch.came():
         # Swallowed by a compensation, which ran to its end: the orphan is finished, and
         # execute() must not go on (it would run a compensated id again, as if not cancelled).
@@ -557,16 +580,23 @@ async def _cancel_current_task() -> asyncio.CancelledError:
 
 
 async def _recover_one(
-    orchestrator: SagaOrchestrator, store: RecoverableStore, orphan: OrphanedSaga
+    orchestrator: SagaOrchestrator,
+    store: RecoverableStore,
+    orphan: OrphanedSaga,
+    max_attempts: int,
 ) -> RecoveryOutcome:
     """Finish a claimed orphan; meanwhile ``execute()`` of its id waits for it (see
-    :func:`adopt`)."""
+    :func:`adopt`), and the inner sagas its steps execute again are claimed with
+    ``max_attempts``, the recovery's limit (see :data:`recovery_limit`)."""
     recovering = orchestrator._recovering
     mine = (asyncio.get_running_loop(), asyncio.Event())
     recovering[orphan.saga_id] = mine
+    token = recovery_limit.set((orchestrator._ref, max_attempts))
     try:
         return await _finish_claimed(orchestrator, store, orphan)
     finally:
+        with contextlib.suppress(ValueError):  # closed by the garbage collector, elsewhere
+            recovery_limit.reset(token)
         if recovering.get(orphan.saga_id) is mine:
             del recovering[orphan.saga_id]
         mine[1].set()

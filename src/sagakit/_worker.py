@@ -227,10 +227,11 @@ async def _finish_one(
     store: RecoverableStore,
     orphan: OrphanedSaga,
     nested: Nested,
+    max_attempts: int,
 ) -> None:
     worker_nested.set(nested)  # this task's context: what its steps execute() joins it
     try:
-        outcome = await _recover_one(orchestrator, store, orphan)
+        outcome = await _recover_one(orchestrator, store, orphan, max_attempts)
     except LeaseLost as lost:
         log_stopped("worker", orphan, lost)
     except SimulatedCrash as crash:
@@ -588,7 +589,7 @@ async def run_worker(
                     claimed = len(orphans)
                     for orphan in orphans:
                         task = asyncio.create_task(
-                            _finish_one(orchestrator, store, orphan, nested),
+                            _finish_one(orchestrator, store, orphan, nested, max_attempts),
                             name=f"sagakit-recover-{orphan.saga_id}",
                         )
                         tasks[task] = orphan.saga_id

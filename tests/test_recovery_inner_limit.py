@@ -1,0 +1,129 @@
+"""The limit a ``recover(max_attempts=N)`` or ``run_worker(max_attempts=N)`` call was
+given holds for the inner sagas its resumed sagas run too.
+
+Regression: N was passed to the claim of the orphaned sagas, but an inner saga that a
+resumed step executes again (adopted under its derived id) was claimed with the
+orchestrator's ``max_recovery_attempts`` (3 by default): with N=5 it was parked after 3
+attempts, its reason saying "max_attempts=3", and the outer saga then failed with
+``SagaAlreadyExecuting`` and was compensated; with N=2 it was not parked at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sagakit import (
+    SagaOrchestrator,
+    SagaStatus,
+    Transition,
+    TransitionKind,
+    current_step,
+    saga,
+    step,
+)
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+
+
+@step
+async def inner_limit_capture(item: str) -> str:
+    return f"captured-{item}"
+
+
+@saga
+def inner_limit_payment(item: str):  # type: ignore[no-untyped-def]
+    yield inner_limit_capture(item)
+
+
+@step
+async def inner_limit_pay_inside(item: str) -> list[Any]:
+    context = current_step()
+    assert context is not None  # an inner saga under a derived id: recovery adopts it
+    inner = f"{context.idempotency_key}/payment"
+    return await context.orchestrator.execute(inner_limit_payment(item), saga_id=inner)
+
+
+@saga
+def inner_limit_nested(item: str):  # type: ignore[no-untyped-def]
+    yield inner_limit_pay_inside(item)
+
+
+OUTER = "inner-limit-1"
+INNER = "inner-limit-1:0/payment"
+
+
+async def _inner_saga_tried(durable_store: Callable[[], Any], times: int) -> None:
+    """The nested saga dies in its inner saga; then ``times`` recoveries claimed that
+    inner saga (each an attempt), and their process died."""
+    store = durable_store()
+    orchestrator = SagaOrchestrator(store)
+    with FaultInjector().crash(inner_limit_capture), pytest.raises(SimulatedCrash):
+        await orchestrator.execute(inner_limit_nested("lamp"), saga_id=OUTER)
+    await simulate_restart(store)
+    await store.close()
+    for _ in range(times):
+        store = durable_store()
+        assert len(await store.claim_orphans(saga_ids=[INNER], max_attempts=10)) == 1
+        await simulate_restart(store)
+        await store.close()
+
+
+async def _recover(orchestrator: SagaOrchestrator, how: str, max_attempts: int) -> None:
+    """Recover the log with ``recover()`` or a worker (one saga at a time: the inner saga
+    is claimed by the resumed step, not by the worker), with ``max_attempts``."""
+    if how == "recover":
+        await orchestrator.recover(max_attempts=max_attempts)
+        return
+    stop = asyncio.Event()
+
+    def heard(transition: Transition) -> None:
+        if transition.kind is TransitionKind.SAGA_FINISHED and transition.saga_id == OUTER:
+            stop.set()
+
+    orchestrator.add_listener(heard)
+    await orchestrator.run_worker(
+        poll_interval=0.01,
+        concurrency=1,
+        max_attempts=max_attempts,
+        handle_signals=False,
+        stop=stop,
+    )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["recover", "worker"])
+async def test_a_raised_limit_holds_for_an_inner_saga_a_resumed_step_runs(
+    durable_store: Callable[[], Any], how: str
+) -> None:
+    await _inner_saga_tried(durable_store, 3)
+    async with SagaOrchestrator(durable_store()) as orchestrator:  # max_recovery_attempts 3
+        await _recover(orchestrator, how, 5)
+        outer = await orchestrator.get_saga(OUTER)
+        inner = await orchestrator.get_saga(INNER)
+        store: Any = orchestrator.store
+        parked = await store.dead_letters()
+    assert outer is not None
+    assert inner is not None
+    assert (outer.status, inner.status) == (SagaStatus.COMPLETED, SagaStatus.COMPLETED)
+    assert parked == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["recover", "worker"])
+async def test_a_lowered_limit_parks_an_inner_saga_a_resumed_step_runs(
+    durable_store: Callable[[], Any], how: str
+) -> None:
+    await _inner_saga_tried(durable_store, 2)
+    async with SagaOrchestrator(durable_store()) as orchestrator:  # max_recovery_attempts 3
+        await _recover(orchestrator, how, 2)
+        store: Any = orchestrator.store
+        parked = {letter.saga_id: letter.reason for letter in await store.dead_letters()}
+        outer = await orchestrator.get_saga(OUTER)
+    assert list(parked) == [INNER]
+    assert "max_attempts=2" in parked[INNER]
+    # The outer saga's step met the parked inner saga (SagaAlreadyExecuting): undone.
+    assert outer is not None
+    assert outer.status is SagaStatus.COMPENSATED
