@@ -49,6 +49,15 @@ def pool_wait(seconds: float) -> float:
     return max(min(seconds, left), LAST_TRY)
 
 
+def deadline_left() -> float | None:
+    """Seconds left until the deadline of the tries the caller is one of (``None``: it
+    is one of none); negative once it passed."""
+    deadline = _deadline.get()
+    if deadline is None:
+        return None
+    return deadline - asyncio.get_running_loop().time()
+
+
 class Patience:
     """Tries again until ``deadline`` (the running loop's clock), after a backoff
     doubling from :data:`BACKOFF` up to :data:`MAX_BACKOFF`, give or take a fifth."""
@@ -173,5 +182,6 @@ __all__ = [
     "Outage",
     "Patience",
     "Waiting",
+    "deadline_left",
     "pool_wait",
 ]

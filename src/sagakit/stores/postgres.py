@@ -47,6 +47,7 @@ from ._cli_records import ListedSaga, StoredArguments, stored_arguments
 from ._dsn import redacted
 from ._fingerprint import definition_fingerprint
 from ._loop_refusal import closed_store
+from ._pg_answer import NoAnswer, answer_wait, answered, answers_within
 from ._pg_closing import Closing
 from ._pg_held import Held
 from ._pg_loop import other_loop
@@ -182,6 +183,8 @@ def _connection_lost(error: StoreError) -> bool:
     could be had: worth trying again on another one. Not a statement the server refused."""
     psycopg, _ = _import_driver()
     cause = error.__cause__
+    if isinstance(cause, NoAnswer):
+        return True  # given up on: its connection is closed (it may have committed)
     if not isinstance(cause, psycopg.OperationalError):
         return False
     state = cause.sqlstate  # None: the client lost the connection (or the pool had none)
@@ -521,12 +524,41 @@ class PostgresStore:
             logger.debug("sagakit: checking the PostgreSQL pool failed: %r", error)
 
     async def _run(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-        """One statement in its own transaction: one round trip."""
+        """One statement in its own transaction: one round trip (within
+        :func:`answers_within`, given up on when its answer does not come in time)."""
         async with self._conn() as conn:
-            cursor = await conn.execute(sql, params)
+            seconds = answer_wait()
+            if seconds is None:
+                found = await self._statement(conn, sql, params)
+            else:
+                found = await self._answered(conn, sql, params, seconds)
             self._statements += 1
             self._round_trips += 1
-            return await cursor.fetchall() if cursor.description is not None else []
+            return found
+
+    @staticmethod
+    async def _statement(
+        conn: AsyncConnection[Any], sql: str, params: Any
+    ) -> list[tuple[Any, ...]]:
+        cursor = await conn.execute(sql, params)
+        return await cursor.fetchall() if cursor.description is not None else []
+
+    async def _answered(
+        self, conn: AsyncConnection[Any], sql: str, params: Any, seconds: float
+    ) -> list[tuple[Any, ...]]:
+        """The rows of ``sql``, whose answer must come within ``seconds``: else
+        :class:`~sagakit.StoreError`, as a lost connection (see :mod:`._pg_answer`)."""
+        try:
+            return await answered(self._statement(conn, sql, params), seconds)
+        except NoAnswer as silent:
+            raise StoreError(
+                f"PostgreSQL saga log (schema {self.schema!r}): no answer within "
+                f"{timeout_text(seconds)} (connect_timeout): the connection went silent (a "
+                "network partition, a fail-over that left it half-open) or the statement "
+                "waited that long for a lock; given up on, it may have committed or not, "
+                "which the store finds out before it writes the saga again (recovery goes on "
+                "from what the log holds otherwise)"
+            ) from silent
 
     async def _read(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         """One statement that writes nothing, again on a new connection while the one it
@@ -1118,11 +1150,12 @@ class PostgresStore:
         """:func:`settle` ``doubt`` (again on a new connection while the one it used is
         lost: see :meth:`_again`). Settling again is safe: it moves the fencing token on
         once more and reads the same token."""
-        return await self._again(
-            lambda: settle(self._run, self._sql, self.owner, saga_id, doubt),
-            "settling a write in doubt",
-            patience,
-        )
+        with answers_within(self.connect_timeout):  # (on a silent connection: lost)
+            return await self._again(
+                lambda: settle(self._run, self._sql, self.owner, saga_id, doubt),
+                "settling a write in doubt",
+                patience,
+            )
 
     async def _again(
         self,
@@ -1184,14 +1217,14 @@ class PostgresStore:
         psycopg, _ = _import_driver()
         async with self._conn() as conn:
             try:
-                cursor = await conn.execute(self._sql.apply, params)
+                # On a connection gone silent, given up on as a lost one (in doubt).
+                found = await self._answered(conn, self._sql.apply, params, self.connect_timeout)
             except psycopg.Error as error:
                 if conn.broken:
                     raise  # the connection died: the batch may have committed
                 # The server refused the statement and rolled it back: nothing of the
                 # batch was applied, and the writer may send it again saga by saga.
                 raise Rejected(self._refused(error)) from error
-            found = await cursor.fetchall()
         self._statements += 1
         self._round_trips += 1
         self._batches += 1
@@ -1323,9 +1356,11 @@ class PostgresStore:
         if self._pool is None:
             return  # closed: close() released every lease
         try:
-            await self._run(
-                self._sql.release_one, {"id": saga_id, "owner": self.owner, "fence": held.fence}
-            )
+            with answers_within(self.connect_timeout):  # (on a silent connection: runs out)
+                await self._run(
+                    self._sql.release_one,
+                    {"id": saga_id, "owner": self.owner, "fence": held.fence},
+                )
         except Exception as error:
             logger.warning(
                 "sagakit could not give up the lease of saga %s (%s) (it runs out): %s",
