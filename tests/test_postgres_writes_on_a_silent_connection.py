@@ -178,3 +178,53 @@ async def test_a_caller_cancelled_while_a_statement_gets_no_answer_is_cancelled_
     await asyncio.wait((answering,), timeout=GIVE_UP)
     assert answering.cancelled()
     assert cancelled == ["statement", "statement again"]
+
+
+async def test_a_start_that_gets_no_answer_fails_and_runs_nothing(dsn: str, schema: str) -> None:
+    # Regression: the start of a saga with an explicit id (its row's INSERT) waited for its
+    # answer on a silent connection without bound, and so did taking its row out again
+    # once the execute() was cancelled.
+    ran.clear()
+    with proxied(dsn) as proxy:
+        store = PostgresStore(
+            proxy.dsn(), schema=schema, connect_timeout=0.5, lease=2.0, min_size=4
+        )
+        try:
+            await store.open()
+            proxy.silence()
+            running = asyncio.ensure_future(
+                SagaOrchestrator(store).execute(sw_order("o"), saga_id="sw-3")
+            )
+            await ended(running)
+            with pytest.raises(StoreError) as raised:
+                running.result()
+            said = str(raised.value)
+            assert "no answer within 0.5 s (connect_timeout)" in said, said
+        finally:
+            proxy.restore()
+            await store.close()
+    assert ran == []
+
+
+async def test_a_start_cancelled_while_it_gets_no_answer_ends(dsn: str, schema: str) -> None:
+    # Regression: cancelled, the start took its row out again (it may have committed)
+    # on a connection just as silent, whatever cancelled it meanwhile: without bound.
+    ran.clear()
+    with proxied(dsn) as proxy:
+        store = PostgresStore(
+            proxy.dsn(), schema=schema, connect_timeout=5.0, lease=2.0, min_size=4
+        )
+        try:
+            await store.open()
+            proxy.silence()
+            running = asyncio.ensure_future(
+                SagaOrchestrator(store).execute(sw_order("o"), saga_id="sw-4")
+            )
+            await asyncio.sleep(0.2)  # (its start on its way, or not yet: ends either way)
+            running.cancel()
+            await ended(running)
+            assert running.cancelled()
+        finally:
+            proxy.restore()
+            await store.close()
+    assert ran == []

@@ -762,9 +762,10 @@ class PostgresStore:
         self._token += 1
         params["token"] = self._token
         try:
-            fence, earlier, recorded = await self._again(
-                lambda: self._begin_row(run.id, params), "beginning"
-            )
+            with answers_within(self.connect_timeout):  # (on a silent connection: lost)
+                fence, earlier, recorded = await self._again(
+                    lambda: self._begin_row(run.id, params), "beginning"
+                )
         except asyncio.CancelledError:
             # The caller is gone, and nothing will run the saga; but a try may have
             # committed its row (cancelled as its answer came back; the driver waits
@@ -798,9 +799,10 @@ class PostgresStore:
 
     async def _unbegin(self, saga_id: str, params: dict[str, Any]) -> None:
         """Delete the row that a begin (``params``) wrote, if it did and it is unchanged."""
-        await self._run(
-            self._sql.unbegin, {"id": saga_id, "owner": self.owner, "token": params["token"]}
-        )
+        with answers_within(self.connect_timeout):  # (on a silent connection: runs out)
+            await self._run(
+                self._sql.unbegin, {"id": saga_id, "owner": self.owner, "token": params["token"]}
+            )
 
     async def _begin_row(
         self, saga_id: str, params: dict[str, Any]
