@@ -25,6 +25,7 @@ from sagakit import (
     saga,
     step,
 )
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 
 RAN: Counter[tuple[str, int]] = Counter()
 GATES: dict[str, asyncio.Event] = {}
@@ -352,6 +353,23 @@ async def test_a_worker_gives_the_sigterm_handler_of_the_loop_back(tmp_path: Pat
         loop.remove_signal_handler(signal.SIGTERM)
 
 
+async def _worker_running(store: Any, saga_id: str) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """A worker on ``store`` running ``saga_id``, an orphan it claimed, which waits in its
+    first step: a saga in flight, whose lease the worker releases as it stops (one with
+    none releases nothing). Returns the worker and its ``stop``."""
+    with FaultInjector().crash(pl_gated), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(store).execute(pl_gated_three(), saga_id=saga_id)
+    await simulate_restart(store)
+    GATES[f"{saga_id}:0"] = asyncio.Event()
+    ENTERED[f"{saga_id}:0"] = asyncio.Event()
+    stop = asyncio.Event()
+    worker = asyncio.create_task(
+        SagaOrchestrator(store).run_worker(poll_interval=0.02, stop=stop, handle_signals=False)
+    )
+    await asyncio.wait_for(ENTERED[f"{saga_id}:0"].wait(), GIVE_UP)
+    return worker, stop
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("how", ["cancelled", "stopped"])
 async def test_a_worker_that_cannot_release_its_leases_still_stops_as_told(
@@ -362,6 +380,7 @@ async def test_a_worker_that_cannot_release_its_leases_still_stops_as_told(
     # worker (a TaskGroup or asyncio.timeout then saw a failure, not a cancellation).
     # The leases run out by themselves, as after a crash.
     async with opened(dsn, schema) as store:
+        worker, stop = await _worker_running(store, "unreleased")
         run = store._run
         refused: list[Any] = []
 
@@ -372,11 +391,6 @@ async def test_a_worker_that_cannot_release_its_leases_still_stops_as_told(
             return await run(sql, params)
 
         store._run = flaky_run  # type: ignore[method-assign]
-        stop = asyncio.Event()
-        worker = asyncio.create_task(
-            SagaOrchestrator(store).run_worker(poll_interval=0.02, stop=stop, handle_signals=False)
-        )
-        await asyncio.sleep(0)  # the worker has started
         if how == "cancelled":
             worker.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -397,6 +411,7 @@ async def test_a_worker_whose_release_gets_no_answer_still_stops_as_told(
     # with it, past the platform's grace period. It waits connect_timeout at most: the
     # leases run out by themselves, as when the database cannot be reached.
     async with opened(dsn, schema, connect_timeout=0.2) as store:
+        worker, stop = await _worker_running(store, "unanswered")
         run = store._run
         sent: list[Any] = []
 
@@ -407,11 +422,6 @@ async def test_a_worker_whose_release_gets_no_answer_still_stops_as_told(
             return await run(sql, params)
 
         store._run = silent_run  # type: ignore[method-assign]
-        stop = asyncio.Event()
-        worker = asyncio.create_task(
-            SagaOrchestrator(store).run_worker(poll_interval=0.02, stop=stop, handle_signals=False)
-        )
-        await asyncio.sleep(0)  # the worker has started
         if how == "cancelled":
             worker.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -420,7 +430,8 @@ async def test_a_worker_whose_release_gets_no_answer_still_stops_as_told(
             stop.set()
             await asyncio.wait_for(worker, GIVE_UP)  # returns
         assert sent
-        assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert [message for message in warned if message.startswith("sagakit worker")] == [
             "sagakit worker could not release its saga leases: no answer within 0.2 s of "
             "being told to stop (connect_timeout); they run out by themselves"
         ]

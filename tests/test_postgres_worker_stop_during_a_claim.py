@@ -51,6 +51,19 @@ def sc_order(order: str) -> Any:
     yield sc_ship(order)
 
 
+@step
+async def sc_hold(order: str) -> str:
+    ran.append(f"hold {order}")
+    await asyncio.Event().wait()  # runs until its worker, stopping, cancels it
+    return order
+
+
+@saga
+def sc_held(order: str) -> Any:
+    yield sc_book(order)
+    yield sc_hold(order)
+
+
 async def stop_once(orchestrator: SagaOrchestrator, reached: asyncio.Event) -> None:
     """Run a worker until ``reached`` is set, then tell it to stop: it returns, as told."""
     stop = asyncio.Event()
@@ -168,6 +181,11 @@ async def test_a_stopping_worker_waits_for_its_store_connect_timeout_once_not_pe
     # would be an hour from the claim's end on).
     async with opened(dsn, schema, connect_timeout=0.2) as store:
         orchestrator = SagaOrchestrator(store)
+        # A saga in flight, whose lease the stopping worker releases: an orphan it claims
+        # first (its run then waits in sc_hold), before a claim that gets no answer.
+        with FaultInjector().crash(sc_hold), pytest.raises(SimulatedCrash):
+            await orchestrator.execute(sc_held("o3"), saga_id="sc-held")
+        await simulate_restart(store)
         claiming = asyncio.Event()
         releasing = asyncio.Event()
         cancelled: list[str] = []
@@ -175,14 +193,51 @@ async def test_a_stopping_worker_waits_for_its_store_connect_timeout_once_not_pe
         def longer() -> None:
             store.connect_timeout = 3600.0
 
-        store.claim_orphans = never_answering(claiming, cancelled, "claim", on_cancel=longer)  # type: ignore[method-assign]
+        claim = store.claim_orphans
+        silent = never_answering(claiming, cancelled, "claim", on_cancel=longer)
+        claimed: list[OrphanedSaga] = []
+
+        async def answered_once_then_silent(**options: Any) -> list[OrphanedSaga]:
+            if claimed:
+                return await silent(**options)  # type: ignore[no-any-return]
+            claimed.extend(await claim(**options))
+            return list(claimed)
+
+        store.claim_orphans = answered_once_then_silent  # type: ignore[method-assign]
         store.release_leases = never_answering(releasing, cancelled, "release")  # type: ignore[method-assign]
         await stop_once(orchestrator, claiming)
+        assert [orphan.saga_id for orphan in claimed] == ["sc-held"]
         assert cancelled == ["claim", "release"]
-        assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        worker_said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert [m for m in worker_said if m.startswith("sagakit worker")] == [
             "sagakit worker could not release its saga leases: no answer within 0.2 s of "
             "being told to stop (connect_timeout); they run out by themselves"
         ]
+
+
+async def test_a_worker_stopped_with_no_sagas_in_flight_releases_no_leases_nor_warns_of_them(
+    dsn: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: a worker running no saga still called release_leases(saga_ids=[]) as it
+    # stopped; with the stop's budget spent (here by a claim that got no answer), that
+    # warned "could not release its saga leases" of no lease at all.
+    async with opened(dsn, schema, connect_timeout=0.2) as store:
+        orchestrator = SagaOrchestrator(store)
+        claiming = asyncio.Event()
+        cancelled: list[str] = []
+        released: list[dict[str, Any]] = []
+        release = store.release_leases
+
+        async def recorded_release(**options: Any) -> int:
+            released.append(options)
+            return await release(**options)
+
+        store.claim_orphans = never_answering(claiming, cancelled, "claim")  # type: ignore[method-assign]
+        store.release_leases = recorded_release  # type: ignore[method-assign]
+        await stop_once(orchestrator, claiming)
+        assert cancelled == ["claim"]
+        assert released == []
+        assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
 
 
 async def test_closing_a_store_whose_release_gets_no_answer_returns(

@@ -902,3 +902,80 @@ async def test_compensation_interrupted_by_a_cancel_and_run_again(
     ]
     assert meta["compensation_events"] == ("undone s",)
     assert CALLS == ["undo s", "undo s"]
+
+
+@saga(name="parity_parked")
+def parked_order(account: str):  # type: ignore[no-untyped-def]
+    yield deposit(account, 1)
+    yield note(account)
+
+
+async def _parked_after_crashing_every_recovery(store: Callable[[], Any]) -> dict[str, Any]:
+    """``parked_order`` crashes its run and each of its 2 recoveries (``max_attempts=2``),
+    and the recovery after parks it: what the dead letter and the saga say of it."""
+    from sagakit.testing import SimulatedCrash, simulate_restart
+
+    first = store()
+    with FaultInjector().crash(note), pytest.raises(SimulatedCrash):
+        await SagaOrchestrator(first, sleep=_no_sleep).execute(parked_order("p"), saga_id="pk-1")
+    await simulate_restart(first)
+    await first.close()
+    for _ in range(2):  # attempts 1 and 2, each "crashing" its process too
+        crashed = store()
+        with FaultInjector().crash(note), pytest.raises(SimulatedCrash):
+            await SagaOrchestrator(crashed, sleep=_no_sleep).recover(max_attempts=2)
+        await simulate_restart(crashed)
+        await crashed.close()
+    async with SagaOrchestrator(store(), sleep=_no_sleep) as restarted:
+        assert await restarted.recover(max_attempts=2) == []  # a third: parked, not run
+        (letter,) = await restarted.store.dead_letters()  # type: ignore[attr-defined]
+        meta = await restarted.get_saga("pk-1")
+    assert meta is not None
+    return {
+        "saga_id": letter.saga_id,
+        "recovery_attempts": letter.recovery_attempts,
+        "reason": letter.reason,
+        "dead_letter": meta.dead_letter,
+        "status": str(meta.status),
+        "error": meta.error,
+    }
+
+
+async def test_a_saga_parked_for_crashing_every_recovery_counts_its_attempts_alike(
+    tmp_path: Path,
+) -> None:
+    # Regression: PostgreSQL counted the claim that parked the saga as an attempt too:
+    # "recovery attempted 3 times (more than max_attempts=2)" with recovery_attempts 3
+    # (`sagakit show`: "parked ... after 3 recovery attempts"), where 2 runs were tried,
+    # and SQLite said "none of its 2 recovery attempts finished it".
+    from sagakit import PostgresStore
+
+    dsn = dsn_or_skip()
+    on_sqlite = await _parked_after_crashing_every_recovery(
+        lambda: SQLiteStore(tmp_path / "parked.db")
+    )
+    schemas = fresh_schema(dsn)
+    schema = next(schemas)
+    try:
+        on_postgres = await _parked_after_crashing_every_recovery(
+            lambda: PostgresStore(dsn, schema=schema)
+        )
+    finally:
+        for _ in schemas:  # drops the schema
+            pass
+    reason = (
+        "none of its 2 recovery attempts finished it: each time its process died or was "
+        "stopped (max_attempts=2)"
+    )
+    expected = {
+        "saga_id": "pk-1",
+        "recovery_attempts": 2,
+        "reason": reason,
+        "dead_letter": reason,
+        "status": "executing",
+        "error": None,
+    }
+    assert on_sqlite == expected
+    assert on_postgres == expected
+    # Once on each log; note never ran: every run "crashed" as it began.
+    assert CALLS == ["deposit p", "deposit p"]

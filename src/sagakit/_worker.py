@@ -487,7 +487,10 @@ async def _shutdown(
         # The inner sagas too: cancelled with their outer saga's task, they would
         # compensate what the next owner of the outer saga runs on from the log.
         inner = {saga_id for saga_id, (run, step) in nested.items() if still_running(step, run)}
-        releasing = asyncio.ensure_future(release(saga_ids=sorted({*tasks.values(), *inner})))
+        ids = sorted({*tasks.values(), *inner})
+        if not ids:  # no saga in flight: no lease to hand back (nor to warn of, past the budget)
+            return
+        releasing = asyncio.ensure_future(release(saga_ids=ids))
         if await _ends(releasing, now, budget.left(), budget):
             released = releasing.result()
         else:

@@ -212,11 +212,15 @@ def statements(schema: str) -> Statements:
             "d AS (SELECT saga_id, attempts, attempts > %(max)s AS dead, handed FROM c) "
             f"UPDATE {s}.sagas s SET "
             "owner = CASE WHEN d.dead THEN NULL ELSE %(owner)s END, "
-            "fence = s.fence + 1, released = false, recovery_attempts = d.attempts, "
+            # The claim that parks a saga is no attempt (no run of it is made): its count
+            # and reason say the attempts that were made, as SQLite's (s.: the old row).
+            "fence = s.fence + 1, released = false, recovery_attempts = CASE WHEN d.dead "
+            "THEN s.recovery_attempts ELSE d.attempts END, "
             f"lease_until = CASE WHEN d.dead THEN NULL ELSE {lease} END, "
-            "dead_reason = CASE WHEN d.dead THEN 'recovery attempted ' || d.attempts || "
-            "' times (more than max_attempts=' || %(max)s || '); the saga may crash its "
-            "worker every time' END, "
+            "dead_reason = CASE WHEN d.dead THEN 'none of its ' || s.recovery_attempts || "
+            "' recovery attempt' || CASE WHEN s.recovery_attempts = 1 THEN '' ELSE 's' END "
+            "|| ' finished it: each time its process died or was stopped (max_attempts=' "
+            "|| %(max)s || ')' END, "
             "parked_at = CASE WHEN d.dead THEN greatest(now(), s.started_at) END, "
             # The claim's write token (the next one for a handover), for claimed_by.
             "last_write = CASE WHEN d.dead THEN s.last_write "
