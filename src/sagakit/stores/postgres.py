@@ -563,8 +563,10 @@ class PostgresStore:
     async def _read(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         """One statement that writes nothing, again on a new connection while the one it
         used is lost (see :meth:`_again`): reading twice is safe, unlike an ``UPDATE``
-        whose commit is in doubt."""
-        return await self._again(lambda: self._run(sql, params), "reading the saga log")
+        whose commit is in doubt. Each try waits ``connect_timeout`` for its answer at
+        most (on a silent connection: given up on, as a lost one)."""
+        with answers_within(self.connect_timeout):
+            return await self._again(lambda: self._run(sql, params), "reading the saga log")
 
     @property
     def stats(self) -> PostgresStats:
@@ -610,9 +612,10 @@ class PostgresStore:
         ids = list(self._held)
         if not ids:
             return 0
-        found = await self._run(
-            self._sql.heartbeat, {"owner": self.owner, "ids": ids, "lease": self.lease}
-        )
+        with answers_within(self.connect_timeout):  # (on a silent connection: next beat)
+            found = await self._run(
+                self._sql.heartbeat, {"owner": self.owner, "ids": ids, "lease": self.lease}
+            )
         return len(found)
 
     async def release_leases(
@@ -1475,6 +1478,21 @@ class PostgresStore:
             return []
         orphans: list[OrphanedSaga] = []
         taken: list[str] = []  # the ids this call took leases of
+        # Each statement waits connect_timeout for its answer at most: on a silent
+        # connection the claim fails (a worker claims again after its poll interval).
+        with answers_within(self.connect_timeout):
+            return await self._claim_all(names, limit, max_attempts, saga_ids, orphans, taken)
+
+    async def _claim_all(
+        self,
+        names: Collection[str] | None,
+        limit: int,
+        max_attempts: int,
+        saga_ids: Collection[str] | None,
+        orphans: list[OrphanedSaga],
+        taken: list[str],
+    ) -> list[OrphanedSaga]:
+        """Claim until ``limit`` sagas are runnable or no more can be claimed."""
         try:
             while True:
                 wanted = limit - len(orphans)
@@ -1603,12 +1621,19 @@ class PostgresStore:
             if not _maybe_committed(error):
                 raise
             lost = error
-        found = await self._again(
-            lambda: self._run(
-                self._sql.claimed_by, {"owner": self.owner, "token": params["token"]}
-            ),
-            "reading back a claim whose connection was lost",
-        )
+        try:
+            found = await self._again(
+                lambda: self._run(
+                    self._sql.claimed_by, {"owner": self.owner, "token": params["token"]}
+                ),
+                "reading back a claim whose connection was lost",
+            )
+        except StoreError as error:
+            raise StoreError(
+                f"{error}; the claim may have taken sagas all the same: none of them runs "
+                f"here, and once their lease ({timeout_text(self.lease)}) runs out another "
+                "claim takes them"
+            ) from error.__cause__
         if not found:
             raise lost
         return found
