@@ -1,4 +1,4 @@
-"""How long a PostgreSQL store waits for the answer to a write: ``connect_timeout``.
+"""How long a PostgreSQL store waits for the answer to a statement: ``connect_timeout``.
 
 A statement on a connection that went silent (a network partition, a fail-over that
 leaves it half-open: nothing resets it) waits until the kernel gives up, some 15
@@ -7,7 +7,10 @@ writer's batch), the settling of a write in doubt and the release of a finished 
 lease each wait ``connect_timeout`` for their answer at most; past it, the statement is
 cancelled (again if its cancellation gets no answer either: psycopg then closes the
 connection) and given up on as a lost connection: it may have committed or not, so it
-is in doubt, settled as a write whose connection was lost.
+is in doubt, settled as a write whose connection was lost. A worker's claim, the
+heartbeat's renewal and the reads wait as long: a claim given up on raises (the sagas it
+may have taken come back once their leases run out), a renewal is tried again at the
+next beat, and a read is tried again on another connection.
 """
 
 from __future__ import annotations
