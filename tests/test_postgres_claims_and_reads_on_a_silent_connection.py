@@ -23,13 +23,13 @@ pytestmark = pytest.mark.asyncio
 
 GIVE_UP = 30.0  # seconds before a call is declared hung (a guard, not a measurement)
 
-holding = asyncio.Event()
+holding: list[asyncio.Event] = []  # one per test (an event is bound to its loop)
 go_on: list[asyncio.Event] = []
 
 
 @step
 async def silent_claim_wait(order: str) -> str:
-    holding.set()
+    holding[-1].set()
     await go_on[-1].wait()
     return order
 
@@ -74,15 +74,16 @@ async def test_a_claim_that_gets_no_answer_fails(dsn: str, schema: str) -> None:
 
 
 class FailedClaims(logging.Handler):
-    """Notes the worker's warnings of failed claims; ``twice`` is set at the second."""
+    """Notes the warnings that say ``what`` failed; ``twice`` is set at the second."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "worker could not claim sagas") -> None:
         super().__init__(logging.WARNING)
+        self.what = what
         self.said: list[str] = []
         self.twice = asyncio.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if "worker could not claim sagas" in record.getMessage():
+        if self.what in record.getMessage():
             self.said.append(record.getMessage())
             if len(self.said) >= 2:
                 self.twice.set()
@@ -128,7 +129,7 @@ async def test_a_worker_whose_claims_get_no_answer_claims_again(dsn: str, schema
 async def test_a_renewal_that_gets_no_answer_fails(dsn: str, schema: str) -> None:
     # Regression: the heartbeat's renewal waited without bound (the heartbeat stopped
     # beating); given up on, it is tried again at the next beat.
-    holding.clear()
+    holding.append(asyncio.Event())
     go_on.append(asyncio.Event())
     with proxied(dsn) as proxy:
         store = PostgresStore(
@@ -139,7 +140,7 @@ async def test_a_renewal_that_gets_no_answer_fails(dsn: str, schema: str) -> Non
                 SagaOrchestrator(store).execute(silent_claim_order("o"), saga_id="sc-1")
             )
             async with asyncio.timeout(GIVE_UP):
-                await holding.wait()
+                await holding[-1].wait()
             proxy.silence()
             error = await raised(store.renew())
             assert "no answer within 0.5 s (connect_timeout)" in str(error), str(error)
@@ -149,6 +150,49 @@ async def test_a_renewal_that_gets_no_answer_fails(dsn: str, schema: str) -> Non
             running.exception()  # (its end, on the silent connection, failed)
         finally:
             go_on[-1].set()
+            proxy.restore()
+            await store.close()
+
+
+async def test_a_heartbeat_whose_renewals_get_no_answer_beats_again(dsn: str, schema: str) -> None:
+    # Regression: the heartbeat's first renewal on a silent connection never ended, so it
+    # never beat again (not even once the connection came back).
+    holding.append(asyncio.Event())
+    go_on.append(asyncio.Event())
+    failed = FailedClaims("heartbeat could not renew leases")
+    sagakit_logger = logging.getLogger("sagakit")
+    sagakit_logger.addHandler(failed)
+    with proxied(dsn) as proxy:
+        store = PostgresStore(
+            proxy.dsn(),
+            schema=schema,
+            connect_timeout=0.5,
+            lease=5.0,
+            heartbeat=0.1,
+            min_size=4,
+        )
+        try:
+            # Opened here: the heartbeat's task, started by open(), takes no bound from a
+            # call that opened the store (a start's, which bounds its answers).
+            await store.open()
+            running = asyncio.ensure_future(
+                SagaOrchestrator(store).execute(silent_claim_order("o"), saga_id="sc-2")
+            )
+            async with asyncio.timeout(GIVE_UP):
+                await holding[-1].wait()
+            proxy.silence()
+            said_twice = asyncio.ensure_future(failed.twice.wait())
+            await asyncio.wait((said_twice,), timeout=GIVE_UP)
+            said_twice.cancel()
+            assert failed.twice.is_set(), "the heartbeat did not try to renew twice"
+            assert "no answer within 0.5 s (connect_timeout)" in failed.said[0], failed.said
+            go_on[-1].set()
+            await asyncio.wait((running,), timeout=GIVE_UP)
+            assert running.done()
+            running.exception()  # (its end, on the silent connection, failed)
+        finally:
+            go_on[-1].set()
+            sagakit_logger.removeHandler(failed)
             proxy.restore()
             await store.close()
 
