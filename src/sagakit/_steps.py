@@ -731,37 +731,23 @@ def _call_maker(spec: StepSpec) -> Callable[..., StepCall[Any]]:
     # always checked); a tuple's ``in`` costs less than a chained comparison.
     counts = tuple(range(arity - len(spec.defaults), arity + 1)) if arity >= 0 else ()
 
-    if CLASSMETHOD_CALLS_PLAINLY:
+    # From Python 3.13 ``classmethod`` calls the step with the class first; before, it
+    # binds through the step's ``__get__``, so there is no class method to tell apart.
+    plainly = CLASSMETHOD_CALLS_PLAINLY
 
-        def __call__(self: Step[Any, Any], *args: Any, **kwargs: Any) -> StepCall[Any]:
-            if kwargs or len(args) not in counts:
-                check_arguments(spec, args, kwargs)
-            if args and _class_method_of(self, args[0]):
-                return _bound_to_class(self, args, kwargs)
-            call: StepCall[Any] = _new_call(StepCall)  # no __init__ frame: this is per step
-            call._step = self
-            call._spec = spec
-            call._fn = fn
-            call._instance = None
-            call._args = args
-            call._kwargs = kwargs
-            return call
-
-    else:
-        # Before Python 3.13 ``classmethod`` binds through the step's ``__get__``: no
-        # class method to tell apart per call.
-
-        def __call__(self: Step[Any, Any], *args: Any, **kwargs: Any) -> StepCall[Any]:
-            if kwargs or len(args) not in counts:
-                check_arguments(spec, args, kwargs)
-            call: StepCall[Any] = _new_call(StepCall)  # no __init__ frame: this is per step
-            call._step = self
-            call._spec = spec
-            call._fn = fn
-            call._instance = None
-            call._args = args
-            call._kwargs = kwargs
-            return call
+    def __call__(self: Step[Any, Any], *args: Any, **kwargs: Any) -> StepCall[Any]:
+        if kwargs or len(args) not in counts:
+            check_arguments(spec, args, kwargs)
+        if plainly and args and _class_method_of(self, args[0]):
+            return _bound_to_class(self, args, kwargs)
+        call: StepCall[Any] = _new_call(StepCall)  # no __init__ frame: this is per step
+        call._step = self
+        call._spec = spec
+        call._fn = fn
+        call._instance = None
+        call._args = args
+        call._kwargs = kwargs
+        return call
 
     return __call__
 
