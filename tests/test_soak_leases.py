@@ -483,6 +483,9 @@ class Worker:
         self.stop.set()
         assert self.loop is not None
         await asyncio.gather(self.loop, return_exceptions=True)
+        # Stopped: what it held is released (a worker holding none releases nothing, so
+        # release_leases() alone would never tell a step waiting for the stop).
+        self.store.released.set()
 
     async def crash(self) -> None:
         """Die: send nothing more, cancel every task; the leases run out."""
