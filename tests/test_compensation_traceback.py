@@ -8,6 +8,7 @@ compensation that raised. A note (PEP 678) now carries the compensation error's 
 
 from __future__ import annotations
 
+import gc
 import logging
 import pickle
 import traceback
@@ -205,6 +206,7 @@ def test_pytest_shows_the_compensation_line(pytester: pytest.Pytester) -> None:
         """
     )
     pytester.makepyfile(test_failing=FAILING)
+    gc.collect()  # not during the run: a task an earlier test left pending names _orchestrator.py
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
