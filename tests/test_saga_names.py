@@ -121,3 +121,24 @@ def test_a_class_method_saga_holds_its_name_too(modules: Any, tmp_path: Path) ->
         assert registered_saga("sn_dispatch") is warehouse.Warehouse.dispatch.__func__
     finally:
         sys.modules.pop("sn_warehouse", None)
+
+
+@step
+async def sn_lambda_note(item: str) -> str:
+    return item
+
+
+def test_a_lambda_saga_needs_a_name() -> None:
+    # Regression: every lambda is named '<lambda>', and one lambda saga replaced another in
+    # the registry without a word (same module and qualified name): recovery of a run of the
+    # first rebuilt it from the second.
+    with pytest.raises(SagaDefinitionError) as refused:
+        saga(lambda item: [sn_lambda_note(item)])
+    message = str(refused.value)
+    assert "a lambda" in message
+    assert "saga(name=...)(lambda ...)" in message
+    assert registered_saga("<lambda>") is None
+
+    named = saga(name="sn_lambda_flow")(lambda item: [sn_lambda_note(item)])
+    assert named.name == "sn_lambda_flow"
+    assert registered_saga("sn_lambda_flow") is named

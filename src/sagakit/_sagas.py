@@ -478,6 +478,13 @@ class SagaFunction(Generic[P]):
                 f"@saga needs a plain generator function (yield each step call) or a function "
                 f"returning a list of step calls; {qualname_of(fn)} is async — drop 'async'"
             )
+        if name is None and getattr(fn, "__name__", None) == "<lambda>":
+            # Every lambda is named so: one would replace another in the registry.
+            raise SagaDefinitionError(
+                "@saga cannot name a lambda: every lambda is named '<lambda>', and recovery "
+                "finds a saga by its name; declare the saga with 'def', or give it a name: "
+                "saga(name=...)(lambda ...)"
+            )
         name = declared_name(fn, name, what="saga", fix="saga(name=...)(...)")
         recovery = _check_recovery(recovery, "@saga(recovery=...)")
         self.__wrapped__ = fn
