@@ -445,3 +445,30 @@ def test_step_on_a_saga_says_to_run_it_from_a_step() -> None:
         "function; it is a @saga function: run it as a nested saga from a step: an @step "
         "that awaits orchestrator.execute(refund(...))"
     )
+
+
+def test_compensate_with_options_says_where_they_go() -> None:
+    # Regression: @debit.compensate(retry=3) (options, as @step takes) failed with Python's
+    # "Step.compensate() got an unexpected keyword argument 'retry'", naming no fix.
+    @step
+    async def sdf_hold(account: str) -> None:
+        pass
+
+    with pytest.raises(SagaDefinitionError) as refused:
+
+        @sdf_hold.compensate(retry=3, timeout=5)  # type: ignore[call-overload]
+        async def sdf_unhold(account: str) -> None:
+            pass
+
+    message = str(refused.value)
+    assert "@sdf_hold.compensate takes no options (got retry, timeout)" in message
+    assert "@step(compensation_timeout=..., compensation_retry=...)" in message
+    assert sdf_hold.compensation is None  # nothing was registered
+
+    async def sdf_release(account: str) -> None:
+        pass
+
+    # Given with the function too (sdf_hold.compensate(fn, retry=3)): the same error.
+    with pytest.raises(SagaDefinitionError, match=r"takes no options \(got retry\)"):
+        sdf_hold.compensate(sdf_release, retry=3)  # type: ignore[call-overload]
+    assert sdf_hold.compensation is None

@@ -587,13 +587,20 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         fn: Callable[Concatenate[S, R | None, Q], Awaitable[T]],
     ) -> Callable[Concatenate[S, R | None, Q], Coroutine[Any, Any, T]]: ...
     def compensate(
-        self, fn: Callable[..., Awaitable[Any]] = _NO_FUNCTION
+        self, fn: Callable[..., Awaitable[Any]] = _NO_FUNCTION, **options: Any
     ) -> Callable[..., Awaitable[Any]]:
         """Register ``fn`` as this step's compensation and return it unchanged.
 
         ``fn`` takes the step's arguments, or the step's result followed by them.
         """
         written = getattr(self.__wrapped__, "__name__", self.name)  # as in @debit.compensate
+        if options:  # @debit.compensate(retry=3), as @step takes options
+            raise SagaDefinitionError(
+                f"@{written}.compensate takes no options (got {', '.join(options)}); give "
+                f"the compensation's options in the step's @step(compensation_timeout=..., "
+                f"compensation_retry=...), and write @{written}.compensate without "
+                "parentheses above the compensation"
+            )
         if fn is _NO_FUNCTION:  # @debit.compensate(): it takes no options
             raise SagaDefinitionError(
                 f"@{written}.compensate() takes no arguments: write it without parentheses, "
