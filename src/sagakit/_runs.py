@@ -99,7 +99,15 @@ def events_of(result: Any, record: StepRun | None = None) -> Sequence[Any]:
             raise returned_awaitable(record, result)
         if isinstance(result, Iterator | AsyncIterator):
             raise returned_iterator(record, result)
+        if result.__class__.__name__ == "SagaDefinition" and _is_definition(result):
+            raise returned_definition(record, result)
     return (result,)
+
+
+def _is_definition(result: object) -> bool:
+    from ._sagas import SagaDefinition  # which imports this module
+
+    return isinstance(result, SagaDefinition)
 
 
 def _which(record: StepRun) -> str:
@@ -116,6 +124,22 @@ def returned_iterator(record: StepRun, result: Any) -> SagaDefinitionError:
     return SagaDefinitionError(
         f"{_which(record)} returned {article} {kind} instead of its events; an iterator is "
         "read only once and no saga log can store it: return a list, `return list(...)`"
+    )
+
+
+def returned_definition(record: StepRun, result: SagaDefinition) -> SagaDefinitionError:
+    """The error of a step or compensation that returned ``result``, a saga definition,
+    instead of executing it: the nested saga never ran (and no saga log can store it)."""
+    factory = result.factory
+    written = (  # as the code wrote it: the @saga function, or the builder
+        f"{getattr(factory, '__name__', result.name)}(...)"
+        if factory is not None
+        else "SagaDefinition(...)"
+    )
+    return SagaDefinitionError(
+        f"{_which(record)} returned the saga definition {result!r} instead of running it; "
+        f"a step runs a nested saga by executing it: `return await "
+        f"current_step().orchestrator.execute({written})`"
     )
 
 

@@ -1,0 +1,141 @@
+"""A step or compensation returning a saga definition — a nested saga it forgot to
+execute — fails clearly, in every store, rather than completing without running it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sagakit import (
+    CompensationFailed,
+    MemoryStore,
+    SagaDefinition,
+    SagaDefinitionError,
+    SagaOrchestrator,
+    SagaStatus,
+    SQLiteStore,
+    StepStatus,
+    saga,
+    step,
+)
+
+ran: list[str] = []
+
+
+@step
+async def rdef_reserve(item: str) -> list[str]:
+    ran.append(f"reserve {item}")
+    return [f"reserved {item}"]
+
+
+@rdef_reserve.compensate
+async def rdef_release(item: str) -> list[str]:
+    ran.append(f"release {item}")
+    return [f"released {item}"]
+
+
+@step
+async def rdef_pay(item: str) -> list[str]:
+    ran.append(f"pay {item}")
+    return [f"paid {item}"]
+
+
+@saga
+def rdef_payment(item: str) -> Iterator[Any]:
+    yield rdef_pay(item)
+
+
+@step
+async def rdef_run_payment(item: str) -> SagaDefinition:
+    # The mistake: `return await current_step().orchestrator.execute(rdef_payment(item))`.
+    return rdef_payment(item)
+
+
+@step
+async def rdef_ship(item: str) -> list[str]:
+    return [f"shipped {item}"]
+
+
+@rdef_ship.compensate
+async def rdef_unship(item: str) -> SagaDefinition:
+    return rdef_payment(item)  # a refund saga it forgot to execute
+
+
+@step
+async def rdef_fail(item: str) -> None:
+    raise LookupError(item)
+
+
+@pytest.fixture(autouse=True)
+def _clear() -> None:
+    ran.clear()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    return MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "s.db")
+
+
+@pytest.mark.asyncio
+async def test_a_step_returning_a_definition_fails_and_earlier_steps_are_undone(
+    store: Any,
+) -> None:
+    # Regression: in memory the step completed with the definition as its one event, the
+    # inner saga never ran and nothing said so; a durable store failed it as an
+    # unstorable result, saying to make the definition a dataclass or register a codec.
+    async with SagaOrchestrator(store) as orchestrator:
+        definition = SagaDefinition(steps=[rdef_reserve("x"), rdef_run_payment("x")], saga_id="d")
+        with pytest.raises(SagaDefinitionError) as raised:
+            await orchestrator.execute(definition)
+        metadata = await orchestrator.get_saga("d")
+    message = str(raised.value)
+    assert (
+        "step 1 ('rdef_run_payment') returned the saga definition "
+        "<SagaDefinition rdef_payment steps=?> instead of running it" in message
+    )
+    assert "await current_step().orchestrator.execute(rdef_payment(...))" in message
+    assert ran == ["reserve x", "release x"]  # the inner saga never ran
+    assert metadata is not None
+    assert metadata.status is SagaStatus.COMPENSATED
+    assert metadata.events == ("reserved x",)
+    assert metadata.steps[1].status is StepStatus.FAILED
+
+
+@pytest.mark.asyncio
+async def test_a_compensation_returning_a_definition_fails_that_compensation(
+    store: Any,
+) -> None:
+    orchestrator = SagaOrchestrator(store, continue_on_compensation_failure=True)
+    async with orchestrator:
+        definition = SagaDefinition(
+            steps=[rdef_reserve("x"), rdef_ship("x"), rdef_fail("x")], saga_id="u"
+        )
+        with pytest.raises(CompensationFailed) as raised:
+            await orchestrator.execute(definition)
+        metadata = await orchestrator.get_saga("u")
+    failure = raised.value
+    assert isinstance(failure.error, SagaDefinitionError)
+    assert "the compensation of step 1 ('rdef_ship') returned the saga definition" in str(failure)
+    assert failure.compensation_events == ["released x"]
+    assert metadata is not None
+    assert metadata.status is SagaStatus.FAILED
+    assert metadata.compensations[0].status is StepStatus.FAILED
+
+
+@step
+async def rdef_run_built(item: str) -> SagaDefinition:
+    return SagaDefinition("rdef-inner", steps=[rdef_pay(item)])
+
+
+@pytest.mark.asyncio
+async def test_a_built_definition_is_named_as_the_builder() -> None:
+    async with SagaOrchestrator() as orchestrator:
+        with pytest.raises(SagaDefinitionError) as raised:
+            await orchestrator.execute(SagaDefinition(steps=[rdef_run_built("x")]))
+    message = str(raised.value)
+    assert "returned the saga definition <SagaDefinition rdef-inner" in message
+    assert "current_step().orchestrator.execute(SagaDefinition(...))" in message
+    assert ran == []
