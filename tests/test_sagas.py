@@ -324,6 +324,61 @@ def test_saga_returning_something_else_is_refused() -> None:
     assert "decorator" not in str(refused.value)
 
 
+def test_a_list_saga_returning_one_step_call_none_or_a_saga_is_told_the_fix() -> None:
+    # Regression: each said only "must return a list or tuple of step calls ..., got
+    # StepCall" (or NoneType, or SagaDefinition), naming neither the value nor the fix.
+    @saga
+    def single(account: str) -> Any:
+        return debit(account, 1.0)
+
+    with pytest.raises(SagaDefinitionError) as refused:
+        single("A")
+    assert str(refused.value).endswith(
+        "got a single step call, <StepCall debit('A', 1.0)>: return it in a list, "
+        "`return [debit(...)]`"
+    )
+
+    @saga
+    def forgot(account: str) -> Any:
+        calls = [debit(account, 1.0)]  # noqa: F841  # the mistake: no `return calls`
+
+    with pytest.raises(SagaDefinitionError) as refused:
+        forgot("A")
+    assert str(refused.value).endswith(
+        "got None: end the function with `return [...]` of its step calls, or `yield` each one"
+    )
+
+    @saga
+    def refund_list(account: str) -> list[StepCall[Any]]:
+        return [credit(account, 1.0)]
+
+    @saga
+    def refund_gen(account: str) -> Generator[StepCall[Any], Any, None]:
+        yield credit(account, 1.0)
+
+    @saga
+    def returns_list_saga(account: str) -> Any:
+        return refund_list(account)
+
+    with pytest.raises(SagaDefinitionError) as refused:
+        returns_list_saga("A")
+    message = str(refused.value)
+    assert "got the definition of saga 'refund_list', which this saga cannot run" in message
+    assert "take its steps as this saga's own: `return [*refund_list(...).steps]`" in message
+    assert "orchestrator.execute(refund_list(...))" in message
+
+    @saga
+    def returns_generator_saga(account: str) -> Any:
+        return refund_gen(account)
+
+    with pytest.raises(SagaDefinitionError) as refused:
+        returns_generator_saga("A")
+    message = str(refused.value)
+    assert "got the definition of saga 'refund_gen'" in message
+    assert "make this saga a generator, `yield from refund_gen.__wrapped__(...)`" in message
+    assert "orchestrator.execute(refund_gen(...))" in message
+
+
 def test_a_generator_saga_behind_another_decorator_is_told_where_to_put_saga() -> None:
     # The error said only "got generator": a decorator without functools.wraps-like
     # generator detection hides that the function is a generator function.

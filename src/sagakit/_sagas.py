@@ -579,15 +579,9 @@ class SagaFunction(Generic[P]):
                 self._check_arguments(args, kwargs)  # the call, rather than the body, failed?
                 raise
             if not isinstance(body, list | tuple):
-                hidden = (
-                    "; it returned a generator: a decorator between @saga and the generator "
-                    "function hides that it is one, so put @saga directly above the function"
-                    if inspect.isgenerator(body)
-                    else ""
-                )
                 raise SagaDefinitionError(
                     f"saga {self.name!r} must return a list or tuple of step calls "
-                    f"(or be a generator that yields them), got {type(body).__name__}{hidden}"
+                    f"(or be a generator that yields them), got {_not_a_list(body)}"
                 )
             for index, call in enumerate(body):
                 _check_call(call, self.name, index)
@@ -628,6 +622,34 @@ class SagaFunction(Generic[P]):
 
     def __repr__(self) -> str:
         return f"<saga {self.name}>"
+
+
+def _not_a_list(body: object) -> str:
+    """What a list saga's function returned instead of a list, with the fix."""
+    if body is None:
+        return "None: end the function with `return [...]` of its step calls, or `yield` each one"
+    if inspect.isgenerator(body):
+        return (
+            "generator; it returned a generator: a decorator between @saga and the generator "
+            "function hides that it is one, so put @saga directly above the function"
+        )
+    if isinstance(body, StepCall):
+        written = getattr(body.step.__wrapped__, "__name__", body.step.name)
+        return f"a single step call, {body!r}: return it in a list, `return [{written}(...)]`"
+    if isinstance(body, SagaDefinition) and body.factory is not None:
+        inner = body.factory
+        written = getattr(inner, "__name__", inner.name)
+        steps = (
+            f"make this saga a generator, `yield from {written}.__wrapped__(...)`"
+            if inner.is_generator
+            else f"`return [*{written}(...).steps]`"
+        )
+        return (
+            f"the definition of saga {inner.name!r}, which this saga cannot run as a step: "
+            f"take its steps as this saga's own: {steps}; or run it as a nested saga from "
+            f"a step: an @step that awaits orchestrator.execute({written}(...))"
+        )
+    return type(body).__name__
 
 
 _SAGA_OPTIONS: dict[str, Any] = {"name": None, "recovery": "resume"}  # and their defaults
