@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Collection
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -76,14 +75,12 @@ logger = logging.getLogger("sagakit")
 
 DEFAULT_MAX_ATTEMPTS = 3
 
-recovery_limit: ContextVar[tuple[weakref.ref[SagaOrchestrator], int] | None] = ContextVar(
-    "sagakit_recovery_limit", default=None
-)
-"""While a recovery (``recover()``, a worker, :func:`adopt`) finishes an orphan: its
-orchestrator (a weak reference, as a run holds it) and the ``max_attempts`` it was
-given, which :func:`adopt` applies to the inner sagas the resumed steps execute again
-on that orchestrator (not its ``max_recovery_attempts``). Nothing is set on the
-``execute()`` path."""
+recovery_limit: ContextVar[int | None] = ContextVar("sagakit_recovery_limit", default=None)
+"""While a recovery (``recover()``, a worker, :func:`adopt`) finishes an orphan: the
+``max_attempts`` it was given, which :func:`adopt` applies to the inner sagas the resumed
+steps execute again, whichever orchestrator executes them (not its
+``max_recovery_attempts``): they are finished as part of that recovery. Nothing is set
+on the ``execute()`` path."""
 
 RecoveryAction: TypeAlias = Literal["resumed", "compensated", "dead_lettered"]
 """What recovery did with an orphaned saga (:attr:`RecoveryOutcome.action`)."""
@@ -329,14 +326,10 @@ async def adopt(orchestrator: SagaOrchestrator, saga_id: str, name: str) -> bool
         await recovering[1].wait()
         return True
     # A claim past the limit parks the saga: that of the recovery (recover(), a worker)
-    # whose resumed step executes this inner saga again, else the orchestrator's, as its
-    # recover() would apply.
+    # whose resumed step executes this inner saga again, on this orchestrator or another,
+    # else this orchestrator's, as its recover() would apply.
     limit = recovery_limit.get()
-    max_attempts = (
-        limit[1]
-        if limit is not None and limit[0] is orchestrator._ref
-        else orchestrator._max_recovery_attempts
-    )
+    max_attempts = orchestrator._max_recovery_attempts if limit is None else limit
     watch = CancellationWatch()
     orphans = await _claim_next(store, max_attempts, (saga_id,))
     if watch.came() and hands_back(run, running_step.get()):
@@ -591,7 +584,7 @@ async def _recover_one(
     recovering = orchestrator._recovering
     mine = (asyncio.get_running_loop(), asyncio.Event())
     recovering[orphan.saga_id] = mine
-    token = recovery_limit.set((orchestrator._ref, max_attempts))
+    token = recovery_limit.set(max_attempts)
     try:
         return await _finish_claimed(orchestrator, store, orphan)
     finally:
