@@ -2220,7 +2220,7 @@ def test_a_long_error_is_cut_to_its_column_in_terminal_columns_and_says_so(
 ) -> None:
     # Regression: errors and reasons were cut at 60 (70) characters, silently, so a cut
     # one read as whole, and one of wide characters (CJK, emoji) took twice the columns.
-    from sagakit.cli import _width
+    from sagakit._cli_text import _width
 
     db, _ = log_db
     with closing(sqlite3.connect(db)) as conn, conn:
@@ -2335,7 +2335,7 @@ def test_a_saga_parked_after_interrupted_recoveries_is_not_said_to_have_crashed_
 def test_recover_notes_name_five_sagas_then_an_ellipsis() -> None:
     # The helper behind the notes of `recover` that name sagas (dead letters left alone,
     # sagas run on another host, those finished before an interruption).
-    from sagakit.cli import _first_few
+    from sagakit._cli_text import _first_few
 
     assert _first_few(["a"]) == "a"
     assert _first_few(["a", "b", "c", "d", "e"]) == "a, b, c, d, e"
@@ -2344,7 +2344,7 @@ def test_recover_notes_name_five_sagas_then_an_ellipsis() -> None:
 
 def test_recover_notes_count_in_words() -> None:
     # Regression: the notes said "1 saga(s)" and "0 recovery attempt(s)".
-    from sagakit.cli import _counted
+    from sagakit._cli_text import _counted
 
     assert _counted(1, "saga") == "1 saga"
     assert _counted(2, "saga") == "2 sagas"
@@ -2689,7 +2689,7 @@ def test_tables_fit_the_terminal_cutting_names_and_errors_never_ids(
 ) -> None:
     # Regression: tables ignored the terminal's width: one saga of a 180-character name
     # widened every row of `list` past any terminal.
-    from sagakit.cli import _width
+    from sagakit._cli_text import _width
 
     db, _ = log_db
     with closing(sqlite3.connect(db)) as conn, conn:
