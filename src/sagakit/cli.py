@@ -23,12 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
 import sys
-import threading
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, TextIO, cast
+from typing import TextIO, cast
 
 from ._cli_import import _current_directory, _declared_in, _import
 from ._cli_json import _parked_json, _saga_json, _shown_json
@@ -39,6 +36,7 @@ from ._cli_logs import (
     locked_message,
     url_problem,
 )
+from ._cli_output import _Output, _OutputFailed, _stop_writing_stdout, _stoppable, _Terminated
 from ._cli_parser import _parser
 from ._cli_text import _counted, _cut, _first_few, _indented, _table, _when
 from ._commands import command_line
@@ -496,39 +494,6 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         await store.close()
 
 
-class _OutputFailed(Exception):
-    """Writing the command's output failed (a full disk, ``> /dev/full``, an I/O error):
-    its ``__cause__`` is the ``OSError``. Told apart from an error of the log."""
-
-
-class _Output:
-    """The output stream ``out`` of a command: an ``OSError`` writing or flushing it
-    becomes :class:`_OutputFailed` (a ``BrokenPipeError`` stays one: its reader went
-    away, which ends the command quietly). Anything else is ``out``'s own."""
-
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-
-    def write(self, text: str) -> int:
-        try:
-            return self._out.write(text)
-        except BrokenPipeError:
-            raise
-        except OSError as error:
-            raise _OutputFailed from error
-
-    def flush(self) -> None:
-        try:
-            self._out.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as error:
-            raise _OutputFailed from error
-
-    def __getattr__(self, name: str) -> Any:  # isatty(), fileno(), ...
-        return getattr(self._out, name)
-
-
 def _output_failed(args: argparse.Namespace, error: BaseException | None) -> str:
     """What ``main`` says when the output could not be written: why, and, where the
     command changed sagas before it wrote what it did, that it was done (run again, it
@@ -542,61 +507,6 @@ def _output_failed(args: argparse.Namespace, error: BaseException | None) -> str
     else:
         return said
     return f"{said} ({args.command} was done all the same: {shows})"
-
-
-def _stop_writing_stdout() -> None:
-    """Standard output onto ``/dev/null``: what it still buffers is flushed there at exit,
-    not again where it failed (Python's "Exception ignored" complaint)."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-
-
-class _Terminated(BaseException):
-    """SIGTERM stopped the command (``timeout``, systemd, Kubernetes): as Ctrl-C's
-    ``KeyboardInterrupt``, after the cancelled command released what it held."""
-
-
-async def _stoppable(args: argparse.Namespace, out: TextIO) -> int:
-    """:func:`_run`, cancelled by SIGTERM as ``asyncio.run`` cancels it on Ctrl-C.
-
-    Killed by SIGTERM's default action, ``recover`` left the saga it was resuming
-    leased on PostgreSQL until the lease ran out, and its claims unreturned. Cancelled,
-    the command ends as on Ctrl-C: a claim not run is given back, the store closes
-    (giving up its leases), then :class:`_Terminated`. A second SIGTERM kills at once,
-    as without this handler. A handler of the embedding program (or SIGTERM ignored,
-    as ``nohup``-style launchers may leave it) is left alone.
-    """
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    heard = False
-
-    def terminate() -> None:
-        nonlocal heard
-        heard = True
-        loop.remove_signal_handler(signal.SIGTERM)  # the next one: the default, death
-        task.cancel()
-
-    handled = False
-    if (
-        threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    ):
-        try:
-            loop.add_signal_handler(signal.SIGTERM, terminate)
-            handled = True
-        except (NotImplementedError, RuntimeError, ValueError):  # Windows' loops
-            pass
-    try:
-        return await _run(args, out)
-    except asyncio.CancelledError:
-        if heard and task.uncancel() == 0:
-            raise _Terminated from None
-        raise
-    finally:
-        if handled and not heard:
-            loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _refuse_a_running_loop() -> None:
@@ -670,7 +580,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             args.version_found = check_sqlite_log(args.db, args.busy_timeout)
         # (A cast: _Output passes for the stream it wraps.)
         output = _Output(out or sys.stdout)
-        status = asyncio.run(_stoppable(args, cast(TextIO, output)))
+        status = asyncio.run(_stoppable(lambda: _run(args, cast(TextIO, output))))
         output.flush()  # here, where a closed pipe or a full disk is caught below
         return status
     except _OutputFailed as failed:
