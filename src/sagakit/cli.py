@@ -27,6 +27,13 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import TextIO, cast
 
+from ._cli_db import (
+    _READ_ONLY_COMMANDS,
+    _db_argument,
+    _is_postgres,
+    _log_name,
+    _store_for,
+)
 from ._cli_import import _current_directory, _declared_in, _import
 from ._cli_json import _parked_json, _saga_json, _shown_json
 from ._cli_logs import (
@@ -60,39 +67,6 @@ from .stores._sqlite_schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from .stores.postgres import PostgresStore
 from .stores.sqlite import DEFAULT_BUSY_TIMEOUT, SQLiteStore
 from .transitions import Transition, TransitionKind
-
-_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-
-
-def _is_postgres(db: str) -> bool:
-    return db.startswith(_POSTGRES_SCHEMES)
-
-
-def _log_name(args: argparse.Namespace) -> str:
-    """The log ``--db`` names, for messages: never the URL, which may hold a password."""
-    if _is_postgres(args.db):
-        return f"schema {getattr(args, 'schema', 'sagakit')!r} of the PostgreSQL database"
-    return repr(args.db)
-
-
-def _db_argument(args: argparse.Namespace) -> str:
-    """``--db`` as a command line suggested in a message gives it: ``...`` for a
-    PostgreSQL URL, which may hold a password."""
-    return "..." if _is_postgres(args.db) else str(args.db)
-
-
-_READ_ONLY_COMMANDS = frozenset({"list", "show", "dead-letters"})
-"""Commands that only read: a SQLite log is opened read-only for them (a backup listed
-keeps its journal mode, a log on a read-only mount can be inspected)."""
-
-
-def _store_for(args: argparse.Namespace) -> SQLiteStore | PostgresStore:
-    """The store named by ``--db``: a PostgreSQL URL or a SQLite file path."""
-    if _is_postgres(args.db):
-        return PostgresStore(args.db, schema=getattr(args, "schema", "sagakit"))
-    return SQLiteStore(
-        args.db, read_only=args.command in _READ_ONLY_COMMANDS, busy_timeout=args.busy_timeout
-    )
 
 
 async def _unregistered_running(
