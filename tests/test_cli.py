@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-import sagakit.cli as cli_module
+import sagakit._cli_read as read_module
 from cli_helpers.run import cli
 from pg_helpers.db import dsn_or_skip, query
 from pg_helpers.roles import as_role, grant_reading
@@ -2005,7 +2005,7 @@ def test_list_reads_a_long_listing_page_by_page_with_every_saga_once(
 ) -> None:
     # Newest first; ties of a start broken by the order they were written (SQLite) or
     # by id (PostgreSQL), across the boundaries of pages of 4.
-    monkeypatch.setattr(cli_module, "_PAGE", 4)
+    monkeypatch.setattr(read_module, "_PAGE", 4)
     written = [f"paged-{n:02}" for n in range(23)]
     groups = [written[g * 5 : g * 5 + 5] for g in range(5)]
     newest = [saga_id for group in reversed(groups) for saga_id in reversed(group)]
@@ -2069,7 +2069,7 @@ def test_list_json_stops_reading_the_log_when_its_reader_is_gone(
     # Regression: `list` read every saga it lists, with all its step records and
     # events, before writing the first (3 GB for `list --limit 100000` on PostgreSQL);
     # Ctrl-C and `| head` waited for the whole read. It reads them a page at a time.
-    monkeypatch.setattr(cli_module, "_PAGE", 4, raising=False)
+    monkeypatch.setattr(read_module, "_PAGE", 4, raising=False)
     read = sagas_listed(kind, monkeypatch)
 
     class ReaderGone(io.StringIO):

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
+import sagakit._cli_read as read_module
 import sagakit._cli_text as text_module
-import sagakit.cli as cli_module
 from cli_helpers.run import cli
 from pg_helpers.db import dsn_or_skip, query
 from sagakit import (
@@ -225,7 +225,7 @@ KINDS = ["sqlite", "postgres"]
 @pytest.fixture(autouse=True)
 def _pages_of_four(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pages of 4 sagas: the log's 14 take four; tables at their whole width."""
-    monkeypatch.setattr(cli_module, "_PAGE", 4)
+    monkeypatch.setattr(read_module, "_PAGE", 4)
     monkeypatch.delenv("COLUMNS", raising=False)
 
 
