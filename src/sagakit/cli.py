@@ -22,18 +22,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TextIO, cast
 
-from ._cli_db import (
-    _READ_ONLY_COMMANDS,
-    _db_argument,
-    _is_postgres,
-    _log_name,
-    _store_for,
-)
+from ._cli_db import _READ_ONLY_COMMANDS, _db_argument, _is_postgres, _store_for
 from ._cli_import import _current_directory
 from ._cli_logs import (
     check_postgres_log,
@@ -46,6 +39,7 @@ from ._cli_output import _Output, _OutputFailed, _stop_writing_stdout, _stoppabl
 from ._cli_parser import _parser
 from ._cli_read import _dead_letters, _list, _show
 from ._cli_recover import _recover
+from ._cli_repair import _release, _resolve, _resume, _upgrade
 from ._cli_text import _counted, _first_few
 from ._commands import command_line
 from ._notify import one_line
@@ -53,102 +47,31 @@ from .exceptions import (
     CorruptLog,
     SagaAlreadyResolved,
     SagaError,
-    StoreError,
     _start_of,
 )
-from .stores._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
-from .stores._protocol import CommittedThenCancelled
-from .stores._sqlite_schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from .stores.postgres import PostgresStore
 from .stores.sqlite import DEFAULT_BUSY_TIMEOUT, SQLiteStore
 
+_Command = Callable[[SQLiteStore | PostgresStore, argparse.Namespace, TextIO], Awaitable[int]]
 
-async def _done(
-    store: SQLiteStore | PostgresStore, args: argparse.Namespace, action: str, out: TextIO
-) -> int:
-    """What ``resume``, ``release`` or ``resolve`` did: a line, or with ``--json`` the
-    saga's ``id``, ``name``, the ``action`` and its ``status`` after it."""
-    if not args.json:
-        if action == "resolved":
-            out.write(f"saga {one_line(args.saga_id)} marked resolved\n")
-        else:
-            out.write(
-                f"saga {one_line(args.saga_id)} will be recovered by the next `sagakit recover`\n"
-            )
-        return 0
-    meta = await store.get(args.saga_id)
-    data = {
-        "id": args.saga_id,
-        "name": None if meta is None else meta.name,
-        "action": action,
-        "status": None if meta is None else str(meta.status),
-    }
-    json.dump(data, out, indent=2)
-    out.write("\n")
-    return 0
+_COMMANDS: dict[str, _Command] = {
+    "list": _list,
+    "show": _show,
+    "recover": _recover,
+    "dead-letters": _dead_letters,
+    "upgrade": _upgrade,
+    "release": _release,
+    "resume": _resume,
+    "resolve": _resolve,
+}
+"""The function running each subcommand on the store ``--db`` names; its exit status."""
 
 
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
+    """The command ``args`` names, on the store ``--db`` names, closed after it."""
     store = _store_for(args)
     try:
-        if args.command == "list":
-            return await _list(store, args, out)
-        if args.command == "show":
-            return await _show(store, args, out)
-        if args.command == "recover":
-            return await _recover(store, args, out)
-        if args.command == "dead-letters":
-            return await _dead_letters(store, args, out)
-        if args.command == "upgrade":
-            # A SQLite log was migrated when opened for writing; PostgreSQL's is when the
-            # store first connects.
-            if isinstance(store, SQLiteStore):
-                version = SQLITE_SCHEMA_VERSION
-            else:
-                await store.open()
-                version = PG_SCHEMA_VERSION
-            # What the log was at before: None where PostgreSQL had none (`upgrade` created
-            # it), or where a SQLite file's version could not be read (the store read it).
-            before = getattr(args, "version_found", None)
-            if args.json:
-                json.dump(
-                    {"schema_version": version, "previous_schema_version": before}, out, indent=2
-                )
-                out.write("\n")
-            elif before is None and not isinstance(store, SQLiteStore):
-                out.write(f"created saga log {_log_name(args)} at schema version {version}\n")
-            elif before is None:
-                out.write(
-                    f"saga log {_log_name(args)} is at schema version {version}, this sagakit's\n"
-                )
-            elif before < version:
-                out.write(
-                    f"upgraded saga log {_log_name(args)} from schema version {before} "
-                    f"to {version}\n"
-                )
-            else:
-                out.write(
-                    f"saga log {_log_name(args)} is at schema version {version} already, "
-                    "this sagakit's\n"
-                )
-            return 0
-        try:
-            if args.command == "release":
-                if not isinstance(store, SQLiteStore):
-                    raise StoreError(
-                        "release is for SQLite logs; PostgreSQL leases expire by themselves"
-                    )
-                await store.release(args.saga_id)
-                return await _done(store, args, "released", out)
-            if args.command == "resume":
-                await store.resume_dead_letter(args.saga_id)
-                return await _done(store, args, "resumed", out)
-            await store.resolve(args.saga_id, args.note)
-            return await _done(store, args, "resolved", out)
-        except CommittedThenCancelled:
-            # Ctrl-C while it waited for the log's write lock, but the write was made.
-            args.made = {"release": "released", "resume": "resumed"}.get(args.command, "resolved")
-            raise
+        return await _COMMANDS[args.command](store, args, out)
     finally:
         await store.close()
 
