@@ -91,6 +91,55 @@ def _output_failed(args: argparse.Namespace, error: BaseException | None) -> str
     return f"{said} ({args.command} was done all the same: {shows})"
 
 
+def _error_message(args: argparse.Namespace, error: SagaError | ImportError) -> str:
+    """What ``main`` says of a sagakit error or an ``--import`` that failed: the error's
+    message, or what a CLI user can do where the store's names a Python argument."""
+    said = str(error)
+    if not _is_postgres(args.db) and is_locked(error):
+        # The store's message names SQLiteStore(busy_timeout=...): say what holds
+        # the log, and --busy-timeout.
+        said = locked_message(args.db, args.busy_timeout)
+    if isinstance(error, CorruptLog):
+        # The store's message says to point SQLiteStore elsewhere: a CLI user has none.
+        said = (
+            f"saga log {error.path!r} is corrupt or not a sagakit log ({error.reason}); "
+            "restore it from a backup, or pass --db the path of another saga log"
+        )
+    resolved = error.error if isinstance(error, SagaAlreadyResolved) else None
+    if resolved is not None and _start_of(resolved) != resolved:
+        # Its message repeats only the start of the saga's error, the note in it.
+        shows = command_line(_db_argument(args), "show", args.saga_id)
+        said += f"; `{shows}` shows its whole error (the note)"
+    return said
+
+
+def _stopped_message(args: argparse.Namespace, stop: BaseException) -> str:
+    """The line ``main`` writes to stderr when Ctrl-C or SIGTERM (``stop``) stopped the
+    command: what ``recover`` finished first, or the write made before it stopped."""
+    stopped = "terminated (SIGTERM)" if isinstance(stop, _Terminated) else "interrupted"
+    if args.command == "recover":
+        # What it finished before, or the operator learns of it only from `list`.
+        finished = getattr(args, "finished", [])
+        done = (
+            f" after finishing {_counted(len(finished), 'saga')} ({_first_few(finished)})"
+            if finished
+            else ""
+        )
+        return (
+            f"sagakit: {stopped}{one_line(done)}; a saga being recovered is left for "
+            "the next `recover` (if it had started, this attempt counts toward "
+            "--max-attempts)\n"
+        )
+    if getattr(args, "made", None):
+        # (A SQLite log's store says so: never a URL, which may hold a password.)
+        return (
+            f"sagakit: {stopped}, but only once saga {one_line(args.saga_id)} was "
+            f"{args.made}: the write it waited for was made; "
+            f"`{one_line(command_line(args.db, 'show', args.saga_id))}` shows it\n"
+        )
+    return f"sagakit: {stopped}\n"
+
+
 def _refuse_a_running_loop() -> None:
     """A clear error for ``main()`` called inside a running event loop (a notebook cell), where
     ``asyncio.run`` would fail with a coroutine left never awaited. It does not repeat the
@@ -171,51 +220,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             _stop_writing_stdout()
         return 1
     except (SagaError, ImportError) as error:
-        said = str(error)
-        if not _is_postgres(args.db) and is_locked(error):
-            # The store's message names SQLiteStore(busy_timeout=...): say what holds
-            # the log, and --busy-timeout.
-            said = locked_message(args.db, args.busy_timeout)
-        if isinstance(error, CorruptLog):
-            # The store's message says to point SQLiteStore elsewhere: a CLI user has none.
-            said = (
-                f"saga log {error.path!r} is corrupt or not a sagakit log ({error.reason}); "
-                "restore it from a backup, or pass --db the path of another saga log"
-            )
-        resolved = error.error if isinstance(error, SagaAlreadyResolved) else None
-        if resolved is not None and _start_of(resolved) != resolved:
-            # Its message repeats only the start of the saga's error, the note in it.
-            shows = command_line(_db_argument(args), "show", args.saga_id)
-            said += f"; `{shows}` shows its whole error (the note)"
         # Its control characters escaped: it may quote an id or a name from the log.
-        sys.stderr.write(f"sagakit: {one_line(said)}\n")
+        sys.stderr.write(f"sagakit: {one_line(_error_message(args, error))}\n")
         return 1
     except (KeyboardInterrupt, _Terminated) as stop:
         # Ctrl-C (status 130), or SIGTERM (143: `timeout`, systemd, Kubernetes): a saga
         # `recover` was resuming is left for the next recovery.
-        stopped = "terminated (SIGTERM)" if isinstance(stop, _Terminated) else "interrupted"
-        if args.command == "recover":
-            # What it finished before, or the operator learns of it only from `list`.
-            finished = getattr(args, "finished", [])
-            done = (
-                f" after finishing {_counted(len(finished), 'saga')} ({_first_few(finished)})"
-                if finished
-                else ""
-            )
-            sys.stderr.write(
-                f"sagakit: {stopped}{one_line(done)}; a saga being recovered is left for "
-                "the next `recover` (if it had started, this attempt counts toward "
-                "--max-attempts)\n"
-            )
-        elif getattr(args, "made", None):
-            # (A SQLite log's store says so: never a URL, which may hold a password.)
-            sys.stderr.write(
-                f"sagakit: {stopped}, but only once saga {one_line(args.saga_id)} was "
-                f"{args.made}: the write it waited for was made; "
-                f"`{one_line(command_line(args.db, 'show', args.saga_id))}` shows it\n"
-            )
-        else:
-            sys.stderr.write(f"sagakit: {stopped}\n")
+        sys.stderr.write(_stopped_message(args, stop))
         return 143 if isinstance(stop, _Terminated) else 130  # 128 + the signal's number
     except BrokenPipeError:
         # The reader went away (`sagakit list | head -1`): stop quietly, and keep Python
