@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-import sagakit.cli as cli_module
+import sagakit._cli_read as read_module
 from cli_helpers.run import cli
 from pg_helpers.db import dsn_or_skip, query
 from pg_helpers.roles import as_role, grant_reading
@@ -2005,7 +2005,7 @@ def test_list_reads_a_long_listing_page_by_page_with_every_saga_once(
 ) -> None:
     # Newest first; ties of a start broken by the order they were written (SQLite) or
     # by id (PostgreSQL), across the boundaries of pages of 4.
-    monkeypatch.setattr(cli_module, "_PAGE", 4)
+    monkeypatch.setattr(read_module, "_PAGE", 4)
     written = [f"paged-{n:02}" for n in range(23)]
     groups = [written[g * 5 : g * 5 + 5] for g in range(5)]
     newest = [saga_id for group in reversed(groups) for saga_id in reversed(group)]
@@ -2069,7 +2069,7 @@ def test_list_json_stops_reading_the_log_when_its_reader_is_gone(
     # Regression: `list` read every saga it lists, with all its step records and
     # events, before writing the first (3 GB for `list --limit 100000` on PostgreSQL);
     # Ctrl-C and `| head` waited for the whole read. It reads them a page at a time.
-    monkeypatch.setattr(cli_module, "_PAGE", 4, raising=False)
+    monkeypatch.setattr(read_module, "_PAGE", 4, raising=False)
     read = sagas_listed(kind, monkeypatch)
 
     class ReaderGone(io.StringIO):
@@ -2220,7 +2220,7 @@ def test_a_long_error_is_cut_to_its_column_in_terminal_columns_and_says_so(
 ) -> None:
     # Regression: errors and reasons were cut at 60 (70) characters, silently, so a cut
     # one read as whole, and one of wide characters (CJK, emoji) took twice the columns.
-    from sagakit.cli import _width
+    from sagakit._cli_text import _width
 
     db, _ = log_db
     with closing(sqlite3.connect(db)) as conn, conn:
@@ -2335,7 +2335,7 @@ def test_a_saga_parked_after_interrupted_recoveries_is_not_said_to_have_crashed_
 def test_recover_notes_name_five_sagas_then_an_ellipsis() -> None:
     # The helper behind the notes of `recover` that name sagas (dead letters left alone,
     # sagas run on another host, those finished before an interruption).
-    from sagakit.cli import _first_few
+    from sagakit._cli_text import _first_few
 
     assert _first_few(["a"]) == "a"
     assert _first_few(["a", "b", "c", "d", "e"]) == "a, b, c, d, e"
@@ -2344,7 +2344,7 @@ def test_recover_notes_name_five_sagas_then_an_ellipsis() -> None:
 
 def test_recover_notes_count_in_words() -> None:
     # Regression: the notes said "1 saga(s)" and "0 recovery attempt(s)".
-    from sagakit.cli import _counted
+    from sagakit._cli_text import _counted
 
     assert _counted(1, "saga") == "1 saga"
     assert _counted(2, "saga") == "2 sagas"
@@ -2689,7 +2689,7 @@ def test_tables_fit_the_terminal_cutting_names_and_errors_never_ids(
 ) -> None:
     # Regression: tables ignored the terminal's width: one saga of a 180-character name
     # widened every row of `list` past any terminal.
-    from sagakit.cli import _width
+    from sagakit._cli_text import _width
 
     db, _ = log_db
     with closing(sqlite3.connect(db)) as conn, conn:

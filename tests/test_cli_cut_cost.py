@@ -13,7 +13,7 @@ import unicodedata
 
 import pytest
 
-import sagakit.cli as cli_module
+import sagakit._cli_text as text_module
 
 
 def test_a_long_error_is_cut_without_measuring_all_of_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,9 +27,9 @@ def test_a_long_error_is_cut_without_measuring_all_of_it(monkeypatch: pytest.Mon
     counting = types.SimpleNamespace(
         combining=unicodedata.combining, east_asian_width=east_asian_width
     )
-    monkeypatch.setattr(cli_module, "unicodedata", counting)
+    monkeypatch.setattr(text_module, "unicodedata", counting)
     error = "RuntimeError: card declined " + "x" * 100_000
-    assert cli_module._cut(error, 60) == error[:59] + "…"
+    assert text_module._cut(error, 60) == error[:59] + "…"
     assert measured <= 2 * 61, measured  # the characters up to the cut, not 100,028
 
 
@@ -41,11 +41,11 @@ def test_a_table_of_ascii_measures_no_character(monkeypatch: pytest.MonkeyPatch)
     counting = types.SimpleNamespace(
         combining=unicodedata.combining, east_asian_width=east_asian_width
     )
-    monkeypatch.setattr(cli_module, "unicodedata", counting)
+    monkeypatch.setattr(text_module, "unicodedata", counting)
     out = io.StringIO()
-    cli_module._table([["ID", "ERROR"], ["o-1", "x" * 1000]], out, cut=(1,))
+    text_module._table([["ID", "ERROR"], ["o-1", "x" * 1000]], out, cut=(1,))
     assert out.getvalue().splitlines()[1] == "o-1  " + "x" * 1000
-    assert cli_module._cut("y" * 1000, 60) == "y" * 59 + "…"
+    assert text_module._cut("y" * 1000, 60) == "y" * 59 + "…"
 
 
 @pytest.mark.parametrize(
@@ -61,4 +61,4 @@ def test_a_table_of_ascii_measures_no_character(monkeypatch: pytest.MonkeyPatch)
     ],
 )
 def test_cut_keeps_what_fits_and_marks_the_cut(text: str, columns: int, cut: str) -> None:
-    assert cli_module._cut(text, columns) == cut
+    assert text_module._cut(text, columns) == cut

@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-import sagakit.cli as cli_module
+import sagakit._cli_read as read_module
+import sagakit._cli_text as text_module
 from cli_helpers.run import cli
 from pg_helpers.db import dsn_or_skip, query
 from sagakit import (
@@ -209,12 +210,12 @@ def as_table(sagas: list[SagaMetadata]) -> str:
                 meta.name,
                 f"{meta.status} (dead letter)" if parked else str(meta.status),
                 f"{meta.steps_executed}/{'?' if meta.total_steps is None else meta.total_steps}",
-                cli_module._when(meta.started_at),
-                cli_module._cut(error, 60),
+                text_module._when(meta.started_at),
+                text_module._cut(error, 60),
             ]
         )
     out = io.StringIO()
-    cli_module._table(rows, out)
+    text_module._table(rows, out)
     return out.getvalue()
 
 
@@ -224,7 +225,7 @@ KINDS = ["sqlite", "postgres"]
 @pytest.fixture(autouse=True)
 def _pages_of_four(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pages of 4 sagas: the log's 14 take four; tables at their whole width."""
-    monkeypatch.setattr(cli_module, "_PAGE", 4)
+    monkeypatch.setattr(read_module, "_PAGE", 4)
     monkeypatch.delenv("COLUMNS", raising=False)
 
 

@@ -22,18 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import json
-import os
-import signal
 import sys
-import threading
-import unicodedata
-from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
-from typing import Any, TextIO, cast
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TextIO, cast
 
-from ._checks import MAX_COUNT
+from ._cli_db import _READ_ONLY_COMMANDS, _db_argument, _is_postgres, _store_for
+from ._cli_import import _current_directory
 from ._cli_logs import (
     check_postgres_log,
     check_sqlite_log,
@@ -41,925 +35,45 @@ from ._cli_logs import (
     locked_message,
     url_problem,
 )
+from ._cli_output import _Output, _OutputFailed, _stop_writing_stdout, _stoppable, _Terminated
+from ._cli_parser import _parser
+from ._cli_read import _dead_letters, _list, _show
+from ._cli_recover import _recover
+from ._cli_repair import _release, _resolve, _resume, _upgrade
+from ._cli_text import _counted, _first_few
 from ._commands import command_line
 from ._notify import one_line
-from ._orchestrator import SagaOrchestrator
-from ._recovery import RecoveryOutcome
-from ._sagas import registered_saga, registered_sagas
-from ._seconds import seconds_number
 from .exceptions import (
     CorruptLog,
     SagaAlreadyResolved,
     SagaError,
-    StoreError,
     _start_of,
-    error_text,
 )
-from .records import SagaMetadata, StepRecord
-from .status import SagaStatus
-from .stores._cli_records import ListedSaga, StoredArguments
-from .stores._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
-from .stores._protocol import CommittedThenCancelled, DeadLetter
-from .stores._sqlite_schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from .stores.postgres import PostgresStore
 from .stores.sqlite import DEFAULT_BUSY_TIMEOUT, SQLiteStore
-from .transitions import Transition, TransitionKind
 
-_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-
-
-def _is_postgres(db: str) -> bool:
-    return db.startswith(_POSTGRES_SCHEMES)
-
-
-def _log_name(args: argparse.Namespace) -> str:
-    """The log ``--db`` names, for messages: never the URL, which may hold a password."""
-    if _is_postgres(args.db):
-        return f"schema {getattr(args, 'schema', 'sagakit')!r} of the PostgreSQL database"
-    return repr(args.db)
-
-
-def _db_argument(args: argparse.Namespace) -> str:
-    """``--db`` as a command line suggested in a message gives it: ``...`` for a
-    PostgreSQL URL, which may hold a password."""
-    return "..." if _is_postgres(args.db) else str(args.db)
-
-
-_READ_ONLY_COMMANDS = frozenset({"list", "show", "dead-letters"})
-"""Commands that only read: a SQLite log is opened read-only for them (a backup listed
-keeps its journal mode, a log on a read-only mount can be inspected)."""
-
-
-def _store_for(args: argparse.Namespace) -> SQLiteStore | PostgresStore:
-    """The store named by ``--db``: a PostgreSQL URL or a SQLite file path."""
-    if _is_postgres(args.db):
-        return PostgresStore(args.db, schema=getattr(args, "schema", "sagakit"))
-    return SQLiteStore(
-        args.db, read_only=args.command in _READ_ONLY_COMMANDS, busy_timeout=args.busy_timeout
-    )
-
-
-_MAX_BUSY_TIMEOUT = 2_147_483.0
-"""The longest wait SQLite takes (2**31 - 1 milliseconds, about 24 days)."""
-
-
-def _seconds(text: str) -> float:
-    """An argparse type: ``--busy-timeout``, a finite number of seconds >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):  # (NaN too)
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
-    return min(value, _MAX_BUSY_TIMEOUT)
-
-
-def _at_least_one(text: str) -> int:
-    """An argparse type: a whole number >= 1 (capped at what a database takes: all)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return min(value, MAX_COUNT)  # the most a database takes as a LIMIT: all
-
-
-def _note(text: str) -> str:
-    """An argparse type: the ``resolve --note``, which must say something."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError(
-            f"must say what an operator did about the saga (kept in its error), got {text!r}"
-        )
-    return text
-
-
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--db",
-        default=argparse.SUPPRESS,
-        help="path of the SQLite saga log, or a postgresql:// URL",
-    )
-    common.add_argument(
-        "--schema", default=argparse.SUPPRESS, help="PostgreSQL schema of the log (sagakit)"
-    )
-    common.add_argument(
-        "--busy-timeout",
-        type=_seconds,
-        default=argparse.SUPPRESS,
-        metavar="SECONDS",
-        help="how long to wait for a SQLite log another process holds locked "
-        f"(default {seconds_number(DEFAULT_BUSY_TIMEOUT)})",
-    )
-    top = argparse.ArgumentParser(add_help=False, parents=[common])
-    top.add_argument(
-        "--json",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="print JSON for scripts",
-    )
-    printing = argparse.ArgumentParser(add_help=False, parents=[common])
-    printing.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
-    )
-    parser = argparse.ArgumentParser(
-        prog="sagakit", description="Inspect and repair a saga log.", parents=[top]
-    )
-    from . import __version__  # the installed distribution's, from importlib.metadata
-
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    listing = commands.add_parser("list", help="list sagas, newest first", parents=[printing])
-    statuses = [str(s) for s in SagaStatus if s is not SagaStatus.NOT_STARTED]
-    listing.add_argument(
-        "--status",
-        type=str.lower,  # FAILED, as the docs write statuses, is failed
-        choices=statuses,
-        help="only the sagas in this status (any case)",
-    )
-    listing.add_argument(
-        "--limit", type=_at_least_one, default=50, metavar="N", help="at most N sagas (default 50)"
-    )
-    show = commands.add_parser("show", help="one saga with its step trail", parents=[printing])
-    show.add_argument("saga_id")
-    recover = commands.add_parser(
-        "recover",
-        help="finish sagas left running by dead processes",
-        epilog="exit status 3: a saga needs an operator (a dead letter, or recovered to failed)",
-        parents=[printing],
-    )
-    recover.add_argument(
-        "--import",
-        dest="modules",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="module defining the @saga functions (repeatable)",
-    )
-    recover.add_argument(
-        "--max-attempts",
-        type=_at_least_one,
-        default=3,
-        metavar="N",
-        help="recovery attempts of a saga before it is parked as a dead letter (default 3)",
-    )
-    commands.add_parser(
-        "dead-letters", help="sagas parked after failing recovery", parents=[printing]
-    )
-    resume = commands.add_parser(
-        "resume", help="un-park a dead-lettered saga for recover", parents=[printing]
-    )
-    resume.add_argument("saga_id")
-    release = commands.add_parser(
-        "release",
-        help="forget the owner of a running saga whose process is known dead (SQLite)",
-        parents=[printing],
-    )
-    release.add_argument("saga_id")
-    resolve = commands.add_parser(
-        "resolve",
-        help="mark a dead-lettered or failed saga (or one whose process is gone) settled",
-        parents=[printing],
-    )
-    resolve.add_argument("saga_id")
-    resolve.add_argument("--note", type=_note, required=True, help="what an operator did about it")
-    commands.add_parser(
-        "upgrade",
-        help="bring a log written by an older sagakit to this version's schema "
-        "(PostgreSQL: create the log in a schema that holds none yet)",
-        parents=[printing],
-    )
-    return parser
-
-
-async def _unregistered_running(
-    store: SQLiteStore | PostgresStore, known: frozenset[str]
-) -> dict[str, int]:
-    """Unfinished sagas recovery skipped: no ``@saga`` of their name was registered
-    (``known``) when it ran. Reading them may have imported their module since (the
-    module of a stored event's class), so what is registered now does not tell.
-
-    Counted by name in the log, not read: every running saga with its records was
-    (100,000 orphans: 9 s). One of each name left alone is read, for
-    :func:`_declared_in`: its events import the module declaring the saga."""
-    found: dict[str, int] = {}
-    for name, count, one in await store._running_names(claimable=True):
-        if name not in known:
-            found[name] = count
-            await store.get(one)
-    return found
-
-
-def _declared_in(names: Sequence[str]) -> list[str]:
-    """The modules declaring the sagas of ``names`` registered by now (reading the log
-    imports the module of a stored value's class, often the saga's own)."""
-    modules = set()
-    for name in names:
-        function = registered_saga(name)
-        module = getattr(function, "__module__", None)
-        if isinstance(module, str) and module != "__main__":
-            modules.add(module)
-    return sorted(modules)
-
-
-def _module_of_path(text: str) -> str | None:
-    """What to say of a file path given to ``--import`` (``myapp/sagas.py``: its module
-    name, ``myapp.sagas``), or None if ``text`` does not look like one."""
-    if not (text.endswith(".py") or "/" in text or os.sep in text):
-        return None
-    try:
-        path = os.path.relpath(os.path.abspath(text.removesuffix(".py")))
-    except OSError:  # the current directory was deleted: no path is relative to it
-        path = ""
-    parts = path.replace(os.sep, ".").replace("/", ".").split(".")
-    if not all(part.isidentifier() for part in parts):  # outside the current directory
-        return (
-            "run sagakit from your application's directory and pass the module's "
-            "dotted name, as an import statement names it"
-        )
-    return f"--import {'.'.join(parts)}"
-
-
-def _current_directory() -> str | None:
-    """The current directory, or ``None`` where it was deleted under the shell (a deploy
-    that removed the release directory an operator's shell sits in)."""
-    try:
-        return os.getcwd()
-    except OSError:
-        return None
-
-
-def _import(module: str) -> None:
-    """Import an ``--import`` module; whatever it raises becomes one ``ImportError`` line
-    (a ``SystemExit`` too: a script that exits, or parses its command line, when imported)."""
-    try:
-        importlib.import_module(module)
-    except (Exception, SystemExit) as error:
-        message = f"cannot import {module!r}: {error_text(error)}"
-        meant = _module_of_path(module)
-        named, colon, _ = module.partition(":")
-        if colon and named and meant is None:
-            # `--import app:main`, as uvicorn and gunicorn name an application.
-            message = (
-                f"cannot import {module!r}: --import takes a module name, not a "
-                f"module:attribute reference: --import {named}"
-            )
-        elif module.startswith(".") and meant is None:
-            # A relative name: the hint below, `python -c 'import .sagas'`, is a SyntaxError.
-            message = (
-                f"cannot import {module!r}: --import takes a module's whole dotted name, as an "
-                "import statement outside its package names it (myapp.sagas), not a relative one"
-            )
-        elif meant is not None:
-            # `--import myapp/sagas.py`: the hints below (the current directory, a
-            # traceback from `python -c 'import myapp/sagas.py'`) would mislead.
-            message = (
-                f"cannot import {module!r}: --import takes a module name, not a file path: {meant}"
-            )
-        elif isinstance(error, SystemExit):
-            # sys.exit() or argparse's usage error in the module: its status was sagakit's.
-            message += (
-                " (the module exits when imported, as a script does: sagakit imports it, so "
-                'put what runs it under `if __name__ == "__main__":`)'
-            )
-        elif module and not isinstance(error, ImportError):
-            message += f" (python -c 'import {module}' shows the traceback)"
-        elif isinstance(error, ModuleNotFoundError) and module.startswith(str(error.name)):
-            cwd = _current_directory()
-            message += (
-                " (the current directory was deleted: cd to your application's directory, "
-                "or add it to PYTHONPATH)"
-                if cwd is None
-                else f" (the current directory is {cwd!r}: run sagakit from your "
-                "application's directory, or add it to PYTHONPATH)"
-            )
-        raise ImportError(message) from error
-
-
-_PAGE = 500
-"""Sagas ``list`` reads at a time (one query): it holds no more of them at once, and
-Ctrl-C stops it after the page being read."""
-
-
-async def _newest(
-    store: SQLiteStore | PostgresStore, status: str | None, limit: int
-) -> AsyncIterator[list[ListedSaga]]:
-    """The ``limit`` newest sagas (of ``status``), a page at a time."""
-    after = None
-    while limit > 0:
-        page, after = await store._list_page(status, min(limit, _PAGE), after)
-        yield page
-        limit -= len(page)
-        if after is None:
-            return
-
-
-def _indented(text: str) -> str:
-    """``text`` (a JSON value) indented as an item of a list ``json.dump(indent=2)`` writes."""
-    return "\n".join("  " + line for line in text.split("\n"))
-
-
-def _when(value: datetime | None) -> str:
-    """A time for a table or a line of ``show``: in UTC, and saying so with a "Z"."""
-    if value is None:
-        return ""
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _width(text: str) -> int:
-    """The columns ``text`` takes in a terminal: two for a wide character (CJK, most
-    emoji), none for a combining mark; ASCII's, its length, without a look-up a
-    character (a table of 100,000 sagas measures every cell twice)."""
-    if text.isascii():
-        return len(text)
-    return sum(
-        0
-        if unicodedata.combining(char)
-        else 2
-        if unicodedata.east_asian_width(char) in ("W", "F")
-        else 1
-        for char in text
-    )
-
-
-def _cut(text: str, columns: int) -> str:
-    """``text`` for a table's cell of at most ``columns`` terminal columns: its control
-    characters escaped first, then cut, and ended with "…" if it was (cut at a number
-    of characters, an error of wide characters took twice the columns, and one cut
-    read as whole). Measured only up to where it is cut: the width of a whole long
-    error (a traceback) made ``list --limit 100000`` crawl."""
-    text = one_line(text)
-    used, end = 0, 0
-    for at, char in enumerate(text):
-        used += _width(char)
-        if used <= columns - 1:
-            end = at + 1  # what fits beside the "…"
-        elif used > columns:
-            return text[:end] + "…"
-    return text
-
-
-def _terminal_columns(out: TextIO) -> int | None:
-    """How many columns a table written to ``out`` may take: ``COLUMNS`` where it is set
-    (a whole number), else the width of the terminal ``out`` is; ``None`` for a file or
-    a pipe without ``COLUMNS``, whose tables keep their whole width."""
-    text = os.environ.get("COLUMNS", "").strip()
-    if text.isdigit() and int(text) > 0:
-        return int(text)
-    try:
-        if out.isatty():
-            return os.get_terminal_size(out.fileno()).columns
-    except (AttributeError, OSError, ValueError):  # no file descriptor, or a closed one
-        pass
-    return None
-
-
-_NARROWEST = 8
-"""The fewest columns a table's text column is cut to (less only where its header and
-every cell take fewer): a name cut shorter tells nothing."""
-
-
-def _fitted(widths: list[int], heads: list[int], cut: Sequence[int], columns: int) -> list[int]:
-    """``widths`` (of a table's columns, two spaces apart) with those of the columns
-    ``cut`` narrowed, the widest first, until the table fits in ``columns`` (or each
-    is down to its header, or to :data:`_NARROWEST`)."""
-    widths = list(widths)
-    least = {i: min(widths[i], max(heads[i], _NARROWEST)) for i in cut}
-    excess = sum(widths) + 2 * (len(widths) - 1) - columns
-    while excess > 0:
-        narrower = [i for i in cut if widths[i] > least[i]]
-        if not narrower:
-            break
-        widest = max(narrower, key=widths.__getitem__)
-        # Down to the next widest (the widest are then cut alike), or to what fits.
-        floor = max([least[widest], *(widths[i] for i in narrower if i != widest)])
-        step = min(excess, max(widths[widest] - floor, 1))
-        widths[widest] -= step
-        excess -= step
-    return widths
-
-
-def _table(rows: list[list[str]], out: TextIO, cut: Sequence[int] = ()) -> None:
-    """``rows`` (the header first) as a table; in a terminal (or with ``COLUMNS`` set),
-    the text columns ``cut`` (never an id) are cut to fit its width, ending in "…"."""
-    rows = [[one_line(cell) for cell in row] for row in rows]
-    widths = [max(_width(row[i]) for row in rows) for i in range(len(rows[0]))]
-    columns = _terminal_columns(out)
-    if columns is not None and cut:
-        fitted = _fitted(widths, [_width(cell) for cell in rows[0]], cut, columns)
-        narrowed = [i for i in cut if fitted[i] < widths[i]]
-        if narrowed:
-            rows = [
-                [_cut(cell, fitted[i]) if i in narrowed else cell for i, cell in enumerate(row)]
-                for row in rows
-            ]
-            widths = fitted
-    for row in rows:
-        line = "  ".join(
-            cell + " " * (width - _width(cell)) for cell, width in zip(row, widths, strict=True)
-        )
-        out.write(line.rstrip() + "\n")
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-able form of any stored value, for ``--json`` (NaN and infinity are not JSON,
-    nor a dict key that is not a string: ``json`` would write ``{1: "a", "1": "b"}`` with
-    one key twice)."""
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        return repr(value)
-    return value if _string_keys(value) else repr(value)
-
-
-def _string_keys(value: Any) -> bool:
-    """Whether every dict in ``value`` (a JSON-able value) has only string keys."""
-    if isinstance(value, dict):
-        return all(isinstance(key, str) and _string_keys(v) for key, v in value.items())
-    if isinstance(value, list | tuple):
-        return all(_string_keys(item) for item in value)
-    return True
-
-
-def _saga_json(meta: SagaMetadata | ListedSaga, dead_letter: bool) -> dict[str, Any]:
-    """A saga's keys of ``list --json`` (``show --json`` adds its records)."""
-    return {
-        "id": meta.id,
-        "name": meta.name,
-        "status": str(meta.status),
-        "steps_executed": meta.steps_executed,
-        "total_steps": meta.total_steps,
-        "started_at": None if meta.started_at is None else meta.started_at.isoformat(),
-        "finished_at": None if meta.finished_at is None else meta.finished_at.isoformat(),
-        "error": meta.error,
-        "dead_letter": dead_letter,
-        # Why it is parked, beside its own error (which the reason used to replace).
-        "dead_letter_reason": meta.dead_letter,
-    }
-
-
-def _shown_json(
-    meta: SagaMetadata, dead_letter: bool, arguments: StoredArguments | None
-) -> dict[str, Any]:
-    """``show --json``: the saga's keys of ``list --json`` with ``updated_at`` after
-    ``started_at`` (as :class:`~sagakit.SagaMetadata` orders them), its records, its
-    events, its arguments."""
-    shown: dict[str, Any] = {}
-    for key, value in _saga_json(meta, dead_letter).items():
-        shown[key] = value
-        if key == "started_at":
-            updated = meta.updated_at
-            shown["updated_at"] = None if updated is None else updated.isoformat()
-    return shown | {
-        "steps": [_step_json(record) for record in meta.steps],
-        "compensations": [_step_json(record) for record in meta.compensations],
-        "events": [_plain(event) for event in meta.events],
-        "compensation_events": [_plain(event) for event in meta.compensation_events],
-        "arguments": None if arguments is None else _arguments_json(arguments),
-    }
-
-
-def _arguments_json(arguments: StoredArguments) -> dict[str, Any]:
-    """A saga's arguments for ``show --json``: ``args`` and ``kwargs`` (each value as
-    :func:`_plain` gives it), or, where they cannot be read, ``null`` with ``raw`` (the
-    text as stored) and ``error`` (why)."""
-    args, kwargs = arguments.args, arguments.kwargs
-    return {
-        "args": None if args is None else [_plain(value) for value in args],
-        "kwargs": None if kwargs is None else {key: _plain(v) for key, v in kwargs.items()},
-        "raw": arguments.raw,
-        "error": arguments.error,
-    }
-
-
-def _arguments_line(arguments: StoredArguments) -> str:
-    """A saga's arguments for ``show``: as a call's argument list, the keywords apart
-    (``('A', 10), keywords: {'note': 'x'}``), or, where they cannot be read, why and
-    the text as stored."""
-    if arguments.args is None or arguments.kwargs is None:
-        return f"cannot be read: {arguments.error}; as stored: {arguments.raw}"
-    line = f"({', '.join(repr(value) for value in arguments.args)})"
-    return line + (f", keywords: {arguments.kwargs!r}" if arguments.kwargs else "")
-
-
-def _parked_json(letter: DeadLetter) -> dict[str, Any]:
-    """Why and since when a dead letter is parked (``dead-letters``, ``show``)."""
-    return {
-        "recovery_attempts": letter.recovery_attempts,
-        "reason": letter.reason,
-        "parked_at": None if letter.parked_at is None else letter.parked_at.isoformat(),
-    }
-
-
-def _error_of(meta: SagaMetadata | ListedSaga) -> str:
-    """A saga's error for ``list``'s table: a dead letter's says why it is parked, then
-    the saga's own error (``show`` prints them on lines of their own)."""
-    if meta.dead_letter is None:
-        return meta.error or ""
-    own = f"; error: {meta.error}" if meta.error else ""
-    return f"dead-lettered: {meta.dead_letter}{own}"
-
-
-def _status_of(meta: SagaMetadata | ListedSaga, dead_letter: bool) -> str:
-    """A saga's status for a table: a dead letter keeps the status it was parked in."""
-    return f"{meta.status} (dead letter)" if dead_letter else str(meta.status)
-
-
-def _counted(count: int, noun: str) -> str:
-    """``count`` and ``noun`` in words: "1 saga", "2 sagas", "0 sagas"."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-def _first_few(names: Sequence[str]) -> str:
-    """``names`` for a line of output: the first five, then ``...`` if there are more."""
-    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-
-
-def _side_note(args: argparse.Namespace, out: TextIO, note: str) -> None:
-    """A line beside ``recover``'s result: on stderr with ``--json``, so that stdout
-    stays one JSON document."""
-    # Control characters escaped (one_line), the command it names for an id included.
-    note = one_line(note.removesuffix("\n")) + "\n"
-    if args.json:
-        sys.stderr.write(f"sagakit: {note}")
-    else:
-        out.write(note)
-
-
-def _step_json(record: StepRecord) -> dict[str, Any]:
-    return {
-        "index": record.index,
-        "name": record.name,
-        "status": str(record.status),
-        "attempts": record.attempts,
-        "duration": record.duration,
-        "error": record.error,
-        "events": [_plain(event) for event in record.events],
-    }
-
-
-async def _done(
-    store: SQLiteStore | PostgresStore, args: argparse.Namespace, action: str, out: TextIO
-) -> int:
-    """What ``resume``, ``release`` or ``resolve`` did: a line, or with ``--json`` the
-    saga's ``id``, ``name``, the ``action`` and its ``status`` after it."""
-    if not args.json:
-        if action == "resolved":
-            out.write(f"saga {one_line(args.saga_id)} marked resolved\n")
-        else:
-            out.write(
-                f"saga {one_line(args.saga_id)} will be recovered by the next `sagakit recover`\n"
-            )
-        return 0
-    meta = await store.get(args.saga_id)
-    data = {
-        "id": args.saga_id,
-        "name": None if meta is None else meta.name,
-        "action": action,
-        "status": None if meta is None else str(meta.status),
-    }
-    json.dump(data, out, indent=2)
-    out.write("\n")
-    return 0
+_Command = Callable[[SQLiteStore | PostgresStore, argparse.Namespace, TextIO], Awaitable[int]]
+
+_COMMANDS: dict[str, _Command] = {
+    "list": _list,
+    "show": _show,
+    "recover": _recover,
+    "dead-letters": _dead_letters,
+    "upgrade": _upgrade,
+    "release": _release,
+    "resume": _resume,
+    "resolve": _resolve,
+}
+"""The function running each subcommand on the store ``--db`` names; its exit status."""
 
 
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
+    """The command ``args`` names, on the store ``--db`` names, closed after it."""
     store = _store_for(args)
     try:
-        if args.command == "list":
-            # A parked saga keeps the status it had (executing, compensating): mark it,
-            # by its own row (`dead_letter`), read with the page: a set of every dead
-            # letter read first held them all, and missed a saga parked meanwhile.
-            header = ["ID", "NAME", "STATUS", "STEPS", "STARTED", "ERROR"]
-            rows: list[list[str]] = []
-            listed = 0
-            async for page in _newest(store, args.status, args.limit):
-                for saga in page:
-                    parked = saga.dead_letter is not None
-                    if args.json:  # written as read: a long listing is never held whole
-                        item = json.dumps(_saga_json(saga, parked), indent=2)
-                        out.write(("[\n" if not listed else ",\n") + _indented(item))
-                    else:  # (its text only: the widths of the table's columns)
-                        total = "?" if saga.total_steps is None else str(saga.total_steps)
-                        rows.append(
-                            [
-                                str(saga.id),
-                                saga.name,
-                                _status_of(saga, parked),
-                                f"{saga.steps_executed}/{total}",
-                                _when(saga.started_at),
-                                _cut(_error_of(saga), 60),
-                            ]
-                        )
-                    listed += 1
-            if args.json:
-                out.write("\n]\n" if listed else "[]\n")
-            elif not rows:
-                out.write("no sagas\n")
-            else:
-                _table([header, *rows], out, cut=(1, 5))  # NAME, ERROR
-            return 0
-        if args.command == "show":
-            found = await store.get(args.saga_id)
-            if found is None:
-                sys.stderr.write(
-                    f"sagakit: no saga {args.saga_id!r} in {_log_name(args)}; "
-                    "`sagakit list` lists its sagas, newest first\n"
-                )
-                return 1
-            meta = found
-            # When and after how many attempts it was parked: read for a parked saga only
-            # (dead_letters() reads every parked saga of the log).
-            letter = (
-                None
-                if meta.dead_letter is None
-                else next((d for d in await store.dead_letters() if d.saga_id == meta.id), None)
-            )
-            arguments = await store._arguments(args.saga_id)
-            if args.json:
-                shown = _shown_json(meta, letter is not None, arguments)
-                shown["parked"] = None if letter is None else _parked_json(letter)
-                json.dump(shown, out, indent=2)
-                out.write("\n")
-                return 0
-            status = _status_of(meta, letter is not None)
-            out.write(f"saga {one_line(str(meta.id))} ({one_line(meta.name)}): {status}\n")
-            ended = "" if meta.finished_at is None else f"  finished {_when(meta.finished_at)}"
-            out.write(f"started {_when(meta.started_at)}{ended}\n")
-            if arguments is not None:
-                out.write(f"arguments: {one_line(_arguments_line(arguments))}\n")
-            if letter is not None:
-                out.write(
-                    f"parked {_when(letter.parked_at)} after "
-                    f"{_counted(letter.recovery_attempts, 'recovery attempt')}: "
-                    f"{one_line(letter.reason)}; `sagakit resume` or "
-                    "`sagakit resolve` it\n"
-                )
-            if meta.error:
-                out.write(f"error: {one_line(meta.error)}\n")
-            rows = [["", "#", "STEP", "STATUS", "ATTEMPTS", "EVENTS / ERROR"]]
-            for record in (*meta.steps, *meta.compensations):
-                detail = record.error or ", ".join(repr(e) for e in record.events)
-                rows.append(
-                    [
-                        "undo" if record.compensation else "step",
-                        str(record.index),
-                        record.name,
-                        str(record.status),
-                        str(record.attempts),
-                        _cut(detail, 70),
-                    ]
-                )
-            _table(rows, out, cut=(2, 5))  # STEP, EVENTS / ERROR
-            return 0
-        if args.command == "recover":
-            for module in args.modules:
-                _import(module)
-            finished: list[str] = []  # told before recover() returns: for a Ctrl-C
-
-            def heard(transition: Transition) -> None:
-                if transition.kind is TransitionKind.SAGA_FINISHED:
-                    finished.append(f"{transition.saga_id} {transition.status}")
-
-            # Its limit too, not only recover()'s: an inner saga a resumed step executes
-            # again is claimed with the orchestrator's (else parked after 3, whatever N).
-            orchestrator = SagaOrchestrator(
-                store, listeners=[heard], max_recovery_attempts=args.max_attempts
-            )
-            known = frozenset(function.name for function in registered_sagas())
-            parked_before = {d.saga_id for d in await store.dead_letters()}
-            try:
-                outcomes = await orchestrator.recover()
-            except asyncio.CancelledError:
-                args.finished = finished
-                raise
-            # A store parks a saga past its attempts while claiming, which recover()
-            # does not report: name those too, or the operator reads "nothing to recover".
-            reported = parked_before | {o.saga_id for o in outcomes}
-            letters = await store.dead_letters()
-            outcomes += [
-                RecoveryOutcome(d.saga_id, d.name, "dead_lettered", d.status, d.reason)
-                for d in letters
-                if d.saga_id not in reported
-            ]
-            # Parked before this run, and left so: recovery never takes a dead letter.
-            waiting = [d.saga_id for d in letters if d.saga_id in parked_before]
-            if args.json:
-                json.dump(
-                    [
-                        {
-                            "id": o.saga_id,
-                            "name": o.name,
-                            "action": o.action,
-                            "status": str(o.status),
-                            "error": o.error,
-                        }
-                        for o in outcomes
-                    ],
-                    out,
-                    indent=2,
-                )
-                out.write("\n")
-            else:
-                if not outcomes:
-                    out.write("nothing to recover\n")
-                else:
-                    rows = [["ID", "NAME", "ACTION", "STATUS", "ERROR"]]
-                    rows += [
-                        [o.saga_id, o.name, o.action, str(o.status), _cut(o.error or "", 60)]
-                        for o in outcomes
-                    ]
-                    _table(rows, out, cut=(1, 4))  # NAME, ERROR
-            if waiting:
-                # Or the operator reads "nothing to recover" while sagas wait for them.
-                named = _first_few(waiting)
-                db = _db_argument(args)
-                were = "was" if len(waiting) == 1 else "were"
-                note = (
-                    f"{_counted(len(waiting), 'dead-lettered saga')} ({named}) {were} left "
-                    "alone, as "
-                    "recovery leaves every dead letter: `sagakit dead-letters` says why each "
-                    f"was parked; `{command_line(db, 'resume', waiting[0])}` hands one "
-                    "back to recovery, `sagakit resolve` settles it\n"
-                )
-                _side_note(args, out, note)
-            if isinstance(store, PostgresStore):
-                # No claim takes a saga before its owner's lease runs out: say how many
-                # wait for it, or the operator reads "nothing to recover" and moves on.
-                leased = await store._leased_count()
-                if leased:
-                    note = (
-                        "1 saga is running under a lease; it is recovered once the lease "
-                        "expires (a later recover, or any worker, claims it), or finished "
-                        "by the worker holding it\n"
-                        if leased == 1
-                        else f"{leased} sagas are running under a lease; they are recovered "
-                        "once it expires (a later recover, or any worker, claims them), "
-                        "or finished by the workers holding them\n"
-                    )
-                    _side_note(args, out, note)
-            if isinstance(store, SQLiteStore):
-                # Owners on another host or in another container are never taken for
-                # dead here: say so, or the operator reads "nothing to recover" while
-                # `list` shows them executing, and never learns of `release`.
-                far = await store._held_elsewhere()
-                if far:
-                    named = _first_few(far)
-                    are = "is" if len(far) == 1 else "are"
-                    note = (
-                        f"{_counted(len(far), 'saga')} ({one_line(named)}) {are} run by a "
-                        "process of another host or container, which no recovery here takes "
-                        "over; once you know that process is gone, "
-                        f"`{command_line(args.db, 'release', far[0])}` hands it to the next "
-                        "recover" + ("" if len(far) == 1 else " (release each of them)") + "\n"
-                    )
-                    _side_note(args, out, note)
-            unknown = await _unregistered_running(store, known)
-            if unknown:
-                modules = _declared_in(sorted(unknown))
-                count = sum(unknown.values())
-                were, them, they = ("was", "it", "it") if count == 1 else ("were", "them", "they")
-                note = (
-                    f"{_counted(count, 'unfinished saga')} named "
-                    f"{one_line(', '.join(sorted(unknown)))} "
-                    f"{were} left alone: no @saga of that name is registered here; pass "
-                    f"--import with the module that declares {them}"
-                    + (f" ({one_line(', '.join(modules))})" if modules else "")
-                    + (
-                        # The modules imported declare none: the saga may have been
-                        # renamed in a deployment since those sagas started.
-                        f"; if the saga was renamed since {they} started, give it its old "
-                        f"name back: @saga(name={one_line(repr(sorted(unknown)[0]))})"
-                        if args.modules and not modules
-                        else ""
-                    )
-                    + "\n"
-                )
-                _side_note(args, out, note)
-            # Status 3 while a saga needs an operator: a cron job's only signal. A dead letter
-            # parked before counts until resumed or resolved, as nothing else tells of it.
-            if waiting or any(
-                o.action == "dead_lettered" or o.status is SagaStatus.FAILED for o in outcomes
-            ):
-                return 3
-            return 0
-        if args.command == "dead-letters":
-            letters = await store.dead_letters()
-            if args.json:
-                json.dump(
-                    [
-                        {"id": d.saga_id, "name": d.name, "status": str(d.status)} | _parked_json(d)
-                        for d in letters
-                    ],
-                    out,
-                    indent=2,
-                )
-                out.write("\n")
-            elif not letters:
-                out.write("no dead letters\n")
-            else:
-                rows = [["ID", "NAME", "STATUS", "ATTEMPTS", "PARKED", "REASON"]]
-                rows += [
-                    [
-                        d.saga_id,
-                        d.name,
-                        str(d.status),
-                        str(d.recovery_attempts),
-                        _when(d.parked_at),
-                        _cut(d.reason, 70),
-                    ]
-                    for d in letters
-                ]
-                _table(rows, out, cut=(1, 5))  # NAME, REASON
-            return 0
-        if args.command == "upgrade":
-            # A SQLite log was migrated when opened for writing; PostgreSQL's is when the
-            # store first connects.
-            if isinstance(store, SQLiteStore):
-                version = SQLITE_SCHEMA_VERSION
-            else:
-                await store.open()
-                version = PG_SCHEMA_VERSION
-            # What the log was at before: None where PostgreSQL had none (`upgrade` created
-            # it), or where a SQLite file's version could not be read (the store read it).
-            before = getattr(args, "version_found", None)
-            if args.json:
-                json.dump(
-                    {"schema_version": version, "previous_schema_version": before}, out, indent=2
-                )
-                out.write("\n")
-            elif before is None and not isinstance(store, SQLiteStore):
-                out.write(f"created saga log {_log_name(args)} at schema version {version}\n")
-            elif before is None:
-                out.write(
-                    f"saga log {_log_name(args)} is at schema version {version}, this sagakit's\n"
-                )
-            elif before < version:
-                out.write(
-                    f"upgraded saga log {_log_name(args)} from schema version {before} "
-                    f"to {version}\n"
-                )
-            else:
-                out.write(
-                    f"saga log {_log_name(args)} is at schema version {version} already, "
-                    "this sagakit's\n"
-                )
-            return 0
-        try:
-            if args.command == "release":
-                if not isinstance(store, SQLiteStore):
-                    raise StoreError(
-                        "release is for SQLite logs; PostgreSQL leases expire by themselves"
-                    )
-                await store.release(args.saga_id)
-                return await _done(store, args, "released", out)
-            if args.command == "resume":
-                await store.resume_dead_letter(args.saga_id)
-                return await _done(store, args, "resumed", out)
-            await store.resolve(args.saga_id, args.note)
-            return await _done(store, args, "resolved", out)
-        except CommittedThenCancelled:
-            # Ctrl-C while it waited for the log's write lock, but the write was made.
-            args.made = {"release": "released", "resume": "resumed"}.get(args.command, "resolved")
-            raise
+        return await _COMMANDS[args.command](store, args, out)
     finally:
         await store.close()
-
-
-class _OutputFailed(Exception):
-    """Writing the command's output failed (a full disk, ``> /dev/full``, an I/O error):
-    its ``__cause__`` is the ``OSError``. Told apart from an error of the log."""
-
-
-class _Output:
-    """The output stream ``out`` of a command: an ``OSError`` writing or flushing it
-    becomes :class:`_OutputFailed` (a ``BrokenPipeError`` stays one: its reader went
-    away, which ends the command quietly). Anything else is ``out``'s own."""
-
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-
-    def write(self, text: str) -> int:
-        try:
-            return self._out.write(text)
-        except BrokenPipeError:
-            raise
-        except OSError as error:
-            raise _OutputFailed from error
-
-    def flush(self) -> None:
-        try:
-            self._out.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as error:
-            raise _OutputFailed from error
-
-    def __getattr__(self, name: str) -> Any:  # isatty(), fileno(), ...
-        return getattr(self._out, name)
 
 
 def _output_failed(args: argparse.Namespace, error: BaseException | None) -> str:
@@ -977,59 +91,53 @@ def _output_failed(args: argparse.Namespace, error: BaseException | None) -> str
     return f"{said} ({args.command} was done all the same: {shows})"
 
 
-def _stop_writing_stdout() -> None:
-    """Standard output onto ``/dev/null``: what it still buffers is flushed there at exit,
-    not again where it failed (Python's "Exception ignored" complaint)."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+def _error_message(args: argparse.Namespace, error: SagaError | ImportError) -> str:
+    """What ``main`` says of a sagakit error or an ``--import`` that failed: the error's
+    message, or what a CLI user can do where the store's names a Python argument."""
+    said = str(error)
+    if not _is_postgres(args.db) and is_locked(error):
+        # The store's message names SQLiteStore(busy_timeout=...): say what holds
+        # the log, and --busy-timeout.
+        said = locked_message(args.db, args.busy_timeout)
+    if isinstance(error, CorruptLog):
+        # The store's message says to point SQLiteStore elsewhere: a CLI user has none.
+        said = (
+            f"saga log {error.path!r} is corrupt or not a sagakit log ({error.reason}); "
+            "restore it from a backup, or pass --db the path of another saga log"
+        )
+    resolved = error.error if isinstance(error, SagaAlreadyResolved) else None
+    if resolved is not None and _start_of(resolved) != resolved:
+        # Its message repeats only the start of the saga's error, the note in it.
+        shows = command_line(_db_argument(args), "show", args.saga_id)
+        said += f"; `{shows}` shows its whole error (the note)"
+    return said
 
 
-class _Terminated(BaseException):
-    """SIGTERM stopped the command (``timeout``, systemd, Kubernetes): as Ctrl-C's
-    ``KeyboardInterrupt``, after the cancelled command released what it held."""
-
-
-async def _stoppable(args: argparse.Namespace, out: TextIO) -> int:
-    """:func:`_run`, cancelled by SIGTERM as ``asyncio.run`` cancels it on Ctrl-C.
-
-    Killed by SIGTERM's default action, ``recover`` left the saga it was resuming
-    leased on PostgreSQL until the lease ran out, and its claims unreturned. Cancelled,
-    the command ends as on Ctrl-C: a claim not run is given back, the store closes
-    (giving up its leases), then :class:`_Terminated`. A second SIGTERM kills at once,
-    as without this handler. A handler of the embedding program (or SIGTERM ignored,
-    as ``nohup``-style launchers may leave it) is left alone.
-    """
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    heard = False
-
-    def terminate() -> None:
-        nonlocal heard
-        heard = True
-        loop.remove_signal_handler(signal.SIGTERM)  # the next one: the default, death
-        task.cancel()
-
-    handled = False
-    if (
-        threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    ):
-        try:
-            loop.add_signal_handler(signal.SIGTERM, terminate)
-            handled = True
-        except (NotImplementedError, RuntimeError, ValueError):  # Windows' loops
-            pass
-    try:
-        return await _run(args, out)
-    except asyncio.CancelledError:
-        if heard and task.uncancel() == 0:
-            raise _Terminated from None
-        raise
-    finally:
-        if handled and not heard:
-            loop.remove_signal_handler(signal.SIGTERM)
+def _stopped_message(args: argparse.Namespace, stop: BaseException) -> str:
+    """The line ``main`` writes to stderr when Ctrl-C or SIGTERM (``stop``) stopped the
+    command: what ``recover`` finished first, or the write made before it stopped."""
+    stopped = "terminated (SIGTERM)" if isinstance(stop, _Terminated) else "interrupted"
+    if args.command == "recover":
+        # What it finished before, or the operator learns of it only from `list`.
+        finished = getattr(args, "finished", [])
+        done = (
+            f" after finishing {_counted(len(finished), 'saga')} ({_first_few(finished)})"
+            if finished
+            else ""
+        )
+        return (
+            f"sagakit: {stopped}{one_line(done)}; a saga being recovered is left for "
+            "the next `recover` (if it had started, this attempt counts toward "
+            "--max-attempts)\n"
+        )
+    if getattr(args, "made", None):
+        # (A SQLite log's store says so: never a URL, which may hold a password.)
+        return (
+            f"sagakit: {stopped}, but only once saga {one_line(args.saga_id)} was "
+            f"{args.made}: the write it waited for was made; "
+            f"`{one_line(command_line(args.db, 'show', args.saga_id))}` shows it\n"
+        )
+    return f"sagakit: {stopped}\n"
 
 
 def _refuse_a_running_loop() -> None:
@@ -1103,7 +211,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             args.version_found = check_sqlite_log(args.db, args.busy_timeout)
         # (A cast: _Output passes for the stream it wraps.)
         output = _Output(out or sys.stdout)
-        status = asyncio.run(_stoppable(args, cast(TextIO, output)))
+        status = asyncio.run(_stoppable(lambda: _run(args, cast(TextIO, output))))
         output.flush()  # here, where a closed pipe or a full disk is caught below
         return status
     except _OutputFailed as failed:
@@ -1112,51 +220,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             _stop_writing_stdout()
         return 1
     except (SagaError, ImportError) as error:
-        said = str(error)
-        if not _is_postgres(args.db) and is_locked(error):
-            # The store's message names SQLiteStore(busy_timeout=...): say what holds
-            # the log, and --busy-timeout.
-            said = locked_message(args.db, args.busy_timeout)
-        if isinstance(error, CorruptLog):
-            # The store's message says to point SQLiteStore elsewhere: a CLI user has none.
-            said = (
-                f"saga log {error.path!r} is corrupt or not a sagakit log ({error.reason}); "
-                "restore it from a backup, or pass --db the path of another saga log"
-            )
-        resolved = error.error if isinstance(error, SagaAlreadyResolved) else None
-        if resolved is not None and _start_of(resolved) != resolved:
-            # Its message repeats only the start of the saga's error, the note in it.
-            shows = command_line(_db_argument(args), "show", args.saga_id)
-            said += f"; `{shows}` shows its whole error (the note)"
         # Its control characters escaped: it may quote an id or a name from the log.
-        sys.stderr.write(f"sagakit: {one_line(said)}\n")
+        sys.stderr.write(f"sagakit: {one_line(_error_message(args, error))}\n")
         return 1
     except (KeyboardInterrupt, _Terminated) as stop:
         # Ctrl-C (status 130), or SIGTERM (143: `timeout`, systemd, Kubernetes): a saga
         # `recover` was resuming is left for the next recovery.
-        stopped = "terminated (SIGTERM)" if isinstance(stop, _Terminated) else "interrupted"
-        if args.command == "recover":
-            # What it finished before, or the operator learns of it only from `list`.
-            finished = getattr(args, "finished", [])
-            done = (
-                f" after finishing {_counted(len(finished), 'saga')} ({_first_few(finished)})"
-                if finished
-                else ""
-            )
-            sys.stderr.write(
-                f"sagakit: {stopped}{one_line(done)}; a saga being recovered is left for "
-                "the next `recover` (if it had started, this attempt counts toward "
-                "--max-attempts)\n"
-            )
-        elif getattr(args, "made", None):
-            # (A SQLite log's store says so: never a URL, which may hold a password.)
-            sys.stderr.write(
-                f"sagakit: {stopped}, but only once saga {one_line(args.saga_id)} was "
-                f"{args.made}: the write it waited for was made; "
-                f"`{one_line(command_line(args.db, 'show', args.saga_id))}` shows it\n"
-            )
-        else:
-            sys.stderr.write(f"sagakit: {stopped}\n")
+        sys.stderr.write(_stopped_message(args, stop))
         return 143 if isinstance(stop, _Terminated) else 130  # 128 + the signal's number
     except BrokenPipeError:
         # The reader went away (`sagakit list | head -1`): stop quietly, and keep Python
