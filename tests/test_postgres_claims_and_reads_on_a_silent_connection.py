@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
 from typing import Any
 
 import pytest
 
-from pg_helpers.proxy import proxied
-from sagakit import PostgresStore, SagaOrchestrator, StoreError, saga, step
+from pg_helpers.silent import GIVE_UP, behind_a_proxy, raised
+from sagakit import SagaOrchestrator, saga, step
 
 pytestmark = pytest.mark.asyncio
-
-GIVE_UP = 30.0  # seconds before a call is declared hung (a guard, not a measurement)
 
 holding: list[asyncio.Event] = []  # one per test (an event is bound to its loop)
 go_on: list[asyncio.Event] = []
@@ -39,38 +36,18 @@ def silent_claim_order(order: str) -> Any:
     yield silent_claim_wait(order)
 
 
-async def raised(call: Awaitable[Any]) -> StoreError:
-    """The StoreError ``call`` raises, within the guard."""
-    running = asyncio.ensure_future(call)
-    await asyncio.wait((running,), timeout=GIVE_UP)
-    if not running.done():
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-        pytest.fail(f"the call had not returned after {GIVE_UP} s")
-    with pytest.raises(StoreError) as error:
-        running.result()
-    return error.value
-
-
 async def test_a_claim_that_gets_no_answer_fails(dsn: str, schema: str) -> None:
     # Regression: the claim went out on a silent connection and waited without bound.
-    with proxied(dsn) as proxy:
-        store = PostgresStore(
-            proxy.dsn(), schema=schema, connect_timeout=0.5, lease=2.0, min_size=4
+    async with behind_a_proxy(dsn, schema) as (store, proxy):
+        await store.open()
+        proxy.silence()
+        error = await raised(store.claim_orphans(names={"silent_claim_order"}))
+        assert "no answer within 0.5 s (connect_timeout)" in str(error), str(error)
+        said = (
+            "the claim may have taken sagas all the same: none of them runs here, and "
+            "once their lease (2 s) runs out another claim takes them"
         )
-        try:
-            await store.open()
-            proxy.silence()
-            error = await raised(store.claim_orphans(names={"silent_claim_order"}))
-            assert "no answer within 0.5 s (connect_timeout)" in str(error), str(error)
-            said = (
-                "the claim may have taken sagas all the same: none of them runs here, and "
-                "once their lease (2 s) runs out another claim takes them"
-            )
-            assert said in str(error), str(error)  # what a claim in doubt took
-        finally:
-            proxy.restore()
-            await store.close()
+        assert said in str(error), str(error)  # what a claim in doubt took
 
 
 class FailedClaims(logging.Handler):
@@ -94,12 +71,9 @@ async def test_a_worker_whose_claims_get_no_answer_claims_again(dsn: str, schema
     failed = FailedClaims()
     sagakit_logger = logging.getLogger("sagakit")
     sagakit_logger.addHandler(failed)
-    with proxied(dsn) as proxy:
-        store = PostgresStore(
-            proxy.dsn(), schema=schema, connect_timeout=0.5, lease=2.0, min_size=4
-        )
-        stop = asyncio.Event()
-        try:
+    stop = asyncio.Event()
+    try:
+        async with behind_a_proxy(dsn, schema) as (store, proxy):
             await store.open()
             proxy.silence()
             worker = asyncio.ensure_future(
@@ -120,10 +94,8 @@ async def test_a_worker_whose_claims_get_no_answer_claims_again(dsn: str, schema
             assert worker.done()
             worker.result()  # it did not die: it stopped when told to
             assert "no answer within 0.5 s (connect_timeout)" in failed.said[0], failed.said
-        finally:
-            sagakit_logger.removeHandler(failed)
-            proxy.restore()
-            await store.close()
+    finally:
+        sagakit_logger.removeHandler(failed)
 
 
 async def test_a_renewal_that_gets_no_answer_fails(dsn: str, schema: str) -> None:
@@ -131,11 +103,8 @@ async def test_a_renewal_that_gets_no_answer_fails(dsn: str, schema: str) -> Non
     # beating); given up on, it is tried again at the next beat.
     holding.append(asyncio.Event())
     go_on.append(asyncio.Event())
-    with proxied(dsn) as proxy:
-        store = PostgresStore(
-            proxy.dsn(), schema=schema, connect_timeout=0.5, lease=2.0, min_size=4
-        )
-        try:
+    try:
+        async with behind_a_proxy(dsn, schema) as (store, proxy):
             running = asyncio.ensure_future(
                 SagaOrchestrator(store).execute(silent_claim_order("o"), saga_id="sc-1")
             )
@@ -148,10 +117,8 @@ async def test_a_renewal_that_gets_no_answer_fails(dsn: str, schema: str) -> Non
             await asyncio.wait((running,), timeout=GIVE_UP)
             assert running.done()
             running.exception()  # (its end, on the silent connection, failed)
-        finally:
-            go_on[-1].set()
-            proxy.restore()
-            await store.close()
+    finally:
+        go_on[-1].set()
 
 
 async def test_a_heartbeat_whose_renewals_get_no_answer_beats_again(dsn: str, schema: str) -> None:
@@ -162,18 +129,10 @@ async def test_a_heartbeat_whose_renewals_get_no_answer_beats_again(dsn: str, sc
     failed = FailedClaims("heartbeat could not renew leases")
     sagakit_logger = logging.getLogger("sagakit")
     sagakit_logger.addHandler(failed)
-    with proxied(dsn) as proxy:
-        store = PostgresStore(
-            proxy.dsn(),
-            schema=schema,
-            connect_timeout=0.5,
-            lease=5.0,
-            heartbeat=0.1,
-            min_size=4,
-        )
-        try:
-            # Opened here: the heartbeat's task, started by open(), takes no bound from a
-            # call that opened the store (a start's, which bounds its answers).
+    try:
+        async with behind_a_proxy(dsn, schema, lease=5.0, heartbeat=0.1) as (store, proxy):
+            # Opened here, not by the saga's start: the heartbeat's task, started by
+            # open(), carries nothing of the call that opened the store.
             await store.open()
             running = asyncio.ensure_future(
                 SagaOrchestrator(store).execute(silent_claim_order("o"), saga_id="sc-2")
@@ -190,26 +149,17 @@ async def test_a_heartbeat_whose_renewals_get_no_answer_beats_again(dsn: str, sc
             await asyncio.wait((running,), timeout=GIVE_UP)
             assert running.done()
             running.exception()  # (its end, on the silent connection, failed)
-        finally:
-            go_on[-1].set()
-            sagakit_logger.removeHandler(failed)
-            proxy.restore()
-            await store.close()
+    finally:
+        go_on[-1].set()
+        sagakit_logger.removeHandler(failed)
 
 
 @pytest.mark.parametrize("read", ["get", "running", "history"])
 async def test_a_read_that_gets_no_answer_fails(dsn: str, schema: str, read: str) -> None:
     # Regression: get(), running() and history() waited without bound.
-    with proxied(dsn) as proxy:
-        store = PostgresStore(
-            proxy.dsn(), schema=schema, connect_timeout=0.5, lease=2.0, min_size=4
-        )
-        try:
-            await store.open()
-            proxy.silence()
-            call = store.get("sc-x") if read == "get" else getattr(store, read)()
-            error = await raised(call)
-            assert "no answer within 0.5 s (connect_timeout)" in str(error), str(error)
-        finally:
-            proxy.restore()
-            await store.close()
+    async with behind_a_proxy(dsn, schema) as (store, proxy):
+        await store.open()
+        proxy.silence()
+        call = store.get("sc-x") if read == "get" else getattr(store, read)()
+        error = await raised(call)
+        assert "no answer within 0.5 s (connect_timeout)" in str(error), str(error)

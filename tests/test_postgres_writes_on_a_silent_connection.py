@@ -17,14 +17,12 @@ from typing import Any
 import pytest
 
 from pg_helpers.db import opened
-from pg_helpers.proxy import Proxy, proxied
-from pg_helpers.silent import never_answering
-from sagakit import PostgresStore, SagaOrchestrator, SagaStatus, StoreError, saga, step
+from pg_helpers.proxy import Proxy
+from pg_helpers.silent import GIVE_UP, behind_a_proxy, never_answering
+from sagakit import SagaOrchestrator, SagaStatus, StoreError, saga, step
 from sagakit.stores._pg_answer import NoAnswer, answered
 
 pytestmark = pytest.mark.asyncio
-
-GIVE_UP = 30.0  # seconds before execute() is declared hung (a guard, not a measurement)
 
 ran: list[str] = []
 proxies: list[Proxy] = []
@@ -85,21 +83,14 @@ async def test_a_write_that_gets_no_answer_fails_in_doubt_and_the_saga_is_recove
     # of the pool, gone silent too: min_size).
     ran.clear()
     caplog.set_level(logging.WARNING, logger="sagakit")
-    with proxied(dsn) as proxy:
-        store = PostgresStore(
-            proxy.dsn(), schema=schema, connect_timeout=0.5, lease=2.0, min_size=8
+    async with behind_a_proxy(dsn, schema, min_size=8) as (store, proxy):
+        proxies.append(proxy)
+        running = asyncio.ensure_future(
+            SagaOrchestrator(store).execute(sw_order("o"), saga_id="sw-1")
         )
-        try:
-            proxies.append(proxy)
-            running = asyncio.ensure_future(
-                SagaOrchestrator(store).execute(sw_order("o"), saga_id="sw-1")
-            )
-            await ended(running)
-            with pytest.raises(StoreError):  # (its end could not be written either)
-                running.result()
-        finally:
-            proxy.restore()
-            await store.close()
+        await ended(running)
+        with pytest.raises(StoreError):  # (its end could not be written either)
+            running.result()
     [unwritten] = [m for m in warnings(caplog) if "could not record that step 1" in m]
     assert (
         "could not record that step 1 ('sw_ship') started: StoreError: cannot write the saga "
@@ -122,33 +113,26 @@ async def test_a_cancelled_write_whose_settling_gets_no_answer_ends(dsn: str, sc
     # settled that write (whether it committed) on a connection just as silent, waiting
     # for its answer without bound.
     ran.clear()
-    with proxied(dsn) as proxy:
-        store = PostgresStore(
-            proxy.dsn(), schema=schema, connect_timeout=5.0, lease=2.0, min_size=2
+    async with behind_a_proxy(dsn, schema, connect_timeout=5.0, min_size=2) as (store, proxy):
+        await store.open()
+        proxies.append(proxy)
+        writing = asyncio.Event()
+        apply = store._apply
+
+        async def noted(writes: Any) -> Any:
+            if proxy.silent:
+                writing.set()
+            return await apply(writes)
+
+        store._writer._send = noted  # type: ignore[method-assign]
+        running = asyncio.ensure_future(
+            SagaOrchestrator(store).execute(sw_order("o"), saga_id="sw-2")
         )
-        try:
-            await store.open()
-            proxies.append(proxy)
-            writing = asyncio.Event()
-            apply = store._apply
-
-            async def noted(writes: Any) -> Any:
-                if proxy.silent:
-                    writing.set()
-                return await apply(writes)
-
-            store._writer._send = noted  # type: ignore[method-assign]
-            running = asyncio.ensure_future(
-                SagaOrchestrator(store).execute(sw_order("o"), saga_id="sw-2")
-            )
-            async with asyncio.timeout(GIVE_UP):
-                await writing.wait()  # ship's start, on its way to a silent server
-            running.cancel()
-            await ended(running)
-            assert running.cancelled()
-        finally:
-            proxy.restore()
-            await store.close()
+        async with asyncio.timeout(GIVE_UP):
+            await writing.wait()  # ship's start, on its way to a silent server
+        running.cancel()
+        await ended(running)
+        assert running.cancelled()
     assert await recovered(dsn, schema) == [("sw-2", SagaStatus.COMPLETED)]
     assert ran == ["book o", "book o", "ship o"]
 
@@ -185,24 +169,17 @@ async def test_a_start_that_gets_no_answer_fails_and_runs_nothing(dsn: str, sche
     # answer on a silent connection without bound, and so did taking its row out again
     # once the execute() was cancelled.
     ran.clear()
-    with proxied(dsn) as proxy:
-        store = PostgresStore(
-            proxy.dsn(), schema=schema, connect_timeout=0.5, lease=2.0, min_size=4
+    async with behind_a_proxy(dsn, schema) as (store, proxy):
+        await store.open()
+        proxy.silence()
+        running = asyncio.ensure_future(
+            SagaOrchestrator(store).execute(sw_order("o"), saga_id="sw-3")
         )
-        try:
-            await store.open()
-            proxy.silence()
-            running = asyncio.ensure_future(
-                SagaOrchestrator(store).execute(sw_order("o"), saga_id="sw-3")
-            )
-            await ended(running)
-            with pytest.raises(StoreError) as raised:
-                running.result()
-            said = str(raised.value)
-            assert "no answer within 0.5 s (connect_timeout)" in said, said
-        finally:
-            proxy.restore()
-            await store.close()
+        await ended(running)
+        with pytest.raises(StoreError) as raised:
+            running.result()
+        said = str(raised.value)
+        assert "no answer within 0.5 s (connect_timeout)" in said, said
     assert ran == []
 
 
@@ -210,21 +187,14 @@ async def test_a_start_cancelled_while_it_gets_no_answer_ends(dsn: str, schema: 
     # Regression: cancelled, the start took its row out again (it may have committed)
     # on a connection just as silent, whatever cancelled it meanwhile: without bound.
     ran.clear()
-    with proxied(dsn) as proxy:
-        store = PostgresStore(
-            proxy.dsn(), schema=schema, connect_timeout=5.0, lease=2.0, min_size=4
+    async with behind_a_proxy(dsn, schema, connect_timeout=5.0) as (store, proxy):
+        await store.open()
+        proxy.silence()
+        running = asyncio.ensure_future(
+            SagaOrchestrator(store).execute(sw_order("o"), saga_id="sw-4")
         )
-        try:
-            await store.open()
-            proxy.silence()
-            running = asyncio.ensure_future(
-                SagaOrchestrator(store).execute(sw_order("o"), saga_id="sw-4")
-            )
-            await asyncio.sleep(0.2)  # (its start on its way, or not yet: ends either way)
-            running.cancel()
-            await ended(running)
-            assert running.cancelled()
-        finally:
-            proxy.restore()
-            await store.close()
+        await asyncio.sleep(0.2)  # (its start on its way, or not yet: ends either way)
+        running.cancel()
+        await ended(running)
+        assert running.cancelled()
     assert ran == []

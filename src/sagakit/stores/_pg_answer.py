@@ -2,23 +2,22 @@
 
 A statement on a connection that went silent (a network partition, a fail-over that
 leaves it half-open: nothing resets it) waits until the kernel gives up, some 15
-minutes, and so may psycopg's request to cancel it. A running saga's write (the log
-writer's batch), the settling of a write in doubt and the release of a finished run's
-lease each wait ``connect_timeout`` for their answer at most; past it, the statement is
-cancelled (again if its cancellation gets no answer either: psycopg then closes the
-connection) and given up on as a lost connection: it may have committed or not, so it
-is in doubt, settled as a write whose connection was lost. A worker's claim, the
-heartbeat's renewal and the reads wait as long: a claim given up on raises (the sagas it
-may have taken come back once their leases run out), a renewal is tried again at the
-next beat, and a read is tried again on another connection.
+minutes, and so may psycopg's request to cancel it. So every statement of the store
+waits ``connect_timeout`` for its answer at most (less near the deadline of the tries it
+is part of: see :func:`answer_wait`); past it, the statement is cancelled (again if its
+cancellation gets no answer either: psycopg then closes the connection) and given up on
+as a lost connection: it may have committed or not. A running saga's write is then in
+doubt, settled as a write whose connection was lost; the release of a finished run's
+lease runs out; a worker's claim given up on raises (the sagas it may have taken come
+back once their leases run out); a renewal is tried again at the next beat; a read, and
+an operator's call (``resolve()``, ``resume_dead_letter()``: it reads back whether its
+try was applied), is tried again on another connection, within ``connect_timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Coroutine, Iterator
-from contextvars import ContextVar
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from .._shielding import cancel_firmly
@@ -26,30 +25,16 @@ from ._pg_patience import BRIEF, deadline_left
 
 _T = TypeVar("_T")
 
-_bound: ContextVar[float | None] = ContextVar("sagakit_pg_answer_bound", default=None)
-
 
 class NoAnswer(Exception):
     """A statement got no answer within its wait: its connection is given up on, and it
     may have been applied or not."""
 
 
-@contextlib.contextmanager
-def answers_within(seconds: float) -> Iterator[None]:
-    """Inside, the store's statements (``_run``) wait ``seconds`` at most for their answer
-    (less, down to :data:`BRIEF`, near the deadline of the tries they are part of)."""
-    token = _bound.set(seconds)
-    try:
-        yield
-    finally:
-        _bound.reset(token)
-
-
-def answer_wait() -> float | None:
-    """How long a statement waits for its answer here: ``None``, without bound."""
-    seconds = _bound.get()
-    if seconds is None:
-        return None
+def answer_wait(seconds: float) -> float:
+    """How long a statement waits for its answer: ``seconds`` (the store's
+    ``connect_timeout``), less (down to :data:`BRIEF`) near the deadline of the tries it
+    is part of."""
     left = deadline_left()
     return seconds if left is None else min(seconds, max(left, BRIEF))
 
@@ -72,4 +57,4 @@ async def answered(statement: Coroutine[Any, Any, _T], seconds: float) -> _T:
     return running.result()  # (it came as it was cancelled: taken as it came)
 
 
-__all__ = ["NoAnswer", "answer_wait", "answered", "answers_within"]
+__all__ = ["NoAnswer", "answer_wait", "answered"]

@@ -18,7 +18,7 @@ import math
 import os
 import select
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -47,7 +47,7 @@ from ._cli_records import ListedSaga, StoredArguments, stored_arguments
 from ._dsn import redacted
 from ._fingerprint import definition_fingerprint
 from ._loop_refusal import closed_store
-from ._pg_answer import NoAnswer, answer_wait, answered, answers_within
+from ._pg_answer import NoAnswer, answer_wait, answered
 from ._pg_closing import Closing
 from ._pg_held import Held
 from ._pg_loop import other_loop
@@ -524,14 +524,10 @@ class PostgresStore:
             logger.debug("sagakit: checking the PostgreSQL pool failed: %r", error)
 
     async def _run(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-        """One statement in its own transaction: one round trip (within
-        :func:`answers_within`, given up on when its answer does not come in time)."""
+        """One statement in its own transaction: one round trip, given up on when its
+        answer does not come within ``connect_timeout`` (see :meth:`_answered`)."""
         async with self._conn() as conn:
-            seconds = answer_wait()
-            if seconds is None:
-                found = await self._statement(conn, sql, params)
-            else:
-                found = await self._answered(conn, sql, params, seconds)
+            found = await self._answered(self._statement(conn, sql, params))
             self._statements += 1
             self._round_trips += 1
             return found
@@ -543,13 +539,15 @@ class PostgresStore:
         cursor = await conn.execute(sql, params)
         return await cursor.fetchall() if cursor.description is not None else []
 
-    async def _answered(
-        self, conn: AsyncConnection[Any], sql: str, params: Any, seconds: float
-    ) -> list[tuple[Any, ...]]:
-        """The rows of ``sql``, whose answer must come within ``seconds``: else
-        :class:`~sagakit.StoreError`, as a lost connection (see :mod:`._pg_answer`)."""
+    async def _answered(self, statement: Coroutine[Any, Any, _T]) -> _T:
+        """The outcome of ``statement`` (on one connection), whose answer must come within
+        ``connect_timeout`` (less near the deadline of the tries it is part of): else
+        :class:`~sagakit.StoreError`, as a lost connection (see :mod:`._pg_answer`).
+        Every statement of the store waits so: on a connection gone silent (a partition
+        that resets nothing), one waited some 15 minutes for the kernel to give up."""
+        seconds = answer_wait(self.connect_timeout)
         try:
-            return await answered(self._statement(conn, sql, params), seconds)
+            return await answered(statement, seconds)
         except NoAnswer as silent:
             raise StoreError(
                 f"PostgreSQL saga log (schema {self.schema!r}): no answer within "
@@ -565,8 +563,7 @@ class PostgresStore:
         used is lost (see :meth:`_again`): reading twice is safe, unlike an ``UPDATE``
         whose commit is in doubt. Each try waits ``connect_timeout`` for its answer at
         most (on a silent connection: given up on, as a lost one)."""
-        with answers_within(self.connect_timeout):
-            return await self._again(lambda: self._run(sql, params), "reading the saga log")
+        return await self._again(lambda: self._run(sql, params), "reading the saga log")
 
     @property
     def stats(self) -> PostgresStats:
@@ -612,10 +609,10 @@ class PostgresStore:
         ids = list(self._held)
         if not ids:
             return 0
-        with answers_within(self.connect_timeout):  # (on a silent connection: next beat)
-            found = await self._run(
-                self._sql.heartbeat, {"owner": self.owner, "ids": ids, "lease": self.lease}
-            )
+        # (Given up on, on a silent connection: tried again at the next beat.)
+        found = await self._run(
+            self._sql.heartbeat, {"owner": self.owner, "ids": ids, "lease": self.lease}
+        )
         return len(found)
 
     async def release_leases(
@@ -765,10 +762,9 @@ class PostgresStore:
         self._token += 1
         params["token"] = self._token
         try:
-            with answers_within(self.connect_timeout):  # (on a silent connection: lost)
-                fence, earlier, recorded = await self._again(
-                    lambda: self._begin_row(run.id, params), "beginning"
-                )
+            fence, earlier, recorded = await self._again(
+                lambda: self._begin_row(run.id, params), "beginning"
+            )
         except asyncio.CancelledError:
             # The caller is gone, and nothing will run the saga; but a try may have
             # committed its row (cancelled as its answer came back; the driver waits
@@ -802,10 +798,10 @@ class PostgresStore:
 
     async def _unbegin(self, saga_id: str, params: dict[str, Any]) -> None:
         """Delete the row that a begin (``params``) wrote, if it did and it is unchanged."""
-        with answers_within(self.connect_timeout):  # (on a silent connection: runs out)
-            await self._run(
-                self._sql.unbegin, {"id": saga_id, "owner": self.owner, "token": params["token"]}
-            )
+        # (Given up on, on a silent connection: the row's lease runs out.)
+        await self._run(
+            self._sql.unbegin, {"id": saga_id, "owner": self.owner, "token": params["token"]}
+        )
 
     async def _begin_row(
         self, saga_id: str, params: dict[str, Any]
@@ -838,9 +834,17 @@ class PostgresStore:
         arguments as written, and its fingerprint), or restart it.
 
         A row this very begin wrote (its write token is there: its first try committed
-        but its connection was lost) is this run's: its fencing token is returned."""
+        but its connection was lost) is this run's: its fencing token is returned. One
+        transaction, whose answers must come within ``connect_timeout`` all told."""
+        async with self._conn() as conn:
+            return await self._answered(self._restart(conn, saga_id, params))
+
+    async def _restart(
+        self, conn: AsyncConnection[Any], saga_id: str, params: dict[str, Any]
+    ) -> int | tuple[str, str, str, str]:
+        """:meth:`_begin_again`'s transaction on ``conn``."""
         sql = self._sql
-        async with self._conn() as conn, conn.transaction():
+        async with conn.transaction():
             self._round_trips += 2  # BEGIN and COMMIT
             cursor = await conn.execute(sql.conflict, (saga_id,))
             self._statements += 1
@@ -1155,12 +1159,11 @@ class PostgresStore:
         """:func:`settle` ``doubt`` (again on a new connection while the one it used is
         lost: see :meth:`_again`). Settling again is safe: it moves the fencing token on
         once more and reads the same token."""
-        with answers_within(self.connect_timeout):  # (on a silent connection: lost)
-            return await self._again(
-                lambda: settle(self._run, self._sql, self.owner, saga_id, doubt),
-                "settling a write in doubt",
-                patience,
-            )
+        return await self._again(
+            lambda: settle(self._run, self._sql, self.owner, saga_id, doubt),
+            "settling a write in doubt",
+            patience,
+        )
 
     async def _again(
         self,
@@ -1223,7 +1226,7 @@ class PostgresStore:
         async with self._conn() as conn:
             try:
                 # On a connection gone silent, given up on as a lost one (in doubt).
-                found = await self._answered(conn, self._sql.apply, params, self.connect_timeout)
+                found = await self._answered(self._statement(conn, self._sql.apply, params))
             except psycopg.Error as error:
                 if conn.broken:
                     raise  # the connection died: the batch may have committed
@@ -1361,11 +1364,10 @@ class PostgresStore:
         if self._pool is None:
             return  # closed: close() released every lease
         try:
-            with answers_within(self.connect_timeout):  # (on a silent connection: runs out)
-                await self._run(
-                    self._sql.release_one,
-                    {"id": saga_id, "owner": self.owner, "fence": held.fence},
-                )
+            await self._run(  # (given up on, on a silent connection: the lease runs out)
+                self._sql.release_one,
+                {"id": saga_id, "owner": self.owner, "fence": held.fence},
+            )
         except Exception as error:
             logger.warning(
                 "sagakit could not give up the lease of saga %s (%s) (it runs out): %s",
@@ -1480,8 +1482,7 @@ class PostgresStore:
         taken: list[str] = []  # the ids this call took leases of
         # Each statement waits connect_timeout for its answer at most: on a silent
         # connection the claim fails (a worker claims again after its poll interval).
-        with answers_within(self.connect_timeout):
-            return await self._claim_all(names, limit, max_attempts, saga_ids, orphans, taken)
+        return await self._claim_all(names, limit, max_attempts, saga_ids, orphans, taken)
 
     async def _claim_all(
         self,
