@@ -28,6 +28,7 @@ from __future__ import annotations
 import inspect
 import sys
 from collections.abc import AsyncIterator, Coroutine, Generator, Iterator
+from types import MethodType
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -109,15 +110,23 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
-    """A saga definition parametrizing a test is named by its saga's name, a step call by
-    its step's (``test_matrix[transfer]``, not ``test_matrix[definition0]``)."""
+    """A saga definition or ``@saga`` function parametrizing a test is named by its saga's
+    name, a step or step call by its step's (``test_matrix[transfer]``, not
+    ``test_matrix[definition0]``; ``billing.charge`` for ``@step(name="billing.charge")``,
+    not its function's name)."""
     sagas = sys.modules.get("sagakit._sagas")
-    if sagas is not None and isinstance(val, sagas.SagaDefinition):
+    if sagas is not None and isinstance(val, sagas.SagaDefinition | sagas.SagaFunction):
         return str(val.name)
     steps = sys.modules.get("sagakit._steps")
-    if steps is not None and isinstance(val, steps.StepCall):
+    if steps is None:
+        return None
+    if isinstance(val, steps.StepCall):
         return str(val.step.name)
-    return None
+    if isinstance(val, steps._BoundStep):  # a step looked up on a class or an instance
+        val = val._self_parent
+    elif isinstance(val, MethodType):  # a class method step looked up, from Python 3.13
+        val = val.__func__
+    return str(val.name) if isinstance(val, steps.Step) else None
 
 
 def _fault_state() -> tuple[Any, ...]:
