@@ -608,6 +608,57 @@ def test_others_untouched(value):
     ]
 
 
+def test_steps_and_sagas_parametrizing_a_test_are_named_as_recorded(
+    pytester: pytest.Pytester,
+) -> None:
+    # Regression: a step or saga declared with a name of its own was named in the test id
+    # by its function's name (test_faults[charge_card]), where its calls and definitions,
+    # its faults and its records say "billing.charge".
+    write_ini(pytester)
+    pytester.makepyfile(
+        """
+import pytest
+from sagakit import saga, step
+
+@step(name="billing.charge")
+async def charge_card(item):
+    return None
+
+@step
+async def ship(item):
+    return None
+
+class Bank:
+    @step(name="bank.debit")
+    async def debit(self, item):
+        return None
+
+@saga(name="shop.order")
+def place_order(item):
+    yield charge_card(item)
+
+@pytest.mark.parametrize("target", [charge_card, ship, Bank.debit, Bank().debit])
+def test_steps(target):
+    pass
+
+@pytest.mark.parametrize("function", [place_order, charge_card("x"), place_order("x")])
+def test_sagas(function):
+    pass
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q")
+    ids = [line.partition("::")[2] for line in result.outlines if "::" in line]
+    assert ids == [
+        "test_steps[billing.charge]",
+        "test_steps[ship]",
+        "test_steps[bank.debit0]",
+        "test_steps[bank.debit1]",
+        "test_sagas[shop.order0]",
+        "test_sagas[billing.charge]",
+        "test_sagas[shop.order1]",
+    ]
+
+
 def test_a_test_leaving_a_fault_injector_active_fails_not_the_next_one(
     pytester: pytest.Pytester,
 ) -> None:

@@ -550,3 +550,51 @@ def test_a_huge_run_shows_in_ipython_its_first_and_last_transitions_errors_cut()
     assert len(lines) == 1 + 40 + 1 + 40
     assert len(run.describe().splitlines()) == 5_003  # all of it, errors whole
     assert "x" * 5_000 in run.describe()
+
+
+@step
+async def rec_nh_hold(x: str) -> str:
+    return f"held {x}"
+
+
+@rec_nh_hold.compensate
+async def rec_nh_release(result: str, x: str) -> None:
+    return None
+
+
+@step
+async def rec_nh_fails(x: str) -> None:
+    raise LookupError(x)
+
+
+@step
+async def rec_nh_runs_inner(x: str) -> str:
+    inner = SagaDefinition(steps=[rec_nh_hold(x), rec_nh_fails(x)])
+    with pytest.raises(StepFailed):  # the inner saga compensates rec_nh_hold
+        await _inner["orchestrator"].execute(inner, saga_id=f"nh-inner-{x}")
+    return "inner compensated"
+
+
+@pytest.mark.asyncio
+async def test_a_step_expected_of_the_outer_run_but_run_by_a_nested_saga_is_pointed_to() -> None:
+    # Regression: the diff said only `- rec_nh_hold`, as if the step had not run, when it
+    # ran (and was compensated) in the saga a step of this run ran: a run of its own.
+    recorder = SagaRecorder()
+    _inner["orchestrator"] = orchestrator = SagaOrchestrator(listeners=[recorder])
+    await orchestrator.execute(SagaDefinition(steps=[rec_nh_runs_inner("n")]), saga_id="nh-outer")
+    hint = (
+        "step 'rec_nh_hold' was {} in saga 'saga' (id nh-inner-n), a nested saga "
+        "that a step of this run ran: check that run with saga_id='nh-inner-n'"
+    )
+    with pytest.raises(AssertionError) as compensated:
+        recorder.assert_compensated(rec_nh_hold)
+    assert hint.format("compensated") in str(compensated.value)
+    with pytest.raises(AssertionError) as completed:
+        recorder.assert_completed(rec_nh_runs_inner, "rec_nh_hold")
+    assert hint.format("completed") in str(completed.value)
+    recorder.assert_compensated(rec_nh_hold, saga_id="nh-inner-n")  # as said
+    # A step no nested saga did either: nothing to point to.
+    with pytest.raises(AssertionError) as nowhere:
+        recorder.assert_completed(rec_nh_runs_inner, rec_nh_fails)
+    assert "nested saga" not in str(nowhere.value)
+    await orchestrator.close()

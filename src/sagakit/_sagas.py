@@ -701,13 +701,35 @@ def registered_sagas() -> Iterator[SagaFunction[...]]:
     return iter(list(_registry.values()))
 
 
+def saga_registry() -> dict[str, SagaFunction[...]]:
+    """A copy of the registry, for :func:`forget_local_sagas`."""
+    return dict(_registry)
+
+
+def forget_local_sagas(before: dict[str, SagaFunction[...]]) -> None:
+    """Give the names that sagas declared inside a function took since ``before`` (a
+    copy of the registry) back to the sagas that held them then, or to none; module-level
+    declarations stay. The pytest plugin does so after each test, so that a saga a test
+    declares for itself is not what recovery rebuilds in the tests after it."""
+    for name, function in list(_registry.items()):
+        earlier = before.get(name)
+        if function is earlier or _module_level(function):
+            continue
+        if earlier is None:
+            del _registry[name]
+        else:
+            _registry[name] = earlier
+
+
 __all__ = [
     "close_driver",
     "delegation_error",
+    "forget_local_sagas",
     "RecoveryPolicy",
     "SagaDefinition",
     "SagaFunction",
     "registered_saga",
     "registered_sagas",
     "saga",
+    "saga_registry",
 ]

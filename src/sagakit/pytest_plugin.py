@@ -9,9 +9,11 @@ Options: ``--saga-matrix-timeouts`` / ``saga_matrix_timeouts`` and ``--saga-inst
 ``saga_instant_sleep``; a marker keyword beats the command line, which beats the ini file.
 The plugin never creates or manages an event loop; async tests need pytest-asyncio. A test
 leaving a fault injector active fails, and a fixture doing so errors at its teardown (its
-faults would hit the tests after it). A saga definition or step call parametrizing a test
-is named by its saga's or step's name in the test's id. A ``saga_fault_matrix`` marker with
-a bad keyword, or placed on a test that does not use the fixture, errors the test's setup.
+faults would hit the tests after it), and a saga a test declares inside itself gives its
+name back to the module-level saga it replaced when the test ends. A saga definition or
+step call parametrizing a test is named by its saga's or step's name in the test's id. A
+``saga_fault_matrix`` marker with a bad keyword, or placed on a test that does not use the
+fixture, errors the test's setup.
 
 pytest imports this module at every start wherever sagakit is installed, so it imports
 sagakit's library only in the fixtures and hooks using it, never at import or in the
@@ -26,6 +28,7 @@ from __future__ import annotations
 import inspect
 import sys
 from collections.abc import AsyncIterator, Coroutine, Generator, Iterator
+from types import MethodType
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -107,15 +110,23 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
-    """A saga definition parametrizing a test is named by its saga's name, a step call by
-    its step's (``test_matrix[transfer]``, not ``test_matrix[definition0]``)."""
+    """A saga definition or ``@saga`` function parametrizing a test is named by its saga's
+    name, a step or step call by its step's (``test_matrix[transfer]``, not
+    ``test_matrix[definition0]``; ``billing.charge`` for ``@step(name="billing.charge")``,
+    not its function's name)."""
     sagas = sys.modules.get("sagakit._sagas")
-    if sagas is not None and isinstance(val, sagas.SagaDefinition):
+    if sagas is not None and isinstance(val, sagas.SagaDefinition | sagas.SagaFunction):
         return str(val.name)
     steps = sys.modules.get("sagakit._steps")
-    if steps is not None and isinstance(val, steps.StepCall):
+    if steps is None:
+        return None
+    if isinstance(val, steps.StepCall):
         return str(val.step.name)
-    return None
+    if isinstance(val, steps._BoundStep):  # a step looked up on a class or an instance
+        val = val._self_parent
+    elif isinstance(val, MethodType):  # a class method step looked up, from Python 3.13
+        val = val.__func__
+    return str(val.name) if isinstance(val, steps.Step) else None
 
 
 def _fault_state() -> tuple[Any, ...]:
@@ -251,17 +262,35 @@ def _note_faults_never_fired(item: pytest.Item, error: BaseException) -> None:
         item.stash[_FAULTS_NOTED] = True  # said once: the fixture's teardown says no more
 
 
+def _saga_registry() -> dict[str, Any]:
+    """A copy of the ``@saga`` registry, if sagakit is loaded (empty otherwise)."""
+    sagas = sys.modules.get("sagakit._sagas")
+    return {} if sagas is None else dict(sagas.saga_registry())
+
+
+def _forget_local_sagas(before: dict[str, Any]) -> None:
+    """Undo what sagas the test declared inside a function did to the registry."""
+    sagas = sys.modules.get("sagakit._sagas")
+    if sagas is not None:
+        sagas.forget_local_sagas(before)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
-    """Fail a test that leaves a ``FaultInjector`` active: its faults hit later tests."""
+    """Fail a test that leaves a ``FaultInjector`` active: its faults hit later tests.
+    Forget the sagas it declared inside itself: recovery in the tests after it finds
+    a saga by its name, which such a saga took from a module's."""
     before = _fault_state()
+    sagas = _saga_registry()
     try:
         outcome = yield
     except BaseException as error:
+        _forget_local_sagas(sagas)
         if _fault_state() != before:
             _restore_fault_state(before)
         _note_faults_never_fired(item, error)
         raise
+    _forget_local_sagas(sagas)
     if _fault_state() != before:
         _restore_fault_state(before)
         pytest.fail(

@@ -27,6 +27,7 @@ from .._hooks import (
 )
 from .._names import written_name
 from .._runs import SagaRun, current_run
+from .._sagas import SagaDefinition, SagaFunction
 from .._steps import COMPENSATED_NAMES, COMPENSATION_OF, DEFINED_NAMES, Step, StepCall
 from .._tracebacks import hide_from_pytest
 from ..exceptions import SagaDefinitionError
@@ -124,6 +125,8 @@ def _check_target(target: object, method: str) -> str | Step[Any, Any]:
         return target.__func__  # a class method step looked up, from Python 3.13
     if isinstance(target, StepCall):
         raise SagaDefinitionError(_step_call_given(target, method))
+    if isinstance(target, SagaFunction | SagaDefinition):
+        raise SagaDefinitionError(_saga_given(target, method))
     if (given := _compensation_given(target, method)) is not None:
         raise SagaDefinitionError(given)
     raise SagaDefinitionError(
@@ -144,6 +147,28 @@ def _step_call_given(call: StepCall[Any], method: str) -> str:
     return (
         f"{text}. A fault hits the step whatever its arguments; to aim it at one use of a "
         f"step the saga runs more than once, give its position: {method}({written}, index=N)"
+    )
+
+
+def _saga_given(saga: SagaFunction[...] | SagaDefinition, method: str) -> str:
+    """The fix for ``fail(order)`` or ``fail(order("lamp"))``: a saga where one of its
+    steps is wanted."""
+    function: SagaFunction[...] | None = saga if isinstance(saga, SagaFunction) else saga.factory
+    if isinstance(saga, SagaFunction):
+        what, calls = f"the saga {saga.name!r}", None
+    else:
+        what, calls = f"a definition of saga {saga.name!r}", saga.steps
+    listed = f" ({', '.join(repr(call.name) for call in calls)})" if calls else ""
+    text = f"{method}() got {what}, where one of its steps is wanted{listed}: "
+    if method.startswith("assert_"):
+        return text + (
+            "pass the steps, by name or as their @step objects; check the saga's outcome "
+            "with assert_status()"
+        )
+    definition = "definition" if function is None else f"{written_name(function, saga.name)}(...)"
+    return text + (
+        "pass the step, by name or as its @step object; to fault each step of the saga in "
+        f"turn, run the fault matrix: await run_fault_matrix({definition})"
     )
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from .._display import shown_rows
 from .._runs import ABANDONED, current_run, describe_error
@@ -140,6 +141,8 @@ class RecordedRun:
     # Whether its event loop was closed while it ran (its last transition: its end as
     # the store left it, which no listener but a recorder or tracer hears).
     abandoned: bool = False
+    # The runs a step of this one started (nested sagas), as the recorder heard them.
+    nested: list[RecordedRun] = field(default_factory=list, repr=False)
 
     @property
     def label(self) -> str:
@@ -213,6 +216,7 @@ class RecordedRun:
         names = step_names(steps, "assert_compensated")
         if self.compensated != names:
             why = _unmatchable(steps, compensated=True)
+            why += self._done_nested(names, self.compensated, "compensated")
             raise AssertionError(_mismatch("compensations", names, self.compensated, self, why))
 
     def assert_completed(self, *steps: StepTarget) -> None:
@@ -221,8 +225,34 @@ class RecordedRun:
         _one_per_argument(steps, "assert_completed", "steps")
         names = step_names(steps, "assert_completed")
         if self.completed != names:
-            why = _unmatchable(steps)
+            why = _unmatchable(steps) + self._done_nested(names, self.completed, "completed")
             raise AssertionError(_mismatch("completed steps", names, self.completed, self, why))
+
+    def _done_nested(
+        self, expected: list[str], actual: list[str], done: Literal["completed", "compensated"]
+    ) -> list[str]:
+        """Where the expected steps this run did not do (complete or compensate) were done
+        by a saga that a step of it ran: a run of its own."""
+
+        def did(run: RecordedRun) -> list[str]:
+            return run.completed if done == "completed" else run.compensated
+
+        missing = Counter(expected) - Counter(actual)
+        why = []
+        for name in missing:
+            run = next((run for run in self._nested_runs() if name in did(run)), None)
+            if run is not None:
+                why.append(
+                    f"step {name!r} was {done} in {run.label}, a nested saga that a step of "
+                    f"this run ran: check that run with saga_id={run.saga_id!r}"
+                )
+        return why
+
+    def _nested_runs(self) -> Iterator[RecordedRun]:
+        """The runs the steps of this one started, and those their steps started."""
+        for run in self.nested:
+            yield run
+            yield from run._nested_runs()
 
     def assert_trail(self, *lines: str) -> None:
         """Assert the whole trail, as :meth:`trail` lines, is exactly ``lines``."""
@@ -293,21 +323,23 @@ class SagaRecorder:
             run = RecordedRun(saga_id, transition.saga_name)
             self._runs[key] = run
             self._numbers.setdefault(saga_id, []).append(key[1])
-            if self._started_inside_another(transition):
+            parent = self._started_inside(transition)
+            if parent is not None:
                 self._nested.add(key)
+                parent.nested.append(run)
         run.transitions.append(transition)
         if kind is TransitionKind.SAGA_STOPPED:
             self._ended.add(key)
 
-    def _started_inside_another(self, transition: Transition) -> bool:
-        """Whether the run ``transition`` begins was started inside a step of a run
-        recorded here. Listeners are told in the run's own task, so the running saga
+    def _started_inside(self, transition: Transition) -> RecordedRun | None:
+        """The run recorded here inside a step of which the run ``transition`` begins was
+        started, if any. Listeners are told in the run's own task, so the running saga
         there is the run itself, which knows the run it was started in."""
         run = current_run.get()
         if run is None or run.number != transition.run_number or run.id != transition.saga_id:
-            return False  # a transition made by hand, or told elsewhere: not known
+            return None  # a transition made by hand, or told elsewhere: not known
         parent = run.parent
-        return parent is not None and (parent.id, parent.number) in self._runs
+        return None if parent is None else self._runs.get((parent.id, parent.number))
 
     def _drop_ended(self, saga_id: str, key: tuple[str, int]) -> None:
         """Forget the runs of ``saga_id`` a new run (``key``) replaces: those that ended
