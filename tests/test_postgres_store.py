@@ -1634,6 +1634,26 @@ async def test_a_closed_store_refuses_work_instead_of_reopening_itself(
 
 
 @pytest.mark.asyncio
+async def test_a_store_closed_before_its_first_use_refuses_work_too(dsn: str, schema: str) -> None:
+    # Regression: close() of a store never used yet (an `async with SagaOrchestrator(store)`
+    # that ran nothing) left it open for business: the next use connected, migrated and
+    # started a pool and heartbeat nothing would close, where a SQLiteStore is closed.
+    store = PostgresStore(dsn, schema=schema)
+    orchestrator = SagaOrchestrator(store)
+    async with orchestrator:
+        pass  # closes the store, never opened
+    with pytest.raises(StoreError, match="is closed; call open"):
+        await orchestrator.execute(pg_five(1))
+    with pytest.raises(StoreError, match="is closed"):
+        await store.get("anything")
+    assert store._pool is None
+    assert store._heartbeat is None
+    await store.open()  # explicitly: usable again
+    assert len(await orchestrator.execute(pg_five(1))) == 1
+    await store.close()
+
+
+@pytest.mark.asyncio
 async def test_a_dead_letter_reason_or_resolve_note_with_a_nul_is_stored_escaped(
     dsn: str, schema: str
 ) -> None:

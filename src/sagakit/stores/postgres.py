@@ -1770,9 +1770,9 @@ class PostgresStore:
             if pool is not None and self._held:  # a dead process's, as a crash's
                 await self._release_on_close(closing, as_crash=dead)  # (as simulate_restart)
         finally:
+            self._closed = True  # opened or not: no implicit opening on the next use
             if pool is not None:
                 self._pool = None
-                self._closed = True
                 self._loop = None
                 await pool.close()
         if closing.cancelled():
