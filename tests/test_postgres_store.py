@@ -985,6 +985,30 @@ async def test_release_hands_sagas_over_without_counting_a_crash(dsn: str, schem
 
 
 @pytest.mark.asyncio
+async def test_a_saga_parked_for_its_attempts_is_logged_with_why_and_the_fix(
+    dsn: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: its ERROR record said only "too many recovery attempts", as SQLite's did.
+    async with opened(dsn, schema) as a, opened(dsn, schema) as b, opened(dsn, schema) as c:
+        task = await hang_at(SagaOrchestrator(a), "logged-park", 1)
+        expire(dsn, schema, "logged-park")
+        assert len(await c.claim_orphans(max_attempts=1)) == 1  # a worker that then dies
+        expire(dsn, schema, "logged-park")
+        caplog.set_level(logging.INFO, logger="sagakit")
+        assert await b.claim_orphans(max_attempts=1) == []  # attempt 2 > 1: parked
+        (letter,) = await b.dead_letters()
+        [parked] = [r for r in caplog.records if "parked saga" in r.getMessage()]
+        assert parked.levelno == logging.ERROR
+        assert parked.getMessage() == (
+            f"sagakit parked saga pg_five (logged-park): {letter.reason}; "
+            "`sagakit resume` it once its cause is fixed, or `sagakit resolve` it"
+        )
+        GATES["logged-park:1"].set()
+        with pytest.raises(LeaseLost):
+            await task
+
+
+@pytest.mark.asyncio
 async def test_dead_letters_resume_and_resolve(dsn: str, schema: str) -> None:
     async with opened(dsn, schema) as a, opened(dsn, schema) as b, opened(dsn, schema) as c:
         task = await hang_at(SagaOrchestrator(a), "crashy", 1)

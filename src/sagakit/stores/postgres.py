@@ -47,6 +47,7 @@ from ._cli_records import ListedSaga, StoredArguments, stored_arguments
 from ._dsn import redacted
 from ._fingerprint import definition_fingerprint
 from ._loop_refusal import closed_store
+from ._parking import attempts_reason, log_parked
 from ._pg_answer import NoAnswer, answer_wait, answered, answers_within
 from ._pg_closing import Closing
 from ._pg_held import Held
@@ -1574,13 +1575,8 @@ class PostgresStore:
             except StoreError as error:  # best effort: else it is parked a crash early
                 logger.warning("sagakit could not give back a recovery attempt: %s", error)
         for row in claimed:
-            if row[13]:
-                logger.error(
-                    "sagakit parked saga %s (%s): too many recovery attempts",
-                    row[1],
-                    row[0],
-                    extra={"saga_id": row[0], "saga_name": row[1]},
-                )
+            if row[13]:  # the reason its claim wrote, as SQLite's
+                log_parked(row[1], row[0], attempts_reason(row[6], max_attempts))
                 self._unclaim((row[0],))  # parked: nobody owns it now
         if not alive:
             return len(claimed)
