@@ -1658,6 +1658,24 @@ async def test_a_closed_store_refuses_work_instead_of_reopening_itself(
 
 
 @pytest.mark.asyncio
+async def test_an_id_with_a_nul_is_no_saga_of_the_log_when_read(dsn: str, schema: str) -> None:
+    # Regression: execute() refuses such an id (PostgreSQL text cannot hold a NUL), but
+    # get(), get_saga(), read_events(saga_id=...), resolve() and resume_dead_letter()
+    # sent it and raised the driver's "DataError: PostgreSQL text fields cannot contain
+    # NUL (0x00) bytes", as if the log were broken, where SQLite answers for the id.
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        assert await store.get("a\x00b") is None
+        assert await orchestrator.get_saga("a\x00b") is None
+        assert await store.read_events(saga_id="a\x00b") == []
+        for call in (store.resolve("a\x00b", "settled"), store.resume_dead_letter("a\x00b")):
+            with pytest.raises(StoreError) as refused:
+                await call
+            assert str(refused.value).startswith("no saga 'a\\x00b' in schema")
+            assert "DataError" not in str(refused.value)
+
+
+@pytest.mark.asyncio
 async def test_a_store_closed_before_its_first_use_refuses_work_too(dsn: str, schema: str) -> None:
     # Regression: close() of a store never used yet (an `async with SagaOrchestrator(store)`
     # that ran nothing) left it open for business: the next use connected, migrated and

@@ -163,6 +163,13 @@ def _check_id(saga_id: str) -> None:
         )
 
 
+def _held_by_none(saga_id: str) -> bool:
+    """Whether no saga of the log can have ``saga_id`` (one :func:`_check_id` refuses to
+    begin for a NUL): a read of it answers as for any unknown id, not with the driver's
+    ``DataError``."""
+    return "\x00" in saga_id
+
+
 def _check_arguments_size(serializer: object, name: str, args: str, kwargs: str) -> None:
     """Hold a saga's arguments, stored in two columns, to the serializer's ``max_size``
     together, as the SQLite store holds them (one value): each alone let through up to
@@ -1390,6 +1397,8 @@ class PostgresStore:
 
     async def get(self, saga_id: str) -> SagaMetadata | None:
         check_saga_id(saga_id, "get()")
+        if _held_by_none(saga_id):
+            return None
         found = await self._with_steps(self._sql.get, (saga_id,))
         return found[0] if found else None
 
@@ -1659,6 +1668,8 @@ class PostgresStore:
 
     async def resume_dead_letter(self, saga_id: str) -> None:
         check_saga_id(saga_id, "resume_dead_letter()")
+        if _held_by_none(saga_id):
+            raise StoreError(self._no_saga(saga_id))
         update = self._operator_update(self._sql.resume, saga_id, {})
         if not await self._operator_call(update, "resume_dead_letter()"):
             # A typo, or another log: no saga, not "not dead-lettered".
@@ -1672,6 +1683,8 @@ class PostgresStore:
     async def resolve(self, saga_id: str, note: str) -> None:
         check_saga_id(saga_id, "resolve()")
         check_text(note, "note", "resolve()", "say how the saga was settled")
+        if _held_by_none(saga_id):
+            raise StoreError(self._no_saga(saga_id))
         update = self._operator_update(self._sql.resolve, saga_id, {"note": storable(note)})
         if await self._operator_call(update, "resolve()"):
             return
@@ -1730,6 +1743,8 @@ class PostgresStore:
             found = await self._read(self._sql.events, (after, limit))
         else:
             check_saga_id(saga_id, "read_events(saga_id=...)")
+            if _held_by_none(saga_id):
+                return []
             found = await self._read(self._sql.events_of, (saga_id, after, limit))
         return [rows.stored_event(row, self.serializer) for row in found]
 
