@@ -985,6 +985,30 @@ async def test_release_hands_sagas_over_without_counting_a_crash(dsn: str, schem
 
 
 @pytest.mark.asyncio
+async def test_a_saga_parked_for_its_attempts_is_logged_with_why_and_the_fix(
+    dsn: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: its ERROR record said only "too many recovery attempts", as SQLite's did.
+    async with opened(dsn, schema) as a, opened(dsn, schema) as b, opened(dsn, schema) as c:
+        task = await hang_at(SagaOrchestrator(a), "logged-park", 1)
+        expire(dsn, schema, "logged-park")
+        assert len(await c.claim_orphans(max_attempts=1)) == 1  # a worker that then dies
+        expire(dsn, schema, "logged-park")
+        caplog.set_level(logging.INFO, logger="sagakit")
+        assert await b.claim_orphans(max_attempts=1) == []  # attempt 2 > 1: parked
+        (letter,) = await b.dead_letters()
+        [parked] = [r for r in caplog.records if "parked saga" in r.getMessage()]
+        assert parked.levelno == logging.ERROR
+        assert parked.getMessage() == (
+            f"sagakit parked saga pg_five (logged-park): {letter.reason}; "
+            "`sagakit resume` it once its cause is fixed, or `sagakit resolve` it"
+        )
+        GATES["logged-park:1"].set()
+        with pytest.raises(LeaseLost):
+            await task
+
+
+@pytest.mark.asyncio
 async def test_dead_letters_resume_and_resolve(dsn: str, schema: str) -> None:
     async with opened(dsn, schema) as a, opened(dsn, schema) as b, opened(dsn, schema) as c:
         task = await hang_at(SagaOrchestrator(a), "crashy", 1)
@@ -1630,6 +1654,44 @@ async def test_a_closed_store_refuses_work_instead_of_reopening_itself(
     assert store._heartbeat is None
     await store.open()  # explicitly: usable again
     assert await store.history_count() == 1
+    await store.close()
+
+
+@pytest.mark.asyncio
+async def test_an_id_with_a_nul_is_no_saga_of_the_log_when_read(dsn: str, schema: str) -> None:
+    # Regression: execute() refuses such an id (PostgreSQL text cannot hold a NUL), but
+    # get(), get_saga(), read_events(saga_id=...), resolve() and resume_dead_letter()
+    # sent it and raised the driver's "DataError: PostgreSQL text fields cannot contain
+    # NUL (0x00) bytes", as if the log were broken, where SQLite answers for the id.
+    async with opened(dsn, schema) as store:
+        orchestrator = SagaOrchestrator(store)
+        assert await store.get("a\x00b") is None
+        assert await orchestrator.get_saga("a\x00b") is None
+        assert await store.read_events(saga_id="a\x00b") == []
+        for call in (store.resolve("a\x00b", "settled"), store.resume_dead_letter("a\x00b")):
+            with pytest.raises(StoreError) as refused:
+                await call
+            assert str(refused.value).startswith("no saga 'a\\x00b' in schema")
+            assert "DataError" not in str(refused.value)
+
+
+@pytest.mark.asyncio
+async def test_a_store_closed_before_its_first_use_refuses_work_too(dsn: str, schema: str) -> None:
+    # Regression: close() of a store never used yet (an `async with SagaOrchestrator(store)`
+    # that ran nothing) left it open for business: the next use connected, migrated and
+    # started a pool and heartbeat nothing would close, where a SQLiteStore is closed.
+    store = PostgresStore(dsn, schema=schema)
+    orchestrator = SagaOrchestrator(store)
+    async with orchestrator:
+        pass  # closes the store, never opened
+    with pytest.raises(StoreError, match="is closed; call open"):
+        await orchestrator.execute(pg_five(1))
+    with pytest.raises(StoreError, match="is closed"):
+        await store.get("anything")
+    assert store._pool is None
+    assert store._heartbeat is None
+    await store.open()  # explicitly: usable again
+    assert len(await orchestrator.execute(pg_five(1))) == 1
     await store.close()
 
 

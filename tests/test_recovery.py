@@ -852,3 +852,32 @@ async def test_a_simulated_crash_in_a_worker_s_saga_is_logged_not_left_unretriev
     await reader.close()
     assert meta is not None
     assert meta.status is SagaStatus.EXECUTING  # left as a crash leaves it, for recovery
+
+
+@pytest.mark.asyncio
+async def test_a_saga_parked_for_its_attempts_is_logged_with_why_and_the_fix(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: the ERROR record of a saga the claim parked after its recovery attempts
+    # said only "too many recovery attempts": not how many, nor the limit, nor what an
+    # operator does about it, where its dead letter's reason and `sagakit show` say them.
+    await crash(db, rec_order("kite"), "o-attempts", at(TransitionKind.STEP_STARTED, "pay"))
+    store = SQLiteStore(db)
+    assert len(await store.claim_orphans(max_attempts=1)) == 1  # a recovery that then dies
+    await simulate_restart(store)
+    await store.close()
+    caplog.set_level(logging.INFO, logger="sagakit")
+    store = SQLiteStore(db)
+    try:
+        assert await store.claim_orphans(max_attempts=1) == []  # attempt 2 > 1: parked
+        (letter,) = await store.dead_letters()
+    finally:
+        await store.close()
+    [parked] = [r for r in caplog.records if "parked saga" in r.getMessage()]
+    assert parked.levelno == logging.ERROR
+    assert parked.getMessage() == (
+        f"sagakit parked saga rec_order (o-attempts): {letter.reason}; "
+        "`sagakit resume` it once its cause is fixed, or `sagakit resolve` it"
+    )
+    assert "none of its 1 recovery attempt finished it" in letter.reason
+    assert "(max_attempts=1)" in letter.reason

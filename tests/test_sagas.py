@@ -135,6 +135,23 @@ def test_saga_options_name_the_definition() -> None:
         saga(move.__wrapped__, name="x")  # type: ignore[call-overload]
 
 
+def test_saga_given_more_than_one_function_says_to_decorate_each() -> None:
+    # Regression: saga(f, g) failed with Python's bare "saga() takes from 0 to 1
+    # positional arguments but 2 were given", as step(f, g) did.
+    def sagas_extra_a() -> list[StepCall[Any]]:
+        return [debit("A", 1.0)]
+
+    def sagas_extra_b() -> list[StepCall[Any]]:
+        return [debit("B", 1.0)]
+
+    with pytest.raises(SagaDefinitionError) as refused:
+        saga(sagas_extra_a, sagas_extra_b)  # type: ignore[call-overload]
+    message = str(refused.value)
+    assert "@saga takes one function (got 2 positional arguments)" in message
+    assert "decorate each function with its own @saga" in message
+    assert "options are keyword-only: @saga(name=...)" in message
+
+
 @pytest.mark.parametrize("name", ["", 3])
 def test_a_bad_saga_name_is_refused_naming_the_function(name: Any) -> None:
     def move() -> list[StepCall[Any]]:

@@ -472,3 +472,41 @@ def test_compensate_with_options_says_where_they_go() -> None:
     with pytest.raises(SagaDefinitionError, match=r"takes no options \(got retry\)"):
         sdf_hold.compensate(sdf_release, retry=3)  # type: ignore[call-overload]
     assert sdf_hold.compensation is None
+
+
+def test_step_given_more_than_one_function_says_to_decorate_each() -> None:
+    # Regression: step(f, g) failed with Python's "step() takes from 0 to 1 positional
+    # arguments but 2 were given", a bare TypeError naming no fix.
+    async def sdf_extra_a(x: int) -> int:
+        return x
+
+    async def sdf_extra_b(x: int) -> int:
+        return x
+
+    with pytest.raises(SagaDefinitionError) as refused:
+        step(sdf_extra_a, sdf_extra_b)  # type: ignore[call-overload]
+    message = str(refused.value)
+    assert "@step takes one function (got 2 positional arguments)" in message
+    assert "decorate each function with its own @step" in message
+    assert "options are keyword-only" in message
+
+
+def test_compensate_given_more_than_one_function_says_to_give_one() -> None:
+    # Regression: debit.compensate(f, g) failed with Python's bare "takes from 1 to 2
+    # positional arguments but 3 were given".
+    @step
+    async def sdf_extra_hold(account: str) -> None:
+        pass
+
+    async def sdf_extra_unhold(account: str) -> None:
+        pass
+
+    async def sdf_extra_release(account: str) -> None:
+        pass
+
+    with pytest.raises(SagaDefinitionError) as refused:
+        sdf_extra_hold.compensate(sdf_extra_unhold, sdf_extra_release)  # type: ignore[call-overload]
+    message = str(refused.value)
+    assert "@sdf_extra_hold.compensate takes one function (got 2 positional arguments)" in message
+    assert "a step has at most one compensation" in message
+    assert sdf_extra_hold.compensation is None  # nothing was registered

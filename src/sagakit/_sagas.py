@@ -662,7 +662,7 @@ def saga(
     fn: None = None, /, *, name: str | None = None, recovery: RecoveryPolicy = "resume"
 ) -> Callable[[Callable[P, SagaBody]], SagaFunction[P]]: ...
 def saga(
-    fn: Callable[P, SagaBody] | None = None, /, **options: Any
+    fn: Callable[P, SagaBody] | None = None, /, *more: Any, **options: Any
 ) -> SagaFunction[P] | Callable[[Callable[P, SagaBody]], SagaFunction[P]]:
     """Declare a saga from a generator function (yielding step calls) or a list function.
 
@@ -670,6 +670,12 @@ def saga(
     ``"resume"`` (default) continues with the first unfinished step, ``"compensate"``
     undoes the completed ones.
     """
+    if more:  # saga(f, g): Python's own error names no fix
+        raise SagaDefinitionError(
+            f"@saga takes one function (got {1 + len(more)} positional arguments); "
+            "decorate each function with its own @saga, and note options are "
+            "keyword-only: @saga(name=...)"
+        )
     unknown = sorted(set(options) - set(_SAGA_OPTIONS))
     if unknown:  # as @step names its options (Python's own error would not)
         raise SagaDefinitionError(

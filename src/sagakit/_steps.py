@@ -587,13 +587,19 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         fn: Callable[Concatenate[S, R | None, Q], Awaitable[T]],
     ) -> Callable[Concatenate[S, R | None, Q], Coroutine[Any, Any, T]]: ...
     def compensate(
-        self, fn: Callable[..., Awaitable[Any]] = _NO_FUNCTION, **options: Any
+        self, fn: Callable[..., Awaitable[Any]] = _NO_FUNCTION, *more: Any, **options: Any
     ) -> Callable[..., Awaitable[Any]]:
         """Register ``fn`` as this step's compensation and return it unchanged.
 
         ``fn`` takes the step's arguments, or the step's result followed by them.
         """
         written = getattr(self.__wrapped__, "__name__", self.name)  # as in @debit.compensate
+        if more:  # debit.compensate(unhold, release): Python's own error names no fix
+            raise SagaDefinitionError(
+                f"@{written}.compensate takes one function (got {1 + len(more)} positional "
+                f"arguments); a step has at most one compensation: write @{written}.compensate "
+                "above the one 'async def' that undoes it"
+            )
         if options:  # @debit.compensate(retry=3), as @step takes options
             raise SagaDefinitionError(
                 f"@{written}.compensate takes no options (got {', '.join(options)}); give "
@@ -989,13 +995,19 @@ def step(
     compensate_on_failure: bool = False,
 ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Step[P, R]]: ...
 def step(
-    fn: Callable[P, Coroutine[Any, Any, R]] | None = None, /, **options: Any
+    fn: Callable[P, Coroutine[Any, Any, R]] | None = None, /, *more: Any, **options: Any
 ) -> Step[P, R] | Callable[[Callable[P, Coroutine[Any, Any, R]]], Step[P, R]]:
     """Declare an ``async def`` as a saga step.
 
     Use it bare (``@step``, timeout 30 s) or with keyword options
     (``@step(timeout=10, retry=Retry(attempts=3))``).
     """
+    if more:  # step(f, g): Python's own error names no fix
+        raise SagaDefinitionError(
+            f"@step takes one function (got {1 + len(more)} positional arguments); "
+            "decorate each function with its own @step, and note options are "
+            "keyword-only: @step(timeout=10)"
+        )
     unknown = sorted(set(options) - set(_DEFAULT_OPTIONS))
     if unknown:
         raise SagaDefinitionError(

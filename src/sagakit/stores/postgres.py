@@ -47,6 +47,7 @@ from ._cli_records import ListedSaga, StoredArguments, stored_arguments
 from ._dsn import redacted
 from ._fingerprint import definition_fingerprint
 from ._loop_refusal import closed_store
+from ._parking import attempts_reason, log_parked
 from ._pg_answer import NoAnswer, answer_wait, answered
 from ._pg_closing import Closing
 from ._pg_held import Held
@@ -160,6 +161,13 @@ def _check_id(saga_id: str) -> None:
             f"saga id {saga_id[:40]!r} contains a NUL character, which PostgreSQL text "
             "cannot hold; use an id without one"
         )
+
+
+def _held_by_none(saga_id: str) -> bool:
+    """Whether no saga of the log can have ``saga_id`` (one :func:`_check_id` refuses to
+    begin for a NUL): a read of it answers as for any unknown id, not with the driver's
+    ``DataError``."""
+    return "\x00" in saga_id
 
 
 def _check_arguments_size(serializer: object, name: str, args: str, kwargs: str) -> None:
@@ -1391,6 +1399,8 @@ class PostgresStore:
 
     async def get(self, saga_id: str) -> SagaMetadata | None:
         check_saga_id(saga_id, "get()")
+        if _held_by_none(saga_id):
+            return None
         found = await self._with_steps(self._sql.get, (saga_id,))
         return found[0] if found else None
 
@@ -1575,13 +1585,8 @@ class PostgresStore:
             except StoreError as error:  # best effort: else it is parked a crash early
                 logger.warning("sagakit could not give back a recovery attempt: %s", error)
         for row in claimed:
-            if row[13]:
-                logger.error(
-                    "sagakit parked saga %s (%s): too many recovery attempts",
-                    row[1],
-                    row[0],
-                    extra={"saga_id": row[0], "saga_name": row[1]},
-                )
+            if row[13]:  # the reason its claim wrote, as SQLite's
+                log_parked(row[1], row[0], attempts_reason(row[6], max_attempts))
                 self._unclaim((row[0],))  # parked: nobody owns it now
         if not alive:
             return len(claimed)
@@ -1664,6 +1669,8 @@ class PostgresStore:
 
     async def resume_dead_letter(self, saga_id: str) -> None:
         check_saga_id(saga_id, "resume_dead_letter()")
+        if _held_by_none(saga_id):
+            raise StoreError(self._no_saga(saga_id))
         update = self._operator_update(self._sql.resume, saga_id, {})
         if not await self._operator_call(update, "resume_dead_letter()"):
             # A typo, or another log: no saga, not "not dead-lettered".
@@ -1677,6 +1684,8 @@ class PostgresStore:
     async def resolve(self, saga_id: str, note: str) -> None:
         check_saga_id(saga_id, "resolve()")
         check_text(note, "note", "resolve()", "say how the saga was settled")
+        if _held_by_none(saga_id):
+            raise StoreError(self._no_saga(saga_id))
         update = self._operator_update(self._sql.resolve, saga_id, {"note": storable(note)})
         if await self._operator_call(update, "resolve()"):
             return
@@ -1735,6 +1744,8 @@ class PostgresStore:
             found = await self._read(self._sql.events, (after, limit))
         else:
             check_saga_id(saga_id, "read_events(saga_id=...)")
+            if _held_by_none(saga_id):
+                return []
             found = await self._read(self._sql.events_of, (saga_id, after, limit))
         return [rows.stored_event(row, self.serializer) for row in found]
 
@@ -1771,9 +1782,9 @@ class PostgresStore:
             if pool is not None and self._held:  # a dead process's, as a crash's
                 await self._release_on_close(closing, as_crash=dead)  # (as simulate_restart)
         finally:
+            self._closed = True  # opened or not: no implicit opening on the next use
             if pool is not None:
                 self._pool = None
-                self._closed = True
                 self._loop = None
                 await pool.close()
         if closing.cancelled():

@@ -54,6 +54,7 @@ from ..records import SagaMetadata
 from ..status import SagaStatus
 from ._cli_records import ListedSaga, StoredArguments, stored_arguments
 from ._fingerprint import definition_fingerprint
+from ._parking import attempts_reason, log_parked
 from ._protocol import (
     DeadLetter,
     OrphanedSaga,
@@ -961,10 +962,10 @@ class SQLiteStore:
 
         def job(
             conn: sqlite3.Connection, limit: int
-        ) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]], dict[str, int]]:
+        ) -> tuple[list[tuple[Any, ...]], list[tuple[str, str, str]], dict[str, int]]:
             claimed: list[tuple[Any, ...]] = []
             orders: dict[str, int] = {}
-            parked: list[tuple[str, str]] = []
+            parked: list[tuple[str, str, str]] = []
             page = max(limit, CLAIM_PAGE)
             after: tuple[float, int] = (-math.inf, 0)
             while len(claimed) < limit:
@@ -981,7 +982,7 @@ class SQLiteStore:
             limit: int,
             claimed: list[tuple[Any, ...]],
             orders: dict[str, int],
-            parked: list[tuple[str, str]],
+            parked: list[tuple[str, str, str]],
         ) -> None:
             for saga_id, name, holder, factory, attempts, started, _ in rows:
                 if len(claimed) >= limit:
@@ -991,20 +992,17 @@ class SQLiteStore:
                 if owner_alive(holder):
                     continue
                 if attempts + 1 > max_attempts:
+                    reason = attempts_reason(attempts, max_attempts)
                     conn.execute(
                         "UPDATE sagakit_sagas SET dead_letter = ?, parked_at = ?, owner = NULL "
                         "WHERE id = ?",
                         (
-                            # (Stopped, not only dead: a Ctrl-C on `sagakit recover`
-                            # counts as an attempt too.)
-                            f"none of its {attempts} recovery attempt{'s' * (attempts != 1)} "
-                            "finished it: each "
-                            f"time its process died or was stopped (max_attempts={max_attempts})",
+                            reason,
                             max(now, started),  # never before its start (a clock set back)
                             saga_id,
                         ),
                     )
-                    parked.append((name, saga_id))
+                    parked.append((name, saga_id, reason))
                     continue
                 conn.execute(
                     "UPDATE sagakit_sagas SET owner = ?, recovery_attempts = ? WHERE id = ?",
@@ -1025,13 +1023,8 @@ class SQLiteStore:
                 except CommittedThenCancelled as cancelled:  # claimed all the same
                     taken.extend(rows[0][0] for rows in cancelled.result[0])
                     raise
-                for name, saga_id in parked:  # as PG
-                    logger.error(
-                        "sagakit parked saga %s (%s): too many recovery attempts",
-                        name,
-                        saga_id,
-                        extra={"saga_id": saga_id, "saga_name": name},
-                    )
+                for name, saga_id, reason in parked:  # as PG
+                    log_parked(name, saga_id, reason)
                 taken.extend(rows[0][0] for rows in raw)
                 for rows in raw:
                     try:
