@@ -13,7 +13,8 @@ faults would hit the tests after it), and a saga a test declares inside itself g
 name back to the module-level saga it replaced when the test ends. A saga definition or
 step call parametrizing a test is named by its saga's or step's name in the test's id. A
 ``saga_fault_matrix`` marker with a bad keyword, or placed on a test that does not use the
-fixture, errors the test's setup.
+fixture, errors the test's setup. ``saga_faults`` applies to the sagas of tasks created
+before it too (a worker an async fixture started).
 
 pytest imports this module at every start wherever sagakit is installed, so it imports
 sagakit's library only in the fixtures and hooks using it, never at import or in the
@@ -511,7 +512,7 @@ def saga_faults(request: pytest.FixtureRequest) -> Iterator[FaultInjector]:
     from sagakit.testing import FaultInjector
 
     injector = FaultInjector()
-    with injector._active():
+    with injector._active(test_wide=True):  # in tasks started before it too
         yield injector
     problem = injector._unknown_steps()
     if problem is not None and not request.node.stash.get(_FAULTS_NOTED, False):
