@@ -598,3 +598,16 @@ async def test_a_step_expected_of_the_outer_run_but_run_by_a_nested_saga_is_poin
         recorder.assert_completed(rec_nh_runs_inner, rec_nh_fails)
     assert "nested saga" not in str(nowhere.value)
     await orchestrator.close()
+
+
+def test_a_run_made_by_hand_with_no_transitions_has_not_started() -> None:
+    # Regression: its status and finished raised a bare IndexError (from transitions[-1]),
+    # and so did assert_status(), naming neither the run nor the problem.
+    run = RecordedRun("s-3", "order")
+    assert run.status is SagaStatus.NOT_STARTED
+    assert not run.finished
+    assert run.trail() == []
+    with pytest.raises(AssertionError, match=r"has not started \(no transitions recorded\)"):
+        run.assert_status("completed")
+    with pytest.raises(AssertionError, match="expected completed"):
+        run.assert_status("completed")

@@ -152,6 +152,28 @@ class FaultPlan(Protocol):
 active_faults: ContextVar[FaultPlan | None] = ContextVar("sagakit_faults", default=None)
 
 
+class _TestFaults:
+    """The faults of the running test (the pytest plugin's ``saga_faults``), asked where
+    the context has none: a task created before the fixture's setup (a worker an async
+    fixture started) copied a context without them, and the test means them for every
+    saga it runs. Set and reset by the fixture only."""
+
+    __slots__ = ("plan",)
+
+    def __init__(self) -> None:
+        self.plan: FaultPlan | None = None
+
+
+test_faults: Final = _TestFaults()
+
+
+def faults_here() -> FaultPlan | None:
+    """The faults active here: the context's, else the running test's (``saga_faults``).
+    The orchestrator inlines it, once per saga."""
+    faults = active_faults.get()
+    return test_faults.plan if faults is None else faults
+
+
 # The saga ids a simulated crash stopped, per store: still running in this process as
 # far as the store knows ("the process died" holding them), until simulate_restart().
 _crashed: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()

@@ -33,6 +33,7 @@ from ._hooks import (
     crash_process,
     note_crash,
     raised_by_step,
+    test_faults,
 )
 from ._ids import new_saga_id
 from ._members import (
@@ -645,6 +646,8 @@ class SagaOrchestrator:
         )
         announce = observe or info
         faults = active_faults.get()
+        if faults is None:  # faults_here(), inline: a test's saga_faults, if any
+            faults = test_faults.plan
         run.parent = parent = current_run.get()  # enter_run(run), inline: once per saga
         if parent is not None:
             run.parent_step = running_step.get()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from ._checks import check_count
-from ._hooks import SimulatedCrash, active_faults, crash_hint, forget_crashes
+from ._hooks import SimulatedCrash, crash_hint, faults_here, forget_crashes
 from ._runs import (
     ACTED_UNKNOWN,
     CANCELLED_ERROR,
@@ -721,7 +721,7 @@ async def _finish_claimed(
     token = enter_run(run)
     try:
         failure = await orchestrator._compensate(
-            run, undo, None, active_faults.get(), True, gave_up, keep_going
+            run, undo, None, faults_here(), True, gave_up, keep_going
         )
     except SimulatedCrash as crash:
         orchestrator._crashed(run, crash)  # "the process died": nothing more is recorded

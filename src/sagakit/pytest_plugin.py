@@ -7,13 +7,16 @@ override it in a conftest.py for a durable one), ``saga_orchestrator`` (a fresh 
 ``saga_fault_matrix``. Marker: ``@pytest.mark.saga_fault_matrix(failures=..., timeouts=...)``.
 Options: ``--saga-matrix-timeouts`` / ``saga_matrix_timeouts`` and ``--saga-instant-sleep`` /
 ``saga_instant_sleep``; a marker keyword beats the command line, which beats the ini file.
-The plugin never creates or manages an event loop; async tests need pytest-asyncio. A test
-leaving a fault injector active fails, and a fixture doing so errors at its teardown (its
+The plugin never creates or manages the tests' event loops; async tests need pytest-asyncio.
+A test leaving a fault injector active fails, and a fixture doing so errors at its teardown (its
 faults would hit the tests after it), and a saga a test declares inside itself gives its
 name back to the module-level saga it replaced when the test ends. A saga definition or
 step call parametrizing a test is named by its saga's or step's name in the test's id. A
 ``saga_fault_matrix`` marker with a bad keyword, or placed on a test that does not use the
-fixture, errors the test's setup.
+fixture, errors the test's setup. A ``SQLiteStore`` that ``saga_store`` gave and no one
+closed errors the teardown of the test (or wider-scoped fixture) that left it open, and is
+closed. ``saga_faults`` applies to the sagas of tasks created before it too (a worker an
+async fixture started).
 
 pytest imports this module at every start wherever sagakit is installed, so it imports
 sagakit's library only in the fixtures and hooks using it, never at import or in the
@@ -199,7 +202,7 @@ def pytest_fixture_setup(
     before = _open_scopes()
     try:
         try:
-            return (yield)
+            result = yield
         except pytest.fail.Exception:
             func = fixturedef.func
             if fixturedef.argname == _STORE and (
@@ -208,6 +211,9 @@ def pytest_fixture_setup(
                 # pytest's own message names neither pytest-asyncio nor the fix.
                 pytest.fail(_ASYNC_STORE, pytrace=False)
             raise
+        if fixturedef.argname == _STORE:  # checked closed after its teardown
+            request.config.stash.setdefault(_STORES, {})[fixturedef] = result
+        return result
     finally:
         noted = _FixtureScopes([scope for scope in _open_scopes() if scope not in before])
         request.config.stash.setdefault(_FIXTURE_SCOPES, {})[fixturedef] = noted
@@ -217,9 +223,16 @@ def pytest_fixture_setup(
 def pytest_fixture_post_finalizer(
     fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
 ) -> None:
-    """Error a fixture that leaves a ``FaultInjector`` active: its faults hit later tests."""
+    """Error a fixture that leaves a ``FaultInjector`` active: its faults hit later tests.
+    Error a ``saga_store`` left open, closing it (see :func:`_closed_if_left_open`)."""
+    left_open = None
+    if fixturedef.argname == _STORE:
+        store = request.config.stash.get(_STORES, {}).pop(fixturedef, None)
+        left_open = _closed_if_left_open(store, fixturedef, request)
     noted = request.config.stash.get(_FIXTURE_SCOPES, {}).pop(fixturedef, None)
     if noted is None:
+        if left_open is not None:
+            pytest.fail(left_open, pytrace=False)
         return
     leaked = [
         scope
@@ -227,6 +240,8 @@ def pytest_fixture_post_finalizer(
         if scope in noted.entered or scope not in noted.open_at_teardown
     ]
     if not leaked:
+        if left_open is not None:
+            pytest.fail(left_open, pytrace=False)
         return
     _take_back(leaked)
     where = request.node.nodeid or "the session"
@@ -236,6 +251,62 @@ def pytest_fixture_post_finalizer(
         "after it; leave it in the fixture's teardown (`with injector: yield injector`) or "
         "use the saga_faults fixture",
         pytrace=False,
+    )
+
+
+_STORES = pytest.StashKey[dict[Any, object]]()
+
+
+def _left_open(store: object) -> bool:
+    """Whether ``store``, what ``saga_store`` gave, is a ``SQLiteStore`` still open: its
+    connection, left to the garbage collector, warns (``ResourceWarning``, from Python
+    3.13) in whichever later test the collector runs."""
+    sqlite = sys.modules.get("sagakit.stores.sqlite")
+    if sqlite is None or not isinstance(store, sqlite.SQLiteStore):
+        return False
+    return bool(getattr(getattr(store, "_writer", None), "usable", False))
+
+
+def _closed_if_left_open(
+    store: object, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+) -> str | None:
+    """Close ``store`` if its test (or, of a wider scope, its fixture) left it open, in an
+    event loop of its own (a store is adopted by the next loop once its own has ended);
+    what the teardown error says (None if it was closed)."""
+    if not _left_open(store):
+        return None
+    import asyncio
+
+    closed = "the plugin closed it"
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # none running here, as expected of pytest's teardown
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(store.close())  # type: ignore[attr-defined]
+        except Exception as error:  # said, not raised over the error naming the test
+            closed = f"closing it here failed too ({type(error).__name__}: {error})"
+        finally:
+            loop.close()
+    else:
+        closed = "it could not be closed here, inside a running event loop"
+    if fixturedef.scope == "function":
+        who = f"test {request.node.nodeid}"
+        fix = (
+            "a test asking for saga_store without saga_orchestrator opens and closes its "
+            "store itself: `await saga_store.close()` at its end (or `async with "
+            "SagaOrchestrator(saga_store):`)"
+        )
+    else:
+        who = f"its {fixturedef.scope}-scoped fixture"
+        fix = (
+            "a saga_store of a wider scope is closed by its own fixture: an async fixture "
+            "with `await store.close()` after its `yield`"
+        )
+    return (
+        f"the saga_store fixture's {store!r} was left open by {who}; {fix}. Left to the "
+        "garbage collector, its connection fails whichever later test the collector runs "
+        f"in (an unclosed-database ResourceWarning, from Python 3.13); {closed}"
     )
 
 
@@ -511,7 +582,7 @@ def saga_faults(request: pytest.FixtureRequest) -> Iterator[FaultInjector]:
     from sagakit.testing import FaultInjector
 
     injector = FaultInjector()
-    with injector._active():
+    with injector._active(test_wide=True):  # in tasks started before it too
         yield injector
     problem = injector._unknown_steps()
     if problem is not None and not request.node.stash.get(_FAULTS_NOTED, False):

@@ -22,8 +22,10 @@ from .._hooks import (
     SimulatedCrash,
     SimulatedTimeout,
     active_faults,
+    faults_here,
     forget_crashes,
     revive,
+    test_faults,
 )
 from .._names import written_name
 from .._runs import SagaRun, current_run
@@ -330,15 +332,22 @@ def _note_ran_around(
 
 
 @contextmanager
-def _applied(plan: FaultPlan) -> Iterator[None]:
+def _applied(plan: FaultPlan, *, test_wide: bool = False) -> Iterator[None]:
     """Make ``plan`` apply first within the block, the faults active around it after
-    (checking nothing at its end); tasks started in the block keep it until it ends."""
-    scope = _Scope(plan, active_faults.get())
+    (checking nothing at its end); tasks started in the block keep it until it ends.
+    ``test_wide`` (the ``saga_faults`` fixture): also in the tasks started before it,
+    whose context has no faults (a worker an earlier fixture started)."""
+    scope = _Scope(plan, faults_here())
     token = active_faults.set(scope)
+    previous = test_faults.plan
+    if test_wide:
+        test_faults.plan = scope
     try:
         yield
     finally:
         scope.open = False  # also for the tasks started in the block
+        if test_wide:
+            test_faults.plan = previous
         active_faults.reset(token)
 
 
@@ -761,13 +770,14 @@ class FaultInjector:
             else:
                 self._check_steps(None)
 
-    def _active(self) -> AbstractContextManager[None]:
+    def _active(self, *, test_wide: bool = False) -> AbstractContextManager[None]:
         """Make these faults apply within the block, checking nothing at its end (the
-        ``saga_faults`` fixture checks the steps named itself)."""
-        return _applied(self)
+        ``saga_faults`` fixture checks the steps named itself); ``test_wide``: in the
+        tasks started before it too (the fixture's)."""
+        return _applied(self, test_wide=test_wide)
 
     def __enter__(self) -> FaultInjector:
-        scope = _Scope(self, active_faults.get())
+        scope = _Scope(self, faults_here())
         token = active_faults.set(scope)
         _scopes.set((*_scopes.get(), (token, scope)))
         return self

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .._hooks import CrashAfter, FaultPlan, SimulatedTimeout, active_faults
+from .._hooks import CrashAfter, FaultPlan, SimulatedTimeout, faults_here
 from .._orchestrator import SagaOrchestrator, _not_a_definition_fix
 from .._runs import current_run
 from .._sagas import SagaDefinition
@@ -137,7 +137,7 @@ class _OnlyIn:
 def _injectors_around() -> list[FaultInjector]:
     """The fault injectors whose ``with`` blocks (or ``saga_faults``) are active here."""
     found = []
-    scope = active_faults.get()
+    scope = faults_here()
     while isinstance(scope, _Scope):
         if scope.open and isinstance(scope.inner, FaultInjector):
             found.append(scope.inner)

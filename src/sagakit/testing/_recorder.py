@@ -150,13 +150,16 @@ class RecordedRun:
 
     @property
     def status(self) -> SagaStatus:
-        """The saga's status after its last transition."""
+        """The saga's status after its last transition (``NOT_STARTED`` before any: a
+        run made by hand with none)."""
+        if not self.transitions:
+            return SagaStatus.NOT_STARTED
         return self.transitions[-1].status
 
     @property
     def finished(self) -> bool:
         """Whether the run's ``SAGA_FINISHED`` was recorded."""
-        return self.transitions[-1].kind is TransitionKind.SAGA_FINISHED
+        return bool(self.transitions) and self.transitions[-1].kind is TransitionKind.SAGA_FINISHED
 
     def names(self, kind: TransitionKind | str) -> list[str]:
         """Step names of the transitions of ``kind`` (or its text), in order."""
@@ -196,6 +199,10 @@ class RecordedRun:
         """Assert the run has ended with ``status`` (a run still going fails it)."""
         __tracebackhide__ = True  # pytest shows the line of the test that called it
         status = _member(SagaStatus, status, "assert_status()", "a saga status")
+        if not self.transitions:
+            raise AssertionError(
+                f"{self.label} has not started (no transitions recorded), expected {status}"
+            )
         if not self.finished:
             why = f": {self.crash}" if self.crash is not None else ""
             why = f": {ABANDONED}" if self.abandoned else why
