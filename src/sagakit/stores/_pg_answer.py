@@ -21,9 +21,14 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from .._shielding import cancel_firmly
+from .._tracebacks import hide_from_pytest
 from ._pg_patience import BRIEF, deadline_left
 
 _T = TypeVar("_T")
+
+# pytest shows a failing test's line, not this module's code (every statement of the
+# store is awaited through answered(): see _tracebacks).
+__tracebackhide__ = hide_from_pytest
 
 
 class NoAnswer(Exception):
