@@ -21,7 +21,7 @@ from collections.abc import Coroutine, Iterator
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
-from .._shielding import cancel_firmly
+from .._budgets import Budget, IfCancelled
 from ._pg_patience import BRIEF, deadline_left
 
 _T = TypeVar("_T")
@@ -56,19 +56,13 @@ def answer_wait() -> float | None:
 
 async def answered(statement: Coroutine[Any, Any, _T], seconds: float) -> _T:
     """The outcome of ``statement``, which must come within ``seconds``: past them, it is
-    cancelled (see :func:`~sagakit._shielding.cancel_firmly`; a cancellation that gets
-    no answer within :data:`BRIEF` is made again) and :class:`NoAnswer` is raised. A
+    cancelled (see :meth:`~sagakit._budgets.Budget.cancel`; a cancellation that gets no
+    answer within :data:`BRIEF` is made again) and :class:`NoAnswer` is raised. A
     cancelled caller cancels it the same way, so a silent connection holds it no longer."""
     running = asyncio.ensure_future(statement)
-    try:
-        await asyncio.wait((running,), timeout=seconds)
-    except asyncio.CancelledError:
-        await cancel_firmly(running, asyncio.wait((running,), timeout=BRIEF))
-        raise
-    if not running.done():
-        await cancel_firmly(running, asyncio.wait((running,), timeout=BRIEF))
-        if running.cancelled():
-            raise NoAnswer(seconds)
+    ended = await Budget(seconds).within(running, if_cancelled=IfCancelled.RAISE, grace=BRIEF)
+    if not ended and running.cancelled():
+        raise NoAnswer(seconds)
     return running.result()  # (it came as it was cancelled: taken as it came)
 
 
