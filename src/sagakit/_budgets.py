@@ -10,9 +10,8 @@ server (``stores._pg_closing.Closing``), a stopping worker's wait for its store
 from __future__ import annotations
 
 import asyncio
-import enum
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Literal
 
 from ._shielding import CancellationWatch, cancel_firmly, wait_out
 from ._tracebacks import hide_from_pytest
@@ -21,19 +20,14 @@ from ._tracebacks import hide_from_pytest
 __tracebackhide__ = hide_from_pytest
 
 
-class IfCancelled(enum.StrEnum):
-    """What :meth:`Budget.within` does when its caller is cancelled while it waits."""
-
-    RAISE = "raise"
-    """Cancel the work firmly, then raise the cancellation."""
-
-    NOTE = "note"
-    """Stop waiting, and cancel the work firmly as past the budget; the caller raises
-    the cancellation later (see :class:`~sagakit._shielding.CancellationWatch`)."""
-
-    SHIELD = "shield"
-    """Wait on within the budget as if not cancelled; the caller raises the
-    cancellation later."""
+IfCancelled = Literal["raise", "note", "shield"]
+"""What :meth:`Budget.within` does when its caller is cancelled while it waits:
+``"raise"``: cancel the work firmly, then raise the cancellation; ``"note"``: stop
+waiting, and cancel the work firmly as past the budget (the caller raises the
+cancellation later: see :class:`~sagakit._shielding.CancellationWatch`); ``"shield"``:
+wait on within the budget as if not cancelled (the caller raises it later). (Strings,
+not an enum: a statement's wait for its answer names one, and an enum member's look-up
+costs some thousand instructions on Python 3.11.)"""
 
 
 async def first_of(
@@ -69,9 +63,9 @@ class Budget:
         until: asyncio.Event | None = None,
         watch: CancellationWatch | None = None,
     ) -> None:
-        self._loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self.seconds = seconds
-        self.deadline = None if seconds is None else self._loop.time() + seconds
+        self.deadline = None if seconds is None else loop.time() + seconds
         self._until = until
         self._watch = watch
 
@@ -113,16 +107,16 @@ class Budget:
         if it ended by itself (its outcome is then left on it, for the caller)."""
         ending = self._ended(running, self.left())
         try:
-            await (wait_out(ending) if if_cancelled is IfCancelled.SHIELD else ending)
+            await (wait_out(ending) if if_cancelled == "shield" else ending)
         except asyncio.CancelledError:
-            if if_cancelled is IfCancelled.RAISE:
+            if if_cancelled == "raise":
                 await self.cancel(running, grace)
                 raise
-            # IfCancelled.NOTE: the caller raises it (its watch, if any, spent the budget)
+            # "note": the caller raises it (its watch, if any, spent the budget)
         except GeneratorExit:
             raise  # its event loop closed under the caller: nothing can be awaited
         except BaseException:
-            if if_cancelled is IfCancelled.RAISE:
+            if if_cancelled == "raise":
                 await self.cancel(running, grace)
             raise
         if running.done():

@@ -21,7 +21,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._budgets import Budget, IfCancelled, first_of
+from ._budgets import Budget, first_of
 from ._cadence import failure_level
 from ._checks import check_count, check_flag, check_seconds, is_number
 from ._hooks import SimulatedCrash, dead_process
@@ -316,7 +316,7 @@ async def _unless_stopped(
     A statement that answers is not cancelled: a claim cancelled on its way may have
     taken sagas that nobody runs, until their leases run out."""
     return await _until(running, stop, stopping) or await stopping.budget().within(
-        running, if_cancelled=IfCancelled.RAISE
+        running, if_cancelled="raise"
     )
 
 
@@ -343,7 +343,7 @@ async def _within(running: asyncio.Future[Any], stopping: _Stopping) -> str | No
     """Wait for ``running`` within what is left of the budget of ``stopping``, whatever
     cancels the caller meanwhile (it re-raises its cancellation itself); past it, cancel
     it and wait it out. None if it ended by itself, else why not."""
-    if await stopping.budget().within(running, if_cancelled=IfCancelled.SHIELD):
+    if await stopping.budget().within(running, if_cancelled="shield"):
         return None
     return stopping.spent()
 
@@ -444,7 +444,7 @@ async def _shutdown(
         if not ids:  # no saga in flight: no lease to hand back (nor to warn of, past the budget)
             return
         releasing = asyncio.ensure_future(release(saga_ids=ids))
-        if await stopping.budget().within(releasing, if_cancelled=IfCancelled.RAISE):
+        if await stopping.budget().within(releasing, if_cancelled="raise"):
             released = releasing.result()
         else:
             spent = stopping.spent()

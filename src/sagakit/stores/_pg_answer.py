@@ -21,7 +21,7 @@ from collections.abc import Coroutine, Iterator
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
-from .._budgets import Budget, IfCancelled
+from .._budgets import Budget
 from ._pg_patience import BRIEF, deadline_left
 
 _T = TypeVar("_T")
@@ -60,7 +60,7 @@ async def answered(statement: Coroutine[Any, Any, _T], seconds: float) -> _T:
     answer within :data:`BRIEF` is made again) and :class:`NoAnswer` is raised. A
     cancelled caller cancels it the same way, so a silent connection holds it no longer."""
     running = asyncio.ensure_future(statement)
-    ended = await Budget(seconds).within(running, if_cancelled=IfCancelled.RAISE, grace=BRIEF)
+    ended = await Budget(seconds).within(running, if_cancelled="raise", grace=BRIEF)
     if not ended and running.cancelled():
         raise NoAnswer(seconds)
     return running.result()  # (it came as it was cancelled: taken as it came)

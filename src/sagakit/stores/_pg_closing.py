@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .._budgets import Budget, IfCancelled
+from .._budgets import Budget
 from .._seconds import timeout_text
 from .._shielding import CancellationWatch
 
@@ -55,7 +55,7 @@ class Closing(Budget):
         cancel it: what is left (one turn of the event loop at least) for that to end
         it, then cancel it again and wait it out. True if it ended by itself (its
         outcome is then left on it, for the caller to retrieve)."""
-        return await self.within(running, if_cancelled=IfCancelled.NOTE)
+        return await self.within(running, if_cancelled="note")
 
 
 __all__ = ["Closing"]
