@@ -21,6 +21,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._budgets import Budget, first_of
 from ._cadence import failure_level
 from ._checks import check_count, check_flag, check_seconds, is_number
 from ._hooks import SimulatedCrash, dead_process
@@ -35,7 +36,7 @@ from ._recovery import (
 from ._runs import SagaRun, StepRun, still_running
 from ._sagas import registered_sagas
 from ._seconds import timeout_text
-from ._shielding import CancellationWatch, cancel_firmly, wait_out
+from ._shielding import CancellationWatch, cancel_firmly
 from ._tracebacks import hide_from_pytest
 from .exceptions import LeaseLost, SagaDefinitionError, StoreError
 from .stores._loop_refusal import never_better
@@ -268,7 +269,7 @@ def _backoff(poll_interval: float, failures: int) -> float:
     return min(poll_interval * 2.0 ** min(failures - 1, 64), max(poll_interval, MAX_BACKOFF))
 
 
-class _Budget:
+class _Stopping:
     """How long a stopping worker waits for its store, all its calls together: the
     store's ``connect_timeout`` (none: no limit) from when the worker is told to stop
     or cancelled, up to a second SIGTERM (``now``). Not how long it waits for its
@@ -284,120 +285,76 @@ class _Budget:
     def __init__(self, store: RecoverableStore, now: asyncio.Event) -> None:
         self.store = store
         self.now = now
-        self.seconds: float | None = None
-        self.deadline: float | None = None
-        self.started = False
+        self._budget: Budget | None = None
 
-    def start(self) -> None:
-        """The worker is stopping: the budget runs from now on (from the first call)."""
-        if self.started:
-            return
-        self.started = True
-        seconds: object = getattr(self.store, "connect_timeout", None)
-        if is_number(seconds):
-            self.seconds = float(seconds)
-            self.deadline = asyncio.get_running_loop().time() + self.seconds
-
-    def left(self) -> float | None:
-        """Seconds left of it (0 once spent, or after a second SIGTERM; None: no limit)."""
-        self.start()
-        if self.now.is_set():
-            return 0.0
-        if self.deadline is None:
-            return None
-        return max(0.0, self.deadline - asyncio.get_running_loop().time())
+    def budget(self) -> Budget:
+        """The wait: it runs from its first use on (the worker is stopping), and is spent
+        at a second SIGTERM (its waits end then)."""
+        if self._budget is None:
+            seconds: object = getattr(self.store, "connect_timeout", None)
+            self._budget = Budget(float(seconds) if is_number(seconds) else None, until=self.now)
+        return self._budget
 
     def spent(self) -> str:
         """Why a call was given up (for the warning that says so)."""
-        if self.now.is_set() or self.seconds is None:  # (no limit: given up at a SIGTERM)
-            return "stopped by a second SIGTERM"
+        budget = self._budget
+        if self.now.is_set() or budget is None or budget.seconds is None:
+            return "stopped by a second SIGTERM"  # (no limit: given up at a SIGTERM)
         return (
-            f"no answer within {timeout_text(self.seconds)} of being told to stop (connect_timeout)"
+            f"no answer within {timeout_text(budget.seconds)} of being told to stop "
+            "(connect_timeout)"
         )
 
 
 async def _unless_stopped(
-    stop: asyncio.Event, running: asyncio.Future[Any], budget: _Budget
+    stop: asyncio.Event, running: asyncio.Future[Any], stopping: _Stopping
 ) -> bool:
-    """Wait for ``running`` to end; once ``stop`` is set, within the ``budget`` (see
-    :class:`_Budget`). Past it, or when the caller is cancelled, cancel it and wait it
-    out, whatever cancels the caller. True if it ended by itself.
+    """Wait for ``running`` to end; once ``stop`` is set, within the budget of
+    ``stopping`` (see :class:`_Stopping`). Past it, or when the caller is cancelled,
+    cancel it and wait it out, whatever cancels the caller. True if it ended by itself.
 
     A statement that answers is not cancelled: a claim cancelled on its way may have
     taken sagas that nobody runs, until their leases run out."""
-    if await _ends(running, stop, None, budget) or await _ends(
-        running, budget.now, budget.left(), budget
-    ):
-        return True
-    await _cancel(running, budget)
-    return False
+    return await _until(running, stop, stopping) or await stopping.budget().within(
+        running, if_cancelled="raise"
+    )
 
 
-async def _first(
-    futures: tuple[asyncio.Future[Any], ...],
-    events: tuple[asyncio.Event, ...],
-    seconds: float | None,
-) -> None:
-    """Until one of ``futures`` ends or one of ``events`` is set, ``seconds`` at most
-    (None: no limit; 0: one turn of the event loop, so that a call just started runs to
-    its first wait)."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(
-            (*futures, *waiters), timeout=seconds, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        for waiter in waiters:
-            if not waiter.get_loop().is_closed():  # (closed under the worker: see run_worker)
-                waiter.cancel()
-
-
-async def _ends(
-    running: asyncio.Future[Any],
-    until: asyncio.Event,
-    seconds: float | None,
-    budget: _Budget | None,
+async def _until(
+    running: asyncio.Future[Any], event: asyncio.Event, stopping: _Stopping | None
 ) -> bool:
-    """Wait for ``running`` to end, ``seconds`` at most (None: no limit), until ``until``
-    is set; when the caller is cancelled, cancel it and wait it out (within ``budget``,
-    see :func:`_cancel`). True if it ended."""
+    """Wait for ``running`` to end, until ``event`` is set; when the caller is cancelled,
+    cancel it and wait it out (within the budget of ``stopping``, if any: see
+    :meth:`~sagakit._budgets.Budget.cancel`), then raise. True if it ended."""
     try:
-        await _first((running,), (until,), seconds)
+        await first_of((running,), (event,), None)
     except GeneratorExit:
         raise  # its event loop closed under the worker (see run_worker): nothing to await
-    except BaseException:
-        await _cancel(running, budget)  # the worker was cancelled
+    except BaseException:  # the worker was cancelled
+        if stopping is None:
+            await cancel_firmly(running, None)
+        else:
+            await stopping.budget().cancel(running)
         raise
     return running.done()
 
 
-async def _cancel(running: asyncio.Future[Any], budget: _Budget | None) -> None:
-    """:func:`cancel_firmly`, with what is left of a store's ``budget`` (if any) as the
-    grace of its cancellation (a driver asking a silent server to cancel the statement:
-    psycopg waits up to 10 s)."""
-    if budget is None:
-        await cancel_firmly(running, None)
-        return
-    budget.start()  # from the cancellation on, as before its grace is awaited
-    await cancel_firmly(running, _first((running,), (budget.now,), budget.left()))
-
-
-async def _within(running: asyncio.Future[Any], budget: _Budget) -> str | None:
-    """Wait for ``running`` within what is left of ``budget``, whatever cancels the
-    caller meanwhile (it re-raises its cancellation itself); past it, cancel it and
-    wait it out (see :func:`_cancel`). None if it ended by itself, else why not."""
-    await wait_out(_first((running,), (budget.now,), budget.left()))
-    if running.done():
+async def _within(running: asyncio.Future[Any], stopping: _Stopping) -> str | None:
+    """Wait for ``running`` within what is left of the budget of ``stopping``, whatever
+    cancels the caller meanwhile (it re-raises its cancellation itself); past it, cancel
+    it and wait it out. None if it ended by itself, else why not."""
+    if await stopping.budget().within(running, if_cancelled="shield"):
         return None
-    await _cancel(running, budget)
-    return budget.spent()
+    return stopping.spent()
 
 
-async def _hand_back(store: RecoverableStore, orphans: list[OrphanedSaga], budget: _Budget) -> None:
+async def _hand_back(
+    store: RecoverableStore, orphans: list[OrphanedSaga], stopping: _Stopping
+) -> None:
     """:func:`give_back` the ``orphans`` a stopping worker claimed and will not run,
-    within what is left of its ``budget`` (a silent connection does not hold the stop
-    longer): those it could not hand back stay claimed until their leases expire."""
-    await give_back(store, orphans, lambda giving: _within(giving, budget))
+    within what is left of the budget of ``stopping`` (a silent connection does not hold
+    the stop longer): those it could not hand back stay claimed until their leases expire."""
+    await give_back(store, orphans, lambda giving: _within(giving, stopping))
 
 
 def _answered(claiming: asyncio.Future[list[OrphanedSaga]]) -> list[OrphanedSaga]:
@@ -408,28 +365,24 @@ def _answered(claiming: asyncio.Future[list[OrphanedSaga]]) -> list[OrphanedSaga
 
 
 async def _claim(
-    store: RecoverableStore, stop: asyncio.Event, budget: _Budget, **options: Any
+    store: RecoverableStore, stop: asyncio.Event, stopping: _Stopping, **options: Any
 ) -> list[OrphanedSaga]:
     """``store.claim_orphans(**options)``, given up if it has not answered once ``stop``
-    is set and the ``budget`` is spent (``[]``): cancelled, as a cancelled worker's claim
-    is (the store gives back what it had claimed); sagas it returns all the same are
-    given back, unrun, within what is left of the ``budget`` (see :func:`_hand_back`)."""
+    is set and the budget of ``stopping`` is spent (``[]``): cancelled, as a cancelled
+    worker's claim is (the store gives back what it had claimed); sagas it returns all
+    the same are given back, unrun, within what is left of that budget (see
+    :func:`_hand_back`)."""
     claiming = asyncio.ensure_future(store.claim_orphans(**options))
     try:
-        if await _unless_stopped(stop, claiming, budget):
+        if await _unless_stopped(stop, claiming, stopping):
             return claiming.result()
     except GeneratorExit:
         raise
     except BaseException:
-        await _hand_back(store, _answered(claiming), budget)  # the worker was cancelled
+        await _hand_back(store, _answered(claiming), stopping)  # the worker was cancelled
         raise
-    await _hand_back(store, _answered(claiming), budget)
+    await _hand_back(store, _answered(claiming), stopping)
     return []
-
-
-async def _wait(events: tuple[asyncio.Event, ...], seconds: float) -> None:
-    """The pause between two claims: until one of ``events`` is set or ``seconds`` pass."""
-    await _first((), events, seconds)
 
 
 def _alive(store: RecoverableStore) -> None:
@@ -453,7 +406,7 @@ async def _shutdown(
     store: RecoverableStore,
     tasks: dict[asyncio.Task[None], str],
     nested: Nested,
-    budget: _Budget,
+    stopping: _Stopping,
 ) -> None:
     """Release the leases of the sagas in flight (``tasks``: their ids; ``nested``: the
     inner sagas their steps run), then stop them (they are fenced out). An inner saga
@@ -461,9 +414,9 @@ async def _shutdown(
     them does not stop it, so it keeps its lease and goes on here. ``now`` (a second
     SIGTERM) gives up waiting: for the release (the leases run out), or, with no leases,
     for the sagas (they are cancelled, each handed back for the next recovery). The
-    release waits for what is left of the ``budget`` at most (the leases then run out
-    by themselves). A process that a simulated crash killed releases nothing."""
-    now = budget.now
+    release waits for what is left of the budget of ``stopping`` at most (the leases
+    then run out by themselves). A process that a simulated crash killed releases nothing."""
+    now = stopping.now
     release: Callable[..., Any] | None = getattr(store, "release_leases", None)
     if dead_process(store) is not None:
         # A simulated crash killed the process, which releases nothing, as a real crash
@@ -476,8 +429,8 @@ async def _shutdown(
         if tasks:
             logger.info("sagakit worker stopping: waiting for %d running sagas to end", len(tasks))
             running = asyncio.ensure_future(asyncio.gather(*tasks, return_exceptions=True))
-            if not await _ends(running, now, None, None):
-                await _cancel(running, None)  # cancels the sagas
+            if not await _until(running, now, None):
+                await cancel_firmly(running, None)  # cancels the sagas
         return
     # A release on a pooled connection gone silent (a partition that resets nothing)
     # waits for the kernel to give up, some 15 minutes: wait what is left of the budget
@@ -491,13 +444,11 @@ async def _shutdown(
         if not ids:  # no saga in flight: no lease to hand back (nor to warn of, past the budget)
             return
         releasing = asyncio.ensure_future(release(saga_ids=ids))
-        if await _ends(releasing, now, budget.left(), budget):
+        if await stopping.budget().within(releasing, if_cancelled="raise"):
             released = releasing.result()
         else:
-            await _cancel(releasing, budget)
-            raise TimeoutError(
-                budget.spent() if now.is_set() else f"{budget.spent()}; they run out by themselves"
-            )
+            spent = stopping.spent()
+            raise TimeoutError(spent if now.is_set() else f"{spent}; they run out by themselves")
     except Exception as error:  # the database is away: the leases run out by themselves
         logger.warning("sagakit worker could not release its saga leases: %s", error)
     else:
@@ -526,7 +477,7 @@ async def run_worker(
     back when the worker stops); a stopped worker releases its leases. A second SIGTERM
     while it stops gives up waiting: for its sagas (SQLite: they are handed back), or
     for its store. Once stopping, it waits for its store's ``connect_timeout`` at most,
-    all calls together (see :class:`_Budget`); what it gives up on, the leases settle
+    all calls together (see :class:`_Stopping`); what it gives up on, the leases settle
     (sagas a claim answered too late to run, and that it could not hand back in time,
     stay claimed until their leases expire: then any worker claims them).
     """
@@ -534,7 +485,7 @@ async def run_worker(
     store = _recoverable(orchestrator.store)
     stop = stop if stop is not None else asyncio.Event()
     now = asyncio.Event()  # a second SIGTERM: stop waiting for the sagas, or the store
-    budget = _Budget(store, now)  # how long it waits for its store once stopping
+    stopping = _Stopping(store, now)  # how long it waits for its store once stopping
     freed = asyncio.Event()
     tasks: dict[asyncio.Task[None], str] = {}  # the sagas in flight, with their ids
     nested: Nested = {}  # the sagas their steps run with execute()
@@ -558,7 +509,12 @@ async def run_worker(
                     names = {function.name for function in registered_sagas()}
                     try:
                         orphans = await _claim(
-                            store, stop, budget, names=names, limit=free, max_attempts=max_attempts
+                            store,
+                            stop,
+                            stopping,
+                            names=names,
+                            limit=free,
+                            max_attempts=max_attempts,
                         )
                     except StoreError as error:  # the database is away: try again later
                         if never_better(error):  # (another loop's store, or closed)
@@ -586,7 +542,7 @@ async def run_worker(
                         # pool, can swallow one): stop anyway, or the loop runs on; and
                         # give back what was just claimed, unrun (on SQLite, the shutdown
                         # below would let it run to its end).
-                        await _hand_back(store, orphans, budget)
+                        await _hand_back(store, orphans, stopping)
                         raise asyncio.CancelledError
                     _alive(store)  # (what it claimed stays claimed, as at a real crash)
                     claimed = len(orphans)
@@ -604,11 +560,12 @@ async def run_worker(
                 if not failures and asyncio.get_running_loop().time() >= next_look:
                     next_look = asyncio.get_running_loop().time() + UNREGISTERED_EVERY
                     looking = asyncio.ensure_future(tell_unregistered(store, told))
-                    if await _unless_stopped(stop, looking, budget):
+                    if await _unless_stopped(stop, looking, stopping):
                         looking.result()
                 freed.clear()
                 wait = _backoff(poll_interval, failures)
-                await _wait((stop, freed) if len(tasks) >= concurrency else (stop,), wait)
+                events = (stop, freed) if len(tasks) >= concurrency else (stop,)
+                await first_of((), events, wait)  # the pause between two claims
         except GeneratorExit:
             # The garbage collector closes it, its event loop closed under it: nothing
             # can be awaited. Its sagas stop as their own tasks are closed, left as a
@@ -617,7 +574,7 @@ async def run_worker(
             raise
         finally:
             if not abandoned:
-                await _shutdown(store, tasks, nested, budget)
+                await _shutdown(store, tasks, nested, stopping)
     if watch.came():
         # Stopped, then cancelled while handing its sagas back, and the cancellation was
         # caught on the way (by the store's release_leases(): a driver's pool can): never

@@ -20,7 +20,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from .._shielding import cancel_firmly
+from .._budgets import Budget
 from .._tracebacks import hide_from_pytest
 from ._pg_patience import BRIEF, deadline_left
 
@@ -46,19 +46,13 @@ def answer_wait(seconds: float) -> float:
 
 async def answered(statement: Coroutine[Any, Any, _T], seconds: float) -> _T:
     """The outcome of ``statement``, which must come within ``seconds``: past them, it is
-    cancelled (see :func:`~sagakit._shielding.cancel_firmly`; a cancellation that gets
-    no answer within :data:`BRIEF` is made again) and :class:`NoAnswer` is raised. A
+    cancelled (see :meth:`~sagakit._budgets.Budget.cancel`; a cancellation that gets no
+    answer within :data:`BRIEF` is made again) and :class:`NoAnswer` is raised. A
     cancelled caller cancels it the same way, so a silent connection holds it no longer."""
     running = asyncio.ensure_future(statement)
-    try:
-        await asyncio.wait((running,), timeout=seconds)
-    except asyncio.CancelledError:
-        await cancel_firmly(running, asyncio.wait((running,), timeout=BRIEF))
-        raise
-    if not running.done():
-        await cancel_firmly(running, asyncio.wait((running,), timeout=BRIEF))
-        if running.cancelled():
-            raise NoAnswer(seconds)
+    ended = await Budget(seconds).within(running, if_cancelled="raise", grace=BRIEF)
+    if not ended and running.cancelled():
+        raise NoAnswer(seconds)
     return running.result()  # (it came as it was cancelled: taken as it came)
 
 
