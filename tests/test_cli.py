@@ -2344,11 +2344,11 @@ def test_recover_notes_name_five_sagas_then_an_ellipsis() -> None:
 
 def test_recover_notes_count_in_words() -> None:
     # Regression: the notes said "1 saga(s)" and "0 recovery attempt(s)".
-    from sagakit._cli_text import _counted
+    from sagakit._counted import counted
 
-    assert _counted(1, "saga") == "1 saga"
-    assert _counted(2, "saga") == "2 sagas"
-    assert _counted(0, "recovery attempt") == "0 recovery attempts"
+    assert counted(1, "saga") == "1 saga"
+    assert counted(2, "saga") == "2 sagas"
+    assert counted(0, "recovery attempt") == "0 recovery attempts"
 
 
 def test_recover_names_the_dead_letters_it_leaves_alone(

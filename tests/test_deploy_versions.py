@@ -304,7 +304,7 @@ def test_a_saga_handed_over_by_each_worker_a_rolling_deploy_stops_is_never_parke
             worker.send_signal(signal.SIGTERM)
             _, stderr = worker.communicate(timeout=60)
         assert worker.returncode == 0, stderr
-        assert "released 1 saga leases" in stderr
+        assert "released 1 saga lease" in stderr
     Path(f"{deploy.effects}.go").touch()
     assert deploy.recover(v2) == [["s-1", "resumed", "completed"]]
     assert deploy.ran() == ["a", "b", "b", "b", "b", "b", "b", "c"]

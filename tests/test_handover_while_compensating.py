@@ -74,7 +74,7 @@ async def test_a_worker_stopped_mid_compensation_hands_over_without_warnings(
     ]
     warned = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
     assert warned == [  # (a crash left it: its recovery warns, as after any crash)
-        "sagakit recovery compensates saga hc_saga (hc-1) after 1 completed steps (attempt 1)"
+        "sagakit recovery compensates saga hc_saga (hc-1) after 1 completed step (attempt 1)"
     ]
     # Told once, by its saga_stopped record: what its fenced-out writes could not record
     # (its compensation, its end) is at DEBUG, as the store's refused staged writes are.

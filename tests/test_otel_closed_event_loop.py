@@ -4,7 +4,7 @@ Regression: a saga whose task is destroyed pending with its event loop (its coro
 closed by the garbage collector, ``GeneratorExit``) is left as a crash leaves it, and
 nothing more is told to its listeners; but where a simulated crash ends the run's spans,
 this left them open in the tracer for good: never exported, the tracer's
-``<SagaTracer 1 open sagas>`` growing by one per such run. Its spans now end as a crash's
+``<SagaTracer 1 open saga>`` growing by one per such run. Its spans now end as a crash's
 do, status ``ERROR`` ``"abandoned: its event loop was closed while it ran"``.
 """
 

@@ -141,7 +141,7 @@ async def test_closing_a_store_whose_staged_writes_get_no_answer_returns_and_say
     assert store._pool is None
     [unwritten] = [m for m in warnings(caplog) if "staged" in m]
     assert unwritten == (
-        "sagakit could not write the staged transitions of 1 sagas on close: no answer "
+        "sagakit could not write the staged transitions of 1 saga on close: no answer "
         "within 0.2 s (connect_timeout); recovery finishes them from what the log holds: "
         "cs_order (cs-flush)"
     )
@@ -186,7 +186,7 @@ async def test_a_close_cancelled_while_its_staged_writes_get_no_answer_ends_and_
     assert cancelled[:2] == ["write", "write again"]
     [unwritten] = [m for m in warnings(caplog) if "staged" in m]
     assert unwritten == (
-        "sagakit could not write the staged transitions of 1 sagas on close: close() was "
+        "sagakit could not write the staged transitions of 1 saga on close: close() was "
         "cancelled; recovery finishes them from what the log holds: cs_order (cs-cancel)"
     )
 

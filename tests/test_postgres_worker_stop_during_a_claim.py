@@ -272,7 +272,7 @@ async def test_closing_a_store_whose_release_gets_no_answer_returns(
         assert releasing.is_set()
         assert cancelled == ["release", "release again"]
         assert [r.getMessage() for r in caplog.records if r.name == "sagakit"] == [
-            "sagakit could not release the leases of 1 sagas on close: no answer within "
+            "sagakit could not release the leases of 1 saga on close: no answer within "
             "0.2 s (connect_timeout); they run out by themselves"
         ]
     finally:

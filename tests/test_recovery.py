@@ -236,7 +236,7 @@ async def test_changed_code_that_ends_sooner_is_parked_saying_what_to_do(db: str
         (outcome,) = await orchestrator.recover()
     assert outcome.action == "dead_lettered"
     assert outcome.error == (
-        "NonDeterminismError: saga 'rec_changing' (o6) ended after 1 steps on replay, but its "
+        "NonDeterminismError: saga 'rec_changing' (o6) ended after 1 step on replay, but its "
         "log records step 1 'pay': the saga's code changed since this run started; finish or "
         "resolve it with the old code"
     )

@@ -206,7 +206,7 @@ def test_a_second_sigterm_hands_back_the_sagas_a_sqlite_worker_waits_for(
     # Regression: a SQLite worker stopped by SIGTERM waits for its running sagas to end;
     # the docs said to stop it again to hand them back, but a second SIGTERM (what a
     # process manager sends) was ignored: the worker waited on until SIGKILL.
-    seen = sigterm_twice(sqlite_child, "waiting for 1 running sagas to end")
+    seen = sigterm_twice(sqlite_child, "waiting for 1 running saga to end")
     assert sqlite_child.proc.returncode == 0, seen
     assert "RETURNED" in seen
     assert "HANDLER RESTORED True" in seen
@@ -235,7 +235,7 @@ def test_the_applications_sigterm_handler_is_called_while_a_worker_runs(
     # Regression: while a worker ran, SIGTERM went to the worker alone: the application's
     # own handler (a web server's shutdown, say) never heard of it, and the process
     # kept serving once the worker had stopped.
-    seen = sigterm_twice(sqlite_child, "waiting for 1 running sagas to end")
+    seen = sigterm_twice(sqlite_child, "waiting for 1 running saga to end")
     assert sqlite_child.proc.returncode == 0, seen
     assert "HANDLER RESTORED True" in seen
     # Once for each SIGTERM to the worker, and once more after it: put back.
@@ -263,7 +263,7 @@ def test_a_sigterm_handler_the_application_sets_while_a_worker_runs_stays_after_
     # before the worker (here the default action): the next SIGTERM killed the process.
     # The application's handler cancels the worker each time (the second time, the
     # worker stops waiting for its saga).
-    seen = sigterm_twice(sqlite_child, "waiting for 1 running sagas to end")
+    seen = sigterm_twice(sqlite_child, "waiting for 1 running saga to end")
     assert sqlite_child.proc.returncode == 0, seen
     assert "WORKER CANCELLED" in seen
     assert "APP HANDLER KEPT True" in seen
@@ -280,7 +280,7 @@ def test_an_application_handler_removing_the_loops_sigterm_handler_removes_the_w
     # calls the application's). An application handler removing the loop's SIGTERM
     # handler removes the worker's, and the next SIGTERM has the default action: here it
     # kills the worker waiting for its saga (SQLite), which is left for the next recovery.
-    seen = sigterm_twice(sqlite_child, "waiting for 1 running sagas to end")
+    seen = sigterm_twice(sqlite_child, "waiting for 1 running saga to end")
     assert sqlite_child.proc.returncode == -signal.SIGTERM, seen
     assert seen.count("APP HANDLER 15") == 1, seen
 
@@ -290,7 +290,7 @@ def test_a_worker_stops_on_sigterm_in_a_process_that_ignores_it(sqlite_child: Ch
     # As documented: handle_signals=True (the default) stops the worker on SIGTERM even if
     # the process ignores SIGTERM (SIG_IGN); the process ignores it again once the worker
     # stopped. (handle_signals=False keeps the worker running through SIGTERM.)
-    seen = sigterm_twice(sqlite_child, "waiting for 1 running sagas to end")
+    seen = sigterm_twice(sqlite_child, "waiting for 1 running saga to end")
     assert sqlite_child.proc.returncode == 0, seen
     assert "HANDLER RESTORED True" in seen
     assert "STATUS executing" in seen

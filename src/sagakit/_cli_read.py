@@ -11,7 +11,8 @@ from typing import TextIO
 
 from ._cli_db import _log_name
 from ._cli_json import _parked_json, _saga_json, _shown_json
-from ._cli_text import _counted, _cut, _indented, _table, _when
+from ._cli_text import _cut, _indented, _table, _when
+from ._counted import counted
 from ._notify import one_line
 from .records import SagaMetadata
 from .stores._cli_records import ListedSaga, StoredArguments
@@ -129,7 +130,7 @@ async def _show(store: SQLiteStore | PostgresStore, args: argparse.Namespace, ou
     if letter is not None:
         out.write(
             f"parked {_when(letter.parked_at)} after "
-            f"{_counted(letter.recovery_attempts, 'recovery attempt')}: "
+            f"{counted(letter.recovery_attempts, 'recovery attempt')}: "
             f"{one_line(letter.reason)}; `sagakit resume` or "
             "`sagakit resolve` it\n"
         )

@@ -11,8 +11,9 @@ from typing import TextIO
 
 from ._cli_db import _db_argument
 from ._cli_import import _declared_in, _import
-from ._cli_text import _counted, _cut, _first_few, _table
+from ._cli_text import _cut, _first_few, _table
 from ._commands import command_line
+from ._counted import counted
 from ._notify import one_line
 from ._orchestrator import SagaOrchestrator
 from ._recovery import RecoveryOutcome
@@ -153,7 +154,7 @@ def _waiting_note(waiting: list[str], args: argparse.Namespace) -> str:
     db = _db_argument(args)
     were = "was" if len(waiting) == 1 else "were"
     return (
-        f"{_counted(len(waiting), 'dead-lettered saga')} ({named}) {were} left "
+        f"{counted(len(waiting), 'dead-lettered saga')} ({named}) {were} left "
         "alone, as "
         "recovery leaves every dead letter: `sagakit dead-letters` says why each "
         f"was parked; `{command_line(db, 'resume', waiting[0])}` hands one "
@@ -179,7 +180,7 @@ def _held_elsewhere_note(far: list[str], args: argparse.Namespace) -> str:
     named = _first_few(far)
     are = "is" if len(far) == 1 else "are"
     return (
-        f"{_counted(len(far), 'saga')} ({one_line(named)}) {are} run by a "
+        f"{counted(len(far), 'saga')} ({one_line(named)}) {are} run by a "
         "process of another host or container, which no recovery here takes "
         "over; once you know that process is gone, "
         f"`{command_line(args.db, 'release', far[0])}` hands it to the next "
@@ -193,7 +194,7 @@ def _unregistered_note(unknown: dict[str, int], args: argparse.Namespace) -> str
     count = sum(unknown.values())
     were, them, they = ("was", "it", "it") if count == 1 else ("were", "them", "they")
     return (
-        f"{_counted(count, 'unfinished saga')} named "
+        f"{counted(count, 'unfinished saga')} named "
         f"{one_line(', '.join(sorted(unknown)))} "
         f"{were} left alone: no @saga of that name is registered here; pass "
         f"--import with the module that declares {them}"

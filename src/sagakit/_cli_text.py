@@ -121,11 +121,6 @@ def _table(rows: list[list[str]], out: TextIO, cut: Sequence[int] = ()) -> None:
         out.write(line.rstrip() + "\n")
 
 
-def _counted(count: int, noun: str) -> str:
-    """``count`` and ``noun`` in words: "1 saga", "2 sagas", "0 sagas"."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
 def _first_few(names: Sequence[str]) -> str:
     """``names`` for a line of output: the first five, then ``...`` if there are more."""
     return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from ._checks import check_count
+from ._counted import counted
 from ._hooks import SimulatedCrash, crash_hint, faults_here, forget_crashes
 from ._runs import (
     ACTED_UNKNOWN,
@@ -183,7 +184,7 @@ async def tell_unregistered(store: RecoverableStore, told: set[str]) -> None:
         logger.info(
             "sagakit recovery: the log holds %s named %r, and no @saga of that name is "
             "registered here: %s left for a process that declares it",
-            "1 unfinished saga" if count == 1 else f"{count} unfinished sagas",
+            counted(count, "unfinished saga"),
             name,
             "it is" if count == 1 else "they are",
         )
@@ -401,10 +402,10 @@ def _replay(
                 call = driver.send(value)
             except StopIteration:
                 raise NonDeterminismError(
-                    f"saga {orphan.name!r} ({orphan.saga_id}) ended after {len(calls)} steps on "
-                    f"replay, but its log records step {logged.index} {logged.name!r}: the "
-                    "saga's code changed since this run started; finish or resolve it with "
-                    "the old code"
+                    f"saga {orphan.name!r} ({orphan.saga_id}) ended after "
+                    f"{counted(len(calls), 'step')} on replay, but its log records step "
+                    f"{logged.index} {logged.name!r}: the saga's code changed since this run "
+                    "started; finish or resolve it with the old code"
                 ) from None
             name = call._spec.name if isinstance(call, StepCall) else repr(call)
             if name != logged.name:
@@ -631,11 +632,11 @@ async def _finish_claimed(
     # (Attempt 0: a store that does not say so, but whose claim counted no crash.)
     logger.log(
         logging.INFO if orphan.released or orphan.recovery_attempts == 0 else logging.WARNING,
-        "sagakit recovery %s saga %s (%s) after %d completed steps (attempt %d)",
+        "sagakit recovery %s saga %s (%s) after %s (attempt %d)",
         "compensates" if compensate else "resumes",
         orphan.name,
         orphan.saga_id,
-        len(done),
+        counted(len(done), "completed step"),
         orphan.recovery_attempts,
         extra=_fields(orphan),
     )

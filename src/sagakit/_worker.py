@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ._budgets import Budget, first_of
 from ._cadence import failure_level
 from ._checks import check_count, check_flag, check_seconds, is_number
+from ._counted import counted
 from ._hooks import SimulatedCrash, dead_process
 from ._recovery import (
     _fields,
@@ -427,7 +428,10 @@ async def _shutdown(
     if release is None:
         # No leases to hand over: let the sagas in flight finish here.
         if tasks:
-            logger.info("sagakit worker stopping: waiting for %d running sagas to end", len(tasks))
+            logger.info(
+                "sagakit worker stopping: waiting for %s to end",
+                counted(len(tasks), "running saga"),
+            )
             running = asyncio.ensure_future(asyncio.gather(*tasks, return_exceptions=True))
             if not await _until(running, now, None):
                 await cancel_firmly(running, None)  # cancels the sagas
@@ -452,7 +456,7 @@ async def _shutdown(
     except Exception as error:  # the database is away: the leases run out by themselves
         logger.warning("sagakit worker could not release its saga leases: %s", error)
     else:
-        logger.info("sagakit worker released %d saga leases", released)
+        logger.info("sagakit worker released %s", counted(released, "saga lease"))
     finally:
         await _cancel_all(tasks)
 

@@ -40,8 +40,9 @@ from ._cli_parser import _parser
 from ._cli_read import _dead_letters, _list, _show
 from ._cli_recover import _recover
 from ._cli_repair import _release, _resolve, _resume, _upgrade
-from ._cli_text import _counted, _first_few
+from ._cli_text import _first_few
 from ._commands import command_line
+from ._counted import counted
 from ._notify import one_line
 from .exceptions import (
     CorruptLog,
@@ -121,7 +122,7 @@ def _stopped_message(args: argparse.Namespace, stop: BaseException) -> str:
         # What it finished before, or the operator learns of it only from `list`.
         finished = getattr(args, "finished", [])
         done = (
-            f" after finishing {_counted(len(finished), 'saga')} ({_first_few(finished)})"
+            f" after finishing {counted(len(finished), 'saga')} ({_first_few(finished)})"
             if finished
             else ""
         )

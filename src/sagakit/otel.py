@@ -28,6 +28,7 @@ except ModuleNotFoundError as _missing:  # pragma: no cover - tested in a subpro
     ) from _missing
 
 from ._checks import not_the_class
+from ._counted import counted
 from ._notify import logger
 from ._runs import ABANDONED, describe_error
 from .exceptions import SagaDefinitionError, StepTimeout
@@ -253,7 +254,7 @@ class SagaTracer:
         span.end()
 
     def __repr__(self) -> str:
-        return f"<SagaTracer {len(self._sagas)} open sagas>"
+        return f"<SagaTracer {counted(len(self._sagas), 'open saga')}>"
 
 
 def _record_exception(

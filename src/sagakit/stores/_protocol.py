@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .._checks import MAX_COUNT, check_count, not_the_class
+from .._counted import counted
 from .._display import short_repr
 from .._names import unencodable
 from .._sagas import RecoveryPolicy
@@ -302,7 +303,7 @@ class OrphanedSaga:
     def __repr__(self) -> str:
         return (
             f"<OrphanedSaga {one_line(self.name)} id={self.saga_id!r} {self.status} "
-            f"{len(self.completed_steps)} steps done, attempt {self.recovery_attempts}>"
+            f"{counted(len(self.completed_steps), 'step')} done, attempt {self.recovery_attempts}>"
         )
 
 

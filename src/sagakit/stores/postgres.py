@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._cadence import failure_level
 from .._checks import as_float, check_flag
+from .._counted import counted
 from .._hooks import process_died
 from .._runs import step_end_error, unended
 from .._seconds import seconds_number, timeout_text
@@ -1802,9 +1803,8 @@ class PostgresStore:
             releasing.result()  # its error, if any, as ever
             return
         logger.warning(
-            "sagakit could not release the leases of %d sagas on close: %s; "
-            "they run out by themselves",
-            held,
+            "sagakit could not release the leases of %s on close: %s; they run out by themselves",
+            counted(held, "saga"),
             closing.why(),
         )
 
@@ -1833,9 +1833,9 @@ class PostgresStore:
             unwritten = [saga_id for saga_id, flush in flushes.items() if flush.cancelled()]
             if unwritten:
                 logger.warning(
-                    "sagakit could not write the staged transitions of %d sagas on close: "
+                    "sagakit could not write the staged transitions of %s on close: "
                     "%s; recovery finishes them from what the log holds: %s",
-                    len(unwritten),
+                    counted(len(unwritten), "saga"),
                     closing.why(),
                     ", ".join(f"{names[saga_id]} ({saga_id})" for saga_id in unwritten),
                 )
