@@ -47,6 +47,7 @@ from sagakit._recovery import DEFAULT_MAX_ATTEMPTS, _recover_one
 from sagakit.cli import main as cli_main
 from sagakit.stores import RecoverableStore, _pg_schema
 from sagakit.stores._pg_schema import SCHEMA_VERSION
+from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 from sagakit.transitions import Transition, TransitionKind
 
 RAN: Counter[tuple[str, int, str]] = Counter()
@@ -1673,6 +1674,22 @@ async def test_an_id_with_a_nul_is_no_saga_of_the_log_when_read(dsn: str, schema
                 await call
             assert str(refused.value).startswith("no saga 'a\\x00b' in schema")
             assert "DataError" not in str(refused.value)
+
+
+@pytest.mark.asyncio
+async def test_an_id_with_a_nul_is_claimed_and_released_as_none(dsn: str, schema: str) -> None:
+    # Regression: claim_orphans(saga_ids=...) and release_leases(saga_ids=...) sent such
+    # an id and raised the driver's DataError, where the reads answer for it as for any
+    # unknown id: no saga of the log can have it, so it is claimed and released as none.
+    async with opened(dsn, schema) as store:
+        with FaultInjector().crash(act), pytest.raises(SimulatedCrash):
+            await SagaOrchestrator(store).execute(pg_five(2), saga_id="nul-real")
+        await simulate_restart(store)
+        assert await store.claim_orphans(saga_ids=["a\x00b"]) == []
+        claimed = await store.claim_orphans(saga_ids=["a\x00b", "nul-real"])
+        assert [orphan.saga_id for orphan in claimed] == ["nul-real"]
+        assert await store.release_leases(saga_ids=["a\x00b"]) == 0
+        assert await store.release_leases(saga_ids=["a\x00b", "nul-real"]) == 1
 
 
 @pytest.mark.asyncio

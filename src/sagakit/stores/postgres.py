@@ -669,7 +669,7 @@ class PostgresStore:
             "owner": self.owner,
             "released": not as_crash,
             "all": ids is None,
-            "ids": sorted(ids or ()),
+            "ids": sorted(i for i in ids or () if not _held_by_none(i)),
         }
         found = await self._run(self._sql.release, params)
         if not as_crash:
@@ -1556,7 +1556,7 @@ class PostgresStore:
                 "all": names is None,
                 "names": sorted(names) if names is not None else [],
                 "any_id": saga_ids is None,
-                "ids": sorted(saga_ids) if saga_ids is not None else [],
+                "ids": sorted(i for i in saga_ids or () if not _held_by_none(i)),
                 "limit": limit,
                 "max": max_attempts,
                 "owner": self.owner,
