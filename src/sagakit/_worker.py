@@ -386,6 +386,11 @@ async def _claim(
     return []
 
 
+async def _wait(events: tuple[asyncio.Event, ...], seconds: float) -> None:
+    """The pause between two claims: until one of ``events`` is set or ``seconds`` pass."""
+    await first_of((), events, seconds)
+
+
 def _alive(store: RecoverableStore) -> None:
     """Raise the :class:`SimulatedCrash` of ``store``'s process if a simulated crash
     killed it (``crash(..., process=True)``): its worker dies with it, rather than claim
@@ -569,7 +574,7 @@ async def run_worker(
                 freed.clear()
                 wait = _backoff(poll_interval, failures)
                 events = (stop, freed) if len(tasks) >= concurrency else (stop,)
-                await first_of((), events, wait)  # the pause between two claims
+                await _wait(events, wait)
         except GeneratorExit:
             # The garbage collector closes it, its event loop closed under it: nothing
             # can be awaited. Its sagas stop as their own tasks are closed, left as a
