@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import sagakit.stores.sqlite as sqlite_module
+import sagakit.stores._sqlite_claims as sqlite_claims
 from sagakit import SagaOrchestrator, SQLiteStore, saga, step
 
 ORPHANS = 600
@@ -55,13 +55,13 @@ async def test_claims_look_at_what_they_take_not_at_every_running_saga(
     path = tmp_path / "orphans.db"
     await make_orphans(path)
     looked_at: list[str | None] = []
-    owner_alive = sqlite_module.owner_alive
+    owner_alive = sqlite_claims.owner_alive
 
     def counted(token: str | None) -> bool:
         looked_at.append(token)
         return owner_alive(token)
 
-    monkeypatch.setattr(sqlite_module, "owner_alive", counted)
+    monkeypatch.setattr(sqlite_claims, "owner_alive", counted)
     store = SQLiteStore(path)
     try:
         claimed: list[str] = []

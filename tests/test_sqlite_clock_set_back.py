@@ -3,15 +3,14 @@ the run went, started <= updated == finished, with a duration that is not negati
 an operator's write (resolve, dead-letter, a claim parking a saga) stamps nothing
 before the saga's start either.
 
-The store stamps its writes with the wall clock, through ``sagakit.stores.sqlite.time``
-(replaced there); the run's start is the orchestrator's own reading.
+The store stamps its writes with the wall clock (set with ``store_helpers.clock``); the
+run's start is the orchestrator's own reading.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -26,8 +25,8 @@ from sagakit import (
     saga,
     step,
 )
-from sagakit.stores import sqlite as sqlite_module
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+from store_helpers.clock import set_sqlite_clock
 
 SET_BACK = [0.0]  # seconds the store's clock is behind the real one
 
@@ -59,9 +58,7 @@ def clock_order(refused: bool):  # type: ignore[no-untyped-def]
 @pytest.fixture(autouse=True)
 def _clock_set_back(monkeypatch: pytest.MonkeyPatch) -> None:
     SET_BACK[0] = 0.0
-    monkeypatch.setattr(
-        sqlite_module, "time", SimpleNamespace(time=lambda: time.time() - SET_BACK[0])
-    )
+    set_sqlite_clock(monkeypatch, lambda: time.time() - SET_BACK[0])
 
 
 @pytest.mark.asyncio

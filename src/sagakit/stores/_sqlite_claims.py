@@ -4,9 +4,7 @@
 orphaned sagas (``claim_orphans()``, parking those with too many attempts), gives back
 what it claimed and did not run (``give_back()``, or letting go after a failed claim),
 and a run that stops here unfinished is handed over to recovery (its owner cleared),
-tried again after the next successful write. The names tests replace on :mod:`.sqlite`
-(its clock ``time``, ``owner_alive``, ``number_unordered``) are read from there when
-called, so that replacing them there reaches these claims too.
+tried again after the next successful write.
 """
 
 from __future__ import annotations
@@ -16,6 +14,7 @@ import functools
 import logging
 import math
 import sqlite3
+import time
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +24,8 @@ from .._tracebacks import hide_from_pytest
 from ..exceptions import SerializationError
 from ._parking import attempts_reason, log_parked
 from ._protocol import OrphanedSaga, check_given_ids, claim_limit
-from ._sqlite_rows import decode_orphan, load_orphan_rows
+from ._sqlite_owner import owner_alive
+from ._sqlite_rows import decode_orphan, load_orphan_rows, number_unordered
 from ._sqlite_sql import LET_GO, UNCOUNT_ATTEMPT
 from ._sqlite_writer import CommittedThenCancelled, GroupWriter, Statements
 
@@ -66,8 +66,6 @@ class RecoveryClaims:
         max_attempts: int = 3,
         saga_ids: Collection[str] | None = None,
     ) -> list[OrphanedSaga]:
-        from . import sqlite as sqlite_module  # (replaceable there: see the module doc)
-
         self._refuse_writes()
         limit = claim_limit(limit, max_attempts, saga_ids, names)
         if limit <= 0:
@@ -76,7 +74,7 @@ class RecoveryClaims:
             await self._hand_over(list(self._unreleased))
         allowed = None if names is None else frozenset(names)
         owner = self._owner
-        now = sqlite_module.time.time()
+        now = time.time()
         only = () if saga_ids is None else tuple(saga_ids)
         # The running sagas, oldest first, read a page at a time from where the last
         # page ended (the active sagas' index), and never those this live process owns:
@@ -91,7 +89,7 @@ class RecoveryClaims:
         if saga_ids is not None:
             query += f" AND id IN ({', '.join('?' * len(only))})"
         query += " ORDER BY started_at, rowid LIMIT ?"
-        mine = owner if sqlite_module.owner_alive(owner) else None  # (a claim skips a live owner's)
+        mine = owner if owner_alive(owner) else None  # (a claim skips a live owner's)
 
         def job(
             conn: sqlite3.Connection, limit: int
@@ -122,7 +120,7 @@ class RecoveryClaims:
                     break
                 if factory and allowed is not None and name not in allowed:
                     continue
-                if sqlite_module.owner_alive(holder):
+                if owner_alive(holder):
                     continue
                 if attempts + 1 > max_attempts:
                     reason = attempts_reason(attempts, max_attempts)
@@ -141,7 +139,7 @@ class RecoveryClaims:
                     "UPDATE sagakit_sagas SET owner = ?, recovery_attempts = ? WHERE id = ?",
                     (owner, attempts + 1, saga_id),
                 )
-                orders[saga_id] = sqlite_module.number_unordered(conn, saga_id)
+                orders[saga_id] = number_unordered(conn, saga_id)
                 claimed.append(load_orphan_rows(conn, saga_id))
 
         orphans: list[OrphanedSaga] = []

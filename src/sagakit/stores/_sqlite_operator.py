@@ -4,14 +4,13 @@
 commands ``dead-letters``, ``resume``, ``release`` and ``resolve`` call it; so does a
 recovery parking a saga whose log cannot be read back). Each write is one job of the
 store's group writer, refusing with a :class:`~sagakit.StoreError` that names the fix.
-The names tests replace on :mod:`.sqlite` (its clock ``time``, ``owner_alive``) are read
-from there when called, so that replacing them there reaches these calls too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,7 @@ from ..exceptions import SagaAlreadyResolved, StoreError
 from ..status import SagaStatus
 from ._protocol import DeadLetter, check_saga_id, check_text
 from ._records import known_status
-from ._sqlite_owner import owner_running_here
+from ._sqlite_owner import owner_alive, owner_running_here
 from ._sqlite_rows import when
 from ._sqlite_sql import NEXT_FINISH, RESOLVE_INTERRUPTED
 from ._sqlite_writer import CommittedThenCancelled, GroupWriter, Job, Statements
@@ -53,12 +52,10 @@ class OperatorCalls:
         def _unclaim(self, saga_ids: Collection[str]) -> None: ...
 
     async def dead_letter(self, saga_id: str, reason: str) -> None:
-        from . import sqlite as sqlite_module  # (replaceable there: see the module doc)
-
         check_saga_id(saga_id, "dead_letter()")
         check_text(reason, "reason", "dead_letter()", "say why the saga is parked")
         self._refuse_writes()
-        now = sqlite_module.time.time()
+        now = time.time()
         await self._writer.submit(
             lambda conn: conn.execute(
                 # Never before its start: a wall clock set back would park it before then.
@@ -164,12 +161,10 @@ class OperatorCalls:
             raise StoreError(problem)
 
     async def resolve(self, saga_id: str, note: str) -> None:
-        from . import sqlite as sqlite_module  # (replaceable there: see the module doc)
-
         check_saga_id(saga_id, "resolve()")
         check_text(note, "note", "resolve()", "say how the saga was settled")
         self._refuse_writes()
-        now = sqlite_module.time.time()
+        now = time.time()
 
         def job(conn: sqlite3.Connection) -> str | SagaAlreadyResolved | None:
             row = conn.execute(
@@ -183,7 +178,7 @@ class OperatorCalls:
             if resolved and finished is not None:
                 # Once is enough: again, it nested the first note in the second's "(was:".
                 return SagaAlreadyResolved(saga_id, when(updated), error)
-            if finished is None and parked is None and sqlite_module.owner_alive(holder):
+            if finished is None and parked is None and owner_alive(holder):
                 return (
                     f"saga {saga_id!r} is still {status} under a live process ({holder}); "
                     "let it finish: once that process is gone, `sagakit resolve` settles it "

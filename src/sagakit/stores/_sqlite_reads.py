@@ -1,9 +1,7 @@
 """The reads of the SQLite store: sagas, their history, counts, listings and events.
 
 :class:`SagaReads` is a base of :class:`~.sqlite.SQLiteStore`; every read goes through
-the store's group writer (``self._writer.read``), on the reader connection. The names
-tests replace on :mod:`.sqlite` (``load_metadata``, ``listed``, ``owner_alive``) are
-read from there when called, so that replacing them there reaches these reads too.
+the store's group writer (``self._writer.read``), on the reader connection.
 """
 
 from __future__ import annotations
@@ -19,8 +17,8 @@ from ..status import SagaStatus
 from ._cli_records import ListedSaga, StoredArguments, stored_arguments
 from ._protocol import StoredEvent, check_event_window, check_saga_id, row_limit
 from ._records import status_filter
-from ._sqlite_owner import owner_elsewhere
-from ._sqlite_rows import when
+from ._sqlite_owner import owner_alive, owner_elsewhere
+from ._sqlite_rows import listed, load_metadata, when
 from ._sqlite_sql import LIST_NEWEST, LIST_NEWEST_OF_STATUS, LISTED, RUNNING_NAMES, SELECT_ARGUMENTS
 from ._sqlite_writer import GroupWriter
 
@@ -37,13 +35,9 @@ class SagaReads:
     _writer: GroupWriter
 
     async def get(self, saga_id: str) -> SagaMetadata | None:
-        from . import sqlite as sqlite_module  # (replaceable there: see the module doc)
-
         check_saga_id(saga_id, "get()")
         serializer = self.serializer
-        return await self._writer.read(
-            lambda conn: sqlite_module.load_metadata(conn, saga_id, serializer)
-        )
+        return await self._writer.read(lambda conn: load_metadata(conn, saga_id, serializer))
 
     # Ties of a time are broken by what the log itself orders: sagas that started at the
     # same instant by rowid (the order their rows were written), sagas that finished at
@@ -90,8 +84,6 @@ class SagaReads:
 
         One query, of the columns the listing shows: not every saga whole (its row, then
         its step records, their results decoded), two queries a saga."""
-        from . import sqlite as sqlite_module  # (replaceable there: see the module doc)
-
         conditions, params = [], []
         if status is not None:
             conditions.append("status = ?")
@@ -103,7 +95,7 @@ class SagaReads:
         sql = f"{LISTED}{where} {LIST_NEWEST}"
         found = await self._writer.read(lambda conn: conn.execute(sql, (*params, limit)).fetchall())
         last = (found[-1][4], found[-1][-1]) if len(found) == limit else None  # started_at, rowid
-        return [sqlite_module.listed(row) for row in found], last
+        return [listed(row) for row in found], last
 
     async def _arguments(self, saga_id: str) -> StoredArguments | None:
         """The call arguments ``saga_id`` was started with (``sagakit show``), as decoded
@@ -114,13 +106,11 @@ class SagaReads:
         return None if found is None else stored_arguments(self.serializer, found[0])
 
     async def _list(self, where: str, params: tuple[Any, ...]) -> list[SagaMetadata]:
-        from . import sqlite as sqlite_module  # (replaceable there: see the module doc)
-
         serializer = self.serializer
 
         def read(conn: sqlite3.Connection) -> list[SagaMetadata]:
             ids = [row[0] for row in conn.execute(f"SELECT id FROM sagakit_sagas {where}", params)]
-            found = (sqlite_module.load_metadata(conn, saga_id, serializer) for saga_id in ids)
+            found = (load_metadata(conn, saga_id, serializer) for saga_id in ids)
             return [meta for meta in found if meta is not None]
 
         return await self._writer.read(read)
@@ -134,12 +124,10 @@ class SagaReads:
         and the id of one (one with a completed step where there is one), for recovery's
         word on names no ``@saga`` here declares and the CLI's ``recover``: counted
         without reading every saga's records."""
-        from . import sqlite as sqlite_module  # (replaceable there: see the module doc)
-
         rows = await self._writer.read(lambda conn: conn.execute(RUNNING_NAMES).fetchall())
         found: dict[str, tuple[int, str | None, str]] = {}
         for name, owner, count, stepped, one in rows:
-            if claimable and sqlite_module.owner_alive(owner):  # (a claim skips it)
+            if claimable and owner_alive(owner):  # (a claim skips it)
                 continue
             total, had, any_one = found.get(name, (0, None, one))
             found[name] = (total + count, had or stepped, any_one)

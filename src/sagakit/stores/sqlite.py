@@ -8,11 +8,7 @@ on the same host claims them once that process is gone (``_sqlite_owner``).
 
 :class:`SQLiteStore` is built here (its construction, write path and ``close()``) on
 bases of its own modules: its reads (``_sqlite_reads``), its claims of sagas for
-recovery (``_sqlite_claims``) and an operator's calls (``_sqlite_operator``). Tests
-replace some names of this module (its clock ``time``, ``owner_alive``,
-``number_unordered``, ``load_metadata``, ``listed``): those modules read them from here
-when called, so that replacing them here reaches every part of the store (they are
-imported ``as`` themselves: re-exported for them).
+recovery (``_sqlite_claims``) and an operator's calls (``_sqlite_operator``).
 """
 
 from __future__ import annotations
@@ -21,7 +17,7 @@ import asyncio
 import logging
 import os
 import sqlite3
-import time as time
+import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -66,11 +62,8 @@ from ._reused import check_same_stored_run
 from ._sqlite_claims import RecoveryClaims
 from ._sqlite_operator import OperatorCalls
 from ._sqlite_owner import current_owner
-from ._sqlite_owner import owner_alive as owner_alive
 from ._sqlite_reads import SagaReads
-from ._sqlite_rows import listed as listed
-from ._sqlite_rows import load_metadata as load_metadata
-from ._sqlite_rows import number_unordered as number_unordered
+from ._sqlite_rows import load_metadata
 from ._sqlite_schema import (
     Synchronous,
     check_file,
