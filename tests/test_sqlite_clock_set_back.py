@@ -147,15 +147,20 @@ async def test_an_operators_writes_with_the_clock_set_back_stamp_nothing_before_
         assert sorted(p.saga_id for p in parked) == ["parked", *claimed]
         for dead in parked:
             meta = assert_in_order(await orchestrator.get_saga(dead.saga_id))
-            assert meta.started_at is not None
-            assert dead.parked_at is not None
-            assert dead.parked_at >= meta.started_at
+            # Parked by the clock as set back: at its start, the earliest it can be.
+            assert dead.parked_at == meta.started_at, dead.saga_id
         await store.resume_dead_letter("parked")
         assert_in_order(await orchestrator.get_saga("parked"))
+        failed = await orchestrator.get_saga("failed")
+        assert failed is not None
         for saga_id in ("crashed", "failed", "parked-resolved"):
             await store.resolve(saga_id, "settled by hand")
             meta = assert_in_order(await orchestrator.get_saga(saga_id))
             assert meta.status is SagaStatus.FAILED
+            # Resolved by the clock as set back: at its end, or at its start if unended.
+            assert meta.updated_at == meta.finished_at, saga_id
+            ended = failed.finished_at if saga_id == "failed" else meta.started_at
+            assert meta.finished_at == ended, saga_id
         history = await orchestrator.get_history()
         assert sorted(m.id for m in history) == ["crashed", "failed", "parked-resolved"]
         for meta in history:
