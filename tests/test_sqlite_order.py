@@ -32,7 +32,7 @@ from sagakit import (
     saga,
     step,
 )
-from sagakit.stores import _sqlite_claims, _sqlite_rows, _sqlite_schema
+from sagakit.stores import _sqlite_rows, _sqlite_schema
 from sagakit.stores import sqlite as sqlite_module
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 from store_helpers.clock import set_sqlite_clock
@@ -296,7 +296,6 @@ def old_store(path: Path, monkeypatch: pytest.MonkeyPatch) -> SQLiteStore:
     and ends sagas with that version's statements, and reads with its queries (until
     ``monkeypatch.undo()``)."""
     monkeypatch.setattr(_sqlite_schema, "SCHEMA_VERSION", 1)
-    monkeypatch.setattr(_sqlite_claims, "number_unordered", lambda conn, saga_id: None)
     monkeypatch.setattr(sqlite_module, "UPSERT_STEP", V1_UPSERT_STEP)
     monkeypatch.setattr(sqlite_module, "FINISHED", V1_FINISHED)
     monkeypatch.setattr(_sqlite_rows, "SELECT_STEPS", V1_STEPS)
