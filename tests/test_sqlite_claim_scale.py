@@ -15,6 +15,7 @@ import pytest
 
 import sagakit.stores._sqlite_claims as sqlite_claims
 from sagakit import SagaOrchestrator, SQLiteStore, saga, step
+from sagakit.stores._sqlite_owner import owner_alive
 
 ORPHANS = 600
 
@@ -55,7 +56,6 @@ async def test_claims_look_at_what_they_take_not_at_every_running_saga(
     path = tmp_path / "orphans.db"
     await make_orphans(path)
     looked_at: list[str | None] = []
-    owner_alive = sqlite_claims.owner_alive
 
     def counted(token: str | None) -> bool:
         looked_at.append(token)
