@@ -3,15 +3,14 @@ the run went, started <= updated == finished, with a duration that is not negati
 an operator's write (resolve, dead-letter, a claim parking a saga) stamps nothing
 before the saga's start either.
 
-The store stamps its writes with the wall clock, through ``sagakit.stores.sqlite.time``
-(replaced there); the run's start is the orchestrator's own reading.
+The store stamps its writes with the wall clock (set with ``store_helpers.clock``); the
+run's start is the orchestrator's own reading.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -26,8 +25,8 @@ from sagakit import (
     saga,
     step,
 )
-from sagakit.stores import sqlite as sqlite_module
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+from store_helpers.clock import set_sqlite_clock
 
 SET_BACK = [0.0]  # seconds the store's clock is behind the real one
 
@@ -59,9 +58,7 @@ def clock_order(refused: bool):  # type: ignore[no-untyped-def]
 @pytest.fixture(autouse=True)
 def _clock_set_back(monkeypatch: pytest.MonkeyPatch) -> None:
     SET_BACK[0] = 0.0
-    monkeypatch.setattr(
-        sqlite_module, "time", SimpleNamespace(time=lambda: time.time() - SET_BACK[0])
-    )
+    set_sqlite_clock(monkeypatch, lambda: time.time() - SET_BACK[0])
 
 
 @pytest.mark.asyncio
@@ -150,15 +147,20 @@ async def test_an_operators_writes_with_the_clock_set_back_stamp_nothing_before_
         assert sorted(p.saga_id for p in parked) == ["parked", *claimed]
         for dead in parked:
             meta = assert_in_order(await orchestrator.get_saga(dead.saga_id))
-            assert meta.started_at is not None
-            assert dead.parked_at is not None
-            assert dead.parked_at >= meta.started_at
+            # Parked by the clock as set back: at its start, the earliest it can be.
+            assert dead.parked_at == meta.started_at, dead.saga_id
         await store.resume_dead_letter("parked")
         assert_in_order(await orchestrator.get_saga("parked"))
+        failed = await orchestrator.get_saga("failed")
+        assert failed is not None
         for saga_id in ("crashed", "failed", "parked-resolved"):
             await store.resolve(saga_id, "settled by hand")
             meta = assert_in_order(await orchestrator.get_saga(saga_id))
             assert meta.status is SagaStatus.FAILED
+            # Resolved by the clock as set back: at its end, or at its start if unended.
+            assert meta.updated_at == meta.finished_at, saga_id
+            ended = failed.finished_at if saga_id == "failed" else meta.started_at
+            assert meta.finished_at == ended, saga_id
         history = await orchestrator.get_history()
         assert sorted(m.id for m in history) == ["crashed", "failed", "parked-resolved"]
         for meta in history:

@@ -4,8 +4,7 @@ migration (schema version 2) that brought it to logs written before.
 Records were listed by ``started_at`` (a clock set back between two starts listed them
 out of order) and the history by ``finished_at`` alone (sagas finishing at the same
 instant came back in the order their rows were first written, not the order they
-finished). The store reads the clock through ``sagakit.stores.sqlite.time``; the tests
-replace it there.
+finished). The tests set the store's wall clock with ``store_helpers.clock``.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ from sagakit import (
 from sagakit.stores import _sqlite_rows, _sqlite_schema
 from sagakit.stores import sqlite as sqlite_module
 from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+from store_helpers.clock import set_sqlite_clock
 
 UNDONE: list[int] = []
 GATES: dict[str, asyncio.Event] = {}
@@ -135,10 +135,6 @@ def backwards(start: float = 2_000_000_000.0) -> Callable[[], float]:
     return ticking(-1.0, start)
 
 
-def store_clock(monkeypatch: pytest.MonkeyPatch, clock: Callable[[], float]) -> None:
-    monkeypatch.setattr(sqlite_module, "time", SimpleNamespace(time=clock))
-
-
 def rows(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     with closing(sqlite3.connect(path)) as conn:
         return conn.execute(sql, params).fetchall()
@@ -159,7 +155,7 @@ async def test_records_are_listed_in_the_order_they_started_when_the_clock_steps
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "s.db"
-    store_clock(monkeypatch, backwards())
+    set_sqlite_clock(monkeypatch, backwards())
     async with SagaOrchestrator(SQLiteStore(path)) as orchestrator:
         with pytest.raises(StepFailed):
             await orchestrator.execute(refused_after_three(), saga_id="back")
@@ -187,7 +183,7 @@ async def test_a_compensation_recovery_runs_again_is_listed_where_it_last_starte
     # again (not give_back(2), which failed for good): it is listed last, where it last
     # started, though its clock says it started first.
     path = tmp_path / "s.db"
-    store_clock(monkeypatch, backwards())
+    set_sqlite_clock(monkeypatch, backwards())
     first = SagaOrchestrator(
         SQLiteStore(path),
         compensation_retry=Retry(attempts=1),
@@ -216,7 +212,7 @@ async def test_sagas_ending_at_the_same_instant_are_listed_in_the_order_they_end
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     frozen = 1_700_000_000.0
-    store_clock(monkeypatch, lambda: frozen)
+    set_sqlite_clock(monkeypatch, lambda: frozen)
     monkeypatch.setattr("sagakit._runs.time", SimpleNamespace(time=lambda: frozen))
     ids = ["t-a", "t-b", "t-c"]
     gate(*ids)
@@ -248,7 +244,7 @@ async def test_a_saga_resolved_at_the_instant_others_ended_is_listed_after_them(
     # (The clock is frozen from the stuck saga's start: one frozen after it would be a
     # clock set back, and resolve() never ends a saga before its start.)
     frozen = 1_700_000_000.0
-    store_clock(monkeypatch, lambda: frozen)
+    set_sqlite_clock(monkeypatch, lambda: frozen)
     monkeypatch.setattr("sagakit._runs.time", SimpleNamespace(time=lambda: frozen))
     path = tmp_path / "s.db"
     first = SQLiteStore(path)
@@ -302,7 +298,6 @@ def old_store(path: Path, monkeypatch: pytest.MonkeyPatch) -> SQLiteStore:
     monkeypatch.setattr(_sqlite_schema, "SCHEMA_VERSION", 1)
     monkeypatch.setattr(sqlite_module, "UPSERT_STEP", V1_UPSERT_STEP)
     monkeypatch.setattr(sqlite_module, "FINISHED", V1_FINISHED)
-    monkeypatch.setattr(sqlite_module, "number_unordered", lambda conn, saga_id: None)
     monkeypatch.setattr(_sqlite_rows, "SELECT_STEPS", V1_STEPS)
     monkeypatch.setattr(
         _sqlite_rows, "SELECT_ORPHAN_STEPS", V1_STEPS.replace(", started_at FROM", " FROM")
@@ -324,7 +319,7 @@ async def test_a_version_1_log_is_upgraded_in_place_and_its_rows_list_as_before(
     orchestrator = SagaOrchestrator(store, compensation_retry=Retry(attempts=1))
     # Two sagas ending at the same instant: version 1 listed them in the order their rows
     # were written (old-b first), though old-a ended first.
-    store_clock(monkeypatch, lambda: 1_700_000_000.0)
+    set_sqlite_clock(monkeypatch, lambda: 1_700_000_000.0)
     monkeypatch.setattr("sagakit._runs.time", SimpleNamespace(time=lambda: 1_700_000_000.0))
     gate("old-b", "old-a")
     b = asyncio.create_task(orchestrator.execute(gated_take("old-b"), saga_id="old-b"))
@@ -334,10 +329,10 @@ async def test_a_version_1_log_is_upgraded_in_place_and_its_rows_list_as_before(
     await a
     GATES["old-b"].set()
     await b
-    store_clock(monkeypatch, backwards())
+    set_sqlite_clock(monkeypatch, backwards())
     with pytest.raises(StepFailed):  # its records stamped by a clock going back
         await orchestrator.execute(refused_after_three(), saga_id="old-back")
-    store_clock(monkeypatch, time.time)
+    set_sqlite_clock(monkeypatch, time.time)
     crashing = SagaOrchestrator(
         store, compensation_retry=Retry(attempts=1), continue_on_compensation_failure=True
     )
@@ -382,7 +377,7 @@ async def test_a_version_1_log_is_upgraded_in_place_and_its_rows_list_as_before(
         # Recovery by this version runs give_back(0) again (not give_back(2), which failed
         # for good), with the clock set back (years, to before the saga started): it is
         # listed last, where it last started, and the saga ends no earlier than it began.
-        store_clock(monkeypatch, backwards(1_000_000_000.0))
+        set_sqlite_clock(monkeypatch, backwards(1_000_000_000.0))
         [outcome] = await upgraded.recover()
         assert outcome.status is SagaStatus.FAILED
         recovered = await upgraded.get_saga("old-crashed")
@@ -392,7 +387,7 @@ async def test_a_version_1_log_is_upgraded_in_place_and_its_rows_list_as_before(
         assert recovered.finished_at is not None
         assert recovered.finished_at >= recovered.started_at
         # A saga ending at the instant two old ones ended is listed after them.
-        store_clock(monkeypatch, lambda: 1_700_000_000.0)
+        set_sqlite_clock(monkeypatch, lambda: 1_700_000_000.0)
         monkeypatch.setattr("sagakit._runs.time", SimpleNamespace(time=lambda: 1_700_000_000.0))
         await upgraded.execute(take_seven(), saga_id="new")
         assert [m.id for m in await upgraded.get_history()] == [
@@ -425,7 +420,7 @@ async def test_records_an_older_sagakit_writes_after_the_upgrade_list_by_clock_u
     anything, so what it runs again is listed after them."""
     path = tmp_path / "s.db"
     before = old_store(path, monkeypatch)
-    store_clock(monkeypatch, ticking(1.0))
+    set_sqlite_clock(monkeypatch, ticking(1.0))
     orchestrator = SagaOrchestrator(before, compensation_retry=Retry(attempts=1))
     gate("mid")
     with FaultInjector().crash(take, compensation=True, index=0):
@@ -445,7 +440,7 @@ async def test_records_an_older_sagakit_writes_after_the_upgrade_list_by_clock_u
         (1, 0, None), (1, 1, None), (1, 2, 7), (1, 3, 6),
     ]  # fmt: skip
 
-    store_clock(monkeypatch, backwards(1_000_000_000.0))  # recovery's clock: years back
+    set_sqlite_clock(monkeypatch, backwards(1_000_000_000.0))  # recovery's clock: years back
     async with SagaOrchestrator(SQLiteStore(path)) as restarted:
         meta = await restarted.get_saga("mid")
         assert meta is not None

@@ -5,23 +5,23 @@ starts with their arguments, every step and compensation transition, results and
 events. Concurrent sagas' writes are group-committed (see ``_sqlite_writer``).
 A process that dies leaves its sagas behind with its owner token; another process
 on the same host claims them once that process is gone (``_sqlite_owner``).
+
+:class:`SQLiteStore` is built here (its construction, write path and ``close()``) on
+bases of its own modules: its reads (``_sqlite_reads``), its claims of sagas for
+recovery (``_sqlite_claims``) and an operator's calls (``_sqlite_operator``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import math
 import os
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .._checks import check_flag, check_seconds
-from .._commands import command_line
 from .._hooks import process_died
 from .._members import (
     ON_COMPENSATION_COMPLETED,
@@ -36,7 +36,7 @@ from .._members import (
     ON_STEP_STARTED,
     ON_STEP_TIMED_OUT,
 )
-from .._runs import describe_optional, step_end_error, storable_text, unended
+from .._runs import describe_optional, step_end_error, unended
 from .._serialization import JsonSerializer
 from .._shielding import CancellationWatch, wait_out
 from .._tracebacks import hide_from_pytest
@@ -44,43 +44,26 @@ from ..exceptions import (
     CorruptLog,
     SagaAlreadyExecuting,
     SagaAlreadyFailed,
-    SagaAlreadyResolved,
     SerializationError,
     StepTimeout,
     StoreConfigError,
     StoreError,
 )
 from ..records import SagaMetadata
-from ..status import SagaStatus
-from ._cli_records import ListedSaga, StoredArguments, stored_arguments
 from ._fingerprint import definition_fingerprint
-from ._parking import attempts_reason, log_parked
 from ._protocol import (
-    DeadLetter,
-    OrphanedSaga,
     SagaRunView,
-    StoredEvent,
-    check_event_window,
-    check_given_ids,
-    check_saga_id,
-    check_text,
-    claim_limit,
     mark_end_unwritten,
     mark_nothing_logged,
-    row_limit,
     store_serializer,
 )
-from ._records import completion_texts, known_status, status_filter
+from ._records import completion_texts
 from ._reused import check_same_stored_run
-from ._sqlite_owner import current_owner, owner_alive, owner_elsewhere, owner_running_here
-from ._sqlite_rows import (
-    decode_orphan,
-    listed,
-    load_metadata,
-    load_orphan_rows,
-    number_unordered,
-    when,
-)
+from ._sqlite_claims import RecoveryClaims
+from ._sqlite_operator import OperatorCalls
+from ._sqlite_owner import current_owner
+from ._sqlite_reads import SagaReads
+from ._sqlite_rows import load_metadata
 from ._sqlite_schema import (
     Synchronous,
     check_file,
@@ -98,17 +81,8 @@ from ._sqlite_sql import (
     INSERT_EVENT,
     INSERT_SAGA,
     INTERRUPTED_STEP,
-    LET_GO,
-    LIST_NEWEST,
-    LIST_NEWEST_OF_STATUS,
-    LISTED,
-    NEXT_FINISH,
-    RESOLVE_INTERRUPTED,
     RETRY_STEP,
-    RUNNING_NAMES,
     SAGA_ERROR,
-    SELECT_ARGUMENTS,
-    UNCOUNT_ATTEMPT,
     UPSERT_STEP,
 )
 from ._sqlite_writer import CommittedThenCancelled, GroupWriter, Job, Statements
@@ -123,16 +97,7 @@ if TYPE_CHECKING:
 
 DEFAULT_BUSY_TIMEOUT = 5.0
 
-CLAIM_PAGE = 256
-"""Running sagas a claim reads at a time (more when its ``limit`` is higher)."""
-
 logger: logging.Logger = logging.getLogger("sagakit")
-
-
-def _done(problem: str | SagaAlreadyResolved | None) -> bool:
-    """Whether an operator's write (:meth:`SQLiteStore.release`, ``resolve``) was made:
-    its job returns what it refused it for, if it did."""
-    return problem is None
 
 
 def _forget_new(saga_id: str) -> Job:
@@ -159,7 +124,7 @@ def _in_memory_uri(uri: str) -> bool:
     return _uri_path(uri) == ":memory:" or "memory" in query.get("mode", [])
 
 
-class SQLiteStore:
+class SQLiteStore(SagaReads, RecoveryClaims, OperatorCalls):
     """A durable saga log in one SQLite file; sagas survive the process.
 
     ``synchronous="NORMAL"`` (default; any case) makes every commit survive a crash of the
@@ -710,56 +675,6 @@ class SQLiteStore:
             self._unreleased[saga_id] = staged or []  # (written only if still ours, unended)
         self._forget(saga_id)
 
-    def _retry_soon(self) -> None:
-        """After a successful commit: hand over the sagas :meth:`finish` could not."""
-        if self._retrying is None:
-            self._retrying = asyncio.get_running_loop().create_task(self._retry())
-
-    async def _retry(self) -> None:
-        try:
-            await self._hand_over(list(self._unreleased))
-        finally:
-            self._retrying = None
-
-    async def _hand_over(self, saga_ids: list[str]) -> bool:
-        """Clear this process as the owner of ``saga_ids`` (unfinished), each in one
-        transaction with the statements kept for it; whether all were written (the
-        first failure stops: the log still refuses writes)."""
-        if self._writer.dead is not None:  # its process "died": nothing is handed over
-            return False
-        owner = self._owner
-        for saga_id in saga_ids:
-            statements = self._unreleased.get(saga_id)
-            if statements is None:
-                continue
-
-            def job(
-                conn: sqlite3.Connection,
-                saga_id: str = saga_id,
-                statements: Statements = statements,
-            ) -> None:
-                row = conn.execute(
-                    "SELECT owner, finished_at FROM sagakit_sagas WHERE id = ?", (saga_id,)
-                ).fetchone()
-                if row is None or row[1] is not None or row[0] != owner:
-                    return  # ended, or not this process's: nothing to hand over
-                for sql, params in statements:
-                    conn.execute(sql, params)
-                conn.execute("UPDATE sagakit_sagas SET owner = NULL WHERE id = ?", (saga_id,))
-
-            try:
-                await self._writer.submit(job, alone=False)
-            except Exception as error:
-                logger.debug(
-                    "sagakit: saga %s is not handed over yet: %s",
-                    saga_id,
-                    error,
-                    extra={"saga_id": saga_id},
-                )
-                return False
-            self._unreleased.pop(saga_id, None)
-        return True
-
     def _crash_process(self, what: str) -> None:
         """A simulated crash of this process (``FaultInjector.crash(..., process=True)``):
         every saga of the store stops at its next write, and what they staged is lost."""
@@ -772,131 +687,6 @@ class SQLiteStore:
     def _restart_process(self) -> None:
         """``simulate_restart()``: the store writes again, as a restarted process would."""
         self._writer.dead = None
-
-    # ---------------------------------------------------------------- monitoring
-
-    async def get(self, saga_id: str) -> SagaMetadata | None:
-        check_saga_id(saga_id, "get()")
-        serializer = self.serializer
-        return await self._writer.read(lambda conn: load_metadata(conn, saga_id, serializer))
-
-    # Ties of a time are broken by what the log itself orders: sagas that started at the
-    # same instant by rowid (the order their rows were written), sagas that finished at
-    # the same instant by finish_order (the order their ends were written).
-
-    async def running(self) -> list[SagaMetadata]:
-        return await self._list(
-            "WHERE finished_at IS NULL AND dead_letter IS NULL ORDER BY started_at, rowid", ()
-        )
-
-    async def history(self, limit: int | None = None) -> list[SagaMetadata]:
-        if limit is None:
-            return await self._list(
-                "WHERE finished_at IS NOT NULL ORDER BY finished_at, finish_order", ()
-            )
-        limit = row_limit(limit, "history(limit=...)")
-        if limit <= 0:
-            return []
-        found = await self._list(
-            "WHERE finished_at IS NOT NULL ORDER BY finished_at DESC, finish_order DESC LIMIT ?",
-            (limit,),
-        )
-        return found[::-1]
-
-    async def list_sagas(
-        self, *, status: SagaStatus | str | None = None, limit: int = 100
-    ) -> list[SagaMetadata]:
-        """Sagas newest first, optionally only those with ``status`` (for the CLI)."""
-        wanted = None if status is None else status_filter(status)
-        limit = row_limit(limit, "list_sagas(limit=...)")
-        if limit <= 0:  # as get_history(): none (SQLite would read LIMIT -1 as no limit)
-            return []
-        if wanted is None:
-            return await self._list(LIST_NEWEST, (limit,))
-        return await self._list(LIST_NEWEST_OF_STATUS, (wanted, limit))
-
-    async def _list_page(
-        self, status: str | None, limit: int, after: tuple[Any, ...] | None
-    ) -> tuple[list[ListedSaga], tuple[Any, ...] | None]:
-        """A page of ``sagakit list``, which prints a long listing page by page instead of
-        holding every saga of it: the ``limit`` newest sagas (of ``status``) that started
-        before ``after``, the key the page before returned, as :meth:`list_sagas` lists
-        them; and the key of this page's last saga (``None``: this page is the last).
-
-        One query, of the columns the listing shows: not every saga whole (its row, then
-        its step records, their results decoded), two queries a saga."""
-        conditions, params = [], []
-        if status is not None:
-            conditions.append("status = ?")
-            params.append(status_filter(status))
-        if after is not None:  # (read from the same indexes as list_sagas())
-            conditions.append("(started_at, rowid) < (?, ?)")
-            params += after
-        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        sql = f"{LISTED}{where} {LIST_NEWEST}"
-        found = await self._writer.read(lambda conn: conn.execute(sql, (*params, limit)).fetchall())
-        last = (found[-1][4], found[-1][-1]) if len(found) == limit else None  # started_at, rowid
-        return [listed(row) for row in found], last
-
-    async def _arguments(self, saga_id: str) -> StoredArguments | None:
-        """The call arguments ``saga_id`` was started with (``sagakit show``), as decoded
-        as they can be; ``None``: no such saga."""
-        found = await self._writer.read(
-            lambda conn: conn.execute(SELECT_ARGUMENTS, (saga_id,)).fetchone()
-        )
-        return None if found is None else stored_arguments(self.serializer, found[0])
-
-    async def _list(self, where: str, params: tuple[Any, ...]) -> list[SagaMetadata]:
-        serializer = self.serializer
-
-        def read(conn: sqlite3.Connection) -> list[SagaMetadata]:
-            ids = [row[0] for row in conn.execute(f"SELECT id FROM sagakit_sagas {where}", params)]
-            found = (load_metadata(conn, saga_id, serializer) for saga_id in ids)
-            return [meta for meta in found if meta is not None]
-
-        return await self._writer.read(read)
-
-    async def running_count(self) -> int:
-        return await self._count("finished_at IS NULL AND dead_letter IS NULL")
-
-    async def _running_names(self, *, claimable: bool = False) -> list[tuple[str, int, str]]:
-        """The names of the running sagas (``claimable``: those a recovery here could
-        claim, not those a live process runs, of this host or another), each with how many
-        and the id of one (one with a completed step where there is one), for recovery's
-        word on names no ``@saga`` here declares and the CLI's ``recover``: counted
-        without reading every saga's records."""
-        rows = await self._writer.read(lambda conn: conn.execute(RUNNING_NAMES).fetchall())
-        found: dict[str, tuple[int, str | None, str]] = {}
-        for name, owner, count, stepped, one in rows:
-            if claimable and owner_alive(owner):  # (a claim skips it)
-                continue
-            total, had, any_one = found.get(name, (0, None, one))
-            found[name] = (total + count, had or stepped, any_one)
-        return [(name, total, had or one) for name, (total, had, one) in found.items()]
-
-    async def _held_elsewhere(self) -> list[str]:
-        """The ids of the running sagas owned by a process of another host or container,
-        oldest first (for the CLI's ``recover``: no recovery here claims them, ``sagakit
-        release`` hands them over)."""
-
-        def read(conn: sqlite3.Connection) -> list[str]:
-            rows = conn.execute(
-                "SELECT id, owner FROM sagakit_sagas WHERE finished_at IS NULL "
-                "AND dead_letter IS NULL ORDER BY started_at, rowid"
-            )
-            return [saga_id for saga_id, owner in rows if owner_elsewhere(owner)]
-
-        return await self._writer.read(read)
-
-    async def history_count(self) -> int:
-        return await self._count("finished_at IS NOT NULL")
-
-    async def _count(self, where: str) -> int:
-        return await self._writer.read(
-            lambda conn: int(
-                conn.execute(f"SELECT count(*) FROM sagakit_sagas WHERE {where}").fetchone()[0]
-            )
-        )
 
     async def close(self) -> None:
         """Hand over what :meth:`finish` could not (logging what still fails), then
@@ -924,394 +714,6 @@ class SQLiteStore:
         await self._writer.close()
         if cancelled:
             raise asyncio.CancelledError
-
-    # ------------------------------------------------------------------ recovery
-
-    async def claim_orphans(
-        self,
-        *,
-        names: Collection[str] | None = None,
-        limit: int = 100,
-        max_attempts: int = 3,
-        saga_ids: Collection[str] | None = None,
-    ) -> list[OrphanedSaga]:
-        self._refuse_writes()
-        limit = claim_limit(limit, max_attempts, saga_ids, names)
-        if limit <= 0:
-            return []
-        if self._unreleased:  # sagas whose hand-over failed: this recovery may take them
-            await self._hand_over(list(self._unreleased))
-        allowed = None if names is None else frozenset(names)
-        owner = self._owner
-        now = time.time()
-        only = () if saga_ids is None else tuple(saga_ids)
-        # The running sagas, oldest first, read a page at a time from where the last
-        # page ended (the active sagas' index), and never those this live process owns:
-        # a claim read every running saga, those it had claimed before too, to take the
-        # first ``limit``, so recovering n orphans read about n * n / limit rows.
-        query = (
-            "SELECT id, name, owner, factory, recovery_attempts, started_at, rowid "
-            "FROM sagakit_sagas WHERE finished_at IS NULL AND dead_letter IS NULL "
-            "AND (? IS NULL OR owner IS NULL OR owner <> ?) "
-            "AND (started_at, rowid) > (?, ?)"
-        )
-        if saga_ids is not None:
-            query += f" AND id IN ({', '.join('?' * len(only))})"
-        query += " ORDER BY started_at, rowid LIMIT ?"
-        mine = owner if owner_alive(owner) else None  # (a claim skips a live owner's)
-
-        def job(
-            conn: sqlite3.Connection, limit: int
-        ) -> tuple[list[tuple[Any, ...]], list[tuple[str, str, str]], dict[str, int]]:
-            claimed: list[tuple[Any, ...]] = []
-            orders: dict[str, int] = {}
-            parked: list[tuple[str, str, str]] = []
-            page = max(limit, CLAIM_PAGE)
-            after: tuple[float, int] = (-math.inf, 0)
-            while len(claimed) < limit:
-                rows = conn.execute(query, (mine, mine, *after, *only, page)).fetchall()
-                claim_page(conn, rows, limit, claimed, orders, parked)
-                if len(rows) < page:
-                    break
-                after = (rows[-1][5], rows[-1][6])
-            return claimed, parked, orders
-
-        def claim_page(
-            conn: sqlite3.Connection,
-            rows: list[tuple[Any, ...]],
-            limit: int,
-            claimed: list[tuple[Any, ...]],
-            orders: dict[str, int],
-            parked: list[tuple[str, str, str]],
-        ) -> None:
-            for saga_id, name, holder, factory, attempts, started, _ in rows:
-                if len(claimed) >= limit:
-                    break
-                if factory and allowed is not None and name not in allowed:
-                    continue
-                if owner_alive(holder):
-                    continue
-                if attempts + 1 > max_attempts:
-                    reason = attempts_reason(attempts, max_attempts)
-                    conn.execute(
-                        "UPDATE sagakit_sagas SET dead_letter = ?, parked_at = ?, owner = NULL "
-                        "WHERE id = ?",
-                        (
-                            reason,
-                            max(now, started),  # never before its start (a clock set back)
-                            saga_id,
-                        ),
-                    )
-                    parked.append((name, saga_id, reason))
-                    continue
-                conn.execute(
-                    "UPDATE sagakit_sagas SET owner = ?, recovery_attempts = ? WHERE id = ?",
-                    (owner, attempts + 1, saga_id),
-                )
-                orders[saga_id] = number_unordered(conn, saga_id)
-                claimed.append(load_orphan_rows(conn, saga_id))
-
-        orphans: list[OrphanedSaga] = []
-        taken: list[str] = []  # the ids this call made this process the owner of
-        try:
-            while True:
-                wanted = limit - len(orphans)
-                try:
-                    raw, parked, orders = await self._writer.submit(
-                        functools.partial(job, limit=wanted), alone=False
-                    )
-                except CommittedThenCancelled as cancelled:  # claimed all the same
-                    taken.extend(rows[0][0] for rows in cancelled.result[0])
-                    raise
-                for name, saga_id, reason in parked:  # as PG
-                    log_parked(name, saga_id, reason)
-                taken.extend(rows[0][0] for rows in raw)
-                for rows in raw:
-                    try:
-                        orphan = decode_orphan(rows, self.serializer)
-                    except (SerializationError, ValueError, TypeError) as error:  # as PG
-                        reason = f"its log cannot be read back: {error}"
-                        await self.dead_letter(rows[0][0], reason)
-                        continue
-                    self._staged.pop(orphan.saga_id, None)  # left by a simulated crash
-                    self._claimed.add(orphan.saga_id)
-                    self._live.add(orphan.saga_id)
-                    self._orders[orphan.saga_id] = orders[orphan.saga_id]
-                    orphans.append(orphan)
-                # A claim dead-lettered because its log cannot be read back does not use
-                # up the limit: claim again while there may be more (else recover() stops
-                # early).
-                if len(raw) < wanted or len(orphans) >= limit:
-                    return orphans
-        except BaseException:
-            # Nothing is returned, so nobody runs what was claimed: let go of it, or this
-            # live process would keep it from every recovery until it exits.
-            await self._let_go(taken)
-            raise
-
-    async def _let_go(self, saga_ids: list[str]) -> None:
-        """Clear this process as the owner of ``saga_ids`` (best effort), taking back the
-        recovery attempt their claim counted: nobody ran them. As :meth:`give_back`, but
-        for every id a failed claim took (decoded or not), in one write tried once."""
-        self._unclaim(saga_ids)
-        if not saga_ids:
-            return
-        owner = self._owner
-
-        def job(conn: sqlite3.Connection) -> None:
-            conn.executemany(LET_GO, [(saga_id, owner) for saga_id in saga_ids])
-
-        done = await wait_out(self._writer.submit(job, alone=False))
-        if not done.cancelled() and done.exception() is not None:
-            logger.warning(
-                "sagakit: could not let go of claimed sagas %s: %s", saga_ids, done.exception()
-            )
-
-    async def give_back(self, saga_ids: Collection[str]) -> int:
-        """Give back sagas this store claimed (:meth:`claim_orphans`) and has not run
-        since: this process stops owning them, so the next recovery, here or in another
-        process, claims them at once, and their claim here is not counted as a
-        recovery attempt (no run of them was made). Returns how many it gave back.
-
-        A cancelled ``recover()`` or worker calls it for the sagas a claim returned
-        after swallowing the cancellation. Ids this store did not claim, or whose run
-        has ended, are left alone. If the log refuses the write, it is tried again as a
-        hand-over is (after the next successful write, before a recovery here claims
-        sagas, and at :meth:`close`).
-        """
-        check_given_ids(saga_ids, "give_back()")
-        self._refuse_writes()
-        mine = [saga_id for saga_id in dict.fromkeys(saga_ids) if saga_id in self._claimed]
-        self._unclaim(mine)
-        for saga_id in mine:
-            self._staged.pop(saga_id, None)
-            # In the hand-over's transaction, only if this process still owns it.
-            self._unreleased[saga_id] = [(UNCOUNT_ATTEMPT, (saga_id,))]
-        if mine and not await self._hand_over(mine):
-            logger.warning(
-                "sagakit: could not give back claimed sagas %s yet; tried again after the "
-                "next write, and by the next recovery here",
-                mine,
-            )
-        return len(mine)
-
-    def _unclaim(self, saga_ids: Collection[str]) -> None:
-        """Forget that this process claimed ``saga_ids`` (let go of, given back, parked):
-        it runs none of them now."""
-        for saga_id in saga_ids:
-            self._claimed.discard(saga_id)
-            self._live.discard(saga_id)
-            self._orders.pop(saga_id, None)
-
-    async def dead_letter(self, saga_id: str, reason: str) -> None:
-        check_saga_id(saga_id, "dead_letter()")
-        check_text(reason, "reason", "dead_letter()", "say why the saga is parked")
-        self._refuse_writes()
-        now = time.time()
-        await self._writer.submit(
-            lambda conn: conn.execute(
-                # Never before its start: a wall clock set back would park it before then.
-                "UPDATE sagakit_sagas SET dead_letter = ?, parked_at = max(?, started_at), "
-                "owner = NULL WHERE id = ? AND finished_at IS NULL",
-                (storable_text(reason), now, saga_id),
-            ),
-            alone=False,
-        )
-        self._staged.pop(saga_id, None)
-        self._unclaim((saga_id,))
-
-    async def dead_letters(self) -> list[DeadLetter]:
-        def read(conn: sqlite3.Connection) -> list[DeadLetter]:
-            rows = conn.execute(
-                "SELECT id, name, status, recovery_attempts, dead_letter, parked_at "
-                "FROM sagakit_sagas WHERE dead_letter IS NOT NULL AND finished_at IS NULL "
-                "ORDER BY parked_at, rowid"
-            ).fetchall()
-            return [
-                DeadLetter(
-                    row[0],
-                    row[1],
-                    known_status(SagaStatus, row[2], row[0]),
-                    row[3],
-                    row[4],
-                    when(row[5], row[0]),
-                )
-                for row in rows
-            ]
-
-        return await self._writer.read(read)
-
-    async def resume_dead_letter(self, saga_id: str) -> None:
-        check_saga_id(saga_id, "resume_dead_letter()")
-        self._refuse_writes()
-
-        def job(conn: sqlite3.Connection) -> str | None:
-            if conn.execute(
-                "UPDATE sagakit_sagas SET dead_letter = NULL, parked_at = NULL, "
-                "recovery_attempts = 0, owner = NULL "
-                "WHERE id = ? AND dead_letter IS NOT NULL AND finished_at IS NULL",
-                (saga_id,),
-            ).rowcount:
-                return None
-            if conn.execute("SELECT 1 FROM sagakit_sagas WHERE id = ?", (saga_id,)).fetchone():
-                return (
-                    f"saga {saga_id!r} is not dead-lettered in {self.path!r}; "
-                    "list them with `sagakit dead-letters`"
-                )
-            return self._no_saga(saga_id)  # a typo, or another log: not "not dead-lettered"
-
-        problem = await self._operator_write(job, _done)
-        if problem is not None:
-            raise StoreError(problem)
-
-    async def release(self, saga_id: str) -> None:
-        """Forget the owner of a running saga, so the next recovery claims it.
-
-        For an owner this store cannot see die: a process of another host or
-        container sharing the file. Only call it when that process is gone;
-        :class:`~sagakit.StoreError` if the saga is not running, is dead-lettered,
-        or is run by this store or another live process of this host.
-        """
-        check_saga_id(saga_id, "release()")
-        self._refuse_writes()
-        if saga_id in self._live:
-            # Its owner is this live process: recovery would run it a second time.
-            raise StoreError(
-                f"saga {saga_id!r} is running in this store (this process): releasing it "
-                "would let a recovery run it a second time; it is handed to recovery by "
-                "itself if it stops unfinished (cancelled, or the process exits)"
-            )
-
-        def job(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute(
-                "SELECT owner, dead_letter FROM sagakit_sagas WHERE id = ? AND finished_at IS NULL",
-                (saga_id,),
-            ).fetchone()
-            if row is None:
-                return (
-                    f"saga {saga_id!r} is not running in {self.path!r}, so it has no owner to "
-                    f"release; `{command_line(self.path, 'show', saga_id)}` tells whether it "
-                    "is there, and how it ended"
-                )
-            holder, parked = row
-            if parked is not None:
-                return (
-                    f"saga {saga_id!r} is dead-lettered ({parked}); recovery leaves it alone "
-                    "until `sagakit resume` (or `sagakit resolve`)"
-                )
-            if owner_running_here(holder):
-                return (
-                    f"saga {saga_id!r} is running under a live process ({holder}) of this "
-                    "host; recovery takes it over by itself once that process is gone"
-                )
-            conn.execute("UPDATE sagakit_sagas SET owner = NULL WHERE id = ?", (saga_id,))
-            return None
-
-        self._staged.pop(saga_id, None)  # its owner is gone: so are its uncommitted writes
-        problem = await self._operator_write(job, _done)
-        if problem is not None:
-            raise StoreError(problem)
-
-    async def resolve(self, saga_id: str, note: str) -> None:
-        check_saga_id(saga_id, "resolve()")
-        check_text(note, "note", "resolve()", "say how the saga was settled")
-        self._refuse_writes()
-        now = time.time()
-
-        def job(conn: sqlite3.Connection) -> str | SagaAlreadyResolved | None:
-            row = conn.execute(
-                "SELECT status, owner, dead_letter, finished_at, resolved, updated_at, error, "
-                "started_at FROM sagakit_sagas WHERE id = ?",
-                (saga_id,),
-            ).fetchone()
-            if row is None:
-                return self._no_saga(saga_id)
-            status, holder, parked, finished, resolved, updated, error, started = row
-            if resolved and finished is not None:
-                # Once is enough: again, it nested the first note in the second's "(was:".
-                return SagaAlreadyResolved(saga_id, when(updated), error)
-            if finished is None and parked is None and owner_alive(holder):
-                return (
-                    f"saga {saga_id!r} is still {status} under a live process ({holder}); "
-                    "let it finish: once that process is gone, `sagakit resolve` settles it "
-                    "and `sagakit recover` finishes it (a process of another host or "
-                    "container: `sagakit release` the saga first)"
-                )
-            if status in ("completed", "compensated"):
-                return f"saga {saga_id!r} ended {status}; there is nothing to resolve"
-            # Never before its start (nor its end, if it had one): a wall clock set back
-            # would resolve it before it began, a negative duration.
-            end = max(now, started)
-            latest = end if finished is None else max(end, finished)
-            conn.execute(
-                "UPDATE sagakit_sagas SET status = 'failed', resolved = 1, dead_letter = NULL, "
-                "owner = NULL, finished_at = coalesce(finished_at, ?), updated_at = ?, "
-                # Why it was parked and its own error, either of them, or none.
-                "error = ? || coalesce(' (was: ' || coalesce(dead_letter || "
-                "coalesce('; error: ' || error, ''), error) || ')', ''), "
-                "finish_order = CASE WHEN finished_at IS NULL "
-                f"THEN {NEXT_FINISH.format(at='?')} ELSE finish_order END WHERE id = ?",
-                (end, latest, storable_text(f"resolved by an operator: {note}"), end, saga_id),
-            )
-            conn.execute(RESOLVE_INTERRUPTED, (saga_id,))
-            return None
-
-        problem = await self._operator_write(job, _done)
-        if isinstance(problem, SagaAlreadyResolved):
-            raise problem
-        if problem is not None:
-            raise StoreError(problem)
-
-    def _no_saga(self, saga_id: str) -> str:
-        """What an operator's call on ``saga_id``, which the log does not hold, is told
-        (as ``sagakit show`` says it)."""
-        return f"no saga {saga_id!r} in {self.path!r}; `sagakit list` lists its sagas"
-
-    async def _operator_write(self, job: Job, changed: Callable[[Any], bool]) -> Any:
-        """Commit the job of :meth:`resume_dead_letter`, :meth:`release` or :meth:`resolve`.
-
-        Cancelled (Ctrl-C on the ``sagakit`` command) while it waited for the write lock,
-        the job still runs, and may commit: :class:`CommittedThenCancelled` then says
-        the saga was changed, a plain ``CancelledError`` that it was not (the job,
-        ``changed`` by its result, refused: the CLI said "interrupted" either way, and
-        the operator took a resolved saga for one still to be resolved).
-        """
-        try:
-            return await self._writer.submit(job, alone=False)
-        except CommittedThenCancelled as cancelled:
-            if changed(cancelled.result):
-                raise
-            raise asyncio.CancelledError from None
-
-    async def read_events(
-        self, *, after: int = 0, limit: int = 1000, saga_id: str | None = None
-    ) -> list[StoredEvent]:
-        check_event_window(after, limit)
-        if saga_id is not None:
-            check_saga_id(saga_id, "read_events(saga_id=...)")
-        sql = (
-            "SELECT position, saga_id, saga_name, step_index, step_name, compensation, data, "
-            "recorded_at FROM sagakit_events WHERE position > ?"
-        )
-        params: tuple[Any, ...] = (after,)
-        if saga_id is not None:
-            sql += " AND saga_id = ?"
-            params += (saga_id,)
-        sql += " ORDER BY position LIMIT ?"
-        params += (limit,)
-        rows = await self._writer.read(lambda conn: conn.execute(sql, params).fetchall())
-        events: list[StoredEvent] = []
-        for position, sid, name, index, step_name, comp, data, recorded in rows:
-            try:
-                event = self.serializer.loads(data)
-            except SerializationError as error:
-                raise SerializationError(f"event #{position} of saga {sid!r}: {error}") from error
-            events.append(
-                StoredEvent(
-                    position, sid, name, index, step_name, bool(comp), event, when(recorded)
-                )
-            )
-        return events
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path!r} synchronous={self.synchronous}>"
