@@ -7,12 +7,11 @@ import contextlib
 import functools
 import inspect
 import logging
-import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, NoReturn, Self
+from typing import Any, Self
 
-from . import _recording
+from . import _ending, _recording
 from ._checks import (
     asyncio_loop,
     check_count,
@@ -23,6 +22,7 @@ from ._checks import (
 )
 from ._commands import command_line
 from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout, timeout_error
+from ._ending import _chain, _end_running, _warn
 from ._hooks import (
     SIMULATED_TIMEOUT,
     CrashAfter,
@@ -31,8 +31,6 @@ from ._hooks import (
     active_faults,
     crash_hint,
     crash_in,
-    crash_process,
-    note_crash,
     raised_by_step,
 )
 from ._ids import new_saga_id
@@ -43,7 +41,6 @@ from ._members import (
     ON_COMPENSATION_STARTED,
     ON_SAGA_FINISHED,
     ON_SAGA_STARTED,
-    ON_SAGA_STOPPED,
     ON_STEP_COMPLETED,
     ON_STEP_FAILED,
     ON_STEP_RETRYING,
@@ -60,16 +57,14 @@ from ._members import (
     STEP_TIMED_OUT,
 )
 from ._names import qualname_of
-from ._notify import Listener, level_of, log_unwritten, logger, tell, unwritten_what
-from ._recording import _LEFT_FOR_RECOVERY, _NOTHING_LOGGED
+from ._notify import Listener, level_of, log_unwritten, logger, unwritten_what
+from ._recording import _LEFT_FOR_RECOVERY
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, hands_back, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import (
-    ABANDONED,
     ACTED_UNKNOWN,
     CANCELLED,
     CANCELLED_ERROR,
-    LOOP_CLOSED,
     NOT_COMPENSATED,
     UNRECORDED,
     UNSTARTED,
@@ -111,11 +106,10 @@ from .exceptions import (
     _step_failed,
 )
 from .records import SagaMetadata
-from .status import SagaStatus
 from .stores import MemoryStore, SagaStore
 from .stores._protocol import check_saga_id
 from .stores.memory import DEFAULT_HISTORY_LIMIT
-from .transitions import Transition, TransitionKind, make_transition
+from .transitions import Transition
 
 # pytest shows a failing test's line, not this module's code (see _tracebacks).
 __tracebackhide__ = hide_from_pytest
@@ -126,14 +120,6 @@ _Done = tuple[StepRun, StepCall[Any], Any]
 
 HANDED_BACK = "recovery was cancelled; the next recovery finishes the saga"
 """Why a saga whose recovery was cancelled stopped (its ``SAGA_STOPPED`` error)."""
-
-
-def _end_running(records: list[StepRun], error: str) -> None:
-    """Mark the last of ``records`` ``FAILED`` with ``error`` if the run left it running
-    (no transition will end it)."""
-    if records and records[-1].status is STEP_RUNNING:
-        records[-1].status = STEP_FAILED
-        records[-1].error = error
 
 
 def _cancelled_unrecorded(run: SagaRun, unrecorded: Exception) -> None:
@@ -171,59 +157,6 @@ set_running_step = running_step.set
 _STEP_FAILED_LEVEL = level_of(ON_STEP_FAILED, SAGA_EXECUTING)
 """The log level of a step's failure and of its timeout: ``level_of()``'s, read once."""
 assert level_of(ON_STEP_TIMED_OUT, SAGA_EXECUTING) == _STEP_FAILED_LEVEL
-
-
-def _chain(pending: BaseException, error: BaseException) -> None:
-    """Make ``error`` (raised while ``pending`` was on its way out, and not raised in
-    its place) the ``__context__`` of ``pending``, before what was there."""
-    if error.__context__ is pending or error.__context__ is None:
-        error.__context__ = pending.__context__
-    pending.__context__ = error
-
-
-def _finish_unawaited(store: SagaStore, run: SagaRun) -> bool:
-    """``store.finish(run)`` for a run whose event loop is closed (see
-    ``SagaOrchestrator._abandoned``), run to its end here, without a loop: a store that is
-    not durable moves the run to its history at once, waiting on nothing. One that waits
-    on something (a lock, a connection) cannot go on: it is closed there, and the run
-    stays running in it, which is logged, as is an error it raises (never raised: the
-    garbage collector is closing the run). Returns whether the store ended the run."""
-    steps = store.finish(run).__await__()
-    try:
-        for _ in range(100):  # bare yields (asyncio.sleep(0)) ask only for a turn
-            if steps.send(None) is not None:
-                break
-    except StopIteration:
-        return True
-    except Exception as error:
-        why = f"its finish() raised {describe_error(error)}"
-    else:
-        getattr(steps, "close", lambda: None)()
-        why = "its finish() waited, and nothing can wait once the loop is closed"
-    _warn(
-        run,
-        "sagakit: saga %s (%s), abandoned (%s), stays running in %r: %s",
-        run.name,
-        run.id,
-        LOOP_CLOSED,
-        store,
-        why,
-    )
-    return False
-
-
-def _warn(run: SagaRun, message: str, *args: object) -> None:
-    """Log ``message`` at WARNING with the run's saga id and name as record fields."""
-    logger.warning(message, *args, extra={"saga_id": run.id, "saga_name": run.name})
-
-
-def _warn_unless_released(run: SagaRun, error: Exception, message: str, *args: object) -> None:
-    """:func:`_warn`, but at DEBUG when ``error`` is the :class:`LeaseLost` of a lease this
-    store released (a stopping worker, an exiting process): a handover, not a failure,
-    which the run's ``SAGA_STOPPED`` record (at INFO) tells once."""
-    released = isinstance(error, LeaseLost) and error.released
-    level = logging.DEBUG if released else logging.WARNING
-    logger.log(level, message, *args, extra={"saga_id": run.id, "saga_name": run.name})
 
 
 def _gave_up(
@@ -1240,218 +1173,18 @@ class SagaOrchestrator:
         if note not in getattr(told, "__notes__", ()):  # a store may raise one twice
             told.add_note(note)
 
-    async def _tell_fatal(
-        self, run: SagaRun, kind: TransitionKind, record: StepRun, fatal: BaseException
-    ) -> None:
-        """Tell ``kind`` (``STEP_FAILED``, ``COMPENSATION_FAILED``) for ``record``, which
-        ``fatal`` (``KeyboardInterrupt``, ``SystemExit``) ended, its error ``fatal``
-        itself. A durable log writes ``record`` with the run's end, in the same commit
-        (see ``unended``: no write of its own delays ``fatal``, and no crash between two
-        leaves the saga half ended), so it is told once that end commits, as a staged
-        transition is (not at all if the end cannot be recorded: ``SAGA_STOPPED``)."""
-        level = level_of(kind, run.status)
-        if not (run.listeners or logger.isEnabledFor(level)):
-            return
-        transition = make_transition(
-            kind, run, run.status, record, record.attempts, None, (), fatal, record.duration
-        )
-        if self._durable:
-            self._held.setdefault(run, []).append((level, transition))
-            return
-        try:
-            await tell(run.listeners, level, transition, run)
-        except asyncio.CancelledError as cancelled:  # told to all: fatal is raised, not it
-            _chain(fatal, cancelled)
-
-    def _crashed(self, run: SagaRun, crash: SimulatedCrash) -> None:
-        """A simulated crash: "the process died", so what the run holds untold (staged,
-        never committed) is dropped, and nothing more is recorded or told. Only the
-        tracers (and test recorders) among its listeners hear of it (``_sagakit_crashed``):
-        instrumentation of this process, which a real crash takes with it, ends the run's
-        spans and restores the context it set, rather than hold them open for good."""
-        self._held.pop(run, None)
-        note_crash(self._store, run.id)  # for the error of running it again here (crash_hint)
-        if crash.process:  # the whole process: every saga of the store stops at its next write
-            crash_process(self._store, crash)
-        self._tell_instruments(run, "the simulated crash", "_sagakit_crashed", crash)
-
-    def _tell_instruments(self, run: SagaRun, what: str, hook: str, *args: object) -> None:
-        """Call ``hook(run.id, *args, run.number)`` of the listeners that have it
-        (tracers, test recorders): ``run`` stops here, ``what`` stopped it, and no
-        transition will tell them. One that raises is logged, never raised."""
-        for listener in run.listeners:
-            told = getattr(listener, hook, None)
-            if told is None:
-                continue
-            try:
-                told(run.id, *args, run.number)
-            except Exception as error:  # a tracer's bug must not replace what stopped it
-                _warn(
-                    run,
-                    "sagakit: listener %r failed on %s of saga %s: %s",
-                    listener,
-                    what,
-                    run.id,
-                    describe_error(error),
-                )
-
-    def _abandoned(self, run: SagaRun) -> None:
-        """The run's coroutine is being closed (``GeneratorExit``): its task was destroyed
-        pending, with the event loop it ran in, and the garbage collector closes it. It
-        can await nothing more, so, as after a crash, nothing more is run, recorded or
-        told: the log shows the saga as it was, for recovery (a ``KeyboardInterrupt``
-        instead ends it ``FAILED``, never to be recovered). A store that is not durable
-        (the default in-memory one, or one of the user's), which nothing recovers, ends it
-        ``FAILED`` (not compensated) there and then, rather than keep it running for good:
-        its ``finish()`` is run without an event loop (see :func:`_finish_unawaited`).
-        Then its tracers and test recorders hear of its end as the store left it
-        (``_sagakit_abandoned``, with a ``SAGA_FINISHED`` ``FAILED`` where the store ended
-        it, else a ``SAGA_STOPPED`` with the status the log keeps)."""
-        self._held.pop(run, None)
-        status = run.status
-        ended = False
-        if self._durable:
-            # A store whose runs' owner is this live process (SQLite) hands the saga
-            # over to recovery, which would otherwise not take it until the process exits.
-            abandoned = getattr(self._store, "_abandoned", None)
-            if abandoned is not None:
-                abandoned(run)
-        else:
-            _end_running(run.steps, f"interrupted: {LOOP_CLOSED}")
-            _end_running(run.compensations, f"interrupted: {LOOP_CLOSED}")
-            run.status = SAGA_FAILED
-            if run.error is None:
-                run.error = ABANDONED + NOT_COMPENSATED
-            run.finished_mono = run.updated_mono = time.monotonic()  # (what loop.time() reads)
-            memory = self._memory
-            if memory is not None:
-                memory._finish_now(run)
-                ended = True
-            else:
-                ended = _finish_unawaited(self._store, run)
-        kind = ON_SAGA_FINISHED if ended else ON_SAGA_STOPPED
-        shown = run.status if ended else status  # (a store that could not end it keeps it)
-        end = make_transition(kind, run, shown, None, 0, None, (), None, None)
-        self._tell_instruments(run, "the closed event loop", "_sagakit_abandoned", end)
-
-    async def _stopped(self, run: SagaRun, why: BaseException) -> None:
-        """The run stops here unfinished (``why``: ``LeaseLost``, or a cancelled recovery
-        handing it back): tell ``SAGA_STOPPED``, record nothing, let the store drop it."""
-        try:
-            await self._tell_stopped(run, run.status, why)
-        finally:
-            await self._store.finish(run)
-
-    async def _tell_stopped(self, run: SagaRun, status: SagaStatus, why: BaseException) -> None:
-        """Tell ``SAGA_STOPPED`` (``status``: the run's as the log may still have it); what
-        the run holds untold is dropped: it may never have committed."""
-        self._held.pop(run, None)
-        transition = make_transition(ON_SAGA_STOPPED, run, status, None, 0, None, (), why, None)
-        if isinstance(why, LeaseLost):
-            why._stop_told = run.id  # recovery and workers need not tell it again
-        await tell(run.listeners, level_of(ON_SAGA_STOPPED, status), transition, run)
-
-    async def _finish(self, run: SagaRun) -> None:
-        """Record the end of a run that did not complete and move it to history."""
-        loop = asyncio.get_running_loop()
-        watchdog = self._watchdog  # self._watch(loop), without the call
-        if watchdog is None or watchdog.loop is not loop:
-            watchdog = self._use_loop(loop)
-        run.finished_mono = run.updated_mono = watchdog.now()
-        if run.status is SAGA_EXECUTING or run.status is SAGA_COMPENSATING:
-            run.status = SAGA_FAILED
-        # What _emit() checks first, without its coroutine when it has nothing to do.
-        await self._end(
-            run,
-            self._durable
-            or bool(run.listeners)
-            or logger.isEnabledFor(level_of(ON_SAGA_FINISHED, run.status)),
-        )
-
-    async def _end(self, run: SagaRun, announce: bool) -> None:
-        """Move the ended ``run`` to the store's history and tell ``SAGA_FINISHED`` (if
-        ``announce``): a durable store records the end first; any other store has the
-        run in its history before the listeners hear of its end, as a durable one does
-        once the end is recorded."""
-        if not self._durable:
-            memory = self._memory
-            try:
-                if memory is not None:
-                    memory._finish_now(run)
-                else:
-                    await self._store.finish(run)
-            finally:
-                if announce:
-                    await self._emit(run, ON_SAGA_FINISHED)
-            return
-        try:
-            try:
-                if announce:
-                    await self._emit(run, ON_SAGA_FINISHED)
-            finally:
-                # Even if cancelled while a listener hears of it: the run has ended.
-                await self._store.finish(run)
-        except SimulatedCrash as crash:  # its process died (crash(process=True)) meanwhile
-            self._crashed(run, crash)
-            raise
-
-    async def _finish_before(self, run: SagaRun, pending: BaseException) -> None:
-        """:meth:`_finish` a run that ends raising ``pending`` (a cancellation,
-        ``KeyboardInterrupt``): an end that cannot be recorded is logged and chained to
-        ``pending`` (its ``__context__``), never raised in its place."""
-        try:
-            await self._finish(run)
-        except Exception as unrecorded:
-            notes = getattr(unrecorded, "__notes__", ())
-            if not any(  # else logged already
-                _LEFT_FOR_RECOVERY in note or _NOTHING_LOGGED in note for note in notes
-            ):
-                _warn_unless_released(
-                    run,
-                    unrecorded,
-                    "sagakit: the end of saga %s (%s) could not be recorded: %s",
-                    run.name,
-                    run.id,
-                    describe_error(unrecorded),
-                )
-            _chain(pending, unrecorded)
-
-    async def _raise_swallowed(
-        self,
-        run: SagaRun,
-        unrecorded: Exception | None = None,
-        *,
-        cause: BaseException | None = None,
-    ) -> NoReturn:
-        """End ``run``, whose caller's cancellation a compensation swallowed, and raise a
-        ``CancelledError`` for it: ``unrecorded`` (a write the log refused after that) and an
-        end the log refuses are chained to it (``__context__``), never raised in its place;
-        ``cause``: the failure the run was compensated for (its ``__cause__``)."""
-        swallowed: asyncio.CancelledError | None = asyncio.CancelledError()
-        assert swallowed is not None
-        if unrecorded is not None:
-            _chain(swallowed, unrecorded)
-        if cause is not None:
-            swallowed.__cause__ = cause  # as ``raise ... from cause``
-        await self._finish_before(run, swallowed)
-        chained = swallowed.__context__
-        try:
-            raise swallowed
-        finally:
-            if chained is not None:
-                # Raised in the handler of another exception (the failure), which Python
-                # makes its __context__ in place of what was chained above: put back.
-                swallowed.__context__ = chained
-            swallowed = cause = chained = None  # no exception kept in this frame's locals
-
-    async def _unrecorded_end(self, run: SagaRun, why: BaseException) -> None:
-        """The run's end could not be recorded (``StoreError``, ``LeaseLost``, or the run
-        was cancelled while it was written, and the store did not report it committed
-        with :class:`~sagakit.stores.CommittedThenCancelled`): the log may still show it
-        running, for recovery (or the new owner) to finish. Its listeners hear
-        ``SAGA_STOPPED`` instead of an end the log may not have."""
-        status = SAGA_COMPENSATING if run.compensations else SAGA_EXECUTING
-        await self._tell_stopped(run, status, why)
+    # How a run ends: see _ending.
+    _tell_fatal = _ending._tell_fatal
+    _crashed = _ending._crashed
+    _tell_instruments = _ending._tell_instruments
+    _abandoned = _ending._abandoned
+    _stopped = _ending._stopped
+    _tell_stopped = _ending._tell_stopped
+    _finish = _ending._finish
+    _end = _ending._end
+    _finish_before = _ending._finish_before
+    _raise_swallowed = _ending._raise_swallowed
+    _unrecorded_end = _ending._unrecorded_end
 
     async def _undo_cancelled(
         self,
