@@ -21,7 +21,7 @@ from ._checks import (
     not_the_class,
 )
 from ._commands import command_line
-from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout, timeout_error
+from ._deadlines import NO_DEADLINE, Watchdog, _Late, claim_timeout, timeout_error
 from ._ending import _chain, _end_running, _warn
 from ._hooks import (
     SIMULATED_TIMEOUT,
@@ -77,6 +77,7 @@ from ._runs import (
     events_of,
     handed_back_with,
     running_step,
+    set_running_step,
     still_running,
     storable_text,
 )
@@ -151,9 +152,6 @@ def _undone_between_attempts(spec: StepSpec, acted_unknown: bool) -> bool:
     return spec.compensate_on_timeout if acted_unknown else spec.compensate_on_failure
 
 
-set_running_step = running_step.set
-"""``running_step.set``, bound once: called as each step and compensation starts."""
-
 _STEP_FAILED_LEVEL = level_of(ON_STEP_FAILED, SAGA_EXECUTING)
 """The log level of a step's failure and of its timeout: ``level_of()``'s, read once."""
 assert level_of(ON_STEP_TIMED_OUT, SAGA_EXECUTING) == _STEP_FAILED_LEVEL
@@ -215,10 +213,6 @@ def _check_listener_signature(listener: Listener) -> None:
             "cannot take it; give it one parameter (def listener(transition): ...), and "
             "defaults for any others"
         ) from None
-
-
-class _Late(Exception):
-    """Internal: an attempt finished, but after its deadline."""
 
 
 def _not_a_definition_fix(value: object) -> str:
