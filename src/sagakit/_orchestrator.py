@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import inspect
 import logging
 import weakref
@@ -49,8 +48,13 @@ from ._members import (
     STEP_RUNNING,
     STEP_TIMED_OUT,
 )
-from ._names import qualname_of
-from ._notify import Listener, level_of, logger
+from ._notify import (
+    Listener,
+    _check_listener_not_a_generator,
+    _check_listener_signature,
+    level_of,
+    logger,
+)
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, hands_back, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import (
@@ -127,45 +131,6 @@ def _undone_between_attempts(spec: StepSpec, acted_unknown: bool) -> bool:
 _STEP_FAILED_LEVEL = level_of(ON_STEP_FAILED, SAGA_EXECUTING)
 """The log level of a step's failure and of its timeout: ``level_of()``'s, read once."""
 assert level_of(ON_STEP_TIMED_OUT, SAGA_EXECUTING) == _STEP_FAILED_LEVEL
-
-
-def _check_listener_not_a_generator(listener: Listener) -> None:
-    """Refuse a generator (or async generator) function as a listener: each call would
-    only make a generator, which nothing runs, so it would hear nothing, silently."""
-    called: object = listener
-    if not (inspect.isroutine(listener) or isinstance(listener, functools.partial)):
-        called = type(listener).__call__  # an instance: its __call__ method
-    if inspect.isasyncgenfunction(called):
-        kind = "an async generator"
-    elif inspect.isgeneratorfunction(called):
-        kind = "a generator"
-    else:
-        return
-    function = listener.func if isinstance(listener, functools.partial) else called
-    raise SagaDefinitionError(
-        f"a listener is called once per transition, but {qualname_of(function)} is {kind} "
-        "function: a call only makes a generator, which nothing runs, so it would hear "
-        "nothing; remove the 'yield' (an 'async def' listener is awaited)"
-    )
-
-
-def _check_listener_signature(listener: Listener) -> None:
-    """Refuse a listener that cannot be called with one argument, the transition: it
-    would fail on every transition, each failure only logged."""
-    try:
-        signature = inspect.signature(listener)
-    except (TypeError, ValueError):  # a builtin without one: nothing to check
-        return
-    try:
-        signature.bind(None)
-    except TypeError:
-        name = getattr(listener, "__qualname__", None) or type(listener).__qualname__
-        shown = signature.replace(return_annotation=inspect.Signature.empty)
-        raise SagaDefinitionError(
-            f"a listener is called with one argument, the Transition, but {name}{shown} "
-            "cannot take it; give it one parameter (def listener(transition): ...), and "
-            "defaults for any others"
-        ) from None
 
 
 def _not_a_definition_fix(value: object) -> str:
