@@ -189,6 +189,10 @@ def _redeliver(run: SagaRun, task: asyncio.Task[Any]) -> None:
         task.cancel()
 
 
+class _Late(Exception):
+    """Internal: an attempt finished, but after its deadline."""
+
+
 def timeout_error(
     index: int, name: str, elapsed: float, timeout: float, *, compensation: bool = False
 ) -> StepTimeout:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import sys
@@ -26,9 +27,10 @@ from ._members import (
     SAGA_COMPLETED,
     SAGA_FAILED,
 )
-from ._names import record_name
+from ._names import qualname_of, record_name
 from ._runs import SagaRun, describe_error
 from ._tracebacks import hide_from_pytest
+from .exceptions import SagaDefinitionError
 from .records import one_line
 from .status import SagaStatus
 from .transitions import Transition, TransitionKind
@@ -40,6 +42,46 @@ __tracebackhide__ = hide_from_pytest
 Listener = Callable[[Transition], object]
 """A callable told of every state change; it may be sync or async. What it returns is
 ignored (awaited first when it is awaitable), so it may return anything."""
+
+
+def _check_listener_not_a_generator(listener: Listener) -> None:
+    """Refuse a generator (or async generator) function as a listener: each call would
+    only make a generator, which nothing runs, so it would hear nothing, silently."""
+    called: object = listener
+    if not (inspect.isroutine(listener) or isinstance(listener, functools.partial)):
+        called = type(listener).__call__  # an instance: its __call__ method
+    if inspect.isasyncgenfunction(called):
+        kind = "an async generator"
+    elif inspect.isgeneratorfunction(called):
+        kind = "a generator"
+    else:
+        return
+    function = listener.func if isinstance(listener, functools.partial) else called
+    raise SagaDefinitionError(
+        f"a listener is called once per transition, but {qualname_of(function)} is {kind} "
+        "function: a call only makes a generator, which nothing runs, so it would hear "
+        "nothing; remove the 'yield' (an 'async def' listener is awaited)"
+    )
+
+
+def _check_listener_signature(listener: Listener) -> None:
+    """Refuse a listener that cannot be called with one argument, the transition: it
+    would fail on every transition, each failure only logged."""
+    try:
+        signature = inspect.signature(listener)
+    except (TypeError, ValueError):  # a builtin without one: nothing to check
+        return
+    try:
+        signature.bind(None)
+    except TypeError:
+        name = getattr(listener, "__qualname__", None) or type(listener).__qualname__
+        shown = signature.replace(return_annotation=inspect.Signature.empty)
+        raise SagaDefinitionError(
+            f"a listener is called with one argument, the Transition, but {name}{shown} "
+            "cannot take it; give it one parameter (def listener(transition): ...), and "
+            "defaults for any others"
+        ) from None
+
 
 _LEVELS = {
     ON_SAGA_STARTED: logging.INFO,

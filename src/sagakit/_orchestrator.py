@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import inspect
 import logging
-import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, NoReturn, Self
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Self
 
+from . import _compensating, _ending, _recording
 from ._checks import (
     asyncio_loop,
     check_count,
@@ -20,36 +19,27 @@ from ._checks import (
     no_asyncio_loop,
     not_the_class,
 )
-from ._commands import command_line
-from ._deadlines import NO_DEADLINE, Watchdog, claim_timeout, timeout_error
+from ._deadlines import NO_DEADLINE, Watchdog, _Late, claim_timeout, timeout_error
+from ._ending import _chain, _end_running, _warn
 from ._hooks import (
     SIMULATED_TIMEOUT,
     CrashAfter,
-    FaultPlan,
     SimulatedCrash,
     active_faults,
     crash_hint,
     crash_in,
-    crash_process,
-    note_crash,
     raised_by_step,
     test_faults,
 )
 from ._ids import new_saga_id
 from ._members import (
-    ON_COMPENSATION_COMPLETED,
-    ON_COMPENSATION_FAILED,
-    ON_COMPENSATION_RETRYING,
-    ON_COMPENSATION_STARTED,
     ON_SAGA_FINISHED,
     ON_SAGA_STARTED,
-    ON_SAGA_STOPPED,
     ON_STEP_COMPLETED,
     ON_STEP_FAILED,
     ON_STEP_RETRYING,
     ON_STEP_STARTED,
     ON_STEP_TIMED_OUT,
-    SAGA_COMPENSATED,
     SAGA_COMPENSATING,
     SAGA_COMPLETED,
     SAGA_EXECUTING,
@@ -59,30 +49,29 @@ from ._members import (
     STEP_RUNNING,
     STEP_TIMED_OUT,
 )
-from ._names import qualname_of
-from ._notify import Listener, level_of, log_unwritten, logger, tell, tell_each, unwritten_what
+from ._notify import (
+    Listener,
+    _check_listener_not_a_generator,
+    _check_listener_signature,
+    level_of,
+    logger,
+)
 from ._recovery import DEFAULT_MAX_ATTEMPTS, RecoveryOutcome, hands_back, recover
 from ._retry import DEFAULT_COMPENSATION_RETRY, Retry
 from ._runs import (
-    ABANDONED,
     ACTED_UNKNOWN,
-    CANCELLED,
     CANCELLED_ERROR,
-    LOOP_CLOSED,
     NOT_COMPENSATED,
-    UNRECORDED,
-    UNSTARTED,
     UNSTARTED_ERROR,
     SagaRun,
     StepRun,
     current_run,
-    cut,
     describe_error,
     events_of,
     handed_back_with,
     running_step,
+    set_running_step,
     still_running,
-    storable_text,
 )
 from ._sagas import (
     SagaDefinition,
@@ -96,10 +85,9 @@ from ._sagas import (
 )
 from ._shielding import CancellationWatch, wait_out
 from ._steps import StepCall, StepSpec
-from ._tracebacks import compensation_notes, hide_from_pytest
+from ._tracebacks import hide_from_pytest
 from ._worker import run_worker, worker_nested
 from .exceptions import (
-    CompensationFailed,
     LeaseLost,
     NonDeterminismError,
     SagaAlreadyExecuting,
@@ -110,16 +98,10 @@ from .exceptions import (
     _step_failed,
 )
 from .records import SagaMetadata
-from .status import SagaStatus
 from .stores import MemoryStore, SagaStore
-from .stores._protocol import (
-    CommittedThenCancelled,
-    check_saga_id,
-    end_unwritten,
-    nothing_logged,
-)
+from .stores._protocol import check_saga_id
 from .stores.memory import DEFAULT_HISTORY_LIMIT
-from .transitions import Transition, TransitionKind, make_transition
+from .transitions import Transition
 
 # pytest shows a failing test's line, not this module's code (see _tracebacks).
 __tracebackhide__ = hide_from_pytest
@@ -130,28 +112,6 @@ _Done = tuple[StepRun, StepCall[Any], Any]
 
 HANDED_BACK = "recovery was cancelled; the next recovery finishes the saga"
 """Why a saga whose recovery was cancelled stopped (its ``SAGA_STOPPED`` error)."""
-
-
-def _end_running(records: list[StepRun], error: str) -> None:
-    """Mark the last of ``records`` ``FAILED`` with ``error`` if the run left it running
-    (no transition will end it)."""
-    if records and records[-1].status is STEP_RUNNING:
-        records[-1].status = STEP_FAILED
-        records[-1].error = error
-
-
-def _cancelled_unrecorded(run: SagaRun, unrecorded: Exception) -> None:
-    """Log a compensation's transition the log refused while the run was cancelled (the
-    cancellation goes on, the run ends ``FAILED``). A lost lease at ``DEBUG``: the run's
-    end is refused with it too, and warned once."""
-    logger.log(
-        logging.DEBUG if isinstance(unrecorded, LeaseLost) else logging.WARNING,
-        "sagakit: saga %s (%s), cancelled, could not record its compensation: %s",
-        run.name,
-        run.id,
-        describe_error(unrecorded),
-        extra={"saga_id": run.id, "saga_name": run.name},
-    )
 
 
 def _end_running_step(steps: list[StepRun], acted: StepRun | None, failure: BaseException) -> None:
@@ -169,165 +129,9 @@ def _undone_between_attempts(spec: StepSpec, acted_unknown: bool) -> bool:
     return spec.compensate_on_timeout if acted_unknown else spec.compensate_on_failure
 
 
-set_running_step = running_step.set
-"""``running_step.set``, bound once: called as each step and compensation starts."""
-
 _STEP_FAILED_LEVEL = level_of(ON_STEP_FAILED, SAGA_EXECUTING)
 """The log level of a step's failure and of its timeout: ``level_of()``'s, read once."""
 assert level_of(ON_STEP_TIMED_OUT, SAGA_EXECUTING) == _STEP_FAILED_LEVEL
-
-_LEFT_FOR_RECOVERY = "left for recovery"
-"""In the note on a store's error that says the saga's end is not in the log (logged)."""
-_NOTHING_LOGGED = "nothing of the saga is in the log"
-"""In that note instead when no write of the saga ever reached the log (logged)."""
-
-
-def _end_unwritten(run: SagaRun, transition: Transition, unrecorded: Exception) -> None:
-    """The log could not record the run's end (``unrecorded``, a ``StoreError``): it still
-    shows the saga running, for recovery to finish (unless the store marked the error:
-    nothing of the saga is in the log). Logged at ``WARNING`` and noted on
-    ``unrecorded``, which ``execute()`` raises, with how its caller learns the outcome."""
-    if nothing_logged(unrecorded, run.id):
-        why = f"{_NOTHING_LOGGED} (none of its writes could be made)"
-        logged = f"{why}, so there is nothing for recovery to finish"
-        noted = f"{why}, so recovery has nothing of it to finish"
-    else:
-        logged = (
-            "the log still shows it running, left for recovery, which finishes it from what "
-            "the log holds (a step recorded completed is not run again)"
-        )
-        noted = (
-            f"it is {_LEFT_FOR_RECOVERY}, which finishes it from what the log holds; "
-            f"get_saga({run.id!r}) tells how it ends"
-        )
-    log_unwritten(
-        run,
-        logging.WARNING,
-        transition,
-        describe_error(unrecorded),
-        f"{logged}; check the saga log's storage",
-    )
-    note = (
-        f"sagakit: saga {run.name} ({run.id}) ended {run.status}, but the saga log could not "
-        f"record it: {noted}"
-    )
-    if note not in getattr(unrecorded, "__notes__", ()):
-        unrecorded.add_note(note)
-
-
-def _chain(pending: BaseException, error: BaseException) -> None:
-    """Make ``error`` (raised while ``pending`` was on its way out, and not raised in
-    its place) the ``__context__`` of ``pending``, before what was there."""
-    if error.__context__ is pending or error.__context__ is None:
-        error.__context__ = pending.__context__
-    pending.__context__ = error
-
-
-def _finish_unawaited(store: SagaStore, run: SagaRun) -> bool:
-    """``store.finish(run)`` for a run whose event loop is closed (see
-    ``SagaOrchestrator._abandoned``), run to its end here, without a loop: a store that is
-    not durable moves the run to its history at once, waiting on nothing. One that waits
-    on something (a lock, a connection) cannot go on: it is closed there, and the run
-    stays running in it, which is logged, as is an error it raises (never raised: the
-    garbage collector is closing the run). Returns whether the store ended the run."""
-    steps = store.finish(run).__await__()
-    try:
-        for _ in range(100):  # bare yields (asyncio.sleep(0)) ask only for a turn
-            if steps.send(None) is not None:
-                break
-    except StopIteration:
-        return True
-    except Exception as error:
-        why = f"its finish() raised {describe_error(error)}"
-    else:
-        getattr(steps, "close", lambda: None)()
-        why = "its finish() waited, and nothing can wait once the loop is closed"
-    _warn(
-        run,
-        "sagakit: saga %s (%s), abandoned (%s), stays running in %r: %s",
-        run.name,
-        run.id,
-        LOOP_CLOSED,
-        store,
-        why,
-    )
-    return False
-
-
-def _warn(run: SagaRun, message: str, *args: object) -> None:
-    """Log ``message`` at WARNING with the run's saga id and name as record fields."""
-    logger.warning(message, *args, extra={"saga_id": run.id, "saga_name": run.name})
-
-
-def _warn_unless_released(run: SagaRun, error: Exception, message: str, *args: object) -> None:
-    """:func:`_warn`, but at DEBUG when ``error`` is the :class:`LeaseLost` of a lease this
-    store released (a stopping worker, an exiting process): a handover, not a failure,
-    which the run's ``SAGA_STOPPED`` record (at INFO) tells once."""
-    released = isinstance(error, LeaseLost) and error.released
-    level = logging.DEBUG if released else logging.WARNING
-    logger.log(level, message, *args, extra={"saga_id": run.id, "saga_name": run.name})
-
-
-def _gave_up(
-    done: list[_Done],
-    errors: list[tuple[int, str, BaseException]],
-    uncompensated: list[str],
-    record: StepRun,
-    error: BaseException,
-    go_on: bool,
-) -> None:
-    """Count ``record``'s compensation as failed for good with ``error``; unless
-    ``go_on``, the rest of ``done`` is left uncompensated."""
-    errors.append((record.index, record.name, error))
-    uncompensated.append(record.name)
-    if not go_on:
-        uncompensated.extend(
-            r.name for r, c, _ in reversed(done) if c._spec.compensation is not None
-        )
-        done.clear()
-
-
-def _check_listener_not_a_generator(listener: Listener) -> None:
-    """Refuse a generator (or async generator) function as a listener: each call would
-    only make a generator, which nothing runs, so it would hear nothing, silently."""
-    called: object = listener
-    if not (inspect.isroutine(listener) or isinstance(listener, functools.partial)):
-        called = type(listener).__call__  # an instance: its __call__ method
-    if inspect.isasyncgenfunction(called):
-        kind = "an async generator"
-    elif inspect.isgeneratorfunction(called):
-        kind = "a generator"
-    else:
-        return
-    function = listener.func if isinstance(listener, functools.partial) else called
-    raise SagaDefinitionError(
-        f"a listener is called once per transition, but {qualname_of(function)} is {kind} "
-        "function: a call only makes a generator, which nothing runs, so it would hear "
-        "nothing; remove the 'yield' (an 'async def' listener is awaited)"
-    )
-
-
-def _check_listener_signature(listener: Listener) -> None:
-    """Refuse a listener that cannot be called with one argument, the transition: it
-    would fail on every transition, each failure only logged."""
-    try:
-        signature = inspect.signature(listener)
-    except (TypeError, ValueError):  # a builtin without one: nothing to check
-        return
-    try:
-        signature.bind(None)
-    except TypeError:
-        name = getattr(listener, "__qualname__", None) or type(listener).__qualname__
-        shown = signature.replace(return_annotation=inspect.Signature.empty)
-        raise SagaDefinitionError(
-            f"a listener is called with one argument, the Transition, but {name}{shown} "
-            "cannot take it; give it one parameter (def listener(transition): ...), and "
-            "defaults for any others"
-        ) from None
-
-
-class _Late(Exception):
-    """Internal: an attempt finished, but after its deadline."""
 
 
 def _not_a_definition_fix(value: object) -> str:
@@ -1200,723 +1004,31 @@ class SagaOrchestrator:
             record.error = describe_error(unrecorded)
             raise StepFailed(record.index, record.name, unrecorded) from unrecorded
 
-    def _unwritten(self, run: SagaRun, level: int, then: str) -> tuple[Transition, str] | None:
-        """Log that a write of the log failed (``run.unwritten``: the transition it
-        carried, and the store's error), and ``then``, what the run does about it (no
-        listener hears of a transition not recorded). Returns what was not written."""
-        unwritten = run.unwritten
-        run.unwritten = None
-        if unwritten is not None:
-            log_unwritten(run, level, unwritten[0], unwritten[1], then)
-        return unwritten
+    # Recording transitions: see _recording.
+    _unwritten = _recording._unwritten
+    _failure_unwritten = _recording._failure_unwritten
+    _emit = _recording._emit
 
-    def _failure_unwritten(self, run: SagaRun, failure: StepFailed) -> None:
-        """The log could not record that a step failed for good (a ``StoreError``): the
-        saga fails with ``failure`` all the same, compensating, and its end writes the
-        step's failure (see ``interrupted_step``). Logged, in the saga's error, and
-        noted on ``failure``, which is raised as usual."""
-        unwritten = self._unwritten(
-            run,
-            logging.WARNING,
-            "the saga fails with it all the same: its completed steps are compensated, and "
-            "its end records the step's failure (if the log cannot record that either, the "
-            "saga is left for recovery); check the saga log's storage",
-        )
-        assert unwritten is not None
-        late = f"the saga log could not record this failure when it happened ({unwritten[1]})"
-        run.error = cut(f"{run.error}; {late}: it is written with the saga's end")
-        failure.add_note(f"sagakit: {late}; it is written with the saga's end")
+    # How a run ends: see _ending.
+    _tell_fatal = _ending._tell_fatal
+    _crashed = _ending._crashed
+    _tell_instruments = _ending._tell_instruments
+    _abandoned = _ending._abandoned
+    _stopped = _ending._stopped
+    _tell_stopped = _ending._tell_stopped
+    _finish = _ending._finish
+    _end = _ending._end
+    _finish_before = _ending._finish_before
+    _raise_swallowed = _ending._raise_swallowed
+    _unrecorded_end = _ending._unrecorded_end
 
-    def _compensation_unwritten(self, run: SagaRun, unrecorded: Exception, left: list[str]) -> None:
-        """The log could not record a transition of a compensation (``unrecorded``, a
-        ``StoreError``): compensating stops and the saga ends ``FAILED`` with ``left``
-        uncompensated, in its error. What the operator must do depends on whether that
-        end is written: told then (:meth:`_tell_undo_left`)."""
-        unwritten = run.unwritten
-        if unwritten is None:
-            return
-        run.unwritten = None
-        transition, stored = unwritten
-        names = ", ".join(left) or "none"
-        prefix = "" if run.error is None else f"{run.error}; then "
-        run.error = storable_text(
-            cut(
-                f"{prefix}the saga log could not record {unwritten_what(transition)} "
-                f"({stored}): compensating stopped, left uncompensated: {names}"
-            )
-        )
-        run.undo_left = (transition, stored, names, unrecorded)
-        if not self._durable:  # no end to write
-            self._tell_undo_left(run, None)
-
-    def _tell_undo_left(self, run: SagaRun, unended: BaseException | None) -> None:
-        """Tell what :meth:`_compensation_unwritten` left undone, once the run's end is
-        written (``unended`` ``None``; at ``ERROR``, with a note on the compensation's
-        error: the operator undoes the steps) or could not be (``unended``, the end's
-        error: at ``WARNING``, with a note on it: the log still shows the saga running,
-        and recovery finishes it, so undoing its steps by hand would undo them twice; at
-        ``DEBUG``, with no note, if this store released the lease: a handover, which the
-        run's ``SAGA_STOPPED`` tells)."""
-        left = run.undo_left
-        if left is None:
-            return
-        run.undo_left = None
-        transition, stored, names, unrecorded = left
-        if unended is None:
-            resolve = command_line("LOG", "resolve", run.id, options=("--note", "..."))
-            fix = f"undo those steps by hand, then mark the saga resolved (`{resolve}`)"
-            log_unwritten(
-                run,
-                logging.ERROR,
-                transition,
-                stored,
-                f"compensating stopped there and the saga ends FAILED, left uncompensated: "
-                f"{names}; {fix}",
-            )
-            note = f"sagakit: saga {run.name} ({run.id}) ended FAILED: {run.error}; {fix}"
-            told = unrecorded
-        elif isinstance(unended, LeaseLost) and unended.released:
-            # An orderly handover, told once by the run's SAGA_STOPPED (at INFO): the
-            # worker taking the saga over finishes it from what the log holds.
-            log_unwritten(
-                run,
-                logging.DEBUG,
-                transition,
-                stored,
-                "compensating stopped there, and this store released the saga's lease: the "
-                "worker taking it over finishes it from what the log holds",
-            )
-            return
-        else:
-            log_unwritten(
-                run,
-                logging.WARNING,
-                transition,
-                stored,
-                "compensating stopped there, and the saga's end could not be recorded either: "
-                "the log still shows it running, left for recovery, which finishes it from "
-                "what the log holds (do not undo its steps by hand); check the saga log's storage",
-            )
-            note = (
-                f"sagakit: saga {run.name} ({run.id}) is {_LEFT_FOR_RECOVERY}: the log could not "
-                f"record {unwritten_what(transition)} ({stored}), nor the saga's end; recovery "
-                "finishes it from what the log holds (do not undo its steps by hand)"
-            )
-            told = unended
-        if note not in getattr(told, "__notes__", ()):  # a store may raise one twice
-            told.add_note(note)
-
-    async def _tell_fatal(
-        self, run: SagaRun, kind: TransitionKind, record: StepRun, fatal: BaseException
-    ) -> None:
-        """Tell ``kind`` (``STEP_FAILED``, ``COMPENSATION_FAILED``) for ``record``, which
-        ``fatal`` (``KeyboardInterrupt``, ``SystemExit``) ended, its error ``fatal``
-        itself. A durable log writes ``record`` with the run's end, in the same commit
-        (see ``unended``: no write of its own delays ``fatal``, and no crash between two
-        leaves the saga half ended), so it is told once that end commits, as a staged
-        transition is (not at all if the end cannot be recorded: ``SAGA_STOPPED``)."""
-        level = level_of(kind, run.status)
-        if not (run.listeners or logger.isEnabledFor(level)):
-            return
-        transition = make_transition(
-            kind, run, run.status, record, record.attempts, None, (), fatal, record.duration
-        )
-        if self._durable:
-            self._held.setdefault(run, []).append((level, transition))
-            return
-        try:
-            await tell(run.listeners, level, transition, run)
-        except asyncio.CancelledError as cancelled:  # told to all: fatal is raised, not it
-            _chain(fatal, cancelled)
-
-    def _crashed(self, run: SagaRun, crash: SimulatedCrash) -> None:
-        """A simulated crash: "the process died", so what the run holds untold (staged,
-        never committed) is dropped, and nothing more is recorded or told. Only the
-        tracers (and test recorders) among its listeners hear of it (``_sagakit_crashed``):
-        instrumentation of this process, which a real crash takes with it, ends the run's
-        spans and restores the context it set, rather than hold them open for good."""
-        self._held.pop(run, None)
-        note_crash(self._store, run.id)  # for the error of running it again here (crash_hint)
-        if crash.process:  # the whole process: every saga of the store stops at its next write
-            crash_process(self._store, crash)
-        self._tell_instruments(run, "the simulated crash", "_sagakit_crashed", crash)
-
-    def _tell_instruments(self, run: SagaRun, what: str, hook: str, *args: object) -> None:
-        """Call ``hook(run.id, *args, run.number)`` of the listeners that have it
-        (tracers, test recorders): ``run`` stops here, ``what`` stopped it, and no
-        transition will tell them. One that raises is logged, never raised."""
-        for listener in run.listeners:
-            told = getattr(listener, hook, None)
-            if told is None:
-                continue
-            try:
-                told(run.id, *args, run.number)
-            except Exception as error:  # a tracer's bug must not replace what stopped it
-                _warn(
-                    run,
-                    "sagakit: listener %r failed on %s of saga %s: %s",
-                    listener,
-                    what,
-                    run.id,
-                    describe_error(error),
-                )
-
-    def _abandoned(self, run: SagaRun) -> None:
-        """The run's coroutine is being closed (``GeneratorExit``): its task was destroyed
-        pending, with the event loop it ran in, and the garbage collector closes it. It
-        can await nothing more, so, as after a crash, nothing more is run, recorded or
-        told: the log shows the saga as it was, for recovery (a ``KeyboardInterrupt``
-        instead ends it ``FAILED``, never to be recovered). A store that is not durable
-        (the default in-memory one, or one of the user's), which nothing recovers, ends it
-        ``FAILED`` (not compensated) there and then, rather than keep it running for good:
-        its ``finish()`` is run without an event loop (see :func:`_finish_unawaited`).
-        Then its tracers and test recorders hear of its end as the store left it
-        (``_sagakit_abandoned``, with a ``SAGA_FINISHED`` ``FAILED`` where the store ended
-        it, else a ``SAGA_STOPPED`` with the status the log keeps)."""
-        self._held.pop(run, None)
-        status = run.status
-        ended = False
-        if self._durable:
-            # A store whose runs' owner is this live process (SQLite) hands the saga
-            # over to recovery, which would otherwise not take it until the process exits.
-            abandoned = getattr(self._store, "_abandoned", None)
-            if abandoned is not None:
-                abandoned(run)
-        else:
-            _end_running(run.steps, f"interrupted: {LOOP_CLOSED}")
-            _end_running(run.compensations, f"interrupted: {LOOP_CLOSED}")
-            run.status = SAGA_FAILED
-            if run.error is None:
-                run.error = ABANDONED + NOT_COMPENSATED
-            run.finished_mono = run.updated_mono = time.monotonic()  # (what loop.time() reads)
-            memory = self._memory
-            if memory is not None:
-                memory._finish_now(run)
-                ended = True
-            else:
-                ended = _finish_unawaited(self._store, run)
-        kind = ON_SAGA_FINISHED if ended else ON_SAGA_STOPPED
-        shown = run.status if ended else status  # (a store that could not end it keeps it)
-        end = make_transition(kind, run, shown, None, 0, None, (), None, None)
-        self._tell_instruments(run, "the closed event loop", "_sagakit_abandoned", end)
-
-    async def _stopped(self, run: SagaRun, why: BaseException) -> None:
-        """The run stops here unfinished (``why``: ``LeaseLost``, or a cancelled recovery
-        handing it back): tell ``SAGA_STOPPED``, record nothing, let the store drop it."""
-        try:
-            await self._tell_stopped(run, run.status, why)
-        finally:
-            await self._store.finish(run)
-
-    async def _tell_stopped(self, run: SagaRun, status: SagaStatus, why: BaseException) -> None:
-        """Tell ``SAGA_STOPPED`` (``status``: the run's as the log may still have it); what
-        the run holds untold is dropped: it may never have committed."""
-        self._held.pop(run, None)
-        transition = make_transition(ON_SAGA_STOPPED, run, status, None, 0, None, (), why, None)
-        if isinstance(why, LeaseLost):
-            why._stop_told = run.id  # recovery and workers need not tell it again
-        await tell(run.listeners, level_of(ON_SAGA_STOPPED, status), transition, run)
-
-    async def _finish(self, run: SagaRun) -> None:
-        """Record the end of a run that did not complete and move it to history."""
-        loop = asyncio.get_running_loop()
-        watchdog = self._watchdog  # self._watch(loop), without the call
-        if watchdog is None or watchdog.loop is not loop:
-            watchdog = self._use_loop(loop)
-        run.finished_mono = run.updated_mono = watchdog.now()
-        if run.status is SAGA_EXECUTING or run.status is SAGA_COMPENSATING:
-            run.status = SAGA_FAILED
-        # What _emit() checks first, without its coroutine when it has nothing to do.
-        await self._end(
-            run,
-            self._durable
-            or bool(run.listeners)
-            or logger.isEnabledFor(level_of(ON_SAGA_FINISHED, run.status)),
-        )
-
-    async def _end(self, run: SagaRun, announce: bool) -> None:
-        """Move the ended ``run`` to the store's history and tell ``SAGA_FINISHED`` (if
-        ``announce``): a durable store records the end first; any other store has the
-        run in its history before the listeners hear of its end, as a durable one does
-        once the end is recorded."""
-        if not self._durable:
-            memory = self._memory
-            try:
-                if memory is not None:
-                    memory._finish_now(run)
-                else:
-                    await self._store.finish(run)
-            finally:
-                if announce:
-                    await self._emit(run, ON_SAGA_FINISHED)
-            return
-        try:
-            try:
-                if announce:
-                    await self._emit(run, ON_SAGA_FINISHED)
-            finally:
-                # Even if cancelled while a listener hears of it: the run has ended.
-                await self._store.finish(run)
-        except SimulatedCrash as crash:  # its process died (crash(process=True)) meanwhile
-            self._crashed(run, crash)
-            raise
-
-    async def _finish_before(self, run: SagaRun, pending: BaseException) -> None:
-        """:meth:`_finish` a run that ends raising ``pending`` (a cancellation,
-        ``KeyboardInterrupt``): an end that cannot be recorded is logged and chained to
-        ``pending`` (its ``__context__``), never raised in its place."""
-        try:
-            await self._finish(run)
-        except Exception as unrecorded:
-            notes = getattr(unrecorded, "__notes__", ())
-            if not any(  # else logged already
-                _LEFT_FOR_RECOVERY in note or _NOTHING_LOGGED in note for note in notes
-            ):
-                _warn_unless_released(
-                    run,
-                    unrecorded,
-                    "sagakit: the end of saga %s (%s) could not be recorded: %s",
-                    run.name,
-                    run.id,
-                    describe_error(unrecorded),
-                )
-            _chain(pending, unrecorded)
-
-    async def _raise_swallowed(
-        self,
-        run: SagaRun,
-        unrecorded: Exception | None = None,
-        *,
-        cause: BaseException | None = None,
-    ) -> NoReturn:
-        """End ``run``, whose caller's cancellation a compensation swallowed, and raise a
-        ``CancelledError`` for it: ``unrecorded`` (a write the log refused after that) and an
-        end the log refuses are chained to it (``__context__``), never raised in its place;
-        ``cause``: the failure the run was compensated for (its ``__cause__``)."""
-        swallowed: asyncio.CancelledError | None = asyncio.CancelledError()
-        assert swallowed is not None
-        if unrecorded is not None:
-            _chain(swallowed, unrecorded)
-        if cause is not None:
-            swallowed.__cause__ = cause  # as ``raise ... from cause``
-        await self._finish_before(run, swallowed)
-        chained = swallowed.__context__
-        try:
-            raise swallowed
-        finally:
-            if chained is not None:
-                # Raised in the handler of another exception (the failure), which Python
-                # makes its __context__ in place of what was chained above: put back.
-                swallowed.__context__ = chained
-            swallowed = cause = chained = None  # no exception kept in this frame's locals
-
-    async def _unrecorded_end(self, run: SagaRun, why: BaseException) -> None:
-        """The run's end could not be recorded (``StoreError``, ``LeaseLost``, or the run
-        was cancelled while it was written, and the store did not report it committed
-        with :class:`~sagakit.stores.CommittedThenCancelled`): the log may still show it
-        running, for recovery (or the new owner) to finish. Its listeners hear
-        ``SAGA_STOPPED`` instead of an end the log may not have."""
-        status = SAGA_COMPENSATING if run.compensations else SAGA_EXECUTING
-        await self._tell_stopped(run, status, why)
-
-    async def _undo_cancelled(
-        self,
-        run: SagaRun,
-        interrupted: StepRun | None,
-        done: list[_Done],
-        faults: FaultPlan | None,
-        observe: bool,
-    ) -> CompensationFailed | None:
-        """A cancelled run: record the end of the step the cancellation ``interrupted``
-        (``STEP_FAILED``, before anything is undone: a log that keeps it shows why the step
-        ended, whatever stops the compensations), then compensate ``done``. (Cancelled
-        before it started, that step ends ``"cancelled before the step started"``.)"""
-        if interrupted is not None and (
-            observe or logger.isEnabledFor(level_of(ON_STEP_FAILED, run.status))
-        ):
-            why = UNSTARTED if interrupted.error == UNSTARTED_ERROR else CANCELLED
-            try:
-                await self._emit(
-                    run,
-                    ON_STEP_FAILED,
-                    interrupted,
-                    interrupted.attempts,
-                    error=asyncio.CancelledError(why),
-                    duration=interrupted.duration,
-                )
-            except LeaseLost:
-                raise  # fenced out: another worker owns the saga, nothing is undone here
-            except Exception as unrecorded:  # StoreError: the run's end writes it again
-                run.unwritten = None  # told here
-                # At DEBUG: the run's end writes it again, and tells at WARNING if the log
-                # refuses that too (one record for one failure of the log).
-                logger.debug(
-                    "sagakit: saga %s (%s), cancelled, could not record the end of step %d: %s",
-                    run.name,
-                    run.id,
-                    interrupted.index,
-                    describe_error(unrecorded),
-                    extra={"saga_id": run.id, "saga_name": run.name},
-                )
-        return await self._compensate(run, done, None, faults, observe)
-
-    async def _compensate(
-        self,
-        run: SagaRun,
-        done: list[_Done],
-        trigger: BaseException | None,
-        faults: FaultPlan | None,
-        observe: bool,
-        failed: Mapping[int, BaseException] | None = None,
-        keep_going: bool = False,
-    ) -> CompensationFailed | None:
-        """Compensate ``done`` in reverse order; finish in a shielded task if cancelled (a
-        nested saga's, in a task of its own from the start).
-
-        Recovery: ``failed`` are the compensations (by step index) that failed for good
-        before the crash, not run again; ``keep_going``, the run had gone on past one.
-        """
-        # Kept across the restart below, so failures before the cancellation still count.
-        errors: list[tuple[int, str, BaseException]] = []
-        uncompensated: list[str] = []
-        go_on = self._continue or keep_going
-        try:
-            if run.parent is None:
-                return await self._undo(
-                    run, done, trigger, faults, observe, errors, uncompensated, failed, go_on
-                )
-            # Nested (run by a step of another saga, or a task it started): in a task of its
-            # own, to its end. The outer step's cancellation (its timeout, or the outer
-            # saga's caller) would interrupt the running compensation, which the restart
-            # below would then run again from its start: an external action done twice.
-            task = asyncio.current_task()
-            assert task is not None, "sagakit runs inside an asyncio task"
-            base = task.cancelling()
-            held, held_base = run.task, run.cancel_base
-            undo = self._undo(
-                run, done, trigger, faults, observe, errors, uncompensated, failed, go_on
-            )
-            ended = await wait_out(undo)
-            run.task, run.cancel_base = held, held_base
-            if ended.cancelled() or task.cancelling() <= base:
-                outcome: CompensationFailed | None = ended.result()  # cancelled: the
-                return outcome  # compensation raised it itself, restarted below
-        except asyncio.CancelledError:
-            # Wherever it was cancelled (in the compensation's call, telling its start,
-            # waiting to retry it), its record must not stay RUNNING; the restart retries it.
-            _end_running(run.compensations, "CancelledError: interrupted; compensation retried")
-            undo = self._undo(
-                run, done, trigger, faults, observe, errors, uncompensated, failed, go_on
-            )
-            rerun = await wait_out(undo)  # to its end, in its own task
-            try:
-                rerun.result()
-            except SimulatedCrash:
-                raise  # "the process died"
-            except asyncio.CancelledError:
-                # Cancelled again in its restart (the compensation raised it): nothing
-                # restarts it now, and its record must not stay RUNNING.
-                _end_running(run.compensations, "CancelledError: interrupted" + NOT_COMPENSATED)
-                raise
-            except Exception as unrecorded:  # not recorded: the run ends FAILED
-                # Logged, not raised: the cancellation goes on. (Not chained either: the
-                # frames it passes through on its way out reset its __context__.)
-                _cancelled_unrecorded(run, unrecorded)
-            raise
-        # Nested, and cancelled while its compensations ran to their end: as after the
-        # restart above, what the log refused is logged, and the cancellation raised.
-        try:
-            ended.result()
-        except Exception as unrecorded:
-            _cancelled_unrecorded(run, unrecorded)
-        raise asyncio.CancelledError
-
-    async def _undo(
-        self,
-        run: SagaRun,
-        done: list[_Done],
-        trigger: BaseException | None,
-        faults: FaultPlan | None,
-        observe: bool,
-        errors: list[tuple[int, str, BaseException]],
-        uncompensated: list[str],
-        failed: Mapping[int, BaseException] | None,
-        go_on: bool,
-    ) -> CompensationFailed | None:
-        """Pop and compensate ``done`` from its end; return the failure to raise, if any.
-
-        ``errors`` and ``uncompensated`` collect the compensations that failed for good,
-        ``failed`` those that had before a crash (with ``go_on``: go on past them).
-        """
-        run.status = SAGA_COMPENSATING
-        loop = asyncio.get_running_loop()
-        watchdog = self._watchdog  # self._watch(loop), without the call
-        if watchdog is None or watchdog.loop is not loop:
-            watchdog = self._use_loop(loop)
-        now = watchdog.now
-        task = asyncio.current_task(loop)
-        assert task is not None, "sagakit runs inside an asyncio task"
-        if run.task is not task:  # recovering, or finishing in a shielded task
-            run.task = task
-            run.cancel_base = task.cancelling()
-        watched = run in watchdog.runs
-        watchdog.runs.add(run)
-        error: BaseException | None = None
-        calling: StepRun | None = None  # the compensation whose function is being called
-        run.compensating = True
-        try:
-            while done:
-                step_record, call, result = done[-1]
-                spec = call._spec
-                compensation = spec.compensation
-                if failed is not None and step_record.index in failed:
-                    # It failed for good before the process died (its record is in the
-                    # log): it ends the saga as it did that run, and is not run again
-                    # (even if the code recovering it declares no compensation any more).
-                    done.pop()
-                    error = failed[step_record.index]
-                    _gave_up(done, errors, uncompensated, step_record, error, go_on)
-                    continue
-                if compensation is None:
-                    done.pop()
-                    continue
-                # new_step_run(step_record.index, step_record.name, True), inline (as above)
-                record = StepRun()
-                record.index = step_record.index
-                record.name = step_record.name
-                record.compensation = True
-                record.status = STEP_RUNNING
-                record.attempts = 1
-                record.duration = None
-                record.error = None
-                record.events = ()
-                record.result = None
-                records = run.compensations
-                if (
-                    records
-                    and records[-1].index == record.index
-                    and records[-1].status is not STEP_COMPLETED
-                ):
-                    # Run again (after a cancellation or a crash interrupted it): this run
-                    # replaces the interrupted one, as in a durable log (one row each).
-                    records[-1] = record
-                else:
-                    records.append(record)
-                run.step = record
-                set_running_step(record)
-                timeout = spec.compensation_timeout
-                attempt = 1  # counted up where a retry goes back to the loop's top
-                while True:
-                    if observe:
-                        try:
-                            await self._emit(run, ON_COMPENSATION_STARTED, record, attempt)
-                        except Exception:
-                            if attempt > 1:  # a retry's start not recorded: it never ran
-                                record.attempts = attempt - 1  # (the log's count)
-                            raise
-                    started = run.updated_mono = now()  # updated_at: the compensation's start
-                    deadline = started + timeout
-                    if faults is None or (
-                        (fault := faults.fault_for(call._step, attempt, compensation=True)) is None
-                    ):
-                        run.deadline = deadline
-                        if deadline < watchdog.when:
-                            watchdog.wake_at(deadline)
-                        if not run.queued:  # seen by the next firing
-                            run.queued = True
-                            watchdog.fresh.add(run)
-                        calling = record
-                        try:
-                            args = call._args
-                            missing = spec.arity - len(args)
-                            if spec.plain_compensation and not call._kwargs:
-                                if missing == 0:
-                                    value = await compensation(*args)
-                                elif 0 < missing <= len(spec.defaults):
-                                    # Only trailing defaults left out: pass the step's
-                                    # (added to the call's tuple: no list made for them).
-                                    value = await compensation(*(args + spec.defaults[-missing:]))
-                                else:
-                                    value = await call.compensation_call(result)  # type: ignore[misc]
-                            else:
-                                value = await call.compensation_call(result)  # type: ignore[misc]
-                            run.deadline = NO_DEADLINE
-                            finished = now()
-                            if run.timed_out:
-                                if not claim_timeout(run):  # and the caller's: that one wins
-                                    raise asyncio.CancelledError
-                                raise _Late
-                            if finished >= deadline:
-                                raise _Late
-                        except _Late:
-                            error = timeout_error(
-                                record.index,
-                                record.name,
-                                now() - started,
-                                timeout,
-                                compensation=True,
-                            )
-                        except asyncio.CancelledError:
-                            run.deadline = NO_DEADLINE
-                            if not claim_timeout(run):
-                                raise  # _compensate records it interrupted and restarts it
-                            error = timeout_error(
-                                record.index,
-                                record.name,
-                                now() - started,
-                                timeout,
-                                compensation=True,
-                            )
-                        except Exception as raised:
-                            run.deadline = NO_DEADLINE
-                            error = raised
-                            if run.timed_out:  # it turned its timeout into another error
-                                if not claim_timeout(run):  # and the caller's cancel: it wins
-                                    raise asyncio.CancelledError from raised
-                                error = timeout_error(
-                                    record.index,
-                                    record.name,
-                                    now() - started,
-                                    timeout,
-                                    compensation=True,
-                                )
-                                error.__cause__ = raised
-                        except BaseExceptionGroup as group:  # not an Exception's group
-                            if (crash := crash_in(group)) is None:
-                                raise
-                            raise crash from group  # "the process died" in an inner saga
-                        else:
-                            record.duration = finished - started
-                            break
-                    elif fault is SIMULATED_TIMEOUT:
-                        calling = record  # a faulted attempt stands for a call (see below)
-                        error = StepTimeout(
-                            record.index, record.name, timeout, timeout, compensation=True
-                        )
-                    else:
-                        # A faulted attempt stands for a call of it: ended by a cancellation
-                        # (or a KeyboardInterrupt) in it or while waiting to retry it, it ran
-                        # since ``started``, as one called does.
-                        calling = record
-                        if isinstance(fault, CrashAfter):
-                            with contextlib.suppress(Exception):  # as for a step, above
-                                async with asyncio.timeout(timeout):
-                                    await call.compensation_call(result)  # type: ignore[misc]
-                            fault = fault.crash
-                        if isinstance(fault, SimulatedCrash):
-                            raise fault
-                        if not isinstance(fault, Exception):
-                            raise fault  # as if the compensation raised it
-                        error = raised_by_step(fault)  # as the compensation's raise
-                    policy = spec.compensation_retry or self._compensation_retry
-                    assert error is not None
-                    if attempt < policy.attempts and policy.retries(error):
-                        record.error = describe_error(error)  # as for a step, above
-                        await self._emit(
-                            run, ON_COMPENSATION_RETRYING, record, attempt, error=error
-                        )
-                        await self._pause(policy.delay(attempt))
-                        attempt += 1
-                        record.attempts = attempt
-                        record.error = None  # the last attempt's, shown while it waited
-                        continue
-                    ran = error.duration if isinstance(error, StepTimeout) else now() - started
-                    # Given up before its failure is told: cancelled while a listener hears
-                    # of it (the failure recorded), the restart must not run it again.
-                    done.pop()
-                    _gave_up(done, errors, uncompensated, record, error, go_on)
-                    await self._compensation_failed(run, record, error, ran)
-                    break
-                if record.status is not STEP_RUNNING:  # it failed for good: given up above
-                    continue
-                done.pop()
-                if value is not None:  # most compensations return nothing: no events
-                    cls = value.__class__
-                    if cls is tuple:
-                        comp_events = value
-                    elif cls is list:
-                        comp_events = tuple(value)
-                    else:
-                        try:
-                            comp_events = events_of(value, record)
-                        except SagaDefinitionError as misuse:  # an awaitable or an iterator
-                            error = misuse
-                            _gave_up(done, errors, uncompensated, record, error, go_on)  # as above
-                            await self._compensation_failed(run, record, error, finished - started)
-                            continue
-                    record.result = value
-                    record.events = comp_events
-                    run.compensation_events.extend(comp_events)
-                else:
-                    comp_events = ()
-                record.status = STEP_COMPLETED
-                run.updated_mono = finished
-                if observe:
-                    await self._emit(
-                        run,
-                        ON_COMPENSATION_COMPLETED,
-                        record,
-                        attempt,
-                        result=value,
-                        events=tuple(comp_events),
-                        duration=record.duration,
-                    )
-        except Exception as unrecorded:
-            # A transition of this compensation could not be recorded (StoreError): the
-            # run ends FAILED here, and its record must not stay RUNNING.
-            _end_running(run.compensations, f"{UNRECORDED}{describe_error(unrecorded)}")
-            if run.unwritten is not None:
-                left = [
-                    *uncompensated,
-                    *(r.name for r, c, _ in reversed(done) if c._spec.compensation is not None),
-                ]
-                self._compensation_unwritten(run, unrecorded, left)
-            raise
-        except asyncio.CancelledError:
-            # _compensate ends its record and restarts it: how long it ran, as a fatal's.
-            running = run.compensations[-1] if run.compensations else None
-            if running is not None and running is calling and running.status is STEP_RUNNING:
-                running.duration = now() - started
-            raise
-        except (SimulatedCrash, GeneratorExit):
-            raise  # a crash records nothing more, nor does a closed run (see _abandoned)
-        except BaseException as fatal:  # KeyboardInterrupt, SystemExit: it ended there
-            # As for a step's (see _drive): its deadline must not cut telling its end, and
-            # a timeout's cancellation it turned into this is taken back.
-            run.deadline = NO_DEADLINE
-            if run.timed_out:
-                claim_timeout(run)
-            running = run.compensations[-1] if run.compensations else None
-            if running is not None and running.status is not STEP_RUNNING:
-                running = None  # it had ended: raised while its end was told
-            _end_running(run.compensations, describe_error(fatal) + NOT_COMPENSATED)
-            if running is not None and running is calling:  # raised by its own call
-                running.duration = now() - started
-                await self._tell_fatal(run, ON_COMPENSATION_FAILED, running, fatal)
-            raise
-        finally:
-            run.deadline = NO_DEADLINE  # a BaseException raised by a compensation skips it
-            if not watched:
-                watchdog.forget(run)
-                run.task = None
-            run.step = None
-            run.compensating = False
-        if not errors:
-            run.status = SAGA_COMPENSATED
-            return None
-        run.status = SAGA_FAILED
-        failure = CompensationFailed(*errors[0], trigger, uncompensated, errors)
-        failure.saga_id = run.id
-        failure.events = list(run.events)
-        failure.compensation_events = list(run.compensation_events)
-        run.error = storable_text(cut(str(failure)))
-        # Its __cause__ is the trigger: the compensations' own lines are shown in notes.
-        for note in compensation_notes(errors, trigger):
-            failure.add_note(note)
-        # The errors' tracebacks hold this frame: drop them from its locals (no cycles).
-        error = None
-        errors.clear()
-        return failure
+    # How a run compensates: see _compensating.
+    _compensation_unwritten = _compensating._compensation_unwritten
+    _tell_undo_left = _compensating._tell_undo_left
+    _undo_cancelled = _compensating._undo_cancelled
+    _compensate = _compensating._compensate
+    _undo = _compensating._undo
+    _compensation_failed = _compensating._compensation_failed
 
     async def _pause(self, seconds: float) -> None:
         """Wait ``seconds`` before a retry, with the ``sleep`` the orchestrator was given."""
@@ -1927,119 +1039,6 @@ class SagaOrchestrator:
                 f"but {self._sleep!r} returned {waiting!r}; make it an 'async def'"
             )
         await waiting
-
-    async def _compensation_failed(
-        self, run: SagaRun, record: StepRun, error: BaseException, duration: float
-    ) -> None:
-        """Record a compensation's final failure."""
-        record.status = STEP_TIMED_OUT if isinstance(error, StepTimeout) else STEP_FAILED
-        record.duration = duration
-        record.error = describe_error(error)
-        try:
-            await self._emit(
-                run,
-                ON_COMPENSATION_FAILED,
-                record,
-                record.attempts,
-                error=error,
-                duration=duration,
-            )
-        except Exception:
-            # Not recorded: the run ends FAILED here, and the log may still show the
-            # compensation running; the run's end writes its failure.
-            run.unrecorded = record
-            raise
-
-    async def _emit(
-        self,
-        run: SagaRun,
-        kind: TransitionKind,
-        record: StepRun | None = None,
-        attempt: int = 0,
-        *,
-        result: Any = None,
-        events: tuple[Any, ...] = (),
-        error: BaseException | None = None,
-        duration: float | None = None,
-    ) -> None:
-        """Record a transition durably (if the store is), log it, then tell listeners."""
-        level = level_of(kind, run.status)
-        logged = logger.isEnabledFor(level)
-        if not (logged or self._durable or run.listeners):
-            return
-        transition = make_transition(
-            kind, run, run.status, record, attempt, result, events, error, duration
-        )
-        if self._durable:
-            stage = self._stage
-            if stage is not None and (
-                kind is ON_STEP_COMPLETED
-                or kind is ON_COMPENSATION_COMPLETED
-                or kind is ON_SAGA_STARTED
-            ):
-                # No side effect follows it: it commits with the run's next record(),
-                # and is logged and told to listeners then, once durable.
-                stage(run, transition)
-                if logged or run.listeners:
-                    self._held.setdefault(run, []).append((level, transition))
-                return
-            held = self._held.pop(run, None) if self._held else None
-            committed: CommittedThenCancelled | None = None
-            try:
-                await self._store.record(run, transition)
-            except CommittedThenCancelled as cancelled:
-                # In the log, with what it carried, although the run was cancelled
-                # meanwhile: they are told (in order) as recorded, below, then the
-                # cancellation goes on, as it would have once they were told.
-                committed = cancelled
-            except BaseException as unrecorded:
-                if kind is ON_SAGA_FINISHED:
-                    if run.undo_left is not None:
-                        self._tell_undo_left(run, unrecorded)
-                    elif isinstance(unrecorded, Exception) and not isinstance(
-                        unrecorded, LeaseLost
-                    ):
-                        _end_unwritten(run, transition, unrecorded)
-                    elif (refused := end_unwritten(unrecorded, run.id)) is not None:
-                        _end_unwritten(run, transition, refused)  # cancelled, written again
-                if kind is ON_STEP_STARTED:
-                    run.unlogged_start = record  # nor told: neither is its end
-                if kind is ON_SAGA_FINISHED and isinstance(
-                    unrecorded, Exception | asyncio.CancelledError
-                ):
-                    # The end may not be in the log (a StoreError, LeaseLost, or cancelled
-                    # while it was written, not reported committed): SAGA_STOPPED instead.
-                    # Told here, where the write is known to have failed: cancelled while
-                    # listeners hear a recorded end, they must not hear SAGA_STOPPED too.
-                    await self._unrecorded_end(run, unrecorded)
-                else:
-                    if held is not None:
-                        # Not told yet: a store keeps what it staged for the run's next
-                        # record when this one did not commit (and the run's end always
-                        # carries its start), so they are told, in order, once that one
-                        # is durable.
-                        self._held.setdefault(run, [])[:0] = held
-                    if isinstance(unrecorded, Exception) and not isinstance(unrecorded, LeaseLost):
-                        # What the run then does about it is logged where that is known
-                        # (_unwritten): no listener hears of a transition not recorded.
-                        run.unwritten = (transition, describe_error(unrecorded))
-                raise
-            if kind is ON_SAGA_FINISHED and run.undo_left is not None:
-                self._tell_undo_left(run, None)
-            if held is not None:
-                if logged or run.listeners:
-                    held.append((level, transition))
-                await tell_each(run.listeners, held, run)
-            elif logged or run.listeners:
-                await tell(run.listeners, level, transition, run)
-            if committed is not None:
-                try:
-                    raise committed
-                finally:
-                    committed = None  # no cycle through this frame's traceback
-            return
-        if logged or run.listeners:  # recorded only: nothing to log or tell
-            await tell(run.listeners, level, transition, run)
 
     # --------------------------------------------------------------- monitoring
 

@@ -578,6 +578,9 @@ running_step: ContextVar[StepRun | None] = ContextVar("sagakit_running_step", de
 """The step (or compensation) record this context runs, set as each starts: a task the step
 creates keeps it, so :func:`current_step` there describes no later step of the run."""
 
+set_running_step = running_step.set
+"""``running_step.set``, bound once: called as each step and compensation starts."""
+
 alone_in: ContextVar[SagaRun | None] = ContextVar("sagakit_alone_in", default=None)
 """The run whose step awaits a step on its own here (``await charge(...)`` inside a saga's
 step): that step is not the saga's, so :func:`current_step` describes none."""
