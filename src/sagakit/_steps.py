@@ -23,6 +23,7 @@ from ._names import by_reference, declared_name, qualname_of, written_name
 from ._retry import NO_RETRY, Retry
 from ._runs import alone_in, awaitable_returned_by, current_run
 from ._seconds import timeout_text
+from ._step_spec import StepSpec
 from ._tracebacks import hide_from_pytest
 from .exceptions import CompensationAlreadySetError, SagaDefinitionError, StepTimeout
 from .records import one_line
@@ -61,54 +62,6 @@ _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_O
 _BY_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 _RESULT = object()
 _NO_FUNCTION: Any = object()  # .compensate() called without one: with parentheses
-
-
-class StepSpec:
-    """A step's options and call shape, in plain slots.
-
-    The orchestrator reads these once or more per step; reading them off the
-    :class:`Step` proxy itself costs several times as much.
-    """
-
-    __slots__ = (
-        "arity",
-        "call_shapes",
-        "class_methods",
-        "compensate_on_failure",
-        "compensate_on_timeout",
-        "compensation",
-        "compensation_retry",
-        "compensation_takes_result",
-        "compensation_timeout",
-        "defaults",
-        "fn",
-        "has_defaults",
-        "is_method",
-        "name",
-        "plain_compensation",
-        "retry",
-        "signature",
-        "timeout",
-    )
-
-    name: str
-    fn: Callable[..., Coroutine[Any, Any, Any]]
-    timeout: float
-    retry: Retry
-    compensation: Callable[..., Coroutine[Any, Any, Any]] | None
-    compensation_takes_result: bool
-    compensation_retry: Retry | None
-    compensation_timeout: float  # the step's timeout unless given
-    compensate_on_timeout: bool
-    compensate_on_failure: bool
-    signature: inspect.Signature
-    is_method: bool
-    plain_compensation: bool  # callable as compensation(*args) once args are complete
-    has_defaults: bool
-    arity: int  # positional parameters, when they are all the parameters; else -1
-    defaults: tuple[Any, ...]  # the defaults of the trailing positional parameters
-    call_shapes: set[tuple[Any, ...]]  # (positional count, *keyword names) known to bind
-    class_methods: weakref.WeakKeyDictionary[type, bool]  # classes: is it a classmethod there
 
 
 class StepCall(Generic[R_co]):
