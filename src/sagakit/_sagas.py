@@ -25,7 +25,8 @@ from typing_extensions import ParamSpec
 from ._checks import check_not_method_object
 from ._discards import check_discarded_calls
 from ._names import by_reference, check_storable, declared_name, qualname_of, unencodable
-from ._steps import _POSITIONAL, Step, StepCall, _shown
+from ._step_checks import _POSITIONAL, _shown
+from ._steps import Step, StepCall
 from ._tracebacks import hide_from_pytest
 from .exceptions import SagaDefinitionError
 from .records import SagaMetadata, one_line

@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
-import sys
-import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
-from types import MappingProxyType, MethodType
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, SupportsIndex, TypeVar, overload
 
 import wrapt
 from typing_extensions import ParamSpec
 
-from ._checks import asyncio_loop, check_flag, check_not_method_object, check_seconds, not_the_class
-from ._deadlines import timeout_error
-from ._display import describe_args, short_repr, step_html
-from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, active_faults, raised_by_step
+from ._checks import check_flag, check_not_method_object, check_seconds
+from ._class_method_steps import CLASSMETHOD_CALLS_PLAINLY, _bound_to_class, _class_method_of
+from ._compensation_signature import _check_no_keyword_twice, _takes_result
+from ._display import short_repr, step_html
 from ._names import by_reference, declared_name, qualname_of, written_name
 from ._retry import NO_RETRY, Retry
-from ._runs import alone_in, awaitable_returned_by, current_run
 from ._seconds import timeout_text
+from ._step_calls import StepCall
+from ._step_calls import _call_again as _call_again  # pickles made before it moved name it here
+from ._step_checks import (
+    _POSITIONAL,
+    _as_retry,
+    _declared_again,
+    _how_to_declare,
+    _in_class_body,
+    _shown,
+    check_arguments,
+)
+from ._step_spec import StepSpec
 from ._tracebacks import hide_from_pytest
-from .exceptions import CompensationAlreadySetError, SagaDefinitionError, StepTimeout
+from .exceptions import CompensationAlreadySetError, SagaDefinitionError
 from .records import one_line
 
 # pytest shows a failing test's line, not this module's code (see _tracebacks).
@@ -36,7 +43,6 @@ Q = ParamSpec("Q")
 R = TypeVar("R")
 S = TypeVar("S")
 T = TypeVar("T")
-R_co = TypeVar("R_co", covariant=True)
 C = TypeVar("C", bound=Callable[..., Awaitable[Any]])
 
 DEFAULT_TIMEOUT = 30.0
@@ -57,319 +63,7 @@ COMPENSATION_OF: weakref.WeakKeyDictionary[Callable[..., Any], tuple[str, str]] 
 )
 """Each compensation function's step: its name, and how code names it (``Bank.debit``), for
 fault injection to tell a test that passes the compensation where a step is wanted."""
-_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-_BY_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-_RESULT = object()
 _NO_FUNCTION: Any = object()  # .compensate() called without one: with parentheses
-
-
-class StepSpec:
-    """A step's options and call shape, in plain slots.
-
-    The orchestrator reads these once or more per step; reading them off the
-    :class:`Step` proxy itself costs several times as much.
-    """
-
-    __slots__ = (
-        "arity",
-        "call_shapes",
-        "class_methods",
-        "compensate_on_failure",
-        "compensate_on_timeout",
-        "compensation",
-        "compensation_retry",
-        "compensation_takes_result",
-        "compensation_timeout",
-        "defaults",
-        "fn",
-        "has_defaults",
-        "is_method",
-        "name",
-        "plain_compensation",
-        "retry",
-        "signature",
-        "timeout",
-    )
-
-    name: str
-    fn: Callable[..., Coroutine[Any, Any, Any]]
-    timeout: float
-    retry: Retry
-    compensation: Callable[..., Coroutine[Any, Any, Any]] | None
-    compensation_takes_result: bool
-    compensation_retry: Retry | None
-    compensation_timeout: float  # the step's timeout unless given
-    compensate_on_timeout: bool
-    compensate_on_failure: bool
-    signature: inspect.Signature
-    is_method: bool
-    plain_compensation: bool  # callable as compensation(*args) once args are complete
-    has_defaults: bool
-    arity: int  # positional parameters, when they are all the parameters; else -1
-    defaults: tuple[Any, ...]  # the defaults of the trailing positional parameters
-    call_shapes: set[tuple[Any, ...]]  # (positional count, *keyword names) known to bind
-    class_methods: weakref.WeakKeyDictionary[type, bool]  # classes: is it a classmethod there
-
-
-class StepCall(Generic[R_co]):
-    """A step together with the arguments it was called with; nothing has run yet.
-
-    Yield it from a saga (or list it) to run it as part of the saga, or ``await`` it to
-    run the step on its own, under its timeout and retry policy.
-    """
-
-    # The keyword arguments are kept in a dict of their own (``**`` made it for this call)
-    # that only sagakit reads, fast; ``kwargs`` shows it read-only, as a call in an
-    # immutable definition must not change.
-    __slots__ = ("_args", "_fn", "_instance", "_kwargs", "_spec", "_step")
-
-    def __init__(
-        self,
-        step: Step[Any, Any],
-        fn: Callable[..., Coroutine[Any, Any, Any]],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
-        self._step = step
-        self._spec = step._self_spec
-        self._fn = fn
-        self._instance = instance
-        self._args = args
-        self._kwargs = kwargs
-
-    # Read-only, as a call in an immutable definition must not change (sagakit reads
-    # the slots themselves, fast).
-    @property
-    def step(self) -> Step[Any, Any]:
-        """The :class:`Step` called."""
-        return self._step
-
-    @property
-    def spec(self) -> Step[Any, Any]:
-        """The step's options, read-only: the :class:`Step` called, whose properties
-        (``name``, ``timeout``, ``retry``, ``compensation``, ...) hold them. (What the
-        orchestrator reads, a plain slotted copy of them, stays internal: it is shared by
-        every call of the step, so setting one of its fields changed them all.)"""
-        return self._step
-
-    @property
-    def fn(self) -> Callable[..., Coroutine[Any, Any, Any]]:
-        """The step's function (bound to its instance for a method step)."""
-        return self._fn
-
-    @property
-    def instance(self) -> Any:
-        """The instance of a method step, else ``None``."""
-        return self._instance
-
-    @property
-    def args(self) -> tuple[Any, ...]:
-        """The positional arguments of the call."""
-        return self._args
-
-    @property
-    def name(self) -> str:
-        """The step's name."""
-        return self._spec.name
-
-    @property
-    def kwargs(self) -> Mapping[str, Any]:
-        """The keyword arguments of the call, read-only."""
-        return MappingProxyType(self._kwargs)
-
-    def compensation_call(self, result: Any) -> Coroutine[Any, Any, Any] | None:
-        """Start the compensation of this call (``None`` when the step has none)."""
-        spec = self._spec
-        compensation = spec.compensation
-        if compensation is None:
-            return None
-        args, kwargs = self._args, self._kwargs
-        if self._instance is not None and spec.is_method:
-            args = (self._instance, *args)
-        arity = spec.arity
-        if kwargs or (spec.has_defaults and len(args) != arity):
-            defaults = spec.defaults
-            if not kwargs and arity >= 0 and arity - len(defaults) <= len(args) < arity:
-                # Only trailing defaults left out: add them (cheaper than binding).
-                args = (*args, *defaults[len(args) - arity :])
-            else:
-                # Normalise: the compensation may name its parameters differently, and
-                # gets the step's defaults for the arguments the call left out.
-                bound = spec.signature.bind(*args, **kwargs)
-                bound.apply_defaults()
-                args, kwargs = bound.args, bound.kwargs
-        if spec.compensation_takes_result:
-            if args and spec.is_method:
-                undo = compensation(args[0], result, *args[1:], **kwargs)
-            else:
-                undo = compensation(result, *args, **kwargs)
-        else:
-            undo = compensation(*args, **kwargs)
-        if isinstance(undo, StepCall):  # a step declared as the compensation: it is that
-            return undo._run_alone(alone=False)  # compensation, which current_step() tells
-        return undo
-
-    def __await__(self) -> Generator[Any, None, R_co]:
-        return self._run_alone().__await__()
-
-    async def _call_alone(self, alone: bool) -> Any:
-        """The step's function, as a step awaited on its own: inside a saga's step too,
-        :func:`current_step` is ``None`` in it, not that step's (whose idempotency key two
-        charges awaited by the step would otherwise share) — unless not ``alone``: the
-        step was declared as the compensation running."""
-        if not alone:
-            return await self._fn(*self._args, **self._kwargs)
-        token = alone_in.set(current_run.get())
-        try:
-            return await self._fn(*self._args, **self._kwargs)
-        finally:
-            # Closed by the garbage collector, its loop gone: in another context, which
-            # this never changed.
-            with contextlib.suppress(ValueError):
-                alone_in.reset(token)
-
-    def __iter__(self) -> Generator[StepCall[R_co], Any, R_co]:
-        """``result = yield from call`` in a generator saga: yields the call and returns
-        the step's result, typed as the step returns it (a bare ``yield`` gives ``Any``)."""
-        return (yield self)  # type: ignore[no-any-return]
-
-    async def _run_alone(self, *, alone: bool = True) -> R_co:
-        step = self._step
-        policy = step.retry
-        loop = asyncio_loop("a step call")
-        task = asyncio.current_task(loop)
-        assert task is not None, "a step call is awaited inside an asyncio task"
-        cancelling = task.cancelling()  # more later: the caller's task was cancelled too
-        faults = active_faults.get()  # sagakit.testing's fault injection, if any
-        attempt = 0
-        while True:
-            attempt += 1
-            started = time.monotonic()
-            deadline = asyncio.timeout(step.timeout)
-            if faults is not None:
-                injected = await self._injected(faults, attempt, alone)
-                if injected is not None:
-                    if attempt >= policy.attempts or not policy.retries(injected):
-                        raise injected
-                    await asyncio.sleep(policy.delay(attempt))
-                    continue
-            try:
-                async with deadline:
-                    result = await self._call_alone(alone)
-                # It swallowed its cancellation, or blocked past the deadline without awaiting.
-                when = deadline.when()
-                if deadline.expired() or (when is not None and loop.time() >= when):
-                    if task.cancelling() > cancelling:  # and the caller's: that one wins
-                        raise asyncio.CancelledError
-                    raise timeout_error(-1, step.name, time.monotonic() - started, step.timeout)
-            except Exception as error:
-                failure: Exception = error
-                if deadline.expired() and not isinstance(error, StepTimeout):
-                    # Timed out, whether the step let the cancellation through or turned
-                    # it into another error (and the caller's cancellation too: it wins).
-                    if task.cancelling() > cancelling:
-                        raise asyncio.CancelledError from error
-                    failure = timeout_error(-1, step.name, time.monotonic() - started, step.timeout)
-                elif task.cancelling() > cancelling:
-                    # It turned the caller's cancellation into an error: interrupted by
-                    # that cancellation, not retried (as in a saga).
-                    raise asyncio.CancelledError from error
-                if attempt >= policy.attempts or not policy.retries(failure):
-                    if failure is error:
-                        raise
-                    raise failure from error
-            else:
-                # Not retried: a forgotten ``await`` is a mistake in the step, as in a saga.
-                if result.__class__ is not list and inspect.isawaitable(result):
-                    raise awaitable_returned_by(f"step {step.name!r}", result)
-                return result  # type: ignore[return-value]
-            await asyncio.sleep(policy.delay(attempt))
-
-    async def _injected(self, faults: FaultPlan, attempt: int, alone: bool) -> Exception | None:
-        """The failure a fault plan injects into this attempt of the step awaited on its
-        own, if any (a crash or an injected ``BaseException`` is raised here).
-
-        Asked with no saga running: the step has no position in one, even when awaited
-        inside another saga's step, so faults restricted to an ``index`` leave it alone.
-        """
-        step = self._step
-        token = current_run.set(None)
-        try:
-            fault = faults.fault_for(step, attempt, compensation=False)
-        finally:
-            current_run.reset(token)
-        if fault is None:
-            return None
-        if fault is SIMULATED_TIMEOUT:
-            return StepTimeout(-1, step.name, step.timeout, step.timeout)
-        if isinstance(fault, CrashAfter):  # the step acts, then "the process dies"
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(step.timeout):
-                    await self._call_alone(alone)
-            raise fault.crash
-        if not isinstance(fault, Exception):  # a crash, KeyboardInterrupt, CancelledError...
-            raise fault
-        return raised_by_step(fault)  # as the step's own raise
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Made again by calling the step: the spec and function are the step's own.
-        return _call_again, (self._step, self._instance, self._args, self._kwargs)
-
-    def __repr__(self) -> str:
-        # Each argument shortened, as in a definition's notebook table: a list of a
-        # million rows, or an argument whose repr() raises, still shows in one line.
-        name = one_line(self._step.name)
-        return f"<StepCall {name}({describe_args(self._args, self._kwargs)})>"
-
-
-def _declared_again(earlier: object, fn: object) -> bool:
-    """Whether ``fn`` is ``earlier``'s declaration run again — the same module and
-    qualified name: a notebook cell re-run, a module reloaded (``importlib.reload``,
-    IPython's ``%autoreload``) that compensates a step of another module. It replaces
-    ``earlier``, as running a ``def`` again replaces a function."""
-    qualname = getattr(fn, "__qualname__", None)
-    return (
-        isinstance(qualname, str)
-        and qualname == getattr(earlier, "__qualname__", None)
-        and getattr(fn, "__module__", None) == getattr(earlier, "__module__", None)
-    )
-
-
-def _how_to_declare(fn: object) -> str:
-    """The fix for ``fn``, not a coroutine function: an object whose ``__call__`` is
-    async is wrapped in one (the decorators need a function to keep and introspect)."""
-    from ._sagas import SagaFunction  # which imports this module
-
-    if isinstance(fn, SagaFunction):
-        return (
-            "it is a @saga function: run it as a nested saga from a step: an @step that "
-            f"awaits orchestrator.execute({fn.__name__}(...))"
-        )
-    if (
-        callable(fn)
-        and not inspect.isroutine(fn)
-        and inspect.iscoroutinefunction(type(fn).__call__)
-    ):
-        return (
-            "it is an object with an async __call__: declare a function that awaits it, "
-            "'async def name(...): return await obj(...)'"
-        )
-    try:
-        unwrapped = inspect.unwrap(fn) if callable(fn) else fn
-    except ValueError:  # a __wrapped__ cycle
-        unwrapped = fn
-    if unwrapped is not fn and inspect.iscoroutinefunction(unwrapped):
-        mark = " (or mark it with inspect.markcoroutinefunction())" if _CAN_MARK else ""
-        return (
-            "it is an 'async def' wrapped by a decorator whose wrapper is a plain 'def'; "
-            f"make that wrapper an 'async def' that awaits the function{mark}"
-        )
-    return "declare it with 'async def'"
-
-
-_CAN_MARK = sys.version_info >= (3, 12)
-"""Whether ``inspect.markcoroutinefunction`` exists."""
 
 
 class _BoundStep(wrapt.BoundFunctionWrapper[P, StepCall[R]]):
@@ -726,16 +420,6 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         return step_html(self, _shown(self._self_spec.signature))
 
 
-def _call_again(
-    step: Step[Any, Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> StepCall[Any]:
-    """A pickled :class:`StepCall`, made again (bound to its instance for a method step)."""
-    if instance is None:
-        return step(*args, **kwargs)
-    bound: Callable[..., StepCall[Any]] = step.__get__(instance, type(instance))
-    return bound(*args, **kwargs)
-
-
 def _call_maker(spec: StepSpec) -> Callable[..., StepCall[Any]]:
     """``Step.__call__`` for one step, with its options at hand (see ``Step.__new__``)."""
     fn = spec.fn
@@ -763,209 +447,6 @@ def _call_maker(spec: StepSpec) -> Callable[..., StepCall[Any]]:
         return call
 
     return __call__
-
-
-CLASSMETHOD_CALLS_PLAINLY = sys.version_info >= (3, 13)
-"""Whether ``classmethod`` calls the step with the class first instead of binding it."""
-
-
-def _class_method_of(step: Step[Any, Any], owner: object) -> bool:
-    """Whether ``step`` is a class method of ``owner``: ``classmethod(step)`` in its MRO.
-
-    From Python 3.13 ``classmethod`` no longer binds through the step's ``__get__``: it
-    calls the step with the class as its first argument, as a plain call with a class as
-    its first argument would. Told apart here by the class itself, once per class.
-    """
-    if not isinstance(owner, type):
-        return False
-    known = step._self_spec.class_methods
-    found = known.get(owner)
-    if found is None:
-        found = any(
-            isinstance(value, classmethod) and value.__func__ is step
-            for klass in owner.__mro__
-            for value in vars(klass).values()
-        )
-        known[owner] = found
-    return found
-
-
-def _bound_to_class(
-    step: Step[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> StepCall[Any]:
-    """The call ``classmethod`` makes on Python 3.11 and 3.12: bound to the class (``args[0]``)."""
-    owner = args[0]
-    return StepCall(step, MethodType(step._self_spec.fn, owner), owner, args[1:], kwargs)
-
-
-_MAX_CALL_SHAPES = 64  # a step taking **kwargs may be called with ever new keywords
-
-
-def check_arguments(spec: StepSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Raise a clear definition error when the step's function cannot take these arguments.
-
-    Whether arguments bind depends only on how many are positional and which keywords are
-    given, so each such shape is bound once and remembered.
-    """
-    shape = (len(args), *kwargs)
-    if shape in spec.call_shapes:
-        return
-    try:
-        spec.signature.bind(*args, **kwargs)
-    except TypeError as error:
-        raise SagaDefinitionError(
-            f"step {spec.name!r} cannot be called with these arguments: {error}; "
-            f"its parameters are {_shown(spec.signature)}"
-        ) from None
-    if len(spec.call_shapes) < _MAX_CALL_SHAPES:
-        spec.call_shapes.add(shape)
-
-
-def _as_retry(value: Retry | int | None, what: str) -> Retry | None:
-    if value is None or isinstance(value, Retry):
-        return value
-    if isinstance(value, type) and issubclass(value, Retry):
-        raise not_the_class(value, what)
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:  # Retry's own message would name Retry(attempts=...), not this option
-            raise SagaDefinitionError(
-                f"{what} must be at least 1 attempt (1 means no retry), got {value!r}"
-            )
-        return Retry(attempts=value)
-    raise SagaDefinitionError(
-        f"{what} must be a sagakit.Retry or a number of attempts, got {value!r}"
-    )
-
-
-def _in_class_body(fn: object) -> bool:
-    """Whether ``fn`` was defined in a class body, by its qualified name (``Bank.withdraw``)."""
-    parts = str(getattr(fn, "__qualname__", "")).split(".")
-    return len(parts) > 1 and parts[-2] != "<locals>"
-
-
-class _Written:
-    """An annotation shown as written: a string one (``from __future__ import annotations``)
-    would otherwise be shown quoted, ``(account: 'str')``."""
-
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __repr__(self) -> str:
-        return self.text
-
-
-def _shown(signature: inspect.Signature) -> str:
-    """How errors show parameters: as written, without the return annotation."""
-    parameters = [
-        p.replace(annotation=_Written(p.annotation)) if isinstance(p.annotation, str) else p
-        for p in signature.parameters.values()
-    ]
-    return str(signature.replace(parameters=parameters, return_annotation=inspect.Signature.empty))
-
-
-def _parameters_of(fn: Callable[..., Any]) -> str:
-    """``fn``'s parameters as errors show a compensation."""
-    return _shown(inspect.signature(fn))
-
-
-def _takes_result(step: Step[Any, Any], fn: Callable[..., Any], is_method: bool) -> bool:
-    """Decide which form ``fn`` has, or raise when it cannot take the step's arguments."""
-    spec = step._self_spec
-    params = list(spec.signature.parameters.values())
-    kinds = {p.kind for p in inspect.signature(fn).parameters.values()}
-    for variadic, written in ((inspect.Parameter.VAR_POSITIONAL, "*args"),
-                              (inspect.Parameter.VAR_KEYWORD, "**kwargs")):  # fmt: skip
-        if any(p.kind is variadic for p in params) and variadic not in kinds:
-            raise SagaDefinitionError(
-                f"compensation {qualname_of(fn)}{_parameters_of(fn)} cannot take the "
-                f"{written} of step {step.name!r} {_shown(spec.signature)}; give it {written} too"
-            )
-    positional = [p.name for p in params if p.kind in _POSITIONAL]
-    keywords = {p.name: p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    if is_method and positional:
-        with_result = [positional[0], _RESULT, *positional[1:]]
-    else:
-        with_result = [_RESULT, *positional]
-    signature = inspect.signature(fn)
-    args_form = _binds(signature, positional, keywords)
-    result_form = _binds(signature, with_result, keywords)
-    if args_form and result_form:
-        # Both fit (defaults or *args): take the form whose parameter names line up,
-        # the arguments form when that is a tie.
-        return _same_names(signature, with_result) > _same_names(signature, positional)
-    if args_form or result_form:
-        return result_form
-    step_params = _shown(spec.signature)
-    raise SagaDefinitionError(
-        f"compensation {qualname_of(fn)}{_parameters_of(fn)} cannot take the arguments of step "
-        f"{step.name!r} {step_params}; give it the step's parameters "
-        f"{step_params} or the step's result first, then those parameters"
-    )
-
-
-def _check_no_keyword_twice(
-    step: Step[Any, Any], fn: Callable[..., Any], takes_result: bool
-) -> None:
-    """Refuse a compensation a keyword passed on by the step's ``**kwargs`` would hit twice.
-
-    A step taking ``**kwargs`` takes any keyword that names none of its own parameters, and
-    its compensation gets those keywords too. One that names a parameter the compensation
-    is given positionally (the result, or a step argument under another name) would fail
-    with "got multiple values" on exactly the path it exists for, so it must be
-    positional-only there, as mypy requires.
-    """
-    spec = step._self_spec
-    params = spec.signature.parameters.values()
-    catch_all = next((p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD), None)
-    if catch_all is None:
-        return
-    named = {p.name for p in params if p.kind in _BY_KEYWORD}
-    signature = inspect.signature(fn)
-    positional = [p for p in signature.parameters.values() if p.kind in _POSITIONAL]
-    if not any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
-        # Only so many are given positionally (with the step's *args, any of them may be).
-        positional = positional[: sum(1 for p in params if p.kind in _POSITIONAL) + takes_result]
-    twice = [
-        p.name
-        for p in positional
-        if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.name not in named
-    ]
-    if not twice:
-        return
-    # The fix: every parameter up to the last of those made positional-only.
-    parameters = list(signature.parameters.values())
-    last = [p.name for p in parameters].index(twice[-1])
-    fixed = _shown(
-        signature.replace(
-            parameters=[
-                p.replace(kind=inspect.Parameter.POSITIONAL_ONLY) if i <= last else p
-                for i, p in enumerate(parameters)
-            ]
-        )
-    )
-    what = qualname_of(fn)
-    names = ", ".join(repr(name) for name in twice)
-    raise SagaDefinitionError(
-        f"compensation {what}{_shown(signature)} of step {step.name!r} would get {names} twice "
-        f"when the step is called with {twice[0]}=... (its **{catch_all.name} takes any "
-        f"keyword); make {'it' if len(twice) == 1 else 'them'} positional-only: {what}{fixed}"
-    )
-
-
-def _same_names(signature: inspect.Signature, args: list[Any]) -> int:
-    """How many of ``args`` (step parameter names) land on a parameter of that name."""
-    names = [p.name for p in signature.parameters.values() if p.kind in _POSITIONAL]
-    return sum(1 for name, arg in zip(names, args, strict=False) if name == arg)
-
-
-def _binds(signature: inspect.Signature, args: list[Any], kwargs: dict[str, Any]) -> bool:
-    try:
-        signature.bind(*args, **kwargs)
-    except TypeError:
-        return False
-    return True
 
 
 _DEFAULT_OPTIONS: dict[str, Any] = {
