@@ -51,6 +51,7 @@ from ._loop_refusal import closed_store
 from ._parking import attempts_reason, log_parked
 from ._pg_answer import NoAnswer, answer_wait, answered
 from ._pg_closing import Closing
+from ._pg_driver import import_driver
 from ._pg_held import Held
 from ._pg_loop import other_loop
 from ._pg_operator import OperatorUpdate
@@ -190,7 +191,7 @@ def _check_arguments_size(serializer: object, name: str, args: str, kwargs: str)
 def _connection_lost(error: StoreError) -> bool:
     """Whether ``error`` (raised by a statement) says its connection was lost, or none
     could be had: worth trying again on another one. Not a statement the server refused."""
-    psycopg, _ = _import_driver()
+    psycopg, _ = import_driver()
     cause = error.__cause__
     if isinstance(cause, NoAnswer):
         return True  # given up on: its connection is closed (it may have committed)
@@ -203,7 +204,7 @@ def _connection_lost(error: StoreError) -> bool:
 def _never_sent(error: StoreError) -> bool:
     """Whether ``error`` says no connection could be had (the server is down): nothing
     was sent, so nothing may have committed."""
-    _, psycopg_pool = _import_driver()
+    _, psycopg_pool = import_driver()
     return isinstance(error.__cause__, psycopg_pool.PoolTimeout)
 
 
@@ -230,7 +231,7 @@ def _ended_by_server(conn: AsyncConnection[Any]) -> bool:
     fail-over, ``idle_session_timeout``, ``pg_terminate_backend()``): it then sent its
     error and closed the socket, which an idle connection's is readable for. Found
     without a round trip; a statement sent on it failed, though the server was up."""
-    psycopg, _ = _import_driver()
+    psycopg, _ = import_driver()
     pgconn = conn.pgconn
     if pgconn.status != psycopg.pq.ConnStatus.OK:
         return True
@@ -255,17 +256,6 @@ async def _wait_for_locks(conn: AsyncConnection[Any]) -> None:
     saga rows, the event stream's lock) or a heartbeat, each one short statement; under
     a role's 20 ms, a batch that waited longer was refused and its sagas compensated."""
     await conn.execute("SET lock_timeout = 0")
-
-
-def _import_driver() -> tuple[Any, Any]:
-    try:
-        import psycopg
-        import psycopg_pool
-    except ImportError as error:  # pragma: no cover - exercised without the extra only
-        raise StoreError(
-            "PostgresStore needs psycopg 3 and psycopg-pool: pip install 'sagakit[postgres]'"
-        ) from error
-    return psycopg, psycopg_pool
 
 
 class PostgresStore:
@@ -398,7 +388,7 @@ class PostgresStore:
         async with self._opening:
             if self._pool is not None:
                 return
-            psycopg, psycopg_pool = _import_driver()
+            psycopg, psycopg_pool = import_driver()
             from ._pg_pool import Pool  # (imports psycopg_pool)
 
             pool = Pool(
@@ -456,7 +446,7 @@ class PostgresStore:
             await self.open()
         pool = self._pool
         assert pool is not None
-        psycopg, psycopg_pool = _import_driver()
+        psycopg, psycopg_pool = import_driver()
         used: AsyncConnection[Any] | None = None
         watch = CancellationWatch()
         try:
@@ -1231,7 +1221,7 @@ class PostgresStore:
 
     async def _apply(self, writes: list[Write]) -> dict[str, str]:
         params = batch_params(writes)
-        psycopg, _ = _import_driver()
+        psycopg, _ = import_driver()
         async with self._conn() as conn:
             try:
                 # On a connection gone silent, given up on as a lost one (in doubt).
