@@ -16,7 +16,6 @@ import itertools
 import logging
 import math
 import os
-import select
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass, replace
@@ -52,6 +51,7 @@ from ._parking import attempts_reason, log_parked
 from ._pg_answer import NoAnswer, answer_wait, answered
 from ._pg_closing import Closing
 from ._pg_driver import import_driver
+from ._pg_errors import connection_lost, ended_by_server, maybe_committed, with_doubt, write_lost
 from ._pg_held import Held
 from ._pg_loop import other_loop
 from ._pg_operator import OperatorUpdate
@@ -186,68 +186,6 @@ def _check_arguments_size(serializer: object, name: str, args: str, kwargs: str)
             f"the limit of {limit}; store an id, not the whole object, or raise the store's "
             "max_size"
         )
-
-
-def _connection_lost(error: StoreError) -> bool:
-    """Whether ``error`` (raised by a statement) says its connection was lost, or none
-    could be had: worth trying again on another one. Not a statement the server refused."""
-    psycopg, _ = import_driver()
-    cause = error.__cause__
-    if isinstance(cause, NoAnswer):
-        return True  # given up on: its connection is closed (it may have committed)
-    if not isinstance(cause, psycopg.OperationalError):
-        return False
-    state = cause.sqlstate  # None: the client lost the connection (or the pool had none)
-    return state is None or state.startswith(("08", "57P"))  # connection, shutdown
-
-
-def _never_sent(error: StoreError) -> bool:
-    """Whether ``error`` says no connection could be had (the server is down): nothing
-    was sent, so nothing may have committed."""
-    _, psycopg_pool = import_driver()
-    return isinstance(error.__cause__, psycopg_pool.PoolTimeout)
-
-
-def _maybe_committed(error: StoreError) -> bool:
-    """Whether a statement that raised ``error`` may have committed all the same: its
-    connection was lost after it was sent (not refused by the server, nor never sent)."""
-    return _connection_lost(error) and not _never_sent(error)
-
-
-def _with_doubt(text: str, doubt: str | None) -> str:
-    """``text``, an error, and what a call in doubt adds to it, if it was."""
-    return text if doubt is None else f"{text}; {doubt}"
-
-
-def _write_lost(error: StoreError) -> bool:
-    """Whether a write's ``error`` says its connection was lost (the writer raises its
-    own, caused by the batch's)."""
-    cause = error.__cause__
-    return _connection_lost(cause if isinstance(cause, StoreError) else error)
-
-
-def _ended_by_server(conn: AsyncConnection[Any]) -> bool:
-    """Whether the server ended ``conn`` while it sat idle in the pool (a restart, a
-    fail-over, ``idle_session_timeout``, ``pg_terminate_backend()``): it then sent its
-    error and closed the socket, which an idle connection's is readable for. Found
-    without a round trip; a statement sent on it failed, though the server was up."""
-    psycopg, _ = import_driver()
-    pgconn = conn.pgconn
-    if pgconn.status != psycopg.pq.ConnStatus.OK:
-        return True
-    # Anything to read on a connection that sent nothing (the store listens to no
-    # channel) is the server's FATAL message, whose end of connection may still be on
-    # its way. Taken as ended: at worst a live one is replaced.
-    return _readable(pgconn.socket)
-
-
-def _readable(fd: int) -> bool:
-    """Whether socket ``fd`` has something to read (or its end), without waiting."""
-    if hasattr(select, "poll"):  # select() refuses descriptors past 1023
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(0))
-    return bool(select.select([fd], [], [], 0)[0])  # pragma: no cover - Windows
 
 
 async def _wait_for_locks(conn: AsyncConnection[Any]) -> None:
@@ -459,7 +397,7 @@ class PostgresStore:
                         # raise it here, before anything is sent, or the caller runs on as if
                         # not cancelled. (The connection goes back to the pool.)
                         raise asyncio.CancelledError
-                    if tries_left and _ended_by_server(conn):
+                    if tries_left and ended_by_server(conn):
                         await conn.close()  # the pool drops it; take another
                         continue
                     used = conn
@@ -1061,7 +999,7 @@ class PostgresStore:
                     self._doubts[saga_id] = Doubt(token, writes, carried, new)
                     if not isinstance(error, StoreError):
                         raise  # (cancelled) settled by the saga's next write
-                    lost = _write_lost(error)
+                    lost = write_lost(error)
                     if lost:
                         waiting.lost(error)
                     if patience is None:
@@ -1085,7 +1023,7 @@ class PostgresStore:
                             unsettled,
                             extra={"saga_id": saga_id, "saga_name": name},
                         )
-                        if _connection_lost(unsettled):  # for connect_timeout
+                        if connection_lost(unsettled):  # for connect_timeout
                             raise self._gave_up(error) from error.__cause__
                         raise error from error.__cause__
                     if committed:
@@ -1185,7 +1123,7 @@ class PostgresStore:
                         with patience.bounding():  # its wait for a connection too
                             result = await attempt()
                 except StoreError as error:
-                    if not _connection_lost(error):
+                    if not connection_lost(error):
                         raise  # (cancelled: raised as it is)
                     if patience is None:
                         # From the try's start: it may have waited connect_timeout for
@@ -1615,7 +1553,7 @@ class PostgresStore:
         try:
             return await self._run(self._sql.claim, params)
         except StoreError as error:
-            if not _maybe_committed(error):
+            if not maybe_committed(error):
                 raise
             lost = error
         try:
@@ -1670,7 +1608,7 @@ class PostgresStore:
                 if await self.get(saga_id) is not None
                 else self._no_saga(saga_id)
             )
-            raise StoreError(_with_doubt(problem, update.doubt("resume_dead_letter()")))
+            raise StoreError(with_doubt(problem, update.doubt("resume_dead_letter()")))
 
     async def resolve(self, saga_id: str, note: str) -> None:
         check_saga_id(saga_id, "resolve()")
@@ -1689,9 +1627,9 @@ class PostgresStore:
             raise resolved
         known = await self.get(saga_id)
         if known is None:
-            raise StoreError(_with_doubt(self._no_saga(saga_id), doubt))
+            raise StoreError(with_doubt(self._no_saga(saga_id), doubt))
         raise StoreError(
-            _with_doubt(
+            with_doubt(
                 f"saga {saga_id!r} is {known.status} and not dead-lettered; only "
                 "dead-lettered or FAILED sagas, or running ones whose owner's lease "
                 "expired, can be resolved",
@@ -1717,14 +1655,14 @@ class PostgresStore:
             doubt = update.doubt(call)
             if doubt is None:
                 raise
-            raise StoreError(_with_doubt(str(error), doubt)) from error
+            raise StoreError(with_doubt(str(error), doubt)) from error
 
     def _operator_update(self, sql: str, saga_id: str, params: dict[str, Any]) -> OperatorUpdate:
         """An operator's ``UPDATE`` of ``saga_id``, for :meth:`_again` to try: after a
         lost connection, a try reads back the call's token before sending it again (see
         :class:`OperatorUpdate`)."""
         return OperatorUpdate(
-            self._run, sql, self._sql.last_write_shared, saga_id, params, _maybe_committed
+            self._run, sql, self._sql.last_write_shared, saga_id, params, maybe_committed
         )
 
     async def read_events(
