@@ -53,6 +53,7 @@ from ._pg_closing import Closing
 from ._pg_driver import import_driver
 from ._pg_errors import connection_lost, ended_by_server, maybe_committed, with_doubt, write_lost
 from ._pg_held import Held
+from ._pg_ids import held_by_none
 from ._pg_loop import other_loop
 from ._pg_operator import OperatorUpdate
 from ._pg_patience import BRIEF, KNOWN_DOWN, Outage, Patience, pool_wait
@@ -163,13 +164,6 @@ def _check_id(saga_id: str) -> None:
             f"saga id {saga_id[:40]!r} contains a NUL character, which PostgreSQL text "
             "cannot hold; use an id without one"
         )
-
-
-def _held_by_none(saga_id: str) -> bool:
-    """Whether no saga of the log can have ``saga_id`` (one :func:`_check_id` refuses to
-    begin for a NUL): a read of it answers as for any unknown id, not with the driver's
-    ``DataError``."""
-    return "\x00" in saga_id
 
 
 def _check_arguments_size(serializer: object, name: str, args: str, kwargs: str) -> None:
@@ -597,7 +591,7 @@ class PostgresStore:
             "owner": self.owner,
             "released": not as_crash,
             "all": ids is None,
-            "ids": sorted(i for i in ids or () if not _held_by_none(i)),
+            "ids": sorted(i for i in ids or () if not held_by_none(i)),
         }
         found = await self._run(self._sql.release, params)
         if not as_crash:
@@ -1328,7 +1322,7 @@ class PostgresStore:
 
     async def get(self, saga_id: str) -> SagaMetadata | None:
         check_saga_id(saga_id, "get()")
-        if _held_by_none(saga_id):
+        if held_by_none(saga_id):
             return None
         found = await self._with_steps(self._sql.get, (saga_id,))
         return found[0] if found else None
@@ -1484,7 +1478,7 @@ class PostgresStore:
                 "all": names is None,
                 "names": sorted(names) if names is not None else [],
                 "any_id": saga_ids is None,
-                "ids": sorted(i for i in saga_ids or () if not _held_by_none(i)),
+                "ids": sorted(i for i in saga_ids or () if not held_by_none(i)),
                 "limit": limit,
                 "max": max_attempts,
                 "owner": self.owner,
@@ -1598,7 +1592,7 @@ class PostgresStore:
 
     async def resume_dead_letter(self, saga_id: str) -> None:
         check_saga_id(saga_id, "resume_dead_letter()")
-        if _held_by_none(saga_id):
+        if held_by_none(saga_id):
             raise StoreError(self._no_saga(saga_id))
         update = self._operator_update(self._sql.resume, saga_id, {})
         if not await self._operator_call(update, "resume_dead_letter()"):
@@ -1613,7 +1607,7 @@ class PostgresStore:
     async def resolve(self, saga_id: str, note: str) -> None:
         check_saga_id(saga_id, "resolve()")
         check_text(note, "note", "resolve()", "say how the saga was settled")
-        if _held_by_none(saga_id):
+        if held_by_none(saga_id):
             raise StoreError(self._no_saga(saga_id))
         update = self._operator_update(self._sql.resolve, saga_id, {"note": storable(note)})
         if await self._operator_call(update, "resolve()"):
@@ -1673,7 +1667,7 @@ class PostgresStore:
             found = await self._read(self._sql.events, (after, limit))
         else:
             check_saga_id(saga_id, "read_events(saga_id=...)")
-            if _held_by_none(saga_id):
+            if held_by_none(saga_id):
                 return []
             found = await self._read(self._sql.events_of, (saga_id, after, limit))
         return [rows.stored_event(row, self.serializer) for row in found]
