@@ -34,7 +34,6 @@ from ..exceptions import (
     LeaseLost,
     SagaAlreadyExecuting,
     SagaAlreadyFailed,
-    SagaAlreadyResolved,
     SerializationError,
     StoreConfigError,
     StoreError,
@@ -42,7 +41,7 @@ from ..exceptions import (
 )
 from ..status import SagaStatus
 from ..transitions import TransitionKind
-from . import _pg_rows as rows
+from . import _pg_rows as rows  # noqa: F401 - tests replace its readers through this name
 from ._dsn import redacted
 from ._fingerprint import definition_fingerprint
 from ._loop_refusal import closed_store
@@ -50,11 +49,11 @@ from ._pg_answer import NoAnswer, answer_wait, answered
 from ._pg_claims import RecoveryClaims, unbound
 from ._pg_closing import Closing
 from ._pg_driver import import_driver
-from ._pg_errors import connection_lost, ended_by_server, maybe_committed, with_doubt, write_lost
+from ._pg_errors import connection_lost, ended_by_server, write_lost
 from ._pg_held import Held
 from ._pg_ids import held_by_none
 from ._pg_loop import other_loop
-from ._pg_operator import OperatorUpdate
+from ._pg_operator import OperatorCalls
 from ._pg_patience import BRIEF, KNOWN_DOWN, Outage, Patience, pool_wait
 from ._pg_reads import SagaReads
 from ._pg_schema import check_schema_name, migrate
@@ -68,18 +67,15 @@ from ._pg_writer import (
     Write,
     batch_params,
     id_taken,
-    storable,
     write_for,
 )
 from ._protocol import (
     CommittedThenCancelled,
-    DeadLetter,
     OrphanedSaga,
     SagaRunView,
     check_given_ids,
     check_saga_id,
     check_saga_ids,
-    check_text,
     mark_nothing_logged,
     store_serializer,
 )
@@ -180,7 +176,7 @@ async def _wait_for_locks(conn: AsyncConnection[Any]) -> None:
     await conn.execute("SET lock_timeout = 0")
 
 
-class PostgresStore(SagaReads, RecoveryClaims):
+class PostgresStore(SagaReads, RecoveryClaims, OperatorCalls):
     """A durable saga log in PostgreSQL that several worker processes share.
 
     ``dsn`` is a libpq connection string or ``postgresql://`` URL. Tables live in
@@ -1276,100 +1272,6 @@ class PostgresStore(SagaReads, RecoveryClaims):
                 error,
                 extra={"saga_id": saga_id, "saga_name": saga_name},
             )
-
-    # ------------------------------------------------------------ recovery
-
-    async def dead_letter(self, saga_id: str, reason: str) -> None:
-        check_saga_id(saga_id, "dead_letter()")
-        check_text(reason, "reason", "dead_letter()", "say why the saga is parked")
-        held = self._held.get(saga_id)
-        if held is None:
-            raise StoreError(
-                f"saga {saga_id!r} is not owned by this store; claim it before dead-lettering it"
-            )
-        try:
-            found = await self._run(
-                self._sql.dead_letter,
-                {"id": saga_id, "reason": storable(reason), "fence": held.fence},
-            )
-        finally:
-            # Parked or not (the write may have failed), this store no longer runs it: the
-            # heartbeat must not keep its lease alive, so its next claim can park it.
-            self._unclaim((saga_id,))
-        if not found:
-            raise LeaseLost(saga_id, self._lost.get(saga_id, False))
-
-    async def dead_letters(self) -> list[DeadLetter]:
-        return [rows.dead_letter(row) for row in await self._read(self._sql.dead_letters)]
-
-    async def resume_dead_letter(self, saga_id: str) -> None:
-        check_saga_id(saga_id, "resume_dead_letter()")
-        if held_by_none(saga_id):
-            raise StoreError(self._no_saga(saga_id))
-        update = self._operator_update(self._sql.resume, saga_id, {})
-        if not await self._operator_call(update, "resume_dead_letter()"):
-            # A typo, or another log: no saga, not "not dead-lettered".
-            problem = (
-                f"saga {saga_id!r} is not dead-lettered; `sagakit dead-letters` lists those"
-                if await self.get(saga_id) is not None
-                else self._no_saga(saga_id)
-            )
-            raise StoreError(with_doubt(problem, update.doubt("resume_dead_letter()")))
-
-    async def resolve(self, saga_id: str, note: str) -> None:
-        check_saga_id(saga_id, "resolve()")
-        check_text(note, "note", "resolve()", "say how the saga was settled")
-        if held_by_none(saga_id):
-            raise StoreError(self._no_saga(saga_id))
-        update = self._operator_update(self._sql.resolve, saga_id, {"note": storable(note)})
-        if await self._operator_call(update, "resolve()"):
-            return
-        doubt = update.doubt("resolve()")
-        for updated, error in await self._read(self._sql.resolved, (saga_id,)):
-            # Once is enough: again, it nested the first note in the second's "(was:".
-            resolved = SagaAlreadyResolved(saga_id, rows.utc(updated), error)
-            if doubt is not None:
-                resolved.add_note(doubt)
-            raise resolved
-        known = await self.get(saga_id)
-        if known is None:
-            raise StoreError(with_doubt(self._no_saga(saga_id), doubt))
-        raise StoreError(
-            with_doubt(
-                f"saga {saga_id!r} is {known.status} and not dead-lettered; only "
-                "dead-lettered or FAILED sagas, or running ones whose owner's lease "
-                "expired, can be resolved",
-                doubt,
-            )
-        )
-
-    def _no_saga(self, saga_id: str) -> str:
-        """What an operator's call on ``saga_id``, which the log does not hold, is told
-        (as ``sagakit show`` says it)."""
-        return (
-            f"no saga {saga_id!r} in schema {self.schema!r} of the PostgreSQL database; "
-            "`sagakit list` lists its sagas"
-        )
-
-    async def _operator_call(self, update: OperatorUpdate, call: str) -> bool:
-        """Whether ``update`` was applied, tried again while its connection is lost
-        (see :meth:`_again`). An error raised once a try was in doubt says that the call
-        may have been applied."""
-        try:
-            return await self._again(update.attempt, f"sending {call}")
-        except StoreError as error:
-            doubt = update.doubt(call)
-            if doubt is None:
-                raise
-            raise StoreError(with_doubt(str(error), doubt)) from error
-
-    def _operator_update(self, sql: str, saga_id: str, params: dict[str, Any]) -> OperatorUpdate:
-        """An operator's ``UPDATE`` of ``saga_id``, for :meth:`_again` to try: after a
-        lost connection, a try reads back the call's token before sending it again (see
-        :class:`OperatorUpdate`)."""
-        return OperatorUpdate(
-            self._run, sql, self._sql.last_write_shared, saga_id, params, maybe_committed
-        )
 
     # ------------------------------------------------------------ closing
 
