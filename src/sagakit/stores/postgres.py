@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._cadence import failure_level
 from .._checks import as_float, check_flag
-from .._counted import counted
 from .._hooks import process_died
 from .._runs import step_end_error, unended
 from .._seconds import seconds_number, timeout_text
@@ -47,7 +46,7 @@ from ._fingerprint import definition_fingerprint
 from ._loop_refusal import closed_store
 from ._pg_answer import NoAnswer, answer_wait, answered
 from ._pg_claims import RecoveryClaims, unbound
-from ._pg_closing import Closing
+from ._pg_close import Shutdown
 from ._pg_driver import import_driver
 from ._pg_errors import connection_lost, ended_by_server, write_lost
 from ._pg_held import Held
@@ -176,7 +175,7 @@ async def _wait_for_locks(conn: AsyncConnection[Any]) -> None:
     await conn.execute("SET lock_timeout = 0")
 
 
-class PostgresStore(SagaReads, RecoveryClaims, OperatorCalls):
+class PostgresStore(SagaReads, RecoveryClaims, OperatorCalls, Shutdown):
     """A durable saga log in PostgreSQL that several worker processes share.
 
     ``dsn`` is a libpq connection string or ``postgresql://`` URL. Tables live in
@@ -1273,103 +1272,7 @@ class PostgresStore(SagaReads, RecoveryClaims, OperatorCalls):
                 extra={"saga_id": saga_id, "saga_name": saga_name},
             )
 
-    # ------------------------------------------------------------ closing
-
-    async def close(self) -> None:
-        """Stop the heartbeat, write what sagas staged, release the leases still held and
-        close the pool: ``connect_timeout`` at most for all of it (see :class:`Closing`).
-        What it could not write is left to recovery (a warning names those sagas); the
-        leases it could not release run out by themselves."""
-        refused = other_loop(self.schema, self._loop)
-        if refused is not None:
-            if self._loop_ended():  # its pool cannot be closed from here, nor there
-                self._pool, self._heartbeat, self._loop = None, None, None
-                self._closed = True
-            raise refused
-        # A cancellation of close() is not swallowed: the store is closed all the same
-        # (its pool would be left open), then it is raised.
-        closing = Closing(self.connect_timeout)
-        pool = self._pool
-        try:
-            heartbeat, self._heartbeat = self._heartbeat, None
-            if heartbeat is not None:
-                await closing.stopped(heartbeat)  # (a renewal may be on its way)
-                _retrieved(heartbeat)
-            dead = self._writer.dead is not None  # (crash(process=True)): nothing is written
-            if dead:
-                self._staged.clear()
-                self._doubts.clear()
-            await self._flush_staged(closing)
-            sending = self._writer.sending
-            if sending is not None:  # a batch on its way (its caller gone: cancelled)
-                await closing.ended(sending)
-            if pool is not None and self._held:  # a dead process's, as a crash's
-                await self._release_on_close(closing, as_crash=dead)  # (as simulate_restart)
-        finally:
-            self._closed = True  # opened or not: no implicit opening on the next use
-            if pool is not None:
-                self._pool = None
-                self._loop = None
-                await pool.close()
-        if closing.cancelled():
-            raise asyncio.CancelledError
-
-    async def _release_on_close(self, closing: Closing, *, as_crash: bool) -> None:
-        """:meth:`release_leases`, within what is left of ``closing``: on a connection
-        gone silent (a partition that resets nothing), a statement waits some 15 minutes
-        for the kernel to give up. Past it, the release is cancelled (again if its
-        cancellation gets no answer either: psycopg then closes the connection) and the
-        leases run out by themselves (the store no longer renews them)."""
-        held = len(self._held)
-        releasing = asyncio.ensure_future(self.release_leases(as_crash=as_crash))
-        if await closing.ended(releasing):
-            releasing.result()  # its error, if any, as ever
-            return
-        logger.warning(
-            "sagakit could not release the leases of %s on close: %s; they run out by themselves",
-            counted(held, "saga"),
-            closing.why(),
-        )
-
-    def _loop_ended(self) -> bool:
-        """Whether the loop that opened the store is closed (not just idle: run again, it
-        can close the store)."""
-        loop = self._loop
-        return loop is not None and loop.is_closed()
-
-    async def _flush_staged(self, closing: Closing) -> None:
-        """Write what is still staged or in doubt (of sagas stopped mid-flight), within
-        what is left of ``closing``; a warning names the sagas it could not write (nor
-        find out whether their write in doubt committed): their log shows what it holds,
-        from which their recovery goes on, as after a crash."""
-        sagas = {*self._staged, *self._doubts}
-        if sagas and self._pool is not None:
-            names = {saga_id: self._staged_name(saga_id) for saga_id in sagas}
-            # Briefly: close() does not wait connect_timeout for a connection.
-            brief = asyncio.get_running_loop().time() + BRIEF
-            patience = Patience(min(brief, closing.deadline))
-            flushes = {
-                saga_id: asyncio.ensure_future(self._flush(saga_id, patience=patience))
-                for saga_id in sorted(sagas)
-            }
-            await closing.ended(asyncio.gather(*flushes.values(), return_exceptions=True))
-            unwritten = [saga_id for saga_id, flush in flushes.items() if flush.cancelled()]
-            if unwritten:
-                logger.warning(
-                    "sagakit could not write the staged transitions of %s on close: "
-                    "%s; recovery finishes them from what the log holds: %s",
-                    counted(len(unwritten), "saga"),
-                    closing.why(),
-                    ", ".join(f"{names[saga_id]} ({saga_id})" for saga_id in unwritten),
-                )
-        self._staged.clear()
-        self._doubts.clear()
-
-    def _staged_name(self, saga_id: str) -> str | None:
-        """The name of saga ``saga_id``, from what it staged or has in doubt."""
-        doubt = self._doubts.get(saga_id)
-        writes = self._staged.get(saga_id) or (doubt.writes if doubt is not None else None)
-        return writes[0].saga_name if writes else None
+    # ------------------------------------------------------------ staged writes
 
     async def _flush(
         self, saga_id: str, run: SagaRunView | None = None, patience: Patience | None = None
@@ -1420,12 +1323,6 @@ class PostgresStore(SagaReads, RecoveryClaims, OperatorCalls):
             f"<PostgresStore schema={self.schema!r} lease={timeout_text(self.lease, '')} "
             f"owns={len(self._held)} {state}>"
         )
-
-
-def _retrieved(task: asyncio.Future[Any]) -> None:
-    """Retrieve an abandoned task's outcome (else asyncio logs it as never retrieved)."""
-    if not task.cancelled():
-        task.exception()
 
 
 __all__ = ["DEFAULT_LEASE", "PostgresStats", "PostgresStore"]
