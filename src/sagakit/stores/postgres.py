@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -42,6 +42,7 @@ from ._fingerprint import definition_fingerprint
 from ._pg_claims import RecoveryClaims, unbound
 from ._pg_close import Shutdown
 from ._pg_connection import Connections
+from ._pg_crash import SimulatedCrashes
 from ._pg_driver import import_driver
 from ._pg_errors import connection_lost, write_lost
 from ._pg_held import Held
@@ -159,7 +160,9 @@ def _check_arguments_size(serializer: object, name: str, args: str, kwargs: str)
         )
 
 
-class PostgresStore(Connections, Leases, SagaReads, RecoveryClaims, OperatorCalls, Shutdown):
+class PostgresStore(
+    Connections, Leases, SagaReads, RecoveryClaims, OperatorCalls, Shutdown, SimulatedCrashes
+):
     """A durable saga log in PostgreSQL that several worker processes share.
 
     ``dsn`` is a libpq connection string or ``postgresql://`` URL. Tables live in
@@ -846,30 +849,6 @@ class PostgresStore(Connections, Leases, SagaReads, RecoveryClaims, OperatorCall
         self._runs[saga_id] = run
         self._held[saga_id] = held
         self._lost.pop(saga_id, None)
-
-    def _forget_runs(self, saga_ids: Collection[str]) -> None:
-        """Forget the runs of ``saga_ids`` that a simulated crash stopped (``"the process
-        died"``: they never call finish()), and what they staged or left in doubt, as
-        their next claim by this store would have, retiring them for good."""
-        for saga_id in saga_ids:
-            run = self._runs.get(saga_id)
-            if run is not None and not unbound(run) and saga_id not in self._held:
-                del self._runs[saga_id]
-                self._staged.pop(saga_id, None)
-                self._doubts.pop(saga_id, None)
-                self._lost.pop(saga_id, None)
-
-    def _crash_process(self, what: str) -> None:
-        """A simulated crash of this process (``FaultInjector.crash(..., process=True)``):
-        every saga of the store stops at its next write, and what they staged is lost."""
-        if self._writer.dead is not None:  # dead already (told again by each saga it stops)
-            return
-        self._writer.crash(what)
-        self._staged.clear()
-
-    def _restart_process(self) -> None:
-        """``simulate_restart()``: the store writes again, as a restarted process would."""
-        self._writer.dead = None
 
     def _holds(self, run: SagaRunView) -> bool:
         """Whether what this store keeps of the saga of ``run`` is that run's."""
