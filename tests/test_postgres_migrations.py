@@ -115,7 +115,7 @@ def old_store(
     async def unmigrated(conn: Any, schema: str, **options: Any) -> int:
         return 0
 
-    monkeypatch.setattr("sagakit.stores.postgres.migrate", unmigrated)
+    monkeypatch.setattr("sagakit.stores._pg_connection.migrate", unmigrated)
     store = PostgresStore(dsn, schema=schema)
     if version < 3:
         sql = store._sql

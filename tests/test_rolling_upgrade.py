@@ -266,7 +266,7 @@ async def test_a_postgres_log_of_the_version_before_is_migrated_under_a_worker_o
     async def at_previous(conn: Any, schema: str, **options: Any) -> int:
         return 0
 
-    monkeypatch.setattr("sagakit.stores.postgres.migrate", at_previous)
+    monkeypatch.setattr("sagakit.stores._pg_connection.migrate", at_previous)
     old = PostgresStore(dsn, schema=schema, lease=1.0)
     old_orchestrator = SagaOrchestrator(old)
     await old.open()

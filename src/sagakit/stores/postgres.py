@@ -11,51 +11,47 @@ worker now owns (its writes raise :class:`~sagakit.LeaseLost`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import math
 import os
-import select
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._cadence import failure_level
-from .._checks import as_float, check_flag
-from .._counted import counted
+from .._checks import as_float
 from .._hooks import process_died
 from .._runs import step_end_error, unended
 from .._seconds import seconds_number, timeout_text
 from .._serialization import JsonSerializer
-from .._shielding import CancellationWatch, wait_out
+from .._shielding import wait_out
 from .._tracebacks import hide_from_pytest
 from ..exceptions import (
     LeaseLost,
     SagaAlreadyExecuting,
     SagaAlreadyFailed,
-    SagaAlreadyResolved,
     SerializationError,
     StoreConfigError,
     StoreError,
-    error_text,
 )
 from ..status import SagaStatus
 from ..transitions import TransitionKind
-from . import _pg_rows as rows
-from ._cli_records import ListedSaga, StoredArguments, stored_arguments
-from ._dsn import redacted
+from . import _pg_rows as rows  # noqa: F401 - tests replace its readers through this name
 from ._fingerprint import definition_fingerprint
-from ._loop_refusal import closed_store
-from ._parking import attempts_reason, log_parked
-from ._pg_answer import NoAnswer, answer_wait, answered
-from ._pg_closing import Closing
+from ._pg_claims import RecoveryClaims, unbound
+from ._pg_close import Shutdown
+from ._pg_connection import Connections
+from ._pg_crash import SimulatedCrashes
+from ._pg_driver import import_driver
+from ._pg_errors import connection_lost, write_lost
 from ._pg_held import Held
-from ._pg_loop import other_loop
-from ._pg_operator import OperatorUpdate
-from ._pg_patience import BRIEF, KNOWN_DOWN, Outage, Patience, pool_wait
-from ._pg_schema import check_schema_name, migrate
+from ._pg_leases import Leases
+from ._pg_operator import OperatorCalls
+from ._pg_patience import BRIEF, KNOWN_DOWN, Outage, Patience
+from ._pg_reads import SagaReads
+from ._pg_schema import check_schema_name
+from ._pg_schema import migrate as migrate
 from ._pg_settle import Doubt, Settled, settle
 from ._pg_sql import statements
 from ._pg_writer import (
@@ -66,26 +62,15 @@ from ._pg_writer import (
     Write,
     batch_params,
     id_taken,
-    storable,
     write_for,
 )
 from ._protocol import (
     CommittedThenCancelled,
-    DeadLetter,
     OrphanedSaga,
     SagaRunView,
-    StoredEvent,
-    check_event_window,
-    check_given_ids,
-    check_saga_id,
-    check_saga_ids,
-    check_text,
-    claim_limit,
     mark_nothing_logged,
-    row_limit,
     store_serializer,
 )
-from ._records import status_filter
 from ._reused import check_same_stored_run
 
 # pytest shows a failing test's line, not this module's code, for an error this store
@@ -130,11 +115,6 @@ class PostgresStats:
         )
 
 
-def _unbound(holder: SagaRunView | OrphanedSaga | None) -> bool:
-    """Whether a claim's lease is bound to no run yet (see ``PostgresStore._runs``)."""
-    return holder is None or isinstance(holder, OrphanedSaga)
-
-
 def _positive(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise StoreConfigError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -164,13 +144,6 @@ def _check_id(saga_id: str) -> None:
         )
 
 
-def _held_by_none(saga_id: str) -> bool:
-    """Whether no saga of the log can have ``saga_id`` (one :func:`_check_id` refuses to
-    begin for a NUL): a read of it answers as for any unknown id, not with the driver's
-    ``DataError``."""
-    return "\x00" in saga_id
-
-
 def _check_arguments_size(serializer: object, name: str, args: str, kwargs: str) -> None:
     """Hold a saga's arguments, stored in two columns, to the serializer's ``max_size``
     together, as the SQLite store holds them (one value): each alone let through up to
@@ -187,88 +160,9 @@ def _check_arguments_size(serializer: object, name: str, args: str, kwargs: str)
         )
 
 
-def _connection_lost(error: StoreError) -> bool:
-    """Whether ``error`` (raised by a statement) says its connection was lost, or none
-    could be had: worth trying again on another one. Not a statement the server refused."""
-    psycopg, _ = _import_driver()
-    cause = error.__cause__
-    if isinstance(cause, NoAnswer):
-        return True  # given up on: its connection is closed (it may have committed)
-    if not isinstance(cause, psycopg.OperationalError):
-        return False
-    state = cause.sqlstate  # None: the client lost the connection (or the pool had none)
-    return state is None or state.startswith(("08", "57P"))  # connection, shutdown
-
-
-def _never_sent(error: StoreError) -> bool:
-    """Whether ``error`` says no connection could be had (the server is down): nothing
-    was sent, so nothing may have committed."""
-    _, psycopg_pool = _import_driver()
-    return isinstance(error.__cause__, psycopg_pool.PoolTimeout)
-
-
-def _maybe_committed(error: StoreError) -> bool:
-    """Whether a statement that raised ``error`` may have committed all the same: its
-    connection was lost after it was sent (not refused by the server, nor never sent)."""
-    return _connection_lost(error) and not _never_sent(error)
-
-
-def _with_doubt(text: str, doubt: str | None) -> str:
-    """``text``, an error, and what a call in doubt adds to it, if it was."""
-    return text if doubt is None else f"{text}; {doubt}"
-
-
-def _write_lost(error: StoreError) -> bool:
-    """Whether a write's ``error`` says its connection was lost (the writer raises its
-    own, caused by the batch's)."""
-    cause = error.__cause__
-    return _connection_lost(cause if isinstance(cause, StoreError) else error)
-
-
-def _ended_by_server(conn: AsyncConnection[Any]) -> bool:
-    """Whether the server ended ``conn`` while it sat idle in the pool (a restart, a
-    fail-over, ``idle_session_timeout``, ``pg_terminate_backend()``): it then sent its
-    error and closed the socket, which an idle connection's is readable for. Found
-    without a round trip; a statement sent on it failed, though the server was up."""
-    psycopg, _ = _import_driver()
-    pgconn = conn.pgconn
-    if pgconn.status != psycopg.pq.ConnStatus.OK:
-        return True
-    # Anything to read on a connection that sent nothing (the store listens to no
-    # channel) is the server's FATAL message, whose end of connection may still be on
-    # its way. Taken as ended: at worst a live one is replaced.
-    return _readable(pgconn.socket)
-
-
-def _readable(fd: int) -> bool:
-    """Whether socket ``fd`` has something to read (or its end), without waiting."""
-    if hasattr(select, "poll"):  # select() refuses descriptors past 1023
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(0))
-    return bool(select.select([fd], [], [], 0)[0])  # pragma: no cover - Windows
-
-
-async def _wait_for_locks(conn: AsyncConnection[Any]) -> None:
-    """Configure a pooled connection: its statements wait for the locks they need,
-    whatever the role's ``lock_timeout``. They wait for a batch of another worker (its
-    saga rows, the event stream's lock) or a heartbeat, each one short statement; under
-    a role's 20 ms, a batch that waited longer was refused and its sagas compensated."""
-    await conn.execute("SET lock_timeout = 0")
-
-
-def _import_driver() -> tuple[Any, Any]:
-    try:
-        import psycopg
-        import psycopg_pool
-    except ImportError as error:  # pragma: no cover - exercised without the extra only
-        raise StoreError(
-            "PostgresStore needs psycopg 3 and psycopg-pool: pip install 'sagakit[postgres]'"
-        ) from error
-    return psycopg, psycopg_pool
-
-
-class PostgresStore:
+class PostgresStore(
+    Connections, Leases, SagaReads, RecoveryClaims, OperatorCalls, Shutdown, SimulatedCrashes
+):
     """A durable saga log in PostgreSQL that several worker processes share.
 
     ``dsn`` is a libpq connection string or ``postgresql://`` URL. Tables live in
@@ -371,355 +265,10 @@ class PostgresStore:
         self._batches = 0
         self._writes = 0
 
-    # ------------------------------------------------------------ connections
-
-    async def open(self) -> None:
-        """Connect, migrate the schema and start the heartbeat (done on first use;
-        after :meth:`close` only when called again)."""
-        self._check_loop()
-        self._closed = False
-        if self._pool is not None:
-            return
-        self._loop = asyncio.get_running_loop()  # (refused to others while it opens)
-        try:
-            await self._open()
-        except BaseException:
-            if self._pool is None:
-                self._loop = None
-            raise
-
-    def _check_loop(self) -> None:
-        """Refuse use from a loop other than the one that opened the store (see _pg_loop)."""
-        refused = other_loop(self.schema, self._loop)
-        if refused is not None:
-            raise refused
-
-    async def _open(self) -> None:
-        async with self._opening:
-            if self._pool is not None:
-                return
-            psycopg, psycopg_pool = _import_driver()
-            from ._pg_pool import Pool  # (imports psycopg_pool)
-
-            pool = Pool(
-                self.dsn,
-                min_size=self.min_size,
-                max_size=self.max_size,
-                # A statement waits connect_timeout for a connection, not the pool's 30 s.
-                timeout=self.connect_timeout,
-                kwargs={"autocommit": True},
-                configure=_wait_for_locks,
-                open=False,
-                name=f"sagakit-{self.schema}",
-            )
-            hidden: StoreError | None = None
-            try:
-                # One connection of our own first: the pool retries a failing connection
-                # until its timeout and then says only that it timed out, whereas this
-                # fails at once with the reason (a bad DSN, an unknown database, ...).
-                async with asyncio.timeout(self.connect_timeout):
-                    first = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
-                async with first:
-                    await migrate(first, self.schema, wait=self.connect_timeout)
-                await pool.open(wait=True, timeout=self.connect_timeout)
-            except (psycopg.Error, psycopg_pool.PoolTimeout, TimeoutError) as error:
-                await pool.close()
-                said = error_text(error)
-                if isinstance(error, TimeoutError):
-                    said = f"no connection after {timeout_text(self.connect_timeout)}"
-                # libpq repeats a piece of a DSN it cannot parse, which may be the password.
-                reason = redacted(said, self.dsn)
-                failure = StoreError(
-                    f"cannot open the PostgreSQL saga log (schema {self.schema!r}): "
-                    f"{reason}; check the DSN and that the server is up"
-                )
-                if reason == said:
-                    raise failure from error
-                hidden = failure  # raised below, where no traceback chains the driver's error
-            except BaseException:
-                await pool.close()
-                raise
-            if hidden is not None:
-                raise hidden
-            self._pool = pool
-            self._heartbeat = asyncio.create_task(self._beat(), name="sagakit-pg-heartbeat")
-
-    @contextlib.asynccontextmanager
-    async def _conn(self) -> AsyncIterator[AsyncConnection[Any]]:
-        self._check_loop()
-        if self._pool is None:
-            if self._closed:
-                raise closed_store(
-                    f"the PostgreSQL saga log (schema {self.schema!r}) is closed; "
-                    "call open() to use this store again"
-                )
-            await self.open()
-        pool = self._pool
-        assert pool is not None
-        psycopg, psycopg_pool = _import_driver()
-        used: AsyncConnection[Any] | None = None
-        watch = CancellationWatch()
-        try:
-            for tries_left in reversed(range(pool.max_size + 1)):
-                async with pool.connection(pool_wait(self._patience())) as conn:
-                    if watch.came():
-                        # Cancelled while waiting for the connection, and the cancellation
-                        # was lost on the way (Python 3.11's asyncio.wait_for, in the pool,
-                        # returns the connection when it arrives just as it is handed over):
-                        # raise it here, before anything is sent, or the caller runs on as if
-                        # not cancelled. (The connection goes back to the pool.)
-                        raise asyncio.CancelledError
-                    if tries_left and _ended_by_server(conn):
-                        await conn.close()  # the pool drops it; take another
-                        continue
-                    used = conn
-                    yield conn
-                    self._down = False  # the server answered
-                    if self._outage.since is not None:
-                        self._outage.back()
-                    break
-        except psycopg_pool.PoolTimeout as error:
-            # The server is down or unreachable (or every connection stayed busy: then
-            # the next statement to get one ends the down state at once).
-            if self._down:  # waited KNOWN_DOWN
-                waited = (
-                    "no connection: the server is still unreachable (an earlier call "
-                    f"waited {timeout_text(self.connect_timeout)} for one, connect_timeout)"
-                )
-            else:
-                self._down = True
-                waited = (
-                    f"no connection within {timeout_text(self.connect_timeout)} (connect_timeout)"
-                )
-            raise StoreError(
-                f"PostgreSQL saga log (schema {self.schema!r}): {waited}: check that the "
-                "server is up and reachable (or that max_size connections are enough), "
-                "or give the store a longer connect_timeout to ride out longer outages"
-            ) from error
-        except psycopg.Error as error:
-            if used is not None and used.broken:
-                await self._check_pool(pool)
-            raise StoreError(self._refused(error)) from error
-
-    def _refused(self, error: Exception) -> str:
-        """What the server's ``error`` says, on one line (not the PL/pgSQL context of the
-        statement it stopped in), with the grants to add when the role lacks a right."""
-        reason = str(error).strip().partition("\n")[0]
-        text = f"PostgreSQL saga log (schema {self.schema!r}): {type(error).__name__}: {reason}"
-        state = getattr(error, "sqlstate", None)
-        if state == "42501":  # insufficient privilege
-            text += (
-                f"; the store's role needs USAGE on schema {self.schema} and SELECT, INSERT, "
-                f"UPDATE, DELETE on its tables (GRANT ... ON ALL TABLES IN SCHEMA "
-                f"{self.schema} TO <role>)"
-            )
-        elif state == "57014" and "statement timeout" in reason:  # query_canceled
-            text += (
-                "; the connection's statement_timeout cancelled it (a write waits for the "
-                "saga rows another session holds: another worker's write, a migration, an "
-                "open transaction): give the store's role a longer one, or none "
-                "(ALTER ROLE <role> SET statement_timeout = 0, or options=-c "
-                "statement_timeout=0 in the DSN)"
-            )
-        return text
-
-    async def _check_pool(self, pool: AsyncConnectionPool[Any]) -> None:
-        """A connection died (a server restart, a fail-over): test the idle ones now, so
-        the next writes do not meet the other dead ones one at a time."""
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                await pool.check()
-        except Exception as error:  # best effort: the error being raised says what happened
-            logger.debug("sagakit: checking the PostgreSQL pool failed: %r", error)
-
-    async def _run(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-        """One statement in its own transaction: one round trip, given up on when its
-        answer does not come within ``connect_timeout`` (see :meth:`_answered`)."""
-        async with self._conn() as conn:
-            found = await self._answered(self._statement(conn, sql, params))
-            self._statements += 1
-            self._round_trips += 1
-            return found
-
-    @staticmethod
-    async def _statement(
-        conn: AsyncConnection[Any], sql: str, params: Any
-    ) -> list[tuple[Any, ...]]:
-        cursor = await conn.execute(sql, params)
-        return await cursor.fetchall() if cursor.description is not None else []
-
-    async def _answered(self, statement: Coroutine[Any, Any, _T]) -> _T:
-        """The outcome of ``statement`` (on one connection), whose answer must come within
-        ``connect_timeout`` (less near the deadline of the tries it is part of): else
-        :class:`~sagakit.StoreError`, as a lost connection (see :mod:`._pg_answer`).
-        Every statement of the store waits so: on a connection gone silent (a partition
-        that resets nothing), one waited some 15 minutes for the kernel to give up."""
-        seconds = answer_wait(self.connect_timeout)
-        try:
-            return await answered(statement, seconds)
-        except NoAnswer as silent:
-            raise StoreError(
-                f"PostgreSQL saga log (schema {self.schema!r}): no answer within "
-                f"{timeout_text(seconds)} (connect_timeout): the connection went silent (a "
-                "network partition, a fail-over that left it half-open) or the statement "
-                "waited that long for a lock; given up on, it may have committed or not, "
-                "which the store finds out before it writes the saga again (recovery goes on "
-                "from what the log holds otherwise)"
-            ) from silent
-
-    async def _read(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-        """One statement that writes nothing, again on a new connection while the one it
-        used is lost (see :meth:`_again`): reading twice is safe, unlike an ``UPDATE``
-        whose commit is in doubt. Each try waits ``connect_timeout`` for its answer at
-        most (on a silent connection: given up on, as a lost one)."""
-        return await self._again(lambda: self._run(sql, params), "reading the saga log")
-
     @property
     def stats(self) -> PostgresStats:
         """Counters of what this store sent, for benchmarks and monitoring."""
         return PostgresStats(self._statements, self._round_trips, self._batches, self._writes)
-
-    # ------------------------------------------------------------ leases
-
-    async def _beat(self) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        failures = 0  # renewals failed in a row
-        while True:
-            await asyncio.sleep(self.heartbeat)
-            holding = bool(self._held)  # (else renew() sends nothing: no sign of the server)
-            try:
-                await self.renew()
-            except Exception as error:  # keep beating: the next renewal may succeed
-                if task.cancelling():  # close() cancelled us and it came out as an error
-                    raise asyncio.CancelledError from error
-                failures += 1
-                logger.log(
-                    failure_level(failures),
-                    "sagakit heartbeat could not renew leases (%d in a row): %s",
-                    failures,
-                    error,
-                )
-            else:
-                if failures and holding:
-                    logger.info(
-                        "sagakit heartbeat renews leases again (after %d failed renewals)",
-                        failures,
-                    )
-                    failures = 0
-            if task.cancelling():
-                # Cancelled during the renewal, and the cancellation was lost on the way
-                # (in the driver or the pool): stop anyway, or close() waits forever.
-                raise asyncio.CancelledError
-
-    async def renew(self) -> int:
-        """Extend the lease of every saga this store owns (one statement); returns how many.
-        A saga whose row another session holds locked is left for the next renewal."""
-        ids = list(self._held)
-        if not ids:
-            return 0
-        # (Given up on, on a silent connection: tried again at the next beat.)
-        found = await self._run(
-            self._sql.heartbeat, {"owner": self.owner, "ids": ids, "lease": self.lease}
-        )
-        return len(found)
-
-    async def release_leases(
-        self, *, as_crash: bool = False, saga_ids: Collection[str] | None = None
-    ) -> int:
-        """Give up every saga this store owns (or those of ``saga_ids`` among them), so
-        other workers claim them at once.
-
-        Their fencing tokens move on: any write still in flight here is refused
-        with :class:`~sagakit.LeaseLost`. Returns how many sagas were released.
-        ``as_crash`` makes the next claim of each count as a recovery attempt, as
-        after a worker's death (:func:`sagakit.testing.simulate_restart` uses it).
-        A stopping :meth:`~sagakit.SagaOrchestrator.run_worker` passes the ids of the
-        sagas it runs, so ``execute()`` calls beside it on this store go on.
-
-        A run of a generated id that has not written its row yet, or whose first write
-        is on its way, is not given up (unless ``as_crash``): no worker could take it
-        over, so it goes on here. One whose first write is in doubt has its row
-        inserted first (if that write did not), so that it is released too.
-        """
-        check_saga_ids(saga_ids, "release_leases(saga_ids=...)")
-        check_flag(as_crash, "release_leases(as_crash=...)")
-        ids = None if saga_ids is None else set(saga_ids)
-        released = {
-            saga_id
-            for saga_id in self._held
-            if (ids is None or saga_id in ids) and (as_crash or saga_id not in self._new)
-        }
-        for saga_id in released:
-            del self._held[saga_id]
-        self._lost.update(dict.fromkeys(released, not as_crash))
-        if self._pool is None:
-            return 0
-        for saga_id in released:
-            doubt = self._doubts.get(saga_id)
-            if doubt is not None and doubt.new is not None:
-                # Its first write, carrying its row, is in doubt: insert the row if that
-                # write did not (this waits for it if it is still committing), so that
-                # it is released below. Else settling would insert it later, under a
-                # lease that nobody renews and no other worker could claim before it ran out.
-                await self._run(
-                    self._sql.begin, {"id": saga_id, "explicit": False, "token": None, **doubt.new}
-                )
-        params = {
-            "owner": self.owner,
-            "released": not as_crash,
-            "all": ids is None,
-            "ids": sorted(i for i in ids or () if not _held_by_none(i)),
-        }
-        found = await self._run(self._sql.release, params)
-        if not as_crash:
-            # A row the release did not match was no longer this store's (another worker
-            # took it while this one was paused past its lease, or it ended): not handed
-            # over by this store, so its run's refused writes say the lease was lost.
-            for saga_id in released.difference(row[0] for row in found):
-                if saga_id in self._lost:
-                    self._lost[saga_id] = False
-        return len(found)
-
-    async def give_back(self, saga_ids: Collection[str]) -> int:
-        """Give back sagas this store claimed (:meth:`claim_orphans`) and has not run
-        since: their leases are given up, so any worker claims them at once, and each
-        row is left as the claim found it, so the next claim reads the same: a saga a
-        crash left still counts that crash once (and its recovery warns), a saga
-        handed over stays released. Returns how many it gave back.
-
-        A cancelled ``recover()`` or worker calls it for the sagas a claim returned
-        after swallowing the cancellation. Ids this store did not claim, or whose run
-        has ended, are left alone. If the database is away, the leases run out (the
-        next claim then counts an attempt, as after a crash).
-        """
-        check_given_ids(saga_ids, "give_back()")
-        mine = {
-            saga_id: held
-            for saga_id in dict.fromkeys(saga_ids)
-            if (held := self._held.get(saga_id)) is not None and held.claimed
-        }
-        if not mine:
-            return 0
-        # No run of them here writes, so nothing is kept to fence (kept for good: a
-        # long-running worker's store grew with each claim given back).
-        self._unclaim(mine)
-        for saga_id in mine:
-            self._lost.pop(saga_id, None)
-        if self._pool is None:
-            return 0
-        params = {
-            "owner": self.owner,
-            "ids": list(mine),
-            "fences": [held.fence for held in mine.values()],
-            "handed": [saga_id for saga_id, held in mine.items() if held.handover],
-        }
-        return len(await self._run(self._sql.give_back, params))
-
-    def owns(self, saga_id: str) -> bool:
-        """Whether this store holds the lease of ``saga_id`` (as far as it knows)."""
-        check_saga_id(saga_id, "owns()")
-        return saga_id in self._held
 
     # ------------------------------------------------------------ the protocol
 
@@ -1071,7 +620,7 @@ class PostgresStore:
                     self._doubts[saga_id] = Doubt(token, writes, carried, new)
                     if not isinstance(error, StoreError):
                         raise  # (cancelled) settled by the saga's next write
-                    lost = _write_lost(error)
+                    lost = write_lost(error)
                     if lost:
                         waiting.lost(error)
                     if patience is None:
@@ -1095,7 +644,7 @@ class PostgresStore:
                             unsettled,
                             extra={"saga_id": saga_id, "saga_name": name},
                         )
-                        if _connection_lost(unsettled):  # for connect_timeout
+                        if connection_lost(unsettled):  # for connect_timeout
                             raise self._gave_up(error) from error.__cause__
                         raise error from error.__cause__
                     if committed:
@@ -1195,7 +744,7 @@ class PostgresStore:
                         with patience.bounding():  # its wait for a connection too
                             result = await attempt()
                 except StoreError as error:
-                    if not _connection_lost(error):
+                    if not connection_lost(error):
                         raise  # (cancelled: raised as it is)
                     if patience is None:
                         # From the try's start: it may have waited connect_timeout for
@@ -1231,7 +780,7 @@ class PostgresStore:
 
     async def _apply(self, writes: list[Write]) -> dict[str, str]:
         params = batch_params(writes)
-        psycopg, _ = _import_driver()
+        psycopg, _ = import_driver()
         async with self._conn() as conn:
             try:
                 # On a connection gone silent, given up on as a lost one (in doubt).
@@ -1301,55 +850,10 @@ class PostgresStore:
         self._held[saga_id] = held
         self._lost.pop(saga_id, None)
 
-    def _forget_runs(self, saga_ids: Collection[str]) -> None:
-        """Forget the runs of ``saga_ids`` that a simulated crash stopped (``"the process
-        died"``: they never call finish()), and what they staged or left in doubt, as
-        their next claim by this store would have, retiring them for good."""
-        for saga_id in saga_ids:
-            run = self._runs.get(saga_id)
-            if run is not None and not _unbound(run) and saga_id not in self._held:
-                del self._runs[saga_id]
-                self._staged.pop(saga_id, None)
-                self._doubts.pop(saga_id, None)
-                self._lost.pop(saga_id, None)
-
-    def _crash_process(self, what: str) -> None:
-        """A simulated crash of this process (``FaultInjector.crash(..., process=True)``):
-        every saga of the store stops at its next write, and what they staged is lost."""
-        if self._writer.dead is not None:  # dead already (told again by each saga it stops)
-            return
-        self._writer.crash(what)
-        self._staged.clear()
-
-    def _restart_process(self) -> None:
-        """``simulate_restart()``: the store writes again, as a restarted process would."""
-        self._writer.dead = None
-
-    def _forget_claims(self, saga_id: str) -> None:
-        """Forget the claims of ``saga_id`` retired unbound (a run recovery makes of one
-        later finds its saga not held for it, and is fenced out all the same)."""
-        for key, (retired, _) in list(self._retired.items()):
-            if isinstance(retired, OrphanedSaga) and retired.saga_id == saga_id:
-                del self._retired[key]
-
     def _holds(self, run: SagaRunView) -> bool:
         """Whether what this store keeps of the saga of ``run`` is that run's."""
         holder = self._runs.get(run.id, run)
-        return self._retired_run(run) is None and (holder is run or _unbound(holder))
-
-    def _bind_claim(self, orphan: OrphanedSaga, run: SagaRunView) -> None:
-        """Bind the lease of ``orphan``'s claim to ``run``, the run recovery made of it
-        (before it writes, or awaits anything). That claim over and its saga taken anew
-        by this store meanwhile, ``run`` is retired at once: it writes nothing under the
-        new lease (released as that claim was)."""
-        if self._runs.get(orphan.saga_id) is orphan:
-            self._runs[orphan.saga_id] = run
-            return
-        found = self._retired.pop(id(orphan), None)
-        if found is not None and found[0] is orphan:
-            self._retired[id(run)] = (run, found[1])
-        elif orphan.saga_id in self._runs:  # (taken anew twice since: released or not)
-            self._retired[id(run)] = (run, False)
+        return self._retired_run(run) is None and (holder is run or unbound(holder))
 
     def _retired_run(self, run: SagaRunView) -> bool | None:
         """Whether this store released the lease of retired ``run`` (``None``: not retired)."""
@@ -1362,491 +866,10 @@ class PostgresStore:
         released = self._retired_run(run)
         if released is not None:
             raise LeaseLost(run.id, released)
-        if run.id in self._runs and _unbound(self._runs[run.id]):
+        if run.id in self._runs and unbound(self._runs[run.id]):
             self._runs[run.id] = run
 
-    async def _release(self, saga_id: str, saga_name: str) -> None:
-        """Give up the lease of ``saga_id`` if this store still holds it (best effort)."""
-        held = self._held.get(saga_id)
-        if held is None or saga_id in self._new or saga_id in self._unlogged:
-            return  # its end was written, it was fenced out, or it has no row
-        if self._pool is None:
-            return  # closed: close() released every lease
-        try:
-            await self._run(  # (given up on, on a silent connection: the lease runs out)
-                self._sql.release_one,
-                {"id": saga_id, "owner": self.owner, "fence": held.fence},
-            )
-        except Exception as error:
-            logger.warning(
-                "sagakit could not give up the lease of saga %s (%s) (it runs out): %s",
-                saga_name,
-                saga_id,
-                error,
-                extra={"saga_id": saga_id, "saga_name": saga_name},
-            )
-
-    # ------------------------------------------------------------ monitoring
-
-    # Each saga row is read with its step records in one statement (one snapshot): a
-    # write committing between two statements would make the saga and its records
-    # disagree (EXECUTING with every step completed, finished with a step running).
-
-    async def _with_steps(self, sql: str, params: Any = None) -> list[SagaMetadata]:
-        return self._sagas(await self._read(sql, params))
-
-    def _sagas(self, found: list[tuple[Any, ...]], *, exact: bool = False) -> list[SagaMetadata]:
-        return [rows.metadata(saga, self.serializer, exact=exact) for saga in found]
-
-    async def get(self, saga_id: str) -> SagaMetadata | None:
-        check_saga_id(saga_id, "get()")
-        if _held_by_none(saga_id):
-            return None
-        found = await self._with_steps(self._sql.get, (saga_id,))
-        return found[0] if found else None
-
-    async def running(self) -> list[SagaMetadata]:
-        return await self._with_steps(self._sql.running)
-
-    async def history(self, limit: int | None = None) -> list[SagaMetadata]:
-        if limit is None:
-            return await self._with_steps(self._sql.history)
-        limit = row_limit(limit, "history(limit=...)")
-        if limit <= 0:
-            return []
-        return await self._with_steps(self._sql.history_newest, (limit,))
-
-    async def list_sagas(
-        self, *, status: SagaStatus | str | None = None, limit: int = 100
-    ) -> list[SagaMetadata]:
-        """Sagas newest first, optionally only those with ``status`` (for the CLI)."""
-        wanted = None if status is None else status_filter(status)
-        limit = row_limit(limit, "list_sagas(limit=...)")
-        if limit <= 0:  # as get_history(): none (PostgreSQL refuses a negative LIMIT)
-            return []
-        if wanted is None:
-            return await self._with_steps(self._sql.newest, (limit,))
-        return await self._with_steps(self._sql.newest_with_status, (wanted, limit))
-
-    async def _list_page(
-        self, status: str | None, limit: int, after: tuple[Any, ...] | None
-    ) -> tuple[list[ListedSaga], tuple[Any, ...] | None]:
-        """A page of ``sagakit list``, which prints a long listing page by page instead of
-        holding every saga of it: the ``limit`` newest sagas (of ``status``) that started
-        before ``after``, the key the page before returned, as :meth:`list_sagas` lists
-        them; and the key of this page's last saga (``None``: this page is the last).
-        One query, of the columns the listing shows (no step record is read)."""
-        sql = self._sql
-        wanted = () if status is None else (status_filter(status),)
-        if after is None:
-            query = sql.listed if status is None else sql.listed_with_status
-        else:
-            query = sql.listed_before if status is None else sql.listed_with_status_before
-        found = await self._read(query, (*wanted, *(after or ()), limit))
-        last = (found[-1][4], found[-1][0]) if len(found) == limit else None  # started_at, id
-        return [rows.listed(row) for row in found], last
-
-    async def _arguments(self, saga_id: str) -> StoredArguments | None:
-        """The call arguments ``saga_id`` was started with (``sagakit show``), as decoded
-        as they can be; ``None``: no such saga. Stored in two columns, read as the one
-        JSON array ``[args, kwargs]`` a SQLite log stores."""
-        found = await self._read(self._sql.arguments, (saga_id,))
-        if not found:
-            return None
-        args, kwargs = found[0]
-        return stored_arguments(self.serializer, f"[{args},{kwargs}]")
-
-    async def running_count(self) -> int:
-        return int((await self._read(self._sql.running_count))[0][0])
-
-    async def _running_names(self, *, claimable: bool = False) -> list[tuple[str, int, str]]:
-        """The names of the running sagas (``claimable``: those a claim could take, not
-        under a lease), each with how many and the id of one (one with a completed step
-        where there is one), for recovery's word on names no ``@saga`` here declares and
-        the CLI's ``recover``: counted without reading every saga's records."""
-        sql = self._sql
-        found = await self._read(sql.claimable_running_names if claimable else sql.running_names)
-        return [(name, int(count), one) for name, count, one in found]
-
-    async def _leased_count(self) -> int:
-        """How many running sagas are under a lease that has not expired (for the CLI's
-        ``recover``: those it cannot claim yet). One count over an index."""
-        return int((await self._read(self._sql.leased_count))[0][0])
-
-    async def history_count(self) -> int:
-        return int((await self._read(self._sql.history_count))[0][0])
-
-    # ------------------------------------------------------------ recovery
-
-    async def claim_orphans(
-        self,
-        *,
-        names: Collection[str] | None = None,
-        limit: int = 100,
-        max_attempts: int = 3,
-        saga_ids: Collection[str] | None = None,
-    ) -> list[OrphanedSaga]:
-        limit = claim_limit(limit, max_attempts, saga_ids, names)
-        if limit <= 0:
-            return []
-        orphans: list[OrphanedSaga] = []
-        taken: list[str] = []  # the ids this call took leases of
-        # Each statement waits connect_timeout for its answer at most: on a silent
-        # connection the claim fails (a worker claims again after its poll interval).
-        return await self._claim_all(names, limit, max_attempts, saga_ids, orphans, taken)
-
-    async def _claim_all(
-        self,
-        names: Collection[str] | None,
-        limit: int,
-        max_attempts: int,
-        saga_ids: Collection[str] | None,
-        orphans: list[OrphanedSaga],
-        taken: list[str],
-    ) -> list[OrphanedSaga]:
-        """Claim until ``limit`` sagas are runnable or no more can be claimed."""
-        try:
-            while True:
-                wanted = limit - len(orphans)
-                claimed = await self._claim(names, wanted, max_attempts, orphans, taken, saga_ids)
-                # Parked or unreadable claims do not use up the limit: claim again while
-                # there may be more (else recover(), one claim at a time, stops early).
-                if claimed < wanted or len(orphans) >= limit:
-                    return orphans
-        except BaseException as failure:
-            # Nothing is returned, so nobody runs what was claimed: let go of it (the
-            # heartbeat must not renew its leases), so it is claimed again once they expire.
-            # Cancelled, give them back at once, their claim counting no recovery attempt
-            # (else one never run was counted, and parked after max_attempts cancellations).
-            if taken and isinstance(failure, asyncio.CancelledError):
-                done = await wait_out(self.give_back(taken))  # whatever cancels us again
-                if not done.cancelled() and done.exception() is not None:
-                    logger.warning(
-                        "sagakit could not give back sagas %s (their leases run out): %s",
-                        taken,
-                        done.exception(),
-                    )
-            self._unclaim(taken)
-            raise
-
-    def _unclaim(self, saga_ids: Collection[str]) -> None:
-        """Forget that this store holds the leases of ``saga_ids`` (let go of, parked): it
-        runs none of them now, and the heartbeat renews none of them."""
-        for saga_id in saga_ids:
-            self._held.pop(saga_id, None)
-            if saga_id in self._runs and _unbound(self._runs[saga_id]):
-                del self._runs[saga_id]  # no run of this claim began
-                self._forget_claims(saga_id)
-
-    async def _claim(
-        self,
-        names: Collection[str] | None,
-        limit: int,
-        max_attempts: int,
-        orphans: list[OrphanedSaga],
-        taken: list[str],
-        saga_ids: Collection[str] | None = None,
-    ) -> int:
-        """Claim up to ``limit`` rows, add the runnable ones to ``orphans`` (and their ids
-        to ``taken``); how many rows."""
-        self._token += 2  # the claim's write token, and the next one for a handover
-        token = self._token - 1
-        claimed = await self._claim_rows(
-            {
-                "all": names is None,
-                "names": sorted(names) if names is not None else [],
-                "any_id": saga_ids is None,
-                "ids": sorted(i for i in saga_ids or () if not _held_by_none(i)),
-                "limit": limit,
-                "max": max_attempts,
-                "owner": self.owner,
-                "lease": self.lease,
-                "mine": list(self._held),
-                "token": token,
-            },
-        )
-        alive = []
-        renewed = []
-        for row in sorted((row for row in claimed if not row[13]), key=lambda row: row[11]):
-            held = self._held.get(row[0])
-            if held is not None:
-                # This store began it (an execute()) after the claim was sent ("mine"
-                # did not list it yet), and its lease ran out before the claim ran: the
-                # claim only renewed its lease. The run goes on with the new token (a
-                # write of it on its way meanwhile is sent again with it, see _send).
-                held.fence = row[12]
-                for write in self._staged.get(row[0], ()):
-                    write.fence = row[12]
-                renewed.append(row[0])
-            else:
-                alive.append(row)
-        if renewed:
-            try:  # no crash caused it: give the recovery attempt it counted back
-                await self._run(self._sql.renewed, {"ids": renewed, "owner": self.owner})
-            except StoreError as error:  # best effort: else it is parked a crash early
-                logger.warning("sagakit could not give back a recovery attempt: %s", error)
-        for row in claimed:
-            if row[13]:  # the reason its claim wrote, as SQLite's
-                log_parked(row[1], row[0], attempts_reason(row[6], max_attempts))
-                self._unclaim((row[0],))  # parked: nobody owns it now
-        if not alive:
-            return len(claimed)
-        for row in alive:
-            # Its start count goes on from the log's highest, read below.
-            self._take(row[0], None, Held(row[12], order=None, handover=row[14]))
-            taken.append(row[0])
-        # Read after the claim committed: a lost connection is tried again, or the claim
-        # failed, its sagas waiting until their leases ran out.
-        found = await self._read(self._sql.claimed_steps, ([r[0] for r in alive],))
-        highest = dict.fromkeys((row[0] for row in alive), 0)  # start_order
-        for step_row in found:
-            if step_row[10] is not None:
-                highest[step_row[0]] = max(highest[step_row[0]], step_row[10])
-        for saga_id, order in highest.items():
-            if (held := self._held.get(saga_id)) is not None:
-                held.order = order
-        steps = rows.steps_by_saga(step_row[:10] for step_row in found)
-        for row in alive:
-            try:
-                orphan = rows.orphan(row, steps.get(row[0], ()), self.serializer)
-            except (SerializationError, ValueError, TypeError) as error:
-                await self.dead_letter(row[0], f"its log cannot be read back: {error}")
-                continue
-            if row[0] in self._runs and self._runs[row[0]] is None:
-                self._runs[row[0]] = orphan  # this claim's, for recovery to bind (_bind_claim)
-            orphans.append(orphan)
-        return len(claimed)
-
-    async def _claim_rows(self, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        """The rows the claim takes. If its connection is lost, it may have committed: the
-        rows it took are read back on a new connection (by the claim's write token, as
-        :meth:`_again` tries), so they are recovered now, not once their lease runs out
-        (its recovery attempt counted for nothing). None found: the error is raised."""
-        try:
-            return await self._run(self._sql.claim, params)
-        except StoreError as error:
-            if not _maybe_committed(error):
-                raise
-            lost = error
-        try:
-            found = await self._again(
-                lambda: self._run(
-                    self._sql.claimed_by, {"owner": self.owner, "token": params["token"]}
-                ),
-                "reading back a claim whose connection was lost",
-            )
-        except StoreError as error:
-            raise StoreError(
-                f"{error}; the claim may have taken sagas all the same: none of them runs "
-                f"here, and once their lease ({timeout_text(self.lease)}) runs out another "
-                "claim takes them"
-            ) from error.__cause__
-        if not found:
-            raise lost
-        return found
-
-    async def dead_letter(self, saga_id: str, reason: str) -> None:
-        check_saga_id(saga_id, "dead_letter()")
-        check_text(reason, "reason", "dead_letter()", "say why the saga is parked")
-        held = self._held.get(saga_id)
-        if held is None:
-            raise StoreError(
-                f"saga {saga_id!r} is not owned by this store; claim it before dead-lettering it"
-            )
-        try:
-            found = await self._run(
-                self._sql.dead_letter,
-                {"id": saga_id, "reason": storable(reason), "fence": held.fence},
-            )
-        finally:
-            # Parked or not (the write may have failed), this store no longer runs it: the
-            # heartbeat must not keep its lease alive, so its next claim can park it.
-            self._unclaim((saga_id,))
-        if not found:
-            raise LeaseLost(saga_id, self._lost.get(saga_id, False))
-
-    async def dead_letters(self) -> list[DeadLetter]:
-        return [rows.dead_letter(row) for row in await self._read(self._sql.dead_letters)]
-
-    async def resume_dead_letter(self, saga_id: str) -> None:
-        check_saga_id(saga_id, "resume_dead_letter()")
-        if _held_by_none(saga_id):
-            raise StoreError(self._no_saga(saga_id))
-        update = self._operator_update(self._sql.resume, saga_id, {})
-        if not await self._operator_call(update, "resume_dead_letter()"):
-            # A typo, or another log: no saga, not "not dead-lettered".
-            problem = (
-                f"saga {saga_id!r} is not dead-lettered; `sagakit dead-letters` lists those"
-                if await self.get(saga_id) is not None
-                else self._no_saga(saga_id)
-            )
-            raise StoreError(_with_doubt(problem, update.doubt("resume_dead_letter()")))
-
-    async def resolve(self, saga_id: str, note: str) -> None:
-        check_saga_id(saga_id, "resolve()")
-        check_text(note, "note", "resolve()", "say how the saga was settled")
-        if _held_by_none(saga_id):
-            raise StoreError(self._no_saga(saga_id))
-        update = self._operator_update(self._sql.resolve, saga_id, {"note": storable(note)})
-        if await self._operator_call(update, "resolve()"):
-            return
-        doubt = update.doubt("resolve()")
-        for updated, error in await self._read(self._sql.resolved, (saga_id,)):
-            # Once is enough: again, it nested the first note in the second's "(was:".
-            resolved = SagaAlreadyResolved(saga_id, rows.utc(updated), error)
-            if doubt is not None:
-                resolved.add_note(doubt)
-            raise resolved
-        known = await self.get(saga_id)
-        if known is None:
-            raise StoreError(_with_doubt(self._no_saga(saga_id), doubt))
-        raise StoreError(
-            _with_doubt(
-                f"saga {saga_id!r} is {known.status} and not dead-lettered; only "
-                "dead-lettered or FAILED sagas, or running ones whose owner's lease "
-                "expired, can be resolved",
-                doubt,
-            )
-        )
-
-    def _no_saga(self, saga_id: str) -> str:
-        """What an operator's call on ``saga_id``, which the log does not hold, is told
-        (as ``sagakit show`` says it)."""
-        return (
-            f"no saga {saga_id!r} in schema {self.schema!r} of the PostgreSQL database; "
-            "`sagakit list` lists its sagas"
-        )
-
-    async def _operator_call(self, update: OperatorUpdate, call: str) -> bool:
-        """Whether ``update`` was applied, tried again while its connection is lost
-        (see :meth:`_again`). An error raised once a try was in doubt says that the call
-        may have been applied."""
-        try:
-            return await self._again(update.attempt, f"sending {call}")
-        except StoreError as error:
-            doubt = update.doubt(call)
-            if doubt is None:
-                raise
-            raise StoreError(_with_doubt(str(error), doubt)) from error
-
-    def _operator_update(self, sql: str, saga_id: str, params: dict[str, Any]) -> OperatorUpdate:
-        """An operator's ``UPDATE`` of ``saga_id``, for :meth:`_again` to try: after a
-        lost connection, a try reads back the call's token before sending it again (see
-        :class:`OperatorUpdate`)."""
-        return OperatorUpdate(
-            self._run, sql, self._sql.last_write_shared, saga_id, params, _maybe_committed
-        )
-
-    async def read_events(
-        self, *, after: int = 0, limit: int = 1000, saga_id: str | None = None
-    ) -> list[StoredEvent]:
-        check_event_window(after, limit)  # as SQLite: limit=0 read as the end of the stream
-        if saga_id is None:
-            found = await self._read(self._sql.events, (after, limit))
-        else:
-            check_saga_id(saga_id, "read_events(saga_id=...)")
-            if _held_by_none(saga_id):
-                return []
-            found = await self._read(self._sql.events_of, (saga_id, after, limit))
-        return [rows.stored_event(row, self.serializer) for row in found]
-
-    # ------------------------------------------------------------ closing
-
-    async def close(self) -> None:
-        """Stop the heartbeat, write what sagas staged, release the leases still held and
-        close the pool: ``connect_timeout`` at most for all of it (see :class:`Closing`).
-        What it could not write is left to recovery (a warning names those sagas); the
-        leases it could not release run out by themselves."""
-        refused = other_loop(self.schema, self._loop)
-        if refused is not None:
-            if self._loop_ended():  # its pool cannot be closed from here, nor there
-                self._pool, self._heartbeat, self._loop = None, None, None
-                self._closed = True
-            raise refused
-        # A cancellation of close() is not swallowed: the store is closed all the same
-        # (its pool would be left open), then it is raised.
-        closing = Closing(self.connect_timeout)
-        pool = self._pool
-        try:
-            heartbeat, self._heartbeat = self._heartbeat, None
-            if heartbeat is not None:
-                await closing.stopped(heartbeat)  # (a renewal may be on its way)
-                _retrieved(heartbeat)
-            dead = self._writer.dead is not None  # (crash(process=True)): nothing is written
-            if dead:
-                self._staged.clear()
-                self._doubts.clear()
-            await self._flush_staged(closing)
-            sending = self._writer.sending
-            if sending is not None:  # a batch on its way (its caller gone: cancelled)
-                await closing.ended(sending)
-            if pool is not None and self._held:  # a dead process's, as a crash's
-                await self._release_on_close(closing, as_crash=dead)  # (as simulate_restart)
-        finally:
-            self._closed = True  # opened or not: no implicit opening on the next use
-            if pool is not None:
-                self._pool = None
-                self._loop = None
-                await pool.close()
-        if closing.cancelled():
-            raise asyncio.CancelledError
-
-    async def _release_on_close(self, closing: Closing, *, as_crash: bool) -> None:
-        """:meth:`release_leases`, within what is left of ``closing``: on a connection
-        gone silent (a partition that resets nothing), a statement waits some 15 minutes
-        for the kernel to give up. Past it, the release is cancelled (again if its
-        cancellation gets no answer either: psycopg then closes the connection) and the
-        leases run out by themselves (the store no longer renews them)."""
-        held = len(self._held)
-        releasing = asyncio.ensure_future(self.release_leases(as_crash=as_crash))
-        if await closing.ended(releasing):
-            releasing.result()  # its error, if any, as ever
-            return
-        logger.warning(
-            "sagakit could not release the leases of %s on close: %s; they run out by themselves",
-            counted(held, "saga"),
-            closing.why(),
-        )
-
-    def _loop_ended(self) -> bool:
-        """Whether the loop that opened the store is closed (not just idle: run again, it
-        can close the store)."""
-        loop = self._loop
-        return loop is not None and loop.is_closed()
-
-    async def _flush_staged(self, closing: Closing) -> None:
-        """Write what is still staged or in doubt (of sagas stopped mid-flight), within
-        what is left of ``closing``; a warning names the sagas it could not write (nor
-        find out whether their write in doubt committed): their log shows what it holds,
-        from which their recovery goes on, as after a crash."""
-        sagas = {*self._staged, *self._doubts}
-        if sagas and self._pool is not None:
-            names = {saga_id: self._staged_name(saga_id) for saga_id in sagas}
-            # Briefly: close() does not wait connect_timeout for a connection.
-            brief = asyncio.get_running_loop().time() + BRIEF
-            patience = Patience(min(brief, closing.deadline))
-            flushes = {
-                saga_id: asyncio.ensure_future(self._flush(saga_id, patience=patience))
-                for saga_id in sorted(sagas)
-            }
-            await closing.ended(asyncio.gather(*flushes.values(), return_exceptions=True))
-            unwritten = [saga_id for saga_id, flush in flushes.items() if flush.cancelled()]
-            if unwritten:
-                logger.warning(
-                    "sagakit could not write the staged transitions of %s on close: "
-                    "%s; recovery finishes them from what the log holds: %s",
-                    counted(len(unwritten), "saga"),
-                    closing.why(),
-                    ", ".join(f"{names[saga_id]} ({saga_id})" for saga_id in unwritten),
-                )
-        self._staged.clear()
-        self._doubts.clear()
-
-    def _staged_name(self, saga_id: str) -> str | None:
-        """The name of saga ``saga_id``, from what it staged or has in doubt."""
-        doubt = self._doubts.get(saga_id)
-        writes = self._staged.get(saga_id) or (doubt.writes if doubt is not None else None)
-        return writes[0].saga_name if writes else None
+    # ------------------------------------------------------------ staged writes
 
     async def _flush(
         self, saga_id: str, run: SagaRunView | None = None, patience: Patience | None = None
@@ -1897,12 +920,6 @@ class PostgresStore:
             f"<PostgresStore schema={self.schema!r} lease={timeout_text(self.lease, '')} "
             f"owns={len(self._held)} {state}>"
         )
-
-
-def _retrieved(task: asyncio.Future[Any]) -> None:
-    """Retrieve an abandoned task's outcome (else asyncio logs it as never retrieved)."""
-    if not task.cancelled():
-        task.exception()
 
 
 __all__ = ["DEFAULT_LEASE", "PostgresStats", "PostgresStore"]

@@ -1,0 +1,59 @@
+"""Simulated process crashes of a PostgreSQL store, for :mod:`sagakit.testing`: a crash
+of the process (``FaultInjector.crash(..., process=True)``), its restart
+(``simulate_restart()``), and forgetting the runs the crash stopped.
+
+:class:`SimulatedCrashes` is a base of :class:`~.postgres.PostgresStore`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from .._tracebacks import hide_from_pytest
+from ._pg_claims import unbound
+from ._pg_held import Held
+from ._pg_settle import Doubt
+from ._pg_writer import GroupWriter, Write
+from ._protocol import OrphanedSaga, SagaRunView
+
+# pytest shows a failing test's line, not this module's code, for an error this store
+# raises on purpose (see _tracebacks).
+__tracebackhide__ = hide_from_pytest
+
+
+class SimulatedCrashes:
+    """How :class:`~.postgres.PostgresStore` dies and restarts in a simulated crash."""
+
+    _writer: GroupWriter
+    _held: dict[str, Held]
+    _lost: dict[str, bool]
+    _staged: dict[str, list[Write]]
+    _doubts: dict[str, Doubt]
+    _runs: dict[str, SagaRunView | OrphanedSaga | None]
+
+    def _crash_process(self, what: str) -> None:
+        """A simulated crash of this process (``FaultInjector.crash(..., process=True)``):
+        every saga of the store stops at its next write, and what they staged is lost."""
+        if self._writer.dead is not None:  # dead already (told again by each saga it stops)
+            return
+        self._writer.crash(what)
+        self._staged.clear()
+
+    def _restart_process(self) -> None:
+        """``simulate_restart()``: the store writes again, as a restarted process would."""
+        self._writer.dead = None
+
+    def _forget_runs(self, saga_ids: Collection[str]) -> None:
+        """Forget the runs of ``saga_ids`` that a simulated crash stopped (``"the process
+        died"``: they never call finish()), and what they staged or left in doubt, as
+        their next claim by this store would have, retiring them for good."""
+        for saga_id in saga_ids:
+            run = self._runs.get(saga_id)
+            if run is not None and not unbound(run) and saga_id not in self._held:
+                del self._runs[saga_id]
+                self._staged.pop(saga_id, None)
+                self._doubts.pop(saga_id, None)
+                self._lost.pop(saga_id, None)
+
+
+__all__ = ["SimulatedCrashes"]
