@@ -2026,11 +2026,11 @@ def test_list_reads_a_long_listing_page_by_page_with_every_saga_once(
 
 def sagas_read(kind: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The ids of the sagas the store reads (with their records) from now on."""
+    import sagakit.stores._pg_rows as pg_rows
     import sagakit.stores._sqlite_reads as sqlite_reads
-    import sagakit.stores.postgres as postgres_module
 
     read: list[str] = []
-    module: Any = postgres_module.rows if kind == "postgres" else sqlite_reads
+    module: Any = pg_rows if kind == "postgres" else sqlite_reads
     name = "metadata" if kind == "postgres" else "load_metadata"
     load = getattr(module, name)
 
@@ -2046,11 +2046,11 @@ def sagas_read(kind: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def sagas_listed(kind: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The ids of the sagas ``list`` reads from now on (the rows of its pages)."""
+    import sagakit.stores._pg_rows as pg_rows
     import sagakit.stores._sqlite_reads as sqlite_reads
-    import sagakit.stores.postgres as postgres_module
 
     read: list[str] = []
-    module: Any = postgres_module.rows if kind == "postgres" else sqlite_reads
+    module: Any = pg_rows if kind == "postgres" else sqlite_reads
     load = module.listed
 
     def counted(*args: Any, **kwargs: Any) -> Any:

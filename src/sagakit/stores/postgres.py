@@ -37,7 +37,6 @@ from ..exceptions import (
 )
 from ..status import SagaStatus
 from ..transitions import TransitionKind
-from . import _pg_rows as rows  # noqa: F401 - tests replace its readers through this name
 from ._fingerprint import definition_fingerprint
 from ._pg_claims import RecoveryClaims, unbound
 from ._pg_close import Shutdown
@@ -51,7 +50,6 @@ from ._pg_operator import OperatorCalls
 from ._pg_patience import BRIEF, KNOWN_DOWN, Outage, Patience
 from ._pg_reads import SagaReads
 from ._pg_schema import check_schema_name
-from ._pg_schema import migrate as migrate
 from ._pg_settle import Doubt, Settled, settle
 from ._pg_sql import statements
 from ._pg_writer import (
