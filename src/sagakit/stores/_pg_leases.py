@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._cadence import failure_level
 from .._checks import check_flag
+from .._shielding import CancellationWatch, wait_out
 from .._tracebacks import hide_from_pytest
 from ._pg_held import Held
 from ._pg_ids import held_by_none
@@ -199,12 +200,20 @@ class Leases:
             return  # its end was written, it was fenced out, or it has no row
         if self._pool is None:
             return  # closed: close() released every lease
-        try:
-            await self._run(  # (given up on, on a silent connection: the lease runs out)
+        # Waited out if the caller is cancelled meanwhile (a listener cancelling the
+        # saga's task again while its run finishes), then that cancellation is raised:
+        # cut short, the lease was forgotten here (finish() drops it) but left in the
+        # row, so close() had nothing to release and no claim took the saga until the
+        # lease ran out. (Given up on, on a silent connection: the lease runs out.)
+        watch = CancellationWatch()
+        done = await wait_out(
+            self._run(
                 self._sql.release_one,
                 {"id": saga_id, "owner": self.owner, "fence": held.fence},
             )
-        except Exception as error:
+        )
+        error = None if done.cancelled() else done.exception()
+        if error is not None:
             logger.warning(
                 "sagakit could not give up the lease of saga %s (%s) (it runs out): %s",
                 saga_name,
@@ -212,6 +221,8 @@ class Leases:
                 error,
                 extra={"saga_id": saga_id, "saga_name": saga_name},
             )
+        if watch.came():
+            raise asyncio.CancelledError
 
 
 __all__ = ["Leases"]
