@@ -1157,4 +1157,13 @@ class SagaOrchestrator:
         return f"<SagaOrchestrator store={self._store!r}>"
 
 
+# The methods its class body takes from _recording, _ending and _compensating are named as
+# its own, as if defined there: in coroutine and task reprs and in their frames' code.
+for _name, _method in vars(SagaOrchestrator).items():
+    if inspect.isfunction(_method) and _method.__module__ != __name__:
+        _method.__qualname__ = f"SagaOrchestrator.{_name}"
+        _method.__code__ = _method.__code__.replace(co_qualname=_method.__qualname__)
+del _name, _method
+
+
 __all__ = ["Listener", "SagaOrchestrator"]
