@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
+from nested_helpers.inner import inner_id, inner_saga_tried
 from pg_helpers.db import dsn_or_skip, fresh_schema
 from sagakit import (
     PostgresStore,
     Retry,
     SagaOrchestrator,
     SQLiteStore,
-    current_step,
     saga,
     step,
 )
@@ -216,43 +216,8 @@ def test_recover_help_names_status_3(capsys: pytest.CaptureFixture[str]) -> None
     assert "exit status 3: a saga needs an operator" in said
 
 
-@step
-async def cli_status_capture(item: str) -> str:
-    return f"captured-{item}"
-
-
-@saga
-def cli_status_payment(item: str):  # type: ignore[no-untyped-def]
-    yield cli_status_capture(item)
-
-
-@step
-async def cli_status_pay_inside(item: str) -> list[Any]:
-    context = current_step()
-    assert context is not None  # an inner saga under a derived id: recovery adopts it
-    inner = f"{context.idempotency_key}/payment"
-    return await context.orchestrator.execute(cli_status_payment(item), saga_id=inner)
-
-
-@saga
-def cli_status_nested(item: str):  # type: ignore[no-untyped-def]
-    yield cli_status_pay_inside(item)
-
-
-INNER = "nested-1:0/payment"
-
-
-def _recoveries_of_the_inner_saga_that_died(log: Log, times: int) -> None:
-    """``times`` recoveries claimed the inner saga (each an attempt), and their process died."""
-
-    async def die() -> None:
-        for _ in range(times):
-            store = log.store()
-            assert len(await store.claim_orphans(saga_ids=[INNER], max_attempts=10)) == 1
-            await simulate_restart(store)
-            await store.close()
-
-    asyncio.run(die())
+NESTED = "nested-1"
+INNER = inner_id(NESTED)
 
 
 def test_max_attempts_applies_to_an_inner_saga_recovery_adopts(log: Log) -> None:
@@ -260,15 +225,14 @@ def test_max_attempts_applies_to_an_inner_saga_recovery_adopts(log: Log) -> None
     # inner saga that a resumed step executes again (adopted under its derived id) was
     # claimed with the default limit, 3: raised, the inner saga was parked all the same,
     # its reason saying "max_attempts=3"; lowered, it was not parked at all.
-    log.run((cli_status_nested("lamp"), "nested-1"), crash=cli_status_capture)
-    _recoveries_of_the_inner_saga_that_died(log, 3)
+    asyncio.run(inner_saga_tried(log.store, NESTED, 3))
     code, out = log.recover("--max-attempts", "5", "--json")
     assert (code, json.loads(out)) == (
         0,
         [
             {
-                "id": "nested-1",
-                "name": "cli_status_nested",
+                "id": NESTED,
+                "name": "nested_tried_order",
                 "action": "resumed",
                 "status": "completed",
                 "error": None,
@@ -278,8 +242,7 @@ def test_max_attempts_applies_to_an_inner_saga_recovery_adopts(log: Log) -> None
 
 
 def test_an_inner_saga_parked_by_recover_names_its_max_attempts(log: Log) -> None:
-    log.run((cli_status_nested("lamp"), "nested-1"), crash=cli_status_capture)
-    _recoveries_of_the_inner_saga_that_died(log, 2)
+    asyncio.run(inner_saga_tried(log.store, NESTED, 2))
     code, out = log.recover("--max-attempts", "2", "--json")
     assert code == NEEDS_OPERATOR
     parked = {o["id"]: o for o in json.loads(out)}
