@@ -10,25 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Collection
+from typing import Any
 
 from .._seconds import timeout_text
-from .._serialization import JsonSerializer
 from .._shielding import wait_out
 from .._tracebacks import hide_from_pytest
 from ..exceptions import SerializationError, StoreError
 from . import _pg_rows as rows
 from ._parking import attempts_reason, log_parked
+from ._pg_base import PostgresStoreBase
 from ._pg_errors import maybe_committed
 from ._pg_held import Held
 from ._pg_ids import held_by_none
-from ._pg_sql import Statements
-from ._pg_writer import Write
 from ._protocol import OrphanedSaga, SagaRunView, claim_limit
-
-if TYPE_CHECKING:
-    from ._pg_patience import Patience
 
 # pytest shows a failing test's line, not this module's code, for an error this store
 # raises on purpose (see _tracebacks).
@@ -36,45 +31,14 @@ __tracebackhide__ = hide_from_pytest
 
 logger: logging.Logger = logging.getLogger("sagakit")
 
-_T = TypeVar("_T")
-
 
 def unbound(holder: SagaRunView | OrphanedSaga | None) -> bool:
     """Whether a claim's lease is bound to no run yet (see ``PostgresStore._runs``)."""
     return holder is None or isinstance(holder, OrphanedSaga)
 
 
-class RecoveryClaims:
+class RecoveryClaims(PostgresStoreBase):
     """How :class:`~.postgres.PostgresStore` claims orphaned sagas for recovery."""
-
-    serializer: JsonSerializer
-    owner: str
-    lease: float
-    _sql: Statements
-    _token: int
-    _held: dict[str, Held]
-    _staged: dict[str, list[Write]]
-    _runs: dict[str, SagaRunView | OrphanedSaga | None]
-    _retired: dict[int, tuple[SagaRunView | OrphanedSaga, bool]]
-
-    if TYPE_CHECKING:
-
-        async def _run(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]: ...
-
-        async def _read(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]: ...
-
-        async def _again(
-            self,
-            attempt: Callable[[], Awaitable[_T]],
-            what: str,
-            patience: Patience | None = None,
-        ) -> _T: ...
-
-        def _take(self, saga_id: str, run: SagaRunView | None, held: Held) -> None: ...
-
-        async def give_back(self, saga_ids: Collection[str]) -> int: ...
-
-        async def dead_letter(self, saga_id: str, reason: str) -> None: ...
 
     async def claim_orphans(
         self,

@@ -9,21 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._counted import counted
 from .._tracebacks import hide_from_pytest
+from ._pg_base import PostgresStoreBase
 from ._pg_closing import Closing
-from ._pg_held import Held
 from ._pg_loop import other_loop
 from ._pg_patience import BRIEF, Patience
-from ._pg_settle import Doubt
-from ._pg_writer import GroupWriter, Write
-from ._protocol import SagaRunView
-
-if TYPE_CHECKING:
-    from psycopg_pool import AsyncConnectionPool
 
 # pytest shows a failing test's line, not this module's code, for an error this store
 # raises on purpose (see _tracebacks).
@@ -32,29 +25,8 @@ __tracebackhide__ = hide_from_pytest
 logger: logging.Logger = logging.getLogger("sagakit")
 
 
-class Shutdown:
+class Shutdown(PostgresStoreBase):
     """How :class:`~.postgres.PostgresStore` closes (``close()``)."""
-
-    schema: str
-    connect_timeout: float
-    _pool: AsyncConnectionPool[Any] | None
-    _loop: asyncio.AbstractEventLoop | None
-    _closed: bool
-    _heartbeat: asyncio.Task[None] | None
-    _writer: GroupWriter
-    _held: dict[str, Held]
-    _staged: dict[str, list[Write]]
-    _doubts: dict[str, Doubt]
-
-    if TYPE_CHECKING:
-
-        async def release_leases(
-            self, *, as_crash: bool = False, saga_ids: Collection[str] | None = None
-        ) -> int: ...
-
-        async def _flush(
-            self, saga_id: str, run: SagaRunView | None = None, patience: Patience | None = None
-        ) -> None: ...
 
     async def close(self) -> None:
         """Stop the heartbeat, write what sagas staged, release the leases still held and

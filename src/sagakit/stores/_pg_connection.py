@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._seconds import timeout_text
@@ -20,10 +20,11 @@ from ..exceptions import StoreError, error_text
 from ._dsn import redacted
 from ._loop_refusal import closed_store
 from ._pg_answer import NoAnswer, answer_wait, answered
+from ._pg_base import PostgresStoreBase
 from ._pg_driver import import_driver
 from ._pg_errors import ended_by_server
 from ._pg_loop import other_loop
-from ._pg_patience import Outage, Patience, pool_wait
+from ._pg_patience import pool_wait
 from ._pg_schema import migrate
 
 if TYPE_CHECKING:
@@ -47,36 +48,8 @@ async def _wait_for_locks(conn: AsyncConnection[Any]) -> None:
     await conn.execute("SET lock_timeout = 0")
 
 
-class Connections:
+class Connections(PostgresStoreBase):
     """How :class:`~.postgres.PostgresStore` opens its pool and sends a statement."""
-
-    dsn: str
-    schema: str
-    min_size: int
-    max_size: int
-    connect_timeout: float
-    _pool: AsyncConnectionPool[Any] | None
-    _loop: asyncio.AbstractEventLoop | None
-    _closed: bool
-    _opening: asyncio.Lock
-    _heartbeat: asyncio.Task[None] | None
-    _outage: Outage
-    _down: bool
-    _statements: int
-    _round_trips: int
-
-    if TYPE_CHECKING:
-
-        async def _beat(self) -> None: ...
-
-        def _patience(self) -> float: ...
-
-        async def _again(
-            self,
-            attempt: Callable[[], Awaitable[_T]],
-            what: str,
-            patience: Patience | None = None,
-        ) -> _T: ...
 
     async def open(self) -> None:
         """Connect, migrate the schema and start the heartbeat (done on first use;

@@ -10,26 +10,16 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from .._tracebacks import hide_from_pytest
+from ._pg_base import PostgresStoreBase
 from ._pg_claims import unbound
-from ._pg_held import Held
-from ._pg_settle import Doubt
-from ._pg_writer import GroupWriter, Write
-from ._protocol import OrphanedSaga, SagaRunView
 
 # pytest shows a failing test's line, not this module's code, for an error this store
 # raises on purpose (see _tracebacks).
 __tracebackhide__ = hide_from_pytest
 
 
-class SimulatedCrashes:
+class SimulatedCrashes(PostgresStoreBase):
     """How :class:`~.postgres.PostgresStore` dies and restarts in a simulated crash."""
-
-    _writer: GroupWriter
-    _held: dict[str, Held]
-    _lost: dict[str, bool]
-    _staged: dict[str, list[Write]]
-    _doubts: dict[str, Doubt]
-    _runs: dict[str, SagaRunView | OrphanedSaga | None]
 
     def _crash_process(self, what: str) -> None:
         """A simulated crash of this process (``FaultInjector.crash(..., process=True)``):

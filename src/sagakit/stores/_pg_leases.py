@@ -11,20 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
 
 from .._cadence import failure_level
 from .._checks import check_flag
 from .._shielding import CancellationWatch, wait_out
 from .._tracebacks import hide_from_pytest
-from ._pg_held import Held
+from ._pg_base import PostgresStoreBase
 from ._pg_ids import held_by_none
-from ._pg_settle import Doubt
-from ._pg_sql import Statements
 from ._protocol import check_given_ids, check_saga_id, check_saga_ids
-
-if TYPE_CHECKING:
-    from psycopg_pool import AsyncConnectionPool
 
 # pytest shows a failing test's line, not this module's code, for an error this store
 # raises on purpose (see _tracebacks).
@@ -33,25 +27,8 @@ __tracebackhide__ = hide_from_pytest
 logger: logging.Logger = logging.getLogger("sagakit")
 
 
-class Leases:
+class Leases(PostgresStoreBase):
     """How :class:`~.postgres.PostgresStore` keeps and gives up the leases of its sagas."""
-
-    owner: str
-    lease: float
-    heartbeat: float
-    _sql: Statements
-    _pool: AsyncConnectionPool[Any] | None
-    _held: dict[str, Held]
-    _lost: dict[str, bool]
-    _new: dict[str, dict[str, Any]]
-    _unlogged: set[str]
-    _doubts: dict[str, Doubt]
-
-    if TYPE_CHECKING:
-
-        async def _run(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]: ...
-
-        def _unclaim(self, saga_ids: Collection[str]) -> None: ...
 
     async def _beat(self) -> None:
         task = asyncio.current_task()

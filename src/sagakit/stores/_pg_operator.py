@@ -14,29 +14,23 @@ after a lost connection first reads the token back: there, the call was applied.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 from .._tracebacks import hide_from_pytest
 from ..exceptions import LeaseLost, SagaAlreadyResolved, StoreError
 from . import _pg_rows as rows
+from ._pg_base import PostgresStoreBase
 from ._pg_errors import maybe_committed, with_doubt
-from ._pg_held import Held
 from ._pg_ids import held_by_none
-from ._pg_sql import Run, Statements
+from ._pg_sql import Run
 from ._pg_writer import storable
 from ._protocol import DeadLetter, check_saga_id, check_text
-
-if TYPE_CHECKING:
-    from ..records import SagaMetadata
-    from ._pg_patience import Patience
 
 # pytest shows a failing test's line, not this module's code, for an error this store
 # raises on purpose (see _tracebacks).
 __tracebackhide__ = hide_from_pytest
-
-_T = TypeVar("_T")
 
 
 def call_token() -> int:
@@ -87,31 +81,9 @@ class OperatorUpdate:
         )
 
 
-class OperatorCalls:
+class OperatorCalls(PostgresStoreBase):
     """What an operator asks of :class:`~.postgres.PostgresStore`: park a saga it owns
     (``dead_letter()``), list the parked ones, resume one, or mark one settled by hand."""
-
-    schema: str
-    _sql: Statements
-    _held: dict[str, Held]
-    _lost: dict[str, bool]
-
-    if TYPE_CHECKING:
-
-        async def _run(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]: ...
-
-        async def _read(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]: ...
-
-        async def _again(
-            self,
-            attempt: Callable[[], Awaitable[_T]],
-            what: str,
-            patience: Patience | None = None,
-        ) -> _T: ...
-
-        def _unclaim(self, saga_ids: Collection[str]) -> None: ...
-
-        async def get(self, saga_id: str) -> SagaMetadata | None: ...
 
     async def dead_letter(self, saga_id: str, reason: str) -> None:
         check_saga_id(saga_id, "dead_letter()")

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .._serialization import JsonSerializer
 from .._tracebacks import hide_from_pytest
 from ..status import SagaStatus
 from . import _pg_rows as rows
 from ._cli_records import ListedSaga, StoredArguments, stored_arguments
+from ._pg_base import PostgresStoreBase
 from ._pg_ids import held_by_none
-from ._pg_sql import Statements
 from ._protocol import StoredEvent, check_event_window, check_saga_id, row_limit
 from ._records import status_filter
 
@@ -27,16 +26,9 @@ if TYPE_CHECKING:
 __tracebackhide__ = hide_from_pytest
 
 
-class SagaReads:
+class SagaReads(PostgresStoreBase):
     """What :class:`~.postgres.PostgresStore` reads of its log (``get()``, ``running()``,
     ``history()``, ``list_sagas()``, the counts, ``read_events()``, and the CLI's reads)."""
-
-    serializer: JsonSerializer
-    _sql: Statements
-
-    if TYPE_CHECKING:
-
-        async def _read(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]: ...
 
     # Each saga row is read with its step records in one statement (one snapshot): a
     # write committing between two statements would make the saga and its records

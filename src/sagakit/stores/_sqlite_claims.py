@@ -16,18 +16,18 @@ import math
 import sqlite3
 import time
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .._serialization import JsonSerializer
 from .._shielding import wait_out
 from .._tracebacks import hide_from_pytest
 from ..exceptions import SerializationError
 from ._parking import attempts_reason, log_parked
 from ._protocol import OrphanedSaga, check_given_ids, claim_limit
+from ._sqlite_base import SQLiteStoreBase
 from ._sqlite_owner import owner_alive
 from ._sqlite_rows import decode_orphan, load_orphan_rows, number_unordered
 from ._sqlite_sql import LET_GO, UNCOUNT_ATTEMPT
-from ._sqlite_writer import CommittedThenCancelled, GroupWriter, Statements
+from ._sqlite_writer import CommittedThenCancelled, Statements
 
 # pytest shows a failing test's line, not this module's code, for an error this store
 # raises on purpose (see _tracebacks).
@@ -39,24 +39,8 @@ CLAIM_PAGE = 256
 logger: logging.Logger = logging.getLogger("sagakit")
 
 
-class RecoveryClaims:
+class RecoveryClaims(SQLiteStoreBase):
     """How :class:`~.sqlite.SQLiteStore`'s running sagas change owner for recovery."""
-
-    serializer: JsonSerializer
-    _writer: GroupWriter
-    _owner: str
-    _live: set[str]
-    _claimed: set[str]
-    _orders: dict[str, int]
-    _staged: dict[str, Statements]
-    _unreleased: dict[str, Statements]
-    _retrying: asyncio.Task[None] | None
-
-    if TYPE_CHECKING:
-
-        def _refuse_writes(self) -> None: ...
-
-        async def dead_letter(self, saga_id: str, reason: str) -> None: ...
 
     async def claim_orphans(
         self,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from .._commands import command_line
 from .._runs import storable_text
@@ -21,10 +21,11 @@ from ..exceptions import SagaAlreadyResolved, StoreError
 from ..status import SagaStatus
 from ._protocol import DeadLetter, check_saga_id, check_text
 from ._records import known_status
+from ._sqlite_base import SQLiteStoreBase
 from ._sqlite_owner import owner_alive, owner_running_here
 from ._sqlite_rows import when
 from ._sqlite_sql import NEXT_FINISH, RESOLVE_INTERRUPTED
-from ._sqlite_writer import CommittedThenCancelled, GroupWriter, Job, Statements
+from ._sqlite_writer import CommittedThenCancelled, Job
 
 # pytest shows a failing test's line, not this module's code, for an error this store
 # raises on purpose (see _tracebacks).
@@ -37,19 +38,8 @@ def _done(problem: str | SagaAlreadyResolved | None) -> bool:
     return problem is None
 
 
-class OperatorCalls:
+class OperatorCalls(SQLiteStoreBase):
     """What an operator (or a recovery parking a saga) asks of :class:`~.sqlite.SQLiteStore`."""
-
-    path: str
-    _writer: GroupWriter
-    _live: set[str]
-    _staged: dict[str, Statements]
-
-    if TYPE_CHECKING:
-
-        def _refuse_writes(self) -> None: ...
-
-        def _unclaim(self, saga_ids: Collection[str]) -> None: ...
 
     async def dead_letter(self, saga_id: str, reason: str) -> None:
         check_saga_id(saga_id, "dead_letter()")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from .._serialization import JsonSerializer
 from .._tracebacks import hide_from_pytest
 from ..exceptions import SerializationError
 from ..records import SagaMetadata
@@ -17,22 +16,19 @@ from ..status import SagaStatus
 from ._cli_records import ListedSaga, StoredArguments, stored_arguments
 from ._protocol import StoredEvent, check_event_window, check_saga_id, row_limit
 from ._records import status_filter
+from ._sqlite_base import SQLiteStoreBase
 from ._sqlite_owner import owner_alive, owner_elsewhere
 from ._sqlite_rows import listed, load_metadata, when
 from ._sqlite_sql import LIST_NEWEST, LIST_NEWEST_OF_STATUS, LISTED, RUNNING_NAMES, SELECT_ARGUMENTS
-from ._sqlite_writer import GroupWriter
 
 # pytest shows a failing test's line, not this module's code, for an error this store
 # raises on purpose (see _tracebacks).
 __tracebackhide__ = hide_from_pytest
 
 
-class SagaReads:
+class SagaReads(SQLiteStoreBase):
     """What :class:`~.sqlite.SQLiteStore` reads of its log (``get()``, ``running()``,
     ``history()``, ``list_sagas()``, the counts, ``read_events()``, and the CLI's reads)."""
-
-    serializer: JsonSerializer
-    _writer: GroupWriter
 
     async def get(self, saga_id: str) -> SagaMetadata | None:
         check_saga_id(saga_id, "get()")

@@ -172,15 +172,8 @@ class PostgresStore(
     """
 
     durable = True
-    dsn: str
-    schema: str
-    lease: float
-    heartbeat: float
-    min_size: int
-    max_size: int
-    connect_timeout: float
-    serializer: JsonSerializer
-    owner: str
+    # Its settings (dsn, schema, lease, heartbeat, min_size, max_size, connect_timeout,
+    # serializer) and owner are declared once, for its bases too, in PostgresStoreBase.
 
     def __init__(
         self,

@@ -146,10 +146,9 @@ class SQLiteStore(SagaReads, RecoveryClaims, OperatorCalls):
     """
 
     durable = True
-    path: str
+    # (path and serializer are declared once, for its bases too, in SQLiteStoreBase.)
     synchronous: Literal["NORMAL", "FULL"]
     busy_timeout: float
-    serializer: JsonSerializer
     read_only: bool
 
     def __init__(
