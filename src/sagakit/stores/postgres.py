@@ -172,8 +172,17 @@ class PostgresStore(
     """
 
     durable = True
-    # Its settings (dsn, schema, lease, heartbeat, min_size, max_size, connect_timeout,
-    # serializer) and owner are declared once, for its bases too, in PostgresStoreBase.
+    # Its public settings, declared for its bases too in PostgresStoreBase, are kept here
+    # for readers of the public class.
+    dsn: str
+    schema: str
+    lease: float
+    heartbeat: float
+    min_size: int
+    max_size: int
+    connect_timeout: float
+    serializer: JsonSerializer
+    owner: str
 
     def __init__(
         self,

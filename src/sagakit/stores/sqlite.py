@@ -146,9 +146,10 @@ class SQLiteStore(SagaReads, RecoveryClaims, OperatorCalls):
     """
 
     durable = True
-    # (path and serializer are declared once, for its bases too, in SQLiteStoreBase.)
+    path: str  # declared for its bases too in SQLiteStoreBase, kept here for readers
     synchronous: Literal["NORMAL", "FULL"]
     busy_timeout: float
+    serializer: JsonSerializer
     read_only: bool
 
     def __init__(
