@@ -13,10 +13,10 @@ faults would hit the tests after it), and a saga a test declares inside itself g
 name back to the module-level saga it replaced when the test ends. A saga definition or
 step call parametrizing a test is named by its saga's or step's name in the test's id. A
 ``saga_fault_matrix`` marker with a bad keyword, or placed on a test that does not use the
-fixture, errors the test's setup. A ``SQLiteStore`` that ``saga_store`` gave and no one
-closed errors the teardown of the test (or wider-scoped fixture) that left it open, and is
-closed. ``saga_faults`` applies to the sagas of tasks created before it too (a worker an
-async fixture started).
+fixture, errors the test's setup. A ``SQLiteStore`` or ``PostgresStore`` that ``saga_store``
+gave and no one closed errors the teardown of the test (or wider-scoped fixture) that left
+it open, and is closed. ``saga_faults`` applies to the sagas of tasks created before it too
+(a worker an async fixture started).
 
 pytest imports this module at every start wherever sagakit is installed, so it imports
 sagakit's library only in the fixtures and hooks using it, never at import or in the
@@ -258,13 +258,20 @@ _STORES = pytest.StashKey[dict[Any, object]]()
 
 
 def _left_open(store: object) -> bool:
-    """Whether ``store``, what ``saga_store`` gave, is a ``SQLiteStore`` still open: its
-    connection, left to the garbage collector, warns (``ResourceWarning``, from Python
-    3.13) in whichever later test the collector runs."""
-    sqlite = sys.modules.get("sagakit.stores.sqlite")
-    if sqlite is None or not isinstance(store, sqlite.SQLiteStore):
-        return False
-    return bool(getattr(getattr(store, "_writer", None), "usable", False))
+    """Whether ``store``, what ``saga_store`` gave, is a ``SQLiteStore`` or a
+    ``PostgresStore`` still open (``closed`` false): a SQLite connection, left to the
+    garbage collector, warns (``ResourceWarning``, from Python 3.13) in whichever later
+    test the collector runs; a PostgreSQL pool keeps its connections and renews its
+    leases."""
+    for module, name in _CLOSABLE:
+        found = sys.modules.get(module)  # not imported: no such store was made
+        if found is not None and isinstance(store, getattr(found, name)):
+            return not store.closed
+    return False
+
+
+# The stores whose ``closed`` property says whether they hold connections.
+_CLOSABLE = (("sagakit.stores.sqlite", "SQLiteStore"), ("sagakit.stores.postgres", "PostgresStore"))
 
 
 def _closed_if_left_open(
@@ -285,7 +292,13 @@ def _closed_if_left_open(
         try:
             loop.run_until_complete(store.close())  # type: ignore[attr-defined]
         except Exception as error:  # said, not raised over the error naming the test
-            closed = f"closing it here failed too ({type(error).__name__}: {error})"
+            if not store.closed:  # type: ignore[attr-defined]
+                closed = f"closing it here failed too ({type(error).__name__}: {error})"
+            else:  # a PostgresStore whose event loop (the test's) has ended: forgotten
+                closed = (
+                    "the plugin let it go without closing its connections, whose event "
+                    "loop (the test's) had ended"
+                )
         finally:
             loop.close()
     else:
@@ -303,11 +316,18 @@ def _closed_if_left_open(
             "a saga_store of a wider scope is closed by its own fixture: an async fixture "
             "with `await store.close()` after its `yield`"
         )
-    return (
-        f"the saga_store fixture's {store!r} was left open by {who}; {fix}. Left to the "
-        "garbage collector, its connection fails whichever later test the collector runs "
-        f"in (an unclosed-database ResourceWarning, from Python 3.13); {closed}"
-    )
+    sqlite = sys.modules["sagakit.stores.sqlite"]  # (imported by sagakit.stores)
+    if isinstance(store, sqlite.SQLiteStore):
+        harm = (
+            "Left to the garbage collector, its connection fails whichever later test the "
+            "collector runs in (an unclosed-database ResourceWarning, from Python 3.13)"
+        )
+    else:
+        harm = (
+            "Left open, its connection pool keeps its connections to the server, and the "
+            "leases of its sagas are not released"
+        )
+    return f"the saga_store fixture's {store!r} was left open by {who}; {fix}. {harm}; {closed}"
 
 
 _FAULTS_NOTED = pytest.StashKey[bool]()

@@ -56,6 +56,13 @@ class Shutdown:
             self, saga_id: str, run: SagaRunView | None = None, patience: Patience | None = None
         ) -> None: ...
 
+    @property
+    def closed(self) -> bool:
+        """Whether the store holds no connection pool: not opened yet (it opens on first
+        use, or by ``open()``), or closed by :meth:`close` (``open()`` opens it again).
+        Read-only."""
+        return self._pool is None
+
     async def close(self) -> None:
         """Stop the heartbeat, write what sagas staged, release the leases still held and
         close the pool: ``connect_timeout`` at most for all of it (see :class:`Closing`).
