@@ -10,7 +10,8 @@ Options: ``--saga-matrix-timeouts`` / ``saga_matrix_timeouts`` and ``--saga-inst
 The plugin never creates or manages the tests' event loops; async tests need pytest-asyncio.
 A test leaving a fault injector active fails, and a fixture doing so errors at its teardown (its
 faults would hit the tests after it), and a saga a test declares inside itself gives its
-name back to the module-level saga it replaced when the test ends. A saga definition or
+name back to the module-level saga it replaced when the test ends (one a fixture declares,
+at the fixture's teardown). A saga definition or
 step call parametrizing a test is named by its saga's or step's name in the test's id. A
 ``saga_fault_matrix`` marker with a bad keyword, or placed on a test that does not use the
 fixture, errors the test's setup. A ``SQLiteStore`` or ``PostgresStore`` that ``saga_store``
@@ -191,6 +192,8 @@ class _FixtureScopes:
 
 
 _FIXTURE_SCOPES = pytest.StashKey[dict[Any, _FixtureScopes]]()
+# The registry before and after a fixture's setup declared sagas inside itself.
+_FIXTURE_SAGAS = pytest.StashKey[dict[Any, tuple[dict[str, Any], dict[str, Any]]]]()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -200,6 +203,7 @@ def pytest_fixture_setup(
     """Note the fault scopes a fixture enters, for :func:`pytest_fixture_post_finalizer`."""
     __tracebackhide__ = True  # a fixture's error passes through: not a frame of its traceback
     before = _open_scopes()
+    sagas = _saga_registry()
     try:
         try:
             result = yield
@@ -215,6 +219,9 @@ def pytest_fixture_setup(
             request.config.stash.setdefault(_STORES, {})[fixturedef] = result
         return result
     finally:
+        declared = _saga_registry()
+        if declared.keys() != sagas.keys() or any(sagas[n] is not f for n, f in declared.items()):
+            request.config.stash.setdefault(_FIXTURE_SAGAS, {})[fixturedef] = (sagas, declared)
         noted = _FixtureScopes([scope for scope in _open_scopes() if scope not in before])
         request.config.stash.setdefault(_FIXTURE_SCOPES, {})[fixturedef] = noted
         fixturedef.addfinalizer(noted.note_teardown)  # runs before the fixture's teardown
@@ -224,7 +231,11 @@ def pytest_fixture_post_finalizer(
     fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
 ) -> None:
     """Error a fixture that leaves a ``FaultInjector`` active: its faults hit later tests.
-    Error a ``saga_store`` left open, closing it (see :func:`_closed_if_left_open`)."""
+    Error a ``saga_store`` left open, closing it (see :func:`_closed_if_left_open`).
+    Forget the sagas the fixture declared inside itself, as a test's at its end."""
+    declared = request.config.stash.get(_FIXTURE_SAGAS, {}).pop(fixturedef, None)
+    if declared is not None:
+        sys.modules["sagakit._sagas"].forget_local_sagas(*declared)
     left_open = None
     if fixturedef.argname == _STORE:
         store = request.config.stash.get(_STORES, {}).pop(fixturedef, None)
