@@ -4,9 +4,12 @@ A thin layer over :mod:`sagakit.testing`. Fixtures: ``saga_store`` (a fresh in-m
 override it in a conftest.py for a durable one), ``saga_orchestrator`` (a fresh orchestrator on
 ``saga_store``, wired to ``saga_recorder`` and ``saga_sleep``), ``saga_recorder``,
 ``saga_faults`` (a fault injector active for the test), ``saga_sleep`` and
-``saga_fault_matrix``. Marker: ``@pytest.mark.saga_fault_matrix(failures=..., timeouts=...)``.
-Options: ``--saga-matrix-timeouts`` / ``saga_matrix_timeouts`` and ``--saga-instant-sleep`` /
-``saga_instant_sleep``; a marker keyword beats the command line, which beats the ini file.
+``saga_fault_matrix``. Markers: ``@pytest.mark.saga_fault_matrix(failures=..., timeouts=...)``
+and ``@pytest.mark.saga_faults(strict=...)``. Options: ``--saga-matrix-timeouts`` /
+``saga_matrix_timeouts``, ``--saga-instant-sleep`` / ``saga_instant_sleep`` and
+``--saga-strict-faults`` / ``saga_strict_faults`` (off by default: a passing test whose
+``saga_faults`` fault never fired errors at its teardown); a marker keyword beats the
+command line, which beats the ini file.
 The plugin never creates or manages the tests' event loops; async tests need pytest-asyncio.
 A test leaving a fault injector active fails, and a fixture doing so errors at its teardown (its
 faults would hit the tests after it), and a saga a test declares inside itself gives its
@@ -57,10 +60,16 @@ if TYPE_CHECKING:
 
 
 _MARKER = "saga_fault_matrix"
+_FAULTS = "saga_faults"
 _STORE = "saga_store"
+# ini key -> (help, default); each also a --saga-... command line option, yes or no.
 _SETTINGS = {
-    "matrix_timeouts": ("saga_matrix_timeouts", "also time out each step in the fault matrix"),
-    "instant_sleep": ("saga_instant_sleep", "saga_orchestrator skips retry backoff waits"),
+    "saga_matrix_timeouts": ("also time out each step in the fault matrix", True),
+    "saga_instant_sleep": ("saga_orchestrator skips retry backoff waits", True),
+    "saga_strict_faults": (
+        "a passing test whose saga_faults fault never fired errors at its teardown",
+        False,
+    ),
 }
 _MATRIX_KWARGS = ("failures", "timeouts", "error")
 
@@ -86,15 +95,18 @@ def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("sagakit", "sagakit saga testing")
-    for ini, help_text in _SETTINGS.values():
+    for ini, (help_text, default) in _SETTINGS.items():
         group.addoption(
             f"--{ini.replace('_', '-')}",
             dest=ini,
             choices=("yes", "no"),
             default=None,
-            help=f"{help_text} (yes/no; default from the {ini} ini key, else yes)",
+            help=f"{help_text} (yes/no; default from the {ini} ini key, "
+            f"else {'yes' if default else 'no'})",
         )
-        parser.addini(ini, help=f"{help_text} (default true)", type="bool", default=True)
+        parser.addini(
+            ini, help=f"{help_text} (default {str(default).lower()})", type="bool", default=default
+        )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -103,7 +115,12 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{_MARKER}(failures=True, timeouts=True, error=InjectedFault): options of the "
         "saga_fault_matrix fixture, which runs a saga once per step failing and timing out",
     )
-    for ini, _ in _SETTINGS.values():
+    config.addinivalue_line(
+        "markers",
+        f"{_FAULTS}(strict=True): options of the saga_faults fixture; strict: a passing test "
+        "whose fault never fired errors at its teardown",
+    )
+    for ini in _SETTINGS:
         try:
             config.getini(ini)
         except (ValueError, TypeError, pytest.UsageError) as error:
@@ -342,6 +359,7 @@ def _closed_if_left_open(
 
 
 _FAULTS_NOTED = pytest.StashKey[bool]()
+_PASSED = pytest.StashKey[bool]()  # the test's call raised nothing
 
 
 def _note_faults_never_fired(item: pytest.Item, error: BaseException) -> None:
@@ -392,6 +410,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
             _restore_fault_state(before)
         _note_faults_never_fired(item, error)
         raise
+    item.stash[_PASSED] = True  # (strict saga_faults ask it at their teardown)
     _forget_local_sagas(sagas)
     if _fault_state() != before:
         _restore_fault_state(before)
@@ -453,11 +472,38 @@ def _marker_problem(item: pytest.Item) -> str | None:
     return None
 
 
+def _faults_marker_problem(item: pytest.Item) -> str | None:
+    """What is wrong with the test's ``saga_faults`` markers, if anything (as for
+    :func:`_marker_problem`)."""
+    for node, marker in item.iter_markers_with_node(_FAULTS):
+        if marker.args or not marker.kwargs:
+            return (
+                f"@pytest.mark.{_FAULTS} takes the keyword strict only: "
+                f"@pytest.mark.{_FAULTS}(strict=True) (or strict=False)"
+            )
+        unknown = sorted(set(marker.kwargs) - {"strict"})
+        if unknown:
+            return f"@pytest.mark.{_FAULTS} got unknown options {unknown}; it takes strict"
+        if not isinstance(marker.kwargs["strict"], bool):
+            return (
+                f"@pytest.mark.{_FAULTS}(strict=...) must be True or False, "
+                f"got {marker.kwargs['strict']!r}"
+            )
+        if node is item and _FAULTS not in getattr(item, "fixturenames", ()):
+            return (
+                f"@pytest.mark.{_FAULTS} only sets the options of the {_FAULTS} fixture, "
+                "which this test does not use, so it has no effect; request the fixture or "
+                "remove the marker"
+            )
+    return None
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Error a test whose ``saga_fault_matrix`` marker is misused, whether or not the test
-    uses the fixture (a misspelt keyword would otherwise be ignored)."""
-    problem = _marker_problem(item)
+    """Error a test whose ``saga_fault_matrix`` or ``saga_faults`` marker is misused,
+    whether or not the test uses the fixture (a misspelt keyword would otherwise be
+    ignored)."""
+    problem = _marker_problem(item) or _faults_marker_problem(item)
     if problem is not None:
         pytest.fail(problem, pytrace=False)
 
@@ -609,15 +655,31 @@ async def _open(store: SagaStore) -> None:
 @pytest.fixture
 def saga_faults(request: pytest.FixtureRequest) -> Iterator[FaultInjector]:
     """A :class:`~sagakit.testing.FaultInjector` active for this test only (a fault on a
-    step no ``@step`` defines fails the test, or errors at its teardown)."""
+    step no ``@step`` defines fails the test, or errors at its teardown). Strict (marker
+    ``saga_faults(strict=True)``, ``--saga-strict-faults``, ini ``saga_strict_faults``), a
+    test that passed errors at its teardown if one of its faults never fired."""
     from sagakit.testing import FaultInjector
 
     injector = FaultInjector()
     with injector._active(test_wide=True):  # in tasks started before it too
         yield injector
+    node = request.node
+    if _strict_faults(request) and node.stash.get(_PASSED, False):
+        problem = injector._strict_problem()
+        if problem is not None:
+            pytest.fail(problem, pytrace=False)
     problem = injector._unknown_steps()
-    if problem is not None and not request.node.stash.get(_FAULTS_NOTED, False):
+    if problem is not None and not node.stash.get(_FAULTS_NOTED, False):
         pytest.fail(problem, pytrace=False)
+
+
+def _strict_faults(request: pytest.FixtureRequest) -> bool:
+    """Whether ``saga_faults`` is strict for the test: its closest marker's ``strict``, else
+    the command line, else the ini key (checked by pytest_runtest_setup before any fixture)."""
+    marker = request.node.get_closest_marker(_FAULTS)
+    if marker is not None:
+        return bool(marker.kwargs["strict"])
+    return _setting(request.config, "saga_strict_faults")
 
 
 class FaultMatrix:
