@@ -56,13 +56,6 @@ class Shutdown:
             self, saga_id: str, run: SagaRunView | None = None, patience: Patience | None = None
         ) -> None: ...
 
-    @property
-    def closed(self) -> bool:
-        """Whether the store holds no connection pool: not opened yet (it opens on first
-        use, or by ``open()``), or closed by :meth:`close` (``open()`` opens it again).
-        Read-only."""
-        return self._pool is None
-
     async def close(self) -> None:
         """Stop the heartbeat, write what sagas staged, release the leases still held and
         close the pool: ``connect_timeout`` at most for all of it (see :class:`Closing`).
@@ -101,6 +94,13 @@ class Shutdown:
                 await pool.close()
         if closing.cancelled():
             raise asyncio.CancelledError
+
+    @property
+    def closed(self) -> bool:
+        """Whether the store holds no connection pool: not opened yet (it opens on first
+        use, or by ``open()``), or closed by :meth:`close` (``open()`` opens it again).
+        Read-only."""
+        return self._pool is None
 
     async def _release_on_close(self, closing: Closing, *, as_crash: bool) -> None:
         """:meth:`release_leases`, within what is left of ``closing``: on a connection
