@@ -503,10 +503,11 @@ def test_every_pytest_plugin_setting_is_documented() -> None:
     )
     assert len(fixtures) >= 5, fixtures
     names = [f"`{name}`" for name in fixtures]
-    for ini, _ in pytest_plugin._SETTINGS.values():
+    for ini in pytest_plugin._SETTINGS:
         names += [f"`{ini}`", f"`--{ini.replace('_', '-')}=yes` or `=no`"]
-    names += [f"`{keyword}=`" for keyword in pytest_plugin._MATRIX_KWARGS]
+    names += [f"`{keyword}=`" for keyword in (*pytest_plugin._MATRIX_KWARGS, "strict")]
     names.append(f"`@pytest.mark.{pytest_plugin._MARKER}(...)`")
+    names.append(f"`@pytest.mark.{pytest_plugin._FAULTS}(strict=...)`")
     page = (ROOT / "docs" / "testing.md").read_text(encoding="utf-8")
     missing = [name for name in names if name not in page]
     assert not missing, f"docs/testing.md does not name {missing}"

@@ -110,3 +110,60 @@ async def test_changed_code_is_parked(saga_orchestrator, saga_store, saga_faults
     )
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+FIXTURE_DECLARATION = """
+import pytest
+
+from sagakit import saga, step
+from sagakit._sagas import registered_saga
+
+
+@step
+async def preg_fixture_step(item):
+    return None
+
+
+@pytest.fixture
+def own_order():
+    @saga(name="preg_order")  # named as the application's saga, for one test alone
+    def own(item):
+        yield preg_fixture_step(item)
+
+    yield own
+    assert registered_saga("preg_order") is own  # still its own in its teardown
+
+
+@pytest.fixture
+def own_saga():
+    @saga(name="preg_fixture_only")
+    def only(item):
+        yield preg_fixture_step(item)
+
+    return only
+
+
+@pytest.mark.asyncio
+async def test_a_saga_of_a_fixture(saga_orchestrator, own_order, own_saga):
+    assert registered_saga("preg_order") is own_order
+    assert registered_saga("preg_fixture_only") is own_saga
+    await saga_orchestrator.execute(own_order("x"))
+
+
+def test_the_fixtures_sagas_are_forgotten():
+    assert registered_saga("preg_fixture_only") is None
+    assert registered_saga("preg_order").__module__ == "test_1_application"
+"""
+
+
+def test_a_saga_declared_in_a_fixture_is_forgotten_at_its_teardown(
+    pytester: pytest.Pytester,
+) -> None:
+    # Regression: only the sagas a test declared inside itself gave their names back, so
+    # a function-scoped fixture's kept the application's name (the next test's recovery
+    # rebuilt the fixture's saga and parked the run) and its own names for good.
+    write_ini(pytester)
+    pytester.makepyfile(test_0_fixture=FIXTURE_DECLARATION, test_1_application=APPLICATION)
+    files = ["test_0_fixture.py", "test_1_application.py"]  # in this order
+    result = pytester.runpytest("-p", "no:cacheprovider", *files)
+    result.assert_outcomes(passed=3)

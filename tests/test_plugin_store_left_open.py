@@ -39,7 +39,7 @@ async def test_forgets_to_close(saga_store):
 
 @pytest.mark.asyncio
 async def test_closes_it(saga_store):
-    assert not left[0]._writer.usable  # closed by the plugin
+    assert left[0].closed  # closed by the plugin
     await saga_store.close()
 
 @pytest.mark.asyncio
@@ -90,3 +90,58 @@ async def test_2(saga_orchestrator):
             "closed by its own fixture*the plugin closed it",
         ]
     )
+
+
+def test_a_postgres_store_the_test_never_closed_errors_its_teardown_and_is_closed(
+    pytester: pytest.Pytester, dsn: str, schema: str
+) -> None:
+    # Regression: only a SQLiteStore was checked, so a PostgresStore left open kept its
+    # connection pool (and lease heartbeat) to the garbage collector, unnamed.
+    write_ini(pytester)
+    pytester.makeconftest(
+        f"""
+import pytest
+from sagakit import PostgresStore
+
+@pytest.fixture
+def saga_store():
+    return PostgresStore({dsn!r}, schema={schema!r})
+"""
+    )
+    pytester.makepyfile(
+        """
+import pytest
+
+left = []
+
+@pytest.mark.asyncio
+async def test_forgets_to_close(saga_store):
+    assert await saga_store.get("nothing") is None  # opened on first use
+    left.append(saga_store)
+
+@pytest.mark.asyncio
+async def test_closes_it(saga_store):
+    assert left[0].closed  # closed by the plugin
+    assert await saga_store.get("nothing") is None
+    await saga_store.close()
+
+@pytest.mark.asyncio
+async def test_never_opens_it(saga_store):
+    assert saga_store.closed  # nothing to close
+
+@pytest.mark.asyncio
+async def test_uses_the_orchestrator(saga_orchestrator, saga_store):
+    assert await saga_orchestrator.get_saga("nothing") is None
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_forgets_to_close*",
+            "*the saga_store fixture's <PostgresStore * was left open by test "
+            "test_a_postgres_store_the_test*.py::test_forgets_to_close;*Left open, its "
+            "connection pool keeps its connections to the server*",
+        ]
+    )
+    assert "await saga_store.close()" in result.stdout.str()

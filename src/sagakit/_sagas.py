@@ -713,15 +713,21 @@ def saga_registry() -> dict[str, SagaFunction[...]]:
     return dict(_registry)
 
 
-def forget_local_sagas(before: dict[str, SagaFunction[...]]) -> None:
+def forget_local_sagas(
+    before: dict[str, SagaFunction[...]], after: dict[str, SagaFunction[...]] | None = None
+) -> None:
     """Give the names that sagas declared inside a function took since ``before`` (a
     copy of the registry) back to the sagas that held them then, or to none; module-level
     declarations stay. The pytest plugin does so after each test, so that a saga a test
-    declares for itself is not what recovery rebuilds in the tests after it."""
+    declares for itself is not what recovery rebuilds in the tests after it, and at the
+    teardown of each fixture: given ``after`` (a copy made once the fixture was set up),
+    only the names whose sagas it declared, and that still hold them."""
     for name, function in list(_registry.items()):
         earlier = before.get(name)
         if function is earlier or _module_level(function):
             continue
+        if after is not None and after.get(name) is not function:
+            continue  # declared since, by someone else: theirs to give back
         if earlier is None:
             del _registry[name]
         else:

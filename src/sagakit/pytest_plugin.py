@@ -4,19 +4,23 @@ A thin layer over :mod:`sagakit.testing`. Fixtures: ``saga_store`` (a fresh in-m
 override it in a conftest.py for a durable one), ``saga_orchestrator`` (a fresh orchestrator on
 ``saga_store``, wired to ``saga_recorder`` and ``saga_sleep``), ``saga_recorder``,
 ``saga_faults`` (a fault injector active for the test), ``saga_sleep`` and
-``saga_fault_matrix``. Marker: ``@pytest.mark.saga_fault_matrix(failures=..., timeouts=...)``.
-Options: ``--saga-matrix-timeouts`` / ``saga_matrix_timeouts`` and ``--saga-instant-sleep`` /
-``saga_instant_sleep``; a marker keyword beats the command line, which beats the ini file.
+``saga_fault_matrix``. Markers: ``@pytest.mark.saga_fault_matrix(failures=..., timeouts=...)``
+and ``@pytest.mark.saga_faults(strict=...)``. Options: ``--saga-matrix-timeouts`` /
+``saga_matrix_timeouts``, ``--saga-instant-sleep`` / ``saga_instant_sleep`` and
+``--saga-strict-faults`` / ``saga_strict_faults`` (off by default: a passing test whose
+``saga_faults`` fault never fired errors at its teardown); a marker keyword beats the
+command line, which beats the ini file.
 The plugin never creates or manages the tests' event loops; async tests need pytest-asyncio.
 A test leaving a fault injector active fails, and a fixture doing so errors at its teardown (its
 faults would hit the tests after it), and a saga a test declares inside itself gives its
-name back to the module-level saga it replaced when the test ends. A saga definition or
+name back to the module-level saga it replaced when the test ends (one a fixture declares,
+at the fixture's teardown). A saga definition or
 step call parametrizing a test is named by its saga's or step's name in the test's id. A
 ``saga_fault_matrix`` marker with a bad keyword, or placed on a test that does not use the
-fixture, errors the test's setup. A ``SQLiteStore`` that ``saga_store`` gave and no one
-closed errors the teardown of the test (or wider-scoped fixture) that left it open, and is
-closed. ``saga_faults`` applies to the sagas of tasks created before it too (a worker an
-async fixture started).
+fixture, errors the test's setup. A ``SQLiteStore`` or ``PostgresStore`` that ``saga_store``
+gave and no one closed errors the teardown of the test (or wider-scoped fixture) that left
+it open, and is closed. ``saga_faults`` applies to the sagas of tasks created before it too
+(a worker an async fixture started).
 
 pytest imports this module at every start wherever sagakit is installed, so it imports
 sagakit's library only in the fixtures and hooks using it, never at import or in the
@@ -56,10 +60,16 @@ if TYPE_CHECKING:
 
 
 _MARKER = "saga_fault_matrix"
+_FAULTS = "saga_faults"
 _STORE = "saga_store"
+# ini key -> (help, default); each also a --saga-... command line option, yes or no.
 _SETTINGS = {
-    "matrix_timeouts": ("saga_matrix_timeouts", "also time out each step in the fault matrix"),
-    "instant_sleep": ("saga_instant_sleep", "saga_orchestrator skips retry backoff waits"),
+    "saga_matrix_timeouts": ("also time out each step in the fault matrix", True),
+    "saga_instant_sleep": ("saga_orchestrator skips retry backoff waits", True),
+    "saga_strict_faults": (
+        "a passing test whose saga_faults fault never fired errors at its teardown",
+        False,
+    ),
 }
 _MATRIX_KWARGS = ("failures", "timeouts", "error")
 
@@ -85,15 +95,18 @@ def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("sagakit", "sagakit saga testing")
-    for ini, help_text in _SETTINGS.values():
+    for ini, (help_text, default) in _SETTINGS.items():
         group.addoption(
             f"--{ini.replace('_', '-')}",
             dest=ini,
             choices=("yes", "no"),
             default=None,
-            help=f"{help_text} (yes/no; default from the {ini} ini key, else yes)",
+            help=f"{help_text} (yes/no; default from the {ini} ini key, "
+            f"else {'yes' if default else 'no'})",
         )
-        parser.addini(ini, help=f"{help_text} (default true)", type="bool", default=True)
+        parser.addini(
+            ini, help=f"{help_text} (default {str(default).lower()})", type="bool", default=default
+        )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -102,7 +115,12 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{_MARKER}(failures=True, timeouts=True, error=InjectedFault): options of the "
         "saga_fault_matrix fixture, which runs a saga once per step failing and timing out",
     )
-    for ini, _ in _SETTINGS.values():
+    config.addinivalue_line(
+        "markers",
+        f"{_FAULTS}(strict=True): options of the saga_faults fixture; strict: a passing test "
+        "whose fault never fired errors at its teardown",
+    )
+    for ini in _SETTINGS:
         try:
             config.getini(ini)
         except (ValueError, TypeError, pytest.UsageError) as error:
@@ -191,6 +209,8 @@ class _FixtureScopes:
 
 
 _FIXTURE_SCOPES = pytest.StashKey[dict[Any, _FixtureScopes]]()
+# The registry before and after a fixture's setup declared sagas inside itself.
+_FIXTURE_SAGAS = pytest.StashKey[dict[Any, tuple[dict[str, Any], dict[str, Any]]]]()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -200,6 +220,7 @@ def pytest_fixture_setup(
     """Note the fault scopes a fixture enters, for :func:`pytest_fixture_post_finalizer`."""
     __tracebackhide__ = True  # a fixture's error passes through: not a frame of its traceback
     before = _open_scopes()
+    sagas = _saga_registry()
     try:
         try:
             result = yield
@@ -215,6 +236,9 @@ def pytest_fixture_setup(
             request.config.stash.setdefault(_STORES, {})[fixturedef] = result
         return result
     finally:
+        declared = _saga_registry()
+        if declared.keys() != sagas.keys() or any(sagas[n] is not f for n, f in declared.items()):
+            request.config.stash.setdefault(_FIXTURE_SAGAS, {})[fixturedef] = (sagas, declared)
         noted = _FixtureScopes([scope for scope in _open_scopes() if scope not in before])
         request.config.stash.setdefault(_FIXTURE_SCOPES, {})[fixturedef] = noted
         fixturedef.addfinalizer(noted.note_teardown)  # runs before the fixture's teardown
@@ -224,7 +248,11 @@ def pytest_fixture_post_finalizer(
     fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
 ) -> None:
     """Error a fixture that leaves a ``FaultInjector`` active: its faults hit later tests.
-    Error a ``saga_store`` left open, closing it (see :func:`_closed_if_left_open`)."""
+    Error a ``saga_store`` left open, closing it (see :func:`_closed_if_left_open`).
+    Forget the sagas the fixture declared inside itself, as a test's at its end."""
+    declared = request.config.stash.get(_FIXTURE_SAGAS, {}).pop(fixturedef, None)
+    if declared is not None:
+        sys.modules["sagakit._sagas"].forget_local_sagas(*declared)
     left_open = None
     if fixturedef.argname == _STORE:
         store = request.config.stash.get(_STORES, {}).pop(fixturedef, None)
@@ -258,13 +286,20 @@ _STORES = pytest.StashKey[dict[Any, object]]()
 
 
 def _left_open(store: object) -> bool:
-    """Whether ``store``, what ``saga_store`` gave, is a ``SQLiteStore`` still open: its
-    connection, left to the garbage collector, warns (``ResourceWarning``, from Python
-    3.13) in whichever later test the collector runs."""
-    sqlite = sys.modules.get("sagakit.stores.sqlite")
-    if sqlite is None or not isinstance(store, sqlite.SQLiteStore):
-        return False
-    return bool(getattr(getattr(store, "_writer", None), "usable", False))
+    """Whether ``store``, what ``saga_store`` gave, is a ``SQLiteStore`` or a
+    ``PostgresStore`` still open (``closed`` false): a SQLite connection, left to the
+    garbage collector, warns (``ResourceWarning``, from Python 3.13) in whichever later
+    test the collector runs; a PostgreSQL pool keeps its connections and renews its
+    leases."""
+    for module, name in _CLOSABLE:
+        found = sys.modules.get(module)  # not imported: no such store was made
+        if found is not None and isinstance(store, getattr(found, name)):
+            return not store.closed
+    return False
+
+
+# The stores whose ``closed`` property says whether they hold connections.
+_CLOSABLE = (("sagakit.stores.sqlite", "SQLiteStore"), ("sagakit.stores.postgres", "PostgresStore"))
 
 
 def _closed_if_left_open(
@@ -285,7 +320,13 @@ def _closed_if_left_open(
         try:
             loop.run_until_complete(store.close())  # type: ignore[attr-defined]
         except Exception as error:  # said, not raised over the error naming the test
-            closed = f"closing it here failed too ({type(error).__name__}: {error})"
+            if not store.closed:  # type: ignore[attr-defined]
+                closed = f"closing it here failed too ({type(error).__name__}: {error})"
+            else:  # a PostgresStore whose event loop (the test's) has ended: forgotten
+                closed = (
+                    "the plugin let it go without closing its connections, whose event "
+                    "loop (the test's) had ended"
+                )
         finally:
             loop.close()
     else:
@@ -303,14 +344,22 @@ def _closed_if_left_open(
             "a saga_store of a wider scope is closed by its own fixture: an async fixture "
             "with `await store.close()` after its `yield`"
         )
-    return (
-        f"the saga_store fixture's {store!r} was left open by {who}; {fix}. Left to the "
-        "garbage collector, its connection fails whichever later test the collector runs "
-        f"in (an unclosed-database ResourceWarning, from Python 3.13); {closed}"
-    )
+    sqlite = sys.modules["sagakit.stores.sqlite"]  # (imported by sagakit.stores)
+    if isinstance(store, sqlite.SQLiteStore):
+        harm = (
+            "Left to the garbage collector, its connection fails whichever later test the "
+            "collector runs in (an unclosed-database ResourceWarning, from Python 3.13)"
+        )
+    else:
+        harm = (
+            "Left open, its connection pool keeps its connections to the server, and the "
+            "leases of its sagas are not released"
+        )
+    return f"the saga_store fixture's {store!r} was left open by {who}; {fix}. {harm}; {closed}"
 
 
 _FAULTS_NOTED = pytest.StashKey[bool]()
+_PASSED = pytest.StashKey[bool]()  # the test's call raised nothing
 
 
 def _note_faults_never_fired(item: pytest.Item, error: BaseException) -> None:
@@ -361,6 +410,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
             _restore_fault_state(before)
         _note_faults_never_fired(item, error)
         raise
+    item.stash[_PASSED] = True  # (strict saga_faults ask it at their teardown)
     _forget_local_sagas(sagas)
     if _fault_state() != before:
         _restore_fault_state(before)
@@ -422,11 +472,38 @@ def _marker_problem(item: pytest.Item) -> str | None:
     return None
 
 
+def _faults_marker_problem(item: pytest.Item) -> str | None:
+    """What is wrong with the test's ``saga_faults`` markers, if anything (as for
+    :func:`_marker_problem`)."""
+    for node, marker in item.iter_markers_with_node(_FAULTS):
+        if marker.args or not marker.kwargs:
+            return (
+                f"@pytest.mark.{_FAULTS} takes the keyword strict only: "
+                f"@pytest.mark.{_FAULTS}(strict=True) (or strict=False)"
+            )
+        unknown = sorted(set(marker.kwargs) - {"strict"})
+        if unknown:
+            return f"@pytest.mark.{_FAULTS} got unknown options {unknown}; it takes strict"
+        if not isinstance(marker.kwargs["strict"], bool):
+            return (
+                f"@pytest.mark.{_FAULTS}(strict=...) must be True or False, "
+                f"got {marker.kwargs['strict']!r}"
+            )
+        if node is item and _FAULTS not in getattr(item, "fixturenames", ()):
+            return (
+                f"@pytest.mark.{_FAULTS} only sets the options of the {_FAULTS} fixture, "
+                "which this test does not use, so it has no effect; request the fixture or "
+                "remove the marker"
+            )
+    return None
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Error a test whose ``saga_fault_matrix`` marker is misused, whether or not the test
-    uses the fixture (a misspelt keyword would otherwise be ignored)."""
-    problem = _marker_problem(item)
+    """Error a test whose ``saga_fault_matrix`` or ``saga_faults`` marker is misused,
+    whether or not the test uses the fixture (a misspelt keyword would otherwise be
+    ignored)."""
+    problem = _marker_problem(item) or _faults_marker_problem(item)
     if problem is not None:
         pytest.fail(problem, pytrace=False)
 
@@ -578,15 +655,31 @@ async def _open(store: SagaStore) -> None:
 @pytest.fixture
 def saga_faults(request: pytest.FixtureRequest) -> Iterator[FaultInjector]:
     """A :class:`~sagakit.testing.FaultInjector` active for this test only (a fault on a
-    step no ``@step`` defines fails the test, or errors at its teardown)."""
+    step no ``@step`` defines fails the test, or errors at its teardown). Strict (marker
+    ``saga_faults(strict=True)``, ``--saga-strict-faults``, ini ``saga_strict_faults``), a
+    test that passed errors at its teardown if one of its faults never fired."""
     from sagakit.testing import FaultInjector
 
     injector = FaultInjector()
     with injector._active(test_wide=True):  # in tasks started before it too
         yield injector
+    node = request.node
+    if _strict_faults(request) and node.stash.get(_PASSED, False):
+        problem = injector._strict_problem()
+        if problem is not None:
+            pytest.fail(problem, pytrace=False)
     problem = injector._unknown_steps()
-    if problem is not None and not request.node.stash.get(_FAULTS_NOTED, False):
+    if problem is not None and not node.stash.get(_FAULTS_NOTED, False):
         pytest.fail(problem, pytrace=False)
+
+
+def _strict_faults(request: pytest.FixtureRequest) -> bool:
+    """Whether ``saga_faults`` is strict for the test: its closest marker's ``strict``, else
+    the command line, else the ini key (checked by pytest_runtest_setup before any fixture)."""
+    marker = request.node.get_closest_marker(_FAULTS)
+    if marker is not None:
+        return bool(marker.kwargs["strict"])
+    return _setting(request.config, "saga_strict_faults")
 
 
 class FaultMatrix:

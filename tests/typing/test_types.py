@@ -29,7 +29,7 @@ from sagakit import (
     step,
 )
 from sagakit.pytest_plugin import FaultMatrix
-from sagakit.stores import SQLiteStore
+from sagakit.stores import PostgresStore, SQLiteStore
 from sagakit.testing import SIMULATED_TIMEOUT, FaultInjector, FaultMatrixReport
 
 T = TypeVar("T")
@@ -591,3 +591,10 @@ def declared_attributes(
     assert_type(failed.uncompensated, tuple[str, ...])
     assert_type(failed.errors, tuple[tuple[int, str, BaseException], ...])
     assert_type(store.synchronous, Literal["NORMAL", "FULL"])
+
+
+def closed_properties(sqlite: SQLiteStore, postgres: PostgresStore) -> None:
+    assert_type(sqlite.closed, bool)
+    assert_type(postgres.closed, bool)
+    sqlite.closed = True  # type: ignore[misc]  # read-only
+    postgres.closed = True  # type: ignore[misc]

@@ -67,6 +67,13 @@ class Shutdown(PostgresStoreBase):
         if closing.cancelled():
             raise asyncio.CancelledError
 
+    @property
+    def closed(self) -> bool:
+        """Whether the store holds no connection pool: not opened yet (it opens on first
+        use, or by ``open()``), or closed by :meth:`close` (``open()`` opens it again).
+        Read-only."""
+        return self._pool is None
+
     async def _release_on_close(self, closing: Closing, *, as_crash: bool) -> None:
         """:meth:`release_leases`, within what is left of ``closing``: on a connection
         gone silent (a partition that resets nothing), a statement waits some 15 minutes

@@ -98,6 +98,11 @@ class GroupWriter:
         """Open, and in the process that opened it."""
         return not self._closed and os.getpid() == self._pid
 
+    @property
+    def closed(self) -> bool:
+        """Closed by :meth:`close` (a forked child's copy of an open writer is not)."""
+        return self._closed
+
     def _check_usable(self) -> None:
         if self._closed:
             raise closed_store(

@@ -688,6 +688,12 @@ class SQLiteStore(SagaReads, RecoveryClaims, OperatorCalls):
         """``simulate_restart()``: the store writes again, as a restarted process would."""
         self._writer.dead = None
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has closed the store's file (it is open from the start, and
+        a closed ``SQLiteStore`` is never opened again). Read-only."""
+        return self._writer.closed
+
     async def close(self) -> None:
         """Hand over what :meth:`finish` could not (logging what still fails), then
         commit what is pending and close the file."""

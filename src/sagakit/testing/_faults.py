@@ -685,6 +685,21 @@ class FaultInjector:
         notes = (self._unknown_steps(), self._index_misses(), self._never_fired())
         return [note for note in notes if note]
 
+    def _strict_problem(self) -> str | None:
+        """What a strict ``saga_faults`` says at the teardown of a test that passed though
+        some of its faults never fired (None if each fired)."""
+        unfired = sum(1 for rule in self._rules if rule not in self._hit)  # (a crash: gone)
+        if not unfired:
+            return None
+        why = "\n".join(note.removeprefix("FaultInjector: ") for note in self._failure_notes())
+        return (
+            f"saga_faults is strict, and {unfired} of its faults never fired, so the test "
+            f"passed without {'it' if unfired == 1 else 'them'}:\n{why}\nMake each fault hit "
+            "a step the saga under test runs (by its name or @step object, at the index it "
+            "runs at), remove the faults the test does not need, or mark the test "
+            "@pytest.mark.saga_faults(strict=False)"
+        )
+
     def _note_failure(self, error: BaseException) -> bool:
         """Note on ``error``, the failure of a block (or test), its faults that never
         fired; whether there were any."""
