@@ -233,20 +233,21 @@ def check_postgres_log(
     version is refused too, naming ``sagakit upgrade``: opening the store would migrate
     it, DDL that holds every worker's writes while it builds indexes (version 6).
     """
-    check_schema_name(schema)
+    name = check_schema_name(schema)
     import psycopg  # the postgres extra; an ImportError reaches the CLI's message
 
     redacted_reason: str | None = None
+    row: Any = None
     version: int | None = None
     try:
         with psycopg.connect(dsn, connect_timeout=max(1, int(connect_timeout))) as conn:
             try:
-                row: Any = conn.execute(
+                row = conn.execute(
                     "SELECT to_regclass(%s)", (f'"{schema}".schema_migrations',)
                 ).fetchone()
                 if row is not None and row[0] is not None:
                     latest: Any = conn.execute(
-                        f'SELECT coalesce(max(version), 0) FROM "{schema}".schema_migrations'
+                        f'SELECT coalesce(max(version), 0) FROM "{name}".schema_migrations'
                     ).fetchone()
                     version = int(latest[0])
             except psycopg.errors.InsufficientPrivilege as error:

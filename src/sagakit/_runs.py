@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 from ._members import (
     ON_STEP_FAILED,
@@ -104,7 +104,7 @@ def events_of(result: Any, record: StepRun | None = None) -> Sequence[Any]:
     return (result,)
 
 
-def _is_definition(result: object) -> bool:
+def _is_definition(result: object) -> TypeGuard[SagaDefinition]:
     from ._sagas import SagaDefinition  # which imports this module
 
     return isinstance(result, SagaDefinition)

@@ -23,7 +23,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from enum import Enum
 from types import GenericAlias
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, cast
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -299,12 +299,15 @@ class _TooDeep(Exception):
     """Raised by :meth:`JsonSerializer._encode` at a level deeper than :data:`MAX_DEPTH`."""
 
 
+_Path: TypeAlias = tuple[str, Any, Any]
+"""(segment, the object it leads into, the parent's path) in :func:`_too_deep_path`."""
+
+
 def _too_deep_path(serializer: JsonSerializer, value: Any) -> tuple[str, bool]:
     """Where ``value`` first nests deeper than :data:`MAX_DEPTH` (``[0]['a'].field``), and
     whether that is because it contains itself; for the error only, so it walks the value
     again the way ``_encode`` does, without recursion."""
-    Path = tuple[str, Any, Any]  # (segment, the object it leads into, the parent's Path)
-    stack: list[tuple[Any, int, Path | None]] = [(value, 0, None)]
+    stack: list[tuple[Any, int, _Path | None]] = [(value, 0, None)]
     while stack:
         item, depth, where = stack.pop()
         cls = item.__class__
@@ -351,7 +354,7 @@ def _clock(value: datetime | time, tag: str) -> dict[str, Any]:
     zone = value.tzinfo
     if isinstance(zone, ZoneInfo) and zone.key:  # keep the zone, not only its offset
         data["z"] = zone.key
-    elif zone.__class__ is timezone:
+    elif isinstance(zone, timezone):  # final: no subclass to tell apart
         name = zone.tzname(None)
         if name != timezone(zone.utcoffset(None)).tzname(None):
             data["n"] = name  # timezone(offset, "EST"): the text keeps only the offset
@@ -537,7 +540,7 @@ class JsonSerializer:
             return {_TAG: "class", "t": _importable_name(value)}
         if isinstance(value, Enum):
             return {_TAG: "enum", "t": _importable_name(cls), "v": self._encode(value.value, depth)}
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if dataclasses.is_dataclass(value):  # an instance: classes returned above
             if isinstance(value, _CONTAINING):
                 base = next(b for b in _CONTAINING if isinstance(value, b)).__name__
                 raise SerializationError(

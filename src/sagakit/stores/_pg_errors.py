@@ -14,7 +14,7 @@ from ._pg_answer import NoAnswer
 from ._pg_driver import import_driver
 
 if TYPE_CHECKING:
-    from psycopg import AsyncConnection
+    from psycopg import AsyncConnection, OperationalError
 
 # pytest shows a failing test's line, not this module's code, for an error this store
 # raises on purpose (see _tracebacks).
@@ -25,10 +25,11 @@ def connection_lost(error: StoreError) -> bool:
     """Whether ``error`` (raised by a statement) says its connection was lost, or none
     could be had: worth trying again on another one. Not a statement the server refused."""
     psycopg, _ = import_driver()
+    operational: type[OperationalError] = psycopg.OperationalError  # (the module is Any)
     cause = error.__cause__
     if isinstance(cause, NoAnswer):
         return True  # given up on: its connection is closed (it may have committed)
-    if not isinstance(cause, psycopg.OperationalError):
+    if not isinstance(cause, operational):
         return False
     state = cause.sqlstate  # None: the client lost the connection (or the pool had none)
     return state is None or state.startswith(("08", "57P"))  # connection, shutdown

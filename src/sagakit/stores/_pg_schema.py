@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, LiteralString, cast
 
 from .._seconds import timeout_text
 from ..exceptions import StoreConfigError, StoreError
@@ -21,8 +21,11 @@ if TYPE_CHECKING:
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
-def check_schema_name(schema: object) -> str:
-    """``schema`` if it is a plain SQL identifier, else :class:`StoreConfigError`."""
+def check_schema_name(schema: object) -> LiteralString:
+    """``schema`` if it is a plain SQL identifier, else :class:`StoreConfigError`.
+
+    Checked so, it may be quoted into a statement: hence a ``LiteralString``, the type
+    psycopg asks of a statement's text."""
     if not isinstance(schema, str) or not _NAME.fullmatch(schema):
         raise StoreConfigError(
             f"schema must be a plain identifier (letters, digits, underscores; at most 63 "
@@ -33,13 +36,19 @@ def check_schema_name(schema: object) -> str:
             f"schema {schema!r} starts with 'pg_', a prefix reserved for PostgreSQL's system "
             "schemas; name the log's schema without it, e.g. 'sagakit'"
         )
-    return schema
+    # (mypy reads LiteralString as str, so to it these casts are redundant.)
+    return cast("LiteralString", schema)  # type: ignore[redundant-cast]
 
 
 def lock_key(schema: str, purpose: str) -> int:
     """A stable signed 64-bit advisory-lock key for ``purpose`` in ``schema``."""
     digest = hashlib.sha256(f"sagakit:{schema}:{purpose}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _number(value: int) -> LiteralString:
+    """An integer as the text of a statement: its digits (and sign) need no quoting."""
+    return cast("LiteralString", str(value))  # type: ignore[redundant-cast]
 
 
 def _v1(s: str, events_lock: int) -> str:
@@ -446,11 +455,11 @@ $fn$;
 """
 
 
-def migrations(schema: str) -> list[str]:
+def migrations(schema: str) -> list[LiteralString]:
     """The migration scripts for ``schema``, version ``n`` at index ``n - 1``."""
     s = f'"{check_schema_name(schema)}"'
     events_lock = lock_key(schema, "events")
-    return [
+    scripts = [
         _v1(s, events_lock),
         _v2(s, events_lock),
         _v3(s, events_lock),
@@ -459,6 +468,8 @@ def migrations(schema: str) -> list[str]:
         _v6(s, events_lock),
         _v7(s, events_lock),
     ]
+    # Literal text, the checked schema name and an integer: statements psycopg may run.
+    return cast("list[LiteralString]", scripts)  # type: ignore[redundant-cast]
 
 
 SCHEMA_VERSION = len(migrations("sagakit"))
@@ -495,8 +506,9 @@ async def migrate(conn: AsyncConnection[object], schema: str, *, wait: float = 1
     holds the migration's lock until it commits), whatever the role's ``lock_timeout``
     or a shorter ``statement_timeout``.
     """
-    s = f'"{check_schema_name(schema)}"'
-    scripts = migrations(schema)
+    name = check_schema_name(schema)
+    s = f'"{name}"'
+    scripts = migrations(name)
     # A schema already at this version needs no lock and no DDL, so a role that may only
     # read the log opens it too (an operator's `sagakit list`); one at a newer version
     # is refused before any DDL, which such a role may not run.
@@ -510,7 +522,7 @@ async def migrate(conn: AsyncConnection[object], schema: str, *, wait: float = 1
         if row is not None and int(row[0]) > len(scripts):  # type: ignore[index]
             raise _newer(schema, int(row[0]), len(scripts))  # type: ignore[index]
     try:
-        return await _migrate_locked(conn, schema, scripts, wait)
+        return await _migrate_locked(conn, name, scripts, wait)
     except Exception as error:
         state = getattr(error, "sqlstate", None)
         upgrade = f"`sagakit --db ... --schema {schema} upgrade`"
@@ -537,14 +549,17 @@ _INSUFFICIENT_PRIVILEGE = "42501"  # permission denied, must be owner
 
 
 async def _migrate_locked(
-    conn: AsyncConnection[object], schema: str, scripts: list[str], wait: float
+    conn: AsyncConnection[object],
+    schema: LiteralString,
+    scripts: list[LiteralString],
+    wait: float,
 ) -> int:
     s = f'"{schema}"'
     async with conn.transaction():
         # A role's lock_timeout shorter than another opener's migration (~40 ms) failed
         # every store opening at once but the first: wait for it, up to ``wait``.
         timeout = min(max(int(wait * 1000), 1), MAX_LOCK_TIMEOUT_MS)
-        await conn.execute(f"SET LOCAL lock_timeout = {timeout}")
+        await conn.execute(f"SET LOCAL lock_timeout = {_number(timeout)}")
         # So did a role's statement_timeout: one shorter than that wait is lengthened
         # (a second past it, so that a lock waited for too long says so, as above).
         longer = min(timeout + 1000, MAX_LOCK_TIMEOUT_MS)
@@ -554,8 +569,9 @@ async def _migrate_locked(
         shown = await cursor.fetchone()
         role_ms = shown_milliseconds(str(shown[0])) if shown else None  # type: ignore[index]
         if role_ms is not None and 1 <= role_ms < longer:
-            await conn.execute(f"SET LOCAL statement_timeout = {longer}")
-        await conn.execute(f"SELECT pg_advisory_xact_lock({lock_key(schema, 'migrate')})")
+            await conn.execute(f"SET LOCAL statement_timeout = {_number(longer)}")
+        key = _number(lock_key(schema, "migrate"))
+        await conn.execute(f"SELECT pg_advisory_xact_lock({key})")
         # CREATE SCHEMA IF NOT EXISTS needs the right to create schemas in the database
         # even when the schema exists: a role that owns the schema but has no such right
         # could not open it.

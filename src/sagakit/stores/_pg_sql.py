@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, LiteralString, TypeAlias
 
 from ._pg_schema import check_schema_name
 
@@ -33,47 +33,48 @@ _STEP_COLUMNS = (
 
 @dataclass(frozen=True, slots=True)
 class Statements:
-    """Every statement of the store, with the schema name quoted in."""
+    """Every statement of the store, with the schema name quoted in: each a
+    ``LiteralString`` (literal text and the checked schema name only), as psycopg asks."""
 
-    begin: str
-    unbegin: str
-    conflict: str
-    restart: str
-    delete_steps: str
-    apply: str
-    heartbeat: str
-    release: str
-    release_one: str
-    give_back: str
-    claim: str
-    claimed_by: str
-    renewed: str
-    claimed_steps: str
-    get: str
-    running: str
-    history: str
-    history_newest: str
-    newest: str
-    newest_with_status: str
-    listed: str
-    listed_with_status: str
-    listed_before: str
-    listed_with_status_before: str
-    arguments: str
-    running_count: str
-    running_names: str
-    claimable_running_names: str
-    leased_count: str
-    history_count: str
-    dead_letter: str
-    dead_letters: str
-    resume: str
-    resolve: str
-    resolved: str
-    events: str
-    events_of: str
-    settle: str
-    last_write: str
+    begin: LiteralString
+    unbegin: LiteralString
+    conflict: LiteralString
+    restart: LiteralString
+    delete_steps: LiteralString
+    apply: LiteralString
+    heartbeat: LiteralString
+    release: LiteralString
+    release_one: LiteralString
+    give_back: LiteralString
+    claim: LiteralString
+    claimed_by: LiteralString
+    renewed: LiteralString
+    claimed_steps: LiteralString
+    get: LiteralString
+    running: LiteralString
+    history: LiteralString
+    history_newest: LiteralString
+    newest: LiteralString
+    newest_with_status: LiteralString
+    listed: LiteralString
+    listed_with_status: LiteralString
+    listed_before: LiteralString
+    listed_with_status_before: LiteralString
+    arguments: LiteralString
+    running_count: LiteralString
+    running_names: LiteralString
+    claimable_running_names: LiteralString
+    leased_count: LiteralString
+    history_count: LiteralString
+    dead_letter: LiteralString
+    dead_letters: LiteralString
+    resume: LiteralString
+    resolve: LiteralString
+    resolved: LiteralString
+    events: LiteralString
+    events_of: LiteralString
+    settle: LiteralString
+    last_write: LiteralString
     last_write_shared: str
 
 
@@ -86,7 +87,7 @@ def statements(schema: str) -> Statements:
     stamp = "greatest(now(), started_at)"
     active = "finished_at IS NULL AND dead_reason IS NULL"
 
-    def running_names(only: str) -> str:
+    def running_names(only: LiteralString) -> LiteralString:
         return (
             "SELECT name, count(*), coalesce(max(CASE WHEN EXISTS (SELECT 1 FROM "
             f"{s}.steps st WHERE st.saga_id = r.saga_id AND st.status = 'completed') "
@@ -102,7 +103,7 @@ def statements(schema: str) -> Statements:
     )
     steps_order = f"ORDER BY saga_id, {record_order}"
 
-    def steps_of(saga: str) -> str:
+    def steps_of(saga: LiteralString) -> LiteralString:
         """The records of the ``sagas`` row ``saga`` (its alias), in the order above, as
         one JSON array of arrays (``_pg_rows.metadata`` reads them): read in the row's
         statement, they are of the row's snapshot. (Read by a second statement, a write
@@ -114,7 +115,7 @@ def statements(schema: str) -> Statements:
             f"FROM {s}.steps st WHERE st.saga_id = {saga}.saga_id)"
         )
 
-    def listed(where: str) -> str:
+    def listed(where: LiteralString) -> LiteralString:
         """A page of ``sagakit list``: the newest sagas ``where`` says (the newest of a
         status, before the last of the page before), the columns it shows, and their
         completed forward steps counted from the steps' primary key, for the rows the
