@@ -185,3 +185,38 @@ async def test_a_finish_cancelled_while_it_settles_a_write_in_doubt_releases_the
         await store._writer.close()
         assert late == [{"cf-doubt": "fenced"}]
     await _released_then_recovered(dsn, schema, "cf-doubt")
+
+
+@pytest.mark.asyncio
+async def test_a_finish_whose_process_dies_while_it_writes_keeps_the_lease(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A simulated crash of the process (crash(..., process=True)) while finish() writes
+    # what was staged: a killed process gives nothing up (simulate_restart() does).
+    from sagakit.testing import SimulatedCrash
+
+    async with opened(dsn, schema) as store:
+        run = SagaRun("cf-died", cf_one(3), True, 0.0, SagaOrchestrator()._ref)
+        assert await store.begin(run) is None
+        await store.record(run, _step(TransitionKind.STEP_STARTED, "cf-died"))
+        store.stage(run, _step(TransitionKind.STEP_COMPLETED, "cf-died", result=3))
+        sending, gate = asyncio.Event(), asyncio.Event()
+
+        async def held(writes: list[Write]) -> dict[str, str]:
+            sending.set()
+            await gate.wait()  # never sent: the process "dies" meanwhile
+            return {}
+
+        monkeypatch.setattr(store._writer, "_send", held)
+        finishing = asyncio.create_task(store.finish(run))
+        await sending.wait()
+        store._crash_process("the process died (test)")
+        with pytest.raises(SimulatedCrash):
+            await finishing
+        rows = query(
+            dsn,
+            f'SELECT owner = %s, lease_until > now() FROM "{schema}".sagas WHERE saga_id = %s',
+            (store.owner, "cf-died"),
+        )
+        assert rows == [(True, True)]  # still this "process's", until its lease runs out
+        gate.set()

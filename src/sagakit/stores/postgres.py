@@ -826,7 +826,8 @@ class PostgresStore(
                 # out. Releasing fences out whatever of the run is still on its way or in
                 # doubt (its end too): the row then says what the log has, which any
                 # worker's next claim takes at once and resumes or compensates from.
-                if self._holds(run):
+                # (Not when its process "died" meanwhile: a killed process gives up nothing.)
+                if self._holds(run) and self._writer.dead is None:
                     await self._release(run.id, run.name)
         finally:
             if self._holds(run):
