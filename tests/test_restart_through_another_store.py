@@ -58,3 +58,28 @@ async def test_simulate_restart_through_a_new_store_on_the_log_restarts_the_cras
     finally:
         await restarted.close()
         await crashed.close()
+
+
+@pytest.mark.asyncio
+async def test_a_crashed_store_on_another_log_is_left_crashed(dsn: str, schema: str) -> None:
+    # Only the crashed stores on the given store's log (its dsn and schema) restart: one
+    # on another schema keeps its leases (and its crash) until it is restarted itself.
+    from pg_helpers.db import fresh_schema
+
+    ran.clear()
+    schemas = fresh_schema(dsn)
+    other_schema = next(schemas)
+    crashed = PostgresStore(dsn, schema=schema)
+    elsewhere = PostgresStore(dsn, schema=other_schema)
+    try:
+        with FaultInjector().crash(rta_pay), pytest.raises(SimulatedCrash):
+            await SagaOrchestrator(crashed).execute(rta_trip("u").with_id("rta-2"))
+        await simulate_restart(elsewhere)
+        assert crashed.owns("rta-2")  # not this log's: left alone
+        await simulate_restart(crashed)
+        assert not crashed.owns("rta-2")
+    finally:
+        await elsewhere.close()
+        await crashed.close()
+        for _ in schemas:  # drops the other schema
+            pass
