@@ -1,4 +1,5 @@
-"""PostgreSQL: a run whose ``finish()`` is cancelled while it gives up the saga's lease.
+"""PostgreSQL: a run whose ``finish()`` is cancelled while it gives up the saga's lease,
+or before, while it writes what the run left staged or in doubt.
 
 A run that ends without its end in the log (cancelled again while that write was on
 its way) has ``finish()`` give the lease up, so any worker's next claim takes the saga
@@ -6,6 +7,8 @@ at once. Cancelled during that release (a listener cancelling the saga's task ag
 the store forgot the lease all the same: its ``close()`` then had nothing to release,
 and the row stayed under the closed store's lease until it ran out (30 s by default),
 so a ``recover()`` right after the restart did not take the saga (soak seed 115).
+Cancelled earlier, while it wrote what the run had staged (or settled a write in doubt),
+it skipped the release altogether, with the same outcome.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from typing import Any
 import pytest
 
 from pg_helpers.db import opened, query
-from sagakit import SagaOrchestrator, saga, step
+from sagakit import SagaOrchestrator, SagaStatus, StoreError, saga, step
 from sagakit._runs import SagaRun
+from sagakit.stores._pg_writer import Write
+from sagakit.transitions import Transition, TransitionKind
 
 
 @step
@@ -67,3 +72,151 @@ async def test_a_finish_cancelled_while_it_releases_the_lease_still_releases_it(
         claimed = await other.claim_orphans()
         assert [orphan.saga_id for orphan in claimed] == ["cf-released"]
         await other.give_back(["cf-released"])
+
+
+def _step(kind: TransitionKind, saga_id: str, **fields: Any) -> Transition:
+    return Transition(kind, saga_id, "cf_one", SagaStatus.EXECUTING, 0, "cf_act", 1, **fields)
+
+
+async def _released_then_recovered(dsn: str, schema: str, saga_id: str) -> None:
+    """The row is given up (no owner, its lease over), holds no write of the cancelled
+    run's that came late, and another worker's recovery takes it at once and ends it."""
+    rows = query(
+        dsn,
+        f'SELECT owner, lease_until <= now(), status FROM "{schema}".sagas WHERE saga_id = %s',
+        (saga_id,),
+    )
+    assert rows == [(None, True, "executing")]
+    steps = f'SELECT status FROM "{schema}".steps WHERE saga_id = %s'
+    assert query(dsn, steps, (saga_id,)) == [("running",)]  # (started; its end never written)
+    async with opened(dsn, schema) as other:
+        outcomes = await SagaOrchestrator(other).recover()
+        assert [(o.saga_id, o.status) for o in outcomes] == [(saga_id, SagaStatus.COMPLETED)]
+    assert query(dsn, steps, (saga_id,)) == [("completed",)]
+
+
+@pytest.mark.asyncio
+async def test_a_finish_cancelled_while_it_writes_what_was_staged_releases_the_lease(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with opened(dsn, schema) as store:
+        run = SagaRun("cf-staged", cf_one(1), True, 0.0, SagaOrchestrator()._ref)
+        assert await store.begin(run) is None
+        await store.record(run, _step(TransitionKind.STEP_STARTED, "cf-staged"))
+        # Its end could not be written: the step's completion is still staged.
+        store.stage(run, _step(TransitionKind.STEP_COMPLETED, "cf-staged", result=1))
+        send = store._writer._send
+        sending, gate = asyncio.Event(), asyncio.Event()
+        late: list[dict[str, str]] = []
+
+        async def held(writes: list[Write]) -> dict[str, str]:
+            sending.set()  # on its way (in doubt once its caller is cancelled)
+            await gate.wait()
+            late.append(await send(writes))
+            return late[-1]
+
+        monkeypatch.setattr(store._writer, "_send", held)
+        finishing = asyncio.create_task(store.finish(run))
+        await sending.wait()
+        finishing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await finishing
+        assert not store.owns("cf-staged")
+        gate.set()
+        await store._writer.close()
+        assert late == [{"cf-staged": "fenced"}]  # the release fenced the write out
+    await _released_then_recovered(dsn, schema, "cf-staged")
+
+
+@pytest.mark.asyncio
+async def test_a_finish_cancelled_while_it_settles_a_write_in_doubt_releases_the_lease(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cancelled once the settling moved the fencing token on, before its answer came
+    # back: the token the store knows is the one before, and the release must still
+    # match the row (the lease is still this run's).
+    async with opened(dsn, schema) as store:
+        run = SagaRun("cf-doubt", cf_one(2), True, 0.0, SagaOrchestrator()._ref)
+        assert await store.begin(run) is None
+        await store.record(run, _step(TransitionKind.STEP_STARTED, "cf-doubt"))
+        send = store._writer._send
+        sending, gate = asyncio.Event(), asyncio.Event()
+        late: list[dict[str, str]] = []
+
+        async def held(writes: list[Write]) -> dict[str, str]:
+            sending.set()
+            await gate.wait()
+            late.append(await send(writes))
+            return late[-1]
+
+        monkeypatch.setattr(store._writer, "_send", held)
+        original = store._run
+        settles: list[str] = []
+        settled, never = asyncio.Event(), asyncio.Event()
+
+        async def run_sql(sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+            if sql == store._sql.settle:
+                settles.append(sql)
+                if len(settles) == 1:  # the cancelled record()'s own try: it stays in doubt
+                    raise StoreError("refused (test)")
+                found = await original(sql, params)  # committed: the token moved on
+                settled.set()
+                await never.wait()  # its answer never comes back: cancelled meanwhile
+                return found
+            return await original(sql, params)
+
+        monkeypatch.setattr(store, "_run", run_sql)
+        # The run's end, in doubt: cancelled while it was on its way, not settled.
+        ending = asyncio.create_task(
+            store.record(run, _step(TransitionKind.STEP_COMPLETED, "cf-doubt", result=2))
+        )
+        await sending.wait()
+        ending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await ending
+        assert "cf-doubt" in store._doubts
+        finishing = asyncio.create_task(store.finish(run))
+        await settled.wait()
+        finishing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await finishing
+        assert not store.owns("cf-doubt")
+        gate.set()
+        await store._writer.close()
+        assert late == [{"cf-doubt": "fenced"}]
+    await _released_then_recovered(dsn, schema, "cf-doubt")
+
+
+@pytest.mark.asyncio
+async def test_a_finish_whose_process_dies_while_it_writes_keeps_the_lease(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A simulated crash of the process (crash(..., process=True)) while finish() writes
+    # what was staged: a killed process gives nothing up (simulate_restart() does).
+    from sagakit.testing import SimulatedCrash
+
+    async with opened(dsn, schema) as store:
+        run = SagaRun("cf-died", cf_one(3), True, 0.0, SagaOrchestrator()._ref)
+        assert await store.begin(run) is None
+        await store.record(run, _step(TransitionKind.STEP_STARTED, "cf-died"))
+        store.stage(run, _step(TransitionKind.STEP_COMPLETED, "cf-died", result=3))
+        sending, gate = asyncio.Event(), asyncio.Event()
+
+        async def held(writes: list[Write]) -> dict[str, str]:
+            sending.set()
+            await gate.wait()  # never sent: the process "dies" meanwhile
+            return {}
+
+        monkeypatch.setattr(store._writer, "_send", held)
+        finishing = asyncio.create_task(store.finish(run))
+        await sending.wait()
+        store._crash_process("the process died (test)")
+        with pytest.raises(SimulatedCrash):
+            await finishing
+        rows = query(
+            dsn,
+            f'SELECT owner = %s, lease_until > now() FROM "{schema}".sagas WHERE saga_id = %s',
+            (store.owner, "cf-died"),
+        )
+        assert rows == [(True, True)]  # still this "process's", until its lease runs out
+        gate.set()

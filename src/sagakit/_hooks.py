@@ -199,6 +199,14 @@ def forget_crashes(store: object, saga_ids: Iterable[str] | None = None) -> set[
     return forgotten
 
 
+def crashed_stores() -> list[Any]:
+    """The stores a simulated crash stopped sagas of, or killed the process of, that
+    ``simulate_restart()`` has not restarted since."""
+    found = {id(store): store for store, ids in list(_crashed.items()) if ids}
+    found.update((id(store), store) for store in list(_dead.keys()))
+    return list(found.values())
+
+
 def crash_hint(store: object, saga_ids: Iterable[str] | None = None) -> str | None:
     """What to do about those of ``saga_ids`` (all, if ``None``) a simulated crash left
     running on ``store`` (``None`` if none): the store refuses them to this process, which
@@ -255,6 +263,7 @@ __all__ = [
     "active_faults",
     "crash_hint",
     "crash_process",
+    "crashed_stores",
     "dead_process",
     "forget_crashes",
     "note_crash",

@@ -33,6 +33,15 @@ class SimulatedCrashes(PostgresStoreBase):
         """``simulate_restart()``: the store writes again, as a restarted process would."""
         self._writer.dead = None
 
+    def _same_log(self, other: object) -> bool:
+        """Whether ``other`` is another PostgreSQL store on this store's log (the same
+        ``dsn`` and ``schema``): ``simulate_restart()`` of a store that no simulated crash
+        stopped (a new one, to recover with) restarts those a crash did stop."""
+        if other is self or not isinstance(other, SimulatedCrashes):
+            return False
+        # (Read so: the store's settings are PostgresStore's, not this base's.)
+        return all(getattr(other, name) == getattr(self, name) for name in ("dsn", "schema"))
+
     def _forget_runs(self, saga_ids: Collection[str]) -> None:
         """Forget the runs of ``saga_ids`` that a simulated crash stopped (``"the process
         died"``: they never call finish()), and what they staged or left in doubt, as

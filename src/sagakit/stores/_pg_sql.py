@@ -181,10 +181,14 @@ def statements(schema: str) -> Statements:
             "WHERE s.saga_id = l.saga_id RETURNING s.saga_id"
         ),
         # One saga this store stopped running unfinished; the next claim counts an attempt.
+        # A token above %(fence)s under this owner is still that lease's: moved on by the
+        # store's own settling (or a claim that only renewed it) whose answer was lost, as
+        # when finish() is cancelled meanwhile. (Another owner's claim changes the owner;
+        # this store's own claims skip the sagas it holds, "mine".)
         release_one=(
             f"UPDATE {s}.sagas SET owner = NULL, lease_until = now(), fence = fence + 1, "
             "released = false WHERE saga_id = %(id)s AND owner = %(owner)s "
-            f"AND fence = %(fence)s AND {active} RETURNING saga_id"
+            f"AND fence >= %(fence)s AND {active} RETURNING saga_id"
         ),
         # Claims of ids=fences that no run made since (give_back()): the row as before
         # the claim, so the next claim reads what this one read. A crash's claim counted

@@ -804,8 +804,8 @@ class PostgresStore(
         not committed, is written now, so the saga's recovery does not run a step or
         compensation again that completed. A run forgotten with its lease still held
         (its end could not be written, or a cancelled recovery handed it back) gives
-        the lease up, so any worker's next claim takes the saga at once; if that fails
-        too, the lease runs out.
+        the lease up, so any worker's next claim takes the saga at once (also when
+        finish() is cancelled while it writes); if that fails too, the lease runs out.
         """
         dead = self._writer.dead
         if dead is not None and (
@@ -820,9 +820,17 @@ class PostgresStore(
             self._retired.pop(id(run), None)
             return
         try:
-            await self._flush(run.id, run)
-            if self._holds(run):
-                await self._release(run.id, run.name)
+            try:
+                await self._flush(run.id, run)
+            finally:
+                # Also when cancelled while it wrote (a listener cancelling the saga's
+                # task again): forgotten below, the lease stayed in the row until it ran
+                # out. Releasing fences out whatever of the run is still on its way or in
+                # doubt (its end too): the row then says what the log has, which any
+                # worker's next claim takes at once and resumes or compensates from.
+                # (Not when its process "died" meanwhile: a killed process gives up nothing.)
+                if self._holds(run) and self._writer.dead is None:
+                    await self._release(run.id, run.name)
         finally:
             if self._holds(run):
                 self._doubts.pop(run.id, None)

@@ -22,6 +22,7 @@ from .._hooks import (
     SimulatedCrash,
     SimulatedTimeout,
     active_faults,
+    crashed_stores,
     faults_here,
     forget_crashes,
     revive,
@@ -824,8 +825,10 @@ async def simulate_restart(store: SagaStore) -> None:
     claims those sagas, as a restarted process would. Every saga running in the store
     is released, so use it in tests only. A SQLite store closed since the crash (by an
     ``async with SagaOrchestrator(store)`` the crash left) is taken too: the claim is
-    in its file. An in-memory store loses its sagas in a real crash and cannot be
-    restarted.
+    in its file. On PostgreSQL, whose leases are each store object's own, a store that
+    no simulated crash stopped (a new one, to recover with) restarts the stores on its
+    log (the same ``dsn`` and ``schema``) that one did stop. An in-memory store loses its
+    sagas in a real crash and cannot be restarted.
     """
     if isinstance(store, type):  # a class has the protocol's methods, unbound
         raise not_the_class(store, "simulate_restart()'s store")
@@ -840,6 +843,7 @@ async def simulate_restart(store: SagaStore) -> None:
             f"{type(store).__name__} keeps sagas in memory, which a crash loses; simulate "
             "crashes and recovery with a durable store such as SQLiteStore(tmp_path / 'sagas.db')"
         )
+    stopped = any(found is store for found in crashed_stores())  # (before forgetting)
     crashed = forget_crashes(store)  # restarted: what the crashes stopped is recovery's
     restart = getattr(store, "_restart_process", None)
     if restart is not None:  # a process crash refused its writes: "the process" is back
@@ -864,6 +868,13 @@ async def simulate_restart(store: SagaStore) -> None:
         forget_runs: Callable[[set[str]], None] | None = getattr(store, "_forget_runs", None)
         if forget_runs is not None:  # the crashed runs never finish(): drop what it keeps of them
             forget_runs(crashed)
+        same_log: Callable[[object], bool] | None = getattr(store, "_same_log", None)
+        if same_log is not None and not stopped:
+            # PostgreSQL: leases are each store object's own, so given a store no crash
+            # stopped (a new one, to recover with), restart the crashed ones on its log.
+            for other in crashed_stores():
+                if same_log(other):
+                    await simulate_restart(other)
         return
     release = getattr(store, "release", None)
     if release is None:
