@@ -17,6 +17,7 @@ from sagakit import (
     SagaOrchestrator,
     SagaStatus,
     SQLiteStore,
+    StepFailed,
     StepStatus,
     saga,
     step,
@@ -138,4 +139,59 @@ async def test_a_built_definition_is_named_as_the_builder() -> None:
     message = str(raised.value)
     assert "returned the saga definition <SagaDefinition rdef-inner" in message
     assert "current_step().orchestrator.execute(SagaDefinition(...))" in message
+    assert ran == []
+
+
+@pytest.mark.asyncio
+async def test_a_step_awaited_on_its_own_returning_a_definition_is_refused() -> None:
+    # Regression: `await rdef_run_payment("x")` outside a saga returned the definition, the
+    # nested saga never ran, and nothing said so (in a saga it was refused).
+    with pytest.raises(SagaDefinitionError) as raised:
+        await rdef_run_payment("x")
+    message = str(raised.value)
+    assert (
+        "step 'rdef_run_payment' returned the saga definition "
+        "<SagaDefinition rdef_payment steps=?> instead of running it" in message
+    )
+    assert "orchestrator.execute(rdef_payment(...))" in message
+    assert ran == []  # the inner saga never ran
+
+
+@pytest.mark.asyncio
+async def test_a_step_awaited_inside_a_step_returning_a_definition_is_refused() -> None:
+    @step
+    async def rdef_outer(item: str) -> None:
+        await rdef_run_payment(item)
+
+    async with SagaOrchestrator() as orchestrator:
+        with pytest.raises(StepFailed) as raised:
+            await orchestrator.execute(SagaDefinition(steps=[rdef_outer("x")]))
+    # The outer step raised it: its failure, as any exception a step raises.
+    assert isinstance(raised.value.__cause__, SagaDefinitionError)
+    assert "step 'rdef_run_payment' returned the saga definition" in str(raised.value.__cause__)
+    assert ran == []
+
+
+@step
+async def rdef_refund(item: str) -> SagaDefinition:
+    return rdef_payment(item)
+
+
+@step
+async def rdef_hold(item: str) -> list[str]:
+    return [f"held {item}"]
+
+
+rdef_hold.compensate(rdef_refund)  # a step declared as the compensation
+
+
+@pytest.mark.asyncio
+async def test_a_step_declared_as_a_compensation_returning_a_definition_is_named_so() -> None:
+    async with SagaOrchestrator(continue_on_compensation_failure=True) as orchestrator:
+        with pytest.raises(CompensationFailed) as raised:
+            await orchestrator.execute(SagaDefinition(steps=[rdef_hold("x"), rdef_fail("x")]))
+    assert isinstance(raised.value.error, SagaDefinitionError)
+    assert "the compensation of step 0 ('rdef_hold') returned the saga definition" in str(
+        raised.value
+    )
     assert ran == []
