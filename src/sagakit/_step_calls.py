@@ -215,7 +215,7 @@ class StepCall(Generic[R_co]):
                         and is_definition(result)
                     ):
                         raise definition_returned_alone(f"step {step.name!r}", result)
-                return result  # type: ignore[return-value]
+                return result  # type: ignore[no-any-return]
             await asyncio.sleep(policy.delay(attempt))
 
     async def _injected(self, faults: FaultPlan, attempt: int, alone: bool) -> Exception | None:
