@@ -9,16 +9,18 @@ from typing import Any
 
 import pytest
 
+from misuse_helpers.wrong_results import (
+    STORES,
+    run_a_wrong_compensation,
+    run_a_wrong_step,
+    store_of,
+)
 from sagakit import (
     CompensationFailed,
-    MemoryStore,
     SagaDefinition,
     SagaDefinitionError,
     SagaOrchestrator,
-    SagaStatus,
-    SQLiteStore,
     StepFailed,
-    StepStatus,
     saga,
     step,
 )
@@ -75,9 +77,9 @@ def _clear() -> None:
     ran.clear()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    return MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "s.db")
+    return store_of(request.param, tmp_path)
 
 
 @pytest.mark.asyncio
@@ -87,43 +89,24 @@ async def test_a_step_returning_a_definition_fails_and_earlier_steps_are_undone(
     # Regression: in memory the step completed with the definition as its one event, the
     # inner saga never ran and nothing said so; a durable store failed it as an
     # unstorable result, saying to make the definition a dataclass or register a codec.
-    async with SagaOrchestrator(store) as orchestrator:
-        definition = SagaDefinition(steps=[rdef_reserve("x"), rdef_run_payment("x")], saga_id="d")
-        with pytest.raises(SagaDefinitionError) as raised:
-            await orchestrator.execute(definition)
-        metadata = await orchestrator.get_saga("d")
-    message = str(raised.value)
+    message, _ = await run_a_wrong_step(
+        store, rdef_reserve("x"), rdef_run_payment("x"), "d", events=("reserved x",)
+    )
     assert (
         "step 1 ('rdef_run_payment') returned the saga definition "
         "<SagaDefinition rdef_payment steps=?> instead of running it" in message
     )
     assert "await current_step().orchestrator.execute(rdef_payment(...))" in message
     assert ran == ["reserve x", "release x"]  # the inner saga never ran
-    assert metadata is not None
-    assert metadata.status is SagaStatus.COMPENSATED
-    assert metadata.events == ("reserved x",)
-    assert metadata.steps[1].status is StepStatus.FAILED
 
 
 @pytest.mark.asyncio
 async def test_a_compensation_returning_a_definition_fails_that_compensation(
     store: Any,
 ) -> None:
-    orchestrator = SagaOrchestrator(store, continue_on_compensation_failure=True)
-    async with orchestrator:
-        definition = SagaDefinition(
-            steps=[rdef_reserve("x"), rdef_ship("x"), rdef_fail("x")], saga_id="u"
-        )
-        with pytest.raises(CompensationFailed) as raised:
-            await orchestrator.execute(definition)
-        metadata = await orchestrator.get_saga("u")
-    failure = raised.value
-    assert isinstance(failure.error, SagaDefinitionError)
+    steps = [rdef_reserve("x"), rdef_ship("x"), rdef_fail("x")]
+    failure, _ = await run_a_wrong_compensation(store, steps, "u", ["released x"])
     assert "the compensation of step 1 ('rdef_ship') returned the saga definition" in str(failure)
-    assert failure.compensation_events == ["released x"]
-    assert metadata is not None
-    assert metadata.status is SagaStatus.FAILED
-    assert metadata.compensations[0].status is StepStatus.FAILED
 
 
 @step

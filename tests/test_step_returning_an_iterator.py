@@ -9,17 +9,13 @@ from typing import Any
 
 import pytest
 
-from sagakit import (
-    CompensationFailed,
-    MemoryStore,
-    SagaDefinition,
-    SagaDefinitionError,
-    SagaOrchestrator,
-    SagaStatus,
-    SQLiteStore,
-    StepStatus,
-    step,
+from misuse_helpers.wrong_results import (
+    STORES,
+    run_a_wrong_compensation,
+    run_a_wrong_step,
+    store_of,
 )
+from sagakit import step
 
 undone: list[str] = []
 
@@ -82,9 +78,9 @@ def _clear() -> None:
     undone.clear()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    return MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "s.db")
+    return store_of(request.param, tmp_path)
 
 
 @pytest.mark.asyncio
@@ -95,38 +91,23 @@ async def test_a_step_returning_an_iterator_fails_and_earlier_steps_are_undone(
     # Regression: the in-memory store kept the iterator itself as the step's one event
     # (read once, by whoever iterated the events first), while a durable store failed
     # the step as an unstorable result: a saga that passed its tests failed in production.
-    async with SagaOrchestrator(store) as orchestrator:
-        definition = SagaDefinition(steps=[it_reserve("x"), bad("x")], saga_id="iter")
-        with pytest.raises(SagaDefinitionError) as raised:
-            await orchestrator.execute(definition)
-        metadata = await orchestrator.get_saga("iter")
-    message = str(raised.value)
+    message, metadata = await run_a_wrong_step(
+        store,
+        it_reserve("x"),
+        bad("x"),
+        "iter",
+        events=("reserved x",),  # the iterator is none
+    )
     assert f"step 1 ({bad.name!r}) returned {what} instead of its events" in message
     assert "list(...)" in message
     assert undone == ["x"]
-    assert metadata is not None
-    assert metadata.status is SagaStatus.COMPENSATED
-    assert metadata.events == ("reserved x",)  # the iterator is no event
-    assert metadata.steps[1].status is StepStatus.FAILED
     assert metadata.steps[1].events == ()
 
 
 @pytest.mark.asyncio
 async def test_a_compensation_returning_an_iterator_fails_that_compensation(store: Any) -> None:
-    orchestrator = SagaOrchestrator(store, continue_on_compensation_failure=True)
-    async with orchestrator:
-        definition = SagaDefinition(
-            steps=[it_reserve("x"), it_ship("x"), it_fail("x")], saga_id="undo"
-        )
-        with pytest.raises(CompensationFailed) as raised:
-            await orchestrator.execute(definition)
-        metadata = await orchestrator.get_saga("undo")
-    failure = raised.value
-    assert isinstance(failure.error, SagaDefinitionError)
+    steps = [it_reserve("x"), it_ship("x"), it_fail("x")]
+    failure, metadata = await run_a_wrong_compensation(store, steps, "undo", ["released x"])
     assert "the compensation of step 1 ('it_ship') returned a list_iterator" in str(failure)
-    assert failure.compensation_events == ["released x"]
     assert undone == ["x"]  # the compensation after it still ran
-    assert metadata is not None
-    assert metadata.status is SagaStatus.FAILED
-    assert metadata.compensations[0].status is StepStatus.FAILED
     assert metadata.compensations[0].events == ()
