@@ -18,6 +18,7 @@ from sagakit import (
     SagaOrchestrator,
     SagaStatus,
     SQLiteStore,
+    StepFailed,
     StepStatus,
     saga,
     step,
@@ -199,4 +200,59 @@ async def test_a_built_definition_is_named_as_the_builder() -> None:
     message = str(raised.value)
     assert "returned the saga definition <SagaDefinition noev-inner" in message
     assert "current_step().orchestrator.execute(SagaDefinition(...))" in message
+    assert ran == []
+
+
+@pytest.mark.asyncio
+async def test_a_step_awaited_on_its_own_returning_a_definition_is_refused() -> None:
+    # Regression: `await noev_run_payment("x")` outside a saga returned the definition, the
+    # nested saga never ran, and nothing said so (in a saga it was refused).
+    with pytest.raises(SagaDefinitionError) as raised:
+        await noev_run_payment("x")
+    message = str(raised.value)
+    assert (
+        "step 'noev_run_payment' returned the saga definition "
+        "<SagaDefinition noev_payment steps=?> instead of running it" in message
+    )
+    assert "orchestrator.execute(noev_payment(...))" in message
+    assert ran == []  # the inner saga never ran
+
+
+@pytest.mark.asyncio
+async def test_a_step_awaited_inside_a_step_returning_a_definition_is_refused() -> None:
+    @step
+    async def noev_outer(item: str) -> None:
+        await noev_run_payment(item)
+
+    async with SagaOrchestrator() as orchestrator:
+        with pytest.raises(StepFailed) as raised:
+            await orchestrator.execute(SagaDefinition(steps=[noev_outer("x")]))
+    # The outer step raised it: its failure, as any exception a step raises.
+    assert isinstance(raised.value.__cause__, SagaDefinitionError)
+    assert "step 'noev_run_payment' returned the saga definition" in str(raised.value.__cause__)
+    assert ran == []
+
+
+@step
+async def noev_refund(item: str) -> SagaDefinition:
+    return noev_payment(item)
+
+
+@step
+async def noev_hold(item: str) -> list[str]:
+    return [f"held {item}"]
+
+
+noev_hold.compensate(noev_refund)  # a step declared as the compensation
+
+
+@pytest.mark.asyncio
+async def test_a_step_declared_as_a_compensation_returning_a_definition_is_named_so() -> None:
+    async with SagaOrchestrator(continue_on_compensation_failure=True) as orchestrator:
+        with pytest.raises(CompensationFailed) as raised:
+            await orchestrator.execute(SagaDefinition(steps=[noev_hold("x"), noev_fail("x")]))
+    assert isinstance(raised.value.error, SagaDefinitionError)
+    assert "the compensation of step 0 ('noev_hold') returned the saga definition" in str(
+        raised.value
+    )
     assert ran == []

@@ -99,12 +99,12 @@ def events_of(result: Any, record: StepRun | None = None) -> Sequence[Any]:
             raise returned_awaitable(record, result)
         if isinstance(result, Iterator | AsyncIterator):
             raise returned_iterator(record, result)
-        if result.__class__.__name__ == "SagaDefinition" and _is_definition(result):
+        if result.__class__.__name__ == "SagaDefinition" and is_definition(result):
             raise returned_definition(record, result)
     return (result,)
 
 
-def _is_definition(result: object) -> TypeGuard[SagaDefinition]:
+def is_definition(result: object) -> TypeGuard[SagaDefinition]:
     from ._sagas import SagaDefinition  # which imports this module
 
     return isinstance(result, SagaDefinition)
@@ -130,17 +130,31 @@ def returned_iterator(record: StepRun, result: Any) -> SagaDefinitionError:
 def returned_definition(record: StepRun, result: SagaDefinition) -> SagaDefinitionError:
     """The error of a step or compensation that returned ``result``, a saga definition,
     instead of executing it: the nested saga never ran (and no saga log can store it)."""
-    factory = result.factory
-    written = (  # as the code wrote it: the @saga function, or the builder
-        f"{getattr(factory, '__name__', result.name)}(...)"
-        if factory is not None
-        else "SagaDefinition(...)"
-    )
+    written = _written(result)
     return SagaDefinitionError(
         f"{_which(record)} returned the saga definition {result!r} instead of running it; "
         f"a step runs a nested saga by executing it: `return await "
         f"current_step().orchestrator.execute({written})`"
     )
+
+
+def definition_returned_alone(which: str, result: SagaDefinition) -> SagaDefinitionError:
+    """:func:`returned_definition` for a step awaited on its own, ``which``
+    (``"step 'charge'"``), where no saga, and so no ``current_step()``, gives it an
+    orchestrator."""
+    return SagaDefinitionError(
+        f"{which} returned the saga definition {result!r} instead of running it; a step "
+        f"runs a nested saga by executing it on an orchestrator: `return await "
+        f"orchestrator.execute({_written(result)})` (in a saga, `current_step().orchestrator`)"
+    )
+
+
+def _written(result: SagaDefinition) -> str:
+    """``result``'s definition as the code wrote it: the @saga function, or the builder."""
+    factory = result.factory
+    if factory is not None:
+        return f"{getattr(factory, '__name__', result.name)}(...)"
+    return "SagaDefinition(...)"
 
 
 def returned_awaitable(record: StepRun, result: Any) -> SagaDefinitionError:

@@ -14,7 +14,13 @@ from ._checks import asyncio_loop
 from ._deadlines import timeout_error
 from ._display import describe_args
 from ._hooks import SIMULATED_TIMEOUT, CrashAfter, FaultPlan, active_faults, raised_by_step
-from ._runs import alone_in, awaitable_returned_by, current_run
+from ._runs import (
+    alone_in,
+    awaitable_returned_by,
+    current_run,
+    definition_returned_alone,
+    is_definition,
+)
 from ._tracebacks import hide_from_pytest
 from .exceptions import StepTimeout
 from .records import one_line
@@ -197,10 +203,19 @@ class StepCall(Generic[R_co]):
                         raise
                     raise failure from error
             else:
-                # Not retried: a forgotten ``await`` is a mistake in the step, as in a saga.
-                if result.__class__ is not list and inspect.isawaitable(result):
-                    raise awaitable_returned_by(f"step {step.name!r}", result)
-                return result  # type: ignore[return-value]
+                # Not retried: a forgotten ``await`` is a mistake in the step, as in a saga,
+                # and so is a saga definition it returned instead of executing it (a step
+                # run as a compensation, not alone: the saga's check names that compensation).
+                if result.__class__ is not list:
+                    if inspect.isawaitable(result):
+                        raise awaitable_returned_by(f"step {step.name!r}", result)
+                    if (
+                        alone
+                        and result.__class__.__name__ == "SagaDefinition"
+                        and is_definition(result)
+                    ):
+                        raise definition_returned_alone(f"step {step.name!r}", result)
+                return result  # type: ignore[no-any-return]
             await asyncio.sleep(policy.delay(attempt))
 
     async def _injected(self, faults: FaultPlan, attempt: int, alone: bool) -> Exception | None:

@@ -263,7 +263,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         """Whether a step that raised is compensated itself."""
         return self._self_spec.compensate_on_failure
 
-    # The arguments form first: it is the runtime's choice when both forms fit, and mypy
+    # The arguments form first: the runtime's choice for the ties it decides, and mypy
     # words a mismatch against the first overload (tests/typing/test_mistakes.py). The
     # result form's first parameter must accept None: a step that timed out (or raised,
     # with compensate_on_failure) is compensated without a result. What it returns keeps
