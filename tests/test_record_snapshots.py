@@ -42,3 +42,11 @@ def test_an_error_is_cut_in_a_repr_only_past_its_shown_length() -> None:
     fits, longer = "e" * 200, "e" * 201
     assert repr(StepRecord(0, "pay", StepStatus.FAILED, error=fits)).endswith(f"({fits})>")
     assert repr(StepRecord(0, "pay", StepStatus.FAILED, error=longer)).endswith(f"({'e' * 199}…)>")
+
+
+def test_a_saga_snapshot_answers_to_saga_id_as_every_other_record_does() -> None:
+    # RecoveryOutcome, Transition, StepContext, StepFailed and the definition all say
+    # saga_id: a snapshot read from get_history() must answer to it too.
+    snapshot = SagaMetadata(id="o-1", name="order", status=SagaStatus.COMPLETED)
+    assert snapshot.saga_id == "o-1"
+    assert SagaMetadata(id=None, name="order", status=SagaStatus.NOT_STARTED).saga_id is None

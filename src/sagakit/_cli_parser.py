@@ -93,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     show = commands.add_parser("show", help="one saga with its step trail", parents=[printing])
     show.add_argument("saga_id")
+    show.add_argument(
+        "--import",
+        dest="modules",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="module to import first: one registering the codecs of the saga's values (repeatable)",
+    )
     recover = commands.add_parser(
         "recover",
         help="finish sagas left running by dead processes",

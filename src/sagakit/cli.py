@@ -1,7 +1,7 @@
 """The ``sagakit`` command: inspect and repair a durable saga log.
 
     sagakit --db sagas.db list [--status failed] [--limit 50] [--json]
-    sagakit --db sagas.db show SAGA_ID [--json]
+    sagakit --db sagas.db show SAGA_ID [--json] [--import myapp.codecs]
     sagakit --db sagas.db recover --import myapp.sagas [--max-attempts 3]
     sagakit --db sagas.db dead-letters
     sagakit --db sagas.db resume SAGA_ID       # un-park; the next recover runs it

@@ -102,6 +102,12 @@ class SagaMetadata:
     dead_letter: str | None = None
 
     @property
+    def saga_id(self) -> str | None:
+        """The saga's id, ``id``: named as ``RecoveryOutcome``, ``Transition`` and the
+        errors name it."""
+        return self.id
+
+    @property
     def duration(self) -> float | None:
         """Seconds from start to finish (or to the last update while running)."""
         end = self.finished_at or self.updated_at

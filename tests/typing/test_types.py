@@ -210,6 +210,7 @@ assert_type(SagaDefinition("t-1").add_step(debit("A", 1.0)), SagaDefinition)
 assert_type(SagaDefinition("t-1").with_id("t-2"), SagaDefinition)
 assert_type(SagaDefinition("t-1").metadata(), SagaMetadata)
 assert_type(SagaDefinition("t-1").metadata().status, SagaStatus)
+assert_type(SagaDefinition("t-1").metadata().saga_id, str | None)
 assert_type(SagaDefinition("t-1").total_steps, int | None)
 
 
