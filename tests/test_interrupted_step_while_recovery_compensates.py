@@ -12,6 +12,8 @@ record built from them shows the step as it will end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -72,6 +74,30 @@ def _db(store: Any) -> list[str]:
     return ["--db", store.dsn, "--schema", store.schema]
 
 
+def _logged_status(store: Any, saga_id: str, index: int) -> str:
+    """The status the log's row of forward step ``index`` holds, read with the database's
+    own client: what any sagakit's recovery reads."""
+    if isinstance(store, SQLiteStore):
+        with contextlib.closing(sqlite3.connect(store.path)) as conn:
+            [(status,)] = conn.execute(
+                "SELECT status FROM sagakit_steps WHERE saga_id = ? AND compensation = 0 "
+                "AND idx = ?",
+                (saga_id, index),
+            )
+        return str(status)
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(store.dsn, autocommit=True) as conn:
+        query = sql.SQL(
+            "SELECT status FROM {}.steps WHERE saga_id = %s AND NOT compensation "
+            "AND step_index = %s"
+        ).format(sql.Identifier(store.schema))
+        row = conn.execute(query, (saga_id, index)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 def _debit(meta: SagaMetadata | None) -> tuple[Any, ...]:
     assert meta is not None
     record = meta.steps[1]
@@ -104,6 +130,7 @@ async def test_the_interrupted_step_shows_failed_while_recovery_compensates(
     try:
         meanwhile = await reader.get("is-1")
         code, shown = await asyncio.to_thread(cli, *_db(reader), "show", "is-1")
+        logged = await asyncio.to_thread(_logged_status, reader, "is-1", 1)
     finally:
         await reader.close()
     gates["go on"].set()
@@ -111,6 +138,9 @@ async def test_the_interrupted_step_shows_failed_while_recovery_compensates(
     final = await restarted.get_saga("is-1")
     await restarted.close()
 
+    # The log is written as before: a recovery taking over now (an older sagakit's too)
+    # reads the step as interrupted, and compensates it as one that may have acted.
+    assert logged == "running"
     assert meanwhile is not None
     assert meanwhile.status is SagaStatus.COMPENSATING
     assert _debit(meanwhile) == ("debit", StepStatus.FAILED, CRASHED)
