@@ -28,7 +28,9 @@ from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
 pytestmark = pytest.mark.asyncio
 
 effects: list[str] = []
-gates: dict[str, asyncio.Event] = {}  # "crediting": set by credit; "go on": credit waits for it
+gates: dict[str, asyncio.Event] = {}
+"""``"crediting"`` (``"unholding"``): set by credit (unhold, when ``"hold"`` is there);
+``"go on"``: what they wait for then."""
 
 
 @step
@@ -39,6 +41,9 @@ async def hold(order: str) -> str:
 
 @hold.compensate
 async def unhold(order: str) -> None:
+    if "hold" in gates:  # (the second test's) waits there
+        gates["unholding"].set()
+        await gates["go on"].wait()
     effects.append(f"unhold {order}")
 
 
@@ -64,7 +69,8 @@ def order(name: str):  # type: ignore[no-untyped-def]
 @pytest.fixture(autouse=True)
 def _clean() -> None:
     effects.clear()
-    gates.update({"crediting": asyncio.Event(), "go on": asyncio.Event()})
+    gates.clear()
+    gates.update({name: asyncio.Event() for name in ("crediting", "unholding", "go on")})
 
 
 def _db(store: Any) -> list[str]:
@@ -153,3 +159,86 @@ async def test_the_interrupted_step_shows_failed_while_recovery_compensates(
     assert (outcome.action, outcome.status) == ("compensated", SagaStatus.COMPENSATED)
     assert _debit(final) == _debit(meanwhile)
     assert effects == ["hold x", "debit x", "credit x", "unhold x"]
+
+
+@step(name="interrupted_shown_charge")
+async def charge(order: str) -> str:
+    effects.append(f"charge {order}")
+    return f"c-{order}"
+
+
+@charge.compensate
+async def refund(order: str) -> None:
+    effects.append(f"refund {order}")
+
+
+@step
+async def declined(order: str) -> None:
+    raise ValueError("card declined")
+
+
+@saga(name="interrupted_compensation_shown_order")
+def charged_order(name: str):  # type: ignore[no-untyped-def]
+    yield hold(name)
+    yield charge(name)
+    yield declined(name)
+
+
+def _deploy_charged_order_without_refund() -> None:
+    """The code deployed since the crash: ``charged_order`` again (recovery finds it by
+    name), its ``charge`` step with no compensation any more."""
+
+    @step(name="interrupted_shown_charge")
+    async def charge_now(order: str) -> str:
+        return f"c-{order}"
+
+    @saga(name="interrupted_compensation_shown_order")
+    def charged_order_now(name: str):  # type: ignore[no-untyped-def]
+        yield hold(name)
+        yield charge_now(name)
+        yield declined(name)
+
+
+async def test_a_compensation_left_interrupted_shows_failed_once_a_later_one_runs(
+    durable_store: Callable[[], Any],
+) -> None:
+    # The process died in charge's compensation (refund); the code deployed since declares
+    # none for charge, so recovery does not run it again, and runs unhold: refund's record
+    # is written with the saga's end, and is shown so meanwhile.
+    store = durable_store()
+    dying = SagaOrchestrator(store)
+    with FaultInjector().crash(charge, compensation=True), pytest.raises(SimulatedCrash):
+        await dying.execute(charged_order("y").with_id("ic-1"))
+    await simulate_restart(store)
+    await store.close()
+
+    _deploy_charged_order_without_refund()
+    gates["hold"] = asyncio.Event()
+    restarted = SagaOrchestrator(durable_store())
+    recovering = asyncio.create_task(restarted.recover())
+    waiting = asyncio.create_task(gates["unholding"].wait())
+    await asyncio.wait({recovering, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    assert not recovering.done(), recovering.result()
+    reader = durable_store()
+    try:
+        meanwhile = await reader.get("ic-1")
+    finally:
+        await reader.close()
+    gates["go on"].set()
+    [outcome] = await recovering
+    final = await restarted.get_saga("ic-1")
+    await restarted.close()
+
+    assert meanwhile is not None
+    assert meanwhile.status is SagaStatus.COMPENSATING
+    assert [(c.name, c.status, c.error) for c in meanwhile.compensations] == [
+        ("interrupted_shown_charge", StepStatus.FAILED, CRASHED),
+        ("hold", StepStatus.RUNNING, None),
+    ]
+    assert (outcome.action, outcome.status) == ("compensated", SagaStatus.COMPENSATED)
+    assert final is not None
+    assert [(c.name, c.status, c.error) for c in final.compensations] == [
+        ("interrupted_shown_charge", StepStatus.FAILED, CRASHED),
+        ("hold", StepStatus.COMPLETED, None),
+    ]
+    assert effects == ["hold y", "charge y", "unhold y"]

@@ -135,6 +135,24 @@ def shown_step(record: StepRecord, status: SagaStatus) -> StepRecord:
     return replace(record, status=StepStatus.FAILED, duration=None, error=CRASHED)
 
 
+def shown_compensations(records: list[StepRecord]) -> tuple[StepRecord, ...]:
+    """A saga's compensation ``records``, in the order they last started, as it shows them.
+
+    Compensations run one at a time: one logged ``running`` that a later one followed is
+    one the process died in, that recovery did not run again (the recovering code declares
+    no compensation for that step any more; one it runs again starts again, last). Its end
+    (``failed``, :data:`CRASHED`) is written with the saga's; it is shown so until then,
+    and the log keeps it as it was (see :func:`shown_step`).
+    """
+    running = StepStatus.RUNNING
+    return tuple(
+        replace(record, status=StepStatus.FAILED, error=CRASHED)
+        if record.status is running and position < len(records) - 1
+        else record
+        for position, record in enumerate(records)
+    )
+
+
 def saga_metadata(
     *,
     saga_id: str,
@@ -152,8 +170,8 @@ def saga_metadata(
 
     Forward steps are put in index order; compensations keep the order given (the order
     they ran). Events are those of the completed records, in that order. A step the
-    saga's compensation left ``running`` in the log is shown ``failed`` (see
-    :func:`shown_step`).
+    saga's compensation left ``running`` in the log is shown ``failed``, and so is a
+    compensation a later one followed (see :func:`shown_step`, :func:`shown_compensations`).
     """
     known = known_status(SagaStatus, status, saga_id)
     forward: list[StepRecord] = []
@@ -164,6 +182,7 @@ def saga_metadata(
         else:
             forward.append(shown_step(record, known))
     forward.sort(key=lambda record: record.index)
+    undone = shown_compensations(compensations)
     completed = StepStatus.COMPLETED
     return SagaMetadata(
         id=saga_id,
@@ -176,9 +195,9 @@ def saga_metadata(
         finished_at=finished_at,
         error=error,
         steps=tuple(forward),
-        compensations=tuple(compensations),
+        compensations=undone,
         events=tuple(event for record in forward for event in record.events),
-        compensation_events=tuple(event for record in compensations for event in record.events),
+        compensation_events=tuple(event for record in undone for event in record.events),
         dead_letter=dead_letter,
     )
 
@@ -191,6 +210,7 @@ __all__ = [
     "loads_as",
     "record_name",
     "saga_metadata",
+    "shown_compensations",
     "shown_step",
     "step_value",
 ]
