@@ -29,7 +29,7 @@ pytestmark = pytest.mark.asyncio
 
 effects: list[str] = []
 gates: dict[str, asyncio.Event] = {}
-"""``"crediting"`` (``"unholding"``): set by credit (unhold, when ``"hold"`` is there);
+"""``"crediting"`` (``"unholding"``): set by credit (unhold, when ``"pause unhold"`` is there);
 ``"go on"``: what they wait for then."""
 
 
@@ -41,7 +41,7 @@ async def hold(order: str) -> str:
 
 @hold.compensate
 async def unhold(order: str) -> None:
-    if "hold" in gates:  # (the second test's) waits there
+    if "pause unhold" in gates:  # (the second test): it waits there
         gates["unholding"].set()
         await gates["go on"].wait()
     effects.append(f"unhold {order}")
@@ -213,7 +213,7 @@ async def test_a_compensation_left_interrupted_shows_failed_once_a_later_one_run
     await store.close()
 
     _deploy_charged_order_without_refund()
-    gates["hold"] = asyncio.Event()
+    gates["pause unhold"] = asyncio.Event()
     restarted = SagaOrchestrator(durable_store())
     recovering = asyncio.create_task(restarted.recover())
     waiting = asyncio.create_task(gates["unholding"].wait())
