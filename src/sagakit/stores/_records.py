@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._names import record_name
+from .._runs import CRASHED
 from .._serialization import JsonSerializer
 from ..exceptions import SagaDefinitionError, SerializationError, StoreError
 from ..records import SagaMetadata, StepRecord
@@ -112,6 +114,45 @@ def loads_as(serializer: JsonSerializer, text: str, what: str) -> Any:
         raise SerializationError(f"{what}: {error}") from error
 
 
+_UNDONE = frozenset({SagaStatus.COMPENSATING, SagaStatus.COMPENSATED, SagaStatus.FAILED})
+"""The statuses of a saga whose forward path has stopped: none of its steps runs."""
+
+
+def shown_step(record: StepRecord, status: SagaStatus) -> StepRecord:
+    """A forward step's ``record`` as a saga of ``status`` shows it.
+
+    A step logged ``running`` in a saga compensating (or ended) is one its process died in
+    (or handed back) and recovery compensates: its end (``failed``, :data:`CRASHED`) is
+    written only with the saga's, so the log keeps it ``running`` until then. It is shown
+    as it will end, not as running: nothing runs a saga's steps while it is compensated.
+    Only the record built for reading changes, never the log, whose rows a recovery (an
+    older sagakit's too) reads as they are: a ``running`` step may have acted, and is
+    compensated as a timed-out one; a ``failed`` one, as one that only raised.
+    """
+    if record.status is not StepStatus.RUNNING or status not in _UNDONE:
+        return record
+    # As recovery ends it: its logged error and duration, if any, were an earlier attempt's.
+    return replace(record, status=StepStatus.FAILED, duration=None, error=CRASHED)
+
+
+def shown_compensations(records: list[StepRecord]) -> tuple[StepRecord, ...]:
+    """A saga's compensation ``records``, in the order they last started, as it shows them.
+
+    Compensations run one at a time: one logged ``running`` that a later one followed is
+    one the process died in, that recovery did not run again (the recovering code declares
+    no compensation for that step any more; one it runs again starts again, last). Its end
+    (``failed``, :data:`CRASHED`) is written with the saga's; it is shown so until then,
+    and the log keeps it as it was (see :func:`shown_step`).
+    """
+    running = StepStatus.RUNNING
+    return tuple(
+        replace(record, status=StepStatus.FAILED, error=CRASHED)
+        if record.status is running and position < len(records) - 1
+        else record
+        for position, record in enumerate(records)
+    )
+
+
 def saga_metadata(
     *,
     saga_id: str,
@@ -128,18 +169,25 @@ def saga_metadata(
     """A :class:`SagaMetadata` from a saga's fields and its step and compensation records.
 
     Forward steps are put in index order; compensations keep the order given (the order
-    they ran). Events are those of the completed records, in that order.
+    they ran). Events are those of the completed records, in that order. A step the
+    saga's compensation left ``running`` in the log is shown ``failed``, and so is a
+    compensation a later one followed (see :func:`shown_step`, :func:`shown_compensations`).
     """
+    known = known_status(SagaStatus, status, saga_id)
     forward: list[StepRecord] = []
     compensations: list[StepRecord] = []
     for record in records:
-        (compensations if record.compensation else forward).append(record)
+        if record.compensation:
+            compensations.append(record)
+        else:
+            forward.append(shown_step(record, known))
     forward.sort(key=lambda record: record.index)
+    undone = shown_compensations(compensations)
     completed = StepStatus.COMPLETED
     return SagaMetadata(
         id=saga_id,
         name=name,
-        status=known_status(SagaStatus, status, saga_id),
+        status=known,
         steps_executed=sum(1 for record in forward if record.status is completed),
         total_steps=total_steps,
         started_at=started_at,
@@ -147,9 +195,9 @@ def saga_metadata(
         finished_at=finished_at,
         error=error,
         steps=tuple(forward),
-        compensations=tuple(compensations),
+        compensations=undone,
         events=tuple(event for record in forward for event in record.events),
-        compensation_events=tuple(event for record in compensations for event in record.events),
+        compensation_events=tuple(event for record in undone for event in record.events),
         dead_letter=dead_letter,
     )
 
@@ -162,5 +210,7 @@ __all__ = [
     "loads_as",
     "record_name",
     "saga_metadata",
+    "shown_compensations",
+    "shown_step",
     "step_value",
 ]
