@@ -387,17 +387,18 @@ async def _undo(
                         watchdog.fresh.add(run)
                     calling = record
                     try:
+                        # Called directly when the call left out at most trailing
+                        # defaults: the step's, added to the call's tuple (``args + ()``
+                        # is ``args``), read by its length (see _compensation_tails).
                         args = call._args
-                        missing = spec.arity - len(args)
-                        if spec.plain_compensation and not call._kwargs:
-                            if missing == 0:
-                                value = await compensation(*args)
-                            elif 0 < missing <= len(spec.defaults):
-                                # Only trailing defaults left out: pass the step's
-                                # (added to the call's tuple: no list made for them).
-                                value = await compensation(*(args + spec.defaults[-missing:]))
-                            else:
-                                value = await call.compensation_call(result)  # type: ignore[misc]
+                        count = len(args)
+                        tails = spec.compensation_tails
+                        if (
+                            count < len(tails)
+                            and (tail := tails[count]) is not None
+                            and not call._kwargs
+                        ):
+                            value = await compensation(*(args + tail))
                         else:
                             value = await call.compensation_call(result)  # type: ignore[misc]
                         run.deadline = NO_DEADLINE
