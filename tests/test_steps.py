@@ -755,6 +755,28 @@ async def test_a_compensation_gets_the_steps_trailing_positional_defaults() -> N
     assert seen == [("c", 4, "kept"), ("b", 3, "default"), ("a", 1, "default")]
 
 
+@pytest.mark.asyncio
+async def test_a_positional_compensation_called_by_keyword_gets_the_steps_defaults() -> None:
+    # A call with keywords takes the compensation's general path (StepCall's
+    # compensation_call), beside the direct call of the test above: the same arguments.
+    seen: list[tuple[Any, ...]] = []
+
+    @step
+    async def reserve_by_name(sku: str, count: int = 1, hold: str = "default") -> None: ...
+
+    @reserve_by_name.compensate
+    async def release(sku: str, count: int, hold: str) -> None:
+        seen.append((sku, count, hold))
+
+    @saga
+    def flow_by_name() -> list[StepCall[Any]]:
+        return [reserve_by_name("a", count=2), reserve_by_name(sku="b"), explode()]
+
+    with pytest.raises(StepFailed):
+        await SagaOrchestrator().execute(flow_by_name())
+    assert seen == [("b", 1, "default"), ("a", 2, "default")]
+
+
 def test_a_compensation_fitting_both_forms_is_read_by_its_parameter_names() -> None:
     # Regression: refund(payment_id, order, amount=None) fitted the arguments form
     # (payment_id=order, order=amount) and was called with the wrong values.

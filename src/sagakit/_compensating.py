@@ -323,6 +323,10 @@ async def _undo(
     watchdog.runs.add(run)
     error: BaseException | None = None
     calling: StepRun | None = None  # the compensation whose function is being called
+    # The last record, left unfinished by a cancellation or a crash: the first compensation
+    # run here replaces it if it is that compensation's (see below).
+    records = run.compensations
+    interrupted = records[-1] if records and records[-1].status is not STEP_COMPLETED else None
     run.compensating = True
     try:
         while done:
@@ -351,17 +355,13 @@ async def _undo(
             record.error = None
             record.events = ()
             record.result = None
-            records = run.compensations
-            if (
-                records
-                and records[-1].index == record.index
-                and records[-1].status is not STEP_COMPLETED
-            ):
+            if interrupted is not None and interrupted.index == record.index:
                 # Run again (after a cancellation or a crash interrupted it): this run
                 # replaces the interrupted one, as in a durable log (one row each).
                 records[-1] = record
             else:
                 records.append(record)
+            interrupted = None  # only the first compensation run here can be that one
             run.step = record
             set_running_step(record)
             timeout = spec.compensation_timeout
@@ -387,17 +387,18 @@ async def _undo(
                         watchdog.fresh.add(run)
                     calling = record
                     try:
+                        # Called directly when the call left out at most trailing
+                        # defaults: the step's, added to the call's tuple (``args + ()``
+                        # is ``args``), read by its length (see _compensation_tails).
                         args = call._args
-                        missing = spec.arity - len(args)
-                        if spec.plain_compensation and not call._kwargs:
-                            if missing == 0:
-                                value = await compensation(*args)
-                            elif 0 < missing <= len(spec.defaults):
-                                # Only trailing defaults left out: pass the step's
-                                # (added to the call's tuple: no list made for them).
-                                value = await compensation(*(args + spec.defaults[-missing:]))
-                            else:
-                                value = await call.compensation_call(result)  # type: ignore[misc]
+                        count = len(args)
+                        tails = spec.compensation_tails
+                        if (
+                            count < len(tails)
+                            and (tail := tails[count]) is not None
+                            and not call._kwargs
+                        ):
+                            value = await compensation(*(args + tail))
                         else:
                             value = await call.compensation_call(result)  # type: ignore[misc]
                         run.deadline = NO_DEADLINE

@@ -25,6 +25,7 @@ class StepSpec:
         "compensate_on_timeout",
         "compensation",
         "compensation_retry",
+        "compensation_tails",
         "compensation_takes_result",
         "compensation_timeout",
         "defaults",
@@ -46,6 +47,10 @@ class StepSpec:
     compensation_takes_result: bool
     compensation_retry: Retry | None
     compensation_timeout: float  # the step's timeout unless given
+    # By a call's positional argument count: the step's trailing defaults to add for
+    # ``compensation(*args, *tail)``, or None (or past its end) where the compensation is
+    # called through StepCall.compensation_call(); empty unless ``plain_compensation``.
+    compensation_tails: tuple[tuple[Any, ...] | None, ...]
     compensate_on_timeout: bool
     compensate_on_failure: bool
     signature: inspect.Signature

@@ -185,6 +185,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         spec.compensation = None
         spec.compensation_takes_result = False
         spec.plain_compensation = False
+        spec.compensation_tails = ()
         spec.signature = inspect.signature(fn)
         first = next(iter(spec.signature.parameters), None)
         spec.is_method = first in ("self", "cls")
@@ -344,6 +345,7 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         spec.is_method = is_method
         # A step declared as the compensation is run as it, by compensation_call().
         spec.plain_compensation = not (takes_result or is_method or isinstance(fn, Step))
+        spec.compensation_tails = _compensation_tails(spec)
         spec.compensation = fn
         COMPENSATED_NAMES.add(spec.name)
         with contextlib.suppress(TypeError):  # a callable object without weak references
@@ -418,6 +420,24 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
     # "<function debit(...)>"): in a notebook this table says it is a step, and how.
     def _repr_html_(self) -> str:
         return step_html(self, _shown(self._self_spec.signature))
+
+
+def _compensation_tails(spec: StepSpec) -> tuple[tuple[Any, ...] | None, ...]:
+    """``spec.compensation_tails``: by positional argument count, the trailing defaults a
+    call that left only those out needs added (``()`` for a full call), or ``None``.
+
+    Made once per compensation declared, so that running one reads its tail by the call's
+    argument count instead of working it out each time.
+    """
+    arity = spec.arity
+    if not spec.plain_compensation or arity < 0:
+        return ()
+    defaults = spec.defaults
+    first = arity - len(defaults)  # the fewest arguments that bind
+    return tuple(
+        None if count < first else defaults[len(defaults) - (arity - count) :]
+        for count in range(arity + 1)
+    )
 
 
 def _call_maker(spec: StepSpec) -> Callable[..., StepCall[Any]]:
