@@ -16,6 +16,8 @@ from sagakit import (
     SagaDefinitionError,
     SagaOrchestrator,
     StepTimeout,
+    StoreConfigError,
+    StoreError,
     saga,
     step,
 )
@@ -41,6 +43,16 @@ def test_unknown_saga_option_names_the_known_ones() -> None:
     with pytest.raises(SagaDefinitionError) as info:
         saga(nmae="order")  # type: ignore[call-overload]
     assert str(info.value) == ("@saga got unknown option(s) nmae; the options are name, recovery")
+
+
+@pytest.mark.parametrize("store", [None, MemoryStore()], ids=["default", "memory"])
+def test_recover_on_start_without_a_durable_store_is_refused(store: MemoryStore | None) -> None:
+    # Regression: with the in-memory store recover_on_start=True silently did nothing
+    # (recover() returns [] there), while run_worker() refused with a StoreError.
+    with pytest.raises(StoreConfigError, match=r"recover_on_start=True .*SQLiteStore") as info:
+        SagaOrchestrator(store, recover_on_start=True)
+    assert isinstance(info.value, SagaDefinitionError)
+    assert isinstance(info.value, StoreError)  # as run_worker() refuses such a store
 
 
 @pytest.mark.parametrize("listeners", [print, None, 5, "recorder", b"x"])

@@ -374,7 +374,8 @@ class CorruptLog(StoreError):
 
 
 class StoreConfigError(SagaDefinitionError, StoreError):
-    """A store was given a bad setting (``PostgresStore(lease=0)``); the message names the fix.
+    """A store was given a bad setting (``PostgresStore(lease=0)``), or one it cannot serve
+    (``SagaOrchestrator(MemoryStore(), recover_on_start=True)``); the message names the fix.
 
     Every built-in store raises it for its bad settings: a :class:`SagaDefinitionError`, as
     every other bad argument to sagakit is (and what ``SQLiteStore`` and ``MemoryStore``
