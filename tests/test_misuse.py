@@ -42,7 +42,51 @@ def test_unknown_saga_option_names_the_known_ones() -> None:
     # options, where @step names them.
     with pytest.raises(SagaDefinitionError) as info:
         saga(nmae="order")  # type: ignore[call-overload]
-    assert str(info.value) == ("@saga got unknown option(s) nmae; the options are name, recovery")
+    assert str(info.value) == (
+        "@saga got unknown option(s) nmae (did you mean name?); the options are name, recovery"
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "meant"),
+    [
+        ("retries", "retry"),
+        ("timeout_seconds", "timeout"),
+        ("compensation_retries", "compensation_retry"),
+        ("compensate_on_error", "compensate_on_failure"),
+    ],
+)
+def test_unknown_step_option_suggests_the_one_meant(given: str, meant: str) -> None:
+    # Regression: @step(retries=3) listed the options without saying which was meant.
+    with pytest.raises(SagaDefinitionError, match=rf"{given} \(did you mean {meant}\?\)"):
+        step(**{given: 3})
+
+
+def test_an_unknown_option_like_none_suggests_nothing() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        step(colour="red")  # type: ignore[call-overload]
+    assert "did you mean" not in str(info.value)
+    assert "the options are name, timeout, retry" in str(info.value)
+
+
+def test_unknown_saga_option_suggests_the_one_meant() -> None:
+    with pytest.raises(SagaDefinitionError, match=r"recover \(did you mean recovery\?\)"):
+        saga(recover="compensate")  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize(
+    ("given", "meant"),
+    [("retry", "compensation_retry"), ("timeout", "compensation_timeout")],
+)
+def test_an_option_given_to_compensate_suggests_the_steps_option(given: str, meant: str) -> None:
+    # Regression: @debit.compensate(retry=3) named both compensation options of @step,
+    # not the one meant.
+    @step
+    async def hold_for_suggestion(x: int) -> int:
+        return x
+
+    with pytest.raises(SagaDefinitionError, match=rf"did you mean @step\({meant}=\.\.\.\)\?"):
+        hold_for_suggestion.compensate(**{given: 3})  # type: ignore[call-overload]
 
 
 @pytest.mark.parametrize("store", [None, MemoryStore()], ids=["default", "memory"])

@@ -22,7 +22,7 @@ from typing import (
 
 from typing_extensions import ParamSpec
 
-from ._checks import check_not_method_object
+from ._checks import check_not_method_object, check_options
 from ._discards import check_discarded_calls
 from ._names import by_reference, check_storable, declared_name, qualname_of, unencodable
 from ._step_checks import _POSITIONAL, _shown
@@ -677,12 +677,7 @@ def saga(
             "decorate each function with its own @saga, and note options are "
             "keyword-only: @saga(name=...)"
         )
-    unknown = sorted(set(options) - set(_SAGA_OPTIONS))
-    if unknown:  # as @step names its options (Python's own error would not)
-        raise SagaDefinitionError(
-            f"@saga got unknown option(s) {', '.join(unknown)}; "
-            f"the options are {', '.join(_SAGA_OPTIONS)}"
-        )
+    check_options("@saga", options, _SAGA_OPTIONS)  # as @step (Python's own error would not)
     name: str | None = options.get("name", _SAGA_OPTIONS["name"])
     recovery: RecoveryPolicy = options.get("recovery", _SAGA_OPTIONS["recovery"])
     if fn is None:
