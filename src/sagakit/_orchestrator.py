@@ -82,6 +82,7 @@ from ._sagas import (
     close_driver,
     delegation_error,
     returned_error,
+    warn_returned,
 )
 from ._shielding import CancellationWatch, wait_out
 from ._steps import StepCall, StepSpec
@@ -499,6 +500,7 @@ class SagaOrchestrator:
                             misuse = returned_error(stopped.value, run.name)
                             if misuse is not None:
                                 raise misuse from None
+                            warn_returned(run.definition, stopped.value)
                         break
                     except Exception as broke:
                         misuse = delegation_error(broke, run.name)

@@ -383,6 +383,16 @@ class StoreConfigError(SagaDefinitionError, StoreError):
     """
 
 
+class ReturnValueIgnored(UserWarning):
+    """A generator saga returned a value, which ``execute()`` does not return (it returns
+    the events of the saga's steps): warned once per saga, pointing at the saga's code.
+
+    Return the result from a step instead (its events are what ``execute()`` returns), or
+    return nothing. A generator returning a value for a ``yield from`` of it in another
+    saga is warned about only when run as a saga of its own.
+    """
+
+
 class _LoggedError(Exception):
     """An error known only by its text in a saga log (``"ValueError: boom"``): what a
     compensation that failed for good before its process died failed with, reported by
@@ -436,6 +446,7 @@ __all__ = [
     "CorruptLog",
     "LeaseLost",
     "NonDeterminismError",
+    "ReturnValueIgnored",
     "SagaAlreadyExecuting",
     "SagaAlreadyFailed",
     "SagaAlreadyResolved",
