@@ -66,3 +66,32 @@ async def test_a_saga_returning_nothing_is_not_warned_about() -> None:
         await orchestrator.execute(returned_nothing_saga("k"))
     assert said == []
     await orchestrator.close()
+
+
+@pytest.mark.asyncio
+async def test_as_an_error_it_fails_the_run_which_is_compensated() -> None:
+    undone: list[str] = []
+
+    @step
+    async def returned_hold(key: str) -> str:
+        return key
+
+    @returned_hold.compensate
+    async def returned_release(key: str) -> None:
+        undone.append(key)
+
+    @saga(name="returned_error_saga")
+    def returned_error_saga(key: str) -> Generator[StepCall[Any], Any, str]:
+        yield returned_hold(key)
+        return key
+
+    orchestrator = SagaOrchestrator()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ReturnValueIgnored)
+        with pytest.raises(ReturnValueIgnored):
+            await orchestrator.execute(returned_error_saga("k"), saga_id="r-1")
+    assert undone == ["k"]
+    record = await orchestrator.get_saga("r-1")
+    assert record is not None
+    assert record.status == "compensated"
+    await orchestrator.close()
