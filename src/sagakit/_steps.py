@@ -302,8 +302,8 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
             )
         if options:  # @debit.compensate(retry=3), as @step takes options
             raise SagaDefinitionError(
-                f"@{written}.compensate takes no options (got {', '.join(options)}); "
-                f"{_meant_for_compensation(options)}give "
+                f"@{written}.compensate takes no options (got {', '.join(options)}"
+                f"{_meant_for_compensation(options)}); give "
                 f"the compensation's options in the step's @step(compensation_timeout=..., "
                 f"compensation_retry=...), and write @{written}.compensate without "
                 "parentheses above the compensation"
@@ -457,14 +457,15 @@ def _call_maker(spec: StepSpec) -> Callable[..., StepCall[Any]]:
 
 
 def _meant_for_compensation(options: dict[str, Any]) -> str:
-    """``"did you mean @step(compensation_retry=...)? "`` for ``.compensate(retry=3)``:
+    """``": did you mean @step(compensation_retry=...)?"`` for ``.compensate(retry=3)``:
     the step's option that the one option given was likely meant as (else ``""``)."""
     if len(options) != 1:
         return ""
     (given,) = options
-    as_step = given if given.startswith("compensation_") else f"compensation_{given}"
-    meant = meant_option(as_step, ("compensation_timeout", "compensation_retry"))
-    return "" if meant is None else f"did you mean @step({meant}=...)? "
+    for prefix in ("compensation_", "compensate_"):
+        given = given.removeprefix(prefix)
+    meant = meant_option(given, ("timeout", "retry"))  # unprefixed: "colour" is neither
+    return "" if meant is None else f": did you mean @step(compensation_{meant}=...)?"
 
 
 _DEFAULT_OPTIONS: dict[str, Any] = {
