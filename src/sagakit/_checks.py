@@ -108,11 +108,21 @@ def not_the_class(
 
 
 # Options written from memory of another library (or of sagakit's own names), with the
-# one meant where spelling alone would not find it (difflib finds "timout" -> "timeout").
-_MEANT = {
+# one meant where spelling alone would not find it (difflib finds "timout" -> "timeout"),
+# or None where spelling would find a wrong one (compensation=undo is no
+# compensation_retry: a compensation is declared with @<step>.compensate).
+_MEANT: dict[str, str | None] = {
     "retries": "retry",
     "max_retries": "retry",
     "attempts": "retry",
+    "max_attempts": "retry",
+    "retry_policy": "retry",
+    "backoff": "retry",
+    "deadline": "timeout",
+    "on_timeout": "compensate_on_timeout",
+    "compensation": None,
+    "compensate": None,
+    "compensation_attempts": "compensation_retry",
     "timeout_seconds": "timeout",
     "timeout_s": "timeout",
     "seconds": "timeout",
@@ -128,9 +138,10 @@ _MEANT = {
 
 def meant_option(given: str, known: Collection[str]) -> str | None:
     """The option of ``known`` that ``given`` (not one of them) was most likely meant as."""
-    meant = _MEANT.get(given)
-    if meant in known:
-        return meant
+    if given in _MEANT:
+        meant = _MEANT[given]
+        if meant is None or meant in known:
+            return meant
     close = difflib.get_close_matches(given, known, n=1)
     return close[0] if close else None
 
