@@ -168,9 +168,10 @@ async def _show(store: SQLiteStore | PostgresStore, args: argparse.Namespace, ou
 
 
 def _unreadable(serializer: JsonSerializer, events: Sequence[Any]) -> str | None:
-    """Why the first of ``events`` that the store could not read (a class this process
-    cannot import) cannot be: the store gives such an event as the JSON it was stored
-    as, which reads back the same error (a value read back is not JSON, or reads back)."""
+    """Why the first event of ``events`` that the store could not read back (a class this
+    process cannot import) cannot be read, else ``None``. The store gives such an event
+    as the JSON it was stored as, and reading that again raises the store's error; a
+    dict or list that was read back is no JSON (it holds an object), or reads back again."""
     for event in events:
         if isinstance(event, dict | list):
             try:
