@@ -16,6 +16,8 @@ from sagakit import (
     SagaDefinitionError,
     SagaOrchestrator,
     StepTimeout,
+    StoreConfigError,
+    StoreError,
     saga,
     step,
 )
@@ -40,7 +42,78 @@ def test_unknown_saga_option_names_the_known_ones() -> None:
     # options, where @step names them.
     with pytest.raises(SagaDefinitionError) as info:
         saga(nmae="order")  # type: ignore[call-overload]
-    assert str(info.value) == ("@saga got unknown option(s) nmae; the options are name, recovery")
+    assert str(info.value) == (
+        "@saga got unknown option(s) nmae (did you mean name?); the options are name, recovery"
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "meant"),
+    [
+        ("retries", "retry"),
+        ("timeout_seconds", "timeout"),
+        ("compensation_retries", "compensation_retry"),
+        ("compensate_on_error", "compensate_on_failure"),
+        ("max_attempts", "retry"),
+        ("compensation_attempts", "compensation_retry"),
+    ],
+)
+def test_unknown_step_option_suggests_the_one_meant(given: str, meant: str) -> None:
+    # Regression: @step(retries=3) listed the options without saying which was meant.
+    with pytest.raises(SagaDefinitionError, match=rf"{given} \(did you mean {meant}\?\)"):
+        step(**{given: 3})
+
+
+@pytest.mark.parametrize("given", ["colour", "compensation", "compensate"])
+def test_an_unknown_option_like_none_suggests_nothing(given: str) -> None:
+    # compensation=undo is spelt like compensation_retry, but is not it.
+    with pytest.raises(SagaDefinitionError) as info:
+        step(**{given: "red"})
+    assert "did you mean" not in str(info.value)
+    assert "the options are name, timeout, retry" in str(info.value)
+
+
+def test_unknown_saga_option_suggests_the_one_meant() -> None:
+    with pytest.raises(SagaDefinitionError, match=r"recover \(did you mean recovery\?\)"):
+        saga(recover="compensate")  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize(
+    ("given", "meant"),
+    [
+        ("retry", "compensation_retry"),
+        ("timeout", "compensation_timeout"),
+        ("retries", "compensation_retry"),
+        ("compensation_timeout", "compensation_timeout"),
+        ("colour", None),
+    ],
+)
+def test_an_option_given_to_compensate_suggests_the_steps_option(
+    given: str, meant: str | None
+) -> None:
+    # Regression: @debit.compensate(retry=3) named both compensation options of @step,
+    # not the one meant.
+    @step
+    async def hold_for_suggestion(x: int) -> int:
+        return x
+
+    with pytest.raises(SagaDefinitionError) as info:
+        hold_for_suggestion.compensate(**{given: 3})  # type: ignore[call-overload]
+    said = str(info.value)
+    if meant is None:
+        assert f"(got {given}); give" in said
+    else:
+        assert f"(got {given}: did you mean @step({meant}=...)?); give" in said
+
+
+@pytest.mark.parametrize("store", [None, MemoryStore()], ids=["default", "memory"])
+def test_recover_on_start_without_a_durable_store_is_refused(store: MemoryStore | None) -> None:
+    # Regression: with the in-memory store recover_on_start=True silently did nothing
+    # (recover() returns [] there), while run_worker() refused with a StoreError.
+    with pytest.raises(StoreConfigError, match=r"recover_on_start=True .*SQLiteStore") as info:
+        SagaOrchestrator(store, recover_on_start=True)
+    assert isinstance(info.value, SagaDefinitionError)
+    assert isinstance(info.value, StoreError)  # as run_worker() refuses such a store
 
 
 @pytest.mark.parametrize("listeners", [print, None, 5, "recorder", b"x"])

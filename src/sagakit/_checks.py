@@ -4,7 +4,9 @@ option, the value and what it must be."""
 from __future__ import annotations
 
 import asyncio
+import difflib
 import math
+from collections.abc import Collection, Iterable
 from typing import TypeGuard
 
 from ._names import qualname_of
@@ -105,6 +107,60 @@ def not_the_class(
     return error(f"{what} must be an instance, not the class {name}; pass an instance: {name}(...)")
 
 
+# Options written from memory of another library (or of sagakit's own names), with the
+# one meant where spelling alone would not find it (difflib finds "timout" -> "timeout"),
+# or None where spelling would find a wrong one (compensation=undo is no
+# compensation_retry: a compensation is declared with @<step>.compensate).
+_MEANT: dict[str, str | None] = {
+    "retries": "retry",
+    "max_retries": "retry",
+    "attempts": "retry",
+    "max_attempts": "retry",
+    "retry_policy": "retry",
+    "backoff": "retry",
+    "deadline": "timeout",
+    "on_timeout": "compensate_on_timeout",
+    "compensation": None,
+    "compensate": None,
+    "compensation_attempts": "compensation_retry",
+    "timeout_seconds": "timeout",
+    "timeout_s": "timeout",
+    "seconds": "timeout",
+    "compensation_retries": "compensation_retry",
+    "compensate_retry": "compensation_retry",
+    "compensate_timeout": "compensation_timeout",
+    "compensation_timeout_seconds": "compensation_timeout",
+    "compensate_on_error": "compensate_on_failure",
+    "compensate_on_exception": "compensate_on_failure",
+    "recovery_policy": "recovery",
+}
+
+
+def meant_option(given: str, known: Collection[str]) -> str | None:
+    """The option of ``known`` that ``given`` (not one of them) was most likely meant as."""
+    if given in _MEANT:
+        meant = _MEANT[given]
+        if meant is None or meant in known:
+            return meant
+    close = difflib.get_close_matches(given, known, n=1)
+    return close[0] if close else None
+
+
+def check_options(decorator: str, given: Iterable[str], known: Collection[str]) -> None:
+    """Refuse the options of ``given`` that ``@decorator`` does not take, naming the one
+    each was likely meant as and every option it takes."""
+    unknown = sorted(set(given) - set(known))
+    if not unknown:
+        return
+    named = []
+    for option in unknown:
+        meant = meant_option(option, known)
+        named.append(option if meant is None else f"{option} (did you mean {meant}?)")
+    raise SagaDefinitionError(
+        f"{decorator} got unknown option(s) {', '.join(named)}; the options are {', '.join(known)}"
+    )
+
+
 def check_not_method_object(fn: object, decorator: str) -> None:
     """Refuse a ``staticmethod`` or ``classmethod`` given to ``@decorator``: it goes below them."""
     if isinstance(fn, staticmethod | classmethod):
@@ -121,7 +177,9 @@ __all__ = [
     "check_count",
     "check_flag",
     "check_not_method_object",
+    "check_options",
     "check_seconds",
     "is_number",
+    "meant_option",
     "not_the_class",
 ]

@@ -6,15 +6,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import AsyncIterator
-from typing import TextIO
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TextIO
 
 from ._cli_db import _log_name
 from ._cli_import import _import
 from ._cli_json import _parked_json, _saga_json, _shown_json
 from ._cli_text import _cut, _indented, _table, _when
 from ._counted import counted
+from ._names import record_name
 from ._notify import one_line
+from ._serialization import JsonSerializer
+from .exceptions import SerializationError
 from .records import SagaMetadata
 from .stores._cli_records import ListedSaga, StoredArguments
 from .stores.postgres import PostgresStore
@@ -154,7 +157,30 @@ async def _show(store: SQLiteStore | PostgresStore, args: argparse.Namespace, ou
             ]
         )
     _table(rows, out, cut=(2, 5))  # STEP, EVENTS / ERROR
+    for record in (*meta.steps, *meta.compensations):
+        why = _unreadable(store.serializer, record.events)
+        if why is not None:  # as the arguments line says why
+            which = record_name(record.compensation, record.index, record.name)
+            out.write(
+                f"events of {which}: cannot be read: {one_line(why)}; shown above as stored\n"
+            )
     return 0
+
+
+def _unreadable(serializer: JsonSerializer, events: Sequence[Any]) -> str | None:
+    """Why the first event of ``events`` that the store could not read back (a class this
+    process cannot import) cannot be read, else ``None``. The store gives such an event
+    as the JSON it was stored as, and reading that again raises the store's error; a
+    dict or list that was read back is no JSON (it holds an object), or reads back again."""
+    for event in events:
+        if isinstance(event, dict | list):
+            try:
+                serializer.loads(json.dumps(event))
+            except SerializationError as error:
+                return str(error)
+            except (TypeError, ValueError, RecursionError):  # not as stored: read back
+                pass
+    return None
 
 
 async def _dead_letters(

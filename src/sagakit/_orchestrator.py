@@ -82,6 +82,7 @@ from ._sagas import (
     close_driver,
     delegation_error,
     returned_error,
+    warn_returned,
 )
 from ._shielding import CancellationWatch, wait_out
 from ._steps import StepCall, StepSpec
@@ -95,6 +96,7 @@ from .exceptions import (
     SagaRunError,
     StepFailed,
     StepTimeout,
+    StoreConfigError,
     _step_failed,
 )
 from .records import SagaMetadata
@@ -174,6 +176,7 @@ class SagaOrchestrator:
         recover_on_start: bool = False,
         max_recovery_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
+        given = store
         if store is None:
             store = MemoryStore(
                 history_limit=DEFAULT_HISTORY_LIMIT if history_limit is None else history_limit
@@ -237,6 +240,15 @@ class SagaOrchestrator:
         self._sleep = sleep
         check_count(max_recovery_attempts, "max_recovery_attempts")
         self._recover_on_start = check_flag(recover_on_start, "recover_on_start")
+        if recover_on_start and not self._durable:  # recover() would find nothing, ever
+            # A StoreError as well, as run_worker() refuses such a store.
+            which = "the default in-memory store" if given is None else repr(store)
+            raise StoreConfigError(
+                f"recover_on_start=True needs a durable store, but {which} is not durable "
+                "(its sagas die with their process: there is never anything to recover); "
+                "pass a durable store such as SQLiteStore('sagas.db'), or leave "
+                "recover_on_start off"
+            )
         self._entered = False  # by `async with` (which runs recover_on_start's recovery)
         self._max_recovery_attempts = max_recovery_attempts
         # The sagas this orchestrator recovers right now (a worker's tasks), each with its
@@ -488,6 +500,7 @@ class SagaOrchestrator:
                             misuse = returned_error(stopped.value, run.name)
                             if misuse is not None:
                                 raise misuse from None
+                            warn_returned(run.definition, stopped.value)
                         break
                     except Exception as broke:
                         misuse = delegation_error(broke, run.name)

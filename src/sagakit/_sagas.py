@@ -6,6 +6,7 @@ import inspect
 import logging
 import reprlib
 import sys
+import warnings
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from types import MethodType
 from typing import (
@@ -22,13 +23,13 @@ from typing import (
 
 from typing_extensions import ParamSpec
 
-from ._checks import check_not_method_object
+from ._checks import check_not_method_object, check_options
 from ._discards import check_discarded_calls
 from ._names import by_reference, check_storable, declared_name, qualname_of, unencodable
 from ._step_checks import _POSITIONAL, _shown
 from ._steps import Step, StepCall
 from ._tracebacks import hide_from_pytest
-from .exceptions import SagaDefinitionError
+from .exceptions import ReturnValueIgnored, SagaDefinitionError
 from .records import SagaMetadata, one_line
 from .status import SagaStatus
 
@@ -284,6 +285,30 @@ def returned_error(value: object, name: str) -> SagaDefinitionError | None:
     return SagaDefinitionError(
         f"saga {name!r} returned {reprlib.repr(value)} from its generator: a generator saga "
         f"runs only the step calls it yields, so the saga would skip {skipped}; {fix}"
+    )
+
+
+_returned: dict[Any, Any] = {}
+"""The warnings registry of :func:`warn_returned`: each saga's warning given once (as
+Python's own registries do, each reset when the warning filters change)."""
+
+
+def warn_returned(definition: SagaDefinition, value: object) -> None:
+    """Warn (:class:`ReturnValueIgnored`, once per saga) that ``definition``'s generator
+    returned ``value``, which ``execute()`` does not return; pointed at the saga's code."""
+    factory = definition.factory
+    fn: Any = definition if factory is None else factory.__wrapped__
+    code = getattr(fn, "__code__", None)
+    warnings.warn_explicit(
+        f"saga {definition.name!r} returned a {type(value).__name__} from its generator, "
+        "which sagakit ignores: execute() returns the saga's events (what its steps "
+        "return), not the generator's return value; return the result from a step "
+        "instead, as one of its events, or return nothing",
+        ReturnValueIgnored,
+        filename=__file__ if code is None else code.co_filename,
+        lineno=0 if code is None else code.co_firstlineno,
+        module=getattr(fn, "__module__", None) or __name__,
+        registry=_returned,
     )
 
 
@@ -677,12 +702,7 @@ def saga(
             "decorate each function with its own @saga, and note options are "
             "keyword-only: @saga(name=...)"
         )
-    unknown = sorted(set(options) - set(_SAGA_OPTIONS))
-    if unknown:  # as @step names its options (Python's own error would not)
-        raise SagaDefinitionError(
-            f"@saga got unknown option(s) {', '.join(unknown)}; "
-            f"the options are {', '.join(_SAGA_OPTIONS)}"
-        )
+    check_options("@saga", options, _SAGA_OPTIONS)  # as @step (Python's own error would not)
     name: str | None = options.get("name", _SAGA_OPTIONS["name"])
     recovery: RecoveryPolicy = options.get("recovery", _SAGA_OPTIONS["recovery"])
     if fn is None:

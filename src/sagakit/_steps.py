@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, SupportsIndex, Type
 import wrapt
 from typing_extensions import ParamSpec
 
-from ._checks import check_flag, check_not_method_object, check_seconds
+from ._checks import (
+    check_flag,
+    check_not_method_object,
+    check_options,
+    check_seconds,
+    meant_option,
+)
 from ._class_method_steps import CLASSMETHOD_CALLS_PLAINLY, _bound_to_class, _class_method_of
 from ._compensation_signature import _check_no_keyword_twice, _takes_result
 from ._display import short_repr, step_html
@@ -297,7 +303,8 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
             )
         if options:  # @debit.compensate(retry=3), as @step takes options
             raise SagaDefinitionError(
-                f"@{written}.compensate takes no options (got {', '.join(options)}); give "
+                f"@{written}.compensate takes no options (got {', '.join(options)}"
+                f"{_meant_for_compensation(options)}); give "
                 f"the compensation's options in the step's @step(compensation_timeout=..., "
                 f"compensation_retry=...), and write @{written}.compensate without "
                 "parentheses above the compensation"
@@ -469,6 +476,18 @@ def _call_maker(spec: StepSpec) -> Callable[..., StepCall[Any]]:
     return __call__
 
 
+def _meant_for_compensation(options: dict[str, Any]) -> str:
+    """``": did you mean @step(compensation_retry=...)?"`` for ``.compensate(retry=3)``:
+    the step's option that the one option given was likely meant as (else ``""``)."""
+    if len(options) != 1:
+        return ""
+    (given,) = options
+    for prefix in ("compensation_", "compensate_"):
+        given = given.removeprefix(prefix)
+    meant = meant_option(given, ("timeout", "retry"))  # unprefixed: "colour" is neither
+    return "" if meant is None else f": did you mean @step(compensation_{meant}=...)?"
+
+
 _DEFAULT_OPTIONS: dict[str, Any] = {
     "name": None,
     "timeout": DEFAULT_TIMEOUT,
@@ -509,12 +528,7 @@ def step(
             "decorate each function with its own @step, and note options are "
             "keyword-only: @step(timeout=10)"
         )
-    unknown = sorted(set(options) - set(_DEFAULT_OPTIONS))
-    if unknown:
-        raise SagaDefinitionError(
-            f"@step got unknown option(s) {', '.join(unknown)}; "
-            f"the options are {', '.join(_DEFAULT_OPTIONS)}"
-        )
+    check_options("@step", options, _DEFAULT_OPTIONS)
     if fn is not None and options:
         raise SagaDefinitionError(
             "pass either a function or options to step(), not both: "

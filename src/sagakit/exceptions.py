@@ -374,11 +374,22 @@ class CorruptLog(StoreError):
 
 
 class StoreConfigError(SagaDefinitionError, StoreError):
-    """A store was given a bad setting (``PostgresStore(lease=0)``); the message names the fix.
+    """A store was given a bad setting (``PostgresStore(lease=0)``), or one it cannot serve
+    (``SagaOrchestrator(MemoryStore(), recover_on_start=True)``); the message names the fix.
 
     Every built-in store raises it for its bad settings: a :class:`SagaDefinitionError`, as
     every other bad argument to sagakit is (and what ``SQLiteStore`` and ``MemoryStore``
     raised), and a :class:`StoreError` (what ``PostgresStore`` raised).
+    """
+
+
+class ReturnValueIgnored(UserWarning):
+    """A generator saga returned a value, which ``execute()`` does not return (it returns
+    the events of the saga's steps): warned once per saga, pointing at the saga's code.
+
+    Return the result from a step instead (its events are what ``execute()`` returns), or
+    return nothing. A generator returning a value for a ``yield from`` of it in another
+    saga is warned about only when run as a saga of its own.
     """
 
 
@@ -435,6 +446,7 @@ __all__ = [
     "CorruptLog",
     "LeaseLost",
     "NonDeterminismError",
+    "ReturnValueIgnored",
     "SagaAlreadyExecuting",
     "SagaAlreadyFailed",
     "SagaAlreadyResolved",
