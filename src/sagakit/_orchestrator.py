@@ -464,6 +464,7 @@ class SagaOrchestrator:
         faults = active_faults.get()
         if faults is None:  # faults_here(), inline: a test's saga_faults, if any
             faults = test_faults.plan
+        returned = None  # a value the saga's generator returned (ignored, warned about)
         run.parent = parent = current_run.get()  # enter_run(run), inline: once per saga
         if parent is not None:
             run.parent_step = running_step.get()
@@ -500,7 +501,9 @@ class SagaOrchestrator:
                             misuse = returned_error(stopped.value, run.name)
                             if misuse is not None:
                                 raise misuse from None
-                            warn_returned(run.definition, stopped.value)
+                            # Warned once the saga has ended: a warning turned
+                            # into an error must not undo the steps it completed.
+                            returned = stopped.value
                         break
                     except Exception as broke:
                         misuse = delegation_error(broke, run.name)
@@ -980,6 +983,8 @@ class SagaOrchestrator:
             await self._end(run, announce)
         if task.cancelling() > cancel_base:  # a listener of its end swallowed it
             raise asyncio.CancelledError
+        if returned is not None:
+            warn_returned(run.definition, returned)
         return events.copy()
 
     def _replayed(self, run: SagaRun, index: int, call: StepCall[Any], done: list[_Done]) -> Any:
