@@ -42,7 +42,7 @@ async def test_a_claim_that_gets_no_answer_fails(dsn: str, schema: str) -> None:
         await store.open()
         proxy.silence()
         error = await raised(store.claim_orphans(names={"silent_claim_order"}))
-        assert "no answer within 0.5 s (connect_timeout)" in str(error), str(error)
+        assert "no answer within 0.5 s (command_timeout)" in str(error), str(error)
         said = (
             "the claim may have taken sagas all the same: none of them runs here, and "
             "once their lease (2 s) runs out another claim takes them"
@@ -93,7 +93,7 @@ async def test_a_worker_whose_claims_get_no_answer_claims_again(dsn: str, schema
                 await asyncio.wait((worker,), timeout=GIVE_UP)
             assert worker.done()
             worker.result()  # it did not die: it stopped when told to
-            assert "no answer within 0.5 s (connect_timeout)" in failed.said[0], failed.said
+            assert "no answer within 0.5 s (command_timeout)" in failed.said[0], failed.said
     finally:
         sagakit_logger.removeHandler(failed)
 
@@ -112,7 +112,7 @@ async def test_a_renewal_that_gets_no_answer_fails(dsn: str, schema: str) -> Non
                 await holding[-1].wait()
             proxy.silence()
             error = await raised(store.renew())
-            assert "no answer within 0.5 s (connect_timeout)" in str(error), str(error)
+            assert "no answer within 0.5 s (command_timeout)" in str(error), str(error)
             go_on[-1].set()
             await asyncio.wait((running,), timeout=GIVE_UP)
             assert running.done()
@@ -144,7 +144,7 @@ async def test_a_heartbeat_whose_renewals_get_no_answer_beats_again(dsn: str, sc
             await asyncio.wait((said_twice,), timeout=GIVE_UP)
             said_twice.cancel()
             assert failed.twice.is_set(), "the heartbeat did not try to renew twice"
-            assert "no answer within 0.5 s (connect_timeout)" in failed.said[0], failed.said
+            assert "no answer within 0.5 s (command_timeout)" in failed.said[0], failed.said
             go_on[-1].set()
             await asyncio.wait((running,), timeout=GIVE_UP)
             assert running.done()
@@ -162,4 +162,4 @@ async def test_a_read_that_gets_no_answer_fails(dsn: str, schema: str, read: str
         proxy.silence()
         call = store.get("sc-x") if read == "get" else getattr(store, read)()
         error = await raised(call)
-        assert "no answer within 0.5 s (connect_timeout)" in str(error), str(error)
+        assert "no answer within 0.5 s (command_timeout)" in str(error), str(error)

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.asyncio
 
 GUARD = 10.0  # seconds before a call is declared hung: 20 times connect_timeout (0.5 s)
 WITHIN = 5.0  # seconds a call given up on takes at most (a few tries of connect_timeout)
-NO_ANSWER = "no answer within 0.5 s (connect_timeout)"
+NO_ANSWER = "no answer within 0.5 s (command_timeout)"
 
 
 @step

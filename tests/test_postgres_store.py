@@ -193,6 +193,12 @@ def test_importing_sagakit_does_not_import_psycopg() -> None:
         # Regression: taken, and the store's first use failed with a bare OverflowError
         # ("cannot convert float infinity to integer") from its migration's lock timeout.
         ({"connect_timeout": float("inf")}, "connect_timeout must be a finite number"),
+        ({"command_timeout": 0}, "command_timeout must be a positive number of seconds, got 0"),
+        ({"command_timeout": "60"}, "command_timeout must be a positive number"),
+        ({"command_timeout": True}, "command_timeout must be a positive number"),
+        ({"command_timeout": float("nan")}, "command_timeout must be a positive number"),
+        ({"command_timeout": float("inf")}, "command_timeout must be a finite number"),
+        ({"command_timeout": 10**400}, "command_timeout must be a finite number"),
         ({"min_size": 0}, "min_size must be"),
         ({"min_size": 4, "max_size": 2}, "max_size (2) must be >= min_size (4)"),
         # Regression: taken, and the first execute() failed with an AttributeError.

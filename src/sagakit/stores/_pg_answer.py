@@ -1,17 +1,21 @@
-"""How long a PostgreSQL store waits for the answer to a statement: ``connect_timeout``.
+"""How long a PostgreSQL store waits for the answer to a statement: ``command_timeout``.
 
 A statement on a connection that went silent (a network partition, a fail-over that
 leaves it half-open: nothing resets it) waits until the kernel gives up, some 15
 minutes, and so may psycopg's request to cancel it. So every statement of the store
-waits ``connect_timeout`` for its answer at most (less near the deadline of the tries it
-is part of: see :func:`answer_wait`); past it, the statement is cancelled (again if its
-cancellation gets no answer either: psycopg then closes the connection) and given up on
-as a lost connection: it may have committed or not. A running saga's write is then in
-doubt, settled as a write whose connection was lost; the release of a finished run's
-lease runs out; a worker's claim given up on raises (the sagas it may have taken come
-back once their leases run out); a renewal is tried again at the next beat; a read, and
-an operator's call (``resolve()``, ``resume_dead_letter()``: it reads back whether its
-try was applied), is tried again on another connection, within ``connect_timeout``.
+waits ``command_timeout`` (by default ``connect_timeout``) for its answer at most (less
+near the deadline of the tries it is part of: see :func:`answer_wait`); past it, the
+statement is cancelled (again if its cancellation gets no answer either: psycopg then
+closes the connection) and given up on as a lost connection: it may have committed or
+not. A running saga's write is then in doubt, settled as a write whose connection was
+lost; the release of a finished run's lease runs out; a worker's claim given up on
+raises (the sagas it may have taken come back once their leases run out); a renewal is
+tried again at the next beat; a read, and an operator's call (``resolve()``,
+``resume_dead_letter()``: it reads back whether its try was applied), is tried again on
+another connection, within ``connect_timeout``. A statement that is merely slow is cut
+the same way (the store cannot tell it from a silent connection): ``command_timeout``
+is made longer than ``connect_timeout`` where one can take longer (``history()`` of
+every saga of a log of a million took some 37 s).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ class NoAnswer(Exception):
 
 def answer_wait(seconds: float) -> float:
     """How long a statement waits for its answer: ``seconds`` (the store's
-    ``connect_timeout``), less (down to :data:`BRIEF`) near the deadline of the tries it
+    ``command_timeout``), less (down to :data:`BRIEF`) near the deadline of the tries it
     is part of."""
     left = deadline_left()
     return seconds if left is None else min(seconds, max(left, BRIEF))

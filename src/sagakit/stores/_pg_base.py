@@ -49,6 +49,7 @@ class PostgresStoreBase:
     min_size: int
     max_size: int
     connect_timeout: float
+    command_timeout: float
     serializer: JsonSerializer
     _sql: Statements
     _pool: AsyncConnectionPool[Any] | None

@@ -53,7 +53,7 @@ class RecoveryClaims(PostgresStoreBase):
             return []
         orphans: list[OrphanedSaga] = []
         taken: list[str] = []  # the ids this call took leases of
-        # Each statement waits connect_timeout for its answer at most: on a silent
+        # Each statement waits command_timeout for its answer at most: on a silent
         # connection the claim fails (a worker claims again after its poll interval).
         return await self._claim_all(names, limit, max_attempts, saga_ids, orphans, taken)
 

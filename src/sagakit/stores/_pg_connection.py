@@ -2,7 +2,7 @@
 statement on a pooled connection, and what the server's refusal says.
 
 :class:`Connections` is a base of :class:`~.postgres.PostgresStore`. Every statement
-waits ``connect_timeout`` for a connection and for its answer at most.
+waits ``connect_timeout`` for a connection and ``command_timeout`` for its answer at most.
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ class Connections(PostgresStoreBase):
 
     async def _run(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         """One statement in its own transaction: one round trip, given up on when its
-        answer does not come within ``connect_timeout`` (see :meth:`_answered`)."""
+        answer does not come within ``command_timeout`` (see :meth:`_answered`)."""
         async with self._conn() as conn:
             found = await self._answered(self._statement(conn, sql, params))
             self._statements += 1
@@ -230,27 +230,28 @@ class Connections(PostgresStoreBase):
 
     async def _answered(self, statement: Coroutine[Any, Any, _T]) -> _T:
         """The outcome of ``statement`` (on one connection), whose answer must come within
-        ``connect_timeout`` (less near the deadline of the tries it is part of): else
+        ``command_timeout`` (less near the deadline of the tries it is part of): else
         :class:`~sagakit.StoreError`, as a lost connection (see :mod:`._pg_answer`).
         Every statement of the store waits so: on a connection gone silent (a partition
         that resets nothing), one waited some 15 minutes for the kernel to give up."""
-        seconds = answer_wait(self.connect_timeout)
+        seconds = answer_wait(self.command_timeout)
         try:
             return await answered(statement, seconds)
         except NoAnswer as silent:
             raise StoreError(
                 f"PostgreSQL saga log (schema {self.schema!r}): no answer within "
-                f"{timeout_text(seconds)} (connect_timeout): the connection went silent (a "
+                f"{timeout_text(seconds)} (command_timeout): the connection went silent (a "
                 "network partition, a fail-over that left it half-open) or the statement "
-                "waited that long for a lock; given up on, it may have committed or not, "
-                "which the store finds out before it writes the saga again (recovery goes on "
-                "from what the log holds otherwise)"
+                "ran or waited for a lock that long; given up on, it may have committed or "
+                "not, which the store finds out before it writes the saga again (recovery "
+                "goes on from what the log holds otherwise); if it is merely slow (a read "
+                "of a large log), give the store a longer command_timeout"
             ) from silent
 
     async def _read(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         """One statement that writes nothing, again on a new connection while the one it
         used is lost (see :meth:`_again`): reading twice is safe, unlike an ``UPDATE``
-        whose commit is in doubt. Each try waits ``connect_timeout`` for its answer at
+        whose commit is in doubt. Each try waits ``command_timeout`` for its answer at
         most (on a silent connection: given up on, as a lost one)."""
         return await self._again(lambda: self._run(sql, params), "reading the saga log")
 

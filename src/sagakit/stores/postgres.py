@@ -167,7 +167,11 @@ class PostgresStore(
     ``schema`` (created and migrated on first use). ``lease`` is how long a saga
     stays owned without a heartbeat; the heartbeat renews every lease this store
     holds in one statement every ``heartbeat`` seconds (default ``lease / 3``).
-    ``min_size``/``max_size`` bound the connection pool; ``serializer`` turns
+    ``connect_timeout`` is how long a call waits for a connection (and tries again
+    while connections are lost); ``command_timeout`` (by default ``connect_timeout``)
+    how long a statement waits for its answer before it is given up on as a connection
+    gone silent: longer lets a statement that is merely slow (``history()`` of a large
+    log) finish. ``min_size``/``max_size`` bound the connection pool; ``serializer`` turns
     results, events and arguments into text (JSON with type tags unless given).
     """
 
@@ -181,6 +185,7 @@ class PostgresStore(
     min_size: int
     max_size: int
     connect_timeout: float
+    command_timeout: float
     serializer: JsonSerializer
     owner: str
 
@@ -194,6 +199,7 @@ class PostgresStore(
         min_size: int = 1,
         max_size: int = 8,
         connect_timeout: float = 10.0,
+        command_timeout: float | None = None,
         serializer: JsonSerializer | None = None,
     ) -> None:
         if not isinstance(dsn, str) or not dsn:
@@ -226,6 +232,18 @@ class PostgresStore(
                 f"connect_timeout must be a finite number of seconds, got {connect_timeout!r}; "
                 "give a long one (3600) to wait that long for the server"
             )
+        # How long a statement waits for its answer (see _pg_answer): connect_timeout's
+        # unless given, so a short connect timeout can leave room for a slow statement.
+        if command_timeout is None:
+            self.command_timeout = self.connect_timeout
+        else:
+            self.command_timeout = _positive("command_timeout", command_timeout)
+            if math.isinf(self.command_timeout):  # a silent connection would hang a call
+                raise StoreConfigError(
+                    "command_timeout must be a finite number of seconds, got "
+                    f"{command_timeout!r}; give a long one (3600) to let a statement run "
+                    "that long (a connection gone silent holds a call as long)"
+                )
         self.serializer = store_serializer(serializer)
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{os.urandom(4).hex()}"
         self._sql = statements(self.schema)
@@ -770,8 +788,8 @@ class PostgresStore(
         """``error``, a lost connection, once the store stopped trying again; from now
         on the server is known to be down (see :meth:`_patience`)."""
         self._down = True
-        if "connect_timeout" in str(error):
-            return error  # (said already, by a settling given up on)
+        if "connect_timeout" in str(error) or "command_timeout" in str(error):
+            return error  # (said already: by a settling given up on, by a statement's wait)
         return StoreError(
             f"{error}; no connection to the server within {timeout_text(self.connect_timeout)} "
             "(connect_timeout): check that it is up and reachable, or give the store a "
