@@ -186,7 +186,7 @@ class Leases(PostgresStoreBase):
         done = await wait_out(
             self._run(
                 self._sql.release_one,
-                {"id": saga_id, "owner": self.owner, "fence": held.fence},
+                {"id": saga_id, "owner": self.owner, "fence": held.fence, "token": self._token},
             )
         )
         error = None if done.cancelled() else done.exception()
