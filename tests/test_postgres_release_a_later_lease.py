@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from pg_helpers.db import opened, query
-from sagakit import SagaOrchestrator, saga, step
+from sagakit import SagaOrchestrator, SagaStatus, StoreError, saga, step
 from sagakit._runs import SagaRun
+from sagakit.stores._pg_writer import Write
+from sagakit.transitions import Transition, TransitionKind
 
 
 @step
@@ -63,3 +65,70 @@ async def test_a_late_release_leaves_the_lease_a_later_claim_of_the_store_took(
         )
         assert rows == [(True, True)]  # still the claim's lease
         assert await store.give_back(["rl-later"]) == 1
+
+
+def _started(saga_id: str) -> Transition:
+    return Transition(
+        TransitionKind.STEP_STARTED, saga_id, "rl_one", SagaStatus.EXECUTING, 0, "rl_act", 1
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_finish_cancelled_while_it_settles_a_first_write_in_doubt_releases_its_row(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A generated id's first write carries its row. In doubt (its record() cancelled, and
+    # not settled then), then finish() cancelled while it settled it: the write, still on
+    # its way, inserted the row after finish()'s release had found none, under a lease
+    # that nobody renewed, so no worker took the saga until the lease ran out. The release
+    # inserts the row first, as release_leases() does.
+    async with opened(dsn, schema) as store:
+        run = SagaRun("rl-first", rl_one(2), False, 0.0, SagaOrchestrator()._ref)
+        assert await store.begin(run) is None  # (no row yet: it goes with the first write)
+        send = store._writer._send
+        sending, gate = asyncio.Event(), asyncio.Event()
+        late: list[dict[str, str]] = []
+
+        async def held(writes: list[Write]) -> dict[str, str]:
+            sending.set()
+            await gate.wait()
+            late.append(await send(writes))
+            return late[-1]
+
+        monkeypatch.setattr(store._writer, "_send", held)
+        original = store._run
+        inserts: list[Any] = []
+        inserting, never = asyncio.Event(), asyncio.Event()
+
+        async def run_sql(sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+            if sql == store._sql.begin:  # settling the first write inserts its row first
+                inserts.append(params)
+                if len(inserts) == 1:  # the cancelled record()'s own try: it stays in doubt
+                    raise StoreError("refused (test)")
+                if len(inserts) == 2:  # finish()'s settling: cancelled before it is sent
+                    inserting.set()
+                    await never.wait()
+            return await original(sql, params)
+
+        monkeypatch.setattr(store, "_run", run_sql)
+        recording = asyncio.create_task(store.record(run, _started("rl-first")))
+        await sending.wait()
+        recording.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await recording
+        assert "rl-first" in store._doubts
+        finishing = asyncio.create_task(store.finish(run))
+        await inserting.wait()
+        finishing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await finishing
+        assert not store.owns("rl-first")
+        gate.set()
+        await store._writer.close()  # the first write, late: it does not commit now
+        assert late == [{"rl-first": "exists"}]  # (refused: its row is there already)
+    rows = query(
+        dsn,
+        f'SELECT owner, lease_until <= now() FROM "{schema}".sagas WHERE saga_id = %s',
+        ("rl-first",),
+    )
+    assert rows == [(None, True)]  # given up: any worker's next claim takes it at once
