@@ -182,13 +182,23 @@ class Leases(PostgresStoreBase):
         # cut short, the lease was forgotten here (finish() drops it) but left in the
         # row, so close() had nothing to release and no claim took the saga until the
         # lease ran out. (Given up on, on a silent connection: the lease runs out.)
+        doubt = self._doubts.get(saga_id)
+        new = doubt.new if doubt is not None else None
+        params = {"id": saga_id, "owner": self.owner, "fence": held.fence, "token": self._token}
+
+        async def give_up() -> None:
+            if new is not None:
+                # Its first write, carrying its row, is in doubt (its settling cut short):
+                # insert the row if that write did not (waiting for it if it is still
+                # committing), as release_leases() does, so that it is released below:
+                # else that write could insert it after, under a lease nobody renews.
+                await self._run(
+                    self._sql.begin, {"id": saga_id, "explicit": False, "token": None, **new}
+                )
+            await self._run(self._sql.release_one, params)
+
         watch = CancellationWatch()
-        done = await wait_out(
-            self._run(
-                self._sql.release_one,
-                {"id": saga_id, "owner": self.owner, "fence": held.fence},
-            )
-        )
+        done = await wait_out(give_up())
         error = None if done.cancelled() else done.exception()
         if error is not None:
             logger.warning(

@@ -183,12 +183,16 @@ def statements(schema: str) -> Statements:
         # One saga this store stopped running unfinished; the next claim counts an attempt.
         # A token above %(fence)s under this owner is still that lease's: moved on by the
         # store's own settling (or a claim that only renewed it) whose answer was lost, as
-        # when finish() is cancelled meanwhile. (Another owner's claim changes the owner;
-        # this store's own claims skip the sagas it holds, "mine".)
+        # when finish() is cancelled meanwhile. (Another owner's claim changes the owner.)
+        # A later lease of this store's (a claim or restart after release_leases() gave
+        # the saga up while this release was on its way) wrote a write token above
+        # %(token)s, the last one the store had handed out when it sent the release:
+        # that lease is left alone.
         release_one=(
             f"UPDATE {s}.sagas SET owner = NULL, lease_until = now(), fence = fence + 1, "
             "released = false WHERE saga_id = %(id)s AND owner = %(owner)s "
-            f"AND fence >= %(fence)s AND {active} RETURNING saga_id"
+            "AND fence >= %(fence)s AND (last_write IS NULL OR last_write <= %(token)s) "
+            f"AND {active} RETURNING saga_id"
         ),
         # Claims of ids=fences that no run made since (give_back()): the row as before
         # the claim, so the next claim reads what this one read. A crash's claim counted

@@ -1,0 +1,134 @@
+"""PostgreSQL: a run's ``finish()`` giving its lease up leaves a later lease alone.
+
+``finish()`` of a run whose end is not in the log gives the saga's lease up by the
+fencing token it knows, or any above it under this store (its own settling may have
+moved the token on without the store hearing back). A later lease of the same store
+on the saga, taken while that release was on its way (its ``release_leases()`` gave
+the saga up, and its recovery claimed it again), is another run's: the late release
+must not give that one up, or the new run's writes are all fenced out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from pg_helpers.db import opened, query
+from sagakit import SagaOrchestrator, SagaStatus, StoreError, saga, step
+from sagakit._runs import SagaRun
+from sagakit.stores._pg_writer import Write
+from sagakit.transitions import Transition, TransitionKind
+
+
+@step
+async def rl_act(n: int) -> int:
+    return n
+
+
+@saga
+def rl_one(n: int):  # type: ignore[no-untyped-def]
+    yield rl_act(n)
+
+
+@pytest.mark.asyncio
+async def test_a_late_release_leaves_the_lease_a_later_claim_of_the_store_took(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with opened(dsn, schema) as store:
+        run = SagaRun("rl-later", rl_one(1), True, 0.0, SagaOrchestrator()._ref)
+        assert await store.begin(run) is None
+        releasing, gate = asyncio.Event(), asyncio.Event()
+        original = store._run
+
+        async def gated(sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+            if sql == store._sql.release_one:  # on its way (waiting for a connection)
+                releasing.set()
+                await gate.wait()
+            return await original(sql, params)
+
+        monkeypatch.setattr(store, "_run", gated)
+        finishing = asyncio.create_task(store.finish(run))  # its end never written
+        await releasing.wait()
+        # Meanwhile the store gives the saga up and its recovery claims it again.
+        assert await store.release_leases(saga_ids=["rl-later"]) == 1
+        claimed = await store.claim_orphans()
+        assert [orphan.saga_id for orphan in claimed] == ["rl-later"]
+        gate.set()
+        await finishing
+        assert store.owns("rl-later")
+        rows = query(
+            dsn,
+            f'SELECT owner = %s, lease_until > now() FROM "{schema}".sagas WHERE saga_id = %s',
+            (store.owner, "rl-later"),
+        )
+        assert rows == [(True, True)]  # still the claim's lease
+        assert await store.give_back(["rl-later"]) == 1
+
+
+def _started(saga_id: str) -> Transition:
+    return Transition(
+        TransitionKind.STEP_STARTED, saga_id, "rl_one", SagaStatus.EXECUTING, 0, "rl_act", 1
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_finish_cancelled_while_it_settles_a_first_write_in_doubt_releases_its_row(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A generated id's first write carries its row. In doubt (its record() cancelled, and
+    # not settled then), then finish() cancelled while it settled it: the write, still on
+    # its way, inserted the row after finish()'s release had found none, under a lease
+    # that nobody renewed, so no worker took the saga until the lease ran out. The release
+    # inserts the row first, as release_leases() does.
+    async with opened(dsn, schema) as store:
+        run = SagaRun("rl-first", rl_one(2), False, 0.0, SagaOrchestrator()._ref)
+        assert await store.begin(run) is None  # (no row yet: it goes with the first write)
+        send = store._writer._send
+        sending, gate = asyncio.Event(), asyncio.Event()
+        late: list[dict[str, str]] = []
+
+        async def held(writes: list[Write]) -> dict[str, str]:
+            sending.set()
+            await gate.wait()
+            late.append(await send(writes))
+            return late[-1]
+
+        monkeypatch.setattr(store._writer, "_send", held)
+        original = store._run
+        inserts: list[Any] = []
+        inserting, never = asyncio.Event(), asyncio.Event()
+
+        async def run_sql(sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+            if sql == store._sql.begin:  # settling the first write inserts its row first
+                inserts.append(params)
+                if len(inserts) == 1:  # the cancelled record()'s own try: it stays in doubt
+                    raise StoreError("refused (test)")
+                if len(inserts) == 2:  # finish()'s settling: cancelled before it is sent
+                    inserting.set()
+                    await never.wait()
+            return await original(sql, params)
+
+        monkeypatch.setattr(store, "_run", run_sql)
+        recording = asyncio.create_task(store.record(run, _started("rl-first")))
+        await sending.wait()
+        recording.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await recording
+        assert "rl-first" in store._doubts
+        finishing = asyncio.create_task(store.finish(run))
+        await inserting.wait()
+        finishing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await finishing
+        assert not store.owns("rl-first")
+        gate.set()
+        await store._writer.close()  # the first write, late: it does not commit now
+        assert late == [{"rl-first": "exists"}]  # (refused: its row is there already)
+    rows = query(
+        dsn,
+        f'SELECT owner, lease_until <= now() FROM "{schema}".sagas WHERE saga_id = %s',
+        ("rl-first",),
+    )
+    assert rows == [(None, True)]  # given up: any worker's next claim takes it at once
