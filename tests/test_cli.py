@@ -1744,11 +1744,12 @@ def test_recover_on_postgres_names_the_sagas_waiting_for_their_lease(
     assert cli("--db", dsn, "--schema", schema, "recover") == (
         0,
         "nothing to recover\n"
-        "1 saga is running under a lease; it is recovered once the lease expires (a "
-        "later recover, or any worker, claims it), or finished by the worker holding it\n",
+        "1 saga is running under a lease, which runs out in 60 minutes (by the database's "
+        "clock); it is recovered once the lease expires (a later recover, or any worker, "
+        "claims it), or finished by the worker holding it\n",
     )
     assert cli("--db", dsn, "--schema", schema, "recover", "--json") == (0, "[]\n")
-    assert "sagakit: 1 saga is running under a lease;" in capsys.readouterr().err
+    assert "sagakit: 1 saga is running under a lease, which" in capsys.readouterr().err
     query(dsn, f"UPDATE \"{schema}\".sagas SET lease_until = now() WHERE saga_id = 'held-1'")
     code, out = cli("--db", dsn, "--schema", schema, "recover")
     assert code == 0

@@ -90,7 +90,8 @@ def test_postgres_counts_no_saga_a_worker_holds_under_its_lease(dsn: str, schema
     assert cli("--db", dsn, "--schema", schema, "recover") == (
         0,
         "nothing to recover\n"
-        "1 saga is running under a lease; it is recovered once the lease expires (a later "
-        "recover, or any worker, claims it), or finished by the worker holding it\n"
+        "1 saga is running under a lease, which runs out in 60 minutes (by the database's "
+        "clock); it is recovered once the lease expires (a later recover, or any worker, "
+        "claims it), or finished by the worker holding it\n"
         f"{LEFT_ALONE}\n",
     )

@@ -87,7 +87,7 @@ READS: dict[str, tuple[Read, str]] = {
     "running_count": (lambda s: s.running_count(), "running_count"),
     "history_count": (lambda s: s.history_count(), "history_count"),
     "_running_names": (lambda s: s._running_names(), "running_names"),
-    "_leased_count": (lambda s: s._leased_count(), "leased_count"),
+    "_leases": (lambda s: s._leases(), "leases"),
     "dead_letters": (lambda s: s.dead_letters(), "dead_letters"),
     "read_events": (lambda s: s.read_events(), "events"),
     "read_events(saga_id)": (lambda s: s.read_events(saga_id="done"), "events_of"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 from typing import TextIO
 
@@ -96,9 +97,9 @@ async def _recover(
     if isinstance(store, PostgresStore):
         # No claim takes a saga before its owner's lease runs out: say how many
         # wait for it, or the operator reads "nothing to recover" and moves on.
-        leased = await store._leased_count()
+        leased, first, last = await store._leases()
         if leased:
-            _side_note(args, out, _leased_note(leased))
+            _side_note(args, out, _leased_note(leased, first, last))
     if isinstance(store, SQLiteStore):
         # Owners on another host or in another container are never taken for
         # dead here: say so, or the operator reads "nothing to recover" while
@@ -162,17 +163,38 @@ def _waiting_note(waiting: list[str], args: argparse.Namespace) -> str:
     )
 
 
-def _leased_note(leased: int) -> str:
-    """The sagas running under a PostgreSQL lease, which no claim takes before it expires."""
-    return (
-        "1 saga is running under a lease; it is recovered once the lease "
-        "expires (a later recover, or any worker, claims it), or finished "
-        "by the worker holding it\n"
-        if leased == 1
-        else f"{leased} sagas are running under a lease; they are recovered "
-        "once it expires (a later recover, or any worker, claims them), "
-        "or finished by the workers holding them\n"
+def _leased_note(leased: int, first: float, last: float) -> str:
+    """The sagas running under a PostgreSQL lease, which no claim takes before it
+    expires, and when the first and the last of those leases run out (seconds from now,
+    by the database's clock): whether to run ``recover`` again in a minute or an hour."""
+    if leased == 1:
+        return (
+            f"1 saga is running under a lease, which runs out in {_runs_out_in(first)} "
+            "(by the database's clock); it is recovered once the lease expires (a later "
+            "recover, or any worker, claims it), or finished by the worker holding it\n"
+        )
+    soon, late = _runs_out_in(first), _runs_out_in(last)
+    when = (
+        f"which all run out in {soon}"
+        if soon == late
+        else f"the first of which runs out in {soon}, the last in {late}"
     )
+    return (
+        f"{counted(leased, 'saga')} are running under leases, {when} (by the database's "
+        "clock); they are recovered once their lease expires (a later recover, or any "
+        "worker, claims them), or finished by the workers holding them\n"
+    )
+
+
+def _runs_out_in(seconds: float) -> str:
+    """``seconds`` in words, rounded up (by then a lease has run out): seconds below 2
+    minutes, minutes below 2 hours, hours below 2 days, then days ("13 seconds", "2
+    minutes", "3 hours"); never "0 seconds"."""
+    for unit, size, below in (("second", 1, 120), ("minute", 60, 120), ("hour", 3600, 48)):
+        count = max(1, math.ceil(seconds / size))
+        if count < below:
+            return counted(count, unit)
+    return counted(math.ceil(seconds / 86400), "day")
 
 
 def _held_elsewhere_note(far: list[str], args: argparse.Namespace) -> str:

@@ -110,10 +110,15 @@ class SagaReads(PostgresStoreBase):
         found = await self._read(sql.claimable_running_names if claimable else sql.running_names)
         return [(name, int(count), one) for name, count, one in found]
 
-    async def _leased_count(self) -> int:
+    async def _leases(self) -> tuple[int, float, float]:
         """How many running sagas are under a lease that has not expired (for the CLI's
-        ``recover``: those it cannot claim yet). One count over an index."""
-        return int((await self._read(self._sql.leased_count))[0][0])
+        ``recover``: those it cannot claim yet), and in how many seconds the first and the
+        last of those leases run out, by the database's clock (what a claim compares
+        against); 0, 0.0, 0.0 for none. One statement over an index."""
+        count, first, last = (await self._read(self._sql.leases))[0]
+        if not count:
+            return 0, 0.0, 0.0
+        return int(count), float(first), float(last)
 
     async def history_count(self) -> int:
         return int((await self._read(self._sql.history_count))[0][0])

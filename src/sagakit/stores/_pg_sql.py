@@ -64,7 +64,7 @@ class Statements:
     running_count: LiteralString
     running_names: LiteralString
     claimable_running_names: LiteralString
-    leased_count: LiteralString
+    leases: LiteralString
     history_count: LiteralString
     dead_letter: LiteralString
     dead_letters: LiteralString
@@ -296,10 +296,15 @@ def statements(schema: str) -> Statements:
         # The names of the running sagas, how many of each and one's id (one with a
         # completed step, whose events' class is the saga module's, where there is one).
         running_names=running_names(""),
-        # The same of those a claim could take: not under a lease (leased_count's).
+        # The same of those a claim could take: not under a lease (leases').
         claimable_running_names=running_names("AND (lease_until IS NULL OR lease_until <= now()) "),
-        # The running sagas no claim takes yet: their owner's lease has not run out.
-        leased_count=f"SELECT count(*) FROM {s}.sagas WHERE {active} AND lease_until > now()",
+        # The running sagas no claim takes yet: their owner's lease has not run out; how
+        # many, and the seconds until the first and the last of those leases run out.
+        leases=(
+            "SELECT count(*), extract(epoch FROM min(lease_until) - now()), "
+            f"extract(epoch FROM max(lease_until) - now()) FROM {s}.sagas "
+            f"WHERE {active} AND lease_until > now()"
+        ),
         history_count=f"SELECT count(*) FROM {s}.sagas WHERE finished_at IS NOT NULL",
         dead_letter=(
             f"UPDATE {s}.sagas SET dead_reason = %(reason)s, parked_at = {stamp}, owner = NULL, "
