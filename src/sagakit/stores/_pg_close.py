@@ -9,20 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._counted import counted
+from .._shielding import wait_out
 from .._tracebacks import hide_from_pytest
 from ._pg_base import PostgresStoreBase
 from ._pg_closing import Closing
 from ._pg_loop import other_loop
 from ._pg_patience import BRIEF, Patience
 
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
+
 # pytest shows a failing test's line, not this module's code, for an error this store
 # raises on purpose (see _tracebacks).
 __tracebackhide__ = hide_from_pytest
 
 logger: logging.Logger = logging.getLogger("sagakit")
+
+POOL_STOP = 0.1
+"""Seconds the pool's workers get to stop when ``close()``'s budget is already spent
+(an idle worker stops within a turn or two of the event loop)."""
 
 
 class Shutdown(PostgresStoreBase):
@@ -63,7 +71,7 @@ class Shutdown(PostgresStoreBase):
             if pool is not None:
                 self._pool = None
                 self._loop = None
-                await pool.close()
+                await _pool_closed(pool, closing)
         if closing.cancelled():
             raise asyncio.CancelledError
 
@@ -130,6 +138,22 @@ class Shutdown(PostgresStoreBase):
         doubt = self._doubts.get(saga_id)
         writes = self._staged.get(saga_id) or (doubt.writes if doubt is not None else None)
         return writes[0].saga_name if writes else None
+
+
+async def _pool_closed(pool: AsyncConnectionPool[Any], closing: Closing) -> None:
+    """Close ``pool`` within what is left of ``closing`` (:data:`POOL_STOP` at least).
+
+    What psycopg_pool's ``close()`` waits for, up to its ``timeout`` (5 s unless told),
+    is its background workers' end (one may be opening a connection to a server gone
+    silent): past it, it leaves them and goes on. Its idle connections are then closed
+    without waiting for the server (libpq's ``PQfinish`` on a non-blocking socket), so a
+    connection gone silent does not hold it. A cancellation of ``close()`` meanwhile does
+    not cut it short (the idle connections, already taken out of the pool, would be left
+    open): it is waited out, within that timeout, and ``close()`` raises the cancellation
+    after."""
+    timeout = max(closing.left() or 0.0, POOL_STOP)
+    closed = await wait_out(pool.close(timeout=timeout))
+    closed.result()  # its error, if any, as ever
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:
