@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from .._budgets import Budget
 from .._counted import counted
 from .._shielding import wait_out
 from .._tracebacks import hide_from_pytest
@@ -140,8 +141,9 @@ class Shutdown(PostgresStoreBase):
         return writes[0].saga_name if writes else None
 
 
-async def _pool_closed(pool: AsyncConnectionPool[Any], closing: Closing) -> None:
-    """Close ``pool`` within what is left of ``closing`` (:data:`POOL_STOP` at least).
+async def _pool_closed(pool: AsyncConnectionPool[Any], closing: Budget) -> None:
+    """Close ``pool`` within what is left of ``closing`` (:data:`POOL_STOP` at least):
+    ``close()``'s budget, or a failed ``open()``'s.
 
     What psycopg_pool's ``close()`` waits for, up to its ``timeout`` (5 s unless told),
     is its background workers' end (one may be opening a connection to a server gone

@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._budgets import Budget
 from .._seconds import timeout_text
 from .._shielding import CancellationWatch
 from .._tracebacks import hide_from_pytest
@@ -21,6 +22,7 @@ from ._dsn import redacted
 from ._loop_refusal import closed_store
 from ._pg_answer import NoAnswer, answer_wait, answered
 from ._pg_base import PostgresStoreBase
+from ._pg_close import _pool_closed
 from ._pg_driver import import_driver
 from ._pg_errors import ended_by_server
 from ._pg_loop import other_loop
@@ -46,6 +48,17 @@ async def _wait_for_locks(conn: AsyncConnection[Any]) -> None:
     saga rows, the event stream's lock) or a heartbeat, each one short statement; under
     a role's 20 ms, a batch that waited longer was refused and its sagas compensated."""
     await conn.execute("SET lock_timeout = 0")
+
+
+async def _filled(pool: AsyncConnectionPool[Any], seconds: float) -> None:
+    """Wait ``seconds`` at most for ``pool`` (opened) to hold its ``min_size``
+    connections; past them, raise :class:`TimeoutError` and leave it to the caller to
+    close the pool. psycopg_pool's own ``open(wait=True, timeout=...)`` closes it then
+    with its default ``close()`` timeout: 5 s more for its workers (one may be opening a
+    connection to a server gone silent). Its wait here is given longer, never to end
+    first."""
+    async with asyncio.timeout(seconds):
+        await pool.wait(timeout=2 * seconds + 60.0)
 
 
 class Connections(PostgresStoreBase):
@@ -91,6 +104,9 @@ class Connections(PostgresStoreBase):
                 name=f"sagakit-{self.schema}",
             )
             hidden: StoreError | None = None
+            # A pool that fails to open closes within what is left of connect_timeout.
+            watch = CancellationWatch()
+            opening = Budget(self.connect_timeout, watch=watch)
             try:
                 # One connection of our own first: the pool retries a failing connection
                 # until its timeout and then says only that it timed out, whereas this
@@ -99,9 +115,12 @@ class Connections(PostgresStoreBase):
                     first = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
                 async with first:
                     await migrate(first, self.schema, wait=self.connect_timeout)
-                await pool.open(wait=True, timeout=self.connect_timeout)
+                await pool.open()
+                await _filled(pool, self.connect_timeout)
             except (psycopg.Error, psycopg_pool.PoolTimeout, TimeoutError) as error:
-                await pool.close()
+                await _pool_closed(pool, opening)
+                if watch.came():  # while the pool closed: raised, not the failure
+                    raise asyncio.CancelledError from None
                 said = error_text(error)
                 if isinstance(error, TimeoutError):
                     said = f"no connection after {timeout_text(self.connect_timeout)}"
@@ -115,7 +134,7 @@ class Connections(PostgresStoreBase):
                     raise failure from error
                 hidden = failure  # raised below, where no traceback chains the driver's error
             except BaseException:
-                await pool.close()
+                await _pool_closed(pool, opening)
                 raise
             if hidden is not None:
                 raise hidden

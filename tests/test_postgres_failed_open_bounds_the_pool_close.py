@@ -1,0 +1,80 @@
+"""PostgreSQL: an ``open()`` whose pool fails to fill closes that pool within what is
+left of ``connect_timeout`` (a tenth of a second at least), not psycopg_pool's 5 s.
+
+The pool was opened with ``open(wait=True, timeout=connect_timeout)``: when it timed
+out, psycopg_pool closed it with its default ``close()`` timeout, 5 s for its background
+workers (one opening a connection to a server gone silent), and the store's own
+``pool.close()`` after it had the same default: a failed open could take 5 s more than
+the ``connect_timeout`` it is documented to fail after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import AsyncConnection
+
+from sagakit import PostgresStore
+from sagakit.exceptions import StoreError
+from sagakit.stores import _pg_pool
+
+pytestmark = pytest.mark.asyncio
+
+GIVE_UP = 30.0  # seconds before open() is declared hung (a guard, not a measurement)
+
+
+class Silent(_pg_pool.Pool):
+    """A pool whose every new connection waits for a server gone silent (until
+    ``release`` is set) and that notes the timeout each ``close()`` is given."""
+
+    release: asyncio.Event
+    timeouts: list[float]
+    workers: list[asyncio.Task[Any]]
+
+    async def _connect(self, timeout: float | None = None) -> AsyncConnection[Any]:  # noqa: ASYNC109
+        task = asyncio.current_task()
+        assert task is not None
+        self.workers.append(task)
+        await self.release.wait()
+        raise psycopg.OperationalError("the server went silent")
+
+    async def close(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (the pool's own)
+        self.timeouts.append(timeout)
+        await super().close(timeout)
+
+
+async def test_a_failed_open_closes_its_pool_within_connect_timeout(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: the pool that did not fill within connect_timeout was closed with
+    # psycopg_pool's default 5 s, by psycopg_pool itself and by the store after it.
+    pools: list[Silent] = []
+    release = asyncio.Event()
+
+    def silent(*args: Any, **kwargs: Any) -> Silent:
+        pool = Silent(*args, **kwargs)  # (open=False: not connecting yet)
+        pool.release, pool.timeouts, pool.workers = release, [], []
+        pools.append(pool)
+        return pool
+
+    monkeypatch.setattr(_pg_pool, "Pool", silent)
+    store = PostgresStore(dsn, schema=schema, connect_timeout=1.0, min_size=1)
+    try:
+        async with asyncio.timeout(GIVE_UP):
+            with pytest.raises(StoreError, match="cannot open the PostgreSQL saga log"):
+                await store.open()
+        [pool] = pools
+        assert pool.workers  # it was trying to connect
+        assert pool.timeouts
+        assert all(0.0 < timeout <= 1.0 for timeout in pool.timeouts), pool.timeouts
+        assert pool.closed
+        assert store._pool is None
+    finally:
+        release.set()
+        for pool in pools:
+            async with asyncio.timeout(GIVE_UP):
+                await asyncio.gather(*pool.workers, return_exceptions=True)
+        await store.close()
