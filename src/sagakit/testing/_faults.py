@@ -818,6 +818,15 @@ class FaultInjector:
         return f"<FaultInjector {faults}, {len(self.fired)} fired>"
 
 
+def _crashed_on_its_file(store: SQLiteStore) -> bool:
+    """Whether a simulated crash stopped another SQLite store on ``store``'s file, which
+    ``simulate_restart(store)`` then restarts (its claims are in the file)."""
+    return any(
+        other is not store and isinstance(other, SQLiteStore) and other._file == store._file
+        for other in crashed_stores()
+    )
+
+
 async def simulate_restart(store: SagaStore) -> None:
     """Forget that this process owns the running sagas of ``store``, as if it had died.
 
@@ -827,8 +836,10 @@ async def simulate_restart(store: SagaStore) -> None:
     ``async with SagaOrchestrator(store)`` the crash left) is taken too: the claim is
     in its file. On PostgreSQL, whose leases are each store object's own, a store that
     no simulated crash stopped (a new one, to recover with) restarts the stores on its
-    log (the same ``dsn`` and ``schema``) that one did stop. An in-memory store loses its
-    sagas in a real crash and cannot be restarted.
+    log (the same ``dsn`` and ``schema``) that one did stop. Given so to restart the
+    stores a crash stopped on its log, a store no simulated crash stopped keeps the sagas
+    it is running itself (its leases, its SQLite claims): they run on. An in-memory store
+    loses its sagas in a real crash and cannot be restarted.
     """
     if isinstance(store, type):  # a class has the protocol's methods, unbound
         raise not_the_class(store, "simulate_restart()'s store")
@@ -860,21 +871,28 @@ async def simulate_restart(store: SagaStore) -> None:
         finally:
             await reopened.close()
         return
-    if isinstance(store, SQLiteStore):
+    if isinstance(store, SQLiteStore) and (stopped or not _crashed_on_its_file(store)):
         store._live.clear()  # "the process died": nothing runs under it any more
+    # (Else a store no crash stopped, given to restart the crashed ones on its file: the
+    # runs it has live are this process's own, and run on.)
     release_leases = getattr(store, "release_leases", None)
-    if release_leases is not None:  # leases: give them up so another worker claims at once,
-        await release_leases(as_crash=True)  # counting that claim as a recovery attempt
-        forget_runs: Callable[[set[str]], None] | None = getattr(store, "_forget_runs", None)
-        if forget_runs is not None:  # the crashed runs never finish(): drop what it keeps of them
-            forget_runs(crashed)
+    if release_leases is not None:
         same_log: Callable[[object], bool] | None = getattr(store, "_same_log", None)
         if same_log is not None and not stopped:
             # PostgreSQL: leases are each store object's own, so given a store no crash
-            # stopped (a new one, to recover with), restart the crashed ones on its log.
-            for other in crashed_stores():
-                if same_log(other):
+            # stopped (a new one, to recover with), restart the crashed ones on its log,
+            # and only those: the sagas this store runs keep their leases.
+            others = [other for other in crashed_stores() if same_log(other)]
+            if others:
+                for other in others:
                     await simulate_restart(other)
+                return
+        # Leases: give them up so another worker claims at once, counting that claim as
+        # a recovery attempt.
+        await release_leases(as_crash=True)
+        forget_runs: Callable[[set[str]], None] | None = getattr(store, "_forget_runs", None)
+        if forget_runs is not None:  # the crashed runs never finish(): drop what it keeps of them
+            forget_runs(crashed)
         return
     release = getattr(store, "release", None)
     if release is None:
@@ -882,6 +900,7 @@ async def simulate_restart(store: SagaStore) -> None:
             f"{type(store).__name__} has no release() or release_leases(), so a restart "
             "cannot be simulated on it"
         )
+    live: set[str] = store._live if isinstance(store, SQLiteStore) else set()  # (see above)
     for saga in await store.running():
-        if saga.id is not None:
+        if saga.id is not None and saga.id not in live:
             await release(saga.id)
