@@ -28,8 +28,10 @@ GIVE_UP = 30.0  # seconds before open() is declared hung (a guard, not a measure
 
 class Silent(_pg_pool.Pool):
     """A pool whose every new connection waits for a server gone silent (until
-    ``release`` is set) and that notes the timeout each ``close()`` is given."""
+    ``release`` is set; ``connecting`` is set meanwhile) and that notes the timeout each
+    ``close()`` is given."""
 
+    connecting: asyncio.Event
     release: asyncio.Event
     timeouts: list[float]
     workers: list[asyncio.Task[Any]]
@@ -38,6 +40,7 @@ class Silent(_pg_pool.Pool):
         task = asyncio.current_task()
         assert task is not None
         self.workers.append(task)
+        self.connecting.set()
         await self.release.wait()
         raise psycopg.OperationalError("the server went silent")
 
@@ -46,21 +49,31 @@ class Silent(_pg_pool.Pool):
         await super().close(timeout)
 
 
+def silent_pools(
+    monkeypatch: pytest.MonkeyPatch, release: asyncio.Event, connecting: asyncio.Event
+) -> list[Silent]:
+    """The pools the stores open from now on: :class:`Silent` ones (listed as made)."""
+    pools: list[Silent] = []
+
+    def silent(*args: Any, **kwargs: Any) -> Silent:
+        pool = Silent(*args, **kwargs)  # (open=False: not connecting yet)
+        pool.connecting, pool.release = connecting, release
+        pool.timeouts, pool.workers = [], []
+        pools.append(pool)
+        return pool
+
+    monkeypatch.setattr(_pg_pool, "Pool", silent)
+    return pools
+
+
 async def test_a_failed_open_closes_its_pool_within_connect_timeout(
     dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Regression: the pool that did not fill within connect_timeout was closed with
     # psycopg_pool's default 5 s, by psycopg_pool itself and by the store after it.
-    pools: list[Silent] = []
     release = asyncio.Event()
-
-    def silent(*args: Any, **kwargs: Any) -> Silent:
-        pool = Silent(*args, **kwargs)  # (open=False: not connecting yet)
-        pool.release, pool.timeouts, pool.workers = release, [], []
-        pools.append(pool)
-        return pool
-
-    monkeypatch.setattr(_pg_pool, "Pool", silent)
+    connecting = asyncio.Event()
+    pools = silent_pools(monkeypatch, release, connecting)
     store = PostgresStore(dsn, schema=schema, connect_timeout=1.0, min_size=1)
     try:
         async with asyncio.timeout(GIVE_UP):
@@ -70,6 +83,36 @@ async def test_a_failed_open_closes_its_pool_within_connect_timeout(
         assert pool.workers  # it was trying to connect
         assert pool.timeouts
         assert all(0.0 < timeout <= 1.0 for timeout in pool.timeouts), pool.timeouts
+        assert pool.closed
+        assert store._pool is None
+    finally:
+        release.set()
+        for pool in pools:
+            async with asyncio.timeout(GIVE_UP):
+                await asyncio.gather(*pool.workers, return_exceptions=True)
+        await store.close()
+
+
+async def test_an_open_cancelled_while_its_pool_fills_closes_it_within_connect_timeout(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: the pool of an open() cancelled while it waited for connections was
+    # closed with psycopg_pool's default 5 s.
+    release = asyncio.Event()
+    connecting = asyncio.Event()
+    pools = silent_pools(monkeypatch, release, connecting)
+    store = PostgresStore(dsn, schema=schema, connect_timeout=GIVE_UP, min_size=1)
+    try:
+        opening = asyncio.create_task(store.open())
+        async with asyncio.timeout(GIVE_UP):
+            await connecting.wait()  # its pool's worker is trying to connect
+        opening.cancel()
+        async with asyncio.timeout(GIVE_UP):
+            with pytest.raises(asyncio.CancelledError):
+                await opening
+        [pool] = pools
+        assert pool.timeouts
+        assert all(0.0 < timeout < 5.0 for timeout in pool.timeouts), pool.timeouts
         assert pool.closed
         assert store._pool is None
     finally:
