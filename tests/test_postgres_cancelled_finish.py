@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from pg_helpers.db import opened, query
+from pg_helpers.held import begun, given_up, hold_release, hold_sends, still_leased
 from sagakit import SagaOrchestrator, SagaStatus, StoreError, saga, step
-from sagakit._runs import SagaRun
 from sagakit.stores._pg_writer import Write
 from sagakit.transitions import Transition, TransitionKind
 
@@ -40,19 +40,10 @@ async def test_a_finish_cancelled_while_it_releases_the_lease_still_releases_it(
     dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with opened(dsn, schema) as store:
-        run = SagaRun("cf-released", cf_one(1), True, 0.0, SagaOrchestrator()._ref)
-        assert await store.begin(run) is None
+        run = await begun(store, "cf-released", cf_one(1))
         assert store.owns("cf-released")
-        releasing, gate = asyncio.Event(), asyncio.Event()
-        original = store._run
-
-        async def gated(sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-            if sql == store._sql.release_one:  # hold the release until it is cancelled
-                releasing.set()
-                await gate.wait()
-            return await original(sql, params)
-
-        monkeypatch.setattr(store, "_run", gated)
+        # Hold the release until it is cancelled.
+        releasing, gate = hold_release(store, monkeypatch)
         finishing = asyncio.create_task(store.finish(run))
         await releasing.wait()
         finishing.cancel()
@@ -62,12 +53,7 @@ async def test_a_finish_cancelled_while_it_releases_the_lease_still_releases_it(
             await finishing  # the caller's cancellation, raised once the release is done
         assert not store.owns("cf-released")
     # Given up: no owner, its lease over, so the next claim takes it at once.
-    rows = query(
-        dsn,
-        f'SELECT owner, lease_until <= now() FROM "{schema}".sagas WHERE saga_id = %s',
-        ("cf-released",),
-    )
-    assert rows == [(None, True)]
+    assert given_up(dsn, schema, "cf-released") == [(None, True)]
     async with opened(dsn, schema) as other:
         claimed = await other.claim_orphans()
         assert [orphan.saga_id for orphan in claimed] == ["cf-released"]
@@ -100,22 +86,12 @@ async def test_a_finish_cancelled_while_it_writes_what_was_staged_releases_the_l
     dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with opened(dsn, schema) as store:
-        run = SagaRun("cf-staged", cf_one(1), True, 0.0, SagaOrchestrator()._ref)
-        assert await store.begin(run) is None
+        run = await begun(store, "cf-staged", cf_one(1))
         await store.record(run, _step(TransitionKind.STEP_STARTED, "cf-staged"))
         # Its end could not be written: the step's completion is still staged.
         store.stage(run, _step(TransitionKind.STEP_COMPLETED, "cf-staged", result=1))
-        send = store._writer._send
-        sending, gate = asyncio.Event(), asyncio.Event()
-        late: list[dict[str, str]] = []
-
-        async def held(writes: list[Write]) -> dict[str, str]:
-            sending.set()  # on its way (in doubt once its caller is cancelled)
-            await gate.wait()
-            late.append(await send(writes))
-            return late[-1]
-
-        monkeypatch.setattr(store._writer, "_send", held)
+        # On its way (in doubt once its caller is cancelled) until the gate opens.
+        sending, gate, late = hold_sends(store, monkeypatch)
         finishing = asyncio.create_task(store.finish(run))
         await sending.wait()
         finishing.cancel()
@@ -136,20 +112,9 @@ async def test_a_finish_cancelled_while_it_settles_a_write_in_doubt_releases_the
     # back: the token the store knows is the one before, and the release must still
     # match the row (the lease is still this run's).
     async with opened(dsn, schema) as store:
-        run = SagaRun("cf-doubt", cf_one(2), True, 0.0, SagaOrchestrator()._ref)
-        assert await store.begin(run) is None
+        run = await begun(store, "cf-doubt", cf_one(2))
         await store.record(run, _step(TransitionKind.STEP_STARTED, "cf-doubt"))
-        send = store._writer._send
-        sending, gate = asyncio.Event(), asyncio.Event()
-        late: list[dict[str, str]] = []
-
-        async def held(writes: list[Write]) -> dict[str, str]:
-            sending.set()
-            await gate.wait()
-            late.append(await send(writes))
-            return late[-1]
-
-        monkeypatch.setattr(store._writer, "_send", held)
+        sending, gate, late = hold_sends(store, monkeypatch)
         original = store._run
         settles: list[str] = []
         settled, never = asyncio.Event(), asyncio.Event()
@@ -196,8 +161,7 @@ async def test_a_finish_whose_process_dies_while_it_writes_keeps_the_lease(
     from sagakit.testing import SimulatedCrash
 
     async with opened(dsn, schema) as store:
-        run = SagaRun("cf-died", cf_one(3), True, 0.0, SagaOrchestrator()._ref)
-        assert await store.begin(run) is None
+        run = await begun(store, "cf-died", cf_one(3))
         await store.record(run, _step(TransitionKind.STEP_STARTED, "cf-died"))
         store.stage(run, _step(TransitionKind.STEP_COMPLETED, "cf-died", result=3))
         sending, gate = asyncio.Event(), asyncio.Event()
@@ -213,10 +177,6 @@ async def test_a_finish_whose_process_dies_while_it_writes_keeps_the_lease(
         store._crash_process("the process died (test)")
         with pytest.raises(SimulatedCrash):
             await finishing
-        rows = query(
-            dsn,
-            f'SELECT owner = %s, lease_until > now() FROM "{schema}".sagas WHERE saga_id = %s',
-            (store.owner, "cf-died"),
-        )
-        assert rows == [(True, True)]  # still this "process's", until its lease runs out
+        # Still this "process's", until its lease runs out.
+        assert still_leased(dsn, schema, store, "cf-died") == [(True, True)]
         gate.set()

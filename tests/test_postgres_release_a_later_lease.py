@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 
-from pg_helpers.db import opened, query
-from sagakit import SagaOrchestrator, SagaStatus, StoreError, saga, step
-from sagakit._runs import SagaRun
-from sagakit.stores._pg_writer import Write
+from pg_helpers.db import opened
+from pg_helpers.held import begun, given_up, hold_release, hold_sends, still_leased
+from sagakit import SagaStatus, StoreError, saga, step
 from sagakit.transitions import Transition, TransitionKind
 
 
@@ -37,18 +36,9 @@ async def test_a_late_release_leaves_the_lease_a_later_claim_of_the_store_took(
     dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with opened(dsn, schema) as store:
-        run = SagaRun("rl-later", rl_one(1), True, 0.0, SagaOrchestrator()._ref)
-        assert await store.begin(run) is None
-        releasing, gate = asyncio.Event(), asyncio.Event()
-        original = store._run
-
-        async def gated(sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-            if sql == store._sql.release_one:  # on its way (waiting for a connection)
-                releasing.set()
-                await gate.wait()
-            return await original(sql, params)
-
-        monkeypatch.setattr(store, "_run", gated)
+        run = await begun(store, "rl-later", rl_one(1))
+        # The release, on its way (waiting for a connection) until the gate opens.
+        releasing, gate = hold_release(store, monkeypatch)
         finishing = asyncio.create_task(store.finish(run))  # its end never written
         await releasing.wait()
         # Meanwhile the store gives the saga up and its recovery claims it again.
@@ -58,12 +48,8 @@ async def test_a_late_release_leaves_the_lease_a_later_claim_of_the_store_took(
         gate.set()
         await finishing
         assert store.owns("rl-later")
-        rows = query(
-            dsn,
-            f'SELECT owner = %s, lease_until > now() FROM "{schema}".sagas WHERE saga_id = %s',
-            (store.owner, "rl-later"),
-        )
-        assert rows == [(True, True)]  # still the claim's lease
+        # Still the claim's lease.
+        assert still_leased(dsn, schema, store, "rl-later") == [(True, True)]
         assert await store.give_back(["rl-later"]) == 1
 
 
@@ -83,19 +69,9 @@ async def test_a_finish_cancelled_while_it_settles_a_first_write_in_doubt_releas
     # that nobody renewed, so no worker took the saga until the lease ran out. The release
     # inserts the row first, as release_leases() does.
     async with opened(dsn, schema) as store:
-        run = SagaRun("rl-first", rl_one(2), False, 0.0, SagaOrchestrator()._ref)
-        assert await store.begin(run) is None  # (no row yet: it goes with the first write)
-        send = store._writer._send
-        sending, gate = asyncio.Event(), asyncio.Event()
-        late: list[dict[str, str]] = []
-
-        async def held(writes: list[Write]) -> dict[str, str]:
-            sending.set()
-            await gate.wait()
-            late.append(await send(writes))
-            return late[-1]
-
-        monkeypatch.setattr(store._writer, "_send", held)
+        # (No row yet: it goes with the first write.)
+        run = await begun(store, "rl-first", rl_one(2), given=False)
+        sending, gate, late = hold_sends(store, monkeypatch)
         original = store._run
         inserts: list[Any] = []
         inserting, never = asyncio.Event(), asyncio.Event()
@@ -126,9 +102,5 @@ async def test_a_finish_cancelled_while_it_settles_a_first_write_in_doubt_releas
         gate.set()
         await store._writer.close()  # the first write, late: it does not commit now
         assert late == [{"rl-first": "exists"}]  # (refused: its row is there already)
-    rows = query(
-        dsn,
-        f'SELECT owner, lease_until <= now() FROM "{schema}".sagas WHERE saga_id = %s',
-        ("rl-first",),
-    )
-    assert rows == [(None, True)]  # given up: any worker's next claim takes it at once
+    # Given up: any worker's next claim takes it at once.
+    assert given_up(dsn, schema, "rl-first") == [(None, True)]
