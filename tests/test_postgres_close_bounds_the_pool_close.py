@@ -11,6 +11,8 @@ it, were left open.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -72,26 +74,42 @@ async def unstuck(stuck: Stuck) -> None:
             await asyncio.gather(stuck.worker, return_exceptions=True)
 
 
-async def test_close_gives_the_pool_what_is_left_of_connect_timeout(dsn: str, schema: str) -> None:
-    # Regression: the pool's close() was given its default 5 s, on top of the
-    # connect_timeout close() promised in all.
+@asynccontextmanager
+async def a_stuck_store(
+    dsn: str, schema: str
+) -> AsyncIterator[tuple[PostgresStore, AsyncConnectionPool[Any], list[Any]]]:
+    """An open store one of whose pool's workers is stuck, its pool, and the (idle)
+    connections in that pool; the worker let go and the store closed after."""
     store = PostgresStore(dsn, schema=schema, connect_timeout=1.0, min_size=2)
     pool, stuck = await with_a_stuck_worker(store)
     connections = list(pool._pool)
     assert connections
-    timeouts: list[float] = []
-    spied(pool, timeouts, asyncio.Event())
     try:
+        yield store, pool, connections
+    finally:
+        await unstuck(stuck)
+        await store.close()
+
+
+def assert_all_closed(
+    store: PostgresStore, pool: AsyncConnectionPool[Any], connections: Sequence[Any]
+) -> None:
+    assert pool.closed
+    assert store._pool is None
+    assert all(connection.closed for connection in connections)
+
+
+async def test_close_gives_the_pool_what_is_left_of_connect_timeout(dsn: str, schema: str) -> None:
+    # Regression: the pool's close() was given its default 5 s, on top of the
+    # connect_timeout close() promised in all.
+    async with a_stuck_store(dsn, schema) as (store, pool, connections):
+        timeouts: list[float] = []
+        spied(pool, timeouts, asyncio.Event())
         async with asyncio.timeout(GIVE_UP):
             await store.close()
         [timeout] = timeouts
         assert 0.0 < timeout <= 1.0
-        assert pool.closed
-        assert store._pool is None
-        assert all(connection.closed for connection in connections)
-    finally:
-        await unstuck(stuck)
-        await store.close()
+        assert_all_closed(store, pool, connections)
 
 
 async def test_a_close_cancelled_while_its_pool_closes_still_closes_the_connections(
@@ -99,13 +117,9 @@ async def test_a_close_cancelled_while_its_pool_closes_still_closes_the_connecti
 ) -> None:
     # Regression: the cancellation cut the pool's close() short as it waited for its
     # workers: the idle connections it had taken out of the pool were never closed.
-    store = PostgresStore(dsn, schema=schema, connect_timeout=1.0, min_size=2)
-    pool, stuck = await with_a_stuck_worker(store)
-    connections = list(pool._pool)
-    assert connections
-    called = asyncio.Event()
-    spied(pool, [], called)
-    try:
+    async with a_stuck_store(dsn, schema) as (store, pool, connections):
+        called = asyncio.Event()
+        spied(pool, [], called)
         closing = asyncio.create_task(store.close())
         async with asyncio.timeout(GIVE_UP):
             await called.wait()
@@ -114,9 +128,4 @@ async def test_a_close_cancelled_while_its_pool_closes_still_closes_the_connecti
         async with asyncio.timeout(GIVE_UP):
             with pytest.raises(asyncio.CancelledError):
                 await closing
-        assert pool.closed
-        assert store._pool is None
-        assert all(connection.closed for connection in connections)
-    finally:
-        await unstuck(stuck)
-        await store.close()
+        assert_all_closed(store, pool, connections)

@@ -11,6 +11,8 @@ the ``connect_timeout`` it is documented to fail after.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
@@ -66,16 +68,33 @@ def silent_pools(
     return pools
 
 
+@asynccontextmanager
+async def silent_store(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch, connect_timeout: float
+) -> AsyncIterator[tuple[PostgresStore, list[Silent], asyncio.Event]]:
+    """A store (not open) whose pools are :class:`Silent`, the pools it makes, and the
+    event set once one of them is connecting; its workers let go and the store closed
+    after."""
+    release = asyncio.Event()
+    connecting = asyncio.Event()
+    pools = silent_pools(monkeypatch, release, connecting)
+    store = PostgresStore(dsn, schema=schema, connect_timeout=connect_timeout, min_size=1)
+    try:
+        yield store, pools, connecting
+    finally:
+        release.set()
+        for pool in pools:
+            async with asyncio.timeout(GIVE_UP):
+                await asyncio.gather(*pool.workers, return_exceptions=True)
+        await store.close()
+
+
 async def test_a_failed_open_closes_its_pool_within_connect_timeout(
     dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Regression: the pool that did not fill within connect_timeout was closed with
     # psycopg_pool's default 5 s, by psycopg_pool itself and by the store after it.
-    release = asyncio.Event()
-    connecting = asyncio.Event()
-    pools = silent_pools(monkeypatch, release, connecting)
-    store = PostgresStore(dsn, schema=schema, connect_timeout=1.0, min_size=1)
-    try:
+    async with silent_store(dsn, schema, monkeypatch, connect_timeout=1.0) as (store, pools, _):
         async with asyncio.timeout(GIVE_UP):
             with pytest.raises(StoreError, match="cannot open the PostgreSQL saga log"):
                 await store.open()
@@ -85,12 +104,6 @@ async def test_a_failed_open_closes_its_pool_within_connect_timeout(
         assert all(0.0 < timeout <= 1.0 for timeout in pool.timeouts), pool.timeouts
         assert pool.closed
         assert store._pool is None
-    finally:
-        release.set()
-        for pool in pools:
-            async with asyncio.timeout(GIVE_UP):
-                await asyncio.gather(*pool.workers, return_exceptions=True)
-        await store.close()
 
 
 async def test_an_open_cancelled_while_its_pool_fills_closes_it_within_connect_timeout(
@@ -98,11 +111,11 @@ async def test_an_open_cancelled_while_its_pool_fills_closes_it_within_connect_t
 ) -> None:
     # Regression: the pool of an open() cancelled while it waited for connections was
     # closed with psycopg_pool's default 5 s.
-    release = asyncio.Event()
-    connecting = asyncio.Event()
-    pools = silent_pools(monkeypatch, release, connecting)
-    store = PostgresStore(dsn, schema=schema, connect_timeout=GIVE_UP, min_size=1)
-    try:
+    async with silent_store(dsn, schema, monkeypatch, connect_timeout=GIVE_UP) as (
+        store,
+        pools,
+        connecting,
+    ):
         opening = asyncio.create_task(store.open())
         async with asyncio.timeout(GIVE_UP):
             await connecting.wait()  # its pool's worker is trying to connect
@@ -115,9 +128,3 @@ async def test_an_open_cancelled_while_its_pool_fills_closes_it_within_connect_t
         assert all(0.0 < timeout < 5.0 for timeout in pool.timeouts), pool.timeouts
         assert pool.closed
         assert store._pool is None
-    finally:
-        release.set()
-        for pool in pools:
-            async with asyncio.timeout(GIVE_UP):
-                await asyncio.gather(*pool.workers, return_exceptions=True)
-        await store.close()
