@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from sagakit import SagaOrchestrator, SagaStatus, saga, step
-from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+from sagakit.testing import simulate_restart
+from store_helpers.restarting import crash_in, crashed_and_restarted
 
 GIVE_UP = 30.0  # seconds before a wait is declared hung (a guard, not a measurement)
 
@@ -51,29 +52,25 @@ async def test_simulate_restart_through_a_busy_store_leaves_its_own_sagas_runnin
 ) -> None:
     calls.clear()
     events["started"], events["release"] = asyncio.Event(), asyncio.Event()
-    crashed = durable_store()
-    restarted = durable_store()
-    running: asyncio.Task[Any] | None = None
-    try:
-        with FaultInjector().crash(rtbs_hold), pytest.raises(SimulatedCrash):
-            await SagaOrchestrator(crashed).execute(rtbs_trip("crashed").with_id("rtbs-1"))
-        orchestrator = SagaOrchestrator(restarted)
-        running = asyncio.create_task(orchestrator.execute(rtbs_trip("busy").with_id("rtbs-2")))
-        async with asyncio.timeout(GIVE_UP):
-            await events["started"].wait()
-        await simulate_restart(restarted)  # while rtbs-2 runs on it, paused
-        outcomes = await orchestrator.recover()
-        assert [(o.saga_id, o.status) for o in outcomes] == [("rtbs-1", SagaStatus.COMPLETED)]
-        events["release"].set()
-        async with asyncio.timeout(GIVE_UP):
-            await running
-        metadata = await orchestrator.get_saga("rtbs-2")
-        assert metadata is not None
-        assert metadata.status == SagaStatus.COMPLETED
-        assert calls == ["busy", "crashed"]  # (crashed's hold never ran before the crash)
-    finally:
-        events["release"].set()
-        if running is not None:
-            await asyncio.gather(running, return_exceptions=True)
-        await restarted.close()
-        await crashed.close()
+    async with crashed_and_restarted(durable_store) as (crashed, restarted):
+        running: asyncio.Task[Any] | None = None
+        try:
+            await crash_in(crashed, rtbs_hold, rtbs_trip("crashed"), "rtbs-1")
+            orchestrator = SagaOrchestrator(restarted)
+            running = asyncio.create_task(orchestrator.execute(rtbs_trip("busy").with_id("rtbs-2")))
+            async with asyncio.timeout(GIVE_UP):
+                await events["started"].wait()
+            await simulate_restart(restarted)  # while rtbs-2 runs on it, paused
+            outcomes = await orchestrator.recover()
+            assert [(o.saga_id, o.status) for o in outcomes] == [("rtbs-1", SagaStatus.COMPLETED)]
+            events["release"].set()
+            async with asyncio.timeout(GIVE_UP):
+                await running
+            metadata = await orchestrator.get_saga("rtbs-2")
+            assert metadata is not None
+            assert metadata.status == SagaStatus.COMPLETED
+            assert calls == ["busy", "crashed"]  # (crashed's hold never ran before the crash)
+        finally:
+            events["release"].set()
+            if running is not None:
+                await asyncio.gather(running, return_exceptions=True)

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from sagakit import PostgresStore, SagaOrchestrator, SagaStatus, saga, step
-from sagakit.testing import FaultInjector, SimulatedCrash, simulate_restart
+from sagakit.testing import simulate_restart
+from store_helpers.restarting import crash_in, crashed_and_restarted
 
 ran: list[str] = []
 
@@ -44,20 +45,14 @@ async def test_simulate_restart_through_a_new_store_on_the_log_restarts_the_cras
     durable_store: Callable[[], Any], process: bool
 ) -> None:
     ran.clear()
-    crashed = durable_store()
-    restarted = durable_store()
-    try:
-        with FaultInjector().crash(rta_pay, process=process), pytest.raises(SimulatedCrash):
-            await SagaOrchestrator(crashed).execute(rta_trip("t").with_id("rta-1"))
+    async with crashed_and_restarted(durable_store) as (crashed, restarted):
+        await crash_in(crashed, rta_pay, rta_trip("t"), "rta-1", process=process)
         await simulate_restart(restarted)  # the new "process", not the crashed one
         outcomes = await SagaOrchestrator(restarted).recover()
         assert [(o.saga_id, o.status) for o in outcomes] == [("rta-1", SagaStatus.COMPLETED)]
         assert ran == ["book t", "pay t"]  # (pay never ran before the crash)
         if isinstance(crashed, PostgresStore):  # its leases given up as a crash's
             assert not crashed.owns("rta-1")
-    finally:
-        await restarted.close()
-        await crashed.close()
 
 
 @pytest.mark.asyncio
@@ -72,8 +67,7 @@ async def test_a_crashed_store_on_another_log_is_left_crashed(dsn: str, schema: 
     crashed = PostgresStore(dsn, schema=schema)
     elsewhere = PostgresStore(dsn, schema=other_schema)
     try:
-        with FaultInjector().crash(rta_pay), pytest.raises(SimulatedCrash):
-            await SagaOrchestrator(crashed).execute(rta_trip("u").with_id("rta-2"))
+        await crash_in(crashed, rta_pay, rta_trip("u"), "rta-2")
         await simulate_restart(elsewhere)
         assert crashed.owns("rta-2")  # not this log's: left alone
         await simulate_restart(crashed)
