@@ -18,6 +18,16 @@ def _declare(step_source: str, compensation_source: str) -> tuple[Any, Any]:
     return step(namespace["f"]), namespace["g"]
 
 
+def _refused(step_source: str, compensation_source: str) -> str:
+    """The message declaring ``g`` as ``f``'s compensation is refused with; nothing is
+    registered (a fixed one can be)."""
+    declared, fn = _declare(step_source, compensation_source)
+    with pytest.raises(SagaDefinitionError) as info:
+        declared.compensate(fn)
+    assert declared.compensation is None
+    return str(info.value)
+
+
 @pytest.mark.parametrize(
     ("step_source", "compensation_source", "readings"),
     [
@@ -37,15 +47,11 @@ def _declare(step_source: str, compensation_source: str) -> tuple[Any, Any]:
 def test_a_compensation_fitting_both_forms_alike_is_refused(
     step_source: str, compensation_source: str, readings: str
 ) -> None:
-    declared, fn = _declare(step_source, compensation_source)
-    with pytest.raises(SagaDefinitionError) as info:
-        declared.compensate(fn)
-    message = str(info.value)
+    message = _refused(step_source, compensation_source)
     assert "of step 'f' " in message
     assert "fits both forms" in message
     assert readings in message, message
     assert "name its parameters as the step's" in message
-    assert declared.compensation is None  # nothing registered: a fixed one can be
 
 
 def test_the_refusal_names_the_fixes_of_a_method_step() -> None:
@@ -78,13 +84,9 @@ def test_the_refusal_names_the_fixes_of_a_method_step() -> None:
 def test_a_compensation_whose_names_contradict_its_form_is_refused(
     step_source: str, compensation_source: str, wrong: str
 ) -> None:
-    declared, fn = _declare(step_source, compensation_source)
-    with pytest.raises(SagaDefinitionError) as info:
-        declared.compensate(fn)
-    message = str(info.value)
+    message = _refused(step_source, compensation_source)
     assert f"would get {wrong}" in message, message
     assert "name its parameters as the step's" in message
-    assert declared.compensation is None
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,9 @@ sagakit says so with a :class:`~sagakit.ReturnValueIgnored` warning, once per sa
 from __future__ import annotations
 
 import warnings
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
 
 import pytest
 
@@ -26,6 +27,14 @@ def returned_value_saga(key: str) -> Generator[StepCall[Any], Any, str]:
 @saga(name="returned_nothing_saga")
 def returned_nothing_saga(key: str) -> Generator[StepCall[Any], Any, None]:
     yield returned_reserve(key)
+
+
+@contextmanager
+def _recorded(action: Literal["default", "always"]) -> Iterator[list[warnings.WarningMessage]]:
+    """The warnings given in the block, filtered by ``action`` ("default": once a place)."""
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter(action)
+        yield said
 
 
 @pytest.mark.asyncio
@@ -50,8 +59,7 @@ async def test_a_value_returned_from_a_generator_saga_is_said_to_be_ignored() ->
 @pytest.mark.asyncio
 async def test_the_warning_is_given_once_per_saga() -> None:
     orchestrator = SagaOrchestrator()
-    with warnings.catch_warnings(record=True) as said:
-        warnings.simplefilter("default")
+    with _recorded("default") as said:
         for key in ("a", "b", "c"):  # another value each run: still one warning
             await orchestrator.execute(returned_value_saga(key))
     assert [type(w.message) for w in said] == [ReturnValueIgnored]
@@ -61,8 +69,7 @@ async def test_the_warning_is_given_once_per_saga() -> None:
 @pytest.mark.asyncio
 async def test_a_saga_returning_nothing_is_not_warned_about() -> None:
     orchestrator = SagaOrchestrator()
-    with warnings.catch_warnings(record=True) as said:
-        warnings.simplefilter("always")
+    with _recorded("always") as said:
         await orchestrator.execute(returned_nothing_saga("k"))
     assert said == []
     await orchestrator.close()

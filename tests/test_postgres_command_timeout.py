@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import pytest
@@ -64,14 +64,20 @@ async def _waited_past_connect_timeout(dsn: str, app: str, call: Awaitable[_T]) 
     return task
 
 
+def _opened_as(app: str, dsn: str, schema: str) -> AbstractAsyncContextManager[PostgresStore]:
+    """A store whose sessions are named ``app`` (to find them in ``pg_stat_activity``),
+    with a short ``connect_timeout`` and a long ``command_timeout``."""
+    return opened(
+        f"{dsn}?application_name={app}", schema, connect_timeout=CONNECT, command_timeout=GIVE_UP
+    )
+
+
 @pytest.mark.asyncio
 async def test_a_read_slower_than_connect_timeout_gets_its_answer_within_command_timeout(
     dsn: str, schema: str
 ) -> None:
     app = f"sk_ct_read_{schema}"
-    async with opened(
-        f"{dsn}?application_name={app}", schema, connect_timeout=CONNECT, command_timeout=GIVE_UP
-    ) as store:
+    async with _opened_as(app, dsn, schema) as store:
         await SagaOrchestrator(store).execute(ct_two(), saga_id="ct-read")
         async with _table_locked(dsn, schema):
             counting = await _waited_past_connect_timeout(dsn, app, store.history_count())
@@ -84,9 +90,7 @@ async def test_a_saga_whose_writes_wait_past_connect_timeout_completes(
     dsn: str, schema: str
 ) -> None:
     app = f"sk_ct_write_{schema}"
-    async with opened(
-        f"{dsn}?application_name={app}", schema, connect_timeout=CONNECT, command_timeout=GIVE_UP
-    ) as store:
+    async with _opened_as(app, dsn, schema) as store:
         async with _table_locked(dsn, schema):
             running = await _waited_past_connect_timeout(
                 dsn, app, SagaOrchestrator(store).execute(ct_two(), saga_id="ct-write")
