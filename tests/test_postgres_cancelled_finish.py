@@ -19,7 +19,15 @@ from typing import Any
 import pytest
 
 from pg_helpers.db import opened, query
-from pg_helpers.held import begun, given_up, hold_release, hold_sends, still_leased
+from pg_helpers.held import (
+    begun,
+    cut,
+    given_up,
+    hold_release,
+    hold_sends,
+    sent_late,
+    still_leased,
+)
 from sagakit import SagaOrchestrator, SagaStatus, StoreError, saga, step
 from sagakit.stores._pg_writer import Write
 from sagakit.transitions import Transition, TransitionKind
@@ -92,15 +100,10 @@ async def test_a_finish_cancelled_while_it_writes_what_was_staged_releases_the_l
         store.stage(run, _step(TransitionKind.STEP_COMPLETED, "cf-staged", result=1))
         # On its way (in doubt once its caller is cancelled) until the gate opens.
         sending, gate, late = hold_sends(store, monkeypatch)
-        finishing = asyncio.create_task(store.finish(run))
-        await sending.wait()
-        finishing.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await finishing
+        await cut(store.finish(run), sending)
         assert not store.owns("cf-staged")
-        gate.set()
-        await store._writer.close()
-        assert late == [{"cf-staged": "fenced"}]  # the release fenced the write out
+        # The release fenced the write out.
+        assert await sent_late(store, gate, late) == [{"cf-staged": "fenced"}]
     await _released_then_recovered(dsn, schema, "cf-staged")
 
 
@@ -132,23 +135,12 @@ async def test_a_finish_cancelled_while_it_settles_a_write_in_doubt_releases_the
 
         monkeypatch.setattr(store, "_run", run_sql)
         # The run's end, in doubt: cancelled while it was on its way, not settled.
-        ending = asyncio.create_task(
-            store.record(run, _step(TransitionKind.STEP_COMPLETED, "cf-doubt", result=2))
-        )
-        await sending.wait()
-        ending.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await ending
+        ending = _step(TransitionKind.STEP_COMPLETED, "cf-doubt", result=2)
+        await cut(store.record(run, ending), sending)
         assert "cf-doubt" in store._doubts
-        finishing = asyncio.create_task(store.finish(run))
-        await settled.wait()
-        finishing.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await finishing
+        await cut(store.finish(run), settled)
         assert not store.owns("cf-doubt")
-        gate.set()
-        await store._writer.close()
-        assert late == [{"cf-doubt": "fenced"}]
+        assert await sent_late(store, gate, late) == [{"cf-doubt": "fenced"}]
     await _released_then_recovered(dsn, schema, "cf-doubt")
 
 

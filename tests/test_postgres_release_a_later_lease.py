@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 
 from pg_helpers.db import opened
-from pg_helpers.held import begun, given_up, hold_release, hold_sends, still_leased
+from pg_helpers.held import (
+    begun,
+    cut,
+    given_up,
+    hold_release,
+    hold_sends,
+    sent_late,
+    still_leased,
+)
 from sagakit import SagaStatus, StoreError, saga, step
 from sagakit.transitions import Transition, TransitionKind
 
@@ -87,20 +95,11 @@ async def test_a_finish_cancelled_while_it_settles_a_first_write_in_doubt_releas
             return await original(sql, params)
 
         monkeypatch.setattr(store, "_run", run_sql)
-        recording = asyncio.create_task(store.record(run, _started("rl-first")))
-        await sending.wait()
-        recording.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await recording
+        await cut(store.record(run, _started("rl-first")), sending)
         assert "rl-first" in store._doubts
-        finishing = asyncio.create_task(store.finish(run))
-        await inserting.wait()
-        finishing.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await finishing
+        await cut(store.finish(run), inserting)
         assert not store.owns("rl-first")
-        gate.set()
-        await store._writer.close()  # the first write, late: it does not commit now
-        assert late == [{"rl-first": "exists"}]  # (refused: its row is there already)
+        # The first write, late, does not commit now (refused: its row is there already).
+        assert await sent_late(store, gate, late) == [{"rl-first": "exists"}]
     # Given up: any worker's next claim takes it at once.
     assert given_up(dsn, schema, "rl-first") == [(None, True)]

@@ -4,6 +4,7 @@ so a test can cut a run's ``finish()`` (or ``record()``) while they are on their
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -80,3 +81,23 @@ def still_leased(
         f'SELECT owner = %s, lease_until > now() FROM "{schema}".sagas WHERE saga_id = %s',
         (store.owner, saga_id),
     )
+
+
+async def cut(call: Awaitable[Any], when: asyncio.Event) -> None:
+    """Run ``call`` as a task until ``when`` is set, then cancel it: it raises the
+    cancellation."""
+    task = asyncio.ensure_future(call)
+    await when.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def sent_late(
+    store: PostgresStore, gate: asyncio.Event, late: list[dict[str, str]]
+) -> list[dict[str, str]]:
+    """Let the writes :func:`hold_sends` held go (late), and their answers once the
+    store's writer is closed."""
+    gate.set()
+    await store._writer.close()
+    return late
