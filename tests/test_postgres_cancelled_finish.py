@@ -18,17 +18,10 @@ from typing import Any
 
 import pytest
 
+from pg_helpers import held
 from pg_helpers.db import opened, query
-from pg_helpers.held import (
-    begun,
-    cut,
-    given_up,
-    hold_release,
-    hold_sends,
-    sent_late,
-    still_leased,
-)
-from sagakit import SagaOrchestrator, SagaStatus, StoreError, saga, step
+from sagakit import PostgresStore, SagaOrchestrator, SagaStatus, StoreError, saga, step
+from sagakit._runs import SagaRun
 from sagakit.stores._pg_writer import Write
 from sagakit.transitions import Transition, TransitionKind
 
@@ -48,10 +41,10 @@ async def test_a_finish_cancelled_while_it_releases_the_lease_still_releases_it(
     dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with opened(dsn, schema) as store:
-        run = await begun(store, "cf-released", cf_one(1))
+        run = await held.begun(store, "cf-released", cf_one(1))
         assert store.owns("cf-released")
         # Hold the release until it is cancelled.
-        releasing, gate = hold_release(store, monkeypatch)
+        releasing, gate = held.hold_release(store, monkeypatch)
         finishing = asyncio.create_task(store.finish(run))
         await releasing.wait()
         finishing.cancel()
@@ -61,7 +54,7 @@ async def test_a_finish_cancelled_while_it_releases_the_lease_still_releases_it(
             await finishing  # the caller's cancellation, raised once the release is done
         assert not store.owns("cf-released")
     # Given up: no owner, its lease over, so the next claim takes it at once.
-    assert given_up(dsn, schema, "cf-released") == [(None, True)]
+    assert held.given_up(dsn, schema, "cf-released") == [(None, True)]
     async with opened(dsn, schema) as other:
         claimed = await other.claim_orphans()
         assert [orphan.saga_id for orphan in claimed] == ["cf-released"]
@@ -70,6 +63,13 @@ async def test_a_finish_cancelled_while_it_releases_the_lease_still_releases_it(
 
 def _step(kind: TransitionKind, saga_id: str, **fields: Any) -> Transition:
     return Transition(kind, saga_id, "cf_one", SagaStatus.EXECUTING, 0, "cf_act", 1, **fields)
+
+
+async def _started(store: PostgresStore, saga_id: str, n: int) -> SagaRun:
+    """A run of ``cf_one(n)`` begun as ``saga_id``, its step's start in the log."""
+    run = await held.begun(store, saga_id, cf_one(n))
+    await store.record(run, _step(TransitionKind.STEP_STARTED, saga_id))
+    return run
 
 
 async def _released_then_recovered(dsn: str, schema: str, saga_id: str) -> None:
@@ -94,16 +94,15 @@ async def test_a_finish_cancelled_while_it_writes_what_was_staged_releases_the_l
     dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with opened(dsn, schema) as store:
-        run = await begun(store, "cf-staged", cf_one(1))
-        await store.record(run, _step(TransitionKind.STEP_STARTED, "cf-staged"))
+        run = await _started(store, "cf-staged", 1)
         # Its end could not be written: the step's completion is still staged.
         store.stage(run, _step(TransitionKind.STEP_COMPLETED, "cf-staged", result=1))
         # On its way (in doubt once its caller is cancelled) until the gate opens.
-        sending, gate, late = hold_sends(store, monkeypatch)
-        await cut(store.finish(run), sending)
+        sending, gate, late = held.hold_sends(store, monkeypatch)
+        await held.cut(store.finish(run), sending)
         assert not store.owns("cf-staged")
         # The release fenced the write out.
-        assert await sent_late(store, gate, late) == [{"cf-staged": "fenced"}]
+        assert await held.sent_late(store, gate, late) == [{"cf-staged": "fenced"}]
     await _released_then_recovered(dsn, schema, "cf-staged")
 
 
@@ -115,9 +114,8 @@ async def test_a_finish_cancelled_while_it_settles_a_write_in_doubt_releases_the
     # back: the token the store knows is the one before, and the release must still
     # match the row (the lease is still this run's).
     async with opened(dsn, schema) as store:
-        run = await begun(store, "cf-doubt", cf_one(2))
-        await store.record(run, _step(TransitionKind.STEP_STARTED, "cf-doubt"))
-        sending, gate, late = hold_sends(store, monkeypatch)
+        run = await _started(store, "cf-doubt", 2)
+        sending, gate, late = held.hold_sends(store, monkeypatch)
         original = store._run
         settles: list[str] = []
         settled, never = asyncio.Event(), asyncio.Event()
@@ -136,11 +134,11 @@ async def test_a_finish_cancelled_while_it_settles_a_write_in_doubt_releases_the
         monkeypatch.setattr(store, "_run", run_sql)
         # The run's end, in doubt: cancelled while it was on its way, not settled.
         ending = _step(TransitionKind.STEP_COMPLETED, "cf-doubt", result=2)
-        await cut(store.record(run, ending), sending)
+        await held.cut(store.record(run, ending), sending)
         assert "cf-doubt" in store._doubts
-        await cut(store.finish(run), settled)
+        await held.cut(store.finish(run), settled)
         assert not store.owns("cf-doubt")
-        assert await sent_late(store, gate, late) == [{"cf-doubt": "fenced"}]
+        assert await held.sent_late(store, gate, late) == [{"cf-doubt": "fenced"}]
     await _released_then_recovered(dsn, schema, "cf-doubt")
 
 
@@ -153,22 +151,21 @@ async def test_a_finish_whose_process_dies_while_it_writes_keeps_the_lease(
     from sagakit.testing import SimulatedCrash
 
     async with opened(dsn, schema) as store:
-        run = await begun(store, "cf-died", cf_one(3))
-        await store.record(run, _step(TransitionKind.STEP_STARTED, "cf-died"))
+        run = await _started(store, "cf-died", 3)
         store.stage(run, _step(TransitionKind.STEP_COMPLETED, "cf-died", result=3))
         sending, gate = asyncio.Event(), asyncio.Event()
 
-        async def held(writes: list[Write]) -> dict[str, str]:
+        async def unsent(writes: list[Write]) -> dict[str, str]:
             sending.set()
             await gate.wait()  # never sent: the process "dies" meanwhile
             return {}
 
-        monkeypatch.setattr(store._writer, "_send", held)
+        monkeypatch.setattr(store._writer, "_send", unsent)
         finishing = asyncio.create_task(store.finish(run))
         await sending.wait()
         store._crash_process("the process died (test)")
         with pytest.raises(SimulatedCrash):
             await finishing
         # Still this "process's", until its lease runs out.
-        assert still_leased(dsn, schema, store, "cf-died") == [(True, True)]
+        assert held.still_leased(dsn, schema, store, "cf-died") == [(True, True)]
         gate.set()

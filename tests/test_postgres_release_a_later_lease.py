@@ -15,16 +15,8 @@ from typing import Any
 
 import pytest
 
+from pg_helpers import held
 from pg_helpers.db import opened
-from pg_helpers.held import (
-    begun,
-    cut,
-    given_up,
-    hold_release,
-    hold_sends,
-    sent_late,
-    still_leased,
-)
 from sagakit import SagaStatus, StoreError, saga, step
 from sagakit.transitions import Transition, TransitionKind
 
@@ -44,9 +36,9 @@ async def test_a_late_release_leaves_the_lease_a_later_claim_of_the_store_took(
     dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with opened(dsn, schema) as store:
-        run = await begun(store, "rl-later", rl_one(1))
+        run = await held.begun(store, "rl-later", rl_one(1))
         # The release, on its way (waiting for a connection) until the gate opens.
-        releasing, gate = hold_release(store, monkeypatch)
+        releasing, gate = held.hold_release(store, monkeypatch)
         finishing = asyncio.create_task(store.finish(run))  # its end never written
         await releasing.wait()
         # Meanwhile the store gives the saga up and its recovery claims it again.
@@ -57,7 +49,7 @@ async def test_a_late_release_leaves_the_lease_a_later_claim_of_the_store_took(
         await finishing
         assert store.owns("rl-later")
         # Still the claim's lease.
-        assert still_leased(dsn, schema, store, "rl-later") == [(True, True)]
+        assert held.still_leased(dsn, schema, store, "rl-later") == [(True, True)]
         assert await store.give_back(["rl-later"]) == 1
 
 
@@ -78,8 +70,8 @@ async def test_a_finish_cancelled_while_it_settles_a_first_write_in_doubt_releas
     # inserts the row first, as release_leases() does.
     async with opened(dsn, schema) as store:
         # (No row yet: it goes with the first write.)
-        run = await begun(store, "rl-first", rl_one(2), given=False)
-        sending, gate, late = hold_sends(store, monkeypatch)
+        run = await held.begun(store, "rl-first", rl_one(2), given=False)
+        sending, gate, late = held.hold_sends(store, monkeypatch)
         original = store._run
         inserts: list[Any] = []
         inserting, never = asyncio.Event(), asyncio.Event()
@@ -95,11 +87,11 @@ async def test_a_finish_cancelled_while_it_settles_a_first_write_in_doubt_releas
             return await original(sql, params)
 
         monkeypatch.setattr(store, "_run", run_sql)
-        await cut(store.record(run, _started("rl-first")), sending)
+        await held.cut(store.record(run, _started("rl-first")), sending)
         assert "rl-first" in store._doubts
-        await cut(store.finish(run), inserting)
+        await held.cut(store.finish(run), inserting)
         assert not store.owns("rl-first")
         # The first write, late, does not commit now (refused: its row is there already).
-        assert await sent_late(store, gate, late) == [{"rl-first": "exists"}]
+        assert await held.sent_late(store, gate, late) == [{"rl-first": "exists"}]
     # Given up: any worker's next claim takes it at once.
-    assert given_up(dsn, schema, "rl-first") == [(None, True)]
+    assert held.given_up(dsn, schema, "rl-first") == [(None, True)]
