@@ -174,6 +174,51 @@ async def test_records_are_listed_in_the_order_they_started_when_the_clock_steps
     assert meta.compensation_events == ("gave back 2", "gave back 1", "gave back 0")
 
 
+UNCOUNTED_STORES: list[SQLiteStore] = []
+
+
+@step
+async def take_uncounted(n: int) -> int:
+    # The store loses its count of this run's starts: as for a run it neither began nor
+    # claimed, every later start reads the saga's highest start_order from the log.
+    UNCOUNTED_STORES[-1]._orders.pop("uncounted", None)
+    return n
+
+
+@take_uncounted.compensate
+async def give_back_uncounted(result: int, n: int) -> None:
+    return None
+
+
+@saga
+def refused_after_uncounted():  # type: ignore[no-untyped-def]
+    yield take(0)
+    yield take_uncounted(1)
+    yield take(2)
+    yield refuse(3)
+
+
+@pytest.mark.asyncio
+async def test_starts_the_store_has_no_count_for_are_numbered_from_the_log(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    store = SQLiteStore(path)
+    UNCOUNTED_STORES.append(store)
+    async with SagaOrchestrator(store) as orchestrator:
+        with pytest.raises(StepFailed):
+            await orchestrator.execute(refused_after_uncounted(), saga_id="uncounted")
+        meta = await orchestrator.get_saga("uncounted")
+    assert meta is not None
+    assert records(meta) == ([0, 1, 2, 3], [(2, "completed"), (1, "completed"), (0, "completed")])
+    numbered = rows(
+        path,
+        "SELECT compensation, idx, start_order FROM sagakit_steps WHERE saga_id = 'uncounted' "
+        "ORDER BY start_order",
+    )
+    assert numbered == [(0, 0, 1), (0, 1, 2), (0, 2, 3), (0, 3, 4), (1, 2, 5), (1, 1, 6), (1, 0, 7)]
+
+
 @pytest.mark.asyncio
 async def test_a_compensation_recovery_runs_again_is_listed_where_it_last_started(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -276,10 +321,10 @@ V1_STEPS = (
 )
 V1_HISTORY = "SELECT id FROM sagakit_sagas WHERE finished_at IS NOT NULL ORDER BY finished_at"
 # Version 1's writes, taking the parameters today's store passes (and ignoring those it
-# adds: the start counter and the saga id again for a start, the end's instant again).
+# adds: the start counter for a start, the end's instant again).
 V1_UPSERT_STEP = (
     "INSERT INTO sagakit_steps (saga_id, compensation, idx, name, status, attempts, started_at) "
-    "SELECT ?, ?, ?, ?, 'running', ?, ? WHERE coalesce(?, ?) IS NOT NULL "
+    "SELECT ?, ?, ?, ?, 'running', ?, ? WHERE ? IS NOT NULL "
     "ON CONFLICT (saga_id, compensation, idx) DO UPDATE "
     "SET status = 'running', attempts = excluded.attempts, error = NULL, "
     "started_at = excluded.started_at"

@@ -71,9 +71,18 @@ _C_ENCODER: Callable[[Any, int], Iterable[str]] | None = (
 
 def _to_json(value: Any) -> str:
     """``_ENCODER.encode(value)``, through the prebuilt C encoder when there is one."""
-    if _C_ENCODER is None:  # pragma: no cover - CPython has the C encoder
-        return _ENCODER.encode(value)
-    return "".join(_C_ENCODER(value, 0))
+    return "".join(_json_chunks(value, 0))
+
+
+def _python_chunks(value: Any, _indent: int) -> tuple[str]:  # pragma: no cover - CPython's is C
+    return (_ENCODER.encode(value),)
+
+
+_json_chunks: Callable[[Any, int], Iterable[str]] = (
+    _python_chunks if _C_ENCODER is None else _C_ENCODER
+)
+"""``value`` as JSON text in chunks (the prebuilt C encoder when there is one): what
+:meth:`JsonSerializer.dumps` joins itself, one Python call fewer per value."""
 
 
 _PRIMITIVES = (str, int, float, bool, type(None))
@@ -285,7 +294,13 @@ def _plain(value: Any, depth: int = 0) -> bool:
                 return False
         return True
     if cls is list:
-        return all(_plain(item, depth + 1) for item in value)
+        for item in value:  # (a loop, not all() over a generator: a call fewer per item)
+            leaf = item.__class__
+            if leaf is str or leaf is int or leaf is bool or item is None:
+                continue
+            if not _plain(item, depth + 1):
+                return False
+        return True
     return False
 
 
@@ -481,9 +496,10 @@ class JsonSerializer:
         cls = value.__class__
         try:
             if cls is str or cls is int or cls is bool or value is None or _plain(value):
-                text = _to_json(value)  # ValueError: an int too long to write as text
+                # (_to_json(), inline.) ValueError: an int too long to write as text
+                text = "".join(_json_chunks(value, 0))
             else:
-                text = _to_json(self._encode(value))
+                text = "".join(_json_chunks(self._encode(value), 0))
         except SerializationError as error:
             raise SerializationError(f"cannot store {_name(what)}: {error}") from error.__cause__
         except _TooDeep:

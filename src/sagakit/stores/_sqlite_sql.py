@@ -19,27 +19,40 @@ INSERT_SAGA = (
     "arguments, owner, total_steps, started_at, updated_at) "
     "VALUES (?, ?, 'executing', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-UPSERT_STEP = (
+_UPSERT_STEP = (
     "INSERT INTO sagakit_steps (saga_id, compensation, idx, name, status, attempts, started_at, "
-    "start_order) VALUES (?, ?, ?, ?, 'running', ?, ?, coalesce(?, (SELECT "
-    "coalesce(max(start_order), 0) + 1 FROM sagakit_steps WHERE saga_id = ?))) "
+    "start_order) VALUES (?, ?, ?, ?, 'running', ?, ?, {order}) "
     "ON CONFLICT (saga_id, compensation, idx) DO UPDATE SET status = 'running', "
     "attempts = excluded.attempts, error = NULL, started_at = excluded.started_at, "
     "start_order = excluded.start_order"
 )
+UPSERT_STEP = _UPSERT_STEP.format(order="?")
 """A step or compensation starts (again): listed past every record of its saga so far.
 
 ``start_order`` is the saga's highest plus one, counted by the store that runs the saga
 (from 0 at its start, from the log's highest when recovery claims it) and passed as the
 seventh parameter: reading the highest from the log at every start scans all of the
-saga's rows, so a long saga's starts got slower with every step. (A run the store neither
-began nor claimed passes ``NULL``, and the statement reads it; the eighth parameter is
-the saga id again, as numbered placeholders with a sequence of parameters are deprecated
-since Python 3.12.)"""
+saga's rows, so a long saga's starts got slower with every step. A run the store neither
+began nor claimed has no count: its starts use :data:`UPSERT_STEP_UNCOUNTED`."""
+UPSERT_STEP_UNCOUNTED = _UPSERT_STEP.format(
+    order="(SELECT coalesce(max(start_order), 0) + 1 FROM sagakit_steps WHERE saga_id = ?)"
+)
+""":data:`UPSERT_STEP` reading the saga's highest ``start_order`` from the log (the
+seventh parameter is the saga id again, as numbered placeholders with a sequence of
+parameters are deprecated since Python 3.12). Only for a run this store neither began
+nor claimed: every other start binds its number, one text parameter and a subquery
+fewer per start."""
 END_STEP = (
     "UPDATE sagakit_steps SET status = ?, attempts = ?, duration = ?, error = ?, result = ? "
     "WHERE saga_id = ? AND compensation = ? AND idx = ?"
 )
+COMPLETE_STEP = (
+    "UPDATE sagakit_steps SET status = 'completed', attempts = ?, duration = ?, error = NULL, "
+    "result = ? WHERE saga_id = ? AND compensation = ? AND idx = ?"
+)
+""":data:`END_STEP` of a completion with nothing to note (the usual one): its status and
+``NULL`` error written in the SQL, not bound (binding ``None`` costs ``sqlite3`` a lookup
+of an adapter)."""
 RETRY_STEP = (
     "UPDATE sagakit_steps SET attempts = ?, error = ? "
     "WHERE saga_id = ? AND compensation = ? AND idx = ?"
@@ -125,6 +138,7 @@ SELECT_ORPHAN_STEPS = f"SELECT {_STEP_COLUMNS} FROM sagakit_steps WHERE saga_id 
 
 __all__ = [
     "COMPENSATING",
+    "COMPLETE_STEP",
     "END_STEP",
     "EXECUTING",
     "FINISHED",
@@ -147,4 +161,5 @@ __all__ = [
     "SELECT_STEPS",
     "UNCOUNT_ATTEMPT",
     "UPSERT_STEP",
+    "UPSERT_STEP_UNCOUNTED",
 ]

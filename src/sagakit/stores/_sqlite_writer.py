@@ -455,8 +455,9 @@ def _run_jobs(conn: sqlite3.Connection, jobs: list[Job]) -> list[Any]:
         job = jobs[0]
         if callable(job):
             return [job(conn)]
+        execute = conn.cursor().execute  # (one cursor, not one per statement)
         for sql, params in job:
-            conn.execute(sql, params)
+            execute(sql, params)
         return [None]
     results: list[Any] = []
     together: list[Statements] = []
@@ -490,17 +491,18 @@ def _run_together(conn: sqlite3.Connection, jobs: list[Statements]) -> None:
                 before[sql].add(previous)
             previous = sql
     order = _in_order(before)
+    cursor = conn.cursor()  # (one for them all, not one per statement)
     if order is None:  # two jobs need two texts in opposite orders
         for job in jobs:
             for sql, params in job:
-                conn.execute(sql, params)
+                cursor.execute(sql, params)
         return
     for sql in order:
         rows = grouped[sql]
         if len(rows) == 1:
-            conn.execute(sql, rows[0])
+            cursor.execute(sql, rows[0])
         else:
-            conn.executemany(sql, rows)
+            cursor.executemany(sql, rows)
 
 
 def _in_order(before: dict[str, set[str]]) -> list[str] | None:

@@ -75,6 +75,7 @@ from ._sqlite_schema import (
 )
 from ._sqlite_sql import (
     COMPENSATING,
+    COMPLETE_STEP,
     END_STEP,
     EXECUTING,
     FINISHED,
@@ -84,6 +85,7 @@ from ._sqlite_sql import (
     RETRY_STEP,
     SAGA_ERROR,
     UPSERT_STEP,
+    UPSERT_STEP_UNCOUNTED,
 )
 from ._sqlite_writer import CommittedThenCancelled, GroupWriter, Job, Statements
 
@@ -98,6 +100,16 @@ if TYPE_CHECKING:
 DEFAULT_BUSY_TIMEOUT = 5.0
 
 logger: logging.Logger = logging.getLogger("sagakit")
+
+
+def _start(
+    saga_id: str, comp: int, index: Any, name: Any, attempt: int, now: float, order: int | None
+) -> tuple[str, tuple[Any, ...]]:
+    """The statement of a step's (``comp`` 0) or compensation's start: numbered
+    ``order``, or past the saga's highest in the log (``None``: see ``_next_order``)."""
+    if order is None:
+        return (UPSERT_STEP_UNCOUNTED, (saga_id, comp, index, name, attempt, now, saga_id))
+    return (UPSERT_STEP, (saga_id, comp, index, name, attempt, now, order))
 
 
 def _forget_new(saga_id: str) -> Job:
@@ -442,7 +454,10 @@ class SQLiteStore(SagaReads, RecoveryClaims, OperatorCalls):
                 # and so does the row of a run whose first write this was.
                 self._staged[run.id] = job[:carried]
             raise
-        self._committed(run.id, transition)
+        if self._unlogged:  # (_committed(), inline: every record passes here)
+            self._unlogged.discard(run.id)
+        if transition.kind is ON_SAGA_FINISHED:
+            self._ended.add(run.id)
         if self._unreleased:
             self._retry_soon()
 
@@ -473,27 +488,28 @@ class SQLiteStore(SagaReads, RecoveryClaims, OperatorCalls):
         saga_id = run.id
         # Never before the run's start (begin()'s stamp, or the recovered run's): a wall
         # clock set back while it ran would end it before it began, a negative duration.
-        now = max(time.time(), cast("SagaRun", run).started_wall)
+        now = time.time()
+        started: float = run.started_wall  # type: ignore[attr-defined]  # (a SagaRun's)
+        if now < started:
+            now = started
         if kind is ON_STEP_STARTED:
             orders = self._orders
             order = orders.get(saga_id)
-            if order is not None:  # (else: see _next_order)
-                order = orders[saga_id] = order + 1
-            return [
-                (
-                    UPSERT_STEP,
-                    (saga_id, 0, t.step_index, t.step_name, t.attempt, now, order, saga_id),
-                )
-            ]
+            if order is None:  # (see _next_order)
+                return [
+                    (
+                        UPSERT_STEP_UNCOUNTED,
+                        (saga_id, 0, t.step_index, t.step_name, t.attempt, now, saga_id),
+                    )
+                ]
+            order = orders[saga_id] = order + 1
+            return [(UPSERT_STEP, (saga_id, 0, t.step_index, t.step_name, t.attempt, now, order))]
         if kind is ON_STEP_COMPLETED or kind is ON_COMPENSATION_COMPLETED:
             return self._completion(run, t, now)
         if kind is ON_COMPENSATION_STARTED:
             order = self._next_order(saga_id)
             return [
-                (
-                    UPSERT_STEP,
-                    (saga_id, 1, t.step_index, t.step_name, t.attempt, now, order, saga_id),
-                ),
+                _start(saga_id, 1, t.step_index, t.step_name, t.attempt, now, order),
                 (COMPENSATING, (run.error, now, saga_id)),  # the failure being undone
             ]
         if kind is ON_STEP_RETRYING or kind is ON_COMPENSATION_RETRYING:
@@ -582,7 +598,9 @@ class SQLiteStore(SagaReads, RecoveryClaims, OperatorCalls):
                 extra={"saga_id": run.id, "saga_name": run.name},
             )
         statements: list[tuple[str, tuple[Any, ...]]] = [
-            (
+            (COMPLETE_STEP, (t.attempt, t.duration, result, run.id, comp, t.step_index))
+            if note is None
+            else (
                 END_STEP,
                 ("completed", t.attempt, t.duration, note, result, run.id, comp, t.step_index),
             )
