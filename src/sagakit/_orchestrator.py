@@ -265,7 +265,7 @@ class SagaOrchestrator:
         # What a run holds of its orchestrator (current_step().orchestrator): a weak
         # reference, or each run kept in the history would keep this orchestrator alive
         # through a reference cycle, past its last use.
-        self._ref = weakref.ref(self)
+        self._ref: weakref.ref[SagaOrchestrator] = weakref.ref(self)
 
     def _first_run_on(self, loop: asyncio.AbstractEventLoop) -> Watchdog:
         """:meth:`_use_loop` for ``execute()``, saying if ``recover_on_start`` never ran."""
@@ -403,6 +403,7 @@ class SagaOrchestrator:
                 if not explicit or running.dead_letter is not None or not self._store.durable:
                     raise
                 orphan = True
+                earlier = None  # begun again below, once adopted
             if orphan:  # out of the except: begin()'s second refusal is not chained to its first
                 await self._adopt(run.id, run.name)
                 earlier = await self._store.begin(run)
@@ -425,7 +426,9 @@ class SagaOrchestrator:
 
         return await adopt(self, saga_id, name)
 
-    async def _drive(
+    # One body on purpose, for speed (docs/performance.md): pyright gives up on its flow
+    # (mypy checks it).
+    async def _drive(  # pyright: ignore[reportGeneralTypeIssues]  # too complex: kept one body
         self,
         run: SagaRun,
         driver: StepDriver | None,
@@ -1177,11 +1180,15 @@ class SagaOrchestrator:
 
 # The methods its class body takes from _recording, _ending and _compensating are named as
 # its own, as if defined there: in coroutine and task reprs and in their frames' code.
-for _name, _method in vars(SagaOrchestrator).items():
-    if inspect.isfunction(_method) and _method.__module__ != __name__:
-        _method.__qualname__ = f"SagaOrchestrator.{_name}"
-        _method.__code__ = _method.__code__.replace(co_qualname=_method.__qualname__)
-del _name, _method
+def _name_as_own(cls: type) -> None:
+    for name, method in vars(cls).items():
+        if inspect.isfunction(method) and method.__module__ != __name__:
+            method.__qualname__ = f"{cls.__name__}.{name}"
+            method.__code__ = method.__code__.replace(co_qualname=method.__qualname__)
+
+
+_name_as_own(SagaOrchestrator)
+del _name_as_own
 
 
 __all__ = ["Listener", "SagaOrchestrator"]

@@ -6,7 +6,17 @@ import contextlib
 import inspect
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Concatenate, Generic, SupportsIndex, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    Self,
+    SupportsIndex,
+    TypeVar,
+    cast,
+    overload,
+)
 
 import wrapt
 from typing_extensions import ParamSpec
@@ -107,10 +117,13 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         # Each step gets a subclass of its own, whose ``__call__`` (set by ``__init__``)
         # holds the step's options in a closure: reading them back through the proxy
         # (``self._self_spec``) would cost as much as the rest of building the call.
-        own = type(
-            cls.__name__,
-            (cls,),
-            {"__slots__": (), "__module__": cls.__module__, "__qualname__": cls.__qualname__},
+        own = cast(
+            "type[Self]",  # a subclass of cls
+            type(
+                cls.__name__,
+                (cls,),
+                {"__slots__": (), "__module__": cls.__module__, "__qualname__": cls.__qualname__},
+            ),
         )
         return super().__new__(own)  # cls is a real class here: no proxy in the way
 
@@ -397,7 +410,11 @@ class Step(wrapt.FunctionWrapper[P, StepCall[R]], Generic[P, R]):
         def __get__(
             self, instance: object, owner: type[Any] | None = None, /
         ) -> wrapt.BoundFunctionWrapper[P, StepCall[R]]: ...
-        def __get__(self, instance: object, owner: type[Any] | None = None, /) -> Any: ...
+        # These replace wrapt's overloads on purpose (see above); pyright finds them not
+        # covering wrapt's self-typed ones (FunctionWrapper[Concatenate[...]]).
+        def __get__(  # pyright: ignore[reportIncompatibleMethodOverride]
+            self, instance: object, owner: type[Any] | None = None, /
+        ) -> Any: ...
 
     # Like a function: copied as itself, pickled by reference (wrapt's proxy refuses all).
     def __copy__(self) -> Step[P, R]:

@@ -46,7 +46,9 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from sagakit import SagaDefinition, SagaOrchestrator
-    from sagakit.stores import SagaStore
+    from sagakit._sagas import SagaFunction
+    from sagakit._steps import Step, StepCall, _BoundStep
+    from sagakit.stores import PostgresStore, SagaStore, SQLiteStore
     from sagakit.testing import Fault, FaultInjector, FaultMatrixReport, InstantSleep, SagaRecorder
 
     class _MatrixOptions(TypedDict, total=False):
@@ -135,19 +137,26 @@ def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str)
     name, a step or step call by its step's (``test_matrix[transfer]``, not
     ``test_matrix[definition0]``; ``billing.charge`` for ``@step(name="billing.charge")``,
     not its function's name)."""
+    # The classes are looked up, not imported: the plugin imports no sagakit module.
     sagas = sys.modules.get("sagakit._sagas")
-    if sagas is not None and isinstance(val, sagas.SagaDefinition | sagas.SagaFunction):
-        return str(val.name)
+    if sagas is not None:
+        named: tuple[type[SagaDefinition], type[SagaFunction[...]]]
+        named = (sagas.SagaDefinition, sagas.SagaFunction)
+        if isinstance(val, named):
+            return str(val.name)
     steps = sys.modules.get("sagakit._steps")
     if steps is None:
         return None
-    if isinstance(val, steps.StepCall):
+    step_call: type[StepCall[Any]] = steps.StepCall
+    bound_step: type[_BoundStep[..., Any]] = steps._BoundStep
+    step: type[Step[..., Any]] = steps.Step
+    if isinstance(val, step_call):
         return str(val.step.name)
-    if isinstance(val, steps._BoundStep):  # a step looked up on a class or an instance
+    if isinstance(val, bound_step):  # a step looked up on a class or an instance
         val = val._self_parent
     elif isinstance(val, MethodType):  # a class method step looked up, from Python 3.13
         val = val.__func__
-    return str(val.name) if isinstance(val, steps.Step) else None
+    return str(val.name) if isinstance(val, step) else None
 
 
 def _fault_state() -> tuple[Any, ...]:
@@ -293,7 +302,10 @@ def _left_open(store: object) -> bool:
     leases."""
     for module, name in _CLOSABLE:
         found = sys.modules.get(module)  # not imported: no such store was made
-        if found is not None and isinstance(store, getattr(found, name)):
+        if found is None:
+            continue
+        closable: type[SQLiteStore | PostgresStore] = getattr(found, name)
+        if isinstance(store, closable):
             return not store.closed
     return False
 
@@ -376,7 +388,10 @@ def _note_faults_never_fired(item: pytest.Item, error: BaseException) -> None:
         return
     injector = getattr(item, "funcargs", {}).get("saga_faults")
     faults = sys.modules.get("sagakit.testing._faults")  # imported if the fixture ran
-    if faults is None or not isinstance(injector, faults.FaultInjector):
+    if faults is None:
+        return
+    injector_class: type[FaultInjector] = faults.FaultInjector
+    if not isinstance(injector, injector_class):
         return
     if injector._note_failure(error):
         item.stash[_FAULTS_NOTED] = True  # said once: the fixture's teardown says no more
