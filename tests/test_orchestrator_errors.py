@@ -36,6 +36,7 @@ def test_every_error_is_exported_and_derives_from_saga_error() -> None:
         for name in sagakit.__all__
         if isinstance(getattr(sagakit, name), type)
         and issubclass(getattr(sagakit, name), BaseException)
+        and not issubclass(getattr(sagakit, name), Warning)
     ]
     assert {e.__name__ for e in errors} >= {
         "SagaError",
@@ -48,6 +49,14 @@ def test_every_error_is_exported_and_derives_from_saga_error() -> None:
         "SagaAlreadyFailed",
     }
     assert all(issubclass(e, SagaError) for e in errors)
+    # Its warnings are warnings, not errors: filtered as UserWarnings.
+    warned = [
+        getattr(sagakit, name)
+        for name in sagakit.__all__
+        if isinstance(getattr(sagakit, name), type) and issubclass(getattr(sagakit, name), Warning)
+    ]
+    assert [w.__name__ for w in warned] == ["ReturnValueIgnored"]
+    assert all(issubclass(w, UserWarning) for w in warned)
     assert sagakit.__all__ == sorted(sagakit.__all__, key=lambda n: (not n.isupper(), n))
 
 
