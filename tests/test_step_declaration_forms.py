@@ -469,7 +469,10 @@ def test_compensate_with_options_says_where_they_go() -> None:
         pass
 
     # Given with the function too (sdf_hold.compensate(fn, retry=3)): the same error.
-    with pytest.raises(SagaDefinitionError, match=r"takes no options \(got retry\)"):
+    with pytest.raises(
+        SagaDefinitionError,
+        match=r"takes no options \(got retry: did you mean @step\(compensation_retry=\.\.\.\)\?\)",
+    ):
         sdf_hold.compensate(sdf_release, retry=3)  # type: ignore[call-overload]
     assert sdf_hold.compensation is None
 
