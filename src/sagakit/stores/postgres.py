@@ -119,6 +119,17 @@ def _positive(name: str, value: object) -> float:
     return as_float(value)  # 10**400: infinity, refused as such below
 
 
+def _finite(name: str, value: object, long_one: str) -> float:
+    """:func:`_positive`, and finite: what giving a long one (3600) lets happen, ``long_one``."""
+    seconds = _positive(name, value)
+    if math.isinf(seconds):
+        raise StoreConfigError(
+            f"{name} must be a finite number of seconds, got {value!r}; "
+            f"give a long one (3600) {long_one}"
+        )
+    return seconds
+
+
 def _check_id(saga_id: str) -> None:
     """Refuse an id the log cannot hold before its row is written: the row went in, and
     its first step's record was refused, leaving an orphan no worker could run."""
@@ -226,24 +237,21 @@ class PostgresStore(
             raise StoreConfigError(f"max_size ({max_size}) must be >= min_size ({min_size})")
         self.min_size = min_size
         self.max_size = max_size
-        self.connect_timeout = _positive("connect_timeout", connect_timeout)
-        if math.isinf(self.connect_timeout):  # the migration's lock_timeout is a whole number
-            raise StoreConfigError(
-                f"connect_timeout must be a finite number of seconds, got {connect_timeout!r}; "
-                "give a long one (3600) to wait that long for the server"
-            )
+        # Finite: the migration's lock_timeout is a whole number.
+        self.connect_timeout = _finite(
+            "connect_timeout", connect_timeout, "to wait that long for the server"
+        )
         # How long a statement waits for its answer (see _pg_answer): connect_timeout's
         # unless given, so a short connect timeout can leave room for a slow statement.
         if command_timeout is None:
             self.command_timeout = self.connect_timeout
         else:
-            self.command_timeout = _positive("command_timeout", command_timeout)
-            if math.isinf(self.command_timeout):  # a silent connection would hang a call
-                raise StoreConfigError(
-                    "command_timeout must be a finite number of seconds, got "
-                    f"{command_timeout!r}; give a long one (3600) to let a statement run "
-                    "that long (a connection gone silent holds a call as long)"
-                )
+            # Finite: a silent connection would hang a call.
+            self.command_timeout = _finite(
+                "command_timeout",
+                command_timeout,
+                "to let a statement run that long (a connection gone silent holds a call as long)",
+            )
         self.serializer = store_serializer(serializer)
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{os.urandom(4).hex()}"
         self._sql = statements(self.schema)
