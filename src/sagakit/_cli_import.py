@@ -50,6 +50,12 @@ def _current_directory() -> str | None:
         return None
 
 
+def _import_all(modules: Sequence[str]) -> None:
+    """Import each module given with ``--import`` (``show``'s and ``recover``'s), in order."""
+    for module in modules:
+        _import(module)
+
+
 def _import(module: str) -> None:
     """Import an ``--import`` module; whatever it raises becomes one ``ImportError`` line
     (a ``SystemExit`` too: a script that exits, or parses its command line, when imported)."""

@@ -13,6 +13,13 @@ _MAX_BUSY_TIMEOUT = 2_147_483.0
 """The longest wait SQLite takes (2**31 - 1 milliseconds, about 24 days)."""
 
 
+def _import_option(command: argparse.ArgumentParser, help: str) -> None:
+    """A command's ``--import MODULE`` (repeatable), into ``args.modules``."""
+    command.add_argument(
+        "--import", dest="modules", action="append", default=[], metavar="MODULE", help=help
+    )
+
+
 def _seconds(text: str) -> float:
     """An argparse type: ``--busy-timeout``, a finite number of seconds >= 0."""
     try:
@@ -93,13 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     show = commands.add_parser("show", help="one saga with its step trail", parents=[printing])
     show.add_argument("saga_id")
-    show.add_argument(
-        "--import",
-        dest="modules",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="module to import first: one registering the codecs of the saga's values (repeatable)",
+    _import_option(
+        show,
+        "module to import first: one registering the codecs of the saga's values (repeatable)",
     )
     recover = commands.add_parser(
         "recover",
@@ -107,14 +110,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="exit status 3: a saga needs an operator (a dead letter, or recovered to failed)",
         parents=[printing],
     )
-    recover.add_argument(
-        "--import",
-        dest="modules",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="module defining the @saga functions (repeatable)",
-    )
+    _import_option(recover, "module defining the @saga functions (repeatable)")
     recover.add_argument(
         "--max-attempts",
         type=_at_least_one,

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, TextIO
 
 from ._cli_db import _log_name
-from ._cli_import import _import
+from ._cli_import import _import_all
 from ._cli_json import _parked_json, _saga_json, _shown_json
 from ._cli_text import _cut, _indented, _table, _when
 from ._counted import counted
@@ -104,8 +104,7 @@ async def _list(store: SQLiteStore | PostgresStore, args: argparse.Namespace, ou
 async def _show(store: SQLiteStore | PostgresStore, args: argparse.Namespace, out: TextIO) -> int:
     """``show``: one saga with its arguments, parking and step trail."""
     # First: a module registering codecs lets the saga's values be read back.
-    for module in args.modules:
-        _import(module)
+    _import_all(args.modules)
     found = await store.get(args.saga_id)
     if found is None:
         sys.stderr.write(

@@ -11,7 +11,7 @@ import sys
 from typing import TextIO
 
 from ._cli_db import _db_argument
-from ._cli_import import _declared_in, _import
+from ._cli_import import _declared_in, _import_all
 from ._cli_text import _cut, _first_few, _table
 from ._commands import command_line
 from ._counted import counted
@@ -59,8 +59,7 @@ async def _recover(
 ) -> int:
     """``recover``: finish the sagas left running by dead processes, and say what waits
     for an operator or for something else; 3 while a saga needs an operator."""
-    for module in args.modules:
-        _import(module)
+    _import_all(args.modules)
     finished: list[str] = []  # told before recover() returns: for a Ctrl-C
 
     def heard(transition: Transition) -> None:
