@@ -20,6 +20,9 @@ Options (marker keyword > command line > ini file):
   @pytest.mark.saga_fault_matrix(timeouts=False)   this test only
   --saga-matrix-timeouts=no / saga_matrix_timeouts = false
   --saga-instant-sleep=no / saga_instant_sleep = false   (really wait between retries)
+  @pytest.mark.saga_faults(strict=True)            a fault that never fired fails the test
+                                                   (set for this whole module below)
+  --saga-strict-faults=yes / saga_strict_faults = true   (off by default)
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ from sagakit.testing import (
     SimulatedCrash,
     simulate_restart,
 )
+
+# Every fault a test here injects must fire: a step renamed later would otherwise leave a
+# fault that hits nothing, and a test that may pass without the failure it is about.
+pytestmark = pytest.mark.saga_faults(strict=True)
 
 
 @dataclass(frozen=True)
